@@ -1,0 +1,140 @@
+//! REST bodies of the master's `/api` (and the SSE events of `/api/jobs/{id}/events`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::JobId;
+use crate::jobs::{JobState, Priority};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    pub kind: String,
+    #[serde(default)]
+    pub params: Value,
+    #[serde(default)]
+    pub priority: Option<Priority>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    pub id: JobId,
+    pub state: JobState,
+    /// Jobs ahead of this one in the queue (0 = next to run).
+    pub position: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRequest {
+    pub jobs: Vec<SubmitRequest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub jobs: Vec<SubmitResponse>,
+}
+
+/// A job as `GET /api/jobs/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: JobId,
+    pub kind: String,
+    pub state: JobState,
+    pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// RFC 3339 timestamps.
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+/// A worker as `GET /api/workers` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerView {
+    pub id: String,
+    pub state: String,
+    pub slots: u32,
+    pub running: u32,
+    pub kinds: Vec<String>,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub aes_ni: bool,
+    pub huge_pages: bool,
+    pub hashrate: f64,
+    pub version: String,
+    /// Milliseconds since the master last heard from it.
+    pub last_seen_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// Every 4xx/5xx answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What `GET /api/jobs/{id}/events` streams; the SSE event name is `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum JobEvent {
+    Queued { position: u64 },
+    Running { worker: String, attempt: u32 },
+    Progress { worker: String, attempt: u32, data: Value },
+    /// Back in the queue after a worker was lost or its lease ran out.
+    Requeued { reason: String },
+    Succeeded { result: Value, worker: String, attempt: u32 },
+    Failed { error: String },
+    Cancelled,
+}
+
+impl JobEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobEvent::Queued { .. } => "queued",
+            JobEvent::Running { .. } => "running",
+            JobEvent::Progress { .. } => "progress",
+            JobEvent::Requeued { .. } => "requeued",
+            JobEvent::Succeeded { .. } => "succeeded",
+            JobEvent::Failed { .. } => "failed",
+            JobEvent::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        matches!(self, JobEvent::Succeeded { .. } | JobEvent::Failed { .. } | JobEvent::Cancelled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bodies_round_trip() {
+        let req: SubmitRequest = serde_json::from_value(json!({"kind": "noop"})).expect("minimal request");
+        assert_eq!(req.priority, None);
+        assert!(serde_json::from_value::<SubmitRequest>(json!({"kind": "noop", "priority": "urgent"})).is_err());
+        for e in [
+            JobEvent::Queued { position: 3 },
+            JobEvent::Progress { worker: "w".into(), attempt: 1, data: json!({"done": 1}) },
+            JobEvent::Cancelled,
+        ] {
+            let v = serde_json::to_value(&e).expect("ser");
+            assert_eq!(v["type"], json!(e.name()));
+            assert_eq!(serde_json::from_value::<JobEvent>(v).ok(), Some(e));
+        }
+    }
+}

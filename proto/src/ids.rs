@@ -1,0 +1,141 @@
+//! Identifier newtypes. Ids that appear in MQTT topics are validated so they
+//! can never inject a level separator or a wildcard.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::WireError;
+
+/// A job's id: a UUID v7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = WireError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s)
+            .map(JobId)
+            .map_err(|_| WireError::Id(format!("{s:?} is not a job id (UUID)")))
+    }
+}
+
+/// A process instance (a worker or master run); changes on every start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InstanceId(pub Uuid);
+
+impl InstanceId {
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl Default for InstanceId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for InstanceId {
+    type Err = WireError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s)
+            .map(InstanceId)
+            .map_err(|_| WireError::Id(format!("{s:?} is not an instance id (UUID)")))
+    }
+}
+
+/// A worker's id: 1–64 characters of `[A-Za-z0-9_.-]`, safe as a topic level.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct WorkerId(String);
+
+impl WorkerId {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(s: &str) -> Result<Self, WireError> {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+        if s.is_empty() || s.len() > Self::MAX_LEN || !s.chars().all(ok_char) {
+            return Err(WireError::Id(format!(
+                "{s:?} is not a worker id (1-{} of A-Z a-z 0-9 _ . -)",
+                Self::MAX_LEN
+            )));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkerId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        WorkerId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for WorkerId {
+    type Err = WireError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WorkerId::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_ids_reject_topic_syntax() {
+        for bad in ["", "a/b", "a+b", "#", "x y", &"a".repeat(65)] {
+            assert!(WorkerId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(WorkerId::parse("node-1.eu_2").map(|w| w.to_string()).ok().as_deref(), Some("node-1.eu_2"));
+        assert!(serde_json::from_str::<WorkerId>("\"a/b\"").is_err());
+    }
+
+    #[test]
+    fn job_ids_round_trip_and_sort_by_time() {
+        let a = JobId::new();
+        let b = JobId::new();
+        assert!(a < b);
+        assert_eq!(a.to_string().parse::<JobId>().ok(), Some(a));
+        assert!("nope".parse::<JobId>().is_err());
+    }
+}

@@ -1,0 +1,323 @@
+//! Job kinds, their parameters (validated here, once, for every entry point),
+//! their outputs and their progress payloads.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::WireError;
+
+/// Every kind of job this build can run. Matching on it is exhaustive, so a new
+/// kind breaks the build until every handler covers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobKind {
+    #[serde(rename = "noop")]
+    Noop,
+    #[serde(rename = "randomx.hash")]
+    RandomxHash,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 2] = [JobKind::Noop, JobKind::RandomxHash];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Noop => "noop",
+            JobKind::RandomxHash => "randomx.hash",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, WireError> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
+            WireError::Params(format!("unknown job kind {s:?} (known: {})", known.join(", ")))
+        })
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Queue priority: `high` before `normal` before `low`, then oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// Lifecycle of a job as users see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] =
+        [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// Longest `noop` delay: an hour is plenty for a test or drill job.
+pub const MAX_NOOP_DELAY_MS: u64 = 3_600_000;
+/// Most inputs in one `randomx.hash` batch.
+pub const MAX_HASH_INPUTS: usize = 10_000;
+/// Largest RandomX key or single input, in bytes.
+pub const MAX_HASH_BYTES: usize = 64 * 1024;
+
+/// `noop`: returns its payload, optionally after a delay (for drills and tests).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoopParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoopOutput {
+    pub payload: Value,
+}
+
+/// `randomx.hash`: one input or a batch, as UTF-8 text or (with `hex`) hex.
+/// `hex` applies to the key and the inputs alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashParams {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<String>>,
+    #[serde(default)]
+    pub hex: bool,
+}
+
+impl HashParams {
+    fn bytes(&self, field: &str, s: &str) -> Result<Vec<u8>, WireError> {
+        let bytes = if self.hex {
+            decode_hex(s).map_err(|e| WireError::Params(format!("{field}: {e}")))?
+        } else {
+            s.as_bytes().to_vec()
+        };
+        if bytes.len() > MAX_HASH_BYTES {
+            return Err(WireError::Params(format!("{field} is over {MAX_HASH_BYTES} bytes")));
+        }
+        Ok(bytes)
+    }
+
+    pub fn key_bytes(&self) -> Result<Vec<u8>, WireError> {
+        let key = self.bytes("key", &self.key)?;
+        if key.is_empty() {
+            return Err(WireError::Params("key must not be empty".into()));
+        }
+        Ok(key)
+    }
+
+    /// The inputs in order; a single `input` is a batch of one.
+    pub fn input_bytes(&self) -> Result<Vec<Vec<u8>>, WireError> {
+        match (&self.input, &self.inputs) {
+            (Some(one), None) => Ok(vec![self.bytes("input", one)?]),
+            (None, Some(many)) if many.is_empty() => Err(WireError::Params("inputs must not be empty".into())),
+            (None, Some(many)) if many.len() > MAX_HASH_INPUTS => {
+                Err(WireError::Params(format!("at most {MAX_HASH_INPUTS} inputs per job")))
+            }
+            (None, Some(many)) => many.iter().map(|s| self.bytes("inputs[]", s)).collect(),
+            (Some(_), Some(_)) => Err(WireError::Params("give either input or inputs, not both".into())),
+            (None, None) => Err(WireError::Params("input (or inputs) is required".into())),
+        }
+    }
+
+    pub fn is_batch(&self) -> bool {
+        self.inputs.is_some()
+    }
+}
+
+/// `{"hash"}` for one input, `{"hashes"}` for a batch; lowercase hex.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HashOutput {
+    One { hash: String },
+    Many { hashes: Vec<String> },
+}
+
+/// Progress of a hashing batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HashProgress {
+    pub done: u64,
+    pub total: u64,
+}
+
+/// A job's kind with its validated parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobSpec {
+    Noop(NoopParams),
+    RandomxHash(HashParams),
+}
+
+impl JobSpec {
+    /// Validates `params` for `kind`: the one gate every entry point goes through.
+    pub fn parse(kind: &str, params: Value) -> Result<Self, WireError> {
+        let kind = JobKind::parse(kind)?;
+        Self::parse_kind(kind, params)
+    }
+
+    pub fn parse_kind(kind: JobKind, params: Value) -> Result<Self, WireError> {
+        let params = if params.is_null() { Value::Object(Default::default()) } else { params };
+        let bad = |e: serde_json::Error| WireError::Params(format!("{kind} params: {e}"));
+        match kind {
+            JobKind::Noop => {
+                let p: NoopParams = serde_json::from_value(params).map_err(bad)?;
+                if p.delay_ms.is_some_and(|d| d > MAX_NOOP_DELAY_MS) {
+                    return Err(WireError::Params(format!("delay_ms is over {MAX_NOOP_DELAY_MS}")));
+                }
+                Ok(JobSpec::Noop(p))
+            }
+            JobKind::RandomxHash => {
+                let p: HashParams = serde_json::from_value(params).map_err(bad)?;
+                p.key_bytes()?;
+                p.input_bytes()?;
+                Ok(JobSpec::RandomxHash(p))
+            }
+        }
+    }
+
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobSpec::Noop(_) => JobKind::Noop,
+            JobSpec::RandomxHash(_) => JobKind::RandomxHash,
+        }
+    }
+
+    pub fn params_json(&self) -> Value {
+        let v = match self {
+            JobSpec::Noop(p) => serde_json::to_value(p),
+            JobSpec::RandomxHash(p) => serde_json::to_value(p),
+        };
+        v.unwrap_or(Value::Null)
+    }
+}
+
+/// Decodes lowercase or uppercase hex with a message a person can act on.
+pub fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
+    if s.len() % 2 != 0 {
+        return Err("hex must have an even number of digits".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("not hex at offset {i}"))
+        })
+        .collect()
+}
+
+pub fn encode_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kinds_and_unknown_kinds() {
+        for k in JobKind::ALL {
+            assert_eq!(JobKind::parse(k.as_str()).ok(), Some(k));
+        }
+        let e = JobSpec::parse("bitcoin.mine", json!({})).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("unknown job kind") && e.contains("noop"), "{e}");
+    }
+
+    #[test]
+    fn params_are_validated() {
+        assert!(JobSpec::parse("noop", Value::Null).is_ok());
+        assert!(JobSpec::parse("noop", json!({"payload": [1, 2], "delay_ms": 5})).is_ok());
+        assert!(JobSpec::parse("noop", json!({"delay_ms": MAX_NOOP_DELAY_MS + 1})).is_err());
+        assert!(JobSpec::parse("noop", json!({"bogus": 1})).is_err());
+        assert!(JobSpec::parse("noop", json!("text")).is_err());
+        assert!(JobSpec::parse("randomx.hash", json!({"key": "k", "input": "x"})).is_ok());
+        assert!(JobSpec::parse("randomx.hash", json!({"key": "6b", "inputs": ["00", "ff"], "hex": true})).is_ok());
+        for bad in [
+            json!({"key": "k"}),
+            json!({"key": "", "input": "x"}),
+            json!({"key": "k", "input": "x", "inputs": ["y"]}),
+            json!({"key": "k", "inputs": []}),
+            json!({"key": "zz", "input": "00", "hex": true}),
+            json!({"key": "abc", "input": "00", "hex": true}),
+            json!({"input": "x"}),
+        ] {
+            assert!(JobSpec::parse("randomx.hash", bad.clone()).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let spec = JobSpec::parse("randomx.hash", json!({"key": "k", "inputs": ["a", "b"]})).expect("valid");
+        assert_eq!(JobSpec::parse_kind(spec.kind(), spec.params_json()).ok(), Some(spec));
+        let out = HashOutput::Many { hashes: vec!["00".into()] };
+        let back: HashOutput = serde_json::from_value(serde_json::to_value(&out).expect("ser")).expect("de");
+        assert_eq!(back, out);
+    }
+
+    #[test]
+    fn hex_helpers() {
+        assert_eq!(decode_hex("00Ff10").ok(), Some(vec![0, 255, 16]));
+        assert!(decode_hex("0").is_err());
+        assert!(decode_hex("é1").is_err());
+        assert_eq!(encode_hex(&[0, 255, 16]), "00ff10");
+    }
+}

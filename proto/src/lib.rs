@@ -1,0 +1,42 @@
+//! Faena's wire contract, shared by master, worker and tools.
+//!
+//! - [`ids`]: `JobId`, `WorkerId`, `InstanceId` newtypes and their validation.
+//! - [`topics`]: every MQTT topic string, built and parsed here only.
+//! - [`mqtt`]: the versioned JSON payloads carried on those topics.
+//! - [`jobs`]: job kinds, their parameters, outputs and progress payloads.
+//! - [`api`]: the REST request/response bodies.
+//! - [`grpc`]: the generated `faena.v1.Master` service (client and server).
+//! - [`secret`]: a string wrapper whose `Debug`/`Display` never show the value.
+
+pub mod api;
+pub mod ids;
+pub mod jobs;
+pub mod mqtt;
+pub mod secret;
+pub mod topics;
+
+/// The generated gRPC code for `proto/faena/v1/master.proto`.
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod grpc {
+    tonic::include_proto!("faena.v1");
+}
+
+/// Version stamped into every JSON payload (`"v": 1`).
+pub const PAYLOAD_VERSION: u32 = 1;
+
+/// Everything that can go wrong decoding a wire message.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("malformed JSON payload: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported payload version {found} (this build speaks {PAYLOAD_VERSION})")]
+    Version { found: u32 },
+    #[error("payload has no version field \"v\"")]
+    MissingVersion,
+    #[error("topic {0:?} is not a Faena topic")]
+    Topic(String),
+    #[error("invalid id: {0}")]
+    Id(String),
+    #[error("invalid parameters: {0}")]
+    Params(String),
+}

@@ -1,0 +1,204 @@
+//! The versioned JSON payloads carried over MQTT. Each is encoded as one JSON
+//! object with `"v": 1`; decoding checks the version before the shape, so a
+//! newer peer gets "unsupported version", not a confusing field error.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ids::{InstanceId, JobId, WorkerId};
+use crate::jobs::JobKind;
+use crate::{PAYLOAD_VERSION, WireError};
+
+/// Encode/decode with the version envelope.
+pub trait Payload: Serialize + DeserializeOwned {
+    fn encode(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Versioned<'a, T> {
+            v: u32,
+            #[serde(flatten)]
+            body: &'a T,
+        }
+        // Serialising these plain structs to a Vec cannot fail.
+        serde_json::to_vec(&Versioned { v: PAYLOAD_VERSION, body: self }).unwrap_or_default()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        #[derive(Deserialize)]
+        struct Peek {
+            v: Option<u32>,
+        }
+        let peek: Peek = serde_json::from_slice(bytes)?;
+        match peek.v {
+            None => Err(WireError::MissingVersion),
+            Some(PAYLOAD_VERSION) => Ok(serde_json::from_slice(bytes)?),
+            Some(found) => Err(WireError::Version { found }),
+        }
+    }
+}
+
+/// One attempt of one job, sent to the chosen worker's jobs topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkUnit {
+    pub job_id: JobId,
+    pub attempt: u32,
+    /// Fencing token: results are accepted only with the current one.
+    pub token: String,
+    pub kind: JobKind,
+    pub params: Value,
+}
+impl Payload for WorkUnit {}
+
+/// Orders from the master to one worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Control {
+    /// Stop this attempt now; its result would be ignored.
+    Cancel { job_id: JobId, attempt: u32 },
+    /// Take no new work, finish or hand back the running units.
+    Drain,
+}
+impl Payload for Control {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    Starting,
+    Initialising,
+    Online,
+    Draining,
+    Offline,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Initialising => "initialising",
+            WorkerState::Online => "online",
+            WorkerState::Draining => "draining",
+            WorkerState::Offline => "offline",
+        }
+    }
+}
+
+/// A worker's retained status; its last will is the same with `offline`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub worker_id: WorkerId,
+    pub instance_id: InstanceId,
+    pub state: WorkerState,
+    pub slots: u32,
+    pub running: u32,
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    #[serde(default)]
+    pub hashrate: f64,
+    pub ts_ms: u64,
+}
+impl Payload for WorkerStatus {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MasterState {
+    Online,
+    Draining,
+    Offline,
+}
+
+/// The master's retained status; workers re-register when the instance changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MasterStatus {
+    pub instance_id: InstanceId,
+    pub state: MasterState,
+    pub ts_ms: u64,
+}
+impl Payload for MasterStatus {}
+
+/// One log event, as published on the logs topic (one JSON object per message).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub ts_ms: u64,
+    pub level: String,
+    /// `master` or `worker:{id}`.
+    pub component: String,
+    pub target: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub fields: Map<String, Value>,
+}
+impl Payload for LogLine {}
+
+/// Milliseconds since the Unix epoch, for payload timestamps.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn round_trip<T: Payload + PartialEq + std::fmt::Debug>(value: T) {
+        let bytes = value.encode();
+        let v: Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(v["v"], json!(1));
+        assert_eq!(T::decode(&bytes).expect("decodes"), value);
+    }
+
+    fn worker() -> WorkerId {
+        WorkerId::parse("w1").expect("valid")
+    }
+
+    #[test]
+    fn every_payload_round_trips() {
+        round_trip(WorkUnit {
+            job_id: JobId::new(),
+            attempt: 2,
+            token: "t".into(),
+            kind: JobKind::RandomxHash,
+            params: json!({"key": "k", "input": "i"}),
+        });
+        round_trip(Control::Cancel { job_id: JobId::new(), attempt: 1 });
+        round_trip(Control::Drain);
+        round_trip(WorkerStatus {
+            worker_id: worker(),
+            instance_id: InstanceId::new(),
+            state: WorkerState::Online,
+            slots: 4,
+            running: 1,
+            kinds: vec!["noop".into()],
+            hashrate: 12.5,
+            ts_ms: now_ms(),
+        });
+        round_trip(MasterStatus { instance_id: InstanceId::new(), state: MasterState::Offline, ts_ms: 1 });
+        let mut fields = Map::new();
+        fields.insert("job".into(), json!("x"));
+        round_trip(LogLine {
+            ts_ms: 1,
+            level: "INFO".into(),
+            component: "master".into(),
+            target: "t".into(),
+            message: "m".into(),
+            fields,
+        });
+    }
+
+    #[test]
+    fn versions_and_garbage_are_errors() {
+        assert!(matches!(Control::decode(br#"{"v":2,"action":"drain"}"#), Err(WireError::Version { found: 2 })));
+        assert!(matches!(Control::decode(br#"{"action":"drain"}"#), Err(WireError::MissingVersion)));
+        for garbage in [&b""[..], b"\xff\xfe", b"null", b"[]", b"{\"v\":\"1\"}", b"{\"v\":1,\"action\":\"explode\"}",
+            b"{\"v\":1}", b"{{{{"] {
+            assert!(Control::decode(garbage).is_err());
+            assert!(WorkUnit::decode(garbage).is_err());
+            assert!(WorkerStatus::decode(garbage).is_err());
+            assert!(MasterStatus::decode(garbage).is_err());
+        }
+        let bad_worker = br#"{"v":1,"worker_id":"a/b","instance_id":"00000000-0000-0000-0000-000000000000","state":"online","slots":1,"running":0,"ts_ms":0}"#;
+        assert!(WorkerStatus::decode(bad_worker).is_err());
+    }
+}
