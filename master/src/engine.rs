@@ -1,0 +1,575 @@
+//! The master's domain state machine: accepted jobs, their leases and
+//! attempts, and worker liveness. Pure: no I/O, time passed in; every
+//! decision comes out as an [`Effect`] for the coordinator to carry out in
+//! order (persist, publish, notify).
+//!
+//! Semantics: at-least-once delivery, exactly-once outcome. Each dispatch is a
+//! new attempt with a fresh fencing token; only the current holder's outcome
+//! is accepted, a repeat of an accepted outcome is a harmless duplicate, and
+//! anything else is stale.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use faena_proto::api::JobEvent;
+use faena_proto::ids::{InstanceId, JobId, WorkerId};
+use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
+use faena_proto::mqtt::{Control, WorkUnit, WorkerState};
+use serde_json::Value;
+
+use crate::queue::Queue;
+use crate::scheduler::{Availability, Capabilities, Scheduler, Worker};
+
+/// How many finished jobs are remembered to recognise duplicate results.
+const RECENT_FINISHED: usize = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub queue_capacity: usize,
+    pub max_attempts: u32,
+    pub heartbeat: Duration,
+}
+
+impl EngineConfig {
+    /// A lease not renewed for two heartbeats is lost.
+    pub fn lease_ttl(&self) -> Duration {
+        self.heartbeat * 2
+    }
+}
+
+/// The clock, as the engine sees it: monotonic for deadlines, wall for records.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub mono: Instant,
+    pub wall_ms: u64,
+}
+
+impl Now {
+    pub fn system() -> Self {
+        Self { mono: Instant::now(), wall_ms: faena_proto::mqtt::now_ms() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRef {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub token: String,
+}
+
+#[derive(Debug, Clone)]
+struct Lease {
+    worker: WorkerId,
+    attempt: u32,
+    token: String,
+    expires: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct ActiveJob {
+    kind: JobKind,
+    params: Value,
+    priority: Priority,
+    seq: u64,
+    created_at_ms: u64,
+    attempts: u32,
+    enqueued_at: Instant,
+    lease: Option<Lease>,
+}
+
+/// A job read back from the store at start-up.
+#[derive(Debug, Clone)]
+pub struct RestoredJob {
+    pub id: JobId,
+    pub kind: JobKind,
+    pub params: Value,
+    pub priority: Priority,
+    pub seq: u64,
+    pub created_at_ms: u64,
+    pub attempts: u32,
+    /// Set when the job was running: worker, attempt, token.
+    pub lease: Option<(WorkerId, u32, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub priority: Priority,
+}
+
+/// A state change to make durable, in the order given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreOp {
+    Insert { id: JobId, kind: JobKind, params: Value, priority: Priority, seq: u64, at_ms: u64 },
+    Dispatched { id: JobId, attempt: u32, worker: String, token: String, at_ms: u64 },
+    Requeued { id: JobId, attempts: u32, reason: String, at_ms: u64 },
+    Finished {
+        id: JobId,
+        state: JobState,
+        attempts: u32,
+        worker: Option<String>,
+        result: Option<Value>,
+        error: Option<String>,
+        at_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Store(StoreOp),
+    Dispatch { worker: WorkerId, unit: WorkUnit, waited: Duration },
+    Control { worker: WorkerId, control: Control },
+    /// Final events must only be shown once the preceding store ops are durable.
+    Notify { job: JobId, event: JobEvent },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Success(Value),
+    Failure { message: String, retryable: bool },
+    HandedBack(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    #[error("worker {0} is not registered (register again)")]
+    UnknownWorker(WorkerId),
+    #[error("job {0} is unknown")]
+    UnknownJob(JobId),
+    #[error("stale lease for job {job} attempt {attempt}: {reason}")]
+    Stale { job: JobId, attempt: u32, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("queue is full ({capacity} jobs waiting); retry later")]
+pub struct QueueFull {
+    pub capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    pub worker: WorkerId,
+    pub instance: InstanceId,
+    pub caps: Capabilities,
+    pub running: Vec<LeaseRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RegisterOutcome {
+    pub adopted: Vec<LeaseRef>,
+    pub revoked: Vec<LeaseRef>,
+}
+
+/// A live job as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveView {
+    pub kind: JobKind,
+    pub state: JobState,
+    pub priority: Priority,
+    pub position: Option<u64>,
+    pub worker: Option<String>,
+    pub attempts: u32,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug)]
+struct Finished {
+    state: JobState,
+    attempt: u32,
+    token: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    queue: Queue,
+    jobs: HashMap<JobId, ActiveJob>,
+    workers: Scheduler,
+    next_seq: u64,
+    recent: HashMap<JobId, Finished>,
+    recent_order: VecDeque<JobId>,
+    effects: Vec<Effect>,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Self {
+        Self {
+            cfg,
+            queue: Queue::default(),
+            jobs: HashMap::new(),
+            workers: Scheduler::default(),
+            next_seq: 0,
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
+            effects: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    pub fn workers(&self) -> &Scheduler {
+        &self.workers
+    }
+
+    pub fn running(&self) -> usize {
+        self.jobs.len() - self.queue.len()
+    }
+
+    /// Reloads unfinished jobs after a restart. Running ones keep their lease
+    /// for one lease period so their worker can re-register and claim them.
+    pub fn restore(&mut self, now: Now, jobs: Vec<RestoredJob>) {
+        for j in jobs {
+            self.next_seq = self.next_seq.max(j.seq + 1);
+            let lease = j.lease.map(|(worker, attempt, token)| Lease {
+                worker,
+                attempt,
+                token,
+                expires: now.mono + self.cfg.lease_ttl(),
+            });
+            if lease.is_none() {
+                self.queue.push(j.id, j.kind, (j.priority, j.seq));
+            }
+            let job = ActiveJob {
+                kind: j.kind,
+                params: j.params,
+                priority: j.priority,
+                seq: j.seq,
+                created_at_ms: j.created_at_ms,
+                attempts: j.attempts,
+                enqueued_at: now.mono,
+                lease,
+            };
+            self.jobs.insert(j.id, job);
+        }
+    }
+
+    /// Accepts all of `jobs` or none; returns each id with its queue position.
+    pub fn submit(&mut self, now: Now, jobs: Vec<NewJob>) -> Result<Vec<(JobId, u64)>, QueueFull> {
+        if self.queue.len() + jobs.len() > self.cfg.queue_capacity {
+            return Err(QueueFull { capacity: self.cfg.queue_capacity });
+        }
+        let mut accepted = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let kind = j.spec.kind();
+            let params = j.spec.params_json();
+            self.effects.push(Effect::Store(StoreOp::Insert {
+                id: j.id,
+                kind,
+                params: params.clone(),
+                priority: j.priority,
+                seq,
+                at_ms: now.wall_ms,
+            }));
+            let position = self.queue.push(j.id, kind, (j.priority, seq));
+            let job = ActiveJob {
+                kind,
+                params,
+                priority: j.priority,
+                seq,
+                created_at_ms: now.wall_ms,
+                attempts: 0,
+                enqueued_at: now.mono,
+                lease: None,
+            };
+            self.jobs.insert(j.id, job);
+            accepted.push((j.id, position));
+        }
+        self.schedule(now);
+        Ok(accepted)
+    }
+
+    /// Cancels a queued or running job; false if it is not active.
+    pub fn cancel(&mut self, now: Now, id: JobId) -> bool {
+        let Some(job) = self.jobs.get(&id) else { return false };
+        if let Some(lease) = &job.lease {
+            let control = Control::Cancel { job_id: id, attempt: lease.attempt };
+            self.effects.push(Effect::Control { worker: lease.worker.clone(), control });
+        }
+        self.finish(now, id, JobState::Cancelled, None, None);
+        self.schedule(now);
+        true
+    }
+
+    pub fn view(&self, id: &JobId) -> Option<ActiveView> {
+        let job = self.jobs.get(id)?;
+        Some(ActiveView {
+            kind: job.kind,
+            state: if job.lease.is_some() { JobState::Running } else { JobState::Queued },
+            priority: job.priority,
+            position: self.queue.position(id),
+            worker: job.lease.as_ref().map(|l| l.worker.to_string()),
+            attempts: job.attempts,
+            created_at_ms: job.created_at_ms,
+        })
+    }
+
+    pub fn register(&mut self, now: Now, reg: Registration) -> RegisterOutcome {
+        if let Some(old) = self.workers.get(&reg.worker) {
+            if old.instance != reg.instance {
+                self.drop_worker(now, &reg.worker, "worker restarted");
+            }
+        }
+        self.workers.insert(Worker {
+            id: reg.worker.clone(),
+            instance: reg.instance,
+            caps: reg.caps,
+            running: Default::default(),
+            last_seen: now.mono,
+            availability: Availability::Online,
+            hashrate: 0.0,
+        });
+        let mut out = RegisterOutcome::default();
+        for lease in reg.running {
+            if self.renew(now, &reg.worker, &lease) {
+                if let Some(w) = self.workers.get_mut(&reg.worker) {
+                    w.running.insert(lease.job_id);
+                }
+                out.adopted.push(lease);
+            } else {
+                out.revoked.push(lease);
+            }
+        }
+        self.schedule(now);
+        out
+    }
+
+    /// Renews the leases a worker reports; returns those it must drop.
+    pub fn heartbeat(
+        &mut self,
+        now: Now,
+        worker: &WorkerId,
+        instance: InstanceId,
+        running: &[LeaseRef],
+        hashrate: f64,
+    ) -> Result<Vec<LeaseRef>, LeaseError> {
+        let w = self.live_worker(worker, Some(instance))?;
+        w.last_seen = now.mono;
+        w.hashrate = hashrate;
+        Ok(running.iter().filter(|l| !self.renew(now, worker, l)).cloned().collect())
+    }
+
+    pub fn progress(&mut self, now: Now, worker: &WorkerId, lease: &LeaseRef, data: Value) -> Result<(), LeaseError> {
+        self.check_lease(worker, lease)?;
+        self.renew(now, worker, lease);
+        let event = JobEvent::Progress { worker: worker.to_string(), attempt: lease.attempt, data };
+        self.effects.push(Effect::Notify { job: lease.job_id, event });
+        Ok(())
+    }
+
+    /// Applies an attempt's outcome. `Ok(true)` means it had been accepted already.
+    pub fn complete(&mut self, now: Now, worker: &WorkerId, lease: &LeaseRef, outcome: Outcome) -> Result<bool, LeaseError> {
+        if let Err(e) = self.check_lease(worker, lease) {
+            let repeat = self.recent.get(&lease.job_id).is_some_and(|f| {
+                f.state != JobState::Cancelled && f.attempt == lease.attempt && f.token.as_deref() == Some(&lease.token)
+            });
+            return if repeat { Ok(true) } else { Err(e) };
+        }
+        let id = lease.job_id;
+        match outcome {
+            Outcome::Success(result) => self.finish(now, id, JobState::Succeeded, Some(result), None),
+            Outcome::Failure { message, retryable: true } => self.requeue(now, id, message, true),
+            Outcome::Failure { message, retryable: false } => self.finish(now, id, JobState::Failed, None, Some(message)),
+            Outcome::HandedBack(reason) => self.requeue(now, id, reason, false),
+        }
+        self.schedule(now);
+        Ok(false)
+    }
+
+    /// A worker's own status report (retained status or its last will).
+    pub fn worker_state(&mut self, now: Now, worker: &WorkerId, instance: InstanceId, state: WorkerState) {
+        let Some(w) = self.workers.get_mut(worker) else { return };
+        if w.instance != instance {
+            return;
+        }
+        match state {
+            WorkerState::Offline => self.drop_worker(now, worker, "worker went offline"),
+            WorkerState::Draining => w.availability = Availability::Draining,
+            WorkerState::Online => w.availability = Availability::Online,
+            WorkerState::Starting | WorkerState::Initialising => {}
+        }
+        self.schedule(now);
+    }
+
+    /// Drops silent workers and requeues expired leases.
+    pub fn tick(&mut self, now: Now) {
+        if let Some(deadline) = now.mono.checked_sub(self.cfg.lease_ttl()) {
+            for w in self.workers.silent_since(deadline) {
+                self.drop_worker(now, &w, "worker missed its heartbeats");
+            }
+        }
+        let expired: Vec<(JobId, WorkerId)> = self
+            .jobs
+            .iter()
+            .filter_map(|(id, j)| j.lease.as_ref().filter(|l| l.expires <= now.mono).map(|l| (*id, l.worker.clone())))
+            .collect();
+        for (id, worker) in expired {
+            self.requeue(now, id, format!("lease expired on worker {worker}"), true);
+        }
+        self.schedule(now);
+    }
+
+    fn live_worker(&mut self, worker: &WorkerId, instance: Option<InstanceId>) -> Result<&mut Worker, LeaseError> {
+        match self.workers.get_mut(worker) {
+            Some(w) if instance.is_none_or(|i| i == w.instance) => Ok(w),
+            _ => Err(LeaseError::UnknownWorker(worker.clone())),
+        }
+    }
+
+    fn check_lease(&mut self, worker: &WorkerId, lease: &LeaseRef) -> Result<(), LeaseError> {
+        self.live_worker(worker, None)?;
+        let job = self.jobs.get(&lease.job_id).ok_or(LeaseError::UnknownJob(lease.job_id))?;
+        let stale = |reason: String| LeaseError::Stale { job: lease.job_id, attempt: lease.attempt, reason };
+        let current = job.lease.as_ref().ok_or_else(|| stale("the job is waiting in the queue".into()))?;
+        if current.attempt != lease.attempt {
+            return Err(stale(format!("the current attempt is {}", current.attempt)));
+        }
+        if current.worker != *worker || current.token != lease.token {
+            return Err(stale("the lease is held by someone else".into()));
+        }
+        Ok(())
+    }
+
+    fn renew(&mut self, now: Now, worker: &WorkerId, lease: &LeaseRef) -> bool {
+        let ttl = self.cfg.lease_ttl();
+        match self.jobs.get_mut(&lease.job_id).and_then(|j| j.lease.as_mut()) {
+            Some(l) if l.worker == *worker && l.attempt == lease.attempt && l.token == lease.token => {
+                l.expires = now.mono + ttl;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn drop_worker(&mut self, now: Now, worker: &WorkerId, reason: &str) {
+        if self.workers.remove(worker).is_none() {
+            return;
+        }
+        let held: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.lease.as_ref().is_some_and(|l| l.worker == *worker))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in held {
+            self.requeue(now, id, format!("{reason} ({worker})"), true);
+        }
+    }
+
+    fn release_lease(&mut self, id: JobId) -> Option<Lease> {
+        let lease = self.jobs.get_mut(&id)?.lease.take()?;
+        if let Some(w) = self.workers.get_mut(&lease.worker) {
+            w.running.remove(&id);
+        }
+        Some(lease)
+    }
+
+    fn requeue(&mut self, now: Now, id: JobId, reason: String, counts: bool) {
+        self.release_lease(id);
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        if !counts {
+            job.attempts = job.attempts.saturating_sub(1);
+        }
+        if job.attempts >= self.cfg.max_attempts {
+            let error = format!("gave up after {} attempts: {reason}", job.attempts);
+            self.finish(now, id, JobState::Failed, None, Some(error));
+            return;
+        }
+        job.enqueued_at = now.mono;
+        let (kind, rank, attempts) = (job.kind, (job.priority, job.seq), job.attempts);
+        self.queue.push(id, kind, rank);
+        self.effects.push(Effect::Store(StoreOp::Requeued { id, attempts, reason: reason.clone(), at_ms: now.wall_ms }));
+        self.effects.push(Effect::Notify { job: id, event: JobEvent::Requeued { reason } });
+    }
+
+    fn finish(&mut self, now: Now, id: JobId, state: JobState, result: Option<Value>, error: Option<String>) {
+        let lease = self.release_lease(id);
+        self.queue.remove(&id);
+        let Some(job) = self.jobs.remove(&id) else { return };
+        let worker = lease.as_ref().map(|l| l.worker.to_string());
+        let event = match (&state, &result, &error) {
+            (JobState::Succeeded, Some(r), _) => JobEvent::Succeeded {
+                result: r.clone(),
+                worker: worker.clone().unwrap_or_default(),
+                attempt: job.attempts,
+            },
+            (JobState::Cancelled, _, _) => JobEvent::Cancelled,
+            _ => JobEvent::Failed { error: error.clone().unwrap_or_else(|| "failed".into()) },
+        };
+        self.effects.push(Effect::Store(StoreOp::Finished {
+            id,
+            state,
+            attempts: job.attempts,
+            worker,
+            result,
+            error,
+            at_ms: now.wall_ms,
+        }));
+        self.effects.push(Effect::Notify { job: id, event });
+        let (attempt, token) = lease.map(|l| (l.attempt, Some(l.token))).unwrap_or((job.attempts, None));
+        self.recent.insert(id, Finished { state, attempt, token });
+        self.recent_order.push_back(id);
+        if self.recent_order.len() > RECENT_FINISHED {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+    }
+
+    /// Places queued jobs on free slots until none fits.
+    fn schedule(&mut self, now: Now) {
+        'placing: loop {
+            for (_, kind, id) in self.queue.heads() {
+                if let Some(worker) = self.workers.pick(kind) {
+                    self.dispatch(now, id, worker);
+                    continue 'placing;
+                }
+            }
+            break;
+        }
+    }
+
+    fn dispatch(&mut self, now: Now, id: JobId, worker: WorkerId) {
+        self.queue.remove(&id);
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        job.attempts += 1;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        job.lease = Some(Lease {
+            worker: worker.clone(),
+            attempt: job.attempts,
+            token: token.clone(),
+            expires: now.mono + self.cfg.lease_ttl(),
+        });
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.running.insert(id);
+        }
+        let unit = WorkUnit { job_id: id, attempt: job.attempts, token: token.clone(), kind: job.kind, params: job.params.clone() };
+        let waited = now.mono.saturating_duration_since(job.enqueued_at);
+        let attempt = job.attempts;
+        self.effects.push(Effect::Store(StoreOp::Dispatched {
+            id,
+            attempt,
+            worker: worker.to_string(),
+            token,
+            at_ms: now.wall_ms,
+        }));
+        self.effects.push(Effect::Notify { job: id, event: JobEvent::Running { worker: worker.to_string(), attempt } });
+        self.effects.push(Effect::Dispatch { worker, unit, waited });
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

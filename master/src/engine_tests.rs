@@ -1,0 +1,246 @@
+//! Engine behaviour under a fake clock: placement, leases, fencing, recovery.
+
+use std::time::{Duration, Instant};
+
+use faena_proto::api::JobEvent;
+use faena_proto::ids::{InstanceId, JobId, WorkerId};
+use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
+use faena_proto::mqtt::{Control, WorkerState};
+use serde_json::json;
+
+use super::*;
+use crate::scheduler::tests::worker as test_worker;
+
+struct Harness {
+    engine: Engine,
+    now: Now,
+}
+
+impl Harness {
+    fn new(capacity: usize) -> Self {
+        let cfg = EngineConfig { queue_capacity: capacity, max_attempts: 3, heartbeat: Duration::from_secs(1) };
+        Self { engine: Engine::new(cfg), now: Now { mono: Instant::now(), wall_ms: 1_000 } }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now.mono += d;
+        self.now.wall_ms += d.as_millis() as u64;
+    }
+
+    fn add_worker(&mut self, id: &str, slots: u32) -> (WorkerId, InstanceId) {
+        let w = test_worker(id, slots, &[JobKind::Noop], self.now.mono);
+        let reg = Registration { worker: w.id.clone(), instance: w.instance, caps: w.caps, running: vec![] };
+        self.engine.register(self.now, reg);
+        (w.id, w.instance)
+    }
+
+    fn submit(&mut self, priority: Priority) -> JobId {
+        let id = JobId::new();
+        let spec = JobSpec::Noop(Default::default());
+        let out = self.engine.submit(self.now, vec![NewJob { id, spec, priority }]);
+        assert!(out.is_ok());
+        id
+    }
+
+    /// Dispatches in the order they were emitted: (worker, lease).
+    fn dispatches(&mut self) -> Vec<(WorkerId, LeaseRef)> {
+        self.engine
+            .take_effects()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Dispatch { worker, unit, .. } => {
+                    Some((worker, LeaseRef { job_id: unit.job_id, attempt: unit.attempt, token: unit.token }))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn jobs_wait_for_free_slots_in_priority_order() {
+    let mut h = Harness::new(100);
+    let (w, _) = h.add_worker("w1", 1);
+    let first = h.submit(Priority::Normal);
+    let low = h.submit(Priority::Low);
+    let normal = h.submit(Priority::Normal);
+    let high = h.submit(Priority::High);
+    let d = h.dispatches();
+    assert_eq!(d.len(), 1, "no prefetch: one slot, one unit");
+    assert_eq!(d[0].1.job_id, first);
+    assert_eq!(h.engine.view(&low).and_then(|v| v.position), Some(2));
+    let mut order = Vec::new();
+    let mut lease = d[0].1.clone();
+    for _ in 0..3 {
+        assert_eq!(h.engine.complete(h.now, &w, &lease, Outcome::Success(json!({}))), Ok(false));
+        let next = h.dispatches();
+        assert_eq!(next.len(), 1);
+        lease = next[0].1.clone();
+        order.push(lease.job_id);
+    }
+    assert_eq!(order, vec![high, normal, low]);
+}
+
+#[test]
+fn queue_capacity_is_enforced_all_or_nothing() {
+    let mut h = Harness::new(2);
+    h.submit(Priority::Normal);
+    let batch = (0..2)
+        .map(|_| NewJob { id: JobId::new(), spec: JobSpec::Noop(Default::default()), priority: Priority::Normal })
+        .collect();
+    assert_eq!(h.engine.submit(h.now, batch), Err(QueueFull { capacity: 2 }));
+    assert_eq!(h.engine.queue().len(), 1);
+}
+
+#[test]
+fn results_are_fenced_by_token_and_duplicates_are_recognised() {
+    let mut h = Harness::new(10);
+    let (w, _) = h.add_worker("w1", 1);
+    let id = h.submit(Priority::Normal);
+    let lease = h.dispatches()[0].1.clone();
+    let forged = LeaseRef { token: "forged".into(), ..lease.clone() };
+    assert!(matches!(h.engine.complete(h.now, &w, &forged, Outcome::Success(json!(1))), Err(LeaseError::Stale { .. })));
+    let wrong_attempt = LeaseRef { attempt: 7, ..lease.clone() };
+    assert!(matches!(h.engine.progress(h.now, &w, &wrong_attempt, json!({})), Err(LeaseError::Stale { .. })));
+    let stranger = WorkerId::parse("stranger").expect("id");
+    assert_eq!(
+        h.engine.complete(h.now, &stranger, &lease, Outcome::Success(json!(1))),
+        Err(LeaseError::UnknownWorker(stranger))
+    );
+    let unknown = LeaseRef { job_id: JobId::new(), ..lease.clone() };
+    assert!(matches!(h.engine.complete(h.now, &w, &unknown, Outcome::Success(json!(1))), Err(LeaseError::UnknownJob(_))));
+    assert_eq!(h.engine.complete(h.now, &w, &lease, Outcome::Success(json!(1))), Ok(false));
+    assert_eq!(h.engine.complete(h.now, &w, &lease, Outcome::Success(json!(2))), Ok(true));
+    let finals: Vec<_> = h
+        .engine
+        .take_effects()
+        .into_iter()
+        .filter(|e| matches!(e, Effect::Notify { event, .. } if event.is_final()))
+        .collect();
+    assert_eq!(finals.len(), 1, "one final answer per job");
+    assert!(h.engine.view(&id).is_none());
+}
+
+#[test]
+fn a_lost_worker_gives_its_job_to_another_and_the_old_result_is_ignored() {
+    let mut h = Harness::new(10);
+    let (w1, i1) = h.add_worker("w1", 1);
+    h.submit(Priority::Normal);
+    let (first_worker, old) = h.dispatches()[0].clone();
+    assert_eq!(first_worker, w1);
+    let (w2, _) = h.add_worker("w2", 1);
+    h.engine.worker_state(h.now, &w1, i1, WorkerState::Offline);
+    let d = h.dispatches();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].0, w2);
+    assert_eq!(d[0].1.attempt, 2);
+    assert!(h.engine.complete(h.now, &w1, &old, Outcome::Success(json!(1))).is_err());
+    assert_eq!(h.engine.complete(h.now, &w2, &d[0].1, Outcome::Success(json!(1))), Ok(false));
+}
+
+#[test]
+fn missed_heartbeats_and_expired_leases_requeue_within_two_intervals() {
+    let mut h = Harness::new(10);
+    let (w1, i1) = h.add_worker("w1", 1);
+    let (w2, i2) = h.add_worker("w2", 1);
+    let a = h.submit(Priority::Normal);
+    let b = h.submit(Priority::Normal);
+    let d = h.dispatches();
+    let lease_of = |id: JobId| d.iter().find(|x| x.1.job_id == id).cloned().expect("dispatched");
+    let (wa, la) = lease_of(a);
+    let (_, lb) = lease_of(b);
+    // One worker keeps heartbeating but stops reporting its job; the other goes silent.
+    let (quiet, quiet_i) = if wa == w1 { (w1.clone(), i1) } else { (w2.clone(), i2) };
+    let (chatty, chatty_i) = if wa == w1 { (w2.clone(), i2) } else { (w1.clone(), i1) };
+    let _ = (quiet, quiet_i);
+    for _ in 0..3 {
+        h.advance(Duration::from_millis(700));
+        assert!(h.engine.heartbeat(h.now, &chatty, chatty_i, &[], 0.0).is_ok());
+        h.engine.tick(h.now);
+    }
+    let effects = h.engine.take_effects();
+    let requeued: Vec<JobId> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Store(StoreOp::Requeued { id, .. }) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert!(requeued.contains(&la.job_id) && requeued.contains(&lb.job_id), "{requeued:?}");
+    assert!(h.engine.workers().get(&wa).is_none() || wa == chatty);
+}
+
+#[test]
+fn attempts_are_bounded_and_the_reason_is_kept() {
+    let mut h = Harness::new(10);
+    let id = h.submit(Priority::Normal);
+    for n in 1..=3 {
+        let (w, i) = h.add_worker(&format!("w{n}"), 1);
+        assert_eq!(h.dispatches().len(), 1);
+        h.engine.worker_state(h.now, &w, i, WorkerState::Offline);
+    }
+    let failed = h.engine.take_effects().into_iter().find_map(|e| match e {
+        Effect::Store(StoreOp::Finished { id: fid, state: JobState::Failed, error, .. }) if fid == id => error,
+        _ => None,
+    });
+    let error = failed.unwrap_or_default();
+    assert!(error.contains("gave up after 3 attempts") && error.contains("offline"), "{error}");
+}
+
+#[test]
+fn cancel_reaches_the_worker_and_handing_back_does_not_count() {
+    let mut h = Harness::new(10);
+    let (w, _) = h.add_worker("w1", 1);
+    let id = h.submit(Priority::Normal);
+    let lease = h.dispatches()[0].1.clone();
+    assert_eq!(h.engine.complete(h.now, &w, &lease, Outcome::HandedBack("draining".into())), Ok(false));
+    let again = h.dispatches()[0].1.clone();
+    assert_eq!(again.attempt, 1, "a handed-back unit is not an attempt");
+    assert!(h.engine.cancel(h.now, id));
+    let effects = h.engine.take_effects();
+    assert!(effects.iter().any(|e| matches!(e,
+        Effect::Control { control: Control::Cancel { job_id, attempt: 1 }, .. } if *job_id == id)));
+    assert!(effects.iter().any(|e| matches!(e, Effect::Notify { event: JobEvent::Cancelled, .. })));
+    assert!(!h.engine.cancel(h.now, id));
+    assert!(h.engine.complete(h.now, &w, &again, Outcome::Success(json!(1))).is_err());
+}
+
+#[test]
+fn restored_running_jobs_are_adopted_by_their_worker_or_requeued() {
+    let mut h = Harness::new(10);
+    let adopted = JobId::new();
+    let orphan = JobId::new();
+    let w1 = WorkerId::parse("w1").expect("id");
+    let restored = |id, seq, lease| RestoredJob {
+        id,
+        kind: JobKind::Noop,
+        params: json!({}),
+        priority: Priority::Normal,
+        seq,
+        created_at_ms: 1,
+        attempts: 1,
+        lease,
+    };
+    h.engine.restore(h.now, vec![
+        restored(adopted, 4, Some((w1.clone(), 1, "t1".into()))),
+        restored(orphan, 5, Some((WorkerId::parse("gone").expect("id"), 1, "t2".into()))),
+    ]);
+    let w = test_worker("w1", 2, &[JobKind::Noop], h.now.mono);
+    let claim = LeaseRef { job_id: adopted, attempt: 1, token: "t1".into() };
+    let bogus = LeaseRef { job_id: orphan, attempt: 1, token: "nope".into() };
+    let out = h.engine.register(h.now, Registration {
+        worker: w1.clone(),
+        instance: w.instance,
+        caps: w.caps,
+        running: vec![claim.clone(), bogus.clone()],
+    });
+    assert_eq!(out.adopted, vec![claim.clone()]);
+    assert_eq!(out.revoked, vec![bogus]);
+    h.advance(Duration::from_millis(2_100));
+    assert!(h.engine.heartbeat(h.now, &w1, w.instance, &[claim.clone()], 0.0).is_ok());
+    h.engine.tick(h.now);
+    let d = h.dispatches();
+    assert_eq!(d.len(), 1, "the orphan's lease expired and it went to the free slot");
+    assert_eq!((d[0].1.job_id, d[0].1.attempt), (orphan, 2));
+    assert_eq!(h.engine.complete(h.now, &w1, &claim, Outcome::Success(json!(1))), Ok(false));
+}

@@ -1,0 +1,4 @@
+//! faena-master: takes jobs, keeps them durable, hands them to workers.
+pub mod engine;
+pub mod queue;
+pub mod scheduler;

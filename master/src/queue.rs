@@ -1,0 +1,104 @@
+//! The bounded priority queue of jobs waiting for a worker: per job kind,
+//! ordered by priority then age. Pure data structure, no I/O.
+//!
+//! Jobs are kept per kind so that a kind no worker can take right now never
+//! blocks the kinds behind it; the global order (priority, then sequence
+//! number) is still what positions report and what dispatch follows.
+
+use std::collections::{BTreeMap, HashMap};
+
+use faena_proto::ids::JobId;
+use faena_proto::jobs::{JobKind, Priority};
+
+/// Sort key: priority first, then the submission sequence number.
+pub type Rank = (Priority, u64);
+
+#[derive(Debug, Default)]
+pub struct Queue {
+    by_kind: HashMap<JobKind, BTreeMap<Rank, JobId>>,
+    ranks: HashMap<JobId, (JobKind, Rank)>,
+    per_priority: [usize; 3],
+}
+
+impl Queue {
+    pub fn len(&self) -> usize {
+        self.ranks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranks.is_empty()
+    }
+
+    pub fn contains(&self, id: &JobId) -> bool {
+        self.ranks.contains_key(id)
+    }
+
+    /// Queued jobs per priority, high first.
+    pub fn depth_by_priority(&self) -> [usize; 3] {
+        self.per_priority
+    }
+
+    /// Adds a job; returns how many queued jobs are ahead of it.
+    pub fn push(&mut self, id: JobId, kind: JobKind, rank: Rank) -> u64 {
+        let ahead = self.position_of_rank(rank);
+        self.by_kind.entry(kind).or_default().insert(rank, id);
+        self.ranks.insert(id, (kind, rank));
+        self.per_priority[rank.0.index()] += 1;
+        ahead
+    }
+
+    pub fn remove(&mut self, id: &JobId) -> bool {
+        let Some((kind, rank)) = self.ranks.remove(id) else { return false };
+        if let Some(q) = self.by_kind.get_mut(&kind) {
+            q.remove(&rank);
+        }
+        self.per_priority[rank.0.index()] -= 1;
+        true
+    }
+
+    /// The first waiting job of every kind, in global order.
+    pub fn heads(&self) -> Vec<(Rank, JobKind, JobId)> {
+        let mut heads: Vec<_> = self
+            .by_kind
+            .iter()
+            .filter_map(|(kind, q)| q.first_key_value().map(|(rank, id)| (*rank, *kind, *id)))
+            .collect();
+        heads.sort_unstable_by_key(|h| h.0);
+        heads
+    }
+
+    /// Jobs ahead of `id` across all kinds, or None if it is not queued.
+    pub fn position(&self, id: &JobId) -> Option<u64> {
+        self.ranks.get(id).map(|(_, rank)| self.position_of_rank(*rank))
+    }
+
+    fn position_of_rank(&self, rank: Rank) -> u64 {
+        let higher: usize = self.per_priority[..rank.0.index()].iter().sum();
+        let same: usize = self.by_kind.values().map(|q| q.range((rank.0, 0)..rank).count()).sum();
+        (higher + same) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_by_priority_then_age_across_kinds() {
+        let mut q = Queue::default();
+        let ids: Vec<JobId> = (0..4).map(|_| JobId::new()).collect();
+        assert_eq!(q.push(ids[0], JobKind::Noop, (Priority::Low, 0)), 0);
+        assert_eq!(q.push(ids[1], JobKind::RandomxHash, (Priority::Normal, 1)), 0);
+        assert_eq!(q.push(ids[2], JobKind::Noop, (Priority::High, 2)), 0);
+        assert_eq!(q.push(ids[3], JobKind::Noop, (Priority::Normal, 3)), 2);
+        assert_eq!(q.position(&ids[0]), Some(3));
+        let heads: Vec<JobId> = q.heads().into_iter().map(|h| h.2).collect();
+        assert_eq!(heads, vec![ids[2], ids[1]]);
+        assert_eq!(q.depth_by_priority(), [1, 2, 1]);
+        assert!(q.remove(&ids[2]));
+        assert!(!q.remove(&ids[2]));
+        assert_eq!(q.position(&ids[0]), Some(2));
+        assert_eq!(q.position(&ids[3]), Some(1));
+        assert_eq!(q.len(), 3);
+    }
+}

@@ -1,0 +1,177 @@
+//! Which worker gets the next job: the registry of workers with their
+//! capabilities, free slots and speed, and the placement rule. Pure, no I/O;
+//! time comes in as an argument so tests drive it with a fake clock.
+//!
+//! Placement: among online workers that run the kind and have a free slot,
+//! the one with the largest share of free slots wins, ties going to the
+//! faster worker (measured hashrate, else cores), then to the id. No prefetch:
+//! a worker never holds more units than it has slots.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+use faena_proto::ids::{InstanceId, JobId, WorkerId};
+use faena_proto::jobs::JobKind;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capabilities {
+    pub kinds: HashSet<JobKind>,
+    pub slots: u32,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub aes_ni: bool,
+    pub huge_pages: bool,
+    pub randomx_modes: Vec<String>,
+    pub ai_providers: Vec<String>,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Online,
+    /// Finishing what it has; gets nothing new.
+    Draining,
+}
+
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub id: WorkerId,
+    pub instance: InstanceId,
+    pub caps: Capabilities,
+    pub running: HashSet<JobId>,
+    pub last_seen: Instant,
+    pub availability: Availability,
+    pub hashrate: f64,
+}
+
+impl Worker {
+    pub fn free_slots(&self) -> u32 {
+        self.caps.slots.saturating_sub(self.running.len() as u32)
+    }
+
+    fn speed(&self) -> f64 {
+        if self.hashrate > 0.0 { self.hashrate } else { f64::from(self.caps.cores.max(1)) }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    workers: BTreeMap<WorkerId, Worker>,
+}
+
+impl Scheduler {
+    pub fn get(&self, id: &WorkerId) -> Option<&Worker> {
+        self.workers.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &WorkerId) -> Option<&mut Worker> {
+        self.workers.get_mut(id)
+    }
+
+    pub fn insert(&mut self, worker: Worker) -> Option<Worker> {
+        self.workers.insert(worker.id.clone(), worker)
+    }
+
+    pub fn remove(&mut self, id: &WorkerId) -> Option<Worker> {
+        self.workers.remove(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Workers not heard from since `deadline`.
+    pub fn silent_since(&self, deadline: Instant) -> Vec<WorkerId> {
+        self.workers.values().filter(|w| w.last_seen < deadline).map(|w| w.id.clone()).collect()
+    }
+
+    /// Whether any registered worker could ever run `kind`.
+    pub fn can_run(&self, kind: JobKind) -> bool {
+        self.workers.values().any(|w| w.caps.kinds.contains(&kind))
+    }
+
+    /// The worker that should take a job of `kind` now, if any has a free slot.
+    pub fn pick(&self, kind: JobKind) -> Option<WorkerId> {
+        self.workers
+            .values()
+            .filter(|w| w.availability == Availability::Online && w.caps.kinds.contains(&kind) && w.free_slots() > 0)
+            .max_by(|a, b| {
+                let share = |w: &Worker| f64::from(w.free_slots()) / f64::from(w.caps.slots.max(1));
+                share(a)
+                    .total_cmp(&share(b))
+                    .then(a.speed().total_cmp(&b.speed()))
+                    .then(b.id.cmp(&a.id))
+            })
+            .map(|w| w.id.clone())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn worker(id: &str, slots: u32, kinds: &[JobKind], now: Instant) -> Worker {
+        Worker {
+            id: WorkerId::parse(id).expect("valid id"),
+            instance: InstanceId::new(),
+            caps: Capabilities {
+                kinds: kinds.iter().copied().collect(),
+                slots,
+                cores: 2,
+                memory_bytes: 1 << 30,
+                aes_ni: true,
+                huge_pages: false,
+                randomx_modes: vec!["light".into()],
+                ai_providers: vec![],
+                version: "test".into(),
+            },
+            running: HashSet::new(),
+            last_seen: now,
+            availability: Availability::Online,
+            hashrate: 0.0,
+        }
+    }
+
+    #[test]
+    fn picks_least_loaded_capable_worker_and_never_overfills() {
+        let now = Instant::now();
+        let mut s = Scheduler::default();
+        s.insert(worker("a", 2, &[JobKind::Noop], now));
+        s.insert(worker("b", 2, &[JobKind::Noop, JobKind::RandomxHash], now));
+        assert_eq!(s.pick(JobKind::RandomxHash).map(|w| w.to_string()).as_deref(), Some("b"));
+        let mut placed = Vec::new();
+        while let Some(w) = s.pick(JobKind::Noop) {
+            placed.push(w.to_string());
+            s.get_mut(&w).map(|w| w.running.insert(JobId::new()));
+        }
+        placed.sort();
+        assert_eq!(placed, ["a", "a", "b", "b"]);
+        assert_eq!(s.pick(JobKind::Noop), None);
+    }
+
+    #[test]
+    fn draining_workers_get_nothing_and_speed_breaks_ties() {
+        let now = Instant::now();
+        let mut s = Scheduler::default();
+        let mut slow = worker("slow", 1, &[JobKind::RandomxHash], now);
+        slow.hashrate = 100.0;
+        let mut fast = worker("fast", 1, &[JobKind::RandomxHash], now);
+        fast.hashrate = 600.0;
+        s.insert(slow);
+        s.insert(fast);
+        assert_eq!(s.pick(JobKind::RandomxHash).map(|w| w.to_string()).as_deref(), Some("fast"));
+        if let Some(w) = s.get_mut(&WorkerId::parse("fast").expect("id")) {
+            w.availability = Availability::Draining;
+        }
+        assert_eq!(s.pick(JobKind::RandomxHash).map(|w| w.to_string()).as_deref(), Some("slow"));
+        assert!(!s.can_run(JobKind::Noop));
+    }
+}
