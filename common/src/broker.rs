@@ -1,0 +1,144 @@
+//! Connecting to the MQTT broker: URL parsing, client options, and the event
+//! loop that reconnects with backoff. Bad credentials on the first connect are
+//! fatal (a clear start-up error); any later loss is retried forever.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use faena_proto::secret::Secret;
+use rumqttc::{ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet};
+use tokio_util::sync::CancellationToken;
+
+/// Largest MQTT packet either side accepts.
+pub const MAX_PACKET_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("invalid broker URL {0:?} (expected mqtt://host:port)")]
+    Url(String),
+    #[error("the MQTT broker refused the connection: {0} (check FAENA_MQTT_USERNAME / FAENA_MQTT_PASSWORD)")]
+    Refused(&'static str),
+}
+
+/// `mqtt://host:port` (or `tcp://`, or bare `host:port`); port defaults to 1883.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for BrokerUrl {
+    type Err = BrokerError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || BrokerError::Url(s.to_owned());
+        let rest = s.strip_prefix("mqtt://").or_else(|| s.strip_prefix("tcp://")).unwrap_or(s);
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| err())?),
+            None => (rest, 1883),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(['/', '@', ' ']) {
+            return Err(err());
+        }
+        Ok(Self { host: host.to_owned(), port })
+    }
+}
+
+impl std::fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mqtt://{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// Client options shared by master and worker. Persistent sessions
+/// (`clean_session = false`) let the broker keep QoS 1 units for a
+/// reconnecting client.
+pub fn options(client_id: &str, url: &BrokerUrl, creds: Option<&Credentials>, will: Option<LastWill>) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, url.host.clone(), url.port);
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_clean_session(false);
+    o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    o.set_inflight(1000);
+    o.set_request_channel_capacity(65_536);
+    if let Some(c) = creds {
+        o.set_credentials(c.username.clone(), c.password.expose());
+    }
+    if let Some(w) = will {
+        o.set_last_will(w);
+    }
+    o
+}
+
+fn refusal(code: ConnectReturnCode) -> &'static str {
+    match code {
+        ConnectReturnCode::BadUserNamePassword => "bad user name or password",
+        ConnectReturnCode::NotAuthorized => "not authorised",
+        ConnectReturnCode::BadClientId => "client id rejected",
+        ConnectReturnCode::RefusedProtocolVersion => "protocol version refused",
+        ConnectReturnCode::ServiceUnavailable => "service unavailable",
+        ConnectReturnCode::Success => "success",
+    }
+}
+
+/// Polls the event loop until `cancel`, handing every event to `on_event`.
+/// `on_event` must not block: it runs on the loop that keeps the connection alive.
+pub async fn drive(
+    mut el: EventLoop,
+    cancel: CancellationToken,
+    mut on_event: impl FnMut(Event),
+) -> Result<(), BrokerError> {
+    let mut connected_once = false;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let polled = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            polled = el.poll() => polled,
+        };
+        match polled {
+            Ok(event) => {
+                if let Event::Incoming(Packet::ConnAck(_)) = &event {
+                    if connected_once {
+                        tracing::info!("reconnected to the broker");
+                    }
+                    connected_once = true;
+                    backoff = Duration::from_millis(100);
+                }
+                on_event(event);
+            }
+            Err(ConnectionError::ConnectionRefused(
+                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+            )) if !connected_once => return Err(BrokerError::Refused(refusal(code))),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_broker_urls() {
+        let u: BrokerUrl = "mqtt://broker:1884".parse().expect("valid");
+        assert_eq!((u.host.as_str(), u.port), ("broker", 1884));
+        assert_eq!("127.0.0.1".parse::<BrokerUrl>().map(|u| u.port).ok(), Some(1883));
+        assert_eq!("tcp://[::1]:99".parse::<BrokerUrl>().map(|u| u.host).ok().as_deref(), Some("::1"));
+        for bad in ["", "mqtt://", "mqtt://h:notaport", "mqtt://user@h:1", "mqtt://h:70000"] {
+            assert!(bad.parse::<BrokerUrl>().is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Logging: human-readable (or JSON) lines on stderr, and every INFO-or-worse
+//! event also as one JSON object on the MQTT logs topic, so
+//! `mosquitto_sub -t 'faena/logs'` follows the whole cluster.
+//!
+//! The MQTT side never blocks the program: events go through a bounded channel
+//! and are dropped when it is full. Events from the MQTT and HTTP libraries
+//! themselves are not forwarded (that would feed back into the broker).
+
+use faena_proto::mqtt::{LogLine, Payload, now_ms};
+use rumqttc::{AsyncClient, QoS};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+const QUIET_TARGETS: [&str; 7] = ["rumqttc", "rumqttd", "h2", "hyper", "tower", "tonic", "reqwest"];
+const DEFAULT_FILTER: &str = "info,rumqttd=warn,rumqttc=warn,h2=warn,hyper=warn,tower=warn";
+
+/// Log events waiting to be published on the logs topic.
+#[derive(Debug)]
+pub struct LogSink {
+    rx: mpsc::Receiver<LogLine>,
+}
+
+/// Installs the global subscriber. `FAENA_LOG` overrides the filter
+/// (`EnvFilter` syntax); `json` switches stderr to JSON lines.
+pub fn init(component: &str, json: bool) -> LogSink {
+    let (tx, rx) = mpsc::channel(4096);
+    let filter = EnvFilter::try_from_env("FAENA_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let stderr = if json { stderr.json().boxed() } else { stderr.compact().boxed() };
+    let mqtt = MqttLayer { tx, component: component.to_owned() };
+    // A second init (tests running several components in one process) keeps the first.
+    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(mqtt).try_init();
+    LogSink { rx }
+}
+
+/// Publishes queued log events (QoS 0) until cancelled.
+pub async fn forward(mut sink: LogSink, client: AsyncClient, topic: String, cancel: CancellationToken) {
+    loop {
+        let line = tokio::select! {
+            () = cancel.cancelled() => return,
+            line = sink.rx.recv() => match line { Some(l) => l, None => return },
+        };
+        // A full request queue means the broker is away: drop rather than block.
+        let _ = client.try_publish(topic.clone(), QoS::AtMostOnce, false, line.encode());
+    }
+}
+
+struct MqttLayer {
+    tx: mpsc::Sender<LogLine>,
+    component: String,
+}
+
+impl<S: Subscriber> Layer<S> for MqttLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() > Level::INFO || QUIET_TARGETS.iter().any(|t| meta.target().starts_with(t)) {
+            return;
+        }
+        let mut visitor = Fields::default();
+        event.record(&mut visitor);
+        let line = LogLine {
+            ts_ms: now_ms(),
+            level: meta.level().to_string(),
+            component: self.component.clone(),
+            target: meta.target().to_owned(),
+            message: visitor.message,
+            fields: visitor.fields,
+        };
+        let _ = self.tx.try_send(line);
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    fields: Map<String, Value>,
+}
+
+impl Fields {
+    fn put(&mut self, field: &Field, value: Value) {
+        if field.name() == "message" {
+            self.message = match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+        } else {
+            self.fields.insert(field.name().to_owned(), value);
+        }
+    }
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::from(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::from(value));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field, Value::from(format!("{value:?}")));
+    }
+}

@@ -1,0 +1,54 @@
+//! Secrets come from a flag/env value or from a file (`*_FILE`, as Docker
+//! secrets are mounted). Giving both is an error rather than a silent choice.
+
+use std::path::Path;
+
+use faena_proto::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{name} and {name}_FILE are both set; give only one")]
+    Both { name: String },
+    #[error("cannot read {name}_FILE {path}: {source}")]
+    Read { name: String, path: String, source: std::io::Error },
+    #[error("{name} is empty")]
+    Empty { name: String },
+}
+
+/// Resolves a secret; a trailing newline in the file is not part of it.
+pub fn resolve(name: &str, value: Option<&str>, file: Option<&Path>) -> Result<Option<Secret>, SecretError> {
+    let raw = match (value, file) {
+        (Some(_), Some(_)) => return Err(SecretError::Both { name: name.into() }),
+        (Some(v), None) => v.to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|source| SecretError::Read { name: name.into(), path: path.display().to_string(), source })?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if raw.is_empty() {
+        return Err(SecretError::Empty { name: name.into() });
+    }
+    Ok(Some(Secret::new(raw)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_file_both_and_empty() {
+        let dir = std::env::temp_dir().join(format!("faena-secret-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let from_file = resolve("T", None, Some(&file)).expect("reads").expect("some");
+        assert_eq!(from_file.expose(), "s3cret");
+        assert_eq!(resolve("T", Some("v"), None).expect("ok").map(|s| s.expose().to_owned()).as_deref(), Some("v"));
+        assert!(matches!(resolve("T", Some("v"), Some(&file)), Err(SecretError::Both { .. })));
+        assert!(matches!(resolve("T", Some(""), None), Err(SecretError::Empty { .. })));
+        assert!(matches!(resolve("T", None, Some(&dir.join("missing"))), Err(SecretError::Read { .. })));
+        assert!(resolve("T", None, None).expect("ok").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
