@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use faena_proto::secret::Secret;
-use rumqttc::{ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet};
+use rumqttc::{ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet};
 use tokio_util::sync::CancellationToken;
 
 /// Largest MQTT packet either side accepts.
@@ -89,6 +89,7 @@ fn refusal(code: ConnectReturnCode) -> &'static str {
 
 /// Polls the event loop until `cancel`, handing every event to `on_event`.
 /// `on_event` must not block: it runs on the loop that keeps the connection alive.
+/// A deliberate `disconnect()` ends the loop.
 pub async fn drive(
     mut el: EventLoop,
     cancel: CancellationToken,
@@ -102,6 +103,7 @@ pub async fn drive(
             polled = el.poll() => polled,
         };
         match polled {
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
             Ok(event) => {
                 if let Event::Incoming(Packet::ConnAck(_)) = &event {
                     if connected_once {

@@ -428,7 +428,7 @@ impl Engine {
         }
     }
 
-    fn check_lease(&mut self, worker: &WorkerId, lease: &LeaseRef) -> Result<(), LeaseError> {
+    pub fn check_lease(&mut self, worker: &WorkerId, lease: &LeaseRef) -> Result<(), LeaseError> {
         self.live_worker(worker, None)?;
         let job = self.jobs.get(&lease.job_id).ok_or(LeaseError::UnknownJob(lease.job_id))?;
         let stale = |reason: String| LeaseError::Stale { job: lease.job_id, attempt: lease.attempt, reason };

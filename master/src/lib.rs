@@ -1,5 +1,234 @@
-//! faena-master: takes jobs, keeps them durable, hands them to workers.
+//! faena-master: takes jobs (REST), keeps them durable (SQLite), hands them to
+//! workers (MQTT) and takes their results (gRPC).
+//!
+//! Module map:
+//! - [`config`]: flags and environment.
+//! - [`engine`], [`queue`], [`scheduler`]: the domain, pure and unit-tested.
+//! - [`coordinator`]: the task that owns the engine and carries out its effects.
+//! - [`store`]: durable job store with group commit.
+//! - [`http`], [`grpc`], [`mqtt`]: adapters between the wire and the coordinator.
+//! - [`broker`]: the embedded rumqttd broker.
+//! - [`hub`]: per-job event fan-out; [`metrics`]: Prometheus.
+
+pub mod broker;
+pub mod config;
+pub mod coordinator;
 pub mod engine;
-pub mod store;
+pub mod grpc;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod mqtt;
 pub mod queue;
 pub mod scheduler;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use faena_common::broker::{BrokerError, BrokerUrl, Credentials};
+use faena_common::logs::LogSink;
+use faena_common::secrets::{self, SecretError};
+use faena_proto::ids::InstanceId;
+use faena_proto::mqtt::MasterState;
+use faena_proto::secret::Secret;
+use faena_proto::topics::Topics;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    EmbeddedBroker(#[from] broker::EmbeddedBrokerError),
+    #[error("job store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("could not reach the MQTT broker at {0} in time")]
+    BrokerTimeout(String),
+    #[error("invalid topic prefix {0:?}")]
+    Topics(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MasterError {
+    let what = what.into();
+    move |source| MasterError::Io { what, source }
+}
+
+/// Where a running master can be reached.
+#[derive(Debug, Clone, Serialize)]
+pub struct Addrs {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub mqtt: String,
+}
+
+fn cluster_token(cfg: &Config) -> Result<Secret, MasterError> {
+    if let Some(token) = secrets::resolve("FAENA_CLUSTER_TOKEN", cfg.cluster_token.as_deref(), cfg.cluster_token_file.as_deref())? {
+        return Ok(token);
+    }
+    let token = Secret::new(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()));
+    let path = cfg.data_dir.join("cluster-token");
+    std::fs::write(&path, token.expose()).map_err(io(format!("writing {}", path.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    tracing::info!(path = %path.display(), "no cluster token given; generated one for this run (workers: FAENA_CLUSTER_TOKEN_FILE)");
+    Ok(token)
+}
+
+/// Runs the master until `shutdown` is cancelled; `on_ready` gets the bound
+/// addresses once the broker is connected and both servers listen.
+pub async fn run(
+    cfg: Config,
+    logs: Option<LogSink>,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&Addrs),
+) -> Result<(), MasterError> {
+    cfg.validate()?;
+    let topics = Topics::new(&cfg.topic_prefix).map_err(|_| MasterError::Topics(cfg.topic_prefix.clone()))?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(io(format!("creating {}", cfg.data_dir.display())))?;
+    let token = cluster_token(&cfg)?;
+    let password = secrets::resolve("FAENA_MQTT_PASSWORD", cfg.mqtt_password.as_deref(), cfg.mqtt_password_file.as_deref())?;
+    let creds = match (&cfg.mqtt_username, password) {
+        (Some(username), Some(password)) => Some(Credentials { username: username.clone(), password }),
+        (Some(username), None) => Some(Credentials { username: username.clone(), password: Secret::default() }),
+        (None, _) => None,
+    };
+
+    let store = store::Store::open(&cfg.data_dir.join("faena.db"), cfg.store_sync)?;
+    let mut engine = engine::Engine::new(engine::EngineConfig {
+        queue_capacity: cfg.queue_capacity,
+        max_attempts: cfg.max_attempts,
+        heartbeat: cfg.heartbeat(),
+    });
+    let restored = store.load_unfinished()?;
+    if !restored.is_empty() {
+        let running = restored.iter().filter(|j| j.lease.is_some()).count();
+        tracing::info!(jobs = restored.len(), running, "recovered unfinished jobs from the store");
+    }
+    engine.restore(engine::Now::system(), restored);
+
+    let url = match &cfg.mqtt_url {
+        Some(url) => url.parse::<BrokerUrl>()?,
+        None => {
+            let addr = broker::start(cfg.mqtt_addr)?;
+            tracing::info!(%addr, "embedded MQTT broker listening (no password; loopback unless configured otherwise)");
+            BrokerUrl { host: addr.ip().to_string(), port: addr.port() }
+        }
+    };
+
+    let tracker = TaskTracker::new();
+    let mqtt_cancel = CancellationToken::new();
+    let instance = InstanceId::new();
+    let metrics = Arc::new(metrics::Metrics::default());
+    let conn = mqtt::connect(&url, creds.as_ref(), topics.clone(), instance, metrics.clone(), mqtt_cancel.clone());
+    let mqtt::Connection { out, mut connected, mut statuses, driver } = conn;
+    let mut driver = tokio::spawn(driver);
+    let timeout = Duration::from_millis(cfg.mqtt_connect_timeout_ms);
+    tokio::select! {
+        r = connected.wait_for(|c| *c) => { let _ = r; }
+        r = &mut driver => {
+            return Err(match r { Ok(Err(e)) => e.into(), _ => MasterError::BrokerTimeout(url.to_string()) });
+        }
+        () = tokio::time::sleep(timeout) => return Err(MasterError::BrokerTimeout(url.to_string())),
+        () = shutdown.cancelled() => return Ok(()),
+    }
+    tracing::info!(broker = %url, "connected to the MQTT broker");
+    if let Some(sink) = logs {
+        tracker.spawn(faena_common::logs::forward(sink, out.client().clone(), topics.logs(), mqtt_cancel.clone()));
+    }
+
+    let (coord, inbox) = coordinator::channel();
+    let hub = hub::Hub::default();
+    let core_cancel = CancellationToken::new();
+    let deps = coordinator::Deps { store: store.clone(), hub: hub.clone(), metrics: metrics.clone(), mqtt: out.clone() };
+    let coordinator_done = tracker.spawn(coordinator::run(engine, inbox, deps, core_cancel.clone()));
+    {
+        let coord = coord.clone();
+        tracker.spawn(async move {
+            while let Some(s) = statuses.recv().await {
+                coord.worker_state(s.worker_id, s.instance_id, s.state).await;
+            }
+        });
+    }
+
+    let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_addr).await.map_err(io(format!("binding gRPC on {}", cfg.grpc_addr)))?;
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_addr).await.map_err(io(format!("binding HTTP on {}", cfg.http_addr)))?;
+    let addrs = Addrs {
+        http: http_listener.local_addr().map_err(io("HTTP address"))?,
+        grpc: grpc_listener.local_addr().map_err(io("gRPC address"))?,
+        mqtt: url.to_string(),
+    };
+
+    let servers_cancel = CancellationToken::new();
+    let grpc_service = grpc::server(coord.clone(), instance, cfg.heartbeat_ms, metrics.clone(), token);
+    let grpc_incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let stop_grpc = servers_cancel.clone();
+    let grpc_task = tracker.spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(grpc_service)
+            .serve_with_incoming_shutdown(grpc_incoming, stop_grpc.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+    let accepting = Arc::new(AtomicBool::new(true));
+    let state = http::AppState {
+        coord: coord.clone(),
+        store: store.clone(),
+        hub,
+        metrics,
+        accepting: accepting.clone(),
+        broker_connected: connected.clone(),
+        max_body_bytes: cfg.max_body_bytes,
+    };
+    let stop_http = servers_cancel.clone();
+    let http_task = tracker.spawn(async move {
+        let served = axum::serve(http_listener, http::app(state)).with_graceful_shutdown(stop_http.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    tracing::info!(http = %addrs.http, grpc = %addrs.grpc, mqtt = %addrs.mqtt, "faena-master ready");
+    on_ready(&addrs);
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        r = &mut driver => {
+            if let Ok(Err(e)) = r {
+                tracing::error!(error = %e, "lost the MQTT broker for good");
+            }
+        }
+    }
+
+    // Stop taking jobs, let in-flight requests finish, flush the store, say goodbye.
+    tracing::info!("shutting down: no new jobs; flushing the store");
+    accepting.store(false, Ordering::Relaxed);
+    servers_cancel.cancel();
+    // Open event streams would hold a graceful shutdown forever: bound the wait.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(grpc_task, http_task) }).await;
+    core_cancel.cancel();
+    let _ = coordinator_done.await;
+    out.announce(MasterState::Offline).await;
+    let _ = out.client().disconnect().await;
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    mqtt_cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+    Ok(())
+}

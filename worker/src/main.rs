@@ -1,1 +1,26 @@
-fn main() {}
+//! `faena-worker` entry point: parse config, set up logs, run until SIGTERM.
+
+use clap::Parser;
+use faena_worker::Config;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut cfg = Config::parse();
+    let id = cfg.worker_id.get_or_insert_with(faena_worker::default_worker_id).clone();
+    let logs = faena_common::logs::init(&format!("worker:{id}"), cfg.log_json);
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        faena_common::shutdown::signal().await;
+        on_signal.cancel();
+    });
+    let result = faena_worker::run(cfg, Some(logs), shutdown, |ready| {
+        println!("FAENA_READY {}", serde_json::to_string(ready).unwrap_or_default());
+    })
+    .await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "faena-worker stopped");
+    }
+    result.map_err(Into::into)
+}

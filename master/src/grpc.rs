@@ -1,0 +1,235 @@
+//! The `faena.v1.Master` gRPC service workers call. Translates between the
+//! wire and the coordinator; checks the cluster token and every field.
+//!
+//! Error codes tell the worker what to do next:
+//! `UNAUTHENTICATED` wrong or missing token · `INVALID_ARGUMENT` malformed
+//! request · `ABORTED` worker not registered (register again, then retry) ·
+//! `NOT_FOUND` unknown job · `FAILED_PRECONDITION` stale lease (drop the
+//! result) · `RESOURCE_EXHAUSTED` message too large · `UNAVAILABLE` retry later.
+
+use std::sync::Arc;
+
+use faena_proto::grpc::master_server::{Master, MasterServer};
+use faena_proto::grpc::{self as pb, result_request};
+use faena_proto::ids::{InstanceId, WorkerId};
+use faena_proto::jobs::JobKind;
+use faena_proto::secret::Secret;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+use crate::coordinator::{CoordError, Coordinator};
+use crate::engine::{LeaseError, LeaseRef, Outcome, Registration};
+use crate::metrics::Metrics;
+use crate::scheduler::Capabilities;
+
+/// Largest gRPC message accepted; larger ones get `RESOURCE_EXHAUSTED`.
+pub const MAX_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
+/// Largest job output.
+pub const MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+/// Largest progress payload.
+pub const MAX_PROGRESS_BYTES: usize = 64 * 1024;
+const MAX_SLOTS: u32 = 4096;
+
+#[derive(Debug)]
+pub struct MasterService {
+    coord: Coordinator,
+    instance: InstanceId,
+    heartbeat_ms: u32,
+    metrics: Arc<Metrics>,
+}
+
+pub type Server = InterceptedService<MasterServer<MasterService>, Auth>;
+
+pub fn server(coord: Coordinator, instance: InstanceId, heartbeat_ms: u32, metrics: Arc<Metrics>, token: Secret) -> Server {
+    let svc = MasterService { coord, instance, heartbeat_ms, metrics: metrics.clone() };
+    let inner = MasterServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    InterceptedService::new(inner, Auth { token, metrics })
+}
+
+/// Checks `authorization: Bearer <cluster token>` on every call.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    token: Secret,
+    metrics: Arc<Metrics>,
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(t) if self.token.constant_time_eq(t) => Ok(req),
+            Some(_) => {
+                self.metrics.rejected_callbacks.inc();
+                tracing::warn!(peer = ?req.remote_addr(), "gRPC call with a wrong cluster token rejected");
+                Err(Status::unauthenticated("wrong cluster token"))
+            }
+            None => {
+                self.metrics.rejected_callbacks.inc();
+                Err(Status::unauthenticated("missing cluster token (authorization: Bearer <token>)"))
+            }
+        }
+    }
+}
+
+fn to_status(e: CoordError) -> Status {
+    match e {
+        CoordError::Lease(LeaseError::UnknownWorker(w)) => Status::aborted(format!("worker {w} is not registered; register again")),
+        CoordError::Lease(e @ LeaseError::UnknownJob(_)) => Status::not_found(e.to_string()),
+        CoordError::Lease(e @ LeaseError::Stale { .. }) => Status::failed_precondition(e.to_string()),
+        CoordError::QueueFull(e) => Status::resource_exhausted(e.to_string()),
+        e @ (CoordError::Store | CoordError::Stopped) => Status::unavailable(e.to_string()),
+    }
+}
+
+impl MasterService {
+    fn invalid(&self, msg: impl Into<String>) -> Status {
+        self.metrics.rejected_callbacks.inc();
+        Status::invalid_argument(msg)
+    }
+
+    fn worker(&self, id: &str) -> Result<WorkerId, Status> {
+        WorkerId::parse(id).map_err(|e| self.invalid(e.to_string()))
+    }
+
+    fn instance(&self, id: &str) -> Result<InstanceId, Status> {
+        id.parse().map_err(|e: faena_proto::WireError| self.invalid(e.to_string()))
+    }
+
+    fn lease(&self, lease: Option<&pb::Lease>) -> Result<LeaseRef, Status> {
+        let lease = lease.ok_or_else(|| self.invalid("lease is required"))?;
+        let job_id = lease.job_id.parse().map_err(|e: faena_proto::WireError| self.invalid(e.to_string()))?;
+        if lease.token.is_empty() || lease.token.len() > 128 || lease.attempt == 0 {
+            return Err(self.invalid("lease needs a token (at most 128 bytes) and an attempt >= 1"));
+        }
+        Ok(LeaseRef { job_id, attempt: lease.attempt, token: lease.token.clone() })
+    }
+
+    fn leases(&self, leases: &[pb::Lease]) -> Result<Vec<LeaseRef>, Status> {
+        leases.iter().map(|l| self.lease(Some(l))).collect()
+    }
+
+    fn capabilities(&self, caps: Option<pb::Capabilities>) -> Result<Capabilities, Status> {
+        let caps = caps.ok_or_else(|| self.invalid("capabilities are required"))?;
+        if caps.slots == 0 || caps.slots > MAX_SLOTS {
+            return Err(self.invalid(format!("slots must be 1..={MAX_SLOTS}")));
+        }
+        let mut kinds = std::collections::HashSet::new();
+        for k in &caps.kinds {
+            match JobKind::parse(k) {
+                Ok(kind) => {
+                    kinds.insert(kind);
+                }
+                Err(_) => tracing::warn!(kind = %k, "worker offers a job kind this master does not know; ignored"),
+            }
+        }
+        if kinds.is_empty() {
+            return Err(self.invalid("the worker offers no job kind this master knows"));
+        }
+        Ok(Capabilities {
+            kinds,
+            slots: caps.slots,
+            cores: caps.cores,
+            memory_bytes: caps.memory_bytes,
+            aes_ni: caps.aes_ni,
+            huge_pages: caps.huge_pages,
+            randomx_modes: caps.randomx_modes,
+            ai_providers: caps.ai_providers,
+            version: caps.version,
+        })
+    }
+}
+
+fn to_pb(leases: Vec<LeaseRef>) -> Vec<pb::Lease> {
+    leases
+        .into_iter()
+        .map(|l| pb::Lease { job_id: l.job_id.to_string(), attempt: l.attempt, token: l.token })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Master for MasterService {
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let req = req.into_inner();
+        let reg = Registration {
+            worker: self.worker(&req.worker_id)?,
+            instance: self.instance(&req.instance_id)?,
+            caps: self.capabilities(req.capabilities)?,
+            running: self.leases(&req.running)?,
+        };
+        let (worker, slots) = (reg.worker.clone(), reg.caps.slots);
+        let out = self.coord.register(reg).await.map_err(to_status)?;
+        tracing::info!(worker = %worker, slots, adopted = out.adopted.len(), revoked = out.revoked.len(), "worker registered");
+        Ok(Response::new(pb::RegisterResponse {
+            master_instance: self.instance.to_string(),
+            heartbeat_interval_ms: self.heartbeat_ms,
+            adopted: to_pb(out.adopted),
+            revoked: to_pb(out.revoked),
+        }))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = req.into_inner();
+        let worker = self.worker(&req.worker_id)?;
+        let instance = self.instance(&req.instance_id)?;
+        let running = self.leases(&req.running)?;
+        let hashrate = if req.hashrate.is_finite() && req.hashrate >= 0.0 { req.hashrate } else { 0.0 };
+        let revoked = self.coord.heartbeat(worker, instance, running, hashrate).await.map_err(to_status)?;
+        Ok(Response::new(pb::HeartbeatResponse { revoked: to_pb(revoked) }))
+    }
+
+    async fn report_progress(&self, req: Request<pb::ProgressRequest>) -> Result<Response<pb::ProgressResponse>, Status> {
+        let req = req.into_inner();
+        let worker = self.worker(&req.worker_id)?;
+        let lease = self.lease(req.lease.as_ref())?;
+        if req.progress_json.len() > MAX_PROGRESS_BYTES {
+            return Err(self.invalid(format!("progress is over {MAX_PROGRESS_BYTES} bytes")));
+        }
+        let data = serde_json::from_str(&req.progress_json).map_err(|e| self.invalid(format!("progress is not JSON: {e}")))?;
+        self.coord.progress(worker, lease, data).await.map_err(to_status)?;
+        Ok(Response::new(pb::ProgressResponse {}))
+    }
+
+    async fn submit_result(&self, req: Request<pb::ResultRequest>) -> Result<Response<pb::ResultResponse>, Status> {
+        let req = req.into_inner();
+        let worker = self.worker(&req.worker_id)?;
+        let lease = self.lease(req.lease.as_ref())?;
+        let outcome = match req.outcome {
+            Some(result_request::Outcome::OutputJson(json)) => {
+                if json.len() > MAX_OUTPUT_BYTES {
+                    return Err(self.invalid(format!("output is over {MAX_OUTPUT_BYTES} bytes")));
+                }
+                Outcome::Success(serde_json::from_str(&json).map_err(|e| self.invalid(format!("output is not JSON: {e}")))?)
+            }
+            Some(result_request::Outcome::Failure(f)) => Outcome::Failure { message: truncate(f.message), retryable: f.retryable },
+            Some(result_request::Outcome::HandedBack(reason)) => Outcome::HandedBack(truncate(reason)),
+            None => return Err(self.invalid("outcome is required")),
+        };
+        let duplicate = self.coord.complete(worker, lease, outcome).await.map_err(to_status)?;
+        Ok(Response::new(pb::ResultResponse { duplicate }))
+    }
+
+    async fn fetch_secret(&self, req: Request<pb::SecretRequest>) -> Result<Response<pb::SecretResponse>, Status> {
+        let req = req.into_inner();
+        let worker = self.worker(&req.worker_id)?;
+        let lease = self.lease(req.lease.as_ref())?;
+        let name = req.name.clone();
+        match self.coord.secret(worker, lease, req.name).await.map_err(to_status)? {
+            Some(secret) => Ok(Response::new(pb::SecretResponse { value: secret.expose().to_owned() })),
+            None => Err(Status::not_found(format!("this job has no secret named {name:?}"))),
+        }
+    }
+}
+
+/// Error texts from workers are shown to people; keep them readable.
+fn truncate(mut s: String) -> String {
+    const MAX: usize = 4096;
+    if s.len() > MAX {
+        let mut cut = MAX;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}

@@ -1,0 +1,275 @@
+//! The REST API (and, later, the web page) over axum. Handlers only
+//! translate: validation lives in `faena_proto::jobs`, decisions in the engine.
+//! Every error is `{"error": {"code", "message"}}` with a fitting status.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use faena_proto::api::{BatchRequest, BatchResponse, ErrorBody, ErrorDetail, JobEvent, JobView, SubmitRequest, SubmitResponse};
+use faena_proto::ids::JobId;
+use faena_proto::jobs::{JobSpec, JobState};
+use futures::Stream;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::{broadcast, watch};
+
+use crate::coordinator::{Cancelled, CoordError, Coordinator};
+use crate::engine::NewJob;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError, rfc3339};
+
+/// Most jobs in one batch submission.
+pub const MAX_BATCH: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub coord: Coordinator,
+    pub store: Store,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    pub accepting: Arc<AtomicBool>,
+    pub broker_connected: watch::Receiver<bool>,
+    pub max_body_bytes: usize,
+}
+
+pub fn app(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/api/jobs", post(submit))
+        .route("/api/jobs/batch", post(submit_batch))
+        .route("/api/jobs/{id}", get(get_job).delete(cancel_job))
+        .route("/api/jobs/{id}/events", get(job_events))
+        .route("/api/jobs/{id}/history", get(job_history))
+        .route("/api/workers", get(workers))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+#[derive(Debug)]
+pub struct AppError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl AppError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<CoordError> for AppError {
+    fn from(e: CoordError) -> Self {
+        match e {
+            CoordError::QueueFull(full) => Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", full.to_string()),
+            CoordError::Store => Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+            CoordError::Stopped => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string()),
+            CoordError::Lease(l) => Self::new(StatusCode::CONFLICT, "conflict", l.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store read failed");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the job store cannot be read right now")
+    }
+}
+
+fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, AppError> {
+    let bytes = body.map_err(|e| AppError::new(e.status(), "bad_body", e.body_text()))?;
+    serde_json::from_slice(&bytes).map_err(|e| AppError::bad_request("bad_json", format!("request body: {e}")))
+}
+
+fn parse_id(id: &str) -> Result<JobId, AppError> {
+    id.parse().map_err(|e: faena_proto::WireError| AppError::bad_request("bad_id", e.to_string()))
+}
+
+fn new_job(req: SubmitRequest) -> Result<NewJob, AppError> {
+    let spec = JobSpec::parse(&req.kind, req.params).map_err(|e| AppError::bad_request("invalid_job", e.to_string()))?;
+    Ok(NewJob { id: JobId::new(), spec, priority: req.priority.unwrap_or_default() })
+}
+
+fn check_accepting(state: &AppState) -> Result<(), AppError> {
+    if !state.accepting.load(Ordering::Relaxed) {
+        return Err(AppError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the master is shutting down"));
+    }
+    if !state.store.is_healthy() {
+        return Err(CoordError::Store.into());
+    }
+    Ok(())
+}
+
+async fn submit(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, AppError> {
+    check_accepting(&state)?;
+    let job = new_job(parse_body(body)?)?;
+    let accepted = state.coord.submit(vec![job]).await?;
+    let (id, position) = accepted.first().copied().ok_or(CoordError::Stopped)?;
+    Ok((StatusCode::ACCEPTED, Json(SubmitResponse { id, state: JobState::Queued, position })).into_response())
+}
+
+async fn submit_batch(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, AppError> {
+    check_accepting(&state)?;
+    let req: BatchRequest = parse_body(body)?;
+    if req.jobs.is_empty() || req.jobs.len() > MAX_BATCH {
+        return Err(AppError::bad_request("bad_batch", format!("a batch holds 1 to {MAX_BATCH} jobs")));
+    }
+    let jobs = req
+        .jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, j)| new_job(j).map_err(|e| AppError { message: format!("jobs[{i}]: {}", e.message), ..e }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let accepted = state.coord.submit(jobs).await?;
+    let jobs = accepted.into_iter().map(|(id, position)| SubmitResponse { id, state: JobState::Queued, position }).collect();
+    Ok((StatusCode::ACCEPTED, Json(BatchResponse { jobs })).into_response())
+}
+
+async fn stored(state: &AppState, id: JobId) -> Result<Option<JobView>, AppError> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.get(id))
+        .await
+        .map_err(|_| AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "store read task failed"))?
+        .map_err(Into::into)
+}
+
+async fn find(state: &AppState, id: JobId) -> Result<JobView, AppError> {
+    if let Some(v) = state.coord.view(id).await? {
+        return Ok(JobView {
+            id,
+            kind: v.kind.as_str().into(),
+            state: v.state,
+            priority: v.priority,
+            position: v.position,
+            worker: v.worker,
+            attempts: v.attempts,
+            result: None,
+            error: None,
+            created_at: rfc3339(v.created_at_ms),
+            finished_at: None,
+        });
+    }
+    stored(state, id).await?.ok_or_else(|| AppError::new(StatusCode::NOT_FOUND, "not_found", format!("no job {id}")))
+}
+
+async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {
+    Ok(Json(find(&state, parse_id(&id)?).await?))
+}
+
+async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, AppError> {
+    let id = parse_id(&id)?;
+    match state.coord.cancel(id).await? {
+        Cancelled::Now => Ok(Json(json!({"id": id, "state": "cancelled"})).into_response()),
+        Cancelled::NotActive => match stored(&state, id).await? {
+            Some(v) => Err(AppError::new(StatusCode::CONFLICT, "already_finished", format!("job {id} already {}", v.state.as_str()))),
+            None => Err(AppError::new(StatusCode::NOT_FOUND, "not_found", format!("no job {id}"))),
+        },
+    }
+}
+
+async fn job_history(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, AppError> {
+    let id = parse_id(&id)?;
+    let store = state.store.clone();
+    let history = tokio::task::spawn_blocking(move || store.history(id))
+        .await
+        .map_err(|_| AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "store read task failed"))??;
+    if history.is_empty() {
+        return Err(AppError::new(StatusCode::NOT_FOUND, "not_found", format!("no job {id}")));
+    }
+    Ok(Json(json!({"id": id, "transitions": history})).into_response())
+}
+
+/// The event a snapshot of the job stands for, so a late subscriber starts
+/// from the present.
+fn snapshot_event(v: &JobView) -> JobEvent {
+    match v.state {
+        JobState::Queued => JobEvent::Queued { position: v.position.unwrap_or(0) },
+        JobState::Running => JobEvent::Running { worker: v.worker.clone().unwrap_or_default(), attempt: v.attempts },
+        JobState::Succeeded => JobEvent::Succeeded {
+            result: v.result.clone().unwrap_or_default(),
+            worker: v.worker.clone().unwrap_or_default(),
+            attempt: v.attempts,
+        },
+        JobState::Failed => JobEvent::Failed { error: v.error.clone().unwrap_or_default() },
+        JobState::Cancelled => JobEvent::Cancelled,
+    }
+}
+
+async fn job_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
+    let id = parse_id(&id)?;
+    // Subscribe before reading the snapshot, so nothing falls in between.
+    let rx = state.hub.subscribe(id);
+    let first = snapshot_event(&find(&state, id).await?);
+    let done = first.is_final();
+    let stream = futures::stream::unfold((Some(first), Some(rx), done), |(first, rx, done)| async move {
+        if let Some(ev) = first {
+            let fin = ev.is_final();
+            return Some((ev, (None, if fin { None } else { rx }, fin)));
+        }
+        if done {
+            return None;
+        }
+        let mut rx = rx?;
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let fin = ev.is_final();
+                    return Some((ev, (None, Some(rx), fin)));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let stream = futures::StreamExt::map(stream, |ev| {
+        Ok(Event::default().event(ev.name()).json_data(&ev).unwrap_or_else(|_| Event::default().comment("unencodable")))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+async fn workers(State(state): State<AppState>) -> Result<Response, AppError> {
+    Ok(Json(json!({"workers": state.coord.workers().await?})).into_response())
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let broker = *state.broker_connected.borrow();
+    let store = state.store.is_healthy();
+    let accepting = state.accepting.load(Ordering::Relaxed);
+    let ok = broker && store && accepting;
+    let body = json!({"status": if ok { "ok" } else { "degraded" }, "broker": broker, "store": store, "accepting": accepting});
+    (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.coord.refresh_gauges().await;
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render()).into_response()
+}

@@ -1,0 +1,92 @@
+//! Prometheus metrics of the master, served at `/metrics`.
+
+use faena_proto::jobs::{JobState, Priority};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    transitions: Vec<Counter>,
+    queue_depth: Vec<Gauge>,
+    jobs_current: Family<Labels, Gauge>,
+    pub workers: Gauge,
+    pub dispatch_latency: Histogram,
+    pub redeliveries: Counter,
+    pub rejected_callbacks: Counter,
+    pub malformed_messages: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("faena");
+        let transitions_family = Family::<Labels, Counter>::default();
+        registry.register("jobs", "Jobs that entered each state", transitions_family.clone());
+        let transitions = JobState::ALL
+            .iter()
+            .map(|s| transitions_family.get_or_create(&vec![("state", s.as_str())]).clone())
+            .collect();
+        let depth_family = Family::<Labels, Gauge>::default();
+        registry.register("queue_depth", "Jobs waiting in the queue, by priority", depth_family.clone());
+        let queue_depth = Priority::ALL
+            .iter()
+            .map(|p| depth_family.get_or_create(&vec![("priority", p.as_str())]).clone())
+            .collect();
+        let jobs_current = Family::<Labels, Gauge>::default();
+        registry.register("jobs_active", "Jobs currently queued or running", jobs_current.clone());
+        let workers = Gauge::default();
+        registry.register("workers", "Registered workers", workers.clone());
+        let dispatch_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
+        registry.register(
+            "dispatch_latency_seconds",
+            "Time a job waited in the queue before it was dispatched",
+            dispatch_latency.clone(),
+        );
+        let redeliveries = Counter::default();
+        registry.register("redeliveries", "Work units put back in the queue after a worker was lost or failed", redeliveries.clone());
+        let rejected_callbacks = Counter::default();
+        registry.register("rejected_callbacks", "gRPC callbacks rejected (stale lease, unknown job, bad input)", rejected_callbacks.clone());
+        let malformed_messages = Counter::default();
+        registry.register("malformed_messages", "MQTT messages dropped as malformed", malformed_messages.clone());
+        Self {
+            registry,
+            transitions,
+            queue_depth,
+            jobs_current,
+            workers,
+            dispatch_latency,
+            redeliveries,
+            rejected_callbacks,
+            malformed_messages,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn entered(&self, state: JobState) {
+        if let Some(c) = JobState::ALL.iter().position(|s| *s == state).and_then(|i| self.transitions.get(i)) {
+            c.inc();
+        }
+    }
+
+    pub fn set_gauges(&self, depth: [usize; 3], queued: usize, running: usize, workers: usize) {
+        for (g, d) in self.queue_depth.iter().zip(depth) {
+            g.set(d as i64);
+        }
+        self.jobs_current.get_or_create(&vec![("state", "queued")]).set(queued as i64);
+        self.jobs_current.get_or_create(&vec![("state", "running")]).set(running as i64);
+        self.workers.set(workers as i64);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,54 @@
+//! What this machine offers: cores, memory, AES-NI, huge pages.
+
+/// Memory limit in bytes: the cgroup limit if one is set, else physical memory.
+pub fn memory_bytes() -> u64 {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let physical = meminfo("MemTotal:").map(|kib| kib * 1024);
+    match (cgroup, physical) {
+        (Some(c), Some(p)) => c.min(p),
+        (c, p) => c.or(p).unwrap_or(0),
+    }
+}
+
+pub fn cores() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}
+
+pub fn aes_ni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// True when reserved huge pages are free to use.
+pub fn huge_pages() -> bool {
+    meminfo("HugePages_Free:").is_some_and(|n| n > 0)
+}
+
+fn meminfo(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines().find_map(|l| l.strip_prefix(key)).and_then(|rest| rest.split_whitespace().next()).and_then(|n| n.parse().ok())
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_this_machine() {
+        assert!(super::cores() >= 1);
+        assert!(super::memory_bytes() > 0);
+        assert!(!super::hostname().is_empty());
+    }
+}

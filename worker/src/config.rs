@@ -1,0 +1,73 @@
+//! The worker's configuration: flags, each with an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// RandomX mode. `auto` picks the best mode the machine supports; today that
+/// is light mode (256 MiB cache per key), which every machine can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RandomxMode {
+    Auto,
+    Light,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "faena-worker", version, about = "Faena worker: runs work units from MQTT, reports over gRPC")]
+pub struct Config {
+    /// Unique id of this worker (A-Z a-z 0-9 _ . -). Default: host name plus a random suffix.
+    #[arg(long, env = "FAENA_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// The master's gRPC address.
+    #[arg(long, env = "FAENA_MASTER_URL", default_value = "http://127.0.0.1:50051")]
+    pub master_url: String,
+    #[arg(long, env = "FAENA_MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
+    pub mqtt_url: String,
+    #[arg(long, env = "FAENA_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+    #[arg(long, env = "FAENA_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
+    #[arg(long, env = "FAENA_MQTT_PASSWORD_FILE")]
+    pub mqtt_password_file: Option<PathBuf>,
+    #[arg(long, env = "FAENA_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+    #[arg(long, env = "FAENA_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+    #[arg(long, env = "FAENA_TOPIC_PREFIX", default_value = "faena")]
+    pub topic_prefix: String,
+    /// Units this worker runs at once. Default: one per core.
+    #[arg(long, env = "FAENA_WORKER_SLOTS")]
+    pub slots: Option<u32>,
+    #[arg(long, env = "FAENA_RANDOMX_MODE", value_enum, default_value = "auto")]
+    pub randomx_mode: RandomxMode,
+    /// Where `/metrics` and `/healthz` listen (port 0 picks one).
+    #[arg(long, env = "FAENA_WORKER_METRICS_ADDR", default_value = "127.0.0.1:0")]
+    pub metrics_addr: SocketAddr,
+    /// On SIGTERM, how long running units may finish before they are handed back.
+    #[arg(long, env = "FAENA_DRAIN_TIMEOUT_MS", default_value_t = 20_000)]
+    pub drain_timeout_ms: u64,
+    #[arg(long, env = "FAENA_LOG_JSON")]
+    pub log_json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.slots.is_some_and(|s| s == 0 || s > 4096) {
+            return Err(ConfigError("--slots must be 1..=4096".into()));
+        }
+        if !(self.master_url.starts_with("http://") || self.master_url.starts_with("https://")) {
+            return Err(ConfigError(format!("--master-url {:?} must start with http:// or https://", self.master_url)));
+        }
+        Ok(())
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}

@@ -1,0 +1,228 @@
+//! faena-worker: takes work units from its MQTT jobs topic, runs them through
+//! an [`exec::Executor`] per kind, and reports to the master over gRPC.
+//!
+//! Module map:
+//! - [`config`]: flags and environment; [`caps`]: what this machine offers.
+//! - [`exec`]: the executor trait and the executors (`noop`, `randomx.hash`).
+//! - [`runner`]: slots, running leases, cancellation, result delivery, drain.
+//! - [`client`]: the gRPC client; [`mqtt`]: topics in, status out.
+//! - [`metrics`]: Prometheus, served with `/healthz`.
+
+pub mod caps;
+pub mod client;
+pub mod config;
+pub mod exec;
+pub mod metrics;
+pub mod mqtt;
+pub mod runner;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use faena_common::broker::{BrokerError, BrokerUrl, Credentials};
+use faena_common::logs::LogSink;
+use faena_common::secrets::{self, SecretError};
+use faena_proto::grpc as pb;
+use faena_proto::ids::{InstanceId, WorkerId};
+use faena_proto::jobs::JobKind;
+use faena_proto::mqtt::WorkerState;
+use faena_proto::secret::Secret;
+use faena_proto::topics::Topics;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+pub use config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    #[error("a cluster token is required: set FAENA_CLUSTER_TOKEN or FAENA_CLUSTER_TOKEN_FILE")]
+    NoToken,
+    #[error("the master refused this worker: {0}")]
+    Refused(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("invalid worker id or topic prefix: {0}")]
+    Id(String),
+}
+
+/// Where a running worker can be observed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ready {
+    pub worker_id: String,
+    pub metrics: SocketAddr,
+}
+
+/// Host name plus a short random suffix, safe as a topic level.
+pub fn default_worker_id() -> String {
+    let host: String = caps::hostname()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '-' })
+        .take(48)
+        .collect();
+    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
+}
+
+fn capabilities(cfg: &Config, kinds: &[JobKind], slots: u32) -> pb::Capabilities {
+    pb::Capabilities {
+        cores: caps::cores(),
+        memory_bytes: caps::memory_bytes(),
+        aes_ni: caps::aes_ni(),
+        huge_pages: caps::huge_pages(),
+        randomx_modes: match cfg.randomx_mode {
+            config::RandomxMode::Auto | config::RandomxMode::Light => vec!["light".into()],
+        },
+        ai_providers: vec![],
+        kinds: kinds.iter().map(|k| k.as_str().to_owned()).collect(),
+        slots,
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// Registers until the master answers; wrong token or bad capabilities are fatal.
+async fn register(runner: &runner::Runner, caps: &pb::Capabilities, cancel: &CancellationToken) -> Result<Option<pb::RegisterResponse>, WorkerError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let req = pb::RegisterRequest {
+            worker_id: runner.worker_id.to_string(),
+            instance_id: runner.instance.to_string(),
+            capabilities: Some(caps.clone()),
+            running: runner.leases(),
+        };
+        match runner.client().register(req).await {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                for lease in &resp.revoked {
+                    runner.revoke(lease);
+                }
+                tracing::info!(worker = %runner.worker_id, adopted = resp.adopted.len(), revoked = resp.revoked.len(), "registered with the master");
+                return Ok(Some(resp));
+            }
+            Err(s) if matches!(s.code(), Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied) => {
+                return Err(WorkerError::Refused(s.message().to_owned()));
+            }
+            Err(s) => tracing::warn!(code = ?s.code(), error = %s.message(), retry_in_ms = backoff.as_millis() as u64, "master not reachable yet"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(None),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+pub async fn run(cfg: Config, logs: Option<LogSink>, shutdown: CancellationToken, on_ready: impl FnOnce(&Ready)) -> Result<(), WorkerError> {
+    cfg.validate()?;
+    let topics = Topics::new(&cfg.topic_prefix).map_err(|e| WorkerError::Id(e.to_string()))?;
+    let token = secrets::resolve("FAENA_CLUSTER_TOKEN", cfg.cluster_token.as_deref(), cfg.cluster_token_file.as_deref())?
+        .ok_or(WorkerError::NoToken)?;
+    let password = secrets::resolve("FAENA_MQTT_PASSWORD", cfg.mqtt_password.as_deref(), cfg.mqtt_password_file.as_deref())?;
+    let creds = cfg.mqtt_username.clone().map(|username| Credentials { username, password: password.unwrap_or_else(Secret::default) });
+    let url: BrokerUrl = cfg.mqtt_url.parse()?;
+    let worker_id = WorkerId::parse(&cfg.worker_id.clone().unwrap_or_else(default_worker_id)).map_err(|e| WorkerError::Id(e.to_string()))?;
+    let slots = cfg.slots.unwrap_or_else(caps::cores);
+
+    let hasher = exec::randomx::RandomxHasher::start().map_err(|source| WorkerError::Io { what: "starting the RandomX thread".into(), source })?;
+    let registry = exec::Registry::default()
+        .with(JobKind::Noop, Arc::new(exec::noop::Noop))
+        .with(JobKind::RandomxHash, Arc::new(hasher));
+    let caps = capabilities(&cfg, &registry.kinds(), slots);
+    let client = client::connect(&cfg.master_url, &token)?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let runner = Arc::new(runner::Runner::new(worker_id.clone(), InstanceId::new(), slots, registry, client, metrics.clone()));
+
+    let mqtt_cancel = CancellationToken::new();
+    let mqtt::Connection { status, mut subscribed, mut inbound, driver } = mqtt::connect(&url, creds.as_ref(), topics.clone(), runner.clone(), mqtt_cancel.clone());
+    let mut driver = tokio::spawn(driver);
+    if let Some(sink) = logs {
+        tokio::spawn(faena_common::logs::forward(sink, status.client().clone(), topics.logs(), mqtt_cancel.clone()));
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
+        .await
+        .map_err(|source| WorkerError::Io { what: format!("binding metrics on {}", cfg.metrics_addr), source })?;
+    let metrics_addr = listener.local_addr().map_err(|source| WorkerError::Io { what: "metrics address".into(), source })?;
+    let (healthy_tx, healthy) = tokio::sync::watch::channel(false);
+    let http_cancel = CancellationToken::new();
+    let http = tokio::spawn(serve_metrics(listener, metrics.clone(), healthy, http_cancel.clone()));
+
+    tokio::select! {
+        r = subscribed.wait_for(|s| *s) => { let _ = r; }
+        r = &mut driver => return Err(match r { Ok(Err(e)) => e.into(), _ => WorkerError::Refused("MQTT loop ended".into()) }),
+        () = shutdown.cancelled() => return Ok(()),
+    }
+    let Some(mut registration) = register(&runner, &caps, &shutdown).await? else { return Ok(()) };
+    let _ = healthy_tx.send(true);
+    tracing::info!(worker = %worker_id, slots, metrics = %metrics_addr, "faena-worker ready");
+    on_ready(&Ready { worker_id: worker_id.to_string(), metrics: metrics_addr });
+
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(u64::from(registration.heartbeat_interval_ms.max(100))));
+    loop {
+        let reregister = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = &mut driver => {
+                if let Ok(Err(e)) = r { tracing::error!(error = %e, "MQTT connection ended"); }
+                break;
+            }
+            Some(msg) = inbound.recv() => match msg {
+                mqtt::Inbound::MasterOnline(instance) => instance.to_string() != registration.master_instance,
+                mqtt::Inbound::Drain => { tracing::info!("drain requested by the master"); break; }
+            },
+            () = runner.need_register.notified() => true,
+            _ = heartbeat.tick() => {
+                status.publish(status.current_state());
+                let req = pb::HeartbeatRequest { worker_id: worker_id.to_string(), instance_id: runner.instance.to_string(), running: runner.leases(), hashrate: 0.0 };
+                match runner.client().heartbeat(req).await {
+                    Ok(resp) => { for lease in &resp.into_inner().revoked { runner.revoke(lease); } false }
+                    Err(s) if s.code() == Code::Aborted => true,
+                    Err(s) => { tracing::debug!(code = ?s.code(), error = %s.message(), "heartbeat failed"); false }
+                }
+            }
+        };
+        if reregister {
+            let _ = healthy_tx.send(false);
+            match register(&runner, &caps, &shutdown).await? {
+                Some(r) => registration = r,
+                None => break,
+            }
+            let _ = healthy_tx.send(true);
+        }
+    }
+
+    tracing::info!(running = runner.running_count(), "draining: no new work; finishing running units");
+    status.publish(WorkerState::Draining);
+    runner.drain(cfg.drain_timeout()).await;
+    status.publish_and_disconnect(WorkerState::Offline).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut driver).await;
+    mqtt_cancel.cancel();
+    http_cancel.cancel();
+    let _ = http.await;
+    tracing::info!("faena-worker stopped");
+    Ok(())
+}
+
+async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<metrics::Metrics>, healthy: tokio::sync::watch::Receiver<bool>, cancel: CancellationToken) {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/metrics", get(move || {
+            let body = metrics.render();
+            async move { ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body) }
+        }))
+        .route("/healthz", get(move || {
+            let ok = *healthy.borrow();
+            async move { (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, if ok { "ok" } else { "not registered" }).into_response() }
+        }));
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await {
+        tracing::error!(error = %e, "metrics server failed");
+    }
+}

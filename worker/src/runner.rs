@@ -1,0 +1,240 @@
+//! Runs work units: one task per unit, bounded by the slots, each cancellable.
+//! A unit stays in the running set until the master has its outcome, so
+//! heartbeats keep its lease alive while a result waits for a restarting master.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use faena_proto::grpc::{self as pb, result_request};
+use faena_proto::ids::{InstanceId, JobId, WorkerId};
+use faena_proto::jobs::JobSpec;
+use faena_proto::mqtt::WorkUnit;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::Code;
+
+use crate::client::Client;
+use crate::exec::{JobContext, JobFailure, Registry};
+use crate::metrics::Metrics;
+
+#[derive(Debug)]
+struct Running {
+    attempt: u32,
+    token: String,
+    cancel: CancellationToken,
+}
+
+#[derive(Debug)]
+pub struct Runner {
+    pub worker_id: WorkerId,
+    pub instance: InstanceId,
+    pub slots: u32,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    /// Set when the master must hear from us again (it restarted or forgot us).
+    pub need_register: Notify,
+    client: Client,
+    permits: Arc<Semaphore>,
+    running: Mutex<HashMap<JobId, Running>>,
+    draining: AtomicBool,
+    handing_back: AtomicBool,
+    tracker: TaskTracker,
+}
+
+impl Runner {
+    pub fn new(worker_id: WorkerId, instance: InstanceId, slots: u32, registry: Registry, client: Client, metrics: Arc<Metrics>) -> Self {
+        Self {
+            worker_id,
+            instance,
+            slots,
+            registry,
+            metrics,
+            need_register: Notify::new(),
+            client,
+            permits: Arc::new(Semaphore::new(slots as usize)),
+            running: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            handing_back: AtomicBool::new(false),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.running.lock().len()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The leases this worker holds, for register and heartbeat calls.
+    pub fn leases(&self) -> Vec<pb::Lease> {
+        self.running
+            .lock()
+            .iter()
+            .map(|(id, r)| pb::Lease { job_id: id.to_string(), attempt: r.attempt, token: r.token.clone() })
+            .collect()
+    }
+
+    /// Takes a unit from the jobs topic. A repeated delivery of the same
+    /// attempt is ignored; a newer attempt replaces an older one.
+    pub fn start(self: &Arc<Self>, unit: WorkUnit) {
+        let cancel = CancellationToken::new();
+        {
+            let mut running = self.running.lock();
+            if let Some(r) = running.get(&unit.job_id) {
+                if r.attempt >= unit.attempt {
+                    tracing::debug!(job = %unit.job_id, attempt = unit.attempt, "duplicate delivery ignored");
+                    return;
+                }
+                r.cancel.cancel();
+            }
+            running.insert(unit.job_id, Running { attempt: unit.attempt, token: unit.token.clone(), cancel: cancel.clone() });
+        }
+        let this = self.clone();
+        self.tracker.spawn(async move { this.run_unit(unit, cancel).await });
+    }
+
+    /// Stops an attempt the master no longer wants; its outcome is not reported.
+    pub fn cancel(&self, job: JobId, attempt: u32) {
+        if let Some(r) = self.running.lock().get(&job).filter(|r| r.attempt == attempt) {
+            tracing::info!(job = %job, attempt, "cancelling a running unit");
+            r.cancel.cancel();
+        }
+    }
+
+    pub fn revoke(&self, lease: &pb::Lease) {
+        if let Ok(job) = lease.job_id.parse() {
+            self.cancel(job, lease.attempt);
+        }
+    }
+
+    async fn run_unit(self: Arc<Self>, unit: WorkUnit, cancel: CancellationToken) {
+        let kind = unit.kind;
+        let outcome = if self.is_draining() {
+            None
+        } else {
+            let permit = tokio::select! {
+                p = self.permits.clone().acquire_owned() => p.ok(),
+                () = cancel.cancelled() => None,
+            };
+            match permit {
+                Some(_permit) => Some(self.execute(&unit, &cancel).await),
+                None => None,
+            }
+        };
+        let outcome = match outcome {
+            _ if cancel.is_cancelled() && !self.handing_back.load(Ordering::Relaxed) => {
+                self.metrics.finished(kind, "cancelled");
+                self.forget(&unit);
+                return;
+            }
+            Some(Ok(output)) if !cancel.is_cancelled() => {
+                self.metrics.finished(kind, "succeeded");
+                result_request::Outcome::OutputJson(output.to_string())
+            }
+            Some(Err(failure)) if !cancel.is_cancelled() => {
+                self.metrics.finished(kind, "failed");
+                result_request::Outcome::Failure(pb::JobFailure { message: failure.message, retryable: failure.retryable, code: String::new() })
+            }
+            _ => {
+                self.metrics.finished(kind, "handed_back");
+                result_request::Outcome::HandedBack(format!("worker {} is shutting down", self.worker_id))
+            }
+        };
+        self.submit(&unit, outcome).await;
+        self.forget(&unit);
+    }
+
+    async fn execute(&self, unit: &WorkUnit, cancel: &CancellationToken) -> Result<serde_json::Value, JobFailure> {
+        let spec = JobSpec::parse_kind(unit.kind, unit.params.clone()).map_err(|e| JobFailure::permanent(e.to_string()))?;
+        let executor = self
+            .registry
+            .get(unit.kind)
+            .ok_or_else(|| JobFailure::permanent(format!("worker {} does not run {} jobs", self.worker_id, unit.kind)))?
+            .clone();
+        let (progress_tx, mut progress_rx) = mpsc::channel(64);
+        let started = Instant::now();
+        self.metrics.running.inc();
+        let fut = executor.execute(spec, JobContext::new(cancel.clone(), progress_tx));
+        tokio::pin!(fut);
+        let result = loop {
+            tokio::select! {
+                r = &mut fut => break r,
+                Some(p) = progress_rx.recv() => self.report_progress(unit, p).await,
+            }
+        };
+        self.metrics.running.dec();
+        self.metrics.duration.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn lease(&self, unit: &WorkUnit) -> pb::Lease {
+        pb::Lease { job_id: unit.job_id.to_string(), attempt: unit.attempt, token: unit.token.clone() }
+    }
+
+    async fn report_progress(&self, unit: &WorkUnit, data: serde_json::Value) {
+        let req = pb::ProgressRequest { worker_id: self.worker_id.to_string(), lease: Some(self.lease(unit)), progress_json: data.to_string() };
+        if let Err(s) = self.client().report_progress(req).await {
+            tracing::debug!(job = %unit.job_id, code = ?s.code(), "progress not delivered");
+        }
+    }
+
+    /// Delivers an outcome until the master takes it or rejects it for good.
+    async fn submit(&self, unit: &WorkUnit, outcome: result_request::Outcome) {
+        let req = pb::ResultRequest {
+            worker_id: self.worker_id.to_string(),
+            lease: Some(self.lease(unit)),
+            outcome: Some(outcome),
+            elapsed_us: 0,
+        };
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.client().submit_result(req.clone()).await {
+                Ok(_) => return,
+                Err(s) if s.code() == Code::Aborted => self.need_register.notify_one(),
+                Err(s) if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Internal | Code::Cancelled) => {
+                    tracing::debug!(job = %unit.job_id, error = %s.message(), "master unreachable; result will be retried");
+                }
+                Err(s) => {
+                    tracing::warn!(job = %unit.job_id, attempt = unit.attempt, code = ?s.code(), error = %s.message(), "master rejected the result; dropped");
+                    return;
+                }
+            }
+            self.metrics.result_retries.inc();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn forget(&self, unit: &WorkUnit) {
+        let mut running = self.running.lock();
+        if running.get(&unit.job_id).is_some_and(|r| r.attempt == unit.attempt) {
+            running.remove(&unit.job_id);
+        }
+    }
+
+    /// Stops taking work, lets running units finish for `timeout`, then hands
+    /// the rest back and waits (bounded) for the master to hear of them.
+    pub async fn drain(&self, timeout: Duration) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.tracker.close();
+        if tokio::time::timeout(timeout, self.tracker.wait()).await.is_ok() {
+            return;
+        }
+        tracing::warn!(left = self.running_count(), "drain timeout: handing running units back to the master");
+        self.handing_back.store(true, Ordering::Relaxed);
+        for r in self.running.lock().values() {
+            r.cancel.cancel();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+    }
+}
