@@ -31,7 +31,8 @@ pub struct LogSink {
 pub fn init(component: &str, json: bool) -> LogSink {
     let (tx, rx) = mpsc::channel(4096);
     let filter = EnvFilter::try_from_env("FAENA_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     let stderr = if json { stderr.json().boxed() } else { stderr.compact().boxed() };
     let mqtt = MqttLayer { tx, component: component.to_owned() };
     // A second init (tests running several components in one process) keeps the first.

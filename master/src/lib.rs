@@ -139,11 +139,18 @@ pub async fn run(
     let mqtt::Connection { out, mut connected, mut statuses, driver } = conn;
     let mut driver = tokio::spawn(driver);
     let timeout = Duration::from_millis(cfg.mqtt_connect_timeout_ms);
+    let failed = |r: Result<Result<(), BrokerError>, tokio::task::JoinError>| match r {
+        Ok(Err(e)) => MasterError::Broker(e),
+        _ => MasterError::BrokerTimeout(url.to_string()),
+    };
     tokio::select! {
-        r = connected.wait_for(|c| *c) => { let _ = r; }
-        r = &mut driver => {
-            return Err(match r { Ok(Err(e)) => e.into(), _ => MasterError::BrokerTimeout(url.to_string()) });
+        r = connected.wait_for(|c| *c) => {
+            // The sender only goes away when the connection loop ended with an error.
+            if r.is_err() {
+                return Err(failed(driver.await));
+            }
         }
+        r = &mut driver => return Err(failed(r)),
         () = tokio::time::sleep(timeout) => return Err(MasterError::BrokerTimeout(url.to_string())),
         () = shutdown.cancelled() => return Ok(()),
     }
@@ -207,9 +214,11 @@ pub async fn run(
 
     tracing::info!(http = %addrs.http, grpc = %addrs.grpc, mqtt = %addrs.mqtt, "faena-master ready");
     on_ready(&addrs);
+    let mut driver_done = false;
     tokio::select! {
         () = shutdown.cancelled() => {}
         r = &mut driver => {
+            driver_done = true;
             if let Ok(Err(e)) = r {
                 tracing::error!(error = %e, "lost the MQTT broker for good");
             }
@@ -229,6 +238,8 @@ pub async fn run(
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     mqtt_cancel.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+    if !driver_done {
+        let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+    }
     Ok(())
 }

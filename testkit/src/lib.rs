@@ -1,1 +1,193 @@
+//! Runs real Faena processes (and Mosquitto) on ephemeral loopback ports for
+//! the integration tests and benchmarks: waits on their READY lines and on
+//! job events, never on fixed sleeps, and kills every process it started when
+//! dropped.
+//!
+//! The binaries come from the same target directory as the test executable;
+//! `scripts/test.sh` builds them first (`cargo build --bins`).
 
+pub mod api;
+pub mod mosquitto;
+pub mod process;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use api::Api;
+pub use mosquitto::Mosquitto;
+pub use process::Proc;
+use serde_json::Value;
+
+/// Generous bound for anything a test waits on.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The target directory the running test or bench was built into.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(path.exists(), "{} is missing: build it first (cargo build --bins)", path.display());
+    path
+}
+
+/// How the master reaches its broker.
+#[derive(Debug, Clone)]
+pub enum Broker {
+    Embedded,
+    External { url: String, username: Option<String>, password: Option<String> },
+}
+
+#[derive(Debug, Clone)]
+pub struct MasterOpts {
+    pub broker: Broker,
+    pub heartbeat_ms: u32,
+    pub queue_capacity: usize,
+    pub extra: Vec<(String, String)>,
+}
+
+impl Default for MasterOpts {
+    fn default() -> Self {
+        Self { broker: Broker::Embedded, heartbeat_ms: 500, queue_capacity: 100_000, extra: vec![] }
+    }
+}
+
+/// Where a started master listens (from its READY line).
+#[derive(Debug, Clone)]
+pub struct MasterAddrs {
+    pub http: String,
+    pub grpc: String,
+    pub mqtt: String,
+}
+
+/// A master and its workers in one temporary directory.
+#[derive(Debug)]
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub opts: MasterOpts,
+    pub master: Option<Proc>,
+    pub addrs: MasterAddrs,
+    pub workers: Vec<Proc>,
+    pub token: String,
+    pub api: Api,
+}
+
+pub const TOKEN: &str = "test-cluster-token-0123456789";
+
+impl Cluster {
+    pub async fn start(opts: MasterOpts) -> Self {
+        let dir = tempfile::Builder::new().prefix("faena-test-").tempdir().expect("temp dir");
+        let (master, addrs) = start_master(dir.path(), &opts, None).await;
+        let api = Api::new(&addrs.http);
+        Self { dir, opts, master: Some(master), addrs, workers: vec![], token: TOKEN.into(), api }
+    }
+
+    /// Starts the master again on the same ports and data directory.
+    pub async fn restart_master(&mut self) {
+        let (master, addrs) = start_master(self.dir.path(), &self.opts, Some(&self.addrs)).await;
+        self.master = Some(master);
+        self.addrs = addrs;
+    }
+
+    pub fn master(&mut self) -> &mut Proc {
+        self.master.as_mut().expect("master running")
+    }
+
+    pub async fn add_worker(&mut self, id: &str, slots: u32) -> usize {
+        self.add_worker_with(id, slots, &[]).await
+    }
+
+    pub async fn add_worker_with(&mut self, id: &str, slots: u32, extra: &[(&str, &str)]) -> usize {
+        let mut env = vec![
+            ("FAENA_WORKER_ID".to_owned(), id.to_owned()),
+            ("FAENA_MASTER_URL".to_owned(), format!("http://{}", self.addrs.grpc)),
+            ("FAENA_MQTT_URL".to_owned(), self.addrs.mqtt.clone()),
+            ("FAENA_CLUSTER_TOKEN".to_owned(), self.token.clone()),
+            ("FAENA_WORKER_SLOTS".to_owned(), slots.to_string()),
+            ("FAENA_DRAIN_TIMEOUT_MS".to_owned(), "10000".to_owned()),
+        ];
+        if let Broker::External { username, password, .. } = &self.opts.broker {
+            env.extend(username.iter().map(|u| ("FAENA_MQTT_USERNAME".to_owned(), u.clone())));
+            env.extend(password.iter().map(|p| ("FAENA_MQTT_PASSWORD".to_owned(), p.clone())));
+        }
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let log = self.dir.path().join(format!("worker-{id}.log"));
+        let proc = Proc::spawn(&bin("faena-worker"), &[], &env, &log).await;
+        self.workers.push(proc);
+        self.workers.len() - 1
+    }
+
+    pub fn worker(&mut self, id: &str) -> &mut Proc {
+        self.workers.iter_mut().find(|w| w.ready["worker_id"] == id).expect("no such worker")
+    }
+
+    /// Waits until the master lists exactly `n` workers.
+    pub async fn wait_workers(&self, n: usize) -> Vec<Value> {
+        let api = self.api.clone();
+        eventually(&format!("{n} workers registered"), || {
+            let api = api.clone();
+            async move {
+                let list = api.workers().await;
+                (list.len() == n).then_some(list)
+            }
+        })
+        .await
+    }
+
+    pub fn master_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("master.log")).unwrap_or_default()
+    }
+}
+
+async fn start_master(dir: &Path, opts: &MasterOpts, same_as: Option<&MasterAddrs>) -> (Proc, MasterAddrs) {
+    let port = |a: Option<&str>| a.map(str::to_owned).unwrap_or_else(|| "127.0.0.1:0".into());
+    let mqtt_listen = same_as.and_then(|a| a.mqtt.strip_prefix("mqtt://").map(str::to_owned));
+    let mut env = vec![
+        ("FAENA_HTTP_ADDR".to_owned(), port(same_as.map(|a| a.http.as_str()))),
+        ("FAENA_GRPC_ADDR".to_owned(), port(same_as.map(|a| a.grpc.as_str()))),
+        ("FAENA_DATA_DIR".to_owned(), dir.join("data").display().to_string()),
+        ("FAENA_CLUSTER_TOKEN".to_owned(), TOKEN.to_owned()),
+        ("FAENA_HEARTBEAT_MS".to_owned(), opts.heartbeat_ms.to_string()),
+        ("FAENA_QUEUE_CAPACITY".to_owned(), opts.queue_capacity.to_string()),
+    ];
+    match &opts.broker {
+        Broker::Embedded => env.push(("FAENA_MQTT_ADDR".to_owned(), mqtt_listen.unwrap_or_else(|| "127.0.0.1:0".into()))),
+        Broker::External { url, username, password } => {
+            env.push(("FAENA_MQTT_URL".to_owned(), url.clone()));
+            env.extend(username.iter().map(|u| ("FAENA_MQTT_USERNAME".to_owned(), u.clone())));
+            env.extend(password.iter().map(|p| ("FAENA_MQTT_PASSWORD".to_owned(), p.clone())));
+        }
+    }
+    env.extend(opts.extra.iter().cloned());
+    let proc = Proc::spawn(&bin("faena-master"), &[], &env, &dir.join("master.log")).await;
+    let field = |k: &str| proc.ready[k].as_str().unwrap_or_default().to_owned();
+    let addrs = MasterAddrs { http: field("http"), grpc: field("grpc"), mqtt: field("mqtt") };
+    (proc, addrs)
+}
+
+/// Polls `check` every 20 ms until it yields a value; panics after [`WAIT`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}

@@ -154,9 +154,18 @@ pub async fn run(cfg: Config, logs: Option<LogSink>, shutdown: CancellationToken
     let http_cancel = CancellationToken::new();
     let http = tokio::spawn(serve_metrics(listener, metrics.clone(), healthy, http_cancel.clone()));
 
+    let failed = |r: Result<Result<(), BrokerError>, tokio::task::JoinError>| match r {
+        Ok(Err(e)) => WorkerError::Broker(e),
+        _ => WorkerError::Refused("the MQTT connection loop ended".into()),
+    };
     tokio::select! {
-        r = subscribed.wait_for(|s| *s) => { let _ = r; }
-        r = &mut driver => return Err(match r { Ok(Err(e)) => e.into(), _ => WorkerError::Refused("MQTT loop ended".into()) }),
+        r = subscribed.wait_for(|s| *s) => {
+            // The sender only goes away when the connection loop ended with an error.
+            if r.is_err() {
+                return Err(failed(driver.await));
+            }
+        }
+        r = &mut driver => return Err(failed(r)),
         () = shutdown.cancelled() => return Ok(()),
     }
     let Some(mut registration) = register(&runner, &caps, &shutdown).await? else { return Ok(()) };
@@ -164,11 +173,13 @@ pub async fn run(cfg: Config, logs: Option<LogSink>, shutdown: CancellationToken
     tracing::info!(worker = %worker_id, slots, metrics = %metrics_addr, "faena-worker ready");
     on_ready(&Ready { worker_id: worker_id.to_string(), metrics: metrics_addr });
 
+    let mut driver_done = false;
     let mut heartbeat = tokio::time::interval(Duration::from_millis(u64::from(registration.heartbeat_interval_ms.max(100))));
     loop {
         let reregister = tokio::select! {
             () = shutdown.cancelled() => break,
             r = &mut driver => {
+                driver_done = true;
                 if let Ok(Err(e)) = r { tracing::error!(error = %e, "MQTT connection ended"); }
                 break;
             }
@@ -201,7 +212,9 @@ pub async fn run(cfg: Config, logs: Option<LogSink>, shutdown: CancellationToken
     status.publish(WorkerState::Draining);
     runner.drain(cfg.drain_timeout()).await;
     status.publish_and_disconnect(WorkerState::Offline).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), &mut driver).await;
+    if !driver_done {
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut driver).await;
+    }
     mqtt_cancel.cancel();
     http_cancel.cancel();
     let _ = http.await;

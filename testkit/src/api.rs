@@ -1,0 +1,140 @@
+//! A small client of the master's REST API, with an SSE reader so tests wait
+//! on job events rather than polling.
+
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::WAIT;
+
+#[derive(Debug, Clone)]
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(addr: &str) -> Self {
+        Self { base: format!("http://{addr}"), http: reqwest::Client::builder().no_proxy().build().expect("client") }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let resp = self.http.post(self.url(path)).json(body).send().await.expect("POST");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let resp = self.http.post(self.url(path)).body(body).send().await.expect("POST");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn text(&self, path: &str) -> String {
+        self.http.get(self.url(path)).send().await.expect("GET").text().await.unwrap_or_default()
+    }
+
+    pub async fn submit(&self, kind: &str, params: Value, priority: Option<&str>) -> (StatusCode, Value) {
+        let mut body = json!({"kind": kind, "params": params});
+        if let Some(p) = priority {
+            body["priority"] = json!(p);
+        }
+        self.post("/api/jobs", &body).await
+    }
+
+    /// Submits and returns the id, asserting a 202.
+    pub async fn submit_ok(&self, kind: &str, params: Value, priority: Option<&str>) -> String {
+        let (status, body) = self.submit(kind, params, priority).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "submit answered {body}");
+        body["id"].as_str().expect("id").to_owned()
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        self.get(&format!("/api/jobs/{id}")).await.1
+    }
+
+    pub async fn cancel(&self, id: &str) -> (StatusCode, Value) {
+        let resp = self.http.delete(self.url(&format!("/api/jobs/{id}"))).send().await.expect("DELETE");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn workers(&self) -> Vec<Value> {
+        self.get("/api/workers").await.1["workers"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn history(&self, id: &str) -> Vec<Value> {
+        self.get(&format!("/api/jobs/{id}/history")).await.1["transitions"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn events(&self, id: &str) -> Events {
+        let resp = self.http.get(self.url(&format!("/api/jobs/{id}/events"))).send().await.expect("events");
+        assert_eq!(resp.status(), StatusCode::OK, "events stream refused");
+        Events { stream: Box::pin(resp.bytes_stream()), buf: String::new() }
+    }
+
+    /// Waits for the job's final event, then returns the job as stored.
+    pub async fn wait_final(&self, id: &str) -> Value {
+        let mut events = self.events(id).await;
+        let finished = tokio::time::timeout(WAIT, async {
+            while let Some((name, _)) = events.next().await {
+                if matches!(name.as_str(), "succeeded" | "failed" | "cancelled") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(finished, Ok(true), "job {id} did not finish");
+        self.job(id).await
+    }
+}
+
+type ByteStream = std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// Server-sent events of one job: `(event name, data)`.
+pub struct Events {
+    stream: ByteStream,
+    buf: String,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Events")
+    }
+}
+
+impl Events {
+    pub async fn next(&mut self) -> Option<(String, Value)> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut name = String::new();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
+                }
+                if name.is_empty() {
+                    continue;
+                }
+                return Some((name, serde_json::from_str(&data).unwrap_or(Value::Null)));
+            }
+            let chunk = self.stream.next().await?.ok()?;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! One child process: started with its stderr in a log file, ready once it
+//! prints `FAENA_READY {json}` on stdout, killed when dropped.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::WAIT;
+
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    /// The JSON of its READY line (addresses, ids).
+    pub ready: Value,
+    pub log: std::path::PathBuf,
+}
+
+impl Proc {
+    pub async fn spawn(bin: &Path, args: &[&str], env: &[(String, String)], log: &Path) -> Self {
+        let child = Self::spawn_raw(bin, args, env, log);
+        let mut child = child;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(json) = line.strip_prefix("FAENA_READY ") {
+                    return serde_json::from_str::<Value>(json).ok();
+                }
+            }
+            None
+        })
+        .await;
+        let Ok(Some(ready)) = ready else {
+            let _ = child.start_kill();
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{} did not become ready; its log:\n{tail}", bin.display());
+        };
+        Self { child, ready, log: log.to_owned() }
+    }
+
+    /// Starts without waiting for READY (for processes expected to fail).
+    pub fn spawn_raw(bin: &Path, args: &[&str], env: &[(String, String)], log: &Path) -> Child {
+        let stderr = std::fs::File::create(log).expect("log file");
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .env_remove("FAENA_LOG")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .kill_on_drop(true);
+        cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().map(|p| p as i32).unwrap_or(0)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM, as Docker sends; waits for the exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        signal(self.pid(), "TERM");
+        tokio::time::timeout(WAIT, self.child.wait()).await.expect("exits after SIGTERM").expect("wait")
+    }
+
+    pub async fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub fn signal(pid: i32, sig: &str) {
+    if pid > 0 {
+        let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    }
+}

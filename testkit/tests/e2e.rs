@@ -1,0 +1,148 @@
+//! Jobs run end to end on real processes: the embedded broker and Mosquitto.
+
+use faena_testkit::mosquitto::{PASSWORD, USER};
+use faena_testkit::{Broker, Cluster, MasterOpts, Mosquitto, Proc, bin};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const KEY: &str = "test key 000";
+const INPUT: &str = "This is a test";
+const HASH: &str = "639183aae1bf4c9a35884cb46b09cad9175f04efd7684e7262a0ac1c2f0b4e3f";
+
+async fn run_jobs(c: &Cluster) {
+    let api = &c.api;
+    let id = api.submit_ok("randomx.hash", json!({"key": KEY, "input": INPUT}), None).await;
+    let job = api.wait_final(&id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["hash"], HASH);
+    assert_eq!(job["attempts"], 1);
+
+    let jobs: Vec<_> = (0..40).map(|i| json!({"kind": "noop", "params": {"payload": i}})).collect();
+    let (status, body) = api.post("/api/jobs/batch", &json!({"jobs": jobs})).await;
+    assert_eq!(status, 202, "{body}");
+    let ids: Vec<String> = body["jobs"].as_array().expect("ids").iter().map(|j| j["id"].as_str().expect("id").to_owned()).collect();
+    assert_eq!(ids.len(), 40);
+    for (i, id) in ids.iter().enumerate() {
+        let job = api.wait_final(id).await;
+        assert_eq!((job["state"].as_str(), &job["result"]["payload"]), (Some("succeeded"), &json!(i)));
+    }
+}
+
+#[tokio::test]
+async fn end_to_end_with_the_embedded_broker() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    c.add_worker("w1", 2).await;
+    c.add_worker("w2", 2).await;
+    let workers = c.wait_workers(2).await;
+    assert!(workers.iter().all(|w| w["kinds"] == json!(["noop", "randomx.hash"]) && w["slots"] == 2));
+    run_jobs(&c).await;
+
+    // The streamed events of a job: running, progress-free noop, then the result.
+    let id = c.api.submit_ok("noop", json!({"payload": "x", "delay_ms": 200}), None).await;
+    let mut events = c.api.events(&id).await;
+    let mut names = vec![];
+    while let Some((name, data)) = events.next().await {
+        names.push(name.clone());
+        if name == "succeeded" {
+            assert_eq!(data["result"]["payload"], "x");
+            break;
+        }
+    }
+    assert_eq!(names.last().map(String::as_str), Some("succeeded"));
+    assert!(names.contains(&"running".to_owned()), "{names:?}");
+
+    let (status, health) = c.api.get("/healthz").await;
+    assert_eq!((status.as_u16(), health["status"].as_str()), (200, Some("ok")));
+    let metrics = c.api.text("/metrics").await;
+    for name in ["faena_jobs_total{state=\"succeeded\"}", "faena_queue_depth{priority=\"high\"}", "faena_dispatch_latency_seconds_count",
+        "faena_redeliveries_total", "faena_workers 2"] {
+        assert!(metrics.contains(name), "master metrics lack {name}:\n{metrics}");
+    }
+    let worker_metrics_addr = c.worker("w1").ready["metrics"].as_str().expect("addr").to_owned();
+    let body = reqwest::get(format!("http://{worker_metrics_addr}/metrics")).await.expect("worker metrics").text().await.unwrap_or_default();
+    assert!(body.contains("faena_worker_jobs_total{kind=\"noop\",outcome=\"succeeded\"}"), "{body}");
+    assert!(body.contains("faena_worker_job_duration_seconds"), "{body}");
+}
+
+#[tokio::test]
+async fn end_to_end_with_mosquitto_shows_logs_and_status() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(tmp.path()).await;
+    let opts = MasterOpts {
+        broker: Broker::External { url: broker.url(), username: Some(USER.into()), password: Some(PASSWORD.into()) },
+        ..MasterOpts::default()
+    };
+    // Watch everything, as an operator would.
+    let mut sub = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-u", USER, "-P", PASSWORD, "-t", "faena/#", "-v"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub");
+    let mut c = Cluster::start(opts).await;
+    c.add_worker("w1", 2).await;
+    c.add_worker("w2", 2).await;
+    c.wait_workers(2).await;
+    run_jobs(&c).await;
+
+    let mut lines = BufReader::new(sub.stdout.take().expect("stdout")).lines();
+    let (mut saw_log, mut saw_status) = (false, false);
+    let seen = tokio::time::timeout(faena_testkit::WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(json) = line.strip_prefix("faena/logs ") {
+                let v: serde_json::Value = serde_json::from_str(json).expect("log lines are JSON");
+                saw_log |= v["v"] == 1 && v["message"].is_string() && v["component"].is_string();
+            }
+            if line.starts_with("faena/workers/w1/status ") && line.contains("\"state\":\"online\"") {
+                saw_status = true;
+            }
+            if saw_log && saw_status {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "mosquitto_sub showed log={saw_log} status={saw_status}");
+    // Anonymous clients are refused by this broker.
+    let anon = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", "faena/#", "-C", "1", "-W", "5"])
+        .output()
+        .expect("mosquitto_sub");
+    assert!(!anon.status.success());
+}
+
+#[tokio::test]
+async fn wrong_mqtt_credentials_are_a_clear_startup_error() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(tmp.path()).await;
+    let log = tmp.path().join("master.log");
+    let env = vec![
+        ("FAENA_MQTT_URL".to_owned(), broker.url()),
+        ("FAENA_MQTT_USERNAME".to_owned(), USER.to_owned()),
+        ("FAENA_MQTT_PASSWORD".to_owned(), "wrong-password".to_owned()),
+        ("FAENA_HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        ("FAENA_GRPC_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        ("FAENA_DATA_DIR".to_owned(), tmp.path().join("data").display().to_string()),
+    ];
+    let mut child = Proc::spawn_raw(&bin("faena-master"), &[], &env, &log);
+    let status = tokio::time::timeout(faena_testkit::WAIT, child.wait()).await.expect("exits").expect("status");
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("MQTT broker refused the connection") && text.contains("FAENA_MQTT_PASSWORD"), "{text}");
+    assert!(!text.contains("wrong-password"), "the password leaked into the log");
+
+    // The same for a worker.
+    let env = vec![
+        ("FAENA_MQTT_URL".to_owned(), broker.url()),
+        ("FAENA_MQTT_USERNAME".to_owned(), USER.to_owned()),
+        ("FAENA_MQTT_PASSWORD".to_owned(), "wrong-password".to_owned()),
+        ("FAENA_CLUSTER_TOKEN".to_owned(), "t".to_owned()),
+    ];
+    let log = tmp.path().join("worker.log");
+    let mut child = Proc::spawn_raw(&bin("faena-worker"), &[], &env, &log);
+    let status = tokio::time::timeout(faena_testkit::WAIT, child.wait()).await.expect("exits").expect("status");
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("MQTT broker refused the connection"), "{text}");
+}
