@@ -104,7 +104,12 @@ impl From<StoreError> for AppError {
 
 fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, AppError> {
     let bytes = body.map_err(|e| AppError::new(e.status(), "bad_body", e.body_text()))?;
-    serde_json::from_slice(&bytes).map_err(|e| AppError::bad_request("bad_json", format!("request body: {e}")))
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." { String::new() } else { format!(" at {path}") };
+        AppError::bad_request("bad_json", format!("request body{at}: {}", e.into_inner()))
+    })
 }
 
 fn parse_id(id: &str) -> Result<JobId, AppError> {
@@ -230,10 +235,13 @@ async fn job_events(
     let rx = state.hub.subscribe(id);
     let first = snapshot_event(&find(&state, id).await?);
     let done = first.is_final();
-    let stream = futures::stream::unfold((Some(first), Some(rx), done), |(first, rx, done)| async move {
+    // State: the snapshot still to send, the subscription, the last position sent, done.
+    let start = (Some(first), Some(rx), None::<u64>, done);
+    let stream = futures::stream::unfold(start, |(first, rx, last_position, done)| async move {
         if let Some(ev) = first {
             let fin = ev.is_final();
-            return Some((ev, (None, if fin { None } else { rx }, fin)));
+            let position = if let JobEvent::Queued { position } = ev { Some(position) } else { None };
+            return Some((ev, (None, if fin { None } else { rx }, position, fin)));
         }
         if done {
             return None;
@@ -241,9 +249,12 @@ async fn job_events(
         let mut rx = rx?;
         loop {
             match rx.recv().await {
+                // A position update that changes nothing is not news.
+                Ok(JobEvent::Queued { position }) if Some(position) == last_position => continue,
                 Ok(ev) => {
                     let fin = ev.is_final();
-                    return Some((ev, (None, Some(rx), fin)));
+                    let position = if let JobEvent::Queued { position } = ev { Some(position) } else { last_position };
+                    return Some((ev, (None, Some(rx), position, fin)));
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return None,

@@ -211,17 +211,16 @@ impl JobSpec {
 
     pub fn parse_kind(kind: JobKind, params: Value) -> Result<Self, WireError> {
         let params = if params.is_null() { Value::Object(Default::default()) } else { params };
-        let bad = |e: serde_json::Error| WireError::Params(format!("{kind} params: {e}"));
         match kind {
             JobKind::Noop => {
-                let p: NoopParams = serde_json::from_value(params).map_err(bad)?;
+                let p: NoopParams = from_value(kind, params)?;
                 if p.delay_ms.is_some_and(|d| d > MAX_NOOP_DELAY_MS) {
                     return Err(WireError::Params(format!("delay_ms is over {MAX_NOOP_DELAY_MS}")));
                 }
                 Ok(JobSpec::Noop(p))
             }
             JobKind::RandomxHash => {
-                let p: HashParams = serde_json::from_value(params).map_err(bad)?;
+                let p: HashParams = from_value(kind, params)?;
                 p.key_bytes()?;
                 p.input_bytes()?;
                 Ok(JobSpec::RandomxHash(p))
@@ -243,6 +242,16 @@ impl JobSpec {
         };
         v.unwrap_or(Value::Null)
     }
+}
+
+/// Deserialises parameters with the path of the offending field in the error
+/// (`noop params: delay_ms: invalid type ...`).
+fn from_value<T: serde::de::DeserializeOwned>(kind: JobKind, params: Value) -> Result<T, WireError> {
+    serde_path_to_error::deserialize(params).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." { WireError::Params(format!("{kind} params: {inner}")) } else { WireError::Params(format!("{kind} params: {path}: {inner}")) }
+    })
 }
 
 /// Decodes lowercase or uppercase hex with a message a person can act on.
