@@ -35,6 +35,12 @@ impl EngineConfig {
     pub fn lease_ttl(&self) -> Duration {
         self.heartbeat * 2
     }
+
+    /// After a master restart, how long a running job waits for its worker to
+    /// reconnect and claim it before it is queued again.
+    pub fn recovery_grace(&self) -> Duration {
+        self.lease_ttl() * 3
+    }
 }
 
 /// The clock, as the engine sees it: monotonic for deadlines, wall for records.
@@ -63,6 +69,8 @@ struct Lease {
     attempt: u32,
     token: String,
     expires: Instant,
+    /// Read back from the store after a restart: its worker has not claimed it yet.
+    restored: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -227,7 +235,8 @@ impl Engine {
     }
 
     /// Reloads unfinished jobs after a restart. Running ones keep their lease
-    /// for one lease period so their worker can re-register and claim them.
+    /// for [`EngineConfig::recovery_grace`] so their worker can re-register
+    /// and claim them instead of the job running twice.
     pub fn restore(&mut self, now: Now, jobs: Vec<RestoredJob>) {
         for j in jobs {
             self.next_seq = self.next_seq.max(j.seq + 1);
@@ -235,7 +244,8 @@ impl Engine {
                 worker,
                 attempt,
                 token,
-                expires: now.mono + self.cfg.lease_ttl(),
+                expires: now.mono + self.cfg.recovery_grace(),
+                restored: true,
             });
             if lease.is_none() {
                 self.queue.push(j.id, j.kind, (j.priority, j.seq));
@@ -319,7 +329,7 @@ impl Engine {
     pub fn register(&mut self, now: Now, reg: Registration) -> RegisterOutcome {
         if let Some(old) = self.workers.get(&reg.worker) {
             if old.instance != reg.instance {
-                self.drop_worker(now, &reg.worker, "worker restarted");
+                self.drop_worker(now, &reg.worker, "worker restarted", true);
             }
         }
         self.workers.insert(Worker {
@@ -334,6 +344,9 @@ impl Engine {
         let mut out = RegisterOutcome::default();
         for lease in reg.running {
             if self.renew(now, &reg.worker, &lease) {
+                if let Some(l) = self.jobs.get_mut(&lease.job_id).and_then(|j| j.lease.as_mut()) {
+                    l.restored = false;
+                }
                 if let Some(w) = self.workers.get_mut(&reg.worker) {
                     w.running.insert(lease.job_id);
                 }
@@ -341,6 +354,17 @@ impl Engine {
             } else {
                 out.revoked.push(lease);
             }
+        }
+        // Units the previous master gave this worker that it does not have
+        // (lost on the way when the master died) need not wait for their grace.
+        let lost: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.lease.as_ref().is_some_and(|l| l.restored && l.worker == reg.worker))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            self.requeue(now, id, format!("worker {} re-registered without it", reg.worker), true);
         }
         self.schedule(now);
         out
@@ -395,7 +419,12 @@ impl Engine {
             return;
         }
         match state {
-            WorkerState::Offline => self.drop_worker(now, worker, "worker went offline"),
+            // A worker that drained first has reported every unit it started;
+            // what it still holds never reached it, so that is no attempt.
+            WorkerState::Offline => {
+                let drained = w.availability == Availability::Draining;
+                self.drop_worker(now, worker, "worker went offline", !drained);
+            }
             WorkerState::Draining => w.availability = Availability::Draining,
             WorkerState::Online => w.availability = Availability::Online,
             WorkerState::Starting | WorkerState::Initialising => {}
@@ -407,7 +436,7 @@ impl Engine {
     pub fn tick(&mut self, now: Now) {
         if let Some(deadline) = now.mono.checked_sub(self.cfg.lease_ttl()) {
             for w in self.workers.silent_since(deadline) {
-                self.drop_worker(now, &w, "worker missed its heartbeats");
+                self.drop_worker(now, &w, "worker missed its heartbeats", true);
             }
         }
         let expired: Vec<(JobId, WorkerId)> = self
@@ -453,7 +482,7 @@ impl Engine {
         }
     }
 
-    fn drop_worker(&mut self, now: Now, worker: &WorkerId, reason: &str) {
+    fn drop_worker(&mut self, now: Now, worker: &WorkerId, reason: &str, counts: bool) {
         if self.workers.remove(worker).is_none() {
             return;
         }
@@ -464,7 +493,7 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for id in held {
-            self.requeue(now, id, format!("{reason} ({worker})"), true);
+            self.requeue(now, id, format!("{reason} ({worker})"), counts);
         }
     }
 
@@ -551,6 +580,7 @@ impl Engine {
             attempt: job.attempts,
             token: token.clone(),
             expires: now.mono + self.cfg.lease_ttl(),
+            restored: false,
         });
         if let Some(w) = self.workers.get_mut(&worker) {
             w.running.insert(id);

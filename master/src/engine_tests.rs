@@ -236,11 +236,46 @@ fn restored_running_jobs_are_adopted_by_their_worker_or_requeued() {
     });
     assert_eq!(out.adopted, vec![claim.clone()]);
     assert_eq!(out.revoked, vec![bogus]);
-    h.advance(Duration::from_millis(2_100));
-    assert!(h.engine.heartbeat(h.now, &w1, w.instance, &[claim.clone()], 0.0).is_ok());
-    h.engine.tick(h.now);
+    assert!(h.dispatches().is_empty(), "the orphan belongs to another worker");
+    for _ in 0..7 {
+        h.advance(Duration::from_millis(900));
+        assert!(h.engine.heartbeat(h.now, &w1, w.instance, &[claim.clone()], 0.0).is_ok());
+        h.engine.tick(h.now);
+    }
     let d = h.dispatches();
-    assert_eq!(d.len(), 1, "the orphan's lease expired and it went to the free slot");
+    assert_eq!(d.len(), 1, "the orphan's grace ran out and it went to the free slot");
     assert_eq!((d[0].1.job_id, d[0].1.attempt), (orphan, 2));
     assert_eq!(h.engine.complete(h.now, &w1, &claim, Outcome::Success(json!(1))), Ok(false));
+}
+
+#[test]
+fn a_restored_unit_its_worker_does_not_have_is_requeued_at_once() {
+    let mut h = Harness::new(10);
+    let id = JobId::new();
+    let w1 = WorkerId::parse("w1").expect("id");
+    h.engine.restore(h.now, vec![RestoredJob {
+        id,
+        kind: JobKind::Noop,
+        params: json!({}),
+        priority: Priority::Normal,
+        seq: 0,
+        created_at_ms: 1,
+        attempts: 1,
+        lease: Some((w1.clone(), 1, "t".into())),
+    }]);
+    let w = test_worker("w1", 1, &[JobKind::Noop], h.now.mono);
+    h.engine.register(h.now, Registration { worker: w1, instance: w.instance, caps: w.caps, running: vec![] });
+    let d = h.dispatches();
+    assert_eq!((d.len(), d.first().map(|x| x.1.attempt)), (1, Some(2)));
+}
+
+#[test]
+fn units_in_flight_to_a_drained_worker_do_not_count_as_attempts() {
+    let mut h = Harness::new(10);
+    let (w, i) = h.add_worker("w1", 1);
+    let id = h.submit(Priority::Normal);
+    assert_eq!(h.dispatches().len(), 1);
+    h.engine.worker_state(h.now, &w, i, WorkerState::Draining);
+    h.engine.worker_state(h.now, &w, i, WorkerState::Offline);
+    assert_eq!(h.engine.view(&id).map(|v| (v.state, v.attempts)), Some((JobState::Queued, 0)));
 }

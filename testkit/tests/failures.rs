@@ -1,0 +1,134 @@
+//! Crashes and restarts: a killed worker, a killed master, a restarted
+//! broker, and a worker told to stop. Nothing accepted is lost and every job
+//! has exactly one outcome.
+
+use faena_testkit::mosquitto::{PASSWORD, USER};
+use faena_testkit::{Broker, Cluster, MasterOpts, Mosquitto, eventually};
+use serde_json::{Value, json};
+
+/// Waits until the worker itself reports a running unit (not only the master).
+async fn wait_running_on(c: &mut Cluster, worker: &str) {
+    let addr = c.worker(worker).ready["metrics"].as_str().expect("metrics").to_owned();
+    eventually("the worker runs the unit", || {
+        let url = format!("http://{addr}/metrics");
+        async move {
+            let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+            text.lines().any(|l| l == "faena_worker_running 1").then_some(())
+        }
+    })
+    .await;
+}
+
+fn count(history: &[Value], state: &str) -> usize {
+    history.iter().filter(|t| t["state"] == state).count()
+}
+
+#[tokio::test]
+async fn a_killed_worker_s_job_finishes_once_on_another() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    c.add_worker("w1", 1).await;
+    c.add_worker("w2", 1).await;
+    c.wait_workers(2).await;
+    let id = c.api.submit_ok("noop", json!({"payload": "survivor", "delay_ms": 1500}), None).await;
+    let first = eventually("the job runs", || async { c.api.job(&id).await["worker"].as_str().map(str::to_owned) }).await;
+    c.worker(&first).kill9().await;
+
+    let job = c.api.wait_final(&id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["payload"], "survivor");
+    assert_ne!(job["worker"], json!(first));
+    assert_eq!(job["attempts"], 2);
+    let history = c.api.history(&id).await;
+    assert_eq!(count(&history, "succeeded"), 1, "{history:?}");
+    assert!(history.iter().any(|t| t["detail"].as_str().is_some_and(|d| d.contains(&first))), "{history:?}");
+    let workers = c.wait_workers(1).await;
+    assert_ne!(workers[0]["id"], json!(first));
+    assert!(c.api.text("/metrics").await.contains("faena_redeliveries_total 1"));
+}
+
+#[tokio::test]
+async fn a_killed_master_loses_nothing_and_duplicates_nothing() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    c.add_worker("w1", 1).await;
+    c.wait_workers(1).await;
+    let mut ids = vec![];
+    for i in 0..5 {
+        ids.push(c.api.submit_ok("noop", json!({"payload": i, "delay_ms": 400}), None).await);
+    }
+    wait_running_on(&mut c, "w1").await;
+    c.master().kill9().await;
+    c.restart_master().await;
+
+    for (i, id) in ids.iter().enumerate() {
+        let job = c.api.wait_final(id).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["result"]["payload"], json!(i));
+        let history = c.api.history(id).await;
+        assert_eq!(count(&history, "succeeded"), 1, "{history:?}");
+    }
+    // The job that was running when the master died was adopted, not run again.
+    assert_eq!(c.api.job(&ids[0]).await["attempts"], 1, "{:?}", c.api.history(&ids[0]).await);
+    c.wait_workers(1).await;
+}
+
+#[tokio::test]
+async fn workers_reconnect_after_the_broker_restarts() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut broker = Mosquitto::start(tmp.path()).await;
+    let opts = MasterOpts {
+        broker: Broker::External { url: broker.url(), username: Some(USER.into()), password: Some(PASSWORD.into()) },
+        ..MasterOpts::default()
+    };
+    let mut c = Cluster::start(opts).await;
+    c.add_worker("w1", 2).await;
+    c.wait_workers(1).await;
+    let before = c.api.submit_ok("noop", json!({"payload": "before"}), None).await;
+    assert_eq!(c.api.wait_final(&before).await["state"], "succeeded");
+
+    broker.kill9().await;
+    let during = c.api.submit_ok("noop", json!({"payload": "during"}), None).await;
+    broker.restart().await;
+    let after = c.api.submit_ok("noop", json!({"payload": "after"}), None).await;
+    for (id, payload) in [(&during, "during"), (&after, "after")] {
+        let job = c.api.wait_final(id).await;
+        assert_eq!((job["state"].as_str(), job["result"]["payload"].as_str()), (Some("succeeded"), Some(payload)), "{job}");
+        assert_eq!(count(&c.api.history(id).await, "succeeded"), 1);
+    }
+    let (status, health) = c.api.get("/healthz").await;
+    assert_eq!(status, 200, "{health}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_worker_finish_its_unit_then_exit() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    c.add_worker("w1", 1).await;
+    c.wait_workers(1).await;
+    let id = c.api.submit_ok("noop", json!({"payload": "drained", "delay_ms": 800}), None).await;
+    eventually("the job runs", || async { (c.api.job(&id).await["state"] == "running").then_some(()) }).await;
+    let status = c.worker("w1").terminate().await;
+    assert!(status.success(), "worker exit: {status:?}");
+    let job = c.api.job(&id).await;
+    assert_eq!((job["state"].as_str(), job["worker"].as_str(), job["attempts"].as_u64()), (Some("succeeded"), Some("w1"), Some(1)), "{job}");
+    c.wait_workers(0).await;
+}
+
+#[tokio::test]
+async fn a_worker_past_its_drain_timeout_hands_its_unit_back() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    c.add_worker_with("slow", 1, &[("FAENA_DRAIN_TIMEOUT_MS", "200")]).await;
+    c.wait_workers(1).await;
+    let id = c.api.submit_ok("noop", json!({"payload": "handed", "delay_ms": 60_000}), None).await;
+    wait_running_on(&mut c, "slow").await;
+    assert!(c.worker("slow").terminate().await.success());
+    let job = eventually("the job is queued again", || async {
+        let job = c.api.job(&id).await;
+        (job["state"] == "queued").then_some(job)
+    })
+    .await;
+    let history = c.api.history(&id).await;
+    assert_eq!(job["attempts"], 0, "a handed-back unit is not a used attempt: {job} {history:?}");
+    c.add_worker("fresh", 1).await;
+    // The unit is long; cancel it once it has moved, to keep the test short.
+    eventually("the job runs on the new worker", || async { (c.api.job(&id).await["worker"] == "fresh").then_some(()) }).await;
+    assert_eq!(c.api.cancel(&id).await.0, 200);
+}
