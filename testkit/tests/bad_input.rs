@@ -1,0 +1,151 @@
+//! Bad input gets a clear error and loses nothing: garbage on every MQTT
+//! topic the master and workers read, and bogus gRPC calls.
+
+use faena_proto::grpc::master_client::MasterClient;
+use faena_proto::grpc::{self as pb, result_request};
+use faena_testkit::{Cluster, MasterOpts, TOKEN, eventually};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use serde_json::json;
+use tonic::Code;
+use tonic::transport::Channel;
+
+async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(url).await.expect("metrics").text().await.unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn malformed_mqtt_messages_are_dropped_and_counted() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    c.add_worker("w1", 2).await;
+    c.wait_workers(1).await;
+    let port: u16 = c.addrs.mqtt.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let mut options = MqttOptions::new("vandal", "127.0.0.1", port);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(options, 100);
+    let pump = tokio::spawn(async move {
+        loop {
+            if el.poll().await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let garbage: [&[u8]; 6] = [b"", b"\xff\xfe\x00", b"null", b"{\"v\":2}", b"{\"v\":1,\"action\":\"explode\"}", &[b'{'; 100_000]];
+    let topics = ["faena/workers/w1/jobs", "faena/workers/w1/control", "faena/workers/w1/status", "faena/master/status", "faena/workers/w1/status/extra", "faena/workers/ghost/status"];
+    for topic in topics {
+        for payload in garbage {
+            client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).await.expect("publish");
+        }
+    }
+    // A status that claims to be another worker is rejected too.
+    let forged = json!({"v": 1, "worker_id": "w2", "instance_id": "00000000-0000-0000-0000-000000000000", "state": "offline", "slots": 1, "running": 0, "ts_ms": 0});
+    client.publish("faena/workers/w1/status", QoS::AtLeastOnce, false, forged.to_string()).await.expect("publish");
+
+    let master_metrics = c.api.url("/metrics");
+    eventually("the master counted the garbage", || {
+        let url = master_metrics.clone();
+        async move { (metric(&url, "faena_malformed_messages_total").await >= 10.0).then_some(()) }
+    })
+    .await;
+    let worker_metrics = format!("http://{}/metrics", c.worker("w1").ready["metrics"].as_str().expect("addr"));
+    eventually("the worker counted the garbage", || {
+        let url = worker_metrics.clone();
+        async move { (metric(&url, "faena_worker_malformed_messages_total").await >= 10.0).then_some(()) }
+    })
+    .await;
+    // Both still work and the worker was not dropped.
+    assert_eq!(c.api.workers().await.len(), 1);
+    let id = c.api.submit_ok("noop", json!({"payload": "still here"}), None).await;
+    assert_eq!(c.api.wait_final(&id).await["result"]["payload"], "still here");
+    assert!(c.master().try_exit().await.is_none() && c.worker("w1").try_exit().await.is_none());
+    assert!(c.master_log().contains("dropped a malformed MQTT message"));
+    pump.abort();
+}
+
+fn request<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(t) = token {
+        req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().expect("header"));
+    }
+    req
+}
+
+fn caps() -> pb::Capabilities {
+    pb::Capabilities { cores: 1, slots: 1, kinds: vec!["noop".into()], ..Default::default() }
+}
+
+fn lease(job: &str, attempt: u32, token: &str) -> Option<pb::Lease> {
+    Some(pb::Lease { job_id: job.into(), attempt, token: token.into() })
+}
+
+fn result(worker: &str, lease: Option<pb::Lease>, output: &str) -> pb::ResultRequest {
+    pb::ResultRequest { worker_id: worker.into(), lease, outcome: Some(result_request::Outcome::OutputJson(output.into())), elapsed_us: 0 }
+}
+
+#[tokio::test]
+async fn bogus_grpc_calls_are_rejected_with_clear_errors() {
+    let c = Cluster::start(MasterOpts { heartbeat_ms: 60_000, ..MasterOpts::default() }).await;
+    let channel = Channel::from_shared(format!("http://{}", c.addrs.grpc)).expect("url").connect().await.expect("connect");
+    let mut grpc = MasterClient::new(channel).max_encoding_message_size(64 * 1024 * 1024);
+    let instance = uuid::Uuid::new_v4().to_string();
+    let register = |worker: &str, caps: Option<pb::Capabilities>| pb::RegisterRequest {
+        worker_id: worker.into(),
+        instance_id: instance.clone(),
+        capabilities: caps,
+        running: vec![],
+    };
+
+    let e = grpc.register(request(register("fake", Some(caps())), None)).await.expect_err("no token");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let e = grpc.register(request(register("fake", Some(caps())), Some("wrong"))).await.expect_err("wrong token");
+    assert_eq!((e.code(), e.message()), (Code::Unauthenticated, "wrong cluster token"));
+    let e = grpc.register(request(register("a/b", Some(caps())), Some(TOKEN))).await.expect_err("bad id");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = grpc.register(request(register("fake", None), Some(TOKEN))).await.expect_err("no caps");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let unknown_kind = pb::Capabilities { kinds: vec!["teleport".into()], ..caps() };
+    let e = grpc.register(request(register("fake", Some(unknown_kind)), Some(TOKEN))).await.expect_err("no known kind");
+    assert!(e.message().contains("no job kind"), "{e:?}");
+
+    let job = c.api.submit_ok("noop", json!({"payload": 1}), None).await;
+    // Not registered yet: the worker is told to register.
+    let e = grpc.submit_result(request(result("fake", lease(&job, 1, "t"), "{}"), Some(TOKEN))).await.expect_err("unregistered");
+    assert_eq!(e.code(), Code::Aborted);
+    grpc.register(request(register("fake", Some(caps())), Some(TOKEN))).await.expect("registers");
+    // The job was dispatched to "fake" on its jobs topic; its token travelled only there.
+    eventually("dispatched", || async { (c.api.job(&job).await["state"] == "running").then_some(()) }).await;
+
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let e = grpc.submit_result(request(result("fake", lease(&unknown, 1, "t"), "{}"), Some(TOKEN))).await.expect_err("unknown job");
+    assert_eq!(e.code(), Code::NotFound);
+    let e = grpc.submit_result(request(result("fake", lease(&job, 1, "forged"), "{}"), Some(TOKEN))).await.expect_err("wrong token");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = grpc.submit_result(request(result("fake", lease(&job, 2, "forged"), "{}"), Some(TOKEN))).await.expect_err("wrong attempt");
+    assert!(e.code() == Code::FailedPrecondition && e.message().contains("current attempt is 1"), "{e:?}");
+    let e = grpc.submit_result(request(result("fake", lease("nope", 1, "t"), "{}"), Some(TOKEN))).await.expect_err("bad id");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = grpc.submit_result(request(result("fake", None, "{}"), Some(TOKEN))).await.expect_err("no lease");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = grpc.submit_result(request(result("fake", lease(&job, 1, "forged"), "not json"), Some(TOKEN))).await.expect_err("bad json");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let huge = format!("\"{}\"", "x".repeat(6 * 1024 * 1024));
+    let e = grpc.submit_result(request(result("fake", lease(&job, 1, "forged"), &huge), Some(TOKEN))).await.expect_err("oversized");
+    assert!(matches!(e.code(), Code::ResourceExhausted | Code::OutOfRange), "{e:?}");
+    let e = grpc
+        .report_progress(request(pb::ProgressRequest { worker_id: "fake".into(), lease: lease(&job, 1, "forged"), progress_json: "{}".into() }, Some(TOKEN)))
+        .await
+        .expect_err("stale progress");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = grpc
+        .fetch_secret(request(pb::SecretRequest { worker_id: "fake".into(), lease: lease(&job, 1, "forged"), name: "key".into() }, Some(TOKEN)))
+        .await
+        .expect_err("stale secret fetch");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    // None of it hurt: the job is still running, the master healthy and counting.
+    assert_eq!(c.api.job(&job).await["state"], "running");
+    assert_eq!(c.api.get("/healthz").await.0, 200);
+    assert!(metric(&c.api.url("/metrics"), "faena_rejected_callbacks_total").await >= 10.0);
+    let log = c.master_log();
+    assert!(!log.contains(TOKEN), "the cluster token leaked into the log");
+}
