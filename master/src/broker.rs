@@ -13,7 +13,9 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedBrokerError {
-    #[error("cannot listen for MQTT on {addr}: {source} (set FAENA_MQTT_ADDR, or FAENA_MQTT_URL for an external broker)")]
+    #[error(
+        "cannot listen for MQTT on {addr}: {source} (set FAENA_MQTT_ADDR, or FAENA_MQTT_URL for an external broker)"
+    )]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the embedded broker: {0}")]
     Start(String),
@@ -35,13 +37,8 @@ pub fn start(addr: SocketAddr) -> Result<SocketAddr, EmbeddedBrokerError> {
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = ServerSettings {
-        name: "faena-v4".into(),
-        listen: addr,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections,
-    };
+    let server =
+        ServerSettings { name: "faena-v4".into(), listen: addr, tls: None, next_connection_delay_ms: 0, connections };
     let router = RouterConfig {
         max_connections: 10_000,
         max_outgoing_packet_count: 1000,

@@ -9,7 +9,11 @@ use clap::Parser;
 use crate::store::SyncMode;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "faena-master", version, about = "Faena coordinator: REST API, durable queue, MQTT dispatch, gRPC callbacks")]
+#[command(
+    name = "faena-master",
+    version,
+    about = "Faena coordinator: REST API, durable queue, MQTT dispatch, gRPC callbacks"
+)]
 pub struct Config {
     /// Where the REST API (and web page) listens.
     #[arg(long, env = "FAENA_HTTP_ADDR", default_value = "127.0.0.1:8888")]

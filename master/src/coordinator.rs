@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{
-    ActiveView, Effect, Engine, LeaseError, LeaseRef, NewJob, Now, Outcome, QueueFull, RegisterOutcome, Registration, StoreOp,
+    ActiveView, Effect, Engine, LeaseError, LeaseRef, NewJob, Now, Outcome, QueueFull, RegisterOutcome, Registration,
+    StoreOp,
 };
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -51,11 +52,36 @@ enum Command {
     View(JobId, Reply<Option<ActiveView>>),
     Workers(Reply<Vec<WorkerView>>),
     Register(Registration, Reply<RegisterOutcome>),
-    Heartbeat { worker: WorkerId, instance: InstanceId, running: Vec<LeaseRef>, hashrate: f64, reply: Reply<Result<Vec<LeaseRef>, CoordError>> },
-    Progress { worker: WorkerId, lease: LeaseRef, data: Value, reply: Reply<Result<(), CoordError>> },
-    Complete { worker: WorkerId, lease: LeaseRef, outcome: Outcome, reply: Reply<Result<bool, CoordError>> },
-    Secret { worker: WorkerId, lease: LeaseRef, name: String, reply: Reply<Result<Option<Secret>, CoordError>> },
-    WorkerState { worker: WorkerId, instance: InstanceId, state: WorkerState },
+    Heartbeat {
+        worker: WorkerId,
+        instance: InstanceId,
+        running: Vec<LeaseRef>,
+        hashrate: f64,
+        reply: Reply<Result<Vec<LeaseRef>, CoordError>>,
+    },
+    Progress {
+        worker: WorkerId,
+        lease: LeaseRef,
+        data: Value,
+        reply: Reply<Result<(), CoordError>>,
+    },
+    Complete {
+        worker: WorkerId,
+        lease: LeaseRef,
+        outcome: Outcome,
+        reply: Reply<Result<bool, CoordError>>,
+    },
+    Secret {
+        worker: WorkerId,
+        lease: LeaseRef,
+        name: String,
+        reply: Reply<Result<Option<Secret>, CoordError>>,
+    },
+    WorkerState {
+        worker: WorkerId,
+        instance: InstanceId,
+        state: WorkerState,
+    },
     RefreshGauges(Reply<()>),
 }
 
@@ -98,7 +124,13 @@ impl Coordinator {
         self.ask(|r| Command::Register(reg, r)).await
     }
 
-    pub async fn heartbeat(&self, worker: WorkerId, instance: InstanceId, running: Vec<LeaseRef>, hashrate: f64) -> Result<Vec<LeaseRef>, CoordError> {
+    pub async fn heartbeat(
+        &self,
+        worker: WorkerId,
+        instance: InstanceId,
+        running: Vec<LeaseRef>,
+        hashrate: f64,
+    ) -> Result<Vec<LeaseRef>, CoordError> {
         self.ask(|reply| Command::Heartbeat { worker, instance, running, hashrate, reply }).await?
     }
 
@@ -154,7 +186,8 @@ struct Actor {
 /// Runs until `cancel`, then lets the store flush what it was given.
 pub async fn run(engine: Engine, inbox: Inbox, deps: Deps, cancel: CancellationToken) {
     let heartbeat = engine.config().heartbeat;
-    let mut actor = Actor { engine, deps, secrets: HashMap::new(), positions_dirty: false, sent_positions: HashMap::new() };
+    let mut actor =
+        Actor { engine, deps, secrets: HashMap::new(), positions_dirty: false, sent_positions: HashMap::new() };
     let mut rx = inbox.rx;
     let mut tick = tokio::time::interval(heartbeat / 4);
     let mut positions = tokio::time::interval(Duration::from_millis(200));
@@ -222,23 +255,26 @@ impl Actor {
                 self.apply();
                 let _ = reply.send(out.map_err(Into::into));
             }
-            Command::Complete { worker, lease, outcome, reply } => match self.engine.complete(now, &worker, &lease, outcome) {
-                Ok(duplicate) => {
-                    if self.engine.view(&lease.job_id).is_none() {
-                        self.secrets.remove(&lease.job_id);
+            Command::Complete { worker, lease, outcome, reply } => {
+                match self.engine.complete(now, &worker, &lease, outcome) {
+                    Ok(duplicate) => {
+                        if self.engine.view(&lease.job_id).is_none() {
+                            self.secrets.remove(&lease.job_id);
+                        }
+                        self.apply();
+                        self.after_commit(reply, Ok(duplicate));
                     }
-                    self.apply();
-                    self.after_commit(reply, Ok(duplicate));
+                    Err(e) => {
+                        self.deps.metrics.rejected_callbacks.inc();
+                        let _ = reply.send(Err(e.into()));
+                    }
                 }
-                Err(e) => {
-                    self.deps.metrics.rejected_callbacks.inc();
-                    let _ = reply.send(Err(e.into()));
-                }
-            },
+            }
             Command::Secret { worker, lease, name, reply } => {
-                let out = self.engine.check_lease(&worker, &lease).map(|()| {
-                    self.secrets.get(&lease.job_id).and_then(|s| s.get(&name)).cloned()
-                });
+                let out = self
+                    .engine
+                    .check_lease(&worker, &lease)
+                    .map(|()| self.secrets.get(&lease.job_id).and_then(|s| s.get(&name)).cloned());
                 let _ = reply.send(out.map_err(Into::into));
             }
             Command::WorkerState { worker, instance, state } => {
@@ -247,7 +283,12 @@ impl Actor {
             }
             Command::RefreshGauges(reply) => {
                 let q = self.engine.queue();
-                self.deps.metrics.set_gauges(q.depth_by_priority(), q.len(), self.engine.running(), self.engine.workers().len());
+                self.deps.metrics.set_gauges(
+                    q.depth_by_priority(),
+                    q.len(),
+                    self.engine.running(),
+                    self.engine.workers().len(),
+                );
                 let _ = reply.send(());
             }
         }

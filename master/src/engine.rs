@@ -109,9 +109,27 @@ pub struct NewJob {
 /// A state change to make durable, in the order given.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreOp {
-    Insert { id: JobId, kind: JobKind, params: Value, priority: Priority, seq: u64, at_ms: u64 },
-    Dispatched { id: JobId, attempt: u32, worker: String, token: String, at_ms: u64 },
-    Requeued { id: JobId, attempts: u32, reason: String, at_ms: u64 },
+    Insert {
+        id: JobId,
+        kind: JobKind,
+        params: Value,
+        priority: Priority,
+        seq: u64,
+        at_ms: u64,
+    },
+    Dispatched {
+        id: JobId,
+        attempt: u32,
+        worker: String,
+        token: String,
+        at_ms: u64,
+    },
+    Requeued {
+        id: JobId,
+        attempts: u32,
+        reason: String,
+        at_ms: u64,
+    },
     Finished {
         id: JobId,
         state: JobState,
@@ -126,10 +144,20 @@ pub enum StoreOp {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     Store(StoreOp),
-    Dispatch { worker: WorkerId, unit: WorkUnit, waited: Duration },
-    Control { worker: WorkerId, control: Control },
+    Dispatch {
+        worker: WorkerId,
+        unit: WorkUnit,
+        waited: Duration,
+    },
+    Control {
+        worker: WorkerId,
+        control: Control,
+    },
     /// Final events must only be shown once the preceding store ops are durable.
-    Notify { job: JobId, event: JobEvent },
+    Notify {
+        job: JobId,
+        event: JobEvent,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -327,10 +355,10 @@ impl Engine {
     }
 
     pub fn register(&mut self, now: Now, reg: Registration) -> RegisterOutcome {
-        if let Some(old) = self.workers.get(&reg.worker) {
-            if old.instance != reg.instance {
-                self.drop_worker(now, &reg.worker, "worker restarted", true);
-            }
+        if let Some(old) = self.workers.get(&reg.worker)
+            && old.instance != reg.instance
+        {
+            self.drop_worker(now, &reg.worker, "worker restarted", true);
         }
         self.workers.insert(Worker {
             id: reg.worker.clone(),
@@ -394,7 +422,13 @@ impl Engine {
     }
 
     /// Applies an attempt's outcome. `Ok(true)` means it had been accepted already.
-    pub fn complete(&mut self, now: Now, worker: &WorkerId, lease: &LeaseRef, outcome: Outcome) -> Result<bool, LeaseError> {
+    pub fn complete(
+        &mut self,
+        now: Now,
+        worker: &WorkerId,
+        lease: &LeaseRef,
+        outcome: Outcome,
+    ) -> Result<bool, LeaseError> {
         if let Err(e) = self.check_lease(worker, lease) {
             let repeat = self.recent.get(&lease.job_id).is_some_and(|f| {
                 f.state != JobState::Cancelled && f.attempt == lease.attempt && f.token.as_deref() == Some(&lease.token)
@@ -405,7 +439,9 @@ impl Engine {
         match outcome {
             Outcome::Success(result) => self.finish(now, id, JobState::Succeeded, Some(result), None),
             Outcome::Failure { message, retryable: true } => self.requeue(now, id, message, true),
-            Outcome::Failure { message, retryable: false } => self.finish(now, id, JobState::Failed, None, Some(message)),
+            Outcome::Failure { message, retryable: false } => {
+                self.finish(now, id, JobState::Failed, None, Some(message))
+            }
             Outcome::HandedBack(reason) => self.requeue(now, id, reason, false),
         }
         self.schedule(now);
@@ -519,7 +555,12 @@ impl Engine {
         job.enqueued_at = now.mono;
         let (kind, rank, attempts) = (job.kind, (job.priority, job.seq), job.attempts);
         self.queue.push(id, kind, rank);
-        self.effects.push(Effect::Store(StoreOp::Requeued { id, attempts, reason: reason.clone(), at_ms: now.wall_ms }));
+        self.effects.push(Effect::Store(StoreOp::Requeued {
+            id,
+            attempts,
+            reason: reason.clone(),
+            at_ms: now.wall_ms,
+        }));
         self.effects.push(Effect::Notify { job: id, event: JobEvent::Requeued { reason } });
     }
 
@@ -550,10 +591,10 @@ impl Engine {
         let (attempt, token) = lease.map(|l| (l.attempt, Some(l.token))).unwrap_or((job.attempts, None));
         self.recent.insert(id, Finished { state, attempt, token });
         self.recent_order.push_back(id);
-        if self.recent_order.len() > RECENT_FINISHED {
-            if let Some(old) = self.recent_order.pop_front() {
-                self.recent.remove(&old);
-            }
+        if self.recent_order.len() > RECENT_FINISHED
+            && let Some(old) = self.recent_order.pop_front()
+        {
+            self.recent.remove(&old);
         }
     }
 
@@ -585,7 +626,13 @@ impl Engine {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.running.insert(id);
         }
-        let unit = WorkUnit { job_id: id, attempt: job.attempts, token: token.clone(), kind: job.kind, params: job.params.clone() };
+        let unit = WorkUnit {
+            job_id: id,
+            attempt: job.attempts,
+            token: token.clone(),
+            kind: job.kind,
+            params: job.params.clone(),
+        };
         let waited = now.mono.saturating_duration_since(job.enqueued_at);
         let attempt = job.attempts;
         self.effects.push(Effect::Store(StoreOp::Dispatched {

@@ -1,4 +1,5 @@
 //! Engine behaviour under a fake clock: placement, leases, fencing, recovery.
+#![allow(clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
@@ -108,7 +109,10 @@ fn results_are_fenced_by_token_and_duplicates_are_recognised() {
         Err(LeaseError::UnknownWorker(stranger))
     );
     let unknown = LeaseRef { job_id: JobId::new(), ..lease.clone() };
-    assert!(matches!(h.engine.complete(h.now, &w, &unknown, Outcome::Success(json!(1))), Err(LeaseError::UnknownJob(_))));
+    assert!(matches!(
+        h.engine.complete(h.now, &w, &unknown, Outcome::Success(json!(1))),
+        Err(LeaseError::UnknownJob(_))
+    ));
     assert_eq!(h.engine.complete(h.now, &w, &lease, Outcome::Success(json!(1))), Ok(false));
     assert_eq!(h.engine.complete(h.now, &w, &lease, Outcome::Success(json!(2))), Ok(true));
     let finals: Vec<_> = h
@@ -221,25 +225,31 @@ fn restored_running_jobs_are_adopted_by_their_worker_or_requeued() {
         attempts: 1,
         lease,
     };
-    h.engine.restore(h.now, vec![
-        restored(adopted, 4, Some((w1.clone(), 1, "t1".into()))),
-        restored(orphan, 5, Some((WorkerId::parse("gone").expect("id"), 1, "t2".into()))),
-    ]);
+    h.engine.restore(
+        h.now,
+        vec![
+            restored(adopted, 4, Some((w1.clone(), 1, "t1".into()))),
+            restored(orphan, 5, Some((WorkerId::parse("gone").expect("id"), 1, "t2".into()))),
+        ],
+    );
     let w = test_worker("w1", 2, &[JobKind::Noop], h.now.mono);
     let claim = LeaseRef { job_id: adopted, attempt: 1, token: "t1".into() };
     let bogus = LeaseRef { job_id: orphan, attempt: 1, token: "nope".into() };
-    let out = h.engine.register(h.now, Registration {
-        worker: w1.clone(),
-        instance: w.instance,
-        caps: w.caps,
-        running: vec![claim.clone(), bogus.clone()],
-    });
+    let out = h.engine.register(
+        h.now,
+        Registration {
+            worker: w1.clone(),
+            instance: w.instance,
+            caps: w.caps,
+            running: vec![claim.clone(), bogus.clone()],
+        },
+    );
     assert_eq!(out.adopted, vec![claim.clone()]);
     assert_eq!(out.revoked, vec![bogus]);
     assert!(h.dispatches().is_empty(), "the orphan belongs to another worker");
     for _ in 0..7 {
         h.advance(Duration::from_millis(900));
-        assert!(h.engine.heartbeat(h.now, &w1, w.instance, &[claim.clone()], 0.0).is_ok());
+        assert!(h.engine.heartbeat(h.now, &w1, w.instance, std::slice::from_ref(&claim), 0.0).is_ok());
         h.engine.tick(h.now);
     }
     let d = h.dispatches();
@@ -253,16 +263,19 @@ fn a_restored_unit_its_worker_does_not_have_is_requeued_at_once() {
     let mut h = Harness::new(10);
     let id = JobId::new();
     let w1 = WorkerId::parse("w1").expect("id");
-    h.engine.restore(h.now, vec![RestoredJob {
-        id,
-        kind: JobKind::Noop,
-        params: json!({}),
-        priority: Priority::Normal,
-        seq: 0,
-        created_at_ms: 1,
-        attempts: 1,
-        lease: Some((w1.clone(), 1, "t".into())),
-    }]);
+    h.engine.restore(
+        h.now,
+        vec![RestoredJob {
+            id,
+            kind: JobKind::Noop,
+            params: json!({}),
+            priority: Priority::Normal,
+            seq: 0,
+            created_at_ms: 1,
+            attempts: 1,
+            lease: Some((w1.clone(), 1, "t".into())),
+        }],
+    );
     let w = test_worker("w1", 1, &[JobKind::Noop], h.now.mono);
     h.engine.register(h.now, Registration { worker: w1, instance: w.instance, caps: w.caps, running: vec![] });
     let d = h.dispatches();

@@ -40,7 +40,13 @@ pub struct MasterService {
 
 pub type Server = InterceptedService<MasterServer<MasterService>, Auth>;
 
-pub fn server(coord: Coordinator, instance: InstanceId, heartbeat_ms: u32, metrics: Arc<Metrics>, token: Secret) -> Server {
+pub fn server(
+    coord: Coordinator,
+    instance: InstanceId,
+    heartbeat_ms: u32,
+    metrics: Arc<Metrics>,
+    token: Secret,
+) -> Server {
     let svc = MasterService { coord, instance, heartbeat_ms, metrics: metrics.clone() };
     let inner = MasterServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES);
     InterceptedService::new(inner, Auth { token, metrics })
@@ -55,7 +61,8 @@ pub struct Auth {
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given =
+            req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         match given {
             Some(t) if self.token.constant_time_eq(t) => Ok(req),
             Some(_) => {
@@ -73,7 +80,9 @@ impl tonic::service::Interceptor for Auth {
 
 fn to_status(e: CoordError) -> Status {
     match e {
-        CoordError::Lease(LeaseError::UnknownWorker(w)) => Status::aborted(format!("worker {w} is not registered; register again")),
+        CoordError::Lease(LeaseError::UnknownWorker(w)) => {
+            Status::aborted(format!("worker {w} is not registered; register again"))
+        }
         CoordError::Lease(e @ LeaseError::UnknownJob(_)) => Status::not_found(e.to_string()),
         CoordError::Lease(e @ LeaseError::Stale { .. }) => Status::failed_precondition(e.to_string()),
         CoordError::QueueFull(e) => Status::resource_exhausted(e.to_string()),
@@ -140,10 +149,7 @@ impl MasterService {
 }
 
 fn to_pb(leases: Vec<LeaseRef>) -> Vec<pb::Lease> {
-    leases
-        .into_iter()
-        .map(|l| pb::Lease { job_id: l.job_id.to_string(), attempt: l.attempt, token: l.token })
-        .collect()
+    leases.into_iter().map(|l| pb::Lease { job_id: l.job_id.to_string(), attempt: l.attempt, token: l.token }).collect()
 }
 
 #[tonic::async_trait]
@@ -177,14 +183,18 @@ impl Master for MasterService {
         Ok(Response::new(pb::HeartbeatResponse { revoked: to_pb(revoked) }))
     }
 
-    async fn report_progress(&self, req: Request<pb::ProgressRequest>) -> Result<Response<pb::ProgressResponse>, Status> {
+    async fn report_progress(
+        &self,
+        req: Request<pb::ProgressRequest>,
+    ) -> Result<Response<pb::ProgressResponse>, Status> {
         let req = req.into_inner();
         let worker = self.worker(&req.worker_id)?;
         let lease = self.lease(req.lease.as_ref())?;
         if req.progress_json.len() > MAX_PROGRESS_BYTES {
             return Err(self.invalid(format!("progress is over {MAX_PROGRESS_BYTES} bytes")));
         }
-        let data = serde_json::from_str(&req.progress_json).map_err(|e| self.invalid(format!("progress is not JSON: {e}")))?;
+        let data =
+            serde_json::from_str(&req.progress_json).map_err(|e| self.invalid(format!("progress is not JSON: {e}")))?;
         self.coord.progress(worker, lease, data).await.map_err(to_status)?;
         Ok(Response::new(pb::ProgressResponse {}))
     }
@@ -198,9 +208,13 @@ impl Master for MasterService {
                 if json.len() > MAX_OUTPUT_BYTES {
                     return Err(self.invalid(format!("output is over {MAX_OUTPUT_BYTES} bytes")));
                 }
-                Outcome::Success(serde_json::from_str(&json).map_err(|e| self.invalid(format!("output is not JSON: {e}")))?)
+                Outcome::Success(
+                    serde_json::from_str(&json).map_err(|e| self.invalid(format!("output is not JSON: {e}")))?,
+                )
             }
-            Some(result_request::Outcome::Failure(f)) => Outcome::Failure { message: truncate(f.message), retryable: f.retryable },
+            Some(result_request::Outcome::Failure(f)) => {
+                Outcome::Failure { message: truncate(f.message), retryable: f.retryable }
+            }
             Some(result_request::Outcome::HandedBack(reason)) => Outcome::HandedBack(truncate(reason)),
             None => return Err(self.invalid("outcome is required")),
         };

@@ -16,7 +16,9 @@ use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use faena_proto::api::{BatchRequest, BatchResponse, ErrorBody, ErrorDetail, JobEvent, JobView, SubmitRequest, SubmitResponse};
+use faena_proto::api::{
+    BatchRequest, BatchResponse, ErrorBody, ErrorDetail, JobEvent, JobView, SubmitRequest, SubmitResponse,
+};
 use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobSpec, JobState};
 use futures::Stream;
@@ -117,7 +119,8 @@ fn parse_id(id: &str) -> Result<JobId, AppError> {
 }
 
 fn new_job(req: SubmitRequest) -> Result<NewJob, AppError> {
-    let spec = JobSpec::parse(&req.kind, req.params).map_err(|e| AppError::bad_request("invalid_job", e.to_string()))?;
+    let spec =
+        JobSpec::parse(&req.kind, req.params).map_err(|e| AppError::bad_request("invalid_job", e.to_string()))?;
     Ok(NewJob { id: JobId::new(), spec, priority: req.priority.unwrap_or_default() })
 }
 
@@ -139,7 +142,10 @@ async fn submit(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
     Ok((StatusCode::ACCEPTED, Json(SubmitResponse { id, state: JobState::Queued, position })).into_response())
 }
 
-async fn submit_batch(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, AppError> {
+async fn submit_batch(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
     check_accepting(&state)?;
     let req: BatchRequest = parse_body(body)?;
     if req.jobs.is_empty() || req.jobs.len() > MAX_BATCH {
@@ -152,7 +158,8 @@ async fn submit_batch(State(state): State<AppState>, body: Result<Bytes, BytesRe
         .map(|(i, j)| new_job(j).map_err(|e| AppError { message: format!("jobs[{i}]: {}", e.message), ..e }))
         .collect::<Result<Vec<_>, _>>()?;
     let accepted = state.coord.submit(jobs).await?;
-    let jobs = accepted.into_iter().map(|(id, position)| SubmitResponse { id, state: JobState::Queued, position }).collect();
+    let jobs =
+        accepted.into_iter().map(|(id, position)| SubmitResponse { id, state: JobState::Queued, position }).collect();
     Ok((StatusCode::ACCEPTED, Json(BatchResponse { jobs })).into_response())
 }
 
@@ -192,7 +199,11 @@ async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Re
     match state.coord.cancel(id).await? {
         Cancelled::Now => Ok(Json(json!({"id": id, "state": "cancelled"})).into_response()),
         Cancelled::NotActive => match stored(&state, id).await? {
-            Some(v) => Err(AppError::new(StatusCode::CONFLICT, "already_finished", format!("job {id} already {}", v.state.as_str()))),
+            Some(v) => Err(AppError::new(
+                StatusCode::CONFLICT,
+                "already_finished",
+                format!("job {id} already {}", v.state.as_str()),
+            )),
             None => Err(AppError::new(StatusCode::NOT_FOUND, "not_found", format!("no job {id}"))),
         },
     }
@@ -276,11 +287,13 @@ async fn healthz(State(state): State<AppState>) -> Response {
     let store = state.store.is_healthy();
     let accepting = state.accepting.load(Ordering::Relaxed);
     let ok = broker && store && accepting;
-    let body = json!({"status": if ok { "ok" } else { "degraded" }, "broker": broker, "store": store, "accepting": accepting});
+    let body =
+        json!({"status": if ok { "ok" } else { "degraded" }, "broker": broker, "store": store, "accepting": accepting});
     (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
     state.coord.refresh_gauges().await;
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
+        .into_response()
 }

@@ -75,7 +75,9 @@ pub struct Addrs {
 }
 
 fn cluster_token(cfg: &Config) -> Result<Secret, MasterError> {
-    if let Some(token) = secrets::resolve("FAENA_CLUSTER_TOKEN", cfg.cluster_token.as_deref(), cfg.cluster_token_file.as_deref())? {
+    if let Some(token) =
+        secrets::resolve("FAENA_CLUSTER_TOKEN", cfg.cluster_token.as_deref(), cfg.cluster_token_file.as_deref())?
+    {
         return Ok(token);
     }
     let token = Secret::new(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()));
@@ -102,7 +104,8 @@ pub async fn run(
     let topics = Topics::new(&cfg.topic_prefix).map_err(|_| MasterError::Topics(cfg.topic_prefix.clone()))?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(io(format!("creating {}", cfg.data_dir.display())))?;
     let token = cluster_token(&cfg)?;
-    let password = secrets::resolve("FAENA_MQTT_PASSWORD", cfg.mqtt_password.as_deref(), cfg.mqtt_password_file.as_deref())?;
+    let password =
+        secrets::resolve("FAENA_MQTT_PASSWORD", cfg.mqtt_password.as_deref(), cfg.mqtt_password_file.as_deref())?;
     let creds = match (&cfg.mqtt_username, password) {
         (Some(username), Some(password)) => Some(Credentials { username: username.clone(), password }),
         (Some(username), None) => Some(Credentials { username: username.clone(), password: Secret::default() }),
@@ -162,7 +165,8 @@ pub async fn run(
     let (coord, inbox) = coordinator::channel();
     let hub = hub::Hub::default();
     let core_cancel = CancellationToken::new();
-    let deps = coordinator::Deps { store: store.clone(), hub: hub.clone(), metrics: metrics.clone(), mqtt: out.clone() };
+    let deps =
+        coordinator::Deps { store: store.clone(), hub: hub.clone(), metrics: metrics.clone(), mqtt: out.clone() };
     let coordinator_done = tracker.spawn(coordinator::run(engine, inbox, deps, core_cancel.clone()));
     {
         let coord = coord.clone();
@@ -173,8 +177,10 @@ pub async fn run(
         });
     }
 
-    let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_addr).await.map_err(io(format!("binding gRPC on {}", cfg.grpc_addr)))?;
-    let http_listener = tokio::net::TcpListener::bind(cfg.http_addr).await.map_err(io(format!("binding HTTP on {}", cfg.http_addr)))?;
+    let grpc_listener =
+        tokio::net::TcpListener::bind(cfg.grpc_addr).await.map_err(io(format!("binding gRPC on {}", cfg.grpc_addr)))?;
+    let http_listener =
+        tokio::net::TcpListener::bind(cfg.http_addr).await.map_err(io(format!("binding HTTP on {}", cfg.http_addr)))?;
     let addrs = Addrs {
         http: http_listener.local_addr().map_err(io("HTTP address"))?,
         grpc: grpc_listener.local_addr().map_err(io("gRPC address"))?,
@@ -206,7 +212,8 @@ pub async fn run(
     };
     let stop_http = servers_cancel.clone();
     let http_task = tracker.spawn(async move {
-        let served = axum::serve(http_listener, http::app(state)).with_graceful_shutdown(stop_http.cancelled_owned()).await;
+        let served =
+            axum::serve(http_listener, http::app(state)).with_graceful_shutdown(stop_http.cancelled_owned()).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed");
         }

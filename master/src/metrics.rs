@@ -34,10 +34,8 @@ impl Default for Metrics {
             .collect();
         let depth_family = Family::<Labels, Gauge>::default();
         registry.register("queue_depth", "Jobs waiting in the queue, by priority", depth_family.clone());
-        let queue_depth = Priority::ALL
-            .iter()
-            .map(|p| depth_family.get_or_create(&vec![("priority", p.as_str())]).clone())
-            .collect();
+        let queue_depth =
+            Priority::ALL.iter().map(|p| depth_family.get_or_create(&vec![("priority", p.as_str())]).clone()).collect();
         let jobs_current = Family::<Labels, Gauge>::default();
         registry.register("jobs_active", "Jobs currently queued or running", jobs_current.clone());
         let workers = Gauge::default();
@@ -49,9 +47,17 @@ impl Default for Metrics {
             dispatch_latency.clone(),
         );
         let redeliveries = Counter::default();
-        registry.register("redeliveries", "Work units put back in the queue after a worker was lost or failed", redeliveries.clone());
+        registry.register(
+            "redeliveries",
+            "Work units put back in the queue after a worker was lost or failed",
+            redeliveries.clone(),
+        );
         let rejected_callbacks = Counter::default();
-        registry.register("rejected_callbacks", "gRPC callbacks rejected (stale lease, unknown job, bad input)", rejected_callbacks.clone());
+        registry.register(
+            "rejected_callbacks",
+            "gRPC callbacks rejected (stale lease, unknown job, bad input)",
+            rejected_callbacks.clone(),
+        );
         let malformed_messages = Counter::default();
         registry.register("malformed_messages", "MQTT messages dropped as malformed", malformed_messages.clone());
         Self {

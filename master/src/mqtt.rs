@@ -29,13 +29,16 @@ impl MqttOut {
     }
 
     pub fn dispatch(&self, worker: &WorkerId, unit: &WorkUnit) {
-        if let Err(e) = self.client.try_publish(self.topics.worker_jobs(worker), QoS::AtLeastOnce, false, unit.encode()) {
+        if let Err(e) = self.client.try_publish(self.topics.worker_jobs(worker), QoS::AtLeastOnce, false, unit.encode())
+        {
             tracing::warn!(job = %unit.job_id, worker = %worker, error = %e, "could not queue a work unit; its lease will recover it");
         }
     }
 
     pub fn control(&self, worker: &WorkerId, control: &Control) {
-        if let Err(e) = self.client.try_publish(self.topics.worker_control(worker), QoS::AtLeastOnce, false, control.encode()) {
+        if let Err(e) =
+            self.client.try_publish(self.topics.worker_control(worker), QoS::AtLeastOnce, false, control.encode())
+        {
             tracing::warn!(worker = %worker, error = %e, "could not queue a control message");
         }
     }

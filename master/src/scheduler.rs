@@ -105,10 +105,7 @@ impl Scheduler {
             .filter(|w| w.availability == Availability::Online && w.caps.kinds.contains(&kind) && w.free_slots() > 0)
             .max_by(|a, b| {
                 let share = |w: &Worker| f64::from(w.free_slots()) / f64::from(w.caps.slots.max(1));
-                share(a)
-                    .total_cmp(&share(b))
-                    .then(a.speed().total_cmp(&b.speed()))
-                    .then(b.id.cmp(&a.id))
+                share(a).total_cmp(&share(b)).then(a.speed().total_cmp(&b.speed())).then(b.id.cmp(&a.id))
             })
             .map(|w| w.id.clone())
     }

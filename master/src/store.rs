@@ -180,7 +180,9 @@ impl Store {
             })();
             match parsed {
                 Some(job) => out.push(job),
-                None => tracing::error!(job = %id, kind = %kind, "cannot restore a stored job (unknown kind or corrupt row); left as is"),
+                None => {
+                    tracing::error!(job = %id, kind = %kind, "cannot restore a stored job (unknown kind or corrupt row); left as is")
+                }
             }
         }
         Ok(out)
@@ -259,11 +261,12 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, healthy: Arc<Atomic
                 next = rx.try_recv().ok();
             }
         }
-        let result = if healthy.load(Ordering::Relaxed) { apply(&mut conn, &ops) } else { Err(StoreError::Unavailable) };
-        if let Err(e) = &result {
-            if healthy.swap(false, Ordering::Relaxed) {
-                tracing::error!(error = %e, "store write failed; the master stops accepting jobs");
-            }
+        let result =
+            if healthy.load(Ordering::Relaxed) { apply(&mut conn, &ops) } else { Err(StoreError::Unavailable) };
+        if let Err(e) = &result
+            && healthy.swap(false, Ordering::Relaxed)
+        {
+            tracing::error!(error = %e, "store write failed; the master stops accepting jobs");
         }
         ops.clear();
         for cb in callbacks.drain(..) {
@@ -288,23 +291,57 @@ fn apply(conn: &mut Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
             match op {
                 StoreOp::Insert { id, kind, params, priority, seq, at_ms } => {
                     let id = id.to_string();
-                    insert.execute(params![id, kind.as_str(), params.to_string(), priority.as_str(), *seq as i64, *at_ms as i64])?;
+                    insert.execute(params![
+                        id,
+                        kind.as_str(),
+                        params.to_string(),
+                        priority.as_str(),
+                        *seq as i64,
+                        *at_ms as i64
+                    ])?;
                     record.execute(params![id, *at_ms as i64, "queued", 0, None::<String>, None::<String>])?;
                 }
                 StoreOp::Dispatched { id, attempt, worker, token, at_ms } => {
                     let id = id.to_string();
-                    update.execute(params![id, "running", attempt, worker, token, None::<String>, None::<String>, None::<i64>])?;
+                    update.execute(params![
+                        id,
+                        "running",
+                        attempt,
+                        worker,
+                        token,
+                        None::<String>,
+                        None::<String>,
+                        None::<i64>
+                    ])?;
                     record.execute(params![id, *at_ms as i64, "running", attempt, worker, None::<String>])?;
                 }
                 StoreOp::Requeued { id, attempts, reason, at_ms } => {
                     let id = id.to_string();
-                    update.execute(params![id, "queued", attempts, None::<String>, None::<String>, None::<String>, None::<String>, None::<i64>])?;
+                    update.execute(params![
+                        id,
+                        "queued",
+                        attempts,
+                        None::<String>,
+                        None::<String>,
+                        None::<String>,
+                        None::<String>,
+                        None::<i64>
+                    ])?;
                     record.execute(params![id, *at_ms as i64, "queued", attempts, None::<String>, reason])?;
                 }
                 StoreOp::Finished { id, state, attempts, worker, result, error, at_ms } => {
                     let id = id.to_string();
                     let result = result.as_ref().map(|r| r.to_string());
-                    update.execute(params![id, state.as_str(), attempts, worker, None::<String>, result, error, *at_ms as i64])?;
+                    update.execute(params![
+                        id,
+                        state.as_str(),
+                        attempts,
+                        worker,
+                        None::<String>,
+                        result,
+                        error,
+                        *at_ms as i64
+                    ])?;
                     record.execute(params![id, *at_ms as i64, state.as_str(), attempts, worker, error])?;
                 }
             }
@@ -360,8 +397,10 @@ mod tests {
             wait_commit(&store);
             let done = store.get(c).expect("reads").expect("exists");
             assert_eq!((done.state, done.result), (JobState::Succeeded, Some(json!({"payload": 2}))));
-            assert_eq!(store.history(c).expect("reads").iter().map(|t| t.state.as_str()).collect::<Vec<_>>(),
-                ["queued", "running", "succeeded"]);
+            assert_eq!(
+                store.history(c).expect("reads").iter().map(|t| t.state.as_str()).collect::<Vec<_>>(),
+                ["queued", "running", "succeeded"]
+            );
         }
         let store = Store::open(&path, SyncMode::Normal).expect("reopens");
         let restored = store.load_unfinished().expect("loads");

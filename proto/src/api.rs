@@ -89,13 +89,30 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum JobEvent {
-    Queued { position: u64 },
-    Running { worker: String, attempt: u32 },
-    Progress { worker: String, attempt: u32, data: Value },
+    Queued {
+        position: u64,
+    },
+    Running {
+        worker: String,
+        attempt: u32,
+    },
+    Progress {
+        worker: String,
+        attempt: u32,
+        data: Value,
+    },
     /// Back in the queue after a worker was lost or its lease ran out.
-    Requeued { reason: String },
-    Succeeded { result: Value, worker: String, attempt: u32 },
-    Failed { error: String },
+    Requeued {
+        reason: String,
+    },
+    Succeeded {
+        result: Value,
+        worker: String,
+        attempt: u32,
+    },
+    Failed {
+        error: String,
+    },
     Cancelled,
 }
 

@@ -35,9 +35,7 @@ impl fmt::Display for JobId {
 impl FromStr for JobId {
     type Err = WireError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s)
-            .map(JobId)
-            .map_err(|_| WireError::Id(format!("{s:?} is not a job id (UUID)")))
+        Uuid::parse_str(s).map(JobId).map_err(|_| WireError::Id(format!("{s:?} is not a job id (UUID)")))
     }
 }
 
@@ -67,9 +65,7 @@ impl fmt::Display for InstanceId {
 impl FromStr for InstanceId {
     type Err = WireError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s)
-            .map(InstanceId)
-            .map_err(|_| WireError::Id(format!("{s:?} is not an instance id (UUID)")))
+        Uuid::parse_str(s).map(InstanceId).map_err(|_| WireError::Id(format!("{s:?} is not an instance id (UUID)")))
     }
 }
 
@@ -84,10 +80,7 @@ impl WorkerId {
     pub fn parse(s: &str) -> Result<Self, WireError> {
         let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
         if s.is_empty() || s.len() > Self::MAX_LEN || !s.chars().all(ok_char) {
-            return Err(WireError::Id(format!(
-                "{s:?} is not a worker id (1-{} of A-Z a-z 0-9 _ . -)",
-                Self::MAX_LEN
-            )));
+            return Err(WireError::Id(format!("{s:?} is not a worker id (1-{} of A-Z a-z 0-9 _ . -)", Self::MAX_LEN)));
         }
         Ok(Self(s.to_owned()))
     }

@@ -250,13 +250,17 @@ fn from_value<T: serde::de::DeserializeOwned>(kind: JobKind, params: Value) -> R
     serde_path_to_error::deserialize(params).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." { WireError::Params(format!("{kind} params: {inner}")) } else { WireError::Params(format!("{kind} params: {path}: {inner}")) }
+        if path == "." {
+            WireError::Params(format!("{kind} params: {inner}"))
+        } else {
+            WireError::Params(format!("{kind} params: {path}: {inner}"))
+        }
     })
 }
 
 /// Decodes lowercase or uppercase hex with a message a person can act on.
 pub fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("hex must have an even number of digits".into());
     }
     (0..s.len())

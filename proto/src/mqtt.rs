@@ -131,10 +131,7 @@ impl Payload for LogLine {}
 
 /// Milliseconds since the Unix epoch, for payload timestamps.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -191,8 +188,16 @@ mod tests {
     fn versions_and_garbage_are_errors() {
         assert!(matches!(Control::decode(br#"{"v":2,"action":"drain"}"#), Err(WireError::Version { found: 2 })));
         assert!(matches!(Control::decode(br#"{"action":"drain"}"#), Err(WireError::MissingVersion)));
-        for garbage in [&b""[..], b"\xff\xfe", b"null", b"[]", b"{\"v\":\"1\"}", b"{\"v\":1,\"action\":\"explode\"}",
-            b"{\"v\":1}", b"{{{{"] {
+        for garbage in [
+            &b""[..],
+            b"\xff\xfe",
+            b"null",
+            b"[]",
+            b"{\"v\":\"1\"}",
+            b"{\"v\":1,\"action\":\"explode\"}",
+            b"{\"v\":1}",
+            b"{{{{",
+        ] {
             assert!(Control::decode(garbage).is_err());
             assert!(WorkUnit::decode(garbage).is_err());
             assert!(WorkerStatus::decode(garbage).is_err());

@@ -93,10 +93,7 @@ impl Topics {
 
     pub fn parse(&self, topic: &str) -> Result<Topic, WireError> {
         let err = || WireError::Topic(topic.to_owned());
-        let rest = topic
-            .strip_prefix(self.prefix.as_str())
-            .and_then(|r| r.strip_prefix('/'))
-            .ok_or_else(err)?;
+        let rest = topic.strip_prefix(self.prefix.as_str()).and_then(|r| r.strip_prefix('/')).ok_or_else(err)?;
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
             ["logs"] => Ok(Topic::Logs),
@@ -140,8 +137,17 @@ mod tests {
     #[test]
     fn garbage_topics_are_errors() {
         let t = Topics::default();
-        for bad in ["", "faena", "faena/", "other/logs", "faena/workers/a/b/jobs", "faena/workers/+/jobs",
-            "faena/workers/w/unknown", "faena/master", "faenax/logs"] {
+        for bad in [
+            "",
+            "faena",
+            "faena/",
+            "other/logs",
+            "faena/workers/a/b/jobs",
+            "faena/workers/+/jobs",
+            "faena/workers/w/unknown",
+            "faena/master",
+            "faenax/logs",
+        ] {
             assert!(t.parse(bad).is_err(), "{bad:?} parsed");
         }
         for bad in ["", "/a", "a/", "a//b", "a/+", "#"] {

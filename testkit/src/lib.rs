@@ -5,6 +5,9 @@
 //!
 //! The binaries come from the same target directory as the test executable;
 //! `scripts/test.sh` builds them first (`cargo build --bins`).
+//!
+//! A test harness: failing loudly (panics, `expect`) is its job.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 pub mod api;
 pub mod mosquitto;
@@ -157,7 +160,9 @@ async fn start_master(dir: &Path, opts: &MasterOpts, same_as: Option<&MasterAddr
         ("FAENA_QUEUE_CAPACITY".to_owned(), opts.queue_capacity.to_string()),
     ];
     match &opts.broker {
-        Broker::Embedded => env.push(("FAENA_MQTT_ADDR".to_owned(), mqtt_listen.unwrap_or_else(|| "127.0.0.1:0".into()))),
+        Broker::Embedded => {
+            env.push(("FAENA_MQTT_ADDR".to_owned(), mqtt_listen.unwrap_or_else(|| "127.0.0.1:0".into())))
+        }
         Broker::External { url, username, password } => {
             env.push(("FAENA_MQTT_URL".to_owned(), url.clone()));
             env.extend(username.iter().map(|u| ("FAENA_MQTT_USERNAME".to_owned(), u.clone())));

@@ -56,7 +56,11 @@ impl Mosquitto {
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + WAIT;
         while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "mosquitto did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mosquitto did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -1,4 +1,5 @@
 //! Bad input gets a clear error and loses nothing: garbage on every MQTT
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 //! topic the master and workers read, and bogus gRPC calls.
 
 use faena_proto::grpc::master_client::MasterClient;
@@ -30,8 +31,16 @@ async fn malformed_mqtt_messages_are_dropped_and_counted() {
             }
         }
     });
-    let garbage: [&[u8]; 6] = [b"", b"\xff\xfe\x00", b"null", b"{\"v\":2}", b"{\"v\":1,\"action\":\"explode\"}", &[b'{'; 100_000]];
-    let topics = ["faena/workers/w1/jobs", "faena/workers/w1/control", "faena/workers/w1/status", "faena/master/status", "faena/workers/w1/status/extra", "faena/workers/ghost/status"];
+    let garbage: [&[u8]; 6] =
+        [b"", b"\xff\xfe\x00", b"null", b"{\"v\":2}", b"{\"v\":1,\"action\":\"explode\"}", &[b'{'; 100_000]];
+    let topics = [
+        "faena/workers/w1/jobs",
+        "faena/workers/w1/control",
+        "faena/workers/w1/status",
+        "faena/master/status",
+        "faena/workers/w1/status/extra",
+        "faena/workers/ghost/status",
+    ];
     for topic in topics {
         for payload in garbage {
             client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).await.expect("publish");
@@ -79,13 +88,19 @@ fn lease(job: &str, attempt: u32, token: &str) -> Option<pb::Lease> {
 }
 
 fn result(worker: &str, lease: Option<pb::Lease>, output: &str) -> pb::ResultRequest {
-    pb::ResultRequest { worker_id: worker.into(), lease, outcome: Some(result_request::Outcome::OutputJson(output.into())), elapsed_us: 0 }
+    pb::ResultRequest {
+        worker_id: worker.into(),
+        lease,
+        outcome: Some(result_request::Outcome::OutputJson(output.into())),
+        elapsed_us: 0,
+    }
 }
 
 #[tokio::test]
 async fn bogus_grpc_calls_are_rejected_with_clear_errors() {
     let c = Cluster::start(MasterOpts { heartbeat_ms: 60_000, ..MasterOpts::default() }).await;
-    let channel = Channel::from_shared(format!("http://{}", c.addrs.grpc)).expect("url").connect().await.expect("connect");
+    let channel =
+        Channel::from_shared(format!("http://{}", c.addrs.grpc)).expect("url").connect().await.expect("connect");
     let mut grpc = MasterClient::new(channel).max_encoding_message_size(64 * 1024 * 1024);
     let instance = uuid::Uuid::new_v4().to_string();
     let register = |worker: &str, caps: Option<pb::Capabilities>| pb::RegisterRequest {
@@ -109,35 +124,66 @@ async fn bogus_grpc_calls_are_rejected_with_clear_errors() {
 
     let job = c.api.submit_ok("noop", json!({"payload": 1}), None).await;
     // Not registered yet: the worker is told to register.
-    let e = grpc.submit_result(request(result("fake", lease(&job, 1, "t"), "{}"), Some(TOKEN))).await.expect_err("unregistered");
+    let e = grpc
+        .submit_result(request(result("fake", lease(&job, 1, "t"), "{}"), Some(TOKEN)))
+        .await
+        .expect_err("unregistered");
     assert_eq!(e.code(), Code::Aborted);
     grpc.register(request(register("fake", Some(caps())), Some(TOKEN))).await.expect("registers");
     // The job was dispatched to "fake" on its jobs topic; its token travelled only there.
     eventually("dispatched", || async { (c.api.job(&job).await["state"] == "running").then_some(()) }).await;
 
     let unknown = uuid::Uuid::now_v7().to_string();
-    let e = grpc.submit_result(request(result("fake", lease(&unknown, 1, "t"), "{}"), Some(TOKEN))).await.expect_err("unknown job");
+    let e = grpc
+        .submit_result(request(result("fake", lease(&unknown, 1, "t"), "{}"), Some(TOKEN)))
+        .await
+        .expect_err("unknown job");
     assert_eq!(e.code(), Code::NotFound);
-    let e = grpc.submit_result(request(result("fake", lease(&job, 1, "forged"), "{}"), Some(TOKEN))).await.expect_err("wrong token");
+    let e = grpc
+        .submit_result(request(result("fake", lease(&job, 1, "forged"), "{}"), Some(TOKEN)))
+        .await
+        .expect_err("wrong token");
     assert_eq!(e.code(), Code::FailedPrecondition);
-    let e = grpc.submit_result(request(result("fake", lease(&job, 2, "forged"), "{}"), Some(TOKEN))).await.expect_err("wrong attempt");
+    let e = grpc
+        .submit_result(request(result("fake", lease(&job, 2, "forged"), "{}"), Some(TOKEN)))
+        .await
+        .expect_err("wrong attempt");
     assert!(e.code() == Code::FailedPrecondition && e.message().contains("current attempt is 1"), "{e:?}");
-    let e = grpc.submit_result(request(result("fake", lease("nope", 1, "t"), "{}"), Some(TOKEN))).await.expect_err("bad id");
+    let e = grpc
+        .submit_result(request(result("fake", lease("nope", 1, "t"), "{}"), Some(TOKEN)))
+        .await
+        .expect_err("bad id");
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = grpc.submit_result(request(result("fake", None, "{}"), Some(TOKEN))).await.expect_err("no lease");
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = grpc.submit_result(request(result("fake", lease(&job, 1, "forged"), "not json"), Some(TOKEN))).await.expect_err("bad json");
+    let e = grpc
+        .submit_result(request(result("fake", lease(&job, 1, "forged"), "not json"), Some(TOKEN)))
+        .await
+        .expect_err("bad json");
     assert_eq!(e.code(), Code::InvalidArgument);
     let huge = format!("\"{}\"", "x".repeat(6 * 1024 * 1024));
-    let e = grpc.submit_result(request(result("fake", lease(&job, 1, "forged"), &huge), Some(TOKEN))).await.expect_err("oversized");
+    let e = grpc
+        .submit_result(request(result("fake", lease(&job, 1, "forged"), &huge), Some(TOKEN)))
+        .await
+        .expect_err("oversized");
     assert!(matches!(e.code(), Code::ResourceExhausted | Code::OutOfRange), "{e:?}");
     let e = grpc
-        .report_progress(request(pb::ProgressRequest { worker_id: "fake".into(), lease: lease(&job, 1, "forged"), progress_json: "{}".into() }, Some(TOKEN)))
+        .report_progress(request(
+            pb::ProgressRequest {
+                worker_id: "fake".into(),
+                lease: lease(&job, 1, "forged"),
+                progress_json: "{}".into(),
+            },
+            Some(TOKEN),
+        ))
         .await
         .expect_err("stale progress");
     assert_eq!(e.code(), Code::FailedPrecondition);
     let e = grpc
-        .fetch_secret(request(pb::SecretRequest { worker_id: "fake".into(), lease: lease(&job, 1, "forged"), name: "key".into() }, Some(TOKEN)))
+        .fetch_secret(request(
+            pb::SecretRequest { worker_id: "fake".into(), lease: lease(&job, 1, "forged"), name: "key".into() },
+            Some(TOKEN),
+        ))
         .await
         .expect_err("stale secret fetch");
     assert_eq!(e.code(), Code::FailedPrecondition);

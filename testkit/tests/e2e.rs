@@ -1,4 +1,5 @@
 //! Jobs run end to end on real processes: the embedded broker and Mosquitto.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use faena_testkit::mosquitto::{PASSWORD, USER};
 use faena_testkit::{Broker, Cluster, MasterOpts, Mosquitto, Proc, bin};
@@ -20,7 +21,8 @@ async fn run_jobs(c: &Cluster) {
     let jobs: Vec<_> = (0..40).map(|i| json!({"kind": "noop", "params": {"payload": i}})).collect();
     let (status, body) = api.post("/api/jobs/batch", &json!({"jobs": jobs})).await;
     assert_eq!(status, 202, "{body}");
-    let ids: Vec<String> = body["jobs"].as_array().expect("ids").iter().map(|j| j["id"].as_str().expect("id").to_owned()).collect();
+    let ids: Vec<String> =
+        body["jobs"].as_array().expect("ids").iter().map(|j| j["id"].as_str().expect("id").to_owned()).collect();
     assert_eq!(ids.len(), 40);
     for (i, id) in ids.iter().enumerate() {
         let job = api.wait_final(id).await;
@@ -54,12 +56,22 @@ async fn end_to_end_with_the_embedded_broker() {
     let (status, health) = c.api.get("/healthz").await;
     assert_eq!((status.as_u16(), health["status"].as_str()), (200, Some("ok")));
     let metrics = c.api.text("/metrics").await;
-    for name in ["faena_jobs_total{state=\"succeeded\"}", "faena_queue_depth{priority=\"high\"}", "faena_dispatch_latency_seconds_count",
-        "faena_redeliveries_total", "faena_workers 2"] {
+    for name in [
+        "faena_jobs_total{state=\"succeeded\"}",
+        "faena_queue_depth{priority=\"high\"}",
+        "faena_dispatch_latency_seconds_count",
+        "faena_redeliveries_total",
+        "faena_workers 2",
+    ] {
         assert!(metrics.contains(name), "master metrics lack {name}:\n{metrics}");
     }
     let worker_metrics_addr = c.worker("w1").ready["metrics"].as_str().expect("addr").to_owned();
-    let body = reqwest::get(format!("http://{worker_metrics_addr}/metrics")).await.expect("worker metrics").text().await.unwrap_or_default();
+    let body = reqwest::get(format!("http://{worker_metrics_addr}/metrics"))
+        .await
+        .expect("worker metrics")
+        .text()
+        .await
+        .unwrap_or_default();
     assert!(body.contains("faena_worker_jobs_total{kind=\"noop\",outcome=\"succeeded\"}"), "{body}");
     assert!(body.contains("faena_worker_job_duration_seconds"), "{body}");
 }

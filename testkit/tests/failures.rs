@@ -1,4 +1,5 @@
 //! Crashes and restarts: a killed worker, a killed master, a restarted
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 //! broker, and a worker told to stop. Nothing accepted is lost and every job
 //! has exactly one outcome.
 
@@ -30,7 +31,8 @@ async fn a_killed_worker_s_job_finishes_once_on_another() {
     c.add_worker("w2", 1).await;
     c.wait_workers(2).await;
     let id = c.api.submit_ok("noop", json!({"payload": "survivor", "delay_ms": 1500}), None).await;
-    let first = eventually("the job runs", || async { c.api.job(&id).await["worker"].as_str().map(str::to_owned) }).await;
+    let first =
+        eventually("the job runs", || async { c.api.job(&id).await["worker"].as_str().map(str::to_owned) }).await;
     c.worker(&first).kill9().await;
 
     let job = c.api.wait_final(&id).await;
@@ -91,7 +93,11 @@ async fn workers_reconnect_after_the_broker_restarts() {
     let after = c.api.submit_ok("noop", json!({"payload": "after"}), None).await;
     for (id, payload) in [(&during, "during"), (&after, "after")] {
         let job = c.api.wait_final(id).await;
-        assert_eq!((job["state"].as_str(), job["result"]["payload"].as_str()), (Some("succeeded"), Some(payload)), "{job}");
+        assert_eq!(
+            (job["state"].as_str(), job["result"]["payload"].as_str()),
+            (Some("succeeded"), Some(payload)),
+            "{job}"
+        );
         assert_eq!(count(&c.api.history(id).await, "succeeded"), 1);
     }
     let (status, health) = c.api.get("/healthz").await;
@@ -108,7 +114,11 @@ async fn sigterm_lets_a_worker_finish_its_unit_then_exit() {
     let status = c.worker("w1").terminate().await;
     assert!(status.success(), "worker exit: {status:?}");
     let job = c.api.job(&id).await;
-    assert_eq!((job["state"].as_str(), job["worker"].as_str(), job["attempts"].as_u64()), (Some("succeeded"), Some("w1"), Some(1)), "{job}");
+    assert_eq!(
+        (job["state"].as_str(), job["worker"].as_str(), job["attempts"].as_u64()),
+        (Some("succeeded"), Some("w1"), Some(1)),
+        "{job}"
+    );
     c.wait_workers(0).await;
 }
 
@@ -129,6 +139,9 @@ async fn a_worker_past_its_drain_timeout_hands_its_unit_back() {
     assert_eq!(job["attempts"], 0, "a handed-back unit is not a used attempt: {job} {history:?}");
     c.add_worker("fresh", 1).await;
     // The unit is long; cancel it once it has moved, to keep the test short.
-    eventually("the job runs on the new worker", || async { (c.api.job(&id).await["worker"] == "fresh").then_some(()) }).await;
+    eventually("the job runs on the new worker", || async {
+        (c.api.job(&id).await["worker"] == "fresh").then_some(())
+    })
+    .await;
     assert_eq!(c.api.cancel(&id).await.0, 200);
 }

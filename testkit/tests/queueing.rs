@@ -1,4 +1,5 @@
 //! Queueing when every worker is busy, priorities, cancellation, backpressure.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use faena_testkit::{Cluster, MasterOpts, eventually};
 use serde_json::json;
@@ -83,7 +84,8 @@ async fn cancel_reaches_queued_and_running_jobs() {
     let next = c.api.submit_ok("noop", json!({"payload": "after"}), None).await;
     assert_eq!(c.api.wait_final(&next).await["state"], "succeeded");
     let addr = c.worker("w1").ready["metrics"].as_str().expect("metrics").to_owned();
-    let metrics = reqwest::get(format!("http://{addr}/metrics")).await.expect("metrics").text().await.unwrap_or_default();
+    let metrics =
+        reqwest::get(format!("http://{addr}/metrics")).await.expect("metrics").text().await.unwrap_or_default();
     assert!(metrics.contains("faena_worker_jobs_total{kind=\"noop\",outcome=\"cancelled\"} 1"), "{metrics}");
 
     let (status, body) = c.api.cancel("01a1fccf-e426-7533-886f-eda89031b98a").await;

@@ -89,7 +89,11 @@ fn capabilities(cfg: &Config, kinds: &[JobKind], slots: u32) -> pb::Capabilities
 }
 
 /// Registers until the master answers; wrong token or bad capabilities are fatal.
-async fn register(runner: &runner::Runner, caps: &pb::Capabilities, cancel: &CancellationToken) -> Result<Option<pb::RegisterResponse>, WorkerError> {
+async fn register(
+    runner: &runner::Runner,
+    caps: &pb::Capabilities,
+    cancel: &CancellationToken,
+) -> Result<Option<pb::RegisterResponse>, WorkerError> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let req = pb::RegisterRequest {
@@ -110,7 +114,9 @@ async fn register(runner: &runner::Runner, caps: &pb::Capabilities, cancel: &Can
             Err(s) if matches!(s.code(), Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied) => {
                 return Err(WorkerError::Refused(s.message().to_owned()));
             }
-            Err(s) => tracing::warn!(code = ?s.code(), error = %s.message(), retry_in_ms = backoff.as_millis() as u64, "master not reachable yet"),
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), error = %s.message(), retry_in_ms = backoff.as_millis() as u64, "master not reachable yet")
+            }
         }
         tokio::select! {
             () = cancel.cancelled() => return Ok(None),
@@ -120,28 +126,42 @@ async fn register(runner: &runner::Runner, caps: &pb::Capabilities, cancel: &Can
     }
 }
 
-pub async fn run(cfg: Config, logs: Option<LogSink>, shutdown: CancellationToken, on_ready: impl FnOnce(&Ready)) -> Result<(), WorkerError> {
+pub async fn run(
+    cfg: Config,
+    logs: Option<LogSink>,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), WorkerError> {
     cfg.validate()?;
     let topics = Topics::new(&cfg.topic_prefix).map_err(|e| WorkerError::Id(e.to_string()))?;
-    let token = secrets::resolve("FAENA_CLUSTER_TOKEN", cfg.cluster_token.as_deref(), cfg.cluster_token_file.as_deref())?
-        .ok_or(WorkerError::NoToken)?;
-    let password = secrets::resolve("FAENA_MQTT_PASSWORD", cfg.mqtt_password.as_deref(), cfg.mqtt_password_file.as_deref())?;
-    let creds = cfg.mqtt_username.clone().map(|username| Credentials { username, password: password.unwrap_or_else(Secret::default) });
+    let token =
+        secrets::resolve("FAENA_CLUSTER_TOKEN", cfg.cluster_token.as_deref(), cfg.cluster_token_file.as_deref())?
+            .ok_or(WorkerError::NoToken)?;
+    let password =
+        secrets::resolve("FAENA_MQTT_PASSWORD", cfg.mqtt_password.as_deref(), cfg.mqtt_password_file.as_deref())?;
+    let creds = cfg
+        .mqtt_username
+        .clone()
+        .map(|username| Credentials { username, password: password.unwrap_or_else(Secret::default) });
     let url: BrokerUrl = cfg.mqtt_url.parse()?;
-    let worker_id = WorkerId::parse(&cfg.worker_id.clone().unwrap_or_else(default_worker_id)).map_err(|e| WorkerError::Id(e.to_string()))?;
+    let worker_id = WorkerId::parse(&cfg.worker_id.clone().unwrap_or_else(default_worker_id))
+        .map_err(|e| WorkerError::Id(e.to_string()))?;
     let slots = cfg.slots.unwrap_or_else(caps::cores);
 
-    let hasher = exec::randomx::RandomxHasher::start().map_err(|source| WorkerError::Io { what: "starting the RandomX thread".into(), source })?;
+    let hasher = exec::randomx::RandomxHasher::start()
+        .map_err(|source| WorkerError::Io { what: "starting the RandomX thread".into(), source })?;
     let registry = exec::Registry::default()
         .with(JobKind::Noop, Arc::new(exec::noop::Noop))
         .with(JobKind::RandomxHash, Arc::new(hasher));
     let caps = capabilities(&cfg, &registry.kinds(), slots);
     let client = client::connect(&cfg.master_url, &token)?;
     let metrics = Arc::new(metrics::Metrics::default());
-    let runner = Arc::new(runner::Runner::new(worker_id.clone(), InstanceId::new(), slots, registry, client, metrics.clone()));
+    let runner =
+        Arc::new(runner::Runner::new(worker_id.clone(), InstanceId::new(), slots, registry, client, metrics.clone()));
 
     let mqtt_cancel = CancellationToken::new();
-    let mqtt::Connection { status, mut subscribed, mut inbound, driver } = mqtt::connect(&url, creds.as_ref(), topics.clone(), runner.clone(), mqtt_cancel.clone());
+    let mqtt::Connection { status, mut subscribed, mut inbound, driver } =
+        mqtt::connect(&url, creds.as_ref(), topics.clone(), runner.clone(), mqtt_cancel.clone());
     let mut driver = tokio::spawn(driver);
     if let Some(sink) = logs {
         tokio::spawn(faena_common::logs::forward(sink, status.client().clone(), topics.logs(), mqtt_cancel.clone()));
@@ -149,7 +169,8 @@ pub async fn run(cfg: Config, logs: Option<LogSink>, shutdown: CancellationToken
     let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
         .await
         .map_err(|source| WorkerError::Io { what: format!("binding metrics on {}", cfg.metrics_addr), source })?;
-    let metrics_addr = listener.local_addr().map_err(|source| WorkerError::Io { what: "metrics address".into(), source })?;
+    let metrics_addr =
+        listener.local_addr().map_err(|source| WorkerError::Io { what: "metrics address".into(), source })?;
     let (healthy_tx, healthy) = tokio::sync::watch::channel(false);
     let http_cancel = CancellationToken::new();
     let http = tokio::spawn(serve_metrics(listener, metrics.clone(), healthy, http_cancel.clone()));
@@ -174,7 +195,8 @@ pub async fn run(cfg: Config, logs: Option<LogSink>, shutdown: CancellationToken
     on_ready(&Ready { worker_id: worker_id.to_string(), metrics: metrics_addr });
 
     let mut driver_done = false;
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(u64::from(registration.heartbeat_interval_ms.max(100))));
+    let mut heartbeat =
+        tokio::time::interval(Duration::from_millis(u64::from(registration.heartbeat_interval_ms.max(100))));
     loop {
         let reregister = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -222,19 +244,39 @@ pub async fn run(cfg: Config, logs: Option<LogSink>, shutdown: CancellationToken
     Ok(())
 }
 
-async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<metrics::Metrics>, healthy: tokio::sync::watch::Receiver<bool>, cancel: CancellationToken) {
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<metrics::Metrics>,
+    healthy: tokio::sync::watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
     use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/metrics", get(move || {
-            let body = metrics.render();
-            async move { ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body) }
-        }))
-        .route("/healthz", get(move || {
-            let ok = *healthy.borrow();
-            async move { (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, if ok { "ok" } else { "not registered" }).into_response() }
-        }));
+    let app =
+        axum::Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let body = metrics.render();
+                    async move {
+                        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                    }
+                }),
+            )
+            .route(
+                "/healthz",
+                get(move || {
+                    let ok = *healthy.borrow();
+                    async move {
+                        (
+                            if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE },
+                            if ok { "ok" } else { "not registered" },
+                        )
+                            .into_response()
+                    }
+                }),
+            );
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await {
         tracing::error!(error = %e, "metrics server failed");
     }

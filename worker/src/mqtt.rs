@@ -78,7 +78,13 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-pub fn connect(url: &BrokerUrl, creds: Option<&Credentials>, topics: Topics, runner: Arc<Runner>, cancel: CancellationToken) -> Connection {
+pub fn connect(
+    url: &BrokerUrl,
+    creds: Option<&Credentials>,
+    topics: Topics,
+    runner: Arc<Runner>,
+    cancel: CancellationToken,
+) -> Connection {
     let kinds: Vec<String> = runner.registry.kinds().iter().map(|k| k.as_str().to_owned()).collect();
     let me = runner.worker_id.clone();
     let will_status = WorkerStatus {
@@ -133,12 +139,14 @@ fn handle(
             let unit = WorkUnit::decode(payload).map_err(|e| e.to_string())?;
             runner.start(unit);
         }
-        Topic::WorkerControl(w) if w == runner.worker_id => match Control::decode(payload).map_err(|e| e.to_string())? {
-            Control::Cancel { job_id, attempt } => runner.cancel(job_id, attempt),
-            Control::Drain => {
-                let _ = inbound.send(Inbound::Drain);
+        Topic::WorkerControl(w) if w == runner.worker_id => {
+            match Control::decode(payload).map_err(|e| e.to_string())? {
+                Control::Cancel { job_id, attempt } => runner.cancel(job_id, attempt),
+                Control::Drain => {
+                    let _ = inbound.send(Inbound::Drain);
+                }
             }
-        },
+        }
         Topic::MasterStatus => {
             if payload.is_empty() {
                 return Ok(());

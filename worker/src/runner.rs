@@ -46,7 +46,14 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(worker_id: WorkerId, instance: InstanceId, slots: u32, registry: Registry, client: Client, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        worker_id: WorkerId,
+        instance: InstanceId,
+        slots: u32,
+        registry: Registry,
+        client: Client,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             worker_id,
             instance,
@@ -97,7 +104,10 @@ impl Runner {
                 }
                 r.cancel.cancel();
             }
-            running.insert(unit.job_id, Running { attempt: unit.attempt, token: unit.token.clone(), cancel: cancel.clone() });
+            running.insert(
+                unit.job_id,
+                Running { attempt: unit.attempt, token: unit.token.clone(), cancel: cancel.clone() },
+            );
         }
         let this = self.clone();
         self.tracker.spawn(async move { this.run_unit(unit, cancel).await });
@@ -143,7 +153,11 @@ impl Runner {
             }
             Some(Err(failure)) if !cancel.is_cancelled() => {
                 self.metrics.finished(kind, "failed");
-                result_request::Outcome::Failure(pb::JobFailure { message: failure.message, retryable: failure.retryable, code: String::new() })
+                result_request::Outcome::Failure(pb::JobFailure {
+                    message: failure.message,
+                    retryable: failure.retryable,
+                    code: String::new(),
+                })
             }
             _ => {
                 self.metrics.finished(kind, "handed_back");
@@ -155,7 +169,8 @@ impl Runner {
     }
 
     async fn execute(&self, unit: &WorkUnit, cancel: &CancellationToken) -> Result<serde_json::Value, JobFailure> {
-        let spec = JobSpec::parse_kind(unit.kind, unit.params.clone()).map_err(|e| JobFailure::permanent(e.to_string()))?;
+        let spec =
+            JobSpec::parse_kind(unit.kind, unit.params.clone()).map_err(|e| JobFailure::permanent(e.to_string()))?;
         let executor = self
             .registry
             .get(unit.kind)
@@ -182,7 +197,11 @@ impl Runner {
     }
 
     async fn report_progress(&self, unit: &WorkUnit, data: serde_json::Value) {
-        let req = pb::ProgressRequest { worker_id: self.worker_id.to_string(), lease: Some(self.lease(unit)), progress_json: data.to_string() };
+        let req = pb::ProgressRequest {
+            worker_id: self.worker_id.to_string(),
+            lease: Some(self.lease(unit)),
+            progress_json: data.to_string(),
+        };
         if let Err(s) = self.client().report_progress(req).await {
             tracing::debug!(job = %unit.job_id, code = ?s.code(), "progress not delivered");
         }
@@ -201,7 +220,12 @@ impl Runner {
             match self.client().submit_result(req.clone()).await {
                 Ok(_) => return,
                 Err(s) if s.code() == Code::Aborted => self.need_register.notify_one(),
-                Err(s) if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Internal | Code::Cancelled) => {
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Internal | Code::Cancelled
+                    ) =>
+                {
                     tracing::debug!(job = %unit.job_id, error = %s.message(), "master unreachable; result will be retried");
                 }
                 Err(s) => {

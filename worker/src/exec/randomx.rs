@@ -60,11 +60,17 @@ impl RandomxHasher {
     }
 }
 
-fn hash_all(flags: RandomXFlag, current: &mut Option<(Vec<u8>, RandomXVM)>, req: &Request) -> Result<Vec<Vec<u8>>, JobFailure> {
+fn hash_all(
+    flags: RandomXFlag,
+    current: &mut Option<(Vec<u8>, RandomXVM)>,
+    req: &Request,
+) -> Result<Vec<Vec<u8>>, JobFailure> {
     if current.as_ref().is_none_or(|(key, _)| *key != req.key) {
         *current = None;
-        let cache = RandomXCache::new(flags, &req.key).map_err(|e| JobFailure::retryable(format!("RandomX cache: {e}")))?;
-        let vm = RandomXVM::new(flags, Some(cache), None).map_err(|e| JobFailure::retryable(format!("RandomX VM: {e}")))?;
+        let cache =
+            RandomXCache::new(flags, &req.key).map_err(|e| JobFailure::retryable(format!("RandomX cache: {e}")))?;
+        let vm =
+            RandomXVM::new(flags, Some(cache), None).map_err(|e| JobFailure::retryable(format!("RandomX VM: {e}")))?;
         *current = Some((req.key.clone(), vm));
     }
     let Some((_, vm)) = current.as_ref() else { return Err(JobFailure::retryable("RandomX VM missing")) };
@@ -75,7 +81,9 @@ fn hash_all(flags: RandomXFlag, current: &mut Option<(Vec<u8>, RandomXVM)>, req:
         if req.cancelled.load(Ordering::Relaxed) {
             return Err(JobFailure::permanent("cancelled"));
         }
-        out.push(vm.calculate_hash(input).map_err(|e| JobFailure::permanent(format!("RandomX hash of input {i}: {e}")))?);
+        out.push(
+            vm.calculate_hash(input).map_err(|e| JobFailure::permanent(format!("RandomX hash of input {i}: {e}")))?,
+        );
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
             (req.progress)(HashProgress { done: i as u64 + 1, total });
@@ -97,7 +105,8 @@ impl Executor for RandomxHasher {
             let cancelled = Arc::new(AtomicBool::new(false));
             let (reply, rx) = oneshot::channel();
             let progress_ctx = ctx.clone();
-            let progress = Box::new(move |p: HashProgress| progress_ctx.progress(serde_json::to_value(p).unwrap_or(Value::Null)));
+            let progress =
+                Box::new(move |p: HashProgress| progress_ctx.progress(serde_json::to_value(p).unwrap_or(Value::Null)));
             tx.send(Request { key, inputs, cancelled: cancelled.clone(), progress, reply })
                 .map_err(|_| JobFailure::retryable("RandomX thread is gone"))?;
             let hashes = tokio::select! {
@@ -129,8 +138,16 @@ mod tests {
     /// RandomX's published test vectors (tests/tests.cpp of tevador/RandomX).
     const VECTORS: [(&str, &str, &str); 3] = [
         ("test key 000", "This is a test", "639183aae1bf4c9a35884cb46b09cad9175f04efd7684e7262a0ac1c2f0b4e3f"),
-        ("test key 000", "Lorem ipsum dolor sit amet", "300a0adb47603dedb42228ccb2b211104f4da45af709cd7547cd049e9489c969"),
-        ("test key 000", "sed do eiusmod tempor incididunt ut labore et dolore magna aliqua", "c36d4ed4191e617309867ed66a443be4075014e2b061bcdaf9ce7b721d2b77a8"),
+        (
+            "test key 000",
+            "Lorem ipsum dolor sit amet",
+            "300a0adb47603dedb42228ccb2b211104f4da45af709cd7547cd049e9489c969",
+        ),
+        (
+            "test key 000",
+            "sed do eiusmod tempor incididunt ut labore et dolore magna aliqua",
+            "c36d4ed4191e617309867ed66a443be4075014e2b061bcdaf9ce7b721d2b77a8",
+        ),
     ];
 
     fn ctx() -> JobContext {
@@ -154,7 +171,9 @@ mod tests {
             "input": "0b0b98bea7e805e0010a2126d287a2a0cc833d312cb786385a7c2f9de69d25537f584a9bc9977b00000000666fd8753bf61a8631f12984e3fd44f4014eca629276817b56f32e9b68bd82f416",
             "hex": true,
         })).expect("valid");
-        assert_eq!(hasher.execute(spec, ctx()).await,
-            Ok(json!({"hash": "c56414121acda1713c2f2a819d8ae38aed7c80c35c2a769298d34f03833cd5f1"})));
+        assert_eq!(
+            hasher.execute(spec, ctx()).await,
+            Ok(json!({"hash": "c56414121acda1713c2f2a819d8ae38aed7c80c35c2a769298d34f03833cd5f1"}))
+        );
     }
 }
