@@ -40,7 +40,17 @@ impl Queue {
 
     /// Adds a job; returns how many queued jobs are ahead of it.
     pub fn push(&mut self, id: JobId, kind: JobKind, rank: Rank) -> u64 {
-        let ahead = self.position_of_rank(rank);
+        // A new job is the youngest of its priority: everything of its priority
+        // and above is ahead, no scan needed. Only a requeued job, which goes
+        // back to its old place, is counted.
+        let youngest = self.by_kind.values().all(|q| {
+            q.range((rank.0, 0)..=(rank.0, u64::MAX)).next_back().is_none_or(|(last, _)| *last < rank)
+        });
+        let ahead = if youngest {
+            self.per_priority[..=rank.0.index()].iter().sum::<usize>() as u64
+        } else {
+            self.position_of_rank(rank)
+        };
         self.by_kind.entry(kind).or_default().insert(rank, id);
         self.ranks.insert(id, (kind, rank));
         self.per_priority[rank.0.index()] += 1;
@@ -95,6 +105,10 @@ mod tests {
         let heads: Vec<JobId> = q.heads().into_iter().map(|h| h.2).collect();
         assert_eq!(heads, vec![ids[2], ids[1]]);
         assert_eq!(q.depth_by_priority(), [1, 2, 1]);
+        // A requeued job goes back to its old place.
+        let back = JobId::new();
+        assert_eq!(q.push(back, JobKind::Noop, (Priority::Normal, 0)), 1);
+        assert!(q.remove(&back));
         assert!(q.remove(&ids[2]));
         assert!(!q.remove(&ids[2]));
         assert_eq!(q.position(&ids[0]), Some(2));

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Runs a whole Faena cluster on this machine: the master with its embedded
+# MQTT broker and FAENA_WORKERS workers (default 2) as separate processes.
+# Builds first if needed (release profile). Ctrl-C stops everything.
+#
+#   FAENA_HTTP_ADDR  REST API                (default 127.0.0.1:8888)
+#   FAENA_GRPC_ADDR  worker callbacks (gRPC)  (default 127.0.0.1:50051)
+#   FAENA_MQTT_ADDR  embedded broker          (default 127.0.0.1:1883)
+#   FAENA_WORKERS    number of workers        (default 2)
+#   FAENA_DATA_DIR   job store                (default .faena-dev)
+# Every other FAENA_* / GEMINI_* / OPENAI_* variable is passed through.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/prereqs.sh
+
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+
+need_build_tools
+cargo build --locked --release -p faena-master -p faena-worker
+bin=target/release
+
+export FAENA_HTTP_ADDR=${FAENA_HTTP_ADDR:-127.0.0.1:8888}
+export FAENA_GRPC_ADDR=${FAENA_GRPC_ADDR:-127.0.0.1:50051}
+export FAENA_MQTT_ADDR=${FAENA_MQTT_ADDR:-127.0.0.1:1883}
+export FAENA_DATA_DIR=${FAENA_DATA_DIR:-.faena-dev}
+workers=${FAENA_WORKERS:-2}
+# One token for this run, shared by the processes started here (not printed).
+if [ -z "${FAENA_CLUSTER_TOKEN:-}" ] && [ -z "${FAENA_CLUSTER_TOKEN_FILE:-}" ]; then
+  FAENA_CLUSTER_TOKEN="$(tr -d '-' < /proc/sys/kernel/random/uuid)$(tr -d '-' < /proc/sys/kernel/random/uuid)"
+  export FAENA_CLUSTER_TOKEN
+fi
+
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+ready=$(mktemp)
+"$bin/faena-master" > "$ready" &
+pids+=($!)
+for _ in $(seq 300); do
+  grep -q '^FAENA_READY ' "$ready" && break
+  kill -0 "${pids[0]}" 2>/dev/null || { echo "faena-master failed to start" >&2; exit 1; }
+  sleep 0.1
+done
+grep -q '^FAENA_READY ' "$ready" || { echo "faena-master did not become ready" >&2; exit 1; }
+rm -f "$ready"
+
+for i in $(seq "$workers"); do
+  FAENA_WORKER_ID="${FAENA_WORKER_ID_PREFIX:-local}-$i" \
+  FAENA_MASTER_URL="http://$FAENA_GRPC_ADDR" \
+  FAENA_MQTT_URL="mqtt://$FAENA_MQTT_ADDR" \
+    "$bin/faena-worker" > /dev/null &
+  pids+=($!)
+done
+
+cat <<MSG
+
+  Faena is running: master + embedded broker + $workers workers.
+    REST API               http://$FAENA_HTTP_ADDR/api/jobs
+    submit a job           curl -s -XPOST http://$FAENA_HTTP_ADDR/api/jobs -d '{"kind":"noop","params":{"payload":"hi"}}'
+    workers                curl -s http://$FAENA_HTTP_ADDR/api/workers
+    watch logs and status  mosquitto_sub -h ${FAENA_MQTT_ADDR%:*} -p ${FAENA_MQTT_ADDR##*:} -t 'faena/#' -v
+  Ctrl-C stops everything.
+
+MSG
+wait -n "${pids[@]}" || true
+echo "a Faena process exited; stopping the rest" >&2

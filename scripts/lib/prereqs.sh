@@ -1,0 +1,22 @@
+# Shared by the scripts: install Debian packages a command needs, when missing.
+# Usage: need_packages <command>:<package> ...
+
+need_packages() {
+  local missing=() pair cmd pkg
+  for pair in "$@"; do
+    cmd=${pair%%:*}
+    pkg=${pair#*:}
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing: ${missing[*]}" >&2
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# What building Faena needs: randomx-rs compiles RandomX's C++ with cmake.
+need_build_tools() {
+  need_packages cmake:cmake g++:g++ make:make
+}
