@@ -87,6 +87,16 @@ fn refusal(code: ConnectReturnCode) -> &'static str {
     }
 }
 
+/// A client with Nagle's algorithm off: work units and acks are small and
+/// latency-bound, and delayed ACKs would otherwise stall them for 40 ms.
+pub fn client(options: MqttOptions, capacity: usize) -> (rumqttc::AsyncClient, EventLoop) {
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, capacity);
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    (client, eventloop)
+}
+
 /// Polls the event loop until `cancel`, handing every event to `on_event`.
 /// `on_event` must not block: it runs on the loop that keeps the connection alive.
 /// A deliberate `disconnect()` ends the loop.

@@ -212,8 +212,11 @@ pub async fn run(
     };
     let stop_http = servers_cancel.clone();
     let http_task = tracker.spawn(async move {
-        let served =
-            axum::serve(http_listener, http::app(state)).with_graceful_shutdown(stop_http.cancelled_owned()).await;
+        // Server-sent events are small writes right after the headers: no Nagle.
+        let listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let served = axum::serve(listener, http::app(state)).with_graceful_shutdown(stop_http.cancelled_owned()).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed");
         }

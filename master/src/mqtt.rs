@@ -77,7 +77,7 @@ pub fn connect(
     let will_status = MasterStatus { instance_id: instance, state: MasterState::Offline, ts_ms: 0 };
     let will = LastWill::new(topics.master_status(), will_status.encode(), QoS::AtLeastOnce, true);
     let options = broker::options("faena-master", url, creds, Some(will));
-    let (client, eventloop) = AsyncClient::new(options, 65_536);
+    let (client, eventloop) = broker::client(options, 65_536);
     let (connected_tx, connected) = watch::channel(false);
     let (status_tx, statuses) = mpsc::channel(4096);
     let out = MqttOut { client: client.clone(), topics: topics.clone(), instance };

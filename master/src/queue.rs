@@ -43,9 +43,10 @@ impl Queue {
         // A new job is the youngest of its priority: everything of its priority
         // and above is ahead, no scan needed. Only a requeued job, which goes
         // back to its old place, is counted.
-        let youngest = self.by_kind.values().all(|q| {
-            q.range((rank.0, 0)..=(rank.0, u64::MAX)).next_back().is_none_or(|(last, _)| *last < rank)
-        });
+        let youngest = self
+            .by_kind
+            .values()
+            .all(|q| q.range((rank.0, 0)..=(rank.0, u64::MAX)).next_back().is_none_or(|(last, _)| *last < rank));
         let ahead = if youngest {
             self.per_priority[..=rank.0.index()].iter().sum::<usize>() as u64
         } else {

@@ -99,7 +99,7 @@ pub fn connect(
     };
     let will = LastWill::new(topics.worker_status(&me), will_status.encode(), QoS::AtLeastOnce, true);
     let options = broker::options(&format!("faena-worker-{me}"), url, creds, Some(will));
-    let (client, eventloop) = AsyncClient::new(options, 65_536);
+    let (client, eventloop) = broker::client(options, 65_536);
     let status = StatusPublisher { client: client.clone(), topics: topics.clone(), runner: runner.clone(), kinds };
     let (subscribed_tx, subscribed) = watch::channel(false);
     let (inbound_tx, inbound) = tokio::sync::mpsc::unbounded_channel();

@@ -62,13 +62,20 @@ async fn main() {
     let jobs = args.first().copied().unwrap_or(20_000);
     let samples = args.get(1).copied().unwrap_or(2_000);
     let sync = std::env::var("FAENA_STORE_SYNC").unwrap_or_else(|_| "full".into());
-    let opts = MasterOpts { extra: vec![("FAENA_STORE_SYNC".into(), sync.clone())], heartbeat_ms: 2000, ..MasterOpts::default() };
+    let opts = MasterOpts {
+        extra: vec![("FAENA_STORE_SYNC".into(), sync.clone())],
+        heartbeat_ms: 2000,
+        ..MasterOpts::default()
+    };
     let mut c = Cluster::start(opts).await;
     c.add_worker("bench-1", WORKER_SLOTS).await;
     c.add_worker("bench-2", WORKER_SLOTS).await;
     c.wait_workers(2).await;
     let pid = c.master().pid();
-    println!("faena-bench: {jobs} noop jobs, 2 workers x {WORKER_SLOTS} slots, store sync={sync}, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "faena-bench: {jobs} noop jobs, 2 workers x {WORKER_SLOTS} slots, store sync={sync}, {} cores",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
 
     // Warm-up: connections, caches, page faults.
     let warm: Vec<_> = (0..2_000).map(|_| json!({"kind": "noop"})).collect();
