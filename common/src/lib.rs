@@ -1,10 +1,12 @@
 //! Runtime pieces shared by `faena-master` and `faena-worker`.
 //!
+//! - [`args`]: flag groups both binaries take (broker credentials, cluster token).
 //! - [`broker`]: broker URLs, connection options and the reconnecting event loop.
 //! - [`logs`]: tracing set-up, with every log event also published on the logs topic.
 //! - [`secrets`]: secrets from a value or a `*_FILE` path (Docker secrets).
 //! - [`shutdown`]: waiting for Ctrl-C or SIGTERM.
 
+pub mod args;
 pub mod broker;
 pub mod logs;
 pub mod secrets;

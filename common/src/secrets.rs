@@ -13,6 +13,8 @@ pub enum SecretError {
     Read { name: String, path: String, source: std::io::Error },
     #[error("{name} is empty")]
     Empty { name: String },
+    #[error("{name} is set but {needs} is not")]
+    Orphan { name: String, needs: String },
 }
 
 /// Resolves a secret; a trailing newline in the file is not part of it.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use faena_common::args::{BrokerAuth, ClusterToken};
 
 use crate::store::SyncMode;
 
@@ -27,18 +28,12 @@ pub struct Config {
     /// External broker, e.g. mqtt://mosquitto:1883. Without it the master embeds one.
     #[arg(long, env = "FAENA_MQTT_URL")]
     pub mqtt_url: Option<String>,
-    #[arg(long, env = "FAENA_MQTT_USERNAME")]
-    pub mqtt_username: Option<String>,
-    #[arg(long, env = "FAENA_MQTT_PASSWORD", hide_env_values = true)]
-    pub mqtt_password: Option<String>,
-    #[arg(long, env = "FAENA_MQTT_PASSWORD_FILE")]
-    pub mqtt_password_file: Option<PathBuf>,
-    /// Token workers must present. Without one, a random token is written to
+    #[command(flatten)]
+    pub broker_auth: BrokerAuth,
+    /// Without a cluster token, a random one is written to
     /// `<data-dir>/cluster-token` for local workers to read.
-    #[arg(long, env = "FAENA_CLUSTER_TOKEN", hide_env_values = true)]
-    pub cluster_token: Option<String>,
-    #[arg(long, env = "FAENA_CLUSTER_TOKEN_FILE")]
-    pub cluster_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub token: ClusterToken,
     /// Topic prefix shared by the whole cluster.
     #[arg(long, env = "FAENA_TOPIC_PREFIX", default_value = "faena")]
     pub topic_prefix: String,
@@ -84,7 +79,7 @@ impl Config {
         if !(100..=600_000).contains(&self.heartbeat_ms) {
             return err("--heartbeat-ms must be between 100 and 600000");
         }
-        if self.mqtt_url.is_none() && (self.mqtt_username.is_some() || self.mqtt_password.is_some()) {
+        if self.mqtt_url.is_none() && self.broker_auth.is_set() {
             return err("MQTT credentials need --mqtt-url (the embedded broker takes none)");
         }
         Ok(())

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use faena_common::broker::{BrokerError, BrokerUrl, Credentials};
+use faena_common::broker::{BrokerError, BrokerUrl};
 use faena_common::logs::LogSink;
-use faena_common::secrets::{self, SecretError};
+use faena_common::secrets::SecretError;
 use faena_proto::ids::InstanceId;
 use faena_proto::mqtt::MasterState;
 use faena_proto::secret::Secret;
@@ -75,9 +75,7 @@ pub struct Addrs {
 }
 
 fn cluster_token(cfg: &Config) -> Result<Secret, MasterError> {
-    if let Some(token) =
-        secrets::resolve("FAENA_CLUSTER_TOKEN", cfg.cluster_token.as_deref(), cfg.cluster_token_file.as_deref())?
-    {
+    if let Some(token) = cfg.token.resolve()? {
         return Ok(token);
     }
     let token = Secret::new(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()));
@@ -104,13 +102,7 @@ pub async fn run(
     let topics = Topics::new(&cfg.topic_prefix).map_err(|_| MasterError::Topics(cfg.topic_prefix.clone()))?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(io(format!("creating {}", cfg.data_dir.display())))?;
     let token = cluster_token(&cfg)?;
-    let password =
-        secrets::resolve("FAENA_MQTT_PASSWORD", cfg.mqtt_password.as_deref(), cfg.mqtt_password_file.as_deref())?;
-    let creds = match (&cfg.mqtt_username, password) {
-        (Some(username), Some(password)) => Some(Credentials { username: username.clone(), password }),
-        (Some(username), None) => Some(Credentials { username: username.clone(), password: Secret::default() }),
-        (None, _) => None,
-    };
+    let creds = cfg.broker_auth.credentials()?;
 
     let store = store::Store::open(&cfg.data_dir.join("faena.db"), cfg.store_sync)?;
     let mut engine = engine::Engine::new(engine::EngineConfig {

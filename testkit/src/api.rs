@@ -34,6 +34,14 @@ impl Api {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Like [`Api::post_raw`], but `None` when the connection broke before an
+    /// answer (a server may reset it after rejecting a body it did not read).
+    pub async fn try_post_raw(&self, path: &str, body: Vec<u8>) -> Option<(StatusCode, Value)> {
+        let resp = self.http.post(self.url(path)).body(body).send().await.ok()?;
+        let status = resp.status();
+        Some((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         let resp = self.http.get(self.url(path)).send().await.expect("GET");
         let status = resp.status();

@@ -110,7 +110,7 @@ async fn sigterm_lets_a_worker_finish_its_unit_then_exit() {
     c.add_worker("w1", 1).await;
     c.wait_workers(1).await;
     let id = c.api.submit_ok("noop", json!({"payload": "drained", "delay_ms": 800}), None).await;
-    eventually("the job runs", || async { (c.api.job(&id).await["state"] == "running").then_some(()) }).await;
+    wait_running_on(&mut c, "w1").await;
     let status = c.worker("w1").terminate().await;
     assert!(status.success(), "worker exit: {status:?}");
     let job = c.api.job(&id).await;

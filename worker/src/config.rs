@@ -1,10 +1,10 @@
 //! The worker's configuration: flags, each with an environment variable.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use faena_common::args::{BrokerAuth, ClusterToken};
 
 /// RandomX mode. `auto` picks the best mode the machine supports; today that
 /// is light mode (256 MiB cache per key), which every machine can run.
@@ -25,16 +25,10 @@ pub struct Config {
     pub master_url: String,
     #[arg(long, env = "FAENA_MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
     pub mqtt_url: String,
-    #[arg(long, env = "FAENA_MQTT_USERNAME")]
-    pub mqtt_username: Option<String>,
-    #[arg(long, env = "FAENA_MQTT_PASSWORD", hide_env_values = true)]
-    pub mqtt_password: Option<String>,
-    #[arg(long, env = "FAENA_MQTT_PASSWORD_FILE")]
-    pub mqtt_password_file: Option<PathBuf>,
-    #[arg(long, env = "FAENA_CLUSTER_TOKEN", hide_env_values = true)]
-    pub cluster_token: Option<String>,
-    #[arg(long, env = "FAENA_CLUSTER_TOKEN_FILE")]
-    pub cluster_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub broker_auth: BrokerAuth,
+    #[command(flatten)]
+    pub token: ClusterToken,
     #[arg(long, env = "FAENA_TOPIC_PREFIX", default_value = "faena")]
     pub topic_prefix: String,
     /// Units this worker runs at once. Default: one per core.

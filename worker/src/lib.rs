@@ -20,14 +20,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use faena_common::broker::{BrokerError, BrokerUrl, Credentials};
+use faena_common::broker::{BrokerError, BrokerUrl};
 use faena_common::logs::LogSink;
-use faena_common::secrets::{self, SecretError};
+use faena_common::secrets::SecretError;
 use faena_proto::grpc as pb;
 use faena_proto::ids::{InstanceId, WorkerId};
 use faena_proto::jobs::JobKind;
 use faena_proto::mqtt::WorkerState;
-use faena_proto::secret::Secret;
 use faena_proto::topics::Topics;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -134,15 +133,8 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     cfg.validate()?;
     let topics = Topics::new(&cfg.topic_prefix).map_err(|e| WorkerError::Id(e.to_string()))?;
-    let token =
-        secrets::resolve("FAENA_CLUSTER_TOKEN", cfg.cluster_token.as_deref(), cfg.cluster_token_file.as_deref())?
-            .ok_or(WorkerError::NoToken)?;
-    let password =
-        secrets::resolve("FAENA_MQTT_PASSWORD", cfg.mqtt_password.as_deref(), cfg.mqtt_password_file.as_deref())?;
-    let creds = cfg
-        .mqtt_username
-        .clone()
-        .map(|username| Credentials { username, password: password.unwrap_or_else(Secret::default) });
+    let token = cfg.token.resolve()?.ok_or(WorkerError::NoToken)?;
+    let creds = cfg.broker_auth.credentials()?;
     let url: BrokerUrl = cfg.mqtt_url.parse()?;
     let worker_id = WorkerId::parse(&cfg.worker_id.clone().unwrap_or_else(default_worker_id))
         .map_err(|e| WorkerError::Id(e.to_string()))?;
