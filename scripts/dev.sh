@@ -19,7 +19,8 @@ if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
 fi
 
 need_build_tools
-cargo build --locked --release -p faena-master -p faena-worker
+# The whole workspace, so features unify as in every other build (no second set of artifacts).
+cargo build --locked --release --workspace --bins
 bin=target/release
 
 export FAENA_HTTP_ADDR=${FAENA_HTTP_ADDR:-127.0.0.1:8888}

@@ -237,11 +237,14 @@ pub async fn run(
     let _ = coordinator_done.await;
     out.announce(MasterState::Offline).await;
     let _ = out.client().disconnect().await;
-    tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
-    mqtt_cancel.cancel();
+    // The disconnect ends the MQTT loop, which closes the status feed; then
+    // nothing is left for the tracked tasks to wait on.
     if !driver_done {
         let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
     }
+    mqtt_cancel.cancel();
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    tracing::info!("faena-master stopped");
     Ok(())
 }

@@ -145,3 +145,27 @@ async fn a_worker_past_its_drain_timeout_hands_its_unit_back() {
     .await;
     assert_eq!(c.api.cancel(&id).await.0, 200);
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_master_cleanly_and_queued_jobs_wait_for_it() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    let ids = [
+        c.api.submit_ok("noop", json!({"payload": "a"}), Some("low")).await,
+        c.api.submit_ok("noop", json!({"payload": "b"}), None).await,
+        c.api.submit_ok("noop", json!({"payload": "c"}), Some("high")).await,
+    ];
+    let status = c.master().terminate().await;
+    assert!(status.success(), "master exit: {status:?}");
+    assert!(c.master_log().contains("faena-master stopped"));
+    c.restart_master().await;
+    let positions: Vec<u64> = futures::future::join_all(ids.iter().map(|id| c.api.job(id)))
+        .await
+        .iter()
+        .map(|j| j["position"].as_u64().expect("still queued"))
+        .collect();
+    assert_eq!(positions, [2, 1, 0], "priority order survives the restart");
+    c.add_worker("w1", 1).await;
+    for (id, payload) in ids.iter().zip(["a", "b", "c"]) {
+        assert_eq!(c.api.wait_final(id).await["result"]["payload"], payload);
+    }
+}
