@@ -93,11 +93,6 @@ impl Scheduler {
         self.workers.values().filter(|w| w.last_seen < deadline).map(|w| w.id.clone()).collect()
     }
 
-    /// Whether any registered worker could ever run `kind`.
-    pub fn can_run(&self, kind: JobKind) -> bool {
-        self.workers.values().any(|w| w.caps.kinds.contains(&kind))
-    }
-
     /// The worker that should take a job of `kind` now, if any has a free slot.
     pub fn pick(&self, kind: JobKind) -> Option<WorkerId> {
         self.workers
@@ -169,6 +164,5 @@ pub(crate) mod tests {
             w.availability = Availability::Draining;
         }
         assert_eq!(s.pick(JobKind::RandomxHash).map(|w| w.to_string()).as_deref(), Some("slow"));
-        assert!(!s.can_run(JobKind::Noop));
     }
 }

@@ -76,11 +76,6 @@ impl Topics {
         format!("{}/workers/+/status", self.prefix)
     }
 
-    /// Filter matching everything under the prefix.
-    pub fn everything(&self) -> String {
-        format!("{}/#", self.prefix)
-    }
-
     pub fn build(&self, topic: &Topic) -> String {
         match topic {
             Topic::WorkerJobs(w) => self.worker_jobs(w),

@@ -74,10 +74,6 @@ impl Proc {
     pub async fn try_exit(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
 }
 
 pub fn signal(pid: i32, sig: &str) {

@@ -169,3 +169,50 @@ async fn sigterm_stops_the_master_cleanly_and_queued_jobs_wait_for_it() {
         assert_eq!(c.api.wait_final(id).await["result"]["payload"], payload);
     }
 }
+
+#[tokio::test]
+async fn a_frozen_worker_loses_its_job_and_its_late_result_is_ignored() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    c.add_worker("frozen", 1).await;
+    c.add_worker("healthy", 1).await;
+    c.wait_workers(2).await;
+    // Occupy "healthy" briefly so the test job lands on "frozen".
+    let filler = c.api.submit_ok("noop", json!({"delay_ms": 300}), None).await;
+    let on =
+        eventually("filler runs", || async { c.api.job(&filler).await["worker"].as_str().map(str::to_owned) }).await;
+    let (victim, other) = if on == "frozen" { ("healthy", "frozen") } else { ("frozen", "healthy") };
+    let id = c.api.submit_ok("noop", json!({"payload": "once", "delay_ms": 500}), None).await;
+    wait_running_on(&mut c, victim).await;
+    // SIGSTOP keeps its connections open: only missed heartbeats reveal it.
+    let pid = c.worker(victim).pid();
+    faena_testkit::process::signal(pid, "STOP");
+    let job = c.api.wait_final(&id).await;
+    assert_eq!(
+        (job["state"].as_str(), job["worker"].as_str(), job["attempts"].as_u64()),
+        (Some("succeeded"), Some(other), Some(2))
+    );
+    let history = c.api.history(&id).await;
+    assert!(
+        history.iter().any(|t| t["detail"].as_str().is_some_and(|d| d.contains("missed its heartbeats"))),
+        "{history:?}"
+    );
+    // Thawed, the old worker finishes its unit; the master must ignore that result.
+    faena_testkit::process::signal(pid, "CONT");
+    c.wait_workers(2).await;
+    let zombie = format!("http://{}/metrics", c.worker(victim).ready["metrics"].as_str().expect("addr"));
+    let master = c.api.url("/metrics");
+    eventually("the stale attempt is rejected or revoked", || {
+        let (zombie, master) = (zombie.clone(), master.clone());
+        async move {
+            let z = reqwest::get(zombie).await.ok()?.text().await.ok()?;
+            let m = reqwest::get(master).await.ok()?.text().await.ok()?;
+            let revoked = z.contains("outcome=\"cancelled\"");
+            let rejected = m.lines().any(|l| l.starts_with("faena_rejected_callbacks_total ") && !l.ends_with(" 0"));
+            (revoked || rejected).then_some(())
+        }
+    })
+    .await;
+    let again = c.api.history(&id).await;
+    assert_eq!(count(&again, "succeeded"), 1, "{again:?}");
+    assert_eq!(c.api.job(&id).await["worker"], json!(other));
+}
