@@ -114,6 +114,8 @@ impl Cluster {
             ("FAENA_CLUSTER_TOKEN".to_owned(), self.token.clone()),
             ("FAENA_WORKER_SLOTS".to_owned(), slots.to_string()),
             ("FAENA_DRAIN_TIMEOUT_MS".to_owned(), "10000".to_owned()),
+            // Light mode: a fast-mode dataset takes half a minute to build.
+            ("FAENA_RANDOMX_MODE".to_owned(), "light".to_owned()),
         ];
         if let Broker::External { username, password, .. } = &self.opts.broker {
             env.extend(username.iter().map(|u| ("FAENA_MQTT_USERNAME".to_owned(), u.clone())));

@@ -27,7 +27,14 @@ pub fn aes_ni() -> bool {
 
 /// True when reserved huge pages are free to use.
 pub fn huge_pages() -> bool {
-    meminfo("HugePages_Free:").is_some_and(|n| n > 0)
+    huge_pages_free_bytes() > 0
+}
+
+/// Bytes of free reserved huge pages (`HugePages_Free` × `Hugepagesize`).
+pub fn huge_pages_free_bytes() -> u64 {
+    let free = meminfo("HugePages_Free:").unwrap_or(0);
+    let size_kib = meminfo("Hugepagesize:").unwrap_or(2048);
+    free * size_kib * 1024
 }
 
 fn meminfo(key: &str) -> Option<u64> {

@@ -6,14 +6,6 @@ use std::time::Duration;
 use clap::Parser;
 use faena_common::args::{BrokerAuth, ClusterToken};
 
-/// RandomX mode. `auto` picks the best mode the machine supports; today that
-/// is light mode (256 MiB cache per key), which every machine can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RandomxMode {
-    Auto,
-    Light,
-}
-
 #[derive(Debug, Clone, Parser)]
 #[command(name = "faena-worker", version, about = "Faena worker: runs work units from MQTT, reports over gRPC")]
 pub struct Config {
@@ -34,8 +26,13 @@ pub struct Config {
     /// Units this worker runs at once. Default: one per core.
     #[arg(long, env = "FAENA_WORKER_SLOTS")]
     pub slots: Option<u32>,
+    /// `fast` (2080 MiB dataset), `light` (256 MiB cache, ~8x slower), or
+    /// `auto`: fast when the machine has the memory.
     #[arg(long, env = "FAENA_RANDOMX_MODE", value_enum, default_value = "auto")]
-    pub randomx_mode: RandomxMode,
+    pub randomx_mode: crate::randomx::ModeChoice,
+    /// Threads for RandomX (dataset initialisation and hashing). Default: one per core.
+    #[arg(long, env = "FAENA_RANDOMX_THREADS")]
+    pub randomx_threads: Option<usize>,
     /// Where `/metrics` and `/healthz` listen (port 0 picks one).
     #[arg(long, env = "FAENA_WORKER_METRICS_ADDR", default_value = "127.0.0.1:0")]
     pub metrics_addr: SocketAddr,
@@ -52,6 +49,9 @@ pub struct ConfigError(pub String);
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.randomx_threads.is_some_and(|t| t == 0 || t > 1024) {
+            return Err(ConfigError("--randomx-threads must be 1..=1024".into()));
+        }
         if self.slots.is_some_and(|s| s == 0 || s > 4096) {
             return Err(ConfigError("--slots must be 1..=4096".into()));
         }

@@ -4,6 +4,7 @@
 //! Module map:
 //! - [`config`]: flags and environment; [`caps`]: what this machine offers.
 //! - [`exec`]: the executor trait and the executors (`noop`, `randomx.hash`).
+//! - [`randomx`]: the RandomX engine (modes, per-key datasets, all-core init).
 //! - [`runner`]: slots, running leases, cancellation, result delivery, drain.
 //! - [`client`]: the gRPC client; [`mqtt`]: topics in, status out.
 //! - [`metrics`]: Prometheus, served with `/healthz`.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod exec;
 pub mod metrics;
 pub mod mqtt;
+pub mod randomx;
 pub mod runner;
 
 use std::net::SocketAddr;
@@ -71,15 +73,13 @@ pub fn default_worker_id() -> String {
     format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
 }
 
-fn capabilities(cfg: &Config, kinds: &[JobKind], slots: u32) -> pb::Capabilities {
+fn capabilities(rx: &randomx::RandomX, kinds: &[JobKind], slots: u32) -> pb::Capabilities {
     pb::Capabilities {
         cores: caps::cores(),
         memory_bytes: caps::memory_bytes(),
         aes_ni: caps::aes_ni(),
         huge_pages: caps::huge_pages(),
-        randomx_modes: match cfg.randomx_mode {
-            config::RandomxMode::Auto | config::RandomxMode::Light => vec!["light".into()],
-        },
+        randomx_modes: vec![rx.mode().as_str().into()],
         ai_providers: vec![],
         kinds: kinds.iter().map(|k| k.as_str().to_owned()).collect(),
         slots,
@@ -140,12 +140,16 @@ pub async fn run(
         .map_err(|e| WorkerError::Id(e.to_string()))?;
     let slots = cfg.slots.unwrap_or_else(caps::cores);
 
-    let hasher = exec::randomx::RandomxHasher::start()
-        .map_err(|source| WorkerError::Io { what: "starting the RandomX thread".into(), source })?;
+    let machine = randomx::Machine {
+        memory_bytes: caps::memory_bytes(),
+        huge_pages_free_bytes: caps::huge_pages_free_bytes(),
+        cores: caps::cores() as usize,
+    };
+    let rx = Arc::new(randomx::RandomX::new(cfg.randomx_mode, cfg.randomx_threads, machine));
     let registry = exec::Registry::default()
         .with(JobKind::Noop, Arc::new(exec::noop::Noop))
-        .with(JobKind::RandomxHash, Arc::new(hasher));
-    let caps = capabilities(&cfg, &registry.kinds(), slots);
+        .with(JobKind::RandomxHash, Arc::new(exec::randomx::RandomxHash::new(rx.clone())));
+    let caps = capabilities(&rx, &registry.kinds(), slots);
     let client = client::connect(&cfg.master_url, &token)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let runner =
@@ -153,7 +157,7 @@ pub async fn run(
 
     let mqtt_cancel = CancellationToken::new();
     let mqtt::Connection { status, mut subscribed, mut inbound, driver } =
-        mqtt::connect(&url, creds.as_ref(), topics.clone(), runner.clone(), mqtt_cancel.clone());
+        mqtt::connect(&url, creds.as_ref(), topics.clone(), runner.clone(), rx.initialising(), mqtt_cancel.clone());
     let mut driver = tokio::spawn(driver);
     if let Some(sink) = logs {
         tokio::spawn(faena_common::logs::forward(sink, status.client().clone(), topics.logs(), mqtt_cancel.clone()));
@@ -186,6 +190,7 @@ pub async fn run(
     tracing::info!(worker = %worker_id, slots, metrics = %metrics_addr, "faena-worker ready");
     on_ready(&Ready { worker_id: worker_id.to_string(), metrics: metrics_addr });
 
+    let mut initialising = rx.initialising();
     let mut driver_done = false;
     let mut heartbeat =
         tokio::time::interval(Duration::from_millis(u64::from(registration.heartbeat_interval_ms.max(100))));
@@ -202,6 +207,10 @@ pub async fn run(
                 mqtt::Inbound::Drain => { tracing::info!("drain requested by the master"); break; }
             },
             () = runner.need_register.notified() => true,
+            Ok(()) = initialising.changed() => {
+                status.publish(status.current_state());
+                false
+            }
             _ = heartbeat.tick() => {
                 status.publish(status.current_state());
                 let req = pb::HeartbeatRequest { worker_id: worker_id.to_string(), instance_id: runner.instance.to_string(), running: runner.leases(), hashrate: 0.0 };

@@ -28,6 +28,8 @@ pub struct StatusPublisher {
     topics: Topics,
     runner: Arc<Runner>,
     kinds: Vec<String>,
+    /// True while RandomX builds a dataset.
+    initialising: watch::Receiver<bool>,
 }
 
 impl StatusPublisher {
@@ -45,7 +47,13 @@ impl StatusPublisher {
     }
 
     pub fn current_state(&self) -> WorkerState {
-        if self.runner.is_draining() { WorkerState::Draining } else { WorkerState::Online }
+        if self.runner.is_draining() {
+            WorkerState::Draining
+        } else if *self.initialising.borrow() {
+            WorkerState::Initialising
+        } else {
+            WorkerState::Online
+        }
     }
 
     pub fn publish(&self, state: WorkerState) {
@@ -83,6 +91,7 @@ pub fn connect(
     creds: Option<&Credentials>,
     topics: Topics,
     runner: Arc<Runner>,
+    initialising: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) -> Connection {
     let kinds: Vec<String> = runner.registry.kinds().iter().map(|k| k.as_str().to_owned()).collect();
@@ -100,7 +109,8 @@ pub fn connect(
     let will = LastWill::new(topics.worker_status(&me), will_status.encode(), QoS::AtLeastOnce, true);
     let options = broker::options(&format!("faena-worker-{me}"), url, creds, Some(will));
     let (client, eventloop) = broker::client(options, 65_536);
-    let status = StatusPublisher { client: client.clone(), topics: topics.clone(), runner: runner.clone(), kinds };
+    let status =
+        StatusPublisher { client: client.clone(), topics: topics.clone(), runner: runner.clone(), kinds, initialising };
     let (subscribed_tx, subscribed) = watch::channel(false);
     let (inbound_tx, inbound) = tokio::sync::mpsc::unbounded_channel();
     let publisher = status.clone();

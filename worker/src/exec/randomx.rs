@@ -1,100 +1,31 @@
-//! `randomx.hash` with randomx-rs, in light mode on a dedicated thread.
-//!
-//! RandomX objects are neither `Send` nor `Sync`, so one thread owns the cache
-//! and VM and takes requests over a channel; it keeps the last key's VM, so
-//! repeated jobs with the same key pay the ~0.5 s cache set-up once.
+//! `randomx.hash`: one input or a batch, on the worker's [`RandomX`] engine
+//! (fast or light mode, all threads, key material reused across jobs).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use faena_proto::jobs::{HashOutput, HashProgress, JobSpec, encode_hex};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use randomx_rs::{RandomXCache, RandomXFlag, RandomXVM};
 use serde_json::Value;
-use tokio::sync::oneshot;
 
 use super::{Executor, JobContext, JobFailure};
-
-struct Request {
-    key: Vec<u8>,
-    inputs: Vec<Vec<u8>>,
-    cancelled: Arc<AtomicBool>,
-    progress: Box<dyn Fn(HashProgress) + Send>,
-    reply: oneshot::Sender<Result<Vec<Vec<u8>>, JobFailure>>,
-}
+use crate::randomx::{RandomX, RxError};
 
 #[derive(Debug, Clone)]
-pub struct RandomxHasher {
-    tx: std::sync::mpsc::Sender<Request>,
+pub struct RandomxHash {
+    rx: Arc<RandomX>,
 }
 
-impl std::fmt::Debug for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Request").field("inputs", &self.inputs.len()).finish_non_exhaustive()
+impl RandomxHash {
+    pub fn new(rx: Arc<RandomX>) -> Self {
+        Self { rx }
     }
 }
 
-impl RandomxHasher {
-    /// Starts the hashing thread. Light mode; JIT and hardware AES when the
-    /// CPU has them (RandomX's own detection).
-    pub fn start() -> std::io::Result<Self> {
-        let flags = RandomXFlag::get_recommended_flags();
-        tracing::info!(
-            mode = "light",
-            jit = flags.contains(RandomXFlag::FLAG_JIT),
-            hard_aes = flags.contains(RandomXFlag::FLAG_HARD_AES),
-            large_pages = false,
-            "RandomX: light mode (256 MiB cache per key); JIT and AES as the CPU reports them"
-        );
-        let (tx, rx) = std::sync::mpsc::channel::<Request>();
-        std::thread::Builder::new().name("faena-randomx".into()).spawn(move || {
-            let mut current: Option<(Vec<u8>, RandomXVM)> = None;
-            for req in rx {
-                let result = hash_all(flags, &mut current, &req);
-                let _ = req.reply.send(result);
-            }
-        })?;
-        Ok(Self { tx })
-    }
-}
-
-fn hash_all(
-    flags: RandomXFlag,
-    current: &mut Option<(Vec<u8>, RandomXVM)>,
-    req: &Request,
-) -> Result<Vec<Vec<u8>>, JobFailure> {
-    if current.as_ref().is_none_or(|(key, _)| *key != req.key) {
-        *current = None;
-        let cache =
-            RandomXCache::new(flags, &req.key).map_err(|e| JobFailure::retryable(format!("RandomX cache: {e}")))?;
-        let vm =
-            RandomXVM::new(flags, Some(cache), None).map_err(|e| JobFailure::retryable(format!("RandomX VM: {e}")))?;
-        *current = Some((req.key.clone(), vm));
-    }
-    let Some((_, vm)) = current.as_ref() else { return Err(JobFailure::retryable("RandomX VM missing")) };
-    let total = req.inputs.len() as u64;
-    let mut last_report = Instant::now();
-    let mut out = Vec::with_capacity(req.inputs.len());
-    for (i, input) in req.inputs.iter().enumerate() {
-        if req.cancelled.load(Ordering::Relaxed) {
-            return Err(JobFailure::permanent("cancelled"));
-        }
-        out.push(
-            vm.calculate_hash(input).map_err(|e| JobFailure::permanent(format!("RandomX hash of input {i}: {e}")))?,
-        );
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            last_report = Instant::now();
-            (req.progress)(HashProgress { done: i as u64 + 1, total });
-        }
-    }
-    Ok(out)
-}
-
-impl Executor for RandomxHasher {
+impl Executor for RandomxHash {
     fn execute(&self, spec: JobSpec, ctx: JobContext) -> BoxFuture<'static, Result<Value, JobFailure>> {
-        let tx = self.tx.clone();
+        let rx = self.rx.clone();
         async move {
             let JobSpec::RandomxHash(params) = spec else {
                 return Err(JobFailure::permanent("randomx.hash executor got another kind"));
@@ -102,20 +33,27 @@ impl Executor for RandomxHasher {
             let bad = |e: faena_proto::WireError| JobFailure::permanent(e.to_string());
             let key = params.key_bytes().map_err(bad)?;
             let inputs = params.input_bytes().map_err(bad)?;
-            let cancelled = Arc::new(AtomicBool::new(false));
-            let (reply, rx) = oneshot::channel();
+            let total = inputs.len() as u64;
+            let stop = Arc::new(AtomicBool::new(false));
             let progress_ctx = ctx.clone();
-            let progress =
-                Box::new(move |p: HashProgress| progress_ctx.progress(serde_json::to_value(p).unwrap_or(Value::Null)));
-            tx.send(Request { key, inputs, cancelled: cancelled.clone(), progress, reply })
-                .map_err(|_| JobFailure::retryable("RandomX thread is gone"))?;
+            let flag = stop.clone();
+            let work = tokio::task::spawn_blocking(move || {
+                let progress = move |done: u64| {
+                    progress_ctx.progress(serde_json::to_value(HashProgress { done, total }).unwrap_or(Value::Null));
+                };
+                rx.hash_batch(&key, &inputs, &flag, &progress)
+            });
             let hashes = tokio::select! {
-                r = rx => r.map_err(|_| JobFailure::retryable("RandomX thread is gone"))??,
+                r = work => r.map_err(|e| JobFailure::retryable(format!("RandomX task failed: {e}")))?,
                 () = ctx.cancel.cancelled() => {
-                    cancelled.store(true, Ordering::Relaxed);
+                    stop.store(true, Ordering::Relaxed);
                     return Err(JobFailure::permanent("cancelled"));
                 }
             };
+            let hashes = hashes.map_err(|e| match e {
+                RxError::Cancelled => JobFailure::permanent("cancelled"),
+                e @ RxError::Alloc(_) => JobFailure::retryable(e.to_string()),
+            })?;
             let hex: Vec<String> = hashes.iter().map(|h| encode_hex(h)).collect();
             let out = if params.is_batch() {
                 HashOutput::Many { hashes: hex }
@@ -134,6 +72,8 @@ mod tests {
     use serde_json::json;
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
+
+    use crate::randomx::{Machine, ModeChoice};
 
     /// RandomX's published test vectors (tests/tests.cpp of tevador/RandomX).
     const VECTORS: [(&str, &str, &str); 3] = [
@@ -154,9 +94,25 @@ mod tests {
         JobContext::new(CancellationToken::new(), mpsc::channel(16).0)
     }
 
+    fn engine(choice: ModeChoice) -> RandomxHash {
+        let machine = Machine { memory_bytes: 8 << 30, huge_pages_free_bytes: 0, cores: 2 };
+        RandomxHash::new(Arc::new(RandomX::new(choice, Some(2), machine)))
+    }
+
     #[tokio::test]
-    async fn matches_randomx_test_vectors_one_by_one_and_batched() {
-        let hasher = RandomxHasher::start().expect("thread starts");
+    async fn light_mode_matches_randomx_test_vectors() {
+        check_vectors(engine(ModeChoice::Light)).await;
+    }
+
+    /// Builds a 2 GiB dataset on two threads: the slowest unit test.
+    #[tokio::test]
+    async fn fast_mode_matches_randomx_test_vectors() {
+        let hasher = engine(ModeChoice::Fast);
+        assert_eq!(hasher.rx.mode(), crate::randomx::Mode::Fast);
+        check_vectors(hasher).await;
+    }
+
+    async fn check_vectors(hasher: RandomxHash) {
         for (key, input, want) in VECTORS {
             let spec = JobSpec::parse("randomx.hash", json!({"key": key, "input": input})).expect("valid");
             assert_eq!(hasher.execute(spec, ctx()).await, Ok(json!({"hash": want})));
@@ -174,6 +130,18 @@ mod tests {
         assert_eq!(
             hasher.execute(spec, ctx()).await,
             Ok(json!({"hash": "c56414121acda1713c2f2a819d8ae38aed7c80c35c2a769298d34f03833cd5f1"}))
+        );
+        let spec = JobSpec::parse(
+            "randomx.hash",
+            json!({
+                "key": "test key 001",
+                "input": "sed do eiusmod tempor incididunt ut labore et dolore magna aliqua",
+            }),
+        )
+        .expect("valid");
+        assert_eq!(
+            hasher.execute(spec, ctx()).await,
+            Ok(json!({"hash": "e9ff4503201c0c2cca26d285c93ae883f9b1d30c9eb240b820756f2d5a7905fc"}))
         );
     }
 }

@@ -1,0 +1,338 @@
+//! Safe RandomX: caches and datasets per key, reused across jobs and shared
+//! by many VMs, with the dataset initialised on every thread.
+//!
+//! Safety rests on three invariants, each upheld here:
+//! - a cache or dataset is written only while it is being initialised, by
+//!   this module, before any VM can see it; afterwards it is read-only, so
+//!   sharing it between threads (`Send + Sync`) is sound. Dataset
+//!   initialisation writes disjoint item ranges from each thread, as
+//!   RandomX's own benchmark does;
+//! - a VM is used by one thread at a time (`Vm` is `Send`, not `Sync`, and
+//!   its methods take `&mut self`);
+//! - a VM never outlives the cache and dataset it reads: it holds an `Arc`
+//!   of its [`Material`], and pooled VMs are destroyed before the material.
+#![allow(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::ffi::{c_int, c_ulong, c_void};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
+use super::ffi;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RxError {
+    #[error("RandomX could not allocate {0} (out of memory?)")]
+    Alloc(&'static str),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Full dataset (~2080 MiB, fastest) or cache only (256 MiB, ~8x slower).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Fast,
+    Light,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Fast => "fast",
+            Mode::Light => "light",
+        }
+    }
+}
+
+/// RandomX flags: what the CPU offers (JIT, hardware AES, Argon2 SIMD) plus
+/// huge pages when asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flags(c_int);
+
+impl Flags {
+    pub fn detect() -> Self {
+        // SAFETY: a pure query of CPU features.
+        Self(unsafe { ffi::randomx_get_flags() })
+    }
+
+    pub fn jit(self) -> bool {
+        self.0 & ffi::FLAG_JIT != 0
+    }
+
+    pub fn hard_aes(self) -> bool {
+        self.0 & ffi::FLAG_HARD_AES != 0
+    }
+
+    pub fn large_pages(self) -> bool {
+        self.0 & ffi::FLAG_LARGE_PAGES != 0
+    }
+
+    pub fn with_large_pages(self, on: bool) -> Self {
+        if on { Self(self.0 | ffi::FLAG_LARGE_PAGES) } else { Self(self.0 & !ffi::FLAG_LARGE_PAGES) }
+    }
+
+    fn full_mem(self) -> Self {
+        Self(self.0 | ffi::FLAG_FULL_MEM)
+    }
+}
+
+/// Allocates with huge pages when the flags ask for them, else (or when that
+/// fails) with normal pages: RandomX returns NULL rather than failing later.
+fn alloc<T>(flags: Flags, what: &'static str, f: impl Fn(c_int) -> *mut T) -> Result<(NonNull<T>, bool), RxError> {
+    if flags.large_pages() {
+        if let Some(p) = NonNull::new(f(flags.0)) {
+            return Ok((p, true));
+        }
+        tracing::warn!(what, "huge pages requested but not available; using normal pages");
+    }
+    NonNull::new(f(flags.with_large_pages(false).0)).map(|p| (p, false)).ok_or(RxError::Alloc(what))
+}
+
+struct Cache(NonNull<ffi::randomx_cache>);
+// SAFETY: read-only after `Cache::new` returns (see module docs).
+unsafe impl Send for Cache {}
+unsafe impl Sync for Cache {}
+
+impl Cache {
+    fn new(flags: Flags, key: &[u8]) -> Result<Self, RxError> {
+        // SAFETY: allocation only; NULL is handled by `alloc`.
+        let (ptr, _) = alloc(flags, "cache", |f| unsafe { ffi::randomx_alloc_cache(f) })?;
+        // SAFETY: `ptr` is a fresh cache nobody else sees; `key` is a valid slice.
+        unsafe { ffi::randomx_init_cache(ptr.as_ptr(), key.as_ptr().cast::<c_void>(), key.len()) };
+        Ok(Self(ptr))
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // SAFETY: no VM uses it any more (see `Material`'s drop order).
+        unsafe { ffi::randomx_release_cache(self.0.as_ptr()) }
+    }
+}
+
+struct Dataset(NonNull<ffi::randomx_dataset>);
+// SAFETY: read-only after `Dataset::new` returns (see module docs).
+unsafe impl Send for Dataset {}
+unsafe impl Sync for Dataset {}
+
+struct SendPtr<T>(*mut T);
+// SAFETY: used only to hand disjoint dataset ranges to scoped init threads.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl Dataset {
+    /// Allocates the dataset and initialises it from `cache` on `threads`
+    /// threads, each over its own range of items.
+    fn new(flags: Flags, cache: &Cache, threads: usize) -> Result<Self, RxError> {
+        // SAFETY: allocation only; NULL is handled by `alloc`.
+        let (ptr, _) = alloc(flags, "dataset", |f| unsafe { ffi::randomx_alloc_dataset(f) })?;
+        // SAFETY: a constant of the library.
+        let items = unsafe { ffi::randomx_dataset_item_count() } as u64;
+        let threads = threads.clamp(1, 256) as u64;
+        let (dataset, cache_ptr) = (SendPtr(ptr.as_ptr()), SendPtr(cache.0.as_ptr()));
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let start = items * t / threads;
+                let count = items * (t + 1) / threads - start;
+                let (dataset, cache_ptr) = (&dataset, &cache_ptr);
+                s.spawn(move || {
+                    // SAFETY: each thread writes only items [start, start+count),
+                    // disjoint from every other thread's; the cache is read-only.
+                    unsafe { ffi::randomx_init_dataset(dataset.0, cache_ptr.0, start as c_ulong, count as c_ulong) }
+                });
+            }
+        });
+        Ok(Self(ptr))
+    }
+}
+
+impl Drop for Dataset {
+    fn drop(&mut self) {
+        // SAFETY: no VM uses it any more (see `Material`'s drop order).
+        unsafe { ffi::randomx_release_dataset(self.0.as_ptr()) }
+    }
+}
+
+struct RawVm(NonNull<ffi::randomx_vm>);
+// SAFETY: a VM may move between threads; `Vm` keeps it to one at a time.
+unsafe impl Send for RawVm {}
+
+/// Everything RandomX needs for one key: its cache, its dataset in fast
+/// mode, and a pool of idle VMs over them.
+pub struct Material {
+    key: Vec<u8>,
+    flags: Flags,
+    mode: Mode,
+    cache: Cache,
+    dataset: Option<Dataset>,
+    idle: Mutex<Vec<RawVm>>,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material").field("mode", &self.mode).field("key_len", &self.key.len()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Material {
+    fn drop(&mut self) {
+        for vm in self.idle.get_mut().drain(..) {
+            // SAFETY: idle VMs are owned by the pool; cache and dataset are
+            // dropped only after this body, as fields.
+            unsafe { ffi::randomx_destroy_vm(vm.0.as_ptr()) }
+        }
+    }
+}
+
+impl Material {
+    pub fn build(flags: Flags, mode: Mode, key: &[u8], threads: usize) -> Result<Self, RxError> {
+        let cache = Cache::new(flags, key)?;
+        let dataset = match mode {
+            Mode::Fast => Some(Dataset::new(flags, &cache, threads)?),
+            Mode::Light => None,
+        };
+        Ok(Self { key: key.to_vec(), flags, mode, cache, dataset, idle: Mutex::new(Vec::new()) })
+    }
+
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// A VM over this material: an idle one from the pool, or a new one.
+    pub fn vm(self: &Arc<Self>) -> Result<Vm, RxError> {
+        if let Some(raw) = self.idle.lock().pop() {
+            return Ok(Vm { raw: Some(raw), material: self.clone() });
+        }
+        let (flags, dataset) = match &self.dataset {
+            Some(d) => (self.flags.full_mem(), d.0.as_ptr()),
+            None => (self.flags, std::ptr::null_mut()),
+        };
+        let cache = self.cache.0.as_ptr();
+        // SAFETY: cache and dataset are initialised and outlive the VM (it holds
+        // an Arc of this material); NULL is handled by `alloc`.
+        let (ptr, _) = alloc(flags, "VM", |f| unsafe { ffi::randomx_create_vm(f, cache, dataset) })?;
+        Ok(Vm { raw: Some(RawVm(ptr)), material: self.clone() })
+    }
+}
+
+/// One RandomX VM; back to its material's pool when dropped.
+pub struct Vm {
+    raw: Option<RawVm>,
+    material: Arc<Material>,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm").field("material", &self.material).finish()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(raw) = self.raw.take() {
+            self.material.idle.lock().push(raw);
+        }
+    }
+}
+
+impl Vm {
+    fn ptr(&self) -> *mut ffi::randomx_vm {
+        self.raw.as_ref().map_or(std::ptr::null_mut(), |r| r.0.as_ptr())
+    }
+
+    pub fn hash(&mut self, input: &[u8]) -> [u8; 32] {
+        let mut out = [0u8; ffi::HASH_SIZE];
+        // SAFETY: a valid VM used by this thread only; valid input and output buffers.
+        unsafe {
+            ffi::randomx_calculate_hash(self.ptr(), input.as_ptr().cast(), input.len(), out.as_mut_ptr().cast());
+        }
+        out
+    }
+
+    /// Hashes `count` inputs made by `make(i, buf)`, pipelined as RandomX's
+    /// benchmark and miners do (`_first`/`_next`/`_last`): the next input's
+    /// program is prepared while the previous hash completes. `sink(i, hash)`
+    /// sees every hash in order; it returns false to stop early.
+    pub fn hash_pipelined(
+        &mut self,
+        count: u64,
+        buf: &mut Vec<u8>,
+        mut make: impl FnMut(u64, &mut Vec<u8>),
+        mut sink: impl FnMut(u64, &[u8; 32]) -> bool,
+        stop: &AtomicBool,
+    ) -> u64 {
+        if count == 0 {
+            return 0;
+        }
+        let vm = self.ptr();
+        let mut out = [0u8; ffi::HASH_SIZE];
+        make(0, buf);
+        // SAFETY (all calls below): a valid VM used by this thread only; `buf`
+        // and `out` are valid for the lengths given.
+        unsafe { ffi::randomx_calculate_hash_first(vm, buf.as_ptr().cast(), buf.len()) };
+        let mut done = 0;
+        for i in 1..count {
+            make(i, buf);
+            unsafe { ffi::randomx_calculate_hash_next(vm, buf.as_ptr().cast(), buf.len(), out.as_mut_ptr().cast()) };
+            done += 1;
+            if !sink(i - 1, &out) || stop.load(Ordering::Relaxed) {
+                unsafe { ffi::randomx_calculate_hash_last(vm, out.as_mut_ptr().cast()) };
+                return done;
+            }
+        }
+        unsafe { ffi::randomx_calculate_hash_last(vm, out.as_mut_ptr().cast()) };
+        sink(count - 1, &out);
+        done + 1
+    }
+}
+
+/// Keeps the materials of the most recently used keys, within a bound.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    entries: Mutex<VecDeque<Arc<Material>>>,
+    /// Serialises building: a dataset costs 2 GiB and all cores.
+    building: Mutex<()>,
+}
+
+impl KeyCache {
+    pub fn get_or_build(
+        &self,
+        key: &[u8],
+        max: usize,
+        build: impl FnOnce() -> Result<Material, RxError>,
+    ) -> Result<Arc<Material>, RxError> {
+        if let Some(m) = self.lookup(key) {
+            return Ok(m);
+        }
+        let _guard = self.building.lock();
+        if let Some(m) = self.lookup(key) {
+            return Ok(m);
+        }
+        let material = Arc::new(build()?);
+        let mut entries = self.entries.lock();
+        entries.push_front(material.clone());
+        entries.truncate(max.max(1));
+        Ok(material)
+    }
+
+    /// Makes room before building: drops the least recently used materials
+    /// beyond `keep` (their memory is freed once running jobs let go).
+    pub fn shrink_to(&self, keep: usize) {
+        self.entries.lock().truncate(keep);
+    }
+
+    fn lookup(&self, key: &[u8]) -> Option<Arc<Material>> {
+        let mut entries = self.entries.lock();
+        let pos = entries.iter().position(|m| m.key() == key)?;
+        let m = entries.remove(pos)?;
+        entries.push_front(m.clone());
+        Some(m)
+    }
+}

@@ -1,0 +1,188 @@
+//! RandomX on a worker: picks fast or light mode from the machine, keeps
+//! per-key caches and datasets (bounded), initialises datasets on every
+//! core, and hashes batches on all its threads.
+
+pub mod engine;
+mod ffi;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use engine::KeyCache;
+pub use engine::{Flags, Material, Mode, RxError, Vm};
+
+/// Dataset (2080 MiB) + cache (256 MiB) + margin for VMs and the process.
+pub const FAST_MODE_BYTES: u64 = 3 * 1024 * 1024 * 1024;
+/// Memory one key needs in fast mode, for sizing the key cache.
+const FAST_KEY_BYTES: u64 = 2_400 * 1024 * 1024;
+/// Huge pages worth asking for: dataset and cache.
+const LARGE_PAGE_BYTES: u64 = (2080 + 256) * 1024 * 1024;
+
+/// What the operator asked for (`FAENA_RANDOMX_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeChoice {
+    Auto,
+    Fast,
+    Light,
+}
+
+/// The machine facts the choice depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct Machine {
+    pub memory_bytes: u64,
+    pub huge_pages_free_bytes: u64,
+    pub cores: usize,
+}
+
+#[derive(Debug)]
+pub struct RandomX {
+    flags: Flags,
+    mode: Mode,
+    threads: usize,
+    max_keys: usize,
+    keys: KeyCache,
+    initialising: watch::Sender<bool>,
+}
+
+impl RandomX {
+    /// Decides mode, threads and huge pages, and says why in one log line.
+    pub fn new(choice: ModeChoice, threads: Option<usize>, machine: Machine) -> Self {
+        let (mode, why) = match choice {
+            ModeChoice::Light => (Mode::Light, "FAENA_RANDOMX_MODE=light".to_owned()),
+            ModeChoice::Fast => (Mode::Fast, "FAENA_RANDOMX_MODE=fast".to_owned()),
+            ModeChoice::Auto if machine.memory_bytes >= FAST_MODE_BYTES => {
+                (Mode::Fast, format!("{} MiB of memory allows the 2080 MiB dataset", machine.memory_bytes >> 20))
+            }
+            ModeChoice::Auto => (
+                Mode::Light,
+                format!(
+                    "{} MiB of memory is under the {} MiB fast mode needs",
+                    machine.memory_bytes >> 20,
+                    FAST_MODE_BYTES >> 20
+                ),
+            ),
+        };
+        let threads = threads.unwrap_or(machine.cores).max(1);
+        let want_pages = match mode {
+            Mode::Fast => LARGE_PAGE_BYTES,
+            Mode::Light => 256 * 1024 * 1024,
+        };
+        let large_pages = machine.huge_pages_free_bytes >= want_pages;
+        let flags = Flags::detect().with_large_pages(large_pages);
+        let max_keys = match mode {
+            Mode::Fast => (machine.memory_bytes.saturating_sub(1 << 30) / FAST_KEY_BYTES).clamp(1, 2) as usize,
+            Mode::Light => 4,
+        };
+        tracing::info!(
+            mode = mode.as_str(),
+            threads,
+            jit = flags.jit(),
+            hard_aes = flags.hard_aes(),
+            huge_pages = large_pages,
+            keys_kept = max_keys,
+            "RandomX: {} mode because {why}; huge pages {}",
+            mode.as_str(),
+            if large_pages {
+                "on".to_owned()
+            } else {
+                format!(
+                    "off ({} MiB free, {} MiB wanted; see README)",
+                    machine.huge_pages_free_bytes >> 20,
+                    want_pages >> 20
+                )
+            }
+        );
+        Self { flags, mode, threads, max_keys, keys: KeyCache::default(), initialising: watch::channel(false).0 }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// True while a dataset is being built (the worker reports `initialising`).
+    pub fn initialising(&self) -> watch::Receiver<bool> {
+        self.initialising.subscribe()
+    }
+
+    /// The material for `key`, building it (blocking) if it is not kept.
+    pub fn material(&self, key: &[u8]) -> Result<Arc<Material>, RxError> {
+        self.keys.get_or_build(key, self.max_keys, || {
+            // Free the oldest key first: two datasets may not fit.
+            self.keys.shrink_to(self.max_keys - 1);
+            let started = Instant::now();
+            let _ = self.initialising.send(self.mode == Mode::Fast);
+            let built = Material::build(self.flags, self.mode, key, self.threads);
+            let _ = self.initialising.send(false);
+            match built {
+                Ok(m) => {
+                    tracing::info!(
+                        mode = self.mode.as_str(),
+                        threads = self.threads,
+                        ms = started.elapsed().as_millis() as u64,
+                        "RandomX key initialised"
+                    );
+                    Ok(m)
+                }
+                Err(e) if self.mode == Mode::Fast => {
+                    tracing::warn!(error = %e, "no memory for a fast-mode dataset; this key runs in light mode");
+                    Material::build(self.flags, Mode::Light, key, self.threads)
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// Hashes `inputs` in order on up to `threads` threads (blocking).
+    /// `progress(done)` is called about once a second.
+    pub fn hash_batch(
+        &self,
+        key: &[u8],
+        inputs: &[Vec<u8>],
+        stop: &AtomicBool,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<[u8; 32]>, RxError> {
+        let material = self.material(key)?;
+        let threads = self.threads.min(inputs.len()).max(1);
+        let chunk = inputs.len().div_ceil(threads);
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let last_report = parking_lot::Mutex::new(Instant::now());
+        let results: Vec<Result<Vec<[u8; 32]>, RxError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = inputs
+                .chunks(chunk)
+                .map(|part| {
+                    let (material, done, last_report) = (&material, &done, &last_report);
+                    s.spawn(move || {
+                        let mut vm = material.vm()?;
+                        let mut out = Vec::with_capacity(part.len());
+                        for input in part {
+                            if stop.load(Ordering::Relaxed) {
+                                return Err(RxError::Cancelled);
+                            }
+                            out.push(vm.hash(input));
+                            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                            let mut last = last_report.lock();
+                            if last.elapsed() >= Duration::from_secs(1) {
+                                *last = Instant::now();
+                                progress(n);
+                            }
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(Err(RxError::Alloc("hashing thread")))).collect()
+        });
+        let mut hashes = Vec::with_capacity(inputs.len());
+        for part in results {
+            hashes.extend(part?);
+        }
+        Ok(hashes)
+    }
+}
