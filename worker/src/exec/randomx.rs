@@ -52,6 +52,7 @@ impl Executor for RandomxHash {
             };
             let hashes = hashes.map_err(|e| match e {
                 RxError::Cancelled => JobFailure::permanent("cancelled"),
+                RxError::Input(m) => JobFailure::permanent(m),
                 e @ RxError::Alloc(_) => JobFailure::retryable(e.to_string()),
             })?;
             let hex: Vec<String> = hashes.iter().map(|h| encode_hex(h)).collect();

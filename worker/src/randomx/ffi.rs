@@ -32,6 +32,8 @@ pub const FLAG_HARD_AES: c_int = 2;
 pub const FLAG_FULL_MEM: c_int = 4;
 pub const FLAG_JIT: c_int = 8;
 pub const HASH_SIZE: usize = 32;
+/// Bytes per dataset item (`RANDOMX_DATASET_ITEM_SIZE`).
+pub const DATASET_ITEM_SIZE: u64 = 64;
 
 unsafe extern "C" {
     pub fn randomx_get_flags() -> c_int;
@@ -46,6 +48,7 @@ unsafe extern "C" {
         start: c_ulong,
         count: c_ulong,
     );
+    pub fn randomx_get_dataset_memory(dataset: *mut randomx_dataset) -> *mut c_void;
     pub fn randomx_release_dataset(dataset: *mut randomx_dataset);
     pub fn randomx_create_vm(flags: c_int, cache: *mut randomx_cache, dataset: *mut randomx_dataset)
     -> *mut randomx_vm;

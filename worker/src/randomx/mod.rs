@@ -4,6 +4,7 @@
 
 pub mod engine;
 mod ffi;
+pub mod mine;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

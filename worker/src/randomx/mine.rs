@@ -1,0 +1,188 @@
+//! The mining loop: hash a block blob over a nonce range on every thread,
+//! keep the hashes that meet the target.
+//!
+//! Each thread takes a contiguous slice of the range and its own VM over the
+//! shared dataset, and hashes pipelined (`_first`/`_next`/`_last`) as
+//! RandomX's benchmark and miners do. A share is a hash whose last 8 bytes,
+//! read as a little-endian integer, are below the 64-bit target (Monero's and
+//! XMRig's convention: `target = u64::MAX / difficulty`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::{Material, RxError};
+
+/// What to hash: `blob` with a 4-byte little-endian nonce at `nonce_offset`,
+/// for nonces `start .. start + count`.
+#[derive(Debug, Clone)]
+pub struct Work<'a> {
+    pub blob: &'a [u8],
+    pub nonce_offset: usize,
+    pub start: u32,
+    pub count: u64,
+    pub target: u64,
+    pub max_shares: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub nonce: u32,
+    pub hash: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mined {
+    pub shares: Vec<Share>,
+    pub hashes: u64,
+    pub elapsed: Duration,
+}
+
+/// Whether `hash` meets `target` (the hash's high 64 bits, little-endian).
+pub fn meets(hash: &[u8; 32], target: u64) -> bool {
+    let mut high = [0u8; 8];
+    high.copy_from_slice(&hash[24..32]);
+    u64::from_le_bytes(high) < target
+}
+
+/// The 64-bit target for a difficulty (`u64::MAX / difficulty`).
+pub fn target_for_difficulty(difficulty: u64) -> u64 {
+    u64::MAX / difficulty.max(1)
+}
+
+/// Mines `work` on `threads` threads (blocking). `progress(hashes)` is called
+/// about once a second; `stop` ends it early (the shares found so far stand).
+pub fn mine(
+    material: &Arc<Material>,
+    threads: usize,
+    work: &Work<'_>,
+    stop: &AtomicBool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Mined, RxError> {
+    let end = work.nonce_offset + 4;
+    if work.blob.len() < end {
+        return Err(RxError::Input(format!(
+            "blob is {} bytes; the nonce needs bytes {}..{end}",
+            work.blob.len(),
+            work.nonce_offset
+        )));
+    }
+    if work.count == 0 || u64::from(work.start) + work.count > 1 << 32 {
+        return Err(RxError::Input("the nonce range must be 1..=2^32 nonces within 32 bits".into()));
+    }
+    let threads = (threads as u64).clamp(1, work.count);
+    let done = AtomicU64::new(0);
+    let shares = Mutex::new(Vec::new());
+    let full = AtomicBool::new(false);
+    let last_report = Mutex::new(Instant::now());
+    let started = Instant::now();
+    let vms = (0..threads).map(|_| material.vm()).collect::<Result<Vec<_>, _>>()?;
+    std::thread::scope(|s| {
+        for (t, mut vm) in vms.into_iter().enumerate() {
+            let first = work.count * t as u64 / threads;
+            let last = work.count * (t as u64 + 1) / threads;
+            let (done, shares, full, last_report) = (&done, &shares, &full, &last_report);
+            s.spawn(move || {
+                let mut buf = work.blob.to_vec();
+                let base = u64::from(work.start) + first;
+                let mut since_report = 0u64;
+                vm.hash_pipelined(
+                    last - first,
+                    &mut buf,
+                    |i, buf| buf[work.nonce_offset..end].copy_from_slice(&((base + i) as u32).to_le_bytes()),
+                    |i, hash| {
+                        if meets(hash, work.target) {
+                            let mut found = shares.lock();
+                            found.push(Share { nonce: (base + i) as u32, hash: *hash });
+                            if work.max_shares.is_some_and(|m| found.len() >= m) {
+                                full.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        since_report += 1;
+                        if since_report >= 16 {
+                            let n = done.fetch_add(since_report, Ordering::Relaxed) + since_report;
+                            since_report = 0;
+                            let mut last = last_report.lock();
+                            if last.elapsed() >= Duration::from_secs(1) {
+                                *last = Instant::now();
+                                progress(n);
+                            }
+                        }
+                        !full.load(Ordering::Relaxed)
+                    },
+                    stop,
+                );
+                done.fetch_add(since_report, Ordering::Relaxed);
+            });
+        }
+    });
+    let mut shares = shares.into_inner();
+    shares.sort_by_key(|s| s.nonce);
+    if let Some(m) = work.max_shares {
+        shares.truncate(m);
+    }
+    Ok(Mined { shares, hashes: done.into_inner(), elapsed: started.elapsed() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::randomx::{Flags, Mode};
+
+    fn light(key: &[u8]) -> Arc<Material> {
+        Arc::new(Material::build(Flags::detect(), Mode::Light, key, 2).expect("material"))
+    }
+
+    #[test]
+    fn targets_follow_the_monero_convention() {
+        let mut hash = [0xffu8; 32];
+        assert!(!meets(&hash, u64::MAX));
+        hash[31] = 0x00;
+        assert!(meets(&hash, target_for_difficulty(2)));
+        assert!(!meets(&hash, target_for_difficulty(1 << 9)));
+        assert_eq!(target_for_difficulty(0), u64::MAX);
+    }
+
+    #[test]
+    fn every_share_meets_the_target_and_rehashes_the_same() {
+        let material = light(b"mine test key");
+        let blob: Vec<u8> = (0u8..76).collect();
+        let target = target_for_difficulty(8);
+        let work = Work { blob: &blob, nonce_offset: 39, start: 1_000, count: 96, target, max_shares: None };
+        let mined = mine(&material, 2, &work, &AtomicBool::new(false), &|_| {}).expect("mines");
+        assert_eq!(mined.hashes, 96);
+        // About one in eight meets difficulty 8; all that do are found.
+        let mut vm = material.vm().expect("vm");
+        let mut expected = vec![];
+        for nonce in 1_000u32..1_096 {
+            let mut input = blob.clone();
+            input[39..43].copy_from_slice(&nonce.to_le_bytes());
+            let hash = vm.hash(&input);
+            if meets(&hash, target) {
+                expected.push(Share { nonce, hash });
+            }
+        }
+        assert!(!expected.is_empty());
+        assert_eq!(mined.shares, expected);
+    }
+
+    #[test]
+    fn stops_at_max_shares_and_on_request() {
+        let material = light(b"mine test key");
+        let blob = vec![7u8; 76];
+        let work =
+            Work { blob: &blob, nonce_offset: 39, start: 0, count: 10_000, target: u64::MAX, max_shares: Some(3) };
+        let mined = mine(&material, 2, &work, &AtomicBool::new(false), &|_| {}).expect("mines");
+        assert_eq!(mined.shares.len(), 3);
+        assert!(mined.hashes < 10_000);
+        let stopped = mine(&material, 2, &Work { max_shares: None, ..work.clone() }, &AtomicBool::new(true), &|_| {})
+            .expect("mines");
+        assert!(stopped.hashes <= 2, "{}", stopped.hashes);
+        let short = Work { blob: &blob[..40], ..work.clone() };
+        assert!(matches!(mine(&material, 1, &short, &AtomicBool::new(false), &|_| {}), Err(RxError::Input(_))));
+        let past_end = Work { start: u32::MAX, count: 2, ..work };
+        assert!(matches!(mine(&material, 1, &past_end, &AtomicBool::new(false), &|_| {}), Err(RxError::Input(_))));
+    }
+}
