@@ -3,7 +3,8 @@
 # built from the RandomX sources that the randomx-rs crate ships, on the same
 # work (same template, key and nonces: both print the same "Calculated result").
 # Per mode and thread count, runs are interleaved (reference, reference with
-# transparent huge pages, ours; repeated), and medians are compared. Not part
+# transparent huge pages, ours; the order alternates by round), and medians
+# are compared. Not part
 # of CI: every fast-mode run initialises a 2 GiB dataset.
 #
 #   scripts/bench-randomx.sh [rounds]     (default 3)
@@ -46,11 +47,15 @@ record() {
 for mode in $modes; do
   for t in $threads_list; do
     if [ "$mode" = fast ]; then n=${NONCES_FAST:-3000}; ref_mode="--mine"; else n=${NONCES_LIGHT:-200}; ref_mode="--verify"; fi
-    for _ in $(seq "$rounds"); do
-      record "$mode" "$t" ref "$ref" $ref_mode --jit --threads "$t" --init "$init" --nonces "$n"
-      [ "$mode" = fast ] && GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
+    run_ref() { record "$mode" "$t" ref "$ref" $ref_mode --jit --threads "$t" --init "$init" --nonces "$n"; }
+    run_thp() {
+      GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
         record "$mode" "$t" ref-thp "$ref" $ref_mode --jit --threads "$t" --init "$init" --nonces "$n"
-      record "$mode" "$t" ours "$ours" --mode "$mode" --threads "$t" --init "$init" --nonces "$n"
+    }
+    run_ours() { record "$mode" "$t" ours "$ours" --mode "$mode" --threads "$t" --init "$init" --nonces "$n"; }
+    for r in $(seq "$rounds"); do
+      # Alternate the order, so no contender always runs first or last.
+      if [ $((r % 2)) = 1 ]; then run_ref; run_thp; run_ours; else run_ours; run_thp; run_ref; fi
     done
   done
 done

@@ -370,6 +370,7 @@ impl Actor {
                     memory_bytes: w.caps.memory_bytes,
                     aes_ni: w.caps.aes_ni,
                     huge_pages: w.caps.huge_pages,
+                    randomx_modes: w.caps.randomx_modes.clone(),
                     hashrate: w.hashrate,
                     version: w.caps.version.clone(),
                     last_seen_ms: now.mono.saturating_duration_since(w.last_seen).as_millis() as u64,

@@ -67,6 +67,9 @@ pub struct WorkerView {
     pub memory_bytes: u64,
     pub aes_ni: bool,
     pub huge_pages: bool,
+    /// RandomX modes it runs (`fast`, `light`).
+    #[serde(default)]
+    pub randomx_modes: Vec<String>,
     pub hashrate: f64,
     pub version: String,
     /// Milliseconds since the master last heard from it.

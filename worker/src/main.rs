@@ -10,8 +10,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use faena_worker::Config;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    faena_worker::randomx::reexec_with_transparent_huge_pages();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let mut cfg = Config::parse();
     let id = cfg.worker_id.get_or_insert_with(faena_worker::default_worker_id).clone();
     let logs = faena_common::logs::init(&format!("worker:{id}"), cfg.log_json);
