@@ -8,6 +8,11 @@ use faena_proto::secret::Secret;
 use crate::broker::Credentials;
 use crate::secrets::{self, SecretError};
 
+/// A configuration value that cannot work, with what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct BrokerAuth {
     #[arg(long, env = "FAENA_MQTT_USERNAME")]

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+pub use faena_common::args::ConfigError;
 use faena_common::args::{BrokerAuth, ClusterToken};
 
 #[derive(Debug, Clone, Parser)]
@@ -42,10 +43,6 @@ pub struct Config {
     #[arg(long, env = "FAENA_LOG_JSON")]
     pub log_json: bool,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(pub String);
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
