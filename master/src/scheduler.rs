@@ -4,8 +4,12 @@
 //!
 //! Placement: among online workers that run the kind and have a free slot,
 //! the one with the largest share of free slots wins, ties going to the
-//! faster worker (measured hashrate, else cores), then to the id. No prefetch:
-//! a worker never holds more units than it has slots.
+//! faster worker, then to the id. No prefetch: a worker never holds more
+//! units than it has slots.
+//!
+//! Speed: the hashrate a worker measured on real work; until it has one, an
+//! estimate from its capabilities (cores × 1.5 with AES-NI, ÷8 in light
+//! mode) scaled by the H/s per estimated unit of the workers that measured.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
@@ -49,8 +53,12 @@ impl Worker {
         self.caps.slots.saturating_sub(self.running.len() as u32)
     }
 
-    fn speed(&self) -> f64 {
-        if self.hashrate > 0.0 { self.hashrate } else { f64::from(self.caps.cores.max(1)) }
+    /// Speed from capabilities alone, in arbitrary units: cores, ×1.5 with
+    /// AES-NI, ÷8 when it can only run RandomX in light mode.
+    fn estimate(&self) -> f64 {
+        let aes = if self.caps.aes_ni { 1.5 } else { 1.0 };
+        let light_only = !self.caps.randomx_modes.iter().any(|m| m == "fast");
+        f64::from(self.caps.cores.max(1)) * aes * if light_only { 0.125 } else { 1.0 }
     }
 }
 
@@ -93,14 +101,36 @@ impl Scheduler {
         self.workers.values().filter(|w| w.last_seen < deadline).map(|w| w.id.clone()).collect()
     }
 
+    /// H/s per estimated unit, as measured on the workers that reported a
+    /// hashrate (1 when none has): turns estimates into comparable speeds.
+    fn scale(&self) -> f64 {
+        let measured: Vec<f64> =
+            self.workers.values().filter(|w| w.hashrate > 0.0).map(|w| w.hashrate / w.estimate()).collect();
+        if measured.is_empty() { 1.0 } else { measured.iter().sum::<f64>() / measured.len() as f64 }
+    }
+
+    /// A worker's speed, comparable across workers: its measured hashrate,
+    /// else its estimate scaled by what measured workers achieve.
+    pub fn speed(&self, w: &Worker) -> f64 {
+        Self::speed_at(w, self.scale())
+    }
+
+    fn speed_at(w: &Worker, scale: f64) -> f64 {
+        if w.hashrate > 0.0 { w.hashrate } else { w.estimate() * scale }
+    }
+
     /// The worker that should take a job of `kind` now, if any has a free slot.
     pub fn pick(&self, kind: JobKind) -> Option<WorkerId> {
+        let scale = self.scale();
         self.workers
             .values()
             .filter(|w| w.availability == Availability::Online && w.caps.kinds.contains(&kind) && w.free_slots() > 0)
             .max_by(|a, b| {
                 let share = |w: &Worker| f64::from(w.free_slots()) / f64::from(w.caps.slots.max(1));
-                share(a).total_cmp(&share(b)).then(a.speed().total_cmp(&b.speed())).then(b.id.cmp(&a.id))
+                share(a)
+                    .total_cmp(&share(b))
+                    .then(Self::speed_at(a, scale).total_cmp(&Self::speed_at(b, scale)))
+                    .then(b.id.cmp(&a.id))
             })
             .map(|w| w.id.clone())
     }
@@ -164,5 +194,34 @@ pub(crate) mod tests {
             w.availability = Availability::Draining;
         }
         assert_eq!(s.pick(JobKind::RandomxHash).map(|w| w.to_string()).as_deref(), Some("slow"));
+    }
+}
+
+#[cfg(test)]
+mod speed_tests {
+    use super::tests::worker;
+    use super::*;
+
+    #[test]
+    fn estimates_become_comparable_once_someone_has_measured() {
+        let now = Instant::now();
+        let mut s = Scheduler::default();
+        let mut measured = worker("measured", 1, &[JobKind::RandomxHash], now);
+        measured.caps.randomx_modes = vec!["fast".into()];
+        let mut big = worker("big", 1, &[JobKind::RandomxHash], now);
+        big.caps.cores = 4;
+        big.caps.randomx_modes = vec!["fast".into()];
+        let mut light = worker("light", 1, &[JobKind::RandomxHash], now);
+        light.caps.cores = 8;
+        // Before any measurement, estimates in units: 2 cores x 1.5 = 3.
+        assert_eq!(s.speed(&measured), 3.0);
+        measured.hashrate = 600.0;
+        s.insert(measured);
+        // 600 H/s over 3 units is 200 H/s per unit: 4 x 1.5 x 200, and 8 x 1.5 / 8 x 200.
+        assert_eq!(s.speed(&big), 1200.0);
+        assert_eq!(s.speed(&light), 300.0);
+        s.insert(big);
+        s.insert(light);
+        assert_eq!(s.pick(JobKind::RandomxHash).map(|w| w.to_string()).as_deref(), Some("big"));
     }
 }

@@ -2,7 +2,7 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use faena_testkit::mosquitto::{PASSWORD, USER};
-use faena_testkit::{Broker, Cluster, MasterOpts, Mosquitto, Proc, bin};
+use faena_testkit::{Broker, Cluster, MasterOpts, Mosquitto, Proc, bin, eventually};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -38,6 +38,11 @@ async fn end_to_end_with_the_embedded_broker() {
     let workers = c.wait_workers(2).await;
     assert!(workers.iter().all(|w| w["kinds"] == json!(["noop", "randomx.hash"]) && w["slots"] == 2));
     run_jobs(&c).await;
+    // The worker that hashed reports its measured RandomX speed with its next heartbeat.
+    eventually("a measured hashrate", || async {
+        c.api.workers().await.iter().any(|w| w["hashrate"].as_f64().unwrap_or(0.0) > 0.0).then_some(())
+    })
+    .await;
 
     // The streamed events of a job: running, progress-free noop, then the result.
     let id = c.api.submit_ok("noop", json!({"payload": "x", "delay_ms": 200}), None).await;

@@ -157,7 +157,7 @@ pub async fn run(
 
     let mqtt_cancel = CancellationToken::new();
     let mqtt::Connection { status, mut subscribed, mut inbound, driver } =
-        mqtt::connect(&url, creds.as_ref(), topics.clone(), runner.clone(), rx.initialising(), mqtt_cancel.clone());
+        mqtt::connect(&url, creds.as_ref(), topics.clone(), runner.clone(), rx.clone(), mqtt_cancel.clone());
     let mut driver = tokio::spawn(driver);
     if let Some(sink) = logs {
         tokio::spawn(faena_common::logs::forward(sink, status.client().clone(), topics.logs(), mqtt_cancel.clone()));
@@ -213,7 +213,7 @@ pub async fn run(
             }
             _ = heartbeat.tick() => {
                 status.publish(status.current_state());
-                let req = pb::HeartbeatRequest { worker_id: worker_id.to_string(), instance_id: runner.instance.to_string(), running: runner.leases(), hashrate: 0.0 };
+                let req = pb::HeartbeatRequest { worker_id: worker_id.to_string(), instance_id: runner.instance.to_string(), running: runner.leases(), hashrate: rx.hashrate() };
                 match runner.client().heartbeat(req).await {
                     Ok(resp) => { for lease in &resp.into_inner().revoked { runner.revoke(lease); } false }
                     Err(s) if s.code() == Code::Aborted => true,

@@ -12,6 +12,7 @@ use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::randomx::RandomX;
 use crate::runner::Runner;
 
 /// What the MQTT side tells the rest of the worker.
@@ -28,6 +29,7 @@ pub struct StatusPublisher {
     topics: Topics,
     runner: Arc<Runner>,
     kinds: Vec<String>,
+    rx: Arc<RandomX>,
     /// True while RandomX builds a dataset.
     initialising: watch::Receiver<bool>,
 }
@@ -41,7 +43,7 @@ impl StatusPublisher {
             slots: self.runner.slots,
             running: self.runner.running_count() as u32,
             kinds: self.kinds.clone(),
-            hashrate: 0.0,
+            hashrate: self.rx.hashrate(),
             ts_ms: now_ms(),
         }
     }
@@ -91,9 +93,10 @@ pub fn connect(
     creds: Option<&Credentials>,
     topics: Topics,
     runner: Arc<Runner>,
-    initialising: watch::Receiver<bool>,
+    rx: Arc<RandomX>,
     cancel: CancellationToken,
 ) -> Connection {
+    let initialising = rx.initialising();
     let kinds: Vec<String> = runner.registry.kinds().iter().map(|k| k.as_str().to_owned()).collect();
     let me = runner.worker_id.clone();
     let will_status = WorkerStatus {
@@ -109,8 +112,14 @@ pub fn connect(
     let will = LastWill::new(topics.worker_status(&me), will_status.encode(), QoS::AtLeastOnce, true);
     let options = broker::options(&format!("faena-worker-{me}"), url, creds, Some(will));
     let (client, eventloop) = broker::client(options, 65_536);
-    let status =
-        StatusPublisher { client: client.clone(), topics: topics.clone(), runner: runner.clone(), kinds, initialising };
+    let status = StatusPublisher {
+        client: client.clone(),
+        topics: topics.clone(),
+        runner: runner.clone(),
+        kinds,
+        rx,
+        initialising,
+    };
     let (subscribed_tx, subscribed) = watch::channel(false);
     let (inbound_tx, inbound) = tokio::sync::mpsc::unbounded_channel();
     let publisher = status.clone();

@@ -46,6 +46,8 @@ pub struct RandomX {
     max_keys: usize,
     keys: KeyCache,
     initialising: watch::Sender<bool>,
+    /// Measured hashrate with every thread busy (H/s, f64 bits); 0 = not yet.
+    hashrate: std::sync::atomic::AtomicU64,
 }
 
 impl RandomX {
@@ -96,7 +98,15 @@ impl RandomX {
                 )
             }
         );
-        Self { flags, mode, threads, max_keys, keys: KeyCache::default(), initialising: watch::channel(false).0 }
+        Self {
+            flags,
+            mode,
+            threads,
+            max_keys,
+            keys: KeyCache::default(),
+            initialising: watch::channel(false).0,
+            hashrate: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     pub fn mode(&self) -> Mode {
@@ -105,6 +115,24 @@ impl RandomX {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// This worker's RandomX speed (H/s on all threads), measured on real
+    /// work and smoothed; 0 until it has hashed something.
+    pub fn hashrate(&self) -> f64 {
+        f64::from_bits(self.hashrate.load(Ordering::Relaxed))
+    }
+
+    /// Folds in `hashes` done in `elapsed` on `threads_used` threads,
+    /// scaled to all threads (exponentially weighted, new work counts 30 %).
+    pub fn record(&self, hashes: u64, elapsed: Duration, threads_used: usize) {
+        if hashes == 0 || elapsed.is_zero() || threads_used == 0 {
+            return;
+        }
+        let sample = hashes as f64 / elapsed.as_secs_f64() * self.threads as f64 / threads_used as f64;
+        let old = self.hashrate();
+        let new = if old > 0.0 { 0.7 * old + 0.3 * sample } else { sample };
+        self.hashrate.store(new.to_bits(), Ordering::Relaxed);
     }
 
     /// True while a dataset is being built (the worker reports `initialising`).
@@ -151,6 +179,7 @@ impl RandomX {
     ) -> Result<Vec<[u8; 32]>, RxError> {
         let material = self.material(key)?;
         let threads = self.threads.min(inputs.len()).max(1);
+        let started = Instant::now();
         let chunk = inputs.len().div_ceil(threads);
         let done = std::sync::atomic::AtomicU64::new(0);
         let last_report = parking_lot::Mutex::new(Instant::now());
@@ -184,6 +213,7 @@ impl RandomX {
         for part in results {
             hashes.extend(part?);
         }
+        self.record(hashes.len() as u64, started.elapsed(), threads);
         Ok(hashes)
     }
 }
@@ -214,4 +244,24 @@ pub fn reexec_with_transparent_huge_pages() {
     let value = if current.is_empty() { TUNABLE.to_owned() } else { format!("{current}:{TUNABLE}") };
     let error = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("GLIBC_TUNABLES", value).exec();
     eprintln!("faena-worker: could not re-exec with {TUNABLE} ({error}); running without it");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashrate_is_scaled_to_all_threads_and_smoothed() {
+        let machine = Machine { memory_bytes: 1 << 30, huge_pages_free_bytes: 0, cores: 2 };
+        let rx = RandomX::new(ModeChoice::Auto, Some(2), machine);
+        assert_eq!(rx.mode(), Mode::Light, "1 GiB is too little for fast mode");
+        assert_eq!(rx.hashrate(), 0.0);
+        rx.record(30, Duration::from_secs(1), 1);
+        assert_eq!(rx.hashrate(), 60.0);
+        rx.record(80, Duration::from_secs(1), 2);
+        assert!((rx.hashrate() - (0.7 * 60.0 + 0.3 * 80.0)).abs() < 1e-9);
+        rx.record(0, Duration::from_secs(1), 2);
+        rx.record(5, Duration::ZERO, 2);
+        assert!((rx.hashrate() - 66.0).abs() < 1e-9);
+    }
 }
