@@ -9,59 +9,23 @@
 //! anything else is stale.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use faena_proto::api::JobEvent;
 use faena_proto::ids::{InstanceId, JobId, WorkerId};
-use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
+use faena_proto::jobs::{JobKind, JobState, Priority};
 use faena_proto::mqtt::{Control, WorkUnit, WorkerState};
 use serde_json::Value;
 
+mod types;
+
+pub use types::*;
+
 use crate::queue::Queue;
-use crate::scheduler::{Availability, Capabilities, Scheduler, Worker};
+use crate::scheduler::{Availability, Scheduler, Worker};
 
 /// How many finished jobs are remembered to recognise duplicate results.
 const RECENT_FINISHED: usize = 100_000;
-
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    pub queue_capacity: usize,
-    pub max_attempts: u32,
-    pub heartbeat: Duration,
-}
-
-impl EngineConfig {
-    /// A lease not renewed for two heartbeats is lost.
-    pub fn lease_ttl(&self) -> Duration {
-        self.heartbeat * 2
-    }
-
-    /// After a master restart, how long a running job waits for its worker to
-    /// reconnect and claim it before it is queued again.
-    pub fn recovery_grace(&self) -> Duration {
-        self.lease_ttl() * 3
-    }
-}
-
-/// The clock, as the engine sees it: monotonic for deadlines, wall for records.
-#[derive(Debug, Clone, Copy)]
-pub struct Now {
-    pub mono: Instant,
-    pub wall_ms: u64,
-}
-
-impl Now {
-    pub fn system() -> Self {
-        Self { mono: Instant::now(), wall_ms: faena_proto::mqtt::now_ms() }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseRef {
-    pub job_id: JobId,
-    pub attempt: u32,
-    pub token: String,
-}
 
 #[derive(Debug, Clone)]
 struct Lease {
@@ -83,130 +47,6 @@ struct ActiveJob {
     attempts: u32,
     enqueued_at: Instant,
     lease: Option<Lease>,
-}
-
-/// A job read back from the store at start-up.
-#[derive(Debug, Clone)]
-pub struct RestoredJob {
-    pub id: JobId,
-    pub kind: JobKind,
-    pub params: Value,
-    pub priority: Priority,
-    pub seq: u64,
-    pub created_at_ms: u64,
-    pub attempts: u32,
-    /// Set when the job was running: worker, attempt, token.
-    pub lease: Option<(WorkerId, u32, String)>,
-}
-
-#[derive(Debug, Clone)]
-pub struct NewJob {
-    pub id: JobId,
-    pub spec: JobSpec,
-    pub priority: Priority,
-}
-
-/// A state change to make durable, in the order given.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreOp {
-    Insert {
-        id: JobId,
-        kind: JobKind,
-        params: Value,
-        priority: Priority,
-        seq: u64,
-        at_ms: u64,
-    },
-    Dispatched {
-        id: JobId,
-        attempt: u32,
-        worker: String,
-        token: String,
-        at_ms: u64,
-    },
-    Requeued {
-        id: JobId,
-        attempts: u32,
-        reason: String,
-        at_ms: u64,
-    },
-    Finished {
-        id: JobId,
-        state: JobState,
-        attempts: u32,
-        worker: Option<String>,
-        result: Option<Value>,
-        error: Option<String>,
-        at_ms: u64,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    Store(StoreOp),
-    Dispatch {
-        worker: WorkerId,
-        unit: WorkUnit,
-        waited: Duration,
-    },
-    Control {
-        worker: WorkerId,
-        control: Control,
-    },
-    /// Final events must only be shown once the preceding store ops are durable.
-    Notify {
-        job: JobId,
-        event: JobEvent,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    Success(Value),
-    Failure { message: String, retryable: bool },
-    HandedBack(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LeaseError {
-    #[error("worker {0} is not registered (register again)")]
-    UnknownWorker(WorkerId),
-    #[error("job {0} is unknown")]
-    UnknownJob(JobId),
-    #[error("stale lease for job {job} attempt {attempt}: {reason}")]
-    Stale { job: JobId, attempt: u32, reason: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("queue is full ({capacity} jobs waiting); retry later")]
-pub struct QueueFull {
-    pub capacity: usize,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Registration {
-    pub worker: WorkerId,
-    pub instance: InstanceId,
-    pub caps: Capabilities,
-    pub running: Vec<LeaseRef>,
-}
-
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct RegisterOutcome {
-    pub adopted: Vec<LeaseRef>,
-    pub revoked: Vec<LeaseRef>,
-}
-
-/// A live job as the API shows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActiveView {
-    pub kind: JobKind,
-    pub state: JobState,
-    pub priority: Priority,
-    pub position: Option<u64>,
-    pub worker: Option<String>,
-    pub attempts: u32,
-    pub created_at_ms: u64,
 }
 
 #[derive(Debug)]
@@ -648,5 +488,4 @@ impl Engine {
 }
 
 #[cfg(test)]
-#[path = "engine_tests.rs"]
 mod tests;
