@@ -36,8 +36,11 @@ impl Api {
 
     /// Like [`Api::post_raw`], but `None` when the connection broke before an
     /// answer (a server may reset it after rejecting a body it did not read).
+    /// It uses a connection of its own, so one the server closes does not
+    /// poison the pool the other calls share.
     pub async fn try_post_raw(&self, path: &str, body: Vec<u8>) -> Option<(StatusCode, Value)> {
-        let resp = self.http.post(self.url(path)).body(body).send().await.ok()?;
+        let once = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().ok()?;
+        let resp = once.post(self.url(path)).body(body).send().await.ok()?;
         let status = resp.status();
         Some((status, resp.json().await.unwrap_or(Value::Null)))
     }
