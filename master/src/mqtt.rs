@@ -49,14 +49,11 @@ impl MqttOut {
     }
 }
 
-/// A worker status message that passed validation.
-pub type StatusMessage = WorkerStatus;
-
 pub struct Connection {
     pub out: MqttOut,
     /// True while connected to the broker.
     pub connected: watch::Receiver<bool>,
-    pub statuses: mpsc::Receiver<StatusMessage>,
+    pub statuses: mpsc::Receiver<WorkerStatus>,
     pub driver: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BrokerError>> + Send>>,
 }
 

@@ -29,10 +29,6 @@ impl Queue {
         self.ranks.is_empty()
     }
 
-    pub fn contains(&self, id: &JobId) -> bool {
-        self.ranks.contains_key(id)
-    }
-
     /// Queued jobs per priority, high first.
     pub fn depth_by_priority(&self) -> [usize; 3] {
         self.per_priority

@@ -99,9 +99,6 @@ impl JobState {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 
-    pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
-    }
 }
 
 /// Longest `noop` delay: an hour is plenty for a test or drill job.

@@ -70,17 +70,6 @@ pub enum WorkerState {
     Offline,
 }
 
-impl WorkerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkerState::Starting => "starting",
-            WorkerState::Initialising => "initialising",
-            WorkerState::Online => "online",
-            WorkerState::Draining => "draining",
-            WorkerState::Offline => "offline",
-        }
-    }
-}
 
 /// A worker's retained status; its last will is the same with `offline`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

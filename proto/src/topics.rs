@@ -47,10 +47,6 @@ impl Topics {
         Ok(Self { prefix: prefix.to_owned() })
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     pub fn worker_jobs(&self, w: &WorkerId) -> String {
         format!("{}/workers/{w}/jobs", self.prefix)
     }

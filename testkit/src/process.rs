@@ -15,7 +15,6 @@ pub struct Proc {
     child: Child,
     /// The JSON of its READY line (addresses, ids).
     pub ready: Value,
-    pub log: std::path::PathBuf,
 }
 
 impl Proc {
@@ -38,7 +37,7 @@ impl Proc {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
             panic!("{} did not become ready; its log:\n{tail}", bin.display());
         };
-        Self { child, ready, log: log.to_owned() }
+        Self { child, ready }
     }
 
     /// Starts without waiting for READY (for processes expected to fail).

@@ -224,10 +224,6 @@ impl Material {
         &self.key
     }
 
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
     /// A VM over this material: an idle one from the pool, or a new one.
     pub fn vm(self: &Arc<Self>) -> Result<Vm, RxError> {
         if let Some(raw) = self.idle.lock().pop() {
