@@ -98,7 +98,6 @@ impl JobState {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
-
 }
 
 /// Longest `noop` delay: an hour is plenty for a test or drill job.

@@ -21,6 +21,11 @@ pub mod grpc {
     tonic::include_proto!("faena.v1");
 }
 
+/// What `faena-master` and `faena-worker` print on stdout, followed by a JSON
+/// object of their bound addresses, once they are ready (the only stdout line;
+/// scripts and the test harness read it, so port 0 works).
+pub const READY_PREFIX: &str = "FAENA_READY ";
+
 /// Version stamped into every JSON payload (`"v": 1`).
 pub const PAYLOAD_VERSION: u32 = 1;
 

@@ -70,7 +70,6 @@ pub enum WorkerState {
     Offline,
 }
 
-
 /// A worker's retained status; its last will is the same with `offline`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStatus {

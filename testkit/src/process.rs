@@ -25,7 +25,7 @@ impl Proc {
         let mut lines = BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(WAIT, async {
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(json) = line.strip_prefix("FAENA_READY ") {
+                if let Some(json) = line.strip_prefix(faena_proto::READY_PREFIX) {
                     return serde_json::from_str::<Value>(json).ok();
                 }
             }

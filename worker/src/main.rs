@@ -8,7 +8,6 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use faena_worker::Config;
-use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
     faena_worker::randomx::reexec_with_transparent_huge_pages();
@@ -19,16 +18,8 @@ async fn run() -> anyhow::Result<()> {
     let mut cfg = Config::parse();
     let id = cfg.worker_id.get_or_insert_with(faena_worker::default_worker_id).clone();
     let logs = faena_common::logs::init(&format!("worker:{id}"), cfg.log_json);
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        faena_common::shutdown::signal().await;
-        on_signal.cancel();
-    });
-    let result = faena_worker::run(cfg, Some(logs), shutdown, |ready| {
-        println!("FAENA_READY {}", serde_json::to_string(ready).unwrap_or_default());
-    })
-    .await;
+    let shutdown = faena_common::lifecycle::on_signal();
+    let result = faena_worker::run(cfg, Some(logs), shutdown, faena_common::lifecycle::announce_ready).await;
     if let Err(e) = &result {
         tracing::error!(error = %e, "faena-worker stopped");
     }
