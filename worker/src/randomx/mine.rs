@@ -8,11 +8,12 @@
 //! XMRig's convention: `target = u64::MAX / difficulty`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::progress::Progress;
 use super::{Material, RxError};
 
 /// What to hash: `blob` with a 4-byte little-endian nonce at `nonce_offset`,
@@ -73,21 +74,19 @@ pub fn mine(
         return Err(RxError::Input("the nonce range must be 1..=2^32 nonces within 32 bits".into()));
     }
     let threads = (threads as u64).clamp(1, work.count);
-    let done = AtomicU64::new(0);
+    let counter = Progress::new(progress);
     let shares = Mutex::new(Vec::new());
     let full = AtomicBool::new(false);
-    let last_report = Mutex::new(Instant::now());
     let started = Instant::now();
     let vms = (0..threads).map(|_| material.vm()).collect::<Result<Vec<_>, _>>()?;
     std::thread::scope(|s| {
         for (t, mut vm) in vms.into_iter().enumerate() {
             let first = work.count * t as u64 / threads;
             let last = work.count * (t as u64 + 1) / threads;
-            let (done, shares, full, last_report) = (&done, &shares, &full, &last_report);
+            let (counter, shares, full) = (&counter, &shares, &full);
             s.spawn(move || {
                 let mut buf = work.blob.to_vec();
                 let base = u64::from(work.start) + first;
-                let mut since_report = 0u64;
                 vm.hash_pipelined(
                     last - first,
                     &mut buf,
@@ -100,21 +99,11 @@ pub fn mine(
                                 full.store(true, Ordering::Relaxed);
                             }
                         }
-                        since_report += 1;
-                        if since_report >= 16 {
-                            let n = done.fetch_add(since_report, Ordering::Relaxed) + since_report;
-                            since_report = 0;
-                            let mut last = last_report.lock();
-                            if last.elapsed() >= Duration::from_secs(1) {
-                                *last = Instant::now();
-                                progress(n);
-                            }
-                        }
+                        counter.add(1);
                         !full.load(Ordering::Relaxed)
                     },
                     stop,
                 );
-                done.fetch_add(since_report, Ordering::Relaxed);
             });
         }
     });
@@ -123,7 +112,7 @@ pub fn mine(
     if let Some(m) = work.max_shares {
         shares.truncate(m);
     }
-    Ok(Mined { shares, hashes: done.into_inner(), elapsed: started.elapsed() })
+    Ok(Mined { shares, hashes: counter.total(), elapsed: started.elapsed() })
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod engine;
 mod ffi;
 pub mod mine;
+mod progress;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -177,13 +178,12 @@ impl RandomX {
         let threads = self.threads.min(inputs.len()).max(1);
         let started = Instant::now();
         let chunk = inputs.len().div_ceil(threads);
-        let done = std::sync::atomic::AtomicU64::new(0);
-        let last_report = parking_lot::Mutex::new(Instant::now());
+        let counter = progress::Progress::new(progress);
         let results: Vec<Result<Vec<[u8; 32]>, RxError>> = std::thread::scope(|s| {
             let handles: Vec<_> = inputs
                 .chunks(chunk)
                 .map(|part| {
-                    let (material, done, last_report) = (&material, &done, &last_report);
+                    let (material, counter) = (&material, &counter);
                     s.spawn(move || {
                         let mut vm = material.vm()?;
                         let mut out = Vec::with_capacity(part.len());
@@ -192,12 +192,7 @@ impl RandomX {
                                 return Err(RxError::Cancelled);
                             }
                             out.push(vm.hash(input));
-                            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                            let mut last = last_report.lock();
-                            if last.elapsed() >= Duration::from_secs(1) {
-                                *last = Instant::now();
-                                progress(n);
-                            }
+                            counter.add(1);
                         }
                         Ok(out)
                     })
