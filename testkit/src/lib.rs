@@ -145,6 +145,11 @@ impl Cluster {
         .await
     }
 
+    /// Where a worker serves `/metrics`.
+    pub fn worker_metrics_url(&mut self, id: &str) -> String {
+        format!("http://{}/metrics", self.worker(id).ready["metrics"].as_str().expect("metrics address"))
+    }
+
     pub fn master_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("master.log")).unwrap_or_default()
     }
@@ -192,6 +197,20 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A Prometheus text page (empty when it cannot be fetched).
+pub async fn scrape(url: &str) -> String {
+    match reqwest::get(url).await {
+        Ok(resp) => resp.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The value of the sample named exactly `name`, labels included
+/// (`faena_jobs_total{state="succeeded"}`), in a Prometheus text page.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// A free loopback port (bound, then released).

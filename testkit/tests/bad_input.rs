@@ -4,15 +4,14 @@
 
 use faena_proto::grpc::master_client::MasterClient;
 use faena_proto::grpc::{self as pb, result_request};
-use faena_testkit::{Cluster, MasterOpts, TOKEN, eventually};
+use faena_testkit::{Cluster, MasterOpts, TOKEN, eventually, sample, scrape};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::json;
 use tonic::Code;
 use tonic::transport::Channel;
 
 async fn metric(url: &str, name: &str) -> f64 {
-    let text = reqwest::get(url).await.expect("metrics").text().await.unwrap_or_default();
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    sample(&scrape(url).await, name).unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -56,7 +55,7 @@ async fn malformed_mqtt_messages_are_dropped_and_counted() {
         async move { (metric(&url, "faena_malformed_messages_total").await >= 10.0).then_some(()) }
     })
     .await;
-    let worker_metrics = format!("http://{}/metrics", c.worker("w1").ready["metrics"].as_str().expect("addr"));
+    let worker_metrics = c.worker_metrics_url("w1");
     eventually("the worker counted the garbage", || {
         let url = worker_metrics.clone();
         async move { (metric(&url, "faena_worker_malformed_messages_total").await >= 10.0).then_some(()) }

@@ -70,13 +70,7 @@ async fn end_to_end_with_the_embedded_broker() {
     ] {
         assert!(metrics.contains(name), "master metrics lack {name}:\n{metrics}");
     }
-    let worker_metrics_addr = c.worker("w1").ready["metrics"].as_str().expect("addr").to_owned();
-    let body = reqwest::get(format!("http://{worker_metrics_addr}/metrics"))
-        .await
-        .expect("worker metrics")
-        .text()
-        .await
-        .unwrap_or_default();
+    let body = faena_testkit::scrape(&c.worker_metrics_url("w1")).await;
     assert!(body.contains("faena_worker_jobs_total{kind=\"noop\",outcome=\"succeeded\"}"), "{body}");
     assert!(body.contains("faena_worker_job_duration_seconds"), "{body}");
 }

@@ -4,18 +4,15 @@
 //! has exactly one outcome.
 
 use faena_testkit::mosquitto::{PASSWORD, USER};
-use faena_testkit::{Broker, Cluster, MasterOpts, Mosquitto, eventually};
+use faena_testkit::{Broker, Cluster, MasterOpts, Mosquitto, eventually, sample, scrape};
 use serde_json::{Value, json};
 
 /// Waits until the worker itself reports a running unit (not only the master).
 async fn wait_running_on(c: &mut Cluster, worker: &str) {
-    let addr = c.worker(worker).ready["metrics"].as_str().expect("metrics").to_owned();
+    let url = c.worker_metrics_url(worker);
     eventually("the worker runs the unit", || {
-        let url = format!("http://{addr}/metrics");
-        async move {
-            let text = reqwest::get(url).await.ok()?.text().await.ok()?;
-            text.lines().any(|l| l == "faena_worker_running 1").then_some(())
-        }
+        let url = url.clone();
+        async move { (sample(&scrape(&url).await, "faena_worker_running") == Some(1.0)).then_some(()) }
     })
     .await;
 }
@@ -199,15 +196,13 @@ async fn a_frozen_worker_loses_its_job_and_its_late_result_is_ignored() {
     // Thawed, the old worker finishes its unit; the master must ignore that result.
     faena_testkit::process::signal(pid, "CONT");
     c.wait_workers(2).await;
-    let zombie = format!("http://{}/metrics", c.worker(victim).ready["metrics"].as_str().expect("addr"));
+    let zombie = c.worker_metrics_url(victim);
     let master = c.api.url("/metrics");
     eventually("the stale attempt is rejected or revoked", || {
         let (zombie, master) = (zombie.clone(), master.clone());
         async move {
-            let z = reqwest::get(zombie).await.ok()?.text().await.ok()?;
-            let m = reqwest::get(master).await.ok()?.text().await.ok()?;
-            let revoked = z.contains("outcome=\"cancelled\"");
-            let rejected = m.lines().any(|l| l.starts_with("faena_rejected_callbacks_total ") && !l.ends_with(" 0"));
+            let revoked = scrape(&zombie).await.contains("outcome=\"cancelled\"");
+            let rejected = sample(&scrape(&master).await, "faena_rejected_callbacks_total").unwrap_or(0.0) > 0.0;
             (revoked || rejected).then_some(())
         }
     })

@@ -83,9 +83,7 @@ async fn cancel_reaches_queued_and_running_jobs() {
     // The worker has one slot: a new job can only run if the cancel stopped the old one.
     let next = c.api.submit_ok("noop", json!({"payload": "after"}), None).await;
     assert_eq!(c.api.wait_final(&next).await["state"], "succeeded");
-    let addr = c.worker("w1").ready["metrics"].as_str().expect("metrics").to_owned();
-    let metrics =
-        reqwest::get(format!("http://{addr}/metrics")).await.expect("metrics").text().await.unwrap_or_default();
+    let metrics = faena_testkit::scrape(&c.worker_metrics_url("w1")).await;
     assert!(metrics.contains("faena_worker_jobs_total{kind=\"noop\",outcome=\"cancelled\"} 1"), "{metrics}");
 
     let (status, body) = c.api.cancel("01a1fccf-e426-7533-886f-eda89031b98a").await;

@@ -33,10 +33,7 @@ fn cpu_seconds(pid: i32) -> f64 {
 
 async fn succeeded(c: &Cluster) -> u64 {
     let text = c.api.text("/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix("faena_jobs_total{state=\"succeeded\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    faena_testkit::sample(&text, "faena_jobs_total{state=\"succeeded\"}").unwrap_or(0.0) as u64
 }
 
 async fn wait_succeeded(c: &Cluster, target: u64) {
