@@ -2,10 +2,7 @@
 //! per-key caches and datasets (bounded), initialises datasets on every
 //! core, and hashes batches on all its threads.
 
-pub mod engine;
-mod ffi;
-pub mod mine;
-mod progress;
+pub use faena_randomx::{engine, mine};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use engine::KeyCache;
-pub use engine::{Flags, Material, Mode, RxError, Vm};
+pub use faena_randomx::{Flags, KeyCache, Material, Mode, RxError, Vm};
 
 /// Dataset (2080 MiB) + cache (256 MiB) + margin for VMs and the process.
 pub const FAST_MODE_BYTES: u64 = 3 * 1024 * 1024 * 1024;
@@ -178,7 +174,7 @@ impl RandomX {
         let threads = self.threads.min(inputs.len()).max(1);
         let started = Instant::now();
         let chunk = inputs.len().div_ceil(threads);
-        let counter = progress::Progress::new(progress);
+        let counter = faena_randomx::Progress::new(progress);
         let results: Vec<Result<Vec<[u8; 32]>, RxError>> = std::thread::scope(|s| {
             let handles: Vec<_> = inputs
                 .chunks(chunk)

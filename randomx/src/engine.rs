@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-use super::ffi;
+use crate::ffi;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RxError {

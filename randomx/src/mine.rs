@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::progress::Progress;
-use super::{Material, RxError};
+use crate::progress::Progress;
+use crate::{Material, RxError};
 
 /// What to hash: `blob` with a 4-byte little-endian nonce at `nonce_offset`,
 /// for nonces `start .. start + count`.
@@ -118,7 +118,7 @@ pub fn mine(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::randomx::{Flags, Mode};
+    use crate::{Flags, Mode};
 
     fn light(key: &[u8]) -> Arc<Material> {
         Arc::new(Material::build(Flags::detect(), Mode::Light, key, 2).expect("material"))

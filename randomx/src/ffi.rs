@@ -3,7 +3,7 @@
 //! on one thread only; the engine needs `randomx_init_dataset` over item
 //! ranges to use every core, and the `_first/_next` pipeline for mining.
 //!
-//! Only [`super::engine`] calls these. Every pointer returned here is checked
+//! Only [`crate::engine`] calls these. Every pointer returned here is checked
 //! for NULL (RandomX returns NULL when an allocation fails, e.g. when huge
 //! pages were asked for and none are free).
 #![allow(unsafe_code)]

@@ -1,0 +1,16 @@
+//! RandomX for Faena, shared by the worker (hashing, mining) and the master
+//! (verifying shares): keys' caches and datasets shared by many VMs, the
+//! dataset initialised on every thread, the pipelined mining loop, and the
+//! share rule.
+//!
+//! It calls RandomX's C API directly (see [`ffi`]): `randomx-rs` compiles
+//! and links the library but keeps its bindings private and initialises a
+//! dataset on one thread only.
+
+pub mod engine;
+mod ffi;
+pub mod mine;
+mod progress;
+
+pub use engine::{Flags, KeyCache, Material, Mode, RxError, Vm};
+pub use progress::Progress;
