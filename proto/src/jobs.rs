@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::WireError;
+pub use crate::mine::MineParams;
 
 /// Every kind of job this build can run. Matching on it is exhaustive, so a new
 /// kind breaks the build until every handler covers it.
@@ -14,15 +15,18 @@ pub enum JobKind {
     Noop,
     #[serde(rename = "randomx.hash")]
     RandomxHash,
+    #[serde(rename = "randomx.mine")]
+    RandomxMine,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 2] = [JobKind::Noop, JobKind::RandomxHash];
+    pub const ALL: [JobKind; 3] = [JobKind::Noop, JobKind::RandomxHash, JobKind::RandomxMine];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Noop => "noop",
             JobKind::RandomxHash => "randomx.hash",
+            JobKind::RandomxMine => "randomx.mine",
         }
     }
 
@@ -196,6 +200,7 @@ pub struct HashProgress {
 pub enum JobSpec {
     Noop(NoopParams),
     RandomxHash(HashParams),
+    RandomxMine(MineParams),
 }
 
 impl JobSpec {
@@ -221,6 +226,11 @@ impl JobSpec {
                 p.input_bytes()?;
                 Ok(JobSpec::RandomxHash(p))
             }
+            JobKind::RandomxMine => {
+                let p: MineParams = from_value(kind, params)?;
+                p.work()?;
+                Ok(JobSpec::RandomxMine(p))
+            }
         }
     }
 
@@ -228,6 +238,7 @@ impl JobSpec {
         match self {
             JobSpec::Noop(_) => JobKind::Noop,
             JobSpec::RandomxHash(_) => JobKind::RandomxHash,
+            JobSpec::RandomxMine(_) => JobKind::RandomxMine,
         }
     }
 
@@ -235,6 +246,7 @@ impl JobSpec {
         let v = match self {
             JobSpec::Noop(p) => serde_json::to_value(p),
             JobSpec::RandomxHash(p) => serde_json::to_value(p),
+            JobSpec::RandomxMine(p) => serde_json::to_value(p),
         };
         v.unwrap_or(Value::Null)
     }

@@ -4,6 +4,7 @@
 //! - [`topics`]: every MQTT topic string, built and parsed here only.
 //! - [`mqtt`]: the versioned JSON payloads carried on those topics.
 //! - [`jobs`]: job kinds, their parameters, outputs and progress payloads.
+//! - [`mine`]: `randomx.mine` parameters, shares, unit and job progress and output.
 //! - [`api`]: the REST request/response bodies.
 //! - [`grpc`]: the generated `faena.v1.Master` service (client and server).
 //! - [`secret`]: a string wrapper whose `Debug`/`Display` never show the value.
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod ids;
 pub mod jobs;
+pub mod mine;
 pub mod mqtt;
 pub mod secret;
 pub mod topics;

@@ -5,7 +5,8 @@
 //! shared dataset, and hashes pipelined (`_first`/`_next`/`_last`) as
 //! RandomX's benchmark and miners do. A share is a hash whose last 8 bytes,
 //! read as a little-endian integer, are below the 64-bit target (Monero's and
-//! XMRig's convention: `target = u64::MAX / difficulty`).
+//! XMRig's convention; `faena_proto::mine` turns difficulties and stratum
+//! targets into it).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,19 +49,16 @@ pub fn meets(hash: &[u8; 32], target: u64) -> bool {
     u64::from_le_bytes(high) < target
 }
 
-/// The 64-bit target for a difficulty (`u64::MAX / difficulty`).
-pub fn target_for_difficulty(difficulty: u64) -> u64 {
-    u64::MAX / difficulty.max(1)
-}
-
-/// Mines `work` on `threads` threads (blocking). `progress(hashes)` is called
-/// about once a second; `stop` ends it early (the shares found so far stand).
+/// Mines `work` on `threads` threads (blocking). `on_share` sees each share
+/// as it is found, `progress(hashes)` is called about once a second; `stop`
+/// ends it early (the shares found so far stand).
 pub fn mine(
     material: &Arc<Material>,
     threads: usize,
     work: &Work<'_>,
     stop: &AtomicBool,
     progress: &(dyn Fn(u64) + Sync),
+    on_share: &(dyn Fn(&Share) + Sync),
 ) -> Result<Mined, RxError> {
     let end = work.nonce_offset + 4;
     if work.blob.len() < end {
@@ -93,8 +91,10 @@ pub fn mine(
                     |i, buf| buf[work.nonce_offset..end].copy_from_slice(&((base + i) as u32).to_le_bytes()),
                     |i, hash| {
                         if meets(hash, work.target) {
+                            let share = Share { nonce: (base + i) as u32, hash: *hash };
+                            on_share(&share);
                             let mut found = shares.lock();
-                            found.push(Share { nonce: (base + i) as u32, hash: *hash });
+                            found.push(share);
                             if work.max_shares.is_some_and(|m| found.len() >= m) {
                                 full.store(true, Ordering::Relaxed);
                             }
@@ -129,18 +129,17 @@ mod tests {
         let mut hash = [0xffu8; 32];
         assert!(!meets(&hash, u64::MAX));
         hash[31] = 0x00;
-        assert!(meets(&hash, target_for_difficulty(2)));
-        assert!(!meets(&hash, target_for_difficulty(1 << 9)));
-        assert_eq!(target_for_difficulty(0), u64::MAX);
+        assert!(meets(&hash, u64::MAX / 2));
+        assert!(!meets(&hash, u64::MAX >> 9));
     }
 
     #[test]
     fn every_share_meets_the_target_and_rehashes_the_same() {
         let material = light(b"mine test key");
         let blob: Vec<u8> = (0u8..76).collect();
-        let target = target_for_difficulty(8);
+        let target = u64::MAX / 8;
         let work = Work { blob: &blob, nonce_offset: 39, start: 1_000, count: 96, target, max_shares: None };
-        let mined = mine(&material, 2, &work, &AtomicBool::new(false), &|_| {}).expect("mines");
+        let mined = mine(&material, 2, &work, &AtomicBool::new(false), &|_| {}, &|_| {}).expect("mines");
         assert_eq!(mined.hashes, 96);
         // About one in eight meets difficulty 8; all that do are found.
         let mut vm = material.vm().expect("vm");
@@ -163,15 +162,22 @@ mod tests {
         let blob = vec![7u8; 76];
         let work =
             Work { blob: &blob, nonce_offset: 39, start: 0, count: 10_000, target: u64::MAX, max_shares: Some(3) };
-        let mined = mine(&material, 2, &work, &AtomicBool::new(false), &|_| {}).expect("mines");
+        let mined = mine(&material, 2, &work, &AtomicBool::new(false), &|_| {}, &|_| {}).expect("mines");
         assert_eq!(mined.shares.len(), 3);
         assert!(mined.hashes < 10_000);
-        let stopped = mine(&material, 2, &Work { max_shares: None, ..work.clone() }, &AtomicBool::new(true), &|_| {})
-            .expect("mines");
+        let stopped =
+            mine(&material, 2, &Work { max_shares: None, ..work.clone() }, &AtomicBool::new(true), &|_| {}, &|_| {})
+                .expect("mines");
         assert!(stopped.hashes <= 2, "{}", stopped.hashes);
         let short = Work { blob: &blob[..40], ..work.clone() };
-        assert!(matches!(mine(&material, 1, &short, &AtomicBool::new(false), &|_| {}), Err(RxError::Input(_))));
+        assert!(matches!(
+            mine(&material, 1, &short, &AtomicBool::new(false), &|_| {}, &|_| {}),
+            Err(RxError::Input(_))
+        ));
         let past_end = Work { start: u32::MAX, count: 2, ..work };
-        assert!(matches!(mine(&material, 1, &past_end, &AtomicBool::new(false), &|_| {}), Err(RxError::Input(_))));
+        assert!(matches!(
+            mine(&material, 1, &past_end, &AtomicBool::new(false), &|_| {}, &|_| {}),
+            Err(RxError::Input(_))
+        ));
     }
 }

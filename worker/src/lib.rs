@@ -148,7 +148,8 @@ pub async fn run(
     let rx = Arc::new(randomx::RandomX::new(cfg.randomx_mode, cfg.randomx_threads, machine));
     let registry = exec::Registry::default()
         .with(JobKind::Noop, Arc::new(exec::noop::Noop))
-        .with(JobKind::RandomxHash, Arc::new(exec::randomx::RandomxHash::new(rx.clone())));
+        .with(JobKind::RandomxHash, Arc::new(exec::randomx::RandomxHash::new(rx.clone())))
+        .with(JobKind::RandomxMine, Arc::new(exec::mine::RandomxMine::new(rx.clone())));
     let caps = capabilities(&rx, &registry.kinds(), slots);
     let client = client::connect(&cfg.master_url, &token)?;
     let metrics = Arc::new(metrics::Metrics::default());

@@ -58,7 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         target: u64::MAX,
         max_shares: None,
     };
-    let mined = mine(&material, threads as usize, &work, &AtomicBool::new(false), &|_| {})?;
+    let mined = mine(&material, threads as usize, &work, &AtomicBool::new(false), &|_| {}, &|_| {})?;
     let elapsed = mined.elapsed.as_secs_f64();
     let mut xor = [0u8; 32];
     for share in &mined.shares {

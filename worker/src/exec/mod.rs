@@ -1,6 +1,7 @@
 //! Executors: one per job kind, behind the [`Executor`] trait, so the runner
 //! neither knows nor cares what a unit computes.
 
+pub mod mine;
 pub mod noop;
 pub mod randomx;
 

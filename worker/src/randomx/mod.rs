@@ -110,6 +110,11 @@ impl RandomX {
         self.mode
     }
 
+    /// Threads a hashing batch or a mining unit runs on.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
     /// This worker's RandomX speed (H/s on all threads), measured on real
     /// work and smoothed; 0 until it has hashed something.
     pub fn hashrate(&self) -> f64 {
