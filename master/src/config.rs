@@ -50,6 +50,13 @@ pub struct Config {
     /// Dispatches of one job before it fails for good.
     #[arg(long, env = "FAENA_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
+    /// Invalid mining shares a worker may submit before it is quarantined
+    /// (no more work until it registers again).
+    #[arg(long, env = "FAENA_INVALID_SHARE_LIMIT", default_value_t = 10)]
+    pub invalid_share_limit: u32,
+    /// Threads the master re-hashes submitted mining shares on (light mode).
+    #[arg(long, env = "FAENA_VERIFY_THREADS", default_value_t = 2)]
+    pub verify_threads: usize,
     /// Worker heartbeat interval; a worker or lease silent for two is lost.
     #[arg(long, env = "FAENA_HEARTBEAT_MS", default_value_t = 2000)]
     pub heartbeat_ms: u32,
@@ -72,6 +79,9 @@ impl Config {
         }
         if self.max_attempts == 0 {
             return err("--max-attempts must be at least 1");
+        }
+        if !(1..=256).contains(&self.verify_threads) {
+            return err("--verify-threads must be between 1 and 256");
         }
         if !(100..=600_000).contains(&self.heartbeat_ms) {
             return err("--heartbeat-ms must be between 100 and 600000");

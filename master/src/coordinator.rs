@@ -46,6 +46,9 @@ pub enum Cancelled {
 
 type Reply<T> = oneshot::Sender<T>;
 
+/// A mining unit's parameters and the nonces of its job's accepted shares.
+pub type UnitWork = (faena_proto::mine::MineParams, std::collections::HashSet<u32>);
+
 enum Command {
     Submit(Vec<NewJob>, Reply<Result<Vec<(JobId, u64)>, CoordError>>),
     Cancel(JobId, Reply<Result<Cancelled, CoordError>>),
@@ -81,6 +84,16 @@ enum Command {
         worker: WorkerId,
         instance: InstanceId,
         state: WorkerState,
+    },
+    UnitWork {
+        worker: WorkerId,
+        lease: LeaseRef,
+        reply: Reply<Result<Option<UnitWork>, CoordError>>,
+    },
+    InvalidShares {
+        worker: WorkerId,
+        unit: JobId,
+        count: u32,
     },
     RefreshGauges(Reply<()>),
 }
@@ -148,6 +161,15 @@ impl Coordinator {
 
     pub async fn worker_state(&self, worker: WorkerId, instance: InstanceId, state: WorkerState) {
         let _ = self.tx.send(Command::WorkerState { worker, instance, state }).await;
+    }
+
+    /// The mining unit behind `lease`, if it is one, for checking shares.
+    pub async fn unit_work(&self, worker: WorkerId, lease: LeaseRef) -> Result<Option<UnitWork>, CoordError> {
+        self.ask(|reply| Command::UnitWork { worker, lease, reply }).await?
+    }
+
+    pub async fn invalid_shares(&self, worker: WorkerId, unit: JobId, count: u32) {
+        let _ = self.tx.send(Command::InvalidShares { worker, unit, count }).await;
     }
 
     pub async fn refresh_gauges(&self) {
@@ -281,6 +303,18 @@ impl Actor {
                 self.engine.worker_state(now, &worker, instance, state);
                 self.apply();
             }
+            Command::UnitWork { worker, lease, reply } => {
+                let _ = reply.send(self.engine.unit_work(&worker, &lease).map_err(Into::into));
+            }
+            Command::InvalidShares { worker, unit, count } => {
+                if self.engine.invalid_shares(&worker, &unit, count) {
+                    tracing::warn!(
+                        worker = %worker,
+                        limit = self.engine.config().invalid_share_limit,
+                        "worker quarantined: too many invalid shares; it gets no work until it registers again"
+                    );
+                }
+            }
             Command::RefreshGauges(reply) => {
                 let q = self.engine.queue();
                 self.deps.metrics.set_gauges(
@@ -307,7 +341,9 @@ impl Actor {
                 Effect::Store(op) => {
                     match &op {
                         StoreOp::Insert { .. } => self.deps.metrics.entered(faena_proto::jobs::JobState::Queued),
-                        StoreOp::Dispatched { .. } => self.deps.metrics.entered(faena_proto::jobs::JobState::Running),
+                        StoreOp::Dispatched { .. } | StoreOp::Started { .. } => {
+                            self.deps.metrics.entered(faena_proto::jobs::JobState::Running)
+                        }
                         StoreOp::Requeued { .. } => {
                             self.deps.metrics.redeliveries.inc();
                         }
@@ -359,10 +395,7 @@ impl Actor {
                 kinds.sort();
                 WorkerView {
                     id: w.id.to_string(),
-                    state: match w.availability {
-                        crate::scheduler::Availability::Online => "online".into(),
-                        crate::scheduler::Availability::Draining => "draining".into(),
-                    },
+                    state: w.availability.as_str().into(),
                     slots: w.caps.slots,
                     running: w.running.len() as u32,
                     kinds,
@@ -372,6 +405,7 @@ impl Actor {
                     huge_pages: w.caps.huge_pages,
                     randomx_modes: w.caps.randomx_modes.clone(),
                     hashrate: w.hashrate,
+                    invalid_shares: w.invalid_shares,
                     version: w.caps.version.clone(),
                     last_seen_ms: now.mono.saturating_duration_since(w.last_seen).as_millis() as u64,
                 }

@@ -13,7 +13,9 @@ use faena_proto::grpc::master_server::{Master, MasterServer};
 use faena_proto::grpc::{self as pb, result_request};
 use faena_proto::ids::{InstanceId, WorkerId};
 use faena_proto::jobs::JobKind;
+use faena_proto::mine::{Share, UnitOutput, UnitProgress};
 use faena_proto::secret::Secret;
+use serde_json::Value;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
@@ -21,6 +23,7 @@ use crate::coordinator::{CoordError, Coordinator};
 use crate::engine::{LeaseError, LeaseRef, Outcome, Registration};
 use crate::metrics::Metrics;
 use crate::scheduler::Capabilities;
+use crate::verify::Verifier;
 
 /// Largest gRPC message accepted; larger ones get `RESOURCE_EXHAUSTED`.
 pub const MAX_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
@@ -36,6 +39,7 @@ pub struct MasterService {
     instance: InstanceId,
     heartbeat_ms: u32,
     metrics: Arc<Metrics>,
+    verifier: Arc<Verifier>,
 }
 
 pub type Server = InterceptedService<MasterServer<MasterService>, Auth>;
@@ -46,8 +50,9 @@ pub fn server(
     heartbeat_ms: u32,
     metrics: Arc<Metrics>,
     token: Secret,
+    verifier: Arc<Verifier>,
 ) -> Server {
-    let svc = MasterService { coord, instance, heartbeat_ms, metrics: metrics.clone() };
+    let svc = MasterService { coord, instance, heartbeat_ms, metrics: metrics.clone(), verifier };
     let inner = MasterServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES);
     InterceptedService::new(inner, Auth { token, metrics })
 }
@@ -111,6 +116,53 @@ impl MasterService {
             return Err(self.invalid("lease needs a token (at most 128 bytes) and an attempt >= 1"));
         }
         Ok(LeaseRef { job_id, attempt: lease.attempt, token: lease.token.clone() })
+    }
+
+    /// Re-hashes the shares in a mining unit's progress or output, keeps
+    /// the valid ones and counts the rest against the worker. Anything that
+    /// is not a mining unit's passes through.
+    async fn check_shares(
+        &self,
+        worker: &WorkerId,
+        lease: &LeaseRef,
+        data: Value,
+        output: bool,
+    ) -> Result<Value, Status> {
+        let Some((params, known)) = self.coord.unit_work(worker.clone(), lease.clone()).await.map_err(to_status)?
+        else {
+            return Ok(data);
+        };
+        let what = if output { "output" } else { "progress" };
+        if !data.is_object() {
+            return Err(self.invalid(format!("mining unit {what} must be a JSON object")));
+        }
+        let shares = |v: &mut Value| -> Result<Vec<Share>, Status> {
+            serde_json::from_value(v.get_mut("shares").map(Value::take).unwrap_or(Value::Array(vec![])))
+                .map_err(|e| self.invalid(format!("mining unit {what}: shares: {e}")))
+        };
+        // Check the shape first, so a malformed payload costs no hashing.
+        let mut data = data;
+        let found = shares(&mut data)?;
+        data["shares"] = Value::Array(vec![]);
+        let shape_ok = if output {
+            serde_json::from_value::<UnitOutput>(data.clone()).map(|_| ())
+        } else {
+            serde_json::from_value::<UnitProgress>(data.clone()).map(|_| ())
+        };
+        shape_ok.map_err(|e| self.invalid(format!("mining unit {what} does not match the contract: {e}")))?;
+        if found.is_empty() {
+            return Ok(data);
+        }
+        let checked = self.verifier.check(&params, &known, found).await;
+        self.metrics.shares_checked(checked.valid.len(), checked.invalid.len());
+        for (share, reason) in &checked.invalid {
+            tracing::warn!(worker = %worker, unit = %lease.job_id, nonce = share.nonce, reason = %reason, "invalid share rejected");
+        }
+        if !checked.invalid.is_empty() {
+            self.coord.invalid_shares(worker.clone(), lease.job_id, checked.invalid.len() as u32).await;
+        }
+        data["shares"] = serde_json::to_value(checked.valid).unwrap_or(Value::Array(vec![]));
+        Ok(data)
     }
 
     fn leases(&self, leases: &[pb::Lease]) -> Result<Vec<LeaseRef>, Status> {
@@ -195,6 +247,7 @@ impl Master for MasterService {
         }
         let data =
             serde_json::from_str(&req.progress_json).map_err(|e| self.invalid(format!("progress is not JSON: {e}")))?;
+        let data = self.check_shares(&worker, &lease, data, false).await?;
         self.coord.progress(worker, lease, data).await.map_err(to_status)?;
         Ok(Response::new(pb::ProgressResponse {}))
     }
@@ -208,9 +261,9 @@ impl Master for MasterService {
                 if json.len() > MAX_OUTPUT_BYTES {
                     return Err(self.invalid(format!("output is over {MAX_OUTPUT_BYTES} bytes")));
                 }
-                Outcome::Success(
-                    serde_json::from_str(&json).map_err(|e| self.invalid(format!("output is not JSON: {e}")))?,
-                )
+                let output =
+                    serde_json::from_str(&json).map_err(|e| self.invalid(format!("output is not JSON: {e}")))?;
+                Outcome::Success(self.check_shares(&worker, &lease, output, true).await?)
             }
             Some(result_request::Outcome::Failure(f)) => {
                 Outcome::Failure { message: truncate(f.message), retryable: f.retryable }

@@ -185,6 +185,8 @@ async fn find(state: &AppState, id: JobId) -> Result<JobView, AppError> {
             error: None,
             created_at: rfc3339(v.created_at_ms),
             finished_at: None,
+            progress: v.progress,
+            parent: v.parent,
         });
     }
     stored(state, id).await?.ok_or_else(|| AppError::new(StatusCode::NOT_FOUND, "not_found", format!("no job {id}")))

@@ -22,6 +22,7 @@ pub mod mqtt;
 pub mod queue;
 pub mod scheduler;
 pub mod store;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,6 +110,7 @@ pub async fn run(
         queue_capacity: cfg.queue_capacity,
         max_attempts: cfg.max_attempts,
         heartbeat: cfg.heartbeat(),
+        invalid_share_limit: cfg.invalid_share_limit,
     });
     let restored = store.load_unfinished()?;
     if !restored.is_empty() {
@@ -180,7 +182,14 @@ pub async fn run(
     };
 
     let servers_cancel = CancellationToken::new();
-    let grpc_service = grpc::server(coord.clone(), instance, cfg.heartbeat_ms, metrics.clone(), token);
+    let grpc_service = grpc::server(
+        coord.clone(),
+        instance,
+        cfg.heartbeat_ms,
+        metrics.clone(),
+        token,
+        Arc::new(verify::Verifier::new(cfg.verify_threads)),
+    );
     let grpc_incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let stop_grpc = servers_cancel.clone();
     let grpc_task = tracker.spawn(async move {

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub redeliveries: Counter,
     pub rejected_callbacks: Counter,
     pub malformed_messages: Counter,
+    pub shares: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -60,6 +61,8 @@ impl Default for Metrics {
         );
         let malformed_messages = Counter::default();
         registry.register("malformed_messages", "MQTT messages dropped as malformed", malformed_messages.clone());
+        let shares = Family::<Labels, Counter>::default();
+        registry.register("shares", "Mining shares the master re-hashed, by verdict", shares.clone());
         Self {
             registry,
             transitions,
@@ -70,6 +73,7 @@ impl Default for Metrics {
             redeliveries,
             rejected_callbacks,
             malformed_messages,
+            shares,
         }
     }
 }
@@ -88,6 +92,11 @@ impl Metrics {
         self.jobs_current.get_or_create(&vec![("state", "queued")]).set(queued as i64);
         self.jobs_current.get_or_create(&vec![("state", "running")]).set(running as i64);
         self.workers.set(workers as i64);
+    }
+
+    pub fn shares_checked(&self, valid: usize, invalid: usize) {
+        self.shares.get_or_create(&vec![("verdict", "valid")]).inc_by(valid as u64);
+        self.shares.get_or_create(&vec![("verdict", "invalid")]).inc_by(invalid as u64);
     }
 
     pub fn render(&self) -> String {

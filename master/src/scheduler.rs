@@ -9,7 +9,12 @@
 //!
 //! Speed: the hashrate a worker measured on real work; until it has one, an
 //! estimate from its capabilities (cores × 1.5 with AES-NI, ÷8 in light
-//! mode) scaled by the H/s per estimated unit of the workers that measured.
+//! mode) scaled by the H/s per estimated unit of the workers that measured
+//! (or, before anyone has, by [`DEFAULT_HS_PER_UNIT`], so speeds read as H/s
+//! and mining units get a sensible first size).
+//!
+//! Quarantine: a worker that submitted too many invalid mining shares gets
+//! no more work until it registers again.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
@@ -30,11 +35,28 @@ pub struct Capabilities {
     pub version: String,
 }
 
+/// H/s per estimated unit before any worker has measured: a fast-mode core
+/// with AES-NI (1.5 units) does ~300 H/s; this errs low, so first mining
+/// units are short rather than long.
+pub const DEFAULT_HS_PER_UNIT: f64 = 100.0;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Availability {
     Online,
     /// Finishing what it has; gets nothing new.
     Draining,
+    /// Sent too many invalid shares; gets nothing new until it registers again.
+    Quarantined,
+}
+
+impl Availability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Availability::Online => "online",
+            Availability::Draining => "draining",
+            Availability::Quarantined => "quarantined",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +68,8 @@ pub struct Worker {
     pub last_seen: Instant,
     pub availability: Availability,
     pub hashrate: f64,
+    /// Invalid mining shares since it registered.
+    pub invalid_shares: u32,
 }
 
 impl Worker {
@@ -106,7 +130,7 @@ impl Scheduler {
     fn scale(&self) -> f64 {
         let measured: Vec<f64> =
             self.workers.values().filter(|w| w.hashrate > 0.0).map(|w| w.hashrate / w.estimate()).collect();
-        if measured.is_empty() { 1.0 } else { measured.iter().sum::<f64>() / measured.len() as f64 }
+        if measured.is_empty() { DEFAULT_HS_PER_UNIT } else { measured.iter().sum::<f64>() / measured.len() as f64 }
     }
 
     /// A worker's speed, comparable across workers: its measured hashrate,
@@ -119,12 +143,23 @@ impl Scheduler {
         if w.hashrate > 0.0 { w.hashrate } else { w.estimate() * scale }
     }
 
-    /// The worker that should take a job of `kind` now, if any has a free slot.
-    pub fn pick(&self, kind: JobKind) -> Option<WorkerId> {
+    /// Online workers that run `kind`.
+    fn capable(&self, kind: JobKind) -> impl Iterator<Item = &Worker> {
+        self.workers.values().filter(move |w| w.availability == Availability::Online && w.caps.kinds.contains(&kind))
+    }
+
+    /// Summed speed of the online workers that run `kind`.
+    pub fn total_speed(&self, kind: JobKind) -> f64 {
         let scale = self.scale();
-        self.workers
-            .values()
-            .filter(|w| w.availability == Availability::Online && w.caps.kinds.contains(&kind) && w.free_slots() > 0)
+        self.capable(kind).map(|w| Self::speed_at(w, scale)).sum()
+    }
+
+    /// The worker that should take a job of `kind` now, if any not
+    /// `excluded` has a free slot.
+    pub fn pick(&self, kind: JobKind, excluded: impl Fn(&WorkerId) -> bool) -> Option<WorkerId> {
+        let scale = self.scale();
+        self.capable(kind)
+            .filter(|w| w.free_slots() > 0 && !excluded(&w.id))
             .max_by(|a, b| {
                 let share = |w: &Worker| f64::from(w.free_slots()) / f64::from(w.caps.slots.max(1));
                 share(a)
@@ -159,6 +194,7 @@ pub(crate) mod tests {
             last_seen: now,
             availability: Availability::Online,
             hashrate: 0.0,
+            invalid_shares: 0,
         }
     }
 
@@ -168,15 +204,15 @@ pub(crate) mod tests {
         let mut s = Scheduler::default();
         s.insert(worker("a", 2, &[JobKind::Noop], now));
         s.insert(worker("b", 2, &[JobKind::Noop, JobKind::RandomxHash], now));
-        assert_eq!(s.pick(JobKind::RandomxHash).map(|w| w.to_string()).as_deref(), Some("b"));
+        assert_eq!(s.pick(JobKind::RandomxHash, |_| false).map(|w| w.to_string()).as_deref(), Some("b"));
         let mut placed = Vec::new();
-        while let Some(w) = s.pick(JobKind::Noop) {
+        while let Some(w) = s.pick(JobKind::Noop, |_| false) {
             placed.push(w.to_string());
             s.get_mut(&w).map(|w| w.running.insert(JobId::new()));
         }
         placed.sort();
         assert_eq!(placed, ["a", "a", "b", "b"]);
-        assert_eq!(s.pick(JobKind::Noop), None);
+        assert_eq!(s.pick(JobKind::Noop, |_| false), None);
     }
 
     #[test]
@@ -189,11 +225,11 @@ pub(crate) mod tests {
         fast.hashrate = 600.0;
         s.insert(slow);
         s.insert(fast);
-        assert_eq!(s.pick(JobKind::RandomxHash).map(|w| w.to_string()).as_deref(), Some("fast"));
+        assert_eq!(s.pick(JobKind::RandomxHash, |_| false).map(|w| w.to_string()).as_deref(), Some("fast"));
         if let Some(w) = s.get_mut(&WorkerId::parse("fast").expect("id")) {
             w.availability = Availability::Draining;
         }
-        assert_eq!(s.pick(JobKind::RandomxHash).map(|w| w.to_string()).as_deref(), Some("slow"));
+        assert_eq!(s.pick(JobKind::RandomxHash, |_| false).map(|w| w.to_string()).as_deref(), Some("slow"));
     }
 }
 
@@ -213,8 +249,8 @@ mod speed_tests {
         big.caps.randomx_modes = vec!["fast".into()];
         let mut light = worker("light", 1, &[JobKind::RandomxHash], now);
         light.caps.cores = 8;
-        // Before any measurement, estimates in units: 2 cores x 1.5 = 3.
-        assert_eq!(s.speed(&measured), 3.0);
+        // Before any measurement: 2 cores x 1.5 = 3 units at the default H/s per unit.
+        assert_eq!(s.speed(&measured), 3.0 * DEFAULT_HS_PER_UNIT);
         measured.hashrate = 600.0;
         s.insert(measured);
         // 600 H/s over 3 units is 200 H/s per unit: 4 x 1.5 x 200, and 8 x 1.5 / 8 x 200.
@@ -222,6 +258,6 @@ mod speed_tests {
         assert_eq!(s.speed(&light), 300.0);
         s.insert(big);
         s.insert(light);
-        assert_eq!(s.pick(JobKind::RandomxHash).map(|w| w.to_string()).as_deref(), Some("big"));
+        assert_eq!(s.pick(JobKind::RandomxHash, |_| false).map(|w| w.to_string()).as_deref(), Some("big"));
     }
 }

@@ -85,7 +85,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     error TEXT,
     created_at INTEGER NOT NULL,
-    finished_at INTEGER
+    finished_at INTEGER,
+    parent TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs(seq) WHERE state IN ('queued', 'running');
 CREATE TABLE IF NOT EXISTS transitions (
@@ -99,6 +100,17 @@ CREATE TABLE IF NOT EXISTS transitions (
 CREATE INDEX IF NOT EXISTS transitions_job ON transitions(job_id);
 ";
 
+/// Runs after [`SCHEMA`]: brings a store made by an older build up to date.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let has_parent: bool =
+        conn.query_row("SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'parent'", [], |r| r.get(0))?;
+    if !has_parent {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN parent TEXT")?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS jobs_parent ON jobs(parent) WHERE parent IS NOT NULL")?;
+    Ok(())
+}
+
 fn open(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -111,6 +123,7 @@ impl Store {
     pub fn open(path: &Path, sync: SyncMode) -> Result<Self, StoreError> {
         let writer = open(path, sync)?;
         writer.execute_batch(SCHEMA)?;
+        migrate(&writer)?;
         let reader = open(path, sync)?;
         let (tx, rx) = mpsc::channel();
         let healthy = Arc::new(AtomicBool::new(true));
@@ -138,12 +151,15 @@ impl Store {
         }
     }
 
-    /// Every job that was queued or running, in submission order.
+    /// Every job that was queued or running, in submission order, and the
+    /// units that succeeded of the mining jobs among them.
     pub fn load_unfinished(&self) -> Result<Vec<RestoredJob>, StoreError> {
         let conn = self.reader.lock();
         let mut stmt = conn.prepare(
-            "SELECT id, kind, params, priority, seq, created_at, attempts, state, worker, token
-             FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq",
+            "SELECT id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result
+             FROM jobs WHERE state IN ('queued', 'running')
+                OR (state = 'succeeded' AND parent IN (SELECT id FROM jobs WHERE parent IS NULL AND state IN ('queued', 'running')))
+             ORDER BY seq",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -157,15 +173,25 @@ impl Store {
                 r.get::<_, String>(7)?,
                 r.get::<_, Option<String>>(8)?,
                 r.get::<_, Option<String>>(9)?,
+                r.get::<_, Option<String>>(10)?,
+                r.get::<_, Option<String>>(11)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, kind, params, priority, seq, created, attempts, state, worker, token) = row?;
+            let (id, kind, params, priority, seq, created, attempts, state, worker, token, parent, result) = row?;
             let parsed = (|| {
+                let done = match (state.as_str(), &worker, result) {
+                    ("succeeded", Some(w), Some(r)) => Some((w.clone(), serde_json::from_str(&r).ok()?)),
+                    _ => None,
+                };
                 let lease = match (state.as_str(), worker, token) {
                     ("running", Some(w), Some(t)) => Some((WorkerId::parse(&w).ok()?, attempts, t)),
                     _ => None,
+                };
+                let parent = match parent {
+                    Some(p) => Some(p.parse().ok()?),
+                    None => None,
                 };
                 Some(RestoredJob {
                     id: id.parse().ok()?,
@@ -176,6 +202,8 @@ impl Store {
                     created_at_ms: u64::try_from(created).ok()?,
                     attempts,
                     lease,
+                    parent,
+                    done,
                 })
             })();
             match parsed {
@@ -192,7 +220,7 @@ impl Store {
     pub fn get(&self, id: JobId) -> Result<Option<JobView>, StoreError> {
         let conn = self.reader.lock();
         let mut stmt = conn.prepare_cached(
-            "SELECT kind, priority, state, attempts, worker, result, error, created_at, finished_at FROM jobs WHERE id = ?1",
+            "SELECT kind, priority, state, attempts, worker, result, error, created_at, finished_at, parent FROM jobs WHERE id = ?1",
         )?;
         let row = stmt
             .query_row([id.to_string()], |r| {
@@ -206,10 +234,11 @@ impl Store {
                     r.get::<_, Option<String>>(6)?,
                     r.get::<_, i64>(7)?,
                     r.get::<_, Option<i64>>(8)?,
+                    r.get::<_, Option<String>>(9)?,
                 ))
             })
             .optional()?;
-        Ok(row.map(|(kind, priority, state, attempts, worker, result, error, created, finished)| JobView {
+        Ok(row.map(|(kind, priority, state, attempts, worker, result, error, created, finished, parent)| JobView {
             id,
             kind,
             state: JobState::parse(&state).unwrap_or(JobState::Failed),
@@ -221,6 +250,8 @@ impl Store {
             error,
             created_at: rfc3339(created as u64),
             finished_at: finished.map(|f| rfc3339(f as u64)),
+            progress: None,
+            parent: parent.and_then(|p| p.parse().ok()),
         }))
     }
 
@@ -279,8 +310,9 @@ fn apply(conn: &mut Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO jobs (id, kind, params, priority, seq, state, created_at) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
+            "INSERT INTO jobs (id, kind, params, priority, seq, state, created_at, parent) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7)",
         )?;
+        let mut started = tx.prepare_cached("UPDATE jobs SET state = 'running', worker = ?2 WHERE id = ?1")?;
         let mut update = tx.prepare_cached(
             "UPDATE jobs SET state = ?2, attempts = ?3, worker = ?4, token = ?5, result = ?6, error = ?7, finished_at = ?8 WHERE id = ?1",
         )?;
@@ -289,7 +321,7 @@ fn apply(conn: &mut Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
         )?;
         for op in ops {
             match op {
-                StoreOp::Insert { id, kind, params, priority, seq, at_ms } => {
+                StoreOp::Insert { id, kind, params, priority, seq, at_ms, parent } => {
                     let id = id.to_string();
                     insert.execute(params![
                         id,
@@ -297,9 +329,16 @@ fn apply(conn: &mut Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
                         params.to_string(),
                         priority.as_str(),
                         *seq as i64,
-                        *at_ms as i64
+                        *at_ms as i64,
+                        parent.map(|p| p.to_string())
                     ])?;
-                    record.execute(params![id, *at_ms as i64, "queued", 0, None::<String>, None::<String>])?;
+                    let detail = parent.map(|p| format!("unit of job {p}"));
+                    record.execute(params![id, *at_ms as i64, "queued", 0, None::<String>, detail])?;
+                }
+                StoreOp::Started { id, worker, at_ms } => {
+                    let id = id.to_string();
+                    started.execute(params![id, worker])?;
+                    record.execute(params![id, *at_ms as i64, "running", 1, worker, "split into units"])?;
                 }
                 StoreOp::Dispatched { id, attempt, worker, token, at_ms } => {
                     let id = id.to_string();
@@ -380,6 +419,7 @@ mod tests {
                     priority: Priority::Normal,
                     seq: i as u64,
                     at_ms: 1000,
+                    parent: None,
                 });
             }
             let token = "tok".to_string();

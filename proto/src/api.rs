@@ -53,6 +53,12 @@ pub struct JobView {
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// A running mining job's progress (`MineProgress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Value>,
+    /// For a unit of a mining job: that job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<JobId>,
 }
 
 /// A worker as `GET /api/workers` shows it.
@@ -71,6 +77,9 @@ pub struct WorkerView {
     #[serde(default)]
     pub randomx_modes: Vec<String>,
     pub hashrate: f64,
+    /// Invalid mining shares since it registered (over the limit: `quarantined`).
+    #[serde(default)]
+    pub invalid_shares: u32,
     pub version: String,
     /// Milliseconds since the master last heard from it.
     pub last_seen_ms: u64,

@@ -7,8 +7,15 @@
 //! new attempt with a fresh fencing token; only the current holder's outcome
 //! is accepted, a repeat of an accepted outcome is a harmless duplicate, and
 //! anything else is stale.
+//!
+//! A mining job is split (see [`split`]): it stays in the queue while part of
+//! its nonce range is left to hand out, and each unit carved from it is a job
+//! of its own — stored, leased, retried — whose `parent` is the mining job. A
+//! unit that is lost gives its range back to be split again; a unit that
+//! fails for good fails the job; the job succeeds once its range is done or
+//! it has `max_shares`, and cancelling it cancels its units.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use faena_proto::api::JobEvent;
@@ -17,8 +24,11 @@ use faena_proto::jobs::{JobKind, JobState, Priority};
 use faena_proto::mqtt::{Control, WorkUnit, WorkerState};
 use serde_json::Value;
 
+pub mod split;
 mod types;
 
+use faena_proto::mine::{UnitOutput, UnitProgress};
+use split::Split;
 pub use types::*;
 
 use crate::queue::Queue;
@@ -47,6 +57,30 @@ struct ActiveJob {
     attempts: u32,
     enqueued_at: Instant,
     lease: Option<Lease>,
+    /// A unit's mining job.
+    parent: Option<JobId>,
+    /// A mining job's split; it is never leased itself.
+    split: Option<Box<Split>>,
+}
+
+impl ActiveJob {
+    /// A unit (with a `parent`) or a job; a mining job gets its split.
+    fn new(kind: JobKind, params: Value, priority: Priority, seq: u64, now: Now, parent: Option<JobId>) -> Self {
+        let splits = kind == JobKind::RandomxMine && parent.is_none();
+        let split = if splits { Split::new(&params).map(Box::new) } else { None };
+        Self {
+            kind,
+            params,
+            priority,
+            seq,
+            created_at_ms: now.wall_ms,
+            attempts: 0,
+            enqueued_at: now.mono,
+            lease: None,
+            parent,
+            split,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -98,13 +132,16 @@ impl Engine {
         &self.workers
     }
 
+    /// Units out on workers.
     pub fn running(&self) -> usize {
-        self.jobs.len() - self.queue.len()
+        self.jobs.values().filter(|j| j.lease.is_some()).count()
     }
 
     /// Reloads unfinished jobs after a restart. Running ones keep their lease
     /// for [`EngineConfig::recovery_grace`] so their worker can re-register
-    /// and claim them instead of the job running twice.
+    /// and claim them instead of the job running twice. A mining job gets
+    /// its split back: finished units count as done, running ones stay out,
+    /// the rest of its range is handed out again.
     pub fn restore(&mut self, now: Now, jobs: Vec<RestoredJob>) {
         for j in jobs {
             self.next_seq = self.next_seq.max(j.seq + 1);
@@ -115,20 +152,47 @@ impl Engine {
                 expires: now.mono + self.cfg.recovery_grace(),
                 restored: true,
             });
-            if lease.is_none() {
-                self.queue.push(j.id, j.kind, (j.priority, j.seq));
+            let mut job = ActiveJob::new(j.kind, j.params, j.priority, j.seq, now, j.parent);
+            job.created_at_ms = j.created_at_ms;
+            job.attempts = j.attempts;
+            if let Some(parent) = j.parent {
+                let range = Split::new(&job.params).map(|s| s.range());
+                let split = self.jobs.get_mut(&parent).and_then(|p| p.split.as_mut());
+                match (split, range, j.done, lease) {
+                    (Some(split), Some((start, count)), Some((worker, output)), _) => {
+                        if let Ok(out) = serde_json::from_value::<UnitOutput>(output) {
+                            split.restore_done(start, count, &worker, &out, now.mono);
+                        }
+                    }
+                    (Some(split), Some((start, count)), None, Some(lease)) => {
+                        split.restore_out(j.id, start, count, lease.worker.clone(), now.mono);
+                        job.lease = Some(lease);
+                        self.jobs.insert(j.id, job);
+                    }
+                    (_, _, None, _) => self.effects.push(Effect::Store(StoreOp::Finished {
+                        id: j.id,
+                        state: JobState::Failed,
+                        attempts: j.attempts,
+                        worker: None,
+                        result: None,
+                        error: Some("not running when the master restarted; its range was handed out again".into()),
+                        at_ms: now.wall_ms,
+                    })),
+                    _ => {}
+                }
+                continue;
             }
-            let job = ActiveJob {
-                kind: j.kind,
-                params: j.params,
-                priority: j.priority,
-                seq: j.seq,
-                created_at_ms: j.created_at_ms,
-                attempts: j.attempts,
-                enqueued_at: now.mono,
-                lease,
-            };
+            if job.split.is_none() {
+                if lease.is_none() {
+                    self.queue.push(j.id, j.kind, (j.priority, j.seq));
+                }
+                job.lease = lease;
+            }
             self.jobs.insert(j.id, job);
+        }
+        let splits: Vec<JobId> = self.jobs.iter().filter(|(_, j)| j.split.is_some()).map(|(id, _)| *id).collect();
+        for id in splits {
+            self.after_unit(now, id);
         }
     }
 
@@ -150,28 +214,26 @@ impl Engine {
                 priority: j.priority,
                 seq,
                 at_ms: now.wall_ms,
+                parent: None,
             }));
             let position = self.queue.push(j.id, kind, (j.priority, seq));
-            let job = ActiveJob {
-                kind,
-                params,
-                priority: j.priority,
-                seq,
-                created_at_ms: now.wall_ms,
-                attempts: 0,
-                enqueued_at: now.mono,
-                lease: None,
-            };
-            self.jobs.insert(j.id, job);
+            self.jobs.insert(j.id, ActiveJob::new(kind, params, j.priority, seq, now, None));
             accepted.push((j.id, position));
         }
         self.schedule(now);
         Ok(accepted)
     }
 
-    /// Cancels a queued or running job; false if it is not active.
+    /// Cancels a queued or running job (a unit: its whole mining job);
+    /// false if it is not active.
     pub fn cancel(&mut self, now: Now, id: JobId) -> bool {
-        let Some(job) = self.jobs.get(&id) else { return false };
+        let Some(mut job) = self.jobs.get(&id) else { return false };
+        let mut id = id;
+        if let Some(parent) = job.parent
+            && let Some(p) = self.jobs.get(&parent)
+        {
+            (id, job) = (parent, p);
+        }
         if let Some(lease) = &job.lease {
             let control = Control::Cancel { job_id: id, attempt: lease.attempt };
             self.effects.push(Effect::Control { worker: lease.worker.clone(), control });
@@ -183,14 +245,21 @@ impl Engine {
 
     pub fn view(&self, id: &JobId) -> Option<ActiveView> {
         let job = self.jobs.get(id)?;
+        let running = job.lease.is_some() || job.split.as_ref().is_some_and(|s| s.is_started());
+        let worker = match &job.split {
+            Some(s) => Some(s.worker_list()).filter(|w| !w.is_empty()),
+            None => job.lease.as_ref().map(|l| l.worker.to_string()),
+        };
         Some(ActiveView {
             kind: job.kind,
-            state: if job.lease.is_some() { JobState::Running } else { JobState::Queued },
+            state: if running { JobState::Running } else { JobState::Queued },
             priority: job.priority,
-            position: self.queue.position(id),
-            worker: job.lease.as_ref().map(|l| l.worker.to_string()),
+            position: if running { None } else { self.queue.position(id) },
+            worker,
             attempts: job.attempts,
             created_at_ms: job.created_at_ms,
+            progress: job.split.as_ref().and_then(|s| serde_json::to_value(s.snapshot()).ok()),
+            parent: job.parent,
         })
     }
 
@@ -208,6 +277,7 @@ impl Engine {
             last_seen: now.mono,
             availability: Availability::Online,
             hashrate: 0.0,
+            invalid_shares: 0,
         });
         let mut out = RegisterOutcome::default();
         for lease in reg.running {
@@ -256,9 +326,65 @@ impl Engine {
     pub fn progress(&mut self, now: Now, worker: &WorkerId, lease: &LeaseRef, data: Value) -> Result<(), LeaseError> {
         self.check_lease(worker, lease)?;
         self.renew(now, worker, lease);
+        if let Some(parent) = self.jobs.get(&lease.job_id).and_then(|j| j.parent) {
+            // Shares here were verified by the caller (see `unit_work`).
+            if let Ok(p) = serde_json::from_value::<UnitProgress>(data)
+                && let Some(split) = self.split_mut(parent)
+            {
+                split.unit_progress(&lease.job_id, p.hashes, p.hashrate);
+                split.add_shares(&lease.job_id, worker.as_str(), &p.shares);
+                let data = serde_json::to_value(split.progress()).unwrap_or(Value::Null);
+                let event = JobEvent::Progress { worker: worker.to_string(), attempt: lease.attempt, data };
+                self.effects.push(Effect::Notify { job: parent, event });
+                if self.split_mut(parent).is_some_and(|s| s.enough_shares()) {
+                    self.after_unit(now, parent);
+                    self.schedule(now);
+                }
+            }
+            return Ok(());
+        }
         let event = JobEvent::Progress { worker: worker.to_string(), attempt: lease.attempt, data };
         self.effects.push(Effect::Notify { job: lease.job_id, event });
         Ok(())
+    }
+
+    /// What a mining unit covers and the shares of it already accepted,
+    /// for checking a worker's shares before they are reported; None when
+    /// the lease is not a mining unit's.
+    pub fn unit_work(
+        &mut self,
+        worker: &WorkerId,
+        lease: &LeaseRef,
+    ) -> Result<Option<(faena_proto::mine::MineParams, HashSet<u32>)>, LeaseError> {
+        self.check_lease(worker, lease)?;
+        let Some(job) = self.jobs.get(&lease.job_id) else { return Ok(None) };
+        let (Some(parent), Ok(params)) = (job.parent, serde_json::from_value(job.params.clone())) else {
+            return Ok(None);
+        };
+        let known = self.jobs.get(&parent).and_then(|p| p.split.as_ref()).map(|s| s.known_nonces()).unwrap_or_default();
+        Ok(Some((params, known)))
+    }
+
+    /// Counts invalid shares from a worker against its mining job and the
+    /// worker; over the limit the worker is quarantined (gets no more work
+    /// until it registers again). True when this call quarantined it.
+    pub fn invalid_shares(&mut self, worker: &WorkerId, unit: &JobId, n: u32) -> bool {
+        if n == 0 {
+            return false;
+        }
+        if let Some(parent) = self.jobs.get(unit).and_then(|j| j.parent)
+            && let Some(split) = self.split_mut(parent)
+        {
+            split.add_invalid(worker.as_str(), n);
+        }
+        let limit = self.cfg.invalid_share_limit;
+        let Some(w) = self.workers.get_mut(worker) else { return false };
+        w.invalid_shares = w.invalid_shares.saturating_add(n);
+        if w.invalid_shares > limit && w.availability != Availability::Quarantined {
+            w.availability = Availability::Quarantined;
+            return true;
+        }
+        false
     }
 
     /// Applies an attempt's outcome. `Ok(true)` means it had been accepted already.
@@ -302,6 +428,8 @@ impl Engine {
                 self.drop_worker(now, worker, "worker went offline", !drained);
             }
             WorkerState::Draining => w.availability = Availability::Draining,
+            // A quarantined worker stays so until it registers again.
+            WorkerState::Online if w.availability == Availability::Quarantined => {}
             WorkerState::Online => w.availability = Availability::Online,
             WorkerState::Starting | WorkerState::Initialising => {}
         }
@@ -392,6 +520,20 @@ impl Engine {
             self.finish(now, id, JobState::Failed, None, Some(error));
             return;
         }
+        if let Some(parent) = job.parent {
+            let attempts = job.attempts;
+            let note = format!("{reason}; its range goes back to job {parent}");
+            self.retire(now, id, JobState::Failed, None, Some(note));
+            if let Some(split) = self.split_mut(parent) {
+                split.give_back(&id, attempts);
+            }
+            self.effects.push(Effect::Notify {
+                job: parent,
+                event: JobEvent::Requeued { reason: format!("a unit was lost ({reason}); its range is split again") },
+            });
+            self.after_unit(now, parent);
+            return;
+        }
         job.enqueued_at = now.mono;
         let (kind, rank, attempts) = (job.kind, (job.priority, job.seq), job.attempts);
         self.queue.push(id, kind, rank);
@@ -405,10 +547,85 @@ impl Engine {
     }
 
     fn finish(&mut self, now: Now, id: JobId, state: JobState, result: Option<Value>, error: Option<String>) {
+        let Some((job, lease)) = self.retire(now, id, state, result.clone(), error.clone()) else { return };
+        if let Some(split) = job.split {
+            // The job is over: so are its units.
+            for (unit, u) in &split.units {
+                if let Some(l) = self.jobs.get(unit).and_then(|j| j.lease.as_ref()) {
+                    let control = Control::Cancel { job_id: *unit, attempt: l.attempt };
+                    self.effects.push(Effect::Control { worker: u.worker.clone(), control });
+                }
+                self.retire(now, *unit, JobState::Cancelled, None, Some(format!("job {id} ended")));
+            }
+        }
+        let Some(parent) = job.parent else { return };
+        let worker = lease.map(|l| l.worker.to_string()).unwrap_or_default();
+        match state {
+            JobState::Succeeded => {
+                let out = result.and_then(|r| serde_json::from_value::<UnitOutput>(r).ok());
+                if let Some(split) = self.split_mut(parent) {
+                    match out {
+                        Some(out) => {
+                            split.add_shares(&id, &worker, &out.shares);
+                            split.unit_done(&id, out.hashes, out.hashrate);
+                        }
+                        None => split.give_back(&id, job.attempts),
+                    }
+                }
+                self.after_unit(now, parent);
+            }
+            JobState::Failed => {
+                let error = format!("a unit on {worker} failed: {}", error.unwrap_or_default());
+                self.finish(now, parent, JobState::Failed, None, Some(error));
+            }
+            JobState::Cancelled | JobState::Queued | JobState::Running => {}
+        }
+    }
+
+    fn split_mut(&mut self, id: JobId) -> Option<&mut Split> {
+        self.jobs.get_mut(&id)?.split.as_deref_mut()
+    }
+
+    /// After a unit of `id` ended or came back: finishes the job if it has
+    /// what it needs, else makes sure what is left is queued, and tells watchers.
+    fn after_unit(&mut self, now: Now, id: JobId) {
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let (kind, rank) = (job.kind, (job.priority, job.seq));
+        let Some(split) = job.split.as_deref_mut() else { return };
+        if split.enough_shares() || split.is_complete() {
+            let result = serde_json::to_value(split.output(now.mono)).ok();
+            self.finish(now, id, JobState::Succeeded, result, None);
+            return;
+        }
+        let progress = serde_json::to_value(split.progress()).unwrap_or(Value::Null);
+        if !split.pending.is_empty() && self.queue.position(&id).is_none() {
+            self.queue.push(id, kind, rank);
+        }
+        if job.split.as_ref().is_some_and(|s| s.is_started()) {
+            self.effects.push(Effect::Notify {
+                job: id,
+                event: JobEvent::Progress { worker: String::new(), attempt: 0, data: progress },
+            });
+        }
+    }
+
+    /// Ends a job's life here: records the final state and remembers it for
+    /// recognising duplicate results. No knock-on effects (see `finish`).
+    fn retire(
+        &mut self,
+        now: Now,
+        id: JobId,
+        state: JobState,
+        result: Option<Value>,
+        error: Option<String>,
+    ) -> Option<(ActiveJob, Option<Lease>)> {
         let lease = self.release_lease(id);
         self.queue.remove(&id);
-        let Some(job) = self.jobs.remove(&id) else { return };
-        let worker = lease.as_ref().map(|l| l.worker.to_string());
+        let job = self.jobs.remove(&id)?;
+        let worker = match &job.split {
+            Some(s) => Some(s.worker_list()).filter(|w| !w.is_empty()),
+            None => lease.as_ref().map(|l| l.worker.to_string()),
+        };
         let event = match (&state, &result, &error) {
             (JobState::Succeeded, Some(r), _) => JobEvent::Succeeded {
                 result: r.clone(),
@@ -428,7 +645,8 @@ impl Engine {
             at_ms: now.wall_ms,
         }));
         self.effects.push(Effect::Notify { job: id, event });
-        let (attempt, token) = lease.map(|l| (l.attempt, Some(l.token))).unwrap_or((job.attempts, None));
+        let (attempt, token) =
+            lease.as_ref().map(|l| (l.attempt, Some(l.token.clone()))).unwrap_or((job.attempts, None));
         self.recent.insert(id, Finished { state, attempt, token });
         self.recent_order.push_back(id);
         if self.recent_order.len() > RECENT_FINISHED
@@ -436,19 +654,71 @@ impl Engine {
         {
             self.recent.remove(&old);
         }
+        Some((job, lease))
     }
 
-    /// Places queued jobs on free slots until none fits.
+    /// Places queued jobs on free slots until none fits. A mining job takes
+    /// one unit per worker at a time (each unit uses all the worker's threads).
     fn schedule(&mut self, now: Now) {
         'placing: loop {
             for (_, kind, id) in self.queue.heads() {
-                if let Some(worker) = self.workers.pick(kind) {
+                let holders: Option<HashSet<WorkerId>> = self
+                    .jobs
+                    .get(&id)
+                    .and_then(|j| j.split.as_ref())
+                    .map(|s| s.units.values().map(|u| u.worker.clone()).collect());
+                let Some(worker) = self.workers.pick(kind, |w| holders.as_ref().is_some_and(|h| h.contains(w))) else {
+                    continue;
+                };
+                if holders.is_some() {
+                    self.dispatch_unit(now, id, worker);
+                } else {
                     self.dispatch(now, id, worker);
-                    continue 'placing;
                 }
+                continue 'placing;
             }
             break;
         }
+    }
+
+    /// Carves a unit of mining job `id` sized for `worker` and sends it.
+    fn dispatch_unit(&mut self, now: Now, id: JobId, worker: WorkerId) {
+        let speed = self.workers.get(&worker).map(|w| self.workers.speed(w)).unwrap_or(1.0);
+        let total = self.workers.total_speed(JobKind::RandomxMine);
+        let seq = self.next_seq;
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let (kind, priority) = (job.kind, job.priority);
+        let Some(split) = job.split.as_deref_mut() else { return };
+        let first = !split.is_started();
+        let Some((params, attempts, start, count)) = split.carve(speed, total, now.mono) else {
+            self.queue.remove(&id);
+            return;
+        };
+        let unit_id = JobId::new();
+        split.add_unit(unit_id, start, count, worker.clone());
+        if split.pending.is_empty() {
+            self.queue.remove(&id);
+        }
+        self.next_seq += 1;
+        let params = serde_json::to_value(params).unwrap_or(Value::Null);
+        if first {
+            self.effects.push(Effect::Store(StoreOp::Started { id, worker: worker.to_string(), at_ms: now.wall_ms }));
+            self.effects
+                .push(Effect::Notify { job: id, event: JobEvent::Running { worker: worker.to_string(), attempt: 1 } });
+        }
+        self.effects.push(Effect::Store(StoreOp::Insert {
+            id: unit_id,
+            kind,
+            params: params.clone(),
+            priority,
+            seq,
+            at_ms: now.wall_ms,
+            parent: Some(id),
+        }));
+        let mut unit = ActiveJob::new(kind, params, priority, seq, now, Some(id));
+        unit.attempts = attempts;
+        self.jobs.insert(unit_id, unit);
+        self.dispatch(now, unit_id, worker);
     }
 
     fn dispatch(&mut self, now: Now, id: JobId, worker: WorkerId) {
@@ -487,5 +757,7 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
+mod mining_tests;
 #[cfg(test)]
 mod tests;

@@ -12,24 +12,33 @@ use serde_json::json;
 use super::*;
 use crate::scheduler::tests::worker as test_worker;
 
-struct Harness {
-    engine: Engine,
-    now: Now,
+pub(super) struct Harness {
+    pub(super) engine: Engine,
+    pub(super) now: Now,
 }
 
 impl Harness {
-    fn new(capacity: usize) -> Self {
-        let cfg = EngineConfig { queue_capacity: capacity, max_attempts: 3, heartbeat: Duration::from_secs(1) };
+    pub(super) fn new(capacity: usize) -> Self {
+        let cfg = EngineConfig {
+            queue_capacity: capacity,
+            max_attempts: 3,
+            heartbeat: Duration::from_secs(1),
+            invalid_share_limit: 2,
+        };
         Self { engine: Engine::new(cfg), now: Now { mono: Instant::now(), wall_ms: 1_000 } }
     }
 
-    fn advance(&mut self, d: Duration) {
+    pub(super) fn advance(&mut self, d: Duration) {
         self.now.mono += d;
         self.now.wall_ms += d.as_millis() as u64;
     }
 
     fn add_worker(&mut self, id: &str, slots: u32) -> (WorkerId, InstanceId) {
-        let w = test_worker(id, slots, &[JobKind::Noop], self.now.mono);
+        self.add_worker_of(id, slots, &[JobKind::Noop])
+    }
+
+    pub(super) fn add_worker_of(&mut self, id: &str, slots: u32, kinds: &[JobKind]) -> (WorkerId, InstanceId) {
+        let w = test_worker(id, slots, kinds, self.now.mono);
         let reg = Registration { worker: w.id.clone(), instance: w.instance, caps: w.caps, running: vec![] };
         self.engine.register(self.now, reg);
         (w.id, w.instance)
@@ -44,7 +53,7 @@ impl Harness {
     }
 
     /// Dispatches in the order they were emitted: (worker, lease).
-    fn dispatches(&mut self) -> Vec<(WorkerId, LeaseRef)> {
+    pub(super) fn dispatches(&mut self) -> Vec<(WorkerId, LeaseRef)> {
         self.engine
             .take_effects()
             .into_iter()
@@ -224,6 +233,8 @@ fn restored_running_jobs_are_adopted_by_their_worker_or_requeued() {
         created_at_ms: 1,
         attempts: 1,
         lease,
+        parent: None,
+        done: None,
     };
     h.engine.restore(
         h.now,
@@ -274,6 +285,8 @@ fn a_restored_unit_its_worker_does_not_have_is_requeued_at_once() {
             created_at_ms: 1,
             attempts: 1,
             lease: Some((w1.clone(), 1, "t".into())),
+            parent: None,
+            done: None,
         }],
     );
     let w = test_worker("w1", 1, &[JobKind::Noop], h.now.mono);

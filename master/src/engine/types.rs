@@ -16,6 +16,8 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     pub max_attempts: u32,
     pub heartbeat: Duration,
+    /// Invalid mining shares a worker may submit before it is quarantined.
+    pub invalid_share_limit: u32,
 }
 
 impl EngineConfig {
@@ -63,6 +65,10 @@ pub struct RestoredJob {
     pub attempts: u32,
     /// Set when the job was running: worker, attempt, token.
     pub lease: Option<(WorkerId, u32, String)>,
+    /// For a unit of a split (mining) job: that job.
+    pub parent: Option<JobId>,
+    /// For a unit that already succeeded: its worker and output.
+    pub done: Option<(String, Value)>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +87,14 @@ pub enum StoreOp {
         params: Value,
         priority: Priority,
         seq: u64,
+        at_ms: u64,
+        /// Set for the units of a split (mining) job.
+        parent: Option<JobId>,
+    },
+    /// A split job's first unit went out: the job is running.
+    Started {
+        id: JobId,
+        worker: String,
         at_ms: u64,
     },
     Dispatched {
@@ -173,4 +187,8 @@ pub struct ActiveView {
     pub worker: Option<String>,
     pub attempts: u32,
     pub created_at_ms: u64,
+    /// A split job's live progress.
+    pub progress: Option<Value>,
+    /// The job a unit belongs to.
+    pub parent: Option<JobId>,
 }

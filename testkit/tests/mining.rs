@@ -1,0 +1,192 @@
+//! `randomx.mine` through the whole system: one job split across two real
+//! workers, every share re-hashed by the master and by this test, the
+//! finished ranges covering the requested range exactly; and a forging
+//! worker whose shares are rejected until it is quarantined.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use faena_proto::grpc::master_client::MasterClient;
+use faena_proto::grpc::{self as pb};
+use faena_proto::jobs::encode_hex;
+use faena_proto::mine::{MineOutput, MineParams};
+use faena_proto::mqtt::{Payload, WorkUnit};
+use faena_randomx::mine::meets;
+use faena_randomx::{Flags, Material, Mode};
+use faena_testkit::{Cluster, MasterOpts, TOKEN, WAIT, eventually, sample, scrape};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Every nonce of the range whose hash meets the target, computed here.
+fn expected_shares(params: &Value) -> BTreeSet<(u32, String)> {
+    let work = serde_json::from_value::<MineParams>(params.clone()).expect("params").work().expect("valid");
+    let material = Arc::new(Material::build(Flags::detect(), Mode::Light, &work.key, 1).expect("material"));
+    let mut vm = material.vm().expect("vm");
+    (work.start..(work.end() as u32))
+        .filter_map(|nonce| {
+            let hash = vm.hash(&work.input(nonce));
+            meets(&hash, work.target).then(|| (nonce, encode_hex(&hash)))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_mining_job_is_split_across_workers_and_every_share_verifies() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    for id in ["m1", "m2"] {
+        c.add_worker_with(id, 1, &[("FAENA_RANDOMX_THREADS", "1")]).await;
+    }
+    c.wait_workers(2).await;
+    let params = json!({
+        "key": encode_hex(b"faena mining test"),
+        "blob": "0707".repeat(38),
+        "difficulty": 12,
+        "nonce_start": 4_000_000_000u32,
+        "nonce_count": 256,
+    });
+    let id = c.api.submit_ok("randomx.mine", params.clone(), None).await;
+    let mut events = c.api.events(&id).await;
+    let expected = tokio::task::spawn_blocking({
+        let params = params.clone();
+        move || expected_shares(&params)
+    });
+    let mut progress = Vec::new();
+    let done = tokio::time::timeout(WAIT, async {
+        while let Some((name, data)) = events.next().await {
+            match name.as_str() {
+                "progress" => progress.push(data),
+                "succeeded" | "failed" | "cancelled" => return name,
+                _ => {}
+            }
+        }
+        String::new()
+    })
+    .await;
+    assert_eq!(done.as_deref(), Ok("succeeded"));
+    let job = c.api.job(&id).await;
+    let out: MineOutput = serde_json::from_value(job["result"].clone()).expect("mine output");
+
+    // The finished ranges cover the requested range exactly once.
+    let mut next = 4_000_000_000u64;
+    for r in &out.ranges {
+        assert_eq!((u64::from(r.start), r.hashes), (next, r.count), "no gap, no overlap, all hashed: {:?}", out.ranges);
+        next += r.count;
+    }
+    assert_eq!(next, 4_000_000_256);
+    assert_eq!(out.hashes, 256);
+    let workers: BTreeSet<&str> = out.ranges.iter().map(|r| r.worker.as_str()).collect();
+    assert_eq!(workers, BTreeSet::from(["m1", "m2"]), "both workers took part");
+    assert_eq!(out.invalid_shares, 0);
+
+    // Every share is real, and none was missed.
+    let found: BTreeSet<(u32, String)> = out.shares.iter().map(|s| (s.nonce, s.hash.clone())).collect();
+    let expected = expected.await.expect("hashed");
+    assert!(!expected.is_empty(), "difficulty 12 over 256 nonces has shares");
+    assert_eq!(found, expected);
+    assert_eq!(
+        out.workers.iter().map(|w| u64::from(w.shares)).sum::<u64>(),
+        expected.len() as u64,
+        "shares are credited to the workers that found them"
+    );
+
+    // Watchers saw the job's aggregated progress, per worker.
+    let last = &progress.last().expect("progress events")["data"];
+    assert!(last["hashes"].as_u64().unwrap_or(0) > 0, "{last}");
+    assert!(last["workers"].as_array().is_some_and(|w| !w.is_empty()), "{last}");
+    let verified = sample(&scrape(&c.api.url("/metrics")).await, "faena_shares_total{verdict=\"valid\"}");
+    assert_eq!(verified, Some(expected.len() as f64), "the master re-hashed each share once");
+    // Each unit is a job of its own, recorded under the mining job.
+    let unit = &c.api.history(&id).await;
+    assert!(unit.iter().any(|t| t["detail"] == "split into units"), "{unit:?}");
+}
+
+fn request<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().expect("header"));
+    req
+}
+
+#[tokio::test]
+async fn forged_shares_are_rejected_and_the_forger_quarantined() {
+    let c = Cluster::start(MasterOpts { heartbeat_ms: 60_000, ..MasterOpts::default() }).await;
+    // A worker of our own making: it listens for its units and lies about them.
+    let port: u16 = c.addrs.mqtt.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let (mqtt, mut el) = AsyncClient::new(MqttOptions::new("forger", "127.0.0.1", port), 100);
+    mqtt.subscribe("faena/workers/forger/jobs", QoS::AtLeastOnce).await.expect("subscribe");
+    let (units_tx, mut units) = tokio::sync::mpsc::unbounded_channel::<WorkUnit>();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let pump = tokio::spawn(async move {
+        let mut subscribed_tx = Some(subscribed_tx);
+        while let Ok(event) = el.poll().await {
+            match event {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    subscribed_tx.take().map(|tx| tx.send(()));
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    let _ = units_tx.send(WorkUnit::decode(&p.payload).expect("a work unit"));
+                }
+                _ => {}
+            }
+        }
+    });
+    subscribed.await.expect("subscribed");
+    let channel = Channel::from_shared(format!("http://{}", c.addrs.grpc)).expect("url").connect().await.expect("grpc");
+    let mut grpc = MasterClient::new(channel);
+    let register = || pb::RegisterRequest {
+        worker_id: "forger".into(),
+        instance_id: uuid::Uuid::new_v4().to_string(),
+        capabilities: Some(pb::Capabilities {
+            cores: 2,
+            slots: 1,
+            kinds: vec!["randomx.mine".into()],
+            ..Default::default()
+        }),
+        running: vec![],
+    };
+    grpc.register(request(register())).await.expect("registers");
+
+    let params = json!({"key": "6b6579", "blob": "00".repeat(76), "difficulty": 1000, "nonce_count": 1_000_000});
+    let id = c.api.submit_ok("randomx.mine", params, None).await;
+    let unit = tokio::time::timeout(WAIT, units.recv()).await.expect("a unit").expect("unit");
+    let lease = Some(pb::Lease { job_id: unit.job_id.to_string(), attempt: unit.attempt, token: unit.token.clone() });
+    let start = unit.params["nonce_start"].as_u64().expect("start") as u32;
+    let progress =
+        |json: String| pb::ProgressRequest { worker_id: "forger".into(), lease: lease.clone(), progress_json: json };
+
+    // A payload that is not what a mining unit reports is refused outright.
+    let e = grpc.report_progress(request(progress(json!({"hashes": "many"}).to_string()))).await.expect_err("shape");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // Forged shares: made-up hashes in range, real-looking ones out of range.
+    let forged: Vec<Value> = (0..11u32)
+        .map(|i| {
+            let nonce = if i < 6 { start + i } else { start.wrapping_sub(i) };
+            json!({"nonce": nonce, "hash": "00".repeat(32)})
+        })
+        .collect();
+    let report = json!({"hashes": 100, "hashrate": 50.0, "shares": forged}).to_string();
+    grpc.report_progress(request(progress(report))).await.expect("accepted, shares rejected");
+
+    let forger = eventually("the forger is quarantined", || async {
+        let w = c.api.workers().await.into_iter().find(|w| w["id"] == "forger")?;
+        (w["state"] == "quarantined").then_some(w)
+    })
+    .await;
+    assert_eq!(forger["invalid_shares"], 11);
+    let job = c.api.job(&id).await;
+    assert_eq!(job["state"], "running");
+    assert_eq!(job["progress"]["shares"], 0, "no forged share was accepted: {job}");
+    assert_eq!(job["progress"]["workers"][0]["invalid_shares"], 11, "{job}");
+    let invalid = sample(&scrape(&c.api.url("/metrics")).await, "faena_shares_total{verdict=\"invalid\"}");
+    assert_eq!(invalid, Some(11.0));
+    assert!(c.master_log().contains("invalid share rejected"));
+
+    // Registering again lifts the quarantine.
+    grpc.register(request(register())).await.expect("registers again");
+    let w = c.api.workers().await;
+    assert_eq!((w[0]["state"].as_str(), w[0]["invalid_shares"].as_u64()), (Some("online"), Some(0)));
+    assert_eq!(c.api.cancel(&id).await.0, reqwest::StatusCode::OK);
+    pump.abort();
+}
