@@ -190,3 +190,46 @@ async fn forged_shares_are_rejected_and_the_forger_quarantined() {
     assert_eq!(c.api.cancel(&id).await.0, reqwest::StatusCode::OK);
     pump.abort();
 }
+
+#[tokio::test]
+async fn a_killed_workers_range_is_mined_by_the_others() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    for id in ["m1", "m2"] {
+        c.add_worker_with(id, 1, &[("FAENA_RANDOMX_THREADS", "1")]).await;
+    }
+    c.wait_workers(2).await;
+    let params = json!({"key": "6b696c6c", "blob": "11".repeat(76), "difficulty": 1000, "nonce_count": 600});
+    let id = c.api.submit_ok("randomx.mine", params, None).await;
+    let mut events = c.api.events(&id).await;
+    let m2_working = tokio::time::timeout(WAIT, async {
+        while let Some((name, data)) = events.next().await {
+            if name == "progress" && data["worker"] == "m2" {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(m2_working, Ok(true), "m2 reported progress on its unit");
+    c.worker("m2").kill9().await;
+    let mut lost = false;
+    let end = tokio::time::timeout(WAIT, async {
+        while let Some((name, data)) = events.next().await {
+            lost |= name == "requeued" && data["reason"].as_str().is_some_and(|r| r.contains("unit was lost"));
+            if matches!(name.as_str(), "succeeded" | "failed" | "cancelled") {
+                return name;
+            }
+        }
+        String::new()
+    })
+    .await;
+    assert_eq!(end.as_deref(), Ok("succeeded"));
+    assert!(lost, "watchers were told the unit was lost and its range split again");
+    let out: MineOutput = serde_json::from_value(c.api.job(&id).await["result"].clone()).expect("output");
+    let mut next = 0;
+    for r in &out.ranges {
+        assert_eq!((u64::from(r.start), r.hashes), (next, r.count), "{:?}", out.ranges);
+        next += r.count;
+    }
+    assert_eq!(next, 600, "the whole range was mined despite the loss");
+}
