@@ -304,7 +304,11 @@ impl Actor {
                 self.apply();
             }
             Command::UnitWork { worker, lease, reply } => {
-                let _ = reply.send(self.engine.unit_work(&worker, &lease).map_err(Into::into));
+                let out = self.engine.unit_work(&worker, &lease);
+                if out.is_err() {
+                    self.deps.metrics.rejected_callbacks.inc();
+                }
+                let _ = reply.send(out.map_err(Into::into));
             }
             Command::InvalidShares { worker, unit, count } => {
                 if self.engine.invalid_shares(&worker, &unit, count) {

@@ -36,7 +36,7 @@ async fn end_to_end_with_the_embedded_broker() {
     c.add_worker("w1", 2).await;
     c.add_worker("w2", 2).await;
     let workers = c.wait_workers(2).await;
-    assert!(workers.iter().all(|w| w["kinds"] == json!(["noop", "randomx.hash"]) && w["slots"] == 2));
+    assert!(workers.iter().all(|w| w["kinds"] == json!(["noop", "randomx.hash", "randomx.mine"]) && w["slots"] == 2));
     run_jobs(&c).await;
     // The worker that hashed reports its measured RandomX speed with its next heartbeat.
     eventually("a measured hashrate", || async {

@@ -4,7 +4,6 @@
 //! Stops early at `max_shares` or when the job is cancelled.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use faena_proto::jobs::{JobSpec, encode_hex};
 use faena_proto::mine::{Share, UnitOutput, UnitProgress};
@@ -14,8 +13,9 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use serde_json::Value;
 
+use super::randomx::run_blocking;
 use super::{Executor, JobContext, JobFailure};
-use crate::randomx::{RandomX, RxError};
+use crate::randomx::RandomX;
 
 #[derive(Debug, Clone)]
 pub struct RandomxMine {
@@ -44,9 +44,8 @@ impl Executor for RandomxMine {
                 return Err(JobFailure::permanent("randomx.mine executor got another kind"));
             };
             let w = params.work().map_err(|e| JobFailure::permanent(e.to_string()))?;
-            let stop = Arc::new(AtomicBool::new(false));
-            let (flag, progress_ctx) = (stop.clone(), ctx.clone());
-            let task = tokio::task::spawn_blocking(move || {
+            let progress_ctx = ctx.clone();
+            let mined = run_blocking(&ctx, move |stop| {
                 let material = rx.material(&w.key)?;
                 let fresh = Mutex::new(Vec::new());
                 let started = std::time::Instant::now();
@@ -64,22 +63,11 @@ impl Executor for RandomxMine {
                     max_shares: w.max_shares.map(|m| m as usize),
                 };
                 let on_share = |s: &mine::Share| fresh.lock().push(share(s));
-                let mined = mine::mine(&material, rx.threads(), &work, &flag, &progress, &on_share)?;
+                let mined = mine::mine(&material, rx.threads(), &work, stop, &progress, &on_share)?;
                 rx.record(mined.hashes, mined.elapsed, rx.threads().min(w.count as usize));
-                Ok::<_, RxError>(mined)
-            });
-            let mined = tokio::select! {
-                r = task => r.map_err(|e| JobFailure::retryable(format!("RandomX task failed: {e}")))?,
-                () = ctx.cancel.cancelled() => {
-                    stop.store(true, Ordering::Relaxed);
-                    return Err(JobFailure::permanent("cancelled"));
-                }
-            };
-            let mined = mined.map_err(|e| match e {
-                RxError::Input(m) => JobFailure::permanent(m),
-                RxError::Cancelled => JobFailure::permanent("cancelled"),
-                e @ RxError::Alloc(_) => JobFailure::retryable(e.to_string()),
-            })?;
+                Ok(mined)
+            })
+            .await?;
             let secs = mined.elapsed.as_secs_f64();
             Ok(json(&UnitOutput {
                 shares: mined.shares.iter().map(share).collect(),

@@ -34,27 +34,14 @@ impl Executor for RandomxHash {
             let key = params.key_bytes().map_err(bad)?;
             let inputs = params.input_bytes().map_err(bad)?;
             let total = inputs.len() as u64;
-            let stop = Arc::new(AtomicBool::new(false));
             let progress_ctx = ctx.clone();
-            let flag = stop.clone();
-            let work = tokio::task::spawn_blocking(move || {
+            let hashes = run_blocking(&ctx, move |stop| {
                 let progress = move |done: u64| {
                     progress_ctx.progress(serde_json::to_value(HashProgress { done, total }).unwrap_or(Value::Null));
                 };
-                rx.hash_batch(&key, &inputs, &flag, &progress)
-            });
-            let hashes = tokio::select! {
-                r = work => r.map_err(|e| JobFailure::retryable(format!("RandomX task failed: {e}")))?,
-                () = ctx.cancel.cancelled() => {
-                    stop.store(true, Ordering::Relaxed);
-                    return Err(JobFailure::permanent("cancelled"));
-                }
-            };
-            let hashes = hashes.map_err(|e| match e {
-                RxError::Cancelled => JobFailure::permanent("cancelled"),
-                RxError::Input(m) => JobFailure::permanent(m),
-                e @ RxError::Alloc(_) => JobFailure::retryable(e.to_string()),
-            })?;
+                rx.hash_batch(&key, &inputs, stop, &progress)
+            })
+            .await?;
             let hex: Vec<String> = hashes.iter().map(|h| encode_hex(h)).collect();
             let out = if params.is_batch() {
                 HashOutput::Many { hashes: hex }
@@ -65,6 +52,30 @@ impl Executor for RandomxHash {
         }
         .boxed()
     }
+}
+
+/// Runs blocking RandomX work off the async threads; cancelling the job
+/// raises the `stop` flag the work watches and fails the unit at once.
+/// Engine errors become failures: bad input is permanent, no memory retryable.
+pub(super) async fn run_blocking<T: Send + 'static>(
+    ctx: &JobContext,
+    work: impl FnOnce(&AtomicBool) -> Result<T, RxError> + Send + 'static,
+) -> Result<T, JobFailure> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let task = tokio::task::spawn_blocking(move || work(&flag));
+    let out = tokio::select! {
+        r = task => r.map_err(|e| JobFailure::retryable(format!("RandomX task failed: {e}")))?,
+        () = ctx.cancel.cancelled() => {
+            stop.store(true, Ordering::Relaxed);
+            return Err(JobFailure::permanent("cancelled"));
+        }
+    };
+    out.map_err(|e| match e {
+        RxError::Cancelled => JobFailure::permanent("cancelled"),
+        RxError::Input(m) => JobFailure::permanent(m),
+        e @ RxError::Alloc(_) => JobFailure::retryable(e.to_string()),
+    })
 }
 
 #[cfg(test)]

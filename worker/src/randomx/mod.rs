@@ -40,6 +40,8 @@ pub struct RandomX {
     flags: Flags,
     mode: Mode,
     threads: usize,
+    /// Threads a dataset is initialised on: every core, whatever `threads` is.
+    init_threads: usize,
     max_keys: usize,
     keys: KeyCache,
     initialising: watch::Sender<bool>,
@@ -99,6 +101,7 @@ impl RandomX {
             flags,
             mode,
             threads,
+            init_threads: machine.cores.max(threads),
             max_keys,
             keys: KeyCache::default(),
             initialising: watch::channel(false).0,
@@ -145,13 +148,13 @@ impl RandomX {
             self.keys.shrink_to(self.max_keys - 1);
             let started = Instant::now();
             let _ = self.initialising.send(self.mode == Mode::Fast);
-            let built = Material::build(self.flags, self.mode, key, self.threads);
+            let built = Material::build(self.flags, self.mode, key, self.init_threads);
             let _ = self.initialising.send(false);
             match built {
                 Ok(m) => {
                     tracing::info!(
                         mode = self.mode.as_str(),
-                        threads = self.threads,
+                        threads = self.init_threads,
                         ms = started.elapsed().as_millis() as u64,
                         "RandomX key initialised"
                     );
