@@ -54,6 +54,16 @@ pub struct Config {
     /// (no more work until it registers again).
     #[arg(long, env = "FAENA_INVALID_SHARE_LIMIT", default_value_t = 10)]
     pub invalid_share_limit: u32,
+    /// A queued job fails when no registered worker has offered its kind
+    /// (and AI provider) for this long.
+    #[arg(long, env = "FAENA_NO_WORKER_TIMEOUT_MS", default_value_t = 60_000)]
+    pub no_worker_timeout_ms: u64,
+    /// `ai.query` answers kept in the result cache (0 turns it off).
+    #[arg(long, env = "FAENA_AI_CACHE_ENTRIES", default_value_t = 1000)]
+    pub ai_cache_entries: usize,
+    /// How long a cached `ai.query` answer is served.
+    #[arg(long, env = "FAENA_AI_CACHE_TTL_SECS", default_value_t = 3600)]
+    pub ai_cache_ttl_secs: u64,
     /// Threads the master re-hashes submitted mining shares on (light mode).
     #[arg(long, env = "FAENA_VERIFY_THREADS", default_value_t = 2)]
     pub verify_threads: usize,

@@ -8,14 +8,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use faena_proto::ai::API_KEY_SECRET;
 use faena_proto::api::{JobEvent, WorkerView};
 use faena_proto::ids::{InstanceId, JobId, WorkerId};
+use faena_proto::jobs::JobSpec;
 use faena_proto::mqtt::WorkerState;
 use faena_proto::secret::Secret;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::ai_cache::AiCache;
 use crate::engine::{
     ActiveView, Effect, Engine, LeaseError, LeaseRef, NewJob, Now, Outcome, QueueFull, RegisterOutcome, Registration,
     StoreOp,
@@ -201,15 +204,25 @@ struct Actor {
     deps: Deps,
     /// Per-job secrets (e.g. a user's own API key): memory only, never stored.
     secrets: HashMap<JobId, HashMap<String, Secret>>,
+    ai_cache: AiCache,
+    /// Cache keys of `ai.query` jobs whose answers may be cached.
+    cache_pending: HashMap<JobId, String>,
     positions_dirty: bool,
     sent_positions: HashMap<JobId, u64>,
 }
 
 /// Runs until `cancel`, then lets the store flush what it was given.
-pub async fn run(engine: Engine, inbox: Inbox, deps: Deps, cancel: CancellationToken) {
+pub async fn run(engine: Engine, inbox: Inbox, deps: Deps, ai_cache: AiCache, cancel: CancellationToken) {
     let heartbeat = engine.config().heartbeat;
-    let mut actor =
-        Actor { engine, deps, secrets: HashMap::new(), positions_dirty: false, sent_positions: HashMap::new() };
+    let mut actor = Actor {
+        engine,
+        deps,
+        secrets: HashMap::new(),
+        ai_cache,
+        cache_pending: HashMap::new(),
+        positions_dirty: false,
+        sent_positions: HashMap::new(),
+    };
     let mut rx = inbox.rx;
     let mut tick = tokio::time::interval(heartbeat / 4);
     let mut positions = tokio::time::interval(Duration::from_millis(200));
@@ -238,15 +251,37 @@ impl Actor {
     fn handle(&mut self, cmd: Command) {
         let now = Now::system();
         match cmd {
-            Command::Submit(jobs, reply) => match self.engine.submit(now, jobs) {
-                Ok(accepted) => {
-                    self.apply();
-                    self.after_commit(reply, Ok(accepted));
+            Command::Submit(mut jobs, reply) => {
+                let mut keys = Vec::new();
+                let mut cacheable = Vec::new();
+                for j in &mut jobs {
+                    if let Some(key) = j.api_key.take() {
+                        keys.push((j.id, key));
+                    }
+                    if let JobSpec::AiQuery(p) = &j.spec
+                        && p.cacheable()
+                    {
+                        let key = p.cache_key();
+                        match self.ai_cache.get(&key, now.mono) {
+                            Some(answer) => j.answer = Some(answer),
+                            None => cacheable.push((j.id, key)),
+                        }
+                    }
                 }
-                Err(full) => {
-                    let _ = reply.send(Err(full.into()));
+                match self.engine.submit(now, jobs) {
+                    Ok(accepted) => {
+                        for (id, key) in keys {
+                            self.secrets.entry(id).or_default().insert(API_KEY_SECRET.into(), key);
+                        }
+                        self.cache_pending.extend(cacheable);
+                        self.apply();
+                        self.after_commit(reply, Ok(accepted));
+                    }
+                    Err(full) => {
+                        let _ = reply.send(Err(full.into()));
+                    }
                 }
-            },
+            }
             Command::Cancel(id, reply) => {
                 self.secrets.remove(&id);
                 if self.engine.cancel(now, id) {
@@ -356,7 +391,10 @@ impl Actor {
                     self.positions_dirty = true;
                     self.deps.store.write(op);
                 }
-                Effect::Dispatch { worker, unit, waited } => {
+                Effect::Dispatch { worker, mut unit, waited } => {
+                    if let Some(s) = self.secrets.get(&unit.job_id) {
+                        unit.secrets = s.keys().cloned().collect();
+                    }
                     self.deps.metrics.dispatch_latency.observe(waited.as_secs_f64());
                     self.deps.mqtt.dispatch(&worker, &unit);
                 }
@@ -368,6 +406,12 @@ impl Actor {
 
     fn notify(&mut self, job: JobId, event: JobEvent) {
         if event.is_final() {
+            self.secrets.remove(&job);
+            if let Some(key) = self.cache_pending.remove(&job)
+                && let JobEvent::Succeeded { result, .. } = &event
+            {
+                self.ai_cache.put(key, result, std::time::Instant::now());
+            }
             // Always scheduled: a watcher may subscribe between now and the commit,
             // and it reads the store, which shows the outcome only after it.
             self.sent_positions.remove(&job);
@@ -409,6 +453,8 @@ impl Actor {
                     huge_pages: w.caps.huge_pages,
                     randomx_modes: w.caps.randomx_modes.clone(),
                     hashrate: w.hashrate,
+                    ai_providers: w.caps.ai_providers.clone(),
+                    ai_slots: w.caps.ai_slots,
                     invalid_shares: w.invalid_shares,
                     version: w.caps.version.clone(),
                     last_seen_ms: now.mono.saturating_duration_since(w.last_seen).as_millis() as u64,

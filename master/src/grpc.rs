@@ -186,15 +186,24 @@ impl MasterService {
         if kinds.is_empty() {
             return Err(self.invalid("the worker offers no job kind this master knows"));
         }
+        if kinds.contains(&JobKind::AiQuery) && (caps.ai_slots == 0 || caps.ai_slots > MAX_SLOTS) {
+            return Err(self.invalid(format!("a worker that runs ai.query needs ai_slots 1..={MAX_SLOTS}")));
+        }
+        let providers: Vec<String> =
+            caps.ai_providers.into_iter().filter(|p| faena_proto::ai::Provider::parse(p).is_some()).collect();
+        if kinds.contains(&JobKind::AiQuery) && providers.is_empty() {
+            return Err(self.invalid("a worker that runs ai.query must name its providers (gemini, openai)"));
+        }
         Ok(Capabilities {
             kinds,
             slots: caps.slots,
+            ai_slots: caps.ai_slots,
             cores: caps.cores,
             memory_bytes: caps.memory_bytes,
             aes_ni: caps.aes_ni,
             huge_pages: caps.huge_pages,
             randomx_modes: caps.randomx_modes,
-            ai_providers: caps.ai_providers,
+            ai_providers: providers,
             version: caps.version,
         })
     }

@@ -20,7 +20,7 @@ use faena_proto::api::{
     BatchRequest, BatchResponse, ErrorBody, ErrorDetail, JobEvent, JobView, SubmitRequest, SubmitResponse,
 };
 use faena_proto::ids::JobId;
-use faena_proto::jobs::{JobSpec, JobState};
+use faena_proto::jobs::{JobKind, JobSpec, JobState};
 use futures::Stream;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -121,7 +121,16 @@ fn parse_id(id: &str) -> Result<JobId, AppError> {
 fn new_job(req: SubmitRequest) -> Result<NewJob, AppError> {
     let spec =
         JobSpec::parse(&req.kind, req.params).map_err(|e| AppError::bad_request("invalid_job", e.to_string()))?;
-    Ok(NewJob { id: JobId::new(), spec, priority: req.priority.unwrap_or_default() })
+    let api_key = match req.api_key {
+        Some(_) if spec.kind() != JobKind::AiQuery => {
+            return Err(AppError::bad_request("invalid_job", "api_key is only used by ai.query jobs"));
+        }
+        Some(k) if k.expose().trim().is_empty() || k.expose().len() > 4096 => {
+            return Err(AppError::bad_request("invalid_job", "api_key must be 1..=4096 characters"));
+        }
+        key => key,
+    };
+    Ok(NewJob { api_key, ..NewJob::new(JobId::new(), spec, req.priority.unwrap_or_default()) })
 }
 
 fn check_accepting(state: &AppState) -> Result<(), AppError> {
@@ -187,6 +196,7 @@ async fn find(state: &AppState, id: JobId) -> Result<JobView, AppError> {
             finished_at: None,
             progress: v.progress,
             parent: v.parent,
+            waiting: v.waiting,
         });
     }
     stored(state, id).await?.ok_or_else(|| AppError::new(StatusCode::NOT_FOUND, "not_found", format!("no job {id}")))

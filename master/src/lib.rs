@@ -10,6 +10,7 @@
 //! - [`broker`]: the embedded rumqttd broker.
 //! - [`hub`]: per-job event fan-out; [`metrics`]: Prometheus.
 
+pub mod ai_cache;
 pub mod broker;
 pub mod config;
 pub mod coordinator;
@@ -111,6 +112,7 @@ pub async fn run(
         max_attempts: cfg.max_attempts,
         heartbeat: cfg.heartbeat(),
         invalid_share_limit: cfg.invalid_share_limit,
+        no_worker_timeout: Duration::from_millis(cfg.no_worker_timeout_ms),
     });
     let restored = store.load_unfinished()?;
     if !restored.is_empty() {
@@ -161,7 +163,13 @@ pub async fn run(
     let core_cancel = CancellationToken::new();
     let deps =
         coordinator::Deps { store: store.clone(), hub: hub.clone(), metrics: metrics.clone(), mqtt: out.clone() };
-    let coordinator_done = tracker.spawn(coordinator::run(engine, inbox, deps, core_cancel.clone()));
+    let coordinator_done = tracker.spawn(coordinator::run(
+        engine,
+        inbox,
+        deps,
+        ai_cache::AiCache::new(cfg.ai_cache_entries, Duration::from_secs(cfg.ai_cache_ttl_secs)),
+        core_cancel.clone(),
+    ));
     {
         let coord = coord.clone();
         tracker.spawn(async move {

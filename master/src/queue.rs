@@ -1,22 +1,47 @@
 //! The bounded priority queue of jobs waiting for a worker: per job kind,
 //! ordered by priority then age. Pure data structure, no I/O.
 //!
-//! Jobs are kept per kind so that a kind no worker can take right now never
-//! blocks the kinds behind it; the global order (priority, then sequence
-//! number) is still what positions report and what dispatch follows.
+//! Jobs are kept per lane — kind, plus the AI provider a job names — so that
+//! a lane no worker can take right now never blocks the lanes behind it; the
+//! global order (priority, then sequence number) is still what positions
+//! report and what dispatch follows.
 
 use std::collections::{BTreeMap, HashMap};
 
+use faena_proto::ai::Provider;
 use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobKind, Priority};
+
+/// What a worker must offer to take a job: its kind and, for an AI query
+/// that names one, the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lane {
+    pub kind: JobKind,
+    pub provider: Option<Provider>,
+}
+
+impl Lane {
+    pub fn of(kind: JobKind) -> Self {
+        Self { kind, provider: None }
+    }
+}
+
+impl std::fmt::Display for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.provider {
+            Some(p) => write!(f, "{} (provider {p})", self.kind),
+            None => write!(f, "{}", self.kind),
+        }
+    }
+}
 
 /// Sort key: priority first, then the submission sequence number.
 pub type Rank = (Priority, u64);
 
 #[derive(Debug, Default)]
 pub struct Queue {
-    by_kind: HashMap<JobKind, BTreeMap<Rank, JobId>>,
-    ranks: HashMap<JobId, (JobKind, Rank)>,
+    by_lane: HashMap<Lane, BTreeMap<Rank, JobId>>,
+    ranks: HashMap<JobId, (Lane, Rank)>,
     per_priority: [usize; 3],
 }
 
@@ -35,12 +60,12 @@ impl Queue {
     }
 
     /// Adds a job; returns how many queued jobs are ahead of it.
-    pub fn push(&mut self, id: JobId, kind: JobKind, rank: Rank) -> u64 {
+    pub fn push(&mut self, id: JobId, lane: Lane, rank: Rank) -> u64 {
         // A new job is the youngest of its priority: everything of its priority
         // and above is ahead, no scan needed. Only a requeued job, which goes
         // back to its old place, is counted.
         let youngest = self
-            .by_kind
+            .by_lane
             .values()
             .all(|q| q.range((rank.0, 0)..=(rank.0, u64::MAX)).next_back().is_none_or(|(last, _)| *last < rank));
         let ahead = if youngest {
@@ -48,27 +73,27 @@ impl Queue {
         } else {
             self.position_of_rank(rank)
         };
-        self.by_kind.entry(kind).or_default().insert(rank, id);
-        self.ranks.insert(id, (kind, rank));
+        self.by_lane.entry(lane).or_default().insert(rank, id);
+        self.ranks.insert(id, (lane, rank));
         self.per_priority[rank.0.index()] += 1;
         ahead
     }
 
     pub fn remove(&mut self, id: &JobId) -> bool {
-        let Some((kind, rank)) = self.ranks.remove(id) else { return false };
-        if let Some(q) = self.by_kind.get_mut(&kind) {
+        let Some((lane, rank)) = self.ranks.remove(id) else { return false };
+        if let Some(q) = self.by_lane.get_mut(&lane) {
             q.remove(&rank);
         }
         self.per_priority[rank.0.index()] -= 1;
         true
     }
 
-    /// The first waiting job of every kind, in global order.
-    pub fn heads(&self) -> Vec<(Rank, JobKind, JobId)> {
+    /// The first waiting job of every lane, in global order.
+    pub fn heads(&self) -> Vec<(Rank, Lane, JobId)> {
         let mut heads: Vec<_> = self
-            .by_kind
+            .by_lane
             .iter()
-            .filter_map(|(kind, q)| q.first_key_value().map(|(rank, id)| (*rank, *kind, *id)))
+            .filter_map(|(lane, q)| q.first_key_value().map(|(rank, id)| (*rank, *lane, *id)))
             .collect();
         heads.sort_unstable_by_key(|h| h.0);
         heads
@@ -79,9 +104,24 @@ impl Queue {
         self.ranks.get(id).map(|(_, rank)| self.position_of_rank(*rank))
     }
 
+    /// The lanes that have jobs waiting.
+    pub fn lanes(&self) -> Vec<Lane> {
+        self.by_lane.iter().filter(|(_, q)| !q.is_empty()).map(|(l, _)| *l).collect()
+    }
+
+    /// The jobs waiting in `lane`, oldest first within each priority.
+    pub fn in_lane(&self, lane: &Lane) -> Vec<JobId> {
+        self.by_lane.get(lane).map(|q| q.values().copied().collect()).unwrap_or_default()
+    }
+
+    /// The lane a queued job waits in.
+    pub fn lane_of(&self, id: &JobId) -> Option<Lane> {
+        self.ranks.get(id).map(|(lane, _)| *lane)
+    }
+
     fn position_of_rank(&self, rank: Rank) -> u64 {
         let higher: usize = self.per_priority[..rank.0.index()].iter().sum();
-        let same: usize = self.by_kind.values().map(|q| q.range((rank.0, 0)..rank).count()).sum();
+        let same: usize = self.by_lane.values().map(|q| q.range((rank.0, 0)..rank).count()).sum();
         (higher + same) as u64
     }
 }
@@ -94,17 +134,17 @@ mod tests {
     fn orders_by_priority_then_age_across_kinds() {
         let mut q = Queue::default();
         let ids: Vec<JobId> = (0..4).map(|_| JobId::new()).collect();
-        assert_eq!(q.push(ids[0], JobKind::Noop, (Priority::Low, 0)), 0);
-        assert_eq!(q.push(ids[1], JobKind::RandomxHash, (Priority::Normal, 1)), 0);
-        assert_eq!(q.push(ids[2], JobKind::Noop, (Priority::High, 2)), 0);
-        assert_eq!(q.push(ids[3], JobKind::Noop, (Priority::Normal, 3)), 2);
+        assert_eq!(q.push(ids[0], Lane::of(JobKind::Noop), (Priority::Low, 0)), 0);
+        assert_eq!(q.push(ids[1], Lane::of(JobKind::RandomxHash), (Priority::Normal, 1)), 0);
+        assert_eq!(q.push(ids[2], Lane::of(JobKind::Noop), (Priority::High, 2)), 0);
+        assert_eq!(q.push(ids[3], Lane::of(JobKind::Noop), (Priority::Normal, 3)), 2);
         assert_eq!(q.position(&ids[0]), Some(3));
         let heads: Vec<JobId> = q.heads().into_iter().map(|h| h.2).collect();
         assert_eq!(heads, vec![ids[2], ids[1]]);
         assert_eq!(q.depth_by_priority(), [1, 2, 1]);
         // A requeued job goes back to its old place.
         let back = JobId::new();
-        assert_eq!(q.push(back, JobKind::Noop, (Priority::Normal, 0)), 1);
+        assert_eq!(q.push(back, Lane::of(JobKind::Noop), (Priority::Normal, 0)), 1);
         assert!(q.remove(&back));
         assert!(q.remove(&ids[2]));
         assert!(!q.remove(&ids[2]));

@@ -16,16 +16,21 @@
 //! Quarantine: a worker that submitted too many invalid mining shares gets
 //! no more work until it registers again.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use faena_proto::ids::{InstanceId, JobId, WorkerId};
 use faena_proto::jobs::JobKind;
 
+use crate::queue::Lane;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Capabilities {
     pub kinds: HashSet<JobKind>,
+    /// Units of any kind but `ai.query` at once.
     pub slots: u32,
+    /// `ai.query` units at once (I/O-bound, counted apart).
+    pub ai_slots: u32,
     pub cores: u32,
     pub memory_bytes: u64,
     pub aes_ni: bool,
@@ -64,7 +69,7 @@ pub struct Worker {
     pub id: WorkerId,
     pub instance: InstanceId,
     pub caps: Capabilities,
-    pub running: HashSet<JobId>,
+    pub running: HashMap<JobId, JobKind>,
     pub last_seen: Instant,
     pub availability: Availability,
     pub hashrate: f64,
@@ -73,8 +78,21 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn free_slots(&self) -> u32 {
-        self.caps.slots.saturating_sub(self.running.len() as u32)
+    fn slots_for(&self, kind: JobKind) -> u32 {
+        if kind == JobKind::AiQuery { self.caps.ai_slots } else { self.caps.slots }
+    }
+
+    /// Free slots of the class `kind` runs in (AI queries or the rest).
+    pub fn free_slots(&self, kind: JobKind) -> u32 {
+        let ai = kind == JobKind::AiQuery;
+        let busy = self.running.values().filter(|k| (**k == JobKind::AiQuery) == ai).count() as u32;
+        self.slots_for(kind).saturating_sub(busy)
+    }
+
+    /// Whether it can run jobs of `lane` at all (whatever its state).
+    pub fn offers(&self, lane: &Lane) -> bool {
+        self.caps.kinds.contains(&lane.kind)
+            && lane.provider.is_none_or(|p| self.caps.ai_providers.iter().any(|x| x == p.as_str()))
     }
 
     /// Speed from capabilities alone, in arbitrary units: cores, ×1.5 with
@@ -143,25 +161,31 @@ impl Scheduler {
         if w.hashrate > 0.0 { w.hashrate } else { w.estimate() * scale }
     }
 
-    /// Online workers that run `kind`.
-    fn capable(&self, kind: JobKind) -> impl Iterator<Item = &Worker> {
-        self.workers.values().filter(move |w| w.availability == Availability::Online && w.caps.kinds.contains(&kind))
+    /// Online workers that run jobs of `lane`.
+    fn capable(&self, lane: Lane) -> impl Iterator<Item = &Worker> {
+        self.workers.values().filter(move |w| w.availability == Availability::Online && w.offers(&lane))
     }
 
-    /// Summed speed of the online workers that run `kind`.
-    pub fn total_speed(&self, kind: JobKind) -> f64 {
+    /// Whether any registered worker, in whatever state, offers `lane`.
+    pub fn anyone_offers(&self, lane: &Lane) -> bool {
+        self.workers.values().any(|w| w.offers(lane))
+    }
+
+    /// Summed speed of the online workers that run `lane`.
+    pub fn total_speed(&self, lane: Lane) -> f64 {
         let scale = self.scale();
-        self.capable(kind).map(|w| Self::speed_at(w, scale)).sum()
+        self.capable(lane).map(|w| Self::speed_at(w, scale)).sum()
     }
 
-    /// The worker that should take a job of `kind` now, if any not
+    /// The worker that should take a job of `lane` now, if any not
     /// `excluded` has a free slot.
-    pub fn pick(&self, kind: JobKind, excluded: impl Fn(&WorkerId) -> bool) -> Option<WorkerId> {
+    pub fn pick(&self, lane: Lane, excluded: impl Fn(&WorkerId) -> bool) -> Option<WorkerId> {
         let scale = self.scale();
-        self.capable(kind)
-            .filter(|w| w.free_slots() > 0 && !excluded(&w.id))
+        let kind = lane.kind;
+        self.capable(lane)
+            .filter(|w| w.free_slots(kind) > 0 && !excluded(&w.id))
             .max_by(|a, b| {
-                let share = |w: &Worker| f64::from(w.free_slots()) / f64::from(w.caps.slots.max(1));
+                let share = |w: &Worker| f64::from(w.free_slots(kind)) / f64::from(w.slots_for(kind).max(1));
                 share(a)
                     .total_cmp(&share(b))
                     .then(Self::speed_at(a, scale).total_cmp(&Self::speed_at(b, scale)))
@@ -182,6 +206,7 @@ pub(crate) mod tests {
             caps: Capabilities {
                 kinds: kinds.iter().copied().collect(),
                 slots,
+                ai_slots: slots,
                 cores: 2,
                 memory_bytes: 1 << 30,
                 aes_ni: true,
@@ -190,7 +215,7 @@ pub(crate) mod tests {
                 ai_providers: vec![],
                 version: "test".into(),
             },
-            running: HashSet::new(),
+            running: HashMap::new(),
             last_seen: now,
             availability: Availability::Online,
             hashrate: 0.0,
@@ -204,15 +229,15 @@ pub(crate) mod tests {
         let mut s = Scheduler::default();
         s.insert(worker("a", 2, &[JobKind::Noop], now));
         s.insert(worker("b", 2, &[JobKind::Noop, JobKind::RandomxHash], now));
-        assert_eq!(s.pick(JobKind::RandomxHash, |_| false).map(|w| w.to_string()).as_deref(), Some("b"));
+        assert_eq!(s.pick(Lane::of(JobKind::RandomxHash), |_| false).map(|w| w.to_string()).as_deref(), Some("b"));
         let mut placed = Vec::new();
-        while let Some(w) = s.pick(JobKind::Noop, |_| false) {
+        while let Some(w) = s.pick(Lane::of(JobKind::Noop), |_| false) {
             placed.push(w.to_string());
-            s.get_mut(&w).map(|w| w.running.insert(JobId::new()));
+            s.get_mut(&w).map(|w| w.running.insert(JobId::new(), JobKind::Noop));
         }
         placed.sort();
         assert_eq!(placed, ["a", "a", "b", "b"]);
-        assert_eq!(s.pick(JobKind::Noop, |_| false), None);
+        assert_eq!(s.pick(Lane::of(JobKind::Noop), |_| false), None);
     }
 
     #[test]
@@ -225,11 +250,11 @@ pub(crate) mod tests {
         fast.hashrate = 600.0;
         s.insert(slow);
         s.insert(fast);
-        assert_eq!(s.pick(JobKind::RandomxHash, |_| false).map(|w| w.to_string()).as_deref(), Some("fast"));
+        assert_eq!(s.pick(Lane::of(JobKind::RandomxHash), |_| false).map(|w| w.to_string()).as_deref(), Some("fast"));
         if let Some(w) = s.get_mut(&WorkerId::parse("fast").expect("id")) {
             w.availability = Availability::Draining;
         }
-        assert_eq!(s.pick(JobKind::RandomxHash, |_| false).map(|w| w.to_string()).as_deref(), Some("slow"));
+        assert_eq!(s.pick(Lane::of(JobKind::RandomxHash), |_| false).map(|w| w.to_string()).as_deref(), Some("slow"));
     }
 }
 
@@ -258,6 +283,6 @@ mod speed_tests {
         assert_eq!(s.speed(&light), 300.0);
         s.insert(big);
         s.insert(light);
-        assert_eq!(s.pick(JobKind::RandomxHash, |_| false).map(|w| w.to_string()).as_deref(), Some("big"));
+        assert_eq!(s.pick(Lane::of(JobKind::RandomxHash), |_| false).map(|w| w.to_string()).as_deref(), Some("big"));
     }
 }

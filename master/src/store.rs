@@ -252,6 +252,7 @@ impl Store {
             finished_at: finished.map(|f| rfc3339(f as u64)),
             progress: None,
             parent: parent.and_then(|p| p.parse().ok()),
+            waiting: None,
         }))
     }
 

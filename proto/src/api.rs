@@ -13,6 +13,11 @@ pub struct SubmitRequest {
     pub params: Value,
     #[serde(default)]
     pub priority: Option<Priority>,
+    /// The submitter's own API key for an `ai.query` job: kept only in the
+    /// master's memory and handed to the worker that runs the job, never
+    /// stored, published or logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<crate::secret::Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +64,9 @@ pub struct JobView {
     /// For a unit of a mining job: that job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<JobId>,
+    /// Why a queued job cannot start: no registered worker runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// A worker as `GET /api/workers` shows it.
@@ -77,6 +85,12 @@ pub struct WorkerView {
     #[serde(default)]
     pub randomx_modes: Vec<String>,
     pub hashrate: f64,
+    /// AI providers it offers (`gemini`, `openai`).
+    #[serde(default)]
+    pub ai_providers: Vec<String>,
+    /// `ai.query` units it runs at once.
+    #[serde(default)]
+    pub ai_slots: u32,
     /// Invalid mining shares since it registered (over the limit: `quarantined`).
     #[serde(default)]
     pub invalid_shares: u32,

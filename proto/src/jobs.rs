@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::WireError;
+pub use crate::ai::AiParams;
 pub use crate::mine::MineParams;
 
 /// Every kind of job this build can run. Matching on it is exhaustive, so a new
@@ -17,16 +18,19 @@ pub enum JobKind {
     RandomxHash,
     #[serde(rename = "randomx.mine")]
     RandomxMine,
+    #[serde(rename = "ai.query")]
+    AiQuery,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [JobKind::Noop, JobKind::RandomxHash, JobKind::RandomxMine];
+    pub const ALL: [JobKind; 4] = [JobKind::Noop, JobKind::RandomxHash, JobKind::RandomxMine, JobKind::AiQuery];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Noop => "noop",
             JobKind::RandomxHash => "randomx.hash",
             JobKind::RandomxMine => "randomx.mine",
+            JobKind::AiQuery => "ai.query",
         }
     }
 
@@ -201,6 +205,7 @@ pub enum JobSpec {
     Noop(NoopParams),
     RandomxHash(HashParams),
     RandomxMine(MineParams),
+    AiQuery(AiParams),
 }
 
 impl JobSpec {
@@ -231,6 +236,20 @@ impl JobSpec {
                 p.work()?;
                 Ok(JobSpec::RandomxMine(p))
             }
+            JobKind::AiQuery => {
+                let p: AiParams = from_value(kind, params)?;
+                p.validate()?;
+                Ok(JobSpec::AiQuery(p))
+            }
+        }
+    }
+
+    /// The AI provider a job needs, if it names one: only workers that
+    /// have it can run the job.
+    pub fn provider(&self) -> Option<crate::ai::Provider> {
+        match self {
+            JobSpec::AiQuery(p) => p.provider,
+            _ => None,
         }
     }
 
@@ -239,6 +258,7 @@ impl JobSpec {
             JobSpec::Noop(_) => JobKind::Noop,
             JobSpec::RandomxHash(_) => JobKind::RandomxHash,
             JobSpec::RandomxMine(_) => JobKind::RandomxMine,
+            JobSpec::AiQuery(_) => JobKind::AiQuery,
         }
     }
 
@@ -247,6 +267,7 @@ impl JobSpec {
             JobSpec::Noop(p) => serde_json::to_value(p),
             JobSpec::RandomxHash(p) => serde_json::to_value(p),
             JobSpec::RandomxMine(p) => serde_json::to_value(p),
+            JobSpec::AiQuery(p) => serde_json::to_value(p),
         };
         v.unwrap_or(Value::Null)
     }

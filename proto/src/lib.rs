@@ -5,10 +5,12 @@
 //! - [`mqtt`]: the versioned JSON payloads carried on those topics.
 //! - [`jobs`]: job kinds, their parameters, outputs and progress payloads.
 //! - [`mine`]: `randomx.mine` parameters, shares, unit and job progress and output.
+//! - [`ai`]: `ai.query` parameters, streamed chunks and result.
 //! - [`api`]: the REST request/response bodies.
 //! - [`grpc`]: the generated `faena.v1.Master` service (client and server).
 //! - [`secret`]: a string wrapper whose `Debug`/`Display` never show the value.
 
+pub mod ai;
 pub mod api;
 pub mod ids;
 pub mod jobs;

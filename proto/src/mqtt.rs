@@ -46,6 +46,10 @@ pub struct WorkUnit {
     pub token: String,
     pub kind: JobKind,
     pub params: Value,
+    /// Names of secrets (e.g. `api_key`) the worker fetches over gRPC for
+    /// this attempt; their values never travel on the broker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 impl Payload for WorkUnit {}
 
@@ -146,6 +150,7 @@ mod tests {
             token: "t".into(),
             kind: JobKind::RandomxHash,
             params: json!({"key": "k", "input": "i"}),
+            secrets: vec!["api_key".into()],
         });
         round_trip(Control::Cancel { job_id: JobId::new(), attempt: 1 });
         round_trip(Control::Drain);

@@ -39,6 +39,20 @@ impl fmt::Display for Secret {
     }
 }
 
+impl serde::Serialize for Secret {
+    /// Serialised only where it must travel (a request body the client
+    /// builds); `Debug` and `Display` still hide it.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 pub mod api;
+pub mod fake_ai;
 pub mod mosquitto;
 pub mod process;
 
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use api::Api;
+pub use fake_ai::FakeAi;
 pub use mosquitto::Mosquitto;
 pub use process::Proc;
 use serde_json::Value;

@@ -1,6 +1,7 @@
 //! The worker's configuration: flags, each with an environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -42,6 +43,46 @@ pub struct Config {
     pub drain_timeout_ms: u64,
     #[arg(long, env = "FAENA_LOG_JSON")]
     pub log_json: bool,
+    #[command(flatten)]
+    pub ai: AiArgs,
+}
+
+/// AI providers. Gemini is offered when a key or a base URL is given (a
+/// base URL alone serves jobs that bring their own key); an
+/// OpenAI-compatible endpoint when a base URL or a key is given.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AiArgs {
+    #[arg(long, env = "GEMINI_API_KEY", hide_env_values = true)]
+    pub gemini_api_key: Option<String>,
+    #[arg(long, env = "GEMINI_API_KEY_FILE")]
+    pub gemini_api_key_file: Option<PathBuf>,
+    /// Default: Google's, https://generativelanguage.googleapis.com/v1beta.
+    #[arg(long, env = "GEMINI_BASE_URL")]
+    pub gemini_base_url: Option<String>,
+    #[arg(long, env = "GEMINI_MODEL", default_value = "gemini-2.5-flash")]
+    pub gemini_model: String,
+    /// An OpenAI-compatible server (OpenAI, Ollama, vLLM, llama.cpp): the
+    /// part before `/v1/chat/completions`. Default with a key: https://api.openai.com.
+    #[arg(long, env = "OPENAI_BASE_URL")]
+    pub openai_base_url: Option<String>,
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+    #[arg(long, env = "OPENAI_API_KEY_FILE")]
+    pub openai_api_key_file: Option<PathBuf>,
+    #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-4o-mini")]
+    pub openai_model: String,
+    /// `ai.query` units at once, apart from the other slots (I/O-bound).
+    #[arg(long, env = "FAENA_AI_SLOTS", default_value_t = 8)]
+    pub ai_slots: u32,
+    /// Connecting to a provider may take this long.
+    #[arg(long, env = "FAENA_AI_CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub ai_connect_timeout_ms: u64,
+    /// The longest wait for the answer to start or for its next piece.
+    #[arg(long, env = "FAENA_AI_CHUNK_TIMEOUT_MS", default_value_t = 60_000)]
+    pub ai_chunk_timeout_ms: u64,
+    /// Tries on rate limits (429) and server errors (500, 503, 504).
+    #[arg(long, env = "FAENA_AI_TRIES", default_value_t = 4)]
+    pub ai_tries: u32,
 }
 
 impl Config {
@@ -51,6 +92,17 @@ impl Config {
         }
         if self.slots.is_some_and(|s| s == 0 || s > 4096) {
             return Err(ConfigError("--slots must be 1..=4096".into()));
+        }
+        if self.ai.ai_slots == 0 || self.ai.ai_slots > 4096 {
+            return Err(ConfigError("--ai-slots must be 1..=4096".into()));
+        }
+        if self.ai.ai_tries == 0 || self.ai.ai_tries > 20 {
+            return Err(ConfigError("--ai-tries must be 1..=20".into()));
+        }
+        for url in [&self.ai.gemini_base_url, &self.ai.openai_base_url].into_iter().flatten() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError(format!("AI base URL {url:?} must start with http:// or https://")));
+            }
         }
         if !(self.master_url.starts_with("http://") || self.master_url.starts_with("https://")) {
             return Err(ConfigError(format!("--master-url {:?} must start with http:// or https://", self.master_url)));

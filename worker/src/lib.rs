@@ -9,6 +9,7 @@
 //! - [`client`]: the gRPC client; [`mqtt`]: topics in, status out.
 //! - [`metrics`]: Prometheus, served with `/healthz`.
 
+pub mod ai;
 pub mod caps;
 pub mod client;
 pub mod config;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use faena_common::broker::{BrokerError, BrokerUrl};
 use faena_common::logs::LogSink;
 use faena_common::secrets::SecretError;
+use faena_proto::ai::Provider;
 use faena_proto::grpc as pb;
 use faena_proto::ids::{InstanceId, WorkerId};
 use faena_proto::jobs::JobKind;
@@ -73,16 +75,17 @@ pub fn default_worker_id() -> String {
     format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
 }
 
-fn capabilities(rx: &randomx::RandomX, kinds: &[JobKind], slots: u32) -> pb::Capabilities {
+fn capabilities(rx: &randomx::RandomX, kinds: &[JobKind], slots: (u32, u32), ai: &[Provider]) -> pb::Capabilities {
     pb::Capabilities {
         cores: caps::cores(),
         memory_bytes: caps::memory_bytes(),
         aes_ni: caps::aes_ni(),
         huge_pages: caps::huge_pages(),
         randomx_modes: vec![rx.mode().as_str().into()],
-        ai_providers: vec![],
+        ai_providers: ai.iter().map(|p| p.as_str().to_owned()).collect(),
         kinds: kinds.iter().map(|k| k.as_str().to_owned()).collect(),
-        slots,
+        slots: slots.0,
+        ai_slots: slots.1,
         version: env!("CARGO_PKG_VERSION").into(),
     }
 }
@@ -146,11 +149,23 @@ pub async fn run(
         cores: caps::cores() as usize,
     };
     let rx = Arc::new(randomx::RandomX::new(cfg.randomx_mode, cfg.randomx_threads, machine));
-    let registry = exec::Registry::default()
+    let providers = Arc::new(ai::Providers::from_args(&cfg.ai).map_err(|e| config::ConfigError(e.to_string()))?);
+    let offered = providers.offered();
+    let mut registry = exec::Registry::default()
         .with(JobKind::Noop, Arc::new(exec::noop::Noop))
         .with(JobKind::RandomxHash, Arc::new(exec::randomx::RandomxHash::new(rx.clone())))
         .with(JobKind::RandomxMine, Arc::new(exec::mine::RandomxMine::new(rx.clone())));
-    let caps = capabilities(&rx, &registry.kinds(), slots);
+    if offered.is_empty() {
+        tracing::info!(
+            "no AI provider configured (GEMINI_API_KEY, GEMINI_BASE_URL, OPENAI_BASE_URL, OPENAI_API_KEY): ai.query not offered"
+        );
+    } else {
+        let names: Vec<&str> = offered.iter().map(|p| p.as_str()).collect();
+        tracing::info!(providers = ?names, ai_slots = cfg.ai.ai_slots, "ai.query offered");
+        registry = registry.with(JobKind::AiQuery, Arc::new(exec::ai::AiQuery::new(providers.clone())));
+    }
+    let slots = (slots, cfg.ai.ai_slots);
+    let caps = capabilities(&rx, &registry.kinds(), slots, &offered);
     let client = client::connect(&cfg.master_url, &token)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let runner =
@@ -188,7 +203,7 @@ pub async fn run(
     }
     let Some(mut registration) = register(&runner, &caps, &shutdown).await? else { return Ok(()) };
     let _ = healthy_tx.send(true);
-    tracing::info!(worker = %worker_id, slots, metrics = %metrics_addr, "faena-worker ready");
+    tracing::info!(worker = %worker_id, slots = slots.0, ai_slots = slots.1, metrics = %metrics_addr, "faena-worker ready");
     on_ready(&Ready { worker_id: worker_id.to_string(), metrics: metrics_addr });
 
     let mut initialising = rx.initialising();

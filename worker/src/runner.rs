@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use faena_proto::grpc::{self as pb, result_request};
 use faena_proto::ids::{InstanceId, JobId, WorkerId};
-use faena_proto::jobs::JobSpec;
+use faena_proto::jobs::{JobKind, JobSpec};
 use faena_proto::mqtt::WorkUnit;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tonic::Code;
 
 use crate::client::Client;
-use crate::exec::{JobContext, JobFailure, Registry};
+use crate::exec::{JobContext, JobFailure, Registry, Secrets};
 use crate::metrics::Metrics;
 
 #[derive(Debug)]
@@ -39,6 +39,8 @@ pub struct Runner {
     pub need_register: Notify,
     client: Client,
     permits: Arc<Semaphore>,
+    /// `ai.query` units run on their own slots (I/O-bound).
+    ai_permits: Arc<Semaphore>,
     running: Mutex<HashMap<JobId, Running>>,
     draining: AtomicBool,
     handing_back: AtomicBool,
@@ -49,11 +51,12 @@ impl Runner {
     pub fn new(
         worker_id: WorkerId,
         instance: InstanceId,
-        slots: u32,
+        slots: (u32, u32),
         registry: Registry,
         client: Client,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (slots, ai_slots) = slots;
         Self {
             worker_id,
             instance,
@@ -63,6 +66,7 @@ impl Runner {
             need_register: Notify::new(),
             client,
             permits: Arc::new(Semaphore::new(slots as usize)),
+            ai_permits: Arc::new(Semaphore::new(ai_slots as usize)),
             running: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             handing_back: AtomicBool::new(false),
@@ -132,8 +136,9 @@ impl Runner {
         let outcome = if self.is_draining() {
             None
         } else {
+            let permits = if kind == JobKind::AiQuery { &self.ai_permits } else { &self.permits };
             let permit = tokio::select! {
-                p = self.permits.clone().acquire_owned() => p.ok(),
+                p = permits.clone().acquire_owned() => p.ok(),
                 () = cancel.cancelled() => None,
             };
             match permit {
@@ -179,7 +184,14 @@ impl Runner {
         let (progress_tx, mut progress_rx) = mpsc::channel(64);
         let started = Instant::now();
         self.metrics.running.inc();
-        let fut = executor.execute(spec, JobContext::new(cancel.clone(), progress_tx));
+        let secrets = (!unit.secrets.is_empty()).then(|| Secrets {
+            client: self.client(),
+            worker: self.worker_id.to_string(),
+            lease: self.lease(unit),
+            names: unit.secrets.clone(),
+        });
+        let ctx = JobContext::new(cancel.clone(), progress_tx).with_secrets(secrets);
+        let fut = executor.execute(spec, ctx);
         tokio::pin!(fut);
         let result = loop {
             tokio::select! {

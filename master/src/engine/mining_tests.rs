@@ -43,7 +43,7 @@ impl Mining {
     fn submit(&mut self, params: Value) -> JobId {
         let id = JobId::new();
         let spec = JobSpec::parse("randomx.mine", params).expect("valid");
-        assert!(self.h.engine.submit(self.h.now, vec![NewJob { id, spec, priority: Priority::Normal }]).is_ok());
+        assert!(self.h.engine.submit(self.h.now, vec![NewJob::new(id, spec, Priority::Normal)]).is_ok());
         id
     }
 

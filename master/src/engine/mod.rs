@@ -27,11 +27,12 @@ use serde_json::Value;
 pub mod split;
 mod types;
 
+use faena_proto::ai::Provider;
 use faena_proto::mine::{UnitOutput, UnitProgress};
 use split::Split;
 pub use types::*;
 
-use crate::queue::Queue;
+use crate::queue::{Lane, Queue};
 use crate::scheduler::{Availability, Scheduler, Worker};
 
 /// How many finished jobs are remembered to recognise duplicate results.
@@ -61,6 +62,7 @@ struct ActiveJob {
     parent: Option<JobId>,
     /// A mining job's split; it is never leased itself.
     split: Option<Box<Split>>,
+    lane: Lane,
 }
 
 impl ActiveJob {
@@ -68,7 +70,12 @@ impl ActiveJob {
     fn new(kind: JobKind, params: Value, priority: Priority, seq: u64, now: Now, parent: Option<JobId>) -> Self {
         let splits = kind == JobKind::RandomxMine && parent.is_none();
         let split = if splits { Split::new(&params).map(Box::new) } else { None };
+        let provider = match kind {
+            JobKind::AiQuery => params.get("provider").and_then(Value::as_str).and_then(Provider::parse),
+            _ => None,
+        };
         Self {
+            lane: Lane { kind, provider },
             kind,
             params,
             priority,
@@ -184,7 +191,7 @@ impl Engine {
             }
             if job.split.is_none() {
                 if lease.is_none() {
-                    self.queue.push(j.id, j.kind, (j.priority, j.seq));
+                    self.queue.push(j.id, job.lane, (j.priority, j.seq));
                 }
                 job.lease = lease;
             }
@@ -207,6 +214,7 @@ impl Engine {
             self.next_seq += 1;
             let kind = j.spec.kind();
             let params = j.spec.params_json();
+            debug_assert_eq!(j.spec.provider().map(Provider::as_str), params.get("provider").and_then(Value::as_str));
             self.effects.push(Effect::Store(StoreOp::Insert {
                 id: j.id,
                 kind,
@@ -216,8 +224,15 @@ impl Engine {
                 at_ms: now.wall_ms,
                 parent: None,
             }));
-            let position = self.queue.push(j.id, kind, (j.priority, seq));
-            self.jobs.insert(j.id, ActiveJob::new(kind, params, j.priority, seq, now, None));
+            let job = ActiveJob::new(kind, params, j.priority, seq, now, None);
+            let position = match j.answer {
+                None => self.queue.push(j.id, job.lane, (j.priority, seq)),
+                Some(_) => 0,
+            };
+            self.jobs.insert(j.id, job);
+            if let Some(answer) = j.answer {
+                self.finish(now, j.id, JobState::Succeeded, Some(answer), None);
+            }
             accepted.push((j.id, position));
         }
         self.schedule(now);
@@ -246,6 +261,8 @@ impl Engine {
     pub fn view(&self, id: &JobId) -> Option<ActiveView> {
         let job = self.jobs.get(id)?;
         let running = job.lease.is_some() || job.split.as_ref().is_some_and(|s| s.is_started());
+        let waiting = (!running && !self.workers.anyone_offers(&job.lane))
+            .then(|| format!("no registered worker runs {}", job.lane));
         let worker = match &job.split {
             Some(s) => Some(s.worker_list()).filter(|w| !w.is_empty()),
             None => job.lease.as_ref().map(|l| l.worker.to_string()),
@@ -260,6 +277,7 @@ impl Engine {
             created_at_ms: job.created_at_ms,
             progress: job.split.as_ref().and_then(|s| serde_json::to_value(s.snapshot()).ok()),
             parent: job.parent,
+            waiting,
         })
     }
 
@@ -285,8 +303,9 @@ impl Engine {
                 if let Some(l) = self.jobs.get_mut(&lease.job_id).and_then(|j| j.lease.as_mut()) {
                     l.restored = false;
                 }
+                let kind = self.jobs.get(&lease.job_id).map_or(JobKind::Noop, |j| j.kind);
                 if let Some(w) = self.workers.get_mut(&reg.worker) {
-                    w.running.insert(lease.job_id);
+                    w.running.insert(lease.job_id, kind);
                 }
                 out.adopted.push(lease);
             } else {
@@ -451,7 +470,33 @@ impl Engine {
         for (id, worker) in expired {
             self.requeue(now, id, format!("lease expired on worker {worker}"), true);
         }
+        self.fail_unrunnable(now);
         self.schedule(now);
+    }
+
+    /// Fails queued jobs that no registered worker has offered to run for
+    /// [`EngineConfig::no_worker_timeout`]: nobody can run them, so waiting
+    /// longer only hides the problem.
+    fn fail_unrunnable(&mut self, now: Now) {
+        let Some(deadline) = now.mono.checked_sub(self.cfg.no_worker_timeout) else { return };
+        for lane in self.queue.lanes() {
+            if self.workers.anyone_offers(&lane) {
+                continue;
+            }
+            let stale: Vec<JobId> = self
+                .queue
+                .in_lane(&lane)
+                .into_iter()
+                .filter(|id| self.jobs.get(id).is_some_and(|j| j.enqueued_at <= deadline))
+                .collect();
+            for id in stale {
+                let error = format!(
+                    "no worker that runs {lane} registered within {} s; start one that has it (see README) and submit again",
+                    self.cfg.no_worker_timeout.as_secs()
+                );
+                self.finish(now, id, JobState::Failed, None, Some(error));
+            }
+        }
     }
 
     fn live_worker(&mut self, worker: &WorkerId, instance: Option<InstanceId>) -> Result<&mut Worker, LeaseError> {
@@ -535,8 +580,8 @@ impl Engine {
             return;
         }
         job.enqueued_at = now.mono;
-        let (kind, rank, attempts) = (job.kind, (job.priority, job.seq), job.attempts);
-        self.queue.push(id, kind, rank);
+        let (lane, rank, attempts) = (job.lane, (job.priority, job.seq), job.attempts);
+        self.queue.push(id, lane, rank);
         self.effects.push(Effect::Store(StoreOp::Requeued {
             id,
             attempts,
@@ -590,7 +635,7 @@ impl Engine {
     /// what it needs, else makes sure what is left is queued, and tells watchers.
     fn after_unit(&mut self, now: Now, id: JobId) {
         let Some(job) = self.jobs.get_mut(&id) else { return };
-        let (kind, rank) = (job.kind, (job.priority, job.seq));
+        let (lane, rank) = (job.lane, (job.priority, job.seq));
         let Some(split) = job.split.as_deref_mut() else { return };
         if split.enough_shares() || split.is_complete() {
             let result = serde_json::to_value(split.output(now.mono)).ok();
@@ -599,7 +644,7 @@ impl Engine {
         }
         let progress = serde_json::to_value(split.progress()).unwrap_or(Value::Null);
         if !split.pending.is_empty() && self.queue.position(&id).is_none() {
-            self.queue.push(id, kind, rank);
+            self.queue.push(id, lane, rank);
         }
         if job.split.as_ref().is_some_and(|s| s.is_started()) {
             self.effects.push(Effect::Notify {
@@ -661,13 +706,13 @@ impl Engine {
     /// one unit per worker at a time (each unit uses all the worker's threads).
     fn schedule(&mut self, now: Now) {
         'placing: loop {
-            for (_, kind, id) in self.queue.heads() {
+            for (_, lane, id) in self.queue.heads() {
                 let holders: Option<HashSet<WorkerId>> = self
                     .jobs
                     .get(&id)
                     .and_then(|j| j.split.as_ref())
                     .map(|s| s.units.values().map(|u| u.worker.clone()).collect());
-                let Some(worker) = self.workers.pick(kind, |w| holders.as_ref().is_some_and(|h| h.contains(w))) else {
+                let Some(worker) = self.workers.pick(lane, |w| holders.as_ref().is_some_and(|h| h.contains(w))) else {
                     continue;
                 };
                 if holders.is_some() {
@@ -684,7 +729,7 @@ impl Engine {
     /// Carves a unit of mining job `id` sized for `worker` and sends it.
     fn dispatch_unit(&mut self, now: Now, id: JobId, worker: WorkerId) {
         let speed = self.workers.get(&worker).map(|w| self.workers.speed(w)).unwrap_or(1.0);
-        let total = self.workers.total_speed(JobKind::RandomxMine);
+        let total = self.workers.total_speed(Lane::of(JobKind::RandomxMine));
         let seq = self.next_seq;
         let Some(job) = self.jobs.get_mut(&id) else { return };
         let (kind, priority) = (job.kind, job.priority);
@@ -734,7 +779,7 @@ impl Engine {
             restored: false,
         });
         if let Some(w) = self.workers.get_mut(&worker) {
-            w.running.insert(id);
+            w.running.insert(id, job.kind);
         }
         let unit = WorkUnit {
             job_id: id,
@@ -742,6 +787,7 @@ impl Engine {
             token: token.clone(),
             kind: job.kind,
             params: job.params.clone(),
+            secrets: Vec::new(),
         };
         let waited = now.mono.saturating_duration_since(job.enqueued_at);
         let attempt = job.attempts;

@@ -24,6 +24,7 @@ impl Harness {
             max_attempts: 3,
             heartbeat: Duration::from_secs(1),
             invalid_share_limit: 2,
+            no_worker_timeout: Duration::from_secs(30),
         };
         Self { engine: Engine::new(cfg), now: Now { mono: Instant::now(), wall_ms: 1_000 } }
     }
@@ -47,7 +48,7 @@ impl Harness {
     fn submit(&mut self, priority: Priority) -> JobId {
         let id = JobId::new();
         let spec = JobSpec::Noop(Default::default());
-        let out = self.engine.submit(self.now, vec![NewJob { id, spec, priority }]);
+        let out = self.engine.submit(self.now, vec![NewJob::new(id, spec, priority)]);
         assert!(out.is_ok());
         id
     }
@@ -95,9 +96,8 @@ fn jobs_wait_for_free_slots_in_priority_order() {
 fn queue_capacity_is_enforced_all_or_nothing() {
     let mut h = Harness::new(2);
     h.submit(Priority::Normal);
-    let batch = (0..2)
-        .map(|_| NewJob { id: JobId::new(), spec: JobSpec::Noop(Default::default()), priority: Priority::Normal })
-        .collect();
+    let batch =
+        (0..2).map(|_| NewJob::new(JobId::new(), JobSpec::Noop(Default::default()), Priority::Normal)).collect();
     assert_eq!(h.engine.submit(h.now, batch), Err(QueueFull { capacity: 2 }));
     assert_eq!(h.engine.queue().len(), 1);
 }

@@ -18,6 +18,9 @@ pub struct EngineConfig {
     pub heartbeat: Duration,
     /// Invalid mining shares a worker may submit before it is quarantined.
     pub invalid_share_limit: u32,
+    /// A queued job fails when no registered worker has offered its kind
+    /// (and provider) for this long.
+    pub no_worker_timeout: Duration,
 }
 
 impl EngineConfig {
@@ -76,6 +79,18 @@ pub struct NewJob {
     pub id: JobId,
     pub spec: JobSpec,
     pub priority: Priority,
+    /// An answer already known (the result cache): the job is recorded and
+    /// succeeds at once, without a worker.
+    pub answer: Option<Value>,
+    /// The submitter's own API key: the coordinator keeps it in memory;
+    /// the engine never sees it.
+    pub api_key: Option<faena_proto::secret::Secret>,
+}
+
+impl NewJob {
+    pub fn new(id: JobId, spec: JobSpec, priority: Priority) -> Self {
+        Self { id, spec, priority, answer: None, api_key: None }
+    }
 }
 
 /// A state change to make durable, in the order given.
@@ -191,4 +206,6 @@ pub struct ActiveView {
     pub progress: Option<Value>,
     /// The job a unit belongs to.
     pub parent: Option<JobId>,
+    /// Why a queued job cannot start yet, when no worker could take it.
+    pub waiting: Option<String>,
 }

@@ -1,0 +1,217 @@
+//! `ai.query`: parameters, the streamed chunks a worker reports, and the
+//! result. A query goes to Google's Gemini or to any OpenAI-compatible
+//! endpoint; `history` carries a chat's earlier turns so it has context.
+
+use serde::{Deserialize, Serialize};
+
+use crate::WireError;
+
+/// Largest prompt, in bytes.
+pub const MAX_PROMPT_BYTES: usize = 32 * 1024;
+/// Largest prompt + system instruction + history together, in bytes.
+pub const MAX_CONTEXT_BYTES: usize = 256 * 1024;
+/// Most earlier turns sent along.
+pub const MAX_TURNS: usize = 200;
+/// Name of the per-job API key a work unit may refer to (fetched over gRPC).
+pub const API_KEY_SECRET: &str = "api_key";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Gemini,
+    Openai,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 2] = [Provider::Gemini, Provider::Openai];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Gemini => "gemini",
+            Provider::Openai => "openai",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Model,
+}
+
+/// One earlier turn of the conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Turn {
+    pub role: Role,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiParams {
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Which model; the worker's default for the provider when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Which provider; any worker that has one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
+    /// Earlier turns, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Turn>,
+    /// Stream the answer as it is written (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Answer from the master's result cache when the same question was
+    /// asked recently (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+}
+
+impl AiParams {
+    pub fn validate(&self) -> Result<(), WireError> {
+        let bad = |m: String| Err(WireError::Params(m));
+        if self.prompt.trim().is_empty() {
+            return bad("prompt must not be empty".into());
+        }
+        if self.prompt.len() > MAX_PROMPT_BYTES {
+            return bad(format!("prompt is {} bytes; the limit is {MAX_PROMPT_BYTES}", self.prompt.len()));
+        }
+        if self.history.len() > MAX_TURNS {
+            return bad(format!("history has {} turns; the limit is {MAX_TURNS}", self.history.len()));
+        }
+        let context = self.prompt.len()
+            + self.system.as_ref().map_or(0, String::len)
+            + self.history.iter().map(|t| t.text.len()).sum::<usize>();
+        if context > MAX_CONTEXT_BYTES {
+            return bad(format!(
+                "prompt, system and history are {context} bytes together; the limit is {MAX_CONTEXT_BYTES}"
+            ));
+        }
+        if self.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 128 || m.contains(['/', '?', '#', ' '])) {
+            return bad("model must be 1..=128 characters without '/', '?', '#' or spaces".into());
+        }
+        if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            return bad("temperature must be between 0 and 2".into());
+        }
+        if self.max_tokens == Some(0) {
+            return bad("max_tokens must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn streams(&self) -> bool {
+        self.stream.unwrap_or(true)
+    }
+
+    pub fn cacheable(&self) -> bool {
+        self.cache.unwrap_or(true)
+    }
+
+    /// What makes two questions the same for the result cache: everything
+    /// that shapes the answer, nothing that does not (streaming, caching).
+    pub fn cache_key(&self) -> String {
+        let key = Self { stream: None, cache: None, ..self.clone() };
+        serde_json::to_string(&key).unwrap_or_default()
+    }
+}
+
+/// Worker → master, for each piece of the answer as it is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AiChunk {
+    /// 0, 1, 2, ... in the order they were written.
+    pub seq: u64,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Timings {
+    /// From sending the request to the first piece of the answer.
+    pub first_token_ms: u64,
+    pub total_ms: u64,
+    /// Tries the provider needed (rate limits and server errors are retried).
+    pub tries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AiOutput {
+    pub text: String,
+    pub model: String,
+    pub provider: Provider,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Why the model stopped, as the provider says it (`STOP`, `stop`, ...).
+    pub finish_reason: String,
+    /// Set when the answer is usable but incomplete, e.g. cut at the token limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flagged: Option<String>,
+    pub timings: Timings,
+    /// True when the master answered from its result cache.
+    #[serde(default)]
+    pub cached: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> Result<AiParams, String> {
+        let p: AiParams = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        p.validate().map_err(|e| e.to_string())?;
+        Ok(p)
+    }
+
+    #[test]
+    fn limits_are_clear() {
+        assert!(
+            parse(json!({"prompt": "hi", "provider": "openai", "history": [{"role": "user", "text": "a"}]})).is_ok()
+        );
+        for (bad, says) in [
+            (json!({"prompt": " "}), "must not be empty"),
+            (json!({"prompt": "x".repeat(MAX_PROMPT_BYTES + 1)}), "the limit is 32768"),
+            (json!({"prompt": "x", "provider": "claude"}), "unknown variant"),
+            (json!({"prompt": "x", "model": "../etc"}), "model must be"),
+            (json!({"prompt": "x", "temperature": 3.0}), "temperature"),
+            (json!({"prompt": "x", "history": [{"role": "system", "text": "a"}]}), "unknown variant"),
+            (json!({"prompt": "x", "system": "y".repeat(MAX_CONTEXT_BYTES)}), "together"),
+        ] {
+            let e = parse(bad.clone()).err().unwrap_or_default();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_cache_key_ignores_how_the_answer_is_delivered() {
+        let a = parse(json!({"prompt": "q", "stream": false})).expect("valid");
+        let b = parse(json!({"prompt": "q", "cache": true})).expect("valid");
+        let c = parse(json!({"prompt": "q", "model": "m"})).expect("valid");
+        assert_eq!(a.cache_key(), b.cache_key());
+        assert_ne!(a.cache_key(), c.cache_key());
+    }
+}

@@ -1,0 +1,373 @@
+//! A local HTTP server that speaks Gemini's and OpenAI's REST wire formats
+//! faithfully enough to test against: SSE framing (`data: ...` blocks,
+//! `[DONE]` for OpenAI), answers in several chunks, usage metadata, the
+//! error bodies and statuses both send (including Gemini's `RetryInfo`),
+//! blocked prompts, finish reasons and slow or stalling streams. It records
+//! every request (path, headers, body) and notices clients that hang up
+//! mid-answer.
+//!
+//! What it answers is steered by the prompt: a prompt that starts with
+//! `[[fake {json}]]` sets [`Script`] fields; otherwise the answer is
+//! `You said: <prompt>` in word-sized chunks. Key `bad-key` is rejected as
+//! a bad key; model `missing-model` is unknown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+/// How to answer one prompt (all optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Script {
+    /// The answer's pieces, in order.
+    pub chunks: Option<Vec<String>>,
+    /// Before the response starts.
+    pub delay_ms: Option<u64>,
+    /// Between chunks.
+    pub gap_ms: Option<u64>,
+    /// Error statuses for the first tries of this prompt, in order.
+    pub fail: Option<Vec<u16>>,
+    /// Gemini's `RetryInfo.retryDelay` / OpenAI's `Retry-After` on a 429.
+    pub retry_delay_s: Option<f64>,
+    /// Gemini `promptFeedback.blockReason`.
+    pub block: Option<String>,
+    /// Finish reason of the last chunk.
+    pub finish: Option<String>,
+    /// Stop sending after the first chunk, for this long, without closing.
+    pub stall_ms: Option<u64>,
+    /// Put the send time (µs since the UNIX epoch) into each chunk's text as
+    /// `<t:...>` so a client can measure delivery latency.
+    pub stamp: Option<bool>,
+}
+
+/// One request as it arrived.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Value,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    requests: Mutex<Vec<Recorded>>,
+    tries: Mutex<HashMap<String, usize>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    hung_up: AtomicUsize,
+}
+
+/// The running server; it stops when dropped.
+#[derive(Debug, Clone)]
+pub struct FakeAi {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl FakeAi {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Inner::default());
+        let app = Router::new()
+            .route("/v1beta/models/{call}", post(gemini))
+            .route("/v1/chat/completions", post(openai))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the fake AI server");
+        let addr = listener.local_addr().expect("address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, inner, task: Arc::new(task) }
+    }
+
+    /// What to put in `GEMINI_BASE_URL`.
+    pub fn gemini_base(&self) -> String {
+        format!("http://{}/v1beta", self.addr)
+    }
+
+    /// What to put in `OPENAI_BASE_URL`.
+    pub fn openai_base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn requests(&self) -> Vec<Recorded> {
+        self.inner.requests.lock().await.clone()
+    }
+
+    /// Most requests answered at the same time so far.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner.max_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Answers a client abandoned before their end.
+    pub fn hung_up(&self) -> usize {
+        self.inner.hung_up.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FakeAi {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.task) == 1 {
+            self.task.abort();
+        }
+    }
+}
+
+fn script(prompt: &str) -> (Script, String) {
+    if let Some(rest) = prompt.strip_prefix("[[fake ")
+        && let Some((json, tail)) = rest.split_once("]]")
+    {
+        return (serde_json::from_str(json).expect("a valid [[fake ...]] script"), tail.trim().to_owned());
+    }
+    (Script::default(), prompt.to_owned())
+}
+
+fn now_us() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
+}
+
+fn chunks_of(s: &Script, said: &str) -> Vec<String> {
+    s.chunks.clone().unwrap_or_else(|| {
+        let answer = format!("You said: {said}");
+        let mut out = Vec::new();
+        let mut word = String::new();
+        for c in answer.chars() {
+            word.push(c);
+            if c == ' ' {
+                out.push(std::mem::take(&mut word));
+            }
+        }
+        if !word.is_empty() {
+            out.push(word);
+        }
+        out
+    })
+}
+
+/// Counts a request in flight until dropped; notes an answer cut short.
+struct Flight {
+    inner: Arc<Inner>,
+    finished: bool,
+}
+
+impl Flight {
+    fn new(inner: &Arc<Inner>) -> Self {
+        let now = inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        inner.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        Self { inner: inner.clone(), finished: false }
+    }
+}
+
+impl Flight {
+    fn land(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished {
+            self.inner.hung_up.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn record(inner: &Inner, path: String, headers: &HeaderMap, body: &Value) {
+    let headers = headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())).collect();
+    inner.requests.lock().await.push(Recorded { path, headers, body: body.clone() });
+}
+
+/// The error status this try should get, if the script says so.
+async fn failure(inner: &Inner, s: &Script, prompt: &str) -> Option<u16> {
+    let fail = s.fail.as_ref()?;
+    let mut tries = inner.tries.lock().await;
+    let n = tries.entry(prompt.to_owned()).or_default();
+    *n += 1;
+    fail.get(*n - 1).copied()
+}
+
+/// Streams `frames` (already framed as SSE), pausing as the script says.
+fn sse(inner: &Arc<Inner>, s: &Script, frames: Vec<String>) -> Response {
+    let gap = Duration::from_millis(s.gap_ms.unwrap_or(0));
+    let stall = s.stall_ms.map(Duration::from_millis);
+    let flight = Flight::new(inner);
+    let stream =
+        futures::stream::unfold((frames.into_iter().enumerate(), flight), move |(mut it, mut flight)| async move {
+            let Some((i, frame)) = it.next() else {
+                flight.land();
+                return None;
+            };
+            if i > 0 {
+                if let (1, Some(stall)) = (i, stall) {
+                    tokio::time::sleep(stall).await;
+                }
+                tokio::time::sleep(gap).await;
+            }
+            Some((Ok::<_, std::io::Error>(Bytes::from(frame)), (it, flight)))
+        });
+    ([("content-type", "text/event-stream")], Body::from_stream(stream)).into_response()
+}
+
+fn text_of(s: &Script, piece: &str) -> String {
+    if s.stamp == Some(true) { format!("{piece}<t:{}>", now_us()) } else { piece.to_owned() }
+}
+
+fn gemini_error(code: u16, status: &str, message: &str, retry: Option<f64>) -> Response {
+    let mut details = vec![];
+    if let Some(d) = retry {
+        details.push(json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{d}s")}));
+    }
+    let body = json!({"error": {"code": code, "message": message, "status": status, "details": details}});
+    (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body)).into_response()
+}
+
+async fn gemini(
+    State(inner): State<Arc<Inner>>,
+    Path(call): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    record(&inner, format!("/v1beta/models/{call}{query}"), &headers, &body).await;
+    let (model, method) = call.split_once(':').unwrap_or((&call, ""));
+    let prompt = body["contents"]
+        .as_array()
+        .and_then(|c| c.last())
+        .map(|c| c["parts"][0]["text"].as_str().unwrap_or(""))
+        .unwrap_or("");
+    let (s, said) = script(prompt);
+    if let Some(ms) = s.delay_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let key = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if key.is_empty() {
+        return gemini_error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers.", None);
+    }
+    if key == "bad-key" {
+        return gemini_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", None);
+    }
+    if model == "missing-model" {
+        return gemini_error(404, "NOT_FOUND", &format!("models/{model} is not found for API version v1beta"), None);
+    }
+    if let Some(code) = failure(&inner, &s, prompt).await {
+        let status = match code {
+            429 => "RESOURCE_EXHAUSTED",
+            503 => "UNAVAILABLE",
+            504 => "DEADLINE_EXCEEDED",
+            _ => "INTERNAL",
+        };
+        return gemini_error(code, status, "try again later", if code == 429 { s.retry_delay_s } else { None });
+    }
+    let usage = json!({"promptTokenCount": 7, "candidatesTokenCount": 11, "totalTokenCount": 18});
+    if let Some(reason) = &s.block {
+        let body = json!({"promptFeedback": {"blockReason": reason}, "usageMetadata": usage, "modelVersion": model});
+        return if method.starts_with("streamGenerateContent") {
+            sse(&inner, &s, vec![format!("data: {body}\r\n\r\n")])
+        } else {
+            axum::Json(body).into_response()
+        };
+    }
+    let pieces = chunks_of(&s, &said);
+    let finish = s.finish.clone().unwrap_or_else(|| "STOP".into());
+    if method.starts_with("streamGenerateContent") {
+        let n = pieces.len();
+        let frames = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut cand = json!({"content": {"parts": [{"text": text_of(&s, p)}], "role": "model"}, "index": 0});
+                let mut chunk = json!({"modelVersion": model});
+                if i + 1 == n {
+                    cand["finishReason"] = json!(finish);
+                    chunk["usageMetadata"] = usage.clone();
+                }
+                chunk["candidates"] = json!([cand]);
+                format!("data: {chunk}\r\n\r\n")
+            })
+            .collect();
+        sse(&inner, &s, frames)
+    } else {
+        let text: String = pieces.concat();
+        axum::Json(json!({
+            "candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": finish, "index": 0}],
+            "usageMetadata": usage,
+            "modelVersion": model,
+        }))
+        .into_response()
+    }
+}
+
+fn openai_error(code: u16, kind: &str, message: &str, retry: Option<f64>) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
+    let mut resp =
+        (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body)).into_response();
+    if let Some(r) = retry
+        && let Ok(v) = format!("{r}").parse()
+    {
+        resp.headers_mut().insert("retry-after", v);
+    }
+    resp
+}
+
+async fn openai(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: String) -> Response {
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    record(&inner, "/v1/chat/completions".into(), &headers, &body).await;
+    let prompt = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("");
+    let (s, said) = script(prompt);
+    if let Some(ms) = s.delay_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer bad-key") {
+        return openai_error(401, "invalid_request_error", "Incorrect API key provided: bad-key.", None);
+    }
+    let model = body["model"].as_str().unwrap_or("").to_owned();
+    if model == "missing-model" {
+        return openai_error(404, "invalid_request_error", &format!("The model `{model}` does not exist"), None);
+    }
+    if let Some(code) = failure(&inner, &s, prompt).await {
+        return openai_error(code, "server_error", "try again later", if code == 429 { s.retry_delay_s } else { None });
+    }
+    let pieces = chunks_of(&s, &said);
+    let finish = s.finish.clone().unwrap_or_else(|| "stop".into());
+    let usage = json!({"prompt_tokens": 7, "completion_tokens": 11, "total_tokens": 18});
+    if body["stream"] == true {
+        let n = pieces.len();
+        let mut frames: Vec<String> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let fr = if i + 1 == n { json!(finish) } else { Value::Null };
+                let chunk = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
+                    "choices": [{"index": 0, "delta": {"content": text_of(&s, p)}, "finish_reason": fr}]});
+                format!("data: {chunk}\n\n")
+            })
+            .collect();
+        if body["stream_options"]["include_usage"] == true {
+            let chunk = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage});
+            frames.push(format!("data: {chunk}\n\n"));
+        }
+        frames.push("data: [DONE]\n\n".into());
+        sse(&inner, &s, frames)
+    } else {
+        axum::Json(json!({"id": "chatcmpl-1", "object": "chat.completion", "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": pieces.concat()}, "finish_reason": finish}],
+            "usage": usage}))
+        .into_response()
+    }
+}

@@ -1,0 +1,282 @@
+//! AI providers on a worker: Google's Gemini REST API and any
+//! OpenAI-compatible chat completions endpoint, both streamed over SSE.
+//!
+//! Each provider module turns a query into one HTTP request, feeds the
+//! answer's pieces to a [`Sink`] as they arrive and classifies what goes
+//! wrong: [`AiError::Transient`] (rate limits, server errors, broken or
+//! silent connections: worth another try, after the delay the provider asks
+//! for if it gives one) or [`AiError::Fatal`] (a bad key, an unknown model, a
+//! blocked prompt: said so a person can act on it).
+
+pub mod gemini;
+pub mod openai;
+
+use std::time::{Duration, Instant};
+
+use faena_proto::ai::{AiChunk, AiParams, Provider, Usage};
+use faena_proto::secret::Secret;
+use futures::{Stream, StreamExt};
+use reqwest::header::HeaderMap;
+
+use crate::config::AiArgs;
+use crate::exec::JobContext;
+
+pub const GEMINI_DEFAULT_BASE: &str = "https://generativelanguage.googleapis.com/v1beta";
+pub const OPENAI_DEFAULT_BASE: &str = "https://api.openai.com";
+/// Longest error body kept for a message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// One provider as this worker is configured for it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub base: String,
+    pub model: String,
+    pub key: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Providers {
+    pub gemini: Option<Endpoint>,
+    pub openai: Option<Endpoint>,
+    pub http: reqwest::Client,
+    pub chunk_timeout: Duration,
+    pub tries: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Secret(#[from] faena_common::secrets::SecretError),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+impl Providers {
+    pub fn from_args(a: &AiArgs) -> Result<Self, SetupError> {
+        use faena_common::secrets::resolve;
+        let gemini_key = resolve("GEMINI_API_KEY", a.gemini_api_key.as_deref(), a.gemini_api_key_file.as_deref())?;
+        let openai_key = resolve("OPENAI_API_KEY", a.openai_api_key.as_deref(), a.openai_api_key_file.as_deref())?;
+        let trim = |s: &str| s.trim_end_matches('/').to_owned();
+        let gemini = (gemini_key.is_some() || a.gemini_base_url.is_some()).then(|| Endpoint {
+            base: trim(a.gemini_base_url.as_deref().unwrap_or(GEMINI_DEFAULT_BASE)),
+            model: a.gemini_model.clone(),
+            key: gemini_key,
+        });
+        let openai = (openai_key.is_some() || a.openai_base_url.is_some()).then(|| Endpoint {
+            base: trim(a.openai_base_url.as_deref().unwrap_or(OPENAI_DEFAULT_BASE)),
+            model: a.openai_model.clone(),
+            key: openai_key,
+        });
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(a.ai_connect_timeout_ms))
+            .tcp_nodelay(true)
+            .user_agent(concat!("faena-worker/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            gemini,
+            openai,
+            http,
+            chunk_timeout: Duration::from_millis(a.ai_chunk_timeout_ms),
+            tries: a.ai_tries,
+        })
+    }
+
+    /// The providers this worker offers, in the order it prefers them.
+    pub fn offered(&self) -> Vec<Provider> {
+        let mut out = Vec::new();
+        if self.gemini.is_some() {
+            out.push(Provider::Gemini);
+        }
+        if self.openai.is_some() {
+            out.push(Provider::Openai);
+        }
+        out
+    }
+
+    pub fn endpoint(&self, p: Provider) -> Option<&Endpoint> {
+        match p {
+            Provider::Gemini => self.gemini.as_ref(),
+            Provider::Openai => self.openai.as_ref(),
+        }
+    }
+}
+
+/// One request to a provider.
+#[derive(Debug)]
+pub struct Query<'a> {
+    pub params: &'a AiParams,
+    pub base: &'a str,
+    pub model: &'a str,
+    pub key: Option<&'a Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AiError {
+    #[error("{message}")]
+    Transient { message: String, after: Option<Duration> },
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// What a provider answered (the text went to the sink as it came).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub model: String,
+    pub usage: Option<Usage>,
+    pub finish_reason: String,
+    pub flagged: Option<String>,
+}
+
+/// Where the answer's pieces go: the job's progress, in order, and the
+/// full text.
+#[derive(Debug)]
+pub struct Sink<'a> {
+    ctx: Option<&'a JobContext>,
+    pub text: String,
+    seq: u64,
+    started: Instant,
+    pub first_token: Option<Duration>,
+}
+
+impl<'a> Sink<'a> {
+    pub fn new(ctx: Option<&'a JobContext>) -> Self {
+        Self { ctx, text: String::new(), seq: 0, started: Instant::now(), first_token: None }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seq == 0
+    }
+
+    pub async fn push(&mut self, piece: &str) {
+        if piece.is_empty() {
+            return;
+        }
+        self.first_token.get_or_insert_with(|| self.started.elapsed());
+        self.text.push_str(piece);
+        if let Some(ctx) = self.ctx {
+            let chunk = AiChunk { seq: self.seq, text: piece.to_owned() };
+            ctx.report(serde_json::to_value(chunk).unwrap_or_default()).await;
+        }
+        self.seq += 1;
+    }
+}
+
+/// Sends a request, waiting at most `timeout` for the response to start.
+pub async fn send(req: reqwest::RequestBuilder, timeout: Duration, who: &str) -> Result<reqwest::Response, AiError> {
+    match tokio::time::timeout(timeout, req.send()).await {
+        Err(_) => Err(AiError::Transient {
+            message: format!("{who} did not answer within {} ms", timeout.as_millis()),
+            after: None,
+        }),
+        Ok(Err(e)) if e.is_connect() => {
+            Err(AiError::Transient { message: format!("cannot connect to {who}: {}", root_cause(&e)), after: None })
+        }
+        Ok(Err(e)) => {
+            Err(AiError::Transient { message: format!("{who} request failed: {}", root_cause(&e)), after: None })
+        }
+        Ok(Ok(resp)) => Ok(resp),
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// The body of an error answer, bounded.
+pub async fn error_body(resp: reqwest::Response) -> (reqwest::StatusCode, HeaderMap, String) {
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_ERROR_BODY {
+            break;
+        }
+    }
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The `data` of each server-sent event of `resp`, each within `timeout` of
+/// the one before.
+pub fn sse(
+    resp: reqwest::Response,
+    timeout: Duration,
+    who: &'static str,
+) -> impl Stream<Item = Result<String, AiError>> {
+    use eventsource_stream::Eventsource;
+    let events = resp.bytes_stream().eventsource();
+    futures::stream::unfold(Box::pin(events), move |mut events| async move {
+        let item = match tokio::time::timeout(timeout, events.next()).await {
+            Err(_) => Err(AiError::Transient {
+                message: format!("{who} sent nothing for {} ms in the middle of the answer", timeout.as_millis()),
+                after: None,
+            }),
+            Ok(None) => return None,
+            Ok(Some(Err(e))) => {
+                Err(AiError::Transient { message: format!("{who} stream broke: {}", root_cause(&e)), after: None })
+            }
+            Ok(Some(Ok(event))) => Ok(event.data),
+        };
+        Some((item, events))
+    })
+}
+
+/// Reads a whole (non-streamed) body within `timeout`.
+pub async fn body(resp: reqwest::Response, timeout: Duration, who: &str) -> Result<String, AiError> {
+    match tokio::time::timeout(timeout, resp.text()).await {
+        Err(_) => Err(AiError::Transient {
+            message: format!("{who} answer took over {} ms", timeout.as_millis()),
+            after: None,
+        }),
+        Ok(Err(e)) => {
+            Err(AiError::Transient { message: format!("{who} answer broke: {}", root_cause(&e)), after: None })
+        }
+        Ok(Ok(text)) => Ok(text),
+    }
+}
+
+/// `Retry-After` in seconds (or `retry-after-ms`, as OpenAI sends), if any.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
+    get("retry-after-ms")
+        .map(|ms| ms / 1000.0)
+        .or_else(|| get("retry-after"))
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// Delay before try `n + 1` (n ≥ 1): exponential from 500 ms, capped at 8 s,
+/// with ±50 % jitter so many workers do not retry in step.
+pub fn backoff(n: u32) -> Duration {
+    let base = 0.5 * 2f64.powi(n.saturating_sub(1).min(10) as i32);
+    let jitter = 0.5 + rand::random::<f64>();
+    Duration::from_secs_f64(base.min(8.0) * jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_a_cap() {
+        for n in 1..12 {
+            let d = backoff(n).as_secs_f64();
+            let base = (0.5 * 2f64.powi(n as i32 - 1)).min(8.0);
+            assert!(d >= base * 0.5 && d <= base * 1.5, "{n}: {d}");
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_milliseconds() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", "2".parse().expect("v"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert("retry-after-ms", "250".parse().expect("v"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
+    }
+}
