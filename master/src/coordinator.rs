@@ -417,8 +417,19 @@ impl Actor {
             self.sent_positions.remove(&job);
             let hub = self.deps.hub.clone();
             self.deps.store.after_commit(move |_| hub.publish(job, event));
-        } else if self.deps.hub.is_watched(&job) {
-            self.deps.hub.publish(job, event);
+        } else if matches!(event, JobEvent::Progress { .. })
+            && self.engine.view(&job).is_some_and(|v| v.kind == faena_proto::jobs::JobKind::AiQuery)
+        {
+            // A streamed answer: kept for watchers that arrive mid-answer.
+            self.deps.hub.publish_kept(job, event);
+        } else {
+            if matches!(event, JobEvent::Requeued { .. }) {
+                // The answer will start again from its first piece.
+                self.deps.hub.reset_kept(&job);
+            }
+            if self.deps.hub.is_watched(&job) {
+                self.deps.hub.publish(job, event);
+            }
         }
     }
 

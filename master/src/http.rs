@@ -255,16 +255,21 @@ async fn job_events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     let id = parse_id(&id)?;
     // Subscribe before reading the snapshot, so nothing falls in between.
-    let rx = state.hub.subscribe(id);
+    let (kept, rx) = state.hub.subscribe(id);
     let first = snapshot_event(&find(&state, id).await?);
     let done = first.is_final();
-    // State: the snapshot still to send, the subscription, the last position sent, done.
-    let start = (Some(first), Some(rx), None::<u64>, done);
-    let stream = futures::stream::unfold(start, |(first, rx, last_position, done)| async move {
-        if let Some(ev) = first {
+    // The snapshot, then (unless it is final) the stream written so far.
+    let mut backlog: std::collections::VecDeque<JobEvent> = std::iter::once(first).collect();
+    if !done {
+        backlog.extend(kept);
+    }
+    // State: events still to send first, the subscription, the last position sent, done.
+    let start = (backlog, Some(rx), None::<u64>, done);
+    let stream = futures::stream::unfold(start, |(mut backlog, rx, last_position, done)| async move {
+        if let Some(ev) = backlog.pop_front() {
             let fin = ev.is_final();
-            let position = if let JobEvent::Queued { position } = ev { Some(position) } else { None };
-            return Some((ev, (None, if fin { None } else { rx }, position, fin)));
+            let position = if let JobEvent::Queued { position } = ev { Some(position) } else { last_position };
+            return Some((ev, (backlog, if fin { None } else { rx }, position, fin)));
         }
         if done {
             return None;
@@ -277,7 +282,7 @@ async fn job_events(
                 Ok(ev) => {
                     let fin = ev.is_final();
                     let position = if let JobEvent::Queued { position } = ev { Some(position) } else { last_position };
-                    return Some((ev, (None, Some(rx), position, fin)));
+                    return Some((ev, (backlog, Some(rx), position, fin)));
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return None,

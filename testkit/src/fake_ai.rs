@@ -87,6 +87,10 @@ impl FakeAi {
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the fake AI server");
         let addr = listener.local_addr().expect("address");
+        // Each chunk leaves at once, as a real provider's would.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -135,6 +139,9 @@ fn script(prompt: &str) -> (Script, String) {
     (Script::default(), prompt.to_owned())
 }
 
+/// Stands for the send time in a frame until it is sent.
+const STAMP: &str = "<t:now>";
+
 fn now_us() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
 }
@@ -157,9 +164,10 @@ fn chunks_of(s: &Script, said: &str) -> Vec<String> {
     })
 }
 
-/// Counts a request in flight until dropped; notes an answer cut short.
+/// Counts a request in flight until dropped; notes a stream cut short.
 struct Flight {
     inner: Arc<Inner>,
+    streaming: bool,
     finished: bool,
 }
 
@@ -167,7 +175,7 @@ impl Flight {
     fn new(inner: &Arc<Inner>) -> Self {
         let now = inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         inner.max_in_flight.fetch_max(now, Ordering::Relaxed);
-        Self { inner: inner.clone(), finished: false }
+        Self { inner: inner.clone(), streaming: false, finished: false }
     }
 }
 
@@ -180,7 +188,7 @@ impl Flight {
 impl Drop for Flight {
     fn drop(&mut self) {
         self.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if !self.finished {
+        if self.streaming && !self.finished {
             self.inner.hung_up.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -201,10 +209,10 @@ async fn failure(inner: &Inner, s: &Script, prompt: &str) -> Option<u16> {
 }
 
 /// Streams `frames` (already framed as SSE), pausing as the script says.
-fn sse(inner: &Arc<Inner>, s: &Script, frames: Vec<String>) -> Response {
+fn sse(mut flight: Flight, s: &Script, frames: Vec<String>) -> Response {
     let gap = Duration::from_millis(s.gap_ms.unwrap_or(0));
     let stall = s.stall_ms.map(Duration::from_millis);
-    let flight = Flight::new(inner);
+    flight.streaming = true;
     let stream =
         futures::stream::unfold((frames.into_iter().enumerate(), flight), move |(mut it, mut flight)| async move {
             let Some((i, frame)) = it.next() else {
@@ -217,13 +225,15 @@ fn sse(inner: &Arc<Inner>, s: &Script, frames: Vec<String>) -> Response {
                 }
                 tokio::time::sleep(gap).await;
             }
+            let frame = frame.replace(STAMP, &format!("<t:{}>", now_us()));
             Some((Ok::<_, std::io::Error>(Bytes::from(frame)), (it, flight)))
         });
     ([("content-type", "text/event-stream")], Body::from_stream(stream)).into_response()
 }
 
 fn text_of(s: &Script, piece: &str) -> String {
-    if s.stamp == Some(true) { format!("{piece}<t:{}>", now_us()) } else { piece.to_owned() }
+    // The time goes in when the frame is sent (see `sse`).
+    if s.stamp == Some(true) { format!("{piece}{STAMP}") } else { piece.to_owned() }
 }
 
 fn gemini_error(code: u16, status: &str, message: &str, retry: Option<f64>) -> Response {
@@ -245,6 +255,7 @@ async fn gemini(
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let query = query.map(|q| format!("?{q}")).unwrap_or_default();
     record(&inner, format!("/v1beta/models/{call}{query}"), &headers, &body).await;
+    let flight = Flight::new(&inner);
     let (model, method) = call.split_once(':').unwrap_or((&call, ""));
     let prompt = body["contents"]
         .as_array()
@@ -278,7 +289,7 @@ async fn gemini(
     if let Some(reason) = &s.block {
         let body = json!({"promptFeedback": {"blockReason": reason}, "usageMetadata": usage, "modelVersion": model});
         return if method.starts_with("streamGenerateContent") {
-            sse(&inner, &s, vec![format!("data: {body}\r\n\r\n")])
+            sse(flight, &s, vec![format!("data: {body}\r\n\r\n")])
         } else {
             axum::Json(body).into_response()
         };
@@ -301,7 +312,7 @@ async fn gemini(
                 format!("data: {chunk}\r\n\r\n")
             })
             .collect();
-        sse(&inner, &s, frames)
+        sse(flight, &s, frames)
     } else {
         let text: String = pieces.concat();
         axum::Json(json!({
@@ -328,6 +339,7 @@ fn openai_error(code: u16, kind: &str, message: &str, retry: Option<f64>) -> Res
 async fn openai(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: String) -> Response {
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     record(&inner, "/v1/chat/completions".into(), &headers, &body).await;
+    let flight = Flight::new(&inner);
     let prompt = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("");
     let (s, said) = script(prompt);
     if let Some(ms) = s.delay_ms {
@@ -363,7 +375,7 @@ async fn openai(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Strin
             frames.push(format!("data: {chunk}\n\n"));
         }
         frames.push("data: [DONE]\n\n".into());
-        sse(&inner, &s, frames)
+        sse(flight, &s, frames)
     } else {
         axum::Json(json!({"id": "chatcmpl-1", "object": "chat.completion", "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": pieces.concat()}, "finish_reason": finish}],

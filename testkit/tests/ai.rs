@@ -103,7 +103,7 @@ async fn gemini_streams_the_answer_in_order_with_context_and_metadata() {
         run(&c, json!({"prompt": "plain", "stream": false, "model": "gemini-pro", "provider": "gemini"})).await;
     assert_eq!(job["result"]["text"], "You said: plain", "{job}");
     assert_eq!(job["result"]["model"], "gemini-pro");
-    assert!(chunks.len() <= 1, "the whole answer in one piece (if the watcher was in time to see it)");
+    assert!(chunks.len() <= 1, "the whole answer in one piece (none if it was over before the watcher came)");
     let requests = fake.requests().await;
     assert_eq!(requests.last().unwrap().path, "/v1beta/models/gemini-pro:generateContent");
 }

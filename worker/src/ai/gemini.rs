@@ -3,12 +3,12 @@
 //! The system instruction goes in `systemInstruction`, the conversation's
 //! earlier turns and the prompt in `contents`.
 
-use faena_proto::ai::{Role, Usage};
+use faena_proto::ai::Role;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AiError, Answer, Query, Sink, body, error_body, retry_after, send, sse};
+use super::{AiError, Answer, Folded, Query, Sink, body, error_body, retry_after, send, sse};
 
 const WHO: &str = "Gemini";
 
@@ -151,57 +151,30 @@ fn finish(reason: &str) -> Result<Option<String>, AiError> {
     }
 }
 
-#[derive(Debug, Default)]
-struct Folded {
-    model: Option<String>,
-    usage: Option<Usage>,
-    finish_reason: String,
-}
-
-impl Folded {
-    /// Takes one response (a stream chunk or the whole answer): its text goes
-    /// to the sink; blocks and errors end the query.
-    async fn take(&mut self, r: Response, sink: &mut Sink<'_>, model: &str) -> Result<(), AiError> {
-        if let Some(e) = &r.error {
-            return Err(classify(e.code.unwrap_or(500), e, model, None));
-        }
-        if let Some(reason) = r.prompt_feedback.as_ref().and_then(|f| f.block_reason.as_deref()) {
-            return Err(AiError::Fatal(format!("Gemini blocked the prompt (blockReason {reason}); rephrase it")));
-        }
-        if let Some(v) = r.model_version {
-            self.model = Some(v);
-        }
-        if let Some(u) = r.usage_metadata {
-            let prompt = u.prompt_token_count.unwrap_or(0);
-            let output = u.candidates_token_count.unwrap_or(0);
-            self.usage = Some(Usage {
-                prompt_tokens: prompt,
-                output_tokens: output,
-                total_tokens: u.total_token_count.unwrap_or(prompt + output),
-            });
-        }
-        if let Some(c) = r.candidates.into_iter().next() {
-            for part in c.content.map(|c| c.parts).unwrap_or_default() {
-                if let Some(text) = part.text {
-                    sink.push(&text).await;
-                }
-            }
-            if let Some(reason) = c.finish_reason {
-                self.finish_reason = reason;
+/// Takes one response (a stream chunk or the whole answer): its text goes
+/// to the sink; blocks and errors end the query.
+async fn take(f: &mut Folded, r: Response, sink: &mut Sink<'_>, model: &str) -> Result<(), AiError> {
+    if let Some(e) = &r.error {
+        return Err(classify(e.code.unwrap_or(500), e, model, None));
+    }
+    if let Some(reason) = r.prompt_feedback.as_ref().and_then(|f| f.block_reason.as_deref()) {
+        return Err(AiError::Fatal(format!("Gemini blocked the prompt (blockReason {reason}); rephrase it")));
+    }
+    if let Some(v) = r.model_version {
+        f.model = Some(v);
+    }
+    if let Some(u) = r.usage_metadata {
+        f.usage(u.prompt_token_count, u.candidates_token_count, u.total_token_count);
+    }
+    if let Some(c) = r.candidates.into_iter().next() {
+        for part in c.content.map(|c| c.parts).unwrap_or_default() {
+            if let Some(text) = part.text {
+                sink.push(&text).await;
             }
         }
-        Ok(())
+        f.finish(c.finish_reason);
     }
-
-    fn answer(self, model: &str) -> Result<Answer, AiError> {
-        let flagged = finish(&self.finish_reason)?;
-        Ok(Answer {
-            model: self.model.unwrap_or_else(|| model.to_owned()),
-            usage: self.usage,
-            finish_reason: if self.finish_reason.is_empty() { "STOP".into() } else { self.finish_reason },
-            flagged,
-        })
-    }
+    Ok(())
 }
 
 pub async fn query(
@@ -238,15 +211,16 @@ pub async fn query(
                 message: format!("Gemini sent a malformed chunk: {e}"),
                 after: None,
             })?;
-            folded.take(r, sink, q.model).await?;
+            take(&mut folded, r, sink, q.model).await?;
         }
     } else {
         let text = body(resp, timeout, WHO).await?;
         let r: Response = serde_json::from_str(&text)
             .map_err(|e| AiError::Transient { message: format!("Gemini sent a malformed answer: {e}"), after: None })?;
-        folded.take(r, sink, q.model).await?;
+        take(&mut folded, r, sink, q.model).await?;
     }
-    folded.answer(q.model)
+    let flagged = finish(&folded.finish_reason)?;
+    Ok(folded.answer(q.model, "STOP", flagged))
 }
 
 #[cfg(test)]

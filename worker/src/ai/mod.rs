@@ -127,6 +127,41 @@ pub struct Answer {
     pub flagged: Option<String>,
 }
 
+/// What a provider said besides the text, gathered over its chunks.
+#[derive(Debug, Default)]
+pub struct Folded {
+    pub model: Option<String>,
+    pub usage: Option<Usage>,
+    pub finish_reason: String,
+}
+
+impl Folded {
+    pub fn usage(&mut self, prompt: Option<u64>, output: Option<u64>, total: Option<u64>) {
+        let (prompt, output) = (prompt.unwrap_or(0), output.unwrap_or(0));
+        self.usage = Some(Usage {
+            prompt_tokens: prompt,
+            output_tokens: output,
+            total_tokens: total.unwrap_or(prompt + output),
+        });
+    }
+
+    pub fn finish(&mut self, reason: Option<String>) {
+        if let Some(r) = reason {
+            self.finish_reason = r;
+        }
+    }
+
+    /// The answer, given how the finish reason reads for the provider.
+    pub fn answer(self, model: &str, default_reason: &str, flagged: Option<String>) -> Answer {
+        Answer {
+            model: self.model.unwrap_or_else(|| model.to_owned()),
+            usage: self.usage,
+            finish_reason: if self.finish_reason.is_empty() { default_reason.into() } else { self.finish_reason },
+            flagged,
+        }
+    }
+}
+
 /// Where the answer's pieces go: the job's progress, in order, and the
 /// full text.
 #[derive(Debug)]

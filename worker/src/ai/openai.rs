@@ -2,12 +2,12 @@
 //! server): `POST {base}/v1/chat/completions` with `stream: true` (SSE,
 //! ending in `data: [DONE]`), `Authorization: Bearer` only when a key is set.
 
-use faena_proto::ai::{Role, Usage};
+use faena_proto::ai::Role;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AiError, Answer, Query, Sink, body, error_body, retry_after, send, sse};
+use super::{AiError, Answer, Folded, Query, Sink, body, error_body, retry_after, send, sse};
 
 const WHO: &str = "the OpenAI-compatible server";
 
@@ -113,40 +113,23 @@ fn finish(reason: &str) -> Result<Option<String>, AiError> {
     }
 }
 
-#[derive(Debug, Default)]
-struct Folded {
-    model: Option<String>,
-    usage: Option<Usage>,
-    finish_reason: String,
-}
-
-impl Folded {
-    async fn take(&mut self, c: Chunk, sink: &mut Sink<'_>, model: &str) -> Result<(), AiError> {
-        if let Some(e) = &c.error {
-            return Err(classify(500, e, model, None));
-        }
-        if let Some(m) = c.model {
-            self.model = Some(m);
-        }
-        if let Some(u) = c.usage {
-            let prompt = u.prompt_tokens.unwrap_or(0);
-            let output = u.completion_tokens.unwrap_or(0);
-            self.usage = Some(Usage {
-                prompt_tokens: prompt,
-                output_tokens: output,
-                total_tokens: u.total_tokens.unwrap_or(prompt + output),
-            });
-        }
-        if let Some(choice) = c.choices.into_iter().next() {
-            if let Some(text) = choice.delta.or(choice.message).and_then(|m| m.content) {
-                sink.push(&text).await;
-            }
-            if let Some(reason) = choice.finish_reason {
-                self.finish_reason = reason;
-            }
-        }
-        Ok(())
+async fn take(f: &mut Folded, c: Chunk, sink: &mut Sink<'_>, model: &str) -> Result<(), AiError> {
+    if let Some(e) = &c.error {
+        return Err(classify(500, e, model, None));
     }
+    if let Some(m) = c.model {
+        f.model = Some(m);
+    }
+    if let Some(u) = c.usage {
+        f.usage(u.prompt_tokens, u.completion_tokens, u.total_tokens);
+    }
+    if let Some(choice) = c.choices.into_iter().next() {
+        if let Some(text) = choice.delta.or(choice.message).and_then(|m| m.content) {
+            sink.push(&text).await;
+        }
+        f.finish(choice.finish_reason);
+    }
+    Ok(())
 }
 
 pub async fn query(
@@ -183,7 +166,7 @@ pub async fn query(
                 done = true;
                 break;
             }
-            folded.take(serde_json::from_str(&data).map_err(bad)?, sink, q.model).await?;
+            take(&mut folded, serde_json::from_str(&data).map_err(bad)?, sink, q.model).await?;
         }
         if !done && folded.finish_reason.is_empty() {
             return Err(AiError::Transient {
@@ -193,15 +176,10 @@ pub async fn query(
         }
     } else {
         let text = body(resp, timeout, WHO).await?;
-        folded.take(serde_json::from_str(&text).map_err(bad)?, sink, q.model).await?;
+        take(&mut folded, serde_json::from_str(&text).map_err(bad)?, sink, q.model).await?;
     }
     let flagged = finish(&folded.finish_reason)?;
-    Ok(Answer {
-        model: folded.model.unwrap_or_else(|| q.model.to_owned()),
-        usage: folded.usage,
-        finish_reason: if folded.finish_reason.is_empty() { "stop".into() } else { folded.finish_reason },
-        flagged,
-    })
+    Ok(folded.answer(q.model, "stop", flagged))
 }
 
 #[cfg(test)]
