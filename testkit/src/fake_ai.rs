@@ -9,7 +9,8 @@
 //! What it answers is steered by the prompt: a prompt that starts with
 //! `[[fake {json}]]` sets [`Script`] fields; otherwise the answer is
 //! `You said: <prompt>` in word-sized chunks. Key `bad-key` is rejected as
-//! a bad key; model `missing-model` is unknown.
+//! a bad key, `forbidden-key` (Gemini) as not allowed; model
+//! `missing-model` is unknown.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -272,6 +273,14 @@ async fn gemini(
     }
     if key == "bad-key" {
         return gemini_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", None);
+    }
+    if key == "forbidden-key" {
+        return gemini_error(
+            403,
+            "PERMISSION_DENIED",
+            "Generative Language API has not been used in this project.",
+            None,
+        );
     }
     if model == "missing-model" {
         return gemini_error(404, "NOT_FOUND", &format!("models/{model} is not found for API version v1beta"), None);

@@ -196,17 +196,17 @@ async fn provider_errors_are_retried_or_explained() {
     // A 429 waited the delay the provider asked for before the second try.
     let log = std::fs::read_to_string(c.dir.path().join("worker-ai.log")).unwrap_or_default();
     assert!(log.contains("wait_ms=300"), "RetryInfo.retryDelay honoured: {log}");
-    // A bad key (the job's own here) is explained, not retried.
-    let (status, body) = c
-        .api
-        .post(
-            "/api/jobs",
-            &json!({"kind": "ai.query", "params": {"prompt": "k", "provider": "gemini"}, "api_key": "bad-key"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let job = c.api.wait_final(body["id"].as_str().unwrap()).await;
-    assert!(job["error"].as_str().is_some_and(|e| e.contains("rejected the API key")), "{job}");
+    // A bad or forbidden key (the job's own here) is explained, not retried.
+    for (key, says) in
+        [("bad-key", "rejected the API key"), ("forbidden-key", "refused access (403 PERMISSION_DENIED)")]
+    {
+        let params = json!({"prompt": "k", "provider": "gemini", "cache": false});
+        let (status, body) =
+            c.api.post("/api/jobs", &json!({"kind": "ai.query", "params": params, "api_key": key})).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let job = c.api.wait_final(body["id"].as_str().unwrap()).await;
+        assert!(job["error"].as_str().is_some_and(|e| e.contains(says)), "{job}");
+    }
 }
 
 #[tokio::test]
@@ -376,4 +376,31 @@ async fn ai_slots_bound_concurrent_queries_apart_from_other_work() {
         assert_eq!(c.api.wait_final(id).await["state"], "succeeded");
     }
     assert_eq!(fake.max_in_flight(), 3, "three AI slots, three queries at once");
+}
+
+#[tokio::test]
+async fn unreachable_providers_and_bad_requests_get_clear_answers() {
+    let closed = format!("http://127.0.0.1:{}", faena_testkit::free_port());
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    c.add_worker_with("ai", 1, &[("OPENAI_BASE_URL", closed.as_str()), ("FAENA_AI_TRIES", "2")]).await;
+    c.wait_workers(1).await;
+    let id = c.api.submit_ok("ai.query", json!({"prompt": "anyone?"}), None).await;
+    let job = c.api.wait_final(&id).await;
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("cannot connect to the OpenAI-compatible server") && error.contains("gave up after 2 tries"),
+        "{job}"
+    );
+    // Oversized or malformed queries are refused at the door, with the reason.
+    let big = "x".repeat(40 * 1024);
+    for (body, says) in [
+        (json!({"kind": "ai.query", "params": {"prompt": big}}), "the limit is 32768"),
+        (json!({"kind": "ai.query", "params": {"prompt": "x", "provider": "claude"}}), "unknown variant `claude`"),
+        (json!({"kind": "noop", "params": {}, "api_key": "k"}), "only used by ai.query"),
+        (json!({"kind": "ai.query", "params": {"prompt": "x"}, "api_key": ""}), "api_key must be"),
+    ] {
+        let (status, answer) = c.api.post("/api/jobs", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains(says)), "{answer}");
+    }
 }
