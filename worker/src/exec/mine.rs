@@ -45,7 +45,7 @@ impl Executor for RandomxMine {
             };
             let w = params.work().map_err(|e| JobFailure::permanent(e.to_string()))?;
             let progress_ctx = ctx.clone();
-            let mined = run_blocking(&ctx, move |stop| {
+            let mined = run_blocking(&rx.clone(), &ctx, move |stop| {
                 let material = rx.material(&w.key)?;
                 let fresh = Mutex::new(Vec::new());
                 let started = std::time::Instant::now();
@@ -113,6 +113,27 @@ mod tests {
         while let Ok(p) = rx.try_recv() {
             let _: UnitProgress = serde_json::from_value(p).expect("unit progress");
         }
+    }
+
+    #[tokio::test]
+    async fn one_randomx_job_at_a_time_and_waiting_can_be_cancelled() {
+        let m = miner();
+        let held = m.rx.cores().await.expect("the cores");
+        let cancel = CancellationToken::new();
+        let (tx, mut progress) = mpsc::channel(8);
+        let spec = JobSpec::parse(
+            "randomx.mine",
+            json!({"key": "6b", "blob": "00".repeat(76), "difficulty": 2, "nonce_count": 4}),
+        )
+        .expect("valid");
+        let waiting = tokio::spawn(m.execute(spec.clone(), JobContext::new(cancel.clone(), tx)));
+        cancel.cancel();
+        let e = waiting.await.expect("joins").expect_err("cancelled while waiting for the cores");
+        assert_eq!(e.message, "cancelled");
+        assert!(progress.try_recv().is_err(), "it never started");
+        drop(held);
+        let out = m.execute(spec, JobContext::new(CancellationToken::new(), mpsc::channel(8).0)).await.expect("runs");
+        assert_eq!(out["hashes"], 4);
     }
 
     #[tokio::test]

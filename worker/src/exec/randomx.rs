@@ -35,7 +35,7 @@ impl Executor for RandomxHash {
             let inputs = params.input_bytes().map_err(bad)?;
             let total = inputs.len() as u64;
             let progress_ctx = ctx.clone();
-            let hashes = run_blocking(&ctx, move |stop| {
+            let hashes = run_blocking(&rx.clone(), &ctx, move |stop| {
                 let progress = move |done: u64| {
                     progress_ctx.progress(serde_json::to_value(HashProgress { done, total }).unwrap_or(Value::Null));
                 };
@@ -54,16 +54,26 @@ impl Executor for RandomxHash {
     }
 }
 
-/// Runs blocking RandomX work off the async threads; cancelling the job
-/// raises the `stop` flag the work watches and fails the unit at once.
-/// Engine errors become failures: bad input is permanent, no memory retryable.
+/// Runs blocking RandomX work off the async threads, once it has the cores
+/// (one such job at a time per worker; see [`RandomX::cores`]); cancelling
+/// the job raises the `stop` flag the work watches and fails the unit at
+/// once. Engine errors become failures: bad input is permanent, no memory
+/// retryable.
 pub(super) async fn run_blocking<T: Send + 'static>(
+    rx: &RandomX,
     ctx: &JobContext,
     work: impl FnOnce(&AtomicBool) -> Result<T, RxError> + Send + 'static,
 ) -> Result<T, JobFailure> {
+    let permit = tokio::select! {
+        p = rx.cores() => p,
+        () = ctx.cancel.cancelled() => return Err(JobFailure::permanent("cancelled")),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let task = tokio::task::spawn_blocking(move || work(&flag));
+    let task = tokio::task::spawn_blocking(move || {
+        let _cores = permit;
+        work(&flag)
+    });
     let out = tokio::select! {
         r = task => r.map_err(|e| JobFailure::retryable(format!("RandomX task failed: {e}")))?,
         () = ctx.cancel.cancelled() => {

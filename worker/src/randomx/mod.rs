@@ -45,6 +45,9 @@ pub struct RandomX {
     max_keys: usize,
     keys: KeyCache,
     initialising: watch::Sender<bool>,
+    /// One all-thread RandomX operation at a time: two at once would only
+    /// fight over the same cores (and caches) for the same total work.
+    compute: Arc<tokio::sync::Semaphore>,
     /// Measured hashrate with every thread busy (H/s, f64 bits); 0 = not yet.
     hashrate: std::sync::atomic::AtomicU64,
 }
@@ -105,6 +108,7 @@ impl RandomX {
             max_keys,
             keys: KeyCache::default(),
             initialising: watch::channel(false).0,
+            compute: Arc::new(tokio::sync::Semaphore::new(1)),
             hashrate: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -134,6 +138,11 @@ impl RandomX {
         let old = self.hashrate();
         let new = if old > 0.0 { 0.7 * old + 0.3 * sample } else { sample };
         self.hashrate.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Waits for the cores: held for the whole of a hashing batch or mining unit.
+    pub async fn cores(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.compute.clone().acquire_owned().await.ok()
     }
 
     /// True while a dataset is being built (the worker reports `initialising`).
