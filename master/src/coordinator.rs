@@ -394,6 +394,11 @@ impl Actor {
                 Effect::Dispatch { worker, mut unit, waited } => {
                     if let Some(s) = self.secrets.get(&unit.job_id) {
                         unit.secrets = s.keys().cloned().collect();
+                    } else if unit.params.get("own_key") == Some(&Value::Bool(true)) {
+                        // Its key was lost with a restart: the worker is told
+                        // to fetch it, finds it gone, and fails the job
+                        // rather than run it with another key.
+                        unit.secrets = vec![API_KEY_SECRET.into()];
                     }
                     self.deps.metrics.dispatch_latency.observe(waited.as_secs_f64());
                     self.deps.mqtt.dispatch(&worker, &unit);

@@ -121,6 +121,13 @@ fn parse_id(id: &str) -> Result<JobId, AppError> {
 fn new_job(req: SubmitRequest) -> Result<NewJob, AppError> {
     let spec =
         JobSpec::parse(&req.kind, req.params).map_err(|e| AppError::bad_request("invalid_job", e.to_string()))?;
+    let mut spec = spec;
+    if let JobSpec::AiQuery(p) = &mut spec {
+        if p.own_key && req.api_key.is_none() {
+            return Err(AppError::bad_request("invalid_job", "own_key is set by the master; send api_key instead"));
+        }
+        p.own_key = req.api_key.is_some();
+    }
     let api_key = match req.api_key {
         Some(_) if spec.kind() != JobKind::AiQuery => {
             return Err(AppError::bad_request("invalid_job", "api_key is only used by ai.query jobs"));

@@ -84,6 +84,11 @@ pub struct AiParams {
     pub temperature: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// Set by the master when the submitter gave a key of their own: the
+    /// job then runs with that key or not at all (the key itself is never
+    /// here). Not for clients to set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub own_key: bool,
 }
 
 impl AiParams {
@@ -129,7 +134,7 @@ impl AiParams {
     /// What makes two questions the same for the result cache: everything
     /// that shapes the answer, nothing that does not (streaming, caching).
     pub fn cache_key(&self) -> String {
-        let key = Self { stream: None, cache: None, ..self.clone() };
+        let key = Self { stream: None, cache: None, own_key: false, ..self.clone() };
         serde_json::to_string(&key).unwrap_or_default()
     }
 }

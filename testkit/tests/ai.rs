@@ -404,3 +404,31 @@ async fn unreachable_providers_and_bad_requests_get_clear_answers() {
         assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains(says)), "{answer}");
     }
 }
+
+#[tokio::test]
+async fn a_job_whose_own_key_was_lost_in_a_restart_fails_instead_of_using_another() {
+    let fake = FakeAi::start().await;
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    // Accepted while no worker can run it, so it waits in the store.
+    let (status, body) = c
+        .api
+        .post(
+            "/api/jobs",
+            &json!({"kind": "ai.query", "params": {"prompt": "mine only", "provider": "gemini"}, "api_key": "own-key"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    c.master().terminate().await;
+    c.restart_master().await;
+    let base = fake.gemini_base();
+    c.add_worker_with("ai", 1, &[("GEMINI_BASE_URL", base.as_str()), ("GEMINI_API_KEY", WORKER_KEY)]).await;
+    let job = c.api.wait_final(&id).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("no longer held by the master"), "{job}");
+    assert!(fake.requests().await.is_empty(), "nothing was sent with the worker's key");
+    // Clients cannot set the marker themselves.
+    let (status, _) =
+        c.api.post("/api/jobs", &json!({"kind": "ai.query", "params": {"prompt": "x", "own_key": true}})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

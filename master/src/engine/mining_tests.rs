@@ -324,3 +324,29 @@ fn progress_reaches_watchers_of_the_job() {
     let garbage = m.h.engine.progress(m.h.now, &units[0].0, &units[0].1, json!("not progress"));
     assert!(garbage.is_ok(), "ignored, not fatal");
 }
+
+#[test]
+fn a_units_stored_result_keeps_the_shares_it_reported_with_progress() {
+    let mut m = Mining::new(&[("a", 100.0)]);
+    m.submit(params(100_000));
+    let units = m.units();
+    let (w, lease, start, count) = units[0].clone();
+    let early = Share { nonce: start + 1, hash: "cd".repeat(32) };
+    let progress = json!({"hashes": 5, "hashrate": 5.0, "shares": [early]});
+    assert!(m.h.engine.progress(m.h.now, &w, &lease, progress).is_ok());
+    // The final result lists only what was not reported before (as the master's check leaves it).
+    let late = Share { nonce: start + 2, hash: "ef".repeat(32) };
+    m.finish_unit(&w, &lease, count, vec![late]);
+    m.collect();
+    let stored = m
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Store(StoreOp::Finished { id, result: Some(r), .. }) if *id == lease.job_id => Some(r.clone()),
+            _ => None,
+        })
+        .expect("the unit's stored result");
+    let out: UnitOutput = serde_json::from_value(stored).expect("unit output");
+    let nonces: Vec<u32> = out.shares.iter().map(|s| s.nonce).collect();
+    assert_eq!(nonces, vec![start + 1, start + 2]);
+}

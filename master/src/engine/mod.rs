@@ -592,6 +592,15 @@ impl Engine {
     }
 
     fn finish(&mut self, now: Now, id: JobId, state: JobState, result: Option<Value>, error: Option<String>) {
+        // A unit's stored result keeps every share it found, including those
+        // accepted from its progress reports, so a restart loses none.
+        let result = match (state, self.jobs.get(&id).and_then(|j| j.parent), result) {
+            (JobState::Succeeded, Some(parent), Some(r)) => {
+                let earlier = self.jobs.get(&parent).and_then(|p| p.split.as_ref()).map(|s| s.unit_shares(&id));
+                Some(with_shares(r, earlier.unwrap_or_default()))
+            }
+            (_, _, r) => r,
+        };
         let Some((job, lease)) = self.retire(now, id, state, result.clone(), error.clone()) else { return };
         if let Some(split) = job.split {
             // The job is over: so are its units.
@@ -801,6 +810,15 @@ impl Engine {
         self.effects.push(Effect::Notify { job: id, event: JobEvent::Running { worker: worker.to_string(), attempt } });
         self.effects.push(Effect::Dispatch { worker, unit, waited });
     }
+}
+
+/// `output` (a unit's) with `earlier` shares added where their nonce is new.
+fn with_shares(output: Value, earlier: Vec<faena_proto::mine::Share>) -> Value {
+    let Ok(mut out) = serde_json::from_value::<UnitOutput>(output.clone()) else { return output };
+    let known: HashSet<u32> = out.shares.iter().map(|s| s.nonce).collect();
+    out.shares.extend(earlier.into_iter().filter(|s| !known.contains(&s.nonce)));
+    out.shares.sort_by_key(|s| s.nonce);
+    serde_json::to_value(out).unwrap_or(output)
 }
 
 #[cfg(test)]

@@ -179,6 +179,17 @@ impl Split {
         added
     }
 
+    /// The accepted shares inside unit `id`'s range.
+    pub fn unit_shares(&self, id: &JobId) -> Vec<Share> {
+        let Some(u) = self.units.get(id) else { return Vec::new() };
+        let (start, end) = (u.start, u.start + u.count);
+        self.shares
+            .values()
+            .filter(|s| (start..end).contains(&u64::from(s.nonce)))
+            .map(|s| Share { nonce: s.nonce, hash: s.hash.clone() })
+            .collect()
+    }
+
     pub fn add_invalid(&mut self, worker: &str, n: u32) {
         self.tally(worker).invalid_shares += n;
     }
