@@ -423,7 +423,7 @@ impl Actor {
             let hub = self.deps.hub.clone();
             self.deps.store.after_commit(move |_| hub.publish(job, event));
         } else if matches!(event, JobEvent::Progress { .. })
-            && self.engine.view(&job).is_some_and(|v| v.kind == faena_proto::jobs::JobKind::AiQuery)
+            && self.engine.kind(&job) == Some(faena_proto::jobs::JobKind::AiQuery)
         {
             // A streamed answer: kept for watchers that arrive mid-answer.
             self.deps.hub.publish_kept(job, event);

@@ -350,3 +350,27 @@ fn a_units_stored_result_keeps_the_shares_it_reported_with_progress() {
     let nonces: Vec<u32> = out.shares.iter().map(|s| s.nonce).collect();
     assert_eq!(nonces, vec![start + 1, start + 2]);
 }
+
+#[test]
+fn a_long_job_fails_for_lack_of_workers_only_after_they_have_been_gone_a_while() {
+    let mut m = Mining::new(&[("a", 100.0)]);
+    let job = m.submit(params(10_000_000));
+    let units = m.units();
+    // An hour of mining later, the only worker goes away.
+    m.h.advance(Duration::from_secs(3600));
+    let a = m.worker("a");
+    m.h.engine.heartbeat(m.h.now, &a, m.workers[&a], std::slice::from_ref(&units[0].1), 100.0).expect("alive");
+    m.h.engine.tick(m.h.now);
+    m.h.engine.worker_state(m.h.now, &a, m.workers[&a], WorkerState::Offline);
+    m.h.engine.tick(m.h.now);
+    assert!(m.final_event(job).is_none(), "its lane was offered a moment ago");
+    m.h.advance(Duration::from_secs(29));
+    m.h.engine.tick(m.h.now);
+    assert!(m.final_event(job).is_none(), "under the 30 s timeout");
+    m.h.advance(Duration::from_secs(2));
+    m.h.engine.tick(m.h.now);
+    match m.final_event(job) {
+        Some(JobEvent::Failed { error }) => assert!(error.contains("no worker that runs randomx.mine"), "{error}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}

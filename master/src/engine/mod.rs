@@ -107,6 +107,8 @@ pub struct Engine {
     recent: HashMap<JobId, Finished>,
     recent_order: VecDeque<JobId>,
     effects: Vec<Effect>,
+    /// When a registered worker last offered each lane that has jobs waiting.
+    lane_seen: HashMap<Lane, Instant>,
 }
 
 impl Engine {
@@ -120,6 +122,7 @@ impl Engine {
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
             effects: Vec::new(),
+            lane_seen: HashMap::new(),
         }
     }
 
@@ -256,6 +259,10 @@ impl Engine {
         self.finish(now, id, JobState::Cancelled, None, None);
         self.schedule(now);
         true
+    }
+
+    pub fn kind(&self, id: &JobId) -> Option<JobKind> {
+        self.jobs.get(id).map(|j| j.kind)
     }
 
     pub fn view(&self, id: &JobId) -> Option<ActiveView> {
@@ -475,19 +482,26 @@ impl Engine {
     }
 
     /// Fails queued jobs that no registered worker has offered to run for
-    /// [`EngineConfig::no_worker_timeout`]: nobody can run them, so waiting
-    /// longer only hides the problem.
+    /// [`EngineConfig::no_worker_timeout`] (counted from when the job was
+    /// queued or a worker last offered its lane, whichever is later):
+    /// nobody can run them, so waiting longer only hides the problem.
     fn fail_unrunnable(&mut self, now: Now) {
         let Some(deadline) = now.mono.checked_sub(self.cfg.no_worker_timeout) else { return };
-        for lane in self.queue.lanes() {
+        let lanes = self.queue.lanes();
+        self.lane_seen.retain(|lane, _| lanes.contains(lane));
+        for lane in lanes {
             if self.workers.anyone_offers(&lane) {
+                self.lane_seen.insert(lane, now.mono);
                 continue;
             }
+            let seen = self.lane_seen.get(&lane).copied();
             let stale: Vec<JobId> = self
                 .queue
                 .in_lane(&lane)
                 .into_iter()
-                .filter(|id| self.jobs.get(id).is_some_and(|j| j.enqueued_at <= deadline))
+                .filter(|id| {
+                    self.jobs.get(id).is_some_and(|j| seen.map_or(j.enqueued_at, |s| s.max(j.enqueued_at)) <= deadline)
+                })
                 .collect();
             for id in stale {
                 let error = format!(
@@ -654,6 +668,7 @@ impl Engine {
         let progress = serde_json::to_value(split.progress()).unwrap_or(Value::Null);
         if !split.pending.is_empty() && self.queue.position(&id).is_none() {
             self.queue.push(id, lane, rank);
+            job.enqueued_at = now.mono;
         }
         if job.split.as_ref().is_some_and(|s| s.is_started()) {
             self.effects.push(Effect::Notify {
