@@ -320,6 +320,7 @@ async fn without_a_provider_the_capability_is_not_offered_and_jobs_say_why_they_
     let workers = c.wait_workers(2).await;
     let plain = workers.iter().find(|w| w["id"] == "plain").unwrap();
     assert!(!plain["kinds"].as_array().unwrap().contains(&json!("ai.query")));
+    assert_eq!((plain["ai_slots"].as_u64(), plain["ai_providers"].clone()), (Some(0), json!([])));
     let gem = workers.iter().find(|w| w["id"] == "gem").unwrap();
     assert_eq!(gem["ai_providers"], json!(["gemini"]), "{gem}");
     // Nobody offers OpenAI: the job says why it waits, then fails.

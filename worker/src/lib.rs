@@ -164,7 +164,7 @@ pub async fn run(
         tracing::info!(providers = ?names, ai_slots = cfg.ai.ai_slots, "ai.query offered");
         registry = registry.with(JobKind::AiQuery, Arc::new(exec::ai::AiQuery::new(providers.clone())));
     }
-    let slots = (slots, cfg.ai.ai_slots);
+    let slots = (slots, if offered.is_empty() { 0 } else { cfg.ai.ai_slots });
     let caps = capabilities(&rx, &registry.kinds(), slots, &offered);
     let client = client::connect(&cfg.master_url, &token)?;
     let metrics = Arc::new(metrics::Metrics::default());
