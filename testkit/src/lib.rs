@@ -219,3 +219,48 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
+
+/// An MQTT client that hears everything published on `topic` (wildcards
+/// allowed) from the moment [`Listener::start`] returns: it waits for the
+/// broker's SUBACK. Messages come as (topic, payload).
+#[derive(Debug)]
+pub struct Listener {
+    pub messages: tokio::sync::mpsc::UnboundedReceiver<(String, bytes::Bytes)>,
+    _client: rumqttc::AsyncClient,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    pub async fn start(mqtt_url: &str, client_id: &str, topic: &str) -> Self {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+        let port: u16 = mqtt_url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("broker port");
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options.set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut el) = AsyncClient::new(options, 1000);
+        client.subscribe(topic, QoS::AtLeastOnce).await.expect("subscribe");
+        let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let pump = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            while let Ok(event) = el.poll().await {
+                match event {
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        ready_tx.take().map(|r| r.send(()));
+                    }
+                    Event::Incoming(Packet::Publish(p)) => {
+                        let _ = tx.send((p.topic.clone(), p.payload.clone()));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, ready).await.expect("the broker acknowledged the subscription").expect("pump");
+        Self { messages, _client: client, pump }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}

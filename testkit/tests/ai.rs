@@ -4,9 +4,8 @@
 //! capability and slots, and the result cache.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
-use faena_testkit::{Cluster, FakeAi, MasterOpts, WAIT, eventually};
+use faena_testkit::{Cluster, FakeAi, Listener, MasterOpts, WAIT, eventually};
 use reqwest::StatusCode;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
 const WORKER_KEY: &str = "worker-wide-key";
@@ -215,26 +214,7 @@ async fn a_jobs_own_key_never_reaches_the_broker_the_store_or_a_log() {
     let fake = FakeAi::start().await;
     let mut c = Cluster::start(MasterOpts::default()).await;
     // Capture everything on the broker, from before the worker exists.
-    let port: u16 = c.addrs.mqtt.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-    let (mqtt, mut el) = AsyncClient::new(MqttOptions::new("spy", "127.0.0.1", port), 1000);
-    mqtt.subscribe("#", QoS::AtLeastOnce).await.expect("subscribe");
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let spy = tokio::spawn(async move {
-        let mut ready_tx = Some(ready_tx);
-        while let Ok(event) = el.poll().await {
-            match event {
-                Event::Incoming(Packet::SubAck(_)) => {
-                    ready_tx.take().map(|tx| tx.send(()));
-                }
-                Event::Incoming(Packet::Publish(p)) => {
-                    let _ = seen_tx.send(format!("{} {}", p.topic, String::from_utf8_lossy(&p.payload)));
-                }
-                _ => {}
-            }
-        }
-    });
-    ready.await.expect("spy subscribed");
+    let mut spy = Listener::start(&c.addrs.mqtt, "spy", "#").await;
     let base = fake.gemini_base();
     c.add_worker_with("ai", 1, &[("GEMINI_BASE_URL", base.as_str()), ("FAENA_LOG", "debug")]).await;
     c.wait_workers(1).await;
@@ -254,16 +234,16 @@ async fn a_jobs_own_key_never_reaches_the_broker_the_store_or_a_log() {
     // The unit said which secret to fetch, not what it is.
     let mut messages = Vec::new();
     let saw_unit = eventually("the unit on the broker", || {
-        while let Ok(m) = seen.try_recv() {
-            messages.push(m);
+        while let Ok((topic, payload)) = spy.messages.try_recv() {
+            messages.push(format!("{topic} {}", String::from_utf8_lossy(&payload)));
         }
         let found = messages.iter().any(|m| m.contains("workers/ai/jobs") && m.contains("\"secrets\":[\"api_key\"]"));
         async move { found.then_some(()) }
     });
     saw_unit.await;
     c.worker("ai").terminate().await;
-    while let Ok(m) = seen.try_recv() {
-        messages.push(m);
+    while let Ok((topic, payload)) = spy.messages.try_recv() {
+        messages.push(format!("{topic} {}", String::from_utf8_lossy(&payload)));
     }
     assert!(messages.len() > 3, "the spy saw the traffic: {messages:?}");
     for m in &messages {
@@ -282,7 +262,6 @@ async fn a_jobs_own_key_never_reaches_the_broker_the_store_or_a_log() {
         let bytes = std::fs::read(entry.expect("entry").path()).unwrap_or_default();
         assert!(!bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()), "the key is in the store");
     }
-    spy.abort();
 }
 
 #[tokio::test]

@@ -14,8 +14,7 @@ use faena_proto::mine::{MineOutput, MineParams};
 use faena_proto::mqtt::{Payload, WorkUnit};
 use faena_randomx::mine::meets;
 use faena_randomx::{Flags, Material, Mode};
-use faena_testkit::{Cluster, MasterOpts, TOKEN, WAIT, eventually, sample, scrape};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use faena_testkit::{Cluster, Listener, MasterOpts, TOKEN, WAIT, eventually, sample, scrape};
 use serde_json::{Value, json};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -113,26 +112,7 @@ fn request<T>(msg: T) -> tonic::Request<T> {
 async fn forged_shares_are_rejected_and_the_forger_quarantined() {
     let c = Cluster::start(MasterOpts { heartbeat_ms: 60_000, ..MasterOpts::default() }).await;
     // A worker of our own making: it listens for its units and lies about them.
-    let port: u16 = c.addrs.mqtt.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-    let (mqtt, mut el) = AsyncClient::new(MqttOptions::new("forger", "127.0.0.1", port), 100);
-    mqtt.subscribe("faena/workers/forger/jobs", QoS::AtLeastOnce).await.expect("subscribe");
-    let (units_tx, mut units) = tokio::sync::mpsc::unbounded_channel::<WorkUnit>();
-    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-    let pump = tokio::spawn(async move {
-        let mut subscribed_tx = Some(subscribed_tx);
-        while let Ok(event) = el.poll().await {
-            match event {
-                Event::Incoming(Packet::SubAck(_)) => {
-                    subscribed_tx.take().map(|tx| tx.send(()));
-                }
-                Event::Incoming(Packet::Publish(p)) => {
-                    let _ = units_tx.send(WorkUnit::decode(&p.payload).expect("a work unit"));
-                }
-                _ => {}
-            }
-        }
-    });
-    subscribed.await.expect("subscribed");
+    let mut units = Listener::start(&c.addrs.mqtt, "forger", "faena/workers/forger/jobs").await;
     let channel = Channel::from_shared(format!("http://{}", c.addrs.grpc)).expect("url").connect().await.expect("grpc");
     let mut grpc = MasterClient::new(channel);
     let register = || pb::RegisterRequest {
@@ -150,7 +130,8 @@ async fn forged_shares_are_rejected_and_the_forger_quarantined() {
 
     let params = json!({"key": "6b6579", "blob": "00".repeat(76), "difficulty": 1000, "nonce_count": 1_000_000});
     let id = c.api.submit_ok("randomx.mine", params, None).await;
-    let unit = tokio::time::timeout(WAIT, units.recv()).await.expect("a unit").expect("unit");
+    let (_, payload) = tokio::time::timeout(WAIT, units.messages.recv()).await.expect("a unit").expect("unit");
+    let unit = WorkUnit::decode(&payload).expect("a work unit");
     let lease = Some(pb::Lease { job_id: unit.job_id.to_string(), attempt: unit.attempt, token: unit.token.clone() });
     let start = unit.params["nonce_start"].as_u64().expect("start") as u32;
     let progress =
@@ -188,7 +169,6 @@ async fn forged_shares_are_rejected_and_the_forger_quarantined() {
     let w = c.api.workers().await;
     assert_eq!((w[0]["state"].as_str(), w[0]["invalid_shares"].as_u64()), (Some("online"), Some(0)));
     assert_eq!(c.api.cancel(&id).await.0, reqwest::StatusCode::OK);
-    pump.abort();
 }
 
 #[tokio::test]

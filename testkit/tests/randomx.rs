@@ -4,8 +4,7 @@
 //! minute of dataset initialisation.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
-use faena_testkit::{Cluster, MasterOpts, WAIT};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use faena_testkit::{Cluster, Listener, MasterOpts, WAIT};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -15,23 +14,13 @@ async fn a_fast_mode_worker_reports_initialising_then_hashes_correctly() {
     let workers = c.wait_workers(1).await;
     assert_eq!(workers[0]["randomx_modes"], json!(["fast"]));
 
-    let port: u16 = c.addrs.mqtt.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-    let (client, mut el) = AsyncClient::new(MqttOptions::new("observer", "127.0.0.1", port), 100);
-    client.subscribe("faena/workers/fast/status", QoS::AtLeastOnce).await.expect("subscribe");
-    let (states_tx, mut states) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let pump = tokio::spawn(async move {
-        while let Ok(event) = el.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = event {
-                let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                let _ = states_tx.send(v["state"].as_str().unwrap_or_default().to_owned());
-            }
-        }
-    });
-
+    let mut status = Listener::start(&c.addrs.mqtt, "observer", "faena/workers/fast/status").await;
     let id = c.api.submit_ok("randomx.hash", json!({"key": "test key 000", "input": "This is a test"}), None).await;
     let saw = tokio::time::timeout(WAIT, async {
         let mut initialising = false;
-        while let Some(state) = states.recv().await {
+        while let Some((_, payload)) = status.messages.recv().await {
+            let v: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
+            let state = v["state"].as_str().unwrap_or_default();
             initialising |= state == "initialising";
             if initialising && state == "online" {
                 return true;
@@ -52,5 +41,4 @@ async fn a_fast_mode_worker_reports_initialising_then_hashes_correctly() {
     assert_eq!(job["result"]["hashes"], json!(["300a0adb47603dedb42228ccb2b211104f4da45af709cd7547cd049e9489c969"]));
     let log = std::fs::read_to_string(c.dir.path().join("worker-fast.log")).unwrap_or_default();
     assert_eq!(log.matches("RandomX key initialised").count(), 1, "{log}");
-    pump.abort();
 }
