@@ -8,7 +8,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AiError, Answer, Folded, Query, Sink, body, error_body, retry_after, send, sse};
+use super::{AiError, Answer, Folded, Query, Sink, body, error_answer, send, sse};
 
 const WHO: &str = "Gemini";
 
@@ -84,11 +84,6 @@ struct UsageMetadata {
     prompt_token_count: Option<u64>,
     candidates_token_count: Option<u64>,
     total_token_count: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ErrorBody {
-    error: Option<ErrorDetail>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,12 +190,8 @@ pub async fn query(
     }
     let resp = send(req, timeout, WHO).await?;
     if !resp.status().is_success() {
-        let (status, headers, text) = error_body(resp).await;
-        let detail = serde_json::from_str::<ErrorBody>(&text)
-            .ok()
-            .and_then(|b| b.error)
-            .unwrap_or_else(|| ErrorDetail { message: text.chars().take(300).collect(), ..Default::default() });
-        return Err(classify(status.as_u16(), &detail, q.model, retry_after(&headers)));
+        let (status, after, detail) = error_answer(resp, |message| ErrorDetail { message, ..Default::default() }).await;
+        return Err(classify(status, &detail, q.model, after));
     }
     let mut folded = Folded::default();
     if stream {

@@ -221,8 +221,23 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+/// An error answer: its status, the delay it asks for (`Retry-After`), and
+/// its JSON `{"error": E}`, or `plain(text)` when the body is not that.
+pub async fn error_answer<E: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    plain: impl FnOnce(String) -> E,
+) -> (u16, Option<Duration>, E) {
+    #[derive(serde::Deserialize)]
+    struct Body<E> {
+        error: Option<E>,
+    }
+    let (status, headers, text) = error_body(resp).await;
+    let detail = serde_json::from_str::<Body<E>>(&text).ok().and_then(|b| b.error);
+    (status.as_u16(), retry_after(&headers), detail.unwrap_or_else(|| plain(text.chars().take(300).collect())))
+}
+
 /// The body of an error answer, bounded.
-pub async fn error_body(resp: reqwest::Response) -> (reqwest::StatusCode, HeaderMap, String) {
+async fn error_body(resp: reqwest::Response) -> (reqwest::StatusCode, HeaderMap, String) {
     let (status, headers) = (resp.status(), resp.headers().clone());
     let mut body = Vec::new();
     let mut stream = resp.bytes_stream();

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AiError, Answer, Folded, Query, Sink, body, error_body, retry_after, send, sse};
+use super::{AiError, Answer, Folded, Query, Sink, body, error_answer, send, sse};
 
 const WHO: &str = "the OpenAI-compatible server";
 
@@ -64,11 +64,6 @@ struct RawUsage {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     total_tokens: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ErrorBody {
-    error: Option<ErrorDetail>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,12 +140,8 @@ pub async fn query(
     }
     let resp = send(req, timeout, WHO).await?;
     if !resp.status().is_success() {
-        let (status, headers, text) = error_body(resp).await;
-        let detail = serde_json::from_str::<ErrorBody>(&text)
-            .ok()
-            .and_then(|b| b.error)
-            .unwrap_or_else(|| ErrorDetail { message: text.chars().take(300).collect(), kind: None });
-        return Err(classify(status.as_u16(), &detail, q.model, retry_after(&headers)));
+        let (status, after, detail) = error_answer(resp, |message| ErrorDetail { message, kind: None }).await;
+        return Err(classify(status, &detail, q.model, after));
     }
     let bad = |e: serde_json::Error| AiError::Transient {
         message: format!("{WHO} sent a malformed chunk: {e}"),
