@@ -3,7 +3,7 @@
 # MQTT broker and FAENA_WORKERS workers (default 2) as separate processes.
 # Builds first if needed (release profile). Ctrl-C stops everything.
 #
-#   FAENA_HTTP_ADDR  REST API                (default 127.0.0.1:8888)
+#   FAENA_HTTP_ADDR  web page and REST API   (default 127.0.0.1:8888)
 #   FAENA_GRPC_ADDR  worker callbacks (gRPC)  (default 127.0.0.1:50051)
 #   FAENA_MQTT_ADDR  embedded broker          (default 127.0.0.1:1883)
 #   FAENA_WORKERS    number of workers        (default 2)
@@ -19,6 +19,7 @@ if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
 fi
 
 need_build_tools
+need_web
 # The whole workspace, so features unify as in every other build (no second set of artifacts).
 cargo build --locked --release --workspace --bins
 bin=target/release
@@ -64,6 +65,7 @@ done
 cat <<MSG
 
   Faena is running: master + embedded broker + $workers workers.
+    web page               http://$FAENA_HTTP_ADDR/
     REST API               http://$FAENA_HTTP_ADDR/api/jobs
     submit a job           curl -s -XPOST http://$FAENA_HTTP_ADDR/api/jobs -d '{"kind":"noop","params":{"payload":"hi"}}'
     workers                curl -s http://$FAENA_HTTP_ADDR/api/workers

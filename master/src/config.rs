@@ -64,6 +64,10 @@ pub struct Config {
     /// How long a cached `ai.query` answer is served.
     #[arg(long, env = "FAENA_AI_CACHE_TTL_SECS", default_value_t = 3600)]
     pub ai_cache_ttl_secs: u64,
+    /// The web page's directory (`index.html`, `app.js`, and `node_modules`
+    /// with the Socket.IO client), served at `/`.
+    #[arg(long, env = "FAENA_WEB_DIR", default_value = "web")]
+    pub web_dir: std::path::PathBuf,
     /// Threads the master re-hashes submitted mining shares on (light mode).
     #[arg(long, env = "FAENA_VERIFY_THREADS", default_value_t = 2)]
     pub verify_threads: usize,

@@ -46,8 +46,13 @@ pub struct AppState {
     pub max_body_bytes: usize,
 }
 
-pub fn app(state: AppState) -> Router {
+/// The REST API, with the web page's files (from `web_dir`) at every other path.
+pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
     let limit = state.max_body_bytes;
+    let client = web_dir.join("node_modules/socket.io-client/dist/socket.io.min.js");
+    let pages = Router::new()
+        .route_service("/vendor/socket.io.min.js", tower_http::services::ServeFile::new(client))
+        .fallback_service(tower_http::services::ServeDir::new(web_dir));
     Router::new()
         .route("/api/jobs", post(submit))
         .route("/api/jobs/batch", post(submit_batch))
@@ -57,9 +62,13 @@ pub fn app(state: AppState) -> Router {
         .route("/api/workers", get(workers))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .fallback(|| async { AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .route(
+            "/api/{*rest}",
+            axum::routing::any(|| async { AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") }),
+        )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+        .fallback_service(pages)
 }
 
 #[derive(Debug)]

@@ -1,5 +1,5 @@
-//! faena-master: takes jobs (REST), keeps them durable (SQLite), hands them to
-//! workers (MQTT) and takes their results (gRPC).
+//! faena-master: takes jobs (REST, Socket.IO), keeps them durable (SQLite),
+//! hands them to workers (MQTT) and takes their results (gRPC).
 //!
 //! Module map:
 //! - [`config`]: flags and environment.
@@ -9,6 +9,8 @@
 //! - [`http`], [`grpc`], [`mqtt`]: adapters between the wire and the coordinator.
 //! - [`broker`]: the embedded rumqttd broker.
 //! - [`hub`]: per-job event fan-out; [`metrics`]: Prometheus.
+//! - [`web`]: the page's Socket.IO sessions; [`verify`]: mining share checks;
+//!   [`ai_cache`]: answers to repeated AI questions.
 
 pub mod ai_cache;
 pub mod broker;
@@ -24,6 +26,7 @@ pub mod queue;
 pub mod scheduler;
 pub mod store;
 pub mod verify;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +43,7 @@ use faena_proto::topics::Topics;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_layer::Layer as _;
 
 pub use config::Config;
 
@@ -219,13 +223,17 @@ pub async fn run(
         broker_connected: connected.clone(),
         max_body_bytes: cfg.max_body_bytes,
     };
+    let (sio_layer, io) = web::socket_io(coord.clone(), state.hub.clone());
+    tracker.spawn(web::broadcast_workers(io, coord.clone(), servers_cancel.clone()));
+    // socketioxide wraps the finished router once (a per-route layer breaks long-polling).
+    let app = axum::Router::new().fallback_service(sio_layer.layer(http::app(state, &cfg.web_dir)));
     let stop_http = servers_cancel.clone();
     let http_task = tracker.spawn(async move {
         // Server-sent events are small writes right after the headers: no Nagle.
         let listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let served = axum::serve(listener, http::app(state)).with_graceful_shutdown(stop_http.cancelled_owned()).await;
+        let served = axum::serve(listener, app).with_graceful_shutdown(stop_http.cancelled_owned()).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed");
         }

@@ -8,6 +8,7 @@
 //! - [`ai`]: `ai.query` parameters, streamed chunks and result.
 //! - [`api`]: the REST request/response bodies.
 //! - [`grpc`]: the generated `faena.v1.Master` service (client and server).
+//! - [`sio`]: the web page's Socket.IO events and payloads.
 //! - [`secret`]: a string wrapper whose `Debug`/`Display` never show the value.
 
 pub mod ai;
@@ -17,6 +18,7 @@ pub mod jobs;
 pub mod mine;
 pub mod mqtt;
 pub mod secret;
+pub mod sio;
 pub mod topics;
 
 /// The generated gRPC code for `proto/faena/v1/master.proto`.

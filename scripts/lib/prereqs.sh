@@ -20,3 +20,12 @@ need_packages() {
 need_build_tools() {
   need_packages cmake:cmake g++:g++ make:make
 }
+
+# The web page's Socket.IO client comes from npm (socket.io-client, pinned by
+# web/package-lock.json) and is served by the master from web/node_modules.
+need_web() {
+  need_packages node:nodejs npm:npm
+  if [ ! -f web/node_modules/socket.io-client/dist/socket.io.min.js ]; then
+    (cd web && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}

@@ -1,0 +1,403 @@
+//! The browser's side of the master: Socket.IO sessions (see
+//! [`faena_proto::sio`] for the contract) and the static page from `web/`.
+//!
+//! A session is a capability: its id is random, issued by the master, and
+//! kept by the browser; a socket joins its session's room on `hello` and
+//! hears only that session's jobs. A session keeps its chat (so a reload
+//! shows it and each question has the earlier turns as context) and, in
+//! memory only, the key the person gave for it. Sessions live as long as
+//! the master process.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use faena_proto::ai::AiParams;
+use faena_proto::api::JobEvent;
+use faena_proto::ids::JobId;
+use faena_proto::jobs::{JobSpec, JobState, Priority};
+use faena_proto::secret::Secret;
+use faena_proto::sio::{self, Ack, Exchange, to_client, to_master};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, Data, SocketRef, State};
+use socketioxide::layer::SocketIoLayer;
+
+use crate::coordinator::Coordinator;
+use crate::engine::NewJob;
+use crate::hub::Hub;
+
+/// Questions a session may ask per minute.
+pub const ASKS_PER_MINUTE: usize = 10;
+/// Chat exchanges a session keeps (the oldest go first).
+const MAX_EXCHANGES: usize = 200;
+
+#[derive(Debug, Default)]
+struct Session {
+    exchanges: Vec<Exchange>,
+    key: Option<Secret>,
+    jobs: HashSet<JobId>,
+    asks: VecDeque<Instant>,
+}
+
+#[derive(Debug, Clone)]
+struct Web {
+    coord: Coordinator,
+    hub: Hub,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+    /// Set right after the layer is built (the handlers need it to reach rooms).
+    io: Arc<std::sync::OnceLock<SocketIo>>,
+}
+
+/// The session a socket said hello with.
+#[derive(Debug, Clone)]
+struct SessionId(String);
+
+/// The Socket.IO layer (wrap the finished router in it) and its handle.
+pub fn socket_io(coord: Coordinator, hub: Hub) -> (SocketIoLayer, SocketIo) {
+    let web = Web { coord, hub, sessions: Arc::default(), io: Arc::default() };
+    let slot = web.io.clone();
+    let (layer, io) = SocketIo::builder().with_state(web).build_layer();
+    io.ns("/", on_connect);
+    let _ = slot.set(io.clone());
+    (layer, io)
+}
+
+/// Sends the workers to every socket when they change (checked every second).
+pub async fn broadcast_workers(io: SocketIo, coord: Coordinator, stop: tokio_util::sync::CancellationToken) {
+    let mut last = Value::Null;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(workers) = coord.workers().await else { return };
+        // What a person sees: last_seen_ms changes every time and is left out.
+        let view: Value = workers
+            .iter()
+            .map(|w| json!({"id": w.id, "state": w.state, "hashrate": w.hashrate.round(), "running": w.running, "slots": w.slots,
+                            "kinds": w.kinds, "ai_providers": w.ai_providers, "randomx_modes": w.randomx_modes}))
+            .collect();
+        if view != last {
+            let _ = io.emit(to_client::WORKERS, &view).await;
+            last = view;
+        }
+    }
+}
+
+async fn on_connect(socket: SocketRef) {
+    socket.on(to_master::HELLO, hello);
+    socket.on(to_master::ASK, ask);
+    socket.on(to_master::SET_KEY, set_key);
+    socket.on(to_master::CLEAR_KEY, clear_key);
+    socket.on(to_master::HASH, hash);
+    socket.on(to_master::MINE, mine);
+    socket.on(to_master::CANCEL, cancel);
+}
+
+fn reply(ack: AckSender, answer: Ack) {
+    let _ = ack.send(&answer);
+}
+
+fn refuse(ack: AckSender, error: impl Into<String>) {
+    reply(ack, Ack::Error { error: error.into() });
+}
+
+fn session_of(socket: &SocketRef) -> Option<String> {
+    socket.extensions.get::<SessionId>().map(|s| s.0)
+}
+
+async fn hello(socket: SocketRef, Data(h): Data<Value>, ack: AckSender, State(web): State<Web>) {
+    let Ok(h) = serde_json::from_value::<sio::Hello>(h) else { return refuse(ack, "hello takes {\"session\"?}") };
+    let welcome = {
+        let mut sessions = web.sessions.lock();
+        let id = match h.session {
+            Some(id) if sessions.contains_key(&id) => id,
+            _ => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                sessions.insert(id.clone(), Session::default());
+                id
+            }
+        };
+        let s = sessions.get(&id);
+        sio::Welcome {
+            session: id.clone(),
+            history: s.map(|s| s.exchanges.clone()).unwrap_or_default(),
+            has_key: s.is_some_and(|s| s.key.is_some()),
+        }
+    };
+    if let Some(old) = session_of(&socket) {
+        socket.leave(old);
+    }
+    socket.extensions.insert(SessionId(welcome.session.clone()));
+    socket.join(welcome.session.clone());
+    reply(ack, Ack::Welcome(welcome));
+}
+
+/// Takes a request's payload as `T`, or answers with what is wrong.
+fn parse<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T, String> {
+    serde_json::from_value(v).map_err(|e| format!("{what}: {e}"))
+}
+
+async fn ask(socket: SocketRef, Data(a): Data<Value>, ack: AckSender, State(web): State<Web>) {
+    let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
+    let a: sio::Ask = match parse("ask", a) {
+        Ok(a) => a,
+        Err(e) => return refuse(ack, e),
+    };
+    let (params, key) = {
+        let mut sessions = web.sessions.lock();
+        let Some(s) = sessions.get_mut(&id) else { return refuse(ack, "unknown session; reload the page") };
+        let now = Instant::now();
+        while s.asks.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+            s.asks.pop_front();
+        }
+        if s.asks.len() >= ASKS_PER_MINUTE {
+            return refuse(ack, format!("slow down: at most {ASKS_PER_MINUTE} questions a minute per session"));
+        }
+        s.asks.push_back(now);
+        let params = AiParams {
+            prompt: a.prompt.clone(),
+            system: a.system,
+            model: a.model,
+            provider: a.provider,
+            history: sio::history(&s.exchanges),
+            stream: None,
+            cache: None,
+            temperature: None,
+            max_tokens: None,
+            own_key: s.key.is_some(),
+        };
+        (params, s.key.clone())
+    };
+    if let Err(e) = params.validate() {
+        return refuse(ack, e.to_string());
+    }
+    let job = NewJob { api_key: key, ..NewJob::new(JobId::new(), JobSpec::AiQuery(params), Priority::Normal) };
+    submit(&web, &id, job, Some(a.prompt), ack).await;
+}
+
+async fn hash(socket: SocketRef, Data(h): Data<Value>, ack: AckSender, State(web): State<Web>) {
+    let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
+    let spec = parse::<sio::HashText>("hash", h).and_then(|h| {
+        JobSpec::parse("randomx.hash", json!({"key": h.key, "input": h.input})).map_err(|e| e.to_string())
+    });
+    match spec {
+        Ok(spec) => submit(&web, &id, NewJob::new(JobId::new(), spec, Priority::Normal), None, ack).await,
+        Err(e) => refuse(ack, e),
+    }
+}
+
+async fn mine(socket: SocketRef, Data(m): Data<Value>, ack: AckSender, State(web): State<Web>) {
+    let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
+    let spec = parse::<sio::Mine>("mine", m).and_then(|m| {
+        let params = json!({"key": m.key, "blob": m.blob, "difficulty": m.difficulty,
+                            "nonce_start": m.nonce_start, "nonce_count": m.nonce_count});
+        let params = Value::Object(
+            params
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
+        JobSpec::parse("randomx.mine", params).map_err(|e| e.to_string())
+    });
+    match spec {
+        Ok(spec) => submit(&web, &id, NewJob::new(JobId::new(), spec, Priority::Normal), None, ack).await,
+        Err(e) => refuse(ack, e),
+    }
+}
+
+/// Submits a session's job, answers with its id, and forwards its events to
+/// the session's room. `question` makes it part of the chat.
+async fn submit(web: &Web, session: &str, job: NewJob, question: Option<String>, ack: AckSender) {
+    let id = job.id;
+    // Watch before it can start, so nothing it does is missed.
+    let (_, events) = web.hub.subscribe(id);
+    match web.coord.submit(vec![job]).await {
+        Ok(accepted) => {
+            let position = accepted.first().map_or(0, |a| a.1);
+            if let Some(s) = web.sessions.lock().get_mut(session) {
+                s.jobs.insert(id);
+                if let Some(question) = question {
+                    s.exchanges.push(Exchange {
+                        job: id,
+                        question,
+                        answer: String::new(),
+                        state: JobState::Queued,
+                        meta: None,
+                    });
+                    if s.exchanges.len() > MAX_EXCHANGES {
+                        s.exchanges.remove(0);
+                    }
+                }
+            }
+            reply(ack, Ack::Job { job: id, position });
+            tokio::spawn(forward(web.clone(), session.to_owned(), id, events));
+        }
+        Err(e) => refuse(ack, e.to_string()),
+    }
+}
+
+/// Turns a job's events into the session's Socket.IO events until it ends.
+async fn forward(web: Web, session: String, job: JobId, mut events: tokio::sync::broadcast::Receiver<JobEvent>) {
+    let Some(io) = web.io() else { return };
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let room = io.to(session.clone());
+        let update =
+            |state, position, worker, attempt, reason| sio::JobUpdate { job, state, position, worker, attempt, reason };
+        let sent = match &event {
+            JobEvent::Queued { position } => {
+                room.emit(to_client::JOB, &update(JobState::Queued, Some(*position), None, None, None)).await
+            }
+            JobEvent::Running { worker, attempt } => {
+                web.note(&session, job, |e| e.state = JobState::Running);
+                room.emit(to_client::JOB, &update(JobState::Running, None, Some(worker.clone()), Some(*attempt), None))
+                    .await
+            }
+            JobEvent::Requeued { reason } => {
+                web.note(&session, job, |e| {
+                    e.state = JobState::Queued;
+                    e.answer.clear();
+                });
+                room.emit(to_client::JOB, &update(JobState::Queued, None, None, None, Some(reason.clone()))).await
+            }
+            JobEvent::Progress { data, .. } => {
+                match (data.get("seq").and_then(Value::as_u64), data.get("text").and_then(Value::as_str)) {
+                    (Some(seq), Some(text)) => {
+                        web.note(&session, job, |e| e.answer.push_str(text));
+                        room.emit(to_client::CHUNK, &sio::Chunk { job, seq, text: text.to_owned() }).await
+                    }
+                    _ => room.emit(to_client::PROGRESS, &sio::Progress { job, data: data.clone() }).await,
+                }
+            }
+            JobEvent::Succeeded { result, worker, attempt } => {
+                web.note(&session, job, |e| {
+                    e.state = JobState::Succeeded;
+                    if let Some(text) = result.get("text").and_then(Value::as_str) {
+                        e.answer = text.to_owned();
+                    }
+                    let mut meta = result.clone();
+                    if let Some(m) = meta.as_object_mut() {
+                        m.remove("text");
+                        m.insert("worker".into(), json!(worker));
+                        m.insert("attempt".into(), json!(attempt));
+                    }
+                    e.meta = Some(meta);
+                });
+                let done = sio::Done {
+                    job,
+                    state: JobState::Succeeded,
+                    result: Some(result.clone()),
+                    error: None,
+                    worker: Some(worker.clone()),
+                    attempt: Some(*attempt),
+                };
+                room.emit(to_client::DONE, &done).await
+            }
+            JobEvent::Failed { error } => {
+                web.note(&session, job, |e| {
+                    e.state = JobState::Failed;
+                    e.meta = Some(json!({"error": error}));
+                });
+                room.emit(
+                    to_client::DONE,
+                    &sio::Done {
+                        job,
+                        state: JobState::Failed,
+                        result: None,
+                        error: Some(error.clone()),
+                        worker: None,
+                        attempt: None,
+                    },
+                )
+                .await
+            }
+            JobEvent::Cancelled => {
+                web.note(&session, job, |e| e.state = JobState::Cancelled);
+                room.emit(
+                    to_client::DONE,
+                    &sio::Done {
+                        job,
+                        state: JobState::Cancelled,
+                        result: None,
+                        error: None,
+                        worker: None,
+                        attempt: None,
+                    },
+                )
+                .await
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "socket.io broadcast failed");
+        }
+        if event.is_final() {
+            if let Some(s) = web.sessions.lock().get_mut(&session) {
+                s.jobs.remove(&job);
+            }
+            return;
+        }
+    }
+}
+
+impl Web {
+    fn io(&self) -> Option<SocketIo> {
+        self.io.get().cloned()
+    }
+
+    /// Updates the chat entry of `job`, if it is one.
+    fn note(&self, session: &str, job: JobId, f: impl FnOnce(&mut Exchange)) {
+        if let Some(e) =
+            self.sessions.lock().get_mut(session).and_then(|s| s.exchanges.iter_mut().find(|e| e.job == job))
+        {
+            f(e);
+        }
+    }
+}
+
+async fn set_key(socket: SocketRef, Data(k): Data<Value>, ack: AckSender, State(web): State<Web>) {
+    let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
+    let key = match parse::<sio::SetKey>("set_key", k) {
+        Ok(k) if !k.key.trim().is_empty() && k.key.len() <= 4096 => Secret::new(k.key.trim()),
+        Ok(_) => return refuse(ack, "the key must be 1..=4096 characters"),
+        Err(e) => return refuse(ack, e),
+    };
+    if let Some(s) = web.sessions.lock().get_mut(&id) {
+        s.key = Some(key);
+    }
+    reply(ack, Ack::Ok { ok: true });
+}
+
+async fn clear_key(socket: SocketRef, ack: AckSender, State(web): State<Web>) {
+    let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
+    if let Some(s) = web.sessions.lock().get_mut(&id) {
+        s.key = None;
+    }
+    reply(ack, Ack::Ok { ok: true });
+}
+
+async fn cancel(socket: SocketRef, Data(j): Data<Value>, ack: AckSender, State(web): State<Web>) {
+    let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
+    let job = match parse::<sio::JobRef>("cancel", j) {
+        Ok(j) => j.job,
+        Err(e) => return refuse(ack, e),
+    };
+    let owned = web.sessions.lock().get(&id).is_some_and(|s| s.jobs.contains(&job));
+    if !owned {
+        return refuse(ack, "no such job in this session");
+    }
+    match web.coord.cancel(job).await {
+        Ok(_) => reply(ack, Ack::Ok { ok: true }),
+        Err(e) => refuse(ack, e.to_string()),
+    }
+}

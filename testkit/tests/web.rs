@@ -1,0 +1,48 @@
+//! The master's web side: the page and its assets are served, and the
+//! Socket.IO sessions behave (driven by the real socket.io client the page
+//! uses, from `web/tests/sockets.mjs`).
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use faena_testkit::{Cluster, FakeAi, MasterOpts};
+use reqwest::StatusCode;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+#[tokio::test]
+async fn sessions_stream_answers_keep_history_and_never_mix() {
+    let fake = FakeAi::start().await;
+    let web = repo().join("web");
+    let opts = MasterOpts { extra: vec![("FAENA_WEB_DIR".into(), web.display().to_string())], ..MasterOpts::default() };
+    let mut c = Cluster::start(opts).await;
+    let base = fake.gemini_base();
+    c.add_worker_with("ai", 1, &[("GEMINI_BASE_URL", base.as_str()), ("GEMINI_API_KEY", "worker-key")]).await;
+    c.wait_workers(1).await;
+
+    // The page and the Socket.IO client are served (no CDN).
+    let page = c.api.text("/").await;
+    assert!(page.contains("<title>Faena</title>") && page.contains("/vendor/socket.io.min.js"), "{page}");
+    let client = reqwest::get(c.api.url("/vendor/socket.io.min.js")).await.expect("client");
+    assert_eq!(client.status(), StatusCode::OK);
+    assert_eq!(c.api.get("/api/nothing").await.0, StatusCode::NOT_FOUND);
+
+    let out = tokio::process::Command::new("node")
+        .arg(web.join("tests/sockets.mjs"))
+        .arg(format!("http://{}", c.addrs.http))
+        .output()
+        .await
+        .expect("node runs (scripts/test.sh installs it)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("OK"), "{stdout}\n{stderr}");
+
+    // The second question had the first as context; the keyed one used the session's key.
+    let requests = fake.requests().await;
+    let second = requests.iter().find(|r| r.body.to_string().contains("\"second\"")).expect("the second question");
+    assert_eq!(second.body["contents"].as_array().map(Vec::len), Some(3), "{}", second.body);
+    let keyed = requests.iter().find(|r| r.body.to_string().contains("keyed question")).expect("the keyed question");
+    assert_eq!(keyed.headers.get("x-goog-api-key").map(String::as_str), Some("session-own-key"));
+    assert!(!c.master_log().contains("session-own-key"), "the key went into the log");
+}

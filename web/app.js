@@ -1,0 +1,250 @@
+// Faena's page: a chat with the cluster's AI workers, a RandomX panel, and
+// the workers' live state, over Socket.IO. Event names and payloads are the
+// contract in proto/src/sio.rs. Everything a person or a model wrote is put
+// on the page as text (textContent), never as HTML.
+"use strict";
+
+const EV = {
+  hello: "hello", ask: "ask", setKey: "set_key", clearKey: "clear_key", hash: "hash", mine: "mine", cancel: "cancel",
+  job: "job", chunk: "chunk", progress: "progress", done: "done", workers: "workers",
+};
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, cls, text) => {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+};
+
+const socket = io({ transports: ["websocket", "polling"] });
+/** Chat entries by job id: { answer, meta, waiting }. */
+const chat = new Map();
+let session = localStorage.getItem("faena.session") || null;
+let miningJob = null;
+
+function setConn(state, label) {
+  $("conn").dataset.state = state;
+  $("conn").textContent = label;
+}
+
+function notice(text) {
+  $("notice").textContent = text || "";
+}
+
+function scrollDown() {
+  const m = $("messages");
+  m.scrollTop = m.scrollHeight;
+}
+
+function entry(job, question) {
+  if (chat.has(job)) return chat.get(job);
+  const li = el("li");
+  li.style.display = "contents";
+  const q = el("div", "bubble question", question);
+  const waiting = el("div", "waiting dots", "queued");
+  const answer = el("div", "bubble answer");
+  answer.hidden = true;
+  const meta = el("div", "meta");
+  li.append(q, waiting, answer, meta);
+  li.dataset.job = job;
+  $("messages").append(li);
+  const e = { answer, meta, waiting, text: "" };
+  chat.set(job, e);
+  scrollDown();
+  return e;
+}
+
+function describe(meta) {
+  if (!meta) return "";
+  if (meta.error) return "";
+  const parts = [];
+  if (meta.worker) parts.push(`worker ${meta.worker}`);
+  if (meta.model) parts.push(meta.model);
+  if (meta.timings) parts.push(`${(meta.timings.total_ms / 1000).toFixed(2)} s`);
+  if (meta.attempt) parts.push(`attempt ${meta.attempt}`);
+  parts.push(meta.cached ? "cached" : "not cached");
+  if (meta.flagged) parts.push(`flagged: ${meta.flagged}`);
+  return parts.join(" · ");
+}
+
+function finish(e, state, text, meta, error) {
+  e.waiting.hidden = true;
+  e.answer.hidden = false;
+  if (state === "succeeded") {
+    e.answer.textContent = text;
+    e.meta.textContent = describe(meta);
+  } else {
+    e.answer.classList.add("failed");
+    e.answer.textContent = state === "cancelled" ? "cancelled" : `failed: ${error || ""}`;
+  }
+  scrollDown();
+}
+
+function hello() {
+  socket.emit(EV.hello, { session }, (ack) => {
+    if (!ack || ack.error) return notice(ack ? ack.error : "no answer from the master");
+    session = ack.session;
+    localStorage.setItem("faena.session", session);
+    $("session").textContent = session;
+    $("key-state").textContent = ack.has_key ? "Your key is set for this session." : "No key of your own: the workers' keys are used.";
+    $("messages").replaceChildren();
+    chat.clear();
+    for (const x of ack.history) {
+      const e = entry(x.job, x.question);
+      if (["succeeded", "failed", "cancelled"].includes(x.state)) {
+        finish(e, x.state, x.answer, x.meta, x.meta && x.meta.error);
+      } else if (x.answer) {
+        e.text = x.answer;
+        e.waiting.textContent = "writing";
+        e.answer.hidden = false;
+        e.answer.textContent = x.answer;
+      }
+    }
+  });
+}
+
+socket.on("connect", () => {
+  setConn("connected", "connected");
+  hello();
+});
+socket.on("disconnect", () => setConn("reconnecting", "reconnecting…"));
+socket.io.on("reconnect_attempt", () => setConn("reconnecting", "reconnecting…"));
+
+socket.on(EV.job, (u) => {
+  const e = chat.get(u.job);
+  if (e) {
+    if (u.state === "queued") {
+      e.waiting.textContent = u.position ? `${u.position} job${u.position === 1 ? "" : "s"} ahead of yours` : "queued";
+      if (u.reason) {
+        e.text = "";
+        e.answer.textContent = "";
+        e.answer.hidden = true;
+      }
+    } else if (u.state === "running") {
+      e.waiting.textContent = `running on ${u.worker}`;
+    }
+  } else if (u.job === miningJob) {
+    $("mine-state").textContent = u.state === "queued" ? `queued (${u.position || 0} ahead)` : `running on ${u.worker || "workers"}`;
+  }
+});
+
+socket.on(EV.chunk, (c) => {
+  const e = chat.get(c.job);
+  if (!e) return;
+  e.text += c.text;
+  e.answer.hidden = false;
+  e.answer.textContent = e.text;
+  e.waiting.textContent = "writing";
+  scrollDown();
+});
+
+socket.on(EV.progress, (p) => {
+  if (p.job !== miningJob || !p.data) return;
+  const d = p.data;
+  $("mine-state").textContent = `${Math.round(d.hashrate || 0)} H/s · ${d.hashes} hashes · ${d.shares} shares · ${d.remaining} nonces left`;
+  const list = $("mine-workers");
+  list.replaceChildren(...(d.workers || []).map((w) => {
+    const li = el("li");
+    li.append(el("span", "", w.worker), el("span", "", `${Math.round(w.hashrate)} H/s · ${w.shares} shares`));
+    return li;
+  }));
+  for (const s of d.new_shares || []) {
+    $("shares").append(el("li", "", `nonce ${s.nonce} by ${s.worker}: ${s.hash}`));
+  }
+});
+
+socket.on(EV.done, (d) => {
+  const e = chat.get(d.job);
+  if (e) {
+    const meta = d.result ? Object.assign({}, d.result, { worker: d.worker, attempt: d.attempt }) : null;
+    finish(e, d.state, d.result ? d.result.text : "", meta, d.error);
+  } else if (d.job === miningJob) {
+    miningJob = null;
+    $("mine-cancel").disabled = true;
+    $("mine-state").textContent = d.state === "succeeded"
+      ? `done: ${d.result.hashes} hashes, ${d.result.shares.length} verified shares, ${Math.round(d.result.hashrate)} H/s`
+      : d.state === "cancelled" ? "cancelled" : `failed: ${d.error}`;
+  } else if (d.result && d.result.hash) {
+    $("hash-out").textContent = d.result.hash;
+  } else if (d.error) {
+    $("hash-out").textContent = `failed: ${d.error}`;
+  }
+});
+
+socket.on(EV.workers, (workers) => {
+  const list = $("workers");
+  if (!workers.length) return list.replaceChildren(el("li", "hint", "none registered"));
+  list.replaceChildren(...workers.map((w) => {
+    const li = el("li");
+    li.dataset.worker = w.id;
+    const what = [w.state, `${w.running}/${w.slots} busy`];
+    if (w.hashrate) what.push(`${w.hashrate} H/s`);
+    li.append(el("span", "", w.id), el("span", "", what.join(" · ")));
+    return li;
+  }));
+});
+
+$("ask").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const prompt = $("prompt").value.trim();
+  if (!prompt) return;
+  notice("");
+  socket.emit(EV.ask, { prompt }, (ack) => {
+    if (!ack || ack.error) return notice(ack ? ack.error : "no answer from the master");
+    $("prompt").value = "";
+    const e = entry(ack.job, prompt);
+    e.waiting.textContent = ack.position ? `${ack.position} job${ack.position === 1 ? "" : "s"} ahead of yours` : "queued";
+  });
+});
+$("prompt").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !ev.shiftKey) {
+    ev.preventDefault();
+    $("ask").requestSubmit();
+  }
+});
+
+$("key").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const key = $("key-input").value;
+  $("key-input").value = "";
+  socket.emit(EV.setKey, { key }, (ack) => {
+    $("key-state").textContent = ack && ack.ok ? "Your key is set for this session." : `Not set: ${ack ? ack.error : "no answer"}`;
+  });
+});
+$("key-clear").addEventListener("click", () => {
+  $("key-input").value = "";
+  socket.emit(EV.clearKey, {}, () => {
+    $("key-state").textContent = "No key of your own: the workers' keys are used.";
+  });
+});
+
+$("hash").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  $("hash-out").textContent = "hashing…";
+  socket.emit(EV.hash, { key: $("hash-key").value, input: $("hash-input").value }, (ack) => {
+    if (!ack || ack.error) $("hash-out").textContent = ack ? ack.error : "no answer";
+  });
+});
+
+$("mine").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const req = {
+    key: $("mine-key").value.trim(),
+    blob: $("mine-blob").value.trim() || "07".repeat(76),
+    difficulty: Number($("mine-difficulty").value),
+    nonce_start: Number($("mine-start").value),
+    nonce_count: Number($("mine-count").value),
+  };
+  $("shares").replaceChildren();
+  $("mine-workers").replaceChildren();
+  socket.emit(EV.mine, req, (ack) => {
+    if (!ack || ack.error) return ($("mine-state").textContent = ack ? ack.error : "no answer");
+    miningJob = ack.job;
+    $("mine-cancel").disabled = false;
+    $("mine-state").textContent = "queued";
+  });
+});
+$("mine-cancel").addEventListener("click", () => {
+  if (miningJob) socket.emit(EV.cancel, { job: miningJob }, () => {});
+});

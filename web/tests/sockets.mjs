@@ -1,0 +1,108 @@
+// Drives the master's Socket.IO side with the real socket.io client (the
+// one the page loads): sessions, streamed answers, history on reconnect,
+// isolation between sessions, keys, limits. Run by testkit/tests/web.rs:
+//   node web/tests/sockets.mjs http://127.0.0.1:<port>
+// Exits non-zero with the reason when a check fails.
+import { io } from "socket.io-client";
+
+const url = process.argv[2];
+const fail = (why) => {
+  console.error(`FAIL: ${why}`);
+  process.exit(1);
+};
+const check = (ok, why) => ok || fail(why);
+const connect = () =>
+  new Promise((resolve, reject) => {
+    const s = io(url, { transports: ["websocket"], reconnection: false, timeout: 10000 });
+    s.on("connect", () => resolve(s));
+    s.on("connect_error", reject);
+  });
+const call = (s, ev, data) => new Promise((resolve) => s.emit(ev, data, resolve));
+const record = (s) => {
+  const seen = [];
+  for (const ev of ["job", "chunk", "progress", "done", "workers"]) s.on(ev, (d) => seen.push([ev, d]));
+  return seen;
+};
+const until = (seen, pred, what) =>
+  new Promise((resolve) => {
+    const t0 = Date.now();
+    const poll = () => {
+      const hit = seen.find(pred);
+      if (hit) return resolve(hit);
+      if (Date.now() - t0 > 30000) fail(`timed out waiting for ${what}`);
+      setTimeout(poll, 10);
+    };
+    poll();
+  });
+
+const a = await connect();
+const aSeen = record(a);
+const welcome = await call(a, "hello", {});
+check(typeof welcome.session === "string" && welcome.session.length >= 32, `a session id: ${JSON.stringify(welcome)}`);
+check(welcome.history.length === 0 && welcome.has_key === false, "a new session is empty");
+await until(aSeen, ([ev, d]) => ev === "workers" && d.length > 0, "the workers list");
+
+const b = await connect();
+const bSeen = record(b);
+const other = await call(b, "hello", {});
+check(other.session !== welcome.session, "each session its own id");
+
+// A streamed answer, in order, then metadata.
+const first = await call(a, "ask", { prompt: "[[fake {\"chunks\": [\"Hel\", \"lo\", \"!\"], \"gap_ms\": 20}]] first" });
+check(first.job, `ask answers with a job: ${JSON.stringify(first)}`);
+const [, done] = await until(aSeen, ([ev, d]) => ev === "done" && d.job === first.job, "the first answer");
+check(done.state === "succeeded" && done.result.text === "Hello!", `the answer: ${JSON.stringify(done)}`);
+check(done.worker && done.result.model && done.result.timings && done.attempt === 1, "metadata: worker, model, timings, attempt");
+const chunks = aSeen.filter(([ev, d]) => ev === "chunk" && d.job === first.job).map(([, d]) => d.text);
+check(chunks.join("|") === "Hel|lo|!", `chunks in order: ${chunks}`);
+check(aSeen.some(([ev, d]) => ev === "job" && d.job === first.job && d.state === "running"), "a running update");
+
+// The second question carries the first exchange as context.
+const second = await call(a, "ask", { prompt: "second" });
+await until(aSeen, ([ev, d]) => ev === "done" && d.job === second.job, "the second answer");
+
+// Nothing of session a reached session b.
+check(!bSeen.some(([ev, d]) => ev !== "workers" && (d.job === first.job || d.job === second.job)), "b saw none of a's jobs");
+const stolen = await call(b, "cancel", { job: second.job });
+check(stolen.error === "no such job in this session", `b cannot cancel a's job: ${JSON.stringify(stolen)}`);
+const smuggled = await call(b, "ask", { prompt: "x", session: welcome.session });
+check(smuggled.error && smuggled.error.includes("unknown field"), "no session smuggled into a request");
+
+// A reload: same session, history back.
+a.close();
+const a2 = await connect();
+const back = await call(a2, "hello", { session: welcome.session });
+check(back.session === welcome.session, "the session resumes");
+check(back.history.length === 2 && back.history[0].answer === "Hello!" && back.history[0].meta.worker, `history: ${JSON.stringify(back.history)}`);
+const guessed = await call(b, "hello", { session: "not-a-real-session" });
+check(guessed.session !== "not-a-real-session" && guessed.history.length === 0, "an unknown id starts a new session");
+
+// The session's own key: set, reported (never echoed), used, cleared.
+const keyed = await call(a2, "set_key", { key: "session-own-key" });
+check(keyed.ok === true, "the key is taken");
+check(!JSON.stringify(keyed).includes("session-own-key"), "the key is not echoed");
+const again = await call(a2, "hello", { session: welcome.session });
+check(again.has_key === true && !JSON.stringify(again).includes("session-own-key"), "has_key, not the key");
+const a2Seen = record(a2);
+const withKey = await call(a2, "ask", { prompt: "keyed question" });
+await until(a2Seen, ([ev, d]) => ev === "done" && d.job === withKey.job, "the keyed answer");
+check((await call(a2, "clear_key", {})).ok === true, "the key is cleared");
+
+// Limits, with reasons.
+const big = await call(b, "ask", { prompt: "x".repeat(40 * 1024) });
+check(big.error && big.error.includes("the limit is 32768"), `oversized prompt: ${JSON.stringify(big)}`);
+const c = await connect();
+await call(c, "hello", {});
+let refused = null;
+for (let i = 0; i < 11; i++) {
+  const r = await call(c, "ask", { prompt: `[[fake {\"delay_ms\": 1}]] flood ${i}` });
+  if (r.error) refused = r.error;
+}
+check(refused && refused.startsWith("slow down"), `the 11th question in a minute is refused: ${refused}`);
+const early = await connect();
+const noHello = await call(early, "ask", { prompt: "hi" });
+check(noHello.error === "say hello first", "no session, no questions");
+
+for (const s of [a2, b, c, early]) s.close();
+console.log("OK");
+process.exit(0);
