@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need_build_tools
 need_packages mosquitto:mosquitto mosquitto_sub:mosquitto-clients mosquitto_passwd:mosquitto curl:curl
 need_web
+# The page's tests drive Debian's chromium (headless) with playwright-core.
+need_packages chromium:chromium
 
 cargo build --locked --workspace --bins
 cargo test --locked --workspace "$@"

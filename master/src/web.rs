@@ -73,13 +73,7 @@ pub async fn broadcast_workers(io: SocketIo, coord: Coordinator, stop: tokio_uti
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Ok(workers) = coord.workers().await else { return };
-        // What a person sees: last_seen_ms changes every time and is left out.
-        let view: Value = workers
-            .iter()
-            .map(|w| json!({"id": w.id, "state": w.state, "hashrate": w.hashrate.round(), "running": w.running, "slots": w.slots,
-                            "kinds": w.kinds, "ai_providers": w.ai_providers, "randomx_modes": w.randomx_modes}))
-            .collect();
+        let Some(view) = workers_view(&coord).await else { return };
         if view != last {
             let _ = io.emit(to_client::WORKERS, &view).await;
             last = view;
@@ -87,7 +81,25 @@ pub async fn broadcast_workers(io: SocketIo, coord: Coordinator, stop: tokio_uti
     }
 }
 
-async fn on_connect(socket: SocketRef) {
+/// The workers as the page shows them (`last_seen_ms`, which changes all
+/// the time, is left out so unchanged workers are not re-sent).
+async fn workers_view(coord: &Coordinator) -> Option<Value> {
+    let workers = coord.workers().await.ok()?;
+    Some(
+        workers
+            .iter()
+            .map(|w| {
+                json!({"id": w.id, "state": w.state, "hashrate": w.hashrate.round(), "running": w.running, "slots": w.slots,
+                       "kinds": w.kinds, "ai_providers": w.ai_providers, "randomx_modes": w.randomx_modes})
+            })
+            .collect(),
+    )
+}
+
+async fn on_connect(socket: SocketRef, State(web): State<Web>) {
+    if let Some(view) = workers_view(&web.coord).await {
+        let _ = socket.emit(to_client::WORKERS, &view);
+    }
     socket.on(to_master::HELLO, hello);
     socket.on(to_master::ASK, ask);
     socket.on(to_master::SET_KEY, set_key);

@@ -22,10 +22,12 @@ need_build_tools() {
 }
 
 # The web page's Socket.IO client comes from npm (socket.io-client, pinned by
-# web/package-lock.json) and is served by the master from web/node_modules.
+# web/package-lock.json) and is served by the master from web/node_modules;
+# playwright-core (no browsers of its own) drives chromium in the page's tests.
 need_web() {
   need_packages node:nodejs npm:npm
-  if [ ! -f web/node_modules/socket.io-client/dist/socket.io.min.js ]; then
-    (cd web && npm ci --no-audit --no-fund --loglevel=error)
+  # Installed again whenever package-lock.json changed since the last install.
+  if ! cmp -s web/package-lock.json web/node_modules/.faena-installed-lock 2>/dev/null; then
+    (cd web && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.faena-installed-lock)
   fi
 }

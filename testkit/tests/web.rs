@@ -46,3 +46,33 @@ async fn sessions_stream_answers_keep_history_and_never_mix() {
     assert_eq!(keyed.headers.get("x-goog-api-key").map(String::as_str), Some("session-own-key"));
     assert!(!c.master_log().contains("session-own-key"), "the key went into the log");
 }
+
+#[tokio::test]
+async fn the_page_works_in_a_real_browser() {
+    let fake = FakeAi::start().await;
+    let web = repo().join("web");
+    let opts = MasterOpts { extra: vec![("FAENA_WEB_DIR".into(), web.display().to_string())], ..MasterOpts::default() };
+    let mut c = Cluster::start(opts).await;
+    let base = fake.gemini_base();
+    let env = [
+        ("GEMINI_BASE_URL", base.as_str()),
+        ("GEMINI_API_KEY", "worker-key"),
+        // One AI slot, so questions queue and their positions count down.
+        ("FAENA_AI_SLOTS", "1"),
+        ("FAENA_RANDOMX_THREADS", "1"),
+    ];
+    c.add_worker_with("ai", 1, &env).await;
+    c.wait_workers(1).await;
+    // Screenshots are test artifacts: under target/, never committed.
+    let shots = faena_testkit::target_dir().join("screenshots").join("web");
+    let out = tokio::process::Command::new("node")
+        .arg(web.join("tests/browser.mjs"))
+        .arg(format!("http://{}", c.addrs.http))
+        .arg(&shots)
+        .output()
+        .await
+        .expect("node runs (scripts/test.sh installs it and chromium)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("OK"), "{stdout}\n{stderr}\nscreenshots in {}", shots.display());
+    assert!(shots.join("answer.png").exists() && shots.join("mining.png").exists());
+}

@@ -1,0 +1,115 @@
+// The page in a real browser (Debian's chromium, headless, driven by
+// playwright-core) against a real master, workers and the fake AI server.
+// Run by testkit/tests/web.rs:
+//   node web/tests/browser.mjs http://127.0.0.1:<port> <screenshot dir>
+// Exits non-zero with the reason when a check fails; saves screenshots.
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+
+const [url, shots] = process.argv.slice(2);
+mkdirSync(shots, { recursive: true });
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-dev-shm-usage"],
+});
+let current = null;
+const fail = async (why) => {
+  console.error(`FAIL: ${why}`);
+  if (current) await current.screenshot({ path: `${shots}/failure.png`, fullPage: true }).catch(() => {});
+  await browser.close();
+  process.exit(1);
+};
+const check = async (ok, why) => ok || (await fail(why));
+const T = { timeout: 30000 };
+
+async function open(context) {
+  const page = await context.newPage();
+  current = page;
+  page.on("pageerror", (e) => console.error(`page error: ${e.message}`));
+  await page.goto(url);
+  await page.locator("#conn[data-state=connected]").waitFor(T);
+  await page.locator("#session").filter({ hasNotText: "—" }).waitFor(T);
+  return page;
+}
+
+async function ask(page, prompt) {
+  await page.fill("#prompt", prompt);
+  await page.click("#send");
+}
+
+const answers = (page) => page.locator(".bubble.answer");
+
+// 1. Loads, connected, a session id; the workers panel fills.
+const alice = await browser.newContext();
+let page = await open(alice);
+const session = (await page.textContent("#session")).trim();
+await check(/^[0-9a-f]{32}$/.test(session), `a session id: ${session}`);
+await page.locator("#workers li[data-worker]").first().waitFor(T);
+await page.screenshot({ path: `${shots}/connected.png`, fullPage: true });
+
+// 2. A streamed answer with metadata.
+await ask(page, '[[fake {"chunks": ["Hello ", "from ", "the ", "fake ", "model"], "gap_ms": 150}]] greet me');
+const first = answers(page).first();
+await first.filter({ hasText: "Hello from" }).waitFor(T);
+const partial = await first.textContent();
+await first.filter({ hasText: "Hello from the fake model" }).waitFor(T);
+await check(partial.length < "Hello from the fake model".length || partial === "Hello from the fake model", "text arrived");
+await page.locator(".meta").first().filter({ hasText: "worker" }).waitFor(T);
+const meta = await page.locator(".meta").first().textContent();
+await check(/worker ai/.test(meta) && /gemini/.test(meta) && /attempt 1/.test(meta) && /not cached/.test(meta), `metadata: ${meta}`);
+await page.screenshot({ path: `${shots}/answer.png`, fullPage: true });
+
+// 3. Markup in a prompt (and in the answer, which echoes it) stays text.
+await ask(page, "<img src=x onerror=\"window.__pwned=1\"> look");
+await answers(page).nth(1).filter({ hasText: "You said: <img src=x" }).waitFor(T);
+await check((await page.locator("#messages img").count()) === 0, "no <img> element was made from the text");
+await check((await page.evaluate(() => window.__pwned)) === undefined, "no script ran");
+await check((await page.locator(".bubble.question").nth(1).textContent()).includes("<img src=x"), "the question shows as typed");
+
+// 4. Queue positions count down while questions wait for the one AI slot.
+for (let i = 0; i < 4; i++) await ask(page, `[[fake {"delay_ms": 1500}]] slow ${i}`);
+await page.locator(".waiting", { hasText: "2 jobs ahead of yours" }).waitFor(T);
+await page.screenshot({ path: `${shots}/queued.png`, fullPage: true });
+await page.locator(".waiting", { hasText: "1 job ahead of yours" }).first().waitFor(T);
+await answers(page).nth(5).filter({ hasText: "You said: slow 3" }).waitFor({ timeout: 60000 });
+
+// 5. A second browser (another person) sees nothing of the first's chat.
+const bob = await browser.newContext();
+const bobPage = await open(bob);
+await check((await bobPage.textContent("#session")).trim() !== session, "bob has his own session");
+await ask(bobPage, "bob only");
+await answers(bobPage).first().filter({ hasText: "You said: bob only" }).waitFor(T);
+await check((await answers(bobPage).count()) === 1, "bob sees only his answer");
+await check(!(await page.textContent("#messages")).includes("bob only"), "alice never sees bob's");
+await bobPage.screenshot({ path: `${shots}/bob.png`, fullPage: true });
+
+// 6. A reload restores the history.
+await page.reload();
+page = await open(alice);
+await check((await page.textContent("#session")).trim() === session, "the same session after a reload");
+await answers(page).nth(5).waitFor(T);
+await check((await answers(page).first().textContent()) === "Hello from the fake model", "history is back");
+await check((await page.locator(".meta").first().textContent()).includes("worker ai"), "with its metadata");
+
+// 7. Mining: live hashrate, verified shares, then cancel.
+await page.fill("#mine-difficulty", "20");
+await page.fill("#mine-count", "1000000");
+await page.click("#mine button[type=submit]");
+await page.locator("#mine-state", { hasText: "H/s" }).waitFor({ timeout: 60000 });
+await page.locator("#shares li").first().waitFor({ timeout: 60000 });
+await page.locator("#mine-workers li").first().waitFor(T);
+await page.screenshot({ path: `${shots}/mining.png`, fullPage: true });
+await page.click("#mine-cancel");
+await page.locator("#mine-state", { hasText: "cancelled" }).waitFor(T);
+
+// 8. The key field: used, never shown back, cleared.
+await page.fill("#key-input", "browser-own-key");
+await page.click("#key button[type=submit]");
+await page.locator("#key-state", { hasText: "Your key is set" }).waitFor(T);
+await check((await page.inputValue("#key-input")) === "", "the field is emptied");
+await check(!(await page.content()).includes("browser-own-key"), "the key is not on the page");
+await page.click("#key-clear");
+await page.locator("#key-state", { hasText: "No key of your own" }).waitFor(T);
+
+await browser.close();
+console.log("OK");
