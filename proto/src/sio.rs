@@ -44,6 +44,22 @@ pub mod to_client {
     pub const WORKERS: &str = "workers";
 }
 
+/// Every event name, both ways (the page's own list is checked against it).
+pub const ALL_EVENTS: [&str; 12] = [
+    to_master::HELLO,
+    to_master::ASK,
+    to_master::SET_KEY,
+    to_master::CLEAR_KEY,
+    to_master::HASH,
+    to_master::MINE,
+    to_master::CANCEL,
+    to_client::JOB,
+    to_client::CHUNK,
+    to_client::PROGRESS,
+    to_client::DONE,
+    to_client::WORKERS,
+];
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Hello {

@@ -12,6 +12,18 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }
 
+#[test]
+fn the_page_uses_exactly_the_events_of_the_contract() {
+    let app = std::fs::read_to_string(repo().join("web/app.js")).expect("web/app.js");
+    let start = app.find("const EV = {").expect("the page's event table");
+    let table = &app[start..start + app[start..].find("};").expect("its end")];
+    let mut names: Vec<&str> = table.split('"').skip(1).step_by(2).collect();
+    names.sort_unstable();
+    let mut contract = faena_proto::sio::ALL_EVENTS.to_vec();
+    contract.sort_unstable();
+    assert_eq!(names, contract, "web/app.js and proto/src/sio.rs disagree");
+}
+
 #[tokio::test]
 async fn sessions_stream_answers_keep_history_and_never_mix() {
     let fake = FakeAi::start().await;
