@@ -12,6 +12,32 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }
 
+/// A master serving the page, with one worker that has Gemini (the fake) and `extra`.
+async fn web_cluster(fake: &FakeAi, extra: &[(&str, &str)]) -> Cluster {
+    let web = repo().join("web");
+    let opts = MasterOpts { extra: vec![("FAENA_WEB_DIR".into(), web.display().to_string())], ..MasterOpts::default() };
+    let mut c = Cluster::start(opts).await;
+    let base = fake.gemini_base();
+    let mut env = vec![("GEMINI_BASE_URL", base.as_str()), ("GEMINI_API_KEY", "worker-key")];
+    env.extend_from_slice(extra);
+    c.add_worker_with("ai", 1, &env).await;
+    c.wait_workers(1).await;
+    c
+}
+
+/// Runs one of the page's node test scripts against `c`; it must print OK.
+async fn run_node(c: &Cluster, script: &str, extra: &[&str]) {
+    let out = tokio::process::Command::new("node")
+        .arg(repo().join("web/tests").join(script))
+        .arg(format!("http://{}", c.addrs.http))
+        .args(extra)
+        .output()
+        .await
+        .expect("node runs (scripts/test.sh installs it and chromium)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("OK"), "{script}:\n{stdout}\n{stderr}");
+}
+
 #[test]
 fn the_page_uses_exactly_the_events_of_the_contract() {
     let app = std::fs::read_to_string(repo().join("web/app.js")).expect("web/app.js");
@@ -27,12 +53,7 @@ fn the_page_uses_exactly_the_events_of_the_contract() {
 #[tokio::test]
 async fn sessions_stream_answers_keep_history_and_never_mix() {
     let fake = FakeAi::start().await;
-    let web = repo().join("web");
-    let opts = MasterOpts { extra: vec![("FAENA_WEB_DIR".into(), web.display().to_string())], ..MasterOpts::default() };
-    let mut c = Cluster::start(opts).await;
-    let base = fake.gemini_base();
-    c.add_worker_with("ai", 1, &[("GEMINI_BASE_URL", base.as_str()), ("GEMINI_API_KEY", "worker-key")]).await;
-    c.wait_workers(1).await;
+    let c = web_cluster(&fake, &[]).await;
 
     // The page and the Socket.IO client are served (no CDN).
     let page = c.api.text("/").await;
@@ -41,14 +62,7 @@ async fn sessions_stream_answers_keep_history_and_never_mix() {
     assert_eq!(client.status(), StatusCode::OK);
     assert_eq!(c.api.get("/api/nothing").await.0, StatusCode::NOT_FOUND);
 
-    let out = tokio::process::Command::new("node")
-        .arg(web.join("tests/sockets.mjs"))
-        .arg(format!("http://{}", c.addrs.http))
-        .output()
-        .await
-        .expect("node runs (scripts/test.sh installs it)");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.contains("OK"), "{stdout}\n{stderr}");
+    run_node(&c, "sockets.mjs", &[]).await;
 
     // The second question had the first as context; the keyed one used the session's key.
     let requests = fake.requests().await;
@@ -62,29 +76,10 @@ async fn sessions_stream_answers_keep_history_and_never_mix() {
 #[tokio::test]
 async fn the_page_works_in_a_real_browser() {
     let fake = FakeAi::start().await;
-    let web = repo().join("web");
-    let opts = MasterOpts { extra: vec![("FAENA_WEB_DIR".into(), web.display().to_string())], ..MasterOpts::default() };
-    let mut c = Cluster::start(opts).await;
-    let base = fake.gemini_base();
-    let env = [
-        ("GEMINI_BASE_URL", base.as_str()),
-        ("GEMINI_API_KEY", "worker-key"),
-        // One AI slot, so questions queue and their positions count down.
-        ("FAENA_AI_SLOTS", "1"),
-        ("FAENA_RANDOMX_THREADS", "1"),
-    ];
-    c.add_worker_with("ai", 1, &env).await;
-    c.wait_workers(1).await;
+    // One AI slot, so questions queue and their positions count down.
+    let c = web_cluster(&fake, &[("FAENA_AI_SLOTS", "1"), ("FAENA_RANDOMX_THREADS", "1")]).await;
     // Screenshots are test artifacts: under target/, never committed.
     let shots = faena_testkit::target_dir().join("screenshots").join("web");
-    let out = tokio::process::Command::new("node")
-        .arg(web.join("tests/browser.mjs"))
-        .arg(format!("http://{}", c.addrs.http))
-        .arg(&shots)
-        .output()
-        .await
-        .expect("node runs (scripts/test.sh installs it and chromium)");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.contains("OK"), "{stdout}\n{stderr}\nscreenshots in {}", shots.display());
+    run_node(&c, "browser.mjs", &[&shots.display().to_string()]).await;
     assert!(shots.join("answer.png").exists() && shots.join("mining.png").exists());
 }
