@@ -159,6 +159,7 @@ async fn ask(socket: SocketRef, Data(a): Data<Value>, ack: AckSender, State(web)
         Ok(a) => a,
         Err(e) => return refuse(ack, e),
     };
+    let used = a.prompt.len() + a.system.as_ref().map_or(0, String::len);
     let (params, key) = {
         let mut sessions = web.sessions.lock();
         let Some(s) = sessions.get_mut(&id) else { return refuse(ack, "unknown session; reload the page") };
@@ -175,7 +176,7 @@ async fn ask(socket: SocketRef, Data(a): Data<Value>, ack: AckSender, State(web)
             system: a.system,
             model: a.model,
             provider: a.provider,
-            history: sio::history(&s.exchanges),
+            history: recent_context(sio::history(&s.exchanges), used),
             stream: None,
             cache: None,
             temperature: None,
@@ -189,6 +190,25 @@ async fn ask(socket: SocketRef, Data(a): Data<Value>, ack: AckSender, State(web)
     }
     let job = NewJob { api_key: key, ..NewJob::new(JobId::new(), JobSpec::AiQuery(params), Priority::Normal) };
     submit(&web, &id, job, Some(a.prompt), ack).await;
+}
+
+/// The latest turns that fit beside a prompt of `used` bytes: a long chat
+/// keeps going with its most recent context instead of hitting the limits.
+fn recent_context(mut turns: Vec<faena_proto::ai::Turn>, used: usize) -> Vec<faena_proto::ai::Turn> {
+    use faena_proto::ai::{MAX_CONTEXT_BYTES, MAX_TURNS};
+    let mut bytes = used + turns.iter().map(|t| t.text.len()).sum::<usize>();
+    let mut drop = turns.len().saturating_sub(MAX_TURNS);
+    bytes -= turns[..drop].iter().map(|t| t.text.len()).sum::<usize>();
+    while bytes > MAX_CONTEXT_BYTES && drop < turns.len() {
+        bytes -= turns[drop].text.len();
+        drop += 1;
+    }
+    // Whole exchanges: never start with an answer.
+    if drop % 2 == 1 && drop < turns.len() {
+        drop += 1;
+    }
+    turns.drain(..drop.min(turns.len()));
+    turns
 }
 
 async fn hash(socket: SocketRef, Data(h): Data<Value>, ack: AckSender, State(web): State<Web>) {
@@ -411,5 +431,28 @@ async fn cancel(socket: SocketRef, Data(j): Data<Value>, ack: AckSender, State(w
     match web.coord.cancel(job).await {
         Ok(_) => reply(ack, Ack::Ok { ok: true }),
         Err(e) => refuse(ack, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faena_proto::ai::{MAX_CONTEXT_BYTES, Role, Turn};
+
+    #[test]
+    fn long_chats_keep_their_latest_whole_exchanges() {
+        let turn = |role, n: usize| Turn { role, text: "x".repeat(n) };
+        let mut turns = Vec::new();
+        for _ in 0..150 {
+            turns.push(turn(Role::User, 10));
+            turns.push(turn(Role::Model, 10));
+        }
+        let kept = recent_context(turns.clone(), 100);
+        assert_eq!(kept.len(), 200, "at most MAX_TURNS");
+        assert_eq!(kept[0].role, Role::User);
+        let big: Vec<Turn> = (0..10).flat_map(|_| [turn(Role::User, 40_000), turn(Role::Model, 1)]).collect();
+        let kept = recent_context(big, 1000);
+        let bytes: usize = kept.iter().map(|t| t.text.len()).sum::<usize>() + 1000;
+        assert!(bytes <= MAX_CONTEXT_BYTES && !kept.is_empty() && kept[0].role == Role::User, "{}", kept.len());
     }
 }
