@@ -97,9 +97,7 @@ async fn workers_view(coord: &Coordinator) -> Option<Value> {
 }
 
 async fn on_connect(socket: SocketRef, State(web): State<Web>) {
-    if let Some(view) = workers_view(&web.coord).await {
-        let _ = socket.emit(to_client::WORKERS, &view);
-    }
+    // Handlers first: the client may send `hello` the moment it is connected.
     socket.on(to_master::HELLO, hello);
     socket.on(to_master::ASK, ask);
     socket.on(to_master::SET_KEY, set_key);
@@ -107,6 +105,9 @@ async fn on_connect(socket: SocketRef, State(web): State<Web>) {
     socket.on(to_master::HASH, hash);
     socket.on(to_master::MINE, mine);
     socket.on(to_master::CANCEL, cancel);
+    if let Some(view) = workers_view(&web.coord).await {
+        let _ = socket.emit(to_client::WORKERS, &view);
+    }
 }
 
 fn reply(ack: AckSender, answer: Ack) {

@@ -199,6 +199,11 @@ impl Runner {
                 Some(p) = progress_rx.recv() => self.report_progress(unit, p).await,
             }
         };
+        // What the unit reported just before it finished still goes out, in
+        // order and before the result (the last pieces of a streamed answer).
+        while let Ok(p) = progress_rx.try_recv() {
+            self.report_progress(unit, p).await;
+        }
         self.metrics.running.dec();
         self.metrics.duration.observe(started.elapsed().as_secs_f64());
         result
