@@ -13,7 +13,6 @@ use faena_proto::grpc::master_server::{Master, MasterServer};
 use faena_proto::grpc::{self as pb, result_request};
 use faena_proto::ids::{InstanceId, WorkerId};
 use faena_proto::jobs::JobKind;
-use faena_proto::mine::{Share, UnitOutput, UnitProgress};
 use faena_proto::secret::Secret;
 use serde_json::Value;
 use tonic::service::interceptor::InterceptedService;
@@ -23,7 +22,7 @@ use crate::coordinator::{CoordError, Coordinator};
 use crate::engine::{LeaseError, LeaseRef, Outcome, Registration};
 use crate::metrics::Metrics;
 use crate::scheduler::Capabilities;
-use crate::verify::Verifier;
+use crate::verify::{Report, Verifier, VetError};
 
 /// Largest gRPC message accepted; larger ones get `RESOURCE_EXHAUSTED`.
 pub const MAX_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
@@ -118,51 +117,13 @@ impl MasterService {
         Ok(LeaseRef { job_id, attempt: lease.attempt, token: lease.token.clone() })
     }
 
-    /// Re-hashes the shares in a mining unit's progress or output, keeps
-    /// the valid ones and counts the rest against the worker. Anything that
-    /// is not a mining unit's passes through.
-    async fn check_shares(
-        &self,
-        worker: &WorkerId,
-        lease: &LeaseRef,
-        data: Value,
-        output: bool,
-    ) -> Result<Value, Status> {
-        let Some((params, known)) = self.coord.unit_work(worker.clone(), lease.clone()).await.map_err(to_status)?
-        else {
-            return Ok(data);
-        };
-        let what = if output { "output" } else { "progress" };
-        if !data.is_object() {
-            return Err(self.invalid(format!("mining unit {what} must be a JSON object")));
-        }
-        let shares = |v: &mut Value| -> Result<Vec<Share>, Status> {
-            serde_json::from_value(v.get_mut("shares").map(Value::take).unwrap_or(Value::Array(vec![])))
-                .map_err(|e| self.invalid(format!("mining unit {what}: shares: {e}")))
-        };
-        // Check the shape first, so a malformed payload costs no hashing.
-        let mut data = data;
-        let found = shares(&mut data)?;
-        data["shares"] = Value::Array(vec![]);
-        let shape_ok = if output {
-            serde_json::from_value::<UnitOutput>(data.clone()).map(|_| ())
-        } else {
-            serde_json::from_value::<UnitProgress>(data.clone()).map(|_| ())
-        };
-        shape_ok.map_err(|e| self.invalid(format!("mining unit {what} does not match the contract: {e}")))?;
-        if found.is_empty() {
-            return Ok(data);
-        }
-        let checked = self.verifier.check(&params, &known, found).await;
-        self.metrics.shares_checked(checked.valid.len(), checked.invalid.len());
-        for (share, reason) in &checked.invalid {
-            tracing::warn!(worker = %worker, unit = %lease.job_id, nonce = share.nonce, reason = %reason, "invalid share rejected");
-        }
-        if !checked.invalid.is_empty() {
-            self.coord.invalid_shares(worker.clone(), lease.job_id, checked.invalid.len() as u32).await;
-        }
-        data["shares"] = serde_json::to_value(checked.valid).unwrap_or(Value::Array(vec![]));
-        Ok(data)
+    /// A report passed through [`Verifier::vet`]: shares re-hashed, bad
+    /// ones out and counted; anything not a mining unit's as it came.
+    async fn vet(&self, worker: &WorkerId, lease: &LeaseRef, data: Value, report: Report) -> Result<Value, Status> {
+        self.verifier.vet(&self.coord, &self.metrics, worker, lease, data, report).await.map_err(|e| match e {
+            VetError::Malformed(m) => self.invalid(m),
+            VetError::Coord(e) => to_status(e),
+        })
     }
 
     fn leases(&self, leases: &[pb::Lease]) -> Result<Vec<LeaseRef>, Status> {
@@ -256,7 +217,7 @@ impl Master for MasterService {
         }
         let data =
             serde_json::from_str(&req.progress_json).map_err(|e| self.invalid(format!("progress is not JSON: {e}")))?;
-        let data = self.check_shares(&worker, &lease, data, false).await?;
+        let data = self.vet(&worker, &lease, data, Report::Progress).await?;
         self.coord.progress(worker, lease, data).await.map_err(to_status)?;
         Ok(Response::new(pb::ProgressResponse {}))
     }
@@ -272,7 +233,7 @@ impl Master for MasterService {
                 }
                 let output =
                     serde_json::from_str(&json).map_err(|e| self.invalid(format!("output is not JSON: {e}")))?;
-                Outcome::Success(self.check_shares(&worker, &lease, output, true).await?)
+                Outcome::Success(self.vet(&worker, &lease, output, Report::Output).await?)
             }
             Some(result_request::Outcome::Failure(f)) => {
                 Outcome::Failure { message: truncate(f.message), retryable: f.retryable }

@@ -1,4 +1,4 @@
-//! Share verification: the master re-hashes every share a worker submits
+//! Share verification: the master re-hashes every share a worker reports
 //! (light mode, a cached key material with pooled VMs per key) and accepts
 //! it only if the nonce is in the unit's range, the hash matches and it
 //! meets the target. Runs on blocking threads, never on the coordinator's
@@ -7,11 +7,17 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use faena_proto::ids::WorkerId;
 use faena_proto::jobs::{decode_hex, encode_hex};
-use faena_proto::mine::{MineParams, Share};
+use faena_proto::mine::{MineParams, Share, UnitOutput, UnitProgress};
 use faena_randomx::mine::meets;
 use faena_randomx::{Flags, KeyCache, Material, Mode};
+use serde_json::Value;
 use tokio::sync::Semaphore;
+
+use crate::coordinator::{CoordError, Coordinator};
+use crate::engine::LeaseRef;
+use crate::metrics::Metrics;
 
 /// Light-mode keys kept (256 MiB each).
 const KEYS_KEPT: usize = 2;
@@ -111,6 +117,70 @@ impl Verifier {
             }
         }
         out
+    }
+}
+
+/// Which report of a mining unit is being vetted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    Progress,
+    Output,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VetError {
+    /// The report does not match the contract (a bad request).
+    #[error("{0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Coord(#[from] CoordError),
+}
+
+impl Verifier {
+    /// Vets a worker's report before the master takes it: if the lease is a
+    /// mining unit's, checks the report's shape, re-hashes its shares, keeps
+    /// the valid ones and counts the rest against the worker (which may
+    /// quarantine it). Anything that is not a mining unit's passes through.
+    pub async fn vet(
+        &self,
+        coord: &Coordinator,
+        metrics: &Metrics,
+        worker: &WorkerId,
+        lease: &LeaseRef,
+        mut data: Value,
+        report: Report,
+    ) -> Result<Value, VetError> {
+        let Some((params, known)) = coord.unit_work(worker.clone(), lease.clone()).await? else { return Ok(data) };
+        let what = match report {
+            Report::Progress => "progress",
+            Report::Output => "output",
+        };
+        if !data.is_object() {
+            return Err(VetError::Malformed(format!("mining unit {what} must be a JSON object")));
+        }
+        // Check the shape first, so a malformed report costs no hashing.
+        let found: Vec<Share> =
+            serde_json::from_value(data.get_mut("shares").map(Value::take).unwrap_or(Value::Array(vec![])))
+                .map_err(|e| VetError::Malformed(format!("mining unit {what}: shares: {e}")))?;
+        data["shares"] = Value::Array(vec![]);
+        let shape = match report {
+            Report::Progress => serde_json::from_value::<UnitProgress>(data.clone()).map(|_| ()),
+            Report::Output => serde_json::from_value::<UnitOutput>(data.clone()).map(|_| ()),
+        };
+        shape.map_err(|e| VetError::Malformed(format!("mining unit {what} does not match the contract: {e}")))?;
+        if found.is_empty() {
+            return Ok(data);
+        }
+        let checked = self.check(&params, &known, found).await;
+        metrics.shares_checked(checked.valid.len(), checked.invalid.len());
+        for (share, reason) in &checked.invalid {
+            tracing::warn!(worker = %worker, unit = %lease.job_id, nonce = share.nonce, reason = %reason, "invalid share rejected");
+        }
+        if !checked.invalid.is_empty() {
+            coord.invalid_shares(worker.clone(), lease.job_id, checked.invalid.len() as u32).await;
+        }
+        data["shares"] = serde_json::to_value(checked.valid).unwrap_or(Value::Array(vec![]));
+        Ok(data)
     }
 }
 
