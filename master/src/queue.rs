@@ -114,11 +114,6 @@ impl Queue {
         self.by_lane.get(lane).map(|q| q.values().copied().collect()).unwrap_or_default()
     }
 
-    /// The lane a queued job waits in.
-    pub fn lane_of(&self, id: &JobId) -> Option<Lane> {
-        self.ranks.get(id).map(|(lane, _)| *lane)
-    }
-
     fn position_of_rank(&self, rank: Rank) -> u64 {
         let higher: usize = self.per_priority[..rank.0.index()].iter().sum();
         let same: usize = self.by_lane.values().map(|q| q.range((rank.0, 0)..rank).count()).sum();

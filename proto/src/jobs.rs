@@ -244,15 +244,6 @@ impl JobSpec {
         }
     }
 
-    /// The AI provider a job needs, if it names one: only workers that
-    /// have it can run the job.
-    pub fn provider(&self) -> Option<crate::ai::Provider> {
-        match self {
-            JobSpec::AiQuery(p) => p.provider,
-            _ => None,
-        }
-    }
-
     pub fn kind(&self) -> JobKind {
         match self {
             JobSpec::Noop(_) => JobKind::Noop,

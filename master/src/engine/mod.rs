@@ -217,7 +217,6 @@ impl Engine {
             self.next_seq += 1;
             let kind = j.spec.kind();
             let params = j.spec.params_json();
-            debug_assert_eq!(j.spec.provider().map(Provider::as_str), params.get("provider").and_then(Value::as_str));
             self.effects.push(Effect::Store(StoreOp::Insert {
                 id: j.id,
                 kind,

@@ -122,10 +122,6 @@ impl Split {
         self.started.is_some()
     }
 
-    pub fn holds(&self, worker: &WorkerId) -> bool {
-        self.units.values().any(|u| u.worker == *worker)
-    }
-
     /// Carves the next unit for a worker of `speed` H/s among capable workers
     /// totalling `total` H/s: its parameters and the attempts already used on
     /// that range.
