@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use faena_proto::ai::AiParams;
 use faena_proto::api::JobEvent;
 use faena_proto::ids::JobId;
-use faena_proto::jobs::{JobSpec, JobState, Priority};
+use faena_proto::jobs::{HashParams, JobKind, JobSpec, JobState, MineParams, Priority};
 use faena_proto::secret::Secret;
 use faena_proto::sio::{self, Ack, Exchange, to_client, to_master};
 use parking_lot::Mutex;
@@ -46,8 +46,6 @@ struct Web {
     coord: Coordinator,
     hub: Hub,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
-    /// Set right after the layer is built (the handlers need it to reach rooms).
-    io: Arc<std::sync::OnceLock<SocketIo>>,
 }
 
 /// The session a socket said hello with.
@@ -56,11 +54,9 @@ struct SessionId(String);
 
 /// The Socket.IO layer (wrap the finished router in it) and its handle.
 pub fn socket_io(coord: Coordinator, hub: Hub) -> (SocketIoLayer, SocketIo) {
-    let web = Web { coord, hub, sessions: Arc::default(), io: Arc::default() };
-    let slot = web.io.clone();
+    let web = Web { coord, hub, sessions: Arc::default() };
     let (layer, io) = SocketIo::builder().with_state(web).build_layer();
     io.ns("/", on_connect);
-    let _ = slot.set(io.clone());
     (layer, io)
 }
 
@@ -154,7 +150,7 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T, Stri
     serde_json::from_value(v).map_err(|e| format!("{what}: {e}"))
 }
 
-async fn ask(socket: SocketRef, Data(a): Data<Value>, ack: AckSender, State(web): State<Web>) {
+async fn ask(socket: SocketRef, io: SocketIo, Data(a): Data<Value>, ack: AckSender, State(web): State<Web>) {
     let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
     let a: sio::Ask = match parse("ask", a) {
         Ok(a) => a,
@@ -186,11 +182,12 @@ async fn ask(socket: SocketRef, Data(a): Data<Value>, ack: AckSender, State(web)
         };
         (params, s.key.clone())
     };
-    if let Err(e) = params.validate() {
-        return refuse(ack, e.to_string());
-    }
-    let job = NewJob { api_key: key, ..NewJob::new(JobId::new(), JobSpec::AiQuery(params), Priority::Normal) };
-    submit(&web, &id, job, Some(a.prompt), ack).await;
+    let spec = match checked(JobKind::AiQuery, &params) {
+        Ok(spec) => spec,
+        Err(e) => return refuse(ack, e),
+    };
+    let job = NewJob { api_key: key, ..NewJob::new(JobId::new(), spec, Priority::Normal) };
+    submit(&web, io, &id, job, Some(a.prompt), ack).await;
 }
 
 /// The latest turns that fit beside a prompt of `used` bytes: a long chat
@@ -212,42 +209,47 @@ fn recent_context(mut turns: Vec<faena_proto::ai::Turn>, used: usize) -> Vec<fae
     turns
 }
 
-async fn hash(socket: SocketRef, Data(h): Data<Value>, ack: AckSender, State(web): State<Web>) {
+/// `params` for `kind` through the one gate every entry point uses.
+fn checked<T: serde::Serialize>(kind: JobKind, params: &T) -> Result<JobSpec, String> {
+    let params = serde_json::to_value(params).map_err(|e| e.to_string())?;
+    JobSpec::parse_kind(kind, params).map_err(|e| e.to_string())
+}
+
+async fn hash(socket: SocketRef, io: SocketIo, Data(h): Data<Value>, ack: AckSender, State(web): State<Web>) {
     let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
     let spec = parse::<sio::HashText>("hash", h).and_then(|h| {
-        JobSpec::parse("randomx.hash", json!({"key": h.key, "input": h.input})).map_err(|e| e.to_string())
+        checked(JobKind::RandomxHash, &HashParams { key: h.key, input: Some(h.input), inputs: None, hex: false })
     });
     match spec {
-        Ok(spec) => submit(&web, &id, NewJob::new(JobId::new(), spec, Priority::Normal), None, ack).await,
+        Ok(spec) => submit(&web, io, &id, NewJob::new(JobId::new(), spec, Priority::Normal), None, ack).await,
         Err(e) => refuse(ack, e),
     }
 }
 
-async fn mine(socket: SocketRef, Data(m): Data<Value>, ack: AckSender, State(web): State<Web>) {
+async fn mine(socket: SocketRef, io: SocketIo, Data(m): Data<Value>, ack: AckSender, State(web): State<Web>) {
     let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
     let spec = parse::<sio::Mine>("mine", m).and_then(|m| {
-        let params = json!({"key": m.key, "blob": m.blob, "difficulty": m.difficulty,
-                            "nonce_start": m.nonce_start, "nonce_count": m.nonce_count});
-        let params = Value::Object(
-            params
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        );
-        JobSpec::parse("randomx.mine", params).map_err(|e| e.to_string())
+        let params = MineParams {
+            key: m.key,
+            blob: m.blob,
+            target: None,
+            difficulty: Some(m.difficulty),
+            nonce_offset: None,
+            nonce_start: m.nonce_start,
+            nonce_count: m.nonce_count,
+            max_shares: None,
+        };
+        checked(JobKind::RandomxMine, &params)
     });
     match spec {
-        Ok(spec) => submit(&web, &id, NewJob::new(JobId::new(), spec, Priority::Normal), None, ack).await,
+        Ok(spec) => submit(&web, io, &id, NewJob::new(JobId::new(), spec, Priority::Normal), None, ack).await,
         Err(e) => refuse(ack, e),
     }
 }
 
 /// Submits a session's job, answers with its id, and forwards its events to
 /// the session's room. `question` makes it part of the chat.
-async fn submit(web: &Web, session: &str, job: NewJob, question: Option<String>, ack: AckSender) {
+async fn submit(web: &Web, io: SocketIo, session: &str, job: NewJob, question: Option<String>, ack: AckSender) {
     let id = job.id;
     // Watch before it can start, so nothing it does is missed.
     let (_, events) = web.hub.subscribe(id);
@@ -270,15 +272,20 @@ async fn submit(web: &Web, session: &str, job: NewJob, question: Option<String>,
                 }
             }
             reply(ack, Ack::Job { job: id, position });
-            tokio::spawn(forward(web.clone(), session.to_owned(), id, events));
+            tokio::spawn(forward(web.clone(), io, session.to_owned(), id, events));
         }
         Err(e) => refuse(ack, e.to_string()),
     }
 }
 
 /// Turns a job's events into the session's Socket.IO events until it ends.
-async fn forward(web: Web, session: String, job: JobId, mut events: tokio::sync::broadcast::Receiver<JobEvent>) {
-    let Some(io) = web.io() else { return };
+async fn forward(
+    web: Web,
+    io: SocketIo,
+    session: String,
+    job: JobId,
+    mut events: tokio::sync::broadcast::Receiver<JobEvent>,
+) {
     loop {
         let event = match events.recv().await {
             Ok(e) => e,
@@ -384,10 +391,6 @@ async fn forward(web: Web, session: String, job: JobId, mut events: tokio::sync:
 }
 
 impl Web {
-    fn io(&self) -> Option<SocketIo> {
-        self.io.get().cloned()
-    }
-
     /// Updates the chat entry of `job`, if it is one.
     fn note(&self, session: &str, job: JobId, f: impl FnOnce(&mut Exchange)) {
         if let Some(e) =
