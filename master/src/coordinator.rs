@@ -283,7 +283,6 @@ impl Actor {
                 }
             }
             Command::Cancel(id, reply) => {
-                self.secrets.remove(&id);
                 if self.engine.cancel(now, id) {
                     self.apply();
                     self.after_commit(reply, Ok(Cancelled::Now));
@@ -315,9 +314,6 @@ impl Actor {
             Command::Complete { worker, lease, outcome, reply } => {
                 match self.engine.complete(now, &worker, &lease, outcome) {
                     Ok(duplicate) => {
-                        if self.engine.view(&lease.job_id).is_none() {
-                            self.secrets.remove(&lease.job_id);
-                        }
                         self.apply();
                         self.after_commit(reply, Ok(duplicate));
                     }
@@ -411,6 +407,7 @@ impl Actor {
 
     fn notify(&mut self, job: JobId, event: JobEvent) {
         if event.is_final() {
+            // Every way a job ends passes here: its secrets go with it.
             self.secrets.remove(&job);
             if let Some(key) = self.cache_pending.remove(&job)
                 && let JobEvent::Succeeded { result, .. } = &event
