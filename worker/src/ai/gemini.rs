@@ -8,7 +8,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AiError, Answer, Folded, Query, Sink, body, error_answer, send, sse};
+use super::{AiError, Answer, Folded, Query, Sink, body, decode, error_answer, send, sse};
 
 const WHO: &str = "Gemini";
 
@@ -197,18 +197,10 @@ pub async fn query(
     if stream {
         let mut events = std::pin::pin!(sse(resp, timeout, WHO));
         while let Some(data) = events.next().await {
-            let data = data?;
-            let r: Response = serde_json::from_str(&data).map_err(|e| AiError::Transient {
-                message: format!("Gemini sent a malformed chunk: {e}"),
-                after: None,
-            })?;
-            take(&mut folded, r, sink, q.model).await?;
+            take(&mut folded, decode(WHO, &data?)?, sink, q.model).await?;
         }
     } else {
-        let text = body(resp, timeout, WHO).await?;
-        let r: Response = serde_json::from_str(&text)
-            .map_err(|e| AiError::Transient { message: format!("Gemini sent a malformed answer: {e}"), after: None })?;
-        take(&mut folded, r, sink, q.model).await?;
+        take(&mut folded, decode(WHO, &body(resp, timeout, WHO).await?)?, sink, q.model).await?;
     }
     let flagged = finish(&folded.finish_reason)?;
     Ok(folded.answer(q.model, "STOP", flagged))

@@ -289,6 +289,13 @@ pub async fn body(resp: reqwest::Response, timeout: Duration, who: &str) -> Resu
     }
 }
 
+/// A provider's JSON (a stream chunk or a whole answer); what does not
+/// parse is a transient fault of the provider.
+pub fn decode<T: serde::de::DeserializeOwned>(who: &str, text: &str) -> Result<T, AiError> {
+    serde_json::from_str(text)
+        .map_err(|e| AiError::Transient { message: format!("{who} sent a malformed chunk: {e}"), after: None })
+}
+
 /// `Retry-After` in seconds (or `retry-after-ms`, as OpenAI sends), if any.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AiError, Answer, Folded, Query, Sink, body, error_answer, send, sse};
+use super::{AiError, Answer, Folded, Query, Sink, body, decode, error_answer, send, sse};
 
 const WHO: &str = "the OpenAI-compatible server";
 
@@ -143,10 +143,6 @@ pub async fn query(
         let (status, after, detail) = error_answer(resp, |message| ErrorDetail { message, kind: None }).await;
         return Err(classify(status, &detail, q.model, after));
     }
-    let bad = |e: serde_json::Error| AiError::Transient {
-        message: format!("{WHO} sent a malformed chunk: {e}"),
-        after: None,
-    };
     let mut folded = Folded::default();
     if stream {
         let mut events = std::pin::pin!(sse(resp, timeout, WHO));
@@ -157,7 +153,7 @@ pub async fn query(
                 done = true;
                 break;
             }
-            take(&mut folded, serde_json::from_str(&data).map_err(bad)?, sink, q.model).await?;
+            take(&mut folded, decode(WHO, &data)?, sink, q.model).await?;
         }
         if !done && folded.finish_reason.is_empty() {
             return Err(AiError::Transient {
@@ -166,8 +162,7 @@ pub async fn query(
             });
         }
     } else {
-        let text = body(resp, timeout, WHO).await?;
-        take(&mut folded, serde_json::from_str(&text).map_err(bad)?, sink, q.model).await?;
+        take(&mut folded, decode(WHO, &body(resp, timeout, WHO).await?)?, sink, q.model).await?;
     }
     let flagged = finish(&folded.finish_reason)?;
     Ok(folded.answer(q.model, "stop", flagged))
