@@ -57,6 +57,11 @@ pub struct Credentials {
     pub password: Secret,
 }
 
+/// The master's MQTT client id. A worker's client id is its worker id, so a
+/// broker ACL can confine each worker to its own topics (Mosquitto's `%c`
+/// must fill a whole topic level); no worker may take this one.
+pub const MASTER_CLIENT_ID: &str = "faena-master";
+
 /// Client options shared by master and worker. Persistent sessions
 /// (`clean_session = false`) let the broker keep QoS 1 units for a
 /// reconnecting client.

@@ -34,6 +34,16 @@ pub fn resolve(name: &str, value: Option<&str>, file: Option<&Path>) -> Result<O
     Ok(Some(Secret::new(raw)))
 }
 
+/// Like [`resolve`] for a secret that may be left out: an empty value or
+/// file means "not given". Docker secrets cannot be empty, so a stack that
+/// runs without, say, a Gemini key mounts a file holding only a newline.
+pub fn resolve_optional(name: &str, value: Option<&str>, file: Option<&Path>) -> Result<Option<Secret>, SecretError> {
+    match resolve(name, value, file) {
+        Err(SecretError::Empty { .. }) => Ok(None),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +61,11 @@ mod tests {
         assert!(matches!(resolve("T", Some(""), None), Err(SecretError::Empty { .. })));
         assert!(matches!(resolve("T", None, Some(&dir.join("missing"))), Err(SecretError::Read { .. })));
         assert!(resolve("T", None, None).expect("ok").is_none());
+        std::fs::write(&file, "\n").expect("write");
+        assert!(matches!(resolve("T", None, Some(&file)), Err(SecretError::Empty { .. })));
+        assert!(resolve_optional("T", None, Some(&file)).expect("ok").is_none());
+        assert!(resolve_optional("T", Some(""), None).expect("ok").is_none());
+        assert!(matches!(resolve_optional("T", Some("v"), Some(&file)), Err(SecretError::Both { .. })));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -73,7 +73,7 @@ pub fn connect(
 ) -> Connection {
     let will_status = MasterStatus { instance_id: instance, state: MasterState::Offline, ts_ms: 0 };
     let will = LastWill::new(topics.master_status(), will_status.encode(), QoS::AtLeastOnce, true);
-    let options = broker::options("faena-master", url, creds, Some(will));
+    let options = broker::options(broker::MASTER_CLIENT_ID, url, creds, Some(will));
     let (client, eventloop) = broker::client(options, 65_536);
     let (connected_tx, connected) = watch::channel(false);
     let (status_tx, statuses) = mpsc::channel(4096);

@@ -81,13 +81,18 @@ pub struct FakeAi {
 
 impl FakeAi {
     pub async fn start() -> Self {
+        Self::serve(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind the fake AI server")
+    }
+
+    /// Listens on `addr` (the `faena-fake-ai` binary serves a test stack).
+    pub async fn serve(addr: SocketAddr) -> std::io::Result<Self> {
         let inner = Arc::new(Inner::default());
         let app = Router::new()
             .route("/v1beta/models/{call}", post(gemini))
             .route("/v1/chat/completions", post(openai))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the fake AI server");
-        let addr = listener.local_addr().expect("address");
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         // Each chunk leaves at once, as a real provider's would.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
@@ -95,7 +100,7 @@ impl FakeAi {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { addr, inner, task: Arc::new(task) }
+        Ok(Self { addr, inner, task: Arc::new(task) })
     }
 
     /// What to put in `GEMINI_BASE_URL`.

@@ -46,7 +46,12 @@ pub fn bin(name: &str) -> PathBuf {
 #[derive(Debug, Clone)]
 pub enum Broker {
     Embedded,
-    External { url: String, username: Option<String>, password: Option<String> },
+    /// A broker of its own (Mosquitto) with the master's and the workers' accounts.
+    External {
+        url: String,
+        master: Option<mosquitto::Account>,
+        worker: Option<mosquitto::Account>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -119,9 +124,8 @@ impl Cluster {
             // Light mode: a fast-mode dataset takes half a minute to build.
             ("FAENA_RANDOMX_MODE".to_owned(), "light".to_owned()),
         ];
-        if let Broker::External { username, password, .. } = &self.opts.broker {
-            env.extend(username.iter().map(|u| ("FAENA_MQTT_USERNAME".to_owned(), u.clone())));
-            env.extend(password.iter().map(|p| ("FAENA_MQTT_PASSWORD".to_owned(), p.clone())));
+        if let Broker::External { worker: Some(a), .. } = &self.opts.broker {
+            env.extend(account_env(a));
         }
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let log = self.dir.path().join(format!("worker-{id}.log"));
@@ -172,10 +176,9 @@ async fn start_master(dir: &Path, opts: &MasterOpts, same_as: Option<&MasterAddr
         Broker::Embedded => {
             env.push(("FAENA_MQTT_ADDR".to_owned(), mqtt_listen.unwrap_or_else(|| "127.0.0.1:0".into())))
         }
-        Broker::External { url, username, password } => {
+        Broker::External { url, master, .. } => {
             env.push(("FAENA_MQTT_URL".to_owned(), url.clone()));
-            env.extend(username.iter().map(|u| ("FAENA_MQTT_USERNAME".to_owned(), u.clone())));
-            env.extend(password.iter().map(|p| ("FAENA_MQTT_PASSWORD".to_owned(), p.clone())));
+            env.extend(master.iter().flat_map(account_env));
         }
     }
     env.extend(opts.extra.iter().cloned());
@@ -183,6 +186,13 @@ async fn start_master(dir: &Path, opts: &MasterOpts, same_as: Option<&MasterAddr
     let field = |k: &str| proc.ready[k].as_str().unwrap_or_default().to_owned();
     let addrs = MasterAddrs { http: field("http"), grpc: field("grpc"), mqtt: field("mqtt") };
     (proc, addrs)
+}
+
+fn account_env(a: &mosquitto::Account) -> [(String, String); 2] {
+    [
+        ("FAENA_MQTT_USERNAME".to_owned(), a.username.to_owned()),
+        ("FAENA_MQTT_PASSWORD".to_owned(), a.password.to_owned()),
+    ]
 }
 
 /// Polls `check` every 20 ms until it yields a value; panics after [`WAIT`].

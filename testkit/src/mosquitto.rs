@@ -1,11 +1,24 @@
-//! A real Mosquitto broker for tests, configured as the stack configures it:
-//! passwords, no anonymous access, persistent sessions, and no limit on
-//! queued QoS 1 messages (its default of 1000 drops work units).
+//! A real Mosquitto broker for tests, configured exactly as the stack
+//! configures it: the repository's `mosquitto/setup.sh` renders the same
+//! password file, ACL and `mosquitto.conf` (no anonymous access, persistent
+//! sessions, no limit on queued QoS 1 messages) on a free loopback port.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
-use crate::{Proc, WAIT, free_port};
+use crate::{Broker, WAIT, free_port};
+
+/// One of the broker's three accounts.
+#[derive(Debug, Clone, Copy)]
+pub struct Account {
+    pub username: &'static str,
+    pub password: &'static str,
+}
+
+pub const MASTER: Account = Account { username: "master", password: "mqtt-test-master" };
+pub const WORKER: Account = Account { username: "worker", password: "mqtt-test-worker" };
+pub const OBSERVER: Account = Account { username: "observer", password: "mqtt-test-observer" };
 
 #[derive(Debug)]
 pub struct Mosquitto {
@@ -14,22 +27,19 @@ pub struct Mosquitto {
     pub dir: PathBuf,
 }
 
-pub const USER: &str = "faena";
-pub const PASSWORD: &str = "mqtt-test-password";
+/// The repository's broker setup (`mosquitto/`), as the image runs it.
+pub fn setup_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../mosquitto/setup.sh")
+}
 
 impl Mosquitto {
-    /// Starts Mosquitto on a free port with one account (`USER`/`PASSWORD`).
+    /// Starts Mosquitto on a free port with the stack's accounts and ACL.
     pub async fn start(dir: &Path) -> Self {
         let dir = dir.join("mosquitto");
         std::fs::create_dir_all(&dir).expect("mosquitto dir");
-        let passwd = dir.join("passwd");
-        let status = std::process::Command::new("mosquitto_passwd")
-            .args(["-b", "-c"])
-            .arg(&passwd)
-            .args([USER, PASSWORD])
-            .status()
-            .expect("mosquitto_passwd (apt-get install mosquitto)");
-        assert!(status.success(), "mosquitto_passwd failed");
+        for a in [MASTER, WORKER, OBSERVER] {
+            std::fs::write(dir.join(a.username), format!("{}\n", a.password)).expect("password file");
+        }
         let mut m = Self { child: None, port: free_port(), dir };
         m.restart().await;
         m
@@ -39,20 +49,41 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
+    /// What a test cluster uses: the master and worker accounts.
+    pub fn broker(&self) -> Broker {
+        Broker::External { url: self.url(), master: Some(MASTER), worker: Some(WORKER) }
+    }
+
+    /// `mosquitto_sub`/`mosquitto_pub` arguments for this broker and account.
+    pub fn cli_args(&self, a: Account) -> Vec<String> {
+        ["-h", "127.0.0.1", "-p", &self.port.to_string(), "-u", a.username, "-P", a.password]
+            .map(str::to_owned)
+            .to_vec()
+    }
+
     /// (Re)starts the broker on the same port, with its persisted sessions.
     pub async fn restart(&mut self) {
-        let conf = self.dir.join("mosquitto.conf");
-        let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\npersistence true\npersistence_location {dir}/\n\
-             max_queued_messages 0\nmax_inflight_messages 0\nlog_dest stderr\nlog_type error\nlog_type warning\n",
-            port = self.port,
-            pw = self.dir.join("passwd").display(),
-            dir = self.dir.display(),
-        );
-        std::fs::write(&conf, text).expect("mosquitto.conf");
         let log = self.dir.join("mosquitto.log");
-        let bin = Path::new("/usr/sbin/mosquitto");
-        let child = Proc::spawn_raw(bin, &["-c", conf.to_str().unwrap_or_default()], &[], &log);
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("mosquitto log");
+        let err = out.try_clone().expect("mosquitto log");
+        let file = |name: &str| self.dir.join(name).display().to_string();
+        let child = tokio::process::Command::new(setup_script())
+            .env("FAENA_MQTT_MASTER_PASSWORD_FILE", file(MASTER.username))
+            .env("FAENA_MQTT_WORKER_PASSWORD_FILE", file(WORKER.username))
+            .env("FAENA_MQTT_OBSERVER_PASSWORD_FILE", file(OBSERVER.username))
+            .env("MOSQUITTO_PORT", self.port.to_string())
+            .env("MOSQUITTO_BIND", "127.0.0.1")
+            .env("MOSQUITTO_RUN_DIR", file("run"))
+            .env("MOSQUITTO_DATA_DIR", file("data"))
+            // Tests run as root in directories only root may enter.
+            .env("MOSQUITTO_USER", "root")
+            .env("MOSQUITTO_BIN", "/usr/sbin/mosquitto")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("mosquitto/setup.sh (apt-get install mosquitto)");
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + WAIT;
         while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {

@@ -1,8 +1,8 @@
 //! Jobs run end to end on real processes: the embedded broker and Mosquitto.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
-use faena_testkit::mosquitto::{PASSWORD, USER};
-use faena_testkit::{Broker, Cluster, MasterOpts, Mosquitto, Proc, bin, eventually};
+use faena_testkit::mosquitto::{MASTER, OBSERVER, WORKER};
+use faena_testkit::{Cluster, MasterOpts, Mosquitto, Proc, bin, eventually};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -79,13 +79,11 @@ async fn end_to_end_with_the_embedded_broker() {
 async fn end_to_end_with_mosquitto_shows_logs_and_status() {
     let tmp = tempfile::tempdir().expect("tmp");
     let broker = Mosquitto::start(tmp.path()).await;
-    let opts = MasterOpts {
-        broker: Broker::External { url: broker.url(), username: Some(USER.into()), password: Some(PASSWORD.into()) },
-        ..MasterOpts::default()
-    };
-    // Watch everything, as an operator would.
+    let opts = MasterOpts { broker: broker.broker(), ..MasterOpts::default() };
+    // Watch everything the observer account may see, as an operator would.
     let mut sub = tokio::process::Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-u", USER, "-P", PASSWORD, "-t", "faena/#", "-v"])
+        .args(broker.cli_args(OBSERVER))
+        .args(["-t", "faena/#", "-v"])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -123,6 +121,105 @@ async fn end_to_end_with_mosquitto_shows_logs_and_status() {
     assert!(!anon.status.success());
 }
 
+/// `mosquitto_sub` as `account` with client id `id`, printing topic and payload.
+fn watch(broker: &Mosquitto, account: faena_testkit::mosquitto::Account, id: &str, filters: &[&str]) -> LineWatch {
+    let mut cmd = tokio::process::Command::new("mosquitto_sub");
+    cmd.args(broker.cli_args(account)).args(["-i", id, "-v", "-q", "1"]);
+    for f in filters {
+        cmd.args(["-t", f]);
+    }
+    let mut child = cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn().expect("mosquitto_sub");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    LineWatch { _child: child, lines, seen: Vec::new() }
+}
+
+struct LineWatch {
+    _child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    seen: Vec<String>,
+}
+
+impl LineWatch {
+    /// Reads lines until one starts with `prefix`; returns every line so far.
+    async fn until(&mut self, prefix: &str) -> &[String] {
+        let found = tokio::time::timeout(faena_testkit::WAIT, async {
+            while let Ok(Some(line)) = self.lines.next_line().await {
+                let hit = line.starts_with(prefix);
+                self.seen.push(line);
+                if hit {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(found, Ok(true), "no line {prefix:?} after {:?}", self.seen);
+        &self.seen
+    }
+}
+
+fn publish(broker: &Mosquitto, account: faena_testkit::mosquitto::Account, id: &str, topic: &str, payload: &str) {
+    let status = std::process::Command::new("mosquitto_pub")
+        .args(broker.cli_args(account))
+        .args(["-i", id, "-q", "1", "-t", topic, "-m", payload])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(status.success(), "mosquitto_pub {topic}");
+}
+
+/// The stack's ACL (mosquitto/acl.in) on a running cluster: work units go
+/// only to their own worker; another worker's account cannot read them or
+/// speak for another worker; the observer sees status and logs, never work
+/// units, even under a worker's client id, and publishes nothing.
+/// Each negative check is closed by a marker the same subscriber may see,
+/// published after it: Mosquitto delivers a client's messages in order.
+#[tokio::test]
+async fn broker_acl_confines_each_account() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(tmp.path()).await;
+    let mut c = Cluster::start(MasterOpts { broker: broker.broker(), ..MasterOpts::default() }).await;
+    c.add_worker("w1", 2).await;
+    c.wait_workers(1).await;
+
+    let mut admin = watch(&broker, MASTER, "acl-admin", &["faena/#"]);
+    let mut intruder = watch(&broker, WORKER, "intruder", &["faena/workers/w1/jobs", "faena/workers/intruder/jobs"]);
+    // The observer connects under a worker id ("w2") to try the workers' patterns.
+    let mut observer =
+        watch(&broker, OBSERVER, "w2", &["faena/workers/+/jobs", "faena/workers/w2/control", "faena/logs"]);
+    // Subscriptions are in place once each sees a retained status or its marker.
+    admin.until("faena/workers/w1/status ").await;
+    publish(&broker, MASTER, "acl-pub", "faena/workers/intruder/jobs", "ready");
+    intruder.until("faena/workers/intruder/jobs ready").await;
+    publish(&broker, MASTER, "acl-pub", "faena/logs", "ready");
+    observer.until("faena/logs ready").await;
+
+    run_jobs(&c).await;
+    admin.until("faena/workers/w1/jobs ").await;
+    publish(&broker, MASTER, "acl-pub", "faena/workers/w2/control", "secret-control");
+
+    // A worker account forges w1's status, then writes its own.
+    publish(&broker, WORKER, "forger", "faena/workers/w1/status", "forged");
+    publish(&broker, WORKER, "forger", "faena/workers/forger/status", "marker");
+    let admin_saw = admin.until("faena/workers/forger/status marker").await;
+    assert!(!admin_saw.iter().any(|l| l.contains("forged")), "a worker spoke for another: {admin_saw:?}");
+
+    // The observer may not publish at all.
+    publish(&broker, OBSERVER, "acl-obs", "faena/logs", "observer-wrote");
+    publish(&broker, MASTER, "acl-pub", "faena/workers/intruder/jobs", "done");
+    let intruder_saw = intruder.until("faena/workers/intruder/jobs done").await;
+    assert!(!intruder_saw.iter().any(|l| l.starts_with("faena/workers/w1/")), "{intruder_saw:?}");
+    publish(&broker, MASTER, "acl-pub", "faena/logs", "done");
+    let observer_saw = observer.until("faena/logs done").await;
+    assert!(
+        !observer_saw
+            .iter()
+            .any(|l| l.contains("/jobs ") || l.contains("secret-control") || l.contains("observer-wrote")),
+        "{observer_saw:?}"
+    );
+    let admin_saw = admin.until("faena/logs done").await;
+    assert!(!admin_saw.iter().any(|l| l.contains("observer-wrote")), "the observer published: {admin_saw:?}");
+}
+
 #[tokio::test]
 async fn wrong_mqtt_credentials_are_a_clear_startup_error() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -130,7 +227,7 @@ async fn wrong_mqtt_credentials_are_a_clear_startup_error() {
     let log = tmp.path().join("master.log");
     let env = vec![
         ("FAENA_MQTT_URL".to_owned(), broker.url()),
-        ("FAENA_MQTT_USERNAME".to_owned(), USER.to_owned()),
+        ("FAENA_MQTT_USERNAME".to_owned(), MASTER.username.to_owned()),
         ("FAENA_MQTT_PASSWORD".to_owned(), "wrong-password".to_owned()),
         ("FAENA_HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
         ("FAENA_GRPC_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
@@ -146,7 +243,7 @@ async fn wrong_mqtt_credentials_are_a_clear_startup_error() {
     // The same for a worker.
     let env = vec![
         ("FAENA_MQTT_URL".to_owned(), broker.url()),
-        ("FAENA_MQTT_USERNAME".to_owned(), USER.to_owned()),
+        ("FAENA_MQTT_USERNAME".to_owned(), WORKER.username.to_owned()),
         ("FAENA_MQTT_PASSWORD".to_owned(), "wrong-password".to_owned()),
         ("FAENA_CLUSTER_TOKEN".to_owned(), "t".to_owned()),
     ];

@@ -3,8 +3,7 @@
 //! broker, and a worker told to stop. Nothing accepted is lost and every job
 //! has exactly one outcome.
 
-use faena_testkit::mosquitto::{PASSWORD, USER};
-use faena_testkit::{Broker, Cluster, MasterOpts, Mosquitto, eventually, sample, scrape};
+use faena_testkit::{Cluster, MasterOpts, Mosquitto, eventually, sample, scrape};
 use serde_json::{Value, json};
 
 /// Waits until the worker itself reports a running unit (not only the master).
@@ -74,10 +73,7 @@ async fn a_killed_master_loses_nothing_and_duplicates_nothing() {
 async fn workers_reconnect_after_the_broker_restarts() {
     let tmp = tempfile::tempdir().expect("tmp");
     let mut broker = Mosquitto::start(tmp.path()).await;
-    let opts = MasterOpts {
-        broker: Broker::External { url: broker.url(), username: Some(USER.into()), password: Some(PASSWORD.into()) },
-        ..MasterOpts::default()
-    };
+    let opts = MasterOpts { broker: broker.broker(), ..MasterOpts::default() };
     let mut c = Cluster::start(opts).await;
     c.add_worker("w1", 2).await;
     c.wait_workers(1).await;

@@ -2,7 +2,9 @@
 
 /// Memory limit in bytes: the cgroup limit if one is set, else physical memory.
 pub fn memory_bytes() -> u64 {
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    // A container's limit: cgroup v2, else v1 (which reads as a huge number when unlimited).
+    let limit = |path: &str| std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let cgroup = limit("/sys/fs/cgroup/memory.max").or_else(|| limit("/sys/fs/cgroup/memory/memory.limit_in_bytes"));
     let physical = meminfo("MemTotal:").map(|kib| kib * 1024);
     match (cgroup, physical) {
         (Some(c), Some(p)) => c.min(p),

@@ -141,6 +141,9 @@ pub async fn run(
     let url: BrokerUrl = cfg.mqtt_url.parse()?;
     let worker_id = WorkerId::parse(&cfg.worker_id.clone().unwrap_or_else(default_worker_id))
         .map_err(|e| WorkerError::Id(e.to_string()))?;
+    if worker_id.as_str() == faena_common::broker::MASTER_CLIENT_ID {
+        return Err(WorkerError::Id(format!("{worker_id} is the master's MQTT client id")));
+    }
     let slots = cfg.slots.unwrap_or_else(caps::cores);
 
     let machine = randomx::Machine {

@@ -110,7 +110,7 @@ pub fn connect(
         ts_ms: 0,
     };
     let will = LastWill::new(topics.worker_status(&me), will_status.encode(), QoS::AtLeastOnce, true);
-    let options = broker::options(&format!("faena-worker-{me}"), url, creds, Some(will));
+    let options = broker::options(me.as_str(), url, creds, Some(will));
     let (client, eventloop) = broker::client(options, 65_536);
     let status = StatusPublisher {
         client: client.clone(),

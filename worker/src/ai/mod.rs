@@ -53,7 +53,8 @@ pub enum SetupError {
 
 impl Providers {
     pub fn from_args(a: &AiArgs) -> Result<Self, SetupError> {
-        use faena_common::secrets::resolve;
+        // An empty key (a stack deployed without one) means no key.
+        use faena_common::secrets::resolve_optional as resolve;
         let gemini_key = resolve("GEMINI_API_KEY", a.gemini_api_key.as_deref(), a.gemini_api_key_file.as_deref())?;
         let openai_key = resolve("OPENAI_API_KEY", a.openai_api_key.as_deref(), a.openai_api_key_file.as_deref())?;
         let trim = |s: &str| s.trim_end_matches('/').to_owned();
