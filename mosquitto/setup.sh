@@ -44,6 +44,10 @@ for account in master worker observer; do
   fi
   # Plain text first, hashed in place below: the password never goes on a command line.
   printf '%s:%s\n' "$account" "$password" >> "$run/passwd.tmp"
+  if [ "$account" = observer ]; then
+    # Defaults for mosquitto_sub run with XDG_CONFIG_HOME=$run (the health check).
+    printf -- '-u observer\n-P %s\n' "$password" > "$run/mosquitto_sub"
+  fi
 done
 mosquitto_passwd -U "$run/passwd.tmp"
 mv "$run/passwd.tmp" "$run/passwd"

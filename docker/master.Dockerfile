@@ -1,0 +1,21 @@
+# Faena master: REST API, web page, Socket.IO, gRPC for workers, job store.
+# Built by scripts/build.sh from a staged context (bin/, web/, healthcheck.sh).
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/faena --create-home --shell /usr/sbin/nologin faena
+COPY bin/faena-master /usr/local/bin/faena-master
+COPY healthcheck.sh /usr/local/bin/faena-healthcheck
+COPY web/ /usr/share/faena/web/
+ENV FAENA_HTTP_ADDR=0.0.0.0:8888 \
+    FAENA_GRPC_ADDR=0.0.0.0:50051 \
+    FAENA_DATA_DIR=/var/lib/faena \
+    FAENA_WEB_DIR=/usr/share/faena/web \
+    FAENA_LOG_JSON=true
+VOLUME /var/lib/faena
+USER faena
+WORKDIR /var/lib/faena
+EXPOSE 8888 50051
+# /healthz is 200 only with the broker connected, the store writable and jobs accepted.
+HEALTHCHECK --interval=10s --timeout=6s --start-period=60s --retries=3 CMD ["faena-healthcheck", "8888", "/healthz"]
+# The binary is PID 1 and handles SIGTERM: stops taking jobs, flushes the store.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["faena-master"]

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Deploys (or updates) the Faena stack on this Docker Swarm manager.
+#
+#   ./scripts/deploy.sh [--test] [--gemini-key-file FILE]
+#
+# Initialises a swarm when this node is in none, creates the secrets that are
+# missing — a generated cluster token and broker passwords (master, worker,
+# observer), and the Gemini key — then runs docker stack deploy with the
+# images build.sh made. Safe to re-run: existing secrets are kept and only
+# services whose image or settings changed are updated (rolling, one at a time).
+#
+#   --test                  add stack.test.yml (fake Gemini, light-mode workers)
+#   --gemini-key-file FILE  the Gemini API key, from a file
+#   GEMINI_API_KEY / GEMINI_API_KEY_FILE  the same, from the environment
+#     (without a key the secret is empty and workers offer no Gemini; to change
+#     a key later: ./scripts/stop.sh --secrets, then deploy again)
+#   FAENA_STACK=faena  FAENA_WORKERS=2  FAENA_WEB_PORT=8888  FAENA_MQTT_PORT=1883
+#   FAENA_WORKER_CPUS=2  FAENA_WORKER_MEMORY=3G  FAENA_RANDOMX_MODE=auto
+#   REGISTRY=host:port      deploy the images build.sh pushed there
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/stack.sh
+
+files=(-c stack.yml)
+gemini_file=${GEMINI_API_KEY_FILE:-}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h | --help) usage; exit 0 ;;
+    --test) files+=(-c stack.test.yml) ;;
+    --gemini-key-file)
+      [ $# -ge 2 ] || die "--gemini-key-file needs a file"
+      gemini_file=$2
+      shift
+      ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+  shift
+done
+[ -z "$gemini_file" ] || [ -r "$gemini_file" ] || die "cannot read the Gemini key file $gemini_file"
+
+need_docker
+need_swarm
+load_images
+export FAENA_STACK FAENA_WEB_PORT FAENA_MQTT_PORT FAENA_TOPIC_PREFIX
+
+# The images must exist here (or in REGISTRY).
+resolve=never
+if [ -n "${REGISTRY:-}" ]; then
+  resolve=always
+  export FAENA_IMAGE_PREFIX="${REGISTRY%/}/"
+else
+  for name in master worker mosquitto; do
+    var=$(echo "FAENA_${name}_TAG" | tr 'a-z' 'A-Z')
+    docker image inspect "faena-$name:${!var:-latest}" >/dev/null 2>&1 ||
+      die "image faena-$name:${!var:-latest} not found; run ./scripts/build.sh first"
+  done
+  if [[ " ${files[*]} " == *" stack.test.yml "* ]]; then
+    docker image inspect "faena-fake-ai:${FAENA_FAKE_AI_TAG:-latest}" >/dev/null 2>&1 ||
+      die "image faena-fake-ai not found; run ./scripts/build.sh --test first"
+  fi
+fi
+
+random_secret() {
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'
+}
+
+# Creates a secret from stdin unless it exists (secrets are immutable).
+create_secret() {
+  local name=$1
+  if docker secret inspect "$name" >/dev/null 2>&1; then
+    cat >/dev/null
+    return 1
+  fi
+  docker secret create --label "com.faena.stack=$FAENA_STACK" "$name" - >/dev/null
+}
+
+for name in cluster_token mqtt_master_password mqtt_worker_password mqtt_observer_password; do
+  if random_secret | create_secret "${FAENA_STACK}_$name"; then
+    say "created secret ${FAENA_STACK}_$name (generated)"
+  fi
+done
+if [ -n "$gemini_file" ]; then
+  if create_secret "${FAENA_STACK}_gemini_api_key" <"$gemini_file"; then
+    say "created secret ${FAENA_STACK}_gemini_api_key from $gemini_file"
+  else
+    say "secret ${FAENA_STACK}_gemini_api_key exists and is kept (to replace it: ./scripts/stop.sh --secrets)"
+  fi
+elif [ -n "${GEMINI_API_KEY:-}" ]; then
+  if printf '%s' "$GEMINI_API_KEY" | create_secret "${FAENA_STACK}_gemini_api_key"; then
+    say "created secret ${FAENA_STACK}_gemini_api_key from GEMINI_API_KEY"
+  else
+    say "secret ${FAENA_STACK}_gemini_api_key exists and is kept (to replace it: ./scripts/stop.sh --secrets)"
+  fi
+elif printf '\n' | create_secret "${FAENA_STACK}_gemini_api_key"; then
+  say "no Gemini key given: created an empty ${FAENA_STACK}_gemini_api_key (workers offer no Gemini)"
+fi
+
+say "deploying stack '$FAENA_STACK' from $(printf '%s ' "${files[@]}" | sed 's/-c //g')"
+docker stack deploy --resolve-image "$resolve" --prune "${files[@]}" "$FAENA_STACK" 2>&1 |
+  grep -v -e '^Since --detach=false' -e '^In a future release, --detach=false' >&2 || true
+cat >&2 <<MSG
+
+  Stack '$FAENA_STACK' deployed. Next:
+    ./scripts/verify.sh            wait until it runs, then check it end to end
+    web page and REST API          http://127.0.0.1:$FAENA_WEB_PORT/
+    ./scripts/monitor.sh           live workers and queue
+    ./scripts/logs.sh              log lines from faena/logs (observer account)
+
+MSG
