@@ -32,6 +32,7 @@ umask 077
 : > "$run/passwd.tmp"
 for account in master worker observer; do
   var=$(echo "FAENA_MQTT_${account}_PASSWORD_FILE" | tr '[:lower:]' '[:upper:]')
+  file=""
   eval "file=\${$var:-/run/secrets/faena_mqtt_${account}_password}"
   if [ ! -r "$file" ]; then
     echo "setup.sh: no password for the $account account: cannot read $file ($var)" >&2

@@ -50,7 +50,7 @@ if [ -n "${REGISTRY:-}" ]; then
   export FAENA_IMAGE_PREFIX="${REGISTRY%/}/"
 else
   for name in master worker mosquitto; do
-    var=$(echo "FAENA_${name}_TAG" | tr 'a-z' 'A-Z')
+    var=$(echo "FAENA_${name}_TAG" | tr '[:lower:]' '[:upper:]')
     docker image inspect "faena-$name:${!var:-latest}" >/dev/null 2>&1 ||
       die "image faena-$name:${!var:-latest} not found; run ./scripts/build.sh first"
   done

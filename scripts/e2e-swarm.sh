@@ -55,13 +55,13 @@ finish() {
   rm -rf "$work"
   echo
   echo "e2e-swarm summary (stack $FAENA_STACK):"
-  printf '  %-44s %-7s %8s\n' STEP RESULT SECONDS
+  printf '  %-56s %-7s %8s\n' STEP RESULT SECONDS
   local r name result took
   for r in "${summary[@]}"; do
     IFS='|' read -r name result took <<<"$r"
-    printf '  %-44s %-7s %8s\n' "$name" "$result" "$took"
+    printf '  %-56s %-7s %8s\n' "$name" "$result" "$took"
   done
-  printf '  %-44s %-7s %8s\n' total "$([ "$rc" -eq 0 ] && echo ok || echo FAILED)" "$(since "$started")"
+  printf '  %-56s %-7s %8s\n' total "$([ "$rc" -eq 0 ] && echo ok || echo FAILED)" "$(since "$started")"
   exit "$rc"
 }
 trap finish EXIT
@@ -146,6 +146,10 @@ step "kill a worker container mid-job (the job finishes once)"
 # Log lines from now on, as an operator would read them (observer account).
 ./scripts/logs.sh -n 5 >"$work/logs.out" 2>"$work/logs.err" &
 logs_pid=$!
+redeliveries() {
+  curl -fsS "$(api /metrics)" | awk '$1 == "faena_redeliveries_total" { print int($2) }'
+}
+before=$(redeliveries)
 # A mining job long enough to be spread over the workers; kill one of them
 # while it holds a unit.
 id=$(post_job '{"kind": "randomx.mine", "params": {"key": "6b696c6c", "blob": "'"$(printf '11%.0s' $(seq 76))"'", "difficulty": 50, "nonce_count": 1500}}')
@@ -172,9 +176,11 @@ echo "$job" | jq -e '
   and ([range(1; $r | length) as $i | $r[$i - 1].start + $r[$i - 1].count == $r[$i].start] | all)
   and ([.result.shares[].nonce] | length) == ([.result.shares[].nonce] | unique | length)' >/dev/null ||
   fail "the job's result is not one exact cover of its range: $(echo "$job" | jq -c .result.ranges)"
+after=$(redeliveries)
+[ "$after" -gt "$before" ] || fail "the master redelivered nothing ($before -> $after): the kill did not interrupt a unit"
 finals=$(grep -c -E '^event: (succeeded|failed|cancelled)' "$work/mine.sse" || true)
 [ "$finals" -eq 1 ] || fail "watchers saw $finals final events, expected 1"
-echo "  $(echo "$job" | jq -r '"\(.result.hashes) hashes over \(.result.ranges | length) ranges by \([.result.workers[].worker] | unique | join(", ")), \(.result.shares | length) shares"'); one final event" >&2
+echo "  $(echo "$job" | jq -r '"\(.result.hashes) hashes over \(.result.ranges | length) ranges by \([.result.workers[].worker] | unique | join(", ")), \(.result.shares | length) shares"'); one final event; units redelivered: $((after - before))" >&2
 
 step "logs.sh shows JSON log lines"
 for _ in $(seq 60); do

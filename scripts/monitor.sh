@@ -18,7 +18,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
     --interval)
-      [[ "${2:-}" =~ ^[0-9]+$ ]] && [ "$2" -gt 0 ] || die "--interval needs seconds"
+      [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || die "--interval needs seconds"
       interval=$2
       shift
       ;;

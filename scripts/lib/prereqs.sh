@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts: install Debian packages a command needs, when missing.
 # Usage: need_packages <command>:<package> ...
 

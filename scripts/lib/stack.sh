@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the Swarm scripts (build, deploy, verify, monitor, logs, scale,
 # stop, e2e-swarm). Sourced from the repository root.
 
@@ -11,6 +12,7 @@ FAENA_TOPIC_PREFIX=${FAENA_TOPIC_PREFIX:-faena}
 IMAGES_ENV=target/docker/images.env
 # The stack's secrets, named "${FAENA_STACK}_<name>" (stack.yml mounts them
 # as /run/secrets/faena_<name>).
+# shellcheck disable=SC2034 # used by the scripts that source this
 SECRETS=(cluster_token mqtt_master_password mqtt_worker_password mqtt_observer_password gemini_api_key)
 
 die() {
@@ -43,8 +45,7 @@ need_docker() {
     say "starting dockerd (log: /var/log/faena-dockerd.log)"
     nohup dockerd >/var/log/faena-dockerd.log 2>&1 &
   fi
-  local i
-  for i in $(seq 60); do
+  for _ in $(seq 60); do
     docker info >/dev/null 2>&1 && return 0
     sleep 1
   done
@@ -77,6 +78,7 @@ need_swarm() {
 load_images() {
   if [ -f "$IMAGES_ENV" ]; then
     set -a
+    # shellcheck source=/dev/null
     . "$IMAGES_ENV"
     set +a
   fi
