@@ -55,8 +55,19 @@ base_image() {
   mkdir -p "$root"
   debootstrap --variant=minbase bookworm "$root" "${FAENA_DEBIAN_MIRROR:-http://deb.debian.org/debian}" >target/docker/debootstrap.log 2>&1 ||
     die "debootstrap failed (see target/docker/debootstrap.log)"
-  # What the official slim image leaves out: docs, man pages, apt's lists.
-  rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
+  # What the official slim image leaves out — docs (but copyrights), man
+  # pages, translations, apt's lists — now and for packages installed later.
+  cat >"$root/etc/dpkg/dpkg.cfg.d/slim" <<'DPKG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+DPKG
+  find "$root/usr/share/doc" -type f ! -name copyright -delete
+  find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+  rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* \
     "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/log/*.log
   tar --numeric-owner -C "$root" -c . |
     docker import --change 'CMD ["bash"]' --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - debian:bookworm-slim >/dev/null
@@ -91,10 +102,13 @@ stage() {
   cp "docker/$name.Dockerfile" "$ctx/Dockerfile"
 }
 
-# A tag from the context's content (file names, modes and bytes).
+# A tag from what goes into the image: the base image and the context's
+# files (names, modes and bytes).
 content_tag() {
-  (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum && find . -type f -perm -u+x | sort) |
-    sha256sum | cut -c1-12
+  (
+    docker image inspect --format '{{.Id}}' debian:bookworm-slim
+    cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum && find . -type f -perm -u+x | sort
+  ) | sha256sum | cut -c1-12
 }
 
 mkdir -p target/docker

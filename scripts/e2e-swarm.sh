@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test of the Swarm stack on this machine, from a Docker engine and
-# nothing else of Faena's: build, deploy, verify, run RandomX and AI jobs (AI
-# against the fake Gemini service of stack.test.yml), scale to 5 workers, kill
+# nothing else of Faena's: build, deploy, verify, re-run build and deploy
+# (nothing changes), run RandomX and AI jobs (AI against the fake Gemini
+# service of stack.test.yml), scale to 5 workers (monitor.sh shows them), kill
 # a worker container mid-job, read the JSON log lines, check that anonymous
 # MQTT is refused, stop. Prints each step's time and a summary; exits non-zero
 # when a step fails. Heavy (images, a swarm, 5 workers): not part of CI.
@@ -65,6 +66,7 @@ finish() {
   exit "$rc"
 }
 trap finish EXIT
+trap 'exit 130' INT TERM
 
 # step NAME: starts a step (the previous one passed).
 step_t=0
@@ -109,6 +111,18 @@ GEMINI_API_KEY="e2e-test-key-$(date +%s)" FAENA_WORKERS=2 ./scripts/deploy.sh --
 step "verify.sh (converge, health, one job per kind)"
 ./scripts/verify.sh --timeout 300
 
+step "re-run build.sh and deploy.sh: nothing changes"
+# Swarm replaces a service's tasks exactly when its task template changes.
+templates() {
+  docker service ls --filter "label=com.docker.stack.namespace=$FAENA_STACK" -q |
+    xargs docker service inspect --format '{{.Spec.Name}} {{json .Spec.TaskTemplate}}' | sort | sha256sum
+}
+before=$(templates)
+./scripts/build.sh --test --no-cargo 2>&1 | grep -q 'building' && fail "build.sh rebuilt an image nothing changed in"
+GEMINI_API_KEY="ignored-when-the-secret-exists" FAENA_WORKERS=2 ./scripts/deploy.sh --test
+after=$(templates)
+[ "$before" = "$after" ] || fail "deploy.sh changed task templates although nothing changed (tasks would restart)"
+
 step "RandomX jobs: hash batch and mine"
 id=$(post_job '{"kind": "randomx.hash", "params": {"key": "test key 000", "inputs": ["This is a test", "Lorem ipsum dolor sit amet"]}}')
 job=$(wait_job "$id")
@@ -140,7 +154,7 @@ for _ in $(seq 120); do
   sleep 1
 done
 [ "$online" -eq 5 ] || fail "the master lists $online online workers, expected 5"
-echo "  workers: $(curl -fsS "$(api /api/workers)" | jq -r '[.workers[].id] | sort | join(", ")')" >&2
+./scripts/monitor.sh --once
 
 step "kill a worker container mid-job (the job finishes once)"
 # Log lines from now on, as an operator would read them (observer account).
@@ -154,6 +168,7 @@ before=$(redeliveries)
 # while it holds a unit.
 id=$(post_job '{"kind": "randomx.mine", "params": {"key": "6b696c6c", "blob": "'"$(printf '11%.0s' $(seq 76))"'", "difficulty": 50, "nonce_count": 1500}}')
 curl -fsSN --max-time 600 "$(api "/api/jobs/$id/events")" >"$work/mine.sse" 2>/dev/null &
+sse_pid=$!
 victim=""
 for _ in $(seq 240); do
   victim=$(curl -fsS "$(api /api/workers)" | jq -r '[.workers[] | select(.running > 0) | .id] | first // empty')
@@ -167,7 +182,7 @@ container=$(docker ps --format '{{.ID}} {{.Names}}' | awk -v p="${FAENA_STACK}_w
 docker kill "$container" >/dev/null
 echo "  killed $victim (container $container) while it ran a unit of $id" >&2
 job=$(wait_job "$id")
-wait
+wait "$sse_pid" || true
 echo "$job" | jq -e '.state == "succeeded"' >/dev/null || fail "the mining job did not succeed after the kill: $job"
 # Once: its finished ranges cover the 1500 nonces exactly, without overlap, and no share is counted twice.
 echo "$job" | jq -e '

@@ -4,8 +4,8 @@
 #
 #   ./scripts/verify.sh [--timeout SECONDS] [--no-jobs]
 #
-# Checks: every service at its desired replicas, the master healthy, every
-# worker registered, then one job of each kind runs: noop, randomx.hash
+# Checks: every service at its desired replicas, the master healthy, the web
+# page and Socket.IO answering, every worker registered, then one job of each kind runs: noop, randomx.hash
 # (checked against RandomX's reference vector), randomx.mine, ai.query (when a
 # worker offers an AI provider; otherwise reported as skipped).
 # Waits up to --timeout (default 300 s) for the stack to converge.
@@ -73,6 +73,17 @@ if [ -n "$health" ] && [ "$(echo "$health" | jq -r .status)" = ok ]; then
   row master ok "$t" "healthz: $(echo "$health" | jq -c .)"
 else
   row master FAIL "$t" "no healthy answer from $(api /healthz)"
+fi
+
+# The web page, its Socket.IO client and a Socket.IO handshake.
+t=$(now_ms)
+page=$(curl -fsS --max-time 5 "$(api /)" 2>/dev/null || true)
+client=$(curl -fsS --max-time 5 -o /dev/null -w '%{http_code} %{size_download}' "$(api /vendor/socket.io.min.js)" 2>/dev/null || true)
+handshake=$(curl -fsS --max-time 5 "$(api '/socket.io/?EIO=4&transport=polling')" 2>/dev/null || true)
+if [[ "$page" == *"<html"* ]] && [[ "$client" == 200* ]] && [[ "$handshake" == 0\{*'"sid"'* ]]; then
+  row web ok "$t" "page, socket.io client (${client#200 } bytes), Socket.IO handshake"
+else
+  row web FAIL "$t" "page: ${#page} bytes, client: ${client:-none}, handshake: ${handshake:0:60}"
 fi
 
 # 3. Workers registered: as many online as the worker service's replicas.

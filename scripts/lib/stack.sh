@@ -43,7 +43,8 @@ need_docker() {
   elif ! pgrep -x dockerd >/dev/null; then
     [ "$(id -u)" -eq 0 ] || die "the Docker engine is not running; start dockerd (as root)"
     say "starting dockerd (log: /var/log/faena-dockerd.log)"
-    nohup dockerd >/var/log/faena-dockerd.log 2>&1 &
+    # In its own session, not a job of this script: it outlives the script.
+    (setsid dockerd >/var/log/faena-dockerd.log 2>&1 </dev/null &)
   fi
   for _ in $(seq 60); do
     docker info >/dev/null 2>&1 && return 0
