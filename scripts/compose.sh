@@ -48,11 +48,7 @@ case "${1:-}" in
     need_packages docker-compose:docker-compose
     load_images
     secrets_dir
-    for name in master worker mosquitto; do
-      var=$(echo "FAENA_${name}_TAG" | tr '[:lower:]' '[:upper:]')
-      docker image inspect "faena-$name:${!var:-latest}" >/dev/null 2>&1 ||
-        die "image faena-$name:${!var:-latest} not found; run ./scripts/build.sh first"
-    done
+    need_images master worker mosquitto
     compose up -d --remove-orphans --scale "worker=$n"
     say "Faena runs: http://127.0.0.1:$FAENA_WEB_PORT/ ($n workers); ./scripts/compose.sh down stops it"
     ;;

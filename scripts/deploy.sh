@@ -49,14 +49,9 @@ if [ -n "${REGISTRY:-}" ]; then
   resolve=always
   export FAENA_IMAGE_PREFIX="${REGISTRY%/}/"
 else
-  for name in master worker mosquitto; do
-    var=$(echo "FAENA_${name}_TAG" | tr '[:lower:]' '[:upper:]')
-    docker image inspect "faena-$name:${!var:-latest}" >/dev/null 2>&1 ||
-      die "image faena-$name:${!var:-latest} not found; run ./scripts/build.sh first"
-  done
+  need_images master worker mosquitto
   if [[ " ${files[*]} " == *" stack.test.yml "* ]]; then
-    docker image inspect "faena-fake-ai:${FAENA_FAKE_AI_TAG:-latest}" >/dev/null 2>&1 ||
-      die "image faena-fake-ai not found; run ./scripts/build.sh --test first"
+    need_images fake-ai
   fi
 fi
 

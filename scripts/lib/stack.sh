@@ -85,6 +85,16 @@ load_images() {
   fi
 }
 
+# Dies unless each image (faena-NAME, at build.sh's tag) exists here.
+need_images() {
+  local name var
+  for name in "$@"; do
+    var=$(echo "FAENA_${name}_TAG" | tr '[:lower:]-' '[:upper:]_')
+    docker image inspect "faena-$name:${!var:-latest}" >/dev/null 2>&1 ||
+      die "image faena-$name:${!var:-latest} not found; run ./scripts/build.sh$([ "$name" = fake-ai ] && echo ' --test') first"
+  done
+}
+
 # The stack's services and their replicas ("running/desired"), one per line.
 service_replicas() {
   docker service ls --filter "label=com.docker.stack.namespace=$FAENA_STACK" --format '{{.Name}} {{.Replicas}}'
