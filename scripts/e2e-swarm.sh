@@ -3,9 +3,9 @@
 # nothing else of Faena's: build, deploy, verify, re-run build and deploy
 # (nothing changes), run RandomX and AI jobs (AI against the fake Gemini
 # service of stack.test.yml), scale to 5 workers (monitor.sh shows them), kill
-# a worker container mid-job, read the JSON log lines, check that anonymous
-# MQTT is refused, stop. Prints each step's time and a summary; exits non-zero
-# when a step fails. Heavy (images, a swarm, 5 workers): not part of CI.
+# a worker container mid-job, scale down to 2 mid-job, read the JSON log
+# lines, check that anonymous MQTT is refused, stop. Prints each step's time
+# and a summary; exits non-zero when a step fails. Heavy (images, a swarm, 5 workers): not part of CI.
 #
 #   ./scripts/e2e-swarm.sh [--keep]
 #
@@ -193,6 +193,20 @@ lost=$(grep -c '^event: requeued' "$work/mine.sse" || true)
 finals=$(grep -c -E '^event: (succeeded|failed|cancelled)' "$work/mine.sse" || true)
 [ "$finals" -eq 1 ] || fail "watchers saw $finals final events, expected 1"
 echo "  $(echo "$job" | jq -r '"\(.result.hashes) hashes over \(.result.ranges | length) ranges by \([.result.workers[].worker] | unique | join(", ")), \(.result.shares | length) shares"'); one final event; $(grep -m1 -o '"reason":"[^"]*"' "$work/mine.sse")" >&2
+
+step "scale.sh worker 2 mid-job (drained workers hand back, the job finishes)"
+id=$(post_job '{"kind": "randomx.mine", "params": {"key": "6472616e", "blob": "'"$(printf '22%.0s' $(seq 76))"'", "difficulty": 50, "nonce_count": 1500}}')
+for _ in $(seq 240); do
+  busy=$(curl -fsS "$(api /api/workers)" | jq '[.workers[] | select(.running > 0)] | length')
+  [ "$busy" -ge 3 ] && break
+  sleep 0.25
+done
+[ "$busy" -ge 3 ] || fail "the job never ran on 3 workers at once"
+./scripts/scale.sh worker 2
+job=$(wait_job "$id")
+echo "$job" | jq -e '.state == "succeeded" and ([.result.ranges[].count] | add) == 1500' >/dev/null ||
+  fail "the job did not finish whole after the scale-down: $(echo "$job" | jq -c '{state, error, ranges: .result.ranges}')"
+echo "  $(echo "$job" | jq -r '"\(.result.hashes) hashes by \([.result.workers[].worker] | unique | join(", ")); scaled down from 5 to 2 while \(.result.workers | length) workers mined it"')" >&2
 
 step "logs.sh shows JSON log lines"
 for _ in $(seq 60); do

@@ -90,8 +90,8 @@ need_images() {
   local name var
   for name in "$@"; do
     var=$(echo "FAENA_${name}_TAG" | tr '[:lower:]-' '[:upper:]_')
-    docker image inspect "faena-$name:${!var:-latest}" >/dev/null 2>&1 ||
-      die "image faena-$name:${!var:-latest} not found; run ./scripts/build.sh$([ "$name" = fake-ai ] && echo ' --test') first"
+    docker image inspect "${FAENA_IMAGE_PREFIX:-}faena-$name:${!var:-latest}" >/dev/null 2>&1 ||
+      die "image ${FAENA_IMAGE_PREFIX:-}faena-$name:${!var:-latest} not found; run ./scripts/build.sh$([ "$name" = fake-ai ] && echo ' --test') first"
   done
 }
 
