@@ -56,13 +56,13 @@ finish() {
   rm -rf "$work"
   echo
   echo "e2e-swarm summary (stack $FAENA_STACK):"
-  printf '  %-56s %-7s %8s\n' STEP RESULT SECONDS
+  printf '  %-72s %-7s %8s\n' STEP RESULT SECONDS
   local r name result took
   for r in "${summary[@]}"; do
     IFS='|' read -r name result took <<<"$r"
-    printf '  %-56s %-7s %8s\n' "$name" "$result" "$took"
+    printf '  %-72s %-7s %8s\n' "$name" "$result" "$took"
   done
-  printf '  %-56s %-7s %8s\n' total "$([ "$rc" -eq 0 ] && echo ok || echo FAILED)" "$(since "$started")"
+  printf '  %-72s %-7s %8s\n' total "$([ "$rc" -eq 0 ] && echo ok || echo FAILED)" "$(since "$started")"
   exit "$rc"
 }
 trap finish EXIT
