@@ -4,8 +4,9 @@
 # (nothing changes), run RandomX and AI jobs (AI against the fake Gemini
 # service of stack.test.yml), scale to 5 workers (monitor.sh shows them), kill
 # a worker container mid-job, scale down to 2 mid-job, read the JSON log
-# lines, check that anonymous MQTT is refused, stop. Prints each step's time
-# and a summary; exits non-zero when a step fails. Heavy (images, a swarm, 5 workers): not part of CI.
+# lines, check that anonymous MQTT is refused, stop; then the same images
+# with docker-compose on one host. Prints each step's time and a summary;
+# exits non-zero when a step fails. Heavy (images, a swarm, 5 workers): not part of CI.
 #
 #   ./scripts/e2e-swarm.sh [--keep]
 #
@@ -50,6 +51,7 @@ finish() {
     done
     if [ "$keep" = 0 ]; then
       ./scripts/stop.sh --volumes --secrets >/dev/null 2>&1 || true
+      ./scripts/compose.sh down --volumes >/dev/null 2>&1 || true
     fi
   fi
   jobs -p | xargs -r kill 2>/dev/null || true
@@ -233,6 +235,22 @@ else
   step "stop.sh --volumes --secrets"
   ./scripts/stop.sh --volumes --secrets
   [ -z "$(service_replicas)" ] || fail "services remain"
+fi
+
+step "compose.sh up 2: the same images on one host (docker-compose)"
+FAENA_RANDOMX_MODE=light ./scripts/compose.sh up 2
+for _ in $(seq 240); do
+  online=$(curl -fsS "$(api /api/workers)" 2>/dev/null | jq '[.workers[] | select(.state == "online")] | length' || echo 0)
+  [ "$online" -eq 2 ] && break
+  sleep 0.5
+done
+[ "$online" -eq 2 ] || fail "docker-compose: $online workers online, expected 2"
+id=$(post_job '{"kind": "randomx.hash", "params": {"key": "test key 000", "input": "This is a test"}}')
+job=$(wait_job "$id")
+echo "$job" | jq -e '.result.hash == "639183aae1bf4c9a35884cb46b09cad9175f04efd7684e7262a0ac1c2f0b4e3f"' >/dev/null ||
+  fail "docker-compose: randomx.hash: $job"
+if [ "$keep" = 0 ]; then
+  ./scripts/compose.sh down --volumes
 fi
 summary+=("$current|ok|$(since "$step_t")")
 current=""
