@@ -14,7 +14,8 @@
 #   GEMINI_API_KEY / GEMINI_API_KEY_FILE  the same, from the environment
 #     (without a key the secret is empty and workers offer no Gemini; to change
 #     a key later: ./scripts/stop.sh --secrets, then deploy again)
-#   FAENA_STACK=faena  FAENA_WORKERS=2  FAENA_WEB_PORT=8888  FAENA_MQTT_PORT=1883
+#   FAENA_STACK=faena  FAENA_WEB_PORT=8888  FAENA_MQTT_PORT=1883
+#   FAENA_WORKERS=2 (a re-run keeps the current count unless this is set)
 #   FAENA_WORKER_CPUS=2  FAENA_WORKER_MEMORY=3G  FAENA_RANDOMX_MODE=auto
 #   REGISTRY=host:port      deploy the images build.sh pushed there
 set -euo pipefail
@@ -52,6 +53,15 @@ else
   need_images master worker mosquitto
   if [[ " ${files[*]} " == *" stack.test.yml "* ]]; then
     need_images fake-ai
+  fi
+fi
+
+# A re-run keeps the worker count scale.sh set (docker stack deploy would
+# reset it to the file's), unless FAENA_WORKERS says otherwise.
+if [ -z "${FAENA_WORKERS:-}" ]; then
+  current=$(docker service inspect "${FAENA_STACK}_worker" --format '{{.Spec.Mode.Replicated.Replicas}}' 2>/dev/null || true)
+  if [ -n "$current" ]; then
+    export FAENA_WORKERS=$current
   fi
 fi
 

@@ -30,16 +30,20 @@ done
 need_packages curl:curl jq:jq
 docker info >/dev/null 2>&1 || die "no Docker engine answers (is dockerd running?)"
 
-# "prefix/workers/ID/status {json}" -> one readable line.
+# "prefix/workers/ID/status {json}" -> a readable line, when the state or
+# the number of running units changed (workers repeat their status often).
 status_lines() {
-  local topic payload
+  local topic payload who what rate
+  declare -A last=()
   while read -r topic payload; do
-    echo "$payload" | jq -r --arg topic "$topic" '
-      (if .worker_id then "worker \(.worker_id)" else "master" end) as $who
-      | "\(now | strftime("%H:%M:%S"))  mqtt  \($who): \(.state)"
-        + (if .slots then "  running \(.running)/\(.slots)" else "" end)
-        + (if (.hashrate // 0) > 0 then "  \(.hashrate | floor) H/s" else "" end)' 2>/dev/null ||
-      echo "$topic (unreadable payload)"
+    IFS=$'\t' read -r who what rate < <(echo "$payload" | jq -r '
+      [(if .worker_id then "worker \(.worker_id)" else "master" end),
+       "\(.state)" + (if .slots then "  running \(.running)/\(.slots)" else "" end),
+       (if (.hashrate // 0) > 0 then "  \(.hashrate | floor) H/s" else "" end)] | @tsv' 2>/dev/null) ||
+      { echo "$topic (unreadable payload)"; continue; }
+    [ "${last[$who]:-}" = "$what" ] && continue
+    last[$who]=$what
+    echo "$(date +%H:%M:%S)  mqtt  $who: $what$rate"
   done
 }
 
@@ -71,7 +75,15 @@ fi
 
 (observer_sub -v "${topics[@]}" | status_lines) &
 watcher=$!
-trap 'kill "$watcher" 2>/dev/null || true' EXIT
+# The watcher and what it started (mosquitto_sub), children first.
+kill_tree() {
+  local child
+  for child in $(pgrep -P "$1"); do
+    kill_tree "$child"
+  done
+  kill "$1" 2>/dev/null || true
+}
+trap 'kill_tree "$watcher"' EXIT
 trap 'exit 0' INT TERM
 while :; do
   snapshot
