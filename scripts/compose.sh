@@ -7,7 +7,8 @@
 #   ./scripts/compose.sh ps                the containers
 #
 # Secrets are files in .faena-secrets/ (mode 700), made on first use: a
-# generated cluster token and broker passwords, and the Gemini key from
+# generated cluster token, API token (the page and REST API ask for it:
+# .faena-secrets/api_token) and broker passwords, and the Gemini key from
 # GEMINI_API_KEY or GEMINI_API_KEY_FILE (none: workers offer no Gemini).
 # FAENA_WEB_PORT (8888) and FAENA_MQTT_PORT (1883) as for the stack.
 set -euo pipefail
@@ -22,7 +23,7 @@ secrets_dir() {
   mkdir -p .faena-secrets
   chmod 700 .faena-secrets
   local name
-  for name in cluster_token mqtt_master_password mqtt_worker_password mqtt_observer_password; do
+  for name in cluster_token api_token mqtt_master_password mqtt_worker_password mqtt_observer_password; do
     [ -s ".faena-secrets/$name" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >".faena-secrets/$name"
   done
   if [ ! -e .faena-secrets/gemini_api_key ]; then

@@ -10,6 +10,10 @@
 # services whose image or settings changed are updated (rolling, one at a time).
 #
 #   --test                  add stack.test.yml (fake Gemini, light-mode workers)
+#   --api-token-file FILE   the token the REST API and the web page require
+#   FAENA_API_TOKEN         the same, from the environment (default: generated;
+#                           read it with: docker exec $(docker ps -qf name=faena_master) cat /run/secrets/faena_api_token)
+#   --no-api-token          no token: REST and the page open to all who reach the port
 #   --gemini-key-file FILE  the Gemini API key, from a file
 #   GEMINI_API_KEY / GEMINI_API_KEY_FILE  the same, from the environment
 #     (without a key the secret is empty and workers offer no Gemini; to change
@@ -24,10 +28,17 @@ cd "$(dirname "$0")/.."
 
 files=(-c stack.yml)
 gemini_file=${GEMINI_API_KEY_FILE:-}
+api_token_file="" open_api=0
 while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
     --test) files+=(-c stack.test.yml) ;;
+    --api-token-file)
+      [ $# -ge 2 ] || die "--api-token-file needs a file"
+      api_token_file=$2
+      shift
+      ;;
+    --no-api-token) open_api=1 ;;
     --gemini-key-file)
       [ $# -ge 2 ] || die "--gemini-key-file needs a file"
       gemini_file=$2
@@ -38,6 +49,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ -z "$gemini_file" ] || [ -r "$gemini_file" ] || die "cannot read the Gemini key file $gemini_file"
+[ -z "$api_token_file" ] || [ -r "$api_token_file" ] || die "cannot read the API token file $api_token_file"
 
 need_docker
 need_swarm
@@ -84,6 +96,17 @@ for name in cluster_token mqtt_master_password mqtt_worker_password mqtt_observe
     say "created secret ${FAENA_STACK}_$name (generated)"
   fi
 done
+# The API token: given, generated, or (--no-api-token) empty, which leaves the API open.
+api_secret="${FAENA_STACK}_api_token"
+if [ -n "$api_token_file" ]; then
+  create_secret "$api_secret" <"$api_token_file" && say "created secret $api_secret from $api_token_file"
+elif [ -n "${FAENA_API_TOKEN:-}" ]; then
+  printf '%s' "$FAENA_API_TOKEN" | create_secret "$api_secret" && say "created secret $api_secret from FAENA_API_TOKEN"
+elif [ "$open_api" = 1 ]; then
+  printf '\n' | create_secret "$api_secret" && say "created an empty $api_secret: the REST API and the page are open"
+else
+  random_secret | create_secret "$api_secret" && say "created secret $api_secret (generated)"
+fi || say "secret $api_secret exists and is kept (to replace it: ./scripts/stop.sh --secrets)"
 if [ -n "$gemini_file" ]; then
   if create_secret "${FAENA_STACK}_gemini_api_key" <"$gemini_file"; then
     say "created secret ${FAENA_STACK}_gemini_api_key from $gemini_file"
@@ -108,6 +131,7 @@ cat >&2 <<MSG
   Stack '$FAENA_STACK' deployed. Next:
     ./scripts/verify.sh            wait until it runs, then check it end to end
     web page and REST API          http://127.0.0.1:$FAENA_WEB_PORT/
+    their access token             docker exec \$(docker ps -qf name=${FAENA_STACK}_master) cat /run/secrets/faena_api_token
     ./scripts/monitor.sh           live workers and queue
     ./scripts/logs.sh              log lines from faena/logs (observer account)
 

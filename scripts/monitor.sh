@@ -29,6 +29,7 @@ while [ $# -gt 0 ]; do
 done
 need_packages curl:curl jq:jq
 docker info >/dev/null 2>&1 || die "no Docker engine answers (is dockerd running?)"
+load_api_token
 
 # "prefix/workers/ID/status {json}" -> a readable line, when the state or
 # the number of running units changed (workers repeat their status often).
@@ -49,7 +50,7 @@ status_lines() {
 
 snapshot() {
   local workers metrics
-  if ! workers=$(curl -fsS --max-time 5 "$(api /api/workers)"); then
+  if ! workers=$(api_curl -fsS --max-time 5 "$(api /api/workers)"); then
     echo "$(date +%H:%M:%S)  master not answering at $(api /api/workers)"
     return 0
   fi

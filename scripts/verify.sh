@@ -61,6 +61,8 @@ else
   row services ok "$t" "$(echo "$lines" | sed "s/^${FAENA_STACK}_//" | tr '\n' ' ')"
 fi
 
+load_api_token
+
 # 2. Master healthy.
 t=$(now_ms)
 health=""
@@ -91,7 +93,7 @@ t=$(now_ms)
 want=$(docker service inspect "${FAENA_STACK}_worker" --format '{{.Spec.Mode.Replicated.Replicas}}' 2>/dev/null || echo 0)
 online=0
 while :; do
-  workers=$(curl -fsS --max-time 5 "$(api /api/workers)" 2>/dev/null || echo '{"workers": []}')
+  workers=$(api_curl -fsS --max-time 5 "$(api /api/workers)" 2>/dev/null || echo '{"workers": []}')
   online=$(echo "$workers" | jq '[.workers[] | select(.state == "online")] | length')
   [ "$want" -gt 0 ] && [ "$online" -ge "$want" ] && break
   left || break
@@ -107,10 +109,10 @@ fi
 # run_job KIND PARAMS_JSON: prints the finished job (or nothing on timeout).
 run_job() {
   local id job state
-  id=$(curl -fsS --max-time 10 -XPOST "$(api /api/jobs)" -H 'content-type: application/json' \
+  id=$(api_curl -fsS --max-time 10 -XPOST "$(api /api/jobs)" -H 'content-type: application/json' \
     -d "{\"kind\": \"$1\", \"params\": $2}" | jq -r .id) || return 0
   while left; do
-    job=$(curl -fsS --max-time 10 "$(api "/api/jobs/$id")") || return 0
+    job=$(api_curl -fsS --max-time 10 "$(api "/api/jobs/$id")") || return 0
     state=$(echo "$job" | jq -r .state)
     case "$state" in succeeded | failed | cancelled) echo "$job"; return 0 ;; esac
     sleep 0.5

@@ -17,7 +17,12 @@ const el = (tag, cls, text) => {
   return e;
 };
 
-const socket = io({ transports: ["websocket", "polling"] });
+// A master started with FAENA_API_TOKEN refuses sockets without it; the
+// token the person typed is kept for this tab only (sessionStorage).
+const socket = io({
+  transports: ["websocket", "polling"],
+  auth: (cb) => cb({ token: sessionStorage.getItem("faena.token") || "" }),
+});
 /** Chat entries by job id: { answer, meta, waiting }. */
 const chat = new Map();
 let session = localStorage.getItem("faena.session") || null;
@@ -109,6 +114,22 @@ socket.on("connect", () => {
   hello();
 });
 socket.on("disconnect", () => setConn("reconnecting", "reconnecting…"));
+socket.on("connect_error", (err) => {
+  // "unauthorized" (proto/src/sio.rs): ask for the token; the client does not retry by itself.
+  if (err && err.message === "unauthorized") {
+    setConn("locked", sessionStorage.getItem("faena.token") ? "wrong access token" : "access token needed");
+    $("access").hidden = false;
+    $("access-input").focus();
+  }
+});
+$("access").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem("faena.token", $("access-input").value);
+  $("access-input").value = "";
+  $("access").hidden = true;
+  setConn("connecting", "connecting…");
+  socket.connect();
+});
 socket.io.on("reconnect_attempt", () => setConn("reconnecting", "reconnecting…"));
 
 socket.on(EV.job, (u) => {

@@ -35,6 +35,13 @@ pub struct Config {
     /// `<data-dir>/cluster-token` for local workers to read.
     #[command(flatten)]
     pub token: ClusterToken,
+    /// Token the REST API (`Authorization: Bearer`) and the web page's
+    /// Socket.IO connections (`auth.token`) must present. Unset or empty:
+    /// open, for a trusted network. `/healthz` and `/metrics` stay open.
+    #[arg(long, env = "FAENA_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    #[arg(long, env = "FAENA_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
     /// Topic prefix shared by the whole cluster.
     #[arg(long, env = "FAENA_TOPIC_PREFIX", default_value = "faena")]
     pub topic_prefix: String,

@@ -21,6 +21,7 @@ use faena_proto::api::{
 };
 use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobKind, JobSpec, JobState};
+use faena_proto::secret::Secret;
 use futures::Stream;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub accepting: Arc<AtomicBool>,
     pub broker_connected: watch::Receiver<bool>,
     pub max_body_bytes: usize,
+    /// What `/api/*` requires as `Authorization: Bearer`, when set.
+    pub api_token: Option<Arc<Secret>>,
 }
 
 /// The REST API, with the web page's files (from `web_dir`) at every other path.
@@ -53,22 +56,49 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
     let pages = Router::new()
         .route_service("/vendor/socket.io.min.js", tower_http::services::ServeFile::new(client))
         .fallback_service(tower_http::services::ServeDir::new(web_dir));
-    Router::new()
+    let api = Router::new()
         .route("/api/jobs", post(submit))
         .route("/api/jobs/batch", post(submit_batch))
         .route("/api/jobs/{id}", get(get_job).delete(cancel_job))
         .route("/api/jobs/{id}/events", get(job_events))
         .route("/api/jobs/{id}/history", get(job_history))
         .route("/api/workers", get(workers))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .route(
             "/api/{*rest}",
             axum::routing::any(|| async { AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") }),
-        )
+        );
+    let api = match state.api_token.clone() {
+        Some(token) => api.route_layer(axum::middleware::from_fn_with_state(token, require_token)),
+        None => api,
+    };
+    api.route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
         .fallback_service(pages)
+}
+
+/// Lets a request through only with `Authorization: Bearer <the token>`.
+async fn require_token(
+    State(token): State<Arc<Secret>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if token.constant_time_eq(t) => next.run(req).await,
+        _ => {
+            let message = if given.is_some() {
+                "wrong API token"
+            } else {
+                "this API needs its token: Authorization: Bearer <FAENA_API_TOKEN>"
+            };
+            let mut resp = AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            resp
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -108,6 +108,11 @@ pub async fn run(
     let topics = Topics::new(&cfg.topic_prefix).map_err(|_| MasterError::Topics(cfg.topic_prefix.clone()))?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(io(format!("creating {}", cfg.data_dir.display())))?;
     let token = cluster_token(&cfg)?;
+    let api_token = faena_common::secrets::resolve_optional(
+        "FAENA_API_TOKEN",
+        cfg.api_token.as_deref(),
+        cfg.api_token_file.as_deref(),
+    )?;
     let creds = cfg.broker_auth.credentials()?;
 
     let store = store::Store::open(&cfg.data_dir.join("faena.db"), cfg.store_sync)?;
@@ -222,8 +227,9 @@ pub async fn run(
         accepting: accepting.clone(),
         broker_connected: connected.clone(),
         max_body_bytes: cfg.max_body_bytes,
+        api_token: api_token.clone().map(Arc::new),
     };
-    let (sio_layer, io) = web::socket_io(coord.clone(), state.hub.clone());
+    let (sio_layer, io) = web::socket_io(coord.clone(), state.hub.clone(), api_token);
     tracker.spawn(web::broadcast_workers(io, coord.clone(), servers_cancel.clone()));
     // socketioxide wraps the finished router once (a per-route layer breaks long-polling).
     let app = axum::Router::new().fallback_service(sio_layer.layer(http::app(state, &cfg.web_dir)));

@@ -21,7 +21,8 @@ use faena_proto::sio::{self, Ack, Exchange, to_client, to_master};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, Data, SocketRef, State};
+use socketioxide::extract::{AckSender, Data, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 
 use crate::coordinator::Coordinator;
@@ -46,6 +47,8 @@ struct Web {
     coord: Coordinator,
     hub: Hub,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
+    /// What a socket must present as `auth.token` to connect, when set.
+    api_token: Option<Arc<Secret>>,
 }
 
 /// The session a socket said hello with.
@@ -53,11 +56,32 @@ struct Web {
 struct SessionId(String);
 
 /// The Socket.IO layer (wrap the finished router in it) and its handle.
-pub fn socket_io(coord: Coordinator, hub: Hub) -> (SocketIoLayer, SocketIo) {
-    let web = Web { coord, hub, sessions: Arc::default() };
+pub fn socket_io(coord: Coordinator, hub: Hub, api_token: Option<Secret>) -> (SocketIoLayer, SocketIo) {
+    let web = Web { coord, hub, sessions: Arc::default(), api_token: api_token.map(Arc::new) };
     let (layer, io) = SocketIo::builder().with_state(web).build_layer();
-    io.ns("/", on_connect);
+    io.ns("/", on_connect.with(authorize));
     (layer, io)
+}
+
+/// A connection refused for want of the API token; the client's
+/// `connect_error` carries [`sio::UNAUTHORIZED`].
+#[derive(Debug)]
+struct Unauthorized;
+
+impl std::fmt::Display for Unauthorized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(sio::UNAUTHORIZED)
+    }
+}
+
+impl std::error::Error for Unauthorized {}
+
+/// Runs before a socket connects: with an API token set, only sockets whose
+/// handshake carries it (`auth: {token}`) get in.
+async fn authorize(TryData(auth): TryData<Value>, State(web): State<Web>) -> Result<(), Unauthorized> {
+    let Some(token) = &web.api_token else { return Ok(()) };
+    let given = auth.ok().and_then(|a| a.get("token").and_then(Value::as_str).map(str::to_owned)).unwrap_or_default();
+    if token.constant_time_eq(&given) { Ok(()) } else { Err(Unauthorized) }
 }
 
 /// Sends the workers to every socket when they change (checked every second).

@@ -44,6 +44,11 @@ pub mod to_client {
     pub const WORKERS: &str = "workers";
 }
 
+/// The `connect_error` message of a connection refused for want of the
+/// master's API token (`FAENA_API_TOKEN`); the client sends it as
+/// `auth: {token}` in its handshake.
+pub const UNAUTHORIZED: &str = "unauthorized";
+
 /// Every event name, both ways (the page's own list is checked against it).
 pub const ALL_EVENTS: [&str; 12] = [
     to_master::HELLO,

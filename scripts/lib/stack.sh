@@ -13,7 +13,7 @@ IMAGES_ENV=target/docker/images.env
 # The stack's secrets, named "${FAENA_STACK}_<name>" (stack.yml mounts them
 # as /run/secrets/faena_<name>).
 # shellcheck disable=SC2034 # used by the scripts that source this
-SECRETS=(cluster_token mqtt_master_password mqtt_worker_password mqtt_observer_password gemini_api_key)
+SECRETS=(cluster_token api_token mqtt_master_password mqtt_worker_password mqtt_observer_password gemini_api_key)
 
 die() {
   echo "$(basename "$0"): $*" >&2
@@ -100,17 +100,43 @@ service_replicas() {
   docker service ls --filter "label=com.docker.stack.namespace=$FAENA_STACK" --format '{{.Name}} {{.Replicas}}'
 }
 
+# secret_of SERVICE NAME: the secret /run/secrets/NAME as a running
+# container of the stack's SERVICE (Swarm or docker-compose) on this node
+# sees it; empty when there is none.
+secret_of() {
+  local container
+  container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${FAENA_STACK}_$1" | head -n 1)
+  if [ -z "$container" ]; then
+    container=$(docker ps -q --filter "label=com.docker.compose.project=$FAENA_STACK" \
+      --filter "label=com.docker.compose.service=$1" | head -n 1)
+  fi
+  [ -n "$container" ] || return 0
+  docker exec "$container" cat "/run/secrets/$2" 2>/dev/null | tr -d '\r\n' || true
+}
+
+# The master's API token, once per script: FAENA_API_TOKEN, else the
+# master's secret; empty for a master without one.
+load_api_token() {
+  API_TOKEN=${FAENA_API_TOKEN:-$(secret_of master faena_api_token)}
+}
+
+# curl for the master's API, with the token as a header read from stdin
+# (never on a command line).
+api_curl() {
+  if [ -n "${API_TOKEN:-}" ]; then
+    printf 'Authorization: Bearer %s\n' "$API_TOKEN" | curl -H @/dev/stdin "$@"
+  else
+    curl "$@"
+  fi
+}
+
 # mosquitto_sub as the observer. The password comes from
 # FAENA_MQTT_OBSERVER_PASSWORD, else from the broker's own secret (on the
 # manager that runs it); it goes into a private options file, never argv.
 observer_sub() {
   need_packages mosquitto_sub:mosquitto-clients
-  local password=${FAENA_MQTT_OBSERVER_PASSWORD:-} container
-  if [ -z "$password" ]; then
-    container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${FAENA_STACK}_mosquitto" | head -n 1)
-    [ -n "$container" ] || die "no broker container of stack '$FAENA_STACK' on this node; set FAENA_MQTT_OBSERVER_PASSWORD"
-    password=$(docker exec "$container" cat /run/secrets/faena_mqtt_observer_password)
-  fi
+  local password=${FAENA_MQTT_OBSERVER_PASSWORD:-$(secret_of mosquitto faena_mqtt_observer_password)}
+  [ -n "$password" ] || die "no broker container of stack '$FAENA_STACK' on this node; set FAENA_MQTT_OBSERVER_PASSWORD"
   observer_conf=$(mktemp -d)
   trap 'rm -rf "$observer_conf"' EXIT
   trap 'exit 130' INT TERM

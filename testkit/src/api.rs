@@ -18,6 +18,15 @@ impl Api {
         Self { base: format!("http://{addr}"), http: reqwest::Client::builder().no_proxy().build().expect("client") }
     }
 
+    /// A client that sends `Authorization: Bearer <token>` (a master with `FAENA_API_TOKEN`).
+    pub fn with_token(addr: &str, token: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a header value");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        let http = reqwest::Client::builder().no_proxy().default_headers(headers).build().expect("client");
+        Self { base: format!("http://{addr}"), http }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

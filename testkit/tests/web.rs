@@ -73,6 +73,43 @@ async fn sessions_stream_answers_keep_history_and_never_mix() {
     assert!(!c.master_log().contains("session-own-key"), "the key went into the log");
 }
 
+/// With `FAENA_API_TOKEN`, REST needs `Authorization: Bearer` and sockets
+/// need `auth.token`; the page asks for it; health, metrics, the page's files
+/// and the workers' gRPC side are unaffected.
+#[tokio::test]
+async fn an_api_token_guards_rest_and_the_page() {
+    const TOKEN: &str = "api-token-for-the-test";
+    let fake = FakeAi::start().await;
+    let web = repo().join("web");
+    let extra =
+        vec![("FAENA_WEB_DIR".to_owned(), web.display().to_string()), ("FAENA_API_TOKEN".to_owned(), TOKEN.to_owned())];
+    let mut c = Cluster::start(MasterOpts { extra, ..MasterOpts::default() }).await;
+    let open = c.api.clone();
+    c.api = faena_testkit::Api::with_token(&c.addrs.http, TOKEN);
+    c.add_worker_with("ai", 1, &[("GEMINI_BASE_URL", fake.gemini_base().as_str())]).await;
+    c.wait_workers(1).await;
+
+    for path in ["/api/workers", "/api/jobs/01a1fdd1-bba8-701a-9f14-01f9748e8110", "/api/nothing"] {
+        let resp = reqwest::get(open.url(path)).await.expect("GET");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
+        let body: serde_json::Value = resp.json().await.expect("JSON error");
+        assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    }
+    let wrong = faena_testkit::Api::with_token(&c.addrs.http, "not-the-token");
+    let (status, body) = wrong.post("/api/jobs", &serde_json::json!({"kind": "noop", "params": {}})).await;
+    assert_eq!((status, body["error"]["message"].as_str()), (StatusCode::UNAUTHORIZED, Some("wrong API token")));
+    let id = c.api.submit_ok("noop", serde_json::json!({"payload": "with the token"}), None).await;
+    assert_eq!(c.api.wait_final(&id).await["result"]["payload"], "with the token");
+    for path in ["/healthz", "/metrics", "/", "/vendor/socket.io.min.js"] {
+        assert_eq!(open.get(path).await.0, StatusCode::OK, "{path} stays open");
+    }
+    assert!(!c.master_log().contains(TOKEN), "the token went into the log");
+
+    let shots = faena_testkit::target_dir().join("screenshots").join("web");
+    run_node(&c, "access.mjs", &[TOKEN, &shots.display().to_string()]).await;
+}
+
 #[tokio::test]
 async fn the_page_works_in_a_real_browser() {
     let fake = FakeAi::start().await;
