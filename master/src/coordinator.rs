@@ -401,6 +401,9 @@ impl Actor {
                 }
                 Effect::Control { worker, control } => self.deps.mqtt.control(&worker, &control),
                 Effect::Notify { job, event } => self.notify(job, event),
+                Effect::RangeReturned { .. } => {
+                    self.deps.metrics.redeliveries.inc();
+                }
             }
         }
     }

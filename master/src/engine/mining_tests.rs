@@ -162,6 +162,8 @@ fn a_dead_workers_range_is_split_again_and_a_joiner_takes_part() {
     let mut out: Vec<_> = units.into_iter().filter(|u| u.0 != b).collect();
     let fresh = m.units();
     assert!(fresh.iter().any(|u| u.0 == c), "the new worker gets a unit at once");
+    let returned = m.effects.iter().filter(|e| matches!(e, Effect::RangeReturned { job: j } if *j == job)).count();
+    assert_eq!(returned, 1, "the lost unit's range counts as one redelivery");
     out.extend(fresh);
     let covered = run_to_end(&mut m, job, out);
     assert!(covered.iter().any(|(s, _)| *s == lost.2), "the lost range was handed out again");

@@ -585,6 +585,7 @@ impl Engine {
             if let Some(split) = self.split_mut(parent) {
                 split.give_back(&id, attempts);
             }
+            self.effects.push(Effect::RangeReturned { job: parent });
             self.effects.push(Effect::Notify {
                 job: parent,
                 event: JobEvent::Requeued { reason: format!("a unit was lost ({reason}); its range is split again") },

@@ -153,6 +153,11 @@ pub enum Effect {
         job: JobId,
         event: JobEvent,
     },
+    /// A lost mining unit's range went back to its job to be split again: a
+    /// redelivery, though no unit is requeued (metrics count it as one).
+    RangeReturned {
+        job: JobId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
