@@ -23,7 +23,9 @@ docker info >/dev/null 2>&1 || die "no Docker engine answers (is dockerd running
 
 if [ -n "$(service_replicas)" ]; then
   say "removing stack '$FAENA_STACK'"
-  docker stack rm "$FAENA_STACK" >/dev/null
+  # Removes the services; the network may still be in use by tasks that are
+  # draining ("failed to remove some resources"): removed again below.
+  docker stack rm "$FAENA_STACK" >/dev/null 2>&1 || true
 else
   say "stack '$FAENA_STACK' is not deployed"
 fi
@@ -33,9 +35,13 @@ for _ in $(seq 120); do
   left=$(docker ps -aq --filter "label=com.docker.stack.namespace=$FAENA_STACK" | wc -l)
   nets=$(docker network ls -q --filter "label=com.docker.stack.namespace=$FAENA_STACK" | wc -l)
   [ "$left" -eq 0 ] && [ "$nets" -eq 0 ] && break
+  if [ "$left" -eq 0 ]; then
+    docker stack rm "$FAENA_STACK" >/dev/null 2>&1 || true
+  fi
   sleep 1
 done
 [ "$left" -eq 0 ] || die "$left containers of '$FAENA_STACK' still exist after 120 s"
+[ "$nets" -eq 0 ] || die "the network of '$FAENA_STACK' is still in use after 120 s (docker network ls)"
 
 if [ "$volumes" = 1 ]; then
   for v in $(docker volume ls -q --filter "label=com.docker.stack.namespace=$FAENA_STACK"); do
