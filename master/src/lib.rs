@@ -112,7 +112,8 @@ pub async fn run(
         "FAENA_API_TOKEN",
         cfg.api_token.as_deref(),
         cfg.api_token_file.as_deref(),
-    )?;
+    )?
+    .map(Arc::new);
     let creds = cfg.broker_auth.credentials()?;
 
     let store = store::Store::open(&cfg.data_dir.join("faena.db"), cfg.store_sync)?;
@@ -227,7 +228,7 @@ pub async fn run(
         accepting: accepting.clone(),
         broker_connected: connected.clone(),
         max_body_bytes: cfg.max_body_bytes,
-        api_token: api_token.clone().map(Arc::new),
+        api_token: api_token.clone(),
     };
     let (sio_layer, io) = web::socket_io(coord.clone(), state.hub.clone(), api_token);
     tracker.spawn(web::broadcast_workers(io, coord.clone(), servers_cancel.clone()));

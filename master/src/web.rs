@@ -56,8 +56,8 @@ struct Web {
 struct SessionId(String);
 
 /// The Socket.IO layer (wrap the finished router in it) and its handle.
-pub fn socket_io(coord: Coordinator, hub: Hub, api_token: Option<Secret>) -> (SocketIoLayer, SocketIo) {
-    let web = Web { coord, hub, sessions: Arc::default(), api_token: api_token.map(Arc::new) };
+pub fn socket_io(coord: Coordinator, hub: Hub, api_token: Option<Arc<Secret>>) -> (SocketIoLayer, SocketIo) {
+    let web = Web { coord, hub, sessions: Arc::default(), api_token };
     let (layer, io) = SocketIo::builder().with_state(web).build_layer();
     io.ns("/", on_connect.with(authorize));
     (layer, io)

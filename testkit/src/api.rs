@@ -15,7 +15,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(addr: &str) -> Self {
-        Self { base: format!("http://{addr}"), http: reqwest::Client::builder().no_proxy().build().expect("client") }
+        Self::with_headers(addr, reqwest::header::HeaderMap::new())
     }
 
     /// A client that sends `Authorization: Bearer <token>` (a master with `FAENA_API_TOKEN`).
@@ -23,6 +23,10 @@ impl Api {
         let mut headers = reqwest::header::HeaderMap::new();
         let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a header value");
         headers.insert(reqwest::header::AUTHORIZATION, value);
+        Self::with_headers(addr, headers)
+    }
+
+    fn with_headers(addr: &str, headers: reqwest::header::HeaderMap) -> Self {
         let http = reqwest::Client::builder().no_proxy().default_headers(headers).build().expect("client");
         Self { base: format!("http://{addr}"), http }
     }
