@@ -90,6 +90,22 @@ fail() {
 post_job() {
   api_curl -fsS -XPOST "$(api /api/jobs)" -H 'content-type: application/json' -d "$1" | jq -r .id
 }
+# workers_until JQ: polls GET /api/workers until JQ (over its answer) yields
+# something other than null or false, and prints that; empty after 2 minutes.
+workers_until() {
+  local out
+  for _ in $(seq 480); do
+    out=$(api_curl -fsS "$(api /api/workers)" 2>/dev/null | jq -r "($1) | select(. != null and . != false)" 2>/dev/null || true)
+    if [ -n "$out" ]; then
+      echo "$out"
+      return 0
+    fi
+    sleep 0.25
+  done
+}
+online_count() {
+  echo "[.workers[] | select(.state == \"online\")] | length | select(. == $1)"
+}
 wait_job() {
   local id=$1 job
   for _ in $(seq 600); do
@@ -161,12 +177,8 @@ echo "  ai.query: \"$(echo "$job" | jq -r .result.text)\" in $chunks streamed pi
 
 step "scale.sh worker 5 (master lists 5 workers)"
 ./scripts/scale.sh worker 5
-for _ in $(seq 120); do
-  online=$(api_curl -fsS "$(api /api/workers)" | jq '[.workers[] | select(.state == "online")] | length')
-  [ "$online" -eq 5 ] && break
-  sleep 1
-done
-[ "$online" -eq 5 ] || fail "the master lists $online online workers, expected 5"
+[ -n "$(workers_until "$(online_count 5)")" ] ||
+  fail "the master does not list 5 online workers: $(api_curl -fsS "$(api /api/workers)" | jq -c '[.workers[] | {id, state}]')"
 ./scripts/monitor.sh --once
 
 step "kill a worker container mid-job (the job finishes once)"
@@ -178,12 +190,7 @@ logs_pid=$!
 id=$(post_job '{"kind": "randomx.mine", "params": {"key": "6b696c6c", "blob": "'"$(printf '11%.0s' $(seq 76))"'", "difficulty": 50, "nonce_count": 1500}}')
 api_curl -fsSN --max-time 600 "$(api "/api/jobs/$id/events")" >"$work/mine.sse" 2>/dev/null &
 sse_pid=$!
-victim=""
-for _ in $(seq 240); do
-  victim=$(api_curl -fsS "$(api /api/workers)" | jq -r '[.workers[] | select(.running > 0) | .id] | first // empty')
-  [ -n "$victim" ] && break
-  sleep 0.25
-done
+victim=$(workers_until '[.workers[] | select(.running > 0) | .id] | first')
 [ -n "$victim" ] || fail "no worker took a unit of job $id"
 slot=${victim#worker-}
 container=$(docker ps --format '{{.ID}} {{.Names}}' | awk -v p="${FAENA_STACK}_worker.$slot." 'index($2, p) == 1 { print $1 }')
@@ -209,12 +216,8 @@ echo "  $(echo "$job" | jq -r '"\(.result.hashes) hashes over \(.result.ranges |
 
 step "scale.sh worker 2 mid-job (drained workers hand back, the job finishes)"
 id=$(post_job '{"kind": "randomx.mine", "params": {"key": "6472616e", "blob": "'"$(printf '22%.0s' $(seq 76))"'", "difficulty": 50, "nonce_count": 1500}}')
-for _ in $(seq 240); do
-  busy=$(api_curl -fsS "$(api /api/workers)" | jq '[.workers[] | select(.running > 0)] | length')
-  [ "$busy" -ge 3 ] && break
-  sleep 0.25
-done
-[ "$busy" -ge 3 ] || fail "the job never ran on 3 workers at once"
+[ -n "$(workers_until '[.workers[] | select(.running > 0)] | length >= 3')" ] ||
+  fail "the job never ran on 3 workers at once"
 ./scripts/scale.sh worker 2
 job=$(wait_job "$id")
 echo "$job" | jq -e '.state == "succeeded" and ([.result.ranges[].count] | add) == 1500' >/dev/null ||
@@ -251,12 +254,7 @@ fi
 step "compose.sh up 2: the same images on one host (docker-compose)"
 FAENA_RANDOMX_MODE=light ./scripts/compose.sh up 2
 load_api_token
-for _ in $(seq 240); do
-  online=$(api_curl -fsS "$(api /api/workers)" 2>/dev/null | jq '[.workers[] | select(.state == "online")] | length' || echo 0)
-  [ "$online" -eq 2 ] && break
-  sleep 0.5
-done
-[ "$online" -eq 2 ] || fail "docker-compose: $online workers online, expected 2"
+[ -n "$(workers_until "$(online_count 2)")" ] || fail "docker-compose: the master does not list 2 online workers"
 id=$(post_job '{"kind": "randomx.hash", "params": {"key": "test key 000", "input": "This is a test"}}')
 job=$(wait_job "$id")
 echo "$job" | jq -e '.result.hash == "639183aae1bf4c9a35884cb46b09cad9175f04efd7684e7262a0ac1c2f0b4e3f"' >/dev/null ||
