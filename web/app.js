@@ -211,9 +211,13 @@ $("ask").addEventListener("submit", (ev) => {
   const prompt = $("prompt").value.trim();
   if (!prompt) return;
   notice("");
+  // Emptied now, not on the ack: the next question may be typed meanwhile.
+  $("prompt").value = "";
   socket.emit(EV.ask, { prompt }, (ack) => {
-    if (!ack || ack.error) return notice(ack ? ack.error : "no answer from the master");
-    $("prompt").value = "";
+    if (!ack || ack.error) {
+      if (!$("prompt").value) $("prompt").value = prompt;
+      return notice(ack ? ack.error : "no answer from the master");
+    }
     const e = entry(ack.job, prompt);
     e.waiting.textContent = ack.position ? `${ack.position} job${ack.position === 1 ? "" : "s"} ahead of yours` : "queued";
   });

@@ -11,8 +11,13 @@
 //! `You said: <prompt>` in word-sized chunks. Key `bad-key` is rejected as
 //! a bad key, `forbidden-key` (Gemini) as not allowed; model
 //! `missing-model` is unknown.
+//!
+//! A test that needs a question to stay in flight until it says so (rather
+//! than for a guessed time) scripts `"hold": "name"` and later calls
+//! [`FakeAi::release`] or `POST /fake/release/<name>` (for scripts outside
+//! Rust, such as the browser tests).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,7 +32,7 @@ use axum::routing::post;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 /// How to answer one prompt (all optional).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -37,6 +42,8 @@ pub struct Script {
     pub chunks: Option<Vec<String>>,
     /// Before the response starts.
     pub delay_ms: Option<u64>,
+    /// Before the response starts, wait until this name is released.
+    pub hold: Option<String>,
     /// Between chunks.
     pub gap_ms: Option<u64>,
     /// Error statuses for the first tries of this prompt, in order.
@@ -69,6 +76,8 @@ struct Inner {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     hung_up: AtomicUsize,
+    released: Mutex<HashSet<String>>,
+    release: Notify,
 }
 
 /// The running server; it stops when dropped.
@@ -90,6 +99,7 @@ impl FakeAi {
         let app = Router::new()
             .route("/v1beta/models/{call}", post(gemini))
             .route("/v1/chat/completions", post(openai))
+            .route("/fake/release/{name}", post(release))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -125,6 +135,38 @@ impl FakeAi {
     /// Answers a client abandoned before their end.
     pub fn hung_up(&self) -> usize {
         self.inner.hung_up.load(Ordering::Relaxed)
+    }
+
+    /// Lets every question scripted with `"hold": name` go on, now and later.
+    pub async fn release(&self, name: &str) {
+        open_gate(&self.inner, name).await;
+    }
+}
+
+async fn open_gate(inner: &Inner, name: &str) {
+    inner.released.lock().await.insert(name.to_owned());
+    inner.release.notify_waiters();
+}
+
+async fn release(State(inner): State<Arc<Inner>>, Path(name): Path<String>) -> StatusCode {
+    open_gate(&inner, &name).await;
+    StatusCode::NO_CONTENT
+}
+
+/// Waits out the script's hold and delay, before anything is answered.
+async fn wait_before_answering(inner: &Inner, s: &Script) {
+    if let Some(name) = &s.hold {
+        loop {
+            // Made before the check, so a release in between is not missed.
+            let released = inner.release.notified();
+            if inner.released.lock().await.contains(name) {
+                break;
+            }
+            released.await;
+        }
+    }
+    if let Some(ms) = s.delay_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
 
@@ -269,9 +311,7 @@ async fn gemini(
         .map(|c| c["parts"][0]["text"].as_str().unwrap_or(""))
         .unwrap_or("");
     let (s, said) = script(prompt);
-    if let Some(ms) = s.delay_ms {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
+    wait_before_answering(&inner, &s).await;
     let key = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()).unwrap_or("");
     if key.is_empty() {
         return gemini_error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers.", None);
@@ -356,9 +396,7 @@ async fn openai(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Strin
     let flight = Flight::new(&inner);
     let prompt = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("");
     let (s, said) = script(prompt);
-    if let Some(ms) = s.delay_ms {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
+    wait_before_answering(&inner, &s).await;
     if headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer bad-key") {
         return openai_error(401, "invalid_request_error", "Incorrect API key provided: bad-key.", None);
     }

@@ -117,6 +117,7 @@ async fn the_page_works_in_a_real_browser() {
     let c = web_cluster(&fake, &[("FAENA_AI_SLOTS", "1"), ("FAENA_RANDOMX_THREADS", "1")]).await;
     // Screenshots are test artifacts: under target/, never committed.
     let shots = faena_testkit::target_dir().join("screenshots").join("web");
-    run_node(&c, "browser.mjs", &[&shots.display().to_string()]).await;
+    let fake_url = format!("http://{}", fake.addr);
+    run_node(&c, "browser.mjs", &[&shots.display().to_string(), &fake_url]).await;
     assert!(shots.join("answer.png").exists() && shots.join("mining.png").exists());
 }

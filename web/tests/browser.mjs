@@ -1,12 +1,12 @@
 // The page in a real browser (Debian's chromium, headless, driven by
 // playwright-core) against a real master, workers and the fake AI server.
 // Run by testkit/tests/web.rs:
-//   node web/tests/browser.mjs http://127.0.0.1:<port> <screenshot dir>
+//   node web/tests/browser.mjs http://127.0.0.1:<port> <screenshot dir> http://<fake AI>
 // Exits non-zero with the reason when a check fails; saves screenshots.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
-const [url, shots] = process.argv.slice(2);
+const [url, shots, fakeAi] = process.argv.slice(2);
 mkdirSync(shots, { recursive: true });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -72,11 +72,32 @@ await check((await page.evaluate(() => window.__pwned)) === undefined, "no scrip
 await check((await page.locator(".bubble.question").nth(1).textContent()).includes("<img src=x"), "the question shows as typed");
 
 // 4. Queue positions count down while questions wait for the one AI slot.
-for (let i = 0; i < 4; i++) await ask(page, `[[fake {"delay_ms": 1500}]] slow ${i}`);
-await page.locator(".waiting", { hasText: "2 jobs ahead of yours" }).waitFor(T);
+// The fake AI holds the first two answers until told, so each position is
+// seen for as long as it lasts, however slow the machine. The questions are
+// typed one after the other without waiting for the master's ack.
+const release = async (name) => {
+  const r = await fetch(`${fakeAi}/fake/release/${name}`, { method: "POST" });
+  await check(r.ok, `the fake AI released ${name}: ${r.status}`);
+};
+const holds = ['{"hold": "slow-0"}', '{"hold": "slow-1"}', "{}", "{}"];
+for (const [i, script] of holds.entries()) await ask(page, `[[fake ${script}]] slow ${i}`);
+const waitingOf = (text) => page.locator("#messages li", { hasText: text }).locator(".waiting");
+await waitingOf("slow 3").filter({ hasText: "2 jobs ahead of yours" }).waitFor(T);
 await page.screenshot({ path: `${shots}/queued.png`, fullPage: true });
-await page.locator(".waiting", { hasText: "1 job ahead of yours" }).first().waitFor(T);
-await answers(page).nth(5).filter({ hasText: "You said: slow 3" }).waitFor({ timeout: 60000 });
+await release("slow-0");
+await answers(page).filter({ hasText: "You said: slow 0" }).waitFor(T);
+await waitingOf("slow 3").filter({ hasText: "1 job ahead of yours" }).waitFor(T);
+await release("slow-1");
+await answers(page).filter({ hasText: "You said: slow 3" }).waitFor(T);
+await check((await answers(page).count()) === 6, "one answer for each question");
+
+// A question the master refuses stays in the box, with the reason: 20000
+// "é" pass the box's maxlength (characters) but not the master's limit (bytes).
+const tooLong = "é".repeat(20000);
+await ask(page, tooLong);
+await page.locator("#notice", { hasText: "the limit is 32768" }).waitFor(T);
+await check((await page.inputValue("#prompt")) === tooLong, "the refused question is back in the box");
+await page.fill("#prompt", "");
 
 // 5. A second browser (another person) sees nothing of the first's chat.
 const bob = await browser.newContext();
