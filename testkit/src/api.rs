@@ -107,6 +107,23 @@ impl Api {
         Events { stream: Box::pin(resp.bytes_stream()), buf: String::new() }
     }
 
+    /// Waits for the job's `running` event; returns the worker running it.
+    pub async fn wait_running(&self, id: &str) -> String {
+        let mut events = self.events(id).await;
+        let worker = tokio::time::timeout(WAIT, async {
+            while let Some((name, data)) = events.next().await {
+                match name.as_str() {
+                    "running" => return data["worker"].as_str().map(str::to_owned),
+                    "succeeded" | "failed" | "cancelled" => panic!("job {id} ended before it was seen running: {data}"),
+                    _ => {}
+                }
+            }
+            None
+        })
+        .await;
+        worker.ok().flatten().unwrap_or_else(|| panic!("job {id} did not run"))
+    }
+
     /// Waits for the job's final event, then returns the job as stored.
     pub async fn wait_final(&self, id: &str) -> Value {
         let mut events = self.events(id).await;

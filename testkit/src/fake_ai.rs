@@ -127,6 +127,11 @@ impl FakeAi {
         self.inner.requests.lock().await.clone()
     }
 
+    /// Requests being answered now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Most requests answered at the same time so far.
     pub fn max_in_flight(&self) -> usize {
         self.inner.max_in_flight.load(Ordering::Relaxed)

@@ -344,14 +344,18 @@ async fn ai_slots_bound_concurrent_queries_apart_from_other_work() {
     let fake = FakeAi::start().await;
     let c = cluster(&fake, &[("FAENA_AI_SLOTS", "3")]).await;
     let ids: Vec<String> = futures::future::join_all((0..7).map(|i| {
-        let params = json!({"prompt": script(json!({"delay_ms": 400}), &format!("q{i}")), "provider": "gemini"});
+        let params = json!({"prompt": script(json!({"hold": "go"}), &format!("q{i}")), "provider": "gemini"});
         let api = c.api.clone();
         async move { api.submit_ok("ai.query", params, None).await }
     }))
     .await;
+    // The fake holds every answer: three are asked, the rest wait their turn.
+    eventually("three questions reach the provider", || async { (fake.in_flight() == 3).then_some(()) }).await;
     // A noop job runs on the worker's one ordinary slot meanwhile.
     let noop = c.api.submit_ok("noop", json!({"payload": 1}), None).await;
     assert_eq!(c.api.wait_final(&noop).await["state"], "succeeded");
+    assert_eq!(fake.in_flight(), 3, "no fourth question while three are open");
+    fake.release("go").await;
     for id in &ids {
         assert_eq!(c.api.wait_final(id).await["state"], "succeeded");
     }

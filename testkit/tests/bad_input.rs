@@ -130,7 +130,7 @@ async fn bogus_grpc_calls_are_rejected_with_clear_errors() {
     assert_eq!(e.code(), Code::Aborted);
     grpc.register(request(register("fake", Some(caps())), Some(TOKEN))).await.expect("registers");
     // The job was dispatched to "fake" on its jobs topic; its token travelled only there.
-    eventually("dispatched", || async { (c.api.job(&job).await["state"] == "running").then_some(()) }).await;
+    c.api.wait_running(&job).await;
 
     let unknown = uuid::Uuid::now_v7().to_string();
     let e = grpc

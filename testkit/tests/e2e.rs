@@ -45,7 +45,7 @@ async fn end_to_end_with_the_embedded_broker() {
     .await;
 
     // The streamed events of a job: running, progress-free noop, then the result.
-    let id = c.api.submit_ok("noop", json!({"payload": "x", "delay_ms": 200}), None).await;
+    let id = c.api.submit_ok("noop", json!({"payload": "x", "delay_ms": 1000}), None).await;
     let mut events = c.api.events(&id).await;
     let mut names = vec![];
     while let Some((name, data)) = events.next().await {

@@ -27,8 +27,7 @@ async fn a_killed_worker_s_job_finishes_once_on_another() {
     c.add_worker("w2", 1).await;
     c.wait_workers(2).await;
     let id = c.api.submit_ok("noop", json!({"payload": "survivor", "delay_ms": 1500}), None).await;
-    let first =
-        eventually("the job runs", || async { c.api.job(&id).await["worker"].as_str().map(str::to_owned) }).await;
+    let first = c.api.wait_running(&id).await;
     c.worker(&first).kill9().await;
 
     let job = c.api.wait_final(&id).await;
@@ -169,13 +168,13 @@ async fn a_frozen_worker_loses_its_job_and_its_late_result_is_ignored() {
     c.add_worker("frozen", 1).await;
     c.add_worker("healthy", 1).await;
     c.wait_workers(2).await;
-    // Occupy "healthy" briefly so the test job lands on "frozen".
-    let filler = c.api.submit_ok("noop", json!({"delay_ms": 300}), None).await;
-    let on =
-        eventually("filler runs", || async { c.api.job(&filler).await["worker"].as_str().map(str::to_owned) }).await;
+    // A filler occupies one worker until the test job has landed on the other.
+    let filler = c.api.submit_ok("noop", json!({"delay_ms": 600_000}), None).await;
+    let on = c.api.wait_running(&filler).await;
     let (victim, other) = if on == "frozen" { ("healthy", "frozen") } else { ("frozen", "healthy") };
-    let id = c.api.submit_ok("noop", json!({"payload": "once", "delay_ms": 500}), None).await;
+    let id = c.api.submit_ok("noop", json!({"payload": "once", "delay_ms": 1500}), None).await;
     wait_running_on(&mut c, victim).await;
+    assert_eq!(c.api.cancel(&filler).await.0, 200);
     // SIGSTOP keeps its connections open: only missed heartbeats reveal it.
     let pid = c.worker(victim).pid();
     faena_testkit::process::signal(pid, "STOP");

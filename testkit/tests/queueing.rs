@@ -1,7 +1,7 @@
 //! Queueing when every worker is busy, priorities, cancellation, backpressure.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
-use faena_testkit::{Cluster, MasterOpts, eventually};
+use faena_testkit::{Cluster, MasterOpts};
 use serde_json::json;
 
 #[tokio::test]
@@ -10,20 +10,34 @@ async fn jobs_wait_for_busy_workers_and_positions_count_down() {
     c.add_worker("w1", 1).await;
     c.add_worker("w2", 1).await;
     c.wait_workers(2).await;
-    let mut ids = vec![];
+    // Both workers stay busy until the test cancels their jobs, so the
+    // positions below do not depend on how fast the machine is.
+    let mut blockers = vec![];
     let mut positions = vec![];
-    for _ in 0..6 {
+    for _ in 0..2 {
+        let (status, body) = c.api.submit("noop", json!({"delay_ms": 600_000}), None).await;
+        assert_eq!(status, 202);
+        blockers.push(body["id"].as_str().expect("id").to_owned());
+        positions.push(body["position"].as_u64().expect("position"));
+    }
+    for id in &blockers {
+        c.api.wait_running(id).await;
+    }
+    let mut ids = vec![];
+    for _ in 0..4 {
         let (status, body) = c.api.submit("noop", json!({"delay_ms": 300}), None).await;
         assert_eq!(status, 202);
         ids.push(body["id"].as_str().expect("id").to_owned());
         positions.push(body["position"].as_u64().expect("position"));
     }
     // Two start at once (no prefetch: one unit per slot); the rest queue behind them.
-    assert_eq!(positions[..2], [0, 0]);
-    assert_eq!(positions[2..], [0, 1, 2, 3]);
+    assert_eq!(positions, [0, 0, 0, 1, 2, 3]);
     let last = ids.last().expect("ids").clone();
     assert_eq!(c.api.job(&last).await["state"], "queued");
     let mut events = c.api.events(&last).await;
+    for id in &blockers {
+        assert_eq!(c.api.cancel(id).await.0, 200);
+    }
     let mut seen = vec![];
     while let Some((name, data)) = events.next().await {
         match name.as_str() {
@@ -44,13 +58,16 @@ async fn priority_then_age_decides_the_order() {
     let mut c = Cluster::start(MasterOpts::default()).await;
     c.add_worker("w1", 1).await;
     c.wait_workers(1).await;
-    let blocker = c.api.submit_ok("noop", json!({"delay_ms": 500}), None).await;
+    // The blocker runs until cancelled, once everything else is queued.
+    let blocker = c.api.submit_ok("noop", json!({"delay_ms": 600_000}), None).await;
+    c.api.wait_running(&blocker).await;
     let low = c.api.submit_ok("noop", json!({"delay_ms": 20}), Some("low")).await;
     let normal1 = c.api.submit_ok("noop", json!({"delay_ms": 20}), None).await;
     let high = c.api.submit_ok("noop", json!({"delay_ms": 20}), Some("high")).await;
     let normal2 = c.api.submit_ok("noop", json!({"delay_ms": 20}), Some("normal")).await;
     assert_eq!(c.api.job(&low).await["position"], 3);
     assert_eq!(c.api.job(&high).await["position"], 0);
+    assert_eq!(c.api.cancel(&blocker).await.0, 200);
     let mut started = vec![];
     for id in [&blocker, &low, &normal1, &high, &normal2] {
         c.api.wait_final(id).await;
@@ -70,7 +87,7 @@ async fn cancel_reaches_queued_and_running_jobs() {
     c.wait_workers(1).await;
     let running = c.api.submit_ok("noop", json!({"delay_ms": 600_000}), None).await;
     let queued = c.api.submit_ok("noop", json!({}), None).await;
-    eventually("the long job runs", || async { (c.api.job(&running).await["state"] == "running").then_some(()) }).await;
+    c.api.wait_running(&running).await;
 
     let (status, body) = c.api.cancel(&queued).await;
     assert_eq!((status.as_u16(), &body["state"]), (200, &json!("cancelled")));
