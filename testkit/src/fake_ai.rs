@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -77,6 +77,7 @@ struct Inner {
     max_in_flight: AtomicUsize,
     hung_up: AtomicUsize,
     released: Mutex<HashSet<String>>,
+    paused: AtomicBool,
     release: Notify,
 }
 
@@ -146,6 +147,18 @@ impl FakeAi {
     pub async fn release(&self, name: &str) {
         open_gate(&self.inner, name).await;
     }
+
+    /// Holds every question, scripted or not, until [`FakeAi::resume`]: a
+    /// test that must watch a job before it can end pauses, submits,
+    /// subscribes, then resumes.
+    pub fn pause(&self) {
+        self.inner.paused.store(true, Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.inner.paused.store(false, Ordering::SeqCst);
+        self.inner.release.notify_waiters();
+    }
 }
 
 async fn open_gate(inner: &Inner, name: &str) {
@@ -158,17 +171,19 @@ async fn release(State(inner): State<Arc<Inner>>, Path(name): Path<String>) -> S
     StatusCode::NO_CONTENT
 }
 
-/// Waits out the script's hold and delay, before anything is answered.
+/// Waits out a pause, the script's hold and its delay, before anything is answered.
 async fn wait_before_answering(inner: &Inner, s: &Script) {
-    if let Some(name) = &s.hold {
-        loop {
-            // Made before the check, so a release in between is not missed.
-            let released = inner.release.notified();
-            if inner.released.lock().await.contains(name) {
-                break;
-            }
-            released.await;
+    loop {
+        // Made before the checks, so a release in between is not missed.
+        let released = inner.release.notified();
+        let held = match &s.hold {
+            Some(name) => !inner.released.lock().await.contains(name),
+            None => false,
+        };
+        if !held && !inner.paused.load(Ordering::SeqCst) {
+            break;
         }
+        released.await;
     }
     if let Some(ms) = s.delay_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;

@@ -29,10 +29,13 @@ fn script(s: Value, prompt: &str) -> String {
     format!("[[fake {s}]] {prompt}")
 }
 
-/// Submits and returns (chunks streamed, the finished job).
-async fn run(c: &Cluster, params: Value) -> (Vec<Value>, Value) {
+/// Submits and returns (chunks streamed, the finished job). The provider
+/// waits until the test watches the job, so no chunk is over before then.
+async fn run(c: &Cluster, fake: &FakeAi, params: Value) -> (Vec<Value>, Value) {
+    fake.pause();
     let id = c.api.submit_ok("ai.query", params, None).await;
     let mut events = c.api.events(&id).await;
+    fake.resume();
     let mut chunks = Vec::new();
     let done = tokio::time::timeout(WAIT, async {
         while let Some((name, data)) = events.next().await {
@@ -59,6 +62,7 @@ async fn gemini_streams_the_answer_in_order_with_context_and_metadata() {
     let prompt = script(json!({"chunks": ["Hel", "lo ", "there"], "gap_ms": 30}), "and now?");
     let (chunks, job) = run(
         &c,
+        &fake,
         json!({
             "prompt": prompt, "system": "be brief", "provider": "gemini", "temperature": 0.5,
             "history": [{"role": "user", "text": "hi"}, {"role": "model", "text": "hello"}],
@@ -99,10 +103,10 @@ async fn gemini_streams_the_answer_in_order_with_context_and_metadata() {
 
     // Streaming off: one generateContent call, the same answer; another model per job.
     let (chunks, job) =
-        run(&c, json!({"prompt": "plain", "stream": false, "model": "gemini-pro", "provider": "gemini"})).await;
+        run(&c, &fake, json!({"prompt": "plain", "stream": false, "model": "gemini-pro", "provider": "gemini"})).await;
     assert_eq!(job["result"]["text"], "You said: plain", "{job}");
     assert_eq!(job["result"]["model"], "gemini-pro");
-    assert!(chunks.len() <= 1, "the whole answer in one piece (none if it was over before the watcher came)");
+    assert_eq!(chunks.len(), 1, "the whole answer in one piece");
     let requests = fake.requests().await;
     assert_eq!(requests.last().unwrap().path, "/v1beta/models/gemini-pro:generateContent");
 }
@@ -113,6 +117,7 @@ async fn openai_compatible_endpoints_stream_with_or_without_a_key() {
     let c = cluster(&fake, &[("OPENAI_MODEL", "llama3")]).await;
     let (chunks, job) = run(
         &c,
+        &fake,
         json!({"prompt": "hi there", "provider": "openai", "system": "s",
                                         "history": [{"role": "model", "text": "before"}]}),
     )
@@ -323,18 +328,18 @@ async fn repeated_questions_are_answered_from_the_cache_and_say_so() {
     let fake = FakeAi::start().await;
     let c = cluster(&fake, &[]).await;
     let params = json!({"prompt": "what is RandomX?", "provider": "gemini", "system": "short"});
-    let (_, first) = run(&c, params.clone()).await;
+    let (_, first) = run(&c, &fake, params.clone()).await;
     assert_eq!(first["result"]["cached"], false);
-    let (_, second) = run(&c, params.clone()).await;
+    let (_, second) = run(&c, &fake, params.clone()).await;
     assert_eq!(second["state"], "succeeded");
     assert_eq!(second["result"]["cached"], true, "{second}");
     assert_eq!(second["result"]["text"], first["result"]["text"]);
     assert_eq!(fake.requests().await.len(), 1, "the provider was asked once");
     // Not for another system instruction, nor when the job opts out.
-    run(&c, json!({"prompt": "what is RandomX?", "provider": "gemini", "system": "long"})).await;
+    run(&c, &fake, json!({"prompt": "what is RandomX?", "provider": "gemini", "system": "long"})).await;
     let mut no_cache = params.clone();
     no_cache["cache"] = json!(false);
-    let (_, third) = run(&c, no_cache).await;
+    let (_, third) = run(&c, &fake, no_cache).await;
     assert_eq!(third["result"]["cached"], false);
     assert_eq!(fake.requests().await.len(), 3);
 }
