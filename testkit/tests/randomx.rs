@@ -4,8 +4,10 @@
 //! minute of dataset initialisation.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
-use faena_testkit::{Cluster, Listener, MasterOpts, WAIT};
+use faena_testkit::{Cluster, Listener, MasterOpts};
 use serde_json::{Value, json};
+
+const DATASET_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[tokio::test]
 async fn a_fast_mode_worker_reports_initialising_then_hashes_correctly() {
@@ -16,7 +18,9 @@ async fn a_fast_mode_worker_reports_initialising_then_hashes_correctly() {
 
     let mut status = Listener::start(&c.addrs.mqtt, "observer", "faena/workers/fast/status").await;
     let id = c.api.submit_ok("randomx.hash", json!({"key": "test key 000", "input": "This is a test"}), None).await;
-    let saw = tokio::time::timeout(WAIT, async {
+    // Building the dataset takes about half a minute here; allow a much
+    // slower machine before calling it a failure.
+    let saw = tokio::time::timeout(DATASET_WAIT, async {
         let mut initialising = false;
         while let Some((_, payload)) = status.messages.recv().await {
             let v: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
