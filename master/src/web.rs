@@ -59,7 +59,9 @@ struct SessionId(String);
 pub fn socket_io(coord: Coordinator, hub: Hub, api_token: Option<Arc<Secret>>) -> (SocketIoLayer, SocketIo) {
     let web = Web { coord, hub, sessions: Arc::default(), api_token };
     let (layer, io) = SocketIo::builder().with_state(web).build_layer();
-    io.ns("/", on_connect.with(authorize));
+    // Middlewares run before the client hears it is connected, the last
+    // added first: the token is checked, then the handlers are in place.
+    io.ns("/", on_connect.with(attach_handlers).with(authorize));
     (layer, io)
 }
 
@@ -116,8 +118,12 @@ async fn workers_view(coord: &Coordinator) -> Option<Value> {
     )
 }
 
-async fn on_connect(socket: SocketRef, State(web): State<Web>) {
-    // Handlers first: the client may send `hello` the moment it is connected.
+/// Puts the socket's event handlers in place. A middleware, not the connect
+/// handler: socketioxide spawns the connect handler after telling the client
+/// it is connected, so a client that says `hello` at once (as the page
+/// does) could be heard before the handlers were there, and its event
+/// dropped without an answer. Middlewares finish before the client is told.
+async fn attach_handlers(socket: SocketRef) -> Result<(), std::convert::Infallible> {
     socket.on(to_master::HELLO, hello);
     socket.on(to_master::ASK, ask);
     socket.on(to_master::SET_KEY, set_key);
@@ -125,6 +131,10 @@ async fn on_connect(socket: SocketRef, State(web): State<Web>) {
     socket.on(to_master::HASH, hash);
     socket.on(to_master::MINE, mine);
     socket.on(to_master::CANCEL, cancel);
+    Ok(())
+}
+
+async fn on_connect(socket: SocketRef, State(web): State<Web>) {
     if let Some(view) = workers_view(&web.coord).await {
         let _ = socket.emit(to_client::WORKERS, &view);
     }

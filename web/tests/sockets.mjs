@@ -17,7 +17,9 @@ const connect = () =>
     s.on("connect", () => resolve(s));
     s.on("connect_error", reject);
   });
-const call = (s, ev, data) => new Promise((resolve) => s.emit(ev, data, resolve));
+// An event the master does not answer within 20 s fails the test (rather than hanging it).
+const call = (s, ev, data) =>
+  s.timeout(20000).emitWithAck(ev, data).catch(() => fail(`no answer to ${ev} within 20 s`));
 const record = (s) => {
   const seen = [];
   for (const ev of ["job", "chunk", "progress", "done", "workers"]) s.on(ev, (d) => seen.push([ev, d]));
@@ -102,6 +104,23 @@ check(refused && refused.startsWith("slow down"), `the 11th question in a minute
 const early = await connect();
 const noHello = await call(early, "ask", { prompt: "hi" });
 check(noHello.error === "say hello first", "no session, no questions");
+
+// Sockets that say hello the moment they are connected, as the page does,
+// are all answered: the master's handlers are in place before it tells a
+// client it is connected.
+const eager = await Promise.all(
+  Array.from(
+    { length: 30 },
+    () =>
+      new Promise((resolve, reject) => {
+        const s = io(url, { transports: ["websocket"], reconnection: false, timeout: 10000 });
+        s.on("connect", () => call(s, "hello", {}).then((w) => resolve([s, w])));
+        s.on("connect_error", reject);
+      }),
+  ),
+);
+check(new Set(eager.map(([, w]) => w.session)).size === 30, "thirty eager sockets, thirty sessions");
+for (const [s] of eager) s.close();
 
 for (const s of [a2, b, c, early]) s.close();
 console.log("OK");
