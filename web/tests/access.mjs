@@ -17,14 +17,25 @@ const fail = (why) => {
 };
 const check = (ok, why) => ok || fail(why);
 
-// Resolves with "connected" or the connect_error message.
+// Resolves with "connected" or the connect_error message; a socket that
+// hears neither within 20 s fails the test with what it did hear.
 const attempt = (auth) =>
   new Promise((resolve) => {
-    const s = io(url, { transports: ["websocket"], reconnection: false, timeout: 10000, auth });
-    s.on("connect", () => resolve(["connected", s]));
+    const s = io(url, { transports: ["websocket"], reconnection: false, forceNew: true, timeout: 10000, auth });
+    const heard = [];
+    const timer = setTimeout(() => fail(`no connect or connect_error in 20 s (heard: ${heard.join(", ") || "nothing"})`), 20000);
+    const settle = (v) => {
+      clearTimeout(timer);
+      resolve(v);
+    };
+    s.onAny((ev) => heard.push(ev));
+    s.on("disconnect", (why) => heard.push(`disconnect: ${why}`));
+    s.io.on("error", (e) => heard.push(`manager error: ${e.message}`));
+    s.io.on("close", (why) => heard.push(`manager close: ${why}`));
+    s.on("connect", () => settle(["connected", s]));
     s.on("connect_error", (e) => {
       s.close();
-      resolve([e.message, null]);
+      settle([e.message, null]);
     });
   });
 
@@ -34,7 +45,7 @@ check(outcome === "unauthorized", `no token: ${outcome}`);
 check(outcome === "unauthorized", `wrong token: ${outcome}`);
 const [ok, s] = await attempt({ token });
 check(ok === "connected", `the token: ${ok}`);
-const welcome = await new Promise((resolve) => s.emit("hello", {}, resolve));
+const welcome = await s.timeout(20000).emitWithAck("hello", {}).catch((e) => fail(`no answer to hello: ${e.message}`));
 check(/^[0-9a-f]{32}$/.test(welcome.session || ""), `a session with the token: ${JSON.stringify(welcome)}`);
 s.close();
 
