@@ -11,9 +11,12 @@ const fail = (why) => {
   process.exit(1);
 };
 const check = (ok, why) => ok || fail(why);
+// Every event a socket hears is recorded from the start: a packet that
+// arrives with the CONNECT (the workers list often does) is not missed.
 const connect = () =>
   new Promise((resolve, reject) => {
     const s = io(url, { transports: ["websocket"], reconnection: false, timeout: 10000 });
+    s.seen = record(s);
     s.on("connect", () => resolve(s));
     s.on("connect_error", reject);
   });
@@ -38,14 +41,14 @@ const until = (seen, pred, what) =>
   });
 
 const a = await connect();
-const aSeen = record(a);
+const aSeen = a.seen;
 const welcome = await call(a, "hello", {});
 check(typeof welcome.session === "string" && welcome.session.length >= 32, `a session id: ${JSON.stringify(welcome)}`);
 check(welcome.history.length === 0 && welcome.has_key === false, "a new session is empty");
 await until(aSeen, ([ev, d]) => ev === "workers" && d.length > 0, "the workers list");
 
 const b = await connect();
-const bSeen = record(b);
+const bSeen = b.seen;
 const other = await call(b, "hello", {});
 check(other.session !== welcome.session, "each session its own id");
 
@@ -85,7 +88,7 @@ check(keyed.ok === true, "the key is taken");
 check(!JSON.stringify(keyed).includes("session-own-key"), "the key is not echoed");
 const again = await call(a2, "hello", { session: welcome.session });
 check(again.has_key === true && !JSON.stringify(again).includes("session-own-key"), "has_key, not the key");
-const a2Seen = record(a2);
+const a2Seen = a2.seen;
 const withKey = await call(a2, "ask", { prompt: "keyed question" });
 await until(a2Seen, ([ev, d]) => ev === "done" && d.job === withKey.job, "the keyed answer");
 check((await call(a2, "clear_key", {})).ok === true, "the key is cleared");
