@@ -82,8 +82,9 @@ impl std::error::Error for Unauthorized {}
 /// handshake carries it (`auth: {token}`) get in.
 async fn authorize(TryData(auth): TryData<Value>, State(web): State<Web>) -> Result<(), Unauthorized> {
     let Some(token) = &web.api_token else { return Ok(()) };
-    let given = auth.ok().and_then(|a| a.get("token").and_then(Value::as_str).map(str::to_owned)).unwrap_or_default();
-    if token.constant_time_eq(&given) { Ok(()) } else { Err(Unauthorized) }
+    let auth = auth.ok();
+    let given = auth.as_ref().and_then(|a| a.get("token")).and_then(Value::as_str).unwrap_or("");
+    if token.constant_time_eq(given) { Ok(()) } else { Err(Unauthorized) }
 }
 
 /// Sends the workers to every socket when they change (checked every second).
