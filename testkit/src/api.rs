@@ -114,7 +114,7 @@ impl Api {
             while let Some((name, data)) = events.next().await {
                 match name.as_str() {
                     "running" => return data["worker"].as_str().map(str::to_owned),
-                    "succeeded" | "failed" | "cancelled" => panic!("job {id} ended before it was seen running: {data}"),
+                    n if is_final(n) => panic!("job {id} ended before it was seen running: {data}"),
                     _ => {}
                 }
             }
@@ -129,7 +129,7 @@ impl Api {
         let mut events = self.events(id).await;
         let finished = tokio::time::timeout(WAIT, async {
             while let Some((name, _)) = events.next().await {
-                if matches!(name.as_str(), "succeeded" | "failed" | "cancelled") {
+                if is_final(&name) {
                     return true;
                 }
             }
@@ -139,6 +139,12 @@ impl Api {
         assert_eq!(finished, Ok(true), "job {id} did not finish");
         self.job(id).await
     }
+}
+
+/// Whether a job event's name ends its stream (the names of the final
+/// `JobEvent`s).
+pub fn is_final(name: &str) -> bool {
+    matches!(name, "succeeded" | "failed" | "cancelled")
 }
 
 type ByteStream = std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;

@@ -4,6 +4,7 @@
 //! capability and slots, and the result cache.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
+use faena_testkit::api::is_final;
 use faena_testkit::{Cluster, FakeAi, Listener, MasterOpts, WAIT, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -42,7 +43,7 @@ async fn run(c: &Cluster, fake: &FakeAi, params: Value) -> (Vec<Value>, Value) {
             match name.as_str() {
                 "progress" => chunks.push(data["data"].clone()),
                 "requeued" => chunks.clear(),
-                "succeeded" | "failed" | "cancelled" => return true,
+                n if is_final(n) => return true,
                 _ => {}
             }
         }

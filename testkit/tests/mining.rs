@@ -14,6 +14,7 @@ use faena_proto::mine::{MineOutput, MineParams};
 use faena_proto::mqtt::{Payload, WorkUnit};
 use faena_randomx::mine::meets;
 use faena_randomx::{Flags, Material, Mode};
+use faena_testkit::api::is_final;
 use faena_testkit::{Cluster, Listener, MasterOpts, TOKEN, WAIT, eventually, sample, scrape};
 use serde_json::{Value, json};
 use tonic::Code;
@@ -62,7 +63,7 @@ async fn a_mining_job_is_split_across_workers_and_every_share_verifies() {
         while let Some((name, data)) = events.next().await {
             match name.as_str() {
                 "progress" => progress.push(data),
-                "succeeded" | "failed" | "cancelled" => return name,
+                n if is_final(n) => return name,
                 _ => {}
             }
         }
@@ -201,7 +202,7 @@ async fn a_killed_workers_range_is_mined_by_the_others() {
     let end = tokio::time::timeout(MINE_WAIT, async {
         while let Some((name, data)) = events.next().await {
             lost |= name == "requeued" && data["reason"].as_str().is_some_and(|r| r.contains("unit was lost"));
-            if matches!(name.as_str(), "succeeded" | "failed" | "cancelled") {
+            if is_final(&name) {
                 return name;
             }
         }

@@ -17,6 +17,7 @@
 
 use std::time::Instant;
 
+use faena_testkit::api::is_final;
 use faena_testkit::{Cluster, FakeAi, MasterOpts, eventually, sample};
 use serde_json::json;
 
@@ -93,7 +94,7 @@ async fn chunk_latency(fake: &FakeAi, chunks: usize, provider: &str) {
                 latencies.push((now - sent) / 1000.0);
             }
         }
-        if matches!(name.as_str(), "succeeded" | "failed" | "cancelled") {
+        if is_final(&name) {
             break;
         }
     }
