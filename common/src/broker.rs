@@ -111,7 +111,7 @@ pub async fn drive(
     mut on_event: impl FnMut(Event),
 ) -> Result<(), BrokerError> {
     let mut connected_once = false;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = crate::retry::Policy::RECONNECT.start();
     loop {
         let polled = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
@@ -125,7 +125,7 @@ pub async fn drive(
                         tracing::info!("reconnected to the broker");
                     }
                     connected_once = true;
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                 }
                 on_event(event);
             }
@@ -133,12 +133,13 @@ pub async fn drive(
                 code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
             )) if !connected_once => return Err(BrokerError::Refused(refusal(code))),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
+                // RECONNECT has no limit on tries: there is always a delay.
+                let wait = backoff.next(None).unwrap_or(crate::retry::Policy::RECONNECT.max);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker connection lost");
                 tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }

@@ -5,9 +5,11 @@
 //! - [`logs`]: tracing set-up, with every log event also published on the logs topic.
 //! - [`secrets`]: secrets from a value or a `*_FILE` path (Docker secrets).
 //! - [`lifecycle`]: the ready line, and shutdown on Ctrl-C or SIGTERM.
+//! - [`retry`]: the one backoff policy every reconnect and retry loop uses.
 
 pub mod args;
 pub mod broker;
 pub mod lifecycle;
 pub mod logs;
+pub mod retry;
 pub mod secrets;

@@ -1,5 +1,7 @@
 //! The `faena.v1.Master` gRPC service workers call. Translates between the
 //! wire and the coordinator; checks the cluster token and every field.
+//! Reports go to the coordinator as they came: checking a mining unit's
+//! shares is the coordinator's business, not this adapter's.
 //!
 //! Error codes tell the worker what to do next:
 //! `UNAUTHENTICATED` wrong or missing token · `INVALID_ARGUMENT` malformed
@@ -9,12 +11,13 @@
 
 use std::sync::Arc;
 
+use faena_proto::ai::Provider;
 use faena_proto::grpc::master_server::{Master, MasterServer};
 use faena_proto::grpc::{self as pb, result_request};
-use faena_proto::ids::{InstanceId, WorkerId};
+use faena_proto::ids::{FencingToken, InstanceId, WorkerId};
 use faena_proto::jobs::JobKind;
 use faena_proto::secret::Secret;
-use serde_json::Value;
+use faena_randomx::Mode;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
@@ -22,7 +25,6 @@ use crate::coordinator::{CoordError, Coordinator};
 use crate::engine::{LeaseError, LeaseRef, Outcome, Registration};
 use crate::metrics::Metrics;
 use crate::scheduler::Capabilities;
-use crate::verify::{Report, Verifier, VetError};
 
 /// Largest gRPC message accepted; larger ones get `RESOURCE_EXHAUSTED`.
 pub const MAX_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
@@ -38,7 +40,6 @@ pub struct MasterService {
     instance: InstanceId,
     heartbeat_ms: u32,
     metrics: Arc<Metrics>,
-    verifier: Arc<Verifier>,
 }
 
 pub type Server = InterceptedService<MasterServer<MasterService>, Auth>;
@@ -49,9 +50,8 @@ pub fn server(
     heartbeat_ms: u32,
     metrics: Arc<Metrics>,
     token: Secret,
-    verifier: Arc<Verifier>,
 ) -> Server {
-    let svc = MasterService { coord, instance, heartbeat_ms, metrics: metrics.clone(), verifier };
+    let svc = MasterService { coord, instance, heartbeat_ms, metrics: metrics.clone() };
     let inner = MasterServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES);
     InterceptedService::new(inner, Auth { token, metrics })
 }
@@ -84,13 +84,14 @@ impl tonic::service::Interceptor for Auth {
 
 fn to_status(e: CoordError) -> Status {
     match e {
+        CoordError::Malformed(m) => Status::invalid_argument(m),
         CoordError::Lease(LeaseError::UnknownWorker(w)) => {
             Status::aborted(format!("worker {w} is not registered; register again"))
         }
         CoordError::Lease(e @ LeaseError::UnknownJob(_)) => Status::not_found(e.to_string()),
         CoordError::Lease(e @ LeaseError::Stale { .. }) => Status::failed_precondition(e.to_string()),
         CoordError::QueueFull(e) => Status::resource_exhausted(e.to_string()),
-        e @ (CoordError::Store | CoordError::Stopped) => Status::unavailable(e.to_string()),
+        e @ (CoordError::Store(_) | CoordError::Stopped) => Status::unavailable(e.to_string()),
     }
 }
 
@@ -98,6 +99,14 @@ impl MasterService {
     fn invalid(&self, msg: impl Into<String>) -> Status {
         self.metrics.rejected_callbacks.inc();
         Status::invalid_argument(msg)
+    }
+
+    /// A coordinator error as a status; a malformed report counts as a rejected callback.
+    fn reject(&self, e: CoordError) -> Status {
+        if matches!(e, CoordError::Malformed(_)) {
+            self.metrics.rejected_callbacks.inc();
+        }
+        to_status(e)
     }
 
     fn worker(&self, id: &str) -> Result<WorkerId, Status> {
@@ -111,19 +120,11 @@ impl MasterService {
     fn lease(&self, lease: Option<&pb::Lease>) -> Result<LeaseRef, Status> {
         let lease = lease.ok_or_else(|| self.invalid("lease is required"))?;
         let job_id = lease.job_id.parse().map_err(|e: faena_proto::WireError| self.invalid(e.to_string()))?;
-        if lease.token.is_empty() || lease.token.len() > 128 || lease.attempt == 0 {
+        let token = FencingToken::parse(&lease.token);
+        let (Ok(token), 1..) = (token, lease.attempt) else {
             return Err(self.invalid("lease needs a token (at most 128 bytes) and an attempt >= 1"));
-        }
-        Ok(LeaseRef { job_id, attempt: lease.attempt, token: lease.token.clone() })
-    }
-
-    /// A report passed through [`Verifier::vet`]: shares re-hashed, bad
-    /// ones out and counted; anything not a mining unit's as it came.
-    async fn vet(&self, worker: &WorkerId, lease: &LeaseRef, data: Value, report: Report) -> Result<Value, Status> {
-        self.verifier.vet(&self.coord, &self.metrics, worker, lease, data, report).await.map_err(|e| match e {
-            VetError::Malformed(m) => self.invalid(m),
-            VetError::Coord(e) => to_status(e),
-        })
+        };
+        Ok(LeaseRef { job_id, attempt: lease.attempt, token })
     }
 
     fn leases(&self, leases: &[pb::Lease]) -> Result<Vec<LeaseRef>, Status> {
@@ -150,8 +151,8 @@ impl MasterService {
         if kinds.contains(&JobKind::AiQuery) && (caps.ai_slots == 0 || caps.ai_slots > MAX_SLOTS) {
             return Err(self.invalid(format!("a worker that runs ai.query needs ai_slots 1..={MAX_SLOTS}")));
         }
-        let providers: Vec<String> =
-            caps.ai_providers.into_iter().filter(|p| faena_proto::ai::Provider::parse(p).is_some()).collect();
+        let providers: Vec<Provider> = caps.ai_providers.iter().filter_map(|p| Provider::parse(p)).collect();
+        let modes: Vec<Mode> = caps.randomx_modes.iter().filter_map(|m| Mode::parse(m)).collect();
         if kinds.contains(&JobKind::AiQuery) && providers.is_empty() {
             return Err(self.invalid("a worker that runs ai.query must name its providers (gemini, openai)"));
         }
@@ -163,7 +164,7 @@ impl MasterService {
             memory_bytes: caps.memory_bytes,
             aes_ni: caps.aes_ni,
             huge_pages: caps.huge_pages,
-            randomx_modes: caps.randomx_modes,
+            randomx_modes: modes,
             ai_providers: providers,
             version: caps.version,
         })
@@ -171,7 +172,10 @@ impl MasterService {
 }
 
 fn to_pb(leases: Vec<LeaseRef>) -> Vec<pb::Lease> {
-    leases.into_iter().map(|l| pb::Lease { job_id: l.job_id.to_string(), attempt: l.attempt, token: l.token }).collect()
+    leases
+        .into_iter()
+        .map(|l| pb::Lease { job_id: l.job_id.to_string(), attempt: l.attempt, token: l.token.as_str().to_owned() })
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -217,8 +221,7 @@ impl Master for MasterService {
         }
         let data =
             serde_json::from_str(&req.progress_json).map_err(|e| self.invalid(format!("progress is not JSON: {e}")))?;
-        let data = self.vet(&worker, &lease, data, Report::Progress).await?;
-        self.coord.progress(worker, lease, data).await.map_err(to_status)?;
+        self.coord.progress(worker, lease, data).await.map_err(|e| self.reject(e))?;
         Ok(Response::new(pb::ProgressResponse {}))
     }
 
@@ -226,6 +229,9 @@ impl Master for MasterService {
         let req = req.into_inner();
         let worker = self.worker(&req.worker_id)?;
         let lease = self.lease(req.lease.as_ref())?;
+        if req.elapsed_us > 0 {
+            self.metrics.run_time.observe(req.elapsed_us as f64 / 1e6);
+        }
         let outcome = match req.outcome {
             Some(result_request::Outcome::OutputJson(json)) => {
                 if json.len() > MAX_OUTPUT_BYTES {
@@ -233,7 +239,7 @@ impl Master for MasterService {
                 }
                 let output =
                     serde_json::from_str(&json).map_err(|e| self.invalid(format!("output is not JSON: {e}")))?;
-                Outcome::Success(self.vet(&worker, &lease, output, Report::Output).await?)
+                Outcome::Success(output)
             }
             Some(result_request::Outcome::Failure(f)) => {
                 Outcome::Failure { message: truncate(f.message), retryable: f.retryable }
@@ -241,7 +247,7 @@ impl Master for MasterService {
             Some(result_request::Outcome::HandedBack(reason)) => Outcome::HandedBack(truncate(reason)),
             None => return Err(self.invalid("outcome is required")),
         };
-        let duplicate = self.coord.complete(worker, lease, outcome).await.map_err(to_status)?;
+        let duplicate = self.coord.complete(worker, lease, outcome).await.map_err(|e| self.reject(e))?;
         Ok(Response::new(pb::ResultResponse { duplicate }))
     }
 

@@ -1,6 +1,7 @@
-//! The REST API (and, later, the web page) over axum. Handlers only
-//! translate: validation lives in `faena_proto::jobs`, decisions in the engine.
-//! Every error is `{"error": {"code", "message"}}` with a fitting status.
+//! The REST API over axum, with the web page's files at every other path.
+//! Handlers only translate: validation lives in `faena_proto::jobs`,
+//! decisions in the engine. Every error is `{"error": {"code", "message"}}`
+//! with a fitting status.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -129,7 +130,11 @@ impl From<CoordError> for AppError {
     fn from(e: CoordError) -> Self {
         match e {
             CoordError::QueueFull(full) => Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", full.to_string()),
-            CoordError::Store => Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()),
+            CoordError::Store(ref cause) => {
+                tracing::error!(error = %cause.0, "a change could not be stored");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
+            }
+            CoordError::Malformed(m) => Self::bad_request("bad_report", m),
             CoordError::Stopped => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string()),
             CoordError::Lease(l) => Self::new(StatusCode::CONFLICT, "conflict", l.to_string()),
         }
@@ -184,7 +189,11 @@ fn check_accepting(state: &AppState) -> Result<(), AppError> {
         return Err(AppError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the master is shutting down"));
     }
     if !state.store.is_healthy() {
-        return Err(CoordError::Store.into());
+        return Err(AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the job store could not record this; try again later",
+        ));
     }
     Ok(())
 }
@@ -240,7 +249,7 @@ async fn find(state: &AppState, id: JobId) -> Result<JobView, AppError> {
             error: None,
             created_at: rfc3339(v.created_at_ms),
             finished_at: None,
-            progress: v.progress,
+            progress: v.progress.and_then(|p| serde_json::to_value(p).ok()),
             parent: v.parent,
             waiting: v.waiting,
         });
@@ -300,9 +309,15 @@ async fn job_events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     let id = parse_id(&id)?;
-    // Subscribe before reading the snapshot, so nothing falls in between.
-    let (kept, rx) = state.hub.subscribe(id);
+    // An unknown job gets its 404 before anything is set up for it.
     let first = snapshot_event(&find(&state, id).await?);
+    let (first, kept, rx) = if first.is_final() {
+        (first, Vec::new(), None)
+    } else {
+        // Subscribe, then read the snapshot again, so nothing falls in between.
+        let (kept, rx) = state.hub.subscribe(id);
+        (snapshot_event(&find(&state, id).await?), kept, Some(rx))
+    };
     let done = first.is_final();
     // The snapshot, then (unless it is final) the stream written so far.
     let mut backlog: std::collections::VecDeque<JobEvent> = std::iter::once(first).collect();
@@ -310,7 +325,7 @@ async fn job_events(
         backlog.extend(kept);
     }
     // State: events still to send first, the subscription, the last position sent, done.
-    let start = (backlog, Some(rx), None::<u64>, done);
+    let start = (backlog, rx, None::<u64>, done);
     let stream = futures::stream::unfold(start, |(mut backlog, rx, last_position, done)| async move {
         if let Some(ev) = backlog.pop_front() {
             let fin = ev.is_final();

@@ -1,5 +1,8 @@
-//! Fan-out of job events to whoever watches a job (SSE streams today,
-//! Socket.IO rooms later). Events for unwatched jobs cost one map lookup.
+//! Fan-out of job events to whoever watches a job: SSE streams and the
+//! page's Socket.IO sessions. A job has a channel only while someone
+//! watches it (or its streamed answer is being kept): a [`Watch`] frees the
+//! channel when the last one is dropped, and events for unwatched jobs cost
+//! one map lookup.
 //!
 //! A streamed answer is also kept while its job runs ([`Hub::publish_kept`]),
 //! so a watcher that arrives late — a page reloaded mid-answer, or a client
@@ -25,29 +28,69 @@ struct Entry {
     kept: Vec<JobEvent>,
 }
 
+impl Entry {
+    fn watchers(&self) -> usize {
+        self.tx.as_ref().map_or(0, broadcast::Sender::receiver_count)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Hub {
     inner: Arc<Mutex<HashMap<JobId, Entry>>>,
 }
 
+/// One watcher of one job; dropping it frees the job's channel if it was the last.
+#[derive(Debug)]
+pub struct Watch {
+    job: JobId,
+    hub: Hub,
+    rx: Option<broadcast::Receiver<JobEvent>>,
+}
+
+impl Watch {
+    /// The next event; `Lagged` when this watcher fell behind, `Closed` when the job's stream ended.
+    pub async fn recv(&mut self) -> Result<JobEvent, broadcast::error::RecvError> {
+        match self.rx.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut map = self.hub.inner.lock();
+        if let Some(entry) = map.get_mut(&self.job)
+            && entry.watchers() == 0
+        {
+            if entry.kept.is_empty() {
+                map.remove(&self.job);
+            } else {
+                entry.tx = None;
+            }
+        }
+    }
+}
+
 impl Hub {
     /// What was kept for `job` so far, and the events from now on.
-    pub fn subscribe(&self, job: JobId) -> (Vec<JobEvent>, broadcast::Receiver<JobEvent>) {
+    pub fn subscribe(&self, job: JobId) -> (Vec<JobEvent>, Watch) {
         let mut map = self.inner.lock();
         let entry = map.entry(job).or_default();
         let rx = entry.tx.get_or_insert_with(|| broadcast::channel(PER_JOB_BUFFER).0).subscribe();
-        (entry.kept.clone(), rx)
+        (entry.kept.clone(), Watch { job, hub: self.clone(), rx: Some(rx) })
     }
 
     pub fn publish(&self, job: JobId, event: JobEvent) {
         let mut map = self.inner.lock();
         let Some(entry) = map.get_mut(&job) else { return };
         let last = event.is_final();
-        let gone = entry.tx.as_ref().is_some_and(|tx| tx.send(event).is_err());
-        if last || (gone && entry.kept.is_empty()) {
+        if let Some(tx) = &entry.tx {
+            let _ = tx.send(event);
+        }
+        if last {
             map.remove(&job);
-        } else if gone {
-            entry.tx = None;
         }
     }
 
@@ -59,35 +102,45 @@ impl Hub {
         if entry.kept.len() < MAX_KEPT {
             entry.kept.push(event.clone());
         }
-        if let Some(tx) = &entry.tx
-            && tx.send(event).is_err()
-        {
-            entry.tx = None;
+        if let Some(tx) = &entry.tx {
+            let _ = tx.send(event);
         }
     }
 
     /// Forgets what was kept for a job (its stream starts again).
     pub fn reset_kept(&self, job: &JobId) {
-        if let Some(entry) = self.inner.lock().get_mut(job) {
+        let mut map = self.inner.lock();
+        if let Some(entry) = map.get_mut(job) {
             entry.kept.clear();
+            if entry.watchers() == 0 {
+                map.remove(job);
+            }
         }
     }
 
     /// Jobs someone is watching right now.
     pub fn watched(&self) -> Vec<JobId> {
-        let mut map = self.inner.lock();
-        map.retain(|_, e| e.tx.as_ref().is_some_and(|tx| tx.receiver_count() > 0) || !e.kept.is_empty());
-        map.iter().filter(|(_, e)| e.tx.as_ref().is_some_and(|tx| tx.receiver_count() > 0)).map(|(id, _)| *id).collect()
+        self.inner.lock().iter().filter(|(_, e)| e.watchers() > 0).map(|(id, _)| *id).collect()
     }
 
     pub fn is_watched(&self, job: &JobId) -> bool {
-        self.inner.lock().get(job).is_some_and(|e| e.tx.is_some())
+        self.inner.lock().get(job).is_some_and(|e| e.watchers() > 0)
+    }
+
+    /// Jobs with a channel or a kept stream (what the hub holds memory for).
+    pub fn len(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.lock().is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
     use serde_json::json;
 
     #[test]
@@ -99,12 +152,13 @@ mod tests {
         assert!(kept.is_empty());
         hub.publish(job, JobEvent::Queued { position: 0 });
         hub.publish(job, JobEvent::Cancelled);
-        assert_eq!(rx.try_recv().ok(), Some(JobEvent::Queued { position: 0 }));
-        assert_eq!(rx.try_recv().ok(), Some(JobEvent::Cancelled));
+        assert_eq!(rx.recv().now_or_never().and_then(Result::ok), Some(JobEvent::Queued { position: 0 }));
+        assert_eq!(rx.recv().now_or_never().and_then(Result::ok), Some(JobEvent::Cancelled));
         assert!(!hub.is_watched(&job));
         let other = JobId::new();
         drop(hub.subscribe(other));
         assert!(hub.watched().is_empty());
+        assert!(hub.is_empty(), "the last watcher leaving frees the channel");
     }
 
     #[test]
@@ -117,7 +171,7 @@ mod tests {
         let (kept, mut rx) = hub.subscribe(job);
         assert_eq!(kept, vec![chunk(0), chunk(1)]);
         hub.publish_kept(job, chunk(2));
-        assert_eq!(rx.try_recv().ok(), Some(chunk(2)));
+        assert_eq!(rx.recv().now_or_never().and_then(Result::ok), Some(chunk(2)));
         hub.reset_kept(&job);
         assert!(hub.subscribe(job).0.is_empty());
         hub.publish(job, JobEvent::Cancelled);

@@ -3,14 +3,17 @@
 //!
 //! Module map:
 //! - [`config`]: flags and environment.
-//! - [`engine`], [`queue`], [`scheduler`]: the domain, pure and unit-tested.
+//! - [`engine`] (with its [`engine::mining`] sub-machine), [`queue`],
+//!   [`scheduler`]: the domain, pure and unit-tested.
 //! - [`coordinator`]: the task that owns the engine and carries out its effects.
 //! - [`store`]: durable job store with group commit.
 //! - [`http`], [`grpc`], [`mqtt`]: adapters between the wire and the coordinator.
 //! - [`broker`]: the embedded rumqttd broker.
 //! - [`hub`]: per-job event fan-out; [`metrics`]: Prometheus.
-//! - [`web`]: the page's Socket.IO sessions; [`verify`]: mining share checks;
-//!   [`ai_cache`]: answers to repeated AI questions.
+//! - [`web`]: the page's Socket.IO sessions; [`verify`]: mining share checks
+//!   (run by the coordinator, off its task); [`ai_cache`]: answers to
+//!   repeated AI questions; [`ranked`]: the order-statistic set behind O(log n)
+//!   queue positions.
 
 pub mod ai_cache;
 pub mod broker;
@@ -23,6 +26,7 @@ pub mod hub;
 pub mod metrics;
 pub mod mqtt;
 pub mod queue;
+pub mod ranked;
 pub mod scheduler;
 pub mod store;
 pub mod verify;
@@ -63,6 +67,8 @@ pub enum MasterError {
     Io { what: String, source: std::io::Error },
     #[error("could not reach the MQTT broker at {0} in time")]
     BrokerTimeout(String),
+    #[error("the MQTT connection task died: {0}")]
+    BrokerTask(#[source] tokio::task::JoinError),
     #[error("invalid topic prefix {0:?}")]
     Topics(String),
 }
@@ -150,7 +156,8 @@ pub async fn run(
     let timeout = Duration::from_millis(cfg.mqtt_connect_timeout_ms);
     let failed = |r: Result<Result<(), BrokerError>, tokio::task::JoinError>| match r {
         Ok(Err(e)) => MasterError::Broker(e),
-        _ => MasterError::BrokerTimeout(url.to_string()),
+        Ok(Ok(())) => MasterError::BrokerTimeout(url.to_string()),
+        Err(e) => MasterError::BrokerTask(e),
     };
     tokio::select! {
         r = connected.wait_for(|c| *c) => {
@@ -171,20 +178,22 @@ pub async fn run(
     let (coord, inbox) = coordinator::channel();
     let hub = hub::Hub::default();
     let core_cancel = CancellationToken::new();
-    let deps =
-        coordinator::Deps { store: store.clone(), hub: hub.clone(), metrics: metrics.clone(), mqtt: out.clone() };
-    let coordinator_done = tracker.spawn(coordinator::run(
-        engine,
-        inbox,
-        deps,
-        ai_cache::AiCache::new(cfg.ai_cache_entries, Duration::from_secs(cfg.ai_cache_ttl_secs)),
-        core_cancel.clone(),
-    ));
+    let deps = coordinator::Deps {
+        store: store.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        mqtt: out.clone(),
+        verifier: Arc::new(verify::Verifier::new(cfg.verify_threads)),
+        ai_cache: ai_cache::AiCache::new(cfg.ai_cache_entries, Duration::from_secs(cfg.ai_cache_ttl_secs)),
+    };
+    let coordinator_done = tracker.spawn(coordinator::run(engine, inbox, deps, core_cancel.clone()));
     {
         let coord = coord.clone();
         tracker.spawn(async move {
-            while let Some(s) = statuses.recv().await {
-                coord.worker_state(s.worker_id, s.instance_id, s.state).await;
+            while let Some(batch) = statuses.next().await {
+                for s in batch {
+                    coord.worker_state(s.worker_id, s.instance_id, s.state).await;
+                }
             }
         });
     }
@@ -200,14 +209,7 @@ pub async fn run(
     };
 
     let servers_cancel = CancellationToken::new();
-    let grpc_service = grpc::server(
-        coord.clone(),
-        instance,
-        cfg.heartbeat_ms,
-        metrics.clone(),
-        token,
-        Arc::new(verify::Verifier::new(cfg.verify_threads)),
-    );
+    let grpc_service = grpc::server(coord.clone(), instance, cfg.heartbeat_ms, metrics.clone(), token);
     let grpc_incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let stop_grpc = servers_cancel.clone();
     let grpc_task = tracker.spawn(async move {
@@ -253,8 +255,10 @@ pub async fn run(
         () = shutdown.cancelled() => {}
         r = &mut driver => {
             driver_done = true;
-            if let Ok(Err(e)) = r {
-                tracing::error!(error = %e, "lost the MQTT broker for good");
+            match r {
+                Ok(Err(e)) => tracing::error!(error = %e, "lost the MQTT broker for good"),
+                Err(e) => tracing::error!(error = %e, "the MQTT connection task died"),
+                Ok(Ok(())) => {}
             }
         }
     }
@@ -262,6 +266,7 @@ pub async fn run(
     // Stop taking jobs, let in-flight requests finish, flush the store, say goodbye.
     tracing::info!("shutting down: no new jobs; flushing the store");
     accepting.store(false, Ordering::Relaxed);
+    out.announce(MasterState::Draining).await;
     servers_cancel.cancel();
     // Open event streams would hold a graceful shutdown forever: bound the wait.
     let _ = tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(grpc_task, http_task) }).await;

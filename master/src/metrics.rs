@@ -22,6 +22,10 @@ pub struct Metrics {
     pub rejected_callbacks: Counter,
     pub malformed_messages: Counter,
     pub shares: Family<Labels, Counter>,
+    /// How long one coordinator tick (lease and worker expiry, placement) takes.
+    pub tick: Histogram,
+    /// How long workers ran attempts, as they report it.
+    pub run_time: Histogram,
 }
 
 impl Default for Metrics {
@@ -61,6 +65,14 @@ impl Default for Metrics {
         );
         let malformed_messages = Counter::default();
         registry.register("malformed_messages", "MQTT messages dropped as malformed", malformed_messages.clone());
+        let tick = Histogram::new(exponential_buckets(0.000_001, 2.0, 24));
+        registry.register(
+            "coordinator_tick_seconds",
+            "Time one coordinator tick takes (expiry of leases and silent workers, placement)",
+            tick.clone(),
+        );
+        let run_time = Histogram::new(exponential_buckets(0.000_05, 2.0, 24));
+        registry.register("run_seconds", "How long workers ran attempts, as they report it", run_time.clone());
         let shares = Family::<Labels, Counter>::default();
         registry.register("shares", "Mining shares the master re-hashed, by verdict", shares.clone());
         Self {
@@ -74,6 +86,8 @@ impl Default for Metrics {
             rejected_callbacks,
             malformed_messages,
             shares,
+            tick,
+            run_time,
         }
     }
 }
@@ -94,9 +108,12 @@ impl Metrics {
         self.workers.set(workers as i64);
     }
 
-    pub fn shares_checked(&self, valid: usize, invalid: usize) {
+    /// Counts a verification's verdicts; `unverified` are shares the master
+    /// could not check (not the worker's fault, never silently dropped).
+    pub fn shares_checked(&self, valid: usize, invalid: usize, unverified: usize) {
         self.shares.get_or_create(&vec![("verdict", "valid")]).inc_by(valid as u64);
         self.shares.get_or_create(&vec![("verdict", "invalid")]).inc_by(invalid as u64);
+        self.shares.get_or_create(&vec![("verdict", "unverified")]).inc_by(unverified as u64);
     }
 
     pub fn render(&self) -> String {

@@ -1,15 +1,23 @@
 //! The master's MQTT side: publishes work units, control messages and its own
 //! retained status; reads worker status (and their last wills). Malformed
 //! messages are counted, logged and dropped.
+//!
+//! Worker statuses reach the coordinator through a [`Statuses`] mailbox that
+//! keeps the latest status of each worker instance: the MQTT loop never
+//! waits on it and no status is lost to a full buffer — a newer status of the
+//! same instance replaces the older one, which is all the engine needs, and
+//! an `offline` one (a last will) is always taken.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use faena_common::broker::{self, BrokerError, BrokerUrl, Credentials};
 use faena_proto::ids::{InstanceId, WorkerId};
-use faena_proto::mqtt::{Control, MasterState, MasterStatus, Payload, WorkUnit, WorkerStatus, now_ms};
+use faena_proto::mqtt::{Control, MasterState, MasterStatus, Payload, WorkUnit, WorkerState, WorkerStatus, now_ms};
 use faena_proto::topics::{Topic, Topics};
+use parking_lot::Mutex;
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -49,11 +57,87 @@ impl MqttOut {
     }
 }
 
+/// Statuses not yet handed to the coordinator, beyond which new non-offline
+/// ones wait for the next (they are repeated every heartbeat anyway).
+const MAX_PENDING_STATUSES: usize = 65_536;
+
+#[derive(Debug, Default)]
+struct Pending {
+    order: Vec<WorkerStatus>,
+    at: HashMap<(WorkerId, InstanceId), usize>,
+    closed: bool,
+}
+
+/// The receiving side of the status mailbox.
+#[derive(Debug, Clone, Default)]
+pub struct Statuses {
+    pending: Arc<Mutex<Pending>>,
+    ready: Arc<Notify>,
+}
+
+/// The MQTT loop's side: never blocks; closes the mailbox when dropped.
+#[derive(Debug)]
+pub struct StatusSender(Statuses);
+
+impl Statuses {
+    pub fn channel() -> (StatusSender, Statuses) {
+        let s = Statuses::default();
+        (StatusSender(s.clone()), s)
+    }
+
+    /// The statuses that arrived since the last call, oldest first; None
+    /// once the sender is gone and nothing is left.
+    pub async fn next(&mut self) -> Option<Vec<WorkerStatus>> {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut p = self.pending.lock();
+                if !p.order.is_empty() {
+                    p.at.clear();
+                    return Some(std::mem::take(&mut p.order));
+                }
+                if p.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+impl StatusSender {
+    pub fn put(&self, status: WorkerStatus) {
+        let mut p = self.0.pending.lock();
+        let key = (status.worker_id.clone(), status.instance_id);
+        match p.at.get(&key).copied() {
+            Some(i) => p.order[i] = status,
+            None if p.order.len() >= MAX_PENDING_STATUSES && status.state != WorkerState::Offline => {
+                tracing::debug!(worker = %status.worker_id, "status mailbox full; a non-offline status waits for the next");
+                return;
+            }
+            None => {
+                let at = p.order.len();
+                p.at.insert(key, at);
+                p.order.push(status);
+            }
+        }
+        drop(p);
+        self.0.ready.notify_one();
+    }
+}
+
+impl Drop for StatusSender {
+    fn drop(&mut self) {
+        self.0.pending.lock().closed = true;
+        self.0.ready.notify_one();
+    }
+}
+
 pub struct Connection {
     pub out: MqttOut,
     /// True while connected to the broker.
     pub connected: watch::Receiver<bool>,
-    pub statuses: mpsc::Receiver<WorkerStatus>,
+    pub statuses: Statuses,
     pub driver: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BrokerError>> + Send>>,
 }
 
@@ -76,7 +160,7 @@ pub fn connect(
     let options = broker::options(broker::MASTER_CLIENT_ID, url, creds, Some(will));
     let (client, eventloop) = broker::client(options, 65_536);
     let (connected_tx, connected) = watch::channel(false);
-    let (status_tx, statuses) = mpsc::channel(4096);
+    let (status_tx, statuses) = Statuses::channel();
     let out = MqttOut { client: client.clone(), topics: topics.clone(), instance };
     let announce = out.clone();
     let on_event = move |event: Event| match event {
@@ -90,9 +174,7 @@ pub fn connect(
             let _ = connected_tx.send(false);
         }
         Event::Incoming(Packet::Publish(p)) => match decode_status(&topics, &p.topic, &p.payload) {
-            Ok(Some(status)) => {
-                let _ = status_tx.try_send(status);
-            }
+            Ok(Some(status)) => status_tx.put(status),
             Ok(None) => {}
             Err(e) => {
                 metrics.malformed_messages.inc();
@@ -125,7 +207,44 @@ fn decode_status(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use faena_proto::mqtt::WorkerState;
+
+    fn status(worker: &str, instance: InstanceId, state: WorkerState) -> WorkerStatus {
+        WorkerStatus {
+            worker_id: WorkerId::parse(worker).expect("id"),
+            instance_id: instance,
+            state,
+            slots: 1,
+            running: 0,
+            kinds: vec![],
+            hashrate: 0.0,
+            ts_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_last_will_gets_through_a_full_status_mailbox() {
+        let (tx, mut rx) = Statuses::channel();
+        let victim = InstanceId::new();
+        tx.put(status("victim", victim, WorkerState::Online));
+        // Fill the mailbox with other workers' statuses while nobody reads it.
+        for i in 0..MAX_PENDING_STATUSES + 10 {
+            tx.put(status(&format!("w{i}"), InstanceId::new(), WorkerState::Online));
+        }
+        tx.put(status("victim", victim, WorkerState::Offline));
+        let dead = InstanceId::new();
+        tx.put(status("other", dead, WorkerState::Offline));
+        let batch = rx.next().await.expect("statuses");
+        assert_eq!(batch.len(), MAX_PENDING_STATUSES + 1, "full: later online statuses wait, offline ones do not");
+        let victim_state = batch.iter().find(|s| s.worker_id.as_str() == "victim").map(|s| s.state);
+        assert_eq!(
+            victim_state,
+            Some(WorkerState::Offline),
+            "the newer status of the same instance replaced the older"
+        );
+        assert!(batch.iter().any(|s| s.instance_id == dead && s.state == WorkerState::Offline));
+        drop(tx);
+        assert!(rx.next().await.is_none(), "closed once the MQTT loop is gone");
+    }
 
     #[test]
     fn status_messages_are_validated() {

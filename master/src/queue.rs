@@ -4,13 +4,16 @@
 //! Jobs are kept per lane — kind, plus the AI provider a job names — so that
 //! a lane no worker can take right now never blocks the lanes behind it; the
 //! global order (priority, then sequence number) is still what positions
-//! report and what dispatch follows.
+//! report and what dispatch follows. Every rank is also in one
+//! [`RankedSet`], so a job's position costs O(log n) however deep the queue.
 
 use std::collections::{BTreeMap, HashMap};
 
 use faena_proto::ai::Provider;
 use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobKind, Priority};
+
+use crate::ranked::RankedSet;
 
 /// What a worker must offer to take a job: its kind and, for an AI query
 /// that names one, the provider.
@@ -42,6 +45,7 @@ pub type Rank = (Priority, u64);
 pub struct Queue {
     by_lane: HashMap<Lane, BTreeMap<Rank, JobId>>,
     ranks: HashMap<JobId, (Lane, Rank)>,
+    order: RankedSet<Rank>,
     per_priority: [usize; 3],
 }
 
@@ -59,22 +63,16 @@ impl Queue {
         self.per_priority
     }
 
-    /// Adds a job; returns how many queued jobs are ahead of it.
+    /// Adds a job (a job already queued stays where it is); returns how
+    /// many queued jobs are ahead of it.
     pub fn push(&mut self, id: JobId, lane: Lane, rank: Rank) -> u64 {
-        // A new job is the youngest of its priority: everything of its priority
-        // and above is ahead, no scan needed. Only a requeued job, which goes
-        // back to its old place, is counted.
-        let youngest = self
-            .by_lane
-            .values()
-            .all(|q| q.range((rank.0, 0)..=(rank.0, u64::MAX)).next_back().is_none_or(|(last, _)| *last < rank));
-        let ahead = if youngest {
-            self.per_priority[..=rank.0.index()].iter().sum::<usize>() as u64
-        } else {
-            self.position_of_rank(rank)
-        };
+        if let Some((_, at)) = self.ranks.get(&id) {
+            return self.order.rank(at) as u64;
+        }
+        let ahead = self.order.rank(&rank) as u64;
         self.by_lane.entry(lane).or_default().insert(rank, id);
         self.ranks.insert(id, (lane, rank));
+        self.order.insert(rank);
         self.per_priority[rank.0.index()] += 1;
         ahead
     }
@@ -83,9 +81,17 @@ impl Queue {
         let Some((lane, rank)) = self.ranks.remove(id) else { return false };
         if let Some(q) = self.by_lane.get_mut(&lane) {
             q.remove(&rank);
+            if q.is_empty() {
+                self.by_lane.remove(&lane);
+            }
         }
+        self.order.remove(&rank);
         self.per_priority[rank.0.index()] -= 1;
         true
+    }
+
+    pub fn contains(&self, id: &JobId) -> bool {
+        self.ranks.contains_key(id)
     }
 
     /// The first waiting job of every lane, in global order.
@@ -99,9 +105,9 @@ impl Queue {
         heads
     }
 
-    /// Jobs ahead of `id` across all kinds, or None if it is not queued.
+    /// Jobs ahead of `id` across all kinds, or None if it is not queued. O(log n).
     pub fn position(&self, id: &JobId) -> Option<u64> {
-        self.ranks.get(id).map(|(_, rank)| self.position_of_rank(*rank))
+        self.ranks.get(id).map(|(_, rank)| self.order.rank(rank) as u64)
     }
 
     /// The lanes that have jobs waiting.
@@ -112,12 +118,6 @@ impl Queue {
     /// The jobs waiting in `lane`, oldest first within each priority.
     pub fn in_lane(&self, lane: &Lane) -> Vec<JobId> {
         self.by_lane.get(lane).map(|q| q.values().copied().collect()).unwrap_or_default()
-    }
-
-    fn position_of_rank(&self, rank: Rank) -> u64 {
-        let higher: usize = self.per_priority[..rank.0.index()].iter().sum();
-        let same: usize = self.by_lane.values().map(|q| q.range((rank.0, 0)..rank).count()).sum();
-        (higher + same) as u64
     }
 }
 

@@ -19,8 +19,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
+use faena_proto::ai::Provider;
 use faena_proto::ids::{InstanceId, JobId, WorkerId};
 use faena_proto::jobs::JobKind;
+use faena_randomx::Mode;
 
 use crate::queue::Lane;
 
@@ -35,8 +37,8 @@ pub struct Capabilities {
     pub memory_bytes: u64,
     pub aes_ni: bool,
     pub huge_pages: bool,
-    pub randomx_modes: Vec<String>,
-    pub ai_providers: Vec<String>,
+    pub randomx_modes: Vec<Mode>,
+    pub ai_providers: Vec<Provider>,
     pub version: String,
 }
 
@@ -91,15 +93,14 @@ impl Worker {
 
     /// Whether it can run jobs of `lane` at all (whatever its state).
     pub fn offers(&self, lane: &Lane) -> bool {
-        self.caps.kinds.contains(&lane.kind)
-            && lane.provider.is_none_or(|p| self.caps.ai_providers.iter().any(|x| x == p.as_str()))
+        self.caps.kinds.contains(&lane.kind) && lane.provider.is_none_or(|p| self.caps.ai_providers.contains(&p))
     }
 
     /// Speed from capabilities alone, in arbitrary units: cores, ×1.5 with
     /// AES-NI, ÷8 when it can only run RandomX in light mode.
     fn estimate(&self) -> f64 {
         let aes = if self.caps.aes_ni { 1.5 } else { 1.0 };
-        let light_only = !self.caps.randomx_modes.iter().any(|m| m == "fast");
+        let light_only = !self.caps.randomx_modes.contains(&Mode::Fast);
         f64::from(self.caps.cores.max(1)) * aes * if light_only { 0.125 } else { 1.0 }
     }
 }
@@ -136,11 +137,6 @@ impl Scheduler {
 
     pub fn is_empty(&self) -> bool {
         self.workers.is_empty()
-    }
-
-    /// Workers not heard from since `deadline`.
-    pub fn silent_since(&self, deadline: Instant) -> Vec<WorkerId> {
-        self.workers.values().filter(|w| w.last_seen < deadline).map(|w| w.id.clone()).collect()
     }
 
     /// H/s per estimated unit, as measured on the workers that reported a
@@ -211,7 +207,7 @@ pub(crate) mod tests {
                 memory_bytes: 1 << 30,
                 aes_ni: true,
                 huge_pages: false,
-                randomx_modes: vec!["light".into()],
+                randomx_modes: vec![Mode::Light],
                 ai_providers: vec![],
                 version: "test".into(),
             },
@@ -268,10 +264,10 @@ mod speed_tests {
         let now = Instant::now();
         let mut s = Scheduler::default();
         let mut measured = worker("measured", 1, &[JobKind::RandomxHash], now);
-        measured.caps.randomx_modes = vec!["fast".into()];
+        measured.caps.randomx_modes = vec![Mode::Fast];
         let mut big = worker("big", 1, &[JobKind::RandomxHash], now);
         big.caps.cores = 4;
-        big.caps.randomx_modes = vec!["fast".into()];
+        big.caps.randomx_modes = vec![Mode::Fast];
         let mut light = worker("light", 1, &[JobKind::RandomxHash], now);
         light.caps.cores = 8;
         // Before any measurement: 2 cores x 1.5 = 3 units at the default H/s per unit.

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use faena_proto::api::JobView;
-use faena_proto::ids::{JobId, WorkerId};
-use faena_proto::jobs::{JobKind, JobState, Priority};
+use faena_proto::ids::{FencingToken, JobId, WorkerId};
+use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -27,9 +27,17 @@ const MAX_GROUP: usize = 20_000;
 pub enum StoreError {
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("could not start the store's writer thread")]
+    Spawn(#[source] std::io::Error),
     #[error("the store is unavailable (a previous write failed; see the log)")]
     Unavailable,
 }
+
+/// A group commit that failed: every change in it was lost, and whoever
+/// waited on it is told why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the job store could not commit")]
+pub struct CommitFailed(#[source] pub Arc<StoreError>);
 
 /// How hard a commit pushes to disk: `full` survives power loss,
 /// `normal` survives a crash of the master process.
@@ -39,7 +47,7 @@ pub enum SyncMode {
     Normal,
 }
 
-type Callback = Box<dyn FnOnce(Result<(), ()>) + Send>;
+type Callback = Box<dyn FnOnce(Result<(), CommitFailed>) + Send>;
 
 enum Cmd {
     Op(StoreOp),
@@ -131,7 +139,7 @@ impl Store {
         std::thread::Builder::new()
             .name("faena-store".into())
             .spawn(move || write_loop(writer, rx, flag))
-            .map_err(|e| StoreError::Sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+            .map_err(StoreError::Spawn)?;
         Ok(Self { tx, reader: Arc::new(Mutex::new(reader)), healthy })
     }
 
@@ -145,9 +153,9 @@ impl Store {
     }
 
     /// Runs `f` once everything queued before it is committed (or failed).
-    pub fn after_commit(&self, f: impl FnOnce(Result<(), ()>) + Send + 'static) {
+    pub fn after_commit(&self, f: impl FnOnce(Result<(), CommitFailed>) + Send + 'static) {
         if let Err(mpsc::SendError(Cmd::AfterCommit(f))) = self.tx.send(Cmd::AfterCommit(Box::new(f))) {
-            f(Err(()));
+            f(Err(CommitFailed(Arc::new(StoreError::Unavailable))));
         }
     }
 
@@ -186,17 +194,20 @@ impl Store {
                     _ => None,
                 };
                 let lease = match (state.as_str(), worker, token) {
-                    ("running", Some(w), Some(t)) => Some((WorkerId::parse(&w).ok()?, attempts, t)),
+                    ("running", Some(w), Some(t)) => {
+                        Some((WorkerId::parse(&w).ok()?, attempts, FencingToken::parse(&t).ok()?))
+                    }
                     _ => None,
                 };
                 let parent = match parent {
                     Some(p) => Some(p.parse().ok()?),
                     None => None,
                 };
+                let spec =
+                    JobSpec::parse_kind(JobKind::parse(&kind).ok()?, serde_json::from_str(&params).ok()?).ok()?;
                 Some(RestoredJob {
                     id: id.parse().ok()?,
-                    kind: JobKind::parse(&kind).ok()?,
-                    params: serde_json::from_str(&params).ok()?,
+                    spec,
                     priority: Priority::parse(&priority)?,
                     seq: u64::try_from(seq).ok()?,
                     created_at_ms: u64::try_from(created).ok()?,
@@ -209,7 +220,7 @@ impl Store {
             match parsed {
                 Some(job) => out.push(job),
                 None => {
-                    tracing::error!(job = %id, kind = %kind, "cannot restore a stored job (unknown kind or corrupt row); left as is")
+                    tracing::error!(job = %id, kind = %kind, "cannot restore a stored job (unknown kind, invalid parameters or corrupt row); left as is")
                 }
             }
         }
@@ -294,15 +305,16 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, healthy: Arc<Atomic
             }
         }
         let result =
-            if healthy.load(Ordering::Relaxed) { apply(&mut conn, &ops) } else { Err(StoreError::Unavailable) };
+            if healthy.load(Ordering::Relaxed) { apply(&mut conn, &ops) } else { Err(StoreError::Unavailable) }
+                .map_err(|e| CommitFailed(Arc::new(e)));
         if let Err(e) = &result
             && healthy.swap(false, Ordering::Relaxed)
         {
-            tracing::error!(error = %e, "store write failed; the master stops accepting jobs");
+            tracing::error!(error = %e.0, "store write failed; the master stops accepting jobs");
         }
         ops.clear();
         for cb in callbacks.drain(..) {
-            cb(result.as_ref().map(|_| ()).map_err(|_| ()));
+            cb(result.clone());
         }
     }
 }
@@ -322,12 +334,12 @@ fn apply(conn: &mut Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
         )?;
         for op in ops {
             match op {
-                StoreOp::Insert { id, kind, params, priority, seq, at_ms, parent } => {
+                StoreOp::Insert { id, spec, priority, seq, at_ms, parent } => {
                     let id = id.to_string();
                     insert.execute(params![
                         id,
-                        kind.as_str(),
-                        params.to_string(),
+                        spec.kind().as_str(),
+                        spec.params_json().to_string(),
                         priority.as_str(),
                         *seq as i64,
                         *at_ms as i64,
@@ -348,7 +360,7 @@ fn apply(conn: &mut Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
                         "running",
                         attempt,
                         worker,
-                        token,
+                        token.as_str(),
                         None::<String>,
                         None::<String>,
                         None::<i64>
@@ -401,7 +413,7 @@ mod tests {
         store.after_commit(move |r| {
             let _ = tx.send(r);
         });
-        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)), Ok(Ok(())));
+        assert!(matches!(rx.recv_timeout(std::time::Duration::from_secs(10)), Ok(Ok(()))));
     }
 
     #[test]
@@ -415,17 +427,17 @@ mod tests {
             for (i, id) in [a, b, c].into_iter().enumerate() {
                 store.write(StoreOp::Insert {
                     id,
-                    kind: JobKind::Noop,
-                    params: json!({"payload": i}),
+                    spec: Arc::new(JobSpec::parse("noop", json!({"payload": i})).expect("valid")),
                     priority: Priority::Normal,
                     seq: i as u64,
                     at_ms: 1000,
                     parent: None,
                 });
             }
-            let token = "tok".to_string();
+            let token = FencingToken::parse("tok").expect("token");
             store.write(StoreOp::Dispatched { id: a, attempt: 1, worker: "w1".into(), token, at_ms: 1001 });
-            store.write(StoreOp::Dispatched { id: c, attempt: 1, worker: "w1".into(), token: "t".into(), at_ms: 1001 });
+            let token = FencingToken::parse("t").expect("token");
+            store.write(StoreOp::Dispatched { id: c, attempt: 1, worker: "w1".into(), token, at_ms: 1001 });
             store.write(StoreOp::Finished {
                 id: c,
                 state: JobState::Succeeded,

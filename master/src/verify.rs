@@ -1,26 +1,57 @@
 //! Share verification: the master re-hashes every share a worker reports
 //! (light mode, a cached key material with pooled VMs per key) and accepts
-//! it only if the nonce is in the unit's range, the hash matches and it
-//! meets the target. Runs on blocking threads, never on the coordinator's
+//! it only if the nonce is in the unit's range and not accepted before, the
+//! hash matches and it meets the target. This is the one range and
+//! duplicate filter. Runs on blocking threads, never on the coordinator's
 //! task; at most `threads` hashes at once across all checks.
+//!
+//! What passes comes out as [`VerifiedShares`], which only this module can
+//! make: the engine takes shares in no other form. A share that could not be
+//! checked (key material failed to build, a hashing thread died) is neither
+//! valid nor invalid: it comes back as `unverified`, for the caller to count
+//! and log.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use faena_proto::ids::WorkerId;
 use faena_proto::jobs::{decode_hex, encode_hex};
-use faena_proto::mine::{MineParams, Share, UnitOutput, UnitProgress};
+use faena_proto::mine::{MineParams, Share};
 use faena_randomx::mine::meets;
 use faena_randomx::{Flags, KeyCache, Material, Mode};
-use serde_json::Value;
 use tokio::sync::Semaphore;
-
-use crate::coordinator::{CoordError, Coordinator};
-use crate::engine::LeaseRef;
-use crate::metrics::Metrics;
 
 /// Light-mode keys kept (256 MiB each).
 const KEYS_KEPT: usize = 2;
+
+/// Shares the master re-hashed and found valid for one unit's work. Only
+/// [`Verifier::check`] makes non-empty ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifiedShares(Vec<Share>);
+
+impl VerifiedShares {
+    /// No shares: nothing to verify.
+    pub fn none() -> Self {
+        Self(Vec::new())
+    }
+
+    pub fn as_slice(&self) -> &[Share] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Shares a test vouches for (engine tests feed made-up hashes).
+    #[cfg(test)]
+    pub fn assume_verified(shares: Vec<Share>) -> Self {
+        Self(shares)
+    }
+}
 
 #[derive(Debug)]
 pub struct Verifier {
@@ -33,10 +64,14 @@ pub struct Verifier {
 /// The verdict on a batch of shares.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Checked {
-    pub valid: Vec<Share>,
-    /// Each rejected share with the reason.
+    pub valid: VerifiedShares,
+    /// Each rejected share with the reason: the worker's fault.
     pub invalid: Vec<(Share, String)>,
+    /// Shares the master could not check, with the reason: not the worker's fault.
+    pub unverified: Vec<(Share, String)>,
 }
+
+type Verdicts = Vec<(Share, Result<(), String>)>;
 
 impl Verifier {
     pub fn new(threads: usize) -> Self {
@@ -73,14 +108,20 @@ impl Verifier {
             return out;
         }
         let n = todo.len().min(self.threads);
-        let Ok(_permits) = self.permits.clone().acquire_many_owned(n as u32).await else { return out };
+        let Ok(_permits) = self.permits.clone().acquire_many_owned(n as u32).await else {
+            out.unverified = todo.into_iter().map(|(s, _)| (s, "the verifier is shutting down".into())).collect();
+            return out;
+        };
         let (keys, flags) = (self.keys.clone(), self.flags);
-        let verdicts = tokio::task::spawn_blocking(move || {
+        let pending: Vec<Share> = todo.iter().map(|(s, _)| s.clone()).collect();
+        let task = tokio::task::spawn_blocking(move || {
             let material =
                 keys.get_or_build(&work.key, KEYS_KEPT, || Material::build(flags, Mode::Light, &work.key, 1));
             let material = match material {
                 Ok(m) => m,
-                Err(e) => return todo.into_iter().map(|(s, _)| (s, Err(format!("could not verify: {e}")))).collect(),
+                Err(e) => {
+                    return (Vec::new(), todo.into_iter().map(|(s, _)| (s, format!("key material: {e}"))).collect());
+                }
             };
             let chunk = todo.len().div_ceil(n);
             std::thread::scope(|scope| {
@@ -88,7 +129,7 @@ impl Verifier {
                     .chunks(chunk)
                     .map(|part| {
                         let (material, work) = (&material, &work);
-                        scope.spawn(move || {
+                        let handle = scope.spawn(move || {
                             let mut vm = material.vm();
                             part.iter()
                                 .map(|(share, claimed)| {
@@ -101,86 +142,39 @@ impl Verifier {
                                     };
                                     (share.clone(), verdict)
                                 })
-                                .collect::<Vec<_>>()
-                        })
+                                .collect::<Verdicts>()
+                        });
+                        (part, handle)
                     })
                     .collect();
-                handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect::<Vec<_>>()
+                let mut verdicts = Verdicts::new();
+                let mut failed = Vec::new();
+                for (part, handle) in handles {
+                    match handle.join() {
+                        Ok(v) => verdicts.extend(v),
+                        Err(_) => failed.extend(part.iter().map(|(s, _)| (s.clone(), "a hashing thread died".into()))),
+                    }
+                }
+                (verdicts, failed)
             })
-        })
-        .await
-        .unwrap_or_default();
+        });
+        let (verdicts, failed) = match task.await {
+            Ok(v) => v,
+            Err(e) => {
+                (Vec::new(), pending.into_iter().map(|s| (s, format!("verification task failed: {e}"))).collect())
+            }
+        };
+        out.unverified = failed;
+        let mut valid = Vec::new();
         for (share, verdict) in verdicts {
             match verdict {
-                Ok(()) => out.valid.push(share),
+                Ok(()) => valid.push(share),
+                Err(reason) if reason.starts_with("could not verify") => out.unverified.push((share, reason)),
                 Err(reason) => out.invalid.push((share, reason)),
             }
         }
+        out.valid = VerifiedShares(valid);
         out
-    }
-}
-
-/// Which report of a mining unit is being vetted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Report {
-    Progress,
-    Output,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum VetError {
-    /// The report does not match the contract (a bad request).
-    #[error("{0}")]
-    Malformed(String),
-    #[error(transparent)]
-    Coord(#[from] CoordError),
-}
-
-impl Verifier {
-    /// Vets a worker's report before the master takes it: if the lease is a
-    /// mining unit's, checks the report's shape, re-hashes its shares, keeps
-    /// the valid ones and counts the rest against the worker (which may
-    /// quarantine it). Anything that is not a mining unit's passes through.
-    pub async fn vet(
-        &self,
-        coord: &Coordinator,
-        metrics: &Metrics,
-        worker: &WorkerId,
-        lease: &LeaseRef,
-        mut data: Value,
-        report: Report,
-    ) -> Result<Value, VetError> {
-        let Some((params, known)) = coord.unit_work(worker.clone(), lease.clone()).await? else { return Ok(data) };
-        let what = match report {
-            Report::Progress => "progress",
-            Report::Output => "output",
-        };
-        if !data.is_object() {
-            return Err(VetError::Malformed(format!("mining unit {what} must be a JSON object")));
-        }
-        // Check the shape first, so a malformed report costs no hashing.
-        let found: Vec<Share> =
-            serde_json::from_value(data.get_mut("shares").map(Value::take).unwrap_or(Value::Array(vec![])))
-                .map_err(|e| VetError::Malformed(format!("mining unit {what}: shares: {e}")))?;
-        data["shares"] = Value::Array(vec![]);
-        let shape = match report {
-            Report::Progress => serde_json::from_value::<UnitProgress>(data.clone()).map(|_| ()),
-            Report::Output => serde_json::from_value::<UnitOutput>(data.clone()).map(|_| ()),
-        };
-        shape.map_err(|e| VetError::Malformed(format!("mining unit {what} does not match the contract: {e}")))?;
-        if found.is_empty() {
-            return Ok(data);
-        }
-        let checked = self.check(&params, &known, found).await;
-        metrics.shares_checked(checked.valid.len(), checked.invalid.len());
-        for (share, reason) in &checked.invalid {
-            tracing::warn!(worker = %worker, unit = %lease.job_id, nonce = share.nonce, reason = %reason, "invalid share rejected");
-        }
-        if !checked.invalid.is_empty() {
-            coord.invalid_shares(worker.clone(), lease.job_id, checked.invalid.len() as u32).await;
-        }
-        data["shares"] = serde_json::to_value(checked.valid).unwrap_or(Value::Array(vec![]));
-        Ok(data)
     }
 }
 

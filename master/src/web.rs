@@ -314,13 +314,7 @@ async fn submit(web: &Web, io: SocketIo, session: &str, job: NewJob, question: O
 }
 
 /// Turns a job's events into the session's Socket.IO events until it ends.
-async fn forward(
-    web: Web,
-    io: SocketIo,
-    session: String,
-    job: JobId,
-    mut events: tokio::sync::broadcast::Receiver<JobEvent>,
-) {
+async fn forward(web: Web, io: SocketIo, session: String, job: JobId, mut events: crate::hub::Watch) {
     loop {
         let event = match events.recv().await {
             Ok(e) => e,

@@ -1,5 +1,6 @@
 //! Identifier newtypes. Ids that appear in MQTT topics are validated so they
-//! can never inject a level separator or a wildcard.
+//! can never inject a level separator or a wildcard; a lease's fencing token
+//! is a type of its own so it cannot be mixed up with other strings.
 
 use std::fmt;
 use std::str::FromStr;
@@ -110,9 +111,66 @@ impl FromStr for WorkerId {
     }
 }
 
+/// A lease's fencing token: random, issued with each dispatch, known only to
+/// the master and the worker that holds the attempt. 1–128 printable ASCII
+/// characters on the wire; a fresh one is 32 hex digits.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct FencingToken(String);
+
+impl FencingToken {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn new() -> Self {
+        Self(Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn parse(s: &str) -> Result<Self, WireError> {
+        if s.is_empty() || s.len() > Self::MAX_LEN || !s.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(WireError::Id(format!("a lease token is 1-{} printable ASCII characters", Self::MAX_LEN)));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for FencingToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Tokens are credentials for one attempt: logs show only their start.
+impl fmt::Debug for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FencingToken({}…)", self.0.get(..4).unwrap_or(""))
+    }
+}
+
+impl<'de> Deserialize<'de> for FencingToken {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        FencingToken::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fencing_tokens_are_random_bounded_and_not_printed_whole() {
+        let (a, b) = (FencingToken::new(), FencingToken::new());
+        assert_ne!(a, b);
+        assert_eq!(FencingToken::parse(a.as_str()).ok(), Some(a.clone()));
+        for bad in ["", "a b", &"x".repeat(129), "é"] {
+            assert!(FencingToken::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(!format!("{a:?}").contains(a.as_str()));
+    }
 
     #[test]
     fn worker_ids_reject_topic_syntax() {

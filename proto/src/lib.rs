@@ -1,6 +1,6 @@
 //! Faena's wire contract, shared by master, worker and tools.
 //!
-//! - [`ids`]: `JobId`, `WorkerId`, `InstanceId` newtypes and their validation.
+//! - [`ids`]: `JobId`, `WorkerId`, `InstanceId`, `FencingToken` newtypes and their validation.
 //! - [`topics`]: every MQTT topic string, built and parsed here only.
 //! - [`mqtt`]: the versioned JSON payloads carried on those topics.
 //! - [`jobs`]: job kinds, their parameters, outputs and progress payloads.

@@ -215,6 +215,9 @@ pub struct MineOutput {
     pub hashrate: f64,
     pub elapsed_ms: u64,
     pub invalid_shares: u32,
+    /// Shares for a template the job had already replaced, found within its grace period.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stale_shares: u32,
     pub workers: Vec<WorkerTally>,
     /// Finished ranges, by start: together they cover the requested range
     /// (unless the job stopped at `max_shares`).
@@ -230,10 +233,16 @@ pub struct MineProgress {
     /// Nonces of the requested range not yet finished.
     pub remaining: u64,
     pub shares: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stale_shares: u32,
     /// Shares verified since the previous event.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub new_shares: Vec<FoundShare>,
     pub workers: Vec<WorkerTally>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

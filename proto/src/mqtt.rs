@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::ids::{InstanceId, JobId, WorkerId};
+use crate::ids::{FencingToken, InstanceId, JobId, WorkerId};
 use crate::jobs::JobKind;
 use crate::{PAYLOAD_VERSION, WireError};
 
@@ -43,7 +43,7 @@ pub struct WorkUnit {
     pub job_id: JobId,
     pub attempt: u32,
     /// Fencing token: results are accepted only with the current one.
-    pub token: String,
+    pub token: FencingToken,
     pub kind: JobKind,
     pub params: Value,
     /// Names of secrets (e.g. `api_key`) the worker fetches over gRPC for
@@ -67,7 +67,7 @@ impl Payload for Control {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerState {
-    Starting,
+    /// Building a RandomX dataset: registered, but its first units wait.
     Initialising,
     Online,
     Draining,
@@ -94,6 +94,7 @@ impl Payload for WorkerStatus {}
 #[serde(rename_all = "lowercase")]
 pub enum MasterState {
     Online,
+    /// Shutting down: takes no new jobs, still takes the results of running ones.
     Draining,
     Offline,
 }
@@ -147,7 +148,7 @@ mod tests {
         round_trip(WorkUnit {
             job_id: JobId::new(),
             attempt: 2,
-            token: "t".into(),
+            token: FencingToken::new(),
             kind: JobKind::RandomxHash,
             params: json!({"key": "k", "input": "i"}),
             secrets: vec!["api_key".into()],

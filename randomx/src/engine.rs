@@ -34,18 +34,24 @@ pub enum RxError {
 }
 
 /// Full dataset (~2080 MiB, fastest) or cache only (256 MiB, ~8x slower).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
     Fast,
     Light,
 }
 
 impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Fast, Mode::Light];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Fast => "fast",
             Mode::Light => "light",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
     }
 }
 

@@ -138,7 +138,11 @@ async fn forged_shares_are_rejected_and_the_forger_quarantined() {
     let id = c.api.submit_ok("randomx.mine", params, None).await;
     let (_, payload) = tokio::time::timeout(WAIT, units.messages.recv()).await.expect("a unit").expect("unit");
     let unit = WorkUnit::decode(&payload).expect("a work unit");
-    let lease = Some(pb::Lease { job_id: unit.job_id.to_string(), attempt: unit.attempt, token: unit.token.clone() });
+    let lease = Some(pb::Lease {
+        job_id: unit.job_id.to_string(),
+        attempt: unit.attempt,
+        token: unit.token.as_str().to_owned(),
+    });
     let start = unit.params["nonce_start"].as_u64().expect("start") as u32;
     let progress =
         |json: String| pb::ProgressRequest { worker_id: "forger".into(), lease: lease.clone(), progress_json: json };

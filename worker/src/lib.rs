@@ -3,9 +3,15 @@
 //!
 //! Module map:
 //! - [`config`]: flags and environment; [`caps`]: what this machine offers.
-//! - [`exec`]: the executor trait and the executors (`noop`, `randomx.hash`).
+//! - [`exec`]: the executor trait and the executors (`noop`, `randomx.hash`,
+//!   `randomx.mine`, `ai.query`); a cancelled unit ends with a typed
+//!   [`exec::JobFailure::cancelled`], never reported as a failure.
 //! - [`randomx`]: the RandomX engine (modes, per-key datasets, all-core init).
+//! - [`ai`]: the AI providers (Gemini, OpenAI-compatible) and their streaming.
 //! - [`runner`]: slots, running leases, cancellation, result delivery, drain.
+//!
+//! Every reconnect and retry loop (broker, registration, result delivery,
+//! AI provider calls) waits by [`faena_common::retry::Policy`].
 //! - [`client`]: the gRPC client; [`mqtt`]: topics in, status out.
 //! - [`metrics`]: Prometheus, served with `/healthz`.
 
@@ -96,7 +102,7 @@ async fn register(
     caps: &pb::Capabilities,
     cancel: &CancellationToken,
 ) -> Result<Option<pb::RegisterResponse>, WorkerError> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = faena_common::retry::Policy::RECONNECT.start();
     loop {
         let req = pb::RegisterRequest {
             worker_id: runner.worker_id.to_string(),
@@ -117,14 +123,14 @@ async fn register(
                 return Err(WorkerError::Refused(s.message().to_owned()));
             }
             Err(s) => {
-                tracing::warn!(code = ?s.code(), error = %s.message(), retry_in_ms = backoff.as_millis() as u64, "master not reachable yet")
+                let wait = backoff.next(None).unwrap_or(faena_common::retry::Policy::RECONNECT.max);
+                tracing::warn!(code = ?s.code(), error = %s.message(), retry_in_ms = wait.as_millis() as u64, "master not reachable yet");
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(wait) => {}
+                }
             }
         }
-        tokio::select! {
-            () = cancel.cancelled() => return Ok(None),
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use faena_proto::grpc::{self as pb, result_request};
-use faena_proto::ids::{InstanceId, JobId, WorkerId};
+use faena_proto::ids::{FencingToken, InstanceId, JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobSpec};
 use faena_proto::mqtt::WorkUnit;
 use parking_lot::Mutex;
@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 struct Running {
     attempt: u32,
-    token: String,
+    token: FencingToken,
     cancel: CancellationToken,
 }
 
@@ -91,7 +91,7 @@ impl Runner {
         self.running
             .lock()
             .iter()
-            .map(|(id, r)| pb::Lease { job_id: id.to_string(), attempt: r.attempt, token: r.token.clone() })
+            .map(|(id, r)| pb::Lease { job_id: id.to_string(), attempt: r.attempt, token: r.token.as_str().to_owned() })
             .collect()
     }
 
@@ -133,6 +133,7 @@ impl Runner {
 
     async fn run_unit(self: Arc<Self>, unit: WorkUnit, cancel: CancellationToken) {
         let kind = unit.kind;
+        let started = Instant::now();
         let outcome = if self.is_draining() {
             None
         } else {
@@ -146,8 +147,10 @@ impl Runner {
                 None => None,
             }
         };
+        let handing_back = self.handing_back.load(Ordering::Relaxed);
+        let stopped = matches!(&outcome, Some(Err(f)) if f.cancelled);
         let outcome = match outcome {
-            _ if cancel.is_cancelled() && !self.handing_back.load(Ordering::Relaxed) => {
+            _ if (cancel.is_cancelled() || stopped) && !handing_back => {
                 self.metrics.finished(kind, "cancelled");
                 self.forget(&unit);
                 return;
@@ -161,7 +164,6 @@ impl Runner {
                 result_request::Outcome::Failure(pb::JobFailure {
                     message: failure.message,
                     retryable: failure.retryable,
-                    code: String::new(),
                 })
             }
             _ => {
@@ -169,7 +171,7 @@ impl Runner {
                 result_request::Outcome::HandedBack(format!("worker {} is shutting down", self.worker_id))
             }
         };
-        self.submit(&unit, outcome).await;
+        self.submit(&unit, outcome, started.elapsed()).await;
         self.forget(&unit);
     }
 
@@ -210,7 +212,7 @@ impl Runner {
     }
 
     fn lease(&self, unit: &WorkUnit) -> pb::Lease {
-        pb::Lease { job_id: unit.job_id.to_string(), attempt: unit.attempt, token: unit.token.clone() }
+        pb::Lease { job_id: unit.job_id.to_string(), attempt: unit.attempt, token: unit.token.as_str().to_owned() }
     }
 
     async fn report_progress(&self, unit: &WorkUnit, data: serde_json::Value) {
@@ -225,14 +227,14 @@ impl Runner {
     }
 
     /// Delivers an outcome until the master takes it or rejects it for good.
-    async fn submit(&self, unit: &WorkUnit, outcome: result_request::Outcome) {
+    async fn submit(&self, unit: &WorkUnit, outcome: result_request::Outcome, elapsed: Duration) {
         let req = pb::ResultRequest {
             worker_id: self.worker_id.to_string(),
             lease: Some(self.lease(unit)),
             outcome: Some(outcome),
-            elapsed_us: 0,
+            elapsed_us: elapsed.as_micros() as u64,
         };
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = faena_common::retry::Policy::DELIVERY.start();
         loop {
             match self.client().submit_result(req.clone()).await {
                 Ok(_) => return,
@@ -251,8 +253,7 @@ impl Runner {
                 }
             }
             self.metrics.result_retries.inc();
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            tokio::time::sleep(backoff.next(None).unwrap_or(faena_common::retry::Policy::DELIVERY.max)).await;
         }
     }
 

@@ -9,12 +9,14 @@ use std::time::Duration;
 use faena_proto::api::JobEvent;
 use faena_proto::ids::{InstanceId, JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
-use faena_proto::mine::{MineOutput, MineParams, Share, UnitOutput};
+use faena_proto::mine::{MineOutput, MineParams, Share, UnitOutput, UnitProgress};
 use faena_proto::mqtt::{Control, WorkerState};
 use serde_json::{Value, json};
 
+use super::mining::MinedUnit;
 use super::tests::Harness;
 use super::*;
+use crate::verify::VerifiedShares;
 
 struct Mining {
     h: Harness,
@@ -69,9 +71,22 @@ impl Mining {
     }
 
     fn finish_unit(&mut self, worker: &WorkerId, lease: &LeaseRef, count: u64, shares: Vec<Share>) {
-        let out = UnitOutput { shares, hashes: count, hashrate: 100.0, elapsed_ms: 1000 };
-        let out = serde_json::to_value(out).expect("json");
-        assert_eq!(self.h.engine.complete(self.h.now, worker, lease, Outcome::Success(out)), Ok(false));
+        // As the coordinator hands it over once the verifier has checked the shares.
+        let shares = VerifiedShares::assume_verified(shares);
+        let out = MinedUnit { shares, hashes: count, hashrate: 100.0, elapsed_ms: 1000 };
+        assert_eq!(self.h.engine.complete(self.h.now, worker, lease, Outcome::Mined(out)), Ok(false));
+    }
+
+    /// A unit's progress report, its shares verified (as the coordinator passes it on).
+    fn progress(&mut self, worker: &WorkerId, lease: &LeaseRef, report: Value) -> Result<(), LeaseError> {
+        let p: UnitProgress = serde_json::from_value(report).expect("unit progress");
+        let shares = VerifiedShares::assume_verified(p.shares);
+        self.h.engine.unit_progress(
+            self.h.now,
+            worker,
+            lease,
+            MinedProgress { hashes: p.hashes, hashrate: p.hashrate, shares },
+        )
     }
 
     fn final_event(&mut self, job: JobId) -> Option<JobEvent> {
@@ -182,10 +197,10 @@ fn max_shares_ends_the_job_early_and_cancels_the_other_units() {
     let (a_unit, b_unit) = (&units[0], &units[1]);
     let share = |nonce| Share { nonce, hash: "ab".repeat(32) };
     let progress = json!({"hashes": 10, "hashrate": 10.0, "shares": [share(a_unit.2)]});
-    assert!(m.h.engine.progress(m.h.now, &a_unit.0, &a_unit.1, progress).is_ok());
+    assert!(m.progress(&a_unit.0, &a_unit.1, progress).is_ok());
     assert!(m.final_event(job).is_none());
     let progress = json!({"hashes": 10, "hashrate": 10.0, "shares": [share(b_unit.2 + 1)]});
-    assert!(m.h.engine.progress(m.h.now, &b_unit.0, &b_unit.1, progress).is_ok());
+    assert!(m.progress(&b_unit.0, &b_unit.1, progress).is_ok());
     let out = output(m.final_event(job));
     assert_eq!(out.shares.len(), 2);
     assert_eq!(out.hashes, 20);
@@ -245,8 +260,7 @@ fn a_restart_keeps_finished_and_running_units_and_hands_out_the_rest() {
     // What the store would hold after a finishes and the master dies.
     let job_row = RestoredJob {
         id: job,
-        kind: JobKind::RandomxMine,
-        params: params(10_000),
+        spec: JobSpec::parse("randomx.mine", params(10_000)).expect("valid"),
         priority: Priority::Normal,
         seq: 0,
         created_at_ms: 1,
@@ -257,11 +271,9 @@ fn a_restart_keeps_finished_and_running_units_and_hands_out_the_rest() {
     };
     let unit_row = |u: &(WorkerId, LeaseRef, u32, u64), seq| RestoredJob {
         id: u.1.job_id,
-        kind: JobKind::RandomxMine,
-        params: serde_json::to_value(
+        spec: JobSpec::RandomxMine(
             serde_json::from_value::<MineParams>(params(10_000)).expect("p").unit(u.2, u.3, None),
-        )
-        .expect("json"),
+        ),
         priority: Priority::Normal,
         seq,
         created_at_ms: 1,
@@ -311,7 +323,7 @@ fn progress_reaches_watchers_of_the_job() {
     let units = m.units();
     m.h.advance(Duration::from_millis(10));
     let p = json!({"hashes": 500, "hashrate": 250.0, "shares": []});
-    assert!(m.h.engine.progress(m.h.now, &units[0].0, &units[0].1, p).is_ok());
+    assert!(m.progress(&units[0].0, &units[0].1, p).is_ok());
     m.collect();
     let data = m
         .effects
@@ -335,7 +347,7 @@ fn a_units_stored_result_keeps_the_shares_it_reported_with_progress() {
     let (w, lease, start, count) = units[0].clone();
     let early = Share { nonce: start + 1, hash: "cd".repeat(32) };
     let progress = json!({"hashes": 5, "hashrate": 5.0, "shares": [early]});
-    assert!(m.h.engine.progress(m.h.now, &w, &lease, progress).is_ok());
+    assert!(m.progress(&w, &lease, progress).is_ok());
     // The final result lists only what was not reported before (as the master's check leaves it).
     let late = Share { nonce: start + 2, hash: "ef".repeat(32) };
     m.finish_unit(&w, &lease, count, vec![late]);

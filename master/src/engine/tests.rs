@@ -12,6 +12,10 @@ use serde_json::json;
 use super::*;
 use crate::scheduler::tests::worker as test_worker;
 
+pub(super) fn tok(s: &str) -> faena_proto::ids::FencingToken {
+    faena_proto::ids::FencingToken::parse(s).expect("token")
+}
+
 pub(super) struct Harness {
     pub(super) engine: Engine,
     pub(super) now: Now,
@@ -108,7 +112,7 @@ fn results_are_fenced_by_token_and_duplicates_are_recognised() {
     let (w, _) = h.add_worker("w1", 1);
     let id = h.submit(Priority::Normal);
     let lease = h.dispatches()[0].1.clone();
-    let forged = LeaseRef { token: "forged".into(), ..lease.clone() };
+    let forged = LeaseRef { token: tok("forged"), ..lease.clone() };
     assert!(matches!(h.engine.complete(h.now, &w, &forged, Outcome::Success(json!(1))), Err(LeaseError::Stale { .. })));
     let wrong_attempt = LeaseRef { attempt: 7, ..lease.clone() };
     assert!(matches!(h.engine.progress(h.now, &w, &wrong_attempt, json!({})), Err(LeaseError::Stale { .. })));
@@ -226,8 +230,7 @@ fn restored_running_jobs_are_adopted_by_their_worker_or_requeued() {
     let w1 = WorkerId::parse("w1").expect("id");
     let restored = |id, seq, lease| RestoredJob {
         id,
-        kind: JobKind::Noop,
-        params: json!({}),
+        spec: JobSpec::Noop(Default::default()),
         priority: Priority::Normal,
         seq,
         created_at_ms: 1,
@@ -239,13 +242,13 @@ fn restored_running_jobs_are_adopted_by_their_worker_or_requeued() {
     h.engine.restore(
         h.now,
         vec![
-            restored(adopted, 4, Some((w1.clone(), 1, "t1".into()))),
-            restored(orphan, 5, Some((WorkerId::parse("gone").expect("id"), 1, "t2".into()))),
+            restored(adopted, 4, Some((w1.clone(), 1, tok("t1")))),
+            restored(orphan, 5, Some((WorkerId::parse("gone").expect("id"), 1, tok("t2")))),
         ],
     );
     let w = test_worker("w1", 2, &[JobKind::Noop], h.now.mono);
-    let claim = LeaseRef { job_id: adopted, attempt: 1, token: "t1".into() };
-    let bogus = LeaseRef { job_id: orphan, attempt: 1, token: "nope".into() };
+    let claim = LeaseRef { job_id: adopted, attempt: 1, token: tok("t1") };
+    let bogus = LeaseRef { job_id: orphan, attempt: 1, token: tok("nope") };
     let out = h.engine.register(
         h.now,
         Registration {
@@ -278,13 +281,12 @@ fn a_restored_unit_its_worker_does_not_have_is_requeued_at_once() {
         h.now,
         vec![RestoredJob {
             id,
-            kind: JobKind::Noop,
-            params: json!({}),
+            spec: JobSpec::Noop(Default::default()),
             priority: Priority::Normal,
             seq: 0,
             created_at_ms: 1,
             attempts: 1,
-            lease: Some((w1.clone(), 1, "t".into())),
+            lease: Some((w1.clone(), 1, tok("t"))),
             parent: None,
             done: None,
         }],

@@ -1,15 +1,21 @@
 //! The engine's vocabulary: configuration, clock, the jobs and leases it is
-//! told about, the effects it asks for, and its answers and errors.
+//! told about, the effects it asks for, and its answers and errors. Inside
+//! the engine a job is its typed [`JobSpec`]; JSON appears only in what goes
+//! to the store and the wire (results, progress shown to watchers).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faena_proto::api::JobEvent;
-use faena_proto::ids::{InstanceId, JobId, WorkerId};
-use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
+use faena_proto::ids::{FencingToken, InstanceId, JobId, WorkerId};
+use faena_proto::jobs::{JobSpec, JobState, Priority};
+use faena_proto::mine::{MineParams, MineProgress};
 use faena_proto::mqtt::{Control, WorkUnit};
 use serde_json::Value;
 
+use super::mining::MinedUnit;
 use crate::scheduler::Capabilities;
+use crate::verify::VerifiedShares;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -53,21 +59,20 @@ impl Now {
 pub struct LeaseRef {
     pub job_id: JobId,
     pub attempt: u32,
-    pub token: String,
+    pub token: FencingToken,
 }
 
 /// A job read back from the store at start-up.
 #[derive(Debug, Clone)]
 pub struct RestoredJob {
     pub id: JobId,
-    pub kind: JobKind,
-    pub params: Value,
+    pub spec: JobSpec,
     pub priority: Priority,
     pub seq: u64,
     pub created_at_ms: u64,
     pub attempts: u32,
     /// Set when the job was running: worker, attempt, token.
-    pub lease: Option<(WorkerId, u32, String)>,
+    pub lease: Option<(WorkerId, u32, FencingToken)>,
     /// For a unit of a split (mining) job: that job.
     pub parent: Option<JobId>,
     /// For a unit that already succeeded: its worker and output.
@@ -98,8 +103,7 @@ impl NewJob {
 pub enum StoreOp {
     Insert {
         id: JobId,
-        kind: JobKind,
-        params: Value,
+        spec: Arc<JobSpec>,
         priority: Priority,
         seq: u64,
         at_ms: u64,
@@ -116,7 +120,7 @@ pub enum StoreOp {
         id: JobId,
         attempt: u32,
         worker: String,
-        token: String,
+        token: FencingToken,
         at_ms: u64,
     },
     Requeued {
@@ -160,11 +164,35 @@ pub enum Effect {
     },
 }
 
+/// How an attempt ended, as the worker reported it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
+    /// Output of any kind but a mining unit's (JSON, as the worker sent it).
     Success(Value),
-    Failure { message: String, retryable: bool },
+    /// A mining unit's output, its shares verified.
+    Mined(MinedUnit),
+    Failure {
+        message: String,
+        retryable: bool,
+    },
     HandedBack(String),
+}
+
+/// A mining unit's progress report, its shares verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MinedProgress {
+    pub hashes: u64,
+    pub hashrate: f64,
+    pub shares: VerifiedShares,
+}
+
+/// What the verifier needs to check a mining unit's shares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitWork {
+    /// The unit's own parameters (its template and range).
+    pub params: MineParams,
+    /// Nonces its job already accepted for that template.
+    pub known: std::collections::HashSet<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -200,7 +228,7 @@ pub struct RegisterOutcome {
 /// A live job as the API shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveView {
-    pub kind: JobKind,
+    pub kind: faena_proto::jobs::JobKind,
     pub state: JobState,
     pub priority: Priority,
     pub position: Option<u64>,
@@ -208,7 +236,7 @@ pub struct ActiveView {
     pub attempts: u32,
     pub created_at_ms: u64,
     /// A split job's live progress.
-    pub progress: Option<Value>,
+    pub progress: Option<MineProgress>,
     /// The job a unit belongs to.
     pub parent: Option<JobId>,
     /// Why a queued job cannot start yet, when no worker could take it.

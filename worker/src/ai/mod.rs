@@ -307,26 +307,9 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs_f64)
 }
 
-/// Delay before try `n + 1` (n ≥ 1): exponential from 500 ms, capped at 8 s,
-/// with ±50 % jitter so many workers do not retry in step.
-pub fn backoff(n: u32) -> Duration {
-    let base = 0.5 * 2f64.powi(n.saturating_sub(1).min(10) as i32);
-    let jitter = 0.5 + rand::random::<f64>();
-    Duration::from_secs_f64(base.min(8.0) * jitter)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_a_cap() {
-        for n in 1..12 {
-            let d = backoff(n).as_secs_f64();
-            let base = (0.5 * 2f64.powi(n as i32 - 1)).min(8.0);
-            assert!(d >= base * 0.5 && d <= base * 1.5, "{n}: {d}");
-        }
-    }
 
     #[test]
     fn retry_after_reads_seconds_and_milliseconds() {

@@ -17,10 +17,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::{Executor, JobContext, JobFailure};
-use crate::ai::{AiError, Answer, Providers, Query, Sink, backoff, gemini, openai};
-
-/// Longest wait a provider may ask for between tries.
-const MAX_RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+use crate::ai::{AiError, Answer, Providers, Query, Sink, gemini, openai};
 
 #[derive(Debug, Clone)]
 pub struct AiQuery {
@@ -46,9 +43,9 @@ async fn ask(
     let key = own_key.as_ref().or(endpoint.key.as_ref());
     let model = params.model.as_deref().unwrap_or(&endpoint.model);
     let q = Query { params, base: &endpoint.base, model, key };
-    let mut tries = 0;
+    let mut backoff = faena_common::retry::Policy::calls(providers.tries).start();
     loop {
-        tries += 1;
+        let tries = backoff.tries() + 1;
         let mut sink = Sink::new(Some(ctx));
         let started = Instant::now();
         let result = match provider {
@@ -75,11 +72,10 @@ async fn ask(
                 // (watchers see the job requeued and the answer start again).
                 return Err(JobFailure::retryable(format!("{message} (after part of the answer was sent)")));
             }
-            Err(AiError::Transient { message, .. }) if tries >= providers.tries => {
-                return Err(JobFailure::permanent(format!("{message}; gave up after {tries} tries")));
-            }
             Err(AiError::Transient { message, after }) => {
-                let wait = after.unwrap_or_else(|| backoff(tries)).min(MAX_RETRY_WAIT);
+                let Some(wait) = backoff.next(after) else {
+                    return Err(JobFailure::permanent(format!("{message}; gave up after {tries} tries")));
+                };
                 tracing::info!(provider = %provider, tries, wait_ms = wait.as_millis() as u64, error = %message, "AI provider call will be retried");
                 tokio::time::sleep(wait).await;
             }
@@ -104,7 +100,7 @@ impl Executor for AiQuery {
             let run = ask(&providers, provider, &params, &ctx);
             let (answer, text, timings) = tokio::select! {
                 r = run => r?,
-                () = ctx.cancel.cancelled() => return Err(JobFailure::permanent("cancelled")),
+                () = ctx.cancel.cancelled() => return Err(JobFailure::cancelled()),
             };
             let out = AiOutput {
                 text,

@@ -25,15 +25,22 @@ use crate::client::Client;
 pub struct JobFailure {
     pub message: String,
     pub retryable: bool,
+    /// It stopped because it was cancelled (by the master, or a drain):
+    /// nothing to report as a failure.
+    pub cancelled: bool,
 }
 
 impl JobFailure {
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retryable: false }
+        Self { message: message.into(), retryable: false, cancelled: false }
     }
 
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retryable: true }
+        Self { message: message.into(), retryable: true, cancelled: false }
+    }
+
+    pub fn cancelled() -> Self {
+        Self { message: "cancelled".into(), retryable: false, cancelled: true }
     }
 }
 

@@ -22,7 +22,7 @@ impl Executor for Noop {
             if let Some(ms) = params.delay_ms.filter(|ms| *ms > 0) {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(ms)) => {}
-                    () = ctx.cancel.cancelled() => return Err(JobFailure::permanent("cancelled")),
+                    () = ctx.cancel.cancelled() => return Err(JobFailure::cancelled()),
                 }
             }
             let out = NoopOutput { payload: params.payload.unwrap_or(Value::Null) };

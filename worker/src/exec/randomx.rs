@@ -66,7 +66,7 @@ pub(super) async fn run_blocking<T: Send + 'static>(
 ) -> Result<T, JobFailure> {
     let permit = tokio::select! {
         p = rx.cores() => p,
-        () = ctx.cancel.cancelled() => return Err(JobFailure::permanent("cancelled")),
+        () = ctx.cancel.cancelled() => return Err(JobFailure::cancelled()),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -78,11 +78,11 @@ pub(super) async fn run_blocking<T: Send + 'static>(
         r = task => r.map_err(|e| JobFailure::retryable(format!("RandomX task failed: {e}")))?,
         () = ctx.cancel.cancelled() => {
             stop.store(true, Ordering::Relaxed);
-            return Err(JobFailure::permanent("cancelled"));
+            return Err(JobFailure::cancelled());
         }
     };
     out.map_err(|e| match e {
-        RxError::Cancelled => JobFailure::permanent("cancelled"),
+        RxError::Cancelled => JobFailure::cancelled(),
         RxError::Input(m) => JobFailure::permanent(m),
         e @ RxError::Alloc(_) => JobFailure::retryable(e.to_string()),
     })

@@ -1,0 +1,276 @@
+//! The coordinator loop's state: the engine, per-job secrets (memory only),
+//! the AI answer cache, and what queue positions watchers were last told.
+//! Each command is applied to the engine, then its effects are carried out.
+
+use std::collections::HashMap;
+
+use faena_proto::ai::API_KEY_SECRET;
+use faena_proto::api::{JobEvent, WorkerView};
+use faena_proto::ids::JobId;
+use faena_proto::jobs::{JobKind, JobSpec, JobState};
+use faena_proto::secret::Secret;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+
+use super::{Cancelled, Command, CoordError, Coordinator, Deps, Reply};
+use crate::engine::{Effect, Engine, Now, StoreOp};
+
+pub(super) struct Actor {
+    pub(super) engine: Engine,
+    pub(super) deps: Deps,
+    /// Its own inbox, for verifications to come back in.
+    pub(super) inbox: Coordinator,
+    /// Verifications running off the loop.
+    pub(super) tasks: TaskTracker,
+    /// Per-job secrets (e.g. a user's own API key): memory only, never stored.
+    secrets: HashMap<JobId, HashMap<String, Secret>>,
+    /// Cache keys of `ai.query` jobs whose answers may be cached.
+    cache_pending: HashMap<JobId, String>,
+    pub(super) positions_dirty: bool,
+    sent_positions: HashMap<JobId, u64>,
+}
+
+impl Actor {
+    pub(super) fn new(engine: Engine, deps: Deps, inbox: Coordinator) -> Self {
+        Self {
+            engine,
+            deps,
+            inbox,
+            tasks: TaskTracker::new(),
+            secrets: HashMap::new(),
+            cache_pending: HashMap::new(),
+            positions_dirty: false,
+            sent_positions: HashMap::new(),
+        }
+    }
+
+    pub(super) fn tick(&mut self) {
+        self.engine.tick(Now::system());
+        self.apply();
+    }
+
+    /// Waits for running verifications (bounded) and for the store to flush.
+    pub(super) async fn stop(self) {
+        self.tasks.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.tasks.wait()).await;
+        let (tx, rx) = oneshot::channel();
+        self.deps.store.after_commit(move |_| {
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
+    }
+
+    pub(super) fn handle(&mut self, cmd: Command) {
+        let now = Now::system();
+        match cmd {
+            Command::Submit(jobs, reply) => self.submit(now, jobs, reply),
+            Command::Cancel(id, reply) => {
+                if self.engine.cancel(now, id) {
+                    self.apply();
+                    self.after_commit(reply, Ok(Cancelled::Now));
+                } else {
+                    let _ = reply.send(Ok(Cancelled::NotActive));
+                }
+            }
+            Command::View(id, reply) => {
+                let _ = reply.send(self.engine.view(&id));
+            }
+            Command::Position(id, reply) => {
+                let _ = reply.send(self.engine.queue().position(&id));
+            }
+            Command::Workers(reply) => {
+                let _ = reply.send(self.worker_views(now));
+            }
+            Command::Register(reg, reply) => {
+                let out = self.engine.register(now, reg);
+                self.apply();
+                let _ = reply.send(out);
+            }
+            Command::Heartbeat { worker, instance, running, hashrate, reply } => {
+                let out = self.engine.heartbeat(now, &worker, instance, &running, hashrate);
+                self.apply();
+                let _ = reply.send(out.map_err(Into::into));
+            }
+            Command::Progress { worker, lease, data, reply } => self.progress(now, worker, lease, data, reply),
+            Command::Complete { worker, lease, outcome, reply } => self.complete(now, worker, lease, outcome, reply),
+            Command::Verified(v) => self.verified(now, v),
+            Command::Secret { worker, lease, name, reply } => {
+                let out = self
+                    .engine
+                    .check_lease(&worker, &lease)
+                    .map(|()| self.secrets.get(&lease.job_id).and_then(|s| s.get(&name)).cloned());
+                let _ = reply.send(out.map_err(Into::into));
+            }
+            Command::WorkerState { worker, instance, state } => {
+                self.engine.worker_state(now, &worker, instance, state);
+                self.apply();
+            }
+            Command::RefreshGauges(reply) => {
+                let q = self.engine.queue();
+                self.deps.metrics.set_gauges(
+                    q.depth_by_priority(),
+                    q.len(),
+                    self.engine.running(),
+                    self.engine.workers().len(),
+                );
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn submit(
+        &mut self,
+        now: Now,
+        mut jobs: Vec<crate::engine::NewJob>,
+        reply: Reply<Result<Vec<(JobId, u64)>, CoordError>>,
+    ) {
+        let mut keys = Vec::new();
+        let mut cacheable = Vec::new();
+        for j in &mut jobs {
+            if let Some(key) = j.api_key.take() {
+                keys.push((j.id, key));
+            }
+            if let JobSpec::AiQuery(p) = &j.spec
+                && p.cacheable()
+            {
+                let key = p.cache_key();
+                match self.deps.ai_cache.get(&key, now.mono) {
+                    Some(answer) => j.answer = Some(answer),
+                    None => cacheable.push((j.id, key)),
+                }
+            }
+        }
+        match self.engine.submit(now, jobs) {
+            Ok(accepted) => {
+                for (id, key) in keys {
+                    self.secrets.entry(id).or_default().insert(API_KEY_SECRET.into(), key);
+                }
+                self.cache_pending.extend(cacheable);
+                self.apply();
+                self.after_commit(reply, Ok(accepted));
+            }
+            Err(full) => {
+                let _ = reply.send(Err(full.into()));
+            }
+        }
+    }
+
+    /// Replies once everything this command changed is durable.
+    pub(super) fn after_commit<T: Send + 'static>(
+        &self,
+        reply: Reply<Result<T, CoordError>>,
+        value: Result<T, CoordError>,
+    ) {
+        self.deps.store.after_commit(move |committed| {
+            let _ = reply.send(committed.map_err(CoordError::Store).and(value));
+        });
+    }
+
+    pub(super) fn apply(&mut self) {
+        for effect in self.engine.take_effects() {
+            match effect {
+                Effect::Store(op) => {
+                    match &op {
+                        StoreOp::Insert { .. } => self.deps.metrics.entered(JobState::Queued),
+                        StoreOp::Dispatched { .. } | StoreOp::Started { .. } => {
+                            self.deps.metrics.entered(JobState::Running)
+                        }
+                        StoreOp::Requeued { .. } => {
+                            self.deps.metrics.redeliveries.inc();
+                        }
+                        StoreOp::Finished { state, .. } => self.deps.metrics.entered(*state),
+                    }
+                    self.positions_dirty = true;
+                    self.deps.store.write(op);
+                }
+                Effect::Dispatch { worker, mut unit, waited } => {
+                    if let Some(s) = self.secrets.get(&unit.job_id) {
+                        unit.secrets = s.keys().cloned().collect();
+                    } else if unit.params.get("own_key") == Some(&Value::Bool(true)) {
+                        // Its key was lost with a restart: the worker is told
+                        // to fetch it, finds it gone, and fails the job
+                        // rather than run it with another key.
+                        unit.secrets = vec![API_KEY_SECRET.into()];
+                    }
+                    self.deps.metrics.dispatch_latency.observe(waited.as_secs_f64());
+                    self.deps.mqtt.dispatch(&worker, &unit);
+                }
+                Effect::Control { worker, control } => self.deps.mqtt.control(&worker, &control),
+                Effect::Notify { job, event } => self.notify(job, event),
+                Effect::RangeReturned { .. } => {
+                    self.deps.metrics.redeliveries.inc();
+                }
+            }
+        }
+    }
+
+    fn notify(&mut self, job: JobId, event: JobEvent) {
+        if event.is_final() {
+            // Every way a job ends passes here: its secrets go with it.
+            self.secrets.remove(&job);
+            if let Some(key) = self.cache_pending.remove(&job)
+                && let JobEvent::Succeeded { result, .. } = &event
+            {
+                self.deps.ai_cache.put(key, result, std::time::Instant::now());
+            }
+            // Always scheduled: a watcher may subscribe between now and the commit,
+            // and it reads the store, which shows the outcome only after it.
+            self.sent_positions.remove(&job);
+            let hub = self.deps.hub.clone();
+            self.deps.store.after_commit(move |_| hub.publish(job, event));
+        } else if matches!(event, JobEvent::Progress { .. }) && self.engine.kind(&job) == Some(JobKind::AiQuery) {
+            // A streamed answer: kept for watchers that arrive mid-answer.
+            self.deps.hub.publish_kept(job, event);
+        } else {
+            if matches!(event, JobEvent::Requeued { .. }) {
+                // The answer will start again from its first piece.
+                self.deps.hub.reset_kept(&job);
+            }
+            self.deps.hub.publish(job, event);
+        }
+    }
+
+    /// Tells watchers of queued jobs where their job stands now, when it
+    /// moved: O(log n) per watched job.
+    pub(super) fn send_positions(&mut self) {
+        self.positions_dirty = false;
+        let watched = self.deps.hub.watched();
+        self.sent_positions.retain(|id, _| watched.contains(id));
+        for id in watched {
+            let Some(position) = self.engine.queue().position(&id) else { continue };
+            if self.sent_positions.insert(id, position) != Some(position) {
+                self.deps.hub.publish(id, JobEvent::Queued { position });
+            }
+        }
+    }
+
+    fn worker_views(&self, now: Now) -> Vec<WorkerView> {
+        self.engine
+            .workers()
+            .iter()
+            .map(|w| {
+                let mut kinds: Vec<String> = w.caps.kinds.iter().map(|k| k.as_str().to_owned()).collect();
+                kinds.sort();
+                WorkerView {
+                    id: w.id.to_string(),
+                    state: w.availability.as_str().into(),
+                    slots: w.caps.slots,
+                    running: w.running.len() as u32,
+                    kinds,
+                    cores: w.caps.cores,
+                    memory_bytes: w.caps.memory_bytes,
+                    aes_ni: w.caps.aes_ni,
+                    huge_pages: w.caps.huge_pages,
+                    randomx_modes: w.caps.randomx_modes.iter().map(|m| m.as_str().to_owned()).collect(),
+                    hashrate: w.hashrate,
+                    ai_providers: w.caps.ai_providers.iter().map(|p| p.as_str().to_owned()).collect(),
+                    ai_slots: w.caps.ai_slots,
+                    invalid_shares: w.invalid_shares,
+                    version: w.caps.version.clone(),
+                    last_seen_ms: now.mono.saturating_duration_since(w.last_seen).as_millis() as u64,
+                }
+            })
+            .collect()
+    }
+}

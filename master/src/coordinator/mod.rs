@@ -1,0 +1,227 @@
+//! The task that owns the [`Engine`]: adapters (HTTP, gRPC, MQTT) send it
+//! commands, it applies them and carries out the resulting effects in order —
+//! store writes, MQTT publishes, and notifications. Anything a client is told
+//! (a 202, an accepted result, a final event) waits until the store has
+//! committed the change behind it.
+//!
+//! Workers' reports arrive raw. A mining unit's shares are re-hashed off this
+//! task ([`reports`]) and come back as a [`Command::Verified`] carrying
+//! [`VerifiedShares`](crate::verify::VerifiedShares), the only form the
+//! engine takes shares in; the worker's call is answered after that.
+//!
+//! - [`actor`]: the loop's state and how each command and effect is handled.
+//! - [`reports`]: shape checks of unit reports and the verification round trip.
+
+mod actor;
+mod reports;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use faena_proto::api::WorkerView;
+use faena_proto::ids::{InstanceId, JobId, WorkerId};
+use faena_proto::mqtt::WorkerState;
+use faena_proto::secret::Secret;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::ai_cache::AiCache;
+use crate::engine::{ActiveView, Engine, LeaseError, LeaseRef, NewJob, Outcome, QueueFull};
+use crate::engine::{RegisterOutcome, Registration};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::mqtt::MqttOut;
+use crate::store::{CommitFailed, Store};
+use crate::verify::Verifier;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error(transparent)]
+    QueueFull(#[from] QueueFull),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// A worker's report does not match the contract of its job's kind.
+    #[error("{0}")]
+    Malformed(String),
+    #[error("the job store could not record this; try again later")]
+    Store(#[source] CommitFailed),
+    #[error("the master is shutting down")]
+    Stopped,
+}
+
+/// What became of a cancel request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    Now,
+    NotActive,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+enum Command {
+    Submit(Vec<NewJob>, Reply<Result<Vec<(JobId, u64)>, CoordError>>),
+    Cancel(JobId, Reply<Result<Cancelled, CoordError>>),
+    View(JobId, Reply<Option<ActiveView>>),
+    Position(JobId, Reply<Option<u64>>),
+    Workers(Reply<Vec<WorkerView>>),
+    Register(Registration, Reply<RegisterOutcome>),
+    Heartbeat {
+        worker: WorkerId,
+        instance: InstanceId,
+        running: Vec<LeaseRef>,
+        hashrate: f64,
+        reply: Reply<Result<Vec<LeaseRef>, CoordError>>,
+    },
+    Progress {
+        worker: WorkerId,
+        lease: LeaseRef,
+        data: Value,
+        reply: Reply<Result<(), CoordError>>,
+    },
+    Complete {
+        worker: WorkerId,
+        lease: LeaseRef,
+        outcome: Outcome,
+        reply: Reply<Result<bool, CoordError>>,
+    },
+    /// A mining unit's report whose shares were re-hashed off the loop.
+    Verified(reports::Verified),
+    Secret {
+        worker: WorkerId,
+        lease: LeaseRef,
+        name: String,
+        reply: Reply<Result<Option<Secret>, CoordError>>,
+    },
+    WorkerState {
+        worker: WorkerId,
+        instance: InstanceId,
+        state: WorkerState,
+    },
+    RefreshGauges(Reply<()>),
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+/// Cheap handle the adapters hold.
+#[derive(Debug, Clone)]
+pub struct Coordinator {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Coordinator {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, CoordError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| CoordError::Stopped)?;
+        rx.await.map_err(|_| CoordError::Stopped)
+    }
+
+    pub async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<(JobId, u64)>, CoordError> {
+        self.ask(|r| Command::Submit(jobs, r)).await?
+    }
+
+    pub async fn cancel(&self, id: JobId) -> Result<Cancelled, CoordError> {
+        self.ask(|r| Command::Cancel(id, r)).await?
+    }
+
+    pub async fn view(&self, id: JobId) -> Result<Option<ActiveView>, CoordError> {
+        self.ask(|r| Command::View(id, r)).await
+    }
+
+    /// A queued job's place in the queue (O(log n)); None if it is not queued.
+    pub async fn position(&self, id: JobId) -> Result<Option<u64>, CoordError> {
+        self.ask(|r| Command::Position(id, r)).await
+    }
+
+    pub async fn workers(&self) -> Result<Vec<WorkerView>, CoordError> {
+        self.ask(Command::Workers).await
+    }
+
+    pub async fn register(&self, reg: Registration) -> Result<RegisterOutcome, CoordError> {
+        self.ask(|r| Command::Register(reg, r)).await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        worker: WorkerId,
+        instance: InstanceId,
+        running: Vec<LeaseRef>,
+        hashrate: f64,
+    ) -> Result<Vec<LeaseRef>, CoordError> {
+        self.ask(|reply| Command::Heartbeat { worker, instance, running, hashrate, reply }).await?
+    }
+
+    /// A worker's progress report, as it came (a mining unit's is verified here).
+    pub async fn progress(&self, worker: WorkerId, lease: LeaseRef, data: Value) -> Result<(), CoordError> {
+        self.ask(|reply| Command::Progress { worker, lease, data, reply }).await?
+    }
+
+    /// An attempt's outcome, as it came (a mining unit's output is verified here).
+    pub async fn complete(&self, worker: WorkerId, lease: LeaseRef, outcome: Outcome) -> Result<bool, CoordError> {
+        self.ask(|reply| Command::Complete { worker, lease, outcome, reply }).await?
+    }
+
+    pub async fn secret(&self, worker: WorkerId, lease: LeaseRef, name: String) -> Result<Option<Secret>, CoordError> {
+        self.ask(|reply| Command::Secret { worker, lease, name, reply }).await?
+    }
+
+    pub async fn worker_state(&self, worker: WorkerId, instance: InstanceId, state: WorkerState) {
+        let _ = self.tx.send(Command::WorkerState { worker, instance, state }).await;
+    }
+
+    pub async fn refresh_gauges(&self) {
+        let _ = self.ask(Command::RefreshGauges).await;
+    }
+}
+
+/// What the coordinator works with.
+#[derive(Debug)]
+pub struct Deps {
+    pub store: Store,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    pub mqtt: MqttOut,
+    pub verifier: Arc<Verifier>,
+    pub ai_cache: AiCache,
+}
+
+pub fn channel() -> (Coordinator, Inbox) {
+    let (tx, rx) = mpsc::channel(65_536);
+    (Coordinator { tx: tx.clone() }, Inbox { rx, tx })
+}
+
+#[derive(Debug)]
+pub struct Inbox {
+    rx: mpsc::Receiver<Command>,
+    /// For work done off the loop to come back in.
+    tx: mpsc::Sender<Command>,
+}
+
+/// Runs until `cancel`, then lets the store flush what it was given.
+pub async fn run(engine: Engine, inbox: Inbox, deps: Deps, cancel: CancellationToken) {
+    let heartbeat = engine.config().heartbeat;
+    let Inbox { mut rx, tx } = inbox;
+    let mut actor = actor::Actor::new(engine, deps, Coordinator { tx });
+    let mut tick = tokio::time::interval(heartbeat / 4);
+    let mut positions = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => actor.handle(cmd),
+                None => break,
+            },
+            _ = tick.tick() => {
+                let started = Instant::now();
+                actor.tick();
+                actor.deps.metrics.tick.observe(started.elapsed().as_secs_f64());
+            }
+            _ = positions.tick(), if actor.positions_dirty => actor.send_positions(),
+        }
+    }
+    actor.stop().await;
+}

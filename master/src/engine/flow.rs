@@ -1,0 +1,207 @@
+//! How a job moves: placed on a worker (a new attempt with a fresh token),
+//! put back in the queue, or ended — and what each step records, publishes
+//! and tells watchers.
+
+use std::sync::Arc;
+
+use faena_proto::api::JobEvent;
+use faena_proto::ids::{FencingToken, JobId, WorkerId};
+use faena_proto::jobs::{JobSpec, JobState};
+use faena_proto::mqtt::{Control, WorkUnit};
+use serde_json::Value;
+
+use super::{ActiveJob, Effect, Engine, Finished, Lease, Now, RECENT_FINISHED, StoreOp};
+
+impl Engine {
+    /// Places queued jobs on free slots until none fits. A mining job takes
+    /// one unit per worker at a time (each unit uses all the worker's threads).
+    pub(super) fn schedule(&mut self, now: Now) {
+        'placing: loop {
+            for (_, lane, id) in self.queue.heads() {
+                let split = self.mining.contains(&id);
+                let holders = if split { self.mining.holders(&id) } else { Default::default() };
+                let Some(worker) = self.workers.pick(lane, |w| holders.contains(w)) else { continue };
+                if split {
+                    self.dispatch_unit(now, id, worker);
+                } else {
+                    self.dispatch(now, id, worker);
+                }
+                continue 'placing;
+            }
+            break;
+        }
+    }
+
+    /// Sends `id` to `worker` as a new attempt.
+    pub(super) fn dispatch(&mut self, now: Now, id: JobId, worker: WorkerId) {
+        self.queue.remove(&id);
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        job.attempts += 1;
+        let token = FencingToken::new();
+        let attempt = job.attempts;
+        let kind = job.kind();
+        let unit = WorkUnit {
+            job_id: id,
+            attempt,
+            token: token.clone(),
+            kind,
+            params: job.spec.params_json(),
+            secrets: Vec::new(),
+        };
+        let waited = now.mono.saturating_duration_since(job.enqueued_at);
+        let lease = Lease { worker: worker.clone(), attempt, token: token.clone(), restored: false };
+        self.hold(id, lease, now.mono + self.cfg.lease_ttl());
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.running.insert(id, kind);
+        }
+        self.effects.push(Effect::Store(StoreOp::Dispatched {
+            id,
+            attempt,
+            worker: worker.to_string(),
+            token,
+            at_ms: now.wall_ms,
+        }));
+        self.effects.push(Effect::Notify { job: id, event: JobEvent::Running { worker: worker.to_string(), attempt } });
+        self.effects.push(Effect::Dispatch { worker, unit, waited });
+    }
+
+    pub(super) fn release_lease(&mut self, id: JobId) -> Option<Lease> {
+        let lease = self.jobs.get_mut(&id)?.lease.take()?;
+        self.lease_deadlines.remove(&id);
+        if let Some(w) = self.workers.get_mut(&lease.worker) {
+            w.running.remove(&id);
+        }
+        Some(lease)
+    }
+
+    /// Puts an attempt back: the job waits again (a unit's range goes back
+    /// to its mining job), or fails once its attempts are used up.
+    pub(super) fn requeue(&mut self, now: Now, id: JobId, reason: String, counts: bool) {
+        let worker = self.release_lease(id).map(|l| l.worker);
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        if !counts {
+            job.attempts = job.attempts.saturating_sub(1);
+        }
+        let attempts = job.attempts;
+        if attempts >= self.cfg.max_attempts {
+            let error = format!("gave up after {attempts} attempts: {reason}");
+            match (self.mining.job_of(&id), worker) {
+                (Some(_), Some(worker)) => self.unit_failed(now, id, &worker, error),
+                _ => self.finish(now, id, JobState::Failed, None, Some(error)),
+            }
+            return;
+        }
+        if self.mining.job_of(&id).is_some() {
+            self.unit_lost(now, id, attempts, &reason);
+            return;
+        }
+        job.enqueued_at = now.mono;
+        let (lane, rank) = (job.lane, (job.priority, job.seq));
+        self.queue.push(id, lane, rank);
+        self.effects.push(Effect::Store(StoreOp::Requeued {
+            id,
+            attempts,
+            reason: reason.clone(),
+            at_ms: now.wall_ms,
+        }));
+        self.effects.push(Effect::Notify { job: id, event: JobEvent::Requeued { reason } });
+    }
+
+    /// Ends a job for good (a mining job: and every unit it still has out).
+    pub(super) fn finish(
+        &mut self,
+        now: Now,
+        id: JobId,
+        state: JobState,
+        result: Option<Value>,
+        error: Option<String>,
+    ) {
+        if self.retire(now, id, state, result, error).is_none() {
+            return;
+        }
+        let Some(ended) = self.mining.end(&id) else { return };
+        for (unit, worker) in ended.units {
+            if let Some(l) = self.jobs.get(&unit).and_then(|j| j.lease.as_ref()) {
+                let control = Control::Cancel { job_id: unit, attempt: l.attempt };
+                self.effects.push(Effect::Control { worker, control });
+            }
+            self.retire(now, unit, JobState::Cancelled, None, Some(format!("job {id} ended")));
+        }
+    }
+
+    /// Ends a job's life here: records the final state and remembers it for
+    /// recognising duplicate results. No knock-on effects (see `finish`).
+    pub(super) fn retire(
+        &mut self,
+        now: Now,
+        id: JobId,
+        state: JobState,
+        result: Option<Value>,
+        error: Option<String>,
+    ) -> Option<(ActiveJob, Option<Lease>)> {
+        let lease = self.release_lease(id);
+        self.queue.remove(&id);
+        let job = self.jobs.remove(&id)?;
+        let worker = match self.mining.worker_list(&id) {
+            Some(list) => Some(list).filter(|w| !w.is_empty()),
+            None => lease.as_ref().map(|l| l.worker.to_string()),
+        };
+        let event = match (&state, &result, &error) {
+            (JobState::Succeeded, Some(r), _) => JobEvent::Succeeded {
+                result: r.clone(),
+                worker: worker.clone().unwrap_or_default(),
+                attempt: job.attempts,
+            },
+            (JobState::Cancelled, _, _) => JobEvent::Cancelled,
+            _ => JobEvent::Failed { error: error.clone().unwrap_or_else(|| "failed".into()) },
+        };
+        self.effects.push(Effect::Store(StoreOp::Finished {
+            id,
+            state,
+            attempts: job.attempts,
+            worker,
+            result,
+            error,
+            at_ms: now.wall_ms,
+        }));
+        self.effects.push(Effect::Notify { job: id, event });
+        let (attempt, token) =
+            lease.as_ref().map(|l| (l.attempt, Some(l.token.clone()))).unwrap_or((job.attempts, None));
+        self.recent.insert(id, Finished { state, attempt, token });
+        self.recent_order.push_back(id);
+        if self.recent_order.len() > RECENT_FINISHED
+            && let Some(old) = self.recent_order.pop_front()
+        {
+            self.recent.remove(&old);
+        }
+        Some((job, lease))
+    }
+
+    /// Records a new job carved out of another (a mining unit) and sends it.
+    pub(super) fn spawn_unit(
+        &mut self,
+        now: Now,
+        parent: JobId,
+        unit: JobId,
+        spec: JobSpec,
+        attempts: u32,
+        to: WorkerId,
+    ) {
+        let Some(priority) = self.jobs.get(&parent).map(|j| j.priority) else { return };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let spec = Arc::new(spec);
+        self.effects.push(Effect::Store(StoreOp::Insert {
+            id: unit,
+            spec: spec.clone(),
+            priority,
+            seq,
+            at_ms: now.wall_ms,
+            parent: Some(parent),
+        }));
+        let mut job = ActiveJob::new(spec, priority, seq, now);
+        job.attempts = attempts;
+        self.jobs.insert(unit, job);
+        self.dispatch(now, unit, to);
+    }
+}

@@ -1,0 +1,203 @@
+//! The engine's side of mining units: carving one for a worker, passing
+//! every unit event to the [`Mining`](super::mining::Mining) sub-machine,
+//! and applying the [`Verdict`] it returns to the mining job.
+
+use std::sync::Arc;
+
+use faena_proto::api::JobEvent;
+use faena_proto::ids::{JobId, WorkerId};
+use faena_proto::jobs::{JobKind, JobSpec, JobState};
+use faena_proto::mine::{MineProgress, UnitOutput};
+
+use super::mining::{MinedUnit, Verdict};
+use super::{ActiveJob, Effect, Engine, Lease, LeaseError, LeaseRef, MinedProgress, Now, Outcome, RestoredJob};
+use super::{StoreOp, UnitWork};
+use crate::queue::Lane;
+use crate::scheduler::Availability;
+
+impl Engine {
+    /// Carves a unit of mining job `id` sized for `worker` and sends it.
+    pub(super) fn dispatch_unit(&mut self, now: Now, id: JobId, worker: WorkerId) {
+        let speed = self.workers.get(&worker).map(|w| self.workers.speed(w)).unwrap_or(1.0);
+        let total = self.workers.total_speed(Lane::of(JobKind::RandomxMine));
+        let unit = JobId::new();
+        let Some(carved) = self.mining.carve(id, unit, &worker, speed, total, now.mono) else {
+            self.queue.remove(&id);
+            return;
+        };
+        if !self.mining.has_pending(&id) {
+            self.queue.remove(&id);
+        }
+        if carved.first {
+            self.effects.push(Effect::Store(StoreOp::Started { id, worker: worker.to_string(), at_ms: now.wall_ms }));
+            self.effects
+                .push(Effect::Notify { job: id, event: JobEvent::Running { worker: worker.to_string(), attempt: 1 } });
+        }
+        self.spawn_unit(now, id, unit, JobSpec::RandomxMine(carved.params), carved.attempts, worker);
+    }
+
+    /// What a mining unit covers and the nonces its job already accepted,
+    /// for the verifier; None when the lease is not a mining unit's.
+    pub fn unit_work(&mut self, worker: &WorkerId, lease: &LeaseRef) -> Result<Option<UnitWork>, LeaseError> {
+        self.check_lease(worker, lease)?;
+        if self.mining.job_of(&lease.job_id).is_none() {
+            return Ok(None);
+        }
+        let Some(JobSpec::RandomxMine(params)) = self.jobs.get(&lease.job_id).map(|j| &*j.spec) else {
+            return Ok(None);
+        };
+        Ok(Some(UnitWork { params: params.clone(), known: self.mining.known_nonces(&lease.job_id) }))
+    }
+
+    /// A mining unit's progress, its shares verified.
+    pub fn unit_progress(
+        &mut self,
+        now: Now,
+        worker: &WorkerId,
+        lease: &LeaseRef,
+        report: MinedProgress,
+    ) -> Result<(), LeaseError> {
+        self.check_lease(worker, lease)?;
+        self.renew(now, worker, lease);
+        let Some(job) = self.mining.job_of(&lease.job_id) else { return Ok(()) };
+        let (shown, verdict) =
+            self.mining.progress(&lease.job_id, report.hashes, report.hashrate, &report.shares, now.mono);
+        if let Some(p) = shown {
+            self.notify_progress(job, p, Some((worker, lease.attempt)));
+        }
+        self.apply_verdict(now, job, verdict, None);
+        self.schedule(now);
+        Ok(())
+    }
+
+    /// Counts invalid shares from a worker against its mining job and the
+    /// worker; over the limit the worker is quarantined (gets no more work
+    /// until it registers again). True when this call quarantined it.
+    pub fn invalid_shares(&mut self, worker: &WorkerId, unit: &JobId, n: u32) -> bool {
+        if n == 0 {
+            return false;
+        }
+        self.mining.invalid(unit, worker, n);
+        let limit = self.cfg.invalid_share_limit;
+        let Some(w) = self.workers.get_mut(worker) else { return false };
+        w.invalid_shares = w.invalid_shares.saturating_add(n);
+        if w.invalid_shares > limit && w.availability != Availability::Quarantined {
+            w.availability = Availability::Quarantined;
+            return true;
+        }
+        false
+    }
+
+    /// A mining unit's outcome.
+    pub(super) fn end_unit(&mut self, now: Now, worker: &WorkerId, unit: JobId, outcome: Outcome) {
+        match outcome {
+            Outcome::Mined(out) => self.unit_done(now, unit, out),
+            // Output that did not come through the verifier counts for nothing.
+            Outcome::Success(_) => {
+                let attempts = self.jobs.get(&unit).map_or(0, |j| j.attempts);
+                self.release_lease(unit);
+                self.unit_lost(now, unit, attempts, "its output was not a mining unit's");
+            }
+            Outcome::Failure { message, retryable: true } => self.requeue(now, unit, message, true),
+            Outcome::Failure { message, retryable: false } => self.unit_failed(now, unit, worker, message),
+            Outcome::HandedBack(reason) => self.requeue(now, unit, reason, false),
+        }
+    }
+
+    fn unit_done(&mut self, now: Now, unit: JobId, out: MinedUnit) {
+        let Some(job) = self.mining.job_of(&unit) else { return };
+        let (verdict, stored) = self.mining.done(&unit, out, now.mono);
+        let stored = stored.and_then(|o: UnitOutput| serde_json::to_value(o).ok());
+        self.retire(now, unit, JobState::Succeeded, stored, None);
+        self.apply_verdict(now, job, verdict, None);
+    }
+
+    /// A unit whose lease is already released was lost: its range goes back.
+    pub(super) fn unit_lost(&mut self, now: Now, unit: JobId, attempts: u32, reason: &str) {
+        let Some(job) = self.mining.job_of(&unit) else { return };
+        let note = format!("{reason}; its range goes back to job {job}");
+        self.retire(now, unit, JobState::Failed, None, Some(note));
+        self.effects.push(Effect::RangeReturned { job });
+        let reason = format!("a unit was lost ({reason}); its range is split again");
+        self.effects.push(Effect::Notify { job, event: JobEvent::Requeued { reason } });
+        let verdict = self.mining.lost(&unit, attempts, now.mono);
+        self.apply_verdict(now, job, verdict, None);
+    }
+
+    /// A unit failed for good: its mining job fails with it.
+    pub(super) fn unit_failed(&mut self, now: Now, unit: JobId, worker: &WorkerId, error: String) {
+        let Some(job) = self.mining.job_of(&unit) else { return };
+        let verdict = self.mining.failed(&unit, worker, &error);
+        self.retire(now, unit, JobState::Failed, None, Some(error));
+        self.apply_verdict(now, job, verdict, None);
+    }
+
+    /// Carries out the sub-machine's verdict on mining job `job`; `from` is
+    /// the unit report behind it, if any (named in the progress event).
+    pub(super) fn apply_verdict(&mut self, now: Now, job: JobId, verdict: Verdict, from: Option<(&WorkerId, u32)>) {
+        let progress = match verdict {
+            Verdict::Finish(out) => {
+                let result = serde_json::to_value(out).ok();
+                self.finish(now, job, JobState::Succeeded, result, None);
+                return;
+            }
+            Verdict::Fail(error) => {
+                self.finish(now, job, JobState::Failed, None, Some(error));
+                return;
+            }
+            Verdict::Requeue(progress) => {
+                if let Some(j) = self.jobs.get_mut(&job)
+                    && !self.queue.contains(&job)
+                {
+                    j.enqueued_at = now.mono;
+                    self.queue.push(job, j.lane, (j.priority, j.seq));
+                }
+                progress
+            }
+            Verdict::Continue(progress) => progress,
+        };
+        if let Some(p) = progress {
+            self.notify_progress(job, p, from);
+        }
+    }
+
+    fn notify_progress(&mut self, job: JobId, progress: MineProgress, from: Option<(&WorkerId, u32)>) {
+        let data = serde_json::to_value(progress).unwrap_or_default();
+        let (worker, attempt) = from.map(|(w, a)| (w.to_string(), a)).unwrap_or_default();
+        self.effects.push(Effect::Notify { job, event: JobEvent::Progress { worker, attempt, data } });
+    }
+
+    /// A unit read back from the store: finished ones count as done for
+    /// their job, running ones stay out on their worker, others failed.
+    pub(super) fn restore_unit(&mut self, now: Now, j: RestoredJob, parent: JobId, lease: Option<Lease>) {
+        let range = match &j.spec {
+            JobSpec::RandomxMine(p) => p.work().ok().map(|w| (u64::from(w.start), w.count)),
+            _ => None,
+        };
+        match (self.mining.contains(&parent), range, j.done, lease) {
+            (true, Some((start, count)), Some((worker, output)), _) => {
+                if let Ok(out) = serde_json::from_value::<UnitOutput>(output) {
+                    self.mining.restore_done(parent, start, count, &worker, &out, now.mono);
+                }
+            }
+            (true, Some((start, count)), None, Some(lease)) => {
+                self.mining.restore_out(parent, j.id, start, count, lease.worker.clone(), now.mono);
+                let mut job = ActiveJob::new(Arc::new(j.spec), j.priority, j.seq, now);
+                job.created_at_ms = j.created_at_ms;
+                job.attempts = j.attempts;
+                self.jobs.insert(j.id, job);
+                self.hold(j.id, lease, now.mono + self.cfg.recovery_grace());
+            }
+            (_, _, None, _) => self.effects.push(Effect::Store(StoreOp::Finished {
+                id: j.id,
+                state: JobState::Failed,
+                attempts: j.attempts,
+                worker: None,
+                result: None,
+                error: Some("not running when the master restarted; its range was handed out again".into()),
+                at_ms: now.wall_ms,
+            })),
+            _ => {}
+        }
+    }
+}
