@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests need (cmake, mosquitto, node + the page's npm
-# packages, chromium, shellcheck) if missing, lints the scripts, builds the
-# binaries the integration tests start, and runs every test.
+# packages, chromium, shellcheck) if missing, lints the scripts and the Rust
+# code (rustfmt, clippy with warnings as errors), builds the binaries the
+# integration tests start, and runs every test.
 #
 #   ./scripts/test.sh [cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/prereqs.sh
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 need_build_tools
@@ -24,6 +25,11 @@ for s in scripts/*.sh; do
   [ "$s" = scripts/test.sh ] && continue
   bash "$s" --help >/dev/null || { echo "$s --help failed" >&2; exit 1; }
 done
+
+# Lints are law: formatting and clippy (warnings are errors) before any test.
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 cargo build --locked --workspace --bins
 cargo test --locked --workspace "$@"
