@@ -13,6 +13,7 @@ pub mod api;
 pub mod fake_ai;
 pub mod mosquitto;
 pub mod process;
+pub mod sim;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -80,3 +80,21 @@ pub fn signal(pid: i32, sig: &str) {
         let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
     }
 }
+
+/// User + system CPU time of process `pid` so far, in seconds (from `/proc`).
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resident memory of process `pid` now, in MiB (from `/proc`).
+pub fn rss_mib(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next());
+    kb.and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+}

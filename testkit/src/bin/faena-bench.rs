@@ -13,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use faena_testkit::process::cpu_seconds;
 use faena_testkit::{Cluster, MasterOpts, eventually};
 use futures::StreamExt;
 use serde_json::json;
@@ -20,16 +21,6 @@ use serde_json::json;
 const BATCH: usize = 1_000;
 const CLIENTS: usize = 64;
 const WORKER_SLOTS: u32 = 128;
-
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after ')'.
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 async fn succeeded(c: &Cluster) -> u64 {
     let text = c.api.text("/metrics").await;

@@ -1,0 +1,190 @@
+//! `faena-scale-bench`: what the master costs as the work grows. A real
+//! release master (embedded broker, durable store) with 1,000 simulated
+//! workers (light in-process MQTT + gRPC clients that register, heartbeat
+//! every interval and complete units on demand), at queue depths of 1,000,
+//! 10,000 and 100,000 `noop` jobs — a fresh master for each depth.
+//!
+//! `cargo run --release -p faena-testkit --bin faena-scale-bench -- [workers] [depths…]`
+//!
+//! Per depth it prints: master RSS; master CPU per heartbeat (a quiet window
+//! in which every worker holds a unit and only heartbeats and ticks run);
+//! the coordinator's mean tick time (from `faena_coordinator_tick_seconds`);
+//! the cost of a queue-position query (`GET /api/jobs/{id}` of a job deep in
+//! the queue: latency and master CPU); master CPU per dispatch (workers
+//! complete a budget of units, each freed slot takes the next queued job);
+//! then the same with 1,000 SSE watchers of queued jobs, whose positions
+//! move with every dispatch. Last, the ratios of the deepest queue to the
+//! shallowest.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use faena_testkit::process::{cpu_seconds, rss_mib};
+use faena_testkit::sim::{Fleet, start_fleet};
+use faena_testkit::{Cluster, MasterOpts, eventually, sample};
+use serde_json::json;
+
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const WINDOW: Duration = Duration::from_secs(5);
+const BATCH: usize = 1_000;
+const WATCHERS: usize = 1_000;
+const QUERIES: usize = 2_000;
+
+async fn metric(c: &Cluster, name: &str) -> f64 {
+    sample(&c.api.text("/metrics").await, name).unwrap_or(0.0)
+}
+
+async fn wait_metric(c: &Cluster, name: &str, want: f64) {
+    eventually(&format!("{name} = {want}"), || async { (metric(c, name).await == want).then_some(()) }).await;
+}
+
+/// Submits `n` noop jobs in batches; returns their ids in order.
+async fn submit(c: &Cluster, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    let body: Vec<_> = (0..BATCH).map(|_| json!({"kind": "noop"})).collect();
+    let mut left = n;
+    while left > 0 {
+        let take = left.min(BATCH);
+        let (status, answer) = c.api.post("/api/jobs/batch", &json!({"jobs": &body[..take]})).await;
+        assert_eq!(status, 202, "{answer}");
+        ids.extend(answer["jobs"].as_array().expect("jobs").iter().map(|j| j["id"].as_str().expect("id").to_owned()));
+        left -= take;
+    }
+    ids
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Costs {
+    hb_us: f64,
+    tick_us: f64,
+    query_us: f64,
+    query_cpu_us: f64,
+    dispatch_us: f64,
+}
+
+/// The quiet window: heartbeats and ticks only.
+async fn quiet(c: &Cluster, pid: i32, fleet: &Fleet) -> (f64, f64) {
+    let (sum0, n0) = (
+        metric(c, "faena_coordinator_tick_seconds_sum").await,
+        metric(c, "faena_coordinator_tick_seconds_count").await,
+    );
+    let (cpu0, hb0) = (cpu_seconds(pid), fleet.heartbeats.load(Ordering::Relaxed));
+    tokio::time::sleep(WINDOW).await; // a measuring window, not a wait for an event
+    let (cpu, hb) = (cpu_seconds(pid) - cpu0, fleet.heartbeats.load(Ordering::Relaxed) - hb0);
+    let (sum, n) = (
+        metric(c, "faena_coordinator_tick_seconds_sum").await - sum0,
+        metric(c, "faena_coordinator_tick_seconds_count").await - n0,
+    );
+    (cpu * 1e6 / hb.max(1) as f64, if n > 0.0 { sum * 1e6 / n } else { 0.0 })
+}
+
+/// Position queries of jobs deep in the queue: (latency µs, master CPU µs) each.
+async fn queries(c: &Cluster, pid: i32, deep: &[String]) -> (f64, f64) {
+    let cpu0 = cpu_seconds(pid);
+    let start = Instant::now();
+    for i in 0..QUERIES {
+        let (status, job) = c.api.get(&format!("/api/jobs/{}", deep[i % deep.len()])).await;
+        assert_eq!(status, 200);
+        assert!(job["position"].as_u64().is_some(), "still queued: {job}");
+    }
+    let each = start.elapsed().as_secs_f64() * 1e6 / QUERIES as f64;
+    (each, (cpu_seconds(pid) - cpu0) * 1e6 / QUERIES as f64)
+}
+
+/// Lets the fleet complete `k` units, each freeing a slot for a queued job; master CPU per dispatch.
+async fn dispatches(c: &Cluster, pid: i32, fleet: &Fleet, k: usize) -> f64 {
+    let done0 = metric(c, "faena_jobs_total{state=\"succeeded\"}").await;
+    let cpu0 = cpu_seconds(pid);
+    fleet.complete(k as i64);
+    wait_metric(c, "faena_jobs_total{state=\"succeeded\"}", done0 + k as f64).await;
+    (cpu_seconds(pid) - cpu0) * 1e6 / k as f64
+}
+
+async fn measure(c: &Cluster, pid: i32, fleet: &Fleet, deep: &[String], k: usize, depth: usize) -> Costs {
+    let (hb_us, tick_us) = quiet(c, pid, fleet).await;
+    let (query_us, query_cpu_us) = queries(c, pid, deep).await;
+    let dispatch_us = dispatches(c, pid, fleet, k).await;
+    // Top the queue back up to its depth for what comes next.
+    submit(c, k).await;
+    wait_metric(c, "faena_jobs_active{state=\"queued\"}", depth as f64).await;
+    Costs { hb_us, tick_us, query_us, query_cpu_us, dispatch_us }
+}
+
+fn line(depth: usize, watchers: usize, rss: f64, c: Costs) {
+    println!(
+        "{depth:>7} {watchers:>8} {rss:>8.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>11.1}",
+        c.hb_us, c.tick_us, c.query_us, c.query_cpu_us, c.dispatch_us
+    );
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let workers = args.first().copied().unwrap_or(1_000);
+    let depths: Vec<usize> = if args.len() > 1 { args[1..].to_vec() } else { vec![1_000, 10_000, 100_000] };
+    println!(
+        "faena-scale-bench: {workers} simulated workers (1 slot each, heartbeat {} ms), noop jobs, {} cores",
+        HEARTBEAT.as_millis(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    println!("  depth watchers  RSS MiB  CPU/hb µs   tick µs  query µs  query CPU µs  CPU/dispatch µs");
+    let mut rows = Vec::new();
+    for &depth in &depths {
+        let opts = MasterOpts {
+            heartbeat_ms: HEARTBEAT.as_millis() as u32,
+            queue_capacity: depth * 2 + workers + 10_000,
+            ..MasterOpts::default()
+        };
+        let mut c = Cluster::start(opts).await;
+        let pid = c.master().pid();
+        let fleet = start_fleet(workers, &c.addrs.grpc, &c.addrs.mqtt, HEARTBEAT).await;
+        wait_metric(&c, "faena_workers", workers as f64).await;
+        let ids = submit(&c, workers + depth).await;
+        wait_metric(&c, "faena_jobs_active{state=\"running\"}", workers as f64).await;
+        wait_metric(&c, "faena_jobs_active{state=\"queued\"}", depth as f64).await;
+        // The deepest jobs: still queued after every dispatch this run makes.
+        let k = (depth / 2).min(5_000);
+        let deep: Vec<String> = ids[ids.len() - (depth / 4).clamp(1, 1_000)..].to_vec();
+        let plain = measure(&c, pid, &fleet, &deep, k, depth).await;
+        let rss = rss_mib(pid);
+        line(depth, 0, rss, plain);
+
+        // 1,000 SSE watchers of queued jobs, spread over the queue's back half.
+        let mut watched = Vec::with_capacity(WATCHERS);
+        let span = &ids[ids.len() - depth / 2..];
+        for i in 0..WATCHERS {
+            let id = &span[i * span.len() / WATCHERS];
+            let mut events = c.api.events(id).await;
+            let first = events.next().await.expect("a snapshot");
+            assert_eq!(first.0, "queued", "watching a queued job");
+            watched.push(tokio::spawn(async move { while events.next().await.is_some() {} }));
+        }
+        let with = measure(&c, pid, &fleet, &deep, k, depth).await;
+        let rss_w = rss_mib(pid);
+        line(depth, WATCHERS, rss_w, with);
+        rows.push((depth, rss.max(rss_w), plain, with));
+        fleet.stop();
+        for w in watched {
+            w.abort();
+        }
+        drop(c);
+    }
+    if let (Some(first), Some(last)) = (rows.first(), rows.last())
+        && rows.len() > 1
+    {
+        let r = |a: f64, b: f64| if a > 0.0 { b / a } else { f64::NAN };
+        println!(
+            "ratio {} / {} jobs: dispatch {:.2}x (watched {:.2}x), position query {:.2}x (watched {:.2}x), tick {:.2}x, heartbeat {:.2}x; max RSS {:.0} MiB",
+            last.0,
+            first.0,
+            r(first.2.dispatch_us, last.2.dispatch_us),
+            r(first.3.dispatch_us, last.3.dispatch_us),
+            r(first.2.query_cpu_us, last.2.query_cpu_us),
+            r(first.3.query_cpu_us, last.3.query_cpu_us),
+            r(first.2.tick_us, last.2.tick_us),
+            r(first.2.hb_us, last.2.hb_us),
+            last.1
+        );
+    }
+}

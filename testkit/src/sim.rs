@@ -1,0 +1,154 @@
+//! Simulated workers for scale benchmarks: light in-process clients that
+//! speak the real contract — an MQTT connection subscribed to their jobs
+//! topic, and gRPC calls (one shared HTTP/2 channel) to register, heartbeat
+//! every interval with the leases they hold, and complete units. They hold
+//! the units they get until told to complete a budget of them, so a test can
+//! keep every worker busy and the queue as deep as it wants.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use faena_proto::grpc::{self as pb, master_client::MasterClient};
+use faena_proto::mqtt::{Payload, WorkUnit};
+use faena_proto::topics::Topics;
+use tokio::sync::{Notify, mpsc};
+use tonic::transport::Channel;
+
+use crate::{Listener, TOKEN, WAIT};
+
+/// What all simulated workers of a fleet share.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    /// Units to complete before holding again (taken one at a time).
+    budget: AtomicI64,
+    complete: AtomicBool,
+    kick: Notify,
+    pub heartbeats: AtomicU64,
+    pub completed: AtomicU64,
+    pub registered: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Fleet {
+    /// Lets the fleet complete `n` more units (held ones first).
+    pub fn complete(&self, n: i64) {
+        self.budget.fetch_add(n, Ordering::SeqCst);
+        self.complete.store(true, Ordering::SeqCst);
+        self.kick.notify_waiters();
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.kick.notify_waiters();
+    }
+
+    fn take(&self) -> bool {
+        if !self.complete.load(Ordering::SeqCst) {
+            return false;
+        }
+        if self.budget.fetch_sub(1, Ordering::SeqCst) > 0 {
+            return true;
+        }
+        self.budget.fetch_add(1, Ordering::SeqCst);
+        false
+    }
+}
+
+fn request<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Ok(v) = format!("Bearer {TOKEN}").parse() {
+        req.metadata_mut().insert("authorization", v);
+    }
+    req
+}
+
+fn lease(u: &WorkUnit) -> pb::Lease {
+    pb::Lease { job_id: u.job_id.to_string(), attempt: u.attempt, token: u.token.as_str().to_owned() }
+}
+
+/// Starts `n` simulated workers `sim-0` … against a master; returns once each
+/// has subscribed to its jobs topic and registered.
+pub async fn start_fleet(n: usize, grpc: &str, mqtt: &str, heartbeat: Duration) -> Arc<Fleet> {
+    let fleet = Arc::new(Fleet::default());
+    let channel = Channel::from_shared(format!("http://{grpc}")).expect("url").connect().await.expect("gRPC");
+    let (ready_tx, mut ready) = mpsc::unbounded_channel();
+    for i in 0..n {
+        let (fleet, channel, ready_tx) = (fleet.clone(), channel.clone(), ready_tx.clone());
+        let mqtt = mqtt.to_owned();
+        tokio::spawn(run_worker(format!("sim-{i}"), fleet, MasterClient::new(channel), mqtt, heartbeat, ready_tx));
+    }
+    for _ in 0..n {
+        tokio::time::timeout(WAIT, ready.recv()).await.expect("simulated workers register in time");
+    }
+    fleet
+}
+
+async fn run_worker(
+    id: String,
+    fleet: Arc<Fleet>,
+    mut grpc: MasterClient<Channel>,
+    mqtt: String,
+    heartbeat: Duration,
+    ready: mpsc::UnboundedSender<()>,
+) {
+    let topic = Topics::default().worker_jobs(&faena_proto::ids::WorkerId::parse(&id).expect("id"));
+    let mut mqtt = Listener::start(&mqtt, &id, &topic).await;
+    let instance = uuid::Uuid::new_v4().to_string();
+    let caps = pb::Capabilities { cores: 1, slots: 1, kinds: vec!["noop".into()], ..Default::default() };
+    let register = pb::RegisterRequest {
+        worker_id: id.clone(),
+        instance_id: instance.clone(),
+        capabilities: Some(caps),
+        running: vec![],
+    };
+    if grpc.register(request(register)).await.is_ok() {
+        fleet.registered.fetch_add(1, Ordering::SeqCst);
+        let _ = ready.send(());
+    }
+    let mut held: HashMap<String, WorkUnit> = HashMap::new();
+    // Spread the heartbeats over the interval, as real workers started at different times do.
+    let offset = Duration::from_micros(rand_offset(&id, heartbeat));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
+    loop {
+        let kicked = fleet.kick.notified();
+        tokio::select! {
+            Some((_, payload)) = mqtt.messages.recv() => {
+                if let Ok(u) = WorkUnit::decode(&payload) {
+                    held.insert(u.job_id.to_string(), u);
+                }
+            }
+            _ = tick.tick() => {
+                let running = held.values().map(lease).collect();
+                let hb = pb::HeartbeatRequest { worker_id: id.clone(), instance_id: instance.clone(), running, hashrate: 0.0 };
+                if grpc.heartbeat(request(hb)).await.is_ok() {
+                    fleet.heartbeats.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            () = kicked => {}
+        }
+        if fleet.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        while !held.is_empty() && fleet.take() {
+            let Some(key) = held.keys().next().cloned() else { break };
+            let Some(u) = held.remove(&key) else { break };
+            let result = pb::ResultRequest {
+                worker_id: id.clone(),
+                lease: Some(lease(&u)),
+                outcome: Some(pb::result_request::Outcome::OutputJson("{\"payload\":null}".into())),
+                elapsed_us: 1,
+            };
+            if grpc.submit_result(request(result)).await.is_ok() {
+                fleet.completed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A stable pseudo-random offset within `period` for `id`.
+fn rand_offset(id: &str, period: Duration) -> u64 {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    h % period.as_micros().max(1) as u64
+}
