@@ -17,8 +17,8 @@ pub enum EmbeddedBrokerError {
         "cannot listen for MQTT on {addr}: {source} (set FAENA_MQTT_ADDR, or FAENA_MQTT_URL for an external broker)"
     )]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("cannot start the embedded broker: {0}")]
-    Start(String),
+    #[error("cannot start the embedded broker's thread: {0}")]
+    Start(#[source] std::io::Error),
 }
 
 /// Starts the broker; returns the address it listens on (port 0 picks one).
@@ -68,6 +68,6 @@ pub fn start(addr: SocketAddr) -> Result<SocketAddr, EmbeddedBrokerError> {
                 tracing::error!(error = %e, "embedded broker stopped");
             }
         })
-        .map_err(|e| EmbeddedBrokerError::Start(e.to_string()))?;
+        .map_err(EmbeddedBrokerError::Start)?;
     Ok(addr)
 }

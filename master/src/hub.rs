@@ -127,11 +127,7 @@ impl Hub {
         self.inner.lock().get(job).is_some_and(|e| e.watchers() > 0)
     }
 
-    /// Jobs with a channel or a kept stream (what the hub holds memory for).
-    pub fn len(&self) -> usize {
-        self.inner.lock().len()
-    }
-
+    /// No job has a channel or a kept stream (the hub holds no memory).
     pub fn is_empty(&self) -> bool {
         self.inner.lock().is_empty()
     }

@@ -54,6 +54,10 @@ pub enum WorkerError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Client(#[from] client::ClientError),
+    #[error("AI providers: {0}")]
+    Ai(#[from] ai::SetupError),
+    #[error("the MQTT connection task died: {0}")]
+    BrokerTask(#[source] tokio::task::JoinError),
     #[error("a cluster token is required: set FAENA_CLUSTER_TOKEN or FAENA_CLUSTER_TOKEN_FILE")]
     NoToken,
     #[error("the master refused this worker: {0}")]
@@ -158,7 +162,7 @@ pub async fn run(
         cores: caps::cores() as usize,
     };
     let rx = Arc::new(randomx::RandomX::new(cfg.randomx_mode, cfg.randomx_threads, machine));
-    let providers = Arc::new(ai::Providers::from_args(&cfg.ai).map_err(|e| config::ConfigError(e.to_string()))?);
+    let providers = Arc::new(ai::Providers::from_args(&cfg.ai)?);
     let offered = providers.offered();
     let mut registry = exec::Registry::default()
         .with(JobKind::Noop, Arc::new(exec::noop::Noop))
@@ -198,7 +202,8 @@ pub async fn run(
 
     let failed = |r: Result<Result<(), BrokerError>, tokio::task::JoinError>| match r {
         Ok(Err(e)) => WorkerError::Broker(e),
-        _ => WorkerError::Refused("the MQTT connection loop ended".into()),
+        Ok(Ok(())) => WorkerError::Refused("the MQTT connection loop ended".into()),
+        Err(e) => WorkerError::BrokerTask(e),
     };
     tokio::select! {
         r = subscribed.wait_for(|s| *s) => {

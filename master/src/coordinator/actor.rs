@@ -76,9 +76,6 @@ impl Actor {
             Command::View(id, reply) => {
                 let _ = reply.send(self.engine.view(&id));
             }
-            Command::Position(id, reply) => {
-                let _ = reply.send(self.engine.queue().position(&id));
-            }
             Command::Workers(reply) => {
                 let _ = reply.send(self.worker_views(now));
             }

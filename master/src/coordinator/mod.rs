@@ -63,7 +63,6 @@ enum Command {
     Submit(Vec<NewJob>, Reply<Result<Vec<(JobId, u64)>, CoordError>>),
     Cancel(JobId, Reply<Result<Cancelled, CoordError>>),
     View(JobId, Reply<Option<ActiveView>>),
-    Position(JobId, Reply<Option<u64>>),
     Workers(Reply<Vec<WorkerView>>),
     Register(Registration, Reply<RegisterOutcome>),
     Heartbeat {
@@ -130,11 +129,6 @@ impl Coordinator {
 
     pub async fn view(&self, id: JobId) -> Result<Option<ActiveView>, CoordError> {
         self.ask(|r| Command::View(id, r)).await
-    }
-
-    /// A queued job's place in the queue (O(log n)); None if it is not queued.
-    pub async fn position(&self, id: JobId) -> Result<Option<u64>, CoordError> {
-        self.ask(|r| Command::Position(id, r)).await
     }
 
     pub async fn workers(&self) -> Result<Vec<WorkerView>, CoordError> {
