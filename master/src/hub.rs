@@ -119,7 +119,7 @@ impl Hub {
     }
 
     /// Jobs someone is watching right now.
-    pub fn watched(&self) -> Vec<JobId> {
+    pub fn watched(&self) -> std::collections::HashSet<JobId> {
         self.inner.lock().iter().filter(|(_, e)| e.watchers() > 0).map(|(id, _)| *id).collect()
     }
 
