@@ -163,10 +163,9 @@ impl Engine {
     /// its split back: finished units count as done, running ones stay out,
     /// the rest of its range is handed out again.
     pub fn restore(&mut self, now: Now, jobs: Vec<RestoredJob>) {
-        for j in jobs {
+        for mut j in jobs {
             self.next_seq = self.next_seq.max(j.seq + 1);
-            let lease =
-                j.lease.clone().map(|(worker, attempt, token)| Lease { worker, attempt, token, restored: true });
+            let lease = j.lease.take().map(|(worker, attempt, token)| Lease { worker, attempt, token, restored: true });
             if let Some(parent) = j.parent {
                 self.restore_unit(now, j, parent, lease);
                 continue;
@@ -179,11 +178,12 @@ impl Engine {
                 JobSpec::RandomxMine(p) => self.mining.add(j.id, p.clone()),
                 _ => false,
             };
+            let lane = job.lane;
             self.jobs.insert(j.id, job);
             match lease {
                 _ if split => {}
                 None => {
-                    self.queue.push(j.id, self.jobs[&j.id].lane, (j.priority, j.seq));
+                    self.queue.push(j.id, lane, (j.priority, j.seq));
                 }
                 Some(lease) => self.hold(j.id, lease, now.mono + self.cfg.recovery_grace()),
             }
