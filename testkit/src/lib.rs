@@ -243,10 +243,18 @@ pub struct Listener {
 
 impl Listener {
     pub async fn start(mqtt_url: &str, client_id: &str, topic: &str) -> Self {
+        Self::start_as(mqtt_url, client_id, topic, None).await
+    }
+
+    /// The same, logged in with `account` (a broker that requires passwords).
+    pub async fn start_as(mqtt_url: &str, client_id: &str, topic: &str, account: Option<mosquitto::Account>) -> Self {
         use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
         let port: u16 = mqtt_url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("broker port");
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options.set_max_packet_size(16 << 20, 16 << 20);
+        if let Some(a) = account {
+            options.set_credentials(a.username, a.password);
+        }
         let (client, mut el) = AsyncClient::new(options, 1000);
         client.subscribe(topic, QoS::AtLeastOnce).await.expect("subscribe");
         let (tx, messages) = tokio::sync::mpsc::unbounded_channel();

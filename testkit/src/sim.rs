@@ -16,7 +16,11 @@ use faena_proto::topics::Topics;
 use tokio::sync::{Notify, mpsc};
 use tonic::transport::Channel;
 
+use crate::mosquitto::Account;
 use crate::{Listener, TOKEN, WAIT};
+
+/// Simulated workers started at once.
+const WAVE: usize = 100;
 
 /// What all simulated workers of a fleet share.
 #[derive(Debug, Default)]
@@ -70,17 +74,29 @@ fn lease(u: &WorkUnit) -> pb::Lease {
 
 /// Starts `n` simulated workers `sim-0` … against a master; returns once each
 /// has subscribed to its jobs topic and registered.
-pub async fn start_fleet(n: usize, grpc: &str, mqtt: &str, heartbeat: Duration) -> Arc<Fleet> {
+/// `account` logs them in to a broker that requires passwords (Mosquitto).
+pub async fn start_fleet(
+    n: usize,
+    grpc: &str,
+    mqtt: &str,
+    account: Option<Account>,
+    heartbeat: Duration,
+) -> Arc<Fleet> {
     let fleet = Arc::new(Fleet::default());
     let channel = Channel::from_shared(format!("http://{grpc}")).expect("url").connect().await.expect("gRPC");
     let (ready_tx, mut ready) = mpsc::unbounded_channel();
-    for i in 0..n {
-        let (fleet, channel, ready_tx) = (fleet.clone(), channel.clone(), ready_tx.clone());
-        let mqtt = mqtt.to_owned();
-        tokio::spawn(run_worker(format!("sim-{i}"), fleet, MasterClient::new(channel), mqtt, heartbeat, ready_tx));
-    }
-    for _ in 0..n {
-        tokio::time::timeout(WAIT, ready.recv()).await.expect("simulated workers register in time");
+    // In waves, as a real fleet comes up: a thousand connects in one instant
+    // on two cores would time out some of them.
+    for wave in (0..n).collect::<Vec<_>>().chunks(WAVE) {
+        for &i in wave {
+            let (fleet, channel, ready_tx) = (fleet.clone(), channel.clone(), ready_tx.clone());
+            let mqtt = mqtt.to_owned();
+            let client = MasterClient::new(channel);
+            tokio::spawn(run_worker(format!("sim-{i}"), fleet, client, (mqtt, account), heartbeat, ready_tx));
+        }
+        for _ in wave {
+            tokio::time::timeout(WAIT, ready.recv()).await.expect("simulated workers register in time");
+        }
     }
     fleet
 }
@@ -89,12 +105,12 @@ async fn run_worker(
     id: String,
     fleet: Arc<Fleet>,
     mut grpc: MasterClient<Channel>,
-    mqtt: String,
+    (mqtt, account): (String, Option<Account>),
     heartbeat: Duration,
     ready: mpsc::UnboundedSender<()>,
 ) {
     let topic = Topics::default().worker_jobs(&faena_proto::ids::WorkerId::parse(&id).expect("id"));
-    let mut mqtt = Listener::start(&mqtt, &id, &topic).await;
+    let mut mqtt = Listener::start_as(&mqtt, &id, &topic, account).await;
     let instance = uuid::Uuid::new_v4().to_string();
     let caps = pb::Capabilities { cores: 1, slots: 1, kinds: vec!["noop".into()], ..Default::default() };
     let register = pb::RegisterRequest {

@@ -6,6 +6,11 @@
 //!
 //! `cargo run --release -p faena-testkit --bin faena-scale-bench -- [workers] [depths…]`
 //!
+//! The master runs its embedded broker (rumqttd, inside its process, so its
+//! memory and CPU count), or with `FAENA_SCALE_BROKER=mosquitto` the stack's
+//! broker, Mosquitto with its accounts and ACL, as a process of its own
+//! (its RSS is printed apart).
+//!
 //! Per depth it prints: master RSS; master CPU per heartbeat (a quiet window
 //! in which every worker holds a unit and only heartbeats and ticks run);
 //! the coordinator's mean tick time (from `faena_coordinator_tick_seconds`);
@@ -22,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use faena_testkit::process::{cpu_seconds, rss_mib};
 use faena_testkit::sim::{Fleet, start_fleet};
-use faena_testkit::{Cluster, MasterOpts, eventually, sample};
+use faena_testkit::{Broker, Cluster, MasterOpts, Mosquitto, eventually, sample};
 use serde_json::json;
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -131,14 +136,21 @@ async fn main() {
     println!("  depth watchers  RSS MiB  CPU/hb µs   tick µs  query µs  query CPU µs  CPU/dispatch µs");
     let mut rows = Vec::new();
     for &depth in &depths {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mosquitto = match std::env::var("FAENA_SCALE_BROKER").as_deref() {
+            Ok("mosquitto") => Some(Mosquitto::start(dir.path()).await),
+            _ => None,
+        };
         let opts = MasterOpts {
             heartbeat_ms: HEARTBEAT.as_millis() as u32,
             queue_capacity: depth * 2 + workers + 10_000,
+            broker: mosquitto.as_ref().map(Mosquitto::broker).unwrap_or(Broker::Embedded),
             ..MasterOpts::default()
         };
         let mut c = Cluster::start(opts).await;
         let pid = c.master().pid();
-        let fleet = start_fleet(workers, &c.addrs.grpc, &c.addrs.mqtt, HEARTBEAT).await;
+        let account = mosquitto.as_ref().map(|_| faena_testkit::mosquitto::WORKER);
+        let fleet = start_fleet(workers, &c.addrs.grpc, &c.addrs.mqtt, account, HEARTBEAT).await;
         wait_metric(&c, "faena_workers", workers as f64).await;
         let ids = submit(&c, workers + depth).await;
         wait_metric(&c, "faena_jobs_active{state=\"running\"}", workers as f64).await;
@@ -164,6 +176,9 @@ async fn main() {
         let rss_w = rss_mib(pid);
         line(depth, WATCHERS, rss_w, with);
         rows.push((depth, rss.max(rss_w), plain, with));
+        if let Some(pid) = mosquitto.as_ref().and_then(|m| m.child.as_ref()).and_then(tokio::process::Child::id) {
+            println!("        (Mosquitto, a process of its own: RSS {:.1} MiB)", rss_mib(pid as i32));
+        }
         fleet.stop();
         for w in watched {
             w.abort();
