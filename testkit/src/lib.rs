@@ -6,6 +6,12 @@
 //! The binaries come from the same target directory as the test executable;
 //! `scripts/test.sh` builds them first (`cargo build --bins`).
 //!
+//! - [`api`]: the REST client and job event streams; [`process`]: child
+//!   processes, their READY lines, CPU and memory from `/proc`.
+//! - [`mosquitto`]: Mosquitto with the stack's accounts and ACL.
+//! - [`fake_ai`]: a local server speaking Gemini's and OpenAI's wire formats.
+//! - [`sim`]: simulated workers (MQTT + gRPC in-process) for scale benches.
+//!
 //! A test harness: failing loudly (panics, `expect`) is its job.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
