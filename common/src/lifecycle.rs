@@ -1,5 +1,6 @@
-//! A process's life: the ready line it prints once serving, and the
-//! shutdown that Ctrl-C or SIGTERM (what Docker and Swarm send) starts.
+//! A process's life: the environment it must start with (a one-time
+//! re-exec), the ready line it prints once serving, and the shutdown that
+//! Ctrl-C or SIGTERM (what Docker and Swarm send) starts.
 
 use tokio_util::sync::CancellationToken;
 
@@ -39,4 +40,32 @@ pub async fn signal() {
         () = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
         () = term => tracing::info!("SIGTERM received, shutting down"),
     }
+}
+
+/// The allocator setting both binaries start with, unless the environment
+/// sets it already: mimalloc's arenas are committed on demand, not eagerly.
+/// Eager commit made each of the embedded broker's per-subscription buffers
+/// (preallocated, mostly untouched) count in full: a master with 1,000
+/// workers on its embedded broker held ~600 MiB instead of ~80 MiB, with no
+/// measurable gain in speed (BENCHMARKS.md, "Scale").
+pub fn allocator_env() -> Option<(&'static str, String)> {
+    const VAR: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
+    std::env::var_os(VAR).is_none().then(|| (VAR, "0".to_owned()))
+}
+
+/// Re-executes this program once with `vars` added to its environment, for
+/// settings a process honours only when they are there at exec (the
+/// allocator's and glibc's are read before `main`). Does nothing when `vars`
+/// is empty; callers pass only what is not set yet, so the second run does
+/// not exec again. Call first thing in `main`, before any thread starts.
+/// Returns only when nothing was needed or the re-exec failed (the program
+/// then runs as it is).
+pub fn reexec_with(vars: Vec<(&'static str, String)>) {
+    use std::os::unix::process::CommandExt;
+    if vars.is_empty() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let error = std::process::Command::new(exe).args(std::env::args_os().skip(1)).envs(vars).exec();
+    eprintln!("could not re-exec with its start-up settings ({error}); running without them");
 }

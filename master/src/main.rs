@@ -9,8 +9,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use faena_master::Config;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The allocator reads its settings before `main`: start again once with them.
+    faena_common::lifecycle::reexec_with(faena_common::lifecycle::allocator_env().into_iter().collect());
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cfg = Config::parse();
     let logs = faena_common::logs::init("master", cfg.log_json);
     let shutdown = faena_common::lifecycle::on_signal();

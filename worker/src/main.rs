@@ -10,7 +10,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use faena_worker::Config;
 
 fn main() -> anyhow::Result<()> {
-    faena_worker::randomx::reexec_with_transparent_huge_pages();
+    // Settings read before `main` (allocator, glibc): start again once with them.
+    let env = [faena_common::lifecycle::allocator_env(), faena_worker::randomx::transparent_huge_pages_env()];
+    faena_common::lifecycle::reexec_with(env.into_iter().flatten().collect());
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
 }
 

@@ -28,7 +28,7 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // As the worker does: transparent huge pages for RandomX's memory.
-    faena_worker::randomx::reexec_with_transparent_huge_pages();
+    faena_common::lifecycle::reexec_with(faena_worker::randomx::transparent_huge_pages_env().into_iter().collect());
     let args: Vec<String> = std::env::args().collect();
     let mode = match args.iter().position(|a| a == "--mode").and_then(|i| args.get(i + 1)).map(String::as_str) {
         Some("light") => Mode::Light,

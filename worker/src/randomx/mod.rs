@@ -222,32 +222,28 @@ impl RandomX {
     }
 }
 
-/// Re-executes this program once with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
-/// unless it is set already, the kernel has transparent huge pages off, or
+/// `GLIBC_TUNABLES` with `glibc.malloc.hugetlb=1` added, for a one-time
+/// re-exec ([`faena_common::lifecycle::reexec_with`]) — None when it is set
+/// already, the kernel has transparent huge pages off, or
 /// `FAENA_RANDOMX_THP=off`. glibc honours that tunable only at exec time;
 /// with it, the memory RandomX allocates through malloc (cache, VM
 /// scratchpads, dataset) is backed by transparent huge pages, worth ~40 %
 /// hashrate and a faster dataset build without any huge-page reservation.
-/// Call first thing in `main`, before any thread starts. Returns only when
-/// no re-exec was needed or it failed (then the program runs as it is).
-pub fn reexec_with_transparent_huge_pages() {
-    use std::os::unix::process::CommandExt;
+pub fn transparent_huge_pages_env() -> Option<(&'static str, String)> {
     const TUNABLE: &str = "glibc.malloc.hugetlb=1";
     if std::env::var("FAENA_RANDOMX_THP").is_ok_and(|v| v == "off") {
-        return;
+        return None;
     }
     let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
     if current.contains("glibc.malloc.hugetlb") {
-        return;
+        return None;
     }
     let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     if thp.is_empty() || thp.contains("[never]") {
-        return;
+        return None;
     }
-    let Ok(exe) = std::env::current_exe() else { return };
     let value = if current.is_empty() { TUNABLE.to_owned() } else { format!("{current}:{TUNABLE}") };
-    let error = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("GLIBC_TUNABLES", value).exec();
-    eprintln!("faena-worker: could not re-exec with {TUNABLE} ({error}); running without it");
+    Some(("GLIBC_TUNABLES", value))
 }
 
 #[cfg(test)]
