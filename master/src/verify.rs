@@ -81,6 +81,12 @@ impl Verifier {
         Self { keys: Arc::default(), flags, threads, permits: Arc::new(Semaphore::new(threads)) }
     }
 
+    /// Stops taking checks (the master is shutting down): checks waiting for
+    /// a thread, and later ones, end at once with their shares `unverified`.
+    pub fn close(&self) {
+        self.permits.close();
+    }
+
     /// Checks `shares` of the unit `params`; shares whose nonce is in `known`
     /// (accepted before) or repeated are dropped, neither valid nor invalid.
     pub async fn check(&self, params: &MineParams, known: &HashSet<u32>, shares: Vec<Share>) -> Checked {
@@ -227,5 +233,20 @@ mod tests {
         assert!(reasons.iter().filter(|r| r.contains("mismatch") || r.contains("target")).count() >= 2, "{reasons:?}");
         let checked = verifier.check(&params, &HashSet::new(), vec![other]).await;
         assert_eq!(checked.invalid.len(), 1, "a real hash under another nonce is rejected");
+    }
+
+    #[tokio::test]
+    async fn shares_that_cannot_be_checked_come_back_unverified_never_dropped() {
+        let params: MineParams = serde_json::from_value(json!({
+            "key": "6b6579", "blob": "02".repeat(76), "difficulty": 1, "nonce_start": 0, "nonce_count": 10
+        }))
+        .expect("params");
+        let verifier = Verifier::new(1);
+        verifier.close();
+        let shares: Vec<Share> = (0..3).map(|n| Share { nonce: n, hash: "00".repeat(32) }).collect();
+        let checked = verifier.check(&params, &HashSet::new(), shares).await;
+        assert!(checked.valid.is_empty() && checked.invalid.is_empty(), "not the worker's fault: {checked:?}");
+        assert_eq!(checked.unverified.len(), 3, "every share is accounted for");
+        assert!(checked.unverified.iter().all(|(_, why)| why.contains("shutting down")));
     }
 }

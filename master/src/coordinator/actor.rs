@@ -50,8 +50,10 @@ impl Actor {
         self.apply();
     }
 
-    /// Waits for running verifications (bounded) and for the store to flush.
+    /// Ends verifications still waiting (their shares come back unverified),
+    /// waits for running ones (bounded), then for the store to flush.
     pub(super) async fn stop(self) {
+        self.deps.verifier.close();
         self.tasks.close();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.tasks.wait()).await;
         let (tx, rx) = oneshot::channel();
