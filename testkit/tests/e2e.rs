@@ -159,12 +159,23 @@ impl LineWatch {
 }
 
 fn publish(broker: &Mosquitto, account: faena_testkit::mosquitto::Account, id: &str, topic: &str, payload: &str) {
+    publish_with(broker, account, id, &["-t", topic, "-m", payload]);
+}
+
+/// A retained marker: a subscriber that connects after it was published still
+/// gets it once its subscription is in place, so waiting for it waits for that.
+fn mark_ready(broker: &Mosquitto, topic: &str) {
+    publish_with(broker, MASTER, "acl-pub", &["-r", "-t", topic, "-m", "ready"]);
+}
+
+fn publish_with(broker: &Mosquitto, account: faena_testkit::mosquitto::Account, id: &str, args: &[&str]) {
     let status = std::process::Command::new("mosquitto_pub")
         .args(broker.cli_args(account))
-        .args(["-i", id, "-q", "1", "-t", topic, "-m", payload])
+        .args(["-i", id, "-q", "1"])
+        .args(args)
         .status()
         .expect("mosquitto_pub");
-    assert!(status.success(), "mosquitto_pub {topic}");
+    assert!(status.success(), "mosquitto_pub {args:?}");
 }
 
 /// The stack's ACL (mosquitto/acl.in) on a running cluster: work units go
@@ -186,11 +197,12 @@ async fn broker_acl_confines_each_account() {
     // The observer connects under a worker id ("w2") to try the workers' patterns.
     let mut observer =
         watch(&broker, OBSERVER, "w2", &["faena/workers/+/jobs", "faena/workers/w2/control", "faena/logs"]);
-    // Subscriptions are in place once each sees a retained status or its marker.
+    // Subscriptions are in place once each sees a retained status or its
+    // (retained) marker, however late its mosquitto_sub connected.
     admin.until("faena/workers/w1/status ").await;
-    publish(&broker, MASTER, "acl-pub", "faena/workers/intruder/jobs", "ready");
+    mark_ready(&broker, "faena/workers/intruder/jobs");
     intruder.until("faena/workers/intruder/jobs ready").await;
-    publish(&broker, MASTER, "acl-pub", "faena/logs", "ready");
+    mark_ready(&broker, "faena/logs");
     observer.until("faena/logs ready").await;
 
     run_jobs(&c).await;
