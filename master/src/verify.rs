@@ -71,7 +71,17 @@ pub struct Checked {
     pub unverified: Vec<(Share, String)>,
 }
 
-type Verdicts = Vec<(Share, Result<(), String>)>;
+/// What re-hashing one share found.
+#[derive(Debug)]
+enum Verdict {
+    Valid,
+    /// The worker's fault: the hash is not what the nonce gives.
+    Invalid(String),
+    /// The master's: it could not hash (no VM).
+    Unverified(String),
+}
+
+type Verdicts = Vec<(Share, Verdict)>;
 
 impl Verifier {
     pub fn new(threads: usize) -> Self {
@@ -140,11 +150,12 @@ impl Verifier {
                             part.iter()
                                 .map(|(share, claimed)| {
                                     let verdict = match vm.as_mut().map(|vm| vm.hash(&work.input(share.nonce))) {
-                                        Ok(hash) if hash == *claimed => Ok(()),
-                                        Ok(hash) => {
-                                            Err(format!("hash mismatch (the nonce hashes to {})", encode_hex(&hash)))
-                                        }
-                                        Err(e) => Err(format!("could not verify: {e}")),
+                                        Ok(hash) if hash == *claimed => Verdict::Valid,
+                                        Ok(hash) => Verdict::Invalid(format!(
+                                            "hash mismatch (the nonce hashes to {})",
+                                            encode_hex(&hash)
+                                        )),
+                                        Err(e) => Verdict::Unverified(format!("could not verify: {e}")),
                                     };
                                     (share.clone(), verdict)
                                 })
@@ -174,9 +185,9 @@ impl Verifier {
         let mut valid = Vec::new();
         for (share, verdict) in verdicts {
             match verdict {
-                Ok(()) => valid.push(share),
-                Err(reason) if reason.starts_with("could not verify") => out.unverified.push((share, reason)),
-                Err(reason) => out.invalid.push((share, reason)),
+                Verdict::Valid => valid.push(share),
+                Verdict::Invalid(reason) => out.invalid.push((share, reason)),
+                Verdict::Unverified(reason) => out.unverified.push((share, reason)),
             }
         }
         out.valid = VerifiedShares(valid);
