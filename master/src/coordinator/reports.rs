@@ -56,19 +56,19 @@ impl Actor {
         data: Value,
         reply: Reply<Result<(), CoordError>>,
     ) {
-        let work = match self.engine.unit_work(&worker, &lease) {
-            Err(e) => {
-                self.deps.metrics.rejected_callbacks.inc();
-                let _ = reply.send(Err(e.into()));
-                return;
-            }
+        // Only a mining unit's report has shares to check; the engine checks the lease.
+        let work = match self.engine.is_mining_unit(&lease.job_id) {
+            true => self.engine.unit_work(&worker, &lease),
+            false => Ok(None),
+        };
+        let work = match work {
+            Ok(Some(work)) => work,
             Ok(None) => {
                 let out = self.engine.progress(now, &worker, &lease, data);
                 self.apply();
-                let _ = reply.send(out.map_err(Into::into));
-                return;
+                return self.answer(reply, out.map_err(Into::into));
             }
-            Ok(Some(work)) => work,
+            Err(e) => return self.answer(reply, Err(e.into())),
         };
         match split_shares::<UnitProgress>(data, "progress") {
             Err(e) => {
@@ -89,23 +89,36 @@ impl Actor {
         outcome: Outcome,
         reply: Reply<Result<bool, CoordError>>,
     ) {
-        // Only a mining unit's output needs checking; a stale or repeated
-        // call goes straight to the engine, which knows a duplicate.
-        let work = match (&outcome, self.engine.unit_work(&worker, &lease)) {
-            (Outcome::Success(_), Ok(Some(work))) => work,
-            _ => return self.apply_outcome(now, &worker, &lease, outcome, reply),
+        // Only a mining unit's output needs checking; anything else, and a
+        // stale or repeated call, goes straight to the engine, which knows a
+        // duplicate.
+        let work = match &outcome {
+            Outcome::Success(_) if self.engine.is_mining_unit(&lease.job_id) => {
+                self.engine.unit_work(&worker, &lease).ok().flatten()
+            }
+            _ => None,
         };
-        let Outcome::Success(data) = outcome else { return };
-        match split_shares::<UnitOutput>(data, "output") {
-            Err(e) => {
-                let _ = reply.send(Err(e));
-            }
-            Ok((o, shares)) => {
-                let pending =
-                    Pending::Output { hashes: o.hashes, hashrate: o.hashrate, elapsed_ms: o.elapsed_ms, reply };
-                self.verify(now, worker, lease, work, shares, pending);
-            }
+        match (work, outcome) {
+            (Some(work), Outcome::Success(data)) => match split_shares::<UnitOutput>(data, "output") {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+                Ok((o, shares)) => {
+                    let pending =
+                        Pending::Output { hashes: o.hashes, hashrate: o.hashrate, elapsed_ms: o.elapsed_ms, reply };
+                    self.verify(now, worker, lease, work, shares, pending);
+                }
+            },
+            (_, outcome) => self.apply_outcome(now, &worker, &lease, outcome, reply),
         }
+    }
+
+    /// Replies; a call the engine refused counts as a rejected callback.
+    fn answer<T>(&self, reply: Reply<Result<T, CoordError>>, out: Result<T, CoordError>) {
+        if out.is_err() {
+            self.deps.metrics.rejected_callbacks.inc();
+        }
+        let _ = reply.send(out);
     }
 
     fn apply_outcome(
@@ -121,10 +134,7 @@ impl Actor {
                 self.apply();
                 self.after_commit(reply, Ok(duplicate));
             }
-            Err(e) => {
-                self.deps.metrics.rejected_callbacks.inc();
-                let _ = reply.send(Err(e.into()));
-            }
+            Err(e) => self.answer(reply, Err(e.into())),
         }
     }
 

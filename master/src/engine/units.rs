@@ -36,6 +36,11 @@ impl Engine {
         self.spawn_unit(now, id, unit, JobSpec::RandomxMine(carved.params), carved.attempts, worker);
     }
 
+    /// Whether `id` is a unit of a mining job (whose reports carry shares to verify).
+    pub fn is_mining_unit(&self, id: &JobId) -> bool {
+        self.mining.job_of(id).is_some()
+    }
+
     /// What a mining unit covers and the nonces its job already accepted,
     /// for the verifier; None when the lease is not a mining unit's.
     pub fn unit_work(&mut self, worker: &WorkerId, lease: &LeaseRef) -> Result<Option<UnitWork>, LeaseError> {
