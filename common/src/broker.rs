@@ -133,8 +133,7 @@ pub async fn drive(
                 code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
             )) if !connected_once => return Err(BrokerError::Refused(refusal(code))),
             Err(e) => {
-                // RECONNECT has no limit on tries: there is always a delay.
-                let wait = backoff.next(None).unwrap_or(crate::retry::Policy::RECONNECT.max);
+                let wait = backoff.wait();
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker connection lost");
                 tokio::select! {
                     () = cancel.cancelled() => return Ok(()),

@@ -95,6 +95,13 @@ impl Backoff {
         Some(Duration::from_secs_f64(base * factor))
     }
 
+    /// The delay before the next try of a loop that never gives up (its
+    /// policy has no try limit, as [`Policy::RECONNECT`] and
+    /// [`Policy::DELIVERY`]); capped at the policy's `max` should one be set.
+    pub fn wait(&mut self) -> Duration {
+        self.next(None).unwrap_or(self.policy.max)
+    }
+
     /// Starts over after a success (a reconnect that held).
     pub fn reset(&mut self) {
         self.tries = 0;
@@ -118,6 +125,7 @@ mod tests {
             last_base = base;
         }
         assert_eq!(last_base, Duration::from_secs(2), "capped");
+        assert!(b.wait() <= Duration::from_secs(3), "an endless loop always gets a delay");
         b.reset();
         assert_eq!(b.tries(), 0);
         assert!(b.next(None).expect("again") <= Duration::from_millis(150));

@@ -127,7 +127,7 @@ async fn register(
                 return Err(WorkerError::Refused(s.message().to_owned()));
             }
             Err(s) => {
-                let wait = backoff.next(None).unwrap_or(faena_common::retry::Policy::RECONNECT.max);
+                let wait = backoff.wait();
                 tracing::warn!(code = ?s.code(), error = %s.message(), retry_in_ms = wait.as_millis() as u64, "master not reachable yet");
                 tokio::select! {
                     () = cancel.cancelled() => return Ok(None),

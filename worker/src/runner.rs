@@ -253,7 +253,7 @@ impl Runner {
                 }
             }
             self.metrics.result_retries.inc();
-            tokio::time::sleep(backoff.next(None).unwrap_or(faena_common::retry::Policy::DELIVERY.max)).await;
+            tokio::time::sleep(backoff.wait()).await;
         }
     }
 
