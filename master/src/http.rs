@@ -117,6 +117,15 @@ impl AppError {
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
+
+    /// The store cannot take the change: 503, try again later.
+    fn store_unavailable() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", CoordError::STORE_UNAVAILABLE)
+    }
+
+    fn shutting_down() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", CoordError::STOPPED)
+    }
 }
 
 impl IntoResponse for AppError {
@@ -130,12 +139,12 @@ impl From<CoordError> for AppError {
     fn from(e: CoordError) -> Self {
         match e {
             CoordError::QueueFull(full) => Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", full.to_string()),
-            CoordError::Store(ref cause) => {
+            CoordError::Store(cause) => {
                 tracing::error!(error = %cause.0, "a change could not be stored");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
+                Self::store_unavailable()
             }
             CoordError::Malformed(m) => Self::bad_request("bad_report", m),
-            CoordError::Stopped => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string()),
+            CoordError::Stopped => Self::shutting_down(),
             CoordError::Lease(l) => Self::new(StatusCode::CONFLICT, "conflict", l.to_string()),
         }
     }
@@ -186,14 +195,10 @@ fn new_job(req: SubmitRequest) -> Result<NewJob, AppError> {
 
 fn check_accepting(state: &AppState) -> Result<(), AppError> {
     if !state.accepting.load(Ordering::Relaxed) {
-        return Err(AppError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the master is shutting down"));
+        return Err(AppError::shutting_down());
     }
     if !state.store.is_healthy() {
-        return Err(AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "the job store could not record this; try again later",
-        ));
+        return Err(AppError::store_unavailable());
     }
     Ok(())
 }

@@ -44,10 +44,17 @@ pub enum CoordError {
     /// A worker's report does not match the contract of its job's kind.
     #[error("{0}")]
     Malformed(String),
-    #[error("the job store could not record this; try again later")]
+    #[error("{}", Self::STORE_UNAVAILABLE)]
     Store(#[source] CommitFailed),
-    #[error("the master is shutting down")]
+    #[error("{}", Self::STOPPED)]
     Stopped,
+}
+
+impl CoordError {
+    /// What a client is told when the store could not take a change.
+    pub const STORE_UNAVAILABLE: &str = "the job store could not record this; try again later";
+    /// What a client is told while the master stops.
+    pub const STOPPED: &str = "the master is shutting down";
 }
 
 /// What became of a cancel request.
