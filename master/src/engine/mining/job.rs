@@ -110,8 +110,18 @@ impl MiningJob {
     }
 
     /// Records shares verified for template `template`; a nonce accepted
-    /// before counts once. Returns how many were new.
+    /// before counts once. Returns how many were new; those are shown to
+    /// watchers with the next progress.
     pub fn add_shares(&mut self, template: u32, worker: &str, shares: &[Share]) -> u32 {
+        self.insert_shares(template, worker, shares, true)
+    }
+
+    /// Records shares accepted before a restart: counted, not news.
+    pub fn restore_shares(&mut self, worker: &str, shares: &[Share]) {
+        self.insert_shares(self.template.id, worker, shares, false);
+    }
+
+    fn insert_shares(&mut self, template: u32, worker: &str, shares: &[Share], news: bool) -> u32 {
         let mut added = 0;
         for s in shares {
             let key = (template, s.nonce);
@@ -119,8 +129,10 @@ impl MiningJob {
                 continue;
             }
             let found = FoundShare { nonce: s.nonce, hash: s.hash.clone(), worker: worker.to_owned() };
-            self.shares.insert(key, found.clone());
-            self.new_shares.push(found);
+            if news {
+                self.new_shares.push(found.clone());
+            }
+            self.shares.insert(key, found);
             added += 1;
         }
         self.tally(worker).shares += added;

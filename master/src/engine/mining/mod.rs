@@ -302,9 +302,7 @@ impl Mining {
             j.template.ledger.restore_done(start, count, out.hashes, worker);
             j.mark_started(now);
             j.credit(worker, out.hashes, out.hashrate);
-            j.add_shares(j.template.id, worker, &out.shares);
-            // Restored shares were shown before the restart: not news.
-            j.progress();
+            j.restore_shares(worker, &out.shares);
         }
     }
 
