@@ -134,6 +134,12 @@ impl Ledger {
         Some(s)
     }
 
+    /// A slice that failed for good: out of the ledger, its range neither done
+    /// nor handed out again (its job fails).
+    pub fn drop_slice(&mut self, unit: &JobId) -> Option<Slice> {
+        self.out.remove(unit)
+    }
+
     /// A slice is finished: its range is done, `hashes` of it hashed.
     pub fn finish(&mut self, unit: &JobId, hashes: u64) -> Option<Slice> {
         let s = self.out.remove(unit)?;

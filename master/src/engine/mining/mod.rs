@@ -206,6 +206,9 @@ impl Mining {
 
     /// A unit failed for good: so does its job.
     pub fn failed(&mut self, unit: &JobId, worker: &WorkerId, error: &str) -> Verdict {
+        if let Some((_, j)) = self.unit_job_mut(unit) {
+            j.template.ledger.drop_slice(unit);
+        }
         self.units.remove(unit);
         Verdict::Fail(format!("a unit on {worker} failed: {error}"))
     }
