@@ -75,9 +75,61 @@ pub struct Config {
     /// with the Socket.IO client), served at `/`.
     #[arg(long, env = "FAENA_WEB_DIR", default_value = "web")]
     pub web_dir: std::path::PathBuf,
-    /// Threads the master re-hashes submitted mining shares on (light mode).
+    /// Threads the master re-hashes submitted mining shares on.
     #[arg(long, env = "FAENA_VERIFY_THREADS", default_value_t = 2)]
     pub verify_threads: usize,
+    /// `fast` (a 2 GiB dataset per key, several times the speed), `light`,
+    /// or `auto`: fast when the machine has the memory for it.
+    #[arg(long, env = "FAENA_VERIFY_MODE", default_value = "auto")]
+    pub verify_mode: VerifyMode,
+    /// Memory available (MiB) that `auto` needs to pick fast mode.
+    #[arg(long, env = "FAENA_VERIFY_FAST_MIN_MIB", default_value_t = 3072)]
+    pub verify_fast_min_mib: u64,
+    /// Share of the verifier's measured capacity Stratum miners may use.
+    #[arg(long, env = "FAENA_VERIFY_BUDGET", default_value_t = 0.8)]
+    pub verify_budget: f64,
+    /// Where the Stratum server listens for miners (XMRig), e.g. 0.0.0.0:3333. Off when unset.
+    #[arg(long, env = "FAENA_STRATUM_ADDR")]
+    pub stratum_addr: Option<SocketAddr>,
+    /// Password Stratum miners must log in with. Unset: any.
+    #[arg(long, env = "FAENA_STRATUM_PASSWORD", hide_env_values = true)]
+    pub stratum_password: Option<String>,
+    #[arg(long, env = "FAENA_STRATUM_PASSWORD_FILE")]
+    pub stratum_password_file: Option<PathBuf>,
+    /// The interval between one miner's shares that vardiff aims at.
+    #[arg(long, env = "FAENA_SHARE_INTERVAL_MS", default_value_t = 30_000)]
+    pub share_interval_ms: u64,
+    /// A Stratum miner's first difficulty.
+    #[arg(long, env = "FAENA_STRATUM_DIFFICULTY", default_value_t = 10_000)]
+    pub stratum_difficulty: u64,
+    /// The lowest difficulty vardiff goes to.
+    #[arg(long, env = "FAENA_STRATUM_MIN_DIFFICULTY", default_value_t = 100)]
+    pub stratum_min_difficulty: u64,
+    /// Difficulty of the Faena workers' shares on a daemon source (0: one
+    /// share per interval per worker at its measured speed).
+    #[arg(long, env = "FAENA_WORKER_SHARE_DIFFICULTY", default_value_t = 0)]
+    pub worker_share_difficulty: u64,
+    /// How long shares for a replaced template still count (as stale).
+    #[arg(long, env = "FAENA_STALE_GRACE_MS", default_value_t = 10_000)]
+    pub stale_grace_ms: u64,
+    /// Invalid shares before a Stratum miner's address is banned.
+    #[arg(long, env = "FAENA_STRATUM_INVALID_LIMIT", default_value_t = 10)]
+    pub stratum_invalid_limit: u32,
+    /// How long a ban lasts.
+    #[arg(long, env = "FAENA_STRATUM_BAN_SECS", default_value_t = 600)]
+    pub stratum_ban_secs: u64,
+    /// Longest Stratum line accepted.
+    #[arg(long, env = "FAENA_STRATUM_MAX_LINE", default_value_t = 16 * 1024)]
+    pub stratum_max_line: usize,
+    /// Requests per second one Stratum connection may make (bursts of 4× that).
+    #[arg(long, env = "FAENA_STRATUM_RATE", default_value_t = 10.0)]
+    pub stratum_rate: f64,
+    /// A Stratum connection silent this long is dropped.
+    #[arg(long, env = "FAENA_STRATUM_IDLE_SECS", default_value_t = 600)]
+    pub stratum_idle_secs: u64,
+    /// How often a daemon source asks monerod for a new block.
+    #[arg(long, env = "FAENA_DAEMON_POLL_MS", default_value_t = 500)]
+    pub daemon_poll_ms: u64,
     /// Worker heartbeat interval; a worker or lease silent for two is lost.
     #[arg(long, env = "FAENA_HEARTBEAT_MS", default_value_t = 2000)]
     pub heartbeat_ms: u32,
@@ -92,7 +144,27 @@ pub struct Config {
     pub log_json: bool,
 }
 
+/// How the master verifies shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyMode {
+    Auto,
+    Fast,
+    Light,
+}
+
 impl Config {
+    /// The verifier's mode: `auto` is fast when `available_mib` allows a dataset.
+    pub fn verifier_mode(&self, available_mib: Option<u64>) -> faena_randomx::Mode {
+        match self.verify_mode {
+            VerifyMode::Fast => faena_randomx::Mode::Fast,
+            VerifyMode::Light => faena_randomx::Mode::Light,
+            VerifyMode::Auto if available_mib.is_some_and(|m| m >= self.verify_fast_min_mib) => {
+                faena_randomx::Mode::Fast
+            }
+            VerifyMode::Auto => faena_randomx::Mode::Light,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: &str| Err(ConfigError(m.to_owned()));
         if self.queue_capacity == 0 {
@@ -103,6 +175,15 @@ impl Config {
         }
         if !(1..=256).contains(&self.verify_threads) {
             return err("--verify-threads must be between 1 and 256");
+        }
+        if !(0.01..=1.0).contains(&self.verify_budget) {
+            return err("--verify-budget must be between 0.01 and 1");
+        }
+        if self.share_interval_ms < 100 || self.stratum_difficulty == 0 || self.stratum_min_difficulty == 0 {
+            return err("--share-interval-ms must be at least 100 and difficulties at least 1");
+        }
+        if self.stratum_rate <= 0.0 || self.stratum_max_line < 512 {
+            return err("--stratum-rate must be positive and --stratum-max-line at least 512");
         }
         if !(100..=600_000).contains(&self.heartbeat_ms) {
             return err("--heartbeat-ms must be between 100 and 600000");
@@ -115,5 +196,26 @@ impl Config {
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(u64::from(self.heartbeat_ms))
+    }
+
+    /// The pool side's settings (the Stratum password resolved apart).
+    pub fn pool(&self) -> crate::pool::PoolConfig {
+        crate::pool::PoolConfig {
+            share_interval: Duration::from_millis(self.share_interval_ms),
+            start_difficulty: self.stratum_difficulty,
+            min_difficulty: self.stratum_min_difficulty,
+            worker_difficulty: self.worker_share_difficulty,
+            stale_grace: Duration::from_millis(self.stale_grace_ms),
+            invalid_limit: self.stratum_invalid_limit,
+            ban: Duration::from_secs(self.stratum_ban_secs),
+            max_line: self.stratum_max_line,
+            rate: self.stratum_rate,
+            burst: self.stratum_rate * 4.0,
+            idle: Duration::from_secs(self.stratum_idle_secs),
+            login_timeout: Duration::from_secs(15),
+            poll: Duration::from_millis(self.daemon_poll_ms.max(50)),
+            budget_share: self.verify_budget,
+            password: None,
+        }
     }
 }

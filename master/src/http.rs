@@ -48,6 +48,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// What `/api/*` requires as `Authorization: Bearer`, when set.
     pub api_token: Option<Arc<Secret>>,
+    /// Mining sources, the Stratum server's miners, participants.
+    pub pool: crate::pool::Pool,
 }
 
 /// The REST API, with the web page's files (from `web_dir`) at every other path.
@@ -64,6 +66,7 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
         .route("/api/jobs/{id}/events", get(job_events))
         .route("/api/jobs/{id}/history", get(job_history))
         .route("/api/workers", get(workers))
+        .merge(crate::pool::http::routes())
         .route(
             "/api/{*rest}",
             axum::routing::any(|| async { AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") }),
@@ -110,11 +113,11 @@ pub struct AppError {
 }
 
 impl AppError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
     }
 
-    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
@@ -157,7 +160,7 @@ impl From<StoreError> for AppError {
     }
 }
 
-fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, AppError> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, AppError> {
     let bytes = body.map_err(|e| AppError::new(e.status(), "bad_body", e.body_text()))?;
     let mut de = serde_json::Deserializer::from_slice(&bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {

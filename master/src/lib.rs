@@ -14,6 +14,8 @@
 //!   (run by the coordinator, off its task); [`ai_cache`]: answers to
 //!   repeated AI questions; [`ranked`]: the order-statistic set behind O(log n)
 //!   queue positions.
+//! - [`pool`]: mining with the outside world — monerod and pool sources, the
+//!   Stratum server for XMRig miners, participants' accounting.
 
 pub mod ai_cache;
 pub mod broker;
@@ -25,6 +27,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod mqtt;
+pub mod pool;
 pub mod queue;
 pub mod ranked;
 pub mod scheduler;
@@ -71,6 +74,8 @@ pub enum MasterError {
     BrokerTask(#[source] tokio::task::JoinError),
     #[error("invalid topic prefix {0:?}")]
     Topics(String),
+    #[error("mining store: {0}")]
+    Mining(#[from] rusqlite::Error),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MasterError {
@@ -84,6 +89,16 @@ pub struct Addrs {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub mqtt: String,
+    /// The Stratum server, when one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stratum: Option<SocketAddr>,
+}
+
+/// MemAvailable from `/proc/meminfo`, in MiB.
+fn available_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib / 1024)
 }
 
 fn cluster_token(cfg: &Config) -> Result<Secret, MasterError> {
@@ -178,13 +193,26 @@ pub async fn run(
     let (coord, inbox) = coordinator::channel();
     let hub = hub::Hub::default();
     let core_cancel = CancellationToken::new();
+    let mode = cfg.verifier_mode(available_mib());
+    tracing::info!(mode = mode.as_str(), threads = cfg.verify_threads, "share verifier");
+    let verifier = Arc::new(verify::Verifier::with_mode(cfg.verify_threads, mode));
+    let mut pool_cfg = cfg.pool();
+    pool_cfg.password = faena_common::secrets::resolve_optional(
+        "FAENA_STRATUM_PASSWORD",
+        cfg.stratum_password.as_deref(),
+        cfg.stratum_password_file.as_deref(),
+    )?
+    .map(Arc::new);
+    let pool_db = pool::db::Db::open(&cfg.data_dir.join("mining.db"))?;
+    let pool = pool::Pool::start(pool_cfg, coord.clone(), verifier.clone(), pool_db, metrics.clone())?;
     let deps = coordinator::Deps {
         store: store.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
         mqtt: out.clone(),
-        verifier: Arc::new(verify::Verifier::new(cfg.verify_threads)),
+        verifier,
         ai_cache: ai_cache::AiCache::new(cfg.ai_cache_entries, Duration::from_secs(cfg.ai_cache_ttl_secs)),
+        pool: Some(pool.clone()),
     };
     let coordinator_done = tracker.spawn(coordinator::run(engine, inbox, deps, core_cancel.clone()));
     {
@@ -202,10 +230,20 @@ pub async fn run(
         tokio::net::TcpListener::bind(cfg.grpc_addr).await.map_err(io(format!("binding gRPC on {}", cfg.grpc_addr)))?;
     let http_listener =
         tokio::net::TcpListener::bind(cfg.http_addr).await.map_err(io(format!("binding HTTP on {}", cfg.http_addr)))?;
+    let stratum_listener = match cfg.stratum_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.map_err(io(format!("binding the Stratum server on {addr}")))?,
+        ),
+        None => None,
+    };
     let addrs = Addrs {
         http: http_listener.local_addr().map_err(io("HTTP address"))?,
         grpc: grpc_listener.local_addr().map_err(io("gRPC address"))?,
         mqtt: url.to_string(),
+        stratum: match &stratum_listener {
+            Some(l) => Some(l.local_addr().map_err(io("Stratum address"))?),
+            None => None,
+        },
     };
 
     let servers_cancel = CancellationToken::new();
@@ -231,7 +269,12 @@ pub async fn run(
         broker_connected: connected.clone(),
         max_body_bytes: cfg.max_body_bytes,
         api_token: api_token.clone(),
+        pool: pool.clone(),
     };
+    let miners = TaskTracker::new();
+    if let Some(listener) = stratum_listener {
+        tracker.spawn(pool::stratum::serve(listener, pool.clone(), miners.clone(), servers_cancel.clone()));
+    }
     let (sio_layer, io) = web::socket_io(coord.clone(), state.hub.clone(), api_token);
     tracker.spawn(web::broadcast_workers(io, coord.clone(), servers_cancel.clone()));
     // socketioxide wraps the finished router once (a per-route layer breaks long-polling).
@@ -248,7 +291,7 @@ pub async fn run(
         }
     });
 
-    tracing::info!(http = %addrs.http, grpc = %addrs.grpc, mqtt = %addrs.mqtt, "faena-master ready");
+    tracing::info!(http = %addrs.http, grpc = %addrs.grpc, mqtt = %addrs.mqtt, stratum = ?addrs.stratum, "faena-master ready");
     on_ready(&addrs);
     let mut driver_done = false;
     tokio::select! {
@@ -270,6 +313,9 @@ pub async fn run(
     servers_cancel.cancel();
     // Open event streams would hold a graceful shutdown forever: bound the wait.
     let _ = tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(grpc_task, http_task) }).await;
+    miners.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), miners.wait()).await;
+    pool.stop().await;
     core_cancel.cancel();
     let _ = coordinator_done.await;
     out.announce(MasterState::Offline).await;

@@ -26,6 +26,12 @@ pub struct Metrics {
     pub tick: Histogram,
     /// How long workers ran attempts, as they report it.
     pub run_time: Histogram,
+    /// Shares on mining sources (workers' and Stratum miners'), by verdict.
+    pool_shares: Family<Labels, Counter>,
+    blocks: Family<Labels, Counter>,
+    upstream: Family<Labels, Counter>,
+    /// Open Stratum connections.
+    pub stratum_connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -75,8 +81,24 @@ impl Default for Metrics {
         registry.register("run_seconds", "How long workers ran attempts, as they report it", run_time.clone());
         let shares = Family::<Labels, Counter>::default();
         registry.register("shares", "Mining shares the master re-hashed, by verdict", shares.clone());
+        let pool_shares = Family::<Labels, Counter>::default();
+        registry.register(
+            "mining_shares",
+            "Shares on mining sources from workers and Stratum miners, by verdict",
+            pool_shares.clone(),
+        );
+        let blocks = Family::<Labels, Counter>::default();
+        registry.register("mining_blocks", "Blocks submitted to a node, by whether it accepted them", blocks.clone());
+        let upstream = Family::<Labels, Counter>::default();
+        registry.register("mining_upstream_shares", "Shares sent to a pool, by its verdict", upstream.clone());
+        let stratum_connections = Gauge::default();
+        registry.register("stratum_connections", "Open Stratum connections", stratum_connections.clone());
         Self {
             registry,
+            pool_shares,
+            blocks,
+            upstream,
+            stratum_connections,
             transitions,
             queue_depth,
             jobs_current,
@@ -114,6 +136,19 @@ impl Metrics {
         self.shares.get_or_create(&vec![("verdict", "valid")]).inc_by(valid as u64);
         self.shares.get_or_create(&vec![("verdict", "invalid")]).inc_by(invalid as u64);
         self.shares.get_or_create(&vec![("verdict", "unverified")]).inc_by(unverified as u64);
+    }
+
+    /// A share on a mining source: `valid`, `invalid`, `stale`, or `over_budget`.
+    pub fn pool_share(&self, verdict: &'static str) {
+        self.pool_shares.get_or_create(&vec![("verdict", verdict)]).inc();
+    }
+
+    pub fn block(&self, accepted: bool) {
+        self.blocks.get_or_create(&vec![("accepted", if accepted { "true" } else { "false" })]).inc();
+    }
+
+    pub fn upstream(&self, accepted: bool) {
+        self.upstream.get_or_create(&vec![("verdict", if accepted { "accepted" } else { "rejected" })]).inc();
     }
 
     pub fn render(&self) -> String {

@@ -1,5 +1,6 @@
-//! Share verification: the master re-hashes every share a worker reports
-//! (light mode, a cached key material with pooled VMs per key) and accepts
+//! Share verification: the master re-hashes every share a worker or a
+//! Stratum miner reports (light mode, or fast mode with a 2 GiB dataset when
+//! configured so; a cached key material with pooled VMs per key) and accepts
 //! it only if the nonce is in the unit's range and not accepted before, the
 //! hash matches and it meets the target. This is the one range and
 //! duplicate filter. Runs on blocking threads, never on the coordinator's
@@ -10,9 +11,15 @@
 //! checked (key material failed to build, a hashing thread died) is neither
 //! valid nor invalid: it comes back as `unverified`, for the caller to count
 //! and log.
+//!
+//! Its capacity is measured from the work it does: the time per hash of each
+//! batch feeds a moving average, and [`Verifier::capacity`] turns it into
+//! shares per second across its threads (the Stratum server budgets by it).
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use faena_proto::jobs::{decode_hex, encode_hex};
 use faena_proto::mine::{MineParams, Share};
@@ -22,6 +29,8 @@ use tokio::sync::Semaphore;
 
 /// Light-mode keys kept (256 MiB each).
 const KEYS_KEPT: usize = 2;
+/// Fast-mode keys kept (a 2 GiB dataset each).
+const FAST_KEYS_KEPT: usize = 1;
 
 /// Shares the master re-hashed and found valid for one unit's work. Only
 /// [`Verifier::check`] makes non-empty ones.
@@ -57,8 +66,11 @@ impl VerifiedShares {
 pub struct Verifier {
     keys: Arc<KeyCache>,
     flags: Flags,
+    mode: Mode,
     threads: usize,
     permits: Arc<Semaphore>,
+    /// Moving average of the seconds one hash takes on one thread (f64 bits; 0 = not measured yet).
+    secs_per_hash: Arc<AtomicU64>,
 }
 
 /// The verdict on a batch of shares.
@@ -84,11 +96,63 @@ enum Verdict {
 type Verdicts = Vec<(Share, Verdict)>;
 
 impl Verifier {
+    /// A light-mode verifier on `threads` threads.
     pub fn new(threads: usize) -> Self {
+        Self::with_mode(threads, Mode::Light)
+    }
+
+    /// A verifier in `mode`: fast builds a 2 GiB dataset per key (on all
+    /// `threads`) and hashes several times faster than light.
+    pub fn with_mode(threads: usize, mode: Mode) -> Self {
         let threads = threads.max(1);
         // Huge pages are not worth reserving for verification; JIT and AES are.
         let flags = Flags::detect().with_large_pages(false);
-        Self { keys: Arc::default(), flags, threads, permits: Arc::new(Semaphore::new(threads)) }
+        Self {
+            keys: Arc::default(),
+            flags,
+            mode,
+            threads,
+            permits: Arc::new(Semaphore::new(threads)),
+            secs_per_hash: Arc::default(),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Shares per second it can check across its threads, as measured so
+    /// far; None before its first hash.
+    pub fn capacity(&self) -> Option<f64> {
+        let secs = f64::from_bits(self.secs_per_hash.load(Ordering::Relaxed));
+        (secs > 0.0).then(|| self.threads as f64 / secs)
+    }
+
+    /// Builds the material for `key` now (a fast-mode dataset takes a while)
+    /// and measures the hash rate on it, so the capacity is known before the
+    /// first share.
+    pub async fn prepare(&self, key: Vec<u8>) -> Result<f64, String> {
+        let probe: Vec<Share> =
+            (0..8 * self.threads as u32).map(|n| Share { nonce: n, hash: "00".repeat(32) }).collect();
+        let params = MineParams {
+            key: faena_proto::jobs::encode_hex(&key),
+            blob: "00".repeat(76),
+            target: None,
+            difficulty: Some(1),
+            nonce_offset: None,
+            nonce_start: None,
+            nonce_count: None,
+            max_shares: None,
+        };
+        let checked = self.check(&params, &HashSet::new(), probe).await;
+        if let Some((_, why)) = checked.unverified.first() {
+            return Err(why.clone());
+        }
+        self.capacity().ok_or_else(|| "nothing was hashed".to_owned())
     }
 
     /// Stops taking checks (the master is shutting down): checks waiting for
@@ -128,11 +192,12 @@ impl Verifier {
             out.unverified = todo.into_iter().map(|(s, _)| (s, "the verifier is shutting down".into())).collect();
             return out;
         };
-        let (keys, flags) = (self.keys.clone(), self.flags);
+        let (keys, flags, mode, threads) = (self.keys.clone(), self.flags, self.mode, self.threads);
+        let measured = self.secs_per_hash.clone();
         let pending: Vec<Share> = todo.iter().map(|(s, _)| s.clone()).collect();
         let task = tokio::task::spawn_blocking(move || {
-            let material =
-                keys.get_or_build(&work.key, KEYS_KEPT, || Material::build(flags, Mode::Light, &work.key, 1));
+            let kept = if mode == Mode::Fast { FAST_KEYS_KEPT } else { KEYS_KEPT };
+            let material = keys.get_or_build(&work.key, kept, || Material::build(flags, mode, &work.key, threads));
             let material = match material {
                 Ok(m) => m,
                 Err(e) => {
@@ -140,7 +205,9 @@ impl Verifier {
                 }
             };
             let chunk = todo.len().div_ceil(n);
-            std::thread::scope(|scope| {
+            let started = Instant::now();
+            let hashed = todo.len();
+            let out = std::thread::scope(|scope| {
                 let handles: Vec<_> = todo
                     .chunks(chunk)
                     .map(|part| {
@@ -173,7 +240,13 @@ impl Verifier {
                     }
                 }
                 (verdicts, failed)
-            })
+            });
+            // Each thread hashed about `chunk` inputs in the elapsed time.
+            let per_hash = started.elapsed().as_secs_f64() / chunk.min(hashed).max(1) as f64;
+            let old = f64::from_bits(measured.load(Ordering::Relaxed));
+            let avg = if old > 0.0 { old * 0.8 + per_hash * 0.2 } else { per_hash };
+            measured.store(avg.to_bits(), Ordering::Relaxed);
+            out
         });
         let (verdicts, failed) = match task.await {
             Ok(v) => v,

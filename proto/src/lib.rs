@@ -5,10 +5,12 @@
 //! - [`mqtt`]: the versioned JSON payloads carried on those topics.
 //! - [`jobs`]: job kinds, their parameters, outputs and progress payloads.
 //! - [`mine`]: `randomx.mine` parameters, shares, unit and job progress and output.
+//! - [`mining`]: mining sources, participants and the verifier's capacity (REST).
 //! - [`ai`]: `ai.query` parameters, streamed chunks and result.
 //! - [`api`]: the REST request/response bodies.
 //! - [`grpc`]: the generated `faena.v1.Master` service (client and server).
 //! - [`sio`]: the web page's Socket.IO events and payloads.
+//! - [`stratum`]: Monero Stratum (XMRig's dialect) lines and targets.
 //! - [`secret`]: a string wrapper whose `Debug`/`Display` never show the value.
 
 pub mod ai;
@@ -16,9 +18,11 @@ pub mod api;
 pub mod ids;
 pub mod jobs;
 pub mod mine;
+pub mod mining;
 pub mod mqtt;
 pub mod secret;
 pub mod sio;
+pub mod stratum;
 pub mod topics;
 
 /// The generated gRPC code for `proto/faena/v1/master.proto`.

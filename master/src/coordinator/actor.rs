@@ -105,6 +105,11 @@ impl Actor {
                 self.engine.worker_state(now, &worker, instance, state);
                 self.apply();
             }
+            Command::ReplaceTemplate { job, params, grace, reply } => {
+                let replaced = self.engine.replace_template(now, job, *params, grace);
+                self.apply();
+                let _ = reply.send(replaced);
+            }
             Command::RefreshGauges(reply) => {
                 let q = self.engine.queue();
                 self.deps.metrics.set_gauges(

@@ -105,6 +105,13 @@ enum Command {
         state: WorkerState,
     },
     RefreshGauges(Reply<()>),
+    /// A mining source moved on: its job takes the new template.
+    ReplaceTemplate {
+        job: JobId,
+        params: Box<faena_proto::mine::MineParams>,
+        grace: Duration,
+        reply: Reply<bool>,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -174,6 +181,13 @@ impl Coordinator {
         let _ = self.tx.send(Command::WorkerState { worker, instance, state }).await;
     }
 
+    /// Replaces a mining job's template (its units out are stopped and the
+    /// new one is split at once); false when the job is not live.
+    pub async fn replace_template(&self, job: JobId, params: faena_proto::mine::MineParams, grace: Duration) -> bool {
+        let params = Box::new(params);
+        self.ask(|reply| Command::ReplaceTemplate { job, params, grace, reply }).await.unwrap_or(false)
+    }
+
     pub async fn refresh_gauges(&self) {
         let _ = self.ask(Command::RefreshGauges).await;
     }
@@ -188,6 +202,8 @@ pub struct Deps {
     pub mqtt: MqttOut,
     pub verifier: Arc<Verifier>,
     pub ai_cache: AiCache,
+    /// Told of the verified shares of jobs that mine a source.
+    pub pool: Option<crate::pool::Pool>,
 }
 
 pub fn channel() -> (Coordinator, Inbox) {

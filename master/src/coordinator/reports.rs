@@ -28,6 +28,7 @@ pub(super) enum Pending {
 pub(crate) struct Verified {
     worker: WorkerId,
     lease: LeaseRef,
+    work: UnitWork,
     checked: Checked,
     pending: Pending,
 }
@@ -150,20 +151,34 @@ impl Actor {
     ) {
         if shares.is_empty() {
             let checked = Checked::default();
-            return self.verified(now, Verified { worker, lease, checked, pending });
+            return self.verified(now, Verified { worker, lease, work, checked, pending });
         }
         let (verifier, inbox) = (self.deps.verifier.clone(), self.inbox.clone());
         self.tasks.spawn(async move {
             let checked = verifier.check(&work.params, &work.known, shares).await;
-            let v = Verified { worker, lease, checked, pending };
+            let v = Verified { worker, lease, work, checked, pending };
             // If the loop is gone, so is everyone waiting on the reply.
             let _ = inbox.tx.send(Command::Verified(v)).await;
         });
     }
 
     pub(super) fn verified(&mut self, now: Now, v: Verified) {
-        let Verified { worker, lease, checked, pending } = v;
+        let Verified { worker, lease, work, checked, pending } = v;
         let Checked { valid, invalid, unverified } = checked;
+        // A job that mines a source: the pool tallies its shares and sends
+        // on those good enough for a block or the pool (stale ones, whose
+        // unit the engine retired with its template, are still counted there).
+        if let Some(pool) = &self.deps.pool {
+            let target = work.params.target.as_deref().unwrap_or_default();
+            pool.worker_report(
+                work.job,
+                &work.params.blob,
+                target,
+                worker.as_str(),
+                valid.as_slice(),
+                invalid.len() as u64,
+            );
+        }
         self.deps.metrics.shares_checked(valid.len(), invalid.len(), unverified.len());
         for (share, reason) in &invalid {
             tracing::warn!(worker = %worker, unit = %lease.job_id, nonce = share.nonce, reason = %reason, "invalid share rejected");

@@ -189,6 +189,8 @@ pub struct MinedProgress {
 /// What the verifier needs to check a mining unit's shares.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnitWork {
+    /// The mining job the unit is part of.
+    pub job: JobId,
     /// The unit's own parameters (its template and range).
     pub params: MineParams,
     /// Nonces its job already accepted for that template.

@@ -3,11 +3,13 @@
 //! and applying the [`Verdict`] it returns to the mining job.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use faena_proto::api::JobEvent;
 use faena_proto::ids::{JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState};
-use faena_proto::mine::{MineProgress, UnitOutput};
+use faena_proto::mine::{MineParams, MineProgress, UnitOutput};
+use faena_proto::mqtt::Control;
 
 use super::mining::{MinedUnit, Verdict};
 use super::{ActiveJob, Effect, Engine, Lease, LeaseError, LeaseRef, MinedProgress, Now, Outcome, RestoredJob};
@@ -51,7 +53,34 @@ impl Engine {
         let Some(JobSpec::RandomxMine(params)) = self.jobs.get(&lease.job_id).map(|j| &*j.spec) else {
             return Ok(None);
         };
-        Ok(Some(UnitWork { params: params.clone(), known: self.mining.known_nonces(&lease.job_id) }))
+        let Some(job) = self.mining.job_of(&lease.job_id) else { return Ok(None) };
+        Ok(Some(UnitWork { job, params: params.clone(), known: self.mining.known_nonces(&lease.job_id) }))
+    }
+
+    /// Replaces mining job `job`'s template (a new block or pool job): its
+    /// units out are stopped and retired, and the new template is split
+    /// among the workers at once. Shares for the old template that arrive
+    /// within `grace` count as stale. False when `job` is not a live mining
+    /// job or `params` are not a valid template.
+    pub fn replace_template(&mut self, now: Now, job: JobId, params: MineParams, grace: Duration) -> bool {
+        let Some(retired) = self.mining.replace_template(&job, params.clone(), now.mono, grace) else {
+            return false;
+        };
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.spec = Arc::new(JobSpec::RandomxMine(params));
+        }
+        for (unit, worker) in retired {
+            if let Some(lease) = self.release_lease(unit) {
+                let control = Control::Cancel { job_id: unit, attempt: lease.attempt };
+                self.effects.push(Effect::Control { worker, control });
+            }
+            let note = format!("job {job} moved to a new template");
+            self.retire(now, unit, JobState::Cancelled, None, Some(note));
+        }
+        let verdict = self.mining.settle(job, now.mono);
+        self.apply_verdict(now, job, verdict, None);
+        self.schedule(now);
+        true
     }
 
     /// A mining unit's progress, its shares verified.

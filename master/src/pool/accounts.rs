@@ -1,0 +1,199 @@
+//! Per-participant accounting: a Faena worker or a Stratum miner (by its
+//! login), with its verified, invalid and stale shares, blocks found, and a
+//! hashrate estimated from verified shares — the sum of their difficulties
+//! over the last minute, ten minutes and hour, divided by the window (or by
+//! the time since it was first seen, when that is shorter).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use faena_proto::mining::{Hashrates, ParticipantShares, ParticipantView};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Worker,
+    Stratum,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Worker => "worker",
+            Self::Stratum => "stratum",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "worker" => Some(Self::Worker),
+            "stratum" => Some(Self::Stratum),
+            _ => None,
+        }
+    }
+}
+
+/// Who did the work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Participant {
+    pub name: String,
+    pub kind: Kind,
+}
+
+impl Participant {
+    pub fn worker(name: &str) -> Self {
+        Self { name: name.to_owned(), kind: Kind::Worker }
+    }
+
+    pub fn stratum(name: &str) -> Self {
+        Self { name: name.to_owned(), kind: Kind::Stratum }
+    }
+}
+
+/// A participant's record, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    pub source: String,
+    pub valid: u64,
+    pub invalid: u64,
+    pub stale: u64,
+    pub blocks: u64,
+}
+
+#[derive(Debug)]
+struct Tally {
+    record: Record,
+    first_seen: Instant,
+    /// Verified shares of the last hour: when, and their difficulty.
+    recent: VecDeque<(Instant, u64)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Accounts {
+    tallies: HashMap<Participant, Tally>,
+    /// Changed since the last [`Accounts::take_dirty`].
+    dirty: HashSet<Participant>,
+}
+
+impl Accounts {
+    fn tally(&mut self, who: &Participant, source: &str, now: Instant) -> &mut Tally {
+        self.dirty.insert(who.clone());
+        let t = self.tallies.entry(who.clone()).or_insert_with(|| Tally {
+            record: Record::default(),
+            first_seen: now,
+            recent: VecDeque::new(),
+        });
+        if t.record.source != source {
+            t.record.source = source.to_owned();
+        }
+        t
+    }
+
+    /// A record read back from the store at start-up.
+    pub fn restore(&mut self, who: Participant, record: Record, now: Instant) {
+        self.tallies.insert(who, Tally { record, first_seen: now, recent: VecDeque::new() });
+    }
+
+    pub fn valid(&mut self, who: &Participant, source: &str, difficulty: u64, now: Instant) {
+        let t = self.tally(who, source, now);
+        t.record.valid += 1;
+        t.recent.push_back((now, difficulty));
+        while t.recent.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > HOUR) {
+            t.recent.pop_front();
+        }
+    }
+
+    pub fn invalid(&mut self, who: &Participant, source: &str, n: u64, now: Instant) {
+        self.tally(who, source, now).record.invalid += n;
+    }
+
+    pub fn stale(&mut self, who: &Participant, source: &str, n: u64, now: Instant) {
+        self.tally(who, source, now).record.stale += n;
+    }
+
+    pub fn block(&mut self, who: &Participant, source: &str, now: Instant) {
+        self.tally(who, source, now).record.blocks += 1;
+    }
+
+    /// Records changed since the last call, for the store.
+    pub fn take_dirty(&mut self) -> Vec<(Participant, Record)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty.into_iter().filter_map(|p| self.tallies.get(&p).map(|t| (p, t.record.clone()))).collect()
+    }
+
+    /// Everyone, busiest first.
+    pub fn view(&self, now: Instant) -> Vec<ParticipantView> {
+        let mut out: Vec<ParticipantView> = self
+            .tallies
+            .iter()
+            .map(|(p, t)| {
+                let rate = |window: Duration| {
+                    let sum: u64 = t
+                        .recent
+                        .iter()
+                        .rev()
+                        .take_while(|(at, _)| now.saturating_duration_since(*at) <= window)
+                        .map(|(_, d)| *d)
+                        .sum();
+                    let span = window.min(now.saturating_duration_since(t.first_seen)).as_secs_f64().max(1.0);
+                    sum as f64 / span
+                };
+                ParticipantView {
+                    name: p.name.clone(),
+                    kind: p.kind.as_str().to_owned(),
+                    source: t.record.source.clone(),
+                    shares: ParticipantShares {
+                        valid: t.record.valid,
+                        invalid: t.record.invalid,
+                        stale: t.record.stale,
+                    },
+                    hashrate: Hashrates {
+                        m1: rate(Duration::from_secs(60)),
+                        m10: rate(Duration::from_secs(600)),
+                        h1: rate(HOUR),
+                    },
+                    blocks: t.record.blocks,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.hashrate.m10.total_cmp(&a.hashrate.m10).then_with(|| a.name.cmp(&b.name)));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashrate_is_share_difficulty_over_the_window() {
+        let mut a = Accounts::default();
+        let t0 = Instant::now();
+        let m = Participant::stratum("rig1");
+        for i in 0..120u64 {
+            a.valid(&m, "s", 3000, t0 + Duration::from_secs(i * 30));
+        }
+        a.invalid(&m, "s", 2, t0);
+        a.stale(&m, "s", 1, t0);
+        let now = t0 + Duration::from_secs(3570);
+        let v = a.view(now);
+        assert_eq!(v.len(), 1);
+        assert_eq!((v[0].shares.valid, v[0].shares.invalid, v[0].shares.stale), (120, 2, 1));
+        // One 3000-difficulty share per 30 s is 100 H/s on every window.
+        for r in [v[0].hashrate.m1, v[0].hashrate.m10, v[0].hashrate.h1] {
+            assert!((r - 100.0).abs() < 10.0, "{r}");
+        }
+        assert_eq!(a.take_dirty().len(), 1);
+        assert!(a.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn workers_and_miners_of_one_name_are_apart() {
+        let mut a = Accounts::default();
+        let now = Instant::now();
+        a.valid(&Participant::worker("x"), "s", 1, now);
+        a.valid(&Participant::stratum("x"), "s", 1, now);
+        assert_eq!(a.view(now).len(), 2);
+    }
+}
