@@ -88,6 +88,12 @@ pub struct SourceView {
     pub job_id: Option<String>,
     /// Stratum miners on it now.
     pub miners: u32,
+    /// Templates it has had (one more per block or pool job).
+    #[serde(default)]
+    pub templates: u64,
+    /// Workers' units stopped because a new template replaced theirs.
+    #[serde(default)]
+    pub retired_units: u64,
     pub shares: SourceShares,
     pub blocks: Vec<BlockView>,
 }

@@ -11,15 +11,19 @@
 //! - [`mosquitto`]: Mosquitto with the stack's accounts and ACL.
 //! - [`fake_ai`]: a local server speaking Gemini's and OpenAI's wire formats.
 //! - [`sim`]: simulated workers (MQTT + gRPC in-process) for scale benches.
+//! - [`monerod`]: a real regtest Monero node; [`stratum`]: a miner speaking
+//!   XMRig's Stratum, hashing for real.
 //!
 //! A test harness: failing loudly (panics, `expect`) is its job.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 pub mod api;
 pub mod fake_ai;
+pub mod monerod;
 pub mod mosquitto;
 pub mod process;
 pub mod sim;
+pub mod stratum;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -81,6 +85,8 @@ pub struct MasterAddrs {
     pub http: String,
     pub grpc: String,
     pub mqtt: String,
+    /// The Stratum server (`FAENA_STRATUM_ADDR` in the master's extra env).
+    pub stratum: Option<String>,
 }
 
 /// A master and its workers in one temporary directory.
@@ -178,6 +184,8 @@ async fn start_master(dir: &Path, opts: &MasterOpts, same_as: Option<&MasterAddr
         ("FAENA_CLUSTER_TOKEN".to_owned(), TOKEN.to_owned()),
         ("FAENA_HEARTBEAT_MS".to_owned(), opts.heartbeat_ms.to_string()),
         ("FAENA_QUEUE_CAPACITY".to_owned(), opts.queue_capacity.to_string()),
+        // A fast-mode verifier builds a 2 GiB dataset first: tests verify in light mode.
+        ("FAENA_VERIFY_MODE".to_owned(), "light".to_owned()),
     ];
     match &opts.broker {
         Broker::Embedded => {
@@ -191,7 +199,8 @@ async fn start_master(dir: &Path, opts: &MasterOpts, same_as: Option<&MasterAddr
     env.extend(opts.extra.iter().cloned());
     let proc = Proc::spawn(&bin("faena-master"), &[], &env, &dir.join("master.log")).await;
     let field = |k: &str| proc.ready[k].as_str().unwrap_or_default().to_owned();
-    let addrs = MasterAddrs { http: field("http"), grpc: field("grpc"), mqtt: field("mqtt") };
+    let stratum = proc.ready["stratum"].as_str().map(str::to_owned);
+    let addrs = MasterAddrs { http: field("http"), grpc: field("grpc"), mqtt: field("mqtt"), stratum };
     (proc, addrs)
 }
 

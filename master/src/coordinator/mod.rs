@@ -110,7 +110,7 @@ enum Command {
         job: JobId,
         params: Box<faena_proto::mine::MineParams>,
         grace: Duration,
-        reply: Reply<bool>,
+        reply: Reply<Option<usize>>,
     },
 }
 
@@ -182,10 +182,16 @@ impl Coordinator {
     }
 
     /// Replaces a mining job's template (its units out are stopped and the
-    /// new one is split at once); false when the job is not live.
-    pub async fn replace_template(&self, job: JobId, params: faena_proto::mine::MineParams, grace: Duration) -> bool {
+    /// new one is split at once): how many units were retired, None when
+    /// the job is not live.
+    pub async fn replace_template(
+        &self,
+        job: JobId,
+        params: faena_proto::mine::MineParams,
+        grace: Duration,
+    ) -> Option<usize> {
         let params = Box::new(params);
-        self.ask(|reply| Command::ReplaceTemplate { job, params, grace, reply }).await.unwrap_or(false)
+        self.ask(|reply| Command::ReplaceTemplate { job, params, grace, reply }).await.ok().flatten()
     }
 
     pub async fn refresh_gauges(&self) {

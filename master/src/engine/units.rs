@@ -60,12 +60,12 @@ impl Engine {
     /// Replaces mining job `job`'s template (a new block or pool job): its
     /// units out are stopped and retired, and the new template is split
     /// among the workers at once. Shares for the old template that arrive
-    /// within `grace` count as stale. False when `job` is not a live mining
-    /// job or `params` are not a valid template.
-    pub fn replace_template(&mut self, now: Now, job: JobId, params: MineParams, grace: Duration) -> bool {
-        let Some(retired) = self.mining.replace_template(&job, params.clone(), now.mono, grace) else {
-            return false;
-        };
+    /// within `grace` count as stale. Returns how many units were retired;
+    /// None when `job` is not a live mining job or `params` are not a valid
+    /// template.
+    pub fn replace_template(&mut self, now: Now, job: JobId, params: MineParams, grace: Duration) -> Option<usize> {
+        let retired = self.mining.replace_template(&job, params.clone(), now.mono, grace)?;
+        let count = retired.len();
         if let Some(j) = self.jobs.get_mut(&job) {
             j.spec = Arc::new(JobSpec::RandomxMine(params));
         }
@@ -80,7 +80,7 @@ impl Engine {
         let verdict = self.mining.settle(job, now.mono);
         self.apply_verdict(now, job, verdict, None);
         self.schedule(now);
-        true
+        Some(count)
     }
 
     /// A mining unit's progress, its shares verified.

@@ -133,6 +133,9 @@ struct Source {
     slots: BTreeSet<(u32, u8)>,
     /// The engine job the Faena workers mine it through.
     job: Option<JobId>,
+    /// Templates it has had, and the workers' units retired by a new one.
+    templates: u64,
+    retired_units: u64,
     backend: Backend,
     cancel: CancellationToken,
 }
@@ -160,6 +163,8 @@ impl Source {
             difficulty: main.as_ref().map(|t| t.upstream_difficulty()),
             job_id: self.job.map(|j| j.to_string()),
             miners: self.slots.len() as u32,
+            templates: self.templates,
+            retired_units: self.retired_units,
             shares: self.shares.clone(),
             blocks: self.blocks.clone(),
         }
@@ -382,6 +387,8 @@ impl Pool {
             previous: None,
             slots: BTreeSet::new(),
             job: None,
+            templates: 0,
+            retired_units: 0,
             backend,
             cancel,
         };
@@ -508,14 +515,18 @@ impl Pool {
                 s.previous = Some((old, Instant::now() + grace));
             }
             s.work.send_replace(Some(work.clone()));
+            s.templates += 1;
             s.job
         };
         self.set_state(id, SourceState::Mining, None);
         let Some(main) = work.main() else { return };
         let params = main.worker_params(self.worker_difficulty(main).await);
         if let Some(job) = job
-            && self.inner.coord.replace_template(job, params.clone(), grace).await
+            && let Some(retired) = self.inner.coord.replace_template(job, params.clone(), grace).await
         {
+            if let Some(s) = self.inner.state.lock().sources.get_mut(id) {
+                s.retired_units += retired as u64;
+            }
             return;
         }
         self.submit_job(id, params).await;

@@ -20,7 +20,7 @@ use crate::pool::shares::Taken;
 use crate::pool::{Pool, Seat, Template};
 
 /// Jobs a miner may still submit to (older ones are "Invalid job id").
-const JOBS_KEPT: usize = 8;
+const JOBS_KEPT: usize = 32;
 /// A write that takes longer means the miner does not read: it is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Malformed lines tolerated before the connection is closed.

@@ -1,0 +1,278 @@
+//! Mining with the real world: a real `monerod` (regtest, offline, fixed
+//! difficulty) as a daemon source mined by real workers, whose blocks the
+//! node accepts and whose coinbases pay the configured wallet; the Stratum
+//! server spoken to exactly as XMRig speaks; and a pool source against a
+//! second master's Stratum server.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+use faena_proto::jobs::decode_hex;
+use faena_testkit::monerod::{Monerod, WALLET, Wallet};
+use faena_testkit::stratum::{Miner, mine_async};
+use faena_testkit::{Cluster, MasterOpts, eventually, free_port};
+use serde_json::{Value, json};
+
+fn opts(extra: &[(&str, &str)]) -> MasterOpts {
+    MasterOpts { extra: extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(), ..Default::default() }
+}
+
+async fn add_source(c: &Cluster, body: Value) -> String {
+    let (status, v) = c.api.post("/api/mining/sources", &body).await;
+    assert_eq!(status, 201, "{v}");
+    assert!(v["shares"].is_object() && v["blocks"].is_array(), "{v}");
+    v["id"].as_str().expect("id").to_owned()
+}
+
+async fn source(c: &Cluster, id: &str) -> Value {
+    c.api.get(&format!("/api/mining/sources/{id}")).await.1
+}
+
+fn accepted(v: &Value) -> Vec<Value> {
+    v["blocks"].as_array().cloned().unwrap_or_default().into_iter().filter(|b| b["accepted"] == true).collect()
+}
+
+async fn participant(c: &Cluster, name: &str) -> Option<Value> {
+    let all = c.api.get("/api/mining/participants").await.1;
+    all["participants"].as_array()?.iter().find(|p| p["name"] == name).cloned()
+}
+
+#[tokio::test]
+async fn a_daemon_source_mined_by_two_workers_finds_blocks_the_node_accepts() {
+    let mut c = Cluster::start(opts(&[("FAENA_DAEMON_POLL_MS", "200")])).await;
+    let node = Monerod::start(c.dir.path(), 200).await;
+    let wallet = Wallet::create(c.dir.path(), &node).await;
+    for id in ["d1", "d2"] {
+        c.add_worker_with(id, 1, &[("FAENA_RANDOMX_THREADS", "1")]).await;
+    }
+    c.wait_workers(2).await;
+    for bad in [
+        json!({"kind": "daemon", "url": "ftp://node", "wallet": wallet.address}),
+        json!({"kind": "daemon", "url": node.url, "wallet": "not-an-address"}),
+        json!({"kind": "pool", "url": "http://pool:3333", "user": "x"}),
+        json!({"kind": "solo", "url": node.url}),
+    ] {
+        let (status, v) = c.api.post("/api/mining/sources", &bad).await;
+        assert_eq!(status, 400, "{bad} → {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    let start = node.height().await;
+    let id = add_source(&c, json!({"kind": "daemon", "url": node.url, "wallet": wallet.address})).await;
+
+    let view = eventually("three blocks accepted", || async {
+        let v = source(&c, &id).await;
+        (accepted(&v).len() >= 3).then_some(v)
+    })
+    .await;
+    assert_eq!(view["kind"], "daemon");
+    let blocks = accepted(&view);
+    for b in &blocks {
+        let height = b["height"].as_u64().expect("height");
+        let header = node.header(height).await;
+        assert_eq!(header["hash"], b["hash"], "the node's block at {height} is the one Faena reported");
+        assert!(["d1", "d2"].contains(&b["participant"].as_str().unwrap_or_default()), "{b}");
+    }
+    assert!(node.height().await >= start + blocks.len() as u64, "the chain grew by Faena's blocks");
+    let paid = wallet.coinbase_heights().await;
+    for b in &blocks {
+        assert!(paid.contains(&b["height"].as_u64().unwrap()), "block {b} pays the configured wallet ({paid:?})");
+    }
+    for w in ["d1", "d2"] {
+        let p = eventually(&format!("{w} has verified shares"), || async {
+            participant(&c, w).await.filter(|p| p["shares"]["valid"].as_u64() > Some(0))
+        })
+        .await;
+        assert_eq!(p["kind"], "worker");
+        assert_eq!(p["source"], id.as_str());
+        assert!(p["hashrate"]["1m"].as_f64() > Some(0.0), "{p}");
+    }
+
+    // A block found elsewhere: the template moves to the new tip at once
+    // and the units mining the old one are retired.
+    let before = source(&c, &id).await;
+    node.generate(1).await;
+    let tip = node.height().await;
+    eventually("the source mines on top of the block found elsewhere", || async {
+        let v = source(&c, &id).await;
+        let moved = v["height"].as_u64() >= Some(tip) && v["templates"].as_u64() > before["templates"].as_u64();
+        (moved && v["retired_units"].as_u64() > before["retired_units"].as_u64()).then_some(())
+    })
+    .await;
+
+    // Durable: after a restart the source is back and mines on.
+    let found = accepted(&source(&c, &id).await).len();
+    c.master().terminate().await;
+    c.restart_master().await;
+    eventually("the source resumes after a restart", || async {
+        let v = source(&c, &id).await;
+        (v["state"] == "mining" && accepted(&v).len() > found).then_some(())
+    })
+    .await;
+    let p = participant(&c, "d1").await.expect("tallies survive the restart");
+    assert!(p["shares"]["valid"].as_u64() > Some(0), "{p}");
+
+    let (status, _) = c.api.get("/api/mining/sources").await;
+    assert_eq!(status, 200);
+    let del =
+        reqwest::Client::new().delete(c.api.url(&format!("/api/mining/sources/{id}"))).send().await.expect("delete");
+    assert_eq!(del.status(), 204);
+    assert_eq!(c.api.get(&format!("/api/mining/sources/{id}")).await.0, 404);
+}
+
+#[tokio::test]
+async fn the_stratum_server_speaks_xmrigs_protocol_and_polices_its_miners() {
+    let c = Cluster::start(opts(&[
+        ("FAENA_STRATUM_ADDR", "127.0.0.1:0"),
+        ("FAENA_STRATUM_PASSWORD", "let-me-mine"),
+        ("FAENA_STRATUM_DIFFICULTY", "1"),
+        ("FAENA_STRATUM_MIN_DIFFICULTY", "1"),
+        ("FAENA_SHARE_INTERVAL_MS", "1000"),
+        ("FAENA_STRATUM_INVALID_LIMIT", "4"),
+        ("FAENA_STALE_GRACE_MS", "120000"),
+        ("FAENA_DAEMON_POLL_MS", "200"),
+    ]))
+    .await;
+    let node = Monerod::start(c.dir.path(), 5000).await;
+    let stratum = c.addrs.stratum.clone().expect("the Stratum server listens");
+    let id = add_source(&c, json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
+    eventually("the source has work", || async { (source(&c, &id).await["state"] == "mining").then_some(()) }).await;
+
+    // Before login, and with the wrong password: refused.
+    let mut m = Miner::connect(&stratum).await;
+    let early = m.call("submit", json!({"id": "x", "job_id": "1", "nonce": "00000000", "result": "00"})).await;
+    assert!(early.and_then(|r| r.error).is_some_and(|e| e.message.starts_with("Unauthenticated")));
+    let mut m = Miner::connect(&stratum).await;
+    assert!(m.login("rig-a", "wrong").await.is_err_and(|e| e.starts_with("Unauthenticated")));
+
+    let mut a = Miner::connect(&stratum).await;
+    a.login("rig-a", "let-me-mine").await.expect("login");
+    for ext in ["algo", "nicehash", "keepalive"] {
+        assert!(a.extensions.iter().any(|e| e == ext), "{:?}", a.extensions);
+    }
+    let job = a.job.clone().expect("a job at login");
+    assert_eq!(job.algo.as_deref(), Some("rx/0"));
+    assert!(job.height.is_some() && job.seed_hash.is_some());
+    let slot_a = decode_hex(&job.blob).unwrap()[42];
+    let mut b = Miner::connect(&stratum).await;
+    b.login("rig-b", "let-me-mine").await.expect("login");
+    let slot_b = decode_hex(&b.job.clone().unwrap().blob).unwrap()[42];
+    assert!(slot_a != 0 && slot_b != 0 && slot_a != slot_b, "disjoint slices: {slot_a} {slot_b}");
+
+    let ka = a.keepalive().await.expect("answer");
+    assert_eq!(ka.result["status"], "KEEPALIVED");
+    a.send_raw("this is not json\n").await;
+    let err = a.answer(0).await.and_then(|r| r.error).expect("an error");
+    assert!(err.message.contains("Malformed"), "{}", err.message);
+    let unknown = a.call("mining.subscribe", json!([])).await.and_then(|r| r.error).expect("an error");
+    assert!(unknown.message.contains("Unsupported method"), "{}", unknown.message);
+    assert_eq!(a.keepalive().await.expect("still connected").result["status"], "KEEPALIVED");
+
+    let found = mine_async(&job, 12).await;
+    assert_eq!(a.submit(&job.job_id, found[0].nonce, &found[0].hash).await, Ok("OK".into()));
+    assert_eq!(a.submit(&job.job_id, found[0].nonce, &found[0].hash).await, Err("Duplicate share".into()));
+    let mut forged = found[1].hash;
+    forged[0] ^= 0xff;
+    let e = a.submit(&job.job_id, found[1].nonce, &forged).await.expect_err("forged");
+    assert!(e.contains("Invalid share"), "{e}");
+    let outside = found[1].nonce ^ 0x4000_0000;
+    assert_eq!(a.submit(&job.job_id, outside, &found[1].hash).await, Err("Nonce outside your slice".into()));
+    assert_eq!(a.submit("no-such-job", found[1].nonce, &found[1].hash).await, Err("Invalid job id".into()));
+
+    // Vardiff: shares far faster than one a second move the target up.
+    for f in &found[2..10] {
+        assert_eq!(a.submit(&job.job_id, f.nonce, &f.hash).await, Ok("OK".into()));
+    }
+    let harder = loop {
+        let j = a.next_job().await;
+        if j.target != job.target {
+            break j;
+        }
+    };
+    assert!(
+        faena_proto::mine::parse_target(&harder.target).unwrap()
+            < faena_proto::mine::parse_target(&job.target).unwrap()
+    );
+
+    // A block found elsewhere: a share for the old job is taken as stale.
+    node.generate(1).await;
+    let new_height = node.height().await;
+    loop {
+        let j = a.next_job().await;
+        if j.height >= Some(new_height) {
+            break;
+        }
+    }
+    assert_eq!(a.submit(&job.job_id, found[10].nonce, &found[10].hash).await, Ok("OK".into()));
+    let p = eventually("rig-a's tally", || async { participant(&c, "rig-a").await }).await;
+    assert_eq!(p["kind"], "stratum");
+    assert_eq!(p["shares"]["valid"], 9, "{p}");
+    assert_eq!(p["shares"]["stale"], 1, "{p}");
+    assert_eq!(p["shares"]["invalid"], 3, "{p}");
+    assert!(source(&c, &id).await["miners"].as_u64() >= Some(2));
+
+    // A line past the limit closes the connection.
+    let mut long = Miner::connect(&stratum).await;
+    long.send_raw(&format!("{}\n", "x".repeat(20_000))).await;
+    assert!(long.read().await.and_then(|r| r.error).is_some_and(|e| e.message.contains("Line too long")));
+    assert!(long.read().await.is_none(), "closed");
+
+    // Past the invalid-share limit the address is banned.
+    let mut bad = Miner::connect(&stratum).await;
+    bad.login("rig-bad", "let-me-mine").await.expect("login");
+    let bj = bad.job.clone().unwrap();
+    let top = u32::from(decode_hex(&bj.blob).unwrap()[42]) << 24;
+    let mut last = Ok(String::new());
+    for n in 0..5u32 {
+        last = bad.submit(&bj.job_id, top | n, &[0x11; 32]).await;
+    }
+    assert!(last.is_err_and(|e| e.starts_with("IP Address currently banned")));
+    let mut again = Miner::connect(&stratum).await;
+    assert!(again.login("rig-bad", "let-me-mine").await.is_err_and(|e| e.starts_with("IP Address currently banned")));
+}
+
+#[tokio::test]
+async fn a_pool_source_sends_only_verified_shares_upstream_and_fails_over() {
+    // The pool: a second master mining a node, with its Stratum server on a fixed port.
+    let pool_port = free_port();
+    let pool_addr = format!("127.0.0.1:{pool_port}");
+    let mut pool = Cluster::start(opts(&[
+        ("FAENA_STRATUM_ADDR", &pool_addr),
+        ("FAENA_STRATUM_DIFFICULTY", "40"),
+        ("FAENA_STRATUM_MIN_DIFFICULTY", "10"),
+        ("FAENA_DAEMON_POLL_MS", "200"),
+    ]))
+    .await;
+    let node = Monerod::start(pool.dir.path(), 100_000).await;
+    let up = add_source(&pool, json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
+    eventually("the pool has work", || async { (source(&pool, &up).await["state"] == "mining").then_some(()) }).await;
+
+    // Faena behind it: the first URL is dead, the second is the pool.
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    c.add_worker_with("p1", 1, &[("FAENA_RANDOMX_THREADS", "1")]).await;
+    c.wait_workers(1).await;
+    let dead = format!("stratum+tcp://127.0.0.1:{}", free_port());
+    let urls = json!([dead, format!("stratum+tcp://{pool_addr}")]);
+    let id = add_source(&c, json!({"kind": "pool", "url": urls, "user": "faena-behind", "pass": "x"})).await;
+    let v = eventually("shares accepted upstream", || async {
+        let v = source(&c, &id).await;
+        (v["shares"]["upstream_accepted"].as_u64() >= Some(3)).then_some(v)
+    })
+    .await;
+    assert_eq!(v["kind"], "pool");
+    assert_eq!(v["shares"]["upstream_rejected"], 0, "{v}");
+    let seen = eventually("the pool counts Faena's shares", || async {
+        participant(&pool, "faena-behind").await.filter(|p| p["shares"]["valid"].as_u64() >= Some(3))
+    })
+    .await;
+    assert_eq!(seen["shares"]["invalid"], 0, "only verified shares went upstream: {seen}");
+    assert_eq!(seen["kind"], "stratum");
+
+    // The pool goes away and comes back: Faena reconnects and goes on.
+    let before = v["shares"]["upstream_accepted"].as_u64().unwrap();
+    pool.master().terminate().await;
+    eventually("the pool is seen gone", || async { (source(&c, &id).await["state"] != "mining").then_some(()) }).await;
+    pool.restart_master().await;
+    eventually("shares flow again after the reconnect", || async {
+        let v = source(&c, &id).await;
+        (v["state"] == "mining" && v["shares"]["upstream_accepted"].as_u64() > Some(before + 1)).then_some(())
+    })
+    .await;
+}
