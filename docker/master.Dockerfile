@@ -13,7 +13,7 @@ ENV FAENA_HTTP_ADDR=0.0.0.0:8888 \
 VOLUME /var/lib/faena
 USER faena
 WORKDIR /var/lib/faena
-EXPOSE 8888 50051
+EXPOSE 8888 50051 3333
 # /healthz is 200 only with the broker connected, the store writable and jobs accepted.
 HEALTHCHECK --interval=10s --timeout=6s --start-period=60s --retries=3 CMD ["faena-healthcheck", "8888", "/healthz"]
 # The binary is PID 1 and handles SIGTERM: stops taking jobs, flushes the store.

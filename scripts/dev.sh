@@ -6,6 +6,7 @@
 #   FAENA_HTTP_ADDR  web page and REST API   (default 127.0.0.1:8888)
 #   FAENA_GRPC_ADDR  worker callbacks (gRPC)  (default 127.0.0.1:50051)
 #   FAENA_MQTT_ADDR  embedded broker          (default 127.0.0.1:1883)
+#   FAENA_STRATUM_ADDR  Stratum for XMRig     (default 127.0.0.1:3333)
 #   FAENA_WORKERS    number of workers        (default 2)
 #   FAENA_DATA_DIR   job store                (default .faena-dev)
 # Every other FAENA_* / GEMINI_* / OPENAI_* variable is passed through.
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib/prereqs.sh
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
@@ -27,6 +28,7 @@ bin=target/release
 export FAENA_HTTP_ADDR=${FAENA_HTTP_ADDR:-127.0.0.1:8888}
 export FAENA_GRPC_ADDR=${FAENA_GRPC_ADDR:-127.0.0.1:50051}
 export FAENA_MQTT_ADDR=${FAENA_MQTT_ADDR:-127.0.0.1:1883}
+export FAENA_STRATUM_ADDR=${FAENA_STRATUM_ADDR:-127.0.0.1:3333}
 export FAENA_DATA_DIR=${FAENA_DATA_DIR:-.faena-dev}
 workers=${FAENA_WORKERS:-2}
 # One token for this run, shared by the processes started here (not printed).
@@ -71,6 +73,8 @@ cat <<MSG
     REST API               http://$FAENA_HTTP_ADDR/api/jobs
     submit a job           curl -s -XPOST http://$FAENA_HTTP_ADDR/api/jobs -d '{"kind":"noop","params":{"payload":"hi"}}'
     workers                curl -s http://$FAENA_HTTP_ADDR/api/workers
+    Stratum (XMRig)        xmrig -o $FAENA_STRATUM_ADDR -u NAME -p x -a rx/0   (after adding a source:
+                           curl -s -XPOST http://$FAENA_HTTP_ADDR/api/mining/sources -d '{"kind":"daemon","url":"http://127.0.0.1:18081","wallet":"<address>"}')
     watch logs and status  mosquitto_sub -h ${FAENA_MQTT_ADDR%:*} -p ${FAENA_MQTT_ADDR##*:} -t 'faena/#' -v
   Ctrl-C stops everything.
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need (cmake, mosquitto, node + the page's npm
-# packages, chromium, shellcheck) if missing, lints the scripts and the Rust
+# packages, chromium, shellcheck, monerod) if missing, lints the scripts and the Rust
 # code (rustfmt, clippy with warnings as errors), builds the binaries the
 # integration tests start, and runs every test.
 #
@@ -17,6 +17,8 @@ need_packages mosquitto:mosquitto mosquitto_sub:mosquitto-clients mosquitto_pass
 need_web
 # The page's tests drive Debian's chromium (headless) with playwright-core.
 need_packages chromium:chromium
+# Mining tests run a real regtest Monero node and its wallet RPC.
+need_packages monerod:monero monero-wallet-rpc:monero
 
 # The operator scripts: linted, and each answers --help.
 need_packages shellcheck:shellcheck

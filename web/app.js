@@ -273,3 +273,78 @@ $("mine").addEventListener("submit", (ev) => {
 $("mine-cancel").addEventListener("click", () => {
   if (miningJob) socket.emit(EV.cancel, { job: miningJob }, () => {});
 });
+
+// The mining panel: sources, participants and the verifier, from the REST
+// API every two seconds (with the access token, when the master wants one).
+const rate = (h) => (h >= 1e6 ? `${(h / 1e6).toFixed(2)}M` : h >= 1e3 ? `${(h / 1e3).toFixed(2)}k` : h.toFixed(1));
+
+async function getJson(path) {
+  const token = sessionStorage.getItem("faena.token");
+  const resp = await fetch(path, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+  if (!resp.ok) throw new Error(`${path}: ${resp.status}`);
+  return resp.json();
+}
+
+function showSources(list) {
+  const ul = $("sources");
+  ul.replaceChildren();
+  if (!list.length) ul.append(el("li", "hint", "no source"));
+  for (const s of list) {
+    const li = el("li");
+    li.dataset.source = s.id;
+    const head = el("div");
+    head.append(el("strong", null, `${s.kind} `), el("span", `state-${s.state}`, s.state));
+    if (s.reason) head.append(el("span", "hint", ` — ${s.reason}`));
+    const facts = [s.url];
+    if (s.height !== undefined) facts.push(`height ${s.height}`);
+    if (s.difficulty !== undefined) facts.push(`difficulty ${s.difficulty}`);
+    facts.push(`${s.miners} Stratum miners`);
+    const sh = s.shares;
+    facts.push(`shares ${sh.valid} valid / ${sh.invalid} invalid / ${sh.stale} stale`);
+    if (s.kind === "pool") facts.push(`upstream ${sh.upstream_accepted} accepted / ${sh.upstream_rejected} rejected`);
+    li.append(head, el("div", "hint", facts.join(" · ")));
+    const blocks = s.blocks.slice(-5).reverse();
+    if (blocks.length) {
+      const b = el("div", "blocks");
+      b.textContent = blocks
+        .map((x) => `#${x.height} ${x.accepted ? "✓" : "✗"} ${x.participant} ${x.hash.slice(0, 12)}…${x.reason ? ` (${x.reason})` : ""}`)
+        .join("\n");
+      b.style.whiteSpace = "pre-line";
+      li.append(b);
+    }
+    ul.append(li);
+  }
+}
+
+function showParticipants(list) {
+  const table = $("participants");
+  const body = table.querySelector("tbody");
+  body.replaceChildren();
+  table.hidden = !list.length;
+  for (const p of list) {
+    const tr = el("tr");
+    tr.dataset.participant = p.name;
+    const who = `${p.name} (${p.kind})`;
+    const shares = `${p.shares.valid}/${p.shares.invalid}/${p.shares.stale}`;
+    for (const text of [who, rate(p.hashrate["1m"]), rate(p.hashrate["10m"]), shares, String(p.blocks)]) {
+      tr.append(el("td", null, text));
+    }
+    body.append(tr);
+  }
+}
+
+async function refreshMining() {
+  try {
+    const [sources, participants, verifier] = await Promise.all([
+      getJson("/api/mining/sources"), getJson("/api/mining/participants"), getJson("/api/mining/verifier"),
+    ]);
+    showSources(sources.sources);
+    showParticipants(participants.participants);
+    const cap = verifier.capacity ? `${verifier.capacity.toFixed(0)} shares/s measured` : "not measured yet";
+    $("verifier").textContent = `Verifier: ${verifier.mode} mode, ${verifier.threads} threads, ${cap}; budget ${verifier.budget.toFixed(0)}/s for ${verifier.miners} miners, share every ${verifier.share_interval_secs.toFixed(0)} s.`;
+  } catch (e) {
+    $("verifier").textContent = `Mining data unavailable: ${e.message}`;
+  }
+}
+refreshMining();
+setInterval(refreshMining, 2000);

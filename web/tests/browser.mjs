@@ -128,6 +128,20 @@ await page.screenshot({ path: `${shots}/mining.png`, fullPage: true });
 await page.click("#mine-cancel");
 await page.locator("#mine-state", { hasText: "cancelled" }).waitFor(T);
 
+// 7b. The mining panel shows a source added through the REST API, live,
+// with its state and the reason it cannot connect.
+const added = await fetch(`${url}/api/mining/sources`, {
+  method: "POST",
+  headers: { "content-type": "application/json" },
+  body: JSON.stringify({ kind: "pool", url: "stratum+tcp://127.0.0.1:9", user: "page-test" }),
+});
+await check(added.status === 201, `a source is added: ${added.status}`);
+const source = await added.json();
+await page.locator(`#sources li[data-source="${source.id}"]`, { hasText: "stratum+tcp://127.0.0.1:9" }).waitFor(T);
+await page.locator(`#sources li[data-source="${source.id}"] .state-error`).waitFor(T);
+await page.locator("#verifier", { hasText: "Verifier: light mode" }).waitFor(T);
+await page.screenshot({ path: `${shots}/mining-sources.png`, fullPage: true });
+
 // 8. The key field: used, never shown back, cleared.
 await page.fill("#key-input", "browser-own-key");
 await page.click("#key button[type=submit]");
