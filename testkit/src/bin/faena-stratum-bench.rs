@@ -1,0 +1,277 @@
+//! `faena-stratum-bench`: the Stratum server under simulated miners.
+//!
+//! A real master (release build) with its Stratum server mines a real
+//! regtest `monerod` (difficulty so high no block ends the run). Simulated
+//! miners speak XMRig's protocol: they log in, keep alive, and submit shares
+//! with a claimed hash that meets their target, at the rate vardiff sets —
+//! the master re-hashes every one (and rejects it: the bench does not spend
+//! its CPU finding real shares; verifying a false share costs exactly what a
+//! true one does). Reported, for 1,000 and 10,000 connections: master RSS
+//! per connection, master CPU, shares verified per second and the p99
+//! submit → reply time; then the verifier's throughput with miners
+//! submitting as fast as their rate limit allows, light vs fast mode.
+//!
+//! With `XMRIG=/path/to/xmrig`, it also runs XMRig straight at monerod
+//! (`--daemon`) and through Faena's Stratum server, same threads, the same
+//! time, alternating, and prints the ratio of their hashrates.
+//!
+//!   cargo build --release --workspace --bins
+//!   ulimit -n 65536; target/release/faena-stratum-bench [--quick]
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use faena_proto::jobs::{decode_hex, encode_hex};
+use faena_proto::stratum::{self, Incoming, LoginResult};
+use faena_testkit::monerod::{Monerod, WALLET};
+use faena_testkit::process::{cpu_seconds, rss_mib};
+use faena_testkit::{Cluster, MasterOpts, eventually};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Debug, Default)]
+struct Tally {
+    answered: AtomicU64,
+    over_budget: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+fn p99(mut v: Vec<u64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    v[(v.len() * 99 / 100).min(v.len() - 1)] as f64 / 1000.0
+}
+
+/// One simulated miner: logs in, then submits every `every` (from `start`)
+/// until `stop`, a keepalive every 60 s. Returns false if it could not log in.
+async fn miner(addr: String, name: String, every: Duration, start: Instant, stop: Instant, tally: Arc<Tally>) -> bool {
+    let Ok(tcp) = TcpStream::connect(&addr).await else { return false };
+    let (rd, mut wr) = tcp.into_split();
+    let mut lines = BufReader::new(rd).lines();
+    let login = json!({"login": name, "pass": "x", "agent": "faena-stratum-bench", "algo": ["rx/0"]});
+    if wr.write_all(stratum::request(1, "login", &login).as_bytes()).await.is_err() {
+        return false;
+    }
+    let Ok(Some(line)) = lines.next_line().await else { return false };
+    let Ok(msg) = serde_json::from_str::<Incoming>(&line) else { return false };
+    let Ok(login) = serde_json::from_value::<LoginResult>(msg.result) else { return false };
+    let mut job = login.job;
+    let mut nonce = u32::from(decode_hex(&job.blob).unwrap_or_default().get(42).copied().unwrap_or(0)) << 24;
+    let mut id = 1u64;
+    tokio::time::sleep_until(start.into()).await;
+    let mut next = Instant::now() + every.mul_f64(rand_fraction(&name));
+    let mut keepalive = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < stop {
+        let wake = next.min(keepalive).min(stop);
+        // Job notifications arrive between submits: take the newest.
+        match tokio::time::timeout_at(wake.into(), lines.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                if let Ok(m) = serde_json::from_str::<Incoming>(&line)
+                    && m.method.as_deref() == Some("job")
+                    && let Ok(j) = serde_json::from_value(m.params)
+                {
+                    job = j;
+                }
+                continue;
+            }
+            Ok(_) => return true,
+            Err(_) => {}
+        }
+        if Instant::now() >= keepalive {
+            id += 1;
+            let _ = wr.write_all(stratum::request(id, "keepalived", &json!({"id": login.id})).as_bytes()).await;
+            keepalive += Duration::from_secs(60);
+            continue;
+        }
+        if Instant::now() < next || Instant::now() >= stop {
+            continue;
+        }
+        next += every;
+        id += 1;
+        nonce += 1;
+        // A claimed hash that meets any target: its last 8 bytes are zero.
+        let mut hash = [0x5au8; 32];
+        hash[24..].fill(0);
+        let p = json!({"id": login.id, "job_id": job.job_id, "nonce": stratum::nonce_hex(nonce),
+            "result": encode_hex(&hash), "algo": "rx/0"});
+        let sent = Instant::now();
+        if wr.write_all(stratum::request(id, "submit", &p).as_bytes()).await.is_err() {
+            return true;
+        }
+        // The answer to this submit (jobs in between are taken on the way).
+        loop {
+            let Ok(Some(line)) = lines.next_line().await else { return true };
+            let Ok(m) = serde_json::from_str::<Incoming>(&line) else { continue };
+            if m.method.as_deref() == Some("job") {
+                if let Ok(j) = serde_json::from_value(m.params) {
+                    job = j;
+                }
+                continue;
+            }
+            if m.id.as_u64() == Some(id) {
+                tally.latencies_us.lock().unwrap().push(sent.elapsed().as_micros() as u64);
+                match m.error {
+                    Some(e) if e.message.starts_with("Server busy") => tally.over_budget.fetch_add(1, Ordering::Relaxed),
+                    _ => tally.answered.fetch_add(1, Ordering::Relaxed),
+                };
+                break;
+            }
+        }
+    }
+    true
+}
+
+/// A stable fraction in [0, 1) from a name: spreads the miners' first submits.
+fn rand_fraction(name: &str) -> f64 {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    (h % 10_000) as f64 / 10_000.0
+}
+
+struct Run {
+    miners: usize,
+    every: Duration,
+    secs: u64,
+}
+
+async fn master(node: &Monerod, mode: &str, budget: &str) -> (Cluster, String) {
+    let extra = [
+        ("FAENA_STRATUM_ADDR", "127.0.0.1:0"),
+        ("FAENA_VERIFY_MODE", mode),
+        ("FAENA_VERIFY_BUDGET", budget),
+        ("FAENA_STRATUM_INVALID_LIMIT", "4000000000"),
+        ("FAENA_STRATUM_DIFFICULTY", "1000"),
+        ("FAENA_STRATUM_RATE", "20"),
+        ("FAENA_LOG", "error"),
+    ];
+    // The extra environment comes after the harness's (light-mode) defaults: it wins.
+    let opts = MasterOpts {
+        extra: extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        ..Default::default()
+    };
+    let c = Cluster::start(opts).await;
+    let (status, v) = c.api.post("/api/mining/sources", &json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    eventually("the source has work", || async {
+        (c.api.get(&format!("/api/mining/sources/{id}")).await.1["state"] == "mining").then_some(())
+    })
+    .await;
+    let stratum = c.addrs.stratum.clone().expect("stratum");
+    (c, stratum)
+}
+
+async fn run(c: &mut Cluster, stratum: &str, r: &Run, label: &str) {
+    let pid = c.master().pid();
+    let rss0 = rss_mib(pid);
+    let tally = Arc::new(Tally::default());
+    let start = Instant::now() + Duration::from_secs(2) + Duration::from_millis(r.miners as u64 * 2);
+    let stop = start + Duration::from_secs(r.secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..r.miners {
+        let (addr, t) = (stratum.to_owned(), tally.clone());
+        tasks.spawn(miner(addr, format!("sim-{i}"), r.every, start, stop, t));
+    }
+    tokio::time::sleep_until(start.into()).await;
+    let rss1 = rss_mib(pid);
+    let cpu0 = cpu_seconds(pid);
+    let mut logged = 0;
+    while let Some(ok) = tasks.join_next().await {
+        logged += usize::from(ok.unwrap_or(false));
+    }
+    let cpu = cpu_seconds(pid) - cpu0;
+    let secs = r.secs as f64;
+    let answered = tally.answered.load(Ordering::Relaxed);
+    let over = tally.over_budget.load(Ordering::Relaxed);
+    let view = c.api.get("/api/mining/verifier").await.1;
+    println!(
+        "{label:<34} miners {logged:>6}/{:<6} RSS {rss0:>6.0}→{rss1:>6.0} MiB ({:>5.1} KiB/conn)  CPU {:>4.0}%  verified {:>6.1}/s  over budget {:>6.1}/s  p99 {:>7.1} ms  capacity {:>6.1}/s",
+        r.miners,
+        (rss1 - rss0) * 1024.0 / r.miners as f64,
+        cpu / secs * 100.0,
+        answered as f64 / secs,
+        over as f64 / secs,
+        p99(std::mem::take(&mut *tally.latencies_us.lock().unwrap())),
+        view["capacity"].as_f64().unwrap_or(0.0),
+    );
+}
+
+/// XMRig's hashrate (10 s average, H/s) from its HTTP API after `secs`.
+async fn xmrig(bin: &str, args: &[&str], secs: u64) -> f64 {
+    let port = faena_testkit::free_port();
+    let mut child = tokio::process::Command::new(bin)
+        .args(args)
+        .args(["-t", "1", "--randomx-mode=fast", "--donate-level=0", "--no-color", "--http-host=127.0.0.1"])
+        .arg(format!("--http-port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("xmrig");
+    let url = format!("http://127.0.0.1:{port}/2/summary");
+    // Dataset first (about 20 s), then the measured window.
+    let mut samples = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(secs + 120);
+    while samples.len() < secs as usize / 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let Ok(resp) = reqwest::get(&url).await else { continue };
+        let Ok(v) = resp.json::<serde_json::Value>().await else { continue };
+        if let Some(h) = v["hashrate"]["total"][0].as_f64().filter(|h| *h > 0.0) {
+            samples.push(h);
+        }
+    }
+    let _ = child.kill().await;
+    // The first sample still has the warm-up in it.
+    let steady: Vec<f64> = samples.iter().skip(1).copied().collect();
+    if steady.is_empty() { 0.0 } else { steady.iter().sum::<f64>() / steady.len() as f64 }
+}
+
+#[tokio::main]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let dir = tempfile::Builder::new().prefix("faena-stratum-bench-").tempdir().expect("dir");
+    let node = Monerod::start(dir.path(), 1_000_000_000_000).await;
+    let secs = if quick { 20 } else { 60 };
+
+    let (mut c, stratum) = master(&node, "light", "0.8").await;
+    println!("# miners submit at their vardiff rate (one share per 30 s); light-mode verifier");
+    for miners in [1_000usize, 10_000] {
+        let r = Run { miners, every: Duration::from_secs(30), secs };
+        run(&mut c, &stratum, &r, &format!("{miners} miners, 1 share/30 s")).await;
+    }
+    println!("# throughput: 64 miners as fast as their rate limit allows (20/s each), budget = full capacity");
+    drop(c);
+    for mode in ["light", "fast"] {
+        let (mut c, stratum) = master(&node, mode, "1.0").await;
+        if mode == "fast" {
+            // Builds the 2 GiB dataset before the clock starts.
+            let view = c.api.get("/api/mining/verifier").await.1;
+            println!("  (fast mode: dataset built; verifier {view})");
+        }
+        let r = Run { miners: 64, every: Duration::from_millis(50), secs: if quick { 15 } else { 30 } };
+        run(&mut c, &stratum, &r, &format!("64 miners flat out, {mode}")).await;
+    }
+
+    if let Ok(bin) = std::env::var("XMRIG") {
+        let (mut c, stratum) = master(&node, "light", "0.8").await;
+        let _ = c.master().pid();
+        let daemon = node.url.trim_start_matches("http://").to_owned();
+        let window = if quick { 40 } else { 90 };
+        println!("# XMRig 1 thread, fast mode: straight at monerod (--daemon) vs through Faena's Stratum server");
+        let mut solo = Vec::new();
+        let mut via = Vec::new();
+        for round in 0..2 {
+            let s = xmrig(&bin, &["-o", &daemon, "--daemon", "-u", WALLET, "-a", "rx/0"], window).await;
+            let f = xmrig(&bin, &["-o", &stratum, "-u", "bench-rig", "-p", "x", "-a", "rx/0"], window).await;
+            println!("  round {round}: solo {s:.1} H/s, through Faena {f:.1} H/s ({:.1} %)", f / s * 100.0);
+            solo.push(s);
+            via.push(f);
+        }
+        let (s, f) = (solo.iter().sum::<f64>(), via.iter().sum::<f64>());
+        println!("XMRig through Faena / solo: {:.1} %", f / s * 100.0);
+    }
+}
