@@ -14,6 +14,6 @@ if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then sed -n '2,9p' "$0" | sed
 need_build_tools
 need_packages monerod:monero
 # 10,000 miners are 10,000 sockets on each side.
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"
 cargo build --locked --release --workspace --bins
 target/release/faena-stratum-bench "$@"

@@ -93,10 +93,16 @@ fn decode(field: &str, hex: &str) -> Result<Vec<u8>, String> {
     decode_hex(hex).map_err(|e| format!("monerod sent a bad {field}: {e}"))
 }
 
-/// Fetches one template per group.
-async fn fetch(pool: &Pool, rpc: &Rpc, wallet: &str, salt: u32, groups: u32) -> Result<Vec<Template>, String> {
-    let mut out = Vec::with_capacity(groups as usize);
-    for group in 0..groups.max(1) {
+/// Fetches one template per group in `groups`.
+async fn fetch(
+    pool: &Pool,
+    rpc: &Rpc,
+    wallet: &str,
+    salt: u32,
+    groups: std::ops::Range<u32>,
+) -> Result<Vec<Template>, String> {
+    let mut out = Vec::with_capacity(groups.len());
+    for group in groups {
         let mut extra = salt.to_le_bytes().to_vec();
         extra.extend_from_slice(&group.to_le_bytes());
         let t = rpc.template(wallet, &faena_proto::jobs::encode_hex(&extra)).await?;
@@ -148,16 +154,27 @@ pub(super) async fn run(
         };
         backoff.reset();
         let wanted = pool.groups_wanted(&id);
-        if top.as_deref() != Some(&info.top_block_hash) || wanted > groups || fetched.elapsed() > REFRESH {
-            match fetch(&pool, &rpc, &wallet, salt, wanted).await {
-                Ok(templates) => {
+        let moved = top.as_deref() != Some(&info.top_block_hash) || fetched.elapsed() > REFRESH;
+        if moved || wanted > groups {
+            // Only more miners: the blobs of the groups there are stay, the new ones are added.
+            let (kept, from) = match moved {
+                true => (Vec::new(), 0),
+                false => (pool.current(&id), groups),
+            };
+            match fetch(&pool, &rpc, &wallet, salt, from..wanted.max(1)).await {
+                Ok(fresh) => {
+                    let templates: Vec<Template> = kept.into_iter().chain(fresh).collect();
                     if top.as_deref() != Some(&info.top_block_hash) {
                         tracing::info!(source = %id, height = info.height, "new block template");
                     }
-                    pool.install(&id, templates).await;
+                    groups = templates.len() as u32;
+                    if moved {
+                        pool.install(&id, templates).await;
+                        fetched = Instant::now();
+                    } else {
+                        pool.add_groups(&id, templates);
+                    }
                     top = Some(info.top_block_hash);
-                    groups = wanted;
-                    fetched = Instant::now();
                 }
                 Err(e) => pool.set_state(&id, SourceState::Error, Some(e)),
             }

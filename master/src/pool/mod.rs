@@ -212,6 +212,8 @@ struct Inner {
     bans: Mutex<HashMap<IpAddr, Instant>>,
     miners: AtomicU64,
     seq: AtomicU64,
+    /// The key the verifier was last prepared for.
+    prepared: Mutex<Option<Vec<u8>>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -273,6 +275,7 @@ impl Pool {
                 bans: Mutex::default(),
                 miners: AtomicU64::new(0),
                 seq: AtomicU64::new(1),
+                prepared: Mutex::new(None),
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
             }),
@@ -520,6 +523,7 @@ impl Pool {
         };
         self.set_state(id, SourceState::Mining, None);
         let Some(main) = work.main() else { return };
+        self.prepare_verifier(&main.key);
         let params = main.worker_params(self.worker_difficulty(main).await);
         if let Some(job) = job
             && let Some(retired) = self.inner.coord.replace_template(job, params.clone(), grace).await
@@ -530,6 +534,46 @@ impl Pool {
             return;
         }
         self.submit_job(id, params).await;
+    }
+
+    /// Builds the verifier's material for a new key in the background (a
+    /// fast-mode dataset takes half a minute on 2 cores), so it is ready —
+    /// and its capacity measured — before the first share needs it.
+    fn prepare_verifier(&self, key: &[u8]) {
+        {
+            let mut prepared = self.inner.prepared.lock();
+            if prepared.as_deref() == Some(key) {
+                return;
+            }
+            *prepared = Some(key.to_vec());
+        }
+        let (verifier, key) = (self.inner.verifier.clone(), key.to_vec());
+        self.inner.tasks.spawn(async move {
+            match verifier.prepare(key).await {
+                Ok(capacity) => tracing::info!(
+                    capacity = format!("{capacity:.0} shares/s"),
+                    mode = verifier.mode().as_str(),
+                    "verifier ready for the new key"
+                ),
+                Err(e) => tracing::error!(error = %e, "the verifier could not prepare the new key"),
+            }
+        });
+    }
+
+    /// The templates a source has now (a daemon adds groups to them).
+    fn current(&self, id: &str) -> Vec<Template> {
+        let st = self.inner.state.lock();
+        let work = st.sources.get(id).and_then(|s| s.work.borrow().clone());
+        work.map(|w| w.templates.iter().map(|t| (**t).clone()).collect()).unwrap_or_default()
+    }
+
+    /// More blobs for a source's new miner groups: the templates there are
+    /// stay current (same sequence numbers); miners already seated keep their jobs.
+    fn add_groups(&self, id: &str, templates: Vec<Template>) {
+        let work = Arc::new(Work { templates: templates.into_iter().map(Arc::new).collect() });
+        if let Some(s) = self.inner.state.lock().sources.get_mut(id) {
+            s.work.send_replace(Some(work));
+        }
     }
 
     /// Starts the workers' job on a source when it has none (or it ended).

@@ -19,8 +19,8 @@
 //!   ulimit -n 65536; target/release/faena-stratum-bench [--quick]
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use faena_proto::jobs::{decode_hex, encode_hex};
@@ -116,7 +116,9 @@ async fn miner(addr: String, name: String, every: Duration, start: Instant, stop
             if m.id.as_u64() == Some(id) {
                 tally.latencies_us.lock().unwrap().push(sent.elapsed().as_micros() as u64);
                 match m.error {
-                    Some(e) if e.message.starts_with("Server busy") => tally.over_budget.fetch_add(1, Ordering::Relaxed),
+                    Some(e) if e.message.starts_with("Server busy") => {
+                        tally.over_budget.fetch_add(1, Ordering::Relaxed)
+                    }
                     _ => tally.answered.fetch_add(1, Ordering::Relaxed),
                 };
                 break;
@@ -154,13 +156,21 @@ async fn master(node: &Monerod, mode: &str, budget: &str) -> (Cluster, String) {
         ..Default::default()
     };
     let c = Cluster::start(opts).await;
-    let (status, v) = c.api.post("/api/mining/sources", &json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
+    let (status, v) =
+        c.api.post("/api/mining/sources", &json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
     assert_eq!(status, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_owned();
     eventually("the source has work", || async {
         (c.api.get(&format!("/api/mining/sources/{id}")).await.1["state"] == "mining").then_some(())
     })
     .await;
+    // The master prepares its verifier for the source's key (in fast mode a
+    // 2 GiB dataset): the clock starts once it has measured itself.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while c.api.get("/api/mining/verifier").await.1["capacity"].is_null() {
+        assert!(Instant::now() < deadline, "the verifier did not get ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let stratum = c.addrs.stratum.clone().expect("stratum");
     (c, stratum)
 }
@@ -247,11 +257,6 @@ async fn main() {
     drop(c);
     for mode in ["light", "fast"] {
         let (mut c, stratum) = master(&node, mode, "1.0").await;
-        if mode == "fast" {
-            // Builds the 2 GiB dataset before the clock starts.
-            let view = c.api.get("/api/mining/verifier").await.1;
-            println!("  (fast mode: dataset built; verifier {view})");
-        }
         let r = Run { miners: 64, every: Duration::from_millis(50), secs: if quick { 15 } else { 30 } };
         run(&mut c, &stratum, &r, &format!("64 miners flat out, {mode}")).await;
     }

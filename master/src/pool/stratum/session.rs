@@ -113,10 +113,14 @@ pub(super) async fn run(pool: Pool, stream: TcpStream, peer: SocketAddr, cancel:
                 }
                 Ok(Some(Ok(line))) => s.handle(&line).await,
             },
-            changed = changed(&mut s.seat) => match changed {
-                true => s.job().map(|j| Flow::line(stratum::job_notification(&j))).unwrap_or_default(),
-                // The source was removed: the miner logs in again onto another.
-                false => break,
+            changed = changed(&mut s.seat) => match (changed, s.fresh_job()) {
+                (true, Some(job)) => Flow::line(stratum::job_notification(&job)),
+                // Its group's blob is still on its way from the node, or it
+                // has not changed (blobs were added for other groups).
+                (true, None) if !s.slots_gone() => Flow::default(),
+                // The source was removed, or now fixes the nonce byte itself
+                // (no slots): the miner logs in again onto another.
+                _ => break,
             },
             _ = retarget.tick() => s.retarget().map(|j| Flow::line(stratum::job_notification(&j))).unwrap_or_default(),
         };
@@ -252,10 +256,25 @@ impl Session {
         }
     }
 
+    /// A job when the seat's template is new (more groups added to the same
+    /// work change nothing for a miner already seated).
+    fn fresh_job(&mut self) -> Option<Job> {
+        let seat = self.seat.as_mut()?;
+        let seq = seat.work.borrow().as_ref().and_then(|w| w.group(seat.group).map(|t| t.seq));
+        if seq.is_some() && seq == self.jobs.front().map(|j| j.seq) {
+            seat.work.borrow_and_update();
+            return None;
+        }
+        self.job()
+    }
+
     /// A job on the seat's current template at the miner's difficulty.
     fn job(&mut self) -> Option<Job> {
         let seat = self.seat.as_mut()?;
         let template: Arc<Template> = seat.work.borrow_and_update().as_ref()?.group(seat.group)?.clone();
+        if !template.has_miner_slots() {
+            return None;
+        }
         let cfg = self.pool.config();
         let difficulty = self.difficulty.clamp(cfg.min_difficulty.max(1), template.upstream_difficulty().max(1));
         let target_hex = stratum::target_hex(difficulty);
@@ -275,6 +294,12 @@ impl Session {
         self.jobs.push_front(MinerJob { id, seq: template.seq, difficulty, params, seen: HashSet::new() });
         self.jobs.truncate(JOBS_KEPT);
         Some(job)
+    }
+
+    /// The seat's source gives no slots any more (a pool that fixes the nonce byte).
+    fn slots_gone(&self) -> bool {
+        let Some(seat) = &self.seat else { return true };
+        seat.work.borrow().as_ref().and_then(|w| w.main().map(|t| !t.has_miner_slots())).unwrap_or(false)
     }
 
     fn who(&self) -> Participant {
