@@ -130,6 +130,9 @@ pub struct Config {
     /// How often a daemon source asks monerod for a new block.
     #[arg(long, env = "FAENA_DAEMON_POLL_MS", default_value_t = 500)]
     pub daemon_poll_ms: u64,
+    /// How often a daemon source takes a fresh template anyway (new transactions).
+    #[arg(long, env = "FAENA_TEMPLATE_REFRESH_SECS", default_value_t = 60)]
+    pub template_refresh_secs: u64,
     /// Worker heartbeat interval; a worker or lease silent for two is lost.
     #[arg(long, env = "FAENA_HEARTBEAT_MS", default_value_t = 2000)]
     pub heartbeat_ms: u32,
@@ -214,6 +217,7 @@ impl Config {
             idle: Duration::from_secs(self.stratum_idle_secs),
             login_timeout: Duration::from_secs(15),
             poll: Duration::from_millis(self.daemon_poll_ms.max(50)),
+            template_refresh: Duration::from_secs(self.template_refresh_secs.max(1)),
             budget_share: self.verify_budget,
             password: None,
         }

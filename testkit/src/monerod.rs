@@ -14,6 +14,14 @@ use crate::{eventually, free_port};
 pub const WALLET: &str =
     "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
 
+/// One JSON-RPC call (monerod's and its wallet's dialect): its `result`.
+async fn json_rpc(http: &reqwest::Client, url: &str, method: &str, params: Value) -> Option<Value> {
+    let body = json!({"jsonrpc": "2.0", "id": "0", "method": method, "params": params});
+    let resp = http.post(url).json(&body).send().await.ok()?;
+    let mut v: Value = resp.json().await.ok()?;
+    Some(v["result"].take()).filter(|r| !r.is_null())
+}
+
 #[derive(Debug)]
 pub struct Monerod {
     _child: tokio::process::Child,
@@ -52,10 +60,7 @@ impl Monerod {
     }
 
     async fn try_call(&self, method: &str, params: Value) -> Option<Value> {
-        let body = json!({"jsonrpc": "2.0", "id": "0", "method": method, "params": params});
-        let resp = self.http.post(format!("{}/json_rpc", self.url)).json(&body).send().await.ok()?;
-        let mut v: Value = resp.json().await.ok()?;
-        Some(v["result"].take()).filter(|r| !r.is_null())
+        json_rpc(&self.http, &format!("{}/json_rpc", self.url), method, params).await
     }
 
     pub async fn call(&self, method: &str, params: Value) -> Value {
@@ -71,19 +76,9 @@ impl Monerod {
         self.call("get_block_header_by_height", json!({"height": height})).await["block_header"].take()
     }
 
-    /// The coinbase's outputs' one-time keys of the block at `height`.
-    pub async fn block(&self, height: u64) -> Value {
-        let b = self.call("get_block", json!({"height": height})).await;
-        serde_json::from_str(b["json"].as_str().expect("block json")).expect("block")
-    }
-
     /// Mines `n` blocks inside the node (a block found elsewhere).
     pub async fn generate(&self, n: u64) {
         self.call("generateblocks", json!({"amount_of_blocks": n, "wallet_address": WALLET})).await;
-    }
-
-    pub async fn template(&self, wallet: &str) -> Value {
-        self.call("get_block_template", json!({"wallet_address": wallet, "reserve_size": 8})).await
     }
 }
 
@@ -132,10 +127,7 @@ impl Wallet {
     }
 
     async fn try_call(&self, method: &str, params: Value) -> Option<Value> {
-        let body = json!({"jsonrpc": "2.0", "id": "0", "method": method, "params": params});
-        let resp = self.http.post(&self.url).json(&body).send().await.ok()?;
-        let mut v: Value = resp.json().await.ok()?;
-        Some(v["result"].take()).filter(|r| !r.is_null())
+        json_rpc(&self.http, &self.url, method, params).await
     }
 
     /// Heights of the blocks whose coinbase paid this wallet.

@@ -128,6 +128,9 @@ async fn the_stratum_server_speaks_xmrigs_protocol_and_polices_its_miners() {
         ("FAENA_STRATUM_INVALID_LIMIT", "4"),
         ("FAENA_STALE_GRACE_MS", "120000"),
         ("FAENA_DAEMON_POLL_MS", "200"),
+        // Only the block found elsewhere moves the template (a slow machine
+        // would otherwise see the minute's refresh expire the login job).
+        ("FAENA_TEMPLATE_REFRESH_SECS", "3600"),
     ]))
     .await;
     let node = Monerod::start(c.dir.path(), 5000).await;

@@ -133,7 +133,7 @@ impl Accounts {
                         .recent
                         .iter()
                         .rev()
-                        .take_while(|(at, _)| now.saturating_duration_since(*at) <= window)
+                        .take_while(|(at, _)| now.saturating_duration_since(*at) < window)
                         .map(|(_, d)| *d)
                         .sum();
                     let span = window.min(now.saturating_duration_since(t.first_seen)).as_secs_f64().max(1.0);

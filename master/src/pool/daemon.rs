@@ -2,11 +2,11 @@
 //! templates (`get_block_template`, one per group of 255 miners, each with
 //! its own extra nonce so their blobs differ), tells of new blocks
 //! (`get_info`'s top block, polled) and takes the blocks found
-//! (`submit_block`). The template is also refreshed every minute, so new
-//! transactions get in.
+//! (`submit_block`). The template is also refreshed every
+//! `template_refresh` (a minute), so new transactions get in.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use faena_common::retry::Policy;
 use faena_proto::jobs::decode_hex;
@@ -17,9 +17,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Pool, Template};
-
-/// A template older than this is fetched again (new transactions).
-const REFRESH: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct Rpc {
@@ -139,7 +136,7 @@ pub(super) async fn run(
     let mut top: Option<String> = None;
     let mut groups = 0;
     let mut fetched = Instant::now();
-    let poll = pool.config().poll;
+    let (poll, refresh) = (pool.config().poll, pool.config().template_refresh);
     loop {
         let info = match rpc.info().await {
             Ok(info) => info,
@@ -154,7 +151,7 @@ pub(super) async fn run(
         };
         backoff.reset();
         let wanted = pool.groups_wanted(&id);
-        let moved = top.as_deref() != Some(&info.top_block_hash) || fetched.elapsed() > REFRESH;
+        let moved = top.as_deref() != Some(&info.top_block_hash) || fetched.elapsed() > refresh;
         if moved || wanted > groups {
             // Only more miners: the blobs of the groups there are stay, the new ones are added.
             let (kept, from) = match moved {

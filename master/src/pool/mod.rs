@@ -15,6 +15,7 @@
 //! - [`template`]: templates, slots and the parameters mined from them.
 //! - [`daemon`]: the monerod source; [`upstream`]: the pool source.
 //! - [`stratum`]: the Stratum server, one task per miner connection.
+//! - [`sources`]: a source's work moving on, the workers' job; [`seats`]: miners' slots.
 //! - [`shares`]: what a verified share does (tallies, blocks, upstream).
 //! - [`accounts`]: per-participant tallies and hashrates; [`db`]: what survives restarts.
 //! - [`http`]: the REST endpoints.
@@ -23,7 +24,9 @@ pub mod accounts;
 mod daemon;
 pub mod db;
 pub mod http;
+mod seats;
 mod shares;
+mod sources;
 pub mod stratum;
 pub mod template;
 mod upstream;
@@ -35,7 +38,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use faena_proto::ids::JobId;
-use faena_proto::jobs::{JobSpec, Priority};
 use faena_proto::mining::{BlockView, Participants, SourceShares, SourceSpec, SourceState, SourceView, VerifierView};
 use faena_proto::secret::Secret;
 use parking_lot::Mutex;
@@ -44,11 +46,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::coordinator::Coordinator;
-use crate::engine::NewJob;
 use crate::metrics::Metrics;
 use crate::verify::Verifier;
 use accounts::Accounts;
 use db::Db;
+pub use seats::Seat;
 pub use template::{Template, Work};
 
 /// How the pool side is tuned (flags of the master).
@@ -76,6 +78,8 @@ pub struct PoolConfig {
     pub login_timeout: Duration,
     /// How often a daemon source asks monerod for a new block.
     pub poll: Duration,
+    /// How often a daemon source takes a fresh template anyway (new transactions).
+    pub template_refresh: Duration,
     /// Share of the verifier's measured capacity Stratum miners may use.
     pub budget_share: f64,
     /// Miners must log in with this password, when set.
@@ -98,6 +102,7 @@ impl Default for PoolConfig {
             idle: Duration::from_secs(600),
             login_timeout: Duration::from_secs(15),
             poll: Duration::from_millis(500),
+            template_refresh: Duration::from_secs(60),
             budget_share: 0.8,
             password: None,
         }
@@ -485,218 +490,5 @@ impl Pool {
 
     pub fn ban(&self, ip: IpAddr) {
         self.inner.bans.lock().insert(ip, Instant::now() + self.inner.cfg.ban);
-    }
-
-    fn set_state(&self, id: &str, state: SourceState, reason: Option<String>) {
-        if let Some(s) = self.inner.state.lock().sources.get_mut(id) {
-            if s.state != state || s.reason != reason {
-                match &reason {
-                    Some(r) => tracing::warn!(source = %id, state = ?state, reason = %r, "mining source state"),
-                    None => tracing::info!(source = %id, state = ?state, "mining source state"),
-                }
-            }
-            s.state = state;
-            s.reason = reason;
-        }
-    }
-
-    /// Miner groups a source must have templates for (daemon: one blob per 255 miners).
-    fn groups_wanted(&self, id: &str) -> u32 {
-        let st = self.inner.state.lock();
-        st.sources.get(id).map_or(1, |s| s.slots.iter().next_back().map_or(0, |(g, _)| *g) + 1)
-    }
-
-    /// A source moved on: miners get the new work at once, the old one is
-    /// stale for the grace period, and the workers' job takes the new template.
-    async fn install(&self, id: &str, templates: Vec<Template>) {
-        let work = Arc::new(Work { templates: templates.into_iter().map(Arc::new).collect() });
-        let grace = self.inner.cfg.stale_grace;
-        let job = {
-            let mut st = self.inner.state.lock();
-            let Some(s) = st.sources.get_mut(id) else { return };
-            if let Some(old) = s.work.borrow().clone() {
-                s.previous = Some((old, Instant::now() + grace));
-            }
-            s.work.send_replace(Some(work.clone()));
-            s.templates += 1;
-            s.job
-        };
-        self.set_state(id, SourceState::Mining, None);
-        let Some(main) = work.main() else { return };
-        self.prepare_verifier(&main.key);
-        let params = main.worker_params(self.worker_difficulty(main).await);
-        if let Some(job) = job
-            && let Some(retired) = self.inner.coord.replace_template(job, params.clone(), grace).await
-        {
-            if let Some(s) = self.inner.state.lock().sources.get_mut(id) {
-                s.retired_units += retired as u64;
-            }
-            return;
-        }
-        self.submit_job(id, params).await;
-    }
-
-    /// Builds the verifier's material for a new key in the background (a
-    /// fast-mode dataset takes half a minute on 2 cores), so it is ready —
-    /// and its capacity measured — before the first share needs it.
-    fn prepare_verifier(&self, key: &[u8]) {
-        {
-            let mut prepared = self.inner.prepared.lock();
-            if prepared.as_deref() == Some(key) {
-                return;
-            }
-            *prepared = Some(key.to_vec());
-        }
-        let (verifier, key) = (self.inner.verifier.clone(), key.to_vec());
-        self.inner.tasks.spawn(async move {
-            match verifier.prepare(key).await {
-                Ok(capacity) => tracing::info!(
-                    capacity = format!("{capacity:.0} shares/s"),
-                    mode = verifier.mode().as_str(),
-                    "verifier ready for the new key"
-                ),
-                Err(e) => tracing::error!(error = %e, "the verifier could not prepare the new key"),
-            }
-        });
-    }
-
-    /// The templates a source has now (a daemon adds groups to them).
-    fn current(&self, id: &str) -> Vec<Template> {
-        let st = self.inner.state.lock();
-        let work = st.sources.get(id).and_then(|s| s.work.borrow().clone());
-        work.map(|w| w.templates.iter().map(|t| (**t).clone()).collect()).unwrap_or_default()
-    }
-
-    /// More blobs for a source's new miner groups: the templates there are
-    /// stay current (same sequence numbers); miners already seated keep their jobs.
-    fn add_groups(&self, id: &str, templates: Vec<Template>) {
-        let work = Arc::new(Work { templates: templates.into_iter().map(Arc::new).collect() });
-        if let Some(s) = self.inner.state.lock().sources.get_mut(id) {
-            s.work.send_replace(Some(work));
-        }
-    }
-
-    /// Starts the workers' job on a source when it has none (or it ended).
-    async fn ensure_job(&self, id: &str) {
-        let (job, main) = {
-            let st = self.inner.state.lock();
-            let Some(s) = st.sources.get(id) else { return };
-            (s.job, s.work.borrow().as_ref().and_then(|w| w.main().cloned()))
-        };
-        let Some(main) = main else { return };
-        if let Some(job) = job
-            && matches!(self.inner.coord.view(job).await, Ok(Some(_)))
-        {
-            return;
-        }
-        let params = main.worker_params(self.worker_difficulty(&main).await);
-        self.submit_job(id, params).await;
-    }
-
-    async fn submit_job(&self, id: &str, params: faena_proto::mine::MineParams) {
-        // Only when a worker can mine: a job nobody takes would fail as unrunnable.
-        let miners = self.inner.coord.workers().await.unwrap_or_default();
-        if !miners.iter().any(|w| w.kinds.iter().any(|k| k == "randomx.mine")) {
-            return;
-        }
-        let job = JobId::new();
-        let submitted = self.inner.coord.submit(vec![NewJob::new(job, JobSpec::RandomxMine(params), Priority::Normal)]);
-        match submitted.await {
-            Ok(_) => {
-                {
-                    let mut st = self.inner.state.lock();
-                    let Some(s) = st.sources.get_mut(id) else { return };
-                    if let Some(old) = s.job.replace(job) {
-                        st.by_job.remove(&old);
-                    }
-                    st.by_job.insert(job, id.to_owned());
-                }
-                tracing::info!(source = %id, job = %job, "Faena workers mine the source through this job");
-                if let Err(e) = self.inner.db.set_job(id.to_owned(), job).await {
-                    tracing::error!(source = %id, error = %e, "could not record the source's job");
-                }
-            }
-            Err(e) => tracing::warn!(source = %id, error = %e, "could not start the workers' job"),
-        }
-    }
-
-    /// The difficulty the workers' shares are set to: configured, or one
-    /// share per interval from each worker at its measured speed.
-    async fn worker_difficulty(&self, t: &Template) -> u64 {
-        if t.upstream.is_some() {
-            return t.upstream_difficulty();
-        }
-        if self.inner.cfg.worker_difficulty > 0 {
-            return self.inner.cfg.worker_difficulty;
-        }
-        let workers = self.inner.coord.workers().await.unwrap_or_default();
-        let rates: Vec<f64> = workers.iter().map(|w| w.hashrate).filter(|h| *h > 0.0).collect();
-        if rates.is_empty() {
-            return self.inner.cfg.start_difficulty;
-        }
-        let avg = rates.iter().sum::<f64>() / rates.len() as f64;
-        ((avg * self.inner.cfg.share_interval.as_secs_f64()) as u64).max(self.inner.cfg.min_difficulty)
-    }
-}
-
-/// A miner's place on a source: a slot of one of its blobs. Freed when dropped.
-#[derive(Debug)]
-pub struct Seat {
-    pool: Pool,
-    pub source: String,
-    pub group: u32,
-    pub slot: u8,
-    pub work: watch::Receiver<Option<Arc<Work>>>,
-}
-
-impl Drop for Seat {
-    fn drop(&mut self) {
-        self.pool.inner.miners.fetch_sub(1, Ordering::Relaxed);
-        if let Some(s) = self.pool.inner.state.lock().sources.get_mut(&self.source) {
-            s.slots.remove(&(self.group, self.slot));
-        }
-    }
-}
-
-impl Pool {
-    /// Seats a miner on the source with the fewest miners that has slots to
-    /// give (a pool that fixes the nonce byte has none).
-    pub fn join(&self) -> Result<Seat, String> {
-        let mut st = self.inner.state.lock();
-        let mut best: Option<(&String, &mut Source)> = None;
-        for (id, s) in st.sources.iter_mut() {
-            // Only a source with work now: the login answer carries a job.
-            let open = s.work.borrow().as_ref().and_then(|w| w.main().map(|t| t.has_miner_slots())).unwrap_or(false);
-            let daemon = matches!(s.backend, Backend::Daemon { .. });
-            let full = !daemon && s.slots.len() >= template::MINER_SLOTS as usize;
-            if !open || full {
-                continue;
-            }
-            if best.as_ref().is_none_or(|(_, b)| s.slots.len() < b.slots.len()) {
-                best = Some((id, s));
-            }
-        }
-        let Some((id, s)) = best else {
-            return Err("no mining source has work for miners right now; try again shortly".into());
-        };
-        let n = s.slots.len() as u32;
-        let free = (0..=n).map(|i| (i / template::MINER_SLOTS, (i % template::MINER_SLOTS + 1) as u8));
-        let Some((group, slot)) = free.into_iter().find(|k| !s.slots.contains(k)) else {
-            return Err("no free slot".into());
-        };
-        s.slots.insert((group, slot));
-        let work = s.work.subscribe();
-        let wake = match &s.backend {
-            Backend::Daemon { wake, .. } => Some(wake.clone()),
-            Backend::Pool { .. } => None,
-        };
-        let seat = Seat { pool: self.clone(), source: id.clone(), group, slot, work };
-        self.inner.miners.fetch_add(1, Ordering::Relaxed);
-        drop(st);
-        // A new group needs its own blob: ask the daemon for it now.
-        if let Some(wake) = wake {
-            wake.notify_one();
-        }
-        Ok(seat)
     }
 }

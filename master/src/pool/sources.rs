@@ -1,0 +1,166 @@
+//! A source's life: its state, its work moving on (miners told at once, the
+//! workers' job given the new template in place), the workers' job started
+//! or adopted, and the verifier prepared for a new key.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use faena_proto::ids::JobId;
+use faena_proto::jobs::{JobSpec, Priority};
+use faena_proto::mining::SourceState;
+
+use super::{Pool, Template, Work};
+use crate::engine::NewJob;
+
+impl Pool {
+    pub(super) fn set_state(&self, id: &str, state: SourceState, reason: Option<String>) {
+        if let Some(s) = self.inner.state.lock().sources.get_mut(id) {
+            if s.state != state || s.reason != reason {
+                match &reason {
+                    Some(r) => tracing::warn!(source = %id, state = ?state, reason = %r, "mining source state"),
+                    None => tracing::info!(source = %id, state = ?state, "mining source state"),
+                }
+            }
+            s.state = state;
+            s.reason = reason;
+        }
+    }
+
+    /// Miner groups a source must have templates for (daemon: one blob per 255 miners).
+    pub(super) fn groups_wanted(&self, id: &str) -> u32 {
+        let st = self.inner.state.lock();
+        st.sources.get(id).map_or(1, |s| s.slots.iter().next_back().map_or(0, |(g, _)| *g) + 1)
+    }
+
+    /// A source moved on: miners get the new work at once, the old one is
+    /// stale for the grace period, and the workers' job takes the new template.
+    pub(super) async fn install(&self, id: &str, templates: Vec<Template>) {
+        let work = Arc::new(Work { templates: templates.into_iter().map(Arc::new).collect() });
+        let grace = self.inner.cfg.stale_grace;
+        let job = {
+            let mut st = self.inner.state.lock();
+            let Some(s) = st.sources.get_mut(id) else { return };
+            if let Some(old) = s.work.borrow().clone() {
+                s.previous = Some((old, Instant::now() + grace));
+            }
+            s.work.send_replace(Some(work.clone()));
+            s.templates += 1;
+            s.job
+        };
+        self.set_state(id, SourceState::Mining, None);
+        let Some(main) = work.main() else { return };
+        self.prepare_verifier(&main.key);
+        let params = main.worker_params(self.worker_difficulty(main).await);
+        if let Some(job) = job
+            && let Some(retired) = self.inner.coord.replace_template(job, params.clone(), grace).await
+        {
+            if let Some(s) = self.inner.state.lock().sources.get_mut(id) {
+                s.retired_units += retired as u64;
+            }
+            return;
+        }
+        self.submit_job(id, params).await;
+    }
+
+    /// Builds the verifier's material for a new key in the background (a
+    /// fast-mode dataset takes half a minute on 2 cores), so it is ready —
+    /// and its capacity measured — before the first share needs it.
+    pub(super) fn prepare_verifier(&self, key: &[u8]) {
+        {
+            let mut prepared = self.inner.prepared.lock();
+            if prepared.as_deref() == Some(key) {
+                return;
+            }
+            *prepared = Some(key.to_vec());
+        }
+        let (verifier, key) = (self.inner.verifier.clone(), key.to_vec());
+        self.inner.tasks.spawn(async move {
+            match verifier.prepare(key).await {
+                Ok(capacity) => tracing::info!(
+                    capacity = format!("{capacity:.0} shares/s"),
+                    mode = verifier.mode().as_str(),
+                    "verifier ready for the new key"
+                ),
+                Err(e) => tracing::error!(error = %e, "the verifier could not prepare the new key"),
+            }
+        });
+    }
+
+    /// The templates a source has now (a daemon adds groups to them).
+    pub(super) fn current(&self, id: &str) -> Vec<Template> {
+        let st = self.inner.state.lock();
+        let work = st.sources.get(id).and_then(|s| s.work.borrow().clone());
+        work.map(|w| w.templates.iter().map(|t| (**t).clone()).collect()).unwrap_or_default()
+    }
+
+    /// More blobs for a source's new miner groups: the templates there are
+    /// stay current (same sequence numbers); miners already seated keep their jobs.
+    pub(super) fn add_groups(&self, id: &str, templates: Vec<Template>) {
+        let work = Arc::new(Work { templates: templates.into_iter().map(Arc::new).collect() });
+        if let Some(s) = self.inner.state.lock().sources.get_mut(id) {
+            s.work.send_replace(Some(work));
+        }
+    }
+
+    /// Starts the workers' job on a source when it has none (or it ended).
+    pub(super) async fn ensure_job(&self, id: &str) {
+        let (job, main) = {
+            let st = self.inner.state.lock();
+            let Some(s) = st.sources.get(id) else { return };
+            (s.job, s.work.borrow().as_ref().and_then(|w| w.main().cloned()))
+        };
+        let Some(main) = main else { return };
+        if let Some(job) = job
+            && matches!(self.inner.coord.view(job).await, Ok(Some(_)))
+        {
+            return;
+        }
+        let params = main.worker_params(self.worker_difficulty(&main).await);
+        self.submit_job(id, params).await;
+    }
+
+    pub(super) async fn submit_job(&self, id: &str, params: faena_proto::mine::MineParams) {
+        // Only when a worker can mine: a job nobody takes would fail as unrunnable.
+        let miners = self.inner.coord.workers().await.unwrap_or_default();
+        if !miners.iter().any(|w| w.kinds.iter().any(|k| k == "randomx.mine")) {
+            return;
+        }
+        let job = JobId::new();
+        let submitted = self.inner.coord.submit(vec![NewJob::new(job, JobSpec::RandomxMine(params), Priority::Normal)]);
+        match submitted.await {
+            Ok(_) => {
+                {
+                    let mut st = self.inner.state.lock();
+                    let Some(s) = st.sources.get_mut(id) else { return };
+                    if let Some(old) = s.job.replace(job) {
+                        st.by_job.remove(&old);
+                    }
+                    st.by_job.insert(job, id.to_owned());
+                }
+                tracing::info!(source = %id, job = %job, "Faena workers mine the source through this job");
+                if let Err(e) = self.inner.db.set_job(id.to_owned(), job).await {
+                    tracing::error!(source = %id, error = %e, "could not record the source's job");
+                }
+            }
+            Err(e) => tracing::warn!(source = %id, error = %e, "could not start the workers' job"),
+        }
+    }
+
+    /// The difficulty the workers' shares are set to: configured, or one
+    /// share per interval from each worker at its measured speed.
+    pub(super) async fn worker_difficulty(&self, t: &Template) -> u64 {
+        if t.upstream.is_some() {
+            return t.upstream_difficulty();
+        }
+        if self.inner.cfg.worker_difficulty > 0 {
+            return self.inner.cfg.worker_difficulty;
+        }
+        let workers = self.inner.coord.workers().await.unwrap_or_default();
+        let rates: Vec<f64> = workers.iter().map(|w| w.hashrate).filter(|h| *h > 0.0).collect();
+        if rates.is_empty() {
+            return self.inner.cfg.start_difficulty;
+        }
+        let avg = rates.iter().sum::<f64>() / rates.len() as f64;
+        ((avg * self.inner.cfg.share_interval.as_secs_f64()) as u64).max(self.inner.cfg.min_difficulty)
+    }
+}
