@@ -138,9 +138,9 @@ impl Metrics {
         self.shares.get_or_create(&vec![("verdict", "unverified")]).inc_by(unverified as u64);
     }
 
-    /// A share on a mining source: `valid`, `invalid`, `stale`, or `over_budget`.
-    pub fn pool_share(&self, verdict: &'static str) {
-        self.pool_shares.get_or_create(&vec![("verdict", verdict)]).inc();
+    /// `n` shares on a mining source: `valid`, `invalid`, `stale`, or `over_budget`.
+    pub fn pool_shares(&self, verdict: &'static str, n: u64) {
+        self.pool_shares.get_or_create(&vec![("verdict", verdict)]).inc_by(n);
     }
 
     pub fn block(&self, accepted: bool) {

@@ -121,12 +121,19 @@ impl Engine {
         }
         let Some(ended) = self.mining.end(&id) else { return };
         for (unit, worker) in ended.units {
-            if let Some(l) = self.jobs.get(&unit).and_then(|j| j.lease.as_ref()) {
-                let control = Control::Cancel { job_id: unit, attempt: l.attempt };
-                self.effects.push(Effect::Control { worker, control });
-            }
-            self.retire(now, unit, JobState::Cancelled, None, Some(format!("job {id} ended")));
+            self.stop_unit(now, unit, worker, format!("job {id} ended"));
         }
+    }
+
+    /// Stops a mining unit its job no longer wants (the job ended, or moved
+    /// to a new template): its worker is told to cancel it, and it is
+    /// recorded as cancelled with `note`.
+    pub(super) fn stop_unit(&mut self, now: Now, unit: JobId, worker: WorkerId, note: String) {
+        if let Some(l) = self.jobs.get(&unit).and_then(|j| j.lease.as_ref()) {
+            let control = Control::Cancel { job_id: unit, attempt: l.attempt };
+            self.effects.push(Effect::Control { worker, control });
+        }
+        self.retire(now, unit, JobState::Cancelled, None, Some(note));
     }
 
     /// Ends a job's life here: records the final state and remembers it for

@@ -9,7 +9,6 @@ use faena_proto::api::JobEvent;
 use faena_proto::ids::{JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState};
 use faena_proto::mine::{MineParams, MineProgress, UnitOutput};
-use faena_proto::mqtt::Control;
 
 use super::mining::{MinedUnit, Verdict};
 use super::{ActiveJob, Effect, Engine, Lease, LeaseError, LeaseRef, MinedProgress, Now, Outcome, RestoredJob};
@@ -70,12 +69,7 @@ impl Engine {
             j.spec = Arc::new(JobSpec::RandomxMine(params));
         }
         for (unit, worker) in retired {
-            if let Some(lease) = self.release_lease(unit) {
-                let control = Control::Cancel { job_id: unit, attempt: lease.attempt };
-                self.effects.push(Effect::Control { worker, control });
-            }
-            let note = format!("job {job} moved to a new template");
-            self.retire(now, unit, JobState::Cancelled, None, Some(note));
+            self.stop_unit(now, unit, worker, format!("job {job} moved to a new template"));
         }
         let verdict = self.mining.settle(job, now.mono);
         self.apply_verdict(now, job, verdict, None);

@@ -472,6 +472,7 @@ impl Pool {
             true
         } else {
             b.over += 1;
+            self.inner.metrics.pool_shares("over_budget", 1);
             false
         }
     }

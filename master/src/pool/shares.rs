@@ -46,7 +46,7 @@ impl Pool {
             if !current {
                 s.shares.stale += 1;
                 st.accounts.stale(who, source, 1, now);
-                self.inner.metrics.pool_share("stale");
+                self.inner.metrics.pool_shares("stale", 1);
                 return Taken::Stale;
             }
             s.shares.valid += 1;
@@ -54,7 +54,7 @@ impl Pool {
             st.accounts.valid(who, source, difficulty, now);
             (template, backend)
         };
-        self.inner.metrics.pool_share("valid");
+        self.inner.metrics.pool_shares("valid", 1);
         if meets(hash, template.upstream_target()) {
             self.upstream(source, &template, backend, who, nonce, hash);
         }
@@ -71,9 +71,7 @@ impl Pool {
             s.shares.invalid += n;
         }
         st.accounts.invalid(who, source, n, Instant::now());
-        for _ in 0..n {
-            self.inner.metrics.pool_share("invalid");
-        }
+        self.inner.metrics.pool_shares("invalid", n);
     }
 
     /// A Faena worker's verified report on a unit of `job`, mined from

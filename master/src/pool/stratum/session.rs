@@ -346,7 +346,6 @@ impl Session {
             return self.reject(id, "Duplicate share");
         }
         if !self.pool.take_budget() {
-            self.pool.inner.metrics.pool_share("over_budget");
             self.difficulty = self.difficulty.saturating_mul(2);
             return Flow::line(stratum::error(id, "Server busy: over the verification budget; difficulty raised"));
         }
