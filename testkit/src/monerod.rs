@@ -104,6 +104,9 @@ impl Wallet {
             .args(["--rpc-bind-ip", "127.0.0.1", "--rpc-bind-port", &port.to_string()])
             .arg("--wallet-dir")
             .arg(&wallets)
+            // Its own log goes to the working directory unless told otherwise.
+            .arg("--log-file")
+            .arg(dir.join("wallet-rpc-internal.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::null())
