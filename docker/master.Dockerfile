@@ -1,7 +1,11 @@
 # Faena master: REST API, web page, Socket.IO, gRPC for workers, job store.
 # Built by scripts/build.sh from a staged context (bin/, web/, healthcheck.sh).
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/faena --create-home --shell /usr/sbin/nologin faena
+# CA certificates for stratum+ssl:// pools (the system roots rustls loads).
+RUN apt-get update -q \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
+ && useradd --system --uid 10001 --user-group --home-dir /var/lib/faena --create-home --shell /usr/sbin/nologin faena
 COPY bin/faena-master /usr/local/bin/faena-master
 COPY healthcheck.sh /usr/local/bin/faena-healthcheck
 COPY web/ /usr/share/faena/web/

@@ -127,6 +127,9 @@ pub struct Config {
     /// A Stratum connection silent this long is dropped.
     #[arg(long, env = "FAENA_STRATUM_IDLE_SECS", default_value_t = 600)]
     pub stratum_idle_secs: u64,
+    /// A Stratum connection that has not logged in this long is dropped.
+    #[arg(long, env = "FAENA_STRATUM_LOGIN_SECS", default_value_t = 15)]
+    pub stratum_login_secs: u64,
     /// How often a daemon source asks monerod for a new block.
     #[arg(long, env = "FAENA_DAEMON_POLL_MS", default_value_t = 500)]
     pub daemon_poll_ms: u64,
@@ -215,7 +218,7 @@ impl Config {
             rate: self.stratum_rate,
             burst: self.stratum_rate * 4.0,
             idle: Duration::from_secs(self.stratum_idle_secs),
-            login_timeout: Duration::from_secs(15),
+            login_timeout: Duration::from_secs(self.stratum_login_secs.max(1)),
             poll: Duration::from_millis(self.daemon_poll_ms.max(50)),
             template_refresh: Duration::from_secs(self.template_refresh_secs.max(1)),
             budget_share: self.verify_budget,

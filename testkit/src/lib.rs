@@ -24,6 +24,7 @@ pub mod mosquitto;
 pub mod process;
 pub mod sim;
 pub mod stratum;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -60,7 +60,8 @@ impl Fleet {
     }
 }
 
-fn request<T>(msg: T) -> tonic::Request<T> {
+/// A gRPC call with the test cluster's token.
+pub fn request<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     if let Ok(v) = format!("Bearer {TOKEN}").parse() {
         req.metadata_mut().insert("authorization", v);
@@ -68,7 +69,8 @@ fn request<T>(msg: T) -> tonic::Request<T> {
     req
 }
 
-fn lease(u: &WorkUnit) -> pb::Lease {
+/// The lease a work unit carries, as gRPC calls name it.
+pub fn lease(u: &WorkUnit) -> pb::Lease {
     pb::Lease { job_id: u.job_id.to_string(), attempt: u.attempt, token: u.token.as_str().to_owned() }
 }
 

@@ -157,6 +157,22 @@ pub fn mine(job: &Job, n: usize) -> Vec<Found> {
     out
 }
 
+/// The RandomX hashes of `blob` (hex) with each of `nonces` at byte 39,
+/// under `key` (hex), off the async runtime: what a worker computes.
+pub async fn hashes_at(blob: &str, key: &str, nonces: &[u32]) -> Vec<[u8; 32]> {
+    let (mut input, key, nonces) = (decode_hex(blob).expect("blob"), decode_hex(key).expect("key"), nonces.to_vec());
+    let work = move || {
+        let material = Arc::new(Material::build(Flags::detect(), Mode::Light, &key, 1).expect("material"));
+        let mut vm = material.vm().expect("vm");
+        let mut hash = |nonce: u32| {
+            input[39..43].copy_from_slice(&nonce.to_le_bytes());
+            vm.hash(&input)
+        };
+        nonces.into_iter().map(&mut hash).collect()
+    };
+    tokio::task::spawn_blocking(work).await.expect("hashing thread")
+}
+
 /// [`mine`] off the async runtime.
 pub async fn mine_async(job: &Job, n: usize) -> Vec<Found> {
     let job = job.clone();

@@ -2,14 +2,25 @@
 //! difficulty) as a daemon source mined by real workers, whose blocks the
 //! node accepts and whose coinbases pay the configured wallet; the Stratum
 //! server spoken to exactly as XMRig speaks; and a pool source against a
-//! second master's Stratum server.
+//! second master's Stratum server, over TLS.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
+use faena_proto::grpc::{self as pb, master_client::MasterClient};
+use faena_proto::ids::WorkerId;
 use faena_proto::jobs::decode_hex;
+use faena_proto::jobs::encode_hex;
+use faena_proto::mine::{MineParams, target_for_difficulty};
+use faena_proto::mqtt::{Control, Payload, WorkUnit};
+use faena_proto::topics::Topics;
+use faena_randomx::mine::meets;
 use faena_testkit::monerod::{Monerod, WALLET, Wallet};
+use faena_testkit::sim::{lease, request};
+use faena_testkit::stratum::hashes_at;
 use faena_testkit::stratum::{Miner, mine_async};
-use faena_testkit::{Cluster, MasterOpts, eventually, free_port};
+use faena_testkit::tls::TlsFront;
+use faena_testkit::{Cluster, Listener, MasterOpts, WAIT, eventually, free_port, sample, scrape};
 use serde_json::{Value, json};
+use tonic::transport::Channel;
 
 fn opts(extra: &[(&str, &str)]) -> MasterOpts {
     MasterOpts { extra: extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(), ..Default::default() }
@@ -86,7 +97,8 @@ async fn a_daemon_source_mined_by_two_workers_finds_blocks_the_node_accepts() {
     }
 
     // A block found elsewhere: the template moves to the new tip at once
-    // and the units mining the old one are retired.
+    // and the units mining the old one are retired (their late shares: the
+    // next test).
     let before = source(&c, &id).await;
     node.generate(1).await;
     let tip = node.height().await;
@@ -133,7 +145,10 @@ async fn the_stratum_server_speaks_xmrigs_protocol_and_polices_its_miners() {
         ("FAENA_TEMPLATE_REFRESH_SECS", "3600"),
     ]))
     .await;
-    let node = Monerod::start(c.dir.path(), 5000).await;
+    // monerod itself hashes what `generateblocks` makes (light mode, tens of
+    // hashes a second): a low network difficulty keeps that quick.
+    let network = 200;
+    let node = Monerod::start(c.dir.path(), network).await;
     let stratum = c.addrs.stratum.clone().expect("the Stratum server listens");
     let id = add_source(&c, json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
     eventually("the source has work", || async { (source(&c, &id).await["state"] == "mining").then_some(()) }).await;
@@ -168,7 +183,10 @@ async fn the_stratum_server_speaks_xmrigs_protocol_and_polices_its_miners() {
     assert!(unknown.message.contains("Unsupported method"), "{}", unknown.message);
     assert_eq!(a.keepalive().await.expect("still connected").result["status"], "KEEPALIVED");
 
-    let found = mine_async(&job, 12).await;
+    // Shares, leaving out any that would be a block (and move the template).
+    let block = target_for_difficulty(network);
+    let found: Vec<_> = mine_async(&job, 16).await.into_iter().filter(|f| !meets(&f.hash, block)).take(12).collect();
+    assert_eq!(found.len(), 12);
     assert_eq!(a.submit(&job.job_id, found[0].nonce, &found[0].hash).await, Ok("OK".into()));
     assert_eq!(a.submit(&job.job_id, found[0].nonce, &found[0].hash).await, Err("Duplicate share".into()));
     let mut forged = found[1].hash;
@@ -210,6 +228,15 @@ async fn the_stratum_server_speaks_xmrigs_protocol_and_polices_its_miners() {
     assert_eq!(p["shares"]["stale"], 1, "{p}");
     assert_eq!(p["shares"]["invalid"], 3, "{p}");
     assert!(source(&c, &id).await["miners"].as_u64() >= Some(2));
+    let metrics = scrape(&c.api.url("/metrics")).await;
+    for (series, least) in [
+        ("faena_mining_shares_total{verdict=\"valid\"}", 9.0),
+        ("faena_mining_shares_total{verdict=\"stale\"}", 1.0),
+        ("faena_mining_shares_total{verdict=\"invalid\"}", 3.0),
+        ("faena_stratum_connections", 2.0),
+    ] {
+        assert!(sample(&metrics, series).is_some_and(|v| v >= least), "{series} ≥ {least} in\n{metrics}");
+    }
 
     // A line past the limit closes the connection.
     let mut long = Miner::connect(&stratum).await;
@@ -247,12 +274,29 @@ async fn a_pool_source_sends_only_verified_shares_upstream_and_fails_over() {
     let up = add_source(&pool, json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
     eventually("the pool has work", || async { (source(&pool, &up).await["state"] == "mining").then_some(()) }).await;
 
-    // Faena behind it: the first URL is dead, the second is the pool.
-    let mut c = Cluster::start(MasterOpts::default()).await;
+    // The pool's TLS port (a terminator with a private CA, which Faena is
+    // told to trust), and an impostor whose certificate no one trusts.
+    let front = TlsFront::start(pool.dir.path(), &pool_addr).await;
+    let impostor_dir = tempfile::tempdir().expect("dir");
+    let impostor = TlsFront::start(impostor_dir.path(), &pool_addr).await;
+
+    // Faena behind it: the first URL is dead, the second is the pool over TLS.
+    let ca = front.ca_file.display().to_string();
+    let mut c = Cluster::start(opts(&[("SSL_CERT_FILE", &ca)])).await;
     c.add_worker_with("p1", 1, &[("FAENA_RANDOMX_THREADS", "1")]).await;
     c.wait_workers(1).await;
+    let bad =
+        add_source(&c, json!({"kind": "pool", "url": format!("stratum+ssl://{}", impostor.addr), "user": "u"})).await;
+    let refused = eventually("a certificate no one vouches for is refused", || async {
+        let v = source(&c, &bad).await;
+        (v["state"] == "error").then_some(v)
+    })
+    .await;
+    assert!(refused["reason"].as_str().is_some_and(|r| r.contains("TLS") && r.contains("certificate")), "{refused}");
+    let del = reqwest::Client::new().delete(c.api.url(&format!("/api/mining/sources/{bad}"))).send().await;
+    assert_eq!(del.expect("delete").status(), 204);
     let dead = format!("stratum+tcp://127.0.0.1:{}", free_port());
-    let urls = json!([dead, format!("stratum+tcp://{pool_addr}")]);
+    let urls = json!([dead, format!("stratum+ssl://{}", front.addr)]);
     let id = add_source(&c, json!({"kind": "pool", "url": urls, "user": "faena-behind", "pass": "x"})).await;
     let v = eventually("shares accepted upstream", || async {
         let v = source(&c, &id).await;
@@ -278,4 +322,155 @@ async fn a_pool_source_sends_only_verified_shares_upstream_and_fails_over() {
         (v["state"] == "mining" && v["shares"]["upstream_accepted"].as_u64() > Some(before + 1)).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_workers_shares_sent_after_its_unit_was_retired_count_as_stale() {
+    // A worker spoken by hand, so the order is certain: it holds a unit,
+    // the template moves on (the node takes a block from elsewhere), the
+    // unit is cancelled, and only then does its report arrive.
+    let c = Cluster::start(opts(&[
+        ("FAENA_WORKER_SHARE_DIFFICULTY", "1"),
+        ("FAENA_DAEMON_POLL_MS", "200"),
+        ("FAENA_STALE_GRACE_MS", "120000"),
+        ("FAENA_TEMPLATE_REFRESH_SECS", "3600"),
+    ]))
+    .await;
+    let node = Monerod::start(c.dir.path(), 100).await;
+    let me = WorkerId::parse("by-hand").expect("id");
+    let mut mqtt = Listener::start(&c.addrs.mqtt, "by-hand", "faena/workers/by-hand/#").await;
+    let channel = Channel::from_shared(format!("http://{}", c.addrs.grpc)).expect("url").connect().await.expect("gRPC");
+    let mut grpc = MasterClient::new(channel);
+    let instance = uuid::Uuid::new_v4().to_string();
+    let caps = pb::Capabilities { cores: 1, slots: 1, kinds: vec!["randomx.mine".into()], ..Default::default() };
+    let register = pb::RegisterRequest {
+        worker_id: me.to_string(),
+        instance_id: instance.clone(),
+        capabilities: Some(caps),
+        running: vec![],
+    };
+    grpc.register(request(register)).await.expect("registers");
+    let id = add_source(&c, json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
+
+    let (jobs, control) = (Topics::default().worker_jobs(&me), Topics::default().worker_control(&me));
+    let unit = loop {
+        let (topic, payload) = tokio::time::timeout(WAIT, mqtt.messages.recv()).await.expect("a unit").expect("open");
+        if topic == jobs {
+            break WorkUnit::decode(&payload).expect("a work unit");
+        }
+    };
+    let params: MineParams = serde_json::from_value(unit.params.clone()).expect("mining params");
+    let work = params.work().expect("a unit's work");
+    // Its lease stays live through heartbeats until the cancel.
+    let held = vec![lease(&unit)];
+    let hb = pb::HeartbeatRequest { worker_id: me.to_string(), instance_id: instance, running: held, hashrate: 1.0 };
+    let beat = {
+        let mut grpc = grpc.clone();
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(300));
+        tokio::spawn(async move {
+            loop {
+                every.tick().await;
+                let _ = grpc.heartbeat(request(hb.clone())).await;
+            }
+        })
+    };
+    let share = |nonce: u32, hash: [u8; 32]| json!({"nonce": nonce, "hash": encode_hex(&hash)});
+    let report = |shares: Vec<Value>| pb::ProgressRequest {
+        worker_id: me.to_string(),
+        lease: Some(lease(&unit)),
+        progress_json: json!({"hashes": 2, "hashrate": 1.0, "shares": shares}).to_string(),
+    };
+    let (first, second) = (work.start, work.start + 1);
+    let hashes = hashes_at(&params.blob, &params.key, &[first, second]).await;
+    let (h1, h2) = (hashes[0], hashes[1]);
+    grpc.report_progress(request(report(vec![share(first, h1)]))).await.expect("a live unit's progress");
+    eventually("the live share counts", || async {
+        participant(&c, "by-hand").await.filter(|p| p["shares"]["valid"] == 1)
+    })
+    .await;
+
+    node.generate(1).await;
+    loop {
+        let (topic, payload) = tokio::time::timeout(WAIT, mqtt.messages.recv()).await.expect("a cancel").expect("open");
+        if topic == control
+            && matches!(Control::decode(&payload), Ok(Control::Cancel { job_id, .. }) if job_id == unit.job_id)
+        {
+            break;
+        }
+    }
+    // Found before the cancel arrived, sent after: refused as a unit (it
+    // is over), counted as a stale share — once, however often it is sent.
+    for _ in 0..2 {
+        let e = grpc.report_progress(request(report(vec![share(second, h2)]))).await.expect_err("the unit is retired");
+        assert!(e.message().contains("retired"), "{e:?}");
+    }
+    let p = eventually("the late share counts as stale", || async {
+        participant(&c, "by-hand").await.filter(|p| p["shares"]["stale"].as_u64() > Some(0))
+    })
+    .await;
+    assert_eq!((p["shares"]["valid"].as_u64(), p["shares"]["stale"].as_u64()), (Some(1), Some(1)), "{p}");
+    assert_eq!(source(&c, &id).await["shares"]["stale"], 1);
+    beat.abort();
+}
+
+#[tokio::test]
+async fn the_stratum_server_limits_what_one_connection_may_cost() {
+    let c = Cluster::start(opts(&[
+        ("FAENA_STRATUM_ADDR", "127.0.0.1:0"),
+        ("FAENA_STRATUM_DIFFICULTY", "1"),
+        ("FAENA_STRATUM_MIN_DIFFICULTY", "1"),
+        ("FAENA_STRATUM_RATE", "1"),
+        ("FAENA_STRATUM_LOGIN_SECS", "1"),
+        ("FAENA_STRATUM_IDLE_SECS", "2"),
+        // 1 % of the verifier's capacity: the floor, one share a second.
+        ("FAENA_VERIFY_BUDGET", "0.01"),
+        ("FAENA_STRATUM_INVALID_LIMIT", "1000"),
+        ("FAENA_TEMPLATE_REFRESH_SECS", "3600"),
+    ]))
+    .await;
+    let node = Monerod::start(c.dir.path(), 100).await;
+    let stratum = c.addrs.stratum.clone().expect("the Stratum server listens");
+    let id = add_source(&c, json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
+    eventually("the source has work", || async { (source(&c, &id).await["state"] == "mining").then_some(()) }).await;
+
+    // Connected and never logs in: dropped after the login time, unanswered.
+    let mut quiet = Miner::connect(&stratum).await;
+    assert!(quiet.read().await.is_none(), "closed without a word");
+    // Logged in, then silent: dropped after the idle time.
+    let mut idle = Miner::connect(&stratum).await;
+    idle.login("rig-idle", "x").await.expect("login");
+    while let Some(msg) = idle.read().await {
+        assert_eq!(msg.method.as_deref(), Some("job"), "only jobs until it is dropped: {msg:?}");
+    }
+
+    // Past the verification budget a share is answered at once, not queued.
+    let mut busy = Miner::connect(&stratum).await;
+    busy.login("rig-busy", "x").await.expect("login");
+    let job = busy.job.clone().expect("a job");
+    let top = u32::from(decode_hex(&job.blob).expect("blob")[42]) << 24;
+    let mut answers = Vec::new();
+    for n in 0..3 {
+        answers.push(busy.submit(&job.job_id, top | n, &[0x11; 32]).await);
+    }
+    assert!(answers.iter().any(|a| a.as_ref().is_err_and(|e| e.starts_with("Server busy"))), "{answers:?}");
+
+    // Requests past the rate (1 a second, bursts of 4) are refused, and a
+    // connection that keeps on is cut off.
+    let mut flood = Miner::connect(&stratum).await;
+    flood.login("rig-flood", "x").await.expect("login");
+    let (mut refused, mut closed) = (0, false);
+    for _ in 0..40 {
+        match flood.keepalive().await {
+            Some(m) if m.error.as_ref().is_some_and(|e| e.message.starts_with("Too many requests")) => refused += 1,
+            Some(m) => assert_eq!(m.result["status"], "KEEPALIVED", "{m:?}"),
+            None => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(refused > 0 && closed, "refused {refused} times, closed: {closed}");
+    let metrics = scrape(&c.api.url("/metrics")).await;
+    let over = sample(&metrics, "faena_mining_shares_total{verdict=\"over_budget\"}");
+    assert!(over >= Some(1.0), "over-budget shares are counted: {over:?}");
 }

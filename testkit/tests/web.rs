@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use faena_testkit::monerod::{Monerod, WALLET};
 use faena_testkit::{Cluster, FakeAi, MasterOpts};
 use reqwest::StatusCode;
 
@@ -15,7 +16,12 @@ fn repo() -> PathBuf {
 /// A master serving the page, with one worker that has Gemini (the fake) and `extra`.
 async fn web_cluster(fake: &FakeAi, extra: &[(&str, &str)]) -> Cluster {
     let web = repo().join("web");
-    let opts = MasterOpts { extra: vec![("FAENA_WEB_DIR".into(), web.display().to_string())], ..MasterOpts::default() };
+    let master = vec![
+        ("FAENA_WEB_DIR".into(), web.display().to_string()),
+        // The mining panel shows a Stratum miner (browser.mjs logs one in).
+        ("FAENA_STRATUM_ADDR".into(), "127.0.0.1:0".into()),
+    ];
+    let opts = MasterOpts { extra: master, ..MasterOpts::default() };
     let mut c = Cluster::start(opts).await;
     let base = fake.gemini_base();
     let mut env = vec![("GEMINI_BASE_URL", base.as_str()), ("GEMINI_API_KEY", "worker-key")];
@@ -123,6 +129,11 @@ async fn the_page_works_in_a_real_browser() {
     // Screenshots are test artifacts: under target/, never committed.
     let shots = faena_testkit::target_dir().join("screenshots").join("web");
     let fake_url = format!("http://{}", fake.addr);
-    run_node(&c, "browser.mjs", &[&shots.display().to_string(), &fake_url]).await;
+    // A node for the mining panel: a daemon source the page shows, and
+    // work for the Stratum miner the script logs in.
+    let node = Monerod::start(c.dir.path(), 100).await;
+    let stratum = c.addrs.stratum.clone().expect("the Stratum server listens");
+    let args = [shots.display().to_string(), fake_url, node.url.clone(), WALLET.to_owned(), stratum];
+    run_node(&c, "browser.mjs", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     assert!(shots.join("answer.png").exists() && shots.join("mining.png").exists());
 }

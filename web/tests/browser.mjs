@@ -1,12 +1,15 @@
 // The page in a real browser (Debian's chromium, headless, driven by
 // playwright-core) against a real master, workers and the fake AI server.
 // Run by testkit/tests/web.rs:
-//   node web/tests/browser.mjs http://127.0.0.1:<port> <screenshot dir> http://<fake AI>
+//   node web/tests/browser.mjs http://127.0.0.1:<port> <screenshot dir> http://<fake AI> \
+//     http://<monerod RPC> <wallet address> <Stratum host:port>
 // Exits non-zero with the reason when a check fails; saves screenshots.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
+import { connect } from "node:net";
+import { createInterface } from "node:readline";
 
-const [url, shots, fakeAi] = process.argv.slice(2);
+const [url, shots, fakeAi, nodeUrl, wallet, stratum] = process.argv.slice(2);
 mkdirSync(shots, { recursive: true });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -140,7 +143,42 @@ const source = await added.json();
 await page.locator(`#sources li[data-source="${source.id}"]`, { hasText: "stratum+tcp://127.0.0.1:9" }).waitFor(T);
 await page.locator(`#sources li[data-source="${source.id}"] .state-error`).waitFor(T);
 await page.locator("#verifier", { hasText: "Verifier: light mode" }).waitFor(T);
+
+// A daemon source with work, and a Stratum miner on it (spoken as XMRig
+// does) whose forged share the master re-hashes and refuses: the miner
+// shows up among the participants, its invalid share counted.
+const daemon = await fetch(`${url}/api/mining/sources`, {
+  method: "POST",
+  headers: { "content-type": "application/json" },
+  body: JSON.stringify({ kind: "daemon", url: nodeUrl, wallet }),
+});
+await check(daemon.status === 201, `a daemon source is added: ${daemon.status}`);
+const solo = await daemon.json();
+await page.locator(`#sources li[data-source="${solo.id}"] .state-mining`).waitFor(T);
+const [host, port] = stratum.split(":");
+const sock = connect({ host, port: Number(port) });
+const lines = createInterface({ input: sock })[Symbol.asyncIterator]();
+const call = async (id, method, params) => {
+  sock.write(`${JSON.stringify({ id, jsonrpc: "2.0", method, params })}\n`);
+  for (;;) {
+    const { value, done } = await lines.next();
+    if (done) return fail(`the Stratum server closed during ${method}`);
+    const msg = JSON.parse(value);
+    if (msg.id === id) return msg;
+  }
+};
+const login = await call(1, "login", { login: "page-miner", pass: "x", agent: "XMRig/6.26.0", algo: ["rx/0"] });
+await check(!login.error && login.result.job, `the miner logs in: ${JSON.stringify(login)}`);
+const { id: miner, job: work } = login.result;
+const top = work.blob.slice(84, 86);
+const forged = await call(2, "submit", { id: miner, job_id: work.job_id, nonce: `000000${top}`, result: "00".repeat(32) });
+await check(forged.error && forged.error.message.startsWith("Invalid share"), `refused: ${JSON.stringify(forged)}`);
+sock.destroy();
+await page.locator('#participants tr[data-participant="page-miner"]', { hasText: "0/1/0" }).waitFor(T);
 await page.screenshot({ path: `${shots}/mining-sources.png`, fullPage: true });
+// The worker goes back to the page's own jobs.
+const removed = await fetch(`${url}/api/mining/sources/${solo.id}`, { method: "DELETE" });
+await check(removed.status === 204, `the daemon source is removed: ${removed.status}`);
 
 // 8. The key field: used, never shown back, cleared.
 await page.fill("#key-input", "browser-own-key");

@@ -8,19 +8,32 @@
 
 use faena_proto::ids::WorkerId;
 use faena_proto::mine::{Share, UnitOutput, UnitProgress};
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use super::actor::Actor;
 use super::{Command, CoordError, Reply};
 use crate::engine::mining::MinedUnit;
-use crate::engine::{LeaseRef, MinedProgress, Now, Outcome, UnitWork};
+use crate::engine::{LeaseError, LeaseRef, MinedProgress, Now, Outcome, UnitWork};
 use crate::verify::Checked;
 
 /// A mining unit's report waiting for its shares to be checked.
 #[derive(Debug)]
 pub(super) enum Pending {
-    Progress { hashes: u64, hashrate: f64, reply: Reply<Result<(), CoordError>> },
-    Output { hashes: u64, hashrate: f64, elapsed_ms: u64, reply: Reply<Result<bool, CoordError>> },
+    Progress {
+        hashes: u64,
+        hashrate: f64,
+        reply: Reply<Result<(), CoordError>>,
+    },
+    Output {
+        hashes: u64,
+        hashrate: f64,
+        elapsed_ms: u64,
+        reply: Reply<Result<bool, CoordError>>,
+    },
+    /// A report for a unit retired with its template: its shares count as
+    /// stale (the worker was answered at once).
+    Late,
 }
 
 /// A mining unit's report back from verification.
@@ -57,6 +70,9 @@ impl Actor {
         data: Value,
         reply: Reply<Result<(), CoordError>>,
     ) {
+        if let Some(work) = self.engine.late_unit(now, &worker, &lease) {
+            return self.late(now, worker, lease, work, data, reply);
+        }
         // Only a mining unit's report has shares to check; the engine checks the lease.
         let work = match self.engine.is_mining_unit(&lease.job_id) {
             true => self.engine.unit_work(&worker, &lease),
@@ -90,6 +106,11 @@ impl Actor {
         outcome: Outcome,
         reply: Reply<Result<bool, CoordError>>,
     ) {
+        if let Outcome::Success(data) = &outcome
+            && let Some(work) = self.engine.late_unit(now, &worker, &lease)
+        {
+            return self.late(now, worker, lease, work, data.clone(), reply);
+        }
         // Only a mining unit's output needs checking; anything else, and a
         // stale or repeated call, goes straight to the engine, which knows a
         // duplicate.
@@ -112,6 +133,30 @@ impl Actor {
             },
             (_, outcome) => self.apply_outcome(now, &worker, &lease, outcome, reply),
         }
+    }
+
+    /// A report (progress or output) for a unit its template's replacement
+    /// retired: refused at once — the unit is over — while its shares are
+    /// verified and counted stale within the grace period.
+    fn late<T>(
+        &mut self,
+        now: Now,
+        worker: WorkerId,
+        lease: LeaseRef,
+        work: UnitWork,
+        data: Value,
+        reply: Reply<Result<T, CoordError>>,
+    ) {
+        let refused = LeaseError::Stale {
+            job: lease.job_id,
+            attempt: lease.attempt,
+            reason: "the unit was retired with its template; its shares count as stale".into(),
+        };
+        match split_shares::<IgnoredAny>(data, "report") {
+            Ok((_, shares)) => self.verify(now, worker, lease, work, shares, Pending::Late),
+            Err(e) => return self.answer(reply, Err(e)),
+        }
+        self.answer(reply, Err(refused.into()));
     }
 
     /// Replies; a call the engine refused counts as a rejected callback.
@@ -204,6 +249,11 @@ impl Actor {
                 let out = MinedUnit { hashes, hashrate, elapsed_ms, shares: valid };
                 self.apply_outcome(now, &worker, &lease, Outcome::Mined(out), reply);
             }
+            Pending::Late if !valid.is_empty() => {
+                let late = self.engine.late_shares(now, &lease.job_id, &valid);
+                tracing::debug!(worker = %worker, unit = %lease.job_id, shares = valid.len(), ?late, "shares for a retired template");
+            }
+            Pending::Late => {}
         }
     }
 }

@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use faena_proto::api::JobEvent;
+use faena_proto::ids::FencingToken;
 use faena_proto::ids::{InstanceId, JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
 use faena_proto::mine::{MineOutput, MineParams, Share, UnitOutput, UnitProgress};
 use faena_proto::mqtt::{Control, WorkerState};
 use serde_json::{Value, json};
 
-use super::mining::MinedUnit;
+use super::mining::{Late, MinedUnit};
 use super::tests::Harness;
 use super::*;
 use crate::verify::VerifiedShares;
@@ -387,4 +388,37 @@ fn a_long_job_fails_for_lack_of_workers_only_after_they_have_been_gone_a_while()
         Some(JobEvent::Failed { error }) => assert!(error.contains("no worker that runs randomx.mine"), "{error}"),
         other => panic!("expected a failure, got {other:?}"),
     }
+}
+
+#[test]
+fn a_retired_units_late_shares_count_as_stale_for_the_grace_period_only() {
+    let mut m = Mining::new(&[("a", 100.0)]);
+    let job = m.submit(params(1_000_000));
+    let (a, lease, _, _) = m.units().pop().expect("a unit");
+    let mut next: MineParams = serde_json::from_value(params(1_000_000)).expect("params");
+    next.blob = "01".repeat(76);
+    let grace = Duration::from_secs(10);
+    assert_eq!(m.h.engine.replace_template(m.h.now, job, next, grace), Some(1));
+    assert!(m.cancels().iter().any(|(w, u)| *w == a && *u == lease.job_id), "the old unit is cancelled");
+
+    // The worker's report sent after the retirement: its unit's old
+    // template comes back for verifying, to that lease only.
+    let work = m.h.engine.late_unit(m.h.now, &a, &lease).expect("the retired unit");
+    assert_eq!((work.job, work.params.blob.as_str()), (job, "00".repeat(76).as_str()));
+    let forged = LeaseRef { token: FencingToken::new(), ..lease.clone() };
+    assert!(m.h.engine.late_unit(m.h.now, &a, &forged).is_none(), "another token is not the unit's");
+    assert!(m.h.engine.late_unit(m.h.now, &m.worker("b"), &lease).is_none(), "nor another worker");
+    assert!(m.h.engine.check_lease(&a, &lease).is_err(), "the lease itself is gone");
+
+    let shares = VerifiedShares::assume_verified(vec![Share { nonce: 1005, hash: "ab".repeat(32) }]);
+    assert_eq!(m.h.engine.late_shares(m.h.now, &lease.job_id, &shares), Late::Stale);
+    let known = m.h.engine.late_unit(m.h.now, &a, &lease).expect("still in grace").known;
+    assert!(known.contains(&1005), "the verifier sees it as known from now on");
+    assert_eq!(m.h.engine.late_shares(m.h.now, &lease.job_id, &shares), Late::Stale, "sent twice");
+    let progress = m.h.engine.view(&job).and_then(|v| v.progress).expect("mining progress");
+    assert_eq!(progress.stale_shares, 1, "the job counts the late share as stale");
+
+    m.h.advance(grace);
+    assert!(m.h.engine.late_unit(m.h.now, &a, &lease).is_none(), "past the grace period");
+    assert_eq!(m.h.engine.late_shares(m.h.now, &lease.job_id, &shares), Late::Expired);
 }

@@ -115,6 +115,19 @@ pub struct Engine {
     effects: Vec<Effect>,
     /// When a registered worker last offered each lane that has jobs waiting.
     lane_seen: HashMap<Lane, Instant>,
+    /// Mining units retired with their template, whose late shares still
+    /// count (as stale) for the grace period.
+    retired: HashMap<JobId, RetiredUnit>,
+}
+
+/// A unit retired with its template: a report its worker sends after that
+/// (shares found before the cancel reached it) is verified and counted stale.
+#[derive(Debug, Clone)]
+struct RetiredUnit {
+    lease: Lease,
+    work: UnitWork,
+    template: u32,
+    until: Instant,
 }
 
 impl Engine {
@@ -133,6 +146,7 @@ impl Engine {
             recent_order: VecDeque::new(),
             effects: Vec::new(),
             lane_seen: HashMap::new(),
+            retired: HashMap::new(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! every unit event to the [`Mining`](super::mining::Mining) sub-machine,
 //! and applying the [`Verdict`] it returns to the mining job.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +11,12 @@ use faena_proto::ids::{JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState};
 use faena_proto::mine::{MineParams, MineProgress, UnitOutput};
 
-use super::mining::{MinedUnit, Verdict};
+use super::mining::{Late, MinedUnit, Verdict};
 use super::{ActiveJob, Effect, Engine, Lease, LeaseError, LeaseRef, MinedProgress, Now, Outcome, RestoredJob};
-use super::{StoreOp, UnitWork};
+use super::{RetiredUnit, StoreOp, UnitWork};
 use crate::queue::Lane;
 use crate::scheduler::Availability;
+use crate::verify::VerifiedShares;
 
 impl Engine {
     /// Carves a unit of mining job `id` sized for `worker` and sends it.
@@ -63,18 +65,44 @@ impl Engine {
     /// None when `job` is not a live mining job or `params` are not a valid
     /// template.
     pub fn replace_template(&mut self, now: Now, job: JobId, params: MineParams, grace: Duration) -> Option<usize> {
+        let template = self.mining.template_id(&job)?;
         let retired = self.mining.replace_template(&job, params.clone(), now.mono, grace)?;
         let count = retired.len();
         if let Some(j) = self.jobs.get_mut(&job) {
             j.spec = Arc::new(JobSpec::RandomxMine(params));
         }
+        self.retired.retain(|_, r| r.until > now.mono);
         for (unit, worker) in retired {
+            if let Some(ActiveJob { spec, lease: Some(lease), .. }) = self.jobs.get(&unit)
+                && let JobSpec::RandomxMine(p) = &**spec
+            {
+                let work = UnitWork { job, params: p.clone(), known: HashSet::new() };
+                let until = now.mono + grace;
+                self.retired.insert(unit, RetiredUnit { lease: lease.clone(), work, template, until });
+            }
             self.stop_unit(now, unit, worker, format!("job {job} moved to a new template"));
         }
         let verdict = self.mining.settle(job, now.mono);
         self.apply_verdict(now, job, verdict, None);
         self.schedule(now);
         Some(count)
+    }
+
+    /// What a unit retired with its template covered, for verifying the
+    /// shares in a report its worker sent after the retirement; None once
+    /// the grace period is over or when the lease is not the retired one.
+    pub fn late_unit(&self, now: Now, worker: &WorkerId, lease: &LeaseRef) -> Option<UnitWork> {
+        let r = self.retired.get(&lease.job_id)?;
+        let same = r.lease.worker == *worker && r.lease.attempt == lease.attempt && r.lease.token == lease.token;
+        (same && now.mono < r.until).then(|| r.work.clone())
+    }
+
+    /// Verified shares of a retired unit: counted stale on its job while
+    /// the grace period lasts (each nonce once).
+    pub fn late_shares(&mut self, now: Now, unit: &JobId, shares: &VerifiedShares) -> Late {
+        let Some(r) = self.retired.get_mut(unit).filter(|r| now.mono < r.until) else { return Late::Expired };
+        let fresh = shares.as_slice().iter().filter(|s| r.work.known.insert(s.nonce)).count();
+        self.mining.late_shares(&r.work.job, r.template, fresh, now.mono)
     }
 
     /// A mining unit's progress, its shares verified.

@@ -31,7 +31,7 @@ pub mod stratum;
 pub mod template;
 mod upstream;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,6 +134,8 @@ struct Source {
     work: watch::Sender<Option<Arc<Work>>>,
     /// The work it replaced, and until when its shares count as stale.
     previous: Option<(Arc<Work>, Instant)>,
+    /// The Faena workers' shares taken, by template: each counts once.
+    worker_nonces: HashSet<(u64, u32)>,
     /// Taken miner slots: (group, top nonce byte).
     slots: BTreeSet<(u32, u8)>,
     /// The engine job the Faena workers mine it through.
@@ -393,6 +395,7 @@ impl Pool {
             blocks: Vec::new(),
             work,
             previous: None,
+            worker_nonces: HashSet::new(),
             slots: BTreeSet::new(),
             job: None,
             templates: 0,

@@ -92,7 +92,17 @@ impl Pool {
         let difficulty = parse_target(target).map(difficulty_of).unwrap_or(1);
         for share in valid {
             let Some(hash) = decode_hex(&share.hash).ok().and_then(|h| <[u8; 32]>::try_from(h).ok()) else { continue };
-            self.take_share(&source, seq, &who, difficulty, share.nonce, &hash);
+            // A nonce sent again (two reports verified side by side) counts once.
+            let fresh = self
+                .inner
+                .state
+                .lock()
+                .sources
+                .get_mut(&source)
+                .is_some_and(|s| s.worker_nonces.insert((seq, share.nonce)));
+            if fresh {
+                self.take_share(&source, seq, &who, difficulty, share.nonce, &hash);
+            }
         }
     }
 

@@ -41,6 +41,8 @@ impl Pool {
             let mut st = self.inner.state.lock();
             let Some(s) = st.sources.get_mut(id) else { return };
             if let Some(old) = s.work.borrow().clone() {
+                // Only the template just replaced can still take (stale) shares.
+                s.worker_nonces.retain(|(seq, _)| old.templates.iter().any(|t| t.seq == *seq));
                 s.previous = Some((old, Instant::now() + grace));
             }
             s.work.send_replace(Some(work.clone()));

@@ -45,13 +45,18 @@ impl Executor for RandomxMine {
             };
             let w = params.work().map_err(|e| JobFailure::permanent(e.to_string()))?;
             let progress_ctx = ctx.clone();
+            // Shares found since the last progress report, and that report's
+            // figures: what a cancel (a new template) would otherwise lose.
+            let fresh = Arc::new(Mutex::new(Vec::new()));
+            let last = Arc::new(Mutex::new((0u64, 0.0f64)));
+            let (unsent, reported) = (fresh.clone(), last.clone());
             let mined = run_blocking(&rx.clone(), &ctx, move |stop| {
                 let material = rx.material(&w.key)?;
-                let fresh = Mutex::new(Vec::new());
                 let started = std::time::Instant::now();
                 let progress = |hashes: u64| {
                     let hashrate = hashes as f64 / started.elapsed().as_secs_f64().max(1e-3);
                     let shares = std::mem::take(&mut *fresh.lock());
+                    *last.lock() = (hashes, hashrate);
                     progress_ctx.progress(json(&UnitProgress { hashes, hashrate, shares }));
                 };
                 let work = Work {
@@ -67,7 +72,21 @@ impl Executor for RandomxMine {
                 rx.record(mined.hashes, mined.elapsed, rx.threads().min(w.count as usize));
                 Ok(mined)
             })
-            .await?;
+            .await;
+            let mined = match mined {
+                Ok(mined) => mined,
+                Err(e) => {
+                    // Cancelled (its template replaced, most often): the
+                    // shares found since the last report still go out; the
+                    // master counts them as stale.
+                    let shares = std::mem::take(&mut *unsent.lock());
+                    if !shares.is_empty() {
+                        let (hashes, hashrate) = *reported.lock();
+                        ctx.progress(json(&UnitProgress { hashes, hashrate, shares }));
+                    }
+                    return Err(e);
+                }
+            };
             let secs = mined.elapsed.as_secs_f64();
             Ok(json(&UnitOutput {
                 shares: mined.shares.iter().map(share).collect(),

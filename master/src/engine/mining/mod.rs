@@ -220,13 +220,13 @@ impl Mining {
         }
     }
 
-    /// Shares verified against template `template` of `job`, which is no
-    /// longer current: stale within the grace period, else expired.
-    pub fn late_shares(&mut self, job: &JobId, template: u32, shares: &VerifiedShares, now: Instant) -> Late {
+    /// `n` shares verified against template `template` of `job`, which is
+    /// no longer current: stale within the grace period, else expired.
+    pub fn late_shares(&mut self, job: &JobId, template: u32, n: usize, now: Instant) -> Late {
         let Some(j) = self.jobs.get_mut(job) else { return Late::Expired };
         match &j.previous {
             Some((t, until)) if t.id == template && now < *until => {
-                j.add_stale(shares.len() as u32);
+                j.add_stale(u32::try_from(n).unwrap_or(u32::MAX));
                 Late::Stale
             }
             _ => Late::Expired,

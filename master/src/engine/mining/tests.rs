@@ -143,8 +143,8 @@ fn a_new_template_retires_the_old_units_and_late_shares_count_as_stale() {
     assert_eq!(m.template_id(&job), Some(1));
     assert!(m.known_nonces(&a).is_empty());
     let stale = VerifiedShares::assume_verified(vec![Share { nonce: 17, hash: "bb".into() }]);
-    assert_eq!(m.late_shares(&job, 0, &stale, now + Duration::from_secs(1)), Late::Stale);
-    assert_eq!(m.late_shares(&job, 0, &stale, now + Duration::from_secs(6)), Late::Expired);
+    assert_eq!(m.late_shares(&job, 0, stale.len(), now + Duration::from_secs(1)), Late::Stale);
+    assert_eq!(m.late_shares(&job, 0, stale.len(), now + Duration::from_secs(6)), Late::Expired);
     // The new template starts from its own range; the old shares stay accepted.
     let (c, cp) = carve(&mut m, job, "a", 100.0, 100.0, now).expect("unit of the new template");
     assert_eq!((cp.nonce_start, cp.blob.as_str()), (Some(0), "01".repeat(76).as_str()));
