@@ -71,6 +71,10 @@ pub struct Config {
     /// How long a cached `ai.query` answer is served.
     #[arg(long, env = "FAENA_AI_CACHE_TTL_SECS", default_value_t = 3600)]
     pub ai_cache_ttl_secs: u64,
+    /// Answer one submitter (web session, API caller) from another's
+    /// cached questions. Off: each is answered from their own only.
+    #[arg(long, env = "FAENA_AI_CACHE_SHARED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub ai_cache_shared: bool,
     /// The web page's directory (`index.html`, `app.js`, and `node_modules`
     /// with the Socket.IO client), served at `/`.
     #[arg(long, env = "FAENA_WEB_DIR", default_value = "web")]

@@ -107,12 +107,7 @@ fn cluster_token(cfg: &Config) -> Result<Secret, MasterError> {
     }
     let token = Secret::new(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()));
     let path = cfg.data_dir.join("cluster-token");
-    std::fs::write(&path, token.expose()).map_err(io(format!("writing {}", path.display())))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-    }
+    faena_common::secrets::write_private(&path, token.expose()).map_err(io(format!("writing {}", path.display())))?;
     tracing::info!(path = %path.display(), "no cluster token given; generated one for this run (workers: FAENA_CLUSTER_TOKEN_FILE)");
     Ok(token)
 }
@@ -211,7 +206,11 @@ pub async fn run(
         metrics: metrics.clone(),
         mqtt: out.clone(),
         verifier,
-        ai_cache: ai_cache::AiCache::new(cfg.ai_cache_entries, Duration::from_secs(cfg.ai_cache_ttl_secs)),
+        ai_cache: ai_cache::AiCache::new(
+            cfg.ai_cache_entries,
+            Duration::from_secs(cfg.ai_cache_ttl_secs),
+            cfg.ai_cache_shared,
+        ),
         pool: Some(pool.clone()),
     };
     let coordinator_done = tracker.spawn(coordinator::run(engine, inbox, deps, core_cancel.clone()));

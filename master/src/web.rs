@@ -25,6 +25,7 @@ use socketioxide::extract::{AckSender, Data, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 
+use crate::ai_cache::Submitter;
 use crate::coordinator::Coordinator;
 use crate::engine::NewJob;
 use crate::hub::Hub;
@@ -221,7 +222,8 @@ async fn ask(socket: SocketRef, io: SocketIo, Data(a): Data<Value>, ack: AckSend
         Ok(spec) => spec,
         Err(e) => return refuse(ack, e),
     };
-    let job = NewJob { api_key: key, ..NewJob::new(JobId::new(), spec, Priority::Normal) };
+    let submitter = Submitter::Session(id.clone());
+    let job = NewJob { api_key: key, submitter, ..NewJob::new(JobId::new(), spec, Priority::Normal) };
     submit(&web, io, &id, job, Some(a.prompt), ack).await;
 }
 

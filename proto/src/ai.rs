@@ -111,8 +111,10 @@ impl AiParams {
                 "prompt, system and history are {context} bytes together; the limit is {MAX_CONTEXT_BYTES}"
             ));
         }
-        if self.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 128 || m.contains(['/', '?', '#', ' '])) {
-            return bad("model must be 1..=128 characters without '/', '?', '#' or spaces".into());
+        // A model name goes into a URL path (Gemini): letters, digits and `-._:@+` only.
+        let name_char = |c: char| c.is_ascii_alphanumeric() || "-._:@+".contains(c);
+        if self.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 128 || !m.chars().all(name_char)) {
+            return bad("model must be 1..=128 letters, digits or '-', '.', '_', ':', '@', '+'".into());
         }
         if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
             return bad("temperature must be between 0 and 2".into());

@@ -346,6 +346,28 @@ async fn repeated_questions_are_answered_from_the_cache_and_say_so() {
 }
 
 #[tokio::test]
+async fn an_answer_made_with_a_submitters_own_key_is_nobody_elses() {
+    let fake = FakeAi::start().await;
+    let c = cluster(&fake, &[]).await;
+    let params = json!({"prompt": "what did my key pay for?", "provider": "gemini"});
+    // With a key of their own: the provider is asked, with that key, each time.
+    for _ in 0..2 {
+        let (status, body) =
+            c.api.post("/api/jobs", &json!({"kind": "ai.query", "params": params, "api_key": "own-key"})).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let job = c.api.wait_final(body["id"].as_str().unwrap()).await;
+        assert_eq!((job["state"].as_str(), job["result"]["cached"].as_bool()), (Some("succeeded"), Some(false)));
+    }
+    // Another submitter asking the same is not answered from it.
+    let (_, other) = run(&c, &fake, params.clone()).await;
+    assert_eq!(other["result"]["cached"], false, "{other}");
+    assert_eq!(fake.requests().await.len(), 3, "the provider answered every one");
+    // Their own repeated question still is (the cache works per submitter).
+    let (_, again) = run(&c, &fake, params).await;
+    assert_eq!(again["result"]["cached"], true, "{again}");
+}
+
+#[tokio::test]
 async fn ai_slots_bound_concurrent_queries_apart_from_other_work() {
     let fake = FakeAi::start().await;
     let c = cluster(&fake, &[("FAENA_AI_SLOTS", "3")]).await;
@@ -388,6 +410,9 @@ async fn unreachable_providers_and_bad_requests_get_clear_answers() {
         (json!({"kind": "ai.query", "params": {"prompt": "x", "provider": "claude"}}), "unknown variant `claude`"),
         (json!({"kind": "noop", "params": {}, "api_key": "k"}), "only used by ai.query"),
         (json!({"kind": "ai.query", "params": {"prompt": "x"}, "api_key": ""}), "api_key must be"),
+        // A URL parser reads `\` as `/`: the model would leave its path.
+        (json!({"kind": "ai.query", "params": {"prompt": "x", "model": "..\\..\\files"}}), "model must be"),
+        (json!({"kind": "ai.query", "params": {"prompt": "x", "model": "m%2F..%2Fx"}}), "model must be"),
     ] {
         let (status, answer) = c.api.post("/api/jobs", &body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");

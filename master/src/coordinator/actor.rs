@@ -137,8 +137,8 @@ impl Actor {
             }
             if let JobSpec::AiQuery(p) = &j.spec
                 && p.cacheable()
+                && let Some(key) = self.deps.ai_cache.key(&j.submitter, p.own_key, &p.cache_key())
             {
-                let key = p.cache_key();
                 match self.deps.ai_cache.get(&key, now.mono) {
                     Some(answer) => j.answer = Some(answer),
                     None => cacheable.push((j.id, key)),

@@ -90,11 +90,13 @@ pub struct NewJob {
     /// The submitter's own API key: the coordinator keeps it in memory;
     /// the engine never sees it.
     pub api_key: Option<faena_proto::secret::Secret>,
+    /// Who asked: the result cache answers each from their own questions.
+    pub submitter: crate::ai_cache::Submitter,
 }
 
 impl NewJob {
     pub fn new(id: JobId, spec: JobSpec, priority: Priority) -> Self {
-        Self { id, spec, priority, answer: None, api_key: None }
+        Self { id, spec, priority, answer: None, api_key: None, submitter: crate::ai_cache::Submitter::Api }
     }
 }
 

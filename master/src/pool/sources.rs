@@ -10,6 +10,7 @@ use faena_proto::jobs::{JobSpec, Priority};
 use faena_proto::mining::SourceState;
 
 use super::{Pool, Template, Work};
+use crate::ai_cache::Submitter;
 use crate::engine::NewJob;
 
 impl Pool {
@@ -128,7 +129,10 @@ impl Pool {
             return;
         }
         let job = JobId::new();
-        let submitted = self.inner.coord.submit(vec![NewJob::new(job, JobSpec::RandomxMine(params), Priority::Normal)]);
+        let submitted = self.inner.coord.submit(vec![NewJob {
+            submitter: Submitter::Master,
+            ..NewJob::new(job, JobSpec::RandomxMine(params), Priority::Normal)
+        }]);
         match submitted.await {
             Ok(_) => {
                 {
