@@ -71,10 +71,10 @@ cat <<MSG
   Faena is running: master + embedded broker + $workers workers.
     web page               http://$FAENA_HTTP_ADDR/
     REST API               http://$FAENA_HTTP_ADDR/api/jobs
-    submit a job           curl -s -XPOST http://$FAENA_HTTP_ADDR/api/jobs -d '{"kind":"noop","params":{"payload":"hi"}}'
+    submit a job           curl -s -H 'content-type: application/json' http://$FAENA_HTTP_ADDR/api/jobs -d '{"kind":"noop","params":{"payload":"hi"}}'
     workers                curl -s http://$FAENA_HTTP_ADDR/api/workers
     Stratum (XMRig)        xmrig -o $FAENA_STRATUM_ADDR -u NAME -p x -a rx/0   (after adding a source:
-                           curl -s -XPOST http://$FAENA_HTTP_ADDR/api/mining/sources -d '{"kind":"daemon","url":"http://127.0.0.1:18081","wallet":"<address>"}')
+                           curl -s -H 'content-type: application/json' http://$FAENA_HTTP_ADDR/api/mining/sources -d '{"kind":"daemon","url":"http://127.0.0.1:18081","wallet":"<address>"}')
     watch logs and status  mosquitto_sub -h ${FAENA_MQTT_ADDR%:*} -p ${FAENA_MQTT_ADDR##*:} -t 'faena/#' -v
   Ctrl-C stops everything.
 

@@ -42,6 +42,10 @@ pub struct Config {
     pub api_token: Option<String>,
     #[arg(long, env = "FAENA_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Sites besides the master's own whose pages may call the REST API and
+    /// open Socket.IO (comma-separated origins, or `*`).
+    #[arg(long, env = "FAENA_ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: String,
     /// Topic prefix shared by the whole cluster.
     #[arg(long, env = "FAENA_TOPIC_PREFIX", default_value = "faena")]
     pub topic_prefix: String,
@@ -177,6 +181,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: &str| Err(ConfigError(m.to_owned()));
+        self.allowed_origins()?;
         if self.queue_capacity == 0 {
             return err("--queue-capacity must be at least 1");
         }
@@ -206,6 +211,11 @@ impl Config {
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(u64::from(self.heartbeat_ms))
+    }
+
+    /// The origins allowed besides the master's own.
+    pub fn allowed_origins(&self) -> Result<crate::origin::Origins, ConfigError> {
+        crate::origin::Origins::parse(&self.allowed_origins).map_err(|e| ConfigError(format!("--allowed-origins: {e}")))
     }
 
     /// The pool side's settings (the Stratum password resolved apart).

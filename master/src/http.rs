@@ -71,6 +71,7 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
             "/api/{*rest}",
             axum::routing::any(|| async { AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") }),
         );
+    let api = api.route_layer(axum::middleware::from_fn(crate::origin::require_json));
     let api = match state.api_token.clone() {
         Some(token) => api.route_layer(axum::middleware::from_fn_with_state(token, require_token)),
         None => api,

@@ -27,6 +27,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod mqtt;
+pub mod origin;
 pub mod pool;
 pub mod queue;
 pub mod ranked;
@@ -277,7 +278,10 @@ pub async fn run(
     let (sio_layer, io) = web::socket_io(coord.clone(), state.hub.clone(), api_token);
     tracker.spawn(web::broadcast_workers(io, coord.clone(), servers_cancel.clone()));
     // socketioxide wraps the finished router once (a per-route layer breaks long-polling).
-    let app = axum::Router::new().fallback_service(sio_layer.layer(http::app(state, &cfg.web_dir)));
+    let origins = Arc::new(cfg.allowed_origins()?);
+    let app = axum::Router::new()
+        .fallback_service(sio_layer.layer(http::app(state, &cfg.web_dir)))
+        .layer(axum::middleware::from_fn_with_state(origins, origin::check_origin));
     let stop_http = servers_cancel.clone();
     let http_task = tracker.spawn(async move {
         // Server-sent events are small writes right after the headers: no Nagle.

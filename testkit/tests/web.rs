@@ -137,3 +137,43 @@ async fn the_page_works_in_a_real_browser() {
     run_node(&c, "browser.mjs", &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     assert!(shots.join("answer.png").exists() && shots.join("mining.png").exists());
 }
+
+#[tokio::test]
+async fn other_sites_pages_cannot_drive_a_local_master() {
+    let extra = vec![("FAENA_ALLOWED_ORIGINS".into(), "https://ops.example.org".into())];
+    let c = Cluster::start(MasterOpts { extra, ..MasterOpts::default() }).await;
+    let http = reqwest::Client::new();
+    let jobs = c.api.url("/api/jobs");
+    let body = r#"{"kind": "noop", "params": {"payload": "from a page"}}"#;
+    let post = |origin: Option<&str>, content_type: &str| {
+        let mut req = http.post(&jobs).header("content-type", content_type).body(body);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send()
+    };
+    // What any page can make a browser send: a simple text/plain POST.
+    let r = post(Some("http://evil.example"), "text/plain").await.expect("POST");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let e: serde_json::Value = r.json().await.expect("JSON error");
+    assert_eq!(e["error"]["code"], "forbidden_origin", "{e}");
+    assert_eq!(
+        post(Some("http://evil.example"), "application/json").await.expect("POST").status(),
+        StatusCode::FORBIDDEN
+    );
+    let r = post(None, "text/plain").await.expect("POST");
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "a body must say it is JSON");
+    // The page's own origin, a listed one, and tools that send none: accepted.
+    let own = format!("http://{}", c.addrs.http);
+    for origin in [Some(own.as_str()), Some("https://ops.example.org"), None] {
+        let r = post(origin, "application/json; charset=utf-8").await.expect("POST");
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{origin:?}");
+    }
+    // Socket.IO: another site's page cannot even open the session.
+    let sio = c.api.url("/socket.io/?EIO=4&transport=polling");
+    let r = http.get(&sio).header("origin", "http://evil.example").send().await.expect("GET");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = http.get(&sio).header("origin", &own).send().await.expect("GET");
+    assert_eq!(r.status(), StatusCode::OK, "the page's own Socket.IO handshake");
+    assert!(c.master_log().contains("refused a request from another site"));
+}

@@ -1,0 +1,125 @@
+//! What a web page on another site may do with this master: nothing.
+//!
+//! A browser lets any page it shows send requests to `127.0.0.1:8888` — a
+//! form post, a `text/plain` fetch, a Socket.IO connection — and a master
+//! without an API token would run them. Browsers say where such a request
+//! comes from in `Origin`: every request that carries one must come from
+//! this master's own origin (the page it serves) or one listed in
+//! `FAENA_ALLOWED_ORIGINS`; `curl`, the CLI and workers send none. REST
+//! bodies must also say they are JSON, which no cross-site form or simple
+//! request can without the browser asking first (CORS preflight, which this
+//! master never grants).
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::http::AppError;
+
+/// The origins allowed besides the master's own.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    listed: Vec<String>,
+    any: bool,
+}
+
+impl Origins {
+    /// From `FAENA_ALLOWED_ORIGINS`: comma-separated origins
+    /// (`https://faena.example.org`), or `*` for any.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut out = Self::default();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item == "*" {
+                out.any = true;
+                continue;
+            }
+            let ok = (item.starts_with("http://") || item.starts_with("https://"))
+                && !item.trim_start_matches("http://").trim_start_matches("https://").contains(['/', '?', '#']);
+            if !ok {
+                return Err(format!("'{item}' is not an origin (scheme://host[:port], no path)"));
+            }
+            out.listed.push(item.trim_end_matches('/').to_ascii_lowercase());
+        }
+        Ok(out)
+    }
+
+    /// Whether a request from `origin` may go on; `host` is the authority
+    /// it was sent to (the same origin's host and port).
+    fn permits(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        if self.any || self.listed.contains(&origin) {
+            return true;
+        }
+        let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+        matches!((authority, host), (Some(a), Some(h)) if a == h.to_ascii_lowercase())
+    }
+}
+
+/// Refuses a request whose `Origin` is another site's.
+pub async fn check_origin(State(origins): State<Arc<Origins>>, req: Request, next: Next) -> Response {
+    let Some(origin) = req.headers().get(header::ORIGIN) else { return next.run(req).await };
+    let host =
+        req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().authority().map(|a| a.as_str()));
+    match origin.to_str() {
+        Ok(o) if origins.permits(o, host) => next.run(req).await,
+        _ => {
+            let shown = String::from_utf8_lossy(origin.as_bytes()).chars().take(200).collect::<String>();
+            tracing::warn!(origin = %shown, path = %req.uri().path(), "refused a request from another site");
+            let message =
+                format!("requests from {shown} are not allowed here (same origin only; see FAENA_ALLOWED_ORIGINS)");
+            AppError::new(StatusCode::FORBIDDEN, "forbidden_origin", message).into_response()
+        }
+    }
+}
+
+/// Refuses a REST request with a body that does not say it is JSON.
+pub async fn require_json(req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) && !is_json(req.headers()) {
+        let message = "the request body must be JSON, sent with Content-Type: application/json";
+        return AppError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message).into_response();
+    }
+    next.run(req).await
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_origin_listed_or_any() {
+        let none = Origins::default();
+        assert!(none.permits("http://127.0.0.1:8888", Some("127.0.0.1:8888")), "the page's own origin");
+        assert!(none.permits("HTTP://LOCALHOST:8888", Some("localhost:8888")));
+        assert!(!none.permits("http://evil.example", Some("127.0.0.1:8888")));
+        assert!(!none.permits("http://127.0.0.1:8889", Some("127.0.0.1:8888")), "another port is another site");
+        assert!(!none.permits("null", Some("127.0.0.1:8888")), "sandboxed frames and files");
+        assert!(!none.permits("http://127.0.0.1:8888", None));
+        let listed = Origins::parse("https://faena.example.org, http://ops:3000/").expect("valid");
+        assert!(listed.permits("https://faena.example.org", Some("10.0.0.5:8888")));
+        assert!(listed.permits("http://ops:3000", None));
+        assert!(!listed.permits("https://evil.example", None));
+        assert!(Origins::parse("*").expect("any").permits("https://evil.example", None));
+        assert!(Origins::parse("faena.example.org").is_err());
+        assert!(Origins::parse("https://x/path").is_err());
+    }
+
+    #[test]
+    fn json_is_json_whatever_its_parameters() {
+        let with = |v: &str| HeaderMap::from_iter([(header::CONTENT_TYPE, v.parse().expect("value"))]);
+        assert!(is_json(&with("application/json")));
+        assert!(is_json(&with("Application/JSON; charset=utf-8")));
+        assert!(is_json(&with("application/merge-patch+json")));
+        assert!(!is_json(&with("text/plain")));
+        assert!(!is_json(&with("application/x-www-form-urlencoded")));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+}
