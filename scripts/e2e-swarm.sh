@@ -16,7 +16,7 @@
 # the scripts read it from the master's secret.
 #
 # It deploys its own stack, FAENA_STACK=faena-e2e, on 127.0.0.1:18888 (web,
-# REST) and 127.0.0.1:11883 (MQTT), so it never touches a deployed 'faena',
+# REST), 127.0.0.1:11883 (MQTT) and 13333 (Stratum), so it never touches a deployed 'faena',
 # and removes it with its volumes and secrets when done. Only loopback
 # traffic: the stack is reached through the ports it publishes.
 set -euo pipefail
@@ -34,6 +34,7 @@ done
 export FAENA_STACK=${FAENA_STACK:-faena-e2e}
 export FAENA_WEB_PORT=${FAENA_WEB_PORT:-18888}
 export FAENA_MQTT_PORT=${FAENA_MQTT_PORT:-11883}
+export FAENA_STRATUM_PORT=${FAENA_STRATUM_PORT:-13333}
 . scripts/lib/stack.sh
 
 work=$(mktemp -d)
@@ -174,6 +175,16 @@ echo "$job" | jq -e '.state == "succeeded" and .result.text == "Hello from the s
 chunks=$(grep -c '^event: progress' "$work/ai.sse" || true)
 [ "$chunks" -ge 4 ] || fail "ai.query streamed $chunks progress events, expected 4: $(cat "$work/ai.sse")"
 echo "  ai.query: \"$(echo "$job" | jq -r .result.text)\" in $chunks streamed pieces" >&2
+
+step "the Stratum server answers miners on its published port"
+exec 3<>"/dev/tcp/127.0.0.1/$FAENA_STRATUM_PORT" || fail "nothing listens on 127.0.0.1:$FAENA_STRATUM_PORT"
+printf '%s\n' '{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"e2e","pass":"x","agent":"XMRig/6.26.0","algo":["rx/0"]}}' >&3
+IFS= read -r -t 30 answer <&3 || fail "no answer to a Stratum login on 127.0.0.1:$FAENA_STRATUM_PORT"
+exec 3<&- 3>&-
+# No mining source in this stack: the master says so, as it would to XMRig.
+echo "$answer" | jq -e '.id == 1 and (.error.message | test("no mining source"))' >/dev/null ||
+  fail "Stratum login: $answer"
+echo "  login answered: $(echo "$answer" | jq -c .error)" >&2
 
 step "scale.sh worker 5 (master lists 5 workers)"
 ./scripts/scale.sh worker 5
