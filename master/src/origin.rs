@@ -31,7 +31,7 @@ impl Origins {
     /// (`https://faena.example.org`), or `*` for any.
     pub fn parse(list: &str) -> Result<Self, String> {
         let mut out = Self::default();
-        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for item in list.split(',').map(|s| s.trim().trim_end_matches('/')).filter(|s| !s.is_empty()) {
             if item == "*" {
                 out.any = true;
                 continue;
@@ -41,7 +41,7 @@ impl Origins {
             if !ok {
                 return Err(format!("'{item}' is not an origin (scheme://host[:port], no path)"));
             }
-            out.listed.push(item.trim_end_matches('/').to_ascii_lowercase());
+            out.listed.push(item.to_ascii_lowercase());
         }
         Ok(out)
     }
