@@ -42,6 +42,18 @@ pub struct Config {
     pub api_token: Option<String>,
     #[arg(long, env = "FAENA_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Web sessions one client address may keep.
+    #[arg(long, env = "FAENA_WEB_SESSIONS_PER_ADDRESS", default_value_t = 100)]
+    pub web_sessions_per_address: usize,
+    /// Questions one client address may ask per minute through the page.
+    #[arg(long, env = "FAENA_WEB_ASKS_PER_MINUTE", default_value_t = 10)]
+    pub web_asks_per_minute: usize,
+    /// Hashing and mining jobs one client address may start per minute through the page.
+    #[arg(long, env = "FAENA_WEB_JOBS_PER_MINUTE", default_value_t = 30)]
+    pub web_jobs_per_minute: usize,
+    /// A web session with no socket and no running job is forgotten after this.
+    #[arg(long, env = "FAENA_WEB_SESSION_IDLE_SECS", default_value_t = 3600)]
+    pub web_session_idle_secs: u64,
     /// Sites besides the master's own whose pages may call the REST API and
     /// open Socket.IO (comma-separated origins, or `*`).
     #[arg(long, env = "FAENA_ALLOWED_ORIGINS", default_value = "")]
@@ -211,6 +223,16 @@ impl Config {
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(u64::from(self.heartbeat_ms))
+    }
+
+    /// What one client address may do through the page.
+    pub fn web_limits(&self) -> crate::web::limits::WebLimits {
+        crate::web::limits::WebLimits {
+            sessions: self.web_sessions_per_address.max(1),
+            asks_per_minute: self.web_asks_per_minute,
+            jobs_per_minute: self.web_jobs_per_minute,
+            idle: Duration::from_secs(self.web_session_idle_secs.max(1)),
+        }
     }
 
     /// The origins allowed besides the master's own.

@@ -264,7 +264,7 @@ pub async fn run(
         coord: coord.clone(),
         store: store.clone(),
         hub,
-        metrics,
+        metrics: metrics.clone(),
         accepting: accepting.clone(),
         broker_connected: connected.clone(),
         max_body_bytes: cfg.max_body_bytes,
@@ -275,7 +275,7 @@ pub async fn run(
     if let Some(listener) = stratum_listener {
         tracker.spawn(pool::stratum::serve(listener, pool.clone(), miners.clone(), servers_cancel.clone()));
     }
-    let (sio_layer, io) = web::socket_io(coord.clone(), state.hub.clone(), api_token);
+    let (sio_layer, io) = web::socket_io(coord.clone(), state.hub.clone(), api_token, metrics, cfg.web_limits());
     tracker.spawn(web::broadcast_workers(io, coord.clone(), servers_cancel.clone()));
     // socketioxide wraps the finished router once (a per-route layer breaks long-polling).
     let origins = Arc::new(cfg.allowed_origins()?);
@@ -288,6 +288,8 @@ pub async fn run(
         let listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
+        // The client's address bounds what it may do through the page (web::limits).
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let served = axum::serve(listener, app).with_graceful_shutdown(stop_http.cancelled_owned()).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed");

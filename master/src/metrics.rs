@@ -32,6 +32,8 @@ pub struct Metrics {
     upstream: Family<Labels, Counter>,
     /// Open Stratum connections.
     pub stratum_connections: Gauge,
+    /// Web sessions the master keeps (chat, key, jobs).
+    pub web_sessions: Gauge,
 }
 
 impl Default for Metrics {
@@ -93,12 +95,15 @@ impl Default for Metrics {
         registry.register("mining_upstream_shares", "Shares sent to a pool, by its verdict", upstream.clone());
         let stratum_connections = Gauge::default();
         registry.register("stratum_connections", "Open Stratum connections", stratum_connections.clone());
+        let web_sessions = Gauge::default();
+        registry.register("web_sessions", "Web sessions kept (chat, key, jobs)", web_sessions.clone());
         Self {
             registry,
             pool_shares,
             blocks,
             upstream,
             stratum_connections,
+            web_sessions,
             transitions,
             queue_depth,
             jobs_current,

@@ -13,15 +13,17 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }
 
-/// A master serving the page, with one worker that has Gemini (the fake) and `extra`.
-async fn web_cluster(fake: &FakeAi, extra: &[(&str, &str)]) -> Cluster {
+/// A master serving the page (with `master` settings), and one worker that
+/// has Gemini (the fake) and `extra`.
+async fn web_cluster_with(fake: &FakeAi, master: &[(&str, &str)], extra: &[(&str, &str)]) -> Cluster {
     let web = repo().join("web");
-    let master = vec![
+    let mut settings = vec![
         ("FAENA_WEB_DIR".into(), web.display().to_string()),
         // The mining panel shows a Stratum miner (browser.mjs logs one in).
         ("FAENA_STRATUM_ADDR".into(), "127.0.0.1:0".into()),
     ];
-    let opts = MasterOpts { extra: master, ..MasterOpts::default() };
+    settings.extend(master.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let opts = MasterOpts { extra: settings, ..MasterOpts::default() };
     let mut c = Cluster::start(opts).await;
     let base = fake.gemini_base();
     let mut env = vec![("GEMINI_BASE_URL", base.as_str()), ("GEMINI_API_KEY", "worker-key")];
@@ -64,7 +66,12 @@ fn the_page_uses_exactly_the_events_of_the_contract() {
 #[tokio::test]
 async fn sessions_stream_answers_keep_history_and_never_mix() {
     let fake = FakeAi::start().await;
-    let c = web_cluster(&fake, &[]).await;
+    let limits = [
+        ("FAENA_WEB_SESSIONS_PER_ADDRESS", "40"),
+        ("FAENA_WEB_JOBS_PER_MINUTE", "3"),
+        ("FAENA_WEB_SESSION_IDLE_SECS", "1"),
+    ];
+    let c = web_cluster_with(&fake, &limits, &[]).await;
 
     // The page and the Socket.IO client are served (no CDN).
     let page = c.api.text("/").await;
@@ -124,8 +131,10 @@ async fn an_api_token_guards_rest_and_the_page() {
 #[tokio::test]
 async fn the_page_works_in_a_real_browser() {
     let fake = FakeAi::start().await;
-    // One AI slot, so questions queue and their positions count down.
-    let c = web_cluster(&fake, &[("FAENA_AI_SLOTS", "1"), ("FAENA_RANDOMX_THREADS", "1")]).await;
+    // One AI slot, so questions queue and their positions count down; the
+    // script asks more than the 10 questions a minute one address may.
+    let master = [("FAENA_WEB_ASKS_PER_MINUTE", "100")];
+    let c = web_cluster_with(&fake, &master, &[("FAENA_AI_SLOTS", "1"), ("FAENA_RANDOMX_THREADS", "1")]).await;
     // Screenshots are test artifacts: under target/, never committed.
     let shots = faena_testkit::target_dir().join("screenshots").join("web");
     let fake_url = format!("http://{}", fake.addr);

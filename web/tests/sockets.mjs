@@ -97,7 +97,7 @@ check((await call(a2, "clear_key", {})).ok === true, "the key is cleared");
 const big = await call(b, "ask", { prompt: "x".repeat(40 * 1024) });
 check(big.error && big.error.includes("the limit is 32768"), `oversized prompt: ${JSON.stringify(big)}`);
 const c = await connect();
-await call(c, "hello", {});
+const cWelcome = await call(c, "hello", {});
 let refused = null;
 for (let i = 0; i < 11; i++) {
   const r = await call(c, "ask", { prompt: `[[fake {\"delay_ms\": 1}]] flood ${i}` });
@@ -123,8 +123,44 @@ const eager = await Promise.all(
   ),
 );
 check(new Set(eager.map(([, w]) => w.session)).size === 30, "thirty eager sockets, thirty sessions");
-for (const [s] of eager) s.close();
 
-for (const s of [a2, b, c, early]) s.close();
+// What one address may do, across its sessions (testkit/tests/web.rs sets
+// 40 sessions, 3 hashing or mining jobs a minute, a 1 s idle time).
+const d = await connect();
+await call(d, "hello", {});
+const oneMore = await call(d, "ask", { prompt: "[[fake {}]] one more" });
+check(oneMore.error && oneMore.error.startsWith("slow down"), `a new session is not a new allowance: ${JSON.stringify(oneMore)}`);
+let jobsRefused = null;
+for (let i = 0; i < 4; i++) {
+  const r = await call(d, "hash", { key: "test key 000", input: `input ${i}` });
+  if (r.error) jobsRefused = r.error;
+}
+check(jobsRefused && jobsRefused.includes("hashing or mining jobs a minute"), `hash jobs are limited: ${jobsRefused}`);
+const burst = await Promise.all(Array.from({ length: 40 }, () => call(d, "clear_key", {})));
+check(burst.some((r) => r.error && r.error.includes("events a second")), "every event has a rate");
+const more = [];
+let capped = null;
+for (let i = 0; i < 50 && !capped; i++) {
+  const s = await connect();
+  more.push(s);
+  const w = await call(s, "hello", {});
+  if (w.error) capped = w.error;
+}
+check(capped && capped.startsWith("too many sessions"), `sessions per address are capped: ${capped}`);
+const gauge = async () => Number(/^faena_web_sessions (\d+)/m.exec(await (await fetch(`${url}/metrics`)).text())?.[1]);
+check((await gauge()) === 40, `faena_web_sessions counts them: ${await gauge()}`);
+// Sessions nobody uses any more are forgotten: c's comes back as a new one.
+for (const s of [c, ...more, ...eager.map(([s]) => s)]) s.close();
+const t0 = Date.now();
+while ((await gauge()) > 4) {
+  if (Date.now() - t0 > 30000) fail(`idle sessions were not forgotten within 30 s: ${await gauge()} left`);
+  await new Promise((r) => setTimeout(r, 100));
+}
+const back2 = await connect();
+const renewed = await call(back2, "hello", { session: cWelcome.session });
+check(renewed.session && renewed.session !== cWelcome.session, `a forgotten session starts afresh: ${JSON.stringify(renewed)}`);
+back2.close();
+
+for (const s of [a2, b, d, early]) s.close();
 console.log("OK");
 process.exit(0);

@@ -5,15 +5,19 @@
 //! kept by the browser; a socket joins its session's room on `hello` and
 //! hears only that session's jobs. A session keeps its chat (so a reload
 //! shows it and each question has the earlier turns as context) and, in
-//! memory only, the key the person gave for it. Sessions live as long as
-//! the master process.
+//! memory only, the key the person gave for it. A session nobody uses (no
+//! socket on it, no job running) is forgotten after `FAENA_WEB_SESSION_IDLE_SECS`;
+//! what one client address may do is bounded ([`limits`]).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+mod forward;
+pub mod limits;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faena_proto::ai::AiParams;
-use faena_proto::api::JobEvent;
 use faena_proto::ids::JobId;
 use faena_proto::jobs::{HashParams, JobKind, JobSpec, JobState, MineParams, Priority};
 use faena_proto::secret::Secret;
@@ -29,25 +33,44 @@ use crate::ai_cache::Submitter;
 use crate::coordinator::Coordinator;
 use crate::engine::NewJob;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
+use limits::{Bucket, Limits, Spend, WebLimits};
 
-/// Questions a session may ask per minute.
-pub const ASKS_PER_MINUTE: usize = 10;
 /// Chat exchanges a session keeps (the oldest go first).
 const MAX_EXCHANGES: usize = 200;
+/// How often idle sessions are looked for (at most).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Session {
     exchanges: Vec<Exchange>,
     key: Option<Secret>,
     jobs: HashSet<JobId>,
-    asks: VecDeque<Instant>,
+    /// The address that opened it: its limits are that address's.
+    addr: IpAddr,
+    /// Sockets on it now, and when it was last used.
+    sockets: usize,
+    seen: Instant,
+}
+
+impl Session {
+    fn new(addr: IpAddr, now: Instant) -> Self {
+        Self { exchanges: Vec::new(), key: None, jobs: HashSet::new(), addr, sockets: 0, seen: now }
+    }
+}
+
+#[derive(Debug)]
+struct Sessions {
+    by_id: HashMap<String, Session>,
+    limits: Limits,
 }
 
 #[derive(Debug, Clone)]
 struct Web {
     coord: Coordinator,
     hub: Hub,
-    sessions: Arc<Mutex<HashMap<String, Session>>>,
+    sessions: Arc<Mutex<Sessions>>,
+    metrics: Arc<Metrics>,
     /// What a socket must present as `auth.token` to connect, when set.
     api_token: Option<Arc<Secret>>,
 }
@@ -56,9 +79,24 @@ struct Web {
 #[derive(Debug, Clone)]
 struct SessionId(String);
 
+/// The socket's client address and event rate.
+#[derive(Debug, Clone)]
+struct Client {
+    addr: IpAddr,
+    events: Arc<Mutex<Bucket>>,
+}
+
 /// The Socket.IO layer (wrap the finished router in it) and its handle.
-pub fn socket_io(coord: Coordinator, hub: Hub, api_token: Option<Arc<Secret>>) -> (SocketIoLayer, SocketIo) {
-    let web = Web { coord, hub, sessions: Arc::default(), api_token };
+pub fn socket_io(
+    coord: Coordinator,
+    hub: Hub,
+    api_token: Option<Arc<Secret>>,
+    metrics: Arc<Metrics>,
+    limits: WebLimits,
+) -> (SocketIoLayer, SocketIo) {
+    let sessions = Arc::new(Mutex::new(Sessions { by_id: HashMap::new(), limits: Limits::new(limits) }));
+    tokio::spawn(sweep(Arc::downgrade(&sessions), metrics.clone(), limits.idle.min(SWEEP_EVERY)));
+    let web = Web { coord, hub, sessions, metrics, api_token };
     let (layer, io) = SocketIo::builder().with_state(web).build_layer();
     // Middlewares run before the client hears it is connected, the last
     // added first: the token is checked, then the handlers are in place.
@@ -126,6 +164,11 @@ async fn workers_view(coord: &Coordinator) -> Option<Value> {
 /// does) could be heard before the handlers were there, and its event
 /// dropped without an answer. Middlewares finish before the client is told.
 async fn attach_handlers(socket: SocketRef) -> Result<(), std::convert::Infallible> {
+    // Behind a proxy (or Swarm's ingress) this is the proxy's address.
+    let addr = socket.req_parts().extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let events = Arc::new(Mutex::new(Bucket::new(Instant::now())));
+    socket.extensions.insert(Client { addr: addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), events });
+    socket.on_disconnect(left);
     socket.on(to_master::HELLO, hello);
     socket.on(to_master::ASK, ask);
     socket.on(to_master::SET_KEY, set_key);
@@ -154,24 +197,102 @@ fn session_of(socket: &SocketRef) -> Option<String> {
     socket.extensions.get::<SessionId>().map(|s| s.0)
 }
 
+fn client_of(socket: &SocketRef) -> IpAddr {
+    socket.extensions.get::<Client>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.addr)
+}
+
+/// Every event passes here first: the socket's rate, and its session marked used.
+fn admit(socket: &SocketRef, web: &Web) -> Result<(), String> {
+    let now = Instant::now();
+    let within = socket.extensions.get::<Client>().is_none_or(|c| c.events.lock().take(now));
+    if !within {
+        return Err(format!("slow down: at most {} events a second", limits::EVENTS_PER_SECOND));
+    }
+    if let Some(id) = session_of(socket)
+        && let Some(s) = web.sessions.lock().by_id.get_mut(&id)
+    {
+        s.seen = now;
+    }
+    Ok(())
+}
+
+/// A socket went away: its session has one fewer.
+async fn left(socket: SocketRef, State(web): State<Web>) {
+    if let Some(id) = session_of(&socket)
+        && let Some(s) = web.sessions.lock().by_id.get_mut(&id)
+    {
+        s.sockets = s.sockets.saturating_sub(1);
+        s.seen = Instant::now();
+    }
+}
+
+/// Forgets idle sessions every `every`, for as long as the sessions exist.
+async fn sweep(sessions: std::sync::Weak<Mutex<Sessions>>, metrics: Arc<Metrics>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let Some(sessions) = sessions.upgrade() else { return };
+        let mut s = sessions.lock();
+        s.sweep(Instant::now());
+        metrics.web_sessions.set(s.by_id.len() as i64);
+    }
+}
+
+impl Sessions {
+    /// Forgets sessions nobody has used for the idle time (no socket on
+    /// them, no job running).
+    fn sweep(&mut self, now: Instant) {
+        let idle = self.limits.config().idle;
+        let gone: Vec<String> = self
+            .by_id
+            .iter()
+            .filter(|(_, s)| s.sockets == 0 && s.jobs.is_empty() && now.saturating_duration_since(s.seen) >= idle)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            if let Some(s) = self.by_id.remove(&id) {
+                self.limits.close_session(s.addr, now);
+            }
+        }
+    }
+}
+
 async fn hello(socket: SocketRef, Data(h): Data<Value>, ack: AckSender, State(web): State<Web>) {
+    if let Err(e) = admit(&socket, &web) {
+        return refuse(ack, e);
+    }
     let Ok(h) = serde_json::from_value::<sio::Hello>(h) else { return refuse(ack, "hello takes {\"session\"?}") };
+    let addr = client_of(&socket);
     let welcome = {
+        let now = Instant::now();
         let mut sessions = web.sessions.lock();
         let id = match h.session {
-            Some(id) if sessions.contains_key(&id) => id,
+            Some(id) if sessions.by_id.contains_key(&id) => id,
             _ => {
+                if let Err(e) = sessions.limits.open_session(addr) {
+                    drop(sessions);
+                    return refuse(ack, e);
+                }
                 let id = uuid::Uuid::new_v4().simple().to_string();
-                sessions.insert(id.clone(), Session::default());
+                sessions.by_id.insert(id.clone(), Session::new(addr, now));
                 id
             }
         };
-        let s = sessions.get(&id);
-        sio::Welcome {
-            session: id.clone(),
-            history: s.map(|s| s.exchanges.clone()).unwrap_or_default(),
-            has_key: s.is_some_and(|s| s.key.is_some()),
+        web.metrics.web_sessions.set(sessions.by_id.len() as i64);
+        if let Some(old) = session_of(&socket)
+            && let Some(s) = sessions.by_id.get_mut(&old)
+        {
+            s.sockets = s.sockets.saturating_sub(1);
         }
+        let (history, has_key) = match sessions.by_id.get_mut(&id) {
+            Some(s) => {
+                s.sockets += 1;
+                s.seen = now;
+                (s.exchanges.clone(), s.key.is_some())
+            }
+            None => (Vec::new(), false),
+        };
+        sio::Welcome { session: id.clone(), history, has_key }
     };
     if let Some(old) = session_of(&socket) {
         socket.leave(old);
@@ -187,6 +308,9 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T, Stri
 }
 
 async fn ask(socket: SocketRef, io: SocketIo, Data(a): Data<Value>, ack: AckSender, State(web): State<Web>) {
+    if let Err(e) = admit(&socket, &web) {
+        return refuse(ack, e);
+    }
     let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
     let a: sio::Ask = match parse("ask", a) {
         Ok(a) => a,
@@ -194,16 +318,8 @@ async fn ask(socket: SocketRef, io: SocketIo, Data(a): Data<Value>, ack: AckSend
     };
     let used = a.prompt.len() + a.system.as_ref().map_or(0, String::len);
     let (params, key) = {
-        let mut sessions = web.sessions.lock();
-        let Some(s) = sessions.get_mut(&id) else { return refuse(ack, "unknown session; reload the page") };
-        let now = Instant::now();
-        while s.asks.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
-            s.asks.pop_front();
-        }
-        if s.asks.len() >= ASKS_PER_MINUTE {
-            return refuse(ack, format!("slow down: at most {ASKS_PER_MINUTE} questions a minute per session"));
-        }
-        s.asks.push_back(now);
+        let sessions = web.sessions.lock();
+        let Some(s) = sessions.by_id.get(&id) else { return refuse(ack, "unknown session; reload the page") };
         let params = AiParams {
             prompt: a.prompt.clone(),
             system: a.system,
@@ -222,6 +338,10 @@ async fn ask(socket: SocketRef, io: SocketIo, Data(a): Data<Value>, ack: AckSend
         Ok(spec) => spec,
         Err(e) => return refuse(ack, e),
     };
+    // Counted per address, whichever of its sessions asks.
+    if let Err(e) = web.spend(&socket, Spend::Ask) {
+        return refuse(ack, e);
+    }
     let submitter = Submitter::Session(id.clone());
     let job = NewJob { api_key: key, submitter, ..NewJob::new(JobId::new(), spec, Priority::Normal) };
     submit(&web, io, &id, job, Some(a.prompt), ack).await;
@@ -253,17 +373,35 @@ fn checked<T: serde::Serialize>(kind: JobKind, params: &T) -> Result<JobSpec, St
 }
 
 async fn hash(socket: SocketRef, io: SocketIo, Data(h): Data<Value>, ack: AckSender, State(web): State<Web>) {
+    if let Err(e) = admit(&socket, &web) {
+        return refuse(ack, e);
+    }
     let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
     let spec = parse::<sio::HashText>("hash", h).and_then(|h| {
         checked(JobKind::RandomxHash, &HashParams { key: h.key, input: Some(h.input), inputs: None, hex: false })
     });
-    match spec {
-        Ok(spec) => submit(&web, io, &id, NewJob::new(JobId::new(), spec, Priority::Normal), None, ack).await,
+    submit_job(&web, io, &socket, &id, spec, ack).await;
+}
+
+/// A hashing or mining job of a session, counted against its address.
+async fn submit_job(
+    web: &Web,
+    io: SocketIo,
+    socket: &SocketRef,
+    id: &str,
+    spec: Result<JobSpec, String>,
+    ack: AckSender,
+) {
+    match spec.and_then(|spec| web.spend(socket, Spend::Job).map(|()| spec)) {
+        Ok(spec) => submit(web, io, id, NewJob::new(JobId::new(), spec, Priority::Normal), None, ack).await,
         Err(e) => refuse(ack, e),
     }
 }
 
 async fn mine(socket: SocketRef, io: SocketIo, Data(m): Data<Value>, ack: AckSender, State(web): State<Web>) {
+    if let Err(e) = admit(&socket, &web) {
+        return refuse(ack, e);
+    }
     let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
     let spec = parse::<sio::Mine>("mine", m).and_then(|m| {
         let params = MineParams {
@@ -274,14 +412,12 @@ async fn mine(socket: SocketRef, io: SocketIo, Data(m): Data<Value>, ack: AckSen
             nonce_offset: None,
             nonce_start: m.nonce_start,
             nonce_count: m.nonce_count,
-            max_shares: None,
+            // Each share is re-hashed by the master: a page's job stops at a bound.
+            max_shares: Some(limits::MAX_SHARES),
         };
         checked(JobKind::RandomxMine, &params)
     });
-    match spec {
-        Ok(spec) => submit(&web, io, &id, NewJob::new(JobId::new(), spec, Priority::Normal), None, ack).await,
-        Err(e) => refuse(ack, e),
-    }
+    submit_job(&web, io, &socket, &id, spec, ack).await;
 }
 
 /// Submits a session's job, answers with its id, and forwards its events to
@@ -293,7 +429,7 @@ async fn submit(web: &Web, io: SocketIo, session: &str, job: NewJob, question: O
     match web.coord.submit(vec![job]).await {
         Ok(accepted) => {
             let position = accepted.first().map_or(0, |a| a.1);
-            if let Some(s) = web.sessions.lock().get_mut(session) {
+            if let Some(s) = web.sessions.lock().by_id.get_mut(session) {
                 s.jobs.insert(id);
                 if let Some(question) = question {
                     s.exchanges.push(Exchange {
@@ -309,123 +445,22 @@ async fn submit(web: &Web, io: SocketIo, session: &str, job: NewJob, question: O
                 }
             }
             reply(ack, Ack::Job { job: id, position });
-            tokio::spawn(forward(web.clone(), io, session.to_owned(), id, events));
+            tokio::spawn(forward::forward(web.clone(), io, session.to_owned(), id, events));
         }
         Err(e) => refuse(ack, e.to_string()),
     }
 }
 
-/// Turns a job's events into the session's Socket.IO events until it ends.
-async fn forward(web: Web, io: SocketIo, session: String, job: JobId, mut events: crate::hub::Watch) {
-    loop {
-        let event = match events.recv().await {
-            Ok(e) => e,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        let room = io.to(session.clone());
-        let update =
-            |state, position, worker, attempt, reason| sio::JobUpdate { job, state, position, worker, attempt, reason };
-        let sent = match &event {
-            JobEvent::Queued { position } => {
-                room.emit(to_client::JOB, &update(JobState::Queued, Some(*position), None, None, None)).await
-            }
-            JobEvent::Running { worker, attempt } => {
-                web.note(&session, job, |e| e.state = JobState::Running);
-                room.emit(to_client::JOB, &update(JobState::Running, None, Some(worker.clone()), Some(*attempt), None))
-                    .await
-            }
-            JobEvent::Requeued { reason } => {
-                web.note(&session, job, |e| {
-                    e.state = JobState::Queued;
-                    e.answer.clear();
-                });
-                room.emit(to_client::JOB, &update(JobState::Queued, None, None, None, Some(reason.clone()))).await
-            }
-            JobEvent::Progress { data, .. } => {
-                match (data.get("seq").and_then(Value::as_u64), data.get("text").and_then(Value::as_str)) {
-                    (Some(seq), Some(text)) => {
-                        web.note(&session, job, |e| e.answer.push_str(text));
-                        room.emit(to_client::CHUNK, &sio::Chunk { job, seq, text: text.to_owned() }).await
-                    }
-                    _ => room.emit(to_client::PROGRESS, &sio::Progress { job, data: data.clone() }).await,
-                }
-            }
-            JobEvent::Succeeded { result, worker, attempt } => {
-                web.note(&session, job, |e| {
-                    e.state = JobState::Succeeded;
-                    if let Some(text) = result.get("text").and_then(Value::as_str) {
-                        e.answer = text.to_owned();
-                    }
-                    let mut meta = result.clone();
-                    if let Some(m) = meta.as_object_mut() {
-                        m.remove("text");
-                        m.insert("worker".into(), json!(worker));
-                        m.insert("attempt".into(), json!(attempt));
-                    }
-                    e.meta = Some(meta);
-                });
-                let done = sio::Done {
-                    job,
-                    state: JobState::Succeeded,
-                    result: Some(result.clone()),
-                    error: None,
-                    worker: Some(worker.clone()),
-                    attempt: Some(*attempt),
-                };
-                room.emit(to_client::DONE, &done).await
-            }
-            JobEvent::Failed { error } => {
-                web.note(&session, job, |e| {
-                    e.state = JobState::Failed;
-                    e.meta = Some(json!({"error": error}));
-                });
-                room.emit(
-                    to_client::DONE,
-                    &sio::Done {
-                        job,
-                        state: JobState::Failed,
-                        result: None,
-                        error: Some(error.clone()),
-                        worker: None,
-                        attempt: None,
-                    },
-                )
-                .await
-            }
-            JobEvent::Cancelled => {
-                web.note(&session, job, |e| e.state = JobState::Cancelled);
-                room.emit(
-                    to_client::DONE,
-                    &sio::Done {
-                        job,
-                        state: JobState::Cancelled,
-                        result: None,
-                        error: None,
-                        worker: None,
-                        attempt: None,
-                    },
-                )
-                .await
-            }
-        };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "socket.io broadcast failed");
-        }
-        if event.is_final() {
-            if let Some(s) = web.sessions.lock().get_mut(&session) {
-                s.jobs.remove(&job);
-            }
-            return;
-        }
-    }
-}
-
 impl Web {
+    /// Counts a question or job against the socket's address.
+    fn spend(&self, socket: &SocketRef, what: Spend) -> Result<(), String> {
+        self.sessions.lock().limits.spend(client_of(socket), what, Instant::now())
+    }
+
     /// Updates the chat entry of `job`, if it is one.
     fn note(&self, session: &str, job: JobId, f: impl FnOnce(&mut Exchange)) {
         if let Some(e) =
-            self.sessions.lock().get_mut(session).and_then(|s| s.exchanges.iter_mut().find(|e| e.job == job))
+            self.sessions.lock().by_id.get_mut(session).and_then(|s| s.exchanges.iter_mut().find(|e| e.job == job))
         {
             f(e);
         }
@@ -433,33 +468,42 @@ impl Web {
 }
 
 async fn set_key(socket: SocketRef, Data(k): Data<Value>, ack: AckSender, State(web): State<Web>) {
+    if let Err(e) = admit(&socket, &web) {
+        return refuse(ack, e);
+    }
     let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
     let key = match parse::<sio::SetKey>("set_key", k) {
         Ok(k) if !k.key.trim().is_empty() && k.key.len() <= 4096 => Secret::new(k.key.trim()),
         Ok(_) => return refuse(ack, "the key must be 1..=4096 characters"),
         Err(e) => return refuse(ack, e),
     };
-    if let Some(s) = web.sessions.lock().get_mut(&id) {
+    if let Some(s) = web.sessions.lock().by_id.get_mut(&id) {
         s.key = Some(key);
     }
     reply(ack, Ack::Ok { ok: true });
 }
 
 async fn clear_key(socket: SocketRef, ack: AckSender, State(web): State<Web>) {
+    if let Err(e) = admit(&socket, &web) {
+        return refuse(ack, e);
+    }
     let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
-    if let Some(s) = web.sessions.lock().get_mut(&id) {
+    if let Some(s) = web.sessions.lock().by_id.get_mut(&id) {
         s.key = None;
     }
     reply(ack, Ack::Ok { ok: true });
 }
 
 async fn cancel(socket: SocketRef, Data(j): Data<Value>, ack: AckSender, State(web): State<Web>) {
+    if let Err(e) = admit(&socket, &web) {
+        return refuse(ack, e);
+    }
     let Some(id) = session_of(&socket) else { return refuse(ack, "say hello first") };
     let job = match parse::<sio::JobRef>("cancel", j) {
         Ok(j) => j.job,
         Err(e) => return refuse(ack, e),
     };
-    let owned = web.sessions.lock().get(&id).is_some_and(|s| s.jobs.contains(&job));
+    let owned = web.sessions.lock().by_id.get(&id).is_some_and(|s| s.jobs.contains(&job));
     if !owned {
         return refuse(ack, "no such job in this session");
     }

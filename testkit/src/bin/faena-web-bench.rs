@@ -33,7 +33,12 @@ async fn main() {
     let fake = FakeAi::start().await;
     let web = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo").join("web");
     let opts = MasterOpts {
-        extra: vec![("FAENA_WEB_DIR".into(), web.display().to_string())],
+        extra: vec![
+            ("FAENA_WEB_DIR".into(), web.display().to_string()),
+            // Every simulated browser comes from 127.0.0.1: lift the per-address limits.
+            ("FAENA_WEB_SESSIONS_PER_ADDRESS".into(), (sessions * 2).to_string()),
+            ("FAENA_WEB_ASKS_PER_MINUTE".into(), (sessions * 100).to_string()),
+        ],
         heartbeat_ms: 2000,
         ..MasterOpts::default()
     };
