@@ -98,6 +98,10 @@ pub struct Config {
     /// Threads the master re-hashes submitted mining shares on.
     #[arg(long, env = "FAENA_VERIFY_THREADS", default_value_t = 2)]
     pub verify_threads: usize,
+    /// How long re-hashing one report's shares may take; the rest come back
+    /// unverified (not credited). Keep it under the workers' 30 s call timeout.
+    #[arg(long, env = "FAENA_VERIFY_DEADLINE_MS", default_value_t = 20_000)]
+    pub verify_deadline_ms: u64,
     /// `fast` (a 2 GiB dataset per key, several times the speed), `light`,
     /// or `auto`: fast when the machine has the memory for it.
     #[arg(long, env = "FAENA_VERIFY_MODE", default_value = "auto")]

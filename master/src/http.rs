@@ -179,6 +179,9 @@ fn new_job(req: SubmitRequest) -> Result<NewJob, AppError> {
     let spec =
         JobSpec::parse(&req.kind, req.params).map_err(|e| AppError::bad_request("invalid_job", e.to_string()))?;
     let mut spec = spec;
+    if let JobSpec::RandomxMine(p) = &spec {
+        p.check_share_cost().map_err(|e| AppError::bad_request("invalid_job", e.to_string()))?;
+    }
     if let JobSpec::AiQuery(p) = &mut spec {
         if p.own_key && req.api_key.is_none() {
             return Err(AppError::bad_request("invalid_job", "own_key is set by the master; send api_key instead"));

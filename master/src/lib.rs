@@ -191,7 +191,8 @@ pub async fn run(
     let core_cancel = CancellationToken::new();
     let mode = cfg.verifier_mode(available_mib());
     tracing::info!(mode = mode.as_str(), threads = cfg.verify_threads, "share verifier");
-    let verifier = Arc::new(verify::Verifier::with_mode(cfg.verify_threads, mode));
+    let deadline = Duration::from_millis(cfg.verify_deadline_ms.max(100));
+    let verifier = Arc::new(verify::Verifier::with_mode(cfg.verify_threads, mode).with_deadline(deadline));
     let mut pool_cfg = cfg.pool();
     pool_cfg.password = faena_common::secrets::resolve_optional(
         "FAENA_STRATUM_PASSWORD",

@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use faena_proto::jobs::{decode_hex, encode_hex};
 use faena_proto::mine::{MineParams, Share};
@@ -71,7 +71,14 @@ pub struct Verifier {
     permits: Arc<Semaphore>,
     /// Moving average of the seconds one hash takes on one thread (f64 bits; 0 = not measured yet).
     secs_per_hash: Arc<AtomicU64>,
+    /// How long one check may take: what is not hashed by then comes back
+    /// unverified (not credited), so a report is always answered before its
+    /// sender gives up and sends it again.
+    deadline: Duration,
 }
+
+/// The default [`Verifier::deadline`]: well inside a worker's 30 s call timeout.
+pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// The verdict on a batch of shares.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -114,7 +121,13 @@ impl Verifier {
             threads,
             permits: Arc::new(Semaphore::new(threads)),
             secs_per_hash: Arc::default(),
+            deadline: DEADLINE,
         }
+    }
+
+    /// The same verifier with another time limit per check.
+    pub fn with_deadline(self, deadline: Duration) -> Self {
+        Self { deadline, ..self }
     }
 
     pub fn mode(&self) -> Mode {
@@ -164,6 +177,7 @@ impl Verifier {
     /// Checks `shares` of the unit `params`; shares whose nonce is in `known`
     /// (accepted before) or repeated are dropped, neither valid nor invalid.
     pub async fn check(&self, params: &MineParams, known: &HashSet<u32>, shares: Vec<Share>) -> Checked {
+        let until = Instant::now() + self.deadline;
         let mut out = Checked::default();
         let Ok(work) = params.work() else {
             out.invalid = shares.into_iter().map(|s| (s, "the unit's parameters are invalid".into())).collect();
@@ -188,9 +202,17 @@ impl Verifier {
             return out;
         }
         let n = todo.len().min(self.threads);
-        let Ok(_permits) = self.permits.clone().acquire_many_owned(n as u32).await else {
-            out.unverified = todo.into_iter().map(|(s, _)| (s, "the verifier is shutting down".into())).collect();
-            return out;
+        let permits = tokio::time::timeout_at(until.into(), self.permits.clone().acquire_many_owned(n as u32)).await;
+        let _permits = match permits {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => {
+                out.unverified = todo.into_iter().map(|(s, _)| (s, "the verifier is shutting down".into())).collect();
+                return out;
+            }
+            Err(_) => {
+                out.unverified = todo.into_iter().map(|(s, _)| (s, TIME_LIMIT.into())).collect();
+                return out;
+            }
         };
         let (keys, flags, mode, threads) = (self.keys.clone(), self.flags, self.mode, self.threads);
         let measured = self.secs_per_hash.clone();
@@ -216,6 +238,9 @@ impl Verifier {
                             let mut vm = material.vm();
                             part.iter()
                                 .map(|(share, claimed)| {
+                                    if Instant::now() >= until {
+                                        return (share.clone(), Verdict::Unverified(TIME_LIMIT.into()));
+                                    }
                                     let verdict = match vm.as_mut().map(|vm| vm.hash(&work.input(share.nonce))) {
                                         Ok(hash) if hash == *claimed => Verdict::Valid,
                                         Ok(hash) => Verdict::Invalid(format!(
@@ -241,11 +266,15 @@ impl Verifier {
                 }
                 (verdicts, failed)
             });
-            // Each thread hashed about `chunk` inputs in the elapsed time.
+            // Each thread hashed about `chunk` inputs in the elapsed time
+            // (fewer when the time limit cut it short: not a measurement then).
             let per_hash = started.elapsed().as_secs_f64() / chunk.min(hashed).max(1) as f64;
+            let per_hash = if Instant::now() >= until { 0.0 } else { per_hash };
             let old = f64::from_bits(measured.load(Ordering::Relaxed));
             let avg = if old > 0.0 { old * 0.8 + per_hash * 0.2 } else { per_hash };
-            measured.store(avg.to_bits(), Ordering::Relaxed);
+            if per_hash > 0.0 {
+                measured.store(avg.to_bits(), Ordering::Relaxed);
+            }
             out
         });
         let (verdicts, failed) = match task.await {
@@ -267,6 +296,9 @@ impl Verifier {
         out
     }
 }
+
+/// Why a share came back unverified when the check ran out of time.
+const TIME_LIMIT: &str = "not verified within the time limit (FAENA_VERIFY_DEADLINE_MS); not counted";
 
 #[cfg(test)]
 mod tests {
@@ -332,5 +364,24 @@ mod tests {
         assert!(checked.valid.is_empty() && checked.invalid.is_empty(), "not the worker's fault: {checked:?}");
         assert_eq!(checked.unverified.len(), 3, "every share is accounted for");
         assert!(checked.unverified.iter().all(|(_, why)| why.contains("shutting down")));
+    }
+
+    #[tokio::test]
+    async fn a_check_ends_at_its_time_limit_and_leaves_the_rest_unverified() {
+        let params: MineParams = serde_json::from_value(json!({
+            "key": "6c696d6974", "blob": "03".repeat(76), "difficulty": 1, "nonce_start": 0, "nonce_count": 100000
+        }))
+        .expect("params");
+        // Difficulty 1: any hash meets the target, so each share costs a real hash to refute.
+        let shares: Vec<Share> = (0..100_000).map(|n| Share { nonce: n, hash: "00".repeat(32) }).collect();
+        let verifier = Verifier::new(1).with_deadline(Duration::from_secs(3));
+        let checked = verifier.check(&params, &HashSet::new(), shares).await;
+        assert!(!checked.unverified.is_empty(), "100,000 light-mode hashes do not fit in 3 s");
+        assert!(checked.unverified.iter().all(|(_, why)| why.contains("time limit")));
+        assert_eq!(
+            checked.valid.len() + checked.invalid.len() + checked.unverified.len(),
+            100_000,
+            "all accounted for"
+        );
     }
 }

@@ -25,6 +25,8 @@ pub const MAX_KEY_BYTES: usize = 256;
 pub const MAX_SHARES: u32 = 100_000;
 /// The whole 32-bit nonce space.
 pub const NONCE_SPACE: u64 = 1 << 32;
+/// The most shares a client's mining job may have the master re-hash.
+pub const MAX_VERIFIED_SHARES: u64 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +118,27 @@ impl MineParams {
             return Err(bad(format!("max_shares must be 1..={MAX_SHARES}")));
         }
         Ok(MineWork { key, blob, target, nonce_offset, start, count, max_shares: self.max_shares })
+    }
+
+    /// Refuses a client's job that would have the master re-hash more than
+    /// [`MAX_VERIFIED_SHARES`] shares: difficulty 1 over a large range makes
+    /// as many shares as nonces. The job must then raise its difficulty or
+    /// cap its shares (`max_shares`). (The master's own jobs, mining a
+    /// source, are bounded by vardiff instead.)
+    pub fn check_share_cost(&self) -> Result<(), WireError> {
+        let w = self.work()?;
+        let difficulty = u64::MAX / w.target.max(1);
+        let expected = w.count / difficulty.max(1);
+        let bound = w.max_shares.map_or(expected, |m| expected.min(u64::from(m)));
+        if bound <= MAX_VERIFIED_SHARES {
+            return Ok(());
+        }
+        let least = w.count.div_ceil(MAX_VERIFIED_SHARES);
+        Err(WireError::Params(format!(
+            "difficulty {difficulty} over {count} nonces means about {expected} shares for the master to re-hash; \
+             the limit is {MAX_VERIFIED_SHARES}: set difficulty to at least {least}, or max_shares to at most {MAX_VERIFIED_SHARES}",
+            count = w.count
+        )))
     }
 
     /// The same job narrowed to `count` nonces from `start`, wanting at most

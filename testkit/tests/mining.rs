@@ -52,6 +52,20 @@ async fn a_mining_job_is_split_across_workers_and_every_share_verifies() {
         "nonce_start": 4_000_000_000u32,
         "nonce_count": 256,
     });
+    // A job that would have the master re-hash a share per nonce is refused
+    // at the door, with what to change.
+    let costly = json!({"key": "6b", "blob": "00".repeat(76), "difficulty": 1, "nonce_count": 1_000_000});
+    let (status, body) = c.api.post("/api/jobs", &json!({"kind": "randomx.mine", "params": costly})).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("the limit is 10000") && message.contains("difficulty to at least 100"), "{message}");
+    let mut capped = costly.clone();
+    capped["max_shares"] = json!(50);
+    let (status, body) = c.api.post("/api/jobs", &json!({"kind": "randomx.mine", "params": capped})).await;
+    assert_eq!(status, 202, "with max_shares it is bounded: {body}");
+    let capped_id = body["id"].as_str().expect("id").to_owned();
+    assert_eq!(c.api.cancel(&capped_id).await.0, 200);
+
     let id = c.api.submit_ok("randomx.mine", params.clone(), None).await;
     let mut events = c.api.events(&id).await;
     let expected = tokio::task::spawn_blocking({

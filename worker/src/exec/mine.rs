@@ -28,6 +28,18 @@ impl RandomxMine {
     }
 }
 
+/// Shares one progress report carries (the master takes reports up to
+/// 64 KiB, ~80 bytes a share); more wait for the next report, and all are
+/// in the unit's output.
+const PROGRESS_SHARES: usize = 500;
+
+/// Takes up to [`PROGRESS_SHARES`] of the shares not reported yet.
+fn unreported(fresh: &Mutex<Vec<Share>>) -> Vec<Share> {
+    let mut fresh = fresh.lock();
+    let n = fresh.len().min(PROGRESS_SHARES);
+    fresh.drain(..n).collect()
+}
+
 fn share(s: &mine::Share) -> Share {
     Share { nonce: s.nonce, hash: encode_hex(&s.hash) }
 }
@@ -55,7 +67,7 @@ impl Executor for RandomxMine {
                 let started = std::time::Instant::now();
                 let progress = |hashes: u64| {
                     let hashrate = hashes as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                    let shares = std::mem::take(&mut *fresh.lock());
+                    let shares = unreported(&fresh);
                     *last.lock() = (hashes, hashrate);
                     progress_ctx.progress(json(&UnitProgress { hashes, hashrate, shares }));
                 };
@@ -79,7 +91,7 @@ impl Executor for RandomxMine {
                     // Cancelled (its template replaced, most often): the
                     // shares found since the last report still go out; the
                     // master counts them as stale.
-                    let shares = std::mem::take(&mut *unsent.lock());
+                    let shares = unreported(&unsent);
                     if !shares.is_empty() {
                         let (hashes, hashrate) = *reported.lock();
                         ctx.progress(json(&UnitProgress { hashes, hashrate, shares }));
@@ -102,6 +114,17 @@ impl Executor for RandomxMine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_progress_report_stays_under_the_masters_size_limit() {
+        let fresh = Mutex::new((0..1234).map(|n| Share { nonce: n, hash: "ab".repeat(32) }).collect::<Vec<_>>());
+        let first = unreported(&fresh);
+        assert_eq!(first.len(), PROGRESS_SHARES);
+        let bytes = serde_json::to_vec(&UnitProgress { hashes: u64::MAX, hashrate: 1e9, shares: first }).expect("JSON");
+        assert!(bytes.len() < 64 * 1024, "{} bytes", bytes.len());
+        assert_eq!(unreported(&fresh)[0].nonce, PROGRESS_SHARES as u32, "the rest come next, in order");
+        assert_eq!(unreported(&fresh).len(), 1234 - 2 * PROGRESS_SHARES);
+    }
     use serde_json::json;
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
