@@ -57,6 +57,19 @@ pub struct Credentials {
     pub password: Secret,
 }
 
+/// An account on the master's embedded broker: its password is derived
+/// from the cluster token (HMAC-SHA256 of the account name), so the master
+/// checks it and a worker makes its own without any more secrets to hand
+/// out. `username` is a worker's id, or [`MASTER_CLIENT_ID`] for the
+/// master's own account.
+pub fn embedded_credentials(cluster_token: &Secret, username: &str) -> Credentials {
+    use aws_lc_rs::hmac;
+    let key = hmac::Key::new(hmac::HMAC_SHA256, cluster_token.expose().as_bytes());
+    let tag = hmac::sign(&key, format!("faena-mqtt:{username}").as_bytes());
+    let password = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>();
+    Credentials { username: username.to_owned(), password: Secret::new(password) }
+}
+
 /// The master's MQTT client id. A worker's client id is its worker id, so a
 /// broker ACL can confine each worker to its own topics (Mosquitto's `%c`
 /// must fill a whole topic level); no worker may take this one.

@@ -148,12 +148,18 @@ pub async fn run(
     }
     engine.restore(engine::Now::system(), restored);
 
-    let url = match &cfg.mqtt_url {
-        Some(url) => url.parse::<BrokerUrl>()?,
+    // The master's own connection, and the address workers are told.
+    let (url, public_mqtt, creds) = match &cfg.mqtt_url {
+        Some(url) => {
+            let url = url.parse::<BrokerUrl>()?;
+            (url.clone(), url.to_string(), creds)
+        }
         None => {
-            let addr = broker::start(cfg.mqtt_addr)?;
-            tracing::info!(%addr, "embedded MQTT broker listening (no password; loopback unless configured otherwise)");
-            BrokerUrl { host: addr.ip().to_string(), port: addr.port() }
+            let b = broker::start(cfg.mqtt_addr, &token, &cfg.topic_prefix).await?;
+            tracing::info!(addr = %b.public, "embedded MQTT broker listening (accounts from the cluster token; anyone may read status and logs)");
+            let internal = BrokerUrl { host: b.internal.ip().to_string(), port: b.internal.port() };
+            let public = BrokerUrl { host: b.public.ip().to_string(), port: b.public.port() };
+            (internal, public.to_string(), Some(b.login))
         }
     };
 
@@ -240,7 +246,7 @@ pub async fn run(
     let addrs = Addrs {
         http: http_listener.local_addr().map_err(io("HTTP address"))?,
         grpc: grpc_listener.local_addr().map_err(io("gRPC address"))?,
-        mqtt: url.to_string(),
+        mqtt: public_mqtt,
         stratum: match &stratum_listener {
             Some(l) => Some(l.local_addr().map_err(io("Stratum address"))?),
             None => None,

@@ -41,8 +41,16 @@ impl Api {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// POSTs `body` as it is, said to be JSON (malformed or oversized bodies).
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let resp = self.http.post(self.url(path)).body(body).send().await.expect("POST");
+        let resp = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -53,7 +61,7 @@ impl Api {
     /// poison the pool the other calls share.
     pub async fn try_post_raw(&self, path: &str, body: Vec<u8>) -> Option<(StatusCode, Value)> {
         let once = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().ok()?;
-        let resp = once.post(self.url(path)).body(body).send().await.ok()?;
+        let resp = once.post(self.url(path)).header("content-type", "application/json").body(body).send().await.ok()?;
         let status = resp.status();
         Some((status, resp.json().await.unwrap_or(Value::Null)))
     }

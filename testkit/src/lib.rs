@@ -242,6 +242,14 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// An account on a test master's embedded broker (`faena-master` for the
+/// master's own, a worker's id for that worker's), from the test token.
+pub fn embedded_login(name: &str) -> (String, String) {
+    let token = faena_proto::secret::Secret::new(TOKEN);
+    let c = faena_common::broker::embedded_credentials(&token, name);
+    (c.username, c.password.expose().to_owned())
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
@@ -264,12 +272,18 @@ impl Listener {
 
     /// The same, logged in with `account` (a broker that requires passwords).
     pub async fn start_as(mqtt_url: &str, client_id: &str, topic: &str, account: Option<mosquitto::Account>) -> Self {
+        let login = account.map(|a| (a.username.to_owned(), a.password.to_owned()));
+        Self::start_with(mqtt_url, client_id, topic, login).await
+    }
+
+    /// The same, logged in with `login` (user name, password).
+    pub async fn start_with(mqtt_url: &str, client_id: &str, topic: &str, login: Option<(String, String)>) -> Self {
         use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
         let port: u16 = mqtt_url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("broker port");
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options.set_max_packet_size(16 << 20, 16 << 20);
-        if let Some(a) = account {
-            options.set_credentials(a.username, a.password);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
         }
         let (client, mut el) = AsyncClient::new(options, 1000);
         client.subscribe(topic, QoS::AtLeastOnce).await.expect("subscribe");

@@ -17,7 +17,7 @@ use tokio::sync::{Notify, mpsc};
 use tonic::transport::Channel;
 
 use crate::mosquitto::Account;
-use crate::{Listener, TOKEN, WAIT};
+use crate::{Listener, TOKEN, WAIT, embedded_login};
 
 /// Simulated workers started at once.
 const WAVE: usize = 100;
@@ -112,7 +112,9 @@ async fn run_worker(
     ready: mpsc::UnboundedSender<()>,
 ) {
     let topic = Topics::default().worker_jobs(&faena_proto::ids::WorkerId::parse(&id).expect("id"));
-    let mut mqtt = Listener::start_as(&mqtt, &id, &topic, account).await;
+    // Mosquitto's shared worker account, or the embedded broker's own for this id.
+    let login = account.map(|a| (a.username.to_owned(), a.password.to_owned())).unwrap_or_else(|| embedded_login(&id));
+    let mut mqtt = Listener::start_with(&mqtt, &id, &topic, Some(login)).await;
     let instance = uuid::Uuid::new_v4().to_string();
     let caps = pb::Capabilities { cores: 1, slots: 1, kinds: vec!["noop".into()], ..Default::default() };
     let register = pb::RegisterRequest {

@@ -219,8 +219,10 @@ async fn a_jobs_own_key_never_reaches_the_broker_the_store_or_a_log() {
     const MARKER: &str = "MARKER-KEY-6f1d2c0b9a";
     let fake = FakeAi::start().await;
     let mut c = Cluster::start(MasterOpts::default()).await;
-    // Capture everything on the broker, from before the worker exists.
-    let mut spy = Listener::start(&c.addrs.mqtt, "spy", "#").await;
+    // Capture everything on the broker, from before the worker exists (the
+    // master's own account reads every topic).
+    let login = Some(faena_testkit::embedded_login(faena_common::broker::MASTER_CLIENT_ID));
+    let mut spy = Listener::start_with(&c.addrs.mqtt, "spy", "#", login).await;
     let base = fake.gemini_base();
     c.add_worker_with("ai", 1, &[("GEMINI_BASE_URL", base.as_str()), ("FAENA_LOG", "debug")]).await;
     c.wait_workers(1).await;

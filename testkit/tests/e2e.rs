@@ -1,8 +1,9 @@
 //! Jobs run end to end on real processes: the embedded broker and Mosquitto.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
+use faena_common::broker::MASTER_CLIENT_ID;
 use faena_testkit::mosquitto::{MASTER, OBSERVER, WORKER};
-use faena_testkit::{Cluster, MasterOpts, Mosquitto, Proc, bin, eventually};
+use faena_testkit::{Cluster, MasterOpts, Mosquitto, Proc, bin, embedded_login, eventually};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -123,8 +124,13 @@ async fn end_to_end_with_mosquitto_shows_logs_and_status() {
 
 /// `mosquitto_sub` as `account` with client id `id`, printing topic and payload.
 fn watch(broker: &Mosquitto, account: faena_testkit::mosquitto::Account, id: &str, filters: &[&str]) -> LineWatch {
+    watch_with(&broker.cli_args(account), id, filters)
+}
+
+/// `mosquitto_sub` with connection arguments `cli` (host, port, account).
+fn watch_with(cli: &[String], id: &str, filters: &[&str]) -> LineWatch {
     let mut cmd = tokio::process::Command::new("mosquitto_sub");
-    cmd.args(broker.cli_args(account)).args(["-i", id, "-v", "-q", "1"]);
+    cmd.args(cli).args(["-i", id, "-v", "-q", "1"]);
     for f in filters {
         cmd.args(["-t", f]);
     }
@@ -169,13 +175,19 @@ fn mark_ready(broker: &Mosquitto, topic: &str) {
 }
 
 fn publish_with(broker: &Mosquitto, account: faena_testkit::mosquitto::Account, id: &str, args: &[&str]) {
-    let status = std::process::Command::new("mosquitto_pub")
-        .args(broker.cli_args(account))
+    assert!(mosquitto_pub(&broker.cli_args(account), id, args), "mosquitto_pub {args:?}");
+}
+
+/// Runs `mosquitto_pub` with connection arguments `cli`; whether it succeeded.
+fn mosquitto_pub(cli: &[String], id: &str, args: &[&str]) -> bool {
+    let out = std::process::Command::new("mosquitto_pub")
+        .args(cli)
         .args(["-i", id, "-q", "1"])
         .args(args)
+        .stderr(std::process::Stdio::null())
         .status()
         .expect("mosquitto_pub");
-    assert!(status.success(), "mosquitto_pub {args:?}");
+    out.success()
 }
 
 /// The stack's ACL (mosquitto/acl.in) on a running cluster: work units go
@@ -265,4 +277,59 @@ async fn wrong_mqtt_credentials_are_a_clear_startup_error() {
     assert!(!status.success());
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains("MQTT broker refused the connection"), "{text}");
+}
+
+/// The embedded broker (what `dev.sh` runs) under the same attacks: an
+/// anonymous client — even one that takes the master's client id — reads
+/// status and logs but no work unit or control message, and publishes
+/// nothing (the drain that once stopped `dev.sh`'s worker is dropped); a
+/// worker's account reads only its own units and speaks only for itself;
+/// wrong passwords and borrowed client ids are refused.
+#[tokio::test]
+async fn the_embedded_broker_lets_no_client_act_beyond_its_role() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    c.add_worker("w1", 2).await;
+    c.wait_workers(1).await;
+    let port = c.addrs.mqtt.rsplit(':').next().expect("port").to_owned();
+    let anonymous: Vec<String> = ["-h", "127.0.0.1", "-p", &port].map(str::to_owned).to_vec();
+    let account = |name: &str| {
+        let (user, password) = embedded_login(name);
+        [anonymous.clone(), vec!["-u".into(), user, "-P".into(), password]].concat()
+    };
+    let master = account(MASTER_CLIENT_ID);
+
+    let mut admin = watch_with(&master, "acl-admin", &["faena/#"]);
+    let mut anon = watch_with(&anonymous, MASTER_CLIENT_ID, &["faena/#"]);
+    let mut w2 = watch_with(&account("w2"), "w2", &["faena/workers/w1/jobs", "faena/workers/w2/jobs"]);
+    admin.until("faena/workers/w1/status ").await;
+    anon.until("faena/workers/w1/status ").await;
+    assert!(mosquitto_pub(&master, "acl-pub", &["-r", "-t", "faena/workers/w2/jobs", "-m", "ready"]));
+    w2.until("faena/workers/w2/jobs ready").await;
+
+    // The attacks: accepted by the broker (QoS 1 acknowledged), dropped.
+    let drain = r#"{"v":1,"action":"drain"}"#;
+    assert!(mosquitto_pub(&anonymous, "vandal", &["-t", "faena/workers/w1/control", "-m", drain]));
+    assert!(mosquitto_pub(&anonymous, "vandal", &["-r", "-t", "faena/junk", "-m", "retained junk"]));
+    assert!(mosquitto_pub(&account("w3"), "w3", &["-t", "faena/workers/w1/status", "-m", "forged"]));
+    // Refused outright: a wrong password, a worker's account under another client id.
+    let wrong = [anonymous.clone(), ["-u", "w1", "-P", "guess"].map(str::to_owned).to_vec()].concat();
+    assert!(!mosquitto_pub(&wrong, "w1", &["-t", "faena/logs", "-m", "x"]), "a wrong password is refused");
+    assert!(!mosquitto_pub(&account("w1"), "w1-twin", &["-t", "faena/logs", "-m", "x"]), "a borrowed id is refused");
+
+    // Nothing happened: the worker was not drained, the master not displaced.
+    run_jobs(&c).await;
+    admin.until("faena/workers/w1/jobs ").await;
+    let workers = c.api.workers().await;
+    assert!(workers.iter().any(|w| w["id"] == "w1" && w["state"] == "online"), "{workers:?}");
+    assert!(mosquitto_pub(&master, "acl-pub", &["-t", "faena/logs", "-m", "done"]));
+    let admin_saw = admin.until("faena/logs done").await.to_vec();
+    let anon_saw = anon.until("faena/logs done").await;
+    assert!(!anon_saw.iter().any(|l| l.contains("/jobs ") || l.contains("/control ")), "{anon_saw:?}");
+    for bad in ["forged", "retained junk", "drain"] {
+        assert!(!admin_saw.iter().any(|l| l.contains(bad)), "{bad} got through: {admin_saw:?}");
+    }
+    assert!(mosquitto_pub(&master, "acl-pub", &["-t", "faena/workers/w2/jobs", "-m", "done"]));
+    let w2_saw = w2.until("faena/workers/w2/jobs done").await;
+    assert!(!w2_saw.iter().any(|l| l.starts_with("faena/workers/w1/")), "{w2_saw:?}");
+    assert!(c.master_log().contains("MQTT publish refused by the ACL"));
 }

@@ -132,7 +132,8 @@ fn request<T>(msg: T) -> tonic::Request<T> {
 async fn forged_shares_are_rejected_and_the_forger_quarantined() {
     let c = Cluster::start(MasterOpts { heartbeat_ms: 60_000, ..MasterOpts::default() }).await;
     // A worker of our own making: it listens for its units and lies about them.
-    let mut units = Listener::start(&c.addrs.mqtt, "forger", "faena/workers/forger/jobs").await;
+    let login = Some(faena_testkit::embedded_login("forger"));
+    let mut units = Listener::start_with(&c.addrs.mqtt, "forger", "faena/workers/forger/jobs", login).await;
     let channel = Channel::from_shared(format!("http://{}", c.addrs.grpc)).expect("url").connect().await.expect("grpc");
     let mut grpc = MasterClient::new(channel);
     let register = || pb::RegisterRequest {

@@ -18,7 +18,7 @@ use faena_testkit::sim::{lease, request};
 use faena_testkit::stratum::hashes_at;
 use faena_testkit::stratum::{Miner, mine_async};
 use faena_testkit::tls::TlsFront;
-use faena_testkit::{Cluster, Listener, MasterOpts, WAIT, eventually, free_port, sample, scrape};
+use faena_testkit::{Cluster, Listener, MasterOpts, WAIT, embedded_login, eventually, free_port, sample, scrape};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
@@ -338,7 +338,8 @@ async fn a_workers_shares_sent_after_its_unit_was_retired_count_as_stale() {
     .await;
     let node = Monerod::start(c.dir.path(), 100).await;
     let me = WorkerId::parse("by-hand").expect("id");
-    let mut mqtt = Listener::start(&c.addrs.mqtt, "by-hand", "faena/workers/by-hand/#").await;
+    let login = Some(embedded_login("by-hand"));
+    let mut mqtt = Listener::start_with(&c.addrs.mqtt, "by-hand", "faena/workers/by-hand/#", login).await;
     let channel = Channel::from_shared(format!("http://{}", c.addrs.grpc)).expect("url").connect().await.expect("gRPC");
     let mut grpc = MasterClient::new(channel);
     let instance = uuid::Uuid::new_v4().to_string();

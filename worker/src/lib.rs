@@ -154,6 +154,10 @@ pub async fn run(
     if worker_id.as_str() == faena_common::broker::MASTER_CLIENT_ID {
         return Err(WorkerError::Id(format!("{worker_id} is the master's MQTT client id")));
     }
+    // No broker account given: the master's embedded broker's, made from
+    // the cluster token for this worker's id (an external broker that takes
+    // anonymous clients ignores it).
+    let creds = creds.or_else(|| Some(faena_common::broker::embedded_credentials(&token, worker_id.as_str())));
     let slots = cfg.slots.unwrap_or_else(caps::cores);
 
     let machine = randomx::Machine {

@@ -1,0 +1,303 @@
+//! The embedded broker's front door. rumqttd authenticates but has no
+//! topic ACL, so it listens on an internal loopback port that only this
+//! guard (and the master) can log in to, and every client comes in here:
+//!
+//! - `CONNECT` is checked: an account's password is derived from the
+//!   cluster token ([`faena_common::broker::embedded_credentials`]); a
+//!   worker must use its own id as client id; a client without an account
+//!   is an observer and gets a client id of its own (it cannot take over
+//!   anyone's session); a last will must be on a topic the client may write.
+//! - what a client publishes is checked against the [`Acl`]: refused
+//!   messages are dropped (and acknowledged, as Mosquitto does);
+//! - what the broker sends a client is checked too: a subscription to
+//!   `faena/#` by an observer delivers status and logs, never work units.
+//!   The guard acknowledges what it holds back itself — in the order the
+//!   broker sent it, among the client's own acknowledgements, since rumqttd
+//!   drops a client that acknowledges out of order.
+//!
+//! Packets that pass are forwarded byte for byte.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use faena_common::broker::{MASTER_CLIENT_ID, MAX_PACKET_BYTES, embedded_credentials};
+use faena_proto::ids::WorkerId;
+use faena_proto::secret::Secret;
+use rumqttc::ConnectReturnCode;
+use rumqttc::mqttbytes::v4::{ConnAck, Connect, Login, Packet, PubAck, PubComp, PubRec};
+use rumqttc::mqttbytes::{self, QoS};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::acl::{Acl, Role};
+
+/// A client must send CONNECT this soon after it connects.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct Guard {
+    /// rumqttd's internal listener, and the account only the guard and the master use there.
+    pub upstream: SocketAddr,
+    pub internal: (String, Secret),
+    pub cluster_token: Secret,
+    pub acl: Acl,
+}
+
+/// Accepts clients for as long as the process runs (as rumqttd does).
+pub async fn serve(listener: TcpListener, guard: Arc<Guard>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "MQTT accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let guard = guard.clone();
+        tokio::spawn(async move {
+            if let Err(e) = guard.connection(tcp).await {
+                tracing::debug!(peer = %peer, reason = %e, "MQTT client connection ended");
+            }
+        });
+    }
+}
+
+/// One MQTT packet: its bytes as they came, and what they say.
+struct Frame {
+    raw: Bytes,
+    packet: Packet,
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Result<Frame, String> {
+    loop {
+        match mqttbytes::check(buf.iter(), MAX_PACKET_BYTES) {
+            Ok(header) => {
+                let raw = buf.split_to(header.frame_length()).freeze();
+                let packet = Packet::read(&mut BytesMut::from(&raw[..]), MAX_PACKET_BYTES)
+                    .map_err(|e| format!("malformed MQTT packet: {e:?}"))?;
+                return Ok(Frame { raw, packet });
+            }
+            Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(e) => return Err(format!("malformed MQTT packet: {e:?}")),
+        }
+        if rd.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("closed".into());
+        }
+    }
+}
+
+fn encode(packet: &Packet) -> Bytes {
+    let mut buf = BytesMut::new();
+    // Acks and CONNECT are far below the size limit.
+    let _ = packet.write(&mut buf, MAX_PACKET_BYTES);
+    buf.freeze()
+}
+
+impl Guard {
+    /// What a CONNECT's login makes its client, or why it is refused.
+    fn authenticate(&self, connect: &Connect) -> Result<Role, ConnectReturnCode> {
+        let Some(login) = connect.login.as_ref().filter(|l| !l.username.is_empty()) else {
+            return Ok(Role::Observer);
+        };
+        let expected = embedded_credentials(&self.cluster_token, &login.username);
+        if !expected.password.constant_time_eq(&login.password) {
+            return Err(ConnectReturnCode::BadUserNamePassword);
+        }
+        if login.username == MASTER_CLIENT_ID {
+            return Ok(Role::Master);
+        }
+        match WorkerId::parse(&login.username) {
+            Ok(_) if connect.client_id == login.username => Ok(Role::Worker(login.username.clone())),
+            Ok(_) => Err(ConnectReturnCode::BadClientId),
+            Err(_) => Err(ConnectReturnCode::BadUserNamePassword),
+        }
+    }
+
+    async fn connection(self: Arc<Self>, client: TcpStream) -> Result<(), String> {
+        let _ = client.set_nodelay(true);
+        let (mut client_rd, mut client_wr) = client.into_split();
+        let mut buf = BytesMut::with_capacity(4096);
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut client_rd, &mut buf))
+            .await
+            .map_err(|_| "no CONNECT in time".to_owned())??;
+        let Packet::Connect(mut connect) = first.packet else { return Err("the first packet was not CONNECT".into()) };
+        let verdict = self.authenticate(&connect).and_then(|role| match &connect.last_will {
+            Some(will) if !self.acl.can_write(&role, &will.topic) => Err(ConnectReturnCode::NotAuthorized),
+            _ => Ok(role),
+        });
+        let role = match verdict {
+            Ok(role) => role,
+            Err(code) => {
+                let _ = client_wr.write_all(&encode(&Packet::ConnAck(ConnAck::new(code, false)))).await;
+                tracing::warn!(client = %connect.client_id.chars().take(64).collect::<String>(), ?code, "MQTT login refused");
+                return Err(format!("refused: {code:?}"));
+            }
+        };
+        if role == Role::Observer {
+            connect.client_id = format!("observer-{}", uuid::Uuid::new_v4().simple());
+            connect.clean_session = true;
+        }
+        connect.login = Some(Login::new(self.internal.0.clone(), self.internal.1.expose()));
+        let broker = TcpStream::connect(self.upstream).await.map_err(|e| format!("internal broker: {e}"))?;
+        let _ = broker.set_nodelay(true);
+        let (broker_rd, mut broker_wr) = broker.into_split();
+        broker_wr.write_all(&encode(&Packet::Connect(connect))).await.map_err(|e| e.to_string())?;
+
+        let (to_client, client_out) = mpsc::channel::<Bytes>(1024);
+        let (to_broker, broker_out) = mpsc::channel::<Bytes>(1024);
+        let writers = [tokio::spawn(pipe(client_out, client_wr)), tokio::spawn(pipe(broker_out, broker_wr))];
+        let acks = Acks::new(to_broker.clone());
+        let up = self.client_to_broker(client_rd, buf, &role, to_broker, to_client.clone(), &acks);
+        let down = self.broker_to_client(broker_rd, &role, to_client, &acks);
+        let ended = tokio::select! {
+            r = up => r,
+            r = down => r,
+        };
+        for w in writers {
+            w.abort();
+        }
+        ended
+    }
+
+    /// The client's packets to the broker; what its role may not publish is dropped.
+    async fn client_to_broker(
+        &self,
+        mut rd: tokio::net::tcp::OwnedReadHalf,
+        mut buf: BytesMut,
+        role: &Role,
+        to_broker: mpsc::Sender<Bytes>,
+        to_client: mpsc::Sender<Bytes>,
+        acks: &Acks,
+    ) -> Result<(), String> {
+        loop {
+            let frame = read_frame(&mut rd, &mut buf).await?;
+            match &frame.packet {
+                Packet::PubAck(PubAck { pkid, .. }) | Packet::PubRec(PubRec { pkid, .. }) => {
+                    acks.client_acked(*pkid, frame.raw).await?;
+                    continue;
+                }
+                Packet::Publish(p) if !self.acl.can_write(role, &p.topic) => {
+                    tracing::warn!(role = ?role, topic = %p.topic.chars().take(200).collect::<String>(), "MQTT publish refused by the ACL");
+                    match p.qos {
+                        QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce => send(&to_client, Packet::PubAck(PubAck::new(p.pkid))).await?,
+                        QoS::ExactlyOnce => return Err("QoS 2 publish refused by the ACL".into()),
+                    }
+                    continue;
+                }
+                Packet::Connect(_) => return Err("a second CONNECT".into()),
+                _ => {}
+            }
+            to_broker.send(frame.raw).await.map_err(|_| "broker side gone".to_owned())?;
+        }
+    }
+
+    /// The broker's packets to the client; messages its role may not read
+    /// are acknowledged to the broker and not passed on.
+    async fn broker_to_client(
+        &self,
+        mut rd: tokio::net::tcp::OwnedReadHalf,
+        role: &Role,
+        to_client: mpsc::Sender<Bytes>,
+        acks: &Acks,
+    ) -> Result<(), String> {
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut held_back = HashSet::new();
+        loop {
+            let frame = read_frame(&mut rd, &mut buf).await?;
+            match &frame.packet {
+                Packet::Publish(p) if !self.acl.can_read(role, &p.topic) => {
+                    match p.qos {
+                        QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce => acks.sent(p.pkid, Held::Ack).await?,
+                        QoS::ExactlyOnce => {
+                            held_back.insert(p.pkid);
+                            acks.sent(p.pkid, Held::Rec).await?;
+                        }
+                    }
+                    continue;
+                }
+                Packet::Publish(p) if p.qos != QoS::AtMostOnce => acks.sent(p.pkid, Held::No).await?,
+                Packet::PubRel(r) if held_back.remove(&r.pkid) => {
+                    acks.send(Packet::PubComp(PubComp::new(r.pkid))).await?;
+                    continue;
+                }
+                _ => {}
+            }
+            to_client.send(frame.raw).await.map_err(|_| "client side gone".to_owned())?;
+        }
+    }
+}
+
+/// Whether the guard holds a message back (and acknowledges it itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    No,
+    Ack,
+    Rec,
+}
+
+/// The broker's QoS 1/2 messages to one client, oldest first, until they
+/// are acknowledged: the guard's own acknowledgements wait their turn.
+struct Acks {
+    out: tokio::sync::Mutex<VecDeque<(u16, Held)>>,
+    to_broker: mpsc::Sender<Bytes>,
+}
+
+impl Acks {
+    fn new(to_broker: mpsc::Sender<Bytes>) -> Self {
+        Self { out: tokio::sync::Mutex::new(VecDeque::new()), to_broker }
+    }
+
+    async fn send(&self, packet: Packet) -> Result<(), String> {
+        self.to_broker.send(encode(&packet)).await.map_err(|_| "broker side gone".to_owned())
+    }
+
+    /// The broker sent `pkid`; `held` says whether the client gets it.
+    async fn sent(&self, pkid: u16, held: Held) -> Result<(), String> {
+        let mut out = self.out.lock().await;
+        out.push_back((pkid, held));
+        self.release(&mut out).await
+    }
+
+    /// The client acknowledged `pkid` (its PUBACK, as `raw`).
+    async fn client_acked(&self, pkid: u16, raw: Bytes) -> Result<(), String> {
+        let mut out = self.out.lock().await;
+        if let Some(at) = out.iter().position(|(p, held)| *p == pkid && *held == Held::No) {
+            out.remove(at);
+        }
+        self.to_broker.send(raw).await.map_err(|_| "broker side gone".to_owned())?;
+        self.release(&mut out).await
+    }
+
+    /// Acknowledges the held-back messages now at the front.
+    async fn release(&self, out: &mut VecDeque<(u16, Held)>) -> Result<(), String> {
+        while let Some(&(pkid, held)) = out.front() {
+            match held {
+                Held::No => break,
+                Held::Ack => self.send(Packet::PubAck(PubAck::new(pkid))).await?,
+                Held::Rec => self.send(Packet::PubRec(PubRec::new(pkid))).await?,
+            }
+            out.pop_front();
+        }
+        Ok(())
+    }
+}
+
+async fn send(to: &mpsc::Sender<Bytes>, packet: Packet) -> Result<(), String> {
+    to.send(encode(&packet)).await.map_err(|_| "connection gone".to_owned())
+}
+
+/// Writes what comes on `rx` to `wr` until either ends.
+async fn pipe(mut rx: mpsc::Receiver<Bytes>, mut wr: tokio::net::tcp::OwnedWriteHalf) {
+    while let Some(bytes) = rx.recv().await {
+        if wr.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
