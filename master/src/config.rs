@@ -51,6 +51,10 @@ pub struct Config {
     /// Hashing and mining jobs one client address may start per minute through the page.
     #[arg(long, env = "FAENA_WEB_JOBS_PER_MINUTE", default_value_t = 30)]
     pub web_jobs_per_minute: usize,
+    /// How long a worker id quarantined for invalid shares gets no work,
+    /// however often it registers again.
+    #[arg(long, env = "FAENA_QUARANTINE_SECS", default_value_t = 600)]
+    pub quarantine_secs: u64,
     /// A web session with no socket and no running job is forgotten after this.
     #[arg(long, env = "FAENA_WEB_SESSION_IDLE_SECS", default_value_t = 3600)]
     pub web_session_idle_secs: u64,

@@ -90,6 +90,7 @@ fn to_status(e: CoordError) -> Status {
         }
         CoordError::Lease(e @ LeaseError::UnknownJob(_)) => Status::not_found(e.to_string()),
         CoordError::Lease(e @ LeaseError::Stale { .. }) => Status::failed_precondition(e.to_string()),
+        CoordError::Lease(e @ LeaseError::InUse(_)) => Status::already_exists(e.to_string()),
         CoordError::QueueFull(e) => Status::resource_exhausted(e.to_string()),
         e @ (CoordError::Store(_) | CoordError::Stopped) => Status::unavailable(e.to_string()),
     }

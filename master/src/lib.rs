@@ -140,6 +140,7 @@ pub async fn run(
         heartbeat: cfg.heartbeat(),
         invalid_share_limit: cfg.invalid_share_limit,
         no_worker_timeout: Duration::from_millis(cfg.no_worker_timeout_ms),
+        quarantine: Duration::from_secs(cfg.quarantine_secs),
     });
     let restored = store.load_unfinished()?;
     if !restored.is_empty() {

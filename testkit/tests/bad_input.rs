@@ -133,6 +133,14 @@ async fn bogus_grpc_calls_are_rejected_with_clear_errors() {
         .expect_err("unregistered");
     assert_eq!(e.code(), Code::Aborted);
     grpc.register(request(register("fake", Some(caps())), Some(TOKEN))).await.expect("registers");
+    // Another instance under the live worker's id is refused: it cannot
+    // knock the worker off (and cost its jobs an attempt).
+    let usurper =
+        pb::RegisterRequest { instance_id: uuid::Uuid::new_v4().to_string(), ..register("fake", Some(caps())) };
+    let e = grpc.register(request(usurper, Some(TOKEN))).await.expect_err("the id is in use");
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    assert!(e.message().contains("in use by another live instance"), "{e:?}");
+    grpc.register(request(register("fake", Some(caps())), Some(TOKEN))).await.expect("the same instance may again");
     // The job was dispatched to "fake" on its jobs topic; its token travelled only there.
     c.api.wait_running(&job).await;
 

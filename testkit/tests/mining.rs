@@ -136,9 +136,10 @@ async fn forged_shares_are_rejected_and_the_forger_quarantined() {
     let mut units = Listener::start_with(&c.addrs.mqtt, "forger", "faena/workers/forger/jobs", login).await;
     let channel = Channel::from_shared(format!("http://{}", c.addrs.grpc)).expect("url").connect().await.expect("grpc");
     let mut grpc = MasterClient::new(channel);
+    let instance = uuid::Uuid::new_v4().to_string();
     let register = || pb::RegisterRequest {
         worker_id: "forger".into(),
-        instance_id: uuid::Uuid::new_v4().to_string(),
+        instance_id: instance.clone(),
         capabilities: Some(pb::Capabilities {
             cores: 2,
             slots: 1,
@@ -189,10 +190,14 @@ async fn forged_shares_are_rejected_and_the_forger_quarantined() {
     assert_eq!(invalid, Some(11.0));
     assert!(c.master_log().contains("invalid share rejected"));
 
-    // Registering again lifts the quarantine.
+    // Registering again does not lift the quarantine (FAENA_QUARANTINE_SECS):
+    // not as the same instance, and another is refused while this one lives.
     grpc.register(request(register())).await.expect("registers again");
     let w = c.api.workers().await;
-    assert_eq!((w[0]["state"].as_str(), w[0]["invalid_shares"].as_u64()), (Some("online"), Some(0)));
+    assert_eq!(w[0]["state"], "quarantined", "{w:?}");
+    let twin = pb::RegisterRequest { instance_id: uuid::Uuid::new_v4().to_string(), ..register() };
+    let e = grpc.register(request(twin)).await.expect_err("a second instance of a live id");
+    assert_eq!(e.code(), Code::AlreadyExists);
     assert_eq!(c.api.cancel(&id).await.0, reqwest::StatusCode::OK);
 }
 

@@ -109,13 +109,16 @@ async fn a_daemon_source_mined_by_two_workers_finds_blocks_the_node_accepts() {
     })
     .await;
 
-    // Durable: after a restart the source is back and mines on.
-    let found = accepted(&source(&c, &id).await).len();
+    // Durable: after a restart the source is back, with its blocks, and
+    // mines on (its workers' shares are verified and counted again).
     c.master().terminate().await;
     c.restart_master().await;
+    let after = source(&c, &id).await;
+    assert!(accepted(&after).len() >= 3, "the blocks survive the restart: {after}");
+    let valid = after["shares"]["valid"].as_u64().unwrap_or(0);
     eventually("the source resumes after a restart", || async {
         let v = source(&c, &id).await;
-        (v["state"] == "mining" && accepted(&v).len() > found).then_some(())
+        (v["state"] == "mining" && v["shares"]["valid"].as_u64() > Some(valid)).then_some(())
     })
     .await;
     let p = participant(&c, "d1").await.expect("tallies survive the restart");

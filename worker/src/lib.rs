@@ -128,7 +128,12 @@ async fn register(
             }
             Err(s) => {
                 let wait = backoff.wait();
-                tracing::warn!(code = ?s.code(), error = %s.message(), retry_in_ms = wait.as_millis() as u64, "master not reachable yet");
+                let why = match s.code() {
+                    // Another live instance holds this worker id: wait for it to go.
+                    Code::AlreadyExists => "worker id in use",
+                    _ => "master not reachable yet",
+                };
+                tracing::warn!(code = ?s.code(), error = %s.message(), retry_in_ms = wait.as_millis() as u64, "{why}");
                 tokio::select! {
                     () = cancel.cancelled() => return Ok(None),
                     () = tokio::time::sleep(wait) => {}

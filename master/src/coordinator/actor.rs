@@ -84,7 +84,7 @@ impl Actor {
             Command::Register(reg, reply) => {
                 let out = self.engine.register(now, reg);
                 self.apply();
-                let _ = reply.send(out);
+                let _ = reply.send(out.map_err(Into::into));
             }
             Command::Heartbeat { worker, instance, running, hashrate, reply } => {
                 let out = self.engine.heartbeat(now, &worker, instance, &running, hashrate);

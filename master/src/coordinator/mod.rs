@@ -71,7 +71,7 @@ enum Command {
     Cancel(JobId, Reply<Result<Cancelled, CoordError>>),
     View(JobId, Reply<Option<ActiveView>>),
     Workers(Reply<Vec<WorkerView>>),
-    Register(Registration, Reply<RegisterOutcome>),
+    Register(Registration, Reply<Result<RegisterOutcome, CoordError>>),
     Heartbeat {
         worker: WorkerId,
         instance: InstanceId,
@@ -150,7 +150,7 @@ impl Coordinator {
     }
 
     pub async fn register(&self, reg: Registration) -> Result<RegisterOutcome, CoordError> {
-        self.ask(|r| Command::Register(reg, r)).await
+        self.ask(|r| Command::Register(reg, r)).await?
     }
 
     pub async fn heartbeat(

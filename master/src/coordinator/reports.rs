@@ -231,11 +231,11 @@ impl Actor {
         for (share, reason) in &unverified {
             tracing::error!(worker = %worker, unit = %lease.job_id, nonce = share.nonce, reason = %reason, "share could not be verified; not counted");
         }
-        if self.engine.invalid_shares(&worker, &lease.job_id, invalid.len() as u32) {
+        if self.engine.invalid_shares(now, &worker, &lease.job_id, invalid.len() as u32) {
             tracing::warn!(
                 worker = %worker,
                 limit = self.engine.config().invalid_share_limit,
-                "worker quarantined: too many invalid shares; it gets no work until it registers again"
+                "worker quarantined: too many invalid shares; its id gets no work for the quarantine time"
             );
         }
         match pending {

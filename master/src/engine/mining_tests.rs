@@ -240,16 +240,24 @@ fn a_worker_over_the_invalid_share_limit_gets_no_more_work_until_it_registers() 
     let job = m.submit(params(100_000));
     let units = m.units();
     let a = m.worker("a");
-    assert!(!m.h.engine.invalid_shares(&a, &units[0].1.job_id, 2), "at the limit");
-    assert!(m.h.engine.invalid_shares(&a, &units[0].1.job_id, 1), "over it");
+    assert!(!m.h.engine.invalid_shares(m.h.now, &a, &units[0].1.job_id, 2), "at the limit");
+    assert!(m.h.engine.invalid_shares(m.h.now, &a, &units[0].1.job_id, 1), "over it");
     m.finish_unit(&a, &units[0].1, units[0].3, vec![]);
     assert!(m.units().is_empty(), "quarantined: no new unit");
     let instance = m.workers[&a];
     m.h.engine.worker_state(m.h.now, &a, instance, WorkerState::Online);
     assert!(m.units().is_empty(), "its own status does not lift the quarantine");
     assert_eq!(m.h.engine.view(&job).map(|v| v.state), Some(JobState::Running));
-    m.h.add_worker_of("a", 2, &[JobKind::RandomxMine]);
-    assert_eq!(m.units().len(), 1, "registering again does");
+    // Registering again, under a new instance once the old one is gone,
+    // does not lift it either: the quarantine has its own time.
+    m.h.engine.worker_state(m.h.now, &a, instance, WorkerState::Offline);
+    let (_, second) = m.h.add_worker_of("a", 2, &[JobKind::RandomxMine]);
+    assert!(m.units().is_empty(), "a new registration is still quarantined");
+    m.h.advance(Duration::from_secs(600));
+    let caps = crate::scheduler::tests::worker("a", 2, &[JobKind::RandomxMine], m.h.now.mono).caps;
+    let reg = Registration { worker: a.clone(), instance: second, caps, running: vec![] };
+    m.h.engine.register(m.h.now, reg).expect("the same instance may register again");
+    assert_eq!(m.units().len(), 1, "after the quarantine time it gets work");
 }
 
 #[test]
@@ -302,7 +310,7 @@ fn a_restart_keeps_finished_and_running_units_and_hands_out_the_rest() {
     assert!(out.iter().all(|u| u.2 >= b.2 + b.3 as u32), "neither a's nor b's range is handed out again");
     // b comes back and claims its unit; everything finishes.
     let bw = test_worker_registration(&fresh, "b", &b.1);
-    fresh.h.engine.register(fresh.h.now, bw);
+    fresh.h.engine.register(fresh.h.now, bw).expect("b registers");
     fresh.workers.insert(b.0.clone(), InstanceId::new());
     out.push(b.clone());
     let mut covered = run_to_end(&mut fresh, job, out);

@@ -118,6 +118,9 @@ pub struct Engine {
     /// Mining units retired with their template, whose late shares still
     /// count (as stale) for the grace period.
     retired: HashMap<JobId, RetiredUnit>,
+    /// Worker ids quarantined for invalid shares, and until when: a new
+    /// registration does not lift it sooner.
+    quarantined: HashMap<WorkerId, Instant>,
 }
 
 /// A unit retired with its template: a report its worker sends after that
@@ -147,6 +150,7 @@ impl Engine {
             effects: Vec::new(),
             lane_seen: HashMap::new(),
             retired: HashMap::new(),
+            quarantined: HashMap::new(),
         }
     }
 
@@ -286,19 +290,26 @@ impl Engine {
         })
     }
 
-    pub fn register(&mut self, now: Now, reg: Registration) -> RegisterOutcome {
-        if let Some(old) = self.workers.get(&reg.worker)
-            && old.instance != reg.instance
-        {
-            self.drop_worker(now, &reg.worker, "worker restarted", true);
+    /// A worker (re)registers. Refused while another instance under the same
+    /// id is alive (heard from, not offline): registering must not knock a
+    /// live worker off and cost its jobs an attempt. The same instance may
+    /// register again (after a master restart, or a lost connection).
+    pub fn register(&mut self, now: Now, reg: Registration) -> Result<RegisterOutcome, LeaseError> {
+        if self.workers.get(&reg.worker).is_some_and(|old| old.instance != reg.instance) {
+            return Err(LeaseError::InUse(reg.worker));
         }
+        self.quarantined.retain(|_, until| *until > now.mono);
+        let availability = match self.quarantined.contains_key(&reg.worker) {
+            true => Availability::Quarantined,
+            false => Availability::Online,
+        };
         self.workers.insert(Worker {
             id: reg.worker.clone(),
             instance: reg.instance,
             caps: reg.caps,
             running: Default::default(),
             last_seen: now.mono,
-            availability: Availability::Online,
+            availability,
             hashrate: 0.0,
             invalid_shares: 0,
         });
@@ -333,7 +344,7 @@ impl Engine {
             self.requeue(now, id, format!("worker {} re-registered without it", reg.worker), true);
         }
         self.schedule(now);
-        out
+        Ok(out)
     }
 
     /// Renews the leases a worker reports; returns those it must drop.
@@ -415,7 +426,7 @@ impl Engine {
                 self.drop_worker(now, worker, "worker went offline", !drained);
             }
             WorkerState::Draining => w.availability = Availability::Draining,
-            // A quarantined worker stays so until it registers again.
+            // A quarantined worker stays so for its quarantine time.
             WorkerState::Online if w.availability == Availability::Quarantined => {}
             WorkerState::Online => w.availability = Availability::Online,
             WorkerState::Initialising => {}

@@ -29,6 +29,7 @@ impl Harness {
             heartbeat: Duration::from_secs(1),
             invalid_share_limit: 2,
             no_worker_timeout: Duration::from_secs(30),
+            quarantine: Duration::from_secs(600),
         };
         Self { engine: Engine::new(cfg), now: Now { mono: Instant::now(), wall_ms: 1_000 } }
     }
@@ -45,7 +46,7 @@ impl Harness {
     pub(super) fn add_worker_of(&mut self, id: &str, slots: u32, kinds: &[JobKind]) -> (WorkerId, InstanceId) {
         let w = test_worker(id, slots, kinds, self.now.mono);
         let reg = Registration { worker: w.id.clone(), instance: w.instance, caps: w.caps, running: vec![] };
-        self.engine.register(self.now, reg);
+        self.engine.register(self.now, reg).expect("a free worker id");
         (w.id, w.instance)
     }
 
@@ -249,15 +250,18 @@ fn restored_running_jobs_are_adopted_by_their_worker_or_requeued() {
     let w = test_worker("w1", 2, &[JobKind::Noop], h.now.mono);
     let claim = LeaseRef { job_id: adopted, attempt: 1, token: tok("t1") };
     let bogus = LeaseRef { job_id: orphan, attempt: 1, token: tok("nope") };
-    let out = h.engine.register(
-        h.now,
-        Registration {
-            worker: w1.clone(),
-            instance: w.instance,
-            caps: w.caps,
-            running: vec![claim.clone(), bogus.clone()],
-        },
-    );
+    let out = h
+        .engine
+        .register(
+            h.now,
+            Registration {
+                worker: w1.clone(),
+                instance: w.instance,
+                caps: w.caps,
+                running: vec![claim.clone(), bogus.clone()],
+            },
+        )
+        .expect("registers");
     assert_eq!(out.adopted, vec![claim.clone()]);
     assert_eq!(out.revoked, vec![bogus]);
     assert!(h.dispatches().is_empty(), "the orphan belongs to another worker");
@@ -292,7 +296,8 @@ fn a_restored_unit_its_worker_does_not_have_is_requeued_at_once() {
         }],
     );
     let w = test_worker("w1", 1, &[JobKind::Noop], h.now.mono);
-    h.engine.register(h.now, Registration { worker: w1, instance: w.instance, caps: w.caps, running: vec![] });
+    let reg = Registration { worker: w1, instance: w.instance, caps: w.caps, running: vec![] };
+    h.engine.register(h.now, reg).expect("registers");
     let d = h.dispatches();
     assert_eq!((d.len(), d.first().map(|x| x.1.attempt)), (1, Some(2)));
 }
@@ -306,4 +311,23 @@ fn units_in_flight_to_a_drained_worker_do_not_count_as_attempts() {
     h.engine.worker_state(h.now, &w, i, WorkerState::Draining);
     h.engine.worker_state(h.now, &w, i, WorkerState::Offline);
     assert_eq!(h.engine.view(&id).map(|v| (v.state, v.attempts)), Some((JobState::Queued, 0)));
+}
+
+#[test]
+fn a_live_workers_id_cannot_be_taken_by_another_instance() {
+    let mut h = Harness::new(10);
+    let (w1, first) = h.add_worker("w1", 1);
+    let id = h.submit(Priority::Normal);
+    let lease = h.dispatches().pop().expect("dispatched").1;
+    let other = test_worker("w1", 1, &[JobKind::Noop], h.now.mono);
+    let reg = |instance| Registration { worker: w1.clone(), instance, caps: other.caps.clone(), running: vec![] };
+    assert_eq!(h.engine.register(h.now, reg(other.instance)), Err(LeaseError::InUse(w1.clone())));
+    assert!(h.engine.check_lease(&w1, &lease).is_ok(), "the live worker keeps its lease");
+    assert_eq!(h.engine.view(&id).map(|v| v.attempts), Some(1), "and its job its attempt");
+    // The same instance may register again (a master restart, a lost connection).
+    let same = Registration { running: vec![lease.clone()], ..reg(first) };
+    assert_eq!(h.engine.register(h.now, same).map(|o| o.adopted), Ok(vec![lease]));
+    // Once the live one is gone, the id is free.
+    h.engine.worker_state(h.now, &w1, first, WorkerState::Offline);
+    assert!(h.engine.register(h.now, reg(other.instance)).is_ok());
 }

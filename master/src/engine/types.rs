@@ -27,6 +27,9 @@ pub struct EngineConfig {
     /// A queued job fails when no registered worker has offered its kind
     /// (and provider) for this long.
     pub no_worker_timeout: Duration,
+    /// A quarantined worker id gets no work for this long, however often
+    /// it registers again.
+    pub quarantine: Duration,
 }
 
 impl EngineConfig {
@@ -207,6 +210,8 @@ pub enum LeaseError {
     UnknownJob(JobId),
     #[error("stale lease for job {job} attempt {attempt}: {reason}")]
     Stale { job: JobId, attempt: u32, reason: String },
+    #[error("worker id {0} is in use by another live instance; register once it has stopped or gone silent")]
+    InUse(WorkerId),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

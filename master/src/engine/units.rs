@@ -127,9 +127,10 @@ impl Engine {
     }
 
     /// Counts invalid shares from a worker against its mining job and the
-    /// worker; over the limit the worker is quarantined (gets no more work
-    /// until it registers again). True when this call quarantined it.
-    pub fn invalid_shares(&mut self, worker: &WorkerId, unit: &JobId, n: u32) -> bool {
+    /// worker; over the limit the worker id is quarantined: no more work for
+    /// the configured time, registering again or not. True when this call
+    /// quarantined it.
+    pub fn invalid_shares(&mut self, now: Now, worker: &WorkerId, unit: &JobId, n: u32) -> bool {
         if n == 0 {
             return false;
         }
@@ -139,6 +140,7 @@ impl Engine {
         w.invalid_shares = w.invalid_shares.saturating_add(n);
         if w.invalid_shares > limit && w.availability != Availability::Quarantined {
             w.availability = Availability::Quarantined;
+            self.quarantined.insert(worker.clone(), now.mono + self.cfg.quarantine);
             return true;
         }
         false
