@@ -36,6 +36,9 @@ pub mod store;
 pub mod verify;
 pub mod web;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
