@@ -266,13 +266,12 @@ impl Verifier {
                 }
                 (verdicts, failed)
             });
-            // Each thread hashed about `chunk` inputs in the elapsed time
-            // (fewer when the time limit cut it short: not a measurement then).
-            let per_hash = started.elapsed().as_secs_f64() / chunk.min(hashed).max(1) as f64;
-            let per_hash = if Instant::now() >= until { 0.0 } else { per_hash };
-            let old = f64::from_bits(measured.load(Ordering::Relaxed));
-            let avg = if old > 0.0 { old * 0.8 + per_hash * 0.2 } else { per_hash };
-            if per_hash > 0.0 {
+            // Each thread hashed about `chunk` inputs in the elapsed time —
+            // unless the time limit cut it short: not a measurement then.
+            if Instant::now() < until {
+                let per_hash = started.elapsed().as_secs_f64() / chunk.min(hashed).max(1) as f64;
+                let old = f64::from_bits(measured.load(Ordering::Relaxed));
+                let avg = if old > 0.0 { old * 0.8 + per_hash * 0.2 } else { per_hash };
                 measured.store(avg.to_bits(), Ordering::Relaxed);
             }
             out

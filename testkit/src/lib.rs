@@ -267,13 +267,7 @@ pub struct Listener {
 
 impl Listener {
     pub async fn start(mqtt_url: &str, client_id: &str, topic: &str) -> Self {
-        Self::start_as(mqtt_url, client_id, topic, None).await
-    }
-
-    /// The same, logged in with `account` (a broker that requires passwords).
-    pub async fn start_as(mqtt_url: &str, client_id: &str, topic: &str, account: Option<mosquitto::Account>) -> Self {
-        let login = account.map(|a| (a.username.to_owned(), a.password.to_owned()));
-        Self::start_with(mqtt_url, client_id, topic, login).await
+        Self::start_with(mqtt_url, client_id, topic, None).await
     }
 
     /// The same, logged in with `login` (user name, password).

@@ -255,7 +255,7 @@ impl Acks {
     }
 
     async fn send(&self, packet: Packet) -> Result<(), String> {
-        self.to_broker.send(encode(&packet)).await.map_err(|_| "broker side gone".to_owned())
+        send(&self.to_broker, packet).await
     }
 
     /// The broker sent `pkid`; `held` says whether the client gets it.
