@@ -270,3 +270,22 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faena_randomx::Mode;
+
+    #[test]
+    fn auto_verifies_in_fast_mode_only_with_the_memory_for_a_dataset() {
+        let auto = Config::try_parse_from(["faena-master"]).expect("defaults");
+        let need = auto.verify_fast_min_mib;
+        assert_eq!(auto.verifier_mode(Some(need)), Mode::Fast);
+        assert_eq!(auto.verifier_mode(Some(need - 1)), Mode::Light);
+        assert_eq!(auto.verifier_mode(None), Mode::Light, "unknown memory: light");
+        let light = Config::try_parse_from(["faena-master", "--verify-mode", "light"]).expect("light");
+        assert_eq!(light.verifier_mode(Some(u64::MAX)), Mode::Light);
+        let fast = Config::try_parse_from(["faena-master", "--verify-mode", "fast"]).expect("fast");
+        assert_eq!(fast.verifier_mode(Some(0)), Mode::Fast);
+    }
+}

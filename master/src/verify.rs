@@ -351,6 +351,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fast_mode_verifies_what_light_mode_found() {
+        let params: MineParams = serde_json::from_value(json!({
+            "key": "666173742d6d6f6465", "blob": "04".repeat(76), "difficulty": 2, "nonce_start": 0, "nonce_count": 16
+        }))
+        .expect("params");
+        let work = params.work().expect("work");
+        let material = Arc::new(Material::build(Flags::detect(), Mode::Light, &work.key, 1).expect("material"));
+        let mut vm = material.vm().expect("vm");
+        let mut shares = Vec::new();
+        for nonce in 0..16u32 {
+            let hash = vm.hash(&work.input(nonce));
+            if meets(&hash, work.target) {
+                shares.push(Share { nonce, hash: encode_hex(&hash) });
+            }
+        }
+        assert!(!shares.is_empty(), "difficulty 2 over 16 nonces");
+        let mut forged = shares[0].clone();
+        forged.hash = "00".repeat(32);
+        forged.nonce = (0..16u32).find(|n| !shares.iter().any(|s| s.nonce == *n)).expect("a non-share nonce");
+        // The dataset takes a while to build (all threads); the checks are quick after.
+        let verifier = Verifier::with_mode(2, Mode::Fast).with_deadline(Duration::from_secs(600));
+        let checked = verifier.check(&params, &HashSet::new(), [shares.clone(), vec![forged]].concat()).await;
+        assert_eq!(checked.valid.len(), shares.len(), "{:?}", checked.unverified);
+        assert_eq!(checked.invalid.len(), 1, "the forged share is caught in fast mode too");
+    }
+
+    #[tokio::test]
     async fn shares_that_cannot_be_checked_come_back_unverified_never_dropped() {
         let params: MineParams = serde_json::from_value(json!({
             "key": "6b6579", "blob": "02".repeat(76), "difficulty": 1, "nonce_start": 0, "nonce_count": 10
