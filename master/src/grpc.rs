@@ -5,7 +5,9 @@
 //!
 //! Error codes tell the worker what to do next:
 //! `UNAUTHENTICATED` wrong or missing token · `INVALID_ARGUMENT` malformed
-//! request · `ABORTED` worker not registered (register again, then retry) ·
+//! request · `ABORTED` worker not registered, or the call lacks its
+//! current session (register again, then retry) · `ALREADY_EXISTS` another
+//! live registration holds the worker id ·
 //! `NOT_FOUND` unknown job · `FAILED_PRECONDITION` stale lease (drop the
 //! result) · `RESOURCE_EXHAUSTED` message too large · `UNAVAILABLE` retry later.
 
@@ -13,7 +15,7 @@ use std::sync::Arc;
 
 use faena_proto::ai::Provider;
 use faena_proto::grpc::master_server::{Master, MasterServer};
-use faena_proto::grpc::{self as pb, result_request};
+use faena_proto::grpc::{self as pb, SESSION_METADATA, result_request};
 use faena_proto::ids::{FencingToken, InstanceId, WorkerId};
 use faena_proto::jobs::JobKind;
 use faena_proto::secret::Secret;
@@ -91,6 +93,7 @@ fn to_status(e: CoordError) -> Status {
         CoordError::Lease(e @ LeaseError::UnknownJob(_)) => Status::not_found(e.to_string()),
         CoordError::Lease(e @ LeaseError::Stale { .. }) => Status::failed_precondition(e.to_string()),
         CoordError::Lease(e @ LeaseError::InUse(_)) => Status::already_exists(e.to_string()),
+        CoordError::Lease(e @ LeaseError::Session(_)) => Status::aborted(e.to_string()),
         CoordError::QueueFull(e) => Status::resource_exhausted(e.to_string()),
         e @ (CoordError::Store(_) | CoordError::Stopped) => Status::unavailable(e.to_string()),
     }
@@ -172,6 +175,12 @@ impl MasterService {
     }
 }
 
+/// The session a call carries (`faena-session` metadata), if any.
+fn session<T>(req: &Request<T>) -> Option<Secret> {
+    let value = req.metadata().get(SESSION_METADATA)?.to_str().ok()?;
+    (value.len() <= 128).then(|| Secret::new(value))
+}
+
 fn to_pb(leases: Vec<LeaseRef>) -> Vec<pb::Lease> {
     leases
         .into_iter()
@@ -182,12 +191,14 @@ fn to_pb(leases: Vec<LeaseRef>) -> Vec<pb::Lease> {
 #[tonic::async_trait]
 impl Master for MasterService {
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let session = session(&req);
         let req = req.into_inner();
         let reg = Registration {
             worker: self.worker(&req.worker_id)?,
             instance: self.instance(&req.instance_id)?,
             caps: self.capabilities(req.capabilities)?,
             running: self.leases(&req.running)?,
+            session,
         };
         let (worker, slots) = (reg.worker.clone(), reg.caps.slots);
         let out = self.coord.register(reg).await.map_err(to_status)?;
@@ -197,12 +208,14 @@ impl Master for MasterService {
             heartbeat_interval_ms: self.heartbeat_ms,
             adopted: to_pb(out.adopted),
             revoked: to_pb(out.revoked),
+            session: out.session.expose().to_owned(),
         }))
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let session = session(&req);
         let req = req.into_inner();
-        let worker = self.worker(&req.worker_id)?;
+        let worker = (self.worker(&req.worker_id)?, session);
         let instance = self.instance(&req.instance_id)?;
         let running = self.leases(&req.running)?;
         let hashrate = if req.hashrate.is_finite() && req.hashrate >= 0.0 { req.hashrate } else { 0.0 };
@@ -214,8 +227,9 @@ impl Master for MasterService {
         &self,
         req: Request<pb::ProgressRequest>,
     ) -> Result<Response<pb::ProgressResponse>, Status> {
+        let session = session(&req);
         let req = req.into_inner();
-        let worker = self.worker(&req.worker_id)?;
+        let worker = (self.worker(&req.worker_id)?, session);
         let lease = self.lease(req.lease.as_ref())?;
         if req.progress_json.len() > MAX_PROGRESS_BYTES {
             return Err(self.invalid(format!("progress is over {MAX_PROGRESS_BYTES} bytes")));
@@ -227,8 +241,9 @@ impl Master for MasterService {
     }
 
     async fn submit_result(&self, req: Request<pb::ResultRequest>) -> Result<Response<pb::ResultResponse>, Status> {
+        let session = session(&req);
         let req = req.into_inner();
-        let worker = self.worker(&req.worker_id)?;
+        let worker = (self.worker(&req.worker_id)?, session);
         let lease = self.lease(req.lease.as_ref())?;
         if req.elapsed_us > 0 {
             self.metrics.run_time.observe(req.elapsed_us as f64 / 1e6);
@@ -253,8 +268,9 @@ impl Master for MasterService {
     }
 
     async fn fetch_secret(&self, req: Request<pb::SecretRequest>) -> Result<Response<pb::SecretResponse>, Status> {
+        let session = session(&req);
         let req = req.into_inner();
-        let worker = self.worker(&req.worker_id)?;
+        let worker = (self.worker(&req.worker_id)?, session);
         let lease = self.lease(req.lease.as_ref())?;
         let name = req.name.clone();
         match self.coord.secret(worker, lease, req.name).await.map_err(to_status)? {

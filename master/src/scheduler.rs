@@ -77,6 +77,8 @@ pub struct Worker {
     pub hashrate: f64,
     /// Invalid mining shares since it registered.
     pub invalid_shares: u32,
+    /// What every call after its registration must carry.
+    pub session: faena_proto::secret::Secret,
 }
 
 impl Worker {
@@ -216,6 +218,7 @@ pub(crate) mod tests {
             availability: Availability::Online,
             hashrate: 0.0,
             invalid_shares: 0,
+            session: Default::default(),
         }
     }
 

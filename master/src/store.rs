@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use faena_proto::api::JobView;
 use faena_proto::ids::{FencingToken, JobId, WorkerId};
@@ -29,7 +30,7 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("could not start the store's writer thread")]
     Spawn(#[source] std::io::Error),
-    #[error("the store is unavailable (a previous write failed; see the log)")]
+    #[error("the store cannot commit right now (see the log); it retries by itself")]
     Unavailable,
 }
 
@@ -290,32 +291,79 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// First wait before a failed group is tried again; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Commits what it is given, in order, in groups. A group that fails (disk
+/// full, I/O error) is kept and tried again, with whatever arrived since,
+/// until it commits: nothing queued is dropped and no callback runs before
+/// the changes ahead of it are stored. The store reads as unhealthy
+/// meanwhile, so the master takes no new jobs and hands out no work.
 fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, healthy: Arc<AtomicBool>) {
     let mut ops = Vec::new();
     let mut callbacks: Vec<Callback> = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(cmd) = next.take() {
-            match cmd {
-                Cmd::Op(op) => ops.push(op),
-                Cmd::AfterCommit(cb) => callbacks.push(cb),
-            }
-            if ops.len() < MAX_GROUP {
-                next = rx.try_recv().ok();
+    let mut wait = RETRY_FIRST;
+    let mut failed_at: Option<Instant> = None;
+    loop {
+        if ops.is_empty() && callbacks.is_empty() {
+            match rx.recv() {
+                Ok(cmd) => take(cmd, &mut ops, &mut callbacks),
+                Err(_) => return,
             }
         }
-        let result =
-            if healthy.load(Ordering::Relaxed) { apply(&mut conn, &ops) } else { Err(StoreError::Unavailable) }
-                .map_err(|e| CommitFailed(Arc::new(e)));
-        if let Err(e) = &result
-            && healthy.swap(false, Ordering::Relaxed)
-        {
-            tracing::error!(error = %e.0, "store write failed; the master stops accepting jobs");
+        let mut closed = false;
+        while ops.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(cmd) => take(cmd, &mut ops, &mut callbacks),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
         }
-        ops.clear();
-        for cb in callbacks.drain(..) {
-            cb(result.clone());
+        match apply(&mut conn, &ops) {
+            Ok(()) => {
+                if let Some(since) = failed_at.take() {
+                    healthy.store(true, Ordering::Relaxed);
+                    tracing::info!(
+                        after_ms = since.elapsed().as_millis() as u64,
+                        changes = ops.len(),
+                        "the store commits again; the master resumes"
+                    );
+                }
+                wait = RETRY_FIRST;
+                ops.clear();
+                for cb in callbacks.drain(..) {
+                    cb(Ok(()));
+                }
+            }
+            Err(e) if closed => {
+                tracing::error!(error = %e, changes = ops.len(), "the store could not commit before the master stopped; these changes are lost and their jobs run again after a restart");
+                let failed = CommitFailed(Arc::new(e));
+                for cb in callbacks.drain(..) {
+                    cb(Err(failed.clone()));
+                }
+                return;
+            }
+            Err(e) => {
+                if failed_at.is_none() {
+                    failed_at = Some(Instant::now());
+                    healthy.store(false, Ordering::Relaxed);
+                    tracing::error!(error = %e, changes = ops.len(), "store write failed; the master takes no new jobs and hands out no work until it commits again (retrying)");
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(RETRY_MAX);
+            }
         }
+    }
+}
+
+fn take(cmd: Cmd, ops: &mut Vec<StoreOp>, callbacks: &mut Vec<Callback>) {
+    match cmd {
+        Cmd::Op(op) => ops.push(op),
+        Cmd::AfterCommit(cb) => callbacks.push(cb),
     }
 }
 

@@ -29,6 +29,9 @@ pub mod topics;
 #[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod grpc {
     tonic::include_proto!("faena.v1");
+
+    /// The metadata key every call after `Register` carries its session in.
+    pub const SESSION_METADATA: &str = "faena-session";
 }
 
 /// What `faena-master` and `faena-worker` print on stdout, followed by a JSON

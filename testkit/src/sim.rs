@@ -69,6 +69,15 @@ pub fn request<T>(msg: T) -> tonic::Request<T> {
     req
 }
 
+/// A gRPC call with the test cluster's token and a registration's session.
+pub fn request_in<T>(msg: T, session: &str) -> tonic::Request<T> {
+    let mut req = request(msg);
+    if let Ok(v) = session.parse() {
+        req.metadata_mut().insert(faena_proto::grpc::SESSION_METADATA, v);
+    }
+    req
+}
+
 /// The lease a work unit carries, as gRPC calls name it.
 pub fn lease(u: &WorkUnit) -> pb::Lease {
     pb::Lease { job_id: u.job_id.to_string(), attempt: u.attempt, token: u.token.as_str().to_owned() }
@@ -123,7 +132,9 @@ async fn run_worker(
         capabilities: Some(caps),
         running: vec![],
     };
-    if grpc.register(request(register)).await.is_ok() {
+    let mut session = String::new();
+    if let Ok(r) = grpc.register(request(register)).await {
+        session = r.into_inner().session;
         fleet.registered.fetch_add(1, Ordering::SeqCst);
         let _ = ready.send(());
     }
@@ -142,7 +153,7 @@ async fn run_worker(
             _ = tick.tick() => {
                 let running = held.values().map(lease).collect();
                 let hb = pb::HeartbeatRequest { worker_id: id.clone(), instance_id: instance.clone(), running, hashrate: 0.0 };
-                if grpc.heartbeat(request(hb)).await.is_ok() {
+                if grpc.heartbeat(request_in(hb, &session)).await.is_ok() {
                     fleet.heartbeats.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -160,7 +171,7 @@ async fn run_worker(
                 outcome: Some(pb::result_request::Outcome::OutputJson("{\"payload\":null}".into())),
                 elapsed_us: 1,
             };
-            if grpc.submit_result(request(result)).await.is_ok() {
+            if grpc.submit_result(request_in(result, &session)).await.is_ok() {
                 fleet.completed.fetch_add(1, Ordering::Relaxed);
             }
         }

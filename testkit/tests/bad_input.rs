@@ -4,7 +4,8 @@
 
 use faena_proto::grpc::master_client::MasterClient;
 use faena_proto::grpc::{self as pb, result_request};
-use faena_testkit::{Cluster, MasterOpts, TOKEN, eventually, sample, scrape};
+use faena_testkit::sim::request_in;
+use faena_testkit::{Cluster, Listener, MasterOpts, TOKEN, embedded_login, eventually, sample, scrape};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::json;
 use tonic::Code;
@@ -82,6 +83,11 @@ fn request<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
     req
 }
 
+/// A call with the cluster token and `session`.
+fn call<T>(msg: T, session: &str) -> tonic::Request<T> {
+    request_in(msg, session)
+}
+
 fn caps() -> pb::Capabilities {
     pb::Capabilities { cores: 1, slots: 1, kinds: vec!["noop".into()], ..Default::default() }
 }
@@ -126,13 +132,18 @@ async fn bogus_grpc_calls_are_rejected_with_clear_errors() {
     assert!(e.message().contains("no job kind"), "{e:?}");
 
     let job = c.api.submit_ok("noop", json!({"payload": 1}), None).await;
+    // What goes over the broker to "fake" (as anyone who can read its topic sees it).
+    let mut wire =
+        Listener::start_with(&c.addrs.mqtt, "wire", "faena/workers/fake/jobs", Some(embedded_login("faena-master")))
+            .await;
     // Not registered yet: the worker is told to register.
     let e = grpc
         .submit_result(request(result("fake", lease(&job, 1, "t"), "{}"), Some(TOKEN)))
         .await
         .expect_err("unregistered");
     assert_eq!(e.code(), Code::Aborted);
-    grpc.register(request(register("fake", Some(caps())), Some(TOKEN))).await.expect("registers");
+    let session = grpc.register(request(register("fake", Some(caps())), Some(TOKEN))).await.expect("registers");
+    let session = session.into_inner().session;
     // Another instance under the live worker's id is refused: it cannot
     // knock the worker off (and cost its jobs an attempt).
     let usurper =
@@ -140,60 +151,82 @@ async fn bogus_grpc_calls_are_rejected_with_clear_errors() {
     let e = grpc.register(request(usurper, Some(TOKEN))).await.expect_err("the id is in use");
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
     assert!(e.message().contains("in use by another live instance"), "{e:?}");
-    grpc.register(request(register("fake", Some(caps())), Some(TOKEN))).await.expect("the same instance may again");
+    // The same instance may register again — with its session only (its
+    // instance id is no secret: it is in its status).
+    let e = grpc.register(request(register("fake", Some(caps())), Some(TOKEN))).await.expect_err("no session");
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let again = grpc.register(call(register("fake", Some(caps())), &session)).await.expect("the same instance may");
+    let old = session;
+    let session = again.into_inner().session;
+    assert_ne!(old, session, "a registration gets a session of its own");
     // The job was dispatched to "fake" on its jobs topic; its token travelled only there.
     c.api.wait_running(&job).await;
+    let (_, unit) = wire.messages.recv().await.expect("the unit");
+    let unit: serde_json::Value = serde_json::from_slice(&unit).expect("a unit");
+    let taken = lease(&job, unit["attempt"].as_u64().expect("attempt") as u32, unit["token"].as_str().expect("token"));
+
+    // A unit read off the wire is not enough: without the session of the
+    // registration holding it, its lease submits nothing and fetches nothing.
+    let output = r#"{"payload": "forged"}"#;
+    let e =
+        grpc.submit_result(request(result("fake", taken.clone(), output), Some(TOKEN))).await.expect_err("no session");
+    assert!(e.code() == Code::Aborted && e.message().contains("current session"), "{e:?}");
+    let e = grpc.submit_result(call(result("fake", taken.clone(), output), &old)).await.expect_err("an older session");
+    assert_eq!(e.code(), Code::Aborted, "{e:?}");
+    let steal = pb::SecretRequest { worker_id: "fake".into(), lease: taken.clone(), name: "api_key".into() };
+    let e = grpc.fetch_secret(request(steal, Some(TOKEN))).await.expect_err("no session");
+    assert_eq!(e.code(), Code::Aborted, "{e:?}");
+    let beat = pb::HeartbeatRequest { worker_id: "fake".into(), instance_id: instance.clone(), ..Default::default() };
+    let e = grpc.heartbeat(request(beat, Some(TOKEN))).await.expect_err("no session");
+    assert_eq!(e.code(), Code::Aborted, "{e:?}");
 
     let unknown = uuid::Uuid::now_v7().to_string();
     let e = grpc
-        .submit_result(request(result("fake", lease(&unknown, 1, "t"), "{}"), Some(TOKEN)))
+        .submit_result(call(result("fake", lease(&unknown, 1, "t"), "{}"), &session))
         .await
         .expect_err("unknown job");
     assert_eq!(e.code(), Code::NotFound);
     let e = grpc
-        .submit_result(request(result("fake", lease(&job, 1, "forged"), "{}"), Some(TOKEN)))
+        .submit_result(call(result("fake", lease(&job, 1, "forged"), "{}"), &session))
         .await
         .expect_err("wrong token");
     assert_eq!(e.code(), Code::FailedPrecondition);
     let e = grpc
-        .submit_result(request(result("fake", lease(&job, 2, "forged"), "{}"), Some(TOKEN)))
+        .submit_result(call(result("fake", lease(&job, 2, "forged"), "{}"), &session))
         .await
         .expect_err("wrong attempt");
     assert!(e.code() == Code::FailedPrecondition && e.message().contains("current attempt is 1"), "{e:?}");
-    let e = grpc
-        .submit_result(request(result("fake", lease("nope", 1, "t"), "{}"), Some(TOKEN)))
-        .await
-        .expect_err("bad id");
+    let e = grpc.submit_result(call(result("fake", lease("nope", 1, "t"), "{}"), &session)).await.expect_err("bad id");
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = grpc.submit_result(request(result("fake", None, "{}"), Some(TOKEN))).await.expect_err("no lease");
+    let e = grpc.submit_result(call(result("fake", None, "{}"), &session)).await.expect_err("no lease");
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = grpc
-        .submit_result(request(result("fake", lease(&job, 1, "forged"), "not json"), Some(TOKEN)))
+        .submit_result(call(result("fake", lease(&job, 1, "forged"), "not json"), &session))
         .await
         .expect_err("bad json");
     assert_eq!(e.code(), Code::InvalidArgument);
     let huge = format!("\"{}\"", "x".repeat(6 * 1024 * 1024));
     let e = grpc
-        .submit_result(request(result("fake", lease(&job, 1, "forged"), &huge), Some(TOKEN)))
+        .submit_result(call(result("fake", lease(&job, 1, "forged"), &huge), &session))
         .await
         .expect_err("oversized");
     assert!(matches!(e.code(), Code::ResourceExhausted | Code::OutOfRange), "{e:?}");
     let e = grpc
-        .report_progress(request(
+        .report_progress(call(
             pb::ProgressRequest {
                 worker_id: "fake".into(),
                 lease: lease(&job, 1, "forged"),
                 progress_json: "{}".into(),
             },
-            Some(TOKEN),
+            &session,
         ))
         .await
         .expect_err("stale progress");
     assert_eq!(e.code(), Code::FailedPrecondition);
     let e = grpc
-        .fetch_secret(request(
+        .fetch_secret(call(
             pb::SecretRequest { worker_id: "fake".into(), lease: lease(&job, 1, "forged"), name: "key".into() },
-            Some(TOKEN),
+            &session,
         ))
         .await
         .expect_err("stale secret fetch");
@@ -201,6 +234,8 @@ async fn bogus_grpc_calls_are_rejected_with_clear_errors() {
 
     // None of it hurt: the job is still running, the master healthy and counting.
     assert_eq!(c.api.job(&job).await["state"], "running");
+    grpc.submit_result(call(result("fake", taken, r#"{"payload": 1}"#), &session)).await.expect("the holder's result");
+    assert_eq!(c.api.wait_final(&job).await["result"]["payload"], 1);
     assert_eq!(c.api.get("/healthz").await.0, 200);
     assert!(metric(&c.api.url("/metrics"), "faena_rejected_callbacks_total").await >= 10.0);
     let log = c.master_log();

@@ -15,7 +15,8 @@ use faena_proto::mqtt::{Payload, WorkUnit};
 use faena_randomx::mine::meets;
 use faena_randomx::{Flags, Material, Mode};
 use faena_testkit::api::is_final;
-use faena_testkit::{Cluster, Listener, MasterOpts, TOKEN, WAIT, eventually, sample, scrape};
+use faena_testkit::sim::{request, request_in};
+use faena_testkit::{Cluster, Listener, MasterOpts, WAIT, eventually, sample, scrape};
 use serde_json::{Value, json};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -122,12 +123,6 @@ async fn a_mining_job_is_split_across_workers_and_every_share_verifies() {
     assert!(unit.iter().any(|t| t["detail"] == "split into units"), "{unit:?}");
 }
 
-fn request<T>(msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().expect("header"));
-    req
-}
-
 #[tokio::test]
 async fn forged_shares_are_rejected_and_the_forger_quarantined() {
     let c = Cluster::start(MasterOpts { heartbeat_ms: 60_000, ..MasterOpts::default() }).await;
@@ -148,7 +143,7 @@ async fn forged_shares_are_rejected_and_the_forger_quarantined() {
         }),
         running: vec![],
     };
-    grpc.register(request(register())).await.expect("registers");
+    let session = grpc.register(request(register())).await.expect("registers").into_inner().session;
 
     let params = json!({"key": "6b6579", "blob": "00".repeat(76), "difficulty": 1000, "nonce_count": 1_000_000});
     let id = c.api.submit_ok("randomx.mine", params, None).await;
@@ -164,7 +159,8 @@ async fn forged_shares_are_rejected_and_the_forger_quarantined() {
         |json: String| pb::ProgressRequest { worker_id: "forger".into(), lease: lease.clone(), progress_json: json };
 
     // A payload that is not what a mining unit reports is refused outright.
-    let e = grpc.report_progress(request(progress(json!({"hashes": "many"}).to_string()))).await.expect_err("shape");
+    let shape = progress(json!({"hashes": "many"}).to_string());
+    let e = grpc.report_progress(request_in(shape, &session)).await.expect_err("shape");
     assert_eq!(e.code(), Code::InvalidArgument);
     // Forged shares: made-up hashes in range, real-looking ones out of range.
     let forged: Vec<Value> = (0..11u32)
@@ -174,7 +170,7 @@ async fn forged_shares_are_rejected_and_the_forger_quarantined() {
         })
         .collect();
     let report = json!({"hashes": 100, "hashrate": 50.0, "shares": forged}).to_string();
-    grpc.report_progress(request(progress(report))).await.expect("accepted, shares rejected");
+    grpc.report_progress(request_in(progress(report), &session)).await.expect("accepted, shares rejected");
 
     let forger = eventually("the forger is quarantined", || async {
         let w = c.api.workers().await.into_iter().find(|w| w["id"] == "forger")?;
@@ -192,7 +188,7 @@ async fn forged_shares_are_rejected_and_the_forger_quarantined() {
 
     // Registering again does not lift the quarantine (FAENA_QUARANTINE_SECS):
     // not as the same instance, and another is refused while this one lives.
-    grpc.register(request(register())).await.expect("registers again");
+    grpc.register(request_in(register(), &session)).await.expect("registers again");
     let w = c.api.workers().await;
     assert_eq!(w[0]["state"], "quarantined", "{w:?}");
     let twin = pb::RegisterRequest { instance_id: uuid::Uuid::new_v4().to_string(), ..register() };

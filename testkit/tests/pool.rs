@@ -14,7 +14,7 @@ use faena_proto::mqtt::{Control, Payload, WorkUnit};
 use faena_proto::topics::Topics;
 use faena_randomx::mine::meets;
 use faena_testkit::monerod::{Monerod, WALLET, Wallet};
-use faena_testkit::sim::{lease, request};
+use faena_testkit::sim::{lease, request, request_in};
 use faena_testkit::stratum::hashes_at;
 use faena_testkit::stratum::{Miner, mine_async};
 use faena_testkit::tls::TlsFront;
@@ -353,7 +353,7 @@ async fn a_workers_shares_sent_after_its_unit_was_retired_count_as_stale() {
         capabilities: Some(caps),
         running: vec![],
     };
-    grpc.register(request(register)).await.expect("registers");
+    let session = grpc.register(request(register)).await.expect("registers").into_inner().session;
     let id = add_source(&c, json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
 
     let (jobs, control) = (Topics::default().worker_jobs(&me), Topics::default().worker_control(&me));
@@ -370,11 +370,12 @@ async fn a_workers_shares_sent_after_its_unit_was_retired_count_as_stale() {
     let hb = pb::HeartbeatRequest { worker_id: me.to_string(), instance_id: instance, running: held, hashrate: 1.0 };
     let beat = {
         let mut grpc = grpc.clone();
+        let session = session.clone();
         let mut every = tokio::time::interval(std::time::Duration::from_millis(300));
         tokio::spawn(async move {
             loop {
                 every.tick().await;
-                let _ = grpc.heartbeat(request(hb.clone())).await;
+                let _ = grpc.heartbeat(request_in(hb.clone(), &session)).await;
             }
         })
     };
@@ -387,7 +388,7 @@ async fn a_workers_shares_sent_after_its_unit_was_retired_count_as_stale() {
     let (first, second) = (work.start, work.start + 1);
     let hashes = hashes_at(&params.blob, &params.key, &[first, second]).await;
     let (h1, h2) = (hashes[0], hashes[1]);
-    grpc.report_progress(request(report(vec![share(first, h1)]))).await.expect("a live unit's progress");
+    grpc.report_progress(request_in(report(vec![share(first, h1)]), &session)).await.expect("a live unit's progress");
     eventually("the live share counts", || async {
         participant(&c, "by-hand").await.filter(|p| p["shares"]["valid"] == 1)
     })
@@ -405,7 +406,10 @@ async fn a_workers_shares_sent_after_its_unit_was_retired_count_as_stale() {
     // Found before the cancel arrived, sent after: refused as a unit (it
     // is over), counted as a stale share — once, however often it is sent.
     for _ in 0..2 {
-        let e = grpc.report_progress(request(report(vec![share(second, h2)]))).await.expect_err("the unit is retired");
+        let e = grpc
+            .report_progress(request_in(report(vec![share(second, h2)]), &session))
+            .await
+            .expect_err("the unit is retired");
         assert!(e.message().contains("retired"), "{e:?}");
     }
     let p = eventually("the late share counts as stale", || async {

@@ -1,9 +1,13 @@
-//! The gRPC client to the master, with the cluster token on every call.
+//! The gRPC client to the master, with the cluster token on every call and
+//! the session of the current registration on every call after it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use faena_proto::grpc::SESSION_METADATA;
 use faena_proto::grpc::master_client::MasterClient;
 use faena_proto::secret::Secret;
+use parking_lot::RwLock;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -11,9 +15,13 @@ use tonic::transport::{Channel, Endpoint};
 
 pub type Client = MasterClient<InterceptedService<Channel, Bearer>>;
 
-/// Adds `authorization: Bearer <token>`; never prints the token.
+/// Adds `authorization: Bearer <token>` and, once registered,
+/// `faena-session: <session>`; never prints either.
 #[derive(Clone)]
-pub struct Bearer(MetadataValue<Ascii>);
+pub struct Bearer {
+    token: MetadataValue<Ascii>,
+    session: Session,
+}
 
 impl std::fmt::Debug for Bearer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -23,8 +31,30 @@ impl std::fmt::Debug for Bearer {
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
+        req.metadata_mut().insert("authorization", self.token.clone());
+        if let Some(session) = self.session.0.read().clone() {
+            req.metadata_mut().insert(SESSION_METADATA, session);
+        }
         Ok(req)
+    }
+}
+
+/// The session the master gave this worker's current registration, shared
+/// with the client's interceptor.
+#[derive(Clone, Default)]
+pub struct Session(Arc<RwLock<Option<MetadataValue<Ascii>>>>);
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Session([redacted])")
+    }
+}
+
+impl Session {
+    /// Takes the session a registration returned (one that cannot go in a
+    /// header is dropped: calls then fail and the worker registers again).
+    pub fn set(&self, session: &str) {
+        *self.0.write() = session.parse().ok();
     }
 }
 
@@ -36,8 +66,9 @@ pub enum ClientError {
     Token,
 }
 
-/// A lazily connecting client: it reconnects by itself after the master restarts.
-pub fn connect(url: &str, token: &Secret) -> Result<Client, ClientError> {
+/// A lazily connecting client: it reconnects by itself after the master
+/// restarts. Its calls carry what is put in the returned [`Session`].
+pub fn connect(url: &str, token: &Secret) -> Result<(Client, Session), ClientError> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| ClientError::Url { url: url.to_owned(), reason: e.to_string() })?
         .connect_timeout(Duration::from_secs(3))
@@ -45,8 +76,10 @@ pub fn connect(url: &str, token: &Secret) -> Result<Client, ClientError> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    let value = format!("Bearer {}", token.expose()).parse().map_err(|_| ClientError::Token)?;
-    Ok(MasterClient::with_interceptor(endpoint.connect_lazy(), Bearer(value))
+    let token = format!("Bearer {}", token.expose()).parse().map_err(|_| ClientError::Token)?;
+    let session = Session::default();
+    let client = MasterClient::with_interceptor(endpoint.connect_lazy(), Bearer { token, session: session.clone() })
         .max_decoding_message_size(8 * 1024 * 1024)
-        .max_encoding_message_size(8 * 1024 * 1024))
+        .max_encoding_message_size(8 * 1024 * 1024);
+    Ok((client, session))
 }

@@ -103,6 +103,7 @@ fn capabilities(rx: &randomx::RandomX, kinds: &[JobKind], slots: (u32, u32), ai:
 /// Registers until the master answers; wrong token or bad capabilities are fatal.
 async fn register(
     runner: &runner::Runner,
+    session: &client::Session,
     caps: &pb::Capabilities,
     cancel: &CancellationToken,
 ) -> Result<Option<pb::RegisterResponse>, WorkerError> {
@@ -117,6 +118,7 @@ async fn register(
         match runner.client().register(req).await {
             Ok(resp) => {
                 let resp = resp.into_inner();
+                session.set(&resp.session);
                 for lease in &resp.revoked {
                     runner.revoke(lease);
                 }
@@ -188,7 +190,7 @@ pub async fn run(
     }
     let slots = (slots, if offered.is_empty() { 0 } else { cfg.ai.ai_slots });
     let caps = capabilities(&rx, &registry.kinds(), slots, &offered);
-    let client = client::connect(&cfg.master_url, &token)?;
+    let (client, session) = client::connect(&cfg.master_url, &token)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let runner =
         Arc::new(runner::Runner::new(worker_id.clone(), InstanceId::new(), slots, registry, client, metrics.clone()));
@@ -224,7 +226,7 @@ pub async fn run(
         r = &mut driver => return Err(failed(r)),
         () = shutdown.cancelled() => return Ok(()),
     }
-    let Some(mut registration) = register(&runner, &caps, &shutdown).await? else { return Ok(()) };
+    let Some(mut registration) = register(&runner, &session, &caps, &shutdown).await? else { return Ok(()) };
     let _ = healthy_tx.send(true);
     tracing::info!(worker = %worker_id, slots = slots.0, ai_slots = slots.1, metrics = %metrics_addr, "faena-worker ready");
     on_ready(&Ready { worker_id: worker_id.to_string(), metrics: metrics_addr });
@@ -262,7 +264,7 @@ pub async fn run(
         };
         if reregister {
             let _ = healthy_tx.send(false);
-            match register(&runner, &caps, &shutdown).await? {
+            match register(&runner, &session, &caps, &shutdown).await? {
                 Some(r) => registration = r,
                 None => break,
             }

@@ -3,11 +3,13 @@
 //! Each command is applied to the engine, then its effects are carried out.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use faena_proto::ai::API_KEY_SECRET;
 use faena_proto::api::{JobEvent, WorkerView};
-use faena_proto::ids::JobId;
+use faena_proto::ids::{JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState};
+use faena_proto::mqtt::{Control, WorkUnit};
 use faena_proto::secret::Secret;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -15,6 +17,26 @@ use tokio_util::task::TaskTracker;
 
 use super::{Cancelled, Command, CoordError, Coordinator, Deps, Reply};
 use crate::engine::{Effect, Engine, Now, StoreOp};
+use crate::mqtt::MqttOut;
+use crate::store::{CommitFailed, StoreError};
+
+/// A message for a worker, held until the changes before it are stored.
+enum Outgoing {
+    Unit(WorkerId, WorkUnit),
+    Control(WorkerId, Control),
+}
+
+impl Outgoing {
+    fn send(&self, mqtt: &MqttOut) {
+        match self {
+            Self::Unit(worker, unit) => mqtt.dispatch(worker, unit),
+            Self::Control(worker, control) => mqtt.control(worker, control),
+        }
+    }
+}
+
+/// How long stopping waits for the store to commit what it was given.
+const STORE_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(super) struct Actor {
     pub(super) engine: Engine,
@@ -46,7 +68,9 @@ impl Actor {
     }
 
     pub(super) fn tick(&mut self) {
-        self.engine.tick(Now::system());
+        let now = Now::system();
+        self.engine.pause_dispatch(now, !self.deps.store.is_healthy());
+        self.engine.tick(now);
         self.apply();
     }
 
@@ -60,7 +84,11 @@ impl Actor {
         self.deps.store.after_commit(move |_| {
             let _ = tx.send(());
         });
-        let _ = rx.await;
+        // A store that cannot commit retries until the last handle goes:
+        // stopping does not wait on it for ever.
+        if tokio::time::timeout(STORE_FLUSH, rx).await.is_err() {
+            tracing::error!("the store did not flush within {} s; stopping without it", STORE_FLUSH.as_secs());
+        }
     }
 
     pub(super) fn handle(&mut self, cmd: Command) {
@@ -86,20 +114,38 @@ impl Actor {
                 self.apply();
                 let _ = reply.send(out.map_err(Into::into));
             }
-            Command::Heartbeat { worker, instance, running, hashrate, reply } => {
+            Command::Heartbeat { worker, session, instance, running, hashrate, reply } => {
+                if let Err(e) = self.check_session(&worker, session) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
                 let out = self.engine.heartbeat(now, &worker, instance, &running, hashrate);
                 self.apply();
                 let _ = reply.send(out.map_err(Into::into));
             }
-            Command::Progress { worker, lease, data, reply } => self.progress(now, worker, lease, data, reply),
-            Command::Complete { worker, lease, outcome, reply } => self.complete(now, worker, lease, outcome, reply),
+            Command::Progress { worker, session, lease, data, reply } => match self.check_session(&worker, session) {
+                Ok(()) => self.progress(now, worker, lease, data, reply),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Complete { worker, session, lease, outcome, reply } => {
+                match self.check_session(&worker, session) {
+                    Ok(()) => self.complete(now, worker, lease, outcome, reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
             Command::Verified(v) => self.verified(now, v),
-            Command::Secret { worker, lease, name, reply } => {
-                let out = self
-                    .engine
-                    .check_lease(&worker, &lease)
-                    .map(|()| self.secrets.get(&lease.job_id).and_then(|s| s.get(&name)).cloned());
-                let _ = reply.send(out.map_err(Into::into));
+            Command::Secret { worker, session, lease, name, reply } => {
+                let out = self.check_session(&worker, session).and_then(|()| {
+                    self.engine
+                        .check_lease(&worker, &lease)
+                        .map(|()| self.secrets.get(&lease.job_id).and_then(|s| s.get(&name)).cloned())
+                        .map_err(Into::into)
+                });
+                let _ = reply.send(out);
             }
             Command::WorkerState { worker, instance, state } => {
                 self.engine.worker_state(now, &worker, instance, state);
@@ -123,12 +169,28 @@ impl Actor {
         }
     }
 
+    /// Refuses a worker call that does not carry its registration's session
+    /// (a lease read off the wire is not enough to act on it).
+    fn check_session(&self, worker: &WorkerId, session: Option<Secret>) -> Result<(), CoordError> {
+        self.engine.check_session(worker, session.as_ref().map(Secret::expose)).map_err(|e| {
+            if matches!(e, crate::engine::LeaseError::Session(_)) {
+                self.deps.metrics.rejected_callbacks.inc();
+                tracing::warn!(worker = %worker, "worker call without the worker's current session refused");
+            }
+            e.into()
+        })
+    }
+
     fn submit(
         &mut self,
         now: Now,
         mut jobs: Vec<crate::engine::NewJob>,
         reply: Reply<Result<Vec<(JobId, u64)>, CoordError>>,
     ) {
+        if !self.deps.store.is_healthy() {
+            let _ = reply.send(Err(CoordError::Store(CommitFailed(Arc::new(StoreError::Unavailable)))));
+            return;
+        }
         let mut keys = Vec::new();
         let mut cacheable = Vec::new();
         for j in &mut jobs {
@@ -171,7 +233,12 @@ impl Actor {
         });
     }
 
+    /// Carries out the engine's effects in order. What goes to workers
+    /// (units, controls) is published only once the store has committed
+    /// every change before it: a master that dies first has published
+    /// nothing its successor does not know of.
     pub(super) fn apply(&mut self) {
+        let mut outgoing = Vec::new();
         for effect in self.engine.take_effects() {
             match effect {
                 Effect::Store(op) => {
@@ -198,14 +265,24 @@ impl Actor {
                         unit.secrets = vec![API_KEY_SECRET.into()];
                     }
                     self.deps.metrics.dispatch_latency.observe(waited.as_secs_f64());
-                    self.deps.mqtt.dispatch(&worker, &unit);
+                    outgoing.push(Outgoing::Unit(worker, unit));
                 }
-                Effect::Control { worker, control } => self.deps.mqtt.control(&worker, &control),
+                Effect::Control { worker, control } => outgoing.push(Outgoing::Control(worker, control)),
                 Effect::Notify { job, event } => self.notify(job, event),
                 Effect::RangeReturned { .. } => {
                     self.deps.metrics.redeliveries.inc();
                 }
             }
+        }
+        if !outgoing.is_empty() {
+            let mqtt = self.deps.mqtt.clone();
+            self.deps.store.after_commit(move |committed| match committed {
+                Ok(()) => outgoing.iter().for_each(|o| o.send(&mqtt)),
+                Err(_) => tracing::warn!(
+                    messages = outgoing.len(),
+                    "not sent to workers: the changes behind them were not stored"
+                ),
+            });
         }
     }
 
@@ -221,8 +298,14 @@ impl Actor {
             // Always scheduled: a watcher may subscribe between now and the commit,
             // and it reads the store, which shows the outcome only after it.
             self.sent_positions.remove(&job);
+            // Told only once stored: no watcher hears of an outcome a
+            // restart would not know.
             let hub = self.deps.hub.clone();
-            self.deps.store.after_commit(move |_| hub.publish(job, event));
+            self.deps.store.after_commit(move |committed| {
+                if committed.is_ok() {
+                    hub.publish(job, event);
+                }
+            });
         } else if matches!(event, JobEvent::Progress { .. }) && self.engine.kind(&job) == Some(JobKind::AiQuery) {
             // A streamed answer: kept for watchers that arrive mid-answer.
             self.deps.hub.publish_kept(job, event);

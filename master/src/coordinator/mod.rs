@@ -66,6 +66,9 @@ pub enum Cancelled {
 
 type Reply<T> = oneshot::Sender<T>;
 
+/// Who makes a worker call: its id and the session it presents.
+pub type Caller = (WorkerId, Option<Secret>);
+
 enum Command {
     Submit(Vec<NewJob>, Reply<Result<Vec<(JobId, u64)>, CoordError>>),
     Cancel(JobId, Reply<Result<Cancelled, CoordError>>),
@@ -74,6 +77,7 @@ enum Command {
     Register(Registration, Reply<Result<RegisterOutcome, CoordError>>),
     Heartbeat {
         worker: WorkerId,
+        session: Option<Secret>,
         instance: InstanceId,
         running: Vec<LeaseRef>,
         hashrate: f64,
@@ -81,12 +85,14 @@ enum Command {
     },
     Progress {
         worker: WorkerId,
+        session: Option<Secret>,
         lease: LeaseRef,
         data: Value,
         reply: Reply<Result<(), CoordError>>,
     },
     Complete {
         worker: WorkerId,
+        session: Option<Secret>,
         lease: LeaseRef,
         outcome: Outcome,
         reply: Reply<Result<bool, CoordError>>,
@@ -95,6 +101,7 @@ enum Command {
     Verified(reports::Verified),
     Secret {
         worker: WorkerId,
+        session: Option<Secret>,
         lease: LeaseRef,
         name: String,
         reply: Reply<Result<Option<Secret>, CoordError>>,
@@ -153,28 +160,40 @@ impl Coordinator {
         self.ask(|r| Command::Register(reg, r)).await?
     }
 
+    /// Every call below comes from `caller`: a worker and the session it
+    /// presents, which must be the one its registration holds.
     pub async fn heartbeat(
         &self,
-        worker: WorkerId,
+        (worker, session): Caller,
         instance: InstanceId,
         running: Vec<LeaseRef>,
         hashrate: f64,
     ) -> Result<Vec<LeaseRef>, CoordError> {
-        self.ask(|reply| Command::Heartbeat { worker, instance, running, hashrate, reply }).await?
+        self.ask(|reply| Command::Heartbeat { worker, session, instance, running, hashrate, reply }).await?
     }
 
     /// A worker's progress report, as it came (a mining unit's is verified here).
-    pub async fn progress(&self, worker: WorkerId, lease: LeaseRef, data: Value) -> Result<(), CoordError> {
-        self.ask(|reply| Command::Progress { worker, lease, data, reply }).await?
+    pub async fn progress(&self, (worker, session): Caller, lease: LeaseRef, data: Value) -> Result<(), CoordError> {
+        self.ask(|reply| Command::Progress { worker, session, lease, data, reply }).await?
     }
 
     /// An attempt's outcome, as it came (a mining unit's output is verified here).
-    pub async fn complete(&self, worker: WorkerId, lease: LeaseRef, outcome: Outcome) -> Result<bool, CoordError> {
-        self.ask(|reply| Command::Complete { worker, lease, outcome, reply }).await?
+    pub async fn complete(
+        &self,
+        (worker, session): Caller,
+        lease: LeaseRef,
+        outcome: Outcome,
+    ) -> Result<bool, CoordError> {
+        self.ask(|reply| Command::Complete { worker, session, lease, outcome, reply }).await?
     }
 
-    pub async fn secret(&self, worker: WorkerId, lease: LeaseRef, name: String) -> Result<Option<Secret>, CoordError> {
-        self.ask(|reply| Command::Secret { worker, lease, name, reply }).await?
+    pub async fn secret(
+        &self,
+        (worker, session): Caller,
+        lease: LeaseRef,
+        name: String,
+    ) -> Result<Option<Secret>, CoordError> {
+        self.ask(|reply| Command::Secret { worker, session, lease, name, reply }).await?
     }
 
     pub async fn worker_state(&self, worker: WorkerId, instance: InstanceId, state: WorkerState) {

@@ -16,6 +16,9 @@ impl Engine {
     /// Places queued jobs on free slots until none fits. A mining job takes
     /// one unit per worker at a time (each unit uses all the worker's threads).
     pub(super) fn schedule(&mut self, now: Now) {
+        if self.dispatch_paused {
+            return;
+        }
         'placing: loop {
             for (_, lane, id) in self.queue.heads() {
                 let split = self.mining.contains(&id);

@@ -255,7 +255,8 @@ fn a_worker_over_the_invalid_share_limit_gets_no_more_work_until_it_registers() 
     assert!(m.units().is_empty(), "a new registration is still quarantined");
     m.h.advance(Duration::from_secs(600));
     let caps = crate::scheduler::tests::worker("a", 2, &[JobKind::RandomxMine], m.h.now.mono).caps;
-    let reg = Registration { worker: a.clone(), instance: second, caps, running: vec![] };
+    let session = m.h.engine.workers().get(&a).map(|w| w.session.clone());
+    let reg = Registration { worker: a.clone(), instance: second, caps, running: vec![], session };
     m.h.engine.register(m.h.now, reg).expect("the same instance may register again");
     assert_eq!(m.units().len(), 1, "after the quarantine time it gets work");
 }
@@ -322,7 +323,7 @@ fn a_restart_keeps_finished_and_running_units_and_hands_out_the_rest() {
 
 fn test_worker_registration(m: &Mining, name: &str, lease: &LeaseRef) -> Registration {
     let w = crate::scheduler::tests::worker(name, 1, &[JobKind::RandomxMine], m.h.now.mono);
-    Registration { worker: w.id, instance: w.instance, caps: w.caps, running: vec![lease.clone()] }
+    Registration { worker: w.id, instance: w.instance, caps: w.caps, running: vec![lease.clone()], session: None }
 }
 
 #[test]

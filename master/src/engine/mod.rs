@@ -27,6 +27,7 @@ use std::time::Instant;
 use faena_proto::ids::{FencingToken, InstanceId, JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
 use faena_proto::mqtt::{Control, WorkerState};
+use faena_proto::secret::Secret;
 use serde_json::Value;
 
 pub mod deadlines;
@@ -121,6 +122,8 @@ pub struct Engine {
     /// Worker ids quarantined for invalid shares, and until when: a new
     /// registration does not lift it sooner.
     quarantined: HashMap<WorkerId, Instant>,
+    /// Set while the store cannot commit: nothing new is handed out.
+    dispatch_paused: bool,
 }
 
 /// A unit retired with its template: a report its worker sends after that
@@ -151,11 +154,31 @@ impl Engine {
             lane_seen: HashMap::new(),
             retired: HashMap::new(),
             quarantined: HashMap::new(),
+            dispatch_paused: false,
         }
     }
 
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
+    }
+
+    /// Stops handing out work while the store cannot record it, and starts
+    /// again once it can. Leases do not run out meanwhile (a unit whose
+    /// dispatch waits on the store has not reached its worker, which cannot
+    /// renew it); on resuming, every lease gets a full term again.
+    pub fn pause_dispatch(&mut self, now: Now, paused: bool) {
+        if std::mem::replace(&mut self.dispatch_paused, paused) && !paused {
+            let held: Vec<JobId> = self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.lease.as_ref().is_some_and(|l| !l.restored))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in held {
+                self.lease_deadlines.set(id, now.mono + self.cfg.lease_ttl());
+            }
+            self.schedule(now);
+        }
     }
 
     pub fn take_effects(&mut self) -> Vec<Effect> {
@@ -295,9 +318,14 @@ impl Engine {
     /// live worker off and cost its jobs an attempt. The same instance may
     /// register again (after a master restart, or a lost connection).
     pub fn register(&mut self, now: Now, reg: Registration) -> Result<RegisterOutcome, LeaseError> {
-        if self.workers.get(&reg.worker).is_some_and(|old| old.instance != reg.instance) {
-            return Err(LeaseError::InUse(reg.worker));
+        if let Some(old) = self.workers.get(&reg.worker) {
+            let same = old.instance == reg.instance
+                && reg.session.as_ref().is_some_and(|s| old.session.constant_time_eq(s.expose()));
+            if !same {
+                return Err(LeaseError::InUse(reg.worker));
+            }
         }
+        let session = Secret::new(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()));
         self.quarantined.retain(|_, until| *until > now.mono);
         let availability = match self.quarantined.contains_key(&reg.worker) {
             true => Availability::Quarantined,
@@ -312,9 +340,10 @@ impl Engine {
             availability,
             hashrate: 0.0,
             invalid_shares: 0,
+            session: session.clone(),
         });
         self.silence.set(reg.worker.clone(), now.mono + self.cfg.lease_ttl());
-        let mut out = RegisterOutcome::default();
+        let mut out = RegisterOutcome { session, ..RegisterOutcome::default() };
         for lease in reg.running {
             if self.renew(now, &reg.worker, &lease) {
                 let kind = self.jobs.get_mut(&lease.job_id).and_then(|j| {
@@ -440,7 +469,8 @@ impl Engine {
         for w in self.silence.expired(now.mono) {
             self.drop_worker(now, &w, "worker missed its heartbeats", true);
         }
-        for id in self.lease_deadlines.expired(now.mono) {
+        let expired = if self.dispatch_paused { Vec::new() } else { self.lease_deadlines.expired(now.mono) };
+        for id in expired {
             let Some(worker) = self.jobs.get(&id).and_then(|j| j.lease.as_ref()).map(|l| l.worker.clone()) else {
                 continue;
             };
@@ -490,6 +520,15 @@ impl Engine {
         match self.workers.get_mut(worker) {
             Some(w) if instance.is_none_or(|i| i == w.instance) => Ok(w),
             _ => Err(LeaseError::UnknownWorker(worker.clone())),
+        }
+    }
+
+    /// Whether a call comes from the registration `worker` holds now.
+    pub fn check_session(&self, worker: &WorkerId, session: Option<&str>) -> Result<(), LeaseError> {
+        match self.workers.get(worker) {
+            None => Err(LeaseError::UnknownWorker(worker.clone())),
+            Some(w) if session.is_some_and(|s| w.session.constant_time_eq(s)) => Ok(()),
+            Some(_) => Err(LeaseError::Session(worker.clone())),
         }
     }
 

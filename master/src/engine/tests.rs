@@ -45,7 +45,8 @@ impl Harness {
 
     pub(super) fn add_worker_of(&mut self, id: &str, slots: u32, kinds: &[JobKind]) -> (WorkerId, InstanceId) {
         let w = test_worker(id, slots, kinds, self.now.mono);
-        let reg = Registration { worker: w.id.clone(), instance: w.instance, caps: w.caps, running: vec![] };
+        let reg =
+            Registration { worker: w.id.clone(), instance: w.instance, caps: w.caps, running: vec![], session: None };
         self.engine.register(self.now, reg).expect("a free worker id");
         (w.id, w.instance)
     }
@@ -259,6 +260,7 @@ fn restored_running_jobs_are_adopted_by_their_worker_or_requeued() {
                 instance: w.instance,
                 caps: w.caps,
                 running: vec![claim.clone(), bogus.clone()],
+                session: None,
             },
         )
         .expect("registers");
@@ -296,7 +298,7 @@ fn a_restored_unit_its_worker_does_not_have_is_requeued_at_once() {
         }],
     );
     let w = test_worker("w1", 1, &[JobKind::Noop], h.now.mono);
-    let reg = Registration { worker: w1, instance: w.instance, caps: w.caps, running: vec![] };
+    let reg = Registration { worker: w1, instance: w.instance, caps: w.caps, running: vec![], session: None };
     h.engine.register(h.now, reg).expect("registers");
     let d = h.dispatches();
     assert_eq!((d.len(), d.first().map(|x| x.1.attempt)), (1, Some(2)));
@@ -320,14 +322,58 @@ fn a_live_workers_id_cannot_be_taken_by_another_instance() {
     let id = h.submit(Priority::Normal);
     let lease = h.dispatches().pop().expect("dispatched").1;
     let other = test_worker("w1", 1, &[JobKind::Noop], h.now.mono);
-    let reg = |instance| Registration { worker: w1.clone(), instance, caps: other.caps.clone(), running: vec![] };
+    let reg = |instance| Registration {
+        worker: w1.clone(),
+        instance,
+        caps: other.caps.clone(),
+        running: vec![],
+        session: None,
+    };
     assert_eq!(h.engine.register(h.now, reg(other.instance)), Err(LeaseError::InUse(w1.clone())));
     assert!(h.engine.check_lease(&w1, &lease).is_ok(), "the live worker keeps its lease");
     assert_eq!(h.engine.view(&id).map(|v| v.attempts), Some(1), "and its job its attempt");
-    // The same instance may register again (a master restart, a lost connection).
-    let same = Registration { running: vec![lease.clone()], ..reg(first) };
-    assert_eq!(h.engine.register(h.now, same).map(|o| o.adopted), Ok(vec![lease]));
+    // Its instance id is no secret (it is in its status): without the
+    // session it holds, even the same instance is refused.
+    assert_eq!(h.engine.register(h.now, reg(first)), Err(LeaseError::InUse(w1.clone())));
+    // The same instance may register again (a lost connection) with its session.
+    let session = h.engine.workers().get(&w1).map(|w| w.session.clone());
+    let old = session.clone().expect("a session");
+    let same = Registration { running: vec![lease.clone()], session, ..reg(first) };
+    let out = h.engine.register(h.now, same).expect("registers again");
+    assert_eq!(out.adopted, vec![lease]);
+    assert_ne!(out.session, old, "a new session for the new registration");
+    assert_eq!(h.engine.check_session(&w1, Some(old.expose())), Err(LeaseError::Session(w1.clone())));
+    assert_eq!(h.engine.check_session(&w1, None), Err(LeaseError::Session(w1.clone())));
+    assert!(h.engine.check_session(&w1, Some(out.session.expose())).is_ok());
     // Once the live one is gone, the id is free.
     h.engine.worker_state(h.now, &w1, first, WorkerState::Offline);
     assert!(h.engine.register(h.now, reg(other.instance)).is_ok());
+}
+
+#[test]
+fn nothing_is_handed_out_and_no_lease_runs_out_while_the_store_cannot_commit() {
+    let mut h = Harness::new(100);
+    let (w, _) = h.add_worker("w1", 1);
+    let first = h.submit(Priority::Normal);
+    assert_eq!(h.dispatches().len(), 1);
+    h.engine.pause_dispatch(h.now, true);
+    let (w2, _) = h.add_worker("w2", 1);
+    let second = h.submit(Priority::Normal);
+    assert!(h.dispatches().is_empty(), "paused: nothing goes out");
+    // Far past the lease's term: the first unit's dispatch may not have
+    // reached its worker, so it is not taken back.
+    h.advance(h.engine.config().lease_ttl() * 4);
+    h.engine.heartbeat(h.now, &w2, h.engine.workers().get(&w2).expect("w2").instance, &[], 0.0).expect("w2 is live");
+    h.engine.heartbeat(h.now, &w, h.engine.workers().get(&w).expect("w1").instance, &[], 0.0).expect("w1 is live");
+    h.engine.tick(h.now);
+    assert!(h.engine.take_effects().iter().all(|e| !matches!(e, Effect::Store(StoreOp::Requeued { .. }))));
+    assert_eq!(h.engine.view(&first).map(|v| v.state), Some(JobState::Running));
+
+    h.engine.pause_dispatch(h.now, false);
+    let out = h.dispatches();
+    assert_eq!(out.iter().map(|(w, l)| (w.as_str(), l.job_id)).collect::<Vec<_>>(), [("w2", second)]);
+    // The first lease got a full term again from the moment work resumed.
+    h.advance(h.engine.config().lease_ttl() / 2);
+    h.engine.tick(h.now);
+    assert_eq!(h.engine.view(&first).map(|v| v.state), Some(JobState::Running));
 }

@@ -11,6 +11,7 @@ use faena_proto::ids::{FencingToken, InstanceId, JobId, WorkerId};
 use faena_proto::jobs::{JobSpec, JobState, Priority};
 use faena_proto::mine::{MineParams, MineProgress};
 use faena_proto::mqtt::{Control, WorkUnit};
+use faena_proto::secret::Secret;
 use serde_json::Value;
 
 use super::mining::MinedUnit;
@@ -212,6 +213,8 @@ pub enum LeaseError {
     Stale { job: JobId, attempt: u32, reason: String },
     #[error("worker id {0} is in use by another live instance; register once it has stopped or gone silent")]
     InUse(WorkerId),
+    #[error("worker {0}: this call does not carry the worker's current session (register again)")]
+    Session(WorkerId),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -226,12 +229,17 @@ pub struct Registration {
     pub instance: InstanceId,
     pub caps: Capabilities,
     pub running: Vec<LeaseRef>,
+    /// The session the caller holds, if any: needed to register again
+    /// while the master holds the worker live.
+    pub session: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RegisterOutcome {
     pub adopted: Vec<LeaseRef>,
     pub revoked: Vec<LeaseRef>,
+    /// The new session every later call of this worker must carry.
+    pub session: Secret,
 }
 
 /// A live job as the API shows it.
