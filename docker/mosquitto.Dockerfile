@@ -11,7 +11,7 @@ ENV MOSQUITTO_RUN_DIR=/mosquitto/run \
     MOSQUITTO_DATA_DIR=/mosquitto/data
 VOLUME /mosquitto/data
 USER mosquitto
-EXPOSE 1883
+EXPOSE 1883 8883
 # A real MQTT round trip as the observer (credentials from the file setup.sh
 # writes for mosquitto_sub, never on a command line).
 HEALTHCHECK --interval=10s --timeout=6s --start-period=20s --retries=3 \

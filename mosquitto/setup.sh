@@ -8,6 +8,10 @@
 #   FAENA_MQTT_MASTER_PASSWORD_FILE    (default /run/secrets/faena_mqtt_master_password)
 #   FAENA_MQTT_WORKER_PASSWORD_FILE    (default /run/secrets/faena_mqtt_worker_password)
 #   FAENA_MQTT_OBSERVER_PASSWORD_FILE  (default /run/secrets/faena_mqtt_observer_password)
+# TLS (mqtts), when the certificate and key files exist (scripts/make-certs.sh):
+#   MOSQUITTO_TLS_CERT_FILE  (default /run/secrets/faena_tls_mosquitto_cert)
+#   MOSQUITTO_TLS_KEY_FILE   (default /run/secrets/faena_tls_mosquitto_key)
+#   MOSQUITTO_TLS_PORT       TLS listener port (default 8883), beside the plain one
 # Other settings:
 #   FAENA_TOPIC_PREFIX  topic prefix the ACL covers   (default faena)
 #   MOSQUITTO_PORT      listener port                 (default 1883)
@@ -57,6 +61,23 @@ user=${MOSQUITTO_USER:-mosquitto}
 sed "s/@PREFIX@/$prefix/g" "$here/acl.in" > "$run/acl"
 sed -e "s#@PORT@#${MOSQUITTO_PORT:-1883}#" -e "s#@BIND@#${MOSQUITTO_BIND:-0.0.0.0}#" \
     -e "s#@USER@#$user#" -e "s#@RUN@#$run#" -e "s#@DATA@#$data#" "$here/mosquitto.conf.in" > "$run/mosquitto.conf"
+
+cert=${MOSQUITTO_TLS_CERT_FILE:-/run/secrets/faena_tls_mosquitto_cert}
+key=${MOSQUITTO_TLS_KEY_FILE:-/run/secrets/faena_tls_mosquitto_key}
+if [ -r "$cert" ] && [ -r "$key" ]; then
+  # Copied so the broker's own user can read them after it drops root.
+  cp "$cert" "$run/tls.pem"
+  cp "$key" "$run/tls.key"
+  cat >> "$run/mosquitto.conf" <<EOF
+
+# mqtts: the same accounts and ACL, over TLS 1.2+ (the stack's services use it).
+listener ${MOSQUITTO_TLS_PORT:-8883} ${MOSQUITTO_BIND:-0.0.0.0}
+certfile $run/tls.pem
+keyfile $run/tls.key
+tls_version tlsv1.2
+EOF
+  echo "setup.sh: mqtts on port ${MOSQUITTO_TLS_PORT:-8883}" >&2
+fi
 
 # Started as root, Mosquitto drops to MOSQUITTO_USER, which must read these.
 if [ "$(id -u)" = 0 ] && [ "$user" != root ]; then

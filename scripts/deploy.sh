@@ -5,7 +5,8 @@
 #
 # Initialises a swarm when this node is in none, creates the secrets that are
 # missing — a generated cluster token and broker passwords (master, worker,
-# observer), and the Gemini key — then runs docker stack deploy with the
+# observer), the cluster CA and TLS certificates (scripts/make-certs.sh), and
+# the Gemini key — then runs docker stack deploy with the
 # images build.sh made. Safe to re-run: existing secrets are kept and only
 # services whose image or settings changed are updated (rolling, one at a time).
 #
@@ -96,6 +97,12 @@ for name in cluster_token mqtt_master_password mqtt_worker_password mqtt_observe
     say "created secret ${FAENA_STACK}_$name (generated)"
   fi
 done
+# TLS between the stack's services: a cluster CA and the master's and the
+# broker's certificates (scripts/make-certs.sh; the CA's key stays in
+# FAENA_TLS_DIR, default .faena-tls, to sign more later).
+if ! docker secret inspect "${FAENA_STACK}_tls_ca" >/dev/null 2>&1; then
+  FAENA_STACK=$FAENA_STACK ./scripts/make-certs.sh --out "${FAENA_TLS_DIR:-.faena-tls}" --secrets >&2
+fi
 # The API token: given, generated, or (--no-api-token) empty, which leaves the API open.
 api_secret="${FAENA_STACK}_api_token"
 if [ -n "$api_token_file" ]; then

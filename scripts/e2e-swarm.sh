@@ -35,6 +35,7 @@ export FAENA_STACK=${FAENA_STACK:-faena-e2e}
 export FAENA_WEB_PORT=${FAENA_WEB_PORT:-18888}
 export FAENA_MQTT_PORT=${FAENA_MQTT_PORT:-11883}
 export FAENA_STRATUM_PORT=${FAENA_STRATUM_PORT:-13333}
+export FAENA_MQTTS_PORT=${FAENA_MQTTS_PORT:-18883}
 . scripts/lib/stack.sh
 
 work=$(mktemp -d)

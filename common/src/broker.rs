@@ -14,40 +14,50 @@ pub const MAX_PACKET_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("invalid broker URL {0:?} (expected mqtt://host:port)")]
+    #[error("invalid broker URL {0:?} (expected mqtt://host:port or mqtts://host:port)")]
     Url(String),
     #[error("the MQTT broker refused the connection: {0} (check FAENA_MQTT_USERNAME / FAENA_MQTT_PASSWORD)")]
     Refused(&'static str),
+    #[error("TLS with the MQTT broker failed: {0} (check FAENA_TLS_CA_FILE and the broker's certificate)")]
+    Tls(String),
+    #[error(transparent)]
+    TlsConfig(#[from] crate::tls::TlsError),
 }
 
-/// `mqtt://host:port` (or `tcp://`, or bare `host:port`); port defaults to 1883.
+/// `mqtt://host:port` (or `tcp://`, or bare `host:port`; port 1883 by
+/// default), or `mqtts://host:port` (or `ssl://`; TLS, port 8883 by default).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
+    pub tls: bool,
 }
 
 impl FromStr for BrokerUrl {
     type Err = BrokerError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || BrokerError::Url(s.to_owned());
-        let rest = s.strip_prefix("mqtt://").or_else(|| s.strip_prefix("tcp://")).unwrap_or(s);
+        let (tls, rest) = match s.strip_prefix("mqtts://").or_else(|| s.strip_prefix("ssl://")) {
+            Some(rest) => (true, rest),
+            None => (false, s.strip_prefix("mqtt://").or_else(|| s.strip_prefix("tcp://")).unwrap_or(s)),
+        };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) => (h, p.parse::<u16>().map_err(|_| err())?),
-            None => (rest, 1883),
+            None => (rest, if tls { 8883 } else { 1883 }),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains(['/', '@', ' ']) {
             return Err(err());
         }
-        Ok(Self { host: host.to_owned(), port })
+        Ok(Self { host: host.to_owned(), port, tls })
     }
 }
 
 impl std::fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "mqtt://{}:{}", self.host, self.port)
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
     }
 }
 
@@ -77,9 +87,19 @@ pub const MASTER_CLIENT_ID: &str = "faena-master";
 
 /// Client options shared by master and worker. Persistent sessions
 /// (`clean_session = false`) let the broker keep QoS 1 units for a
-/// reconnecting client.
-pub fn options(client_id: &str, url: &BrokerUrl, creds: Option<&Credentials>, will: Option<LastWill>) -> MqttOptions {
+/// reconnecting client. An `mqtts://` URL connects over TLS, trusting
+/// what `tls` says (see [`crate::tls`]).
+pub fn options(
+    client_id: &str,
+    url: &BrokerUrl,
+    creds: Option<&Credentials>,
+    will: Option<LastWill>,
+    tls: &crate::tls::TlsArgs,
+) -> Result<MqttOptions, crate::tls::TlsError> {
     let mut o = MqttOptions::new(client_id, url.host.clone(), url.port);
+    if url.tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.client_config()?)));
+    }
     o.set_keep_alive(Duration::from_secs(5));
     o.set_clean_session(false);
     o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
@@ -91,7 +111,7 @@ pub fn options(client_id: &str, url: &BrokerUrl, creds: Option<&Credentials>, wi
     if let Some(w) = will {
         o.set_last_will(w);
     }
-    o
+    Ok(o)
 }
 
 fn refusal(code: ConnectReturnCode) -> &'static str {
@@ -145,6 +165,7 @@ pub async fn drive(
             Err(ConnectionError::ConnectionRefused(
                 code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
             )) if !connected_once => return Err(BrokerError::Refused(refusal(code))),
+            Err(ConnectionError::Tls(e)) if !connected_once => return Err(BrokerError::Tls(e.to_string())),
             Err(e) => {
                 let wait = backoff.wait();
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker connection lost");
@@ -164,7 +185,11 @@ mod tests {
     #[test]
     fn parses_broker_urls() {
         let u: BrokerUrl = "mqtt://broker:1884".parse().expect("valid");
-        assert_eq!((u.host.as_str(), u.port), ("broker", 1884));
+        assert_eq!((u.host.as_str(), u.port, u.tls), ("broker", 1884, false));
+        let s: BrokerUrl = "mqtts://mosquitto".parse().expect("valid");
+        assert_eq!((s.host.as_str(), s.port, s.tls), ("mosquitto", 8883, true));
+        assert_eq!(s.to_string(), "mqtts://mosquitto:8883");
+        assert_eq!("ssl://h:1".parse::<BrokerUrl>().map(|u| u.tls).ok(), Some(true));
         assert_eq!("127.0.0.1".parse::<BrokerUrl>().map(|u| u.port).ok(), Some(1883));
         assert_eq!("tcp://[::1]:99".parse::<BrokerUrl>().map(|u| u.host).ok().as_deref(), Some("::1"));
         for bad in ["", "mqtt://", "mqtt://h:notaport", "mqtt://user@h:1", "mqtt://h:70000"] {

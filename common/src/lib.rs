@@ -6,6 +6,7 @@
 //! - [`secrets`]: secrets from a value or a `*_FILE` path (Docker secrets).
 //! - [`lifecycle`]: the ready line, and shutdown on Ctrl-C or SIGTERM.
 //! - [`retry`]: the one backoff policy every reconnect and retry loop uses.
+//! - [`tls`]: TLS between nodes: trusted CA, served certificate.
 
 pub mod args;
 pub mod broker;
@@ -13,3 +14,4 @@ pub mod lifecycle;
 pub mod logs;
 pub mod retry;
 pub mod secrets;
+pub mod tls;

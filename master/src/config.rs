@@ -35,6 +35,10 @@ pub struct Config {
     /// `<data-dir>/cluster-token` for local workers to read.
     #[command(flatten)]
     pub token: ClusterToken,
+    /// TLS: gRPC and the embedded broker are served over TLS with this
+    /// certificate; `mqtts://` URLs trust the CA file.
+    #[command(flatten)]
+    pub tls: faena_common::tls::TlsArgs,
     /// Token the REST API (`Authorization: Bearer`) and the web page's
     /// Socket.IO connections (`auth.token`) must present. Unset or empty:
     /// open, for a trusted network. `/healthz` and `/metrics` stay open.

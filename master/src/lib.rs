@@ -80,6 +80,10 @@ pub enum MasterError {
     Topics(String),
     #[error("mining store: {0}")]
     Mining(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Tls(#[from] faena_common::tls::TlsError),
+    #[error("gRPC TLS: {0} (check FAENA_TLS_CERT_FILE and FAENA_TLS_KEY_FILE)")]
+    GrpcTls(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MasterError {
@@ -159,10 +163,12 @@ pub async fn run(
             (url.clone(), url.to_string(), creds)
         }
         None => {
-            let b = broker::start(cfg.mqtt_addr, &token, &cfg.topic_prefix).await?;
-            tracing::info!(addr = %b.public, "embedded MQTT broker listening (accounts from the cluster token; anyone may read status and logs)");
-            let internal = BrokerUrl { host: b.internal.ip().to_string(), port: b.internal.port() };
-            let public = BrokerUrl { host: b.public.ip().to_string(), port: b.public.port() };
+            let tls = cfg.tls.server_config()?;
+            let secure = tls.is_some();
+            let b = broker::start(cfg.mqtt_addr, &token, &cfg.topic_prefix, tls).await?;
+            tracing::info!(addr = %b.public, tls = secure, "embedded MQTT broker listening (accounts from the cluster token; anyone may read status and logs)");
+            let internal = BrokerUrl { host: b.internal.ip().to_string(), port: b.internal.port(), tls: false };
+            let public = BrokerUrl { host: b.public.ip().to_string(), port: b.public.port(), tls: secure };
             (internal, public.to_string(), Some(b.login))
         }
     };
@@ -171,7 +177,8 @@ pub async fn run(
     let mqtt_cancel = CancellationToken::new();
     let instance = InstanceId::new();
     let metrics = Arc::new(metrics::Metrics::default());
-    let conn = mqtt::connect(&url, creds.as_ref(), topics.clone(), instance, metrics.clone(), mqtt_cancel.clone());
+    let conn =
+        mqtt::connect(&url, creds.as_ref(), &cfg.tls, topics.clone(), instance, metrics.clone(), mqtt_cancel.clone())?;
     let mqtt::Connection { out, mut connected, mut statuses, driver } = conn;
     let mut driver = tokio::spawn(driver);
     let timeout = Duration::from_millis(cfg.mqtt_connect_timeout_ms);
@@ -260,9 +267,16 @@ pub async fn run(
     let servers_cancel = CancellationToken::new();
     let grpc_service = grpc::server(coord.clone(), instance, cfg.heartbeat_ms, metrics.clone(), token);
     let grpc_incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let mut grpc_builder = tonic::transport::Server::builder();
+    if let Some(id) = cfg.tls.identity_pem()? {
+        let tls =
+            tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(id.cert, id.key));
+        grpc_builder = grpc_builder.tls_config(tls).map_err(|e| MasterError::GrpcTls(e.to_string()))?;
+        tracing::info!("gRPC served over TLS");
+    }
     let stop_grpc = servers_cancel.clone();
     let grpc_task = tracker.spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = grpc_builder
             .add_service(grpc_service)
             .serve_with_incoming_shutdown(grpc_incoming, stop_grpc.cancelled_owned())
             .await;

@@ -150,14 +150,15 @@ impl std::fmt::Debug for Connection {
 pub fn connect(
     url: &BrokerUrl,
     creds: Option<&Credentials>,
+    tls: &faena_common::tls::TlsArgs,
     topics: Topics,
     instance: InstanceId,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-) -> Connection {
+) -> Result<Connection, faena_common::tls::TlsError> {
     let will_status = MasterStatus { instance_id: instance, state: MasterState::Offline, ts_ms: 0 };
     let will = LastWill::new(topics.master_status(), will_status.encode(), QoS::AtLeastOnce, true);
-    let options = broker::options(broker::MASTER_CLIENT_ID, url, creds, Some(will));
+    let options = broker::options(broker::MASTER_CLIENT_ID, url, creds, Some(will), tls)?;
     let (client, eventloop) = broker::client(options, 65_536);
     let (connected_tx, connected) = watch::channel(false);
     let (status_tx, statuses) = Statuses::channel();
@@ -184,7 +185,7 @@ pub fn connect(
         _ => {}
     };
     let driver = Box::pin(broker::drive(eventloop, cancel, on_event));
-    Connection { out, connected, statuses, driver }
+    Ok(Connection { out, connected, statuses, driver })
 }
 
 /// A status message must parse, and name the worker whose topic it came on.

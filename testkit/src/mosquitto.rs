@@ -25,6 +25,8 @@ pub struct Mosquitto {
     pub child: Option<tokio::process::Child>,
     pub port: u16,
     pub dir: PathBuf,
+    /// The TLS listener's port and the directory `scripts/make-certs.sh` filled.
+    pub tls: Option<(u16, PathBuf)>,
 }
 
 /// The repository's broker setup (`mosquitto/`), as the image runs it.
@@ -35,14 +37,29 @@ pub fn setup_script() -> PathBuf {
 impl Mosquitto {
     /// Starts Mosquitto on a free port with the stack's accounts and ACL.
     pub async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, None).await
+    }
+
+    /// The same, with an mqtts listener too, serving `certs/mosquitto.pem`.
+    pub async fn start_tls(dir: &Path, certs: &Path) -> Self {
+        Self::start_with(dir, Some(certs.to_owned())).await
+    }
+
+    async fn start_with(dir: &Path, certs: Option<PathBuf>) -> Self {
         let dir = dir.join("mosquitto");
         std::fs::create_dir_all(&dir).expect("mosquitto dir");
         for a in [MASTER, WORKER, OBSERVER] {
             std::fs::write(dir.join(a.username), format!("{}\n", a.password)).expect("password file");
         }
-        let mut m = Self { child: None, port: free_port(), dir };
+        let tls = certs.map(|c| (free_port(), c));
+        let mut m = Self { child: None, port: free_port(), dir, tls };
         m.restart().await;
         m
+    }
+
+    /// The mqtts URL, when started with TLS.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls.as_ref().map(|(port, _)| format!("mqtts://127.0.0.1:{port}"))
     }
 
     pub fn url(&self) -> String {
@@ -67,7 +84,14 @@ impl Mosquitto {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("mosquitto log");
         let err = out.try_clone().expect("mosquitto log");
         let file = |name: &str| self.dir.join(name).display().to_string();
+        let (tls_port, certs) = match &self.tls {
+            Some((port, certs)) => (port.to_string(), certs.clone()),
+            None => (String::new(), self.dir.join("no-tls")),
+        };
         let child = tokio::process::Command::new(setup_script())
+            .env("MOSQUITTO_TLS_CERT_FILE", certs.join("mosquitto.pem"))
+            .env("MOSQUITTO_TLS_KEY_FILE", certs.join("mosquitto.key"))
+            .env("MOSQUITTO_TLS_PORT", tls_port)
             .env("FAENA_MQTT_MASTER_PASSWORD_FILE", file(MASTER.username))
             .env("FAENA_MQTT_WORKER_PASSWORD_FILE", file(WORKER.username))
             .env("FAENA_MQTT_OBSERVER_PASSWORD_FILE", file(OBSERVER.username))
@@ -85,12 +109,18 @@ impl Mosquitto {
             .spawn()
             .expect("mosquitto/setup.sh (apt-get install mosquitto)");
         self.child = Some(child);
+        for port in [Some(self.port), self.tls.as_ref().map(|t| t.0)].into_iter().flatten() {
+            self.wait_port(port, &log).await;
+        }
+    }
+
+    async fn wait_port(&self, port: u16, log: &Path) {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "mosquitto did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                std::fs::read_to_string(log).unwrap_or_default()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -69,3 +69,19 @@ impl Drop for TlsFront {
         self.task.abort();
     }
 }
+
+/// Runs the repository's `scripts/make-certs.sh` into `dir/certs`: a
+/// cluster CA (`ca.pem`) and certificates for `master` and `mosquitto` that
+/// name 127.0.0.1. Returns that directory.
+pub fn make_certs(dir: &Path) -> PathBuf {
+    let out = dir.join("certs");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-certs.sh");
+    let status = std::process::Command::new(script)
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("runs scripts/make-certs.sh");
+    assert!(status.success(), "scripts/make-certs.sh failed");
+    out
+}

@@ -11,7 +11,7 @@ use parking_lot::RwLock;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub type Client = MasterClient<InterceptedService<Channel, Bearer>>;
 
@@ -64,13 +64,28 @@ pub enum ClientError {
     Url { url: String, reason: String },
     #[error("the cluster token has characters that cannot go in a header")]
     Token,
+    #[error(transparent)]
+    Tls(#[from] faena_common::tls::TlsError),
+    #[error("TLS to the master: {0} (check FAENA_TLS_CA_FILE)")]
+    TlsSetup(String),
 }
 
 /// A lazily connecting client: it reconnects by itself after the master
 /// restarts. Its calls carry what is put in the returned [`Session`].
-pub fn connect(url: &str, token: &Secret) -> Result<(Client, Session), ClientError> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| ClientError::Url { url: url.to_owned(), reason: e.to_string() })?
+/// An `https://` URL connects over TLS, trusting the CA file in `tls` (or
+/// the system's roots).
+pub fn connect(url: &str, token: &Secret, tls: &faena_common::tls::TlsArgs) -> Result<(Client, Session), ClientError> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| ClientError::Url { url: url.to_owned(), reason: e.to_string() })?;
+    if url.starts_with("https://") {
+        let mut config = ClientTlsConfig::new();
+        config = match tls.ca_pem()? {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
+            None => config.with_native_roots(),
+        };
+        endpoint = endpoint.tls_config(config).map_err(|e| ClientError::TlsSetup(e.to_string()))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)

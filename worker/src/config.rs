@@ -14,11 +14,15 @@ pub struct Config {
     /// Unique id of this worker (A-Z a-z 0-9 _ . -). Default: host name plus a random suffix.
     #[arg(long, env = "FAENA_WORKER_ID")]
     pub worker_id: Option<String>,
-    /// The master's gRPC address.
+    /// The master's gRPC address (`https://` for TLS).
     #[arg(long, env = "FAENA_MASTER_URL", default_value = "http://127.0.0.1:50051")]
     pub master_url: String,
+    /// The broker (`mqtts://` for TLS).
     #[arg(long, env = "FAENA_MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
     pub mqtt_url: String,
+    /// What `https://` and `mqtts://` URLs trust (the CA file; system roots when unset).
+    #[command(flatten)]
+    pub tls: faena_common::tls::TlsArgs,
     #[command(flatten)]
     pub broker_auth: BrokerAuth,
     #[command(flatten)]

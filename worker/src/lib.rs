@@ -54,6 +54,8 @@ pub enum WorkerError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Client(#[from] client::ClientError),
+    #[error(transparent)]
+    Tls(#[from] faena_common::tls::TlsError),
     #[error("AI providers: {0}")]
     Ai(#[from] ai::SetupError),
     #[error("the MQTT connection task died: {0}")]
@@ -190,14 +192,14 @@ pub async fn run(
     }
     let slots = (slots, if offered.is_empty() { 0 } else { cfg.ai.ai_slots });
     let caps = capabilities(&rx, &registry.kinds(), slots, &offered);
-    let (client, session) = client::connect(&cfg.master_url, &token)?;
+    let (client, session) = client::connect(&cfg.master_url, &token, &cfg.tls)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let runner =
         Arc::new(runner::Runner::new(worker_id.clone(), InstanceId::new(), slots, registry, client, metrics.clone()));
 
     let mqtt_cancel = CancellationToken::new();
     let mqtt::Connection { status, mut subscribed, mut inbound, driver } =
-        mqtt::connect(&url, creds.as_ref(), topics.clone(), runner.clone(), rx.clone(), mqtt_cancel.clone());
+        mqtt::connect(&url, creds.as_ref(), &cfg.tls, topics.clone(), runner.clone(), rx.clone(), mqtt_cancel.clone())?;
     let mut driver = tokio::spawn(driver);
     if let Some(sink) = logs {
         tokio::spawn(faena_common::logs::forward(sink, status.client().clone(), topics.logs(), mqtt_cancel.clone()));

@@ -91,11 +91,12 @@ impl std::fmt::Debug for Connection {
 pub fn connect(
     url: &BrokerUrl,
     creds: Option<&Credentials>,
+    tls: &faena_common::tls::TlsArgs,
     topics: Topics,
     runner: Arc<Runner>,
     rx: Arc<RandomX>,
     cancel: CancellationToken,
-) -> Connection {
+) -> Result<Connection, faena_common::tls::TlsError> {
     let initialising = rx.initialising();
     let kinds: Vec<String> = runner.registry.kinds().iter().map(|k| k.as_str().to_owned()).collect();
     let me = runner.worker_id.clone();
@@ -110,7 +111,7 @@ pub fn connect(
         ts_ms: 0,
     };
     let will = LastWill::new(topics.worker_status(&me), will_status.encode(), QoS::AtLeastOnce, true);
-    let options = broker::options(me.as_str(), url, creds, Some(will));
+    let options = broker::options(me.as_str(), url, creds, Some(will), tls)?;
     let (client, eventloop) = broker::client(options, 65_536);
     let status = StatusPublisher {
         client: client.clone(),
@@ -143,7 +144,7 @@ pub fn connect(
         _ => {}
     };
     let driver = Box::pin(broker::drive(eventloop, cancel, on_event));
-    Connection { status, subscribed, inbound, driver }
+    Ok(Connection { status, subscribed, inbound, driver })
 }
 
 fn handle(

@@ -29,7 +29,7 @@ use faena_proto::secret::Secret;
 use rumqttc::ConnectReturnCode;
 use rumqttc::mqttbytes::v4::{ConnAck, Connect, Login, Packet, PubAck, PubComp, PubRec};
 use rumqttc::mqttbytes::{self, QoS};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -47,8 +47,9 @@ pub struct Guard {
     pub acl: Acl,
 }
 
-/// Accepts clients for as long as the process runs (as rumqttd does).
-pub async fn serve(listener: TcpListener, guard: Arc<Guard>) {
+/// Accepts clients for as long as the process runs (as rumqttd does),
+/// over TLS when `tls` is given (mqtts).
+pub async fn serve(listener: TcpListener, guard: Arc<Guard>, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -58,9 +59,19 @@ pub async fn serve(listener: TcpListener, guard: Arc<Guard>) {
                 continue;
             }
         };
+        let _ = tcp.set_nodelay(true);
         let guard = guard.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = guard.connection(tcp).await {
+            let ended = match tls {
+                None => guard.connection(tcp.into_split()).await,
+                Some(tls) => match tokio::time::timeout(CONNECT_TIMEOUT, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => guard.connection(tokio::io::split(stream)).await,
+                    Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+                    Err(_) => Err("no TLS handshake in time".into()),
+                },
+            };
+            if let Err(e) = ended {
                 tracing::debug!(peer = %peer, reason = %e, "MQTT client connection ended");
             }
         });
@@ -118,9 +129,11 @@ impl Guard {
         }
     }
 
-    async fn connection(self: Arc<Self>, client: TcpStream) -> Result<(), String> {
-        let _ = client.set_nodelay(true);
-        let (mut client_rd, mut client_wr) = client.into_split();
+    async fn connection<R, W>(self: Arc<Self>, (mut client_rd, mut client_wr): (R, W)) -> Result<(), String>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let mut buf = BytesMut::with_capacity(4096);
         let first = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut client_rd, &mut buf))
             .await
@@ -167,7 +180,7 @@ impl Guard {
     /// The client's packets to the broker; what its role may not publish is dropped.
     async fn client_to_broker(
         &self,
-        mut rd: tokio::net::tcp::OwnedReadHalf,
+        mut rd: impl AsyncRead + Unpin,
         mut buf: BytesMut,
         role: &Role,
         to_broker: mpsc::Sender<Bytes>,
@@ -294,7 +307,7 @@ async fn send(to: &mpsc::Sender<Bytes>, packet: Packet) -> Result<(), String> {
 }
 
 /// Writes what comes on `rx` to `wr` until either ends.
-async fn pipe(mut rx: mpsc::Receiver<Bytes>, mut wr: tokio::net::tcp::OwnedWriteHalf) {
+async fn pipe(mut rx: mpsc::Receiver<Bytes>, mut wr: impl AsyncWrite + Unpin) {
     while let Some(bytes) = rx.recv().await {
         if wr.write_all(&bytes).await.is_err() {
             return;

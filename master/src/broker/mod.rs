@@ -39,8 +39,14 @@ pub struct Embedded {
     pub login: Credentials,
 }
 
-/// Starts the broker and its guard on `addr` (port 0 picks one).
-pub async fn start(addr: SocketAddr, cluster_token: &Secret, prefix: &str) -> Result<Embedded, EmbeddedBrokerError> {
+/// Starts the broker and its guard on `addr` (port 0 picks one), serving
+/// mqtts when `tls` is given.
+pub async fn start(
+    addr: SocketAddr,
+    cluster_token: &Secret,
+    prefix: &str,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) -> Result<Embedded, EmbeddedBrokerError> {
     let public =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| EmbeddedBrokerError::Bind { addr, source })?;
     let public_addr = public.local_addr().map_err(|source| EmbeddedBrokerError::Bind { addr, source })?;
@@ -55,7 +61,8 @@ pub async fn start(addr: SocketAddr, cluster_token: &Secret, prefix: &str) -> Re
         cluster_token: cluster_token.clone(),
         acl: acl::Acl::new(prefix),
     };
-    tokio::spawn(guard::serve(public, Arc::new(guard)));
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    tokio::spawn(guard::serve(public, Arc::new(guard), tls));
     Ok(Embedded { public: public_addr, internal, login })
 }
 
