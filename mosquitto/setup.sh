@@ -14,7 +14,8 @@
 #   MOSQUITTO_TLS_PORT       TLS listener port (default 8883), beside the plain one
 # Other settings:
 #   FAENA_TOPIC_PREFIX  topic prefix the ACL covers   (default faena)
-#   MOSQUITTO_PORT      listener port                 (default 1883)
+#   MOSQUITTO_PORT      the services' listener port   (default 1883)
+#   MOSQUITTO_OBSERVER_PORT  the observers' listener  (default 1884)
 #   MOSQUITTO_BIND      listener address              (default 0.0.0.0)
 #   MOSQUITTO_RUN_DIR   rendered files                (default /mosquitto/run)
 #   MOSQUITTO_DATA_DIR  persistence                   (default /mosquitto/data)
@@ -34,6 +35,7 @@ esac
 mkdir -p "$run" "$data"
 umask 077
 : > "$run/passwd.tmp"
+: > "$run/passwd-observer.tmp"
 for account in master worker observer; do
   var=$(echo "FAENA_MQTT_${account}_PASSWORD_FILE" | tr '[:lower:]' '[:upper:]')
   file=""
@@ -47,19 +49,26 @@ for account in master worker observer; do
     echo "setup.sh: the $account password in $file is empty" >&2
     exit 1
   fi
-  # Plain text first, hashed in place below: the password never goes on a command line.
-  printf '%s:%s\n' "$account" "$password" >> "$run/passwd.tmp"
+  # Plain text first, hashed in place below: the password never goes on a
+  # command line. The observer's account lives on its own listener.
   if [ "$account" = observer ]; then
+    printf '%s:%s\n' "$account" "$password" >> "$run/passwd-observer.tmp"
     # Defaults for mosquitto_sub run with XDG_CONFIG_HOME=$run (the health check).
-    printf -- '-u observer\n-P %s\n' "$password" > "$run/mosquitto_sub"
+    printf -- '-u observer\n-P %s\n-p %s\n' "$password" "${MOSQUITTO_OBSERVER_PORT:-1884}" > "$run/mosquitto_sub"
+  else
+    printf '%s:%s\n' "$account" "$password" >> "$run/passwd.tmp"
   fi
 done
-mosquitto_passwd -U "$run/passwd.tmp"
-mv "$run/passwd.tmp" "$run/passwd"
+for f in passwd passwd-observer; do
+  mosquitto_passwd -U "$run/$f.tmp"
+  mv "$run/$f.tmp" "$run/$f"
+done
 
 user=${MOSQUITTO_USER:-mosquitto}
 sed "s/@PREFIX@/$prefix/g" "$here/acl.in" > "$run/acl"
-sed -e "s#@PORT@#${MOSQUITTO_PORT:-1883}#" -e "s#@BIND@#${MOSQUITTO_BIND:-0.0.0.0}#" \
+sed "s/@PREFIX@/$prefix/g" "$here/acl-observer.in" > "$run/acl-observer"
+sed -e "s#@PORT@#${MOSQUITTO_PORT:-1883}#" -e "s#@OBSERVER_PORT@#${MOSQUITTO_OBSERVER_PORT:-1884}#" \
+    -e "s#@BIND@#${MOSQUITTO_BIND:-0.0.0.0}#" \
     -e "s#@USER@#$user#" -e "s#@RUN@#$run#" -e "s#@DATA@#$data#" "$here/mosquitto.conf.in" > "$run/mosquitto.conf"
 
 cert=${MOSQUITTO_TLS_CERT_FILE:-/run/secrets/faena_tls_mosquitto_cert}
@@ -70,8 +79,11 @@ if [ -r "$cert" ] && [ -r "$key" ]; then
   cp "$key" "$run/tls.key"
   cat >> "$run/mosquitto.conf" <<EOF
 
-# mqtts: the same accounts and ACL, over TLS 1.2+ (the stack's services use it).
+# mqtts: the services' accounts and ACL, over TLS 1.2+ (the stack's services use it).
 listener ${MOSQUITTO_TLS_PORT:-8883} ${MOSQUITTO_BIND:-0.0.0.0}
+allow_anonymous false
+password_file $run/passwd
+acl_file $run/acl
 certfile $run/tls.pem
 keyfile $run/tls.key
 tls_version tlsv1.2

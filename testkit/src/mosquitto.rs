@@ -24,6 +24,8 @@ pub const OBSERVER: Account = Account { username: "observer", password: "mqtt-te
 pub struct Mosquitto {
     pub child: Option<tokio::process::Child>,
     pub port: u16,
+    /// The observers' listener (the observer account logs in there only).
+    pub observer_port: u16,
     pub dir: PathBuf,
     /// The TLS listener's port and the directory `scripts/make-certs.sh` filled.
     pub tls: Option<(u16, PathBuf)>,
@@ -52,7 +54,7 @@ impl Mosquitto {
             std::fs::write(dir.join(a.username), format!("{}\n", a.password)).expect("password file");
         }
         let tls = certs.map(|c| (free_port(), c));
-        let mut m = Self { child: None, port: free_port(), dir, tls };
+        let mut m = Self { child: None, port: free_port(), observer_port: free_port(), dir, tls };
         m.restart().await;
         m
     }
@@ -71,11 +73,11 @@ impl Mosquitto {
         Broker::External { url: self.url(), master: Some(MASTER), worker: Some(WORKER) }
     }
 
-    /// `mosquitto_sub`/`mosquitto_pub` arguments for this broker and account.
+    /// `mosquitto_sub`/`mosquitto_pub` arguments for this broker and account
+    /// (the observer's on the observers' listener).
     pub fn cli_args(&self, a: Account) -> Vec<String> {
-        ["-h", "127.0.0.1", "-p", &self.port.to_string(), "-u", a.username, "-P", a.password]
-            .map(str::to_owned)
-            .to_vec()
+        let port = if a.username == OBSERVER.username { self.observer_port } else { self.port };
+        ["-h", "127.0.0.1", "-p", &port.to_string(), "-u", a.username, "-P", a.password].map(str::to_owned).to_vec()
     }
 
     /// (Re)starts the broker on the same port, with its persisted sessions.
@@ -96,6 +98,7 @@ impl Mosquitto {
             .env("FAENA_MQTT_WORKER_PASSWORD_FILE", file(WORKER.username))
             .env("FAENA_MQTT_OBSERVER_PASSWORD_FILE", file(OBSERVER.username))
             .env("MOSQUITTO_PORT", self.port.to_string())
+            .env("MOSQUITTO_OBSERVER_PORT", self.observer_port.to_string())
             .env("MOSQUITTO_BIND", "127.0.0.1")
             .env("MOSQUITTO_RUN_DIR", file("run"))
             .env("MOSQUITTO_DATA_DIR", file("data"))
@@ -109,7 +112,7 @@ impl Mosquitto {
             .spawn()
             .expect("mosquitto/setup.sh (apt-get install mosquitto)");
         self.child = Some(child);
-        for port in [Some(self.port), self.tls.as_ref().map(|t| t.0)].into_iter().flatten() {
+        for port in [Some(self.port), Some(self.observer_port), self.tls.as_ref().map(|t| t.0)].into_iter().flatten() {
             self.wait_port(port, &log).await;
         }
     }

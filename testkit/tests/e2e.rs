@@ -227,8 +227,10 @@ async fn broker_acl_confines_each_account() {
     let admin_saw = admin.until("faena/workers/forger/status marker").await;
     assert!(!admin_saw.iter().any(|l| l.contains("forged")), "a worker spoke for another: {admin_saw:?}");
 
-    // The observer may not publish at all.
+    // The observer may not publish at all — not even as a worker, under its
+    // client id (the workers' patterns would let that through).
     publish(&broker, OBSERVER, "acl-obs", "faena/logs", "observer-wrote");
+    publish(&broker, OBSERVER, "w3", "faena/workers/w3/status", "observer-wrote");
     publish(&broker, MASTER, "acl-pub", "faena/workers/intruder/jobs", "done");
     let intruder_saw = intruder.until("faena/workers/intruder/jobs done").await;
     assert!(!intruder_saw.iter().any(|l| l.starts_with("faena/workers/w1/")), "{intruder_saw:?}");
