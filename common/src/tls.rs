@@ -136,3 +136,40 @@ impl TlsArgs {
         Ok(Some(Arc::new(config)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> TlsArgs {
+        TlsArgs {
+            tls_ca_file: ca.map(Path::to_owned),
+            tls_cert_file: cert.map(Path::to_owned),
+            tls_key_file: key.map(Path::to_owned),
+        }
+    }
+
+    #[test]
+    fn bad_tls_files_are_clear_errors() {
+        let dir = std::env::temp_dir().join(format!("faena-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").expect("write");
+        let missing = dir.join("missing.pem");
+
+        assert!(args(None, None, None).server_config().expect("no identity").is_none());
+        assert!(args(None, None, None).identity_pem().expect("no identity").is_none());
+        let half = args(None, Some(&junk), None);
+        assert!(matches!(half.server_config(), Err(TlsError::HalfIdentity)));
+        assert!(matches!(half.identity_pem(), Err(TlsError::HalfIdentity)));
+        let e = args(Some(&missing), None, None).client_config().expect_err("missing CA").to_string();
+        assert!(e.contains("CA certificate") && e.contains("missing.pem"), "{e}");
+        let e = args(Some(&junk), None, None).client_config().expect_err("no PEM").to_string();
+        assert!(e.contains("no PEM certificate"), "{e}");
+        let e = args(None, Some(&junk), Some(&junk)).server_config().expect_err("junk").to_string();
+        assert!(e.contains("junk.pem"), "{e}");
+        // Without a CA file, the system's roots (none may be installed: still a config).
+        assert!(args(None, None, None).client_config().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
