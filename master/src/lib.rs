@@ -113,7 +113,7 @@ fn cluster_token(cfg: &Config) -> Result<Secret, MasterError> {
     if let Some(token) = cfg.token.resolve()? {
         return Ok(token);
     }
-    let token = Secret::new(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()));
+    let token = Secret::random();
     let path = cfg.data_dir.join("cluster-token");
     faena_common::secrets::write_private(&path, token.expose()).map_err(io(format!("writing {}", path.display())))?;
     tracing::info!(path = %path.display(), "no cluster token given; generated one for this run (workers: FAENA_CLUSTER_TOKEN_FILE)");

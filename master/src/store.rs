@@ -10,8 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use faena_common::retry::Policy;
 use faena_proto::api::JobView;
 use faena_proto::ids::{FencingToken, JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
@@ -291,19 +292,16 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// First wait before a failed group is tried again; it doubles up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(2);
-
 /// Commits what it is given, in order, in groups. A group that fails (disk
 /// full, I/O error) is kept and tried again, with whatever arrived since,
-/// until it commits: nothing queued is dropped and no callback runs before
-/// the changes ahead of it are stored. The store reads as unhealthy
-/// meanwhile, so the master takes no new jobs and hands out no work.
+/// until it commits (waits from [`Policy::DELIVERY`]: 50 ms growing to
+/// 2 s): nothing queued is dropped and no callback runs before the changes
+/// ahead of it are stored. The store reads as unhealthy meanwhile, so the
+/// master takes no new jobs and hands out no work.
 fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, healthy: Arc<AtomicBool>) {
     let mut ops = Vec::new();
     let mut callbacks: Vec<Callback> = Vec::new();
-    let mut wait = RETRY_FIRST;
+    let mut backoff = Policy::DELIVERY.start();
     let mut failed_at: Option<Instant> = None;
     loop {
         if ops.is_empty() && callbacks.is_empty() {
@@ -333,7 +331,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, healthy: Arc<Atomic
                         "the store commits again; the master resumes"
                     );
                 }
-                wait = RETRY_FIRST;
+                backoff.reset();
                 ops.clear();
                 for cb in callbacks.drain(..) {
                     cb(Ok(()));
@@ -353,8 +351,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, healthy: Arc<Atomic
                     healthy.store(false, Ordering::Relaxed);
                     tracing::error!(error = %e, changes = ops.len(), "store write failed; the master takes no new jobs and hands out no work until it commits again (retrying)");
                 }
-                std::thread::sleep(wait);
-                wait = (wait * 2).min(RETRY_MAX);
+                std::thread::sleep(backoff.wait());
             }
         }
     }

@@ -12,6 +12,11 @@ impl Secret {
         Self(value.into())
     }
 
+    /// A fresh random secret: 244 random bits as 64 hex digits (two v4 UUIDs).
+    pub fn random() -> Self {
+        Self(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()))
+    }
+
     /// The raw value, for the one place that must send it.
     pub fn expose(&self) -> &str {
         &self.0

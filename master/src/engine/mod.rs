@@ -325,7 +325,7 @@ impl Engine {
                 return Err(LeaseError::InUse(reg.worker));
             }
         }
-        let session = Secret::new(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()));
+        let session = Secret::random();
         self.quarantined.retain(|_, until| *until > now.mono);
         let availability = match self.quarantined.contains_key(&reg.worker) {
             true => Availability::Quarantined,

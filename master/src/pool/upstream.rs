@@ -11,7 +11,6 @@
 //! touched.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use faena_common::retry::Policy;
@@ -96,17 +95,13 @@ async fn connect(ep: &Endpoint) -> Result<Box<dyn Conn>, String> {
     if !ep.tls {
         return Ok(Box::new(tcp));
     }
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    let config = tokio_rustls::rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    // A pool's certificate is checked against the system's roots
+    // (SSL_CERT_FILE for a private CA), as every TLS client of Faena's.
+    let config = faena_common::tls::TlsArgs::default().client_config().map_err(|e| format!("{ep}: {e}"))?;
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from(ep.host.clone())
         .map_err(|e| format!("{ep}: bad TLS name: {e}"))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("{ep}: TLS: {e}"))?;
+    let tls =
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| format!("{ep}: TLS: {e}"))?;
     Ok(Box::new(tls))
 }
 
