@@ -77,15 +77,19 @@ impl TlsArgs {
         self.tls_ca_file.as_deref().map(|p| read("CA certificate", p)).transpose()
     }
 
-    /// This node's certificate and key, when both are set.
-    pub fn identity_pem(&self) -> Result<Option<IdentityPem>, TlsError> {
+    /// The certificate and key files, when both are set (one alone is an error).
+    fn identity_files(&self) -> Result<Option<(&Path, &Path)>, TlsError> {
         match (&self.tls_cert_file, &self.tls_key_file) {
-            (Some(cert), Some(key)) => {
-                Ok(Some(IdentityPem { cert: read("certificate", cert)?, key: read("private key", key)? }))
-            }
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
             (None, None) => Ok(None),
             _ => Err(TlsError::HalfIdentity),
         }
+    }
+
+    /// This node's certificate and key, when both are set.
+    pub fn identity_pem(&self) -> Result<Option<IdentityPem>, TlsError> {
+        let Some((cert, key)) = self.identity_files()? else { return Ok(None) };
+        Ok(Some(IdentityPem { cert: read("certificate", cert)?, key: read("private key", key)? }))
     }
 
     /// What a client trusts: the CA file, or the system's roots.
@@ -115,16 +119,11 @@ impl TlsArgs {
 
     /// What a server presents, when this node has a certificate.
     pub fn server_config(&self) -> Result<Option<Arc<ServerConfig>>, TlsError> {
-        let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) else {
-            return match (&self.tls_cert_file, &self.tls_key_file) {
-                (None, None) => Ok(None),
-                _ => Err(TlsError::HalfIdentity),
-            };
-        };
+        let Some((cert, key)) = self.identity_files()? else { return Ok(None) };
         let chain = certs("certificate", cert)?;
         let key = PrivateKeyDer::from_pem_slice(&read("private key", key)?).map_err(|e| TlsError::Read {
             what: "private key",
-            path: key.clone(),
+            path: key.to_owned(),
             reason: e.to_string(),
         })?;
         let config = ServerConfig::builder_with_provider(provider())

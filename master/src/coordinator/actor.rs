@@ -115,37 +115,27 @@ impl Actor {
                 let _ = reply.send(out.map_err(Into::into));
             }
             Command::Heartbeat { worker, session, instance, running, hashrate, reply } => {
-                if let Err(e) = self.check_session(&worker, session) {
-                    let _ = reply.send(Err(e));
-                    return;
-                }
+                let Some(reply) = self.admit(&worker, session, reply) else { return };
                 let out = self.engine.heartbeat(now, &worker, instance, &running, hashrate);
                 self.apply();
                 let _ = reply.send(out.map_err(Into::into));
             }
-            Command::Progress { worker, session, lease, data, reply } => match self.check_session(&worker, session) {
-                Ok(()) => self.progress(now, worker, lease, data, reply),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
+            Command::Progress { worker, session, lease, data, reply } => {
+                let Some(reply) = self.admit(&worker, session, reply) else { return };
+                self.progress(now, worker, lease, data, reply);
+            }
             Command::Complete { worker, session, lease, outcome, reply } => {
-                match self.check_session(&worker, session) {
-                    Ok(()) => self.complete(now, worker, lease, outcome, reply),
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
+                let Some(reply) = self.admit(&worker, session, reply) else { return };
+                self.complete(now, worker, lease, outcome, reply);
             }
             Command::Verified(v) => self.verified(now, v),
             Command::Secret { worker, session, lease, name, reply } => {
-                let out = self.check_session(&worker, session).and_then(|()| {
-                    self.engine
-                        .check_lease(&worker, &lease)
-                        .map(|()| self.secrets.get(&lease.job_id).and_then(|s| s.get(&name)).cloned())
-                        .map_err(Into::into)
-                });
-                let _ = reply.send(out);
+                let Some(reply) = self.admit(&worker, session, reply) else { return };
+                let out = self
+                    .engine
+                    .check_lease(&worker, &lease)
+                    .map(|()| self.secrets.get(&lease.job_id).and_then(|s| s.get(&name)).cloned());
+                let _ = reply.send(out.map_err(Into::into));
             }
             Command::WorkerState { worker, instance, state } => {
                 self.engine.worker_state(now, &worker, instance, state);
@@ -169,16 +159,26 @@ impl Actor {
         }
     }
 
-    /// Refuses a worker call that does not carry its registration's session
-    /// (a lease read off the wire is not enough to act on it).
-    fn check_session(&self, worker: &WorkerId, session: Option<Secret>) -> Result<(), CoordError> {
-        self.engine.check_session(worker, session.as_ref().map(Secret::expose)).map_err(|e| {
-            if matches!(e, crate::engine::LeaseError::Session(_)) {
-                self.deps.metrics.rejected_callbacks.inc();
-                tracing::warn!(worker = %worker, "worker call without the worker's current session refused");
+    /// Lets a worker call through only with its registration's session (a
+    /// lease read off the wire is not enough to act on it): the reply back
+    /// to answer it with, or None when the call was refused (and answered).
+    fn admit<T>(
+        &self,
+        worker: &WorkerId,
+        session: Option<Secret>,
+        reply: Reply<Result<T, CoordError>>,
+    ) -> Option<Reply<Result<T, CoordError>>> {
+        match self.engine.check_session(worker, session.as_ref().map(Secret::expose)) {
+            Ok(()) => Some(reply),
+            Err(e) => {
+                if matches!(e, crate::engine::LeaseError::Session(_)) {
+                    self.deps.metrics.rejected_callbacks.inc();
+                    tracing::warn!(worker = %worker, "worker call without the worker's current session refused");
+                }
+                let _ = reply.send(Err(e.into()));
+                None
             }
-            e.into()
-        })
+        }
     }
 
     fn submit(
