@@ -69,6 +69,17 @@ pub fn request<T>(msg: T) -> tonic::Request<T> {
     req
 }
 
+/// A registration for a one-slot, one-core worker of `kind` holding nothing.
+pub fn register_request(worker: &str, instance: &str, kind: &str) -> pb::RegisterRequest {
+    let caps = pb::Capabilities { cores: 1, slots: 1, kinds: vec![kind.into()], ..Default::default() };
+    pb::RegisterRequest {
+        worker_id: worker.into(),
+        instance_id: instance.into(),
+        capabilities: Some(caps),
+        running: vec![],
+    }
+}
+
 /// A gRPC call with the test cluster's token and a registration's session.
 pub fn request_in<T>(msg: T, session: &str) -> tonic::Request<T> {
     let mut req = request(msg);
@@ -125,13 +136,7 @@ async fn run_worker(
     let login = account.map(|a| (a.username.to_owned(), a.password.to_owned())).unwrap_or_else(|| embedded_login(&id));
     let mut mqtt = Listener::start_with(&mqtt, &id, &topic, Some(login)).await;
     let instance = uuid::Uuid::new_v4().to_string();
-    let caps = pb::Capabilities { cores: 1, slots: 1, kinds: vec!["noop".into()], ..Default::default() };
-    let register = pb::RegisterRequest {
-        worker_id: id.clone(),
-        instance_id: instance.clone(),
-        capabilities: Some(caps),
-        running: vec![],
-    };
+    let register = register_request(&id, &instance, "noop");
     let mut session = String::new();
     if let Ok(r) = grpc.register(request(register)).await {
         session = r.into_inner().session;

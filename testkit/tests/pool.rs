@@ -14,7 +14,7 @@ use faena_proto::mqtt::{Control, Payload, WorkUnit};
 use faena_proto::topics::Topics;
 use faena_randomx::mine::meets;
 use faena_testkit::monerod::{Monerod, WALLET, Wallet};
-use faena_testkit::sim::{lease, request, request_in};
+use faena_testkit::sim::{lease, register_request, request, request_in};
 use faena_testkit::stratum::hashes_at;
 use faena_testkit::stratum::{Miner, mine_async};
 use faena_testkit::tls::TlsFront;
@@ -346,13 +346,7 @@ async fn a_workers_shares_sent_after_its_unit_was_retired_count_as_stale() {
     let channel = Channel::from_shared(format!("http://{}", c.addrs.grpc)).expect("url").connect().await.expect("gRPC");
     let mut grpc = MasterClient::new(channel);
     let instance = uuid::Uuid::new_v4().to_string();
-    let caps = pb::Capabilities { cores: 1, slots: 1, kinds: vec!["randomx.mine".into()], ..Default::default() };
-    let register = pb::RegisterRequest {
-        worker_id: me.to_string(),
-        instance_id: instance.clone(),
-        capabilities: Some(caps),
-        running: vec![],
-    };
+    let register = register_request(me.as_str(), &instance, "randomx.mine");
     let session = grpc.register(request(register)).await.expect("registers").into_inner().session;
     let id = add_source(&c, json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
 
