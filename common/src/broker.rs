@@ -80,6 +80,14 @@ pub fn embedded_credentials(cluster_token: &Secret, username: &str) -> Credentia
     Credentials { username: username.to_owned(), password: Secret::new(password) }
 }
 
+/// Where a client connects and how it logs in.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint<'a> {
+    pub url: &'a BrokerUrl,
+    pub creds: Option<&'a Credentials>,
+    pub tls: &'a crate::tls::TlsArgs,
+}
+
 /// The master's MQTT client id. A worker's client id is its worker id, so a
 /// broker ACL can confine each worker to its own topics (Mosquitto's `%c`
 /// must fill a whole topic level); no worker may take this one.
@@ -135,13 +143,22 @@ pub fn client(options: MqttOptions, capacity: usize) -> (rumqttc::AsyncClient, E
     (client, eventloop)
 }
 
+/// Asks for a new broker login when the broker refuses the current one
+/// (see [`drive`]); None when there is none to be had (shutting down).
+pub type Relogin =
+    Box<dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Credentials>> + Send>> + Send>;
+
 /// Polls the event loop until `cancel`, handing every event to `on_event`.
 /// `on_event` must not block: it runs on the loop that keeps the connection alive.
-/// A deliberate `disconnect()` ends the loop.
+/// A deliberate `disconnect()` ends the loop. A refused login ends it too
+/// when it happens before the first connection, unless `relogin` can get a
+/// new one (a worker's account handed out by the master, which a restarted
+/// broker may have forgotten): then the loop logs in again with that.
 pub async fn drive(
     mut el: EventLoop,
     cancel: CancellationToken,
     mut on_event: impl FnMut(Event),
+    mut relogin: Option<Relogin>,
 ) -> Result<(), BrokerError> {
     let mut connected_once = false;
     let mut backoff = crate::retry::Policy::RECONNECT.start();
@@ -161,6 +178,30 @@ pub async fn drive(
                     backoff.reset();
                 }
                 on_event(event);
+            }
+            Err(ConnectionError::ConnectionRefused(
+                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+            )) if relogin.is_some() => {
+                tracing::warn!(
+                    reason = refusal(code),
+                    "the broker refused this login; asking the master for a new one"
+                );
+                let fresh = relogin.as_mut().map(|r| r());
+                let fresh = tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    fresh = async move { match fresh { Some(f) => f.await, None => None } } => fresh,
+                };
+                match fresh {
+                    Some(c) => {
+                        el.mqtt_options.set_credentials(c.username, c.password.expose());
+                    }
+                    None => return Ok(()),
+                }
+                let wait = backoff.wait();
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(wait) => {}
+                }
             }
             Err(ConnectionError::ConnectionRefused(
                 code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),

@@ -31,6 +31,11 @@ pub struct Config {
     pub mqtt_url: Option<String>,
     #[command(flatten)]
     pub broker_auth: BrokerAuth,
+    /// The external broker is Mosquitto with its dynamic security plugin and
+    /// the master's account is the plugin's admin: the master gives every
+    /// worker an account of its own there, confined to its own topics.
+    #[arg(long, env = "FAENA_MQTT_DYNSEC", default_value_t = false, action = clap::ArgAction::Set)]
+    pub mqtt_dynsec: bool,
     /// Without a cluster token, a random one is written to
     /// `<data-dir>/cluster-token` for local workers to read.
     #[command(flatten)]
@@ -229,6 +234,9 @@ impl Config {
         }
         if self.mqtt_url.is_none() && self.broker_auth.is_set() {
             return err("MQTT credentials need --mqtt-url (the embedded broker takes none)");
+        }
+        if self.mqtt_url.is_none() && self.mqtt_dynsec {
+            return err("--mqtt-dynsec needs --mqtt-url (Mosquitto with its dynamic security plugin)");
         }
         Ok(())
     }

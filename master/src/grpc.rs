@@ -23,6 +23,7 @@ use faena_randomx::Mode;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use crate::broker::dynsec::WorkerLogins;
 use crate::coordinator::{CoordError, Coordinator};
 use crate::engine::{LeaseError, LeaseRef, Outcome, Registration};
 use crate::metrics::Metrics;
@@ -42,6 +43,7 @@ pub struct MasterService {
     instance: InstanceId,
     heartbeat_ms: u32,
     metrics: Arc<Metrics>,
+    logins: WorkerLogins,
 }
 
 pub type Server = InterceptedService<MasterServer<MasterService>, Auth>;
@@ -52,8 +54,9 @@ pub fn server(
     heartbeat_ms: u32,
     metrics: Arc<Metrics>,
     token: Secret,
+    logins: WorkerLogins,
 ) -> Server {
-    let svc = MasterService { coord, instance, heartbeat_ms, metrics: metrics.clone() };
+    let svc = MasterService { coord, instance, heartbeat_ms, metrics: metrics.clone(), logins };
     let inner = MasterServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES);
     InterceptedService::new(inner, Auth { token, metrics })
 }
@@ -210,6 +213,31 @@ impl Master for MasterService {
             revoked: to_pb(out.revoked),
             session: out.session.expose().to_owned(),
         }))
+    }
+
+    async fn broker_login(
+        &self,
+        req: Request<pb::BrokerLoginRequest>,
+    ) -> Result<Response<pb::BrokerLoginResponse>, Status> {
+        let session = session(&req);
+        let req = req.into_inner();
+        let worker = self.worker(&req.worker_id)?;
+        let instance = self.instance(&req.instance_id)?;
+        self.coord.may_claim(worker.clone(), instance, session).await.map_err(to_status)?;
+        match self.logins.login(&worker).await {
+            Ok(Some(c)) => {
+                tracing::info!(worker = %worker, "broker login handed out");
+                Ok(Response::new(pb::BrokerLoginResponse {
+                    username: c.username,
+                    password: c.password.expose().to_owned(),
+                }))
+            }
+            Ok(None) => Ok(Response::new(pb::BrokerLoginResponse::default())),
+            Err(e) => {
+                tracing::warn!(worker = %worker, error = %e, "could not make a broker account");
+                Err(Status::unavailable(e.to_string()))
+            }
+        }
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {

@@ -177,9 +177,15 @@ pub async fn run(
     let mqtt_cancel = CancellationToken::new();
     let instance = InstanceId::new();
     let metrics = Arc::new(metrics::Metrics::default());
-    let conn =
-        mqtt::connect(&url, creds.as_ref(), &cfg.tls, topics.clone(), instance, metrics.clone(), mqtt_cancel.clone())?;
-    let mqtt::Connection { out, mut connected, mut statuses, driver } = conn;
+    let dynsec = cfg.mqtt_dynsec;
+    let at = faena_common::broker::Endpoint { url: &url, creds: creds.as_ref(), tls: &cfg.tls };
+    let conn = mqtt::connect(at, topics.clone(), instance, metrics.clone(), dynsec, mqtt_cancel.clone())?;
+    let mqtt::Connection { out, mut connected, mut statuses, driver, dynsec } = conn;
+    let logins = match (dynsec, &cfg.mqtt_url) {
+        (Some(d), _) => broker::dynsec::WorkerLogins::Dynsec(d),
+        (None, Some(_)) => broker::dynsec::WorkerLogins::None,
+        (None, None) => broker::dynsec::WorkerLogins::Embedded(token.clone()),
+    };
     let mut driver = tokio::spawn(driver);
     let timeout = Duration::from_millis(cfg.mqtt_connect_timeout_ms);
     let failed = |r: Result<Result<(), BrokerError>, tokio::task::JoinError>| match r {
@@ -265,7 +271,7 @@ pub async fn run(
     };
 
     let servers_cancel = CancellationToken::new();
-    let grpc_service = grpc::server(coord.clone(), instance, cfg.heartbeat_ms, metrics.clone(), token);
+    let grpc_service = grpc::server(coord.clone(), instance, cfg.heartbeat_ms, metrics.clone(), token, logins);
     let grpc_incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let mut grpc_builder = tonic::transport::Server::builder();
     if let Some(id) = cfg.tls.identity_pem()? {

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use faena_common::broker::{self, BrokerError, BrokerUrl, Credentials};
+use faena_common::broker::{self, BrokerError, Endpoint};
 use faena_proto::ids::{InstanceId, WorkerId};
 use faena_proto::mqtt::{Control, MasterState, MasterStatus, Payload, WorkUnit, WorkerState, WorkerStatus, now_ms};
 use faena_proto::topics::{Topic, Topics};
@@ -20,6 +20,7 @@ use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::dynsec::{self, Dynsec};
 use crate::metrics::Metrics;
 
 /// Publishing handle for the coordinator. Publishing never waits: the client
@@ -138,6 +139,8 @@ pub struct Connection {
     /// True while connected to the broker.
     pub connected: watch::Receiver<bool>,
     pub statuses: Statuses,
+    /// The broker's dynamic security plugin, when the master manages workers' accounts there.
+    pub dynsec: Option<Arc<Dynsec>>,
     pub driver: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BrokerError>> + Send>>,
 }
 
@@ -148,31 +151,40 @@ impl std::fmt::Debug for Connection {
 }
 
 pub fn connect(
-    url: &BrokerUrl,
-    creds: Option<&Credentials>,
-    tls: &faena_common::tls::TlsArgs,
+    at: Endpoint<'_>,
     topics: Topics,
     instance: InstanceId,
     metrics: Arc<Metrics>,
+    dynsec: bool,
     cancel: CancellationToken,
 ) -> Result<Connection, faena_common::tls::TlsError> {
     let will_status = MasterStatus { instance_id: instance, state: MasterState::Offline, ts_ms: 0 };
     let will = LastWill::new(topics.master_status(), will_status.encode(), QoS::AtLeastOnce, true);
-    let options = broker::options(broker::MASTER_CLIENT_ID, url, creds, Some(will), tls)?;
+    let options = broker::options(broker::MASTER_CLIENT_ID, at.url, at.creds, Some(will), at.tls)?;
     let (client, eventloop) = broker::client(options, 65_536);
     let (connected_tx, connected) = watch::channel(false);
     let (status_tx, statuses) = Statuses::channel();
     let out = MqttOut { client: client.clone(), topics: topics.clone(), instance };
     let announce = out.clone();
+    let accounts = dynsec.then(|| Arc::new(Dynsec::new(client.clone(), topics.clone())));
+    let answers = accounts.clone();
     let on_event = move |event: Event| match event {
         Event::Incoming(Packet::ConnAck(_)) => {
             let _ = connected_tx.send(true);
+            if let Some(d) = &answers {
+                d.subscribe();
+            }
             let _ = client.try_subscribe(topics.all_worker_status(), QoS::AtLeastOnce);
             let status = MasterStatus { instance_id: announce.instance, state: MasterState::Online, ts_ms: now_ms() };
             let _ = client.try_publish(topics.master_status(), QoS::AtLeastOnce, true, status.encode());
         }
         Event::Incoming(Packet::Disconnect) | Event::Outgoing(rumqttc::Outgoing::Disconnect) => {
             let _ = connected_tx.send(false);
+        }
+        Event::Incoming(Packet::Publish(p)) if p.topic == dynsec::ANSWER_TOPIC => {
+            if let Some(Err(e)) = answers.as_ref().map(|d| d.on_answer(&p.payload)) {
+                tracing::warn!(error = %e, "dropped a malformed answer from the broker's dynamic security plugin");
+            }
         }
         Event::Incoming(Packet::Publish(p)) => match decode_status(&topics, &p.topic, &p.payload) {
             Ok(Some(status)) => status_tx.put(status),
@@ -184,8 +196,8 @@ pub fn connect(
         },
         _ => {}
     };
-    let driver = Box::pin(broker::drive(eventloop, cancel, on_event));
-    Ok(Connection { out, connected, statuses, driver })
+    let driver = Box::pin(broker::drive(eventloop, cancel, on_event, None));
+    Ok(Connection { out, connected, statuses, driver, dynsec: accounts })
 }
 
 /// A status message must parse, and name the worker whose topic it came on.

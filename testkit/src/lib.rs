@@ -58,11 +58,12 @@ pub fn bin(name: &str) -> PathBuf {
 #[derive(Debug, Clone)]
 pub enum Broker {
     Embedded,
-    /// A broker of its own (Mosquitto) with the master's and the workers' accounts.
+    /// A broker of its own (Mosquitto) with the master's account; with
+    /// `dynsec`, the master makes the workers' own there.
     External {
         url: String,
         master: Option<mosquitto::Account>,
-        worker: Option<mosquitto::Account>,
+        dynsec: bool,
     },
 }
 
@@ -138,9 +139,6 @@ impl Cluster {
             // Light mode: a fast-mode dataset takes half a minute to build.
             ("FAENA_RANDOMX_MODE".to_owned(), "light".to_owned()),
         ];
-        if let Broker::External { worker: Some(a), .. } = &self.opts.broker {
-            env.extend(account_env(a));
-        }
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let log = self.dir.path().join(format!("worker-{id}.log"));
         let proc = Proc::spawn(&bin("faena-worker"), &[], &env, &log).await;
@@ -173,6 +171,11 @@ impl Cluster {
     pub fn master_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("master.log")).unwrap_or_default()
     }
+
+    /// What worker `id` logged so far.
+    pub fn worker_log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("worker-{id}.log"))).unwrap_or_default()
+    }
 }
 
 async fn start_master(dir: &Path, opts: &MasterOpts, same_as: Option<&MasterAddrs>) -> (Proc, MasterAddrs) {
@@ -192,8 +195,9 @@ async fn start_master(dir: &Path, opts: &MasterOpts, same_as: Option<&MasterAddr
         Broker::Embedded => {
             env.push(("FAENA_MQTT_ADDR".to_owned(), mqtt_listen.unwrap_or_else(|| "127.0.0.1:0".into())))
         }
-        Broker::External { url, master, .. } => {
+        Broker::External { url, master, dynsec } => {
             env.push(("FAENA_MQTT_URL".to_owned(), url.clone()));
+            env.push(("FAENA_MQTT_DYNSEC".to_owned(), dynsec.to_string()));
             env.extend(master.iter().flat_map(account_env));
         }
     }

@@ -1,7 +1,9 @@
 //! A real Mosquitto broker for tests, configured exactly as the stack
 //! configures it: the repository's `mosquitto/setup.sh` renders the same
-//! password file, ACL and `mosquitto.conf` (no anonymous access, persistent
-//! sessions, no limit on queued QoS 1 messages) on a free loopback port.
+//! dynamic security file (the master's account; workers get theirs from
+//! the master), observer account, ACL and `mosquitto.conf` (no anonymous
+//! access, persistent sessions, no limit on queued QoS 1 messages) on free
+//! loopback ports.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use crate::{Broker, WAIT, free_port};
 
-/// One of the broker's three accounts.
+/// One of the broker's two fixed accounts.
 #[derive(Debug, Clone, Copy)]
 pub struct Account {
     pub username: &'static str,
@@ -17,18 +19,18 @@ pub struct Account {
 }
 
 pub const MASTER: Account = Account { username: "master", password: "mqtt-test-master" };
-pub const WORKER: Account = Account { username: "worker", password: "mqtt-test-worker" };
 pub const OBSERVER: Account = Account { username: "observer", password: "mqtt-test-observer" };
 
 #[derive(Debug)]
 pub struct Mosquitto {
     pub child: Option<tokio::process::Child>,
+    /// The services' listener (mqtts when started with TLS).
     pub port: u16,
     /// The observers' listener (the observer account logs in there only).
     pub observer_port: u16,
     pub dir: PathBuf,
-    /// The TLS listener's port and the directory `scripts/make-certs.sh` filled.
-    pub tls: Option<(u16, PathBuf)>,
+    /// The directory `scripts/make-certs.sh` filled, when serving mqtts.
+    pub tls: Option<PathBuf>,
 }
 
 /// The repository's broker setup (`mosquitto/`), as the image runs it.
@@ -42,7 +44,7 @@ impl Mosquitto {
         Self::start_with(dir, None).await
     }
 
-    /// The same, with an mqtts listener too, serving `certs/mosquitto.pem`.
+    /// The same, the services' listener on mqtts, serving `certs/mosquitto.pem`.
     pub async fn start_tls(dir: &Path, certs: &Path) -> Self {
         Self::start_with(dir, Some(certs.to_owned())).await
     }
@@ -50,34 +52,36 @@ impl Mosquitto {
     async fn start_with(dir: &Path, certs: Option<PathBuf>) -> Self {
         let dir = dir.join("mosquitto");
         std::fs::create_dir_all(&dir).expect("mosquitto dir");
-        for a in [MASTER, WORKER, OBSERVER] {
+        for a in [MASTER, OBSERVER] {
             std::fs::write(dir.join(a.username), format!("{}\n", a.password)).expect("password file");
         }
-        let tls = certs.map(|c| (free_port(), c));
-        let mut m = Self { child: None, port: free_port(), observer_port: free_port(), dir, tls };
+        let mut m = Self { child: None, port: free_port(), observer_port: free_port(), dir, tls: certs };
         m.restart().await;
         m
     }
 
-    /// The mqtts URL, when started with TLS.
-    pub fn tls_url(&self) -> Option<String> {
-        self.tls.as_ref().map(|(port, _)| format!("mqtts://127.0.0.1:{port}"))
-    }
-
+    /// The services' URL (`mqtts://` when started with TLS).
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
-    /// What a test cluster uses: the master and worker accounts.
+    /// What a test cluster uses: the master's account, managing the
+    /// workers' own through the dynamic security plugin.
     pub fn broker(&self) -> Broker {
-        Broker::External { url: self.url(), master: Some(MASTER), worker: Some(WORKER) }
+        Broker::External { url: self.url(), master: Some(MASTER), dynsec: true }
     }
 
     /// `mosquitto_sub`/`mosquitto_pub` arguments for this broker and account
-    /// (the observer's on the observers' listener).
+    /// (the observer's on the observers' listener; a plain broker).
     pub fn cli_args(&self, a: Account) -> Vec<String> {
-        let port = if a.username == OBSERVER.username { self.observer_port } else { self.port };
-        ["-h", "127.0.0.1", "-p", &port.to_string(), "-u", a.username, "-P", a.password].map(str::to_owned).to_vec()
+        self.login_args(a.username, a.password)
+    }
+
+    /// The same for any login (a worker's, handed out by the master).
+    pub fn login_args(&self, username: &str, password: &str) -> Vec<String> {
+        let port = if username == OBSERVER.username { self.observer_port } else { self.port };
+        ["-h", "127.0.0.1", "-p", &port.to_string(), "-u", username, "-P", password].map(str::to_owned).to_vec()
     }
 
     /// (Re)starts the broker on the same port, with its persisted sessions.
@@ -86,16 +90,12 @@ impl Mosquitto {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("mosquitto log");
         let err = out.try_clone().expect("mosquitto log");
         let file = |name: &str| self.dir.join(name).display().to_string();
-        let (tls_port, certs) = match &self.tls {
-            Some((port, certs)) => (port.to_string(), certs.clone()),
-            None => (String::new(), self.dir.join("no-tls")),
-        };
+        let certs = self.tls.clone().unwrap_or_else(|| self.dir.join("no-tls"));
         let child = tokio::process::Command::new(setup_script())
             .env("MOSQUITTO_TLS_CERT_FILE", certs.join("mosquitto.pem"))
             .env("MOSQUITTO_TLS_KEY_FILE", certs.join("mosquitto.key"))
-            .env("MOSQUITTO_TLS_PORT", tls_port)
+            .env("MOSQUITTO_TLS_PORT", self.port.to_string())
             .env("FAENA_MQTT_MASTER_PASSWORD_FILE", file(MASTER.username))
-            .env("FAENA_MQTT_WORKER_PASSWORD_FILE", file(WORKER.username))
             .env("FAENA_MQTT_OBSERVER_PASSWORD_FILE", file(OBSERVER.username))
             .env("MOSQUITTO_PORT", self.port.to_string())
             .env("MOSQUITTO_OBSERVER_PORT", self.observer_port.to_string())
@@ -112,7 +112,7 @@ impl Mosquitto {
             .spawn()
             .expect("mosquitto/setup.sh (apt-get install mosquitto)");
         self.child = Some(child);
-        for port in [Some(self.port), Some(self.observer_port), self.tls.as_ref().map(|t| t.0)].into_iter().flatten() {
+        for port in [self.port, self.observer_port] {
             self.wait_port(port, &log).await;
         }
     }

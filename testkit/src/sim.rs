@@ -16,8 +16,7 @@ use faena_proto::topics::Topics;
 use tokio::sync::{Notify, mpsc};
 use tonic::transport::Channel;
 
-use crate::mosquitto::Account;
-use crate::{Listener, TOKEN, WAIT, embedded_login};
+use crate::{Listener, TOKEN, WAIT};
 
 /// Simulated workers started at once.
 const WAVE: usize = 100;
@@ -96,14 +95,8 @@ pub fn lease(u: &WorkUnit) -> pb::Lease {
 
 /// Starts `n` simulated workers `sim-0` … against a master; returns once each
 /// has subscribed to its jobs topic and registered.
-/// `account` logs them in to a broker that requires passwords (Mosquitto).
-pub async fn start_fleet(
-    n: usize,
-    grpc: &str,
-    mqtt: &str,
-    account: Option<Account>,
-    heartbeat: Duration,
-) -> Arc<Fleet> {
+/// Each logs in to the broker with the account the master hands it.
+pub async fn start_fleet(n: usize, grpc: &str, mqtt: &str, heartbeat: Duration) -> Arc<Fleet> {
     let fleet = Arc::new(Fleet::default());
     let channel = Channel::from_shared(format!("http://{grpc}")).expect("url").connect().await.expect("gRPC");
     let (ready_tx, mut ready) = mpsc::unbounded_channel();
@@ -114,7 +107,7 @@ pub async fn start_fleet(
             let (fleet, channel, ready_tx) = (fleet.clone(), channel.clone(), ready_tx.clone());
             let mqtt = mqtt.to_owned();
             let client = MasterClient::new(channel);
-            tokio::spawn(run_worker(format!("sim-{i}"), fleet, client, (mqtt, account), heartbeat, ready_tx));
+            tokio::spawn(run_worker(format!("sim-{i}"), fleet, client, mqtt, heartbeat, ready_tx));
         }
         for _ in wave {
             tokio::time::timeout(WAIT, ready.recv()).await.expect("simulated workers register in time");
@@ -127,15 +120,14 @@ async fn run_worker(
     id: String,
     fleet: Arc<Fleet>,
     mut grpc: MasterClient<Channel>,
-    (mqtt, account): (String, Option<Account>),
+    mqtt: String,
     heartbeat: Duration,
     ready: mpsc::UnboundedSender<()>,
 ) {
     let topic = Topics::default().worker_jobs(&faena_proto::ids::WorkerId::parse(&id).expect("id"));
-    // Mosquitto's shared worker account, or the embedded broker's own for this id.
-    let login = account.map(|a| (a.username.to_owned(), a.password.to_owned())).unwrap_or_else(|| embedded_login(&id));
-    let mut mqtt = Listener::start_with(&mqtt, &id, &topic, Some(login)).await;
     let instance = uuid::Uuid::new_v4().to_string();
+    let login = broker_login(&mut grpc, &id, &instance, "").await.expect("a broker login");
+    let mut mqtt = Listener::start_with(&mqtt, &id, &topic, login).await;
     let register = register_request(&id, &instance, "noop");
     let mut session = String::new();
     if let Ok(r) = grpc.register(request(register)).await {
@@ -181,6 +173,21 @@ async fn run_worker(
             }
         }
     }
+}
+
+/// The broker login the master hands worker `id` (instance `instance`,
+/// carrying `session` when not empty), as a worker asks for it before it
+/// connects; None when the master hands out none.
+pub async fn broker_login(
+    grpc: &mut MasterClient<Channel>,
+    id: &str,
+    instance: &str,
+    session: &str,
+) -> Result<Option<(String, String)>, tonic::Status> {
+    let req = pb::BrokerLoginRequest { worker_id: id.to_owned(), instance_id: instance.to_owned() };
+    let req = if session.is_empty() { request(req) } else { request_in(req, session) };
+    let r = grpc.broker_login(req).await?.into_inner();
+    Ok((!r.username.is_empty()).then_some((r.username, r.password)))
 }
 
 /// A stable pseudo-random offset within `period` for `id`.

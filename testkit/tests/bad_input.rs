@@ -127,6 +127,16 @@ async fn bogus_grpc_calls_are_rejected_with_clear_errors() {
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = grpc.register(request(register("fake", None), Some(TOKEN))).await.expect_err("no caps");
     assert_eq!(e.code(), Code::InvalidArgument);
+    let login = |worker: &str, instance: &str| pb::BrokerLoginRequest {
+        worker_id: worker.into(),
+        instance_id: instance.into(),
+    };
+    let e = grpc.broker_login(request(login("fake", &instance), None)).await.expect_err("no token");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    for (worker, inst) in [("a/b", instance.as_str()), ("faena/#", instance.as_str()), ("fake", "not-a-uuid")] {
+        let e = grpc.broker_login(request(login(worker, inst), Some(TOKEN))).await.expect_err("bad login request");
+        assert_eq!(e.code(), Code::InvalidArgument, "{worker} {inst}: {e:?}");
+    }
     let unknown_kind = pb::Capabilities { kinds: vec!["teleport".into()], ..caps() };
     let e = grpc.register(request(register("fake", Some(unknown_kind)), Some(TOKEN))).await.expect_err("no known kind");
     assert!(e.message().contains("no job kind"), "{e:?}");

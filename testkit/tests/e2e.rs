@@ -2,7 +2,9 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use faena_common::broker::MASTER_CLIENT_ID;
-use faena_testkit::mosquitto::{MASTER, OBSERVER, WORKER};
+use faena_proto::grpc::master_client::MasterClient;
+use faena_testkit::mosquitto::{MASTER, OBSERVER};
+use faena_testkit::sim::broker_login;
 use faena_testkit::{Cluster, MasterOpts, Mosquitto, Proc, bin, embedded_login, eventually};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -190,9 +192,11 @@ fn mosquitto_pub(cli: &[String], id: &str, args: &[&str]) -> bool {
     out.success()
 }
 
-/// The stack's ACL (mosquitto/acl.in) on a running cluster: work units go
-/// only to their own worker; another worker's account cannot read them or
-/// speak for another worker; the observer sees status and logs, never work
+/// The stack's Mosquitto (dynamic security) on a running cluster: every
+/// worker has an account of its own, handed out by the master. Another
+/// worker's account cannot read w1's units or speak for w1, nor log in
+/// under w1's client id; a live worker's login goes to no one else; a new
+/// login retires the old one. The observer sees status and logs, never work
 /// units, even under a worker's client id, and publishes nothing.
 /// Each negative check is closed by a marker the same subscriber may see,
 /// published after it: Mosquitto delivers a client's messages in order.
@@ -204,9 +208,26 @@ async fn broker_acl_confines_each_account() {
     c.add_worker("w1", 2).await;
     c.wait_workers(1).await;
 
+    // Someone with the cluster token gets no login for the live w1, only
+    // accounts for ids of its own.
+    let mut grpc = MasterClient::connect(format!("http://{}", c.addrs.grpc)).await.expect("gRPC");
+    let instance = uuid::Uuid::new_v4().to_string();
+    let refused = broker_login(&mut grpc, "w1", &instance, "").await.expect_err("w1 is live");
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    let mut login = async |id: &str| {
+        let (user, password) = broker_login(&mut grpc, id, &instance, "").await.expect("login").expect("an account");
+        broker.login_args(&user, &password)
+    };
+    let intruder_cli = login("intruder").await;
+    let retired_cli = login("forger").await;
+    let forger_cli = login("forger").await;
+    assert!(!mosquitto_pub(&retired_cli, "forger", &["-t", "faena/logs", "-m", "x"]), "a retired password worked");
+    assert!(!mosquitto_pub(&intruder_cli, "w1", &["-t", "faena/logs", "-m", "x"]), "logged in under w1's client id");
+
     let mut admin = watch(&broker, MASTER, "acl-admin", &["faena/#"]);
-    let mut intruder = watch(&broker, WORKER, "intruder", &["faena/workers/w1/jobs", "faena/workers/intruder/jobs"]);
-    // The observer connects under a worker id ("w2") to try the workers' patterns.
+    let mut intruder =
+        watch_with(&intruder_cli, "intruder", &["faena/workers/w1/jobs", "faena/#", "faena/workers/intruder/jobs"]);
+    // The observer connects under a worker id ("w2") to try its rights.
     let mut observer =
         watch(&broker, OBSERVER, "w2", &["faena/workers/+/jobs", "faena/workers/w2/control", "faena/logs"]);
     // Subscriptions are in place once each sees a retained status or its
@@ -221,19 +242,21 @@ async fn broker_acl_confines_each_account() {
     admin.until("faena/workers/w1/jobs ").await;
     publish(&broker, MASTER, "acl-pub", "faena/workers/w2/control", "secret-control");
 
-    // A worker account forges w1's status, then writes its own.
-    publish(&broker, WORKER, "forger", "faena/workers/w1/status", "forged");
-    publish(&broker, WORKER, "forger", "faena/workers/forger/status", "marker");
+    // Another worker's account forges w1's status, then writes its own.
+    assert!(mosquitto_pub(&forger_cli, "forger", &["-t", "faena/workers/w1/status", "-m", "forged"]));
+    assert!(mosquitto_pub(&forger_cli, "forger", &["-t", "faena/workers/forger/status", "-m", "marker"]));
     let admin_saw = admin.until("faena/workers/forger/status marker").await;
     assert!(!admin_saw.iter().any(|l| l.contains("forged")), "a worker spoke for another: {admin_saw:?}");
 
-    // The observer may not publish at all — not even as a worker, under its
-    // client id (the workers' patterns would let that through).
+    // The observer may not publish at all — not even as a worker, under its client id.
     publish(&broker, OBSERVER, "acl-obs", "faena/logs", "observer-wrote");
     publish(&broker, OBSERVER, "w3", "faena/workers/w3/status", "observer-wrote");
     publish(&broker, MASTER, "acl-pub", "faena/workers/intruder/jobs", "done");
     let intruder_saw = intruder.until("faena/workers/intruder/jobs done").await;
-    assert!(!intruder_saw.iter().any(|l| l.starts_with("faena/workers/w1/")), "{intruder_saw:?}");
+    assert!(
+        !intruder_saw.iter().any(|l| l.starts_with("faena/workers/w1/") || l.starts_with("faena/logs")),
+        "{intruder_saw:?}"
+    );
     publish(&broker, MASTER, "acl-pub", "faena/logs", "done");
     let observer_saw = observer.until("faena/logs done").await;
     assert!(
@@ -244,6 +267,8 @@ async fn broker_acl_confines_each_account() {
     );
     let admin_saw = admin.until("faena/logs done").await;
     assert!(!admin_saw.iter().any(|l| l.contains("observer-wrote")), "the observer published: {admin_saw:?}");
+    // w1 did all this on an account of its own and still works.
+    run_jobs(&c).await;
 }
 
 #[tokio::test]
@@ -269,7 +294,7 @@ async fn wrong_mqtt_credentials_are_a_clear_startup_error() {
     // The same for a worker.
     let env = vec![
         ("FAENA_MQTT_URL".to_owned(), broker.url()),
-        ("FAENA_MQTT_USERNAME".to_owned(), WORKER.username.to_owned()),
+        ("FAENA_MQTT_USERNAME".to_owned(), "worker".to_owned()),
         ("FAENA_MQTT_PASSWORD".to_owned(), "wrong-password".to_owned()),
         ("FAENA_CLUSTER_TOKEN".to_owned(), "t".to_owned()),
     ];

@@ -94,6 +94,10 @@ async fn workers_reconnect_after_the_broker_restarts() {
     }
     let (status, health) = c.api.get("/healthz").await;
     assert_eq!(status, 200, "{health}");
+    // The restarted broker forgot w1's account: w1 got a new one from the master.
+    let said = c.worker_log("w1");
+    assert!(said.contains("asking the master for a new one"), "{said}");
+    assert!(c.master_log().matches("broker login handed out").count() >= 2, "{}", c.master_log());
 }
 
 #[tokio::test]

@@ -7,10 +7,9 @@ use std::path::Path;
 
 use faena_proto::grpc::master_client::MasterClient;
 use faena_proto::grpc::{self as pb};
-use faena_testkit::mosquitto::{MASTER, WORKER};
 use faena_testkit::sim::request;
 use faena_testkit::tls::make_certs;
-use faena_testkit::{Broker, Cluster, MasterOpts, Mosquitto, Proc, bin};
+use faena_testkit::{Cluster, MasterOpts, Mosquitto, Proc, bin};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -68,7 +67,7 @@ async fn a_master_with_a_certificate_speaks_only_tls_to_its_workers() {
     let status = tokio::time::timeout(faena_testkit::WAIT, stranger.wait()).await.expect("exits").expect("status");
     assert!(!status.success());
     let said = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(said.contains("TLS with the MQTT broker failed") && said.contains("FAENA_TLS_CA_FILE"), "{said}");
+    assert!(said.contains("TLS with the master failed") && said.contains("FAENA_TLS_CA_FILE"), "{said}");
     assert_eq!(c.api.workers().await.len(), 1);
 }
 
@@ -77,9 +76,10 @@ async fn master_and_workers_reach_mosquitto_over_mqtts() {
     let dir = tempfile::tempdir().expect("temp dir");
     let certs = make_certs(dir.path());
     let mosquitto = Mosquitto::start_tls(dir.path(), &certs).await;
-    let url = mosquitto.tls_url().expect("mqtts");
+    let url = mosquitto.url();
+    assert!(url.starts_with("mqtts://"), "{url}");
     let ca = ("FAENA_TLS_CA_FILE".to_owned(), certs.join("ca.pem").display().to_string());
-    let broker = Broker::External { url: url.clone(), master: Some(MASTER), worker: Some(WORKER) };
+    let broker = mosquitto.broker();
     let mut c = Cluster::start(MasterOpts { broker, extra: vec![ca.clone()], ..MasterOpts::default() }).await;
     assert_eq!(c.addrs.mqtt, url);
     c.add_worker_with("w1", 1, &[(ca.0.as_str(), ca.1.as_str())]).await;

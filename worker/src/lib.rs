@@ -12,7 +12,8 @@
 //!
 //! Every reconnect and retry loop (broker, registration, result delivery,
 //! AI provider calls) waits by [`faena_common::retry::Policy`].
-//! - [`client`]: the gRPC client; [`mqtt`]: topics in, status out.
+//! - [`client`]: the gRPC client; [`mqtt`]: topics in, status out;
+//!   [`login`]: the broker account the master hands this worker.
 //! - [`metrics`]: Prometheus, served with `/healthz`.
 
 pub mod ai;
@@ -20,6 +21,7 @@ pub mod caps;
 pub mod client;
 pub mod config;
 pub mod exec;
+pub mod login;
 pub mod metrics;
 pub mod mqtt;
 pub mod randomx;
@@ -62,6 +64,8 @@ pub enum WorkerError {
     BrokerTask(#[source] tokio::task::JoinError),
     #[error("a cluster token is required: set FAENA_CLUSTER_TOKEN or FAENA_CLUSTER_TOKEN_FILE")]
     NoToken,
+    #[error("TLS with the master failed: {0} (check FAENA_TLS_CA_FILE and FAENA_MASTER_URL)")]
+    MasterTls(String),
     #[error("the master refused this worker: {0}")]
     Refused(String),
     #[error("{what}: {source}")]
@@ -163,10 +167,6 @@ pub async fn run(
     if worker_id.as_str() == faena_common::broker::MASTER_CLIENT_ID {
         return Err(WorkerError::Id(format!("{worker_id} is the master's MQTT client id")));
     }
-    // No broker account given: the master's embedded broker's, made from
-    // the cluster token for this worker's id (an external broker that takes
-    // anonymous clients ignores it).
-    let creds = creds.or_else(|| Some(faena_common::broker::embedded_credentials(&token, worker_id.as_str())));
     let slots = cfg.slots.unwrap_or_else(caps::cores);
 
     let machine = randomx::Machine {
@@ -198,8 +198,21 @@ pub async fn run(
         Arc::new(runner::Runner::new(worker_id.clone(), InstanceId::new(), slots, registry, client, metrics.clone()));
 
     let mqtt_cancel = CancellationToken::new();
+    // No broker account configured: the master hands this worker its own.
+    let (creds, relogin) = match creds {
+        Some(c) => (Some(c), None),
+        None => match login::fetch(&runner.client(), &worker_id, runner.instance, &shutdown).await? {
+            None => return Ok(()),
+            Some(login::Login::None) => (None, None),
+            Some(login::Login::Account(c)) => {
+                let again = login::relogin(runner.client(), worker_id.clone(), runner.instance, mqtt_cancel.clone());
+                (Some(c), Some(again))
+            }
+        },
+    };
+    let at = faena_common::broker::Endpoint { url: &url, creds: creds.as_ref(), tls: &cfg.tls };
     let mqtt::Connection { status, mut subscribed, mut inbound, driver } =
-        mqtt::connect(&url, creds.as_ref(), &cfg.tls, topics.clone(), runner.clone(), rx.clone(), mqtt_cancel.clone())?;
+        mqtt::connect(at, relogin, topics.clone(), runner.clone(), rx.clone(), mqtt_cancel.clone())?;
     let mut driver = tokio::spawn(driver);
     if let Some(sink) = logs {
         tokio::spawn(faena_common::logs::forward(sink, status.client().clone(), topics.logs(), mqtt_cancel.clone()));

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use faena_common::broker::{self, BrokerError, BrokerUrl, Credentials};
+use faena_common::broker::{self, BrokerError, Endpoint};
 use faena_proto::ids::InstanceId;
 use faena_proto::mqtt::{Control, MasterState, MasterStatus, Payload, WorkUnit, WorkerState, WorkerStatus, now_ms};
 use faena_proto::topics::{Topic, Topics};
@@ -89,9 +89,8 @@ impl std::fmt::Debug for Connection {
 }
 
 pub fn connect(
-    url: &BrokerUrl,
-    creds: Option<&Credentials>,
-    tls: &faena_common::tls::TlsArgs,
+    at: Endpoint<'_>,
+    relogin: Option<broker::Relogin>,
     topics: Topics,
     runner: Arc<Runner>,
     rx: Arc<RandomX>,
@@ -111,7 +110,7 @@ pub fn connect(
         ts_ms: 0,
     };
     let will = LastWill::new(topics.worker_status(&me), will_status.encode(), QoS::AtLeastOnce, true);
-    let options = broker::options(me.as_str(), url, creds, Some(will), tls)?;
+    let options = broker::options(me.as_str(), at.url, at.creds, Some(will), at.tls)?;
     let (client, eventloop) = broker::client(options, 65_536);
     let status = StatusPublisher {
         client: client.clone(),
@@ -132,7 +131,10 @@ pub fn connect(
             }
             publisher.publish(publisher.current_state());
         }
-        Event::Incoming(Packet::SubAck(_)) => {
+        Event::Incoming(Packet::SubAck(ack)) => {
+            if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                tracing::error!("the broker refused one of this worker's subscriptions (check its account's ACL)");
+            }
             let _ = subscribed_tx.send(true);
         }
         Event::Incoming(Packet::Publish(p)) => {
@@ -143,7 +145,7 @@ pub fn connect(
         }
         _ => {}
     };
-    let driver = Box::pin(broker::drive(eventloop, cancel, on_event));
+    let driver = Box::pin(broker::drive(eventloop, cancel, on_event, relogin));
     Ok(Connection { status, subscribed, inbound, driver })
 }
 

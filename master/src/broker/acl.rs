@@ -1,5 +1,6 @@
 //! Who may read and write which topics on the embedded broker — the same
-//! rules as the stack's Mosquitto ACL (`mosquitto/acl.in`).
+//! rules as the stack's Mosquitto: the workers' roles the master makes
+//! there ([`super::dynsec`]) and the observers' ACL (`mosquitto/acl-observer.in`).
 
 /// What a connected client is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 //! only. rumqttd has no shutdown API: it lives as long as the process.
 
 pub mod acl;
+pub mod dynsec;
 pub mod guard;
 
 use std::collections::HashMap;

@@ -114,6 +114,9 @@ impl Actor {
                 self.apply();
                 let _ = reply.send(out.map_err(Into::into));
             }
+            Command::MayClaim { worker, instance, session, reply } => {
+                let _ = reply.send(self.engine.may_claim(&worker, instance, session.as_ref()).map_err(Into::into));
+            }
             Command::Heartbeat { worker, session, instance, running, hashrate, reply } => {
                 let Some(reply) = self.admit(&worker, session, reply) else { return };
                 let out = self.engine.heartbeat(now, &worker, instance, &running, hashrate);

@@ -75,6 +75,12 @@ enum Command {
     View(JobId, Reply<Option<ActiveView>>),
     Workers(Reply<Vec<WorkerView>>),
     Register(Registration, Reply<Result<RegisterOutcome, CoordError>>),
+    MayClaim {
+        worker: WorkerId,
+        instance: InstanceId,
+        session: Option<Secret>,
+        reply: Reply<Result<(), CoordError>>,
+    },
     Heartbeat {
         worker: WorkerId,
         session: Option<Secret>,
@@ -158,6 +164,16 @@ impl Coordinator {
 
     pub async fn register(&self, reg: Registration) -> Result<RegisterOutcome, CoordError> {
         self.ask(|r| Command::Register(reg, r)).await?
+    }
+
+    /// Whether this caller may act as `worker` ([`Engine::may_claim`]).
+    pub async fn may_claim(
+        &self,
+        worker: WorkerId,
+        instance: InstanceId,
+        session: Option<Secret>,
+    ) -> Result<(), CoordError> {
+        self.ask(|reply| Command::MayClaim { worker, instance, session, reply }).await?
     }
 
     /// Every call below comes from `caller`: a worker and the session it

@@ -318,13 +318,7 @@ impl Engine {
     /// live worker off and cost its jobs an attempt. The same instance may
     /// register again (after a master restart, or a lost connection).
     pub fn register(&mut self, now: Now, reg: Registration) -> Result<RegisterOutcome, LeaseError> {
-        if let Some(old) = self.workers.get(&reg.worker) {
-            let same = old.instance == reg.instance
-                && reg.session.as_ref().is_some_and(|s| old.session.constant_time_eq(s.expose()));
-            if !same {
-                return Err(LeaseError::InUse(reg.worker));
-            }
-        }
+        self.may_claim(&reg.worker, reg.instance, reg.session.as_ref())?;
         let session = Secret::random();
         self.quarantined.retain(|_, until| *until > now.mono);
         let availability = match self.quarantined.contains_key(&reg.worker) {
@@ -520,6 +514,25 @@ impl Engine {
         match self.workers.get_mut(worker) {
             Some(w) if instance.is_none_or(|i| i == w.instance) => Ok(w),
             _ => Err(LeaseError::UnknownWorker(worker.clone())),
+        }
+    }
+
+    /// Whether a caller may act as `worker` — register it, or take its
+    /// broker login: yes when no live instance holds the id, or when the
+    /// caller is that instance and carries its session.
+    pub fn may_claim(
+        &self,
+        worker: &WorkerId,
+        instance: InstanceId,
+        session: Option<&Secret>,
+    ) -> Result<(), LeaseError> {
+        match self.workers.get(worker) {
+            Some(old)
+                if old.instance != instance || !session.is_some_and(|s| old.session.constant_time_eq(s.expose())) =>
+            {
+                Err(LeaseError::InUse(worker.clone()))
+            }
+            _ => Ok(()),
         }
     }
 

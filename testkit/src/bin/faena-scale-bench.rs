@@ -149,8 +149,7 @@ async fn main() {
         };
         let mut c = Cluster::start(opts).await;
         let pid = c.master().pid();
-        let account = mosquitto.as_ref().map(|_| faena_testkit::mosquitto::WORKER);
-        let fleet = start_fleet(workers, &c.addrs.grpc, &c.addrs.mqtt, account, HEARTBEAT).await;
+        let fleet = start_fleet(workers, &c.addrs.grpc, &c.addrs.mqtt, HEARTBEAT).await;
         wait_metric(&c, "faena_workers", workers as f64).await;
         let ids = submit(&c, workers + depth).await;
         wait_metric(&c, "faena_jobs_active{state=\"running\"}", workers as f64).await;
