@@ -95,7 +95,7 @@ stage() {
     worker) binary faena-worker "$ctx/bin" ;;
     mosquitto)
       mkdir -p "$ctx/mosquitto"
-      cp mosquitto/setup.sh mosquitto/acl.in mosquitto/acl-observer.in mosquitto/mosquitto.conf.in "$ctx/mosquitto/"
+      cp mosquitto/setup.sh mosquitto/dynamic-security.json.in mosquitto/acl-observer.in mosquitto/mosquitto.conf.in "$ctx/mosquitto/"
       ;;
     fake-ai) binary faena-fake-ai "$ctx/bin" ;;
   esac

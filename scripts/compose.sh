@@ -23,7 +23,7 @@ secrets_dir() {
   mkdir -p .faena-secrets
   chmod 700 .faena-secrets
   local name
-  for name in cluster_token api_token mqtt_master_password mqtt_worker_password mqtt_observer_password; do
+  for name in cluster_token api_token mqtt_master_password mqtt_observer_password; do
     [ -s ".faena-secrets/$name" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >".faena-secrets/$name"
   done
   if [ ! -e .faena-secrets/gemini_api_key ]; then

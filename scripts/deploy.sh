@@ -92,7 +92,7 @@ create_secret() {
   docker secret create --label "com.faena.stack=$FAENA_STACK" "$name" - >/dev/null
 }
 
-for name in cluster_token mqtt_master_password mqtt_worker_password mqtt_observer_password; do
+for name in cluster_token mqtt_master_password mqtt_observer_password; do
   if random_secret | create_secret "${FAENA_STACK}_$name"; then
     say "created secret ${FAENA_STACK}_$name (generated)"
   fi

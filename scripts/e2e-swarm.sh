@@ -255,6 +255,23 @@ fi
 grep -q 'not authorised' "$work/anon.out" || fail "anonymous client failed for another reason: $(cat "$work/anon.out")"
 echo "  $(cat "$work/anon.out")" >&2
 
+step "each worker logs in to the broker with an account of its own"
+mq=$(docker ps -q --filter "label=com.docker.swarm.service.name=${FAENA_STACK}_mosquitto" | head -n 1)
+[ -n "$mq" ] || fail "no running mosquitto container"
+dynsec=$(docker exec "$mq" cat /mosquitto/run/dynamic-security.json) || fail "cannot read the broker's dynamic security file"
+accounts=$(echo "$dynsec" | jq -r '[.clients[].username] | sort | join(" ")')
+for w in worker-1 worker-2; do
+  case " $accounts " in *" $w "*) ;; *) fail "no broker account for $w: $accounts" ;; esac
+done
+case " $accounts " in *" worker "*) fail "a shared worker account exists: $accounts" ;; esac
+topics=$(echo "$dynsec" | jq -r '.roles[] | select(.rolename == "faena-worker-worker-1") | .acls[].topic' | sort -u | tr '\n' ' ')
+case "$topics" in
+  *workers/worker-1/jobs*) ;;
+  *) fail "worker-1's role does not hold its jobs topic: $topics" ;;
+esac
+case "$topics" in *worker-2* | *"#"* | *+*) fail "worker-1's role reaches beyond its own topics: $topics" ;; esac
+echo "  accounts: $accounts; worker-1's role: $topics" >&2
+
 if [ "$keep" = 1 ]; then
   step "stop (skipped: --keep)"
 else

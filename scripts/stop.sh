@@ -49,7 +49,8 @@ if [ "$volumes" = 1 ]; then
   done
 fi
 if [ "$secrets" = 1 ]; then
-  for s in "${SECRETS[@]/#/${FAENA_STACK}_}"; do
+  # mqtt_worker_password: the shared worker account of earlier releases.
+  for s in "${SECRETS[@]/#/${FAENA_STACK}_}" "${FAENA_STACK}_mqtt_worker_password"; do
     if docker secret inspect "$s" >/dev/null 2>&1; then
       docker secret rm "$s" >/dev/null && say "removed secret $s"
     fi

@@ -13,7 +13,7 @@ IMAGES_ENV=target/docker/images.env
 # The stack's secrets, named "${FAENA_STACK}_<name>" (stack.yml mounts them
 # as /run/secrets/faena_<name>).
 # shellcheck disable=SC2034 # used by the scripts that source this
-SECRETS=(cluster_token api_token mqtt_master_password mqtt_worker_password mqtt_observer_password gemini_api_key
+SECRETS=(cluster_token api_token mqtt_master_password mqtt_observer_password gemini_api_key
   tls_ca tls_master_cert tls_master_key tls_mosquitto_cert tls_mosquitto_key)
 
 die() {
