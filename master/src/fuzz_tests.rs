@@ -78,7 +78,10 @@ proptest! {
             }
             other => serde_json::to_vec(&other).expect("JSON"),
         };
+        let (client, _el) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("fuzz", "127.0.0.1", 1), 1);
+        let dynsec = crate::broker::dynsec::Dynsec::new(client, faena_proto::topics::Topics::default());
         for input in [&raw, &versioned] {
+            let _ = dynsec.on_answer(input);
             let _ = WorkUnit::decode(input);
             let _ = Control::decode(input);
             let _ = WorkerStatus::decode(input);
@@ -115,6 +118,7 @@ proptest! {
     #[test]
     fn grpc_messages_and_their_fields(raw in bytes(), text in ".{0,200}") {
         let _ = pb::RegisterRequest::decode(&raw[..]);
+        let _ = pb::BrokerLoginRequest::decode(&raw[..]);
         let _ = pb::HeartbeatRequest::decode(&raw[..]);
         let _ = pb::ProgressRequest::decode(&raw[..]);
         let _ = pb::ResultRequest::decode(&raw[..]);
