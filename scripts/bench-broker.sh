@@ -11,9 +11,13 @@
 #
 # Loopback only; needs mosquitto and mosquitto-clients (Debian).
 set -euo pipefail
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 
 workers=${1:-50}
 units=${2:-2000}
+case "$workers$units" in
+  '' | *[!0-9]*) echo "bench-broker: WORKERS and UNITS_PER_WORKER are numbers (see --help)" >&2; exit 2 ;;
+esac
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 broker_pid=""
@@ -161,4 +165,5 @@ start_per_worker "$port"
 run per-worker "$port" own
 awk -v a="$(cat "$work/reference.rate")" -v b="$(cat "$work/per-worker.rate")" \
   -v ca="$(cat "$work/reference.cpu")" -v cb="$(cat "$work/per-worker.cpu")" \
-  'BEGIN { printf "per-worker / reference: throughput %.2f, broker CPU per unit %.2f\n", b / a, cb / ca }'
+  'BEGIN { cpu = "(too few units to tell)"; if (ca > 0) cpu = sprintf("%.2f", cb / ca)
+           printf "per-worker / reference: throughput %.2f, broker CPU per unit %s\n", b / a, cpu }'
