@@ -161,6 +161,8 @@ pub async fn drive(
     mut relogin: Option<Relogin>,
 ) -> Result<(), BrokerError> {
     let mut connected_once = false;
+    // Whether the current login is a fresh one from `relogin`.
+    let mut relogged = false;
     let mut backoff = crate::retry::Policy::RECONNECT.start();
     loop {
         let polled = tokio::select! {
@@ -175,6 +177,7 @@ pub async fn drive(
                         tracing::info!("reconnected to the broker");
                     }
                     connected_once = true;
+                    relogged = false;
                     backoff.reset();
                 }
                 on_event(event);
@@ -186,22 +189,23 @@ pub async fn drive(
                     reason = refusal(code),
                     "the broker refused this login; asking the master for a new one"
                 );
+                // A fresh login is tried at once; one refused again waits
+                // (the broker's accounts are not what the master thinks).
+                if relogged {
+                    let wait = backoff.wait();
+                    tokio::select! {
+                        () = cancel.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
                 let fresh = relogin.as_mut().map(|r| r());
                 let fresh = tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
                     fresh = async move { match fresh { Some(f) => f.await, None => None } } => fresh,
                 };
-                match fresh {
-                    Some(c) => {
-                        el.mqtt_options.set_credentials(c.username, c.password.expose());
-                    }
-                    None => return Ok(()),
-                }
-                let wait = backoff.wait();
-                tokio::select! {
-                    () = cancel.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(wait) => {}
-                }
+                let Some(c) = fresh else { return Ok(()) };
+                el.mqtt_options.set_credentials(c.username, c.password.expose());
+                relogged = true;
             }
             Err(ConnectionError::ConnectionRefused(
                 code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),

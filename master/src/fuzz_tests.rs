@@ -79,7 +79,11 @@ proptest! {
             other => serde_json::to_vec(&other).expect("JSON"),
         };
         let (client, _el) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("fuzz", "127.0.0.1", 1), 1);
-        let dynsec = crate::broker::dynsec::Dynsec::new(client, faena_proto::topics::Topics::default());
+        let dynsec = crate::broker::dynsec::Dynsec::new(
+            client,
+            faena_proto::topics::Topics::default(),
+            tokio::sync::watch::channel(false).1,
+        );
         for input in [&raw, &versioned] {
             let _ = dynsec.on_answer(input);
             let _ = WorkUnit::decode(input);

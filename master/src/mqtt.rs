@@ -166,14 +166,16 @@ pub fn connect(
     let (status_tx, statuses) = Statuses::channel();
     let out = MqttOut { client: client.clone(), topics: topics.clone(), instance };
     let announce = out.clone();
-    let accounts = dynsec.then(|| Arc::new(Dynsec::new(client.clone(), topics.clone())));
+    let accounts = dynsec.then(|| Arc::new(Dynsec::new(client.clone(), topics.clone(), connected.clone())));
     let answers = accounts.clone();
     let on_event = move |event: Event| match event {
         Event::Incoming(Packet::ConnAck(_)) => {
-            let _ = connected_tx.send(true);
+            // Subscribed before anyone sees the connection: an account
+            // change sent after this gets its answer.
             if let Some(d) = &answers {
                 d.subscribe();
             }
+            let _ = connected_tx.send(true);
             let _ = client.try_subscribe(topics.all_worker_status(), QoS::AtLeastOnce);
             let status = MasterStatus { instance_id: announce.instance, state: MasterState::Online, ts_ms: now_ms() };
             let _ = client.try_publish(topics.master_status(), QoS::AtLeastOnce, true, status.encode());

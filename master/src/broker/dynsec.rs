@@ -25,12 +25,15 @@ use parking_lot::Mutex;
 use rumqttc::{AsyncClient, QoS};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 pub const CONTROL_TOPIC: &str = "$CONTROL/dynamic-security/v1";
 pub const ANSWER_TOPIC: &str = "$CONTROL/dynamic-security/v1/response";
 /// How long the broker has to answer an account change.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// An unanswered change is sent again after this (it may have gone out
+/// before the subscription to the answers, on a reconnect).
+const RESEND_AFTER: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
@@ -72,6 +75,8 @@ impl WorkerLogins {
 pub struct Dynsec {
     client: AsyncClient,
     topics: Topics,
+    /// True while the master is connected (and subscribed to the answers).
+    connected: watch::Receiver<bool>,
     waiting: Mutex<HashMap<String, oneshot::Sender<Vec<Answer>>>>,
 }
 
@@ -91,8 +96,8 @@ struct Answer {
 }
 
 impl Dynsec {
-    pub fn new(client: AsyncClient, topics: Topics) -> Self {
-        Self { client, topics, waiting: Mutex::default() }
+    pub fn new(client: AsyncClient, topics: Topics, connected: watch::Receiver<bool>) -> Self {
+        Self { client, topics, connected, waiting: Mutex::default() }
     }
 
     /// Subscribes to the plugin's answers; called on every (re)connection.
@@ -119,21 +124,29 @@ impl Dynsec {
     }
 
     /// A new account for `worker`: its role (its own topics), then the
-    /// client, deleted first so the old password's connections close.
+    /// client, deleted first so the old password's connections close. The
+    /// commands are idempotent, so an unanswered batch is sent again.
     pub async fn provision(&self, worker: &WorkerId) -> Result<Credentials, LoginError> {
         let creds = Credentials { username: worker.as_str().to_owned(), password: Secret::random() };
         let batch = uuid::Uuid::new_v4().simple().to_string();
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         self.waiting.lock().insert(batch.clone(), tx);
-        let request = self.commands(worker, &creds.password, &batch);
-        let sent = self.client.publish(CONTROL_TOPIC, QoS::AtLeastOnce, false, request.to_string()).await;
-        let answers = match sent {
-            Err(e) => Err(LoginError::Send(e.to_string())),
-            Ok(()) => match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
-                Ok(Ok(answers)) => Ok(answers),
-                _ => Err(LoginError::Timeout(ANSWER_TIMEOUT)),
-            },
-        };
+        let request = self.commands(worker, &creds.password, &batch).to_string();
+        let answers = tokio::time::timeout(ANSWER_TIMEOUT, async {
+            let mut connected = self.connected.clone();
+            loop {
+                connected.wait_for(|c| *c).await.map_err(|_| LoginError::Send("the MQTT loop ended".into()))?;
+                self.client
+                    .publish(CONTROL_TOPIC, QoS::AtLeastOnce, false, request.clone())
+                    .await
+                    .map_err(|e| LoginError::Send(e.to_string()))?;
+                if let Ok(answer) = tokio::time::timeout(RESEND_AFTER, &mut rx).await {
+                    return answer.map_err(|_| LoginError::Send("the MQTT loop ended".into()));
+                }
+            }
+        })
+        .await
+        .unwrap_or(Err(LoginError::Timeout(ANSWER_TIMEOUT)));
         self.waiting.lock().remove(&batch);
         check(&answers?)?;
         Ok(creds)
@@ -215,7 +228,7 @@ mod tests {
     #[tokio::test]
     async fn the_role_holds_only_the_workers_own_topics() {
         let (client, _el) = AsyncClient::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), 10);
-        let d = Dynsec::new(client, Topics::default());
+        let d = Dynsec::new(client, Topics::default(), watch::channel(false).1);
         let w = WorkerId::parse("w1").expect("id");
         let cmds = d.commands(&w, &Secret::new("pw"), "b");
         let topics: Vec<(String, String)> = cmds["commands"][0]["acls"]
