@@ -1,4 +1,4 @@
-# Faena worker: RandomX hashing and mining, AI queries.
+# Faena worker: RandomX hashing and mining, AI queries (remote providers and a local model).
 # Built by scripts/build.sh from a staged context (bin/, healthcheck.sh).
 FROM debian:bookworm-slim
 # CA certificates for HTTPS to Gemini / OpenAI-compatible endpoints.
@@ -8,8 +8,11 @@ RUN apt-get update -q \
  && useradd --system --uid 10002 --user-group --no-create-home --shell /usr/sbin/nologin faena
 COPY bin/faena-worker /usr/local/bin/faena-worker
 COPY healthcheck.sh /usr/local/bin/faena-healthcheck
+# The default local model (scripts/fetch-model.sh): AI answers with no key.
+COPY models/ /usr/share/faena/models/
 ENV FAENA_WORKER_METRICS_ADDR=0.0.0.0:9100 \
-    FAENA_LOG_JSON=true
+    FAENA_LOG_JSON=true \
+    FAENA_LOCAL_MODEL=/usr/share/faena/models/SmolLM2-135M-Instruct.Q4_1.gguf
 USER faena
 EXPOSE 9100
 # /healthz is 200 once the worker is registered with the master.

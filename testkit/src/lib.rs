@@ -254,6 +254,19 @@ pub fn embedded_login(name: &str) -> (String, String) {
     (c.username, c.password.expose().to_owned())
 }
 
+/// The default local model (SmolLM2-135M-Instruct GGUF): `FAENA_TEST_LOCAL_MODEL`
+/// when set (`scripts/test.sh` sets it), else fetched into the model cache
+/// by `scripts/fetch-model.sh`.
+pub fn local_model() -> PathBuf {
+    if let Some(p) = std::env::var_os("FAENA_TEST_LOCAL_MODEL").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-model.sh");
+    let out = std::process::Command::new(script).output().expect("scripts/fetch-model.sh");
+    assert!(out.status.success(), "fetch-model.sh: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")

@@ -87,6 +87,19 @@ pub struct AiArgs {
     /// Tries on rate limits (429) and server errors (500, 503, 504).
     #[arg(long, env = "FAENA_AI_TRIES", default_value_t = 4)]
     pub ai_tries: u32,
+    /// A GGUF model this worker runs itself (provider `local`, llama.cpp in
+    /// this process): no key, no network. `scripts/fetch-model.sh` fetches
+    /// the default one (SmolLM2-135M-Instruct).
+    #[arg(long, env = "FAENA_LOCAL_MODEL")]
+    pub local_model: Option<PathBuf>,
+    /// Threads the local model computes on (default: half the cores), so it
+    /// shares the machine with RandomX.
+    #[arg(long, env = "FAENA_LOCAL_THREADS")]
+    pub local_threads: Option<usize>,
+    /// Tokens of question and answer the local model holds (at most what the
+    /// model was trained for).
+    #[arg(long, env = "FAENA_LOCAL_CONTEXT", default_value_t = 4096)]
+    pub local_context: u32,
 }
 
 impl Config {
@@ -102,6 +115,12 @@ impl Config {
         }
         if self.ai.ai_tries == 0 || self.ai.ai_tries > 20 {
             return Err(ConfigError("--ai-tries must be 1..=20".into()));
+        }
+        if self.ai.local_threads.is_some_and(|t| t == 0 || t > 1024) {
+            return Err(ConfigError("--local-threads must be 1..=1024".into()));
+        }
+        if !(256..=1_048_576).contains(&self.ai.local_context) {
+            return Err(ConfigError("--local-context must be 256..=1048576".into()));
         }
         for url in [&self.ai.gemini_base_url, &self.ai.openai_base_url].into_iter().flatten() {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

@@ -183,7 +183,7 @@ pub async fn run(
         .with(JobKind::RandomxMine, Arc::new(exec::mine::RandomxMine::new(rx.clone())));
     if offered.is_empty() {
         tracing::info!(
-            "no AI provider configured (GEMINI_API_KEY, GEMINI_BASE_URL, OPENAI_BASE_URL, OPENAI_API_KEY): ai.query not offered"
+            "no AI provider configured (FAENA_LOCAL_MODEL, GEMINI_API_KEY, GEMINI_BASE_URL, OPENAI_BASE_URL, OPENAI_API_KEY): ai.query not offered"
         );
     } else {
         let names: Vec<&str> = offered.iter().map(|p| p.as_str()).collect();

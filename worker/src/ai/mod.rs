@@ -1,5 +1,6 @@
 //! AI providers on a worker: Google's Gemini REST API and any
-//! OpenAI-compatible chat completions endpoint, both streamed over SSE.
+//! OpenAI-compatible chat completions endpoint, both streamed over SSE, and
+//! a GGUF model run in this process ([`local`]).
 //!
 //! Each provider module turns a query into one HTTP request, feeds the
 //! answer's pieces to a [`Sink`] as they arrive and classifies what goes
@@ -9,8 +10,10 @@
 //! blocked prompt: said so a person can act on it).
 
 pub mod gemini;
+pub mod local;
 pub mod openai;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faena_proto::ai::{AiChunk, AiParams, Provider, Usage};
@@ -38,6 +41,7 @@ pub struct Endpoint {
 pub struct Providers {
     pub gemini: Option<Endpoint>,
     pub openai: Option<Endpoint>,
+    pub local: Option<Arc<local::LocalModel>>,
     pub http: reqwest::Client,
     pub chunk_timeout: Duration,
     pub tries: u32,
@@ -49,6 +53,8 @@ pub enum SetupError {
     Secret(#[from] faena_common::secrets::SecretError),
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Local(#[from] local::LocalError),
 }
 
 impl Providers {
@@ -73,9 +79,25 @@ impl Providers {
             .tcp_nodelay(true)
             .user_agent(concat!("faena-worker/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let local = match &a.local_model {
+            None => None,
+            Some(_) if !local::cpu_supported() => {
+                tracing::warn!(
+                    "FAENA_LOCAL_MODEL is set but this CPU lacks AVX2/FMA/F16C: the local model is not offered"
+                );
+                None
+            }
+            Some(path) => {
+                let threads = a.local_threads.unwrap_or_else(|| (crate::caps::cores() as usize / 2).max(1));
+                let model = local::LocalModel::load(path, threads, a.local_context)?;
+                tracing::info!(model = model.name(), threads, path = %path.display(), "local model loaded");
+                Some(Arc::new(model))
+            }
+        };
         Ok(Self {
             gemini,
             openai,
+            local,
             http,
             chunk_timeout: Duration::from_millis(a.ai_chunk_timeout_ms),
             tries: a.ai_tries,
@@ -91,13 +113,18 @@ impl Providers {
         if self.openai.is_some() {
             out.push(Provider::Openai);
         }
+        if self.local.is_some() {
+            out.push(Provider::Local);
+        }
         out
     }
 
+    /// A remote provider's endpoint (the local one has none).
     pub fn endpoint(&self, p: Provider) -> Option<&Endpoint> {
         match p {
             Provider::Gemini => self.gemini.as_ref(),
             Provider::Openai => self.openai.as_ref(),
+            Provider::Local => None,
         }
     }
 }

@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::{Executor, JobContext, JobFailure};
-use crate::ai::{AiError, Answer, Providers, Query, Sink, gemini, openai};
+use crate::ai::{AiError, Answer, Providers, Query, Sink, gemini, local, openai};
 
 #[derive(Debug, Clone)]
 pub struct AiQuery {
@@ -36,25 +36,39 @@ async fn ask(
     params: &AiParams,
     ctx: &JobContext,
 ) -> Result<(Answer, String, Timings), JobFailure> {
-    let endpoint = providers
-        .endpoint(provider)
-        .ok_or_else(|| JobFailure::permanent(format!("this worker has no {provider} provider configured")))?;
-    let own_key = ctx.secret(API_KEY_SECRET).await?;
-    let key = own_key.as_ref().or(endpoint.key.as_ref());
-    let model = params.model.as_deref().unwrap_or(&endpoint.model);
-    let q = Query { params, base: &endpoint.base, model, key };
+    let remote = match provider {
+        Provider::Local => {
+            if providers.local.is_none() {
+                return Err(JobFailure::permanent("this worker has no local model (FAENA_LOCAL_MODEL)"));
+            }
+            None
+        }
+        _ => {
+            let endpoint = providers
+                .endpoint(provider)
+                .ok_or_else(|| JobFailure::permanent(format!("this worker has no {provider} provider configured")))?;
+            let own_key = ctx.secret(API_KEY_SECRET).await?;
+            Some((endpoint, own_key))
+        }
+    };
     let mut backoff = faena_common::retry::Policy::calls(providers.tries).start();
     loop {
         let tries = backoff.tries() + 1;
         let mut sink = Sink::new(Some(ctx));
         let started = Instant::now();
-        let result = match provider {
-            Provider::Gemini => {
-                gemini::query(&providers.http, &q, params.streams(), providers.chunk_timeout, &mut sink).await
+        let result = match (&remote, &providers.local) {
+            (Some((endpoint, own_key)), _) => {
+                let key = own_key.as_ref().or(endpoint.key.as_ref());
+                let model = params.model.as_deref().unwrap_or(&endpoint.model);
+                let q = Query { params, base: &endpoint.base, model, key };
+                let (http, streams, timeout) = (&providers.http, params.streams(), providers.chunk_timeout);
+                match provider {
+                    Provider::Gemini => gemini::query(http, &q, streams, timeout, &mut sink).await,
+                    _ => openai::query(http, &q, streams, timeout, &mut sink).await,
+                }
             }
-            Provider::Openai => {
-                openai::query(&providers.http, &q, params.streams(), providers.chunk_timeout, &mut sink).await
-            }
+            (None, Some(model)) => local::query(model, params, &mut sink).await,
+            (None, None) => return Err(JobFailure::permanent("this worker has no local model (FAENA_LOCAL_MODEL)")),
         };
         match result {
             Ok(answer) => {

@@ -1,0 +1,118 @@
+//! `ai.query` with the `local` provider: the real default model
+//! (SmolLM2-135M-Instruct, fetched by `scripts/fetch-model.sh`) run by
+//! llama.cpp inside a real worker, at temperature 0 so answers are stable:
+//! streamed in pieces, `max_tokens` flagged, cancel stops generation, the
+//! history reaches the prompt, and the provider is offered to the master.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+use faena_testkit::api::is_final;
+use faena_testkit::{Cluster, MasterOpts, WAIT, eventually, local_model};
+use serde_json::{Value, json};
+
+/// One worker with the local model alone (no key, no network), one AI slot.
+async fn cluster() -> Cluster {
+    let model = local_model();
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    let model = model.display().to_string();
+    c.add_worker_with("local", 1, &[("FAENA_LOCAL_MODEL", model.as_str()), ("FAENA_AI_SLOTS", "1")]).await;
+    c.wait_workers(1).await;
+    c
+}
+
+/// Submits and returns (the pieces streamed, the finished job).
+async fn run(c: &Cluster, params: Value) -> (Vec<String>, Value) {
+    let id = c.api.submit_ok("ai.query", params, None).await;
+    let mut events = c.api.events(&id).await;
+    let mut pieces = Vec::new();
+    let done = tokio::time::timeout(WAIT, async {
+        while let Some((name, data)) = events.next().await {
+            match name.as_str() {
+                "progress" => pieces.push(data["data"]["text"].as_str().unwrap_or_default().to_owned()),
+                n if is_final(n) => return true,
+                _ => {}
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(done, Ok(true), "job {id} did not finish");
+    (pieces, c.api.job(&id).await)
+}
+
+#[tokio::test]
+async fn the_local_model_answers_streamed_and_stops_at_max_tokens() {
+    let c = cluster().await;
+    let workers = c.api.workers().await;
+    assert_eq!(workers[0]["ai_providers"], json!(["local"]), "{workers:?}");
+
+    let ask = json!({"prompt": "What is the capital of France? Answer in one sentence.", "temperature": 0, "provider": "local"});
+    let (pieces, job) = run(&c, ask.clone()).await;
+    let result = &job["result"];
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(result["provider"], "local");
+    assert_eq!(result["model"], "SmolLM2-135M-Instruct.Q4_1");
+    assert!(pieces.len() >= 2, "streamed in pieces: {pieces:?}");
+    assert_eq!(pieces.concat(), result["text"].as_str().unwrap_or_default(), "the pieces make the answer");
+    assert!(result["text"].as_str().is_some_and(|t| t.contains("Paris")), "{result}");
+    assert_eq!(result["finish_reason"], "stop");
+    assert!(result["usage"]["output_tokens"].as_u64().is_some_and(|n| n > 1), "{result}");
+    // Temperature 0: the same question gets the same answer (not from the cache).
+    let again = json!({"prompt": ask["prompt"], "temperature": 0, "provider": "local", "cache": false});
+    let (_, job2) = run(&c, again).await;
+    assert_eq!(job2["result"]["text"], result["text"]);
+
+    let short = json!({"prompt": "Tell me a long story about a dragon.", "temperature": 0, "max_tokens": 5});
+    let (pieces, job) = run(&c, short).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["finish_reason"], "length");
+    assert!(job["result"]["flagged"].as_str().is_some_and(|f| f.contains("token limit")), "{job}");
+    assert_eq!(job["result"]["usage"]["output_tokens"], 5);
+    assert!(!pieces.is_empty());
+}
+
+#[tokio::test]
+async fn history_reaches_the_prompt_and_cancel_stops_generation() {
+    let c = cluster().await;
+    let plain = json!({"prompt": "What is my name?", "temperature": 0, "max_tokens": 8, "cache": false});
+    let (_, alone) = run(&c, plain.clone()).await;
+    let mut with_history = plain.clone();
+    with_history["history"] = json!([
+        {"role": "user", "text": "Hello! My name is Zorblax Quintavius."},
+        {"role": "model", "text": "Nice to meet you, Zorblax Quintavius."}
+    ]);
+    with_history["system"] = json!("You are a helpful assistant.");
+    let (_, remembered) = run(&c, with_history).await;
+    let tokens = |j: &Value| j["result"]["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+    assert!(
+        tokens(&remembered) > tokens(&alone) + 15,
+        "the history and system turns went into the prompt: {} vs {}",
+        tokens(&remembered),
+        tokens(&alone)
+    );
+
+    // A long answer, cancelled once its first pieces have come.
+    let long = json!({"prompt": "Write a very long essay about the history of Rome.", "temperature": 0, "max_tokens": 3000, "cache": false});
+    let id = c.api.submit_ok("ai.query", long, None).await;
+    let mut events = c.api.events(&id).await;
+    let mut seen = 0;
+    while let Some((name, _)) = tokio::time::timeout(WAIT, events.next()).await.expect("events") {
+        if name == "progress" {
+            seen += 1;
+            if seen == 3 {
+                break;
+            }
+        }
+    }
+    let (status, _) = c.api.cancel(&id).await;
+    assert!(status.is_success(), "{status}");
+    assert_eq!(c.api.wait_final(&id).await["state"], "cancelled");
+    let said = eventually("the worker stops generating", || {
+        let log = c.worker_log("local");
+        async move { log.contains("local model stopped: cancelled").then_some(log) }
+    })
+    .await;
+    assert!(said.contains("local model stopped: cancelled"));
+    // The slot is free again: the next question runs at once.
+    let (_, next) = run(&c, json!({"prompt": "Say hi.", "temperature": 0, "max_tokens": 4})).await;
+    assert_eq!(next["state"], "succeeded", "{next}");
+}
