@@ -9,31 +9,31 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use faena_proto::ai::Provider;
+use faena_proto::ai::ProviderSet;
 use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobKind, Priority};
 
 use crate::ranked::RankedSet;
 
 /// What a worker must offer to take a job: its kind and, for an AI query
-/// that names one, the provider.
+/// that names them, one of its providers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Lane {
     pub kind: JobKind,
-    pub provider: Option<Provider>,
+    pub providers: ProviderSet,
 }
 
 impl Lane {
     pub fn of(kind: JobKind) -> Self {
-        Self { kind, provider: None }
+        Self { kind, providers: ProviderSet::default() }
     }
 }
 
 impl std::fmt::Display for Lane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.provider {
-            Some(p) => write!(f, "{} (provider {p})", self.kind),
-            None => write!(f, "{}", self.kind),
+        match self.providers.is_empty() {
+            false => write!(f, "{} (provider {})", self.kind, self.providers),
+            true => write!(f, "{}", self.kind),
         }
     }
 }

@@ -95,7 +95,7 @@ impl Worker {
 
     /// Whether it can run jobs of `lane` at all (whatever its state).
     pub fn offers(&self, lane: &Lane) -> bool {
-        self.caps.kinds.contains(&lane.kind) && lane.provider.is_none_or(|p| self.caps.ai_providers.contains(&p))
+        self.caps.kinds.contains(&lane.kind) && lane.providers.met_by(&self.caps.ai_providers)
     }
 
     /// Speed from capabilities alone, in arbitrary units: cores, ×1.5 with

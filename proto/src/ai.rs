@@ -40,6 +40,41 @@ impl Provider {
     }
 }
 
+/// Some of the providers, as a job may accept them (any of them); empty
+/// means any provider at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ProviderSet(u8);
+
+impl ProviderSet {
+    fn bit(p: Provider) -> u8 {
+        1 << (p as u8)
+    }
+
+    pub fn of(providers: &[Provider]) -> Self {
+        Self(providers.iter().fold(0, |m, p| m | Self::bit(*p)))
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether a worker offering `offered` can take a job that accepts this set.
+    pub fn met_by(self, offered: &[Provider]) -> bool {
+        self.is_empty() || offered.iter().any(|p| self.0 & Self::bit(*p) != 0)
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Provider> {
+        Provider::ALL.into_iter().filter(move |p| self.0 & Self::bit(*p) != 0)
+    }
+}
+
+impl std::fmt::Display for ProviderSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.iter().map(Provider::as_str).collect();
+        f.write_str(&names.join(" or "))
+    }
+}
+
 impl std::fmt::Display for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -73,6 +108,11 @@ pub struct AiParams {
     /// Which provider; any worker that has one when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<Provider>,
+    /// Providers to try in this order (instead of `provider`): a rate
+    /// limit, an outage or a timeout before any text has gone out moves to
+    /// the next one the worker has.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<Provider>,
     /// Earlier turns, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Turn>,
@@ -125,7 +165,21 @@ impl AiParams {
         if self.max_tokens == Some(0) {
             return bad("max_tokens must be at least 1".into());
         }
+        if self.provider.is_some() && !self.providers.is_empty() {
+            return bad("give either provider or providers, not both".into());
+        }
+        if ProviderSet::of(&self.providers).iter().count() != self.providers.len() {
+            return bad("providers must not repeat a provider".into());
+        }
         Ok(())
+    }
+
+    /// The providers this job accepts, in the order to try them (empty: any).
+    pub fn order(&self) -> Vec<Provider> {
+        match self.provider {
+            Some(p) => vec![p],
+            None => self.providers.clone(),
+        }
     }
 
     pub fn streams(&self) -> bool {
@@ -184,6 +238,16 @@ pub struct AiOutput {
     /// True when the master answered from its result cache.
     #[serde(default)]
     pub cached: bool,
+    /// Providers tried before the one that answered, and why each failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tried: Vec<Tried>,
+}
+
+/// A provider that could not answer before another did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tried {
+    pub provider: Provider,
+    pub error: String,
 }
 
 #[cfg(test)]
@@ -210,6 +274,8 @@ mod tests {
             (json!({"prompt": "x", "temperature": 3.0}), "temperature"),
             (json!({"prompt": "x", "history": [{"role": "system", "text": "a"}]}), "unknown variant"),
             (json!({"prompt": "x", "system": "y".repeat(MAX_CONTEXT_BYTES)}), "together"),
+            (json!({"prompt": "x", "provider": "local", "providers": ["gemini"]}), "not both"),
+            (json!({"prompt": "x", "providers": ["local", "gemini", "local"]}), "repeat"),
         ] {
             let e = parse(bad.clone()).err().unwrap_or_default();
             assert!(e.contains(says), "{bad}: {e}");
@@ -223,5 +289,17 @@ mod tests {
         let c = parse(json!({"prompt": "q", "model": "m"})).expect("valid");
         assert_eq!(a.cache_key(), b.cache_key());
         assert_ne!(a.cache_key(), c.cache_key());
+    }
+
+    #[test]
+    fn a_job_accepts_its_providers_in_its_order() {
+        let p = parse(json!({"prompt": "x", "providers": ["local", "gemini"]})).expect("valid");
+        assert_eq!(p.order(), vec![Provider::Local, Provider::Gemini]);
+        let set = ProviderSet::of(&p.order());
+        assert_eq!(set.to_string(), "gemini or local");
+        assert!(set.met_by(&[Provider::Openai, Provider::Local]) && !set.met_by(&[Provider::Openai]));
+        assert!(ProviderSet::default().met_by(&[]), "no providers named: any worker");
+        let one = parse(json!({"prompt": "x", "provider": "openai"})).expect("valid");
+        assert_eq!(one.order(), vec![Provider::Openai]);
     }
 }

@@ -2,11 +2,12 @@
 //! (SmolLM2-135M-Instruct, fetched by `scripts/fetch-model.sh`) run by
 //! llama.cpp inside a real worker, at temperature 0 so answers are stable:
 //! streamed in pieces, `max_tokens` flagged, cancel stops generation, the
-//! history reaches the prompt, and the provider is offered to the master.
+//! history reaches the prompt, the provider is offered to the master, and
+//! an unavailable provider (a fake Gemini answering 503) hands over to it.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use faena_testkit::api::is_final;
-use faena_testkit::{Cluster, MasterOpts, WAIT, eventually, local_model};
+use faena_testkit::{Cluster, FakeAi, MasterOpts, WAIT, eventually, local_model};
 use serde_json::{Value, json};
 
 /// One worker with the local model alone (no key, no network), one AI slot.
@@ -115,4 +116,42 @@ async fn history_reaches_the_prompt_and_cancel_stops_generation() {
     // The slot is free again: the next question runs at once.
     let (_, next) = run(&c, json!({"prompt": "Say hi.", "temperature": 0, "max_tokens": 4})).await;
     assert_eq!(next["state"], "succeeded", "{next}");
+}
+
+#[tokio::test]
+async fn an_unavailable_provider_hands_over_to_the_next_but_a_bad_request_does_not() {
+    let fake = FakeAi::start().await;
+    let (base, model) = (fake.gemini_base(), local_model().display().to_string());
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    let env = [("GEMINI_BASE_URL", base.as_str()), ("GEMINI_API_KEY", "k"), ("FAENA_LOCAL_MODEL", model.as_str())];
+    c.add_worker_with("both", 1, &env).await;
+    c.wait_workers(1).await;
+    assert_eq!(c.api.workers().await[0]["ai_providers"], json!(["gemini", "local"]));
+
+    // Gemini is down for good (every try 503): the job's order moves on to
+    // local at once, and the result says who answered and who was tried.
+    let down = r#"[[fake {"fail": [503, 503, 503, 503, 503, 503]}]] What is two plus two?"#;
+    let ask = |prompt: &str, order: Value| json!({"prompt": prompt, "providers": order, "temperature": 0, "max_tokens": 12, "cache": false});
+    let (pieces, job) = run(&c, ask(down, json!(["gemini", "local"]))).await;
+    let r = &job["result"];
+    assert_eq!((job["state"].as_str(), r["provider"].as_str()), (Some("succeeded"), Some("local")), "{job}");
+    assert_eq!(r["tried"][0]["provider"], "gemini", "{job}");
+    assert!(r["tried"][0]["error"].as_str().is_some_and(|e| e.contains("503")), "{job}");
+    assert!(!pieces.is_empty());
+    // No order in the job: the worker's own (gemini, then local) does the same.
+    let (_, job) = run(&c, json!({"prompt": down, "temperature": 0, "max_tokens": 12, "cache": false})).await;
+    assert_eq!(job["result"]["provider"], "local", "{job}");
+    let log = c.worker_log("both");
+    assert!(log.contains("AI provider unavailable; trying the next"), "{log}");
+
+    // A bad request is the asker's to fix: no fallback, the job fails saying why.
+    let bad = r#"[[fake {"fail": [400]}]] What is two plus two?"#;
+    let (pieces, job) = run(&c, ask(bad, json!(["gemini", "local"]))).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(job["error"].as_str().is_some_and(|e| e.contains("Gemini rejected the request")), "{job}");
+    assert!(pieces.is_empty(), "local never answered: {pieces:?}");
+    // An order that names a provider twice is refused at the door.
+    let (status, body) =
+        c.api.submit("ai.query", json!({"prompt": "x", "providers": ["gemini", "gemini"]}), None).await;
+    assert_eq!(status, 400, "{body}");
 }

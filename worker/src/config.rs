@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 pub use faena_common::args::ConfigError;
 use faena_common::args::{BrokerAuth, ClusterToken};
+use faena_proto::ai::Provider;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "faena-worker", version, about = "Faena worker: runs work units from MQTT, reports over gRPC")]
@@ -92,6 +93,10 @@ pub struct AiArgs {
     /// the default one (SmolLM2-135M-Instruct).
     #[arg(long, env = "FAENA_LOCAL_MODEL")]
     pub local_model: Option<PathBuf>,
+    /// The order this worker tries its providers in when a job names none,
+    /// e.g. `gemini,local` (default: gemini, openai, local — those it has).
+    #[arg(long, env = "FAENA_AI_PROVIDERS", value_delimiter = ',', value_parser = parse_provider)]
+    pub ai_providers: Vec<Provider>,
     /// Threads the local model computes on (default: half the cores), so it
     /// shares the machine with RandomX.
     #[arg(long, env = "FAENA_LOCAL_THREADS")]
@@ -136,4 +141,8 @@ impl Config {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }
+}
+
+fn parse_provider(s: &str) -> Result<Provider, String> {
+    Provider::parse(s.trim()).ok_or_else(|| format!("unknown AI provider {s:?} (gemini, openai, local)"))
 }

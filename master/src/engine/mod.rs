@@ -24,6 +24,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use faena_proto::ai::ProviderSet;
 use faena_proto::ids::{FencingToken, InstanceId, JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
 use faena_proto::mqtt::{Control, WorkerState};
@@ -69,12 +70,12 @@ struct ActiveJob {
 
 impl ActiveJob {
     fn new(spec: Arc<JobSpec>, priority: Priority, seq: u64, now: Now) -> Self {
-        let provider = match &*spec {
-            JobSpec::AiQuery(p) => p.provider,
-            _ => None,
+        let providers = match &*spec {
+            JobSpec::AiQuery(p) => ProviderSet::of(&p.order()),
+            _ => ProviderSet::default(),
         };
         Self {
-            lane: Lane { kind: spec.kind(), provider },
+            lane: Lane { kind: spec.kind(), providers },
             spec,
             priority,
             seq,

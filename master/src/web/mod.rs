@@ -325,6 +325,7 @@ async fn ask(socket: SocketRef, io: SocketIo, Data(a): Data<Value>, ack: AckSend
             system: a.system,
             model: a.model,
             provider: a.provider,
+            providers: vec![],
             history: recent_context(sio::history(&s.exchanges), used),
             stream: None,
             cache: None,

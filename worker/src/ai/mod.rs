@@ -42,6 +42,8 @@ pub struct Providers {
     pub gemini: Option<Endpoint>,
     pub openai: Option<Endpoint>,
     pub local: Option<Arc<local::LocalModel>>,
+    /// The order to try providers in when a job names none (`FAENA_AI_PROVIDERS`).
+    pub preference: Vec<Provider>,
     pub http: reqwest::Client,
     pub chunk_timeout: Duration,
     pub tries: u32,
@@ -98,6 +100,7 @@ impl Providers {
             gemini,
             openai,
             local,
+            preference: a.ai_providers.clone(),
             http,
             chunk_timeout: Duration::from_millis(a.ai_chunk_timeout_ms),
             tries: a.ai_tries,
@@ -117,6 +120,20 @@ impl Providers {
             out.push(Provider::Local);
         }
         out
+    }
+
+    /// The providers to try for a job that accepts `wanted` (in its order;
+    /// empty: this worker's own order), those this worker has.
+    pub fn order_for(&self, wanted: &[Provider]) -> Vec<Provider> {
+        let offered = self.offered();
+        let mine: Vec<Provider> = match self.preference.is_empty() {
+            true => offered.clone(),
+            false => self.preference.iter().copied().filter(|p| offered.contains(p)).collect(),
+        };
+        match wanted.is_empty() {
+            true => mine,
+            false => wanted.iter().copied().filter(|p| offered.contains(p)).collect(),
+        }
     }
 
     /// A remote provider's endpoint (the local one has none).

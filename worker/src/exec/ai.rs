@@ -1,8 +1,12 @@
-//! `ai.query`: asks the job's provider (or this worker's first) and streams
-//! the answer's pieces as progress, in order. Rate limits and server errors
-//! are retried here, a bounded number of times with exponential backoff and
-//! jitter (or after the delay the provider asks for), as long as nothing of
-//! the answer has been sent yet; cancelling the job drops the HTTP stream.
+//! `ai.query`: asks the job's providers in its order (or this worker's
+//! configured order) and streams the answer's pieces as progress, in order.
+//! A provider that is unavailable — rate limit, quota, outage, timeout,
+//! unreachable — before any text went out hands over to the next one at
+//! once; the last one is retried, a bounded number of times with
+//! exponential backoff and jitter (or after the delay the provider asks
+//! for). Bad requests and bad keys fail at once, never falling back. The
+//! result says which provider answered and which were tried. Cancelling the
+//! job drops the HTTP stream (and stops a local model).
 //!
 //! The API key is the job's own when the unit refers to one (fetched from
 //! the master over gRPC for this attempt only), else the worker's.
@@ -10,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use faena_proto::ai::{API_KEY_SECRET, AiOutput, AiParams, Provider, Timings};
+use faena_proto::ai::{API_KEY_SECRET, AiOutput, AiParams, Provider, ProviderSet, Timings, Tried};
 use faena_proto::jobs::JobSpec;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -30,24 +34,33 @@ impl AiQuery {
     }
 }
 
+/// How one provider's attempt ended without an answer.
+enum Miss {
+    /// The job fails (or is requeued) with this, whatever comes next.
+    Failure(JobFailure),
+    /// The provider is unavailable (rate limit, quota, outage, timeout,
+    /// unreachable) and nothing of the answer went out: the next provider
+    /// may answer instead.
+    Unavailable(String),
+}
+
+/// Asks one provider. On the last provider of the job's order, transient
+/// faults are retried with backoff; before that they fall through to the
+/// next provider at once.
 async fn ask(
     providers: &Providers,
     provider: Provider,
     params: &AiParams,
     ctx: &JobContext,
-) -> Result<(Answer, String, Timings), JobFailure> {
+    last: bool,
+) -> Result<(Answer, String, Timings), Miss> {
     let remote = match provider {
-        Provider::Local => {
-            if providers.local.is_none() {
-                return Err(JobFailure::permanent("this worker has no local model (FAENA_LOCAL_MODEL)"));
-            }
-            None
-        }
+        Provider::Local => None,
         _ => {
-            let endpoint = providers
-                .endpoint(provider)
-                .ok_or_else(|| JobFailure::permanent(format!("this worker has no {provider} provider configured")))?;
-            let own_key = ctx.secret(API_KEY_SECRET).await?;
+            let endpoint = providers.endpoint(provider).ok_or_else(|| {
+                Miss::Failure(JobFailure::permanent(format!("this worker has no {provider} provider configured")))
+            })?;
+            let own_key = ctx.secret(API_KEY_SECRET).await.map_err(Miss::Failure)?;
             Some((endpoint, own_key))
         }
     };
@@ -68,7 +81,9 @@ async fn ask(
                 }
             }
             (None, Some(model)) => local::query(model, params, &mut sink).await,
-            (None, None) => return Err(JobFailure::permanent("this worker has no local model (FAENA_LOCAL_MODEL)")),
+            (None, None) => {
+                return Err(Miss::Failure(JobFailure::permanent("this worker has no local model (FAENA_LOCAL_MODEL)")));
+            }
         };
         match result {
             Ok(answer) => {
@@ -80,21 +95,76 @@ async fn ask(
                 };
                 return Ok((answer, sink.text, timings));
             }
-            Err(AiError::Fatal(m)) => return Err(JobFailure::permanent(m)),
+            Err(AiError::Fatal(m)) => return Err(Miss::Failure(JobFailure::permanent(m))),
             Err(AiError::Transient { message, .. }) if !sink.is_empty() => {
                 // Part of the answer went out: a clean retry is the master's
                 // (watchers see the job requeued and the answer start again).
-                return Err(JobFailure::retryable(format!("{message} (after part of the answer was sent)")));
+                let m = format!("{message} (after part of the answer was sent)");
+                return Err(Miss::Failure(JobFailure::retryable(m)));
             }
+            Err(AiError::Transient { message, .. }) if !last => return Err(Miss::Unavailable(message)),
             Err(AiError::Transient { message, after }) => {
                 let Some(wait) = backoff.next(after) else {
-                    return Err(JobFailure::permanent(format!("{message}; gave up after {tries} tries")));
+                    return Err(Miss::Unavailable(format!("{message}; gave up after {tries} tries")));
                 };
                 tracing::info!(provider = %provider, tries, wait_ms = wait.as_millis() as u64, error = %message, "AI provider call will be retried");
                 tokio::time::sleep(wait).await;
             }
         }
     }
+}
+
+/// "gemini: 503 …; openai: …" — what the providers tried before said.
+fn said(tried: &[Tried]) -> String {
+    tried.iter().map(|t| format!("{}: {}", t.provider, t.error)).collect::<Vec<_>>().join("; ")
+}
+
+/// Tries the job's providers in order (those this worker has), moving on
+/// while each is unavailable and nothing of the answer has gone out.
+async fn answer(providers: &Providers, params: &AiParams, ctx: &JobContext) -> Result<AiOutput, JobFailure> {
+    let order = providers.order_for(&params.order());
+    if order.is_empty() {
+        let wanted = ProviderSet::of(&params.order());
+        return Err(JobFailure::permanent(format!("this worker has none of the providers the job accepts ({wanted})")));
+    }
+    let mut tried: Vec<Tried> = Vec::new();
+    for (i, &provider) in order.iter().enumerate() {
+        let last = i + 1 == order.len();
+        match ask(providers, provider, params, ctx, last).await {
+            Ok((answer, text, timings)) => {
+                if !tried.is_empty() {
+                    tracing::info!(provider = %provider, tried = %said(&tried), "AI answer from a fallback provider");
+                }
+                return Ok(AiOutput {
+                    text,
+                    model: answer.model,
+                    provider,
+                    usage: answer.usage,
+                    finish_reason: answer.finish_reason,
+                    flagged: answer.flagged,
+                    timings,
+                    cached: false,
+                    tried,
+                });
+            }
+            Err(Miss::Unavailable(error)) if !last => {
+                let next = order[i + 1];
+                tracing::warn!(provider = %provider, next = %next, error = %error, "AI provider unavailable; trying the next");
+                tried.push(Tried { provider, error });
+            }
+            Err(miss) => {
+                let failure = match miss {
+                    Miss::Failure(f) => f,
+                    Miss::Unavailable(m) => JobFailure::permanent(m),
+                };
+                if tried.is_empty() {
+                    return Err(failure);
+                }
+                return Err(failure.context(&format!("{provider}, after {}", said(&tried))));
+            }
+        }
+    }
+    Err(JobFailure::permanent("no provider answered"))
 }
 
 impl Executor for AiQuery {
@@ -104,27 +174,9 @@ impl Executor for AiQuery {
             let JobSpec::AiQuery(params) = spec else {
                 return Err(JobFailure::permanent("ai.query executor got another kind"));
             };
-            let provider = match params.provider {
-                Some(p) => p,
-                None => *providers
-                    .offered()
-                    .first()
-                    .ok_or_else(|| JobFailure::permanent("this worker has no AI provider configured"))?,
-            };
-            let run = ask(&providers, provider, &params, &ctx);
-            let (answer, text, timings) = tokio::select! {
-                r = run => r?,
+            let out = tokio::select! {
+                r = answer(&providers, &params, &ctx) => r?,
                 () = ctx.cancel.cancelled() => return Err(JobFailure::cancelled()),
-            };
-            let out = AiOutput {
-                text,
-                model: answer.model,
-                provider,
-                usage: answer.usage,
-                finish_reason: answer.finish_reason,
-                flagged: answer.flagged,
-                timings,
-                cached: false,
             };
             serde_json::to_value(out).map_err(|e| JobFailure::permanent(e.to_string()))
         }

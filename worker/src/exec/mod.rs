@@ -42,6 +42,11 @@ impl JobFailure {
     pub fn cancelled() -> Self {
         Self { message: "cancelled".into(), retryable: false, cancelled: true }
     }
+
+    /// The same failure, its message prefixed with where it happened.
+    pub fn context(self, at: &str) -> Self {
+        Self { message: format!("{at}: {}", self.message), ..self }
+    }
 }
 
 /// Fetches the secrets a unit refers to from the master, for its lease only.
