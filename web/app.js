@@ -60,10 +60,29 @@ function entry(job, question) {
   return e;
 }
 
+/** Whether a registered worker runs ai.query (null until the master says). */
+let aiOnline = null;
+
+/** Why a question waits: no AI worker at all, else its place in the queue. */
+function waitText(e) {
+  if (aiOnline === false) return "no AI worker is online — start one with GEMINI_API_KEY=… or the local model (FAENA_LOCAL_MODEL)";
+  return e.position ? `${e.position} job${e.position === 1 ? "" : "s"} ahead of yours` : "queued";
+}
+
+function setQueued(e, position) {
+  e.queued = true;
+  e.position = position || 0;
+  e.waiting.textContent = waitText(e);
+}
+
 function describe(meta) {
   if (!meta) return "";
   if (meta.error) return "";
   const parts = [];
+  if (meta.provider) {
+    const tried = (meta.tried || []).map((t) => t.provider);
+    parts.push(tried.length ? `${meta.provider} (after ${tried.join(", ")} failed)` : meta.provider);
+  }
   if (meta.worker) parts.push(`worker ${meta.worker}`);
   if (meta.model) parts.push(meta.model);
   if (meta.timings) parts.push(`${(meta.timings.total_ms / 1000).toFixed(2)} s`);
@@ -136,13 +155,14 @@ socket.on(EV.job, (u) => {
   const e = chat.get(u.job);
   if (e) {
     if (u.state === "queued") {
-      e.waiting.textContent = u.position ? `${u.position} job${u.position === 1 ? "" : "s"} ahead of yours` : "queued";
+      setQueued(e, u.position);
       if (u.reason) {
         e.text = "";
         e.answer.textContent = "";
         e.answer.hidden = true;
       }
     } else if (u.state === "running") {
+      e.queued = false;
       e.waiting.textContent = `running on ${u.worker}`;
     }
   } else if (u.job === miningJob) {
@@ -194,6 +214,8 @@ socket.on(EV.done, (d) => {
 });
 
 socket.on(EV.workers, (workers) => {
+  aiOnline = workers.some((w) => w.state !== "offline" && (w.kinds || []).includes("ai.query"));
+  for (const e of chat.values()) if (e.queued) e.waiting.textContent = waitText(e);
   const list = $("workers");
   if (!workers.length) return list.replaceChildren(el("li", "hint", "none registered"));
   list.replaceChildren(...workers.map((w) => {
@@ -201,6 +223,7 @@ socket.on(EV.workers, (workers) => {
     li.dataset.worker = w.id;
     const what = [w.state, `${w.running}/${w.slots} busy`];
     if (w.hashrate) what.push(`${w.hashrate} H/s`);
+    if ((w.ai_providers || []).length) what.push(`AI: ${w.ai_providers.join(", ")}`);
     li.append(el("span", "", w.id), el("span", "", what.join(" · ")));
     return li;
   }));
@@ -219,7 +242,7 @@ $("ask").addEventListener("submit", (ev) => {
       return notice(ack ? ack.error : "no answer from the master");
     }
     const e = entry(ack.job, prompt);
-    e.waiting.textContent = ack.position ? `${ack.position} job${ack.position === 1 ? "" : "s"} ahead of yours` : "queued";
+    setQueued(e, ack.position);
   });
 });
 $("prompt").addEventListener("keydown", (ev) => {

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use faena_testkit::monerod::{Monerod, WALLET};
-use faena_testkit::{Cluster, FakeAi, MasterOpts};
+use faena_testkit::{Cluster, FakeAi, MasterOpts, local_model};
 use reqwest::StatusCode;
 
 fn repo() -> PathBuf {
@@ -185,4 +185,42 @@ async fn other_sites_pages_cannot_drive_a_local_master() {
     let r = http.get(&sio).header("origin", &own).send().await.expect("GET");
     assert_eq!(r.status(), StatusCode::OK, "the page's own Socket.IO handshake");
     assert!(c.master_log().contains("refused a request from another site"));
+}
+
+/// No AI key anywhere: in chromium, a question asked while no AI worker is
+/// online says why it waits; once a worker with the local model joins, the
+/// same question is answered by it and the page says so (`web/tests/local.mjs`).
+#[tokio::test]
+async fn the_page_answers_from_the_local_model_and_says_why_a_question_waits() {
+    use tokio::io::AsyncBufReadExt;
+    let web = repo().join("web");
+    let opts = MasterOpts { extra: vec![("FAENA_WEB_DIR".into(), web.display().to_string())], ..MasterOpts::default() };
+    let mut c = Cluster::start(opts).await;
+    c.add_worker("plain", 1).await;
+    c.wait_workers(1).await;
+    let model = local_model().display().to_string();
+    let shots = faena_testkit::target_dir().join("screenshots").join("web");
+    let mut node = tokio::process::Command::new("node")
+        .arg(repo().join("web/tests/local.mjs"))
+        .arg(format!("http://{}", c.addrs.http))
+        .arg(&shots)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs (scripts/test.sh installs it and chromium)");
+    let mut lines = tokio::io::BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let mut said = Vec::new();
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(300), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line == "NEED-WORKER" {
+                c.add_worker_with("local", 1, &[("FAENA_LOCAL_MODEL", model.as_str())]).await;
+            }
+            said.push(line);
+        }
+        node.wait().await
+    })
+    .await;
+    let status = finished.expect("local.mjs finishes in 5 minutes").expect("exit status");
+    assert!(status.success() && said.iter().any(|l| l == "OK"), "local.mjs: {said:?} (its stderr is above)");
+    assert!(shots.join("local-waiting.png").exists() && shots.join("local-answer.png").exists());
 }
