@@ -6,7 +6,7 @@
 //   node web/tests/access.mjs http://127.0.0.1:<port> <token> <screenshot dir>
 // Exits non-zero with the reason when a check fails.
 import { io } from "socket.io-client";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 import { mkdirSync } from "node:fs";
 
 const [url, token, shots] = process.argv.slice(2);
@@ -49,13 +49,7 @@ const welcome = await s.timeout(20000).emitWithAck("hello", {}).catch((e) => fai
 check(/^[0-9a-f]{32}$/.test(welcome.session || ""), `a session with the token: ${JSON.stringify(welcome)}`);
 s.close();
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch();
 const page = await browser.newPage();
 const T = { timeout: 30000 };
 try {

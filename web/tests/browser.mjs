@@ -4,22 +4,14 @@
 //   node web/tests/browser.mjs http://127.0.0.1:<port> <screenshot dir> http://<fake AI> \
 //     http://<monerod RPC> <wallet address> <Stratum host:port>
 // Exits non-zero with the reason when a check fails; saves screenshots.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 import { mkdirSync } from "node:fs";
 import { connect } from "node:net";
 import { createInterface } from "node:readline";
 
 const [url, shots, fakeAi, nodeUrl, wallet, stratum] = process.argv.slice(2);
 mkdirSync(shots, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  // No sandbox as root; no background traffic to Google's hosts (there is no
-  // network but loopback here, and those lookups only slow the start).
-  args: [
-    "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch();
 let current = null;
 const fail = async (why) => {
   console.error(`FAIL: ${why}`);

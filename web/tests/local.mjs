@@ -6,18 +6,12 @@
 // with the local model, and the same question is answered by it, the page
 // saying it came from `local`. The RandomX panel's inputs have visible
 // labels. Exits non-zero with the reason when a check fails.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 import { mkdirSync } from "node:fs";
 
 const [url, shots] = process.argv.slice(2);
 mkdirSync(shots, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch();
 const page = await (await browser.newContext()).newPage();
 const fail = async (why) => {
   console.error(`FAIL: ${why}`);
