@@ -177,6 +177,13 @@ chunks=$(grep -c '^event: progress' "$work/ai.sse" || true)
 [ "$chunks" -ge 4 ] || fail "ai.query streamed $chunks progress events, expected 4: $(cat "$work/ai.sse")"
 echo "  ai.query: \"$(echo "$job" | jq -r .result.text)\" in $chunks streamed pieces" >&2
 
+step "AI job from the local model the worker image carries (no key)"
+id=$(post_job '{"kind": "ai.query", "params": {"prompt": "What is the capital of France?", "provider": "local", "temperature": 0, "max_tokens": 32}}')
+job=$(wait_job "$id")
+echo "$job" | jq -e '.state == "succeeded" and .result.provider == "local" and (.result.text | length) > 0' >/dev/null ||
+  fail "ai.query on the local model: $job"
+echo "  local: \"$(echo "$job" | jq -r .result.text)\" ($(echo "$job" | jq -r .result.model), $(echo "$job" | jq -r .result.timings.total_ms) ms)" >&2
+
 step "the Stratum server answers miners on its published port"
 exec 3<>"/dev/tcp/127.0.0.1/$FAENA_STRATUM_PORT" || fail "nothing listens on 127.0.0.1:$FAENA_STRATUM_PORT"
 printf '%s\n' '{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"e2e","pass":"x","agent":"XMRig/6.26.0","algo":["rx/0"]}}' >&3
