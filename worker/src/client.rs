@@ -4,14 +4,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use faena_common::retry::Policy;
 use faena_proto::grpc::SESSION_METADATA;
 use faena_proto::grpc::master_client::MasterClient;
 use faena_proto::secret::Secret;
 use parking_lot::RwLock;
+use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
+
+use crate::WorkerError;
 
 pub type Client = MasterClient<InterceptedService<Channel, Bearer>>;
 
@@ -97,4 +102,57 @@ pub fn connect(url: &str, token: &Secret, tls: &faena_common::tls::TlsArgs) -> R
         .max_decoding_message_size(8 * 1024 * 1024)
         .max_encoding_message_size(8 * 1024 * 1024);
     Ok((client, session))
+}
+
+/// Calls the master until it answers (`call` makes one try). A wrong token,
+/// a request it refuses, or a master certificate this worker does not trust
+/// is fatal; anything else — the master not reachable yet, the worker id
+/// still held by a live instance, the master busy — is retried with backoff.
+/// None when `cancel` fires first.
+pub async fn until_answered<T, Fut>(
+    cancel: &CancellationToken,
+    mut call: impl FnMut() -> Fut,
+) -> Result<Option<T>, WorkerError>
+where
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let mut backoff = Policy::RECONNECT.start();
+    loop {
+        let s = match call().await {
+            Ok(answer) => return Ok(Some(answer)),
+            Err(s) => s,
+        };
+        if matches!(s.code(), Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied) {
+            return Err(WorkerError::Refused(s.message().to_owned()));
+        }
+        if let Some(why) = tls_failure(&s) {
+            return Err(WorkerError::MasterTls(why));
+        }
+        let wait = backoff.wait();
+        let why = match s.code() {
+            // Another live instance holds this worker id: wait for it to go.
+            Code::AlreadyExists => "worker id in use",
+            Code::Unavailable if !s.message().contains("transport") => "the master cannot answer yet",
+            _ => "master not reachable yet",
+        };
+        tracing::warn!(code = ?s.code(), error = %s.message(), retry_in_ms = wait.as_millis() as u64, "{why}");
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(None),
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Why TLS with the master failed, when it did: a certificate it does not
+/// trust will not change by retrying.
+fn tls_failure(status: &Status) -> Option<String> {
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(status);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if text.contains("certificate") {
+            return Some(text);
+        }
+        source = e.source();
+    }
+    None
 }

@@ -106,49 +106,34 @@ fn capabilities(rx: &randomx::RandomX, kinds: &[JobKind], slots: (u32, u32), ai:
     }
 }
 
-/// Registers until the master answers; wrong token or bad capabilities are fatal.
+/// Registers until the master answers ([`client::until_answered`]); wrong
+/// token or bad capabilities are fatal.
 async fn register(
     runner: &runner::Runner,
     session: &client::Session,
     caps: &pb::Capabilities,
     cancel: &CancellationToken,
 ) -> Result<Option<pb::RegisterResponse>, WorkerError> {
-    let mut backoff = faena_common::retry::Policy::RECONNECT.start();
-    loop {
+    let answer = client::until_answered(cancel, || {
+        // The leases held now, each try.
         let req = pb::RegisterRequest {
             worker_id: runner.worker_id.to_string(),
             instance_id: runner.instance.to_string(),
             capabilities: Some(caps.clone()),
             running: runner.leases(),
         };
-        match runner.client().register(req).await {
-            Ok(resp) => {
-                let resp = resp.into_inner();
-                session.set(&resp.session);
-                for lease in &resp.revoked {
-                    runner.revoke(lease);
-                }
-                tracing::info!(worker = %runner.worker_id, adopted = resp.adopted.len(), revoked = resp.revoked.len(), "registered with the master");
-                return Ok(Some(resp));
-            }
-            Err(s) if matches!(s.code(), Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied) => {
-                return Err(WorkerError::Refused(s.message().to_owned()));
-            }
-            Err(s) => {
-                let wait = backoff.wait();
-                let why = match s.code() {
-                    // Another live instance holds this worker id: wait for it to go.
-                    Code::AlreadyExists => "worker id in use",
-                    _ => "master not reachable yet",
-                };
-                tracing::warn!(code = ?s.code(), error = %s.message(), retry_in_ms = wait.as_millis() as u64, "{why}");
-                tokio::select! {
-                    () = cancel.cancelled() => return Ok(None),
-                    () = tokio::time::sleep(wait) => {}
-                }
-            }
-        }
+        let mut client = runner.client();
+        async move { client.register(req).await }
+    })
+    .await?;
+    let Some(resp) = answer else { return Ok(None) };
+    let resp = resp.into_inner();
+    session.set(&resp.session);
+    for lease in &resp.revoked {
+        runner.revoke(lease);
     }
+    tracing::info!(worker = %runner.worker_id, adopted = resp.adopted.len(), revoked = resp.revoked.len(), "registered with the master");
+    Ok(Some(resp))
 }
 
 pub async fn run(
