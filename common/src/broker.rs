@@ -69,9 +69,9 @@ pub struct Credentials {
 
 /// An account on the master's embedded broker: its password is derived
 /// from the cluster token (HMAC-SHA256 of the account name), so the master
-/// checks it and a worker makes its own without any more secrets to hand
-/// out. `username` is a worker's id, or [`MASTER_CLIENT_ID`] for the
-/// master's own account.
+/// checks it without keeping any more secrets, and hands it to a worker
+/// that asks (`BrokerLogin`). `username` is a worker's id, or
+/// [`MASTER_CLIENT_ID`] for the master's own account.
 pub fn embedded_credentials(cluster_token: &Secret, username: &str) -> Credentials {
     use aws_lc_rs::hmac;
     let key = hmac::Key::new(hmac::HMAC_SHA256, cluster_token.expose().as_bytes());
@@ -97,23 +97,19 @@ pub const MASTER_CLIENT_ID: &str = "faena-master";
 /// (`clean_session = false`) let the broker keep QoS 1 units for a
 /// reconnecting client. An `mqtts://` URL connects over TLS, trusting
 /// what `tls` says (see [`crate::tls`]).
-pub fn options(
-    client_id: &str,
-    url: &BrokerUrl,
-    creds: Option<&Credentials>,
-    will: Option<LastWill>,
-    tls: &crate::tls::TlsArgs,
-) -> Result<MqttOptions, crate::tls::TlsError> {
-    let mut o = MqttOptions::new(client_id, url.host.clone(), url.port);
-    if url.tls {
-        o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.client_config()?)));
+pub fn options(client_id: &str, at: Endpoint<'_>, will: Option<LastWill>) -> Result<MqttOptions, crate::tls::TlsError> {
+    let mut o = MqttOptions::new(client_id, at.url.host.clone(), at.url.port);
+    if at.url.tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+            at.tls.client_config()?,
+        )));
     }
     o.set_keep_alive(Duration::from_secs(5));
     o.set_clean_session(false);
     o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     o.set_inflight(1000);
     o.set_request_channel_capacity(65_536);
-    if let Some(c) = creds {
+    if let Some(c) = at.creds {
         o.set_credentials(c.username.clone(), c.password.expose());
     }
     if let Some(w) = will {

@@ -223,7 +223,7 @@ impl Master for MasterService {
         let req = req.into_inner();
         let worker = self.worker(&req.worker_id)?;
         let instance = self.instance(&req.instance_id)?;
-        self.coord.may_claim(worker.clone(), instance, session).await.map_err(to_status)?;
+        self.coord.may_claim((worker.clone(), session), instance).await.map_err(to_status)?;
         match self.logins.login(&worker).await {
             Ok(Some(c)) => {
                 tracing::info!(worker = %worker, "broker login handed out");

@@ -160,7 +160,7 @@ pub fn connect(
 ) -> Result<Connection, faena_common::tls::TlsError> {
     let will_status = MasterStatus { instance_id: instance, state: MasterState::Offline, ts_ms: 0 };
     let will = LastWill::new(topics.master_status(), will_status.encode(), QoS::AtLeastOnce, true);
-    let options = broker::options(broker::MASTER_CLIENT_ID, at.url, at.creds, Some(will), at.tls)?;
+    let options = broker::options(broker::MASTER_CLIENT_ID, at, Some(will))?;
     let (client, eventloop) = broker::client(options, 65_536);
     let (connected_tx, connected) = watch::channel(false);
     let (status_tx, statuses) = Statuses::channel();

@@ -110,7 +110,7 @@ pub fn connect(
         ts_ms: 0,
     };
     let will = LastWill::new(topics.worker_status(&me), will_status.encode(), QoS::AtLeastOnce, true);
-    let options = broker::options(me.as_str(), at.url, at.creds, Some(will), at.tls)?;
+    let options = broker::options(me.as_str(), at, Some(will))?;
     let (client, eventloop) = broker::client(options, 65_536);
     let status = StatusPublisher {
         client: client.clone(),

@@ -166,13 +166,8 @@ impl Coordinator {
         self.ask(|r| Command::Register(reg, r)).await?
     }
 
-    /// Whether this caller may act as `worker` ([`Engine::may_claim`]).
-    pub async fn may_claim(
-        &self,
-        worker: WorkerId,
-        instance: InstanceId,
-        session: Option<Secret>,
-    ) -> Result<(), CoordError> {
+    /// Whether `caller` (from `instance`) may act as its worker ([`Engine::may_claim`]).
+    pub async fn may_claim(&self, (worker, session): Caller, instance: InstanceId) -> Result<(), CoordError> {
         self.ask(|reply| Command::MayClaim { worker, instance, session, reply }).await?
     }
 

@@ -101,10 +101,6 @@ impl LocalModel {
         &self.name
     }
 
-    pub fn threads(&self) -> i32 {
-        self.threads
-    }
-
     /// The prompt as the model's chat template writes the conversation.
     fn prompt(&self, params: &AiParams) -> Result<String, AiError> {
         let message = |role: &str, text: &str| {
