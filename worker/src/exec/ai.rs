@@ -16,12 +16,14 @@ use std::time::Instant;
 
 use faena_proto::ai::{API_KEY_SECRET, AiOutput, AiParams, Provider, ProviderSet, Timings, Tried};
 use faena_proto::jobs::JobSpec;
+use faena_proto::secret::Secret;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::{Executor, JobContext, JobFailure};
-use crate::ai::{AiError, Answer, Providers, Query, Sink, gemini, local, openai};
+use crate::ai::local::{self, LocalModel};
+use crate::ai::{AiError, Answer, Endpoint, Providers, Query, Sink, gemini, openai};
 
 #[derive(Debug, Clone)]
 pub struct AiQuery {
@@ -44,6 +46,16 @@ enum Miss {
     Unavailable(String),
 }
 
+/// Where one provider's answer comes from.
+enum Target<'a> {
+    /// Gemini or an OpenAI-compatible endpoint, with the job's own key if it has one.
+    Remote {
+        endpoint: &'a Endpoint,
+        own_key: Option<Secret>,
+    },
+    Local(&'a Arc<LocalModel>),
+}
+
 /// Asks one provider. On the last provider of the job's order, transient
 /// faults are retried with backoff; before that they fall through to the
 /// next provider at once.
@@ -54,23 +66,25 @@ async fn ask(
     ctx: &JobContext,
     last: bool,
 ) -> Result<(Answer, String, Timings), Miss> {
-    let remote = match provider {
-        Provider::Local => None,
-        _ => {
-            let endpoint = providers.endpoint(provider).ok_or_else(|| {
+    let target = match provider {
+        Provider::Local => Target::Local(providers.local.as_ref().ok_or_else(|| {
+            Miss::Failure(JobFailure::permanent("this worker has no local model (FAENA_LOCAL_MODEL)"))
+        })?),
+        _ => Target::Remote {
+            endpoint: providers.endpoint(provider).ok_or_else(|| {
                 Miss::Failure(JobFailure::permanent(format!("this worker has no {provider} provider configured")))
-            })?;
-            let own_key = ctx.secret(API_KEY_SECRET).await.map_err(Miss::Failure)?;
-            Some((endpoint, own_key))
-        }
+            })?,
+            own_key: ctx.secret(API_KEY_SECRET).await.map_err(Miss::Failure)?,
+        },
     };
     let mut backoff = faena_common::retry::Policy::calls(providers.tries).start();
     loop {
         let tries = backoff.tries() + 1;
         let mut sink = Sink::new(Some(ctx));
         let started = Instant::now();
-        let result = match (&remote, &providers.local) {
-            (Some((endpoint, own_key)), _) => {
+        let result = match &target {
+            Target::Local(model) => local::query(model, params, &mut sink).await,
+            Target::Remote { endpoint, own_key } => {
                 let key = own_key.as_ref().or(endpoint.key.as_ref());
                 let model = params.model.as_deref().unwrap_or(&endpoint.model);
                 let q = Query { params, base: &endpoint.base, model, key };
@@ -79,10 +93,6 @@ async fn ask(
                     Provider::Gemini => gemini::query(http, &q, streams, timeout, &mut sink).await,
                     _ => openai::query(http, &q, streams, timeout, &mut sink).await,
                 }
-            }
-            (None, Some(model)) => local::query(model, params, &mut sink).await,
-            (None, None) => {
-                return Err(Miss::Failure(JobFailure::permanent("this worker has no local model (FAENA_LOCAL_MODEL)")));
             }
         };
         match result {
