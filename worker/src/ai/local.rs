@@ -144,8 +144,12 @@ impl LocalModel {
             )));
         }
         let batch_size = u32::try_from(tokens.len()).unwrap_or(u32::MAX).max(512);
+        // A context as large as this question and its answer need, not the
+        // whole FAENA_LOCAL_CONTEXT: its memory is made for every question,
+        // and a full-size one costs tens of milliseconds before the first token.
+        let n_ctx = u32::try_from(needed.next_multiple_of(256)).unwrap_or(self.context).min(self.context);
         let params_ctx = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(self.context))
+            .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(batch_size)
             .with_n_threads(self.threads)
             .with_n_threads_batch(self.threads);
