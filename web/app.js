@@ -69,6 +69,13 @@ function waitText(e) {
   return e.position ? `${e.position} job${e.position === 1 ? "" : "s"} ahead of yours` : "queued";
 }
 
+/** Why an answer has not started: a provider is retrying, or handing over. */
+function providerText(s) {
+  return s.status === "retrying"
+    ? `${s.provider}: ${s.error} — trying again in ${Math.ceil(s.retry_in_ms / 1000)} s (try ${s.attempt} of ${s.tries})`
+    : `${s.provider}: ${s.error} — asking ${s.next}`;
+}
+
 function setQueued(e, position) {
   e.queued = true;
   e.position = position || 0;
@@ -181,6 +188,11 @@ socket.on(EV.chunk, (c) => {
 });
 
 socket.on(EV.progress, (p) => {
+  const e = chat.get(p.job);
+  if (e) {
+    if (p.data && p.data.status && !e.text) e.waiting.textContent = providerText(p.data);
+    return;
+  }
   if (p.job !== miningJob || !p.data) return;
   const d = p.data;
   $("mine-state").textContent = `${Math.round(d.hashrate || 0)} H/s · ${d.hashes} hashes · ${d.shares} shares · ${d.remaining} nonces left`;

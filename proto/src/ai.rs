@@ -206,6 +206,29 @@ pub struct AiChunk {
     pub text: String,
 }
 
+/// Worker → master, while no answer is being written: why it waits. Goes
+/// out as the job's progress (never with `seq`/`text`, so it cannot be
+/// taken for a piece of the answer); the page shows it under the question.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AiStatus {
+    pub provider: Provider,
+    /// What the provider said (`429 …`, `timed out …`).
+    pub error: String,
+    #[serde(flatten)]
+    pub next: AiNext,
+}
+
+/// What the worker does after a provider could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum AiNext {
+    /// Asks the same provider again after `retry_in_ms`; this will be try
+    /// `attempt` of at most `tries`.
+    Retrying { retry_in_ms: u64, attempt: u32, tries: u32 },
+    /// Asks the next provider of the job's order now.
+    FallingBack { next: Provider },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Usage {
     pub prompt_tokens: u64,
@@ -259,6 +282,29 @@ mod tests {
         let p: AiParams = serde_json::from_value(v).map_err(|e| e.to_string())?;
         p.validate().map_err(|e| e.to_string())?;
         Ok(p)
+    }
+
+    #[test]
+    fn a_wait_goes_out_flat_and_never_as_a_piece_of_the_answer() {
+        let retrying = AiStatus {
+            provider: Provider::Gemini,
+            error: "429".into(),
+            next: AiNext::Retrying { retry_in_ms: 2000, attempt: 2, tries: 4 },
+        };
+        let v = serde_json::to_value(&retrying).expect("serialises");
+        assert_eq!(
+            v,
+            json!({"status": "retrying", "provider": "gemini", "error": "429", "retry_in_ms": 2000, "attempt": 2, "tries": 4})
+        );
+        let falling = AiStatus {
+            provider: Provider::Gemini,
+            error: "503".into(),
+            next: AiNext::FallingBack { next: Provider::Local },
+        };
+        let v = serde_json::to_value(&falling).expect("serialises");
+        assert_eq!(v, json!({"status": "falling_back", "provider": "gemini", "error": "503", "next": "local"}));
+        assert!(v.get("seq").is_none() && v.get("text").is_none());
+        assert_eq!(serde_json::from_value::<AiStatus>(v).expect("parses"), falling);
     }
 
     #[test]

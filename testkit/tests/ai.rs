@@ -201,6 +201,18 @@ async fn provider_errors_are_retried_or_explained() {
     // A 429 waited the delay the provider asked for before the second try.
     let log = std::fs::read_to_string(c.dir.path().join("worker-ai.log")).unwrap_or_default();
     assert!(log.contains("wait_ms=300"), "RetryInfo.retryDelay honoured: {log}");
+    // Watchers are told while it waits: which provider, what it said, when
+    // it is asked again, and which try that will be — before any text.
+    let (progress, job) = run(&c, &fake, gemini(json!({"fail": [429], "retry_delay_s": 0.3}), "watched")).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let status = &progress[0];
+    assert_eq!(
+        (&status["status"], &status["provider"], &status["retry_in_ms"], &status["attempt"], &status["tries"]),
+        (&json!("retrying"), &json!("gemini"), &json!(300), &json!(2), &json!(3)),
+        "{progress:?}"
+    );
+    assert!(status["error"].as_str().is_some_and(|e| e.contains("429")), "{status}");
+    assert!(progress[1..].iter().all(|p| p.get("seq").is_some()), "then only the answer: {progress:?}");
     // A bad or forbidden key (the job's own here) is explained, not retried.
     for (key, says) in
         [("bad-key", "rejected the API key"), ("forbidden-key", "refused access (403 PERMISSION_DENIED)")]

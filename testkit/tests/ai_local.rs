@@ -22,13 +22,22 @@ async fn cluster() -> Cluster {
 
 /// Submits and returns (the pieces streamed, the finished job).
 async fn run(c: &Cluster, params: Value) -> (Vec<String>, Value) {
+    let (pieces, _, job) = run_watched(c, params).await;
+    (pieces, job)
+}
+
+/// Submits and returns (the pieces streamed, the waits reported, the finished job).
+async fn run_watched(c: &Cluster, params: Value) -> (Vec<String>, Vec<Value>, Value) {
     let id = c.api.submit_ok("ai.query", params, None).await;
     let mut events = c.api.events(&id).await;
-    let mut pieces = Vec::new();
+    let (mut pieces, mut waits) = (Vec::new(), Vec::new());
     let done = tokio::time::timeout(WAIT, async {
         while let Some((name, data)) = events.next().await {
             match name.as_str() {
-                "progress" => pieces.push(data["data"]["text"].as_str().unwrap_or_default().to_owned()),
+                "progress" => match data["data"]["text"].as_str() {
+                    Some(text) => pieces.push(text.to_owned()),
+                    None => waits.push(data["data"].clone()),
+                },
                 n if is_final(n) => return true,
                 _ => {}
             }
@@ -37,7 +46,7 @@ async fn run(c: &Cluster, params: Value) -> (Vec<String>, Value) {
     })
     .await;
     assert_eq!(done, Ok(true), "job {id} did not finish");
-    (pieces, c.api.job(&id).await)
+    (pieces, waits, c.api.job(&id).await)
 }
 
 #[tokio::test]
@@ -132,8 +141,14 @@ async fn an_unavailable_provider_hands_over_to_the_next_but_a_bad_request_does_n
     // local at once, and the result says who answered and who was tried.
     let down = r#"[[fake {"fail": [503, 503, 503, 503, 503, 503]}]] What is two plus two?"#;
     let ask = |prompt: &str, order: Value| json!({"prompt": prompt, "providers": order, "temperature": 0, "max_tokens": 12, "cache": false});
-    let (pieces, job) = run(&c, ask(down, json!(["gemini", "local"]))).await;
+    let (pieces, waits, job) = run_watched(&c, ask(down, json!(["gemini", "local"]))).await;
     let r = &job["result"];
+    // Watchers heard of the hand-over as it happened.
+    assert_eq!(
+        (&waits[0]["status"], &waits[0]["provider"], &waits[0]["next"]),
+        (&json!("falling_back"), &json!("gemini"), &json!("local")),
+        "{waits:?}"
+    );
     assert_eq!((job["state"].as_str(), r["provider"].as_str()), (Some("succeeded"), Some("local")), "{job}");
     assert_eq!(r["tried"][0]["provider"], "gemini", "{job}");
     assert!(r["tried"][0]["error"].as_str().is_some_and(|e| e.contains("503")), "{job}");

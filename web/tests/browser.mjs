@@ -86,6 +86,13 @@ await release("slow-1");
 await answers(page).filter({ hasText: "You said: slow 3" }).waitFor(T);
 await check((await answers(page).count()) === 6, "one answer for each question");
 
+// 4b. A provider that is retrying says so under the question: the fake
+// answers 429 with a 2 s retry delay once, the worker waits and asks again.
+await ask(page, '[[fake {"fail": [429], "retry_delay_s": 2}]] after a rate limit');
+await waitingOf("after a rate limit").filter({ hasText: /^gemini: .*429.* — trying again in 2 s \(try 2 of \d+\)$/ }).waitFor(T);
+await page.screenshot({ path: `${shots}/retrying.png`, fullPage: true });
+await answers(page).filter({ hasText: "You said: after a rate limit" }).waitFor(T);
+
 // A question the master refuses stays in the box, with the reason: 20000
 // "é" pass the box's maxlength (characters) but not the master's limit (bytes).
 const tooLong = "é".repeat(20000);

@@ -5,7 +5,8 @@
 //! once; the last one is retried, a bounded number of times with
 //! exponential backoff and jitter (or after the delay the provider asks
 //! for). Bad requests and bad keys fail at once, never falling back. The
-//! result says which provider answered and which were tried. Cancelling the
+//! result says which provider answered and which were tried; while it
+//! waits, the job's progress says why (`AiStatus`: retrying, falling back). Cancelling the
 //! job drops the HTTP stream (and stops a local model).
 //!
 //! The API key is the job's own when the unit refers to one (fetched from
@@ -14,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use faena_proto::ai::{API_KEY_SECRET, AiOutput, AiParams, Provider, ProviderSet, Timings, Tried};
+use faena_proto::ai::{API_KEY_SECRET, AiNext, AiOutput, AiParams, AiStatus, Provider, ProviderSet, Timings, Tried};
 use faena_proto::jobs::JobSpec;
 use faena_proto::secret::Secret;
 use futures::FutureExt;
@@ -118,10 +119,22 @@ async fn ask(
                     return Err(Miss::Unavailable(format!("{message}; gave up after {tries} tries")));
                 };
                 tracing::info!(provider = %provider, tries, wait_ms = wait.as_millis() as u64, error = %message, "AI provider call will be retried");
+                let next = AiNext::Retrying {
+                    retry_in_ms: wait.as_millis() as u64,
+                    attempt: tries + 1,
+                    tries: providers.tries,
+                };
+                status(ctx, provider, message, next).await;
                 tokio::time::sleep(wait).await;
             }
         }
     }
+}
+
+/// Tells the job's watchers why no answer is being written yet.
+async fn status(ctx: &JobContext, provider: Provider, error: String, next: AiNext) {
+    let status = AiStatus { provider, error, next };
+    ctx.report(serde_json::to_value(status).unwrap_or_default()).await;
 }
 
 /// "gemini: 503 …; openai: …" — what the providers tried before said.
@@ -160,6 +173,7 @@ async fn answer(providers: &Providers, params: &AiParams, ctx: &JobContext) -> R
             Err(Miss::Unavailable(error)) if !last => {
                 let next = order[i + 1];
                 tracing::warn!(provider = %provider, next = %next, error = %error, "AI provider unavailable; trying the next");
+                status(ctx, provider, error.clone(), AiNext::FallingBack { next }).await;
                 tried.push(Tried { provider, error });
             }
             Err(miss) => {
