@@ -22,6 +22,9 @@ use serde::Serialize;
 
 use crate::engine::{RestoredJob, StoreOp};
 
+mod list;
+pub use list::{DEFAULT_PAGE, JobFilter, MAX_PAGE, Page};
+
 /// Most operations committed in one transaction.
 const MAX_GROUP: usize = 20_000;
 
@@ -118,6 +121,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         conn.execute_batch("ALTER TABLE jobs ADD COLUMN parent TEXT")?;
     }
     conn.execute_batch("CREATE INDEX IF NOT EXISTS jobs_parent ON jobs(parent) WHERE parent IS NOT NULL")?;
+    conn.execute_batch(list::INDEXES)?;
     Ok(())
 }
 
