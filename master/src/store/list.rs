@@ -9,7 +9,7 @@ use faena_proto::api::JobView;
 use faena_proto::jobs::{JobKind, JobState, Priority};
 use rusqlite::types::Value as Sql;
 
-use super::{Store, StoreError, rfc3339};
+use super::{Store, StoreError, VIEW_COLUMNS, view};
 
 /// Jobs in a page when the request names no limit.
 pub const DEFAULT_PAGE: usize = 50;
@@ -52,10 +52,7 @@ impl Store {
     /// The jobs `f` selects, newest first, one page. The views carry no
     /// result (`GET /api/jobs/{id}` has it) and no queue position.
     pub fn list(&self, f: &JobFilter) -> Result<Page, StoreError> {
-        let mut sql = String::from(
-            "SELECT rowid, id, kind, priority, state, attempts, worker, error, created_at, finished_at
-             FROM jobs WHERE parent IS NULL",
-        );
+        let mut sql = format!("SELECT rowid, id, {VIEW_COLUMNS} FROM jobs WHERE parent IS NULL");
         let mut args: Vec<Sql> = Vec::new();
         let mut and = |clause: &str, value: Sql| {
             sql.push_str(" AND ");
@@ -86,52 +83,20 @@ impl Store {
 
         let conn = self.reader.lock();
         let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, u32>(5)?,
-                r.get::<_, Option<String>>(6)?,
-                r.get::<_, Option<String>>(7)?,
-                r.get::<_, i64>(8)?,
-                r.get::<_, Option<i64>>(9)?,
-            ))
-        })?;
-        let mut jobs = Vec::with_capacity(limit);
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        let mut jobs: Vec<(i64, JobView)> = Vec::with_capacity(limit);
         let mut next = None;
-        for row in rows {
-            let (rowid, id, kind, priority, state, attempts, worker, error, created, finished) = row?;
+        while let Some(r) = rows.next()? {
             if jobs.len() == limit {
                 // There is more: the next page starts below the last shown.
                 next = jobs.last().map(|(shown, _)| *shown);
                 break;
             }
-            let Ok(id) = id.parse() else {
-                tracing::error!(job = %id, "a stored job id does not parse; left out of the listing");
-                continue;
-            };
-            jobs.push((
-                rowid,
-                JobView {
-                    id,
-                    kind,
-                    state: JobState::parse(&state).unwrap_or(JobState::Failed),
-                    priority: Priority::parse(&priority).unwrap_or_default(),
-                    position: None,
-                    worker,
-                    attempts,
-                    result: None,
-                    error,
-                    created_at: rfc3339(u64::try_from(created).unwrap_or(0)),
-                    finished_at: finished.map(|f| rfc3339(u64::try_from(f).unwrap_or(0))),
-                    progress: None,
-                    parent: None,
-                    waiting: None,
-                },
-            ));
+            let (rowid, id) = (r.get::<_, i64>(0)?, r.get::<_, String>(1)?);
+            match id.parse() {
+                Ok(id) => jobs.push((rowid, view(id, r, 2)?)),
+                Err(_) => tracing::error!(job = %id, "a stored job id does not parse; left out of the listing"),
+            }
         }
         Ok(Page { jobs: jobs.into_iter().map(|(_, v)| v).collect(), next })
     }

@@ -236,41 +236,17 @@ impl Store {
     /// A job as stored (finished jobs are only here).
     pub fn get(&self, id: JobId) -> Result<Option<JobView>, StoreError> {
         let conn = self.reader.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT kind, priority, state, attempts, worker, result, error, created_at, finished_at, parent FROM jobs WHERE id = ?1",
-        )?;
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {VIEW_COLUMNS}, result, parent FROM jobs WHERE id = ?1"))?;
         let row = stmt
             .query_row([id.to_string()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, u32>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                    r.get::<_, i64>(7)?,
-                    r.get::<_, Option<i64>>(8)?,
-                    r.get::<_, Option<String>>(9)?,
-                ))
+                let mut v = view(id, r, 0)?;
+                v.result = r.get::<_, Option<String>>(8)?.and_then(|r| serde_json::from_str(&r).ok());
+                v.parent = r.get::<_, Option<String>>(9)?.and_then(|p| p.parse().ok());
+                Ok(v)
             })
             .optional()?;
-        Ok(row.map(|(kind, priority, state, attempts, worker, result, error, created, finished, parent)| JobView {
-            id,
-            kind,
-            state: JobState::parse(&state).unwrap_or(JobState::Failed),
-            priority: Priority::parse(&priority).unwrap_or_default(),
-            position: None,
-            worker,
-            attempts,
-            result: result.and_then(|r| serde_json::from_str(&r).ok()),
-            error,
-            created_at: rfc3339(created as u64),
-            finished_at: finished.map(|f| rfc3339(f as u64)),
-            progress: None,
-            parent: parent.and_then(|p| p.parse().ok()),
-            waiting: None,
-        }))
+        Ok(row)
     }
 
     pub fn history(&self, id: JobId) -> Result<Vec<Transition>, StoreError> {
@@ -289,6 +265,31 @@ impl Store {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// The columns [`view`] reads, in its order.
+const VIEW_COLUMNS: &str = "kind, priority, state, attempts, worker, error, created_at, finished_at";
+
+/// Job `id` as stored, from [`VIEW_COLUMNS`] starting at column `at`;
+/// without result, parent, position, progress or waiting reason.
+fn view(id: JobId, r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<JobView> {
+    let ms = |v: i64| rfc3339(u64::try_from(v).unwrap_or(0));
+    Ok(JobView {
+        id,
+        kind: r.get(at)?,
+        priority: Priority::parse(&r.get::<_, String>(at + 1)?).unwrap_or_default(),
+        state: JobState::parse(&r.get::<_, String>(at + 2)?).unwrap_or(JobState::Failed),
+        attempts: r.get(at + 3)?,
+        worker: r.get(at + 4)?,
+        error: r.get(at + 5)?,
+        created_at: ms(r.get(at + 6)?),
+        finished_at: r.get::<_, Option<i64>>(at + 7)?.map(ms),
+        position: None,
+        result: None,
+        progress: None,
+        parent: None,
+        waiting: None,
+    })
 }
 
 pub fn rfc3339(ms: u64) -> String {
