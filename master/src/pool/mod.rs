@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use faena_proto::ids::JobId;
 use faena_proto::mining::{BlockView, Participants, SourceShares, SourceSpec, SourceState, SourceView, VerifierView};
 use faena_proto::secret::Secret;
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -369,22 +370,20 @@ impl Pool {
     fn launch(&self, id: String, spec: SourceSpec) {
         let cancel = self.inner.cancel.child_token();
         let (work, _) = watch::channel(None);
-        let backend = match &spec {
+        let (backend, run): (Backend, BoxFuture<'static, ()>) = match &spec {
             SourceSpec::Daemon { url, wallet } => {
                 let rpc = daemon::Rpc::new(self.inner.http.clone(), url);
                 let wake = Arc::new(Notify::new());
                 let run =
                     daemon::run(self.clone(), id.clone(), rpc.clone(), wallet.clone(), wake.clone(), cancel.clone());
-                self.inner.tasks.spawn(run);
-                Backend::Daemon { rpc, wake }
+                (Backend::Daemon { rpc, wake }, Box::pin(run))
             }
             SourceSpec::Pool { url, user, pass } => {
                 let (tx, rx) = mpsc::channel(1024);
                 let endpoints = url.list().iter().filter_map(|u| upstream::Endpoint::parse(u).ok()).collect();
                 let login = upstream::Login { user: user.clone(), pass: Secret::new(pass.clone().unwrap_or_default()) };
                 let run = upstream::run(self.clone(), id.clone(), endpoints, login, rx, cancel.clone());
-                self.inner.tasks.spawn(run);
-                Backend::Pool { submit: tx }
+                (Backend::Pool { submit: tx }, Box::pin(run))
             }
         };
         let source = Source {
@@ -403,7 +402,11 @@ impl Pool {
             backend,
             cancel,
         };
+        // Recorded before its task starts: work the task fetches at once
+        // (a restored source's first template) must find the source there,
+        // or it is dropped until the next refresh.
         self.inner.state.lock().sources.insert(id, source);
+        self.inner.tasks.spawn(run);
     }
 
     /// Stops a source: its task ends, its workers' job is cancelled and its
