@@ -98,6 +98,7 @@ fn to_status(e: CoordError) -> Status {
         CoordError::Lease(e @ LeaseError::InUse(_)) => Status::already_exists(e.to_string()),
         CoordError::Lease(e @ LeaseError::Session(_)) => Status::aborted(e.to_string()),
         CoordError::QueueFull(e) => Status::resource_exhausted(e.to_string()),
+        CoordError::Unmovable(e) => Status::failed_precondition(e.to_string()),
         e @ (CoordError::Store(_) | CoordError::Stopped) => Status::unavailable(e.to_string()),
     }
 }

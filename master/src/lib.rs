@@ -301,6 +301,7 @@ pub async fn run(
         max_body_bytes: cfg.max_body_bytes,
         api_token: api_token.clone(),
         pool: pool.clone(),
+        retrying: Default::default(),
     };
     let miners = TaskTracker::new();
     if let Some(listener) = stratum_listener {

@@ -67,6 +67,12 @@ pub struct JobView {
     /// Why a queued job cannot start: no registered worker runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// The failed or cancelled job this one retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<JobId>,
+    /// The job that retried this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_as: Option<JobId>,
 }
 
 /// A worker as `GET /api/workers` shows it.

@@ -101,6 +101,12 @@ impl Api {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn patch(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let resp = self.http.patch(self.url(path)).json(body).send().await.expect("PATCH");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn workers(&self) -> Vec<Value> {
         self.get("/api/workers").await.1["workers"].as_array().cloned().unwrap_or_default()
     }

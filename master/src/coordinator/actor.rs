@@ -103,6 +103,15 @@ impl Actor {
                     let _ = reply.send(Ok(Cancelled::NotActive));
                 }
             }
+            Command::Reprioritise(id, priority, reply) => match self.engine.reprioritise(now, id, priority) {
+                Ok(moved) => {
+                    self.apply();
+                    self.after_commit(reply, Ok(moved));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
             Command::View(id, reply) => {
                 let _ = reply.send(self.engine.view(&id));
             }
@@ -254,6 +263,7 @@ impl Actor {
                             self.deps.metrics.redeliveries.inc();
                         }
                         StoreOp::Finished { state, .. } => self.deps.metrics.entered(*state),
+                        StoreOp::Reprioritised { .. } => {}
                     }
                     self.positions_dirty = true;
                     self.deps.store.write(op);

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ai_cache::AiCache;
 use crate::engine::{ActiveView, Engine, LeaseError, LeaseRef, NewJob, Outcome, QueueFull};
-use crate::engine::{RegisterOutcome, Registration};
+use crate::engine::{RegisterOutcome, Registration, Unmovable};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::mqtt::MqttOut;
@@ -41,6 +41,8 @@ pub enum CoordError {
     QueueFull(#[from] QueueFull),
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    #[error(transparent)]
+    Unmovable(#[from] Unmovable),
     /// A worker's report does not match the contract of its job's kind.
     #[error("{0}")]
     Malformed(String),
@@ -72,6 +74,7 @@ pub type Caller = (WorkerId, Option<Secret>);
 enum Command {
     Submit(Vec<NewJob>, Reply<Result<Vec<(JobId, u64)>, CoordError>>),
     Cancel(JobId, Reply<Result<Cancelled, CoordError>>),
+    Reprioritise(JobId, faena_proto::jobs::Priority, Reply<Result<JobId, CoordError>>),
     View(JobId, Reply<Option<ActiveView>>),
     Workers(Reply<Vec<WorkerView>>),
     Register(Registration, Reply<Result<RegisterOutcome, CoordError>>),
@@ -152,6 +155,12 @@ impl Coordinator {
 
     pub async fn cancel(&self, id: JobId) -> Result<Cancelled, CoordError> {
         self.ask(|r| Command::Cancel(id, r)).await?
+    }
+
+    /// Moves a waiting job (or a mining job's remaining range) to
+    /// `priority`; answers once stored, with the job moved (a unit's job).
+    pub async fn reprioritise(&self, id: JobId, priority: faena_proto::jobs::Priority) -> Result<JobId, CoordError> {
+        self.ask(|r| Command::Reprioritise(id, priority, r)).await?
     }
 
     pub async fn view(&self, id: JobId) -> Result<Option<ActiveView>, CoordError> {

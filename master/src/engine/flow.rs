@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use faena_proto::api::JobEvent;
 use faena_proto::ids::{FencingToken, JobId, WorkerId};
-use faena_proto::jobs::{JobSpec, JobState};
+use faena_proto::jobs::{JobSpec, JobState, Priority};
 use faena_proto::mqtt::{Control, WorkUnit};
 use serde_json::Value;
 
-use super::{ActiveJob, Effect, Engine, Finished, Lease, Now, RECENT_FINISHED, StoreOp};
+use super::{ActiveJob, Effect, Engine, Finished, Lease, Now, RECENT_FINISHED, StoreOp, Unmovable};
 
 impl Engine {
     /// Places queued jobs on free slots until none fits. A mining job takes
@@ -33,6 +33,42 @@ impl Engine {
             }
             break;
         }
+    }
+
+    /// Moves a waiting job to `priority`: it takes the place the new
+    /// priority gives it (among equals, by age). A mining job's units not
+    /// yet handed out follow it (units out on workers finish as they
+    /// are). A unit stands for its mining job. Returns the job moved.
+    pub fn reprioritise(&mut self, now: Now, id: JobId, priority: Priority) -> Result<JobId, Unmovable> {
+        let id = self.mining.job_of(&id).unwrap_or(id);
+        let split = self.mining.contains(&id);
+        let Some(job) = self.jobs.get_mut(&id) else { return Err(Unmovable::NotActive(id)) };
+        if job.lease.is_some() && !split {
+            return Err(Unmovable::Running(id));
+        }
+        let was = job.priority;
+        if was == priority {
+            return Ok(id);
+        }
+        job.priority = priority;
+        let (lane, seq, attempts) = (job.lane, job.seq, job.attempts);
+        if self.queue.remove(&id) {
+            self.queue.push(id, lane, (priority, seq));
+        }
+        let state = match split && self.mining.is_started(&id) {
+            true => JobState::Running,
+            false => JobState::Queued,
+        };
+        self.effects.push(Effect::Store(StoreOp::Reprioritised {
+            id,
+            priority,
+            was,
+            state,
+            attempts,
+            at_ms: now.wall_ms,
+        }));
+        self.schedule(now);
+        Ok(id)
     }
 
     /// Sends `id` to `worker` as a new attempt.
@@ -208,6 +244,7 @@ impl Engine {
             seq,
             at_ms: now.wall_ms,
             parent: Some(parent),
+            retry_of: None,
         }));
         let mut job = ActiveJob::new(spec, priority, seq, now);
         job.attempts = attempts;

@@ -278,6 +278,7 @@ fn a_restart_keeps_finished_and_running_units_and_hands_out_the_rest() {
         lease: None,
         parent: None,
         done: None,
+        retry_of: None,
     };
     let unit_row = |u: &(WorkerId, LeaseRef, u32, u64), seq| RestoredJob {
         id: u.1.job_id,
@@ -291,6 +292,7 @@ fn a_restart_keeps_finished_and_running_units_and_hands_out_the_rest() {
         lease: None,
         parent: Some(job),
         done: None,
+        retry_of: None,
     };
     let finished = RestoredJob {
         done: Some((
@@ -430,4 +432,37 @@ fn a_retired_units_late_shares_count_as_stale_for_the_grace_period_only() {
     m.h.advance(grace);
     assert!(m.h.engine.late_unit(m.h.now, &a, &lease).is_none(), "past the grace period");
     assert_eq!(m.h.engine.late_shares(m.h.now, &lease.job_id, &shares), Late::Expired);
+}
+
+#[test]
+fn a_running_mining_jobs_later_units_take_its_new_priority() {
+    let mut m = Mining::new(&[("m1", 100.0)]);
+    let job = m.submit(params(10_000));
+    let first = m.units();
+    assert_eq!(first.len(), 1);
+    // A unit's id stands for its job.
+    assert_eq!(m.h.engine.reprioritise(m.h.now, first[0].1.job_id, Priority::High), Ok(job));
+    m.collect();
+    let moved = m.effects.iter().any(|e| {
+        matches!(e, Effect::Store(StoreOp::Reprioritised { id, priority: Priority::High, state: JobState::Running, .. }) if *id == job)
+    });
+    assert!(moved, "{:?}", m.effects);
+    m.effects.clear();
+    let (w, lease, _, count) = first[0].clone();
+    m.finish_unit(&w, &lease, count, vec![]);
+    let next = m.units();
+    assert_eq!(next.len(), 1, "the rest of the range goes on");
+    let inserted: Vec<Priority> = m
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Store(StoreOp::Insert { id, priority, parent: Some(p), .. }) if *id == next[0].1.job_id => {
+                assert_eq!(*p, job);
+                Some(*priority)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(inserted, vec![Priority::High]);
+    assert_eq!(m.h.engine.view(&next[0].1.job_id).map(|v| v.priority), Some(Priority::High));
 }

@@ -66,6 +66,8 @@ struct ActiveJob {
     attempts: u32,
     enqueued_at: Instant,
     lease: Option<Lease>,
+    /// The failed or cancelled job this one retries.
+    retry_of: Option<JobId>,
 }
 
 impl ActiveJob {
@@ -83,6 +85,7 @@ impl ActiveJob {
             attempts: 0,
             enqueued_at: now.mono,
             lease: None,
+            retry_of: None,
         }
     }
 
@@ -216,6 +219,7 @@ impl Engine {
             let mut job = ActiveJob::new(spec.clone(), j.priority, j.seq, now);
             job.created_at_ms = j.created_at_ms;
             job.attempts = j.attempts;
+            job.retry_of = j.retry_of;
             let split = match &*spec {
                 JobSpec::RandomxMine(p) => self.mining.add(j.id, p.clone()),
                 _ => false,
@@ -253,11 +257,13 @@ impl Engine {
                 seq,
                 at_ms: now.wall_ms,
                 parent: None,
+                retry_of: j.retry_of,
             }));
             if let JobSpec::RandomxMine(p) = &*spec {
                 self.mining.add(j.id, p.clone());
             }
-            let job = ActiveJob::new(spec, j.priority, seq, now);
+            let mut job = ActiveJob::new(spec, j.priority, seq, now);
+            job.retry_of = j.retry_of;
             let position = match j.answer {
                 None => self.queue.push(j.id, job.lane, (j.priority, seq)),
                 Some(_) => 0,
@@ -311,6 +317,7 @@ impl Engine {
             progress: split.map(|(p, _)| p),
             parent: self.mining.job_of(id),
             waiting,
+            retry_of: job.retry_of,
         })
     }
 

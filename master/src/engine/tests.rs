@@ -240,6 +240,7 @@ fn restored_running_jobs_are_adopted_by_their_worker_or_requeued() {
         lease,
         parent: None,
         done: None,
+        retry_of: None,
     };
     h.engine.restore(
         h.now,
@@ -295,6 +296,7 @@ fn a_restored_unit_its_worker_does_not_have_is_requeued_at_once() {
             lease: Some((w1.clone(), 1, tok("t"))),
             parent: None,
             done: None,
+            retry_of: None,
         }],
     );
     let w = test_worker("w1", 1, &[JobKind::Noop], h.now.mono);
@@ -376,4 +378,49 @@ fn nothing_is_handed_out_and_no_lease_runs_out_while_the_store_cannot_commit() {
     h.advance(h.engine.config().lease_ttl() / 2);
     h.engine.tick(h.now);
     assert_eq!(h.engine.view(&first).map(|v| v.state), Some(JobState::Running));
+}
+
+#[test]
+fn a_new_priority_moves_a_waiting_job_and_is_refused_while_it_runs() {
+    let mut h = Harness::new(100);
+    let (w, _) = h.add_worker("w1", 1);
+    let running = h.submit(Priority::Normal);
+    let (a, b, c) = (h.submit(Priority::Normal), h.submit(Priority::Normal), h.submit(Priority::Low));
+    let first = h.dispatches();
+    let at = |h: &Harness| [a, b, c].map(|id| h.engine.view(&id).and_then(|v| v.position).expect("queued"));
+    assert_eq!(at(&h), [0, 1, 2]);
+
+    assert_eq!(h.engine.reprioritise(h.now, c, Priority::High), Ok(c));
+    assert_eq!(at(&h), [1, 2, 0], "high goes first");
+    let stored: Vec<StoreOp> = h
+        .engine
+        .take_effects()
+        .into_iter()
+        .filter_map(|e| if let Effect::Store(op) = e { Some(op) } else { None })
+        .collect();
+    let want = StoreOp::Reprioritised {
+        id: c,
+        priority: Priority::High,
+        was: Priority::Low,
+        state: JobState::Queued,
+        attempts: 0,
+        at_ms: h.now.wall_ms,
+    };
+    assert_eq!(stored, vec![want]);
+    assert_eq!(h.engine.view(&c).map(|v| v.priority), Some(Priority::High));
+    // Back among equals, a job takes its place by age.
+    assert_eq!(h.engine.reprioritise(h.now, c, Priority::Normal), Ok(c));
+    assert_eq!(at(&h), [0, 1, 2]);
+    h.engine.take_effects();
+    assert_eq!(h.engine.reprioritise(h.now, a, Priority::Normal), Ok(a));
+    assert!(h.engine.take_effects().is_empty(), "the same priority changes nothing");
+
+    assert_eq!(h.engine.reprioritise(h.now, running, Priority::High), Err(Unmovable::Running(running)));
+    let gone = JobId::new();
+    assert_eq!(h.engine.reprioritise(h.now, gone, Priority::High), Err(Unmovable::NotActive(gone)));
+
+    // Dispatch follows the new order.
+    assert_eq!(h.engine.reprioritise(h.now, b, Priority::High), Ok(b));
+    assert_eq!(h.engine.complete(h.now, &w, &first[0].1, Outcome::Success(json!({}))), Ok(false));
+    assert_eq!(h.dispatches()[0].1.job_id, b);
 }

@@ -81,6 +81,8 @@ pub struct RestoredJob {
     pub parent: Option<JobId>,
     /// For a unit that already succeeded: its worker and output.
     pub done: Option<(String, Value)>,
+    /// The failed or cancelled job this one retries.
+    pub retry_of: Option<JobId>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,11 +98,21 @@ pub struct NewJob {
     pub api_key: Option<faena_proto::secret::Secret>,
     /// Who asked: the result cache answers each from their own questions.
     pub submitter: crate::ai_cache::Submitter,
+    /// The failed or cancelled job this one retries.
+    pub retry_of: Option<JobId>,
 }
 
 impl NewJob {
     pub fn new(id: JobId, spec: JobSpec, priority: Priority) -> Self {
-        Self { id, spec, priority, answer: None, api_key: None, submitter: crate::ai_cache::Submitter::Api }
+        Self {
+            id,
+            spec,
+            priority,
+            answer: None,
+            api_key: None,
+            submitter: crate::ai_cache::Submitter::Api,
+            retry_of: None,
+        }
     }
 }
 
@@ -115,6 +127,18 @@ pub enum StoreOp {
         at_ms: u64,
         /// Set for the units of a split (mining) job.
         parent: Option<JobId>,
+        /// The failed or cancelled job this one retries.
+        retry_of: Option<JobId>,
+    },
+    /// A waiting job (or a mining job's range not yet handed out) moved to
+    /// another priority.
+    Reprioritised {
+        id: JobId,
+        priority: Priority,
+        was: Priority,
+        state: JobState,
+        attempts: u32,
+        at_ms: u64,
     },
     /// A split job's first unit went out: the job is running.
     Started {
@@ -217,6 +241,15 @@ pub enum LeaseError {
     Session(WorkerId),
 }
 
+/// Why a job's priority cannot change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unmovable {
+    #[error("job {0} is not queued or running")]
+    NotActive(JobId),
+    #[error("job {0} is running on a worker; only a mining job's range not yet handed out can change priority")]
+    Running(JobId),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("queue is full ({capacity} jobs waiting); retry later")]
 pub struct QueueFull {
@@ -258,4 +291,6 @@ pub struct ActiveView {
     pub parent: Option<JobId>,
     /// Why a queued job cannot start yet, when no worker could take it.
     pub waiting: Option<String>,
+    /// The failed or cancelled job this one retries.
+    pub retry_of: Option<JobId>,
 }

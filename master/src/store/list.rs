@@ -6,6 +6,7 @@
 //! out (their job stands for them).
 
 use faena_proto::api::JobView;
+use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobKind, JobState, Priority};
 use rusqlite::types::Value as Sql;
 
@@ -32,6 +33,8 @@ pub struct JobFilter {
     pub kind: Option<JobKind>,
     pub worker: Option<String>,
     pub priority: Option<Priority>,
+    /// The units of this mining job (instead of jobs that are not units).
+    pub parent: Option<JobId>,
     /// Submitted at or after this (ms since the UNIX epoch).
     pub since_ms: Option<u64>,
     /// Only jobs stored before this cursor (the previous page's `next`).
@@ -52,8 +55,15 @@ impl Store {
     /// The jobs `f` selects, newest first, one page. The views carry no
     /// result (`GET /api/jobs/{id}` has it) and no queue position.
     pub fn list(&self, f: &JobFilter) -> Result<Page, StoreError> {
-        let mut sql = format!("SELECT rowid, id, {VIEW_COLUMNS} FROM jobs WHERE parent IS NULL");
+        let mut sql = format!("SELECT rowid, id, {VIEW_COLUMNS} FROM jobs WHERE ");
         let mut args: Vec<Sql> = Vec::new();
+        match f.parent {
+            Some(p) => {
+                sql.push_str("parent = ?");
+                args.push(Sql::Text(p.to_string()));
+            }
+            None => sql.push_str("parent IS NULL"),
+        }
         let mut and = |clause: &str, value: Sql| {
             sql.push_str(" AND ");
             sql.push_str(clause);

@@ -99,7 +99,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     created_at INTEGER NOT NULL,
     finished_at INTEGER,
-    parent TEXT
+    parent TEXT,
+    retry_of TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs(seq) WHERE state IN ('queued', 'running');
 CREATE TABLE IF NOT EXISTS transitions (
@@ -115,12 +116,16 @@ CREATE INDEX IF NOT EXISTS transitions_job ON transitions(job_id);
 
 /// Runs after [`SCHEMA`]: brings a store made by an older build up to date.
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let has_parent: bool =
-        conn.query_row("SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'parent'", [], |r| r.get(0))?;
-    if !has_parent {
-        conn.execute_batch("ALTER TABLE jobs ADD COLUMN parent TEXT")?;
+    for column in ["parent", "retry_of"] {
+        let has: bool =
+            conn.query_row("SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = ?1", [column], |r| r.get(0))?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} TEXT"))?;
+        }
+        conn.execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS jobs_{column} ON jobs({column}) WHERE {column} IS NOT NULL"
+        ))?;
     }
-    conn.execute_batch("CREATE INDEX IF NOT EXISTS jobs_parent ON jobs(parent) WHERE parent IS NOT NULL")?;
     conn.execute_batch(list::INDEXES)?;
     Ok(())
 }
@@ -170,7 +175,7 @@ impl Store {
     pub fn load_unfinished(&self) -> Result<Vec<RestoredJob>, StoreError> {
         let conn = self.reader.lock();
         let mut stmt = conn.prepare(
-            "SELECT id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result
+            "SELECT id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of
              FROM jobs WHERE state IN ('queued', 'running')
                 OR (state = 'succeeded' AND parent IN (SELECT id FROM jobs WHERE parent IS NULL AND state IN ('queued', 'running')))
              ORDER BY seq",
@@ -189,11 +194,13 @@ impl Store {
                 r.get::<_, Option<String>>(9)?,
                 r.get::<_, Option<String>>(10)?,
                 r.get::<_, Option<String>>(11)?,
+                r.get::<_, Option<String>>(12)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, kind, params, priority, seq, created, attempts, state, worker, token, parent, result) = row?;
+            let (id, kind, params, priority, seq, created, attempts, state, worker, token, parent, result, retry_of) =
+                row?;
             let parsed = (|| {
                 let done = match (state.as_str(), &worker, result) {
                     ("succeeded", Some(w), Some(r)) => Some((w.clone(), serde_json::from_str(&r).ok()?)),
@@ -221,6 +228,7 @@ impl Store {
                     lease,
                     parent,
                     done,
+                    retry_of: retry_of.and_then(|r| r.parse().ok()),
                 })
             })();
             match parsed {
@@ -236,17 +244,37 @@ impl Store {
     /// A job as stored (finished jobs are only here).
     pub fn get(&self, id: JobId) -> Result<Option<JobView>, StoreError> {
         let conn = self.reader.lock();
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {VIEW_COLUMNS}, result, parent FROM jobs WHERE id = ?1"))?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {VIEW_COLUMNS}, result, parent, retry_of,
+                (SELECT id FROM jobs AS r WHERE r.retry_of = ?1 LIMIT 1)
+             FROM jobs WHERE id = ?1"
+        ))?;
+        let id_of = |v: Option<String>| v.and_then(|v| v.parse().ok());
         let row = stmt
             .query_row([id.to_string()], |r| {
                 let mut v = view(id, r, 0)?;
                 v.result = r.get::<_, Option<String>>(8)?.and_then(|r| serde_json::from_str(&r).ok());
-                v.parent = r.get::<_, Option<String>>(9)?.and_then(|p| p.parse().ok());
+                v.parent = id_of(r.get(9)?);
+                v.retry_of = id_of(r.get(10)?);
+                v.retried_as = id_of(r.get(11)?);
                 Ok(v)
             })
             .optional()?;
         Ok(row)
+    }
+
+    /// What job `id` ran: its kind and parameters as submitted.
+    pub fn spec(&self, id: JobId) -> Result<Option<JobSpec>, StoreError> {
+        let conn = self.reader.lock();
+        let mut stmt = conn.prepare_cached("SELECT kind, params FROM jobs WHERE id = ?1")?;
+        let row =
+            stmt.query_row([id.to_string()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).optional()?;
+        let Some((kind, params)) = row else { return Ok(None) };
+        let spec = JobKind::parse(&kind)
+            .ok()
+            .zip(serde_json::from_str(&params).ok())
+            .and_then(|(kind, params)| JobSpec::parse_kind(kind, params).ok());
+        Ok(spec)
     }
 
     pub fn history(&self, id: JobId) -> Result<Vec<Transition>, StoreError> {
@@ -289,6 +317,8 @@ fn view(id: JobId, r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<JobView
         progress: None,
         parent: None,
         waiting: None,
+        retry_of: None,
+        retried_as: None,
     })
 }
 
@@ -373,8 +403,9 @@ fn apply(conn: &mut Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO jobs (id, kind, params, priority, seq, state, created_at, parent) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7)",
+            "INSERT INTO jobs (id, kind, params, priority, seq, state, created_at, parent, retry_of) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8)",
         )?;
+        let mut reprioritise = tx.prepare_cached("UPDATE jobs SET priority = ?2 WHERE id = ?1")?;
         let mut started = tx.prepare_cached("UPDATE jobs SET state = 'running', worker = ?2 WHERE id = ?1")?;
         let mut update = tx.prepare_cached(
             "UPDATE jobs SET state = ?2, attempts = ?3, worker = ?4, token = ?5, result = ?6, error = ?7, finished_at = ?8 WHERE id = ?1",
@@ -384,7 +415,7 @@ fn apply(conn: &mut Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
         )?;
         for op in ops {
             match op {
-                StoreOp::Insert { id, spec, priority, seq, at_ms, parent } => {
+                StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of } => {
                     let id = id.to_string();
                     insert.execute(params![
                         id,
@@ -393,10 +424,21 @@ fn apply(conn: &mut Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
                         priority.as_str(),
                         *seq as i64,
                         *at_ms as i64,
-                        parent.map(|p| p.to_string())
+                        parent.map(|p| p.to_string()),
+                        retry_of.map(|r| r.to_string())
                     ])?;
-                    let detail = parent.map(|p| format!("unit of job {p}"));
+                    let detail = match (parent, retry_of) {
+                        (Some(p), _) => Some(format!("unit of job {p}")),
+                        (None, Some(r)) => Some(format!("retry of job {r}")),
+                        (None, None) => None,
+                    };
                     record.execute(params![id, *at_ms as i64, "queued", 0, None::<String>, detail])?;
+                }
+                StoreOp::Reprioritised { id, priority, was, state, attempts, at_ms } => {
+                    let id = id.to_string();
+                    reprioritise.execute(params![id, priority.as_str()])?;
+                    let detail = format!("priority {} (was {})", priority.as_str(), was.as_str());
+                    record.execute(params![id, *at_ms as i64, state.as_str(), attempts, None::<String>, detail])?;
                 }
                 StoreOp::Started { id, worker, at_ms } => {
                     let id = id.to_string();
@@ -482,6 +524,7 @@ mod tests {
                     seq: i as u64,
                     at_ms: 1000,
                     parent: None,
+                    retry_of: None,
                 });
             }
             let token = FencingToken::parse("tok").expect("token");

@@ -11,8 +11,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +32,9 @@ use crate::coordinator::{Cancelled, CoordError, Coordinator};
 use crate::engine::NewJob;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::{DEFAULT_PAGE, JobFilter, MAX_PAGE, Store, StoreError, rfc3339};
+use crate::store::{Store, StoreError, rfc3339};
+
+mod jobs;
 
 /// Most jobs in one batch submission.
 pub const MAX_BATCH: usize = 10_000;
@@ -50,6 +52,9 @@ pub struct AppState {
     pub api_token: Option<Arc<Secret>>,
     /// Mining sources, the Stratum server's miners, participants.
     pub pool: crate::pool::Pool,
+    /// Held while a retry checks its job and submits the new one, so a job
+    /// is retried once however many ask at the same moment.
+    pub retrying: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The REST API, with the web page's files (from `web_dir`) at every other path.
@@ -60,9 +65,10 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
         .route_service("/vendor/socket.io.min.js", tower_http::services::ServeFile::new(client))
         .fallback_service(tower_http::services::ServeDir::new(web_dir));
     let api = Router::new()
-        .route("/api/jobs", post(submit).get(list_jobs))
+        .route("/api/jobs", post(submit).get(jobs::list))
         .route("/api/jobs/batch", post(submit_batch))
-        .route("/api/jobs/{id}", get(get_job).delete(cancel_job))
+        .route("/api/jobs/{id}", get(get_job).delete(cancel_job).patch(jobs::reprioritise))
+        .route("/api/jobs/{id}/retry", post(jobs::retry))
         .route("/api/jobs/{id}/events", get(job_events))
         .route("/api/jobs/{id}/history", get(job_history))
         .route("/api/workers", get(workers))
@@ -150,6 +156,7 @@ impl From<CoordError> for AppError {
             CoordError::Malformed(m) => Self::bad_request("bad_report", m),
             CoordError::Stopped => Self::shutting_down(),
             CoordError::Lease(l) => Self::new(StatusCode::CONFLICT, "conflict", l.to_string()),
+            CoordError::Unmovable(u) => Self::new(StatusCode::CONFLICT, "running", u.to_string()),
         }
     }
 }
@@ -239,12 +246,35 @@ async fn submit_batch(
     Ok((StatusCode::ACCEPTED, Json(BatchResponse { jobs })).into_response())
 }
 
-async fn stored(state: &AppState, id: JobId) -> Result<Option<JobView>, AppError> {
+/// Runs a store read off the async threads.
+pub(crate) async fn read<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, AppError> {
     let store = state.store.clone();
-    tokio::task::spawn_blocking(move || store.get(id))
+    tokio::task::spawn_blocking(move || f(&store))
         .await
         .map_err(|_| AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "store read task failed"))?
         .map_err(Into::into)
+}
+
+async fn stored(state: &AppState, id: JobId) -> Result<Option<JobView>, AppError> {
+    read(state, move |s| s.get(id)).await
+}
+
+fn not_found(id: JobId) -> AppError {
+    AppError::new(StatusCode::NOT_FOUND, "not_found", format!("no job {id}"))
+}
+
+/// Why an action on job `id` does nothing: the job ended, or never was.
+async fn not_active(state: &AppState, id: JobId) -> AppError {
+    match stored(state, id).await {
+        Ok(Some(v)) => {
+            AppError::new(StatusCode::CONFLICT, "already_finished", format!("job {id} already {}", v.state.as_str()))
+        }
+        Ok(None) => not_found(id),
+        Err(e) => e,
+    }
 }
 
 async fn find(state: &AppState, id: JobId) -> Result<JobView, AppError> {
@@ -264,9 +294,11 @@ async fn find(state: &AppState, id: JobId) -> Result<JobView, AppError> {
             progress: v.progress.and_then(|p| serde_json::to_value(p).ok()),
             parent: v.parent,
             waiting: v.waiting,
+            retry_of: v.retry_of,
+            retried_as: None,
         });
     }
-    stored(state, id).await?.ok_or_else(|| AppError::new(StatusCode::NOT_FOUND, "not_found", format!("no job {id}")))
+    stored(state, id).await?.ok_or_else(|| not_found(id))
 }
 
 async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, AppError> {
@@ -277,25 +309,15 @@ async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Re
     let id = parse_id(&id)?;
     match state.coord.cancel(id).await? {
         Cancelled::Now => Ok(Json(json!({"id": id, "state": "cancelled"})).into_response()),
-        Cancelled::NotActive => match stored(&state, id).await? {
-            Some(v) => Err(AppError::new(
-                StatusCode::CONFLICT,
-                "already_finished",
-                format!("job {id} already {}", v.state.as_str()),
-            )),
-            None => Err(AppError::new(StatusCode::NOT_FOUND, "not_found", format!("no job {id}"))),
-        },
+        Cancelled::NotActive => Err(not_active(&state, id).await),
     }
 }
 
 async fn job_history(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, AppError> {
     let id = parse_id(&id)?;
-    let store = state.store.clone();
-    let history = tokio::task::spawn_blocking(move || store.history(id))
-        .await
-        .map_err(|_| AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "store read task failed"))??;
+    let history = read(&state, move |s| s.history(id)).await?;
     if history.is_empty() {
-        return Err(AppError::new(StatusCode::NOT_FOUND, "not_found", format!("no job {id}")));
+        return Err(not_found(id));
     }
     Ok(Json(json!({"id": id, "transitions": history})).into_response())
 }
@@ -366,84 +388,6 @@ async fn job_events(
         Ok(Event::default().event(ev.name()).json_data(&ev).unwrap_or_else(|_| Event::default().comment("unencodable")))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
-}
-
-/// `GET /api/jobs`'s query: every field optional.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    state: Option<String>,
-    kind: Option<String>,
-    worker: Option<String>,
-    priority: Option<String>,
-    /// RFC 3339, or milliseconds since the UNIX epoch.
-    since: Option<String>,
-    limit: Option<usize>,
-    cursor: Option<String>,
-}
-
-impl ListQuery {
-    fn filter(self) -> Result<JobFilter, AppError> {
-        let bad = |what: &str| AppError::bad_request("bad_query", what.to_owned());
-        let one_of = |v: &str, all: &[&str]| format!("{v:?} is not one of {}", all.join(", "));
-        let state = match self.state.as_deref() {
-            None => None,
-            Some(s) => Some(
-                JobState::parse(s)
-                    .ok_or_else(|| bad(&format!("state: {}", one_of(s, &JobState::ALL.map(JobState::as_str)))))?,
-            ),
-        };
-        let priority = match self.priority.as_deref() {
-            None => None,
-            Some(p) => Some(faena_proto::jobs::Priority::parse(p).ok_or_else(|| {
-                bad(&format!("priority: {}", one_of(p, &faena_proto::jobs::Priority::ALL.map(|p| p.as_str()))))
-            })?),
-        };
-        let kind = match self.kind.as_deref() {
-            None => None,
-            Some(k) => Some(JobKind::parse(k).map_err(|e| bad(&format!("kind: {e}")))?),
-        };
-        let since_ms = match self.since.as_deref() {
-            None => None,
-            Some(s) => Some(parse_since(s).ok_or_else(|| {
-                bad(&format!("since: {s:?} is neither an RFC 3339 time nor milliseconds since 1970"))
-            })?),
-        };
-        let before =
-            match self.cursor.as_deref() {
-                None => None,
-                Some(c) => Some(c.parse::<i64>().ok().filter(|c| *c > 0).ok_or_else(|| {
-                    bad("cursor: not a cursor this API gave (use next_cursor from the previous page)")
-                })?),
-            };
-        let limit = self.limit.unwrap_or(DEFAULT_PAGE);
-        if !(1..=MAX_PAGE).contains(&limit) {
-            return Err(bad(&format!("limit: {limit} is not within 1..={MAX_PAGE}")));
-        }
-        Ok(JobFilter { state, kind, worker: self.worker, priority, since_ms, before, limit })
-    }
-}
-
-fn parse_since(s: &str) -> Option<u64> {
-    if let Ok(ms) = s.parse::<u64>() {
-        return Some(ms);
-    }
-    let t = humantime::parse_rfc3339_weak(s).ok()?;
-    u64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()
-}
-
-/// `GET /api/jobs`: jobs newest first, filtered, a page at a time.
-async fn list_jobs(
-    State(state): State<AppState>,
-    query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Response, AppError> {
-    let Query(query) = query.map_err(|e| AppError::bad_request("bad_query", e.body_text()))?;
-    let filter = query.filter()?;
-    let store = state.store.clone();
-    let page = tokio::task::spawn_blocking(move || store.list(&filter))
-        .await
-        .map_err(|_| AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "store read task failed"))??;
-    Ok(Json(json!({"jobs": page.jobs, "next_cursor": page.next.map(|n| n.to_string())})).into_response())
 }
 
 async fn workers(State(state): State<AppState>) -> Result<Response, AppError> {
