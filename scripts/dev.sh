@@ -78,6 +78,7 @@ cat <<MSG
 
   Faena is running: master + embedded broker + $workers workers.
     web page               http://$FAENA_HTTP_ADDR/
+    dashboard              http://$FAENA_HTTP_ADDR/dashboard
     REST API               http://$FAENA_HTTP_ADDR/api/jobs
     submit a job           curl -s -H 'content-type: application/json' http://$FAENA_HTTP_ADDR/api/jobs -d '{"kind":"noop","params":{"payload":"hi"}}'
     workers                curl -s http://$FAENA_HTTP_ADDR/api/workers

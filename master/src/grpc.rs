@@ -275,7 +275,7 @@ impl Master for MasterService {
         let worker = (self.worker(&req.worker_id)?, session);
         let lease = self.lease(req.lease.as_ref())?;
         if req.elapsed_us > 0 {
-            self.metrics.run_time.observe(req.elapsed_us as f64 / 1e6);
+            self.metrics.ran(req.elapsed_us as f64 / 1e6);
         }
         let outcome = match req.outcome {
             Some(result_request::Outcome::OutputJson(json)) => {

@@ -307,7 +307,10 @@ pub async fn run(
     if let Some(listener) = stratum_listener {
         tracker.spawn(pool::stratum::serve(listener, pool.clone(), miners.clone(), servers_cancel.clone()));
     }
-    let (sio_layer, io) = web::socket_io(coord.clone(), state.hub.clone(), api_token, metrics, cfg.web_limits());
+    let (sio_layer, io) =
+        web::socket_io(coord.clone(), state.hub.clone(), api_token, metrics.clone(), cfg.web_limits());
+    let feed = web::ops::Feed { coord: coord.clone(), metrics: metrics.clone() };
+    tracker.spawn(web::ops::broadcast(io.clone(), feed, servers_cancel.clone()));
     tracker.spawn(web::broadcast_workers(io, coord.clone(), servers_cancel.clone()));
     // socketioxide wraps the finished router once (a per-route layer breaks long-polling).
     let origins = Arc::new(cfg.allowed_origins()?);

@@ -34,6 +34,60 @@ pub struct Metrics {
     pub stratum_connections: Gauge,
     /// Web sessions the master keeps (chat, key, jobs).
     pub web_sessions: Gauge,
+    /// Output tokens of answered AI queries, by provider.
+    ai_tokens: Family<Labels, Counter>,
+    /// A provider that could not answer (before a retry or a hand-over), by provider.
+    ai_errors: Family<Labels, Counter>,
+    /// Queue waits and run times of the last seconds, for the dashboard's percentiles.
+    pub recent_wait: Window,
+    pub recent_run: Window,
+}
+
+/// The observations of the last [`Window::SPAN`] (at most [`Window::CAP`]
+/// of them, the newest): percentiles over a moving window, which a
+/// cumulative histogram cannot give.
+#[derive(Debug, Default)]
+pub struct Window {
+    seen: parking_lot::Mutex<std::collections::VecDeque<(std::time::Instant, f64)>>,
+}
+
+/// Percentiles of a [`Window`], in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub n: usize,
+}
+
+impl Window {
+    pub const SPAN: std::time::Duration = std::time::Duration::from_secs(10);
+    pub const CAP: usize = 4096;
+
+    pub fn observe(&self, at: std::time::Instant, secs: f64) {
+        let mut seen = self.seen.lock();
+        if seen.len() == Self::CAP {
+            seen.pop_front();
+        }
+        seen.push_back((at, secs));
+    }
+
+    /// Percentiles of what was observed since `now - SPAN`; None if nothing was.
+    pub fn percentiles(&self, now: std::time::Instant) -> Option<Percentiles> {
+        let mut values: Vec<f64> = {
+            let mut seen = self.seen.lock();
+            while seen.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > Self::SPAN) {
+                seen.pop_front();
+            }
+            seen.iter().map(|(_, v)| *v).collect()
+        };
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_unstable_by(f64::total_cmp);
+        let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+        Some(Percentiles { p50: at(0.5), p95: at(0.95), p99: at(0.99), n: values.len() })
+    }
 }
 
 impl Default for Metrics {
@@ -97,7 +151,19 @@ impl Default for Metrics {
         registry.register("stratum_connections", "Open Stratum connections", stratum_connections.clone());
         let web_sessions = Gauge::default();
         registry.register("web_sessions", "Web sessions kept (chat, key, jobs)", web_sessions.clone());
+        let ai_tokens = Family::<Labels, Counter>::default();
+        registry.register("ai_tokens", "Output tokens of answered AI queries, by provider", ai_tokens.clone());
+        let ai_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "ai_provider_errors",
+            "Times a provider could not answer (before a retry or a hand-over), by provider",
+            ai_errors.clone(),
+        );
         Self {
+            ai_tokens,
+            ai_errors,
+            recent_wait: Window::default(),
+            recent_run: Window::default(),
             registry,
             pool_shares,
             blocks,
@@ -156,9 +222,87 @@ impl Metrics {
         self.upstream.get_or_create(&vec![("verdict", if accepted { "accepted" } else { "rejected" })]).inc();
     }
 
+    /// A job waited `secs` in the queue before it was dispatched.
+    pub fn waited(&self, secs: f64) {
+        self.dispatch_latency.observe(secs);
+        self.recent_wait.observe(std::time::Instant::now(), secs);
+    }
+
+    /// A worker ran an attempt for `secs`.
+    pub fn ran(&self, secs: f64) {
+        self.run_time.observe(secs);
+        self.recent_run.observe(std::time::Instant::now(), secs);
+    }
+
+    pub fn ai_tokens(&self, provider: faena_proto::ai::Provider, n: u64) {
+        self.ai_tokens.get_or_create(&vec![("provider", provider.as_str())]).inc_by(n);
+    }
+
+    pub fn ai_error(&self, provider: faena_proto::ai::Provider) {
+        self.ai_errors.get_or_create(&vec![("provider", provider.as_str())]).inc();
+    }
+
+    /// The counters the dashboard turns into rates, as they stand.
+    pub fn totals(&self) -> serde_json::Value {
+        let jobs: serde_json::Map<String, serde_json::Value> =
+            JobState::ALL.iter().zip(&self.transitions).map(|(s, c)| (s.as_str().into(), c.get().into())).collect();
+        let per = |f: &Family<Labels, Counter>, label: &'static str, values: &[&'static str]| {
+            values
+                .iter()
+                .map(|v| ((*v).to_owned(), serde_json::Value::from(f.get_or_create(&vec![(label, *v)]).get())))
+                .collect::<serde_json::Map<_, _>>()
+        };
+        let providers = faena_proto::ai::Provider::ALL.map(|p| p.as_str());
+        serde_json::json!({
+            "jobs": jobs,
+            "redeliveries": self.redeliveries.get(),
+            "shares": per(&self.shares, "verdict", &["valid", "invalid", "unverified"]),
+            "ai_tokens": per(&self.ai_tokens, "provider", &providers),
+            "ai_errors": per(&self.ai_errors, "provider", &providers),
+        })
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn a_window_gives_percentiles_of_its_last_seconds_only() {
+        let w = Window::default();
+        let t0 = Instant::now();
+        assert_eq!(w.percentiles(t0), None);
+        w.observe(t0, 100.0);
+        for i in 1..=100 {
+            w.observe(t0 + Window::SPAN, f64::from(i));
+        }
+        let p = w.percentiles(t0 + Window::SPAN + Duration::from_millis(1)).expect("some");
+        assert_eq!((p.n, p.p50, p.p95, p.p99), (100, 51.0, 95.0, 99.0), "the old 100.0 is gone");
+        for i in 0..Window::CAP {
+            w.observe(t0 + Window::SPAN, i as f64);
+        }
+        assert_eq!(w.percentiles(t0 + Window::SPAN).map(|p| p.n), Some(Window::CAP), "bounded");
+    }
+
+    #[test]
+    fn totals_name_every_counter_the_dashboard_reads() {
+        let m = Metrics::default();
+        m.entered(JobState::Succeeded);
+        m.ai_tokens(faena_proto::ai::Provider::Local, 7);
+        m.ai_error(faena_proto::ai::Provider::Gemini);
+        let t = m.totals();
+        assert_eq!(t["jobs"]["succeeded"], 1);
+        assert_eq!(t["ai_tokens"]["local"], 7);
+        assert_eq!(t["ai_errors"]["gemini"], 1);
+        assert_eq!(t["shares"]["invalid"], 0);
+        assert!(m.render().contains("faena_ai_tokens_total{provider=\"local\"} 7"));
     }
 }

@@ -115,6 +115,21 @@ impl Queue {
         self.by_lane.iter().filter(|(_, q)| !q.is_empty()).map(|(l, _)| *l).collect()
     }
 
+    /// Per lane: how many jobs wait, and the longest-queued of each
+    /// priority (the lowest sequence number). O(lanes × log n).
+    pub fn lane_heads(&self) -> Vec<(Lane, usize, Vec<JobId>)> {
+        self.by_lane
+            .iter()
+            .map(|(lane, q)| {
+                let heads = Priority::ALL
+                    .iter()
+                    .filter_map(|p| q.range((*p, 0)..=(*p, u64::MAX)).next().map(|(_, id)| *id))
+                    .collect();
+                (*lane, q.len(), heads)
+            })
+            .collect()
+    }
+
     /// The jobs waiting in `lane`, oldest first within each priority.
     pub fn in_lane(&self, lane: &Lane) -> Vec<JobId> {
         self.by_lane.get(lane).map(|q| q.values().copied().collect()).unwrap_or_default()

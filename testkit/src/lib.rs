@@ -324,3 +324,32 @@ impl Drop for Listener {
         self.pump.abort();
     }
 }
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// Runs one of the page's node test scripts (`web/tests/<script>`) against
+/// `c`'s master; it must print OK. Each script bounds its own waits; this
+/// bound only keeps a script stuck in a way nobody foresaw from holding up
+/// the whole run (it is killed).
+pub async fn run_node(c: &Cluster, script: &str, extra: &[&str]) {
+    let run = tokio::process::Command::new("node")
+        .arg(repo().join("web/tests").join(script))
+        .arg(format!("http://{}", c.addrs.http))
+        .args(extra)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(600), run)
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not finish in 10 minutes"))
+        .expect("node runs (scripts/test.sh installs it and chromium)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "{script}:
+{stdout}
+{stderr}"
+    );
+}

@@ -333,7 +333,7 @@ async fn without_a_provider_the_capability_is_not_offered_and_jobs_say_why_they_
     let job = c.api.wait_final(&id).await;
     assert_eq!(job["state"], "failed");
     assert!(
-        job["error"].as_str().unwrap().contains("no worker that runs ai.query (provider openai) registered within 1 s"),
+        job["error"].as_str().unwrap().contains("no worker that runs ai.query (provider openai) registered within 1s"),
         "{job}"
     );
 }

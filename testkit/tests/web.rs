@@ -3,15 +3,9 @@
 //! uses, from `web/tests/sockets.mjs`).
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
-use std::path::PathBuf;
-
 use faena_testkit::monerod::{Monerod, WALLET};
-use faena_testkit::{Cluster, FakeAi, MasterOpts, local_model};
+use faena_testkit::{Cluster, FakeAi, MasterOpts, local_model, repo, run_node};
 use reqwest::StatusCode;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
-}
 
 /// A master serving the page (with `master` settings), and one worker that
 /// has Gemini (the fake) and `extra`.
@@ -31,24 +25,6 @@ async fn web_cluster_with(fake: &FakeAi, master: &[(&str, &str)], extra: &[(&str
     c.add_worker_with("ai", 1, &env).await;
     c.wait_workers(1).await;
     c
-}
-
-/// Runs one of the page's node test scripts against `c`; it must print OK.
-/// Each script bounds its own waits; this bound only keeps a script stuck
-/// in a way nobody foresaw from holding up the whole run (it is killed).
-async fn run_node(c: &Cluster, script: &str, extra: &[&str]) {
-    let run = tokio::process::Command::new("node")
-        .arg(repo().join("web/tests").join(script))
-        .arg(format!("http://{}", c.addrs.http))
-        .args(extra)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(600), run)
-        .await
-        .unwrap_or_else(|_| panic!("{script} did not finish in 10 minutes"))
-        .expect("node runs (scripts/test.sh installs it and chromium)");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.contains("OK"), "{script}:\n{stdout}\n{stderr}");
 }
 
 #[test]

@@ -158,6 +158,9 @@ impl Actor {
                 self.apply();
                 let _ = reply.send(replaced);
             }
+            Command::Load(reply) => {
+                let _ = reply.send(self.engine.load(now));
+            }
             Command::RefreshGauges(reply) => {
                 let q = self.engine.queue();
                 self.deps.metrics.set_gauges(
@@ -277,7 +280,7 @@ impl Actor {
                         // rather than run it with another key.
                         unit.secrets = vec![API_KEY_SECRET.into()];
                     }
-                    self.deps.metrics.dispatch_latency.observe(waited.as_secs_f64());
+                    self.deps.metrics.waited(waited.as_secs_f64());
                     outgoing.push(Outgoing::Unit(worker, unit));
                 }
                 Effect::Control { worker, control } => outgoing.push(Outgoing::Control(worker, control)),
@@ -300,6 +303,7 @@ impl Actor {
     }
 
     fn notify(&mut self, job: JobId, event: JobEvent) {
+        count_ai(&self.deps.metrics, &event);
         if event.is_final() {
             // Every way a job ends passes here: its secrets go with it.
             self.secrets.remove(&job);
@@ -372,5 +376,26 @@ impl Actor {
                 }
             })
             .collect()
+    }
+}
+
+/// Counts what AI providers did: output tokens of a generated answer (not
+/// one from the result cache), and each time one could not answer and the
+/// worker said so (a retry or a hand-over; see `AiStatus`).
+fn count_ai(metrics: &crate::metrics::Metrics, event: &JobEvent) {
+    match event {
+        JobEvent::Succeeded { result, .. } if result.get("finish_reason").is_some() => {
+            if let Ok(out) = serde_json::from_value::<faena_proto::ai::AiOutput>(result.clone())
+                && !out.cached
+            {
+                metrics.ai_tokens(out.provider, out.usage.map_or(0, |u| u.output_tokens));
+            }
+        }
+        JobEvent::Progress { data, .. } if data.get("status").is_some() => {
+            if let Ok(status) = serde_json::from_value::<faena_proto::ai::AiStatus>(data.clone()) {
+                metrics.ai_error(status.provider);
+            }
+        }
+        _ => {}
     }
 }

@@ -121,6 +121,7 @@ enum Command {
         state: WorkerState,
     },
     RefreshGauges(Reply<()>),
+    Load(Reply<crate::engine::Load>),
     /// A mining source moved on: its job takes the new template.
     ReplaceTemplate {
         job: JobId,
@@ -231,6 +232,11 @@ impl Coordinator {
     ) -> Option<usize> {
         let params = Box::new(params);
         self.ask(|reply| Command::ReplaceTemplate { job, params, grace, reply }).await.ok().flatten()
+    }
+
+    /// What waits and what runs now.
+    pub async fn load(&self) -> Result<crate::engine::Load, CoordError> {
+        self.ask(Command::Load).await
     }
 
     pub async fn refresh_gauges(&self) {

@@ -251,4 +251,30 @@ impl Engine {
         self.jobs.insert(unit, job);
         self.dispatch(now, unit, to);
     }
+
+    /// What waits (per kind, and how long the longest has) and what runs.
+    pub fn load(&self, now: Now) -> super::Load {
+        let mut kinds: Vec<super::KindLoad> = Vec::new();
+        for (lane, queued, heads) in self.queue.lane_heads() {
+            if lane.kind == faena_proto::jobs::JobKind::RandomxMine {
+                continue;
+            }
+            let oldest = heads
+                .iter()
+                .filter_map(|id| self.jobs.get(id))
+                .map(|j| now.mono.saturating_duration_since(j.enqueued_at))
+                .max()
+                .unwrap_or_default();
+            let oldest_wait_ms = u64::try_from(oldest.as_millis()).unwrap_or(u64::MAX);
+            match kinds.iter_mut().find(|k| k.kind == lane.kind) {
+                Some(k) => {
+                    k.queued += queued;
+                    k.oldest_wait_ms = k.oldest_wait_ms.max(oldest_wait_ms);
+                }
+                None => kinds.push(super::KindLoad { kind: lane.kind, queued, oldest_wait_ms }),
+            }
+        }
+        kinds.sort_by_key(|k| k.kind.as_str());
+        super::Load { depth: self.queue.depth_by_priority(), queued: self.queue.len(), running: self.running(), kinds }
+    }
 }

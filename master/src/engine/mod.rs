@@ -510,8 +510,8 @@ impl Engine {
                 .collect();
             for id in stale {
                 let error = format!(
-                    "no worker that runs {lane} registered within {} s; start one that has it (see README) and submit again",
-                    self.cfg.no_worker_timeout.as_secs()
+                    "no worker that runs {lane} registered within {}; start one that has it (see README) and submit again",
+                    humantime::format_duration(self.cfg.no_worker_timeout)
                 );
                 self.finish(now, id, JobState::Failed, None, Some(error));
             }

@@ -294,3 +294,24 @@ pub struct ActiveView {
     /// The failed or cancelled job this one retries.
     pub retry_of: Option<JobId>,
 }
+
+/// What waits and what runs, for the dashboard and the autoscaler.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Load {
+    /// Queued jobs per priority: high, normal, low.
+    pub depth: [usize; 3],
+    pub queued: usize,
+    /// Units out on workers.
+    pub running: usize,
+    /// Per job kind with jobs waiting (mining jobs left out: they take
+    /// whatever workers there are and are never "late").
+    pub kinds: Vec<KindLoad>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct KindLoad {
+    pub kind: faena_proto::jobs::JobKind,
+    pub queued: usize,
+    /// How long the longest-waiting of them has waited.
+    pub oldest_wait_ms: u64,
+}

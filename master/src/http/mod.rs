@@ -61,8 +61,13 @@ pub struct AppState {
 pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
     let limit = state.max_body_bytes;
     let client = web_dir.join("node_modules/socket.io-client/dist/socket.io.min.js");
+    let uplot = web_dir.join("node_modules/uplot/dist");
+    let file = tower_http::services::ServeFile::new;
     let pages = Router::new()
-        .route_service("/vendor/socket.io.min.js", tower_http::services::ServeFile::new(client))
+        .route_service("/vendor/socket.io.min.js", file(client))
+        .route_service("/vendor/uPlot.iife.min.js", file(uplot.join("uPlot.iife.min.js")))
+        .route_service("/vendor/uPlot.min.css", file(uplot.join("uPlot.min.css")))
+        .route_service("/dashboard", file(web_dir.join("dashboard.html")))
         .fallback_service(tower_http::services::ServeDir::new(web_dir));
     let api = Router::new()
         .route("/api/jobs", post(submit).get(jobs::list))

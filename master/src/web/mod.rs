@@ -11,6 +11,7 @@
 
 mod forward;
 pub mod limits;
+pub mod ops;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -73,6 +74,8 @@ struct Web {
     metrics: Arc<Metrics>,
     /// What a socket must present as `auth.token` to connect, when set.
     api_token: Option<Arc<Secret>>,
+    /// What dashboards are sent.
+    feed: ops::Feed,
 }
 
 /// The session a socket said hello with.
@@ -94,13 +97,15 @@ pub fn socket_io(
     metrics: Arc<Metrics>,
     limits: WebLimits,
 ) -> (SocketIoLayer, SocketIo) {
+    let feed = ops::Feed { coord: coord.clone(), metrics: metrics.clone() };
     let sessions = Arc::new(Mutex::new(Sessions { by_id: HashMap::new(), limits: Limits::new(limits) }));
     tokio::spawn(sweep(Arc::downgrade(&sessions), metrics.clone(), limits.idle.min(SWEEP_EVERY)));
-    let web = Web { coord, hub, sessions, metrics, api_token };
+    let web = Web { coord, hub, sessions, metrics, api_token, feed };
     let (layer, io) = SocketIo::builder().with_state(web).build_layer();
     // Middlewares run before the client hears it is connected, the last
     // added first: the token is checked, then the handlers are in place.
     io.ns("/", on_connect.with(attach_handlers).with(authorize));
+    ops::register(&io);
     (layer, io)
 }
 
