@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds Faena's binaries (cargo, release) and its Docker images:
-# faena-master, faena-worker, faena-mosquitto (and faena-fake-ai with --test).
+# faena-master, faena-worker, faena-mosquitto (and faena-fake-ai with --test,
+# faena-prometheus with --monitoring).
 #
-#   ./scripts/build.sh [--test] [--no-cargo]
+#   ./scripts/build.sh [--test] [--monitoring] [--no-cargo]
 #
-#   --test      also build the fake Gemini image the end-to-end test uses
+#   --test        also build the fake Gemini image the end-to-end test uses
+#   --monitoring  also build the Prometheus image of stack.monitoring.yml
 #   --no-cargo  use the binaries already in target/release
 #
 # Images are FROM debian:bookworm-slim. When that cannot be pulled (no
@@ -19,11 +21,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/stack.sh
 
-test_images=0 cargo=1
+test_images=0 monitoring=0 cargo=1
 for arg in "$@"; do
   case "$arg" in
     -h | --help) usage; exit 0 ;;
     --test) test_images=1 ;;
+    --monitoring) monitoring=1 ;;
     --no-cargo) cargo=0 ;;
     *) die "unknown option '$arg' (see --help)" ;;
   esac
@@ -108,6 +111,10 @@ stage() {
       cp mosquitto/setup.sh mosquitto/dynamic-security.json.in mosquitto/acl-observer.in mosquitto/mosquitto.conf.in "$ctx/mosquitto/"
       ;;
     fake-ai) binary faena-fake-ai "$ctx/bin" ;;
+    prometheus)
+      mkdir -p "$ctx/monitoring"
+      cp monitoring/prometheus.yml monitoring/alerts.yml "$ctx/monitoring/"
+      ;;
   esac
   cp "docker/$name.Dockerfile" "$ctx/Dockerfile"
 }
@@ -127,6 +134,7 @@ prefix=""
 [ -n "${REGISTRY:-}" ] && prefix="${REGISTRY%/}/"
 images=(master worker mosquitto)
 [ "$test_images" = 1 ] && images+=(fake-ai)
+[ "$monitoring" = 1 ] && images+=(prometheus)
 env_lines=("FAENA_IMAGE_PREFIX=$prefix")
 for name in "${images[@]}"; do
   stage "$name"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Deploys (or updates) the Faena stack on this Docker Swarm manager.
 #
-#   ./scripts/deploy.sh [--test] [--gemini-key-file FILE]
+#   ./scripts/deploy.sh [--test] [--monitoring] [--gemini-key-file FILE]
 #
 # Initialises a swarm when this node is in none, creates the secrets that are
 # missing — a generated cluster token and broker passwords (master, worker,
@@ -11,6 +11,8 @@
 # services whose image or settings changed are updated (rolling, one at a time).
 #
 #   --test                  add stack.test.yml (fake Gemini, light-mode workers)
+#   --monitoring            add stack.monitoring.yml (Prometheus with Faena's alerts,
+#                           on 127.0.0.1:${FAENA_PROMETHEUS_PORT:-9090}; build.sh --monitoring first)
 #   --api-token-file FILE   the token the REST API and the web page require
 #   FAENA_API_TOKEN         the same, from the environment (default: generated;
 #                           read it with: docker exec $(docker ps -qf name=faena_master) cat /run/secrets/faena_api_token)
@@ -34,6 +36,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
     --test) files+=(-c stack.test.yml) ;;
+    --monitoring) files+=(-c stack.monitoring.yml) ;;
     --api-token-file)
       [ $# -ge 2 ] || die "--api-token-file needs a file"
       api_token_file=$2

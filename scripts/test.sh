@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need (cmake, libclang, mosquitto, node + the page's
-# npm packages, chromium, shellcheck, monerod, the default local model) if missing, lints the scripts and the Rust
+# npm packages, chromium, shellcheck, monerod, promtool, the default local model) if missing, lints the scripts and the Rust
 # code (rustfmt, clippy with warnings as errors), builds the binaries the
 # integration tests start, and runs every test.
 #
@@ -30,6 +30,12 @@ for s in scripts/*.sh; do
   [ "$s" = scripts/test.sh ] && continue
   bash "$s" --help >/dev/null || { echo "$s --help failed" >&2; exit 1; }
 done
+
+# The monitoring overlay: Prometheus's config and Faena's alert rules are
+# valid (Debian's promtool), and each alert fires in a promtool test case.
+need_packages promtool:prometheus
+promtool check config monitoring/prometheus.yml
+promtool test rules monitoring/alerts.test.yml
 
 # Lints are law: formatting and clippy (warnings are errors) before any test.
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

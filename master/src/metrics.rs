@@ -38,6 +38,15 @@ pub struct Metrics {
     ai_tokens: Family<Labels, Counter>,
     /// A provider that could not answer (before a retry or a hand-over), by provider.
     ai_errors: Family<Labels, Counter>,
+    /// Registered workers by availability.
+    workers_state: Family<Labels, Gauge>,
+    /// How long the longest-waiting queued job of each kind has waited.
+    oldest_wait: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// 1 while the store commits, the broker is connected, the master accepts jobs.
+    store_healthy: Gauge,
+    broker_connected: Gauge,
+    /// 1 for a mining source in error, 0 otherwise, by source id.
+    source_error: Family<Vec<(&'static str, String)>, Gauge>,
     /// Queue waits and run times of the last seconds, for the dashboard's percentiles.
     pub recent_wait: Window,
     pub recent_run: Window,
@@ -159,7 +168,30 @@ impl Default for Metrics {
             "Times a provider could not answer (before a retry or a hand-over), by provider",
             ai_errors.clone(),
         );
+        let workers_state = Family::<Labels, Gauge>::default();
+        registry.register("workers_state", "Registered workers by state", workers_state.clone());
+        let oldest_wait = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "queue_oldest_wait_seconds",
+            "How long the longest-waiting queued job of each kind has waited (mining jobs left out)",
+            oldest_wait.clone(),
+        );
+        let store_healthy = Gauge::default();
+        registry.register("store_healthy", "1 while the job store commits", store_healthy.clone());
+        let broker_connected = Gauge::default();
+        registry.register(
+            "broker_connected",
+            "1 while the master is connected to the broker",
+            broker_connected.clone(),
+        );
+        let source_error = Family::<Vec<(&'static str, String)>, Gauge>::default();
+        registry.register("mining_source_error", "1 for a mining source in error, by source", source_error.clone());
         Self {
+            workers_state,
+            oldest_wait,
+            store_healthy,
+            broker_connected,
+            source_error,
             ai_tokens,
             ai_errors,
             recent_wait: Window::default(),
@@ -199,6 +231,30 @@ impl Metrics {
         self.jobs_current.get_or_create(&vec![("state", "queued")]).set(queued as i64);
         self.jobs_current.get_or_create(&vec![("state", "running")]).set(running as i64);
         self.workers.set(workers as i64);
+    }
+
+    /// Workers per state, and how long each kind's longest-waiting job has waited.
+    pub fn set_load(&self, states: &[(&'static str, usize)], load: &crate::engine::Load) {
+        for (state, n) in states {
+            self.workers_state.get_or_create(&vec![("state", *state)]).set(*n as i64);
+        }
+        self.oldest_wait.clear();
+        for k in &load.kinds {
+            self.oldest_wait.get_or_create(&vec![("kind", k.kind.as_str())]).set(k.oldest_wait_ms as f64 / 1000.0);
+        }
+    }
+
+    pub fn set_health(&self, store: bool, broker: bool) {
+        self.store_healthy.set(i64::from(store));
+        self.broker_connected.set(i64::from(broker));
+    }
+
+    /// Each mining source, and whether it is in error.
+    pub fn set_sources(&self, sources: impl IntoIterator<Item = (String, bool)>) {
+        self.source_error.clear();
+        for (id, error) in sources {
+            self.source_error.get_or_create(&vec![("source", id)]).set(i64::from(error));
+        }
     }
 
     /// Counts a verification's verdicts; `unverified` are shares the master
@@ -304,5 +360,67 @@ mod tests {
         assert_eq!(t["ai_errors"]["gemini"], 1);
         assert_eq!(t["shares"]["invalid"], 0);
         assert!(m.render().contains("faena_ai_tokens_total{provider=\"local\"} 7"));
+    }
+}
+
+#[cfg(test)]
+mod monitoring_tests {
+    use super::Metrics;
+
+    /// The `faena_*` metric names (as registered: no `_total`, `_bucket`,
+    /// `_sum`, `_count`) that `text` refers to, the workers' left out.
+    pub(crate) fn referenced(text: &str) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        let bytes = text.as_bytes();
+        let mut at = 0;
+        while let Some(found) = text[at..].find("faena_") {
+            let start = at + found;
+            let mut end = start;
+            while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
+                end += 1;
+            }
+            let mut name = &text[start..end];
+            for suffix in ["_total", "_bucket", "_sum", "_count"] {
+                name = name.strip_suffix(suffix).unwrap_or(name);
+            }
+            if !name.starts_with("faena_worker_") && !name.ends_with('_') {
+                names.insert(name.to_owned());
+            }
+            at = end.max(start + 1);
+        }
+        names
+    }
+
+    #[test]
+    fn the_alerts_and_the_grafana_board_use_only_metrics_the_master_exports() {
+        // A labelled family is exported once it has a sample: give each one.
+        let m = Metrics::default();
+        m.shares_checked(1, 1, 0);
+        m.pool_shares("invalid", 1);
+        m.block(true);
+        m.upstream(true);
+        m.ai_tokens(faena_proto::ai::Provider::Local, 1);
+        m.ai_error(faena_proto::ai::Provider::Local);
+        m.set_sources([("solo".to_owned(), true)]);
+        let kinds =
+            vec![crate::engine::KindLoad { kind: faena_proto::jobs::JobKind::Noop, queued: 1, oldest_wait_ms: 1 }];
+        m.set_load(&[("online", 1)], &crate::engine::Load { kinds, ..Default::default() });
+        m.set_gauges([0; 3], 0, 0, 0);
+        let exported: Vec<String> = m
+            .render()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ").and_then(|t| t.split(' ').next()).map(str::to_owned))
+            .collect();
+        for (file, text) in [
+            ("alerts.yml", include_str!("../../monitoring/alerts.yml")),
+            ("alerts.test.yml", include_str!("../../monitoring/alerts.test.yml")),
+            ("grafana-dashboard.json", include_str!("../../monitoring/grafana-dashboard.json")),
+        ] {
+            let used = referenced(text);
+            assert!(!used.is_empty(), "{file}");
+            for name in used {
+                assert!(exported.contains(&name), "{file} uses {name}, which the master does not export");
+            }
+        }
     }
 }

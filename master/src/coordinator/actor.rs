@@ -169,6 +169,13 @@ impl Actor {
                     self.engine.running(),
                     self.engine.workers().len(),
                 );
+                let mut states = [("online", 0), ("draining", 0), ("quarantined", 0)];
+                for w in self.engine.workers().iter() {
+                    if let Some(s) = states.iter_mut().find(|(name, _)| *name == w.availability.as_str()) {
+                        s.1 += 1;
+                    }
+                }
+                self.deps.metrics.set_load(&states, &self.engine.load(now));
                 let _ = reply.send(());
             }
         }

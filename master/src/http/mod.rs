@@ -411,6 +411,10 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     state.coord.refresh_gauges().await;
+    let broker = *state.broker_connected.borrow();
+    state.metrics.set_health(state.store.is_healthy(), broker);
+    let sources = state.pool.sources().into_iter();
+    state.metrics.set_sources(sources.map(|s| (s.id, s.state == faena_proto::mining::SourceState::Error)));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
         .into_response()
 }
