@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Deploys (or updates) the Faena stack on this Docker Swarm manager.
 #
-#   ./scripts/deploy.sh [--test] [--monitoring] [--gemini-key-file FILE]
+#   ./scripts/deploy.sh [--test] [--monitoring] [--autoscale MIN:MAX] [--gemini-key-file FILE]
 #
 # Initialises a swarm when this node is in none, creates the secrets that are
 # missing — a generated cluster token and broker passwords (master, worker,
@@ -11,8 +11,11 @@
 # services whose image or settings changed are updated (rolling, one at a time).
 #
 #   --test                  add stack.test.yml (fake Gemini, light-mode workers)
+#   --autoscale MIN:MAX     add stack.autoscale.yml: the master scales the workers
+#                           between MIN and MAX on queue wait and backlog
+#                           (FAENA_AUTOSCALE_WAIT_MS, _COOLDOWN_SECS, _SETTLE_SECS, _EVERY_MS)
 #   --monitoring            add stack.monitoring.yml (Prometheus with Faena's alerts,
-#                           on 127.0.0.1:${FAENA_PROMETHEUS_PORT:-9090}; build.sh --monitoring first)
+#                           on the manager's port ${FAENA_PROMETHEUS_PORT:-9090}; build.sh --monitoring first)
 #   --api-token-file FILE   the token the REST API and the web page require
 #   FAENA_API_TOKEN         the same, from the environment (default: generated;
 #                           read it with: docker exec $(docker ps -qf name=faena_master) cat /run/secrets/faena_api_token)
@@ -37,6 +40,12 @@ while [ $# -gt 0 ]; do
     -h | --help) usage; exit 0 ;;
     --test) files+=(-c stack.test.yml) ;;
     --monitoring) files+=(-c stack.monitoring.yml) ;;
+    --autoscale)
+      [ $# -ge 2 ] || die "--autoscale needs MIN:MAX"
+      files+=(-c stack.autoscale.yml)
+      export FAENA_AUTOSCALE=$2
+      shift
+      ;;
     --api-token-file)
       [ $# -ge 2 ] || die "--api-token-file needs a file"
       api_token_file=$2
@@ -69,6 +78,9 @@ else
   need_images master worker mosquitto
   if [[ " ${files[*]} " == *" stack.test.yml "* ]]; then
     need_images fake-ai
+  fi
+  if [[ " ${files[*]} " == *" stack.monitoring.yml "* ]]; then
+    need_images prometheus
   fi
 fi
 

@@ -4,7 +4,9 @@
 # (nothing changes), run RandomX and AI jobs (AI against the fake Gemini
 # service of stack.test.yml), scale to 5 workers (monitor.sh shows them), kill
 # a worker container mid-job, scale down to 2 mid-job, read the JSON log
-# lines, check that anonymous MQTT is refused, stop; then the same images
+# lines, check that anonymous MQTT is refused, redeploy with the autoscaler
+# and Prometheus (a burst of slow jobs scales 2 -> 5 and back to 2, every
+# job finishes once; Prometheus scrapes the master and workers), stop; then the same images
 # with docker-compose on one host. Prints each step's time and a summary;
 # exits non-zero when a step fails. Heavy (images, a swarm, 5 workers): not part of CI.
 #
@@ -36,6 +38,7 @@ export FAENA_WEB_PORT=${FAENA_WEB_PORT:-18888}
 export FAENA_MQTT_PORT=${FAENA_MQTT_PORT:-11883}
 export FAENA_STRATUM_PORT=${FAENA_STRATUM_PORT:-13333}
 export FAENA_MQTTS_PORT=${FAENA_MQTTS_PORT:-18883}
+export FAENA_PROMETHEUS_PORT=${FAENA_PROMETHEUS_PORT:-19090}
 . scripts/lib/stack.sh
 
 work=$(mktemp -d)
@@ -125,8 +128,8 @@ need_packages curl:curl jq:jq mosquitto_sub:mosquitto-clients
 docker service ls --filter "label=com.docker.stack.namespace=$FAENA_STACK" -q | grep -q . &&
   fail "stack '$FAENA_STACK' already exists; remove it with FAENA_STACK=$FAENA_STACK ./scripts/stop.sh --volumes --secrets"
 
-step "build.sh --test (binaries, images)"
-./scripts/build.sh --test
+step "build.sh --test --monitoring (binaries, images)"
+./scripts/build.sh --test --monitoring
 
 step "deploy.sh --test (secrets, stack)"
 GEMINI_API_KEY="e2e-test-key-$(date +%s)" FAENA_WORKERS=2 ./scripts/deploy.sh --test
@@ -278,6 +281,54 @@ case "$topics" in
 esac
 case "$topics" in *worker-2* | *"#"* | *+*) fail "worker-1's role reaches beyond its own topics: $topics" ;; esac
 echo "  accounts: $accounts; worker-1's role: $topics" >&2
+
+step "deploy.sh --autoscale 2:5 --monitoring (the master scales the workers; Prometheus scrapes)"
+FAENA_AUTOSCALE_WAIT_MS=3000 FAENA_AUTOSCALE_COOLDOWN_SECS=20 FAENA_AUTOSCALE_SETTLE_SECS=90 \
+  FAENA_AUTOSCALE_EVERY_MS=1000 FAENA_WORKERS=2 ./scripts/deploy.sh --test --monitoring --autoscale 2:5
+./scripts/verify.sh >/dev/null
+[ -n "$(workers_until "$(online_count 2)")" ] || fail "the master does not list 2 online workers after the redeploy"
+
+step "autoscale: a burst of slow jobs scales 2 -> 5, every job finishes once"
+burst=()
+for i in $(seq 20); do
+  burst+=("$(post_job '{"kind": "noop", "params": {"delay_ms": 8000, "payload": '"$i"'}}')")
+done
+[ -n "$(workers_until "$(online_count 5)")" ] ||
+  fail "the autoscaler did not bring 5 workers: replicas $(service_replicas | tr '\n' ' ')"
+for id in "${burst[@]}"; do
+  job=$(wait_job "$id")
+  echo "$job" | jq -e '.state == "succeeded"' >/dev/null || fail "burst job $id: $job"
+  finals=$(api_curl -fsS "$(api "/api/jobs/$id/history")" | jq '[.transitions[] | select(.state == "succeeded")] | length')
+  [ "$finals" -eq 1 ] || fail "burst job $id succeeded $finals times"
+done
+ran_on=$(for id in "${burst[@]}"; do api_curl -fsS "$(api "/api/jobs/$id")" | jq -r .worker; done | sort -u | tr '\n' ' ')
+echo "  20 jobs, each succeeded once, on: $ran_on" >&2
+
+step "autoscale: the idle cluster returns to 2 (the removed workers drained first)"
+for _ in $(seq 240); do
+  [ "$(docker service inspect "${FAENA_STACK}_worker" --format '{{.Spec.Mode.Replicated.Replicas}}')" = 2 ] && break
+  sleep 1
+done
+[ "$(docker service inspect "${FAENA_STACK}_worker" --format '{{.Spec.Mode.Replicated.Replicas}}')" = 2 ] ||
+  fail "the worker service did not return to 2 replicas"
+[ -n "$(workers_until "$(online_count 2)")" ] || fail "the master does not list 2 online workers after scaling down"
+metrics=$(curl -fsS "$(api /metrics)")
+echo "$metrics" | grep -q '^faena_autoscale_decisions_total{direction="up"} [1-9]' || fail "no scale-up counted"
+echo "$metrics" | grep -q '^faena_autoscale_decisions_total{direction="down"} [1-9]' || fail "no scale-down counted"
+docker service logs --raw "${FAENA_STACK}_master" 2>/dev/null | grep 'autoscaler scaled' | jq -r '.message + ": " + (.fields.reason // .reason // "")' 2>/dev/null | sed 's/^/  /' >&2 || true
+
+step "monitoring: Prometheus scrapes the master and every worker, the alert rules are loaded"
+prom="http://127.0.0.1:${FAENA_PROMETHEUS_PORT}"
+for _ in $(seq 120); do
+  up=$(curl -fsS "$prom/api/v1/targets" 2>/dev/null | jq -r '[.data.activeTargets[] | select(.health == "up") | .labels.job] | sort | join(" ")' || true)
+  [ "$up" = "faena-master faena-worker faena-worker" ] && break
+  sleep 1
+done
+[ "$up" = "faena-master faena-worker faena-worker" ] || fail "Prometheus targets up: '$up'"
+rules=$(curl -fsS "$prom/api/v1/rules" | jq '[.data.groups[].rules[]] | length')
+[ "$rules" -eq "$(grep -c -- '- alert:' monitoring/alerts.yml)" ] || fail "Prometheus loaded $rules rules"
+workers=$(curl -fsS "$prom/api/v1/query" --data-urlencode 'query=sum(faena_workers_state{state="online"})' | jq -r '.data.result[0].value[1]')
+echo "  targets up: $up; $rules alert rules; faena_workers_state online = $workers" >&2
 
 if [ "$keep" = 1 ]; then
   step "stop (skipped: --keep)"

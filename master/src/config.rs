@@ -31,6 +31,8 @@ pub struct Config {
     pub mqtt_url: Option<String>,
     #[command(flatten)]
     pub broker_auth: BrokerAuth,
+    #[command(flatten)]
+    pub autoscale: crate::autoscale::AutoscaleArgs,
     /// The external broker is Mosquitto with its dynamic security plugin and
     /// the master's account is the plugin's admin: the master gives every
     /// worker an account of its own there, confined to its own topics.

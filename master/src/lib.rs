@@ -18,6 +18,7 @@
 //!   Stratum server for XMRig miners, participants' accounting.
 
 pub mod ai_cache;
+pub mod autoscale;
 pub mod broker;
 pub mod config;
 pub mod coordinator;
@@ -129,6 +130,7 @@ pub async fn run(
     on_ready: impl FnOnce(&Addrs),
 ) -> Result<(), MasterError> {
     cfg.validate()?;
+    let autoscale = cfg.autoscale.settings()?;
     let topics = Topics::new(&cfg.topic_prefix).map_err(|_| MasterError::Topics(cfg.topic_prefix.clone()))?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(io(format!("creating {}", cfg.data_dir.display())))?;
     let token = cluster_token(&cfg)?;
@@ -307,9 +309,20 @@ pub async fn run(
     if let Some(listener) = stratum_listener {
         tracker.spawn(pool::stratum::serve(listener, pool.clone(), miners.clone(), servers_cancel.clone()));
     }
+    let status = autoscale.as_ref().map(|s| autoscale::Status::new(&cfg.autoscale.autoscale_service, s));
+    if let (Some(settings), Some(status)) = (autoscale, status.clone()) {
+        let scaler = autoscale::Autoscaler {
+            args: cfg.autoscale.clone(),
+            policy: autoscale::policy::Policy::new(settings),
+            coord: coord.clone(),
+            metrics: metrics.clone(),
+            status,
+        };
+        tracker.spawn(scaler.run(servers_cancel.clone()));
+    }
+    let feed = web::ops::Feed { coord: coord.clone(), metrics: metrics.clone(), autoscale: status };
     let (sio_layer, io) =
-        web::socket_io(coord.clone(), state.hub.clone(), api_token, metrics.clone(), cfg.web_limits());
-    let feed = web::ops::Feed { coord: coord.clone(), metrics: metrics.clone() };
+        web::socket_io(coord.clone(), state.hub.clone(), api_token, metrics.clone(), cfg.web_limits(), feed.clone());
     tracker.spawn(web::ops::broadcast(io.clone(), feed, servers_cancel.clone()));
     tracker.spawn(web::broadcast_workers(io, coord.clone(), servers_cancel.clone()));
     // socketioxide wraps the finished router once (a per-route layer breaks long-polling).

@@ -47,6 +47,9 @@ pub struct Metrics {
     broker_connected: Gauge,
     /// 1 for a mining source in error, 0 otherwise, by source id.
     source_error: Family<Vec<(&'static str, String)>, Gauge>,
+    /// The autoscaler's decisions carried out, by direction, and the replicas it last read.
+    autoscale: Family<Labels, Counter>,
+    pub autoscale_replicas: Gauge,
     /// Queue waits and run times of the last seconds, for the dashboard's percentiles.
     pub recent_wait: Window,
     pub recent_run: Window,
@@ -186,7 +189,21 @@ impl Default for Metrics {
         );
         let source_error = Family::<Vec<(&'static str, String)>, Gauge>::default();
         registry.register("mining_source_error", "1 for a mining source in error, by source", source_error.clone());
+        let autoscale = Family::<Labels, Counter>::default();
+        registry.register(
+            "autoscale_decisions",
+            "Times the autoscaler scaled the worker service, by direction",
+            autoscale.clone(),
+        );
+        let autoscale_replicas = Gauge::default();
+        registry.register(
+            "autoscale_replicas",
+            "The worker service's replicas as the autoscaler last read them",
+            autoscale_replicas.clone(),
+        );
         Self {
+            autoscale,
+            autoscale_replicas,
             workers_state,
             oldest_wait,
             store_healthy,
@@ -242,6 +259,11 @@ impl Metrics {
         for k in &load.kinds {
             self.oldest_wait.get_or_create(&vec![("kind", k.kind.as_str())]).set(k.oldest_wait_ms as f64 / 1000.0);
         }
+    }
+
+    /// The autoscaler scaled `direction` (`up` or `down`).
+    pub fn autoscaled(&self, direction: &'static str) {
+        self.autoscale.get_or_create(&vec![("direction", direction)]).inc();
     }
 
     pub fn set_health(&self, store: bool, broker: bool) {

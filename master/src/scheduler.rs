@@ -110,6 +110,8 @@ impl Worker {
 #[derive(Debug, Default)]
 pub struct Scheduler {
     workers: BTreeMap<WorkerId, Worker>,
+    /// Workers the autoscaler is about to remove: they get no new work.
+    retiring: std::collections::HashSet<WorkerId>,
 }
 
 impl Scheduler {
@@ -121,8 +123,15 @@ impl Scheduler {
         self.workers.get_mut(id)
     }
 
+    /// Adds or replaces a worker. Another instance under a retiring
+    /// worker's id (a new task on its slot) is not retiring.
     pub fn insert(&mut self, worker: Worker) -> Option<Worker> {
-        self.workers.insert(worker.id.clone(), worker)
+        let (id, instance) = (worker.id.clone(), worker.instance);
+        let old = self.workers.insert(id.clone(), worker);
+        if old.as_ref().is_none_or(|o| o.instance != instance) {
+            self.retiring.remove(&id);
+        }
+        old
     }
 
     pub fn remove(&mut self, id: &WorkerId) -> Option<Worker> {
@@ -161,7 +170,19 @@ impl Scheduler {
 
     /// Online workers that run jobs of `lane`.
     fn capable(&self, lane: Lane) -> impl Iterator<Item = &Worker> {
-        self.workers.values().filter(move |w| w.availability == Availability::Online && w.offers(&lane))
+        self.workers.values().filter(move |w| {
+            w.availability == Availability::Online && w.offers(&lane) && !self.retiring.contains(&w.id)
+        })
+    }
+
+    /// Takes new work away from `ids` (and gives it back to any retiring
+    /// before that is not among them).
+    pub fn set_retiring(&mut self, ids: impl IntoIterator<Item = WorkerId>) {
+        self.retiring = ids.into_iter().collect();
+    }
+
+    pub fn is_retiring(&self, id: &WorkerId) -> bool {
+        self.retiring.contains(id)
     }
 
     /// Whether any registered worker, in whatever state, offers `lane`.

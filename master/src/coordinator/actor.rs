@@ -158,6 +158,11 @@ impl Actor {
                 self.apply();
                 let _ = reply.send(replaced);
             }
+            Command::Retire(workers, reply) => {
+                self.engine.retire_workers(now, workers);
+                self.apply();
+                let _ = reply.send(());
+            }
             Command::Load(reply) => {
                 let _ = reply.send(self.engine.load(now));
             }
@@ -365,7 +370,10 @@ impl Actor {
                 kinds.sort();
                 WorkerView {
                     id: w.id.to_string(),
-                    state: w.availability.as_str().into(),
+                    state: match self.engine.workers().is_retiring(&w.id) {
+                        true => "draining".into(),
+                        false => w.availability.as_str().into(),
+                    },
                     slots: w.caps.slots,
                     running: w.running.len() as u32,
                     kinds,

@@ -122,6 +122,7 @@ enum Command {
     },
     RefreshGauges(Reply<()>),
     Load(Reply<crate::engine::Load>),
+    Retire(Vec<WorkerId>, Reply<()>),
     /// A mining source moved on: its job takes the new template.
     ReplaceTemplate {
         job: JobId,
@@ -237,6 +238,11 @@ impl Coordinator {
     /// What waits and what runs now.
     pub async fn load(&self) -> Result<crate::engine::Load, CoordError> {
         self.ask(Command::Load).await
+    }
+
+    /// Takes new work away from `workers` (the autoscaler removes them next).
+    pub async fn retire(&self, workers: Vec<WorkerId>) -> Result<(), CoordError> {
+        self.ask(|r| Command::Retire(workers, r)).await
     }
 
     pub async fn refresh_gauges(&self) {

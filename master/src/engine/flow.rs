@@ -252,6 +252,13 @@ impl Engine {
         self.dispatch(now, unit, to);
     }
 
+    /// The autoscaler will remove `ids`: they get no new work from now on
+    /// (an empty list gives it back to all). What they run goes on.
+    pub fn retire_workers(&mut self, now: Now, ids: Vec<WorkerId>) {
+        self.workers.set_retiring(ids);
+        self.schedule(now);
+    }
+
     /// What waits (per kind, and how long the longest has) and what runs.
     pub fn load(&self, now: Now) -> super::Load {
         let mut kinds: Vec<super::KindLoad> = Vec::new();

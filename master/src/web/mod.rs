@@ -96,8 +96,8 @@ pub fn socket_io(
     api_token: Option<Arc<Secret>>,
     metrics: Arc<Metrics>,
     limits: WebLimits,
+    feed: ops::Feed,
 ) -> (SocketIoLayer, SocketIo) {
-    let feed = ops::Feed { coord: coord.clone(), metrics: metrics.clone() };
     let sessions = Arc::new(Mutex::new(Sessions { by_id: HashMap::new(), limits: Limits::new(limits) }));
     tokio::spawn(sweep(Arc::downgrade(&sessions), metrics.clone(), limits.idle.min(SWEEP_EVERY)));
     let web = Web { coord, hub, sessions, metrics, api_token, feed };

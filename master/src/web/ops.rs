@@ -31,6 +31,8 @@ pub const EVERY: Duration = Duration::from_secs(1);
 pub struct Feed {
     pub coord: Coordinator,
     pub metrics: Arc<Metrics>,
+    /// The autoscaler's state, when it runs.
+    pub autoscale: Option<crate::autoscale::Status>,
 }
 
 impl Feed {
@@ -47,6 +49,7 @@ impl Feed {
             "wait": self.metrics.recent_wait.percentiles(now),
             "run": self.metrics.recent_run.percentiles(now),
             "workers": workers,
+            "autoscale": self.autoscale.as_ref().map(crate::autoscale::Status::view),
         }))
     }
 }
