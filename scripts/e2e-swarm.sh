@@ -282,13 +282,13 @@ esac
 case "$topics" in *worker-2* | *"#"* | *+*) fail "worker-1's role reaches beyond its own topics: $topics" ;; esac
 echo "  accounts: $accounts; worker-1's role: $topics" >&2
 
-step "deploy.sh --autoscale 2:5 --monitoring (the master scales the workers; Prometheus scrapes)"
+step "deploy.sh --test --autoscale 2:5 --monitoring"
 FAENA_AUTOSCALE_WAIT_MS=3000 FAENA_AUTOSCALE_COOLDOWN_SECS=20 FAENA_AUTOSCALE_SETTLE_SECS=90 \
   FAENA_AUTOSCALE_EVERY_MS=1000 FAENA_WORKERS=2 ./scripts/deploy.sh --test --monitoring --autoscale 2:5
 ./scripts/verify.sh >/dev/null
 [ -n "$(workers_until "$(online_count 2)")" ] || fail "the master does not list 2 online workers after the redeploy"
 
-step "autoscale: a burst of slow jobs scales 2 -> 5, every job finishes once"
+step "autoscale: a burst of slow jobs scales 2 -> 5, each job ends once"
 burst=()
 for i in $(seq 20); do
   burst+=("$(post_job '{"kind": "noop", "params": {"delay_ms": 8000, "payload": '"$i"'}}')")
@@ -304,7 +304,7 @@ done
 ran_on=$(for id in "${burst[@]}"; do api_curl -fsS "$(api "/api/jobs/$id")" | jq -r .worker; done | sort -u | tr '\n' ' ')
 echo "  20 jobs, each succeeded once, on: $ran_on" >&2
 
-step "autoscale: the idle cluster returns to 2 (the removed workers drained first)"
+step "autoscale: the idle cluster returns to 2, drained first"
 for _ in $(seq 240); do
   [ "$(docker service inspect "${FAENA_STACK}_worker" --format '{{.Spec.Mode.Replicated.Replicas}}')" = 2 ] && break
   sleep 1
@@ -315,9 +315,10 @@ done
 metrics=$(curl -fsS "$(api /metrics)")
 echo "$metrics" | grep -q '^faena_autoscale_decisions_total{direction="up"} [1-9]' || fail "no scale-up counted"
 echo "$metrics" | grep -q '^faena_autoscale_decisions_total{direction="down"} [1-9]' || fail "no scale-down counted"
-docker service logs --raw "${FAENA_STACK}_master" 2>/dev/null | grep 'autoscaler scaled' | jq -r '.message + ": " + (.fields.reason // .reason // "")' 2>/dev/null | sed 's/^/  /' >&2 || true
+docker service logs --raw "${FAENA_STACK}_master" 2>/dev/null | grep 'autoscaler scaled' |
+  jq -r '"  \(.fields.message) \(.fields.from) -> \(.fields.to): \(.fields.reason) \(.fields.drained // "")"' >&2 || true
 
-step "monitoring: Prometheus scrapes the master and every worker, the alert rules are loaded"
+step "Prometheus scrapes the master and each worker, rules loaded"
 prom="http://127.0.0.1:${FAENA_PROMETHEUS_PORT}"
 for _ in $(seq 120); do
   up=$(curl -fsS "$prom/api/v1/targets" 2>/dev/null | jq -r '[.data.activeTargets[] | select(.health == "up") | .labels.job] | sort | join(" ")' || true)

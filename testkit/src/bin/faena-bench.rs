@@ -9,6 +9,10 @@
 //!
 //! Prints jobs/s (submit of the first job to the last result), latency
 //! percentiles, and the master's CPU time per job (from /proc).
+//!
+//! `FAENA_BENCH_DASHBOARDS=N` keeps N dashboards connected to the master's
+//! `/ops` feed throughout (`web/tests/ops-clients.mjs`: the page's own
+//! socket.io client, one snapshot a second each), to measure what they cost.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -64,6 +68,13 @@ async fn main() {
         "faena-bench: {jobs} noop jobs, 2 workers x {WORKER_SLOTS} slots, store sync={sync}, {} cores",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
+
+    let dashboards: usize = std::env::var("FAENA_BENCH_DASHBOARDS").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let mut watching = match dashboards {
+        0 => None,
+        n => Some(Dashboards::open(&c, n).await),
+    };
+    println!("faena-bench: {dashboards} dashboards connected to /ops");
 
     // Warm-up: connections, caches, page faults.
     let warm: Vec<_> = (0..2_000).map(|_| json!({"kind": "noop"})).collect();
@@ -122,4 +133,40 @@ async fn main() {
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
+    if let Some(d) = watching.take() {
+        println!("dashboards   {dashboards} received {} snapshots", d.close().await);
+    }
+}
+
+/// Dashboards on the `/ops` feed, kept by a node process.
+struct Dashboards {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Dashboards {
+    async fn open(c: &Cluster, n: usize) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("node")
+            .arg(faena_testkit::repo().join("web/tests/ops-clients.mjs"))
+            .arg(format!("http://{}", c.addrs.http))
+            .arg(n.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs (scripts/test.sh installs it)");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(90), lines.next_line()).await;
+        assert!(matches!(ready, Ok(Ok(Some(ref l))) if l == "READY"), "dashboards did not connect: {ready:?}");
+        Self { child, lines }
+    }
+
+    /// Closes them; how many snapshots they received in all.
+    async fn close(mut self) -> u64 {
+        drop(self.child.stdin.take());
+        let line = self.lines.next_line().await.ok().flatten().unwrap_or_default();
+        let _ = self.child.wait().await;
+        line.strip_prefix("snapshots ").and_then(|n| n.parse().ok()).unwrap_or(0)
+    }
 }

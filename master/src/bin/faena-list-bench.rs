@@ -1,0 +1,270 @@
+//! `faena-list-bench`: `GET /api/jobs` on a store of 1,000,000 jobs, and
+//! what the listing's indexes cost each write.
+//!
+//! `cargo run --release -p faena-master --bin faena-list-bench -- [jobs] [rounds]`
+//!
+//! 1. Write cost: the same 100,000 jobs (inserted, then finished: what
+//!    every job costs the store) into a store with the listing's indexes
+//!    and into one without them; rows/s of each and their ratio.
+//! 2. Fills a store with `jobs` jobs (default 1,000,000) as a month of
+//!    traffic looks: four kinds, five states, three priorities, twenty
+//!    workers, a mining job's units, oldest first.
+//! 3. Starts a release `faena-master` on that store and times each filtered
+//!    page (`rounds` times each, default 200): the first page and pages deep
+//!    in the history (a cursor picked at random), over HTTP as a client sees
+//!    it, and in the store alone. Prints p50 / p99 / max.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use faena_master::engine::StoreOp;
+use faena_master::store::{JobFilter, Store, SyncMode};
+use faena_proto::ids::JobId;
+use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
+use serde_json::json;
+
+const DAY_MS: u64 = 86_400_000;
+const START_MS: u64 = 1_790_000_000_000;
+
+/// A small deterministic generator: the same store every run.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn spec(kind: JobKind, i: u64) -> JobSpec {
+    let params = match kind {
+        JobKind::Noop => json!({"payload": i}),
+        JobKind::RandomxHash => json!({"key": "test key 000", "input": format!("input {i}")}),
+        JobKind::RandomxMine => json!({"key": "6b", "blob": "00".repeat(76), "difficulty": 1000, "nonce_count": 1000}),
+        JobKind::AiQuery => json!({"prompt": format!("question {i}")}),
+    };
+    JobSpec::parse_kind(kind, params).expect("valid")
+}
+
+/// Writes `n` jobs as the engine would: inserted, dispatched, finished.
+fn fill(store: &Store, n: u64, rng: &mut Rng) {
+    let span = 30 * DAY_MS;
+    let mut mine_parent = None;
+    for i in 0..n {
+        let at_ms = START_MS + span * i / n.max(1);
+        let kind = match rng.below(100) {
+            0..50 => JobKind::Noop,
+            50..75 => JobKind::RandomxHash,
+            75..95 => JobKind::AiQuery,
+            _ => JobKind::RandomxMine,
+        };
+        let priority = match rng.below(10) {
+            0 => Priority::High,
+            1 => Priority::Low,
+            _ => Priority::Normal,
+        };
+        let state = match rng.below(1000) {
+            0..850 => JobState::Succeeded,
+            850..930 => JobState::Failed,
+            930..999 => JobState::Cancelled,
+            _ => JobState::Queued,
+        };
+        let id = JobId::new();
+        // One job in ten of a mining job is one of its units.
+        let parent = match kind {
+            JobKind::RandomxMine if rng.below(10) > 0 => mine_parent,
+            _ => None,
+        };
+        if kind == JobKind::RandomxMine && parent.is_none() {
+            mine_parent = Some(id);
+        }
+        let seq = i;
+        store.write(StoreOp::Insert {
+            id,
+            spec: Arc::new(spec(kind, i)),
+            priority,
+            seq,
+            at_ms,
+            parent,
+            retry_of: None,
+        });
+        if state == JobState::Queued {
+            continue;
+        }
+        let worker = format!("worker-{}", rng.below(20) + 1);
+        let token = faena_proto::ids::FencingToken::new();
+        store.write(StoreOp::Dispatched { id, attempt: 1, worker: worker.clone(), token, at_ms: at_ms + 1 });
+        let (result, error) = match state {
+            JobState::Succeeded => (Some(json!({"payload": i})), None),
+            JobState::Failed => (None, Some("failed on purpose".to_owned())),
+            _ => (None, None),
+        };
+        store.write(StoreOp::Finished {
+            id,
+            state,
+            attempts: 1,
+            worker: Some(worker),
+            result,
+            error,
+            at_ms: at_ms + 5,
+        });
+        if i % 50_000 == 0 {
+            sync(store);
+        }
+    }
+    sync(store);
+}
+
+fn sync(store: &Store) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.after_commit(move |r| {
+        let _ = tx.send(r.is_ok());
+    });
+    assert_eq!(rx.recv(), Ok(true), "the store commits");
+}
+
+fn write_rate(dir: &Path, with_indexes: bool, n: u64) -> f64 {
+    let path = dir.join(format!("write-{with_indexes}.db"));
+    let store = Store::open(&path, SyncMode::Normal).expect("store");
+    if !with_indexes {
+        let conn = rusqlite::Connection::open(&path).expect("db");
+        for index in ["jobs_state", "jobs_kind", "jobs_worker", "jobs_priority", "jobs_created"] {
+            conn.execute_batch(&format!("DROP INDEX {index}")).expect("drop");
+        }
+    }
+    let started = Instant::now();
+    fill(&store, n, &mut Rng(7));
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentiles(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0;
+    format!("p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms", at(0.5), at(0.99), at(1.0))
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let jobs = args.first().copied().unwrap_or(1_000_000);
+    let rounds = args.get(1).copied().unwrap_or(200) as usize;
+    let dir = tempfile_dir();
+
+    // 1. What the indexes cost a write.
+    let n = 100_000;
+    let with = write_rate(&dir, true, n);
+    let without = write_rate(&dir, false, n);
+    println!("write cost of the listing's indexes ({n} jobs, each inserted, dispatched, finished; sync normal):");
+    println!("  without the indexes {without:>9.0} jobs/s");
+    println!("  with the indexes    {with:>9.0} jobs/s   ratio {:.2}", with / without);
+
+    // 2. A month of traffic.
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let store = Store::open(&data.join("faena.db"), SyncMode::Normal).expect("store");
+    let started = Instant::now();
+    fill(&store, jobs, &mut Rng(42));
+    println!("filled {jobs} jobs in {:.1} s", started.elapsed().as_secs_f64());
+    let newest = store.list(&JobFilter { limit: 1, ..Default::default() }).expect("list").jobs;
+    assert_eq!(newest.len(), 1);
+
+    // 3. The master on it.
+    let master = std::env::current_exe().expect("exe").with_file_name("faena-master");
+    let port = free_port();
+    let mut child = std::process::Command::new(&master)
+        .env("FAENA_DATA_DIR", &data)
+        .env("FAENA_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("FAENA_GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("FAENA_MQTT_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("FAENA_WEB_DIR", dir.join("no-web"))
+        .env("FAENA_LOG_JSON", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} does not start ({e}): cargo build --release --bins", master.display()));
+    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+    let base = format!("http://127.0.0.1:{port}");
+    let up = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.map(|r| !r.status().is_success()).unwrap_or(true) {
+        assert!(up.elapsed() < Duration::from_secs(120), "the master did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let since_recent = START_MS + 29 * DAY_MS;
+    let since_month = START_MS + DAY_MS;
+    let queries: Vec<(String, JobFilter)> = vec![
+        ("(none)".into(), JobFilter::default()),
+        ("state=failed".into(), JobFilter { state: Some(JobState::Failed), ..Default::default() }),
+        (
+            "kind=ai.query&state=succeeded".into(),
+            JobFilter { kind: Some(JobKind::AiQuery), state: Some(JobState::Succeeded), ..Default::default() },
+        ),
+        ("worker=worker-7".into(), JobFilter { worker: Some("worker-7".into()), ..Default::default() }),
+        (
+            "priority=high&kind=randomx.hash".into(),
+            JobFilter { priority: Some(Priority::High), kind: Some(JobKind::RandomxHash), ..Default::default() },
+        ),
+        (
+            "kind=randomx.mine&state=failed".into(),
+            JobFilter { kind: Some(JobKind::RandomxMine), state: Some(JobState::Failed), ..Default::default() },
+        ),
+        ("state=queued".into(), JobFilter { state: Some(JobState::Queued), ..Default::default() }),
+        (format!("since={since_recent}"), JobFilter { since_ms: Some(since_recent), ..Default::default() }),
+        (
+            format!("since={since_month}&state=cancelled"),
+            JobFilter { since_ms: Some(since_month), state: Some(JobState::Cancelled), ..Default::default() },
+        ),
+    ];
+    println!(
+        "\nGET /api/jobs?<filter>&limit=50 on {jobs} jobs, {rounds} rounds each (first page, then a random deep page):"
+    );
+    let mut rng = Rng(9);
+    for (query, filter) in &queries {
+        for deep in [false, true] {
+            let (mut over_http, mut in_store) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                let cursor = deep.then(|| 1 + rng.below(jobs * 9 / 10) as i64 + (jobs / 10) as i64);
+                let f = JobFilter { before: cursor, limit: 50, ..filter.clone() };
+                let t = Instant::now();
+                let page = store.list(&f).expect("list");
+                in_store.push(t.elapsed());
+                let mut url = format!("{base}/api/jobs?limit=50");
+                if query != "(none)" {
+                    url.push('&');
+                    url.push_str(query);
+                }
+                if let Some(c) = cursor {
+                    url.push_str(&format!("&cursor={c}"));
+                }
+                let t = Instant::now();
+                let resp = http.get(&url).send().await.expect("GET");
+                assert!(resp.status().is_success(), "{url}: {}", resp.status());
+                let body: serde_json::Value = resp.json().await.expect("json");
+                over_http.push(t.elapsed());
+                assert_eq!(body["jobs"].as_array().map(Vec::len), Some(page.jobs.len()), "{url}");
+            }
+            let page = if deep { "deep " } else { "first" };
+            println!("  {query:<42} {page}  http {}", percentiles(over_http));
+            println!("  {:<42} {page}  store {}", "", percentiles(in_store));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("faena-list-bench-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
