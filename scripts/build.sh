@@ -95,8 +95,8 @@ stage() {
     master)
       binary faena-master "$ctx/bin"
       mkdir -p "$ctx/web/node_modules/socket.io-client/dist" "$ctx/web/node_modules/uplot/dist"
-      cp web/index.html web/app.js web/style.css web/dashboard.html web/dashboard.js web/dashboard-charts.js \
-        web/dashboard.css "$ctx/web/"
+      cp web/index.html web/app.js web/access.js web/style.css web/dashboard.html web/dashboard.js \
+        web/dashboard-charts.js web/dashboard.css "$ctx/web/"
       cp web/node_modules/socket.io-client/dist/socket.io.min.js "$ctx/web/node_modules/socket.io-client/dist/"
       cp web/node_modules/uplot/dist/uPlot.iife.min.js web/node_modules/uplot/dist/uPlot.min.css \
         "$ctx/web/node_modules/uplot/dist/"

@@ -17,21 +17,13 @@ const el = (tag, cls, text) => {
   return e;
 };
 
-// A master started with FAENA_API_TOKEN refuses sockets without it; the
-// token the person typed is kept for this tab only (sessionStorage).
-const socket = io({
-  transports: ["websocket", "polling"],
-  auth: (cb) => cb({ token: sessionStorage.getItem("faena.token") || "" }),
-});
+// The token (web/access.js) goes with the handshake.
+const socket = io({ transports: ["websocket", "polling"], auth: (cb) => cb({ token: faenaAccess.token() }) });
 /** Chat entries by job id: { answer, meta, waiting }. */
 const chat = new Map();
 let session = localStorage.getItem("faena.session") || null;
 let miningJob = null;
 
-function setConn(state, label) {
-  $("conn").dataset.state = state;
-  $("conn").textContent = label;
-}
 
 function notice(text) {
   $("notice").textContent = text || "";
@@ -135,28 +127,8 @@ function hello() {
   });
 }
 
-socket.on("connect", () => {
-  setConn("connected", "connected");
-  hello();
-});
-socket.on("disconnect", () => setConn("reconnecting", "reconnecting…"));
-socket.on("connect_error", (err) => {
-  // "unauthorized" (proto/src/sio.rs): ask for the token; the client does not retry by itself.
-  if (err && err.message === "unauthorized") {
-    setConn("locked", sessionStorage.getItem("faena.token") ? "wrong access token" : "access token needed");
-    $("access").hidden = false;
-    $("access-input").focus();
-  }
-});
-$("access").addEventListener("submit", (ev) => {
-  ev.preventDefault();
-  sessionStorage.setItem("faena.token", $("access-input").value);
-  $("access-input").value = "";
-  $("access").hidden = true;
-  setConn("connecting", "connecting…");
-  socket.connect();
-});
-socket.io.on("reconnect_attempt", () => setConn("reconnecting", "reconnecting…"));
+faenaAccess.watch(socket, "connected");
+socket.on("connect", hello);
 
 socket.on(EV.job, (u) => {
   const e = chat.get(u.job);

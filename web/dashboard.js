@@ -11,34 +11,12 @@ const el = (tag, cls, text) => {
   if (text !== undefined && text !== null) e.textContent = String(text);
   return e;
 };
-const token = () => sessionStorage.getItem("faena.token") || "";
+const token = () => faenaAccess.token();
 
 // ---- the feed ----------------------------------------------------------
 
 const socket = io("/ops", { transports: ["websocket", "polling"], auth: (cb) => cb({ token: token() }) });
-function setConn(state, label) {
-  $("conn").dataset.state = state;
-  $("conn").textContent = label;
-}
-socket.on("connect", () => setConn("connected", "live"));
-socket.on("disconnect", () => setConn("reconnecting", "reconnecting…"));
-socket.io.on("reconnect_attempt", () => setConn("reconnecting", "reconnecting…"));
-socket.on("connect_error", (err) => {
-  if (err && err.message === "unauthorized") {
-    setConn("locked", token() ? "wrong access token" : "access token needed");
-    $("access").hidden = false;
-    $("access-input").focus();
-  }
-});
-$("access").addEventListener("submit", (ev) => {
-  ev.preventDefault();
-  sessionStorage.setItem("faena.token", $("access-input").value);
-  $("access-input").value = "";
-  $("access").hidden = true;
-  setConn("connecting", "connecting…");
-  socket.connect();
-  loadJobs();
-});
+faenaAccess.watch(socket, "live", () => loadJobs());
 
 const chart = (name, series, opts) => new LiveChart(document.querySelector(`[data-chart="${name}"]`), series, opts);
 const charts = {
