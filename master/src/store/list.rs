@@ -17,7 +17,9 @@ pub const DEFAULT_PAGE: usize = 50;
 /// Most jobs in one page.
 pub const MAX_PAGE: usize = 500;
 
-/// Indexes the listing's filters use (created with the schema).
+/// Indexes the listing's filters use (created with the schema). One column
+/// each: an index's entries for one value are in row-id order, so a page
+/// is read newest first straight off it, without sorting.
 pub(super) const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_kind ON jobs(kind);
@@ -82,7 +84,12 @@ impl Store {
             and("priority = ?", Sql::Text(p.as_str().into()));
         }
         if let Some(since) = f.since_ms {
-            and("created_at >= ?", Sql::Integer(i64::try_from(since).unwrap_or(i64::MAX)));
+            let since = Sql::Integer(i64::try_from(since).unwrap_or(i64::MAX));
+            and("created_at >= ?", since.clone());
+            // Jobs are stored in `created_at` order (the store keeps it so):
+            // nothing before the first job of the window can match, so the
+            // walk stops there instead of reading the rest of the history.
+            and("rowid >= (SELECT rowid FROM jobs WHERE created_at >= ? ORDER BY created_at, rowid LIMIT 1)", since);
         }
         if let Some(before) = f.before {
             and("rowid < ?", Sql::Integer(before));
@@ -109,5 +116,52 @@ impl Store {
             }
         }
         Ok(Page { jobs: jobs.into_iter().map(|(_, v)| v).collect(), next })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use faena_proto::jobs::JobSpec;
+
+    use super::*;
+    use crate::engine::StoreOp;
+    use crate::store::SyncMode;
+
+    #[test]
+    fn since_holds_when_the_clock_steps_back() {
+        let dir = std::env::temp_dir().join(format!("faena-list-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store = Store::open(&dir.join("faena.db"), SyncMode::Normal).expect("opens");
+        // Submitted at 1000, 3000, then 2000 (the master's clock stepped back).
+        let ids: Vec<JobId> = (0..3).map(|_| JobId::new()).collect();
+        for (seq, (id, at_ms)) in ids.iter().zip([1000, 3000, 2000]).enumerate() {
+            let spec = Arc::new(JobSpec::parse("noop", serde_json::json!({})).expect("valid"));
+            let op = StoreOp::Insert {
+                id: *id,
+                spec,
+                priority: Priority::Normal,
+                seq: seq as u64,
+                at_ms,
+                parent: None,
+                retry_of: None,
+            };
+            store.write(op);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.after_commit(move |r| {
+            let _ = tx.send(r.is_ok());
+        });
+        assert_eq!(rx.recv(), Ok(true));
+        let listed = |since_ms| {
+            let page = store.list(&JobFilter { since_ms: Some(since_ms), limit: 10, ..Default::default() });
+            page.expect("lists").jobs.into_iter().map(|j| j.id).collect::<Vec<_>>()
+        };
+        // The last job is stored as created at 3000, not before the one ahead of it.
+        assert_eq!(listed(2500), vec![ids[2], ids[1]]);
+        assert_eq!(listed(3001), Vec::<JobId>::new());
+        assert_eq!(listed(0), vec![ids[2], ids[1], ids[0]]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

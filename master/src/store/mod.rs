@@ -334,6 +334,10 @@ pub fn rfc3339(ms: u64) -> String {
 /// ahead of it are stored. The store reads as unhealthy meanwhile, so the
 /// master takes no new jobs and hands out no work.
 fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, healthy: Arc<AtomicBool>) {
+    // Jobs' `created_at` never goes down in the order they are stored (a
+    // clock stepped back does not break it): listing by `since` relies on it.
+    let mut created: i64 =
+        conn.query_row("SELECT COALESCE(MAX(created_at), 0) FROM jobs", [], |r| r.get(0)).unwrap_or(0);
     let mut ops = Vec::new();
     let mut callbacks: Vec<Callback> = Vec::new();
     let mut backoff = Policy::DELIVERY.start();
@@ -356,7 +360,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, healthy: Arc<Atomic
                 }
             }
         }
-        match apply(&mut conn, &ops) {
+        match apply(&mut conn, &ops, &mut created) {
             Ok(()) => {
                 if let Some(since) = failed_at.take() {
                     healthy.store(true, Ordering::Relaxed);
@@ -399,7 +403,10 @@ fn take(cmd: Cmd, ops: &mut Vec<StoreOp>, callbacks: &mut Vec<Callback>) {
     }
 }
 
-fn apply(conn: &mut Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
+/// Commits `ops` in one transaction. `created` is the newest job's
+/// `created_at` so far: a job is never stored as created before it.
+fn apply(conn: &mut Connection, ops: &[StoreOp], created: &mut i64) -> Result<(), StoreError> {
+    let mut newest = *created;
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(
@@ -417,13 +424,14 @@ fn apply(conn: &mut Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
             match op {
                 StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of } => {
                     let id = id.to_string();
+                    newest = newest.max(*at_ms as i64);
                     insert.execute(params![
                         id,
                         spec.kind().as_str(),
                         spec.params_json().to_string(),
                         priority.as_str(),
                         *seq as i64,
-                        *at_ms as i64,
+                        newest,
                         parent.map(|p| p.to_string()),
                         retry_of.map(|r| r.to_string())
                     ])?;
@@ -432,7 +440,7 @@ fn apply(conn: &mut Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
                         (None, Some(r)) => Some(format!("retry of job {r}")),
                         (None, None) => None,
                     };
-                    record.execute(params![id, *at_ms as i64, "queued", 0, None::<String>, detail])?;
+                    record.execute(params![id, newest, "queued", 0, None::<String>, detail])?;
                 }
                 StoreOp::Reprioritised { id, priority, was, state, attempts, at_ms } => {
                     let id = id.to_string();
@@ -492,6 +500,7 @@ fn apply(conn: &mut Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
         }
     }
     tx.commit()?;
+    *created = newest;
     Ok(())
 }
 
