@@ -12,7 +12,9 @@
 //!
 //! `FAENA_BENCH_DASHBOARDS=N` keeps N dashboards connected to the master's
 //! `/ops` feed throughout (`web/tests/ops-clients.mjs`: the page's own
-//! socket.io client, one snapshot a second each), to measure what they cost.
+//! socket.io client, one snapshot a second each), to measure what they cost;
+//! `FAENA_BENCH_IDLE_SECS=S` first measures the master's CPU over S idle
+//! seconds (the feed's own cost, apart from any job).
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -75,6 +77,14 @@ async fn main() {
         n => Some(Dashboards::open(&c, n).await),
     };
     println!("faena-bench: {dashboards} dashboards connected to /ops");
+
+    let idle: u64 = std::env::var("FAENA_BENCH_IDLE_SECS").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    if idle > 0 {
+        let cpu0 = cpu_seconds(pid);
+        tokio::time::sleep(Duration::from_secs(idle)).await;
+        let per_s = (cpu_seconds(pid) - cpu0) / idle as f64;
+        println!("idle         {idle:>7} s     master CPU {:>6.2} ms/s", per_s * 1e3);
+    }
 
     // Warm-up: connections, caches, page faults.
     let warm: Vec<_> = (0..2_000).map(|_| json!({"kind": "noop"})).collect();
