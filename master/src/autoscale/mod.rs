@@ -185,6 +185,8 @@ impl Autoscaler {
         let service = self.args.autoscale_service.clone();
         let (min, max) = (self.policy.settings.min, self.policy.settings.max);
         tracing::info!(%service, min, max, "autoscaling the worker service");
+        // Workers drained for the last scale-down, until they are gone.
+        let mut retired: Option<(Instant, Vec<String>)> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(self.args.autoscale_every_ms.max(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -210,14 +212,33 @@ impl Autoscaler {
             }
             self.metrics.autoscale_replicas.set(i64::from(replicas));
             let Some(observed) = self.observe(replicas).await else { return };
+            if let Some((at, ids)) = &retired {
+                let left: Vec<&String> =
+                    ids.iter().filter(|id| observed.workers.iter().any(|w| &w.id == *id)).collect();
+                // Swarm balances tasks across nodes before it looks at slot
+                // numbers: on a multi-node swarm it may stop other tasks than
+                // the drained ones. Those stay: they take work again.
+                let overdue = at.elapsed() > 2 * Duration::from_millis(self.args.autoscale_drain_ms);
+                if left.is_empty() || overdue {
+                    if !left.is_empty() {
+                        tracing::warn!(workers = ?left, "Swarm kept workers the autoscaler drained; they take work again");
+                    }
+                    let _ = self.coord.retire(Vec::new()).await;
+                    retired = None;
+                }
+            }
             match self.policy.decide(Instant::now(), &observed) {
                 Decision::Hold => {}
-                Decision::Up { to, reason } => self.scale(&docker, replicas, to, reason, Vec::new()).await,
+                Decision::Up { to, reason } => {
+                    self.scale(&docker, replicas, to, reason, Vec::new()).await;
+                }
                 Decision::Down { to, reason, remove } => {
                     if !self.drain(&remove, &stop).await {
                         return;
                     }
-                    self.scale(&docker, replicas, to, reason, remove).await;
+                    if self.scale(&docker, replicas, to, reason, remove.clone()).await {
+                        retired = Some((Instant::now(), remove));
+                    }
                 }
             }
         }
@@ -255,7 +276,8 @@ impl Autoscaler {
         true
     }
 
-    async fn scale(&self, docker: &Docker, from: u32, to: u32, reason: String, drained: Vec<String>) {
+    /// Sets the service to `to` replicas; whether the Engine API took it.
+    async fn scale(&self, docker: &Docker, from: u32, to: u32, reason: String, drained: Vec<String>) -> bool {
         let service = &self.args.autoscale_service;
         let direction = if to > from { "up" } else { "down" };
         let result = docker.scale(service, to).await;
@@ -271,7 +293,9 @@ impl Autoscaler {
             }
         }
         let error = result.err().map(|e| e.0);
+        let done = error.is_none();
         self.status.record(Made { at: now_ms(), from, to, reason, drained, error });
+        done
     }
 }
 
