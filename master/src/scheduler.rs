@@ -181,8 +181,13 @@ impl Scheduler {
         self.retiring = ids.into_iter().collect();
     }
 
-    pub fn is_retiring(&self, id: &WorkerId) -> bool {
-        self.retiring.contains(id)
+    /// A worker's state as views and metrics show it: a retiring worker
+    /// is `draining` (it gets no new work), whatever it reported.
+    pub fn shown_state(&self, w: &Worker) -> &'static str {
+        match self.retiring.contains(&w.id) {
+            true => Availability::Draining.as_str(),
+            false => w.availability.as_str(),
+        }
     }
 
     /// Whether any registered worker, in whatever state, offers `lane`.

@@ -176,7 +176,8 @@ impl Actor {
                 );
                 let mut states = [("online", 0), ("draining", 0), ("quarantined", 0)];
                 for w in self.engine.workers().iter() {
-                    if let Some(s) = states.iter_mut().find(|(name, _)| *name == w.availability.as_str()) {
+                    let shown = self.engine.workers().shown_state(w);
+                    if let Some(s) = states.iter_mut().find(|(name, _)| *name == shown) {
                         s.1 += 1;
                     }
                 }
@@ -370,10 +371,7 @@ impl Actor {
                 kinds.sort();
                 WorkerView {
                     id: w.id.to_string(),
-                    state: match self.engine.workers().is_retiring(&w.id) {
-                        true => "draining".into(),
-                        false => w.availability.as_str().into(),
-                    },
+                    state: self.engine.workers().shown_state(w).into(),
                     slots: w.caps.slots,
                     running: w.running.len() as u32,
                     kinds,
@@ -400,14 +398,14 @@ impl Actor {
 fn count_ai(metrics: &crate::metrics::Metrics, event: &JobEvent) {
     match event {
         JobEvent::Succeeded { result, .. } if result.get("finish_reason").is_some() => {
-            if let Ok(out) = serde_json::from_value::<faena_proto::ai::AiOutput>(result.clone())
+            if let Ok(out) = <faena_proto::ai::AiOutput as serde::Deserialize>::deserialize(result)
                 && !out.cached
             {
                 metrics.ai_tokens(out.provider, out.usage.map_or(0, |u| u.output_tokens));
             }
         }
         JobEvent::Progress { data, .. } if data.get("status").is_some() => {
-            if let Ok(status) = serde_json::from_value::<faena_proto::ai::AiStatus>(data.clone()) {
+            if let Ok(status) = <faena_proto::ai::AiStatus as serde::Deserialize>::deserialize(data) {
                 metrics.ai_error(status.provider);
             }
         }

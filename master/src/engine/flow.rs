@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use faena_proto::api::JobEvent;
 use faena_proto::ids::{FencingToken, JobId, WorkerId};
-use faena_proto::jobs::{JobSpec, JobState, Priority};
+use faena_proto::jobs::{JobSpec, JobState};
 use faena_proto::mqtt::{Control, WorkUnit};
 use serde_json::Value;
 
-use super::{ActiveJob, Effect, Engine, Finished, Lease, Now, RECENT_FINISHED, StoreOp, Unmovable};
+use super::{ActiveJob, Effect, Engine, Finished, Lease, Now, RECENT_FINISHED, StoreOp};
 
 impl Engine {
     /// Places queued jobs on free slots until none fits. A mining job takes
@@ -33,42 +33,6 @@ impl Engine {
             }
             break;
         }
-    }
-
-    /// Moves a waiting job to `priority`: it takes the place the new
-    /// priority gives it (among equals, by age). A mining job's units not
-    /// yet handed out follow it (units out on workers finish as they
-    /// are). A unit stands for its mining job. Returns the job moved.
-    pub fn reprioritise(&mut self, now: Now, id: JobId, priority: Priority) -> Result<JobId, Unmovable> {
-        let id = self.mining.job_of(&id).unwrap_or(id);
-        let split = self.mining.contains(&id);
-        let Some(job) = self.jobs.get_mut(&id) else { return Err(Unmovable::NotActive(id)) };
-        if job.lease.is_some() && !split {
-            return Err(Unmovable::Running(id));
-        }
-        let was = job.priority;
-        if was == priority {
-            return Ok(id);
-        }
-        job.priority = priority;
-        let (lane, seq, attempts) = (job.lane, job.seq, job.attempts);
-        if self.queue.remove(&id) {
-            self.queue.push(id, lane, (priority, seq));
-        }
-        let state = match split && self.mining.is_started(&id) {
-            true => JobState::Running,
-            false => JobState::Queued,
-        };
-        self.effects.push(Effect::Store(StoreOp::Reprioritised {
-            id,
-            priority,
-            was,
-            state,
-            attempts,
-            at_ms: now.wall_ms,
-        }));
-        self.schedule(now);
-        Ok(id)
     }
 
     /// Sends `id` to `worker` as a new attempt.
@@ -250,38 +214,5 @@ impl Engine {
         job.attempts = attempts;
         self.jobs.insert(unit, job);
         self.dispatch(now, unit, to);
-    }
-
-    /// The autoscaler will remove `ids`: they get no new work from now on
-    /// (an empty list gives it back to all). What they run goes on.
-    pub fn retire_workers(&mut self, now: Now, ids: Vec<WorkerId>) {
-        self.workers.set_retiring(ids);
-        self.schedule(now);
-    }
-
-    /// What waits (per kind, and how long the longest has) and what runs.
-    pub fn load(&self, now: Now) -> super::Load {
-        let mut kinds: Vec<super::KindLoad> = Vec::new();
-        for (lane, queued, heads) in self.queue.lane_heads() {
-            if lane.kind == faena_proto::jobs::JobKind::RandomxMine {
-                continue;
-            }
-            let oldest = heads
-                .iter()
-                .filter_map(|id| self.jobs.get(id))
-                .map(|j| now.mono.saturating_duration_since(j.enqueued_at))
-                .max()
-                .unwrap_or_default();
-            let oldest_wait_ms = u64::try_from(oldest.as_millis()).unwrap_or(u64::MAX);
-            match kinds.iter_mut().find(|k| k.kind == lane.kind) {
-                Some(k) => {
-                    k.queued += queued;
-                    k.oldest_wait_ms = k.oldest_wait_ms.max(oldest_wait_ms);
-                }
-                None => kinds.push(super::KindLoad { kind: lane.kind, queued, oldest_wait_ms }),
-            }
-        }
-        kinds.sort_by_key(|k| k.kind.as_str());
-        super::Load { depth: self.queue.depth_by_priority(), queued: self.queue.len(), running: self.running(), kinds }
     }
 }

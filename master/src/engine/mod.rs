@@ -18,6 +18,7 @@
 //! own running set, and queue positions are O(log n) (see [`crate::queue`]).
 //!
 //! - [`flow`]: dispatch, requeue, finish, placement.
+//! - [`ops`]: a job's live view, re-prioritising, load, retiring workers.
 //! - [`units`]: mining units — carving, their reports and verdicts.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -34,6 +35,7 @@ use serde_json::Value;
 pub mod deadlines;
 mod flow;
 pub mod mining;
+mod ops;
 mod types;
 mod units;
 
@@ -294,31 +296,6 @@ impl Engine {
 
     pub fn kind(&self, id: &JobId) -> Option<JobKind> {
         self.jobs.get(id).map(ActiveJob::kind)
-    }
-
-    pub fn view(&self, id: &JobId) -> Option<ActiveView> {
-        let job = self.jobs.get(id)?;
-        let split = self.mining.view(id);
-        let running = job.lease.is_some() || self.mining.is_started(id);
-        let waiting = (!running && !self.workers.anyone_offers(&job.lane))
-            .then(|| format!("no registered worker runs {}", job.lane));
-        let worker = match &split {
-            Some((_, workers)) => Some(workers.clone()).filter(|w| !w.is_empty()),
-            None => job.lease.as_ref().map(|l| l.worker.to_string()),
-        };
-        Some(ActiveView {
-            kind: job.kind(),
-            state: if running { JobState::Running } else { JobState::Queued },
-            priority: job.priority,
-            position: if running { None } else { self.queue.position(id) },
-            worker,
-            attempts: job.attempts,
-            created_at_ms: job.created_at_ms,
-            progress: split.map(|(p, _)| p),
-            parent: self.mining.job_of(id),
-            waiting,
-            retry_of: job.retry_of,
-        })
     }
 
     /// A worker (re)registers. Refused while another instance under the same

@@ -29,7 +29,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
 use crate::coordinator::{Cancelled, CoordError, Coordinator};
-use crate::engine::NewJob;
+use crate::engine::{NewJob, Unmovable};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, rfc3339};
@@ -161,7 +161,12 @@ impl From<CoordError> for AppError {
             CoordError::Malformed(m) => Self::bad_request("bad_report", m),
             CoordError::Stopped => Self::shutting_down(),
             CoordError::Lease(l) => Self::new(StatusCode::CONFLICT, "conflict", l.to_string()),
-            CoordError::Unmovable(u) => Self::new(StatusCode::CONFLICT, "running", u.to_string()),
+            CoordError::Unmovable(u @ Unmovable::Running(_)) => {
+                Self::new(StatusCode::CONFLICT, "running", u.to_string())
+            }
+            CoordError::Unmovable(u @ Unmovable::NotActive(_)) => {
+                Self::new(StatusCode::CONFLICT, "already_finished", u.to_string())
+            }
         }
     }
 }

@@ -1,0 +1,104 @@
+//! What operators see and do: a job's live view, a new priority for a
+//! waiting job, what waits and runs (the dashboard's and the autoscaler's
+//! load), and workers taken out of placement before they are removed.
+
+use faena_proto::ids::{JobId, WorkerId};
+use faena_proto::jobs::{JobKind, JobState, Priority};
+
+use super::{ActiveView, Effect, Engine, KindLoad, Load, Now, StoreOp, Unmovable};
+
+impl Engine {
+    pub fn view(&self, id: &JobId) -> Option<ActiveView> {
+        let job = self.jobs.get(id)?;
+        let split = self.mining.view(id);
+        let running = job.lease.is_some() || self.mining.is_started(id);
+        let waiting = (!running && !self.workers.anyone_offers(&job.lane))
+            .then(|| format!("no registered worker runs {}", job.lane));
+        let worker = match &split {
+            Some((_, workers)) => Some(workers.clone()).filter(|w| !w.is_empty()),
+            None => job.lease.as_ref().map(|l| l.worker.to_string()),
+        };
+        Some(ActiveView {
+            kind: job.kind(),
+            state: if running { JobState::Running } else { JobState::Queued },
+            priority: job.priority,
+            position: if running { None } else { self.queue.position(id) },
+            worker,
+            attempts: job.attempts,
+            created_at_ms: job.created_at_ms,
+            progress: split.map(|(p, _)| p),
+            parent: self.mining.job_of(id),
+            waiting,
+            retry_of: job.retry_of,
+        })
+    }
+
+    /// Moves a waiting job to `priority`: it takes the place the new
+    /// priority gives it (among equals, by age). A mining job's units not
+    /// yet handed out follow it (units out on workers finish as they
+    /// are). A unit stands for its mining job. Returns the job moved.
+    pub fn reprioritise(&mut self, now: Now, id: JobId, priority: Priority) -> Result<JobId, Unmovable> {
+        let id = self.mining.job_of(&id).unwrap_or(id);
+        let split = self.mining.contains(&id);
+        let Some(job) = self.jobs.get_mut(&id) else { return Err(Unmovable::NotActive(id)) };
+        if job.lease.is_some() && !split {
+            return Err(Unmovable::Running(id));
+        }
+        let was = job.priority;
+        if was == priority {
+            return Ok(id);
+        }
+        job.priority = priority;
+        let (lane, seq, attempts) = (job.lane, job.seq, job.attempts);
+        if self.queue.remove(&id) {
+            self.queue.push(id, lane, (priority, seq));
+        }
+        let state = match split && self.mining.is_started(&id) {
+            true => JobState::Running,
+            false => JobState::Queued,
+        };
+        self.effects.push(Effect::Store(StoreOp::Reprioritised {
+            id,
+            priority,
+            was,
+            state,
+            attempts,
+            at_ms: now.wall_ms,
+        }));
+        self.schedule(now);
+        Ok(id)
+    }
+
+    /// The autoscaler will remove `ids`: they get no new work from now on
+    /// (an empty list gives it back to all). What they run goes on.
+    pub fn retire_workers(&mut self, now: Now, ids: Vec<WorkerId>) {
+        self.workers.set_retiring(ids);
+        self.schedule(now);
+    }
+
+    /// What waits (per kind, and how long the longest has) and what runs.
+    pub fn load(&self, now: Now) -> Load {
+        let mut kinds: Vec<KindLoad> = Vec::new();
+        for (lane, queued, heads) in self.queue.lane_heads() {
+            if lane.kind == JobKind::RandomxMine {
+                continue;
+            }
+            let oldest = heads
+                .iter()
+                .filter_map(|id| self.jobs.get(id))
+                .map(|j| now.mono.saturating_duration_since(j.enqueued_at))
+                .max()
+                .unwrap_or_default();
+            let oldest_wait_ms = u64::try_from(oldest.as_millis()).unwrap_or(u64::MAX);
+            match kinds.iter_mut().find(|k| k.kind == lane.kind) {
+                Some(k) => {
+                    k.queued += queued;
+                    k.oldest_wait_ms = k.oldest_wait_ms.max(oldest_wait_ms);
+                }
+                None => kinds.push(KindLoad { kind: lane.kind, queued, oldest_wait_ms }),
+            }
+        }
+        kinds.sort_by_key(|k| k.kind.as_str());
+        Load { depth: self.queue.depth_by_priority(), queued: self.queue.len(), running: self.running(), kinds }
+    }
+}
