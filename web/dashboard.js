@@ -97,6 +97,14 @@ function workersTable(workers) {
     return tr;
   });
   $("workers-table").tBodies[0].replaceChildren(...rows);
+  offerKinds(workers.flatMap((w) => w.kinds));
+}
+
+// Custom kinds (x.<name>) join the jobs filter as workers offer them.
+function offerKinds(kinds) {
+  const select = $("filters").elements.kind;
+  const known = new Set([...select.options].map((o) => o.value));
+  [...new Set(kinds)].filter((k) => !known.has(k)).sort().forEach((k) => select.append(new Option(k, k)));
 }
 
 function autoscale(a) {

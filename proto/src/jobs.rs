@@ -6,47 +6,8 @@ use serde_json::Value;
 
 use crate::WireError;
 pub use crate::ai::AiParams;
+pub use crate::kind::{CustomKind, JobKind};
 pub use crate::mine::MineParams;
-
-/// Every kind of job this build can run. Matching on it is exhaustive, so a new
-/// kind breaks the build until every handler covers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum JobKind {
-    #[serde(rename = "noop")]
-    Noop,
-    #[serde(rename = "randomx.hash")]
-    RandomxHash,
-    #[serde(rename = "randomx.mine")]
-    RandomxMine,
-    #[serde(rename = "ai.query")]
-    AiQuery,
-}
-
-impl JobKind {
-    pub const ALL: [JobKind; 4] = [JobKind::Noop, JobKind::RandomxHash, JobKind::RandomxMine, JobKind::AiQuery];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Noop => "noop",
-            JobKind::RandomxHash => "randomx.hash",
-            JobKind::RandomxMine => "randomx.mine",
-            JobKind::AiQuery => "ai.query",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self, WireError> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
-            let known: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
-            WireError::Params(format!("unknown job kind {s:?} (known: {})", known.join(", ")))
-        })
-    }
-}
-
-impl std::fmt::Display for JobKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Queue priority: `high` before `normal` before `low`, then oldest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
@@ -206,6 +167,8 @@ pub enum JobSpec {
     RandomxHash(HashParams),
     RandomxMine(MineParams),
     AiQuery(AiParams),
+    /// A custom kind's params: any JSON, carried as given.
+    Custom(CustomKind, Value),
 }
 
 impl JobSpec {
@@ -216,6 +179,9 @@ impl JobSpec {
     }
 
     pub fn parse_kind(kind: JobKind, params: Value) -> Result<Self, WireError> {
+        if let JobKind::Custom(custom) = kind {
+            return Ok(JobSpec::Custom(custom, params));
+        }
         let params = if params.is_null() { Value::Object(Default::default()) } else { params };
         match kind {
             JobKind::Noop => {
@@ -241,6 +207,7 @@ impl JobSpec {
                 p.validate()?;
                 Ok(JobSpec::AiQuery(p))
             }
+            JobKind::Custom(custom) => Ok(JobSpec::Custom(custom, params)),
         }
     }
 
@@ -250,6 +217,7 @@ impl JobSpec {
             JobSpec::RandomxHash(_) => JobKind::RandomxHash,
             JobSpec::RandomxMine(_) => JobKind::RandomxMine,
             JobSpec::AiQuery(_) => JobKind::AiQuery,
+            JobSpec::Custom(custom, _) => JobKind::Custom(*custom),
         }
     }
 
@@ -259,6 +227,7 @@ impl JobSpec {
             JobSpec::RandomxHash(p) => serde_json::to_value(p),
             JobSpec::RandomxMine(p) => serde_json::to_value(p),
             JobSpec::AiQuery(p) => serde_json::to_value(p),
+            JobSpec::Custom(_, params) => return params.clone(),
         };
         v.unwrap_or(Value::Null)
     }
@@ -313,6 +282,17 @@ mod tests {
         }
         let e = JobSpec::parse("bitcoin.mine", json!({})).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("unknown job kind") && e.contains("noop"), "{e}");
+    }
+
+    #[test]
+    fn custom_params_are_carried_as_given() {
+        for params in [json!({"text": "a b"}), json!([1, 2]), json!("text"), Value::Null] {
+            let spec = JobSpec::parse("x.wordcount", params.clone()).expect("valid");
+            assert_eq!(spec.kind().as_str(), "x.wordcount");
+            assert_eq!(spec.params_json(), params);
+            assert_eq!(JobSpec::parse_kind(spec.kind(), spec.params_json()).ok(), Some(spec));
+        }
+        assert!(JobSpec::parse("x.", json!({})).is_err());
     }
 
     #[test]

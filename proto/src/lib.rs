@@ -3,6 +3,7 @@
 //! - [`ids`]: `JobId`, `WorkerId`, `InstanceId`, `FencingToken` newtypes and their validation.
 //! - [`topics`]: every MQTT topic string, built and parsed here only.
 //! - [`mqtt`]: the versioned JSON payloads carried on those topics.
+//! - [`kind`]: job kinds, built-in and custom (`x.<name>`).
 //! - [`jobs`]: job kinds, their parameters, outputs and progress payloads.
 //! - [`mine`]: `randomx.mine` parameters, shares, unit and job progress and output.
 //! - [`mining`]: mining sources, participants and the verifier's capacity (REST).
@@ -17,6 +18,7 @@ pub mod ai;
 pub mod api;
 pub mod ids;
 pub mod jobs;
+pub mod kind;
 pub mod mine;
 pub mod mining;
 pub mod mqtt;

@@ -18,6 +18,7 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 pub mod api;
+pub mod custom;
 pub mod fake_ai;
 pub mod monerod;
 pub mod mosquitto;
@@ -289,6 +290,11 @@ impl Listener {
 
     /// The same, logged in with `login` (user name, password).
     pub async fn start_with(mqtt_url: &str, client_id: &str, topic: &str, login: Option<(String, String)>) -> Self {
+        Self::start_on(mqtt_url, client_id, &[topic], login).await
+    }
+
+    /// The same on several topics; returns once the broker acknowledged them all.
+    pub async fn start_on(mqtt_url: &str, client_id: &str, topics: &[&str], login: Option<(String, String)>) -> Self {
         use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
         let port: u16 = mqtt_url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("broker port");
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
@@ -297,7 +303,10 @@ impl Listener {
             options.set_credentials(user, password);
         }
         let (client, mut el) = AsyncClient::new(options, 1000);
-        client.subscribe(topic, QoS::AtLeastOnce).await.expect("subscribe");
+        for topic in topics {
+            client.subscribe(*topic, QoS::AtLeastOnce).await.expect("subscribe");
+        }
+        let mut acks = topics.len();
         let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
         let pump = tokio::spawn(async move {
@@ -305,7 +314,10 @@ impl Listener {
             while let Ok(event) = el.poll().await {
                 match event {
                     Event::Incoming(Packet::SubAck(_)) => {
-                        ready_tx.take().map(|r| r.send(()));
+                        acks = acks.saturating_sub(1);
+                        if acks == 0 {
+                            ready_tx.take().map(|r| r.send(()));
+                        }
                     }
                     Event::Incoming(Packet::Publish(p)) => {
                         let _ = tx.send((p.topic.clone(), p.payload.clone()));

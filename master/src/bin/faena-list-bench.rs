@@ -48,6 +48,7 @@ fn spec(kind: JobKind, i: u64) -> JobSpec {
         JobKind::RandomxHash => json!({"key": "test key 000", "input": format!("input {i}")}),
         JobKind::RandomxMine => json!({"key": "6b", "blob": "00".repeat(76), "difficulty": 1000, "nonce_count": 1000}),
         JobKind::AiQuery => json!({"prompt": format!("question {i}")}),
+        JobKind::Custom(_) => json!({"text": format!("text {i}")}),
     };
     JobSpec::parse_kind(kind, params).expect("valid")
 }
