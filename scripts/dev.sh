@@ -8,6 +8,8 @@
 #   FAENA_MQTT_ADDR  embedded broker          (default 127.0.0.1:1883)
 #   FAENA_STRATUM_ADDR  Stratum for XMRig     (default 127.0.0.1:3333)
 #   FAENA_WORKERS    number of workers        (default 2)
+#   FAENA_PYTHON_WORKERS  Python workers offering x.wordcount, from
+#                    examples/python-worker (default 0)
 #   FAENA_DATA_DIR   job store                (default .faena-dev)
 #   FAENA_LOCAL_MODEL  the workers' local AI model (default: SmolLM2-135M,
 #                    fetched once by scripts/fetch-model.sh; empty: none)
@@ -17,7 +19,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib/prereqs.sh
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
@@ -73,10 +75,21 @@ for i in $(seq "$workers"); do
     "$bin/faena-worker" > /dev/null &
   pids+=($!)
 done
+python_workers=${FAENA_PYTHON_WORKERS:-0}
+if [ "$python_workers" -gt 0 ]; then
+  examples/python-worker/run.sh --setup
+fi
+for i in $(seq "$python_workers"); do
+  FAENA_WORKER_ID="${FAENA_WORKER_ID_PREFIX:-local}-py-$i" \
+  FAENA_MASTER_URL="http://$FAENA_GRPC_ADDR" \
+  FAENA_MQTT_URL="mqtt://$FAENA_MQTT_ADDR" \
+    examples/python-worker/run.sh > /dev/null &
+  pids+=($!)
+done
 
 cat <<MSG
 
-  Faena is running: master + embedded broker + $workers workers.
+  Faena is running: master + embedded broker + $workers workers (+ $python_workers in Python).
     web page               http://$FAENA_HTTP_ADDR/
     dashboard              http://$FAENA_HTTP_ADDR/dashboard
     REST API               http://$FAENA_HTTP_ADDR/api/jobs

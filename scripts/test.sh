@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (cmake, libclang, mosquitto, node + the page's
-# npm packages, chromium, shellcheck, monerod, promtool, the default local model) if missing, lints the scripts and the Rust
+# npm packages, chromium, shellcheck, monerod, promtool, the default local model,
+# the Python worker's venv) if missing, lints the scripts and the Rust
 # code (rustfmt, clippy with warnings as errors), builds the binaries the
 # integration tests start, and runs every test.
 #
@@ -9,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/prereqs.sh
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 need_build_tools
@@ -23,9 +24,13 @@ need_packages monerod:monero monero-wallet-rpc:monero
 FAENA_TEST_LOCAL_MODEL=$(./scripts/fetch-model.sh)
 export FAENA_TEST_LOCAL_MODEL
 
+# The Python worker's tests start it against a real master: its virtual
+# environment (pip) and gRPC stubs are made once here, not inside a test's wait.
+examples/python-worker/run.sh --setup
+
 # The operator scripts: linted, and each answers --help.
 need_packages shellcheck:shellcheck
-shellcheck -x scripts/*.sh scripts/lib/*.sh mosquitto/setup.sh docker/healthcheck.sh
+shellcheck -x scripts/*.sh scripts/lib/*.sh mosquitto/setup.sh docker/healthcheck.sh examples/python-worker/run.sh
 for s in scripts/*.sh; do
   [ "$s" = scripts/test.sh ] && continue
   bash "$s" --help >/dev/null || { echo "$s --help failed" >&2; exit 1; }
