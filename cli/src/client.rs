@@ -1,0 +1,221 @@
+//! The master's REST API as the CLI calls it: where it is and the token
+//! (flag, environment, config file), errors mapped to exit codes, and a
+//! job's server-sent events.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Exit codes a script can branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    /// The job failed (`--wait`, `watch`, `ask`).
+    JobFailed = 1,
+    /// Bad arguments or a request the master refused as invalid (400).
+    Usage = 2,
+    /// No such job (404).
+    NotFound = 3,
+    /// Refused as things stand: conflict (409), queue full (429), too large (413).
+    Refused = 4,
+    /// Missing or wrong API token (401, 403).
+    Unauthorized = 5,
+    /// The master could not be reached, or failed (5xx).
+    Unreachable = 6,
+    /// The job was cancelled.
+    Cancelled = 7,
+}
+
+/// Why a command stopped, with the code it exits with.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Self { exit, message: message.into() }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Failure>;
+
+/// Where the master is, and its token: flags and environment (through clap)
+/// win over the config file, which wins over the defaults.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// The master's HTTP address.
+    #[arg(long, global = true, env = "FAENA_URL")]
+    pub url: Option<String>,
+    /// The master's API token (FAENA_API_TOKEN on the master).
+    #[arg(long, global = true, env = "FAENA_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the API token.
+    #[arg(long, global = true, env = "FAENA_API_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Config file (TOML: url, token or token_file); default
+    /// $XDG_CONFIG_HOME/faena/config.toml, else ~/.config/faena/config.toml.
+    #[arg(long, global = true, env = "FAENA_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    url: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+const DEFAULT_URL: &str = "http://127.0.0.1:8888";
+
+impl Target {
+    fn file(&self) -> Result<FileConfig> {
+        let (path, explicit) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => {
+                let base = std::env::var_os("XDG_CONFIG_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+                match base {
+                    Some(b) => (b.join("faena/config.toml"), false),
+                    None => return Ok(FileConfig::default()),
+                }
+            }
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(FileConfig::default()),
+            Err(e) => return Err(Failure::new(Exit::Usage, format!("cannot read {}: {e}", path.display()))),
+        };
+        toml::from_str(&text).map_err(|e| Failure::new(Exit::Usage, format!("{}: {e}", path.display())))
+    }
+
+    pub fn client(&self) -> Result<Client> {
+        let file = self.file()?;
+        let url = self.url.clone().or(file.url).unwrap_or_else(|| DEFAULT_URL.to_owned());
+        let token_file = self.token_file.clone().or(file.token_file);
+        let token = match (self.token.clone(), token_file) {
+            (Some(t), _) => Some(t),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        Failure::new(Exit::Usage, format!("cannot read the token file {}: {e}", path.display()))
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => file.token,
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Failure::new(Exit::Usage, format!("the master's URL must be http(s)://…, not {url:?}")));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Failure::new(Exit::Usage, format!("HTTP client: {e}")))?;
+        Ok(Client { http, base: url.trim_end_matches('/').to_owned(), token })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
+        let mut req = self.request(method, path).timeout(Duration::from_secs(60));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(value);
+        }
+        Err(refusal(status, &value))
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> Failure {
+        Failure::new(Exit::Unreachable, format!("cannot reach the master at {}: {e}", self.base))
+    }
+
+    /// A job's events as `(name, data)`, from its current state to its end.
+    pub async fn events(&self, id: &str) -> Result<impl Stream<Item = Result<(String, Value)>> + use<>> {
+        let resp = self
+            .request(Method::GET, &format!("/api/jobs/{id}/events"))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+            return Err(refusal(status, &body));
+        }
+        let base = self.base.clone();
+        Ok(resp.bytes_stream().eventsource().filter_map(move |ev| {
+            let out = match ev {
+                Ok(ev) if ev.event.is_empty() || ev.event == "message" => None,
+                Ok(ev) => Some(Ok((ev.event, serde_json::from_str(&ev.data).unwrap_or(Value::Null)))),
+                Err(e) => {
+                    Some(Err(Failure::new(Exit::Unreachable, format!("the event stream from {base} broke: {e}"))))
+                }
+            };
+            std::future::ready(out)
+        }))
+    }
+}
+
+/// The failure an error answer means, with the master's own message.
+fn refusal(status: StatusCode, body: &Value) -> Failure {
+    let message = body["error"]["message"].as_str().map(str::to_owned).unwrap_or_else(|| status.to_string());
+    let exit = match status.as_u16() {
+        400 | 422 => Exit::Usage,
+        401 | 403 => Exit::Unauthorized,
+        404 => Exit::NotFound,
+        409 | 413 | 429 => Exit::Refused,
+        _ => Exit::Unreachable,
+    };
+    Failure::new(exit, message)
+}
+
+/// Whether an event ends a job's stream.
+pub fn is_final(name: &str) -> bool {
+    matches!(name, "succeeded" | "failed" | "cancelled")
+}
+
+/// The exit code a finished job's state stands for.
+pub fn exit_for_state(state: &str) -> Exit {
+    match state {
+        "succeeded" => Exit::Ok,
+        "cancelled" => Exit::Cancelled,
+        _ => Exit::JobFailed,
+    }
+}

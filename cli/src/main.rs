@@ -1,0 +1,378 @@
+//! `faena`: submit, watch, list and manage a Faena master's jobs and workers
+//! from a shell or a script.
+//!
+//! Exit codes: 0 done, 1 the job failed, 2 bad arguments or an invalid
+//! request, 3 no such job, 4 refused (conflict, queue full, too large),
+//! 5 unauthorised, 6 master unreachable or failing, 7 the job was cancelled.
+
+mod client;
+mod output;
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use client::{Client, Exit, Failure, Result, Target};
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(name = "faena", version, about = "The command-line client of a Faena master", after_help = EXIT_CODES)]
+struct Cli {
+    #[command(flatten)]
+    target: Target,
+    /// Print the API's JSON (one object; `watch` prints one per line).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 done, 1 job failed, 2 bad arguments or invalid request, 3 no such job, \
+4 refused (conflict, queue full, too large), 5 unauthorised, 6 master unreachable, 7 job cancelled.";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Submit a job of any kind (built-in or x.<name>); prints its id.
+    Submit {
+        kind: String,
+        /// Parameters: JSON, @file, or @- for stdin.
+        #[arg(long, short)]
+        params: Option<String>,
+        #[command(flatten)]
+        opts: SubmitOpts,
+    },
+    /// Show a job.
+    Get { id: String },
+    /// Follow a job's events live until it ends.
+    Watch { id: String },
+    /// Cancel a queued or running job.
+    Cancel { id: String },
+    /// List jobs, newest first.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        worker: Option<String>,
+        #[arg(long)]
+        priority: Option<String>,
+        /// A mining job's units.
+        #[arg(long)]
+        parent: Option<String>,
+        /// Only jobs created since (RFC 3339 or milliseconds since the epoch).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue from a previous page's next_cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// List the registered workers.
+    Workers,
+    /// Ask the AI a question and stream the answer as it comes.
+    Ask {
+        question: String,
+        /// gemini, openai or local (default: the cluster's order).
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long, value_parser = clap::builder::ValueParser::new(parse_priority))]
+        priority: Option<String>,
+    },
+    /// Mine a RandomX block template over a nonce range (randomx.mine).
+    Mine {
+        /// RandomX key (seed hash), hex.
+        #[arg(long)]
+        key: String,
+        /// Block hashing blob, hex.
+        #[arg(long)]
+        blob: String,
+        #[arg(long, conflicts_with = "target", required_unless_present = "target")]
+        difficulty: Option<u64>,
+        /// Share target, hex (instead of --difficulty).
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        nonce_start: Option<u32>,
+        #[arg(long)]
+        nonce_count: Option<u64>,
+        #[arg(long)]
+        max_shares: Option<u32>,
+        #[command(flatten)]
+        opts: SubmitOpts,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, clap::Args)]
+struct SubmitOpts {
+    /// high, normal or low.
+    #[arg(long, value_parser = clap::builder::ValueParser::new(parse_priority))]
+    priority: Option<String>,
+    /// Wait for the job to end and print its result (exit code by its state).
+    #[arg(long)]
+    wait: bool,
+}
+
+fn parse_priority(s: &str) -> std::result::Result<String, String> {
+    match s {
+        "high" | "normal" | "low" => Ok(s.to_owned()),
+        _ => Err("priority is high, normal or low".into()),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "faena", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    let outcome = match cli.target.client() {
+        Ok(client) => run(&client, cli.command, cli.json).await,
+        Err(f) => Err(f),
+    };
+    match outcome {
+        Ok(exit) => ExitCode::from(exit as u8),
+        Err(f) => {
+            if cli.json {
+                println!("{}", json!({"error": {"exit": f.exit as u8, "message": f.message}}));
+            }
+            eprintln!("faena: {}", f.message);
+            ExitCode::from(f.exit as u8)
+        }
+    }
+}
+
+async fn run(c: &Client, command: Command, as_json: bool) -> Result<Exit> {
+    match command {
+        Command::Submit { kind, params, opts } => {
+            let params = match params {
+                Some(p) => read_params(&p)?,
+                None => Value::Null,
+            };
+            submit(c, json!({"kind": kind, "params": params}), opts, as_json).await
+        }
+        Command::Get { id } => {
+            let job = c.get(&format!("/api/jobs/{id}")).await?;
+            if as_json {
+                output::json(&job)
+            } else {
+                output::job(&job)
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Watch { id } => watch(c, &id, as_json).await,
+        Command::Cancel { id } => {
+            let v = c.call(Method::DELETE, &format!("/api/jobs/{id}"), None).await?;
+            if as_json {
+                output::json(&v)
+            } else {
+                println!("cancelled {id}")
+            }
+            Ok(Exit::Ok)
+        }
+        Command::List { state, kind, worker, priority, parent, since, limit, cursor } => {
+            let query: Vec<(&str, String)> = [
+                ("state", state),
+                ("kind", kind),
+                ("worker", worker),
+                ("priority", priority),
+                ("parent", parent),
+                ("since", since),
+                ("cursor", cursor),
+                ("limit", Some(limit.to_string())),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+            let qs = query.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect::<Vec<_>>().join("&");
+            let page = c.get(&format!("/api/jobs?{qs}")).await?;
+            if as_json {
+                output::json(&page);
+            } else {
+                let jobs = page["jobs"].as_array().cloned().unwrap_or_default();
+                output::table(&["ID", "KIND", "STATE", "PRIORITY", "WORKER", "CREATED"], &output::job_rows(&jobs));
+                if let Some(next) = page["next_cursor"].as_str() {
+                    eprintln!("more: --cursor {next}");
+                }
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Workers => {
+            let v = c.get("/api/workers").await?;
+            if as_json {
+                output::json(&v);
+            } else {
+                let workers = v["workers"].as_array().cloned().unwrap_or_default();
+                output::table(
+                    &["ID", "STATE", "RUNNING", "KINDS", "HASHRATE", "VERSION"],
+                    &output::worker_rows(&workers),
+                );
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Ask { question, provider, model, system, priority } => {
+            let mut params = json!({"prompt": question, "stream": true});
+            for (k, v) in [("provider", provider), ("model", model), ("system", system)] {
+                if let Some(v) = v {
+                    params[k] = json!(v);
+                }
+            }
+            ask(c, params, priority, as_json).await
+        }
+        Command::Mine { key, blob, difficulty, target, nonce_start, nonce_count, max_shares, opts } => {
+            let mut params = json!({"key": key, "blob": blob});
+            let numbers =
+                [("difficulty", difficulty), ("nonce_start", nonce_start.map(u64::from)), ("nonce_count", nonce_count)];
+            for (k, v) in numbers.into_iter().chain([("max_shares", max_shares.map(u64::from))]) {
+                if let Some(v) = v {
+                    params[k] = json!(v);
+                }
+            }
+            if let Some(t) = target {
+                params["target"] = json!(t);
+            }
+            submit(c, json!({"kind": "randomx.mine", "params": params}), opts, as_json).await
+        }
+        Command::Completions { .. } => Ok(Exit::Ok),
+    }
+}
+
+/// `JSON`, `@file` or `@-` (stdin).
+fn read_params(p: &str) -> Result<Value> {
+    let text = match p.strip_prefix('@') {
+        Some("-") => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).map_err(|e| Failure::new(Exit::Usage, format!("stdin: {e}")))?;
+            s
+        }
+        Some(path) => std::fs::read_to_string(path).map_err(|e| Failure::new(Exit::Usage, format!("{path}: {e}")))?,
+        None => p.to_owned(),
+    };
+    serde_json::from_str(&text).map_err(|e| Failure::new(Exit::Usage, format!("--params is not JSON: {e}")))
+}
+
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn submit(c: &Client, mut body: Value, opts: SubmitOpts, as_json: bool) -> Result<Exit> {
+    if let Some(p) = opts.priority {
+        body["priority"] = json!(p);
+    }
+    let accepted = c.post("/api/jobs", &body).await?;
+    let id = accepted["id"].as_str().unwrap_or_default().to_owned();
+    if !opts.wait {
+        if as_json {
+            output::json(&accepted)
+        } else {
+            println!("{id}")
+        }
+        return Ok(Exit::Ok);
+    }
+    if !as_json {
+        eprintln!("{id}");
+    }
+    wait_final(c, &id).await?;
+    finished(c, &id, as_json).await
+}
+
+/// Follows the job's events until its final one.
+async fn wait_final(c: &Client, id: &str) -> Result<()> {
+    let mut events = std::pin::pin!(c.events(id).await?);
+    while let Some(ev) = events.next().await {
+        if client::is_final(&ev?.0) {
+            return Ok(());
+        }
+    }
+    Err(Failure::new(Exit::Unreachable, "the event stream ended before the job did"))
+}
+
+/// Prints a finished job's result (or error) and returns the exit code its state stands for.
+async fn finished(c: &Client, id: &str, as_json: bool) -> Result<Exit> {
+    let job = c.get(&format!("/api/jobs/{id}")).await?;
+    let state = job["state"].as_str().unwrap_or_default();
+    if as_json {
+        output::json(&job);
+    } else if state == "succeeded" {
+        output::json(&job["result"]);
+    } else {
+        eprintln!("faena: job {id} {state}{}", job["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default());
+    }
+    Ok(client::exit_for_state(state))
+}
+
+async fn watch(c: &Client, id: &str, as_json: bool) -> Result<Exit> {
+    let mut events = std::pin::pin!(c.events(id).await?);
+    while let Some(ev) = events.next().await {
+        let (name, data) = ev?;
+        if as_json {
+            println!("{}", json!({"event": name, "data": data}));
+        } else {
+            println!("{}", output::event(&name, &data));
+        }
+        let _ = std::io::stdout().flush();
+        if client::is_final(&name) {
+            return Ok(client::exit_for_state(&name));
+        }
+    }
+    Err(Failure::new(Exit::Unreachable, "the event stream ended before the job did"))
+}
+
+/// Submits an `ai.query` and prints its answer as it streams.
+async fn ask(c: &Client, params: Value, priority: Option<String>, as_json: bool) -> Result<Exit> {
+    let mut body = json!({"kind": "ai.query", "params": params});
+    if let Some(p) = priority {
+        body["priority"] = json!(p);
+    }
+    let id = c.post("/api/jobs", &body).await?["id"].as_str().unwrap_or_default().to_owned();
+    let mut events = std::pin::pin!(c.events(&id).await?);
+    let mut out = std::io::stdout();
+    let mut printed = false;
+    while let Some(ev) = events.next().await {
+        let (name, data) = ev?;
+        match name.as_str() {
+            "progress" if !as_json => {
+                if let Some(text) = data["data"]["text"].as_str() {
+                    let _ = write!(out, "{text}");
+                    let _ = out.flush();
+                    printed = true;
+                } else if let Some(status) = data["data"]["status"].as_str() {
+                    eprintln!(
+                        "[{status}{}]",
+                        data["data"]["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
+                    );
+                }
+            }
+            "queued" if !as_json => eprintln!("[queued, position {}]", data["position"].as_u64().unwrap_or(0)),
+            "succeeded" => {
+                if as_json {
+                    return finished(c, &id, true).await;
+                }
+                // A cached or unstreamed answer comes whole in the result.
+                if !printed {
+                    let _ = write!(out, "{}", data["result"]["text"].as_str().unwrap_or_default());
+                }
+                let _ = writeln!(out);
+                return Ok(Exit::Ok);
+            }
+            n if client::is_final(n) => return finished(c, &id, as_json).await,
+            _ => {}
+        }
+    }
+    Err(Failure::new(Exit::Unreachable, "the event stream ended before the job did"))
+}

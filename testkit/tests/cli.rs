@@ -1,0 +1,206 @@
+//! The `faena` CLI against a live cluster: every command, its `--json`
+//! output parsed here, and the exit codes a script branches on.
+
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+use faena_testkit::custom::Scripted;
+use faena_testkit::{Api, Cluster, FakeAi, MasterOpts, bin};
+use serde_json::{Value, json};
+
+const API_TOKEN: &str = "cli-test-api-token";
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// Runs `faena` with `args`, pointed at the cluster by `env` (never at a
+/// config file of this machine's: HOME and XDG_CONFIG_HOME are the test's).
+async fn faena_env(c: &Cluster, args: &[&str], env: &[(&str, String)]) -> Out {
+    let home = c.dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let out = tokio::process::Command::new(bin("faena"))
+        .args(args)
+        .env_remove("FAENA_URL")
+        .env_remove("FAENA_API_TOKEN")
+        .env_remove("FAENA_API_TOKEN_FILE")
+        .env_remove("FAENA_CONFIG")
+        .env("HOME", &home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .await
+        .expect("faena runs");
+    let out = Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(!out.stderr.contains(API_TOKEN) && !out.stdout.contains(API_TOKEN), "the CLI printed the token");
+    out
+}
+
+async fn faena(c: &Cluster, args: &[&str]) -> Out {
+    let env = [("FAENA_URL", format!("http://{}", c.addrs.http)), ("FAENA_API_TOKEN", API_TOKEN.to_owned())];
+    faena_env(c, args, &env).await
+}
+
+fn ok(out: &Out) {
+    assert_eq!(out.code, 0, "exit {}; stdout {} stderr {}", out.code, out.stdout, out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_with_json_and_exit_codes() {
+    let fake = FakeAi::start().await;
+    let extra = vec![("FAENA_API_TOKEN".to_owned(), API_TOKEN.to_owned())];
+    let mut c = Cluster::start(MasterOpts { extra, ..Default::default() }).await;
+    c.api = Api::with_token(&c.addrs.http, API_TOKEN);
+    let gemini = fake.gemini_base();
+    c.add_worker_with("w1", 2, &[("GEMINI_BASE_URL", gemini.as_str()), ("GEMINI_API_KEY", "k")]).await;
+    c.wait_workers(1).await;
+
+    // workers
+    let out = faena(&c, &["workers", "--json"]).await;
+    ok(&out);
+    assert_eq!(out.json()["workers"][0]["id"], "w1");
+    let out = faena(&c, &["workers"]).await;
+    ok(&out);
+    assert!(out.stdout.starts_with("ID") && out.stdout.contains("w1"), "{}", out.stdout);
+
+    // submit --wait --json: the finished job; without --wait: its id.
+    let out =
+        faena(&c, &["submit", "noop", "--params", r#"{"payload":"hi"}"#, "--priority", "high", "--wait", "--json"])
+            .await;
+    ok(&out);
+    let job = out.json();
+    assert_eq!(
+        (job["state"].as_str(), &job["result"], job["priority"].as_str()),
+        (Some("succeeded"), &json!({"payload": "hi"}), Some("high"))
+    );
+    let file = c.dir.path().join("params.json");
+    std::fs::write(&file, r#"{"payload": [1, 2]}"#).expect("params file");
+    let out = faena(&c, &["submit", "noop", "--params", &format!("@{}", file.display())]).await;
+    ok(&out);
+    let id = out.stdout.trim().to_owned();
+    c.api.wait_final(&id).await;
+
+    // get, watch (NDJSON, last event final)
+    let out = faena(&c, &["get", &id, "--json"]).await;
+    ok(&out);
+    assert_eq!(out.json()["result"], json!({"payload": [1, 2]}));
+    let out = faena(&c, &["get", &id]).await;
+    ok(&out);
+    assert!(out.stdout.contains("succeeded") && out.stdout.contains("result"), "{}", out.stdout);
+    let out = faena(&c, &["watch", &id, "--json"]).await;
+    ok(&out);
+    let last: Value = serde_json::from_str(out.stdout.lines().last().expect("a line")).expect("NDJSON");
+    assert_eq!(last["event"], "succeeded", "{}", out.stdout);
+
+    // cancel, then watch exits 7; cancel again is refused (4).
+    let out = faena(&c, &["submit", "noop", "--params", r#"{"delay_ms": 3600000}"#, "--json"]).await;
+    ok(&out);
+    let long = out.json()["id"].as_str().expect("id").to_owned();
+    c.api.wait_running(&long).await;
+    ok(&faena(&c, &["cancel", &long]).await);
+    assert_eq!(faena(&c, &["watch", &long]).await.code, 7);
+    let again = faena(&c, &["cancel", &long, "--json"]).await;
+    assert_eq!(again.code, 4, "{}", again.stderr);
+    assert_eq!(again.json()["error"]["exit"], 4);
+
+    // list with filters, as JSON and as a table
+    let out = faena(&c, &["list", "--kind", "noop", "--state", "cancelled", "--json"]).await;
+    ok(&out);
+    let ids: Vec<Value> = out.json()["jobs"].as_array().expect("jobs").iter().map(|j| j["id"].clone()).collect();
+    assert_eq!(ids, vec![json!(long)]);
+    let out = faena(&c, &["list", "--limit", "1"]).await;
+    ok(&out);
+    assert!(out.stdout.lines().count() == 2 && out.stderr.contains("--cursor"), "{} {}", out.stdout, out.stderr);
+
+    // ask: the answer streams to stdout
+    let out = faena(&c, &["ask", "how are you", "--provider", "gemini"]).await;
+    ok(&out);
+    assert_eq!(out.stdout.trim(), "You said: how are you");
+    let out = faena(&c, &["ask", "again", "--json"]).await;
+    ok(&out);
+    assert_eq!(out.json()["result"]["text"], "You said: again");
+
+    // mine: a short range at a low difficulty, waited for
+    let blob = "00".repeat(76);
+    let args =
+        ["mine", "--key", "6b", "--blob", &blob, "--difficulty", "10", "--nonce-count", "64", "--wait", "--json"];
+    let out = faena(&c, &args).await;
+    ok(&out);
+    let mined = out.json();
+    assert_eq!(mined["state"], "succeeded", "{mined}");
+    assert!(mined["result"]["shares"].as_array().is_some_and(|s| !s.is_empty()), "{mined}");
+
+    // A job that fails: exit 1 (a custom kind, failed by its worker).
+    let mut w = Scripted::start(&c, "scripted", &["x.fails"], 1).await;
+    let waiting = tokio::spawn({
+        let args = ["submit", "x.fails", "--wait"].map(str::to_owned);
+        let env = [("FAENA_URL", format!("http://{}", c.addrs.http)), ("FAENA_API_TOKEN", API_TOKEN.to_owned())];
+        let bin = bin("faena");
+        let home = c.dir.path().join("home");
+        async move {
+            tokio::process::Command::new(bin)
+                .args(args)
+                .envs(env)
+                .env("HOME", home)
+                .env_remove("FAENA_CONFIG")
+                .output()
+                .await
+        }
+    });
+    let unit = w.next_unit().await;
+    w.fail(&unit, "it had to fail", false).await.expect("failure accepted");
+    let out = waiting.await.expect("task").expect("faena runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("it had to fail"));
+
+    // Errors a script can tell apart.
+    let unknown = "0190a6b2-0000-7000-8000-000000000000";
+    assert_eq!(faena(&c, &["get", unknown]).await.code, 3);
+    assert_eq!(faena(&c, &["submit", "x.Bad"]).await.code, 2);
+    assert_eq!(faena(&c, &["submit", "noop", "--params", "{bad"]).await.code, 2);
+    assert_eq!(faena(&c, &["submit", "noop", "--priority", "urgent"]).await.code, 2);
+    let wrong = faena_env(
+        &c,
+        &["workers"],
+        &[("FAENA_URL", format!("http://{}", c.addrs.http)), ("FAENA_API_TOKEN", "nope".into())],
+    )
+    .await;
+    assert_eq!(wrong.code, 5, "{}", wrong.stderr);
+    let port = faena_testkit::free_port();
+    let down = faena_env(&c, &["workers"], &[("FAENA_URL", format!("http://127.0.0.1:{port}"))]).await;
+    assert_eq!(down.code, 6, "{}", down.stderr);
+
+    // The config file: url and token_file, read when no flag or variable says otherwise.
+    let token_file = c.dir.path().join("token");
+    std::fs::write(&token_file, format!("{API_TOKEN}\n")).expect("token file");
+    let config = c.dir.path().join("home/.config/faena");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(
+        config.join("config.toml"),
+        format!("url = \"http://{}\"\ntoken_file = \"{}\"\n", c.addrs.http, token_file.display()),
+    )
+    .expect("config file");
+    let out = faena_env(&c, &["workers", "--json"], &[]).await;
+    ok(&out);
+    assert_eq!(out.json()["workers"].as_array().map(Vec::len), Some(2));
+    let flag = faena_env(&c, &["workers", "--token", "nope"], &[]).await;
+    assert_eq!(flag.code, 5, "a flag wins over the file");
+
+    // Completions for the shells clap knows.
+    for shell in ["bash", "zsh", "fish"] {
+        let out = faena_env(&c, &["completions", shell], &[]).await;
+        ok(&out);
+        assert!(out.stdout.contains("faena") && out.stdout.contains("submit"), "{shell}");
+    }
+}
