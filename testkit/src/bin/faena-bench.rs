@@ -15,6 +15,12 @@
 //! socket.io client, one snapshot a second each), to measure what they cost;
 //! `FAENA_BENCH_IDLE_SECS=S` first measures the master's CPU over S idle
 //! seconds (the feed's own cost, apart from any job).
+//!
+//! `FAENA_BENCH_WORKERS=python` runs the same three phases with two Python
+//! workers (`examples/python-worker`, `x.wordcount` on a three-word text) in
+//! place of the Rust ones, after a reference run of `noop` on the Rust
+//! workers on the same master, and prints the ratios: what a worker in
+//! another language costs.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -37,13 +43,89 @@ async fn wait_succeeded(c: &Cluster, target: u64) {
     eventually("all results", || async { (succeeded(c).await >= target).then_some(()) }).await;
 }
 
-fn report(name: &str, jobs: usize, elapsed: Duration, cpu: f64) {
+fn report(name: &str, jobs: usize, elapsed: Duration, cpu: f64) -> (f64, f64) {
+    let (rate, cpu_per_job) = (jobs as f64 / elapsed.as_secs_f64(), cpu * 1e6 / jobs as f64);
     println!(
-        "{name:<12} {jobs:>7} jobs  {:>9.0} jobs/s  {:>6.2} s  master CPU {:>6.1} µs/job",
-        jobs as f64 / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64(),
-        cpu * 1e6 / jobs as f64
+        "{name:<12} {jobs:>7} jobs  {rate:>9.0} jobs/s  {:>6.2} s  master CPU {cpu_per_job:>6.1} µs/job",
+        elapsed.as_secs_f64()
     );
+    (rate, cpu_per_job)
+}
+
+/// Jobs/s and master CPU µs/job of the batch and one-by-one phases, and the low-load p50 (ms).
+struct Figures {
+    batch: (f64, f64),
+    one_by_one: (f64, f64),
+    p50: f64,
+}
+
+fn params(kind: &str, i: usize) -> serde_json::Value {
+    match kind {
+        "noop" => json!({"payload": i}),
+        _ => json!({"text": format!("job number {i}")}),
+    }
+}
+
+async fn phases(c: &Cluster, pid: i32, kind: &str, jobs: usize, samples: usize) -> Figures {
+    // Warm-up: connections, caches, page faults.
+    let before = succeeded(c).await;
+    let warm: Vec<_> = (0..2_000).map(|_| json!({"kind": kind, "params": params(kind, 0)})).collect();
+    for chunk in warm.chunks(BATCH) {
+        c.api.post("/api/jobs/batch", &json!({"jobs": chunk})).await;
+    }
+    wait_succeeded(c, before + 2_000).await;
+
+    // 1. Batch submission.
+    let base = succeeded(c).await;
+    let cpu0 = cpu_seconds(pid);
+    let start = Instant::now();
+    let body: Vec<_> = (0..BATCH).map(|i| json!({"kind": kind, "params": params(kind, i)})).collect();
+    for _ in 0..jobs.div_ceil(BATCH) {
+        let (status, answer) = c.api.post("/api/jobs/batch", &json!({"jobs": body})).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let submitted = jobs.div_ceil(BATCH) * BATCH;
+    wait_succeeded(c, base + submitted as u64).await;
+    let batch = report("batch", submitted, start.elapsed(), cpu_seconds(pid) - cpu0);
+
+    // 2. One by one, from concurrent clients.
+    let base = succeeded(c).await;
+    let cpu0 = cpu_seconds(pid);
+    let start = Instant::now();
+    let api = c.api.clone();
+    futures::stream::iter(0..jobs)
+        .for_each_concurrent(CLIENTS, |i| {
+            let api = api.clone();
+            async move {
+                let (status, _) = api.submit(kind, params(kind, i), None).await;
+                assert_eq!(status, 202);
+            }
+        })
+        .await;
+    wait_succeeded(c, base + jobs as u64).await;
+    let one_by_one = report("one-by-one", jobs, start.elapsed(), cpu_seconds(pid) - cpu0);
+
+    // 3. Low load: one job at a time.
+    let mut latencies = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        let id = c.api.submit_ok(kind, params(kind, 0), None).await;
+        let mut events = c.api.events(&id).await;
+        while let Some((name, _)) = events.next().await {
+            if name == "succeeded" {
+                break;
+            }
+        }
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "low load     {samples:>7} jobs  submit→result p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    Figures { batch, one_by_one, p50: percentile(&latencies, 0.5).as_secs_f64() * 1e3 }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -86,63 +168,31 @@ async fn main() {
         println!("idle         {idle:>7} s     master CPU {:>6.2} ms/s", per_s * 1e3);
     }
 
-    // Warm-up: connections, caches, page faults.
-    let warm: Vec<_> = (0..2_000).map(|_| json!({"kind": "noop"})).collect();
-    for chunk in warm.chunks(BATCH) {
-        c.api.post("/api/jobs/batch", &json!({"jobs": chunk})).await;
-    }
-    wait_succeeded(&c, 2_000).await;
-
-    // 1. Batch submission.
-    let base = succeeded(&c).await;
-    let cpu0 = cpu_seconds(pid);
-    let start = Instant::now();
-    let body: Vec<_> = (0..BATCH).map(|i| json!({"kind": "noop", "params": {"payload": i}})).collect();
-    for _ in 0..jobs.div_ceil(BATCH) {
-        let (status, answer) = c.api.post("/api/jobs/batch", &json!({"jobs": body})).await;
-        assert_eq!(status, 202, "{answer}");
-    }
-    let submitted = jobs.div_ceil(BATCH) * BATCH;
-    wait_succeeded(&c, base + submitted as u64).await;
-    report("batch", submitted, start.elapsed(), cpu_seconds(pid) - cpu0);
-
-    // 2. One by one, from concurrent clients.
-    let base = succeeded(&c).await;
-    let cpu0 = cpu_seconds(pid);
-    let start = Instant::now();
-    let api = c.api.clone();
-    futures::stream::iter(0..jobs)
-        .for_each_concurrent(CLIENTS, |i| {
-            let api = api.clone();
-            async move {
-                let (status, _) = api.submit("noop", json!({"payload": i}), None).await;
-                assert_eq!(status, 202);
-            }
+    let python = std::env::var("FAENA_BENCH_WORKERS").is_ok_and(|w| w == "python");
+    let rust = phases(&c, pid, "noop", jobs, samples).await;
+    if python {
+        for w in ["bench-1", "bench-2"] {
+            c.worker(w).terminate().await;
+        }
+        c.workers.clear();
+        eventually("the Rust workers gone", || {
+            let api = c.api.clone();
+            async move { api.workers().await.iter().all(|w| w["state"] != "online").then_some(()) }
         })
         .await;
-    wait_succeeded(&c, base + jobs as u64).await;
-    report("one-by-one", jobs, start.elapsed(), cpu_seconds(pid) - cpu0);
-
-    // 3. Low load: one job at a time.
-    let mut latencies = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let t = Instant::now();
-        let id = c.api.submit_ok("noop", json!({}), None).await;
-        let mut events = c.api.events(&id).await;
-        while let Some((name, _)) = events.next().await {
-            if name == "succeeded" {
-                break;
-            }
-        }
-        latencies.push(t.elapsed());
+        c.add_python_worker("bench-py-1", WORKER_SLOTS, &[]).await;
+        c.add_python_worker("bench-py-2", WORKER_SLOTS, &[]).await;
+        println!("faena-bench: the same with 2 Python workers x {WORKER_SLOTS} slots, x.wordcount");
+        let py = phases(&c, pid, "x.wordcount", jobs, samples).await;
+        println!(
+            "python/rust  batch jobs/s {:.2}x  one-by-one jobs/s {:.2}x  master CPU/job {:.2}x / {:.2}x  low-load p50 {:.2}x",
+            py.batch.0 / rust.batch.0,
+            py.one_by_one.0 / rust.one_by_one.0,
+            py.batch.1 / rust.batch.1,
+            py.one_by_one.1 / rust.one_by_one.1,
+            py.p50 / rust.p50
+        );
     }
-    latencies.sort();
-    println!(
-        "low load     {samples:>7} jobs  submit→result p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
-    );
     if let Some(d) = watching.take() {
         println!("dashboards   {dashboards} received {} snapshots", d.close().await);
     }
