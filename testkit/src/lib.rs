@@ -130,16 +130,9 @@ impl Cluster {
     }
 
     pub async fn add_worker_with(&mut self, id: &str, slots: u32, extra: &[(&str, &str)]) -> usize {
-        let mut env = vec![
-            ("FAENA_WORKER_ID".to_owned(), id.to_owned()),
-            ("FAENA_MASTER_URL".to_owned(), format!("http://{}", self.addrs.grpc)),
-            ("FAENA_MQTT_URL".to_owned(), self.addrs.mqtt.clone()),
-            ("FAENA_CLUSTER_TOKEN".to_owned(), self.token.clone()),
-            ("FAENA_WORKER_SLOTS".to_owned(), slots.to_string()),
-            ("FAENA_DRAIN_TIMEOUT_MS".to_owned(), "10000".to_owned()),
-            // Light mode: a fast-mode dataset takes half a minute to build.
-            ("FAENA_RANDOMX_MODE".to_owned(), "light".to_owned()),
-        ];
+        let mut env = self.worker_env(id, slots);
+        // Light mode: a fast-mode dataset takes half a minute to build.
+        env.push(("FAENA_RANDOMX_MODE".to_owned(), "light".to_owned()));
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let log = self.dir.path().join(format!("worker-{id}.log"));
         let proc = Proc::spawn(&bin("faena-worker"), &[], &env, &log).await;
@@ -147,18 +140,23 @@ impl Cluster {
         self.workers.len() - 1
     }
 
-    /// Starts the Python worker of `examples/python-worker` (its `run.sh`,
-    /// which makes its virtual environment and stubs the first time) with
-    /// the same settings a Rust worker gets.
-    pub async fn add_python_worker(&mut self, id: &str, slots: u32, extra: &[(&str, &str)]) -> usize {
-        let mut env = vec![
+    /// The settings every worker of this cluster starts with, whatever its language.
+    fn worker_env(&self, id: &str, slots: u32) -> Vec<(String, String)> {
+        vec![
             ("FAENA_WORKER_ID".to_owned(), id.to_owned()),
             ("FAENA_MASTER_URL".to_owned(), format!("http://{}", self.addrs.grpc)),
             ("FAENA_MQTT_URL".to_owned(), self.addrs.mqtt.clone()),
             ("FAENA_CLUSTER_TOKEN".to_owned(), self.token.clone()),
             ("FAENA_WORKER_SLOTS".to_owned(), slots.to_string()),
             ("FAENA_DRAIN_TIMEOUT_MS".to_owned(), "10000".to_owned()),
-        ];
+        ]
+    }
+
+    /// Starts the Python worker of `examples/python-worker` (its `run.sh`,
+    /// which makes its virtual environment and stubs the first time) with
+    /// the same settings a Rust worker gets.
+    pub async fn add_python_worker(&mut self, id: &str, slots: u32, extra: &[(&str, &str)]) -> usize {
+        let mut env = self.worker_env(id, slots);
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let log = self.dir.path().join(format!("worker-{id}.log"));
         let proc = Proc::spawn(&repo().join("examples/python-worker/run.sh"), &[], &env, &log).await;
