@@ -112,10 +112,6 @@ impl JobKind {
             ))
         })
     }
-
-    pub fn is_custom(self) -> bool {
-        matches!(self, JobKind::Custom(_))
-    }
 }
 
 impl std::fmt::Display for JobKind {
@@ -146,7 +142,7 @@ mod tests {
         for ok in ["x.wordcount", "x.a", "x.img.resize-v2", "x.ocr_fast", &format!("x.{}", "a".repeat(62))] {
             let k = JobKind::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
             assert_eq!(k.as_str(), ok);
-            assert!(k.is_custom());
+            assert!(matches!(k, JobKind::Custom(_)));
             assert_eq!(JobKind::parse(ok).ok(), Some(k), "interned once");
         }
         for bad in [

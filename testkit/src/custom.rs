@@ -76,10 +76,15 @@ impl Scripted {
     async fn pump(&mut self) {
         let (topic, payload) =
             tokio::time::timeout(WAIT, self.mqtt.messages.recv()).await.expect("a message in time").expect("broker");
+        self.take(&topic, &payload);
+    }
+
+    /// Files one message: an order, or a unit it now holds.
+    fn take(&mut self, topic: &str, payload: &[u8]) {
         if topic.ends_with("/control") {
-            self.controls.push_back(Control::decode(&payload).expect("a control message"));
+            self.controls.push_back(Control::decode(payload).expect("a control message"));
         } else {
-            let unit = WorkUnit::decode(&payload).expect("a work unit");
+            let unit = WorkUnit::decode(payload).expect("a work unit");
             self.held.lock().insert(unit.job_id.to_string(), unit.clone());
             self.units.push_back(unit);
         }
@@ -104,11 +109,7 @@ impl Scripted {
     /// Units received and not yet taken by [`Self::next_unit`], without waiting.
     pub fn pending_units(&mut self) -> usize {
         while let Ok((topic, payload)) = self.mqtt.messages.try_recv() {
-            if !topic.ends_with("/control") {
-                let unit = WorkUnit::decode(&payload).expect("a work unit");
-                self.held.lock().insert(unit.job_id.to_string(), unit.clone());
-                self.units.push_back(unit);
-            }
+            self.take(&topic, &payload);
         }
         self.units.len()
     }
