@@ -15,10 +15,13 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 const QUIET_TARGETS: [&str; 7] = ["rumqttc", "rumqttd", "h2", "hyper", "tower", "tonic", "reqwest"];
 const DEFAULT_FILTER: &str = "info,rumqttd=warn,rumqttc=warn,h2=warn,hyper=warn,tower=warn";
+
+/// The installed filter, changed live by [`set_filter`], and what it started as.
+static FILTER: std::sync::OnceLock<(reload::Handle<EnvFilter, Registry>, String)> = std::sync::OnceLock::new();
 
 /// Log events waiting to be published on the logs topic.
 #[derive(Debug)]
@@ -30,14 +33,32 @@ pub struct LogSink {
 /// (`EnvFilter` syntax); `json` switches stderr to JSON lines.
 pub fn init(component: &str, json: bool) -> LogSink {
     let (tx, rx) = mpsc::channel(4096);
-    let filter = EnvFilter::try_from_env("FAENA_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let from_env = std::env::var("FAENA_LOG").ok().filter(|f| EnvFilter::try_new(f).is_ok());
+    let directives = from_env.unwrap_or_else(|| DEFAULT_FILTER.to_owned());
+    let (filter, handle) = reload::Layer::new(EnvFilter::new(&directives));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     let stderr = if json { stderr.json().boxed() } else { stderr.compact().boxed() };
     let mqtt = MqttLayer { tx, component: component.to_owned() };
     // A second init (tests running several components in one process) keeps the first.
-    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(mqtt).try_init();
+    if tracing_subscriber::registry().with(filter).with(stderr).with(mqtt).try_init().is_ok() {
+        let _ = FILTER.set((handle, directives));
+    }
     LogSink { rx }
+}
+
+/// Changes the log filter of this process live (`EnvFilter` syntax); `None`
+/// goes back to the one it started with. A bare level (`debug`) keeps the
+/// network libraries at `warn`, as the default does.
+pub fn set_filter(directives: Option<&str>) -> Result<(), String> {
+    let (handle, start) = FILTER.get().ok_or("this process did not set up its logging through faena")?;
+    let directives = match directives {
+        None => start.clone(),
+        Some(d) if d.contains('=') => d.to_owned(),
+        Some(level) => format!("{level},{}", QUIET_TARGETS.map(|t| format!("{t}=warn")).join(",")),
+    };
+    let filter = EnvFilter::try_new(&directives).map_err(|e| format!("{directives:?}: {e}"))?;
+    handle.reload(filter).map_err(|e| e.to_string())
 }
 
 /// Publishes queued log events (QoS 0) until cancelled.

@@ -19,6 +19,7 @@ use faena_proto::grpc::{self as pb, SESSION_METADATA, result_request};
 use faena_proto::ids::{FencingToken, InstanceId, WorkerId};
 use faena_proto::jobs::JobKind;
 use faena_proto::secret::Secret;
+use faena_proto::settings::{Applied, MAX_SETTINGS_PER_UPDATE, Refusal};
 use faena_randomx::Mode;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
@@ -28,6 +29,7 @@ use crate::coordinator::{CoordError, Coordinator};
 use crate::engine::{LeaseError, LeaseRef, Outcome, Registration};
 use crate::metrics::Metrics;
 use crate::scheduler::Capabilities;
+use crate::settings::LiveConfig;
 
 /// Largest gRPC message accepted; larger ones get `RESOURCE_EXHAUSTED`.
 pub const MAX_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
@@ -44,6 +46,7 @@ pub struct MasterService {
     heartbeat_ms: u32,
     metrics: Arc<Metrics>,
     logins: WorkerLogins,
+    live: LiveConfig,
 }
 
 pub type Server = InterceptedService<MasterServer<MasterService>, Auth>;
@@ -55,8 +58,9 @@ pub fn server(
     metrics: Arc<Metrics>,
     token: Secret,
     logins: WorkerLogins,
+    live: LiveConfig,
 ) -> Server {
-    let svc = MasterService { coord, instance, heartbeat_ms, metrics: metrics.clone(), logins };
+    let svc = MasterService { coord, instance, heartbeat_ms, metrics: metrics.clone(), logins, live };
     let inner = MasterServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES);
     InterceptedService::new(inner, Auth { token, metrics })
 }
@@ -213,6 +217,7 @@ impl Master for MasterService {
             adopted: to_pb(out.adopted),
             revoked: to_pb(out.revoked),
             session: out.session.expose().to_owned(),
+            config: self.live.signed_json(),
         }))
     }
 
@@ -294,6 +299,30 @@ impl Master for MasterService {
         };
         let duplicate = self.coord.complete(worker, lease, outcome).await.map_err(|e| self.reject(e))?;
         Ok(Response::new(pb::ResultResponse { duplicate }))
+    }
+
+    async fn report_config(
+        &self,
+        req: Request<pb::ConfigReport>,
+    ) -> Result<Response<pb::ConfigReportResponse>, Status> {
+        let session = session(&req);
+        let req = req.into_inner();
+        let worker = (self.worker(&req.worker_id)?, session);
+        let instance = self.instance(&req.instance_id)?;
+        if req.slots > MAX_SLOTS || req.ai_slots > MAX_SLOTS {
+            return Err(self.invalid(format!("slots and ai_slots are 1..={MAX_SLOTS} (0: unchanged)")));
+        }
+        if req.refused.len() > MAX_SETTINGS_PER_UPDATE * 2 {
+            return Err(self.invalid("too many refused settings"));
+        }
+        let refused = req
+            .refused
+            .into_iter()
+            .map(|r| Refusal { key: r.key.chars().take(64).collect(), reason: truncate(r.reason) })
+            .collect();
+        let applied = Applied { version: req.version, refused };
+        self.coord.worker_config(worker, instance, (req.slots, req.ai_slots), applied).await.map_err(to_status)?;
+        Ok(Response::new(pb::ConfigReportResponse {}))
     }
 
     async fn fetch_secret(&self, req: Request<pb::SecretRequest>) -> Result<Response<pb::SecretResponse>, Status> {

@@ -7,6 +7,7 @@
 //!   [`scheduler`]: the domain, pure and unit-tested.
 //! - [`coordinator`]: the task that owns the engine and carries out its effects.
 //! - [`store`]: durable job store with group commit.
+//! - [`settings`]: live configuration, versioned, published signed to workers.
 //! - [`http`], [`grpc`], [`mqtt`]: adapters between the wire and the coordinator.
 //! - [`broker`]: the embedded rumqttd broker.
 //! - [`hub`]: per-job event fan-out; [`metrics`]: Prometheus.
@@ -33,6 +34,7 @@ pub mod pool;
 pub mod queue;
 pub mod ranked;
 pub mod scheduler;
+pub mod settings;
 pub mod store;
 pub mod verify;
 pub mod web;
@@ -207,6 +209,8 @@ pub async fn run(
         () = shutdown.cancelled() => return Ok(()),
     }
     tracing::info!(broker = %url, "connected to the MQTT broker");
+    let settings_db = store::settings::SettingsDb::open(&cfg.data_dir.join("faena.db"))?;
+    let live = settings::LiveConfig::load(settings_db, token.clone(), out.clone())?;
     if let Some(sink) = logs {
         tracker.spawn(faena_common::logs::forward(sink, out.client().clone(), topics.logs(), mqtt_cancel.clone()));
     }
@@ -273,7 +277,8 @@ pub async fn run(
     };
 
     let servers_cancel = CancellationToken::new();
-    let grpc_service = grpc::server(coord.clone(), instance, cfg.heartbeat_ms, metrics.clone(), token, logins);
+    let grpc_service =
+        grpc::server(coord.clone(), instance, cfg.heartbeat_ms, metrics.clone(), token, logins, live.clone());
     let grpc_incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let mut grpc_builder = tonic::transport::Server::builder();
     if let Some(id) = cfg.tls.identity_pem()? {
@@ -304,6 +309,7 @@ pub async fn run(
         api_token: api_token.clone(),
         pool: pool.clone(),
         retrying: Default::default(),
+        live,
     };
     let miners = TaskTracker::new();
     if let Some(listener) = stratum_listener {

@@ -30,6 +30,9 @@ pub struct MqttOut {
     client: AsyncClient,
     topics: Topics,
     instance: InstanceId,
+    /// The signed live configuration, published again on every connection
+    /// (a restarted broker may have lost the retained copy).
+    config: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl MqttOut {
@@ -49,6 +52,18 @@ impl MqttOut {
             self.client.try_publish(self.topics.worker_control(worker), QoS::AtLeastOnce, false, control.encode())
         {
             tracing::warn!(worker = %worker, error = %e, "could not queue a control message");
+        }
+    }
+
+    /// Publishes (retained) and keeps the signed live configuration.
+    pub fn set_config(&self, payload: Vec<u8>) {
+        *self.config.lock() = Some(payload.clone());
+        self.publish_config(payload);
+    }
+
+    fn publish_config(&self, payload: Vec<u8>) {
+        if let Err(e) = self.client.try_publish(self.topics.config(), QoS::AtLeastOnce, true, payload) {
+            tracing::warn!(error = %e, "could not queue the live configuration; it goes out again on reconnect");
         }
     }
 
@@ -164,7 +179,7 @@ pub fn connect(
     let (client, eventloop) = broker::client(options, 65_536);
     let (connected_tx, connected) = watch::channel(false);
     let (status_tx, statuses) = Statuses::channel();
-    let out = MqttOut { client: client.clone(), topics: topics.clone(), instance };
+    let out = MqttOut { client: client.clone(), topics: topics.clone(), instance, config: Arc::default() };
     let announce = out.clone();
     let accounts = dynsec.then(|| Arc::new(Dynsec::new(client.clone(), topics.clone(), connected.clone())));
     let answers = accounts.clone();
@@ -179,6 +194,9 @@ pub fn connect(
             let _ = client.try_subscribe(topics.all_worker_status(), QoS::AtLeastOnce);
             let status = MasterStatus { instance_id: announce.instance, state: MasterState::Online, ts_ms: now_ms() };
             let _ = client.try_publish(topics.master_status(), QoS::AtLeastOnce, true, status.encode());
+            if let Some(config) = announce.config.lock().clone() {
+                announce.publish_config(config);
+            }
         }
         Event::Incoming(Packet::Disconnect) | Event::Outgoing(rumqttc::Outgoing::Disconnect) => {
             let _ = connected_tx.send(false);
@@ -232,6 +250,7 @@ mod tests {
             running: 0,
             kinds: vec![],
             hashrate: 0.0,
+            config_version: 0,
             ts_ms: 0,
         }
     }
@@ -273,6 +292,7 @@ mod tests {
             running: 0,
             kinds: vec![],
             hashrate: 0.0,
+            config_version: 0,
             ts_ms: 0,
         };
         let topic = topics.worker_status(&w);

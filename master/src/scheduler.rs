@@ -79,6 +79,8 @@ pub struct Worker {
     pub invalid_shares: u32,
     /// What every call after its registration must carry.
     pub session: faena_proto::secret::Secret,
+    /// The live configuration it reported running.
+    pub config: faena_proto::settings::Applied,
 }
 
 impl Worker {
@@ -244,6 +246,7 @@ pub(crate) mod tests {
             availability: Availability::Online,
             hashrate: 0.0,
             invalid_shares: 0,
+            config: Default::default(),
             session: Default::default(),
         }
     }

@@ -101,6 +101,9 @@ pub struct WorkerView {
     #[serde(default)]
     pub invalid_shares: u32,
     pub version: String,
+    /// The live configuration it runs, and the settings it refused.
+    #[serde(default)]
+    pub config: crate::settings::Applied,
     /// Milliseconds since the master last heard from it.
     pub last_seen_ms: u64,
 }

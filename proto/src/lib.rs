@@ -12,6 +12,7 @@
 //! - [`grpc`]: the generated `faena.v1.Master` service (client and server).
 //! - [`sio`]: the web page's Socket.IO events and payloads.
 //! - [`stratum`]: Monero Stratum (XMRig's dialect) lines and targets.
+//! - [`settings`]: live configuration: keys, versions, the signed payload.
 //! - [`secret`]: a string wrapper whose `Debug`/`Display` never show the value.
 
 pub mod ai;
@@ -23,6 +24,7 @@ pub mod mine;
 pub mod mining;
 pub mod mqtt;
 pub mod secret;
+pub mod settings;
 pub mod sio;
 pub mod stratum;
 pub mod topics;

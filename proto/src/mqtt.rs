@@ -86,6 +86,9 @@ pub struct WorkerStatus {
     pub kinds: Vec<String>,
     #[serde(default)]
     pub hashrate: f64,
+    /// The live configuration version it runs (0: none).
+    #[serde(default)]
+    pub config_version: u64,
     pub ts_ms: u64,
 }
 impl Payload for WorkerStatus {}
@@ -163,6 +166,7 @@ mod tests {
             running: 1,
             kinds: vec!["noop".into()],
             hashrate: 12.5,
+            config_version: 7,
             ts_ms: now_ms(),
         });
         round_trip(MasterStatus { instance_id: InstanceId::new(), state: MasterState::Offline, ts_ms: 1 });

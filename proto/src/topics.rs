@@ -6,6 +6,7 @@
 //! | `{p}/workers/{id}/control` | master | 1 |
 //! | `{p}/workers/{id}/status` | worker | 1, retained, last will |
 //! | `{p}/master/status` | master | 1, retained, last will |
+//! | `{p}/config` | master | 1, retained, signed |
 //! | `{p}/logs` | everyone | 0 |
 
 use crate::WireError;
@@ -24,6 +25,8 @@ pub enum Topic {
     WorkerControl(WorkerId),
     WorkerStatus(WorkerId),
     MasterStatus,
+    /// The live configuration ([`crate::settings::SignedConfig`]).
+    Config,
     Logs,
 }
 
@@ -63,6 +66,10 @@ impl Topics {
         format!("{}/master/status", self.prefix)
     }
 
+    pub fn config(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
     pub fn logs(&self) -> String {
         format!("{}/logs", self.prefix)
     }
@@ -78,6 +85,7 @@ impl Topics {
             Topic::WorkerControl(w) => self.worker_control(w),
             Topic::WorkerStatus(w) => self.worker_status(w),
             Topic::MasterStatus => self.master_status(),
+            Topic::Config => self.config(),
             Topic::Logs => self.logs(),
         }
     }
@@ -88,6 +96,7 @@ impl Topics {
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
             ["logs"] => Ok(Topic::Logs),
+            ["config"] => Ok(Topic::Config),
             ["master", "status"] => Ok(Topic::MasterStatus),
             ["workers", id, leaf] => {
                 let w = WorkerId::parse(id).map_err(|_| err())?;
@@ -116,6 +125,7 @@ mod tests {
             Topic::WorkerControl(w.clone()),
             Topic::WorkerStatus(w.clone()),
             Topic::MasterStatus,
+            Topic::Config,
             Topic::Logs,
         ] {
             let s = t.build(&topic);

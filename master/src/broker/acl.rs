@@ -8,9 +8,10 @@ pub enum Role {
     /// The master's own account: everything under the prefix.
     Master,
     /// Worker `id`: its own work units, control and status; the master's
-    /// status; log lines.
+    /// status; the live configuration; log lines.
     Worker(String),
-    /// No account (`mosquitto_sub`, `monitor.sh`): status and logs, read only.
+    /// No account (`mosquitto_sub`, `monitor.sh`): status, the live
+    /// configuration and logs, read only.
     Observer,
 }
 
@@ -38,7 +39,7 @@ impl Acl {
         let Some(levels) = self.under(topic) else { return false };
         match (role, levels.as_slice()) {
             (Role::Master, _) => true,
-            (_, ["master", "status"] | ["logs"]) => true,
+            (_, ["master", "status"] | ["config"] | ["logs"]) => true,
             (Role::Worker(me), ["workers", w, "jobs" | "control"]) => w == me,
             (_, ["workers", _, "status"]) => *role == Role::Observer,
             _ => false,
@@ -72,6 +73,8 @@ mod tests {
         assert!(!acl.can_read(&w1, "faena/workers/w2/jobs"), "another worker's units");
         assert!(!acl.can_read(&w1, "faena/workers/w2/status"));
         assert!(acl.can_read(&w1, "faena/master/status") && acl.can_read(&w1, "faena/logs"));
+        assert!(acl.can_read(&w1, "faena/config") && acl.can_read(&observer, "faena/config"));
+        assert!(!acl.can_write(&w1, "faena/config") && !acl.can_write(&observer, "faena/config"), "the master's alone");
         assert!(acl.can_write(&w1, "faena/workers/w1/status") && acl.can_write(&w1, "faena/logs"));
         assert!(!acl.can_write(&w1, "faena/workers/w2/status"), "another's status");
         assert!(!acl.can_write(&w1, "faena/workers/w1/jobs") && !acl.can_write(&w1, "faena/master/status"));

@@ -156,16 +156,18 @@ impl Dynsec {
         let (t, w) = (&self.topics, worker.as_str());
         let acl = |acltype: &str, topic: String| json!({ "acltype": acltype, "topic": topic, "allow": true });
         let mut acls = Vec::new();
-        for topic in [t.worker_jobs(worker), t.worker_control(worker), t.master_status()] {
+        for topic in [t.worker_jobs(worker), t.worker_control(worker), t.master_status(), t.config()] {
             acls.push(acl("subscribeLiteral", topic.clone()));
             acls.push(acl("publishClientReceive", topic));
         }
         acls.push(acl("publishClientSend", t.worker_status(worker)));
         acls.push(acl("publishClientSend", t.logs()));
         let role = role_name(worker);
+        // The role is made afresh, so one an older master made gets today's topics.
         json!({ "commands": [
-            { "command": "createRole", "rolename": role, "acls": acls, "correlationData": format!("{batch}:role") },
             { "command": "deleteClient", "username": w, "correlationData": format!("{batch}:old") },
+            { "command": "deleteRole", "rolename": role, "correlationData": format!("{batch}:oldrole") },
+            { "command": "createRole", "rolename": role, "acls": acls, "correlationData": format!("{batch}:role") },
             {
                 "command": "createClient", "username": w, "password": password.expose(), "clientid": w,
                 "roles": [{ "rolename": role }], "correlationData": format!("{batch}:client"),
@@ -185,18 +187,17 @@ fn check(answers: &[Answer]) -> Result<(), LoginError> {
     for a in answers {
         let Some(error) = a.error.as_deref() else { continue };
         let fine = match a.command.as_str() {
-            "createRole" => error.contains("already exists"),
-            "deleteClient" => error.contains("not found"),
+            "deleteClient" | "deleteRole" => error.contains("not found"),
             _ => false,
         };
         if !fine {
             return Err(LoginError::Refused { command: a.command.clone(), error: error.to_owned() });
         }
     }
-    if answers.len() != 3 {
+    if answers.len() != 4 {
         return Err(LoginError::Refused {
             command: "(batch)".into(),
-            error: format!("{} answers to 3 commands", answers.len()),
+            error: format!("{} answers to 4 commands", answers.len()),
         });
     }
     Ok(())
@@ -213,13 +214,14 @@ mod tests {
     #[test]
     fn a_repeated_login_is_fine_and_a_refusal_is_an_error() {
         let again = answers(
-            r#"{"responses":[{"command":"createRole","error":"Role already exists","correlationData":"b:role"},
-            {"command":"deleteClient","correlationData":"b:old"},{"command":"createClient","correlationData":"b:client"}]}"#,
+            r#"{"responses":[{"command":"deleteClient","error":"Client not found","correlationData":"b:old"},
+            {"command":"deleteRole","error":"Role not found","correlationData":"b:oldrole"},
+            {"command":"createRole","correlationData":"b:role"},{"command":"createClient","correlationData":"b:client"}]}"#,
         );
         assert!(check(&again).is_ok());
         let refused = answers(
-            r#"{"responses":[{"command":"createRole"},{"command":"deleteClient","error":"Client not found"},
-            {"command":"createClient","error":"Permission denied"}]}"#,
+            r#"{"responses":[{"command":"deleteClient","error":"Client not found"},{"command":"deleteRole"},
+            {"command":"createRole"},{"command":"createClient","error":"Permission denied"}]}"#,
         );
         assert!(matches!(check(&refused), Err(LoginError::Refused { command, .. }) if command == "createClient"));
         assert!(check(&answers(r#"{"responses":[]}"#)).is_err(), "no answers is no account");
@@ -231,19 +233,20 @@ mod tests {
         let d = Dynsec::new(client, Topics::default(), watch::channel(false).1);
         let w = WorkerId::parse("w1").expect("id");
         let cmds = d.commands(&w, &Secret::new("pw"), "b");
-        let topics: Vec<(String, String)> = cmds["commands"][0]["acls"]
+        let topics: Vec<(String, String)> = cmds["commands"][2]["acls"]
             .as_array()
             .expect("acls")
             .iter()
             .map(|a| (a["acltype"].as_str().unwrap_or("").to_owned(), a["topic"].as_str().unwrap_or("").to_owned()))
             .collect();
         for (kind, topic) in &topics {
-            let own = topic.starts_with("faena/workers/w1/") || topic == "faena/master/status" || topic == "faena/logs";
+            let shared = ["faena/master/status", "faena/logs", "faena/config"].contains(&topic.as_str());
+            let own = topic.starts_with("faena/workers/w1/") || shared;
             assert!(own && !topic.contains(['+', '#']), "{kind} {topic}");
         }
         assert!(topics.iter().any(|(k, t)| k == "publishClientSend" && t == "faena/workers/w1/status"));
         assert!(!topics.iter().any(|(k, t)| k == "publishClientSend" && t.ends_with("/jobs")));
-        assert_eq!(cmds["commands"][2]["clientid"], "w1", "the account is bound to its client id");
+        assert_eq!(cmds["commands"][3]["clientid"], "w1", "the account is bound to its client id");
         assert!(d.on_answer(b"{not json").is_err());
         assert!(d.on_answer(br#"{"responses":[{"command":"x","correlationData":"gone:1"}]}"#).is_ok());
     }

@@ -132,6 +132,12 @@ impl Actor {
                 self.apply();
                 let _ = reply.send(out.map_err(Into::into));
             }
+            Command::WorkerConfig { worker, session, instance, slots, applied, reply } => {
+                let Some(reply) = self.admit(&worker, session, reply) else { return };
+                let out = self.engine.worker_config(now, &worker, instance, slots, applied);
+                self.apply();
+                let _ = reply.send(out.map_err(Into::into));
+            }
             Command::Progress { worker, session, lease, data, reply } => {
                 let Some(reply) = self.admit(&worker, session, reply) else { return };
                 self.progress(now, worker, lease, data, reply);
@@ -385,6 +391,7 @@ impl Actor {
                     ai_slots: w.caps.ai_slots,
                     invalid_shares: w.invalid_shares,
                     version: w.caps.version.clone(),
+                    config: w.config.clone(),
                     last_seen_ms: now.mono.saturating_duration_since(w.last_seen).as_millis() as u64,
                 }
             })

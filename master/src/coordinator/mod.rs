@@ -92,6 +92,14 @@ enum Command {
         hashrate: f64,
         reply: Reply<Result<Vec<LeaseRef>, CoordError>>,
     },
+    WorkerConfig {
+        worker: WorkerId,
+        session: Option<Secret>,
+        instance: InstanceId,
+        slots: (u32, u32),
+        applied: faena_proto::settings::Applied,
+        reply: Reply<Result<(), CoordError>>,
+    },
     Progress {
         worker: WorkerId,
         session: Option<Secret>,
@@ -192,6 +200,17 @@ impl Coordinator {
         hashrate: f64,
     ) -> Result<Vec<LeaseRef>, CoordError> {
         self.ask(|reply| Command::Heartbeat { worker, session, instance, running, hashrate, reply }).await?
+    }
+
+    /// A worker applied a live configuration ([`crate::engine::Engine::worker_config`]).
+    pub async fn worker_config(
+        &self,
+        (worker, session): Caller,
+        instance: InstanceId,
+        slots: (u32, u32),
+        applied: faena_proto::settings::Applied,
+    ) -> Result<(), CoordError> {
+        self.ask(|reply| Command::WorkerConfig { worker, session, instance, slots, applied, reply }).await?
     }
 
     /// A worker's progress report, as it came (a mining unit's is verified here).

@@ -320,6 +320,7 @@ impl Engine {
             hashrate: 0.0,
             invalid_shares: 0,
             session: session.clone(),
+            config: Default::default(),
         });
         self.silence.set(reg.worker.clone(), now.mono + self.cfg.lease_ttl());
         let mut out = RegisterOutcome { session, ..RegisterOutcome::default() };

@@ -6,8 +6,35 @@ use faena_proto::ids::{JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobState, Priority};
 
 use super::{ActiveView, Effect, Engine, KindLoad, Load, Now, StoreOp, Unmovable};
+use crate::engine::LeaseError;
 
 impl Engine {
+    /// A worker applied a live configuration: the slots it now has count
+    /// from the next dispatch (0: unchanged), and it runs `applied`.
+    pub fn worker_config(
+        &mut self,
+        now: Now,
+        worker: &WorkerId,
+        instance: faena_proto::ids::InstanceId,
+        (slots, ai_slots): (u32, u32),
+        applied: faena_proto::settings::Applied,
+    ) -> Result<(), LeaseError> {
+        let w = self
+            .workers
+            .get_mut(worker)
+            .filter(|w| w.instance == instance)
+            .ok_or_else(|| LeaseError::UnknownWorker(worker.clone()))?;
+        if slots > 0 {
+            w.caps.slots = slots;
+        }
+        if ai_slots > 0 && w.caps.kinds.contains(&JobKind::AiQuery) {
+            w.caps.ai_slots = ai_slots;
+        }
+        w.config = applied;
+        self.schedule(now);
+        Ok(())
+    }
+
     pub fn view(&self, id: &JobId) -> Option<ActiveView> {
         let job = self.jobs.get(id)?;
         let split = self.mining.view(id);

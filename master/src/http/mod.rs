@@ -34,6 +34,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, rfc3339};
 
+mod config;
 mod jobs;
 
 /// Most jobs in one batch submission.
@@ -55,6 +56,8 @@ pub struct AppState {
     /// Held while a retry checks its job and submits the new one, so a job
     /// is retried once however many ask at the same moment.
     pub retrying: Arc<tokio::sync::Mutex<()>>,
+    /// The live configuration (`/api/config`).
+    pub live: crate::settings::LiveConfig,
 }
 
 /// The REST API, with the web page's files (from `web_dir`) at every other path.
@@ -77,6 +80,7 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
         .route("/api/jobs/{id}/events", get(job_events))
         .route("/api/jobs/{id}/history", get(job_history))
         .route("/api/workers", get(workers))
+        .route("/api/config", get(config::get).put(config::put))
         .merge(crate::pool::http::routes())
         .route(
             "/api/{*rest}",

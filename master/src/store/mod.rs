@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::engine::{RestoredJob, StoreOp};
 
 mod list;
+pub mod settings;
 pub use list::{DEFAULT_PAGE, JobFilter, MAX_PAGE, Page};
 
 /// Most operations committed in one transaction.
