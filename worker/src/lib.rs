@@ -9,6 +9,7 @@
 //! - [`randomx`]: the RandomX engine (modes, per-key datasets, all-core init).
 //! - [`ai`]: the AI providers (Gemini, OpenAI-compatible) and their streaming.
 //! - [`runner`]: slots, running leases, cancellation, result delivery, drain.
+//! - [`live`]: the live configuration, checked and applied without a restart.
 //!
 //! Every reconnect and retry loop (broker, registration, result delivery,
 //! AI provider calls) waits by [`faena_common::retry::Policy`].
@@ -21,6 +22,7 @@ pub mod caps;
 pub mod client;
 pub mod config;
 pub mod exec;
+pub mod live;
 pub mod login;
 pub mod metrics;
 pub mod mqtt;
@@ -39,6 +41,7 @@ use faena_proto::grpc as pb;
 use faena_proto::ids::{InstanceId, WorkerId};
 use faena_proto::jobs::JobKind;
 use faena_proto::mqtt::WorkerState;
+use faena_proto::settings::SignedConfig;
 use faena_proto::topics::Topics;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -115,11 +118,13 @@ async fn register(
     cancel: &CancellationToken,
 ) -> Result<Option<pb::RegisterResponse>, WorkerError> {
     let answer = client::until_answered(cancel, || {
-        // The leases held now, each try.
+        // The leases held now, each try, and the slots live configuration gave.
+        let mut caps = caps.clone();
+        (caps.slots, caps.ai_slots) = runner.slots();
         let req = pb::RegisterRequest {
             worker_id: runner.worker_id.to_string(),
             instance_id: runner.instance.to_string(),
-            capabilities: Some(caps.clone()),
+            capabilities: Some(caps),
             running: runner.leases(),
         };
         let mut client = runner.client();
@@ -134,6 +139,63 @@ async fn register(
     }
     tracing::info!(worker = %runner.worker_id, adopted = resp.adopted.len(), revoked = resp.revoked.len(), "registered with the master");
     Ok(Some(resp))
+}
+
+/// The live configuration in the master's answer to Register (none from an older master).
+fn from_master(
+    live: &live::Live,
+    runner: &Arc<runner::Runner>,
+    status: &mqtt::StatusPublisher,
+    r: &pb::RegisterResponse,
+) {
+    use faena_proto::mqtt::Payload;
+    match SignedConfig::decode(r.config.as_bytes()) {
+        Ok(signed) => on_config(live, runner, status, &signed, true),
+        Err(e) if !r.config.is_empty() => tracing::warn!(error = %e, "the master's live configuration is unreadable"),
+        Err(_) => {}
+    }
+}
+
+/// Takes a live configuration (`current`: the master's answer to Register,
+/// else the broker's message), then says so in the status and to the master.
+fn on_config(
+    live: &live::Live,
+    runner: &Arc<runner::Runner>,
+    status: &mqtt::StatusPublisher,
+    signed: &SignedConfig,
+    current: bool,
+) {
+    let taken = live.take(signed, current);
+    let applied = match taken {
+        Ok(a) => a,
+        Err(e @ live::NotTaken::Old { .. }) => return tracing::debug!(reason = %e, "live configuration not taken"),
+        Err(e) => {
+            runner.metrics.malformed_messages.inc();
+            return tracing::warn!(error = %e, "ignored a live configuration this cluster's master did not sign");
+        }
+    };
+    tracing::info!(version = applied.version, refused = applied.refused.len(), "live configuration applied");
+    for r in &applied.refused {
+        tracing::warn!(key = %r.key, reason = %r.reason, "live setting refused");
+    }
+    status.publish(status.current_state());
+    let (slots, ai_slots) = runner.slots();
+    let req = pb::ConfigReport {
+        worker_id: runner.worker_id.to_string(),
+        instance_id: runner.instance.to_string(),
+        version: applied.version,
+        slots,
+        ai_slots,
+        refused: applied.refused.into_iter().map(|r| pb::ConfigRefusal { key: r.key, reason: r.reason }).collect(),
+    };
+    let runner = runner.clone();
+    tokio::spawn(async move {
+        match runner.client().report_config(req).await {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::Aborted => runner.need_register.notify_one(),
+            Err(s) => tracing::debug!(code = ?s.code(), error = %s.message(), "config report not delivered"),
+        }
+    });
 }
 
 pub async fn run(
@@ -181,6 +243,8 @@ pub async fn run(
     let metrics = Arc::new(metrics::Metrics::default());
     let runner =
         Arc::new(runner::Runner::new(worker_id.clone(), InstanceId::new(), slots, registry, client, metrics.clone()));
+    let base = live::Base { slots, randomx_threads: rx.threads() };
+    let live = live::Live::new(token.clone(), base, runner.clone(), rx.clone(), providers.clone());
 
     let mqtt_cancel = CancellationToken::new();
     // No broker account configured: the master hands this worker its own.
@@ -227,6 +291,7 @@ pub async fn run(
         () = shutdown.cancelled() => return Ok(()),
     }
     let Some(mut registration) = register(&runner, &session, &caps, &shutdown).await? else { return Ok(()) };
+    from_master(&live, &runner, &status, &registration);
     let _ = healthy_tx.send(true);
     tracing::info!(worker = %worker_id, slots = slots.0, ai_slots = slots.1, metrics = %metrics_addr, "faena-worker ready");
     on_ready(&Ready { worker_id: worker_id.to_string(), metrics: metrics_addr });
@@ -246,6 +311,7 @@ pub async fn run(
             Some(msg) = inbound.recv() => match msg {
                 mqtt::Inbound::MasterOnline(instance) => instance.to_string() != registration.master_instance,
                 mqtt::Inbound::Drain => { tracing::info!("drain requested by the master"); break; }
+                mqtt::Inbound::Config(signed) => { on_config(&live, &runner, &status, &signed, false); false }
             },
             () = runner.need_register.notified() => true,
             Ok(()) = initialising.changed() => {
@@ -268,6 +334,7 @@ pub async fn run(
                 Some(r) => registration = r,
                 None => break,
             }
+            from_master(&live, &runner, &status, &registration);
             let _ = healthy_tx.send(true);
         }
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use faena_common::broker::{self, BrokerError, Endpoint};
 use faena_proto::ids::InstanceId;
 use faena_proto::mqtt::{Control, MasterState, MasterStatus, Payload, WorkUnit, WorkerState, WorkerStatus, now_ms};
+use faena_proto::settings::SignedConfig;
 use faena_proto::topics::{Topic, Topics};
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use tokio::sync::watch;
@@ -21,6 +22,8 @@ pub enum Inbound {
     /// The master (re)started: register with it.
     MasterOnline(InstanceId),
     Drain,
+    /// The live configuration, as published (checked by [`crate::live`]).
+    Config(SignedConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -40,10 +43,11 @@ impl StatusPublisher {
             worker_id: self.runner.worker_id.clone(),
             instance_id: self.runner.instance,
             state,
-            slots: self.runner.slots,
+            slots: self.runner.slots().0,
             running: self.runner.running_count() as u32,
             kinds: self.kinds.clone(),
             hashrate: self.rx.hashrate(),
+            config_version: self.runner.config_version.load(std::sync::atomic::Ordering::Relaxed),
             ts_ms: now_ms(),
         }
     }
@@ -103,10 +107,11 @@ pub fn connect(
         worker_id: me.clone(),
         instance_id: runner.instance,
         state: WorkerState::Offline,
-        slots: runner.slots,
+        slots: runner.slots().0,
         running: 0,
         kinds: kinds.clone(),
         hashrate: 0.0,
+        config_version: 0,
         ts_ms: 0,
     };
     let will = LastWill::new(topics.worker_status(&me), will_status.encode(), QoS::AtLeastOnce, true);
@@ -125,7 +130,8 @@ pub fn connect(
     let publisher = status.clone();
     let on_event = move |event: Event| match event {
         Event::Incoming(Packet::ConnAck(_)) => {
-            let filters = [topics.worker_jobs(&me), topics.worker_control(&me), topics.master_status()];
+            let filters =
+                [topics.worker_jobs(&me), topics.worker_control(&me), topics.master_status(), topics.config()];
             for f in filters {
                 let _ = client.try_subscribe(f, QoS::AtLeastOnce);
             }
@@ -177,6 +183,13 @@ fn handle(
             if status.state == MasterState::Online {
                 let _ = inbound.send(Inbound::MasterOnline(status.instance_id));
             }
+        }
+        Topic::Config => {
+            if payload.is_empty() {
+                return Ok(());
+            }
+            let signed = SignedConfig::decode(payload).map_err(|e| e.to_string())?;
+            let _ = inbound.send(Inbound::Config(signed));
         }
         other => return Err(format!("not a topic this worker reads: {other:?}")),
     }

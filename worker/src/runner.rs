@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use faena_proto::grpc::{self as pb, result_request};
@@ -32,7 +32,12 @@ struct Running {
 pub struct Runner {
     pub worker_id: WorkerId,
     pub instance: InstanceId,
-    pub slots: u32,
+    /// Units at once (other than `ai.query`), and `ai.query` units at once:
+    /// changed live by [`Runner::resize`].
+    slots: AtomicU32,
+    ai_slots: AtomicU32,
+    /// The live configuration version this worker runs (0: none).
+    pub config_version: AtomicU64,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
     /// Set when the master must hear from us again (it restarted or forgot us).
@@ -60,7 +65,9 @@ impl Runner {
         Self {
             worker_id,
             instance,
-            slots,
+            slots: AtomicU32::new(slots),
+            ai_slots: AtomicU32::new(ai_slots),
+            config_version: AtomicU64::new(0),
             registry,
             metrics,
             need_register: Notify::new(),
@@ -72,6 +79,35 @@ impl Runner {
             handing_back: AtomicBool::new(false),
             tracker: TaskTracker::new(),
         }
+    }
+
+    /// (slots, ai_slots) now.
+    pub fn slots(&self) -> (u32, u32) {
+        (self.slots.load(Ordering::Relaxed), self.ai_slots.load(Ordering::Relaxed))
+    }
+
+    /// Changes the slots live: more start at once; fewer take effect as
+    /// running units finish (nothing running is stopped).
+    pub fn resize(&self, (slots, ai_slots): (u32, u32)) {
+        fn adjust(permits: &Arc<Semaphore>, from: u32, to: u32) {
+            if to > from {
+                permits.add_permits((to - from) as usize);
+            } else if to < from {
+                let want = from - to;
+                let rest = want - permits.forget_permits(want as usize) as u32;
+                if rest > 0 {
+                    // The semaphore is fair: units waiting now start after these are taken.
+                    let permits = permits.clone();
+                    tokio::spawn(async move {
+                        if let Ok(p) = permits.acquire_many_owned(rest).await {
+                            p.forget();
+                        }
+                    });
+                }
+            }
+        }
+        adjust(&self.permits, self.slots.swap(slots, Ordering::Relaxed), slots);
+        adjust(&self.ai_permits, self.ai_slots.swap(ai_slots, Ordering::Relaxed), ai_slots);
     }
 
     pub fn client(&self) -> Client {

@@ -44,9 +44,18 @@ pub struct Providers {
     pub local: Option<Arc<local::LocalModel>>,
     /// The order to try providers in when a job names none (`FAENA_AI_PROVIDERS`).
     pub preference: Vec<Provider>,
+    /// What the live configuration changed (`ai.providers`, `ai.model.*`).
+    pub live: Arc<parking_lot::RwLock<LiveAi>>,
     pub http: reqwest::Client,
     pub chunk_timeout: Duration,
     pub tries: u32,
+}
+
+/// The live configuration's AI settings; `None` or absent: the flags' value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveAi {
+    pub preference: Option<Vec<Provider>>,
+    pub models: Vec<(Provider, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +110,7 @@ impl Providers {
             openai,
             local,
             preference: a.ai_providers.clone(),
+            live: Arc::default(),
             http,
             chunk_timeout: Duration::from_millis(a.ai_chunk_timeout_ms),
             tries: a.ai_tries,
@@ -126,14 +136,22 @@ impl Providers {
     /// empty: this worker's own order), those this worker has.
     pub fn order_for(&self, wanted: &[Provider]) -> Vec<Provider> {
         let offered = self.offered();
-        let mine: Vec<Provider> = match self.preference.is_empty() {
+        let preference = self.live.read().preference.clone().unwrap_or_else(|| self.preference.clone());
+        let mine: Vec<Provider> = match preference.is_empty() {
             true => offered.clone(),
-            false => self.preference.iter().copied().filter(|p| offered.contains(p)).collect(),
+            false => preference.into_iter().filter(|p| offered.contains(p)).collect(),
         };
         match wanted.is_empty() {
             true => mine,
             false => wanted.iter().copied().filter(|p| offered.contains(p)).collect(),
         }
+    }
+
+    /// The model asked of `p` when a job names none: the live
+    /// configuration's, else the flag's.
+    pub fn model(&self, p: Provider) -> Option<String> {
+        let live = self.live.read().models.iter().find(|(q, _)| *q == p).map(|(_, m)| m.clone());
+        live.or_else(|| self.endpoint(p).map(|e| e.model.clone()))
     }
 
     /// A remote provider's endpoint (the local one has none).

@@ -78,6 +78,7 @@ async fn ask(
             own_key: ctx.secret(API_KEY_SECRET).await.map_err(Miss::Failure)?,
         },
     };
+    let default_model = providers.model(provider).unwrap_or_default();
     let mut backoff = faena_common::retry::Policy::calls(providers.tries).start();
     loop {
         let tries = backoff.tries() + 1;
@@ -87,7 +88,7 @@ async fn ask(
             Target::Local(model) => local::query(model, params, &mut sink).await,
             Target::Remote { endpoint, own_key } => {
                 let key = own_key.as_ref().or(endpoint.key.as_ref());
-                let model = params.model.as_deref().unwrap_or(&endpoint.model);
+                let model = params.model.as_deref().unwrap_or(&default_model);
                 let q = Query { params, base: &endpoint.base, model, key };
                 let (http, streams, timeout) = (&providers.http, params.streams(), providers.chunk_timeout);
                 match provider {

@@ -39,7 +39,8 @@ pub struct Machine {
 pub struct RandomX {
     flags: Flags,
     mode: Mode,
-    threads: usize,
+    /// Changed live (`worker.randomx_threads`): the next batch or unit uses it.
+    threads: std::sync::atomic::AtomicUsize,
     /// Threads a dataset is initialised on: every core, whatever `threads` is.
     init_threads: usize,
     max_keys: usize,
@@ -103,7 +104,7 @@ impl RandomX {
         Self {
             flags,
             mode,
-            threads,
+            threads: std::sync::atomic::AtomicUsize::new(threads),
             init_threads: machine.cores.max(threads),
             max_keys,
             keys: KeyCache::default(),
@@ -119,7 +120,12 @@ impl RandomX {
 
     /// Threads a hashing batch or a mining unit runs on.
     pub fn threads(&self) -> usize {
-        self.threads
+        self.threads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Live change: batches and units that start from now on use `threads`.
+    pub fn set_threads(&self, threads: usize) {
+        self.threads.store(threads.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// This worker's RandomX speed (H/s on all threads), measured on real
@@ -134,7 +140,7 @@ impl RandomX {
         if hashes == 0 || elapsed.is_zero() || threads_used == 0 {
             return;
         }
-        let sample = hashes as f64 / elapsed.as_secs_f64() * self.threads as f64 / threads_used as f64;
+        let sample = hashes as f64 / elapsed.as_secs_f64() * self.threads() as f64 / threads_used as f64;
         let old = self.hashrate();
         let new = if old > 0.0 { 0.7 * old + 0.3 * sample } else { sample };
         self.hashrate.store(new.to_bits(), Ordering::Relaxed);
@@ -171,7 +177,7 @@ impl RandomX {
                 }
                 Err(e) if self.mode == Mode::Fast => {
                     tracing::warn!(error = %e, "no memory for a fast-mode dataset; this key runs in light mode");
-                    Material::build(self.flags, Mode::Light, key, self.threads)
+                    Material::build(self.flags, Mode::Light, key, self.threads())
                 }
                 Err(e) => Err(e),
             }
@@ -188,7 +194,7 @@ impl RandomX {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Vec<[u8; 32]>, RxError> {
         let material = self.material(key)?;
-        let threads = self.threads.min(inputs.len()).max(1);
+        let threads = self.threads().min(inputs.len()).max(1);
         let started = Instant::now();
         let chunk = inputs.len().div_ceil(threads);
         let counter = faena_randomx::Progress::new(progress);
