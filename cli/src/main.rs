@@ -6,6 +6,7 @@
 //! 5 unauthorised, 6 master unreachable or failing, 7 the job was cancelled.
 
 mod client;
+mod config;
 mod output;
 
 use std::io::{Read, Write};
@@ -107,6 +108,11 @@ enum Command {
         max_shares: Option<u32>,
         #[command(flatten)]
         opts: SubmitOpts,
+    },
+    /// Read or change the cluster's live configuration (workers apply it without restarting).
+    Config {
+        #[command(subcommand)]
+        action: config::Action,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
@@ -214,7 +220,7 @@ async fn run(c: &Client, command: Command, as_json: bool) -> Result<Exit> {
             } else {
                 let workers = v["workers"].as_array().cloned().unwrap_or_default();
                 output::table(
-                    &["ID", "STATE", "RUNNING", "KINDS", "HASHRATE", "VERSION"],
+                    &["ID", "STATE", "RUNNING", "KINDS", "HASHRATE", "VERSION", "CONFIG"],
                     &output::worker_rows(&workers),
                 );
             }
@@ -243,6 +249,7 @@ async fn run(c: &Client, command: Command, as_json: bool) -> Result<Exit> {
             }
             submit(c, json!({"kind": "randomx.mine", "params": params}), opts, as_json).await
         }
+        Command::Config { action } => config::run(c, action, as_json).await,
         Command::Completions { .. } => Ok(Exit::Ok),
     }
 }
