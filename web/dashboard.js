@@ -83,6 +83,16 @@ function tiles(s, byState) {
   }));
 }
 
+// The live configuration version a worker runs, and what it refused (why, on hover).
+function configCell(config) {
+  if (!config) return el("td", null, "—");
+  const refused = config.refused ?? [];
+  const td = el("td", refused.length ? "mono refused" : "mono",
+    `v${config.version}${refused.length ? ` · ${refused.length} refused` : ""}`);
+  td.title = refused.map((r) => `${r.key}: ${r.reason}`).join("\n");
+  return td;
+}
+
 function workersTable(workers) {
   const rows = workers.map((w) => {
     const tr = el("tr");
@@ -92,7 +102,7 @@ function workersTable(workers) {
     const ai = w.ai_providers.length ? `${w.ai_providers.join(", ")} (${w.ai_slots} slots)` : "—";
     tr.append(el("td", "mono", w.id), el("td", `state-${w.state}`, w.state), el("td", null, `${w.running} / ${w.slots}`),
       el("td", null, w.kinds.join(", ")), el("td", null, w.hashrate ? `${Math.round(w.hashrate)} H/s` : "—"),
-      el("td", null, ai), el("td", null, machine), el("td", "mono", w.version),
+      el("td", null, ai), el("td", null, machine), el("td", "mono", w.version), configCell(w.config),
       el("td", null, `${(w.last_seen_ms / 1000).toFixed(1)} s ago`));
     return tr;
   });

@@ -92,7 +92,7 @@ pub fn worker_rows(workers: &[Value]) -> Vec<Vec<String>> {
                 kinds.join(","),
                 hashrate.unwrap_or_else(|| "-".into()),
                 s(&w["version"]).to_owned(),
-                w["config"]["version"].as_u64().unwrap_or(0).to_string(),
+                w["config"]["version"].as_u64().map_or_else(|| "-".to_owned(), |v| v.to_string()),
             ]
         })
         .collect()

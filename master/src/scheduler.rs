@@ -79,8 +79,9 @@ pub struct Worker {
     pub invalid_shares: u32,
     /// What every call after its registration must carry.
     pub session: faena_proto::secret::Secret,
-    /// The live configuration it reported running.
-    pub config: faena_proto::settings::Applied,
+    /// The live configuration it reported running (None: it never reported
+    /// one — a worker that does not take live configuration).
+    pub config: Option<faena_proto::settings::Applied>,
 }
 
 impl Worker {

@@ -101,9 +101,10 @@ pub struct WorkerView {
     #[serde(default)]
     pub invalid_shares: u32,
     pub version: String,
-    /// The live configuration it runs, and the settings it refused.
+    /// The live configuration it runs, and the settings it refused; null
+    /// for a worker that does not take live configuration.
     #[serde(default)]
-    pub config: crate::settings::Applied,
+    pub config: Option<crate::settings::Applied>,
     /// Milliseconds since the master last heard from it.
     pub last_seen_ms: u64,
 }

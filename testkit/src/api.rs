@@ -102,7 +102,15 @@ impl Api {
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let resp = self.http.patch(self.url(path)).json(body).send().await.expect("PATCH");
+        self.send(reqwest::Method::PATCH, path, body).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::PUT, path, body).await
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: &Value) -> (StatusCode, Value) {
+        let resp = self.http.request(method.clone(), self.url(path)).json(body).send().await.expect("{method}");
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
     }

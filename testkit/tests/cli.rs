@@ -3,57 +3,23 @@
 
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
+use faena_testkit::cli::{self, Out};
 use faena_testkit::custom::Scripted;
 use faena_testkit::{Api, Cluster, FakeAi, MasterOpts, bin};
 use serde_json::{Value, json};
 
 const API_TOKEN: &str = "cli-test-api-token";
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
-    }
-}
-
-/// Runs `faena` with `args`, pointed at the cluster by `env` (never at a
-/// config file of this machine's: HOME and XDG_CONFIG_HOME are the test's).
 async fn faena_env(c: &Cluster, args: &[&str], env: &[(&str, String)]) -> Out {
-    let home = c.dir.path().join("home");
-    std::fs::create_dir_all(&home).expect("home");
-    let out = tokio::process::Command::new(bin("faena"))
-        .args(args)
-        .env_remove("FAENA_URL")
-        .env_remove("FAENA_API_TOKEN")
-        .env_remove("FAENA_API_TOKEN_FILE")
-        .env_remove("FAENA_CONFIG")
-        .env("HOME", &home)
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .await
-        .expect("faena runs");
-    let out = Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(!out.stderr.contains(API_TOKEN) && !out.stdout.contains(API_TOKEN), "the CLI printed the token");
-    out
+    cli::faena_env(c, API_TOKEN, args, env).await
 }
 
 async fn faena(c: &Cluster, args: &[&str]) -> Out {
-    let env = [("FAENA_URL", format!("http://{}", c.addrs.http)), ("FAENA_API_TOKEN", API_TOKEN.to_owned())];
-    faena_env(c, args, &env).await
+    cli::faena(c, API_TOKEN, args).await
 }
 
 fn ok(out: &Out) {
-    assert_eq!(out.code, 0, "exit {}; stdout {} stderr {}", out.code, out.stdout, out.stderr);
+    out.ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

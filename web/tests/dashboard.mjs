@@ -68,6 +68,10 @@ await until("the workers chart counts the worker online", async () => (await ser
 const before = Number(await page.getAttribute('[data-chart="jobs"]', "data-points"));
 await until("the charts keep moving", async () => Number(await page.getAttribute('[data-chart="jobs"]', "data-points")) > before + 1);
 await page.locator('#workers-table tr[data-worker="w1"]').filter({ hasText: "noop" }).waitFor(T);
+// A live configuration change shows in the worker's row: its version, and the new slots.
+const { version } = await api("PUT", "/api/config", { settings: { "worker.slots": 2 }, worker: "w1" });
+await page.locator('#workers-table tr[data-worker="w1"]').filter({ hasText: `v${version}` }).filter({ hasText: "/ 2" }).waitFor(T);
+await api("PUT", "/api/config", { settings: { "worker.slots": null }, worker: "w1" });
 await page.locator("#tiles").filter({ hasText: "workers online" }).waitFor(T);
 await check(await page.locator("#autoscale").isHidden(), "no autoscaler panel when autoscaling is off");
 await shot("overview");

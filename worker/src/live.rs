@@ -47,6 +47,7 @@ pub enum NotTaken {
 
 impl Live {
     pub fn new(token: Secret, base: Base, runner: Arc<Runner>, rx: Arc<RandomX>, providers: Arc<Providers>) -> Self {
+        runner.metrics.settings(base.slots, base.randomx_threads, 0);
         Self { token, base, runner, rx, providers, state: Mutex::new((Applied::default(), None)) }
     }
 
@@ -98,6 +99,7 @@ impl Live {
         *self.providers.live.write() = ai;
         state.0 = Applied { version: config.version, refused };
         self.runner.config_version.store(config.version, Ordering::Relaxed);
+        self.runner.metrics.settings(self.runner.slots(), threads, config.version);
         Ok(state.0.clone())
     }
 

@@ -18,6 +18,10 @@ pub struct Metrics {
     pub duration: Histogram,
     pub result_retries: Counter,
     pub malformed_messages: Counter,
+    /// What the worker runs now (its flags, or the live configuration).
+    pub slots: Family<Labels, Gauge>,
+    pub randomx_threads: Gauge,
+    pub config_version: Gauge,
 }
 
 impl Default for Metrics {
@@ -33,7 +37,23 @@ impl Default for Metrics {
         registry.register("result_retries", "Result submissions retried (master unreachable)", result_retries.clone());
         let malformed_messages = Counter::default();
         registry.register("malformed_messages", "MQTT messages dropped as malformed", malformed_messages.clone());
-        Self { registry, jobs, running, duration, result_retries, malformed_messages }
+        let slots = Family::<Labels, Gauge>::default();
+        registry.register("slots", "Units it runs at once, by class (work, ai)", slots.clone());
+        let randomx_threads = Gauge::default();
+        registry.register("randomx_threads", "Threads a RandomX batch or unit runs on", randomx_threads.clone());
+        let config_version = Gauge::default();
+        registry.register("config_version", "The live configuration version it runs (0: none)", config_version.clone());
+        Self {
+            registry,
+            jobs,
+            running,
+            duration,
+            result_retries,
+            malformed_messages,
+            slots,
+            randomx_threads,
+            config_version,
+        }
     }
 }
 
@@ -41,6 +61,14 @@ impl Metrics {
     /// `outcome` is one of `succeeded`, `failed`, `cancelled`, `handed_back`.
     pub fn finished(&self, kind: JobKind, outcome: &'static str) {
         self.jobs.get_or_create(&vec![("kind", kind.as_str()), ("outcome", outcome)]).inc();
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self, (slots, ai_slots): (u32, u32), randomx_threads: usize, config_version: u64) {
+        self.slots.get_or_create(&vec![("class", "work")]).set(i64::from(slots));
+        self.slots.get_or_create(&vec![("class", "ai")]).set(i64::from(ai_slots));
+        self.randomx_threads.set(randomx_threads as i64);
+        self.config_version.set(config_version as i64);
     }
 
     pub fn render(&self) -> String {

@@ -30,7 +30,7 @@ impl Engine {
         if ai_slots > 0 && w.caps.kinds.contains(&JobKind::AiQuery) {
             w.caps.ai_slots = ai_slots;
         }
-        w.config = applied;
+        w.config = Some(applied);
         self.schedule(now);
         Ok(())
     }

@@ -14,7 +14,8 @@ use crate::settings::ChangeError;
 
 async fn view(state: &AppState) -> Result<ConfigView, AppError> {
     let workers = state.coord.workers().await?;
-    let reported = workers.into_iter().map(|w| (w.id, w.config)).collect();
+    // Workers that never reported a configuration do not take one.
+    let reported = workers.into_iter().filter_map(|w| Some((w.id, w.config?))).collect();
     Ok(ConfigView { config: state.live.current(), reported })
 }
 
