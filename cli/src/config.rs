@@ -85,15 +85,10 @@ pub async fn run(c: &Client, action: Action, as_json: bool) -> Result<Exit> {
     } else {
         reported(&view);
     }
-    let keys: Vec<&String> = settings.keys().collect();
     let refused: Vec<String> = targets(&view, opts.worker.as_deref())
-        .flat_map(|(w, a)| {
-            let refused = a["refused"].as_array().cloned().unwrap_or_default();
-            refused
-                .into_iter()
-                .filter(|r| keys.iter().any(|k| r["key"] == ***k))
-                .map(move |r| format!("{w}: {} — {}", r["key"], r["reason"]))
-        })
+        .flat_map(|(w, a)| a["refused"].as_array().into_iter().flatten().map(move |r| (w, r)))
+        .filter(|(_, r)| r["key"].as_str().is_some_and(|k| settings.contains_key(k)))
+        .map(|(w, r)| format!("{w}: {} — {}", r["key"], r["reason"]))
         .collect();
     match refused.is_empty() {
         true => Ok(Exit::Ok),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use faena_common::signing;
 use faena_proto::mqtt::{Payload, now_ms};
 use faena_proto::secret::Secret;
-use faena_proto::settings::{ClusterConfig, ConfigUpdate, SignedConfig};
+use faena_proto::settings::{ClusterConfig, ConfigUpdate};
 use parking_lot::Mutex;
 
 use crate::mqtt::MqttOut;
@@ -36,7 +36,8 @@ struct Inner {
     db: Arc<SettingsDb>,
     token: Secret,
     mqtt: MqttOut,
-    current: Mutex<(ClusterConfig, SignedConfig)>,
+    /// The current version, and it as published (signed, encoded once).
+    current: Mutex<(ClusterConfig, String)>,
     /// One change at a time: each is made against the one before.
     writing: tokio::sync::Mutex<()>,
 }
@@ -48,13 +49,12 @@ impl LiveConfig {
         if config.version > 0 {
             tracing::info!(version = config.version, "live configuration restored from the store");
         }
-        let signed = signing::seal(&token, &config);
-        mqtt.set_config(signed.encode());
+        let published = publish(&token, &mqtt, &config);
         let inner = Inner {
             db: Arc::new(db),
             token,
             mqtt,
-            current: Mutex::new((config, signed)),
+            current: Mutex::new((config, published)),
             writing: tokio::sync::Mutex::new(()),
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -66,7 +66,7 @@ impl LiveConfig {
 
     /// The current version as published (what `RegisterResponse.config` carries).
     pub fn signed_json(&self) -> String {
-        String::from_utf8(self.inner.current.lock().1.encode()).unwrap_or_default()
+        self.inner.current.lock().1.clone()
     }
 
     /// Checks, stores and publishes a change; answers with the new version.
@@ -81,12 +81,18 @@ impl LiveConfig {
         next.updated_ms = now_ms();
         let (db, saved) = (self.inner.db.clone(), next.clone());
         tokio::task::spawn_blocking(move || db.save(&saved)).await.map_err(|_| StoreError::Unavailable)??;
-        let signed = signing::seal(&self.inner.token, &next);
-        self.inner.mqtt.set_config(signed.encode());
-        *self.inner.current.lock() = (next.clone(), signed);
+        let published = publish(&self.inner.token, &self.inner.mqtt, &next);
+        *self.inner.current.lock() = (next.clone(), published);
         let keys: Vec<&str> = update.settings.keys().map(String::as_str).collect();
         let scope = update.worker.as_deref().unwrap_or("all workers");
         tracing::info!(version = next.version, scope, keys = ?keys, "live configuration changed");
         Ok(next)
     }
+}
+
+/// Signs `config`, publishes it, and returns it as published.
+fn publish(token: &Secret, mqtt: &MqttOut, config: &ClusterConfig) -> String {
+    let published = String::from_utf8(signing::seal(token, config).encode()).unwrap_or_default();
+    mqtt.set_config(published.clone().into_bytes());
+    published
 }

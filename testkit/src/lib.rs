@@ -115,6 +115,15 @@ impl Cluster {
         Self { dir, opts, master: Some(master), addrs, workers: vec![], token: TOKEN.into(), api }
     }
 
+    /// The same, with a master that answers its API only with `api_token`
+    /// (`FAENA_API_TOKEN`); `api` carries it.
+    pub async fn start_with_api_token(mut opts: MasterOpts, api_token: &str) -> Self {
+        opts.extra.push(("FAENA_API_TOKEN".to_owned(), api_token.to_owned()));
+        let mut c = Self::start(opts).await;
+        c.api = Api::with_token(&c.addrs.http, api_token);
+        c
+    }
+
     /// Starts the master again on the same ports and data directory.
     pub async fn restart_master(&mut self) {
         let (master, addrs) = start_master(self.dir.path(), &self.opts, Some(&self.addrs)).await;

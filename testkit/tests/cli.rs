@@ -5,7 +5,7 @@
 
 use faena_testkit::cli::{self, Out};
 use faena_testkit::custom::Scripted;
-use faena_testkit::{Api, Cluster, FakeAi, MasterOpts, bin};
+use faena_testkit::{Cluster, FakeAi, MasterOpts, bin};
 use serde_json::{Value, json};
 
 const API_TOKEN: &str = "cli-test-api-token";
@@ -25,9 +25,7 @@ fn ok(out: &Out) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_with_json_and_exit_codes() {
     let fake = FakeAi::start().await;
-    let extra = vec![("FAENA_API_TOKEN".to_owned(), API_TOKEN.to_owned())];
-    let mut c = Cluster::start(MasterOpts { extra, ..Default::default() }).await;
-    c.api = Api::with_token(&c.addrs.http, API_TOKEN);
+    let mut c = Cluster::start_with_api_token(MasterOpts::default(), API_TOKEN).await;
     let gemini = fake.gemini_base();
     c.add_worker_with("w1", 2, &[("GEMINI_BASE_URL", gemini.as_str()), ("GEMINI_API_KEY", "k")]).await;
     c.wait_workers(1).await;

@@ -11,11 +11,10 @@ const TOKEN: &str = "dashboard-test-token";
 #[tokio::test]
 async fn the_dashboard_shows_the_cluster_live_and_acts_on_jobs() {
     let web = repo().join("web").display().to_string();
-    let extra = [("FAENA_WEB_DIR", web.as_str()), ("FAENA_API_TOKEN", TOKEN), ("FAENA_NO_WORKER_TIMEOUT_MS", "500")];
+    let extra = [("FAENA_WEB_DIR", web.as_str()), ("FAENA_NO_WORKER_TIMEOUT_MS", "500")];
     let opts =
         MasterOpts { extra: extra.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(), ..MasterOpts::default() };
-    let mut c = Cluster::start(opts).await;
-    c.api = faena_testkit::Api::with_token(&c.addrs.http, TOKEN);
+    let mut c = Cluster::start_with_api_token(opts, TOKEN).await;
     c.add_worker("w1", 1).await;
     c.wait_workers(1).await;
     let shots = faena_testkit::target_dir().join("screenshots").join("web");

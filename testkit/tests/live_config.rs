@@ -12,7 +12,7 @@ use faena_proto::secret::Secret;
 use faena_proto::settings::{ClusterConfig, SignedConfig};
 use faena_testkit::cli::{self, Out};
 use faena_testkit::custom::Scripted;
-use faena_testkit::{Api, Cluster, FakeAi, Listener, MasterOpts, embedded_login, eventually, sample, scrape};
+use faena_testkit::{Cluster, FakeAi, Listener, MasterOpts, embedded_login, eventually, sample, scrape};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -58,9 +58,7 @@ fn reported(view: &Value, worker: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_changes_reach_running_workers_and_survive_a_restart() {
     let fake = FakeAi::start().await;
-    let extra = vec![("FAENA_API_TOKEN".to_owned(), API_TOKEN.to_owned())];
-    let mut c = Cluster::start(MasterOpts { extra, ..Default::default() }).await;
-    c.api = Api::with_token(&c.addrs.http, API_TOKEN);
+    let mut c = Cluster::start_with_api_token(MasterOpts::default(), API_TOKEN).await;
     let gemini = fake.gemini_base();
     c.add_worker_with("w1", 1, &[("FAENA_RANDOMX_THREADS", "2")]).await;
     c.wait_workers(1).await;

@@ -32,8 +32,9 @@ pub struct Live {
     runner: Arc<Runner>,
     rx: Arc<RandomX>,
     providers: Arc<Providers>,
-    /// The version applied and the log filter it set (reloaded only on change).
-    state: Mutex<(Applied, Option<String>)>,
+    /// The log filter it set (reloaded only on change); held while a
+    /// configuration is applied, so two are never applied at once.
+    level: Mutex<Option<String>>,
 }
 
 /// Why a configuration was not taken at all.
@@ -48,11 +49,7 @@ pub enum NotTaken {
 impl Live {
     pub fn new(token: Secret, base: Base, runner: Arc<Runner>, rx: Arc<RandomX>, providers: Arc<Providers>) -> Self {
         runner.metrics.settings(base.slots, base.randomx_threads, 0);
-        Self { token, base, runner, rx, providers, state: Mutex::new((Applied::default(), None)) }
-    }
-
-    pub fn applied(&self) -> Applied {
-        self.state.lock().0.clone()
+        Self { token, base, runner, rx, providers, level: Mutex::new(None) }
     }
 
     /// Applies `signed` if the master signed it and, unless it came from
@@ -60,8 +57,8 @@ impl Live {
     /// than what runs (an old message replayed on the broker changes nothing).
     pub fn take(&self, signed: &SignedConfig, current: bool) -> Result<Applied, NotTaken> {
         let config = signing::open(&self.token, signed)?;
-        let mut state = self.state.lock();
-        let have = state.0.version;
+        let mut applied_level = self.level.lock();
+        let have = self.runner.config_version.load(Ordering::Relaxed);
         if !current && config.version <= have {
             return Err(NotTaken::Old { got: config.version, have });
         }
@@ -86,9 +83,9 @@ impl Live {
                 Setting::AiModel(p, m) => ai.models.push((p, m)),
             }
         }
-        if level != state.1 {
+        if level != *applied_level {
             match faena_common::logs::set_filter(level.as_deref()) {
-                Ok(()) => state.1 = level,
+                Ok(()) => *applied_level = level,
                 Err(reason) => refused.push(Refusal { key: "worker.log_level".into(), reason }),
             }
         }
@@ -97,10 +94,9 @@ impl Live {
         self.runner.resize((slots.0, if offers_ai { slots.1 } else { 0 }));
         self.rx.set_threads(threads);
         *self.providers.live.write() = ai;
-        state.0 = Applied { version: config.version, refused };
         self.runner.config_version.store(config.version, Ordering::Relaxed);
         self.runner.metrics.settings(self.runner.slots(), threads, config.version);
-        Ok(state.0.clone())
+        Ok(Applied { version: config.version, refused })
     }
 
     /// Whether this worker can apply `s`, and why not.
