@@ -258,8 +258,9 @@ impl Config {
     }
 
     /// The origins allowed besides the master's own.
-    pub fn allowed_origins(&self) -> Result<crate::origin::Origins, ConfigError> {
-        crate::origin::Origins::parse(&self.allowed_origins).map_err(|e| ConfigError(format!("--allowed-origins: {e}")))
+    pub fn allowed_origins(&self) -> Result<crate::http::origin::Origins, ConfigError> {
+        crate::http::origin::Origins::parse(&self.allowed_origins)
+            .map_err(|e| ConfigError(format!("--allowed-origins: {e}")))
     }
 
     /// The pool side's settings (the Stratum password resolved apart).

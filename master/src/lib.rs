@@ -29,7 +29,6 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod mqtt;
-pub mod origin;
 pub mod pool;
 pub mod queue;
 pub mod ranked;
@@ -335,7 +334,7 @@ pub async fn run(
     let origins = Arc::new(cfg.allowed_origins()?);
     let app = axum::Router::new()
         .fallback_service(sio_layer.layer(http::app(state, &cfg.web_dir)))
-        .layer(axum::middleware::from_fn_with_state(origins, origin::check_origin));
+        .layer(axum::middleware::from_fn_with_state(origins, http::origin::check_origin));
     let stop_http = servers_cancel.clone();
     let http_task = tracker.spawn(async move {
         // Server-sent events are small writes right after the headers: no Nagle.

@@ -5,12 +5,10 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use faena_proto::settings::{ConfigUpdate, ConfigView};
 
 use super::{AppError, AppState, parse_body};
-use crate::settings::ChangeError;
 
 async fn view(state: &AppState) -> Result<ConfigView, AppError> {
     let workers = state.coord.workers().await?;
@@ -28,19 +26,6 @@ pub(super) async fn put(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
     let update: ConfigUpdate = parse_body(body)?;
-    match state.live.change(update).await {
-        Ok(_) => Ok(Json(view(&state).await?).into_response()),
-        Err(e @ ChangeError::Invalid(_)) => Err(AppError::bad_request("invalid_setting", e.to_string())),
-        Err(e @ ChangeError::Conflict { .. }) => {
-            Err(AppError::new(StatusCode::CONFLICT, "version_conflict", e.to_string()))
-        }
-        Err(ChangeError::Store(e)) => {
-            tracing::error!(error = %e, "the live configuration could not be stored");
-            Err(AppError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the configuration cannot be stored right now",
-            ))
-        }
-    }
+    state.live.change(update).await?;
+    Ok(Json(view(&state).await?).into_response())
 }

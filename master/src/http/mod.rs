@@ -17,25 +17,28 @@ use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use faena_proto::api::{
-    BatchRequest, BatchResponse, ErrorBody, ErrorDetail, JobEvent, JobView, SubmitRequest, SubmitResponse,
-};
+use faena_proto::api::{BatchRequest, BatchResponse, JobEvent, JobView, SubmitRequest, SubmitResponse};
 use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobKind, JobSpec, JobState};
 use faena_proto::secret::Secret;
 use futures::Stream;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
 use crate::coordinator::{Cancelled, CoordError, Coordinator};
-use crate::engine::{NewJob, Unmovable};
+use crate::engine::NewJob;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, rfc3339};
 
 mod config;
+mod error;
 mod jobs;
+mod mining;
+pub mod origin;
+
+pub use error::AppError;
+pub(crate) use error::parse_body;
 
 /// Most jobs in one batch submission.
 pub const MAX_BATCH: usize = 10_000;
@@ -81,12 +84,12 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
         .route("/api/jobs/{id}/history", get(job_history))
         .route("/api/workers", get(workers))
         .route("/api/config", get(config::get).put(config::put))
-        .merge(crate::pool::http::routes())
+        .merge(mining::routes())
         .route(
             "/api/{*rest}",
             axum::routing::any(|| async { AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") }),
         );
-    let api = api.route_layer(axum::middleware::from_fn(crate::origin::require_json));
+    let api = api.route_layer(axum::middleware::from_fn(origin::require_json));
     let api = match state.api_token.clone() {
         Some(token) => api.route_layer(axum::middleware::from_fn_with_state(token, require_token)),
         None => api,
@@ -94,6 +97,7 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
     api.route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(error::log_failures))
         .with_state(state)
         .fallback_service(pages)
 }
@@ -119,77 +123,6 @@ async fn require_token(
             resp
         }
     }
-}
-
-#[derive(Debug)]
-pub struct AppError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl AppError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
-    }
-
-    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    /// The store cannot take the change: 503, try again later.
-    fn store_unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", CoordError::STORE_UNAVAILABLE)
-    }
-
-    fn shutting_down() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", CoordError::STOPPED)
-    }
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
-        (self.status, Json(body)).into_response()
-    }
-}
-
-impl From<CoordError> for AppError {
-    fn from(e: CoordError) -> Self {
-        match e {
-            CoordError::QueueFull(full) => Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", full.to_string()),
-            CoordError::Store(cause) => {
-                tracing::error!(error = %cause.0, "a change could not be stored");
-                Self::store_unavailable()
-            }
-            CoordError::Malformed(m) => Self::bad_request("bad_report", m),
-            CoordError::Stopped => Self::shutting_down(),
-            CoordError::Lease(l) => Self::new(StatusCode::CONFLICT, "conflict", l.to_string()),
-            CoordError::Unmovable(u @ Unmovable::Running(_)) => {
-                Self::new(StatusCode::CONFLICT, "running", u.to_string())
-            }
-            CoordError::Unmovable(u @ Unmovable::NotActive(_)) => {
-                Self::new(StatusCode::CONFLICT, "already_finished", u.to_string())
-            }
-        }
-    }
-}
-
-impl From<StoreError> for AppError {
-    fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store read failed");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the job store cannot be read right now")
-    }
-}
-
-pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, AppError> {
-    let bytes = body.map_err(|e| AppError::new(e.status(), "bad_body", e.body_text()))?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let at = if path == "." { String::new() } else { format!(" at {path}") };
-        AppError::bad_request("bad_json", format!("request body{at}: {}", e.into_inner()))
-    })
 }
 
 fn parse_id(id: &str) -> Result<JobId, AppError> {
@@ -252,7 +185,7 @@ async fn submit_batch(
         .jobs
         .into_iter()
         .enumerate()
-        .map(|(i, j)| new_job(j).map_err(|e| AppError { message: format!("jobs[{i}]: {}", e.message), ..e }))
+        .map(|(i, j)| new_job(j).map_err(|e| e.prefixed(&format!("jobs[{i}]"))))
         .collect::<Result<Vec<_>, _>>()?;
     let accepted = state.coord.submit(jobs).await?;
     let jobs =
@@ -268,7 +201,9 @@ pub(crate) async fn read<T: Send + 'static>(
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || f(&store))
         .await
-        .map_err(|_| AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "store read task failed"))?
+        .map_err(|e| {
+            AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "store read task failed").caused_by(e)
+        })?
         .map_err(Into::into)
 }
 

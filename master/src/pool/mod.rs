@@ -18,12 +18,10 @@
 //! - [`sources`]: a source's work moving on, the workers' job; [`seats`]: miners' slots.
 //! - [`shares`]: what a verified share does (tallies, blocks, upstream).
 //! - [`accounts`]: per-participant tallies and hashrates; [`db`]: what survives restarts.
-//! - [`http`]: the REST endpoints.
 
 pub mod accounts;
 mod daemon;
 pub mod db;
-pub mod http;
 mod seats;
 mod shares;
 mod sources;

@@ -11,8 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use faena_proto::mining::{SourceList, SourceSpec};
 
-use super::PoolError;
-use crate::http::{AppError, AppState, parse_body};
+use super::{AppError, AppState, parse_body};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -24,22 +23,6 @@ pub fn routes() -> Router<AppState> {
 
 fn not_found(id: &str) -> AppError {
     AppError::new(StatusCode::NOT_FOUND, "not_found", format!("no mining source {id}"))
-}
-
-impl From<PoolError> for AppError {
-    fn from(e: PoolError) -> Self {
-        match e {
-            PoolError::Invalid(m) => AppError::bad_request("bad_source", m),
-            PoolError::Store(m) => {
-                tracing::error!(error = %m, "mining store write failed");
-                AppError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "could not record this; try again later",
-                )
-            }
-        }
-    }
 }
 
 async fn add(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, AppError> {

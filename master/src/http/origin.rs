@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::http::AppError;
+use super::AppError;
 
 /// The origins allowed besides the master's own.
 #[derive(Debug, Clone, Default)]
