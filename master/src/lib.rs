@@ -229,7 +229,7 @@ pub async fn run(
     )?
     .map(Arc::new);
     let pool_db = pool::db::Db::open(&cfg.data_dir.join("mining.db"))?;
-    let pool = pool::Pool::start(pool_cfg, coord.clone(), verifier.clone(), pool_db, metrics.clone())?;
+    let pool = pool::Pool::start(pool_cfg, Arc::new(coord.clone()), verifier.clone(), pool_db, metrics.clone())?;
     let deps = coordinator::Deps {
         store: store.clone(),
         hub: hub.clone(),

@@ -11,8 +11,10 @@
 //!
 //! - [`actor`]: the loop's state and how each command and effect is handled.
 //! - [`reports`]: shape checks of unit reports and the verification round trip.
+//! - [`pool_link`]: the coordinator as the pool's job engine.
 
 mod actor;
+mod pool_link;
 mod reports;
 
 use std::sync::Arc;

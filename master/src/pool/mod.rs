@@ -18,10 +18,12 @@
 //! - [`sources`]: a source's work moving on, the workers' job; [`seats`]: miners' slots.
 //! - [`shares`]: what a verified share does (tallies, blocks, upstream).
 //! - [`accounts`]: per-participant tallies and hashrates; [`db`]: what survives restarts.
+//! - [`engine`]: what the pool asks of the job engine (the layer above implements it).
 
 pub mod accounts;
 mod daemon;
 pub mod db;
+mod engine;
 mod seats;
 mod shares;
 mod sources;
@@ -44,11 +46,11 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::coordinator::Coordinator;
 use crate::metrics::Metrics;
 use crate::verify::Verifier;
 use accounts::Accounts;
 use db::Db;
+pub use engine::{JobEngine, NotStarted};
 pub use seats::Seat;
 pub use template::{Template, Work};
 
@@ -208,7 +210,7 @@ struct Budget {
 #[derive(Debug)]
 struct Inner {
     cfg: PoolConfig,
-    coord: Coordinator,
+    engine: Arc<dyn JobEngine>,
     verifier: Arc<Verifier>,
     db: Db,
     metrics: Arc<Metrics>,
@@ -225,6 +227,7 @@ struct Inner {
 }
 
 /// The handle everyone holds (HTTP, the Stratum server, the coordinator).
+/// It reaches the engine only through [`JobEngine`].
 #[derive(Debug, Clone)]
 pub struct Pool {
     inner: Arc<Inner>,
@@ -262,7 +265,7 @@ impl Pool {
     /// Reads back what the last run recorded and starts its sources.
     pub fn start(
         cfg: PoolConfig,
-        coord: Coordinator,
+        engine: Arc<dyn JobEngine>,
         verifier: Arc<Verifier>,
         db: Db,
         metrics: Arc<Metrics>,
@@ -271,7 +274,7 @@ impl Pool {
         let pool = Self {
             inner: Arc::new(Inner {
                 cfg,
-                coord,
+                engine,
                 verifier,
                 db,
                 metrics,
@@ -414,7 +417,7 @@ impl Pool {
         source.cancel.cancel();
         if let Some(job) = source.job {
             self.inner.state.lock().by_job.remove(&job);
-            let _ = self.inner.coord.cancel(job).await;
+            self.inner.engine.stop(job).await;
         }
         self.inner.db.remove_source(id.to_owned()).await.map_err(PoolError::Store)?;
         tracing::info!(source = %id, "mining source removed");

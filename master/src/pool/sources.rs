@@ -6,12 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use faena_proto::ids::JobId;
-use faena_proto::jobs::{JobSpec, Priority};
 use faena_proto::mining::SourceState;
 
 use super::{Pool, Template, Work};
-use crate::ai_cache::Submitter;
-use crate::engine::NewJob;
 
 impl Pool {
     pub(super) fn set_state(&self, id: &str, state: SourceState, reason: Option<String>) {
@@ -55,7 +52,7 @@ impl Pool {
         self.prepare_verifier(&main.key);
         let params = main.worker_params(self.worker_difficulty(main).await);
         if let Some(job) = job
-            && let Some(retired) = self.inner.coord.replace_template(job, params.clone(), grace).await
+            && let Some(retired) = self.inner.engine.replace_template(job, params.clone(), grace).await
         {
             if let Some(s) = self.inner.state.lock().sources.get_mut(id) {
                 s.retired_units += retired as u64;
@@ -114,7 +111,7 @@ impl Pool {
         };
         let Some(main) = main else { return };
         if let Some(job) = job
-            && matches!(self.inner.coord.view(job).await, Ok(Some(_)))
+            && self.inner.engine.is_active(job).await
         {
             return;
         }
@@ -124,17 +121,12 @@ impl Pool {
 
     pub(super) async fn submit_job(&self, id: &str, params: faena_proto::mine::MineParams) {
         // Only when a worker can mine: a job nobody takes would fail as unrunnable.
-        let miners = self.inner.coord.workers().await.unwrap_or_default();
-        if !miners.iter().any(|w| w.kinds.iter().any(|k| k == "randomx.mine")) {
+        if self.inner.engine.mining_workers().await.is_empty() {
             return;
         }
         let job = JobId::new();
-        let submitted = self.inner.coord.submit(vec![NewJob {
-            submitter: Submitter::Master,
-            ..NewJob::new(job, JobSpec::RandomxMine(params), Priority::Normal)
-        }]);
-        match submitted.await {
-            Ok(_) => {
+        match self.inner.engine.start_mining(job, params).await {
+            Ok(()) => {
                 {
                     let mut st = self.inner.state.lock();
                     let Some(s) = st.sources.get_mut(id) else { return };
@@ -161,8 +153,7 @@ impl Pool {
         if self.inner.cfg.worker_difficulty > 0 {
             return self.inner.cfg.worker_difficulty;
         }
-        let workers = self.inner.coord.workers().await.unwrap_or_default();
-        let rates: Vec<f64> = workers.iter().map(|w| w.hashrate).filter(|h| *h > 0.0).collect();
+        let rates: Vec<f64> = self.inner.engine.mining_workers().await.into_iter().filter(|h| *h > 0.0).collect();
         if rates.is_empty() {
             return self.inner.cfg.start_difficulty;
         }
