@@ -7,6 +7,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use faena_common::bucket::TokenBucket;
+
 /// Events a socket may send per second (bursts of 4×).
 pub const EVENTS_PER_SECOND: f64 = 5.0;
 /// Shares a page's mining job stops at (each is re-hashed by the master).
@@ -134,30 +136,9 @@ impl Limits {
     }
 }
 
-/// One socket's event rate: a token bucket.
-#[derive(Debug, Clone)]
-pub struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    pub fn new(now: Instant) -> Self {
-        Self { tokens: EVENTS_PER_SECOND * 4.0, at: now }
-    }
-
-    /// Takes one event; false when the socket is over its rate.
-    pub fn take(&mut self, now: Instant) -> bool {
-        let refill = now.saturating_duration_since(self.at).as_secs_f64() * EVENTS_PER_SECOND;
-        self.tokens = (self.tokens + refill).min(EVENTS_PER_SECOND * 4.0);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+/// One socket's event rate: [`EVENTS_PER_SECOND`], in bursts of 4×.
+pub fn socket_events(now: Instant) -> TokenBucket {
+    TokenBucket::full(EVENTS_PER_SECOND, EVENTS_PER_SECOND * 4.0, now)
 }
 
 #[cfg(test)]
@@ -190,7 +171,7 @@ mod tests {
     #[test]
     fn a_socket_gets_a_burst_then_its_rate() {
         let t0 = Instant::now();
-        let mut b = Bucket::new(t0);
+        let mut b = socket_events(t0);
         let burst = (0..100).take_while(|_| b.take(t0)).count();
         assert_eq!(burst, (EVENTS_PER_SECOND * 4.0) as usize);
         assert!(b.take(t0 + Duration::from_millis(200)), "one more after 1/rate");

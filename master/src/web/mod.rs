@@ -35,7 +35,8 @@ use crate::coordinator::Coordinator;
 use crate::engine::NewJob;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use limits::{Bucket, Limits, Spend, WebLimits};
+use faena_common::bucket::TokenBucket;
+use limits::{Limits, Spend, WebLimits};
 
 /// Chat exchanges a session keeps (the oldest go first).
 const MAX_EXCHANGES: usize = 200;
@@ -86,7 +87,7 @@ struct SessionId(String);
 #[derive(Debug, Clone)]
 struct Client {
     addr: IpAddr,
-    events: Arc<Mutex<Bucket>>,
+    events: Arc<Mutex<TokenBucket>>,
 }
 
 /// The Socket.IO layer (wrap the finished router in it) and its handle.
@@ -171,7 +172,7 @@ async fn workers_view(coord: &Coordinator) -> Option<Value> {
 async fn attach_handlers(socket: SocketRef) -> Result<(), std::convert::Infallible> {
     // Behind a proxy (or Swarm's ingress) this is the proxy's address.
     let addr = socket.req_parts().extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let events = Arc::new(Mutex::new(Bucket::new(Instant::now())));
+    let events = Arc::new(Mutex::new(limits::socket_events(Instant::now())));
     socket.extensions.insert(Client { addr: addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), events });
     socket.on_disconnect(left);
     socket.on(to_master::HELLO, hello);
