@@ -169,6 +169,15 @@ pub struct Config {
     /// A Stratum connection that has not logged in this long is dropped.
     #[arg(long, env = "FAENA_STRATUM_LOGIN_SECS", default_value_t = 15)]
     pub stratum_login_secs: u64,
+    /// Stratum connections in all; past it new ones are refused.
+    #[arg(long, env = "FAENA_STRATUM_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub stratum_max_connections: usize,
+    /// Stratum connections from one address (a proxy or a farm behind NAT needs more).
+    #[arg(long, env = "FAENA_STRATUM_MAX_PER_ADDRESS", default_value_t = 32)]
+    pub stratum_max_per_address: u32,
+    /// The part of the verification budget one address may use.
+    #[arg(long, env = "FAENA_STRATUM_ADDRESS_BUDGET", default_value_t = 0.25)]
+    pub stratum_address_budget: f64,
     /// How often a daemon source asks monerod for a new block.
     #[arg(long, env = "FAENA_DAEMON_POLL_MS", default_value_t = 500)]
     pub daemon_poll_ms: u64,
@@ -228,6 +237,14 @@ impl Config {
         if self.share_interval_ms < 100 || self.stratum_difficulty == 0 || self.stratum_min_difficulty == 0 {
             return err("--share-interval-ms must be at least 100 and difficulties at least 1");
         }
+        if self.stratum_max_connections == 0
+            || self.stratum_max_per_address == 0
+            || !(0.01..=1.0).contains(&self.stratum_address_budget)
+        {
+            return err(
+                "--stratum-max-connections and --stratum-max-per-address must be at least 1, --stratum-address-budget between 0.01 and 1",
+            );
+        }
         if self.stratum_rate <= 0.0 || self.stratum_max_line < 512 {
             return err("--stratum-rate must be positive and --stratum-max-line at least 512");
         }
@@ -273,6 +290,9 @@ impl Config {
             stale_grace: Duration::from_millis(self.stale_grace_ms),
             invalid_limit: self.stratum_invalid_limit,
             ban: Duration::from_secs(self.stratum_ban_secs),
+            max_connections: self.stratum_max_connections,
+            max_per_address: self.stratum_max_per_address,
+            address_share: self.stratum_address_budget,
             max_line: self.stratum_max_line,
             rate: self.stratum_rate,
             burst: self.stratum_rate * 4.0,

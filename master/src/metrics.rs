@@ -32,6 +32,8 @@ pub struct Metrics {
     upstream: Family<Labels, Counter>,
     /// Open Stratum connections.
     pub stratum_connections: Gauge,
+    /// Stratum connections refused, and addresses banned, by reason.
+    stratum_refused: Family<Labels, Counter>,
     /// Web sessions the master keeps (chat, key, jobs).
     pub web_sessions: Gauge,
     /// Output tokens of answered AI queries, by provider.
@@ -161,6 +163,12 @@ impl Default for Metrics {
         registry.register("mining_upstream_shares", "Shares sent to a pool, by its verdict", upstream.clone());
         let stratum_connections = Gauge::default();
         registry.register("stratum_connections", "Open Stratum connections", stratum_connections.clone());
+        let stratum_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "stratum_refused",
+            "Stratum connections refused and addresses banned, by reason",
+            stratum_refused.clone(),
+        );
         let web_sessions = Gauge::default();
         registry.register("web_sessions", "Web sessions kept (chat, key, jobs)", web_sessions.clone());
         let ai_tokens = Family::<Labels, Counter>::default();
@@ -218,6 +226,7 @@ impl Default for Metrics {
             blocks,
             upstream,
             stratum_connections,
+            stratum_refused,
             web_sessions,
             transitions,
             queue_depth,
@@ -290,6 +299,11 @@ impl Metrics {
     /// `n` shares on a mining source: `valid`, `invalid`, `stale`, or `over_budget`.
     pub fn pool_shares(&self, verdict: &'static str, n: u64) {
         self.pool_shares.get_or_create(&vec![("verdict", verdict)]).inc_by(n);
+    }
+
+    /// `reason`: `banned`, `too_many`, `full` (a connection refused) or `ban` (an address banned).
+    pub fn stratum_refused(&self, reason: &'static str) {
+        self.stratum_refused.get_or_create(&vec![("reason", reason)]).inc();
     }
 
     pub fn block(&self, accepted: bool) {

@@ -85,9 +85,34 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub struct Checked {
     pub valid: VerifiedShares,
     /// Each rejected share with the reason: the worker's fault.
-    pub invalid: Vec<(Share, String)>,
+    pub invalid: Vec<(Share, Rejection)>,
     /// Shares the master could not check, with the reason: not the worker's fault.
     pub unverified: Vec<(Share, String)>,
+}
+
+/// Why a share is rejected: the sender's fault, never counted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the unit's parameters are invalid")]
+    BadUnit,
+    #[error("nonce outside the unit's range")]
+    OutsideRange,
+    #[error("hash is not 32 bytes of hex")]
+    NotHex,
+    /// What the miner claims does not even meet the target.
+    #[error("hash does not meet the target")]
+    AboveTarget,
+    /// The nonce hashes to something else than what was claimed.
+    #[error("hash mismatch (the nonce hashes to {0})")]
+    Mismatch(String),
+}
+
+/// A share's claimed hash, 64 hex digits: the one place shares' hashes are decoded.
+pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    decode_hex(hex).ok().and_then(|h| <[u8; 32]>::try_from(h).ok())
 }
 
 /// What re-hashing one share found.
@@ -95,7 +120,7 @@ pub struct Checked {
 enum Verdict {
     Valid,
     /// The worker's fault: the hash is not what the nonce gives.
-    Invalid(String),
+    Invalid(Rejection),
     /// The master's: it could not hash (no VM).
     Unverified(String),
 }
@@ -180,7 +205,7 @@ impl Verifier {
         let until = Instant::now() + self.deadline;
         let mut out = Checked::default();
         let Ok(work) = params.work() else {
-            out.invalid = shares.into_iter().map(|s| (s, "the unit's parameters are invalid".into())).collect();
+            out.invalid = shares.into_iter().map(|s| (s, Rejection::BadUnit)).collect();
             return out;
         };
         let mut seen = known.clone();
@@ -189,12 +214,10 @@ impl Verifier {
             if !seen.insert(share.nonce) {
                 continue;
             }
-            match decode_hex(&share.hash).ok().and_then(|h| <[u8; 32]>::try_from(h).ok()) {
-                _ if !work.contains(share.nonce) => out.invalid.push((share, "nonce outside the unit's range".into())),
-                None => out.invalid.push((share, "hash is not 32 bytes of hex".into())),
-                Some(claimed) if !meets(&claimed, work.target) => {
-                    out.invalid.push((share, "hash does not meet the target".into()))
-                }
+            match parse_hash(&share.hash) {
+                _ if !work.contains(share.nonce) => out.invalid.push((share, Rejection::OutsideRange)),
+                None => out.invalid.push((share, Rejection::NotHex)),
+                Some(claimed) if !meets(&claimed, work.target) => out.invalid.push((share, Rejection::AboveTarget)),
                 Some(claimed) => todo.push((share, claimed)),
             }
         }
@@ -243,10 +266,7 @@ impl Verifier {
                                     }
                                     let verdict = match vm.as_mut().map(|vm| vm.hash(&work.input(share.nonce))) {
                                         Ok(hash) if hash == *claimed => Verdict::Valid,
-                                        Ok(hash) => Verdict::Invalid(format!(
-                                            "hash mismatch (the nonce hashes to {})",
-                                            encode_hex(&hash)
-                                        )),
+                                        Ok(hash) => Verdict::Invalid(Rejection::Mismatch(encode_hex(&hash))),
                                         Err(e) => Verdict::Unverified(format!("could not verify: {e}")),
                                     };
                                     (share.clone(), verdict)
@@ -342,7 +362,7 @@ mod tests {
         let known: HashSet<u32> = [real[0].nonce].into();
         let checked = verifier.check(&params, &known, vec![real[0].clone(), forged, wrong_nonce, garbage, miss]).await;
         assert!(checked.valid.is_empty());
-        let reasons: Vec<&str> = checked.invalid.iter().map(|(_, r)| r.as_str()).collect();
+        let reasons: Vec<String> = checked.invalid.iter().map(|(_, r)| r.to_string()).collect();
         assert!(reasons.iter().any(|r| r.contains("outside")), "{reasons:?}");
         assert!(reasons.iter().any(|r| r.contains("hex")), "{reasons:?}");
         assert!(reasons.iter().filter(|r| r.contains("mismatch") || r.contains("target")).count() >= 2, "{reasons:?}");

@@ -76,8 +76,16 @@ pub struct Accounts {
     dirty: HashSet<Participant>,
 }
 
+/// Most participants kept: a new one is made by its first valid share
+/// (real work), and past this many not at all.
+pub const MAX_PARTICIPANTS: usize = 100_000;
+
 impl Accounts {
-    fn tally(&mut self, who: &Participant, source: &str, now: Instant) -> &mut Tally {
+    /// `who`'s tally; a new one only for a valid share, while there is room.
+    fn tally(&mut self, who: &Participant, source: &str, now: Instant, create: bool) -> Option<&mut Tally> {
+        if !self.tallies.contains_key(who) && (!create || self.tallies.len() >= MAX_PARTICIPANTS) {
+            return None;
+        }
         self.dirty.insert(who.clone());
         let t = self.tallies.entry(who.clone()).or_insert_with(|| Tally {
             record: Record::default(),
@@ -87,7 +95,7 @@ impl Accounts {
         if t.record.source != source {
             t.record.source = source.to_owned();
         }
-        t
+        Some(t)
     }
 
     /// A record read back from the store at start-up.
@@ -96,7 +104,7 @@ impl Accounts {
     }
 
     pub fn valid(&mut self, who: &Participant, source: &str, difficulty: u64, now: Instant) {
-        let t = self.tally(who, source, now);
+        let Some(t) = self.tally(who, source, now, true) else { return };
         t.record.valid += 1;
         t.recent.push_back((now, difficulty));
         while t.recent.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > HOUR) {
@@ -105,15 +113,21 @@ impl Accounts {
     }
 
     pub fn invalid(&mut self, who: &Participant, source: &str, n: u64, now: Instant) {
-        self.tally(who, source, now).record.invalid += n;
+        if let Some(t) = self.tally(who, source, now, false) {
+            t.record.invalid += n;
+        }
     }
 
     pub fn stale(&mut self, who: &Participant, source: &str, n: u64, now: Instant) {
-        self.tally(who, source, now).record.stale += n;
+        if let Some(t) = self.tally(who, source, now, false) {
+            t.record.stale += n;
+        }
     }
 
     pub fn block(&mut self, who: &Participant, source: &str, now: Instant) {
-        self.tally(who, source, now).record.blocks += 1;
+        if let Some(t) = self.tally(who, source, now, true) {
+            t.record.blocks += 1;
+        }
     }
 
     /// Records changed since the last call, for the store.

@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use faena_common::bucket::TokenBucket;
 use faena_proto::ids::JobId;
 use faena_proto::mining::{BlockView, Participants, SourceShares, SourceSpec, SourceState, SourceView, VerifierView};
 use faena_proto::secret::Secret;
@@ -52,6 +53,7 @@ use accounts::Accounts;
 use db::Db;
 pub use engine::{JobEngine, NotStarted};
 pub use seats::Seat;
+use stratum::Addresses;
 pub use template::{Template, Work};
 
 /// How the pool side is tuned (flags of the master).
@@ -69,6 +71,11 @@ pub struct PoolConfig {
     /// Invalid shares before a miner's address is banned.
     pub invalid_limit: u32,
     pub ban: Duration,
+    /// Miners' connections in all, and from one address.
+    pub max_connections: usize,
+    pub max_per_address: u32,
+    /// The part of the verification budget one address may use.
+    pub address_share: f64,
     pub max_line: usize,
     /// Requests per second a connection may make (and its burst).
     pub rate: f64,
@@ -97,6 +104,9 @@ impl Default for PoolConfig {
             stale_grace: Duration::from_secs(10),
             invalid_limit: 10,
             ban: Duration::from_secs(600),
+            max_connections: 10_000,
+            max_per_address: 32,
+            address_share: 0.25,
             max_line: 16 * 1024,
             rate: 10.0,
             burst: 40.0,
@@ -199,11 +209,10 @@ struct State {
 }
 
 /// Shares per second Stratum miners may send: a token bucket refilled at the
-/// budget (a share of the verifier's measured capacity).
+/// budget (a share of the verifier's measured capacity), in bursts of 2 s.
 #[derive(Debug)]
 struct Budget {
-    tokens: f64,
-    at: Instant,
+    bucket: TokenBucket,
     over: u64,
 }
 
@@ -217,7 +226,7 @@ struct Inner {
     http: reqwest::Client,
     state: Mutex<State>,
     budget: Mutex<Budget>,
-    bans: Mutex<HashMap<IpAddr, Instant>>,
+    addresses: Mutex<Addresses>,
     miners: AtomicU64,
     seq: AtomicU64,
     /// The key the verifier was last prepared for.
@@ -271,6 +280,13 @@ impl Pool {
         metrics: Arc<Metrics>,
     ) -> Result<Self, rusqlite::Error> {
         let loaded = db.load()?;
+        let rules = stratum::AddressRules {
+            max_connections: cfg.max_connections,
+            max_per_address: cfg.max_per_address,
+            invalid_limit: cfg.invalid_limit,
+            ban: cfg.ban,
+            budget_share: cfg.address_share,
+        };
         let pool = Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -280,8 +296,8 @@ impl Pool {
                 metrics,
                 http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
                 state: Mutex::default(),
-                budget: Mutex::new(Budget { tokens: 0.0, at: Instant::now(), over: 0 }),
-                bans: Mutex::default(),
+                budget: Mutex::new(Budget { bucket: TokenBucket::empty(1.0, 2.0, Instant::now()), over: 0 }),
+                addresses: Mutex::new(Addresses::new(rules)),
                 miners: AtomicU64::new(0),
                 seq: AtomicU64::new(1),
                 prepared: Mutex::new(None),
@@ -466,37 +482,42 @@ impl Pool {
         self.inner.cfg.share_interval.max(Duration::from_secs_f64(floor.min(3600.0)))
     }
 
-    /// Takes one share from the budget; false (and counted) when it is spent.
-    pub fn take_budget(&self) -> bool {
+    /// Takes one share of `ip`'s from its address's part of the budget and
+    /// from the whole; false (and counted) when either is spent.
+    pub fn take_budget(&self, ip: IpAddr) -> bool {
         let rate = self.budget_rate();
-        let mut b = self.inner.budget.lock();
         let now = Instant::now();
-        let burst = rate * 2.0;
-        b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            b.over += 1;
+        let taken = self.inner.addresses.lock().take_quota(ip, rate, now) && {
+            let mut b = self.inner.budget.lock();
+            b.bucket.set_rate(rate, rate * 2.0, now);
+            b.bucket.take(now)
+        };
+        if !taken {
+            self.inner.budget.lock().over += 1;
             self.inner.metrics.pool_shares("over_budget", 1);
-            false
         }
+        taken
+    }
+
+    /// A miner connects from `ip`: refused when banned or over the caps.
+    pub fn connect(&self, ip: IpAddr) -> Result<(), stratum::Refusal> {
+        self.inner.addresses.lock().connect(ip, Instant::now())
+    }
+
+    pub fn disconnect(&self, ip: IpAddr) {
+        self.inner.addresses.lock().disconnect(ip, Instant::now());
     }
 
     pub fn is_banned(&self, ip: IpAddr) -> bool {
-        let mut bans = self.inner.bans.lock();
-        match bans.get(&ip) {
-            Some(until) if Instant::now() < *until => true,
-            Some(_) => {
-                bans.remove(&ip);
-                false
-            }
-            None => false,
-        }
+        self.inner.addresses.lock().is_banned(ip, Instant::now())
     }
 
     pub fn ban(&self, ip: IpAddr) {
-        self.inner.bans.lock().insert(ip, Instant::now() + self.inner.cfg.ban);
+        self.inner.addresses.lock().ban(ip, Instant::now());
+    }
+
+    /// Counts a verdict on one of `ip`'s shares; true when it bans the address.
+    pub fn share_verdict(&self, ip: IpAddr, valid: bool) -> bool {
+        self.inner.addresses.lock().verdict(ip, valid, Instant::now())
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use faena_proto::ids::JobId;
-use faena_proto::jobs::{decode_hex, encode_hex};
+use faena_proto::jobs::encode_hex;
 use faena_proto::mine::{Share, parse_target};
 use faena_proto::mining::BlockView;
 use faena_proto::stratum::difficulty_of;
@@ -16,6 +16,7 @@ use faena_randomx::mine::meets;
 
 use super::accounts::Participant;
 use super::{Backend, Pool, Template, upstream};
+use crate::verify::parse_hash;
 
 /// How a share was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +62,10 @@ impl Pool {
         Taken::Valid
     }
 
-    /// Shares a worker sent for `source` that the verifier rejected.
-    pub fn invalid_shares(&self, source: &str, who: &Participant, n: u64) {
+    /// Shares sent for `source` that were rejected; on `who`'s record when
+    /// it is known to be theirs (a worker, or a Stratum connection that has
+    /// had shares accepted).
+    pub fn invalid_shares(&self, source: &str, who: Option<&Participant>, n: u64) {
         if n == 0 {
             return;
         }
@@ -70,7 +73,9 @@ impl Pool {
         if let Some(s) = st.sources.get_mut(source) {
             s.shares.invalid += n;
         }
-        st.accounts.invalid(who, source, n, Instant::now());
+        if let Some(who) = who {
+            st.accounts.invalid(who, source, n, Instant::now());
+        }
         self.inner.metrics.pool_shares("invalid", n);
     }
 
@@ -88,10 +93,10 @@ impl Pool {
     ) {
         let Some((source, seq)) = self.worker_template(job, unit_blob) else { return };
         let who = Participant::worker(worker);
-        self.invalid_shares(&source, &who, invalid);
+        self.invalid_shares(&source, Some(&who), invalid);
         let difficulty = parse_target(target).map(difficulty_of).unwrap_or(1);
         for share in valid {
-            let Some(hash) = decode_hex(&share.hash).ok().and_then(|h| <[u8; 32]>::try_from(h).ok()) else { continue };
+            let Some(hash) = parse_hash(&share.hash) else { continue };
             // A nonce sent again (two reports verified side by side) counts once.
             let fresh = self
                 .inner

@@ -8,16 +8,24 @@
 //! mines in nicehash mode and never leaves its slot. Its difficulty follows
 //! its verified shares (vardiff, aiming at the pool's share interval and
 //! never above the upstream difficulty, so no block goes unreported). Every
-//! share is re-hashed by the verifier, within the verification budget; a
-//! miner past the invalid-share limit has its address banned for a while.
+//! share is re-hashed by the verifier, within the verification budget and
+//! its address's part of it. What an address may cost, across all its
+//! connections (caps, bans that outlive a connection), is [`Addresses`]';
+//! what one connection may, [`miner::Miner`]'s.
 
+mod addresses;
+mod miner;
 mod session;
+
+pub use addresses::{AddressRules, Addresses, Refusal};
 
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use faena_proto::stratum;
 
 use super::Pool;
 
@@ -37,11 +45,18 @@ pub async fn serve(listener: TcpListener, pool: Pool, tasks: TaskTracker, cancel
             },
         };
         let _ = stream.set_nodelay(true);
+        if let Err(refused) = pool.connect(peer.ip()) {
+            // Said without waiting: a client that does not read gets nothing.
+            let _ = stream.try_write(stratum::error(&serde_json::Value::Null, &refused.to_string()).as_bytes());
+            pool.inner.metrics.stratum_refused(refused.reason());
+            continue;
+        }
         let (pool, cancel) = (pool.clone(), cancel.clone());
         tasks.spawn(async move {
             pool.inner.metrics.stratum_connections.inc();
             session::run(pool.clone(), stream, peer, cancel).await;
             pool.inner.metrics.stratum_connections.dec();
+            pool.disconnect(peer.ip());
         });
     }
 }

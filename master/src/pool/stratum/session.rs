@@ -1,12 +1,13 @@
-//! One miner's connection: login, jobs, submits, keepalives, vardiff.
+//! One miner's connection: the socket, and the pool calls a line leads to.
+//! Every decision (rate, deadlines, pre-checks, vardiff) is the pure
+//! [`Miner`](super::miner::Miner)'s.
 
-use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use faena_proto::jobs::{decode_hex, encode_hex};
-use faena_proto::mine::{MineParams, Share, parse_target};
+use faena_proto::jobs::encode_hex;
+use faena_proto::mine::{Share, parse_target};
 use faena_proto::stratum::{self, ALGO, EXTENSIONS, Incoming, Job, LoginParams, LoginResult, SubmitParams};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -15,26 +16,14 @@ use tokio::net::TcpStream;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
+use super::miner::{Admit, Miner, Rules, check_login};
 use crate::pool::accounts::Participant;
 use crate::pool::shares::Taken;
 use crate::pool::{Pool, Seat, Template};
+use crate::verify::Rejection;
 
-/// Jobs a miner may still submit to (older ones are "Invalid job id").
-const JOBS_KEPT: usize = 32;
 /// A write that takes longer means the miner does not read: it is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Malformed lines tolerated before the connection is closed.
-const GARBAGE_LIMIT: u32 = 10;
-
-#[derive(Debug)]
-struct MinerJob {
-    id: String,
-    seq: u64,
-    difficulty: u64,
-    params: MineParams,
-    /// Nonces accepted on it (duplicates are refused).
-    seen: HashSet<u32>,
-}
 
 /// What handling a line asks for.
 #[derive(Debug, Default)]
@@ -60,58 +49,35 @@ struct Session {
     id: String,
     name: String,
     seat: Option<Seat>,
-    difficulty: u64,
-    jobs: VecDeque<MinerJob>,
-    next_job: u64,
-    tokens: f64,
-    refilled: Instant,
-    invalid: u32,
-    garbage: u32,
-    /// Verified shares since the last retarget: their difficulties.
-    since_retarget: Vec<u64>,
-    retargeted: Instant,
+    miner: Miner,
 }
 
 pub(super) async fn run(pool: Pool, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
     let cfg = pool.config().clone();
     let (rd, mut wr) = stream.into_split();
     let mut lines = FramedRead::new(rd, LinesCodec::new_with_max_length(cfg.max_line));
-    let now = Instant::now();
     let mut s = Session {
         pool,
         peer,
         id: uuid::Uuid::new_v4().simple().to_string(),
         name: String::new(),
         seat: None,
-        difficulty: cfg.start_difficulty.max(1),
-        jobs: VecDeque::new(),
-        next_job: 0,
-        tokens: cfg.burst,
-        refilled: now,
-        invalid: 0,
-        garbage: 0,
-        since_retarget: Vec::new(),
-        retargeted: now,
+        miner: Miner::new(Rules::from(&cfg), cfg.start_difficulty, Instant::now()),
     };
-    let login_deadline = now + cfg.login_timeout;
     let mut retarget = tokio::time::interval(cfg.share_interval.min(Duration::from_secs(5)));
     loop {
-        let wait = match s.seat {
-            Some(_) => cfg.idle,
-            None => login_deadline.saturating_duration_since(Instant::now()),
-        };
         let flow = tokio::select! {
             () = cancel.cancelled() => break,
-            line = tokio::time::timeout(wait, lines.next()) => match line {
-                Err(_) => {
-                    tracing::debug!(peer = %peer, "Stratum connection timed out");
-                    break;
-                }
-                Ok(None) | Ok(Some(Err(LinesCodecError::Io(_)))) => break,
-                Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => {
+            () = tokio::time::sleep_until(s.miner.deadline().into()) => {
+                tracing::debug!(peer = %peer, "Stratum connection timed out");
+                break;
+            }
+            line = lines.next() => match line {
+                None | Some(Err(LinesCodecError::Io(_))) => break,
+                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
                     Flow::closing(stratum::error(&Value::Null, &format!("Line too long (limit {} bytes)", cfg.max_line)))
                 }
-                Ok(Some(Ok(line))) => s.handle(&line).await,
+                Some(Ok(line)) => s.handle(&line).await,
             },
             changed = changed(&mut s.seat) => match (changed, s.fresh_job()) {
                 (true, Some(job)) => Flow::line(stratum::job_notification(&job)),
@@ -151,26 +117,17 @@ async fn changed(seat: &mut Option<Seat>) -> bool {
 }
 
 impl Session {
-    fn spend_token(&mut self) -> bool {
-        let cfg = self.pool.config();
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.saturating_duration_since(self.refilled).as_secs_f64() * cfg.rate).min(cfg.burst);
-        self.refilled = now;
-        self.tokens -= 1.0;
-        self.tokens >= 0.0
-    }
-
     async fn handle(&mut self, line: &str) -> Flow {
         let line = line.trim();
         if line.is_empty() {
             return Flow::default();
         }
-        if !self.spend_token() {
-            // Far past the limit: not a miner.
-            let flood = self.tokens < -self.pool.config().burst;
-            let reply = stratum::error(&Value::Null, "Too many requests; slow down");
-            return Flow { lines: vec![reply], close: flood };
+        match self.miner.admit(Instant::now()) {
+            Admit::Go => {}
+            admit => {
+                let reply = stratum::error(&Value::Null, "Too many requests; slow down");
+                return Flow { lines: vec![reply], close: admit == Admit::Cut };
+            }
         }
         let req: Incoming = match serde_json::from_str(line) {
             Ok(r) => r,
@@ -198,9 +155,8 @@ impl Session {
     }
 
     fn garbage(&mut self, id: &Value, message: &str) -> Flow {
-        self.garbage += 1;
         let reply = stratum::error(id, message);
-        if self.garbage > GARBAGE_LIMIT {
+        if self.miner.garbage() {
             return Flow::closing(reply);
         }
         Flow::line(reply)
@@ -214,19 +170,10 @@ impl Session {
             Ok(p) => p,
             Err(e) => return self.garbage(id, &format!("Malformed login: {e}")),
         };
-        if let Some(want) = &self.pool.config().password {
-            let given = p.pass.as_deref().unwrap_or_default();
-            if !want.constant_time_eq(given) {
-                return Flow::closing(stratum::error(id, "Unauthenticated: wrong password"));
-            }
-        }
-        let name = p.login.trim();
-        if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
-            return Flow::closing(stratum::error(id, "Invalid login: 1 to 256 printable characters"));
-        }
-        if p.algo.as_ref().is_some_and(|a| !a.iter().any(|x| x == ALGO || x == "rx")) {
-            return Flow::closing(stratum::error(id, "Unsupported algorithm: this pool mines rx/0"));
-        }
+        let name = match check_login(&p, self.pool.config().password.as_deref()) {
+            Ok(name) => name,
+            Err(refused) => return Flow::closing(stratum::error(id, &refused.to_string())),
+        };
         let mut seat = match self.pool.join() {
             Ok(seat) => seat,
             Err(e) => return Flow::closing(stratum::error(id, &e)),
@@ -242,6 +189,7 @@ impl Session {
         tracing::info!(peer = %self.peer, miner = %name, source = %seat.source, slot = seat.slot, group = seat.group, "Stratum miner logged in");
         self.name = name.to_owned();
         self.seat = Some(seat);
+        self.miner.logged_in(Instant::now());
         match self.job() {
             Some(job) => {
                 let result = LoginResult {
@@ -261,7 +209,7 @@ impl Session {
     fn fresh_job(&mut self) -> Option<Job> {
         let seat = self.seat.as_mut()?;
         let seq = seat.work.borrow().as_ref().and_then(|w| w.group(seat.group).map(|t| t.seq));
-        if seq.is_some() && seq == self.jobs.front().map(|j| j.seq) {
+        if seq.is_some() && seq == self.miner.current_seq() {
             seat.work.borrow_and_update();
             return None;
         }
@@ -276,24 +224,20 @@ impl Session {
             return None;
         }
         let cfg = self.pool.config();
-        let difficulty = self.difficulty.clamp(cfg.min_difficulty.max(1), template.upstream_difficulty().max(1));
+        let difficulty = self.miner.difficulty.clamp(cfg.min_difficulty.max(1), template.upstream_difficulty().max(1));
         let target_hex = stratum::target_hex(difficulty);
         let target = parse_target(&target_hex).ok()?;
-        self.next_job += 1;
-        let id = format!("{:x}", self.next_job);
         let params = template.slot_params(seat.slot, target);
-        let job = Job {
+        let job_id = self.miner.push_job(template.seq, difficulty, params);
+        Some(Job {
             blob: encode_hex(&template.blob_for(seat.slot)),
-            job_id: id.clone(),
+            job_id,
             target: target_hex,
             algo: Some(ALGO.into()),
             height: template.height,
             seed_hash: Some(encode_hex(&template.key)),
             id: Some(self.id.clone()),
-        };
-        self.jobs.push_front(MinerJob { id, seq: template.seq, difficulty, params, seen: HashSet::new() });
-        self.jobs.truncate(JOBS_KEPT);
-        Some(job)
+        })
     }
 
     /// The seat's source gives no slots any more (a pool that fixes the nonce byte).
@@ -306,15 +250,22 @@ impl Session {
         Participant::stratum(&self.name)
     }
 
-    /// Counts an invalid share; past the limit the miner's address is banned.
+    /// Counts an invalid share: against this connection, its address, and
+    /// the miner's record once the connection has shown real work. Past the
+    /// connection's limit, or when the address's shares are mostly junk, the
+    /// address is banned.
     fn reject(&mut self, id: &Value, message: &str) -> Flow {
-        self.invalid += 1;
+        let over = self.miner.invalid();
         if let Some(seat) = &self.seat {
-            self.pool.invalid_shares(&seat.source, &self.who(), 1);
+            self.pool.invalid_shares(&seat.source, self.miner.is_proven().then(|| self.who()).as_ref(), 1);
         }
-        if self.invalid > self.pool.config().invalid_limit {
-            self.pool.ban(self.peer.ip());
-            tracing::warn!(peer = %self.peer, miner = %self.name, invalid = self.invalid, "Stratum miner banned: too many invalid shares");
+        let ip = self.peer.ip();
+        if self.pool.share_verdict(ip, false) || over {
+            if over {
+                self.pool.ban(ip);
+            }
+            self.pool.inner.metrics.stratum_refused("ban");
+            tracing::warn!(peer = %self.peer, miner = %self.name, "Stratum miner banned: too many invalid shares");
             return Flow::closing(stratum::error(id, "IP Address currently banned: too many invalid shares"));
         }
         Flow::line(stratum::error(id, message))
@@ -332,25 +283,18 @@ impl Session {
             return self.reject(id, "Unsupported algorithm");
         }
         let Some(slot) = self.seat.as_ref().map(|s| s.slot) else { return Flow::default() };
-        let Some(at) = self.jobs.iter().position(|j| j.id == p.job_id) else {
-            return Flow::line(stratum::error(id, "Invalid job id"));
+        let candidate = match self.miner.precheck(&p.job_id, &p.nonce, &p.result, slot) {
+            Ok(c) => c,
+            Err(e) if e.is_invalid_share() => return self.reject(id, &e.to_string()),
+            Err(e) => return Flow::line(stratum::error(id, &e.to_string())),
         };
-        let Ok(nonce) = stratum::parse_nonce(&p.nonce) else { return self.reject(id, "Malformed nonce") };
-        let Some(hash) = decode_hex(&p.result).ok().and_then(|h| <[u8; 32]>::try_from(h).ok()) else {
-            return self.reject(id, "Malformed result");
-        };
-        if (nonce >> 24) as u8 != slot {
-            return self.reject(id, "Nonce outside your slice");
-        }
-        if self.jobs[at].seen.contains(&nonce) {
-            return self.reject(id, "Duplicate share");
-        }
-        if !self.pool.take_budget() {
-            self.difficulty = self.difficulty.saturating_mul(2);
+        if !self.pool.take_budget(self.peer.ip()) {
+            self.miner.over_budget();
             return Flow::line(stratum::error(id, "Server busy: over the verification budget; difficulty raised"));
         }
-        let (params, seen) = (self.jobs[at].params.clone(), self.jobs[at].seen.clone());
-        let share = Share { nonce, hash: p.result.to_ascii_lowercase() };
+        let Some(job) = self.miner.job(candidate.at) else { return Flow::default() };
+        let (params, seen, seq, difficulty) = (job.params.clone(), job.seen.clone(), job.seq, job.difficulty);
+        let share = Share { nonce: candidate.nonce, hash: p.result.to_ascii_lowercase() };
         let checked = self.pool.verifier().check(&params, &seen, vec![share]).await;
         self.pool.inner.metrics.shares_checked(checked.valid.len(), checked.invalid.len(), checked.unverified.len());
         if let Some((_, why)) = checked.unverified.first() {
@@ -358,49 +302,32 @@ impl Session {
             return Flow::line(stratum::error(id, "Could not verify the share; not counted, not held against you"));
         }
         if let Some((_, why)) = checked.invalid.first() {
-            let message = if why.contains("target") {
-                "Low difficulty share".to_owned()
-            } else {
-                format!("Invalid share: {why}")
+            let message = match why {
+                Rejection::AboveTarget => "Low difficulty share".to_owned(),
+                why => format!("Invalid share: {why}"),
             };
             return self.reject(id, &message);
         }
-        let Some(job) = self.jobs.get_mut(at) else { return Flow::default() };
-        job.seen.insert(nonce);
-        let (seq, difficulty) = (job.seq, job.difficulty);
         let Some(source) = self.seat.as_ref().map(|s| s.source.clone()) else { return Flow::default() };
-        match self.pool.take_share(&source, seq, &self.who(), difficulty, nonce, &hash) {
+        match self.pool.take_share(&source, seq, &self.who(), difficulty, candidate.nonce, &candidate.hash) {
             Taken::Valid => {
-                self.since_retarget.push(difficulty);
+                self.pool.share_verdict(self.peer.ip(), true);
+                self.miner.accepted(&candidate, true);
                 Flow::line(stratum::response(id, &json!({"status": "OK"})))
             }
-            Taken::Stale => Flow::line(stratum::response(id, &json!({"status": "OK"}))),
+            Taken::Stale => {
+                self.pool.share_verdict(self.peer.ip(), true);
+                self.miner.accepted(&candidate, false);
+                Flow::line(stratum::response(id, &json!({"status": "OK"})))
+            }
             Taken::Expired => Flow::line(stratum::error(id, "Block expired")),
         }
     }
 
-    /// Vardiff: after a few shares or a few intervals, moves the difficulty
-    /// towards one share per interval at the speed the shares show (at most
-    /// 4× each way), and sends a job at the new difficulty.
+    /// Vardiff (the miner's rule), and a job at the new difficulty.
     fn retarget(&mut self) -> Option<Job> {
-        self.seat.as_ref()?;
-        let interval = self.pool.share_interval().as_secs_f64();
-        let since = self.retargeted.elapsed().as_secs_f64();
-        let n = self.since_retarget.len();
-        if n < 4 && since < interval * 4.0 {
-            return None;
-        }
-        let work: u64 = self.since_retarget.drain(..).sum();
-        self.retargeted = Instant::now();
-        let old = self.difficulty as f64;
-        let wanted = if n == 0 { old / 4.0 } else { work as f64 / since.max(0.001) * interval };
-        let min = self.pool.config().min_difficulty.max(1) as f64;
-        let new = wanted.clamp(old / 4.0, old * 4.0).max(min).round() as u64;
-        if (new as f64 - old).abs() / old < 0.1 {
-            return None;
-        }
-        tracing::debug!(miner = %self.name, from = self.difficulty, to = new, "vardiff");
-        self.difficulty = new;
+        let new = self.miner.retarget(self.pool.share_interval(), Instant::now())?;
+        tracing::debug!(miner = %self.name, to = new, "vardiff");
         self.job()
     }
 }
