@@ -70,8 +70,8 @@ pub struct Credentials {
 /// An account on the master's embedded broker: its password is derived
 /// from the cluster token (HMAC-SHA256 of the account name), so the master
 /// checks it without keeping any more secrets, and hands it to a worker
-/// that asks (`BrokerLogin`). `username` is a worker's id, or
-/// [`MASTER_CLIENT_ID`] for the master's own account.
+/// that asks (`BrokerLogin`). `username` is a worker's account
+/// (`WorkerId::broker_account`), or [`MASTER_CLIENT_ID`] for the master's own.
 pub fn embedded_credentials(cluster_token: &Secret, username: &str) -> Credentials {
     use aws_lc_rs::hmac;
     let key = hmac::Key::new(hmac::HMAC_SHA256, cluster_token.expose().as_bytes());

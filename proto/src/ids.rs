@@ -77,13 +77,34 @@ pub struct WorkerId(String);
 
 impl WorkerId {
     pub const MAX_LEN: usize = 64;
+    /// Names the services' own broker accounts and client ids use: a worker
+    /// by one of these names would take the master's or an observer's
+    /// account, or its MQTT session.
+    pub const RESERVED: [&str; 4] = ["faena-master", "master", "observer", "admin"];
+    /// Workers' broker accounts are `worker:<id>`: no service account and no
+    /// worker id (which has no `:`) can be named so.
+    pub const ACCOUNT_PREFIX: &str = "worker:";
 
     pub fn parse(s: &str) -> Result<Self, WireError> {
         let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
         if s.is_empty() || s.len() > Self::MAX_LEN || !s.chars().all(ok_char) {
             return Err(WireError::Id(format!("{s:?} is not a worker id (1-{} of A-Z a-z 0-9 _ . -)", Self::MAX_LEN)));
         }
+        let lower = s.to_ascii_lowercase();
+        if Self::RESERVED.contains(&lower.as_str()) || lower.starts_with("faena-internal") {
+            return Err(WireError::Id(format!("{s:?} is reserved for Faena's own services; choose another worker id")));
+        }
         Ok(Self(s.to_owned()))
+    }
+
+    /// The broker account this worker logs in with.
+    pub fn broker_account(&self) -> String {
+        format!("{}{}", Self::ACCOUNT_PREFIX, self.0)
+    }
+
+    /// The worker a broker account belongs to; None for any other account.
+    pub fn from_broker_account(username: &str) -> Option<Self> {
+        Self::parse(username.strip_prefix(Self::ACCOUNT_PREFIX)?).ok()
     }
 
     pub fn as_str(&self) -> &str {
@@ -179,6 +200,20 @@ mod tests {
         }
         assert_eq!(WorkerId::parse("node-1.eu_2").map(|w| w.to_string()).ok().as_deref(), Some("node-1.eu_2"));
         assert!(serde_json::from_str::<WorkerId>("\"a/b\"").is_err());
+    }
+
+    #[test]
+    fn worker_ids_take_no_services_name_and_their_accounts_stand_apart() {
+        for reserved in ["master", "faena-master", "observer", "admin", "MASTER", "faena-internal-1a2b"] {
+            let e = WorkerId::parse(reserved).expect_err(reserved);
+            assert!(e.to_string().contains("reserved"), "{e}");
+        }
+        let w = WorkerId::parse("master-2").expect("not a service's name");
+        assert_eq!(w.broker_account(), "worker:master-2");
+        assert_eq!(WorkerId::from_broker_account("worker:master-2"), Some(w));
+        for service in ["master", "faena-master", "observer", "worker:", "worker:master", "w1"] {
+            assert_eq!(WorkerId::from_broker_account(service), None, "{service}");
+        }
     }
 
     #[test]

@@ -278,7 +278,11 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
 /// master's own, a worker's id for that worker's), from the test token.
 pub fn embedded_login(name: &str) -> (String, String) {
     let token = faena_proto::secret::Secret::new(TOKEN);
-    let c = faena_common::broker::embedded_credentials(&token, name);
+    let account = match faena_proto::ids::WorkerId::parse(name) {
+        Ok(worker) => worker.broker_account(),
+        Err(_) => name.to_owned(),
+    };
+    let c = faena_common::broker::embedded_credentials(&token, &account);
     (c.username, c.password.expose().to_owned())
 }
 

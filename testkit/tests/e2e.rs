@@ -360,3 +360,34 @@ async fn the_embedded_broker_lets_no_client_act_beyond_its_role() {
     assert!(!w2_saw.iter().any(|l| l.starts_with("faena/workers/w1/")), "{w2_saw:?}");
     assert!(c.master_log().contains("MQTT publish refused by the ACL"));
 }
+
+/// A worker login for a service's name (the master's dynsec admin `master`,
+/// its client `faena-master`, `observer`) is refused on Mosquitto with
+/// dynamic security and on the embedded broker, and the master keeps its
+/// broker: it still dispatches. Before, a `BrokerLogin` for `master`
+/// deleted and re-made the master's own admin account on Mosquitto.
+#[tokio::test]
+async fn no_worker_login_can_take_a_services_broker_account() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(tmp.path()).await;
+    for c in [Cluster::start(MasterOpts { broker: broker.broker(), ..MasterOpts::default() }).await, {
+        Cluster::start(MasterOpts::default()).await
+    }] {
+        let mut c = c;
+        c.add_worker("w1", 2).await;
+        c.wait_workers(1).await;
+        let mut grpc = MasterClient::connect(format!("http://{}", c.addrs.grpc)).await.expect("gRPC");
+        let instance = uuid::Uuid::new_v4().to_string();
+        for name in ["master", "faena-master", "observer", "Master", "faena-internal-x"] {
+            let refused = broker_login(&mut grpc, name, &instance, "").await.expect_err(name);
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{name}: {refused:?}");
+            assert!(refused.message().contains("reserved"), "{name}: {}", refused.message());
+        }
+        // A worker's account is named apart from every service's.
+        let (user, _) = broker_login(&mut grpc, "w9", &instance, "").await.expect("login").expect("an account");
+        assert_eq!(user, "worker:w9");
+        run_jobs(&c).await;
+        let health = c.api.get("/healthz").await.1;
+        assert_eq!(health["broker"], true, "the master kept its broker: {health}");
+    }
+}

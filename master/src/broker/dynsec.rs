@@ -63,7 +63,7 @@ impl WorkerLogins {
     /// hands out none.
     pub async fn login(&self, worker: &WorkerId) -> Result<Option<Credentials>, LoginError> {
         match self {
-            Self::Embedded(token) => Ok(Some(embedded_credentials(token, worker.as_str()))),
+            Self::Embedded(token) => Ok(Some(embedded_credentials(token, &worker.broker_account()))),
             Self::Dynsec(d) => d.provision(worker).await.map(Some),
             Self::None => Ok(None),
         }
@@ -127,7 +127,7 @@ impl Dynsec {
     /// client, deleted first so the old password's connections close. The
     /// commands are idempotent, so an unanswered batch is sent again.
     pub async fn provision(&self, worker: &WorkerId) -> Result<Credentials, LoginError> {
-        let creds = Credentials { username: worker.as_str().to_owned(), password: Secret::random() };
+        let creds = Credentials { username: worker.broker_account(), password: Secret::random() };
         let batch = uuid::Uuid::new_v4().simple().to_string();
         let (tx, mut rx) = oneshot::channel();
         self.waiting.lock().insert(batch.clone(), tx);
@@ -153,7 +153,7 @@ impl Dynsec {
     }
 
     fn commands(&self, worker: &WorkerId, password: &Secret, batch: &str) -> Value {
-        let (t, w) = (&self.topics, worker.as_str());
+        let (t, account, id) = (&self.topics, worker.broker_account(), worker.as_str());
         let acl = |acltype: &str, topic: String| json!({ "acltype": acltype, "topic": topic, "allow": true });
         let mut acls = Vec::new();
         for topic in [t.worker_jobs(worker), t.worker_control(worker), t.master_status(), t.config()] {
@@ -165,11 +165,11 @@ impl Dynsec {
         let role = role_name(worker);
         // The role is made afresh, so one an older master made gets today's topics.
         json!({ "commands": [
-            { "command": "deleteClient", "username": w, "correlationData": format!("{batch}:old") },
+            { "command": "deleteClient", "username": account, "correlationData": format!("{batch}:old") },
             { "command": "deleteRole", "rolename": role, "correlationData": format!("{batch}:oldrole") },
             { "command": "createRole", "rolename": role, "acls": acls, "correlationData": format!("{batch}:role") },
             {
-                "command": "createClient", "username": w, "password": password.expose(), "clientid": w,
+                "command": "createClient", "username": account, "password": password.expose(), "clientid": id,
                 "roles": [{ "rolename": role }], "correlationData": format!("{batch}:client"),
             },
         ]})

@@ -122,10 +122,10 @@ impl Guard {
         if login.username == MASTER_CLIENT_ID {
             return Ok(Role::Master);
         }
-        match WorkerId::parse(&login.username) {
-            Ok(_) if connect.client_id == login.username => Ok(Role::Worker(login.username.clone())),
-            Ok(_) => Err(ConnectReturnCode::BadClientId),
-            Err(_) => Err(ConnectReturnCode::BadUserNamePassword),
+        match WorkerId::from_broker_account(&login.username) {
+            Some(id) if connect.client_id == id.as_str() => Ok(Role::Worker(connect.client_id.clone())),
+            Some(_) => Err(ConnectReturnCode::BadClientId),
+            None => Err(ConnectReturnCode::BadUserNamePassword),
         }
     }
 
