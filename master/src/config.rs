@@ -73,6 +73,10 @@ pub struct Config {
     /// open Socket.IO (comma-separated origins, or `*`).
     #[arg(long, env = "FAENA_ALLOWED_ORIGINS", default_value = "")]
     pub allowed_origins: String,
+    /// Host names the web page and REST API answer to besides IP addresses
+    /// and `localhost` (comma-separated, or `*`): a guard against DNS rebinding.
+    #[arg(long, env = "FAENA_ALLOWED_HOSTS", default_value = "")]
+    pub allowed_hosts: String,
     /// Topic prefix shared by the whole cluster.
     #[arg(long, env = "FAENA_TOPIC_PREFIX", default_value = "faena")]
     pub topic_prefix: String,
@@ -222,6 +226,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: &str| Err(ConfigError(m.to_owned()));
         self.allowed_origins()?;
+        self.allowed_hosts()?;
         if self.queue_capacity == 0 {
             return err("--queue-capacity must be at least 1");
         }
@@ -278,6 +283,10 @@ impl Config {
     pub fn allowed_origins(&self) -> Result<crate::http::origin::Origins, ConfigError> {
         crate::http::origin::Origins::parse(&self.allowed_origins)
             .map_err(|e| ConfigError(format!("--allowed-origins: {e}")))
+    }
+
+    pub fn allowed_hosts(&self) -> Result<crate::http::origin::Hosts, ConfigError> {
+        crate::http::origin::Hosts::parse(&self.allowed_hosts).map_err(|e| ConfigError(format!("--allowed-hosts: {e}")))
     }
 
     /// The pool side's settings (the Stratum password resolved apart).

@@ -331,10 +331,12 @@ pub async fn run(
     tracker.spawn(web::ops::broadcast(io.clone(), feed, servers_cancel.clone()));
     tracker.spawn(web::broadcast_workers(io, coord.clone(), servers_cancel.clone()));
     // socketioxide wraps the finished router once (a per-route layer breaks long-polling).
+    // Host names first (DNS rebinding), then the requesting page's origin.
     let origins = Arc::new(cfg.allowed_origins()?);
     let app = axum::Router::new()
         .fallback_service(sio_layer.layer(http::app(state, &cfg.web_dir)))
-        .layer(axum::middleware::from_fn_with_state(origins, http::origin::check_origin));
+        .layer(axum::middleware::from_fn_with_state(origins, http::origin::check_origin))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(cfg.allowed_hosts()?), http::origin::check_host));
     let stop_http = servers_cancel.clone();
     let http_task = tracker.spawn(async move {
         // Server-sent events are small writes right after the headers: no Nagle.

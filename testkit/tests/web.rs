@@ -161,6 +161,36 @@ async fn other_sites_pages_cannot_drive_a_local_master() {
     let r = http.get(&sio).header("origin", &own).send().await.expect("GET");
     assert_eq!(r.status(), StatusCode::OK, "the page's own Socket.IO handshake");
     assert!(c.master_log().contains("refused a request from another site"));
+
+    // DNS rebinding: a page whose name now resolves here is same-origin
+    // with itself (Origin and Host agree); the host name gives it away.
+    let port = c.addrs.http.rsplit(':').next().expect("a port");
+    let rebound = format!("evil.example:{port}");
+    let r = http
+        .post(&jobs)
+        .header("host", &rebound)
+        .header("origin", format!("http://{rebound}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let e: serde_json::Value = r.json().await.expect("JSON error");
+    assert_eq!(e["error"]["code"], "forbidden_host", "{e}");
+    let r = http.get(&sio).header("host", &rebound).send().await.expect("GET");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "nor its Socket.IO handshake");
+}
+
+/// The same attack in chromium, its resolver pointed here for two names:
+/// one is refused, the one in FAENA_ALLOWED_HOSTS is served (`web/tests/rebind.mjs`).
+#[tokio::test]
+async fn a_rebound_host_name_gets_nothing_in_a_real_browser() {
+    let web = repo().join("web");
+    let extra =
+        vec![("FAENA_WEB_DIR".into(), web.display().to_string()), ("FAENA_ALLOWED_HOSTS".into(), "faena.test".into())];
+    let c = Cluster::start(MasterOpts { extra, ..MasterOpts::default() }).await;
+    faena_testkit::run_node(&c, "rebind.mjs", &[]).await;
 }
 
 /// No AI key anywhere: in chromium, a question asked while no AI worker is

@@ -3,11 +3,12 @@
 // but loopback here, and those lookups only slow the start).
 import { chromium } from "playwright-core";
 
-export const launch = () =>
+export const launch = (extra = []) =>
   chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: [
       "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      ...extra,
     ],
   });

@@ -9,6 +9,12 @@
 //! bodies must also say they are JSON, which no cross-site form or simple
 //! request can without the browser asking first (CORS preflight, which this
 //! master never grants).
+//!
+//! A page can also come from this master's own origin by DNS rebinding:
+//! `evil.example` resolves to the attacker first, then to 127.0.0.1, and
+//! its page's `Origin` and `Host` agree. So every request's `Host` must be
+//! a name this master answers to: an IP address, `localhost`, or a name in
+//! `FAENA_ALLOWED_HOSTS` — a name an attacker does not control.
 
 use std::sync::Arc;
 
@@ -75,6 +81,73 @@ pub async fn check_origin(State(origins): State<Arc<Origins>>, req: Request, nex
     }
 }
 
+/// The host names this master answers to besides IP addresses and `localhost`.
+#[derive(Debug, Clone, Default)]
+pub struct Hosts {
+    listed: Vec<String>,
+    any: bool,
+}
+
+impl Hosts {
+    /// From `FAENA_ALLOWED_HOSTS`: comma-separated host names
+    /// (`faena.example.org`, no scheme or port), or `*` for any.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut out = Self::default();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item == "*" {
+                out.any = true;
+                continue;
+            }
+            let ok = item.len() <= 253 && item.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+            if !ok {
+                return Err(format!("'{item}' is not a host name (letters, digits, '.', '-'; no scheme or port)"));
+            }
+            out.listed.push(item.trim_end_matches('.').to_ascii_lowercase());
+        }
+        Ok(out)
+    }
+
+    /// Whether a request sent to `host` (a `Host` header: name or address,
+    /// with or without a port) may be answered.
+    fn permits(&self, host: &str) -> bool {
+        if self.any {
+            return true;
+        }
+        let host = host.trim().to_ascii_lowercase();
+        // [v6]:port, v4:port, name:port, or any of them bare.
+        let name = match host.strip_prefix('[') {
+            Some(rest) => return rest.split(']').next().is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok()),
+            None => host.rsplit_once(':').map_or(host.as_str(), |(n, port)| {
+                if port.chars().all(|c| c.is_ascii_digit()) { n } else { host.as_str() }
+            }),
+        };
+        let name = name.trim_end_matches('.');
+        name.parse::<std::net::IpAddr>().is_ok()
+            || name == "localhost"
+            || name.ends_with(".localhost")
+            || self.listed.iter().any(|l| l == name)
+    }
+}
+
+/// Refuses a request sent to a host name this master does not answer to.
+pub async fn check_host(State(hosts): State<Arc<Hosts>>, req: Request, next: Next) -> Response {
+    let host =
+        req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().authority().map(|a| a.as_str()));
+    match host {
+        // HTTP/1.0 tools may send none: no browser does.
+        None => next.run(req).await,
+        Some(h) if hosts.permits(h) => next.run(req).await,
+        Some(h) => {
+            let shown = h.chars().take(200).collect::<String>();
+            tracing::warn!(host = %shown, path = %req.uri().path(), "refused a request for an unknown host name");
+            let message = format!(
+                "this master does not answer to the name {shown:?}: use its address, or list the name in FAENA_ALLOWED_HOSTS"
+            );
+            AppError::new(StatusCode::FORBIDDEN, "forbidden_host", message).into_response()
+        }
+    }
+}
+
 /// Refuses a REST request with a body that does not say it is JSON.
 pub async fn require_json(req: Request, next: Next) -> Response {
     if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) && !is_json(req.headers()) {
@@ -110,6 +183,40 @@ mod tests {
         assert!(Origins::parse("*").expect("any").permits("https://evil.example", None));
         assert!(Origins::parse("faena.example.org").is_err());
         assert!(Origins::parse("https://x/path").is_err());
+    }
+
+    #[test]
+    fn only_addresses_localhost_and_listed_names_are_answered() {
+        let none = Hosts::default();
+        for ok in [
+            "127.0.0.1:8888",
+            "127.0.0.1",
+            "10.1.2.3:80",
+            "[::1]:8888",
+            "[::1]",
+            "localhost:8888",
+            "LOCALHOST",
+            "app.localhost:1",
+        ] {
+            assert!(none.permits(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:8888",
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example:8888",
+            "[evil]:1",
+            "",
+        ] {
+            assert!(!none.permits(bad), "{bad}");
+        }
+        let listed = Hosts::parse("faena.example.org, ops").expect("valid");
+        assert!(
+            listed.permits("Faena.Example.Org:8888") && listed.permits("ops") && listed.permits("faena.example.org.")
+        );
+        assert!(!listed.permits("evil.example"));
+        assert!(Hosts::parse("*").expect("any").permits("evil.example:8888"));
+        assert!(Hosts::parse("http://x").is_err() && Hosts::parse("x:80").is_err());
     }
 
     #[test]
