@@ -348,7 +348,14 @@ async function refreshMining() {
     showSources(sources.sources);
     showParticipants(participants.participants);
     const cap = verifier.capacity ? `${verifier.capacity.toFixed(0)} shares/s measured` : "not measured yet";
-    $("verifier").textContent = `Verifier: ${verifier.mode} mode, ${verifier.threads} threads, ${cap}; budget ${verifier.budget.toFixed(0)}/s for ${verifier.miners} miners, share every ${verifier.share_interval_secs.toFixed(0)} s.`;
+    const keys = (verifier.keys || []).map((k) => {
+      if (k.hashing === "fast" || k.dataset === "off") return `${k.key}…: ${k.hashing}`;
+      const why = k.dataset === "building" ? `dataset building (${Math.round(k.building_secs || 0)} s)`
+        : k.dataset === "failed" ? `dataset failed, retrying: ${k.error}` : "";
+      return `${k.key}…: verifying in ${k.hashing === "none" ? "no mode yet" : "light mode"}, ${why}`;
+    });
+    const state = keys.length ? ` Keys: ${keys.join("; ")}.` : "";
+    $("verifier").textContent = `Verifier: ${verifier.mode} mode, ${verifier.threads} threads, ${cap}; budget ${verifier.budget.toFixed(0)}/s for ${verifier.miners} miners, share every ${verifier.share_interval_secs.toFixed(0)} s.${state}`;
   } catch (e) {
     $("verifier").textContent = `Mining data unavailable: ${e.message}`;
   }

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub stratum_connections: Gauge,
     /// Stratum connections refused, and addresses banned, by reason.
     stratum_refused: Family<Labels, Counter>,
+    /// Live source keys in the verifier, by what their shares are hashed with.
+    verifier_keys: Family<Labels, Gauge>,
     /// Web sessions the master keeps (chat, key, jobs).
     pub web_sessions: Gauge,
     /// Output tokens of answered AI queries, by provider.
@@ -169,6 +171,12 @@ impl Default for Metrics {
             "Stratum connections refused and addresses banned, by reason",
             stratum_refused.clone(),
         );
+        let verifier_keys = Family::<Labels, Gauge>::default();
+        registry.register(
+            "verifier_keys",
+            "Live mining keys in the share verifier, by what their shares are hashed with (fast, light, none)",
+            verifier_keys.clone(),
+        );
         let web_sessions = Gauge::default();
         registry.register("web_sessions", "Web sessions kept (chat, key, jobs)", web_sessions.clone());
         let ai_tokens = Family::<Labels, Counter>::default();
@@ -227,6 +235,7 @@ impl Default for Metrics {
             upstream,
             stratum_connections,
             stratum_refused,
+            verifier_keys,
             web_sessions,
             transitions,
             queue_depth,
@@ -304,6 +313,13 @@ impl Metrics {
     /// `reason`: `banned`, `too_many`, `full` (a connection refused) or `ban` (an address banned).
     pub fn stratum_refused(&self, reason: &'static str) {
         self.stratum_refused.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    pub fn verifier_keys(&self, keys: &[crate::verify::KeyState]) {
+        for hashing in ["fast", "light", "none"] {
+            let n = keys.iter().filter(|k| k.hashing == hashing).count();
+            self.verifier_keys.get_or_create(&vec![("hashing", hashing)]).set(n as i64);
+        }
     }
 
     pub fn block(&self, accepted: bool) {

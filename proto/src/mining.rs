@@ -152,4 +152,22 @@ pub struct VerifierView {
     /// The share interval vardiff aims at now (stretched when many miners share the budget).
     pub share_interval_secs: f64,
     pub miners: u32,
+    /// The live sources' keys: what their shares are hashed with now.
+    #[serde(default)]
+    pub keys: Vec<VerifierKey>,
+}
+
+/// One live source key in the verifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifierKey {
+    /// The key's first 8 bytes, hex.
+    pub key: String,
+    /// `fast`, `light` (the dataset is not ready: shares are still verified), or `none`.
+    pub hashing: String,
+    /// The fast dataset: `ready`, `building`, `failed` (retrying) or `off` (light mode).
+    pub dataset: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub building_secs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

@@ -159,3 +159,43 @@ async fn junk_shares_ban_the_address_across_reconnects_and_touch_no_one_elses_re
     assert_eq!(after["shares"]["valid"], 2, "{after}");
     assert!(participant(&c, "made-up-name").await.is_none(), "a participant appears on its first valid share");
 }
+
+/// The default verifier (`auto`: fast mode on this machine) on a machine
+/// loaded by two hashing workers: its 2 GiB dataset takes a long while to
+/// build, and until then every share used to come back "not verified within
+/// the time limit" — no block submitted, nothing credited. Shares now verify
+/// in light mode until the dataset is ready: blocks within a minute.
+#[tokio::test]
+async fn the_default_verifier_submits_blocks_while_its_dataset_builds() {
+    let mut c = Cluster::start(opts(&[("FAENA_VERIFY_MODE", "auto"), ("FAENA_DAEMON_POLL_MS", "200")])).await;
+    let node = Monerod::start(c.dir.path(), 200).await;
+    for id in ["load-1", "load-2"] {
+        c.add_worker_with(id, 1, &[("FAENA_RANDOMX_THREADS", "1")]).await;
+    }
+    c.wait_workers(2).await;
+    let (status, v) =
+        c.api.post("/api/mining/sources", &json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().expect("id").to_owned();
+    let started = std::time::Instant::now();
+    let saw_light = std::sync::atomic::AtomicBool::new(false);
+    let blocks = eventually("a block accepted", || {
+        let (c, id, saw_light) = (&c, &id, &saw_light);
+        async move {
+            let verifier = c.api.get("/api/mining/verifier").await.1;
+            if verifier["keys"].as_array().is_some_and(|k| k.iter().any(|k| k["hashing"] == "light")) {
+                saw_light.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let v = c.api.get(&format!("/api/mining/sources/{id}")).await.1;
+            let accepted = v["blocks"].as_array()?.iter().filter(|b| b["accepted"] == true).count();
+            (accepted >= 1).then_some(accepted)
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    let verifier = c.api.get("/api/mining/verifier").await.1;
+    assert_eq!(verifier["mode"], "fast", "the default on this machine: {verifier}");
+    assert!(saw_light.into_inner(), "shares were verified in light mode while the dataset built: {verifier}");
+    assert!(blocks >= 1 && took.as_secs() < 60, "a block within a minute, not after the dataset: {took:?} {verifier}");
+    assert!(!c.master_log().contains("not verified within the time limit"), "no share was lost to the verifier");
+}

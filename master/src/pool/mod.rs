@@ -39,7 +39,9 @@ use std::time::{Duration, Instant};
 
 use faena_common::bucket::TokenBucket;
 use faena_proto::ids::JobId;
-use faena_proto::mining::{BlockView, Participants, SourceShares, SourceSpec, SourceState, SourceView, VerifierView};
+use faena_proto::mining::{
+    BlockView, Participants, SourceShares, SourceSpec, SourceState, SourceView, VerifierKey, VerifierView,
+};
 use faena_proto::secret::Secret;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -229,8 +231,8 @@ struct Inner {
     addresses: Mutex<Addresses>,
     miners: AtomicU64,
     seq: AtomicU64,
-    /// The key the verifier was last prepared for.
-    prepared: Mutex<Option<Vec<u8>>>,
+    /// The keys the verifier was last pinned to (the live sources').
+    prepared: Mutex<Vec<Vec<u8>>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -300,7 +302,7 @@ impl Pool {
                 addresses: Mutex::new(Addresses::new(rules)),
                 miners: AtomicU64::new(0),
                 seq: AtomicU64::new(1),
-                prepared: Mutex::new(None),
+                prepared: Mutex::default(),
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
             }),
@@ -368,6 +370,7 @@ impl Pool {
     }
 
     async fn flush(&self) {
+        self.inner.metrics.verifier_keys(&self.inner.verifier.key_states());
         let rows = self.inner.state.lock().accounts.take_dirty();
         if let Err(e) = self.inner.db.save_tallies(rows).await {
             tracing::error!(error = %e, "could not save mining tallies");
@@ -436,6 +439,7 @@ impl Pool {
             self.inner.engine.stop(job).await;
         }
         self.inner.db.remove_source(id.to_owned()).await.map_err(PoolError::Store)?;
+        self.pin_keys(None);
         tracing::info!(source = %id, "mining source removed");
         Ok(true)
     }
@@ -463,6 +467,17 @@ impl Pool {
             over_budget: self.inner.budget.lock().over,
             share_interval_secs: self.share_interval().as_secs_f64(),
             miners: self.inner.miners.load(Ordering::Relaxed) as u32,
+            keys: v
+                .key_states()
+                .into_iter()
+                .map(|k| VerifierKey {
+                    key: k.key,
+                    hashing: k.hashing.into(),
+                    dataset: k.dataset.into(),
+                    building_secs: k.building_secs,
+                    error: k.error,
+                })
+                .collect(),
         }
     }
 

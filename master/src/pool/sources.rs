@@ -49,7 +49,7 @@ impl Pool {
         };
         self.set_state(id, SourceState::Mining, None);
         let Some(main) = work.main() else { return };
-        self.prepare_verifier(&main.key);
+        self.pin_keys(Some(&main.key));
         let params = main.worker_params(self.worker_difficulty(main).await);
         if let Some(job) = job
             && let Some(retired) = self.inner.engine.replace_template(job, params.clone(), grace).await
@@ -62,26 +62,39 @@ impl Pool {
         self.submit_job(id, params).await;
     }
 
-    /// Builds the verifier's material for a new key in the background (a
-    /// fast-mode dataset takes half a minute on 2 cores), so it is ready —
-    /// and its capacity measured — before the first share needs it.
-    pub(super) fn prepare_verifier(&self, key: &[u8]) {
+    /// Pins the live sources' keys in the verifier (`first`, the key just
+    /// installed, leads): a new key's light material is built at once and,
+    /// in fast mode, its dataset in the background, so shares verify from
+    /// the first one. Keys no source uses any more are let go.
+    pub(super) fn pin_keys(&self, first: Option<&[u8]>) {
+        let keys = {
+            let st = self.inner.state.lock();
+            let mut keys: Vec<Vec<u8>> = first.map(<[u8]>::to_vec).into_iter().collect();
+            for s in st.sources.values() {
+                if let Some(main) = s.work.borrow().as_ref().and_then(|w| w.main().cloned())
+                    && !keys.contains(&main.key)
+                {
+                    keys.push(main.key.clone());
+                }
+            }
+            keys
+        };
         {
-            let mut prepared = self.inner.prepared.lock();
-            if prepared.as_deref() == Some(key) {
+            let mut pinned = self.inner.prepared.lock();
+            if *pinned == keys {
                 return;
             }
-            *prepared = Some(key.to_vec());
+            *pinned = keys.clone();
         }
-        let (verifier, key) = (self.inner.verifier.clone(), key.to_vec());
+        let verifier = self.inner.verifier.clone();
         self.inner.tasks.spawn(async move {
-            match verifier.prepare(key).await {
+            match verifier.pin(keys).await {
                 Ok(capacity) => tracing::info!(
                     capacity = format!("{capacity:.0} shares/s"),
-                    mode = verifier.mode().as_str(),
-                    "verifier ready for the new key"
+                    fast = verifier.fast_ready(),
+                    "verifier ready for the sources' keys"
                 ),
-                Err(e) => tracing::error!(error = %e, "the verifier could not prepare the new key"),
+                Err(e) => tracing::error!(error = %e, "the verifier could not measure itself on the new key"),
             }
         });
     }

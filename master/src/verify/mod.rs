@@ -1,6 +1,7 @@
 //! Share verification: the master re-hashes every share a worker or a
-//! Stratum miner reports (light mode, or fast mode with a 2 GiB dataset when
-//! configured so; a cached key material with pooled VMs per key) and accepts
+//! Stratum miner reports (light mode, or fast mode with a 2 GiB dataset for
+//! live sources' keys when configured so, light until it is ready: see
+//! [`keys`]; pooled VMs per key) and accepts
 //! it only if the nonce is in the unit's range and not accepted before, the
 //! hash matches and it meets the target. This is the one range and
 //! duplicate filter. Runs on blocking threads, never on the coordinator's
@@ -11,6 +12,11 @@
 //! checked (key material failed to build, a hashing thread died) is neither
 //! valid nor invalid: it comes back as `unverified`, for the caller to count
 //! and log.
+//!
+//! Within a check, shares are hashed lowest claimed hash first, so one that
+//! would be a block is checked before the time limit can cut the rest; an
+//! urgent check ([`Verifier::check_urgent`], a share that claims to meet
+//! the network's target) has a thread of its own when all are busy.
 //!
 //! Its capacity is measured from the work it does: the time per hash of each
 //! batch feeds a moving average, and [`Verifier::capacity`] turns it into
@@ -24,13 +30,13 @@ use std::time::{Duration, Instant};
 use faena_proto::jobs::{decode_hex, encode_hex};
 use faena_proto::mine::{MineParams, Share};
 use faena_randomx::mine::meets;
-use faena_randomx::{Flags, KeyCache, Material, Mode};
-use tokio::sync::Semaphore;
+use faena_randomx::{Flags, Mode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Light-mode keys kept (256 MiB each).
-const KEYS_KEPT: usize = 2;
-/// Fast-mode keys kept (a 2 GiB dataset each).
-const FAST_KEYS_KEPT: usize = 1;
+mod keys;
+
+pub use keys::KeyState;
+use keys::Keys;
 
 /// Shares the master re-hashed and found valid for one unit's work. Only
 /// [`Verifier::check`] makes non-empty ones.
@@ -64,11 +70,12 @@ impl VerifiedShares {
 
 #[derive(Debug)]
 pub struct Verifier {
-    keys: Arc<KeyCache>,
-    flags: Flags,
+    keys: Arc<Keys>,
     mode: Mode,
     threads: usize,
     permits: Arc<Semaphore>,
+    /// One more thread for urgent checks when every other is busy.
+    urgent: Arc<Semaphore>,
     /// Moving average of the seconds one hash takes on one thread (f64 bits; 0 = not measured yet).
     secs_per_hash: Arc<AtomicU64>,
     /// How long one check may take: what is not hashed by then comes back
@@ -140,11 +147,11 @@ impl Verifier {
         // Huge pages are not worth reserving for verification; JIT and AES are.
         let flags = Flags::detect().with_large_pages(false);
         Self {
-            keys: Arc::default(),
-            flags,
+            keys: Arc::new(Keys::new(flags, mode, dataset_threads())),
             mode,
             threads,
             permits: Arc::new(Semaphore::new(threads)),
+            urgent: Arc::new(Semaphore::new(1)),
             secs_per_hash: Arc::default(),
             deadline: DEADLINE,
         }
@@ -170,10 +177,15 @@ impl Verifier {
         (secs > 0.0).then(|| self.threads as f64 / secs)
     }
 
-    /// Builds the material for `key` now (a fast-mode dataset takes a while)
-    /// and measures the hash rate on it, so the capacity is known before the
-    /// first share.
-    pub async fn prepare(&self, key: Vec<u8>) -> Result<f64, String> {
+    /// Makes `keys` the live sources' keys (newest first): each gets its
+    /// light material now and, in fast mode, a dataset built in the
+    /// background; then the hash rate is measured on what is there, so the
+    /// capacity is known before the first share. Keys no longer live are let go.
+    pub async fn pin(&self, keys: Vec<Vec<u8>>) -> Result<f64, String> {
+        let first = keys.first().cloned();
+        let k = self.keys.clone();
+        tokio::task::spawn_blocking(move || k.pin(&keys)).await.map_err(|e| e.to_string())?;
+        let Some(key) = first else { return Ok(self.capacity().unwrap_or_default()) };
         let probe: Vec<Share> =
             (0..8 * self.threads as u32).map(|n| Share { nonce: n, hash: "00".repeat(32) }).collect();
         let params = MineParams {
@@ -193,15 +205,61 @@ impl Verifier {
         self.capacity().ok_or_else(|| "nothing was hashed".to_owned())
     }
 
+    /// The live keys' state: what their shares are hashed with, the dataset's progress.
+    pub fn key_states(&self) -> Vec<KeyState> {
+        self.keys.states()
+    }
+
+    /// Whether shares of a live key are hashed in fast mode now.
+    pub fn fast_ready(&self) -> bool {
+        self.keys.fast_ready()
+    }
+
+    /// Threads for hashing `wanted` shares (at most all of them), waited for
+    /// until `until`; an urgent check that finds none free takes the one
+    /// kept for it. Why not, when none came.
+    async fn threads_for(
+        &self,
+        wanted: usize,
+        urgent: bool,
+        until: Instant,
+    ) -> Result<(OwnedSemaphorePermit, usize), &'static str> {
+        let n = wanted.min(self.threads) as u32;
+        let waited = match urgent.then(|| self.permits.clone().try_acquire_many_owned(n)) {
+            Some(Ok(p)) => return Ok((p, n as usize)),
+            Some(Err(_)) => tokio::time::timeout_at(until.into(), self.urgent.clone().acquire_owned()).await,
+            None => tokio::time::timeout_at(until.into(), self.permits.clone().acquire_many_owned(n)).await,
+        };
+        match waited {
+            Ok(Ok(p)) => {
+                let n = p.num_permits();
+                Ok((p, n))
+            }
+            Ok(Err(_)) => Err("the verifier is shutting down"),
+            Err(_) => Err(TIME_LIMIT),
+        }
+    }
+
     /// Stops taking checks (the master is shutting down): checks waiting for
     /// a thread, and later ones, end at once with their shares `unverified`.
     pub fn close(&self) {
         self.permits.close();
+        self.urgent.close();
     }
 
     /// Checks `shares` of the unit `params`; shares whose nonce is in `known`
     /// (accepted before) or repeated are dropped, neither valid nor invalid.
     pub async fn check(&self, params: &MineParams, known: &HashSet<u32>, shares: Vec<Share>) -> Checked {
+        self.check_as(params, known, shares, false).await
+    }
+
+    /// [`Verifier::check`] for a share that claims to be a block: when every
+    /// thread is busy it takes the one kept for such shares.
+    pub async fn check_urgent(&self, params: &MineParams, known: &HashSet<u32>, shares: Vec<Share>) -> Checked {
+        self.check_as(params, known, shares, true).await
+    }
+
+    async fn check_as(&self, params: &MineParams, known: &HashSet<u32>, shares: Vec<Share>, urgent: bool) -> Checked {
         let until = Instant::now() + self.deadline;
         let mut out = Checked::default();
         let Ok(work) = params.work() else {
@@ -224,25 +282,24 @@ impl Verifier {
         if todo.is_empty() {
             return out;
         }
-        let n = todo.len().min(self.threads);
-        let permits = tokio::time::timeout_at(until.into(), self.permits.clone().acquire_many_owned(n as u32)).await;
-        let _permits = match permits {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => {
-                out.unverified = todo.into_iter().map(|(s, _)| (s, "the verifier is shutting down".into())).collect();
-                return out;
-            }
-            Err(_) => {
-                out.unverified = todo.into_iter().map(|(s, _)| (s, TIME_LIMIT.into())).collect();
+        // Lowest claimed hash first: a block is checked before any cut-off.
+        todo.sort_by_key(|(_, claimed)| {
+            let mut high = [0u8; 8];
+            high.copy_from_slice(&claimed[24..32]);
+            u64::from_le_bytes(high)
+        });
+        let (_permits, n) = match self.threads_for(todo.len(), urgent, until).await {
+            Ok(taken) => taken,
+            Err(why) => {
+                out.unverified = todo.into_iter().map(|(s, _)| (s, why.into())).collect();
                 return out;
             }
         };
-        let (keys, flags, mode, threads) = (self.keys.clone(), self.flags, self.mode, self.threads);
+        let keys = self.keys.clone();
         let measured = self.secs_per_hash.clone();
         let pending: Vec<Share> = todo.iter().map(|(s, _)| s.clone()).collect();
         let task = tokio::task::spawn_blocking(move || {
-            let kept = if mode == Mode::Fast { FAST_KEYS_KEPT } else { KEYS_KEPT };
-            let material = keys.get_or_build(&work.key, kept, || Material::build(flags, mode, &work.key, threads));
+            let material = keys.material(&work.key);
             let material = match material {
                 Ok(m) => m,
                 Err(e) => {
@@ -314,6 +371,12 @@ impl Verifier {
         out.valid = VerifiedShares(valid);
         out
     }
+}
+
+/// Threads a dataset is built on: all the machine has (the build runs once
+/// per key, beside the hashing).
+fn dataset_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// Why a share came back unverified when the check ran out of time.

@@ -1,4 +1,5 @@
 use super::*;
+use faena_randomx::Material;
 use serde_json::json;
 
 #[tokio::test]
@@ -67,11 +68,64 @@ async fn fast_mode_verifies_what_light_mode_found() {
     let mut forged = shares[0].clone();
     forged.hash = "00".repeat(32);
     forged.nonce = (0..16u32).find(|n| !shares.iter().any(|s| s.nonce == *n)).expect("a non-share nonce");
-    // The dataset takes a while to build (all threads); the checks are quick after.
+    // A live source's key: verified at once in light mode while the
+    // dataset builds beside (it takes a while), then in fast mode.
     let verifier = Verifier::with_mode(2, Mode::Fast).with_deadline(Duration::from_secs(600));
-    let checked = verifier.check(&params, &HashSet::new(), [shares.clone(), vec![forged]].concat()).await;
+    let key = work.key.clone();
+    verifier.pin(vec![key.clone()]).await.expect("light material at once");
+    let states = verifier.key_states();
+    assert_eq!(states.len(), 1);
+    assert_eq!((states[0].hashing, states[0].dataset), ("light", "building"), "{states:?}");
+    let all = [shares.clone(), vec![forged]].concat();
+    let checked = verifier.check(&params, &HashSet::new(), all.clone()).await;
+    assert_eq!(checked.valid.len(), shares.len(), "light mode while the dataset builds: {:?}", checked.unverified);
+    assert_eq!(checked.invalid.len(), 1);
+    let started = Instant::now();
+    while !verifier.fast_ready() {
+        assert!(started.elapsed() < Duration::from_secs(600), "the dataset is built: {:?}", verifier.key_states());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(verifier.key_states()[0].hashing, "fast");
+    let checked = verifier.check(&params, &HashSet::new(), all).await;
     assert_eq!(checked.valid.len(), shares.len(), "{:?}", checked.unverified);
     assert_eq!(checked.invalid.len(), 1, "the forged share is caught in fast mode too");
+    // Keys no source uses are let go.
+    verifier.pin(Vec::new()).await.expect("nothing to measure");
+    assert!(verifier.key_states().is_empty() && !verifier.fast_ready());
+}
+
+#[tokio::test]
+async fn a_client_churning_keys_never_evicts_a_sources_key() {
+    let verifier = Verifier::new(1);
+    let source = b"source key".to_vec();
+    verifier.pin(vec![source.clone()]).await.expect("pinned");
+    let pinned = verifier.keys.material(&source).expect("material");
+    for n in 0..4u8 {
+        let other = verifier.keys.material(&[b'k', n]).expect("a client's key, light");
+        assert!(!Arc::ptr_eq(&other, &pinned));
+    }
+    let again = verifier.keys.material(&source).expect("material");
+    assert!(Arc::ptr_eq(&again, &pinned), "the source's key stayed ready");
+    assert_eq!(verifier.key_states()[0].dataset, "off", "light mode builds no dataset");
+}
+
+#[tokio::test]
+async fn the_lowest_claimed_hash_is_checked_first() {
+    let params: MineParams = serde_json::from_value(json!({
+        "key": "6f72646572", "blob": "05".repeat(76), "difficulty": 1, "nonce_start": 0, "nonce_count": 100000
+    }))
+    .expect("params");
+    let work = params.work().expect("work");
+    let material = Arc::new(Material::build(Flags::detect(), Mode::Light, &work.key, 1).expect("material"));
+    let real = Share { nonce: 99_999, hash: encode_hex(&material.vm().expect("vm").hash(&work.input(99_999))) };
+    // Thousands of junk shares claiming high hashes, and a real one last in
+    // the report claiming its (lower) hash: a time limit cuts the junk, not it.
+    let mut shares: Vec<Share> = (0..20_000).map(|n| Share { nonce: n, hash: "fe".repeat(32) }).collect();
+    shares.push(real.clone());
+    let verifier = Verifier::new(1).with_deadline(Duration::from_millis(1500));
+    let checked = verifier.check(&params, &HashSet::new(), shares).await;
+    assert_eq!(checked.valid.as_slice(), std::slice::from_ref(&real), "checked before the cut-off");
+    assert!(!checked.unverified.is_empty(), "the junk was cut");
 }
 
 #[tokio::test]
@@ -101,9 +155,5 @@ async fn a_check_ends_at_its_time_limit_and_leaves_the_rest_unverified() {
     let checked = verifier.check(&params, &HashSet::new(), shares).await;
     assert!(!checked.unverified.is_empty(), "100,000 light-mode hashes do not fit in 3 s");
     assert!(checked.unverified.iter().all(|(_, why)| why.contains("time limit")));
-    assert_eq!(
-        checked.valid.len() + checked.invalid.len() + checked.unverified.len(),
-        100_000,
-        "all accounted for"
-    );
+    assert_eq!(checked.valid.len() + checked.invalid.len() + checked.unverified.len(), 100_000, "all accounted for");
 }

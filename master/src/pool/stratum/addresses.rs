@@ -176,10 +176,12 @@ impl Addresses {
     /// budget (`budget` shares a second for all); false when it has used
     /// its part: the share is answered without hashing.
     pub fn take_quota(&mut self, ip: IpAddr, budget: f64, now: Instant) -> bool {
+        // Bursts of 4 s, and never fewer than a miner's start-up flurry.
         let rate = (budget * self.rules.budget_share).max(1.0);
+        let burst = (rate * 4.0).max(16.0);
         let Some(r) = self.record(ip, now) else { return false };
-        let quota = r.quota.get_or_insert_with(|| TokenBucket::full(rate, rate * 2.0, now));
-        quota.set_rate(rate, rate * 2.0, now);
+        let quota = r.quota.get_or_insert_with(|| TokenBucket::full(rate, burst, now));
+        quota.set_rate(rate, burst, now);
         quota.take(now)
     }
 

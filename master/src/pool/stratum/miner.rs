@@ -39,6 +39,8 @@ pub struct MinerJob {
     pub id: String,
     pub seq: u64,
     pub difficulty: u64,
+    /// The network's (or pool's) target: a share meeting it is urgent.
+    pub upstream: u64,
     pub params: MineParams,
     /// Nonces accepted on it (duplicates are refused).
     pub seen: HashSet<u32>,
@@ -219,10 +221,10 @@ impl Miner {
     }
 
     /// Files a job sent to the miner; answers its id.
-    pub fn push_job(&mut self, seq: u64, difficulty: u64, params: MineParams) -> String {
+    pub fn push_job(&mut self, seq: u64, difficulty: u64, upstream: u64, params: MineParams) -> String {
         self.next_job += 1;
         let id = format!("{:x}", self.next_job);
-        self.jobs.push_front(MinerJob { id: id.clone(), seq, difficulty, params, seen: HashSet::new() });
+        self.jobs.push_front(MinerJob { id: id.clone(), seq, difficulty, upstream, params, seen: HashSet::new() });
         self.jobs.truncate(JOBS_KEPT);
         id
     }

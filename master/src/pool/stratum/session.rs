@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use faena_proto::jobs::encode_hex;
 use faena_proto::mine::{Share, parse_target};
 use faena_proto::stratum::{self, ALGO, EXTENSIONS, Incoming, Job, LoginParams, LoginResult, SubmitParams};
+use faena_randomx::mine::meets;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -228,7 +229,7 @@ impl Session {
         let target_hex = stratum::target_hex(difficulty);
         let target = parse_target(&target_hex).ok()?;
         let params = template.slot_params(seat.slot, target);
-        let job_id = self.miner.push_job(template.seq, difficulty, params);
+        let job_id = self.miner.push_job(template.seq, difficulty, template.upstream_target(), params);
         Some(Job {
             blob: encode_hex(&template.blob_for(seat.slot)),
             job_id,
@@ -295,7 +296,11 @@ impl Session {
         let Some(job) = self.miner.job(candidate.at) else { return Flow::default() };
         let (params, seen, seq, difficulty) = (job.params.clone(), job.seen.clone(), job.seq, job.difficulty);
         let share = Share { nonce: candidate.nonce, hash: p.result.to_ascii_lowercase() };
-        let checked = self.pool.verifier().check(&params, &seen, vec![share]).await;
+        // A share that claims to be a block is checked first.
+        let checked = match meets(&candidate.hash, job.upstream) {
+            true => self.pool.verifier().check_urgent(&params, &seen, vec![share]).await,
+            false => self.pool.verifier().check(&params, &seen, vec![share]).await,
+        };
         self.pool.inner.metrics.shares_checked(checked.valid.len(), checked.invalid.len(), checked.unverified.len());
         if let Some((_, why)) = checked.unverified.first() {
             tracing::error!(miner = %self.name, reason = %why, "a Stratum share could not be verified; not counted");

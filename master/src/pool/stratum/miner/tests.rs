@@ -55,7 +55,7 @@ fn a_silent_miner_is_dropped_at_its_idle_time_whatever_is_sent_to_it() {
     // own lines do.
     for s in 1..=30 {
         let _ = m.retarget(Duration::from_secs(1), t1 + Duration::from_secs(s));
-        m.push_job(s, 100, params());
+        m.push_job(s, 100, 1, params());
     }
     assert_eq!(m.deadline(), t1 + Duration::from_secs(20), "a silent miner is dropped after 20 s");
     let t2 = t1 + Duration::from_secs(15);
@@ -95,7 +95,7 @@ fn logins_are_checked_before_a_seat_is_taken() {
 fn a_submit_is_prechecked_before_it_costs_a_hash() {
     let t0 = Instant::now();
     let mut m = Miner::new(rules(), 100, t0);
-    let job = m.push_job(7, 100, params());
+    let job = m.push_job(7, 100, 1, params());
     let hash = "ab".repeat(32);
     let slot = 0x05u8;
     let c = m.precheck(&job, "01000005", &hash, slot).expect("in the slot");
@@ -110,7 +110,7 @@ fn a_submit_is_prechecked_before_it_costs_a_hash() {
     assert_eq!(m.precheck(&job, "01000005", &hash, slot), Err(Precheck::Duplicate));
     // Only the last JOBS_KEPT jobs can be submitted to.
     for seq in 0..JOBS_KEPT as u64 {
-        m.push_job(seq, 100, params());
+        m.push_job(seq, 100, 1, params());
     }
     assert_eq!(m.precheck(&job, "02000005", &hash, slot), Err(Precheck::UnknownJob));
 }
@@ -130,7 +130,7 @@ fn vardiff_follows_the_shares_within_four_times_each_way() {
     let interval = Duration::from_secs(10);
     assert_eq!(m.retarget(interval, t0 + Duration::from_secs(60)), None, "not before the login");
     m.logged_in(t0);
-    let job = m.push_job(1, 100, params());
+    let job = m.push_job(1, 100, 1, params());
     // Eight shares of difficulty 100 in 2 s: far faster than one per 10 s.
     for n in 0..8u32 {
         let nonce = format!("{:08x}", n.swap_bytes());
