@@ -24,6 +24,22 @@ pub enum Provider {
     Local,
 }
 
+/// A model name goes into a provider's URL path (Gemini's
+/// `models/{model}:generateContent`): 1 to 128 of letters, digits and
+/// `-._:@+`, starting with a letter or digit, never `..`. The one rule for
+/// a job's `model` and the live configuration's `ai.model.*`.
+pub fn check_model_name(m: &str) -> Result<(), String> {
+    let name_char = |c: char| c.is_ascii_alphanumeric() || "-._:@+".contains(c);
+    let starts_well = m.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if m.len() > 128 || !starts_well || !m.chars().all(name_char) || m.contains("..") {
+        return Err(format!(
+            "model must be 1..=128 letters, digits or '-', '.', '_', ':', '@', '+', starting with a letter or digit, without '..' (got {:?})",
+            m.chars().take(140).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
 impl Provider {
     pub const ALL: [Provider; 3] = [Provider::Gemini, Provider::Openai, Provider::Local];
 
@@ -154,10 +170,8 @@ impl AiParams {
                 "prompt, system and history are {context} bytes together; the limit is {MAX_CONTEXT_BYTES}"
             ));
         }
-        // A model name goes into a URL path (Gemini): letters, digits and `-._:@+` only.
-        let name_char = |c: char| c.is_ascii_alphanumeric() || "-._:@+".contains(c);
-        if self.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 128 || !m.chars().all(name_char)) {
-            return bad("model must be 1..=128 letters, digits or '-', '.', '_', ':', '@', '+'".into());
+        if let Some(m) = &self.model {
+            check_model_name(m).map_err(WireError::Params)?;
         }
         if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
             return bad("temperature must be between 0 and 2".into());

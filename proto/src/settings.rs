@@ -113,10 +113,7 @@ fn log_filter(s: &str) -> Result<&str, String> {
 }
 
 fn model(s: &str) -> Result<&str, String> {
-    match s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/' | '@')) {
-        true => Ok(s),
-        false => Err(format!("model {s:?} has characters a model name does not (A-Z a-z 0-9 . _ - : / @)")),
-    }
+    crate::ai::check_model_name(s).map(|()| s)
 }
 
 fn providers(value: &Value) -> Result<Vec<Provider>, String> {
@@ -289,6 +286,9 @@ mod tests {
             Ok(Setting::AiModel(Provider::Gemini, "gemini-2.5-pro".into()))
         );
         assert!(Setting::parse("ai.model.gemini", &json!("a b")).is_err());
+        for bad in ["", "..", "../x", "a/b", "a..b", ".hidden", &"m".repeat(129)] {
+            assert!(Setting::parse("ai.model.gemini", &json!(bad)).is_err(), "{bad:?} would go into the URL path");
+        }
         let local = Setting::parse("ai.model.local", &json!("x.gguf")).unwrap_err();
         assert!(local.contains("cannot change live"), "{local}");
         assert!(Setting::parse("worker.colour", &json!(1)).unwrap_err().contains("unknown setting"));
