@@ -51,10 +51,18 @@ enum Miss {
 enum Target<'a> {
     /// Gemini or an OpenAI-compatible endpoint, with the job's own key if it has one.
     Remote {
+        wire: Wire,
         endpoint: &'a Endpoint,
         own_key: Option<Secret>,
     },
     Local(&'a Arc<LocalModel>),
+}
+
+/// The wire format a remote provider speaks.
+#[derive(Debug, Clone, Copy)]
+enum Wire {
+    Gemini,
+    OpenAi,
 }
 
 /// Asks one provider. On the last provider of the job's order, transient
@@ -67,11 +75,18 @@ async fn ask(
     ctx: &JobContext,
     last: bool,
 ) -> Result<(Answer, String, Timings), Miss> {
-    let target = match provider {
-        Provider::Local => Target::Local(providers.local.as_ref().ok_or_else(|| {
+    // Exhaustive: a new provider breaks the build here until it has a wire.
+    let wire = match provider {
+        Provider::Local => None,
+        Provider::Gemini => Some(Wire::Gemini),
+        Provider::Openai => Some(Wire::OpenAi),
+    };
+    let target = match wire {
+        None => Target::Local(providers.local.as_ref().ok_or_else(|| {
             Miss::Failure(JobFailure::permanent("this worker has no local model (FAENA_LOCAL_MODEL)"))
         })?),
-        _ => Target::Remote {
+        Some(wire) => Target::Remote {
+            wire,
             endpoint: providers.endpoint(provider).ok_or_else(|| {
                 Miss::Failure(JobFailure::permanent(format!("this worker has no {provider} provider configured")))
             })?,
@@ -86,14 +101,14 @@ async fn ask(
         let started = Instant::now();
         let result = match &target {
             Target::Local(model) => local::query(model, params, &mut sink).await,
-            Target::Remote { endpoint, own_key } => {
+            Target::Remote { wire, endpoint, own_key } => {
                 let key = own_key.as_ref().or(endpoint.key.as_ref());
                 let model = params.model.as_deref().unwrap_or(&default_model);
                 let q = Query { params, base: &endpoint.base, model, key };
                 let (http, streams, timeout) = (&providers.http, params.streams(), providers.chunk_timeout);
-                match provider {
-                    Provider::Gemini => gemini::query(http, &q, streams, timeout, &mut sink).await,
-                    _ => openai::query(http, &q, streams, timeout, &mut sink).await,
+                match wire {
+                    Wire::Gemini => gemini::query(http, &q, streams, timeout, &mut sink).await,
+                    Wire::OpenAi => openai::query(http, &q, streams, timeout, &mut sink).await,
                 }
             }
         };
