@@ -148,6 +148,11 @@ struct LineWatch {
 }
 
 impl LineWatch {
+    /// Disconnects it: the subscriber has exited when this returns.
+    async fn stop(mut self) {
+        let _ = self._child.kill().await;
+    }
+
     /// Reads lines until one starts with `prefix`; returns every line so far.
     async fn until(&mut self, prefix: &str) -> &[String] {
         let found = tokio::time::timeout(faena_testkit::WAIT, async {
@@ -249,8 +254,13 @@ async fn broker_acl_confines_each_account() {
     assert!(!admin_saw.iter().any(|l| l.contains("forged")), "a worker spoke for another: {admin_saw:?}");
 
     // The observer may not publish at all — not even as a worker, under its client id.
-    publish(&broker, OBSERVER, "acl-obs", "faena/logs", "observer-wrote");
-    publish(&broker, OBSERVER, "w3", "faena/workers/w3/status", "observer-wrote");
+    // (At QoS 1 its listener drops it outright; at QoS 0 the ACL does.)
+    let observer_cli = broker.cli_args(OBSERVER);
+    for qos in ["1", "0"] {
+        let _ = mosquitto_pub(&observer_cli, "acl-obs", &["-q", qos, "-t", "faena/logs", "-m", "observer-wrote"]);
+        let _ =
+            mosquitto_pub(&observer_cli, "w3", &["-q", qos, "-t", "faena/workers/w3/status", "-m", "observer-wrote"]);
+    }
     publish(&broker, MASTER, "acl-pub", "faena/workers/intruder/jobs", "done");
     let intruder_saw = intruder.until("faena/workers/intruder/jobs done").await;
     assert!(
@@ -390,4 +400,29 @@ async fn no_worker_login_can_take_a_services_broker_account() {
         let health = c.api.get("/healthz").await.1;
         assert_eq!(health["broker"], true, "the master kept its broker: {health}");
     }
+}
+
+/// An observer that connects with a persistent session (clean session off,
+/// QoS 1) and goes away leaves no queue behind on Mosquitto: 200 such
+/// sessions used to grow the broker past its memory limit, and again after
+/// each restart (the queues are persisted).
+#[tokio::test]
+async fn an_observer_that_goes_away_leaves_no_queue_behind() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(tmp.path()).await;
+    let mut cli = broker.cli_args(OBSERVER);
+    cli.push("-c".into());
+    let gone = watch_with(&cli, "obs-gone", &["faena/logs"]);
+    let mut gone = gone;
+    mark_ready(&broker, "faena/logs");
+    gone.until("faena/logs ready").await;
+    gone.stop().await;
+    for n in 0..20 {
+        publish(&broker, MASTER, "acl-pub", "faena/logs", &format!("while-away-{n}"));
+    }
+    let mut back = watch_with(&cli, "obs-gone", &["faena/logs"]);
+    back.until("faena/logs ready").await;
+    publish(&broker, MASTER, "acl-pub", "faena/logs", "after");
+    let saw = back.until("faena/logs after").await;
+    assert!(!saw.iter().any(|l| l.contains("while-away")), "a queue was kept for the absent observer: {saw:?}");
 }
