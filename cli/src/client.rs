@@ -75,6 +75,11 @@ struct FileConfig {
 
 const DEFAULT_URL: &str = "http://127.0.0.1:8888";
 
+/// Whether the token was given as a flag (not from the environment or a file).
+fn token_on_command_line(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    args.map(|a| a.to_string_lossy().into_owned()).any(|a| a == "--token" || a.starts_with("--token="))
+}
+
 impl Target {
     fn file(&self) -> Result<FileConfig> {
         let (path, explicit) = match &self.config {
@@ -98,6 +103,11 @@ impl Target {
     }
 
     pub fn client(&self) -> Result<Client> {
+        if token_on_command_line(std::env::args_os()) {
+            eprintln!(
+                "warning: --token shows in `ps` to everyone on this machine; use --token-file or FAENA_API_TOKEN instead"
+            );
+        }
         let file = self.file()?;
         let url = self.url.clone().or(file.url).unwrap_or_else(|| DEFAULT_URL.to_owned());
         let token_file = self.token_file.clone().or(file.token_file);

@@ -160,6 +160,8 @@ async fn every_command_with_json_and_exit_codes() {
     assert_eq!(out.json()["workers"].as_array().map(Vec::len), Some(2));
     let flag = faena_env(&c, &["workers", "--token", "nope"], &[]).await;
     assert_eq!(flag.code, 5, "a flag wins over the file");
+    assert!(flag.stderr.contains("warning: --token shows in `ps`"), "the flag is warned about: {}", flag.stderr);
+    assert!(!out.stderr.contains("warning"), "a token file is not: {}", out.stderr);
 
     // Completions for the shells clap knows.
     for shell in ["bash", "zsh", "fish"] {
