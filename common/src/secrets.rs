@@ -60,9 +60,45 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(contents.as_bytes())
 }
 
+/// Makes `path` a file only its owner may read or write: created so when
+/// missing, its mode narrowed when it exists (a database holding secrets;
+/// SQLite gives its -wal and -shm files the database file's mode).
+pub fn ensure_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    drop(options.open(path)?);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_database_file_is_made_private_and_kept_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("faena-private-db-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let (new, old) = (dir.join("new.db"), dir.join("old.db"));
+        let _ = std::fs::remove_file(&new);
+        std::fs::write(&old, "rows").expect("write");
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        for f in [&new, &old] {
+            ensure_private(f).expect("private");
+            let mode = std::fs::metadata(f).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
+        assert_eq!(std::fs::read_to_string(&old).expect("read"), "rows", "an existing database is kept");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[cfg(unix)]
     #[test]

@@ -38,6 +38,8 @@ pub const MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 /// Largest progress payload.
 pub const MAX_PROGRESS_BYTES: usize = 64 * 1024;
 const MAX_SLOTS: u32 = 4096;
+/// Most job kinds one worker may offer.
+const MAX_OFFERED_KINDS: usize = 64;
 
 #[derive(Debug)]
 pub struct MasterService {
@@ -143,10 +145,23 @@ impl MasterService {
         leases.iter().map(|l| self.lease(Some(l))).collect()
     }
 
+    /// Validates a registration's capabilities; every list and string is bounded.
     fn capabilities(&self, caps: Option<pb::Capabilities>) -> Result<Capabilities, Status> {
         let caps = caps.ok_or_else(|| self.invalid("capabilities are required"))?;
         if caps.slots == 0 || caps.slots > MAX_SLOTS {
             return Err(self.invalid(format!("slots must be 1..={MAX_SLOTS}")));
+        }
+        let short = |v: &str| v.len() <= 64 && v.chars().all(|c| c.is_ascii_graphic() || c == ' ');
+        if caps.kinds.len() > MAX_OFFERED_KINDS
+            || caps.ai_providers.len() > 8
+            || caps.randomx_modes.len() > 4
+            || !short(&caps.version)
+            || caps.ai_providers.iter().chain(&caps.randomx_modes).any(|v| !short(v))
+        {
+            return Err(self.invalid(format!(
+                "capabilities too large: at most {MAX_OFFERED_KINDS} kinds, 8 providers, 4 RandomX modes, \
+                 and a version and names of at most 64 printable characters"
+            )));
         }
         let mut kinds = std::collections::HashSet::new();
         for k in &caps.kinds {
@@ -154,7 +169,9 @@ impl MasterService {
                 Ok(kind) => {
                     kinds.insert(kind);
                 }
-                Err(_) => tracing::warn!(kind = %k, "worker offers a job kind this master does not know; ignored"),
+                Err(e) => {
+                    tracing::warn!(kind = %k.chars().take(80).collect::<String>(), error = %e, "worker offers a job kind this master does not take; ignored")
+                }
             }
         }
         if kinds.is_empty() {

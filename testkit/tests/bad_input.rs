@@ -140,6 +140,15 @@ async fn bogus_grpc_calls_are_rejected_with_clear_errors() {
     let unknown_kind = pb::Capabilities { kinds: vec!["teleport".into()], ..caps() };
     let e = grpc.register(request(register("fake", Some(unknown_kind)), Some(TOKEN))).await.expect_err("no known kind");
     assert!(e.message().contains("no job kind"), "{e:?}");
+    // Every list and string a registration carries is bounded.
+    let many_kinds = pb::Capabilities { kinds: (0..65).map(|n| format!("x.k{n}")).collect(), ..caps() };
+    let long_version = pb::Capabilities { version: "v".repeat(65), ..caps() };
+    let many_providers = pb::Capabilities { ai_providers: vec!["gemini".into(); 9], ..caps() };
+    for (what, bloated) in [("kinds", many_kinds), ("version", long_version), ("providers", many_providers)] {
+        let e = grpc.register(request(register("fake", Some(bloated)), Some(TOKEN))).await.expect_err(what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        assert!(e.message().contains("capabilities too large"), "{what}: {e:?}");
+    }
 
     let job = c.api.submit_ok("noop", json!({"payload": 1}), None).await;
     // What goes over the broker to "fake" (as anyone who can read its topic sees it).

@@ -57,6 +57,10 @@ pub struct Loaded {
 
 impl Db {
     pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+        // It holds pool passwords: its owner's alone, whatever the umask.
+        faena_common::secrets::ensure_private(path).map_err(|e| {
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), Some(e.to_string()))
+        })?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "busy_timeout", 5000)?;
@@ -189,5 +193,22 @@ impl Db {
             tx.commit()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(unix)]
+    #[test]
+    fn the_mining_store_is_its_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("faena-mining-db-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("mining.db");
+        let _db = super::Db::open(&path).expect("opens");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "pool passwords are in it");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
