@@ -26,6 +26,12 @@ pub struct Config {
     /// Listen address of the embedded broker (used when no --mqtt-url is given).
     #[arg(long, env = "FAENA_MQTT_ADDR", default_value = "127.0.0.1:1883")]
     pub mqtt_addr: SocketAddr,
+    /// Clients the embedded broker serves at once (workers, observers, the master).
+    #[arg(long, env = "FAENA_MQTT_MAX_CLIENTS", default_value_t = 1024)]
+    pub mqtt_max_clients: usize,
+    /// Of those, clients without an account (observers: mosquitto_sub, monitor.sh).
+    #[arg(long, env = "FAENA_MQTT_MAX_OBSERVERS", default_value_t = 256)]
+    pub mqtt_max_observers: usize,
     /// External broker, e.g. mqtt://mosquitto:1883. Without it the master embeds one.
     #[arg(long, env = "FAENA_MQTT_URL")]
     pub mqtt_url: Option<String>,

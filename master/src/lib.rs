@@ -168,7 +168,8 @@ pub async fn run(
         None => {
             let tls = cfg.tls.server_config()?;
             let secure = tls.is_some();
-            let b = broker::start(cfg.mqtt_addr, &token, &cfg.topic_prefix, tls).await?;
+            let limits = broker::guard::Limits { clients: cfg.mqtt_max_clients, observers: cfg.mqtt_max_observers };
+            let b = broker::start(cfg.mqtt_addr, &token, &cfg.topic_prefix, tls, limits).await?;
             tracing::info!(addr = %b.public, tls = secure, "embedded MQTT broker listening (accounts from the cluster token; anyone may read status and logs)");
             let internal = BrokerUrl { host: b.internal.ip().to_string(), port: b.internal.port(), tls: false };
             let public = BrokerUrl { host: b.public.ip().to_string(), port: b.public.port(), tls: secure };

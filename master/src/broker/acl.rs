@@ -46,6 +46,28 @@ impl Acl {
         }
     }
 
+    /// Whether a subscription to `filter` can deliver `role` anything: it
+    /// must overlap a topic the role may read. (What it delivers is still
+    /// checked message by message.)
+    pub fn can_subscribe(&self, role: &Role, filter: &str) -> bool {
+        if *role == Role::Master {
+            return true;
+        }
+        let p = self.prefix.as_str();
+        let mut readable =
+            vec![format!("{p}/master/status"), format!("{p}/config"), format!("{p}/logs"), "$SYS/#".to_owned()];
+        match role {
+            Role::Worker(me) => {
+                readable.push(format!("{p}/workers/{me}/jobs"));
+                readable.push(format!("{p}/workers/{me}/control"));
+            }
+            Role::Observer => readable.push(format!("{p}/workers/+/status")),
+            Role::Master => {}
+        }
+        let filter: Vec<&str> = filter.split('/').collect();
+        readable.iter().any(|r| overlaps(&filter, &r.split('/').collect::<Vec<_>>()))
+    }
+
     /// Whether `role` may publish on `topic` (a last will included).
     pub fn can_write(&self, role: &Role, topic: &str) -> bool {
         let Some(levels) = self.under(topic) else { return false };
@@ -55,6 +77,16 @@ impl Acl {
             (Role::Worker(me), ["workers", w, "status"]) => w == me,
             _ => false,
         }
+    }
+}
+
+/// Whether two topic filters can match a common topic.
+fn overlaps(a: &[&str], b: &[&str]) -> bool {
+    match (a.split_first(), b.split_first()) {
+        (Some((&"#", _)), _) | (_, Some((&"#", _))) => true,
+        (None, None) => true,
+        (None, _) | (_, None) => false,
+        (Some((x, a)), Some((y, b))) => (*x == "+" || *y == "+" || x == y) && overlaps(a, b),
     }
 }
 
@@ -87,5 +119,20 @@ mod tests {
             assert!(!acl.can_write(&observer, t), "observers publish nothing: {t}");
         }
         assert!(!acl.can_write(&w1, "faenax/logs") && !acl.can_read(&w1, "faena"), "the prefix is a whole level");
+    }
+
+    #[test]
+    fn subscriptions_must_overlap_what_the_role_reads() {
+        let acl = Acl::new("faena");
+        let (w1, observer) = (Role::Worker("w1".into()), Role::Observer);
+        for ok in ["faena/#", "#", "faena/+/status", "faena/workers/+/status", "faena/logs"] {
+            assert!(acl.can_subscribe(&observer, ok), "{ok}");
+        }
+        for refused in ["faena/workers/w1/jobs", "faena/workers/+/control", "faena/junk", "other/#"] {
+            assert!(!acl.can_subscribe(&observer, refused), "{refused}");
+        }
+        assert!(acl.can_subscribe(&w1, "faena/workers/w1/jobs") && acl.can_subscribe(&w1, "faena/workers/+/jobs"));
+        assert!(!acl.can_subscribe(&w1, "faena/workers/w2/jobs") && !acl.can_subscribe(&w1, "faena/workers/+/status"));
+        assert!(acl.can_subscribe(&Role::Master, "anything/at/all"));
     }
 }

@@ -15,6 +15,14 @@
 //!   broker sent it, among the client's own acknowledgements, since rumqttd
 //!   drops a client that acknowledges out of order.
 //!
+//! - what it costs is bounded: clients in all and observers apart; a packet
+//!   from a client without an account (and any CONNECT) at most
+//!   [`SMALL_PACKET_BYTES`], so a partial frame cannot hold megabytes; a
+//!   keepalive of at most [`MAX_KEEPALIVE_SECS`]; a subscription only to
+//!   filters that overlap what the client may read; a refused publish is
+//!   logged once per connection, not once per message (logs go to the
+//!   broker too).
+//!
 //! Packets that pass are forwarded byte for byte.
 
 use std::collections::{HashSet, VecDeque};
@@ -27,7 +35,7 @@ use faena_common::broker::{MASTER_CLIENT_ID, MAX_PACKET_BYTES, embedded_credenti
 use faena_proto::ids::WorkerId;
 use faena_proto::secret::Secret;
 use rumqttc::ConnectReturnCode;
-use rumqttc::mqttbytes::v4::{ConnAck, Connect, Login, Packet, PubAck, PubComp, PubRec};
+use rumqttc::mqttbytes::v4::{ConnAck, Connect, Login, Packet, PubAck, PubComp, PubRec, SubAck, SubscribeReasonCode};
 use rumqttc::mqttbytes::{self, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,14 +45,52 @@ use super::acl::{Acl, Role};
 
 /// A client must send CONNECT this soon after it connects.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest packet before a login, and from a client without an account.
+pub const SMALL_PACKET_BYTES: usize = 64 * 1024;
+/// The longest keepalive taken (0, "never", is taken as this).
+pub const MAX_KEEPALIVE_SECS: u16 = 300;
+
+/// How many clients the guard serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub clients: usize,
+    pub observers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { clients: 1024, observers: 256 }
+    }
+}
 
 #[derive(Debug)]
 pub struct Guard {
     /// rumqttd's internal listener, and the account only the guard and the master use there.
-    pub upstream: SocketAddr,
-    pub internal: (String, Secret),
-    pub cluster_token: Secret,
-    pub acl: Acl,
+    upstream: SocketAddr,
+    internal: (String, Secret),
+    cluster_token: Secret,
+    acl: Acl,
+    clients: Arc<tokio::sync::Semaphore>,
+    observers: Arc<tokio::sync::Semaphore>,
+}
+
+impl Guard {
+    pub fn new(
+        upstream: SocketAddr,
+        internal: (String, Secret),
+        cluster_token: Secret,
+        acl: Acl,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            upstream,
+            internal,
+            cluster_token,
+            acl,
+            clients: Arc::new(tokio::sync::Semaphore::new(limits.clients.max(1))),
+            observers: Arc::new(tokio::sync::Semaphore::new(limits.observers.max(1))),
+        }
+    }
 }
 
 /// Accepts clients for as long as the process runs (as rumqttd does),
@@ -60,9 +106,16 @@ pub async fn serve(listener: TcpListener, guard: Arc<Guard>, tls: Option<tokio_r
             }
         };
         let _ = tcp.set_nodelay(true);
+        let Ok(seat) = guard.clients.clone().try_acquire_owned() else {
+            // Full: closed at once, before a byte is read or buffered.
+            tracing::debug!(peer = %peer, "MQTT connection refused: too many clients");
+            drop(tcp);
+            continue;
+        };
         let guard = guard.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _seat = seat;
             let ended = match tls {
                 None => guard.connection(tcp.into_split()).await,
                 Some(tls) => match tokio::time::timeout(CONNECT_TIMEOUT, tls.accept(tcp)).await {
@@ -84,12 +137,14 @@ struct Frame {
     packet: Packet,
 }
 
-async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Result<Frame, String> {
+/// The next packet, of at most `max` bytes: a larger one is refused as
+/// soon as its header says so, before its body is buffered.
+async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max: usize) -> Result<Frame, String> {
     loop {
-        match mqttbytes::check(buf.iter(), MAX_PACKET_BYTES) {
+        match mqttbytes::check(buf.iter(), max) {
             Ok(header) => {
                 let raw = buf.split_to(header.frame_length()).freeze();
-                let packet = Packet::read(&mut BytesMut::from(&raw[..]), MAX_PACKET_BYTES)
+                let packet = Packet::read(&mut BytesMut::from(&raw[..]), max)
                     .map_err(|e| format!("malformed MQTT packet: {e:?}"))?;
                 return Ok(Frame { raw, packet });
             }
@@ -135,7 +190,7 @@ impl Guard {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let mut buf = BytesMut::with_capacity(4096);
-        let first = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut client_rd, &mut buf))
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut client_rd, &mut buf, SMALL_PACKET_BYTES))
             .await
             .map_err(|_| "no CONNECT in time".to_owned())??;
         let Packet::Connect(mut connect) = first.packet else { return Err("the first packet was not CONNECT".into()) };
@@ -151,10 +206,25 @@ impl Guard {
                 return Err(format!("refused: {code:?}"));
             }
         };
+        let _observer = match role {
+            Role::Observer => match self.observers.clone().try_acquire_owned() {
+                Ok(seat) => Some(seat),
+                Err(_) => {
+                    let refused = ConnAck::new(ConnectReturnCode::ServiceUnavailable, false);
+                    let _ = client_wr.write_all(&encode(&Packet::ConnAck(refused))).await;
+                    return Err("too many observers".into());
+                }
+            },
+            _ => None,
+        };
         if role == Role::Observer {
             connect.client_id = format!("observer-{}", uuid::Uuid::new_v4().simple());
             connect.clean_session = true;
         }
+        connect.keep_alive = match connect.keep_alive {
+            0 => MAX_KEEPALIVE_SECS,
+            k => k.min(MAX_KEEPALIVE_SECS),
+        };
         connect.login = Some(Login::new(self.internal.0.clone(), self.internal.1.expose()));
         let broker = TcpStream::connect(self.upstream).await.map_err(|e| format!("internal broker: {e}"))?;
         let _ = broker.set_nodelay(true);
@@ -165,8 +235,9 @@ impl Guard {
         let (to_broker, broker_out) = mpsc::channel::<Bytes>(1024);
         let writers = [tokio::spawn(pipe(client_out, client_wr)), tokio::spawn(pipe(broker_out, broker_wr))];
         let acks = Acks::new(to_broker.clone());
-        let up = self.client_to_broker(client_rd, buf, &role, to_broker, to_client.clone(), &acks);
-        let down = self.broker_to_client(broker_rd, &role, to_client, &acks);
+        let subs = Subs::default();
+        let up = self.client_to_broker(client_rd, buf, &role, (to_broker, to_client.clone()), &acks, &subs);
+        let down = self.broker_to_client(broker_rd, &role, to_client, &acks, &subs);
         let ended = tokio::select! {
             r = up => r,
             r = down => r,
@@ -183,19 +254,50 @@ impl Guard {
         mut rd: impl AsyncRead + Unpin,
         mut buf: BytesMut,
         role: &Role,
-        to_broker: mpsc::Sender<Bytes>,
-        to_client: mpsc::Sender<Bytes>,
+        (to_broker, to_client): (mpsc::Sender<Bytes>, mpsc::Sender<Bytes>),
         acks: &Acks,
+        subs: &Subs,
     ) -> Result<(), String> {
+        let max = if *role == Role::Observer { SMALL_PACKET_BYTES } else { MAX_PACKET_BYTES };
+        let mut refused = 0u64;
         loop {
-            let frame = read_frame(&mut rd, &mut buf).await?;
+            let frame = read_frame(&mut rd, &mut buf, max).await?;
             match &frame.packet {
                 Packet::PubAck(PubAck { pkid, .. }) | Packet::PubRec(PubRec { pkid, .. }) => {
                     acks.client_acked(*pkid, frame.raw).await?;
                     continue;
                 }
+                Packet::Subscribe(sub) if sub.filters.iter().any(|f| !self.acl.can_subscribe(role, &f.path)) => {
+                    let allowed: Vec<bool> =
+                        sub.filters.iter().map(|f| self.acl.can_subscribe(role, &f.path)).collect();
+                    let refused: Vec<String> = sub
+                        .filters
+                        .iter()
+                        .zip(&allowed)
+                        .filter(|(_, ok)| !**ok)
+                        .map(|(f, _)| f.path.chars().take(200).collect())
+                        .collect();
+                    tracing::warn!(role = ?role, filters = ?refused, "MQTT subscription refused: it can deliver nothing this client may read");
+                    let kept: Vec<_> =
+                        sub.filters.iter().zip(&allowed).filter(|(_, ok)| **ok).map(|(f, _)| f.clone()).collect();
+                    if kept.is_empty() {
+                        let codes = allowed.iter().map(|_| SubscribeReasonCode::Failure).collect();
+                        send(&to_client, Packet::SubAck(SubAck::new(sub.pkid, codes))).await?;
+                    } else {
+                        // The broker answers the filters kept; the refused
+                        // ones are put back into its SUBACK as failures.
+                        subs.lock().insert(sub.pkid, allowed);
+                        let kept = rumqttc::mqttbytes::v4::Subscribe { pkid: sub.pkid, filters: kept };
+                        send(&to_broker, Packet::Subscribe(kept)).await?;
+                    }
+                    continue;
+                }
                 Packet::Publish(p) if !self.acl.can_write(role, &p.topic) => {
-                    tracing::warn!(role = ?role, topic = %p.topic.chars().take(200).collect::<String>(), "MQTT publish refused by the ACL");
+                    refused += 1;
+                    // Once per connection: a client that keeps on cannot flood the log (which goes to the broker too).
+                    if refused == 1 {
+                        tracing::warn!(role = ?role, topic = %p.topic.chars().take(200).collect::<String>(), "MQTT publish refused by the ACL (further refusals on this connection are not logged)");
+                    }
                     match p.qos {
                         QoS::AtMostOnce => {}
                         QoS::AtLeastOnce => send(&to_client, Packet::PubAck(PubAck::new(p.pkid))).await?,
@@ -218,11 +320,12 @@ impl Guard {
         role: &Role,
         to_client: mpsc::Sender<Bytes>,
         acks: &Acks,
+        subs: &Subs,
     ) -> Result<(), String> {
         let mut buf = BytesMut::with_capacity(4096);
         let mut held_back = HashSet::new();
         loop {
-            let frame = read_frame(&mut rd, &mut buf).await?;
+            let frame = read_frame(&mut rd, &mut buf, MAX_PACKET_BYTES).await?;
             match &frame.packet {
                 Packet::Publish(p) if !self.acl.can_read(role, &p.topic) => {
                     match p.qos {
@@ -236,6 +339,22 @@ impl Guard {
                     continue;
                 }
                 Packet::Publish(p) if p.qos != QoS::AtMostOnce => acks.sent(p.pkid, Held::No).await?,
+                Packet::SubAck(a) if subs.lock().contains_key(&a.pkid) => {
+                    let allowed = subs.lock().remove(&a.pkid).unwrap_or_default();
+                    let mut granted = a.return_codes.iter().copied();
+                    let codes = allowed
+                        .iter()
+                        .map(|ok| {
+                            if *ok {
+                                granted.next().unwrap_or(SubscribeReasonCode::Failure)
+                            } else {
+                                SubscribeReasonCode::Failure
+                            }
+                        })
+                        .collect();
+                    send(&to_client, Packet::SubAck(SubAck::new(a.pkid, codes))).await?;
+                    continue;
+                }
                 Packet::PubRel(r) if held_back.remove(&r.pkid) => {
                     acks.send(Packet::PubComp(PubComp::new(r.pkid))).await?;
                     continue;
@@ -246,6 +365,10 @@ impl Guard {
         }
     }
 }
+
+/// Subscriptions sent on with some filters taken out: for each packet id,
+/// which of the client's filters were kept (at most one per packet id).
+type Subs = parking_lot::Mutex<std::collections::HashMap<u16, Vec<bool>>>;
 
 /// Whether the guard holds a message back (and acknowledges it itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,6 +47,7 @@ pub async fn start(
     cluster_token: &Secret,
     prefix: &str,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    limits: guard::Limits,
 ) -> Result<Embedded, EmbeddedBrokerError> {
     let public =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| EmbeddedBrokerError::Bind { addr, source })?;
@@ -56,12 +57,13 @@ pub async fn start(
         password: Secret::new(uuid::Uuid::new_v4().simple().to_string()),
     };
     let internal = start_rumqttd((Ipv4Addr::LOCALHOST, 0).into(), &login)?;
-    let guard = guard::Guard {
-        upstream: internal,
-        internal: (login.username.clone(), login.password.clone()),
-        cluster_token: cluster_token.clone(),
-        acl: acl::Acl::new(prefix),
-    };
+    let guard = guard::Guard::new(
+        internal,
+        (login.username.clone(), login.password.clone()),
+        cluster_token.clone(),
+        acl::Acl::new(prefix),
+        limits,
+    );
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::spawn(guard::serve(public, Arc::new(guard), tls));
     Ok(Embedded { public: public_addr, internal, login })

@@ -59,7 +59,10 @@ impl Db {
     pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
         // It holds pool passwords: its owner's alone, whatever the umask.
         faena_common::secrets::ensure_private(path).map_err(|e| {
-            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), Some(e.to_string()))
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(e.to_string()),
+            )
         })?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
