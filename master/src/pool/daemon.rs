@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Pool, Template};
+use super::{Pool, Template, limits};
 
 #[derive(Debug, Clone)]
 pub struct Rpc {
@@ -51,7 +51,8 @@ impl Rpc {
         if !status.is_success() {
             return Err(format!("monerod answered {method} with HTTP {status}"));
         }
-        let mut v: Value = resp.json().await.map_err(|e| format!("monerod: {method}: {e}"))?;
+        let body = read_bounded(resp, limits::MAX_REPLY_BYTES).await.map_err(|e| format!("monerod: {method}: {e}"))?;
+        let mut v: Value = serde_json::from_slice(&body).map_err(|e| format!("monerod: {method}: {e}"))?;
         if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
             let msg = err.get("message").and_then(Value::as_str).unwrap_or("error");
             return Err(format!("monerod: {method}: {msg}"));
@@ -86,6 +87,22 @@ impl Rpc {
     }
 }
 
+/// A reply's body, refused as soon as it passes `max` bytes (a node that
+/// streams without end cannot fill the master's memory).
+async fn read_bounded(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(format!("the reply is larger than {max} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > max {
+            return Err(format!("the reply is larger than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 fn decode(field: &str, hex: &str) -> Result<Vec<u8>, String> {
     decode_hex(hex).map_err(|e| format!("monerod sent a bad {field}: {e}"))
 }
@@ -107,10 +124,14 @@ async fn fetch(
         if blob.len() < 43 {
             return Err("monerod sent a hashing blob too short to hold a nonce".into());
         }
+        let key = decode("seed_hash", &t.seed_hash)?;
+        if key.len() != 32 {
+            return Err(format!("monerod sent a seed_hash of {} bytes, not 32", key.len()));
+        }
         out.push(Template {
             seq: pool.next_seq(),
             group,
-            key: decode("seed_hash", &t.seed_hash)?,
+            key,
             blob,
             height: Some(t.height),
             network_difficulty: Some(t.difficulty.max(1)),

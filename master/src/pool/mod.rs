@@ -18,12 +18,14 @@
 //! - [`sources`]: a source's work moving on, the workers' job; [`seats`]: miners' slots.
 //! - [`shares`]: what a verified share does (tallies, blocks, upstream).
 //! - [`accounts`]: per-participant tallies and hashrates; [`db`]: what survives restarts.
+//! - [`limits`]: what a source may cost (template pace, seed changes, blocks).
 //! - [`engine`]: what the pool asks of the job engine (the layer above implements it).
 
 pub mod accounts;
 mod daemon;
 pub mod db;
 mod engine;
+mod limits;
 mod seats;
 mod shares;
 mod sources;
@@ -153,6 +155,9 @@ struct Source {
     slots: BTreeSet<(u32, u8)>,
     /// The engine job the Faena workers mine it through.
     job: Option<JobId>,
+    /// What it may cost, and the templates waiting their turn.
+    limits: limits::SourceLimits,
+    deferred: Option<Vec<Template>>,
     /// Templates it has had, and the workers' units retired by a new one.
     templates: u64,
     retired_units: u64,
@@ -417,6 +422,8 @@ impl Pool {
             worker_nonces: HashSet::new(),
             slots: BTreeSet::new(),
             job: None,
+            limits: limits::SourceLimits::new(Instant::now()),
+            deferred: None,
             templates: 0,
             retired_units: 0,
             backend,

@@ -15,7 +15,7 @@ use faena_proto::stratum::difficulty_of;
 use faena_randomx::mine::meets;
 
 use super::accounts::Participant;
-use super::{Backend, Pool, Template, upstream};
+use super::{Backend, Pool, Template, limits, upstream};
 use crate::verify::parse_hash;
 
 /// How a share was taken.
@@ -136,6 +136,14 @@ impl Pool {
         match backend {
             Backend::Daemon { rpc, wake } => {
                 let Some(block) = t.block_with(nonce) else { return };
+                let allowed =
+                    self.inner.state.lock().sources.get_mut(source).is_some_and(|s| s.limits.block(Instant::now()));
+                if !allowed {
+                    // A difficulty that makes every share a block: not a node to flood.
+                    self.inner.metrics.pool_shares("block_throttled", 1);
+                    tracing::warn!(source = %source, "a block was not submitted: over the source's block rate (is its difficulty sane?)");
+                    return;
+                }
                 let (pool, source, who, height) = (self.clone(), source.to_owned(), who.clone(), t.height.unwrap_or(0));
                 let pow = encode_hex(hash);
                 self.inner.tasks.spawn(async move {
@@ -193,6 +201,8 @@ impl Pool {
             }
             if let Some(s) = st.sources.get_mut(source) {
                 s.blocks.push(view.clone());
+                let over = s.blocks.len().saturating_sub(limits::BLOCKS_KEPT);
+                s.blocks.drain(..over);
             }
         }
         if let Err(e) = self.inner.db.add_block(source.to_owned(), view).await {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use faena_proto::ids::JobId;
 use faena_proto::mining::SourceState;
 
+use super::limits::{self, Take};
 use super::{Pool, Template, Work};
 
 impl Pool {
@@ -33,6 +34,46 @@ impl Pool {
     /// A source moved on: miners get the new work at once, the old one is
     /// stale for the grace period, and the workers' job takes the new template.
     pub(super) async fn install(&self, id: &str, templates: Vec<Template>) {
+        if let Some(templates) = self.pace(id, templates, Instant::now()) {
+            self.take(id, templates).await;
+        }
+    }
+
+    /// The templates to take now, within the source's limits: none when
+    /// they wait their turn (a task takes the latest then) or bring a new
+    /// seed too soon.
+    fn pace(&self, id: &str, templates: Vec<Template>, now: Instant) -> Option<Vec<Template>> {
+        let key = templates.first()?.key.clone();
+        let mut st = self.inner.state.lock();
+        let s = st.sources.get_mut(id)?;
+        match s.limits.template(&key, now) {
+            Take::Now => Some(templates),
+            Take::SeedTooSoon => {
+                drop(st);
+                let cooldown = limits::SEED_COOLDOWN.as_secs();
+                let reason = format!("the source changed its seed again within {cooldown} s; its job was refused");
+                self.set_state(id, SourceState::Mining, Some(reason));
+                None
+            }
+            // Waiting its turn, replacing any that waited (whose turn is coming).
+            Take::At(when) => {
+                if s.deferred.replace(templates).is_none() {
+                    let (pool, id) = (self.clone(), id.to_owned());
+                    self.inner.tasks.spawn(async move {
+                        tokio::time::sleep_until(when.into()).await;
+                        let deferred = pool.inner.state.lock().sources.get_mut(&id).and_then(|s| s.deferred.take());
+                        if let Some(t) = deferred.and_then(|t| pool.pace(&id, t, Instant::now())) {
+                            pool.take(&id, t).await;
+                        }
+                    });
+                }
+                None
+            }
+        }
+    }
+
+    /// Installs a source's new templates (after [`Pool::install`]'s limits).
+    async fn take(&self, id: &str, templates: Vec<Template>) {
         let work = Arc::new(Work { templates: templates.into_iter().map(Arc::new).collect() });
         let grace = self.inner.cfg.stale_grace;
         let job = {
@@ -79,16 +120,18 @@ impl Pool {
             }
             keys
         };
-        {
+        let verifier = self.inner.verifier.clone();
+        let generation = {
             let mut pinned = self.inner.prepared.lock();
             if *pinned == keys {
                 return;
             }
             *pinned = keys.clone();
-        }
-        let verifier = self.inner.verifier.clone();
+            // Ordered under the same lock as the keys it pins.
+            verifier.next_pin()
+        };
         self.inner.tasks.spawn(async move {
-            match verifier.pin(keys).await {
+            match verifier.pin(generation, keys).await {
                 Ok(capacity) => tracing::info!(
                     capacity = format!("{capacity:.0} shares/s"),
                     fast = verifier.fast_ready(),

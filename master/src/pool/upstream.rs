@@ -105,6 +105,9 @@ async fn connect(ep: &Endpoint) -> Result<Box<dyn Conn>, String> {
     Ok(Box::new(tls))
 }
 
+/// Shares sent upstream awaiting the pool's verdict, at most.
+const MAX_PENDING: usize = 4096;
+
 /// A pool's job as a template; the nonce byte it fixed, if it did.
 fn template(pool: &Pool, job: &Job, nicehash: bool) -> Result<Template, String> {
     let blob = decode_hex(&job.blob).map_err(|e| format!("the pool sent a bad blob: {e}"))?;
@@ -116,6 +119,9 @@ fn template(pool: &Pool, job: &Job, nicehash: bool) -> Result<Template, String> 
     }
     let seed = job.seed_hash.as_deref().ok_or("the pool's job has no seed_hash")?;
     let key = decode_hex(seed).map_err(|e| format!("the pool sent a bad seed_hash: {e}"))?;
+    if key.len() != 32 {
+        return Err(format!("the pool sent a seed_hash of {} bytes, not 32", key.len()));
+    }
     let target = parse_target(&job.target).map_err(|e| format!("the pool sent a bad target: {e}"))?;
     let fixed = nicehash || blob[39..43].iter().any(|b| *b != 0);
     Ok(Template {
@@ -214,6 +220,10 @@ async fn session(
                 None => return Ok(()),
                 Some(s) => {
                     seq += 1;
+                    // A pool that never answers cannot grow this without end.
+                    if pending.len() >= MAX_PENDING {
+                        pending.clear();
+                    }
                     pending.insert(seq, ());
                     let p = SubmitParams {
                         id: session.clone(),

@@ -72,11 +72,21 @@ pub struct Keys {
     threads: usize,
     light: KeyCache,
     pinned: Mutex<Vec<Pinned>>,
+    /// The newest pinning applied: pins run one at a time, and an older
+    /// one that comes late changes nothing.
+    applied: Mutex<u64>,
 }
 
 impl Keys {
     pub fn new(flags: Flags, mode: Mode, threads: usize) -> Self {
-        Self { flags, mode, threads: threads.max(1), light: KeyCache::default(), pinned: Mutex::default() }
+        Self {
+            flags,
+            mode,
+            threads: threads.max(1),
+            light: KeyCache::default(),
+            pinned: Mutex::default(),
+            applied: Mutex::new(0),
+        }
     }
 
     /// The material to hash `key` with now: a pinned key's dataset once
@@ -103,7 +113,13 @@ impl Keys {
     /// a new one's light material is built before this returns (call it on
     /// a blocking thread), its dataset is started; keys no longer live are
     /// let go (their memory is freed once running checks let go).
-    pub fn pin(self: &Arc<Self>, keys: &[Vec<u8>]) {
+    /// `generation` orders pinnings asked for at once.
+    pub fn pin(self: &Arc<Self>, generation: u64, keys: &[Vec<u8>]) {
+        let mut applied = self.applied.lock();
+        if generation < *applied {
+            return;
+        }
+        *applied = generation;
         let keys: Vec<&Vec<u8>> = keys.iter().take(PINNED_MAX).collect();
         let fresh: Vec<Vec<u8>> = {
             let mut pinned = self.pinned.lock();

@@ -76,6 +76,8 @@ pub struct Verifier {
     permits: Arc<Semaphore>,
     /// One more thread for urgent checks when every other is busy.
     urgent: Arc<Semaphore>,
+    /// Pinnings asked for so far (their order).
+    pins: AtomicU64,
     /// Moving average of the seconds one hash takes on one thread (f64 bits; 0 = not measured yet).
     secs_per_hash: Arc<AtomicU64>,
     /// How long one check may take: what is not hashed by then comes back
@@ -152,6 +154,7 @@ impl Verifier {
             threads,
             permits: Arc::new(Semaphore::new(threads)),
             urgent: Arc::new(Semaphore::new(1)),
+            pins: AtomicU64::new(0),
             secs_per_hash: Arc::default(),
             deadline: DEADLINE,
         }
@@ -181,10 +184,12 @@ impl Verifier {
     /// light material now and, in fast mode, a dataset built in the
     /// background; then the hash rate is measured on what is there, so the
     /// capacity is known before the first share. Keys no longer live are let go.
-    pub async fn pin(&self, keys: Vec<Vec<u8>>) -> Result<f64, String> {
+    /// `generation` (from [`Verifier::next_pin`], taken when the keys were
+    /// decided) keeps a late, older pinning from undoing a newer one.
+    pub async fn pin(&self, generation: u64, keys: Vec<Vec<u8>>) -> Result<f64, String> {
         let first = keys.first().cloned();
         let k = self.keys.clone();
-        tokio::task::spawn_blocking(move || k.pin(&keys)).await.map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || k.pin(generation, &keys)).await.map_err(|e| e.to_string())?;
         let Some(key) = first else { return Ok(self.capacity().unwrap_or_default()) };
         let probe: Vec<Share> =
             (0..8 * self.threads as u32).map(|n| Share { nonce: n, hash: "00".repeat(32) }).collect();
@@ -203,6 +208,11 @@ impl Verifier {
             return Err(why.clone());
         }
         self.capacity().ok_or_else(|| "nothing was hashed".to_owned())
+    }
+
+    /// The order of a pinning decided now.
+    pub fn next_pin(&self) -> u64 {
+        self.pins.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The live keys' state: what their shares are hashed with, the dataset's progress.

@@ -72,7 +72,7 @@ async fn fast_mode_verifies_what_light_mode_found() {
     // dataset builds beside (it takes a while), then in fast mode.
     let verifier = Verifier::with_mode(2, Mode::Fast).with_deadline(Duration::from_secs(600));
     let key = work.key.clone();
-    verifier.pin(vec![key.clone()]).await.expect("light material at once");
+    verifier.pin(verifier.next_pin(), vec![key.clone()]).await.expect("light material at once");
     let states = verifier.key_states();
     assert_eq!(states.len(), 1);
     assert_eq!((states[0].hashing, states[0].dataset), ("light", "building"), "{states:?}");
@@ -90,7 +90,7 @@ async fn fast_mode_verifies_what_light_mode_found() {
     assert_eq!(checked.valid.len(), shares.len(), "{:?}", checked.unverified);
     assert_eq!(checked.invalid.len(), 1, "the forged share is caught in fast mode too");
     // Keys no source uses are let go.
-    verifier.pin(Vec::new()).await.expect("nothing to measure");
+    verifier.pin(verifier.next_pin(), Vec::new()).await.expect("nothing to measure");
     assert!(verifier.key_states().is_empty() && !verifier.fast_ready());
 }
 
@@ -98,7 +98,7 @@ async fn fast_mode_verifies_what_light_mode_found() {
 async fn a_client_churning_keys_never_evicts_a_sources_key() {
     let verifier = Verifier::new(1);
     let source = b"source key".to_vec();
-    verifier.pin(vec![source.clone()]).await.expect("pinned");
+    verifier.pin(verifier.next_pin(), vec![source.clone()]).await.expect("pinned");
     let pinned = verifier.keys.material(&source).expect("material");
     for n in 0..4u8 {
         let other = verifier.keys.material(&[b'k', n]).expect("a client's key, light");
