@@ -92,6 +92,14 @@ pub struct Config {
     /// `full` fsyncs every commit group (survives power loss); `normal` survives a master crash.
     #[arg(long, env = "FAENA_STORE_SYNC", value_enum, default_value = "full")]
     pub store_sync: SyncMode,
+    /// Finished jobs (and their history) older than this are deleted:
+    /// `7d`, `12h`, `30m`, `90s`, or `off`.
+    #[arg(long, env = "FAENA_RETENTION", default_value = "7d")]
+    pub retention: String,
+    /// At most this many jobs are kept, newest first (finished ones beyond
+    /// are deleted); 0 keeps any number.
+    #[arg(long, env = "FAENA_RETENTION_JOBS", default_value_t = 0)]
+    pub retention_jobs: u64,
     /// Most jobs waiting in the queue; past it submissions get 429.
     #[arg(long, env = "FAENA_QUEUE_CAPACITY", default_value_t = 100_000)]
     pub queue_capacity: usize,
@@ -231,6 +239,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: &str| Err(ConfigError(m.to_owned()));
+        self.retention()?;
         self.allowed_origins()?;
         self.allowed_hosts()?;
         if self.queue_capacity == 0 {
@@ -293,6 +302,30 @@ impl Config {
 
     pub fn allowed_hosts(&self) -> Result<crate::http::origin::Hosts, ConfigError> {
         crate::http::origin::Hosts::parse(&self.allowed_hosts).map_err(|e| ConfigError(format!("--allowed-hosts: {e}")))
+    }
+
+    /// What the store keeps (`FAENA_RETENTION`, `FAENA_RETENTION_JOBS`).
+    pub fn retention(&self) -> Result<crate::store::Retention, ConfigError> {
+        let bad =
+            || ConfigError(format!("--retention {:?}: a duration such as 7d, 12h, 30m or 90s, or off", self.retention));
+        let text = self.retention.trim();
+        let age = match text {
+            "off" | "0" => None,
+            _ => {
+                let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+                let n: u64 = n.parse().map_err(|_| bad())?;
+                let secs = match unit {
+                    "s" => n,
+                    "m" => n * 60,
+                    "h" => n * 3600,
+                    "d" => n * 86_400,
+                    _ => return Err(bad()),
+                };
+                (secs > 0).then(|| Duration::from_secs(secs))
+            }
+        };
+        let keep = (self.retention_jobs > 0).then_some(self.retention_jobs);
+        Ok(crate::store::Retention { age, keep, batch: 1000 })
     }
 
     /// The pool side's settings (the Stratum password resolved apart).

@@ -6,7 +6,7 @@
 //! - [`engine`] (with its [`engine::mining`] sub-machine), [`queue`],
 //!   [`scheduler`]: the domain, pure and unit-tested.
 //! - [`coordinator`]: the task that owns the engine and carries out its effects.
-//! - [`store`]: durable job store with group commit.
+//! - [`store`]: durable job store with group commit; [`janitor`]: its retention.
 //! - [`settings`]: live configuration, versioned, published signed to workers.
 //! - [`http`], [`grpc`], [`mqtt`]: adapters between the wire and the coordinator.
 //! - [`broker`]: the embedded rumqttd broker.
@@ -27,6 +27,7 @@ pub mod engine;
 pub mod grpc;
 pub mod http;
 pub mod hub;
+pub mod janitor;
 pub mod metrics;
 pub mod mqtt;
 pub mod pool;
@@ -245,6 +246,13 @@ pub async fn run(
         pool: Some(pool.clone()),
     };
     let coordinator_done = tracker.spawn(coordinator::run(engine, inbox, deps, core_cancel.clone()));
+    tracker.spawn(janitor::run(
+        store.clone(),
+        cfg.retention()?,
+        cfg.data_dir.join("faena.db"),
+        metrics.clone(),
+        core_cancel.clone(),
+    ));
     {
         let coord = coord.clone();
         tracker.spawn(async move {

@@ -24,6 +24,10 @@ pub struct Metrics {
     pub shares: Family<Labels, Counter>,
     /// How long one coordinator tick (lease and worker expiry, placement) takes.
     pub tick: Histogram,
+    /// The job store's size on disk (database and write-ahead log).
+    pub store_bytes: Gauge,
+    /// Jobs the retention deleted.
+    pub pruned: Counter,
     /// How long workers ran attempts, as they report it.
     pub run_time: Histogram,
     /// Shares on mining sources (workers' and Stratum miners'), by verdict.
@@ -163,6 +167,14 @@ impl Default for Metrics {
         registry.register("mining_blocks", "Blocks submitted to a node, by whether it accepted them", blocks.clone());
         let upstream = Family::<Labels, Counter>::default();
         registry.register("mining_upstream_shares", "Shares sent to a pool, by its verdict", upstream.clone());
+        let store_bytes = Gauge::default();
+        registry.register(
+            "store_bytes",
+            "The job store's size on disk (database and write-ahead log)",
+            store_bytes.clone(),
+        );
+        let pruned = Counter::default();
+        registry.register("store_pruned_jobs", "Finished jobs deleted by the retention", pruned.clone());
         let stratum_connections = Gauge::default();
         registry.register("stratum_connections", "Open Stratum connections", stratum_connections.clone());
         let stratum_refused = Family::<Labels, Counter>::default();
@@ -233,6 +245,8 @@ impl Default for Metrics {
             pool_shares,
             blocks,
             upstream,
+            store_bytes,
+            pruned,
             stratum_connections,
             stratum_refused,
             verifier_keys,

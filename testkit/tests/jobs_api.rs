@@ -107,3 +107,33 @@ async fn jobs_list_newest_first_filtered_and_paged() {
         assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains(says)), "{query}: {body}");
     }
 }
+
+/// With a retention of 100 jobs, 600 finished ones leave about 100 in the
+/// store: the oldest are deleted (their history with them) while the
+/// master runs, counted in `faena_store_pruned_jobs_total`, and the
+/// store's size is in `faena_store_bytes`.
+#[tokio::test]
+async fn finished_jobs_beyond_the_retention_are_deleted() {
+    let extra = vec![("FAENA_RETENTION_JOBS".to_owned(), "100".to_owned())];
+    let mut c = Cluster::start(MasterOpts { extra, ..MasterOpts::default() }).await;
+    c.add_worker("w1", 4).await;
+    c.wait_workers(1).await;
+    let jobs: Vec<Value> = (0..600).map(|i| json!({"kind": "noop", "params": {"payload": i}})).collect();
+    let (status, body) = c.api.post("/api/jobs/batch", &json!({"jobs": jobs})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let first = body["jobs"][0]["id"].as_str().expect("id").to_owned();
+    let last = body["jobs"][599]["id"].as_str().expect("id").to_owned();
+    assert_eq!(c.api.wait_final(&last).await["state"], "succeeded");
+    faena_testkit::eventually("the oldest are deleted", || async {
+        let metrics = faena_testkit::scrape(&c.api.url("/metrics")).await;
+        let pruned = faena_testkit::sample(&metrics, "faena_store_pruned_jobs_total").unwrap_or(0.0);
+        (pruned >= 500.0).then_some(())
+    })
+    .await;
+    assert_eq!(c.api.get(&format!("/api/jobs/{first}")).await.0, StatusCode::NOT_FOUND, "the first job is gone");
+    assert_eq!(c.api.get(&format!("/api/jobs/{last}")).await.1["state"], "succeeded", "the newest is kept");
+    let (kept, _) = list(&c, "limit=500").await;
+    assert!((100..=110).contains(&kept.len()), "about the newest 100 are kept: {}", kept.len());
+    let metrics = faena_testkit::scrape(&c.api.url("/metrics")).await;
+    assert!(faena_testkit::sample(&metrics, "faena_store_bytes").is_some_and(|b| b > 0.0), "the store's size is shown");
+}

@@ -23,8 +23,10 @@ use serde::Serialize;
 use crate::engine::{RestoredJob, StoreOp};
 
 mod list;
+mod retention;
 pub mod settings;
 pub use list::{DEFAULT_PAGE, JobFilter, MAX_PAGE, Page};
+pub use retention::Retention;
 
 /// Most operations committed in one transaction.
 const MAX_GROUP: usize = 20_000;
@@ -58,6 +60,8 @@ type Callback = Box<dyn FnOnce(Result<(), CommitFailed>) + Send>;
 enum Cmd {
     Op(StoreOp),
     AfterCommit(Callback),
+    /// One batch of retention, after the group it arrived with.
+    Prune(Retention, tokio::sync::oneshot::Sender<Result<usize, StoreError>>),
 }
 
 #[derive(Clone)]
@@ -169,6 +173,14 @@ impl Store {
         if let Err(mpsc::SendError(Cmd::AfterCommit(f))) = self.tx.send(Cmd::AfterCommit(Box::new(f))) {
             f(Err(CommitFailed(Arc::new(StoreError::Unavailable))));
         }
+    }
+
+    /// Deletes one batch of what `r` lets go (on the writer, after the
+    /// current commit group); how many jobs.
+    pub async fn prune(&self, r: Retention) -> Result<usize, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(Cmd::Prune(r, tx)).map_err(|_| StoreError::Unavailable)?;
+        rx.await.map_err(|_| StoreError::Unavailable)?
     }
 
     /// Every job that was queued or running, in submission order, and the
@@ -341,19 +353,20 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, healthy: Arc<Atomic
         conn.query_row("SELECT COALESCE(MAX(created_at), 0) FROM jobs", [], |r| r.get(0)).unwrap_or(0);
     let mut ops = Vec::new();
     let mut callbacks: Vec<Callback> = Vec::new();
+    let mut prunes = Vec::new();
     let mut backoff = Policy::DELIVERY.start();
     let mut failed_at: Option<Instant> = None;
     loop {
         if ops.is_empty() && callbacks.is_empty() {
             match rx.recv() {
-                Ok(cmd) => take(cmd, &mut ops, &mut callbacks),
+                Ok(cmd) => take(cmd, &mut ops, &mut callbacks, &mut prunes),
                 Err(_) => return,
             }
         }
         let mut closed = false;
         while ops.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(cmd) => take(cmd, &mut ops, &mut callbacks),
+                Ok(cmd) => take(cmd, &mut ops, &mut callbacks, &mut prunes),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     closed = true;
@@ -376,6 +389,9 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, healthy: Arc<Atomic
                 for cb in callbacks.drain(..) {
                     cb(Ok(()));
                 }
+                for (r, reply) in prunes.drain(..) {
+                    let _ = reply.send(retention::prune(&mut conn, r, faena_proto::mqtt::now_ms() as i64));
+                }
             }
             Err(e) if closed => {
                 tracing::error!(error = %e, changes = ops.len(), "the store could not commit before the master stopped; these changes are lost and their jobs run again after a restart");
@@ -397,10 +413,13 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, healthy: Arc<Atomic
     }
 }
 
-fn take(cmd: Cmd, ops: &mut Vec<StoreOp>, callbacks: &mut Vec<Callback>) {
+type PruneReply = tokio::sync::oneshot::Sender<Result<usize, StoreError>>;
+
+fn take(cmd: Cmd, ops: &mut Vec<StoreOp>, callbacks: &mut Vec<Callback>, prunes: &mut Vec<(Retention, PruneReply)>) {
     match cmd {
         Cmd::Op(op) => ops.push(op),
         Cmd::AfterCommit(cb) => callbacks.push(cb),
+        Cmd::Prune(r, reply) => prunes.push((r, reply)),
     }
 }
 

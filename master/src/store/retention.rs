@@ -1,0 +1,68 @@
+//! Nothing fills the disk: finished jobs (and their history) older than the
+//! retention period, or beyond the newest `keep`, are deleted in small
+//! batches by the store's own writer, between its commit groups, so
+//! dispatch never waits long behind a deletion. SQLite reuses the freed
+//! pages, so the file stops growing once deletions keep pace. Unfinished
+//! jobs, and the finished units of a mining job still running (a restart
+//! needs them), are never deleted.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, params_from_iter};
+
+use super::StoreError;
+
+/// What to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Finished jobs created longer ago than this are deleted.
+    pub age: Option<Duration>,
+    /// At most this many jobs, newest first, are kept (finished ones beyond go).
+    pub keep: Option<u64>,
+    /// Jobs deleted per batch.
+    pub batch: usize,
+}
+
+impl Retention {
+    pub fn is_off(&self) -> bool {
+        self.age.is_none() && self.keep.is_none()
+    }
+}
+
+/// Deletes one batch of what `r` lets go, as of `now_ms`; how many jobs.
+pub(super) fn prune(conn: &mut Connection, r: Retention, now_ms: i64) -> Result<usize, StoreError> {
+    // Age by creation time; the count by insertion order (rowid: jobs made
+    // in the same millisecond are still told apart).
+    let created_before = r.age.map_or(i64::MIN, |a| now_ms.saturating_sub(a.as_millis() as i64));
+    let rowid_upto = match r.keep {
+        Some(keep) => conn
+            .query_row("SELECT rowid FROM jobs ORDER BY rowid DESC LIMIT 1 OFFSET ?1", [keep as i64], |row| row.get(0))
+            .unwrap_or(i64::MIN),
+        None => i64::MIN,
+    };
+    if created_before == i64::MIN && rowid_upto == i64::MIN {
+        return Ok(0);
+    }
+    let tx = conn.transaction()?;
+    let ids: Vec<String> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT id FROM jobs
+             WHERE (created_at < ?1 OR rowid <= ?2) AND state IN ('succeeded', 'failed', 'cancelled')
+               AND (parent IS NULL OR parent NOT IN (SELECT id FROM jobs WHERE state IN ('queued', 'running')))
+             ORDER BY rowid LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![created_before, rowid_upto, r.batch as i64], |row| row.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let marks = vec!["?"; ids.len()].join(",");
+    tx.execute(&format!("DELETE FROM transitions WHERE job_id IN ({marks})"), params_from_iter(&ids))?;
+    tx.execute(&format!("DELETE FROM jobs WHERE id IN ({marks})"), params_from_iter(&ids))?;
+    tx.commit()?;
+    Ok(ids.len())
+}
+
+#[cfg(test)]
+mod tests;
