@@ -165,7 +165,7 @@ impl MasterService {
         }
         let mut kinds = std::collections::HashSet::new();
         for k in &caps.kinds {
-            match JobKind::parse(k) {
+            match JobKind::offered(k) {
                 Ok(kind) => {
                     kinds.insert(kind);
                 }

@@ -4,9 +4,14 @@
 //! A kind is `Copy` however it is spelled: a custom kind's name is interned
 //! once per process. The number of distinct custom kinds a process accepts is
 //! capped ([`MAX_CUSTOM_KINDS`]), which bounds that memory and the cardinality
-//! of every metric labelled by kind.
+//! of every metric labelled by kind. Of those, at most
+//! [`MAX_UNOFFERED_KINDS`] may be named first by anyone but a worker offering
+//! them (a client's job for a kind no worker has offered yet), and one
+//! counts there only until a worker offers it: so clients making up names
+//! cannot use up the namespace, and a worker that joins with a new kind
+//! always can.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -18,7 +23,18 @@ pub const CUSTOM_PREFIX: &str = "x.";
 /// Longest custom kind, prefix included.
 pub const MAX_KIND_LEN: usize = 64;
 /// Distinct custom kinds one process takes before it refuses new ones.
-pub const MAX_CUSTOM_KINDS: usize = 1024;
+pub const MAX_CUSTOM_KINDS: usize = 4096;
+/// Of those, kinds no worker has offered (named by clients' jobs).
+pub const MAX_UNOFFERED_KINDS: usize = 1024;
+
+/// Who names a custom kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namer {
+    /// A worker offering it when it registers.
+    Worker,
+    /// Anyone else: a client's job, a stored job, a message.
+    Other,
+}
 
 /// Every kind of job. Matching on it is exhaustive, so a new built-in kind
 /// breaks the build until every handler covers it.
@@ -41,6 +57,11 @@ impl CustomKind {
     /// `0-9`, `_`, `-` and `.`, starting with a letter, with no empty dotted
     /// segment and no trailing `.` or `-`.
     pub fn parse(s: &str) -> Result<Self, WireError> {
+        Self::named(s, Namer::Other)
+    }
+
+    /// [`CustomKind::parse`], named by `by`.
+    pub fn named(s: &str, by: Namer) -> Result<Self, WireError> {
         let bad = |why: &str| WireError::Params(format!("custom kind {s:?} {why}"));
         let Some(name) = s.strip_prefix(CUSTOM_PREFIX) else {
             return Err(bad("must start with \"x.\""));
@@ -57,7 +78,7 @@ impl CustomKind {
         if name.split('.').any(str::is_empty) || name.ends_with('-') {
             return Err(bad("has an empty segment or ends in '.' or '-'"));
         }
-        intern(s).map(CustomKind)
+        intern(s, by).map(CustomKind)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -65,24 +86,44 @@ impl CustomKind {
     }
 }
 
-fn intern(s: &str) -> Result<&'static str, WireError> {
-    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    intern_in(&mut names, s, MAX_CUSTOM_KINDS)
+/// Every name interned, and whether a worker has offered it.
+#[derive(Debug, Default)]
+struct Names {
+    all: HashMap<&'static str, bool>,
+    unoffered: usize,
 }
 
-fn intern_in(names: &mut HashSet<&'static str>, s: &str, cap: usize) -> Result<&'static str, WireError> {
-    if let Some(known) = names.get(s) {
+fn intern(s: &str, by: Namer) -> Result<&'static str, WireError> {
+    static NAMES: OnceLock<Mutex<Names>> = OnceLock::new();
+    let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    intern_in(&mut names, s, by, (MAX_CUSTOM_KINDS, MAX_UNOFFERED_KINDS))
+}
+
+fn intern_in(names: &mut Names, s: &str, by: Namer, (cap, unoffered_cap): (usize, usize)) -> Result<&'static str, WireError> {
+    if let Some((known, offered)) = names.all.get_key_value(s).map(|(k, o)| (*k, *o)) {
+        if by == Namer::Worker && !offered {
+            names.all.insert(known, true);
+            names.unoffered -= 1;
+        }
         return Ok(known);
     }
-    if names.len() >= cap {
+    if names.all.len() >= cap {
         return Err(WireError::Params(format!(
             "custom kind {s:?} refused: this process already knows {cap} custom kinds"
         )));
     }
+    if by == Namer::Other && names.unoffered >= unoffered_cap {
+        return Err(WireError::Params(format!(
+            "custom kind {s:?} refused: no worker offers it, and {unoffered_cap} kinds no worker offers are known \
+             already; start a worker that offers it first"
+        )));
+    }
     // Leaked on purpose: at most MAX_CUSTOM_KINDS names of MAX_KIND_LEN bytes.
     let name: &'static str = Box::leak(s.to_owned().into_boxed_str());
-    names.insert(name);
+    names.all.insert(name, by == Namer::Worker);
+    if by == Namer::Other {
+        names.unoffered += 1;
+    }
     Ok(name)
 }
 
@@ -101,8 +142,18 @@ impl JobKind {
     }
 
     pub fn parse(s: &str) -> Result<Self, WireError> {
+        Self::named(s, Namer::Other)
+    }
+
+    /// A kind a registering worker offers: a new custom one is always
+    /// taken while the process has room for any.
+    pub fn offered(s: &str) -> Result<Self, WireError> {
+        Self::named(s, Namer::Worker)
+    }
+
+    fn named(s: &str, by: Namer) -> Result<Self, WireError> {
         if s.starts_with(CUSTOM_PREFIX) {
-            return CustomKind::parse(s).map(JobKind::Custom);
+            return CustomKind::named(s, by).map(JobKind::Custom);
         }
         Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
             let known: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
@@ -167,11 +218,19 @@ mod tests {
 
     #[test]
     fn distinct_custom_kinds_are_capped() {
-        let mut names = HashSet::new();
-        assert!(intern_in(&mut names, "x.a", 2).is_ok() && intern_in(&mut names, "x.b", 2).is_ok());
-        assert!(intern_in(&mut names, "x.a", 2).is_ok(), "a known name is always taken");
-        let e = intern_in(&mut names, "x.c", 2).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("already knows 2 custom kinds"), "{e}");
+        let mut names = Names::default();
+        let caps = (3, 2);
+        let other = |names: &mut Names, s| intern_in(names, s, Namer::Other, caps);
+        assert!(other(&mut names, "x.a").is_ok() && other(&mut names, "x.b").is_ok());
+        assert!(other(&mut names, "x.a").is_ok(), "a known name is always taken");
+        let e = other(&mut names, "x.c").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("no worker offers it"), "clients' made-up names are capped apart: {e}");
+        assert!(intern_in(&mut names, "x.w", Namer::Worker, caps).is_ok(), "a worker's new kind still gets in");
+        // A worker offering a client's kind frees its place among the unoffered.
+        assert!(intern_in(&mut names, "x.a", Namer::Worker, caps).is_ok());
+        assert_eq!(names.unoffered, 1);
+        let e = intern_in(&mut names, "x.z", Namer::Worker, caps).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("already knows 3 custom kinds"), "{e}");
     }
 
     #[test]

@@ -122,3 +122,29 @@ async fn custom_kinds_take_every_path() {
     late.complete(&unit, json!(true)).await.expect("result accepted");
     assert_eq!(c.api.wait_final(&queued).await["result"], json!(true));
 }
+
+/// A client that makes up 2,000 kinds no worker offers cannot use up the
+/// namespace: past 1,024 it is told to start a worker first, and a worker
+/// that then joins with a new kind still gets its jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_kinds_cannot_use_up_the_namespace() {
+    let c = Cluster::start(MasterOpts { queue_capacity: 10_000, ..MasterOpts::default() }).await;
+    let jobs: Vec<_> = (0..1000).map(|n| json!({"kind": format!("x.made-up-{n}"), "params": {}})).collect();
+    let (status, body) = c.api.post("/api/jobs/batch", &json!({"jobs": jobs})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let mut refused = 0;
+    for n in 1000..2000 {
+        let (status, body) = c.api.submit(&format!("x.made-up-{n}"), json!({}), None).await;
+        if status == StatusCode::BAD_REQUEST {
+            assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("start a worker")), "{body}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 2000 - faena_proto::kind::MAX_UNOFFERED_KINDS, "the rest are refused, with the reason");
+    let mut w = Scripted::start(&c, "newcomer", &["x.brand-new"], 1).await;
+    let id = c.api.submit_ok("x.brand-new", json!({"n": 1}), None).await;
+    let unit = w.next_unit().await;
+    assert_eq!(unit.job_id.to_string(), id);
+    w.complete(&unit, json!({"ok": true})).await.expect("result");
+    assert_eq!(c.api.wait_final(&id).await["state"], "succeeded");
+}
