@@ -94,6 +94,11 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MasterError {
     move |source| MasterError::Io { what, source }
 }
 
+/// Everything a shutdown waits for, in all: inside the stack's
+/// `stop_grace_period` for the master (30 s), so Swarm never kills it
+/// mid-flush (a test reads stack.yml to hold this).
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(20);
+
 /// Where a running master can be reached.
 #[derive(Debug, Clone, Serialize)]
 pub struct Addrs {
@@ -375,28 +380,57 @@ pub async fn run(
         }
     }
 
-    // Stop taking jobs, let in-flight requests finish, flush the store, say goodbye.
+    // Stop taking jobs, let in-flight requests finish, flush the store, say
+    // goodbye — all within one budget, well inside the stack's grace period.
     tracing::info!("shutting down: no new jobs; flushing the store");
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_BUDGET;
     accepting.store(false, Ordering::Relaxed);
     out.announce(MasterState::Draining).await;
     servers_cancel.cancel();
     // Open event streams would hold a graceful shutdown forever: bound the wait.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(grpc_task, http_task) }).await;
+    let servers = deadline.min(tokio::time::Instant::now() + Duration::from_secs(5));
+    let _ = tokio::time::timeout_at(servers, async { tokio::join!(grpc_task, http_task) }).await;
     miners.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), miners.wait()).await;
+    let _ = tokio::time::timeout_at(servers, miners.wait()).await;
     pool.stop().await;
     core_cancel.cancel();
-    let _ = coordinator_done.await;
+    let _ = tokio::time::timeout_at(deadline, coordinator_done).await;
     out.announce(MasterState::Offline).await;
     let _ = out.client().disconnect().await;
     // The disconnect ends the MQTT loop, which closes the status feed; then
     // nothing is left for the tracked tasks to wait on.
     if !driver_done {
-        let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+        let _ = tokio::time::timeout_at(deadline, driver).await;
     }
     mqtt_cancel.cancel();
     tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    let _ = tokio::time::timeout_at(deadline, tracker.wait()).await;
     tracing::info!("faena-master stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The master's `stop_grace_period` in a stack file, in seconds.
+    fn master_grace(file: &str) -> Option<u64> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
+        let text = std::fs::read_to_string(path).ok()?;
+        let block = text.split("\n  master:\n").nth(1)?;
+        let block = block.split("\n  ").take_while(|l| l.starts_with(' ')).collect::<Vec<_>>().join("\n");
+        let value = block.lines().find_map(|l| l.trim().strip_prefix("stop_grace_period:"))?.trim();
+        value.strip_suffix('s')?.parse().ok()
+    }
+
+    #[test]
+    fn a_shutdown_fits_the_stacks_grace_period() {
+        for file in ["stack.yml", "docker-compose.yml"] {
+            let grace = master_grace(file).unwrap_or_else(|| panic!("{file} gives the master a stop_grace_period"));
+            // The store's last flush and the goodbye come after the budget: leave room.
+            assert!(
+                super::SHUTDOWN_BUDGET.as_secs() + 5 <= grace,
+                "{file}: {grace} s for a {:?} shutdown",
+                super::SHUTDOWN_BUDGET
+            );
+        }
+    }
 }
