@@ -166,6 +166,7 @@ pub async fn run(
     engine.restore(engine::Now::system(), restored);
 
     // The master's own connection, and the address workers are told.
+    let mut embedded = None;
     let (url, public_mqtt, creds) = match &cfg.mqtt_url {
         Some(url) => {
             let url = url.parse::<BrokerUrl>()?;
@@ -179,7 +180,9 @@ pub async fn run(
             tracing::info!(addr = %b.public, tls = secure, "embedded MQTT broker listening (accounts from the cluster token; anyone may read status and logs)");
             let internal = BrokerUrl { host: b.internal.ip().to_string(), port: b.internal.port(), tls: false };
             let public = BrokerUrl { host: b.public.ip().to_string(), port: b.public.port(), tls: secure };
-            (internal, public.to_string(), Some(b.login))
+            let login = b.login.clone();
+            embedded = Some(b);
+            (internal, public.to_string(), Some(login))
         }
     };
 
@@ -405,6 +408,9 @@ pub async fn run(
     mqtt_cancel.cancel();
     tracker.close();
     let _ = tokio::time::timeout_at(deadline, tracker.wait()).await;
+    if let Some(b) = embedded {
+        b.stop(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+    }
     tracing::info!("faena-master stopped");
     Ok(())
 }

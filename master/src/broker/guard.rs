@@ -40,6 +40,8 @@ use rumqttc::mqttbytes::{self, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::acl::{Acl, Role};
 
@@ -93,11 +95,21 @@ impl Guard {
     }
 }
 
-/// Accepts clients for as long as the process runs (as rumqttd does),
-/// over TLS when `tls` is given (mqtts).
-pub async fn serve(listener: TcpListener, guard: Arc<Guard>, tls: Option<tokio_rustls::TlsAcceptor>) {
+/// Accepts clients until `cancel`, over TLS when `tls` is given (mqtts);
+/// each connection is a task on `tasks`, ended with it.
+pub async fn serve(
+    listener: TcpListener,
+    guard: Arc<Guard>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "MQTT accept failed");
@@ -112,17 +124,22 @@ pub async fn serve(listener: TcpListener, guard: Arc<Guard>, tls: Option<tokio_r
             drop(tcp);
             continue;
         };
-        let guard = guard.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
+        let (guard, tls, cancel) = (guard.clone(), tls.clone(), cancel.clone());
+        tasks.spawn(async move {
             let _seat = seat;
-            let ended = match tls {
-                None => guard.connection(tcp.into_split()).await,
-                Some(tls) => match tokio::time::timeout(CONNECT_TIMEOUT, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => guard.connection(tokio::io::split(stream)).await,
-                    Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
-                    Err(_) => Err("no TLS handshake in time".into()),
-                },
+            let served = async {
+                match tls {
+                    None => guard.connection(tcp.into_split()).await,
+                    Some(tls) => match tokio::time::timeout(CONNECT_TIMEOUT, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => guard.connection(tokio::io::split(stream)).await,
+                        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+                        Err(_) => Err("no TLS handshake in time".into()),
+                    },
+                }
+            };
+            let ended = tokio::select! {
+                () = cancel.cancelled() => Ok(()),
+                r = served => r,
             };
             if let Err(e) = ended {
                 tracing::debug!(peer = %peer, reason = %e, "MQTT client connection ended");
@@ -233,7 +250,10 @@ impl Guard {
 
         let (to_client, client_out) = mpsc::channel::<Bytes>(1024);
         let (to_broker, broker_out) = mpsc::channel::<Bytes>(1024);
-        let writers = [tokio::spawn(pipe(client_out, client_wr)), tokio::spawn(pipe(broker_out, broker_wr))];
+        // Owned here: dropped (and aborted) with this connection, however it ends.
+        let mut writers = tokio::task::JoinSet::new();
+        writers.spawn(pipe(client_out, client_wr));
+        writers.spawn(pipe(broker_out, broker_wr));
         let acks = Acks::new(to_broker.clone());
         let subs = Subs::default();
         let up = self.client_to_broker(client_rd, buf, &role, (to_broker, to_client.clone()), &acks, &subs);
@@ -242,9 +262,7 @@ impl Guard {
             r = up => r,
             r = down => r,
         };
-        for w in writers {
-            w.abort();
-        }
+        writers.abort_all();
         ended
     }
 

@@ -16,6 +16,9 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use faena_common::broker::{Credentials, MAX_PACKET_BYTES};
 use faena_proto::secret::Secret;
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
@@ -38,6 +41,19 @@ pub struct Embedded {
     /// rumqttd itself, and the one account it takes: the master's own way in.
     pub internal: SocketAddr,
     pub login: Credentials,
+    /// The guard and its connections (rumqttd itself has no way to stop:
+    /// it ends with the process).
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Embedded {
+    /// Stops the guard: no new clients, every connection closed.
+    pub async fn stop(&self, within: std::time::Duration) {
+        self.cancel.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(within, self.tasks.wait()).await;
+    }
 }
 
 /// Starts the broker and its guard on `addr` (port 0 picks one), serving
@@ -65,8 +81,9 @@ pub async fn start(
         limits,
     );
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
-    tokio::spawn(guard::serve(public, Arc::new(guard), tls));
-    Ok(Embedded { public: public_addr, internal, login })
+    let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+    tasks.spawn(guard::serve(public, Arc::new(guard), tls, tasks.clone(), cancel.clone()));
+    Ok(Embedded { public: public_addr, internal, login, tasks, cancel })
 }
 
 /// Starts rumqttd on `addr`, taking only `login`; returns where it listens.
