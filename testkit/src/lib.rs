@@ -21,6 +21,7 @@ pub mod api;
 pub mod cli;
 pub mod custom;
 pub mod fake_ai;
+pub mod hostile;
 pub mod monerod;
 pub mod mosquitto;
 pub mod process;

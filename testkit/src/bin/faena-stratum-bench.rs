@@ -15,8 +15,17 @@
 //! (`--daemon`) and through Faena's Stratum server, same threads, the same
 //! time, alternating, and prints the ratio of their hashrates.
 //!
+//! With `--hostile [N]` (default 10,000) it measures what hostile clients
+//! cost honest miners instead: 50 honest miners (each from an address of
+//! its own, sending real shares) alone, then beside N hostile connections
+//! from 400 other addresses (idle ones that never log in, silent ones,
+//! junk-share senders, readers that never read; all reconnecting when
+//! dropped), on the master's default limits. Prints the honest miners'
+//! accepted shares/s in both, their ratio, the master's peak RSS and what
+//! was refused or banned.
+//!
 //!   cargo build --release --workspace --bins
-//!   ulimit -n 65536; target/release/faena-stratum-bench [--quick]
+//!   ulimit -n 65536; target/release/faena-stratum-bench [--quick] [--hostile [N]]
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,6 +157,11 @@ async fn master(node: &Monerod, mode: &str, budget: &str) -> (Cluster, String) {
         ("FAENA_STRATUM_INVALID_LIMIT", "4000000000"),
         ("FAENA_STRATUM_DIFFICULTY", "1000"),
         ("FAENA_STRATUM_RATE", "20"),
+        // Every simulated miner is on 127.0.0.1 and sends false shares:
+        // neither the per-address caps nor bans are what this measures.
+        ("FAENA_STRATUM_MAX_CONNECTIONS", "20000"),
+        ("FAENA_STRATUM_MAX_PER_ADDRESS", "20000"),
+        ("FAENA_STRATUM_ADDRESS_BUDGET", "1"),
         ("FAENA_LOG", "error"),
     ];
     // The extra environment comes after the harness's (light-mode) defaults: it wins.
@@ -240,11 +254,113 @@ async fn xmrig(bin: &str, args: &[&str], secs: u64) -> f64 {
     if steady.is_empty() { 0.0 } else { steady.iter().sum::<f64>() / steady.len() as f64 }
 }
 
+/// Honest miners alone, then beside `n` hostile connections.
+async fn hostile_mode(node: &Monerod, n: usize, secs: u64) {
+    use faena_testkit::hostile::{self, Counts, Honest, Hostile};
+    const HONEST: usize = 50;
+    let every = Duration::from_secs(5);
+    let extra = [
+        ("FAENA_STRATUM_ADDR", "127.0.0.1:0"),
+        ("FAENA_STRATUM_DIFFICULTY", "1"),
+        ("FAENA_STRATUM_MIN_DIFFICULTY", "1"),
+        ("FAENA_SHARE_INTERVAL_MS", "5000"),
+        ("FAENA_TEMPLATE_REFRESH_SECS", "3600"),
+        ("FAENA_LOG", "error"),
+    ];
+    let opts = MasterOpts {
+        extra: extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        ..Default::default()
+    };
+    let mut c = Cluster::start(opts).await;
+    let (status, v) =
+        c.api.post("/api/mining/sources", &json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    eventually("the source has work", || async {
+        (c.api.get(&format!("/api/mining/sources/{id}")).await.1["state"] == "mining").then_some(())
+    })
+    .await;
+    let addr: std::net::SocketAddr = c.addrs.stratum.clone().expect("stratum").parse().expect("addr");
+    let pid = c.master().pid();
+    let per_phase = secs / every.as_secs();
+    let mut miners = Vec::new();
+    for m in 0..HONEST {
+        let local = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2 + m as u8));
+        miners.push(Honest::connect(addr, local, &format!("honest-{m}")).await.expect("an honest miner logs in"));
+    }
+    // Real shares for both phases, hashed here once (light mode, all cores).
+    let jobs: Vec<_> = miners.iter().map(|m| (m.login.job.clone(), 0u32, 2 * per_phase as u32)).collect();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let shares = tokio::task::spawn_blocking(move || hostile::real_shares(&jobs, threads)).await.expect("hashed");
+    let mut rates = Vec::new();
+    let rss0 = rss_mib(pid);
+    let mut peak = rss0;
+    for (phase, attackers) in [("alone", 0usize), ("under attack", n)] {
+        let counts = Arc::new(Counts::default());
+        let hostile_counts = Arc::new(Counts::default());
+        let start = Instant::now() + Duration::from_secs(if attackers > 0 { 20 } else { 1 });
+        let stop = start + Duration::from_secs(secs);
+        let mut attack = tokio::task::JoinSet::new();
+        for i in 0..attackers {
+            let what = [Hostile::Idle, Hostile::Idle, Hostile::Silent, Hostile::Junk, Hostile::SlowReader][i % 5];
+            attack.spawn(hostile::hostile(addr, hostile::address(i, 25), what, i, stop, hostile_counts.clone()));
+        }
+        let offset = if attackers > 0 { per_phase as usize } else { 0 };
+        let mut honest = tokio::task::JoinSet::new();
+        for (k, (mut m, s)) in std::mem::take(&mut miners).into_iter().zip(shares.iter()).enumerate() {
+            let (counts, s) = (counts.clone(), s[offset..offset + per_phase as usize].to_vec());
+            // Spread over the interval, as real miners' shares are.
+            let first = start + every.mul_f64(k as f64 / HONEST as f64);
+            honest.spawn(async move {
+                m.submit_all(&s, every, first, &counts).await;
+                (k, m)
+            });
+        }
+        while Instant::now() < stop {
+            peak = peak.max(rss_mib(pid));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let mut back: Vec<_> = Vec::new();
+        while let Some(m) = honest.join_next().await {
+            back.push(m.expect("honest miner"));
+        }
+        back.sort_by_key(|(k, _)| *k);
+        miners = back.into_iter().map(|(_, m)| m).collect();
+        attack.abort_all();
+        let rate = counts.accepted_shares.load(Ordering::Relaxed) as f64 / secs as f64;
+        rates.push(rate);
+        println!(
+            "{phase:<13} honest accepted {rate:>6.2} shares/s (rejected {}: {:?})  hostile connections made {}  refused {}",
+            counts.rejected_shares.load(Ordering::Relaxed),
+            counts.last_rejection.lock().unwrap().clone(),
+            hostile_counts.connected.load(Ordering::Relaxed),
+            hostile_counts.refused.load(Ordering::Relaxed),
+        );
+    }
+    let metrics = c.api.text("/metrics").await;
+    let refused: Vec<String> = ["too_many", "full", "banned", "ban"]
+        .iter()
+        .map(|r| {
+            let v = faena_testkit::sample(&metrics, &format!("faena_stratum_refused_total{{reason=\"{r}\"}}"))
+                .unwrap_or(0.0);
+            format!("{r} {v:.0}")
+        })
+        .collect();
+    println!("honest under attack / alone: {:.3}", rates[1] / rates[0].max(1e-9));
+    println!("master RSS {rss0:.0} MiB before, {peak:.0} MiB at its peak; refused: {}", refused.join(", "));
+}
+
 #[tokio::main]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let dir = tempfile::Builder::new().prefix("faena-stratum-bench-").tempdir().expect("dir");
     let node = Monerod::start(dir.path(), 1_000_000_000_000).await;
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--hostile") {
+        let n = args.get(at + 1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+        hostile_mode(&node, n, if quick { 30 } else { 60 }).await;
+        return;
+    }
     let secs = if quick { 20 } else { 60 };
 
     let (mut c, stratum) = master(&node, "light", "0.8").await;

@@ -296,8 +296,9 @@ impl Session {
         let Some(job) = self.miner.job(candidate.at) else { return Flow::default() };
         let (params, seen, seq, difficulty) = (job.params.clone(), job.seen.clone(), job.seq, job.difficulty);
         let share = Share { nonce: candidate.nonce, hash: p.result.to_ascii_lowercase() };
-        // A share that claims to be a block is checked first.
-        let checked = match meets(&candidate.hash, job.upstream) {
+        // A share that claims to be a block is checked first — from a miner
+        // that has shown real work (a junk hash of zeros claims one too).
+        let checked = match self.miner.is_proven() && meets(&candidate.hash, job.upstream) {
             true => self.pool.verifier().check_urgent(&params, &seen, vec![share]).await,
             false => self.pool.verifier().check(&params, &seen, vec![share]).await,
         };
