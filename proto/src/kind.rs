@@ -99,7 +99,12 @@ fn intern(s: &str, by: Namer) -> Result<&'static str, WireError> {
     intern_in(&mut names, s, by, (MAX_CUSTOM_KINDS, MAX_UNOFFERED_KINDS))
 }
 
-fn intern_in(names: &mut Names, s: &str, by: Namer, (cap, unoffered_cap): (usize, usize)) -> Result<&'static str, WireError> {
+fn intern_in(
+    names: &mut Names,
+    s: &str,
+    by: Namer,
+    (cap, unoffered_cap): (usize, usize),
+) -> Result<&'static str, WireError> {
     if let Some((known, offered)) = names.all.get_key_value(s).map(|(k, o)| (*k, *o)) {
         if by == Namer::Worker && !offered {
             names.all.insert(known, true);

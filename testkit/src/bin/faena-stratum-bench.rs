@@ -149,6 +149,25 @@ struct Run {
     secs: u64,
 }
 
+/// A master with `extra` (after the harness's light-mode defaults: it
+/// wins) mining `node` as a daemon source.
+async fn mining(node: &Monerod, extra: &[(&str, &str)]) -> Cluster {
+    let opts = MasterOpts {
+        extra: extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        ..Default::default()
+    };
+    let c = Cluster::start(opts).await;
+    let (status, v) =
+        c.api.post("/api/mining/sources", &json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    eventually("the source has work", || async {
+        (c.api.get(&format!("/api/mining/sources/{id}")).await.1["state"] == "mining").then_some(())
+    })
+    .await;
+    c
+}
+
 async fn master(node: &Monerod, mode: &str, budget: &str) -> (Cluster, String) {
     let extra = [
         ("FAENA_STRATUM_ADDR", "127.0.0.1:0"),
@@ -164,20 +183,7 @@ async fn master(node: &Monerod, mode: &str, budget: &str) -> (Cluster, String) {
         ("FAENA_STRATUM_ADDRESS_BUDGET", "1"),
         ("FAENA_LOG", "error"),
     ];
-    // The extra environment comes after the harness's (light-mode) defaults: it wins.
-    let opts = MasterOpts {
-        extra: extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-        ..Default::default()
-    };
-    let c = Cluster::start(opts).await;
-    let (status, v) =
-        c.api.post("/api/mining/sources", &json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
-    assert_eq!(status, 201, "{v}");
-    let id = v["id"].as_str().unwrap().to_owned();
-    eventually("the source has work", || async {
-        (c.api.get(&format!("/api/mining/sources/{id}")).await.1["state"] == "mining").then_some(())
-    })
-    .await;
+    let c = mining(node, &extra).await;
     // The master prepares its verifier for the source's key (in fast mode a
     // 2 GiB dataset): the clock starts once it has measured itself.
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -267,19 +273,7 @@ async fn hostile_mode(node: &Monerod, n: usize, secs: u64) {
         ("FAENA_TEMPLATE_REFRESH_SECS", "3600"),
         ("FAENA_LOG", "error"),
     ];
-    let opts = MasterOpts {
-        extra: extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-        ..Default::default()
-    };
-    let mut c = Cluster::start(opts).await;
-    let (status, v) =
-        c.api.post("/api/mining/sources", &json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
-    assert_eq!(status, 201, "{v}");
-    let id = v["id"].as_str().unwrap().to_owned();
-    eventually("the source has work", || async {
-        (c.api.get(&format!("/api/mining/sources/{id}")).await.1["state"] == "mining").then_some(())
-    })
-    .await;
+    let mut c = mining(node, &extra).await;
     let addr: std::net::SocketAddr = c.addrs.stratum.clone().expect("stratum").parse().expect("addr");
     let pid = c.master().pid();
     let per_phase = secs / every.as_secs();
