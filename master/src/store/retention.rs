@@ -34,10 +34,13 @@ pub(super) fn prune(conn: &mut Connection, r: Retention, now_ms: i64) -> Result<
     // Age by creation time; the count by insertion order (rowid: jobs made
     // in the same millisecond are still told apart).
     let created_before = r.age.map_or(i64::MIN, |a| now_ms.saturating_sub(a.as_millis() as i64));
+    // Rows are only ever deleted from the old end, so the newest `keep`
+    // are those above max(rowid) - keep: found in O(log n), where an
+    // OFFSET would walk `keep` rows on every batch.
     let rowid_upto = match r.keep {
         Some(keep) => conn
-            .query_row("SELECT rowid FROM jobs ORDER BY rowid DESC LIMIT 1 OFFSET ?1", [keep as i64], |row| row.get(0))
-            .unwrap_or(i64::MIN),
+            .query_row("SELECT max(rowid) FROM jobs", [], |row| row.get::<_, Option<i64>>(0))?
+            .map_or(i64::MIN, |max| max.saturating_sub(keep as i64)),
         None => i64::MIN,
     };
     if created_before == i64::MIN && rowid_upto == i64::MIN {
