@@ -374,8 +374,9 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, healthy: Arc<Atomic
                 }
             }
         }
-        match apply(&mut conn, &ops, &mut created) {
-            Ok(()) => {
+        let retentions: Vec<Retention> = prunes.iter().map(|(r, _)| *r).collect();
+        match apply(&mut conn, &ops, &mut created, &retentions) {
+            Ok(pruned) => {
                 if let Some(since) = failed_at.take() {
                     healthy.store(true, Ordering::Relaxed);
                     tracing::info!(
@@ -389,8 +390,8 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, healthy: Arc<Atomic
                 for cb in callbacks.drain(..) {
                     cb(Ok(()));
                 }
-                for (r, reply) in prunes.drain(..) {
-                    let _ = reply.send(retention::prune(&mut conn, r, faena_proto::mqtt::now_ms() as i64));
+                for ((_, reply), n) in prunes.drain(..).zip(pruned) {
+                    let _ = reply.send(n);
                 }
             }
             Err(e) if closed => {
@@ -425,9 +426,14 @@ fn take(cmd: Cmd, ops: &mut Vec<StoreOp>, callbacks: &mut Vec<Callback>, prunes:
 
 /// Commits `ops` in one transaction. `created` is the newest job's
 /// `created_at` so far: a job is never stored as created before it.
-fn apply(conn: &mut Connection, ops: &[StoreOp], created: &mut i64) -> Result<(), StoreError> {
+fn apply(
+    conn: &mut Connection,
+    ops: &[StoreOp],
+    created: &mut i64,
+    retentions: &[Retention],
+) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
     let mut newest = *created;
-    let tx = conn.transaction()?;
+    let mut tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO jobs (id, kind, params, priority, seq, state, created_at, parent, retry_of) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8)",
@@ -519,9 +525,19 @@ fn apply(conn: &mut Connection, ops: &[StoreOp], created: &mut i64) -> Result<()
             }
         }
     }
+    // Retention rides in the same transaction, each batch in a savepoint.
+    let now = faena_proto::mqtt::now_ms() as i64;
+    let mut pruned = Vec::with_capacity(retentions.len());
+    for r in retentions {
+        let sp = tx.savepoint()?;
+        pruned.push(match retention::prune(&sp, *r, now) {
+            Ok(n) => sp.commit().map(|()| n).map_err(StoreError::from),
+            Err(e) => Err(e),
+        });
+    }
     tx.commit()?;
     *created = newest;
-    Ok(())
+    Ok(pruned)
 }
 
 #[cfg(test)]

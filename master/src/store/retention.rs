@@ -1,7 +1,8 @@
 //! Nothing fills the disk: finished jobs (and their history) older than the
 //! retention period, or beyond the newest `keep`, are deleted in small
-//! batches by the store's own writer, between its commit groups, so
-//! dispatch never waits long behind a deletion. SQLite reuses the freed
+//! batches by the store's own writer, inside its next commit group (a
+//! savepoint of its transaction: no fsync of their own, and a failed
+//! deletion never fails the group), so dispatch never waits long behind one. SQLite reuses the freed
 //! pages, so the file stops growing once deletions keep pace. Unfinished
 //! jobs, and the finished units of a mining job still running (a restart
 //! needs them), are never deleted.
@@ -30,7 +31,7 @@ impl Retention {
 }
 
 /// Deletes one batch of what `r` lets go, as of `now_ms`; how many jobs.
-pub(super) fn prune(conn: &mut Connection, r: Retention, now_ms: i64) -> Result<usize, StoreError> {
+pub(super) fn prune(conn: &Connection, r: Retention, now_ms: i64) -> Result<usize, StoreError> {
     // Age by creation time; the count by insertion order (rowid: jobs made
     // in the same millisecond are still told apart).
     let created_before = r.age.map_or(i64::MIN, |a| now_ms.saturating_sub(a.as_millis() as i64));
@@ -46,9 +47,8 @@ pub(super) fn prune(conn: &mut Connection, r: Retention, now_ms: i64) -> Result<
     if created_before == i64::MIN && rowid_upto == i64::MIN {
         return Ok(0);
     }
-    let tx = conn.transaction()?;
     let ids: Vec<String> = {
-        let mut stmt = tx.prepare_cached(
+        let mut stmt = conn.prepare_cached(
             "SELECT id FROM jobs
              WHERE (created_at < ?1 OR rowid <= ?2) AND state IN ('succeeded', 'failed', 'cancelled')
                AND (parent IS NULL OR parent NOT IN (SELECT id FROM jobs WHERE state IN ('queued', 'running')))
@@ -61,9 +61,8 @@ pub(super) fn prune(conn: &mut Connection, r: Retention, now_ms: i64) -> Result<
         return Ok(0);
     }
     let marks = vec!["?"; ids.len()].join(",");
-    tx.execute(&format!("DELETE FROM transitions WHERE job_id IN ({marks})"), params_from_iter(&ids))?;
-    tx.execute(&format!("DELETE FROM jobs WHERE id IN ({marks})"), params_from_iter(&ids))?;
-    tx.commit()?;
+    conn.execute(&format!("DELETE FROM transitions WHERE job_id IN ({marks})"), params_from_iter(&ids))?;
+    conn.execute(&format!("DELETE FROM jobs WHERE id IN ({marks})"), params_from_iter(&ids))?;
     Ok(ids.len())
 }
 
