@@ -220,8 +220,16 @@ struct State {
 #[derive(Debug)]
 struct Budget {
     bucket: TokenBucket,
+    /// What connections that have not had a share accepted yet may use,
+    /// all together: junk from many addresses cannot crowd out miners who
+    /// have shown real work.
+    unproven: TokenBucket,
     over: u64,
 }
+
+/// The part of the verification budget connections with no accepted share
+/// may use between them.
+const UNPROVEN_SHARE: f64 = 0.25;
 
 #[derive(Debug)]
 struct Inner {
@@ -303,7 +311,11 @@ impl Pool {
                 metrics,
                 http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
                 state: Mutex::default(),
-                budget: Mutex::new(Budget { bucket: TokenBucket::empty(1.0, 2.0, Instant::now()), over: 0 }),
+                budget: Mutex::new(Budget {
+                    bucket: TokenBucket::empty(1.0, 2.0, Instant::now()),
+                    unproven: TokenBucket::full(1.0, 16.0, Instant::now()),
+                    over: 0,
+                }),
                 addresses: Mutex::new(Addresses::new(rules)),
                 miners: AtomicU64::new(0),
                 seq: AtomicU64::new(1),
@@ -504,15 +516,19 @@ impl Pool {
         self.inner.cfg.share_interval.max(Duration::from_secs_f64(floor.min(3600.0)))
     }
 
-    /// Takes one share of `ip`'s from its address's part of the budget and
-    /// from the whole; false (and counted) when either is spent.
-    pub fn take_budget(&self, ip: IpAddr) -> bool {
+    /// Takes one share of `ip`'s from its address's part of the budget, from
+    /// the unproven connections' part unless `proven` (the connection has
+    /// had a share accepted), and from the whole; false (and counted) when
+    /// any is spent.
+    pub fn take_budget(&self, ip: IpAddr, proven: bool) -> bool {
         let rate = self.budget_rate();
         let now = Instant::now();
         let taken = self.inner.addresses.lock().take_quota(ip, rate, now) && {
             let mut b = self.inner.budget.lock();
             b.bucket.set_rate(rate, rate * 2.0, now);
-            b.bucket.take(now)
+            let unproven = (rate * UNPROVEN_SHARE).max(1.0);
+            b.unproven.set_rate(unproven, (unproven * 2.0).max(16.0), now);
+            (proven || b.unproven.take(now)) && b.bucket.take(now)
         };
         if !taken {
             self.inner.budget.lock().over += 1;

@@ -289,7 +289,7 @@ impl Session {
             Err(e) if e.is_invalid_share() => return self.reject(id, &e.to_string()),
             Err(e) => return Flow::line(stratum::error(id, &e.to_string())),
         };
-        if !self.pool.take_budget(self.peer.ip()) {
+        if !self.pool.take_budget(self.peer.ip(), self.miner.is_proven()) {
             self.miner.over_budget();
             return Flow::line(stratum::error(id, "Server busy: over the verification budget; difficulty raised"));
         }
