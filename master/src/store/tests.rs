@@ -1,0 +1,59 @@
+use super::*;
+use serde_json::json;
+
+fn wait_commit(store: &Store) {
+    let (tx, rx) = mpsc::channel();
+    store.after_commit(move |r| {
+        let _ = tx.send(r);
+    });
+    assert!(matches!(rx.recv_timeout(std::time::Duration::from_secs(10)), Ok(Ok(()))));
+}
+
+#[test]
+fn records_every_transition_and_restores_unfinished_jobs() {
+    let dir = std::env::temp_dir().join(format!("faena-store-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join("jobs.db");
+    let (a, b, c) = (JobId::new(), JobId::new(), JobId::new());
+    {
+        let store = Store::open(&path, SyncMode::Full).expect("opens");
+        for (i, id) in [a, b, c].into_iter().enumerate() {
+            store.write(StoreOp::Insert {
+                id,
+                spec: Arc::new(JobSpec::parse("noop", json!({"payload": i})).expect("valid")),
+                priority: Priority::Normal,
+                seq: i as u64,
+                at_ms: 1000,
+                parent: None,
+                retry_of: None,
+            });
+        }
+        let token = FencingToken::parse("tok").expect("token");
+        store.write(StoreOp::Dispatched { id: a, attempt: 1, worker: "w1".into(), token, at_ms: 1001 });
+        let token = FencingToken::parse("t").expect("token");
+        store.write(StoreOp::Dispatched { id: c, attempt: 1, worker: "w1".into(), token, at_ms: 1001 });
+        store.write(StoreOp::Finished {
+            id: c,
+            state: JobState::Succeeded,
+            attempts: 1,
+            worker: Some("w1".into()),
+            result: Some(json!({"payload": 2})),
+            error: None,
+            at_ms: 1002,
+        });
+        wait_commit(&store);
+        let done = store.get(c).expect("reads").expect("exists");
+        assert_eq!((done.state, done.result), (JobState::Succeeded, Some(json!({"payload": 2}))));
+        assert_eq!(
+            store.history(c).expect("reads").iter().map(|t| t.state.as_str()).collect::<Vec<_>>(),
+            ["queued", "running", "succeeded"]
+        );
+    }
+    let store = Store::open(&path, SyncMode::Normal).expect("reopens");
+    let restored = store.load_unfinished().expect("loads");
+    assert_eq!(restored.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a, b]);
+    assert_eq!(restored[0].lease.as_ref().map(|l| (l.0.as_str(), l.1, l.2.as_str())), Some(("w1", 1, "tok")));
+    assert!(restored[1].lease.is_none());
+    assert!(store.get(JobId::new()).expect("reads").is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
