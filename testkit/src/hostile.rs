@@ -39,6 +39,7 @@ pub struct Counts {
     pub last_rejection: std::sync::Mutex<Option<String>>,
 }
 
+/// A TCP connection to `addr` from the loopback address `local`.
 pub async fn connect_from(addr: SocketAddr, local: IpAddr) -> Option<TcpStream> {
     let socket = TcpSocket::new_v4().ok()?;
     socket.bind(SocketAddr::new(local, 0)).ok()?;

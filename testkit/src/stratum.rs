@@ -46,10 +46,8 @@ impl Miner {
     /// Connects from `local` (another loopback address: 127.0.0.2, …), as a
     /// miner on another machine would.
     pub async fn connect_from(addr: &str, local: std::net::IpAddr) -> Self {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.bind(std::net::SocketAddr::new(local, 0)).expect("bind a loopback address");
         let to = addr.parse().expect("a socket address");
-        Self::over(socket.connect(to).await.expect("connect to the Stratum server"))
+        Self::over(crate::hostile::connect_from(to, local).await.expect("connect to the Stratum server"))
     }
 
     fn over(tcp: TcpStream) -> Self {
