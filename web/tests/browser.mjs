@@ -173,7 +173,12 @@ const top = work.blob.slice(84, 86);
 const forged = await call(2, "submit", { id: miner, job_id: work.job_id, nonce: `000000${top}`, result: "00".repeat(32) });
 await check(forged.error && forged.error.message.startsWith("Invalid share"), `refused: ${JSON.stringify(forged)}`);
 sock.destroy();
-await page.locator('#participants tr[data-participant="page-miner"]', { hasText: "0/1/0" }).waitFor(T);
+// The forged share counts against the source, and on no one's record: a
+// participant appears on its first valid share, so a stranger cannot put
+// junk on a miner's name.
+await page.locator(`#sources li[data-source="${solo.id}"]`, { hasText: "/ 1 invalid /" }).waitFor(T);
+await check((await page.locator('#participants tr[data-participant="page-miner"]').count()) === 0,
+  "a miner with no valid share is no participant");
 await page.screenshot({ path: `${shots}/mining-sources.png`, fullPage: true });
 // The worker goes back to the page's own jobs.
 const removed = await fetch(`${url}/api/mining/sources/${solo.id}`, { method: "DELETE" });
