@@ -48,7 +48,11 @@ async fn participant(c: &Cluster, name: &str) -> Option<Value> {
 
 #[tokio::test]
 async fn a_daemon_source_mined_by_two_workers_finds_blocks_the_node_accepts() {
-    let mut c = Cluster::start(opts(&[("FAENA_DAEMON_POLL_MS", "200")])).await;
+    // A fixed share difficulty: after the restart below, the workers' speed
+    // is not known again until they report it, and the size a share would
+    // get meanwhile (the Stratum start difficulty) takes light-mode workers
+    // minutes — a race with the test's wait, not what it checks.
+    let mut c = Cluster::start(opts(&[("FAENA_DAEMON_POLL_MS", "200"), ("FAENA_WORKER_SHARE_DIFFICULTY", "50")])).await;
     let node = Monerod::start(c.dir.path(), 200).await;
     let wallet = Wallet::create(c.dir.path(), &node).await;
     for id in ["d1", "d2"] {
