@@ -59,12 +59,6 @@ pub struct Limits {
     pub observers: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self { clients: 1024, observers: 256 }
-    }
-}
-
 #[derive(Debug)]
 pub struct Guard {
     /// rumqttd's internal listener, and the account only the guard and the master use there.

@@ -100,7 +100,8 @@ impl Addresses {
         self.rules.max_connections.saturating_mul(2).max(1024)
     }
 
-    pub fn connections(&self) -> usize {
+    #[cfg(test)]
+    fn connections(&self) -> usize {
         self.connections
     }
 
