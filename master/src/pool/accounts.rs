@@ -210,4 +210,21 @@ mod tests {
         a.valid(&Participant::stratum("x"), "s", 1, now);
         assert_eq!(a.view(now).len(), 2);
     }
+
+    #[test]
+    fn participants_are_made_by_valid_shares_and_bounded() {
+        let now = Instant::now();
+        let mut a = Accounts::default();
+        a.invalid(&Participant::stratum("junk"), "s", 5, now);
+        a.stale(&Participant::stratum("junk"), "s", 1, now);
+        assert!(a.view(now).is_empty(), "invalid and stale shares make no participant");
+        for n in 0..MAX_PARTICIPANTS + 10 {
+            a.valid(&Participant::stratum(&format!("rig-{n}")), "s", 1, now);
+        }
+        assert_eq!(a.view(now).len(), MAX_PARTICIPANTS, "no more than the bound");
+        a.valid(&Participant::stratum("rig-0"), "s", 1, now);
+        a.invalid(&Participant::stratum("rig-0"), "s", 1, now);
+        let rig0 = a.view(now).into_iter().find(|p| p.name == "rig-0").expect("kept");
+        assert_eq!((rig0.shares.valid, rig0.shares.invalid), (2, 1), "a known participant's record still counts");
+    }
 }
