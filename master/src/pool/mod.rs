@@ -332,16 +332,9 @@ impl Pool {
             }
         }
         for (id, spec, job) in loaded.sources {
-            pool.launch(id.clone(), spec);
             // The engine restored that job from its store: the source adopts
             // it, and its first template replaces the one it was left with.
-            if let Some(job) = job {
-                let mut st = pool.inner.state.lock();
-                st.by_job.insert(job, id.clone());
-                if let Some(s) = st.sources.get_mut(&id) {
-                    s.job = Some(job);
-                }
-            }
+            pool.launch(id, spec, job);
         }
         {
             let mut st = pool.inner.state.lock();
@@ -399,12 +392,12 @@ impl Pool {
         validate(&spec)?;
         let id = uuid::Uuid::now_v7().to_string();
         self.inner.db.add_source(id.clone(), &spec, faena_proto::mqtt::now_ms()).await.map_err(PoolError::Store)?;
-        self.launch(id.clone(), spec);
+        self.launch(id.clone(), spec, None);
         tracing::info!(source = %id, "mining source added");
         self.source(&id).ok_or_else(|| PoolError::Store("the source vanished".into()))
     }
 
-    fn launch(&self, id: String, spec: SourceSpec) {
+    fn launch(&self, id: String, spec: SourceSpec, job: Option<JobId>) {
         let cancel = self.inner.cancel.child_token();
         let (work, _) = watch::channel(None);
         let (backend, run): (Backend, BoxFuture<'static, ()>) = match &spec {
@@ -433,7 +426,7 @@ impl Pool {
             previous: None,
             worker_nonces: HashSet::new(),
             slots: BTreeSet::new(),
-            job: None,
+            job,
             limits: limits::SourceLimits::new(Instant::now()),
             deferred: None,
             templates: 0,
@@ -441,10 +434,17 @@ impl Pool {
             backend,
             cancel,
         };
-        // Recorded before its task starts: work the task fetches at once
-        // (a restored source's first template) must find the source there,
-        // or it is dropped until the next refresh.
-        self.inner.state.lock().sources.insert(id, source);
+        // Recorded, with the job it restored, before its task starts: work
+        // the task fetches at once (a restored source's first template) must
+        // find the source there, or it is dropped until the next refresh —
+        // and must replace the restored job's template, or that job's units
+        // go on mining a template no source knows, their shares uncounted.
+        let mut st = self.inner.state.lock();
+        if let Some(job) = job {
+            st.by_job.insert(job, id.clone());
+        }
+        st.sources.insert(id, source);
+        drop(st);
         self.inner.tasks.spawn(run);
     }
 
