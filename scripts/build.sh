@@ -40,7 +40,7 @@ if [ "$cargo" = 1 ]; then
   # The whole workspace, as dev.sh and the tests build it: one set of artifacts.
   cargo build --locked --release --workspace --bins
 fi
-for b in faena-master faena-worker; do
+for b in faena-master faena-autoscaler faena-worker; do
   [ -x "target/release/$b" ] || die "target/release/$b is missing; run without --no-cargo"
 done
 # The worker image carries the default local model, so a stack deployed
@@ -94,6 +94,8 @@ stage() {
   case "$name" in
     master)
       binary faena-master "$ctx/bin"
+      # The autoscaler runs from the same image as its own service (stack.autoscale.yml).
+      binary faena-autoscaler "$ctx/bin"
       mkdir -p "$ctx/web/node_modules/socket.io-client/dist" "$ctx/web/node_modules/uplot/dist"
       cp web/index.html web/app.js web/access.js web/style.css web/dashboard.html web/dashboard.js \
         web/dashboard-charts.js web/dashboard.css "$ctx/web/"

@@ -122,7 +122,8 @@ function autoscale(a) {
   if (!a) return;
   $("autoscale-state").textContent =
     `${a.service}: ${a.replicas} replicas (min ${a.min}, max ${a.max}) · ${a.scaled_up} up, ${a.scaled_down} down` +
-    (a.error ? ` · ${a.error}` : "");
+    (a.error ? ` · ${a.error}` : "") +
+    (a.quiet ? ` · no report for ${Math.round(a.reported_ms_ago / 1000)} s: is faena-autoscaler running?` : "");
   $("autoscale-decisions").replaceChildren(...a.decisions.slice().reverse().map((d) =>
     el("li", null, `${new Date(d.at).toLocaleTimeString()} ${d.from} → ${d.to}: ${d.reason}`)));
 }

@@ -37,8 +37,10 @@ pub struct Config {
     pub mqtt_url: Option<String>,
     #[command(flatten)]
     pub broker_auth: BrokerAuth,
-    #[command(flatten)]
-    pub autoscale: crate::autoscale::AutoscaleArgs,
+    /// Autoscaling moved to its own service (`faena-autoscaler`): read only
+    /// to say so to whoever still sets it here.
+    #[arg(long, env = "FAENA_AUTOSCALE", hide = true)]
+    pub autoscale: Option<String>,
     /// The external broker is Mosquitto with its dynamic security plugin and
     /// the master's account is the plugin's admin: the master gives every
     /// worker an account of its own there, confined to its own topics.

@@ -19,7 +19,6 @@
 //!   Stratum server for XMRig miners, participants' accounting.
 
 pub mod ai_cache;
-pub mod autoscale;
 pub mod broker;
 pub mod config;
 pub mod coordinator;
@@ -33,6 +32,7 @@ pub mod mqtt;
 pub mod pool;
 pub mod queue;
 pub mod ranked;
+pub mod scaling;
 pub mod scheduler;
 pub mod settings;
 pub mod store;
@@ -137,7 +137,11 @@ pub async fn run(
     on_ready: impl FnOnce(&Addrs),
 ) -> Result<(), MasterError> {
     cfg.validate()?;
-    let autoscale = cfg.autoscale.settings()?;
+    if cfg.autoscale.as_deref().is_some_and(|a| !a.trim().is_empty()) {
+        tracing::warn!(
+            "FAENA_AUTOSCALE is set on the master, which no longer scales anything: run faena-autoscaler (stack.autoscale.yml does)"
+        );
+    }
     let topics = Topics::new(&cfg.topic_prefix).map_err(|_| MasterError::Topics(cfg.topic_prefix.clone()))?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(io(format!("creating {}", cfg.data_dir.display())))?;
     let token = cluster_token(&cfg)?;
@@ -326,23 +330,13 @@ pub async fn run(
         pool: pool.clone(),
         retrying: Default::default(),
         live,
+        autoscaler: scaling::Reports::default(),
     };
     let miners = TaskTracker::new();
     if let Some(listener) = stratum_listener {
         tracker.spawn(pool::stratum::serve(listener, pool.clone(), miners.clone(), servers_cancel.clone()));
     }
-    let status = autoscale.as_ref().map(|s| autoscale::Status::new(&cfg.autoscale.autoscale_service, s));
-    if let (Some(settings), Some(status)) = (autoscale, status.clone()) {
-        let scaler = autoscale::Autoscaler {
-            args: cfg.autoscale.clone(),
-            policy: autoscale::policy::Policy::new(settings),
-            coord: coord.clone(),
-            metrics: metrics.clone(),
-            status,
-        };
-        tracker.spawn(scaler.run(servers_cancel.clone()));
-    }
-    let feed = web::ops::Feed { coord: coord.clone(), metrics: metrics.clone(), autoscale: status };
+    let feed = web::ops::Feed { coord: coord.clone(), metrics: metrics.clone(), autoscaler: state.autoscaler.clone() };
     let (sio_layer, io) =
         web::socket_io(coord.clone(), state.hub.clone(), api_token, metrics.clone(), cfg.web_limits(), feed.clone());
     tracker.spawn(web::ops::broadcast(io.clone(), feed, servers_cancel.clone()));

@@ -293,9 +293,9 @@ impl Metrics {
         }
     }
 
-    /// The autoscaler scaled `direction` (`up` or `down`).
-    pub fn autoscaled(&self, direction: &'static str) {
-        self.autoscale.get_or_create(&vec![("direction", direction)]).inc();
+    /// The autoscaler scaled `direction` (`up` or `down`) `n` more times.
+    pub fn autoscaled(&self, direction: &'static str, n: u64) {
+        self.autoscale.get_or_create(&vec![("direction", direction)]).inc_by(n);
     }
 
     pub fn set_health(&self, store: bool, broker: bool) {

@@ -23,6 +23,7 @@ pub mod kind;
 pub mod mine;
 pub mod mining;
 pub mod mqtt;
+pub mod scaling;
 pub mod secret;
 pub mod settings;
 pub mod sio;

@@ -1,6 +1,7 @@
-//! The autoscaler against a stand-in for the Docker Engine API (the real
-//! wire format on a Unix socket) that starts and stops real workers as a
-//! swarm would: a burst of slow jobs scales 1 -> 3, every job finishes once;
+//! The autoscaler — its own process, the only one with the Docker socket,
+//! reaching the master through its API with the API token — against a
+//! stand-in for the Docker Engine API (the real wire format on a Unix
+//! socket) that starts and stops real workers as a swarm would: a burst of slow jobs scales 1 -> 3, every job finishes once;
 //! the idle cluster goes back to 1, the workers on the removed slots drained
 //! before the count is lowered (and one Swarm keeps takes work again); each
 //! decision counted and on the dashboard. (`scripts/e2e-swarm.sh` does the same on a real swarm.)
@@ -10,11 +11,13 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
-use faena_testkit::{Cluster, MasterOpts, eventually, repo, run_node, sample, scrape};
+use faena_testkit::{Api, Cluster, MasterOpts, Proc, bin, eventually, repo, run_node, sample, scrape};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 type Engine = Arc<Mutex<(u64, Value)>>;
+
+const TOKEN: &str = "scale-me-token";
 
 /// The Engine API's service read and update; each update's replica count
 /// goes to the returned channel.
@@ -66,10 +69,27 @@ async fn the_autoscaler_scales_up_on_queue_wait_and_back_down_draining_first() {
         ("FAENA_AUTOSCALE_EVERY_MS", "200"),
         ("FAENA_AUTOSCALE_DRAIN_MS", "1500"),
     ];
-    let mut extra: Vec<(String, String)> = settings.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-    extra.push(("FAENA_DOCKER_SOCKET".into(), socket.display().to_string()));
-    extra.push(("FAENA_WEB_DIR".into(), repo().join("web").display().to_string()));
-    let mut c = Cluster::start(MasterOpts { extra, ..MasterOpts::default() }).await;
+    let extra = vec![("FAENA_WEB_DIR".into(), repo().join("web").display().to_string())];
+    let mut c = Cluster::start_with_api_token(MasterOpts { extra, ..MasterOpts::default() }, TOKEN).await;
+
+    // The API the autoscaler uses is the API: without the token, nothing.
+    let anyone = Api::new(&c.addrs.http);
+    let drain = json!({"workers": ["worker-1"], "for_ms": 60000});
+    assert_eq!(anyone.put("/api/workers/draining", &drain).await.0, 401);
+    assert_eq!(anyone.get("/api/load").await.0, 401);
+    let (status, v) = c.api.put("/api/workers/draining", &json!({"workers": ["worker-1"], "for_ms": 0})).await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = c.api.put("/api/autoscaler", &json!({"service": "x"})).await;
+    assert_eq!(status, 400, "{v}");
+
+    let mut env: Vec<(String, String)> = settings.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+    env.push(("FAENA_DOCKER_SOCKET".into(), socket.display().to_string()));
+    env.push(("FAENA_URL".into(), format!("http://{}", c.addrs.http)));
+    let token_file = dir.path().join("api-token");
+    std::fs::write(&token_file, TOKEN).expect("token file");
+    env.push(("FAENA_API_TOKEN_FILE".into(), token_file.display().to_string()));
+    let log = dir.path().join("autoscaler.log");
+    let _scaler = Proc::spawn(&bin("faena-autoscaler"), &[], &env, &log).await;
     c.add_worker("worker-1", 1).await;
     c.wait_workers(1).await;
 
@@ -113,8 +133,8 @@ async fn the_autoscaler_scales_up_on_queue_wait_and_back_down_draining_first() {
     let metrics = scrape(&c.api.url("/metrics")).await;
     assert_eq!(sample(&metrics, "faena_autoscale_decisions_total{direction=\"up\"}"), Some(1.0));
     assert_eq!(sample(&metrics, "faena_autoscale_decisions_total{direction=\"down\"}"), Some(1.0));
-    let log = eventually("the decisions in the master's log", || async {
-        let log = c.master_log();
+    let log = eventually("the decisions in the autoscaler's log", || async {
+        let log = std::fs::read_to_string(dir.path().join("autoscaler.log")).unwrap_or_default();
         (log.matches("autoscaler scaled the worker service").count() == 2).then_some(log)
     })
     .await;
@@ -122,5 +142,5 @@ async fn the_autoscaler_scales_up_on_queue_wait_and_back_down_draining_first() {
     assert!(updates.try_recv().is_err(), "no further decision");
     // The dashboard shows both decisions with their reasons.
     let shots = faena_testkit::target_dir().join("screenshots").join("web");
-    run_node(&c, "dashboard-autoscale.mjs", &[&shots.display().to_string()]).await;
+    run_node(&c, "dashboard-autoscale.mjs", &[TOKEN, &shots.display().to_string()]).await;
 }

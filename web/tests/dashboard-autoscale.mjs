@@ -1,10 +1,11 @@
 // The dashboard's autoscaler panel in chromium (headless), against a master
-// whose autoscaler has scaled up and down. Run by testkit/tests/autoscale.rs:
-//   node web/tests/dashboard-autoscale.mjs http://127.0.0.1:<port> <screenshot dir>
+// (started with an API token) whose autoscaler — its own process — has
+// scaled up and down. Run by testkit/tests/autoscale.rs:
+//   node web/tests/dashboard-autoscale.mjs http://127.0.0.1:<port> <token> <screenshot dir>
 import { launch } from "./chromium.mjs";
 import { mkdirSync } from "node:fs";
 
-const [url, shots] = process.argv.slice(2);
+const [url, token, shots] = process.argv.slice(2);
 mkdirSync(shots, { recursive: true });
 const browser = await launch();
 const page = await browser.newPage();
@@ -16,6 +17,9 @@ const fail = async (why) => {
 };
 const T = { timeout: 30000 };
 await page.goto(`${url}/dashboard`);
+await page.locator("#conn[data-state=locked]").waitFor(T);
+await page.fill("#access-input", token);
+await page.click("#access button");
 await page.locator("#conn[data-state=connected]").waitFor(T);
 await page.locator("#autoscale:not([hidden])").waitFor(T);
 await page.locator("#autoscale-decisions li", { hasText: "3 → 1" }).waitFor(T);

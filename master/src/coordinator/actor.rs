@@ -164,8 +164,8 @@ impl Actor {
                 self.apply();
                 let _ = reply.send(replaced);
             }
-            Command::Retire(workers, reply) => {
-                self.engine.retire_workers(now, workers);
+            Command::Retire(workers, hold, reply) => {
+                self.engine.retire_workers(now, workers, hold);
                 self.apply();
                 let _ = reply.send(());
             }

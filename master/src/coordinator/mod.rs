@@ -132,7 +132,7 @@ enum Command {
     },
     RefreshGauges(Reply<()>),
     Load(Reply<crate::engine::Load>),
-    Retire(Vec<WorkerId>, Reply<()>),
+    Retire(Vec<WorkerId>, Duration, Reply<()>),
     /// A mining source moved on: its job takes the new template.
     ReplaceTemplate {
         job: JobId,
@@ -261,9 +261,9 @@ impl Coordinator {
         self.ask(Command::Load).await
     }
 
-    /// Takes new work away from `workers` (the autoscaler removes them next).
-    pub async fn retire(&self, workers: Vec<WorkerId>) -> Result<(), CoordError> {
-        self.ask(|r| Command::Retire(workers, r)).await
+    /// Takes new work away from `workers` for `hold` (the autoscaler removes them next).
+    pub async fn retire(&self, workers: Vec<WorkerId>, hold: Duration) -> Result<(), CoordError> {
+        self.ask(|r| Command::Retire(workers, hold, r)).await
     }
 
     pub async fn refresh_gauges(&self) {

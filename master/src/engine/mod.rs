@@ -122,6 +122,8 @@ pub struct Engine {
     effects: Vec<Effect>,
     /// When a registered worker last offered each lane that has jobs waiting.
     lane_seen: HashMap<Lane, Instant>,
+    /// When the workers the autoscaler drains get work back by themselves.
+    draining_until: Option<Instant>,
     /// Mining units retired with their template, whose late shares still
     /// count (as stale) for the grace period.
     retired: HashMap<JobId, RetiredUnit>,
@@ -158,6 +160,7 @@ impl Engine {
             recent_order: VecDeque::new(),
             effects: Vec::new(),
             lane_seen: HashMap::new(),
+            draining_until: None,
             retired: HashMap::new(),
             quarantined: HashMap::new(),
             dispatch_paused: false,
@@ -455,6 +458,11 @@ impl Engine {
                 continue;
             };
             self.requeue(now, id, format!("lease expired on worker {worker}"), true);
+        }
+        if self.draining_until.is_some_and(|until| now.mono >= until) {
+            tracing::info!("the autoscaler's drain ran out: those workers take work again");
+            self.draining_until = None;
+            self.workers.set_retiring([]);
         }
         self.fail_unrunnable(now);
         self.schedule(now);

@@ -2,6 +2,8 @@
 //! waiting job, what waits and runs (the dashboard's and the autoscaler's
 //! load), and workers taken out of placement before they are removed.
 
+use std::time::Duration;
+
 use faena_proto::ids::{JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobState, Priority};
 
@@ -96,9 +98,12 @@ impl Engine {
         Ok(id)
     }
 
-    /// The autoscaler will remove `ids`: they get no new work from now on
-    /// (an empty list gives it back to all). What they run goes on.
-    pub fn retire_workers(&mut self, now: Now, ids: Vec<WorkerId>) {
+    /// The autoscaler will remove `ids`: they get no new work for `hold`
+    /// (an empty list gives it back to all). What they run goes on. When
+    /// `hold` runs out with no word from the autoscaler (it died between
+    /// the drain and the scale-down) they take work again.
+    pub fn retire_workers(&mut self, now: Now, ids: Vec<WorkerId>, hold: Duration) {
+        self.draining_until = (!ids.is_empty()).then(|| now.mono + hold);
         self.workers.set_retiring(ids);
         self.schedule(now);
     }

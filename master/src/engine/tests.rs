@@ -425,18 +425,33 @@ fn a_new_priority_moves_a_waiting_job_and_is_refused_while_it_runs() {
     assert_eq!(h.dispatches()[0].1.job_id, b);
 }
 
+const HOLD: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_drain_no_one_follows_up_runs_out() {
+    let mut h = Harness::new(100);
+    let (w1, _) = h.add_worker("w1", 1);
+    h.engine.retire_workers(h.now, vec![w1.clone()], HOLD);
+    let job = h.submit(Priority::Normal);
+    h.engine.tick(h.now);
+    assert!(h.dispatches().is_empty(), "w1 is draining");
+    h.advance(HOLD);
+    h.engine.tick(h.now);
+    assert_eq!(h.dispatches()[0].1.job_id, job, "the autoscaler never came back: w1 works again");
+}
+
 #[test]
 fn a_retiring_worker_gets_no_new_work_until_a_new_instance_takes_its_id() {
     let mut h = Harness::new(100);
     let (w1, _) = h.add_worker("w1", 1);
-    h.engine.retire_workers(h.now, vec![w1.clone()]);
+    h.engine.retire_workers(h.now, vec![w1.clone()], HOLD);
     let job = h.submit(Priority::Normal);
     assert!(h.dispatches().is_empty(), "w1 is retiring");
     // Given back (the scale-down did not happen): it runs.
-    h.engine.retire_workers(h.now, vec![]);
+    h.engine.retire_workers(h.now, vec![], HOLD);
     assert_eq!(h.dispatches()[0].1.job_id, job);
     // A new task on the same slot registers as a new instance: not retiring.
-    h.engine.retire_workers(h.now, vec![WorkerId::parse("w2").expect("id")]);
+    h.engine.retire_workers(h.now, vec![WorkerId::parse("w2").expect("id")], HOLD);
     h.add_worker("w2", 1);
     let next = h.submit(Priority::Normal);
     let d = h.dispatches();

@@ -16,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use faena_proto::api::{BatchRequest, BatchResponse, JobEvent, JobView, SubmitRequest, SubmitResponse};
 use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobKind, JobSpec, JobState};
@@ -36,6 +36,7 @@ mod error;
 mod jobs;
 mod mining;
 pub mod origin;
+mod scaling;
 
 pub use error::AppError;
 pub(crate) use error::parse_body;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub retrying: Arc<tokio::sync::Mutex<()>>,
     /// The live configuration (`/api/config`).
     pub live: crate::settings::LiveConfig,
+    /// What the autoscaler last reported (`/api/autoscaler`).
+    pub autoscaler: crate::scaling::Reports,
 }
 
 /// The REST API, with the web page's files (from `web_dir`) at every other path.
@@ -83,6 +86,9 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
         .route("/api/jobs/{id}/events", get(job_events))
         .route("/api/jobs/{id}/history", get(job_history))
         .route("/api/workers", get(workers))
+        .route("/api/workers/draining", put(scaling::drain))
+        .route("/api/load", get(scaling::load))
+        .route("/api/autoscaler", get(scaling::show).put(scaling::report))
         .route("/api/config", get(config::get).put(config::put))
         .merge(mining::routes())
         .route(

@@ -31,8 +31,8 @@ pub const EVERY: Duration = Duration::from_secs(1);
 pub struct Feed {
     pub coord: Coordinator,
     pub metrics: Arc<Metrics>,
-    /// The autoscaler's state, when it runs.
-    pub autoscale: Option<crate::autoscale::Status>,
+    /// What the autoscaler (its own service) last reported, when it runs.
+    pub autoscaler: crate::scaling::Reports,
 }
 
 impl Feed {
@@ -49,7 +49,7 @@ impl Feed {
             "wait": self.metrics.recent_wait.percentiles(now),
             "run": self.metrics.recent_run.percentiles(now),
             "workers": workers,
-            "autoscale": self.autoscale.as_ref().map(crate::autoscale::Status::view),
+            "autoscale": self.autoscaler.view(),
         }))
     }
 }

@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use faena_proto::jobs::JobKind;
-
 use super::*;
 
 fn settings() -> Settings {
@@ -26,7 +24,7 @@ fn workers(running: &[u32]) -> Vec<WorkerLoad> {
 }
 
 fn waiting(queued: usize, wait_s: u64) -> Vec<KindLoad> {
-    vec![KindLoad { kind: JobKind::Noop, queued, oldest_wait_ms: wait_s * 1000 }]
+    vec![KindLoad { kind: "noop".into(), queued, oldest_wait_ms: wait_s * 1000 }]
 }
 
 fn obs(replicas: u32, running: &[u32], kinds: Vec<KindLoad>) -> Observed {

@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::engine::KindLoad;
+use faena_proto::scaling::KindLoad;
 
 /// The autoscaler's settings.
 #[derive(Debug, Clone, PartialEq)]
