@@ -431,11 +431,13 @@ const HOLD: Duration = Duration::from_secs(60);
 fn a_drain_no_one_follows_up_runs_out() {
     let mut h = Harness::new(100);
     let (w1, _) = h.add_worker("w1", 1);
-    h.engine.retire_workers(h.now, vec![w1.clone()], HOLD);
+    // Shorter than the heartbeat timeout: w1 stays registered throughout.
+    let hold = Duration::from_millis(500);
+    h.engine.retire_workers(h.now, vec![w1.clone()], hold);
     let job = h.submit(Priority::Normal);
     h.engine.tick(h.now);
     assert!(h.dispatches().is_empty(), "w1 is draining");
-    h.advance(HOLD);
+    h.advance(hold);
     h.engine.tick(h.now);
     assert_eq!(h.dispatches()[0].1.job_id, job, "the autoscaler never came back: w1 works again");
 }
