@@ -3,9 +3,10 @@
 # own service (entrypoint faena-autoscaler).
 # Built by scripts/build.sh from a staged context (bin/, web/, healthcheck.sh).
 FROM debian:bookworm-slim
-# CA certificates for stratum+ssl:// pools (the system roots rustls loads).
+# CA certificates for stratum+ssl:// pools (the system roots rustls loads);
+# curl for the health check of a web port served over HTTPS.
 RUN apt-get update -q \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ca-certificates \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/faena --create-home --shell /usr/sbin/nologin faena
 COPY bin/faena-master bin/faena-autoscaler /usr/local/bin/

@@ -14,6 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/stack.sh
+# docker-compose.yml serves the web port without TLS (one trusted host).
+FAENA_WEB_SCHEME=http
 
 compose() {
   docker-compose --compatibility -p "$FAENA_STACK" -f docker-compose.yml "$@"

@@ -152,7 +152,8 @@ cat >&2 <<MSG
 
   Stack '$FAENA_STACK' deployed. Next:
     ./scripts/verify.sh            wait until it runs, then check it end to end
-    web page and REST API          http://127.0.0.1:$FAENA_WEB_PORT/
+    web page and REST API          https://127.0.0.1:$FAENA_WEB_PORT/ (trust ${FAENA_TLS_DIR:-.faena-tls}/ca.pem;
+                                   the CLI: faena --ca-file ${FAENA_TLS_DIR:-.faena-tls}/ca.pem --url https://…)
     their access token             docker exec \$(docker ps -qf name=${FAENA_STACK}_master) cat /run/secrets/faena_api_token
     ./scripts/monitor.sh           live workers and queue
     ./scripts/logs.sh              log lines from faena/logs (observer account)

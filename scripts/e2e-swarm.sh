@@ -140,7 +140,7 @@ step "verify.sh (converge, health, one job per kind)"
 step "the REST API wants the stack's token"
 load_api_token
 [ -n "$API_TOKEN" ] || fail "the master has no API token"
-code=$(curl -s -o /dev/null -w '%{http_code}' "$(api /api/workers)")
+code=$(web_curl -s -o /dev/null -w '%{http_code}' "$(api /api/workers)")
 [ "$code" = 401 ] || fail "GET /api/workers without the token answered $code, expected 401"
 code=$(api_curl -s -o /dev/null -w '%{http_code}' "$(api /api/workers)")
 [ "$code" = 200 ] || fail "GET /api/workers with the token answered $code"
@@ -312,7 +312,7 @@ done
 [ "$(docker service inspect "${FAENA_STACK}_worker" --format '{{.Spec.Mode.Replicated.Replicas}}')" = 2 ] ||
   fail "the worker service did not return to 2 replicas"
 [ -n "$(workers_until "$(online_count 2)")" ] || fail "the master does not list 2 online workers after scaling down"
-metrics=$(curl -fsS "$(api /metrics)")
+metrics=$(web_curl -fsS "$(api /metrics)")
 echo "$metrics" | grep -q '^faena_autoscale_decisions_total{direction="up"} [1-9]' || fail "no scale-up counted"
 echo "$metrics" | grep -q '^faena_autoscale_decisions_total{direction="down"} [1-9]' || fail "no scale-down counted"
 echo "  back to 2 replicas; $(echo "$metrics" | grep '^faena_autoscale_decisions_total' | tr '\n' ' ')" >&2

@@ -54,7 +54,7 @@ snapshot() {
     echo "$(date +%H:%M:%S)  master not answering at $(api /api/workers)"
     return 0
   fi
-  metrics=$(curl -fsS --max-time 5 "$(api /metrics)" || true)
+  metrics=$(web_curl -fsS --max-time 5 "$(api /metrics)" || true)
   metric() {
     echo "$metrics" | awk -v m="$1" '$1 == m { printf "%d", $2; found = 1 } END { if (!found) printf "?" }'
   }

@@ -9,7 +9,9 @@
 # (checked against RandomX's reference vector), randomx.mine, ai.query (when a
 # worker offers an AI provider; otherwise reported as skipped).
 # Waits up to --timeout (default 300 s) for the stack to converge.
-# Talks to the master at 127.0.0.1:$FAENA_WEB_PORT (default 8888).
+# Talks to the master at https://127.0.0.1:$FAENA_WEB_PORT (default 8888),
+# trusting $FAENA_TLS_DIR/ca.pem (.faena-tls); FAENA_WEB_SCHEME=http for a
+# docker-compose deployment, which serves plain HTTP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/stack.sh
@@ -67,7 +69,7 @@ load_api_token
 t=$(now_ms)
 health=""
 while :; do
-  health=$(curl -fsS --max-time 5 "$(api /healthz)" 2>/dev/null) && break
+  health=$(web_curl -fsS --max-time 5 "$(api /healthz)" 2>/dev/null) && break
   left || break
   sleep 1
 done
@@ -79,9 +81,9 @@ fi
 
 # The web page, its Socket.IO client and a Socket.IO handshake.
 t=$(now_ms)
-page=$(curl -fsS --max-time 5 "$(api /)" 2>/dev/null || true)
-client=$(curl -fsS --max-time 5 -o /dev/null -w '%{http_code} %{size_download}' "$(api /vendor/socket.io.min.js)" 2>/dev/null || true)
-handshake=$(curl -fsS --max-time 5 "$(api '/socket.io/?EIO=4&transport=polling')" 2>/dev/null || true)
+page=$(web_curl -fsS --max-time 5 "$(api /)" 2>/dev/null || true)
+client=$(web_curl -fsS --max-time 5 -o /dev/null -w '%{http_code} %{size_download}' "$(api /vendor/socket.io.min.js)" 2>/dev/null || true)
+handshake=$(web_curl -fsS --max-time 5 "$(api '/socket.io/?EIO=4&transport=polling')" 2>/dev/null || true)
 if [[ "$page" == *"<html"* ]] && [[ "$client" == 200* ]] && [[ "$handshake" == 0\{*'"sid"'* ]]; then
   row web ok "$t" "page, socket.io client (${client#200 } bytes), Socket.IO handshake"
 else

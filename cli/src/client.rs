@@ -59,7 +59,11 @@ pub struct Target {
     /// A file holding the API token.
     #[arg(long, global = true, env = "FAENA_API_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// Config file (TOML: url, token or token_file); default
+    /// CA certificate(s) (PEM) to trust for an https:// master (the stack's:
+    /// .faena-tls/ca.pem); the system's roots when unset.
+    #[arg(long, global = true, env = "FAENA_TLS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Config file (TOML: url, token or token_file, ca_file); default
     /// $XDG_CONFIG_HOME/faena/config.toml, else ~/.config/faena/config.toml.
     #[arg(long, global = true, env = "FAENA_CONFIG")]
     pub config: Option<PathBuf>,
@@ -71,6 +75,7 @@ struct FileConfig {
     url: Option<String>,
     token: Option<String>,
     token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
 }
 
 const DEFAULT_URL: &str = "http://127.0.0.1:8888";
@@ -126,10 +131,17 @@ impl Target {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(Failure::new(Exit::Usage, format!("the master's URL must be http(s)://…, not {url:?}")));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| Failure::new(Exit::Usage, format!("HTTP client: {e}")))?;
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if let Some(path) = self.ca_file.clone().or(file.ca_file) {
+            let usage = |e: String| Failure::new(Exit::Usage, format!("the CA file {}: {e}", path.display()));
+            let pem = std::fs::read(&path).map_err(|e| usage(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| usage(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(usage("no certificate in it".into()));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder.build().map_err(|e| Failure::new(Exit::Usage, format!("HTTP client: {e}")))?;
         Ok(Client { http, base: url.trim_end_matches('/').to_owned(), token })
     }
 }

@@ -20,6 +20,10 @@ pub struct Config {
     /// Where the REST API (and web page) listens.
     #[arg(long, env = "FAENA_HTTP_ADDR", default_value = "127.0.0.1:8888")]
     pub http_addr: SocketAddr,
+    /// Serve the web port (REST, page, Socket.IO) over HTTPS/WSS with
+    /// FAENA_TLS_CERT_FILE and FAENA_TLS_KEY_FILE (the stack does).
+    #[arg(long, env = "FAENA_WEB_TLS", default_value_t = false)]
+    pub web_tls: bool,
     /// Where workers call back over gRPC.
     #[arg(long, env = "FAENA_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
@@ -244,6 +248,9 @@ impl Config {
         self.retention()?;
         self.allowed_origins()?;
         self.allowed_hosts()?;
+        if self.web_tls && (self.tls.tls_cert_file.is_none() || self.tls.tls_key_file.is_none()) {
+            return err("FAENA_WEB_TLS needs the certificate it serves: FAENA_TLS_CERT_FILE and FAENA_TLS_KEY_FILE");
+        }
         if self.queue_capacity == 0 {
             return err("--queue-capacity must be at least 1");
         }

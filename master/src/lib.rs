@@ -349,18 +349,31 @@ pub async fn run(
         .layer(axum::middleware::from_fn_with_state(origins, http::origin::check_origin))
         .layer(axum::middleware::from_fn_with_state(Arc::new(cfg.allowed_hosts()?), http::origin::check_host));
     let stop_http = servers_cancel.clone();
-    let http_task = tracker.spawn(async move {
-        // Server-sent events are small writes right after the headers: no Nagle.
-        let listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        // The client's address bounds what it may do through the page (web::limits).
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let served = axum::serve(listener, app).with_graceful_shutdown(stop_http.cancelled_owned()).await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server failed");
+    // The client's address bounds what it may do through the page (web::limits).
+    let app = app.into_make_service_with_connect_info::<http::listen::PeerAddr>();
+    let web_tls = match cfg.web_tls {
+        true => cfg.tls.server_config()?,
+        false => None,
+    };
+    let http_task = match web_tls {
+        Some(tls) => {
+            let listener = http::listen::TlsListener::new(http_listener, &tls, &tracker, servers_cancel.clone());
+            tracing::info!("the web port is served over HTTPS");
+            tracker.spawn(async move {
+                let served = axum::serve(listener, app).with_graceful_shutdown(stop_http.cancelled_owned()).await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "HTTPS server failed");
+                }
+            })
         }
-    });
+        None => tracker.spawn(async move {
+            let listener = http::listen::PlainListener(http_listener);
+            let served = axum::serve(listener, app).with_graceful_shutdown(stop_http.cancelled_owned()).await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }),
+    };
 
     tracing::info!(http = %addrs.http, grpc = %addrs.grpc, mqtt = %addrs.mqtt, stratum = ?addrs.stratum, "faena-master ready");
     on_ready(&addrs);

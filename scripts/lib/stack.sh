@@ -30,8 +30,23 @@ usage() {
   sed -n '2,/^[^#]/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
 }
 
+# The master's web port serves HTTPS in the stack (FAENA_WEB_TLS, with the
+# certificate make-certs.sh signed) and plain HTTP under docker-compose
+# (compose.sh sets FAENA_WEB_SCHEME=http). curl trusts the cluster CA.
+FAENA_WEB_SCHEME=${FAENA_WEB_SCHEME:-https}
+FAENA_TLS_DIR=${FAENA_TLS_DIR:-.faena-tls}
+
 api() {
-  echo "http://127.0.0.1:$FAENA_WEB_PORT$1"
+  echo "$FAENA_WEB_SCHEME://127.0.0.1:$FAENA_WEB_PORT$1"
+}
+
+# curl for the master's web port: the cluster CA trusted over https.
+web_curl() {
+  if [ "$FAENA_WEB_SCHEME" = https ]; then
+    curl --cacert "$FAENA_TLS_DIR/ca.pem" "$@"
+  else
+    curl "$@"
+  fi
 }
 
 # A Docker engine that answers: installs Debian's docker.io and starts
@@ -125,9 +140,9 @@ load_api_token() {
 # (never on a command line).
 api_curl() {
   if [ -n "${API_TOKEN:-}" ]; then
-    printf 'Authorization: Bearer %s\n' "$API_TOKEN" | curl -H @/dev/stdin "$@"
+    printf 'Authorization: Bearer %s\n' "$API_TOKEN" | web_curl -H @/dev/stdin "$@"
   else
-    curl "$@"
+    web_curl "$@"
   fi
 }
 

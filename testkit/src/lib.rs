@@ -379,9 +379,14 @@ pub fn repo() -> PathBuf {
 /// bound only keeps a script stuck in a way nobody foresaw from holding up
 /// the whole run (it is killed).
 pub async fn run_node(c: &Cluster, script: &str, extra: &[&str]) {
+    run_node_at(&format!("http://{}", c.addrs.http), script, extra).await;
+}
+
+/// [`run_node`] against the master at `url` (`https://…` for one serving TLS).
+pub async fn run_node_at(url: &str, script: &str, extra: &[&str]) {
     let run = tokio::process::Command::new("node")
         .arg(repo().join("web/tests").join(script))
-        .arg(format!("http://{}", c.addrs.http))
+        .arg(url)
         .args(extra)
         .kill_on_drop(true)
         .output();

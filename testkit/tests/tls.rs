@@ -88,3 +88,80 @@ async fn master_and_workers_reach_mosquitto_over_mqtts() {
     assert_eq!(c.api.wait_final(&id).await["result"]["payload"], "over mqtts");
     assert!(c.master_log().contains("connected to the MQTT broker"));
 }
+
+/// `curl` (the real one) against the master's web port: its exit code and what it printed.
+async fn curl(args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--noproxy", "*"])
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("curl runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The SHA-256 of a certificate's public key (base64), as chromium pins one.
+fn spki_pin(cert: &Path) -> String {
+    let script = format!(
+        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+        cert.display()
+    );
+    let out = std::process::Command::new("bash").args(["-c", &script]).output().expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn the_web_port_serves_https_and_wss_with_the_masters_certificate() {
+    const API_TOKEN: &str = "web-tls-api-token";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = make_certs(dir.path());
+    let ca = certs.join("ca.pem").display().to_string();
+    let extra = vec![
+        ("FAENA_WEB_TLS".to_owned(), "true".to_owned()),
+        ("FAENA_TLS_CERT_FILE".to_owned(), certs.join("master.pem").display().to_string()),
+        ("FAENA_TLS_KEY_FILE".to_owned(), certs.join("master.key").display().to_string()),
+        ("FAENA_WEB_DIR".to_owned(), faena_testkit::repo().join("web").display().to_string()),
+    ];
+    let c = Cluster::start_with_api_token(MasterOpts { extra, ..MasterOpts::default() }, API_TOKEN).await;
+    let base = format!("https://{}", c.addrs.http);
+    let auth = format!("Authorization: Bearer {API_TOKEN}");
+
+    // curl trusting the cluster CA: health, and a job through the API.
+    let (code, body) =
+        curl(&["--cacert", &ca, "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}/healthz")]).await;
+    assert_eq!((code, body.as_str()), (0, "200"));
+    let job = r#"{"kind": "noop", "params": {"payload": "sealed"}}"#;
+    let submit = format!("{base}/api/jobs");
+    let headers = ["-H", &auth, "-H", "content-type: application/json"];
+    let (code, body) = curl(&[&["--cacert", &ca, "-d", job][..], &headers[..], &[submit.as_str()][..]].concat()).await;
+    assert_eq!(code, 0, "{body}");
+    assert!(body.contains("\"id\""), "{body}");
+    // The token and bodies never cross in the clear: plain HTTP gets no answer,
+    // and a client that trusts another CA stops at the handshake.
+    let (code, body) =
+        curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}/healthz", c.addrs.http)]).await;
+    assert!(code != 0 && body != "200", "plain HTTP answered: {code} {body}");
+    let other = make_certs(&dir.path().join("other"));
+    let (code, _) = curl(&["--cacert", &other.join("ca.pem").display().to_string(), &format!("{base}/healthz")]).await;
+    assert_eq!(code, 60, "curl: the peer's certificate cannot be authenticated with the given CA");
+
+    // The CLI, trusting the CA it is given.
+    let out = tokio::process::Command::new(bin("faena"))
+        .args(["--url", &base, "--ca-file", &ca, "list"])
+        .env("FAENA_API_TOKEN", API_TOKEN)
+        .env("HOME", dir.path())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("faena runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("noop"), "{said}");
+
+    // Chromium: the page over https, Socket.IO over wss.
+    let shots = faena_testkit::target_dir().join("screenshots").join("web");
+    let pin = spki_pin(&certs.join("master.pem"));
+    faena_testkit::run_node_at(&base, "https.mjs", &[API_TOKEN, &pin, &shots.display().to_string()]).await;
+}

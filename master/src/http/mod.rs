@@ -34,6 +34,7 @@ use crate::store::{Store, StoreError, rfc3339};
 mod config;
 mod error;
 mod jobs;
+pub mod listen;
 mod mining;
 pub mod origin;
 mod scaling;

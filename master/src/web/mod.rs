@@ -14,7 +14,7 @@ pub mod limits;
 pub mod ops;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,7 +171,11 @@ async fn workers_view(coord: &Coordinator) -> Option<Value> {
 /// dropped without an answer. Middlewares finish before the client is told.
 async fn attach_handlers(socket: SocketRef) -> Result<(), std::convert::Infallible> {
     // Behind a proxy (or Swarm's ingress) this is the proxy's address.
-    let addr = socket.req_parts().extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let addr = socket
+        .req_parts()
+        .extensions
+        .get::<axum::extract::ConnectInfo<crate::http::listen::PeerAddr>>()
+        .map(|c| c.0.0.ip());
     let events = Arc::new(Mutex::new(limits::socket_events(Instant::now())));
     socket.extensions.insert(Client { addr: addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), events });
     socket.on_disconnect(left);
