@@ -144,6 +144,9 @@ code=$(web_curl -s -o /dev/null -w '%{http_code}' "$(api /api/workers)")
 [ "$code" = 401 ] || fail "GET /api/workers without the token answered $code, expected 401"
 code=$(api_curl -s -o /dev/null -w '%{http_code}' "$(api /api/workers)")
 [ "$code" = 200 ] || fail "GET /api/workers with the token answered $code"
+# The web port is HTTPS only: the token never crosses in the clear.
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$FAENA_WEB_PORT/healthz" || true)
+[ "$code" != 200 ] || fail "the web port answered plain HTTP"
 
 step "re-run build.sh and deploy.sh: nothing changes"
 # Swarm replaces a service's tasks exactly when its task template changes.
@@ -287,6 +290,16 @@ FAENA_AUTOSCALE_WAIT_MS=3000 FAENA_AUTOSCALE_COOLDOWN_SECS=20 FAENA_AUTOSCALE_SE
   FAENA_AUTOSCALE_EVERY_MS=1000 FAENA_WORKERS=2 ./scripts/deploy.sh --test --monitoring --autoscale 2:5
 ./scripts/verify.sh >/dev/null
 [ -n "$(workers_until "$(online_count 2)")" ] || fail "the master does not list 2 online workers after the redeploy"
+# The autoscaler is a service of its own, published nowhere, the only one
+# with the Docker socket; the master keeps its own user and no socket.
+master=$(docker ps -q --filter "label=com.docker.swarm.service.name=${FAENA_STACK}_master" | head -n 1)
+[ "$(docker exec "$master" id -u)" != 0 ] || fail "the master runs as root"
+if docker inspect "$master" --format '{{range .Mounts}}{{.Source}} {{end}}' | grep -q docker.sock; then
+  fail "the master has the Docker socket"
+fi
+ports=$(docker service inspect "${FAENA_STACK}_autoscaler" --format '{{json .Endpoint.Ports}}')
+case "$ports" in null | "[]") ;; *) fail "the autoscaler publishes ports: $ports" ;; esac
+echo "  master uid $(docker exec "$master" id -u), no socket; autoscaler unpublished" >&2
 
 step "autoscale: a burst of slow jobs scales 2 -> 5, each job ends once"
 burst=()
@@ -340,6 +353,8 @@ fi
 
 step "compose.sh up 2: the same images on one host (docker-compose)"
 FAENA_RANDOMX_MODE=light ./scripts/compose.sh up 2
+# docker-compose.yml serves the web port as plain HTTP.
+FAENA_WEB_SCHEME=http
 load_api_token
 [ -n "$(workers_until "$(online_count 2)")" ] || fail "docker-compose: the master does not list 2 online workers"
 id=$(post_job '{"kind": "randomx.hash", "params": {"key": "test key 000", "input": "This is a test"}}')
