@@ -337,8 +337,16 @@ pub async fn run(
         tracker.spawn(pool::stratum::serve(listener, pool.clone(), miners.clone(), servers_cancel.clone()));
     }
     let feed = web::ops::Feed { coord: coord.clone(), metrics: metrics.clone(), autoscaler: state.autoscaler.clone() };
-    let (sio_layer, io) =
-        web::socket_io(coord.clone(), state.hub.clone(), api_token, metrics.clone(), cfg.web_limits(), feed.clone());
+    let (sio_layer, io) = web::socket_io(web::WebParts {
+        coord: coord.clone(),
+        hub: state.hub.clone(),
+        api_token,
+        metrics: metrics.clone(),
+        limits: cfg.web_limits(),
+        feed: feed.clone(),
+        tasks: tracker.clone(),
+        stop: servers_cancel.clone(),
+    });
     tracker.spawn(web::ops::broadcast(io.clone(), feed, servers_cancel.clone()));
     tracker.spawn(web::broadcast_workers(io, coord.clone(), servers_cancel.clone()));
     // socketioxide wraps the finished router once (a per-route layer breaks long-polling).

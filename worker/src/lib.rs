@@ -188,8 +188,9 @@ fn on_config(
         ai_slots,
         refused: applied.refused.into_iter().map(|r| pb::ConfigRefusal { key: r.key, reason: r.reason }).collect(),
     };
-    let runner = runner.clone();
-    tokio::spawn(async move {
+    let chore = runner.clone();
+    runner.spawn_chore(async move {
+        let runner = chore;
         match runner.client().report_config(req).await {
             Ok(_) => {}
             Err(s) if s.code() == Code::Aborted => runner.need_register.notify_one(),
@@ -263,9 +264,10 @@ pub async fn run(
     let mqtt::Connection { status, mut subscribed, mut inbound, driver } =
         mqtt::connect(at, relogin, topics.clone(), runner.clone(), rx.clone(), mqtt_cancel.clone())?;
     let mut driver = tokio::spawn(driver);
-    if let Some(sink) = logs {
-        tokio::spawn(faena_common::logs::forward(sink, status.client().clone(), topics.logs(), mqtt_cancel.clone()));
-    }
+    // Ends with the MQTT connection (mqtt_cancel), awaited at the end.
+    let forwarding = logs.map(|sink| {
+        tokio::spawn(faena_common::logs::forward(sink, status.client().clone(), topics.logs(), mqtt_cancel.clone()))
+    });
     let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
         .await
         .map_err(|source| WorkerError::Io { what: format!("binding metrics on {}", cfg.metrics_addr), source })?;
@@ -274,6 +276,9 @@ pub async fn run(
     let (healthy_tx, healthy) = tokio::sync::watch::channel(false);
     let http_cancel = CancellationToken::new();
     let http = tokio::spawn(serve_metrics(listener, metrics.clone(), healthy, http_cancel.clone()));
+    // Whichever way `run` returns, the connection, its log forwarding and
+    // the metrics server stop with it.
+    let _stop_on_return = (mqtt_cancel.clone().drop_guard(), http_cancel.clone().drop_guard());
 
     let failed = |r: Result<Result<(), BrokerError>, tokio::task::JoinError>| match r {
         Ok(Err(e)) => WorkerError::Broker(e),
@@ -342,6 +347,7 @@ pub async fn run(
     tracing::info!(running = runner.running_count(), "draining: no new work; finishing running units");
     status.publish(WorkerState::Draining);
     runner.drain(cfg.drain_timeout()).await;
+    runner.stop_chores().await;
     status.publish_and_disconnect(WorkerState::Offline).await;
     if !driver_done {
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut driver).await;
@@ -349,6 +355,9 @@ pub async fn run(
     mqtt_cancel.cancel();
     http_cancel.cancel();
     let _ = http.await;
+    if let Some(forwarding) = forwarding {
+        let _ = tokio::time::timeout(Duration::from_secs(2), forwarding).await;
+    }
     tracing::info!("faena-worker stopped");
     Ok(())
 }

@@ -50,6 +50,10 @@ pub struct Runner {
     draining: AtomicBool,
     handing_back: AtomicBool,
     tracker: TaskTracker,
+    /// Small jobs beside the units (a configuration report, giving up
+    /// slots): owned here and stopped by [`Runner::stop_chores`].
+    chores: TaskTracker,
+    stop_chores: CancellationToken,
 }
 
 impl Runner {
@@ -78,7 +82,22 @@ impl Runner {
             draining: AtomicBool::new(false),
             handing_back: AtomicBool::new(false),
             tracker: TaskTracker::new(),
+            chores: TaskTracker::new(),
+            stop_chores: CancellationToken::new(),
         }
+    }
+
+    /// Runs `chore` until it ends or [`Runner::stop_chores`].
+    pub fn spawn_chore(&self, chore: impl std::future::Future<Output = ()> + Send + 'static) {
+        let stop = self.stop_chores.clone();
+        self.chores.spawn(async move { stop.run_until_cancelled(chore).await });
+    }
+
+    /// Stops the chores still running and waits for them.
+    pub async fn stop_chores(&self) {
+        self.stop_chores.cancel();
+        self.chores.close();
+        self.chores.wait().await;
     }
 
     /// (slots, ai_slots) now.
@@ -89,7 +108,7 @@ impl Runner {
     /// Changes the slots live: more start at once; fewer take effect as
     /// running units finish (nothing running is stopped).
     pub fn resize(&self, (slots, ai_slots): (u32, u32)) {
-        fn adjust(permits: &Arc<Semaphore>, from: u32, to: u32) {
+        let adjust = |permits: &Arc<Semaphore>, from: u32, to: u32| {
             if to > from {
                 permits.add_permits((to - from) as usize);
             } else if to < from {
@@ -98,14 +117,14 @@ impl Runner {
                 if rest > 0 {
                     // The semaphore is fair: units waiting now start after these are taken.
                     let permits = permits.clone();
-                    tokio::spawn(async move {
+                    self.spawn_chore(async move {
                         if let Ok(p) = permits.acquire_many_owned(rest).await {
                             p.forget();
                         }
                     });
                 }
             }
-        }
+        };
         adjust(&self.permits, self.slots.swap(slots, Ordering::Relaxed), slots);
         adjust(&self.ai_permits, self.ai_slots.swap(ai_slots, Ordering::Relaxed), ai_slots);
     }
@@ -314,5 +333,35 @@ impl Runner {
             r.cancel.cancel();
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use faena_proto::ids::{InstanceId, WorkerId};
+    use faena_proto::secret::Secret;
+
+    use super::Runner;
+    use crate::exec::Registry;
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn slots_given_up_while_units_hold_them_stop_with_the_runner() {
+        let tls = faena_common::tls::TlsArgs::default();
+        let (client, _) = crate::client::connect("http://127.0.0.1:9", &Secret::new("t"), &tls).expect("lazy client");
+        let id = WorkerId::parse("w1").expect("id");
+        let runner =
+            Runner::new(id, InstanceId::new(), (2, 0), Registry::default(), client, Arc::new(Metrics::default()));
+        // Two units run: shrinking to none leaves a chore waiting for their slots.
+        let held = runner.permits.clone().acquire_many_owned(2).await.expect("slots");
+        runner.resize((0, 0));
+        tokio::time::timeout(Duration::from_secs(10), runner.stop_chores()).await.expect("the chore stopped");
+        drop(held);
+        assert_eq!(runner.permits.available_permits(), 2, "the stopped chore took nothing");
     }
 }

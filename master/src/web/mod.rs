@@ -29,6 +29,8 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::ai_cache::Submitter;
 use crate::coordinator::Coordinator;
@@ -77,6 +79,10 @@ struct Web {
     api_token: Option<Arc<Secret>>,
     /// What dashboards are sent.
     feed: ops::Feed,
+    /// Owns the tasks the page starts (each job's event forwarding), which
+    /// end when `stop` is cancelled.
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 /// The session a socket said hello with.
@@ -90,18 +96,28 @@ struct Client {
     events: Arc<Mutex<TokenBucket>>,
 }
 
+/// What the web side runs with.
+#[derive(Debug)]
+pub struct WebParts {
+    pub coord: Coordinator,
+    pub hub: Hub,
+    pub api_token: Option<Arc<Secret>>,
+    pub metrics: Arc<Metrics>,
+    pub limits: WebLimits,
+    pub feed: ops::Feed,
+    /// Its tasks (the session sweep, job forwarding) run here and end with `stop`.
+    pub tasks: TaskTracker,
+    pub stop: CancellationToken,
+}
+
 /// The Socket.IO layer (wrap the finished router in it) and its handle.
-pub fn socket_io(
-    coord: Coordinator,
-    hub: Hub,
-    api_token: Option<Arc<Secret>>,
-    metrics: Arc<Metrics>,
-    limits: WebLimits,
-    feed: ops::Feed,
-) -> (SocketIoLayer, SocketIo) {
+pub fn socket_io(parts: WebParts) -> (SocketIoLayer, SocketIo) {
+    let WebParts { coord, hub, api_token, metrics, limits, feed, tasks, stop } = parts;
     let sessions = Arc::new(Mutex::new(Sessions { by_id: HashMap::new(), limits: Limits::new(limits) }));
-    tokio::spawn(sweep(Arc::downgrade(&sessions), metrics.clone(), limits.idle.min(SWEEP_EVERY)));
-    let web = Web { coord, hub, sessions, metrics, api_token, feed };
+    let sweeping = sweep(Arc::downgrade(&sessions), metrics.clone(), limits.idle.min(SWEEP_EVERY));
+    let until = stop.clone();
+    tasks.spawn(async move { until.run_until_cancelled(sweeping).await });
+    let web = Web { coord, hub, sessions, metrics, api_token, feed, tasks, stop };
     let (layer, io) = SocketIo::builder().with_state(web).build_layer();
     // Middlewares run before the client hears it is connected, the last
     // added first: the token is checked, then the handlers are in place.
@@ -456,7 +472,9 @@ async fn submit(web: &Web, io: SocketIo, session: &str, job: NewJob, question: O
                 }
             }
             reply(ack, Ack::Job { job: id, position });
-            tokio::spawn(forward::forward(web.clone(), io, session.to_owned(), id, events));
+            let (stop, forwarding) =
+                (web.stop.clone(), forward::forward(web.clone(), io, session.to_owned(), id, events));
+            web.tasks.spawn(async move { stop.run_until_cancelled(forwarding).await });
         }
         Err(e) => refuse(ack, e.to_string()),
     }
