@@ -117,6 +117,7 @@ impl From<PoolError> for AppError {
     fn from(e: PoolError) -> Self {
         match e {
             PoolError::Invalid(m) => Self::bad_request("bad_source", m),
+            e @ PoolError::Vanished => Self::new(StatusCode::CONFLICT, "source_removed", e.to_string()),
             e @ PoolError::Store(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",

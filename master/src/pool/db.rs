@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, params};
 
 use super::accounts::{Kind, Participant, Record};
+use crate::store::StoreError;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sources (
@@ -131,16 +132,16 @@ impl Db {
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> Result<T, StoreError> {
         let conn = self.conn.clone();
         match tokio::task::spawn_blocking(move || f(&mut conn.lock())).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("store task failed: {e}")),
+            Ok(r) => r.map_err(StoreError::Sql),
+            Err(e) => Err(StoreError::Task(e)),
         }
     }
 
-    pub async fn add_source(&self, id: String, spec: &SourceSpec, at_ms: u64) -> Result<(), String> {
-        let spec = serde_json::to_string(spec).map_err(|e| e.to_string())?;
+    pub async fn add_source(&self, id: String, spec: &SourceSpec, at_ms: u64) -> Result<(), StoreError> {
+        let spec = serde_json::to_string(spec)?;
         self.run(move |c| {
             c.execute("INSERT INTO sources (id, spec, created_at) VALUES (?1, ?2, ?3)", params![id, spec, at_ms as i64])
                 .map(|_| ())
@@ -149,16 +150,16 @@ impl Db {
     }
 
     /// The job a source's workers mine it through (adopted after a restart).
-    pub async fn set_job(&self, id: String, job: JobId) -> Result<(), String> {
+    pub async fn set_job(&self, id: String, job: JobId) -> Result<(), StoreError> {
         let job = job.to_string();
         self.run(move |c| c.execute("UPDATE sources SET job = ?2 WHERE id = ?1", params![id, job]).map(|_| ())).await
     }
 
-    pub async fn remove_source(&self, id: String) -> Result<(), String> {
+    pub async fn remove_source(&self, id: String) -> Result<(), StoreError> {
         self.run(move |c| c.execute("DELETE FROM sources WHERE id = ?1", params![id]).map(|_| ())).await
     }
 
-    pub async fn add_block(&self, source: String, b: BlockView) -> Result<(), String> {
+    pub async fn add_block(&self, source: String, b: BlockView) -> Result<(), StoreError> {
         self.run(move |c| {
             c.execute(
                 "INSERT INTO blocks (source, height, hash, participant, accepted, reason, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -169,7 +170,7 @@ impl Db {
         .await
     }
 
-    pub async fn save_tallies(&self, rows: Vec<(Participant, Record)>) -> Result<(), String> {
+    pub async fn save_tallies(&self, rows: Vec<(Participant, Record)>) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }

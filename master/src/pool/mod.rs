@@ -128,8 +128,10 @@ impl Default for PoolConfig {
 pub enum PoolError {
     #[error("{0}")]
     Invalid(String),
-    #[error("could not record the source: {0}")]
-    Store(String),
+    #[error("could not record the source")]
+    Store(#[from] crate::store::StoreError),
+    #[error("the source was removed while it was being added")]
+    Vanished,
 }
 
 /// How a source's shares reach the world.
@@ -391,10 +393,10 @@ impl Pool {
     pub async fn add_source(&self, spec: SourceSpec) -> Result<SourceView, PoolError> {
         validate(&spec)?;
         let id = uuid::Uuid::now_v7().to_string();
-        self.inner.db.add_source(id.clone(), &spec, faena_proto::mqtt::now_ms()).await.map_err(PoolError::Store)?;
+        self.inner.db.add_source(id.clone(), &spec, faena_proto::mqtt::now_ms()).await?;
         self.launch(id.clone(), spec, None);
         tracing::info!(source = %id, "mining source added");
-        self.source(&id).ok_or_else(|| PoolError::Store("the source vanished".into()))
+        self.source(&id).ok_or(PoolError::Vanished)
     }
 
     fn launch(&self, id: String, spec: SourceSpec, job: Option<JobId>) {
@@ -457,7 +459,7 @@ impl Pool {
             self.inner.state.lock().by_job.remove(&job);
             self.inner.engine.stop(job).await;
         }
-        self.inner.db.remove_source(id.to_owned()).await.map_err(PoolError::Store)?;
+        self.inner.db.remove_source(id.to_owned()).await?;
         self.pin_keys(None);
         tracing::info!(source = %id, "mining source removed");
         Ok(true)

@@ -39,6 +39,10 @@ pub enum StoreError {
     Spawn(#[source] std::io::Error),
     #[error("the store cannot commit right now (see the log); it retries by itself")]
     Unavailable,
+    #[error("the store's task failed")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("encoding a record: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// A group commit that failed: every change in it was lost, and whoever
