@@ -3,8 +3,9 @@
 //! live sources' keys when configured so, light until it is ready: see
 //! [`keys`]; pooled VMs per key) and accepts
 //! it only if the nonce is in the unit's range and not accepted before, the
-//! hash matches and it meets the target. This is the one range and
-//! duplicate filter. Runs on blocking threads, never on the coordinator's
+//! hash matches and it meets the target. [`admit`] is the one range and
+//! duplicate filter (the Stratum session asks it too, before a share costs
+//! any budget). Runs on blocking threads, never on the coordinator's
 //! task; at most `threads` hashes at once across all checks.
 //!
 //! What passes comes out as [`VerifiedShares`], which only this module can
@@ -114,6 +115,27 @@ pub enum Rejection {
     /// The nonce hashes to something else than what was claimed.
     #[error("hash mismatch (the nonce hashes to {0})")]
     Mismatch(String),
+}
+
+/// Why a nonce is not looked at: outside what was handed out, or taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceRefused {
+    Outside,
+    Duplicate,
+}
+
+/// The one range and duplicate filter, for every path a share comes by (a
+/// Stratum miner's submit before it costs any budget, a worker's report,
+/// the verifier itself): `nonce` must lie in the `count` nonces from
+/// `start` and not be in `seen`.
+pub fn admit(start: u32, count: u64, seen: &HashSet<u32>, nonce: u32) -> Result<(), NonceRefused> {
+    if nonce < start || u64::from(nonce) >= u64::from(start) + count {
+        return Err(NonceRefused::Outside);
+    }
+    if seen.contains(&nonce) {
+        return Err(NonceRefused::Duplicate);
+    }
+    Ok(())
 }
 
 /// A share's claimed hash, 64 hex digits: the one place shares' hashes are decoded.
@@ -279,14 +301,17 @@ impl Verifier {
         let mut seen = known.clone();
         let mut todo = Vec::new();
         for share in shares {
-            if !seen.insert(share.nonce) {
-                continue;
-            }
-            match parse_hash(&share.hash) {
-                _ if !work.contains(share.nonce) => out.invalid.push((share, Rejection::OutsideRange)),
-                None => out.invalid.push((share, Rejection::NotHex)),
-                Some(claimed) if !meets(&claimed, work.target) => out.invalid.push((share, Rejection::AboveTarget)),
-                Some(claimed) => todo.push((share, claimed)),
+            let admitted = admit(work.start, work.count, &seen, share.nonce);
+            seen.insert(share.nonce);
+            match (admitted, parse_hash(&share.hash)) {
+                // Sent before: neither valid nor invalid.
+                (Err(NonceRefused::Duplicate), _) => {}
+                (Err(NonceRefused::Outside), _) => out.invalid.push((share, Rejection::OutsideRange)),
+                (Ok(()), None) => out.invalid.push((share, Rejection::NotHex)),
+                (Ok(()), Some(claimed)) if !meets(&claimed, work.target) => {
+                    out.invalid.push((share, Rejection::AboveTarget));
+                }
+                (Ok(()), Some(claimed)) => todo.push((share, claimed)),
             }
         }
         if todo.is_empty() {

@@ -157,3 +157,17 @@ async fn a_check_ends_at_its_time_limit_and_leaves_the_rest_unverified() {
     assert!(checked.unverified.iter().all(|(_, why)| why.contains("time limit")));
     assert_eq!(checked.valid.len() + checked.invalid.len() + checked.unverified.len(), 100_000, "all accounted for");
 }
+
+#[test]
+fn one_filter_refuses_nonces_outside_the_range_and_taken_ones() {
+    use super::{NonceRefused, admit};
+    let seen: HashSet<u32> = [105].into_iter().collect();
+    assert_eq!(admit(100, 10, &seen, 100), Ok(()));
+    assert_eq!(admit(100, 10, &seen, 109), Ok(()));
+    assert_eq!(admit(100, 10, &seen, 110), Err(NonceRefused::Outside));
+    assert_eq!(admit(100, 10, &seen, 99), Err(NonceRefused::Outside));
+    assert_eq!(admit(100, 10, &seen, 105), Err(NonceRefused::Duplicate));
+    // The whole top slice: no overflow at the end of the nonce space.
+    assert_eq!(admit(0xff00_0000, 1 << 24, &HashSet::new(), u32::MAX), Ok(()));
+    assert_eq!(admit(0xff00_0000, 1 << 24, &HashSet::new(), 0xfeff_ffff), Err(NonceRefused::Outside));
+}

@@ -13,7 +13,7 @@ use faena_proto::secret::Secret;
 use faena_proto::stratum::{ALGO, LoginParams, parse_nonce};
 
 use crate::pool::PoolConfig;
-use crate::verify::parse_hash;
+use crate::verify::{NonceRefused, admit, parse_hash};
 
 /// Jobs a miner may still submit to (older ones are "Invalid job id").
 pub const JOBS_KEPT: usize = 32;
@@ -245,13 +245,12 @@ impl Miner {
         let at = self.jobs.iter().position(|j| j.id == job_id).ok_or(Precheck::UnknownJob)?;
         let nonce = parse_nonce(nonce).map_err(|_| Precheck::Nonce)?;
         let hash = parse_hash(result).ok_or(Precheck::Result)?;
-        if (nonce >> 24) as u8 != slot {
-            return Err(Precheck::Slice);
+        // The slot's slice is the top byte of the nonce.
+        match admit(u32::from(slot) << 24, 1 << 24, &self.jobs[at].seen, nonce) {
+            Err(NonceRefused::Outside) => Err(Precheck::Slice),
+            Err(NonceRefused::Duplicate) => Err(Precheck::Duplicate),
+            Ok(()) => Ok(Candidate { at, nonce, hash }),
         }
-        if self.jobs[at].seen.contains(&nonce) {
-            return Err(Precheck::Duplicate);
-        }
-        Ok(Candidate { at, nonce, hash })
     }
 
     /// A verified share was taken: it counts once, and towards vardiff when
