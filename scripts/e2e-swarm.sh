@@ -273,10 +273,11 @@ mq=$(docker ps -q --filter "label=com.docker.swarm.service.name=${FAENA_STACK}_m
 [ -n "$mq" ] || fail "no running mosquitto container"
 dynsec=$(docker exec "$mq" cat /mosquitto/run/dynamic-security.json) || fail "cannot read the broker's dynamic security file"
 accounts=$(echo "$dynsec" | jq -r '[.clients[].username] | sort | join(" ")')
-for w in worker-1 worker-2; do
+# Workers' accounts are worker:<id>, a namespace no service account is in.
+for w in worker:worker-1 worker:worker-2; do
   case " $accounts " in *" $w "*) ;; *) fail "no broker account for $w: $accounts" ;; esac
 done
-case " $accounts " in *" worker "*) fail "a shared worker account exists: $accounts" ;; esac
+case " $accounts " in *" worker "* | *" worker:master "* | *" worker:observer "*) fail "a shared or service-named worker account exists: $accounts" ;; esac
 topics=$(echo "$dynsec" | jq -r '.roles[] | select(.rolename == "faena-worker-worker-1") | .acls[].topic' | sort -u | tr '\n' ' ')
 case "$topics" in
   *workers/worker-1/jobs*) ;;
