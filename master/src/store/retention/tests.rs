@@ -87,3 +87,17 @@ async fn old_and_surplus_finished_jobs_go_and_nothing_else() {
     assert_eq!(prune_all(&store, off).await, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_batch_reads_the_rows_it_deletes_not_every_finished_job_kept() {
+    let dir = std::env::temp_dir().join(format!("faena-retention-plan-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    drop(Store::open(&dir.join("faena.db"), SyncMode::Normal).expect("opens"));
+    let conn = rusqlite::Connection::open(dir.join("faena.db")).expect("opens");
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", super::BATCH)).expect("plans");
+    let plan: Vec<String> =
+        stmt.query_map([1, 2], |r| r.get::<_, String>(3)).expect("plan").collect::<Result<_, _>>().expect("rows");
+    assert!(plan[0].contains("INTEGER PRIMARY KEY (rowid<?)"), "the row-id range drives the scan: {plan:?}");
+    assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE") || p.contains("jobs_state")), "{plan:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
