@@ -383,9 +383,14 @@ async fn a_workers_shares_sent_after_its_unit_was_retired_count_as_stale() {
         lease: Some(lease(&unit)),
         progress_json: json!({"hashes": 2, "hashrate": 1.0, "shares": shares}).to_string(),
     };
-    let (first, second) = (work.start, work.start + 1);
-    let hashes = hashes_at(&params.blob, &params.key, &[first, second]).await;
-    let (h1, h2) = (hashes[0], hashes[1]);
+    // Two nonces whose hashes are no block at the node's difficulty (100):
+    // a share that was one would move the chain itself, and the template
+    // the late share belongs to would be two behind, not just replaced.
+    let candidates: Vec<u32> = (work.start..work.start + 16).collect();
+    let hashes = hashes_at(&params.blob, &params.key, &candidates).await;
+    let block_target = target_for_difficulty(100);
+    let mut plain = candidates.iter().zip(&hashes).filter(|(_, h)| !meets(h, block_target));
+    let ((&first, &h1), (&second, &h2)) = (plain.next().expect("a nonce"), plain.next().expect("another"));
     grpc.report_progress(request_in(report(vec![share(first, h1)]), &session)).await.expect("a live unit's progress");
     eventually("the live share counts", || async {
         participant(&c, "by-hand").await.filter(|p| p["shares"]["valid"] == 1)
