@@ -106,6 +106,11 @@ pub struct Config {
     /// are deleted); 0 keeps any number.
     #[arg(long, env = "FAENA_RETENTION_JOBS", default_value_t = 0)]
     pub retention_jobs: u64,
+    /// Mining blocks found and participants' tallies not added to for
+    /// longer than this are deleted from the mining store (a source lists
+    /// its last 1,000 blocks in any case): a duration, or `off`.
+    #[arg(long, env = "FAENA_MINING_RETENTION", default_value = "365d")]
+    pub mining_retention: String,
     /// Most jobs waiting in the queue; past it submissions get 429.
     #[arg(long, env = "FAENA_QUEUE_CAPACITY", default_value_t = 100_000)]
     pub queue_capacity: usize,
@@ -246,6 +251,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: &str| Err(ConfigError(m.to_owned()));
         self.retention()?;
+        self.mining_retention()?;
         self.allowed_origins()?;
         self.allowed_hosts()?;
         if self.web_tls && (self.tls.tls_cert_file.is_none() || self.tls.tls_key_file.is_none()) {
@@ -315,26 +321,14 @@ impl Config {
 
     /// What the store keeps (`FAENA_RETENTION`, `FAENA_RETENTION_JOBS`).
     pub fn retention(&self) -> Result<crate::store::Retention, ConfigError> {
-        let bad =
-            || ConfigError(format!("--retention {:?}: a duration such as 7d, 12h, 30m or 90s, or off", self.retention));
-        let text = self.retention.trim();
-        let age = match text {
-            "off" | "0" => None,
-            _ => {
-                let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
-                let n: u64 = n.parse().map_err(|_| bad())?;
-                let secs = match unit {
-                    "s" => n,
-                    "m" => n * 60,
-                    "h" => n * 3600,
-                    "d" => n * 86_400,
-                    _ => return Err(bad()),
-                };
-                (secs > 0).then(|| Duration::from_secs(secs))
-            }
-        };
+        let age = age("--retention", &self.retention)?;
         let keep = (self.retention_jobs > 0).then_some(self.retention_jobs);
         Ok(crate::store::Retention { age, keep, batch: 1000 })
+    }
+
+    /// What the mining store keeps (`FAENA_MINING_RETENTION`).
+    pub fn mining_retention(&self) -> Result<Option<Duration>, ConfigError> {
+        age("--mining-retention", &self.mining_retention)
     }
 
     /// The pool side's settings (the Stratum password resolved apart).
@@ -359,8 +353,29 @@ impl Config {
             template_refresh: Duration::from_secs(self.template_refresh_secs.max(1)),
             budget_share: self.verify_budget,
             password: None,
+            // Checked by validate(); unreadable here means off.
+            mining_retention: self.mining_retention().ok().flatten(),
         }
     }
+}
+
+/// A retention period: `7d`, `12h`, `30m`, `90s`, or `off` (None).
+fn age(flag: &str, text: &str) -> Result<Option<Duration>, ConfigError> {
+    let bad = || ConfigError(format!("{flag} {text:?}: a duration such as 7d, 12h, 30m or 90s, or off"));
+    let text = text.trim();
+    if matches!(text, "off" | "0") {
+        return Ok(None);
+    }
+    let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(bad()),
+    };
+    Ok((secs > 0).then(|| Duration::from_secs(secs)))
 }
 
 #[cfg(test)]
@@ -379,5 +394,23 @@ mod tests {
         assert_eq!(light.verifier_mode(Some(u64::MAX)), Mode::Light);
         let fast = Config::try_parse_from(["faena-master", "--verify-mode", "fast"]).expect("fast");
         assert_eq!(fast.verifier_mode(Some(0)), Mode::Fast);
+    }
+
+    #[test]
+    fn retention_periods_are_durations_or_off() {
+        let day = Duration::from_secs(86_400);
+        let cfg = Config::try_parse_from(["faena-master"]).expect("defaults");
+        assert_eq!(cfg.retention().expect("valid").age, Some(7 * day));
+        assert_eq!(cfg.mining_retention().expect("valid"), Some(365 * day));
+        let cfg = Config::try_parse_from(["faena-master", "--retention", "12h", "--mining-retention", "off"])
+            .expect("parses");
+        assert_eq!(cfg.retention().expect("valid").age, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(cfg.mining_retention().expect("valid"), None);
+        for bad in ["7", "7w", "d", "-1d", "1.5d"] {
+            let cfg = Config::try_parse_from(["faena-master".to_owned(), format!("--mining-retention={bad}")])
+                .expect("parses");
+            let e = cfg.validate().expect_err(bad);
+            assert!(e.to_string().contains("--mining-retention"), "{bad}: {e}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use faena_proto::ids::JobId;
 use faena_proto::mining::{BlockView, SourceSpec};
@@ -69,6 +70,16 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "busy_timeout", 5000)?;
         conn.execute_batch(SCHEMA)?;
+        // Tallies from before `seen_at` count as seen when it arrived.
+        let has: bool =
+            conn.query_row("SELECT COUNT(*) FROM pragma_table_info('participants') WHERE name = 'seen_at'", [], |r| {
+                r.get(0)
+            })?;
+        if !has {
+            conn.execute_batch("ALTER TABLE participants ADD COLUMN seen_at INTEGER NOT NULL DEFAULT 0")?;
+            let now = faena_proto::mqtt::now_ms() as i64;
+            conn.execute("UPDATE participants SET seen_at = ?1", [now])?;
+        }
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
 
@@ -178,10 +189,12 @@ impl Db {
             let tx = c.transaction()?;
             {
                 let mut stmt = tx.prepare_cached(
-                    "INSERT INTO participants (name, kind, source, valid, invalid, stale, blocks)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (name, kind) DO UPDATE SET source = ?3, valid = ?4, invalid = ?5, stale = ?6, blocks = ?7",
+                    "INSERT INTO participants (name, kind, source, valid, invalid, stale, blocks, seen_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (name, kind) DO UPDATE
+                     SET source = ?3, valid = ?4, invalid = ?5, stale = ?6, blocks = ?7, seen_at = ?8",
                 )?;
+                let now = faena_proto::mqtt::now_ms() as i64;
                 for (p, r) in &rows {
                     stmt.execute(params![
                         p.name,
@@ -190,11 +203,36 @@ impl Db {
                         r.valid as i64,
                         r.invalid as i64,
                         r.stale as i64,
-                        r.blocks as i64
+                        r.blocks as i64,
+                        now
                     ])?;
                 }
             }
             tx.commit()
+        })
+        .await
+    }
+}
+
+impl Db {
+    /// The mining store's own retention: blocks found more than `age` ago,
+    /// blocks beyond a source's newest `keep_blocks` (what it lists) and
+    /// participants whose tallies have not moved for `age` are deleted;
+    /// how many blocks and participants went.
+    pub async fn prune(&self, age: Duration, keep_blocks: usize, now_ms: u64) -> Result<(usize, usize), StoreError> {
+        let cutoff = (now_ms as i64).saturating_sub(age.as_millis() as i64);
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let old = tx.execute("DELETE FROM blocks WHERE at < ?1", [cutoff])?;
+            let surplus = tx.execute(
+                "DELETE FROM blocks WHERE rowid IN (SELECT rowid FROM
+                   (SELECT rowid, ROW_NUMBER() OVER (PARTITION BY source ORDER BY at DESC, rowid DESC) AS n FROM blocks)
+                 WHERE n > ?1)",
+                [keep_blocks as i64],
+            )?;
+            let quiet = tx.execute("DELETE FROM participants WHERE seen_at < ?1", [cutoff])?;
+            tx.commit()?;
+            Ok((old + surplus, quiet))
         })
         .await
     }
@@ -213,6 +251,57 @@ mod tests {
         let _db = super::Db::open(&path).expect("opens");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "pool passwords are in it");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn old_blocks_surplus_blocks_and_quiet_tallies_go() {
+        use faena_proto::mining::BlockView;
+
+        use super::super::accounts::{Participant, Record};
+        let dir = std::env::temp_dir().join(format!("faena-mining-prune-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let db = super::Db::open(&dir.join("mining.db")).expect("opens");
+        let day = 86_400_000u64;
+        let now = faena_proto::mqtt::now_ms();
+        let block = |height: u64, at_ms: u64| BlockView {
+            height,
+            hash: format!("{height:064x}"),
+            participant: "w1".into(),
+            accepted: true,
+            reason: None,
+            at_ms,
+        };
+        // Source a: 2 blocks a year old, 5 recent; source b: 3 recent.
+        for (h, at) in [(1, now - 400 * day), (2, now - 400 * day)] {
+            db.add_block("a".into(), block(h, at)).await.expect("adds");
+        }
+        for h in 3..8 {
+            db.add_block("a".into(), block(h, now - 8 + h)).await.expect("adds");
+        }
+        for h in 1..4 {
+            db.add_block("b".into(), block(h, now - 4 + h)).await.expect("adds");
+        }
+        let record = Record { source: "a".into(), valid: 1, invalid: 0, stale: 0, blocks: 0 };
+        let (quiet, busy) = (Participant::worker("quiet"), Participant::worker("busy"));
+        db.save_tallies(vec![(quiet.clone(), record.clone()), (busy.clone(), record)]).await.expect("saves");
+        db.conn
+            .lock()
+            .execute("UPDATE participants SET seen_at = ?1 WHERE name = 'quiet'", [(now - 400 * day) as i64])
+            .expect("ages");
+
+        // A year's retention and the newest 4 blocks per source.
+        let (blocks, participants) =
+            db.prune(std::time::Duration::from_secs(365 * 86_400), 4, now).await.expect("prunes");
+        assert_eq!((blocks, participants), (2 + 1, 1));
+        let loaded = db.load().expect("loads");
+        let heights = |source: &str| -> Vec<u64> {
+            loaded.blocks.iter().filter(|(s, _)| s == source).map(|(_, b)| b.height).collect()
+        };
+        assert_eq!(heights("a"), [4, 5, 6, 7], "the old ones, then the oldest beyond four");
+        assert_eq!(heights("b"), [1, 2, 3]);
+        let names: Vec<&str> = loaded.participants.iter().map(|(p, _)| p.name.as_str()).collect();
+        assert_eq!(names, ["busy"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

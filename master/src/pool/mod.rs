@@ -96,6 +96,8 @@ pub struct PoolConfig {
     pub budget_share: f64,
     /// Miners must log in with this password, when set.
     pub password: Option<Arc<Secret>>,
+    /// Blocks and tallies untouched this long leave the mining store.
+    pub mining_retention: Option<Duration>,
 }
 
 impl Default for PoolConfig {
@@ -120,6 +122,7 @@ impl Default for PoolConfig {
             template_refresh: Duration::from_secs(60),
             budget_share: 0.8,
             password: None,
+            mining_retention: None,
         }
     }
 }
@@ -133,6 +136,9 @@ pub enum PoolError {
     #[error("the source was removed while it was being added")]
     Vanished,
 }
+
+/// How often the mining store's retention runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// How a source's shares reach the world.
 #[derive(Debug, Clone)]
@@ -373,11 +379,28 @@ impl Pool {
 
     async fn flush_loop(&self) {
         let mut every = tokio::time::interval(Duration::from_secs(2));
+        let mut pruned: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 () = self.inner.cancel.cancelled() => return,
                 _ = every.tick() => self.flush().await,
             }
+            if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                pruned = Some(std::time::Instant::now());
+                self.prune().await;
+            }
+        }
+    }
+
+    /// The mining store's retention (`FAENA_MINING_RETENTION`).
+    async fn prune(&self) {
+        let Some(age) = self.inner.cfg.mining_retention else { return };
+        match self.inner.db.prune(age, limits::BLOCKS_KEPT, faena_proto::mqtt::now_ms()).await {
+            Ok((0, 0)) => {}
+            Ok((blocks, participants)) => {
+                tracing::info!(blocks, participants, "mining store: old blocks and quiet tallies deleted");
+            }
+            Err(e) => tracing::warn!(error = %e, "mining store: the retention could not delete; retrying later"),
         }
     }
 
