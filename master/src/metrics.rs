@@ -58,6 +58,8 @@ pub struct Metrics {
     /// The autoscaler's decisions carried out, by direction, and the replicas it last read.
     autoscale: Family<Labels, Counter>,
     pub autoscale_replicas: Gauge,
+    /// When the autoscaler (its own service) last reported, in UNIX seconds; 0 before.
+    pub autoscaler_reported: Gauge,
     /// Queue waits and run times of the last seconds, for the dashboard's percentiles.
     pub recent_wait: Window,
     pub recent_run: Window,
@@ -223,6 +225,12 @@ impl Default for Metrics {
             "Times the autoscaler scaled the worker service, by direction",
             autoscale.clone(),
         );
+        let autoscaler_reported = Gauge::default();
+        registry.register(
+            "autoscaler_report_timestamp_seconds",
+            "When faena-autoscaler last reported to this master (UNIX seconds; 0: never)",
+            autoscaler_reported.clone(),
+        );
         let autoscale_replicas = Gauge::default();
         registry.register(
             "autoscale_replicas",
@@ -232,6 +240,7 @@ impl Default for Metrics {
         Self {
             autoscale,
             autoscale_replicas,
+            autoscaler_reported,
             workers_state,
             oldest_wait,
             store_healthy,

@@ -36,6 +36,8 @@ impl Reports {
         if let Some(r) = view.replicas {
             metrics.autoscale_replicas.set(i64::from(r));
         }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        metrics.autoscaler_reported.set(i64::try_from(now).unwrap_or(i64::MAX));
         last.counted = (view.scaled_up, view.scaled_down);
         last.view = Some((Instant::now(), view));
     }
@@ -88,6 +90,7 @@ mod tests {
         assert!(page.contains("faena_autoscale_decisions_total{direction=\"up\"} 3"), "{page}");
         assert!(page.contains("faena_autoscale_decisions_total{direction=\"down\"} 1"), "{page}");
         assert!(page.contains("faena_autoscale_replicas 2"), "{page}");
+        assert!(!page.contains("faena_autoscaler_report_timestamp_seconds 0\n"), "{page}");
         let v = reports.view();
         assert_eq!(v["scaled_up"], 1);
         assert_eq!(v["quiet"], false);
