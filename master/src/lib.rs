@@ -6,7 +6,8 @@
 //! - [`engine`] (with its [`engine::mining`] sub-machine), [`queue`],
 //!   [`scheduler`]: the domain, pure and unit-tested.
 //! - [`coordinator`]: the task that owns the engine and carries out its effects.
-//! - [`store`]: durable job store with group commit; [`janitor`]: its retention.
+//! - [`store`] (the `faena-store` crate): the durable job store behind its
+//!   contract, with group commit; [`janitor`]: runs its retention.
 //! - [`settings`]: live configuration, versioned, published signed to workers.
 //! - [`http`], [`grpc`], [`mqtt`]: adapters between the wire and the coordinator.
 //! - [`broker`]: the embedded rumqttd broker.
@@ -35,7 +36,8 @@ pub mod ranked;
 pub mod scaling;
 pub mod scheduler;
 pub mod settings;
-pub mod store;
+/// The job store, its own crate since the store took a contract of its own.
+pub use faena_store as store;
 pub mod verify;
 pub mod web;
 

@@ -3,7 +3,6 @@
 //! the engine a job is its typed [`JobSpec`]; JSON appears only in what goes
 //! to the store and the wire (results, progress shown to watchers).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faena_proto::api::JobEvent;
@@ -17,6 +16,8 @@ use serde_json::Value;
 use super::mining::MinedUnit;
 use crate::scheduler::Capabilities;
 use crate::verify::VerifiedShares;
+
+pub use faena_store::{RestoredJob, StoreOp};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -66,25 +67,6 @@ pub struct LeaseRef {
     pub token: FencingToken,
 }
 
-/// A job read back from the store at start-up.
-#[derive(Debug, Clone)]
-pub struct RestoredJob {
-    pub id: JobId,
-    pub spec: JobSpec,
-    pub priority: Priority,
-    pub seq: u64,
-    pub created_at_ms: u64,
-    pub attempts: u32,
-    /// Set when the job was running: worker, attempt, token.
-    pub lease: Option<(WorkerId, u32, FencingToken)>,
-    /// For a unit of a split (mining) job: that job.
-    pub parent: Option<JobId>,
-    /// For a unit that already succeeded: its worker and output.
-    pub done: Option<(String, Value)>,
-    /// The failed or cancelled job this one retries.
-    pub retry_of: Option<JobId>,
-}
-
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: JobId,
@@ -114,60 +96,6 @@ impl NewJob {
             retry_of: None,
         }
     }
-}
-
-/// A state change to make durable, in the order given.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreOp {
-    Insert {
-        id: JobId,
-        spec: Arc<JobSpec>,
-        priority: Priority,
-        seq: u64,
-        at_ms: u64,
-        /// Set for the units of a split (mining) job.
-        parent: Option<JobId>,
-        /// The failed or cancelled job this one retries.
-        retry_of: Option<JobId>,
-    },
-    /// A waiting job (or a mining job's range not yet handed out) moved to
-    /// another priority.
-    Reprioritised {
-        id: JobId,
-        priority: Priority,
-        was: Priority,
-        state: JobState,
-        attempts: u32,
-        at_ms: u64,
-    },
-    /// A split job's first unit went out: the job is running.
-    Started {
-        id: JobId,
-        worker: String,
-        at_ms: u64,
-    },
-    Dispatched {
-        id: JobId,
-        attempt: u32,
-        worker: String,
-        token: FencingToken,
-        at_ms: u64,
-    },
-    Requeued {
-        id: JobId,
-        attempts: u32,
-        reason: String,
-        at_ms: u64,
-    },
-    Finished {
-        id: JobId,
-        state: JobState,
-        attempts: u32,
-        worker: Option<String>,
-        result: Option<Value>,
-        error: Option<String>,
-        at_ms: u64,
-    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

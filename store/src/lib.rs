@@ -20,11 +20,11 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::engine::{RestoredJob, StoreOp};
-
+mod contract;
 mod list;
 mod retention;
 pub mod settings;
+pub use contract::{RestoredJob, StoreOp};
 pub use list::{DEFAULT_PAGE, JobFilter, MAX_PAGE, Page};
 pub use retention::Retention;
 

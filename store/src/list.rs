@@ -126,8 +126,8 @@ mod tests {
     use faena_proto::jobs::JobSpec;
 
     use super::*;
-    use crate::engine::StoreOp;
-    use crate::store::SyncMode;
+    use crate::StoreOp;
+    use crate::SyncMode;
 
     #[test]
     fn since_holds_when_the_clock_steps_back() {

@@ -6,8 +6,8 @@ use faena_proto::jobs::{JobSpec, JobState, Priority};
 use serde_json::json;
 
 use super::Retention;
-use crate::engine::StoreOp;
-use crate::store::{Store, SyncMode};
+use crate::StoreOp;
+use crate::{Store, SyncMode};
 
 fn insert(store: &Store, id: JobId, seq: u64, at_ms: u64, parent: Option<JobId>) {
     store.write(StoreOp::Insert {
