@@ -117,10 +117,6 @@ impl AutoscaleArgs {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The autoscaler: runs until `stop`.
 #[derive(Debug)]
 pub struct Autoscaler {
@@ -279,7 +275,7 @@ impl Autoscaler {
         }
         let error = result.err().map(|e| e.0);
         let done = error.is_none();
-        self.record(Made { at: now_ms(), from, to, reason, drained, error });
+        self.record(Made { at: faena_proto::mqtt::now_ms(), from, to, reason, drained, error });
         done
     }
 

@@ -361,29 +361,22 @@ pub async fn run(
     let stop_http = servers_cancel.clone();
     // The client's address bounds what it may do through the page (web::limits).
     let app = app.into_make_service_with_connect_info::<http::listen::PeerAddr>();
-    let web_tls = match cfg.web_tls {
-        true => cfg.tls.server_config()?,
-        false => None,
-    };
-    let http_task = match web_tls {
-        Some(tls) => {
-            let listener = http::listen::TlsListener::new(http_listener, &tls, &tracker, servers_cancel.clone());
+    let listener = match cfg.web_tls {
+        true => {
+            // validate() made sure the certificate is given: never plain by mistake.
+            let tls = cfg.tls.server_config()?.ok_or(faena_common::tls::TlsError::HalfIdentity)?;
             tracing::info!("the web port is served over HTTPS");
-            tracker.spawn(async move {
-                let served = axum::serve(listener, app).with_graceful_shutdown(stop_http.cancelled_owned()).await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "HTTPS server failed");
-                }
-            })
+            let tls = http::listen::TlsListener::new(http_listener, &tls, &tracker, servers_cancel.clone());
+            http::listen::WebListener::Tls(tls)
         }
-        None => tracker.spawn(async move {
-            let listener = http::listen::PlainListener(http_listener);
-            let served = axum::serve(listener, app).with_graceful_shutdown(stop_http.cancelled_owned()).await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        }),
+        false => http::listen::WebListener::Plain(http_listener),
     };
+    let http_task = tracker.spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(stop_http.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "web server failed");
+        }
+    });
 
     tracing::info!(http = %addrs.http, grpc = %addrs.grpc, mqtt = %addrs.mqtt, stratum = ?addrs.stratum, "faena-master ready");
     on_ready(&addrs);

@@ -36,8 +36,8 @@ impl Reports {
         if let Some(r) = view.replicas {
             metrics.autoscale_replicas.set(i64::from(r));
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        metrics.autoscaler_reported.set(i64::try_from(now).unwrap_or(i64::MAX));
+        let now_s = faena_proto::mqtt::now_ms() / 1000;
+        metrics.autoscaler_reported.set(i64::try_from(now_s).unwrap_or(i64::MAX));
         last.counted = (view.scaled_up, view.scaled_down);
         last.view = Some((Instant::now(), view));
     }

@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,35 +33,43 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
-impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+impl Connected<IncomingStream<'_, WebListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, WebListener>) -> Self {
         Self(*stream.remote_addr())
     }
 }
 
-impl Connected<IncomingStream<'_, PlainListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-/// The web port without TLS.
+/// The web port: plain, or with TLS ([`TlsListener`]).
 #[derive(Debug)]
-pub struct PlainListener(pub TcpListener);
+pub enum WebListener {
+    Plain(TcpListener),
+    Tls(TlsListener),
+}
 
-impl Listener for PlainListener {
-    type Io = TcpStream;
+impl Listener for WebListener {
+    type Io = Either<TcpStream, TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, peer) = Listener::accept(&mut self.0).await;
-        // Server-sent events are small writes right after the headers: no Nagle.
-        let _ = stream.set_nodelay(true);
-        (stream, peer)
+        match self {
+            Self::Plain(tcp) => {
+                let (stream, peer) = Listener::accept(tcp).await;
+                // Server-sent events are small writes right after the headers: no Nagle.
+                let _ = stream.set_nodelay(true);
+                (Either::Left(stream), peer)
+            }
+            Self::Tls(tls) => {
+                let (stream, peer) = tls.accept().await;
+                (Either::Right(stream), peer)
+            }
+        }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Listener::local_addr(&self.0)
+        match self {
+            Self::Plain(tcp) => Listener::local_addr(tcp),
+            Self::Tls(tls) => Listener::local_addr(tls),
+        }
     }
 }
 
