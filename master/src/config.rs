@@ -102,8 +102,9 @@ pub struct Config {
     /// `7d`, `12h`, `30m`, `90s`, or `off`.
     #[arg(long, env = "FAENA_RETENTION", default_value = "7d")]
     pub retention: String,
-    /// At most this many jobs are kept, newest first (finished ones beyond
-    /// are deleted); 0 keeps any number.
+    /// At least this many jobs are kept, newest first (finished ones beyond
+    /// are deleted, a generation of a quarter as many at a time); 0 keeps
+    /// any number.
     #[arg(long, env = "FAENA_RETENTION_JOBS", default_value_t = 0)]
     pub retention_jobs: u64,
     /// Mining blocks found and participants' tallies not added to for
@@ -323,7 +324,7 @@ impl Config {
     pub fn retention(&self) -> Result<crate::store::Retention, ConfigError> {
         let age = age("--retention", &self.retention)?;
         let keep = (self.retention_jobs > 0).then_some(self.retention_jobs);
-        Ok(crate::store::Retention { age, keep, batch: 1000 })
+        Ok(crate::store::Retention { age, keep })
     }
 
     /// What the mining store keeps (`FAENA_MINING_RETENTION`).

@@ -1,7 +1,7 @@
-//! Runs the store's retention in the background: a batch at a time while
-//! there is something to delete (each between the writer's commit groups,
-//! so dispatch waits at most one batch), then once a second; and keeps the
-//! store's size on disk in `faena_store_bytes`.
+//! Runs the store's retention in the background: a generation at a time
+//! while there is one to drop (each with one of the writer's commit
+//! groups), then once a second; and keeps the store's size on disk in
+//! `faena_store_bytes`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,22 +10,21 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{Retention, Store};
+use crate::store::Store;
 
-/// The pause between two full batches: the writer's other work goes first.
-const BETWEEN_BATCHES: Duration = Duration::from_millis(5);
+/// The pause between two generations dropped: the writer's other work goes first.
+const BETWEEN_DROPS: Duration = Duration::from_millis(5);
 const IDLE: Duration = Duration::from_secs(1);
 
-pub async fn run(store: Store, retention: Retention, db: PathBuf, metrics: Arc<Metrics>, cancel: CancellationToken) {
+pub async fn run(store: Store, db: PathBuf, metrics: Arc<Metrics>, cancel: CancellationToken) {
     loop {
         let mut pause = IDLE;
-        if !retention.is_off() {
-            match store.prune(retention).await {
+        if !store.retention().is_off() {
+            match store.prune().await {
+                Ok(0) => {}
                 Ok(n) => {
                     metrics.pruned.inc_by(n as u64);
-                    if n == retention.batch {
-                        pause = BETWEEN_BATCHES;
-                    }
+                    pause = BETWEEN_DROPS;
                 }
                 Err(e) => tracing::warn!(error = %e, "the retention could not delete old jobs; retrying"),
             }

@@ -1,32 +1,23 @@
 //! Listing jobs for `GET /api/jobs`: newest first, filtered, a page at a
-//! time. Pages are keyed on the row id (the order jobs were stored in), so
-//! a page costs the same on the millionth job as on the first and a job
-//! stored meanwhile never shifts the pages after it. Each filter has an
-//! index whose entries are in row-id order; a mining job's units are left
-//! out (their job stands for them).
+//! time. Pages are keyed on the row id (the order jobs were stored in,
+//! unique across generations), so a page costs the same on the millionth
+//! job as on the first and a job stored meanwhile never shifts the pages
+//! after it. Each filter has an index whose entries are in row-id order;
+//! each generation gives its page, and the pages are merged. A mining
+//! job's units are left out (their job stands for them).
 
 use faena_proto::api::JobView;
 use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobKind, JobState, Priority};
 use rusqlite::types::Value as Sql;
 
+use super::generations::listed;
 use super::{Store, StoreError, VIEW_COLUMNS, view};
 
 /// Jobs in a page when the request names no limit.
 pub const DEFAULT_PAGE: usize = 50;
 /// Most jobs in one page.
 pub const MAX_PAGE: usize = 500;
-
-/// Indexes the listing's filters use (created with the schema). One column
-/// each: an index's entries for one value are in row-id order, so a page
-/// is read newest first straight off it, without sorting.
-pub(super) const INDEXES: &str = "
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-CREATE INDEX IF NOT EXISTS jobs_kind ON jobs(kind);
-CREATE INDEX IF NOT EXISTS jobs_worker ON jobs(worker) WHERE worker IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_priority ON jobs(priority);
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
-";
 
 /// Which jobs, and where the page starts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,7 +48,7 @@ impl Store {
     /// The jobs `f` selects, newest first, one page. The views carry no
     /// result (`GET /api/jobs/{id}` has it) and no queue position.
     pub fn list(&self, f: &JobFilter) -> Result<Page, StoreError> {
-        let mut sql = format!("SELECT rowid, id, {VIEW_COLUMNS} FROM jobs WHERE ");
+        let mut sql = format!("SELECT rowid, id, {VIEW_COLUMNS} FROM {{jobs}} WHERE ");
         let mut args: Vec<Sql> = Vec::new();
         match f.parent {
             Some(p) => {
@@ -89,7 +80,7 @@ impl Store {
             // Jobs are stored in `created_at` order (the store keeps it so):
             // nothing before the first job of the window can match, so the
             // walk stops there instead of reading the rest of the history.
-            and("rowid >= (SELECT rowid FROM jobs WHERE created_at >= ? ORDER BY created_at, rowid LIMIT 1)", since);
+            and("rowid >= (SELECT rowid FROM {jobs} WHERE created_at >= ? ORDER BY created_at, rowid LIMIT 1)", since);
         }
         if let Some(before) = f.before {
             and("rowid < ?", Sql::Integer(before));
@@ -99,22 +90,24 @@ impl Store {
         args.push(Sql::Integer(limit as i64 + 1));
 
         let conn = self.reader.lock();
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-        let mut jobs: Vec<(i64, JobView)> = Vec::with_capacity(limit);
-        let mut next = None;
-        while let Some(r) = rows.next()? {
-            if jobs.len() == limit {
-                // There is more: the next page starts below the last shown.
-                next = jobs.last().map(|(shown, _)| *shown);
-                break;
-            }
-            let (rowid, id) = (r.get::<_, i64>(0)?, r.get::<_, String>(1)?);
-            match id.parse() {
-                Ok(id) => jobs.push((rowid, view(id, r, 2)?)),
-                Err(_) => tracing::error!(job = %id, "a stored job id does not parse; left out of the listing"),
+        let tx = conn.unchecked_transaction()?;
+        let mut jobs: Vec<(i64, JobView)> = Vec::with_capacity(limit + 1);
+        for (table, _) in listed(&tx)? {
+            let mut stmt = tx.prepare_cached(&sql.replace("{jobs}", &table))?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(&args))?;
+            while let Some(r) = rows.next()? {
+                let (rowid, id) = (r.get::<_, i64>(0)?, r.get::<_, String>(1)?);
+                match id.parse() {
+                    Ok(id) => jobs.push((rowid, view(id, r, 2)?)),
+                    Err(_) => tracing::error!(job = %id, "a stored job id does not parse; left out of the listing"),
+                }
             }
         }
+        jobs.sort_unstable_by_key(|(rowid, _)| std::cmp::Reverse(*rowid));
+        // One more than the page says there is more: the next page starts
+        // below the last shown.
+        let next = (jobs.len() > limit).then(|| jobs[limit - 1].0);
+        jobs.truncate(limit);
         Ok(Page { jobs: jobs.into_iter().map(|(_, v)| v).collect(), next })
     }
 }
@@ -133,7 +126,7 @@ mod tests {
     fn since_holds_when_the_clock_steps_back() {
         let dir = std::env::temp_dir().join(format!("faena-list-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let store = Store::open(&dir.join("faena.db"), SyncMode::Normal).expect("opens");
+        let store = Store::open(&dir.join("faena.db"), SyncMode::Normal, crate::Retention::OFF).expect("opens");
         // Submitted at 1000, 3000, then 2000 (the master's clock stepped back).
         let ids: Vec<JobId> = (0..3).map(|_| JobId::new()).collect();
         for (seq, (id, at_ms)) in ids.iter().zip([1000, 3000, 2000]).enumerate() {

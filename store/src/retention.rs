@@ -1,88 +1,119 @@
 //! Nothing fills the disk: finished jobs (and their history) older than the
-//! retention period, or beyond the newest `keep`, are deleted in small
-//! batches by the store's own writer, inside its next commit group (a
-//! savepoint of its transaction: no fsync of their own, and a failed
-//! deletion never fails the group), so dispatch never waits long behind one. SQLite reuses the freed
-//! pages, so the file stops growing once deletions keep pace. Unfinished
-//! jobs, and the finished units of a mining job still running (a restart
-//! needs them), are never deleted.
+//! retention period, or beyond the newest `keep`, go — a whole generation
+//! at a time (see `generations.rs`), dropped by the store's own writer
+//! inside its next commit group (a savepoint of its transaction: no fsync
+//! of its own, and a failed drop never fails the group). SQLite reuses the
+//! freed pages, so the file stops growing. Unfinished jobs, and the
+//! finished units of a mining job still running (a restart needs them),
+//! are never deleted: they move to the newest generation first (once a few
+//! generations behind are out of retention too: until then the oldest
+//! waits for them to finish).
 
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params_from_iter};
+use rusqlite::Connection;
 
 use super::StoreError;
+use super::generations::{Gen, HISTORY_COLUMNS, JOB_COLUMNS, Layout, tables};
 
 /// What to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Finished jobs created longer ago than this are deleted.
     pub age: Option<Duration>,
-    /// At most this many jobs, newest first, are kept (finished ones beyond go).
+    /// At least this many jobs, newest first, are kept (finished ones
+    /// beyond go, a generation at a time).
     pub keep: Option<u64>,
-    /// Jobs deleted per batch.
-    pub batch: usize,
 }
 
 impl Retention {
+    /// Keeps every job.
+    pub const OFF: Self = Self { age: None, keep: None };
+
     pub fn is_off(&self) -> bool {
         self.age.is_none() && self.keep.is_none()
     }
 }
 
-/// One batch: the oldest finished jobs up to a row id (`?1`), at most `?2`;
-/// a mining job's units stay while it runs.
-const BATCH: &str = "SELECT rowid, id FROM jobs
-     WHERE rowid <= ?1 AND +state IN ('succeeded', 'failed', 'cancelled')
-       AND (parent IS NULL OR NOT EXISTS
-            (SELECT 1 FROM jobs p WHERE p.id = jobs.parent AND p.state IN ('queued', 'running')))
-     ORDER BY rowid LIMIT ?2";
+/// How many generations, oldest first, must be out of retention before
+/// the oldest is dropped though some of its jobs must stay (and so be
+/// moved). Until then it waits for them to finish: under a deep queue the
+/// oldest generation out of retention still holds queued jobs, and moving
+/// them costs what storing them did.
+const PATIENCE: usize = 4;
 
-/// Deletes one batch of what `r` lets go, as of `now_ms`; how many jobs.
-///
-/// Jobs are stored in creation order (`created_at` never goes back as the
-/// row id grows), so both limits are a row-id bound: the newest `keep` are
-/// above `max(rowid) - keep`, and those created before the cut-off end at
-/// the last row the `created_at` index finds before it — each found in
-/// O(log n). The batch is then read in row-id order from the oldest row
-/// up to that bound and no further: what it costs is what it deletes, not
-/// a scan of every finished job kept.
-pub(super) fn prune(conn: &Connection, r: Retention, now_ms: i64) -> Result<usize, StoreError> {
-    let by_age = match r.age {
-        Some(age) => conn
-            .query_row(
-                "SELECT rowid FROM jobs WHERE created_at < ?1 ORDER BY created_at DESC LIMIT 1",
-                [now_ms.saturating_sub(age.as_millis() as i64)],
-                |row| row.get::<_, i64>(0),
-            )
-            .optional()?
-            .unwrap_or(i64::MIN),
-        None => i64::MIN,
-    };
+/// Whether every job in `g` is out of `r` as of `now_ms`.
+fn out_of_retention(conn: &Connection, g: &Gen, next_row: i64, r: Retention, now_ms: i64) -> Result<bool, StoreError> {
+    let one = |sql: &str| conn.query_row(&format!("{sql} FROM {}", g.jobs), [], |row| row.get::<_, Option<i64>>(0));
     let by_count = match r.keep {
-        Some(keep) => conn
-            .query_row("SELECT max(rowid) FROM jobs", [], |row| row.get::<_, Option<i64>>(0))?
-            .map_or(i64::MIN, |max| max.saturating_sub(keep as i64)),
-        None => i64::MIN,
+        Some(keep) => one("SELECT max(rowid)")?.is_none_or(|row| row < next_row - keep as i64),
+        None => false,
     };
-    let bound = by_age.max(by_count);
-    if bound == i64::MIN {
+    let by_age = match r.age {
+        Some(age) => one("SELECT max(created_at)")?.is_none_or(|at| at < now_ms.saturating_sub(age.as_millis() as i64)),
+        None => false,
+    };
+    Ok(by_count || by_age)
+}
+
+/// Drops the oldest generation if every job in it is out of `r` as of
+/// `now_ms`, after moving what must stay to the newest; how many jobs went.
+pub(super) fn prune(conn: &Connection, layout: &mut Layout, r: Retention, now_ms: i64) -> Result<usize, StoreError> {
+    let [oldest, _, ..] = layout.gens.as_slice() else { return Ok(0) };
+    if !out_of_retention(conn, oldest, layout.next_row, r, now_ms)? {
         return Ok(0);
     }
-    // `+state`: the row-id range drives the scan, not the state index
-    // (which would walk every finished job kept, then sort them).
-    let (rowids, ids): (Vec<i64>, Vec<String>) = {
-        let mut stmt = conn.prepare_cached(BATCH)?;
-        let rows = stmt.query_map(rusqlite::params![bound, r.batch as i64], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        rows.collect::<Result<Vec<(i64, String)>, _>>()?.into_iter().unzip()
-    };
-    if ids.is_empty() {
-        return Ok(0);
+    let (j, t) = (oldest.jobs.clone(), oldest.history.clone());
+    // What stays: unfinished jobs, and the units of a mining job still
+    // running (wherever that job is).
+    let parents: Vec<String> = conn
+        .prepare(&format!("SELECT DISTINCT parent FROM {j} WHERE parent IS NOT NULL"))?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut running = Vec::new();
+    for parent in parents {
+        for g in &layout.gens {
+            let sql = format!("SELECT count(*) FROM {} WHERE id = ?1 AND state IN ('queued', 'running')", g.jobs);
+            if conn.query_row(&sql, [&parent], |row| row.get::<_, i64>(0))? > 0 {
+                running.push(parent);
+                break;
+            }
+        }
     }
-    let marks = vec!["?"; ids.len()].join(",");
-    conn.execute(&format!("DELETE FROM transitions WHERE job_id IN ({marks})"), params_from_iter(&ids))?;
-    conn.execute(&format!("DELETE FROM jobs WHERE rowid IN ({marks})"), params_from_iter(&rowids))?;
-    Ok(ids.len())
+    let running = serde_json::to_string(&running)?;
+    let stays = format!(
+        "SELECT id FROM {j} WHERE state IN ('queued', 'running')
+         UNION SELECT id FROM {j} WHERE parent IN (SELECT value FROM json_each(?1))"
+    );
+    let staying: i64 = conn.query_row(&format!("SELECT count(*) FROM ({stays})"), [&running], |row| row.get(0))?;
+    if staying > 0 {
+        let behind = layout.gens.iter().skip(1).take(PATIENCE - 1).collect::<Vec<_>>();
+        let mut overdue = behind.len() == PATIENCE - 1 && layout.gens.len() > PATIENCE;
+        for g in behind {
+            overdue = overdue && out_of_retention(conn, g, layout.next_row, r, now_ms)?;
+        }
+        if !overdue {
+            return Ok(0);
+        }
+    }
+    let (nj, nt) = tables(layout.newest().id);
+    let moved = conn.execute(
+        &format!(
+            "INSERT INTO {nj} (rowid, {JOB_COLUMNS}) SELECT rowid, {JOB_COLUMNS} FROM {j} WHERE id IN ({stays}) ORDER BY rowid"
+        ),
+        [&running],
+    )?;
+    conn.execute(
+        &format!(
+            "INSERT INTO {nt} ({HISTORY_COLUMNS}) SELECT {HISTORY_COLUMNS} FROM {t} WHERE job_id IN ({stays}) ORDER BY rowid"
+        ),
+        [&running],
+    )?;
+    let total: i64 = conn.query_row(&format!("SELECT count(*) FROM {j}"), [], |row| row.get(0))?;
+    conn.execute_batch(&format!("DROP TABLE {j}; DROP TABLE {t};"))?;
+    conn.execute("DELETE FROM generations WHERE gen = ?1", [oldest.id])?;
+    layout.dropped_oldest(moved as u64);
+    Ok(usize::try_from(total).unwrap_or(0).saturating_sub(moved))
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
 use super::*;
+use faena_proto::ids::FencingToken;
+use faena_proto::jobs::JobSpec;
 use serde_json::json;
 
 fn wait_commit(store: &Store) {
@@ -16,7 +18,7 @@ fn records_every_transition_and_restores_unfinished_jobs() {
     let path = dir.join("jobs.db");
     let (a, b, c) = (JobId::new(), JobId::new(), JobId::new());
     {
-        let store = Store::open(&path, SyncMode::Full).expect("opens");
+        let store = Store::open(&path, SyncMode::Full, Retention::OFF).expect("opens");
         for (i, id) in [a, b, c].into_iter().enumerate() {
             store.write(StoreOp::Insert {
                 id,
@@ -49,7 +51,7 @@ fn records_every_transition_and_restores_unfinished_jobs() {
             ["queued", "running", "succeeded"]
         );
     }
-    let store = Store::open(&path, SyncMode::Normal).expect("reopens");
+    let store = Store::open(&path, SyncMode::Normal, Retention::OFF).expect("reopens");
     let restored = store.load_unfinished().expect("loads");
     assert_eq!(restored.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a, b]);
     assert_eq!(restored[0].lease.as_ref().map(|l| (l.0.as_str(), l.1, l.2.as_str())), Some(("w1", 1, "tok")));

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faena_master::engine::StoreOp;
-use faena_master::store::{JobFilter, Store, SyncMode};
+use faena_master::store::{JobFilter, Retention, Store, SyncMode};
 use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
 use serde_json::json;
@@ -132,7 +132,7 @@ fn sync(store: &Store) {
 
 fn write_rate(dir: &Path, with_indexes: bool, n: u64) -> f64 {
     let path = dir.join(format!("write-{with_indexes}.db"));
-    let store = Store::open(&path, SyncMode::Normal).expect("store");
+    let store = Store::open(&path, SyncMode::Normal, Retention::OFF).expect("store");
     if !with_indexes {
         let conn = rusqlite::Connection::open(&path).expect("db");
         for index in ["jobs_state", "jobs_kind", "jobs_worker", "jobs_priority", "jobs_created"] {
@@ -168,7 +168,7 @@ async fn main() {
     // 2. A month of traffic.
     let data = dir.join("data");
     std::fs::create_dir_all(&data).expect("data dir");
-    let store = Store::open(&data.join("faena.db"), SyncMode::Normal).expect("store");
+    let store = Store::open(&data.join("faena.db"), SyncMode::Normal, Retention::OFF).expect("store");
     let started = Instant::now();
     fill(&store, jobs, &mut Rng(42));
     println!("filled {jobs} jobs in {:.1} s", started.elapsed().as_secs_f64());

@@ -1,3 +1,4 @@
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -6,8 +7,13 @@ use faena_proto::jobs::{JobSpec, JobState, Priority};
 use serde_json::json;
 
 use super::Retention;
-use crate::StoreOp;
-use crate::{Store, SyncMode};
+use crate::{JobFilter, Store, StoreOp, SyncMode};
+
+fn dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("faena-retention-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
 
 fn insert(store: &Store, id: JobId, seq: u64, at_ms: u64, parent: Option<JobId>) {
     store.write(StoreOp::Insert {
@@ -35,26 +41,49 @@ fn finish(store: &Store, id: JobId, at_ms: u64) {
     });
 }
 
-async fn prune_all(store: &Store, r: Retention) -> usize {
+async fn committed(store: &Store) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store.after_commit(move |r| {
+        let _ = tx.send(r.is_ok());
+    });
+    assert_eq!(rx.await, Ok(true));
+}
+
+async fn prune_all(store: &Store) -> usize {
     let mut total = 0;
     loop {
-        let n = store.prune(r).await.expect("prunes");
-        total += n;
-        if n < r.batch {
-            return total;
+        match store.prune().await.expect("prunes") {
+            0 => return total,
+            n => total += n,
+        }
+    }
+}
+
+/// Every job the listing shows, newest first, a page of `limit` at a time.
+fn listed(store: &Store, limit: usize) -> Vec<JobId> {
+    let mut out = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.list(&JobFilter { before, limit, ..Default::default() }).expect("lists");
+        out.extend(page.jobs.iter().map(|j| j.id));
+        match page.next {
+            Some(next) => before = Some(next),
+            None => return out,
         }
     }
 }
 
 #[tokio::test]
-async fn old_and_surplus_finished_jobs_go_and_nothing_else() {
-    let dir = std::env::temp_dir().join(format!("faena-retention-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let store = Store::open(&dir.join("faena.db"), SyncMode::Normal).expect("opens");
+async fn a_generation_out_of_retention_goes_whole_and_what_must_stay_moves_on() {
+    let dir = dir();
+    let week = Retention { age: Some(Duration::from_secs(7 * 86_400)), keep: None };
+    let store = Store::open(&dir.join("faena.db"), SyncMode::Normal, week).expect("opens");
     let now = faena_proto::mqtt::now_ms();
     let day = 86_400_000;
     // 50 finished jobs ten days old, one still queued as old, a running
-    // mining job as old with a finished unit, and 30 finished jobs of today.
+    // mining job as old with a finished unit; then three generations of 5
+    // finished jobs, 9, 8.5 and 8 days old (each more than a sixteenth of
+    // the week after the one before: a generation of its own).
     let old: Vec<JobId> = (0..50).map(|_| JobId::new()).collect();
     for (i, id) in old.iter().enumerate() {
         insert(&store, *id, i as u64, now - 10 * day, None);
@@ -63,41 +92,123 @@ async fn old_and_surplus_finished_jobs_go_and_nothing_else() {
     let (waiting, mining, unit) = (JobId::new(), JobId::new(), JobId::new());
     insert(&store, waiting, 50, now - 10 * day, None);
     insert(&store, mining, 51, now - 10 * day, None);
+    store.write(StoreOp::Started { id: mining, worker: "w1".into(), at_ms: now - 10 * day });
     insert(&store, unit, 52, now - 10 * day, Some(mining));
     finish(&store, unit, now - 10 * day);
+    let mut seq = 53;
+    for age in [9 * day, 17 * day / 2, 8 * day] {
+        for _ in 0..5 {
+            let id = JobId::new();
+            insert(&store, id, seq, now - age, None);
+            finish(&store, id, now - age);
+            seq += 1;
+        }
+    }
+    // The oldest waits for its unfinished jobs while fewer than four
+    // generations are out of retention.
+    assert_eq!(prune_all(&store).await, 0, "nothing moved yet");
+    assert!(store.get(old[0]).expect("reads").is_some());
+    // 30 finished jobs of today: now four are out of retention and it goes.
     let recent: Vec<JobId> = (0..30).map(|_| JobId::new()).collect();
     for (i, id) in recent.iter().enumerate() {
-        insert(&store, *id, 60 + i as u64, now - 1000 + i as u64, None);
+        insert(&store, *id, 100 + i as u64, now - 1000 + i as u64, None);
         finish(&store, *id, now);
     }
-    let week = Retention { age: Some(Duration::from_secs(7 * 86_400)), keep: None, batch: 7 };
-    assert_eq!(prune_all(&store, week).await, 50, "in batches of 7");
+    assert_eq!(prune_all(&store).await, 65, "four old generations went, less the three that must stay");
     assert!(store.get(old[0]).expect("reads").is_none());
     assert!(store.history(old[0]).expect("reads").is_empty(), "its history went with it");
     for kept in [waiting, mining, unit, recent[0]] {
         assert!(store.get(kept).expect("reads").is_some(), "unfinished jobs and a live job's units stay");
     }
-    // Keep the newest 10: the 20 oldest of today's go, the unfinished stay.
-    let ten = Retention { age: None, keep: Some(10), batch: 1000 };
-    assert_eq!(prune_all(&store, ten).await, 20);
-    assert!(store.get(recent[19]).expect("reads").is_none() && store.get(recent[20]).expect("reads").is_some());
-    assert!(store.get(waiting).expect("reads").is_some() && store.get(unit).expect("reads").is_some());
-    let off = Retention { age: None, keep: None, batch: 1000 };
-    assert!(off.is_off());
-    assert_eq!(prune_all(&store, off).await, 0);
+    let states: Vec<String> = store.history(unit).expect("reads").into_iter().map(|t| t.state).collect();
+    assert_eq!(states, ["queued", "running", "succeeded"], "a moved job's history moved with it, in order");
+    // The moved ones still change where they now are, and come back after a restart.
+    finish(&store, waiting, now);
+    drop(store);
+    let store = Store::open(&dir.join("faena.db"), SyncMode::Normal, week).expect("reopens");
+    assert_eq!(store.get(waiting).expect("reads").map(|j| j.state), Some(JobState::Succeeded));
+    let restored: Vec<JobId> = store.load_unfinished().expect("loads").into_iter().map(|j| j.id).collect();
+    assert_eq!(restored, [mining, unit], "the running mining job and its finished unit");
+    assert_eq!(prune_all(&store).await, 0, "the newest generation never goes");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn at_least_the_newest_keep_stay_and_pages_run_across_generations() {
+    let dir = dir();
+    let keep = Retention { age: None, keep: Some(64) };
+    let store = Store::open(&dir.join("faena.db"), SyncMode::Normal, keep).expect("opens");
+    let now = faena_proto::mqtt::now_ms();
+    // 200 finished jobs in generations of 16, the sixth left queued.
+    let ids: Vec<JobId> = (0..200).map(|_| JobId::new()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        insert(&store, *id, i as u64, now, None);
+        if i != 5 {
+            finish(&store, *id, now);
+        }
+    }
+    committed(&store).await;
+    let all: Vec<JobId> = ids.iter().rev().copied().collect();
+    assert_eq!(listed(&store, 7), all, "pages of 7 run across 13 generations in order");
+    let pruned = prune_all(&store).await;
+    let kept = listed(&store, 500);
+    assert_eq!(kept.len(), 200 - pruned);
+    assert!(
+        (65..=64 + 16 + 1).contains(&kept.len()),
+        "the newest 64, at most a generation more, and the queued one: {}",
+        kept.len()
+    );
+    let mut expected: Vec<JobId> = all[..kept.len() - 1].to_vec();
+    expected.push(ids[5]);
+    assert_eq!(kept, expected, "newest first; the queued job kept its place at the end");
+    assert_eq!(listed(&store, 10), expected, "and so page by page");
+    // Jobs stored after a restart list ahead of every one before.
+    drop(store);
+    let store = Store::open(&dir.join("faena.db"), SyncMode::Normal, keep).expect("reopens");
+    let later = JobId::new();
+    insert(&store, later, 300, now, None);
+    finish(&store, later, now);
+    committed(&store).await;
+    assert_eq!(listed(&store, 500).first(), Some(&later));
+    let off = Retention::OFF;
+    assert!(off.is_off() && off.generation_rows().is_none() && off.generation_span().is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A store made before generations (one `jobs` table, without the columns
+/// added since) opens as generation 0, its jobs readable and listed.
 #[test]
-fn a_batch_reads_the_rows_it_deletes_not_every_finished_job_kept() {
-    let dir = std::env::temp_dir().join(format!("faena-retention-plan-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    drop(Store::open(&dir.join("faena.db"), SyncMode::Normal).expect("opens"));
-    let conn = rusqlite::Connection::open(dir.join("faena.db")).expect("opens");
-    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", super::BATCH)).expect("plans");
-    let plan: Vec<String> =
-        stmt.query_map([1, 2], |r| r.get::<_, String>(3)).expect("plan").collect::<Result<_, _>>().expect("rows");
-    assert!(plan[0].contains("INTEGER PRIMARY KEY (rowid<?)"), "the row-id range drives the scan: {plan:?}");
-    assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE") || p.contains("jobs_state")), "{plan:?}");
+fn a_store_from_before_generations_is_its_first() {
+    let dir = dir();
+    let path = dir.join("faena.db");
+    let old = JobId::new();
+    {
+        let conn = rusqlite::Connection::open(&path).expect("opens");
+        conn.execute_batch(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, params TEXT NOT NULL,
+                priority TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0, worker TEXT, token TEXT, result TEXT,
+                error TEXT, created_at INTEGER NOT NULL, finished_at INTEGER);
+             CREATE TABLE transitions (job_id TEXT NOT NULL, at INTEGER NOT NULL, state TEXT NOT NULL,
+                attempt INTEGER NOT NULL, worker TEXT, detail TEXT);",
+        )
+        .expect("old schema");
+        conn.execute(
+            "INSERT INTO jobs (id, kind, params, priority, seq, state, created_at) VALUES (?1, 'noop', '{}', 'normal', 0, 'queued', 5)",
+            [old.to_string()],
+        )
+        .expect("old row");
+    }
+    let store = Store::open(&path, SyncMode::Normal, Retention::OFF).expect("opens an old store");
+    assert_eq!(store.get(old).expect("reads").map(|j| j.state), Some(JobState::Queued));
+    assert_eq!(store.load_unfinished().expect("loads").len(), 1);
+    let new = JobId::new();
+    insert(&store, new, 1, 10, None);
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.after_commit(move |r| {
+        let _ = tx.send(r.is_ok());
+    });
+    assert_eq!(rx.recv(), Ok(true));
+    assert_eq!(listed(&store, 50), [new, old]);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,290 @@
+//! Jobs are stored in generations: a pair of tables (jobs and their
+//! history) per span of submissions, listed in `generations`. New jobs go
+//! to the newest; once it holds a quarter of the jobs the retention keeps
+//! (or a sixteenth of its age has passed since its first job), the next
+//! job opens a new one. Retention then drops the oldest generation whole,
+//! once every job in it is out of retention, after moving the few it must
+//! keep (unfinished jobs, the units of a mining job still running) into
+//! the newest. Dropping a table frees its pages in one go, where deleting
+//! its rows one by one costs about what storing them did (every index
+//! entry of every row). PostgreSQL's partitions are the same idea.
+//!
+//! Row ids are unique across generations (the writer hands them out, and
+//! a moved job keeps its own), and `created_at` never goes down as they
+//! grow, so a listing merges the generations' pages by row id. The first
+//! generation keeps the tables' old names (`jobs`, `transitions`): a store
+//! made before generations is its generation 0, unchanged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use faena_proto::ids::JobId;
+use rusqlite::{Connection, ToSql};
+
+use super::{Retention, StoreError};
+
+/// The columns of a job row, in the order of the table.
+pub(crate) const JOB_COLUMNS: &str = "id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of";
+/// The columns of a history row.
+pub(crate) const HISTORY_COLUMNS: &str = "job_id, at, state, attempt, worker, detail";
+
+/// Most generations at once: past it the newest grows instead of a new one
+/// opening (a very long retention at a high rate makes fewer, larger ones).
+pub(crate) const MAX_GENERATIONS: usize = 256;
+/// Fewest jobs in a generation closed for its size.
+const MIN_ROWS: u64 = 16;
+/// Most jobs in a generation closed for its size when the retention keeps
+/// any number (by age only): dropping one stays a short pause.
+const MAX_ROWS: u64 = 1_000_000;
+
+/// The names of generation `g`'s tables: jobs, history.
+pub(crate) fn tables(g: i64) -> (String, String) {
+    if g == 0 { ("jobs".into(), "transitions".into()) } else { (format!("jobs_{g}"), format!("transitions_{g}")) }
+}
+
+/// Creates generation `g`'s tables and indexes (those missing: a store
+/// made by an older build gets the columns and indexes it lacks).
+fn create(conn: &Connection, g: i64) -> Result<(), StoreError> {
+    let (j, t) = tables(g);
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {j} (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            params TEXT NOT NULL,
+            priority TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            worker TEXT,
+            token TEXT,
+            result TEXT,
+            error TEXT,
+            created_at INTEGER NOT NULL,
+            finished_at INTEGER,
+            parent TEXT,
+            retry_of TEXT
+        );
+        CREATE TABLE IF NOT EXISTS {t} (
+            job_id TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            worker TEXT,
+            detail TEXT
+        );"
+    ))?;
+    for column in ["parent", "retry_of"] {
+        let has: bool =
+            conn.query_row(&format!("SELECT COUNT(*) FROM pragma_table_info('{j}') WHERE name = ?1"), [column], |r| {
+                r.get(0)
+            })?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE {j} ADD COLUMN {column} TEXT"))?;
+        }
+    }
+    // One column each for the listing's filters: an index's entries for one
+    // value are in row-id order, so a page is read newest first off it.
+    conn.execute_batch(&format!(
+        "CREATE INDEX IF NOT EXISTS {j}_unfinished ON {j}(seq) WHERE state IN ('queued', 'running');
+        CREATE INDEX IF NOT EXISTS {j}_parent ON {j}(parent) WHERE parent IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS {j}_retry_of ON {j}(retry_of) WHERE retry_of IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS {j}_state ON {j}(state);
+        CREATE INDEX IF NOT EXISTS {j}_kind ON {j}(kind);
+        CREATE INDEX IF NOT EXISTS {j}_worker ON {j}(worker) WHERE worker IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS {j}_priority ON {j}(priority);
+        CREATE INDEX IF NOT EXISTS {j}_created ON {j}(created_at);
+        CREATE INDEX IF NOT EXISTS {t}_job ON {t}(job_id);"
+    ))?;
+    Ok(())
+}
+
+/// The generations' tables as a reader sees them (in its transaction),
+/// newest first.
+pub(crate) fn listed(conn: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT gen FROM generations ORDER BY gen DESC")?;
+    let gens = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+    let mut out = Vec::new();
+    for g in gens {
+        out.push(tables(g?));
+    }
+    Ok(out)
+}
+
+/// One generation's tables and the writer's statements on them.
+#[derive(Debug)]
+pub(crate) struct Gen {
+    pub id: i64,
+    pub jobs: String,
+    pub history: String,
+    pub insert: String,
+    pub reprioritise: String,
+    pub started: String,
+    pub update: String,
+    pub record: String,
+}
+
+impl Gen {
+    fn new(id: i64) -> Self {
+        let (jobs, history) = tables(id);
+        Self {
+            insert: format!(
+                "INSERT INTO {jobs} (rowid, id, kind, params, priority, seq, state, created_at, parent, retry_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9)"
+            ),
+            reprioritise: format!("UPDATE {jobs} SET priority = ?2 WHERE id = ?1"),
+            started: format!("UPDATE {jobs} SET state = 'running', worker = ?2 WHERE id = ?1"),
+            update: format!(
+                "UPDATE {jobs} SET state = ?2, attempts = ?3, worker = ?4, token = ?5, result = ?6, error = ?7, finished_at = ?8 WHERE id = ?1"
+            ),
+            record: format!("INSERT INTO {history} ({HISTORY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+            id,
+            jobs,
+            history,
+        }
+    }
+}
+
+/// What the writer knows of the generations. It works on a copy during a
+/// commit group and keeps it only once the group commits.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    /// Oldest first; the last takes new jobs.
+    pub gens: Vec<Arc<Gen>>,
+    /// The last of `gens`.
+    newest: Arc<Gen>,
+    /// The row id the next job gets.
+    pub next_row: i64,
+    /// Jobs stored in the newest generation.
+    rows: u64,
+    /// When the newest generation's first job was submitted.
+    first_at: Option<i64>,
+}
+
+impl Layout {
+    /// Reads (or makes) the generations of the store `conn` is open on.
+    pub(crate) fn open(conn: &Connection, now_ms: i64) -> Result<Self, StoreError> {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS generations (gen INTEGER PRIMARY KEY, opened_at INTEGER NOT NULL)",
+        )?;
+        let mut ids: Vec<i64> = conn
+            .prepare("SELECT gen FROM generations ORDER BY gen")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            conn.execute("INSERT INTO generations (gen, opened_at) VALUES (0, ?1)", [now_ms])?;
+            ids.push(0);
+        }
+        let mut next_row = 1;
+        for &g in &ids {
+            create(conn, g)?;
+            let (j, _) = tables(g);
+            let max: Option<i64> = conn.query_row(&format!("SELECT max(rowid) FROM {j}"), [], |r| r.get(0))?;
+            next_row = next_row.max(max.map_or(1, |m| m + 1));
+        }
+        // The newest generation's size from its row ids (each found in
+        // O(log n), where counting reads every row of a large old store).
+        let (j, _) = tables(*ids.last().unwrap_or(&0));
+        let one = |sql: &str| conn.query_row(&format!("{sql} FROM {j}"), [], |r| r.get::<_, Option<i64>>(0));
+        let rows = one("SELECT min(rowid)")?.map_or(0, |min| next_row - min);
+        let first_at = one("SELECT min(created_at)")?;
+        let gens: Vec<Arc<Gen>> = ids.into_iter().map(|g| Arc::new(Gen::new(g))).collect();
+        let newest = gens.last().cloned().unwrap_or_else(|| Arc::new(Gen::new(0)));
+        Ok(Self { gens, newest, next_row, rows: u64::try_from(rows).unwrap_or(0), first_at })
+    }
+
+    /// The generation new jobs go to.
+    pub(crate) fn newest(&self) -> &Arc<Gen> {
+        &self.newest
+    }
+
+    /// Makes room for one more job submitted at `at_ms`: opens a new
+    /// generation when the newest is full for `r`.
+    pub(crate) fn before_insert(&mut self, conn: &Connection, r: &Retention, at_ms: i64) -> Result<(), StoreError> {
+        let full = r.generation_rows().is_some_and(|n| self.rows >= n)
+            || r.generation_span()
+                .zip(self.first_at)
+                .is_some_and(|(span, first)| at_ms.saturating_sub(first) >= span.as_millis() as i64);
+        if full && self.gens.len() < MAX_GENERATIONS {
+            let g = self.newest().id + 1;
+            create(conn, g)?;
+            conn.execute("INSERT INTO generations (gen, opened_at) VALUES (?1, ?2)", [g, at_ms])?;
+            self.newest = Arc::new(Gen::new(g));
+            self.gens.push(self.newest.clone());
+            (self.rows, self.first_at) = (0, None);
+        }
+        self.rows += 1;
+        self.first_at.get_or_insert(at_ms);
+        Ok(())
+    }
+
+    /// Runs the statement `which` picks with `args` on the generation that
+    /// holds job `id`: the one `hints` names, else each, newest first. The
+    /// generation it changed a row in.
+    pub(crate) fn touch(
+        &self,
+        conn: &Connection,
+        hints: &Hints,
+        id: JobId,
+        which: fn(&Gen) -> &str,
+        args: &[&dyn ToSql],
+    ) -> Result<Option<&Arc<Gen>>, StoreError> {
+        let hinted = hints.0.get(&id).and_then(|g| self.gens.binary_search_by_key(g, |x| x.id).ok());
+        let order = hinted.into_iter().chain((0..self.gens.len()).rev().filter(|i| Some(*i) != hinted));
+        for i in order {
+            let g = &self.gens[i];
+            if conn.prepare_cached(which(g))?.execute(args)? > 0 {
+                return Ok(Some(g));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Forgets the oldest generation (its tables dropped) and counts the
+    /// `moved` jobs it handed to the newest.
+    pub(crate) fn dropped_oldest(&mut self, moved: u64) {
+        self.gens.remove(0);
+        self.rows += moved;
+    }
+}
+
+/// Where unfinished jobs are: the generation each was stored in, so that
+/// a change to a job submitted a few generations ago (a deep queue) finds
+/// it at once instead of trying each newer generation first. Only hints:
+/// a job not found where its hint says (moved, or the hint lost with a
+/// failed commit group) is looked for in every generation.
+#[derive(Debug, Default)]
+pub(crate) struct Hints(HashMap<JobId, i64>);
+
+/// Most hints kept: past it they are forgotten (and jobs looked for).
+const MAX_HINTS: usize = 2_000_000;
+
+impl Hints {
+    pub(crate) fn stored(&mut self, id: JobId, generation: i64) {
+        if self.0.len() >= MAX_HINTS {
+            self.0.clear();
+        }
+        self.0.insert(id, generation);
+    }
+
+    pub(crate) fn finished(&mut self, id: JobId) {
+        self.0.remove(&id);
+    }
+}
+
+impl Retention {
+    /// Jobs in a generation before the next opens: a quarter of what is
+    /// kept, so the store holds at most a quarter more than that.
+    pub(crate) fn generation_rows(&self) -> Option<u64> {
+        match (self.keep, self.age) {
+            (Some(keep), _) => Some((keep / 4).clamp(MIN_ROWS, MAX_ROWS)),
+            (None, Some(_)) => Some(MAX_ROWS),
+            (None, None) => None,
+        }
+    }
+
+    /// The longest span of submissions in one generation: a sixteenth of
+    /// the retention period, so jobs outlive it by at most that.
+    pub(crate) fn generation_span(&self) -> Option<Duration> {
+        self.age.map(|age| (age / 16).max(Duration::from_secs(1)))
+    }
+}
