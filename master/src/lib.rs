@@ -164,7 +164,7 @@ pub async fn run(
         no_worker_timeout: Duration::from_millis(cfg.no_worker_timeout_ms),
         quarantine: Duration::from_secs(cfg.quarantine_secs),
     });
-    let restored = store.load_unfinished()?;
+    let restored = store.load_unfinished().await?;
     if !restored.is_empty() {
         let running = restored.iter().filter(|j| j.lease.is_some()).count();
         tracing::info!(jobs = restored.len(), running, "recovered unfinished jobs from the store");

@@ -4,9 +4,12 @@
 //! backend takes and gives exactly these.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use faena_proto::api::JobView;
 use faena_proto::ids::{FencingToken, JobId, WorkerId};
-use faena_proto::jobs::{JobSpec, JobState, Priority};
+use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
+use serde::Serialize;
 use serde_json::Value;
 
 /// A job read back from the store at start-up.
@@ -80,4 +83,65 @@ pub enum StoreOp {
         error: Option<String>,
         at_ms: u64,
     },
+}
+
+/// What to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Finished jobs created longer ago than this are deleted.
+    pub age: Option<Duration>,
+    /// At least this many jobs, newest first, are kept (finished ones
+    /// beyond go, a generation at a time).
+    pub keep: Option<u64>,
+}
+
+impl Retention {
+    /// Keeps every job.
+    pub const OFF: Self = Self { age: None, keep: None };
+
+    pub fn is_off(&self) -> bool {
+        self.age.is_none() && self.keep.is_none()
+    }
+}
+
+/// Jobs in a page when the request names no limit.
+pub const DEFAULT_PAGE: usize = 50;
+/// Most jobs in one page.
+pub const MAX_PAGE: usize = 500;
+
+/// Which jobs, and where the page starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub kind: Option<JobKind>,
+    pub worker: Option<String>,
+    pub priority: Option<Priority>,
+    /// The units of this mining job (instead of jobs that are not units).
+    pub parent: Option<JobId>,
+    /// Submitted at or after this (ms since the UNIX epoch).
+    pub since_ms: Option<u64>,
+    /// Only jobs stored before this cursor (the previous page's `next`).
+    pub before: Option<i64>,
+    /// 1..=[`MAX_PAGE`].
+    pub limit: usize,
+}
+
+/// One page of jobs, newest first, and the cursor of the next page (none
+/// when this is the last).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub jobs: Vec<JobView>,
+    pub next: Option<i64>,
+}
+
+/// One recorded state change of a job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    pub at_ms: u64,
+    pub state: String,
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }

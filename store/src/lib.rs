@@ -1,11 +1,14 @@
-//! The durable job store: one SQLite file in WAL mode, jobs in generations
-//! (`generations.rs`) so that retention drops whole tables.
+//! The durable job store, behind one contract (`contract.rs`): the
+//! engine's changes go in as [`StoreOp`]s, unfinished jobs come back as
+//! [`RestoredJob`]s, and the REST side reads jobs, pages and histories.
+//! Backends: SQLite (`sqlite/`, one file, the default).
 //!
-//! One writer thread owns the write connection and commits in groups: it takes
-//! every operation queued so far, applies them in one transaction, commits,
-//! and only then runs the callbacks waiting on them (the 202 of a submission,
-//! the final event of a job). Many concurrent submissions therefore share one
-//! fsync instead of paying one each. Reads use a second connection.
+//! One writer thread owns the backend's write connection and commits in
+//! groups (`writer.rs`): it takes every operation queued so far, applies
+//! them in one transaction, commits, and only then runs the callbacks
+//! waiting on them (the 202 of a submission, the final event of a job).
+//! Many concurrent submissions therefore share one commit instead of
+//! paying one each. Reads use connections of their own.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,26 +17,17 @@ use std::sync::mpsc;
 
 use faena_proto::api::JobView;
 use faena_proto::ids::JobId;
-use faena_proto::jobs::{JobState, Priority};
+use faena_proto::jobs::JobSpec;
 use parking_lot::Mutex;
 use rusqlite::Connection;
-use serde::Serialize;
 
 mod contract;
-mod generations;
-mod list;
-mod read;
-mod retention;
+#[cfg(any(test, feature = "harness"))]
+pub mod harness;
 pub mod settings;
+mod sqlite;
 mod writer;
-pub use contract::{RestoredJob, StoreOp};
-pub use list::{DEFAULT_PAGE, JobFilter, MAX_PAGE, Page};
-pub use retention::Retention;
-
-/// How much of the store file is mapped into memory for reading (a store
-/// under retention fits): the pages read through it show in the master's
-/// RSS, as the kernel's page cache they are.
-const MMAP_BYTES: i64 = 256 << 20;
+pub use contract::{DEFAULT_PAGE, JobFilter, MAX_PAGE, Page, RestoredJob, Retention, StoreOp, Transition};
 
 /// Most operations committed in one transaction.
 const MAX_GROUP: usize = 20_000;
@@ -75,10 +69,16 @@ enum Cmd {
     Prune(tokio::sync::oneshot::Sender<Result<usize, StoreError>>),
 }
 
+/// Where reads go.
+#[derive(Clone)]
+enum Reader {
+    Sqlite(Arc<Mutex<Connection>>),
+}
+
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Cmd>,
-    reader: Arc<Mutex<Connection>>,
+    reader: Reader,
     healthy: Arc<AtomicBool>,
     retention: Retention,
 }
@@ -89,46 +89,71 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// One recorded state change of a job.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Transition {
-    pub at_ms: u64,
-    pub state: String,
-    pub attempt: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub worker: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-fn open(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", if sync == SyncMode::Full { "FULL" } else { "NORMAL" })?;
-    conn.pragma_update(None, "busy_timeout", 5000)?;
-    // Pages are read through a mapping, not a read call each: dropping a
-    // generation visits every page of it.
-    conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
-    // A few statements per generation and listing filter.
-    conn.set_prepared_statement_cache_capacity(512);
-    Ok(conn)
-}
-
 impl Store {
     /// Opens (or makes) the store at `path`; `retention` sizes its
     /// generations (what [`Store::prune`] drops).
     pub fn open(path: &Path, sync: SyncMode, retention: Retention) -> Result<Self, StoreError> {
-        let writer = open(path, sync)?;
-        let layout = generations::Layout::open(&writer, faena_proto::mqtt::now_ms() as i64)?;
-        let reader = open(path, sync)?;
+        let (writer, reader) = sqlite::open_store(path, sync, retention)?;
+        Self::start(writer, Reader::Sqlite(Arc::new(Mutex::new(reader))), retention)
+    }
+
+    /// Starts the writer thread on `backend`.
+    fn start(backend: impl writer::Apply, reader: Reader, retention: Retention) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel();
         let healthy = Arc::new(AtomicBool::new(true));
         let flag = healthy.clone();
         std::thread::Builder::new()
             .name("faena-store".into())
-            .spawn(move || writer::run(writer, layout, retention, rx, flag))
+            .spawn(move || writer::run(backend, rx, flag))
             .map_err(StoreError::Spawn)?;
-        Ok(Self { tx, reader: Arc::new(Mutex::new(reader)), healthy, retention })
+        Ok(Self { tx, reader, healthy, retention })
+    }
+
+    /// Runs a read on SQLite's read connection, off the async threads.
+    async fn sqlite<T: Send + 'static>(
+        conn: &Arc<Mutex<Connection>>,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = conn.clone();
+        tokio::task::spawn_blocking(move || f(&conn.lock())).await.map_err(StoreError::Task)?
+    }
+
+    /// Every job that was queued or running, in submission order, and the
+    /// units that succeeded of the mining jobs among them.
+    pub async fn load_unfinished(&self) -> Result<Vec<RestoredJob>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(c) => Self::sqlite(c, sqlite::read::load_unfinished).await,
+        }
+    }
+
+    /// A job as stored (finished jobs are only here).
+    pub async fn get(&self, id: JobId) -> Result<Option<JobView>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(c) => Self::sqlite(c, move |c| sqlite::read::get(c, id)).await,
+        }
+    }
+
+    /// What job `id` ran: its kind and parameters as submitted.
+    pub async fn spec(&self, id: JobId) -> Result<Option<JobSpec>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(c) => Self::sqlite(c, move |c| sqlite::read::spec(c, id)).await,
+        }
+    }
+
+    /// Job `id`'s recorded state changes, oldest first.
+    pub async fn history(&self, id: JobId) -> Result<Vec<Transition>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(c) => Self::sqlite(c, move |c| sqlite::read::history(c, id)).await,
+        }
+    }
+
+    /// The jobs `f` selects, newest first, one page. The views carry no
+    /// result (`GET /api/jobs/{id}` has it) and no queue position.
+    pub async fn list(&self, f: &JobFilter) -> Result<Page, StoreError> {
+        let f = f.clone();
+        match &self.reader {
+            Reader::Sqlite(c) => Self::sqlite(c, move |c| sqlite::list::list(c, &f)).await,
+        }
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -159,33 +184,6 @@ impl Store {
         self.tx.send(Cmd::Prune(tx)).map_err(|_| StoreError::Unavailable)?;
         rx.await.map_err(|_| StoreError::Unavailable)?
     }
-}
-
-/// The columns [`view`] reads, in its order.
-const VIEW_COLUMNS: &str = "kind, priority, state, attempts, worker, error, created_at, finished_at";
-
-/// Job `id` as stored, from [`VIEW_COLUMNS`] starting at column `at`;
-/// without result, parent, position, progress or waiting reason.
-fn view(id: JobId, r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<JobView> {
-    let ms = |v: i64| rfc3339(u64::try_from(v).unwrap_or(0));
-    Ok(JobView {
-        id,
-        kind: r.get(at)?,
-        priority: Priority::parse(&r.get::<_, String>(at + 1)?).unwrap_or_default(),
-        state: JobState::parse(&r.get::<_, String>(at + 2)?).unwrap_or(JobState::Failed),
-        attempts: r.get(at + 3)?,
-        worker: r.get(at + 4)?,
-        error: r.get(at + 5)?,
-        created_at: ms(r.get(at + 6)?),
-        finished_at: r.get::<_, Option<i64>>(at + 7)?.map(ms),
-        position: None,
-        result: None,
-        progress: None,
-        parent: None,
-        waiting: None,
-        retry_of: None,
-        retried_as: None,
-    })
 }
 
 pub fn rfc3339(ms: u64) -> String {

@@ -172,7 +172,7 @@ async fn main() {
     let started = Instant::now();
     fill(&store, jobs, &mut Rng(42));
     println!("filled {jobs} jobs in {:.1} s", started.elapsed().as_secs_f64());
-    let newest = store.list(&JobFilter { limit: 1, ..Default::default() }).expect("list").jobs;
+    let newest = store.list(&JobFilter { limit: 1, ..Default::default() }).await.expect("list").jobs;
     assert_eq!(newest.len(), 1);
 
     // 3. The master on it.
@@ -233,7 +233,7 @@ async fn main() {
                 let cursor = deep.then(|| 1 + rng.below(jobs * 9 / 10) as i64 + (jobs / 10) as i64);
                 let f = JobFilter { before: cursor, limit: 50, ..filter.clone() };
                 let t = Instant::now();
-                let page = store.list(&f).expect("list");
+                let page = store.list(&f).await.expect("list");
                 in_store.push(t.elapsed());
                 let mut url = format!("{base}/api/jobs?limit=50");
                 if query != "(none)" {

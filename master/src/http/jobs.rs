@@ -14,9 +14,7 @@ use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
 use faena_proto::secret::Secret;
 use serde_json::json;
 
-use super::{
-    AppError, AppState, check_accepting, find, new_job, not_active, not_found, parse_body, parse_id, read, stored,
-};
+use super::{AppError, AppState, check_accepting, find, new_job, not_active, not_found, parse_body, parse_id, stored};
 use crate::coordinator::CoordError;
 use crate::engine::{NewJob, Unmovable};
 use crate::store::{DEFAULT_PAGE, JobFilter, MAX_PAGE};
@@ -97,7 +95,7 @@ pub(super) async fn list(
 ) -> Result<Response, AppError> {
     let Query(query) = query.map_err(|e| AppError::bad_request("bad_query", e.body_text()))?;
     let filter = query.filter()?;
-    let page = read(&state, move |s| s.list(&filter)).await?;
+    let page = state.store.list(&filter).await?;
     Ok(Json(json!({"jobs": page.jobs, "next_cursor": page.next.map(|n| n.to_string())})).into_response())
 }
 
@@ -167,7 +165,7 @@ pub(super) async fn retry(
     if let Some(again) = old.retried_as {
         return Err(conflict("already_retried", format!("job {id} was already retried as job {again}")));
     }
-    let Some(mut spec) = read(&state, move |s| s.spec(id)).await? else {
+    let Some(mut spec) = state.store.spec(id).await? else {
         let message = format!("job {id}'s parameters are no longer valid for its kind {}", old.kind);
         return Err(conflict("not_retryable", message));
     };

@@ -29,7 +29,7 @@ use crate::coordinator::{Cancelled, CoordError, Coordinator};
 use crate::engine::NewJob;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError, rfc3339};
+use crate::store::{Store, rfc3339};
 
 mod config;
 mod error;
@@ -200,22 +200,8 @@ async fn submit_batch(
     Ok((StatusCode::ACCEPTED, Json(BatchResponse { jobs })).into_response())
 }
 
-/// Runs a store read off the async threads.
-pub(crate) async fn read<T: Send + 'static>(
-    state: &AppState,
-    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, AppError> {
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| {
-            AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "store read task failed").caused_by(e)
-        })?
-        .map_err(Into::into)
-}
-
 async fn stored(state: &AppState, id: JobId) -> Result<Option<JobView>, AppError> {
-    read(state, move |s| s.get(id)).await
+    Ok(state.store.get(id).await?)
 }
 
 fn not_found(id: JobId) -> AppError {
@@ -271,7 +257,7 @@ async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Re
 
 async fn job_history(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, AppError> {
     let id = parse_id(&id)?;
-    let history = read(&state, move |s| s.history(id)).await?;
+    let history = state.store.history(id).await?;
     if history.is_empty() {
         return Err(not_found(id));
     }

@@ -9,31 +9,10 @@
 //! generations behind are out of retention too: until then the oldest
 //! waits for them to finish).
 
-use std::time::Duration;
-
 use rusqlite::Connection;
 
-use super::StoreError;
 use super::generations::{Gen, HISTORY_COLUMNS, JOB_COLUMNS, Layout, tables};
-
-/// What to keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// Finished jobs created longer ago than this are deleted.
-    pub age: Option<Duration>,
-    /// At least this many jobs, newest first, are kept (finished ones
-    /// beyond go, a generation at a time).
-    pub keep: Option<u64>,
-}
-
-impl Retention {
-    /// Keeps every job.
-    pub const OFF: Self = Self { age: None, keep: None };
-
-    pub fn is_off(&self) -> bool {
-        self.age.is_none() && self.keep.is_none()
-    }
-}
+use crate::{Retention, StoreError};
 
 /// How many generations, oldest first, must be out of retention before
 /// the oldest is dropped though some of its jobs must stay (and so be

@@ -60,11 +60,11 @@ async fn prune_all(store: &Store) -> usize {
 }
 
 /// Every job the listing shows, newest first, a page of `limit` at a time.
-fn listed(store: &Store, limit: usize) -> Vec<JobId> {
+async fn listed(store: &Store, limit: usize) -> Vec<JobId> {
     let mut out = Vec::new();
     let mut before = None;
     loop {
-        let page = store.list(&JobFilter { before, limit, ..Default::default() }).expect("lists");
+        let page = store.list(&JobFilter { before, limit, ..Default::default() }).await.expect("lists");
         out.extend(page.jobs.iter().map(|j| j.id));
         match page.next {
             Some(next) => before = Some(next),
@@ -107,7 +107,7 @@ async fn a_generation_out_of_retention_goes_whole_and_what_must_stay_moves_on() 
     // The oldest waits for its unfinished jobs while fewer than four
     // generations are out of retention.
     assert_eq!(prune_all(&store).await, 0, "nothing moved yet");
-    assert!(store.get(old[0]).expect("reads").is_some());
+    assert!(store.get(old[0]).await.expect("reads").is_some());
     // 30 finished jobs of today: now four are out of retention and it goes.
     let recent: Vec<JobId> = (0..30).map(|_| JobId::new()).collect();
     for (i, id) in recent.iter().enumerate() {
@@ -115,19 +115,19 @@ async fn a_generation_out_of_retention_goes_whole_and_what_must_stay_moves_on() 
         finish(&store, *id, now);
     }
     assert_eq!(prune_all(&store).await, 65, "four old generations went, less the three that must stay");
-    assert!(store.get(old[0]).expect("reads").is_none());
-    assert!(store.history(old[0]).expect("reads").is_empty(), "its history went with it");
+    assert!(store.get(old[0]).await.expect("reads").is_none());
+    assert!(store.history(old[0]).await.expect("reads").is_empty(), "its history went with it");
     for kept in [waiting, mining, unit, recent[0]] {
-        assert!(store.get(kept).expect("reads").is_some(), "unfinished jobs and a live job's units stay");
+        assert!(store.get(kept).await.expect("reads").is_some(), "unfinished jobs and a live job's units stay");
     }
-    let states: Vec<String> = store.history(unit).expect("reads").into_iter().map(|t| t.state).collect();
+    let states: Vec<String> = store.history(unit).await.expect("reads").into_iter().map(|t| t.state).collect();
     assert_eq!(states, ["queued", "running", "succeeded"], "a moved job's history moved with it, in order");
     // The moved ones still change where they now are, and come back after a restart.
     finish(&store, waiting, now);
     drop(store);
     let store = Store::open(&dir.join("faena.db"), SyncMode::Normal, week).expect("reopens");
-    assert_eq!(store.get(waiting).expect("reads").map(|j| j.state), Some(JobState::Succeeded));
-    let restored: Vec<JobId> = store.load_unfinished().expect("loads").into_iter().map(|j| j.id).collect();
+    assert_eq!(store.get(waiting).await.expect("reads").map(|j| j.state), Some(JobState::Succeeded));
+    let restored: Vec<JobId> = store.load_unfinished().await.expect("loads").into_iter().map(|j| j.id).collect();
     assert_eq!(restored, [mining, unit], "the running mining job and its finished unit");
     assert_eq!(prune_all(&store).await, 0, "the newest generation never goes");
     let _ = std::fs::remove_dir_all(&dir);
@@ -149,9 +149,9 @@ async fn at_least_the_newest_keep_stay_and_pages_run_across_generations() {
     }
     committed(&store).await;
     let all: Vec<JobId> = ids.iter().rev().copied().collect();
-    assert_eq!(listed(&store, 7), all, "pages of 7 run across 13 generations in order");
+    assert_eq!(listed(&store, 7).await, all, "pages of 7 run across 13 generations in order");
     let pruned = prune_all(&store).await;
-    let kept = listed(&store, 500);
+    let kept = listed(&store, 500).await;
     assert_eq!(kept.len(), 200 - pruned);
     assert!(
         (65..=64 + 16 + 1).contains(&kept.len()),
@@ -161,7 +161,7 @@ async fn at_least_the_newest_keep_stay_and_pages_run_across_generations() {
     let mut expected: Vec<JobId> = all[..kept.len() - 1].to_vec();
     expected.push(ids[5]);
     assert_eq!(kept, expected, "newest first; the queued job kept its place at the end");
-    assert_eq!(listed(&store, 10), expected, "and so page by page");
+    assert_eq!(listed(&store, 10).await, expected, "and so page by page");
     // Jobs stored after a restart list ahead of every one before.
     drop(store);
     let store = Store::open(&dir.join("faena.db"), SyncMode::Normal, keep).expect("reopens");
@@ -169,7 +169,7 @@ async fn at_least_the_newest_keep_stay_and_pages_run_across_generations() {
     insert(&store, later, 300, now, None);
     finish(&store, later, now);
     committed(&store).await;
-    assert_eq!(listed(&store, 500).first(), Some(&later));
+    assert_eq!(listed(&store, 500).await.first(), Some(&later));
     let off = Retention::OFF;
     assert!(off.is_off() && off.generation_rows().is_none() && off.generation_span().is_none());
     let _ = std::fs::remove_dir_all(&dir);
@@ -177,8 +177,8 @@ async fn at_least_the_newest_keep_stay_and_pages_run_across_generations() {
 
 /// A store made before generations (one `jobs` table, without the columns
 /// added since) opens as generation 0, its jobs readable and listed.
-#[test]
-fn a_store_from_before_generations_is_its_first() {
+#[tokio::test]
+async fn a_store_from_before_generations_is_its_first() {
     let dir = dir();
     let path = dir.join("faena.db");
     let old = JobId::new();
@@ -200,8 +200,8 @@ fn a_store_from_before_generations_is_its_first() {
         .expect("old row");
     }
     let store = Store::open(&path, SyncMode::Normal, Retention::OFF).expect("opens an old store");
-    assert_eq!(store.get(old).expect("reads").map(|j| j.state), Some(JobState::Queued));
-    assert_eq!(store.load_unfinished().expect("loads").len(), 1);
+    assert_eq!(store.get(old).await.expect("reads").map(|j| j.state), Some(JobState::Queued));
+    assert_eq!(store.load_unfinished().await.expect("loads").len(), 1);
     let new = JobId::new();
     insert(&store, new, 1, 10, None);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -209,6 +209,6 @@ fn a_store_from_before_generations_is_its_first() {
         let _ = tx.send(r.is_ok());
     });
     assert_eq!(rx.recv(), Ok(true));
-    assert_eq!(listed(&store, 50), [new, old]);
+    assert_eq!(listed(&store, 50).await, [new, old]);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,237 @@
+//! A real PostgreSQL for tests: Debian's server (`postgresql`), `initdb`
+//! into a temporary directory and started with `pg_ctl` on a free loopback
+//! port — no system service. Password authentication over TCP, as a
+//! deployed store has it. Stopped, and its directory removed, on drop.
+//!
+//! As root (CI), the server runs as the `postgres` account Debian's
+//! package makes: PostgreSQL refuses to run as root.
+
+#![allow(clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The database the harness makes, and the role that owns it.
+pub const USER: &str = "faena";
+const DATABASE: &str = "faena";
+
+#[derive(Debug)]
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+    password: String,
+    running: bool,
+}
+
+/// Where Debian keeps the server's binaries: `FAENA_TEST_PG_BIN`, else the
+/// newest `/usr/lib/postgresql/*/bin` with an `initdb`.
+pub fn bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("FAENA_TEST_PG_BIN") {
+        return Some(dir.into());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|b| b.join("initdb").exists())
+        .collect();
+    found.sort_by_key(|b| {
+        b.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok())
+    });
+    found.pop()
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+impl Postgres {
+    /// `initdb`, then starts the server and makes the `faena` database.
+    pub fn start() -> Self {
+        let bin = bin_dir().expect("PostgreSQL's server binaries (Debian: apt install postgresql)");
+        let dir = tempfile::Builder::new().prefix("faena-pg-").tempdir().expect("temp dir");
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let pg = Self { dir, bin, port: free_port(), password, running: false };
+        std::fs::write(pg.dir.path().join("pwfile"), format!("{}\n", pg.password)).expect("password file");
+        std::fs::create_dir_all(pg.socket_dir()).expect("socket dir");
+        if is_root() {
+            let out = Command::new("chown").args(["-R", "postgres:postgres"]).arg(pg.dir.path()).output();
+            check("chown", out);
+        }
+        let data = pg.data_dir();
+        let pwfile = pg.dir.path().join("pwfile");
+        let args: Vec<&std::ffi::OsStr> = vec![
+            "-D".as_ref(),
+            data.as_os_str(),
+            "-U".as_ref(),
+            USER.as_ref(),
+            "--pwfile".as_ref(),
+            pwfile.as_os_str(),
+            "--auth-local=trust".as_ref(),
+            "--auth-host=scram-sha-256".as_ref(),
+            "--no-sync".as_ref(),
+            "-E".as_ref(),
+            "UTF8".as_ref(),
+        ];
+        check("initdb", pg.run("initdb", &args));
+        let mut pg = pg;
+        pg.resume();
+        let socket = pg.socket_dir();
+        let port = pg.port.to_string();
+        let createdb: Vec<&std::ffi::OsStr> = vec![
+            "-h".as_ref(),
+            socket.as_os_str(),
+            "-p".as_ref(),
+            port.as_ref(),
+            "-U".as_ref(),
+            USER.as_ref(),
+            DATABASE.as_ref(),
+        ];
+        check("createdb", pg.run_client("createdb", &createdb));
+        pg
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn socket_dir(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    /// `postgres://faena:…@127.0.0.1:port/faena`.
+    pub fn url(&self) -> String {
+        format!("postgres://{USER}:{}@127.0.0.1:{}/{DATABASE}", self.password, self.port)
+    }
+
+    /// The server's own log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Starts the server again on the same port and data (after
+    /// [`Postgres::stop`] or [`Postgres::kill9`]); returns once it accepts
+    /// connections (`pg_ctl -w`).
+    pub fn resume(&mut self) {
+        let data = self.data_dir();
+        let log = self.dir.path().join("server.log");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on",
+            self.port,
+            self.socket_dir().display()
+        );
+        let args: Vec<&std::ffi::OsStr> = vec![
+            "-D".as_ref(),
+            data.as_os_str(),
+            "-l".as_ref(),
+            log.as_os_str(),
+            "-o".as_ref(),
+            opts.as_ref(),
+            "-w".as_ref(),
+            "-t".as_ref(),
+            "60".as_ref(),
+            "start".as_ref(),
+        ];
+        check("pg_ctl start", self.run("pg_ctl", &args));
+        self.running = true;
+    }
+
+    /// A clean, fast shutdown (`pg_ctl stop -m fast`): sessions are cut.
+    pub fn stop(&mut self) {
+        let data = self.data_dir();
+        let args: Vec<&std::ffi::OsStr> =
+            vec!["-D".as_ref(), data.as_os_str(), "-m".as_ref(), "fast".as_ref(), "-w".as_ref(), "stop".as_ref()];
+        check("pg_ctl stop", self.run("pg_ctl", &args));
+        self.running = false;
+    }
+
+    /// Kills the server's main process with SIGKILL, as a crash would;
+    /// its backends exit on their own once they notice.
+    pub fn kill9(&mut self) {
+        let pid = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()
+            .and_then(|p| p.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+            .expect("postmaster.pid");
+        let out = Command::new("kill").args(["-9", &pid.to_string()]).output();
+        check("kill -9", out);
+        // Its backends go when they see the postmaster gone; wait for the
+        // port and the shared memory to be free before a restart.
+        let _ =
+            Command::new("sh").arg("-c").arg(format!("while kill -0 {pid} 2>/dev/null; do sleep 0.05; done")).output();
+        self.running = false;
+    }
+
+    /// Runs one SQL statement as the superuser, over the local socket.
+    pub fn sql(&self, statement: &str) -> String {
+        let socket = self.socket_dir();
+        let port = self.port.to_string();
+        let args: Vec<&std::ffi::OsStr> = vec![
+            "-h".as_ref(),
+            socket.as_os_str(),
+            "-p".as_ref(),
+            port.as_ref(),
+            "-U".as_ref(),
+            USER.as_ref(),
+            "-d".as_ref(),
+            DATABASE.as_ref(),
+            "-X".as_ref(),
+            "-A".as_ref(),
+            "-t".as_ref(),
+            "-v".as_ref(),
+            "ON_ERROR_STOP=1".as_ref(),
+            "-c".as_ref(),
+            statement.as_ref(),
+        ];
+        let out = self.run_client("psql", &args);
+        let out = out.expect("psql runs");
+        assert!(out.status.success(), "psql {statement:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn run(&self, tool: &str, args: &[&std::ffi::OsStr]) -> std::io::Result<Output> {
+        let exe = self.bin.join(tool);
+        if is_root() {
+            Command::new("runuser").args(["-u", "postgres", "--"]).arg(exe).args(args).current_dir("/").output()
+        } else {
+            Command::new(exe).args(args).output()
+        }
+    }
+
+    /// Client tools live beside the server's in Debian's package.
+    fn run_client(&self, tool: &str, args: &[&std::ffi::OsStr]) -> std::io::Result<Output> {
+        let exe = self.bin.join(tool);
+        let exe = if exe.exists() { exe } else { Path::new(tool).to_path_buf() };
+        Command::new(exe).args(args).output()
+    }
+}
+
+fn check(what: &str, out: std::io::Result<Output>) {
+    let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if self.running {
+            let data = self.data_dir();
+            let args: Vec<&std::ffi::OsStr> = vec![
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "stop".as_ref(),
+            ];
+            let _ = self.run("pg_ctl", &args);
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Listing jobs for `GET /api/jobs`: newest first, filtered, a page at a
+//! time. Pages are keyed on the row id (the order jobs were stored in,
+//! unique across generations), so a page costs the same on the millionth
+//! job as on the first and a job stored meanwhile never shifts the pages
+//! after it. Each filter has an index whose entries are in row-id order;
+//! each generation gives its page, and the pages are merged. A mining
+//! job's units are left out (their job stands for them).
+
+use faena_proto::api::JobView;
+use rusqlite::Connection;
+use rusqlite::types::Value as Sql;
+
+use super::generations::listed;
+use super::{VIEW_COLUMNS, view};
+use crate::{JobFilter, MAX_PAGE, Page, StoreError};
+
+/// The jobs `f` selects, newest first, one page. The views carry no
+/// result (`GET /api/jobs/{id}` has it) and no queue position.
+pub(crate) fn list(conn: &Connection, f: &JobFilter) -> Result<Page, StoreError> {
+    let mut sql = format!("SELECT rowid, id, {VIEW_COLUMNS} FROM {{jobs}} WHERE ");
+    let mut args: Vec<Sql> = Vec::new();
+    match f.parent {
+        Some(p) => {
+            sql.push_str("parent = ?");
+            args.push(Sql::Text(p.to_string()));
+        }
+        None => sql.push_str("parent IS NULL"),
+    }
+    let mut and = |clause: &str, value: Sql| {
+        sql.push_str(" AND ");
+        sql.push_str(clause);
+        args.push(value);
+    };
+    if let Some(s) = f.state {
+        and("state = ?", Sql::Text(s.as_str().into()));
+    }
+    if let Some(k) = f.kind {
+        and("kind = ?", Sql::Text(k.as_str().into()));
+    }
+    if let Some(w) = &f.worker {
+        and("worker = ?", Sql::Text(w.clone()));
+    }
+    if let Some(p) = f.priority {
+        and("priority = ?", Sql::Text(p.as_str().into()));
+    }
+    if let Some(since) = f.since_ms {
+        let since = Sql::Integer(i64::try_from(since).unwrap_or(i64::MAX));
+        and("created_at >= ?", since.clone());
+        // Jobs are stored in `created_at` order (the store keeps it so):
+        // nothing before the first job of the window can match, so the
+        // walk stops there instead of reading the rest of the history.
+        and("rowid >= (SELECT rowid FROM {jobs} WHERE created_at >= ? ORDER BY created_at, rowid LIMIT 1)", since);
+    }
+    if let Some(before) = f.before {
+        and("rowid < ?", Sql::Integer(before));
+    }
+    let limit = f.limit.clamp(1, MAX_PAGE);
+    sql.push_str(" ORDER BY rowid DESC LIMIT ?");
+    args.push(Sql::Integer(limit as i64 + 1));
+
+    let tx = conn.unchecked_transaction()?;
+    let mut jobs: Vec<(i64, JobView)> = Vec::with_capacity(limit + 1);
+    for (table, _) in listed(&tx)? {
+        let mut stmt = tx.prepare_cached(&sql.replace("{jobs}", &table))?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(&args))?;
+        while let Some(r) = rows.next()? {
+            let (rowid, id) = (r.get::<_, i64>(0)?, r.get::<_, String>(1)?);
+            match id.parse() {
+                Ok(id) => jobs.push((rowid, view(id, r, 2)?)),
+                Err(_) => tracing::error!(job = %id, "a stored job id does not parse; left out of the listing"),
+            }
+        }
+    }
+    jobs.sort_unstable_by_key(|(rowid, _)| std::cmp::Reverse(*rowid));
+    // One more than the page says there is more: the next page starts
+    // below the last shown.
+    let next = (jobs.len() > limit).then(|| jobs[limit - 1].0);
+    jobs.truncate(limit);
+    Ok(Page { jobs: jobs.into_iter().map(|(_, v)| v).collect(), next })
+}

@@ -1,0 +1,77 @@
+//! The SQLite backend: one file in WAL mode, jobs in generations
+//! (`generations.rs`) so that retention drops whole tables. One writer
+//! connection (the store's writer thread, `write.rs`) and one for reads.
+
+use std::path::Path;
+
+use faena_proto::api::JobView;
+use faena_proto::ids::JobId;
+use faena_proto::jobs::{JobState, Priority};
+use rusqlite::Connection;
+
+use crate::{Retention, StoreError, SyncMode, rfc3339};
+
+mod generations;
+pub(crate) mod list;
+pub(crate) mod read;
+mod retention;
+mod write;
+
+pub(crate) use write::Writer;
+
+/// How much of the store file is mapped into memory for reading (a store
+/// under retention fits): the pages read through it show in the master's
+/// RSS, as the kernel's page cache they are.
+const MMAP_BYTES: i64 = 256 << 20;
+
+/// Opens the store at `path`: its writer and a connection for reads.
+pub(crate) fn open_store(
+    path: &Path,
+    sync: SyncMode,
+    retention: Retention,
+) -> Result<(Writer, Connection), StoreError> {
+    let conn = open(path, sync)?;
+    let layout = generations::Layout::open(&conn, faena_proto::mqtt::now_ms() as i64)?;
+    let writer = Writer::new(conn, layout, retention);
+    Ok((writer, open(path, sync)?))
+}
+
+pub(crate) fn open(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if sync == SyncMode::Full { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(None, "busy_timeout", 5000)?;
+    // Pages are read through a mapping, not a read call each: dropping a
+    // generation visits every page of it.
+    conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
+    // A few statements per generation and listing filter.
+    conn.set_prepared_statement_cache_capacity(512);
+    Ok(conn)
+}
+
+/// The columns [`view`] reads, in its order.
+const VIEW_COLUMNS: &str = "kind, priority, state, attempts, worker, error, created_at, finished_at";
+
+/// Job `id` as stored, from [`VIEW_COLUMNS`] starting at column `at`;
+/// without result, parent, position, progress or waiting reason.
+fn view(id: JobId, r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<JobView> {
+    let ms = |v: i64| rfc3339(u64::try_from(v).unwrap_or(0));
+    Ok(JobView {
+        id,
+        kind: r.get(at)?,
+        priority: Priority::parse(&r.get::<_, String>(at + 1)?).unwrap_or_default(),
+        state: JobState::parse(&r.get::<_, String>(at + 2)?).unwrap_or(JobState::Failed),
+        attempts: r.get(at + 3)?,
+        worker: r.get(at + 4)?,
+        error: r.get(at + 5)?,
+        created_at: ms(r.get(at + 6)?),
+        finished_at: r.get::<_, Option<i64>>(at + 7)?.map(ms),
+        position: None,
+        result: None,
+        progress: None,
+        parent: None,
+        waiting: None,
+        retry_of: None,
+        retried_as: None,
+    })
+}

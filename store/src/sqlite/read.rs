@@ -1,0 +1,176 @@
+//! Reading jobs back: the unfinished ones at start-up, one job, its
+//! parameters, its history. Each read is one read transaction over every
+//! generation (so a generation dropped meanwhile is seen whole or not at
+//! all, and a job moved out of it is seen exactly once).
+
+use faena_proto::api::JobView;
+use faena_proto::ids::{FencingToken, JobId, WorkerId};
+use faena_proto::jobs::{JobKind, JobSpec, Priority};
+use rusqlite::{Connection, OptionalExtension, Row};
+
+use super::generations::listed;
+use super::{VIEW_COLUMNS, view};
+use crate::{RestoredJob, StoreError, Transition};
+
+const RESTORED_COLUMNS: &str =
+    "id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of";
+
+/// Every job that was queued or running, in submission order, and the
+/// units that succeeded of the mining jobs among them.
+pub(crate) fn load_unfinished(conn: &Connection) -> Result<Vec<RestoredJob>, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let gens = listed(&tx)?;
+    let mut out = Vec::new();
+    for (jobs, _) in &gens {
+        let sql = format!("SELECT {RESTORED_COLUMNS} FROM {jobs} WHERE state IN ('queued', 'running')");
+        read_restored(&tx, &sql, [], &mut out)?;
+    }
+    // A running mining job's units may be in any generation.
+    let running: Vec<String> = out.iter().filter(|j| j.parent.is_none()).map(|j| j.id.to_string()).collect();
+    if !running.is_empty() {
+        let running = serde_json::to_string(&running)?;
+        for (jobs, _) in &gens {
+            let sql = format!(
+                "SELECT {RESTORED_COLUMNS} FROM {jobs}
+                 WHERE parent IN (SELECT value FROM json_each(?1)) AND state = 'succeeded'"
+            );
+            read_restored(&tx, &sql, [&running], &mut out)?;
+        }
+    }
+    out.sort_by_key(|j| j.seq);
+    Ok(out)
+}
+
+/// A job as stored (finished jobs are only here).
+pub(crate) fn get(conn: &Connection, id: JobId) -> Result<Option<JobView>, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let gens = listed(&tx)?;
+    let key = id.to_string();
+    let id_of = |v: Option<String>| v.and_then(|v| v.parse().ok());
+    let mut found = None;
+    for (jobs, _) in &gens {
+        let sql = format!("SELECT {VIEW_COLUMNS}, result, parent, retry_of FROM {jobs} WHERE id = ?1");
+        found = tx
+            .prepare_cached(&sql)?
+            .query_row([&key], |r| {
+                let mut v = view(id, r, 0)?;
+                v.result = r.get::<_, Option<String>>(8)?.and_then(|r| serde_json::from_str(&r).ok());
+                v.parent = id_of(r.get(9)?);
+                v.retry_of = id_of(r.get(10)?);
+                Ok(v)
+            })
+            .optional()?;
+        if found.is_some() {
+            break;
+        }
+    }
+    let Some(mut v) = found else { return Ok(None) };
+    for (jobs, _) in &gens {
+        let sql = format!("SELECT id FROM {jobs} WHERE retry_of = ?1 LIMIT 1");
+        v.retried_as = id_of(tx.prepare_cached(&sql)?.query_row([&key], |r| r.get(0)).optional()?);
+        if v.retried_as.is_some() {
+            break;
+        }
+    }
+    Ok(Some(v))
+}
+
+/// What job `id` ran: its kind and parameters as submitted.
+pub(crate) fn spec(conn: &Connection, id: JobId) -> Result<Option<JobSpec>, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let key = id.to_string();
+    for (jobs, _) in listed(&tx)? {
+        let mut stmt = tx.prepare_cached(&format!("SELECT kind, params FROM {jobs} WHERE id = ?1"))?;
+        let row = stmt.query_row([&key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).optional()?;
+        if let Some((kind, params)) = row {
+            return Ok(JobKind::parse(&kind)
+                .ok()
+                .zip(serde_json::from_str(&params).ok())
+                .and_then(|(kind, params)| JobSpec::parse_kind(kind, params).ok()));
+        }
+    }
+    Ok(None)
+}
+
+pub(crate) fn history(conn: &Connection, id: JobId) -> Result<Vec<Transition>, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let key = id.to_string();
+    // A job's history is in the generation its row is in.
+    for (_, history) in listed(&tx)? {
+        let sql = format!("SELECT at, state, attempt, worker, detail FROM {history} WHERE job_id = ?1 ORDER BY rowid");
+        let mut stmt = tx.prepare_cached(&sql)?;
+        let rows = stmt.query_map([&key], |r| {
+            Ok(Transition {
+                at_ms: r.get::<_, i64>(0)? as u64,
+                state: r.get(1)?,
+                attempt: r.get(2)?,
+                worker: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })?;
+        let found: Vec<Transition> = rows.collect::<Result<_, _>>()?;
+        if !found.is_empty() {
+            return Ok(found);
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// Runs `sql` (selecting [`RESTORED_COLUMNS`]) and adds the jobs it reads
+/// to `out`; a row that does not parse is logged and left as is.
+fn read_restored(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+    out: &mut Vec<RestoredJob>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.query(args)?;
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        match restored(r)? {
+            Some(job) => out.push(job),
+            None => {
+                let kind: String = r.get(1)?;
+                tracing::error!(job = %id, kind = %kind, "cannot restore a stored job (unknown kind, invalid parameters or corrupt row); left as is");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One row of [`RESTORED_COLUMNS`] as a job, or none if it does not parse.
+fn restored(r: &Row<'_>) -> rusqlite::Result<Option<RestoredJob>> {
+    let (id, kind, params, priority): (String, String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+    let (seq, created, attempts, state): (i64, i64, u32, String) = (r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?);
+    let (worker, token): (Option<String>, Option<String>) = (r.get(8)?, r.get(9)?);
+    let (parent, result, retry_of): (Option<String>, Option<String>, Option<String>) =
+        (r.get(10)?, r.get(11)?, r.get(12)?);
+    Ok((|| {
+        let done = match (state.as_str(), &worker, result) {
+            ("succeeded", Some(w), Some(r)) => Some((w.clone(), serde_json::from_str(&r).ok()?)),
+            _ => None,
+        };
+        let lease = match (state.as_str(), worker, token) {
+            ("running", Some(w), Some(t)) => Some((WorkerId::parse(&w).ok()?, attempts, FencingToken::parse(&t).ok()?)),
+            _ => None,
+        };
+        let parent = match parent {
+            Some(p) => Some(p.parse().ok()?),
+            None => None,
+        };
+        let spec = JobSpec::parse_kind(JobKind::parse(&kind).ok()?, serde_json::from_str(&params).ok()?).ok()?;
+        Some(RestoredJob {
+            id: id.parse().ok()?,
+            spec,
+            priority: Priority::parse(&priority)?,
+            seq: u64::try_from(seq).ok()?,
+            created_at_ms: u64::try_from(created).ok()?,
+            attempts,
+            lease,
+            parent,
+            done,
+            retry_of: retry_of.and_then(|r| r.parse().ok()),
+        })
+    })())
+}

@@ -1,0 +1,167 @@
+//! The SQLite backend's side of the writer: a group in one transaction.
+
+use rusqlite::{Connection, params};
+
+use super::generations::{Gen, Hints, Layout};
+use super::retention;
+use crate::writer::Apply;
+use crate::{Retention, StoreError, StoreOp};
+
+/// The write connection and what the writer knows of the store.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    conn: Connection,
+    layout: Layout,
+    hints: Hints,
+    retention: Retention,
+    /// The newest job's `created_at`: jobs' `created_at` never goes down in
+    /// the order they are stored (a clock stepped back does not break it),
+    /// which listing by `since` relies on.
+    created: i64,
+}
+
+impl Writer {
+    pub(crate) fn new(conn: Connection, layout: Layout, retention: Retention) -> Self {
+        let created = layout
+            .gens
+            .iter()
+            .filter_map(|g| {
+                conn.query_row(&format!("SELECT max(created_at) FROM {}", g.jobs), [], |r| r.get::<_, Option<i64>>(0))
+                    .ok()
+                    .flatten()
+            })
+            .max()
+            .unwrap_or(0);
+        Self { conn, layout, hints: Hints::default(), retention, created }
+    }
+}
+
+impl Apply for Writer {
+    fn apply(&mut self, ops: &[StoreOp], prunes: usize) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
+        // The layout changes only if the group commits.
+        let mut layout = self.layout.clone();
+        let pruned =
+            apply(&mut self.conn, &mut layout, &mut self.hints, &self.retention, ops, &mut self.created, prunes)?;
+        self.layout = layout;
+        Ok(pruned)
+    }
+}
+
+/// Commits `ops` in one transaction, then `prunes` steps of retention.
+/// `created` is the newest job's `created_at` so far: a job is never
+/// stored as created before it.
+fn apply(
+    conn: &mut Connection,
+    layout: &mut Layout,
+    hints: &mut Hints,
+    retention: &Retention,
+    ops: &[StoreOp],
+    created: &mut i64,
+    prunes: usize,
+) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
+    let mut newest = *created;
+    let tx = conn.transaction()?;
+    for op in ops {
+        apply_one(&tx, layout, hints, retention, op, &mut newest)?;
+    }
+    // Retention rides in the same transaction, each step in a savepoint.
+    let now = faena_proto::mqtt::now_ms() as i64;
+    let mut pruned = Vec::with_capacity(prunes);
+    let mut tx = tx;
+    for _ in 0..prunes {
+        let before = layout.clone();
+        let sp = tx.savepoint()?;
+        pruned.push(match retention::prune(&sp, layout, *retention, now) {
+            Ok(n) => sp.commit().map(|()| n).map_err(StoreError::from),
+            Err(e) => Err(e),
+        });
+        if pruned.last().is_some_and(Result::is_err) {
+            *layout = before;
+        }
+    }
+    tx.commit()?;
+    *created = newest;
+    Ok(pruned)
+}
+
+/// Stores one change: a new job in the newest generation, a change to a
+/// job where it is (with its history row beside it).
+fn apply_one(
+    tx: &Connection,
+    layout: &mut Layout,
+    hints: &mut Hints,
+    retention: &Retention,
+    op: &StoreOp,
+    newest: &mut i64,
+) -> Result<(), StoreError> {
+    let record = |g: &Gen, id: &str, at: i64, state: &str, attempt: u32, worker: Option<&str>, detail: Option<&str>| {
+        tx.prepare_cached(&g.record)?.execute(params![id, at, state, attempt, worker, detail]).map(drop)
+    };
+    match op {
+        StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of } => {
+            *newest = (*newest).max(*at_ms as i64);
+            layout.before_insert(tx, retention, *newest)?;
+            let (g, row) = (layout.newest().clone(), layout.next_row);
+            layout.next_row += 1;
+            hints.stored(*id, g.id);
+            let id = id.to_string();
+            tx.prepare_cached(&g.insert)?.execute(params![
+                row,
+                id,
+                spec.kind().as_str(),
+                spec.params_json().to_string(),
+                priority.as_str(),
+                *seq as i64,
+                *newest,
+                parent.map(|p| p.to_string()),
+                retry_of.map(|r| r.to_string())
+            ])?;
+            let detail = match (parent, retry_of) {
+                (Some(p), _) => Some(format!("unit of job {p}")),
+                (None, Some(r)) => Some(format!("retry of job {r}")),
+                (None, None) => None,
+            };
+            record(&g, &id, *newest, "queued", 0, None, detail.as_deref())?;
+        }
+        StoreOp::Reprioritised { id: job, priority, was, state, attempts, at_ms } => {
+            let id = job.to_string();
+            if let Some(g) = layout.touch(tx, hints, *job, |g| &g.reprioritise, params![id, priority.as_str()])? {
+                let detail = format!("priority {} (was {})", priority.as_str(), was.as_str());
+                record(g, &id, *at_ms as i64, state.as_str(), *attempts, None, Some(&detail))?;
+            }
+        }
+        StoreOp::Started { id: job, worker, at_ms } => {
+            let id = job.to_string();
+            if let Some(g) = layout.touch(tx, hints, *job, |g| &g.started, params![id, worker])? {
+                record(g, &id, *at_ms as i64, "running", 1, Some(worker), Some("split into units"))?;
+            }
+        }
+        StoreOp::Dispatched { id: job, attempt, worker, token, at_ms } => {
+            let id = job.to_string();
+            let args =
+                params![id, "running", attempt, worker, token.as_str(), None::<String>, None::<String>, None::<i64>];
+            if let Some(g) = layout.touch(tx, hints, *job, |g| &g.update, args)? {
+                record(g, &id, *at_ms as i64, "running", *attempt, Some(worker), None)?;
+            }
+        }
+        StoreOp::Requeued { id: job, attempts, reason, at_ms } => {
+            let id = job.to_string();
+            let none = None::<String>;
+            let args = params![id, "queued", attempts, none, none, none, none, None::<i64>];
+            if let Some(g) = layout.touch(tx, hints, *job, |g| &g.update, args)? {
+                record(g, &id, *at_ms as i64, "queued", *attempts, None, Some(reason))?;
+            }
+        }
+        StoreOp::Finished { id: job, state, attempts, worker, result, error, at_ms } => {
+            hints.finished(*job);
+            let id = job.to_string();
+            let result = result.as_ref().map(|r| r.to_string());
+            let at = *at_ms as i64;
+            let args = params![id, state.as_str(), attempts, worker, None::<String>, result, error, at];
+            if let Some(g) = layout.touch(tx, hints, *job, |g| &g.update, args)? {
+                record(g, &id, at, state.as_str(), *attempts, worker.as_deref(), error.as_deref())?;
+            }
+        }
+    }
+    Ok(())
+}
