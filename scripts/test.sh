@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need (cmake, libclang, mosquitto, node + the page's
-# npm packages, chromium, shellcheck, monerod, promtool, the default local model,
+# npm packages, chromium, postgresql, shellcheck, monerod, promtool, the default local model,
 # the Python worker's venv) if missing, lints the scripts and the Rust
 # code (rustfmt, clippy with warnings as errors), builds the binaries the
 # integration tests start, and runs every test.
@@ -18,6 +18,9 @@ need_packages mosquitto:mosquitto mosquitto_sub:mosquitto-clients mosquitto_pass
 need_web
 # The page's tests drive Debian's chromium (headless) with playwright-core.
 need_packages chromium:chromium
+# The store's tests run a real PostgreSQL (Debian's server, initdb'd by the
+# test harness on a free loopback port; no system service is used).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || install_packages postgresql
 # Mining tests run a real regtest Monero node and its wallet RPC.
 need_packages monerod:monero monero-wallet-rpc:monero
 # The local AI provider's tests run the real default model (fetched once).

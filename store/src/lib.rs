@@ -1,7 +1,8 @@
 //! The durable job store, behind one contract (`contract.rs`): the
 //! engine's changes go in as [`StoreOp`]s, unfinished jobs come back as
 //! [`RestoredJob`]s, and the REST side reads jobs, pages and histories.
-//! Backends: SQLite (`sqlite/`, one file, the default).
+//! Backends: SQLite (`sqlite/`, one file, the default) and PostgreSQL
+//! (`pg/`, the store for a cluster).
 //!
 //! One writer thread owns the backend's write connection and commits in
 //! groups (`writer.rs`): it takes every operation queued so far, applies
@@ -24,6 +25,7 @@ use rusqlite::Connection;
 mod contract;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
+mod pg;
 pub mod settings;
 mod sqlite;
 mod writer;
@@ -44,6 +46,12 @@ pub enum StoreError {
     Task(#[source] tokio::task::JoinError),
     #[error("encoding a record: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres connection pool: {0}")]
+    Pool(String),
+    #[error("the store's schema is version {found}, newer than this build knows ({known}): run a newer master")]
+    Schema { found: i32, known: i32 },
 }
 
 /// A group commit that failed: every change in it was lost, and whoever
@@ -73,6 +81,7 @@ enum Cmd {
 #[derive(Clone)]
 enum Reader {
     Sqlite(Arc<Mutex<Connection>>),
+    Postgres(deadpool_postgres::Pool),
 }
 
 #[derive(Clone)]
@@ -95,6 +104,13 @@ impl Store {
     pub fn open(path: &Path, sync: SyncMode, retention: Retention) -> Result<Self, StoreError> {
         let (writer, reader) = sqlite::open_store(path, sync, retention)?;
         Self::start(writer, Reader::Sqlite(Arc::new(Mutex::new(reader))), retention)
+    }
+
+    /// Connects to the PostgreSQL store at `url` (`postgres://…`),
+    /// migrating its schema first.
+    pub async fn connect(url: &str, retention: Retention) -> Result<Self, StoreError> {
+        let (writer, pool) = pg::open_store(url, retention).await?;
+        Self::start(writer, Reader::Postgres(pool), retention)
     }
 
     /// Starts the writer thread on `backend`.
@@ -123,6 +139,7 @@ impl Store {
     pub async fn load_unfinished(&self) -> Result<Vec<RestoredJob>, StoreError> {
         match &self.reader {
             Reader::Sqlite(c) => Self::sqlite(c, sqlite::read::load_unfinished).await,
+            Reader::Postgres(p) => pg::read::load_unfinished(p).await,
         }
     }
 
@@ -130,6 +147,7 @@ impl Store {
     pub async fn get(&self, id: JobId) -> Result<Option<JobView>, StoreError> {
         match &self.reader {
             Reader::Sqlite(c) => Self::sqlite(c, move |c| sqlite::read::get(c, id)).await,
+            Reader::Postgres(p) => pg::read::get(p, id).await,
         }
     }
 
@@ -137,6 +155,7 @@ impl Store {
     pub async fn spec(&self, id: JobId) -> Result<Option<JobSpec>, StoreError> {
         match &self.reader {
             Reader::Sqlite(c) => Self::sqlite(c, move |c| sqlite::read::spec(c, id)).await,
+            Reader::Postgres(p) => pg::read::spec(p, id).await,
         }
     }
 
@@ -144,15 +163,19 @@ impl Store {
     pub async fn history(&self, id: JobId) -> Result<Vec<Transition>, StoreError> {
         match &self.reader {
             Reader::Sqlite(c) => Self::sqlite(c, move |c| sqlite::read::history(c, id)).await,
+            Reader::Postgres(p) => pg::read::history(p, id).await,
         }
     }
 
     /// The jobs `f` selects, newest first, one page. The views carry no
     /// result (`GET /api/jobs/{id}` has it) and no queue position.
     pub async fn list(&self, f: &JobFilter) -> Result<Page, StoreError> {
-        let f = f.clone();
         match &self.reader {
-            Reader::Sqlite(c) => Self::sqlite(c, move |c| sqlite::list::list(c, &f)).await,
+            Reader::Sqlite(c) => {
+                let f = f.clone();
+                Self::sqlite(c, move |c| sqlite::list::list(c, &f)).await
+            }
+            Reader::Postgres(p) => pg::list::list(p, f).await,
         }
     }
 

@@ -3,22 +3,60 @@ use faena_proto::ids::FencingToken;
 use faena_proto::jobs::{JobSpec, JobState, Priority};
 use serde_json::json;
 
-fn wait_commit(store: &Store) {
-    let (tx, rx) = mpsc::channel();
+async fn wait_commit(store: &Store) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
     store.after_commit(move |r| {
-        let _ = tx.send(r);
+        let _ = tx.send(r.is_ok());
     });
-    assert!(matches!(rx.recv_timeout(std::time::Duration::from_secs(10)), Ok(Ok(()))));
+    assert_eq!(rx.await, Ok(true), "the group commits");
 }
 
-#[tokio::test]
-async fn records_every_transition_and_restores_unfinished_jobs() {
-    let dir = std::env::temp_dir().join(format!("faena-store-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    let path = dir.join("jobs.db");
+/// Fresh storage of one backend: a SQLite file in a temporary directory,
+/// or a PostgreSQL of its own (`harness`).
+struct Backend {
+    dir: tempfile::TempDir,
+    pg: Option<crate::harness::Postgres>,
+}
+
+impl Backend {
+    fn sqlite() -> Self {
+        Self { dir: tempfile::tempdir().expect("tmp dir"), pg: None }
+    }
+
+    fn postgres() -> Self {
+        Self { dir: tempfile::tempdir().expect("tmp dir"), pg: Some(crate::harness::Postgres::start()) }
+    }
+
+    async fn open(&self) -> Store {
+        match &self.pg {
+            Some(pg) => Store::connect(&pg.url(), Retention::OFF).await.expect("connects"),
+            None => Store::open(&self.dir.path().join("jobs.db"), SyncMode::Full, Retention::OFF).expect("opens"),
+        }
+    }
+}
+
+/// Runs the check `$f(&Backend)` on each backend, as two tests.
+macro_rules! on_both {
+    ($f:ident) => {
+        mod $f {
+            #[tokio::test]
+            async fn on_sqlite() {
+                super::$f(&super::Backend::sqlite()).await;
+            }
+
+            #[tokio::test]
+            async fn on_postgres() {
+                super::$f(&super::Backend::postgres()).await;
+            }
+        }
+    };
+}
+
+on_both!(records_every_transition_and_restores_unfinished_jobs);
+async fn records_every_transition_and_restores_unfinished_jobs(backend: &Backend) {
     let (a, b, c) = (JobId::new(), JobId::new(), JobId::new());
     {
-        let store = Store::open(&path, SyncMode::Full, Retention::OFF).expect("opens");
+        let store = backend.open().await;
         for (i, id) in [a, b, c].into_iter().enumerate() {
             store.write(StoreOp::Insert {
                 id,
@@ -43,7 +81,7 @@ async fn records_every_transition_and_restores_unfinished_jobs() {
             error: None,
             at_ms: 1002,
         });
-        wait_commit(&store);
+        wait_commit(&store).await;
         let done = store.get(c).await.expect("reads").expect("exists");
         assert_eq!((done.state, done.result), (JobState::Succeeded, Some(json!({"payload": 2}))));
         assert_eq!(
@@ -51,29 +89,17 @@ async fn records_every_transition_and_restores_unfinished_jobs() {
             ["queued", "running", "succeeded"]
         );
     }
-    let store = Store::open(&path, SyncMode::Normal, Retention::OFF).expect("reopens");
+    let store = backend.open().await;
     let restored = store.load_unfinished().await.expect("loads");
     assert_eq!(restored.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a, b]);
     assert_eq!(restored[0].lease.as_ref().map(|l| (l.0.as_str(), l.1, l.2.as_str())), Some(("w1", 1, "tok")));
     assert!(restored[1].lease.is_none());
     assert!(store.get(JobId::new()).await.expect("reads").is_none());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test]
-async fn harness_smoke() {
-    let pg = crate::harness::Postgres::start();
-    let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.expect("connects");
-    tokio::spawn(conn);
-    let row = client.query_one("SELECT 1::int4", &[]).await.expect("query");
-    assert_eq!(row.get::<_, i32>(0), 1);
-}
-
-#[tokio::test]
-async fn since_holds_when_the_clock_steps_back() {
-    let dir = std::env::temp_dir().join(format!("faena-list-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let store = Store::open(&dir.join("faena.db"), SyncMode::Normal, Retention::OFF).expect("opens");
+on_both!(since_holds_when_the_clock_steps_back);
+async fn since_holds_when_the_clock_steps_back(backend: &Backend) {
+    let store = backend.open().await;
     // Submitted at 1000, 3000, then 2000 (the master's clock stepped back).
     let ids: Vec<JobId> = (0..3).map(|_| JobId::new()).collect();
     for (seq, (id, at_ms)) in ids.iter().zip([1000, 3000, 2000]).enumerate() {
@@ -89,7 +115,7 @@ async fn since_holds_when_the_clock_steps_back() {
         };
         store.write(op);
     }
-    wait_commit(&store);
+    wait_commit(&store).await;
     let listed = |since_ms| {
         let store = store.clone();
         async move {
@@ -101,5 +127,101 @@ async fn since_holds_when_the_clock_steps_back() {
     assert_eq!(listed(2500).await, vec![ids[2], ids[1]]);
     assert_eq!(listed(3001).await, Vec::<JobId>::new());
     assert_eq!(listed(0).await, vec![ids[2], ids[1], ids[0]]);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn noop(store: &Store, id: JobId, seq: u64) {
+    let spec = Arc::new(JobSpec::parse("noop", json!({})).expect("valid"));
+    store.write(StoreOp::Insert {
+        id,
+        spec,
+        priority: Priority::Normal,
+        seq,
+        at_ms: 1000 + seq,
+        parent: None,
+        retry_of: None,
+    });
+}
+
+/// Two masters starting together on an empty PostgreSQL migrate it once
+/// (the advisory lock), and a store newer than this build is refused.
+#[tokio::test]
+async fn postgres_migrates_once_under_a_lock_and_refuses_a_newer_schema() {
+    let pg = crate::harness::Postgres::start();
+    let url = pg.url();
+    let (a, b) = tokio::join!(Store::connect(&url, Retention::OFF), Store::connect(&url, Retention::OFF));
+    let (a, _b) = (a.expect("first"), b.expect("second"));
+    assert_eq!(pg.sql("SELECT string_agg(version::text, ',') FROM faena_schema"), "1");
+    let id = JobId::new();
+    noop(&a, id, 0);
+    wait_commit(&a).await;
+    assert!(a.get(id).await.expect("reads").is_some());
+    pg.sql("INSERT INTO faena_schema (version, name) VALUES (999, 'from the future')");
+    let err = Store::connect(&pg.url(), Retention::OFF).await.expect_err("refused");
+    assert!(err.to_string().contains("newer than this build"), "{err}");
+}
+
+/// PostgreSQL stopped under writes: nothing is acknowledged while it is
+/// down, the store reads as unhealthy, and once it is back the queued
+/// group commits without a restart.
+#[tokio::test]
+async fn postgres_down_then_back_commits_what_waited() {
+    let mut pg = crate::harness::Postgres::start();
+    let store = Store::connect(&pg.url(), Retention::OFF).await.expect("connects");
+    let first = JobId::new();
+    noop(&store, first, 0);
+    wait_commit(&store).await;
+    pg.stop();
+    let waiting = JobId::new();
+    noop(&store, waiting, 1);
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    store.after_commit(move |r| {
+        let _ = tx.send(r.is_ok());
+    });
+    // The writer fails, reads as unhealthy and keeps the group.
+    while store.is_healthy() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(rx.try_recv().is_err(), "nothing acknowledged while the store is down");
+    pg.resume();
+    assert_eq!(rx.await, Ok(true), "the group commits once it is back");
+    assert!(store.is_healthy());
+    assert!(store.get(waiting).await.expect("reads").is_some());
+    assert_eq!(pg.sql("SELECT count(*) FROM jobs"), "2");
+}
+
+/// Retention on PostgreSQL: the oldest finished jobs beyond `keep` go,
+/// with their history; unfinished ones stay.
+#[tokio::test]
+async fn postgres_retention_deletes_the_oldest_finished_beyond_keep() {
+    let pg = crate::harness::Postgres::start();
+    let keep = Retention { age: None, keep: Some(10) };
+    let store = Store::connect(&pg.url(), keep).await.expect("connects");
+    let ids: Vec<JobId> = (0..30).map(|_| JobId::new()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        noop(&store, *id, i as u64);
+        if i != 3 {
+            store.write(StoreOp::Finished {
+                id: *id,
+                state: JobState::Succeeded,
+                attempts: 1,
+                worker: Some("w1".into()),
+                result: Some(json!({})),
+                error: None,
+                at_ms: 2000,
+            });
+        }
+    }
+    wait_commit(&store).await;
+    let mut pruned = 0;
+    loop {
+        match store.prune().await.expect("prunes") {
+            0 => break,
+            n => pruned += n,
+        }
+    }
+    assert_eq!(pruned, 19, "rows 1 to 20 less the queued one");
+    assert!(store.get(ids[0]).await.expect("reads").is_none());
+    assert!(store.history(ids[0]).await.expect("reads").is_empty());
+    assert!(store.get(ids[3]).await.expect("reads").is_some(), "the unfinished job stays");
+    assert!(store.get(ids[20]).await.expect("reads").is_some());
 }

@@ -1,0 +1,122 @@
+//! Reading jobs back from PostgreSQL: the unfinished ones at start-up, one
+//! job, its parameters, its history — any master can serve these.
+
+use deadpool_postgres::Pool;
+use faena_proto::api::JobView;
+use faena_proto::ids::{FencingToken, JobId, WorkerId};
+use faena_proto::jobs::{JobKind, JobSpec, Priority};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{VIEW_COLUMNS, view};
+use crate::{RestoredJob, StoreError, Transition};
+
+async fn client(pool: &Pool) -> Result<deadpool_postgres::Client, StoreError> {
+    pool.get().await.map_err(|e| StoreError::Pool(e.to_string()))
+}
+
+pub(crate) async fn load_unfinished(pool: &Pool) -> Result<Vec<RestoredJob>, StoreError> {
+    let c = client(pool).await?;
+    let rows = c
+        .query(
+            "SELECT id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of
+             FROM jobs WHERE state IN ('queued', 'running')
+                OR (state = 'succeeded' AND parent IN (SELECT id FROM jobs WHERE parent IS NULL AND state IN ('queued', 'running')))
+             ORDER BY seq",
+            &[],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        match restored(&r)? {
+            Some(job) => out.push(job),
+            None => {
+                let (id, kind): (Uuid, String) = (r.try_get(0)?, r.try_get(1)?);
+                tracing::error!(job = %id, kind = %kind, "cannot restore a stored job (unknown kind, invalid parameters or corrupt row); left as is");
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn restored(r: &Row) -> Result<Option<RestoredJob>, StoreError> {
+    let (id, kind, params, priority): (Uuid, String, String, String) =
+        (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+    let (seq, created, attempts, state): (i64, i64, i32, String) =
+        (r.try_get(4)?, r.try_get(5)?, r.try_get(6)?, r.try_get(7)?);
+    let (worker, token): (Option<String>, Option<String>) = (r.try_get(8)?, r.try_get(9)?);
+    let (parent, result, retry_of): (Option<Uuid>, Option<String>, Option<Uuid>) =
+        (r.try_get(10)?, r.try_get(11)?, r.try_get(12)?);
+    let attempts = u32::try_from(attempts).unwrap_or(0);
+    Ok((|| {
+        let done = match (state.as_str(), &worker, result) {
+            ("succeeded", Some(w), Some(r)) => Some((w.clone(), serde_json::from_str(&r).ok()?)),
+            _ => None,
+        };
+        let lease = match (state.as_str(), worker, token) {
+            ("running", Some(w), Some(t)) => Some((WorkerId::parse(&w).ok()?, attempts, FencingToken::parse(&t).ok()?)),
+            _ => None,
+        };
+        let spec = JobSpec::parse_kind(JobKind::parse(&kind).ok()?, serde_json::from_str(&params).ok()?).ok()?;
+        Some(RestoredJob {
+            id: JobId(id),
+            spec,
+            priority: Priority::parse(&priority)?,
+            seq: u64::try_from(seq).ok()?,
+            created_at_ms: u64::try_from(created).ok()?,
+            attempts,
+            lease,
+            parent: parent.map(JobId),
+            done,
+            retry_of: retry_of.map(JobId),
+        })
+    })())
+}
+
+pub(crate) async fn get(pool: &Pool, id: JobId) -> Result<Option<JobView>, StoreError> {
+    let c = client(pool).await?;
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {VIEW_COLUMNS}, result, parent, retry_of,
+                (SELECT id FROM jobs AS r WHERE r.retry_of = $1 LIMIT 1)
+             FROM jobs WHERE id = $1"
+        ))
+        .await?;
+    let Some(r) = c.query_opt(&stmt, &[&id.0]).await? else { return Ok(None) };
+    let mut v = view(id, &r, 0)?;
+    v.result = r.try_get::<_, Option<String>>(8)?.and_then(|r| serde_json::from_str(&r).ok());
+    v.parent = r.try_get::<_, Option<Uuid>>(9)?.map(JobId);
+    v.retry_of = r.try_get::<_, Option<Uuid>>(10)?.map(JobId);
+    v.retried_as = r.try_get::<_, Option<Uuid>>(11)?.map(JobId);
+    Ok(Some(v))
+}
+
+pub(crate) async fn spec(pool: &Pool, id: JobId) -> Result<Option<JobSpec>, StoreError> {
+    let c = client(pool).await?;
+    let stmt = c.prepare_cached("SELECT kind, params FROM jobs WHERE id = $1").await?;
+    let Some(r) = c.query_opt(&stmt, &[&id.0]).await? else { return Ok(None) };
+    let (kind, params): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+    Ok(JobKind::parse(&kind)
+        .ok()
+        .zip(serde_json::from_str(&params).ok())
+        .and_then(|(kind, params)| JobSpec::parse_kind(kind, params).ok()))
+}
+
+pub(crate) async fn history(pool: &Pool, id: JobId) -> Result<Vec<Transition>, StoreError> {
+    let c = client(pool).await?;
+    let stmt = c
+        .prepare_cached("SELECT at, state, attempt, worker, detail FROM transitions WHERE job_id = $1 ORDER BY n")
+        .await?;
+    let rows = c.query(&stmt, &[&id.0]).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Transition {
+                at_ms: u64::try_from(r.try_get::<_, i64>(0)?).unwrap_or(0),
+                state: r.try_get(1)?,
+                attempt: u32::try_from(r.try_get::<_, i32>(2)?).unwrap_or(0),
+                worker: r.try_get(3)?,
+                detail: r.try_get(4)?,
+            })
+        })
+        .collect()
+}

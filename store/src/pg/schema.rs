@@ -1,0 +1,83 @@
+//! The schema, as versioned forward-only migrations applied at start in
+//! one transaction under an advisory lock: two masters starting together
+//! apply each migration once, the second waiting for the first.
+
+use tokio_postgres::Client;
+
+use crate::StoreError;
+
+/// The advisory lock's key ("faena" in ASCII).
+const LOCK: i64 = 0x0066_6165_6e61;
+
+/// Every migration, in order; a released one is never edited, only
+/// followed by another.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "jobs and their history",
+    "CREATE TABLE jobs (
+        row_id BIGINT NOT NULL,
+        id UUID PRIMARY KEY,
+        kind TEXT NOT NULL,
+        params TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        worker TEXT,
+        token TEXT,
+        result TEXT,
+        error TEXT,
+        created_at BIGINT NOT NULL,
+        finished_at BIGINT,
+        parent UUID,
+        retry_of UUID
+    );
+    CREATE UNIQUE INDEX jobs_row ON jobs (row_id);
+    CREATE INDEX jobs_unfinished ON jobs (seq) WHERE state IN ('queued', 'running');
+    CREATE INDEX jobs_parent ON jobs (parent, row_id) WHERE parent IS NOT NULL;
+    CREATE INDEX jobs_retry_of ON jobs (retry_of) WHERE retry_of IS NOT NULL;
+    CREATE INDEX jobs_state ON jobs (state, row_id);
+    CREATE INDEX jobs_kind ON jobs (kind, row_id);
+    CREATE INDEX jobs_worker ON jobs (worker, row_id) WHERE worker IS NOT NULL;
+    CREATE INDEX jobs_priority ON jobs (priority, row_id);
+    CREATE INDEX jobs_created ON jobs (created_at, row_id);
+    CREATE TABLE transitions (
+        n BIGSERIAL PRIMARY KEY,
+        job_id UUID NOT NULL,
+        at BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        worker TEXT,
+        detail TEXT
+    );
+    CREATE INDEX transitions_job ON transitions (job_id, n);",
+)];
+
+/// The newest schema version this build knows.
+pub(crate) const LATEST: i32 = 1;
+
+/// Applies the migrations the store lacks; refuses a store newer than
+/// this build.
+pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK]).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS faena_schema (
+            version INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )",
+    )
+    .await?;
+    let current: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM faena_schema", &[]).await?.try_get(0)?;
+    if current > LATEST {
+        return Err(StoreError::Schema { found: current, known: LATEST });
+    }
+    for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > current) {
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO faena_schema (version, name) VALUES ($1, $2)", &[version, name]).await?;
+        tracing::info!(version, name, "store schema migrated");
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,409 @@
+//! The PostgreSQL backend's side of the writer. A group's operations are
+//! folded per job (a job stored and finished in the same group is stored
+//! finished), then sent as at most three multi-row statements — new jobs,
+//! changed jobs, history rows — pipelined on one connection in one
+//! transaction: one round trip and one commit for the whole group.
+
+use std::collections::HashMap;
+
+use faena_proto::ids::JobId;
+use tokio_postgres::{Client, Config, NoTls, Statement};
+use uuid::Uuid;
+
+use crate::writer::Apply;
+use crate::{Retention, StoreError, StoreOp};
+
+const INSERT: &str = "INSERT INTO jobs (row_id, id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of)
+    SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::int8[], $15::uuid[], $16::uuid[])";
+
+const UPDATE: &str = "UPDATE jobs AS j SET
+        priority = coalesce(u.priority, j.priority),
+        state = coalesce(u.state, j.state),
+        worker = CASE WHEN u.set_worker THEN u.worker ELSE j.worker END,
+        attempts = CASE WHEN u.set_rest THEN u.attempts ELSE j.attempts END,
+        token = CASE WHEN u.set_rest THEN u.token ELSE j.token END,
+        result = CASE WHEN u.set_rest THEN u.result ELSE j.result END,
+        error = CASE WHEN u.set_rest THEN u.error ELSE j.error END,
+        finished_at = CASE WHEN u.set_rest THEN u.finished_at ELSE j.finished_at END
+    FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bool[], $7::int4[], $8::text[], $9::text[], $10::text[], $11::int8[])
+        AS u(id, priority, state, set_worker, worker, set_rest, attempts, token, result, error, finished_at)
+    WHERE j.id = u.id";
+
+const RECORD: &str = "INSERT INTO transitions (job_id, at, state, attempt, worker, detail)
+    SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::text[], $6::text[])";
+
+/// One batch of retention: the oldest finished jobs up to a row id (`$1`),
+/// at most `$2`, a mining job's units kept while it runs; their history
+/// goes with them.
+const PRUNE: &str = "WITH doomed AS (
+        SELECT id FROM jobs
+        WHERE row_id <= $1 AND state IN ('succeeded', 'failed', 'cancelled')
+          AND (parent IS NULL OR NOT EXISTS
+               (SELECT 1 FROM jobs p WHERE p.id = jobs.parent AND p.state IN ('queued', 'running')))
+        ORDER BY row_id LIMIT $2
+    ), history AS (DELETE FROM transitions WHERE job_id IN (SELECT id FROM doomed))
+    DELETE FROM jobs WHERE id IN (SELECT id FROM doomed)";
+
+/// Jobs deleted per step of retention.
+const PRUNE_BATCH: i64 = 1_000;
+
+/// A connection and its prepared statements.
+#[derive(Debug)]
+struct Conn {
+    client: Client,
+    insert: Statement,
+    update: Statement,
+    record: Statement,
+    prune: Statement,
+}
+
+/// The writer's connection (made again after a failure) and what it
+/// knows of the store.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    rt: tokio::runtime::Runtime,
+    config: Config,
+    conn: Option<Conn>,
+    retention: Retention,
+    /// The row id the next job gets (read from the store on connecting).
+    next_row: i64,
+    /// The newest job's `created_at` (jobs' `created_at` never goes down
+    /// in the order they are stored; listing by `since` relies on it).
+    created: i64,
+}
+
+impl Writer {
+    pub(crate) fn new(config: Config, retention: Retention) -> Result<Self, StoreError> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StoreError::Spawn)?;
+        Ok(Self { rt, config, conn: None, retention, next_row: 1, created: 0 })
+    }
+}
+
+impl Apply for Writer {
+    fn apply(&mut self, ops: &[StoreOp], prunes: usize) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
+        let rt = &self.rt;
+        let result = rt.block_on(async {
+            if self.conn.is_none() {
+                let conn = connect(&self.config).await?;
+                let row = conn
+                    .client
+                    .query_one("SELECT coalesce(max(row_id), 0), coalesce(max(created_at), 0) FROM jobs", &[])
+                    .await?;
+                self.next_row = self.next_row.max(row.try_get::<_, i64>(0)? + 1);
+                self.created = self.created.max(row.try_get(1)?);
+                self.conn = Some(conn);
+            }
+            let Some(conn) = self.conn.as_mut() else { return Err(StoreError::Unavailable) };
+            let mut next_row = self.next_row;
+            let mut created = self.created;
+            let group = Group::fold(ops, &mut next_row, &mut created);
+            let mut tx = conn.client.transaction().await?;
+            let (insert, update, record) = (&conn.insert, &conn.update, &conn.record);
+            // Pipelined: sent together, answered together.
+            tokio::try_join!(group.insert(&tx, insert), group.update(&tx, update), group.record(&tx, record))?;
+            let mut pruned = Vec::with_capacity(prunes);
+            for _ in 0..prunes {
+                let sp = tx.savepoint("prune").await?;
+                let step = prune(&sp, &conn.prune, self.retention).await;
+                match step {
+                    Ok(n) => {
+                        sp.commit().await?;
+                        pruned.push(Ok(n));
+                    }
+                    Err(e) => {
+                        sp.rollback().await?;
+                        pruned.push(Err(e));
+                    }
+                }
+            }
+            tx.commit().await?;
+            self.next_row = next_row;
+            self.created = created;
+            Ok(pruned)
+        });
+        if result.is_err() {
+            // Whatever failed, the next try starts on a fresh connection.
+            self.conn = None;
+        }
+        result
+    }
+}
+
+async fn connect(config: &Config) -> Result<Conn, StoreError> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "the store's write connection closed");
+        }
+    });
+    Ok(Conn {
+        insert: client.prepare(INSERT).await?,
+        update: client.prepare(UPDATE).await?,
+        record: client.prepare(RECORD).await?,
+        prune: client.prepare(PRUNE).await?,
+        client,
+    })
+}
+
+/// One step of retention: how many jobs went.
+async fn prune(tx: &tokio_postgres::Transaction<'_>, stmt: &Statement, r: Retention) -> Result<usize, StoreError> {
+    let now = faena_proto::mqtt::now_ms() as i64;
+    let by_age = match r.age {
+        Some(age) => tx
+            .query_opt(
+                "SELECT row_id FROM jobs WHERE created_at < $1 ORDER BY created_at DESC, row_id DESC LIMIT 1",
+                &[&now.saturating_sub(age.as_millis() as i64)],
+            )
+            .await?
+            .map(|row| row.try_get::<_, i64>(0))
+            .transpose()?,
+        None => None,
+    };
+    let by_count = match r.keep {
+        Some(keep) => tx
+            .query_one("SELECT max(row_id) FROM jobs", &[])
+            .await?
+            .try_get::<_, Option<i64>>(0)?
+            .map(|max| max.saturating_sub(keep as i64)),
+        None => None,
+    };
+    let Some(bound) = by_age.max(by_count) else { return Ok(0) };
+    let n = tx.execute(stmt, &[&bound, &PRUNE_BATCH]).await?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// attempts, token, result, error, finished_at: what a dispatch, requeue
+/// or finish sets together.
+type Rest = (i32, Option<String>, Option<String>, Option<String>, Option<i64>);
+
+/// One history row: job, at, state, attempt, worker, detail.
+type HistoryRow = (Uuid, i64, String, i32, Option<String>, Option<String>);
+
+/// What a group changes in one job that was stored before it.
+#[derive(Debug, Default)]
+struct Patch {
+    priority: Option<String>,
+    state: Option<String>,
+    worker: Option<Option<String>>,
+    rest: Option<Rest>,
+}
+
+/// A job stored by this group, as it stands at its end.
+#[derive(Debug)]
+struct New {
+    row: i64,
+    id: Uuid,
+    kind: String,
+    params: String,
+    priority: String,
+    seq: i64,
+    created_at: i64,
+    parent: Option<Uuid>,
+    retry_of: Option<Uuid>,
+    patch: Patch,
+}
+
+/// A group folded per job: new jobs, changes to older ones, history rows
+/// in order.
+#[derive(Debug, Default)]
+struct Group {
+    new: Vec<New>,
+    new_at: HashMap<JobId, usize>,
+    changed: Vec<(Uuid, Patch)>,
+    changed_at: HashMap<JobId, usize>,
+    history: Vec<HistoryRow>,
+}
+
+impl Group {
+    fn fold(ops: &[StoreOp], next_row: &mut i64, created: &mut i64) -> Self {
+        let mut g = Self::default();
+        for op in ops {
+            match op {
+                StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of } => {
+                    *created = (*created).max(*at_ms as i64);
+                    g.new_at.insert(*id, g.new.len());
+                    g.new.push(New {
+                        row: *next_row,
+                        id: id.0,
+                        kind: spec.kind().as_str().to_owned(),
+                        params: spec.params_json().to_string(),
+                        priority: priority.as_str().to_owned(),
+                        seq: *seq as i64,
+                        created_at: *created,
+                        parent: parent.map(|p| p.0),
+                        retry_of: retry_of.map(|r| r.0),
+                        patch: Patch::default(),
+                    });
+                    *next_row += 1;
+                    let detail = match (parent, retry_of) {
+                        (Some(p), _) => Some(format!("unit of job {p}")),
+                        (None, Some(r)) => Some(format!("retry of job {r}")),
+                        (None, None) => None,
+                    };
+                    g.history.push((id.0, *created, "queued".into(), 0, None, detail));
+                }
+                StoreOp::Reprioritised { id, priority, was, state, attempts, at_ms } => {
+                    g.patch(*id).priority = Some(priority.as_str().to_owned());
+                    let detail = format!("priority {} (was {})", priority.as_str(), was.as_str());
+                    g.history.push((id.0, *at_ms as i64, state.as_str().into(), *attempts as i32, None, Some(detail)));
+                }
+                StoreOp::Started { id, worker, at_ms } => {
+                    let p = g.patch(*id);
+                    p.state = Some("running".into());
+                    p.worker = Some(Some(worker.clone()));
+                    let detail = Some("split into units".to_owned());
+                    g.history.push((id.0, *at_ms as i64, "running".into(), 1, Some(worker.clone()), detail));
+                }
+                StoreOp::Dispatched { id, attempt, worker, token, at_ms } => {
+                    let p = g.patch(*id);
+                    p.state = Some("running".into());
+                    p.worker = Some(Some(worker.clone()));
+                    p.rest = Some((*attempt as i32, Some(token.as_str().to_owned()), None, None, None));
+                    g.history.push((
+                        id.0,
+                        *at_ms as i64,
+                        "running".into(),
+                        *attempt as i32,
+                        Some(worker.clone()),
+                        None,
+                    ));
+                }
+                StoreOp::Requeued { id, attempts, reason, at_ms } => {
+                    let p = g.patch(*id);
+                    p.state = Some("queued".into());
+                    p.worker = Some(None);
+                    p.rest = Some((*attempts as i32, None, None, None, None));
+                    g.history.push((
+                        id.0,
+                        *at_ms as i64,
+                        "queued".into(),
+                        *attempts as i32,
+                        None,
+                        Some(reason.clone()),
+                    ));
+                }
+                StoreOp::Finished { id, state, attempts, worker, result, error, at_ms } => {
+                    let p = g.patch(*id);
+                    p.state = Some(state.as_str().into());
+                    p.worker = Some(worker.clone());
+                    let result = result.as_ref().map(|r| r.to_string());
+                    p.rest = Some((*attempts as i32, None, result, error.clone(), Some(*at_ms as i64)));
+                    let (w, e) = (worker.clone(), error.clone());
+                    g.history.push((id.0, *at_ms as i64, state.as_str().into(), *attempts as i32, w, e));
+                }
+            }
+        }
+        g
+    }
+
+    /// The changes to job `id`: on its new row if this group stored it.
+    fn patch(&mut self, id: JobId) -> &mut Patch {
+        if let Some(&i) = self.new_at.get(&id) {
+            return &mut self.new[i].patch;
+        }
+        let i = *self.changed_at.entry(id).or_insert_with(|| {
+            self.changed.push((id.0, Patch::default()));
+            self.changed.len() - 1
+        });
+        &mut self.changed[i].1
+    }
+
+    async fn insert(&self, tx: &tokio_postgres::Transaction<'_>, stmt: &Statement) -> Result<(), StoreError> {
+        if self.new.is_empty() {
+            return Ok(());
+        }
+        let n = &self.new;
+        let col = |f: fn(&New) -> Option<String>| n.iter().map(f).collect::<Vec<_>>();
+        let rest = |j: &New| j.patch.rest.clone().unwrap_or((0, None, None, None, None));
+        let (rows, ids): (Vec<i64>, Vec<Uuid>) = (n.iter().map(|j| j.row).collect(), n.iter().map(|j| j.id).collect());
+        let kinds: Vec<&str> = n.iter().map(|j| j.kind.as_str()).collect();
+        let params: Vec<&str> = n.iter().map(|j| j.params.as_str()).collect();
+        let priorities: Vec<&str> = n.iter().map(|j| j.patch.priority.as_deref().unwrap_or(&j.priority)).collect();
+        let seqs: Vec<i64> = n.iter().map(|j| j.seq).collect();
+        let states: Vec<&str> = n.iter().map(|j| j.patch.state.as_deref().unwrap_or("queued")).collect();
+        let attempts: Vec<i32> = n.iter().map(|j| rest(j).0).collect();
+        let workers = col(|j| j.patch.worker.clone().flatten());
+        let tokens = col(|j| j.patch.rest.as_ref().and_then(|r| r.1.clone()));
+        let results = col(|j| j.patch.rest.as_ref().and_then(|r| r.2.clone()));
+        let errors = col(|j| j.patch.rest.as_ref().and_then(|r| r.3.clone()));
+        let created: Vec<i64> = n.iter().map(|j| j.created_at).collect();
+        let finished: Vec<Option<i64>> = n.iter().map(|j| j.patch.rest.as_ref().and_then(|r| r.4)).collect();
+        let parents: Vec<Option<Uuid>> = n.iter().map(|j| j.parent).collect();
+        let retries: Vec<Option<Uuid>> = n.iter().map(|j| j.retry_of).collect();
+        tx.execute(
+            stmt,
+            &[
+                &rows,
+                &ids,
+                &kinds,
+                &params,
+                &priorities,
+                &seqs,
+                &states,
+                &attempts,
+                &workers,
+                &tokens,
+                &results,
+                &errors,
+                &created,
+                &finished,
+                &parents,
+                &retries,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn update(&self, tx: &tokio_postgres::Transaction<'_>, stmt: &Statement) -> Result<(), StoreError> {
+        if self.changed.is_empty() {
+            return Ok(());
+        }
+        let c = &self.changed;
+        let ids: Vec<Uuid> = c.iter().map(|(id, _)| *id).collect();
+        let priorities: Vec<Option<&str>> = c.iter().map(|(_, p)| p.priority.as_deref()).collect();
+        let states: Vec<Option<&str>> = c.iter().map(|(_, p)| p.state.as_deref()).collect();
+        let set_worker: Vec<bool> = c.iter().map(|(_, p)| p.worker.is_some()).collect();
+        let workers: Vec<Option<&str>> = c.iter().map(|(_, p)| p.worker.as_ref().and_then(|w| w.as_deref())).collect();
+        let set_rest: Vec<bool> = c.iter().map(|(_, p)| p.rest.is_some()).collect();
+        let rest = |p: &Patch| p.rest.clone().unwrap_or((0, None, None, None, None));
+        let attempts: Vec<i32> = c.iter().map(|(_, p)| rest(p).0).collect();
+        let tokens: Vec<Option<String>> = c.iter().map(|(_, p)| rest(p).1).collect();
+        let results: Vec<Option<String>> = c.iter().map(|(_, p)| rest(p).2).collect();
+        let errors: Vec<Option<String>> = c.iter().map(|(_, p)| rest(p).3).collect();
+        let finished: Vec<Option<i64>> = c.iter().map(|(_, p)| rest(p).4).collect();
+        tx.execute(
+            stmt,
+            &[
+                &ids,
+                &priorities,
+                &states,
+                &set_worker,
+                &workers,
+                &set_rest,
+                &attempts,
+                &tokens,
+                &results,
+                &errors,
+                &finished,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn record(&self, tx: &tokio_postgres::Transaction<'_>, stmt: &Statement) -> Result<(), StoreError> {
+        if self.history.is_empty() {
+            return Ok(());
+        }
+        let h = &self.history;
+        let ids: Vec<Uuid> = h.iter().map(|r| r.0).collect();
+        let at: Vec<i64> = h.iter().map(|r| r.1).collect();
+        let states: Vec<&str> = h.iter().map(|r| r.2.as_str()).collect();
+        let attempts: Vec<i32> = h.iter().map(|r| r.3).collect();
+        let workers: Vec<Option<&str>> = h.iter().map(|r| r.4.as_deref()).collect();
+        let details: Vec<Option<&str>> = h.iter().map(|r| r.5.as_deref()).collect();
+        tx.execute(stmt, &[&ids, &at, &states, &attempts, &workers, &details]).await?;
+        Ok(())
+    }
+}
