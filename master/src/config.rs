@@ -95,6 +95,13 @@ pub struct Config {
     /// Directory of the job store (`faena.db`).
     #[arg(long, env = "FAENA_DATA_DIR", default_value = "faena-data")]
     pub data_dir: PathBuf,
+    /// The job store on PostgreSQL (`postgres://user:password@host:port/db`),
+    /// for a cluster; unset: SQLite in the data directory. A secret: give it
+    /// as a file (`FAENA_STORE_URL_FILE`) where you can.
+    #[arg(long, env = "FAENA_STORE_URL", hide_env_values = true)]
+    pub store_url: Option<String>,
+    #[arg(long, env = "FAENA_STORE_URL_FILE")]
+    pub store_url_file: Option<PathBuf>,
     /// `full` fsyncs every commit group (survives power loss); `normal` survives a master crash.
     #[arg(long, env = "FAENA_STORE_SYNC", value_enum, default_value = "full")]
     pub store_sync: SyncMode,

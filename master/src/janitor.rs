@@ -3,7 +3,6 @@
 //! groups), then once a second; and keeps the store's size on disk in
 //! `faena_store_bytes`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use crate::store::Store;
 const BETWEEN_DROPS: Duration = Duration::from_millis(5);
 const IDLE: Duration = Duration::from_secs(1);
 
-pub async fn run(store: Store, db: PathBuf, metrics: Arc<Metrics>, cancel: CancellationToken) {
+pub async fn run(store: Store, metrics: Arc<Metrics>, cancel: CancellationToken) {
     loop {
         let mut pause = IDLE;
         if !store.retention().is_off() {
@@ -29,16 +28,15 @@ pub async fn run(store: Store, db: PathBuf, metrics: Arc<Metrics>, cancel: Cance
                 Err(e) => tracing::warn!(error = %e, "the retention could not delete old jobs; retrying"),
             }
         }
-        metrics.store_bytes.set(size_on_disk(&db) as i64);
+        match store.bytes().await {
+            Ok(n) => {
+                metrics.store_bytes.set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::debug!(error = %e, "the store's size could not be read"),
+        }
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
         }
     }
-}
-
-/// The database file and its write-ahead log, in bytes.
-fn size_on_disk(db: &std::path::Path) -> u64 {
-    let wal = db.with_extension("db-wal");
-    [db.to_path_buf(), wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
 }

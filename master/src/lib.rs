@@ -155,7 +155,18 @@ pub async fn run(
     .map(Arc::new);
     let creds = cfg.broker_auth.credentials()?;
 
-    let store = store::Store::open(&cfg.data_dir.join("faena.db"), cfg.store_sync, cfg.retention()?)?;
+    let store_url = faena_common::secrets::resolve_optional(
+        "FAENA_STORE_URL",
+        cfg.store_url.as_deref(),
+        cfg.store_url_file.as_deref(),
+    )?;
+    let store = match &store_url {
+        Some(url) => {
+            tracing::info!("job store: PostgreSQL (FAENA_STORE_URL)");
+            store::Store::connect(url.expose(), cfg.retention()?).await?
+        }
+        None => store::Store::open(&cfg.data_dir.join("faena.db"), cfg.store_sync, cfg.retention()?)?,
+    };
     let mut engine = engine::Engine::new(engine::EngineConfig {
         queue_capacity: cfg.queue_capacity,
         max_attempts: cfg.max_attempts,
@@ -260,7 +271,7 @@ pub async fn run(
         pool: Some(pool.clone()),
     };
     let coordinator_done = tracker.spawn(coordinator::run(engine, inbox, deps, core_cancel.clone()));
-    tracker.spawn(janitor::run(store.clone(), cfg.data_dir.join("faena.db"), metrics.clone(), core_cancel.clone()));
+    tracker.spawn(janitor::run(store.clone(), metrics.clone(), core_cancel.clone()));
     {
         let coord = coord.clone();
         tracker.spawn(async move {

@@ -80,7 +80,8 @@ enum Cmd {
 /// Where reads go.
 #[derive(Clone)]
 enum Reader {
-    Sqlite(Arc<Mutex<Connection>>),
+    /// The read connection, and the database file's path.
+    Sqlite(Arc<Mutex<Connection>>, Arc<Path>),
     Postgres(deadpool_postgres::Pool),
 }
 
@@ -103,7 +104,7 @@ impl Store {
     /// generations (what [`Store::prune`] drops).
     pub fn open(path: &Path, sync: SyncMode, retention: Retention) -> Result<Self, StoreError> {
         let (writer, reader) = sqlite::open_store(path, sync, retention)?;
-        Self::start(writer, Reader::Sqlite(Arc::new(Mutex::new(reader))), retention)
+        Self::start(writer, Reader::Sqlite(Arc::new(Mutex::new(reader)), path.into()), retention)
     }
 
     /// Connects to the PostgreSQL store at `url` (`postgres://…`),
@@ -138,7 +139,7 @@ impl Store {
     /// units that succeeded of the mining jobs among them.
     pub async fn load_unfinished(&self) -> Result<Vec<RestoredJob>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(c) => Self::sqlite(c, sqlite::read::load_unfinished).await,
+            Reader::Sqlite(c, _) => Self::sqlite(c, sqlite::read::load_unfinished).await,
             Reader::Postgres(p) => pg::read::load_unfinished(p).await,
         }
     }
@@ -146,7 +147,7 @@ impl Store {
     /// A job as stored (finished jobs are only here).
     pub async fn get(&self, id: JobId) -> Result<Option<JobView>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(c) => Self::sqlite(c, move |c| sqlite::read::get(c, id)).await,
+            Reader::Sqlite(c, _) => Self::sqlite(c, move |c| sqlite::read::get(c, id)).await,
             Reader::Postgres(p) => pg::read::get(p, id).await,
         }
     }
@@ -154,7 +155,7 @@ impl Store {
     /// What job `id` ran: its kind and parameters as submitted.
     pub async fn spec(&self, id: JobId) -> Result<Option<JobSpec>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(c) => Self::sqlite(c, move |c| sqlite::read::spec(c, id)).await,
+            Reader::Sqlite(c, _) => Self::sqlite(c, move |c| sqlite::read::spec(c, id)).await,
             Reader::Postgres(p) => pg::read::spec(p, id).await,
         }
     }
@@ -162,7 +163,7 @@ impl Store {
     /// Job `id`'s recorded state changes, oldest first.
     pub async fn history(&self, id: JobId) -> Result<Vec<Transition>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(c) => Self::sqlite(c, move |c| sqlite::read::history(c, id)).await,
+            Reader::Sqlite(c, _) => Self::sqlite(c, move |c| sqlite::read::history(c, id)).await,
             Reader::Postgres(p) => pg::read::history(p, id).await,
         }
     }
@@ -171,7 +172,7 @@ impl Store {
     /// result (`GET /api/jobs/{id}` has it) and no queue position.
     pub async fn list(&self, f: &JobFilter) -> Result<Page, StoreError> {
         match &self.reader {
-            Reader::Sqlite(c) => {
+            Reader::Sqlite(c, _) => {
                 let f = f.clone();
                 Self::sqlite(c, move |c| sqlite::list::list(c, &f)).await
             }
@@ -192,6 +193,18 @@ impl Store {
     pub fn after_commit(&self, f: impl FnOnce(Result<(), CommitFailed>) + Send + 'static) {
         if let Err(mpsc::SendError(Cmd::AfterCommit(f))) = self.tx.send(Cmd::AfterCommit(Box::new(f))) {
             f(Err(CommitFailed(Arc::new(StoreError::Unavailable))));
+        }
+    }
+
+    /// The store's size on disk: SQLite's file and its write-ahead log, or
+    /// the PostgreSQL database's.
+    pub async fn bytes(&self) -> Result<u64, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(_, path) => {
+                let files = [path.to_path_buf(), path.with_extension("db-wal")];
+                Ok(files.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum())
+            }
+            Reader::Postgres(p) => pg::read::bytes(p).await,
         }
     }
 

@@ -120,3 +120,10 @@ pub(crate) async fn history(pool: &Pool, id: JobId) -> Result<Vec<Transition>, S
         })
         .collect()
 }
+
+/// The database's size on disk.
+pub(crate) async fn bytes(pool: &Pool) -> Result<u64, StoreError> {
+    let c = client(pool).await?;
+    let n: i64 = c.query_one("SELECT pg_database_size(current_database())", &[]).await?.try_get(0)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}

@@ -1,0 +1,57 @@
+//! The master on a PostgreSQL store (`FAENA_STORE_URL`, from a real server
+//! the harness initdb's on a free port): jobs run, are listed and kept;
+//! a master killed under work loses nothing and runs nothing twice; the
+//! store's size is in `faena_store_bytes`.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+use faena_store::harness::Postgres;
+use faena_testkit::{Cluster, MasterOpts, eventually, sample, scrape};
+use serde_json::{Value, json};
+
+/// A cluster on `pg`, and the directory holding its store URL's file.
+async fn on_postgres(pg: &Postgres) -> (Cluster, tempfile::TempDir) {
+    // The URL carries the password: given as a file, as a Swarm secret is.
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("store-url");
+    std::fs::write(&file, format!("{}\n", pg.url())).expect("url file");
+    let extra = vec![("FAENA_STORE_URL_FILE".to_owned(), file.display().to_string())];
+    (Cluster::start(MasterOpts { extra, ..MasterOpts::default() }).await, dir)
+}
+
+#[tokio::test]
+async fn a_killed_master_on_postgres_loses_nothing_and_duplicates_nothing() {
+    let pg = Postgres::start();
+    let (mut c, _secrets) = on_postgres(&pg).await;
+    c.add_worker("w1", 1).await;
+    c.wait_workers(1).await;
+    let mut ids = vec![];
+    for i in 0..5 {
+        ids.push(c.api.submit_ok("noop", json!({"payload": i, "delay_ms": 400}), None).await);
+    }
+    let url = c.worker_metrics_url("w1");
+    eventually("the worker runs a unit", || {
+        let url = url.clone();
+        async move { (sample(&scrape(&url).await, "faena_worker_running") == Some(1.0)).then_some(()) }
+    })
+    .await;
+    c.master().kill9().await;
+    c.restart_master().await;
+    for (i, id) in ids.iter().enumerate() {
+        let job = c.api.wait_final(id).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["result"]["payload"], json!(i));
+        let history = c.api.history(id).await;
+        assert_eq!(history.iter().filter(|t: &&Value| t["state"] == "succeeded").count(), 1, "{history:?}");
+    }
+    assert_eq!(c.api.job(&ids[0]).await["attempts"], 1, "adopted, not run again");
+    // Stored in PostgreSQL, each transition once.
+    assert_eq!(pg.sql("SELECT count(*) FROM jobs WHERE state = 'succeeded'"), "5");
+    assert_eq!(pg.sql("SELECT count(*) FROM transitions WHERE state = 'succeeded'"), "5");
+    let (status, page) = c.api.get("/api/jobs?limit=2").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["jobs"][0]["id"], json!(ids[4]), "newest first");
+    assert_eq!(page["next_cursor"], "4", "the next page starts below the fourth job stored");
+    let metrics = scrape(&c.api.url("/metrics")).await;
+    assert!(sample(&metrics, "faena_store_bytes").is_some_and(|b| b > 1_000_000.0), "the database's size");
+    assert!(!c.master_log().contains(&pg.url()), "the store's URL (a secret) is not logged");
+}
