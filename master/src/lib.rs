@@ -235,8 +235,8 @@ pub async fn run(
         () = shutdown.cancelled() => return Ok(()),
     }
     tracing::info!(broker = %url, "connected to the MQTT broker");
-    let settings_db = store::settings::SettingsDb::open(&cfg.data_dir.join("faena.db"))?;
-    let live = settings::LiveConfig::load(settings_db, token.clone(), out.clone())?;
+    let settings_db = store::settings::SettingsDb::beside(&store, &cfg.data_dir.join("faena.db"))?;
+    let live = settings::LiveConfig::load(settings_db, token.clone(), out.clone()).await?;
     if let Some(sink) = logs {
         tracker.spawn(faena_common::logs::forward(sink, out.client().clone(), topics.logs(), mqtt_cancel.clone()));
     }

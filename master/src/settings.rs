@@ -44,8 +44,8 @@ struct Inner {
 
 impl LiveConfig {
     /// The stored version, published at once.
-    pub fn load(db: SettingsDb, token: Secret, mqtt: MqttOut) -> Result<Self, StoreError> {
-        let config = db.current()?;
+    pub async fn load(db: SettingsDb, token: Secret, mqtt: MqttOut) -> Result<Self, StoreError> {
+        let config = db.current().await?;
         if config.version > 0 {
             tracing::info!(version = config.version, "live configuration restored from the store");
         }
@@ -80,7 +80,7 @@ impl LiveConfig {
         next.version += 1;
         next.updated_ms = now_ms();
         let (db, saved) = (self.inner.db.clone(), next.clone());
-        tokio::task::spawn_blocking(move || db.save(&saved)).await.map_err(|_| StoreError::Unavailable)??;
+        db.save(&saved).await?;
         let published = publish(&self.inner.token, &self.inner.mqtt, &next);
         *self.inner.current.lock() = (next.clone(), published);
         let keys: Vec<&str> = update.settings.keys().map(String::as_str).collect();

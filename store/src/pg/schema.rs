@@ -11,10 +11,11 @@ const LOCK: i64 = 0x0066_6165_6e61;
 
 /// Every migration, in order; a released one is never edited, only
 /// followed by another.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "jobs and their history",
-    "CREATE TABLE jobs (
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "jobs and their history",
+        "CREATE TABLE jobs (
         row_id BIGINT NOT NULL,
         id UUID PRIMARY KEY,
         kind TEXT NOT NULL,
@@ -51,10 +52,20 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
         detail TEXT
     );
     CREATE INDEX transitions_job ON transitions (job_id, n);",
-)];
+    ),
+    (
+        2,
+        "live configuration versions",
+        "CREATE TABLE config_versions (
+        version BIGINT PRIMARY KEY,
+        doc TEXT NOT NULL,
+        at BIGINT NOT NULL
+    );",
+    ),
+];
 
 /// The newest schema version this build knows.
-pub(crate) const LATEST: i32 = 1;
+pub(crate) const LATEST: i32 = 2;
 
 /// Applies the migrations the store lacks; refuses a store newer than
 /// this build.

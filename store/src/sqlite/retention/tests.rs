@@ -124,6 +124,7 @@ async fn a_generation_out_of_retention_goes_whole_and_what_must_stay_moves_on() 
     assert_eq!(states, ["queued", "running", "succeeded"], "a moved job's history moved with it, in order");
     // The moved ones still change where they now are, and come back after a restart.
     finish(&store, waiting, now);
+    committed(&store).await;
     drop(store);
     let store = Store::open(&dir.join("faena.db"), SyncMode::Normal, week).expect("reopens");
     assert_eq!(store.get(waiting).await.expect("reads").map(|j| j.state), Some(JobState::Succeeded));
