@@ -8,6 +8,7 @@
 mod client;
 mod config;
 mod output;
+mod store;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -114,6 +115,11 @@ enum Command {
         #[command(subcommand)]
         action: config::Action,
     },
+    /// Move a store: copy a SQLite store into PostgreSQL (no master needed).
+    Store {
+        #[command(subcommand)]
+        action: store::Action,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
@@ -142,9 +148,10 @@ async fn main() -> ExitCode {
         clap_complete::generate(shell, &mut Cli::command(), "faena", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
-    let outcome = match cli.target.client() {
-        Ok(client) => run(&client, cli.command, cli.json).await,
-        Err(f) => Err(f),
+    let outcome = match (cli.command, cli.target.client()) {
+        (Command::Store { action }, _) => store::run(action, cli.json).await,
+        (command, Ok(client)) => run(&client, command, cli.json).await,
+        (_, Err(f)) => Err(f),
     };
     match outcome {
         Ok(exit) => ExitCode::from(exit as u8),
@@ -250,7 +257,7 @@ async fn run(c: &Client, command: Command, as_json: bool) -> Result<Exit> {
             submit(c, json!({"kind": "randomx.mine", "params": params}), opts, as_json).await
         }
         Command::Config { action } => config::run(c, action, as_json).await,
-        Command::Completions { .. } => Ok(Exit::Ok),
+        Command::Completions { .. } | Command::Store { .. } => Ok(Exit::Ok),
     }
 }
 

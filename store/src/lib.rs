@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use rusqlite::Connection;
 
 mod contract;
+pub mod copy;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
 mod pg;
@@ -48,6 +49,8 @@ pub enum StoreError {
     Encode(#[from] serde_json::Error),
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("copying the store: {0}")]
+    Copy(String),
     #[error("postgres connection pool: {0}")]
     Pool(String),
     #[error("the store's schema is version {found}, newer than this build knows ({known}): run a newer master")]

@@ -225,3 +225,79 @@ async fn postgres_retention_deletes_the_oldest_finished_beyond_keep() {
     assert!(store.get(ids[3]).await.expect("reads").is_some(), "the unfinished job stays");
     assert!(store.get(ids[20]).await.expect("reads").is_some());
 }
+
+/// Every job the listing shows, newest first.
+async fn all_listed(store: &Store) -> Vec<JobId> {
+    let (mut out, mut before) = (Vec::new(), None);
+    loop {
+        let page = store.list(&JobFilter { before, limit: 50, ..Default::default() }).await.expect("lists");
+        out.extend(page.jobs.iter().map(|j| j.id));
+        match page.next {
+            Some(n) => before = Some(n),
+            None => return out,
+        }
+    }
+}
+
+/// `faena store copy`: a SQLite store in several generations, copied into
+/// PostgreSQL by a run that stops after three batches and one that
+/// resumes, reads back the same; a store holding other jobs is refused.
+#[tokio::test]
+async fn a_sqlite_store_copies_into_postgres_resumably() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("faena.db");
+    // Generations of 16 (a quarter of 64), so the copy reads several.
+    let keep = Retention { age: None, keep: Some(64) };
+    let source = Store::open(&path, SyncMode::Normal, keep).expect("opens");
+    let ids: Vec<JobId> = (0..100).map(|_| JobId::new()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        noop(&source, *id, i as u64);
+        if i != 7 {
+            source.write(StoreOp::Finished {
+                id: *id,
+                state: JobState::Succeeded,
+                attempts: 1,
+                worker: Some("w1".into()),
+                result: Some(json!({"n": i})),
+                error: None,
+                at_ms: 5000,
+            });
+        }
+    }
+    wait_commit(&source).await;
+    let settings = crate::settings::SettingsDb::open(&path).expect("settings");
+    settings.save(&faena_proto::settings::ClusterConfig { version: 1, ..Default::default() }).await.expect("saves");
+    let expected = all_listed(&source).await;
+    drop(source);
+
+    let pg = crate::harness::Postgres::start();
+    let part = crate::copy::copy(&path, &pg.url(), 7, Some(3), |_| {}).await.expect("copies a part");
+    assert_eq!((part.jobs, part.target_jobs, part.source_jobs), (21, 21, 100));
+    assert!(!part.is_whole());
+    let rest = crate::copy::copy(&path, &pg.url(), 7, None, |_| {}).await.expect("resumes");
+    assert_eq!((rest.jobs, rest.config_versions), (79, 0), "the rest, and the versions once");
+    assert!(rest.is_whole(), "{rest:?}");
+    assert_eq!((rest.target_jobs, rest.target_history), (100, 199));
+
+    let target = Store::connect(&pg.url(), Retention::OFF).await.expect("connects");
+    assert_eq!(all_listed(&target).await, expected, "the same jobs in the same order");
+    let restored: Vec<JobId> = target.load_unfinished().await.expect("loads").into_iter().map(|j| j.id).collect();
+    assert_eq!(restored, [ids[7]]);
+    assert_eq!(target.get(ids[3]).await.expect("reads").and_then(|j| j.result), Some(json!({"n": 3})));
+    let states: Vec<String> = target.history(ids[3]).await.expect("reads").into_iter().map(|t| t.state).collect();
+    assert_eq!(states, ["queued", "succeeded"]);
+    let config = crate::settings::SettingsDb::beside(&target, &path).expect("beside").current().await.expect("reads");
+    assert_eq!(config.version, 1);
+    // A new job on PostgreSQL lists ahead of the copied ones.
+    let later = JobId::new();
+    noop(&target, later, 100);
+    wait_commit(&target).await;
+    assert_eq!(all_listed(&target).await.first(), Some(&later));
+    // Into a store that holds other jobs: refused.
+    let other = crate::harness::Postgres::start();
+    let theirs = Store::connect(&other.url(), Retention::OFF).await.expect("connects");
+    noop(&theirs, JobId::new(), 0);
+    wait_commit(&theirs).await;
+    let err = crate::copy::copy(&path, &other.url(), 7, None, |_| {}).await.expect_err("refused");
+    assert!(err.to_string().contains("not this store's"), "{err}");
+}

@@ -55,3 +55,54 @@ async fn a_killed_master_on_postgres_loses_nothing_and_duplicates_nothing() {
     assert!(sample(&metrics, "faena_store_bytes").is_some_and(|b| b > 1_000_000.0), "the database's size");
     assert!(!c.master_log().contains(&pg.url()), "the store's URL (a secret) is not logged");
 }
+
+/// From one machine to a cluster: a master's SQLite store, with the master
+/// stopped, copied by `faena store copy` into PostgreSQL (the URL from a
+/// file, printed nowhere); a master started on PostgreSQL then serves the
+/// same jobs.
+#[tokio::test]
+async fn faena_store_copy_moves_a_sqlite_store_into_postgres() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    c.add_worker("w1", 2).await;
+    c.wait_workers(1).await;
+    let mut ids = vec![];
+    for i in 0..20 {
+        ids.push(c.api.submit_ok("noop", json!({"payload": i}), None).await);
+    }
+    for id in &ids {
+        assert_eq!(c.api.wait_final(id).await["state"], "succeeded");
+    }
+    c.master().terminate().await;
+
+    let pg = Postgres::start();
+    let secrets = tempfile::tempdir().expect("dir");
+    let url_file = secrets.path().join("store-url");
+    std::fs::write(&url_file, format!("{}\n", pg.url())).expect("url file");
+    let db = c.dir.path().join("data/faena.db");
+    let args = ["--json", "store", "copy", "--from", &format!("sqlite:{}", db.display()), "--to-file"];
+    let args: Vec<&str> = args.iter().copied().chain([url_file.to_str().expect("path")]).collect();
+    let out = faena_testkit::cli::faena_env(&c, &pg.url(), &args, &[]).await;
+    out.ok();
+    let report = out.json();
+    assert_eq!(report["whole"], true, "{report}");
+    assert_eq!(report["target"]["jobs"], 20, "{report}");
+    assert_eq!(pg.sql("SELECT count(*) FROM transitions WHERE state = 'succeeded'"), "20");
+    // A wrong source is a usage error, not a panic.
+    let out = faena_testkit::cli::faena_env(
+        &c,
+        &pg.url(),
+        &["store", "copy", "--from", "faena.db", "--to-file", url_file.to_str().expect("path")],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+
+    let (mut on_pg, _secrets) = on_postgres(&pg).await;
+    let job = on_pg.api.job(&ids[7]).await;
+    assert_eq!((job["state"].as_str(), job["result"]["payload"].as_i64()), (Some("succeeded"), Some(7)), "{job}");
+    on_pg.add_worker("w2", 1).await;
+    let next = on_pg.api.submit_ok("noop", json!({}), None).await;
+    assert_eq!(on_pg.api.wait_final(&next).await["state"], "succeeded");
+    let (_, page) = on_pg.api.get("/api/jobs?limit=1").await;
+    assert_eq!(page["jobs"][0]["id"], json!(next), "new jobs list ahead of the copied ones");
+}

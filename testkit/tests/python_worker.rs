@@ -49,7 +49,10 @@ async fn python_worker_with_the_embedded_broker() {
     // Progress streams; cancel stops it mid-way and frees the slot.
     let long = c.api.submit_ok("x.wordcount", json!({"text": text(40), "pace_ms": 2000}), None).await;
     let first = progress_seen(&c, &long).await;
-    assert_eq!((first["data"]["done"].as_u64(), first["data"]["total"].as_u64()), (Some(2), Some(40)), "{first}");
+    // Two lines a step (a twentieth of 40); the first step may pass before
+    // the events stream is open, so the first seen is some early step.
+    let (done, total) = (first["data"]["done"].as_u64().unwrap_or(0), first["data"]["total"].as_u64());
+    assert!(done % 2 == 0 && (2..40).contains(&done) && total == Some(40), "{first}");
     let (status, body) = c.api.cancel(&long).await;
     assert!(status.is_success(), "{body}");
     assert_eq!(c.api.wait_final(&long).await["state"], "cancelled");

@@ -38,7 +38,8 @@ pub(crate) async fn open_store(url: &str, retention: Retention) -> Result<(Write
     // A server that does not answer is a failure to retry, not a hang.
     config.connect_timeout(CONNECT_TIMEOUT);
     config.keepalives_idle(Duration::from_secs(10));
-    config.options(format!("-c statement_timeout={}", STATEMENT_TIMEOUT.as_millis()));
+    // Notices ("already exists, skipping") are not news for the log.
+    config.options(format!("-c statement_timeout={} -c client_min_messages=warning", STATEMENT_TIMEOUT.as_millis()));
     let (mut client, conn) = config.connect(NoTls).await?;
     let driver = tokio::spawn(conn);
     schema::migrate(&mut client).await?;

@@ -11,7 +11,7 @@ use rusqlite::Connection;
 
 use crate::{Retention, StoreError, SyncMode, rfc3339};
 
-mod generations;
+pub(crate) mod generations;
 pub(crate) mod list;
 pub(crate) mod read;
 mod retention;

@@ -1,0 +1,80 @@
+//! `faena store copy`: moves a SQLite store (one machine) into PostgreSQL
+//! (a cluster). It talks to the stores, not to a master: run it where the
+//! SQLite file is, with the master stopped.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::client::{Exit, Failure, Result};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// Copy a SQLite store (jobs, their history, live configuration) into
+    /// an empty PostgreSQL store; run again to resume an interrupted copy.
+    Copy {
+        /// The source: `sqlite:PATH` (a master's `faena.db`).
+        #[arg(long)]
+        from: String,
+        /// The target: `postgres://user:password@host:port/db` (a secret:
+        /// prefer --to-file or FAENA_STORE_URL_FILE).
+        #[arg(long, env = "FAENA_STORE_URL", hide_env_values = true)]
+        to: Option<String>,
+        /// A file holding the target's URL.
+        #[arg(long, env = "FAENA_STORE_URL_FILE")]
+        to_file: Option<PathBuf>,
+        /// Jobs per transaction.
+        #[arg(long, default_value_t = 5_000)]
+        batch: usize,
+    },
+}
+
+pub async fn run(action: Action, as_json: bool) -> Result<Exit> {
+    let Action::Copy { from, to, to_file, batch } = action;
+    let Some(path) = from.strip_prefix("sqlite:") else {
+        return Err(Failure::new(Exit::Usage, format!("--from {from:?}: give sqlite:PATH")));
+    };
+    let to = faena_common::secrets::resolve("FAENA_STORE_URL", to.as_deref(), to_file.as_deref())
+        .map_err(|e| Failure::new(Exit::Usage, e.to_string()))?
+        .ok_or_else(|| Failure::new(Exit::Usage, "give the target: --to, --to-file or FAENA_STORE_URL(_FILE)"))?;
+    if !to.expose().starts_with("postgres://") && !to.expose().starts_with("postgresql://") {
+        return Err(Failure::new(Exit::Usage, "the target is a postgres:// URL"));
+    }
+    let mut last = 0;
+    let report = faena_store::copy::copy(path.as_ref(), to.expose(), batch.max(1), None, |n| {
+        if !as_json && n >= last + 100_000 {
+            eprintln!("{n} jobs copied");
+            last = n;
+        }
+    })
+    .await
+    .map_err(|e| Failure::new(Exit::Refused, format!("store copy stopped (run it again to resume): {e}")))?;
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "jobs_copied": report.jobs, "history_copied": report.history,
+                "config_versions_copied": report.config_versions,
+                "source": {"jobs": report.source_jobs, "history": report.source_history},
+                "target": {"jobs": report.target_jobs, "history": report.target_history},
+                "whole": report.is_whole(),
+            })
+        );
+    } else {
+        println!(
+            "copied {} jobs, {} history rows, {} live configuration versions\nsource: {} jobs, {} history rows\ntarget: {} jobs, {} history rows",
+            report.jobs,
+            report.history,
+            report.config_versions,
+            report.source_jobs,
+            report.source_history,
+            report.target_jobs,
+            report.target_history
+        );
+    }
+    if report.is_whole() {
+        Ok(Exit::Ok)
+    } else {
+        Err(Failure::new(Exit::Refused, "the counts differ: the target does not hold the whole store"))
+    }
+}

@@ -1,0 +1,265 @@
+//! Moving a store from one machine to a cluster: copies a SQLite store's
+//! jobs, their history and the live configuration's versions into a
+//! PostgreSQL store (`faena store copy`). Jobs go in row-id order, a batch
+//! per transaction with their history, so a copy that stops (killed, the
+//! server gone) resumes where the last committed batch ended; at the end
+//! the counts on both sides are compared. Run it with the master stopped.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use rusqlite::Connection;
+use tokio_postgres::{Config, NoTls};
+use uuid::Uuid;
+
+use crate::StoreError;
+use crate::sqlite::generations::{Layout, listed};
+
+/// How far a copy got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyReport {
+    /// Jobs copied by this run (those copied before it are skipped).
+    pub jobs: u64,
+    pub history: u64,
+    pub config_versions: u64,
+    /// Jobs (and history rows) on each side once done: equal when whole.
+    pub source_jobs: u64,
+    pub target_jobs: u64,
+    pub source_history: u64,
+    pub target_history: u64,
+}
+
+impl CopyReport {
+    pub fn is_whole(&self) -> bool {
+        self.source_jobs == self.target_jobs && self.source_history == self.target_history
+    }
+}
+
+const JOB_COLUMNS: &str = "rowid, id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of";
+
+type JobRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    i32,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Copies the SQLite store at `from` into the PostgreSQL store at `to`,
+/// `batch` jobs a transaction; stops after `max_batches` when given (a
+/// test's interrupted copy). `progress` hears the jobs copied so far.
+pub async fn copy(
+    from: &Path,
+    to: &str,
+    batch: usize,
+    max_batches: Option<usize>,
+    mut progress: impl FnMut(u64),
+) -> Result<CopyReport, StoreError> {
+    if !from.is_file() {
+        return Err(StoreError::Copy(format!("no SQLite store at {}", from.display())));
+    }
+    // Both stores brought up to date first, as a master starting on each
+    // would (a store from an older build gets its columns and generations).
+    let source = crate::sqlite::open(from, crate::SyncMode::Normal)?;
+    Layout::open(&source, faena_proto::mqtt::now_ms() as i64)?;
+    drop(crate::Store::connect(to, crate::Retention::OFF).await?);
+    let (mut client, conn) = Config::from_str(to)?.connect(NoTls).await?;
+    let driver = tokio::spawn(conn);
+    let mut report = CopyReport::default();
+    let gens = listed(&source)?;
+    // Every generation's jobs, in row-id order (unique across them).
+    let union = gens
+        .iter()
+        .map(|(j, _)| format!("SELECT {JOB_COLUMNS} FROM {j} WHERE rowid > ?1"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let select = format!("SELECT * FROM ({union}) ORDER BY rowid LIMIT ?2");
+    // Resumes after the last job a previous run committed: the target must
+    // hold nothing but what this source gave it.
+    let mut after: i64 = client.query_one("SELECT coalesce(max(row_id), 0) FROM jobs", &[]).await?.try_get(0)?;
+    if after > 0 {
+        let theirs: Uuid = client.query_one("SELECT id FROM jobs WHERE row_id = $1", &[&after]).await?.try_get(0)?;
+        let ours = gens.iter().find_map(|(j, _)| {
+            source.query_row(&format!("SELECT id FROM {j} WHERE rowid = ?1"), [after], |r| r.get::<_, String>(0)).ok()
+        });
+        if ours.as_deref() != Some(theirs.to_string().as_str()) {
+            return Err(StoreError::Copy(
+                "the target store already holds jobs that are not this store's: copy into an empty one".into(),
+            ));
+        }
+    }
+    let mut batches = 0;
+    loop {
+        if max_batches.is_some_and(|m| batches >= m) {
+            break;
+        }
+        let rows: Vec<JobRow> = {
+            let mut stmt = source.prepare_cached(&select)?;
+            let mapped = stmt.query_map(rusqlite::params![after, batch as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                    r.get(12)?,
+                    r.get(13)?,
+                    r.get(14)?,
+                    r.get(15)?,
+                ))
+            })?;
+            mapped.collect::<Result<_, _>>()?
+        };
+        let Some(last) = rows.last().map(|r| r.0) else { break };
+        let history = history_of(&source, &gens, &rows)?;
+        let tx = client.transaction().await?;
+        insert_jobs(&tx, &rows).await?;
+        insert_history(&tx, &history).await?;
+        tx.commit().await?;
+        report.jobs += rows.len() as u64;
+        report.history += history.len() as u64;
+        after = last;
+        batches += 1;
+        progress(report.jobs);
+    }
+    report.config_versions = copy_config(&source, &client).await?;
+    let count = |sql: String| source.query_row(&sql, [], |r| r.get::<_, i64>(0));
+    for (j, t) in &gens {
+        report.source_jobs += count(format!("SELECT count(*) FROM {j}"))? as u64;
+        report.source_history += count(format!("SELECT count(*) FROM {t}"))? as u64;
+    }
+    let target = |sql: &'static str| async { client.query_one(sql, &[]).await?.try_get::<_, i64>(0) };
+    report.target_jobs = target("SELECT count(*) FROM jobs").await? as u64;
+    report.target_history = target("SELECT count(*) FROM transitions").await? as u64;
+    drop(client);
+    let _ = driver.await;
+    Ok(report)
+}
+
+type HistoryRow = (String, i64, String, i32, Option<String>, Option<String>);
+
+/// The history of the jobs in `rows`, each job's in order.
+fn history_of(source: &Connection, gens: &[(String, String)], rows: &[JobRow]) -> Result<Vec<HistoryRow>, StoreError> {
+    let ids = serde_json::to_string(&rows.iter().map(|r| &r.1).collect::<Vec<_>>())?;
+    let mut out = Vec::new();
+    for (_, t) in gens {
+        let mut stmt = source.prepare_cached(&format!(
+            "SELECT job_id, at, state, attempt, worker, detail FROM {t}
+             WHERE job_id IN (SELECT value FROM json_each(?1)) ORDER BY rowid"
+        ))?;
+        let mapped =
+            stmt.query_map([&ids], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
+        for row in mapped {
+            out.push(row?);
+        }
+    }
+    Ok(out)
+}
+
+fn uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Copy(format!("a stored id {s:?} is not a UUID: {e}")))
+}
+
+async fn insert_jobs(tx: &tokio_postgres::Transaction<'_>, rows: &[JobRow]) -> Result<(), StoreError> {
+    let stmt = tx
+        .prepare(
+            "INSERT INTO jobs (row_id, id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of)
+             SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::int8[], $15::uuid[], $16::uuid[])
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .await?;
+    let ids = rows.iter().map(|r| uuid(&r.1)).collect::<Result<Vec<_>, _>>()?;
+    let opt = |v: &Option<String>| v.as_deref().map(uuid).transpose();
+    let parents = rows.iter().map(|r| opt(&r.14)).collect::<Result<Vec<_>, _>>()?;
+    let retries = rows.iter().map(|r| opt(&r.15)).collect::<Result<Vec<_>, _>>()?;
+    let col_i64 = |f: fn(&JobRow) -> i64| rows.iter().map(f).collect::<Vec<_>>();
+    let col_str = |f: fn(&JobRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
+    let col_opt = |f: fn(&JobRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
+    let attempts: Vec<i32> = rows.iter().map(|r| r.7).collect();
+    let finished: Vec<Option<i64>> = rows.iter().map(|r| r.13).collect();
+    tx.execute(
+        &stmt,
+        &[
+            &col_i64(|r| r.0),
+            &ids,
+            &col_str(|r| &r.2),
+            &col_str(|r| &r.3),
+            &col_str(|r| &r.4),
+            &col_i64(|r| r.5),
+            &col_str(|r| &r.6),
+            &attempts,
+            &col_opt(|r| r.8.as_deref()),
+            &col_opt(|r| r.9.as_deref()),
+            &col_opt(|r| r.10.as_deref()),
+            &col_opt(|r| r.11.as_deref()),
+            &col_i64(|r| r.12),
+            &finished,
+            &parents,
+            &retries,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn insert_history(tx: &tokio_postgres::Transaction<'_>, rows: &[HistoryRow]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids = rows.iter().map(|r| uuid(&r.0)).collect::<Result<Vec<_>, _>>()?;
+    let at: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    let states: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    let attempts: Vec<i32> = rows.iter().map(|r| r.3).collect();
+    let workers: Vec<Option<&str>> = rows.iter().map(|r| r.4.as_deref()).collect();
+    let details: Vec<Option<&str>> = rows.iter().map(|r| r.5.as_deref()).collect();
+    tx.execute(
+        "INSERT INTO transitions (job_id, at, state, attempt, worker, detail)
+         SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::text[], $6::text[])",
+        &[&ids, &at, &states, &attempts, &workers, &details],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The live configuration's versions (those the target lacks); how many.
+async fn copy_config(source: &Connection, client: &tokio_postgres::Client) -> Result<u64, StoreError> {
+    let exists: i64 = source.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'config_versions'",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists == 0 {
+        return Ok(0);
+    }
+    let mut stmt = source.prepare("SELECT version, doc, at FROM config_versions ORDER BY version")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+    let mut n = 0;
+    for row in rows {
+        let (version, doc, at) = row?;
+        n += client
+            .execute(
+                "INSERT INTO config_versions (version, doc, at) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
+                &[&version, &doc, &at],
+            )
+            .await?;
+    }
+    Ok(n)
+}
