@@ -145,3 +145,94 @@ pub struct Transition {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
+
+/// A stored job's columns as both backends read them (ids already parsed
+/// where the backend's type is a UUID; text otherwise).
+#[derive(Debug)]
+pub(crate) struct StoredJob {
+    pub id: String,
+    pub kind: String,
+    pub params: String,
+    pub priority: String,
+    pub seq: i64,
+    pub created: i64,
+    pub attempts: u32,
+    pub state: String,
+    pub worker: Option<String>,
+    pub token: Option<String>,
+    pub parent: Option<String>,
+    pub result: Option<String>,
+    pub retry_of: Option<String>,
+}
+
+impl StoredJob {
+    /// The job to restore, or none if a column does not parse.
+    pub(crate) fn restore(self) -> Option<RestoredJob> {
+        let Self { id, kind, params, priority, seq, created, attempts, state, worker, token, parent, result, retry_of } =
+            self;
+        let done = match (state.as_str(), &worker, result) {
+            ("succeeded", Some(w), Some(r)) => Some((w.clone(), serde_json::from_str(&r).ok()?)),
+            _ => None,
+        };
+        let lease = match (state.as_str(), worker, token) {
+            ("running", Some(w), Some(t)) => Some((WorkerId::parse(&w).ok()?, attempts, FencingToken::parse(&t).ok()?)),
+            _ => None,
+        };
+        let parent = match parent {
+            Some(p) => Some(p.parse().ok()?),
+            None => None,
+        };
+        let spec = JobSpec::parse_kind(JobKind::parse(&kind).ok()?, serde_json::from_str(&params).ok()?).ok()?;
+        Some(RestoredJob {
+            id: id.parse().ok()?,
+            spec,
+            priority: Priority::parse(&priority)?,
+            seq: u64::try_from(seq).ok()?,
+            created_at_ms: u64::try_from(created).ok()?,
+            attempts,
+            lease,
+            parent,
+            done,
+            retry_of: retry_of.and_then(|r| r.parse().ok()),
+        })
+    }
+}
+
+/// The columns every job listing shows, as both backends read them.
+#[derive(Debug)]
+pub(crate) struct ViewColumns {
+    pub kind: String,
+    pub priority: String,
+    pub state: String,
+    pub attempts: u32,
+    pub worker: Option<String>,
+    pub error: Option<String>,
+    pub created: i64,
+    pub finished: Option<i64>,
+}
+
+impl ViewColumns {
+    /// Job `id` as stored: without result, parent, position, progress or
+    /// waiting reason.
+    pub(crate) fn view(self, id: JobId) -> JobView {
+        let ms = |v: i64| crate::rfc3339(u64::try_from(v).unwrap_or(0));
+        JobView {
+            id,
+            kind: self.kind,
+            priority: Priority::parse(&self.priority).unwrap_or_default(),
+            state: JobState::parse(&self.state).unwrap_or(JobState::Failed),
+            attempts: self.attempts,
+            worker: self.worker,
+            error: self.error,
+            created_at: ms(self.created),
+            finished_at: self.finished.map(ms),
+            position: None,
+            result: None,
+            progress: None,
+            parent: None,
+            waiting: None,
+            retry_of: None,
+            retried_as: None,
+        }
+    }
+}

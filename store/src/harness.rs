@@ -142,11 +142,15 @@ impl Postgres {
 
     /// A clean, fast shutdown (`pg_ctl stop -m fast`): sessions are cut.
     pub fn stop(&mut self) {
+        check("pg_ctl stop", self.pg_ctl_stop("fast"));
+        self.running = false;
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) -> std::io::Result<Output> {
         let data = self.data_dir();
         let args: Vec<&std::ffi::OsStr> =
-            vec!["-D".as_ref(), data.as_os_str(), "-m".as_ref(), "fast".as_ref(), "-w".as_ref(), "stop".as_ref()];
-        check("pg_ctl stop", self.run("pg_ctl", &args));
-        self.running = false;
+            vec!["-D".as_ref(), data.as_os_str(), "-m".as_ref(), mode.as_ref(), "-w".as_ref(), "stop".as_ref()];
+        self.run("pg_ctl", &args)
     }
 
     /// Kills the server's main process with SIGKILL, as a crash would;

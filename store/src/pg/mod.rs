@@ -10,10 +10,9 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use faena_proto::api::JobView;
 use faena_proto::ids::JobId;
-use faena_proto::jobs::{JobState, Priority};
 use tokio_postgres::{Config, NoTls, Row};
 
-use crate::{Retention, StoreError, rfc3339};
+use crate::{Retention, StoreError};
 
 pub(crate) mod list;
 pub(crate) mod read;
@@ -56,23 +55,15 @@ const VIEW_COLUMNS: &str = "kind, priority, state, attempts, worker, error, crea
 
 /// Job `id` as stored, from [`VIEW_COLUMNS`] starting at column `at`.
 fn view(id: JobId, r: &Row, at: usize) -> Result<JobView, StoreError> {
-    let ms = |v: i64| rfc3339(u64::try_from(v).unwrap_or(0));
-    Ok(JobView {
-        id,
+    Ok(crate::contract::ViewColumns {
         kind: r.try_get(at)?,
-        priority: Priority::parse(r.try_get(at + 1)?).unwrap_or_default(),
-        state: JobState::parse(r.try_get(at + 2)?).unwrap_or(JobState::Failed),
+        priority: r.try_get(at + 1)?,
+        state: r.try_get(at + 2)?,
         attempts: u32::try_from(r.try_get::<_, i32>(at + 3)?).unwrap_or(0),
         worker: r.try_get(at + 4)?,
         error: r.try_get(at + 5)?,
-        created_at: ms(r.try_get(at + 6)?),
-        finished_at: r.try_get::<_, Option<i64>>(at + 7)?.map(ms),
-        position: None,
-        result: None,
-        progress: None,
-        parent: None,
-        waiting: None,
-        retry_of: None,
-        retried_as: None,
-    })
+        created: r.try_get(at + 6)?,
+        finished: r.try_get(at + 7)?,
+    }
+    .view(id))
 }

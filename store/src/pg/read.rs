@@ -3,8 +3,8 @@
 
 use deadpool_postgres::Pool;
 use faena_proto::api::JobView;
-use faena_proto::ids::{FencingToken, JobId, WorkerId};
-use faena_proto::jobs::{JobKind, JobSpec, Priority};
+use faena_proto::ids::JobId;
+use faena_proto::jobs::{JobKind, JobSpec};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -40,37 +40,23 @@ pub(crate) async fn load_unfinished(pool: &Pool) -> Result<Vec<RestoredJob>, Sto
 }
 
 fn restored(r: &Row) -> Result<Option<RestoredJob>, StoreError> {
-    let (id, kind, params, priority): (Uuid, String, String, String) =
-        (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
-    let (seq, created, attempts, state): (i64, i64, i32, String) =
-        (r.try_get(4)?, r.try_get(5)?, r.try_get(6)?, r.try_get(7)?);
-    let (worker, token): (Option<String>, Option<String>) = (r.try_get(8)?, r.try_get(9)?);
-    let (parent, result, retry_of): (Option<Uuid>, Option<String>, Option<Uuid>) =
-        (r.try_get(10)?, r.try_get(11)?, r.try_get(12)?);
-    let attempts = u32::try_from(attempts).unwrap_or(0);
-    Ok((|| {
-        let done = match (state.as_str(), &worker, result) {
-            ("succeeded", Some(w), Some(r)) => Some((w.clone(), serde_json::from_str(&r).ok()?)),
-            _ => None,
-        };
-        let lease = match (state.as_str(), worker, token) {
-            ("running", Some(w), Some(t)) => Some((WorkerId::parse(&w).ok()?, attempts, FencingToken::parse(&t).ok()?)),
-            _ => None,
-        };
-        let spec = JobSpec::parse_kind(JobKind::parse(&kind).ok()?, serde_json::from_str(&params).ok()?).ok()?;
-        Some(RestoredJob {
-            id: JobId(id),
-            spec,
-            priority: Priority::parse(&priority)?,
-            seq: u64::try_from(seq).ok()?,
-            created_at_ms: u64::try_from(created).ok()?,
-            attempts,
-            lease,
-            parent: parent.map(JobId),
-            done,
-            retry_of: retry_of.map(JobId),
-        })
-    })())
+    let uuid = |i: usize| r.try_get::<_, Option<Uuid>>(i).map(|u| u.map(|u| u.to_string()));
+    Ok(crate::contract::StoredJob {
+        id: r.try_get::<_, Uuid>(0)?.to_string(),
+        kind: r.try_get(1)?,
+        params: r.try_get(2)?,
+        priority: r.try_get(3)?,
+        seq: r.try_get(4)?,
+        created: r.try_get(5)?,
+        attempts: u32::try_from(r.try_get::<_, i32>(6)?).unwrap_or(0),
+        state: r.try_get(7)?,
+        worker: r.try_get(8)?,
+        token: r.try_get(9)?,
+        parent: uuid(10)?,
+        result: r.try_get(11)?,
+        retry_of: uuid(12)?,
+    }
+    .restore())
 }
 
 pub(crate) async fn get(pool: &Pool, id: JobId) -> Result<Option<JobView>, StoreError> {

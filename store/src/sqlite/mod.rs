@@ -6,10 +6,9 @@ use std::path::Path;
 
 use faena_proto::api::JobView;
 use faena_proto::ids::JobId;
-use faena_proto::jobs::{JobState, Priority};
 use rusqlite::Connection;
 
-use crate::{Retention, StoreError, SyncMode, rfc3339};
+use crate::{Retention, StoreError, SyncMode};
 
 pub(crate) mod generations;
 pub(crate) mod list;
@@ -52,26 +51,17 @@ pub(crate) fn open(path: &Path, sync: SyncMode) -> Result<Connection, StoreError
 /// The columns [`view`] reads, in its order.
 const VIEW_COLUMNS: &str = "kind, priority, state, attempts, worker, error, created_at, finished_at";
 
-/// Job `id` as stored, from [`VIEW_COLUMNS`] starting at column `at`;
-/// without result, parent, position, progress or waiting reason.
+/// Job `id` as stored, from [`VIEW_COLUMNS`] starting at column `at`.
 fn view(id: JobId, r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<JobView> {
-    let ms = |v: i64| rfc3339(u64::try_from(v).unwrap_or(0));
-    Ok(JobView {
-        id,
+    Ok(crate::contract::ViewColumns {
         kind: r.get(at)?,
-        priority: Priority::parse(&r.get::<_, String>(at + 1)?).unwrap_or_default(),
-        state: JobState::parse(&r.get::<_, String>(at + 2)?).unwrap_or(JobState::Failed),
+        priority: r.get(at + 1)?,
+        state: r.get(at + 2)?,
         attempts: r.get(at + 3)?,
         worker: r.get(at + 4)?,
         error: r.get(at + 5)?,
-        created_at: ms(r.get(at + 6)?),
-        finished_at: r.get::<_, Option<i64>>(at + 7)?.map(ms),
-        position: None,
-        result: None,
-        progress: None,
-        parent: None,
-        waiting: None,
-        retry_of: None,
-        retried_as: None,
-    })
+        created: r.get(at + 6)?,
+        finished: r.get(at + 7)?,
+    }
+    .view(id))
 }

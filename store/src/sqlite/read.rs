@@ -4,8 +4,8 @@
 //! all, and a job moved out of it is seen exactly once).
 
 use faena_proto::api::JobView;
-use faena_proto::ids::{FencingToken, JobId, WorkerId};
-use faena_proto::jobs::{JobKind, JobSpec, Priority};
+use faena_proto::ids::JobId;
+use faena_proto::jobs::{JobKind, JobSpec};
 use rusqlite::{Connection, OptionalExtension, Row};
 
 use super::generations::listed;
@@ -141,36 +141,20 @@ fn read_restored(
 
 /// One row of [`RESTORED_COLUMNS`] as a job, or none if it does not parse.
 fn restored(r: &Row<'_>) -> rusqlite::Result<Option<RestoredJob>> {
-    let (id, kind, params, priority): (String, String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-    let (seq, created, attempts, state): (i64, i64, u32, String) = (r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?);
-    let (worker, token): (Option<String>, Option<String>) = (r.get(8)?, r.get(9)?);
-    let (parent, result, retry_of): (Option<String>, Option<String>, Option<String>) =
-        (r.get(10)?, r.get(11)?, r.get(12)?);
-    Ok((|| {
-        let done = match (state.as_str(), &worker, result) {
-            ("succeeded", Some(w), Some(r)) => Some((w.clone(), serde_json::from_str(&r).ok()?)),
-            _ => None,
-        };
-        let lease = match (state.as_str(), worker, token) {
-            ("running", Some(w), Some(t)) => Some((WorkerId::parse(&w).ok()?, attempts, FencingToken::parse(&t).ok()?)),
-            _ => None,
-        };
-        let parent = match parent {
-            Some(p) => Some(p.parse().ok()?),
-            None => None,
-        };
-        let spec = JobSpec::parse_kind(JobKind::parse(&kind).ok()?, serde_json::from_str(&params).ok()?).ok()?;
-        Some(RestoredJob {
-            id: id.parse().ok()?,
-            spec,
-            priority: Priority::parse(&priority)?,
-            seq: u64::try_from(seq).ok()?,
-            created_at_ms: u64::try_from(created).ok()?,
-            attempts,
-            lease,
-            parent,
-            done,
-            retry_of: retry_of.and_then(|r| r.parse().ok()),
-        })
-    })())
+    Ok(crate::contract::StoredJob {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        params: r.get(2)?,
+        priority: r.get(3)?,
+        seq: r.get(4)?,
+        created: r.get(5)?,
+        attempts: r.get(6)?,
+        state: r.get(7)?,
+        worker: r.get(8)?,
+        token: r.get(9)?,
+        parent: r.get(10)?,
+        result: r.get(11)?,
+        retry_of: r.get(12)?,
+    }
+    .restore())
 }
