@@ -106,3 +106,54 @@ async fn faena_store_copy_moves_a_sqlite_store_into_postgres() {
     let (_, page) = on_pg.api.get("/api/jobs?limit=1").await;
     assert_eq!(page["jobs"][0]["id"], json!(next), "new jobs list ahead of the copied ones");
 }
+
+async fn store_healthy(c: &Cluster) -> bool {
+    c.api.get("/healthz").await.1["store"] == json!(true)
+}
+
+/// PostgreSQL killed with -9, then made read-only (as a recovering server
+/// is): each time the master stops taking jobs (`503 store_unavailable`)
+/// and hands out no work it cannot store, acknowledges nothing it did not
+/// commit, and resumes by itself once the server is back — no restart.
+#[tokio::test]
+async fn a_postgres_killed_or_read_only_pauses_the_master_which_recovers_by_itself() {
+    let mut pg = Postgres::start();
+    let (mut c, _secrets) = on_postgres(&pg).await;
+    let id = c.api.submit_ok("noop", json!({"payload": "kept"}), None).await;
+
+    pg.kill9();
+    // The worker's arrival makes the master place the job: that dispatch
+    // cannot be stored.
+    c.add_worker("w1", 1).await;
+    eventually("the master reports that its store cannot commit", || {
+        let c = &c;
+        async move { (!store_healthy(c).await).then_some(()) }
+    })
+    .await;
+    let (status, body) = c.api.submit("noop", json!({}), None).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (503, Some("store_unavailable")), "{body}");
+    pg.resume();
+    let job = c.api.wait_final(&id).await;
+    assert_eq!((job["state"].as_str(), job["attempts"].as_u64()), (Some("succeeded"), Some(1)), "{job}");
+    assert!(store_healthy(&c).await);
+
+    // Read-only: a submission waits for a commit that cannot happen yet.
+    pg.sql("ALTER SYSTEM SET default_transaction_read_only = on");
+    pg.sql("SELECT pg_reload_conf()");
+    let api = c.api.clone();
+    let waiting = tokio::spawn(async move { api.submit("noop", json!({"payload": "waited"}), None).await });
+    eventually("the master reports that its store cannot commit", || {
+        let c = &c;
+        async move { (!store_healthy(c).await).then_some(()) }
+    })
+    .await;
+    assert!(!waiting.is_finished(), "nothing is acknowledged before it is stored");
+    pg.sql("ALTER SYSTEM RESET default_transaction_read_only");
+    pg.sql("SELECT pg_reload_conf()");
+    let (status, body) = waiting.await.expect("submits");
+    assert_eq!(status.as_u16(), 202, "{body}");
+    let waited = body["id"].as_str().expect("id").to_owned();
+    assert_eq!(c.api.wait_final(&waited).await["result"]["payload"], "waited");
+    assert!(c.master_log().contains("the store commits again"), "the recovery is logged");
+    assert_eq!(pg.sql("SELECT count(*) FROM jobs WHERE state = 'succeeded'"), "2");
+}
