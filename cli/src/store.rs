@@ -10,8 +10,9 @@ use crate::client::{Exit, Failure, Result};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Action {
-    /// Copy a SQLite store (jobs, their history, live configuration) into
-    /// an empty PostgreSQL store; run again to resume an interrupted copy.
+    /// Copy a SQLite store (jobs, their history, live configuration, and
+    /// the mining store beside it) into an empty PostgreSQL store; run
+    /// again to resume an interrupted copy.
     Copy {
         /// The source: `sqlite:PATH` (a master's `faena.db`).
         #[arg(long)]
@@ -55,6 +56,7 @@ pub async fn run(action: Action, as_json: bool) -> Result<Exit> {
             json!({
                 "jobs_copied": report.jobs, "history_copied": report.history,
                 "config_versions_copied": report.config_versions,
+                "mining_copied": {"sources": report.mining.0, "blocks": report.mining.1, "participants": report.mining.2},
                 "source": {"jobs": report.source_jobs, "history": report.source_history},
                 "target": {"jobs": report.target_jobs, "history": report.target_history},
                 "whole": report.is_whole(),
@@ -62,10 +64,13 @@ pub async fn run(action: Action, as_json: bool) -> Result<Exit> {
         );
     } else {
         println!(
-            "copied {} jobs, {} history rows, {} live configuration versions\nsource: {} jobs, {} history rows\ntarget: {} jobs, {} history rows",
+            "copied {} jobs, {} history rows, {} live configuration versions, {} mining sources, {} blocks, {} tallies\nsource: {} jobs, {} history rows\ntarget: {} jobs, {} history rows",
             report.jobs,
             report.history,
             report.config_versions,
+            report.mining.0,
+            report.mining.1,
+            report.mining.2,
             report.source_jobs,
             report.source_history,
             report.target_jobs,

@@ -255,8 +255,10 @@ pub async fn run(
         cfg.stratum_password_file.as_deref(),
     )?
     .map(Arc::new);
-    let pool_db = pool::db::Db::open(&cfg.data_dir.join("mining.db"))?;
-    let pool = pool::Pool::start(pool_cfg, Arc::new(coord.clone()), verifier.clone(), pool_db, metrics.clone())?;
+    let pool_db = pool::db::Db::new(store::mining::MiningDb::beside(&store, &cfg.data_dir.join("mining.db"))?);
+    let loaded = pool_db.load().await?;
+    let pool =
+        pool::Pool::start(pool_cfg, Arc::new(coord.clone()), verifier.clone(), pool_db, loaded, metrics.clone())?;
     let deps = coordinator::Deps {
         store: store.clone(),
         hub: hub.clone(),

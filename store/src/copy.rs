@@ -22,6 +22,9 @@ pub struct CopyReport {
     pub jobs: u64,
     pub history: u64,
     pub config_versions: u64,
+    /// From `mining.db` beside the store, when there is one: sources,
+    /// blocks and tallies copied (each once).
+    pub mining: (u64, u64, u64),
     /// Jobs (and history rows) on each side once done: equal when whole.
     pub source_jobs: u64,
     pub target_jobs: u64,
@@ -141,6 +144,10 @@ pub async fn copy(
         progress(report.jobs);
     }
     report.config_versions = copy_config(&source, &client).await?;
+    let mining = from.with_file_name("mining.db");
+    if mining.is_file() {
+        report.mining = copy_mining(&mining, &mut client).await?;
+    }
     let count = |sql: String| source.query_row(&sql, [], |r| r.get::<_, i64>(0));
     for (j, t) in &gens {
         report.source_jobs += count(format!("SELECT count(*) FROM {j}"))? as u64;
@@ -262,4 +269,49 @@ async fn copy_config(source: &Connection, client: &tokio_postgres::Client) -> Re
             .await?;
     }
     Ok(n)
+}
+
+/// The mining store beside the job store, in one transaction: sources
+/// and tallies the target lacks, and the blocks when the target has none
+/// (so a second run copies nothing twice); how many of each.
+async fn copy_mining(path: &Path, client: &mut tokio_postgres::Client) -> Result<(u64, u64, u64), StoreError> {
+    let loaded = crate::mining::MiningDb::open(path)?.load().await?;
+    let tx = client.transaction().await?;
+    let mut sources = 0;
+    for (i, (id, spec, job)) in loaded.sources.iter().enumerate() {
+        let (spec, job) = (serde_json::to_string(spec)?, job.map(|j| j.to_string()));
+        sources += tx
+            .execute(
+                "INSERT INTO sources (id, spec, created_at, job) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                &[id, &spec, &(i as i64), &job],
+            )
+            .await?;
+    }
+    let mut blocks = 0;
+    let none: i64 = tx.query_one("SELECT count(*) FROM blocks", &[]).await?.try_get(0)?;
+    if none == 0 {
+        for (source, b) in &loaded.blocks {
+            let (height, at) = (b.height as i64, b.at_ms as i64);
+            blocks += tx
+                .execute(
+                    "INSERT INTO blocks (source, height, hash, participant, accepted, reason, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[source, &height, &b.hash, &b.participant, &b.accepted, &b.reason, &at],
+                )
+                .await?;
+        }
+    }
+    let mut tallies = 0;
+    let now = faena_proto::mqtt::now_ms() as i64;
+    for t in &loaded.tallies {
+        let counts = (t.valid as i64, t.invalid as i64, t.stale as i64, t.blocks as i64);
+        tallies += tx
+            .execute(
+                "INSERT INTO participants (name, kind, source, valid, invalid, stale, blocks, seen_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name, kind) DO NOTHING",
+                &[&t.name, &t.kind, &t.source, &counts.0, &counts.1, &counts.2, &counts.3, &now],
+            )
+            .await?;
+    }
+    tx.commit().await?;
+    Ok((sources, blocks, tallies))
 }

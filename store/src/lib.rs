@@ -26,6 +26,7 @@ mod contract;
 pub mod copy;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
+pub mod mining;
 mod pg;
 pub mod settings;
 mod sqlite;

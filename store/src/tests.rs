@@ -150,7 +150,7 @@ async fn postgres_migrates_once_under_a_lock_and_refuses_a_newer_schema() {
     let url = pg.url();
     let (a, b) = tokio::join!(Store::connect(&url, Retention::OFF), Store::connect(&url, Retention::OFF));
     let (a, _b) = (a.expect("first"), b.expect("second"));
-    assert_eq!(pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"), "1,2");
+    assert_eq!(pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"), "1,2,3");
     let id = JobId::new();
     noop(&a, id, 0);
     wait_commit(&a).await;
@@ -269,6 +269,26 @@ async fn a_sqlite_store_copies_into_postgres_resumably() {
     settings.save(&faena_proto::settings::ClusterConfig { version: 1, ..Default::default() }).await.expect("saves");
     let expected = all_listed(&source).await;
     drop(source);
+    let mining = crate::mining::MiningDb::open(&dir.path().join("mining.db")).expect("mining store");
+    let block = faena_proto::mining::BlockView {
+        height: 9,
+        hash: "ab".repeat(32),
+        participant: "w1".into(),
+        accepted: true,
+        reason: None,
+        at_ms: 7,
+    };
+    mining.add_block("s1".into(), block).await.expect("adds");
+    let tally = crate::mining::Tally {
+        name: "w1".into(),
+        kind: "worker".into(),
+        source: "s1".into(),
+        valid: 3,
+        invalid: 0,
+        stale: 1,
+        blocks: 1,
+    };
+    mining.save_tallies(vec![tally.clone()]).await.expect("saves");
 
     let pg = crate::harness::Postgres::start();
     let part = crate::copy::copy(&path, &pg.url(), 7, Some(3), |_| {}).await.expect("copies a part");
@@ -276,6 +296,8 @@ async fn a_sqlite_store_copies_into_postgres_resumably() {
     assert!(!part.is_whole());
     let rest = crate::copy::copy(&path, &pg.url(), 7, None, |_| {}).await.expect("resumes");
     assert_eq!((rest.jobs, rest.config_versions), (79, 0), "the rest, and the versions once");
+    assert_eq!(part.mining, (0, 1, 1), "the mining store with the first run");
+    assert_eq!(rest.mining, (0, 0, 0), "and not again");
     assert!(rest.is_whole(), "{rest:?}");
     assert_eq!((rest.target_jobs, rest.target_history), (100, 199));
 
@@ -288,6 +310,8 @@ async fn a_sqlite_store_copies_into_postgres_resumably() {
     assert_eq!(states, ["queued", "succeeded"]);
     let config = crate::settings::SettingsDb::beside(&target, &path).expect("beside").current().await.expect("reads");
     assert_eq!(config.version, 1);
+    let mined = crate::mining::MiningDb::beside(&target, &path).expect("beside").load().await.expect("loads");
+    assert_eq!((mined.blocks.len(), mined.tallies), (1, vec![tally]));
     // A new job on PostgreSQL lists ahead of the copied ones.
     let later = JobId::new();
     noop(&target, later, 100);

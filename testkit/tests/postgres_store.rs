@@ -157,3 +157,24 @@ async fn a_postgres_killed_or_read_only_pauses_the_master_which_recovers_by_itse
     assert!(c.master_log().contains("the store commits again"), "the recovery is logged");
     assert_eq!(pg.sql("SELECT count(*) FROM jobs WHERE state = 'succeeded'"), "2");
 }
+
+/// The mining store beside the jobs on PostgreSQL: a daemon source added
+/// through the API is a row there (not a `mining.db` beside the master),
+/// and after a restart the master has it back.
+#[tokio::test]
+async fn mining_sources_live_in_postgres_and_survive_a_restart() {
+    let pg = Postgres::start();
+    let (mut c, _secrets) = on_postgres(&pg).await;
+    let node = faena_testkit::monerod::Monerod::start(c.dir.path(), 200).await;
+    let wallet = faena_testkit::monerod::Wallet::create(c.dir.path(), &node).await;
+    let body = json!({"kind": "daemon", "url": node.url, "wallet": wallet.address});
+    let (status, v) = c.api.post("/api/mining/sources", &body).await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().expect("id").to_owned();
+    assert_eq!(pg.sql("SELECT count(*) FROM sources"), "1");
+    assert!(!c.dir.path().join("data/mining.db").exists(), "no SQLite mining store");
+    c.master().terminate().await;
+    c.restart_master().await;
+    let (status, v) = c.api.get(&format!("/api/mining/sources/{id}")).await;
+    assert_eq!((status.as_u16(), v["kind"].as_str()), (200, Some("daemon")), "{v}");
+}

@@ -300,9 +300,9 @@ impl Pool {
         engine: Arc<dyn JobEngine>,
         verifier: Arc<Verifier>,
         db: Db,
+        loaded: db::Loaded,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, rusqlite::Error> {
-        let loaded = db.load()?;
+    ) -> Result<Self, crate::store::StoreError> {
         let rules = stratum::AddressRules {
             max_connections: cfg.max_connections,
             max_per_address: cfg.max_per_address,

@@ -62,10 +62,42 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         at BIGINT NOT NULL
     );",
     ),
+    (
+        3,
+        "mining sources, blocks and tallies",
+        "CREATE TABLE sources (
+        id TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        job TEXT
+    );
+    CREATE TABLE blocks (
+        n BIGSERIAL PRIMARY KEY,
+        source TEXT NOT NULL,
+        height BIGINT NOT NULL,
+        hash TEXT NOT NULL,
+        participant TEXT NOT NULL,
+        accepted BOOLEAN NOT NULL,
+        reason TEXT,
+        at BIGINT NOT NULL
+    );
+    CREATE INDEX blocks_at ON blocks (at);
+    CREATE TABLE participants (
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        source TEXT NOT NULL,
+        valid BIGINT NOT NULL,
+        invalid BIGINT NOT NULL,
+        stale BIGINT NOT NULL,
+        blocks BIGINT NOT NULL,
+        seen_at BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (name, kind)
+    );",
+    ),
 ];
 
 /// The newest schema version this build knows.
-pub(crate) const LATEST: i32 = 2;
+pub(crate) const LATEST: i32 = 3;
 
 /// Applies the migrations the store lacks; refuses a store newer than
 /// this build.
