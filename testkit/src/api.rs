@@ -146,6 +146,19 @@ impl Api {
         worker.ok().flatten().unwrap_or_else(|| panic!("job {id} did not run"))
     }
 
+    /// Whether the master says its store commits (`/healthz`).
+    pub async fn store_healthy(&self) -> bool {
+        self.get("/healthz").await.1["store"] == serde_json::json!(true)
+    }
+
+    /// Waits until the master says its store cannot commit.
+    pub async fn wait_store_failing(&self) {
+        crate::eventually("the master reports that its store cannot commit", || async {
+            (!self.store_healthy().await).then_some(())
+        })
+        .await;
+    }
+
     /// Waits for the job's final event, then returns the job as stored.
     pub async fn wait_final(&self, id: &str) -> Value {
         let mut events = self.events(id).await;

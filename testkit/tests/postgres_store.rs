@@ -107,10 +107,6 @@ async fn faena_store_copy_moves_a_sqlite_store_into_postgres() {
     assert_eq!(page["jobs"][0]["id"], json!(next), "new jobs list ahead of the copied ones");
 }
 
-async fn store_healthy(c: &Cluster) -> bool {
-    c.api.get("/healthz").await.1["store"] == json!(true)
-}
-
 /// PostgreSQL killed with -9, then made read-only (as a recovering server
 /// is): each time the master stops taking jobs (`503 store_unavailable`)
 /// and hands out no work it cannot store, acknowledges nothing it did not
@@ -125,28 +121,20 @@ async fn a_postgres_killed_or_read_only_pauses_the_master_which_recovers_by_itse
     // The worker's arrival makes the master place the job: that dispatch
     // cannot be stored.
     c.add_worker("w1", 1).await;
-    eventually("the master reports that its store cannot commit", || {
-        let c = &c;
-        async move { (!store_healthy(c).await).then_some(()) }
-    })
-    .await;
+    c.api.wait_store_failing().await;
     let (status, body) = c.api.submit("noop", json!({}), None).await;
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (503, Some("store_unavailable")), "{body}");
     pg.resume();
     let job = c.api.wait_final(&id).await;
     assert_eq!((job["state"].as_str(), job["attempts"].as_u64()), (Some("succeeded"), Some(1)), "{job}");
-    assert!(store_healthy(&c).await);
+    assert!(c.api.store_healthy().await);
 
     // Read-only: a submission waits for a commit that cannot happen yet.
     pg.sql("ALTER SYSTEM SET default_transaction_read_only = on");
     pg.sql("SELECT pg_reload_conf()");
     let api = c.api.clone();
     let waiting = tokio::spawn(async move { api.submit("noop", json!({"payload": "waited"}), None).await });
-    eventually("the master reports that its store cannot commit", || {
-        let c = &c;
-        async move { (!store_healthy(c).await).then_some(()) }
-    })
-    .await;
+    c.api.wait_store_failing().await;
     assert!(!waiting.is_finished(), "nothing is acknowledged before it is stored");
     pg.sql("ALTER SYSTEM RESET default_transaction_read_only");
     pg.sql("SELECT pg_reload_conf()");

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use faena_testkit::{Cluster, Listener, MasterOpts, embedded_login, eventually};
+use faena_testkit::{Cluster, Listener, MasterOpts, embedded_login};
 use serde_json::json;
 
 /// A small tmpfs mounted for the test, unmounted when dropped.
@@ -45,10 +45,6 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
-async fn store_healthy(c: &Cluster) -> bool {
-    c.api.get("/healthz").await.1["store"] == json!(true)
-}
-
 #[tokio::test]
 async fn a_full_disk_pauses_the_master_which_loses_nothing_and_recovers_by_itself() {
     let root = tempfile::tempdir().expect("temp dir");
@@ -70,11 +66,7 @@ async fn a_full_disk_pauses_the_master_which_loses_nothing_and_recovers_by_itsel
     // The worker's arrival makes the master place the job: that dispatch
     // cannot be stored.
     c.add_worker("w1", 1).await;
-    eventually("the master reports that its store cannot commit", || {
-        let c = &c;
-        async move { (!store_healthy(c).await).then_some(()) }
-    })
-    .await;
+    c.api.wait_store_failing().await;
     let (status, body) = c.api.submit("noop", json!({}), None).await;
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (503, Some("store_unavailable")), "{body}");
     assert_ne!(c.api.job(&id).await["state"], "succeeded");
@@ -87,7 +79,7 @@ async fn a_full_disk_pauses_the_master_which_loses_nothing_and_recovers_by_itsel
     let (sent_at, unit) = first_unit.await.expect("spy").expect("the unit went over the broker");
     assert!(unit.contains(&id), "{unit}");
     assert!(sent_at > freed_at, "the unit was published before its dispatch was stored");
-    assert!(store_healthy(&c).await);
+    assert!(c.api.store_healthy().await);
     let later = c.api.submit_ok("noop", json!({"payload": "after"}), None).await;
     assert_eq!(c.api.wait_final(&later).await["state"], "succeeded");
 
