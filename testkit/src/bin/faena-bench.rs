@@ -16,6 +16,9 @@
 //! `FAENA_BENCH_IDLE_SECS=S` first measures the master's CPU over S idle
 //! seconds (the feed's own cost, apart from any job).
 //!
+//! `FAENA_BENCH_STORE=postgres` puts the job store on a PostgreSQL the
+//! bench starts (Debian's server, initdb'd on a free loopback port).
+//!
 //! `FAENA_BENCH_WORKERS=python` runs the same three phases with two Python
 //! workers (`examples/python-worker`, `x.wordcount` on a three-word text) in
 //! place of the Rust ones, after a reference run of `noop` on the Rust
@@ -138,8 +141,18 @@ async fn main() {
     let jobs = args.first().copied().unwrap_or(20_000);
     let samples = args.get(1).copied().unwrap_or(2_000);
     let sync = std::env::var("FAENA_STORE_SYNC").unwrap_or_else(|_| "full".into());
+    let mut extra = vec![("FAENA_STORE_SYNC".to_owned(), sync.clone())];
+    // `FAENA_BENCH_STORE=postgres`: the job store on a PostgreSQL of the
+    // bench's own (the test harness's: initdb on a free loopback port,
+    // fsync and synchronous_commit on).
+    let pg = (std::env::var("FAENA_BENCH_STORE").as_deref() == Ok("postgres"))
+        .then(faena_store::harness::Postgres::start);
+    if let Some(pg) = &pg {
+        extra.push(("FAENA_STORE_URL".to_owned(), pg.url()));
+        println!("store: PostgreSQL on 127.0.0.1:{}", pg.port);
+    }
     let opts = MasterOpts {
-        extra: vec![("FAENA_STORE_SYNC".into(), sync.clone())],
+        extra,
         heartbeat_ms: 2000,
         ..MasterOpts::default()
     };
