@@ -145,17 +145,13 @@ async fn main() {
     // `FAENA_BENCH_STORE=postgres`: the job store on a PostgreSQL of the
     // bench's own (the test harness's: initdb on a free loopback port,
     // fsync and synchronous_commit on).
-    let pg = (std::env::var("FAENA_BENCH_STORE").as_deref() == Ok("postgres"))
-        .then(faena_store::harness::Postgres::start);
+    let pg =
+        (std::env::var("FAENA_BENCH_STORE").as_deref() == Ok("postgres")).then(faena_store::harness::Postgres::start);
     if let Some(pg) = &pg {
         extra.push(("FAENA_STORE_URL".to_owned(), pg.url()));
         println!("store: PostgreSQL on 127.0.0.1:{}", pg.port);
     }
-    let opts = MasterOpts {
-        extra,
-        heartbeat_ms: 2000,
-        ..MasterOpts::default()
-    };
+    let opts = MasterOpts { extra, heartbeat_ms: 2000, ..MasterOpts::default() };
     let mut c = Cluster::start(opts).await;
     c.add_worker("bench-1", WORKER_SLOTS).await;
     c.add_worker("bench-2", WORKER_SLOTS).await;
