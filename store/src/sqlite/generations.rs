@@ -252,15 +252,21 @@ impl Layout {
 /// it at once instead of trying each newer generation first. Only hints:
 /// a job not found where its hint says (moved, or the hint lost with a
 /// failed commit group) is looked for in every generation.
-#[derive(Debug, Default)]
-pub(crate) struct Hints(HashMap<JobId, i64>);
+#[derive(Debug)]
+pub(crate) struct Hints(HashMap<JobId, i64>, usize);
+
+impl Default for Hints {
+    fn default() -> Self {
+        Self(HashMap::new(), MAX_HINTS)
+    }
+}
 
 /// Most hints kept: past it they are forgotten (and jobs looked for).
 const MAX_HINTS: usize = 2_000_000;
 
 impl Hints {
     pub(crate) fn stored(&mut self, id: JobId, generation: i64) {
-        if self.0.len() >= MAX_HINTS {
+        if self.0.len() >= self.1 {
             self.0.clear();
         }
         self.0.insert(id, generation);
@@ -286,5 +292,25 @@ impl Retention {
     /// the retention period, so jobs outlive it by at most that.
     pub(crate) fn generation_span(&self) -> Option<Duration> {
         self.age.map(|age| (age / 16).max(Duration::from_secs(1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_are_bounded_and_only_hints() {
+        let mut hints = Hints(HashMap::new(), 3);
+        let ids: Vec<JobId> = (0..5).map(|_| JobId::new()).collect();
+        for (g, id) in ids.iter().enumerate() {
+            hints.stored(*id, g as i64);
+            assert!(hints.0.len() <= 3, "never more than the bound");
+        }
+        // Past the bound they were forgotten, not the newest.
+        assert_eq!(hints.0.get(&ids[4]), Some(&4));
+        hints.finished(ids[4]);
+        assert_eq!(hints.0.keys().collect::<Vec<_>>(), [&ids[3]]);
+        assert_eq!(Hints::default().1, MAX_HINTS);
     }
 }
