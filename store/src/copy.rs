@@ -13,7 +13,8 @@ use tokio_postgres::{Config, NoTls};
 use uuid::Uuid;
 
 use crate::StoreError;
-use crate::sqlite::generations::{Layout, listed};
+use crate::pg::write::{INSERT, RECORD};
+use crate::sqlite::generations::{JOB_COLUMNS, Layout, listed};
 
 /// How far a copy got.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,8 +38,6 @@ impl CopyReport {
         self.source_jobs == self.target_jobs && self.source_history == self.target_history
     }
 }
-
-const JOB_COLUMNS: &str = "rowid, id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of";
 
 type JobRow = (
     i64,
@@ -84,7 +83,7 @@ pub async fn copy(
     // Every generation's jobs, in row-id order (unique across them).
     let union = gens
         .iter()
-        .map(|(j, _)| format!("SELECT {JOB_COLUMNS} FROM {j} WHERE rowid > ?1"))
+        .map(|(j, _)| format!("SELECT rowid, {JOB_COLUMNS} FROM {j} WHERE rowid > ?1"))
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
     let select = format!("SELECT * FROM ({union}) ORDER BY rowid LIMIT ?2");
@@ -186,13 +185,8 @@ fn uuid(s: &str) -> Result<Uuid, StoreError> {
 }
 
 async fn insert_jobs(tx: &tokio_postgres::Transaction<'_>, rows: &[JobRow]) -> Result<(), StoreError> {
-    let stmt = tx
-        .prepare(
-            "INSERT INTO jobs (row_id, id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of)
-             SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::int8[], $15::uuid[], $16::uuid[])
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .await?;
+    // The writer's own statement; a job copied by an earlier run is skipped.
+    let stmt = tx.prepare(&format!("{INSERT} ON CONFLICT (id) DO NOTHING")).await?;
     let ids = rows.iter().map(|r| uuid(&r.1)).collect::<Result<Vec<_>, _>>()?;
     let opt = |v: &Option<String>| v.as_deref().map(uuid).transpose();
     let parents = rows.iter().map(|r| opt(&r.14)).collect::<Result<Vec<_>, _>>()?;
@@ -237,12 +231,7 @@ async fn insert_history(tx: &tokio_postgres::Transaction<'_>, rows: &[HistoryRow
     let attempts: Vec<i32> = rows.iter().map(|r| r.3).collect();
     let workers: Vec<Option<&str>> = rows.iter().map(|r| r.4.as_deref()).collect();
     let details: Vec<Option<&str>> = rows.iter().map(|r| r.5.as_deref()).collect();
-    tx.execute(
-        "INSERT INTO transitions (job_id, at, state, attempt, worker, detail)
-         SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::text[], $6::text[])",
-        &[&ids, &at, &states, &attempts, &workers, &details],
-    )
-    .await?;
+    tx.execute(RECORD, &[&ids, &at, &states, &attempts, &workers, &details]).await?;
     Ok(())
 }
 

@@ -50,6 +50,8 @@ pub enum StoreError {
     Encode(#[from] serde_json::Error),
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("a store file: {0}")]
+    File(#[source] std::io::Error),
     #[error("copying the store: {0}")]
     Copy(String),
     #[error("postgres connection pool: {0}")]

@@ -90,7 +90,7 @@ impl MiningDb {
     /// The SQLite file at `path`, made its owner's alone (it holds pool
     /// passwords), whatever the umask.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        faena_common::secrets::ensure_private(path).map_err(|e| StoreError::Copy(e.to_string()))?;
+        faena_common::secrets::ensure_private(path).map_err(StoreError::File)?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "busy_timeout", 5000)?;

@@ -17,7 +17,7 @@ use crate::{Retention, StoreError};
 pub(crate) mod list;
 pub(crate) mod read;
 mod schema;
-mod write;
+pub(crate) mod write;
 
 pub(crate) use write::Writer;
 

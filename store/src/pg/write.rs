@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::writer::Apply;
 use crate::{Retention, StoreError, StoreOp};
 
-const INSERT: &str = "INSERT INTO jobs (row_id, id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of)
+pub(crate) const INSERT: &str = "INSERT INTO jobs (row_id, id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of)
     SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::int8[], $15::uuid[], $16::uuid[])";
 
 const UPDATE: &str = "UPDATE jobs AS j SET
@@ -29,7 +29,7 @@ const UPDATE: &str = "UPDATE jobs AS j SET
         AS u(id, priority, state, set_worker, worker, set_rest, attempts, token, result, error, finished_at)
     WHERE j.id = u.id";
 
-const RECORD: &str = "INSERT INTO transitions (job_id, at, state, attempt, worker, detail)
+pub(crate) const RECORD: &str = "INSERT INTO transitions (job_id, at, state, attempt, worker, detail)
     SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::text[], $6::text[])";
 
 /// One batch of retention: the oldest finished jobs up to a row id (`$1`),
