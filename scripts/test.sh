@@ -45,6 +45,12 @@ need_packages promtool:prometheus
 promtool check config monitoring/prometheus.yml
 promtool test rules monitoring/alerts.test.yml
 
+# CI builds once from a clean clone: incremental state would only take disk.
+if [ -n "${CI:-}" ]; then
+  export CARGO_INCREMENTAL=0
+fi
+df -h . /tmp | sed 's/^/disk: /'
+
 # Lints are law: formatting and clippy (warnings are errors) before any test.
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
