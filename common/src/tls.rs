@@ -71,6 +71,25 @@ fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
+/// The roots a client trusts: the CA certificates in `ca_file`, or the
+/// system's roots when there is none.
+pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in certs("CA certificate", path)? {
+                roots.add(cert).map_err(|e| TlsError::Config(format!("CA certificate in {}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    Ok(roots)
+}
+
 impl TlsArgs {
     /// The CA file's PEM, when one is set.
     pub fn ca_pem(&self) -> Result<Option<Vec<u8>>, TlsError> {
@@ -94,21 +113,7 @@ impl TlsArgs {
 
     /// What a client trusts: the CA file, or the system's roots.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
-        let mut roots = RootCertStore::empty();
-        match &self.tls_ca_file {
-            Some(path) => {
-                for cert in certs("CA certificate", path)? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| TlsError::Config(format!("CA certificate in {}: {e}", path.display())))?;
-                }
-            }
-            None => {
-                for cert in rustls_native_certs::load_native_certs().certs {
-                    let _ = roots.add(cert);
-                }
-            }
-        }
+        let roots = roots(self.tls_ca_file.as_deref())?;
         let config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?

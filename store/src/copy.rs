@@ -6,10 +6,8 @@
 //! the counts on both sides are compared. Run it with the master stopped.
 
 use std::path::Path;
-use std::str::FromStr;
 
 use rusqlite::Connection;
-use tokio_postgres::{Config, NoTls};
 use uuid::Uuid;
 
 use crate::StoreError;
@@ -76,7 +74,8 @@ pub async fn copy(
     let source = crate::sqlite::open(from, crate::SyncMode::Normal)?;
     Layout::open(&source, faena_proto::mqtt::now_ms() as i64)?;
     drop(crate::Store::connect(to, crate::Retention::OFF).await?);
-    let (mut client, conn) = Config::from_str(to)?.connect(NoTls).await?;
+    let target = crate::pg::tls::parse(to)?;
+    let (mut client, conn) = target.config.connect(target.tls).await?;
     let driver = tokio::spawn(conn);
     let mut report = CopyReport::default();
     let gens = listed(&source)?;

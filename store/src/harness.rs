@@ -22,6 +22,8 @@ pub struct Postgres {
     pub port: u16,
     password: String,
     running: bool,
+    /// Serves TLS with a certificate signed by [`Postgres::ca_file`].
+    tls: bool,
 }
 
 /// Where Debian keeps the server's binaries: `FAENA_TEST_PG_BIN`, else the
@@ -52,10 +54,20 @@ fn free_port() -> u16 {
 impl Postgres {
     /// `initdb`, then starts the server and makes the `faena` database.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// The same, serving TLS (and plain TCP) with a certificate for
+    /// `names` signed by a CA of its own ([`Postgres::ca_file`]).
+    pub fn start_tls(names: &[&str]) -> Self {
+        Self::start_with(Some(names))
+    }
+
+    fn start_with(tls_names: Option<&[&str]>) -> Self {
         let bin = bin_dir().expect("PostgreSQL's server binaries (Debian: apt install postgresql)");
         let dir = tempfile::Builder::new().prefix("faena-pg-").tempdir().expect("temp dir");
         let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
-        let pg = Self { dir, bin, port: free_port(), password, running: false };
+        let pg = Self { dir, bin, port: free_port(), password, running: false, tls: false };
         std::fs::write(pg.dir.path().join("pwfile"), format!("{}\n", pg.password)).expect("password file");
         std::fs::create_dir_all(pg.socket_dir()).expect("socket dir");
         if is_root() {
@@ -79,6 +91,10 @@ impl Postgres {
         ];
         check("initdb", pg.run("initdb", &args));
         let mut pg = pg;
+        pg.tls = tls_names.is_some();
+        if let Some(names) = tls_names {
+            pg.make_certificates(names);
+        }
         pg.resume();
         let socket = pg.socket_dir();
         let port = pg.port.to_string();
@@ -93,6 +109,33 @@ impl Postgres {
         ];
         check("createdb", pg.run_client("createdb", &createdb));
         pg
+    }
+
+    /// The CA certificate (PEM) the server's certificate is signed by.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn make_certificates(&self, names: &[&str]) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "Faena test store CA");
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key")).expect("CA certificate");
+        let key = KeyPair::generate().expect("key");
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let cert = CertificateParams::new(names).expect("parameters").signed_by(&key, &ca).expect("certificate");
+        std::fs::write(self.ca_file(), ca.pem()).expect("CA file");
+        let data = self.data_dir();
+        std::fs::write(data.join("server.crt"), cert.pem()).expect("certificate file");
+        let key_file = data.join("server.key");
+        std::fs::write(&key_file, key.serialize_pem()).expect("key file");
+        std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("key mode");
+        if is_root() {
+            for f in ["server.crt", "server.key"] {
+                check("chown", Command::new("chown").arg("postgres:postgres").arg(data.join(f)).output());
+            }
+        }
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -120,9 +163,10 @@ impl Postgres {
         let data = self.data_dir();
         let log = self.dir.path().join("server.log");
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on{}",
             self.port,
-            self.socket_dir().display()
+            self.socket_dir().display(),
+            if self.tls { " -c ssl=on" } else { "" }
         );
         let args: Vec<&std::ffi::OsStr> = vec![
             "-D".as_ref(),

@@ -54,6 +54,10 @@ pub enum StoreError {
     File(#[source] std::io::Error),
     #[error("copying the store: {0}")]
     Copy(String),
+    #[error("the store is led by a newer epoch than this master's {epoch}: its writes are refused")]
+    Fenced { epoch: i64 },
+    #[error("TLS to postgres: {0}")]
+    Tls(String),
     #[error("postgres connection pool: {0}")]
     Pool(String),
     #[error("the store's schema is version {found}, newer than this build knows ({known}): run a newer master")]
@@ -97,6 +101,8 @@ pub struct Store {
     reader: Reader,
     healthy: Arc<AtomicBool>,
     retention: Retention,
+    /// The leader's epoch the writer fences each group with (PostgreSQL).
+    fence: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -110,18 +116,35 @@ impl Store {
     /// generations (what [`Store::prune`] drops).
     pub fn open(path: &Path, sync: SyncMode, retention: Retention) -> Result<Self, StoreError> {
         let (writer, reader) = sqlite::open_store(path, sync, retention)?;
-        Self::start(writer, Reader::Sqlite(Arc::new(Mutex::new(reader)), path.into()), retention)
+        let fence = Arc::new(std::sync::atomic::AtomicI64::new(pg::write::UNFENCED));
+        Self::start(writer, Reader::Sqlite(Arc::new(Mutex::new(reader)), path.into()), retention, fence)
     }
 
     /// Connects to the PostgreSQL store at `url` (`postgres://…`),
     /// migrating its schema first.
     pub async fn connect(url: &str, retention: Retention) -> Result<Self, StoreError> {
-        let (writer, pool) = pg::open_store(url, retention).await?;
-        Self::start(writer, Reader::Postgres(pool), retention)
+        let fence = Arc::new(std::sync::atomic::AtomicI64::new(pg::write::UNFENCED));
+        let (writer, pool) = pg::open_store(url, retention, fence.clone()).await?;
+        Self::start(writer, Reader::Postgres(pool), retention, fence)
+    }
+
+    /// Fences every group committed from now on with the leader's `epoch`
+    /// (PostgreSQL): in the group's own transaction the writer holds the
+    /// leader's row shared and checks the epoch is still `epoch`; once
+    /// another master has taken a newer one, every write of this store is
+    /// refused whole ([`StoreError::Fenced`]), never applied in part. A
+    /// SQLite store has one master and nothing to fence: it ignores this.
+    pub fn fence(&self, epoch: i64) {
+        self.fence.store(epoch, Ordering::Relaxed);
     }
 
     /// Starts the writer thread on `backend`.
-    fn start(backend: impl writer::Apply, reader: Reader, retention: Retention) -> Result<Self, StoreError> {
+    fn start(
+        backend: impl writer::Apply,
+        reader: Reader,
+        retention: Retention,
+        fence: Arc<std::sync::atomic::AtomicI64>,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel();
         let healthy = Arc::new(AtomicBool::new(true));
         let flag = healthy.clone();
@@ -129,7 +152,7 @@ impl Store {
             .name("faena-store".into())
             .spawn(move || writer::run(backend, rx, flag))
             .map_err(StoreError::Spawn)?;
-        Ok(Self { tx, reader, healthy, retention })
+        Ok(Self { tx, reader, healthy, retention, fence })
     }
 
     /// Runs a read on SQLite's read connection, off the async threads.

@@ -150,7 +150,7 @@ async fn postgres_migrates_once_under_a_lock_and_refuses_a_newer_schema() {
     let url = pg.url();
     let (a, b) = tokio::join!(Store::connect(&url, Retention::OFF), Store::connect(&url, Retention::OFF));
     let (a, _b) = (a.expect("first"), b.expect("second"));
-    assert_eq!(pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"), "1,2,3");
+    assert_eq!(pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"), "1,2,3,4");
     let id = JobId::new();
     noop(&a, id, 0);
     wait_commit(&a).await;
@@ -324,4 +324,37 @@ async fn a_sqlite_store_copies_into_postgres_resumably() {
     wait_commit(&theirs).await;
     let err = crate::copy::copy(&path, &other.url(), 7, None, |_| {}).await.expect_err("refused");
     assert!(err.to_string().contains("not this store's"), "{err}");
+}
+
+/// A deposed leader's writes are refused whole: once another master holds
+/// a newer epoch, a group fenced with the old one applies nothing (no job,
+/// no history row), and whoever waits on it is told why.
+#[tokio::test]
+async fn a_group_fenced_with_an_old_epoch_is_refused_whole() {
+    let pg = crate::harness::Postgres::start();
+    let store = Store::connect(&pg.url(), Retention::OFF).await.expect("connects");
+    pg.sql("UPDATE faena_leader SET epoch = 7");
+    store.fence(7);
+    let first = JobId::new();
+    noop(&store, first, 0);
+    wait_commit(&store).await;
+    // Another master takes over.
+    pg.sql("UPDATE faena_leader SET epoch = 8, holder = 'another'");
+    let late = JobId::new();
+    noop(&store, late, 1);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store.after_commit(move |r| {
+        let _ = tx.send(r);
+    });
+    let failed = rx.await.expect("told").expect_err("refused");
+    assert!(matches!(*failed.0, StoreError::Fenced { epoch: 7 }), "{:?}", failed.0);
+    assert!(store.get(first).await.expect("reads").is_some());
+    assert_eq!(store.get(late).await.expect("reads"), None);
+    assert_eq!(pg.sql(&format!("SELECT count(*) FROM transitions WHERE job_id = '{late}'")), "0");
+    // Fenced with the epoch the store holds now, it writes again.
+    store.fence(8);
+    let again = JobId::new();
+    noop(&store, again, 2);
+    wait_commit(&store).await;
+    assert!(store.get(again).await.expect("reads").is_some());
 }

@@ -88,6 +88,27 @@ pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc
                     let _ = reply.send(n);
                 }
             }
+            Err(StoreError::Fenced { epoch }) => {
+                // Another master leads: what this one decided is not the
+                // store's any more. Refused whole, told to whoever waits;
+                // never retried.
+                tracing::warn!(
+                    epoch,
+                    changes = group.ops.len(),
+                    "the store refused this master's writes: another master leads (newer epoch)"
+                );
+                group.ops.clear();
+                let failed = CommitFailed(Arc::new(StoreError::Fenced { epoch }));
+                for cb in group.callbacks.drain(..) {
+                    cb(Err(failed.clone()));
+                }
+                for reply in group.prunes.drain(..) {
+                    let _ = reply.send(Err(StoreError::Fenced { epoch }));
+                }
+                if closed {
+                    return;
+                }
+            }
             Err(e) if closed => {
                 tracing::error!(error = %e, changes = group.ops.len(), "the store could not commit before the master stopped; these changes are lost and their jobs run again after a restart");
                 let failed = CommitFailed(Arc::new(e));

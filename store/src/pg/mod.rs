@@ -4,19 +4,19 @@
 //! (`write.rs`), whatever the number of jobs in it; reads come from a
 //! small pool. The schema is migrated at start, under a lock (`schema.rs`).
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use faena_proto::api::JobView;
 use faena_proto::ids::JobId;
-use tokio_postgres::{Config, NoTls, Row};
+use tokio_postgres::Row;
 
 use crate::{Retention, StoreError};
 
 pub(crate) mod list;
 pub(crate) mod read;
 mod schema;
+pub(crate) mod tls;
 pub(crate) mod write;
 
 pub(crate) use write::Writer;
@@ -31,23 +31,27 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connects to the store at `url`, brings its schema up to date, and
 /// returns its writer and the readers' pool.
-pub(crate) async fn open_store(url: &str, retention: Retention) -> Result<(Writer, Pool), StoreError> {
-    let mut config = Config::from_str(url)?;
+pub(crate) async fn open_store(
+    url: &str,
+    retention: Retention,
+    fence: std::sync::Arc<std::sync::atomic::AtomicI64>,
+) -> Result<(Writer, Pool), StoreError> {
+    let tls::Target { mut config, tls } = tls::parse(url)?;
     config.application_name("faena-master");
     // A server that does not answer is a failure to retry, not a hang.
     config.connect_timeout(CONNECT_TIMEOUT);
     config.keepalives_idle(Duration::from_secs(10));
     // Notices ("already exists, skipping") are not news for the log.
     config.options(format!("-c statement_timeout={} -c client_min_messages=warning", STATEMENT_TIMEOUT.as_millis()));
-    let (mut client, conn) = config.connect(NoTls).await?;
+    let (mut client, conn) = config.connect(tls.clone()).await?;
     let driver = tokio::spawn(conn);
     schema::migrate(&mut client).await?;
     drop(client);
     let _ = driver.await;
     let manager =
-        Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        Manager::from_config(config.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
     let pool = Pool::builder(manager).max_size(READERS).build().map_err(|e| StoreError::Pool(e.to_string()))?;
-    Ok((Writer::new(config, retention)?, pool))
+    Ok((Writer::new(config, tls, retention, fence)?, pool))
 }
 
 /// The columns [`view`] reads, in its order.

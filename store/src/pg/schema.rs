@@ -94,10 +94,21 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         PRIMARY KEY (name, kind)
     );",
     ),
+    (
+        4,
+        "the leader's epoch, which fences the engine's writes",
+        "CREATE TABLE faena_leader (
+        id SMALLINT PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+        epoch BIGINT NOT NULL,
+        holder TEXT,
+        expires_at BIGINT
+    );
+    INSERT INTO faena_leader (id, epoch) VALUES (1, 0);",
+    ),
 ];
 
-/// The newest schema version this build knows.
-pub(crate) const LATEST: i32 = 3;
+/// The newest schema version this build knows: the last migration's.
+pub(crate) const LATEST: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// Applies the migrations the store lacks; refuses a store newer than
 /// this build.
@@ -123,4 +134,15 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     }
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_are_numbered_one_by_one_and_the_latest_is_the_last() {
+        for (i, (version, _, _)) in super::MIGRATIONS.iter().enumerate() {
+            assert_eq!(*version, i as i32 + 1);
+        }
+        assert_eq!(super::LATEST, super::MIGRATIONS.len() as i32);
+    }
 }

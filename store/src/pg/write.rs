@@ -5,9 +5,12 @@
 //! transaction: one round trip and one commit for the whole group.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use faena_proto::ids::JobId;
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Config, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 use crate::writer::Apply;
@@ -44,6 +47,14 @@ const PRUNE: &str = "WITH doomed AS (
     ), history AS (DELETE FROM transitions WHERE job_id IN (SELECT id FROM doomed))
     DELETE FROM jobs WHERE id IN (SELECT id FROM doomed)";
 
+/// Holds the leader's row, shared, for the rest of the transaction: a
+/// takeover (which updates it) waits for this group's commit, and a group
+/// that starts after it finds another epoch and commits nothing.
+const FENCE: &str = "SELECT 1 FROM faena_leader WHERE id = 1 AND epoch = $1 FOR SHARE";
+
+/// [`Writer`]'s fence when no epoch was given: nothing is checked.
+pub(crate) const UNFENCED: i64 = i64::MIN;
+
 /// Jobs deleted per step of retention.
 const PRUNE_BATCH: i64 = 1_000;
 
@@ -55,14 +66,15 @@ struct Conn {
     update: Statement,
     record: Statement,
     prune: Statement,
+    fence: Statement,
 }
 
 /// The writer's connection (made again after a failure) and what it
 /// knows of the store.
-#[derive(Debug)]
 pub(crate) struct Writer {
     rt: tokio::runtime::Runtime,
     config: Config,
+    tls: MakeRustlsConnect,
     conn: Option<Conn>,
     retention: Retention,
     /// The row id the next job gets (read from the store on connecting).
@@ -70,12 +82,19 @@ pub(crate) struct Writer {
     /// The newest job's `created_at` (jobs' `created_at` never goes down
     /// in the order they are stored; listing by `since` relies on it).
     created: i64,
+    /// The leader's epoch each group is fenced with ([`UNFENCED`]: none).
+    fence: Arc<AtomicI64>,
 }
 
 impl Writer {
-    pub(crate) fn new(config: Config, retention: Retention) -> Result<Self, StoreError> {
+    pub(crate) fn new(
+        config: Config,
+        tls: MakeRustlsConnect,
+        retention: Retention,
+        fence: Arc<AtomicI64>,
+    ) -> Result<Self, StoreError> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StoreError::Spawn)?;
-        Ok(Self { rt, config, conn: None, retention, next_row: 1, created: 0 })
+        Ok(Self { rt, config, tls, conn: None, retention, next_row: 1, created: 0, fence })
     }
 }
 
@@ -84,7 +103,7 @@ impl Apply for Writer {
         let rt = &self.rt;
         let result = rt.block_on(async {
             if self.conn.is_none() {
-                let conn = connect(&self.config).await?;
+                let conn = connect(&self.config, &self.tls).await?;
                 let row = conn
                     .client
                     .query_one("SELECT coalesce(max(row_id), 0), coalesce(max(created_at), 0) FROM jobs", &[])
@@ -99,8 +118,24 @@ impl Apply for Writer {
             let group = Group::fold(ops, &mut next_row, &mut created);
             let mut tx = conn.client.transaction().await?;
             let (insert, update, record) = (&conn.insert, &conn.update, &conn.record);
-            // Pipelined: sent together, answered together.
-            tokio::try_join!(group.insert(&tx, insert), group.update(&tx, update), group.record(&tx, record))?;
+            let epoch = self.fence.load(Ordering::Relaxed);
+            let fenced = async {
+                if epoch == UNFENCED {
+                    return Ok(true);
+                }
+                Ok::<_, StoreError>(tx.query_opt(&conn.fence, &[&epoch]).await?.is_some())
+            };
+            // Pipelined: sent together (the fence first), answered together.
+            let (held, ..) = tokio::try_join!(
+                fenced,
+                group.insert(&tx, insert),
+                group.update(&tx, update),
+                group.record(&tx, record)
+            )?;
+            if !held {
+                // Dropped: rolled back, nothing of the group applied.
+                return Err(StoreError::Fenced { epoch });
+            }
             let mut pruned = Vec::with_capacity(prunes);
             for _ in 0..prunes {
                 let sp = tx.savepoint("prune").await?;
@@ -121,7 +156,7 @@ impl Apply for Writer {
             self.created = created;
             Ok(pruned)
         });
-        if result.is_err() {
+        if matches!(result, Err(ref e) if !matches!(e, StoreError::Fenced { .. })) {
             // Whatever failed, the next try starts on a fresh connection.
             self.conn = None;
         }
@@ -129,8 +164,8 @@ impl Apply for Writer {
     }
 }
 
-async fn connect(config: &Config) -> Result<Conn, StoreError> {
-    let (client, connection) = config.connect(NoTls).await?;
+async fn connect(config: &Config, tls: &MakeRustlsConnect) -> Result<Conn, StoreError> {
+    let (client, connection) = config.connect(tls.clone()).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "the store's write connection closed");
@@ -141,6 +176,7 @@ async fn connect(config: &Config) -> Result<Conn, StoreError> {
         update: client.prepare(UPDATE).await?,
         record: client.prepare(RECORD).await?,
         prune: client.prepare(PRUNE).await?,
+        fence: client.prepare(FENCE).await?,
         client,
     })
 }
