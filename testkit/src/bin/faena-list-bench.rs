@@ -1,7 +1,7 @@
 //! `faena-list-bench`: `GET /api/jobs` on a store of 1,000,000 jobs, and
 //! what the listing's indexes cost each write.
 //!
-//! `cargo run --release -p faena-master --bin faena-list-bench -- [jobs] [rounds]`
+//! `cargo run --release -p faena-testkit --bin faena-list-bench -- [jobs] [rounds]`
 //!
 //! 1. Write cost: the same 100,000 jobs (inserted, then finished: what
 //!    every job costs the store) into a store with the listing's indexes
@@ -19,10 +19,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use faena_master::engine::StoreOp;
-use faena_master::store::{JobFilter, Retention, Store, SyncMode};
 use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
+use faena_store::StoreOp;
+use faena_store::{JobFilter, Retention, Store, SyncMode};
 use serde_json::json;
 
 const DAY_MS: u64 = 86_400_000;
