@@ -103,7 +103,17 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         holder TEXT,
         expires_at BIGINT
     );
-    INSERT INTO faena_leader (id, epoch) VALUES (1, 0);",
+    INSERT INTO faena_leader (id, epoch) VALUES (1, 0);
+    -- Holds the leader's row shared for the caller's transaction, and
+    -- fails it (SQLSTATE FA001) unless the epoch is still the store's.
+    CREATE FUNCTION faena_fence(e BIGINT) RETURNS VOID LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM 1 FROM faena_leader WHERE id = 1 AND epoch = e FOR SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'epoch % no longer leads this store', e USING ERRCODE = 'FA001';
+        END IF;
+    END
+    $$;",
     ),
 ];
 

@@ -49,8 +49,24 @@ const PRUNE: &str = "WITH doomed AS (
 
 /// Holds the leader's row, shared, for the rest of the transaction: a
 /// takeover (which updates it) waits for this group's commit, and a group
-/// that starts after it finds another epoch and commits nothing.
-const FENCE: &str = "SELECT 1 FROM faena_leader WHERE id = 1 AND epoch = $1 FOR SHARE";
+/// that starts after it finds another epoch, fails with [`FENCED`] and
+/// commits nothing (`faena_fence`, migration 4).
+const FENCE: &str = "SELECT faena_fence($1)";
+
+/// The SQLSTATE `faena_fence` raises for a deposed epoch.
+const FENCED: &str = "FA001";
+
+/// Checks the fence inside the caller's transaction: [`StoreError::Fenced`]
+/// when `epoch` no longer leads the store; nothing when it is [`UNFENCED`].
+async fn fence(client: &Client, stmt: &Statement, epoch: i64) -> Result<(), StoreError> {
+    if epoch == UNFENCED {
+        return Ok(());
+    }
+    match client.execute(stmt, &[&epoch]).await {
+        Err(e) if e.code().is_some_and(|c| c.code() == FENCED) => Err(StoreError::Fenced { epoch }),
+        other => other.map(drop).map_err(StoreError::from),
+    }
+}
 
 /// [`Writer`]'s fence when no epoch was given: nothing is checked.
 pub(crate) const UNFENCED: i64 = i64::MIN;
@@ -116,26 +132,32 @@ impl Apply for Writer {
             let mut next_row = self.next_row;
             let mut created = self.created;
             let group = Group::fold(ops, &mut next_row, &mut created);
-            let mut tx = conn.client.transaction().await?;
-            let (insert, update, record) = (&conn.insert, &conn.update, &conn.record);
             let epoch = self.fence.load(Ordering::Relaxed);
-            let fenced = async {
-                if epoch == UNFENCED {
-                    return Ok(true);
-                }
-                Ok::<_, StoreError>(tx.query_opt(&conn.fence, &[&epoch]).await?.is_some())
-            };
-            // Pipelined: sent together (the fence first), answered together.
-            let (held, ..) = tokio::try_join!(
-                fenced,
-                group.insert(&tx, insert),
-                group.update(&tx, update),
-                group.record(&tx, record)
-            )?;
-            if !held {
-                // Dropped: rolled back, nothing of the group applied.
-                return Err(StoreError::Fenced { epoch });
+            let (client, insert, update, record) = (&conn.client, &conn.insert, &conn.update, &conn.record);
+            if prunes == 0 {
+                // One round trip: BEGIN, the fence, the group's statements
+                // and COMMIT are sent together and answered together. Any
+                // failure aborts the transaction, and the server takes the
+                // COMMIT that follows as a ROLLBACK: nothing applied.
+                tokio::try_join!(
+                    async { client.batch_execute("BEGIN").await.map_err(StoreError::from) },
+                    fence(client, &conn.fence, epoch),
+                    group.insert(client, insert),
+                    group.update(client, update),
+                    group.record(client, record),
+                    async { client.batch_execute("COMMIT").await.map_err(StoreError::from) },
+                )?;
+                self.next_row = next_row;
+                self.created = created;
+                return Ok(Vec::new());
             }
+            let mut tx = conn.client.transaction().await?;
+            tokio::try_join!(
+                fence(tx.client(), &conn.fence, epoch),
+                group.insert(tx.client(), insert),
+                group.update(tx.client(), update),
+                group.record(tx.client(), record)
+            )?;
             let mut pruned = Vec::with_capacity(prunes);
             for _ in 0..prunes {
                 let sp = tx.savepoint("prune").await?;
@@ -344,7 +366,7 @@ impl Group {
         &mut self.changed[i].1
     }
 
-    async fn insert(&self, tx: &tokio_postgres::Transaction<'_>, stmt: &Statement) -> Result<(), StoreError> {
+    async fn insert(&self, tx: &Client, stmt: &Statement) -> Result<(), StoreError> {
         if self.new.is_empty() {
             return Ok(());
         }
@@ -391,7 +413,7 @@ impl Group {
         Ok(())
     }
 
-    async fn update(&self, tx: &tokio_postgres::Transaction<'_>, stmt: &Statement) -> Result<(), StoreError> {
+    async fn update(&self, tx: &Client, stmt: &Statement) -> Result<(), StoreError> {
         if self.changed.is_empty() {
             return Ok(());
         }
@@ -428,7 +450,7 @@ impl Group {
         Ok(())
     }
 
-    async fn record(&self, tx: &tokio_postgres::Transaction<'_>, stmt: &Statement) -> Result<(), StoreError> {
+    async fn record(&self, tx: &Client, stmt: &Statement) -> Result<(), StoreError> {
         if self.history.is_empty() {
             return Ok(());
         }
