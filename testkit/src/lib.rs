@@ -18,6 +18,7 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod custom;
 pub mod fake_ai;
