@@ -115,6 +115,23 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     END
     $$;",
     ),
+    (
+        5,
+        "the listing's filter indexes: top-level jobs, and kind with state",
+        // `GET /api/jobs` lists top-level jobs (`parent IS NULL`); a mining
+        // job's units are listed by their parent (`jobs_parent`) and need
+        // no room in the filter indexes. `jobs_created` stays whole: the
+        // `since` bound is looked up over every job.
+        "DROP INDEX jobs_state, jobs_kind, jobs_worker, jobs_priority;
+    CREATE INDEX jobs_state ON jobs (state, row_id) WHERE parent IS NULL;
+    CREATE INDEX jobs_kind ON jobs (kind, row_id) WHERE parent IS NULL;
+    CREATE INDEX jobs_worker ON jobs (worker, row_id) WHERE worker IS NOT NULL AND parent IS NULL;
+    CREATE INDEX jobs_priority ON jobs (priority, row_id) WHERE parent IS NULL;
+    -- The pair a dashboard filters by most (failed ai.query jobs): read
+    -- as one range, newest first. Without it the planner, taking kind and
+    -- state as independent, walked every job for a rare pair.
+    CREATE INDEX jobs_kind_state ON jobs (kind, state, row_id) WHERE parent IS NULL;",
+    ),
 ];
 
 /// The newest schema version this build knows: the last migration's.
