@@ -5,17 +5,24 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use faena_store::harness::Postgres;
-use faena_testkit::{Cluster, MasterOpts, eventually, sample, scrape};
+use faena_testkit::{Cluster, MasterOpts, Mosquitto, eventually, sample, scrape};
 use serde_json::{Value, json};
 
-/// A cluster on `pg`, and the directory holding its store URL's file.
-async fn on_postgres(pg: &Postgres) -> (Cluster, tempfile::TempDir) {
+/// `opts` with the store on `pg`, and the directory holding its URL's file.
+fn on_store(pg: &Postgres, opts: MasterOpts) -> (MasterOpts, tempfile::TempDir) {
     // The URL carries the password: given as a file, as a Swarm secret is.
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("store-url");
     std::fs::write(&file, format!("{}\n", pg.url())).expect("url file");
-    let extra = vec![("FAENA_STORE_URL_FILE".to_owned(), file.display().to_string())];
-    (Cluster::start(MasterOpts { extra, ..MasterOpts::default() }).await, dir)
+    let mut extra = opts.extra.clone();
+    extra.push(("FAENA_STORE_URL_FILE".to_owned(), file.display().to_string()));
+    (MasterOpts { extra, ..opts }, dir)
+}
+
+/// A cluster on `pg`, and the directory holding its store URL's file.
+async fn on_postgres(pg: &Postgres) -> (Cluster, tempfile::TempDir) {
+    let (opts, dir) = on_store(pg, MasterOpts::default());
+    (Cluster::start(opts).await, dir)
 }
 
 #[tokio::test]
@@ -165,4 +172,67 @@ async fn mining_sources_live_in_postgres_and_survive_a_restart() {
     c.restart_master().await;
     let (status, v) = c.api.get(&format!("/api/mining/sources/{id}")).await;
     assert_eq!((status.as_u16(), v["kind"].as_str()), (200, Some("daemon")), "{v}");
+}
+
+/// Submits `n` short `noop` jobs in one batch; their ids.
+async fn wave(c: &Cluster, n: usize, tag: &str) -> Vec<String> {
+    let jobs: Vec<Value> =
+        (0..n).map(|i| json!({"kind": "noop", "params": {"payload": format!("{tag} {i}"), "delay_ms": 40}})).collect();
+    let (status, body) = c.api.post("/api/jobs/batch", &json!({"jobs": jobs})).await;
+    assert_eq!(status, 202, "{body}");
+    body["jobs"].as_array().expect("ids").iter().map(|j| j["id"].as_str().expect("id").to_owned()).collect()
+}
+
+/// The chaos drill on PostgreSQL: under a stream of jobs, a worker is
+/// killed with -9, then the master, then the broker (Mosquitto), then the
+/// PostgreSQL server itself. Every job accepted along the way ends once,
+/// succeeded, and the store holds each success once.
+#[tokio::test]
+async fn chaos_on_postgres_loses_nothing_and_runs_nothing_twice() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut broker = Mosquitto::start(tmp.path()).await;
+    let mut pg = Postgres::start();
+    let (opts, _secrets) = on_store(&pg, MasterOpts { broker: broker.broker(), ..MasterOpts::default() });
+    let mut c = Cluster::start(opts).await;
+    for w in ["w1", "w2", "w3"] {
+        c.add_worker(w, 4).await;
+    }
+    c.wait_workers(3).await;
+    let mut ids = wave(&c, 60, "start").await;
+    c.worker("w1").kill9().await;
+    ids.extend(wave(&c, 60, "worker killed").await);
+    c.master().kill9().await;
+    c.restart_master().await;
+    ids.extend(wave(&c, 60, "master killed").await);
+    broker.kill9().await;
+    broker.restart().await;
+    ids.extend(wave(&c, 60, "broker killed").await);
+    pg.kill9();
+    // A submission's commit is what finds the server gone; it waits (or is
+    // told 503) and is counted only if it was accepted.
+    let api = c.api.clone();
+    let during = tokio::spawn(async move { api.submit("noop", json!({"payload": "during"}), None).await });
+    c.api.wait_store_failing().await;
+    pg.resume();
+    let (status, body) = during.await.expect("submits");
+    match status.as_u16() {
+        202 => ids.push(body["id"].as_str().expect("id").to_owned()),
+        503 => assert_eq!(body["error"]["code"], "store_unavailable", "{body}"),
+        other => panic!("a submission while PostgreSQL was away answered {other}: {body}"),
+    }
+    eventually("the store commits again", || {
+        let api = c.api.clone();
+        async move { api.store_healthy().await.then_some(()) }
+    })
+    .await;
+    ids.extend(wave(&c, 60, "postgres killed").await);
+
+    for id in &ids {
+        let job = c.api.wait_final(id).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let history = c.api.history(id).await;
+        assert_eq!(history.iter().filter(|t: &&Value| t["state"] == "succeeded").count(), 1, "{history:?}");
+    }
+    assert_eq!(pg.sql("SELECT count(*) FROM jobs WHERE state = 'succeeded'"), ids.len().to_string());
+    assert_eq!(pg.sql("SELECT count(*) FROM transitions WHERE state = 'succeeded'"), ids.len().to_string());
 }
