@@ -249,6 +249,21 @@ impl Postgres {
         }
     }
 
+    /// Runs SQL as the superuser over the local socket in the background
+    /// (a session that holds a lock for a while); wait on the child.
+    pub fn sql_in_background(&self, statements: &str) -> std::process::Child {
+        let exe = self.bin.join("psql");
+        let exe = if exe.exists() { exe } else { Path::new("psql").to_path_buf() };
+        Command::new(exe)
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-U", USER, "-d", DATABASE, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
+            .arg(statements)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("psql runs")
+    }
+
     /// Client tools live beside the server's in Debian's package.
     fn run_client(&self, tool: &str, args: &[&std::ffi::OsStr]) -> std::io::Result<Output> {
         let exe = self.bin.join(tool);

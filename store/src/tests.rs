@@ -358,3 +358,45 @@ async fn a_group_fenced_with_an_old_epoch_is_refused_whole() {
     wait_commit(&store).await;
     assert!(store.get(again).await.expect("reads").is_some());
 }
+
+/// A statement that runs past the statement timeout (here the URL's own
+/// `options`, 300 ms; 30 s by default) behind a lock another session
+/// holds: the server cancels it, the store reads as unhealthy, and the
+/// group commits by itself once the lock is gone. Nothing is lost.
+#[tokio::test]
+async fn a_statement_timeout_is_retried_until_the_group_commits() {
+    let pg = crate::harness::Postgres::start();
+    let url = format!("{}?options=-c%20statement_timeout%3D300", pg.url());
+    let store = Store::connect(&url, Retention::OFF).await.expect("connects");
+    let first = JobId::new();
+    noop(&store, first, 0);
+    wait_commit(&store).await;
+    let mut locker =
+        pg.sql_in_background("BEGIN; LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(2); COMMIT;");
+    // Held once the session shows the lock granted.
+    while pg.sql(
+        "SELECT count(*) FROM pg_locks WHERE relation = 'jobs'::regclass AND mode = 'AccessExclusiveLock' AND granted",
+    ) != "1"
+    {
+        tokio::task::yield_now().await;
+    }
+    let late = JobId::new();
+    noop(&store, late, 1);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store.after_commit(move |r| {
+        let _ = tx.send(r.is_ok());
+    });
+    let mut saw_unhealthy = false;
+    tokio::pin!(rx);
+    let committed = loop {
+        tokio::select! {
+            r = &mut rx => break r,
+            () = tokio::time::sleep(std::time::Duration::from_millis(20)) => saw_unhealthy |= !store.is_healthy(),
+        }
+    };
+    assert_eq!(committed, Ok(true), "the group commits once the lock is gone");
+    assert!(saw_unhealthy, "the timed-out statement made the store unhealthy meanwhile");
+    assert!(locker.wait().expect("psql").success());
+    assert!(store.get(late).await.expect("reads").is_some());
+    assert!(store.is_healthy());
+}

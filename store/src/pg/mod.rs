@@ -47,8 +47,10 @@ pub(crate) async fn open_store(
     // scan) stayed cached as it grew, until autovacuum's next ANALYZE —
     // 4 ms per finish on a store 40,000 jobs deep. Planning each group
     // anew costs tens of microseconds and sees the table as it is.
+    // The URL's own `options` come last and win (`?options=-c%20statement_timeout%3D5000`).
+    let theirs = config.get_options().map(|o| format!(" {o}")).unwrap_or_default();
     config.options(format!(
-        "-c statement_timeout={} -c client_min_messages=warning -c plan_cache_mode=force_custom_plan",
+        "-c statement_timeout={} -c client_min_messages=warning -c plan_cache_mode=force_custom_plan{theirs}",
         STATEMENT_TIMEOUT.as_millis()
     ));
     let (mut client, conn) = config.connect(tls.clone()).await?;
