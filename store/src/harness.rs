@@ -54,18 +54,30 @@ fn free_port() -> u16 {
 impl Postgres {
     /// `initdb`, then starts the server and makes the `faena` database.
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self::start_with(None, None)
+    }
+
+    /// The same, its directory (data, socket, log) made inside `parent`
+    /// (a small file system of the test's own, say).
+    pub fn start_in(parent: &Path) -> Self {
+        Self::start_with(None, Some(parent))
     }
 
     /// The same, serving TLS (and plain TCP) with a certificate for
     /// `names` signed by a CA of its own ([`Postgres::ca_file`]).
     pub fn start_tls(names: &[&str]) -> Self {
-        Self::start_with(Some(names))
+        Self::start_with(Some(names), None)
     }
 
-    fn start_with(tls_names: Option<&[&str]>) -> Self {
+    fn start_with(tls_names: Option<&[&str]>, parent: Option<&Path>) -> Self {
         let bin = bin_dir().expect("PostgreSQL's server binaries (Debian: apt install postgresql)");
-        let dir = tempfile::Builder::new().prefix("faena-pg-").tempdir().expect("temp dir");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("faena-pg-");
+        let dir = match parent {
+            Some(p) => builder.tempdir_in(p),
+            None => builder.tempdir(),
+        }
+        .expect("temp dir");
         let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
         let pg = Self { dir, bin, port: free_port(), password, running: false, tls: false };
         std::fs::write(pg.dir.path().join("pwfile"), format!("{}\n", pg.password)).expect("password file");
@@ -182,6 +194,14 @@ impl Postgres {
         ];
         check("pg_ctl start", self.run("pg_ctl", &args));
         self.running = true;
+    }
+
+    /// Whether the server runs (`pg_ctl status`): a server that met a full
+    /// disk may have stopped by itself.
+    pub fn is_up(&self) -> bool {
+        let data = self.data_dir();
+        let args: Vec<&std::ffi::OsStr> = vec!["-D".as_ref(), data.as_os_str(), "status".as_ref()];
+        self.run("pg_ctl", &args).is_ok_and(|o| o.status.success())
     }
 
     /// A clean, fast shutdown (`pg_ctl stop -m fast`): sessions are cut.

@@ -48,7 +48,7 @@ pub enum StoreError {
     Task(#[source] tokio::task::JoinError),
     #[error("encoding a record: {0}")]
     Encode(#[from] serde_json::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_reason(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("a store file: {0}")]
     File(#[source] std::io::Error),
@@ -62,6 +62,15 @@ pub enum StoreError {
     Pool(String),
     #[error("the store's schema is version {found}, newer than this build knows ({known}): run a newer master")]
     Schema { found: i32, known: i32 },
+}
+
+/// What the server said (its SQLSTATE and message: "53100: could not
+/// extend file …: No space left on device"), not only "db error".
+fn pg_reason(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 /// A group commit that failed: every change in it was lost, and whoever

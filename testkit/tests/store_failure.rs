@@ -1,7 +1,8 @@
 //! The job store on a disk that fills up and is freed again (a real tmpfs,
-//! so SQLite meets a real `SQLITE_FULL`): the master claims nothing it did
-//! not store, hands out no work it could not record, retries, and recovers
-//! by itself — every job with exactly one outcome.
+//! so SQLite meets a real `SQLITE_FULL`, and PostgreSQL a real `ENOSPC`):
+//! the master claims nothing it did not store, hands out no work it could
+//! not record, retries, and recovers by itself — every job with exactly
+//! one outcome.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::io::Write;
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use faena_testkit::{Cluster, Listener, MasterOpts, embedded_login};
+use faena_testkit::{Cluster, Listener, MasterOpts, embedded_login, eventually};
 use serde_json::json;
 
 /// A small tmpfs mounted for the test, unmounted when dropped.
@@ -95,4 +96,76 @@ async fn a_full_disk_pauses_the_master_which_loses_nothing_and_recovers_by_itsel
         let states: Vec<_> = history.iter().filter_map(|t| t["state"].as_str()).collect();
         assert_eq!(states, ["queued", "running", "succeeded"], "{history:?}");
     }
+}
+
+/// PostgreSQL's data on a tmpfs that fills up under a stream of jobs: the
+/// server refuses to extend a table or write its WAL (it may even stop
+/// itself, as it does when its WAL cannot be written; a supervisor starts
+/// it again, here the test). The master answers 503 while it lasts and
+/// recovers by itself; every job it accepted succeeds once.
+#[tokio::test]
+async fn a_full_disk_under_postgres_pauses_the_master_which_loses_nothing() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let disk = root.path().join("pg");
+    let _disk = Tmpfs::mount(&disk, "128m");
+    let mut pg = faena_store::harness::Postgres::start_in(&disk);
+    let secrets = tempfile::tempdir().expect("dir");
+    let url_file = secrets.path().join("store-url");
+    std::fs::write(&url_file, pg.url()).expect("url file");
+    let opts = MasterOpts {
+        extra: vec![("FAENA_STORE_URL_FILE".into(), url_file.display().to_string())],
+        ..MasterOpts::default()
+    };
+    let mut c = Cluster::start(opts).await;
+    c.add_worker("w1", 4).await;
+    c.wait_workers(1).await;
+    let filler = fill(&disk);
+
+    // Batches until the store gives out: each accepted batch's ids kept.
+    let api = c.api.clone();
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let submitter = tokio::spawn(async move {
+        let mut accepted: Vec<String> = Vec::new();
+        let mut refused = 0;
+        let body: Vec<_> = (0..200).map(|i| json!({"kind": "noop", "params": {"payload": i}})).collect();
+        while !*stop.borrow_and_update() {
+            let (status, answer) = api.post("/api/jobs/batch", &json!({"jobs": body})).await;
+            match status.as_u16() {
+                202 => accepted.extend(answer["jobs"].as_array().expect("ids").iter().map(|j| j["id"].to_string())),
+                503 => {
+                    assert_eq!(answer["error"]["code"], "store_unavailable", "{answer}");
+                    refused += 1;
+                    let _ = tokio::time::timeout(std::time::Duration::from_millis(100), stop.changed()).await;
+                }
+                other => panic!("a batch answered {other}: {answer}"),
+            }
+        }
+        (accepted, refused)
+    });
+    c.api.wait_store_failing().await;
+    let (status, body) = c.api.submit("noop", json!({}), None).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (503, Some("store_unavailable")), "{body}");
+    let log = c.master_log();
+    assert!(log.contains("No space left on device"), "the server's reason is logged: {log}");
+    std::fs::remove_file(&filler).expect("frees the disk");
+    if !pg.is_up() {
+        pg.resume();
+    }
+    eventually("the store commits again", || {
+        let api = c.api.clone();
+        async move { api.store_healthy().await.then_some(()) }
+    })
+    .await;
+    stop_tx.send(true).expect("stops the submitter");
+    let (accepted, _refused) = submitter.await.expect("submitter");
+    assert!(!accepted.is_empty());
+    for id in &accepted {
+        let id = id.trim_matches('"');
+        let job = c.api.wait_final(id).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let history = c.api.history(id).await;
+        assert_eq!(history.iter().filter(|t| t["state"] == "succeeded").count(), 1, "{history:?}");
+    }
+    assert_eq!(pg.sql("SELECT count(*) FROM jobs WHERE state = 'succeeded'"), accepted.len().to_string());
+    assert!(c.master_log().contains("the store commits again"), "the recovery is logged");
 }
