@@ -10,6 +10,20 @@ use serde_json::json;
 use crate::process::cpu_seconds;
 use crate::{Cluster, eventually};
 
+/// Slots of each of the bench's two workers.
+pub const WORKER_SLOTS: u32 = 128;
+
+/// A master (`extra` settings besides the bench's) and the bench's two
+/// workers, registered.
+pub async fn cluster(extra: Vec<(String, String)>) -> Cluster {
+    let opts = crate::MasterOpts { extra, heartbeat_ms: 2000, ..crate::MasterOpts::default() };
+    let mut c = Cluster::start(opts).await;
+    c.add_worker("bench-1", WORKER_SLOTS).await;
+    c.add_worker("bench-2", WORKER_SLOTS).await;
+    c.wait_workers(2).await;
+    c
+}
+
 /// Jobs per `POST /api/jobs/batch`.
 pub const BATCH: usize = 1_000;
 /// Concurrent clients of the one-by-one phase.

@@ -28,11 +28,9 @@
 
 use std::time::Duration;
 
-use faena_testkit::bench::phases;
+use faena_testkit::bench::{WORKER_SLOTS, cluster, phases};
 use faena_testkit::process::cpu_seconds;
-use faena_testkit::{Cluster, MasterOpts, eventually};
-
-const WORKER_SLOTS: u32 = 128;
+use faena_testkit::{Cluster, eventually};
 
 #[tokio::main]
 async fn main() {
@@ -50,11 +48,7 @@ async fn main() {
         extra.push(("FAENA_STORE_URL".to_owned(), pg.url()));
         println!("store: PostgreSQL on 127.0.0.1:{}", pg.port);
     }
-    let opts = MasterOpts { extra, heartbeat_ms: 2000, ..MasterOpts::default() };
-    let mut c = Cluster::start(opts).await;
-    c.add_worker("bench-1", WORKER_SLOTS).await;
-    c.add_worker("bench-2", WORKER_SLOTS).await;
-    c.wait_workers(2).await;
+    let mut c = cluster(extra).await;
     let pid = c.master().pid();
     println!(
         "faena-bench: {jobs} noop jobs, 2 workers x {WORKER_SLOTS} slots, store sync={sync}, {} cores",

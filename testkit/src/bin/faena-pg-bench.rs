@@ -17,10 +17,7 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use faena_store::harness::Postgres;
-use faena_testkit::bench::{Figures, phases};
-use faena_testkit::{Cluster, MasterOpts};
-
-const WORKER_SLOTS: u32 = 128;
+use faena_testkit::bench::{Figures, cluster, phases};
 
 /// What one Graphile Worker run printed.
 #[derive(Debug, serde::Deserialize)]
@@ -60,11 +57,7 @@ fn graphile(url: &str, jobs: usize, samples: usize, concurrency: u32) -> Graphil
 
 async fn faena(store_url: Option<String>, jobs: usize, samples: usize) -> Figures {
     let extra = store_url.map(|u| vec![("FAENA_STORE_URL".to_owned(), u)]).unwrap_or_default();
-    let opts = MasterOpts { extra, heartbeat_ms: 2000, ..MasterOpts::default() };
-    let mut c = Cluster::start(opts).await;
-    c.add_worker("bench-1", WORKER_SLOTS).await;
-    c.add_worker("bench-2", WORKER_SLOTS).await;
-    c.wait_workers(2).await;
+    let mut c = cluster(extra).await;
     let pid = c.master().pid();
     phases(&c, pid, "noop", jobs, samples).await
 }
