@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds Faena's binaries (cargo, release) and its Docker images:
-# faena-master, faena-worker, faena-mosquitto (and faena-fake-ai with --test,
+# faena-master, faena-worker, faena-mosquitto, faena-postgres (the store of
+# stack.postgres.yml, from Debian's PostgreSQL 15) (and faena-fake-ai with --test,
 # faena-prometheus with --monitoring).
 #
 #   ./scripts/build.sh [--test] [--monitoring] [--no-cargo]
@@ -40,7 +41,7 @@ if [ "$cargo" = 1 ]; then
   # The whole workspace, as dev.sh and the tests build it: one set of artifacts.
   cargo build --locked --release --workspace --bins
 fi
-for b in faena-master faena-autoscaler faena-worker; do
+for b in faena-master faena-autoscaler faena-worker faena; do
   [ -x "target/release/$b" ] || die "target/release/$b is missing; run without --no-cargo"
 done
 # The worker image carries the default local model, so a stack deployed
@@ -96,6 +97,8 @@ stage() {
       binary faena-master "$ctx/bin"
       # The autoscaler runs from the same image as its own service (stack.autoscale.yml).
       binary faena-autoscaler "$ctx/bin"
+      # The CLI, for what runs beside a master (deploy.sh --move-sqlite-store).
+      binary faena "$ctx/bin"
       mkdir -p "$ctx/web/node_modules/socket.io-client/dist" "$ctx/web/node_modules/uplot/dist"
       cp web/index.html web/app.js web/access.js web/style.css web/dashboard.html web/dashboard.js \
         web/dashboard-charts.js web/dashboard.css "$ctx/web/"
@@ -111,6 +114,10 @@ stage() {
     mosquitto)
       mkdir -p "$ctx/mosquitto"
       cp mosquitto/setup.sh mosquitto/dynamic-security.json.in mosquitto/acl-observer.in mosquitto/mosquitto.conf.in "$ctx/mosquitto/"
+      ;;
+    postgres)
+      mkdir -p "$ctx/postgres"
+      cp postgres/entrypoint.sh "$ctx/postgres/"
       ;;
     fake-ai) binary faena-fake-ai "$ctx/bin" ;;
     prometheus)
@@ -134,7 +141,7 @@ mkdir -p target/docker
 base_image
 prefix=""
 [ -n "${REGISTRY:-}" ] && prefix="${REGISTRY%/}/"
-images=(master worker mosquitto)
+images=(master worker mosquitto postgres)
 [ "$test_images" = 1 ] && images+=(fake-ai)
 [ "$monitoring" = 1 ] && images+=(prometheus)
 env_lines=("FAENA_IMAGE_PREFIX=$prefix")

@@ -2,6 +2,7 @@
 # Deploys (or updates) the Faena stack on this Docker Swarm manager.
 #
 #   ./scripts/deploy.sh [--test] [--monitoring] [--autoscale MIN:MAX] [--gemini-key-file FILE]
+#                       [--store postgres|sqlite] [--store-url-file FILE] [--move-sqlite-store]
 #
 # Initialises a swarm when this node is in none, creates the secrets that are
 # missing — a generated cluster token and broker passwords (master, worker,
@@ -10,6 +11,18 @@
 # images build.sh made. Safe to re-run: existing secrets are kept and only
 # services whose image or settings changed are updated (rolling, one at a time).
 #
+#   --store postgres        the default: jobs, history, mining and live config in
+#                           PostgreSQL — the stack's own (stack.postgres.yml: Debian's
+#                           PostgreSQL 15 on the manager, TLS, a generated password)
+#                           or yours with --store-url-file
+#   --store sqlite          one SQLite file on the manager's master-data volume
+#                           (a one-node swarm; what stacks before PostgreSQL ran)
+#   --store-url-file FILE   your PostgreSQL: a file holding postgres://user:pw@host/db?…
+#                           (sslmode=verify-full&sslrootcert=/run/secrets/faena_tls_ca
+#                           trusts the cluster CA); becomes the faena_store_url secret
+#   --move-sqlite-store     a stack that ran on SQLite moves to PostgreSQL: the master
+#                           stops, `faena store copy` copies its store (resumable: run
+#                           again after a failure), then the master starts on PostgreSQL
 #   --test                  add stack.test.yml (fake Gemini, light-mode workers)
 #   --autoscale MIN:MAX     add stack.autoscale.yml: the master scales the workers
 #                           between MIN and MAX on queue wait and backlog
@@ -35,6 +48,7 @@ cd "$(dirname "$0")/.."
 files=(-c stack.yml)
 gemini_file=${GEMINI_API_KEY_FILE:-}
 api_token_file="" open_api=0
+store=postgres store_url_file="" move_sqlite=0
 while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
@@ -52,6 +66,17 @@ while [ $# -gt 0 ]; do
       shift
       ;;
     --no-api-token) open_api=1 ;;
+    --store)
+      [ $# -ge 2 ] || die "--store needs postgres or sqlite"
+      case "$2" in postgres | sqlite) store=$2 ;; *) die "--store $2: give postgres or sqlite" ;; esac
+      shift
+      ;;
+    --store-url-file)
+      [ $# -ge 2 ] || die "--store-url-file needs a file"
+      store_url_file=$2
+      shift
+      ;;
+    --move-sqlite-store) move_sqlite=1 ;;
     --gemini-key-file)
       [ $# -ge 2 ] || die "--gemini-key-file needs a file"
       gemini_file=$2
@@ -63,6 +88,14 @@ while [ $# -gt 0 ]; do
 done
 [ -z "$gemini_file" ] || [ -r "$gemini_file" ] || die "cannot read the Gemini key file $gemini_file"
 [ -z "$api_token_file" ] || [ -r "$api_token_file" ] || die "cannot read the API token file $api_token_file"
+[ -z "$store_url_file" ] || [ -r "$store_url_file" ] || die "cannot read the store URL file $store_url_file"
+if [ "$store" = sqlite ]; then
+  [ -z "$store_url_file" ] || die "--store-url-file names a PostgreSQL store; it does not go with --store sqlite"
+  [ "$move_sqlite" = 0 ] || die "--move-sqlite-store moves into PostgreSQL; it does not go with --store sqlite"
+else
+  files+=(-c stack.store.yml)
+  [ -n "$store_url_file" ] || files+=(-c stack.postgres.yml)
+fi
 
 need_docker
 need_swarm
@@ -76,6 +109,9 @@ if [ -n "${REGISTRY:-}" ]; then
   export FAENA_IMAGE_PREFIX="${REGISTRY%/}/"
 else
   need_images master worker mosquitto
+  if [[ " ${files[*]} " == *" stack.postgres.yml "* ]]; then
+    need_images postgres
+  fi
   if [[ " ${files[*]} " == *" stack.test.yml "* ]]; then
     need_images fake-ai
   fi
@@ -115,7 +151,8 @@ done
 # TLS between the stack's services: a cluster CA and the master's and the
 # broker's certificates (scripts/make-certs.sh; the CA's key stays in
 # FAENA_TLS_DIR, default .faena-tls, to sign more later).
-if ! docker secret inspect "${FAENA_STACK}_tls_ca" >/dev/null 2>&1; then
+if ! docker secret inspect "${FAENA_STACK}_tls_ca" >/dev/null 2>&1 ||
+  ! docker secret inspect "${FAENA_STACK}_tls_postgres_cert" >/dev/null 2>&1; then
   FAENA_STACK=$FAENA_STACK ./scripts/make-certs.sh --out "${FAENA_TLS_DIR:-.faena-tls}" --secrets >&2
 fi
 # The API token: given, generated, or (--no-api-token) empty, which leaves the API open.
@@ -145,9 +182,21 @@ elif printf '\n' | create_secret "${FAENA_STACK}_gemini_api_key"; then
   say "no Gemini key given: created an empty ${FAENA_STACK}_gemini_api_key (workers offer no Gemini)"
 fi
 
-say "deploying stack '$FAENA_STACK' from $(printf '%s ' "${files[@]}" | sed 's/-c //g')"
-docker stack deploy --resolve-image "$resolve" --prune "${files[@]}" "$FAENA_STACK" 2>&1 |
-  grep -v -e '^Since --detach=false' -e '^In a future release, --detach=false' >&2 || true
+. scripts/lib/store.sh
+if [ "$store" = postgres ]; then
+  store_secrets
+  [ "$move_sqlite" = 1 ] || refuse_sqlite_switch
+fi
+
+stack_deploy() {
+  say "deploying stack '$FAENA_STACK' from $(printf '%s ' "${files[@]}" | sed 's/-c //g')"
+  docker stack deploy --resolve-image "$resolve" --prune "${files[@]}" "$FAENA_STACK" 2>&1 |
+    grep -v -e '^Since --detach=false' -e '^In a future release, --detach=false' >&2 || true
+}
+if [ "$move_sqlite" = 1 ]; then
+  move_sqlite_store
+fi
+stack_deploy
 cat >&2 <<MSG
 
   Stack '$FAENA_STACK' deployed. Next:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end test of the Swarm stack on this machine, from a Docker engine and
-# nothing else of Faena's: build, deploy, verify, re-run build and deploy
+# nothing else of Faena's: build, deploy on SQLite, verify, re-run build and deploy
 # (nothing changes), run RandomX and AI jobs (AI against the fake Gemini
-# service of stack.test.yml), scale to 5 workers (monitor.sh shows them), kill
+# service of stack.test.yml), move the stack's store into its own PostgreSQL
+# (deploy.sh --move-sqlite-store: every job moves with it), kill the
+# PostgreSQL container under load (nothing lost), scale to 5 workers (monitor.sh shows them), kill
 # a worker container mid-job, scale down to 2 mid-job, read the JSON log
 # lines, check that anonymous MQTT is refused, redeploy with the autoscaler
 # and Prometheus (a burst of slow jobs scales 2 -> 5 and back to 2, every
@@ -131,8 +133,8 @@ docker service ls --filter "label=com.docker.stack.namespace=$FAENA_STACK" -q | 
 step "build.sh --test --monitoring (binaries, images)"
 ./scripts/build.sh --test --monitoring
 
-step "deploy.sh --test (secrets, stack)"
-GEMINI_API_KEY="e2e-test-key-$(date +%s)" FAENA_WORKERS=2 ./scripts/deploy.sh --test
+step "deploy.sh --test --store sqlite (secrets, stack)"
+GEMINI_API_KEY="e2e-test-key-$(date +%s)" FAENA_WORKERS=2 ./scripts/deploy.sh --test --store sqlite
 
 step "verify.sh (converge, health, one job per kind)"
 ./scripts/verify.sh --timeout 300
@@ -156,7 +158,7 @@ templates() {
 }
 before=$(templates)
 ./scripts/build.sh --test --no-cargo 2>&1 | grep -q 'building' && fail "build.sh rebuilt an image nothing changed in"
-GEMINI_API_KEY="ignored-when-the-secret-exists" FAENA_WORKERS=2 ./scripts/deploy.sh --test
+GEMINI_API_KEY="ignored-when-the-secret-exists" FAENA_WORKERS=2 ./scripts/deploy.sh --test --store sqlite
 after=$(templates)
 [ "$before" = "$after" ] || fail "deploy.sh changed task templates although nothing changed (tasks would restart)"
 
@@ -199,6 +201,76 @@ exec 3<&- 3>&-
 echo "$answer" | jq -e '.id == 1 and (.error.message | test("no mining source"))' >/dev/null ||
   fail "Stratum login: $answer"
 echo "  login answered: $(echo "$answer" | jq -c .error)" >&2
+
+step "a stack on SQLite does not switch to an empty PostgreSQL store by itself"
+if FAENA_WORKERS=2 ./scripts/deploy.sh --test >"$work/switch.out" 2>&1; then
+  fail "deploy.sh switched the store without moving it: $(cat "$work/switch.out")"
+fi
+grep -q -- '--move-sqlite-store' "$work/switch.out" || fail "deploy.sh refused without saying how to move: $(cat "$work/switch.out")"
+
+step "deploy.sh --move-sqlite-store: the store moves into the stack's PostgreSQL"
+before=$(api_curl -fsS "$(api '/api/jobs?limit=100')" | jq -c '[.jobs[] | {id, state}] | sort_by(.id)')
+[ "$(echo "$before" | jq length)" -ge 4 ] || fail "fewer jobs than were run: $before"
+FAENA_WORKERS=2 ./scripts/deploy.sh --test --move-sqlite-store
+./scripts/verify.sh --timeout 300 >/dev/null
+after=$(api_curl -fsS "$(api '/api/jobs?limit=100')" | jq -c '[.jobs[] | {id, state}] | sort_by(.id)')
+# verify.sh ran one job per kind on the new store; every earlier one is there as it was.
+echo "$before" | jq -e --argjson after "$after" 'all(.[]; . as $j | $after | index([$j]))' >/dev/null ||
+  fail "jobs did not move: before $before, after $after"
+pg=$(docker ps -q --filter "label=com.docker.swarm.service.name=${FAENA_STACK}_postgres" | head -n 1)
+[ -n "$pg" ] || fail "no running postgres container"
+pg_sql() {
+  docker exec -u postgres "$pg" psql -d faena -tAc "$1"
+}
+rows=$(pg_sql "SELECT count(*) FROM jobs")
+[ "$rows" -ge "$(echo "$after" | jq length)" ] || fail "PostgreSQL holds $rows jobs, the API lists $(echo "$after" | jq length)"
+# The master's connections are TLS (hostssl only, verify-full against the cluster CA).
+plain=$(pg_sql "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = 'faena' AND NOT s.ssl")
+tls=$(pg_sql "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = 'faena' AND s.ssl")
+if [ "$plain" != 0 ] || [ "$tls" -lt 1 ]; then
+  fail "the master's store connections: $tls over TLS, $plain in the clear"
+fi
+echo "  $(echo "$before" | jq length) jobs moved; PostgreSQL holds $rows; $tls TLS connections from the master" >&2
+
+step "kill the PostgreSQL container under load (503 while it is away, nothing lost)"
+load=()
+for i in $(seq 40); do
+  load+=("$(post_job '{"kind": "noop", "params": {"delay_ms": 200, "payload": '"$i"'}}')")
+done
+docker kill "$pg" >/dev/null
+# A submission's commit finds the server gone; it waits for the store (in
+# the background here) while the master answers others 503.
+api_curl -s -o "$work/first.json" -w '%{http_code}' -XPOST "$(api /api/jobs)" -H 'content-type: application/json' \
+  -d '{"kind": "noop", "params": {"payload": "first after the kill"}}' >"$work/first.code" &
+first_pid=$!
+store=""
+for _ in $(seq 240); do
+  store=$(web_curl -s "$(api /healthz)" | jq -r .store 2>/dev/null || true)
+  [ "$store" = false ] && break
+  sleep 0.25
+done
+[ "$store" = false ] || fail "the master never said the store was unavailable"
+code=$(api_curl -s -o "$work/during.json" -w '%{http_code}' -XPOST "$(api /api/jobs)" -H 'content-type: application/json' \
+  -d '{"kind": "noop", "params": {"payload": "during"}}' || true)
+case "$code" in
+  503) jq -e '.error.code == "store_unavailable"' "$work/during.json" >/dev/null || fail "503 without store_unavailable: $(cat "$work/during.json")" ;;
+  202) load+=("$(jq -r .id "$work/during.json")") ;; # the store was back already
+  *) fail "a submit while PostgreSQL was away answered $code: $(cat "$work/during.json")" ;;
+esac
+wait "$first_pid" || true
+case "$(cat "$work/first.code")" in
+  202) load+=("$(jq -r .id "$work/first.json")") ;;
+  503) ;;
+  *) fail "the submission made as PostgreSQL died answered $(cat "$work/first.code"): $(cat "$work/first.json")" ;;
+esac
+unavailable=$([ "$code" = 503 ] && echo 1 || echo 0)
+# Swarm starts a new task on the same volume; the master recovers by itself.
+for id in "${load[@]}"; do
+  job=$(wait_job "$id")
+  echo "$job" | jq -e '.state == "succeeded"' >/dev/null || fail "job $id after the store came back: $job"
+done
+pg=$(docker ps -q --filter "label=com.docker.swarm.service.name=${FAENA_STACK}_postgres" | head -n 1)
+echo "  ${#load[@]} accepted jobs all succeeded; $unavailable submits answered 503 store_unavailable while it was away" >&2
 
 step "scale.sh worker 5 (master lists 5 workers)"
 ./scripts/scale.sh worker 5

@@ -11,7 +11,8 @@
 #   --days N    validity of the certificates (default 825)
 #
 # Files: ca.pem / ca.key (the CA: keep ca.key offline once done), and for
-# each server <name>.pem / <name>.key: master (gRPC), mosquitto (mqtts).
+# each server <name>.pem / <name>.key: master (gRPC), mosquitto (mqtts),
+# postgres (the store's server in stack.postgres.yml).
 # Each certificate names its service (the stack's DNS name), localhost and
 # 127.0.0.1; FAENA_TLS_SANS adds more, e.g. "DNS:faena.example.org,IP:10.0.0.5".
 # Keys are created 0600. An existing CA in DIR is reused, so new server
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --secrets) secrets=true; shift ;;
     --days) days=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "make-certs.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -43,7 +44,7 @@ if [ ! -s "$out/ca.key" ] || [ ! -s "$out/ca.pem" ]; then
   echo "made a new cluster CA: $out/ca.pem"
 fi
 
-for name in master mosquitto; do
+for name in master mosquitto postgres; do
   sans="DNS:$name,DNS:localhost,IP:127.0.0.1${FAENA_TLS_SANS:+,$FAENA_TLS_SANS}"
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -sha256 \
     -keyout "$out/$name.key" -out "$out/$name.csr" -subj "/CN=$name" 2>/dev/null
@@ -53,7 +54,7 @@ for name in master mosquitto; do
   rm -f "$out/$name.csr"
   echo "made $out/$name.pem ($sans)"
 done
-chmod 0644 "$out/ca.pem" "$out/master.pem" "$out/mosquitto.pem"
+chmod 0644 "$out/ca.pem" "$out/master.pem" "$out/mosquitto.pem" "$out/postgres.pem"
 
 if $secrets; then
   stack=${FAENA_STACK:-faena}
@@ -69,4 +70,6 @@ if $secrets; then
   create tls_master_key "$out/master.key"
   create tls_mosquitto_cert "$out/mosquitto.pem"
   create tls_mosquitto_key "$out/mosquitto.key"
+  create tls_postgres_cert "$out/postgres.pem"
+  create tls_postgres_key "$out/postgres.key"
 fi

@@ -14,7 +14,8 @@ IMAGES_ENV=target/docker/images.env
 # as /run/secrets/faena_<name>).
 # shellcheck disable=SC2034 # used by the scripts that source this
 SECRETS=(cluster_token api_token mqtt_master_password mqtt_observer_password gemini_api_key
-  tls_ca tls_master_cert tls_master_key tls_mosquitto_cert tls_mosquitto_key)
+  tls_ca tls_master_cert tls_master_key tls_mosquitto_cert tls_mosquitto_key
+  store_url postgres_password tls_postgres_cert tls_postgres_key)
 
 die() {
   echo "$(basename "$0"): $*" >&2
