@@ -105,16 +105,29 @@ pub struct Cluster {
     pub workers: Vec<Proc>,
     pub token: String,
     pub api: Api,
+    /// The PostgreSQL the store is on when `FAENA_TEST_STORE=postgres`
+    /// (dropped last: after the processes that use it).
+    pub store: Option<faena_store::harness::Postgres>,
 }
 
 pub const TOKEN: &str = "test-cluster-token-0123456789";
 
 impl Cluster {
-    pub async fn start(opts: MasterOpts) -> Self {
+    ///
+    /// With `FAENA_TEST_STORE=postgres` (and no store given in `opts`), the
+    /// master's store is a PostgreSQL of the cluster's own (the store's
+    /// harness), so the same suites run on both backends.
+    pub async fn start(mut opts: MasterOpts) -> Self {
         let dir = tempfile::Builder::new().prefix("faena-test-").tempdir().expect("temp dir");
+        let given = opts.extra.iter().any(|(k, _)| k.starts_with("FAENA_STORE_URL"));
+        let store = (std::env::var("FAENA_TEST_STORE").as_deref() == Ok("postgres") && !given)
+            .then(faena_store::harness::Postgres::start);
+        if let Some(pg) = &store {
+            opts.extra.push(("FAENA_STORE_URL".to_owned(), pg.url()));
+        }
         let (master, addrs) = start_master(dir.path(), &opts, None).await;
         let api = Api::new(&addrs.http);
-        Self { dir, opts, master: Some(master), addrs, workers: vec![], token: TOKEN.into(), api }
+        Self { dir, opts, master: Some(master), addrs, workers: vec![], token: TOKEN.into(), api, store }
     }
 
     /// The same, with a master that answers its API only with `api_token`
