@@ -37,7 +37,10 @@ async fn worker_metric(c: &mut Cluster, id: &str, name: &str, want: f64) {
 async fn publish_config(c: &Cluster, payload: Vec<u8>) {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let port: u16 = c.addrs.mqtt.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-    let mut options = MqttOptions::new("forger", "127.0.0.1", port);
+    // A client id of its own each time, so the previous forger's teardown
+    // (its event loop dropped mid-disconnect) cannot race this connection
+    // under the same id: CI once saw the second one aborted.
+    let mut options = MqttOptions::new(format!("forger-{}", uuid::Uuid::new_v4().simple()), "127.0.0.1", port);
     let (user, password) = embedded_login("faena-master");
     options.set_credentials(user, password);
     let (client, mut el) = AsyncClient::new(options, 10);
