@@ -108,18 +108,7 @@ impl Postgres {
             pg.make_certificates(names);
         }
         pg.resume();
-        let socket = pg.socket_dir();
-        let port = pg.port.to_string();
-        let createdb: Vec<&std::ffi::OsStr> = vec![
-            "-h".as_ref(),
-            socket.as_os_str(),
-            "-p".as_ref(),
-            port.as_ref(),
-            "-U".as_ref(),
-            USER.as_ref(),
-            DATABASE.as_ref(),
-        ];
-        check("createdb", pg.run_client("createdb", &createdb));
+        check("createdb", pg.client("createdb").arg(DATABASE).output());
         pg
     }
 
@@ -235,26 +224,7 @@ impl Postgres {
 
     /// Runs one SQL statement as the superuser, over the local socket.
     pub fn sql(&self, statement: &str) -> String {
-        let socket = self.socket_dir();
-        let port = self.port.to_string();
-        let args: Vec<&std::ffi::OsStr> = vec![
-            "-h".as_ref(),
-            socket.as_os_str(),
-            "-p".as_ref(),
-            port.as_ref(),
-            "-U".as_ref(),
-            USER.as_ref(),
-            "-d".as_ref(),
-            DATABASE.as_ref(),
-            "-X".as_ref(),
-            "-A".as_ref(),
-            "-t".as_ref(),
-            "-v".as_ref(),
-            "ON_ERROR_STOP=1".as_ref(),
-            "-c".as_ref(),
-            statement.as_ref(),
-        ];
-        let out = self.run_client("psql", &args);
+        let out = self.psql().args(["-A", "-t", "-c", statement]).output();
         let out = out.expect("psql runs");
         assert!(out.status.success(), "psql {statement:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -272,23 +242,25 @@ impl Postgres {
     /// Runs SQL as the superuser over the local socket in the background
     /// (a session that holds a lock for a while); wait on the child.
     pub fn sql_in_background(&self, statements: &str) -> std::process::Child {
-        let exe = self.bin.join("psql");
-        let exe = if exe.exists() { exe } else { Path::new("psql").to_path_buf() };
-        Command::new(exe)
-            .arg("-h")
-            .arg(self.socket_dir())
-            .args(["-p", &self.port.to_string(), "-U", USER, "-d", DATABASE, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
-            .arg(statements)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("psql runs")
+        let child = self.psql().args(["-q", "-c", statements]).stdout(std::process::Stdio::null()).spawn();
+        child.expect("psql runs")
     }
 
-    /// Client tools live beside the server's in Debian's package.
-    fn run_client(&self, tool: &str, args: &[&std::ffi::OsStr]) -> std::io::Result<Output> {
+    /// `psql` on the harness's database as its superuser, stopping at the
+    /// first error.
+    fn psql(&self) -> Command {
+        let mut psql = self.client("psql");
+        psql.args(["-d", DATABASE, "-X", "-v", "ON_ERROR_STOP=1"]);
+        psql
+    }
+
+    /// A client tool (Debian keeps them beside the server's) aimed at the
+    /// server's local socket as its superuser.
+    fn client(&self, tool: &str) -> Command {
         let exe = self.bin.join(tool);
-        let exe = if exe.exists() { exe } else { Path::new(tool).to_path_buf() };
-        Command::new(exe).args(args).output()
+        let mut command = Command::new(if exe.exists() { exe } else { Path::new(tool).to_path_buf() });
+        command.arg("-h").arg(self.socket_dir()).args(["-p", &self.port.to_string(), "-U", USER]);
+        command
     }
 }
 
