@@ -1,7 +1,7 @@
 //! The master on a PostgreSQL store (`FAENA_STORE_URL`, from a real server
 //! the harness initdb's on a free port): jobs run, are listed and kept;
-//! a master killed under work loses nothing and runs nothing twice; the
-//! store's size is in `faena_store_bytes`.
+//! the store's size is in `faena_store_bytes`; the store is copied from
+//! SQLite; the server killed, made read-only; the chaos drill.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use faena_store::harness::Postgres;
@@ -25,33 +25,24 @@ async fn on_postgres(pg: &Postgres) -> (Cluster, tempfile::TempDir) {
     (Cluster::start(opts).await, dir)
 }
 
+/// What is PostgreSQL's own: the rows are there, each transition once,
+/// pages come from the store, the size is the database's, and the URL (a
+/// secret) is never logged. (A master killed under work on PostgreSQL is
+/// `failures.rs`, which `test.sh` runs on both backends.)
 #[tokio::test]
-async fn a_killed_master_on_postgres_loses_nothing_and_duplicates_nothing() {
+async fn jobs_on_postgres_are_stored_listed_and_sized_and_the_url_never_logged() {
     let pg = Postgres::start();
     let (mut c, _secrets) = on_postgres(&pg).await;
     c.add_worker("w1", 1).await;
     c.wait_workers(1).await;
     let mut ids = vec![];
     for i in 0..5 {
-        ids.push(c.api.submit_ok("noop", json!({"payload": i, "delay_ms": 400}), None).await);
+        ids.push(c.api.submit_ok("noop", json!({"payload": i}), None).await);
     }
-    let url = c.worker_metrics_url("w1");
-    eventually("the worker runs a unit", || {
-        let url = url.clone();
-        async move { (sample(&scrape(&url).await, "faena_worker_running") == Some(1.0)).then_some(()) }
-    })
-    .await;
-    c.master().kill9().await;
-    c.restart_master().await;
     for (i, id) in ids.iter().enumerate() {
         let job = c.api.wait_final(id).await;
-        assert_eq!(job["state"], "succeeded", "{job}");
-        assert_eq!(job["result"]["payload"], json!(i));
-        let history = c.api.history(id).await;
-        assert_eq!(history.iter().filter(|t: &&Value| t["state"] == "succeeded").count(), 1, "{history:?}");
+        assert_eq!((job["state"].as_str(), &job["result"]["payload"]), (Some("succeeded"), &json!(i)), "{job}");
     }
-    assert_eq!(c.api.job(&ids[0]).await["attempts"], 1, "adopted, not run again");
-    // Stored in PostgreSQL, each transition once.
     assert_eq!(pg.sql("SELECT count(*) FROM jobs WHERE state = 'succeeded'"), "5");
     assert_eq!(pg.sql("SELECT count(*) FROM transitions WHERE state = 'succeeded'"), "5");
     let (status, page) = c.api.get("/api/jobs?limit=2").await;
