@@ -87,7 +87,7 @@ move_sqlite_store() {
   say "copying the SQLite store into PostgreSQL (faena store copy)"
   docker run --rm --user 0:0 --network "${FAENA_STACK}_faena" \
     -v "$volume:/var/lib/faena" -v "$work/store-url:/run/faena/store-url:ro" \
-    -v "$PWD/$FAENA_TLS_DIR/ca.pem:/run/secrets/faena_tls_ca:ro" \
+    -v "$(realpath "$FAENA_TLS_DIR/ca.pem"):/run/secrets/faena_tls_ca:ro" \
     -e FAENA_STORE_URL_FILE=/run/faena/store-url --entrypoint faena \
     "${FAENA_IMAGE_PREFIX:-}faena-master:${FAENA_MASTER_TAG:-latest}" \
     store copy --from sqlite:/var/lib/faena/faena.db >&2 ||
