@@ -33,7 +33,8 @@ examples/python-worker/run.sh --setup
 
 # The operator scripts: linted, and each answers --help.
 need_packages shellcheck:shellcheck
-shellcheck -x scripts/*.sh scripts/lib/*.sh mosquitto/setup.sh docker/healthcheck.sh examples/python-worker/run.sh
+shellcheck -x scripts/*.sh scripts/lib/*.sh mosquitto/setup.sh docker/healthcheck.sh examples/python-worker/run.sh \
+  postgres/entrypoint.sh
 for s in scripts/*.sh; do
   [ "$s" = scripts/test.sh ] && continue
   bash "$s" --help >/dev/null || { echo "$s --help failed" >&2; exit 1; }
