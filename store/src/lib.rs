@@ -73,6 +73,13 @@ fn pg_reason(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// A store's fence before [`Store::fence`] is called: nothing is checked.
+pub(crate) const UNFENCED: i64 = i64::MIN;
+
+fn unfenced() -> Arc<std::sync::atomic::AtomicI64> {
+    Arc::new(std::sync::atomic::AtomicI64::new(UNFENCED))
+}
+
 /// A group commit that failed: every change in it was lost, and whoever
 /// waited on it is told why.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -125,14 +132,13 @@ impl Store {
     /// generations (what [`Store::prune`] drops).
     pub fn open(path: &Path, sync: SyncMode, retention: Retention) -> Result<Self, StoreError> {
         let (writer, reader) = sqlite::open_store(path, sync, retention)?;
-        let fence = Arc::new(std::sync::atomic::AtomicI64::new(pg::write::UNFENCED));
-        Self::start(writer, Reader::Sqlite(Arc::new(Mutex::new(reader)), path.into()), retention, fence)
+        Self::start(writer, Reader::Sqlite(Arc::new(Mutex::new(reader)), path.into()), retention, unfenced())
     }
 
     /// Connects to the PostgreSQL store at `url` (`postgres://…`),
     /// migrating its schema first.
     pub async fn connect(url: &str, retention: Retention) -> Result<Self, StoreError> {
-        let fence = Arc::new(std::sync::atomic::AtomicI64::new(pg::write::UNFENCED));
+        let fence = unfenced();
         let (writer, pool) = pg::open_store(url, retention, fence.clone()).await?;
         Self::start(writer, Reader::Postgres(pool), retention, fence)
     }

@@ -14,7 +14,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 use crate::writer::Apply;
-use crate::{Retention, StoreError, StoreOp};
+use crate::{Retention, StoreError, StoreOp, UNFENCED};
 
 pub(crate) const INSERT: &str = "INSERT INTO jobs (row_id, id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of)
     SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::int8[], $15::uuid[], $16::uuid[])";
@@ -67,9 +67,6 @@ async fn fence(client: &Client, stmt: &Statement, epoch: i64) -> Result<(), Stor
         other => other.map(drop).map_err(StoreError::from),
     }
 }
-
-/// [`Writer`]'s fence when no epoch was given: nothing is checked.
-pub(crate) const UNFENCED: i64 = i64::MIN;
 
 /// Jobs deleted per step of retention.
 const PRUNE_BATCH: i64 = 1_000;
