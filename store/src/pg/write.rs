@@ -136,25 +136,32 @@ impl Apply for Writer {
                 // and COMMIT are sent together and answered together. Any
                 // failure aborts the transaction, and the server takes the
                 // COMMIT that follows as a ROLLBACK: nothing applied.
-                tokio::try_join!(
+                let (begin, fenced, inserted, updated, recorded, commit) = tokio::join!(
                     async { client.batch_execute("BEGIN").await.map_err(StoreError::from) },
                     fence(client, &conn.fence, epoch),
                     group.insert(client, insert),
                     group.update(client, update),
                     group.record(client, record),
                     async { client.batch_execute("COMMIT").await.map_err(StoreError::from) },
-                )?;
+                );
+                // Every answer is awaited (join, not try_join: which future
+                // a join polls first varies), so the fence's refusal is
+                // told as such, not as the aborted statements behind it.
+                fenced?;
+                begin.and(inserted).and(updated).and(recorded).and(commit)?;
                 self.next_row = next_row;
                 self.created = created;
                 return Ok(Vec::new());
             }
             let mut tx = conn.client.transaction().await?;
-            tokio::try_join!(
+            let (fenced, inserted, updated, recorded) = tokio::join!(
                 fence(tx.client(), &conn.fence, epoch),
                 group.insert(tx.client(), insert),
                 group.update(tx.client(), update),
                 group.record(tx.client(), record)
-            )?;
+            );
+            fenced?;
+            inserted.and(updated).and(recorded)?;
             let mut pruned = Vec::with_capacity(prunes);
             for _ in 0..prunes {
                 let sp = tx.savepoint("prune").await?;
