@@ -234,7 +234,8 @@ async fn insert_history(tx: &tokio_postgres::Transaction<'_>, rows: &[HistoryRow
     let attempts: Vec<i32> = rows.iter().map(|r| r.3).collect();
     let workers: Vec<Option<&str>> = rows.iter().map(|r| r.4.as_deref()).collect();
     let details: Vec<Option<&str>> = rows.iter().map(|r| r.5.as_deref()).collect();
-    tx.execute(RECORD, &[&ids, &at, &states, &attempts, &workers, &details]).await?;
+    // Copied history was written by one master, without a fence.
+    tx.execute(RECORD, &[&ids, &at, &states, &attempts, &workers, &details, &None::<i64>]).await?;
     Ok(())
 }
 

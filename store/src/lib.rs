@@ -32,6 +32,7 @@ pub mod settings;
 mod sqlite;
 mod writer;
 pub use contract::{DEFAULT_PAGE, JobFilter, MAX_PAGE, Page, RestoredJob, Retention, StoreOp, Transition};
+pub use pg::lease::{Election, Leader};
 
 /// Most operations committed in one transaction.
 const MAX_GROUP: usize = 20_000;
@@ -119,6 +120,8 @@ pub struct Store {
     retention: Retention,
     /// The leader's epoch the writer fences each group with (PostgreSQL).
     fence: Arc<std::sync::atomic::AtomicI64>,
+    /// The leader's lease, on a store several masters can share.
+    election: Option<Election>,
 }
 
 impl std::fmt::Debug for Store {
@@ -132,15 +135,15 @@ impl Store {
     /// generations (what [`Store::prune`] drops).
     pub fn open(path: &Path, sync: SyncMode, retention: Retention) -> Result<Self, StoreError> {
         let (writer, reader) = sqlite::open_store(path, sync, retention)?;
-        Self::start(writer, Reader::Sqlite(Arc::new(Mutex::new(reader)), path.into()), retention, unfenced())
+        Self::start(writer, Reader::Sqlite(Arc::new(Mutex::new(reader)), path.into()), retention, unfenced(), None)
     }
 
     /// Connects to the PostgreSQL store at `url` (`postgres://…`),
     /// migrating its schema first.
     pub async fn connect(url: &str, retention: Retention) -> Result<Self, StoreError> {
         let fence = unfenced();
-        let (writer, pool) = pg::open_store(url, retention, fence.clone()).await?;
-        Self::start(writer, Reader::Postgres(pool), retention, fence)
+        let (writer, pool, election) = pg::open_store(url, retention, fence.clone()).await?;
+        Self::start(writer, Reader::Postgres(pool), retention, fence, Some(election))
     }
 
     /// Fences every group committed from now on with the leader's `epoch`
@@ -153,12 +156,19 @@ impl Store {
         self.fence.store(epoch, Ordering::Relaxed);
     }
 
+    /// The leader's lease, where several masters can share this store
+    /// (PostgreSQL); none on SQLite, whose one master always leads.
+    pub fn election(&self) -> Option<&Election> {
+        self.election.as_ref()
+    }
+
     /// Starts the writer thread on `backend`.
     fn start(
         backend: impl writer::Apply,
         reader: Reader,
         retention: Retention,
         fence: Arc<std::sync::atomic::AtomicI64>,
+        election: Option<Election>,
     ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel();
         let healthy = Arc::new(AtomicBool::new(true));
@@ -167,7 +177,7 @@ impl Store {
             .name("faena-store".into())
             .spawn(move || writer::run(backend, rx, flag))
             .map_err(StoreError::Spawn)?;
-        Ok(Self { tx, reader, healthy, retention, fence })
+        Ok(Self { tx, reader, healthy, retention, fence, election })
     }
 
     /// Runs a read on SQLite's read connection, off the async threads.

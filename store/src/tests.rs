@@ -3,7 +3,7 @@ use faena_proto::ids::FencingToken;
 use faena_proto::jobs::{JobSpec, JobState, Priority};
 use serde_json::json;
 
-async fn wait_commit(store: &Store) {
+pub(crate) async fn wait_commit(store: &Store) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     store.after_commit(move |r| {
         let _ = tx.send(r.is_ok());
@@ -129,7 +129,7 @@ async fn since_holds_when_the_clock_steps_back(backend: &Backend) {
     assert_eq!(listed(0).await, vec![ids[2], ids[1], ids[0]]);
 }
 
-fn noop(store: &Store, id: JobId, seq: u64) {
+pub(crate) fn noop(store: &Store, id: JobId, seq: u64) {
     let spec = Arc::new(JobSpec::parse("noop", json!({})).expect("valid"));
     store.write(StoreOp::Insert {
         id,
@@ -150,7 +150,7 @@ async fn postgres_migrates_once_under_a_lock_and_refuses_a_newer_schema() {
     let url = pg.url();
     let (a, b) = tokio::join!(Store::connect(&url, Retention::OFF), Store::connect(&url, Retention::OFF));
     let (a, _b) = (a.expect("first"), b.expect("second"));
-    assert_eq!(pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"), "1,2,3,4,5");
+    assert_eq!(pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"), "1,2,3,4,5,6");
     let id = JobId::new();
     noop(&a, id, 0);
     wait_commit(&a).await;

@@ -13,6 +13,7 @@ use tokio_postgres::Row;
 
 use crate::{Retention, StoreError};
 
+pub(crate) mod lease;
 pub(crate) mod list;
 pub(crate) mod read;
 mod schema;
@@ -35,7 +36,7 @@ pub(crate) async fn open_store(
     url: &str,
     retention: Retention,
     fence: std::sync::Arc<std::sync::atomic::AtomicI64>,
-) -> Result<(Writer, Pool), StoreError> {
+) -> Result<(Writer, Pool, lease::Election), StoreError> {
     let tls::Target { mut config, tls } = tls::parse(url)?;
     config.application_name("faena-master");
     // A server that does not answer is a failure to retry, not a hang.
@@ -61,7 +62,11 @@ pub(crate) async fn open_store(
     let manager =
         Manager::from_config(config.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
     let pool = Pool::builder(manager).max_size(READERS).build().map_err(|e| StoreError::Pool(e.to_string()))?;
-    Ok((Writer::new(config, tls, retention, fence)?, pool))
+    // The lease on a connection of its own: a renewal never queues behind readers.
+    let manager =
+        Manager::from_config(config.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let lease = Pool::builder(manager).max_size(1).build().map_err(|e| StoreError::Pool(e.to_string()))?;
+    Ok((Writer::new(config, tls, retention, fence)?, pool, lease::Election::new(lease)))
 }
 
 /// The columns [`view`] reads, in its order.

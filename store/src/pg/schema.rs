@@ -132,6 +132,14 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     -- state as independent, walked every job for a rare pair.
     CREATE INDEX jobs_kind_state ON jobs (kind, state, row_id) WHERE parent IS NULL;",
     ),
+    (
+        6,
+        "each history row names the epoch of the leader that wrote it",
+        // Which master wrote what, after a takeover: a deposed leader's
+        // rows all come before the new leader's (the failover drills
+        // check it). Null when written without a fence (one master).
+        "ALTER TABLE transitions ADD COLUMN epoch BIGINT;",
+    ),
 ];
 
 /// The newest schema version this build knows: the last migration's.

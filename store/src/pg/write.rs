@@ -32,8 +32,8 @@ const UPDATE: &str = "UPDATE jobs AS j SET
         AS u(id, priority, state, set_worker, worker, set_rest, attempts, token, result, error, finished_at)
     WHERE j.id = u.id";
 
-pub(crate) const RECORD: &str = "INSERT INTO transitions (job_id, at, state, attempt, worker, detail)
-    SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::text[], $6::text[])";
+pub(crate) const RECORD: &str = "INSERT INTO transitions (job_id, at, state, attempt, worker, detail, epoch)
+    SELECT *, $7::int8 FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::text[], $6::text[])";
 
 /// One batch of retention: the oldest finished jobs up to a row id (`$1`),
 /// at most `$2`, a mining job's units kept while it runs; their history
@@ -141,7 +141,7 @@ impl Apply for Writer {
                     fence(client, &conn.fence, epoch),
                     group.insert(client, insert),
                     group.update(client, update),
-                    group.record(client, record),
+                    group.record(client, record, epoch),
                     async { client.batch_execute("COMMIT").await.map_err(StoreError::from) },
                 );
                 // Every answer is awaited (join, not try_join: which future
@@ -158,7 +158,7 @@ impl Apply for Writer {
                 fence(tx.client(), &conn.fence, epoch),
                 group.insert(tx.client(), insert),
                 group.update(tx.client(), update),
-                group.record(tx.client(), record)
+                group.record(tx.client(), record, epoch)
             );
             fenced?;
             inserted.and(updated).and(recorded)?;
@@ -454,7 +454,8 @@ impl Group {
         Ok(())
     }
 
-    async fn record(&self, tx: &Client, stmt: &Statement) -> Result<(), StoreError> {
+    /// The group's history rows, each naming `epoch` (none when unfenced).
+    async fn record(&self, tx: &Client, stmt: &Statement, epoch: i64) -> Result<(), StoreError> {
         if self.history.is_empty() {
             return Ok(());
         }
@@ -465,7 +466,8 @@ impl Group {
         let attempts: Vec<i32> = h.iter().map(|r| r.3).collect();
         let workers: Vec<Option<&str>> = h.iter().map(|r| r.4.as_deref()).collect();
         let details: Vec<Option<&str>> = h.iter().map(|r| r.5.as_deref()).collect();
-        tx.execute(stmt, &[&ids, &at, &states, &attempts, &workers, &details]).await?;
+        let epoch = (epoch != UNFENCED).then_some(epoch);
+        tx.execute(stmt, &[&ids, &at, &states, &attempts, &workers, &details, &epoch]).await?;
         Ok(())
     }
 }
