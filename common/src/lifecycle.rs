@@ -16,9 +16,14 @@ pub fn on_signal() -> CancellationToken {
     token
 }
 
-/// Prints the ready line (`FAENA_READY {json}`) on stdout.
+/// Prints the ready line (`FAENA_READY {json}`) on stdout. Whoever
+/// started the process may have stopped reading it (a master that steps
+/// down starts again and announces itself once more): not an error.
 pub fn announce_ready(addrs: &impl serde::Serialize) {
-    println!("{}{}", faena_proto::READY_PREFIX, serde_json::to_string(addrs).unwrap_or_default());
+    use std::io::Write;
+    let line = format!("{}{}\n", faena_proto::READY_PREFIX, serde_json::to_string(addrs).unwrap_or_default());
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
 }
 
 /// Resolves on the first Ctrl-C or SIGTERM.
