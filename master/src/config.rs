@@ -102,6 +102,15 @@ pub struct Config {
     pub store_url: Option<String>,
     #[arg(long, env = "FAENA_STORE_URL_FILE")]
     pub store_url_file: Option<PathBuf>,
+    /// How long a leader's lease runs on a shared (PostgreSQL) store: a
+    /// standby takes over this long after the leader stopped renewing it.
+    #[arg(long, env = "FAENA_LEADER_LEASE_MS", default_value_t = 3_000)]
+    pub leader_lease_ms: u64,
+    /// The host other masters reach this one at, to forward what only the
+    /// leader decides (default: the HTTP address's IP when it is a
+    /// specific one, else this machine's name as it resolves here).
+    #[arg(long, env = "FAENA_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
     /// `full` fsyncs every commit group (survives power loss); `normal` survives a master crash.
     #[arg(long, env = "FAENA_STORE_SYNC", value_enum, default_value = "full")]
     pub store_sync: SyncMode,
@@ -264,6 +273,9 @@ impl Config {
         self.allowed_hosts()?;
         if self.web_tls && (self.tls.tls_cert_file.is_none() || self.tls.tls_key_file.is_none()) {
             return err("FAENA_WEB_TLS needs the certificate it serves: FAENA_TLS_CERT_FILE and FAENA_TLS_KEY_FILE");
+        }
+        if !(300..=600_000).contains(&self.leader_lease_ms) {
+            return err("FAENA_LEADER_LEASE_MS must be between 300 and 600000");
         }
         if self.queue_capacity == 0 {
             return err("--queue-capacity must be at least 1");

@@ -28,6 +28,7 @@ pub mod grpc;
 pub mod http;
 pub mod hub;
 pub mod janitor;
+pub mod leader;
 pub mod metrics;
 pub mod mqtt;
 pub mod pool;
@@ -36,6 +37,7 @@ pub mod ranked;
 pub mod scaling;
 pub mod scheduler;
 pub mod settings;
+pub mod standby;
 /// The job store, its own crate since the store took a contract of its own.
 pub use faena_store as store;
 pub mod verify;
@@ -89,6 +91,10 @@ pub enum MasterError {
     Tls(#[from] faena_common::tls::TlsError),
     #[error("gRPC TLS: {0} (check FAENA_TLS_CERT_FILE and FAENA_TLS_KEY_FILE)")]
     GrpcTls(String),
+    #[error(transparent)]
+    NotLeading(#[from] leader::NotLeading),
+    #[error("could not start again as a standby after losing the lead")]
+    StepDown,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MasterError {
@@ -110,6 +116,103 @@ pub struct Addrs {
     /// The Stratum server, when one was asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stratum: Option<SocketAddr>,
+    /// `leader`, or `standby` while another master leads a shared store
+    /// (a standby has no broker address of its own: `mqtt` is empty).
+    pub role: &'static str,
+}
+
+/// The master's listening sockets, bound once: a standby forwards on
+/// copies of them, and the leader it may become serves on the originals.
+struct Listeners {
+    http: std::net::TcpListener,
+    grpc: std::net::TcpListener,
+    stratum: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    fn bind(cfg: &Config) -> Result<Self, MasterError> {
+        let bind = |addr: SocketAddr, what: &str| {
+            let l = std::net::TcpListener::bind(addr).map_err(io(format!("binding {what} on {addr}")))?;
+            l.set_nonblocking(true).map_err(io(format!("{what} listener")))?;
+            Ok::<_, MasterError>(l)
+        };
+        Ok(Self {
+            http: bind(cfg.http_addr, "HTTP")?,
+            grpc: bind(cfg.grpc_addr, "gRPC")?,
+            stratum: cfg.stratum_addr.map(|a| bind(a, "the Stratum server")).transpose()?,
+        })
+    }
+
+    fn addr(l: &std::net::TcpListener, what: &str) -> Result<SocketAddr, MasterError> {
+        l.local_addr().map_err(io(format!("{what} address")))
+    }
+
+    /// Tokio listeners on the same sockets (a standby's, while this master waits).
+    fn copies(&self) -> Result<standby::Ports, MasterError> {
+        let copy = |l: &std::net::TcpListener| {
+            tokio::net::TcpListener::from_std(l.try_clone().map_err(io("sharing a listener"))?)
+                .map_err(io("sharing a listener"))
+        };
+        Ok(standby::Ports {
+            http: copy(&self.http)?,
+            grpc: copy(&self.grpc)?,
+            stratum: self.stratum.as_ref().map(copy).transpose()?,
+        })
+    }
+}
+
+/// Stands by while another master leads a shared store; returns the epoch
+/// of the lease once this master holds it, or none on a store one master
+/// owns (SQLite). A standby announces itself ready once it knows who leads.
+async fn take_lead(
+    cfg: &Config,
+    store: &store::Store,
+    listeners: &Listeners,
+    shutdown: &CancellationToken,
+    on_ready: &mut Option<impl FnOnce(&Addrs)>,
+) -> Result<Option<(store::Election, i64)>, MasterError> {
+    let Some(election) = store.election().cloned() else { return Ok(None) };
+    let http = Listeners::addr(&listeners.http, "HTTP")?;
+    let grpc = Listeners::addr(&listeners.grpc, "gRPC")?;
+    let stratum = listeners.stratum.as_ref().map(|l| Listeners::addr(l, "Stratum")).transpose()?;
+    let advertise = cfg.advertise_host.as_deref();
+    let me = standby::Holder {
+        name: advertise.map_or_else(|| standby::advertised(None, http), str::to_owned),
+        http: standby::advertised(advertise, http),
+        grpc: standby::advertised(advertise, grpc),
+        stratum: stratum.map(|s| standby::advertised(advertise, s)),
+        web_tls: cfg.web_tls,
+    };
+    let lease = Duration::from_millis(cfg.leader_lease_ms);
+    let (leader_tx, mut leader_rx) = tokio::sync::watch::channel(None);
+    let stop_standby = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    standby::serve(listeners.copies()?, leader_rx.clone(), stop_standby.clone(), &tasks);
+    let won = {
+        let elect = leader::elect(&election, &me, lease, cfg.mqtt_url.is_none(), &leader_tx, shutdown);
+        tokio::pin!(elect);
+        loop {
+            tokio::select! {
+                won = &mut elect => break won,
+                Ok(()) = leader_rx.changed(), if on_ready.is_some() => {
+                    if let Some(ready) = on_ready.take() {
+                        ready(&Addrs { http, grpc, mqtt: String::new(), stratum, role: "standby" });
+                    }
+                }
+            }
+        }
+    };
+    stop_standby.cancel();
+    tasks.close();
+    match won {
+        Ok(epoch) => {
+            tracing::info!(epoch, name = %me.name, "this master leads the store");
+            store.fence(epoch);
+            Ok(Some((election, epoch)))
+        }
+        Err(leader::NotLeading::Stopped) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// MemAvailable from `/proc/meminfo`, in MiB.
@@ -167,6 +270,21 @@ pub async fn run(
         }
         None => store::Store::open(&cfg.data_dir.join("faena.db"), cfg.store_sync, cfg.retention()?)?,
     };
+    let listeners = Listeners::bind(&cfg)?;
+    let mut on_ready = Some(on_ready);
+    let leading = take_lead(&cfg, &store, &listeners, &shutdown, &mut on_ready).await?;
+    if shutdown.is_cancelled() {
+        return Ok(());
+    }
+    let deposed = CancellationToken::new();
+    let stop_renewing = CancellationToken::new();
+    let mut held = leader::Held::always();
+    if let Some((election, epoch)) = &leading {
+        let lease = Duration::from_millis(cfg.leader_lease_ms);
+        held = leader::Held::for_lease(lease);
+        let renew = leader::keep(election.clone(), *epoch, lease, held.clone(), deposed.clone(), stop_renewing.clone());
+        tokio::spawn(renew);
+    }
     let mut engine = engine::Engine::new(engine::EngineConfig {
         queue_capacity: cfg.queue_capacity,
         max_attempts: cfg.max_attempts,
@@ -211,6 +329,7 @@ pub async fn run(
     let at = faena_common::broker::Endpoint { url: &url, creds: creds.as_ref(), tls: &cfg.tls };
     let conn = mqtt::connect(at, topics.clone(), instance, metrics.clone(), dynsec, mqtt_cancel.clone())?;
     let mqtt::Connection { out, mut connected, mut statuses, driver, dynsec } = conn;
+    let out = out.gated(held);
     let logins = match (dynsec, &cfg.mqtt_url) {
         (Some(d), _) => broker::dynsec::WorkerLogins::Dynsec(d),
         (None, Some(_)) => broker::dynsec::WorkerLogins::None,
@@ -285,16 +404,10 @@ pub async fn run(
         });
     }
 
-    let grpc_listener =
-        tokio::net::TcpListener::bind(cfg.grpc_addr).await.map_err(io(format!("binding gRPC on {}", cfg.grpc_addr)))?;
-    let http_listener =
-        tokio::net::TcpListener::bind(cfg.http_addr).await.map_err(io(format!("binding HTTP on {}", cfg.http_addr)))?;
-    let stratum_listener = match cfg.stratum_addr {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr).await.map_err(io(format!("binding the Stratum server on {addr}")))?,
-        ),
-        None => None,
-    };
+    let tokio_listener = |l: std::net::TcpListener| tokio::net::TcpListener::from_std(l).map_err(io("listening"));
+    let grpc_listener = tokio_listener(listeners.grpc)?;
+    let http_listener = tokio_listener(listeners.http)?;
+    let stratum_listener = listeners.stratum.map(tokio_listener).transpose()?;
     let addrs = Addrs {
         http: http_listener.local_addr().map_err(io("HTTP address"))?,
         grpc: grpc_listener.local_addr().map_err(io("gRPC address"))?,
@@ -303,6 +416,7 @@ pub async fn run(
             Some(l) => Some(l.local_addr().map_err(io("Stratum address"))?),
             None => None,
         },
+        role: "leader",
     };
 
     let servers_cancel = CancellationToken::new();
@@ -340,6 +454,7 @@ pub async fn run(
         retrying: Default::default(),
         live,
         autoscaler: scaling::Reports::default(),
+        epoch: leading.as_ref().map(|(_, e)| *e),
     };
     let miners = TaskTracker::new();
     if let Some(listener) = stratum_listener {
@@ -386,10 +501,21 @@ pub async fn run(
     });
 
     tracing::info!(http = %addrs.http, grpc = %addrs.grpc, mqtt = %addrs.mqtt, stratum = ?addrs.stratum, "faena-master ready");
-    on_ready(&addrs);
+    if let Some(ready) = on_ready.take() {
+        ready(&addrs);
+    }
     let mut driver_done = false;
     tokio::select! {
         () = shutdown.cancelled() => {}
+        () = deposed.cancelled() => {
+            // Nothing more of this master's may reach the store or the
+            // workers: no drain, no goodbye. Its writes are fenced already.
+            let mut again = vec![("FAENA_HTTP_ADDR", addrs.http.to_string()), ("FAENA_GRPC_ADDR", addrs.grpc.to_string())];
+            again.extend(addrs.stratum.map(|s| ("FAENA_STRATUM_ADDR", s.to_string())));
+            again.extend(embedded.as_ref().map(|b| ("FAENA_MQTT_ADDR", b.public.to_string())));
+            leader::step_down(again);
+            return Err(MasterError::StepDown);
+        }
         r = &mut driver => {
             driver_done = true;
             match r {
@@ -427,6 +553,14 @@ pub async fn run(
     let _ = tokio::time::timeout_at(deadline, tracker.wait()).await;
     if let Some(b) = embedded {
         b.stop(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+    }
+    stop_renewing.cancel();
+    if let Some((election, epoch)) = leading {
+        // A standby takes over now rather than when the lease runs out.
+        match tokio::time::timeout(Duration::from_secs(2), election.resign(epoch)).await {
+            Ok(Ok(())) => tracing::info!(epoch, "gave up the lead"),
+            _ => tracing::warn!(epoch, "could not give up the lead; a standby takes over when the lease runs out"),
+        }
     }
     tracing::info!("faena-master stopped");
     Ok(())

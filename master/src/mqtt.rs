@@ -33,14 +33,27 @@ pub struct MqttOut {
     /// The signed live configuration, published again on every connection
     /// (a restarted broker may have lost the retained copy).
     config: Arc<Mutex<Option<Vec<u8>>>>,
+    /// Units and control messages go out only while this master leads.
+    lead: crate::leader::Held,
 }
 
 impl MqttOut {
+    /// Sends units and control messages only while `lead` holds.
+    #[must_use]
+    pub fn gated(mut self, lead: crate::leader::Held) -> Self {
+        self.lead = lead;
+        self
+    }
+
     pub fn client(&self) -> &AsyncClient {
         &self.client
     }
 
     pub fn dispatch(&self, worker: &WorkerId, unit: &WorkUnit) {
+        if !self.lead.holds() {
+            tracing::debug!(job = %unit.job_id, "not sent: this master's lease has run out");
+            return;
+        }
         if let Err(e) = self.client.try_publish(self.topics.worker_jobs(worker), QoS::AtLeastOnce, false, unit.encode())
         {
             tracing::warn!(job = %unit.job_id, worker = %worker, error = %e, "could not queue a work unit; its lease will recover it");
@@ -48,6 +61,10 @@ impl MqttOut {
     }
 
     pub fn control(&self, worker: &WorkerId, control: &Control) {
+        if !self.lead.holds() {
+            tracing::debug!(worker = %worker, "control message not sent: this master's lease has run out");
+            return;
+        }
         if let Err(e) =
             self.client.try_publish(self.topics.worker_control(worker), QoS::AtLeastOnce, false, control.encode())
         {
@@ -179,7 +196,13 @@ pub fn connect(
     let (client, eventloop) = broker::client(options, 65_536);
     let (connected_tx, connected) = watch::channel(false);
     let (status_tx, statuses) = Statuses::channel();
-    let out = MqttOut { client: client.clone(), topics: topics.clone(), instance, config: Arc::default() };
+    let out = MqttOut {
+        client: client.clone(),
+        topics: topics.clone(),
+        instance,
+        config: Arc::default(),
+        lead: crate::leader::Held::always(),
+    };
     let announce = out.clone();
     let accounts = dynsec.then(|| Arc::new(Dynsec::new(client.clone(), topics.clone(), connected.clone())));
     let answers = accounts.clone();

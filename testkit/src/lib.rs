@@ -146,6 +146,15 @@ impl Cluster {
         self.addrs = addrs;
     }
 
+    /// Starts another master on the same options (store and broker) in a
+    /// directory of its own, `name`, on ports of its own: a standby while
+    /// this cluster's master leads a shared store.
+    pub async fn add_master(&self, name: &str) -> (Proc, MasterAddrs) {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).expect("master dir");
+        start_master(&dir, &self.opts, None).await
+    }
+
     pub fn master(&mut self) -> &mut Proc {
         self.master.as_mut().expect("master running")
     }

@@ -65,6 +65,9 @@ pub struct AppState {
     pub live: crate::settings::LiveConfig,
     /// What the autoscaler last reported (`/api/autoscaler`).
     pub autoscaler: crate::scaling::Reports,
+    /// The epoch of the lease this master leads a shared store with
+    /// (none: it owns its store alone).
+    pub epoch: Option<i64>,
 }
 
 /// The REST API, with the web page's files (from `web_dir`) at every other path.
@@ -341,8 +344,8 @@ async fn healthz(State(state): State<AppState>) -> Response {
     let store = state.store.is_healthy();
     let accepting = state.accepting.load(Ordering::Relaxed);
     let ok = broker && store && accepting;
-    let body =
-        json!({"status": if ok { "ok" } else { "degraded" }, "broker": broker, "store": store, "accepting": accepting});
+    let status = if ok { "ok" } else { "degraded" };
+    let body = json!({"status": status, "role": "leader", "epoch": state.epoch, "broker": broker, "store": store, "accepting": accepting});
     (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body)).into_response()
 }
 

@@ -1,0 +1,271 @@
+//! A standby master: while another master leads the shared store, this
+//! one answers `/healthz` itself (`role: standby`) and forwards everything
+//! else to the leader — REST, the page and Socket.IO (WebSocket upgrades
+//! included) request by request, gRPC and Stratum connection by
+//! connection — so no client needs to know which master leads.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::http::AppError;
+
+/// What a leader says of itself in the store's lease: where the other
+/// masters forward to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// Its name in logs, `/healthz` and the retained status.
+    pub name: String,
+    pub http: String,
+    pub grpc: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stratum: Option<String>,
+    /// Its web port speaks HTTPS: forwarded connection by connection.
+    #[serde(default)]
+    pub web_tls: bool,
+}
+
+impl Holder {
+    /// The lease's `holder` column as written by [`Holder::to_string`];
+    /// none for anything else (no master led yet).
+    pub fn parse(column: Option<&str>) -> Option<Self> {
+        serde_json::from_str(column?).ok()
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&serde_json::to_string(self).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+/// Connections a standby forwards at once on each port; beyond, new ones
+/// are closed as they come (the leader's own limits still apply to all).
+pub const MAX_FORWARDED: usize = 4_096;
+
+/// How long a standby waits for the leader to take a forwarded connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The ports a standby forwards, and where to.
+#[derive(Debug)]
+pub struct Ports {
+    pub http: TcpListener,
+    pub grpc: TcpListener,
+    pub stratum: Option<TcpListener>,
+}
+
+/// Serves as a standby on `ports` until `stop`: `leader` says where the
+/// current leader is (none while nobody leads).
+pub fn serve(ports: Ports, leader: watch::Receiver<Option<Holder>>, stop: CancellationToken, tasks: &TaskTracker) {
+    let source = leader.clone();
+    let to = move |pick: fn(&Holder) -> Option<String>| {
+        let leader = source.clone();
+        move || leader.borrow().as_ref().and_then(pick)
+    };
+    tasks.spawn(pipe(ports.grpc, to(|h| Some(h.grpc.clone())), stop.clone(), tasks.clone()));
+    if let Some(stratum) = ports.stratum {
+        tasks.spawn(pipe(stratum, to(|h| h.stratum.clone()), stop.clone(), tasks.clone()));
+    }
+    let state = Forward {
+        leader: leader.clone(),
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        busy: Arc::new(Semaphore::new(MAX_FORWARDED)),
+        stop: stop.clone(),
+    };
+    let app = axum::Router::new().route("/healthz", get(healthz)).fallback(forward).with_state(state);
+    let http = ports.http;
+    let tls_leader = to(|h| h.web_tls.then(|| h.http.clone()));
+    let plain = stop.clone();
+    let pipes = tasks.clone();
+    tasks.spawn(async move {
+        // A leader that serves HTTPS is reached connection by connection:
+        // its certificate answers the client, not this standby.
+        if tls_leader().is_some() {
+            return pipe(http, to(|h| Some(h.http.clone())), plain, pipes).await;
+        }
+        let served = axum::serve(http, app).with_graceful_shutdown(plain.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the standby's web port failed");
+        }
+    });
+}
+
+/// Forwards each connection `listener` takes to `target()`, byte for byte.
+async fn pipe(listener: TcpListener, target: impl Fn() -> Option<String>, stop: CancellationToken, tasks: TaskTracker) {
+    let busy = Arc::new(Semaphore::new(MAX_FORWARDED));
+    loop {
+        let (mut inbound, _) = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(_) => continue,
+            },
+        };
+        let (Some(to), Ok(permit)) = (target(), busy.clone().try_acquire_owned()) else { continue };
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let Ok(Ok(mut up)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&to)).await else { return };
+            let _ = (inbound.set_nodelay(true), up.set_nodelay(true));
+            tokio::select! {
+                () = stop.cancelled() => {}
+                _ = tokio::io::copy_bidirectional(&mut inbound, &mut up) => {}
+            }
+        });
+    }
+}
+
+#[derive(Clone)]
+struct Forward {
+    leader: watch::Receiver<Option<Holder>>,
+    client: Client<HttpConnector, Body>,
+    busy: Arc<Semaphore>,
+    /// Cancelled when this master takes the lead: what it still forwards
+    /// would go to a leader that is gone.
+    stop: CancellationToken,
+}
+
+/// The answer to a request caught by a takeover: the client asks again,
+/// on a new connection, and reaches the new leader.
+fn moved() -> Response {
+    let mut resp =
+        AppError::new(StatusCode::SERVICE_UNAVAILABLE, "leader_changed", "the lead moved to another master; try again")
+            .into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// A standby is healthy while it stands by: it says so, and who leads.
+async fn healthz(State(s): State<Forward>) -> Response {
+    let leader = s.leader.borrow().as_ref().map(|h| h.name.clone());
+    (StatusCode::OK, axum::Json(json!({"status": "ok", "role": "standby", "leader": leader}))).into_response()
+}
+
+/// Sends the request on to the leader and its answer back; an upgrade
+/// (Socket.IO's WebSocket) is joined end to end once both sides switch.
+async fn forward(State(s): State<Forward>, mut req: Request) -> Response {
+    if s.stop.is_cancelled() {
+        return moved();
+    }
+    let Some(leader) = s.leader.borrow().clone() else {
+        let mut resp = AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            "no master leads yet (a takeover is under way); try again in a moment",
+        )
+        .into_response();
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    };
+    let Ok(permit) = s.busy.clone().try_acquire_owned() else {
+        return AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "this master forwards too many requests at once",
+        )
+        .into_response();
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let Ok(uri) = format!("http://{}{path}", leader.http).parse::<Uri>() else {
+        return AppError::new(StatusCode::BAD_REQUEST, "bad_request", "the request's path cannot be forwarded")
+            .into_response();
+    };
+    let upgrade = req.headers().contains_key(header::UPGRADE).then(|| hyper::upgrade::on(&mut req));
+    *req.uri_mut() = uri;
+    let answer = tokio::select! {
+        answer = s.client.request(req) => answer,
+        () = s.stop.cancelled() => return moved(),
+    };
+    match answer {
+        Ok(mut resp) => {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(client) = upgrade
+            {
+                let upstream = hyper::upgrade::on(&mut resp);
+                let stop = s.stop.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let (Ok(a), Ok(b)) = (client.await, upstream.await) {
+                        let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+                        tokio::select! {
+                            () = stop.cancelled() => {}
+                            _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                        }
+                    }
+                });
+            }
+            resp.map(Body::new)
+        }
+        Err(e) => {
+            tracing::warn!(leader = %leader.name, error = %e, "could not forward a request to the leader");
+            AppError::new(StatusCode::BAD_GATEWAY, "leader_unreachable", "the leading master did not answer; try again")
+                .into_response()
+        }
+    }
+}
+
+/// The address other masters reach this one's `port` at: `advertise`
+/// when given, the bound IP when it is a specific one, else this
+/// machine's name as it resolves here (a Swarm task's own address).
+pub fn advertised(advertise: Option<&str>, bound: SocketAddr) -> String {
+    let host = match advertise {
+        Some(h) => h.to_owned(),
+        None if !bound.ip().is_unspecified() => bound.ip().to_string(),
+        None => own_address().unwrap_or_else(|| "127.0.0.1".to_owned()),
+    };
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{}", bound.port()),
+        _ => format!("{host}:{}", bound.port()),
+    }
+}
+
+fn own_address() -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let addr = (name.trim(), 0).to_socket_addrs().ok()?.find(|a| !a.ip().is_loopback())?;
+    Some(addr.ip().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_reads_back_what_it_wrote_and_nothing_else() {
+        let h = Holder {
+            name: "m1".into(),
+            http: "10.0.0.5:8888".into(),
+            grpc: "10.0.0.5:50051".into(),
+            stratum: None,
+            web_tls: false,
+        };
+        assert_eq!(Holder::parse(Some(&h.to_string())), Some(h));
+        assert_eq!(Holder::parse(None), None);
+        assert_eq!(Holder::parse(Some("a master of an older build")), None);
+    }
+
+    #[test]
+    fn the_advertised_address_is_the_given_host_or_the_bound_ip() {
+        let bound: SocketAddr = "127.0.0.3:8888".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(advertised(None, bound), "127.0.0.3:8888");
+        assert_eq!(advertised(Some("master-2"), bound), "master-2:8888");
+        let any: SocketAddr = "0.0.0.0:50051".parse().unwrap_or_else(|_| unreachable!());
+        assert!(advertised(None, any).ends_with(":50051"));
+    }
+}
