@@ -85,7 +85,7 @@ pub async fn elect(
     let me_text = me.to_string();
     let mut announced = false;
     loop {
-        let wait = match election.try_lead(&me_text, lease).await {
+        let wait = match election.try_lead(&me.name, &me_text, lease).await {
             Ok(Some(epoch)) => return Ok(epoch),
             Ok(None) => match election.leader().await {
                 Ok(now) => {

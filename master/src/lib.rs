@@ -177,7 +177,8 @@ async fn take_lead(
     let stratum = listeners.stratum.as_ref().map(|l| Listeners::addr(l, "Stratum")).transpose()?;
     let advertise = cfg.advertise_host.as_deref();
     let me = standby::Holder {
-        name: advertise.map_or_else(|| standby::advertised(None, http), str::to_owned),
+        // Unique among live masters: two cannot listen on one address.
+        name: standby::advertised(advertise, http),
         http: standby::advertised(advertise, http),
         grpc: standby::advertised(advertise, grpc),
         stratum: stratum.map(|s| standby::advertised(advertise, s)),

@@ -29,7 +29,9 @@ use crate::http::AppError;
 /// masters forward to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
-    /// Its name in logs, `/healthz` and the retained status.
+    /// Its name in logs and `/healthz`: the address it serves the web on,
+    /// which no other live master can have. A master started again on
+    /// the same address takes its own lease back at once.
     pub name: String,
     pub http: String,
     pub grpc: String,

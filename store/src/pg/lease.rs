@@ -55,15 +55,19 @@ impl Election {
         Self { pool }
     }
 
-    /// Takes the lease for `lease` if nobody holds it (never held, run
-    /// out or given up): the new epoch, or none while another leads.
-    pub async fn try_lead(&self, holder: &str, lease: Duration) -> Result<Option<i64>, StoreError> {
+    /// Takes the lease for `lease` as master `name` (what it says of
+    /// itself: `holder`) if nobody holds it (never held, run out or given
+    /// up) or `name` itself does — the same master started again on the
+    /// same address, which its earlier self cannot still hold: the new
+    /// epoch, or none while another leads. The epoch rises either way,
+    /// fencing whatever the earlier self left in flight.
+    pub async fn try_lead(&self, name: &str, holder: &str, lease: Duration) -> Result<Option<i64>, StoreError> {
         let client = self.pool.get().await.map_err(|e| StoreError::Pool(e.to_string()))?;
         let sql = format!(
-            "UPDATE faena_leader SET epoch = epoch + 1, holder = $1, expires_at = {NOW} + $2
-             WHERE id = 1 AND (expires_at IS NULL OR expires_at <= {NOW}) RETURNING epoch"
+            "UPDATE faena_leader SET epoch = epoch + 1, holder = $1, name = $3, expires_at = {NOW} + $2
+             WHERE id = 1 AND (expires_at IS NULL OR expires_at <= {NOW} OR name = $3) RETURNING epoch"
         );
-        let row = client.query_opt(&sql, &[&holder, &millis(lease)]).await?;
+        let row = client.query_opt(&sql, &[&holder, &millis(lease), &name]).await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
@@ -108,7 +112,7 @@ mod tests {
         let election = store.election().expect("a PostgreSQL store holds elections");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(epoch) = election.try_lead(holder, lease).await.expect("asks") {
+            if let Some(epoch) = election.try_lead(holder, holder, lease).await.expect("asks") {
                 return epoch;
             }
             assert!(tokio::time::Instant::now() < deadline, "{holder} never led");
@@ -136,8 +140,8 @@ mod tests {
         );
         let (ea, eb) = (a.election().expect("election"), b.election().expect("election"));
         let lease = Duration::from_millis(300);
-        let first = ea.try_lead("a", lease).await.expect("asks").expect("nobody led: a leads");
-        assert_eq!(eb.try_lead("b", lease).await.expect("asks"), None, "a's lease runs");
+        let first = ea.try_lead("a", "a", lease).await.expect("asks").expect("nobody led: a leads");
+        assert_eq!(eb.try_lead("b", "b", lease).await.expect("asks"), None, "a's lease runs");
         let now = eb.leader().await.expect("reads");
         assert_eq!((now.epoch, now.holder.as_deref()), (first, Some("a")));
         assert!(now.expires_in_ms > 0 && now.expires_in_ms <= 300, "{now:?}");
@@ -169,7 +173,12 @@ mod tests {
 
         // A clean stop gives the lease up: the next master leads at once.
         eb.resign(second).await.expect("resigns");
-        let third = ea.try_lead("a again", Duration::from_secs(60)).await.expect("asks").expect("free at once");
+        let third = ea.try_lead("a2", "a again", Duration::from_secs(60)).await.expect("asks").expect("free at once");
         assert_eq!(third, second + 1);
+        // The same master started again takes its own lease back at once,
+        // with a newer epoch; another still waits.
+        assert_eq!(eb.try_lead("b", "b", lease).await.expect("asks"), None);
+        let fourth = ea.try_lead("a2", "a again, started again", lease).await.expect("asks").expect("its own");
+        assert_eq!(fourth, third + 1);
     }
 }

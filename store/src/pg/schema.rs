@@ -134,11 +134,14 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (
         6,
-        "each history row names the epoch of the leader that wrote it",
+        "each history row names the epoch of the leader that wrote it; the lease names its master",
         // Which master wrote what, after a takeover: a deposed leader's
         // rows all come before the new leader's (the failover drills
         // check it). Null when written without a fence (one master).
-        "ALTER TABLE transitions ADD COLUMN epoch BIGINT;",
+        // The lease's `name` lets a master started again on the same
+        // address take its own lease back without waiting it out.
+        "ALTER TABLE transitions ADD COLUMN epoch BIGINT;
+    ALTER TABLE faena_leader ADD COLUMN name TEXT;",
     ),
 ];
 
