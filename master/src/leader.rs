@@ -60,6 +60,22 @@ impl Held {
     }
 }
 
+/// What a master says of its lead in its retained status, and whether it
+/// still holds it.
+#[derive(Debug, Clone)]
+pub struct Lead {
+    pub held: Held,
+    /// Its name and its lease's epoch, on a shared store.
+    pub shared: Option<(String, i64)>,
+}
+
+impl Lead {
+    /// A master that owns its store alone.
+    pub fn alone() -> Self {
+        Self { held: Held::always(), shared: None }
+    }
+}
+
 /// Why this master is not leading.
 #[derive(Debug, thiserror::Error)]
 pub enum NotLeading {

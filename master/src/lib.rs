@@ -161,6 +161,14 @@ impl Listeners {
     }
 }
 
+/// This master's lead of a shared store.
+struct Leading {
+    election: store::Election,
+    epoch: i64,
+    /// Its name in the lease (its advertised web address).
+    name: String,
+}
+
 /// Stands by while another master leads a shared store; returns the epoch
 /// of the lease once this master holds it, or none on a store one master
 /// owns (SQLite). A standby announces itself ready once it knows who leads.
@@ -170,7 +178,7 @@ async fn take_lead(
     listeners: &Listeners,
     shutdown: &CancellationToken,
     on_ready: &mut Option<impl FnOnce(&Addrs)>,
-) -> Result<Option<(store::Election, i64)>, MasterError> {
+) -> Result<Option<Leading>, MasterError> {
     let Some(election) = store.election().cloned() else { return Ok(None) };
     let http = Listeners::addr(&listeners.http, "HTTP")?;
     let grpc = Listeners::addr(&listeners.grpc, "gRPC")?;
@@ -209,7 +217,7 @@ async fn take_lead(
         Ok(epoch) => {
             tracing::info!(epoch, name = %me.name, "this master leads the store");
             store.fence(epoch);
-            Ok(Some((election, epoch)))
+            Ok(Some(Leading { election, epoch, name: me.name }))
         }
         Err(leader::NotLeading::Stopped) => Ok(None),
         Err(e) => Err(e.into()),
@@ -279,10 +287,11 @@ pub async fn run(
     }
     let deposed = CancellationToken::new();
     let stop_renewing = CancellationToken::new();
-    let mut held = leader::Held::always();
-    if let Some((election, epoch)) = &leading {
+    let mut lead = leader::Lead::alone();
+    if let Some(Leading { election, epoch, name }) = &leading {
         let lease = Duration::from_millis(cfg.leader_lease_ms);
-        held = leader::Held::for_lease(lease);
+        let held = leader::Held::for_lease(lease);
+        lead = leader::Lead { held: held.clone(), shared: Some((name.clone(), *epoch)) };
         let renew = leader::keep(election.clone(), *epoch, lease, held.clone(), deposed.clone(), stop_renewing.clone());
         tokio::spawn(renew);
     }
@@ -328,9 +337,8 @@ pub async fn run(
     let metrics = Arc::new(metrics::Metrics::default());
     let dynsec = cfg.mqtt_dynsec;
     let at = faena_common::broker::Endpoint { url: &url, creds: creds.as_ref(), tls: &cfg.tls };
-    let conn = mqtt::connect(at, topics.clone(), instance, metrics.clone(), dynsec, mqtt_cancel.clone())?;
+    let conn = mqtt::connect(at, topics.clone(), instance, lead, metrics.clone(), dynsec, mqtt_cancel.clone())?;
     let mqtt::Connection { out, mut connected, mut statuses, driver, dynsec } = conn;
-    let out = out.gated(held);
     let logins = match (dynsec, &cfg.mqtt_url) {
         (Some(d), _) => broker::dynsec::WorkerLogins::Dynsec(d),
         (None, Some(_)) => broker::dynsec::WorkerLogins::None,
@@ -455,7 +463,7 @@ pub async fn run(
         retrying: Default::default(),
         live,
         autoscaler: scaling::Reports::default(),
-        epoch: leading.as_ref().map(|(_, e)| *e),
+        epoch: leading.as_ref().map(|l| l.epoch),
     };
     let miners = TaskTracker::new();
     if let Some(listener) = stratum_listener {
@@ -556,7 +564,7 @@ pub async fn run(
         b.stop(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
     }
     stop_renewing.cancel();
-    if let Some((election, epoch)) = leading {
+    if let Some(Leading { election, epoch, .. }) = leading {
         // A standby takes over now rather than when the lease runs out.
         match tokio::time::timeout(Duration::from_secs(2), election.resign(epoch)).await {
             Ok(Ok(())) => tracing::info!(epoch, "gave up the lead"),

@@ -33,16 +33,15 @@ pub struct MqttOut {
     /// The signed live configuration, published again on every connection
     /// (a restarted broker may have lost the retained copy).
     config: Arc<Mutex<Option<Vec<u8>>>>,
-    /// Units and control messages go out only while this master leads.
-    lead: crate::leader::Held,
+    /// Units and control messages go out only while this master leads;
+    /// its status names the lead.
+    lead: crate::leader::Lead,
 }
 
 impl MqttOut {
-    /// Sends units and control messages only while `lead` holds.
-    #[must_use]
-    pub fn gated(mut self, lead: crate::leader::Held) -> Self {
-        self.lead = lead;
-        self
+    fn status(&self, state: MasterState) -> MasterStatus {
+        let (leader, epoch) = self.lead.shared.clone().unzip();
+        MasterStatus { instance_id: self.instance, state, ts_ms: now_ms(), leader, epoch }
     }
 
     pub fn client(&self) -> &AsyncClient {
@@ -50,7 +49,7 @@ impl MqttOut {
     }
 
     pub fn dispatch(&self, worker: &WorkerId, unit: &WorkUnit) {
-        if !self.lead.holds() {
+        if !self.lead.held.holds() {
             tracing::debug!(job = %unit.job_id, "not sent: this master's lease has run out");
             return;
         }
@@ -61,7 +60,7 @@ impl MqttOut {
     }
 
     pub fn control(&self, worker: &WorkerId, control: &Control) {
-        if !self.lead.holds() {
+        if !self.lead.held.holds() {
             tracing::debug!(worker = %worker, "control message not sent: this master's lease has run out");
             return;
         }
@@ -85,7 +84,7 @@ impl MqttOut {
     }
 
     pub async fn announce(&self, state: MasterState) {
-        let status = MasterStatus { instance_id: self.instance, state, ts_ms: now_ms() };
+        let status = self.status(state);
         let _ = self.client.publish(self.topics.master_status(), QoS::AtLeastOnce, true, status.encode()).await;
     }
 }
@@ -186,23 +185,19 @@ pub fn connect(
     at: Endpoint<'_>,
     topics: Topics,
     instance: InstanceId,
+    lead: crate::leader::Lead,
     metrics: Arc<Metrics>,
     dynsec: bool,
     cancel: CancellationToken,
 ) -> Result<Connection, faena_common::tls::TlsError> {
-    let will_status = MasterStatus { instance_id: instance, state: MasterState::Offline, ts_ms: 0 };
+    let (leader, epoch) = lead.shared.clone().unzip();
+    let will_status = MasterStatus { instance_id: instance, state: MasterState::Offline, ts_ms: 0, leader, epoch };
     let will = LastWill::new(topics.master_status(), will_status.encode(), QoS::AtLeastOnce, true);
     let options = broker::options(broker::MASTER_CLIENT_ID, at, Some(will))?;
     let (client, eventloop) = broker::client(options, 65_536);
     let (connected_tx, connected) = watch::channel(false);
     let (status_tx, statuses) = Statuses::channel();
-    let out = MqttOut {
-        client: client.clone(),
-        topics: topics.clone(),
-        instance,
-        config: Arc::default(),
-        lead: crate::leader::Held::always(),
-    };
+    let out = MqttOut { client: client.clone(), topics: topics.clone(), instance, config: Arc::default(), lead };
     let announce = out.clone();
     let accounts = dynsec.then(|| Arc::new(Dynsec::new(client.clone(), topics.clone(), connected.clone())));
     let answers = accounts.clone();
@@ -215,7 +210,10 @@ pub fn connect(
             }
             let _ = connected_tx.send(true);
             let _ = client.try_subscribe(topics.all_worker_status(), QoS::AtLeastOnce);
-            let status = MasterStatus { instance_id: announce.instance, state: MasterState::Online, ts_ms: now_ms() };
+            // Another master's status (a deposed leader's last will, sent
+            // after this one took over) must not stay the retained one.
+            let _ = client.try_subscribe(topics.master_status(), QoS::AtLeastOnce);
+            let status = announce.status(MasterState::Online);
             let _ = client.try_publish(topics.master_status(), QoS::AtLeastOnce, true, status.encode());
             if let Some(config) = announce.config.lock().clone() {
                 announce.publish_config(config);
@@ -227,6 +225,13 @@ pub fn connect(
         Event::Incoming(Packet::Publish(p)) if p.topic == dynsec::ANSWER_TOPIC => {
             if let Some(Err(e)) = answers.as_ref().map(|d| d.on_answer(&p.payload)) {
                 tracing::warn!(error = %e, "dropped a malformed answer from the broker's dynamic security plugin");
+            }
+        }
+        Event::Incoming(Packet::Publish(p)) if p.topic == topics.master_status() => {
+            let theirs = MasterStatus::decode(&p.payload).ok().filter(|s| s.instance_id != announce.instance);
+            if theirs.is_some() && announce.lead.held.holds() {
+                let status = announce.status(MasterState::Online);
+                let _ = client.try_publish(topics.master_status(), QoS::AtLeastOnce, true, status.encode());
             }
         }
         Event::Incoming(Packet::Publish(p)) => match decode_status(&topics, &p.topic, &p.payload) {

@@ -108,6 +108,12 @@ pub struct MasterStatus {
     pub instance_id: InstanceId,
     pub state: MasterState,
     pub ts_ms: u64,
+    /// On a store several masters share: the leading master (its web
+    /// address) and the epoch of its lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
 }
 impl Payload for MasterStatus {}
 
@@ -169,7 +175,20 @@ mod tests {
             config_version: 7,
             ts_ms: now_ms(),
         });
-        round_trip(MasterStatus { instance_id: InstanceId::new(), state: MasterState::Offline, ts_ms: 1 });
+        round_trip(MasterStatus {
+            instance_id: InstanceId::new(),
+            state: MasterState::Offline,
+            ts_ms: 1,
+            leader: None,
+            epoch: None,
+        });
+        round_trip(MasterStatus {
+            instance_id: InstanceId::new(),
+            state: MasterState::Online,
+            ts_ms: 2,
+            leader: Some("10.0.1.7:8888".into()),
+            epoch: Some(3),
+        });
         let mut fields = Map::new();
         fields.insert("job".into(), json!("x"));
         round_trip(LogLine {

@@ -5,9 +5,9 @@
 
 use std::collections::HashSet;
 
-use faena_testkit::mosquitto::Mosquitto;
+use faena_testkit::mosquitto::{Mosquitto, OBSERVER};
 use faena_testkit::process::signal;
-use faena_testkit::{Api, Cluster, MasterOpts, eventually};
+use faena_testkit::{Api, Cluster, Listener, MasterOpts, eventually};
 use serde_json::{Value, json};
 
 /// `path` of the master at `http`, when it answers (a master that
@@ -99,6 +99,23 @@ async fn a_paused_leader_is_replaced_and_steps_down_when_it_wakes() {
         async move { health(&http).await.filter(|h| h["role"] == "standby").map(drop) }
     })
     .await;
+
+    // The retained master status names the new leader (not the old one's
+    // last will, which the broker sends when the new one takes its place).
+    let observer = format!("mqtt://127.0.0.1:{}", mosquitto.observer_port);
+    let login = Some((OBSERVER.username.to_owned(), OBSERVER.password.to_owned()));
+    let status = eventually("the retained status names the new leader", || {
+        let (observer, login, leader) = (observer.clone(), login.clone(), b.http.clone());
+        async move {
+            let mut l = Listener::start_with(&observer, "leaders-observer", "faena/master/status", login).await;
+            let (_, payload) =
+                tokio::time::timeout(std::time::Duration::from_secs(2), l.messages.recv()).await.ok()??;
+            let s: Value = serde_json::from_slice(&payload).ok()?;
+            (s["state"] == "online" && s["leader"] == leader.as_str()).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status["epoch"], new_epoch, "{status}");
 
     // Every acknowledged job ends, once; through either master.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
