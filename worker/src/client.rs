@@ -79,7 +79,34 @@ pub enum ClientError {
 /// restarts. Its calls carry what is put in the returned [`Session`].
 /// An `https://` URL connects over TLS, trusting the CA file in `tls` (or
 /// the system's roots).
-pub fn connect(url: &str, token: &Secret, tls: &faena_common::tls::TlsArgs) -> Result<(Client, Session), ClientError> {
+/// Most masters one worker is told of.
+pub const MAX_MASTERS: usize = 16;
+
+/// The masters `--master-url` names (comma-separated, blanks ignored).
+pub fn master_urls(list: &str) -> Vec<&str> {
+    list.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+}
+
+/// A client of the masters `urls` names: one, or several balanced — a
+/// call goes to one that is up, and a master that goes away is left out
+/// until it answers again (a standby forwards to the leader, so any
+/// master will do).
+pub fn connect(urls: &str, token: &Secret, tls: &faena_common::tls::TlsArgs) -> Result<(Client, Session), ClientError> {
+    let endpoints =
+        master_urls(urls).into_iter().take(MAX_MASTERS).map(|u| endpoint(u, tls)).collect::<Result<Vec<_>, _>>()?;
+    let channel = match endpoints.as_slice() {
+        [one] => one.connect_lazy(),
+        _ => tonic::transport::Channel::balance_list(endpoints.into_iter()),
+    };
+    let token = format!("Bearer {}", token.expose()).parse().map_err(|_| ClientError::Token)?;
+    let session = Session::default();
+    let client = MasterClient::with_interceptor(channel, Bearer { token, session: session.clone() })
+        .max_decoding_message_size(8 * 1024 * 1024)
+        .max_encoding_message_size(8 * 1024 * 1024);
+    Ok((client, session))
+}
+
+fn endpoint(url: &str, tls: &faena_common::tls::TlsArgs) -> Result<Endpoint, ClientError> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| ClientError::Url { url: url.to_owned(), reason: e.to_string() })?;
     if url.starts_with("https://") {
@@ -96,12 +123,7 @@ pub fn connect(url: &str, token: &Secret, tls: &faena_common::tls::TlsArgs) -> R
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    let token = format!("Bearer {}", token.expose()).parse().map_err(|_| ClientError::Token)?;
-    let session = Session::default();
-    let client = MasterClient::with_interceptor(endpoint.connect_lazy(), Bearer { token, session: session.clone() })
-        .max_decoding_message_size(8 * 1024 * 1024)
-        .max_encoding_message_size(8 * 1024 * 1024);
-    Ok((client, session))
+    Ok(endpoint)
 }
 
 /// Calls the master until it answers (`call` makes one try). A wrong token,
@@ -155,4 +177,25 @@ fn tls_failure(status: &Status) -> Option<String> {
         source = e.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_masters_are_named_comma_separated() {
+        assert_eq!(master_urls("http://a:50051"), ["http://a:50051"]);
+        assert_eq!(master_urls(" http://a:1, http://b:2 ,,"), ["http://a:1", "http://b:2"]);
+        assert!(master_urls(" , ").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_client_of_several_masters_is_made_without_reaching_them() {
+        let token = Secret::new("t");
+        let tls = faena_common::tls::TlsArgs::default();
+        assert!(connect("http://127.0.0.1:1,http://127.0.0.2:1", &token, &tls).is_ok());
+        assert!(connect("http://127.0.0.1:1", &token, &tls).is_ok());
+        assert!(matches!(connect("not a url at all\n", &token, &tls), Err(ClientError::Url { .. })));
+    }
 }

@@ -15,7 +15,8 @@ pub struct Config {
     /// Unique id of this worker (A-Z a-z 0-9 _ . -). Default: host name plus a random suffix.
     #[arg(long, env = "FAENA_WORKER_ID")]
     pub worker_id: Option<String>,
-    /// The master's gRPC address (`https://` for TLS).
+    /// The master's gRPC address (`https://` for TLS); several masters,
+    /// comma-separated: calls go to any of them that answers.
     #[arg(long, env = "FAENA_MASTER_URL", default_value = "http://127.0.0.1:50051")]
     pub master_url: String,
     /// The broker (`mqtts://` for TLS).
@@ -132,8 +133,17 @@ impl Config {
                 return Err(ConfigError(format!("AI base URL {url:?} must start with http:// or https://")));
             }
         }
-        if !(self.master_url.starts_with("http://") || self.master_url.starts_with("https://")) {
-            return Err(ConfigError(format!("--master-url {:?} must start with http:// or https://", self.master_url)));
+        let urls = crate::client::master_urls(&self.master_url);
+        if urls.is_empty() || urls.len() > crate::client::MAX_MASTERS {
+            return Err(ConfigError(format!(
+                "--master-url names 1 to {} masters, comma-separated",
+                crate::client::MAX_MASTERS
+            )));
+        }
+        for url in &urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError(format!("--master-url {url:?} must start with http:// or https://")));
+            }
         }
         Ok(())
     }
@@ -145,4 +155,22 @@ impl Config {
 
 fn parse_provider(s: &str) -> Result<Provider, String> {
     Provider::parse(s.trim()).ok_or_else(|| format!("unknown AI provider {s:?} (gemini, openai, local)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Config;
+
+    #[test]
+    fn a_worker_is_told_of_one_to_sixteen_masters() {
+        let parse =
+            |urls: &str| Config::try_parse_from(["faena-worker", "--master-url", urls]).map_err(|e| e.to_string());
+        let many = (0..17).map(|i| format!("http://m{i}:50051")).collect::<Vec<_>>().join(",");
+        assert!(parse(&many).expect("parses").validate().is_err());
+        assert!(parse("http://a:1,https://b:2").expect("parses").validate().is_ok());
+        assert!(parse("http://a:1,b:2").expect("parses").validate().is_err());
+        assert!(parse(",").expect("parses").validate().is_err());
+    }
 }
