@@ -150,9 +150,15 @@ impl Cluster {
     /// directory of its own, `name`, on ports of its own: a standby while
     /// this cluster's master leads a shared store.
     pub async fn add_master(&self, name: &str) -> (Proc, MasterAddrs) {
+        self.start_master_in(name, None).await
+    }
+
+    /// Starts a master in directory `name` of this cluster's (`""`: the
+    /// cluster's own master's), on the addresses of `same_as` when given.
+    pub async fn start_master_in(&self, name: &str, same_as: Option<&MasterAddrs>) -> (Proc, MasterAddrs) {
         let dir = self.dir.path().join(name);
         std::fs::create_dir_all(&dir).expect("master dir");
-        start_master(&dir, &self.opts, None).await
+        start_master(&dir, &self.opts, same_as).await
     }
 
     pub fn master(&mut self) -> &mut Proc {
