@@ -147,7 +147,8 @@ async fn main() {
         assert!(tokio::time::Instant::now() < deadline, "acknowledged jobs not succeeded: {left}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let missing = ids.len() - pg.sql(&format!("SELECT count(*) FROM jobs WHERE id IN ({list})")).parse::<usize>().unwrap_or(0);
+    let missing =
+        ids.len() - pg.sql(&format!("SELECT count(*) FROM jobs WHERE id IN ({list})")).parse::<usize>().unwrap_or(0);
     assert_eq!(missing, 0, "acknowledged jobs missing from the store");
     let succeeded = pg.sql(&format!("SELECT count(*) FROM jobs WHERE state = 'succeeded' AND id IN ({list})"));
     let twice = pg.sql(
