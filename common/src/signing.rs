@@ -1,14 +1,20 @@
-//! The live configuration's signature: HMAC-SHA256 over the published
-//! document, under a key derived from the cluster token (itself an HMAC of a
-//! fixed label, so the key signs nothing else). Only the master and the
-//! workers hold the token; a broker account, even one that may publish,
-//! cannot make a configuration a worker takes.
+//! What the cluster token vouches for, each under a key of its own derived
+//! from the token (an HMAC of a fixed label, so a key signs nothing else):
+//!
+//! - the live configuration: HMAC-SHA256 over the published document. Only
+//!   the master and the workers hold the token; a broker account, even one
+//!   that may publish, cannot make a configuration a worker takes;
+//! - a client's address, as a standby master forwarding the client's
+//!   request tells the leader ([`vouch`]): the leader's per-address limits
+//!   then count the client, not the standby, and no client can claim an
+//!   address of its choosing.
 
 use aws_lc_rs::hmac;
 use faena_proto::secret::Secret;
 use faena_proto::settings::{ClusterConfig, SignedConfig};
 
 const LABEL: &[u8] = b"faena-config-v1";
+const CLIENT_LABEL: &[u8] = b"faena-forwarded-client-v1";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OpenError {
@@ -19,8 +25,29 @@ pub enum OpenError {
 }
 
 fn key(cluster_token: &Secret) -> hmac::Key {
+    derived(cluster_token, LABEL)
+}
+
+fn derived(cluster_token: &Secret, label: &[u8]) -> hmac::Key {
     let root = hmac::Key::new(hmac::HMAC_SHA256, cluster_token.expose().as_bytes());
-    hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&root, LABEL).as_ref())
+    hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&root, label).as_ref())
+}
+
+/// The header value a standby sends with a forwarded request: the
+/// client's address and the cluster's signature of it (`ip;hex`).
+pub fn vouch(cluster_token: &Secret, client: std::net::IpAddr) -> String {
+    let addr = client.to_string();
+    let sig = hex(hmac::sign(&derived(cluster_token, CLIENT_LABEL), addr.as_bytes()).as_ref());
+    format!("{addr};{sig}")
+}
+
+/// The client's address in a header [`vouch`] made with this cluster's
+/// token; none for anything else (constant-time check).
+pub fn vouched(cluster_token: &Secret, header: &str) -> Option<std::net::IpAddr> {
+    let (addr, sig) = header.split_once(';')?;
+    let tag = unhex(sig)?;
+    hmac::verify(&derived(cluster_token, CLIENT_LABEL), addr.as_bytes(), &tag).ok()?;
+    addr.parse().ok()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -52,6 +79,23 @@ pub fn open(cluster_token: &Secret, signed: &SignedConfig) -> Result<ClusterConf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_this_cluster_vouches_for_a_client_and_only_for_that_one() {
+        let token = Secret::new("cluster-token");
+        let client: std::net::IpAddr = "127.0.0.7".parse().unwrap_or_else(|_| unreachable!());
+        let header = vouch(&token, client);
+        assert_eq!(vouched(&token, &header), Some(client));
+        assert_eq!(vouched(&Secret::new("another"), &header), None);
+        let (_, sig) = header.split_once(';').unwrap_or_default();
+        assert_eq!(vouched(&token, &format!("127.0.0.8;{sig}")), None, "another address, same signature");
+        for junk in ["", "127.0.0.7", "127.0.0.7;", "127.0.0.7;zz", ";;", "ü;00"] {
+            assert_eq!(vouched(&token, junk), None, "{junk:?}");
+        }
+        // The configuration's key signs no address.
+        let config_sig = hex(hmac::sign(&key(&token), b"127.0.0.7").as_ref());
+        assert_eq!(vouched(&token, &format!("127.0.0.7;{config_sig}")), None);
+    }
 
     #[test]
     fn only_the_same_token_opens_it_and_any_change_breaks_it() {

@@ -175,6 +175,7 @@ struct Leading {
 async fn take_lead(
     cfg: &Config,
     store: &store::Store,
+    token: Arc<Secret>,
     listeners: &Listeners,
     shutdown: &CancellationToken,
     on_ready: &mut Option<impl FnOnce(&Addrs)>,
@@ -196,7 +197,7 @@ async fn take_lead(
     let (leader_tx, mut leader_rx) = tokio::sync::watch::channel(None);
     let stop_standby = CancellationToken::new();
     let tasks = TaskTracker::new();
-    standby::serve(listeners.copies()?, leader_rx.clone(), stop_standby.clone(), &tasks);
+    standby::serve(listeners.copies()?, leader_rx.clone(), token, stop_standby.clone(), &tasks);
     let won = {
         let elect = leader::elect(&election, &me, lease, cfg.mqtt_url.is_none(), &leader_tx, shutdown);
         tokio::pin!(elect);
@@ -281,7 +282,7 @@ pub async fn run(
     };
     let listeners = Listeners::bind(&cfg)?;
     let mut on_ready = Some(on_ready);
-    let leading = take_lead(&cfg, &store, &listeners, &shutdown, &mut on_ready).await?;
+    let leading = take_lead(&cfg, &store, Arc::new(token.clone()), &listeners, &shutdown, &mut on_ready).await?;
     if shutdown.is_cancelled() {
         return Ok(());
     }
@@ -429,6 +430,7 @@ pub async fn run(
     };
 
     let servers_cancel = CancellationToken::new();
+    let vouching = Arc::new(token.clone());
     let grpc_service =
         grpc::server(coord.clone(), instance, cfg.heartbeat_ms, metrics.clone(), token, logins, live.clone());
     let grpc_incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
@@ -488,7 +490,8 @@ pub async fn run(
     let app = axum::Router::new()
         .fallback_service(sio_layer.layer(http::app(state, &cfg.web_dir)))
         .layer(axum::middleware::from_fn_with_state(origins, http::origin::check_origin))
-        .layer(axum::middleware::from_fn_with_state(Arc::new(cfg.allowed_hosts()?), http::origin::check_host));
+        .layer(axum::middleware::from_fn_with_state(Arc::new(cfg.allowed_hosts()?), http::origin::check_host))
+        .layer(axum::middleware::from_fn_with_state(vouching, standby::vouched_client));
     let stop_http = servers_cancel.clone();
     // The client's address bounds what it may do through the page (web::limits).
     let app = app.into_make_service_with_connect_info::<http::listen::PeerAddr>();

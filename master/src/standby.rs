@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -23,7 +23,15 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use faena_proto::secret::Secret;
+
 use crate::http::AppError;
+use crate::http::listen::PeerAddr;
+
+/// The header in which a standby tells the leader whose request it
+/// forwards (`faena_common::signing::vouch`); the leader believes it only
+/// with the cluster's signature, and drops it from every request.
+pub const CLIENT_HEADER: &str = "x-faena-client";
 
 /// What a leader says of itself in the store's lease: where the other
 /// masters forward to.
@@ -73,7 +81,13 @@ pub struct Ports {
 
 /// Serves as a standby on `ports` until `stop`: `leader` says where the
 /// current leader is (none while nobody leads).
-pub fn serve(ports: Ports, leader: watch::Receiver<Option<Holder>>, stop: CancellationToken, tasks: &TaskTracker) {
+pub fn serve(
+    ports: Ports,
+    leader: watch::Receiver<Option<Holder>>,
+    token: Arc<Secret>,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) {
     let source = leader.clone();
     let to = move |pick: fn(&Holder) -> Option<String>| {
         let leader = source.clone();
@@ -88,6 +102,7 @@ pub fn serve(ports: Ports, leader: watch::Receiver<Option<Holder>>, stop: Cancel
         client: Client::builder(TokioExecutor::new()).build(connector()),
         busy: Arc::new(Semaphore::new(MAX_FORWARDED)),
         stop: stop.clone(),
+        token,
     };
     let app = axum::Router::new().route("/healthz", get(healthz)).fallback(forward).with_state(state);
     let http = ports.http;
@@ -104,6 +119,7 @@ pub fn serve(ports: Ports, leader: watch::Receiver<Option<Holder>>, stop: Cancel
         let http = http.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(http, app).with_graceful_shutdown(plain.cancelled_owned()).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "the standby's web port failed");
@@ -153,6 +169,8 @@ struct Forward {
     /// Cancelled when this master takes the lead: what it still forwards
     /// would go to a leader that is gone.
     stop: CancellationToken,
+    /// Signs the client's address for the leader.
+    token: Arc<Secret>,
 }
 
 /// The answer to a request caught by a takeover: the client asks again,
@@ -174,7 +192,7 @@ async fn healthz(State(s): State<Forward>) -> Response {
 
 /// Sends the request on to the leader and its answer back; an upgrade
 /// (Socket.IO's WebSocket) is joined end to end once both sides switch.
-async fn forward(State(s): State<Forward>, mut req: Request) -> Response {
+async fn forward(State(s): State<Forward>, ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request) -> Response {
     if s.stop.is_cancelled() {
         return moved();
     }
@@ -203,6 +221,11 @@ async fn forward(State(s): State<Forward>, mut req: Request) -> Response {
     };
     let upgrade = req.headers().contains_key(header::UPGRADE).then(|| hyper::upgrade::on(&mut req));
     *req.uri_mut() = uri;
+    let vouched = HeaderValue::from_str(&faena_common::signing::vouch(&s.token, peer.ip()));
+    req.headers_mut().remove(CLIENT_HEADER);
+    if let Ok(v) = vouched {
+        req.headers_mut().insert(CLIENT_HEADER, v);
+    }
     let answer = tokio::select! {
         answer = s.client.request(req) => answer,
         () = s.stop.cancelled() => return moved(),
@@ -233,6 +256,24 @@ async fn forward(State(s): State<Forward>, mut req: Request) -> Response {
                 .into_response()
         }
     }
+}
+
+/// On the leader: a request a standby forwarded carries its client's
+/// address, signed ([`CLIENT_HEADER`]); the per-address limits (the page's
+/// Socket.IO) then count that client. The header is dropped from every
+/// request, signed or not: a client cannot claim an address.
+pub async fn vouched_client(
+    State(token): State<Arc<Secret>>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(header) = req.headers_mut().remove(CLIENT_HEADER) {
+        let client = header.to_str().ok().and_then(|h| faena_common::signing::vouched(&token, h));
+        if let Some(ip) = client {
+            req.extensions_mut().insert(ConnectInfo(PeerAddr(SocketAddr::new(ip, 0))));
+        }
+    }
+    next.run(req).await
 }
 
 /// The address other masters reach this one's `port` at: `advertise`
@@ -273,6 +314,37 @@ mod tests {
         assert_eq!(Holder::parse(Some(&h.to_string())), Some(h));
         assert_eq!(Holder::parse(None), None);
         assert_eq!(Holder::parse(Some("a master of an older build")), None);
+    }
+
+    /// The leader counts a forwarded client by the address its standby
+    /// vouched for, and a client that claims one itself by its own.
+    #[tokio::test]
+    async fn a_forwarded_client_is_known_by_the_address_its_standby_signed() {
+        let token = Arc::new(Secret::new("cluster-token"));
+        let seen = |ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>, headers: axum::http::HeaderMap| async move {
+            format!("{} {}", addr.ip(), headers.contains_key(CLIENT_HEADER))
+        };
+        let app = axum::Router::new()
+            .route("/", get(seen))
+            .layer(axum::middleware::from_fn_with_state(token.clone(), vouched_client))
+            .into_make_service_with_connect_info::<PeerAddr>();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
+        let listener = crate::http::listen::WebListener::Plain(listener);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let ask = |header: Option<String>| async move {
+            let mut req = reqwest::Client::new().get(format!("http://{addr}/"));
+            if let Some(h) = header {
+                req = req.header(CLIENT_HEADER, h);
+            }
+            req.send().await.unwrap_or_else(|e| panic!("GET: {e}")).text().await.unwrap_or_default()
+        };
+        let client: std::net::IpAddr = "127.0.0.9".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(ask(None).await, "127.0.0.1 false");
+        assert_eq!(ask(Some(faena_common::signing::vouch(&token, client))).await, "127.0.0.9 false");
+        let forged = faena_common::signing::vouch(&Secret::new("another"), client);
+        assert_eq!(ask(Some(forged)).await, "127.0.0.1 false");
+        assert_eq!(ask(Some("127.0.0.9".into())).await, "127.0.0.1 false");
     }
 
     #[test]
