@@ -140,9 +140,13 @@ fn failed(e: &faena_store::StoreError, lease: Duration) -> Duration {
     look_every(lease)
 }
 
-/// Renews the lease of `epoch` until `stop`; cancels `deposed` when it is
-/// lost: taken by another master, or not renewed before it would run out
-/// on this master's own clock (cut off from the store, or paused).
+/// Renews the lease of `epoch` until `stop`; cancels `deposed` once
+/// another master has taken it. A lease that ran out on this master's own
+/// clock before it was renewed (the store away, or this master paused)
+/// has lapsed: [`Held`] says so and nothing goes to the workers, while the
+/// renewals go on — the store may still hold this epoch (nobody took
+/// over: a lone master rides out a store outage without a restart), or
+/// say another has it (then this master steps down).
 pub async fn keep(
     election: Election,
     epoch: i64,
@@ -152,21 +156,25 @@ pub async fn keep(
     stop: CancellationToken,
 ) {
     let mut held_until = tokio::time::Instant::now() + lease;
+    let mut lapsed = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(renew_every(lease)) => {}
         }
         let asked = tokio::time::Instant::now();
-        // Past its end on this clock, the lease may be another's already.
-        if asked >= held_until {
-            tracing::warn!(epoch, "the lease ran out before it was renewed (paused, or cut off from the store)");
-            deposed.cancel();
-            return;
+        if asked >= held_until && !lapsed {
+            lapsed = true;
+            tracing::warn!(
+                epoch,
+                "the lease ran out before it was renewed (the store away, or this master paused): nothing goes to the workers until it is renewed or another master has it"
+            );
         }
-        match tokio::time::timeout_at(held_until, election.renew(epoch, lease)).await {
+        match tokio::time::timeout(renew_every(lease), election.renew(epoch, lease)).await {
             Ok(Ok(true)) => {
-                tracing::debug!(epoch, took_ms = asked.elapsed().as_millis() as u64, "lease renewed");
+                if std::mem::take(&mut lapsed) {
+                    tracing::info!(epoch, "the lease is renewed: this master leads on");
+                }
                 held_until = asked + lease;
                 held.until(held_until.into_std());
             }
@@ -176,7 +184,7 @@ pub async fn keep(
                 return;
             }
             Ok(Err(e)) => tracing::warn!(epoch, error = %e, "could not renew the lease; trying again"),
-            Err(_) => tracing::debug!(epoch, "renewing the lease took too long"),
+            Err(_) => tracing::debug!(epoch, "renewing the lease took too long; trying again"),
         }
     }
 }

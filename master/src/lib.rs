@@ -243,6 +243,31 @@ fn cluster_token(cfg: &Config) -> Result<Secret, MasterError> {
     Ok(token)
 }
 
+/// Connects to the PostgreSQL store, waiting as long as it cannot be
+/// reached (a failover of its own under way, a server still starting): a
+/// master started, or started again after losing the lead, while the store
+/// is away comes up when it is back. None when stopped meanwhile.
+async fn connect_store(
+    url: &str,
+    retention: store::Retention,
+    shutdown: &CancellationToken,
+) -> Result<Option<store::Store>, MasterError> {
+    let mut backoff = faena_common::retry::Policy::RECONNECT.start();
+    loop {
+        match store::Store::connect(url, retention).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "the store cannot be reached yet; trying again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(backoff.wait()) => {}
+        }
+    }
+}
+
 /// Runs the master until `shutdown` is cancelled; `on_ready` gets the bound
 /// addresses once the broker is connected and both servers listen.
 pub async fn run(
@@ -276,7 +301,10 @@ pub async fn run(
     let store = match &store_url {
         Some(url) => {
             tracing::info!("job store: PostgreSQL (FAENA_STORE_URL)");
-            store::Store::connect(url.expose(), cfg.retention()?).await?
+            match connect_store(url.expose(), cfg.retention()?, &shutdown).await? {
+                Some(store) => store,
+                None => return Ok(()),
+            }
         }
         None => store::Store::open(&cfg.data_dir.join("faena.db"), cfg.store_sync, cfg.retention()?)?,
     };

@@ -65,6 +65,25 @@ pub enum StoreError {
     Schema { found: i32, known: i32 },
 }
 
+impl StoreError {
+    /// Whether the server may answer if asked again: it could not be
+    /// reached or was going away (no SQLSTATE, class 08 connection
+    /// exception, 57P shutting down or starting up), or it is a replica
+    /// not yet promoted (25006 read-only). Refusals of what was asked (a
+    /// wrong password, a missing database, a bad URL, a newer schema) are
+    /// not: asking again changes nothing.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Postgres(e) => match e.code().map(|c| c.code()) {
+                None => true,
+                Some(code) => code.starts_with("08") || code.starts_with("57P") || code == "25006",
+            },
+            Self::Unavailable => true,
+            _ => false,
+        }
+    }
+}
+
 /// What the server said (its SQLSTATE and message: "53100: could not
 /// extend file …: No space left on device"), not only "db error".
 fn pg_reason(e: &tokio_postgres::Error) -> String {

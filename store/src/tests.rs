@@ -400,3 +400,18 @@ async fn a_statement_timeout_is_retried_until_the_group_commits() {
     assert!(store.get(late).await.expect("reads").is_some());
     assert!(store.is_healthy());
 }
+
+/// A server that cannot be reached may answer later; one that refuses
+/// the login will refuse it again.
+#[tokio::test]
+async fn an_unreachable_server_is_worth_asking_again_and_a_refused_login_is_not() {
+    let closed = crate::harness::Postgres::start();
+    let url = closed.url();
+    let wrong = url.replacen("://faena:", "://faena:not-", 1);
+    assert_ne!(url, wrong, "the harness's URL names the faena role with a password");
+    let refused = Store::connect(&wrong, Retention::OFF).await.expect_err("a wrong password");
+    assert!(!refused.is_transient(), "{refused}");
+    drop(closed);
+    let gone = Store::connect(&url, Retention::OFF).await.expect_err("nobody listens");
+    assert!(gone.is_transient(), "{gone}");
+}
