@@ -87,20 +87,11 @@ if [ "$masters" -ge 2 ]; then
   export FAENA_MQTT_URL=$mqtt_url FAENA_MQTT_USERNAME=master FAENA_MQTT_DYNSEC=true
   export FAENA_MQTT_PASSWORD_FILE="$FAENA_DATA_DIR/mosquitto/master"
   for n in $(seq 0 $((masters - 1))); do
-    start_master_n "$n"
+    start_master_n "$n" "$FAENA_DATA_DIR/master-$((n + 1))"
     [ "$n" -eq 0 ] || grpc_urls="$grpc_urls,http://$(port_plus "$FAENA_GRPC_ADDR" "$n")"
   done
 else
-  ready=$(mktemp)
-  "$bin/faena-master" > "$ready" &
-  pids+=($!)
-  for _ in $(seq 300); do
-    grep -q '^FAENA_READY ' "$ready" && break
-    kill -0 "${pids[0]}" 2>/dev/null || { echo "faena-master failed to start" >&2; exit 1; }
-    sleep 0.1
-  done
-  grep -q '^FAENA_READY ' "$ready" || { echo "faena-master did not become ready" >&2; exit 1; }
-  rm -f "$ready"
+  start_master_n 0 "$FAENA_DATA_DIR"
 fi
 
 for i in $(seq "$workers"); do

@@ -113,16 +113,16 @@ port_plus() {
   echo "${1%:*}:$(( ${1##*:} + $2 ))"
 }
 
-# Starts master number $1 of FAENA_MASTERS (0-based): ports moved up by
-# $1, its own data directory. Waits for its ready line. ($bin: dev.sh's.)
+# Starts master number $1 (0-based): ports moved up by $1, data in $2.
+# Waits for its ready line. ($bin: dev.sh's.)
 # shellcheck disable=SC2154
 start_master_n() {
-  local n=$1 ready
+  local n=$1 data=$2 ready
   ready=$(mktemp)
   FAENA_HTTP_ADDR=$(port_plus "$FAENA_HTTP_ADDR" "$n") \
   FAENA_GRPC_ADDR=$(port_plus "$FAENA_GRPC_ADDR" "$n") \
   FAENA_STRATUM_ADDR=$(port_plus "$FAENA_STRATUM_ADDR" "$n") \
-  FAENA_DATA_DIR="$FAENA_DATA_DIR/master-$((n + 1))" \
+  FAENA_DATA_DIR="$data" \
     "$bin/faena-master" > "$ready" &
   local pid=$!
   pids+=("$pid")

@@ -24,6 +24,12 @@ pub async fn cluster(extra: Vec<(String, String)>) -> Cluster {
     c
 }
 
+/// The phases' sizes from the command line: `[jobs=20000] [low-load samples=2000]`.
+pub fn jobs_and_samples() -> (usize, usize) {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    (args.first().copied().unwrap_or(20_000), args.get(1).copied().unwrap_or(2_000))
+}
+
 /// Jobs per `POST /api/jobs/batch`.
 pub const BATCH: usize = 1_000;
 /// Concurrent clients of the one-by-one phase.

@@ -28,15 +28,13 @@
 
 use std::time::Duration;
 
-use faena_testkit::bench::{WORKER_SLOTS, cluster, phases};
+use faena_testkit::bench::{WORKER_SLOTS, cluster, jobs_and_samples, phases};
 use faena_testkit::process::cpu_seconds;
 use faena_testkit::{Cluster, eventually};
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let jobs = args.first().copied().unwrap_or(20_000);
-    let samples = args.get(1).copied().unwrap_or(2_000);
+    let (jobs, samples) = jobs_and_samples();
     let sync = std::env::var("FAENA_STORE_SYNC").unwrap_or_else(|_| "full".into());
     let mut extra = vec![("FAENA_STORE_SYNC".to_owned(), sync.clone())];
     // `FAENA_BENCH_STORE=postgres`: the job store on a PostgreSQL of the

@@ -9,15 +9,13 @@
 //! Prints each run and the ratios to the first.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
-use faena_testkit::bench::{Figures, WORKER_SLOTS, phases};
+use faena_testkit::bench::{Figures, WORKER_SLOTS, jobs_and_samples, phases};
 use faena_testkit::mosquitto::Mosquitto;
 use faena_testkit::{Api, Cluster, MasterOpts};
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let jobs = args.first().copied().unwrap_or(20_000);
-    let samples = args.get(1).copied().unwrap_or(2_000);
+    let (jobs, samples) = jobs_and_samples();
     let pg = faena_store::harness::Postgres::start();
     let broker_dir = tempfile::tempdir().expect("dir");
     let mosquitto = Mosquitto::start(broker_dir.path()).await;

@@ -17,7 +17,7 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use faena_store::harness::Postgres;
-use faena_testkit::bench::{Figures, cluster, phases};
+use faena_testkit::bench::{Figures, cluster, jobs_and_samples, phases};
 
 /// What one Graphile Worker run printed.
 #[derive(Debug, serde::Deserialize)]
@@ -64,9 +64,7 @@ async fn faena(store_url: Option<String>, jobs: usize, samples: usize) -> Figure
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let jobs = args.first().copied().unwrap_or(20_000);
-    let samples = args.get(1).copied().unwrap_or(2_000);
+    let (jobs, samples) = jobs_and_samples();
     let concurrency: Vec<u32> = std::env::var("FAENA_BENCH_GRAPHILE_CONCURRENCY")
         .unwrap_or_else(|_| "24,10".into())
         .split(',')
