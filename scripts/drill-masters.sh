@@ -21,4 +21,4 @@ target/release/faena-takeover-bench 20
 target/release/faena-ha-bench 20000 2000
 target/release/faena-ha-drill 2 60 10000
 target/release/faena-ha-drill 3 60 10000
-target/release/faena-patroni-drill 10
+target/release/faena-patroni-drill 500

@@ -93,9 +93,10 @@ pub fn serve(
         let leader = source.clone();
         move || leader.borrow().as_ref().and_then(pick)
     };
-    tasks.spawn(pipe(ports.grpc, to(|h| Some(h.grpc.clone())), stop.clone(), tasks.clone()));
+    let pipe_to = |target| Pipe { target, limit: MAX_FORWARDED };
+    tasks.spawn(pipe(ports.grpc, pipe_to(to(|h| Some(h.grpc.clone()))), stop.clone(), tasks.clone()));
     if let Some(stratum) = ports.stratum {
-        tasks.spawn(pipe(stratum, to(|h| h.stratum.clone()), stop.clone(), tasks.clone()));
+        tasks.spawn(pipe(stratum, pipe_to(to(|h| h.stratum.clone())), stop.clone(), tasks.clone()));
     }
     let state = Forward {
         leader: leader.clone(),
@@ -113,7 +114,7 @@ pub fn serve(
         // A leader that serves HTTPS is reached connection by connection:
         // its certificate answers the client, not this standby.
         if tls_leader().is_some() {
-            return pipe(http, to(|h| Some(h.http.clone())), plain, pipes).await;
+            return pipe(http, Pipe { target: to(|h| Some(h.http.clone())), limit: MAX_FORWARDED }, plain, pipes).await;
         }
         use axum::serve::ListenerExt;
         let http = http.tap_io(|tcp| {
@@ -136,9 +137,22 @@ fn connector() -> HttpConnector {
     c
 }
 
+/// The way to a leader, connection by connection: where to, and how many
+/// at once (beyond, new connections are closed as they come).
+struct Pipe<F> {
+    target: F,
+    limit: usize,
+}
+
 /// Forwards each connection `listener` takes to `target()`, byte for byte.
-async fn pipe(listener: TcpListener, target: impl Fn() -> Option<String>, stop: CancellationToken, tasks: TaskTracker) {
-    let busy = Arc::new(Semaphore::new(MAX_FORWARDED));
+async fn pipe(
+    listener: TcpListener,
+    to: Pipe<impl Fn() -> Option<String>>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let Pipe { target, limit } = to;
+    let busy = Arc::new(Semaphore::new(limit));
     loop {
         let (mut inbound, _) = tokio::select! {
             () = stop.cancelled() => return,
@@ -314,6 +328,50 @@ mod tests {
         assert_eq!(Holder::parse(Some(&h.to_string())), Some(h));
         assert_eq!(Holder::parse(None), None);
         assert_eq!(Holder::parse(Some("a master of an older build")), None);
+    }
+
+    /// A standby forwards at most its limit of connections at once; one
+    /// more is closed as it comes, and is taken again once one ends.
+    #[tokio::test]
+    async fn a_standby_forwards_no_more_connections_than_its_limit() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let leader = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let to = leader.local_addr().unwrap_or_else(|e| panic!("addr: {e}")).to_string();
+        // The leader echoes one byte on each connection and holds it open.
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = leader.accept().await {
+                tokio::spawn(async move {
+                    let mut b = [0u8; 1];
+                    while c.read_exact(&mut b).await.is_ok() && c.write_all(&b).await.is_ok() {}
+                });
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let at = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
+        let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let target = move || Some(to.clone());
+        tokio::spawn(pipe(listener, Pipe { target, limit: 1 }, stop.clone(), tasks.clone()));
+        let echo = |mut c: TcpStream| async move {
+            let mut b = [0u8; 1];
+            let ok = c.write_all(b"x").await.is_ok() && matches!(c.read(&mut b).await, Ok(1));
+            (ok, c)
+        };
+        let connect = || async { TcpStream::connect(at).await.unwrap_or_else(|e| panic!("connect: {e}")) };
+        let (ok, first) = echo(connect().await).await;
+        assert!(ok, "the first connection reaches the leader");
+        let (ok, _second) = echo(connect().await).await;
+        assert!(!ok, "a second one, over the limit, is closed");
+        drop(first);
+        // Its slot is free once the standby sees the first one end.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if echo(connect().await).await.0 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the slot never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
     }
 
     /// The leader counts a forwarded client by the address its standby

@@ -1,6 +1,6 @@
 //! `faena-patroni-drill`: the store's own failover under a master.
 //!
-//! `cargo run --release -p faena-testkit --bin faena-patroni-drill -- [seconds of load before the kill=10]`
+//! `cargo run --release -p faena-testkit --bin faena-patroni-drill -- [jobs acknowledged before the kill=500]`
 //!
 //! A real Patroni pair (Debian's `patroni` and `etcd-server`, everything
 //! on loopback, synchronous replication) holds the store; a master reaches
@@ -197,7 +197,7 @@ fn dir_for_postgres(path: &Path) {
 
 #[tokio::main]
 async fn main() {
-    let load_secs = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10u64);
+    let before_kill = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(500usize);
     let root = tempfile::Builder::new().prefix("faena-patroni-").tempdir_in("/tmp").expect("dir");
     dir_for_postgres(root.path());
     let etcd_port = free_port();
@@ -288,7 +288,10 @@ async fn main() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_secs(load_secs)).await;
+    until("jobs acknowledged before the kill", Duration::from_secs(120), async || {
+        (acknowledged.lock().len() >= before_kill).then_some(())
+    })
+    .await;
 
     let before = acknowledged.lock().len();
     let killed = Instant::now();
@@ -314,7 +317,11 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Some more after the failover, then the load stops.
+    until("jobs acknowledged after the failover", Duration::from_secs(60), async || {
+        (acknowledged.lock().iter().filter(|(at, _)| *at > killed).count() >= 100).then_some(())
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = load.await;
 
