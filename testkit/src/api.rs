@@ -66,6 +66,18 @@ impl Api {
         Some((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
+    /// POSTs a body the server refuses unread (too large), on fresh
+    /// connections until one gets its answer before the server resets it;
+    /// panics after 20 resets.
+    pub async fn post_refused(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        for _ in 0..20 {
+            if let Some(answer) = self.try_post_raw(path, body.clone()).await {
+                return answer;
+            }
+        }
+        panic!("POST {path}: the connection broke before an answer, 20 times");
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         let resp = self.http.get(self.url(path)).send().await.expect("GET");
         let status = resp.status();
