@@ -101,18 +101,18 @@ pub async fn elect(
     let me_text = me.to_string();
     let mut announced = false;
     loop {
-        let wait = match election.try_lead(&me.name, &me_text, lease).await {
+        let wait = match election.try_lead(me.name(), &me_text, lease).await {
             Ok(Some(epoch)) => return Ok(epoch),
             Ok(None) => match election.leader().await {
                 Ok(now) => {
                     let holder = Holder::parse(now.holder.as_deref());
                     if embedded_broker {
-                        let name = holder.map_or_else(|| "unknown".to_owned(), |h| h.name);
+                        let name = holder.map_or_else(|| "unknown".to_owned(), |h| h.name().to_owned());
                         return Err(NotLeading::EmbeddedBroker(name));
                     }
                     if !announced || leader.borrow().as_ref() != holder.as_ref() {
                         announced = true;
-                        tracing::info!(leader = %holder.as_ref().map_or("unknown", |h| h.name.as_str()), epoch = now.epoch, "another master leads; standing by");
+                        tracing::info!(leader = %holder.as_ref().map_or("unknown", |h| h.name()), epoch = now.epoch, "another master leads; standing by");
                     }
                     leader.send_replace(holder);
                     until_free(&now, lease)

@@ -37,10 +37,7 @@ pub const CLIENT_HEADER: &str = "x-faena-client";
 /// masters forward to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
-    /// Its name in logs and `/healthz`: the address it serves the web on,
-    /// which no other live master can have. A master started again on
-    /// the same address takes its own lease back at once.
-    pub name: String,
+    /// Where it serves the web; also its name ([`Holder::name`]).
     pub http: String,
     pub grpc: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,6 +48,13 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// Its name in logs, `/healthz` and the lease: the address it serves
+    /// the web on, which no other live master can have. A master started
+    /// again on the same address takes its own lease back at once.
+    pub fn name(&self) -> &str {
+        &self.http
+    }
+
     /// The lease's `holder` column as written by [`Holder::to_string`];
     /// none for anything else (no master led yet).
     pub fn parse(column: Option<&str>) -> Option<Self> {
@@ -200,7 +204,7 @@ fn moved() -> Response {
 
 /// A standby is healthy while it stands by: it says so, and who leads.
 async fn healthz(State(s): State<Forward>) -> Response {
-    let leader = s.leader.borrow().as_ref().map(|h| h.name.clone());
+    let leader = s.leader.borrow().as_ref().map(|h| h.name().to_owned());
     (StatusCode::OK, axum::Json(json!({"status": "ok", "role": "standby", "leader": leader}))).into_response()
 }
 
@@ -265,7 +269,7 @@ async fn forward(State(s): State<Forward>, ConnectInfo(peer): ConnectInfo<Socket
             resp.map(Body::new)
         }
         Err(e) => {
-            tracing::warn!(leader = %leader.name, error = %e, "could not forward a request to the leader");
+            tracing::warn!(leader = %leader.name(), error = %e, "could not forward a request to the leader");
             AppError::new(StatusCode::BAD_GATEWAY, "leader_unreachable", "the leading master did not answer; try again")
                 .into_response()
         }
@@ -318,13 +322,7 @@ mod tests {
 
     #[test]
     fn a_holder_reads_back_what_it_wrote_and_nothing_else() {
-        let h = Holder {
-            name: "m1".into(),
-            http: "10.0.0.5:8888".into(),
-            grpc: "10.0.0.5:50051".into(),
-            stratum: None,
-            web_tls: false,
-        };
+        let h = Holder { http: "10.0.0.5:8888".into(), grpc: "10.0.0.5:50051".into(), stratum: None, web_tls: false };
         assert_eq!(Holder::parse(Some(&h.to_string())), Some(h));
         assert_eq!(Holder::parse(None), None);
         assert_eq!(Holder::parse(Some("a master of an older build")), None);

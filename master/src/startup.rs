@@ -77,8 +77,6 @@ pub(crate) async fn take_lead(
     let stratum = listeners.stratum.as_ref().map(|l| Listeners::addr(l, "Stratum")).transpose()?;
     let advertise = cfg.advertise_host.as_deref();
     let me = standby::Holder {
-        // Unique among live masters: two cannot listen on one address.
-        name: standby::advertised(advertise, http),
         http: standby::advertised(advertise, http),
         grpc: standby::advertised(advertise, grpc),
         stratum: stratum.map(|s| standby::advertised(advertise, s)),
@@ -107,9 +105,9 @@ pub(crate) async fn take_lead(
     tasks.close();
     match won {
         Ok(epoch) => {
-            tracing::info!(epoch, name = %me.name, "this master leads the store");
+            tracing::info!(epoch, name = %me.name(), "this master leads the store");
             store.fence(epoch);
-            Ok(Some(Leading { election, epoch, name: me.name }))
+            Ok(Some(Leading { election, epoch, name: me.name().to_owned() }))
         }
         Err(leader::NotLeading::Stopped) => Ok(None),
         Err(e) => Err(e.into()),
