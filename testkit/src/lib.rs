@@ -290,6 +290,14 @@ where
     }
 }
 
+/// `path` of the master whose web port is `http`, as JSON, when it
+/// answers within 2 s (a master that steps down or is being replaced is
+/// away for a moment: none then, never a panic).
+pub async fn get_json(http: &str, path: &str) -> Option<Value> {
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build().ok()?;
+    client.get(format!("http://{http}{path}")).send().await.ok()?.json().await.ok()
+}
+
 /// A Prometheus text page (empty when it cannot be fetched).
 pub async fn scrape(url: &str) -> String {
     match reqwest::get(url).await {

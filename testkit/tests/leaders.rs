@@ -7,18 +7,11 @@ use std::collections::HashSet;
 
 use faena_testkit::mosquitto::{Mosquitto, OBSERVER};
 use faena_testkit::process::signal;
-use faena_testkit::{Api, Cluster, Listener, MasterOpts, eventually};
+use faena_testkit::{Api, Cluster, Listener, MasterOpts, eventually, get_json};
 use serde_json::{Value, json};
 
-/// `path` of the master at `http`, when it answers (a master that
-/// steps down starts again, and is not there for a moment).
-async fn get(http: &str, path: &str) -> Option<Value> {
-    let resp = reqwest::Client::new().get(format!("http://{http}{path}")).send().await.ok()?;
-    resp.json().await.ok()
-}
-
 async fn health(http: &str) -> Option<Value> {
-    get(http, "/healthz").await
+    get_json(http, "/healthz").await
 }
 
 /// Submits a job through `http` until one attempt is acknowledged (a
@@ -121,7 +114,7 @@ async fn a_paused_leader_is_replaced_and_steps_down_when_it_wakes() {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     for id in &ids {
         loop {
-            let job = get(&a.http, &format!("/api/jobs/{id}")).await;
+            let job = get_json(&a.http, &format!("/api/jobs/{id}")).await;
             if job.as_ref().is_some_and(|j| j["state"] == "succeeded") {
                 break;
             }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use faena_testkit::mosquitto::Mosquitto;
 use faena_testkit::process::{Proc, signal};
-use faena_testkit::{Cluster, MasterAddrs, MasterOpts};
+use faena_testkit::{Cluster, MasterAddrs, MasterOpts, get_json};
 use serde_json::{Value, json};
 
 const LEASE_MS: u64 = 1_000;
@@ -42,9 +42,7 @@ struct Master {
 }
 
 async fn role(http: &str) -> Option<String> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().ok()?;
-    let v: Value = client.get(format!("http://{http}/healthz")).send().await.ok()?.json().await.ok()?;
-    v["role"].as_str().map(str::to_owned)
+    get_json(http, "/healthz").await?["role"].as_str().map(str::to_owned)
 }
 
 /// Submits `n` jobs through `http` in batches; the acknowledged ids.

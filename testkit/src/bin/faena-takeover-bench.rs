@@ -16,17 +16,15 @@ use std::time::Duration;
 
 use faena_testkit::mosquitto::Mosquitto;
 use faena_testkit::process::Proc;
-use faena_testkit::{Cluster, MasterAddrs, MasterOpts, eventually};
+use faena_testkit::{Cluster, MasterAddrs, MasterOpts, eventually, get_json};
 use serde_json::{Value, json};
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    faena_proto::mqtt::now_ms() as i64
 }
 
-/// The master's `/healthz`, when it answers.
 async fn health(http: &str) -> Option<Value> {
-    let resp = reqwest::Client::new().get(format!("http://{http}/healthz")).send().await.ok()?;
-    resp.json().await.ok()
+    get_json(http, "/healthz").await
 }
 
 /// One master of the pair: its directory in the cluster's, its process, its addresses.
