@@ -191,13 +191,18 @@ struct Forward {
     token: Arc<Secret>,
 }
 
+/// `503` with `Retry-After: 1`: a takeover is under way or to come, and
+/// asked again in a moment the client reaches the next leader.
+fn try_again(code: &'static str, message: &'static str) -> Response {
+    let mut resp = AppError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
 /// The answer to a request caught by a takeover: the client asks again,
 /// on a new connection, and reaches the new leader.
 fn moved() -> Response {
-    let mut resp =
-        AppError::new(StatusCode::SERVICE_UNAVAILABLE, "leader_changed", "the lead moved to another master; try again")
-            .into_response();
-    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    let mut resp = try_again("leader_changed", "the lead moved to another master; try again");
     resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
@@ -215,14 +220,7 @@ async fn forward(State(s): State<Forward>, ConnectInfo(peer): ConnectInfo<Socket
         return moved();
     }
     let Some(leader) = s.leader.borrow().clone() else {
-        let mut resp = AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_leader",
-            "no master leads yet (a takeover is under way); try again in a moment",
-        )
-        .into_response();
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return resp;
+        return try_again("no_leader", "no master leads yet (a takeover is under way); try again in a moment");
     };
     let Ok(permit) = s.busy.clone().try_acquire_owned() else {
         return AppError::new(
@@ -270,8 +268,11 @@ async fn forward(State(s): State<Forward>, ConnectInfo(peer): ConnectInfo<Socket
         }
         Err(e) => {
             tracing::warn!(leader = %leader.name(), error = %e, "could not forward a request to the leader");
-            AppError::new(StatusCode::BAD_GATEWAY, "leader_unreachable", "the leading master did not answer; try again")
-                .into_response()
+            // The leader gone is a takeover to come (as with `no_leader`).
+            try_again(
+                "leader_unreachable",
+                "the leading master did not answer (a takeover may be under way); try again in a moment",
+            )
         }
     }
 }
@@ -326,6 +327,37 @@ mod tests {
         assert_eq!(Holder::parse(Some(&h.to_string())), Some(h));
         assert_eq!(Holder::parse(None), None);
         assert_eq!(Holder::parse(Some("a master of an older build")), None);
+    }
+
+    /// With no leader, or one that does not answer, a standby says to ask
+    /// again in a moment (`503`, `Retry-After: 1`): a takeover is coming.
+    #[tokio::test]
+    async fn a_standby_without_a_reachable_leader_says_to_try_again() {
+        let gone = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let http = gone.local_addr().unwrap_or_else(|e| panic!("addr: {e}")).to_string();
+        drop(gone);
+        let holder = Holder { http, grpc: "127.0.0.1:1".into(), stratum: None, web_tls: false };
+        let (tx, rx) = watch::channel(None);
+        let state = Forward {
+            leader: rx,
+            client: Client::builder(TokioExecutor::new()).build(connector()),
+            busy: Arc::new(Semaphore::new(1)),
+            stop: CancellationToken::new(),
+            token: Arc::new(Secret::new("t")),
+        };
+        let peer: SocketAddr = "127.0.0.5:4000".parse().unwrap_or_else(|_| unreachable!());
+        let ask = || async {
+            let req = Request::builder().uri("/api/jobs").body(Body::empty()).unwrap_or_else(|_| unreachable!());
+            let resp = forward(State(state.clone()), ConnectInfo(peer), req).await;
+            let retry = resp.headers().get(header::RETRY_AFTER).cloned();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap_or_default();
+            let code = serde_json::from_slice::<serde_json::Value>(&body).ok().map(|v| v["error"]["code"].clone());
+            (retry, code)
+        };
+        let one = Some(HeaderValue::from_static("1"));
+        assert_eq!(ask().await, (one.clone(), Some(json!("no_leader"))));
+        tx.send_replace(Some(holder));
+        assert_eq!(ask().await, (one, Some(json!("leader_unreachable"))));
     }
 
     /// A standby forwards at most its limit of connections at once; one
