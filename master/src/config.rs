@@ -373,6 +373,7 @@ impl Config {
             template_refresh: Duration::from_secs(self.template_refresh_secs.max(1)),
             budget_share: self.verify_budget,
             password: None,
+            forwarders: None,
             // Checked by validate(); unreadable here means off.
             mining_retention: self.mining_retention().ok().flatten(),
         }

@@ -25,7 +25,9 @@ pub mod ai_cache;
 pub mod broker;
 pub mod config;
 pub mod coordinator;
+
 pub mod engine;
+pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod hub;
@@ -288,6 +290,7 @@ pub async fn run(
         cfg.stratum_password_file.as_deref(),
     )?
     .map(Arc::new);
+    pool_cfg.forwarders = Some(Arc::new(token.clone()));
     let pool_db = pool::db::Db::new(store::mining::MiningDb::beside(&store, &cfg.data_dir.join("mining.db"))?);
     let loaded = pool_db.load().await?;
     let pool =
@@ -370,6 +373,7 @@ pub async fn run(
         live,
         autoscaler: scaling::Reports::default(),
         epoch: leading.as_ref().map(|l| l.epoch),
+        stratum_port: addrs.stratum.map(|a| a.port()),
     };
     let miners = TaskTracker::new();
     if let Some(listener) = stratum_listener {
@@ -395,7 +399,7 @@ pub async fn run(
         .fallback_service(sio_layer.layer(http::app(state, &cfg.web_dir)))
         .layer(axum::middleware::from_fn_with_state(origins, http::origin::check_origin))
         .layer(axum::middleware::from_fn_with_state(Arc::new(cfg.allowed_hosts()?), http::origin::check_host))
-        .layer(axum::middleware::from_fn_with_state(vouching, standby::vouched_client));
+        .layer(axum::middleware::from_fn_with_state(vouching, forward::vouched_client));
     let stop_http = servers_cancel.clone();
     // The client's address bounds what it may do through the page (web::limits).
     let app = app.into_make_service_with_connect_info::<http::listen::PeerAddr>();

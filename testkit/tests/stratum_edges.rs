@@ -199,3 +199,33 @@ async fn the_default_verifier_submits_blocks_while_its_dataset_builds() {
     assert!(blocks >= 1 && took.as_secs() < 60, "a block within a minute, not after the dataset: {took:?} {verifier}");
     assert!(!c.master_log().contains("not verified within the time limit"), "no share was lost to the verifier");
 }
+
+/// The preface a forwarder (a standby, the edge) starts a connection with
+/// names the miner only with the cluster's signature, and only first: a
+/// miner cannot claim another address, forged or after it has spoken.
+#[tokio::test]
+async fn a_miner_cannot_claim_an_address_with_a_forwarders_preface() {
+    use faena_common::signing::vouch;
+    use faena_proto::secret::Secret;
+    let (_c, _node, stratum) = pool(&[]).await;
+    let refused = |mut m: Miner| async move {
+        let said = m.read().await.and_then(|r| r.error).expect("told why");
+        assert!(said.message.starts_with("Unauthenticated"), "{}", said.message);
+        assert!(m.read().await.is_none(), "and closed");
+    };
+    let forged = vouch(&Secret::new("not-the-token"), ip("127.0.0.9"));
+    let mut m = Miner::connect_from(&stratum, ip("127.0.0.7")).await;
+    m.send_raw(&format!("faena-client {forged}\n")).await;
+    refused(m).await;
+    // A real signature, but after the miner spoke.
+    let signed = vouch(&Secret::new(faena_testkit::TOKEN), ip("127.0.0.9"));
+    let mut m = Miner::connect_from(&stratum, ip("127.0.0.7")).await;
+    let unknown = m.call("hello", json!({})).await.and_then(|r| r.error).expect("an unknown method");
+    assert!(unknown.message.starts_with("Unsupported method"), "{}", unknown.message);
+    m.send_raw(&format!("faena-client {signed}\n")).await;
+    refused(m).await;
+    // Signed and first, it is taken: the connection is then 127.0.0.9's.
+    let mut m = Miner::connect_from(&stratum, ip("127.0.0.7")).await;
+    m.send_raw(&format!("faena-client {signed}\n")).await;
+    m.login("rig-9", "x").await.expect("a forwarded miner logs in");
+}

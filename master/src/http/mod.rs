@@ -68,6 +68,9 @@ pub struct AppState {
     /// The epoch of the lease this master leads a shared store with
     /// (none: it owns its store alone).
     pub epoch: Option<i64>,
+    /// The port miners connect to here, when Stratum is on (`/healthz`
+    /// says it: the edge spreads miners over the masters by it).
+    pub stratum_port: Option<u16>,
 }
 
 /// The REST API, with the web page's files (from `web_dir`) at every other path.
@@ -345,7 +348,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
     let accepting = state.accepting.load(Ordering::Relaxed);
     let ok = broker && store && accepting;
     let status = if ok { "ok" } else { "degraded" };
-    let body = json!({"status": status, "role": "leader", "epoch": state.epoch, "broker": broker, "store": store, "accepting": accepting});
+    let body = json!({"status": status, "role": "leader", "epoch": state.epoch, "broker": broker, "store": store, "accepting": accepting, "stratum_port": state.stratum_port});
     (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body)).into_response()
 }
 

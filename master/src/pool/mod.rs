@@ -96,6 +96,10 @@ pub struct PoolConfig {
     pub budget_share: f64,
     /// Miners must log in with this password, when set.
     pub password: Option<Arc<Secret>>,
+    /// The cluster token: a connection another master or the edge passes
+    /// on starts with its miner's address signed with it
+    /// ([`crate::forward::STRATUM_PREFACE`]), and is counted by that address.
+    pub forwarders: Option<Arc<Secret>>,
     /// Blocks and tallies untouched this long leave the mining store.
     pub mining_retention: Option<Duration>,
 }
@@ -122,6 +126,7 @@ impl Default for PoolConfig {
             template_refresh: Duration::from_secs(60),
             budget_share: 0.8,
             password: None,
+            forwarders: None,
             mining_retention: None,
         }
     }

@@ -54,9 +54,11 @@ pub async fn serve(listener: TcpListener, pool: Pool, tasks: TaskTracker, cancel
         let (pool, cancel) = (pool.clone(), cancel.clone());
         tasks.spawn(async move {
             pool.inner.metrics.stratum_connections.inc();
-            session::run(pool.clone(), stream, peer, cancel).await;
+            let counted = session::run(pool.clone(), stream, peer, cancel).await;
             pool.inner.metrics.stratum_connections.dec();
-            pool.disconnect(peer.ip());
+            if let Some(ip) = counted {
+                pool.disconnect(ip);
+            }
         });
     }
 }

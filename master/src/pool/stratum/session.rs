@@ -2,7 +2,7 @@
 //! Every decision (rate, deadlines, pre-checks, vardiff) is the pure
 //! [`Miner`](super::miner::Miner)'s.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
 use super::miner::{Admit, Miner, Rules, check_login};
+use crate::forward::STRATUM_PREFACE;
 use crate::pool::accounts::Participant;
 use crate::pool::shares::Taken;
 use crate::pool::{Pool, Seat, Template};
@@ -46,20 +47,31 @@ impl Flow {
 #[derive(Debug)]
 struct Session {
     pool: Pool,
+    /// The miner's address: the connection's peer, or the one a forwarder
+    /// signed in its preface.
     peer: SocketAddr,
+    /// The address its connection is counted under; none once a forwarded
+    /// miner's own address was refused.
+    counted: Option<IpAddr>,
+    /// It sent a line other than a preface: prefaces come first or not at all.
+    spoke: bool,
     id: String,
     name: String,
     seat: Option<Seat>,
     miner: Miner,
 }
 
-pub(super) async fn run(pool: Pool, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
+/// Serves one miner until it leaves or `cancel`; returns the address its
+/// connection is still counted under.
+pub(super) async fn run(pool: Pool, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) -> Option<IpAddr> {
     let cfg = pool.config().clone();
     let (rd, mut wr) = stream.into_split();
     let mut lines = FramedRead::new(rd, LinesCodec::new_with_max_length(cfg.max_line));
     let mut s = Session {
         pool,
         peer,
+        counted: Some(peer.ip()),
+        spoke: false,
         id: uuid::Uuid::new_v4().simple().to_string(),
         name: String::new(),
         seat: None,
@@ -106,6 +118,7 @@ pub(super) async fn run(pool: Pool, stream: TcpStream, peer: SocketAddr, cancel:
         }
     }
     let _ = wr.shutdown().await;
+    s.counted
 }
 
 /// Resolves when the seat's source has new work (true) or is gone (false);
@@ -130,6 +143,10 @@ impl Session {
                 return Flow { lines: vec![reply], close: admit == Admit::Cut };
             }
         }
+        if let Some(signed) = line.strip_prefix(STRATUM_PREFACE) {
+            return self.forwarded(signed);
+        }
+        self.spoke = true;
         let req: Incoming = match serde_json::from_str(line) {
             Ok(r) => r,
             Err(e) => return self.garbage(&Value::Null, &format!("Malformed request: {e}")),
@@ -153,6 +170,32 @@ impl Session {
             }
             (None, _) => self.garbage(&id, "Malformed request: no method"),
         }
+    }
+
+    /// A forwarder (a standby, the edge) names the miner it passes on: from
+    /// now on the connection is counted under that address, as if the miner
+    /// had come straight here. Several forwarders in a row each add one;
+    /// the last names the miner. Believed only with the cluster's signature
+    /// and before anything else was said.
+    fn forwarded(&mut self, signed: &str) -> Flow {
+        let token = self.pool.config().forwarders.clone();
+        let client = token.as_deref().and_then(|t| faena_common::signing::vouched(t, signed.trim()));
+        let Some(client) = client.filter(|_| !self.spoke) else {
+            return Flow::closing(stratum::error(
+                &Value::Null,
+                "Unauthenticated: a forwarded connection's preface is not this cluster's",
+            ));
+        };
+        if let Some(counted) = self.counted.take() {
+            self.pool.disconnect(counted);
+        }
+        if let Err(refused) = self.pool.connect(client) {
+            self.pool.inner.metrics.stratum_refused(refused.reason());
+            return Flow::closing(stratum::error(&Value::Null, &refused.to_string()));
+        }
+        self.counted = Some(client);
+        self.peer = SocketAddr::new(client, 0);
+        Flow::default()
     }
 
     fn garbage(&mut self, id: &Value, message: &str) -> Flow {
