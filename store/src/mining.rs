@@ -277,16 +277,19 @@ impl MiningDb {
         }
     }
 
-    /// Stores these tallies (each replacing the participant's), at once.
-    pub async fn save_tallies(&self, rows: Vec<Tally>) -> Result<(), StoreError> {
+    /// Adds these counts to the participants' tallies (making the ones not
+    /// there yet), in one transaction: several masters, each counting the
+    /// shares of its own miners, add up in the store.
+    pub async fn add_tallies(&self, rows: Vec<Tally>) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
         let sql = "INSERT INTO participants (name, kind, source, valid, invalid, stale, blocks, seen_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (name, kind) DO UPDATE
-             SET source = excluded.source, valid = excluded.valid, invalid = excluded.invalid,
-                 stale = excluded.stale, blocks = excluded.blocks, seen_at = excluded.seen_at";
+             SET source = excluded.source, valid = participants.valid + excluded.valid,
+                 invalid = participants.invalid + excluded.invalid, stale = participants.stale + excluded.stale,
+                 blocks = participants.blocks + excluded.blocks, seen_at = excluded.seen_at";
         let now = faena_proto::mqtt::now_ms() as i64;
         match self {
             Self::Sqlite(conn) => {

@@ -288,7 +288,7 @@ async fn a_sqlite_store_copies_into_postgres_resumably() {
         stale: 1,
         blocks: 1,
     };
-    mining.save_tallies(vec![tally.clone()]).await.expect("saves");
+    mining.add_tallies(vec![tally.clone()]).await.expect("saves");
 
     let pg = crate::harness::Postgres::start();
     let part = crate::copy::copy(&path, &pg.url(), 7, Some(3), |_| {}).await.expect("copies a part");

@@ -4,7 +4,7 @@
 //! over the last minute, ten minutes and hour, divided by the window (or by
 //! the time since it was first seen, when that is shorter).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use faena_proto::mining::{Hashrates, ParticipantShares, ParticipantView};
@@ -72,29 +72,47 @@ struct Tally {
 #[derive(Debug, Default)]
 pub struct Accounts {
     tallies: HashMap<Participant, Tally>,
-    /// Changed since the last [`Accounts::take_dirty`].
-    dirty: HashSet<Participant>,
+    /// What was counted since the last [`Accounts::take_unsaved`]: the
+    /// store adds it to what it holds (several masters count at once).
+    unsaved: HashMap<Participant, Record>,
 }
 
 /// Most participants kept: a new one is made by its first valid share
 /// (real work), and past this many not at all.
 pub const MAX_PARTICIPANTS: usize = 100_000;
 
+impl Record {
+    fn add(&mut self, other: &Record) {
+        self.source.clone_from(&other.source);
+        self.valid += other.valid;
+        self.invalid += other.invalid;
+        self.stale += other.stale;
+        self.blocks += other.blocks;
+    }
+}
+
 impl Accounts {
-    /// `who`'s tally; a new one only for a valid share, while there is room.
-    fn tally(&mut self, who: &Participant, source: &str, now: Instant, create: bool) -> Option<&mut Tally> {
+    /// Counts `counted` on `who`'s tally and on what is still to be saved;
+    /// a new tally only when `create` (a valid share), while there is room.
+    fn count(
+        &mut self,
+        who: &Participant,
+        source: &str,
+        now: Instant,
+        create: bool,
+        counted: Record,
+    ) -> Option<&mut Tally> {
         if !self.tallies.contains_key(who) && (!create || self.tallies.len() >= MAX_PARTICIPANTS) {
             return None;
         }
-        self.dirty.insert(who.clone());
+        let counted = Record { source: source.to_owned(), ..counted };
+        self.unsaved.entry(who.clone()).or_default().add(&counted);
         let t = self.tallies.entry(who.clone()).or_insert_with(|| Tally {
             record: Record::default(),
             first_seen: now,
             recent: VecDeque::new(),
         });
-        if t.record.source != source {
-            t.record.source = source.to_owned();
-        }
+        t.record.add(&counted);
         Some(t)
     }
 
@@ -104,8 +122,7 @@ impl Accounts {
     }
 
     pub fn valid(&mut self, who: &Participant, source: &str, difficulty: u64, now: Instant) {
-        let Some(t) = self.tally(who, source, now, true) else { return };
-        t.record.valid += 1;
+        let Some(t) = self.count(who, source, now, true, Record { valid: 1, ..Record::default() }) else { return };
         t.recent.push_back((now, difficulty));
         while t.recent.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > HOUR) {
             t.recent.pop_front();
@@ -113,27 +130,33 @@ impl Accounts {
     }
 
     pub fn invalid(&mut self, who: &Participant, source: &str, n: u64, now: Instant) {
-        if let Some(t) = self.tally(who, source, now, false) {
-            t.record.invalid += n;
-        }
+        self.count(who, source, now, false, Record { invalid: n, ..Record::default() });
     }
 
     pub fn stale(&mut self, who: &Participant, source: &str, n: u64, now: Instant) {
-        if let Some(t) = self.tally(who, source, now, false) {
-            t.record.stale += n;
-        }
+        self.count(who, source, now, false, Record { stale: n, ..Record::default() });
     }
 
     pub fn block(&mut self, who: &Participant, source: &str, now: Instant) {
-        if let Some(t) = self.tally(who, source, now, true) {
-            t.record.blocks += 1;
-        }
+        self.count(who, source, now, true, Record { blocks: 1, ..Record::default() });
     }
 
-    /// Records changed since the last call, for the store.
-    pub fn take_dirty(&mut self) -> Vec<(Participant, Record)> {
-        let dirty = std::mem::take(&mut self.dirty);
-        dirty.into_iter().filter_map(|p| self.tallies.get(&p).map(|t| (p, t.record.clone()))).collect()
+    /// What was counted since the last call, for the store to add.
+    pub fn take_unsaved(&mut self) -> Vec<(Participant, Record)> {
+        std::mem::take(&mut self.unsaved).into_iter().collect()
+    }
+
+    /// Counts the store could not take: saved with the next ones.
+    pub fn unsave(&mut self, rows: Vec<(Participant, Record)>) {
+        for (who, counted) in rows {
+            let mine = self.unsaved.entry(who).or_default();
+            let source = std::mem::take(&mut mine.source);
+            mine.add(&counted);
+            // The newer source stays, if one was counted meanwhile.
+            if !source.is_empty() {
+                mine.source = source;
+            }
+        }
     }
 
     /// Everyone, busiest first.
@@ -198,8 +221,30 @@ mod tests {
         for r in [v[0].hashrate.m1, v[0].hashrate.m10, v[0].hashrate.h1] {
             assert!((r - 100.0).abs() < 10.0, "{r}");
         }
-        assert_eq!(a.take_dirty().len(), 1);
-        assert!(a.take_dirty().is_empty());
+        let unsaved = a.take_unsaved();
+        assert_eq!(unsaved.len(), 1);
+        assert_eq!((unsaved[0].1.valid, unsaved[0].1.invalid, unsaved[0].1.stale), (120, 2, 1));
+        assert!(a.take_unsaved().is_empty());
+    }
+
+    /// What the store could not take is saved with what comes next, added
+    /// up; what it took is not saved twice.
+    #[test]
+    fn counts_the_store_did_not_take_are_saved_with_the_next() {
+        let mut a = Accounts::default();
+        let now = Instant::now();
+        let m = Participant::stratum("rig1");
+        a.valid(&m, "s1", 1, now);
+        let failed = a.take_unsaved();
+        a.valid(&m, "s2", 1, now);
+        a.block(&m, "s2", now);
+        a.unsave(failed);
+        let next = a.take_unsaved();
+        assert_eq!(next.len(), 1);
+        assert_eq!((next[0].1.valid, next[0].1.blocks, next[0].1.source.as_str()), (2, 1, "s2"));
+        assert!(a.take_unsaved().is_empty());
+        let v = a.view(now);
+        assert_eq!((v[0].shares.valid, v[0].blocks), (2, 1), "the view counted each once");
     }
 
     #[test]

@@ -60,7 +60,8 @@ impl Db {
         self.0.add_block(source, b).await
     }
 
-    pub async fn save_tallies(&self, rows: Vec<(Participant, Record)>) -> Result<(), StoreError> {
+    /// Adds these counts to the stored tallies.
+    pub async fn add_tallies(&self, rows: Vec<(Participant, Record)>) -> Result<(), StoreError> {
         let rows = rows
             .into_iter()
             .map(|(p, r)| Tally {
@@ -73,7 +74,7 @@ impl Db {
                 blocks: r.blocks,
             })
             .collect();
-        self.0.save_tallies(rows).await
+        self.0.add_tallies(rows).await
     }
 
     /// The mining store's own retention (see `faena_store::mining`).

@@ -145,6 +145,22 @@ pub enum PoolError {
 /// How often the mining store's retention runs.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// How long an accepted share waits for its count to be in the store
+/// before the miner is told the store is not answering.
+const SAVE_WAIT: Duration = Duration::from_secs(5);
+
+/// Counts asked to be in the store, and in it: a miner is told a share is
+/// accepted once its count is saved, so a master killed the next moment
+/// loses no share it accepted. Shares that arrive together share a write.
+#[derive(Debug)]
+struct Saving {
+    /// Tickets given out: each after its share was counted in memory.
+    asked: AtomicU64,
+    /// The last ticket whose count is in the store.
+    saved: watch::Sender<u64>,
+    wake: Notify,
+}
+
 /// How a source's shares reach the world.
 #[derive(Debug, Clone)]
 enum Backend {
@@ -259,6 +275,7 @@ struct Inner {
     seq: AtomicU64,
     /// The keys the verifier was last pinned to (the live sources').
     prepared: Mutex<Vec<Vec<u8>>>,
+    saving: Saving,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -333,6 +350,7 @@ impl Pool {
                 miners: AtomicU64::new(0),
                 seq: AtomicU64::new(1),
                 prepared: Mutex::default(),
+                saving: Saving { asked: AtomicU64::new(0), saved: watch::channel(0).0, wake: Notify::new() },
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
             }),
@@ -388,7 +406,15 @@ impl Pool {
         loop {
             tokio::select! {
                 () = self.inner.cancel.cancelled() => return,
-                _ = every.tick() => self.flush().await,
+                _ = every.tick() => {}
+                () = self.inner.saving.wake.notified() => {}
+            }
+            if !self.flush().await {
+                // The store is away: the counts wait, and so does the next try.
+                tokio::select! {
+                    () = self.inner.cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
             }
             if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 pruned = Some(std::time::Instant::now());
@@ -409,12 +435,34 @@ impl Pool {
         }
     }
 
-    async fn flush(&self) {
+    /// Adds what was counted since the last time to the store; false when
+    /// the store did not take it (it is tried again with the next).
+    async fn flush(&self) -> bool {
         self.inner.metrics.verifier_keys(&self.inner.verifier.key_states());
-        let rows = self.inner.state.lock().accounts.take_dirty();
-        if let Err(e) = self.inner.db.save_tallies(rows).await {
-            tracing::error!(error = %e, "could not save mining tallies");
+        let ticket = self.inner.saving.asked.load(Ordering::Acquire);
+        let rows = self.inner.state.lock().accounts.take_unsaved();
+        if let Err(e) = self.inner.db.add_tallies(rows.clone()).await {
+            tracing::error!(error = %e, "could not save mining tallies; trying again");
+            self.inner.state.lock().accounts.unsave(rows);
+            return false;
         }
+        self.inner.saving.saved.send_if_modified(|saved| {
+            let moved = ticket > *saved;
+            *saved = (*saved).max(ticket);
+            moved
+        });
+        true
+    }
+
+    /// Waits until what was counted so far is in the store (at most
+    /// [`SAVE_WAIT`]); false when the store did not take it in time (it
+    /// will, with a later write: nothing counted is dropped).
+    pub async fn saved(&self) -> bool {
+        let s = &self.inner.saving;
+        let ticket = s.asked.fetch_add(1, Ordering::AcqRel) + 1;
+        s.wake.notify_one();
+        let mut saved = s.saved.subscribe();
+        matches!(tokio::time::timeout(SAVE_WAIT, saved.wait_for(|at| *at >= ticket)).await, Ok(Ok(_)))
     }
 
     /// Records a source and starts mining it.

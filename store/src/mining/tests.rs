@@ -41,8 +41,8 @@ async fn old_blocks_surplus_blocks_and_quiet_tallies_go(db: MiningDb) {
     for h in 1..4 {
         db.add_block("b".into(), block(h, now - 4 + h)).await.expect("adds");
     }
-    db.save_tallies(vec![tally("quiet", 1), tally("busy", 1)]).await.expect("saves");
-    db.save_tallies(vec![tally("busy", 5)]).await.expect("replaces");
+    db.add_tallies(vec![tally("quiet", 1), tally("busy", 1)]).await.expect("saves");
+    db.add_tallies(vec![tally("busy", 4)]).await.expect("adds");
     db.seen("quiet", (now - 400 * day) as i64).await;
 
     // A year's retention and the newest 4 blocks per source.

@@ -358,19 +358,20 @@ impl Session {
             return self.reject(id, &message);
         }
         let Some(source) = self.seat.as_ref().map(|s| s.source.clone()) else { return Flow::default() };
-        match self.pool.take_share(&source, seq, &self.who(), difficulty, candidate.nonce, &candidate.hash) {
-            Taken::Valid => {
-                self.pool.share_verdict(self.peer.ip(), true);
-                self.miner.accepted(&candidate, true);
-                Flow::line(stratum::response(id, &json!({"status": "OK"})))
-            }
-            Taken::Stale => {
-                self.pool.share_verdict(self.peer.ip(), true);
-                self.miner.accepted(&candidate, false);
-                Flow::line(stratum::response(id, &json!({"status": "OK"})))
-            }
-            Taken::Expired => Flow::line(stratum::error(id, "Block expired")),
+        let fresh = match self.pool.take_share(&source, seq, &self.who(), difficulty, candidate.nonce, &candidate.hash)
+        {
+            Taken::Valid => true,
+            Taken::Stale => false,
+            Taken::Expired => return Flow::line(stratum::error(id, "Block expired")),
+        };
+        self.pool.share_verdict(self.peer.ip(), true);
+        self.miner.accepted(&candidate, fresh);
+        // Said accepted once it is counted in the store.
+        if !self.pool.saved().await {
+            let busy = "Server busy: the share is verified, and counted once the store answers again";
+            return Flow::line(stratum::error(id, busy));
         }
+        Flow::line(stratum::response(id, &json!({"status": "OK"})))
     }
 
     /// Vardiff (the miner's rule), and a job at the new difficulty.
