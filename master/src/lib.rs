@@ -19,13 +19,15 @@
 //! - [`pool`]: mining with the outside world — monerod and pool sources, the
 //!   Stratum server for XMRig miners, participants' accounting.
 //! - [`leader`], [`standby`] and `startup`: several masters on one store —
-//!   the lease, the standby that forwards to the leader, the step-down.
+//!   the lease, the standby that forwards to the leader, the step-down;
+//!   [`forward`]: passing clients on to another master with their signed
+//!   address; [`edge`]: `faena-edge`, the public ports in front of them.
 
 pub mod ai_cache;
 pub mod broker;
 pub mod config;
 pub mod coordinator;
-
+pub mod edge;
 pub mod engine;
 pub mod forward;
 pub mod grpc;

@@ -161,6 +161,31 @@ impl Cluster {
         start_master(&dir, &self.opts, same_as).await
     }
 
+    /// Starts an edge (`faena-edge`) in front of `masters`, asking them who
+    /// leads every 100 ms; with Stratum when they serve it. Its web and
+    /// Stratum addresses are in its `MasterAddrs` (no gRPC, no broker).
+    pub async fn add_edge(&self, name: &str, masters: &[&MasterAddrs]) -> (Proc, MasterAddrs) {
+        let list: Vec<&str> = masters.iter().map(|m| m.http.as_str()).collect();
+        let mut env = vec![
+            ("FAENA_HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            ("FAENA_EDGE_MASTERS".to_owned(), list.join(",")),
+            ("FAENA_EDGE_CHECK_MS".to_owned(), "100".to_owned()),
+            ("FAENA_CLUSTER_TOKEN".to_owned(), self.token.clone()),
+        ];
+        if masters.iter().any(|m| m.stratum.is_some()) {
+            env.push(("FAENA_STRATUM_ADDR".to_owned(), "127.0.0.1:0".to_owned()));
+        }
+        let proc = Proc::spawn(&bin("faena-edge"), &[], &env, &self.dir.path().join(format!("{name}.log"))).await;
+        let field = |k: &str| proc.ready[k].as_str().map(str::to_owned);
+        let addrs = MasterAddrs {
+            http: field("http").unwrap_or_default(),
+            grpc: String::new(),
+            mqtt: String::new(),
+            stratum: field("stratum"),
+        };
+        (proc, addrs)
+    }
+
     pub fn master(&mut self) -> &mut Proc {
         self.master.as_mut().expect("master running")
     }
