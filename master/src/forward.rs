@@ -214,13 +214,19 @@ pub(crate) async fn forward(
             }
             resp.map(Body::new)
         }
-        Err(e) => {
-            tracing::warn!(master = %to, error = %e, "could not forward a request");
-            // The leader gone is a takeover to come (as with no leader).
+        Err(e) if e.is_connect() => {
+            tracing::warn!(master = %to, error = %e, "could not reach the master to forward a request to");
+            // Nothing was sent: asked again in a moment, it reaches the
+            // next leader (a takeover is coming, as with no leader).
             try_again(
                 "leader_unreachable",
                 "the leading master did not answer (a takeover may be under way); try again in a moment",
             )
+        }
+        Err(e) => {
+            tracing::warn!(master = %to, error = %e, "the master went away while it handled a forwarded request");
+            // Sent, and perhaps done: the client looks before asking again.
+            try_again("leader_lost", "the leading master went away while it handled the request; it may have been done")
         }
     }
 }
