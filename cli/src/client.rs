@@ -162,19 +162,29 @@ impl Client {
         }
     }
 
+    /// One request, asked again while the masters hand the lead over (a
+    /// `503` with `Retry-After` that says so, for [`TAKEOVER_WAIT`] at
+    /// most): a read always, a change only when it never reached a leader.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
-        let mut req = self.request(method, path).timeout(Duration::from_secs(60));
-        if let Some(b) = body {
-            req = req.json(b);
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        loop {
+            let mut req = self.request(method.clone(), path).timeout(Duration::from_secs(60));
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+            let status = resp.status();
+            let retry = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.parse().ok());
+            let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if status.is_success() {
+                return Ok(value);
+            }
+            match again_after(&method, status, retry, &value) {
+                Some(wait) if tokio::time::Instant::now() + wait < deadline => tokio::time::sleep(wait).await,
+                _ => return Err(refusal(status, &value)),
+            }
         }
-        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(value);
-        }
-        Err(refusal(status, &value))
     }
 
     pub async fn get(&self, path: &str) -> Result<Value> {
@@ -215,6 +225,23 @@ impl Client {
     }
 }
 
+/// How long the CLI waits for a new leader, asking again.
+pub const TAKEOVER_WAIT: Duration = Duration::from_secs(30);
+
+/// When to ask again after an error answer: a `503` with `Retry-After`
+/// while the masters hand the lead over. A read is asked again whatever
+/// the cause; a change only when it reached no leader (`no_leader`,
+/// `no_master`, `leader_unreachable`): one caught in flight
+/// (`leader_changed`, `leader_lost`) may have been done, and is left to
+/// the user.
+fn again_after(method: &Method, status: StatusCode, retry_after: Option<u64>, body: &Value) -> Option<Duration> {
+    let secs = retry_after.filter(|_| status == StatusCode::SERVICE_UNAVAILABLE)?;
+    let code = body["error"]["code"].as_str().unwrap_or_default();
+    let undone = matches!(code, "no_leader" | "no_master" | "leader_unreachable");
+    let takeover = undone || matches!(code, "leader_changed" | "leader_lost");
+    (takeover && (*method == Method::GET || undone)).then(|| Duration::from_secs(secs.clamp(1, 5)))
+}
+
 /// The failure an error answer means, with the master's own message.
 fn refusal(status: StatusCode, body: &Value) -> Failure {
     let message = body["error"]["message"].as_str().map(str::to_owned).unwrap_or_else(|| status.to_string());
@@ -239,5 +266,29 @@ pub fn exit_for_state(state: &str) -> Exit {
         "succeeded" => Exit::Ok,
         "cancelled" => Exit::Cancelled,
         _ => Exit::JobFailed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_are_asked_again_through_a_takeover_and_changes_only_when_undone() {
+        let said = |code: &str| json!({"error": {"code": code, "message": "…"}});
+        let busy = StatusCode::SERVICE_UNAVAILABLE;
+        let one = Some(Duration::from_secs(1));
+        assert_eq!(again_after(&Method::GET, busy, Some(1), &said("leader_changed")), one);
+        assert_eq!(again_after(&Method::POST, busy, Some(1), &said("no_leader")), one);
+        assert_eq!(again_after(&Method::POST, busy, Some(1), &said("no_master")), one);
+        assert_eq!(again_after(&Method::POST, busy, Some(1), &said("leader_changed")), None, "may have been done");
+        assert_eq!(again_after(&Method::POST, busy, Some(1), &said("leader_unreachable")), one, "never sent");
+        assert_eq!(again_after(&Method::POST, busy, Some(1), &said("leader_lost")), None);
+        assert_eq!(again_after(&Method::GET, busy, Some(1), &said("leader_lost")), one);
+        assert_eq!(again_after(&Method::GET, busy, None, &said("no_leader")), None, "only when told to");
+        assert_eq!(again_after(&Method::GET, busy, Some(1), &said("store_unavailable")), None, "not a takeover");
+        assert_eq!(again_after(&Method::GET, StatusCode::TOO_MANY_REQUESTS, Some(1), &said("no_leader")), None);
+        assert_eq!(again_after(&Method::GET, busy, Some(600), &said("no_leader")), Some(Duration::from_secs(5)));
     }
 }

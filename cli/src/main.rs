@@ -307,13 +307,42 @@ async fn submit(c: &Client, mut body: Value, opts: SubmitOpts, as_json: bool) ->
 
 /// Follows the job's events until its final one.
 async fn wait_final(c: &Client, id: &str) -> Result<()> {
-    let mut events = std::pin::pin!(c.events(id).await?);
-    while let Some(ev) = events.next().await {
-        if client::is_final(&ev?.0) {
-            return Ok(());
+    follow(c, id, |_, _| {}).await.map(drop)
+}
+
+/// Feeds `each` the job's events until its final one, which it returns.
+/// A stream cut by a master going away (a takeover) is opened again —
+/// from the job's state as it is then — for [`client::TAKEOVER_WAIT`].
+async fn follow(c: &Client, id: &str, mut each: impl FnMut(&str, &Value)) -> Result<String> {
+    let mut cut_since: Option<tokio::time::Instant> = None;
+    loop {
+        let cut = match c.events(id).await {
+            Ok(events) => {
+                let mut events = std::pin::pin!(events);
+                loop {
+                    match events.next().await {
+                        Some(Ok((name, data))) => {
+                            cut_since = None;
+                            each(&name, &data);
+                            if client::is_final(&name) {
+                                return Ok(name);
+                            }
+                        }
+                        Some(Err(e)) => break e,
+                        None => break Failure::new(Exit::Unreachable, "the event stream ended before the job did"),
+                    }
+                }
+            }
+            Err(e) if e.exit == Exit::Unreachable => e,
+            Err(e) => return Err(e),
+        };
+        let since = *cut_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= client::TAKEOVER_WAIT {
+            return Err(cut);
         }
+        eprintln!("[the event stream broke ({}); following again]", cut.message);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
-    Err(Failure::new(Exit::Unreachable, "the event stream ended before the job did"))
 }
 
 /// Prints a finished job's result (or error) and returns the exit code its state stands for.
@@ -331,20 +360,16 @@ async fn finished(c: &Client, id: &str, as_json: bool) -> Result<Exit> {
 }
 
 async fn watch(c: &Client, id: &str, as_json: bool) -> Result<Exit> {
-    let mut events = std::pin::pin!(c.events(id).await?);
-    while let Some(ev) = events.next().await {
-        let (name, data) = ev?;
+    let last = follow(c, id, |name, data| {
         if as_json {
             println!("{}", json!({"event": name, "data": data}));
         } else {
-            println!("{}", output::event(&name, &data));
+            println!("{}", output::event(name, data));
         }
         let _ = std::io::stdout().flush();
-        if client::is_final(&name) {
-            return Ok(client::exit_for_state(&name));
-        }
-    }
-    Err(Failure::new(Exit::Unreachable, "the event stream ended before the job did"))
+    })
+    .await?;
+    Ok(client::exit_for_state(&last))
 }
 
 /// Submits an `ai.query` and prints its answer as it streams.

@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 
+use faena_testkit::cli::faena_env;
 use faena_testkit::monerod::{Monerod, WALLET};
 use faena_testkit::mosquitto::Mosquitto;
 use faena_testkit::stratum::{Miner, mine_async};
@@ -71,7 +72,9 @@ async fn the_edge_passes_clients_on_to_the_leader_with_their_own_addresses_and_f
     // connection each (FAENA_STRATUM_MAX_PER_ADDRESS=1), not one for all.
     let stratum = edge.stratum.clone().expect("the edge serves Stratum");
     let mut first = miner(&stratum, "127.0.0.2", "rig-2").await.expect("the first miner from 127.0.0.2");
-    let refused = miner(&stratum, "127.0.0.2", "rig-2b").await.err().expect("a second from 127.0.0.2 is refused");
+    let Err(refused) = miner(&stratum, "127.0.0.2", "rig-2b").await else {
+        panic!("a second from 127.0.0.2 is let in")
+    };
     assert!(refused.starts_with("Too many connections from your address"), "{refused}");
     let _third = miner(&stratum, "127.0.0.3", "rig-3").await.expect("127.0.0.3 is another address");
     // The standby's own Stratum port forwards with the address too.
@@ -116,5 +119,48 @@ async fn the_edge_passes_clients_on_to_the_leader_with_their_own_addresses_and_f
     let rigs = via_edge.get("/api/mining/participants").await.1;
     let rig = rigs["participants"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "rig-2").cloned());
     assert!(rig.is_some_and(|r| r["shares"]["valid"].as_u64() >= Some(2)), "both shares counted: {rigs}");
+    b_proc.terminate().await;
+}
+
+/// The CLI knows only the edge: a `submit --wait` under way when the
+/// leader is killed follows the job on the new leader to its end, and a
+/// submit made while nobody leads yet is asked again until one does.
+#[tokio::test]
+async fn the_cli_through_the_edge_rides_out_a_takeover() {
+    let pg = faena_store::harness::Postgres::start();
+    let broker_dir = tempfile::tempdir().expect("dir");
+    let mosquitto = Mosquitto::start(broker_dir.path()).await;
+    let extra = vec![("FAENA_STORE_URL".to_owned(), pg.url()), ("FAENA_LEADER_LEASE_MS".to_owned(), "1000".to_owned())];
+    let mut c = Cluster::start(MasterOpts { broker: mosquitto.broker(), extra, ..MasterOpts::default() }).await;
+    let a = c.addrs.clone();
+    let (mut b_proc, b) = c.add_master("second").await;
+    let (_edge_proc, edge) = c.add_edge("edge", &[&a, &b]).await;
+    // The worker calls either master (a standby passes it on).
+    c.addrs.grpc = format!("{},http://{}", a.grpc, b.grpc);
+    c.add_worker("w1", 2).await;
+    c.wait_workers(1).await;
+    let env = [("FAENA_URL", format!("http://{}", edge.http))];
+    let mut leader = c.master.take().expect("the first master");
+    let slow = faena_env(
+        &c,
+        "no-api-token-here",
+        &["submit", "noop", "-p", r#"{"delay_ms": 3000, "payload": "slow"}"#, "--wait"],
+        &env,
+    );
+    let kill = async {
+        eventually("the slow job runs", || async {
+            let jobs = Api::new(&edge.http).get("/api/jobs?state=running").await.1;
+            (jobs["jobs"].as_array().map(Vec::len) == Some(1)).then_some(())
+        })
+        .await;
+        leader.kill9().await;
+        // Asked while the lease has not run out yet: nobody leads.
+        faena_env(&c, "no-api-token-here", &["submit", "noop", "-p", r#"{"payload": "during"}"#, "--wait"], &env).await
+    };
+    let (slow, during) = tokio::join!(slow, kill);
+    slow.ok();
+    assert!(slow.stdout.contains("slow"), "the slow job's result: {}", slow.stdout);
+    during.ok();
+    assert!(during.stdout.contains("during"), "{}", during.stdout);
     b_proc.terminate().await;
 }
