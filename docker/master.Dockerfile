@@ -1,6 +1,7 @@
 # Faena master: REST API, web page, Socket.IO, gRPC for workers, job store.
-# It also carries faena-autoscaler, which stack.autoscale.yml runs as its
-# own service (entrypoint faena-autoscaler), and the faena CLI.
+# It also carries faena-edge, the public ports in front of the masters
+# (stack.yml's edge service), faena-autoscaler, which stack.autoscale.yml
+# runs as its own service (entrypoint faena-autoscaler), and the faena CLI.
 # Built by scripts/build.sh from a staged context (bin/, web/, healthcheck.sh).
 FROM debian:bookworm-slim
 # CA certificates for stratum+ssl:// pools (the system roots rustls loads);
@@ -9,7 +10,7 @@ RUN apt-get update -q \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/faena --create-home --shell /usr/sbin/nologin faena
-COPY bin/faena-master bin/faena-autoscaler bin/faena /usr/local/bin/
+COPY bin/faena-master bin/faena-edge bin/faena-autoscaler bin/faena /usr/local/bin/
 COPY healthcheck.sh /usr/local/bin/faena-healthcheck
 COPY web/ /usr/share/faena/web/
 ENV FAENA_HTTP_ADDR=0.0.0.0:8888 \

@@ -41,7 +41,7 @@ if [ "$cargo" = 1 ]; then
   # The whole workspace, as dev.sh and the tests build it: one set of artifacts.
   cargo build --locked --release --workspace --bins
 fi
-for b in faena-master faena-autoscaler faena-worker faena; do
+for b in faena-master faena-edge faena-autoscaler faena-worker faena; do
   [ -x "target/release/$b" ] || die "target/release/$b is missing; run without --no-cargo"
 done
 # The worker image carries the default local model, so a stack deployed
@@ -95,6 +95,8 @@ stage() {
   case "$name" in
     master)
       binary faena-master "$ctx/bin"
+      # The edge in front of the masters runs from the same image (stack.yml).
+      binary faena-edge "$ctx/bin"
       # The autoscaler runs from the same image as its own service (stack.autoscale.yml).
       binary faena-autoscaler "$ctx/bin"
       # The CLI, for what runs beside a master (deploy.sh --move-sqlite-store).

@@ -15,8 +15,10 @@
 #                           PostgreSQL — the stack's own (stack.postgres.yml: Debian's
 #                           PostgreSQL 15 on the manager, TLS, a generated password)
 #                           or yours with --store-url-file
-#   --store sqlite          one SQLite file on the manager's master-data volume
-#                           (a one-node swarm; what stacks before PostgreSQL ran)
+#   --store sqlite          one SQLite file on the manager's master-data volume, one
+#                           master pinned to it (stack.sqlite.yml; what stacks before
+#                           PostgreSQL ran). On PostgreSQL the masters are several
+#                           (FAENA_MASTER_REPLICAS, default 2): one leads, any may die
 #   --store-url-file FILE   your PostgreSQL: a file holding postgres://user:pw@host/db?…
 #                           (sslmode=verify-full&sslrootcert=/run/secrets/faena_tls_ca
 #                           trusts the cluster CA); becomes the faena_store_url secret
@@ -31,7 +33,7 @@
 #                           on the manager's port ${FAENA_PROMETHEUS_PORT:-9090}; build.sh --monitoring first)
 #   --api-token-file FILE   the token the REST API and the web page require
 #   FAENA_API_TOKEN         the same, from the environment (default: generated;
-#                           read it with: docker exec $(docker ps -qf name=faena_master) cat /run/secrets/faena_api_token)
+#                           read it with: docker exec $(docker ps -qf name=faena_master | head -n1) cat /run/secrets/faena_api_token)
 #   --no-api-token          no token: REST and the page open to all who reach the port
 #   --gemini-key-file FILE  the Gemini API key, from a file
 #   GEMINI_API_KEY / GEMINI_API_KEY_FILE  the same, from the environment
@@ -90,6 +92,7 @@ done
 [ -z "$api_token_file" ] || [ -r "$api_token_file" ] || die "cannot read the API token file $api_token_file"
 [ -z "$store_url_file" ] || [ -r "$store_url_file" ] || die "cannot read the store URL file $store_url_file"
 if [ "$store" = sqlite ]; then
+  files+=(-c stack.sqlite.yml)
   [ -z "$store_url_file" ] || die "--store-url-file names a PostgreSQL store; it does not go with --store sqlite"
   [ "$move_sqlite" = 0 ] || die "--move-sqlite-store moves into PostgreSQL; it does not go with --store sqlite"
 else
@@ -126,6 +129,14 @@ if [ -z "${FAENA_WORKERS:-}" ]; then
   current=$(docker service inspect "${FAENA_STACK}_worker" --format '{{.Spec.Mode.Replicated.Replicas}}' 2>/dev/null || true)
   if [ -n "$current" ]; then
     export FAENA_WORKERS=$current
+  fi
+fi
+# The same for the masters on PostgreSQL (SQLite runs exactly one); a stack
+# that ran the single master of older releases gets the default two.
+if [ -z "${FAENA_MASTER_REPLICAS:-}" ] && [ "$store" = postgres ] && [ "$move_sqlite" = 0 ]; then
+  current=$(docker service inspect "${FAENA_STACK}_master" --format '{{.Spec.Mode.Replicated.Replicas}}' 2>/dev/null || true)
+  if [ -n "$current" ] && [ "$current" -gt 1 ]; then
+    export FAENA_MASTER_REPLICAS=$current
   fi
 fi
 
@@ -203,7 +214,7 @@ cat >&2 <<MSG
     ./scripts/verify.sh            wait until it runs, then check it end to end
     web page and REST API          https://127.0.0.1:$FAENA_WEB_PORT/ (trust ${FAENA_TLS_DIR:-.faena-tls}/ca.pem;
                                    the CLI: faena --ca-file ${FAENA_TLS_DIR:-.faena-tls}/ca.pem --url https://…)
-    their access token             docker exec \$(docker ps -qf name=${FAENA_STACK}_master) cat /run/secrets/faena_api_token
+    their access token             docker exec \$(docker ps -qf name=${FAENA_STACK}_master | head -n1) cat /run/secrets/faena_api_token
     ./scripts/monitor.sh           live workers and queue
     ./scripts/logs.sh              log lines from faena/logs (observer account)
 
