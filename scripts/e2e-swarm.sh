@@ -4,7 +4,10 @@
 # (nothing changes), run RandomX and AI jobs (AI against the fake Gemini
 # service of stack.test.yml), move the stack's store into its own PostgreSQL
 # (deploy.sh --move-sqlite-store: every job moves with it), kill the
-# PostgreSQL container under load (nothing lost), scale to 5 workers (monitor.sh shows them), kill
+# PostgreSQL container under load (nothing lost), kill the leading master's
+# container under load (a standby leads; the takeover time is printed; the
+# CLI and the page keep working through the edge), scale.sh master 3,
+# scale to 5 workers (monitor.sh shows them), kill
 # a worker container mid-job, scale down to 2 mid-job, read the JSON log
 # lines, check that anonymous MQTT is refused, redeploy with the autoscaler
 # and Prometheus (a burst of slow jobs scales 2 -> 5 and back to 2, every
@@ -271,6 +274,94 @@ for id in "${load[@]}"; do
 done
 pg=$(docker ps -q --filter "label=com.docker.swarm.service.name=${FAENA_STACK}_postgres" | head -n 1)
 echo "  ${#load[@]} accepted jobs all succeeded; $unavailable submits answered 503 store_unavailable while it was away" >&2
+
+step "two masters: kill the leader's container under load (takeover time, every job ends once)"
+# On PostgreSQL the stack runs two masters behind the edge; the edge says
+# which leads (its address on the stack's network, mapped here to its
+# container by docker inspect: no traffic goes to it).
+edge_view() {
+  web_curl -fsS "$(api /healthz/edge)" 2>/dev/null || true
+}
+for _ in $(seq 240); do
+  [ "$(edge_view | jq -r '.masters | length' 2>/dev/null)" = 2 ] && break
+  sleep 0.5
+done
+view=$(edge_view)
+[ "$(echo "$view" | jq -r '.masters | length')" = 2 ] || fail "the edge does not see two masters: $view"
+old_leader=$(echo "$view" | jq -r '.leader')
+old_ip=${old_leader%:*}
+leader_container=""
+for c in $(docker ps -q --filter "label=com.docker.swarm.service.name=${FAENA_STACK}_master"); do
+  if docker inspect "$c" --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' | grep -qw "$old_ip"; then
+    leader_container=$c
+  fi
+done
+[ -n "$leader_container" ] || fail "no master container has the leader's address $old_leader"
+cli() {
+  FAENA_API_TOKEN=$API_TOKEN ./target/release/faena --url "$(api '')" --ca-file "$FAENA_TLS_DIR/ca.pem" "$@"
+}
+load=()
+for i in $(seq 100); do
+  load+=("$(post_job '{"kind": "noop", "params": {"delay_ms": 300, "payload": '"$i"'}}')")
+done
+# The CLI follows a slow job across the takeover.
+cli submit noop -p '{"delay_ms": 4000, "payload": "across"}' --wait >"$work/across.out" 2>"$work/across.err" &
+across_pid=$!
+for _ in $(seq 120); do
+  across=$(head -n 1 "$work/across.err" 2>/dev/null || true)
+  [ -n "$across" ] && [ "$(api_curl -fsS "$(api "/api/jobs/$across")" | jq -r .state)" = running ] && break
+  sleep 0.25
+done
+killed=$(now_ms)
+docker kill "$leader_container" >/dev/null
+new_leader=""
+for _ in $(seq 400); do
+  new_leader=$(edge_view | jq -r '.leader // empty' 2>/dev/null || true)
+  [ -n "$new_leader" ] && [ "$new_leader" != "$old_leader" ] && break
+  sleep 0.05
+done
+if [ -z "$new_leader" ] || [ "$new_leader" = "$old_leader" ]; then
+  fail "no master took the lead after the leader was killed"
+fi
+took_lead=$(since "$killed")
+# The first job submitted after the kill, through the CLI (asked again
+# while nobody leads), ends: the new leader dispatches.
+after=$(cli submit noop -p '{"payload": "after the kill"}') || fail "the CLI could not submit after the kill"
+wait_job "$after" | jq -e '.state == "succeeded"' >/dev/null || fail "the first job after the kill did not succeed"
+dispatched=$(since "$killed")
+wait "$across_pid" || fail "the CLI's --wait across the takeover failed: $(cat "$work/across.err")"
+grep -q across "$work/across.out" || fail "the CLI's --wait printed no result: $(cat "$work/across.out")"
+for id in "${load[@]}"; do
+  job=$(wait_job "$id")
+  echo "$job" | jq -e '.state == "succeeded"' >/dev/null || fail "job $id across the takeover: $job"
+done
+pg=$(docker ps -q --filter "label=com.docker.swarm.service.name=${FAENA_STACK}_postgres" | head -n 1)
+twice=$(docker exec -u postgres "$pg" psql -d faena -tAc \
+  "SELECT count(*) FROM (SELECT job_id FROM transitions WHERE state IN ('succeeded', 'failed', 'cancelled') GROUP BY job_id HAVING count(*) > 1) d")
+[ "$twice" = 0 ] || fail "$twice jobs ended more than once"
+# The page still loads and its Socket.IO transport answers through the edge.
+web_curl -fsS "$(api /)" | grep -q '<html' || fail "the page does not load after the takeover"
+web_curl -fsS "$(api '/socket.io/?EIO=4&transport=polling')" | grep -q '"sid"' || fail "Socket.IO does not answer after the takeover"
+# Swarm starts another master; it stands by.
+for _ in $(seq 240); do
+  [ "$(edge_view | jq -r '.masters | length' 2>/dev/null)" = 2 ] && break
+  sleep 0.5
+done
+[ "$(edge_view | jq -r '.masters | length')" = 2 ] || fail "Swarm did not bring a second master back: $(edge_view)"
+echo "  leader $old_leader killed: $new_leader led after ${took_lead} s, dispatched after ${dispatched} s; ${#load[@]} jobs ended once each; CLI and page kept working" >&2
+
+step "scale.sh master 3, then back to 2"
+./scripts/scale.sh master 3 >/dev/null
+for _ in $(seq 240); do
+  [ "$(edge_view | jq -r '.masters | length' 2>/dev/null)" = 3 ] && break
+  sleep 0.5
+done
+[ "$(edge_view | jq -r '[.masters[] | select(.leader)] | length')" = 1 ] || fail "three masters, not one leader: $(edge_view)"
+[ "$(edge_view | jq -r '.masters | length')" = 3 ] || fail "the edge does not see three masters: $(edge_view)"
+id=$(post_job '{"kind": "noop", "params": {"payload": "three masters"}}')
+wait_job "$id" | jq -e '.state == "succeeded"' >/dev/null || fail "a job with three masters"
+./scripts/scale.sh master 2 >/dev/null
+echo "  3 masters (1 leading), then 2" >&2
 
 step "scale.sh worker 5 (master lists 5 workers)"
 ./scripts/scale.sh worker 5
