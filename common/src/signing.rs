@@ -7,7 +7,8 @@
 //! - a client's address, as a standby master forwarding the client's
 //!   request tells the leader ([`vouch`]): the leader's per-address limits
 //!   then count the client, not the standby, and no client can claim an
-//!   address of its choosing.
+//!   address of its choosing;
+//! - another master, on the masters' internal routes ([`peer_key`]).
 
 use aws_lc_rs::hmac;
 use faena_proto::secret::Secret;
@@ -15,6 +16,7 @@ use faena_proto::settings::{ClusterConfig, SignedConfig};
 
 const LABEL: &[u8] = b"faena-config-v1";
 const CLIENT_LABEL: &[u8] = b"faena-forwarded-client-v1";
+const PEER_LABEL: &[u8] = b"faena-peer-master-v1";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OpenError {
@@ -48,6 +50,17 @@ pub fn vouched(cluster_token: &Secret, header: &str) -> Option<std::net::IpAddr>
     let tag = unhex(sig)?;
     hmac::verify(&derived(cluster_token, CLIENT_LABEL), addr.as_bytes(), &tag).ok()?;
     addr.parse().ok()
+}
+
+/// What a master shows another on the internal routes between masters:
+/// a key only the cluster token derives, which signs nothing else.
+pub fn peer_key(cluster_token: &Secret) -> String {
+    hex(hmac::sign(&derived(cluster_token, PEER_LABEL), b"peer").as_ref())
+}
+
+/// Whether `given` is this cluster's [`peer_key`] (constant-time check).
+pub fn is_peer_key(cluster_token: &Secret, given: &str) -> bool {
+    unhex(given).is_some_and(|tag| hmac::verify(&derived(cluster_token, PEER_LABEL), b"peer", &tag).is_ok())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -95,6 +108,19 @@ mod tests {
         // The configuration's key signs no address.
         let config_sig = hex(hmac::sign(&key(&token), b"127.0.0.7").as_ref());
         assert_eq!(vouched(&token, &format!("127.0.0.7;{config_sig}")), None);
+    }
+
+    #[test]
+    fn only_this_clusters_peer_key_is_one() {
+        let token = Secret::new("cluster-token");
+        let key = peer_key(&token);
+        assert!(is_peer_key(&token, &key));
+        assert!(!is_peer_key(&Secret::new("another"), &key));
+        // Neither the token itself, nor what vouches for a client, nor junk.
+        let client = vouch(&token, "127.0.0.7".parse().unwrap_or_else(|_| unreachable!()));
+        for other in ["cluster-token", client.as_str(), "", "zz", &key[2..]] {
+            assert!(!is_peer_key(&token, other), "{other:?}");
+        }
     }
 
     #[test]

@@ -9,13 +9,14 @@
 //! It asks every master's `/healthz` who leads, every
 //! `FAENA_EDGE_CHECK_MS`: requests go to the leader (saving a standby's
 //! hop), or, while none leads, to a master that answers (which says to try
-//! again in a moment); miners go to the leader's Stratum port. A name in
+//! again in a moment); miners are dealt out over every master's Stratum
+//! port in turn (each master verifies its own miners' shares). A name in
 //! `FAENA_EDGE_MASTERS` that resolves to several addresses (a Swarm
 //! service with `endpoint_mode: dnsrr`) names each of them. The edge keeps
 //! no state: any number can run (one per node), and one restarted loses
 //! only the connections it carried.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,9 +116,19 @@ impl Masters {
         self.0.first().map(|m| m.web)
     }
 
-    /// Where a miner goes: the leader's Stratum port, else any master's.
-    pub fn stratum(&self) -> Option<SocketAddr> {
-        self.0.iter().find_map(|m| m.stratum)
+    /// Where a miner from `client` goes: each master verifies its own
+    /// miners' shares, so miners are spread over every master with a
+    /// Stratum port — by their address, so that one address's
+    /// connections, and the caps, bans and budget that count them, stay on
+    /// one master (the same one from every edge).
+    pub fn stratum(&self, client: IpAddr) -> Option<SocketAddr> {
+        let mut ports: Vec<SocketAddr> = self.0.iter().filter_map(|m| m.stratum).collect();
+        ports.sort_unstable();
+        let spread = match client {
+            IpAddr::V4(ip) => u64::from(ip.to_bits()),
+            IpAddr::V6(ip) => (ip.to_bits() >> 64) as u64 ^ ip.to_bits() as u64,
+        };
+        ports.get((spread.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % ports.len().max(1)).copied()
     }
 
     fn leader(&self) -> Option<SocketAddr> {
@@ -178,10 +189,12 @@ pub async fn run(
     let source = masters.clone();
     let to = move |pick: fn(&Masters) -> Option<SocketAddr>| -> Target {
         let masters = source.clone();
-        Arc::new(move || pick(&masters.borrow()).map(|a| a.to_string()))
+        Arc::new(move |_| pick(&masters.borrow()).map(|a| a.to_string()))
     };
     if let Some(stratum) = stratum {
-        let to = Pipe { target: to(Masters::stratum), limit: MAX_FORWARDED, preface: Some(token.clone()) };
+        let masters = masters.clone();
+        let target: Target = Arc::new(move |client| masters.borrow().stratum(client).map(|a| a.to_string()));
+        let to = Pipe { target, limit: MAX_FORWARDED, preface: Some(token.clone()) };
         tasks.spawn(forward::pipe(stratum, to, shutdown.clone(), tasks.clone()));
     }
     let nowhere =
@@ -289,19 +302,34 @@ mod tests {
     }
 
     #[test]
-    fn requests_and_miners_go_to_the_leader_else_to_any_master() {
+    fn requests_go_to_the_leader_else_to_any_master_and_miners_by_their_address() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap_or_else(|_| unreachable!()) };
         let (a, b) = (at("10.0.0.5:8888"), at("10.0.0.6:8888"));
         let none = Masters::default();
-        assert_eq!((none.web(), none.stratum(), none.leader()), (None, None, None));
+        assert_eq!((none.web(), none.stratum(ip("127.0.0.2")), none.leader()), (None, None, None));
         let standbys = Masters(vec![
             Seen { web: a, leader: false, stratum: None },
             Seen { web: b, leader: false, stratum: Some(at("10.0.0.6:3333")) },
         ]);
-        assert_eq!((standbys.web(), standbys.stratum(), standbys.leader()), (Some(a), Some(at("10.0.0.6:3333")), None));
+        assert_eq!((standbys.web(), standbys.leader()), (Some(a), None));
+        assert_eq!(standbys.stratum(ip("127.0.0.2")), Some(at("10.0.0.6:3333")));
         let led = Masters(vec![
             Seen { web: b, leader: true, stratum: Some(at("10.0.0.6:3333")) },
             Seen { web: a, leader: false, stratum: Some(at("10.0.0.5:3333")) },
         ]);
-        assert_eq!((led.web(), led.stratum(), led.leader()), (Some(b), Some(at("10.0.0.6:3333")), Some(b)));
+        assert_eq!((led.web(), led.leader()), (Some(b), Some(b)));
+        // One address always to the same master, whoever leads; many
+        // addresses over both.
+        let swapped = Masters(vec![led.0[1].clone(), led.0[0].clone()]);
+        let mut counts = std::collections::HashMap::new();
+        for n in 0..=255u8 {
+            for client in [IpAddr::from([127, 0, 0, n]), IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, u16::from(n)])] {
+                let to = led.stratum(client);
+                assert_eq!(to, swapped.stratum(client), "{client}");
+                *counts.entry(to).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert!(counts.values().all(|n| *n > 128), "spread over both: {counts:?}");
     }
 }

@@ -48,9 +48,9 @@ pub const MAX_FORWARDED: usize = 4_096;
 /// How long a forwarder waits for the master to take a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where a forwarder sends what it takes now (`host:port`); none while
-/// there is nowhere to send it.
-pub(crate) type Target = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+/// Where a forwarder sends what it takes now from a client at the given
+/// address (`host:port`); none while there is nowhere to send it.
+pub(crate) type Target = Arc<dyn Fn(IpAddr) -> Option<String> + Send + Sync>;
 
 /// The address a request comes from: the one a forwarder before this one
 /// vouched for, else the peer's own.
@@ -72,7 +72,7 @@ pub(crate) struct Pipe {
     pub preface: Option<Arc<Secret>>,
 }
 
-/// Forwards each connection `listener` takes to `target()`, byte for byte.
+/// Forwards each connection `listener` takes to `target(client)`, byte for byte.
 pub(crate) async fn pipe(listener: TcpListener, to: Pipe, stop: CancellationToken, tasks: TaskTracker) {
     let Pipe { target, limit, preface } = to;
     let busy = Arc::new(Semaphore::new(limit));
@@ -84,7 +84,7 @@ pub(crate) async fn pipe(listener: TcpListener, to: Pipe, stop: CancellationToke
                 Err(_) => continue,
             },
         };
-        let (Some(to), Ok(permit)) = (target(), busy.clone().try_acquire_owned()) else { continue };
+        let (Some(to), Ok(permit)) = (target(peer.ip()), busy.clone().try_acquire_owned()) else { continue };
         let stop = stop.clone();
         let first = preface.as_ref().map(|token| stratum_preface(token, peer.ip()));
         tasks.spawn(async move {
@@ -120,7 +120,7 @@ pub struct Nowhere {
     pub message: &'static str,
 }
 
-/// Request-by-request forwarding to `target()` (plain HTTP).
+/// Request-by-request forwarding to `target(client)` (plain HTTP).
 #[derive(Clone)]
 pub(crate) struct Forward {
     target: Target,
@@ -167,7 +167,8 @@ pub(crate) async fn forward(
     if s.stop.is_cancelled() {
         return moved();
     }
-    let Some(to) = (s.target)() else {
+    let client = client_of(&s.token, req.headers(), peer.0.ip());
+    let Some(to) = (s.target)(client) else {
         return try_again(s.nowhere.code, s.nowhere.message);
     };
     let Ok(permit) = s.busy.clone().try_acquire_owned() else {
@@ -185,7 +186,6 @@ pub(crate) async fn forward(
     };
     let upgrade = req.headers().contains_key(header::UPGRADE).then(|| hyper::upgrade::on(&mut req));
     *req.uri_mut() = uri;
-    let client = client_of(&s.token, req.headers(), peer.0.ip());
     req.headers_mut().remove(CLIENT_HEADER);
     if let Ok(v) = HeaderValue::from_str(&vouch(&s.token, client)) {
         req.headers_mut().insert(CLIENT_HEADER, v);
@@ -275,7 +275,7 @@ mod tests {
         let (gone, http) = bound().await;
         drop(gone);
         let (tx, rx) = tokio::sync::watch::channel(None::<String>);
-        let target: Target = Arc::new(move || rx.borrow().clone());
+        let target: Target = Arc::new(move |_| rx.borrow().clone());
         let state = Forward::new(target, NO_LEADER, Arc::new(Secret::new("t")), CancellationToken::new());
         let peer = PeerAddr("127.0.0.5:4000".parse().unwrap_or_else(|_| unreachable!()));
         let ask = || async {
@@ -308,7 +308,7 @@ mod tests {
         });
         let (listener, at) = bound().await;
         let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
-        let target: Target = Arc::new(move || Some(to.clone()));
+        let target: Target = Arc::new(move |_| Some(to.clone()));
         tokio::spawn(pipe(listener, Pipe { target, limit: 1, preface: None }, stop.clone(), tasks.clone()));
         let echo = |mut c: TcpStream| async move {
             let mut b = [0u8; 1];
@@ -341,7 +341,7 @@ mod tests {
         let (master, to) = bound().await;
         let (listener, at) = bound().await;
         let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
-        let target: Target = Arc::new(move || Some(to.clone()));
+        let target: Target = Arc::new(move |_| Some(to.clone()));
         let to = Pipe { target, limit: 4, preface: Some(token.clone()) };
         tokio::spawn(pipe(listener, to, stop.clone(), tasks.clone()));
         let miner = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("socket: {e}"));

@@ -137,6 +137,30 @@ fn available_mib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib / 1024)
 }
 
+/// The pool side's settings, with the Stratum password and the cluster
+/// token (forwarded miners' prefaces are signed with it).
+fn pool_config(cfg: &Config, token: &Secret) -> Result<pool::PoolConfig, MasterError> {
+    let mut pool_cfg = cfg.pool();
+    pool_cfg.password = faena_common::secrets::resolve_optional(
+        "FAENA_STRATUM_PASSWORD",
+        cfg.stratum_password.as_deref(),
+        cfg.stratum_password_file.as_deref(),
+    )?
+    .map(Arc::new);
+    pool_cfg.forwarders = Some(Arc::new(token.clone()));
+    Ok(pool_cfg)
+}
+
+/// How this master calls the leader while it stands by: over HTTPS with
+/// the cluster's CA when the masters serve their web port over TLS.
+fn peer_client(cfg: &Config) -> Result<reqwest::Client, MasterError> {
+    let mut b = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+    if cfg.web_tls {
+        b = b.use_preconfigured_tls((*cfg.tls.client_config()?).clone());
+    }
+    b.build().map_err(|e| MasterError::Tls(faena_common::tls::TlsError::Config(e.to_string())))
+}
+
 fn cluster_token(cfg: &Config) -> Result<Secret, MasterError> {
     if let Some(token) = cfg.token.resolve()? {
         return Ok(token);
@@ -190,7 +214,15 @@ pub async fn run(
     };
     let listeners = Listeners::bind(&cfg)?;
     let mut on_ready = Some(on_ready);
-    let leading = take_lead(&cfg, &store, Arc::new(token.clone()), &listeners, &shutdown, &mut on_ready).await?;
+    let mode = cfg.verifier_mode(available_mib());
+    tracing::info!(mode = mode.as_str(), threads = cfg.verify_threads, "share verifier");
+    let deadline = Duration::from_millis(cfg.verify_deadline_ms.max(100));
+    // One verifier for the whole run: a standby's, keeping its keys when it leads.
+    let verifier = Arc::new(verify::Verifier::with_mode(cfg.verify_threads, mode).with_deadline(deadline));
+    let pool_cfg = pool_config(&cfg, &token)?;
+    let follower = startup::Follower { cfg: pool_cfg.clone(), verifier: verifier.clone(), http: peer_client(&cfg)? };
+    let leading =
+        take_lead(&cfg, &store, Arc::new(token.clone()), &listeners, &shutdown, &mut on_ready, follower).await?;
     if shutdown.is_cancelled() {
         return Ok(());
     }
@@ -281,22 +313,11 @@ pub async fn run(
     let (coord, inbox) = coordinator::channel();
     let hub = hub::Hub::default();
     let core_cancel = CancellationToken::new();
-    let mode = cfg.verifier_mode(available_mib());
-    tracing::info!(mode = mode.as_str(), threads = cfg.verify_threads, "share verifier");
-    let deadline = Duration::from_millis(cfg.verify_deadline_ms.max(100));
-    let verifier = Arc::new(verify::Verifier::with_mode(cfg.verify_threads, mode).with_deadline(deadline));
-    let mut pool_cfg = cfg.pool();
-    pool_cfg.password = faena_common::secrets::resolve_optional(
-        "FAENA_STRATUM_PASSWORD",
-        cfg.stratum_password.as_deref(),
-        cfg.stratum_password_file.as_deref(),
-    )?
-    .map(Arc::new);
-    pool_cfg.forwarders = Some(Arc::new(token.clone()));
     let pool_db = pool::db::Db::new(store::mining::MiningDb::beside(&store, &cfg.data_dir.join("mining.db"))?);
     let loaded = pool_db.load().await?;
-    let pool =
-        pool::Pool::start(pool_cfg, Arc::new(coord.clone()), verifier.clone(), pool_db, loaded, metrics.clone())?;
+    let epoch = leading.as_ref().map(|l| l.epoch);
+    let jobs = Arc::new(coord.clone());
+    let pool = pool::Pool::start(pool_cfg, jobs, verifier.clone(), pool_db, loaded, metrics.clone(), epoch)?;
     let deps = coordinator::Deps {
         store: store.clone(),
         hub: hub.clone(),
@@ -397,11 +418,13 @@ pub async fn run(
     // socketioxide wraps the finished router once (a per-route layer breaks long-polling).
     // Host names first (DNS rebinding), then the requesting page's origin.
     let origins = Arc::new(cfg.allowed_origins()?);
-    let app = axum::Router::new()
+    let public = axum::Router::new()
         .fallback_service(sio_layer.layer(http::app(state, &cfg.web_dir)))
         .layer(axum::middleware::from_fn_with_state(origins, http::origin::check_origin))
         .layer(axum::middleware::from_fn_with_state(Arc::new(cfg.allowed_hosts()?), http::origin::check_host))
-        .layer(axum::middleware::from_fn_with_state(vouching, forward::vouched_client));
+        .layer(axum::middleware::from_fn_with_state(vouching.clone(), forward::vouched_client));
+    // The other masters' routes: by address (no host names), with the peer key.
+    let app = http::replicas::routes(pool.clone(), vouching, servers_cancel.clone()).fallback_service(public);
     let stop_http = servers_cancel.clone();
     // The client's address bounds what it may do through the page (web::limits).
     let app = app.into_make_service_with_connect_info::<http::listen::PeerAddr>();

@@ -1,8 +1,9 @@
 //! A standby master: while another master leads the shared store, this
-//! one answers `/healthz` itself (`role: standby`) and forwards everything
-//! else to the leader ([`crate::forward`]) — REST, the page and Socket.IO
-//! request by request, gRPC and Stratum connection by connection — so no
-//! client needs to know which master leads.
+//! one answers `/healthz` itself (`role: standby`) and serves its own
+//! Stratum miners with a follower pool ([`crate::pool::follower`]); it
+//! forwards everything else to the leader ([`crate::forward`]) — REST, the
+//! page and Socket.IO request by request, gRPC connection by connection —
+//! so no client needs to know which master leads.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,20 +72,20 @@ pub fn serve(
     ports: Ports,
     leader: watch::Receiver<Option<Holder>>,
     token: Arc<Secret>,
+    pool: Option<crate::pool::Pool>,
     stop: CancellationToken,
     tasks: &TaskTracker,
 ) {
     let source = leader.clone();
     let to = move |pick: fn(&Holder) -> Option<String>| -> Target {
         let leader = source.clone();
-        Arc::new(move || leader.borrow().as_ref().and_then(pick))
+        Arc::new(move |_| leader.borrow().as_ref().and_then(pick))
     };
     let grpc = Pipe { target: to(|h| Some(h.grpc.clone())), limit: MAX_FORWARDED, preface: None };
     tasks.spawn(forward::pipe(ports.grpc, grpc, stop.clone(), tasks.clone()));
     let stratum_port = ports.stratum.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
-    if let Some(stratum) = ports.stratum {
-        let to = Pipe { target: to(|h| h.stratum.clone()), limit: MAX_FORWARDED, preface: Some(token.clone()) };
-        tasks.spawn(forward::pipe(stratum, to, stop.clone(), tasks.clone()));
+    if let (Some(stratum), Some(pool)) = (ports.stratum, pool) {
+        tasks.spawn(crate::pool::stratum::serve(stratum, pool, tasks.clone(), stop.clone()));
     }
     let nowhere =
         Nowhere { code: "no_leader", message: "no master leads yet (a takeover is under way); try again in a moment" };
@@ -98,7 +99,7 @@ pub fn serve(
     tasks.spawn(async move {
         // A leader that serves HTTPS is reached connection by connection:
         // its certificate answers the client, not this standby.
-        if tls_leader().is_some() {
+        if tls_leader(std::net::Ipv4Addr::UNSPECIFIED.into()).is_some() {
             let to = Pipe { target: to(|h| Some(h.http.clone())), limit: MAX_FORWARDED, preface: None };
             return forward::pipe(http, to, stop, pipes).await;
         }

@@ -52,6 +52,14 @@ impl Listeners {
     }
 }
 
+/// What a standby serves its own miners with ([`crate::pool::follower`]).
+pub(crate) struct Follower {
+    pub(crate) cfg: crate::pool::PoolConfig,
+    pub(crate) verifier: Arc<crate::verify::Verifier>,
+    /// How it calls the leader.
+    pub(crate) http: reqwest::Client,
+}
+
 /// This master's lead of a shared store.
 pub(crate) struct Leading {
     pub(crate) election: store::Election,
@@ -70,6 +78,7 @@ pub(crate) async fn take_lead(
     listeners: &Listeners,
     shutdown: &CancellationToken,
     on_ready: &mut Option<impl FnOnce(&Addrs)>,
+    follower: Follower,
 ) -> Result<Option<Leading>, MasterError> {
     let Some(election) = store.election().cloned() else { return Ok(None) };
     let http = Listeners::addr(&listeners.http, "HTTP")?;
@@ -86,7 +95,19 @@ pub(crate) async fn take_lead(
     let (leader_tx, mut leader_rx) = tokio::sync::watch::channel(None);
     let stop_standby = CancellationToken::new();
     let tasks = TaskTracker::new();
-    standby::serve(listeners.copies()?, leader_rx.clone(), token, stop_standby.clone(), &tasks);
+    // Its miners are its own: their shares verified and counted here, the
+    // leader's work mirrored, seats and blocks the leader's.
+    let pool = match listeners.stratum {
+        Some(_) => {
+            let db = crate::pool::db::Db::new(store::mining::MiningDb::beside(store, &cfg.data_dir.join("mining.db"))?);
+            let key = faena_common::signing::peer_key(&token);
+            let link = crate::pool::follower::Link::new(follower.http, leader_rx.clone(), key, me.name().to_owned());
+            let metrics = Arc::new(crate::metrics::Metrics::default());
+            Some(crate::pool::Pool::follow_leader(follower.cfg, follower.verifier, db, metrics, link))
+        }
+        None => None,
+    };
+    standby::serve(listeners.copies()?, leader_rx.clone(), token, pool.clone(), stop_standby.clone(), &tasks);
     let won = {
         let elect = leader::elect(&election, &me, lease, cfg.mqtt_url.is_none(), &leader_tx, shutdown);
         tokio::pin!(elect);
@@ -103,6 +124,10 @@ pub(crate) async fn take_lead(
     };
     stop_standby.cancel();
     tasks.close();
+    if let Some(pool) = pool {
+        // Its miners' last counts go to the store before this master leads.
+        pool.stop().await;
+    }
     match won {
         Ok(epoch) => {
             tracing::info!(epoch, name = %me.name(), "this master leads the store");

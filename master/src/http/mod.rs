@@ -37,6 +37,7 @@ mod jobs;
 pub mod listen;
 mod mining;
 pub mod origin;
+pub mod replicas;
 mod scaling;
 
 pub use error::AppError;

@@ -75,6 +75,15 @@ pub struct Accounts {
     /// What was counted since the last [`Accounts::take_unsaved`]: the
     /// store adds it to what it holds (several masters count at once).
     unsaved: HashMap<Participant, Record>,
+    /// Difficulties of valid shares since the last [`Accounts::take_work`].
+    work: HashMap<Participant, u64>,
+}
+
+/// Forgets shares older than the hour the hashrates look at.
+fn trim(recent: &mut VecDeque<(Instant, u64)>, now: Instant) {
+    while recent.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > HOUR) {
+        recent.pop_front();
+    }
 }
 
 /// Most participants kept: a new one is made by its first valid share
@@ -92,6 +101,18 @@ impl Record {
 }
 
 impl Accounts {
+    /// `who`'s tally; a new one only when `create` (real work), while there is room.
+    fn tally(&mut self, who: &Participant, now: Instant, create: bool) -> Option<&mut Tally> {
+        if !self.tallies.contains_key(who) && (!create || self.tallies.len() >= MAX_PARTICIPANTS) {
+            return None;
+        }
+        Some(self.tallies.entry(who.clone()).or_insert_with(|| Tally {
+            record: Record::default(),
+            first_seen: now,
+            recent: VecDeque::new(),
+        }))
+    }
+
     /// Counts `counted` on `who`'s tally and on what is still to be saved;
     /// a new tally only when `create` (a valid share), while there is room.
     fn count(
@@ -102,18 +123,28 @@ impl Accounts {
         create: bool,
         counted: Record,
     ) -> Option<&mut Tally> {
-        if !self.tallies.contains_key(who) && (!create || self.tallies.len() >= MAX_PARTICIPANTS) {
-            return None;
-        }
         let counted = Record { source: source.to_owned(), ..counted };
+        self.tally(who, now, create)?.record.add(&counted);
         self.unsaved.entry(who.clone()).or_default().add(&counted);
-        let t = self.tallies.entry(who.clone()).or_insert_with(|| Tally {
-            record: Record::default(),
-            first_seen: now,
-            recent: VecDeque::new(),
-        });
+        self.tallies.get_mut(who)
+    }
+
+    /// What another master counted and saved itself: on the views only.
+    /// `work` is the sum of its valid shares' difficulties.
+    pub fn merge(&mut self, who: &Participant, counted: Record, work: u64, now: Instant) {
+        let create = counted.valid > 0 || counted.blocks > 0;
+        let Some(t) = self.tally(who, now, create) else { return };
         t.record.add(&counted);
-        Some(t)
+        if work > 0 {
+            t.recent.push_back((now, work));
+            trim(&mut t.recent, now);
+        }
+    }
+
+    /// The difficulties of the valid shares counted since the last call,
+    /// by participant (what a follower reports with its counts).
+    pub fn take_work(&mut self) -> HashMap<Participant, u64> {
+        std::mem::take(&mut self.work)
     }
 
     /// A record read back from the store at start-up.
@@ -124,9 +155,8 @@ impl Accounts {
     pub fn valid(&mut self, who: &Participant, source: &str, difficulty: u64, now: Instant) {
         let Some(t) = self.count(who, source, now, true, Record { valid: 1, ..Record::default() }) else { return };
         t.recent.push_back((now, difficulty));
-        while t.recent.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > HOUR) {
-            t.recent.pop_front();
-        }
+        trim(&mut t.recent, now);
+        *self.work.entry(who.clone()).or_default() += difficulty;
     }
 
     pub fn invalid(&mut self, who: &Participant, source: &str, n: u64, now: Instant) {
@@ -225,6 +255,27 @@ mod tests {
         assert_eq!(unsaved.len(), 1);
         assert_eq!((unsaved[0].1.valid, unsaved[0].1.invalid, unsaved[0].1.stale), (120, 2, 1));
         assert!(a.take_unsaved().is_empty());
+    }
+
+    /// Another master's counts show in the views, and are not saved here
+    /// again (that master saved them); junk makes no participant.
+    #[test]
+    fn another_masters_counts_show_but_are_not_saved_again() {
+        let mut a = Accounts::default();
+        let t0 = Instant::now();
+        let (rig, junk) = (Participant::stratum("rig1"), Participant::stratum("junk"));
+        a.merge(&junk, Record { source: "s".into(), invalid: 9, ..Record::default() }, 0, t0);
+        a.merge(&rig, Record { source: "s".into(), valid: 4, stale: 1, ..Record::default() }, 1200, t0);
+        let v = a.view(t0 + Duration::from_secs(60));
+        assert_eq!(v.len(), 1, "invalid shares alone make no participant");
+        assert_eq!((v[0].name.as_str(), v[0].shares.valid, v[0].shares.stale), ("rig1", 4, 1));
+        assert!((v[0].hashrate.m10 - 20.0).abs() < 1.0, "1,200 over a minute: {}", v[0].hashrate.m10);
+        assert!(a.take_unsaved().is_empty() && a.take_work().is_empty());
+        // This master's own valid shares are its work to report.
+        a.valid(&rig, "s", 50, t0);
+        a.valid(&rig, "s", 70, t0);
+        assert_eq!(a.take_work().get(&rig), Some(&120));
+        assert!(a.take_work().is_empty());
     }
 
     /// What the store could not take is saved with what comes next, added

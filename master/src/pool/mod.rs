@@ -26,7 +26,9 @@ mod config;
 mod daemon;
 pub mod db;
 mod engine;
+pub mod follower;
 mod limits;
+pub mod replicas;
 mod seats;
 mod shares;
 mod sources;
@@ -55,8 +57,8 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::Metrics;
 use crate::verify::Verifier;
 use accounts::Accounts;
-use db::Db;
 pub use config::PoolConfig;
+use db::Db;
 pub use engine::{JobEngine, NotStarted};
 pub use seats::Seat;
 use stratum::Addresses;
@@ -71,6 +73,9 @@ pub enum PoolError {
     #[error("the source was removed while it was being added")]
     Vanished,
 }
+
+/// Template numbers of a leader start at its epoch shifted this far.
+const EPOCH_SHIFT: u32 = 40;
 
 /// How often the mining store's retention runs.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -94,8 +99,15 @@ struct Saving {
 /// How a source's shares reach the world.
 #[derive(Debug, Clone)]
 enum Backend {
-    Daemon { rpc: daemon::Rpc, wake: Arc<Notify> },
-    Pool { submit: mpsc::Sender<upstream::Submit> },
+    Daemon {
+        rpc: daemon::Rpc,
+        wake: Arc<Notify>,
+    },
+    Pool {
+        submit: mpsc::Sender<upstream::Submit>,
+    },
+    /// A follower's mirror of the leader's source: the leader submits.
+    Leader,
 }
 
 #[derive(Debug)]
@@ -112,6 +124,13 @@ struct Source {
     worker_nonces: HashSet<(u64, u32)>,
     /// Taken miner slots: (group, top nonce byte).
     slots: BTreeSet<(u32, u8)>,
+    /// The leader's: slots its followers' miners hold, by follower.
+    remote: HashMap<(u32, u8), String>,
+    /// A follower's: its miners' slots, each cancelled when the leader
+    /// gave it to another while the feed was away.
+    seated: HashMap<(u32, u8), CancellationToken>,
+    /// A follower's: the shares counted when it last reported them.
+    reported: SourceShares,
     /// The engine job the Faena workers mine it through.
     job: Option<JobId>,
     /// What it may cost, and the templates waiting their turn.
@@ -125,6 +144,58 @@ struct Source {
 }
 
 impl Source {
+    fn new(
+        spec: SourceSpec,
+        work: watch::Sender<Option<Arc<Work>>>,
+        backend: Backend,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            spec,
+            state: SourceState::Connecting,
+            reason: None,
+            shares: SourceShares::default(),
+            blocks: Vec::new(),
+            work,
+            previous: None,
+            worker_nonces: HashSet::new(),
+            slots: BTreeSet::new(),
+            remote: HashMap::new(),
+            seated: HashMap::new(),
+            reported: SourceShares::default(),
+            job: None,
+            limits: limits::SourceLimits::new(Instant::now()),
+            deferred: None,
+            templates: 0,
+            retired_units: 0,
+            backend,
+            cancel,
+        }
+    }
+
+    /// Frees the slots `replica`'s miners held.
+    fn free_remote(&mut self, replica: &str) {
+        let slots = &mut self.slots;
+        self.remote.retain(|key, r| {
+            let keep = r != replica;
+            if !keep {
+                slots.remove(key);
+            }
+            keep
+        });
+    }
+
+    fn held_by(&self, replica: &str) -> usize {
+        self.remote.values().filter(|r| *r == replica).count()
+    }
+
+    /// The shares counted since the last call, when there are any.
+    fn unreported(&mut self) -> Option<SourceShares> {
+        let d = follower::delta(&self.shares, &self.reported);
+        self.reported = self.shares.clone();
+        (d.valid + d.invalid + d.stale > 0).then_some(d)
+    }
+
     fn view(&self, id: &str) -> SourceView {
         let work = self.work.borrow().clone();
         let main = work.as_ref().and_then(|w| w.main().cloned());
@@ -190,10 +261,17 @@ struct Budget {
 /// may use between them.
 const UNPROVEN_SHARE: f64 = 0.25;
 
+#[derive(Debug, Default)]
+struct Replicas {
+    live: HashMap<String, u64>,
+    generation: u64,
+}
+
 #[derive(Debug)]
 struct Inner {
     cfg: PoolConfig,
-    engine: Arc<dyn JobEngine>,
+    /// The leader's; a follower runs no jobs.
+    engine: Option<Arc<dyn JobEngine>>,
     verifier: Arc<Verifier>,
     db: Db,
     metrics: Arc<Metrics>,
@@ -206,6 +284,12 @@ struct Inner {
     /// The keys the verifier was last pinned to (the live sources').
     prepared: Mutex<Vec<Vec<u8>>>,
     saving: Saving,
+    /// The leader's: the masters following it, by name, with their feed's
+    /// generation; and a count that moves with every change of work.
+    replicas: Mutex<Replicas>,
+    fed: watch::Sender<u64>,
+    /// A follower's: the leader it follows.
+    link: Option<Arc<follower::Link>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -246,15 +330,15 @@ fn validate(spec: &SourceSpec) -> Result<(), PoolError> {
 }
 
 impl Pool {
-    /// Reads back what the last run recorded and starts its sources.
-    pub fn start(
+    fn new(
         cfg: PoolConfig,
-        engine: Arc<dyn JobEngine>,
+        engine: Option<Arc<dyn JobEngine>>,
         verifier: Arc<Verifier>,
         db: Db,
-        loaded: db::Loaded,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, crate::store::StoreError> {
+        link: Option<Arc<follower::Link>>,
+        first_seq: u64,
+    ) -> Self {
         let rules = stratum::AddressRules {
             max_connections: cfg.max_connections,
             max_per_address: cfg.max_per_address,
@@ -262,7 +346,7 @@ impl Pool {
             ban: cfg.ban,
             budget_share: cfg.address_share,
         };
-        let pool = Self {
+        Self {
             inner: Arc::new(Inner {
                 cfg,
                 engine,
@@ -278,13 +362,32 @@ impl Pool {
                 }),
                 addresses: Mutex::new(Addresses::new(rules)),
                 miners: AtomicU64::new(0),
-                seq: AtomicU64::new(1),
+                seq: AtomicU64::new(first_seq),
                 prepared: Mutex::default(),
                 saving: Saving { asked: AtomicU64::new(0), saved: watch::channel(0).0, wake: Notify::new() },
+                replicas: Mutex::default(),
+                fed: watch::channel(0).0,
+                link,
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
             }),
-        };
+        }
+    }
+
+    /// Reads back what the last run recorded and starts its sources. On a
+    /// shared store, `epoch` is the lease's: template numbers start in its
+    /// own range, so none is taken for another leader's by a follower.
+    pub fn start(
+        cfg: PoolConfig,
+        engine: Arc<dyn JobEngine>,
+        verifier: Arc<Verifier>,
+        db: Db,
+        loaded: db::Loaded,
+        metrics: Arc<Metrics>,
+        epoch: Option<i64>,
+    ) -> Result<Self, crate::store::StoreError> {
+        let first_seq = (epoch.unwrap_or(0).max(0) as u64).wrapping_shl(EPOCH_SHIFT) + 1;
+        let pool = Self::new(cfg, Some(engine), verifier, db, metrics, None, first_seq);
         let now = Instant::now();
         {
             let mut st = pool.inner.state.lock();
@@ -308,6 +411,24 @@ impl Pool {
         let p = pool.clone();
         pool.inner.tasks.spawn(async move { p.flush_loop().await });
         Ok(pool)
+    }
+
+    /// The pool of a master that stands by ([`follower`]): it mirrors the
+    /// leader's sources through `link` and serves its own miners.
+    pub fn follow_leader(
+        cfg: PoolConfig,
+        verifier: Arc<Verifier>,
+        db: Db,
+        metrics: Arc<Metrics>,
+        link: follower::Link,
+    ) -> Self {
+        let link = Arc::new(link);
+        let pool = Self::new(cfg, None, verifier, db, metrics, Some(link.clone()), 1);
+        let p = pool.clone();
+        pool.inner.tasks.spawn(async move { p.follow(link).await });
+        let p = pool.clone();
+        pool.inner.tasks.spawn(async move { p.flush_loop().await });
+        pool
     }
 
     /// Stops every source and writes the tallies a last time.
@@ -376,6 +497,11 @@ impl Pool {
             self.inner.state.lock().accounts.unsave(rows);
             return false;
         }
+        match self.link() {
+            Some(_) => self.report(&rows),
+            // Only a follower reports its miners' work.
+            None => drop(self.inner.state.lock().accounts.take_work()),
+        }
         self.inner.saving.saved.send_if_modified(|saved| {
             let moved = ticket > *saved;
             *saved = (*saved).max(ticket);
@@ -424,24 +550,8 @@ impl Pool {
                 (Backend::Pool { submit: tx }, Box::pin(run))
             }
         };
-        let source = Source {
-            spec,
-            state: SourceState::Connecting,
-            reason: None,
-            shares: SourceShares::default(),
-            blocks: Vec::new(),
-            work,
-            previous: None,
-            worker_nonces: HashSet::new(),
-            slots: BTreeSet::new(),
-            job,
-            limits: limits::SourceLimits::new(Instant::now()),
-            deferred: None,
-            templates: 0,
-            retired_units: 0,
-            backend,
-            cancel,
-        };
+        let mut source = Source::new(spec, work, backend, cancel);
+        source.job = job;
         // Recorded, with the job it restored, before its task starts: work
         // the task fetches at once (a restored source's first template) must
         // find the source there, or it is dropped until the next refresh —
@@ -453,6 +563,7 @@ impl Pool {
         }
         st.sources.insert(id, source);
         drop(st);
+        self.feed_changed();
         self.inner.tasks.spawn(run);
     }
 
@@ -463,8 +574,11 @@ impl Pool {
         source.cancel.cancel();
         if let Some(job) = source.job {
             self.inner.state.lock().by_job.remove(&job);
-            self.inner.engine.stop(job).await;
+            if let Some(engine) = &self.inner.engine {
+                engine.stop(job).await;
+            }
         }
+        self.feed_changed();
         self.inner.db.remove_source(id.to_owned()).await?;
         self.pin_keys(None);
         tracing::info!(source = %id, "mining source removed");

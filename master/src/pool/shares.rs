@@ -124,7 +124,7 @@ impl Pool {
     }
 
     /// A share good enough for upstream: a block for monerod, a share for the pool.
-    fn upstream(
+    pub(super) fn upstream(
         &self,
         source: &str,
         t: &Arc<Template>,
@@ -173,6 +173,7 @@ impl Pool {
                     wake.notify_one();
                 });
             }
+            Backend::Leader => self.found_remote(t, &who.name, nonce, hash, source),
             Backend::Pool { submit } => {
                 let Some(up) = &t.upstream else { return };
                 let s = upstream::Submit { job_id: up.job_id.clone(), nonce, hash: *hash };

@@ -88,12 +88,14 @@ impl Pool {
             s.templates += 1;
             s.job
         };
+        self.feed_changed();
         self.set_state(id, SourceState::Mining, None);
         let Some(main) = work.main() else { return };
         self.pin_keys(Some(&main.key));
         let params = main.worker_params(self.worker_difficulty(main).await);
         if let Some(job) = job
-            && let Some(retired) = self.inner.engine.replace_template(job, params.clone(), grace).await
+            && let Some(engine) = &self.inner.engine
+            && let Some(retired) = engine.replace_template(job, params.clone(), grace).await
         {
             if let Some(s) = self.inner.state.lock().sources.get_mut(id) {
                 s.retired_units += retired as u64;
@@ -156,6 +158,7 @@ impl Pool {
         if let Some(s) = self.inner.state.lock().sources.get_mut(id) {
             s.work.send_replace(Some(work));
         }
+        self.feed_changed();
     }
 
     /// Starts the workers' job on a source when it has none (or it ended).
@@ -166,8 +169,9 @@ impl Pool {
             (s.job, s.work.borrow().as_ref().and_then(|w| w.main().cloned()))
         };
         let Some(main) = main else { return };
+        let Some(engine) = &self.inner.engine else { return };
         if let Some(job) = job
-            && self.inner.engine.is_active(job).await
+            && engine.is_active(job).await
         {
             return;
         }
@@ -176,12 +180,13 @@ impl Pool {
     }
 
     pub(super) async fn submit_job(&self, id: &str, params: faena_proto::mine::MineParams) {
+        let Some(engine) = &self.inner.engine else { return };
         // Only when a worker can mine: a job nobody takes would fail as unrunnable.
-        if self.inner.engine.mining_workers().await.is_empty() {
+        if engine.mining_workers().await.is_empty() {
             return;
         }
         let job = JobId::new();
-        match self.inner.engine.start_mining(job, params).await {
+        match engine.start_mining(job, params).await {
             Ok(()) => {
                 {
                     let mut st = self.inner.state.lock();
@@ -209,7 +214,8 @@ impl Pool {
         if self.inner.cfg.worker_difficulty > 0 {
             return self.inner.cfg.worker_difficulty;
         }
-        let rates: Vec<f64> = self.inner.engine.mining_workers().await.into_iter().filter(|h| *h > 0.0).collect();
+        let Some(engine) = &self.inner.engine else { return self.inner.cfg.start_difficulty };
+        let rates: Vec<f64> = engine.mining_workers().await.into_iter().filter(|h| *h > 0.0).collect();
         if rates.is_empty() {
             return self.inner.cfg.start_difficulty;
         }

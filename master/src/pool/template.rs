@@ -9,6 +9,7 @@ use std::sync::Arc;
 use faena_proto::jobs::encode_hex;
 use faena_proto::mine::{DEFAULT_NONCE_OFFSET, MineParams, target_for_difficulty};
 use faena_proto::stratum::NICEHASH_BYTE;
+use serde::{Deserialize, Serialize};
 
 /// Nonces behind one top-byte value.
 pub const SLOT_NONCES: u64 = 1 << 24;
@@ -16,16 +17,18 @@ pub const SLOT_NONCES: u64 = 1 << 24;
 pub const MINER_SLOTS: u32 = 255;
 
 /// What a pool's job carries that a block template does not.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Upstream {
     pub job_id: String,
     /// The pool's share target.
     pub target: u64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Serialized as the leader feeds it to the other masters: without the
+/// block, which only the leader submits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Template {
-    /// Unique in this master, one more per template.
+    /// Unique across the masters: the leader's epoch in the top bits.
     pub seq: u64,
     /// Which blob of the source this is (daemon: one per extra nonce; past
     /// 255 miners another is fetched).
@@ -36,6 +39,7 @@ pub struct Template {
     /// The network's difficulty (a daemon's template).
     pub network_difficulty: Option<u64>,
     /// The full block, for `submit_block` (a daemon's template).
+    #[serde(skip)]
     pub block: Option<Vec<u8>>,
     pub upstream: Option<Upstream>,
     /// The top nonce byte a pool fixed (nicehash), if any.

@@ -79,6 +79,7 @@ pub(super) async fn run(pool: Pool, stream: TcpStream, peer: SocketAddr, cancel:
     };
     let mut retarget = tokio::time::interval(cfg.share_interval.min(Duration::from_secs(5)));
     loop {
+        let seat_lost = s.seat.as_ref().map(|seat| seat.lost.clone());
         let flow = tokio::select! {
             () = cancel.cancelled() => break,
             () = tokio::time::sleep_until(s.miner.deadline().into()) => {
@@ -102,6 +103,8 @@ pub(super) async fn run(pool: Pool, stream: TcpStream, peer: SocketAddr, cancel:
                 _ => break,
             },
             _ = retarget.tick() => s.retarget().map(|j| Flow::line(stratum::job_notification(&j))).unwrap_or_default(),
+            // Its seat is another miner's now: it logs in again, anew.
+            () = lost(seat_lost.as_ref()) => break,
         };
         let mut out = String::new();
         for l in &flow.lines {
@@ -126,6 +129,14 @@ pub(super) async fn run(pool: Pool, stream: TcpStream, peer: SocketAddr, cancel:
 async fn changed(seat: &mut Option<Seat>) -> bool {
     match seat {
         Some(seat) => seat.work.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the seat was given to another miner; never without a seat.
+async fn lost(seat: Option<&CancellationToken>) {
+    match seat {
+        Some(lost) => lost.cancelled().await,
         None => std::future::pending().await,
     }
 }
@@ -218,7 +229,7 @@ impl Session {
             Ok(name) => name,
             Err(refused) => return Flow::closing(stratum::error(id, &refused.to_string())),
         };
-        let mut seat = match self.pool.join() {
+        let mut seat = match self.pool.join().await {
             Ok(seat) => seat,
             Err(e) => return Flow::closing(stratum::error(id, &e)),
         };
