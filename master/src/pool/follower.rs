@@ -19,7 +19,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::replicas::{Counted, FeedLine, Found, Hello, MAX_LINE, Mirror, Report, SeatAt};
-use super::{Backend, Pool, Source, Template, Work};
+use super::sources::Source;
+use super::{Backend, Pool, Template, Work};
 use crate::standby::Holder;
 
 /// The leader says something at least this often ([`FeedLine::Alive`]);

@@ -36,7 +36,7 @@ pub mod stratum;
 pub mod template;
 mod upstream;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,9 +44,7 @@ use std::time::{Duration, Instant};
 
 use faena_common::bucket::TokenBucket;
 use faena_proto::ids::JobId;
-use faena_proto::mining::{
-    BlockView, Participants, SourceShares, SourceSpec, SourceState, SourceView, VerifierKey, VerifierView,
-};
+use faena_proto::mining::{Participants, SourceSpec, SourceView, VerifierKey, VerifierView};
 use faena_proto::secret::Secret;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -61,6 +59,7 @@ pub use config::PoolConfig;
 use db::Db;
 pub use engine::{JobEngine, NotStarted};
 pub use seats::Seat;
+use sources::Source;
 use stratum::Addresses;
 pub use template::{Template, Work};
 
@@ -108,134 +107,6 @@ enum Backend {
     },
     /// A follower's mirror of the leader's source: the leader submits.
     Leader,
-}
-
-#[derive(Debug)]
-struct Source {
-    spec: SourceSpec,
-    state: SourceState,
-    reason: Option<String>,
-    shares: SourceShares,
-    blocks: Vec<BlockView>,
-    work: watch::Sender<Option<Arc<Work>>>,
-    /// The work it replaced, and until when its shares count as stale.
-    previous: Option<(Arc<Work>, Instant)>,
-    /// The Faena workers' shares taken, by template: each counts once.
-    worker_nonces: HashSet<(u64, u32)>,
-    /// Taken miner slots: (group, top nonce byte).
-    slots: BTreeSet<(u32, u8)>,
-    /// The leader's: slots its followers' miners hold, by follower.
-    remote: HashMap<(u32, u8), String>,
-    /// A follower's: its miners' slots, each cancelled when the leader
-    /// gave it to another while the feed was away.
-    seated: HashMap<(u32, u8), CancellationToken>,
-    /// A follower's: the shares counted when it last reported them.
-    reported: SourceShares,
-    /// The engine job the Faena workers mine it through.
-    job: Option<JobId>,
-    /// What it may cost, and the templates waiting their turn.
-    limits: limits::SourceLimits,
-    deferred: Option<Vec<Template>>,
-    /// Templates it has had, and the workers' units retired by a new one.
-    templates: u64,
-    retired_units: u64,
-    backend: Backend,
-    cancel: CancellationToken,
-}
-
-impl Source {
-    fn new(
-        spec: SourceSpec,
-        work: watch::Sender<Option<Arc<Work>>>,
-        backend: Backend,
-        cancel: CancellationToken,
-    ) -> Self {
-        Self {
-            spec,
-            state: SourceState::Connecting,
-            reason: None,
-            shares: SourceShares::default(),
-            blocks: Vec::new(),
-            work,
-            previous: None,
-            worker_nonces: HashSet::new(),
-            slots: BTreeSet::new(),
-            remote: HashMap::new(),
-            seated: HashMap::new(),
-            reported: SourceShares::default(),
-            job: None,
-            limits: limits::SourceLimits::new(Instant::now()),
-            deferred: None,
-            templates: 0,
-            retired_units: 0,
-            backend,
-            cancel,
-        }
-    }
-
-    /// Frees the slots `replica`'s miners held.
-    fn free_remote(&mut self, replica: &str) {
-        let slots = &mut self.slots;
-        self.remote.retain(|key, r| {
-            let keep = r != replica;
-            if !keep {
-                slots.remove(key);
-            }
-            keep
-        });
-    }
-
-    fn held_by(&self, replica: &str) -> usize {
-        self.remote.values().filter(|r| *r == replica).count()
-    }
-
-    /// The shares counted since the last call, when there are any.
-    fn unreported(&mut self) -> Option<SourceShares> {
-        let d = follower::delta(&self.shares, &self.reported);
-        self.reported = self.shares.clone();
-        (d.valid + d.invalid + d.stale > 0).then_some(d)
-    }
-
-    fn view(&self, id: &str) -> SourceView {
-        let work = self.work.borrow().clone();
-        let main = work.as_ref().and_then(|w| w.main().cloned());
-        let (url, wallet, user) = match &self.spec {
-            SourceSpec::Daemon { url, wallet } => (url.clone(), Some(wallet.clone()), None),
-            SourceSpec::Pool { url, user, .. } => (url.list().join(","), None, Some(user.clone())),
-        };
-        SourceView {
-            id: id.to_owned(),
-            kind: match self.spec {
-                SourceSpec::Daemon { .. } => "daemon".into(),
-                SourceSpec::Pool { .. } => "pool".into(),
-            },
-            url,
-            state: self.state,
-            reason: self.reason.clone(),
-            wallet,
-            user,
-            height: main.as_ref().and_then(|t| t.height),
-            difficulty: main.as_ref().map(|t| t.upstream_difficulty()),
-            job_id: self.job.map(|j| j.to_string()),
-            miners: self.slots.len() as u32,
-            templates: self.templates,
-            retired_units: self.retired_units,
-            shares: self.shares.clone(),
-            blocks: self.blocks.clone(),
-        }
-    }
-
-    /// The template with sequence `seq`: current, or replaced within the grace period.
-    fn template(&self, seq: u64, now: Instant) -> Option<(Arc<Template>, bool)> {
-        let find = |w: &Work| w.templates.iter().find(|t| t.seq == seq).cloned();
-        if let Some(t) = self.work.borrow().as_ref().and_then(|w| find(w)) {
-            return Some((t, true));
-        }
-        match &self.previous {
-            Some((w, until)) if now < *until => find(w).map(|t| (t, false)),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Debug, Default)]

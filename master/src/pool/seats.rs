@@ -10,7 +10,8 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::replicas::SeatAt;
-use super::{Backend, Pool, Source, Work, template};
+use super::sources::Source;
+use super::{Backend, Pool, Work, template};
 
 /// A miner's place on a source: a slot of one of its blobs. Freed when dropped.
 #[derive(Debug)]

@@ -2,14 +2,145 @@
 //! workers' job given the new template in place), the workers' job started
 //! or adopted, and the verifier prepared for a new key.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use faena_proto::ids::JobId;
-use faena_proto::mining::SourceState;
+use faena_proto::mining::{BlockView, SourceShares, SourceSpec, SourceState, SourceView};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::limits::{self, Take};
-use super::{Pool, Template, Work};
+use super::{Backend, Pool, Template, Work, follower};
+
+#[derive(Debug)]
+pub(super) struct Source {
+    pub(super) spec: SourceSpec,
+    pub(super) state: SourceState,
+    pub(super) reason: Option<String>,
+    pub(super) shares: SourceShares,
+    pub(super) blocks: Vec<BlockView>,
+    pub(super) work: watch::Sender<Option<Arc<Work>>>,
+    /// The work it replaced, and until when its shares count as stale.
+    pub(super) previous: Option<(Arc<Work>, Instant)>,
+    /// The Faena workers' shares taken, by template: each counts once.
+    pub(super) worker_nonces: HashSet<(u64, u32)>,
+    /// Taken miner slots: (group, top nonce byte).
+    pub(super) slots: BTreeSet<(u32, u8)>,
+    /// The leader's: slots its followers' miners hold, by follower.
+    pub(super) remote: HashMap<(u32, u8), String>,
+    /// A follower's: its miners' slots, each cancelled when the leader
+    /// gave it to another while the feed was away.
+    pub(super) seated: HashMap<(u32, u8), CancellationToken>,
+    /// A follower's: the shares counted when it last reported them.
+    pub(super) reported: SourceShares,
+    /// The engine job the Faena workers mine it through.
+    pub(super) job: Option<JobId>,
+    /// What it may cost, and the templates waiting their turn.
+    pub(super) limits: limits::SourceLimits,
+    pub(super) deferred: Option<Vec<Template>>,
+    /// Templates it has had, and the workers' units retired by a new one.
+    pub(super) templates: u64,
+    pub(super) retired_units: u64,
+    pub(super) backend: Backend,
+    pub(super) cancel: CancellationToken,
+}
+
+impl Source {
+    pub(super) fn new(
+        spec: SourceSpec,
+        work: watch::Sender<Option<Arc<Work>>>,
+        backend: Backend,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            spec,
+            state: SourceState::Connecting,
+            reason: None,
+            shares: SourceShares::default(),
+            blocks: Vec::new(),
+            work,
+            previous: None,
+            worker_nonces: HashSet::new(),
+            slots: BTreeSet::new(),
+            remote: HashMap::new(),
+            seated: HashMap::new(),
+            reported: SourceShares::default(),
+            job: None,
+            limits: limits::SourceLimits::new(Instant::now()),
+            deferred: None,
+            templates: 0,
+            retired_units: 0,
+            backend,
+            cancel,
+        }
+    }
+
+    /// Frees the slots `replica`'s miners held.
+    pub(super) fn free_remote(&mut self, replica: &str) {
+        let slots = &mut self.slots;
+        self.remote.retain(|key, r| {
+            let keep = r != replica;
+            if !keep {
+                slots.remove(key);
+            }
+            keep
+        });
+    }
+
+    pub(super) fn held_by(&self, replica: &str) -> usize {
+        self.remote.values().filter(|r| *r == replica).count()
+    }
+
+    /// The shares counted since the last call, when there are any.
+    pub(super) fn unreported(&mut self) -> Option<SourceShares> {
+        let d = follower::delta(&self.shares, &self.reported);
+        self.reported = self.shares.clone();
+        (d.valid + d.invalid + d.stale > 0).then_some(d)
+    }
+
+    pub(super) fn view(&self, id: &str) -> SourceView {
+        let work = self.work.borrow().clone();
+        let main = work.as_ref().and_then(|w| w.main().cloned());
+        let (url, wallet, user) = match &self.spec {
+            SourceSpec::Daemon { url, wallet } => (url.clone(), Some(wallet.clone()), None),
+            SourceSpec::Pool { url, user, .. } => (url.list().join(","), None, Some(user.clone())),
+        };
+        SourceView {
+            id: id.to_owned(),
+            kind: match self.spec {
+                SourceSpec::Daemon { .. } => "daemon".into(),
+                SourceSpec::Pool { .. } => "pool".into(),
+            },
+            url,
+            state: self.state,
+            reason: self.reason.clone(),
+            wallet,
+            user,
+            height: main.as_ref().and_then(|t| t.height),
+            difficulty: main.as_ref().map(|t| t.upstream_difficulty()),
+            job_id: self.job.map(|j| j.to_string()),
+            miners: self.slots.len() as u32,
+            templates: self.templates,
+            retired_units: self.retired_units,
+            shares: self.shares.clone(),
+            blocks: self.blocks.clone(),
+        }
+    }
+
+    /// The template with sequence `seq`: current, or replaced within the grace period.
+    pub(super) fn template(&self, seq: u64, now: Instant) -> Option<(Arc<Template>, bool)> {
+        let find = |w: &Work| w.templates.iter().find(|t| t.seq == seq).cloned();
+        if let Some(t) = self.work.borrow().as_ref().and_then(|w| find(w)) {
+            return Some((t, true));
+        }
+        match &self.previous {
+            Some((w, until)) if now < *until => find(w).map(|t| (t, false)),
+            _ => None,
+        }
+    }
+}
 
 impl Pool {
     pub(super) fn set_state(&self, id: &str, state: SourceState, reason: Option<String>) {
