@@ -20,6 +20,8 @@
 //! - [`accounts`]: per-participant tallies and hashrates; [`db`]: what survives restarts.
 //! - [`limits`]: what a source may cost (template pace, seed changes, blocks).
 //! - [`engine`]: what the pool asks of the job engine (the layer above implements it).
+//! - [`replicas`]: the leader's side of Stratum on every master, and the wire;
+//!   [`follower`]: a standby's pool, mirroring the leader's sources.
 
 pub mod accounts;
 mod config;

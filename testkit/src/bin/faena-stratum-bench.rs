@@ -24,8 +24,15 @@
 //! accepted shares/s in both, their ratio, the master's peak RSS and what
 //! was refused or banned.
 //!
+//! With `--replicas` it measures Stratum on two masters (a leader and a
+//! standby on one PostgreSQL and Mosquitto, one verifier thread each):
+//! 16 miners flat out at the leader alone, then the same 16 split over
+//! both (twice, alternating), and prints the ratio of verified shares/s; then 8 honest miners
+//! on the standby send real shares, the standby is killed with -9 mid-run,
+//! and every share it said accepted must be in the store.
+//!
 //!   cargo build --release --workspace --bins
-//!   ulimit -n 65536; target/release/faena-stratum-bench [--quick] [--hostile [N]]
+//!   ulimit -n 65536; target/release/faena-stratum-bench [--quick] [--hostile [N] | --replicas]
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use faena_proto::jobs::{decode_hex, encode_hex};
 use faena_proto::stratum::{self, Incoming, LoginResult};
+use faena_randomx::{Flags, Material, Mode};
 use faena_testkit::monerod::{Monerod, WALLET};
 use faena_testkit::process::{cpu_seconds, rss_mib};
 use faena_testkit::{Cluster, MasterOpts, eventually};
@@ -59,6 +67,21 @@ fn p99(mut v: Vec<u64>) -> f64 {
 /// One simulated miner: logs in, then submits every `every` (from `start`)
 /// until `stop`, a keepalive every 60 s. Returns false if it could not log in.
 async fn miner(addr: String, name: String, every: Duration, start: Instant, stop: Instant, tally: Arc<Tally>) -> bool {
+    proving_miner(addr, name, every, start, stop, tally, None).await
+}
+
+/// [`miner`], first sending one real share hashed with `prove` (the
+/// source key's RandomX material) when given: a connection with a share
+/// accepted is no longer held to the budget of unproven connections.
+async fn proving_miner(
+    addr: String,
+    name: String,
+    every: Duration,
+    start: Instant,
+    stop: Instant,
+    tally: Arc<Tally>,
+    prove: Option<Arc<Material>>,
+) -> bool {
     let Ok(tcp) = TcpStream::connect(&addr).await else { return false };
     let (rd, mut wr) = tcp.into_split();
     let mut lines = BufReader::new(rd).lines();
@@ -72,6 +95,29 @@ async fn miner(addr: String, name: String, every: Duration, start: Instant, stop
     let mut job = login.job;
     let mut nonce = u32::from(decode_hex(&job.blob).unwrap_or_default().get(42).copied().unwrap_or(0)) << 24;
     let mut id = 1u64;
+    if let Some(material) = prove {
+        // The last nonce of its slot, which the false shares never reach.
+        let (blob, last) = (decode_hex(&job.blob).unwrap_or_default(), nonce | 0x00ff_ffff);
+        let hashed = tokio::task::spawn_blocking(move || {
+            let mut input = blob;
+            input[39..43].copy_from_slice(&last.to_le_bytes());
+            material.vm().map(|mut vm| vm.hash(&input))
+        });
+        let Ok(Ok(hash)) = hashed.await else { return false };
+        id += 1;
+        let p = json!({"id": login.id, "job_id": job.job_id, "nonce": stratum::nonce_hex(last),
+            "result": encode_hex(&hash), "algo": "rx/0"});
+        if wr.write_all(stratum::request(id, "submit", &p).as_bytes()).await.is_err() {
+            return false;
+        }
+        loop {
+            let Ok(Some(line)) = lines.next_line().await else { return false };
+            let Ok(m) = serde_json::from_str::<Incoming>(&line) else { continue };
+            if m.id.as_u64() == Some(id) {
+                break;
+            }
+        }
+    }
     tokio::time::sleep_until(start.into()).await;
     let mut next = Instant::now() + every.mul_f64(rand_fraction(&name));
     let mut keepalive = Instant::now() + Duration::from_secs(60);
@@ -260,6 +306,121 @@ async fn xmrig(bin: &str, args: &[&str], secs: u64) -> f64 {
     if steady.is_empty() { 0.0 } else { steady.iter().sum::<f64>() / steady.len() as f64 }
 }
 
+/// Miners flat out at `addrs` (dealt out in turn) for `secs`: shares
+/// verified, and turned away over budget, per second, all masters together.
+async fn flat_out(addrs: &[String], miners: usize, secs: u64, prove: &Arc<Material>) -> (f64, f64) {
+    let tally = Arc::new(Tally::default());
+    let start = Instant::now() + Duration::from_secs(3);
+    let stop = start + Duration::from_secs(secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..miners {
+        let (addr, t) = (addrs[i % addrs.len()].clone(), tally.clone());
+        let (every, prove) = (Duration::from_millis(50), Some(prove.clone()));
+        tasks.spawn(proving_miner(addr, format!("flat-{i}"), every, start, stop, t, prove));
+    }
+    let logged = tasks.join_all().await.into_iter().filter(|ok| *ok).count();
+    assert_eq!(logged, miners, "every miner logged in");
+    let per_sec = |n: &AtomicU64| n.load(Ordering::Relaxed) as f64 / secs as f64;
+    (per_sec(&tally.answered), per_sec(&tally.over_budget))
+}
+
+/// Miners flat out in the replicas mode: far more than two verifier
+/// threads take, few enough that turning the rest away costs little.
+const FLAT: usize = 16;
+
+/// Two masters on one store: verification across both against one, and a
+/// standby killed under honest miners loses none of the shares it accepted.
+async fn replicas_mode(node: &Monerod, secs: u64) {
+    use faena_testkit::hostile::{self, Counts, Honest};
+    let pg = faena_store::harness::Postgres::start();
+    let broker_dir = tempfile::tempdir().expect("dir");
+    let mosquitto = faena_testkit::mosquitto::Mosquitto::start(broker_dir.path()).await;
+    let extra = [
+        ("FAENA_STORE_URL", pg.url()),
+        ("FAENA_STRATUM_ADDR", "127.0.0.1:0".into()),
+        ("FAENA_VERIFY_MODE", "light".into()),
+        ("FAENA_VERIFY_THREADS", "1".into()),
+        ("FAENA_VERIFY_BUDGET", "1.0".into()),
+        ("FAENA_STRATUM_INVALID_LIMIT", "4000000000".into()),
+        ("FAENA_STRATUM_DIFFICULTY", "1".into()),
+        ("FAENA_STRATUM_MIN_DIFFICULTY", "1".into()),
+        ("FAENA_SHARE_INTERVAL_MS", "1000".into()),
+        ("FAENA_STRATUM_RATE", "20".into()),
+        ("FAENA_STRATUM_MAX_CONNECTIONS", "20000".into()),
+        ("FAENA_STRATUM_MAX_PER_ADDRESS", "20000".into()),
+        ("FAENA_STRATUM_ADDRESS_BUDGET", "1".into()),
+        ("FAENA_TEMPLATE_REFRESH_SECS", "3600".into()),
+        ("FAENA_LOG", "error".into()),
+    ];
+    let extra = extra.iter().map(|(k, v)| ((*k).to_owned(), v.to_string())).collect();
+    let c = Cluster::start(MasterOpts { broker: mosquitto.broker(), extra, ..Default::default() }).await;
+    let (status, v) =
+        c.api.post("/api/mining/sources", &json!({"kind": "daemon", "url": node.url, "wallet": WALLET})).await;
+    assert_eq!(status, 201, "{v}");
+    while c.api.get("/api/mining/verifier").await.1["capacity"].is_null() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (mut standby, b) = c.add_master("second").await;
+    let leader = c.addrs.stratum.clone().expect("stratum");
+    let second = b.stratum.clone().expect("stratum");
+    // The standby serves miners once its feed from the leader is open.
+    let probe = eventually("the standby seats miners", || async {
+        let mut m = faena_testkit::stratum::Miner::connect(&second).await;
+        m.login("probe", "x").await.ok().map(|()| m)
+    })
+    .await;
+    let key = decode_hex(probe.job.and_then(|j| j.seed_hash).as_deref().unwrap_or_default()).expect("a seed");
+    let prove = Arc::new(Material::build(Flags::detect(), Mode::Light, &key, 1).expect("RandomX material"));
+    println!("# {FLAT} miners flat out (20 shares/s each), one verifier thread per master, light mode; 2 rounds");
+    let capacity = c.api.get("/api/mining/verifier").await.1["capacity"].as_f64().unwrap_or(0.0);
+    println!("(the leader's verifier measured itself at {capacity:.1} shares/s)");
+    let (mut ones, mut twos) = (0.0, 0.0);
+    for round in 0..2 {
+        let (one, busy) = flat_out(std::slice::from_ref(&leader), FLAT, secs, &prove).await;
+        println!("round {round}: one master (the leader)      verified {one:>6.1} shares/s, over budget {busy:>6.1}/s");
+        let (two, busy) = flat_out(&[leader.clone(), second.clone()], FLAT, secs, &prove).await;
+        println!("round {round}: two masters (leader+standby) verified {two:>6.1} shares/s, over budget {busy:>6.1}/s");
+        (ones, twos) = (ones + one, twos + two);
+    }
+    println!("two masters / one: {:.2}", twos / f64::max(ones, 1e-9));
+
+    println!("# 8 honest miners on the standby, real shares 4/s each; the standby killed with -9 mid-run");
+    let addr: std::net::SocketAddr = second.parse().expect("addr");
+    let mut miners = Vec::new();
+    for m in 0..8u8 {
+        let local = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2 + m));
+        miners.push(Honest::connect(addr, local, &format!("honest-{m}")).await.expect("an honest miner logs in"));
+    }
+    let per = 4 * secs as u32;
+    let jobs: Vec<_> = miners.iter().map(|m| (m.login.job.clone(), 0u32, per)).collect();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let shares = tokio::task::spawn_blocking(move || hostile::real_shares(&jobs, threads)).await.expect("hashed");
+    let counts = Arc::new(Counts::default());
+    let start = Instant::now() + Duration::from_secs(1);
+    let mut honest = tokio::task::JoinSet::new();
+    for (k, (mut m, s)) in miners.into_iter().zip(shares).enumerate() {
+        let counts = counts.clone();
+        let first = start + Duration::from_millis(250).mul_f64(k as f64 / 8.0);
+        honest.spawn(async move { m.submit_all(&s, Duration::from_millis(250), first, &counts).await });
+    }
+    tokio::time::sleep_until((start + Duration::from_secs(secs / 2)).into()).await;
+    standby.kill9().await;
+    honest.join_all().await;
+    let accepted = counts.accepted_shares.load(Ordering::Relaxed);
+    let stored: u64 = pg
+        .sql("SELECT coalesce(sum(valid), 0) FROM participants WHERE name LIKE 'honest-%'")
+        .trim()
+        .parse()
+        .expect("a count");
+    println!(
+        "standby killed: {accepted} shares accepted by it, {stored} in the store, {} lost (rejected {}: {:?})",
+        accepted.saturating_sub(stored),
+        counts.rejected_shares.load(Ordering::Relaxed),
+        counts.last_rejection.lock().unwrap().clone(),
+    );
+    assert!(stored >= accepted, "an accepted share is missing from the store");
+}
+
 /// Honest miners alone, then beside `n` hostile connections.
 async fn hostile_mode(node: &Monerod, n: usize, secs: u64) {
     use faena_testkit::hostile::{self, Counts, Honest, Hostile};
@@ -356,6 +517,10 @@ async fn main() {
         return;
     }
     let secs = if quick { 20 } else { 60 };
+    if args.iter().any(|a| a == "--replicas") {
+        replicas_mode(&node, if quick { 10 } else { 30 }).await;
+        return;
+    }
 
     let (mut c, stratum) = master(&node, "light", "0.8").await;
     println!("# miners submit at their vardiff rate (one share per 30 s); light-mode verifier");
