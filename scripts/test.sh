@@ -62,4 +62,4 @@ cargo test --locked --workspace "$@"
 # The end-to-end suites that touch the job store, again on PostgreSQL: each
 # cluster's master gets a server of its own (FAENA_TEST_STORE, testkit).
 FAENA_TEST_STORE=postgres cargo test --locked -p faena-testkit --test jobs_api --test job_actions \
-  --test failures --test queueing --test e2e --test live_config "$@"
+  --test failures --test queueing --test e2e --test live_config --test job_semantics "$@"

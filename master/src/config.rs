@@ -131,6 +131,9 @@ pub struct Config {
     /// Most jobs waiting in the queue; past it submissions get 429.
     #[arg(long, env = "FAENA_QUEUE_CAPACITY", default_value_t = 100_000)]
     pub queue_capacity: usize,
+    /// Most `unique_key`s held at once; past it submissions with a new key get 429.
+    #[arg(long, env = "FAENA_MAX_UNIQUE_KEYS", default_value_t = 1_000_000)]
+    pub max_unique_keys: usize,
     /// Dispatches of one job before it fails for good.
     #[arg(long, env = "FAENA_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,

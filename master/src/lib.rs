@@ -243,8 +243,10 @@ pub async fn run(
         invalid_share_limit: cfg.invalid_share_limit,
         no_worker_timeout: Duration::from_millis(cfg.no_worker_timeout_ms),
         quarantine: Duration::from_secs(cfg.quarantine_secs),
+        max_unique_keys: cfg.max_unique_keys,
     });
     let restored = store.load_unfinished().await?;
+    engine.restore_keys(engine::Now::system(), store.held_keys(faena_proto::mqtt::now_ms()).await?);
     if !restored.is_empty() {
         let running = restored.iter().filter(|j| j.lease.is_some()).count();
         tracing::info!(jobs = restored.len(), running, "recovered unfinished jobs from the store");

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::ids::JobId;
 use crate::jobs::{JobState, Priority};
+use crate::options::{AfterPolicy, AfterRef, RetryPolicy};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubmitRequest {
@@ -18,6 +19,45 @@ pub struct SubmitRequest {
     /// stored, published or logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<crate::secret::Secret>,
+    #[serde(flatten)]
+    pub options: SubmitOptions,
+}
+
+/// What a submit may ask beyond kind and parameters (see
+/// [`crate::options`]); every field optional.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SubmitOptions {
+    /// RFC 3339: the job is `scheduled` until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+    /// Or: this many milliseconds from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_after_ms: Option<u64>,
+    /// Jobs this one waits for (`waiting`): ids, or indexes in its batch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<AfterRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_policy: Option<AfterPolicy>,
+    /// A second submit with the same key gets this job's id back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+    /// Seconds the key holds from submission; none: while the job is not finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_for: Option<u64>,
+    /// Dispatch is fair between groups; a group may be limited (`PUT /api/groups/{name}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// An attempt running longer is cancelled and fails with `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+}
+
+impl SubmitOptions {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +66,9 @@ pub struct SubmitResponse {
     pub state: JobState,
     /// Jobs ahead of this one in the queue (0 = next to run).
     pub position: u64,
+    /// The job was not made: one with the same `unique_key` holds it (`id` is that job's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +116,16 @@ pub struct JobView {
     /// The job that retried this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried_as: Option<JobId>,
+    /// A `scheduled` job's time to queue (its run_at, or its next attempt's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+    /// What the engine ended a failed job for, when it did: `timeout`,
+    /// `dependency_failed`, `no_worker`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// What it was submitted with (`group`, `after`, `unique_key`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<crate::options::JobOptions>,
 }
 
 /// A worker as `GET /api/workers` shows it.
@@ -128,6 +181,10 @@ pub enum JobEvent {
     Queued {
         position: u64,
     },
+    /// Waiting for its time (RFC 3339): delayed, or its retry backing off.
+    Scheduled {
+        run_at: String,
+    },
     Running {
         worker: String,
         attempt: u32,
@@ -148,6 +205,9 @@ pub enum JobEvent {
     },
     Failed {
         error: String,
+        /// Why the engine ended it, when it did (`timeout`, `dependency_failed`, `no_worker`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
     },
     Cancelled,
 }
@@ -161,6 +221,7 @@ impl JobEvent {
             JobEvent::Requeued { .. } => "requeued",
             JobEvent::Succeeded { .. } => "succeeded",
             JobEvent::Failed { .. } => "failed",
+            JobEvent::Scheduled { .. } => "scheduled",
             JobEvent::Cancelled => "cancelled",
         }
     }

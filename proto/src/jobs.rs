@@ -48,11 +48,22 @@ pub enum JobState {
     Succeeded,
     Failed,
     Cancelled,
+    /// Delayed: queued at its `run_at` (or its next attempt's time).
+    Scheduled,
+    /// Waiting for the jobs it runs after.
+    Waiting,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 5] =
-        [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled];
+    pub const ALL: [JobState; 7] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Scheduled,
+        JobState::Waiting,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -61,11 +72,18 @@ impl JobState {
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Scheduled => "scheduled",
+            JobState::Waiting => "waiting",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Succeeded, failed or cancelled: nothing more happens to it.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`jobs`]: job kinds, their parameters, outputs and progress payloads.
 //! - [`mine`]: `randomx.mine` parameters, shares, unit and job progress and output.
 //! - [`mining`]: mining sources, participants and the verifier's capacity (REST).
+//! - [`options`]: what a job asks beyond its kind: delay, parents, uniqueness, group, timeout, retries.
 //! - [`ai`]: `ai.query` parameters, streamed chunks and result.
 //! - [`api`]: the REST request/response bodies.
 //! - [`grpc`]: the generated `faena.v1.Master` service (client and server).
@@ -23,6 +24,7 @@ pub mod kind;
 pub mod mine;
 pub mod mining;
 pub mod mqtt;
+pub mod options;
 pub mod scaling;
 pub mod secret;
 pub mod settings;
@@ -62,4 +64,7 @@ pub enum WireError {
     Id(String),
     #[error("invalid parameters: {0}")]
     Params(String),
+    /// A submit option (`run_at`, `after`, `group`…) that does not hold.
+    #[error("{0}")]
+    Invalid(String),
 }

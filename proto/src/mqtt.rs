@@ -50,6 +50,10 @@ pub struct WorkUnit {
     /// this attempt; their values never travel on the broker.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// For a job submitted `after` others: each parent's result (null for
+    /// one that did not succeed, under `after_policy: "always"`), by id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parents: Option<serde_json::Map<String, serde_json::Value>>,
 }
 impl Payload for WorkUnit {}
 
@@ -161,6 +165,7 @@ mod tests {
             kind: JobKind::RandomxHash,
             params: json!({"key": "k", "input": "i"}),
             secrets: vec!["api_key".into()],
+            parents: Some(serde_json::Map::from_iter([(JobId::new().to_string(), json!({"hash": "ab"}))])),
         });
         round_trip(Control::Cancel { job_id: JobId::new(), attempt: 1 });
         round_trip(Control::Drain);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use faena_proto::api::JobView;
 use faena_proto::ids::{FencingToken, JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
+use faena_proto::options::{ErrorCode, JobOptions};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -29,6 +30,29 @@ pub struct RestoredJob {
     pub done: Option<(String, Value)>,
     /// The failed or cancelled job this one retries.
     pub retry_of: Option<JobId>,
+    /// Queued, running, scheduled or waiting (a unit that succeeded: succeeded).
+    pub state: JobState,
+    /// What it was submitted with beyond kind and parameters.
+    pub opts: Option<Arc<JobOptions>>,
+    /// A scheduled job's time to queue (ms since the UNIX epoch).
+    pub run_at_ms: Option<u64>,
+    /// For a job submitted `after` others: those that had ended, and how.
+    pub ended_parents: Vec<(JobId, Outcome)>,
+}
+
+/// The states a job is not finished in, as SQL's `IN` list.
+pub(crate) const UNFINISHED: &str = "('queued', 'running', 'scheduled', 'waiting')";
+
+/// A job as a dependent sees it: its state, and its result once it succeeded.
+pub type Outcome = (JobState, Option<Value>);
+
+/// A key `unique_key` holds: the job that holds it, and until when (ms
+/// since the UNIX epoch; none: until the job finishes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldKey {
+    pub key: String,
+    pub job: JobId,
+    pub until_ms: Option<u64>,
 }
 
 /// A state change to make durable, in the order given.
@@ -44,6 +68,23 @@ pub enum StoreOp {
         parent: Option<JobId>,
         /// The failed or cancelled job this one retries.
         retry_of: Option<JobId>,
+        /// Queued, or: scheduled (run_at later), waiting (for parents),
+        /// failed at once (a parent had failed) — then Finished follows.
+        state: JobState,
+        /// Stored with the job when it asks for anything (its unique key
+        /// is then held: `unique_keys`).
+        opts: Option<Arc<JobOptions>>,
+        run_at_ms: Option<u64>,
+    },
+    /// A scheduled or waiting job's time came (or its parents ended):
+    /// queued now, or scheduled until `run_at_ms`.
+    Released {
+        id: JobId,
+        state: JobState,
+        run_at_ms: Option<u64>,
+        attempts: u32,
+        detail: String,
+        at_ms: u64,
     },
     /// A waiting job (or a mining job's range not yet handed out) moved to
     /// another priority.
@@ -73,6 +114,9 @@ pub enum StoreOp {
         attempts: u32,
         reason: String,
         at_ms: u64,
+        /// Set when its retry policy waits before the next attempt: the
+        /// job is scheduled until then.
+        run_at_ms: Option<u64>,
     },
     Finished {
         id: JobId,
@@ -82,6 +126,8 @@ pub enum StoreOp {
         result: Option<Value>,
         error: Option<String>,
         at_ms: u64,
+        /// A `unique_key` held while the job was not finished: free now.
+        release_key: Option<String>,
     },
 }
 
@@ -118,6 +164,8 @@ pub struct JobFilter {
     pub priority: Option<Priority>,
     /// The units of this mining job (instead of jobs that are not units).
     pub parent: Option<JobId>,
+    /// The firings of this recurring schedule.
+    pub schedule: Option<String>,
     /// Submitted at or after this (ms since the UNIX epoch).
     pub since_ms: Option<u64>,
     /// Only jobs stored before this cursor (the previous page's `next`).
@@ -163,13 +211,30 @@ pub(crate) struct StoredJob {
     pub parent: Option<String>,
     pub result: Option<String>,
     pub retry_of: Option<String>,
+    pub opts: Option<String>,
+    pub run_at: Option<i64>,
 }
 
 impl StoredJob {
     /// The job to restore, or none if a column does not parse.
     pub(crate) fn restore(self) -> Option<RestoredJob> {
-        let Self { id, kind, params, priority, seq, created, attempts, state, worker, token, parent, result, retry_of } =
-            self;
+        let Self {
+            id,
+            kind,
+            params,
+            priority,
+            seq,
+            created,
+            attempts,
+            state,
+            worker,
+            token,
+            parent,
+            result,
+            retry_of,
+            opts,
+            run_at,
+        } = self;
         let done = match (state.as_str(), &worker, result) {
             ("succeeded", Some(w), Some(r)) => Some((w.clone(), serde_json::from_str(&r).ok()?)),
             _ => None,
@@ -194,8 +259,43 @@ impl StoredJob {
             parent,
             done,
             retry_of: retry_of.and_then(|r| r.parse().ok()),
+            state: JobState::parse(&state)?,
+            opts: match opts {
+                Some(o) => Some(Arc::new(serde_json::from_str(&o).ok()?)),
+                None => None,
+            },
+            run_at_ms: run_at.and_then(|r| u64::try_from(r).ok()),
+            ended_parents: Vec::new(),
         })
     }
+}
+
+/// The `unique_keys` row a new job holds: its key, and until when (none:
+/// until it finishes), counted from `created_ms`.
+pub(crate) fn held_key(opts: &Option<Arc<JobOptions>>, created_ms: i64) -> Option<(String, Option<i64>)> {
+    let o = opts.as_ref()?;
+    let until = o.unique_for_s.map(|s| created_ms.saturating_add(s as i64 * 1000));
+    Some((o.unique_key.clone()?, until))
+}
+
+/// A new job's first history row's detail.
+pub(crate) fn inserted_detail(parent: Option<JobId>, retry_of: Option<JobId>, run_at: Option<u64>) -> Option<String> {
+    match (parent, retry_of, run_at) {
+        (Some(p), _, _) => Some(format!("unit of job {p}")),
+        (None, Some(r), _) => Some(format!("retry of job {r}")),
+        (None, None, Some(at)) => Some(format!("runs at {}", crate::rfc3339(at))),
+        (None, None, None) => None,
+    }
+}
+
+/// The state a requeued job is stored in: scheduled while its retry waits.
+pub(crate) fn requeued_state(run_at_ms: Option<u64>) -> &'static str {
+    if run_at_ms.is_some() { "scheduled" } else { "queued" }
+}
+
+/// A job's options as a column: none when it asks for nothing.
+pub(crate) fn opts_column(opts: &Option<Arc<JobOptions>>) -> Option<String> {
+    opts.as_ref().filter(|o| !o.is_default()).and_then(|o| serde_json::to_string(o.as_ref()).ok())
 }
 
 /// The columns every job listing shows, as both backends read them.
@@ -209,6 +309,8 @@ pub(crate) struct ViewColumns {
     pub error: Option<String>,
     pub created: i64,
     pub finished: Option<i64>,
+    pub run_at: Option<i64>,
+    pub opts: Option<String>,
 }
 
 impl ViewColumns {
@@ -223,7 +325,7 @@ impl ViewColumns {
             state: JobState::parse(&self.state).unwrap_or(JobState::Failed),
             attempts: self.attempts,
             worker: self.worker,
-            error: self.error,
+            error: self.error.clone(),
             created_at: ms(self.created),
             finished_at: self.finished.map(ms),
             position: None,
@@ -233,6 +335,9 @@ impl ViewColumns {
             waiting: None,
             retry_of: None,
             retried_as: None,
+            run_at: self.run_at.map(ms),
+            error_code: self.error.as_deref().and_then(ErrorCode::of).map(|c| c.as_str().to_owned()),
+            options: self.opts.and_then(|o| serde_json::from_str(&o).ok()),
         }
     }
 }

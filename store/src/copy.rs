@@ -56,6 +56,9 @@ type JobRow = (
     Option<String>,
 );
 
+/// What a job row holds beyond [`JobRow`]: options, run_at, schedule.
+type JobExtra = (Option<String>, Option<i64>, Option<String>);
+
 /// Copies the SQLite store at `from` into the PostgreSQL store at `to`,
 /// `batch` jobs a transaction; stops after `max_batches` when given (a
 /// test's interrupted copy). `progress` hears the jobs copied so far.
@@ -105,7 +108,7 @@ pub async fn copy(
         if max_batches.is_some_and(|m| batches >= m) {
             break;
         }
-        let rows: Vec<JobRow> = {
+        let (rows, extra): (Vec<JobRow>, Vec<JobExtra>) = {
             let mut stmt = source.prepare_cached(&select)?;
             let mapped = stmt.query_map(rusqlite::params![after, batch as i64], |r| {
                 Ok((
@@ -125,14 +128,18 @@ pub async fn copy(
                     r.get(13)?,
                     r.get(14)?,
                     r.get(15)?,
+                    r.get(16)?,
+                    r.get(17)?,
+                    r.get(18)?,
                 ))
             })?;
-            mapped.collect::<Result<_, _>>()?
+            let all: Vec<_> = mapped.collect::<Result<_, _>>()?;
+            all.into_iter().map(split_row).unzip()
         };
         let Some(last) = rows.last().map(|r| r.0) else { break };
         let history = history_of(&source, &gens, &rows)?;
         let tx = client.transaction().await?;
-        insert_jobs(&tx, &rows).await?;
+        insert_jobs(&tx, &rows, &extra).await?;
         insert_history(&tx, &history).await?;
         tx.commit().await?;
         report.jobs += rows.len() as u64;
@@ -142,6 +149,7 @@ pub async fn copy(
         progress(report.jobs);
     }
     report.config_versions = copy_config(&source, &client).await?;
+    copy_keys(&source, &client).await?;
     let mining = from.with_file_name("mining.db");
     if mining.is_file() {
         report.mining = copy_mining(&mining, &mut client).await?;
@@ -187,7 +195,40 @@ fn uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|e| StoreError::Copy(format!("a stored id {s:?} is not a UUID: {e}")))
 }
 
-async fn insert_jobs(tx: &tokio_postgres::Transaction<'_>, rows: &[JobRow]) -> Result<(), StoreError> {
+/// A row as read (19 columns) split into the columns every store had
+/// and those added since.
+#[allow(clippy::type_complexity)]
+fn split_row(
+    r: (
+        i64,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        String,
+        i32,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        i64,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+    ),
+) -> (JobRow, JobExtra) {
+    ((r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10, r.11, r.12, r.13, r.14, r.15), (r.16, r.17, r.18))
+}
+
+async fn insert_jobs(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &[JobRow],
+    extra: &[JobExtra],
+) -> Result<(), StoreError> {
     // The writer's own statement; a job copied by an earlier run is skipped.
     let stmt = tx.prepare(&format!("{INSERT} ON CONFLICT (id) DO NOTHING")).await?;
     let ids = rows.iter().map(|r| uuid(&r.1)).collect::<Result<Vec<_>, _>>()?;
@@ -218,6 +259,9 @@ async fn insert_jobs(tx: &tokio_postgres::Transaction<'_>, rows: &[JobRow]) -> R
             &finished,
             &parents,
             &retries,
+            &extra.iter().map(|e| e.0.as_deref()).collect::<Vec<_>>(),
+            &extra.iter().map(|e| e.1).collect::<Vec<_>>(),
+            &extra.iter().map(|e| e.2.as_deref()).collect::<Vec<_>>(),
         ],
     )
     .await?;
@@ -240,6 +284,25 @@ async fn insert_history(tx: &tokio_postgres::Transaction<'_>, rows: &[HistoryRow
 }
 
 /// The live configuration's versions (those the target lacks); how many.
+/// The unique keys still held (a copy resumed copies them again: the same rows).
+async fn copy_keys(source: &Connection, client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    let now = faena_proto::mqtt::now_ms() as i64;
+    let mut stmt =
+        source.prepare("SELECT key, job, until_ms FROM unique_keys WHERE until_ms IS NULL OR until_ms > ?1")?;
+    let rows =
+        stmt.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<i64>>(2)?)))?;
+    for row in rows {
+        let (key, job, until) = row?;
+        client
+            .execute(
+                "INSERT INTO unique_keys (key, job, until_ms) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
+                &[&key, &uuid(&job)?, &until],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 async fn copy_config(source: &Connection, client: &tokio_postgres::Client) -> Result<u64, StoreError> {
     let exists: i64 = source.query_row(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'config_versions'",

@@ -11,6 +11,7 @@
 //! Many concurrent submissions therefore share one commit instead of
 //! paying one each. Reads use connections of their own.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +32,9 @@ mod pg;
 pub mod settings;
 mod sqlite;
 mod writer;
-pub use contract::{DEFAULT_PAGE, JobFilter, MAX_PAGE, Page, RestoredJob, Retention, StoreOp, Transition};
+pub use contract::{
+    DEFAULT_PAGE, HeldKey, JobFilter, MAX_PAGE, Outcome, Page, RestoredJob, Retention, StoreOp, Transition,
+};
 pub use pg::lease::{Election, Leader};
 
 /// Most operations committed in one transaction.
@@ -210,10 +213,44 @@ impl Store {
 
     /// Every job that was queued or running, in submission order, and the
     /// units that succeeded of the mining jobs among them.
+    /// A job waiting for others gets those that had ended, and how.
     pub async fn load_unfinished(&self) -> Result<Vec<RestoredJob>, StoreError> {
+        let mut jobs = match &self.reader {
+            Reader::Sqlite(c, _) => Self::sqlite(c, sqlite::read::load_unfinished).await?,
+            Reader::Postgres(p) => pg::read::load_unfinished(p).await?,
+        };
+        let parents: std::collections::HashSet<JobId> =
+            jobs.iter().filter_map(|j| j.opts.as_ref()).flat_map(|o| o.after.iter().copied()).collect();
+        if parents.is_empty() {
+            return Ok(jobs);
+        }
+        let ended: HashMap<JobId, Outcome> = self
+            .outcomes(parents.into_iter().collect())
+            .await?
+            .into_iter()
+            .filter(|(_, (state, _))| state.is_final())
+            .collect();
+        for j in &mut jobs {
+            let after = j.opts.as_ref().map(|o| o.after.as_slice()).unwrap_or_default();
+            j.ended_parents = after.iter().filter_map(|p| Some((*p, ended.get(p)?.clone()))).collect();
+        }
+        Ok(jobs)
+    }
+
+    /// The state of each of `ids` the store holds, with its result once
+    /// it succeeded (what a job submitted `after` them needs to know).
+    pub async fn outcomes(&self, ids: Vec<JobId>) -> Result<HashMap<JobId, Outcome>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(c, _) => Self::sqlite(c, sqlite::read::load_unfinished).await,
-            Reader::Postgres(p) => pg::read::load_unfinished(p).await,
+            Reader::Sqlite(c, _) => Self::sqlite(c, move |c| sqlite::read::outcomes(c, &ids)).await,
+            Reader::Postgres(p) => pg::read::outcomes(p, &ids).await,
+        }
+    }
+
+    /// The unique keys held at `now_ms` (read back with the unfinished jobs).
+    pub async fn held_keys(&self, now_ms: u64) -> Result<Vec<HeldKey>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(c, _) => Self::sqlite(c, move |c| sqlite::read::held_keys(c, now_ms)).await,
+            Reader::Postgres(p) => pg::read::held_keys(p, now_ms).await,
         }
     }
 

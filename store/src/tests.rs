@@ -66,6 +66,9 @@ async fn records_every_transition_and_restores_unfinished_jobs(backend: &Backend
                 at_ms: 1000,
                 parent: None,
                 retry_of: None,
+                state: JobState::Queued,
+                opts: None,
+                run_at_ms: None,
             });
         }
         let token = FencingToken::parse("tok").expect("token");
@@ -80,6 +83,7 @@ async fn records_every_transition_and_restores_unfinished_jobs(backend: &Backend
             result: Some(json!({"payload": 2})),
             error: None,
             at_ms: 1002,
+            release_key: None,
         });
         wait_commit(&store).await;
         let done = store.get(c).await.expect("reads").expect("exists");
@@ -112,6 +116,9 @@ async fn since_holds_when_the_clock_steps_back(backend: &Backend) {
             at_ms,
             parent: None,
             retry_of: None,
+            state: JobState::Queued,
+            opts: None,
+            run_at_ms: None,
         };
         store.write(op);
     }
@@ -139,6 +146,9 @@ pub(crate) fn noop(store: &Store, id: JobId, seq: u64) {
         at_ms: 1000 + seq,
         parent: None,
         retry_of: None,
+        state: JobState::Queued,
+        opts: None,
+        run_at_ms: None,
     });
 }
 
@@ -150,7 +160,7 @@ async fn postgres_migrates_once_under_a_lock_and_refuses_a_newer_schema() {
     let url = pg.url();
     let (a, b) = tokio::join!(Store::connect(&url, Retention::OFF), Store::connect(&url, Retention::OFF));
     let (a, _b) = (a.expect("first"), b.expect("second"));
-    assert_eq!(pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"), "1,2,3,4,5,6");
+    assert_eq!(pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"), "1,2,3,4,5,6,7");
     let id = JobId::new();
     noop(&a, id, 0);
     wait_commit(&a).await;
@@ -208,6 +218,7 @@ async fn postgres_retention_deletes_the_oldest_finished_beyond_keep() {
                 result: Some(json!({})),
                 error: None,
                 at_ms: 2000,
+                release_key: None,
             });
         }
     }
@@ -261,6 +272,7 @@ async fn a_sqlite_store_copies_into_postgres_resumably() {
                 result: Some(json!({"n": i})),
                 error: None,
                 at_ms: 5000,
+                release_key: None,
             });
         }
     }

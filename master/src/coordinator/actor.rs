@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use super::{Cancelled, Command, CoordError, Coordinator, Deps, Reply};
-use crate::engine::{Effect, Engine, Now, StoreOp};
+use crate::engine::{Effect, Engine, Now, StoreOp, SubmitError};
 use crate::mqtt::MqttOut;
 use crate::store::{CommitFailed, StoreError};
 
@@ -67,6 +67,12 @@ impl Actor {
         }
     }
 
+    /// Something the engine was waiting for is due (see `Engine::next_wake`).
+    pub(super) fn wake(&mut self) {
+        self.engine.wake(Now::system());
+        self.apply();
+    }
+
     pub(super) fn tick(&mut self) {
         let now = Now::system();
         self.engine.pause_dispatch(now, !self.deps.store.is_healthy());
@@ -94,7 +100,8 @@ impl Actor {
     pub(super) fn handle(&mut self, cmd: Command) {
         let now = Now::system();
         match cmd {
-            Command::Submit(jobs, reply) => self.submit(now, jobs, reply),
+            Command::Submit(jobs, known, reply) => self.submit(now, jobs, known, reply),
+            Command::Flushed(reply) => self.after_commit(reply, Ok(())),
             Command::Cancel(id, reply) => {
                 if self.engine.cancel(now, id) {
                     self.apply();
@@ -219,7 +226,8 @@ impl Actor {
         &mut self,
         now: Now,
         mut jobs: Vec<crate::engine::NewJob>,
-        reply: Reply<Result<Vec<(JobId, u64)>, CoordError>>,
+        known: HashMap<JobId, faena_store::Outcome>,
+        reply: Reply<Result<Vec<crate::engine::Accepted>, CoordError>>,
     ) {
         if !self.deps.store.is_healthy() {
             let _ = reply.send(Err(CoordError::Store(CommitFailed(Arc::new(StoreError::Unavailable)))));
@@ -241,7 +249,7 @@ impl Actor {
                 }
             }
         }
-        match self.engine.submit(now, jobs) {
+        match self.engine.submit_after(now, jobs, &known) {
             Ok(accepted) => {
                 for (id, key) in keys {
                     self.secrets.entry(id).or_default().insert(API_KEY_SECRET.into(), key);
@@ -250,8 +258,11 @@ impl Actor {
                 self.apply();
                 self.after_commit(reply, Ok(accepted));
             }
-            Err(full) => {
+            Err(SubmitError::Full(full)) => {
                 let _ = reply.send(Err(full.into()));
+            }
+            Err(refused) => {
+                let _ = reply.send(Err(CoordError::Refused(refused)));
             }
         }
     }
@@ -277,7 +288,7 @@ impl Actor {
             match effect {
                 Effect::Store(op) => {
                     match &op {
-                        StoreOp::Insert { .. } => self.deps.metrics.entered(JobState::Queued),
+                        StoreOp::Insert { state, .. } => self.deps.metrics.entered(*state),
                         StoreOp::Dispatched { .. } | StoreOp::Started { .. } => {
                             self.deps.metrics.entered(JobState::Running)
                         }
@@ -285,6 +296,7 @@ impl Actor {
                             self.deps.metrics.redeliveries.inc();
                         }
                         StoreOp::Finished { state, .. } => self.deps.metrics.entered(*state),
+                        StoreOp::Released { state, .. } => self.deps.metrics.entered(*state),
                         StoreOp::Reprioritised { .. } => {}
                     }
                     self.positions_dirty = true;

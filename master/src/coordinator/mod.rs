@@ -17,6 +17,7 @@ mod actor;
 mod pool_link;
 mod reports;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::ai_cache::AiCache;
-use crate::engine::{ActiveView, Engine, LeaseError, LeaseRef, NewJob, Outcome, QueueFull};
+use crate::engine::{Accepted, ActiveView, Engine, LeaseError, LeaseRef, NewJob, Outcome, QueueFull, SubmitError};
 use crate::engine::{RegisterOutcome, Registration, Unmovable};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -41,6 +42,8 @@ use crate::verify::Verifier;
 pub enum CoordError {
     #[error(transparent)]
     QueueFull(#[from] QueueFull),
+    #[error(transparent)]
+    Refused(SubmitError),
     #[error(transparent)]
     Lease(#[from] LeaseError),
     #[error(transparent)]
@@ -74,7 +77,9 @@ type Reply<T> = oneshot::Sender<T>;
 pub type Caller = (WorkerId, Option<Secret>);
 
 enum Command {
-    Submit(Vec<NewJob>, Reply<Result<Vec<(JobId, u64)>, CoordError>>),
+    Submit(Vec<NewJob>, HashMap<JobId, faena_store::Outcome>, Reply<Result<Vec<Accepted>, CoordError>>),
+    /// Answers once everything before it is durable.
+    Flushed(Reply<Result<(), CoordError>>),
     Cancel(JobId, Reply<Result<Cancelled, CoordError>>),
     Reprioritise(JobId, faena_proto::jobs::Priority, Reply<Result<JobId, CoordError>>),
     View(JobId, Reply<Option<ActiveView>>),
@@ -161,8 +166,23 @@ impl Coordinator {
         rx.await.map_err(|_| CoordError::Stopped)
     }
 
-    pub async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<(JobId, u64)>, CoordError> {
-        self.ask(|r| Command::Submit(jobs, r)).await?
+    pub async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<Accepted>, CoordError> {
+        self.submit_after(jobs, HashMap::new()).await
+    }
+
+    /// Submits jobs some of which run after others; `known` is what the
+    /// store says of parents the engine may no longer hold.
+    pub async fn submit_after(
+        &self,
+        jobs: Vec<NewJob>,
+        known: HashMap<JobId, faena_store::Outcome>,
+    ) -> Result<Vec<Accepted>, CoordError> {
+        self.ask(|r| Command::Submit(jobs, known, r)).await?
+    }
+
+    /// Waits until everything the engine did so far is stored.
+    pub async fn flushed(&self) -> Result<(), CoordError> {
+        self.ask(Command::Flushed).await?
     }
 
     pub async fn cancel(&self, id: JobId) -> Result<Cancelled, CoordError> {
@@ -304,8 +324,14 @@ pub async fn run(engine: Engine, inbox: Inbox, deps: Deps, cancel: CancellationT
     let mut tick = tokio::time::interval(heartbeat / 4);
     let mut positions = tokio::time::interval(Duration::from_millis(200));
     loop {
+        // Something due before the next tick (a scheduled job, a timeout)
+        // wakes the engine on time.
+        let wake = actor.engine.next_wake().map(tokio::time::Instant::from_std);
         tokio::select! {
             () = cancel.cancelled() => break,
+            () = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
+                actor.wake();
+            }
             cmd = rx.recv() => match cmd {
                 Some(cmd) => actor.handle(cmd),
                 None => break,

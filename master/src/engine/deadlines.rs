@@ -45,6 +45,11 @@ impl<K: Ord + Hash + Clone> Deadlines<K> {
         self.at.is_empty()
     }
 
+    /// The earliest deadline.
+    pub fn next(&self) -> Option<Instant> {
+        self.order.first().map(|(when, _)| *when)
+    }
+
     /// Removes and returns every key whose deadline is at or before `now`,
     /// earliest first.
     pub fn expired(&mut self, now: Instant) -> Vec<K> {

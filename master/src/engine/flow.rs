@@ -8,6 +8,7 @@ use faena_proto::api::JobEvent;
 use faena_proto::ids::{FencingToken, JobId, WorkerId};
 use faena_proto::jobs::{JobSpec, JobState};
 use faena_proto::mqtt::{Control, WorkUnit};
+use faena_proto::options::ErrorCode;
 use serde_json::Value;
 
 use super::{ActiveJob, Effect, Engine, Finished, Lease, Now, RECENT_FINISHED, StoreOp};
@@ -16,6 +17,7 @@ impl Engine {
     /// Places queued jobs on free slots until none fits. A mining job takes
     /// one unit per worker at a time (each unit uses all the worker's threads).
     pub(super) fn schedule(&mut self, now: Now) {
+        self.settle(now);
         if self.dispatch_paused {
             return;
         }
@@ -50,10 +52,15 @@ impl Engine {
             kind,
             params: job.spec.params_json(),
             secrets: Vec::new(),
+            parents: job.parents.as_deref().cloned(),
         };
         let waited = now.mono.saturating_duration_since(job.enqueued_at);
+        let timeout = job.opts.as_ref().and_then(|o| o.timeout_ms);
         let lease = Lease { worker: worker.clone(), attempt, token: token.clone(), restored: false };
         self.hold(id, lease, now.mono + self.cfg.lease_ttl());
+        if let Some(ms) = timeout {
+            self.timeouts.set(id, now.mono + std::time::Duration::from_millis(ms));
+        }
         if let Some(w) = self.workers.get_mut(&worker) {
             w.running.insert(id, kind);
         }
@@ -71,6 +78,7 @@ impl Engine {
     pub(super) fn release_lease(&mut self, id: JobId) -> Option<Lease> {
         let lease = self.jobs.get_mut(&id)?.lease.take()?;
         self.lease_deadlines.remove(&id);
+        self.timeouts.remove(&id);
         if let Some(w) = self.workers.get_mut(&lease.worker) {
             w.running.remove(&id);
         }
@@ -78,7 +86,8 @@ impl Engine {
     }
 
     /// Puts an attempt back: the job waits again (a unit's range goes back
-    /// to its mining job), or fails once its attempts are used up.
+    /// to its mining job; with a retry policy, scheduled until its backoff
+    /// ends), or fails once its attempts are used up.
     pub(super) fn requeue(&mut self, now: Now, id: JobId, reason: String, counts: bool) {
         let worker = self.release_lease(id).map(|l| l.worker);
         let Some(job) = self.jobs.get_mut(&id) else { return };
@@ -86,8 +95,12 @@ impl Engine {
             job.attempts = job.attempts.saturating_sub(1);
         }
         let attempts = job.attempts;
-        if attempts >= self.cfg.max_attempts {
-            let error = format!("gave up after {attempts} attempts: {reason}");
+        let retry = job.opts.as_ref().and_then(|o| o.retry);
+        if attempts >= retry.map_or(self.cfg.max_attempts, |r| r.max_attempts) {
+            let error = match ErrorCode::of(&reason) {
+                Some(code) => code.error(format!("gave up after {attempts} attempts: {reason}")),
+                None => format!("gave up after {attempts} attempts: {reason}"),
+            };
             match (self.mining.job_of(&id), worker) {
                 (Some(_), Some(worker)) => self.unit_failed(now, id, &worker, error),
                 _ => self.finish(now, id, JobState::Failed, None, Some(error)),
@@ -98,16 +111,29 @@ impl Engine {
             self.unit_lost(now, id, attempts, &reason);
             return;
         }
-        job.enqueued_at = now.mono;
-        let (lane, rank) = (job.lane, (job.priority, job.seq));
-        self.queue.push(id, lane, rank);
+        let wait = match retry {
+            Some(r) if counts => r.backoff.delay_ms(attempts, self.random()),
+            _ => 0,
+        };
+        let run_at_ms = (wait > 0).then(|| now.wall_ms + wait);
+        match run_at_ms {
+            Some(at) => self.delay(now, id, at),
+            None => {
+                self.enqueue(now, id);
+            }
+        }
         self.effects.push(Effect::Store(StoreOp::Requeued {
             id,
             attempts,
             reason: reason.clone(),
             at_ms: now.wall_ms,
+            run_at_ms,
         }));
         self.effects.push(Effect::Notify { job: id, event: JobEvent::Requeued { reason } });
+        if let Some(at) = run_at_ms {
+            self.effects
+                .push(Effect::Notify { job: id, event: JobEvent::Scheduled { run_at: faena_store::rfc3339(at) } });
+        }
     }
 
     /// Ends a job for good (a mining job: and every unit it still has out).
@@ -152,6 +178,15 @@ impl Engine {
         let lease = self.release_lease(id);
         self.queue.remove(&id);
         let job = self.jobs.remove(&id)?;
+        self.delayed.remove(&id);
+        self.deps.remove(&id);
+        if self.deps.has_dependents(&id) {
+            let end = (state, result.clone().map(Arc::new));
+            let decided = self.deps.ended(id, end);
+            self.to_settle.extend(decided);
+        }
+        let release_key =
+            job.opts.as_ref().and_then(|o| o.unique_key.clone()).filter(|key| self.unique.finished(key, id));
         let worker = match self.mining.worker_list(&id) {
             Some(list) => Some(list).filter(|w| !w.is_empty()),
             None => lease.as_ref().map(|l| l.worker.to_string()),
@@ -163,7 +198,10 @@ impl Engine {
                 attempt: job.attempts,
             },
             (JobState::Cancelled, _, _) => JobEvent::Cancelled,
-            _ => JobEvent::Failed { error: error.clone().unwrap_or_else(|| "failed".into()) },
+            _ => {
+                let error = error.clone().unwrap_or_else(|| "failed".into());
+                JobEvent::Failed { code: ErrorCode::of(&error).map(|c| c.as_str().to_owned()), error }
+            }
         };
         self.effects.push(Effect::Store(StoreOp::Finished {
             id,
@@ -173,6 +211,7 @@ impl Engine {
             result,
             error,
             at_ms: now.wall_ms,
+            release_key,
         }));
         self.effects.push(Effect::Notify { job: id, event });
         let (attempt, token) =
@@ -209,6 +248,9 @@ impl Engine {
             at_ms: now.wall_ms,
             parent: Some(parent),
             retry_of: None,
+            state: JobState::Queued,
+            opts: None,
+            run_at_ms: None,
         }));
         let mut job = ActiveJob::new(spec, priority, seq, now);
         job.attempts = attempts;

@@ -228,7 +228,7 @@ fn cancelling_the_job_or_a_unit_cancels_everything_and_a_failed_unit_fails_the_j
     let failure = Outcome::Failure { message: "blob rejected".into(), retryable: false };
     assert_eq!(m.h.engine.complete(m.h.now, &units[0].0, &units[0].1, failure), Ok(false));
     match m.final_event(job) {
-        Some(JobEvent::Failed { error }) => assert!(error.contains("blob rejected"), "{error}"),
+        Some(JobEvent::Failed { error, .. }) => assert!(error.contains("blob rejected"), "{error}"),
         other => panic!("expected failure, got {other:?}"),
     }
     assert_eq!(m.cancels().len(), 1, "the other unit is stopped");
@@ -279,6 +279,10 @@ fn a_restart_keeps_finished_and_running_units_and_hands_out_the_rest() {
         parent: None,
         done: None,
         retry_of: None,
+        state: JobState::Queued,
+        opts: None,
+        run_at_ms: None,
+        ended_parents: Vec::new(),
     };
     let unit_row = |u: &(WorkerId, LeaseRef, u32, u64), seq| RestoredJob {
         id: u.1.job_id,
@@ -293,6 +297,10 @@ fn a_restart_keeps_finished_and_running_units_and_hands_out_the_rest() {
         parent: Some(job),
         done: None,
         retry_of: None,
+        state: JobState::Queued,
+        opts: None,
+        run_at_ms: None,
+        ended_parents: Vec::new(),
     };
     let finished = RestoredJob {
         done: Some((
@@ -396,7 +404,7 @@ fn a_long_job_fails_for_lack_of_workers_only_after_they_have_been_gone_a_while()
     m.h.advance(Duration::from_secs(2));
     m.h.engine.tick(m.h.now);
     match m.final_event(job) {
-        Some(JobEvent::Failed { error }) => assert!(error.contains("no worker that runs randomx.mine"), "{error}"),
+        Some(JobEvent::Failed { error, .. }) => assert!(error.contains("no worker that runs randomx.mine"), "{error}"),
         other => panic!("expected a failure, got {other:?}"),
     }
 }

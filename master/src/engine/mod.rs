@@ -33,15 +33,22 @@ use faena_proto::secret::Secret;
 use serde_json::Value;
 
 pub mod deadlines;
+mod deps;
 mod flow;
+mod later;
 pub mod mining;
 mod ops;
+mod submit;
 mod types;
+pub mod unique;
 mod units;
 
 use deadlines::Deadlines;
+use deps::Deps;
 use mining::Mining;
+pub use submit::{Accepted, SubmitError};
 pub use types::*;
+use unique::UniqueKeys;
 
 use crate::queue::{Lane, Queue};
 use crate::scheduler::{Availability, Scheduler, Worker};
@@ -70,6 +77,12 @@ struct ActiveJob {
     lease: Option<Lease>,
     /// The failed or cancelled job this one retries.
     retry_of: Option<JobId>,
+    /// What it was submitted with beyond kind and parameters.
+    opts: Option<Arc<faena_proto::options::JobOptions>>,
+    /// Set while it is scheduled: when it queues (wall clock, ms).
+    run_at_ms: Option<u64>,
+    /// Its parents' results, by id, once they all ended (for its unit).
+    parents: Option<Arc<serde_json::Map<String, Value>>>,
 }
 
 impl ActiveJob {
@@ -88,6 +101,9 @@ impl ActiveJob {
             enqueued_at: now.mono,
             lease: None,
             retry_of: None,
+            opts: None,
+            run_at_ms: None,
+            parents: None,
         }
     }
 
@@ -132,6 +148,17 @@ pub struct Engine {
     quarantined: HashMap<WorkerId, Instant>,
     /// Set while the store cannot commit: nothing new is handed out.
     dispatch_paused: bool,
+    /// Scheduled jobs, by when they queue.
+    delayed: Deadlines<JobId>,
+    /// Attempts that have a time limit, by when it runs out.
+    timeouts: Deadlines<JobId>,
+    /// Jobs waiting for others, and who waits on whom.
+    deps: Deps,
+    /// Waiting jobs one of whose parents ended: decided at the next step.
+    to_settle: Vec<JobId>,
+    unique: UniqueKeys,
+    /// The engine's own random numbers (backoff jitter).
+    rng: u64,
 }
 
 /// A unit retired with its template: a report its worker sends after that
@@ -147,7 +174,6 @@ struct RetiredUnit {
 impl Engine {
     pub fn new(cfg: EngineConfig) -> Self {
         Self {
-            cfg,
             queue: Queue::default(),
             jobs: HashMap::new(),
             mining: Mining::default(),
@@ -164,6 +190,13 @@ impl Engine {
             retired: HashMap::new(),
             quarantined: HashMap::new(),
             dispatch_paused: false,
+            delayed: Deadlines::default(),
+            timeouts: Deadlines::default(),
+            deps: Deps::default(),
+            to_settle: Vec::new(),
+            unique: UniqueKeys::new(cfg.max_unique_keys),
+            rng: 0x9E37_79B9_7F4A_7C15,
+            cfg,
         }
     }
 
@@ -207,83 +240,7 @@ impl Engine {
         self.lease_deadlines.len()
     }
 
-    /// Reloads unfinished jobs after a restart. Running ones keep their lease
-    /// for [`EngineConfig::recovery_grace`] so their worker can re-register
-    /// and claim them instead of the job running twice. A mining job gets
-    /// its split back: finished units count as done, running ones stay out,
-    /// the rest of its range is handed out again.
-    pub fn restore(&mut self, now: Now, jobs: Vec<RestoredJob>) {
-        for mut j in jobs {
-            self.next_seq = self.next_seq.max(j.seq + 1);
-            let lease = j.lease.take().map(|(worker, attempt, token)| Lease { worker, attempt, token, restored: true });
-            if let Some(parent) = j.parent {
-                self.restore_unit(now, j, parent, lease);
-                continue;
-            }
-            let spec = Arc::new(j.spec);
-            let mut job = ActiveJob::new(spec.clone(), j.priority, j.seq, now);
-            job.created_at_ms = j.created_at_ms;
-            job.attempts = j.attempts;
-            job.retry_of = j.retry_of;
-            let split = match &*spec {
-                JobSpec::RandomxMine(p) => self.mining.add(j.id, p.clone()),
-                _ => false,
-            };
-            let lane = job.lane;
-            self.jobs.insert(j.id, job);
-            match lease {
-                _ if split => {}
-                None => {
-                    self.queue.push(j.id, lane, (j.priority, j.seq));
-                }
-                Some(lease) => self.hold(j.id, lease, now.mono + self.cfg.recovery_grace()),
-            }
-        }
-        for id in self.mining.job_ids() {
-            let verdict = self.mining.settle(id, now.mono);
-            self.apply_verdict(now, id, verdict, None);
-        }
-    }
-
-    /// Accepts all of `jobs` or none; returns each id with its queue position.
-    pub fn submit(&mut self, now: Now, jobs: Vec<NewJob>) -> Result<Vec<(JobId, u64)>, QueueFull> {
-        if self.queue.len() + jobs.len() > self.cfg.queue_capacity {
-            return Err(QueueFull { capacity: self.cfg.queue_capacity });
-        }
-        let mut accepted = Vec::with_capacity(jobs.len());
-        for j in jobs {
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let spec = Arc::new(j.spec);
-            self.effects.push(Effect::Store(StoreOp::Insert {
-                id: j.id,
-                spec: spec.clone(),
-                priority: j.priority,
-                seq,
-                at_ms: now.wall_ms,
-                parent: None,
-                retry_of: j.retry_of,
-            }));
-            if let JobSpec::RandomxMine(p) = &*spec {
-                self.mining.add(j.id, p.clone());
-            }
-            let mut job = ActiveJob::new(spec, j.priority, seq, now);
-            job.retry_of = j.retry_of;
-            let position = match j.answer {
-                None => self.queue.push(j.id, job.lane, (j.priority, seq)),
-                Some(_) => 0,
-            };
-            self.jobs.insert(j.id, job);
-            if let Some(answer) = j.answer {
-                self.finish(now, j.id, JobState::Succeeded, Some(answer), None);
-            }
-            accepted.push((j.id, position));
-        }
-        self.schedule(now);
-        Ok(accepted)
-    }
-
-    /// Cancels a queued or running job (a unit: its whole mining job);
+    /// Cancels a job that has not ended (a unit: its whole mining job);
     /// false if it is not active.
     pub fn cancel(&mut self, now: Now, id: JobId) -> bool {
         let id = self.mining.job_of(&id).unwrap_or(id);
@@ -449,6 +406,8 @@ impl Engine {
     /// Drops silent workers and requeues expired leases: only what expired
     /// is looked at.
     pub fn tick(&mut self, now: Now) {
+        self.unique.expire(now.mono);
+        self.due(now);
         for w in self.silence.expired(now.mono) {
             self.drop_worker(now, &w, "worker missed its heartbeats", true);
         }
@@ -495,10 +454,10 @@ impl Engine {
                 })
                 .collect();
             for id in stale {
-                let error = format!(
+                let error = faena_proto::options::ErrorCode::NoWorker.error(format!(
                     "no worker that runs {lane} registered within {}; start one that has it (see README) and submit again",
                     humantime::format_duration(self.cfg.no_worker_timeout)
-                );
+                ));
                 self.finish(now, id, JobState::Failed, None, Some(error));
             }
         }
@@ -583,6 +542,8 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
+mod later_tests;
 #[cfg(test)]
 mod mining_tests;
 #[cfg(test)]

@@ -40,8 +40,9 @@ impl Engine {
     pub fn view(&self, id: &JobId) -> Option<ActiveView> {
         let job = self.jobs.get(id)?;
         let split = self.mining.view(id);
-        let running = job.lease.is_some() || self.mining.is_started(id);
-        let waiting = (!running && !self.workers.anyone_offers(&job.lane))
+        let state = self.state_of(id)?;
+        let running = state == JobState::Running;
+        let waiting = (state == JobState::Queued && !self.workers.anyone_offers(&job.lane))
             .then(|| format!("no registered worker runs {}", job.lane));
         let worker = match &split {
             Some((_, workers)) => Some(workers.clone()).filter(|w| !w.is_empty()),
@@ -49,7 +50,7 @@ impl Engine {
         };
         Some(ActiveView {
             kind: job.kind(),
-            state: if running { JobState::Running } else { JobState::Queued },
+            state,
             priority: job.priority,
             position: if running { None } else { self.queue.position(id) },
             worker,
@@ -59,11 +60,14 @@ impl Engine {
             parent: self.mining.job_of(id),
             waiting,
             retry_of: job.retry_of,
+            run_at_ms: job.run_at_ms,
+            opts: job.opts.clone(),
         })
     }
 
-    /// Moves a waiting job to `priority`: it takes the place the new
-    /// priority gives it (among equals, by age). A mining job's units not
+    /// Moves a job not yet running to `priority`: a queued one takes the
+    /// place the new priority gives it (among equals, by age); a scheduled
+    /// or waiting one queues at it when its time comes. A mining job's units not
     /// yet handed out follow it (units out on workers finish as they
     /// are). A unit stands for its mining job. Returns the job moved.
     pub fn reprioritise(&mut self, now: Now, id: JobId, priority: Priority) -> Result<JobId, Unmovable> {
@@ -82,10 +86,7 @@ impl Engine {
         if self.queue.remove(&id) {
             self.queue.push(id, lane, (priority, seq));
         }
-        let state = match split && self.mining.is_started(&id) {
-            true => JobState::Running,
-            false => JobState::Queued,
-        };
+        let state = self.state_of(&id).unwrap_or(JobState::Queued);
         self.effects.push(Effect::Store(StoreOp::Reprioritised {
             id,
             priority,
@@ -131,6 +132,13 @@ impl Engine {
             }
         }
         kinds.sort_by_key(|k| k.kind.as_str());
-        Load { depth: self.queue.depth_by_priority(), queued: self.queue.len(), running: self.running(), kinds }
+        Load {
+            depth: self.queue.depth_by_priority(),
+            queued: self.queue.len(),
+            running: self.running(),
+            scheduled: self.delayed.len(),
+            waiting: self.deps.waiting(),
+            kinds,
+        }
     }
 }

@@ -30,6 +30,7 @@ impl Harness {
             invalid_share_limit: 2,
             no_worker_timeout: Duration::from_secs(30),
             quarantine: Duration::from_secs(600),
+            max_unique_keys: 1_000,
         };
         Self { engine: Engine::new(cfg), now: Now { mono: Instant::now(), wall_ms: 1_000 } }
     }
@@ -104,7 +105,7 @@ fn queue_capacity_is_enforced_all_or_nothing() {
     h.submit(Priority::Normal);
     let batch =
         (0..2).map(|_| NewJob::new(JobId::new(), JobSpec::Noop(Default::default()), Priority::Normal)).collect();
-    assert_eq!(h.engine.submit(h.now, batch), Err(QueueFull { capacity: 2 }));
+    assert_eq!(h.engine.submit(h.now, batch), Err(QueueFull { capacity: 2 }.into()));
     assert_eq!(h.engine.queue().len(), 1);
 }
 
@@ -241,6 +242,10 @@ fn restored_running_jobs_are_adopted_by_their_worker_or_requeued() {
         parent: None,
         done: None,
         retry_of: None,
+        state: JobState::Queued,
+        opts: None,
+        run_at_ms: None,
+        ended_parents: Vec::new(),
     };
     h.engine.restore(
         h.now,
@@ -297,6 +302,10 @@ fn a_restored_unit_its_worker_does_not_have_is_requeued_at_once() {
             parent: None,
             done: None,
             retry_of: None,
+            state: JobState::Queued,
+            opts: None,
+            run_at_ms: None,
+            ended_parents: Vec::new(),
         }],
     );
     let w = test_worker("w1", 1, &[JobKind::Noop], h.now.mono);

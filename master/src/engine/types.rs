@@ -32,6 +32,8 @@ pub struct EngineConfig {
     /// A quarantined worker id gets no work for this long, however often
     /// it registers again.
     pub quarantine: Duration,
+    /// Most unique keys held at once.
+    pub max_unique_keys: usize,
 }
 
 impl EngineConfig {
@@ -82,6 +84,8 @@ pub struct NewJob {
     pub submitter: crate::ai_cache::Submitter,
     /// The failed or cancelled job this one retries.
     pub retry_of: Option<JobId>,
+    /// What it asks beyond kind and parameters (none: nothing).
+    pub opts: Option<std::sync::Arc<faena_proto::options::JobOptions>>,
 }
 
 impl NewJob {
@@ -94,6 +98,7 @@ impl NewJob {
             api_key: None,
             submitter: crate::ai_cache::Submitter::Api,
             retry_of: None,
+            opts: None,
         }
     }
 }
@@ -221,6 +226,9 @@ pub struct ActiveView {
     pub waiting: Option<String>,
     /// The failed or cancelled job this one retries.
     pub retry_of: Option<JobId>,
+    /// A scheduled job's time to queue (wall clock, ms).
+    pub run_at_ms: Option<u64>,
+    pub opts: Option<std::sync::Arc<faena_proto::options::JobOptions>>,
 }
 
 /// What waits and what runs, for the dashboard and the autoscaler.
@@ -231,6 +239,10 @@ pub struct Load {
     pub queued: usize,
     /// Units out on workers.
     pub running: usize,
+    /// Jobs waiting for their time (or their next attempt's).
+    pub scheduled: usize,
+    /// Jobs waiting for the jobs they run after.
+    pub waiting: usize,
     /// Per job kind with jobs waiting (mining jobs left out: they take
     /// whatever workers there are and are never "late").
     pub kinds: Vec<KindLoad>,

@@ -254,6 +254,7 @@ impl Engine {
                 result: None,
                 error: Some("not running when the master restarted; its range was handed out again".into()),
                 at_ms: now.wall_ms,
+                release_key: None,
             })),
             _ => {}
         }

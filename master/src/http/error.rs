@@ -17,6 +17,7 @@ use faena_proto::api::{ErrorBody, ErrorDetail};
 use serde::de::DeserializeOwned;
 
 use crate::coordinator::CoordError;
+use crate::engine::SubmitError;
 use crate::engine::Unmovable;
 use crate::pool::PoolError;
 use crate::settings::ChangeError;
@@ -92,6 +93,16 @@ impl From<CoordError> for AppError {
     fn from(e: CoordError) -> Self {
         match e {
             CoordError::QueueFull(full) => Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", full.to_string()),
+            CoordError::Refused(e @ SubmitError::Full(_)) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
+            }
+            CoordError::Refused(e @ SubmitError::Keys(_)) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "unique_keys_full", e.to_string())
+            }
+            CoordError::Refused(e @ SubmitError::Settling(_)) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "parent_settling", e.to_string())
+            }
+            CoordError::Refused(e) => Self::bad_request("invalid_option", e.to_string()),
             CoordError::Store(cause) => Self::store_unavailable().caused_by(cause),
             CoordError::Malformed(m) => Self::bad_request("bad_report", m),
             CoordError::Stopped => Self::shutting_down(),

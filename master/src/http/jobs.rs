@@ -9,12 +9,14 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use faena_proto::api::SubmitRequest;
+use faena_proto::api::{SubmitOptions, SubmitRequest};
+use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
 use faena_proto::secret::Secret;
 use serde_json::json;
 
-use super::{AppError, AppState, check_accepting, find, new_job, not_active, not_found, parse_body, parse_id, stored};
+use super::submit::new_job;
+use super::{AppError, AppState, check_accepting, find, not_active, not_found, parse_body, parse_id, stored};
 use crate::coordinator::CoordError;
 use crate::engine::{NewJob, Unmovable};
 use crate::store::{DEFAULT_PAGE, JobFilter, MAX_PAGE};
@@ -28,6 +30,8 @@ pub(super) struct ListQuery {
     priority: Option<String>,
     /// A mining job: list its units.
     parent: Option<String>,
+    /// A recurring schedule: list its firings.
+    schedule: Option<String>,
     /// RFC 3339, or milliseconds since the UNIX epoch.
     since: Option<String>,
     limit: Option<usize>,
@@ -76,7 +80,20 @@ impl ListQuery {
             None => None,
             Some(p) => Some(p.parse().map_err(|e| bad(&format!("parent: {e}")))?),
         };
-        Ok(JobFilter { state, kind, worker: self.worker, priority, parent, since_ms, before, limit })
+        if let Some(s) = &self.schedule {
+            faena_proto::options::check_name("schedule", s).map_err(|e| bad(&e.to_string()))?;
+        }
+        Ok(JobFilter {
+            state,
+            kind,
+            worker: self.worker,
+            priority,
+            parent,
+            schedule: self.schedule,
+            since_ms,
+            before,
+            limit,
+        })
     }
 }
 
@@ -177,15 +194,22 @@ pub(super) async fn retry(
         }
         p.own_key = false;
     }
+    // It keeps its group, time limit and retry policy; not its place in
+    // time, its parents or its unique key (the new job stands alone).
+    let kept = old.options.unwrap_or_default();
+    let options =
+        SubmitOptions { group: kept.group, timeout_ms: kept.timeout_ms, retry: kept.retry, ..SubmitOptions::default() };
     let resubmit = SubmitRequest {
         kind: spec.kind().as_str().into(),
         params: spec.params_json(),
         priority: Some(req.priority.unwrap_or(old.priority)),
         api_key: req.api_key,
+        options,
     };
-    let job = NewJob { retry_of: Some(id), ..new_job(resubmit)? };
+    let job = NewJob { retry_of: Some(id), ..new_job(resubmit, JobId::new(), &[])? };
     let accepted = state.coord.submit(vec![job]).await?;
-    let (new, position) = accepted.first().copied().ok_or(CoordError::Stopped)?;
-    let body = json!({"id": new, "state": JobState::Queued, "position": position, "retry_of": id});
+    let a = accepted.first().copied().ok_or(CoordError::Stopped)?;
+    let body =
+        json!({"id": a.id, "state": a.state.unwrap_or(JobState::Queued), "position": a.position, "retry_of": id});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }

@@ -10,23 +10,20 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use faena_proto::api::{BatchRequest, BatchResponse, JobEvent, JobView, SubmitRequest, SubmitResponse};
+use faena_proto::api::{JobEvent, JobView};
 use faena_proto::ids::JobId;
-use faena_proto::jobs::{JobKind, JobSpec, JobState};
+use faena_proto::jobs::JobState;
 use faena_proto::secret::Secret;
 use futures::Stream;
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
-use crate::coordinator::{Cancelled, CoordError, Coordinator};
-use crate::engine::NewJob;
+use crate::coordinator::{Cancelled, Coordinator};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::{Store, rfc3339};
@@ -39,6 +36,7 @@ mod mining;
 pub mod origin;
 pub mod replicas;
 mod scaling;
+mod submit;
 
 pub use error::AppError;
 pub(crate) use error::parse_body;
@@ -87,8 +85,8 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
         .route_service("/dashboard", file(web_dir.join("dashboard.html")))
         .fallback_service(tower_http::services::ServeDir::new(web_dir));
     let api = Router::new()
-        .route("/api/jobs", post(submit).get(jobs::list))
-        .route("/api/jobs/batch", post(submit_batch))
+        .route("/api/jobs", post(submit::submit).get(jobs::list))
+        .route("/api/jobs/batch", post(submit::submit_batch))
         .route("/api/jobs/{id}", get(get_job).delete(cancel_job).patch(jobs::reprioritise))
         .route("/api/jobs/{id}/retry", post(jobs::retry))
         .route("/api/jobs/{id}/events", get(job_events))
@@ -143,31 +141,6 @@ fn parse_id(id: &str) -> Result<JobId, AppError> {
     id.parse().map_err(|e: faena_proto::WireError| AppError::bad_request("bad_id", e.to_string()))
 }
 
-fn new_job(req: SubmitRequest) -> Result<NewJob, AppError> {
-    let spec =
-        JobSpec::parse(&req.kind, req.params).map_err(|e| AppError::bad_request("invalid_job", e.to_string()))?;
-    let mut spec = spec;
-    if let JobSpec::RandomxMine(p) = &spec {
-        p.check_share_cost().map_err(|e| AppError::bad_request("invalid_job", e.to_string()))?;
-    }
-    if let JobSpec::AiQuery(p) = &mut spec {
-        if p.own_key && req.api_key.is_none() {
-            return Err(AppError::bad_request("invalid_job", "own_key is set by the master; send api_key instead"));
-        }
-        p.own_key = req.api_key.is_some();
-    }
-    let api_key = match req.api_key {
-        Some(_) if spec.kind() != JobKind::AiQuery => {
-            return Err(AppError::bad_request("invalid_job", "api_key is only used by ai.query jobs"));
-        }
-        Some(k) if k.expose().trim().is_empty() || k.expose().len() > 4096 => {
-            return Err(AppError::bad_request("invalid_job", "api_key must be 1..=4096 characters"));
-        }
-        key => key,
-    };
-    Ok(NewJob { api_key, ..NewJob::new(JobId::new(), spec, req.priority.unwrap_or_default()) })
-}
-
 fn check_accepting(state: &AppState) -> Result<(), AppError> {
     if !state.accepting.load(Ordering::Relaxed) {
         return Err(AppError::shutting_down());
@@ -176,35 +149,6 @@ fn check_accepting(state: &AppState) -> Result<(), AppError> {
         return Err(AppError::store_unavailable());
     }
     Ok(())
-}
-
-async fn submit(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, AppError> {
-    check_accepting(&state)?;
-    let job = new_job(parse_body(body)?)?;
-    let accepted = state.coord.submit(vec![job]).await?;
-    let (id, position) = accepted.first().copied().ok_or(CoordError::Stopped)?;
-    Ok((StatusCode::ACCEPTED, Json(SubmitResponse { id, state: JobState::Queued, position })).into_response())
-}
-
-async fn submit_batch(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, AppError> {
-    check_accepting(&state)?;
-    let req: BatchRequest = parse_body(body)?;
-    if req.jobs.is_empty() || req.jobs.len() > MAX_BATCH {
-        return Err(AppError::bad_request("bad_batch", format!("a batch holds 1 to {MAX_BATCH} jobs")));
-    }
-    let jobs = req
-        .jobs
-        .into_iter()
-        .enumerate()
-        .map(|(i, j)| new_job(j).map_err(|e| e.prefixed(&format!("jobs[{i}]"))))
-        .collect::<Result<Vec<_>, _>>()?;
-    let accepted = state.coord.submit(jobs).await?;
-    let jobs =
-        accepted.into_iter().map(|(id, position)| SubmitResponse { id, state: JobState::Queued, position }).collect();
-    Ok((StatusCode::ACCEPTED, Json(BatchResponse { jobs })).into_response())
 }
 
 async fn stored(state: &AppState, id: JobId) -> Result<Option<JobView>, AppError> {
@@ -245,6 +189,9 @@ async fn find(state: &AppState, id: JobId) -> Result<JobView, AppError> {
             waiting: v.waiting,
             retry_of: v.retry_of,
             retried_as: None,
+            run_at: v.run_at_ms.map(rfc3339),
+            error_code: None,
+            options: v.opts.as_deref().cloned(),
         });
     }
     stored(state, id).await?.ok_or_else(|| not_found(id))
@@ -282,8 +229,10 @@ fn snapshot_event(v: &JobView) -> JobEvent {
             worker: v.worker.clone().unwrap_or_default(),
             attempt: v.attempts,
         },
-        JobState::Failed => JobEvent::Failed { error: v.error.clone().unwrap_or_default() },
+        JobState::Failed => JobEvent::Failed { error: v.error.clone().unwrap_or_default(), code: v.error_code.clone() },
         JobState::Cancelled => JobEvent::Cancelled,
+        JobState::Scheduled => JobEvent::Scheduled { run_at: v.run_at.clone().unwrap_or_default() },
+        JobState::Waiting => JobEvent::Queued { position: 0 },
     }
 }
 

@@ -24,6 +24,11 @@ pub(super) async fn forward(web: Web, io: SocketIo, session: String, job: JobId,
             JobEvent::Queued { position } => {
                 room.emit(to_client::JOB, &update(JobState::Queued, Some(*position), None, None, None)).await
             }
+            JobEvent::Scheduled { run_at } => {
+                web.note(&session, job, |e| e.state = JobState::Scheduled);
+                let reason = Some(format!("next attempt at {run_at}"));
+                room.emit(to_client::JOB, &update(JobState::Scheduled, None, None, None, reason)).await
+            }
             JobEvent::Running { worker, attempt } => {
                 web.note(&session, job, |e| e.state = JobState::Running);
                 room.emit(to_client::JOB, &update(JobState::Running, None, Some(worker.clone()), Some(*attempt), None))
@@ -69,7 +74,7 @@ pub(super) async fn forward(web: Web, io: SocketIo, session: String, job: JobId,
                 };
                 room.emit(to_client::DONE, &done).await
             }
-            JobEvent::Failed { error } => {
+            JobEvent::Failed { error, .. } => {
                 web.note(&session, job, |e| {
                     e.state = JobState::Failed;
                     e.meta = Some(json!({"error": error}));

@@ -455,7 +455,7 @@ async fn submit(web: &Web, io: SocketIo, session: &str, job: NewJob, question: O
     let (_, events) = web.hub.subscribe(id);
     match web.coord.submit(vec![job]).await {
         Ok(accepted) => {
-            let position = accepted.first().map_or(0, |a| a.1);
+            let position = accepted.first().map_or(0, |a| a.position);
             if let Some(s) = web.sessions.lock().by_id.get_mut(session) {
                 s.jobs.insert(id);
                 if let Some(question) = question {

@@ -31,6 +31,9 @@ pub(crate) async fn list(pool: &Pool, f: &JobFilter) -> Result<Page, StoreError>
     if let Some(p) = f.priority {
         sql.push_str(&format!(" AND priority = {}", arg(&mut args, Box::new(p.as_str()))));
     }
+    if let Some(s) = &f.schedule {
+        sql.push_str(&format!(" AND schedule = {}", arg(&mut args, Box::new(s.clone()))));
+    }
     if let Some(since) = f.since_ms {
         let n = arg(&mut args, Box::new(i64::try_from(since).unwrap_or(i64::MAX)));
         // Jobs are stored in `created_at` order: nothing before the first

@@ -70,7 +70,9 @@ pub(crate) async fn open_store(
 }
 
 /// The columns [`view`] reads, in its order.
-const VIEW_COLUMNS: &str = "kind, priority, state, attempts, worker, error, created_at, finished_at";
+const VIEW_COLUMNS: &str = "kind, priority, state, attempts, worker, error, created_at, finished_at, run_at, opts";
+/// How many columns [`VIEW_COLUMNS`] names.
+const VIEW_WIDTH: usize = 10;
 
 /// Job `id` as stored, from [`VIEW_COLUMNS`] starting at column `at`.
 fn view(id: JobId, r: &Row, at: usize) -> Result<JobView, StoreError> {
@@ -83,6 +85,8 @@ fn view(id: JobId, r: &Row, at: usize) -> Result<JobView, StoreError> {
         error: r.try_get(at + 5)?,
         created: r.try_get(at + 6)?,
         finished: r.try_get(at + 7)?,
+        run_at: r.try_get(at + 8)?,
+        opts: r.try_get(at + 9)?,
     }
     .view(id))
 }

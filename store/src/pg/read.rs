@@ -8,7 +8,12 @@ use faena_proto::jobs::{JobKind, JobSpec};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{VIEW_COLUMNS, view};
+use std::collections::HashMap;
+
+use faena_proto::jobs::JobState;
+
+use super::{VIEW_COLUMNS, VIEW_WIDTH, view};
+use crate::contract::{HeldKey, Outcome, UNFINISHED};
 use crate::{RestoredJob, StoreError, Transition};
 
 async fn client(pool: &Pool) -> Result<deadpool_postgres::Client, StoreError> {
@@ -19,10 +24,12 @@ pub(crate) async fn load_unfinished(pool: &Pool) -> Result<Vec<RestoredJob>, Sto
     let c = client(pool).await?;
     let rows = c
         .query(
-            "SELECT id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of
-             FROM jobs WHERE state IN ('queued', 'running')
-                OR (state = 'succeeded' AND parent IN (SELECT id FROM jobs WHERE parent IS NULL AND state IN ('queued', 'running')))
-             ORDER BY seq",
+            &format!(
+                "SELECT id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of, opts, run_at
+                 FROM jobs WHERE state IN {UNFINISHED}
+                    OR (state = 'succeeded' AND parent IN (SELECT id FROM jobs WHERE parent IS NULL AND state IN ('queued', 'running')))
+                 ORDER BY seq"
+            ),
             &[],
         )
         .await?;
@@ -55,8 +62,50 @@ fn restored(r: &Row) -> Result<Option<RestoredJob>, StoreError> {
         parent: uuid(10)?,
         result: r.try_get(11)?,
         retry_of: uuid(12)?,
+        opts: r.try_get(13)?,
+        run_at: r.try_get(14)?,
     }
     .restore())
+}
+
+/// The state of each of `ids` found, with its result once it succeeded.
+pub(crate) async fn outcomes(pool: &Pool, ids: &[JobId]) -> Result<HashMap<JobId, Outcome>, StoreError> {
+    let c = client(pool).await?;
+    let ids: Vec<Uuid> = ids.iter().map(|i| i.0).collect();
+    let stmt = c
+        .prepare_cached(
+            "SELECT id, state, CASE WHEN state = 'succeeded' THEN result END FROM jobs WHERE id = ANY($1::uuid[])",
+        )
+        .await?;
+    let mut out = HashMap::new();
+    for r in c.query(&stmt, &[&ids]).await? {
+        let (id, state, result): (Uuid, String, Option<String>) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        if let Some(state) = JobState::parse(&state) {
+            out.insert(JobId(id), (state, result.and_then(|r| serde_json::from_str(&r).ok())));
+        }
+    }
+    Ok(out)
+}
+
+/// The unique keys still held at `now_ms`.
+pub(crate) async fn held_keys(pool: &Pool, now_ms: u64) -> Result<Vec<HeldKey>, StoreError> {
+    let c = client(pool).await?;
+    let rows = c
+        .query(
+            "SELECT key, job, until_ms FROM unique_keys WHERE until_ms IS NULL OR until_ms > $1",
+            &[&(now_ms as i64)],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let until: Option<i64> = r.try_get(2)?;
+        out.push(HeldKey {
+            key: r.try_get(0)?,
+            job: JobId(r.try_get(1)?),
+            until_ms: until.and_then(|u| u64::try_from(u).ok()),
+        });
+    }
+    Ok(out)
 }
 
 pub(crate) async fn get(pool: &Pool, id: JobId) -> Result<Option<JobView>, StoreError> {
@@ -70,10 +119,10 @@ pub(crate) async fn get(pool: &Pool, id: JobId) -> Result<Option<JobView>, Store
         .await?;
     let Some(r) = c.query_opt(&stmt, &[&id.0]).await? else { return Ok(None) };
     let mut v = view(id, &r, 0)?;
-    v.result = r.try_get::<_, Option<String>>(8)?.and_then(|r| serde_json::from_str(&r).ok());
-    v.parent = r.try_get::<_, Option<Uuid>>(9)?.map(JobId);
-    v.retry_of = r.try_get::<_, Option<Uuid>>(10)?.map(JobId);
-    v.retried_as = r.try_get::<_, Option<Uuid>>(11)?.map(JobId);
+    v.result = r.try_get::<_, Option<String>>(VIEW_WIDTH)?.and_then(|r| serde_json::from_str(&r).ok());
+    v.parent = r.try_get::<_, Option<Uuid>>(VIEW_WIDTH + 1)?.map(JobId);
+    v.retry_of = r.try_get::<_, Option<Uuid>>(VIEW_WIDTH + 2)?.map(JobId);
+    v.retried_as = r.try_get::<_, Option<Uuid>>(VIEW_WIDTH + 3)?.map(JobId);
     Ok(Some(v))
 }
 

@@ -143,6 +143,25 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "ALTER TABLE transitions ADD COLUMN epoch BIGINT;
     ALTER TABLE faena_leader ADD COLUMN name TEXT;",
     ),
+    (
+        7,
+        "delayed and waiting jobs, their options, unique keys",
+        // A job's options (JSON, null when it asks for nothing), the time
+        // a scheduled job queues, and the schedule that fired it (listed
+        // by it). Unfinished now counts scheduled and waiting jobs: the
+        // start-up read walks that index. A unique key is one row, so the
+        // store itself holds one job per key.
+        "ALTER TABLE jobs ADD COLUMN opts TEXT, ADD COLUMN run_at BIGINT, ADD COLUMN schedule TEXT;
+    DROP INDEX jobs_unfinished;
+    CREATE INDEX jobs_unfinished ON jobs (seq) WHERE state IN ('queued', 'running', 'scheduled', 'waiting');
+    CREATE INDEX jobs_schedule ON jobs (schedule, row_id) WHERE schedule IS NOT NULL AND parent IS NULL;
+    CREATE TABLE unique_keys (
+        key TEXT PRIMARY KEY,
+        job UUID NOT NULL,
+        until_ms BIGINT
+    );
+    CREATE INDEX unique_keys_until ON unique_keys (until_ms) WHERE until_ms IS NOT NULL;",
+    ),
 ];
 
 /// The newest schema version this build knows: the last migration's.

@@ -13,11 +13,12 @@ use tokio_postgres::{Client, Config, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
+use crate::contract::{held_key, inserted_detail, opts_column, requeued_state};
 use crate::writer::Apply;
 use crate::{Retention, StoreError, StoreOp, UNFENCED};
 
-pub(crate) const INSERT: &str = "INSERT INTO jobs (row_id, id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of)
-    SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::int8[], $15::uuid[], $16::uuid[])";
+pub(crate) const INSERT: &str = "INSERT INTO jobs (row_id, id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of, opts, run_at, schedule)
+    SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::int8[], $15::uuid[], $16::uuid[], $17::text[], $18::int8[], $19::text[])";
 
 const UPDATE: &str = "UPDATE jobs AS j SET
         priority = coalesce(u.priority, j.priority),
@@ -27,10 +28,24 @@ const UPDATE: &str = "UPDATE jobs AS j SET
         token = CASE WHEN u.set_rest THEN u.token ELSE j.token END,
         result = CASE WHEN u.set_rest THEN u.result ELSE j.result END,
         error = CASE WHEN u.set_rest THEN u.error ELSE j.error END,
-        finished_at = CASE WHEN u.set_rest THEN u.finished_at ELSE j.finished_at END
-    FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bool[], $7::int4[], $8::text[], $9::text[], $10::text[], $11::int8[])
-        AS u(id, priority, state, set_worker, worker, set_rest, attempts, token, result, error, finished_at)
+        finished_at = CASE WHEN u.set_rest THEN u.finished_at ELSE j.finished_at END,
+        run_at = CASE WHEN u.set_run_at THEN u.run_at ELSE j.run_at END
+    FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bool[], $7::int4[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::bool[], $13::int8[])
+        AS u(id, priority, state, set_worker, worker, set_rest, attempts, token, result, error, finished_at, set_run_at, run_at)
     WHERE j.id = u.id";
+
+/// Unique keys taken by the group's new jobs (an expired holder's row is
+/// taken over: the engine lets a key go only once it is free).
+const TAKE_KEYS: &str = "INSERT INTO unique_keys (key, job, until_ms)
+    SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::int8[])
+    ON CONFLICT (key) DO UPDATE SET job = excluded.job, until_ms = excluded.until_ms";
+
+/// Keys whose time ran out, before new ones are taken.
+const EXPIRE_KEYS: &str = "DELETE FROM unique_keys WHERE until_ms < $1";
+
+/// Keys held while their job was not finished, freed as it finished.
+const FREE_KEYS: &str = "DELETE FROM unique_keys AS k USING UNNEST($1::text[], $2::uuid[]) AS f(key, job)
+    WHERE k.key = f.key AND k.job = f.job";
 
 pub(crate) const RECORD: &str = "INSERT INTO transitions (job_id, at, state, attempt, worker, detail, epoch)
     SELECT *, $7::int8 FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::text[], $6::text[])";
@@ -80,6 +95,9 @@ struct Conn {
     record: Statement,
     prune: Statement,
     fence: Statement,
+    take_keys: Statement,
+    free_keys: Statement,
+    expire_keys: Statement,
 }
 
 /// The writer's connection (made again after a failure) and what it
@@ -136,32 +154,34 @@ impl Apply for Writer {
                 // and COMMIT are sent together and answered together. Any
                 // failure aborts the transaction, and the server takes the
                 // COMMIT that follows as a ROLLBACK: nothing applied.
-                let (begin, fenced, inserted, updated, recorded, commit) = tokio::join!(
+                let (begin, fenced, inserted, updated, recorded, keys, commit) = tokio::join!(
                     async { client.batch_execute("BEGIN").await.map_err(StoreError::from) },
                     fence(client, &conn.fence, epoch),
                     group.insert(client, insert),
                     group.update(client, update),
                     group.record(client, record, epoch),
+                    group.keys(client, [&conn.expire_keys, &conn.take_keys, &conn.free_keys], created),
                     async { client.batch_execute("COMMIT").await.map_err(StoreError::from) },
                 );
                 // Every answer is awaited (join, not try_join: which future
                 // a join polls first varies), so the fence's refusal is
                 // told as such, not as the aborted statements behind it.
                 fenced?;
-                begin.and(inserted).and(updated).and(recorded).and(commit)?;
+                begin.and(inserted).and(updated).and(recorded).and(keys).and(commit)?;
                 self.next_row = next_row;
                 self.created = created;
                 return Ok(Vec::new());
             }
             let mut tx = conn.client.transaction().await?;
-            let (fenced, inserted, updated, recorded) = tokio::join!(
+            let (fenced, inserted, updated, recorded, keys) = tokio::join!(
                 fence(tx.client(), &conn.fence, epoch),
                 group.insert(tx.client(), insert),
                 group.update(tx.client(), update),
-                group.record(tx.client(), record, epoch)
+                group.record(tx.client(), record, epoch),
+                group.keys(tx.client(), [&conn.expire_keys, &conn.take_keys, &conn.free_keys], created)
             );
             fenced?;
-            inserted.and(updated).and(recorded)?;
+            inserted.and(updated).and(recorded).and(keys)?;
             let mut pruned = Vec::with_capacity(prunes);
             for _ in 0..prunes {
                 let sp = tx.savepoint("prune").await?;
@@ -203,6 +223,9 @@ async fn connect(config: &Config, tls: &MakeRustlsConnect) -> Result<Conn, Store
         record: client.prepare(RECORD).await?,
         prune: client.prepare(PRUNE).await?,
         fence: client.prepare(FENCE).await?,
+        take_keys: client.prepare(TAKE_KEYS).await?,
+        free_keys: client.prepare(FREE_KEYS).await?,
+        expire_keys: client.prepare(EXPIRE_KEYS).await?,
         client,
     })
 }
@@ -248,6 +271,7 @@ struct Patch {
     state: Option<String>,
     worker: Option<Option<String>>,
     rest: Option<Rest>,
+    run_at: Option<Option<i64>>,
 }
 
 /// A job stored by this group, as it stands at its end.
@@ -262,7 +286,20 @@ struct New {
     created_at: i64,
     parent: Option<Uuid>,
     retry_of: Option<Uuid>,
+    state: &'static str,
+    opts: Option<String>,
+    run_at: Option<i64>,
+    schedule: Option<String>,
     patch: Patch,
+}
+
+/// What a group does to a unique key in the end.
+#[derive(Debug)]
+enum KeyChange {
+    /// Held by this job until then (none: until it finishes).
+    Take(Uuid, Option<i64>),
+    /// Freed by this job, if it still holds it.
+    Free(Uuid),
 }
 
 /// A group folded per job: new jobs, changes to older ones, history rows
@@ -274,6 +311,7 @@ struct Group {
     changed: Vec<(Uuid, Patch)>,
     changed_at: HashMap<JobId, usize>,
     history: Vec<HistoryRow>,
+    keys: HashMap<String, KeyChange>,
 }
 
 impl Group {
@@ -281,8 +319,11 @@ impl Group {
         let mut g = Self::default();
         for op in ops {
             match op {
-                StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of } => {
+                StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of, state, opts, run_at_ms } => {
                     *created = (*created).max(*at_ms as i64);
+                    if let Some((key, until)) = held_key(opts, *created) {
+                        g.keys.insert(key, KeyChange::Take(id.0, until));
+                    }
                     g.new_at.insert(*id, g.new.len());
                     g.new.push(New {
                         row: *next_row,
@@ -294,15 +335,23 @@ impl Group {
                         created_at: *created,
                         parent: parent.map(|p| p.0),
                         retry_of: retry_of.map(|r| r.0),
+                        state: state.as_str(),
+                        opts: opts_column(opts),
+                        run_at: run_at_ms.map(|r| r as i64),
+                        schedule: opts.as_ref().and_then(|o| o.schedule.clone()),
                         patch: Patch::default(),
                     });
                     *next_row += 1;
-                    let detail = match (parent, retry_of) {
-                        (Some(p), _) => Some(format!("unit of job {p}")),
-                        (None, Some(r)) => Some(format!("retry of job {r}")),
-                        (None, None) => None,
-                    };
-                    g.history.push((id.0, *created, "queued".into(), 0, None, detail));
+                    let detail = inserted_detail(*parent, *retry_of, *run_at_ms);
+                    g.history.push((id.0, *created, state.as_str().into(), 0, None, detail));
+                }
+                StoreOp::Released { id, state, run_at_ms, attempts, detail, at_ms } => {
+                    let p = g.patch(*id);
+                    p.state = Some(state.as_str().into());
+                    p.run_at = Some(run_at_ms.map(|r| r as i64));
+                    let row =
+                        (id.0, *at_ms as i64, state.as_str().into(), *attempts as i32, None, Some(detail.clone()));
+                    g.history.push(row);
                 }
                 StoreOp::Reprioritised { id, priority, was, state, attempts, at_ms } => {
                     g.patch(*id).priority = Some(priority.as_str().to_owned());
@@ -321,6 +370,7 @@ impl Group {
                     p.state = Some("running".into());
                     p.worker = Some(Some(worker.clone()));
                     p.rest = Some((*attempt as i32, Some(token.as_str().to_owned()), None, None, None));
+                    p.run_at = Some(None);
                     g.history.push((
                         id.0,
                         *at_ms as i64,
@@ -330,22 +380,21 @@ impl Group {
                         None,
                     ));
                 }
-                StoreOp::Requeued { id, attempts, reason, at_ms } => {
+                StoreOp::Requeued { id, attempts, reason, at_ms, run_at_ms } => {
                     let p = g.patch(*id);
-                    p.state = Some("queued".into());
+                    let state = requeued_state(*run_at_ms);
+                    p.state = Some(state.into());
                     p.worker = Some(None);
                     p.rest = Some((*attempts as i32, None, None, None, None));
-                    g.history.push((
-                        id.0,
-                        *at_ms as i64,
-                        "queued".into(),
-                        *attempts as i32,
-                        None,
-                        Some(reason.clone()),
-                    ));
+                    p.run_at = Some(run_at_ms.map(|r| r as i64));
+                    g.history.push((id.0, *at_ms as i64, state.into(), *attempts as i32, None, Some(reason.clone())));
                 }
-                StoreOp::Finished { id, state, attempts, worker, result, error, at_ms } => {
+                StoreOp::Finished { id, state, attempts, worker, result, error, at_ms, release_key } => {
+                    if let Some(key) = release_key {
+                        g.keys.insert(key.clone(), KeyChange::Free(id.0));
+                    }
                     let p = g.patch(*id);
+                    p.run_at = Some(None);
                     p.state = Some(state.as_str().into());
                     p.worker = Some(worker.clone());
                     let result = result.as_ref().map(|r| r.to_string());
@@ -382,7 +431,7 @@ impl Group {
         let params: Vec<&str> = n.iter().map(|j| j.params.as_str()).collect();
         let priorities: Vec<&str> = n.iter().map(|j| j.patch.priority.as_deref().unwrap_or(&j.priority)).collect();
         let seqs: Vec<i64> = n.iter().map(|j| j.seq).collect();
-        let states: Vec<&str> = n.iter().map(|j| j.patch.state.as_deref().unwrap_or("queued")).collect();
+        let states: Vec<&str> = n.iter().map(|j| j.patch.state.as_deref().unwrap_or(j.state)).collect();
         let attempts: Vec<i32> = n.iter().map(|j| rest(j).0).collect();
         let workers = col(|j| j.patch.worker.clone().flatten());
         let tokens = col(|j| j.patch.rest.as_ref().and_then(|r| r.1.clone()));
@@ -392,6 +441,9 @@ impl Group {
         let finished: Vec<Option<i64>> = n.iter().map(|j| j.patch.rest.as_ref().and_then(|r| r.4)).collect();
         let parents: Vec<Option<Uuid>> = n.iter().map(|j| j.parent).collect();
         let retries: Vec<Option<Uuid>> = n.iter().map(|j| j.retry_of).collect();
+        let opts = col(|j| j.opts.clone());
+        let run_at: Vec<Option<i64>> = n.iter().map(|j| j.patch.run_at.unwrap_or(j.run_at)).collect();
+        let schedules = col(|j| j.schedule.clone());
         tx.execute(
             stmt,
             &[
@@ -411,9 +463,39 @@ impl Group {
                 &finished,
                 &parents,
                 &retries,
+                &opts,
+                &run_at,
+                &schedules,
             ],
         )
         .await?;
+        Ok(())
+    }
+
+    /// The group's unique keys: those expired by `now` dropped, then the
+    /// group's taken and freed.
+    async fn keys(&self, tx: &Client, [expire, take, free]: [&Statement; 3], now: i64) -> Result<(), StoreError> {
+        let (mut taken, mut freed) = ((Vec::new(), Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        for (key, change) in &self.keys {
+            match change {
+                KeyChange::Take(job, until) => {
+                    taken.0.push(key.as_str());
+                    taken.1.push(*job);
+                    taken.2.push(*until);
+                }
+                KeyChange::Free(job) => {
+                    freed.0.push(key.as_str());
+                    freed.1.push(*job);
+                }
+            }
+        }
+        if !taken.0.is_empty() {
+            tx.execute(expire, &[&now]).await?;
+            tx.execute(take, &[&taken.0, &taken.1, &taken.2]).await?;
+        }
+        if !freed.0.is_empty() {
+            tx.execute(free, &[&freed.0, &freed.1]).await?;
+        }
         Ok(())
     }
 
@@ -434,6 +516,8 @@ impl Group {
         let results: Vec<Option<String>> = c.iter().map(|(_, p)| rest(p).2).collect();
         let errors: Vec<Option<String>> = c.iter().map(|(_, p)| rest(p).3).collect();
         let finished: Vec<Option<i64>> = c.iter().map(|(_, p)| rest(p).4).collect();
+        let set_run_at: Vec<bool> = c.iter().map(|(_, p)| p.run_at.is_some()).collect();
+        let run_at: Vec<Option<i64>> = c.iter().map(|(_, p)| p.run_at.flatten()).collect();
         tx.execute(
             stmt,
             &[
@@ -448,6 +532,8 @@ impl Group {
                 &results,
                 &errors,
                 &finished,
+                &set_run_at,
+                &run_at,
             ],
         )
         .await?;

@@ -23,9 +23,10 @@ use faena_proto::ids::JobId;
 use rusqlite::{Connection, ToSql};
 
 use super::{Retention, StoreError};
+use crate::contract::UNFINISHED;
 
 /// The columns of a job row, in the order of the table.
-pub(crate) const JOB_COLUMNS: &str = "id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of";
+pub(crate) const JOB_COLUMNS: &str = "id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of, opts, run_at, schedule";
 /// The columns of a history row.
 pub(crate) const HISTORY_COLUMNS: &str = "job_id, at, state, attempt, worker, detail";
 
@@ -63,7 +64,10 @@ fn create(conn: &Connection, g: i64) -> Result<(), StoreError> {
             created_at INTEGER NOT NULL,
             finished_at INTEGER,
             parent TEXT,
-            retry_of TEXT
+            retry_of TEXT,
+            opts TEXT,
+            run_at INTEGER,
+            schedule TEXT
         );
         CREATE TABLE IF NOT EXISTS {t} (
             job_id TEXT NOT NULL,
@@ -74,19 +78,23 @@ fn create(conn: &Connection, g: i64) -> Result<(), StoreError> {
             detail TEXT
         );"
     ))?;
-    for column in ["parent", "retry_of"] {
+    let added =
+        [("parent", "TEXT"), ("retry_of", "TEXT"), ("opts", "TEXT"), ("run_at", "INTEGER"), ("schedule", "TEXT")];
+    for (column, kind) in added {
         let has: bool =
             conn.query_row(&format!("SELECT COUNT(*) FROM pragma_table_info('{j}') WHERE name = ?1"), [column], |r| {
                 r.get(0)
             })?;
         if !has {
-            conn.execute_batch(&format!("ALTER TABLE {j} ADD COLUMN {column} TEXT"))?;
+            conn.execute_batch(&format!("ALTER TABLE {j} ADD COLUMN {column} {kind}"))?;
         }
     }
     // One column each for the listing's filters: an index's entries for one
     // value are in row-id order, so a page is read newest first off it.
     conn.execute_batch(&format!(
-        "CREATE INDEX IF NOT EXISTS {j}_unfinished ON {j}(seq) WHERE state IN ('queued', 'running');
+        "DROP INDEX IF EXISTS {j}_unfinished;
+        CREATE INDEX IF NOT EXISTS {j}_pending ON {j}(seq) WHERE state IN {UNFINISHED};
+        CREATE INDEX IF NOT EXISTS {j}_schedule ON {j}(schedule) WHERE schedule IS NOT NULL;
         CREATE INDEX IF NOT EXISTS {j}_parent ON {j}(parent) WHERE parent IS NOT NULL;
         CREATE INDEX IF NOT EXISTS {j}_retry_of ON {j}(retry_of) WHERE retry_of IS NOT NULL;
         CREATE INDEX IF NOT EXISTS {j}_state ON {j}(state);
@@ -121,6 +129,7 @@ pub(crate) struct Gen {
     pub reprioritise: String,
     pub started: String,
     pub update: String,
+    pub released: String,
     pub record: String,
 }
 
@@ -129,13 +138,14 @@ impl Gen {
         let (jobs, history) = tables(id);
         Self {
             insert: format!(
-                "INSERT INTO {jobs} (rowid, id, kind, params, priority, seq, state, created_at, parent, retry_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9)"
+                "INSERT INTO {jobs} (rowid, id, kind, params, priority, seq, state, created_at, parent, retry_of, opts, run_at, schedule) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ),
             reprioritise: format!("UPDATE {jobs} SET priority = ?2 WHERE id = ?1"),
             started: format!("UPDATE {jobs} SET state = 'running', worker = ?2 WHERE id = ?1"),
             update: format!(
-                "UPDATE {jobs} SET state = ?2, attempts = ?3, worker = ?4, token = ?5, result = ?6, error = ?7, finished_at = ?8 WHERE id = ?1"
+                "UPDATE {jobs} SET state = ?2, attempts = ?3, worker = ?4, token = ?5, result = ?6, error = ?7, finished_at = ?8, run_at = ?9 WHERE id = ?1"
             ),
+            released: format!("UPDATE {jobs} SET state = ?2, run_at = ?3 WHERE id = ?1"),
             record: format!("INSERT INTO {history} ({HISTORY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
             id,
             jobs,
@@ -164,7 +174,9 @@ impl Layout {
     /// Reads (or makes) the generations of the store `conn` is open on.
     pub(crate) fn open(conn: &Connection, now_ms: i64) -> Result<Self, StoreError> {
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS generations (gen INTEGER PRIMARY KEY, opened_at INTEGER NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS generations (gen INTEGER PRIMARY KEY, opened_at INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS unique_keys (key TEXT PRIMARY KEY, job TEXT NOT NULL, until_ms INTEGER);
+            CREATE INDEX IF NOT EXISTS unique_keys_until ON unique_keys(until_ms) WHERE until_ms IS NOT NULL;",
         )?;
         let mut ids: Vec<i64> = conn
             .prepare("SELECT gen FROM generations ORDER BY gen")?

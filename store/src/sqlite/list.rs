@@ -43,6 +43,9 @@ pub(crate) fn list(conn: &Connection, f: &JobFilter) -> Result<Page, StoreError>
     if let Some(p) = f.priority {
         and("priority = ?", Sql::Text(p.as_str().into()));
     }
+    if let Some(s) = &f.schedule {
+        and("schedule = ?", Sql::Text(s.clone()));
+    }
     if let Some(since) = f.since_ms {
         let since = Sql::Integer(i64::try_from(since).unwrap_or(i64::MAX));
         and("created_at >= ?", since.clone());

@@ -49,7 +49,9 @@ pub(crate) fn open(path: &Path, sync: SyncMode) -> Result<Connection, StoreError
 }
 
 /// The columns [`view`] reads, in its order.
-const VIEW_COLUMNS: &str = "kind, priority, state, attempts, worker, error, created_at, finished_at";
+const VIEW_COLUMNS: &str = "kind, priority, state, attempts, worker, error, created_at, finished_at, run_at, opts";
+/// How many columns [`VIEW_COLUMNS`] names.
+const VIEW_WIDTH: usize = 10;
 
 /// Job `id` as stored, from [`VIEW_COLUMNS`] starting at column `at`.
 fn view(id: JobId, r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<JobView> {
@@ -62,6 +64,8 @@ fn view(id: JobId, r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<JobView
         error: r.get(at + 5)?,
         created: r.get(at + 6)?,
         finished: r.get(at + 7)?,
+        run_at: r.get(at + 8)?,
+        opts: r.get(at + 9)?,
     }
     .view(id))
 }

@@ -8,12 +8,16 @@ use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobKind, JobSpec};
 use rusqlite::{Connection, OptionalExtension, Row};
 
+use std::collections::HashMap;
+
+use faena_proto::jobs::JobState;
+
 use super::generations::listed;
-use super::{VIEW_COLUMNS, view};
+use super::{VIEW_COLUMNS, VIEW_WIDTH, view};
+use crate::contract::{HeldKey, Outcome, UNFINISHED};
 use crate::{RestoredJob, StoreError, Transition};
 
-const RESTORED_COLUMNS: &str =
-    "id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of";
+const RESTORED_COLUMNS: &str = "id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of, opts, run_at";
 
 /// Every job that was queued or running, in submission order, and the
 /// units that succeeded of the mining jobs among them.
@@ -22,7 +26,7 @@ pub(crate) fn load_unfinished(conn: &Connection) -> Result<Vec<RestoredJob>, Sto
     let gens = listed(&tx)?;
     let mut out = Vec::new();
     for (jobs, _) in &gens {
-        let sql = format!("SELECT {RESTORED_COLUMNS} FROM {jobs} WHERE state IN ('queued', 'running')");
+        let sql = format!("SELECT {RESTORED_COLUMNS} FROM {jobs} WHERE state IN {UNFINISHED}");
         read_restored(&tx, &sql, [], &mut out)?;
     }
     // A running mining job's units may be in any generation.
@@ -54,9 +58,9 @@ pub(crate) fn get(conn: &Connection, id: JobId) -> Result<Option<JobView>, Store
             .prepare_cached(&sql)?
             .query_row([&key], |r| {
                 let mut v = view(id, r, 0)?;
-                v.result = r.get::<_, Option<String>>(8)?.and_then(|r| serde_json::from_str(&r).ok());
-                v.parent = id_of(r.get(9)?);
-                v.retry_of = id_of(r.get(10)?);
+                v.result = r.get::<_, Option<String>>(VIEW_WIDTH)?.and_then(|r| serde_json::from_str(&r).ok());
+                v.parent = id_of(r.get(VIEW_WIDTH + 1)?);
+                v.retry_of = id_of(r.get(VIEW_WIDTH + 2)?);
                 Ok(v)
             })
             .optional()?;
@@ -155,6 +159,45 @@ fn restored(r: &Row<'_>) -> rusqlite::Result<Option<RestoredJob>> {
         parent: r.get(10)?,
         result: r.get(11)?,
         retry_of: r.get(12)?,
+        opts: r.get(13)?,
+        run_at: r.get(14)?,
     }
     .restore())
+}
+
+/// The state of each of `ids` found, with its result once it succeeded.
+pub(crate) fn outcomes(conn: &Connection, ids: &[JobId]) -> Result<HashMap<JobId, Outcome>, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let wanted = serde_json::to_string(&ids.iter().map(|i| i.to_string()).collect::<Vec<_>>())?;
+    let mut out = HashMap::new();
+    for (jobs, _) in listed(&tx)? {
+        let sql = format!(
+            "SELECT id, state, CASE WHEN state = 'succeeded' THEN result END FROM {jobs}
+             WHERE id IN (SELECT value FROM json_each(?1))"
+        );
+        let mut stmt = tx.prepare_cached(&sql)?;
+        let mut rows = stmt.query([&wanted])?;
+        while let Some(r) = rows.next()? {
+            let (id, state, result): (String, String, Option<String>) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            if let (Ok(id), Some(state)) = (id.parse(), JobState::parse(&state)) {
+                out.insert(id, (state, result.and_then(|r| serde_json::from_str(&r).ok())));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The unique keys still held at `now_ms`.
+pub(crate) fn held_keys(conn: &Connection, now_ms: u64) -> Result<Vec<HeldKey>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT key, job, until_ms FROM unique_keys WHERE until_ms IS NULL OR until_ms > ?1")?;
+    let mut rows = stmt.query([now_ms as i64])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let (key, job, until): (String, String, Option<i64>) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        if let Ok(job) = job.parse() {
+            out.push(HeldKey { key, job, until_ms: until.and_then(|u| u64::try_from(u).ok()) });
+        }
+    }
+    Ok(out)
 }

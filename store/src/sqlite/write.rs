@@ -4,6 +4,7 @@ use rusqlite::{Connection, params};
 
 use super::generations::{Gen, Hints, Layout};
 use super::retention;
+use crate::contract::{held_key, inserted_detail, opts_column, requeued_state};
 use crate::writer::Apply;
 use crate::{Retention, StoreError, StoreOp};
 
@@ -98,7 +99,7 @@ fn apply_one(
         tx.prepare_cached(&g.record)?.execute(params![id, at, state, attempt, worker, detail]).map(drop)
     };
     match op {
-        StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of } => {
+        StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of, state, opts, run_at_ms } => {
             *newest = (*newest).max(*at_ms as i64);
             layout.before_insert(tx, retention, *newest)?;
             let (g, row) = (layout.newest().clone(), layout.next_row);
@@ -112,16 +113,28 @@ fn apply_one(
                 spec.params_json().to_string(),
                 priority.as_str(),
                 *seq as i64,
+                state.as_str(),
                 *newest,
                 parent.map(|p| p.to_string()),
-                retry_of.map(|r| r.to_string())
+                retry_of.map(|r| r.to_string()),
+                opts_column(opts),
+                run_at_ms.map(|r| r as i64),
+                opts.as_ref().and_then(|o| o.schedule.clone()),
             ])?;
-            let detail = match (parent, retry_of) {
-                (Some(p), _) => Some(format!("unit of job {p}")),
-                (None, Some(r)) => Some(format!("retry of job {r}")),
-                (None, None) => None,
-            };
-            record(&g, &id, *newest, "queued", 0, None, detail.as_deref())?;
+            if let Some((key, until)) = held_key(opts, *newest) {
+                tx.prepare_cached("DELETE FROM unique_keys WHERE until_ms < ?1")?.execute([*newest])?;
+                tx.prepare_cached("INSERT OR REPLACE INTO unique_keys (key, job, until_ms) VALUES (?1, ?2, ?3)")?
+                    .execute(params![key, id, until])?;
+            }
+            let detail = inserted_detail(*parent, *retry_of, *run_at_ms);
+            record(&g, &id, *newest, state.as_str(), 0, None, detail.as_deref())?;
+        }
+        StoreOp::Released { id: job, state, run_at_ms, attempts, detail, at_ms } => {
+            let id = job.to_string();
+            let args = params![id, state.as_str(), run_at_ms.map(|r| r as i64)];
+            if let Some(g) = layout.touch(tx, hints, *job, |g| &g.released, args)? {
+                record(g, &id, *at_ms as i64, state.as_str(), *attempts, None, Some(detail))?;
+            }
         }
         StoreOp::Reprioritised { id: job, priority, was, state, attempts, at_ms } => {
             let id = job.to_string();
@@ -138,28 +151,32 @@ fn apply_one(
         }
         StoreOp::Dispatched { id: job, attempt, worker, token, at_ms } => {
             let id = job.to_string();
-            let args =
-                params![id, "running", attempt, worker, token.as_str(), None::<String>, None::<String>, None::<i64>];
+            let none = None::<String>;
+            let args = params![id, "running", attempt, worker, token.as_str(), none, none, None::<i64>, None::<i64>];
             if let Some(g) = layout.touch(tx, hints, *job, |g| &g.update, args)? {
                 record(g, &id, *at_ms as i64, "running", *attempt, Some(worker), None)?;
             }
         }
-        StoreOp::Requeued { id: job, attempts, reason, at_ms } => {
+        StoreOp::Requeued { id: job, attempts, reason, at_ms, run_at_ms } => {
             let id = job.to_string();
             let none = None::<String>;
-            let args = params![id, "queued", attempts, none, none, none, none, None::<i64>];
+            let state = requeued_state(*run_at_ms);
+            let args = params![id, state, attempts, none, none, none, none, None::<i64>, run_at_ms.map(|r| r as i64)];
             if let Some(g) = layout.touch(tx, hints, *job, |g| &g.update, args)? {
-                record(g, &id, *at_ms as i64, "queued", *attempts, None, Some(reason))?;
+                record(g, &id, *at_ms as i64, state, *attempts, None, Some(reason))?;
             }
         }
-        StoreOp::Finished { id: job, state, attempts, worker, result, error, at_ms } => {
+        StoreOp::Finished { id: job, state, attempts, worker, result, error, at_ms, release_key } => {
             hints.finished(*job);
             let id = job.to_string();
             let result = result.as_ref().map(|r| r.to_string());
             let at = *at_ms as i64;
-            let args = params![id, state.as_str(), attempts, worker, None::<String>, result, error, at];
+            let args = params![id, state.as_str(), attempts, worker, None::<String>, result, error, at, None::<i64>];
             if let Some(g) = layout.touch(tx, hints, *job, |g| &g.update, args)? {
                 record(g, &id, at, state.as_str(), *attempts, worker.as_deref(), error.as_deref())?;
+            }
+            if let Some(key) = release_key {
+                tx.prepare_cached("DELETE FROM unique_keys WHERE key = ?1 AND job = ?2")?.execute(params![key, id])?;
             }
         }
     }

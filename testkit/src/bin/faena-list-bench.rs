@@ -98,6 +98,9 @@ fn fill(store: &Store, n: u64, rng: &mut Rng) {
             at_ms,
             parent,
             retry_of: None,
+            state: JobState::Queued,
+            opts: None,
+            run_at_ms: None,
         });
         if state == JobState::Queued {
             continue;
@@ -118,6 +121,7 @@ fn fill(store: &Store, n: u64, rng: &mut Rng) {
             result,
             error,
             at_ms: at_ms + 5,
+            release_key: None,
         });
         if i % 50_000 == 0 {
             sync(store);

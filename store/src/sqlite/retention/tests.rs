@@ -24,6 +24,9 @@ fn insert(store: &Store, id: JobId, seq: u64, at_ms: u64, parent: Option<JobId>)
         at_ms,
         parent,
         retry_of: None,
+        state: JobState::Queued,
+        opts: None,
+        run_at_ms: None,
     });
 }
 
@@ -38,6 +41,7 @@ fn finish(store: &Store, id: JobId, at_ms: u64) {
         result: Some(json!({})),
         error: None,
         at_ms,
+        release_key: None,
     });
 }
 
