@@ -58,6 +58,15 @@ impl TokenBucket {
         self.tokens
     }
 
+    /// How long until a token is there (zero: one is now).
+    pub fn ready_in(&mut self, now: Instant) -> std::time::Duration {
+        self.refill(now);
+        match self.tokens >= 1.0 || self.rate <= 0.0 {
+            true => std::time::Duration::ZERO,
+            false => std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.rate),
+        }
+    }
+
     /// Whether the bucket is full again (nothing to remember about its owner).
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);

@@ -134,6 +134,10 @@ pub struct Config {
     /// Most `unique_key`s held at once; past it submissions with a new key get 429.
     #[arg(long, env = "FAENA_MAX_UNIQUE_KEYS", default_value_t = 1_000_000)]
     pub max_unique_keys: usize,
+    /// Most groups known at once (those with jobs or limits); past it a job
+    /// naming a new group gets 429.
+    #[arg(long, env = "FAENA_MAX_GROUPS", default_value_t = 10_000)]
+    pub max_groups: usize,
     /// Dispatches of one job before it fails for good.
     #[arg(long, env = "FAENA_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,

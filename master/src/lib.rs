@@ -244,9 +244,11 @@ pub async fn run(
         no_worker_timeout: Duration::from_millis(cfg.no_worker_timeout_ms),
         quarantine: Duration::from_secs(cfg.quarantine_secs),
         max_unique_keys: cfg.max_unique_keys,
+        max_groups: cfg.max_groups,
     });
     let restored = store.load_unfinished().await?;
     engine.restore_keys(engine::Now::system(), store.held_keys(faena_proto::mqtt::now_ms()).await?);
+    engine.restore_groups(engine::Now::system(), stored_groups(&store).await?);
     if !restored.is_empty() {
         let running = restored.iter().filter(|j| j.lease.is_some()).count();
         tracing::info!(jobs = restored.len(), running, "recovered unfinished jobs from the store");
@@ -511,6 +513,18 @@ pub async fn run(
     }
     tracing::info!("faena-master stopped");
     Ok(())
+}
+
+/// Groups' limits as stored (one that no longer parses is left out, logged).
+async fn stored_groups(store: &store::Store) -> Result<Vec<(String, engine::groups::Limits)>, store::StoreError> {
+    let mut out = Vec::new();
+    for (name, doc) in store.named(store::NamedKind::Group).await? {
+        match serde_json::from_str::<engine::groups::Limits>(&doc) {
+            Ok(limits) if limits.check().is_ok() => out.push((name, limits)),
+            _ => tracing::error!(group = %name, "a group's stored limits do not parse; left out"),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

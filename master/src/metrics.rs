@@ -55,6 +55,8 @@ pub struct Metrics {
     broker_connected: Gauge,
     /// 1 for a mining source in error, 0 otherwise, by source id.
     source_error: Family<Vec<(&'static str, String)>, Gauge>,
+    /// Each group's jobs, by state (queued, running).
+    group_jobs: Family<Vec<(&'static str, String)>, Gauge>,
     /// The autoscaler's decisions carried out, by direction, and the replicas it last read.
     autoscale: Family<Labels, Counter>,
     pub autoscale_replicas: Gauge,
@@ -126,7 +128,11 @@ impl Default for Metrics {
         let queue_depth =
             Priority::ALL.iter().map(|p| depth_family.get_or_create(&vec![("priority", p.as_str())]).clone()).collect();
         let jobs_current = Family::<Labels, Gauge>::default();
-        registry.register("jobs_active", "Jobs currently queued or running", jobs_current.clone());
+        registry.register(
+            "jobs_active",
+            "Jobs not yet ended, by state (queued, running, scheduled, waiting)",
+            jobs_current.clone(),
+        );
         let workers = Gauge::default();
         registry.register("workers", "Registered workers", workers.clone());
         let dispatch_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
@@ -217,6 +223,8 @@ impl Default for Metrics {
             "1 while the master is connected to the broker",
             broker_connected.clone(),
         );
+        let group_jobs = Family::<Vec<(&'static str, String)>, Gauge>::default();
+        registry.register("group_jobs", "Each group's jobs queued and running, by group and state", group_jobs.clone());
         let source_error = Family::<Vec<(&'static str, String)>, Gauge>::default();
         registry.register("mining_source_error", "1 for a mining source in error, by source", source_error.clone());
         let autoscale = Family::<Labels, Counter>::default();
@@ -246,6 +254,7 @@ impl Default for Metrics {
             store_healthy,
             broker_connected,
             source_error,
+            group_jobs,
             ai_tokens,
             ai_errors,
             recent_wait: Window::default(),
@@ -296,9 +305,23 @@ impl Metrics {
         for (state, n) in states {
             self.workers_state.get_or_create(&vec![("state", *state)]).set(*n as i64);
         }
+        self.jobs_current.get_or_create(&vec![("state", "scheduled")]).set(load.scheduled as i64);
+        self.jobs_current.get_or_create(&vec![("state", "waiting")]).set(load.waiting as i64);
         self.oldest_wait.clear();
         for k in &load.kinds {
             self.oldest_wait.get_or_create(&vec![("kind", k.kind.as_str())]).set(k.oldest_wait_ms as f64 / 1000.0);
+        }
+    }
+
+    /// Each group's queued and running jobs (groups that emptied go).
+    pub fn set_groups(&self, groups: &[crate::engine::groups::GroupView]) {
+        self.group_jobs.clear();
+        for g in groups {
+            self.group_jobs
+                .get_or_create(&vec![("group", g.name.clone()), ("state", "queued".into())])
+                .set(g.queued as i64);
+            let running = vec![("group", g.name.clone()), ("state", "running".into())];
+            self.group_jobs.get_or_create(&running).set(i64::from(g.running));
         }
     }
 

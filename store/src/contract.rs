@@ -55,6 +55,22 @@ pub struct HeldKey {
     pub until_ms: Option<u64>,
 }
 
+/// What a named document is: a group's limits or a recurring schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NamedKind {
+    Group,
+    Schedule,
+}
+
+impl NamedKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NamedKind::Group => "group",
+            NamedKind::Schedule => "schedule",
+        }
+    }
+}
+
 /// A state change to make durable, in the order given.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreOp {
@@ -128,6 +144,12 @@ pub enum StoreOp {
         at_ms: u64,
         /// A `unique_key` held while the job was not finished: free now.
         release_key: Option<String>,
+    },
+    /// A named document (JSON) stored, or with none removed.
+    Named {
+        kind: NamedKind,
+        name: String,
+        doc: Option<String>,
     },
 }
 

@@ -150,6 +150,7 @@ pub async fn copy(
     }
     report.config_versions = copy_config(&source, &client).await?;
     copy_keys(&source, &client).await?;
+    copy_named(&source, &client).await?;
     let mining = from.with_file_name("mining.db");
     if mining.is_file() {
         report.mining = copy_mining(&mining, &mut client).await?;
@@ -297,6 +298,22 @@ async fn copy_keys(source: &Connection, client: &tokio_postgres::Client) -> Resu
             .execute(
                 "INSERT INTO unique_keys (key, job, until_ms) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
                 &[&key, &uuid(&job)?, &until],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Groups' limits and recurring schedules (a copy resumed writes the same rows again).
+async fn copy_named(source: &Connection, client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    let mut stmt = source.prepare("SELECT kind, name, doc FROM named")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+    for row in rows {
+        let (kind, name, doc) = row?;
+        client
+            .execute(
+                "INSERT INTO named (kind, name, doc) VALUES ($1, $2, $3) ON CONFLICT (kind, name) DO UPDATE SET doc = excluded.doc",
+                &[&kind, &name, &doc],
             )
             .await?;
     }

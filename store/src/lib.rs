@@ -33,7 +33,7 @@ pub mod settings;
 mod sqlite;
 mod writer;
 pub use contract::{
-    DEFAULT_PAGE, HeldKey, JobFilter, MAX_PAGE, Outcome, Page, RestoredJob, Retention, StoreOp, Transition,
+    DEFAULT_PAGE, HeldKey, JobFilter, MAX_PAGE, NamedKind, Outcome, Page, RestoredJob, Retention, StoreOp, Transition,
 };
 pub use pg::lease::{Election, Leader};
 
@@ -251,6 +251,14 @@ impl Store {
         match &self.reader {
             Reader::Sqlite(c, _) => Self::sqlite(c, move |c| sqlite::read::held_keys(c, now_ms)).await,
             Reader::Postgres(p) => pg::read::held_keys(p, now_ms).await,
+        }
+    }
+
+    /// Every document of `kind` stored (name, JSON), by name.
+    pub async fn named(&self, kind: NamedKind) -> Result<Vec<(String, String)>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(c, _) => Self::sqlite(c, move |c| sqlite::read::named(c, kind)).await,
+            Reader::Postgres(p) => pg::read::named(p, kind).await,
         }
     }
 

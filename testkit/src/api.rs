@@ -108,7 +108,11 @@ impl Api {
     }
 
     pub async fn cancel(&self, id: &str) -> (StatusCode, Value) {
-        let resp = self.http.delete(self.url(&format!("/api/jobs/{id}"))).send().await.expect("DELETE");
+        self.delete(&format!("/api/jobs/{id}")).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self.http.delete(self.url(path)).send().await.expect("DELETE");
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
     }

@@ -169,3 +169,58 @@ async fn options_that_cannot_hold_are_refused_clearly() {
     assert_eq!(listed["jobs"], json!([]), "nothing was made: {listed}");
     let _: Value = listed;
 }
+
+#[tokio::test]
+async fn a_groups_limits_hold_its_jobs_back_and_outlive_a_restart() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    let limits = json!({"max_running": 1, "rate": "100/s", "weight": 2});
+    let (status, group) = c.api.put("/api/groups/tenant-a", &limits).await;
+    assert_eq!(status, StatusCode::OK, "{group}");
+    assert_eq!((group["max_running"].as_u64(), group["weight"].as_u64()), (Some(1), Some(2)), "{group}");
+    let mut w = Scripted::start(&c, "s1", &[KIND], 4).await;
+    for _ in 0..3 {
+        assert_eq!(submit(&c, json!({"group": "tenant-a"})).await.0, StatusCode::ACCEPTED);
+    }
+    let (_, other) = submit(&c, json!({"group": "tenant-b"})).await;
+    let first = w.next_unit().await;
+    let second = w.next_unit().await;
+    assert!(
+        [&first, &second].iter().any(|u| u.job_id.to_string() == other["id"].as_str().unwrap()),
+        "b is not held back by a's limit"
+    );
+    let groups = eventually("a held back at max_running", || async {
+        let all = c.api.get("/api/groups").await.1;
+        let a = all["groups"].as_array()?.iter().find(|g| g["name"] == "tenant-a")?.clone();
+        (a["held"] == json!(true) && a["running"] == json!(1) && a["queued"] == json!(2)).then_some(all)
+    })
+    .await;
+    assert!(groups["groups"].as_array().unwrap().iter().any(|g| g["name"] == "tenant-b"), "{groups}");
+    let metrics = c.api.text("/metrics").await;
+    assert!(metrics.contains(r#"faena_group_jobs{group="tenant-a",state="queued"} 2"#), "{metrics}");
+    assert_eq!(w.pending_units(), 0, "a's other jobs wait");
+
+    // The limits are stored: a restarted master keeps them.
+    drop(w);
+    c.master().kill9().await;
+    c.restart_master().await;
+    let (status, again) = c.api.get("/api/groups/tenant-a").await;
+    assert_eq!(
+        (status, &again["max_running"], &again["rate"]),
+        (StatusCode::OK, &json!(1), &json!("100/s")),
+        "{again}"
+    );
+    assert_eq!(c.api.delete("/api/groups/tenant-a").await.0, StatusCode::OK);
+
+    for (body, says) in [
+        (json!({"rate": "0/s"}), "never run"),
+        (json!({"rate": "fast"}), "N/s"),
+        (json!({"max_running": 0}), "max_running"),
+        (json!({"weight": 0}), "weight"),
+    ] {
+        let (status, err) = c.api.put("/api/groups/tenant-a", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {err}");
+        assert!(err["error"]["message"].as_str().is_some_and(|m| m.contains(says)), "{body}: {err}");
+    }
+    let (status, err) = c.api.put("/api/groups/no%20spaces", &json!({})).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_group")), "{err}");
+}

@@ -102,6 +102,18 @@ impl Actor {
         match cmd {
             Command::Submit(jobs, known, reply) => self.submit(now, jobs, known, reply),
             Command::Flushed(reply) => self.after_commit(reply, Ok(())),
+            Command::SetGroup(name, limits, reply) => match self.engine.set_group(now, &name, limits) {
+                Ok(()) => {
+                    self.apply();
+                    self.after_commit(reply, Ok(()));
+                }
+                Err(full) => {
+                    let _ = reply.send(Err(CoordError::Refused(SubmitError::Groups(full))));
+                }
+            },
+            Command::Groups(reply) => {
+                let _ = reply.send(self.engine.groups());
+            }
             Command::Cancel(id, reply) => {
                 if self.engine.cancel(now, id) {
                     self.apply();
@@ -195,6 +207,7 @@ impl Actor {
                     }
                 }
                 self.deps.metrics.set_load(&states, &self.engine.load(now));
+                self.deps.metrics.set_groups(&self.engine.groups());
                 let _ = reply.send(());
             }
         }
@@ -297,7 +310,7 @@ impl Actor {
                         }
                         StoreOp::Finished { state, .. } => self.deps.metrics.entered(*state),
                         StoreOp::Released { state, .. } => self.deps.metrics.entered(*state),
-                        StoreOp::Reprioritised { .. } => {}
+                        StoreOp::Reprioritised { .. } | StoreOp::Named { .. } => {}
                     }
                     self.positions_dirty = true;
                     self.deps.store.write(op);

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::ai_cache::AiCache;
+use crate::engine::groups::{GroupView, Limits};
 use crate::engine::{Accepted, ActiveView, Engine, LeaseError, LeaseRef, NewJob, Outcome, QueueFull, SubmitError};
 use crate::engine::{RegisterOutcome, Registration, Unmovable};
 use crate::hub::Hub;
@@ -80,6 +81,8 @@ enum Command {
     Submit(Vec<NewJob>, HashMap<JobId, faena_store::Outcome>, Reply<Result<Vec<Accepted>, CoordError>>),
     /// Answers once everything before it is durable.
     Flushed(Reply<Result<(), CoordError>>),
+    SetGroup(String, Option<Limits>, Reply<Result<(), CoordError>>),
+    Groups(Reply<Vec<GroupView>>),
     Cancel(JobId, Reply<Result<Cancelled, CoordError>>),
     Reprioritise(JobId, faena_proto::jobs::Priority, Reply<Result<JobId, CoordError>>),
     View(JobId, Reply<Option<ActiveView>>),
@@ -178,6 +181,16 @@ impl Coordinator {
         known: HashMap<JobId, faena_store::Outcome>,
     ) -> Result<Vec<Accepted>, CoordError> {
         self.ask(|r| Command::Submit(jobs, known, r)).await?
+    }
+
+    /// Sets (none: removes) a group's limits; answers once stored.
+    pub async fn set_group(&self, name: String, limits: Option<Limits>) -> Result<(), CoordError> {
+        self.ask(|r| Command::SetGroup(name, limits, r)).await?
+    }
+
+    /// Every group with jobs or limits.
+    pub async fn groups(&self) -> Result<Vec<GroupView>, CoordError> {
+        self.ask(Command::Groups).await
     }
 
     /// Waits until everything the engine did so far is stored.

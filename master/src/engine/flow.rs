@@ -22,7 +22,7 @@ impl Engine {
             return;
         }
         'placing: loop {
-            for (_, lane, id) in self.queue.heads() {
+            for (lane, id) in self.queue.heads() {
                 let split = self.mining.contains(&id);
                 let holders = if split { self.mining.holders(&id) } else { Default::default() };
                 let Some(worker) = self.workers.pick(lane, |w| holders.contains(w)) else { continue };
@@ -39,8 +39,9 @@ impl Engine {
 
     /// Sends `id` to `worker` as a new attempt.
     pub(super) fn dispatch(&mut self, now: Now, id: JobId, worker: WorkerId) {
-        self.queue.remove(&id);
+        self.queue.dispatched(&id);
         let Some(job) = self.jobs.get_mut(&id) else { return };
+        let group = job.group;
         job.attempts += 1;
         let token = FencingToken::new();
         let attempt = job.attempts;
@@ -61,6 +62,10 @@ impl Engine {
         if let Some(ms) = timeout {
             self.timeouts.set(id, now.mono + std::time::Duration::from_millis(ms));
         }
+        if group != crate::queue::NO_GROUP {
+            self.groups.started(group, now.mono);
+            self.refresh_group(now, group);
+        }
         if let Some(w) = self.workers.get_mut(&worker) {
             w.running.insert(id, kind);
         }
@@ -75,10 +80,16 @@ impl Engine {
         self.effects.push(Effect::Dispatch { worker, unit, waited });
     }
 
-    pub(super) fn release_lease(&mut self, id: JobId) -> Option<Lease> {
-        let lease = self.jobs.get_mut(&id)?.lease.take()?;
+    pub(super) fn release_lease(&mut self, now: Now, id: JobId) -> Option<Lease> {
+        let job = self.jobs.get_mut(&id)?;
+        let lease = job.lease.take()?;
+        let group = job.group;
         self.lease_deadlines.remove(&id);
         self.timeouts.remove(&id);
+        if group != crate::queue::NO_GROUP {
+            self.groups.stopped(group);
+            self.refresh_group(now, group);
+        }
         if let Some(w) = self.workers.get_mut(&lease.worker) {
             w.running.remove(&id);
         }
@@ -89,7 +100,7 @@ impl Engine {
     /// to its mining job; with a retry policy, scheduled until its backoff
     /// ends), or fails once its attempts are used up.
     pub(super) fn requeue(&mut self, now: Now, id: JobId, reason: String, counts: bool) {
-        let worker = self.release_lease(id).map(|l| l.worker);
+        let worker = self.release_lease(now, id).map(|l| l.worker);
         let Some(job) = self.jobs.get_mut(&id) else { return };
         if !counts {
             job.attempts = job.attempts.saturating_sub(1);
@@ -175,9 +186,12 @@ impl Engine {
         result: Option<Value>,
         error: Option<String>,
     ) -> Option<(ActiveJob, Option<Lease>)> {
-        let lease = self.release_lease(id);
+        let lease = self.release_lease(now, id);
         self.queue.remove(&id);
         let job = self.jobs.remove(&id)?;
+        if job.group != crate::queue::NO_GROUP {
+            self.groups.leave(job.group);
+        }
         self.delayed.remove(&id);
         self.deps.remove(&id);
         if self.deps.has_dependents(&id) {

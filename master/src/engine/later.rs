@@ -14,6 +14,7 @@ use faena_proto::options::ErrorCode;
 
 use super::deps::Verdict;
 use super::{Effect, Engine, Now, StoreOp};
+use crate::queue::{Group, NO_GROUP};
 
 impl Engine {
     /// A job's state now, if it is active here.
@@ -38,10 +39,7 @@ impl Engine {
     /// When the engine next has something due: a scheduled job, or an
     /// attempt's timeout. The coordinator wakes it then ([`Engine::wake`]).
     pub fn next_wake(&self) -> Option<Instant> {
-        match (self.delayed.next(), self.timeouts.next()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.delayed.next(), self.timeouts.next(), self.groups.due.next()].into_iter().flatten().min()
     }
 
     /// Queues the scheduled jobs whose time came and ends attempts that
@@ -52,6 +50,9 @@ impl Engine {
     }
 
     pub(super) fn due(&mut self, now: Now) {
+        for group in self.groups.due.expired(now.mono) {
+            self.refresh_group(now, group);
+        }
         for id in self.delayed.expired(now.mono) {
             let Some(job) = self.jobs.get_mut(&id) else { continue };
             job.run_at_ms = None;
@@ -100,11 +101,42 @@ impl Engine {
         }
     }
 
-    /// Queues `id` by its priority and age.
+    /// Queues `id` by its priority, its group's fair share and its age
+    /// (back at its old place if it was queued before).
     pub(super) fn enqueue(&mut self, now: Now, id: JobId) -> u64 {
         let Some(job) = self.jobs.get_mut(&id) else { return 0 };
         job.enqueued_at = now.mono;
-        self.queue.push(id, job.lane, (job.priority, job.seq))
+        let group = job.group;
+        let (ahead, tag) = self.queue.push(id, job.lane, group, (job.priority, job.seq), job.tag);
+        job.tag = Some(tag);
+        // A group held back by its rate with nothing queued had no wake-up set.
+        if self.queue.is_blocked(group) && self.groups.due.get(&group).is_none() {
+            self.refresh_group(now, group);
+        }
+        ahead
+    }
+
+    /// Holds `group` back in the queue while it is at a limit (and wakes
+    /// the engine when its rate lets it go again), or lets it go.
+    pub(super) fn refresh_group(&mut self, now: Now, group: Group) {
+        if group == NO_GROUP {
+            return;
+        }
+        match self.groups.may_run(group, now.mono) {
+            Ok(()) => {
+                self.groups.due.remove(&group);
+                self.queue.block(group, false);
+            }
+            Err(until) => {
+                self.queue.block(group, true);
+                match until {
+                    Some(t) if self.queue.group_len(group) > 0 => self.groups.due.set(group, t),
+                    _ => {
+                        self.groups.due.remove(&group);
+                    }
+                }
+            }
+        }
     }
 
     /// Records and tells that a scheduled or waiting job moved on.

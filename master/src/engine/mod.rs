@@ -35,6 +35,7 @@ use serde_json::Value;
 pub mod deadlines;
 mod deps;
 mod flow;
+pub mod groups;
 mod later;
 pub mod mining;
 mod ops;
@@ -45,12 +46,13 @@ mod units;
 
 use deadlines::Deadlines;
 use deps::Deps;
+use groups::Groups;
 use mining::Mining;
 pub use submit::{Accepted, SubmitError};
 pub use types::*;
 use unique::UniqueKeys;
 
-use crate::queue::{Lane, Queue};
+use crate::queue::{Group, Lane, NO_GROUP, Queue};
 use crate::scheduler::{Availability, Scheduler, Worker};
 
 /// How many finished jobs are remembered to recognise duplicate results.
@@ -83,6 +85,9 @@ struct ActiveJob {
     run_at_ms: Option<u64>,
     /// Its parents' results, by id, once they all ended (for its unit).
     parents: Option<Arc<serde_json::Map<String, Value>>>,
+    group: Group,
+    /// Its fair-share place, once it was queued (it goes back there).
+    tag: Option<u64>,
 }
 
 impl ActiveJob {
@@ -104,6 +109,8 @@ impl ActiveJob {
             opts: None,
             run_at_ms: None,
             parents: None,
+            group: NO_GROUP,
+            tag: None,
         }
     }
 
@@ -157,6 +164,7 @@ pub struct Engine {
     /// Waiting jobs one of whose parents ended: decided at the next step.
     to_settle: Vec<JobId>,
     unique: UniqueKeys,
+    groups: Groups,
     /// The engine's own random numbers (backoff jitter).
     rng: u64,
 }
@@ -195,6 +203,7 @@ impl Engine {
             deps: Deps::default(),
             to_settle: Vec::new(),
             unique: UniqueKeys::new(cfg.max_unique_keys),
+            groups: Groups::new(cfg.max_groups),
             rng: 0x9E37_79B9_7F4A_7C15,
             cfg,
         }
@@ -542,6 +551,8 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
+mod group_tests;
 #[cfg(test)]
 mod later_tests;
 #[cfg(test)]

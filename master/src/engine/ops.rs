@@ -7,6 +7,9 @@ use std::time::Duration;
 use faena_proto::ids::{JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobState, Priority};
 
+use faena_store::NamedKind;
+
+use super::groups::{GroupView, GroupsFull, Limits};
 use super::{ActiveView, Effect, Engine, KindLoad, Load, Now, StoreOp, Unmovable};
 use crate::engine::LeaseError;
 
@@ -82,9 +85,14 @@ impl Engine {
             return Ok(id);
         }
         job.priority = priority;
-        let (lane, seq, attempts) = (job.lane, job.seq, job.attempts);
+        // Its place at the new priority: behind its group's jobs there.
+        job.tag = None;
+        let (attempts, since) = (job.attempts, job.enqueued_at);
         if self.queue.remove(&id) {
-            self.queue.push(id, lane, (priority, seq));
+            self.enqueue(now, id);
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.enqueued_at = since;
+            }
         }
         let state = self.state_of(&id).unwrap_or(JobState::Queued);
         self.effects.push(Effect::Store(StoreOp::Reprioritised {
@@ -107,6 +115,50 @@ impl Engine {
         self.draining_until = (!ids.is_empty()).then(|| now.mono + hold);
         self.workers.set_retiring(ids);
         self.schedule(now);
+    }
+
+    /// Sets (or with none, removes) group `name`'s limits, stored with the
+    /// next commit; its jobs are held back or let go at once.
+    pub fn set_group(&mut self, now: Now, name: &str, limits: Option<Limits>) -> Result<(), GroupsFull> {
+        if self.groups.id(name).is_none() {
+            self.groups.check_room(std::iter::once(name))?;
+        }
+        let doc = limits.as_ref().and_then(|l| serde_json::to_string(l).ok());
+        self.apply_group(now, name, limits);
+        self.effects.push(Effect::Store(StoreOp::Named { kind: NamedKind::Group, name: name.to_owned(), doc }));
+        self.schedule(now);
+        Ok(())
+    }
+
+    /// Groups' limits read back from the store.
+    pub fn restore_groups(&mut self, now: Now, groups: Vec<(String, Limits)>) {
+        for (name, limits) in groups {
+            self.apply_group(now, &name, Some(limits));
+        }
+    }
+
+    fn apply_group(&mut self, now: Now, name: &str, limits: Option<Limits>) {
+        let (g, weight) = self.groups.set_limits(name, limits, now.mono);
+        self.queue.set_weight(g, weight);
+        self.refresh_group(now, g);
+    }
+
+    /// Every group with jobs or limits, by name.
+    pub fn groups(&self) -> Vec<GroupView> {
+        let mut all: Vec<GroupView> = self
+            .groups
+            .all()
+            .map(|(g, name, jobs, running, limits)| GroupView {
+                name: name.to_owned(),
+                jobs,
+                queued: self.queue.group_len(g),
+                running,
+                limits: limits.cloned().unwrap_or_default(),
+                held: self.queue.is_blocked(g),
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     /// What waits (per kind, and how long the longest has) and what runs.

@@ -33,6 +33,8 @@ pub enum SubmitError {
     Full(#[from] QueueFull),
     #[error(transparent)]
     Keys(#[from] super::unique::KeysFull),
+    #[error(transparent)]
+    Groups(#[from] super::groups::GroupsFull),
     #[error("after: job {0} is unknown (never submitted, or removed by retention)")]
     UnknownParent(JobId),
     #[error("after: job {0} is a unit of a mining job; name its mining job instead")]
@@ -78,6 +80,8 @@ impl Engine {
             return Err(QueueFull { capacity: self.cfg.queue_capacity }.into());
         }
         self.unique.check_room(taken.len())?;
+        let groups = jobs.iter().enumerate().filter(|(i, _)| !holders.contains_key(i));
+        self.groups.check_room(groups.filter_map(|(_, j)| j.opts.as_ref()?.group.as_deref()))?;
         // A batch job naming a duplicate waits for its holder.
         let alias: HashMap<JobId, JobId> = holders.iter().map(|(i, h)| (jobs[*i].id, *h)).collect();
         let batch: HashSet<JobId> =
@@ -174,6 +178,9 @@ impl Engine {
         job.retry_of = j.retry_of;
         job.opts = j.opts.clone().filter(|o| !o.is_default());
         let opts = job.opts.clone().unwrap_or_default();
+        if let Some(group) = &opts.group {
+            job.group = self.groups.join(group);
+        }
         if let Some(key) = &opts.unique_key {
             self.unique.take(key.clone(), j.id, opts.unique_for_s, now);
         }
@@ -223,6 +230,10 @@ impl Engine {
             job.attempts = j.attempts;
             job.retry_of = j.retry_of;
             job.opts = j.opts.clone();
+            if let Some(group) = j.opts.as_ref().and_then(|o| o.group.as_deref()) {
+                // A restart keeps every group its jobs name, past the bound if need be.
+                job.group = self.groups.join(group);
+            }
             let split = match &*spec {
                 JobSpec::RandomxMine(p) => self.mining.add(j.id, p.clone()),
                 _ => false,
@@ -235,7 +246,6 @@ impl Engine {
             {
                 job.parents = Some(Arc::new(parent_results(o, &ended)));
             }
-            let lane = job.lane;
             self.jobs.insert(j.id, job);
             match (lease, j.state) {
                 _ if split => {}
@@ -243,7 +253,7 @@ impl Engine {
                 (None, JobState::Waiting) => waiting.push((j.id, ended)),
                 (None, JobState::Scheduled) => self.delay(now, j.id, j.run_at_ms.unwrap_or(now.wall_ms)),
                 (None, _) => {
-                    self.queue.push(j.id, lane, (j.priority, j.seq));
+                    self.enqueue(now, j.id);
                 }
             }
         }

@@ -31,6 +31,7 @@ impl Harness {
             no_worker_timeout: Duration::from_secs(30),
             quarantine: Duration::from_secs(600),
             max_unique_keys: 1_000,
+            max_groups: 100,
         };
         Self { engine: Engine::new(cfg), now: Now { mono: Instant::now(), wall_ms: 1_000 } }
     }

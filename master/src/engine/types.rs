@@ -34,6 +34,8 @@ pub struct EngineConfig {
     pub quarantine: Duration,
     /// Most unique keys held at once.
     pub max_unique_keys: usize,
+    /// Most groups known at once (with jobs or limits).
+    pub max_groups: usize,
 }
 
 impl EngineConfig {

@@ -153,7 +153,7 @@ impl Engine {
             // Output that did not come through the verifier counts for nothing.
             Outcome::Success(_) => {
                 let attempts = self.jobs.get(&unit).map_or(0, |j| j.attempts);
-                self.release_lease(unit);
+                self.release_lease(now, unit);
                 self.unit_lost(now, unit, attempts, "its output was not a mining unit's");
             }
             Outcome::Failure { message, retryable: true } => self.requeue(now, unit, message, true),
@@ -204,11 +204,8 @@ impl Engine {
                 return;
             }
             Verdict::Requeue(progress) => {
-                if let Some(j) = self.jobs.get_mut(&job)
-                    && !self.queue.contains(&job)
-                {
-                    j.enqueued_at = now.mono;
-                    self.queue.push(job, j.lane, (j.priority, j.seq));
+                if self.jobs.contains_key(&job) && !self.queue.contains(&job) {
+                    self.enqueue(now, job);
                 }
                 progress
             }

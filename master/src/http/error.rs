@@ -99,6 +99,9 @@ impl From<CoordError> for AppError {
             CoordError::Refused(e @ SubmitError::Keys(_)) => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "unique_keys_full", e.to_string())
             }
+            CoordError::Refused(e @ SubmitError::Groups(_)) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "groups_full", e.to_string())
+            }
             CoordError::Refused(e @ SubmitError::Settling(_)) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "parent_settling", e.to_string())
             }

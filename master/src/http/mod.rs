@@ -30,6 +30,7 @@ use crate::store::{Store, rfc3339};
 
 mod config;
 mod error;
+mod groups;
 mod jobs;
 pub mod listen;
 mod mining;
@@ -91,6 +92,8 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
         .route("/api/jobs/{id}/retry", post(jobs::retry))
         .route("/api/jobs/{id}/events", get(job_events))
         .route("/api/jobs/{id}/history", get(job_history))
+        .route("/api/groups", get(groups::list))
+        .route("/api/groups/{name}", get(groups::get).put(groups::put).delete(groups::delete))
         .route("/api/workers", get(workers))
         .route("/api/workers/draining", put(scaling::drain))
         .route("/api/load", get(scaling::load))

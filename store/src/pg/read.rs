@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use faena_proto::jobs::JobState;
 
 use super::{VIEW_COLUMNS, VIEW_WIDTH, view};
-use crate::contract::{HeldKey, Outcome, UNFINISHED};
+use crate::contract::{HeldKey, NamedKind, Outcome, UNFINISHED};
 use crate::{RestoredJob, StoreError, Transition};
 
 async fn client(pool: &Pool) -> Result<deadpool_postgres::Client, StoreError> {
@@ -161,4 +161,11 @@ pub(crate) async fn bytes(pool: &Pool) -> Result<u64, StoreError> {
     let c = client(pool).await?;
     let n: i64 = c.query_one("SELECT pg_database_size(current_database())", &[]).await?.try_get(0)?;
     Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Every document of `kind` (name, JSON), by name.
+pub(crate) async fn named(pool: &Pool, kind: NamedKind) -> Result<Vec<(String, String)>, StoreError> {
+    let c = client(pool).await?;
+    let rows = c.query("SELECT name, doc FROM named WHERE kind = $1 ORDER BY name", &[&kind.as_str()]).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }

@@ -145,7 +145,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (
         7,
-        "delayed and waiting jobs, their options, unique keys",
+        "delayed and waiting jobs, their options, unique keys, groups' limits and schedules",
         // A job's options (JSON, null when it asks for nothing), the time
         // a scheduled job queues, and the schedule that fired it (listed
         // by it). Unfinished now counts scheduled and waiting jobs: the
@@ -160,7 +160,13 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         job UUID NOT NULL,
         until_ms BIGINT
     );
-    CREATE INDEX unique_keys_until ON unique_keys (until_ms) WHERE until_ms IS NOT NULL;",
+    CREATE INDEX unique_keys_until ON unique_keys (until_ms) WHERE until_ms IS NOT NULL;
+    CREATE TABLE named (
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (kind, name)
+    );",
     ),
 ];
 

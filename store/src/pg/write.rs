@@ -13,6 +13,9 @@ use tokio_postgres::{Client, Config, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
+mod side;
+use side::KeyChange;
+
 use crate::contract::{held_key, inserted_detail, opts_column, requeued_state};
 use crate::writer::Apply;
 use crate::{Retention, StoreError, StoreOp, UNFENCED};
@@ -39,6 +42,12 @@ const UPDATE: &str = "UPDATE jobs AS j SET
 const TAKE_KEYS: &str = "INSERT INTO unique_keys (key, job, until_ms)
     SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::int8[])
     ON CONFLICT (key) DO UPDATE SET job = excluded.job, until_ms = excluded.until_ms";
+
+/// Named documents (groups' limits, schedules) written by the group.
+const PUT_NAMED: &str = "INSERT INTO named (kind, name, doc) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])
+    ON CONFLICT (kind, name) DO UPDATE SET doc = excluded.doc";
+const DELETE_NAMED: &str = "DELETE FROM named AS n USING UNNEST($1::text[], $2::text[]) AS d(kind, name)
+    WHERE n.kind = d.kind AND n.name = d.name";
 
 /// Keys whose time ran out, before new ones are taken.
 const EXPIRE_KEYS: &str = "DELETE FROM unique_keys WHERE until_ms < $1";
@@ -98,6 +107,8 @@ struct Conn {
     take_keys: Statement,
     free_keys: Statement,
     expire_keys: Statement,
+    put_named: Statement,
+    delete_named: Statement,
 }
 
 /// The writer's connection (made again after a failure) and what it
@@ -154,34 +165,36 @@ impl Apply for Writer {
                 // and COMMIT are sent together and answered together. Any
                 // failure aborts the transaction, and the server takes the
                 // COMMIT that follows as a ROLLBACK: nothing applied.
-                let (begin, fenced, inserted, updated, recorded, keys, commit) = tokio::join!(
+                let (begin, fenced, inserted, updated, recorded, keys, named, commit) = tokio::join!(
                     async { client.batch_execute("BEGIN").await.map_err(StoreError::from) },
                     fence(client, &conn.fence, epoch),
                     group.insert(client, insert),
                     group.update(client, update),
                     group.record(client, record, epoch),
                     group.keys(client, [&conn.expire_keys, &conn.take_keys, &conn.free_keys], created),
+                    group.named(client, [&conn.put_named, &conn.delete_named]),
                     async { client.batch_execute("COMMIT").await.map_err(StoreError::from) },
                 );
                 // Every answer is awaited (join, not try_join: which future
                 // a join polls first varies), so the fence's refusal is
                 // told as such, not as the aborted statements behind it.
                 fenced?;
-                begin.and(inserted).and(updated).and(recorded).and(keys).and(commit)?;
+                begin.and(inserted).and(updated).and(recorded).and(keys).and(named).and(commit)?;
                 self.next_row = next_row;
                 self.created = created;
                 return Ok(Vec::new());
             }
             let mut tx = conn.client.transaction().await?;
-            let (fenced, inserted, updated, recorded, keys) = tokio::join!(
+            let (fenced, inserted, updated, recorded, keys, named) = tokio::join!(
                 fence(tx.client(), &conn.fence, epoch),
                 group.insert(tx.client(), insert),
                 group.update(tx.client(), update),
                 group.record(tx.client(), record, epoch),
-                group.keys(tx.client(), [&conn.expire_keys, &conn.take_keys, &conn.free_keys], created)
+                group.keys(tx.client(), [&conn.expire_keys, &conn.take_keys, &conn.free_keys], created),
+                group.named(tx.client(), [&conn.put_named, &conn.delete_named])
             );
             fenced?;
-            inserted.and(updated).and(recorded).and(keys)?;
+            inserted.and(updated).and(recorded).and(keys).and(named)?;
             let mut pruned = Vec::with_capacity(prunes);
             for _ in 0..prunes {
                 let sp = tx.savepoint("prune").await?;
@@ -226,6 +239,8 @@ async fn connect(config: &Config, tls: &MakeRustlsConnect) -> Result<Conn, Store
         take_keys: client.prepare(TAKE_KEYS).await?,
         free_keys: client.prepare(FREE_KEYS).await?,
         expire_keys: client.prepare(EXPIRE_KEYS).await?,
+        put_named: client.prepare(PUT_NAMED).await?,
+        delete_named: client.prepare(DELETE_NAMED).await?,
         client,
     })
 }
@@ -293,15 +308,6 @@ struct New {
     patch: Patch,
 }
 
-/// What a group does to a unique key in the end.
-#[derive(Debug)]
-enum KeyChange {
-    /// Held by this job until then (none: until it finishes).
-    Take(Uuid, Option<i64>),
-    /// Freed by this job, if it still holds it.
-    Free(Uuid),
-}
-
 /// A group folded per job: new jobs, changes to older ones, history rows
 /// in order.
 #[derive(Debug, Default)]
@@ -312,6 +318,8 @@ struct Group {
     changed_at: HashMap<JobId, usize>,
     history: Vec<HistoryRow>,
     keys: HashMap<String, KeyChange>,
+    /// Each named document's last write in the group (none: removed).
+    named: HashMap<(&'static str, String), Option<String>>,
 }
 
 impl Group {
@@ -344,6 +352,9 @@ impl Group {
                     *next_row += 1;
                     let detail = inserted_detail(*parent, *retry_of, *run_at_ms);
                     g.history.push((id.0, *created, state.as_str().into(), 0, None, detail));
+                }
+                StoreOp::Named { kind, name, doc } => {
+                    g.named.insert((kind.as_str(), name.clone()), doc.clone());
                 }
                 StoreOp::Released { id, state, run_at_ms, attempts, detail, at_ms } => {
                     let p = g.patch(*id);
@@ -469,33 +480,6 @@ impl Group {
             ],
         )
         .await?;
-        Ok(())
-    }
-
-    /// The group's unique keys: those expired by `now` dropped, then the
-    /// group's taken and freed.
-    async fn keys(&self, tx: &Client, [expire, take, free]: [&Statement; 3], now: i64) -> Result<(), StoreError> {
-        let (mut taken, mut freed) = ((Vec::new(), Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
-        for (key, change) in &self.keys {
-            match change {
-                KeyChange::Take(job, until) => {
-                    taken.0.push(key.as_str());
-                    taken.1.push(*job);
-                    taken.2.push(*until);
-                }
-                KeyChange::Free(job) => {
-                    freed.0.push(key.as_str());
-                    freed.1.push(*job);
-                }
-            }
-        }
-        if !taken.0.is_empty() {
-            tx.execute(expire, &[&now]).await?;
-            tx.execute(take, &[&taken.0, &taken.1, &taken.2]).await?;
-        }
-        if !freed.0.is_empty() {
-            tx.execute(free, &[&freed.0, &freed.1]).await?;
-        }
         Ok(())
     }
 

@@ -176,7 +176,8 @@ impl Layout {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS generations (gen INTEGER PRIMARY KEY, opened_at INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS unique_keys (key TEXT PRIMARY KEY, job TEXT NOT NULL, until_ms INTEGER);
-            CREATE INDEX IF NOT EXISTS unique_keys_until ON unique_keys(until_ms) WHERE until_ms IS NOT NULL;",
+            CREATE INDEX IF NOT EXISTS unique_keys_until ON unique_keys(until_ms) WHERE until_ms IS NOT NULL;
+            CREATE TABLE IF NOT EXISTS named (kind TEXT NOT NULL, name TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (kind, name));",
         )?;
         let mut ids: Vec<i64> = conn
             .prepare("SELECT gen FROM generations ORDER BY gen")?

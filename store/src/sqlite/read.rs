@@ -14,7 +14,7 @@ use faena_proto::jobs::JobState;
 
 use super::generations::listed;
 use super::{VIEW_COLUMNS, VIEW_WIDTH, view};
-use crate::contract::{HeldKey, Outcome, UNFINISHED};
+use crate::contract::{HeldKey, NamedKind, Outcome, UNFINISHED};
 use crate::{RestoredJob, StoreError, Transition};
 
 const RESTORED_COLUMNS: &str = "id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of, opts, run_at";
@@ -200,4 +200,11 @@ pub(crate) fn held_keys(conn: &Connection, now_ms: u64) -> Result<Vec<HeldKey>, 
         }
     }
     Ok(out)
+}
+
+/// Every document of `kind` (name, JSON), by name.
+pub(crate) fn named(conn: &Connection, kind: NamedKind) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = conn.prepare("SELECT name, doc FROM named WHERE kind = ?1 ORDER BY name")?;
+    let rows = stmt.query_map([kind.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -179,6 +179,14 @@ fn apply_one(
                 tx.prepare_cached("DELETE FROM unique_keys WHERE key = ?1 AND job = ?2")?.execute(params![key, id])?;
             }
         }
+        StoreOp::Named { kind, name, doc: Some(doc) } => {
+            tx.prepare_cached("INSERT OR REPLACE INTO named (kind, name, doc) VALUES (?1, ?2, ?3)")?
+                .execute(params![kind.as_str(), name, doc])?;
+        }
+        StoreOp::Named { kind, name, doc: None } => {
+            tx.prepare_cached("DELETE FROM named WHERE kind = ?1 AND name = ?2")?
+                .execute(params![kind.as_str(), name])?;
+        }
     }
     Ok(())
 }
