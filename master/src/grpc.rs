@@ -97,6 +97,7 @@ fn to_status(e: CoordError) -> Status {
     match e {
         CoordError::Malformed(m) => Status::invalid_argument(m),
         CoordError::Refused(e) => Status::invalid_argument(e.to_string()),
+        CoordError::Schedule(e) => Status::invalid_argument(e.to_string()),
         CoordError::Lease(LeaseError::UnknownWorker(w)) => {
             Status::aborted(format!("worker {w} is not registered; register again"))
         }

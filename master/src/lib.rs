@@ -249,6 +249,8 @@ pub async fn run(
     let restored = store.load_unfinished().await?;
     engine.restore_keys(engine::Now::system(), store.held_keys(faena_proto::mqtt::now_ms()).await?);
     engine.restore_groups(engine::Now::system(), stored_groups(&store).await?);
+    let schedules = stored_schedules(&store).await?;
+    engine.restore_schedules(engine::Now::system(), schedules, store.firings().await?);
     if !restored.is_empty() {
         let running = restored.iter().filter(|j| j.lease.is_some()).count();
         tracing::info!(jobs = restored.len(), running, "recovered unfinished jobs from the store");
@@ -513,6 +515,20 @@ pub async fn run(
     }
     tracing::info!("faena-master stopped");
     Ok(())
+}
+
+/// Recurring schedules as stored (one that no longer parses is left out, logged).
+async fn stored_schedules(
+    store: &store::Store,
+) -> Result<Vec<(String, engine::schedules::ScheduleSpec)>, store::StoreError> {
+    let mut out = Vec::new();
+    for (name, doc) in store.named(store::NamedKind::Schedule).await? {
+        match serde_json::from_str(&doc) {
+            Ok(spec) => out.push((name, spec)),
+            Err(e) => tracing::error!(schedule = %name, error = %e, "a stored schedule does not parse; left out"),
+        }
+    }
+    Ok(out)
 }
 
 /// Groups' limits as stored (one that no longer parses is left out, logged).

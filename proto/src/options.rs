@@ -135,6 +135,9 @@ pub struct JobOptions {
     /// The recurring schedule whose firing made this job.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// The firing time it was made for (ms since the UNIX epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fired_for_ms: Option<u64>,
 }
 
 impl JobOptions {

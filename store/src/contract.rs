@@ -71,6 +71,14 @@ impl NamedKind {
     }
 }
 
+/// A recurring schedule's last firing: when it was for, and the job it
+/// made (none when it made none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firing {
+    pub at_ms: u64,
+    pub job: Option<JobId>,
+}
+
 /// A state change to make durable, in the order given.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreOp {
@@ -144,6 +152,14 @@ pub enum StoreOp {
         at_ms: u64,
         /// A `unique_key` held while the job was not finished: free now.
         release_key: Option<String>,
+    },
+    /// A recurring schedule fired for `at_ms` without making a job (its
+    /// previous job still ran, it was created, or missed firings were
+    /// let go). A firing that makes a job is recorded by that job's
+    /// Insert (its `schedule` and `fired_for_ms`), in the same commit.
+    Fired {
+        schedule: String,
+        at_ms: u64,
     },
     /// A named document (JSON) stored, or with none removed.
     Named {
@@ -290,6 +306,12 @@ impl StoredJob {
             ended_parents: Vec::new(),
         })
     }
+}
+
+/// The firing a new job records: its schedule, the time it was for.
+pub(crate) fn fired_by(opts: &Option<Arc<JobOptions>>) -> Option<(String, i64)> {
+    let o = opts.as_ref()?;
+    Some((o.schedule.clone()?, o.fired_for_ms? as i64))
 }
 
 /// The `unique_keys` row a new job holds: its key, and until when (none:

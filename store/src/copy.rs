@@ -151,6 +151,7 @@ pub async fn copy(
     report.config_versions = copy_config(&source, &client).await?;
     copy_keys(&source, &client).await?;
     copy_named(&source, &client).await?;
+    copy_firings(&source, &client).await?;
     let mining = from.with_file_name("mining.db");
     if mining.is_file() {
         report.mining = copy_mining(&mining, &mut client).await?;
@@ -314,6 +315,24 @@ async fn copy_named(source: &Connection, client: &tokio_postgres::Client) -> Res
             .execute(
                 "INSERT INTO named (kind, name, doc) VALUES ($1, $2, $3) ON CONFLICT (kind, name) DO UPDATE SET doc = excluded.doc",
                 &[&kind, &name, &doc],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Each schedule's last firing, so a copied store fires nothing twice.
+async fn copy_firings(source: &Connection, client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    let mut stmt = source.prepare("SELECT name, at_ms, job FROM schedule_firings")?;
+    let rows =
+        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<String>>(2)?)))?;
+    for row in rows {
+        let (name, at, job) = row?;
+        let job = job.as_deref().map(uuid).transpose()?;
+        client
+            .execute(
+                "INSERT INTO schedule_firings (name, at_ms, job) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET at_ms = excluded.at_ms, job = excluded.job",
+                &[&name, &at, &job],
             )
             .await?;
     }

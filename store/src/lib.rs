@@ -33,7 +33,8 @@ pub mod settings;
 mod sqlite;
 mod writer;
 pub use contract::{
-    DEFAULT_PAGE, HeldKey, JobFilter, MAX_PAGE, NamedKind, Outcome, Page, RestoredJob, Retention, StoreOp, Transition,
+    DEFAULT_PAGE, Firing, HeldKey, JobFilter, MAX_PAGE, NamedKind, Outcome, Page, RestoredJob, Retention, StoreOp,
+    Transition,
 };
 pub use pg::lease::{Election, Leader};
 
@@ -259,6 +260,14 @@ impl Store {
         match &self.reader {
             Reader::Sqlite(c, _) => Self::sqlite(c, move |c| sqlite::read::named(c, kind)).await,
             Reader::Postgres(p) => pg::read::named(p, kind).await,
+        }
+    }
+
+    /// Each recurring schedule's last firing, by name.
+    pub async fn firings(&self) -> Result<HashMap<String, Firing>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(c, _) => Self::sqlite(c, sqlite::read::firings).await,
+            Reader::Postgres(p) => pg::read::firings(p).await,
         }
     }
 

@@ -224,3 +224,74 @@ async fn a_groups_limits_hold_its_jobs_back_and_outlive_a_restart() {
     let (status, err) = c.api.put("/api/groups/no%20spaces", &json!({})).await;
     assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_group")), "{err}");
 }
+
+/// Moves schedule `name`'s last firing back to `at_ms`, in whichever store
+/// the cluster's master uses (stopped).
+fn set_last_firing(c: &Cluster, name: &str, at_ms: u64) {
+    match &c.store {
+        Some(pg) => {
+            pg.sql(&format!("UPDATE schedule_firings SET at_ms = {at_ms} WHERE name = '{name}'"));
+        }
+        None => {
+            let db = rusqlite::Connection::open(c.dir.path().join("data/faena.db")).expect("the store");
+            let n = db
+                .execute(
+                    "UPDATE schedule_firings SET at_ms = ?1 WHERE name = ?2",
+                    rusqlite::params![at_ms as i64, name],
+                )
+                .expect("update");
+            assert_eq!(n, 1);
+        }
+    }
+}
+
+async fn fired(c: &Cluster, name: &str) -> Vec<Value> {
+    c.api.get(&format!("/api/jobs?schedule={name}")).await.1["jobs"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_schedule_catches_up_once_across_restarts_and_refuses_what_cannot_hold() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    let body = json!({"name": "hourly-report", "cron": "0 * * * *", "timezone": "Europe/Madrid",
+        "job": {"kind": KIND, "params": {"report": "sales"}, "priority": "low"}, "catch_up": "all"});
+    let (status, made) = c.api.post("/api/schedules", &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert!(made["next_run_at"].is_string() && made["overlap"] == "skip", "{made}");
+    assert_eq!(c.api.post("/api/schedules", &body).await.0, StatusCode::CONFLICT);
+    let (status, patched) = c.api.patch("/api/schedules/hourly-report", &json!({"overlap": "allow"})).await;
+    assert_eq!((status, patched["overlap"].as_str()), (StatusCode::OK, Some("allow")), "{patched}");
+    for (bad, says) in [
+        (json!({"name": "x", "cron": "0 0 31 2 *", "job": {"kind": "noop"}}), "never fires"),
+        (json!({"name": "x", "cron": "every hour", "job": {"kind": "noop"}}), "cron"),
+        (json!({"name": "x", "cron": "0 * * * *", "timezone": "Mars/Base", "job": {"kind": "noop"}}), "IANA"),
+        (json!({"name": "x", "cron": "0 * * * *", "job": {"kind": "nope"}}), "job"),
+        (json!({"cron": "0 * * * *", "job": {"kind": "noop"}}), "name"),
+        (json!({"name": "x", "cron": "0 * * * *", "job": {"kind": "noop"}, "overlap": "sometimes"}), "overlap"),
+    ] {
+        let (status, err) = c.api.post("/api/schedules", &bad).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_schedule")),
+            "{bad}: {err}"
+        );
+        assert!(err["error"]["message"].as_str().is_some_and(|m| m.contains(says)), "{bad}: {err}");
+    }
+
+    // Down for three hours: three firings were missed, each made once.
+    let hour = 3_600_000;
+    let now = faena_proto::mqtt::now_ms();
+    c.master().kill9().await;
+    set_last_firing(&c, "hourly-report", now - now % hour - 3 * hour);
+    c.restart_master().await;
+    let jobs = eventually("three caught-up firings", || async {
+        Some(fired(&c, "hourly-report").await).filter(|j| j.len() == 3)
+    })
+    .await;
+    assert!(jobs.iter().all(|j| j["priority"] == "low" && j["options"]["schedule"] == "hourly-report"), "{jobs:?}");
+    c.master().kill9().await;
+    c.restart_master().await;
+    assert_eq!(c.api.get("/api/schedules").await.1["schedules"][0]["name"], "hourly-report");
+    assert_eq!(fired(&c, "hourly-report").await.len(), 3, "each firing happened once");
+    assert_eq!(c.api.delete("/api/schedules/hourly-report").await.0, StatusCode::OK);
+    assert_eq!(c.api.get("/api/schedules/hourly-report").await.0, StatusCode::NOT_FOUND);
+}

@@ -111,6 +111,23 @@ impl Actor {
                     let _ = reply.send(Err(CoordError::Refused(SubmitError::Groups(full))));
                 }
             },
+            Command::PutSchedule(name, spec, reply) => match self.engine.put_schedule(now, &name, spec) {
+                Ok(view) => {
+                    self.apply();
+                    self.after_commit(reply, Ok(view));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            Command::DeleteSchedule(name, reply) => {
+                let gone = self.engine.delete_schedule(&name);
+                self.apply();
+                self.after_commit(reply, Ok(gone));
+            }
+            Command::Schedules(reply) => {
+                let _ = reply.send(self.engine.schedules());
+            }
             Command::Groups(reply) => {
                 let _ = reply.send(self.engine.groups());
             }
@@ -310,7 +327,7 @@ impl Actor {
                         }
                         StoreOp::Finished { state, .. } => self.deps.metrics.entered(*state),
                         StoreOp::Released { state, .. } => self.deps.metrics.entered(*state),
-                        StoreOp::Reprioritised { .. } | StoreOp::Named { .. } => {}
+                        StoreOp::Reprioritised { .. } | StoreOp::Named { .. } | StoreOp::Fired { .. } => {}
                     }
                     self.positions_dirty = true;
                     self.deps.store.write(op);

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ai_cache::AiCache;
 use crate::engine::groups::{GroupView, Limits};
+use crate::engine::schedules::{ScheduleSpec, ScheduleView};
 use crate::engine::{Accepted, ActiveView, Engine, LeaseError, LeaseRef, NewJob, Outcome, QueueFull, SubmitError};
 use crate::engine::{RegisterOutcome, Registration, Unmovable};
 use crate::hub::Hub;
@@ -45,6 +46,8 @@ pub enum CoordError {
     QueueFull(#[from] QueueFull),
     #[error(transparent)]
     Refused(SubmitError),
+    #[error(transparent)]
+    Schedule(#[from] crate::engine::ScheduleError),
     #[error(transparent)]
     Lease(#[from] LeaseError),
     #[error(transparent)]
@@ -82,6 +85,9 @@ enum Command {
     /// Answers once everything before it is durable.
     Flushed(Reply<Result<(), CoordError>>),
     SetGroup(String, Option<Limits>, Reply<Result<(), CoordError>>),
+    PutSchedule(String, ScheduleSpec, Reply<Result<ScheduleView, CoordError>>),
+    DeleteSchedule(String, Reply<Result<bool, CoordError>>),
+    Schedules(Reply<Vec<ScheduleView>>),
     Groups(Reply<Vec<GroupView>>),
     Cancel(JobId, Reply<Result<Cancelled, CoordError>>),
     Reprioritise(JobId, faena_proto::jobs::Priority, Reply<Result<JobId, CoordError>>),
@@ -186,6 +192,20 @@ impl Coordinator {
     /// Sets (none: removes) a group's limits; answers once stored.
     pub async fn set_group(&self, name: String, limits: Option<Limits>) -> Result<(), CoordError> {
         self.ask(|r| Command::SetGroup(name, limits, r)).await?
+    }
+
+    /// Makes or replaces a schedule; answers once stored.
+    pub async fn put_schedule(&self, name: String, spec: ScheduleSpec) -> Result<ScheduleView, CoordError> {
+        self.ask(|r| Command::PutSchedule(name, spec, r)).await?
+    }
+
+    /// Removes a schedule; false if there was none.
+    pub async fn delete_schedule(&self, name: String) -> Result<bool, CoordError> {
+        self.ask(|r| Command::DeleteSchedule(name, r)).await?
+    }
+
+    pub async fn schedules(&self) -> Result<Vec<ScheduleView>, CoordError> {
+        self.ask(Command::Schedules).await
     }
 
     /// Every group with jobs or limits.

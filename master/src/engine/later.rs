@@ -39,7 +39,10 @@ impl Engine {
     /// When the engine next has something due: a scheduled job, or an
     /// attempt's timeout. The coordinator wakes it then ([`Engine::wake`]).
     pub fn next_wake(&self) -> Option<Instant> {
-        [self.delayed.next(), self.timeouts.next(), self.groups.due.next()].into_iter().flatten().min()
+        [self.delayed.next(), self.timeouts.next(), self.groups.due.next(), self.schedules.due.next()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Queues the scheduled jobs whose time came and ends attempts that
@@ -50,6 +53,7 @@ impl Engine {
     }
 
     pub(super) fn due(&mut self, now: Now) {
+        self.fire_due(now);
         for group in self.groups.due.expired(now.mono) {
             self.refresh_group(now, group);
         }

@@ -34,11 +34,13 @@ use serde_json::Value;
 
 pub mod deadlines;
 mod deps;
+mod firing;
 mod flow;
 pub mod groups;
 mod later;
 pub mod mining;
 mod ops;
+pub mod schedules;
 mod submit;
 mod types;
 pub mod unique;
@@ -46,6 +48,7 @@ mod units;
 
 use deadlines::Deadlines;
 use deps::Deps;
+pub use firing::ScheduleError;
 use groups::Groups;
 use mining::Mining;
 pub use submit::{Accepted, SubmitError};
@@ -165,6 +168,7 @@ pub struct Engine {
     to_settle: Vec<JobId>,
     unique: UniqueKeys,
     groups: Groups,
+    schedules: schedules::Schedules,
     /// The engine's own random numbers (backoff jitter).
     rng: u64,
 }
@@ -204,6 +208,7 @@ impl Engine {
             to_settle: Vec::new(),
             unique: UniqueKeys::new(cfg.max_unique_keys),
             groups: Groups::new(cfg.max_groups),
+            schedules: Default::default(),
             rng: 0x9E37_79B9_7F4A_7C15,
             cfg,
         }
@@ -557,5 +562,7 @@ mod group_tests;
 mod later_tests;
 #[cfg(test)]
 mod mining_tests;
+#[cfg(test)]
+mod schedule_tests;
 #[cfg(test)]
 mod tests;

@@ -106,6 +106,10 @@ impl From<CoordError> for AppError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "parent_settling", e.to_string())
             }
             CoordError::Refused(e) => Self::bad_request("invalid_option", e.to_string()),
+            CoordError::Schedule(e @ crate::engine::ScheduleError::Full) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "schedules_full", e.to_string())
+            }
+            CoordError::Schedule(e) => Self::bad_request("bad_schedule", e.to_string()),
             CoordError::Store(cause) => Self::store_unavailable().caused_by(cause),
             CoordError::Malformed(m) => Self::bad_request("bad_report", m),
             CoordError::Stopped => Self::shutting_down(),

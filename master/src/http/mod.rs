@@ -37,6 +37,7 @@ mod mining;
 pub mod origin;
 pub mod replicas;
 mod scaling;
+mod schedules;
 mod submit;
 
 pub use error::AppError;
@@ -92,6 +93,8 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
         .route("/api/jobs/{id}/retry", post(jobs::retry))
         .route("/api/jobs/{id}/events", get(job_events))
         .route("/api/jobs/{id}/history", get(job_history))
+        .route("/api/schedules", post(schedules::create).get(schedules::list))
+        .route("/api/schedules/{name}", get(schedules::get).patch(schedules::patch).delete(schedules::delete))
         .route("/api/groups", get(groups::list))
         .route("/api/groups/{name}", get(groups::get).put(groups::put).delete(groups::delete))
         .route("/api/workers", get(workers))

@@ -92,6 +92,7 @@ pub(super) fn options(
         timeout_ms: o.timeout_ms,
         retry: o.retry,
         schedule: None,
+        fired_for_ms: None,
     };
     opts.check().map_err(|e| bad(e.to_string()))?;
     if kind == JobKind::RandomxMine

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use faena_proto::jobs::JobState;
 
 use super::{VIEW_COLUMNS, VIEW_WIDTH, view};
-use crate::contract::{HeldKey, NamedKind, Outcome, UNFINISHED};
+use crate::contract::{Firing, HeldKey, NamedKind, Outcome, UNFINISHED};
 use crate::{RestoredJob, StoreError, Transition};
 
 async fn client(pool: &Pool) -> Result<deadpool_postgres::Client, StoreError> {
@@ -168,4 +168,16 @@ pub(crate) async fn named(pool: &Pool, kind: NamedKind) -> Result<Vec<(String, S
     let c = client(pool).await?;
     let rows = c.query("SELECT name, doc FROM named WHERE kind = $1 ORDER BY name", &[&kind.as_str()]).await?;
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+/// Each recurring schedule's last firing, by name.
+pub(crate) async fn firings(pool: &Pool) -> Result<HashMap<String, Firing>, StoreError> {
+    let c = client(pool).await?;
+    let rows = c.query("SELECT name, at_ms, job FROM schedule_firings", &[]).await?;
+    let mut out = HashMap::new();
+    for r in rows {
+        let (name, at, job): (String, i64, Option<Uuid>) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        out.insert(name, Firing { at_ms: u64::try_from(at).unwrap_or(0), job: job.map(JobId) });
+    }
+    Ok(out)
 }

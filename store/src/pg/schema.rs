@@ -166,6 +166,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         name TEXT NOT NULL,
         doc TEXT NOT NULL,
         PRIMARY KEY (kind, name)
+    );
+    CREATE TABLE schedule_firings (
+        name TEXT PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        job UUID
     );",
     ),
 ];

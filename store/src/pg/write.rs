@@ -16,7 +16,7 @@ use uuid::Uuid;
 mod side;
 use side::KeyChange;
 
-use crate::contract::{held_key, inserted_detail, opts_column, requeued_state};
+use crate::contract::{fired_by, held_key, inserted_detail, opts_column, requeued_state};
 use crate::writer::Apply;
 use crate::{Retention, StoreError, StoreOp, UNFENCED};
 
@@ -48,6 +48,11 @@ const PUT_NAMED: &str = "INSERT INTO named (kind, name, doc) SELECT * FROM UNNES
     ON CONFLICT (kind, name) DO UPDATE SET doc = excluded.doc";
 const DELETE_NAMED: &str = "DELETE FROM named AS n USING UNNEST($1::text[], $2::text[]) AS d(kind, name)
     WHERE n.kind = d.kind AND n.name = d.name";
+
+/// Schedules' last firings (and the jobs they made).
+const FIRED: &str =
+    "INSERT INTO schedule_firings (name, at_ms, job) SELECT * FROM UNNEST($1::text[], $2::int8[], $3::uuid[])
+    ON CONFLICT (name) DO UPDATE SET at_ms = excluded.at_ms, job = excluded.job";
 
 /// Keys whose time ran out, before new ones are taken.
 const EXPIRE_KEYS: &str = "DELETE FROM unique_keys WHERE until_ms < $1";
@@ -109,6 +114,7 @@ struct Conn {
     expire_keys: Statement,
     put_named: Statement,
     delete_named: Statement,
+    fired: Statement,
 }
 
 /// The writer's connection (made again after a failure) and what it
@@ -172,7 +178,7 @@ impl Apply for Writer {
                     group.update(client, update),
                     group.record(client, record, epoch),
                     group.keys(client, [&conn.expire_keys, &conn.take_keys, &conn.free_keys], created),
-                    group.named(client, [&conn.put_named, &conn.delete_named]),
+                    group.named(client, [&conn.put_named, &conn.delete_named, &conn.fired]),
                     async { client.batch_execute("COMMIT").await.map_err(StoreError::from) },
                 );
                 // Every answer is awaited (join, not try_join: which future
@@ -191,7 +197,7 @@ impl Apply for Writer {
                 group.update(tx.client(), update),
                 group.record(tx.client(), record, epoch),
                 group.keys(tx.client(), [&conn.expire_keys, &conn.take_keys, &conn.free_keys], created),
-                group.named(tx.client(), [&conn.put_named, &conn.delete_named])
+                group.named(tx.client(), [&conn.put_named, &conn.delete_named, &conn.fired])
             );
             fenced?;
             inserted.and(updated).and(recorded).and(keys).and(named)?;
@@ -241,6 +247,7 @@ async fn connect(config: &Config, tls: &MakeRustlsConnect) -> Result<Conn, Store
         expire_keys: client.prepare(EXPIRE_KEYS).await?,
         put_named: client.prepare(PUT_NAMED).await?,
         delete_named: client.prepare(DELETE_NAMED).await?,
+        fired: client.prepare(FIRED).await?,
         client,
     })
 }
@@ -320,6 +327,8 @@ struct Group {
     keys: HashMap<String, KeyChange>,
     /// Each named document's last write in the group (none: removed).
     named: HashMap<(&'static str, String), Option<String>>,
+    /// Each schedule's last firing in the group.
+    fired: HashMap<String, (i64, Option<Uuid>)>,
 }
 
 impl Group {
@@ -331,6 +340,9 @@ impl Group {
                     *created = (*created).max(*at_ms as i64);
                     if let Some((key, until)) = held_key(opts, *created) {
                         g.keys.insert(key, KeyChange::Take(id.0, until));
+                    }
+                    if let Some((schedule, at)) = fired_by(opts) {
+                        g.fired.insert(schedule, (at, Some(id.0)));
                     }
                     g.new_at.insert(*id, g.new.len());
                     g.new.push(New {
@@ -352,6 +364,9 @@ impl Group {
                     *next_row += 1;
                     let detail = inserted_detail(*parent, *retry_of, *run_at_ms);
                     g.history.push((id.0, *created, state.as_str().into(), 0, None, detail));
+                }
+                StoreOp::Fired { schedule, at_ms } => {
+                    g.fired.insert(schedule.clone(), (*at_ms as i64, None));
                 }
                 StoreOp::Named { kind, name, doc } => {
                     g.named.insert((kind.as_str(), name.clone()), doc.clone());

@@ -177,7 +177,8 @@ impl Layout {
             "CREATE TABLE IF NOT EXISTS generations (gen INTEGER PRIMARY KEY, opened_at INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS unique_keys (key TEXT PRIMARY KEY, job TEXT NOT NULL, until_ms INTEGER);
             CREATE INDEX IF NOT EXISTS unique_keys_until ON unique_keys(until_ms) WHERE until_ms IS NOT NULL;
-            CREATE TABLE IF NOT EXISTS named (kind TEXT NOT NULL, name TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (kind, name));",
+            CREATE TABLE IF NOT EXISTS named (kind TEXT NOT NULL, name TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (kind, name));
+            CREATE TABLE IF NOT EXISTS schedule_firings (name TEXT PRIMARY KEY, at_ms INTEGER NOT NULL, job TEXT);",
         )?;
         let mut ids: Vec<i64> = conn
             .prepare("SELECT gen FROM generations ORDER BY gen")?

@@ -14,7 +14,7 @@ use faena_proto::jobs::JobState;
 
 use super::generations::listed;
 use super::{VIEW_COLUMNS, VIEW_WIDTH, view};
-use crate::contract::{HeldKey, NamedKind, Outcome, UNFINISHED};
+use crate::contract::{Firing, HeldKey, NamedKind, Outcome, UNFINISHED};
 use crate::{RestoredJob, StoreError, Transition};
 
 const RESTORED_COLUMNS: &str = "id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of, opts, run_at";
@@ -207,4 +207,16 @@ pub(crate) fn named(conn: &Connection, kind: NamedKind) -> Result<Vec<(String, S
     let mut stmt = conn.prepare("SELECT name, doc FROM named WHERE kind = ?1 ORDER BY name")?;
     let rows = stmt.query_map([kind.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Each recurring schedule's last firing, by name.
+pub(crate) fn firings(conn: &Connection) -> Result<HashMap<String, Firing>, StoreError> {
+    let mut stmt = conn.prepare("SELECT name, at_ms, job FROM schedule_firings")?;
+    let mut rows = stmt.query([])?;
+    let mut out = HashMap::new();
+    while let Some(r) = rows.next()? {
+        let (name, at, job): (String, i64, Option<String>) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        out.insert(name, Firing { at_ms: u64::try_from(at).unwrap_or(0), job: job.and_then(|j| j.parse().ok()) });
+    }
+    Ok(out)
 }

@@ -4,7 +4,10 @@ use rusqlite::{Connection, params};
 
 use super::generations::{Gen, Hints, Layout};
 use super::retention;
-use crate::contract::{held_key, inserted_detail, opts_column, requeued_state};
+use crate::contract::{fired_by, held_key, inserted_detail, opts_column, requeued_state};
+
+/// A schedule's last firing (and the job it made).
+const FIRED: &str = "INSERT OR REPLACE INTO schedule_firings (name, at_ms, job) VALUES (?1, ?2, ?3)";
 use crate::writer::Apply;
 use crate::{Retention, StoreError, StoreOp};
 
@@ -121,6 +124,9 @@ fn apply_one(
                 run_at_ms.map(|r| r as i64),
                 opts.as_ref().and_then(|o| o.schedule.clone()),
             ])?;
+            if let Some((schedule, at)) = fired_by(opts) {
+                tx.prepare_cached(FIRED)?.execute(params![schedule, at, id])?;
+            }
             if let Some((key, until)) = held_key(opts, *newest) {
                 tx.prepare_cached("DELETE FROM unique_keys WHERE until_ms < ?1")?.execute([*newest])?;
                 tx.prepare_cached("INSERT OR REPLACE INTO unique_keys (key, job, until_ms) VALUES (?1, ?2, ?3)")?
@@ -178,6 +184,9 @@ fn apply_one(
             if let Some(key) = release_key {
                 tx.prepare_cached("DELETE FROM unique_keys WHERE key = ?1 AND job = ?2")?.execute(params![key, id])?;
             }
+        }
+        StoreOp::Fired { schedule, at_ms } => {
+            tx.prepare_cached(FIRED)?.execute(params![schedule, *at_ms as i64, None::<String>])?;
         }
         StoreOp::Named { kind, name, doc: Some(doc) } => {
             tx.prepare_cached("INSERT OR REPLACE INTO named (kind, name, doc) VALUES (?1, ?2, ?3)")?

@@ -17,8 +17,14 @@ pub(super) enum KeyChange {
 }
 
 impl Group {
-    /// The group's named documents: stored, and removed.
-    pub(super) async fn named(&self, tx: &Client, [put, delete]: [&Statement; 2]) -> Result<(), StoreError> {
+    /// The group's named documents (stored, removed) and schedules' firings.
+    pub(super) async fn named(&self, tx: &Client, [put, delete, fired]: [&Statement; 3]) -> Result<(), StoreError> {
+        if !self.fired.is_empty() {
+            let names: Vec<&str> = self.fired.keys().map(String::as_str).collect();
+            let at: Vec<i64> = self.fired.values().map(|f| f.0).collect();
+            let jobs: Vec<Option<Uuid>> = self.fired.values().map(|f| f.1).collect();
+            tx.execute(fired, &[&names, &at, &jobs]).await?;
+        }
         let (mut stored, mut removed) = ((Vec::new(), Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
         for ((kind, name), doc) in &self.named {
             match doc {
