@@ -8,6 +8,7 @@
 mod client;
 mod config;
 mod output;
+mod plans;
 mod store;
 
 use std::io::{Read, Write};
@@ -64,6 +65,9 @@ enum Command {
         /// A mining job's units.
         #[arg(long)]
         parent: Option<String>,
+        /// A recurring schedule's firings.
+        #[arg(long)]
+        schedule: Option<String>,
         /// Only jobs created since (RFC 3339 or milliseconds since the epoch).
         #[arg(long)]
         since: Option<String>,
@@ -110,6 +114,16 @@ enum Command {
         #[command(flatten)]
         opts: SubmitOpts,
     },
+    /// Recurring schedules: list, show, add, change, delete.
+    Schedules {
+        #[command(subcommand)]
+        action: plans::Schedules,
+    },
+    /// Groups: their jobs and limits; set or clear a group's limits.
+    Groups {
+        #[command(subcommand)]
+        action: plans::Groups,
+    },
     /// Read or change the cluster's live configuration (workers apply it without restarting).
     Config {
         #[command(subcommand)]
@@ -132,6 +146,82 @@ struct SubmitOpts {
     /// Wait for the job to end and print its result (exit code by its state).
     #[arg(long)]
     wait: bool,
+    /// Run no sooner than this time (RFC 3339).
+    #[arg(long, conflicts_with = "in_")]
+    at: Option<String>,
+    /// Run no sooner than this from now (30s, 10m, 2h).
+    #[arg(long = "in", value_parser = parse_ms)]
+    in_: Option<u64>,
+    /// Run after this job has succeeded (repeat for several).
+    #[arg(long)]
+    after: Vec<String>,
+    /// With --after: run once the parents ended, however they ended.
+    #[arg(long, requires = "after")]
+    after_always: bool,
+    /// Make no second job with this key: a duplicate submit gets the first's id.
+    #[arg(long)]
+    unique: Option<String>,
+    /// How long the key holds from submission (else: while the job has not ended).
+    #[arg(long, requires = "unique", value_parser = parse_ms)]
+    unique_for: Option<u64>,
+    /// Its group: dispatch is fair between groups, which may be limited (`faena groups`).
+    #[arg(long)]
+    group: Option<String>,
+    /// Cancel an attempt running longer than this (30s, 5m); it fails with `timeout`.
+    #[arg(long, value_parser = parse_ms)]
+    timeout: Option<u64>,
+    /// Attempts in all, retried with backoff (--backoff) after a retryable failure.
+    #[arg(long)]
+    retries: Option<u32>,
+    /// The first wait before a retry, doubling up to a minute.
+    #[arg(long, requires = "retries", value_parser = parse_ms)]
+    backoff: Option<u64>,
+}
+
+impl SubmitOpts {
+    /// The submit body's option fields.
+    fn apply(&self, body: &mut Value) {
+        let set = |body: &mut Value, k: &str, v: Value| body[k] = v;
+        if let Some(at) = &self.at {
+            set(body, "run_at", json!(at));
+        }
+        if let Some(ms) = self.in_ {
+            set(body, "run_after_ms", json!(ms));
+        }
+        if !self.after.is_empty() {
+            set(body, "after", json!(self.after));
+        }
+        if self.after_always {
+            set(body, "after_policy", json!("always"));
+        }
+        if let Some(key) = &self.unique {
+            set(body, "unique_key", json!(key));
+        }
+        if let Some(ms) = self.unique_for {
+            set(body, "unique_for", json!(ms.div_ceil(1000)));
+        }
+        if let Some(g) = &self.group {
+            set(body, "group", json!(g));
+        }
+        if let Some(ms) = self.timeout {
+            set(body, "timeout_ms", json!(ms));
+        }
+        if let Some(n) = self.retries {
+            let initial = self.backoff.unwrap_or(1_000);
+            let max = initial.max(60_000);
+            set(
+                body,
+                "retry",
+                json!({"max_attempts": n, "backoff": {"initial_ms": initial, "max_ms": max, "jitter": 0.2}}),
+            );
+        }
+    }
+}
+
+/// A duration as people write it (`30s`, `10m`, `1h 30m`), in milliseconds.
+fn parse_ms(s: &str) -> std::result::Result<u64, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s, 10m or 2h: {e}"))?;
+    u64::try_from(d.as_millis()).map_err(|_| "too long".into())
 }
 
 fn parse_priority(s: &str) -> std::result::Result<String, String> {
@@ -193,13 +283,14 @@ async fn run(c: &Client, command: Command, as_json: bool) -> Result<Exit> {
             }
             Ok(Exit::Ok)
         }
-        Command::List { state, kind, worker, priority, parent, since, limit, cursor } => {
+        Command::List { state, kind, worker, priority, parent, schedule, since, limit, cursor } => {
             let query: Vec<(&str, String)> = [
                 ("state", state),
                 ("kind", kind),
                 ("worker", worker),
                 ("priority", priority),
                 ("parent", parent),
+                ("schedule", schedule),
                 ("since", since),
                 ("cursor", cursor),
                 ("limit", Some(limit.to_string())),
@@ -257,12 +348,14 @@ async fn run(c: &Client, command: Command, as_json: bool) -> Result<Exit> {
             submit(c, json!({"kind": "randomx.mine", "params": params}), opts, as_json).await
         }
         Command::Config { action } => config::run(c, action, as_json).await,
+        Command::Schedules { action } => plans::schedules(c, action, as_json).await,
+        Command::Groups { action } => plans::groups(c, action, as_json).await,
         Command::Completions { .. } | Command::Store { .. } => Ok(Exit::Ok),
     }
 }
 
 /// `JSON`, `@file` or `@-` (stdin).
-fn read_params(p: &str) -> Result<Value> {
+pub(crate) fn read_params(p: &str) -> Result<Value> {
     let text = match p.strip_prefix('@') {
         Some("-") => {
             let mut s = String::new();
@@ -285,14 +378,18 @@ fn encode(v: &str) -> String {
 }
 
 async fn submit(c: &Client, mut body: Value, opts: SubmitOpts, as_json: bool) -> Result<Exit> {
-    if let Some(p) = opts.priority {
+    if let Some(p) = &opts.priority {
         body["priority"] = json!(p);
     }
+    opts.apply(&mut body);
     let accepted = c.post("/api/jobs", &body).await?;
     let id = accepted["id"].as_str().unwrap_or_default().to_owned();
     if !opts.wait {
         if as_json {
             output::json(&accepted)
+        } else if accepted["duplicate"] == json!(true) {
+            println!("{id}");
+            eprintln!("[a duplicate: job {id} holds the key]");
         } else {
             println!("{id}")
         }

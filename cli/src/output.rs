@@ -24,6 +24,19 @@ pub fn job(v: &Value) {
     if let Some(w) = v["waiting"].as_str() {
         let _ = writeln!(out, "  waiting   {w}");
     }
+    if let Some(at) = v["run_at"].as_str() {
+        let _ = writeln!(out, "  run at    {at}");
+    }
+    let o = &v["options"];
+    for (label, key) in [("group", "group"), ("schedule", "schedule"), ("unique", "unique_key")] {
+        if let Some(x) = o[key].as_str() {
+            let _ = writeln!(out, "  {label:<9} {x}");
+        }
+    }
+    if let Some(after) = o["after"].as_array().filter(|a| !a.is_empty()) {
+        let ids: Vec<&str> = after.iter().filter_map(Value::as_str).collect();
+        let _ = writeln!(out, "  after     {}", ids.join(", "));
+    }
     if let Some(w) = v["worker"].as_str() {
         let _ = writeln!(out, "  worker    {w}");
     }
@@ -39,6 +52,9 @@ pub fn job(v: &Value) {
     }
     if let Some(e) = v["error"].as_str() {
         let _ = writeln!(out, "  error     {e}");
+    }
+    if let Some(code) = v["error_code"].as_str() {
+        let _ = writeln!(out, "  code      {code}");
     }
     if !v["result"].is_null() {
         let _ = writeln!(out, "  result    {}", v["result"]);

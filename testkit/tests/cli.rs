@@ -170,3 +170,46 @@ async fn every_command_with_json_and_exit_codes() {
         assert!(out.stdout.contains("faena") && out.stdout.contains("submit"), "{shell}");
     }
 }
+
+/// Delays, uniqueness, groups and schedules from the command line.
+#[tokio::test]
+async fn submit_options_schedules_and_groups() {
+    let c = Cluster::start_with_api_token(MasterOpts::default(), API_TOKEN).await;
+    let args = ["submit", "noop", "--in", "1h", "--unique", "nightly", "--unique-for", "2h", "--group", "team-a"];
+    let first = faena(&c, &args).await;
+    ok(&first);
+    let id = first.stdout.trim().to_owned();
+    let again = faena(&c, &args).await;
+    ok(&again);
+    assert_eq!(again.stdout.trim(), id, "a duplicate answers with the first job");
+    assert!(again.stderr.contains("duplicate"), "{}", again.stderr);
+    let job = faena(&c, &["get", &id, "--json"]).await.json();
+    assert_eq!((job["state"].as_str(), job["options"]["group"].as_str()), (Some("scheduled"), Some("team-a")), "{job}");
+    let shown = faena(&c, &["get", &id]).await;
+    assert!(shown.stdout.contains("run at") && shown.stdout.contains("team-a"), "{}", shown.stdout);
+    let child = faena(&c, &["submit", "noop", "--after", &id, "--timeout", "30s", "--retries", "3", "--json"]).await;
+    assert_eq!(child.json()["state"], "waiting");
+    let bad = faena(&c, &["submit", "noop", "--in", "soon"]).await;
+    assert_ne!(bad.code, 0, "{}", bad.stderr);
+
+    ok(&faena(&c, &["groups", "set", "team-a", "--max-running", "2", "--rate", "10/s"]).await);
+    let groups = faena(&c, &["groups", "list", "--json"]).await.json();
+    let team = groups["groups"].as_array().unwrap().iter().find(|g| g["name"] == "team-a").cloned().unwrap();
+    assert_eq!((team["max_running"].as_u64(), team["jobs"].as_u64()), (Some(2), Some(1)), "{team}");
+    let table = faena(&c, &["groups", "list"]).await;
+    assert!(table.stdout.starts_with("GROUP") && table.stdout.contains("10/s"), "{}", table.stdout);
+    let refused = faena(&c, &["groups", "set", "team-a", "--rate", "0/s"]).await;
+    assert!(refused.code != 0 && refused.stderr.contains("never run"), "{}", refused.stderr);
+    ok(&faena(&c, &["groups", "clear", "team-a"]).await);
+
+    let add = ["schedules", "add", "daily", "--cron", "0 6 * * *", "--kind", "noop", "--timezone", "Europe/Madrid"];
+    ok(&faena(&c, &add).await);
+    let listed = faena(&c, &["schedules", "list"]).await;
+    assert!(listed.stdout.starts_with("NAME") && listed.stdout.contains("Europe/Madrid"), "{}", listed.stdout);
+    let set = faena(&c, &["schedules", "set", "daily", "--overlap", "allow", "--json"]).await;
+    assert_eq!(set.json()["overlap"], "allow");
+    let never = faena(&c, &["schedules", "add", "never", "--cron", "0 0 31 2 *", "--kind", "noop"]).await;
+    assert!(never.code != 0 && never.stderr.contains("never fires"), "{}", never.stderr);
+    ok(&faena(&c, &["schedules", "delete", "daily"]).await);
+    assert_eq!(faena(&c, &["schedules", "list", "--json"]).await.json()["schedules"], json!([]));
+}
