@@ -61,6 +61,8 @@ socket.on("snapshot", (s) => {
   charts.redeliveries.push(t, { "redeliveries/s": r(s.totals.redeliveries, before.redeliveries) });
   tiles(s, byState);
   workersTable(s.workers);
+  groupsTable(s.groups || []);
+  schedulesTable(s.schedules || []);
   autoscale(s.autoscale);
   $("updated").textContent = `updated ${new Date(s.at).toLocaleTimeString()}`;
   const changed = !last || JSON.stringify(jobs) !== JSON.stringify(before.jobs);
@@ -70,7 +72,8 @@ socket.on("snapshot", (s) => {
 
 function tiles(s, byState) {
   const items = [
-    [s.load.queued, "queued"], [s.load.running, "running"], [byState.online, "workers online"],
+    [s.load.queued, "queued"], [s.load.running, "running"], [s.load.scheduled ?? 0, "scheduled"],
+    [s.load.waiting ?? 0, "waiting"], [byState.online, "workers online"],
     [s.totals.jobs.succeeded, "succeeded"], [s.totals.jobs.failed, "failed"],
     [s.wait ? `${(s.wait.p95 * 1000).toFixed(1)} ms` : "—", "queue wait p95"],
     [`${Math.round(s.workers.reduce((a, w) => a + w.hashrate, 0))} H/s`, "hashrate"],
@@ -108,6 +111,32 @@ function workersTable(workers) {
   });
   $("workers-table").tBodies[0].replaceChildren(...rows);
   offerKinds(workers.flatMap((w) => w.kinds));
+}
+
+function groupsTable(groups) {
+  const limits = (g) => [g.max_running && `≤ ${g.max_running} running`, g.rate && `${g.rate}`,
+    g.weight && g.weight !== 1 && `weight ${g.weight}`].filter(Boolean).join(" · ") || "—";
+  $("groups-table").tBodies[0].replaceChildren(...groups.map((g) => {
+    const tr = el("tr");
+    tr.dataset.group = g.name;
+    tr.append(el("td", "mono", g.name), el("td", null, g.jobs), el("td", null, g.queued), el("td", null, g.running),
+      el("td", null, limits(g)), el("td", g.held ? "state-draining" : null, g.held ? "held" : "—"));
+    return tr;
+  }));
+  $("groups-note").hidden = groups.length > 0;
+}
+
+function schedulesTable(schedules) {
+  const when = (t) => (t ? new Date(t).toLocaleString() : "—");
+  $("schedules-table").tBodies[0].replaceChildren(...schedules.map((s) => {
+    const tr = el("tr");
+    tr.dataset.schedule = s.name;
+    tr.append(el("td", "mono", s.name), el("td", "mono", s.cron), el("td", null, s.timezone || "UTC"),
+      el("td", null, s.job.kind), el("td", "next", when(s.next_run_at)), el("td", null, when(s.last_fired_at)),
+      el("td", null, s.overlap));
+    return tr;
+  }));
+  $("schedules-note").hidden = schedules.length > 0;
 }
 
 // Custom kinds (x.<name>) join the jobs filter as workers offer them.

@@ -123,5 +123,23 @@ await shot("job-cancelled");
 await until("the waiting job ran once the slot was free", async () =>
   (await api("GET", `/api/jobs/${waiting}`)).state === "succeeded");
 
+// 6. Scheduled and waiting jobs, a group's limits, a schedule's next firing.
+await api("PUT", "/api/groups/tenant-a", { max_running: 3, rate: "5/s" });
+const later = (await api("POST", "/api/jobs", { kind: "noop", params: {}, run_after_ms: 3600000, group: "tenant-a" })).id;
+await api("POST", "/api/jobs", { kind: "noop", params: {}, after: [later] });
+await api("POST", "/api/schedules", { name: "nightly", cron: "0 3 * * *", timezone: "Europe/Madrid", job: { kind: "noop" } });
+await page.goto(`${url}/dashboard`);
+await page.locator("#conn[data-state=connected]").waitFor(T);
+await until("the tiles count the scheduled and the waiting job", async () => {
+  const tiles = await page.textContent("#tiles");
+  return /1\s*scheduled/.test(tiles) && /1\s*waiting/.test(tiles);
+});
+await page.locator('#groups-table tr[data-group="tenant-a"]').filter({ hasText: "≤ 3 running" }).filter({ hasText: "5/s" }).waitFor(T);
+const row = page.locator('#schedules-table tr[data-schedule="nightly"]');
+await row.filter({ hasText: "0 3 * * *" }).filter({ hasText: "Europe/Madrid" }).waitFor(T);
+await check((await row.locator("td.next").textContent()) !== "—", "the schedule shows its next firing");
+await check(await page.locator("#schedules-note").isHidden(), "no 'no schedules' note under a schedule");
+await shot("plans");
+
 await browser.close();
 console.log("OK");

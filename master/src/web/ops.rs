@@ -3,7 +3,7 @@
 //! namespace). Once a second, while any dashboard is connected, the master
 //! takes one snapshot — what waits and runs, the counters the dashboard
 //! turns into rates, the moving percentiles of queue wait and run time,
-//! the workers, the autoscaler — and broadcasts it: the cost is one
+//! the workers, the groups and schedules, the autoscaler — and broadcasts it: the cost is one
 //! snapshot a second however many dashboards watch, and nothing at all
 //! while none does. A dashboard that connects gets a snapshot at once.
 
@@ -26,6 +26,9 @@ pub const SNAPSHOT: &str = "snapshot";
 /// How often a snapshot goes out (while anyone watches).
 pub const EVERY: Duration = Duration::from_secs(1);
 
+/// Most groups and schedules a snapshot shows.
+pub const SHOWN: usize = 50;
+
 /// What the feed reads.
 #[derive(Debug, Clone)]
 pub struct Feed {
@@ -40,6 +43,14 @@ impl Feed {
     pub async fn snapshot(&self) -> Option<Value> {
         let load = self.coord.load().await.ok()?;
         let workers = self.coord.workers().await.ok()?;
+        // The groups with the most jobs, and the schedules due soonest: a
+        // snapshot stays small however many there are.
+        let mut groups = self.coord.groups().await.ok()?;
+        groups.sort_by(|a, b| b.jobs.cmp(&a.jobs).then_with(|| a.name.cmp(&b.name)));
+        groups.truncate(SHOWN);
+        let mut schedules = self.coord.schedules().await.ok()?;
+        schedules.sort_by(|a, b| a.next_run_at.cmp(&b.next_run_at));
+        schedules.truncate(SHOWN);
         let now = Instant::now();
         let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         Some(json!({
@@ -49,6 +60,8 @@ impl Feed {
             "wait": self.metrics.recent_wait.percentiles(now),
             "run": self.metrics.recent_run.percentiles(now),
             "workers": workers,
+            "groups": groups,
+            "schedules": schedules,
             "autoscale": self.autoscaler.view(),
         }))
     }
