@@ -16,7 +16,12 @@ pub const WORKER_SLOTS: u32 = 128;
 /// A master (`extra` settings besides the bench's) and the bench's two
 /// workers, registered.
 pub async fn cluster(extra: Vec<(String, String)>) -> Cluster {
-    let opts = crate::MasterOpts { extra, heartbeat_ms: 2000, ..crate::MasterOpts::default() };
+    cluster_with(crate::MasterOpts { extra, ..crate::MasterOpts::default() }).await
+}
+
+/// The same, from `opts` (the bench's heartbeat set).
+pub async fn cluster_with(opts: crate::MasterOpts) -> Cluster {
+    let opts = crate::MasterOpts { heartbeat_ms: 2000, ..opts };
     let mut c = Cluster::start(opts).await;
     c.add_worker("bench-1", WORKER_SLOTS).await;
     c.add_worker("bench-2", WORKER_SLOTS).await;

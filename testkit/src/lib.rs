@@ -77,11 +77,13 @@ pub struct MasterOpts {
     pub heartbeat_ms: u32,
     pub queue_capacity: usize,
     pub extra: Vec<(String, String)>,
+    /// Another build's master (a benchmark's baseline); this build's when none.
+    pub master_bin: Option<PathBuf>,
 }
 
 impl Default for MasterOpts {
     fn default() -> Self {
-        Self { broker: Broker::Embedded, heartbeat_ms: 500, queue_capacity: 100_000, extra: vec![] }
+        Self { broker: Broker::Embedded, heartbeat_ms: 500, queue_capacity: 100_000, extra: vec![], master_bin: None }
     }
 }
 
@@ -285,7 +287,8 @@ async fn start_master(dir: &Path, opts: &MasterOpts, same_as: Option<&MasterAddr
         }
     }
     env.extend(opts.extra.iter().cloned());
-    let proc = Proc::spawn(&bin("faena-master"), &[], &env, &dir.join("master.log")).await;
+    let master = opts.master_bin.clone().unwrap_or_else(|| bin("faena-master"));
+    let proc = Proc::spawn(&master, &[], &env, &dir.join("master.log")).await;
     let field = |k: &str| proc.ready[k].as_str().unwrap_or_default().to_owned();
     let stratum = proc.ready["stratum"].as_str().map(str::to_owned);
     let addrs = MasterAddrs { http: field("http"), grpc: field("grpc"), mqtt: field("mqtt"), stratum };
