@@ -111,7 +111,7 @@ pub async fn copy(
         let (rows, extra): (Vec<JobRow>, Vec<JobExtra>) = {
             let mut stmt = source.prepare_cached(&select)?;
             let mapped = stmt.query_map(rusqlite::params![after, batch as i64], |r| {
-                Ok((
+                let row: JobRow = (
                     r.get(0)?,
                     r.get(1)?,
                     r.get(2)?,
@@ -128,13 +128,11 @@ pub async fn copy(
                     r.get(13)?,
                     r.get(14)?,
                     r.get(15)?,
-                    r.get(16)?,
-                    r.get(17)?,
-                    r.get(18)?,
-                ))
+                );
+                Ok((row, (r.get(16)?, r.get(17)?, r.get(18)?)))
             })?;
-            let all: Vec<_> = mapped.collect::<Result<_, _>>()?;
-            all.into_iter().map(split_row).unzip()
+            let all: Vec<(JobRow, JobExtra)> = mapped.collect::<Result<_, _>>()?;
+            all.into_iter().unzip()
         };
         let Some(last) = rows.last().map(|r| r.0) else { break };
         let history = history_of(&source, &gens, &rows)?;
@@ -195,35 +193,6 @@ fn history_of(source: &Connection, gens: &[(String, String)], rows: &[JobRow]) -
 
 fn uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|e| StoreError::Copy(format!("a stored id {s:?} is not a UUID: {e}")))
-}
-
-/// A row as read (19 columns) split into the columns every store had
-/// and those added since.
-#[allow(clippy::type_complexity)]
-fn split_row(
-    r: (
-        i64,
-        String,
-        String,
-        String,
-        String,
-        i64,
-        String,
-        i32,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        i64,
-        Option<i64>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<i64>,
-        Option<String>,
-    ),
-) -> (JobRow, JobExtra) {
-    ((r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10, r.11, r.12, r.13, r.14, r.15), (r.16, r.17, r.18))
 }
 
 async fn insert_jobs(
