@@ -118,12 +118,26 @@ async fn finished_jobs_beyond_the_retention_are_deleted() {
     let mut c = Cluster::start(MasterOpts { extra, ..MasterOpts::default() }).await;
     c.add_worker("w1", 4).await;
     c.wait_workers(1).await;
-    let jobs: Vec<Value> = (0..600).map(|i| json!({"kind": "noop", "params": {"payload": i}})).collect();
-    let (status, body) = c.api.post("/api/jobs/batch", &json!({"jobs": jobs})).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let first = body["jobs"][0]["id"].as_str().expect("id").to_owned();
-    let last = body["jobs"][599]["id"].as_str().expect("id").to_owned();
-    assert_eq!(c.api.wait_final(&last).await["state"], "succeeded");
+    // A hundred at a time, each hundred finished before the next: a
+    // generation out of retention then holds only finished jobs, and none
+    // is moved (a slow machine would otherwise prune while the first jobs
+    // still run, and move those instead of deleting them).
+    let mut ids = Vec::new();
+    for batch in 0..6 {
+        let jobs: Vec<Value> =
+            (0..100).map(|i| json!({"kind": "noop", "params": {"payload": batch * 100 + i}})).collect();
+        let (status, body) = c.api.post("/api/jobs/batch", &json!({"jobs": jobs})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        ids.extend(body["jobs"].as_array().expect("jobs").iter().map(|j| j["id"].as_str().expect("id").to_owned()));
+        let done = (batch + 1) as f64 * 100.0;
+        faena_testkit::eventually("the hundred finished", || async {
+            let metrics = faena_testkit::scrape(&c.api.url("/metrics")).await;
+            let ok = faena_testkit::sample(&metrics, "faena_jobs_total{state=\"succeeded\"}").unwrap_or(0.0);
+            (ok >= done).then_some(())
+        })
+        .await;
+    }
+    let (first, last) = (ids[0].clone(), ids[599].clone());
     faena_testkit::eventually("the oldest are deleted", || async {
         let metrics = faena_testkit::scrape(&c.api.url("/metrics")).await;
         let pruned = faena_testkit::sample(&metrics, "faena_store_pruned_jobs_total").unwrap_or(0.0);
