@@ -356,13 +356,23 @@ pub async fn run(engine: Engine, inbox: Inbox, deps: Deps, cancel: CancellationT
     let mut actor = actor::Actor::new(engine, deps, Coordinator { tx });
     let mut tick = tokio::time::interval(heartbeat / 4);
     let mut positions = tokio::time::interval(Duration::from_millis(200));
+    // Something due before the next tick (a scheduled job, a timeout)
+    // wakes the engine on time: one timer, moved only when that changes.
+    let due = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(due);
+    let mut armed = None;
     loop {
-        // Something due before the next tick (a scheduled job, a timeout)
-        // wakes the engine on time.
-        let wake = actor.engine.next_wake().map(tokio::time::Instant::from_std);
+        let wake = actor.engine.next_wake();
+        if wake != armed {
+            if let Some(at) = wake {
+                due.as_mut().reset(at.into());
+            }
+            armed = wake;
+        }
         tokio::select! {
             () = cancel.cancelled() => break,
-            () = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
+            () = &mut due, if armed.is_some() => {
+                armed = None;
                 actor.wake();
             }
             cmd = rx.recv() => match cmd {

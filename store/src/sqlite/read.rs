@@ -14,7 +14,7 @@ use faena_proto::jobs::JobState;
 
 use super::generations::listed;
 use super::{VIEW_COLUMNS, VIEW_WIDTH, view};
-use crate::contract::{Firing, HeldKey, NamedKind, Outcome, UNFINISHED};
+use crate::contract::{Firing, HeldKey, NamedKind, Outcome, UNFINISHED_SQLITE};
 use crate::{RestoredJob, StoreError, Transition};
 
 const RESTORED_COLUMNS: &str = "id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of, opts, run_at";
@@ -26,7 +26,7 @@ pub(crate) fn load_unfinished(conn: &Connection) -> Result<Vec<RestoredJob>, Sto
     let gens = listed(&tx)?;
     let mut out = Vec::new();
     for (jobs, _) in &gens {
-        let sql = format!("SELECT {RESTORED_COLUMNS} FROM {jobs} WHERE state IN {UNFINISHED}");
+        let sql = format!("SELECT {RESTORED_COLUMNS} FROM {jobs} WHERE {UNFINISHED_SQLITE}");
         read_restored(&tx, &sql, [], &mut out)?;
     }
     // A running mining job's units may be in any generation.

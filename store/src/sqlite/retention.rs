@@ -12,7 +12,7 @@
 use rusqlite::Connection;
 
 use super::generations::{Gen, HISTORY_COLUMNS, JOB_COLUMNS, Layout, tables};
-use crate::contract::UNFINISHED;
+use crate::contract::UNFINISHED_SQLITE;
 use crate::{Retention, StoreError};
 
 /// How many generations, oldest first, must be out of retention before
@@ -53,7 +53,7 @@ pub(super) fn prune(conn: &Connection, layout: &mut Layout, r: Retention, now_ms
     let mut running = Vec::new();
     for parent in parents {
         for g in &layout.gens {
-            let sql = format!("SELECT count(*) FROM {} WHERE id = ?1 AND state IN {UNFINISHED}", g.jobs);
+            let sql = format!("SELECT count(*) FROM {} WHERE id = ?1 AND {UNFINISHED_SQLITE}", g.jobs);
             if conn.query_row(&sql, [&parent], |row| row.get::<_, i64>(0))? > 0 {
                 running.push(parent);
                 break;
@@ -62,7 +62,7 @@ pub(super) fn prune(conn: &Connection, layout: &mut Layout, r: Retention, now_ms
     }
     let running = serde_json::to_string(&running)?;
     let stays = format!(
-        "SELECT id FROM {j} WHERE state IN {UNFINISHED}
+        "SELECT id FROM {j} WHERE {UNFINISHED_SQLITE}
          UNION SELECT id FROM {j} WHERE parent IN (SELECT value FROM json_each(?1))"
     );
     let staying: i64 = conn.query_row(&format!("SELECT count(*) FROM ({stays})"), [&running], |row| row.get(0))?;
