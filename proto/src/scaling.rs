@@ -26,6 +26,12 @@ pub struct LoadView {
     pub queued: usize,
     /// Units out on workers.
     pub running: usize,
+    /// Jobs waiting for their time (or their next attempt's).
+    #[serde(default)]
+    pub scheduled: usize,
+    /// Jobs waiting for the jobs they run after.
+    #[serde(default)]
+    pub waiting: usize,
     /// Per job kind with jobs waiting (mining jobs left out: they take
     /// whatever workers there are and are never "late").
     pub kinds: Vec<KindLoad>,

@@ -23,7 +23,15 @@ pub(super) async fn load(State(state): State<AppState>) -> Result<Response, AppE
         .iter()
         .map(|k| KindLoad { kind: k.kind.as_str().to_owned(), queued: k.queued, oldest_wait_ms: k.oldest_wait_ms })
         .collect();
-    Ok(Json(LoadView { depth: load.depth, queued: load.queued, running: load.running, kinds }).into_response())
+    let view = LoadView {
+        depth: load.depth,
+        queued: load.queued,
+        running: load.running,
+        scheduled: load.scheduled,
+        waiting: load.waiting,
+        kinds,
+    };
+    Ok(Json(view).into_response())
 }
 
 pub(super) async fn drain(
