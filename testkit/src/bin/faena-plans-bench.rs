@@ -205,7 +205,10 @@ async fn timers(jobs: usize, spread_s: usize, watch_s: usize) {
         rss_mib(pid)
     );
     // How late each sampled job that came due was queued.
-    let due = (jobs as u64 * (watch_s as u64 * 1000).min(spread) / spread) as usize;
+    // The jobs due by a second ago (a job due this very moment may not be
+    // queued yet: that is not late).
+    let elapsed = faena_proto::mqtt::now_ms().saturating_sub(start + 1_000).min(spread);
+    let due = (jobs as u64 * elapsed / spread) as usize;
     let step = (due / 2_000).max(1);
     let mut late = Vec::new();
     for i in (0..due).step_by(step) {
