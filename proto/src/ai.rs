@@ -12,6 +12,9 @@ pub const MAX_PROMPT_BYTES: usize = 32 * 1024;
 pub const MAX_CONTEXT_BYTES: usize = 256 * 1024;
 /// Most earlier turns sent along.
 pub const MAX_TURNS: usize = 200;
+/// Most stop sequences (as OpenAI allows), and the longest, in bytes.
+pub const MAX_STOPS: usize = 4;
+pub const MAX_STOP_BYTES: usize = 256;
 /// Name of the per-job API key a work unit may refer to (fetched over gRPC).
 pub const API_KEY_SECRET: &str = "api_key";
 
@@ -143,6 +146,14 @@ pub struct AiParams {
     pub temperature: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// The answer ends before the first of these would be written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// The start of the answer, already written: the provider continues it
+    /// (as an assistant turn it writes on from). The result's text is the
+    /// whole answer, this included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
     /// Set by the master when the submitter gave a key of their own: the
     /// job then runs with that key or not at all (the key itself is never
     /// here). Not for clients to set.
@@ -164,6 +175,7 @@ impl AiParams {
         }
         let context = self.prompt.len()
             + self.system.as_ref().map_or(0, String::len)
+            + self.prefix.as_ref().map_or(0, String::len)
             + self.history.iter().map(|t| t.text.len()).sum::<usize>();
         if context > MAX_CONTEXT_BYTES {
             return bad(format!(
@@ -178,6 +190,9 @@ impl AiParams {
         }
         if self.max_tokens == Some(0) {
             return bad("max_tokens must be at least 1".into());
+        }
+        if self.stop.len() > MAX_STOPS || self.stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+            return bad(format!("stop takes at most {MAX_STOPS} sequences of 1 to {MAX_STOP_BYTES} bytes"));
         }
         if self.provider.is_some() && !self.providers.is_empty() {
             return bad("give either provider or providers, not both".into());
@@ -241,6 +256,9 @@ pub enum AiNext {
     Retrying { retry_in_ms: u64, attempt: u32, tries: u32 },
     /// Asks the next provider of the job's order now.
     FallingBack { next: Provider },
+    /// The provider was cut off mid-answer: the next provider of the
+    /// job's order continues the answer from what was written.
+    Continuing { next: Provider },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -275,9 +293,15 @@ pub struct AiOutput {
     /// True when the master answered from its result cache.
     #[serde(default)]
     pub cached: bool,
-    /// Providers tried before the one that answered, and why each failed.
+    /// Providers tried before the one that answered, and why each failed
+    /// (one cut off mid-answer too).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tried: Vec<Tried>,
+    /// When a provider was cut off mid-answer and the next one continued
+    /// it: each that wrote part of the answer, in order (`provider` is the
+    /// last). Empty when one provider wrote it all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answered_by: Vec<Provider>,
 }
 
 /// A provider that could not answer before another did.
@@ -336,6 +360,9 @@ mod tests {
             (json!({"prompt": "x", "system": "y".repeat(MAX_CONTEXT_BYTES)}), "together"),
             (json!({"prompt": "x", "provider": "local", "providers": ["gemini"]}), "not both"),
             (json!({"prompt": "x", "providers": ["local", "gemini", "local"]}), "repeat"),
+            (json!({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}), "at most 4"),
+            (json!({"prompt": "x", "stop": [""]}), "1 to 256"),
+            (json!({"prompt": "x", "prefix": "y".repeat(MAX_CONTEXT_BYTES)}), "together"),
         ] {
             let e = parse(bad.clone()).err().unwrap_or_default();
             assert!(e.contains(says), "{bad}: {e}");

@@ -12,6 +12,10 @@
 //! a bad key, `forbidden-key` (Gemini) as not allowed; model
 //! `missing-model` is unknown.
 //!
+//! A request whose messages end with the assistant's (OpenAI) or the
+//! model's (Gemini) turn continues that answer: it gets the pieces of the
+//! scripted answer that come after it.
+//!
 //! A test that needs a question to stay in flight until it says so (rather
 //! than for a guessed time) scripts `"hold": "name"` and later calls
 //! [`FakeAi::release`] or `POST /fake/release/<name>` (for scripts outside
@@ -56,6 +60,12 @@ pub struct Script {
     pub finish: Option<String>,
     /// Stop sending after the first chunk, for this long, without closing.
     pub stall_ms: Option<u64>,
+    /// Cut the connection after this many pieces (a provider that dies
+    /// mid-answer). Not when the request continues an answer.
+    pub cut_after: Option<usize>,
+    /// After this many pieces, send an error event instead of the rest (a
+    /// server error mid-stream). Not when the request continues an answer.
+    pub error_after: Option<usize>,
     /// Put the send time (µs since the UNIX epoch) into each chunk's text as
     /// `<t:...>` so a client can measure delivery latency.
     pub stamp: Option<bool>,
@@ -209,6 +219,34 @@ fn script(prompt: &str) -> (Script, String) {
 
 /// Stands for the send time in a frame until it is sent.
 const STAMP: &str = "<t:now>";
+/// A frame that cuts the connection instead of being sent.
+const CUT: &str = "<cut>";
+
+/// The pieces of the answer still to send: after `prefix` when the request
+/// continues an answer (none cut), else all, cut as the script says
+/// (`error` frames the mid-stream error event).
+fn to_send(s: &Script, pieces: Vec<String>, prefix: Option<&str>, error: &str) -> Vec<String> {
+    if let Some(prefix) = prefix {
+        let mut sent = String::new();
+        return pieces
+            .into_iter()
+            .filter(|p| {
+                let before = sent.len();
+                sent.push_str(p);
+                before >= prefix.len() || !prefix.starts_with(&sent)
+            })
+            .collect();
+    }
+    let mut out = pieces;
+    if let Some(n) = s.cut_after.filter(|n| *n < out.len()) {
+        out.truncate(n);
+        out.push(CUT.into());
+    } else if let Some(n) = s.error_after.filter(|n| *n < out.len()) {
+        out.truncate(n);
+        out.push(error.into());
+    }
+    out
+}
 
 fn now_us() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
@@ -293,6 +331,10 @@ fn sse(mut flight: Flight, s: &Script, frames: Vec<String>) -> Response {
                 }
                 tokio::time::sleep(gap).await;
             }
+            if frame == CUT {
+                // The connection dies mid-answer.
+                return Some((Err(std::io::Error::other("cut")), (it, flight)));
+            }
             let frame = frame.replace(STAMP, &format!("<t:{}>", now_us()));
             Some((Ok::<_, std::io::Error>(Bytes::from(frame)), (it, flight)))
         });
@@ -325,11 +367,11 @@ async fn gemini(
     record(&inner, format!("/v1beta/models/{call}{query}"), &headers, &body).await;
     let flight = Flight::new(&inner);
     let (model, method) = call.split_once(':').unwrap_or((&call, ""));
-    let prompt = body["contents"]
-        .as_array()
-        .and_then(|c| c.last())
-        .map(|c| c["parts"][0]["text"].as_str().unwrap_or(""))
-        .unwrap_or("");
+    let contents = body["contents"].as_array().cloned().unwrap_or_default();
+    let text = |c: &Value| c["parts"][0]["text"].as_str().unwrap_or("").to_owned();
+    let prompt = contents.iter().rev().find(|c| c["role"] == "user").map(text).unwrap_or_default();
+    let prefix = contents.last().filter(|c| c["role"] == "model").map(text);
+    let prompt = prompt.as_str();
     let (s, said) = script(prompt);
     wait_before_answering(&inner, &s).await;
     let key = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -368,14 +410,19 @@ async fn gemini(
             axum::Json(body).into_response()
         };
     }
-    let pieces = chunks_of(&s, &said);
+    let error = json!({"error": {"code": 500, "message": "internal error mid-stream", "status": "INTERNAL"}});
+    let error = format!("data: {error}\r\n\r\n");
+    let pieces = to_send(&s, chunks_of(&s, &said), prefix.as_deref(), &error);
     let finish = s.finish.clone().unwrap_or_else(|| "STOP".into());
     if method.starts_with("streamGenerateContent") {
-        let n = pieces.len();
+        let n = if pieces.last().is_some_and(|p| *p == CUT || *p == error) { usize::MAX } else { pieces.len() };
         let frames = pieces
             .iter()
             .enumerate()
             .map(|(i, p)| {
+                if *p == CUT || *p == error {
+                    return p.clone();
+                }
                 let mut cand = json!({"content": {"parts": [{"text": text_of(&s, p)}], "role": "model"}, "index": 0});
                 let mut chunk = json!({"modelVersion": model});
                 if i + 1 == n {
@@ -388,7 +435,7 @@ async fn gemini(
             .collect();
         sse(flight, &s, frames)
     } else {
-        let text: String = pieces.concat();
+        let text: String = pieces.iter().filter(|p| **p != CUT && **p != error).map(String::as_str).collect();
         axum::Json(json!({
             "candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": finish, "index": 0}],
             "usageMetadata": usage,
@@ -414,7 +461,11 @@ async fn openai(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Strin
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     record(&inner, "/v1/chat/completions".into(), &headers, &body).await;
     let flight = Flight::new(&inner);
-    let prompt = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("");
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let content = |m: &Value| m["content"].as_str().unwrap_or("").to_owned();
+    let prompt = messages.iter().rev().find(|m| m["role"] == "user").map(content).unwrap_or_default();
+    let prefix = messages.last().filter(|m| m["role"] == "assistant").map(content);
+    let prompt = prompt.as_str();
     let (s, said) = script(prompt);
     wait_before_answering(&inner, &s).await;
     if headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer bad-key") {
@@ -427,21 +478,31 @@ async fn openai(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Strin
     if let Some(code) = failure(&inner, &s, prompt).await {
         return openai_error(code, "server_error", "try again later", if code == 429 { s.retry_delay_s } else { None });
     }
-    let pieces = chunks_of(&s, &said);
+    let error =
+        json!({"error": {"message": "internal error mid-stream", "type": "server_error", "param": null, "code": null}});
+    let error = format!("data: {error}\n\n");
+    let pieces = to_send(&s, chunks_of(&s, &said), prefix.as_deref(), &error);
+    let broken = pieces.last().is_some_and(|p| *p == CUT || *p == error);
     let finish = s.finish.clone().unwrap_or_else(|| "stop".into());
     let usage = json!({"prompt_tokens": 7, "completion_tokens": 11, "total_tokens": 18});
     if body["stream"] == true {
-        let n = pieces.len();
+        let n = if broken { usize::MAX } else { pieces.len() };
         let mut frames: Vec<String> = pieces
             .iter()
             .enumerate()
             .map(|(i, p)| {
+                if *p == CUT || *p == error {
+                    return p.clone();
+                }
                 let fr = if i + 1 == n { json!(finish) } else { Value::Null };
                 let chunk = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
                     "choices": [{"index": 0, "delta": {"content": text_of(&s, p)}, "finish_reason": fr}]});
                 format!("data: {chunk}\n\n")
             })
             .collect();
+        if broken {
+            return sse(flight, &s, frames);
+        }
         if body["stream_options"]["include_usage"] == true {
             let chunk = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage});
             frames.push(format!("data: {chunk}\n\n"));
@@ -450,7 +511,7 @@ async fn openai(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Strin
         sse(flight, &s, frames)
     } else {
         axum::Json(json!({"id": "chatcmpl-1", "object": "chat.completion", "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": pieces.concat()}, "finish_reason": finish}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": pieces.iter().filter(|p| **p != CUT && **p != error).map(String::as_str).collect::<String>()}, "finish_reason": finish}],
             "usage": usage}))
         .into_response()
     }

@@ -81,6 +81,31 @@ async fn the_local_model_answers_streamed_and_stops_at_max_tokens() {
 }
 
 #[tokio::test]
+async fn a_stop_sequence_ends_the_answer_and_a_prefix_is_continued() {
+    let c = cluster().await;
+    let ask = json!({"prompt": "What is the capital of France? Answer in one sentence.", "temperature": 0,
+        "provider": "local", "cache": false, "max_tokens": 60});
+    let (_, whole) = run(&c, ask.clone()).await;
+    let text = whole["result"]["text"].as_str().unwrap_or_default().to_owned();
+    let cut = text.find("Paris").unwrap_or_else(|| panic!("the model knows: {text:?}"));
+    // Stopped before "Paris": nothing of it or after it.
+    let mut stopped = ask.clone();
+    stopped["stop"] = json!(["Paris"]);
+    let (pieces, job) = run(&c, stopped).await;
+    assert_eq!(job["result"]["text"].as_str(), Some(&text[..cut]), "{job}");
+    assert_eq!(pieces.concat(), text[..cut]);
+    assert_eq!(job["result"]["finish_reason"], "stop");
+    // Given the start of the answer, the model writes on from it: the
+    // result is the whole answer, and only the rest is streamed.
+    let mut continued = ask.clone();
+    continued["prefix"] = json!(&text[..cut]);
+    let (pieces, job) = run(&c, continued).await;
+    let again = job["result"]["text"].as_str().unwrap_or_default();
+    assert!(again.starts_with(&text[..cut]) && again.len() > cut, "{job}");
+    assert_eq!(pieces.concat(), again[cut..], "only what it wrote on from the prefix is streamed");
+}
+
+#[tokio::test]
 async fn history_reaches_the_prompt_and_cancel_stops_generation() {
     let c = cluster().await;
     let plain = json!({"prompt": "What is my name?", "temperature": 0, "max_tokens": 8, "cache": false});

@@ -357,6 +357,8 @@ async fn ask(socket: SocketRef, io: SocketIo, Data(a): Data<Value>, ack: AckSend
             cache: None,
             temperature: None,
             max_tokens: None,
+            stop: vec![],
+            prefix: None,
             own_key: s.key.is_some(),
         };
         (params, s.key.clone())

@@ -26,6 +26,10 @@ pub fn request_body(q: &Query<'_>) -> Value {
         })
         .collect();
     contents.push(json!({"role": "user", "parts": [{"text": q.params.prompt}]}));
+    if let Some(prefix) = q.params.prefix.as_deref().filter(|p| !p.is_empty()) {
+        // The answer so far, for the model to write on from.
+        contents.push(json!({"role": "model", "parts": [{"text": prefix}]}));
+    }
     let mut body = json!({"contents": contents});
     if let Some(system) = &q.params.system {
         body["systemInstruction"] = json!({"parts": [{"text": system}]});
@@ -36,6 +40,9 @@ pub fn request_body(q: &Query<'_>) -> Value {
     }
     if let Some(m) = q.params.max_tokens {
         config.insert("maxOutputTokens".into(), json!(m));
+    }
+    if !q.params.stop.is_empty() {
+        config.insert("stopSequences".into(), json!(q.params.stop));
     }
     if !config.is_empty() {
         body["generationConfig"] = Value::Object(config);
@@ -198,6 +205,17 @@ pub async fn query(
         let mut events = std::pin::pin!(sse(resp, timeout, WHO));
         while let Some(data) = events.next().await {
             take(&mut folded, decode(WHO, &data?)?, sink, q.model).await?;
+            if sink.stopped() {
+                folded.finish_reason = "STOP".into();
+                break;
+            }
+        }
+        if folded.finish_reason.is_empty() {
+            // Gemini's last chunk always says why it stopped.
+            return Err(AiError::Transient {
+                message: format!("{WHO} ended the stream before the answer was complete"),
+                after: None,
+            });
         }
     } else {
         take(&mut folded, decode(WHO, &body(resp, timeout, WHO).await?)?, sink, q.model).await?;

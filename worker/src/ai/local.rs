@@ -11,7 +11,7 @@
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use faena_proto::ai::{AiParams, Role, Usage};
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -27,6 +27,11 @@ use super::{AiError, Answer, Sink};
 
 /// Tokens an answer may take when the query sets no `max_tokens`.
 const DEFAULT_MAX_TOKENS: u32 = 512;
+/// What the generating thread is told: go on, stop because
+/// the job was cancelled, or stop because the answer reached a stop sequence.
+const RUN: u8 = 0;
+const CANCELLED: u8 = 1;
+const ENOUGH: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -123,14 +128,18 @@ impl LocalModel {
             .template
             .as_ref()
             .ok_or_else(|| AiError::Fatal(format!("the local model {} has no chat template", self.name)))?;
-        self.model
+        let mut prompt = self
+            .model
             .apply_chat_template(template, &chat, true)
-            .map_err(|e| AiError::Fatal(format!("the local model's chat template failed: {e}")))
+            .map_err(|e| AiError::Fatal(format!("the local model's chat template failed: {e}")))?;
+        // The answer so far, for the model to write on from.
+        prompt.push_str(params.prefix.as_deref().unwrap_or(""));
+        Ok(prompt)
     }
 
     /// Runs one query to its end, `stop`, or an error, sending each piece
     /// of text to `pieces` as it is made. Blocking: run it off the runtime.
-    fn generate(&self, params: &AiParams, stop: &AtomicBool, pieces: &mpsc::Sender<String>) -> Result<Done, AiError> {
+    fn generate(&self, params: &AiParams, stop: &AtomicU8, pieces: &mpsc::Sender<String>) -> Result<Done, AiError> {
         let prompt = self.prompt(params)?;
         let vocab = self.model.vocab();
         let tokens = vocab.tokenize(prompt.as_bytes(), true, true);
@@ -180,9 +189,13 @@ impl LocalModel {
         let mut pos = tokens.len() as i32;
         let mut made = 0u32;
         let finish = loop {
-            if stop.load(Ordering::Relaxed) {
-                tracing::info!(tokens = made, "local model stopped: cancelled");
-                return Err(AiError::Fatal("cancelled".into()));
+            match stop.load(Ordering::Relaxed) {
+                RUN => {}
+                ENOUGH => break Finish::Stop,
+                _ => {
+                    tracing::info!(tokens = made, "local model stopped: cancelled");
+                    return Err(AiError::Fatal("cancelled".into()));
+                }
             }
             if made == budget {
                 break Finish::Length;
@@ -202,6 +215,9 @@ impl LocalModel {
                 let text = String::from_utf8_lossy(&pending[..whole]).into_owned();
                 pending.drain(..whole);
                 if pieces.blocking_send(text).is_err() {
+                    if stop.load(Ordering::Relaxed) == ENOUGH {
+                        break Finish::Stop;
+                    }
                     tracing::info!(tokens = made, "local model stopped: cancelled");
                     return Err(AiError::Fatal("cancelled".into()));
                 }
@@ -233,24 +249,31 @@ struct Done {
 }
 
 /// Tells the generating thread to stop when the query is dropped.
-struct StopOnDrop(Arc<AtomicBool>);
+struct StopOnDrop(Arc<AtomicU8>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        let _ = self.0.compare_exchange(RUN, CANCELLED, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
 /// Asks the local model; its pieces go to `sink` as they are made.
 pub async fn query(local: &Arc<LocalModel>, params: &AiParams, sink: &mut Sink<'_>) -> Result<Answer, AiError> {
     let (tx, mut rx) = mpsc::channel::<String>(256);
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicU8::new(RUN));
     let _stop_on_drop = StopOnDrop(stop.clone());
     let (model, query) = (local.clone(), params.clone());
-    let run = tokio::task::spawn_blocking(move || model.generate(&query, &stop, &tx));
+    let thread_stop = stop.clone();
+    let run = tokio::task::spawn_blocking(move || model.generate(&query, &thread_stop, &tx));
     while let Some(piece) = rx.recv().await {
         sink.push(&piece).await;
+        if sink.stopped() {
+            // A stop sequence: the answer is complete.
+            stop.store(ENOUGH, Ordering::Relaxed);
+            break;
+        }
     }
+    drop(rx);
     let done = run
         .await
         .map_err(|e| AiError::Transient { message: format!("the local model's thread: {e}"), after: None })??;

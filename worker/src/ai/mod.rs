@@ -154,6 +154,15 @@ impl Providers {
         live.or_else(|| self.endpoint(p).map(|e| e.model.clone()))
     }
 
+    /// The model `p` answers with when a job names none (the local
+    /// model's file name for `local`).
+    pub fn default_model(&self, p: Provider) -> Option<String> {
+        match p {
+            Provider::Local => self.local.as_ref().map(|m| m.name().to_owned()),
+            _ => self.model(p).filter(|m| !m.is_empty()),
+        }
+    }
+
     /// A remote provider's endpoint (the local one has none).
     pub fn endpoint(&self, p: Provider) -> Option<&Endpoint> {
         match p {
@@ -226,33 +235,122 @@ impl Folded {
 }
 
 /// Where the answer's pieces go: the job's progress, in order, and the
-/// full text.
+/// full text. It ends the answer before a stop sequence: text that could
+/// be the start of one is held back until the next piece says.
 #[derive(Debug)]
 pub struct Sink<'a> {
     ctx: Option<&'a JobContext>,
+    /// The answer so far (a continued answer's start included).
     pub text: String,
+    /// Where this provider's part of the answer starts in `text`.
+    start: usize,
     seq: u64,
+    stops: &'a [String],
+    held: String,
+    stopped: bool,
     started: Instant,
     pub first_token: Option<Duration>,
 }
 
+/// Where an answer cut off mid-way stands: its text and pieces so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    pub text: String,
+    pub seq: u64,
+}
+
 impl<'a> Sink<'a> {
     pub fn new(ctx: Option<&'a JobContext>) -> Self {
-        Self { ctx, text: String::new(), seq: 0, started: Instant::now(), first_token: None }
+        Self::resume(ctx, Written::default(), &[])
     }
 
+    /// Goes on from `written` (pieces numbered on from there), ending
+    /// before the first of `stops`.
+    pub fn resume(ctx: Option<&'a JobContext>, written: Written, stops: &'a [String]) -> Self {
+        let start = written.text.len();
+        Self {
+            ctx,
+            text: written.text,
+            start,
+            seq: written.seq,
+            stops,
+            held: String::new(),
+            stopped: false,
+            started: Instant::now(),
+            first_token: None,
+        }
+    }
+
+    /// Nothing of this provider's answer went out yet.
     pub fn is_empty(&self) -> bool {
-        self.seq == 0
+        self.text.len() == self.start
+    }
+
+    /// A stop sequence came: the provider should stop.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// The text written so far and where the numbering stands.
+    pub fn written(&self) -> Written {
+        Written { text: self.text.clone(), seq: self.seq }
+    }
+
+    /// This provider's part of the answer.
+    pub fn own_text(&self) -> &str {
+        &self.text[self.start..]
     }
 
     pub async fn push(&mut self, piece: &str) {
-        if piece.is_empty() {
+        if piece.is_empty() || self.stopped {
             return;
         }
         self.first_token.get_or_insert_with(|| self.started.elapsed());
-        self.text.push_str(piece);
+        if self.stops.is_empty() {
+            return self.send(piece.to_owned()).await;
+        }
+        self.held.push_str(piece);
+        let found = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min();
+        let out = match found {
+            Some(at) => {
+                self.stopped = true;
+                let out = self.held[..at].to_owned();
+                self.held.clear();
+                out
+            }
+            None => {
+                // Keep back the longest tail that begins a stop sequence.
+                let keep = self.held.len() - self.safe_len();
+                let out = self.held[..self.held.len() - keep].to_owned();
+                self.held.drain(..self.held.len() - keep);
+                out
+            }
+        };
+        self.send(out).await;
+    }
+
+    /// How much of `held` cannot be the start of a stop sequence.
+    fn safe_len(&self) -> usize {
+        let h = &self.held;
+        (0..h.len())
+            .filter(|&i| h.is_char_boundary(i))
+            .find(|&i| self.stops.iter().any(|s| s.starts_with(&h[i..])))
+            .unwrap_or(h.len())
+    }
+
+    /// The answer ended: what was held back goes out.
+    pub async fn finish(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        self.send(held).await;
+    }
+
+    async fn send(&mut self, piece: String) {
+        if piece.is_empty() {
+            return;
+        }
+        self.text.push_str(&piece);
         if let Some(ctx) = self.ctx {
-            let chunk = AiChunk { seq: self.seq, text: piece.to_owned() };
+            let chunk = AiChunk { seq: self.seq, text: piece };
             ctx.report(serde_json::to_value(chunk).unwrap_or_default()).await;
         }
         self.seq += 1;
@@ -372,6 +470,32 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_answer_ends_before_a_stop_sequence_split_over_pieces() {
+        let stops = vec!["END".to_owned(), "\n\n".to_owned()];
+        let mut sink = Sink::resume(None, Written::default(), &stops);
+        for piece in ["Hello E", "N", "ough. E", "ND and more"] {
+            sink.push(piece).await;
+        }
+        sink.finish().await;
+        assert!(sink.stopped());
+        assert_eq!(sink.text, "Hello ENough. ");
+        let mut plain = Sink::resume(None, Written::default(), &stops);
+        plain.push("no stop E").await;
+        assert_eq!(plain.text, "no stop ", "a possible start is held back");
+        plain.finish().await;
+        assert_eq!((plain.text.as_str(), plain.stopped()), ("no stop E", false));
+    }
+
+    #[tokio::test]
+    async fn a_continued_answer_numbers_its_pieces_on() {
+        let mut sink = Sink::resume(None, Written { text: "abc".into(), seq: 3 }, &[]);
+        assert!(sink.is_empty());
+        sink.push("def").await;
+        assert_eq!(sink.written(), Written { text: "abcdef".into(), seq: 4 });
+        assert_eq!(sink.own_text(), "def");
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_milliseconds() {

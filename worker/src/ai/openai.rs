@@ -24,7 +24,14 @@ pub fn request_body(q: &Query<'_>, stream: bool) -> Value {
         messages.push(json!({"role": role, "content": t.text}));
     }
     messages.push(json!({"role": "user", "content": q.params.prompt}));
+    if let Some(prefix) = q.params.prefix.as_deref().filter(|p| !p.is_empty()) {
+        // The answer so far, for the server to write on from.
+        messages.push(json!({"role": "assistant", "content": prefix}));
+    }
     let mut body = json!({"model": q.model, "messages": messages, "stream": stream});
+    if !q.params.stop.is_empty() {
+        body["stop"] = json!(q.params.stop);
+    }
     if stream {
         body["stream_options"] = json!({"include_usage": true});
     }
@@ -154,6 +161,10 @@ pub async fn query(
                 break;
             }
             take(&mut folded, decode(WHO, &data)?, sink, q.model).await?;
+            if sink.stopped() {
+                folded.finish_reason = "stop".into();
+                break;
+            }
         }
         if !done && folded.finish_reason.is_empty() {
             return Err(AiError::Transient {

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::{Executor, JobContext, JobFailure};
 use crate::ai::local::{self, LocalModel};
-use crate::ai::{AiError, Answer, Endpoint, Providers, Query, Sink, gemini, openai};
+use crate::ai::{AiError, Answer, Endpoint, Providers, Query, Sink, Written, gemini, openai};
 
 #[derive(Debug, Clone)]
 pub struct AiQuery {
@@ -45,6 +45,10 @@ enum Miss {
     /// unreachable) and nothing of the answer went out: the next provider
     /// may answer instead.
     Unavailable(String),
+    /// The provider failed after part of the answer went out (a cut
+    /// connection, a server error mid-stream): the next provider continues
+    /// it from what was written.
+    Cut { error: String, written: Written },
 }
 
 /// Where one provider's answer comes from.
@@ -72,9 +76,19 @@ async fn ask(
     providers: &Providers,
     provider: Provider,
     params: &AiParams,
+    written: &Written,
     ctx: &JobContext,
     last: bool,
 ) -> Result<(Answer, String, Timings), Miss> {
+    // What was written so far goes to the provider as the answer's start.
+    let continued;
+    let params = match written.text.is_empty() {
+        true => params,
+        false => {
+            continued = AiParams { prefix: Some(written.text.clone()), ..params.clone() };
+            &continued
+        }
+    };
     // Exhaustive: a new provider breaks the build here until it has a wire.
     let wire = match provider {
         Provider::Local => None,
@@ -97,7 +111,7 @@ async fn ask(
     let mut backoff = faena_common::retry::Policy::calls(providers.tries).start();
     loop {
         let tries = backoff.tries() + 1;
-        let mut sink = Sink::new(Some(ctx));
+        let mut sink = Sink::resume(Some(ctx), written.clone(), &params.stop);
         let started = Instant::now();
         let result = match &target {
             Target::Local(model) => local::query(model, params, &mut sink).await,
@@ -114,6 +128,7 @@ async fn ask(
         };
         match result {
             Ok(answer) => {
+                sink.finish().await;
                 let total = started.elapsed();
                 let timings = Timings {
                     first_token_ms: sink.first_token.unwrap_or(total).as_millis() as u64,
@@ -123,9 +138,14 @@ async fn ask(
                 return Ok((answer, sink.text, timings));
             }
             Err(AiError::Fatal(m)) => return Err(Miss::Failure(JobFailure::permanent(m))),
+            Err(AiError::Transient { message, .. }) if !sink.is_empty() && !last => {
+                // Part of the answer went out: the next provider continues it.
+                return Err(Miss::Cut { error: format!("{message} (mid-answer)"), written: sink.written() });
+            }
             Err(AiError::Transient { message, .. }) if !sink.is_empty() => {
-                // Part of the answer went out: a clean retry is the master's
-                // (watchers see the job requeued and the answer start again).
+                // Part of the answer went out and no provider is left: a
+                // clean retry is the master's (watchers see the job
+                // requeued and the answer start again).
                 let m = format!("{message} (after part of the answer was sent)");
                 return Err(Miss::Failure(JobFailure::retryable(m)));
             }
@@ -167,12 +187,19 @@ async fn answer(providers: &Providers, params: &AiParams, ctx: &JobContext) -> R
         return Err(JobFailure::permanent(format!("this worker has none of the providers the job accepts ({wanted})")));
     }
     let mut tried: Vec<Tried> = Vec::new();
+    // The answer so far (a client's prefix, then what cut-off providers
+    // wrote), and the providers that wrote it.
+    let mut written = Written { text: params.prefix.clone().unwrap_or_default(), seq: 0 };
+    let mut answered_by = Vec::new();
     for (i, &provider) in order.iter().enumerate() {
         let last = i + 1 == order.len();
-        match ask(providers, provider, params, ctx, last).await {
+        match ask(providers, provider, params, &written, ctx, last).await {
             Ok((answer, text, timings)) => {
                 if !tried.is_empty() {
                     tracing::info!(provider = %provider, tried = %said(&tried), "AI answer from a fallback provider");
+                }
+                if !answered_by.is_empty() {
+                    answered_by.push(provider);
                 }
                 return Ok(AiOutput {
                     text,
@@ -184,7 +211,18 @@ async fn answer(providers: &Providers, params: &AiParams, ctx: &JobContext) -> R
                     timings,
                     cached: false,
                     tried,
+                    answered_by,
                 });
+            }
+            Err(Miss::Cut { error, written: so_far }) => {
+                let next = order.get(i + 1).copied().unwrap_or(provider);
+                tracing::warn!(provider = %provider, next = %next, error = %error, "AI provider cut off mid-answer; the next continues it");
+                status(ctx, provider, error.clone(), AiNext::Continuing { next }).await;
+                if answered_by.is_empty() {
+                    answered_by.push(provider);
+                }
+                tried.push(Tried { provider, error });
+                written = so_far;
             }
             Err(Miss::Unavailable(error)) if !last => {
                 let next = order[i + 1];
@@ -195,7 +233,7 @@ async fn answer(providers: &Providers, params: &AiParams, ctx: &JobContext) -> R
             Err(miss) => {
                 let failure = match miss {
                     Miss::Failure(f) => f,
-                    Miss::Unavailable(m) => JobFailure::permanent(m),
+                    Miss::Unavailable(m) | Miss::Cut { error: m, .. } => JobFailure::permanent(m),
                 };
                 if tried.is_empty() {
                     return Err(failure);
