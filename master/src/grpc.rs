@@ -158,7 +158,8 @@ impl MasterService {
             || caps.ai_providers.len() > 8
             || caps.randomx_modes.len() > 4
             || !short(&caps.version)
-            || caps.ai_providers.iter().chain(&caps.randomx_modes).any(|v| !short(v))
+            || caps.ai_models.len() > 8
+            || caps.ai_providers.iter().chain(&caps.randomx_modes).chain(&caps.ai_models).any(|v| !short(v))
         {
             return Err(self.invalid(format!(
                 "capabilities too large: at most {MAX_OFFERED_KINDS} kinds, 8 providers, 4 RandomX modes, \
@@ -187,7 +188,18 @@ impl MasterService {
         if kinds.contains(&JobKind::AiQuery) && providers.is_empty() {
             return Err(self.invalid("a worker that runs ai.query must name its providers (gemini, openai)"));
         }
+        // "provider/model" of a provider it offers; others are not news.
+        let models = caps
+            .ai_models
+            .iter()
+            .filter_map(|m| {
+                let (p, name) = m.split_once('/')?;
+                let p = Provider::parse(p).filter(|p| providers.contains(p))?;
+                faena_proto::ai::check_model_name(name).ok().map(|()| (p, name.to_owned()))
+            })
+            .collect();
         Ok(Capabilities {
+            ai_models: models,
             kinds,
             slots: caps.slots,
             ai_slots: caps.ai_slots,

@@ -107,6 +107,11 @@ impl Hub {
         }
     }
 
+    /// What is kept for `job` now (its streamed answer so far).
+    pub fn kept(&self, job: &JobId) -> Vec<JobEvent> {
+        self.inner.lock().get(job).map(|e| e.kept.clone()).unwrap_or_default()
+    }
+
     /// Forgets what was kept for a job (its stream starts again).
     pub fn reset_kept(&self, job: &JobId) {
         let mut map = self.inner.lock();

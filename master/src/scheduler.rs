@@ -39,6 +39,8 @@ pub struct Capabilities {
     pub huge_pages: bool,
     pub randomx_modes: Vec<Mode>,
     pub ai_providers: Vec<Provider>,
+    /// The model each provider answers with by default.
+    pub ai_models: Vec<(Provider, String)>,
     pub version: String,
 }
 
@@ -240,6 +242,7 @@ pub(crate) mod tests {
                 huge_pages: false,
                 randomx_modes: vec![Mode::Light],
                 ai_providers: vec![],
+                ai_models: vec![],
                 version: "test".into(),
             },
             running: HashMap::new(),

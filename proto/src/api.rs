@@ -150,6 +150,10 @@ pub struct WorkerView {
     /// `ai.query` units it runs at once.
     #[serde(default)]
     pub ai_slots: u32,
+    /// The model each of its providers answers with by default, as
+    /// `provider/model` (what `GET /v1/models` lists).
+    #[serde(default)]
+    pub ai_models: Vec<String>,
     /// Invalid mining shares since it registered (over the limit: `quarantined`).
     #[serde(default)]
     pub invalid_shares: u32,

@@ -94,7 +94,13 @@ pub fn default_worker_id() -> String {
     format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
 }
 
-fn capabilities(rx: &randomx::RandomX, kinds: &[JobKind], slots: (u32, u32), ai: &[Provider]) -> pb::Capabilities {
+fn capabilities(
+    rx: &randomx::RandomX,
+    kinds: &[JobKind],
+    slots: (u32, u32),
+    ai: &[Provider],
+    models: Vec<String>,
+) -> pb::Capabilities {
     pb::Capabilities {
         cores: caps::cores(),
         memory_bytes: caps::memory_bytes(),
@@ -106,6 +112,7 @@ fn capabilities(rx: &randomx::RandomX, kinds: &[JobKind], slots: (u32, u32), ai:
         slots: slots.0,
         ai_slots: slots.1,
         version: env!("CARGO_PKG_VERSION").into(),
+        ai_models: models,
     }
 }
 
@@ -239,7 +246,8 @@ pub async fn run(
         registry = registry.with(JobKind::AiQuery, Arc::new(exec::ai::AiQuery::new(providers.clone())));
     }
     let slots = (slots, if offered.is_empty() { 0 } else { cfg.ai.ai_slots });
-    let caps = capabilities(&rx, &registry.kinds(), slots, &offered);
+    let models = offered.iter().filter_map(|p| Some(format!("{p}/{}", providers.default_model(*p)?))).collect();
+    let caps = capabilities(&rx, &registry.kinds(), slots, &offered, models);
     let (client, session) = client::connect(&cfg.master_url, &token, &cfg.tls)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let runner =

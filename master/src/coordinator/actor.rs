@@ -51,6 +51,8 @@ pub(super) struct Actor {
     cache_pending: HashMap<JobId, String>,
     pub(super) positions_dirty: bool,
     sent_positions: HashMap<JobId, u64>,
+    /// AI answers a lost attempt cut off, continued by the next.
+    continued: super::continued::Continued,
 }
 
 impl Actor {
@@ -64,6 +66,7 @@ impl Actor {
             cache_pending: HashMap::new(),
             positions_dirty: false,
             sent_positions: HashMap::new(),
+            continued: Default::default(),
         }
     }
 
@@ -341,6 +344,7 @@ impl Actor {
                         // rather than run it with another key.
                         unit.secrets = vec![API_KEY_SECRET.into()];
                     }
+                    self.continued.dispatching(&mut unit);
                     self.deps.metrics.waited(waited.as_secs_f64());
                     outgoing.push(Outgoing::Unit(worker, unit));
                 }
@@ -368,6 +372,7 @@ impl Actor {
         if event.is_final() {
             // Every way a job ends passes here: its secrets go with it.
             self.secrets.remove(&job);
+            self.continued.ended(&job);
             if let Some(key) = self.cache_pending.remove(&job)
                 && let JobEvent::Succeeded { result, .. } = &event
             {
@@ -386,11 +391,16 @@ impl Actor {
             });
         } else if matches!(event, JobEvent::Progress { .. }) && self.engine.kind(&job) == Some(JobKind::AiQuery) {
             // A streamed answer: kept for watchers that arrive mid-answer.
+            let event = self.continued.renumber(job, event);
             self.deps.hub.publish_kept(job, event);
         } else {
             if matches!(event, JobEvent::Requeued { .. }) {
-                // The answer will start again from its first piece.
-                self.deps.hub.reset_kept(&job);
+                // Part of an answer was written: the next attempt continues
+                // it. Else it starts again from its first piece.
+                let ai = self.engine.kind(&job) == Some(JobKind::AiQuery);
+                if !(ai && self.continued.lost(job, &self.deps.hub.kept(&job))) {
+                    self.deps.hub.reset_kept(&job);
+                }
             }
             self.deps.hub.publish(job, event);
         }
@@ -431,6 +441,7 @@ impl Actor {
                     hashrate: w.hashrate,
                     ai_providers: w.caps.ai_providers.iter().map(|p| p.as_str().to_owned()).collect(),
                     ai_slots: w.caps.ai_slots,
+                    ai_models: w.caps.ai_models.iter().map(|(p, m)| format!("{p}/{m}")).collect(),
                     invalid_shares: w.invalid_shares,
                     version: w.caps.version.clone(),
                     config: w.config.clone(),

@@ -14,6 +14,7 @@
 //! - [`pool_link`]: the coordinator as the pool's job engine.
 
 mod actor;
+mod continued;
 mod pool_link;
 mod reports;
 
