@@ -30,10 +30,13 @@ export FAENA_TEST_LOCAL_MODEL
 # The Python worker's tests start it against a real master: its virtual
 # environment (pip) and gRPC stubs are made once here, not inside a test's wait.
 examples/python-worker/run.sh --setup
+# The OpenAI API's tests run PyPI's `openai` and LiteLLM against a master.
+examples/openai-clients/run.sh --setup
 
 # The operator scripts: linted, and each answers --help.
 need_packages shellcheck:shellcheck
 shellcheck -x scripts/*.sh scripts/lib/*.sh mosquitto/setup.sh docker/healthcheck.sh examples/python-worker/run.sh \
+  examples/openai-clients/run.sh \
   postgres/entrypoint.sh
 for s in scripts/*.sh; do
   [ "$s" = scripts/test.sh ] && continue

@@ -7,6 +7,7 @@
 
 mod client;
 mod config;
+mod keys;
 mod output;
 mod plans;
 mod store;
@@ -123,6 +124,11 @@ enum Command {
     Groups {
         #[command(subcommand)]
         action: plans::Groups,
+    },
+    /// Keys for AI clients of the OpenAI endpoints (/v1): create, list, revoke.
+    Keys {
+        #[command(subcommand)]
+        action: keys::Keys,
     },
     /// Read or change the cluster's live configuration (workers apply it without restarting).
     Config {
@@ -350,6 +356,7 @@ async fn run(c: &Client, command: Command, as_json: bool) -> Result<Exit> {
         Command::Config { action } => config::run(c, action, as_json).await,
         Command::Schedules { action } => plans::schedules(c, action, as_json).await,
         Command::Groups { action } => plans::groups(c, action, as_json).await,
+        Command::Keys { action } => keys::keys(c, action, as_json).await,
         Command::Completions { .. } | Command::Store { .. } => Ok(Exit::Ok),
     }
 }

@@ -63,6 +63,13 @@ pub fn is_peer_key(cluster_token: &Secret, given: &str) -> bool {
     unhex(given).is_some_and(|tag| hmac::verify(&derived(cluster_token, PEER_LABEL), b"peer", &tag).is_ok())
 }
 
+/// SHA-256 of a high-entropy secret (an AI client's key), hex: what is
+/// stored and looked up instead of the secret. A key has 256 random bits,
+/// so a fast hash is enough (as for GitHub's tokens); a password would not be.
+pub fn fingerprint(secret: &str) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes()).as_ref())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

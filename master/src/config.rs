@@ -149,6 +149,10 @@ pub struct Config {
     /// (and AI provider) for this long.
     #[arg(long, env = "FAENA_NO_WORKER_TIMEOUT_MS", default_value_t = 60_000)]
     pub no_worker_timeout_ms: u64,
+    /// Longest an OpenAI-API request (`/v1/chat/completions`) waits in the
+    /// queue for an AI slot before it is answered 429 with `Retry-After`.
+    #[arg(long, env = "FAENA_AI_QUEUE_WAIT_MS", default_value_t = 60_000)]
+    pub ai_queue_wait_ms: u64,
     /// `ai.query` answers kept in the result cache (0 turns it off).
     #[arg(long, env = "FAENA_AI_CACHE_ENTRIES", default_value_t = 1000)]
     pub ai_cache_entries: usize,

@@ -37,6 +37,7 @@ pub mod janitor;
 pub mod leader;
 pub mod metrics;
 pub mod mqtt;
+pub mod openai;
 pub mod pool;
 pub mod queue;
 pub mod ranked;
@@ -403,6 +404,10 @@ pub async fn run(
         autoscaler: scaling::Reports::default(),
         epoch: leading.as_ref().map(|l| l.epoch),
         stratum_port: addrs.stratum.map(|a| a.port()),
+        ai: openai::Gateway::new(
+            openai::keys::Keys::load(store.clone()).await?,
+            std::time::Duration::from_millis(cfg.ai_queue_wait_ms),
+        ),
     };
     let miners = TaskTracker::new();
     if let Some(listener) = stratum_listener {

@@ -63,11 +63,14 @@ pub struct HeldKey {
     pub until_ms: Option<u64>,
 }
 
-/// What a named document is: a group's limits or a recurring schedule.
+/// What a named document is: a group's limits, a recurring schedule, an
+/// AI client's key (its hash, never the key) or a key's usage on one day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NamedKind {
     Group,
     Schedule,
+    AiKey,
+    AiUsage,
 }
 
 impl NamedKind {
@@ -75,6 +78,8 @@ impl NamedKind {
         match self {
             NamedKind::Group => "group",
             NamedKind::Schedule => "schedule",
+            NamedKind::AiKey => "ai_key",
+            NamedKind::AiUsage => "ai_usage",
         }
     }
 }

@@ -53,6 +53,28 @@ impl AppError {
         self
     }
 
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub(crate) fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// This error's response with another body (the OpenAI API's error
+    /// format), its cause still logged.
+    pub(crate) fn respond_with(self, body: serde_json::Value) -> Response {
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(cause) = self.cause {
+            resp.extensions_mut().insert(FailureCause(cause));
+        }
+        resp
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The same error with `prefix` before its message (`jobs[3]: …`).
     pub(crate) fn prefixed(self, prefix: &str) -> Self {
         Self { message: format!("{prefix}: {}", self.message), ..self }

@@ -42,6 +42,7 @@ mod submit;
 
 pub use error::AppError;
 pub(crate) use error::parse_body;
+pub(crate) use submit::submit_jobs;
 
 /// Most jobs in one batch submission.
 pub const MAX_BATCH: usize = 10_000;
@@ -69,6 +70,8 @@ pub struct AppState {
     /// The epoch of the lease this master leads a shared store with
     /// (none: it owns its store alone).
     pub epoch: Option<i64>,
+    /// The OpenAI endpoints' keys and settings.
+    pub ai: crate::openai::Gateway,
     /// The port miners connect to here, when Stratum is on (`/healthz`
     /// says it: the edge spreads miners over the masters by it).
     pub stratum_port: Option<u16>,
@@ -103,6 +106,7 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
         .route("/api/autoscaler", get(scaling::show).put(scaling::report))
         .route("/api/config", get(config::get).put(config::put))
         .merge(mining::routes())
+        .merge(crate::openai::admin_routes())
         .route(
             "/api/{*rest}",
             axum::routing::any(|| async { AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") }),
@@ -112,7 +116,9 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
         Some(token) => api.route_layer(axum::middleware::from_fn_with_state(token, require_token)),
         None => api,
     };
-    api.route("/healthz", get(healthz))
+    let openai = crate::openai::routes().route_layer(axum::middleware::from_fn(origin::require_json));
+    api.merge(openai)
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(error::log_failures))
@@ -147,7 +153,7 @@ fn parse_id(id: &str) -> Result<JobId, AppError> {
     id.parse().map_err(|e: faena_proto::WireError| AppError::bad_request("bad_id", e.to_string()))
 }
 
-fn check_accepting(state: &AppState) -> Result<(), AppError> {
+pub(crate) fn check_accepting(state: &AppState) -> Result<(), AppError> {
     if !state.accepting.load(Ordering::Relaxed) {
         return Err(AppError::shutting_down());
     }

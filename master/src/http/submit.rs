@@ -116,7 +116,7 @@ pub(super) fn parse_time(s: &str) -> Option<u64> {
 /// Submits `jobs`: parents named outside the batch are looked up in the
 /// store first. A parent that ended here a moment ago, not yet stored, is
 /// waited for (the store's next commit) and looked up again.
-pub(super) async fn submit_jobs(state: &AppState, jobs: Vec<NewJob>) -> Result<Vec<Accepted>, AppError> {
+pub(crate) async fn submit_jobs(state: &AppState, jobs: Vec<NewJob>) -> Result<Vec<Accepted>, AppError> {
     let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
     let parents: Vec<JobId> = jobs
         .iter()

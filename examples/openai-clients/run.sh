@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs the real OpenAI clients (PyPI's `openai` and LiteLLM, pinned in
+# requirements.txt) against a Faena master's /v1, in a virtual environment
+# made here once.
+#
+#   examples/openai-clients/run.sh BASE_URL API_KEY MODEL   check (check.py)
+#   examples/openai-clients/run.sh --setup                  set up only
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+venv="$here/.venv"
+
+setup() {
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    # shellcheck source=SCRIPTDIR/../../scripts/lib/prereqs.sh
+    . "$here/../../scripts/lib/prereqs.sh"
+    install_packages python3-venv
+  fi
+  if [ ! -x "$venv/bin/python" ] || ! cmp -s "$here/requirements.txt" "$venv/.faena-requirements"; then
+    echo "openai clients: installing $(grep -vc '^#' "$here/requirements.txt") packages into $venv" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+    cp "$here/requirements.txt" "$venv/.faena-requirements"
+  fi
+}
+
+exec 9>"$here/.setup.lock"
+flock 9
+setup
+flock -u 9
+exec 9>&-
+[ "${1:-}" = "--setup" ] && exit 0
+# LiteLLM reads its model price list from the package, not from GitHub:
+# the checks reach nothing but the master.
+export LITELLM_LOCAL_MODEL_COST_MAP=True NO_PROXY=127.0.0.1,localhost
+exec "$venv/bin/python" -u "$here/check.py" "$@"
