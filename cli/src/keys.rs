@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::client::{Client, Exit, Result};
-use crate::output;
+use crate::output::{self, text};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Keys {
@@ -27,14 +27,6 @@ pub enum Keys {
     List,
     /// Refuse a key from now on.
     Revoke { name: String },
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 const HEADER: &[&str] = &["NAME", "KEY", "TOKENS/DAY", "AT ONCE", "MODELS", "TODAY", "REQUESTS", "REVOKED"];

@@ -62,6 +62,15 @@ pub fn job(v: &Value) {
 }
 
 /// Rows under a header, columns padded to their widest cell.
+/// A table cell: a string as it is, null as "-", anything else as JSON.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {

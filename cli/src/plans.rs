@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::client::{Client, Exit, Result};
-use crate::output;
+use crate::output::{self, text};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Schedules {
@@ -85,14 +85,6 @@ fn put(body: &mut Value, key: &str, v: Option<impl Into<Value>>) {
 
 fn show(v: &Value, as_json: bool, rows: impl Fn(&Value) -> Vec<Vec<String>>, header: &[&str]) {
     if as_json { output::json(v) } else { output::table(header, &rows(v)) }
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 const SCHEDULE_HEADER: &[&str] = &["NAME", "CRON", "ZONE", "KIND", "OVERLAP", "CATCH-UP", "NEXT", "LAST JOB"];

@@ -13,19 +13,11 @@ if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
 fi
 venv="$here/.venv"
 
+# shellcheck source=SCRIPTDIR/../../scripts/lib/venv.sh
+. "$here/../../scripts/lib/venv.sh"
+
 setup() {
-  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    # shellcheck source=SCRIPTDIR/../../scripts/lib/prereqs.sh
-    . "$here/../../scripts/lib/prereqs.sh"
-    install_packages python3-venv
-  fi
-  if [ ! -x "$venv/bin/python" ] || ! cmp -s "$here/requirements.txt" "$venv/.faena-requirements"; then
-    echo "openai clients: installing $(grep -vc '^#' "$here/requirements.txt") packages into $venv" >&2
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-    cp "$here/requirements.txt" "$venv/.faena-requirements"
-  fi
+  need_venv "$venv" "$here/requirements.txt"
 }
 
 exec 9>"$here/.setup.lock"

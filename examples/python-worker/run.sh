@@ -17,19 +17,11 @@ proto="$proto_dir/faena/v1/master.proto"
 venv="$here/.venv"
 gen="$here/gen"
 
+# shellcheck source=SCRIPTDIR/../../scripts/lib/venv.sh
+. "$here/../../scripts/lib/venv.sh"
+
 setup() {
-  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    # shellcheck source=SCRIPTDIR/../../scripts/lib/prereqs.sh
-    . "$here/../../scripts/lib/prereqs.sh"
-    install_packages python3-venv
-  fi
-  if [ ! -x "$venv/bin/python" ] || ! cmp -s "$here/requirements.txt" "$venv/.faena-requirements"; then
-    echo "python worker: installing $(grep -vc '^#' "$here/requirements.txt") packages into $venv" >&2
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-    cp "$here/requirements.txt" "$venv/.faena-requirements"
-  fi
+  need_venv "$venv" "$here/requirements.txt"
   # Stubs follow the .proto: made again whenever it is newer than they are.
   if [ ! -f "$gen/faena/v1/master_pb2_grpc.py" ] || [ "$proto" -nt "$gen/faena/v1/master_pb2_grpc.py" ]; then
     local tmp

@@ -213,3 +213,22 @@ async fn submit_options_schedules_and_groups() {
     ok(&faena(&c, &["schedules", "delete", "daily"]).await);
     assert_eq!(faena(&c, &["schedules", "list", "--json"]).await.json()["schedules"], json!([]));
 }
+
+#[tokio::test]
+async fn keys_for_ai_clients() {
+    let c = Cluster::start_with_api_token(MasterOpts::default(), API_TOKEN).await;
+    let made =
+        faena(&c, &["keys", "create", "--name", "team-a", "--tokens-per-day", "1000", "--models", "local,gemini"])
+            .await;
+    ok(&made);
+    let key = made.stdout.trim();
+    assert!(key.starts_with("fk-") && made.stderr.contains("shown this once"), "{} {}", made.stdout, made.stderr);
+    let table = faena(&c, &["keys", "list"]).await;
+    assert!(table.stdout.starts_with("NAME") && table.stdout.contains("local,gemini"), "{}", table.stdout);
+    assert!(!table.stdout.contains(key), "the key is shown once");
+    let again = faena(&c, &["keys", "create", "--name", "team-a"]).await;
+    assert!(again.code != 0 && again.stderr.contains("exists"), "{}", again.stderr);
+    ok(&faena(&c, &["keys", "revoke", "team-a"]).await);
+    let listed = faena(&c, &["keys", "list", "--json"]).await.json();
+    assert!(listed["keys"][0]["revoked_at"].is_string(), "{listed}");
+}

@@ -68,6 +68,12 @@ async fn data_of(resp: reqwest::Response) -> Vec<String> {
     out
 }
 
+/// A chat request sent while the test goes on.
+fn in_background(c: &Cluster, body: Value) -> tokio::task::JoinHandle<reqwest::Response> {
+    let url = format!("http://{}/v1/chat/completions", c.addrs.http);
+    tokio::spawn(async move { client().post(url).bearer_auth(API_TOKEN).json(&body).send().await.expect("a response") })
+}
+
 /// Waits until `path` lists exactly one job.
 async fn one_job(c: &Cluster, path: &str) {
     eventually(path, || async {
@@ -207,33 +213,10 @@ async fn a_busy_cluster_queues_the_request_then_answers_429_after_the_wait() {
     let fake = FakeAi::start().await;
     let c = cluster(&fake, &[("FAENA_AI_QUEUE_WAIT_MS", "1500")], &[("FAENA_AI_SLOTS", "1")]).await;
     let held = json!({"model": "gemini", "messages": user(&script(json!({"hold": "slot"}), "first"))});
-    let first = tokio::spawn({
-        let c_http = c.addrs.http.clone();
-        async move {
-            client()
-                .post(format!("http://{c_http}/v1/chat/completions"))
-                .bearer_auth(API_TOKEN)
-                .json(&held)
-                .send()
-                .await
-                .expect("first")
-        }
-    });
+    let first = in_background(&c, held);
     eventually("the first request at the provider", || async { (fake.in_flight() == 1).then_some(()) }).await;
     // The second waits in the queue, visible there, then gets an honest 429.
-    let second = tokio::spawn({
-        let c_http = c.addrs.http.clone();
-        async move {
-            let body = json!({"model": "gemini", "messages": user("second")});
-            client()
-                .post(format!("http://{c_http}/v1/chat/completions"))
-                .bearer_auth(API_TOKEN)
-                .json(&body)
-                .send()
-                .await
-                .expect("second")
-        }
-    });
+    let second = in_background(&c, json!({"model": "gemini", "messages": user("second")}));
     one_job(&c, "/api/jobs?state=queued").await;
     let resp = second.await.unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
