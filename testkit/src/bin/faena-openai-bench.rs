@@ -3,6 +3,7 @@
 //!
 //!   faena-openai-bench overhead FAKE_URL LITELLM_URL   (FAKE_URL: a faena-fake-ai process;
 //!                                                       LITELLM_URL: LiteLLM's proxy in front of it)
+//!                                                       (FAENA_BENCH_CLIENTS=1,32: only those N)
 //!   faena-openai-bench overload
 //!   faena-openai-bench failover
 //!   faena-openai-bench local
@@ -112,13 +113,16 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// A master and one worker whose providers are the fake at `base` (OpenAI
+/// at `/v1`, Gemini at `/v1beta`).
 async fn ai_cluster(base: &str, slots: u32, extra: &[(&str, &str)]) -> Cluster {
     let mut c = Cluster::start(MasterOpts { heartbeat_ms: 2000, ..MasterOpts::default() }).await;
     let slots = slots.to_string();
+    let gemini = format!("{base}/v1beta");
     let mut env = vec![
         ("OPENAI_BASE_URL", base),
         ("OPENAI_MODEL", "fake-gpt"),
-        ("GEMINI_BASE_URL", base),
+        ("GEMINI_BASE_URL", gemini.as_str()),
         ("GEMINI_API_KEY", "bench"),
         ("FAENA_AI_SLOTS", slots.as_str()),
     ];
@@ -138,7 +142,12 @@ async fn overhead(fake: &str, litellm: &str) {
         ("Faena", faena, "openai/fake-gpt"),
     ];
     println!("overhead: streaming clients against the fake backend, straight, through LiteLLM, through Faena");
-    for n in [1usize, 32, 256] {
+    // FAENA_BENCH_CLIENTS=1,32 measures only those.
+    let ns: Vec<usize> = std::env::var("FAENA_BENCH_CLIENTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 32, 256]);
+    for n in ns {
         let each = (1024 / n).clamp(4, 200);
         let mut all: Vec<(Vec<Duration>, f64, usize)> = vec![(Vec::new(), 0.0, 0); 3];
         // Three rounds, alternating which goes first.
@@ -242,12 +251,18 @@ async fn failover() {
             })
         })
         .collect();
-    let (mut whole_ok, mut both) = (0, 0);
+    let (mut whole_ok, mut both, mut errors) = (0, 0, Vec::new());
     for t in tasks {
-        if let Ok((_, text, last)) = t.await.expect("a client") {
-            whole_ok += usize::from(text == whole);
-            both += usize::from(last["faena"]["providers"] == json!(["gemini", "openai"]));
+        match t.await.expect("a client") {
+            Ok((_, text, last)) => {
+                whole_ok += usize::from(text == whole);
+                both += usize::from(last["faena"]["providers"] == json!(["gemini", "openai"]));
+            }
+            Err(e) => errors.push(e),
         }
+    }
+    if let Some(e) = errors.first() {
+        println!("{} failed, the first with: {e}", errors.len());
     }
     println!(
         "failover: 100 streams cut after 40 of 60 pieces: {whole_ok} ended as the whole answer in one stream, {both} of them written by gemini then openai ({:.1} s)",
