@@ -337,6 +337,12 @@ impl Guard {
         let mut buf = BytesMut::with_capacity(4096);
         let mut held_back = HashSet::new();
         loop {
+            // rumqttd leaves Nagle on for its connections: a packet it
+            // writes while an earlier one is unacknowledged waits for our
+            // ACK, which Linux may delay 40 ms. Acknowledging at once keeps
+            // a work unit from waiting on that (quick-ack mode lapses, so
+            // it is asked for again after each read).
+            let _ = socket2::SockRef::from(rd.as_ref()).set_tcp_quickack(true);
             let frame = read_frame(&mut rd, &mut buf, MAX_PACKET_BYTES).await?;
             match &frame.packet {
                 Packet::Publish(p) if !self.acl.can_read(role, &p.topic) => {
