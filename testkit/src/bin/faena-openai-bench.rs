@@ -77,7 +77,8 @@ async fn stream(
 }
 
 /// `clients` concurrent streaming clients, `each` requests apiece:
-/// (sorted times to first token, requests/s, failures).
+/// (sorted times to first token, requests/s, failures). Each client's
+/// first request (its connection being made) is not counted.
 async fn load(url: &str, key: &str, model: &str, clients: usize, each: usize) -> (Vec<Duration>, f64, usize) {
     let client = http();
     let started = Instant::now();
@@ -85,6 +86,8 @@ async fn load(url: &str, key: &str, model: &str, clients: usize, each: usize) ->
         .map(|c| {
             let (client, url, key, model) = (client.clone(), url.to_owned(), key.to_owned(), model.to_owned());
             tokio::spawn(async move {
+                let warm = json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hello"}]});
+                let _ = stream(&client, &url, &key, &warm).await;
                 let mut out = Vec::with_capacity(each);
                 for i in 0..each {
                     let body = json!({"model": model, "stream": true,
