@@ -46,6 +46,8 @@ pub struct Metrics {
     ai_tokens: Family<Labels, Counter>,
     /// A provider that could not answer (before a retry or a hand-over), by provider.
     ai_errors: Family<Labels, Counter>,
+    /// OpenAI-API requests by how they were answered (`ok` or the error's code).
+    openai_requests: Family<Labels, Counter>,
     /// Registered workers by availability.
     workers_state: Family<Labels, Gauge>,
     /// How long the longest-waiting queued job of each kind has waited.
@@ -207,6 +209,12 @@ impl Default for Metrics {
             "Times a provider could not answer (before a retry or a hand-over), by provider",
             ai_errors.clone(),
         );
+        let openai_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "openai_requests",
+            "Requests to /v1/chat/completions by how they were answered: ok, or the error's code",
+            openai_requests.clone(),
+        );
         let workers_state = Family::<Labels, Gauge>::default();
         registry.register("workers_state", "Registered workers by state", workers_state.clone());
         let oldest_wait = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
@@ -257,6 +265,7 @@ impl Default for Metrics {
             group_jobs,
             ai_tokens,
             ai_errors,
+            openai_requests,
             recent_wait: Window::default(),
             recent_run: Window::default(),
             registry,
@@ -394,6 +403,11 @@ impl Metrics {
 
     pub fn ai_error(&self, provider: faena_proto::ai::Provider) {
         self.ai_errors.get_or_create(&vec![("provider", provider.as_str())]).inc();
+    }
+
+    /// An OpenAI-API request answered `code` (`ok`, or an error's code).
+    pub fn openai_request(&self, code: &'static str) {
+        self.openai_requests.get_or_create(&vec![("answer", code)]).inc();
     }
 
     /// The counters the dashboard turns into rates, as they stand.

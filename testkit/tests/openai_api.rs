@@ -154,6 +154,12 @@ async fn chat_completions_whole_and_streamed_in_openais_format() {
     assert_eq!(e["error"]["code"], "invalid_api_key");
     let resp = chat(&c, API_TOKEN, json!({"model": "auto", "messages": [{"role": "assistant", "content": "x"}]})).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // Each is counted by how it was answered.
+    let metrics = c.api.text("/metrics").await;
+    for (answer, n) in [("ok", 2), ("model_not_found", 1), ("invalid_api_key", 1), ("invalid_message", 1)] {
+        let line = format!("faena_openai_requests_total{{answer=\"{answer}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test]

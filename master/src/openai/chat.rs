@@ -341,6 +341,20 @@ pub(super) async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OaiError> {
+    let metrics = state.metrics.clone();
+    let answered = answer(state, headers, body).await;
+    metrics.openai_request(match &answered {
+        Ok(_) => "ok",
+        Err(e) => e.app.code(),
+    });
+    answered
+}
+
+async fn answer(
+    state: AppState,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OaiError> {
     let who = tenant(&state, &headers)?;
     check_accepting(&state)?;
     let req: ChatRequest = parse_body(body)?;
