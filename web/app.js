@@ -135,7 +135,9 @@ socket.on(EV.job, (u) => {
   if (e) {
     if (u.state === "queued") {
       setQueued(e, u.position);
-      if (u.reason) {
+      // Back in the queue: the answer starts again, unless it goes on
+      // from where it stopped (its worker was lost mid-answer).
+      if (u.reason && !u.continues) {
         e.text = "";
         e.answer.textContent = "";
         e.answer.hidden = true;

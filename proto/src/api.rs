@@ -201,6 +201,11 @@ pub enum JobEvent {
     /// Back in the queue after a worker was lost or its lease ran out.
     Requeued {
         reason: String,
+        /// An AI answer cut off with it goes on from where it stopped (its
+        /// pieces so far stay; the next come numbered on), rather than
+        /// starting again.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        continues: bool,
     },
     Succeeded {
         result: Value,

@@ -164,6 +164,10 @@ pub struct JobUpdate {
     /// Why it waits, or why it went back to the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Back in the queue with its answer so far kept: the next attempt
+    /// continues it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continues: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -42,7 +42,7 @@ async fn run(c: &Cluster, fake: &FakeAi, params: Value) -> (Vec<Value>, Value) {
         while let Some((name, data)) = events.next().await {
             match name.as_str() {
                 "progress" => chunks.push(data["data"].clone()),
-                "requeued" => chunks.clear(),
+                "requeued" if data["continues"] != true => chunks.clear(),
                 n if is_final(n) => return true,
                 _ => {}
             }

@@ -288,7 +288,22 @@ async fn an_answer_whose_worker_is_killed_goes_on_from_another_worker() {
     while !text.contains("w5 ") {
         text.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
     }
+    // A watcher of the job hears that it went back to the queue, to go on.
+    let (_, running) = c.api.get("/api/jobs?state=running").await;
+    let mut watch = c.api.events(running["jobs"][0]["id"].as_str().unwrap()).await;
     c.worker("ai").kill9().await;
+    let requeued = tokio::time::timeout(WAIT, async {
+        loop {
+            match watch.next().await {
+                Some((name, data)) if name == "requeued" => return data,
+                Some(_) => {}
+                None => panic!("the job's events ended"),
+            }
+        }
+    })
+    .await
+    .expect("requeued");
+    assert_eq!(requeued["continues"], true, "{requeued}");
     let (gemini, openai) = (fake.gemini_base(), fake.openai_base());
     let env =
         [("OPENAI_BASE_URL", openai.as_str()), ("GEMINI_BASE_URL", gemini.as_str()), ("OPENAI_MODEL", "fake-gpt")];

@@ -394,11 +394,14 @@ impl Actor {
             let event = self.continued.renumber(job, event);
             self.deps.hub.publish_kept(job, event);
         } else {
-            if matches!(event, JobEvent::Requeued { .. }) {
+            let mut event = event;
+            if let JobEvent::Requeued { continues, .. } = &mut event {
                 // Part of an answer was written: the next attempt continues
-                // it. Else it starts again from its first piece.
+                // it (watchers are told). Else it starts again from its
+                // first piece.
                 let ai = self.engine.kind(&job) == Some(JobKind::AiQuery);
-                if !(ai && self.continued.lost(job, &self.deps.hub.kept(&job))) {
+                *continues = ai && self.continued.lost(job, &self.deps.hub.kept(&job));
+                if !*continues {
                     self.deps.hub.reset_kept(&job);
                 }
             }

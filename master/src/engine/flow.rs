@@ -140,7 +140,7 @@ impl Engine {
             at_ms: now.wall_ms,
             run_at_ms,
         }));
-        self.effects.push(Effect::Notify { job: id, event: JobEvent::Requeued { reason } });
+        self.effects.push(Effect::Notify { job: id, event: JobEvent::Requeued { reason, continues: false } });
         if let Some(at) = run_at_ms {
             self.effects
                 .push(Effect::Notify { job: id, event: JobEvent::Scheduled { run_at: faena_store::rfc3339(at) } });

@@ -177,7 +177,7 @@ impl Engine {
         self.retire(now, unit, JobState::Failed, None, Some(note));
         self.effects.push(Effect::RangeReturned { job });
         let reason = format!("a unit was lost ({reason}); its range is split again");
-        self.effects.push(Effect::Notify { job, event: JobEvent::Requeued { reason } });
+        self.effects.push(Effect::Notify { job, event: JobEvent::Requeued { reason, continues: false } });
         let verdict = self.mining.lost(&unit, attempts, now.mono);
         self.apply_verdict(now, job, verdict, None);
     }

@@ -18,8 +18,15 @@ pub(super) async fn forward(web: Web, io: SocketIo, session: String, job: JobId,
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
         let room = io.to(session.clone());
-        let update =
-            |state, position, worker, attempt, reason| sio::JobUpdate { job, state, position, worker, attempt, reason };
+        let update = |state, position, worker, attempt, reason| sio::JobUpdate {
+            job,
+            state,
+            position,
+            worker,
+            attempt,
+            reason,
+            continues: false,
+        };
         let sent = match &event {
             JobEvent::Queued { position } => {
                 room.emit(to_client::JOB, &update(JobState::Queued, Some(*position), None, None, None)).await
@@ -34,12 +41,18 @@ pub(super) async fn forward(web: Web, io: SocketIo, session: String, job: JobId,
                 room.emit(to_client::JOB, &update(JobState::Running, None, Some(worker.clone()), Some(*attempt), None))
                     .await
             }
-            JobEvent::Requeued { reason } => {
+            JobEvent::Requeued { reason, continues } => {
                 web.note(&session, job, |e| {
                     e.state = JobState::Queued;
-                    e.answer.clear();
+                    if !continues {
+                        e.answer.clear();
+                    }
                 });
-                room.emit(to_client::JOB, &update(JobState::Queued, None, None, None, Some(reason.clone()))).await
+                let u = sio::JobUpdate {
+                    continues: *continues,
+                    ..update(JobState::Queued, None, None, None, Some(reason.clone()))
+                };
+                room.emit(to_client::JOB, &u).await
             }
             JobEvent::Progress { data, .. } => {
                 match (data.get("seq").and_then(Value::as_u64), data.get("text").and_then(Value::as_str)) {
