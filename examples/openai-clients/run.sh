@@ -20,11 +20,7 @@ setup() {
   need_venv "$venv" "$here/requirements.txt"
 }
 
-exec 9>"$here/.setup.lock"
-flock 9
-setup
-flock -u 9
-exec 9>&-
+run_locked "$here/.setup.lock" setup
 [ "${1:-}" = "--setup" ] && exit 0
 # LiteLLM reads its model price list from the package, not from GitHub:
 # the checks reach nothing but the master.

@@ -33,10 +33,6 @@ setup() {
 }
 
 # Several workers may start at once from one checkout: one sets up, the others wait.
-exec 9>"$here/.setup.lock"
-flock 9
-setup
-flock -u 9
-exec 9>&-
+run_locked "$here/.setup.lock" setup
 [ "${1:-}" = "--setup" ] && exit 0
 exec "$venv/bin/python" -u "$here/worker.py" "$@"

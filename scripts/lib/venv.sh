@@ -19,3 +19,15 @@ need_venv() {
     cp "$requirements" "$venv/.faena-requirements"
   fi
 }
+
+# run_locked LOCKFILE COMMAND...: COMMAND while holding LOCKFILE, so that
+# several processes starting at once from one checkout set up once.
+run_locked() {
+  local lock=$1
+  shift
+  exec 9>"$lock"
+  flock 9
+  "$@"
+  flock -u 9
+  exec 9>&-
+}
