@@ -30,6 +30,13 @@ pub struct Fleet {
     kick: Notify,
     pub heartbeats: AtomicU64,
     pub completed: AtomicU64,
+    /// Results the master refused because the lease was no longer this
+    /// worker's (it expired and the job went to another): the budget they
+    /// took is given back.
+    pub stale: AtomicU64,
+    /// Results that did not get through (the call failed): kept and sent
+    /// again, their budget given back meanwhile.
+    pub failed: AtomicU64,
     pub registered: AtomicU64,
     stop: AtomicBool,
 }
@@ -45,6 +52,11 @@ impl Fleet {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.kick.notify_waiters();
+    }
+
+    /// A unit taken with [`Fleet::take`] did not complete: its budget goes back.
+    fn untake(&self) {
+        self.budget.fetch_add(1, Ordering::SeqCst);
     }
 
     fn take(&self) -> bool {
@@ -168,8 +180,22 @@ async fn run_worker(
                 outcome: Some(pb::result_request::Outcome::OutputJson("{\"payload\":null}".into())),
                 elapsed_us: 1,
             };
-            if grpc.submit_result(request_in(result, &session)).await.is_ok() {
-                fleet.completed.fetch_add(1, Ordering::Relaxed);
+            match grpc.submit_result(request_in(result, &session)).await {
+                Ok(_) => {
+                    fleet.completed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(s) if matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::NotFound) => {
+                    // Not ours any more: another worker holds the job now.
+                    fleet.stale.fetch_add(1, Ordering::Relaxed);
+                    fleet.untake();
+                }
+                Err(_) => {
+                    // Kept, and sent again with the next budget.
+                    fleet.failed.fetch_add(1, Ordering::Relaxed);
+                    fleet.untake();
+                    held.insert(key, u);
+                    break;
+                }
             }
         }
     }

@@ -19,7 +19,10 @@
 //! complete a budget of units, each freed slot takes the next queued job);
 //! then the same with 1,000 SSE watchers of queued jobs, whose positions
 //! move with every dispatch. Last, the ratios of the deepest queue to the
-//! shallowest.
+//! shallowest. A line ends with what went other than planned, if anything:
+//! leases the master took back from a live simulated worker, results it
+//! refused as no longer that worker's, result calls that failed (the fleet
+//! gives their budget back and sends them again, so none stalls the run).
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::sync::atomic::Ordering;
@@ -102,7 +105,13 @@ async fn dispatches(c: &Cluster, pid: i32, fleet: &Fleet, k: usize) -> f64 {
     let done0 = metric(c, "faena_jobs_total{state=\"succeeded\"}").await;
     let cpu0 = cpu_seconds(pid);
     fleet.complete(k as i64);
-    wait_metric(c, "faena_jobs_total{state=\"succeeded\"}", done0 + k as f64).await;
+    // At least k more (a job redelivered after a lost lease may end more
+    // than once on the fleet's side, never twice in the store).
+    let name = "faena_jobs_total{state=\"succeeded\"}";
+    eventually(&format!("{name} >= {}", done0 + k as f64), || async {
+        (metric(c, name).await >= done0 + k as f64).then_some(())
+    })
+    .await;
     (cpu_seconds(pid) - cpu0) * 1e6 / k as f64
 }
 
@@ -116,9 +125,21 @@ async fn measure(c: &Cluster, pid: i32, fleet: &Fleet, deep: &[String], k: usize
     Costs { hb_us, tick_us, query_us, query_cpu_us, dispatch_us }
 }
 
-fn line(depth: usize, watchers: usize, rss: f64, c: Costs) {
+/// What went other than planned: leases the master took back from a live
+/// simulated worker (redeliveries), results it refused as no longer that
+/// worker's, calls that failed and were made again. All 0 on a master that
+/// keeps up.
+fn surprises(c_redeliveries: f64, fleet: &Fleet) -> String {
+    let (stale, failed) = (fleet.stale.load(Ordering::Relaxed), fleet.failed.load(Ordering::Relaxed));
+    if c_redeliveries == 0.0 && stale == 0 && failed == 0 {
+        return String::new();
+    }
+    format!("  (redeliveries {c_redeliveries}, stale results {stale}, failed result calls {failed})")
+}
+
+fn line(depth: usize, watchers: usize, rss: f64, c: Costs, surprises: String) {
     println!(
-        "{depth:>7} {watchers:>8} {rss:>8.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>11.1}",
+        "{depth:>7} {watchers:>8} {rss:>8.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>11.1}{surprises}",
         c.hb_us, c.tick_us, c.query_us, c.query_cpu_us, c.dispatch_us
     );
 }
@@ -159,7 +180,7 @@ async fn main() {
         let deep: Vec<String> = ids[ids.len() - (depth / 4).clamp(1, 1_000)..].to_vec();
         let plain = measure(&c, pid, &fleet, &deep, k, depth).await;
         let rss = rss_mib(pid);
-        line(depth, 0, rss, plain);
+        line(depth, 0, rss, plain, surprises(metric(&c, "faena_redeliveries_total").await, &fleet));
 
         // 1,000 SSE watchers of queued jobs, spread over the queue's back half.
         let mut watched = Vec::with_capacity(WATCHERS);
@@ -173,7 +194,7 @@ async fn main() {
         }
         let with = measure(&c, pid, &fleet, &deep, k, depth).await;
         let rss_w = rss_mib(pid);
-        line(depth, WATCHERS, rss_w, with);
+        line(depth, WATCHERS, rss_w, with, surprises(metric(&c, "faena_redeliveries_total").await, &fleet));
         rows.push((depth, rss.max(rss_w), plain, with));
         if let Some(pid) = mosquitto.as_ref().and_then(|m| m.child.as_ref()).and_then(tokio::process::Child::id) {
             println!("        (Mosquitto, a process of its own: RSS {:.1} MiB)", rss_mib(pid as i32));
