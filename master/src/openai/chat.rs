@@ -15,20 +15,17 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use faena_proto::ai::{AiChunk, AiOutput, AiParams, Provider, Role, Turn};
-use faena_proto::api::JobEvent;
+use faena_proto::ai::{AiOutput, AiParams, Provider, Role, Turn};
 use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobSpec, Priority};
 use faena_proto::options::JobOptions;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 
+use super::relay::{CancelOnDrop, Piece, Relay};
 use super::{Gateway, OaiError, Tenant, tenant};
-use crate::coordinator::Coordinator;
 use crate::engine::NewJob;
 use crate::http::{AppError, AppState, check_accepting, parse_body, submit_jobs};
-use crate::hub::{Hub, Watch};
 
 #[derive(Debug, Deserialize)]
 pub(super) struct ChatRequest {
@@ -189,129 +186,6 @@ fn params(req: &ChatRequest, provider: Option<Provider>, model: Option<String>) 
     };
     p.validate().map_err(|e| OaiError::bad("invalid_request", e.to_string()))?;
     Ok(p)
-}
-
-/// Cancels the job when the request goes away before its answer ended.
-struct CancelOnDrop {
-    coord: Coordinator,
-    id: JobId,
-    armed: bool,
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if self.armed {
-            let (coord, id) = (self.coord.clone(), self.id);
-            tokio::spawn(async move {
-                let _ = coord.cancel(id).await;
-            });
-        }
-    }
-}
-
-/// What the relay hands on.
-enum Piece {
-    Text(String),
-    Done(AiOutput),
-    Failed(String),
-}
-
-/// Follows one job's events: the answer's pieces in order, once each,
-/// whatever the hub's buffer dropped (they are read back from what it
-/// keeps), then the outcome.
-struct Relay {
-    hub: Hub,
-    id: JobId,
-    watch: Watch,
-    /// Pieces read from the hub's replay, not yet handed on.
-    backlog: std::collections::VecDeque<JobEvent>,
-    next_seq: u64,
-    sent: String,
-    guard: CancelOnDrop,
-}
-
-impl Relay {
-    async fn event(&mut self) -> Option<JobEvent> {
-        if let Some(ev) = self.backlog.pop_front() {
-            return Some(ev);
-        }
-        loop {
-            match self.watch.recv().await {
-                Ok(ev) => return Some(ev),
-                Err(RecvError::Lagged(_)) => {
-                    // Read what was written again; pieces already sent are skipped.
-                    let (kept, watch) = self.hub.subscribe(self.id);
-                    self.watch = watch;
-                    self.backlog.extend(kept);
-                    if let Some(ev) = self.backlog.pop_front() {
-                        return Some(ev);
-                    }
-                }
-                Err(RecvError::Closed) => return None,
-            }
-        }
-    }
-
-    /// Waits until the job runs (true), or ends first (false).
-    async fn started(&mut self) -> bool {
-        while let Some(ev) = self.event().await {
-            match ev {
-                JobEvent::Running { .. } | JobEvent::Progress { .. } => {
-                    self.backlog.push_front(ev);
-                    return true;
-                }
-                e if e.is_final() => {
-                    self.backlog.push_front(e);
-                    return true;
-                }
-                _ => {}
-            }
-        }
-        false
-    }
-
-    async fn next(&mut self) -> Option<Piece> {
-        loop {
-            match self.event().await? {
-                JobEvent::Progress { data, .. } => {
-                    let Ok(chunk) = serde_json::from_value::<AiChunk>(data) else { continue };
-                    if chunk.seq < self.next_seq {
-                        continue;
-                    }
-                    self.next_seq = chunk.seq + 1;
-                    self.sent.push_str(&chunk.text);
-                    return Some(Piece::Text(chunk.text));
-                }
-                JobEvent::Succeeded { result, .. } => {
-                    self.guard.armed = false;
-                    let out: AiOutput = match serde_json::from_value(result) {
-                        Ok(o) => o,
-                        Err(e) => return Some(Piece::Failed(format!("the worker's answer does not read: {e}"))),
-                    };
-                    // Whatever did not come as a piece comes now.
-                    if let Some(rest) = out.text.strip_prefix(self.sent.as_str()).filter(|r| !r.is_empty()) {
-                        self.backlog.push_front(JobEvent::Succeeded {
-                            result: serde_json::to_value(&out).unwrap_or_default(),
-                            worker: String::new(),
-                            attempt: 0,
-                        });
-                        self.sent.push_str(rest);
-                        return Some(Piece::Text(rest.to_owned()));
-                    }
-                    return Some(Piece::Done(out));
-                }
-                JobEvent::Failed { error, .. } => {
-                    self.guard.armed = false;
-                    return Some(Piece::Failed(error));
-                }
-                JobEvent::Cancelled => {
-                    self.guard.armed = false;
-                    return Some(Piece::Failed("the job was cancelled".into()));
-                }
-                _ => {}
-            }
-        }
-    }
 }
 
 fn created() -> u64 {

@@ -8,6 +8,7 @@
 mod chat;
 pub mod keys;
 mod models;
+mod relay;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
