@@ -139,6 +139,8 @@ struct Inner {
 pub struct Keys {
     inner: Arc<RwLock<Inner>>,
     store: Store,
+    /// Most keys kept ([`MAX_KEYS`]).
+    limit: usize,
 }
 
 fn day(now_ms: u64) -> u64 {
@@ -173,7 +175,7 @@ impl Keys {
                 inner.usage.insert(key.to_owned(), (today, u));
             }
         }
-        Ok(Self { inner: Arc::new(RwLock::new(inner)), store })
+        Ok(Self { inner: Arc::new(RwLock::new(inner)), store, limit: MAX_KEYS })
     }
 
     /// The key in force that `secret` is, if any.
@@ -215,7 +217,7 @@ impl Keys {
             let inner = self.inner.read();
             match inner.keys.get(&new.name) {
                 Some(k) if k.revoked_at.is_none() => return Err(KeyError::Exists(new.name)),
-                None if inner.keys.len() >= MAX_KEYS => return Err(KeyError::Full),
+                None if inner.keys.len() >= self.limit => return Err(KeyError::Full),
                 _ => {}
             }
         }
@@ -287,6 +289,50 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Retention, SyncMode};
+
+    fn new(name: &str) -> NewKey {
+        NewKey { name: name.into(), tokens_per_day: None, max_concurrent: None, models: vec![] }
+    }
+
+    /// Returns once everything written so far is committed.
+    async fn committed(store: &Store) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.after_commit(move |_| {
+            let _ = tx.send(());
+        });
+        rx.await.expect("committed");
+    }
+
+    #[tokio::test]
+    async fn keys_are_bounded_kept_hashed_and_counted_across_a_restart() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("faena.db");
+        let store = Store::open(&path, SyncMode::Normal, Retention::OFF).expect("a store");
+        let keys = Keys { limit: 2, ..Keys::load(store.clone()).await.expect("keys") };
+        let (_, a) = keys.create(new("a")).await.expect("made");
+        let (b_record, b) = keys.create(new("b")).await.expect("made");
+        assert!(b_record.hash.is_empty(), "a record handed out carries no hash");
+        assert!(matches!(keys.create(new("c")).await, Err(KeyError::Full)));
+        assert!(matches!(keys.create(new("b")).await, Err(KeyError::Exists(_))));
+        keys.revoke("a").await.expect("revoked");
+        assert!(keys.find(&a).is_none() && keys.find(&b).is_some());
+        assert!(matches!(keys.create(new("c")).await, Err(KeyError::Full)), "revoked keys count");
+        keys.spend("b", 3, 4);
+        keys.spend("nobody", 100, 100);
+        assert_eq!(keys.spent_today("b"), 7);
+        committed(&store).await;
+        drop((keys, store));
+
+        let store = Store::open(&path, SyncMode::Normal, Retention::OFF).expect("opened again");
+        let keys = Keys::load(store).await.expect("keys");
+        assert!(keys.find(&a).is_none(), "still revoked");
+        assert_eq!(keys.find(&b).map(|k| k.name), Some("b".into()));
+        assert_eq!(keys.spent_today("b"), 7);
+        assert_eq!(keys.list().len(), 2);
+        let bytes = std::fs::read(&path).expect("the store's file");
+        assert!(!String::from_utf8_lossy(&bytes).contains(&b), "the key itself is not stored");
+    }
 
     fn record(models: &[&str]) -> KeyRecord {
         KeyRecord {
