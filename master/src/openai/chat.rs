@@ -255,8 +255,16 @@ async fn answer(
     let (kept, watch) = state.hub.subscribe(id);
     submit_jobs(&state, vec![job]).await?;
     let guard = CancelOnDrop { coord: state.coord.clone(), id, armed: true };
-    let mut relay =
-        Relay { hub: state.hub.clone(), id, watch, backlog: kept.into(), next_seq: 0, sent: String::new(), guard };
+    let mut relay = Relay {
+        hub: state.hub.clone(),
+        id,
+        watch,
+        backlog: kept.into(),
+        next_seq: 0,
+        sent: String::new(),
+        guard,
+        done: None,
+    };
     let asked = Instant::now();
     match tokio::time::timeout(state.ai.queue_wait, relay.started()).await {
         Ok(true) => {}
@@ -394,8 +402,7 @@ fn stream(
                     }
                     Some(Piece::Failed(e)) => {
                         // Mid-stream, as OpenAI does: an error event, then the end.
-                        let body = json!({"error": {"message": e, "type": "server_error", "param": null, "code": "provider_error"}});
-                        out.push_back(Event::default().data(body.to_string()));
+                        out.push_back(Event::default().data(failed(e).body().to_string()));
                         relay = None;
                     }
                     None => relay = None,

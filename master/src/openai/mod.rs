@@ -107,6 +107,14 @@ impl OaiError {
     }
 }
 
+impl OaiError {
+    /// `{"error": {"message", "type", "param", "code"}}`, as a response's
+    /// body or a stream's last event.
+    pub(super) fn body(&self) -> serde_json::Value {
+        json!({"error": {"message": self.app.message(), "type": self.kind(), "param": null, "code": self.app.code()}})
+    }
+}
+
 impl From<AppError> for OaiError {
     fn from(app: AppError) -> Self {
         Self { app, retry_after_s: None }
@@ -121,7 +129,7 @@ impl From<crate::coordinator::CoordError> for OaiError {
 
 impl IntoResponse for OaiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.app.message(), "type": self.kind(), "param": null, "code": self.app.code()}});
+        let body = self.body();
         let mut resp = self.app.respond_with(body);
         if let Some(s) = self.retry_after_s {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));

@@ -47,6 +47,8 @@ pub(super) struct Relay {
     pub(super) next_seq: u64,
     pub(super) sent: String,
     pub(super) guard: CancelOnDrop,
+    /// The outcome, once the rest of its text has been handed on.
+    pub(super) done: Option<AiOutput>,
 }
 
 impl Relay {
@@ -90,6 +92,9 @@ impl Relay {
     }
 
     pub(super) async fn next(&mut self) -> Option<Piece> {
+        if let Some(out) = self.done.take() {
+            return Some(Piece::Done(out));
+        }
         loop {
             match self.event().await? {
                 JobEvent::Progress { data, .. } => {
@@ -107,17 +112,14 @@ impl Relay {
                         Ok(o) => o,
                         Err(e) => return Some(Piece::Failed(format!("the worker's answer does not read: {e}"))),
                     };
-                    // Whatever did not come as a piece comes now.
-                    if let Some(rest) = out.text.strip_prefix(self.sent.as_str()).filter(|r| !r.is_empty()) {
-                        self.backlog.push_front(JobEvent::Succeeded {
-                            result: serde_json::to_value(&out).unwrap_or_default(),
-                            worker: String::new(),
-                            attempt: 0,
-                        });
-                        self.sent.push_str(rest);
-                        return Some(Piece::Text(rest.to_owned()));
+                    // Whatever did not come as a piece comes now, then the end.
+                    let rest = out.text.strip_prefix(self.sent.as_str()).unwrap_or_default().to_owned();
+                    if rest.is_empty() {
+                        return Some(Piece::Done(out));
                     }
-                    return Some(Piece::Done(out));
+                    self.sent.push_str(&rest);
+                    self.done = Some(out);
+                    return Some(Piece::Text(rest));
                 }
                 JobEvent::Failed { error, .. } => {
                     self.guard.armed = false;
