@@ -100,6 +100,23 @@ async fn custom_kinds_take_every_path() {
     let retried = c.api.wait_final(&retry).await;
     assert_eq!((retried["kind"].as_str(), retried["retry_of"].as_str()), (Some("x.echo"), Some(failing.as_str())));
 
+    // The README's retry without a body, as curl sends it: no type needed.
+    // A body that is not JSON is still refused.
+    let failing = c.api.submit_ok("x.echo", json!({"fail": "again"}), None).await;
+    let unit = w.next_unit().await;
+    w.fail(&unit, "no", false).await.expect("failure accepted");
+    c.api.wait_final(&failing).await;
+    let url = c.api.url(&format!("/api/jobs/{failing}/retry"));
+    let typed = reqwest::Client::new().post(&url).header("content-type", "text/plain").body("again").send().await;
+    assert_eq!(typed.expect("POST").status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "a body must say it is JSON");
+    let out = std::process::Command::new("curl").args(["-sS", "-X", "POST", &url]).output().expect("curl runs");
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON answer");
+    let retry = body["id"].as_str().unwrap_or_else(|| panic!("a retry with no body was refused: {body}")).to_owned();
+    let unit = w.next_unit().await;
+    assert_eq!((unit.job_id.to_string(), &unit.params), (retry.clone(), &json!({"fail": "again"})));
+    w.complete(&unit, json!({"words": 0})).await.expect("result accepted");
+    assert_eq!(c.api.wait_final(&retry).await["retry_of"].as_str(), Some(failing.as_str()));
+
     // Listing filters by a custom kind like any other.
     let (status, list) = c.api.get("/api/jobs?kind=x.other").await;
     assert_eq!(status, StatusCode::OK, "{list}");

@@ -148,13 +148,28 @@ pub async fn check_host(State(hosts): State<Arc<Hosts>>, req: Request, next: Nex
     }
 }
 
-/// Refuses a REST request with a body that does not say it is JSON.
+/// Refuses a REST request with a body that does not say it is JSON. A
+/// request with no body at all (`curl -X POST …/retry`) needs no type.
 pub async fn require_json(req: Request, next: Next) -> Response {
-    if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) && !is_json(req.headers()) {
+    let writes = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+    if writes && !has_no_body(&req) && !is_json(req.headers()) {
         let message = "the request body must be JSON, sent with Content-Type: application/json";
         return AppError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message).into_response();
     }
     next.run(req).await
+}
+
+/// A request that has no body. In HTTP/1 that is one with neither
+/// `Transfer-Encoding` nor a non-zero `Content-Length` (RFC 9112 §6.3); in
+/// HTTP/2 one whose headers ended the stream, which hyper's length hint tells.
+fn has_no_body(req: &Request) -> bool {
+    use axum::body::HttpBody;
+    let headers = req.headers();
+    if req.version() >= axum::http::Version::HTTP_2 {
+        return req.body().size_hint().exact() == Some(0);
+    }
+    let length = headers.get(header::CONTENT_LENGTH).map(|v| v.as_bytes());
+    !headers.contains_key(header::TRANSFER_ENCODING) && matches!(length, None | Some(b"0"))
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
