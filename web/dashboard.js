@@ -193,8 +193,9 @@ async function loadJobs(more = false) {
     const rows = page.jobs.map((j) => {
       const tr = el("tr");
       tr.dataset.job = j.id;
-      const link = el("a", null, j.id.slice(0, 8));
+      const link = el("a", "job-id", shortId(j.id));
       link.href = `#job=${j.id}`;
+      link.title = j.id;
       const id = el("td", "mono");
       id.append(link);
       tr.append(id, el("td", null, j.kind), el("td", `state-${j.state}`, j.state), el("td", null, j.priority),
@@ -211,6 +212,20 @@ async function loadJobs(more = false) {
     $("jobs-note").textContent = e.message;
   }
 }
+// UUIDv7 ids made in the same few minutes share their head (the time): the
+// table shows the random tail, the whole id on hover, and copying a shown id
+// copies the whole one, as the CLI prints it.
+function shortId(id) {
+  return `…${id.slice(-8)}`;
+}
+$("jobs-table").addEventListener("copy", (ev) => {
+  const sel = document.getSelection();
+  const link = (node) => node && (node.nodeType === Node.ELEMENT_NODE ? node : node.parentElement)?.closest("a.job-id");
+  const a = link(sel?.anchorNode);
+  if (!a || a !== link(sel.focusNode)) return;
+  ev.clipboardData.setData("text/plain", a.title);
+  ev.preventDefault();
+});
 $("filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadJobs(); });
 $("filters").addEventListener("change", () => loadJobs());
 $("jobs-more").addEventListener("click", () => loadJobs(true));

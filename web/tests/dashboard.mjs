@@ -89,6 +89,20 @@ await shot("jobs-failed");
 await page.selectOption('#filters select[name="state"]', "succeeded");
 await until("the burst is listed as succeeded", async () =>
   (await page.locator("#jobs-table tbody tr").count()) === burst.length);
+// Ids made in the same second share their head: the table shows what differs,
+// the whole id on hover, and copies the whole id.
+const shownIds = await page.$$eval("#jobs-table a.job-id", (as) => as.map((a) => [a.textContent, a.title]));
+await check(new Set(shownIds.map(([text]) => text)).size === burst.length, `each job shown by its own id: ${shownIds}`);
+await check(shownIds.every(([text, title]) => burst.includes(title) && title.endsWith(text.replace("…", ""))),
+  `the whole id on hover: ${shownIds}`);
+const copied = await page.evaluate(() => {
+  const a = document.querySelector("#jobs-table a.job-id");
+  document.getSelection().selectAllChildren(a);
+  const ev = new ClipboardEvent("copy", { clipboardData: new DataTransfer(), bubbles: true, cancelable: true });
+  a.dispatchEvent(ev);
+  return [a.title, ev.clipboardData.getData("text/plain")];
+});
+await check(copied[0] === copied[1], `copying a shown id copies the whole id: ${copied}`);
 
 // 4. A job's page: its timeline, and a retry that links the new job.
 await page.selectOption('#filters select[name="state"]', "failed");
