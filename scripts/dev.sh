@@ -126,6 +126,12 @@ if [ "$masters" -ge 2 ]; then
   echo "    watch logs and status  mosquitto_sub -h 127.0.0.1 -p $(( ${FAENA_MQTT_ADDR##*:} + 1 )) -u observer -P \"\$(cat $FAENA_DATA_DIR/mosquitto/observer)\" -t 'faena/#' -v"
   echo "    a failover by hand     kill the leader's process (its pid: pgrep -f faena-master); a standby leads within FAENA_LEADER_LEASE_MS"
 fi
+# A live configuration kept in this data directory wins over this run's
+# FAENA_* settings: say which, once the workers run it.
+if [ "$workers" -gt 0 ]; then
+  "$bin/faena" --url "http://$FAENA_HTTP_ADDR" config get --wait-workers "$workers" --timeout 20 2>/dev/null \
+    | sed -n 's/^live configuration/  live configuration/p' || true
+fi
 cat <<MSG
 
   Faena is running: $what + $workers workers (+ $python_workers in Python).

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use faena_proto::settings::Override;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
@@ -21,6 +22,13 @@ pub enum Action {
         key: Option<String>,
         #[arg(long)]
         worker: Option<String>,
+        /// First wait until N workers run the current version (what
+        /// `dev.sh` does to say which live settings are in effect).
+        #[arg(long, value_name = "N")]
+        wait_workers: Option<usize>,
+        /// Longest --wait-workers, in seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
     },
     /// Set KEY=VALUE (VALUE as JSON when it parses, else a string) for
     /// every worker, or for one with --worker.
@@ -60,7 +68,12 @@ fn parse_setting(s: &str) -> std::result::Result<(String, Value), String> {
 
 pub async fn run(c: &Client, action: Action, as_json: bool) -> Result<Exit> {
     let (settings, opts) = match action {
-        Action::Get { key, worker } => return get(c, key, worker.as_deref(), as_json).await,
+        Action::Get { key, worker, wait_workers, timeout } => {
+            if let Some(n) = wait_workers {
+                reporting(c, n, Duration::from_secs(timeout)).await?;
+            }
+            return get(c, key, worker.as_deref(), as_json).await;
+        }
         Action::Set { settings, opts } => (settings.into_iter().collect::<Map<_, _>>(), opts),
         Action::Unset { keys, opts } => (keys.into_iter().map(|k| (k, Value::Null)).collect(), opts),
     };
@@ -118,6 +131,24 @@ async fn wait(c: &Client, version: u64, worker: Option<&str>, timeout: Duration)
         if Instant::now() >= until {
             let who = if missing { worker.unwrap_or_default().to_owned() } else { behind.join(", ") };
             let message = format!("not running version {version} after {}s: {who}", timeout.as_secs());
+            return Err(Failure::new(Exit::Unreachable, message));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls until at least `n` workers report the current version.
+async fn reporting(c: &Client, n: usize, timeout: Duration) -> Result<()> {
+    let until = Instant::now() + timeout;
+    loop {
+        let view = c.get("/api/config").await?;
+        let version = view["version"].as_u64().unwrap_or(0);
+        let current = targets(&view, None).filter(|(_, a)| a["version"].as_u64().unwrap_or(0) >= version).count();
+        if current >= n {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            let message = format!("{current} of {n} workers run version {version} after {}s", timeout.as_secs());
             return Err(Failure::new(Exit::Unreachable, message));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -183,4 +214,30 @@ fn reported(view: &Value) {
         })
         .collect();
     output::table(&["WORKER", "RUNS", "", "REFUSED"], &rows);
+    for line in overrides(view) {
+        println!("{line}");
+    }
+}
+
+/// What live settings run instead of the workers' own, one line for the
+/// workers that say the same: `live configuration v4 in effect on w1, w2:
+/// worker.slots=3 (overrides FAENA_WORKER_SLOTS=1)`.
+fn overrides(view: &Value) -> Vec<String> {
+    let mut same: BTreeMap<(u64, String), Vec<&str>> = BTreeMap::new();
+    for (w, a) in view["reported"].as_object().into_iter().flatten() {
+        let said: Vec<String> = a["overrides"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| serde_json::from_value::<Override>(o.clone()).ok())
+            .map(|o| o.to_string())
+            .collect();
+        if !said.is_empty() {
+            same.entry((a["version"].as_u64().unwrap_or(0), said.join(", "))).or_default().push(w);
+        }
+    }
+    let line = |((version, said), workers): ((u64, String), Vec<&str>)| {
+        format!("live configuration v{version} in effect on {}: {said}", workers.join(", "))
+    };
+    same.into_iter().map(line).collect()
 }

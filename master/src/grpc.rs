@@ -19,7 +19,7 @@ use faena_proto::grpc::{self as pb, SESSION_METADATA, result_request};
 use faena_proto::ids::{FencingToken, InstanceId, WorkerId};
 use faena_proto::jobs::JobKind;
 use faena_proto::secret::Secret;
-use faena_proto::settings::{Applied, MAX_SETTINGS_PER_UPDATE, Refusal};
+use faena_proto::settings::{Applied, MAX_SETTINGS_PER_UPDATE, Override, Refusal};
 use faena_randomx::Mode;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
@@ -343,15 +343,23 @@ impl Master for MasterService {
         if req.slots > MAX_SLOTS || req.ai_slots > MAX_SLOTS {
             return Err(self.invalid(format!("slots and ai_slots are 1..={MAX_SLOTS} (0: unchanged)")));
         }
-        if req.refused.len() > MAX_SETTINGS_PER_UPDATE * 2 {
-            return Err(self.invalid("too many refused settings"));
+        if req.refused.len() > MAX_SETTINGS_PER_UPDATE * 2 || req.overrides.len() > MAX_SETTINGS_PER_UPDATE * 2 {
+            return Err(self.invalid("too many refused or overridden settings"));
         }
         let refused = req
             .refused
             .into_iter()
             .map(|r| Refusal { key: r.key.chars().take(64).collect(), reason: truncate(r.reason) })
             .collect();
-        let applied = Applied { version: req.version, refused };
+        let mut overrides = Vec::with_capacity(req.overrides.len());
+        for o in req.overrides {
+            let value = (o.value_json.len() <= 1024).then(|| serde_json::from_str(&o.value_json).ok()).flatten();
+            let Some(value) = value else {
+                return Err(self.invalid(format!("override of {:?}: value_json is not JSON of at most 1 KiB", o.key)));
+            };
+            overrides.push(Override { key: o.key.chars().take(64).collect(), value, own: truncate(o.own) });
+        }
+        let applied = Applied { version: req.version, refused, overrides };
         self.coord.worker_config(worker, instance, (req.slots, req.ai_slots), applied).await.map_err(to_status)?;
         Ok(Response::new(pb::ConfigReportResponse {}))
     }

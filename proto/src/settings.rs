@@ -235,12 +235,41 @@ pub struct Refusal {
     pub reason: String,
 }
 
-/// The configuration a worker runs: its version and what it refused.
+/// A live setting that replaced what the worker's own settings said:
+/// `worker.slots = 3` over `FAENA_WORKER_SLOTS=1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    pub key: String,
+    pub value: Value,
+    /// What it replaced and where that came from (`FAENA_WORKER_SLOTS=1`,
+    /// `--slots 1`, `default 2 (one per core)`).
+    pub own: String,
+}
+
+impl std::fmt::Display for Override {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={} (overrides {})", self.key, shown(&self.value), self.own)
+    }
+}
+
+/// A value as a command line would give it: `3`, `info`, `local,gemini`.
+pub fn shown(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(shown).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// The configuration a worker runs: its version, what it refused, and
+/// what it runs instead of its own settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     pub version: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<Refusal>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<Override>,
 }
 
 /// `GET /api/config`: the current version, and what each registered

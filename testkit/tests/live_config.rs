@@ -97,6 +97,18 @@ async fn config_changes_reach_running_workers_and_survive_a_restart() {
     let view = set.ok().json();
     assert_eq!((view["version"].as_u64(), reported(&view, "w1")), (Some(1), 1), "{view}");
     assert_eq!(view["workers"]["w1"], json!({"worker.slots": 3, "worker.randomx_threads": 1}), "{view}");
+    // What the live values replaced, said by the worker, the API and the CLI.
+    let overrides = json!([
+        {"key": "worker.randomx_threads", "value": 1, "own": "FAENA_RANDOMX_THREADS=2"},
+        {"key": "worker.slots", "value": 3, "own": "FAENA_WORKER_SLOTS=1"},
+    ]);
+    assert_eq!(view["reported"]["w1"]["overrides"], overrides, "{view}");
+    let said =
+        "worker.randomx_threads=1 (overrides FAENA_RANDOMX_THREADS=2), worker.slots=3 (overrides FAENA_WORKER_SLOTS=1)";
+    let log = c.worker_log("w1");
+    assert!(log.contains(&format!("live configuration v1 in effect: {said}")), "{log}");
+    let shown = faena(&c, &["config", "get", "--wait-workers", "1"]).await.ok().stdout.clone();
+    assert!(shown.contains(&format!("live configuration v1 in effect on w1: {said}")), "{shown}");
     for j in &jobs {
         assert_eq!(c.api.wait_running(j).await, "w1");
     }

@@ -185,6 +185,10 @@ fn on_config(
     for r in &applied.refused {
         tracing::warn!(key = %r.key, reason = %r.reason, "live setting refused");
     }
+    if !applied.overrides.is_empty() {
+        let what: Vec<String> = applied.overrides.iter().map(ToString::to_string).collect();
+        tracing::info!("live configuration v{} in effect: {}", applied.version, what.join(", "));
+    }
     status.publish(status.current_state());
     let (slots, ai_slots) = runner.slots();
     let req = pb::ConfigReport {
@@ -194,6 +198,11 @@ fn on_config(
         slots,
         ai_slots,
         refused: applied.refused.into_iter().map(|r| pb::ConfigRefusal { key: r.key, reason: r.reason }).collect(),
+        overrides: applied
+            .overrides
+            .into_iter()
+            .map(|o| pb::ConfigOverride { key: o.key, value_json: o.value.to_string(), own: o.own })
+            .collect(),
     };
     let chore = runner.clone();
     runner.spawn_chore(async move {
@@ -252,7 +261,7 @@ pub async fn run(
     let metrics = Arc::new(metrics::Metrics::default());
     let runner =
         Arc::new(runner::Runner::new(worker_id.clone(), InstanceId::new(), slots, registry, client, metrics.clone()));
-    let base = live::Base { slots, randomx_threads: rx.threads() };
+    let base = live::Base::new(&cfg, slots, rx.threads(), &providers);
     let live = live::Live::new(token.clone(), base, runner.clone(), rx.clone(), providers.clone());
 
     let mqtt_cancel = CancellationToken::new();

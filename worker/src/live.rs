@@ -5,24 +5,95 @@
 //! own flags; a setting it cannot apply is refused with the reason and its
 //! flag's value stays.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use faena_common::signing::{self, OpenError};
 use faena_proto::ai::Provider;
 use faena_proto::secret::Secret;
-use faena_proto::settings::{Applied, Refusal, Setting, SignedConfig};
+use faena_proto::settings::{self as settings, Applied, Override, Refusal, Setting, SignedConfig};
 use parking_lot::Mutex;
+use serde_json::Value;
 
 use crate::ai::{LiveAi, Providers};
 use crate::randomx::RandomX;
 use crate::runner::Runner;
 
 /// What this worker runs without any live setting: its flags.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Base {
     pub slots: (u32, u32),
     pub randomx_threads: usize,
+    /// For each key live configuration may set: what this worker's own
+    /// settings say, so a live value that differs is reported as overriding it.
+    pub own: BTreeMap<&'static str, Own>,
+}
+
+/// What a worker's own settings say for one key, and where that came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Own {
+    pub value: Value,
+    /// `FAENA_WORKER_SLOTS=1`, `--slots 1`, `the default 2, one per core`.
+    pub from: String,
+}
+
+impl Own {
+    /// `value`, which the environment variable `env` gave when it holds
+    /// the same, else the flag `flag` when `explicit`, else the default
+    /// (`default_why` says what the default follows).
+    fn of(value: Value, explicit: bool, (env, flag): (&str, &str), default_why: &str) -> Self {
+        let text = settings::shown(&value);
+        let from_env = std::env::var(env).ok().filter(|v| v.trim() == text);
+        let from = match (from_env, explicit) {
+            (Some(v), _) => format!("{env}={v}"),
+            (None, true) => format!("{flag} {text}"),
+            (None, false) if default_why.is_empty() => format!("the default {text}"),
+            (None, false) => format!("the default {text}, {default_why}"),
+        };
+        Self { value, from }
+    }
+}
+
+impl Base {
+    /// What `cfg` (and the defaults it leaves) sets for each live key.
+    pub fn new(cfg: &crate::Config, slots: (u32, u32), randomx_threads: usize, providers: &Providers) -> Self {
+        let mut own = BTreeMap::new();
+        own.insert(
+            "worker.slots",
+            Own::of(slots.0.into(), cfg.slots.is_some(), ("FAENA_WORKER_SLOTS", "--slots"), "one per core"),
+        );
+        let threads = ("FAENA_RANDOMX_THREADS", "--randomx-threads");
+        own.insert(
+            "worker.randomx_threads",
+            Own::of(randomx_threads.into(), cfg.randomx_threads.is_some(), threads, "one per core"),
+        );
+        let log = std::env::var("FAENA_LOG").ok().filter(|l| !l.trim().is_empty());
+        let (level, explicit) = log.map_or(("info".to_owned(), false), |l| (l, true));
+        own.insert("worker.log_level", Own::of(level.into(), explicit, ("FAENA_LOG", "FAENA_LOG"), ""));
+        let offered = providers.offered();
+        if offered.is_empty() {
+            return Self { slots, randomx_threads, own };
+        }
+        let ai_slots = cfg.ai.ai_slots;
+        own.insert("worker.ai_slots", Own::of(ai_slots.into(), ai_slots != 8, ("FAENA_AI_SLOTS", "--ai-slots"), ""));
+        let explicit = !cfg.ai.ai_providers.is_empty();
+        let order = if explicit { cfg.ai.ai_providers.clone() } else { offered.clone() };
+        let order = Value::from(order.iter().map(|p| p.as_str()).collect::<Vec<_>>());
+        let why = "those it has, in that order";
+        own.insert("ai.providers", Own::of(order, explicit, ("FAENA_AI_PROVIDERS", "--ai-providers"), why));
+        let models = [
+            ("ai.model.gemini", Provider::Gemini, ("GEMINI_MODEL", "--gemini-model"), "gemini-2.5-flash"),
+            ("ai.model.openai", Provider::Openai, ("OPENAI_MODEL", "--openai-model"), "gpt-4o-mini"),
+        ];
+        for (key, provider, source, default) in models {
+            if let Some(model) = providers.default_model(provider) {
+                let explicit = model != default;
+                own.insert(key, Own::of(model.into(), explicit, source, ""));
+            }
+        }
+        Self { slots, randomx_threads, own }
+    }
 }
 
 #[derive(Debug)]
@@ -65,9 +136,16 @@ impl Live {
         let scope = config.for_worker(self.runner.worker_id.as_str());
         let mut refused = Vec::new();
         let mut settings = Vec::new();
+        let mut overrides = Vec::new();
         for (key, value) in &scope {
             match Setting::parse(key, value).and_then(|s| self.check(s)) {
-                Ok(s) => settings.push(s),
+                Ok(s) => {
+                    let own = self.base.own.get(key.as_str()).filter(|own| own.value != s.value());
+                    if let Some(own) = own {
+                        overrides.push(Override { key: key.clone(), value: s.value(), own: own.from.clone() });
+                    }
+                    settings.push(s);
+                }
                 Err(reason) => refused.push(Refusal { key: key.clone(), reason }),
             }
         }
@@ -96,7 +174,7 @@ impl Live {
         *self.providers.live.write() = ai;
         self.runner.config_version.store(config.version, Ordering::Relaxed);
         self.runner.metrics.settings(self.runner.slots(), threads, config.version);
-        Ok(Applied { version: config.version, refused })
+        Ok(Applied { version: config.version, refused, overrides })
     }
 
     /// Whether this worker can apply `s`, and why not.
@@ -110,5 +188,23 @@ impl Live {
             return Err(format!("this worker has none of {}; it offers {}", names(order), names(&offered)));
         }
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_own_setting_says_where_it_came_from() {
+        let names = ("FAENA_TEST_NEVER_SET", "--slots");
+        assert_eq!(Own::of(3.into(), true, names, "one per core").from, "--slots 3");
+        assert_eq!(Own::of(2.into(), false, names, "one per core").from, "the default 2, one per core");
+        assert_eq!(Own::of("info".into(), false, names, "").from, "the default info");
+        let order = Value::from(vec!["local", "gemini"]);
+        assert_eq!(
+            Own::of(order, true, ("FAENA_TEST_NEVER_SET", "--ai-providers"), "").from,
+            "--ai-providers local,gemini"
+        );
     }
 }
