@@ -36,6 +36,9 @@ need_web
 if [ -z "${FAENA_LOCAL_MODEL+set}" ]; then
   FAENA_LOCAL_MODEL=$(./scripts/fetch-model.sh)
   export FAENA_LOCAL_MODEL
+elif [ -z "$FAENA_LOCAL_MODEL" ]; then
+  # Set but empty: none (a worker given an empty path refuses to start).
+  unset FAENA_LOCAL_MODEL
 fi
 # The whole workspace, so features unify as in every other build (no second set of artifacts).
 cargo build --locked --release --workspace --bins
