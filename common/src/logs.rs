@@ -41,7 +41,8 @@ pub fn init(component: &str, json: bool) -> LogSink {
     let stderr = if json { stderr.json().boxed() } else { stderr.compact().boxed() };
     let mqtt = MqttLayer { tx, component: component.to_owned() };
     // A second init (tests running several components in one process) keeps the first.
-    if tracing_subscriber::registry().with(filter).with(stderr).with(mqtt).try_init().is_ok() {
+    let subscriber = tracing_subscriber::registry().with(filter).with(stderr).with(mqtt).with(Routine);
+    if subscriber.try_init().is_ok() {
         let _ = FILTER.set((handle, directives));
     }
     LogSink { rx }
@@ -70,6 +71,29 @@ pub async fn forward(mut sink: LogSink, client: AsyncClient, topic: String, canc
         };
         // A full request queue means the broker is away: drop rather than block.
         let _ = client.try_publish(topic.clone(), QoS::AtMostOnce, false, line.encode());
+    }
+}
+
+/// What rumqttd logs at ERROR that is routine: a connection whose
+/// disconnect it sees twice (a client that said DISCONNECT and then closed
+/// its socket, as every client does on a clean stop; rumqttd's own comment
+/// calls it expected). ERROR is kept for what an operator must look at, so
+/// these are left out. (tracing dispatches no event from inside another's
+/// dispatch, so they cannot be passed on at a lower level instead.)
+const ROUTINE_BROKER_ERRORS: [&str; 1] = ["is already gone"];
+
+/// Leaves out [`ROUTINE_BROKER_ERRORS`].
+struct Routine;
+
+impl<S: Subscriber> Layer<S> for Routine {
+    fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
+        let meta = event.metadata();
+        if *meta.level() != Level::ERROR || !meta.target().starts_with("rumqttd") {
+            return true;
+        }
+        let mut said = Fields::default();
+        event.record(&mut said);
+        !ROUTINE_BROKER_ERRORS.iter().any(|r| said.message.contains(r))
     }
 }
 
@@ -135,5 +159,43 @@ impl Visit for Fields {
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.put(field, Value::from(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Every event's level and message.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<(Level, String)>>>);
+
+    impl<S: Subscriber> Layer<S> for Seen {
+        fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+            let mut said = Fields::default();
+            event.record(&mut said);
+            self.0.lock().expect("not poisoned").push((*event.metadata().level(), said.message));
+        }
+    }
+
+    #[test]
+    fn the_brokers_routine_errors_are_left_out_and_the_rest_stay() {
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry().with(seen.clone()).with(Routine);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "rumqttd::router::routing", "no-connection id {} is already gone", 1);
+            tracing::error!(target: "rumqttd::server::broker", "Failed to bind");
+            tracing::error!("no-connection id 2 is already gone");
+        });
+        let seen = seen.0.lock().expect("not poisoned").clone();
+        assert_eq!(
+            seen,
+            vec![
+                (Level::ERROR, "Failed to bind".to_owned()),
+                (Level::ERROR, "no-connection id 2 is already gone".to_owned()),
+            ]
+        );
     }
 }

@@ -153,6 +153,8 @@ async fn sigterm_stops_the_master_cleanly_and_queued_jobs_wait_for_it() {
     let status = c.master().terminate().await;
     assert!(status.success(), "master exit: {status:?}");
     assert!(c.master_log().contains("faena-master stopped"));
+    // A clean stop is no error (rumqttd once logged every one at ERROR).
+    assert!(!c.master_log().contains(" ERROR "), "{}", c.master_log());
     c.restart_master().await;
     let positions: Vec<u64> = futures::future::join_all(ids.iter().map(|id| c.api.job(id)))
         .await
@@ -163,6 +165,11 @@ async fn sigterm_stops_the_master_cleanly_and_queued_jobs_wait_for_it() {
     c.add_worker("w1", 1).await;
     for (id, payload) in ids.iter().zip(["a", "b", "c"]) {
         assert_eq!(c.api.wait_final(id).await["result"]["payload"], payload);
+    }
+    assert!(c.worker("w1").terminate().await.success());
+    assert!(c.master().terminate().await.success());
+    for log in [c.master_log(), c.worker_log("w1")] {
+        assert!(!log.contains(" ERROR "), "{log}");
     }
 }
 
