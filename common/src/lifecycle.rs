@@ -45,6 +45,7 @@ pub async fn signal() {
         () = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
         () = term => tracing::info!("SIGTERM received, shutting down"),
     }
+    crate::logs::stopping();
 }
 
 /// The allocator setting both binaries start with, unless the environment

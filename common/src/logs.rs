@@ -74,15 +74,30 @@ pub async fn forward(mut sink: LogSink, client: AsyncClient, topic: String, canc
     }
 }
 
-/// What rumqttd logs at ERROR that is routine: a connection whose
-/// disconnect it sees twice (a client that said DISCONNECT and then closed
-/// its socket, as every client does on a clean stop; rumqttd's own comment
-/// calls it expected). ERROR is kept for what an operator must look at, so
-/// these are left out. (tracing dispatches no event from inside another's
-/// dispatch, so they cannot be passed on at a lower level instead.)
-const ROUTINE_BROKER_ERRORS: [&str; 1] = ["is already gone"];
+/// What rumqttd logs at ERROR that is routine: what follows a client's
+/// DISCONNECT, as every client sends on a clean stop (the master's own
+/// connection to the embedded broker among them). The router drops the
+/// connection, so its link says `router-drop`; the socket's close is then a
+/// second disconnect, `no-connection id N is already gone` (rumqttd's own
+/// comment calls that expected). ERROR is kept for what an operator must
+/// look at, so these are left out; a broker that really goes away shows as
+/// this process's own "broker connection lost". (tracing dispatches nothing
+/// from inside a dispatch, so they cannot be passed on at a lower level.)
+const ROUTINE_BROKER_ERRORS: [&str; 2] = ["is already gone", "router-drop"];
 
-/// Leaves out [`ROUTINE_BROKER_ERRORS`].
+/// Set once this process stops (Ctrl-C, SIGTERM): the embedded broker's
+/// connections then close in whatever order the process exits in (a reset
+/// socket, a link whose router went first), and nothing rumqttd says at
+/// ERROR is for an operator.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says this process is stopping (see [`STOPPING`]).
+pub fn stopping() {
+    STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Leaves out [`ROUTINE_BROKER_ERRORS`], and every rumqttd ERROR once the
+/// process is [`stopping`].
 struct Routine;
 
 impl<S: Subscriber> Layer<S> for Routine {
@@ -90,6 +105,9 @@ impl<S: Subscriber> Layer<S> for Routine {
         let meta = event.metadata();
         if *meta.level() != Level::ERROR || !meta.target().starts_with("rumqttd") {
             return true;
+        }
+        if STOPPING.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
         }
         let mut said = Fields::default();
         event.record(&mut said);
@@ -181,13 +199,17 @@ mod tests {
     }
 
     #[test]
-    fn the_brokers_routine_errors_are_left_out_and_the_rest_stay() {
+    fn the_brokers_routine_errors_and_its_errors_while_stopping_are_left_out() {
         let seen = Seen::default();
         let subscriber = tracing_subscriber::registry().with(seen.clone()).with(Routine);
         tracing::subscriber::with_default(subscriber, || {
             tracing::error!(target: "rumqttd::router::routing", "no-connection id {} is already gone", 1);
+            tracing::error!(target: "rumqttd::server::broker", error = "Recv(Disconnected)", "router-drop");
             tracing::error!(target: "rumqttd::server::broker", "Failed to bind");
             tracing::error!("no-connection id 2 is already gone");
+            stopping();
+            tracing::error!(target: "rumqttd::server::broker", "disconnected");
+            tracing::error!("a store write failed");
         });
         let seen = seen.0.lock().expect("not poisoned").clone();
         assert_eq!(
@@ -195,6 +217,7 @@ mod tests {
             vec![
                 (Level::ERROR, "Failed to bind".to_owned()),
                 (Level::ERROR, "no-connection id 2 is already gone".to_owned()),
+                (Level::ERROR, "a store write failed".to_owned()),
             ]
         );
     }
