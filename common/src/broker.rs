@@ -144,6 +144,10 @@ pub fn client(options: MqttOptions, capacity: usize) -> (rumqttc::AsyncClient, E
 pub type Relogin =
     Box<dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Credentials>> + Send>> + Send>;
 
+/// How long a broker that was never reached may take to listen before its
+/// absence is a warning.
+const STARTING_BROKER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Polls the event loop until `cancel`, handing every event to `on_event`.
 /// `on_event` must not block: it runs on the loop that keeps the connection alive.
 /// A deliberate `disconnect()` ends the loop. A refused login ends it too
@@ -160,6 +164,7 @@ pub async fn drive(
     // Whether the current login is a fresh one from `relogin`.
     let mut relogged = false;
     let mut backoff = crate::retry::Policy::RECONNECT.start();
+    let started = tokio::time::Instant::now();
     loop {
         let polled = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
@@ -209,7 +214,17 @@ pub async fn drive(
             Err(ConnectionError::Tls(e)) if !connected_once => return Err(BrokerError::Tls(e.to_string())),
             Err(e) => {
                 let wait = backoff.wait();
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker connection lost");
+                let retry_in_ms = wait.as_millis() as u64;
+                // A broker starting beside this process (the embedded one a
+                // moment after the master, Mosquitto in the same deploy) is
+                // routine for a while; a lost connection never is.
+                if connected_once {
+                    tracing::warn!(error = %e, retry_in_ms, "broker connection lost");
+                } else if started.elapsed() < STARTING_BROKER_GRACE {
+                    tracing::info!(error = %e, retry_in_ms, "waiting for the broker to listen");
+                } else {
+                    tracing::warn!(error = %e, retry_in_ms, "cannot reach the broker");
+                }
                 tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
                     () = tokio::time::sleep(wait) => {}
