@@ -469,7 +469,7 @@ impl Engine {
                 .collect();
             for id in stale {
                 let error = faena_proto::options::ErrorCode::NoWorker.error(format!(
-                    "no worker that runs {lane} registered within {}; start one that has it (see README) and submit again",
+                    "no worker that runs {lane} registered within {}; start one that has it (see docs/workers.md) and submit again",
                     humantime::format_duration(self.cfg.no_worker_timeout)
                 ));
                 self.finish(now, id, JobState::Failed, None, Some(error));

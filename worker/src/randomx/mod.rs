@@ -95,7 +95,7 @@ impl RandomX {
                 "on".to_owned()
             } else {
                 format!(
-                    "off ({} MiB free, {} MiB wanted; see README)",
+                    "off ({} MiB free, {} MiB wanted; see docs/mining.md)",
                     machine.huge_pages_free_bytes >> 20,
                     want_pages >> 20
                 )
