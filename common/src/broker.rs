@@ -218,7 +218,10 @@ pub async fn drive(
                 // A broker starting beside this process (the embedded one a
                 // moment after the master, Mosquitto in the same deploy) is
                 // routine for a while; a lost connection never is.
-                if connected_once {
+                if crate::lifecycle::is_stopping() {
+                    // Its broker may stop first (dev.sh's master): part of the stop.
+                    tracing::info!(error = %e, retry_in_ms, "broker connection lost while stopping");
+                } else if connected_once {
                     tracing::warn!(error = %e, retry_in_ms, "broker connection lost");
                 } else if started.elapsed() < STARTING_BROKER_GRACE {
                     tracing::info!(error = %e, retry_in_ms, "waiting for the broker to listen");

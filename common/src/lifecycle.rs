@@ -45,7 +45,21 @@ pub async fn signal() {
         () = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
         () = term => tracing::info!("SIGTERM received, shutting down"),
     }
-    crate::logs::stopping();
+    stopping();
+}
+
+/// Set once this process stops (Ctrl-C, SIGTERM).
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says this process is stopping: what its connections do from then on is
+/// the stop, not a fault (the logs and the broker client say it quietly).
+pub fn stopping() {
+    STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`stopping`] was said.
+pub fn is_stopping() -> bool {
+    STOPPING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The allocator setting both binaries start with, unless the environment

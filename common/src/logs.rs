@@ -85,19 +85,10 @@ pub async fn forward(mut sink: LogSink, client: AsyncClient, topic: String, canc
 /// from inside a dispatch, so they cannot be passed on at a lower level.)
 const ROUTINE_BROKER_ERRORS: [&str; 2] = ["is already gone", "router-drop"];
 
-/// Set once this process stops (Ctrl-C, SIGTERM): the embedded broker's
-/// connections then close in whatever order the process exits in (a reset
-/// socket, a link whose router went first), and nothing rumqttd says at
-/// ERROR is for an operator.
-static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Says this process is stopping (see [`STOPPING`]).
-pub fn stopping() {
-    STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
 /// Leaves out [`ROUTINE_BROKER_ERRORS`], and every rumqttd ERROR once the
-/// process is [`stopping`].
+/// process is stopping ([`crate::lifecycle::is_stopping`]): its connections
+/// then close in whatever order the process exits in (a reset socket, a
+/// link whose router went first), and nothing rumqttd says is for an operator.
 struct Routine;
 
 impl<S: Subscriber> Layer<S> for Routine {
@@ -106,7 +97,7 @@ impl<S: Subscriber> Layer<S> for Routine {
         if *meta.level() != Level::ERROR || !meta.target().starts_with("rumqttd") {
             return true;
         }
-        if STOPPING.load(std::sync::atomic::Ordering::Relaxed) {
+        if crate::lifecycle::is_stopping() {
             return false;
         }
         let mut said = Fields::default();
@@ -207,7 +198,7 @@ mod tests {
             tracing::error!(target: "rumqttd::server::broker", error = "Recv(Disconnected)", "router-drop");
             tracing::error!(target: "rumqttd::server::broker", "Failed to bind");
             tracing::error!("no-connection id 2 is already gone");
-            stopping();
+            crate::lifecycle::stopping();
             tracing::error!(target: "rumqttd::server::broker", "disconnected");
             tracing::error!("a store write failed");
         });

@@ -239,3 +239,32 @@ async fn a_killed_workers_range_is_mined_by_the_others() {
     }
     assert_eq!(next, 600, "the whole range was mined despite the loss");
 }
+
+/// A worker told to stop hands its mining unit back at once, however long
+/// its drain may last: the range is the master's to split again, and the
+/// worker stops instead of mining on (once up to its drain timeout).
+#[tokio::test]
+async fn a_stopping_worker_hands_its_mining_unit_back_at_once() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    c.add_worker_with("m1", 1, &[("FAENA_RANDOMX_THREADS", "1")]).await;
+    c.add_worker_with("m2", 1, &[("FAENA_RANDOMX_THREADS", "1"), ("FAENA_DRAIN_TIMEOUT_MS", "600000")]).await;
+    c.wait_workers(2).await;
+    // Far more nonces than the test will wait for.
+    let params =
+        json!({"key": "73746f70", "blob": "22".repeat(76), "difficulty": 1_000_000, "nonce_count": 100_000_000});
+    let id = c.api.submit_ok("randomx.mine", params, None).await;
+    let units = eventually("m2 mines a unit", || async {
+        let (_, list) = c.api.get(&format!("/api/jobs?parent={id}&worker=m2")).await;
+        let running = list["jobs"].as_array()?.iter().find(|u| u["state"] == "running")?.clone();
+        Some(running["id"].as_str()?.to_owned())
+    })
+    .await;
+    let status = c.worker("m2").terminate().await;
+    assert!(status.success(), "m2 exit: {status:?}");
+    assert!(c.worker_log("m2").contains("handing mining units back now"), "{}", c.worker_log("m2"));
+    let history = c.api.history(&units).await;
+    let handed = history.iter().any(|t| t.to_string().contains("worker m2 is shutting down"));
+    assert!(handed, "m2's unit was handed back, not finished: {history:?}");
+    assert_eq!(c.api.job(&id).await["state"], "running", "the job goes on with m1");
+    assert_eq!(c.api.cancel(&id).await.0, reqwest::StatusCode::OK);
+}

@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 
 #[derive(Debug)]
 struct Running {
+    kind: JobKind,
     attempt: u32,
     token: FencingToken,
     cancel: CancellationToken,
@@ -165,7 +166,7 @@ impl Runner {
             }
             running.insert(
                 unit.job_id,
-                Running { attempt: unit.attempt, token: unit.token.clone(), cancel: cancel.clone() },
+                Running { kind: unit.kind, attempt: unit.attempt, token: unit.token.clone(), cancel: cancel.clone() },
             );
         }
         let this = self.clone();
@@ -202,7 +203,7 @@ impl Runner {
                 None => None,
             }
         };
-        let handing_back = self.handing_back.load(Ordering::Relaxed);
+        let handing_back = self.handing_back.load(Ordering::Relaxed) || (open_ended(kind) && self.is_draining());
         let stopped = matches!(&outcome, Some(Err(f)) if f.cancelled);
         let outcome = match outcome {
             _ if (cancel.is_cancelled() || stopped) && !handing_back => {
@@ -324,6 +325,17 @@ impl Runner {
     pub async fn drain(&self, timeout: Duration) {
         self.draining.store(true, Ordering::Relaxed);
         self.tracker.close();
+        // A mining unit is a slice of a range the master re-splits at once:
+        // waiting for it would only keep this worker from stopping.
+        let mining: Vec<_> =
+            self.running.lock().values().filter(|r| open_ended(r.kind)).map(|r| r.cancel.clone()).collect();
+        if !mining.is_empty() {
+            tracing::info!(
+                units = mining.len(),
+                "handing mining units back now: the master gives their ranges to other workers"
+            );
+            mining.iter().for_each(CancellationToken::cancel);
+        }
         if tokio::time::timeout(timeout, self.tracker.wait()).await.is_ok() {
             return;
         }
@@ -334,6 +346,12 @@ impl Runner {
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
     }
+}
+
+/// A kind whose units are slices of a larger range, handed back on a drain
+/// rather than finished.
+fn open_ended(kind: JobKind) -> bool {
+    kind == JobKind::RandomxMine
 }
 
 #[cfg(test)]
