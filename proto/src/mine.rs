@@ -48,6 +48,11 @@ pub struct MineParams {
     /// Stop once this many shares are found (across all workers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_shares: Option<u32>,
+    /// The key the chain moves to next (Monero's `next_seed_hash`), hex: a
+    /// worker with room for a second dataset builds it while it mines this
+    /// one, so hashing does not stop at the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_key: Option<String>,
 }
 
 /// The parameters, checked and decoded.
@@ -60,6 +65,7 @@ pub struct MineWork {
     pub start: u32,
     pub count: u64,
     pub max_shares: Option<u32>,
+    pub next_key: Option<Vec<u8>>,
 }
 
 impl MineWork {
@@ -117,7 +123,14 @@ impl MineParams {
         if self.max_shares.is_some_and(|m| m == 0 || m > MAX_SHARES) {
             return Err(bad(format!("max_shares must be 1..={MAX_SHARES}")));
         }
-        Ok(MineWork { key, blob, target, nonce_offset, start, count, max_shares: self.max_shares })
+        let next_key = match &self.next_key {
+            None => None,
+            Some(k) => match decode_hex(k) {
+                Ok(k) if !k.is_empty() && k.len() <= MAX_KEY_BYTES => Some(k),
+                _ => return Err(bad(format!("next_key must be 1..={MAX_KEY_BYTES} bytes of hex"))),
+            },
+        };
+        Ok(MineWork { key, blob, target, nonce_offset, start, count, max_shares: self.max_shares, next_key })
     }
 
     /// Refuses a client's job that would have the master re-hash more than
@@ -291,6 +304,8 @@ mod tests {
         assert_eq!(&w.input(0x0403_0201)[39..43], &[1, 2, 3, 4]);
         let top = params(json!({"key": "6b", "blob": blob, "difficulty": 1, "nonce_start": u32::MAX}));
         assert_eq!(top.map(|w| w.count), Ok(1));
+        let next = params(json!({"key": "6b", "blob": blob, "difficulty": 1, "next_key": "6e6578"}));
+        assert_eq!(next.map(|w| w.next_key), Ok(Some(b"nex".to_vec())));
     }
 
     #[test]
@@ -311,6 +326,8 @@ mod tests {
                 "32-bit",
             ),
             (json!({"key": "6b", "blob": blob, "difficulty": 1, "max_shares": 0}), "max_shares"),
+            (json!({"key": "6b", "blob": blob, "difficulty": 1, "next_key": "zz"}), "next_key must be"),
+            (json!({"key": "6b", "blob": blob, "difficulty": 1, "next_key": ""}), "next_key must be"),
         ] {
             let e = params(bad.clone()).err().unwrap_or_default();
             assert!(e.contains(says), "{bad}: {e}");

@@ -35,6 +35,9 @@ struct BlockTemplate {
     blockhashing_blob: String,
     blocktemplate_blob: String,
     seed_hash: String,
+    /// Known 64 blocks before the key changes; empty otherwise.
+    #[serde(default)]
+    next_seed_hash: String,
     difficulty: u64,
     height: u64,
 }
@@ -128,10 +131,14 @@ async fn fetch(
         if key.len() != 32 {
             return Err(format!("monerod sent a seed_hash of {} bytes, not 32", key.len()));
         }
+        // A next key the node announces is prepared ahead (a malformed one
+        // is only not prepared: the current work is good).
+        let next_key = decode("next_seed_hash", &t.next_seed_hash).ok().filter(|k| k.len() == 32 && *k != key);
         out.push(Template {
             seq: pool.next_seq(),
             group,
             key,
+            next_key,
             blob,
             height: Some(t.height),
             network_difficulty: Some(t.difficulty.max(1)),

@@ -348,6 +348,7 @@ mod tests {
             seq,
             group,
             key: vec![1; 32],
+            next_key: None,
             blob: vec![seq as u8; 76],
             height: Some(5),
             network_difficulty: Some(200),

@@ -237,18 +237,20 @@ impl Pool {
     }
 
     /// Pins the live sources' keys in the verifier (`first`, the key just
-    /// installed, leads): a new key's light material is built at once and,
-    /// in fast mode, its dataset in the background, so shares verify from
-    /// the first one. Keys no source uses any more are let go.
+    /// installed, leads), then the keys their nodes say come next: a new
+    /// key's light material is built at once and, in fast mode, its dataset
+    /// in the background, so shares verify from the first one — a next key's
+    /// before the switch. Keys no source uses any more are let go.
     pub(super) fn pin_keys(&self, first: Option<&[u8]>) {
         let keys = {
             let st = self.inner.state.lock();
             let mut keys: Vec<Vec<u8>> = first.map(<[u8]>::to_vec).into_iter().collect();
-            for s in st.sources.values() {
-                if let Some(main) = s.work.borrow().as_ref().and_then(|w| w.main().cloned())
-                    && !keys.contains(&main.key)
-                {
-                    keys.push(main.key.clone());
+            let mains: Vec<_> =
+                st.sources.values().filter_map(|s| s.work.borrow().as_ref().and_then(|w| w.main().cloned())).collect();
+            let next = mains.iter().filter_map(|m| m.next_key.clone());
+            for key in mains.iter().map(|m| m.key.clone()).chain(next) {
+                if !keys.contains(&key) {
+                    keys.push(key);
                 }
             }
             keys

@@ -34,6 +34,10 @@ pub struct Template {
     /// 255 miners another is fetched).
     pub group: u32,
     pub key: Vec<u8>,
+    /// The key the chain moves to next, when the node says (Monero's
+    /// `next_seed_hash`, known 64 blocks ahead of the switch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_key: Option<Vec<u8>>,
     pub blob: Vec<u8>,
     pub height: Option<u64>,
     /// The network's difficulty (a daemon's template).
@@ -94,6 +98,7 @@ impl Template {
             nonce_start: Some(start),
             nonce_count: Some(count),
             max_shares: None,
+            next_key: self.next_key.as_deref().map(encode_hex),
         }
     }
 
@@ -144,6 +149,7 @@ mod tests {
             seq: 1,
             group: 0,
             key: vec![1; 32],
+            next_key: None,
             blob: vec![7; 76],
             height: Some(5),
             network_difficulty: Some(200),
@@ -173,6 +179,17 @@ mod tests {
         let w = t.worker_params(50).work().expect("valid");
         assert_eq!((w.start, w.count), (0x5a << 24, SLOT_NONCES));
         assert_eq!(w.input(w.start)[42], 0x5a);
+    }
+
+    #[test]
+    fn the_next_key_goes_out_with_the_workers_and_the_miners_work() {
+        let mut t = template(None);
+        assert_eq!(t.worker_params(10).next_key, None);
+        t.next_key = Some(vec![2; 32]);
+        let hex = Some("02".repeat(32));
+        assert_eq!((t.worker_params(10).next_key, t.slot_params(3, 1).next_key), (hex.clone(), hex));
+        let work = t.worker_params(10).work().expect("valid");
+        assert_eq!(work.next_key, Some(vec![2; 32]));
     }
 
     #[test]

@@ -128,6 +128,8 @@ fn template(pool: &Pool, job: &Job, nicehash: bool) -> Result<Template, String> 
         seq: pool.next_seq(),
         group: 0,
         key,
+        // Stratum jobs do not announce the next seed.
+        next_key: None,
         fixed_byte: fixed.then_some(blob[NICEHASH_BYTE]),
         blob,
         height: job.height,

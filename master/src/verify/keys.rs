@@ -148,6 +148,24 @@ impl Keys {
                 self.build_dataset(key);
             }
         }
+        // A key pinned ahead of its switch (a next key) got no dataset while
+        // the current key held the slot: once that key is let go, it does.
+        let promoted: Vec<Vec<u8>> = {
+            let mut pinned = self.pinned.lock();
+            let mut fast_slots = pinned.iter().filter(|p| !matches!(p.fast, Fast::Off)).count();
+            let mut out = Vec::new();
+            for p in pinned.iter_mut() {
+                if self.mode == Mode::Fast && fast_slots < FAST_KEPT && matches!(p.fast, Fast::Off) {
+                    p.fast = Fast::Building { since: Instant::now(), attempt: 1 };
+                    fast_slots += 1;
+                    out.push(p.key.clone());
+                }
+            }
+            out
+        };
+        for key in promoted {
+            self.build_dataset(key);
+        }
         // A pinned key whose cache could not be built tries again now.
         let missing: Vec<Vec<u8>> =
             self.pinned.lock().iter().filter(|p| p.light.is_none()).map(|p| p.key.clone()).collect();

@@ -224,6 +224,7 @@ impl Verifier {
             nonce_start: None,
             nonce_count: None,
             max_shares: None,
+            next_key: None,
         };
         let checked = self.check(&params, &HashSet::new(), probe).await;
         if let Some((_, why)) = checked.unverified.first() {

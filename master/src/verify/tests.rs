@@ -89,6 +89,19 @@ async fn fast_mode_verifies_what_light_mode_found() {
     let checked = verifier.check(&params, &HashSet::new(), all).await;
     assert_eq!(checked.valid.len(), shares.len(), "{:?}", checked.unverified);
     assert_eq!(checked.invalid.len(), 1, "the forged share is caught in fast mode too");
+    // The key the node says comes next: its cache is ready before the
+    // switch (the one dataset slot stays the current key's), and its dataset
+    // is built once the current key is let go.
+    let next = b"the next seed".to_vec();
+    verifier.pin(verifier.next_pin(), vec![key.clone(), next.clone()]).await.expect("the next key's cache");
+    let states = verifier.key_states();
+    assert_eq!(
+        states.iter().map(|s| (s.hashing, s.dataset)).collect::<Vec<_>>(),
+        [("fast", "ready"), ("light", "off")]
+    );
+    verifier.pin(verifier.next_pin(), vec![next.clone()]).await.expect("the switch");
+    let states = verifier.key_states();
+    assert_eq!(states.iter().map(|s| (s.hashing, s.dataset)).collect::<Vec<_>>(), [("light", "building")]);
     // Keys no source uses are let go.
     verifier.pin(verifier.next_pin(), Vec::new()).await.expect("nothing to measure");
     assert!(verifier.key_states().is_empty() && !verifier.fast_ready());

@@ -443,6 +443,7 @@ async fn mine(socket: SocketRef, io: SocketIo, Data(m): Data<Value>, ack: AckSen
             nonce_count: m.nonce_count,
             // Each share is re-hashed by the master: a page's job stops at a bound.
             max_shares: Some(limits::MAX_SHARES),
+            next_key: None,
         };
         checked(JobKind::RandomxMine, &params)
     });

@@ -27,6 +27,7 @@ fn params() -> MineParams {
         nonce_start: None,
         nonce_count: None,
         max_shares: None,
+        next_key: None,
     }
 }
 
