@@ -353,6 +353,11 @@ impl KeyCache {
         self.entries.lock().truncate(keep);
     }
 
+    /// Whether `key`'s material is kept (its place in the order unchanged).
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.entries.lock().iter().any(|m| m.key() == key)
+    }
+
     fn lookup(&self, key: &[u8]) -> Option<Arc<Material>> {
         let mut entries = self.entries.lock();
         let pos = entries.iter().position(|m| m.key() == key)?;

@@ -41,6 +41,11 @@ pub struct Config {
     /// Threads for RandomX (dataset initialisation and hashing). Default: one per core.
     #[arg(long, env = "FAENA_RANDOMX_THREADS")]
     pub randomx_threads: Option<usize>,
+    /// Build the key a mining template says comes next (Monero's seed
+    /// change) while mining the current one, where there is room for both;
+    /// `false`: build it at the switch, as before.
+    #[arg(long, env = "FAENA_RANDOMX_AHEAD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub randomx_ahead: bool,
     /// Where `/metrics` and `/healthz` listen (port 0 picks one).
     #[arg(long, env = "FAENA_WORKER_METRICS_ADDR", default_value = "127.0.0.1:0")]
     pub metrics_addr: SocketAddr,

@@ -238,7 +238,7 @@ pub async fn run(
         huge_pages_free_bytes: caps::huge_pages_free_bytes(),
         cores: caps::cores() as usize,
     };
-    let rx = Arc::new(randomx::RandomX::new(cfg.randomx_mode, cfg.randomx_threads, machine));
+    let rx = Arc::new(randomx::RandomX::new(cfg.randomx_mode, cfg.randomx_threads, machine).ahead(cfg.randomx_ahead));
     let providers = Arc::new(ai::Providers::from_args(&cfg.ai)?);
     let offered = providers.offered();
     let mut registry = exec::Registry::default()

@@ -64,6 +64,9 @@ impl Executor for RandomxMine {
             let (unsent, reported) = (fresh.clone(), last.clone());
             let mined = run_blocking(&rx.clone(), &ctx, move |stop| {
                 let material = rx.material(&w.key)?;
+                if let Some(next) = &w.next_key {
+                    rx.prepare(next);
+                }
                 let started = std::time::Instant::now();
                 let progress = |hashes: u64| {
                     let hashrate = hashes as f64 / started.elapsed().as_secs_f64().max(1e-3);

@@ -45,6 +45,10 @@ pub struct RandomX {
     init_threads: usize,
     max_keys: usize,
     keys: KeyCache,
+    /// The next key being (or last) built ahead ([`RandomX::prepare`]).
+    preparing: parking_lot::Mutex<Option<Vec<u8>>>,
+    /// Whether next keys are built ahead at all (`FAENA_RANDOMX_AHEAD`).
+    ahead: bool,
     initialising: watch::Sender<bool>,
     /// One all-thread RandomX operation at a time: two at once would only
     /// fight over the same cores (and caches) for the same total work.
@@ -108,10 +112,17 @@ impl RandomX {
             init_threads: machine.cores.max(threads),
             max_keys,
             keys: KeyCache::default(),
+            preparing: parking_lot::Mutex::new(None),
+            ahead: true,
             initialising: watch::channel(false).0,
             compute: Arc::new(tokio::sync::Semaphore::new(1)),
             hashrate: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Whether next keys are built ahead of their switch ([`RandomX::prepare`]).
+    pub fn ahead(self, ahead: bool) -> Self {
+        Self { ahead, ..self }
     }
 
     pub fn mode(&self) -> Mode {
@@ -158,11 +169,59 @@ impl RandomX {
 
     /// The material for `key`, building it (blocking) if it is not kept.
     pub fn material(&self, key: &[u8]) -> Result<Arc<Material>, RxError> {
+        self.build(key, true)
+    }
+
+    /// Builds the material of the key the chain moves to next on a thread
+    /// of its own, while the current key is mined, when there is room to
+    /// keep both (fast mode: memory for two datasets); the switch then finds
+    /// it ready and hashing does not stop. Without room it is built at the
+    /// switch, as any new key is. Once per key; the worker stays `idle` or
+    /// `busy`, not `initialising`, meanwhile. The thread building it, if one
+    /// was started.
+    pub fn prepare(self: &Arc<Self>, key: &[u8]) -> Option<std::thread::JoinHandle<()>> {
+        if !self.ahead || self.keys.contains(key) {
+            return None;
+        }
+        {
+            let mut preparing = self.preparing.lock();
+            if preparing.as_deref() == Some(key) {
+                return None;
+            }
+            *preparing = Some(key.to_vec());
+        }
+        if self.max_keys < 2 {
+            tracing::info!(
+                "RandomX: the next key is known but there is no memory for a second dataset; it is built at the switch"
+            );
+            return None;
+        }
+        let (this, key) = (self.clone(), key.to_vec());
+        let spawned = std::thread::Builder::new().name("faena-rx-next".into()).spawn(move || {
+            tracing::info!(mode = this.mode.as_str(), "RandomX: building the next key's material ahead of the switch");
+            if let Err(e) = this.build(&key, false) {
+                tracing::warn!(error = %e, "RandomX: the next key could not be built ahead; it is built at the switch");
+                this.preparing.lock().take();
+            }
+        });
+        match spawned {
+            Ok(thread) => Some(thread),
+            Err(e) => {
+                tracing::warn!(error = %e, "RandomX: no thread to build the next key ahead");
+                self.preparing.lock().take();
+                None
+            }
+        }
+    }
+
+    /// The material for `key`, built if it is not kept; `announce`: the
+    /// worker says `initialising` meanwhile (not for a key built ahead).
+    fn build(&self, key: &[u8], announce: bool) -> Result<Arc<Material>, RxError> {
         self.keys.get_or_build(key, self.max_keys, || {
             // Free the oldest key first: two datasets may not fit.
             self.keys.shrink_to(self.max_keys - 1);
             let started = Instant::now();
-            let _ = self.initialising.send(self.mode == Mode::Fast);
+            let _ = self.initialising.send(announce && self.mode == Mode::Fast);
             let built = Material::build(self.flags, self.mode, key, self.init_threads);
             let _ = self.initialising.send(false);
             match built {
@@ -171,6 +230,7 @@ impl RandomX {
                         mode = self.mode.as_str(),
                         threads = self.init_threads,
                         ms = started.elapsed().as_millis() as u64,
+                        ahead = !announce,
                         "RandomX key initialised"
                     );
                     Ok(m)
@@ -269,5 +329,22 @@ mod tests {
         rx.record(0, Duration::from_secs(1), 2);
         rx.record(5, Duration::ZERO, 2);
         assert!((rx.hashrate() - 66.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_next_key_is_built_ahead_beside_the_current_one_where_there_is_room() {
+        let machine = Machine { memory_bytes: 1 << 30, huge_pages_free_bytes: 0, cores: 1 };
+        let rx = Arc::new(RandomX::new(ModeChoice::Light, Some(1), machine));
+        let current = rx.material(b"current").expect("material");
+        let mut initialising = rx.initialising();
+        rx.prepare(b"next").expect("a thread builds it").join().expect("built");
+        assert!(rx.keys.contains(b"next") && rx.keys.contains(b"current"), "both kept");
+        assert!(!initialising.has_changed().unwrap_or(true) || !*initialising.borrow_and_update());
+        assert!(rx.prepare(b"next").is_none(), "once");
+        assert!(Arc::ptr_eq(&rx.material(b"current").expect("kept"), &current));
+        // Fast mode with memory for one dataset: built at the switch, not ahead.
+        let machine = Machine { memory_bytes: 4 << 30, huge_pages_free_bytes: 0, cores: 1 };
+        let one = Arc::new(RandomX::new(ModeChoice::Fast, Some(1), machine));
+        assert!(one.prepare(b"next").is_none() && !one.keys.contains(b"next"));
     }
 }
