@@ -24,7 +24,7 @@ async fn json_rpc(http: &reqwest::Client, url: &str, method: &str, params: Value
 
 #[derive(Debug)]
 pub struct Monerod {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     pub url: String,
     http: reqwest::Client,
 }
@@ -37,6 +37,8 @@ impl Monerod {
         let log = std::fs::File::create(dir.join("monerod.log")).expect("monerod log");
         let child = tokio::process::Command::new("monerod")
             .args(["--regtest", "--offline", "--no-igd", "--no-zmq", "--non-interactive", "--rpc-bind-ip", "127.0.0.1"])
+            // A chain in `dir` already (a benchmark's, grown first) is kept.
+            .arg("--keep-fakechain")
             .args(["--fixed-difficulty", &difficulty.to_string()])
             .args([
                 "--rpc-bind-port",
@@ -54,7 +56,7 @@ impl Monerod {
             .kill_on_drop(true)
             .spawn()
             .expect("monerod (Debian's monero package) must be installed");
-        let node = Self { _child: child, url: format!("http://127.0.0.1:{rpc}"), http: reqwest::Client::new() };
+        let node = Self { child, url: format!("http://127.0.0.1:{rpc}"), http: reqwest::Client::new() };
         eventually("monerod answers get_info", || async { node.try_call("get_info", json!({})).await }).await;
         node
     }
@@ -74,6 +76,16 @@ impl Monerod {
     /// The main chain's block at `height`: its header (hash, nonce, …).
     pub async fn header(&self, height: u64) -> Value {
         self.call("get_block_header_by_height", json!({"height": height})).await["block_header"].take()
+    }
+
+    /// Stops the node as its operator would (`stop_daemon`: the chain is
+    /// written out, where a kill may lose the newest blocks) and waits for
+    /// it, so another node may open its chain.
+    pub async fn stop(mut self) {
+        let _ = self.http.post(format!("{}/stop_daemon", self.url)).send().await;
+        if tokio::time::timeout(crate::WAIT, self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
     }
 
     /// Mines `n` blocks inside the node (a block found elsewhere).
