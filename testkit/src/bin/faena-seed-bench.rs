@@ -8,12 +8,14 @@
 //!
 //! `cargo run --release -p faena-testkit --bin faena-seed-bench` (or
 //! `scripts/bench-seed.sh`); env: `DIFFICULTY` of the node's blocks (2000),
-//! `START` height mining starts from (2070), `ROUNDS` of each (1).
+//! `START` height mining starts from (2070), `ROUNDS` of each (1),
+//! `VERIFY_MODE` of the master's share verifier (fast).
 //!
 //! Per run it prints each worker's hashing gap: the longest time between
 //! two of its progress reports (about one a second while it hashes) from the
 //! switch on, against the longest in the 30 s before it; the stale shares at
-//! the switch; and the verifier's state for the new key at the switch.
+//! the switch; and the verifier: what it hashed the new key's shares with
+//! at the switch, and how long after it its dataset for the new key was ready.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -48,18 +50,22 @@ struct Run {
     /// Per worker: (longest gap before the switch, longest gap from it), s.
     gaps: BTreeMap<String, (f64, f64)>,
     stale: u64,
+    /// The verifier's keys at the switch.
     verifier: String,
+    /// Seconds from the switch until the verifier hashed the new key in fast mode.
+    verifier_fast: Option<f64>,
 }
 
 async fn source(c: &Cluster) -> Value {
     c.api.get("/api/mining/sources").await.1["sources"][0].clone()
 }
 
-async fn run(chain: &Path, ahead: bool, difficulty: u64) -> Run {
+async fn run(chain: &Path, ahead: bool, difficulty: u64, verify_mode: &str) -> Run {
     let dir = tempfile::Builder::new().prefix("faena-seed-").tempdir().expect("temp dir");
     copy_dir(chain, &dir.path().join("monerod"));
     let node = Monerod::start(dir.path(), difficulty).await;
-    let extra = vec![("FAENA_SHARE_INTERVAL_MS".into(), "1000".into())];
+    let extra =
+        vec![("FAENA_SHARE_INTERVAL_MS".into(), "1000".into()), ("FAENA_VERIFY_MODE".into(), verify_mode.into())];
     let mut c = Cluster::start(MasterOpts { extra, ..MasterOpts::default() }).await;
     let ahead_env = if ahead { "true" } else { "false" };
     for id in ["w1", "w2"] {
@@ -89,7 +95,7 @@ async fn run(chain: &Path, ahead: bool, difficulty: u64) -> Run {
             }
         }
     });
-    let (mut switch, mut stale_at, mut verifier) = (None, 0, String::new());
+    let (mut switch, mut stale_at, mut verifier, mut verifier_fast) = (None, 0, String::new(), None);
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut last_height = 0;
     loop {
@@ -106,7 +112,19 @@ async fn run(chain: &Path, ahead: bool, difficulty: u64) -> Run {
             verifier = c.api.get("/api/mining/verifier").await.1["keys"].to_string();
         }
         if let Some(t) = switch
-            && (height >= SWITCH + 3 && started.elapsed().as_secs_f64() > t + 60.0)
+            && verifier_fast.is_none()
+        {
+            let keys = c.api.get("/api/mining/verifier").await.1["keys"].clone();
+            if keys[0]["hashing"] == "fast" && keys.as_array().is_some_and(|k| k.len() == 1) {
+                verifier_fast = Some(started.elapsed().as_secs_f64() - t);
+            }
+        }
+        // The verifier's dataset is waited for up to 4 minutes after the switch.
+        let fast_or_light = verifier_fast.is_some()
+            || verify_mode != "fast"
+            || switch.is_some_and(|t| started.elapsed().as_secs_f64() > t + 240.0);
+        if let Some(t) = switch
+            && (height >= SWITCH + 3 && started.elapsed().as_secs_f64() > t + 60.0 && fast_or_light)
         {
             break;
         }
@@ -148,7 +166,7 @@ async fn run(chain: &Path, ahead: bool, difficulty: u64) -> Run {
     }
     drop(c);
     node.stop().await;
-    Run { gaps, stale, verifier }
+    Run { gaps, stale, verifier, verifier_fast }
 }
 
 #[tokio::main]
@@ -156,6 +174,7 @@ async fn main() {
     let difficulty: u64 = env("DIFFICULTY", 2000);
     let start: u64 = env("START", 2070);
     let rounds: usize = env("ROUNDS", 1);
+    let verify_mode: String = env("VERIFY_MODE", "fast".to_owned());
     let dir = tempfile::Builder::new().prefix("faena-seed-chain-").tempdir().expect("temp dir");
     println!("growing a regtest chain to height {start} (difficulty 1) ...");
     let node = Monerod::start(dir.path(), 1).await;
@@ -171,7 +190,7 @@ async fn main() {
         let order = if round % 2 == 0 { [true, false] } else { [false, true] };
         for ahead in order {
             println!("round {} with the next key built {}:", round + 1, if ahead { "ahead" } else { "at the switch" });
-            let r = run(&chain, ahead, difficulty).await;
+            let r = run(&chain, ahead, difficulty, &verify_mode).await;
             rows.push((ahead, r));
         }
     }
@@ -187,6 +206,8 @@ async fn main() {
         }
     }
     for (ahead, r) in &rows {
-        println!("verifier at the switch ({}): {}", if *ahead { "ahead" } else { "at the switch" }, r.verifier);
+        let how = if *ahead { "ahead" } else { "at the switch" };
+        let fast = r.verifier_fast.map_or("never".to_owned(), |s| format!("{s:.1} s after the switch"));
+        println!("verifier ({how}, {verify_mode} mode): at the switch {}; the new key in fast mode {fast}", r.verifier);
     }
 }
