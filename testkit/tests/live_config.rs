@@ -223,3 +223,51 @@ async fn config_changes_reach_running_workers_and_survive_a_restart() {
     faena(&c, &["config", "unset", "worker.slots", "worker.randomx_threads", "--worker", "w1", "--wait"]).await.ok();
     worker_metric(&mut c, "w1", "faena_worker_randomx_threads", 2.0).await;
 }
+
+/// What a worker reports it overrides is bounded: at most 128 entries, each
+/// value JSON of at most 1 KiB; a report past that is refused whole, and a
+/// good one shows in `GET /api/config`.
+#[tokio::test]
+async fn reported_overrides_are_bounded() {
+    use faena_proto::grpc::{self as pb, master_client::MasterClient};
+    use faena_testkit::sim::{request, request_in};
+    let c = Cluster::start_with_api_token(MasterOpts::default(), API_TOKEN).await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", c.addrs.grpc)).expect("url").connect().await;
+    let mut grpc = MasterClient::new(channel.expect("grpc"));
+    let instance = uuid::Uuid::new_v4().to_string();
+    let register = pb::RegisterRequest {
+        worker_id: "ov".into(),
+        instance_id: instance.clone(),
+        capabilities: Some(pb::Capabilities { cores: 1, slots: 1, kinds: vec!["noop".into()], ..Default::default() }),
+        running: vec![],
+    };
+    let session = grpc.register(request(register)).await.expect("registers").into_inner().session;
+    let over = |key: &str, value_json: &str| pb::ConfigOverride {
+        key: key.into(),
+        value_json: value_json.into(),
+        own: "FAENA_WORKER_SLOTS=1".into(),
+    };
+    let report = |overrides: Vec<pb::ConfigOverride>| pb::ConfigReport {
+        worker_id: "ov".into(),
+        instance_id: instance.clone(),
+        version: 0,
+        slots: 0,
+        ai_slots: 0,
+        refused: vec![],
+        overrides,
+    };
+    let too_many = (0..129).map(|n| over(&format!("k{n}"), "1")).collect();
+    let e = grpc.report_config(request_in(report(too_many), &session)).await.expect_err("129 overrides");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    for bad in ["not json", &format!("\"{}\"", "x".repeat(1100))] {
+        let e = grpc.report_config(request_in(report(vec![over("worker.slots", bad)]), &session)).await;
+        assert_eq!(e.expect_err("a bad value").code(), tonic::Code::InvalidArgument);
+    }
+    let good = (0..128).map(|n| over(&format!("k{n}"), "3")).collect();
+    grpc.report_config(request_in(report(good), &session)).await.expect("128 overrides");
+    let view = faena(&c, &["config", "get", "--json"]).await.ok().json();
+    let shown = view["reported"]["ov"]["overrides"].as_array().map_or(0, Vec::len);
+    assert_eq!(shown, 128, "{view}");
+    assert_eq!(view["reported"]["ov"]["overrides"][0]["value"], json!(3));
+}
