@@ -58,6 +58,13 @@ pub struct Config {
     pub ai: AiArgs,
 }
 
+/// `ai.query` slots when none is given.
+pub const DEFAULT_AI_SLOTS: u32 = 8;
+/// The model asked of Gemini when none is given.
+pub const DEFAULT_GEMINI_MODEL: &str = "gemini-2.5-flash";
+/// The model asked of an OpenAI-compatible endpoint when none is given.
+pub const DEFAULT_OPENAI_MODEL: &str = "gpt-4o-mini";
+
 /// AI providers. Gemini is offered when a key or a base URL is given (a
 /// base URL alone serves jobs that bring their own key); an
 /// OpenAI-compatible endpoint when a base URL or a key is given.
@@ -70,7 +77,7 @@ pub struct AiArgs {
     /// Default: Google's, https://generativelanguage.googleapis.com/v1beta.
     #[arg(long, env = "GEMINI_BASE_URL")]
     pub gemini_base_url: Option<String>,
-    #[arg(long, env = "GEMINI_MODEL", default_value = "gemini-2.5-flash")]
+    #[arg(long, env = "GEMINI_MODEL", default_value = DEFAULT_GEMINI_MODEL)]
     pub gemini_model: String,
     /// An OpenAI-compatible server (OpenAI, Ollama, vLLM, llama.cpp): the
     /// part before `/v1/chat/completions`. Default with a key: https://api.openai.com.
@@ -80,10 +87,10 @@ pub struct AiArgs {
     pub openai_api_key: Option<String>,
     #[arg(long, env = "OPENAI_API_KEY_FILE")]
     pub openai_api_key_file: Option<PathBuf>,
-    #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-4o-mini")]
+    #[arg(long, env = "OPENAI_MODEL", default_value = DEFAULT_OPENAI_MODEL)]
     pub openai_model: String,
     /// `ai.query` units at once, apart from the other slots (I/O-bound).
-    #[arg(long, env = "FAENA_AI_SLOTS", default_value_t = 8)]
+    #[arg(long, env = "FAENA_AI_SLOTS", default_value_t = DEFAULT_AI_SLOTS)]
     pub ai_slots: u32,
     /// Connecting to a provider may take this long.
     #[arg(long, env = "FAENA_AI_CONNECT_TIMEOUT_MS", default_value_t = 10_000)]

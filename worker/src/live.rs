@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::ai::{LiveAi, Providers};
+use crate::config;
 use crate::randomx::RandomX;
 use crate::runner::Runner;
 
@@ -76,15 +77,18 @@ impl Base {
             return Self { slots, randomx_threads, own };
         }
         let ai_slots = cfg.ai.ai_slots;
-        own.insert("worker.ai_slots", Own::of(ai_slots.into(), ai_slots != 8, ("FAENA_AI_SLOTS", "--ai-slots"), ""));
+        own.insert(
+            "worker.ai_slots",
+            Own::of(ai_slots.into(), ai_slots != config::DEFAULT_AI_SLOTS, ("FAENA_AI_SLOTS", "--ai-slots"), ""),
+        );
         let explicit = !cfg.ai.ai_providers.is_empty();
         let order = if explicit { cfg.ai.ai_providers.clone() } else { offered.clone() };
         let order = Value::from(order.iter().map(|p| p.as_str()).collect::<Vec<_>>());
         let why = "those it has, in that order";
         own.insert("ai.providers", Own::of(order, explicit, ("FAENA_AI_PROVIDERS", "--ai-providers"), why));
         let models = [
-            ("ai.model.gemini", Provider::Gemini, ("GEMINI_MODEL", "--gemini-model"), "gemini-2.5-flash"),
-            ("ai.model.openai", Provider::Openai, ("OPENAI_MODEL", "--openai-model"), "gpt-4o-mini"),
+            ("ai.model.gemini", Provider::Gemini, ("GEMINI_MODEL", "--gemini-model"), config::DEFAULT_GEMINI_MODEL),
+            ("ai.model.openai", Provider::Openai, ("OPENAI_MODEL", "--openai-model"), config::DEFAULT_OPENAI_MODEL),
         ];
         for (key, provider, source, default) in models {
             if let Some(model) = providers.default_model(provider) {
