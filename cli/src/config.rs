@@ -115,44 +115,53 @@ fn targets<'a>(view: &'a Value, worker: Option<&'a str>) -> impl Iterator<Item =
     all.filter(move |(w, _)| worker.is_none_or(|only| w.as_str() == only))
 }
 
-/// Polls until every worker concerned reports `version` or newer.
-async fn wait(c: &Client, version: u64, worker: Option<&str>, timeout: Duration) -> Result<Value> {
+/// Polls `GET /api/config` until `ready` takes the view (`Ok`), or
+/// `timeout` passes: then what `ready` last said is the failure (exit 6).
+async fn poll_config(
+    c: &Client,
+    timeout: Duration,
+    mut ready: impl FnMut(&Value) -> std::result::Result<(), String>,
+) -> Result<Value> {
     let until = Instant::now() + timeout;
     loop {
         let view = c.get("/api/config").await?;
-        let behind: Vec<String> = targets(&view, worker)
+        match ready(&view) {
+            Ok(()) => return Ok(view),
+            Err(why) if Instant::now() >= until => return Err(Failure::new(Exit::Unreachable, why)),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Polls until every worker concerned reports `version` or newer.
+async fn wait(c: &Client, version: u64, worker: Option<&str>, timeout: Duration) -> Result<Value> {
+    poll_config(c, timeout, |view| {
+        let behind: Vec<String> = targets(view, worker)
             .filter(|(_, a)| a["version"].as_u64().unwrap_or(0) < version)
             .map(|(w, _)| w.clone())
             .collect();
         let missing = worker.is_some_and(|w| view["reported"].get(w).is_none());
         if behind.is_empty() && !missing {
-            return Ok(view);
+            return Ok(());
         }
-        if Instant::now() >= until {
-            let who = if missing { worker.unwrap_or_default().to_owned() } else { behind.join(", ") };
-            let message = format!("not running version {version} after {}s: {who}", timeout.as_secs());
-            return Err(Failure::new(Exit::Unreachable, message));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let who = if missing { worker.unwrap_or_default().to_owned() } else { behind.join(", ") };
+        Err(format!("not running version {version} after {}s: {who}", timeout.as_secs()))
+    })
+    .await
 }
 
 /// Polls until at least `n` workers report the current version.
 async fn reporting(c: &Client, n: usize, timeout: Duration) -> Result<()> {
-    let until = Instant::now() + timeout;
-    loop {
-        let view = c.get("/api/config").await?;
+    poll_config(c, timeout, |view| {
         let version = view["version"].as_u64().unwrap_or(0);
-        let current = targets(&view, None).filter(|(_, a)| a["version"].as_u64().unwrap_or(0) >= version).count();
-        if current >= n {
-            return Ok(());
+        let current = targets(view, None).filter(|(_, a)| a["version"].as_u64().unwrap_or(0) >= version).count();
+        match current >= n {
+            true => Ok(()),
+            false => Err(format!("{current} of {n} workers run version {version} after {}s", timeout.as_secs())),
         }
-        if Instant::now() >= until {
-            let message = format!("{current} of {n} workers run version {version} after {}s", timeout.as_secs());
-            return Err(Failure::new(Exit::Unreachable, message));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
+    .map(drop)
 }
 
 async fn get(c: &Client, key: Option<String>, worker: Option<&str>, as_json: bool) -> Result<Exit> {
