@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 
 use crate::ffi;
+use crate::share::{self, ShareDir, ShareError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RxError {
@@ -121,8 +122,19 @@ impl Drop for Cache {
     }
 }
 
-struct Dataset(NonNull<ffi::randomx_dataset>);
-// SAFETY: read-only after `Dataset::new` returns (see module docs).
+/// A dataset: allocated by RandomX for this process, or mapped from a
+/// [`ShareDir`] that the workers of one machine share.
+enum Dataset {
+    Own(NonNull<ffi::randomx_dataset>),
+    /// RandomX's `randomx_dataset` is `{ uint8_t* memory; dealloc }` and VMs
+    /// read only `memory`: `header` points it at the shared mapping (checked
+    /// with `randomx_get_dataset_memory`). Boxed: VMs keep its address.
+    Shared {
+        header: Box<ffi::DatasetHeader>,
+        region: share::Region,
+    },
+}
+// SAFETY: read-only after it is built (see module docs).
 unsafe impl Send for Dataset {}
 unsafe impl Sync for Dataset {}
 
@@ -131,14 +143,37 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
+/// Items in a dataset (a constant of the library).
+fn dataset_items() -> u64 {
+    // SAFETY: a constant of the library.
+    unsafe { ffi::randomx_dataset_item_count() as u64 }
+}
+
+/// Initialises every item of `dataset` from `cache` on `threads` threads,
+/// each over its own range of items.
+fn init_items(dataset: *mut ffi::randomx_dataset, cache: &Cache, threads: usize) {
+    let items = dataset_items();
+    let threads = threads.clamp(1, 256) as u64;
+    let (dataset, cache_ptr) = (SendPtr(dataset), SendPtr(cache.0.as_ptr()));
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let start = items * t / threads;
+            let count = items * (t + 1) / threads - start;
+            let (dataset, cache_ptr) = (&dataset, &cache_ptr);
+            s.spawn(move || {
+                // SAFETY: each thread writes only items [start, start+count),
+                // disjoint from every other thread's; the cache is read-only.
+                unsafe { ffi::randomx_init_dataset(dataset.0, cache_ptr.0, start as c_ulong, count as c_ulong) }
+            });
+        }
+    });
+}
+
 impl Dataset {
-    /// Allocates the dataset and initialises it from `cache` on `threads`
-    /// threads, each over its own range of items.
+    /// Allocates the dataset and initialises it from `cache` on `threads` threads.
     fn new(flags: Flags, cache: &Cache, threads: usize) -> Result<Self, RxError> {
         // SAFETY: allocation only; NULL is handled by `alloc`.
         let (ptr, huge) = alloc(flags, "dataset", |f| unsafe { ffi::randomx_alloc_dataset(f) })?;
-        // SAFETY: a constant of the library.
-        let items = unsafe { ffi::randomx_dataset_item_count() } as u64;
         if !huge {
             // Without reserved huge pages, ask for transparent ones before the
             // pages are touched: dataset reads are random over 2 GiB, so TLB
@@ -148,7 +183,7 @@ impl Dataset {
             const HUGE: usize = 2 * 1024 * 1024;
             // SAFETY: a getter of the dataset just allocated.
             let mem = unsafe { ffi::randomx_get_dataset_memory(ptr.as_ptr()) } as usize;
-            let end = mem + (items * ffi::DATASET_ITEM_SIZE) as usize;
+            let end = mem + (dataset_items() * ffi::DATASET_ITEM_SIZE) as usize;
             let start = mem.next_multiple_of(HUGE);
             let len = (end - start) / HUGE * HUGE;
             // SAFETY: [start, start+len) lies within the dataset's memory, which
@@ -158,34 +193,61 @@ impl Dataset {
                 tracing::debug!(error = %std::io::Error::last_os_error(), "madvise(MADV_HUGEPAGE) on the dataset failed");
             }
         }
-        let threads = threads.clamp(1, 256) as u64;
-        let (dataset, cache_ptr) = (SendPtr(ptr.as_ptr()), SendPtr(cache.0.as_ptr()));
-        std::thread::scope(|s| {
-            for t in 0..threads {
-                let start = items * t / threads;
-                let count = items * (t + 1) / threads - start;
-                let (dataset, cache_ptr) = (&dataset, &cache_ptr);
-                s.spawn(move || {
-                    // SAFETY: each thread writes only items [start, start+count),
-                    // disjoint from every other thread's; the cache is read-only.
-                    unsafe { ffi::randomx_init_dataset(dataset.0, cache_ptr.0, start as c_ulong, count as c_ulong) }
-                });
-            }
-        });
-        Ok(Self(ptr))
+        init_items(ptr.as_ptr(), cache, threads);
+        Ok(Self::Own(ptr))
+    }
+
+    /// Maps `key`'s dataset from `share`, building it there first if no
+    /// worker of this machine has (the cache is made only then).
+    fn map_shared(flags: Flags, key: &[u8], threads: usize, share: &ShareDir) -> Result<Self, ShareError> {
+        let name = ShareDir::name_of(key)?;
+        let size = (dataset_items() * ffi::DATASET_ITEM_SIZE) as usize;
+        let region = share.attach_or_build(&name, size, |memory| {
+            let cache = Cache::new(flags, key)?;
+            let mut header = ffi::DatasetHeader::new(memory.as_ptr());
+            init_items(header.as_dataset(), &cache, threads);
+            Ok(())
+        })?;
+        let mut header = Box::new(ffi::DatasetHeader::new(region.ptr().as_ptr()));
+        // SAFETY: RandomX's getter reads the first field of the struct it is
+        // given; that it returns our pointer proves the layout assumed here.
+        let seen = unsafe { ffi::randomx_get_dataset_memory(header.as_dataset()) };
+        if seen.cast::<u8>() != region.ptr().as_ptr() {
+            return Err(
+                RxError::Input("this RandomX's dataset layout is not the one shared datasets assume".into()).into()
+            );
+        }
+        Ok(Self::Shared { header, region })
+    }
+
+    fn ptr(&self) -> *mut ffi::randomx_dataset {
+        match self {
+            Self::Own(p) => p.as_ptr(),
+            Self::Shared { header, .. } => std::ptr::from_ref::<ffi::DatasetHeader>(header).cast_mut().cast(),
+        }
     }
 }
 
 impl Drop for Dataset {
     fn drop(&mut self) {
-        // SAFETY: no VM uses it any more (see `Material`'s drop order).
-        unsafe { ffi::randomx_release_dataset(self.0.as_ptr()) }
+        if let Self::Own(p) = self {
+            // SAFETY: no VM uses it any more (see `Material`'s drop order).
+            unsafe { ffi::randomx_release_dataset(p.as_ptr()) }
+        }
+        // A shared one is unmapped by its region (after this body).
     }
 }
 
 struct RawVm(NonNull<ffi::randomx_vm>);
 // SAFETY: a VM may move between threads; `Vm` keeps it to one at a time.
 unsafe impl Send for RawVm {}
+
+/// How a [`Material`]'s shared dataset was had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shared {
+    pub built: bool,
+    pub huge_pages: bool,
+}
 
 /// Everything RandomX needs for one key: its cache, its dataset in fast
 /// mode, and a pool of idle VMs over them.
@@ -230,13 +292,31 @@ impl Material {
         &self.key
     }
 
+    /// Fast mode with the dataset shared by the workers of this machine
+    /// through `share`: mapped if one of them built it, else built there.
+    pub fn build_shared(flags: Flags, key: &[u8], threads: usize, share: &ShareDir) -> Result<Self, ShareError> {
+        let dataset = Some(Dataset::map_shared(flags, key, threads, share)?);
+        Ok(Self { key: key.to_vec(), flags, mode: Mode::Fast, cache: None, dataset, idle: Mutex::new(Vec::new()) })
+    }
+
+    /// For a shared dataset: whether this process built it (else it mapped
+    /// another's) and whether huge pages back it. None when not shared.
+    pub fn shared(&self) -> Option<Shared> {
+        match &self.dataset {
+            Some(Dataset::Shared { region, .. }) => {
+                Some(Shared { built: region.built, huge_pages: region.huge_pages() })
+            }
+            _ => None,
+        }
+    }
+
     /// A VM over this material: an idle one from the pool, or a new one.
     pub fn vm(self: &Arc<Self>) -> Result<Vm, RxError> {
         if let Some(raw) = self.idle.lock().pop() {
             return Ok(Vm { raw: Some(raw), material: self.clone() });
         }
         let (flags, dataset) = match &self.dataset {
-            Some(d) => (self.flags.full_mem(), d.0.as_ptr()),
+            Some(d) => (self.flags.full_mem(), d.ptr()),
             None => (self.flags, std::ptr::null_mut()),
         };
         let cache = self.cache.as_ref().map_or(std::ptr::null_mut(), |c| c.0.as_ptr());

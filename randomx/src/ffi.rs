@@ -27,6 +27,28 @@ pub struct randomx_vm {
     _opaque: [u8; 0],
 }
 
+/// The layout of RandomX's `struct randomx_dataset` (dataset.hpp):
+/// `{ uint8_t* memory; DatasetDeallocFunc* dealloc; }`. VMs and
+/// `randomx_init_dataset` read only `memory`, so a dataset in memory
+/// RandomX did not allocate (a shared mapping) is this header around it;
+/// RandomX never frees it (`randomx_release_dataset` is not called on it).
+#[repr(C)]
+#[derive(Debug)]
+pub struct DatasetHeader {
+    memory: *mut u8,
+    dealloc: *mut c_void,
+}
+
+impl DatasetHeader {
+    pub fn new(memory: *mut u8) -> Self {
+        Self { memory, dealloc: std::ptr::null_mut() }
+    }
+
+    pub fn as_dataset(&mut self) -> *mut randomx_dataset {
+        std::ptr::from_mut(self).cast()
+    }
+}
+
 pub const FLAG_LARGE_PAGES: c_int = 1;
 pub const FLAG_HARD_AES: c_int = 2;
 pub const FLAG_FULL_MEM: c_int = 4;

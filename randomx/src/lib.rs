@@ -11,6 +11,8 @@ pub mod engine;
 mod ffi;
 pub mod mine;
 mod progress;
+pub mod share;
 
-pub use engine::{Flags, KeyCache, Material, Mode, RxError, Vm};
+pub use engine::{Flags, KeyCache, Material, Mode, RxError, Shared, Vm};
 pub use progress::Progress;
+pub use share::{ShareDir, ShareError};
