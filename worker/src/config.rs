@@ -46,6 +46,12 @@ pub struct Config {
     /// `false`: build it at the switch, as before.
     #[arg(long, env = "FAENA_RANDOMX_AHEAD", default_value_t = true, action = clap::ArgAction::Set)]
     pub randomx_ahead: bool,
+    /// A directory the workers of this machine share fast-mode datasets
+    /// through (a tmpfs such as `/dev/shm/faena`, ideally one that gives
+    /// huge pages): the first worker to need a key builds its 2 GiB dataset
+    /// there and the others map it. Unset: each worker builds its own.
+    #[arg(long, env = "FAENA_RANDOMX_SHARE_DIR")]
+    pub randomx_share_dir: Option<std::path::PathBuf>,
     /// Where `/metrics` and `/healthz` listen (port 0 picks one).
     #[arg(long, env = "FAENA_WORKER_METRICS_ADDR", default_value = "127.0.0.1:0")]
     pub metrics_addr: SocketAddr,

@@ -238,7 +238,11 @@ pub async fn run(
         huge_pages_free_bytes: caps::huge_pages_free_bytes(),
         cores: caps::cores() as usize,
     };
-    let rx = Arc::new(randomx::RandomX::new(cfg.randomx_mode, cfg.randomx_threads, machine).ahead(cfg.randomx_ahead));
+    let rx = randomx::RandomX::new(cfg.randomx_mode, cfg.randomx_threads, machine).ahead(cfg.randomx_ahead);
+    let rx = Arc::new(match &cfg.randomx_share_dir {
+        Some(dir) => rx.share(dir),
+        None => rx,
+    });
     let providers = Arc::new(ai::Providers::from_args(&cfg.ai)?);
     let offered = providers.offered();
     let mut registry = exec::Registry::default()
@@ -365,6 +369,13 @@ pub async fn run(
     status.publish(WorkerState::Draining);
     runner.drain(cfg.drain_timeout()).await;
     runner.stop_chores().await;
+    // Datasets go now, not with the process: a shared one nobody else maps
+    // is removed from its directory (unmapping 2 GiB is quick).
+    let _ = tokio::task::spawn_blocking({
+        let rx = rx.clone();
+        move || rx.release()
+    })
+    .await;
     status.publish_and_disconnect(WorkerState::Offline).await;
     if !driver_done {
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut driver).await;

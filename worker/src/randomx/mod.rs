@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-pub use faena_randomx::{Flags, KeyCache, Material, Mode, RxError, Vm};
+pub use faena_randomx::{Flags, KeyCache, Material, Mode, RxError, ShareDir, Vm};
 
 /// Dataset (2080 MiB) + cache (256 MiB) + margin for VMs and the process.
 pub const FAST_MODE_BYTES: u64 = 3 * 1024 * 1024 * 1024;
@@ -49,6 +49,9 @@ pub struct RandomX {
     preparing: parking_lot::Mutex<Option<Vec<u8>>>,
     /// Whether next keys are built ahead at all (`FAENA_RANDOMX_AHEAD`).
     ahead: bool,
+    /// Where fast-mode datasets are shared with this machine's other
+    /// workers (`FAENA_RANDOMX_SHARE_DIR`); None: built privately.
+    share: Option<ShareDir>,
     initialising: watch::Sender<bool>,
     /// One all-thread RandomX operation at a time: two at once would only
     /// fight over the same cores (and caches) for the same total work.
@@ -114,6 +117,7 @@ impl RandomX {
             keys: KeyCache::default(),
             preparing: parking_lot::Mutex::new(None),
             ahead: true,
+            share: None,
             initialising: watch::channel(false).0,
             compute: Arc::new(tokio::sync::Semaphore::new(1)),
             hashrate: std::sync::atomic::AtomicU64::new(0),
@@ -123,6 +127,32 @@ impl RandomX {
     /// Whether next keys are built ahead of their switch ([`RandomX::prepare`]).
     pub fn ahead(self, ahead: bool) -> Self {
         Self { ahead, ..self }
+    }
+
+    /// Shares fast-mode datasets with this machine's other workers through
+    /// `dir` (see [`ShareDir`]); light mode has nothing worth sharing.
+    pub fn share(self, dir: &std::path::Path) -> Self {
+        if self.mode != Mode::Fast {
+            return self;
+        }
+        match ShareDir::open(dir) {
+            Ok(share) => {
+                tracing::info!(dir = %dir.display(), "RandomX: datasets shared with this machine's other workers");
+                Self { share: Some(share), ..self }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "RandomX: cannot share datasets; each key's is built by this worker alone");
+                self
+            }
+        }
+    }
+
+    /// Lets go of every key's material (the memory is freed once running
+    /// work lets go): at a clean stop, so a shared dataset nobody else maps
+    /// is removed rather than left in its directory.
+    pub fn release(&self) {
+        self.keys.shrink_to(0);
+        self.preparing.lock().take();
     }
 
     pub fn mode(&self) -> Mode {
@@ -222,17 +252,33 @@ impl RandomX {
             self.keys.shrink_to(self.max_keys - 1);
             let started = Instant::now();
             let _ = self.initialising.send(announce && self.mode == Mode::Fast);
-            let built = Material::build(self.flags, self.mode, key, self.init_threads);
+            let built = self.build_material(key);
             let _ = self.initialising.send(false);
             match built {
                 Ok(m) => {
-                    tracing::info!(
-                        mode = self.mode.as_str(),
-                        threads = self.init_threads,
-                        ms = started.elapsed().as_millis() as u64,
-                        ahead = !announce,
-                        "RandomX key initialised"
-                    );
+                    let ms = started.elapsed().as_millis() as u64;
+                    match m.shared() {
+                        Some(s) if !s.built => tracing::info!(
+                            ms,
+                            huge_pages = s.huge_pages,
+                            ahead = !announce,
+                            "RandomX key attached: its dataset was built by another worker of this machine"
+                        ),
+                        shared => tracing::info!(
+                            mode = self.mode.as_str(),
+                            threads = self.init_threads,
+                            ms,
+                            ahead = !announce,
+                            shared = shared.is_some(),
+                            huge_pages = shared.map(|s| s.huge_pages),
+                            "RandomX key initialised"
+                        ),
+                    }
+                    if shared_without_huge_pages(m.shared()) {
+                        tracing::warn!(
+                            "RandomX: the shared dataset has no huge pages (hashing is slower): mount its directory as a tmpfs with huge=within_size, see docs/mining.md"
+                        );
+                    }
                     Ok(m)
                 }
                 Err(e) if self.mode == Mode::Fast => {
@@ -242,6 +288,21 @@ impl RandomX {
                 Err(e) => Err(e),
             }
         })
+    }
+
+    /// A fast-mode dataset through the share directory when there is one
+    /// (falling back to this worker's own when sharing fails), else built here.
+    fn build_material(&self, key: &[u8]) -> Result<Material, RxError> {
+        if let (Some(share), Mode::Fast) = (&self.share, self.mode) {
+            match Material::build_shared(self.flags, key, self.init_threads, share) {
+                Ok(m) => return Ok(m),
+                Err(faena_randomx::ShareError::Build(e)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "RandomX: this key's dataset is not shared; building this worker's own")
+                }
+            }
+        }
+        Material::build(self.flags, self.mode, key, self.init_threads)
     }
 
     /// Hashes `inputs` in order on up to `threads` threads (blocking).
@@ -286,6 +347,12 @@ impl RandomX {
         self.record(hashes.len() as u64, started.elapsed(), threads);
         Ok(hashes)
     }
+}
+
+/// Whether to warn: a dataset shared without huge pages hashes markedly
+/// slower than a private one with transparent huge pages.
+fn shared_without_huge_pages(shared: Option<faena_randomx::Shared>) -> bool {
+    shared.is_some_and(|s| s.built && !s.huge_pages)
 }
 
 /// `GLIBC_TUNABLES` with `glibc.malloc.hugetlb=1` added, for a one-time
