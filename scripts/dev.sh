@@ -13,6 +13,8 @@
 #   FAENA_DATA_DIR   job store                (default .faena-dev)
 #   FAENA_LOCAL_MODEL  the workers' local AI model (default: SmolLM2-135M,
 #                    fetched once by scripts/fetch-model.sh; empty: none)
+#   FAENA_RANDOMX_SHARE_DIR  where the workers share one RandomX dataset
+#                    (default /dev/shm/faena-<uid>; empty: one each)
 #   FAENA_MASTERS    masters (default 1); 2 or more share a PostgreSQL
 #                    (port FAENA_PG_PORT, default 5433) and a Mosquitto
 #                    (on FAENA_MQTT_ADDR's port, observers on the next)
@@ -25,7 +27,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib/prereqs.sh
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
@@ -50,6 +52,12 @@ export FAENA_MQTT_ADDR=${FAENA_MQTT_ADDR:-127.0.0.1:1883}
 export FAENA_STRATUM_ADDR=${FAENA_STRATUM_ADDR:-127.0.0.1:3333}
 export FAENA_DATA_DIR=${FAENA_DATA_DIR:-.faena-dev}
 workers=${FAENA_WORKERS:-2}
+# One fast-mode dataset for all the workers started here, not 2 GiB each.
+if [ -z "${FAENA_RANDOMX_SHARE_DIR+set}" ] && [ -d /dev/shm ]; then
+  export FAENA_RANDOMX_SHARE_DIR="/dev/shm/faena-$(id -u)"
+elif [ -z "${FAENA_RANDOMX_SHARE_DIR:-}" ]; then
+  unset FAENA_RANDOMX_SHARE_DIR
+fi
 masters=${FAENA_MASTERS:-1}
 case $masters in ''|*[!0-9]*) echo "FAENA_MASTERS must be a number" >&2; exit 2 ;; esac
 [ "$masters" -ge 1 ] || { echo "FAENA_MASTERS must be at least 1" >&2; exit 2; }

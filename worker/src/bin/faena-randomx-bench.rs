@@ -5,14 +5,20 @@
 //! It runs the same mining loop as the worker (`randomx::mine`).
 //! `scripts/bench-randomx.sh` runs the two interleaved.
 //!
-//! `faena-randomx-bench --mode fast|light --threads N --init N --nonces N [--large-pages]`
+//! `faena-randomx-bench --mode fast|light --threads N --init N --nonces N [--large-pages]
+//!  [--share DIR] [--hold]`
+//!
+//! `--share DIR`: the fast-mode dataset through a share directory, as
+//! workers with `FAENA_RANDOMX_SHARE_DIR` get it (mapped if another process
+//! built it). `--hold`: after hashing, keep everything until stdin closes
+//! (`scripts/bench-share.sh` starts a second process meanwhile).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use faena_worker::randomx::mine::{Work, mine};
-use faena_worker::randomx::{Flags, Material, Mode};
+use faena_worker::randomx::{Flags, Material, Mode, ShareDir};
 
 const TEMPLATE: [u8; 76] = [
     0x07, 0x07, 0xf7, 0xa4, 0xf0, 0xd6, 0x05, 0xb3, 0x03, 0x26, 0x08, 0x16, 0xba, 0x3f, 0x10, 0x90, 0x2e, 0x1a, 0x14,
@@ -46,9 +52,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         flags.large_pages()
     );
 
+    let share = args.iter().position(|a| a == "--share").and_then(|i| args.get(i + 1));
     let started = Instant::now();
-    let material = Arc::new(Material::build(flags, mode, &[0u8; 4], init)?);
-    println!("Memory initialized in {:.4} s", started.elapsed().as_secs_f64());
+    let material = Arc::new(match share {
+        Some(dir) => Material::build_shared(flags, &[0u8; 4], init, &ShareDir::open(dir)?)?,
+        None => Material::build(flags, mode, &[0u8; 4], init)?,
+    });
+    let how = match material.shared() {
+        Some(s) => format!(" ({}, huge pages: {})", if s.built { "built" } else { "mapped" }, s.huge_pages),
+        None => String::new(),
+    };
+    println!("Memory initialized in {:.4} s{how}", started.elapsed().as_secs_f64());
     // Every hash is a "share" at target u64::MAX, so the XOR covers them all.
     let work = Work {
         blob: &TEMPLATE,
@@ -66,5 +80,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("Calculated result: {}", faena_proto::jobs::encode_hex(&xor));
     println!("Performance: {:.1} hashes per second", nonces as f64 / elapsed);
+    if args.iter().any(|a| a == "--hold") {
+        use std::io::Read;
+        println!("holding until stdin closes");
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    }
     Ok(())
 }
