@@ -42,8 +42,9 @@ elif [ -z "$FAENA_LOCAL_MODEL" ]; then
   # Set but empty: none (a worker given an empty path refuses to start).
   unset FAENA_LOCAL_MODEL
 fi
-# The whole workspace, so features unify as in every other build (no second set of artifacts).
-cargo build --locked --release --workspace --bins
+# Only what runs here (not the benches and tools of the workspace): on a
+# fresh machine this build is most of the wait.
+cargo build --locked --release --bin faena-master --bin faena-worker --bin faena
 bin=target/release
 
 export FAENA_HTTP_ADDR=${FAENA_HTTP_ADDR:-127.0.0.1:8888}
@@ -54,7 +55,8 @@ export FAENA_DATA_DIR=${FAENA_DATA_DIR:-.faena-dev}
 workers=${FAENA_WORKERS:-2}
 # One fast-mode dataset for all the workers started here, not 2 GiB each.
 if [ -z "${FAENA_RANDOMX_SHARE_DIR+set}" ] && [ -d /dev/shm ]; then
-  export FAENA_RANDOMX_SHARE_DIR="/dev/shm/faena-$(id -u)"
+  FAENA_RANDOMX_SHARE_DIR="/dev/shm/faena-$(id -u)"
+  export FAENA_RANDOMX_SHARE_DIR
 elif [ -z "${FAENA_RANDOMX_SHARE_DIR:-}" ]; then
   unset FAENA_RANDOMX_SHARE_DIR
 fi
