@@ -44,8 +44,8 @@ elif [ -z "$FAENA_LOCAL_MODEL" ]; then
 fi
 # Only what runs here (not the benches and tools of the workspace): on a
 # fresh machine this build is most of the wait.
-cargo build --locked --release --bin faena-master --bin faena-worker --bin faena
-bin=target/release
+cargo build --locked --profile dev-cluster --bin faena-master --bin faena-worker --bin faena
+bin=target/dev-cluster
 
 export FAENA_HTTP_ADDR=${FAENA_HTTP_ADDR:-127.0.0.1:8888}
 export FAENA_GRPC_ADDR=${FAENA_GRPC_ADDR:-127.0.0.1:50051}
