@@ -37,6 +37,10 @@ pub enum ShareError {
     Io { what: &'static str, dir: PathBuf, error: io::Error },
     #[error("no room for {need_mib} MiB in {dir}")]
     NoRoom { dir: PathBuf, need_mib: u64 },
+    #[error(
+        "{dir} is not private to this user (owner uid {owner}, mode {mode:o}): another user could plant a dataset in it"
+    )]
+    NotPrivate { dir: PathBuf, owner: u32, mode: u32 },
     #[error("a {len}-byte key is not shared (at most {MAX_KEY} bytes)")]
     KeyTooLong { len: usize },
     #[error(transparent)]
@@ -120,14 +124,23 @@ fn unmap(ptr: NonNull<u8>, len: usize) {
 }
 
 impl ShareDir {
-    /// Uses (and makes, private to this user) `dir`.
+    /// Uses (and makes, private to this user) `dir`: refused when it is
+    /// someone else's or others may write to it, since whatever file is
+    /// there under a key's name is what this worker hashes with.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, ShareError> {
+        use std::os::unix::fs::MetadataExt;
         let share = Self { dir: dir.into() };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&share.dir)
             .map_err(share.io("making the directory"))?;
+        let meta = std::fs::metadata(&share.dir).map_err(share.io("reading the directory"))?;
+        // SAFETY: a query without arguments.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me || meta.mode() & 0o022 != 0 {
+            return Err(ShareError::NotPrivate { dir: share.dir, owner: meta.uid(), mode: meta.mode() & 0o7777 });
+        }
         share.lock().map_err(share.io("locking the directory"))?;
         Ok(share)
     }

@@ -168,3 +168,15 @@ fn long_keys_are_not_shared() {
     assert!(matches!(ShareDir::name_of(&[0u8; 101]), Err(ShareError::KeyTooLong { len: 101 })));
     assert!(ShareDir::name_of(&[0u8; 100]).is_ok());
 }
+
+#[test]
+fn a_directory_others_may_write_to_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Dir::new("open");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let err = ShareDir::open(&dir.0).unwrap_err();
+    assert!(matches!(err, ShareError::NotPrivate { mode: 0o1777, .. }), "{err}");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(ShareDir::open(&dir.0).is_ok());
+}
