@@ -24,12 +24,14 @@ cleanup() {
     wait "$pid" 2>/dev/null || true
   fi
   [ "${KEEP:-0}" = 1 ] || rm -rf "$dir"
+  [ -z "${share:-}" ] || rm -rf "$share"
 }
 trap cleanup EXIT
 git clone -q "$repo" "$dir"
 git -C "$dir" checkout -q "$(git rev-parse "$rev")"
 base=$((20000 + RANDOM % 20000))
 http=127.0.0.1:$base
+share=/dev/shm/faena-coldstart-$base
 
 now() { date +%s.%N; }
 start=$(now)
@@ -37,7 +39,7 @@ start=$(now)
   cd "$dir"
   export FAENA_HTTP_ADDR=$http FAENA_GRPC_ADDR=127.0.0.1:$((base + 1)) FAENA_MQTT_ADDR=127.0.0.1:$((base + 2))
   export FAENA_STRATUM_ADDR=127.0.0.1:$((base + 3)) FAENA_DATA_DIR=$dir/.faena-dev
-  export FAENA_RANDOMX_SHARE_DIR=/dev/shm/faena-coldstart-$base
+  export FAENA_RANDOMX_SHARE_DIR=$share
   exec setsid ./scripts/dev.sh
 ) > "$log" 2>&1 &
 pid=$!
