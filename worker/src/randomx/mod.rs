@@ -257,7 +257,9 @@ impl RandomX {
             match built {
                 Ok(m) => {
                     let ms = started.elapsed().as_millis() as u64;
-                    match m.shared() {
+                    // Once: whether huge pages back it is read from /proc/self/smaps.
+                    let shared = m.shared();
+                    match shared {
                         Some(s) if !s.built => tracing::info!(
                             ms,
                             huge_pages = s.huge_pages,
@@ -274,7 +276,7 @@ impl RandomX {
                             "RandomX key initialised"
                         ),
                     }
-                    if shared_without_huge_pages(m.shared()) {
+                    if shared_without_huge_pages(shared) {
                         tracing::warn!(
                             "RandomX: the shared dataset has no huge pages (hashing is slower): mount its directory as a tmpfs with huge=within_size, see docs/mining.md"
                         );
