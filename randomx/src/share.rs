@@ -154,8 +154,7 @@ impl ShareDir {
         if key.len() > MAX_KEY {
             return Err(ShareError::KeyTooLong { len: key.len() });
         }
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        Ok(format!("rx1-{hex}"))
+        Ok(format!("rx1-{}", hex::encode(key)))
     }
 
     fn file(&self, name: &str, suffix: &str) -> PathBuf {
