@@ -123,8 +123,54 @@ type Callback = Box<dyn FnOnce(Result<(), CommitFailed>) + Send>;
 enum Cmd {
     Op(StoreOp),
     AfterCommit(Callback),
+    /// A [`Batch`]: taken into one group whole.
+    Many(Vec<Cmd>),
     /// One step of retention, with the group it arrived with.
     Prune(tokio::sync::oneshot::Sender<Result<usize, StoreError>>),
+}
+
+/// Writes and callbacks gathered by one caller, to be queued together
+/// with [`Store::send`] (what [`Store::write`] and [`Store::after_commit`]
+/// queue one by one). A batch dropped unsent tells its callbacks the
+/// store is unavailable.
+#[derive(Default)]
+pub struct Batch {
+    cmds: Vec<Cmd>,
+}
+
+impl Batch {
+    pub fn write(&mut self, op: StoreOp) {
+        self.cmds.push(Cmd::Op(op));
+    }
+
+    pub fn after_commit(&mut self, f: impl FnOnce(Result<(), CommitFailed>) + Send + 'static) {
+        self.cmds.push(Cmd::AfterCommit(Box::new(f)));
+    }
+
+    fn fail(cmds: Vec<Cmd>) {
+        for cmd in cmds {
+            match cmd {
+                Cmd::AfterCommit(f) => f(Err(CommitFailed(Arc::new(StoreError::Unavailable)))),
+                Cmd::Prune(reply) => {
+                    let _ = reply.send(Err(StoreError::Unavailable));
+                }
+                Cmd::Many(cmds) => Self::fail(cmds),
+                Cmd::Op(_) => {}
+            }
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        Self::fail(std::mem::take(&mut self.cmds));
+    }
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("cmds", &self.cmds.len()).finish()
+    }
 }
 
 /// Where reads go.
@@ -320,6 +366,18 @@ impl Store {
     pub fn after_commit(&self, f: impl FnOnce(Result<(), CommitFailed>) + Send + 'static) {
         if let Err(mpsc::SendError(Cmd::AfterCommit(f))) = self.tx.send(Cmd::AfterCommit(Box::new(f))) {
             f(Err(CommitFailed(Arc::new(StoreError::Unavailable))));
+        }
+    }
+
+    /// Queues what `batch` gathered, in its order, as one message: the
+    /// writer takes it into one group whole, so changes made together
+    /// (a job stored and dispatched) cost one commit, not one each.
+    pub fn send(&self, batch: &mut Batch) {
+        if batch.cmds.is_empty() {
+            return;
+        }
+        if let Err(mpsc::SendError(Cmd::Many(cmds))) = self.tx.send(Cmd::Many(std::mem::take(&mut batch.cmds))) {
+            Batch::fail(cmds);
         }
     }
 

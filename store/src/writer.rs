@@ -33,6 +33,7 @@ impl Group {
             Cmd::Op(op) => self.ops.push(op),
             Cmd::AfterCommit(cb) => self.callbacks.push(cb),
             Cmd::Prune(reply) => self.prunes.push(reply),
+            Cmd::Many(cmds) => cmds.into_iter().for_each(|c| self.take(c)),
         }
     }
 
@@ -126,5 +127,57 @@ pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc
                 std::thread::sleep(backoff.wait());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faena_proto::ids::JobId;
+    use faena_proto::jobs::{JobState, Priority};
+
+    /// Counts the groups it is given and their sizes.
+    struct Groups(Arc<std::sync::Mutex<Vec<usize>>>);
+
+    impl Apply for Groups {
+        fn apply(&mut self, ops: &[StoreOp], prunes: usize) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
+            self.0.lock().expect("lock").push(ops.len());
+            Ok((0..prunes).map(|_| Ok(0)).collect())
+        }
+    }
+
+    fn op() -> StoreOp {
+        let (priority, was, state) = (Priority::High, Priority::Normal, JobState::Queued);
+        StoreOp::Reprioritised { id: JobId::new(), priority, was, state, attempts: 0, at_ms: 0 }
+    }
+
+    /// A batch is one group however large it is (ops sent one by one are
+    /// cut at `MAX_GROUP`), and its callbacks run once it committed.
+    #[test]
+    fn a_batch_is_taken_whole_into_one_group() {
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let mut batch = crate::Batch::default();
+        for _ in 0..MAX_GROUP + 5 {
+            batch.write(op());
+        }
+        let (done_tx, done_rx) = mpsc::channel();
+        batch.after_commit(move |r| done_tx.send(r.is_ok()).expect("send"));
+        tx.send(Cmd::Many(std::mem::take(&mut batch.cmds))).expect("send");
+        drop(tx);
+        run(Groups(sizes.clone()), rx, Arc::new(AtomicBool::new(true)));
+        assert_eq!(done_rx.recv(), Ok(true));
+        assert_eq!(*sizes.lock().expect("lock"), vec![MAX_GROUP + 5]);
+    }
+
+    /// A batch that never reaches the writer tells whoever waits on it.
+    #[test]
+    fn a_batch_dropped_unsent_fails_its_callbacks() {
+        let (done_tx, done_rx) = mpsc::channel();
+        let mut batch = crate::Batch::default();
+        batch.write(op());
+        batch.after_commit(move |r| done_tx.send(r.is_err()).expect("send"));
+        drop(batch);
+        assert_eq!(done_rx.recv(), Ok(true));
     }
 }

@@ -53,6 +53,10 @@ pub(super) struct Actor {
     sent_positions: HashMap<JobId, u64>,
     /// AI answers a lost attempt cut off, continued by the next.
     continued: super::continued::Continued,
+    /// What this turn gave the store (changes, then what waits on them),
+    /// handed over whole at its end ([`Actor::flush`]): a job stored and
+    /// dispatched in one turn is one commit group.
+    batch: faena_store::Batch,
 }
 
 impl Actor {
@@ -67,7 +71,13 @@ impl Actor {
             positions_dirty: false,
             sent_positions: HashMap::new(),
             continued: Default::default(),
+            batch: Default::default(),
         }
+    }
+
+    /// Gives the store what this turn gathered.
+    pub(super) fn flush(&mut self) {
+        self.deps.store.send(&mut self.batch);
     }
 
     /// Something the engine was waiting for is due (see `Engine::next_wake`).
@@ -85,7 +95,8 @@ impl Actor {
 
     /// Ends verifications still waiting (their shares come back unverified),
     /// waits for running ones (bounded), then for the store to flush.
-    pub(super) async fn stop(self) {
+    pub(super) async fn stop(mut self) {
+        self.flush();
         self.deps.verifier.close();
         self.tasks.close();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.tasks.wait()).await;
@@ -302,11 +313,11 @@ impl Actor {
 
     /// Replies once everything this command changed is durable.
     pub(super) fn after_commit<T: Send + 'static>(
-        &self,
+        &mut self,
         reply: Reply<Result<T, CoordError>>,
         value: Result<T, CoordError>,
     ) {
-        self.deps.store.after_commit(move |committed| {
+        self.batch.after_commit(move |committed| {
             let _ = reply.send(committed.map_err(CoordError::Store).and(value));
         });
     }
@@ -333,7 +344,7 @@ impl Actor {
                         StoreOp::Reprioritised { .. } | StoreOp::Named { .. } | StoreOp::Fired { .. } => {}
                     }
                     self.positions_dirty = true;
-                    self.deps.store.write(op);
+                    self.batch.write(op);
                 }
                 Effect::Dispatch { worker, mut unit, waited } => {
                     if let Some(s) = self.secrets.get(&unit.job_id) {
@@ -357,7 +368,7 @@ impl Actor {
         }
         if !outgoing.is_empty() {
             let mqtt = self.deps.mqtt.clone();
-            self.deps.store.after_commit(move |committed| match committed {
+            self.batch.after_commit(move |committed| match committed {
                 Ok(()) => outgoing.iter().for_each(|o| o.send(&mqtt)),
                 Err(_) => tracing::warn!(
                     messages = outgoing.len(),
@@ -384,7 +395,7 @@ impl Actor {
             // Told only once stored: no watcher hears of an outcome a
             // restart would not know.
             let hub = self.deps.hub.clone();
-            self.deps.store.after_commit(move |committed| {
+            self.batch.after_commit(move |committed| {
                 if committed.is_ok() {
                     hub.publish(job, event);
                 }

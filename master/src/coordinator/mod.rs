@@ -387,6 +387,7 @@ pub async fn run(engine: Engine, inbox: Inbox, deps: Deps, cancel: CancellationT
             }
             _ = positions.tick(), if actor.positions_dirty => actor.send_positions(),
         }
+        actor.flush();
     }
     actor.stop().await;
 }
