@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::process::cpu_seconds;
+use crate::process::{cpu_seconds, thread_cpu};
 use crate::{Cluster, eventually};
 
 /// Slots of each of the bench's two workers.
@@ -71,6 +71,26 @@ fn report(name: &str, jobs: usize, elapsed: Duration, cpu: f64) -> (f64, f64) {
     (rate, cpu_per_job)
 }
 
+/// Where the master's CPU went over a phase, thread by thread: µs per job
+/// and cores busy (a single thread near 1.0 is what serialises the path).
+fn report_threads(pid: i32, before: &std::collections::BTreeMap<String, (f64, usize)>, jobs: usize, elapsed: Duration) {
+    let mut spent: Vec<(String, f64, usize)> = thread_cpu(pid)
+        .into_iter()
+        .map(|(name, (cpu, n))| (name.clone(), cpu - before.get(&name).map_or(0.0, |b| b.0), n))
+        .filter(|(_, cpu, _)| *cpu > 0.0)
+        .collect();
+    spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let line: Vec<String> = spent
+        .iter()
+        .map(|(name, cpu, n)| {
+            let threads = if *n > 1 { format!(" ×{n}") } else { String::new() };
+            let (per_job, cores) = (cpu * 1e6 / jobs as f64, cpu / elapsed.as_secs_f64());
+            format!("{name}{threads} {per_job:.1} µs/job {cores:.2} cores")
+        })
+        .collect();
+    println!("             master threads: {}", line.join(" | "));
+}
+
 fn params(kind: &str, i: usize) -> serde_json::Value {
     match kind {
         "noop" => json!({"payload": i}),
@@ -97,7 +117,7 @@ pub async fn phases(c: &Cluster, pid: i32, kind: &str, jobs: usize, samples: usi
 
     // 1. Batch submission.
     let base = succeeded(c).await;
-    let cpu0 = cpu_seconds(pid);
+    let (cpu0, threads0) = (cpu_seconds(pid), thread_cpu(pid));
     let start = Instant::now();
     let body: Vec<_> = (0..BATCH).map(|i| json!({"kind": kind, "params": params(kind, i)})).collect();
     for _ in 0..jobs.div_ceil(BATCH) {
@@ -107,10 +127,11 @@ pub async fn phases(c: &Cluster, pid: i32, kind: &str, jobs: usize, samples: usi
     let submitted = jobs.div_ceil(BATCH) * BATCH;
     wait_succeeded(c, base + submitted as u64).await;
     let batch = report("batch", submitted, start.elapsed(), cpu_seconds(pid) - cpu0);
+    report_threads(pid, &threads0, submitted, start.elapsed());
 
     // 2. One by one, from concurrent clients.
     let base = succeeded(c).await;
-    let cpu0 = cpu_seconds(pid);
+    let (cpu0, threads0) = (cpu_seconds(pid), thread_cpu(pid));
     let start = Instant::now();
     let api = c.api.clone();
     futures::stream::iter(0..jobs)
@@ -124,6 +145,7 @@ pub async fn phases(c: &Cluster, pid: i32, kind: &str, jobs: usize, samples: usi
         .await;
     wait_succeeded(c, base + jobs as u64).await;
     let one_by_one = report("one-by-one", jobs, start.elapsed(), cpu_seconds(pid) - cpu0);
+    report_threads(pid, &threads0, jobs, start.elapsed());
 
     // 3. Low load: one job at a time.
     let mut latencies = Vec::with_capacity(samples);

@@ -92,6 +92,25 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds (user + system) of each thread of process `pid` so far, by
+/// thread name (`/proc/<pid>/task/*/stat`), with how many threads share
+/// the name: tokio's workers are one entry.
+pub fn thread_cpu(pid: i32) -> std::collections::BTreeMap<String, (f64, usize)> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let (Some((head, after)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else { continue };
+        let name = head.get(open + 1..).unwrap_or_default().to_owned();
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let e: &mut (f64, usize) = by_name.entry(name).or_default();
+        e.0 += (ticks(11) + ticks(12)) / 100.0;
+        e.1 += 1;
+    }
+    by_name
+}
+
 /// Resident memory of process `pid` now, in MiB (from `/proc`).
 pub fn rss_mib(pid: i32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
