@@ -13,10 +13,10 @@
 #
 #   ./scripts/bench-local.sh [faena-local-bench arguments]   (~10 min; not part of CI)
 set -euo pipefail
-if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/prereqs.sh
 . scripts/lib/prereqs.sh
+help_if_asked "$@"
 need_build_tools
 
 bench_crate="llama-cpp-sys-4-0.8.0"

@@ -10,10 +10,10 @@
 #
 #   ./scripts/bench-openai.sh [overhead|overload|failover|local|all]   (all: ~15 min; not part of CI)
 set -euo pipefail
-if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/prereqs.sh
 . scripts/lib/prereqs.sh
+help_if_asked "$@"
 need_build_tools
 what=${1:-all}
 cargo build --locked --release -p faena-master -p faena-worker -p faena-testkit --bins

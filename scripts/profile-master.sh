@@ -9,10 +9,10 @@
 #   scripts/profile-master.sh [jobs]   (default 90000; the queue holds 100,000)
 #   env: SECONDS_RECORDED=3
 set -euo pipefail
-if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/prereqs.sh
 . scripts/lib/prereqs.sh
+help_if_asked "$@"
 need_build_tools
 command -v perf >/dev/null || { apt-get install -y -q linux-perf >/dev/null || { echo "perf is needed (apt-get install linux-perf)" >&2; exit 1; }; }
 jobs=${1:-90000}

@@ -46,3 +46,15 @@ need_web() {
     (cd web && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.faena-installed-lock)
   fi
 }
+
+# Prints the calling script's leading comment block (from its second line to
+# the first line that is not a comment) and exits, when asked with -h or
+# --help. Call it with the script's arguments, after the cd to the repo root.
+help_if_asked() {
+  case "${1:-}" in
+    -h | --help)
+      sed -n '2,/^[^#]/p' "scripts/$(basename "$0")" | sed '$d' | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+  esac
+}
