@@ -364,8 +364,8 @@ impl Store {
 
     /// Runs `f` once everything queued before it is committed (or failed).
     pub fn after_commit(&self, f: impl FnOnce(Result<(), CommitFailed>) + Send + 'static) {
-        if let Err(mpsc::SendError(Cmd::AfterCommit(f))) = self.tx.send(Cmd::AfterCommit(Box::new(f))) {
-            f(Err(CommitFailed(Arc::new(StoreError::Unavailable))));
+        if let Err(mpsc::SendError(cmd)) = self.tx.send(Cmd::AfterCommit(Box::new(f))) {
+            Batch::fail(vec![cmd]);
         }
     }
 

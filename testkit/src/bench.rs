@@ -76,7 +76,10 @@ fn report(name: &str, jobs: usize, elapsed: Duration, cpu: f64) -> (f64, f64) {
 fn report_threads(pid: i32, before: &std::collections::BTreeMap<String, (f64, usize)>, jobs: usize, elapsed: Duration) {
     let mut spent: Vec<(String, f64, usize)> = thread_cpu(pid)
         .into_iter()
-        .map(|(name, (cpu, n))| (name.clone(), cpu - before.get(&name).map_or(0.0, |b| b.0), n))
+        .map(|(name, (cpu, n))| {
+            let spent = cpu - before.get(&name).map_or(0.0, |b| b.0);
+            (name, spent, n)
+        })
         .filter(|(_, cpu, _)| *cpu > 0.0)
         .collect();
     spent.sort_by(|a, b| b.1.total_cmp(&a.1));
