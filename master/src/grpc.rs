@@ -35,6 +35,8 @@ use crate::settings::LiveConfig;
 pub const MAX_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
 /// Largest job output.
 pub const MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+/// Most results one `SubmitResults` call may carry.
+pub const MAX_RESULTS_PER_CALL: usize = 256;
 /// Largest progress payload.
 pub const MAX_PROGRESS_BYTES: usize = 64 * 1024;
 const MAX_SLOTS: u32 = 4096;
@@ -141,6 +143,30 @@ impl MasterService {
             return Err(self.invalid("lease needs a token (at most 128 bytes) and an attempt >= 1"));
         };
         Ok(LeaseRef { job_id, attempt: lease.attempt, token })
+    }
+
+    /// One result's lease and outcome, checked (its time to the metrics).
+    fn outcome(&self, req: pb::ResultRequest) -> Result<(LeaseRef, Outcome), Status> {
+        let lease = self.lease(req.lease.as_ref())?;
+        if req.elapsed_us > 0 {
+            self.metrics.ran(req.elapsed_us as f64 / 1e6);
+        }
+        let outcome = match req.outcome {
+            Some(result_request::Outcome::OutputJson(json)) => {
+                if json.len() > MAX_OUTPUT_BYTES {
+                    return Err(self.invalid(format!("output is over {MAX_OUTPUT_BYTES} bytes")));
+                }
+                let output =
+                    serde_json::from_str(&json).map_err(|e| self.invalid(format!("output is not JSON: {e}")))?;
+                Outcome::Success(output)
+            }
+            Some(result_request::Outcome::Failure(f)) => {
+                Outcome::Failure { message: truncate(f.message), retryable: f.retryable }
+            }
+            Some(result_request::Outcome::HandedBack(reason)) => Outcome::HandedBack(truncate(reason)),
+            None => return Err(self.invalid("outcome is required")),
+        };
+        Ok((lease, outcome))
     }
 
     fn leases(&self, leases: &[pb::Lease]) -> Result<Vec<LeaseRef>, Status> {
@@ -309,27 +335,54 @@ impl Master for MasterService {
         let session = session(&req);
         let req = req.into_inner();
         let worker = (self.worker(&req.worker_id)?, session);
-        let lease = self.lease(req.lease.as_ref())?;
-        if req.elapsed_us > 0 {
-            self.metrics.ran(req.elapsed_us as f64 / 1e6);
-        }
-        let outcome = match req.outcome {
-            Some(result_request::Outcome::OutputJson(json)) => {
-                if json.len() > MAX_OUTPUT_BYTES {
-                    return Err(self.invalid(format!("output is over {MAX_OUTPUT_BYTES} bytes")));
-                }
-                let output =
-                    serde_json::from_str(&json).map_err(|e| self.invalid(format!("output is not JSON: {e}")))?;
-                Outcome::Success(output)
-            }
-            Some(result_request::Outcome::Failure(f)) => {
-                Outcome::Failure { message: truncate(f.message), retryable: f.retryable }
-            }
-            Some(result_request::Outcome::HandedBack(reason)) => Outcome::HandedBack(truncate(reason)),
-            None => return Err(self.invalid("outcome is required")),
-        };
+        let (lease, outcome) = self.outcome(req)?;
         let duplicate = self.coord.complete(worker, lease, outcome).await.map_err(|e| self.reject(e))?;
         Ok(Response::new(pb::ResultResponse { duplicate }))
+    }
+
+    async fn submit_results(&self, req: Request<pb::ResultsRequest>) -> Result<Response<pb::ResultsResponse>, Status> {
+        let session = session(&req);
+        let results = req.into_inner().results;
+        if results.len() > MAX_RESULTS_PER_CALL {
+            return Err(self.invalid(format!("at most {MAX_RESULTS_PER_CALL} results a call")));
+        }
+        let Some(first) = results.first() else {
+            return Ok(Response::new(pb::ResultsResponse { statuses: vec![] }));
+        };
+        if results.iter().any(|r| r.worker_id != first.worker_id) {
+            return Err(self.invalid("the results of one call must all be the calling worker's"));
+        }
+        let worker = (self.worker(&first.worker_id)?, session);
+        // Each result is checked on its own: a malformed one is refused
+        // alone, the others go to the coordinator together (one turn).
+        let mut refused = Vec::with_capacity(results.len());
+        let mut taken = Vec::with_capacity(results.len());
+        for r in results {
+            match self.outcome(r) {
+                Ok(item) => {
+                    taken.push(item);
+                    refused.push(None);
+                }
+                Err(s) => refused.push(Some(s)),
+            }
+        }
+        let mut answers = self.coord.complete_many(worker, taken).await.map_err(to_status)?.into_iter();
+        let statuses = refused
+            .into_iter()
+            .map(|refused| {
+                let answer = match refused {
+                    Some(s) => Err(s),
+                    None => answers.next().unwrap_or(Err(CoordError::Stopped)).map_err(|e| self.reject(e)),
+                };
+                match answer {
+                    Ok(duplicate) => pb::ResultStatus { code: 0, message: String::new(), duplicate },
+                    Err(s) => {
+                        pb::ResultStatus { code: s.code() as i32, message: s.message().to_owned(), duplicate: false }
+                    }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ResultsResponse { statuses }))
     }
 
     async fn report_config(

@@ -260,3 +260,77 @@ async fn bogus_grpc_calls_are_rejected_with_clear_errors() {
     let log = c.master_log();
     assert!(!log.contains(TOKEN), "the cluster token leaked into the log");
 }
+
+#[tokio::test]
+async fn results_in_one_call_are_answered_each_on_its_own_and_bounded() {
+    let c = Cluster::start(MasterOpts { heartbeat_ms: 60_000, ..MasterOpts::default() }).await;
+    let channel =
+        Channel::from_shared(format!("http://{}", c.addrs.grpc)).expect("url").connect().await.expect("connect");
+    let mut grpc = MasterClient::new(channel);
+    let mut wire =
+        Listener::start_with(&c.addrs.mqtt, "wire", "faena/workers/fake/jobs", Some(embedded_login("faena-master")))
+            .await;
+    let register = pb::RegisterRequest {
+        worker_id: "fake".into(),
+        instance_id: uuid::Uuid::new_v4().to_string(),
+        capabilities: Some(pb::Capabilities { slots: 2, ..caps() }),
+        running: vec![],
+    };
+    let session = grpc.register(request(register, Some(TOKEN))).await.expect("registers").into_inner().session;
+    let (a, b) =
+        (c.api.submit_ok("noop", json!({"payload": "a"}), None).await, c.api.submit_ok("noop", json!({}), None).await);
+    let mut leases = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let (_, unit) = wire.messages.recv().await.expect("a unit");
+        let unit: serde_json::Value = serde_json::from_slice(&unit).expect("a unit");
+        let job = unit["job_id"].as_str().expect("job id").to_owned();
+        leases.insert(
+            job.clone(),
+            lease(&job, unit["attempt"].as_u64().expect("attempt") as u32, unit["token"].as_str().expect("token")),
+        );
+    }
+    let many = |results: Vec<pb::ResultRequest>| call(pb::ResultsRequest { results }, &session);
+
+    // Over the bound, or another worker's among them: the whole call is
+    // refused and nothing in it taken.
+    let e = grpc.submit_results(many(vec![result("fake", leases[&a].clone(), "{}"); 257])).await.expect_err("too many");
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("at most 256"), "{e:?}");
+    let mixed = vec![result("fake", leases[&a].clone(), "{}"), result("other", leases[&b].clone(), "{}")];
+    let e = grpc.submit_results(many(mixed)).await.expect_err("two workers");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let forged = vec![result("fake", leases[&a].clone(), "{}")];
+    let e = grpc.submit_results(request(pb::ResultsRequest { results: forged }, Some(TOKEN))).await;
+    let statuses = e.expect("answered").into_inner().statuses;
+    assert_eq!(statuses[0].code, Code::Aborted as i32, "no session: {statuses:?}");
+    assert_eq!(c.api.job(&a).await["state"], "running");
+
+    // Each result answered on its own, in order: a's taken, the rest refused
+    // as SubmitResult would refuse them, b still running.
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let results = vec![
+        result("fake", lease(&b, 1, "forged"), "{}"),
+        result("fake", leases[&a].clone(), r#"{"payload": "a"}"#),
+        result("fake", leases[&b].clone(), "not json"),
+        result("fake", lease(&unknown, 1, "t"), "{}"),
+        result("fake", None, "{}"),
+    ];
+    let statuses = grpc.submit_results(many(results)).await.expect("answered").into_inner().statuses;
+    let codes: Vec<_> = statuses.iter().map(|s| Code::from_i32(s.code)).collect();
+    assert_eq!(
+        codes,
+        [Code::FailedPrecondition, Code::Ok, Code::InvalidArgument, Code::NotFound, Code::InvalidArgument],
+        "{statuses:?}"
+    );
+    assert!(statuses[2].message.contains("not JSON"), "{statuses:?}");
+    assert_eq!(c.api.wait_final(&a).await["result"]["payload"], "a");
+    assert_eq!(c.api.job(&b).await["state"], "running");
+
+    // A repeated result is a duplicate; b's goes through with it.
+    let results =
+        vec![result("fake", leases[&a].clone(), r#"{"payload": "a"}"#), result("fake", leases[&b].clone(), "{}")];
+    let statuses = grpc.submit_results(many(results)).await.expect("answered").into_inner().statuses;
+    assert_eq!((statuses[0].code, statuses[0].duplicate, statuses[1].code, statuses[1].duplicate), (0, true, 0, false));
+    assert_eq!(c.api.wait_final(&b).await["state"], "succeeded");
+    let empty = grpc.submit_results(many(vec![])).await.expect("an empty call is answered");
+    assert!(empty.into_inner().statuses.is_empty());
+}

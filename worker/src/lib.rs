@@ -27,6 +27,7 @@ pub mod login;
 pub mod metrics;
 pub mod mqtt;
 pub mod randomx;
+pub mod results;
 pub mod runner;
 
 use std::net::SocketAddr;

@@ -20,6 +20,7 @@ use tonic::Code;
 use crate::client::Client;
 use crate::exec::{JobContext, JobFailure, Registry, Secrets};
 use crate::metrics::Metrics;
+use crate::results::Results;
 
 #[derive(Debug)]
 struct Running {
@@ -44,6 +45,8 @@ pub struct Runner {
     /// Set when the master must hear from us again (it restarted or forgot us).
     pub need_register: Notify,
     client: Client,
+    /// Outcomes go to the master through this, several to a call.
+    results: Results,
     permits: Arc<Semaphore>,
     /// `ai.query` units run on their own slots (I/O-bound).
     ai_permits: Arc<Semaphore>,
@@ -76,6 +79,7 @@ impl Runner {
             registry,
             metrics,
             need_register: Notify::new(),
+            results: Results::start(client.clone()),
             client,
             permits: Arc::new(Semaphore::new(slots as usize)),
             ai_permits: Arc::new(Semaphore::new(ai_slots as usize)),
@@ -292,7 +296,7 @@ impl Runner {
         };
         let mut backoff = faena_common::retry::Policy::DELIVERY.start();
         loop {
-            match self.client().submit_result(req.clone()).await {
+            match self.results.submit(&req).await {
                 Ok(_) => return,
                 Err(s) if s.code() == Code::Aborted => self.need_register.notify_one(),
                 Err(s)

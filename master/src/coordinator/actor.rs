@@ -196,6 +196,18 @@ impl Actor {
                 let Some(reply) = self.admit(&worker, session, reply) else { return };
                 self.complete(now, worker, lease, outcome, reply);
             }
+            Command::CompleteMany { worker, session, results } => match self.session(&worker, session) {
+                Ok(()) => {
+                    for (lease, outcome, reply) in results {
+                        self.complete(now, worker.clone(), lease, outcome, reply);
+                    }
+                }
+                Err(e) => {
+                    for (_, _, reply) in results {
+                        let _ = reply.send(Err(e.clone().into()));
+                    }
+                }
+            },
             Command::Verified(v) => self.verified(now, v),
             Command::Secret { worker, session, lease, name, reply } => {
                 let Some(reply) = self.admit(&worker, session, reply) else { return };
@@ -253,17 +265,23 @@ impl Actor {
         session: Option<Secret>,
         reply: Reply<Result<T, CoordError>>,
     ) -> Option<Reply<Result<T, CoordError>>> {
-        match self.engine.check_session(worker, session.as_ref().map(Secret::expose)) {
+        match self.session(worker, session) {
             Ok(()) => Some(reply),
             Err(e) => {
-                if matches!(e, crate::engine::LeaseError::Session(_)) {
-                    self.deps.metrics.rejected_callbacks.inc();
-                    tracing::warn!(worker = %worker, "worker call without the worker's current session refused");
-                }
                 let _ = reply.send(Err(e.into()));
                 None
             }
         }
+    }
+
+    /// Whether `session` is `worker`'s current one; a call without it is counted and logged.
+    fn session(&self, worker: &WorkerId, session: Option<Secret>) -> Result<(), crate::engine::LeaseError> {
+        let checked = self.engine.check_session(worker, session.as_ref().map(Secret::expose));
+        if let Err(crate::engine::LeaseError::Session(_)) = checked {
+            self.deps.metrics.rejected_callbacks.inc();
+            tracing::warn!(worker = %worker, "worker call without the worker's current session refused");
+        }
+        checked
     }
 
     fn submit(

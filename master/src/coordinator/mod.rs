@@ -78,6 +78,9 @@ pub enum Cancelled {
 
 type Reply<T> = oneshot::Sender<T>;
 
+/// The answer to an outcome: whether it had been taken already.
+pub type Completed = Result<bool, CoordError>;
+
 /// Who makes a worker call: its id and the session it presents.
 pub type Caller = (WorkerId, Option<Secret>);
 
@@ -130,6 +133,12 @@ enum Command {
         lease: LeaseRef,
         outcome: Outcome,
         reply: Reply<Result<bool, CoordError>>,
+    },
+    /// Several outcomes of one worker's, in one turn: each answered on its own.
+    CompleteMany {
+        worker: WorkerId,
+        session: Option<Secret>,
+        results: Vec<(LeaseRef, Outcome, Reply<Completed>)>,
     },
     /// A mining unit's report whose shares were re-hashed off the loop.
     Verified(reports::Verified),
@@ -282,6 +291,30 @@ impl Coordinator {
         outcome: Outcome,
     ) -> Result<bool, CoordError> {
         self.ask(|reply| Command::Complete { worker, session, lease, outcome, reply }).await?
+    }
+
+    /// Several attempts' outcomes of one worker, taken in one turn (their
+    /// writes share a commit); each answered as [`Coordinator::complete`] would.
+    pub async fn complete_many(
+        &self,
+        (worker, session): Caller,
+        results: Vec<(LeaseRef, Outcome)>,
+    ) -> Result<Vec<Completed>, CoordError> {
+        let mut answers = Vec::with_capacity(results.len());
+        let results = results
+            .into_iter()
+            .map(|(lease, outcome)| {
+                let (tx, rx) = oneshot::channel();
+                answers.push(rx);
+                (lease, outcome, tx)
+            })
+            .collect();
+        self.tx.send(Command::CompleteMany { worker, session, results }).await.map_err(|_| CoordError::Stopped)?;
+        let mut out = Vec::with_capacity(answers.len());
+        for rx in answers {
+            out.push(rx.await.unwrap_or(Err(CoordError::Stopped)));
+        }
+        Ok(out)
     }
 
     pub async fn secret(
