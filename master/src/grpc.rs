@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use faena_proto::ai::Provider;
 use faena_proto::grpc::master_server::{Master, MasterServer};
-use faena_proto::grpc::{self as pb, SESSION_METADATA, result_request};
+use faena_proto::grpc::{self as pb, MAX_RESULTS_PER_CALL, SESSION_METADATA, result_request};
 use faena_proto::ids::{FencingToken, InstanceId, WorkerId};
 use faena_proto::jobs::JobKind;
 use faena_proto::secret::Secret;
@@ -35,8 +35,6 @@ use crate::settings::LiveConfig;
 pub const MAX_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
 /// Largest job output.
 pub const MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
-/// Most results one `SubmitResults` call may carry.
-pub const MAX_RESULTS_PER_CALL: usize = 256;
 /// Largest progress payload.
 pub const MAX_PROGRESS_BYTES: usize = 64 * 1024;
 const MAX_SLOTS: u32 = 4096;

@@ -39,6 +39,10 @@ pub mod grpc {
 
     /// The metadata key every call after `Register` carries its session in.
     pub const SESSION_METADATA: &str = "faena-session";
+
+    /// Most results one `SubmitResults` call may carry; a call with more is
+    /// refused whole (`INVALID_ARGUMENT`).
+    pub const MAX_RESULTS_PER_CALL: usize = 256;
 }
 
 /// What `faena-master` and `faena-worker` print on stdout, followed by a JSON

@@ -11,20 +11,18 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use faena_proto::grpc as pb;
+use faena_proto::grpc::{self as pb, MAX_RESULTS_PER_CALL};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Status};
 
 use crate::client::Client;
 
-/// Most results in one call: the master's bound (`MAX_RESULTS_PER_CALL`).
-pub const MAX_PER_CALL: usize = 256;
 /// A call is closed once its results reach this size; a larger result goes
 /// alone (the master takes messages up to 5 MiB).
 const MAX_CALL_BYTES: usize = 1024 * 1024;
 /// Results waiting for a call; a caller past it waits to hand its result over.
-const QUEUE: usize = 4 * MAX_PER_CALL;
+const QUEUE: usize = 4 * MAX_RESULTS_PER_CALL;
 
 /// The master's answer for one result: whether it had taken it already.
 pub type Answer = Result<bool, Status>;
@@ -111,7 +109,7 @@ async fn send_all(client: Client, mut rx: mpsc::Receiver<Pending>, unary: Arc<At
 /// result that would take the call past its size is handed back for the next.
 fn fill(batch: &mut Vec<Pending>, rx: &mut mpsc::Receiver<Pending>) -> Option<Pending> {
     let mut bytes: usize = batch.iter().map(|p| p.req.encoded_len()).sum();
-    while batch.len() < MAX_PER_CALL {
+    while batch.len() < MAX_RESULTS_PER_CALL {
         let Ok(p) = rx.try_recv() else { return None };
         let len = p.req.encoded_len();
         if bytes + len > MAX_CALL_BYTES {
@@ -270,7 +268,11 @@ mod tests {
         for r in rest {
             answers.push(r.await.expect("task"));
         }
-        assert_eq!(*calls.lock(), [1, MAX_PER_CALL, 300 - MAX_PER_CALL], "one call, then as many as a call holds");
+        assert_eq!(
+            *calls.lock(),
+            [1, MAX_RESULTS_PER_CALL, 300 - MAX_RESULTS_PER_CALL],
+            "one call, then as many as a call holds"
+        );
         assert_eq!(answers[7].as_ref().map_err(Status::code), Err(Code::FailedPrecondition));
         assert_eq!(answers[8].as_ref().ok(), Some(&true), "each result gets its own answer");
         assert_eq!(answers.iter().filter(|a| a.as_ref().is_ok_and(|d| !d)).count(), 298);
