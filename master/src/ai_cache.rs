@@ -16,22 +16,13 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use serde_json::Value;
 
+pub use crate::engine::Submitter;
+
 #[derive(Debug)]
 pub struct AiCache {
     entries: Option<LruCache<String, (Instant, Value)>>,
     ttl: Duration,
     shared: bool,
-}
-
-/// Who submitted a job, as far as the cache is concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Submitter {
-    /// A REST or CLI caller (they share the API token).
-    Api,
-    /// One web session.
-    Session(String),
-    /// The master itself (mining sources): nothing to cache.
-    Master,
 }
 
 impl AiCache {

@@ -3,8 +3,9 @@
 //!
 //! Module map:
 //! - [`config`]: flags and environment.
-//! - [`engine`] (with its [`engine::mining`] sub-machine), [`queue`],
-//!   [`scheduler`]: the domain, pure and unit-tested.
+//! - [`engine`] (the `faena-engine` crate, with its [`engine::mining`]
+//!   sub-machine, [`queue`] and [`scheduler`]): the domain, pure and
+//!   unit-tested.
 //! - [`coordinator`]: the task that owns the engine and carries out its effects.
 //! - [`store`] (the `faena-store` crate): the durable job store behind its
 //!   contract, with group commit; [`janitor`]: runs its retention.
@@ -12,10 +13,9 @@
 //! - [`http`], [`grpc`], [`mqtt`]: adapters between the wire and the coordinator.
 //! - [`broker`]: the embedded rumqttd broker.
 //! - [`hub`]: per-job event fan-out; [`metrics`]: Prometheus.
-//! - [`web`]: the page's Socket.IO sessions; [`verify`]: mining share checks
-//!   (run by the coordinator, off its task); [`ai_cache`]: answers to
-//!   repeated AI questions; [`ranked`]: the order-statistic set behind O(log n)
-//!   queue positions.
+//! - [`web`]: the page's Socket.IO sessions; [`verify`] (the `faena-verify`
+//!   crate): mining share checks (run by the coordinator, off its task);
+//!   [`ai_cache`]: answers to repeated AI questions.
 //! - [`pool`]: mining with the outside world — monerod and pool sources, the
 //!   Stratum server for XMRig miners, participants' accounting.
 //! - [`leader`], [`standby`] and `startup`: several masters on one store —
@@ -28,7 +28,9 @@ pub mod broker;
 pub mod config;
 pub mod coordinator;
 pub mod edge;
-pub mod engine;
+/// The job engine, its own crate: pure, below everything that does I/O.
+pub use faena_engine as engine;
+pub use faena_engine::{queue, scheduler};
 pub mod forward;
 pub mod grpc;
 pub mod http;
@@ -39,16 +41,14 @@ pub mod metrics;
 pub mod mqtt;
 pub mod openai;
 pub mod pool;
-pub mod queue;
-pub mod ranked;
 pub mod scaling;
-pub mod scheduler;
 pub mod settings;
 pub mod standby;
 mod startup;
 /// The job store, its own crate since the store took a contract of its own.
 pub use faena_store as store;
-pub mod verify;
+/// Share verification, its own crate: the engine takes shares only as it vouches.
+pub use faena_verify as verify;
 pub mod web;
 
 #[cfg(test)]

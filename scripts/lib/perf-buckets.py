@@ -9,13 +9,14 @@ PARTS = [
     ("gRPC and HTTP (h2, hyper, tonic, tower, axum)", r"h2::|hyper::|tonic::|tower::|axum::|http::|MasterServer|httparse"),
     ("SQLite", r"sqlite3|rusqlite|pcache|Btree|Vdbe|wal[A-Z]"),
     ("the store crate", r"faena_store"),
-    ("engine, queue, scheduler", r"faena_master::(engine|queue|scheduler|ranked)"),
+    ("engine, queue, scheduler", r"faena_engine::"),
     ("MQTT (rumqttc, rumqttd, the guard)", r"rumqtt|faena_common::broker|faena_master::broker|faena_master::mqtt"),
     ("allocator (mimalloc)", r"\bmi_|_mi_"),
     ("memcpy, memmove, memcmp", r"memmove|memcpy|memset|memcmp"),
     ("JSON", r"serde_json|serde::"),
     ("tokio", r"tokio::"),
     ("bytes", r"bytes::"),
+    ("share verification", r"faena_verify::"),
     ("the rest of the master", r"faena_"),
 ]
 

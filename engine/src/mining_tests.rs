@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::mining::{Late, MinedUnit};
 use super::tests::Harness;
 use super::*;
-use crate::verify::VerifiedShares;
+use faena_verify::VerifiedShares;
 
 struct Mining {
     h: Harness,

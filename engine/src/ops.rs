@@ -11,7 +11,7 @@ use faena_store::NamedKind;
 
 use super::groups::{GroupView, GroupsFull, Limits};
 use super::{ActiveView, Effect, Engine, KindLoad, Load, Now, StoreOp, Unmovable};
-use crate::engine::LeaseError;
+use crate::LeaseError;
 
 impl Engine {
     /// A worker applied a live configuration: the slots it now has count

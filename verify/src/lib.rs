@@ -63,7 +63,7 @@ impl VerifiedShares {
     }
 
     /// Shares a test vouches for (engine tests feed made-up hashes).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "test-support"))]
     pub fn assume_verified(shares: Vec<Share>) -> Self {
         Self(shares)
     }

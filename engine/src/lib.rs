@@ -1,7 +1,9 @@
-//! The master's job engine: accepted jobs, their leases and attempts, and
-//! worker liveness. Pure: no I/O, time passed in; every decision comes out
-//! as an [`Effect`] for the coordinator to carry out in order (persist,
-//! publish, notify).
+//! faena-engine: the master's job engine — accepted jobs, their leases and
+//! attempts, and worker liveness. Pure: no I/O, time passed in; every
+//! decision comes out as an [`Effect`] for the master's coordinator to
+//! carry out in order (persist, publish, notify). Its own crate, below the
+//! master that wires it to the store, the broker and the web side, as
+//! rumqttc keeps its protocol state apart from its event loop.
 //!
 //! Semantics: at-least-once delivery, exactly-once outcome. Each dispatch is a
 //! new attempt with a fresh [`FencingToken`]; only the current holder's
@@ -20,6 +22,8 @@
 //! - [`flow`]: dispatch, requeue, finish, placement.
 //! - [`ops`]: a job's live view, re-prioritising, load, retiring workers.
 //! - [`units`]: mining units — carving, their reports and verdicts.
+//! - [`queue`] (over [`ranked`]'s order-statistic set) and [`scheduler`]:
+//!   the waiting jobs and which worker gets the next one.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -40,6 +44,9 @@ pub mod groups;
 mod later;
 pub mod mining;
 mod ops;
+pub mod queue;
+pub mod ranked;
+pub mod scheduler;
 pub mod schedules;
 mod submit;
 mod types;

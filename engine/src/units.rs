@@ -16,7 +16,7 @@ use super::{ActiveJob, Effect, Engine, Lease, LeaseError, LeaseRef, MinedProgres
 use super::{RetiredUnit, StoreOp, UnitWork};
 use crate::queue::Lane;
 use crate::scheduler::Availability;
-use crate::verify::VerifiedShares;
+use faena_verify::VerifiedShares;
 
 impl Engine {
     /// Carves a unit of mining job `id` sized for `worker` and sends it.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use faena_proto::ids::{JobId, WorkerId};
 use faena_proto::mine::{MineOutput, MineParams, MineProgress, UnitOutput};
 
-use crate::verify::VerifiedShares;
+use faena_verify::VerifiedShares;
 use job::MiningJob;
 pub use job::{UNIT_MAX_SECS, UNIT_MIN_SECS};
 

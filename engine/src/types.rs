@@ -15,9 +15,21 @@ use serde_json::Value;
 
 use super::mining::MinedUnit;
 use crate::scheduler::Capabilities;
-use crate::verify::VerifiedShares;
+use faena_verify::VerifiedShares;
 
 pub use faena_store::{RestoredJob, StoreOp};
+
+/// Who submitted a job: the master's answer cache keeps each submitter's
+/// answers apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitter {
+    /// A REST or CLI caller (they share the API token).
+    Api,
+    /// One web session.
+    Session(String),
+    /// The master itself (mining sources): nothing to cache.
+    Master,
+}
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -83,7 +95,7 @@ pub struct NewJob {
     /// the engine never sees it.
     pub api_key: Option<faena_proto::secret::Secret>,
     /// Who asked: the result cache answers each from their own questions.
-    pub submitter: crate::ai_cache::Submitter,
+    pub submitter: Submitter,
     /// The failed or cancelled job this one retries.
     pub retry_of: Option<JobId>,
     /// What it asks beyond kind and parameters (none: nothing).
@@ -92,16 +104,7 @@ pub struct NewJob {
 
 impl NewJob {
     pub fn new(id: JobId, spec: JobSpec, priority: Priority) -> Self {
-        Self {
-            id,
-            spec,
-            priority,
-            answer: None,
-            api_key: None,
-            submitter: crate::ai_cache::Submitter::Api,
-            retry_of: None,
-            opts: None,
-        }
+        Self { id, spec, priority, answer: None, api_key: None, submitter: Submitter::Api, retry_of: None, opts: None }
     }
 }
 
