@@ -4,7 +4,7 @@
 //! connection by connection ([`Pipe`]). The client's address goes with
 //! them, signed with the cluster token: in a header on requests
 //! ([`CLIENT_HEADER`]), in a first line on Stratum connections
-//! ([`STRATUM_PREFACE`]); the master that serves the client believes it
+//! ([`FORWARDED_PREFACE`]); the master that serves the client believes it
 //! only with the cluster's signature.
 
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use faena_common::signing::{vouch, vouched};
 use faena_proto::secret::Secret;
+use faena_proto::stratum::FORWARDED_PREFACE;
 
 use crate::http::AppError;
 use crate::http::listen::PeerAddr;
@@ -34,11 +35,6 @@ use crate::http::listen::PeerAddr;
 /// passes on (`faena_common::signing::vouch`); the master believes it only
 /// with the cluster's signature, and drops it from every request.
 pub const CLIENT_HEADER: &str = "x-faena-client";
-
-/// The first line a forwarder writes on a Stratum connection it passes on,
-/// followed by the client's signed address: the Stratum server counts the
-/// miner by that address (caps, bans, budget), not by the forwarder's.
-pub const STRATUM_PREFACE: &str = "faena-client ";
 
 /// Connections a forwarder passes on at once on each port; beyond, new
 /// ones are closed as they come (the serving master's own limits still
@@ -60,7 +56,7 @@ pub fn client_of(token: &Secret, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
 
 /// The Stratum preface line for `client`.
 pub fn stratum_preface(token: &Secret, client: IpAddr) -> String {
-    format!("{STRATUM_PREFACE}{}\n", vouch(token, client))
+    format!("{FORWARDED_PREFACE}{}\n", vouch(token, client))
 }
 
 /// The way to a master, connection by connection: where to, how many at
@@ -354,7 +350,7 @@ mod tests {
         let mut got = vec![0u8; want.len()];
         seen.read_exact(&mut got).await.unwrap_or_else(|e| panic!("read: {e}"));
         assert_eq!(String::from_utf8_lossy(&got), want);
-        let signed = want.strip_prefix(STRATUM_PREFACE).and_then(|l| l.lines().next()).unwrap_or_default();
+        let signed = want.strip_prefix(FORWARDED_PREFACE).and_then(|l| l.lines().next()).unwrap_or_default();
         assert_eq!(vouched(&token, signed), Some(ip("127.0.0.7")));
         stop.cancel();
     }

@@ -12,7 +12,7 @@ use faena_store::{Election, Leader};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::standby::Holder;
+use faena_proto::lease::Holder;
 
 /// How often a leader renews its lease: three chances inside it.
 fn renew_every(lease: Duration) -> Duration {

@@ -10,14 +10,17 @@
 //! - [`store`] (the `faena-store` crate): the durable job store behind its
 //!   contract, with group commit; [`janitor`]: runs its retention.
 //! - [`settings`]: live configuration, versioned, published signed to workers.
-//! - [`http`], [`grpc`], [`mqtt`]: adapters between the wire and the coordinator.
+//! - [`http`] (with OpenAI's API in [`http::openai`]), [`grpc`], [`mqtt`]:
+//!   adapters between the wire and the coordinator.
 //! - [`broker`]: the embedded rumqttd broker.
 //! - [`hub`]: per-job event fan-out; [`metrics`]: Prometheus.
 //! - [`web`]: the page's Socket.IO sessions; [`verify`] (the `faena-verify`
 //!   crate): mining share checks (run by the coordinator, off its task);
 //!   [`ai_cache`]: answers to repeated AI questions.
-//! - [`pool`]: mining with the outside world — monerod and pool sources, the
-//!   Stratum server for XMRig miners, participants' accounting.
+//! - [`pool`] (the `faena-pool` crate): mining with the outside world —
+//!   monerod and pool sources, the Stratum server for XMRig miners,
+//!   participants' accounting; the coordinator is its [`pool::JobEngine`],
+//!   [`metrics`] its [`pool::Meter`].
 //! - [`leader`], [`standby`] and `startup`: several masters on one store —
 //!   the lease, the standby that forwards to the leader, the step-down;
 //!   [`forward`]: passing clients on to another master with their signed
@@ -39,8 +42,9 @@ pub mod janitor;
 pub mod leader;
 pub mod metrics;
 pub mod mqtt;
-pub mod openai;
-pub mod pool;
+/// The mining pool, its own crate: it reaches the engine and the metrics
+/// only through the traits the master implements.
+pub use faena_pool as pool;
 pub mod scaling;
 pub mod settings;
 pub mod standby;
@@ -404,8 +408,8 @@ pub async fn run(
         autoscaler: scaling::Reports::default(),
         epoch: leading.as_ref().map(|l| l.epoch),
         stratum_port: addrs.stratum.map(|a| a.port()),
-        ai: openai::Gateway::new(
-            openai::keys::Keys::load(store.clone()).await?,
+        ai: http::openai::Gateway::new(
+            http::openai::keys::Keys::load(store.clone()).await?,
             std::time::Duration::from_millis(cfg.ai_queue_wait_ms),
         ),
     };

@@ -437,6 +437,41 @@ impl Metrics {
     }
 }
 
+/// The pool's counts land in the master's registry.
+impl crate::pool::Meter for Metrics {
+    fn shares_checked(&self, valid: usize, invalid: usize, unverified: usize) {
+        Metrics::shares_checked(self, valid, invalid, unverified);
+    }
+
+    fn pool_shares(&self, verdict: &'static str, n: u64) {
+        Metrics::pool_shares(self, verdict, n);
+    }
+
+    fn stratum_refused(&self, reason: &'static str) {
+        Metrics::stratum_refused(self, reason);
+    }
+
+    fn stratum_connection(&self, open: bool) {
+        if open {
+            self.stratum_connections.inc();
+        } else {
+            self.stratum_connections.dec();
+        }
+    }
+
+    fn verifier_keys(&self, keys: &[crate::verify::KeyState]) {
+        Metrics::verifier_keys(self, keys);
+    }
+
+    fn block(&self, accepted: bool) {
+        Metrics::block(self, accepted);
+    }
+
+    fn upstream(&self, accepted: bool) {
+        Metrics::upstream(self, accepted);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};

@@ -85,7 +85,7 @@ pub(crate) async fn take_lead(
     let grpc = Listeners::addr(&listeners.grpc, "gRPC")?;
     let stratum = listeners.stratum.as_ref().map(|l| Listeners::addr(l, "Stratum")).transpose()?;
     let advertise = cfg.advertise_host.as_deref();
-    let me = standby::Holder {
+    let me = faena_proto::lease::Holder {
         http: standby::advertised(advertise, http),
         grpc: standby::advertised(advertise, grpc),
         stratum: stratum.map(|s| standby::advertised(advertise, s)),

@@ -14,6 +14,7 @@
 //! - [`sio`]: the web page's Socket.IO events and payloads.
 //! - [`stratum`]: Monero Stratum (XMRig's dialect) lines and targets.
 //! - [`settings`]: live configuration: keys, versions, the signed payload.
+//! - [`lease`]: what a leading master says of itself in the store's lease.
 //! - [`secret`]: a string wrapper whose `Debug`/`Display` never show the value.
 
 pub mod ai;
@@ -21,6 +22,7 @@ pub mod api;
 pub mod ids;
 pub mod jobs;
 pub mod kind;
+pub mod lease;
 pub mod mine;
 pub mod mining;
 pub mod mqtt;

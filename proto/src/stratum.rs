@@ -16,6 +16,12 @@ use serde_json::Value;
 
 use crate::jobs::{decode_hex, encode_hex};
 
+/// The first line a forwarder (a standby, the edge) writes on a Stratum
+/// connection it passes on, followed by the client's signed address: the
+/// Stratum server counts the miner by that address (caps, bans, budget),
+/// not by the forwarder's.
+pub const FORWARDED_PREFACE: &str = "faena-client ";
+
 /// The only algorithm Faena mines.
 pub const ALGO: &str = "rx/0";
 /// What the server announces at login.

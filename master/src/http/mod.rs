@@ -1,7 +1,8 @@
 //! The REST API over axum, with the web page's files at every other path.
 //! Handlers only translate: validation lives in `faena_proto::jobs`,
 //! decisions in the engine. Every error is `{"error": {"code", "message"}}`
-//! with a fitting status.
+//! with a fitting status; [`openai`] serves OpenAI's API (`/v1`) beside it,
+//! in OpenAI's error format.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ mod groups;
 mod jobs;
 pub mod listen;
 mod mining;
+pub mod openai;
 pub mod origin;
 pub mod replicas;
 mod scaling;
@@ -71,7 +73,7 @@ pub struct AppState {
     /// (none: it owns its store alone).
     pub epoch: Option<i64>,
     /// The OpenAI endpoints' keys and settings.
-    pub ai: crate::openai::Gateway,
+    pub ai: openai::Gateway,
     /// The port miners connect to here, when Stratum is on (`/healthz`
     /// says it: the edge spreads miners over the masters by it).
     pub stratum_port: Option<u16>,
@@ -106,7 +108,7 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
         .route("/api/autoscaler", get(scaling::show).put(scaling::report))
         .route("/api/config", get(config::get).put(config::put))
         .merge(mining::routes())
-        .merge(crate::openai::admin_routes())
+        .merge(openai::admin_routes())
         .route(
             "/api/{*rest}",
             axum::routing::any(|| async { AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") }),
@@ -116,7 +118,7 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
         Some(token) => api.route_layer(axum::middleware::from_fn_with_state(token, require_token)),
         None => api,
     };
-    let openai = crate::openai::routes().route_layer(axum::middleware::from_fn(origin::require_json));
+    let openai = openai::routes().route_layer(axum::middleware::from_fn(origin::require_json));
     api.merge(openai)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

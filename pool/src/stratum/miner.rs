@@ -12,8 +12,8 @@ use faena_proto::mine::MineParams;
 use faena_proto::secret::Secret;
 use faena_proto::stratum::{ALGO, LoginParams, parse_nonce};
 
-use crate::pool::PoolConfig;
-use crate::verify::{NonceRefused, admit, parse_hash};
+use crate::PoolConfig;
+use faena_verify::{NonceRefused, admit, parse_hash};
 
 /// Jobs a miner may still submit to (older ones are "Invalid job id").
 pub const JOBS_KEPT: usize = 32;

@@ -1,4 +1,4 @@
-//! Mining with the outside world: sources of work (monerod's JSON-RPC for
+//! faena-pool: mining with the outside world — sources of work (monerod's JSON-RPC for
 //! solo mining, a Stratum pool), a Stratum server for XMRig miners, and the
 //! accounting of everyone who mines.
 //!
@@ -19,7 +19,8 @@
 //! - [`shares`]: what a verified share does (tallies, blocks, upstream).
 //! - [`accounts`]: per-participant tallies and hashrates; [`db`]: what survives restarts.
 //! - [`limits`]: what a source may cost (template pace, seed changes, blocks).
-//! - [`engine`]: what the pool asks of the job engine (the layer above implements it).
+//! - [`engine`]: what the pool asks of the job engine, and [`meter`]: what it
+//!   counts (the master implements both: the pool sits below it).
 //! - [`replicas`]: the leader's side of Stratum on every master, and the wire;
 //!   [`follower`]: a standby's pool, mirroring the leader's sources.
 
@@ -30,6 +31,7 @@ pub mod db;
 mod engine;
 pub mod follower;
 mod limits;
+mod meter;
 pub mod replicas;
 mod seats;
 mod shares;
@@ -54,12 +56,12 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::Metrics;
-use crate::verify::Verifier;
 use accounts::Accounts;
 pub use config::PoolConfig;
 use db::Db;
 pub use engine::{JobEngine, NotStarted};
+use faena_verify::Verifier;
+pub use meter::Meter;
 pub use seats::Seat;
 use sources::Source;
 use stratum::Addresses;
@@ -70,7 +72,7 @@ pub enum PoolError {
     #[error("{0}")]
     Invalid(String),
     #[error("could not record the source")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] faena_store::StoreError),
     #[error("the source was removed while it was being added")]
     Vanished,
 }
@@ -147,7 +149,7 @@ struct Inner {
     engine: Option<Arc<dyn JobEngine>>,
     verifier: Arc<Verifier>,
     db: Db,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn Meter>,
     http: reqwest::Client,
     state: Mutex<State>,
     budget: Mutex<Budget>,
@@ -208,7 +210,7 @@ impl Pool {
         engine: Option<Arc<dyn JobEngine>>,
         verifier: Arc<Verifier>,
         db: Db,
-        metrics: Arc<Metrics>,
+        metrics: Arc<dyn Meter>,
         link: Option<Arc<follower::Link>>,
         first_seq: u64,
     ) -> Self {
@@ -256,9 +258,9 @@ impl Pool {
         verifier: Arc<Verifier>,
         db: Db,
         loaded: db::Loaded,
-        metrics: Arc<Metrics>,
+        metrics: Arc<dyn Meter>,
         epoch: Option<i64>,
-    ) -> Result<Self, crate::store::StoreError> {
+    ) -> Result<Self, faena_store::StoreError> {
         let first_seq = (epoch.unwrap_or(0).max(0) as u64).wrapping_shl(EPOCH_SHIFT) + 1;
         let pool = Self::new(cfg, Some(engine), verifier, db, metrics, None, first_seq);
         let now = Instant::now();
@@ -292,7 +294,7 @@ impl Pool {
         cfg: PoolConfig,
         verifier: Arc<Verifier>,
         db: Db,
-        metrics: Arc<Metrics>,
+        metrics: Arc<dyn Meter>,
         link: follower::Link,
     ) -> Self {
         let link = Arc::new(link);

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::replicas::{Counted, FeedLine, Found, Hello, MAX_LINE, Mirror, Report, SeatAt};
 use super::sources::Source;
 use super::{Backend, Pool, Template, Work};
-use crate::standby::Holder;
+use faena_proto::lease::Holder;
 
 /// The leader says something at least this often ([`FeedLine::Alive`]);
 /// a feed silent for longer is taken as lost and opened again.

@@ -18,11 +18,11 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
 use super::miner::{Admit, Miner, Rules, check_login};
-use crate::forward::STRATUM_PREFACE;
-use crate::pool::accounts::Participant;
-use crate::pool::shares::Taken;
-use crate::pool::{Pool, Seat, Template};
-use crate::verify::Rejection;
+use crate::accounts::Participant;
+use crate::shares::Taken;
+use crate::{Pool, Seat, Template};
+use faena_proto::stratum::FORWARDED_PREFACE;
+use faena_verify::Rejection;
 
 /// A write that takes longer means the miner does not read: it is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -154,7 +154,7 @@ impl Session {
                 return Flow { lines: vec![reply], close: admit == Admit::Cut };
             }
         }
-        if let Some(signed) = line.strip_prefix(STRATUM_PREFACE) {
+        if let Some(signed) = line.strip_prefix(FORWARDED_PREFACE) {
             return self.forwarded(signed);
         }
         self.spoke = true;

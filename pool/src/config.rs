@@ -43,7 +43,7 @@ pub struct PoolConfig {
     pub password: Option<Arc<Secret>>,
     /// The cluster token: a connection another master or the edge passes
     /// on starts with its miner's address signed with it
-    /// ([`crate::forward::STRATUM_PREFACE`]), and is counted by that address.
+    /// ([`faena_proto::stratum::FORWARDED_PREFACE`]), and is counted by that address.
     pub forwarders: Option<Arc<Secret>>,
     /// Blocks and tallies untouched this long leave the mining store.
     pub mining_retention: Option<Duration>,

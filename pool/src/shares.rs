@@ -16,7 +16,7 @@ use faena_randomx::mine::meets;
 
 use super::accounts::Participant;
 use super::{Backend, Pool, Template, limits, upstream};
-use crate::verify::parse_hash;
+use faena_verify::parse_hash;
 
 /// How a share was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

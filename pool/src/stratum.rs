@@ -53,9 +53,9 @@ pub async fn serve(listener: TcpListener, pool: Pool, tasks: TaskTracker, cancel
         }
         let (pool, cancel) = (pool.clone(), cancel.clone());
         tasks.spawn(async move {
-            pool.inner.metrics.stratum_connections.inc();
+            pool.inner.metrics.stratum_connection(true);
             let counted = session::run(pool.clone(), stream, peer, cancel).await;
-            pool.inner.metrics.stratum_connections.dec();
+            pool.inner.metrics.stratum_connection(false);
             if let Some(ip) = counted {
                 pool.disconnect(ip);
             }

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use super::accounts::{Kind, Participant, Record};
 use super::{Pool, Template};
-use crate::verify::parse_hash;
+use faena_verify::parse_hash;
 
 /// Masters that may follow one leader at once.
 pub const MAX_REPLICAS: usize = 64;

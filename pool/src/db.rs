@@ -9,7 +9,7 @@ use faena_proto::mining::{BlockView, SourceSpec};
 use faena_store::mining::{MiningDb, Tally};
 
 use super::accounts::{Kind, Participant, Record};
-use crate::store::StoreError;
+use faena_store::StoreError;
 
 #[derive(Debug, Clone)]
 pub struct Db(MiningDb);
