@@ -18,6 +18,47 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Pool, Template, limits};
 
+/// What went wrong with monerod: a source shows it as its reason and asks
+/// again (with backoff); a block's is its refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("monerod: {method}: {source}")]
+    Unreachable {
+        method: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("monerod answered {method} with HTTP {status}")]
+    Status { method: &'static str, status: reqwest::StatusCode },
+    #[error("monerod: {method}: {source}")]
+    Body {
+        method: &'static str,
+        #[source]
+        source: BodyError,
+    },
+    #[error("monerod: {method}: {source}")]
+    Json {
+        method: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("monerod: {method}: {message}")]
+    Rpc { method: &'static str, message: String },
+    #[error("monerod sent a bad {field}: {reason}")]
+    Field { field: &'static str, reason: String },
+    #[error("monerod refused the block: {0}")]
+    Refused(String),
+}
+
+/// A reply's body that could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the reply is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Read(#[from] reqwest::Error),
+}
+
 #[derive(Debug, Clone)]
 pub struct Rpc {
     http: reqwest::Client,
@@ -47,38 +88,47 @@ impl Rpc {
         Self { http, url: format!("{}/json_rpc", base.trim_end_matches('/')) }
     }
 
-    async fn call(&self, method: &str, params: Value) -> Result<Value, String> {
+    async fn call(&self, method: &'static str, params: Value) -> Result<Value, DaemonError> {
         let body = json!({"jsonrpc": "2.0", "id": "0", "method": method, "params": params});
-        let resp = self.http.post(&self.url).json(&body).send().await.map_err(|e| format!("monerod: {e}"))?;
+        let resp = self.http.post(&self.url).json(&body).send().await;
+        let resp = resp.map_err(|source| DaemonError::Unreachable { method, source })?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(format!("monerod answered {method} with HTTP {status}"));
+            return Err(DaemonError::Status { method, status });
         }
-        let body = read_bounded(resp, limits::MAX_REPLY_BYTES).await.map_err(|e| format!("monerod: {method}: {e}"))?;
-        let mut v: Value = serde_json::from_slice(&body).map_err(|e| format!("monerod: {method}: {e}"))?;
+        let body = read_bounded(resp, limits::MAX_REPLY_BYTES).await;
+        let body = body.map_err(|source| DaemonError::Body { method, source })?;
+        let mut v: Value = serde_json::from_slice(&body).map_err(|source| DaemonError::Json { method, source })?;
         if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-            let msg = err.get("message").and_then(Value::as_str).unwrap_or("error");
-            return Err(format!("monerod: {method}: {msg}"));
+            let message = err.get("message").and_then(Value::as_str).unwrap_or("error").to_owned();
+            return Err(DaemonError::Rpc { method, message });
         }
         Ok(v["result"].take())
     }
 
-    async fn info(&self) -> Result<Info, String> {
-        serde_json::from_value(self.call("get_info", json!({})).await?).map_err(|e| format!("monerod get_info: {e}"))
+    /// `method`'s result as `T`.
+    async fn call_as<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &'static str,
+        params: Value,
+    ) -> Result<T, DaemonError> {
+        serde_json::from_value(self.call(method, params).await?).map_err(|source| DaemonError::Json { method, source })
     }
 
-    async fn template(&self, wallet: &str, extra_nonce: &str) -> Result<BlockTemplate, String> {
-        let params = json!({"wallet_address": wallet, "extra_nonce": extra_nonce});
-        serde_json::from_value(self.call("get_block_template", params).await?)
-            .map_err(|e| format!("monerod get_block_template: {e}"))
+    async fn info(&self) -> Result<Info, DaemonError> {
+        self.call_as("get_info", json!({})).await
+    }
+
+    async fn template(&self, wallet: &str, extra_nonce: &str) -> Result<BlockTemplate, DaemonError> {
+        self.call_as("get_block_template", json!({"wallet_address": wallet, "extra_nonce": extra_nonce})).await
     }
 
     /// Submits a block; Err carries the node's reason.
-    pub async fn submit_block(&self, blob: &str) -> Result<(), String> {
+    pub async fn submit_block(&self, blob: &str) -> Result<(), DaemonError> {
         let result = self.call("submit_block", json!([blob])).await?;
         match result.get("status").and_then(Value::as_str) {
             Some("OK") => Ok(()),
-            other => Err(format!("monerod refused the block: {}", other.unwrap_or("no status"))),
+            other => Err(DaemonError::Refused(other.unwrap_or("no status").to_owned())),
         }
     }
 
@@ -92,22 +142,22 @@ impl Rpc {
 
 /// A reply's body, refused as soon as it passes `max` bytes (a node that
 /// streams without end cannot fill the master's memory).
-async fn read_bounded(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+async fn read_bounded(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
     if resp.content_length().is_some_and(|n| n > max as u64) {
-        return Err(format!("the reply is larger than {max} bytes"));
+        return Err(BodyError::TooLarge(max));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+    while let Some(chunk) = resp.chunk().await? {
         if body.len() + chunk.len() > max {
-            return Err(format!("the reply is larger than {max} bytes"));
+            return Err(BodyError::TooLarge(max));
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
 }
 
-fn decode(field: &str, hex: &str) -> Result<Vec<u8>, String> {
-    decode_hex(hex).map_err(|e| format!("monerod sent a bad {field}: {e}"))
+fn decode(field: &'static str, hex: &str) -> Result<Vec<u8>, DaemonError> {
+    decode_hex(hex).map_err(|reason| DaemonError::Field { field, reason })
 }
 
 /// Fetches one template per group in `groups`.
@@ -117,7 +167,7 @@ async fn fetch(
     wallet: &str,
     salt: u32,
     groups: std::ops::Range<u32>,
-) -> Result<Vec<Template>, String> {
+) -> Result<Vec<Template>, DaemonError> {
     let mut out = Vec::with_capacity(groups.len());
     for group in groups {
         let mut extra = salt.to_le_bytes().to_vec();
@@ -125,11 +175,12 @@ async fn fetch(
         let t = rpc.template(wallet, &faena_proto::jobs::encode_hex(&extra)).await?;
         let blob = decode("blockhashing_blob", &t.blockhashing_blob)?;
         if blob.len() < 43 {
-            return Err("monerod sent a hashing blob too short to hold a nonce".into());
+            let reason = "too short to hold a nonce".to_owned();
+            return Err(DaemonError::Field { field: "blockhashing_blob", reason });
         }
         let key = decode("seed_hash", &t.seed_hash)?;
         if key.len() != 32 {
-            return Err(format!("monerod sent a seed_hash of {} bytes, not 32", key.len()));
+            return Err(DaemonError::Field { field: "seed_hash", reason: format!("{} bytes, not 32", key.len()) });
         }
         // A next key the node announces is prepared ahead (a malformed one
         // is only not prepared: the current work is good).
@@ -169,7 +220,7 @@ pub(super) async fn run(
         let info = match rpc.info().await {
             Ok(info) => info,
             Err(e) => {
-                pool.set_state(&id, SourceState::Error, Some(e));
+                pool.set_state(&id, SourceState::Error, Some(e.to_string()));
                 top = None;
                 tokio::select! {
                     () = cancel.cancelled() => return,
@@ -201,7 +252,7 @@ pub(super) async fn run(
                     }
                     top = Some(info.top_block_hash);
                 }
-                Err(e) => pool.set_state(&id, SourceState::Error, Some(e)),
+                Err(e) => pool.set_state(&id, SourceState::Error, Some(e.to_string())),
             }
         } else {
             pool.ensure_job(&id).await;

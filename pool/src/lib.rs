@@ -194,7 +194,7 @@ fn validate(spec: &SourceSpec) -> Result<(), PoolError> {
                 return bad("a pool needs 1 to 16 urls".into());
             }
             for u in &urls {
-                upstream::Endpoint::parse(u).map_err(PoolError::Invalid)?;
+                upstream::Endpoint::parse(u).map_err(|e| PoolError::Invalid(e.to_string()))?;
             }
             if user.is_empty() || user.len() > 512 || pass.as_ref().is_some_and(|p| p.len() > 512) {
                 return bad("user must be 1..=512 characters, pass at most 512".into());

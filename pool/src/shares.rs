@@ -149,7 +149,7 @@ impl Pool {
                 self.inner.tasks.spawn(async move {
                     let (mut accepted, mut reason, mut hash) = match rpc.submit_block(&encode_hex(&block)).await {
                         Ok(()) => (true, None, pow),
-                        Err(e) => (false, Some(e), pow),
+                        Err(e) => (false, Some(e.to_string()), pow),
                     };
                     // The node names blocks by id, and takes a block that lost
                     // its height to another as an alternative: ask which won.

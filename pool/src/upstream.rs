@@ -36,6 +36,68 @@ const KEEPALIVE: Duration = Duration::from_secs(60);
 const SILENT: Duration = Duration::from_secs(180);
 const MAX_LINE: usize = 64 * 1024;
 
+/// A pool url Faena cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("a pool url is stratum+tcp://host:port or stratum+ssl://host:port (got {0:?})")]
+    Scheme(String),
+    #[error("{0:?} has no port")]
+    NoPort(String),
+    #[error("{0:?} has a bad port")]
+    BadPort(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+}
+
+/// Why a session with the pool ended (the source fails over to the next
+/// url and shows this as its reason).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{0}: connect timed out")]
+    ConnectTimeout(Endpoint),
+    #[error("{0}: {1}")]
+    Io(Endpoint, #[source] std::io::Error),
+    #[error("{0}: {1}")]
+    Tls(Endpoint, #[source] faena_common::tls::TlsError),
+    #[error("{0}: TLS: {1}")]
+    Handshake(Endpoint, #[source] std::io::Error),
+    #[error("{0}: bad TLS name: {1}")]
+    TlsName(Endpoint, #[source] tokio_rustls::rustls::pki_types::InvalidDnsNameError),
+    #[error("{0}: {1}")]
+    Lines(Endpoint, #[source] tokio_util::codec::LinesCodecError),
+    #[error("{0}: no answer to login")]
+    NoLoginAnswer(Endpoint),
+    #[error("{0}: closed at login")]
+    ClosedAtLogin(Endpoint),
+    #[error("{0}: bad login answer: {1}")]
+    BadLoginAnswer(Endpoint, #[source] serde_json::Error),
+    #[error("{0}: login refused: {1}")]
+    LoginRefused(Endpoint, String),
+    #[error("{0}: {1}")]
+    Job(Endpoint, JobError),
+    #[error("{0}: silent for {secs} s", secs = SILENT.as_secs())]
+    Silent(Endpoint),
+    #[error("{0}: closed the connection")]
+    Closed(Endpoint),
+    #[error("{0}: write timed out")]
+    WriteTimeout(Endpoint),
+}
+
+/// A pool's job Faena cannot mine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    #[error("the pool sent a bad {0}: {1}")]
+    Field(&'static str, String),
+    #[error("the pool sent a blob too short to hold a nonce")]
+    ShortBlob,
+    #[error("the pool asks for {0:?}; Faena mines rx/0")]
+    Algo(Option<String>),
+    #[error("the pool's job has no seed_hash")]
+    NoSeed,
+    #[error("the pool sent a seed_hash of {0} bytes, not 32")]
+    SeedLength(usize),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub host: String,
@@ -44,19 +106,19 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, EndpointError> {
         let (tls, rest) = if let Some(r) = url.strip_prefix("stratum+tcp://") {
             (false, r)
         } else if let Some(r) = url.strip_prefix("stratum+ssl://").or_else(|| url.strip_prefix("stratum+tls://")) {
             (true, r)
         } else {
-            return Err(format!("a pool url is stratum+tcp://host:port or stratum+ssl://host:port (got {url:?})"));
+            return Err(EndpointError::Scheme(url.to_owned()));
         };
         let rest = rest.trim_end_matches('/');
-        let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("{url:?} has no port"))?;
-        let port = port.parse().map_err(|_| format!("{url:?} has a bad port"))?;
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| EndpointError::NoPort(url.to_owned()))?;
+        let port = port.parse().map_err(|_| EndpointError::BadPort(url.to_owned()))?;
         if host.is_empty() || host.len() > 253 {
-            return Err(format!("{url:?} has no host"));
+            return Err(EndpointError::NoHost(url.to_owned()));
         }
         Ok(Self { host: host.trim_matches(['[', ']']).to_owned(), port, tls })
     }
@@ -86,22 +148,23 @@ pub struct Submit {
 trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
 
-async fn connect(ep: &Endpoint) -> Result<Box<dyn Conn>, String> {
+async fn connect(ep: &Endpoint) -> Result<Box<dyn Conn>, UpstreamError> {
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((ep.host.as_str(), ep.port)))
         .await
-        .map_err(|_| format!("{ep}: connect timed out"))?
-        .map_err(|e| format!("{ep}: {e}"))?;
+        .map_err(|_| UpstreamError::ConnectTimeout(ep.clone()))?
+        .map_err(|e| UpstreamError::Io(ep.clone(), e))?;
     let _ = tcp.set_nodelay(true);
     if !ep.tls {
         return Ok(Box::new(tcp));
     }
     // A pool's certificate is checked against the system's roots
     // (SSL_CERT_FILE for a private CA), as every TLS client of Faena's.
-    let config = faena_common::tls::TlsArgs::default().client_config().map_err(|e| format!("{ep}: {e}"))?;
+    let config =
+        faena_common::tls::TlsArgs::default().client_config().map_err(|e| UpstreamError::Tls(ep.clone(), e))?;
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from(ep.host.clone())
-        .map_err(|e| format!("{ep}: bad TLS name: {e}"))?;
-    let tls =
-        tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| format!("{ep}: TLS: {e}"))?;
+        .map_err(|e| UpstreamError::TlsName(ep.clone(), e))?;
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await;
+    let tls = tls.map_err(|e| UpstreamError::Handshake(ep.clone(), e))?;
     Ok(Box::new(tls))
 }
 
@@ -109,20 +172,20 @@ async fn connect(ep: &Endpoint) -> Result<Box<dyn Conn>, String> {
 const MAX_PENDING: usize = 4096;
 
 /// A pool's job as a template; the nonce byte it fixed, if it did.
-fn template(pool: &Pool, job: &Job, nicehash: bool) -> Result<Template, String> {
-    let blob = decode_hex(&job.blob).map_err(|e| format!("the pool sent a bad blob: {e}"))?;
+fn template(pool: &Pool, job: &Job, nicehash: bool) -> Result<Template, JobError> {
+    let blob = decode_hex(&job.blob).map_err(|e| JobError::Field("blob", e))?;
     if blob.len() <= NICEHASH_BYTE {
-        return Err("the pool sent a blob too short to hold a nonce".into());
+        return Err(JobError::ShortBlob);
     }
     if job.algo.as_deref().is_some_and(|a| a != ALGO && a != "rx") {
-        return Err(format!("the pool asks for {:?}; Faena mines rx/0", job.algo));
+        return Err(JobError::Algo(job.algo.clone()));
     }
-    let seed = job.seed_hash.as_deref().ok_or("the pool's job has no seed_hash")?;
-    let key = decode_hex(seed).map_err(|e| format!("the pool sent a bad seed_hash: {e}"))?;
+    let seed = job.seed_hash.as_deref().ok_or(JobError::NoSeed)?;
+    let key = decode_hex(seed).map_err(|e| JobError::Field("seed_hash", e))?;
     if key.len() != 32 {
-        return Err(format!("the pool sent a seed_hash of {} bytes, not 32", key.len()));
+        return Err(JobError::SeedLength(key.len()));
     }
-    let target = parse_target(&job.target).map_err(|e| format!("the pool sent a bad target: {e}"))?;
+    let target = parse_target(&job.target).map_err(|e| JobError::Field("target", e))?;
     let fixed = nicehash || blob[39..43].iter().any(|b| *b != 0);
     Ok(Template {
         seq: pool.next_seq(),
@@ -157,7 +220,7 @@ pub(super) async fn run(
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(source = %id, pool = %ep, error = %e, "pool connection lost; failing over");
-                pool.set_state(&id, SourceState::Error, Some(e));
+                pool.set_state(&id, SourceState::Error, Some(e.to_string()));
                 at += 1;
             }
         }
@@ -176,7 +239,7 @@ async fn session(
     shares: &mut mpsc::Receiver<Submit>,
     cancel: &CancellationToken,
     backoff: &mut faena_common::retry::Backoff,
-) -> Result<(), String> {
+) -> Result<(), UpstreamError> {
     let conn = connect(ep).await?;
     let (rd, mut wr) = tokio::io::split(conn);
     let mut lines = FramedRead::new(rd, LinesCodec::new_with_max_length(MAX_LINE));
@@ -187,21 +250,24 @@ async fn session(
         algo: Some(vec![ALGO.into()]),
         rigid: None,
     };
-    wr.write_all(stratum::request(1, "login", &params).as_bytes()).await.map_err(|e| format!("{ep}: {e}"))?;
+    wr.write_all(stratum::request(1, "login", &params).as_bytes())
+        .await
+        .map_err(|e| UpstreamError::Io(ep.clone(), e))?;
     let answer = tokio::time::timeout(RESPONSE_TIMEOUT, lines.next())
         .await
-        .map_err(|_| format!("{ep}: no answer to login"))?
-        .ok_or_else(|| format!("{ep}: closed at login"))?
-        .map_err(|e| format!("{ep}: {e}"))?;
-    let answer: Incoming = serde_json::from_str(&answer).map_err(|e| format!("{ep}: bad login answer: {e}"))?;
+        .map_err(|_| UpstreamError::NoLoginAnswer(ep.clone()))?
+        .ok_or_else(|| UpstreamError::ClosedAtLogin(ep.clone()))?
+        .map_err(|e| UpstreamError::Lines(ep.clone(), e))?;
+    let answer: Incoming = serde_json::from_str(&answer).map_err(|e| UpstreamError::BadLoginAnswer(ep.clone(), e))?;
     if let Some(err) = answer.error {
-        return Err(format!("{ep}: login refused: {}", err.message));
+        return Err(UpstreamError::LoginRefused(ep.clone(), err.message));
     }
     let result: LoginResult =
-        serde_json::from_value(answer.result).map_err(|e| format!("{ep}: bad login answer: {e}"))?;
+        serde_json::from_value(answer.result).map_err(|e| UpstreamError::BadLoginAnswer(ep.clone(), e))?;
     let nicehash = result.extensions.iter().any(|e| e == "nicehash");
     let session = result.id.clone();
-    pool.install(id, vec![template(pool, &result.job, nicehash)?]).await;
+    let first = template(pool, &result.job, nicehash).map_err(|e| UpstreamError::Job(ep.clone(), e))?;
+    pool.install(id, vec![first]).await;
     tracing::info!(source = %id, pool = %ep, "logged in to the pool");
     backoff.reset();
     let mut seq = 1u64;
@@ -212,9 +278,9 @@ async fn session(
         let out = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             line = tokio::time::timeout(SILENT, lines.next()) => {
-                let line = line.map_err(|_| format!("{ep}: silent for {} s", SILENT.as_secs()))?
-                    .ok_or_else(|| format!("{ep}: closed the connection"))?
-                    .map_err(|e| format!("{ep}: {e}"))?;
+                let line = line.map_err(|_| UpstreamError::Silent(ep.clone()))?
+                    .ok_or_else(|| UpstreamError::Closed(ep.clone()))?
+                    .map_err(|e| UpstreamError::Lines(ep.clone(), e))?;
                 handle(pool, id, &line, nicehash, &mut pending).await;
                 None
             }
@@ -245,8 +311,8 @@ async fn session(
         if let Some(line) = out {
             tokio::time::timeout(RESPONSE_TIMEOUT, wr.write_all(line.as_bytes()))
                 .await
-                .map_err(|_| format!("{ep}: write timed out"))?
-                .map_err(|e| format!("{ep}: {e}"))?;
+                .map_err(|_| UpstreamError::WriteTimeout(ep.clone()))?
+                .map_err(|e| UpstreamError::Io(ep.clone(), e))?;
         }
     }
 }
@@ -260,12 +326,12 @@ async fn handle(pool: &Pool, id: &str, line: &str, nicehash: bool, pending: &mut
         }
     };
     if msg.method.as_deref() == Some("job") {
-        match serde_json::from_value::<Job>(msg.params)
-            .map_err(|e| e.to_string())
-            .and_then(|j| template(pool, &j, nicehash))
-        {
-            Ok(t) => pool.install(id, vec![t]).await,
-            Err(e) => tracing::warn!(source = %id, error = %e, "the pool sent a job Faena cannot mine; ignored"),
+        match serde_json::from_value::<Job>(msg.params) {
+            Ok(j) => match template(pool, &j, nicehash) {
+                Ok(t) => pool.install(id, vec![t]).await,
+                Err(e) => tracing::warn!(source = %id, error = %e, "the pool sent a job Faena cannot mine; ignored"),
+            },
+            Err(e) => tracing::warn!(source = %id, error = %e, "the pool sent a malformed job; ignored"),
         }
         return;
     }
