@@ -1,23 +1,27 @@
 //! The PostgreSQL backend's side of the writer. A group's operations are
-//! folded per job (a job stored and finished in the same group is stored
-//! finished), then sent as at most three multi-row statements — new jobs,
-//! changed jobs, history rows — pipelined on one connection in one
-//! transaction: one round trip and one commit for the whole group.
+//! folded per job (`group.rs`), then sent as at most three multi-row
+//! statements — new jobs, changed jobs, history rows — with those beside
+//! them (`side.rs`), pipelined on one connection in one transaction: one
+//! round trip and one commit for the whole group. Each group's
+//! transaction is chained to the one before it (`faena_link`), so the
+//! writer's loop (`pipeline.rs`) sends the next group while the last one
+//! commits.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use faena_proto::ids::JobId;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Config, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
-use uuid::Uuid;
 
+mod group;
+pub(crate) mod pipeline;
 mod side;
-use side::KeyChange;
+#[cfg(test)]
+mod tests;
+use group::Group;
 
-use crate::contract::{fired_by, held_key, inserted_detail, opts_column, requeued_state};
-use crate::writer::Apply;
 use crate::{Retention, StoreError, StoreOp, UNFENCED};
 
 pub(crate) const INSERT: &str = "INSERT INTO jobs (row_id, id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of, opts, run_at, schedule)
@@ -85,6 +89,12 @@ const FENCE: &str = "SELECT faena_fence($1)";
 /// The SQLSTATE `faena_fence` raises for a deposed epoch.
 const FENCED: &str = "FA001";
 
+/// Moves the writer's chain from the group before (`$1`) to this one
+/// (`$2`), holding its row for the rest of the transaction; fails it
+/// (SQLSTATE FA002) unless the group before committed (`faena_link`,
+/// migration 8).
+const LINK: &str = "SELECT faena_link($1, $2)";
+
 /// Checks the fence inside the caller's transaction: [`StoreError::Fenced`]
 /// when `epoch` no longer leads the store; nothing when it is [`UNFENCED`].
 async fn fence(client: &Client, stmt: &Statement, epoch: i64) -> Result<(), StoreError> {
@@ -109,6 +119,7 @@ struct Conn {
     record: Statement,
     prune: Statement,
     fence: Statement,
+    link: Statement,
     take_keys: Statement,
     free_keys: Statement,
     expire_keys: Statement,
@@ -117,19 +128,39 @@ struct Conn {
     fired: Statement,
 }
 
+/// What a committed group answers: each step of retention's count.
+pub(crate) type Pruned = Vec<Result<usize, StoreError>>;
+
+/// A group on its way to the server.
+#[derive(Debug)]
+pub(crate) struct Sent {
+    /// Answers once the group's statements ran (the server is committing
+    /// it); none once heard.
+    pub ran: Option<oneshot::Receiver<()>>,
+    /// Answers once the group committed, or failed.
+    pub done: JoinHandle<Result<Pruned, StoreError>>,
+    /// The link the chain moves to when it commits.
+    pub link: i64,
+}
+
 /// The writer's connection (made again after a failure) and what it
 /// knows of the store.
 pub(crate) struct Writer {
-    rt: tokio::runtime::Runtime,
+    /// The writer thread's runtime, taken when its loop starts.
+    rt: Option<tokio::runtime::Runtime>,
     config: Config,
     tls: MakeRustlsConnect,
-    conn: Option<Conn>,
+    conn: Option<Arc<Conn>>,
     retention: Retention,
-    /// The row id the next job gets (read from the store on connecting).
+    /// The row id the next job gets, after every group sent (read from
+    /// the store on connecting; ids skipped by a group sent again are
+    /// never reused, so ids still grow in the order jobs are committed).
     next_row: i64,
     /// The newest job's `created_at` (jobs' `created_at` never goes down
     /// in the order they are stored; listing by `since` relies on it).
     created: i64,
+    /// The chain's link after the last group sent.
+    link: i64,
     /// The leader's epoch each group is fenced with ([`UNFENCED`]: none).
     fence: Arc<AtomicI64>,
 }
@@ -142,90 +173,148 @@ impl Writer {
         fence: Arc<AtomicI64>,
     ) -> Result<Self, StoreError> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StoreError::Spawn)?;
-        Ok(Self { rt, config, tls, conn: None, retention, next_row: 1, created: 0, fence })
+        Ok(Self { rt: Some(rt), config, tls, conn: None, retention, next_row: 1, created: 0, link: 0, fence })
+    }
+
+    /// Connects, when there is no connection: the chain's link as the store
+    /// has it then (which of the groups a lost connection left unanswered
+    /// committed); none when already connected.
+    async fn connect(&mut self) -> Result<Option<i64>, StoreError> {
+        if self.conn.is_some() {
+            return Ok(None);
+        }
+        let conn = connect(&self.config, &self.tls).await?;
+        let row = conn
+            .client
+            .query_one(
+                "SELECT coalesce(max(row_id), 0), coalesce(max(created_at), 0),
+                    (SELECT link FROM faena_chain WHERE id = 1) FROM jobs",
+                &[],
+            )
+            .await?;
+        self.next_row = self.next_row.max(row.try_get::<_, i64>(0)? + 1);
+        self.created = self.created.max(row.try_get(1)?);
+        self.link = row.try_get(2)?;
+        self.conn = Some(Arc::new(conn));
+        Ok(Some(self.link))
+    }
+
+    /// Drops the connection: whatever failed, the next group starts on a
+    /// fresh one.
+    fn disconnect(&mut self) {
+        self.conn = None;
+    }
+
+    /// Sends `ops` and `prunes` steps of retention as one transaction
+    /// chained after the last group sent, on a task of the writer's
+    /// runtime; needs a connection ([`Writer::connect`]).
+    fn send(&mut self, ops: &[StoreOp], prunes: usize) -> Result<Sent, StoreError> {
+        let Some(conn) = self.conn.clone() else { return Err(StoreError::Unavailable) };
+        let group = Group::fold(ops, &mut self.next_row, &mut self.created);
+        let (prev, link) = (self.link, next_link(self.link));
+        self.link = link;
+        let (epoch, now, retention) = (self.fence.load(Ordering::Relaxed), self.created, self.retention);
+        let (ran_tx, ran) = oneshot::channel();
+        let done = tokio::spawn(async move {
+            let tx = Tx { conn: &conn, group: &group, epoch, link: (prev, link), now };
+            match prunes {
+                0 => tx.commit(ran_tx).await.map(|()| Vec::new()),
+                n => tx.commit_pruning(n, retention).await,
+            }
+        });
+        Ok(Sent { ran: Some(ran), done, link })
     }
 }
 
-impl Apply for Writer {
-    fn apply(&mut self, ops: &[StoreOp], prunes: usize) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
-        let rt = &self.rt;
-        let result = rt.block_on(async {
-            if self.conn.is_none() {
-                let conn = connect(&self.config, &self.tls).await?;
-                let row = conn
-                    .client
-                    .query_one("SELECT coalesce(max(row_id), 0), coalesce(max(created_at), 0) FROM jobs", &[])
-                    .await?;
-                self.next_row = self.next_row.max(row.try_get::<_, i64>(0)? + 1);
-                self.created = self.created.max(row.try_get(1)?);
-                self.conn = Some(conn);
-            }
-            let Some(conn) = self.conn.as_mut() else { return Err(StoreError::Unavailable) };
-            let mut next_row = self.next_row;
-            let mut created = self.created;
-            let group = Group::fold(ops, &mut next_row, &mut created);
-            let epoch = self.fence.load(Ordering::Relaxed);
-            let (client, insert, update, record) = (&conn.client, &conn.insert, &conn.update, &conn.record);
-            if prunes == 0 {
-                // One round trip: BEGIN, the fence, the group's statements
-                // and COMMIT are sent together and answered together. Any
-                // failure aborts the transaction, and the server takes the
-                // COMMIT that follows as a ROLLBACK: nothing applied.
-                let (begin, fenced, inserted, updated, recorded, keys, named, commit) = tokio::join!(
-                    async { client.batch_execute("BEGIN").await.map_err(StoreError::from) },
-                    fence(client, &conn.fence, epoch),
-                    group.insert(client, insert),
-                    group.update(client, update),
-                    group.record(client, record, epoch),
-                    group.keys(client, [&conn.expire_keys, &conn.take_keys, &conn.free_keys], created),
-                    group.named(client, [&conn.put_named, &conn.delete_named, &conn.fired]),
-                    async { client.batch_execute("COMMIT").await.map_err(StoreError::from) },
-                );
-                // Every answer is awaited (join, not try_join: which future
-                // a join polls first varies), so the fence's refusal is
-                // told as such, not as the aborted statements behind it.
-                fenced?;
-                begin.and(inserted).and(updated).and(recorded).and(keys).and(named).and(commit)?;
-                self.next_row = next_row;
-                self.created = created;
-                return Ok(Vec::new());
-            }
-            let mut tx = conn.client.transaction().await?;
-            let (fenced, inserted, updated, recorded, keys, named) = tokio::join!(
-                fence(tx.client(), &conn.fence, epoch),
-                group.insert(tx.client(), insert),
-                group.update(tx.client(), update),
-                group.record(tx.client(), record, epoch),
-                group.keys(tx.client(), [&conn.expire_keys, &conn.take_keys, &conn.free_keys], created),
-                group.named(tx.client(), [&conn.put_named, &conn.delete_named, &conn.fired])
-            );
-            fenced?;
-            inserted.and(updated).and(recorded).and(keys).and(named)?;
-            let mut pruned = Vec::with_capacity(prunes);
-            for _ in 0..prunes {
-                let sp = tx.savepoint("prune").await?;
-                let step = prune(&sp, &conn.prune, self.retention).await;
-                match step {
-                    Ok(n) => {
-                        sp.commit().await?;
-                        pruned.push(Ok(n));
-                    }
-                    Err(e) => {
-                        sp.rollback().await?;
-                        pruned.push(Err(e));
-                    }
+/// A link no group before it had: random, so a link in the store names
+/// one group of one writer (another master's writer chains from the same
+/// row after a takeover).
+fn next_link(prev: i64) -> i64 {
+    loop {
+        let link = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
+        if link != prev {
+            return link;
+        }
+    }
+}
+
+/// One group's transaction.
+struct Tx<'a> {
+    conn: &'a Conn,
+    group: &'a Group,
+    epoch: i64,
+    /// The chain's link before the group, and after it.
+    link: (i64, i64),
+    /// The newest job's time: unique keys that ran out before it are freed.
+    now: i64,
+}
+
+impl Tx<'_> {
+    /// BEGIN, the group's statements and COMMIT, sent together and
+    /// answered together; `ran` is told once the statements were answered
+    /// (the server is committing). Any failure aborts the transaction, and
+    /// the server takes the COMMIT that follows as a ROLLBACK: nothing
+    /// applied.
+    async fn commit(&self, ran: oneshot::Sender<()>) -> Result<(), StoreError> {
+        let client = &self.conn.client;
+        let (begin, statements, commit) = tokio::join!(
+            async { client.batch_execute("BEGIN").await.map_err(StoreError::from) },
+            async {
+                let done = self.statements().await;
+                let _ = ran.send(());
+                done
+            },
+            async { client.batch_execute("COMMIT").await.map_err(StoreError::from) },
+        );
+        begin.and(statements).and(commit)
+    }
+
+    /// The same with `prunes` steps of retention after the statements,
+    /// each in a savepoint of its own (a step that fails is undone alone),
+    /// answered one by one.
+    async fn commit_pruning(&self, prunes: usize, retention: Retention) -> Result<Pruned, StoreError> {
+        let client = &self.conn.client;
+        client.batch_execute("BEGIN").await?;
+        self.statements().await?;
+        let mut pruned = Vec::with_capacity(prunes);
+        for _ in 0..prunes {
+            client.batch_execute("SAVEPOINT prune").await?;
+            match prune(client, &self.conn.prune, retention).await {
+                Ok(n) => {
+                    client.batch_execute("RELEASE SAVEPOINT prune").await?;
+                    pruned.push(Ok(n));
+                }
+                Err(e) => {
+                    client.batch_execute("ROLLBACK TO SAVEPOINT prune; RELEASE SAVEPOINT prune").await?;
+                    pruned.push(Err(e));
                 }
             }
-            tx.commit().await?;
-            self.next_row = next_row;
-            self.created = created;
-            Ok(pruned)
-        });
-        if matches!(result, Err(ref e) if !matches!(e, StoreError::Fenced { .. })) {
-            // Whatever failed, the next try starts on a fresh connection.
-            self.conn = None;
         }
-        result
+        client.batch_execute("COMMIT").await?;
+        Ok(pruned)
+    }
+
+    /// The fence, the chain's link and the group's statements, all sent on
+    /// the first poll. Every answer is awaited (join, not try_join: which
+    /// future a join polls first after that varies), so a refusal is told
+    /// as such, not as the aborted statements behind it: the fence's first
+    /// (a deposed master's group is refused, never retried), then the
+    /// link's (the group before did not commit: this one is sent again).
+    async fn statements(&self) -> Result<(), StoreError> {
+        let (c, g) = (self.conn, self.group);
+        let client = &c.client;
+        let (fenced, linked, inserted, updated, recorded, keys, named) = tokio::join!(
+            fence(client, &c.fence, self.epoch),
+            async { client.execute(&c.link, &[&self.link.0, &self.link.1]).await.map_err(StoreError::from) },
+            g.insert(client, &c.insert),
+            g.update(client, &c.update),
+            g.record(client, &c.record, self.epoch),
+            g.keys(client, [&c.expire_keys, &c.take_keys, &c.free_keys], self.now),
+            g.named(client, [&c.put_named, &c.delete_named, &c.fired]),
+        );
+        fenced?;
+        linked?;
+        inserted.and(updated).and(recorded).and(keys).and(named)
     }
 }
 
@@ -242,6 +331,7 @@ async fn connect(config: &Config, tls: &MakeRustlsConnect) -> Result<Conn, Store
         record: client.prepare(RECORD).await?,
         prune: client.prepare(PRUNE).await?,
         fence: client.prepare(FENCE).await?,
+        link: client.prepare(LINK).await?,
         take_keys: client.prepare(TAKE_KEYS).await?,
         free_keys: client.prepare(FREE_KEYS).await?,
         expire_keys: client.prepare(EXPIRE_KEYS).await?,
@@ -253,7 +343,7 @@ async fn connect(config: &Config, tls: &MakeRustlsConnect) -> Result<Conn, Store
 }
 
 /// One step of retention: how many jobs went.
-async fn prune(tx: &tokio_postgres::Transaction<'_>, stmt: &Statement, r: Retention) -> Result<usize, StoreError> {
+async fn prune(tx: &Client, stmt: &Statement, r: Retention) -> Result<usize, StoreError> {
     let now = faena_proto::mqtt::now_ms() as i64;
     let by_age = match r.age {
         Some(age) => tx
@@ -277,282 +367,4 @@ async fn prune(tx: &tokio_postgres::Transaction<'_>, stmt: &Statement, r: Retent
     let Some(bound) = by_age.max(by_count) else { return Ok(0) };
     let n = tx.execute(stmt, &[&bound, &PRUNE_BATCH]).await?;
     Ok(usize::try_from(n).unwrap_or(0))
-}
-
-/// attempts, token, result, error, finished_at: what a dispatch, requeue
-/// or finish sets together.
-type Rest = (i32, Option<String>, Option<String>, Option<String>, Option<i64>);
-
-/// One history row: job, at, state, attempt, worker, detail.
-type HistoryRow = (Uuid, i64, String, i32, Option<String>, Option<String>);
-
-/// What a group changes in one job that was stored before it.
-#[derive(Debug, Default)]
-struct Patch {
-    priority: Option<String>,
-    state: Option<String>,
-    worker: Option<Option<String>>,
-    rest: Option<Rest>,
-    run_at: Option<Option<i64>>,
-}
-
-/// A job stored by this group, as it stands at its end.
-#[derive(Debug)]
-struct New {
-    row: i64,
-    id: Uuid,
-    kind: String,
-    params: String,
-    priority: String,
-    seq: i64,
-    created_at: i64,
-    parent: Option<Uuid>,
-    retry_of: Option<Uuid>,
-    state: &'static str,
-    opts: Option<String>,
-    run_at: Option<i64>,
-    schedule: Option<String>,
-    patch: Patch,
-}
-
-/// A group folded per job: new jobs, changes to older ones, history rows
-/// in order.
-#[derive(Debug, Default)]
-struct Group {
-    new: Vec<New>,
-    new_at: HashMap<JobId, usize>,
-    changed: Vec<(Uuid, Patch)>,
-    changed_at: HashMap<JobId, usize>,
-    history: Vec<HistoryRow>,
-    keys: HashMap<String, KeyChange>,
-    /// Each named document's last write in the group (none: removed).
-    named: HashMap<(&'static str, String), Option<String>>,
-    /// Each schedule's last firing in the group.
-    fired: HashMap<String, (i64, Option<Uuid>)>,
-}
-
-impl Group {
-    fn fold(ops: &[StoreOp], next_row: &mut i64, created: &mut i64) -> Self {
-        let mut g = Self::default();
-        for op in ops {
-            match op {
-                StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of, state, opts, run_at_ms } => {
-                    *created = (*created).max(*at_ms as i64);
-                    if let Some((key, until)) = held_key(opts, *created) {
-                        g.keys.insert(key, KeyChange::Take(id.0, until));
-                    }
-                    if let Some((schedule, at)) = fired_by(opts) {
-                        g.fired.insert(schedule, (at, Some(id.0)));
-                    }
-                    g.new_at.insert(*id, g.new.len());
-                    g.new.push(New {
-                        row: *next_row,
-                        id: id.0,
-                        kind: spec.kind().as_str().to_owned(),
-                        params: spec.params_json().to_string(),
-                        priority: priority.as_str().to_owned(),
-                        seq: *seq as i64,
-                        created_at: *created,
-                        parent: parent.map(|p| p.0),
-                        retry_of: retry_of.map(|r| r.0),
-                        state: state.as_str(),
-                        opts: opts_column(opts),
-                        run_at: run_at_ms.map(|r| r as i64),
-                        schedule: opts.as_ref().and_then(|o| o.schedule.clone()),
-                        patch: Patch::default(),
-                    });
-                    *next_row += 1;
-                    let detail = inserted_detail(*parent, *retry_of, *run_at_ms);
-                    g.history.push((id.0, *created, state.as_str().into(), 0, None, detail));
-                }
-                StoreOp::Fired { schedule, at_ms } => {
-                    g.fired.insert(schedule.clone(), (*at_ms as i64, None));
-                }
-                StoreOp::Named { kind, name, doc } => {
-                    g.named.insert((kind.as_str(), name.clone()), doc.clone());
-                }
-                StoreOp::Released { id, state, run_at_ms, attempts, detail, at_ms } => {
-                    let p = g.patch(*id);
-                    p.state = Some(state.as_str().into());
-                    p.run_at = Some(run_at_ms.map(|r| r as i64));
-                    let row =
-                        (id.0, *at_ms as i64, state.as_str().into(), *attempts as i32, None, Some(detail.clone()));
-                    g.history.push(row);
-                }
-                StoreOp::Reprioritised { id, priority, was, state, attempts, at_ms } => {
-                    g.patch(*id).priority = Some(priority.as_str().to_owned());
-                    let detail = format!("priority {} (was {})", priority.as_str(), was.as_str());
-                    g.history.push((id.0, *at_ms as i64, state.as_str().into(), *attempts as i32, None, Some(detail)));
-                }
-                StoreOp::Started { id, worker, at_ms } => {
-                    let p = g.patch(*id);
-                    p.state = Some("running".into());
-                    p.worker = Some(Some(worker.clone()));
-                    let detail = Some("split into units".to_owned());
-                    g.history.push((id.0, *at_ms as i64, "running".into(), 1, Some(worker.clone()), detail));
-                }
-                StoreOp::Dispatched { id, attempt, worker, token, at_ms } => {
-                    let p = g.patch(*id);
-                    p.state = Some("running".into());
-                    p.worker = Some(Some(worker.clone()));
-                    p.rest = Some((*attempt as i32, Some(token.as_str().to_owned()), None, None, None));
-                    p.run_at = Some(None);
-                    g.history.push((
-                        id.0,
-                        *at_ms as i64,
-                        "running".into(),
-                        *attempt as i32,
-                        Some(worker.clone()),
-                        None,
-                    ));
-                }
-                StoreOp::Requeued { id, attempts, reason, at_ms, run_at_ms } => {
-                    let p = g.patch(*id);
-                    let state = requeued_state(*run_at_ms);
-                    p.state = Some(state.into());
-                    p.worker = Some(None);
-                    p.rest = Some((*attempts as i32, None, None, None, None));
-                    p.run_at = Some(run_at_ms.map(|r| r as i64));
-                    g.history.push((id.0, *at_ms as i64, state.into(), *attempts as i32, None, Some(reason.clone())));
-                }
-                StoreOp::Finished { id, state, attempts, worker, result, error, at_ms, release_key } => {
-                    if let Some(key) = release_key {
-                        g.keys.insert(key.clone(), KeyChange::Free(id.0));
-                    }
-                    let p = g.patch(*id);
-                    p.run_at = Some(None);
-                    p.state = Some(state.as_str().into());
-                    p.worker = Some(worker.clone());
-                    let result = result.as_ref().map(|r| r.to_string());
-                    p.rest = Some((*attempts as i32, None, result, error.clone(), Some(*at_ms as i64)));
-                    let (w, e) = (worker.clone(), error.clone());
-                    g.history.push((id.0, *at_ms as i64, state.as_str().into(), *attempts as i32, w, e));
-                }
-            }
-        }
-        g
-    }
-
-    /// The changes to job `id`: on its new row if this group stored it.
-    fn patch(&mut self, id: JobId) -> &mut Patch {
-        if let Some(&i) = self.new_at.get(&id) {
-            return &mut self.new[i].patch;
-        }
-        let i = *self.changed_at.entry(id).or_insert_with(|| {
-            self.changed.push((id.0, Patch::default()));
-            self.changed.len() - 1
-        });
-        &mut self.changed[i].1
-    }
-
-    async fn insert(&self, tx: &Client, stmt: &Statement) -> Result<(), StoreError> {
-        if self.new.is_empty() {
-            return Ok(());
-        }
-        let n = &self.new;
-        let col = |f: fn(&New) -> Option<String>| n.iter().map(f).collect::<Vec<_>>();
-        let rest = |j: &New| j.patch.rest.clone().unwrap_or((0, None, None, None, None));
-        let (rows, ids): (Vec<i64>, Vec<Uuid>) = (n.iter().map(|j| j.row).collect(), n.iter().map(|j| j.id).collect());
-        let kinds: Vec<&str> = n.iter().map(|j| j.kind.as_str()).collect();
-        let params: Vec<&str> = n.iter().map(|j| j.params.as_str()).collect();
-        let priorities: Vec<&str> = n.iter().map(|j| j.patch.priority.as_deref().unwrap_or(&j.priority)).collect();
-        let seqs: Vec<i64> = n.iter().map(|j| j.seq).collect();
-        let states: Vec<&str> = n.iter().map(|j| j.patch.state.as_deref().unwrap_or(j.state)).collect();
-        let attempts: Vec<i32> = n.iter().map(|j| rest(j).0).collect();
-        let workers = col(|j| j.patch.worker.clone().flatten());
-        let tokens = col(|j| j.patch.rest.as_ref().and_then(|r| r.1.clone()));
-        let results = col(|j| j.patch.rest.as_ref().and_then(|r| r.2.clone()));
-        let errors = col(|j| j.patch.rest.as_ref().and_then(|r| r.3.clone()));
-        let created: Vec<i64> = n.iter().map(|j| j.created_at).collect();
-        let finished: Vec<Option<i64>> = n.iter().map(|j| j.patch.rest.as_ref().and_then(|r| r.4)).collect();
-        let parents: Vec<Option<Uuid>> = n.iter().map(|j| j.parent).collect();
-        let retries: Vec<Option<Uuid>> = n.iter().map(|j| j.retry_of).collect();
-        let opts = col(|j| j.opts.clone());
-        let run_at: Vec<Option<i64>> = n.iter().map(|j| j.patch.run_at.unwrap_or(j.run_at)).collect();
-        let schedules = col(|j| j.schedule.clone());
-        tx.execute(
-            stmt,
-            &[
-                &rows,
-                &ids,
-                &kinds,
-                &params,
-                &priorities,
-                &seqs,
-                &states,
-                &attempts,
-                &workers,
-                &tokens,
-                &results,
-                &errors,
-                &created,
-                &finished,
-                &parents,
-                &retries,
-                &opts,
-                &run_at,
-                &schedules,
-            ],
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn update(&self, tx: &Client, stmt: &Statement) -> Result<(), StoreError> {
-        if self.changed.is_empty() {
-            return Ok(());
-        }
-        let c = &self.changed;
-        let ids: Vec<Uuid> = c.iter().map(|(id, _)| *id).collect();
-        let priorities: Vec<Option<&str>> = c.iter().map(|(_, p)| p.priority.as_deref()).collect();
-        let states: Vec<Option<&str>> = c.iter().map(|(_, p)| p.state.as_deref()).collect();
-        let set_worker: Vec<bool> = c.iter().map(|(_, p)| p.worker.is_some()).collect();
-        let workers: Vec<Option<&str>> = c.iter().map(|(_, p)| p.worker.as_ref().and_then(|w| w.as_deref())).collect();
-        let set_rest: Vec<bool> = c.iter().map(|(_, p)| p.rest.is_some()).collect();
-        let rest = |p: &Patch| p.rest.clone().unwrap_or((0, None, None, None, None));
-        let attempts: Vec<i32> = c.iter().map(|(_, p)| rest(p).0).collect();
-        let tokens: Vec<Option<String>> = c.iter().map(|(_, p)| rest(p).1).collect();
-        let results: Vec<Option<String>> = c.iter().map(|(_, p)| rest(p).2).collect();
-        let errors: Vec<Option<String>> = c.iter().map(|(_, p)| rest(p).3).collect();
-        let finished: Vec<Option<i64>> = c.iter().map(|(_, p)| rest(p).4).collect();
-        let set_run_at: Vec<bool> = c.iter().map(|(_, p)| p.run_at.is_some()).collect();
-        let run_at: Vec<Option<i64>> = c.iter().map(|(_, p)| p.run_at.flatten()).collect();
-        tx.execute(
-            stmt,
-            &[
-                &ids,
-                &priorities,
-                &states,
-                &set_worker,
-                &workers,
-                &set_rest,
-                &attempts,
-                &tokens,
-                &results,
-                &errors,
-                &finished,
-                &set_run_at,
-                &run_at,
-            ],
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// The group's history rows, each naming `epoch` (none when unfenced).
-    async fn record(&self, tx: &Client, stmt: &Statement, epoch: i64) -> Result<(), StoreError> {
-        if self.history.is_empty() {
-            return Ok(());
-        }
-        let h = &self.history;
-        let ids: Vec<Uuid> = h.iter().map(|r| r.0).collect();
-        let at: Vec<i64> = h.iter().map(|r| r.1).collect();
-        let states: Vec<&str> = h.iter().map(|r| r.2.as_str()).collect();
-        let attempts: Vec<i32> = h.iter().map(|r| r.3).collect();
-        let workers: Vec<Option<&str>> = h.iter().map(|r| r.4.as_deref()).collect();
-        let details: Vec<Option<&str>> = h.iter().map(|r| r.5.as_deref()).collect();
-        let epoch = (epoch != UNFENCED).then_some(epoch);
-        tx.execute(stmt, &[&ids, &at, &states, &attempts, &workers, &details, &epoch]).await?;
-        Ok(())
-    }
 }

@@ -1,10 +1,16 @@
 //! The writer's statements beside the job tables: unique keys taken and
 //! freed, named documents (groups' limits, schedules) stored and removed.
+//!
+//! Every statement a group needs is sent when the group's future is first
+//! polled, in order, like the job tables' (`commit` in `write.rs`): a
+//! statement sent only once the one before it was answered would reach
+//! the server after the group's `COMMIT`, outside its transaction.
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
-use super::Group;
+use super::group::Group;
 use crate::StoreError;
 
 /// What a group does to a unique key in the end.
@@ -16,15 +22,29 @@ pub(super) enum KeyChange {
     Free(Uuid),
 }
 
+/// A statement's parameters.
+type Params<'a, const N: usize> = [&'a (dyn ToSql + Sync); N];
+
+/// Runs `stmt` with `params` when `needed`: sent at once (on the first
+/// poll), answered in turn.
+async fn execute_if(
+    needed: bool,
+    tx: &Client,
+    stmt: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<(), StoreError> {
+    if needed {
+        tx.execute(stmt, params).await?;
+    }
+    Ok(())
+}
+
 impl Group {
     /// The group's named documents (stored, removed) and schedules' firings.
     pub(super) async fn named(&self, tx: &Client, [put, delete, fired]: [&Statement; 3]) -> Result<(), StoreError> {
-        if !self.fired.is_empty() {
-            let names: Vec<&str> = self.fired.keys().map(String::as_str).collect();
-            let at: Vec<i64> = self.fired.values().map(|f| f.0).collect();
-            let jobs: Vec<Option<Uuid>> = self.fired.values().map(|f| f.1).collect();
-            tx.execute(fired, &[&names, &at, &jobs]).await?;
-        }
+        let names: Vec<&str> = self.fired.keys().map(String::as_str).collect();
+        let at: Vec<i64> = self.fired.values().map(|f| f.0).collect();
+        let jobs: Vec<Option<Uuid>> = self.fired.values().map(|f| f.1).collect();
         let (mut stored, mut removed) = ((Vec::new(), Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
         for ((kind, name), doc) in &self.named {
             match doc {
@@ -39,13 +59,14 @@ impl Group {
                 }
             }
         }
-        if !stored.0.is_empty() {
-            tx.execute(put, &[&stored.0, &stored.1, &stored.2]).await?;
-        }
-        if !removed.0.is_empty() {
-            tx.execute(delete, &[&removed.0, &removed.1]).await?;
-        }
-        Ok(())
+        let (f, p, d): (Params<3>, Params<3>, Params<2>) =
+            ([&names, &at, &jobs], [&stored.0, &stored.1, &stored.2], [&removed.0, &removed.1]);
+        let (a, b, c) = tokio::join!(
+            execute_if(!names.is_empty(), tx, fired, &f),
+            execute_if(!stored.0.is_empty(), tx, put, &p),
+            execute_if(!removed.0.is_empty(), tx, delete, &d),
+        );
+        a.and(b).and(c)
     }
 
     /// The group's unique keys: those expired by `now` dropped, then the
@@ -70,13 +91,13 @@ impl Group {
                 }
             }
         }
-        if !taken.0.is_empty() {
-            tx.execute(expire, &[&now]).await?;
-            tx.execute(take, &[&taken.0, &taken.1, &taken.2]).await?;
-        }
-        if !freed.0.is_empty() {
-            tx.execute(free, &[&freed.0, &freed.1]).await?;
-        }
-        Ok(())
+        let (e, t, f): (Params<1>, Params<3>, Params<2>) =
+            ([&now], [&taken.0, &taken.1, &taken.2], [&freed.0, &freed.1]);
+        let (a, b, c) = tokio::join!(
+            execute_if(!taken.0.is_empty(), tx, expire, &e),
+            execute_if(!taken.0.is_empty(), tx, take, &t),
+            execute_if(!freed.0.is_empty(), tx, free, &f),
+        );
+        a.and(b).and(c)
     }
 }
