@@ -9,14 +9,13 @@
 //! them in one transaction, commits, and only then runs the callbacks
 //! waiting on them (the 202 of a submission, the final event of a job).
 //! Many concurrent submissions therefore share one commit instead of
-//! paying one each; on PostgreSQL the next group's statements go out while
-//! the last one commits. Reads use connections of their own.
+//! paying one each. Reads use connections of their own.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::sync::mpsc;
+use std::sync::mpsc;
 
 use faena_proto::api::JobView;
 use faena_proto::ids::JobId;
@@ -184,7 +183,7 @@ enum Reader {
 
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::UnboundedSender<Cmd>,
+    tx: mpsc::Sender<Cmd>,
     reader: Reader,
     healthy: Arc<AtomicBool>,
     retention: Retention,
@@ -205,8 +204,7 @@ impl Store {
     /// generations (what [`Store::prune`] drops).
     pub fn open(path: &Path, sync: SyncMode, retention: Retention) -> Result<Self, StoreError> {
         let (writer, reader) = sqlite::open_store(path, sync, retention)?;
-        let run = move |rx, healthy| writer::run(writer, rx, healthy);
-        Self::start(run, Reader::Sqlite(Arc::new(Mutex::new(reader)), path.into()), retention, unfenced(), None)
+        Self::start(writer, Reader::Sqlite(Arc::new(Mutex::new(reader)), path.into()), retention, unfenced(), None)
     }
 
     /// Connects to the PostgreSQL store at `url` (`postgres://…`),
@@ -214,8 +212,7 @@ impl Store {
     pub async fn connect(url: &str, retention: Retention) -> Result<Self, StoreError> {
         let fence = unfenced();
         let (writer, pool, election) = pg::open_store(url, retention, fence.clone()).await?;
-        let run = move |rx, healthy| pg::write::pipeline::run(writer, rx, healthy);
-        Self::start(run, Reader::Postgres(pool), retention, fence, Some(election))
+        Self::start(writer, Reader::Postgres(pool), retention, fence, Some(election))
     }
 
     /// Fences every group committed from now on with the leader's `epoch`
@@ -234,20 +231,20 @@ impl Store {
         self.election.as_ref()
     }
 
-    /// Starts the writer thread, running `writer` (a backend's loop).
+    /// Starts the writer thread on `backend`.
     fn start(
-        writer: impl FnOnce(mpsc::UnboundedReceiver<Cmd>, Arc<AtomicBool>) + Send + 'static,
+        backend: impl writer::Apply,
         reader: Reader,
         retention: Retention,
         fence: Arc<std::sync::atomic::AtomicI64>,
         election: Option<Election>,
     ) -> Result<Self, StoreError> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
         let healthy = Arc::new(AtomicBool::new(true));
         let flag = healthy.clone();
         std::thread::Builder::new()
             .name("faena-store".into())
-            .spawn(move || writer(rx, flag))
+            .spawn(move || writer::run(backend, rx, flag))
             .map_err(StoreError::Spawn)?;
         Ok(Self { tx, reader, healthy, retention, fence, election })
     }
@@ -367,7 +364,7 @@ impl Store {
 
     /// Runs `f` once everything queued before it is committed (or failed).
     pub fn after_commit(&self, f: impl FnOnce(Result<(), CommitFailed>) + Send + 'static) {
-        if let Err(mpsc::error::SendError(cmd)) = self.tx.send(Cmd::AfterCommit(Box::new(f))) {
+        if let Err(mpsc::SendError(cmd)) = self.tx.send(Cmd::AfterCommit(Box::new(f))) {
             Batch::fail(vec![cmd]);
         }
     }
@@ -379,7 +376,7 @@ impl Store {
         if batch.cmds.is_empty() {
             return;
         }
-        if let Err(mpsc::error::SendError(Cmd::Many(cmds))) = self.tx.send(Cmd::Many(std::mem::take(&mut batch.cmds))) {
+        if let Err(mpsc::SendError(Cmd::Many(cmds))) = self.tx.send(Cmd::Many(std::mem::take(&mut batch.cmds))) {
             Batch::fail(cmds);
         }
     }

@@ -173,29 +173,6 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         job UUID
     );",
     ),
-    (
-        8,
-        "the writer's chain: each group commits only if the one before it did",
-        // The writer sends a group while the one before it commits
-        // (pipelined on one connection); a group that follows one that
-        // failed must fail too. Each group moves the one link from the
-        // group before's value to its own, holding the row until it
-        // commits; a lost connection leaves the link naming the last group
-        // that committed.
-        "CREATE TABLE faena_chain (
-        id SMALLINT PRIMARY KEY DEFAULT 1 CHECK (id = 1),
-        link BIGINT NOT NULL
-    );
-    INSERT INTO faena_chain (id, link) VALUES (1, 0);
-    CREATE FUNCTION faena_link(prev BIGINT, next BIGINT) RETURNS VOID LANGUAGE plpgsql AS $$
-    BEGIN
-        UPDATE faena_chain SET link = next WHERE id = 1 AND link = prev;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'the group before this one did not commit' USING ERRCODE = 'FA002';
-        END IF;
-    END
-    $$;",
-    ),
 ];
 
 /// The newest schema version this build knows: the last migration's.

@@ -2,26 +2,26 @@
 //! folded per job (`group.rs`), then sent as at most three multi-row
 //! statements — new jobs, changed jobs, history rows — with those beside
 //! them (`side.rs`), pipelined on one connection in one transaction: one
-//! round trip and one commit for the whole group. Each group's
-//! transaction is chained to the one before it (`faena_link`), so the
-//! writer's loop (`pipeline.rs`) sends the next group while the last one
-//! commits.
+//! round trip and one commit for the whole group.
+//!
+//! Each group reads its transaction's id first. When the connection is
+//! lost after a group's statements ran but before its COMMIT was answered,
+//! whether it committed is unknown: the writer asks PostgreSQL once it is
+//! connected again, and sends again only what was not stored.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Config, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod group;
-pub(crate) mod pipeline;
 mod side;
 #[cfg(test)]
 mod tests;
 use group::Group;
 
+use crate::writer::Apply;
 use crate::{Retention, StoreError, StoreOp, UNFENCED};
 
 pub(crate) const INSERT: &str = "INSERT INTO jobs (row_id, id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of, opts, run_at, schedule)
@@ -89,11 +89,13 @@ const FENCE: &str = "SELECT faena_fence($1)";
 /// The SQLSTATE `faena_fence` raises for a deposed epoch.
 const FENCED: &str = "FA001";
 
-/// Moves the writer's chain from the group before (`$1`) to this one
-/// (`$2`), holding its row for the rest of the transaction; fails it
-/// (SQLSTATE FA002) unless the group before committed (`faena_link`,
-/// migration 8).
-const LINK: &str = "SELECT faena_link($1, $2)";
+/// A group's transaction id: what the writer asks about when the
+/// connection was lost before the group's COMMIT was answered.
+const XID: &str = "SELECT pg_current_xact_id()::text::bigint";
+
+/// What became of a transaction (`committed`, `aborted`, `in progress`;
+/// none when too old to know).
+const OUTCOME: &str = "SELECT pg_xact_status($1::int8::text::xid8)";
 
 /// Checks the fence inside the caller's transaction: [`StoreError::Fenced`]
 /// when `epoch` no longer leads the store; nothing when it is [`UNFENCED`].
@@ -119,7 +121,7 @@ struct Conn {
     record: Statement,
     prune: Statement,
     fence: Statement,
-    link: Statement,
+    xid: Statement,
     take_keys: Statement,
     free_keys: Statement,
     expire_keys: Statement,
@@ -128,41 +130,28 @@ struct Conn {
     fired: Statement,
 }
 
-/// What a committed group answers: each step of retention's count.
-pub(crate) type Pruned = Vec<Result<usize, StoreError>>;
-
-/// A group on its way to the server.
-#[derive(Debug)]
-pub(crate) struct Sent {
-    /// Answers once the group's statements ran (the server is committing
-    /// it); none once heard.
-    pub ran: Option<oneshot::Receiver<()>>,
-    /// Answers once the group committed, or failed.
-    pub done: JoinHandle<Result<Pruned, StoreError>>,
-    /// The link the chain moves to when it commits.
-    pub link: i64,
-}
-
 /// The writer's connection (made again after a failure) and what it
 /// knows of the store.
 pub(crate) struct Writer {
-    /// The writer thread's runtime, taken when its loop starts.
-    rt: Option<tokio::runtime::Runtime>,
+    rt: tokio::runtime::Runtime,
     config: Config,
     tls: MakeRustlsConnect,
-    conn: Option<Arc<Conn>>,
+    conn: Option<Conn>,
     retention: Retention,
-    /// The row id the next job gets, after every group sent (read from
-    /// the store on connecting; ids skipped by a group sent again are
-    /// never reused, so ids still grow in the order jobs are committed).
+    /// The row id the next job gets (read from the store on connecting).
     next_row: i64,
     /// The newest job's `created_at` (jobs' `created_at` never goes down
     /// in the order they are stored; listing by `since` relies on it).
     created: i64,
-    /// The chain's link after the last group sent.
-    link: i64,
     /// The leader's epoch each group is fenced with ([`UNFENCED`]: none).
     fence: Arc<AtomicI64>,
+    /// A group whose statements ran but whose COMMIT went unanswered: its
+    /// transaction's id and how many of the operations given again it
+    /// holds (the writer gives a failed group again, with what arrived
+    /// since). Asked about once connected again.
+    unsure: Option<(i64, usize)>,
+    /// How many of the operations given again are known to be stored.
+    stored: usize,
 }
 
 impl Writer {
@@ -173,149 +162,117 @@ impl Writer {
         fence: Arc<AtomicI64>,
     ) -> Result<Self, StoreError> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StoreError::Spawn)?;
-        Ok(Self { rt: Some(rt), config, tls, conn: None, retention, next_row: 1, created: 0, link: 0, fence })
+        Ok(Self { rt, config, tls, conn: None, retention, next_row: 1, created: 0, fence, unsure: None, stored: 0 })
     }
+}
 
-    /// Connects, when there is no connection: the chain's link as the store
-    /// has it then (which of the groups a lost connection left unanswered
-    /// committed); none when already connected.
-    async fn connect(&mut self) -> Result<Option<i64>, StoreError> {
-        if self.conn.is_some() {
-            return Ok(None);
-        }
-        let conn = connect(&self.config, &self.tls).await?;
-        let row = conn
-            .client
-            .query_one(
-                "SELECT coalesce(max(row_id), 0), coalesce(max(created_at), 0),
-                    (SELECT link FROM faena_chain WHERE id = 1) FROM jobs",
-                &[],
-            )
-            .await?;
-        self.next_row = self.next_row.max(row.try_get::<_, i64>(0)? + 1);
-        self.created = self.created.max(row.try_get(1)?);
-        self.link = row.try_get(2)?;
-        self.conn = Some(Arc::new(conn));
-        Ok(Some(self.link))
-    }
-
-    /// Drops the connection: whatever failed, the next group starts on a
-    /// fresh one.
-    fn disconnect(&mut self) {
-        self.conn = None;
-    }
-
-    /// Sends `ops` and `prunes` steps of retention as one transaction
-    /// chained after the last group sent, on a task of the writer's
-    /// runtime; needs a connection ([`Writer::connect`]).
-    fn send(&mut self, ops: &[StoreOp], prunes: usize) -> Result<Sent, StoreError> {
-        let Some(conn) = self.conn.clone() else { return Err(StoreError::Unavailable) };
-        let group = Group::fold(ops, &mut self.next_row, &mut self.created);
-        let (prev, link) = (self.link, next_link(self.link));
-        self.link = link;
-        let (epoch, now, retention) = (self.fence.load(Ordering::Relaxed), self.created, self.retention);
-        let (ran_tx, ran) = oneshot::channel();
-        let done = tokio::spawn(async move {
-            let tx = Tx { conn: &conn, group: &group, epoch, link: (prev, link), now };
-            match prunes {
-                0 => tx.commit(ran_tx).await.map(|()| Vec::new()),
-                n => tx.commit_pruning(n, retention).await,
+impl Apply for Writer {
+    fn apply(&mut self, ops: &[StoreOp], prunes: usize) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
+        let rt = &self.rt;
+        let result = rt.block_on(async {
+            if self.conn.is_none() {
+                let conn = connect(&self.config, &self.tls).await?;
+                let row = conn
+                    .client
+                    .query_one("SELECT coalesce(max(row_id), 0), coalesce(max(created_at), 0) FROM jobs", &[])
+                    .await?;
+                self.next_row = self.next_row.max(row.try_get::<_, i64>(0)? + 1);
+                self.created = self.created.max(row.try_get(1)?);
+                self.conn = Some(conn);
             }
+            let Some(conn) = self.conn.as_mut() else { return Err(StoreError::Unavailable) };
+            if let Some((xid, upto)) = self.unsure {
+                let outcome: Option<String> = conn.client.query_one(OUTCOME, &[&xid]).await?.try_get(0)?;
+                match outcome.as_deref() {
+                    // Stored, its answer lost with the connection: not again.
+                    Some("committed") => self.stored = upto,
+                    // The lost connection's server process is still at it.
+                    Some("in progress") => return Err(StoreError::Unavailable),
+                    _ => {}
+                }
+                self.unsure = None;
+            }
+            let ops = &ops[self.stored.min(ops.len())..];
+            let mut next_row = self.next_row;
+            let mut created = self.created;
+            let group = Group::fold(ops, &mut next_row, &mut created);
+            let epoch = self.fence.load(Ordering::Relaxed);
+            let (client, insert, update, record) = (&conn.client, &conn.insert, &conn.update, &conn.record);
+            if prunes == 0 {
+                // One round trip: BEGIN, the fence, the group's statements
+                // and COMMIT are sent together and answered together. Any
+                // failure aborts the transaction, and the server takes the
+                // COMMIT that follows as a ROLLBACK: nothing applied.
+                let (begin, fenced, xid, inserted, updated, recorded, keys, named, commit) = tokio::join!(
+                    async { client.batch_execute("BEGIN").await.map_err(StoreError::from) },
+                    fence(client, &conn.fence, epoch),
+                    transaction_id(client, &conn.xid),
+                    group.insert(client, insert),
+                    group.update(client, update),
+                    group.record(client, record, epoch),
+                    group.keys(client, [&conn.expire_keys, &conn.take_keys, &conn.free_keys], created),
+                    group.named(client, [&conn.put_named, &conn.delete_named, &conn.fired]),
+                    async { client.batch_execute("COMMIT").await.map_err(StoreError::from) },
+                );
+                // Every answer is awaited (join, not try_join: which future
+                // a join polls first varies), so the fence's refusal is
+                // told as such, not as the aborted statements behind it.
+                fenced?;
+                let xid = begin.and(xid)?;
+                inserted.and(updated).and(recorded).and(keys).and(named)?;
+                // Every statement ran: only the COMMIT's answer is missing.
+                commit.inspect_err(|_| self.unsure = Some((xid, self.stored + ops.len())))?;
+                self.next_row = next_row;
+                self.created = created;
+                return Ok(Vec::new());
+            }
+            let mut tx = conn.client.transaction().await?;
+            let (fenced, xid, inserted, updated, recorded, keys, named) = tokio::join!(
+                fence(tx.client(), &conn.fence, epoch),
+                transaction_id(tx.client(), &conn.xid),
+                group.insert(tx.client(), insert),
+                group.update(tx.client(), update),
+                group.record(tx.client(), record, epoch),
+                group.keys(tx.client(), [&conn.expire_keys, &conn.take_keys, &conn.free_keys], created),
+                group.named(tx.client(), [&conn.put_named, &conn.delete_named, &conn.fired])
+            );
+            fenced?;
+            let xid = xid?;
+            inserted.and(updated).and(recorded).and(keys).and(named)?;
+            let mut pruned = Vec::with_capacity(prunes);
+            for _ in 0..prunes {
+                let sp = tx.savepoint("prune").await?;
+                let step = prune(&sp, &conn.prune, self.retention).await;
+                match step {
+                    Ok(n) => {
+                        sp.commit().await?;
+                        pruned.push(Ok(n));
+                    }
+                    Err(e) => {
+                        sp.rollback().await?;
+                        pruned.push(Err(e));
+                    }
+                }
+            }
+            tx.commit().await.inspect_err(|_| self.unsure = Some((xid, self.stored + ops.len())))?;
+            self.next_row = next_row;
+            self.created = created;
+            Ok(pruned)
         });
-        Ok(Sent { ran: Some(ran), done, link })
-    }
-}
-
-/// A link no group before it had: random, so a link in the store names
-/// one group of one writer (another master's writer chains from the same
-/// row after a takeover).
-fn next_link(prev: i64) -> i64 {
-    loop {
-        let link = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
-        if link != prev {
-            return link;
+        match &result {
+            Ok(_) => self.stored = 0,
+            // Refused whole and never given again.
+            Err(StoreError::Fenced { .. }) => (self.stored, self.unsure) = (0, None),
+            // Whatever failed, the next try starts on a fresh connection.
+            Err(_) => self.conn = None,
         }
+        result
     }
 }
 
-/// One group's transaction.
-struct Tx<'a> {
-    conn: &'a Conn,
-    group: &'a Group,
-    epoch: i64,
-    /// The chain's link before the group, and after it.
-    link: (i64, i64),
-    /// The newest job's time: unique keys that ran out before it are freed.
-    now: i64,
-}
-
-impl Tx<'_> {
-    /// BEGIN, the group's statements and COMMIT, sent together and
-    /// answered together; `ran` is told once the statements were answered
-    /// (the server is committing). Any failure aborts the transaction, and
-    /// the server takes the COMMIT that follows as a ROLLBACK: nothing
-    /// applied.
-    async fn commit(&self, ran: oneshot::Sender<()>) -> Result<(), StoreError> {
-        let client = &self.conn.client;
-        let (begin, statements, commit) = tokio::join!(
-            async { client.batch_execute("BEGIN").await.map_err(StoreError::from) },
-            async {
-                let done = self.statements().await;
-                let _ = ran.send(());
-                done
-            },
-            async { client.batch_execute("COMMIT").await.map_err(StoreError::from) },
-        );
-        begin.and(statements).and(commit)
-    }
-
-    /// The same with `prunes` steps of retention after the statements,
-    /// each in a savepoint of its own (a step that fails is undone alone),
-    /// answered one by one.
-    async fn commit_pruning(&self, prunes: usize, retention: Retention) -> Result<Pruned, StoreError> {
-        let client = &self.conn.client;
-        client.batch_execute("BEGIN").await?;
-        self.statements().await?;
-        let mut pruned = Vec::with_capacity(prunes);
-        for _ in 0..prunes {
-            client.batch_execute("SAVEPOINT prune").await?;
-            match prune(client, &self.conn.prune, retention).await {
-                Ok(n) => {
-                    client.batch_execute("RELEASE SAVEPOINT prune").await?;
-                    pruned.push(Ok(n));
-                }
-                Err(e) => {
-                    client.batch_execute("ROLLBACK TO SAVEPOINT prune; RELEASE SAVEPOINT prune").await?;
-                    pruned.push(Err(e));
-                }
-            }
-        }
-        client.batch_execute("COMMIT").await?;
-        Ok(pruned)
-    }
-
-    /// The fence, the chain's link and the group's statements, all sent on
-    /// the first poll. Every answer is awaited (join, not try_join: which
-    /// future a join polls first after that varies), so a refusal is told
-    /// as such, not as the aborted statements behind it: the fence's first
-    /// (a deposed master's group is refused, never retried), then the
-    /// link's (the group before did not commit: this one is sent again).
-    async fn statements(&self) -> Result<(), StoreError> {
-        let (c, g) = (self.conn, self.group);
-        let client = &c.client;
-        let (fenced, linked, inserted, updated, recorded, keys, named) = tokio::join!(
-            fence(client, &c.fence, self.epoch),
-            async { client.execute(&c.link, &[&self.link.0, &self.link.1]).await.map_err(StoreError::from) },
-            g.insert(client, &c.insert),
-            g.update(client, &c.update),
-            g.record(client, &c.record, self.epoch),
-            g.keys(client, [&c.expire_keys, &c.take_keys, &c.free_keys], self.now),
-            g.named(client, [&c.put_named, &c.delete_named, &c.fired]),
-        );
-        fenced?;
-        linked?;
-        inserted.and(updated).and(recorded).and(keys).and(named)
-    }
+/// The caller's transaction's id.
+async fn transaction_id(client: &Client, stmt: &Statement) -> Result<i64, StoreError> {
+    Ok(client.query_one(stmt, &[]).await?.try_get(0)?)
 }
 
 async fn connect(config: &Config, tls: &MakeRustlsConnect) -> Result<Conn, StoreError> {
@@ -331,7 +288,7 @@ async fn connect(config: &Config, tls: &MakeRustlsConnect) -> Result<Conn, Store
         record: client.prepare(RECORD).await?,
         prune: client.prepare(PRUNE).await?,
         fence: client.prepare(FENCE).await?,
-        link: client.prepare(LINK).await?,
+        xid: client.prepare(XID).await?,
         take_keys: client.prepare(TAKE_KEYS).await?,
         free_keys: client.prepare(FREE_KEYS).await?,
         expire_keys: client.prepare(EXPIRE_KEYS).await?,
@@ -343,7 +300,7 @@ async fn connect(config: &Config, tls: &MakeRustlsConnect) -> Result<Conn, Store
 }
 
 /// One step of retention: how many jobs went.
-async fn prune(tx: &Client, stmt: &Statement, r: Retention) -> Result<usize, StoreError> {
+async fn prune(tx: &tokio_postgres::Transaction<'_>, stmt: &Statement, r: Retention) -> Result<usize, StoreError> {
     let now = faena_proto::mqtt::now_ms() as i64;
     let by_age = match r.age {
         Some(age) => tx
