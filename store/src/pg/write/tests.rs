@@ -82,34 +82,3 @@ fn a_group_whose_commit_went_unanswered_is_neither_lost_nor_stored_twice() {
     w.apply(&[insert(third, 2, None)], 0).expect("commits");
     assert_eq!(count(third), "1");
 }
-
-/// Many groups sent back to back, each depending on the last (a job
-/// stored, then dispatched, then finished, each by a group of its own):
-/// every one commits, in order.
-#[tokio::test]
-async fn groups_sent_while_the_last_commits_keep_their_order() {
-    let pg = crate::harness::Postgres::start();
-    let store = Store::connect(&pg.url(), Retention::OFF).await.expect("connects");
-    let ids: Vec<JobId> = (0..200).map(|_| JobId::new()).collect();
-    for (i, id) in ids.iter().enumerate() {
-        store.write(insert(*id, i as u64, None));
-        let token = faena_proto::ids::FencingToken::new();
-        store.write(StoreOp::Dispatched { id: *id, attempt: 1, worker: "w".into(), token, at_ms: 2000 });
-        store.write(StoreOp::Finished {
-            id: *id,
-            state: JobState::Succeeded,
-            attempts: 1,
-            worker: Some("w".into()),
-            result: Some(json!({"ok": true})),
-            error: None,
-            at_ms: 3000,
-            release_key: None,
-        });
-        if i % 3 == 0 {
-            tokio::task::yield_now().await;
-        }
-    }
-    wait_commit(&store).await;
-    assert_eq!(pg.sql("SELECT count(*) FROM jobs WHERE state = 'succeeded'"), "200");
-    assert_eq!(pg.sql("SELECT count(*) FROM transitions"), "600");
-}
