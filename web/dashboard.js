@@ -233,6 +233,10 @@ $("jobs-more").addEventListener("click", () => loadJobs(true));
 // ---- one job -----------------------------------------------------------
 
 let shown = null;
+// The job and priority last put in the priority select: a choice made
+// there and not applied yet survives the job being read again (it is,
+// whenever anything moves).
+let priorityShown = null;
 function route() {
   const m = location.hash.match(/^#job=([0-9a-f-]{36})$/);
   shown = m ? m[1] : null;
@@ -276,7 +280,9 @@ async function loadJob() {
   $("job-cancel").disabled = !active;
   $("job-retry").disabled = !(job.state === "failed" || job.state === "cancelled") || !!job.retried_as || !!job.parent;
   $("job-reprioritise").disabled = !active;
-  $("job-priority").value = job.priority;
+  const chosen = priorityShown && priorityShown.id === id && $("job-priority").value !== priorityShown.priority;
+  if (!chosen) $("job-priority").value = job.priority;
+  priorityShown = { id, priority: job.priority };
   timeline(history.transitions, job);
   $("job-result").hidden = job.result === undefined;
   $("job-result").textContent = job.result === undefined ? "" : JSON.stringify(job.result, null, 2);

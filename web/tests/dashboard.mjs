@@ -124,6 +124,12 @@ await page.goto(`${url}/dashboard#job=${waiting}`);
 await page.locator("#conn[data-state=connected]").waitFor(T);
 await page.locator("#job-facts dd", { hasText: "low" }).waitFor(T);
 await page.selectOption("#job-priority", "high");
+// Something moves before the click (another job): the page reads the job
+// again, and a choice not applied yet must survive that.
+const reread = page.waitForResponse((r) => r.url().endsWith(`/api/jobs/${waiting}/history`));
+await submit("noop", {}, "low");
+await reread;
+await check((await page.inputValue("#job-priority")) === "high", "the chosen priority survives the job being read again");
 await page.click("#job-reprioritise");
 await page.locator("#job-said", { hasText: "priority set to high" }).waitFor(T);
 await check((await api("GET", `/api/jobs/${waiting}`)).priority === "high", "the job is high now");
