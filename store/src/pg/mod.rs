@@ -29,6 +29,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a statement may run before the server cancels it (and the
 /// group is tried again).
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a session of this master may sit inside a transaction between
+/// statements before the server ends it. None does so on purpose; a
+/// connection lost before its COMMIT reached the server leaves its
+/// transaction open there, holding its rows' locks, and the writer waits
+/// to learn that it was rolled back before it sends the group again.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
 
 /// Connects to the store at `url`, brings its schema up to date, and
 /// returns its writer and the readers' pool.
@@ -51,8 +57,10 @@ pub(crate) async fn open_store(
     // The URL's own `options` come last and win (`?options=-c%20statement_timeout%3D5000`).
     let theirs = config.get_options().map(|o| format!(" {o}")).unwrap_or_default();
     config.options(format!(
-        "-c statement_timeout={} -c client_min_messages=warning -c plan_cache_mode=force_custom_plan{theirs}",
-        STATEMENT_TIMEOUT.as_millis()
+        "-c statement_timeout={} -c idle_in_transaction_session_timeout={} -c client_min_messages=warning \
+         -c plan_cache_mode=force_custom_plan{theirs}",
+        STATEMENT_TIMEOUT.as_millis(),
+        IDLE_IN_TRANSACTION.as_millis()
     ));
     let (mut client, conn) = config.connect(tls.clone()).await?;
     let driver = tokio::spawn(conn);
