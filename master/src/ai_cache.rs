@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use serde_json::Value;
 
-pub use crate::engine::Submitter;
+use crate::engine::Submitter;
 
 #[derive(Debug)]
 pub struct AiCache {

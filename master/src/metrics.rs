@@ -35,7 +35,7 @@ pub struct Metrics {
     blocks: Family<Labels, Counter>,
     upstream: Family<Labels, Counter>,
     /// Open Stratum connections.
-    pub stratum_connections: Gauge,
+    stratum_connections: Gauge,
     /// Stratum connections refused, and addresses banned, by reason.
     stratum_refused: Family<Labels, Counter>,
     /// Live source keys in the verifier, by what their shares are hashed with.
@@ -360,31 +360,6 @@ impl Metrics {
         self.shares.get_or_create(&vec![("verdict", "unverified")]).inc_by(unverified as u64);
     }
 
-    /// `n` shares on a mining source: `valid`, `invalid`, `stale`, or `over_budget`.
-    pub fn pool_shares(&self, verdict: &'static str, n: u64) {
-        self.pool_shares.get_or_create(&vec![("verdict", verdict)]).inc_by(n);
-    }
-
-    /// `reason`: `banned`, `too_many`, `full` (a connection refused) or `ban` (an address banned).
-    pub fn stratum_refused(&self, reason: &'static str) {
-        self.stratum_refused.get_or_create(&vec![("reason", reason)]).inc();
-    }
-
-    pub fn verifier_keys(&self, keys: &[crate::verify::KeyState]) {
-        for hashing in ["fast", "light", "none"] {
-            let n = keys.iter().filter(|k| k.hashing == hashing).count();
-            self.verifier_keys.get_or_create(&vec![("hashing", hashing)]).set(n as i64);
-        }
-    }
-
-    pub fn block(&self, accepted: bool) {
-        self.blocks.get_or_create(&vec![("accepted", if accepted { "true" } else { "false" })]).inc();
-    }
-
-    pub fn upstream(&self, accepted: bool) {
-        self.upstream.get_or_create(&vec![("verdict", if accepted { "accepted" } else { "rejected" })]).inc();
-    }
-
     /// A job waited `secs` in the queue before it was dispatched.
     pub fn waited(&self, secs: f64) {
         self.dispatch_latency.observe(secs);
@@ -444,11 +419,11 @@ impl crate::pool::Meter for Metrics {
     }
 
     fn pool_shares(&self, verdict: &'static str, n: u64) {
-        Metrics::pool_shares(self, verdict, n);
+        self.pool_shares.get_or_create(&vec![("verdict", verdict)]).inc_by(n);
     }
 
     fn stratum_refused(&self, reason: &'static str) {
-        Metrics::stratum_refused(self, reason);
+        self.stratum_refused.get_or_create(&vec![("reason", reason)]).inc();
     }
 
     fn stratum_connection(&self, open: bool) {
@@ -460,15 +435,18 @@ impl crate::pool::Meter for Metrics {
     }
 
     fn verifier_keys(&self, keys: &[crate::verify::KeyState]) {
-        Metrics::verifier_keys(self, keys);
+        for hashing in ["fast", "light", "none"] {
+            let n = keys.iter().filter(|k| k.hashing == hashing).count();
+            self.verifier_keys.get_or_create(&vec![("hashing", hashing)]).set(n as i64);
+        }
     }
 
     fn block(&self, accepted: bool) {
-        Metrics::block(self, accepted);
+        self.blocks.get_or_create(&vec![("accepted", if accepted { "true" } else { "false" })]).inc();
     }
 
     fn upstream(&self, accepted: bool) {
-        Metrics::upstream(self, accepted);
+        self.upstream.get_or_create(&vec![("verdict", if accepted { "accepted" } else { "rejected" })]).inc();
     }
 }
 
@@ -543,9 +521,9 @@ mod monitoring_tests {
         // A labelled family is exported once it has a sample: give each one.
         let m = Metrics::default();
         m.shares_checked(1, 1, 0);
-        m.pool_shares("invalid", 1);
-        m.block(true);
-        m.upstream(true);
+        crate::pool::Meter::pool_shares(&m, "invalid", 1);
+        crate::pool::Meter::block(&m, true);
+        crate::pool::Meter::upstream(&m, true);
         m.ai_tokens(faena_proto::ai::Provider::Local, 1);
         m.ai_error(faena_proto::ai::Provider::Local);
         m.set_sources([("solo".to_owned(), true)]);

@@ -137,19 +137,23 @@ async fn since_holds_when_the_clock_steps_back(backend: &Backend) {
 }
 
 pub(crate) fn noop(store: &Store, id: JobId, seq: u64) {
-    let spec = Arc::new(JobSpec::parse("noop", json!({})).expect("valid"));
-    store.write(StoreOp::Insert {
+    store.write(insert(id, seq, None));
+}
+
+/// A queued `noop` job stored, asking `opts`.
+pub(crate) fn insert(id: JobId, seq: u64, opts: Option<faena_proto::options::JobOptions>) -> StoreOp {
+    StoreOp::Insert {
         id,
-        spec,
+        spec: Arc::new(JobSpec::parse("noop", json!({})).expect("valid")),
         priority: Priority::Normal,
         seq,
         at_ms: 1000 + seq,
         parent: None,
         retry_of: None,
         state: JobState::Queued,
-        opts: None,
+        opts: opts.map(Arc::new),
         run_at_ms: None,
-    });
+    }
 }
 
 /// Two masters starting together on an empty PostgreSQL migrate it once

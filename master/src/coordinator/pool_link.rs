@@ -10,8 +10,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::Coordinator;
-use crate::ai_cache::Submitter;
 use crate::engine::NewJob;
+use crate::engine::Submitter;
 use crate::pool::{JobEngine, NotStarted};
 
 impl JobEngine for Coordinator {

@@ -32,9 +32,9 @@ use socketioxide::layer::SocketIoLayer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::ai_cache::Submitter;
 use crate::coordinator::Coordinator;
 use crate::engine::NewJob;
+use crate::engine::Submitter;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use faena_common::bucket::TokenBucket;

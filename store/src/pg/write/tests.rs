@@ -5,28 +5,11 @@
 use std::sync::Arc;
 
 use faena_proto::ids::JobId;
-use faena_proto::jobs::{JobSpec, JobState, Priority};
 use faena_proto::options::JobOptions;
-use serde_json::json;
 
-use crate::tests::wait_commit;
+use crate::tests::{insert, wait_commit};
 use crate::writer::Apply;
 use crate::{NamedKind, Retention, Store, StoreOp};
-
-fn insert(id: JobId, seq: u64, opts: Option<JobOptions>) -> StoreOp {
-    StoreOp::Insert {
-        id,
-        spec: Arc::new(JobSpec::parse("noop", json!({})).expect("valid")),
-        priority: Priority::Normal,
-        seq,
-        at_ms: 1000 + seq,
-        parent: None,
-        retry_of: None,
-        state: JobState::Queued,
-        opts: opts.map(Arc::new),
-        run_at_ms: None,
-    }
-}
 
 /// A job, the unique key it takes and a named document, in one group, are
 /// written by one transaction (one `xmin`): a statement sent only after
