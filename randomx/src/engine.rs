@@ -14,7 +14,7 @@
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;
-use std::ffi::{c_int, c_ulong, c_void};
+use std::ffi::{c_int, c_void};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,18 +100,35 @@ fn alloc<T>(flags: Flags, what: &'static str, f: impl Fn(c_int) -> *mut T) -> Re
     NonNull::new(f(flags.with_large_pages(false).0)).map(|p| (p, false)).ok_or(RxError::Alloc(what))
 }
 
-struct Cache(NonNull<ffi::randomx_cache>);
+pub(crate) struct Cache(NonNull<ffi::randomx_cache>);
 // SAFETY: read-only after `Cache::new` returns (see module docs).
 unsafe impl Send for Cache {}
 unsafe impl Sync for Cache {}
 
 impl Cache {
-    fn new(flags: Flags, key: &[u8]) -> Result<Self, RxError> {
+    pub(crate) fn new(flags: Flags, key: &[u8]) -> Result<Self, RxError> {
         // SAFETY: allocation only; NULL is handled by `alloc`.
         let (ptr, _) = alloc(flags, "cache", |f| unsafe { ffi::randomx_alloc_cache(f) })?;
         // SAFETY: `ptr` is a fresh cache nobody else sees; `key` is a valid slice.
         unsafe { ffi::randomx_init_cache(ptr.as_ptr(), key.as_ptr().cast::<c_void>(), key.len()) };
         Ok(Self(ptr))
+    }
+
+    pub(crate) fn ptr(&self) -> *mut ffi::randomx_cache {
+        self.0.as_ptr()
+    }
+
+    /// The cache's memory, as Argon2d filled it.
+    pub(crate) fn memory(&self) -> &[u8] {
+        // SAFETY: RandomX 1.2.1's `struct randomx_cache` (dataset.hpp) begins
+        // with `uint8_t* memory`, `RANDOMX_ARGON_MEMORY` KiB long once
+        // `randomx_init_cache` filled it; read-only from then on. Every item
+        // built from it is checked against RandomX's own before use
+        // (`init::checked`), which a different layout would fail.
+        unsafe {
+            let memory = *self.0.as_ptr().cast::<*const u8>();
+            std::slice::from_raw_parts(memory, ffi::CACHE_SIZE)
+        }
     }
 }
 
@@ -138,40 +155,15 @@ enum Dataset {
 unsafe impl Send for Dataset {}
 unsafe impl Sync for Dataset {}
 
-struct SendPtr<T>(*mut T);
-// SAFETY: used only to hand disjoint dataset ranges to scoped init threads.
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-
 /// Items in a dataset (a constant of the library).
-fn dataset_items() -> u64 {
+pub(crate) fn dataset_items() -> u64 {
     // SAFETY: a constant of the library.
     unsafe { ffi::randomx_dataset_item_count() as u64 }
 }
 
-/// Initialises every item of `dataset` from `cache` on `threads` threads,
-/// each over its own range of items.
-fn init_items(dataset: *mut ffi::randomx_dataset, cache: &Cache, threads: usize) {
-    let items = dataset_items();
-    let threads = threads.clamp(1, 256) as u64;
-    let (dataset, cache_ptr) = (SendPtr(dataset), SendPtr(cache.0.as_ptr()));
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let start = items * t / threads;
-            let count = items * (t + 1) / threads - start;
-            let (dataset, cache_ptr) = (&dataset, &cache_ptr);
-            s.spawn(move || {
-                // SAFETY: each thread writes only items [start, start+count),
-                // disjoint from every other thread's; the cache is read-only.
-                unsafe { ffi::randomx_init_dataset(dataset.0, cache_ptr.0, start as c_ulong, count as c_ulong) }
-            });
-        }
-    });
-}
-
 impl Dataset {
     /// Allocates the dataset and initialises it from `cache` on `threads` threads.
-    fn new(flags: Flags, cache: &Cache, threads: usize) -> Result<Self, RxError> {
+    fn new(flags: Flags, cache: &Cache, key: &[u8], threads: usize) -> Result<Self, RxError> {
         // SAFETY: allocation only; NULL is handled by `alloc`.
         let (ptr, huge) = alloc(flags, "dataset", |f| unsafe { ffi::randomx_alloc_dataset(f) })?;
         if !huge {
@@ -193,7 +185,7 @@ impl Dataset {
                 tracing::debug!(error = %std::io::Error::last_os_error(), "madvise(MADV_HUGEPAGE) on the dataset failed");
             }
         }
-        init_items(ptr.as_ptr(), cache, threads);
+        crate::init::init_items(ptr.as_ptr(), cache, key, threads);
         Ok(Self::Own(ptr))
     }
 
@@ -205,7 +197,7 @@ impl Dataset {
         let region = share.attach_or_build(&name, size, |memory| {
             let cache = Cache::new(flags, key)?;
             let mut header = ffi::DatasetHeader::new(memory.as_ptr());
-            init_items(header.as_dataset(), &cache, threads);
+            crate::init::init_items(header.as_dataset(), &cache, key, threads);
             Ok(())
         })?;
         let mut header = Box::new(ffi::DatasetHeader::new(region.ptr().as_ptr()));
@@ -282,7 +274,7 @@ impl Material {
     pub fn build(flags: Flags, mode: Mode, key: &[u8], threads: usize) -> Result<Self, RxError> {
         let cache = Cache::new(flags, key)?;
         let (cache, dataset) = match mode {
-            Mode::Fast => (None, Some(Dataset::new(flags, &cache, threads)?)),
+            Mode::Fast => (None, Some(Dataset::new(flags, &cache, key, threads)?)),
             Mode::Light => (Some(cache), None),
         };
         Ok(Self { key: key.to_vec(), flags, mode, cache, dataset, idle: Mutex::new(Vec::new()) })

@@ -56,6 +56,8 @@ pub const FLAG_JIT: c_int = 8;
 pub const HASH_SIZE: usize = 32;
 /// Bytes per dataset item (`RANDOMX_DATASET_ITEM_SIZE`).
 pub const DATASET_ITEM_SIZE: u64 = 64;
+/// Bytes in a cache (`RANDOMX_ARGON_MEMORY` KiB, Monero's configuration).
+pub const CACHE_SIZE: usize = 262_144 * 1024;
 
 unsafe extern "C" {
     pub fn randomx_get_flags() -> c_int;

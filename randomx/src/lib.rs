@@ -5,13 +5,17 @@
 //!
 //! It calls RandomX's C API directly (see [`ffi`]): `randomx-rs` compiles
 //! and links the library but keeps its bindings private and initialises a
-//! dataset on one thread only.
+//! dataset on one thread only. The dataset's items are computed here
+//! ([`superscalar`], from the RandomX specification, compiled to AVX-512
+//! where the CPU has it), after their first items proved equal to RandomX's.
 
 pub mod engine;
 mod ffi;
+pub mod init;
 pub mod mine;
 mod progress;
 pub mod share;
+pub mod superscalar;
 
 pub use engine::{Flags, KeyCache, Material, Mode, RxError, Shared, Vm};
 pub use progress::Progress;
