@@ -8,14 +8,15 @@ use std::time::Instant;
 
 use crate::engine::{Cache, Flags, RxError, dataset_items};
 use crate::ffi;
-use crate::superscalar::{self, Items};
+use crate::superscalar::{self, Items, jit};
 
 /// Items compared with RandomX's before the rest are computed here: two
 /// blocks of lanes, every program and hundreds of cache lines.
 const CHECKED_ITEMS: usize = 2 * superscalar::exec::LANES;
 
-/// `FAENA_RANDOMX_DATASET_INIT`: `interpreted` or `randomx` instead of the
-/// compiled programs, for comparing them (scripts/bench-randomx.sh).
+/// `FAENA_RANDOMX_DATASET_INIT`: `avx2` (the AVX2 code on a CPU that has
+/// AVX-512), `interpreted` or `randomx` instead of the widest compiled
+/// programs, for comparing them (scripts/bench-dataset.sh).
 const INIT_ENV: &str = "FAENA_RANDOMX_DATASET_INIT";
 
 struct SendPtr<T>(*mut T);
@@ -50,6 +51,7 @@ fn checked_programs(cache: &Cache, key: &[u8]) -> Option<Items> {
     match std::env::var(INIT_ENV).as_deref() {
         Ok("randomx") => None,
         Ok("interpreted") => checked(cache, Items::interpreted(key)),
+        Ok("avx2") => checked(cache, Items::compiled_for(key, jit::Isa::Avx2)?),
         _ => checked(cache, Items::new(key)),
     }
 }

@@ -1,26 +1,82 @@
-//! SuperscalarHash programs compiled to AVX-512 machine code, 16 items at
-//! a time: each RandomX register lives in two `zmm` registers (8 items
-//! each) for the whole program, so an instruction costs one or two vector
-//! instructions and no memory traffic (the interpreter in [`super::exec`]
-//! loads and stores every lane array per instruction).
+//! SuperscalarHash programs compiled to vector machine code, 16 items a
+//! call: each RandomX register lives in vector registers for the whole
+//! program, so an instruction costs a few vector instructions and no
+//! memory traffic (the interpreter in [`super::exec`] loads and stores
+//! every lane array per instruction).
+//!
+//! - AVX-512 (F and DQ): a register's 16 items in two `zmm`, scratch from
+//!   `zmm16`; 64-bit multiplies are `vpmullq`, rotations `vprorq`.
+//! - AVX2: a register's 4 items in one `ymm`, four passes a call, scratch
+//!   from `ymm8`; 64-bit multiplies and rotations built from 32-bit
+//!   multiplies and shifts.
 //!
 //! A compiled program is `extern "sysv64" fn(regs, constants)`: `regs` is
 //! the lane arrays of [`super::exec`] (register `q`, item `i` at
 //! `q * LANES + i`), 16 items from where it points; `constants` the
 //! program's 64-bit immediates. The encodings are Intel's (SDM vol. 2,
-//! "EVEX encoding"); x86-64 with AVX-512F and AVX-512DQ (`vpmullq`) only.
+//! "VEX" and "EVEX encoding").
 #![allow(unsafe_code)]
 
 use super::exec::LANES;
 use super::program::{Op, Program};
 
-/// Items per call: two `zmm` of eight 64-bit lanes per register.
+/// Items per call.
 pub const ITEMS: usize = 16;
 
 /// Bytes between one register's lane array and the next.
 const REG_STRIDE: i32 = (LANES * 8) as i32;
-/// `zmm16`..: scratch for shifts and the high multiplies.
-const T: u8 = 16;
+
+/// The vector instructions a program is compiled to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+}
+
+impl Isa {
+    /// The widest this CPU runs, if any.
+    pub fn detect() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") {
+                return Some(Self::Avx512);
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                return Some(Self::Avx2);
+            }
+        }
+        None
+    }
+
+    /// Whether this CPU runs code compiled for `self`.
+    pub fn runs_here(self) -> bool {
+        matches!((self, Self::detect()), (_, Some(Self::Avx512)) | (Self::Avx2, Some(Self::Avx2)))
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avx512 => "avx512-jit",
+            Self::Avx2 => "avx2-jit",
+        }
+    }
+
+    /// The vector register that holds RandomX register `r` (`half`: which
+    /// eight items, AVX-512 only).
+    fn reg(self, r: u8, half: u8) -> u8 {
+        match self {
+            Self::Avx512 => (r & 7) * 2 + half,
+            Self::Avx2 => r & 7,
+        }
+    }
+
+    /// The first scratch register.
+    fn scratch(self) -> u8 {
+        match self {
+            Self::Avx512 => 16,
+            Self::Avx2 => 8,
+        }
+    }
+}
 /// Base registers: `rdi` = lane arrays, `rsi` = constants.
 const RDI: u8 = 7;
 const RSI: u8 = 6;
@@ -53,13 +109,47 @@ const VMOVDQA64: Opcode = Opcode(1, 1, 0x6f);
 const VMOVDQU64_LOAD: Opcode = Opcode(2, 1, 0x6f);
 const VMOVDQU64_STORE: Opcode = Opcode(2, 1, 0x7f);
 
-#[derive(Default)]
+/// `vpor` and `vpcmpgtq`, used by the AVX2 code only.
+const VPOR: Opcode = Opcode(1, 1, 0xeb);
+const VPCMPGTQ: Opcode = Opcode(1, 2, 0x37);
+
 struct Asm {
+    isa: Isa,
+    /// The first scratch register.
+    t: u8,
     code: Vec<u8>,
     constants: Vec<u64>,
 }
 
 impl Asm {
+    fn new(isa: Isa) -> Self {
+        Self { isa, t: isa.scratch(), code: Vec::new(), constants: Vec::new() }
+    }
+
+    fn enc(&mut self, op: Opcode, reg: u8, vvvv: u8, rm: Rm, imm: Option<u8>) {
+        match self.isa {
+            Isa::Avx512 => self.evex(op, reg, vvvv, rm, imm),
+            Isa::Avx2 => self.vex(op, reg, vvvv, rm, imm),
+        }
+    }
+
+    /// One VEX.256.W0 instruction (three-byte VEX), operands as [`Asm::evex`].
+    fn vex(&mut self, Opcode(pp, map, op): Opcode, reg: u8, vvvv: u8, rm: Rm, imm: Option<u8>) {
+        let (b, modrm_rm, md) = match rm {
+            Rm::Reg(r) => ((r >> 3) & 1, r & 7, 0b11),
+            Rm::Mem { base, .. } => ((base >> 3) & 1, base & 7, 0b10),
+        };
+        let b1 = ((!(reg >> 3) & 1) << 7) | (1 << 6) | ((!b & 1) << 5) | map;
+        let b2 = ((!vvvv & 0xf) << 3) | 0x04 | pp;
+        self.code.extend_from_slice(&[0xc4, b1, b2, op, (md << 6) | ((reg & 7) << 3) | modrm_rm]);
+        if let Rm::Mem { disp, .. } = rm {
+            self.code.extend_from_slice(&disp.to_le_bytes());
+        }
+        if let Some(i) = imm {
+            self.code.push(i);
+        }
+    }
+
     /// One EVEX.512.W1 instruction: `reg` (ModRM.reg), `vvvv` (second
     /// source or, for shifts, the destination), `rm`, and an immediate.
     fn evex(&mut self, Opcode(pp, map, op): Opcode, reg: u8, vvvv: u8, rm: Rm, imm: Option<u8>) {
@@ -81,20 +171,26 @@ impl Asm {
 
     /// `dst = a OP b` for the two-source integer instructions.
     fn op3(&mut self, op: Opcode, dst: u8, a: u8, b: Rm) {
-        self.evex(op, dst, a, b, None);
+        self.enc(op, dst, a, b, None);
     }
 
     /// `dst = src SHIFT imm` (`72`/`73` with an opcode extension).
     fn shift(&mut self, op: Opcode, ext: u8, dst: u8, src: u8, imm: u8) {
-        self.evex(op, ext, dst, Rm::Reg(src), Some(imm));
+        self.enc(op, ext, dst, Rm::Reg(src), Some(imm));
     }
 
+    /// A 64-bit constant as an operand: one element broadcast (AVX-512),
+    /// or four copies read as one vector (AVX2).
     fn constant(&mut self, value: u64) -> Rm {
-        let at = self.constants.iter().position(|&c| c == value).unwrap_or_else(|| {
-            self.constants.push(value);
-            self.constants.len() - 1
+        let copies = match self.isa {
+            Isa::Avx512 => 1,
+            Isa::Avx2 => 4,
+        };
+        let at = self.constants.chunks(copies).position(|c| c[0] == value).unwrap_or_else(|| {
+            self.constants.extend(std::iter::repeat_n(value, copies));
+            self.constants.len() / copies - 1
         });
-        Rm::Mem { base: RSI, disp: (at * 8) as i32, broadcast: true }
+        Rm::Mem { base: RSI, disp: (at * copies * 8) as i32, broadcast: self.isa == Isa::Avx512 }
     }
 
     fn add(&mut self, dst: u8, a: u8, b: Rm) {
@@ -109,8 +205,28 @@ impl Asm {
     fn and(&mut self, dst: u8, a: u8, b: Rm) {
         self.op3(VPANDQ, dst, a, b);
     }
+    /// `dst = a * b`, the low 64 bits.
     fn mullo(&mut self, dst: u8, a: u8, b: Rm) {
-        self.op3(VPMULLQ, dst, a, b);
+        if self.isa == Isa::Avx512 {
+            return self.op3(VPMULLQ, dst, a, b);
+        }
+        // (ah * bl + al * bh) << 32 + al * bl, from 32-bit products.
+        let (hi, lo, c) = (self.t, self.t + 1, self.t + 6);
+        let b = match b {
+            Rm::Reg(r) => r,
+            mem @ Rm::Mem { .. } => {
+                self.load_rm(c, mem);
+                c
+            }
+        };
+        self.srl(hi, a, 32);
+        self.mul32(hi, hi, b);
+        self.srl(lo, b, 32);
+        self.mul32(lo, a, lo);
+        self.add(hi, hi, Rm::Reg(lo));
+        self.sll(hi, hi, 32);
+        self.mul32(lo, a, b);
+        self.add(dst, lo, Rm::Reg(hi));
     }
     fn mul32(&mut self, dst: u8, a: u8, b: u8) {
         self.op3(VPMULUDQ, dst, a, Rm::Reg(b));
@@ -121,26 +237,40 @@ impl Asm {
     fn sll(&mut self, dst: u8, src: u8, n: u8) {
         self.shift(SHIFT_73, 6, dst, src, n);
     }
-    fn sra(&mut self, dst: u8, src: u8, n: u8) {
-        self.shift(SHIFT_72, 4, dst, src, n);
+    /// `dst` = all ones where `src` is negative, else zeros.
+    fn sign(&mut self, dst: u8, src: u8) {
+        match self.isa {
+            Isa::Avx512 => self.shift(SHIFT_72, 4, dst, src, 63),
+            // 0 > src, with the zero register the AVX2 code keeps.
+            Isa::Avx2 => self.op3(VPCMPGTQ, dst, self.t + 7, Rm::Reg(src)),
+        }
     }
     fn ror(&mut self, dst: u8, src: u8, n: u8) {
-        self.shift(SHIFT_72, 0, dst, src, n);
+        if self.isa == Isa::Avx512 {
+            return self.shift(SHIFT_72, 0, dst, src, n);
+        }
+        self.srl(self.t, src, n);
+        self.sll(dst, src, 64 - n);
+        self.op3(VPOR, dst, dst, Rm::Reg(self.t));
     }
     fn copy(&mut self, dst: u8, src: u8) {
-        self.evex(VMOVDQA64, dst, 0, Rm::Reg(src), None);
+        self.enc(VMOVDQA64, dst, 0, Rm::Reg(src), None);
+    }
+    fn load_rm(&mut self, dst: u8, rm: Rm) {
+        self.enc(VMOVDQU64_LOAD, dst, 0, rm, None);
     }
     fn load(&mut self, dst: u8, disp: i32) {
-        self.evex(VMOVDQU64_LOAD, dst, 0, Rm::Mem { base: RDI, disp, broadcast: false }, None);
+        self.load_rm(dst, Rm::Mem { base: RDI, disp, broadcast: false });
     }
     fn store(&mut self, src: u8, disp: i32) {
-        self.evex(VMOVDQU64_STORE, src, 0, Rm::Mem { base: RDI, disp, broadcast: false }, None);
+        self.enc(VMOVDQU64_STORE, src, 0, Rm::Mem { base: RDI, disp, broadcast: false }, None);
     }
 
     /// `dst = high 64 bits of a * b`, unsigned or signed, from four 32-bit
     /// products; `a` and `b` are read before `dst` is written.
     fn mul_high(&mut self, dst: u8, a: u8, b: u8, signed: bool) {
-        let (ah, bh, ll, lh, hl, x) = (T, T + 1, T + 2, T + 3, T + 4, T + 5);
+        let t = self.t;
+        let (ah, bh, ll, lh, hl, x) = (t, t + 1, t + 2, t + 3, t + 4, t + 5);
         let low32 = self.constant(0xffff_ffff);
         self.srl(ah, a, 32);
         self.srl(bh, b, 32);
@@ -162,10 +292,10 @@ impl Asm {
         self.add(ah, ah, Rm::Reg(ll));
         if signed {
             // As signed: minus b where a < 0 and minus a where b < 0.
-            self.sra(x, a, 63);
+            self.sign(x, a);
             self.and(x, x, Rm::Reg(b));
             self.sub(ah, ah, Rm::Reg(x));
-            self.sra(x, b, 63);
+            self.sign(x, b);
             self.and(x, x, Rm::Reg(a));
             self.sub(ah, ah, Rm::Reg(x));
         }
@@ -173,7 +303,8 @@ impl Asm {
     }
 
     fn op(&mut self, op: Op, half: u8) {
-        let z = |r: u8| (r & 7) * 2 + half;
+        let isa = self.isa;
+        let z = |r: u8| isa.reg(r, half);
         match op {
             Op::Sub { dst, src } => self.sub(z(dst), z(dst), Rm::Reg(z(src))),
             Op::Xor { dst, src } => self.xor(z(dst), z(dst), Rm::Reg(z(src))),
@@ -181,8 +312,9 @@ impl Asm {
                 if shift == 0 {
                     self.add(z(dst), z(dst), Rm::Reg(z(src)));
                 } else {
-                    self.sll(T, z(src), shift as u8);
-                    self.add(z(dst), z(dst), Rm::Reg(T));
+                    let t = self.t;
+                    self.sll(t, z(src), shift as u8);
+                    self.add(z(dst), z(dst), Rm::Reg(t));
                 }
             }
             Op::Mul { dst, src } => self.mullo(z(dst), z(dst), Rm::Reg(z(src))),
@@ -209,6 +341,7 @@ type Entry = unsafe extern "sysv64" fn(*mut u64, *const u64);
 
 /// A key's eight programs as machine code.
 pub struct Compiled {
+    isa: Isa,
     code: *mut u8,
     len: usize,
     entries: [usize; 8],
@@ -226,44 +359,58 @@ impl std::fmt::Debug for Compiled {
     }
 }
 
-/// Whether this CPU runs what [`compile`] emits.
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq")
+impl Asm {
+    /// One program over 16 items: all in registers at once (AVX-512), or
+    /// four passes of four (AVX2, a loop over `rdi`).
+    fn program(&mut self, program: &Program) {
+        let disp = |q: u8, half: u8| i32::from(q) * REG_STRIDE + i32::from(half) * 64;
+        let halves = match self.isa {
+            Isa::Avx512 => 2,
+            Isa::Avx2 => {
+                let zero = self.t + 7;
+                self.xor(zero, zero, Rm::Reg(zero));
+                self.code.extend_from_slice(&[0xb9, 4, 0, 0, 0]); // mov ecx, 4
+                1
+            }
+        };
+        let top = self.code.len();
+        for q in 0..8 {
+            for half in 0..halves {
+                self.load(self.isa.reg(q, half), disp(q, half));
+            }
+        }
+        for op in &program.ops {
+            for half in 0..halves {
+                self.op(*op, half);
+            }
+        }
+        for q in 0..8 {
+            for half in 0..halves {
+                self.store(self.isa.reg(q, half), disp(q, half));
+            }
+        }
+        if self.isa == Isa::Avx2 {
+            // add rdi, 32 (the next four items); dec ecx; jnz top
+            self.code.extend_from_slice(&[0x48, 0x83, 0xc7, 32, 0xff, 0xc9, 0x0f, 0x85]);
+            let back = top as i64 - (self.code.len() as i64 + 4);
+            self.code.extend_from_slice(&(back as i32).to_le_bytes());
+        }
+        self.code.extend_from_slice(&[0xc5, 0xf8, 0x77, 0xc3]); // vzeroupper; ret
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
-/// Compiles `programs`; `None` where the CPU lacks AVX-512 or executable
-/// memory cannot be had.
-pub fn compile(programs: &[Program; 8]) -> Option<Compiled> {
-    if !available() {
+/// Compiles `programs` for `isa`; `None` where this CPU does not run it or
+/// executable memory cannot be had.
+pub fn compile(programs: &[Program; 8], isa: Isa) -> Option<Compiled> {
+    if !isa.runs_here() {
         return None;
     }
     let mut code = Vec::new();
     let mut entries = [0; 8];
     let constants = std::array::from_fn(|p| {
         entries[p] = code.len();
-        let mut asm = Asm::default();
-        let disp = |q: u8, half: u8| i32::from(q) * REG_STRIDE + i32::from(half) * 64;
-        for q in 0..8 {
-            for half in 0..2 {
-                asm.load(q * 2 + half, disp(q, half));
-            }
-        }
-        for op in &programs[p].ops {
-            for half in 0..2 {
-                asm.op(*op, half);
-            }
-        }
-        for q in 0..8 {
-            for half in 0..2 {
-                asm.store(q * 2 + half, disp(q, half));
-            }
-        }
-        asm.code.extend_from_slice(&[0xc5, 0xf8, 0x77, 0xc3]); // vzeroupper; ret
+        let mut asm = Asm::new(isa);
+        asm.program(&programs[p]);
         code.extend_from_slice(&asm.code);
         asm.constants
     });
@@ -287,17 +434,21 @@ pub fn compile(programs: &[Program; 8]) -> Option<Compiled> {
             libc::munmap(map, len);
             return None;
         }
-        Some(Compiled { code: map.cast(), len, entries, constants })
+        Some(Compiled { isa, code: map.cast(), len, entries, constants })
     }
 }
 
 impl Compiled {
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
     /// Runs program `p` over the 16 items of `regs` from lane `first`.
     #[inline(always)]
     pub fn run(&self, p: usize, regs: &mut [[u64; LANES]; 8], first: usize) {
         assert!(first + ITEMS <= LANES);
         // SAFETY: the entry is the start of program `p`'s code, compiled for
-        // this CPU (`available`); it reads and writes 16 lanes of each of the
+        // this CPU (`Isa::runs_here`); it reads and writes 16 lanes of each of the
         // 8 arrays from `first`, inside `regs`, and reads its constants,
         // whose offsets it was compiled with.
         unsafe {

@@ -30,11 +30,19 @@ pub struct Items {
 }
 
 impl Items {
-    /// Compiled to AVX-512 code where the CPU has it, else interpreted.
+    /// Compiled for the widest vectors the CPU has (AVX-512, AVX2), else
+    /// interpreted.
     pub fn new(key: &[u8]) -> Self {
         let programs = programs(key);
-        let compiled = jit::compile(&programs);
+        let compiled = jit::Isa::detect().and_then(|isa| jit::compile(&programs, isa));
         Self { programs, compiled }
+    }
+
+    /// Compiled for `isa` (None: this CPU does not run it).
+    pub fn compiled_for(key: &[u8], isa: jit::Isa) -> Option<Self> {
+        let programs = programs(key);
+        let compiled = Some(jit::compile(&programs, isa)?);
+        Some(Self { programs, compiled })
     }
 
     /// Interpreted, whatever the CPU (for tests and comparisons).
@@ -42,9 +50,10 @@ impl Items {
         Self { programs: programs(key), compiled: None }
     }
 
-    /// How items are computed: `avx512-jit`, or the interpreter's vectors.
+    /// How items are computed: `avx512-jit`, `avx2-jit`, or the
+    /// interpreter's vectors.
     pub fn how(&self) -> &'static str {
-        if self.compiled.is_some() { "avx512-jit" } else { vector_width() }
+        self.compiled.as_ref().map_or_else(vector_width, |c| c.isa().name())
     }
 
     /// Writes items `first..` into `out` (a whole number of 64-byte items)

@@ -12,7 +12,10 @@ fn computed(key: &[u8], count: usize) -> Vec<(&'static str, Vec<u8>)> {
     let reference = crate::init::reference_items(flags, key, count).expect("RandomX's items");
     let mut all = vec![("RandomX", reference)];
     crate::init::with_cache(flags, key, |cache| {
-        for items in [super::Items::new(key), super::Items::interpreted(key)] {
+        let compiled = [super::jit::Isa::Avx512, super::jit::Isa::Avx2]
+            .into_iter()
+            .filter_map(|isa| super::Items::compiled_for(key, isa));
+        for items in compiled.chain([super::Items::interpreted(key)]) {
             let mut out = vec![0u8; count * super::exec::ITEM];
             items.compute(cache, 0, &mut out);
             all.push((items.how(), out));
@@ -25,8 +28,8 @@ fn computed(key: &[u8], count: usize) -> Vec<(&'static str, Vec<u8>)> {
 #[test]
 fn items_are_randomx_items_for_several_keys() {
     // 200 items: three full blocks of lanes and a part of one.
-    if super::jit::available() {
-        assert_eq!(super::Items::new(b"key").how(), "avx512-jit");
+    if let Some(isa) = super::jit::Isa::detect() {
+        assert_eq!(super::Items::new(b"key").how(), isa.name());
     }
     for key in [&b"test key 000"[..], b"", &[0u8; 4], &[0xa5; 60], b"Faena"] {
         let all = computed(key, 200);
