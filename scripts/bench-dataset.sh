@@ -42,8 +42,9 @@ ours() {
   FAENA_RANDOMX_DATASET_INIT=$how "$bench" --mode fast --threads "$threads_hashing" --init "$threads" \
     --nonces "$nonces" "$@" | awk -v w="$who" -v n="$nonces" '
       /^Memory initialized in/ { init = $4 }
+      /^Calculated result:/ { res = $3 }
       /^Performance:/ { hr = (n > 1) ? $2 : "-" }
-      END { print w, init, hr }' | tee -a "$runs" >&2
+      END { print w, init, hr, n, res }' | tee -a "$runs" >&2
 }
 
 xmrig() {
@@ -115,4 +116,13 @@ for w in who:
     h = f"{hr[w]:>8.1f}" if w in hr else f"{'-':>8}"
     hv = f"{hr[w] / hr['xmrig']:>9.3f}" if w in hr and "xmrig" in hr else f"{'-':>9}"
     print(f"{w:<15}{len(xs):>5}{med[w]:>8.2f}{min(xs):>7.2f}{max(xs):>7.2f}{vs}{h}{hv}")
+# Every Faena run over the same nonces hashed over its dataset to one result.
+results = {}
+for r in rows:
+    if len(r) == 5:
+        results.setdefault(r[3], set()).add(r[4])
+same = all(len(v) == 1 for v in results.values())
+print(f"\nsame XOR of hashes in every Faena run over the same nonces: {'yes' if same else 'NO'}")
+if not same:
+    sys.exit(1)
 PY
