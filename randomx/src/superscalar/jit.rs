@@ -133,6 +133,14 @@ impl Asm {
         }
     }
 
+    /// What follows ModRM: a memory operand's disp32, then the immediate.
+    fn operand_tail(&mut self, rm: &Rm, imm: Option<u8>) {
+        if let Rm::Mem { disp, .. } = rm {
+            self.code.extend_from_slice(&disp.to_le_bytes());
+        }
+        self.code.extend(imm);
+    }
+
     /// One VEX.256.W0 instruction (three-byte VEX), operands as [`Asm::evex`].
     fn vex(&mut self, Opcode(pp, map, op): Opcode, reg: u8, vvvv: u8, rm: Rm, imm: Option<u8>) {
         let (b, modrm_rm, md) = match rm {
@@ -142,12 +150,7 @@ impl Asm {
         let b1 = ((!(reg >> 3) & 1) << 7) | (1 << 6) | ((!b & 1) << 5) | map;
         let b2 = ((!vvvv & 0xf) << 3) | 0x04 | pp;
         self.code.extend_from_slice(&[0xc4, b1, b2, op, (md << 6) | ((reg & 7) << 3) | modrm_rm]);
-        if let Rm::Mem { disp, .. } = rm {
-            self.code.extend_from_slice(&disp.to_le_bytes());
-        }
-        if let Some(i) = imm {
-            self.code.push(i);
-        }
+        self.operand_tail(&rm, imm);
     }
 
     /// One EVEX.512.W1 instruction: `reg` (ModRM.reg), `vvvv` (second
@@ -161,12 +164,7 @@ impl Asm {
         let p1 = 0x80 | ((!vvvv & 0xf) << 3) | 0x04 | pp;
         let p2 = 0x40 | (bcast << 4) | ((!(vvvv >> 4) & 1) << 3);
         self.code.extend_from_slice(&[0x62, p0, p1, p2, op, (md << 6) | ((reg & 7) << 3) | modrm_rm]);
-        if let Rm::Mem { disp, .. } = rm {
-            self.code.extend_from_slice(&disp.to_le_bytes());
-        }
-        if let Some(i) = imm {
-            self.code.push(i);
-        }
+        self.operand_tail(&rm, imm);
     }
 
     /// `dst = a OP b` for the two-source integer instructions.
