@@ -163,7 +163,9 @@ pub(crate) fn dataset_items() -> u64 {
 
 impl Dataset {
     /// Allocates the dataset and initialises it from `cache` on `threads` threads.
-    fn new(flags: Flags, cache: &Cache, key: &[u8], threads: usize) -> Result<Self, RxError> {
+    /// Allocates the dataset and initialises it from `cache` on `threads`
+    /// threads; with how its items were computed ([`crate::init::init_items`]).
+    fn new(flags: Flags, cache: &Cache, key: &[u8], threads: usize) -> Result<(Self, &'static str), RxError> {
         // SAFETY: allocation only; NULL is handled by `alloc`.
         let (ptr, huge) = alloc(flags, "dataset", |f| unsafe { ffi::randomx_alloc_dataset(f) })?;
         if !huge {
@@ -185,19 +187,26 @@ impl Dataset {
                 tracing::debug!(error = %std::io::Error::last_os_error(), "madvise(MADV_HUGEPAGE) on the dataset failed");
             }
         }
-        crate::init::init_items(ptr.as_ptr(), cache, key, threads);
-        Ok(Self::Own(ptr))
+        let how = crate::init::init_items(ptr.as_ptr(), cache, key, threads);
+        Ok((Self::Own(ptr), how))
     }
 
     /// Maps `key`'s dataset from `share`, building it there first if no
     /// worker of this machine has (the cache is made only then).
-    fn map_shared(flags: Flags, key: &[u8], threads: usize, share: &ShareDir) -> Result<Self, ShareError> {
+    /// How its items were computed is known only where this process built it.
+    fn map_shared(
+        flags: Flags,
+        key: &[u8],
+        threads: usize,
+        share: &ShareDir,
+    ) -> Result<(Self, Option<&'static str>), ShareError> {
         let name = ShareDir::name_of(key)?;
         let size = (dataset_items() * ffi::DATASET_ITEM_SIZE) as usize;
+        let mut how = None;
         let region = share.attach_or_build(&name, size, |memory| {
             let cache = Cache::new(flags, key)?;
             let mut header = ffi::DatasetHeader::new(memory.as_ptr());
-            crate::init::init_items(header.as_dataset(), &cache, key, threads);
+            how = Some(crate::init::init_items(header.as_dataset(), &cache, key, threads));
             Ok(())
         })?;
         let mut header = Box::new(ffi::DatasetHeader::new(region.ptr().as_ptr()));
@@ -209,7 +218,7 @@ impl Dataset {
                 RxError::Input("this RandomX's dataset layout is not the one shared datasets assume".into()).into()
             );
         }
-        Ok(Self::Shared { header, region })
+        Ok((Self::Shared { header, region }, how))
     }
 
     fn ptr(&self) -> *mut ffi::randomx_dataset {
@@ -251,6 +260,8 @@ pub struct Material {
     /// dataset is built (256 MiB back), as RandomX's own tools do.
     cache: Option<Cache>,
     dataset: Option<Dataset>,
+    /// How this process computed the dataset's items, where it did.
+    built_by: Option<&'static str>,
     idle: Mutex<Vec<RawVm>>,
 }
 
@@ -273,11 +284,14 @@ impl Drop for Material {
 impl Material {
     pub fn build(flags: Flags, mode: Mode, key: &[u8], threads: usize) -> Result<Self, RxError> {
         let cache = Cache::new(flags, key)?;
-        let (cache, dataset) = match mode {
-            Mode::Fast => (None, Some(Dataset::new(flags, &cache, key, threads)?)),
-            Mode::Light => (Some(cache), None),
+        let (cache, dataset, built_by) = match mode {
+            Mode::Fast => {
+                let (dataset, how) = Dataset::new(flags, &cache, key, threads)?;
+                (None, Some(dataset), Some(how))
+            }
+            Mode::Light => (Some(cache), None, None),
         };
-        Ok(Self { key: key.to_vec(), flags, mode, cache, dataset, idle: Mutex::new(Vec::new()) })
+        Ok(Self { key: key.to_vec(), flags, mode, cache, dataset, built_by, idle: Mutex::new(Vec::new()) })
     }
 
     pub fn key(&self) -> &[u8] {
@@ -287,8 +301,24 @@ impl Material {
     /// Fast mode with the dataset shared by the workers of this machine
     /// through `share`: mapped if one of them built it, else built there.
     pub fn build_shared(flags: Flags, key: &[u8], threads: usize, share: &ShareDir) -> Result<Self, ShareError> {
-        let dataset = Some(Dataset::map_shared(flags, key, threads, share)?);
-        Ok(Self { key: key.to_vec(), flags, mode: Mode::Fast, cache: None, dataset, idle: Mutex::new(Vec::new()) })
+        let (dataset, built_by) = Dataset::map_shared(flags, key, threads, share)?;
+        let dataset = Some(dataset);
+        Ok(Self {
+            key: key.to_vec(),
+            flags,
+            mode: Mode::Fast,
+            cache: None,
+            dataset,
+            built_by,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// How this process computed the dataset's items (`avx512-jit`,
+    /// `avx2-jit`, an interpreter's vectors, or `randomx` for RandomX's own
+    /// code); None in light mode or for a shared dataset another built.
+    pub fn dataset_built_by(&self) -> Option<&'static str> {
+        self.built_by
     }
 
     /// For a shared dataset: whether this process built it (else it mapped

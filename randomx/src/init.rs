@@ -68,8 +68,13 @@ fn checked(cache: &Cache, items: Items) -> Option<Items> {
 }
 
 /// Initialises every item of `dataset` from `cache` on `threads` threads,
-/// each over its own range of items.
-pub(crate) fn init_items(dataset: *mut ffi::randomx_dataset, cache: &Cache, key: &[u8], threads: usize) {
+/// each over its own range of items; says how (`Items::how`, or `randomx`).
+pub(crate) fn init_items(
+    dataset: *mut ffi::randomx_dataset,
+    cache: &Cache,
+    key: &[u8],
+    threads: usize,
+) -> &'static str {
     let started = Instant::now();
     let items = dataset_items();
     let threads = threads.clamp(1, 256) as u64;
@@ -90,7 +95,7 @@ pub(crate) fn init_items(dataset: *mut ffi::randomx_dataset, cache: &Cache, key:
             }
         });
         tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "dataset initialised by RandomX");
-        return;
+        return "randomx";
     };
     let len = items as usize * superscalar::exec::ITEM;
     // SAFETY: a dataset's memory is `items` items long, and nothing reads or
@@ -108,6 +113,7 @@ pub(crate) fn init_items(dataset: *mut ffi::randomx_dataset, cache: &Cache, key:
         }
     });
     tracing::debug!(took_ms = started.elapsed().as_millis() as u64, how = programs.how(), "dataset initialised");
+    programs.how()
 }
 
 #[cfg(test)]

@@ -131,6 +131,12 @@ mod tests {
     async fn fast_mode_matches_randomx_test_vectors() {
         let hasher = engine(ModeChoice::Fast);
         assert_eq!(hasher.rx.mode(), crate::randomx::Mode::Fast);
+        let material = hasher.rx.material(b"test key 000").expect("a dataset");
+        // Built by Faena's own code (compiled where the CPU allows), checked
+        // against RandomX's first items; the vectors then hash over all of it.
+        let built_by = material.dataset_built_by().expect("built here");
+        let compiled = faena_randomx::superscalar::jit::Isa::detect().map(|isa| isa.name());
+        assert_eq!(built_by, compiled.unwrap_or(faena_randomx::superscalar::vector_width()));
         check_vectors(hasher).await;
     }
 

@@ -273,6 +273,7 @@ impl RandomX {
                             ahead = !announce,
                             shared = shared.is_some(),
                             huge_pages = shared.map(|s| s.huge_pages),
+                            dataset = m.dataset_built_by(),
                             "RandomX key initialised"
                         ),
                     }
