@@ -204,7 +204,13 @@ fn items_avx2(programs: &[Program; 8], compiled: Option<&Compiled>, cache: &[u8]
 pub fn vector_width() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512dq") && std::is_x86_feature_detected!("avx512vl") {
+        // Every feature `items_avx512` is compiled with.
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("bmi2")
+        {
             return "avx512";
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("bmi2") {
