@@ -3,11 +3,13 @@
 //! RandomX's own code computes one item at a time: eight programs, each
 //! about 170 cycles of dependent instructions, and between them a cache
 //! line whose address the program before it chose. A core spends that time
-//! waiting on latencies. Here [`LANES`] items go through each instruction
-//! together, one array of lanes per register: every instruction becomes a
-//! loop over independent lanes that the compiler turns into vector code,
-//! the 64 cache lines a program will mix in are prefetched before it runs,
-//! and a program's instructions are dispatched once for all lanes.
+//! waiting on latencies. Here a block of [`LANES`] items is worked on
+//! together, one array of lanes per register. The compiled programs
+//! ([`super::jit`]) run it in groups of 16 items, and the cache lines a
+//! group mixes in next are prefetched as soon as its program ends, to
+//! arrive while the other groups run. Without them, the interpreter puts
+//! all 64 lanes through each instruction, a loop the compiler turns into
+//! vector code, dispatching each instruction once for the block.
 #![allow(unsafe_code)]
 
 use super::jit::{self, Compiled};
