@@ -51,8 +51,18 @@ fn checked_programs(cache: &Cache, key: &[u8]) -> Option<Items> {
     match std::env::var(INIT_ENV).as_deref() {
         Ok("randomx") => None,
         Ok("interpreted") => checked(cache, Items::interpreted(key)),
-        Ok("avx2") => checked(cache, Items::compiled_for(key, jit::Isa::Avx2)?),
-        _ => checked(cache, Items::new(key)),
+        Ok("avx2") => match Items::compiled_for(key, jit::Isa::Avx2) {
+            Some(items) => checked(cache, items),
+            None => {
+                tracing::warn!("{INIT_ENV}=avx2, but this CPU has no AVX2: the dataset is built by RandomX's code");
+                None
+            }
+        },
+        Ok("") | Err(_) => checked(cache, Items::new(key)),
+        Ok(other) => {
+            tracing::warn!(value = other, "{INIT_ENV} is avx2, interpreted or randomx; building the dataset as usual");
+            checked(cache, Items::new(key))
+        }
     }
 }
 
