@@ -162,7 +162,6 @@ pub(crate) fn dataset_items() -> u64 {
 }
 
 impl Dataset {
-    /// Allocates the dataset and initialises it from `cache` on `threads` threads.
     /// Allocates the dataset and initialises it from `cache` on `threads`
     /// threads; with how its items were computed ([`crate::init::init_items`]).
     fn new(flags: Flags, cache: &Cache, key: &[u8], threads: usize) -> Result<(Self, &'static str), RxError> {

@@ -6,7 +6,7 @@
 use std::ffi::c_ulong;
 use std::time::Instant;
 
-use crate::engine::{Cache, Flags, RxError, dataset_items};
+use crate::engine::{Cache, dataset_items};
 use crate::ffi;
 use crate::superscalar::{self, Items, jit};
 
@@ -25,24 +25,13 @@ unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
 /// The first `count` items of `cache`'s dataset, by RandomX.
-fn randomx_items(cache: &Cache, count: usize) -> Vec<u8> {
+pub(crate) fn randomx_items(cache: &Cache, count: usize) -> Vec<u8> {
     let mut out = vec![0u8; count * superscalar::exec::ITEM];
     let mut header = ffi::DatasetHeader::new(out.as_mut_ptr());
     // SAFETY: RandomX writes items [0, count) at the header's memory, which
     // is `out`, exactly that long; the cache is initialised and read-only.
     unsafe { ffi::randomx_init_dataset(header.as_dataset(), cache.ptr(), 0, count as c_ulong) };
     out
-}
-
-/// The first `count` items of `key`'s dataset by RandomX (for tests and
-/// benchmarks that compare).
-pub fn reference_items(flags: Flags, key: &[u8], count: usize) -> Result<Vec<u8>, RxError> {
-    Ok(randomx_items(&Cache::new(flags, key)?, count))
-}
-
-/// Calls `f` with the memory of `key`'s cache.
-pub fn with_cache<T>(flags: Flags, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> Result<T, RxError> {
-    Ok(f(Cache::new(flags, key)?.memory()))
 }
 
 /// `key`'s programs as `FAENA_RANDOMX_DATASET_INIT` asks, if the items
@@ -129,6 +118,7 @@ pub(crate) fn init_items(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Flags;
 
     #[test]
     fn programs_that_give_other_items_than_randomx_are_refused() {

@@ -6,12 +6,12 @@
 //! It calls RandomX's C API directly (see [`ffi`]): `randomx-rs` compiles
 //! and links the library but keeps its bindings private and initialises a
 //! dataset on one thread only. The dataset's items are computed here
-//! ([`superscalar`], from the RandomX specification, compiled to AVX-512
-//! where the CPU has it), after their first items proved equal to RandomX's.
+//! ([`superscalar`], from the RandomX specification, compiled to AVX-512 or
+//! AVX2 where the CPU has it), after their first items proved equal to RandomX's.
 
 pub mod engine;
 mod ffi;
-pub mod init;
+mod init;
 pub mod mine;
 mod progress;
 pub mod share;

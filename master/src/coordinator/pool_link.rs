@@ -10,8 +10,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::Coordinator;
-use crate::engine::NewJob;
-use crate::engine::Submitter;
+use crate::engine::{NewJob, Submitter};
 use crate::pool::{JobEngine, NotStarted};
 
 impl JobEngine for Coordinator {

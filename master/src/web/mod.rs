@@ -33,8 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::coordinator::Coordinator;
-use crate::engine::NewJob;
-use crate::engine::Submitter;
+use crate::engine::{NewJob, Submitter};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use faena_common::bucket::TokenBucket;

@@ -1,11 +1,12 @@
 //! RandomX's dataset built here, from the specification: a key's eight
-//! SuperscalarHash programs ([`program`]) run over many items at once
-//! ([`exec`]). RandomX's own library still fills the cache (Argon2d) and
-//! runs every hash; only the dataset items, 34 million of them, are
-//! computed here, several times faster than one at a time.
+//! SuperscalarHash programs ([`program`]), compiled ([`jit`]) or not, run
+//! over many items at once ([`exec`]). RandomX's own library still fills
+//! the cache (Argon2d) and runs every hash; only the dataset items, 34
+//! million of them, are computed here, several times faster than one at a
+//! time.
 //!
 //! The engine checks the first items against RandomX's own before it uses
-//! the rest (see `engine::init_items`), so a dataset is never built from a
+//! the rest (see `init::checked`), so a dataset is never built from a
 //! program that differs from the library's.
 
 pub mod exec;

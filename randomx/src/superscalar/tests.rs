@@ -3,25 +3,21 @@
 #![allow(unsafe_code)]
 
 use super::program::{self, BlakeGenerator, Op};
-use crate::engine::Flags;
+use crate::engine::{Cache, Flags};
 
 /// The first `count` items of `key`'s dataset by RandomX, by the compiled
 /// programs (where this CPU runs them) and by the interpreter.
 fn computed(key: &[u8], count: usize) -> Vec<(&'static str, Vec<u8>)> {
-    let flags = Flags::detect().with_large_pages(false);
-    let reference = crate::init::reference_items(flags, key, count).expect("RandomX's items");
-    let mut all = vec![("RandomX", reference)];
-    crate::init::with_cache(flags, key, |cache| {
-        let compiled = [super::jit::Isa::Avx512, super::jit::Isa::Avx2]
-            .into_iter()
-            .filter_map(|isa| super::Items::compiled_for(key, isa));
-        for items in compiled.chain([super::Items::interpreted(key)]) {
-            let mut out = vec![0u8; count * super::exec::ITEM];
-            items.compute(cache, 0, &mut out);
-            all.push((items.how(), out));
-        }
-    })
-    .expect("a cache");
+    let cache = Cache::new(Flags::detect().with_large_pages(false), key).expect("a cache");
+    let mut all = vec![("RandomX", crate::init::randomx_items(&cache, count))];
+    let compiled = [super::jit::Isa::Avx512, super::jit::Isa::Avx2]
+        .into_iter()
+        .filter_map(|isa| super::Items::compiled_for(key, isa));
+    for items in compiled.chain([super::Items::interpreted(key)]) {
+        let mut out = vec![0u8; count * super::exec::ITEM];
+        items.compute(cache.memory(), 0, &mut out);
+        all.push((items.how(), out));
+    }
     all
 }
 
