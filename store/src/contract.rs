@@ -40,10 +40,8 @@ pub struct RestoredJob {
     pub ended_parents: Vec<(JobId, Outcome)>,
 }
 
-/// The states a job is not finished in, as SQL's `IN` list.
-pub(crate) const UNFINISHED: &str = "('queued', 'running', 'scheduled', 'waiting')";
-
-/// The same as a condition, for SQLite: an `IN` list of more than two
+/// The states a job is not finished in, as a condition for SQLite (on
+/// PostgreSQL, `listed_state = 'open'`): an `IN` list of more than two
 /// values makes SQLite build a temporary table each time it checks it,
 /// and as a partial index's predicate that is on every update of a job
 /// (it halved batch dispatch); `OR`s are checked in place. The index and

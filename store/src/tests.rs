@@ -136,6 +136,63 @@ async fn since_holds_when_the_clock_steps_back(backend: &Backend) {
     assert_eq!(listed(0).await, vec![ids[2], ids[1], ids[0]]);
 }
 
+on_both!(lists_by_state_and_worker_across_open_and_ended_jobs);
+/// The listing's state and worker filters, alone and together, over jobs
+/// queued, running and ended (PostgreSQL reads unfinished states and a
+/// worker's running jobs among the open ones, migration 8), and a
+/// worker's jobs paged across both.
+async fn lists_by_state_and_worker_across_open_and_ended_jobs(backend: &Backend) {
+    let store = backend.open().await;
+    let [queued, run1, done1, failed2, run2]: [JobId; 5] = std::array::from_fn(|_| JobId::new());
+    for (seq, id) in [queued, run1, done1, failed2, run2].into_iter().enumerate() {
+        noop(&store, id, seq as u64);
+    }
+    let token = || FencingToken::parse("tok").expect("token");
+    for (id, worker) in [(run1, "w1"), (done1, "w1"), (failed2, "w2"), (run2, "w2")] {
+        store.write(StoreOp::Dispatched { id, attempt: 1, worker: worker.into(), token: token(), at_ms: 2000 });
+    }
+    let end = |id, state, worker: &str| StoreOp::Finished {
+        id,
+        state,
+        attempts: 1,
+        worker: Some(worker.into()),
+        result: None,
+        error: None,
+        at_ms: 3000,
+        release_key: None,
+    };
+    store.write(end(done1, JobState::Succeeded, "w1"));
+    store.write(end(failed2, JobState::Failed, "w2"));
+    wait_commit(&store).await;
+    let listed = |state: Option<JobState>, worker: Option<&str>| {
+        let (store, worker) = (store.clone(), worker.map(str::to_owned));
+        async move {
+            let filter = JobFilter { state, worker, limit: 10, ..Default::default() };
+            store.list(&filter).await.expect("lists").jobs.into_iter().map(|j| j.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(Some(JobState::Queued), None).await, vec![queued]);
+    assert_eq!(listed(Some(JobState::Running), None).await, vec![run2, run1]);
+    assert_eq!(listed(Some(JobState::Succeeded), None).await, vec![done1]);
+    assert_eq!(listed(Some(JobState::Failed), None).await, vec![failed2]);
+    assert_eq!(listed(None, Some("w1")).await, vec![done1, run1]);
+    assert_eq!(listed(None, Some("w2")).await, vec![run2, failed2]);
+    assert_eq!(listed(Some(JobState::Running), Some("w1")).await, vec![run1]);
+    assert_eq!(listed(Some(JobState::Failed), Some("w2")).await, vec![failed2]);
+    assert_eq!(listed(Some(JobState::Queued), Some("w1")).await, Vec::<JobId>::new());
+    // A worker's jobs a page at a time, the ended and the running interleaved.
+    let mut filter = JobFilter { worker: Some("w2".into()), limit: 1, ..Default::default() };
+    let first = store.list(&filter).await.expect("lists");
+    filter.before = first.next;
+    let second = store.list(&filter).await.expect("lists");
+    assert_eq!((first.jobs[0].id, second.jobs[0].id, second.next), (run2, failed2, None));
+    // Ended since: listed by its final state, and no longer as running.
+    store.write(end(run1, JobState::Succeeded, "w1"));
+    wait_commit(&store).await;
+    assert_eq!(listed(Some(JobState::Running), None).await, vec![run2]);
+    assert_eq!(listed(Some(JobState::Succeeded), Some("w1")).await, vec![done1, run1]);
+}
+
 pub(crate) fn noop(store: &Store, id: JobId, seq: u64) {
     store.write(insert(id, seq, None));
 }
@@ -164,7 +221,7 @@ async fn postgres_migrates_once_under_a_lock_and_refuses_a_newer_schema() {
     let url = pg.url();
     let (a, b) = tokio::join!(Store::connect(&url, Retention::OFF), Store::connect(&url, Retention::OFF));
     let (a, _b) = (a.expect("first"), b.expect("second"));
-    assert_eq!(pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"), "1,2,3,4,5,6,7");
+    assert_eq!(pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"), "1,2,3,4,5,6,7,8");
     let id = JobId::new();
     noop(&a, id, 0);
     wait_commit(&a).await;

@@ -1,52 +1,79 @@
 //! Listing jobs for `GET /api/jobs` from PostgreSQL: the same pages as
 //! SQLite's (newest first, keyed on the row id), each filter on an index
 //! of (value, row id), so a page is read newest first off it.
+//!
+//! The indexes key on the columns the server derives (migration 8): an
+//! ended job by its state (`listed_state`) and worker (`listed_worker`),
+//! every unfinished job under `listed_state = 'open'`. An unfinished state
+//! is found among the open jobs; a worker's jobs are its ended ones and
+//! the open ones it holds, two ranges read newest first and merged.
 
 use deadpool_postgres::Pool;
+use faena_proto::jobs::JobState;
 use tokio_postgres::types::ToSql;
 
 use super::{VIEW_COLUMNS, view};
 use crate::{JobFilter, MAX_PAGE, Page, StoreError};
 
+type Args = Vec<Box<dyn ToSql + Sync + Send>>;
+
+/// Adds `v` to the statement's parameters; its placeholder.
+fn arg(args: &mut Args, v: Box<dyn ToSql + Sync + Send>) -> String {
+    args.push(v);
+    format!("${}", args.len())
+}
+
 pub(crate) async fn list(pool: &Pool, f: &JobFilter) -> Result<Page, StoreError> {
-    let mut sql = format!("SELECT row_id, id, {VIEW_COLUMNS} FROM jobs WHERE ");
-    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-    let arg = |args: &mut Vec<Box<dyn ToSql + Sync + Send>>, v: Box<dyn ToSql + Sync + Send>| {
-        args.push(v);
-        format!("${}", args.len())
+    let mut args = Args::new();
+    let mut common = match f.parent {
+        Some(p) => format!("parent = {}", arg(&mut args, Box::new(p.0))),
+        None => "parent IS NULL".to_owned(),
     };
-    match f.parent {
-        Some(p) => sql.push_str(&format!("parent = {}", arg(&mut args, Box::new(p.0)))),
-        None => sql.push_str("parent IS NULL"),
-    }
-    if let Some(s) = f.state {
-        sql.push_str(&format!(" AND state = {}", arg(&mut args, Box::new(s.as_str()))));
-    }
     if let Some(k) = f.kind {
-        sql.push_str(&format!(" AND kind = {}", arg(&mut args, Box::new(k.as_str()))));
-    }
-    if let Some(w) = &f.worker {
-        sql.push_str(&format!(" AND worker = {}", arg(&mut args, Box::new(w.clone()))));
+        common.push_str(&format!(" AND kind = {}", arg(&mut args, Box::new(k.as_str()))));
     }
     if let Some(p) = f.priority {
-        sql.push_str(&format!(" AND priority = {}", arg(&mut args, Box::new(p.as_str()))));
+        common.push_str(&format!(" AND priority = {}", arg(&mut args, Box::new(p.as_str()))));
     }
     if let Some(s) = &f.schedule {
-        sql.push_str(&format!(" AND schedule = {}", arg(&mut args, Box::new(s.clone()))));
+        common.push_str(&format!(" AND schedule = {}", arg(&mut args, Box::new(s.clone()))));
     }
     if let Some(since) = f.since_ms {
         let n = arg(&mut args, Box::new(i64::try_from(since).unwrap_or(i64::MAX)));
         // Jobs are stored in `created_at` order: nothing before the first
         // job of the window can match, so the walk stops there.
-        sql.push_str(&format!(
+        common.push_str(&format!(
             " AND created_at >= {n} AND row_id >= (SELECT row_id FROM jobs WHERE created_at >= {n} ORDER BY created_at, row_id LIMIT 1)"
         ));
     }
     if let Some(before) = f.before {
-        sql.push_str(&format!(" AND row_id < {}", arg(&mut args, Box::new(before))));
+        common.push_str(&format!(" AND row_id < {}", arg(&mut args, Box::new(before))));
+    }
+    if let Some(s) = f.state {
+        let state = arg(&mut args, Box::new(s.as_str()));
+        common.push_str(&match s.is_final() {
+            true => format!(" AND listed_state = {state}"),
+            false => format!(" AND listed_state = 'open' AND state = {state}"),
+        });
     }
     let limit = f.limit.clamp(1, MAX_PAGE);
-    sql.push_str(&format!(" ORDER BY row_id DESC LIMIT {}", arg(&mut args, Box::new(limit as i64 + 1))));
+    let n = arg(&mut args, Box::new(limit as i64 + 1));
+    let select = |filter: &str| {
+        format!("SELECT row_id, id, {VIEW_COLUMNS} FROM jobs WHERE {filter} ORDER BY row_id DESC LIMIT {n}")
+    };
+    let sql = match &f.worker {
+        None => select(&common),
+        Some(w) => {
+            let w = arg(&mut args, Box::new(w.clone()));
+            let ended = select(&format!("{common} AND listed_worker = {w}"));
+            let held = select(&format!("{common} AND listed_state = 'open' AND worker = {w}"));
+            match f.state.map(JobState::is_final) {
+                Some(true) => ended,
+                Some(false) => held,
+                None => format!("SELECT * FROM (({ended}) UNION ALL ({held})) AS j ORDER BY row_id DESC LIMIT {n}"),
+            }
+        }
+    };
 
     let c = pool.get().await.map_err(|e| StoreError::Pool(e.to_string()))?;
     let stmt = c.prepare_cached(&sql).await?;

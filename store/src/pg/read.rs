@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use faena_proto::jobs::JobState;
 
 use super::{VIEW_COLUMNS, VIEW_WIDTH, view};
-use crate::contract::{Firing, HeldKey, NamedKind, Outcome, UNFINISHED};
+use crate::contract::{Firing, HeldKey, NamedKind, Outcome};
 use crate::{RestoredJob, StoreError, Transition};
 
 async fn client(pool: &Pool) -> Result<deadpool_postgres::Client, StoreError> {
@@ -24,12 +24,11 @@ pub(crate) async fn load_unfinished(pool: &Pool) -> Result<Vec<RestoredJob>, Sto
     let c = client(pool).await?;
     let rows = c
         .query(
-            &format!(
-                "SELECT id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of, opts, run_at
-                 FROM jobs WHERE state IN {UNFINISHED}
-                    OR (state = 'succeeded' AND parent IN (SELECT id FROM jobs WHERE parent IS NULL AND state IN ('queued', 'running')))
-                 ORDER BY seq"
-            ),
+            "SELECT id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of, opts, run_at
+                 FROM jobs WHERE listed_state = 'open'
+                    OR (state = 'succeeded' AND parent IN
+                        (SELECT id FROM jobs WHERE parent IS NULL AND listed_state = 'open' AND state IN ('queued', 'running')))
+                 ORDER BY seq",
             &[],
         )
         .await?;

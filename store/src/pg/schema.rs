@@ -173,6 +173,33 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         job UUID
     );",
     ),
+    (
+        8,
+        "dispatch rewrites no index: the listing's state and worker are derived columns, the open states as one",
+        // A job's row is written three times: stored, dispatched, ended.
+        // The dispatch changed `state` and `worker`, both indexed, so its
+        // new row version went into every index (a third of the writer's
+        // backend time, `perf` in BENCHMARKS.md). The indexes now key on
+        // columns the server derives: `listed_state` is 'open' for every
+        // unfinished state and the state itself once the job ended;
+        // `listed_worker` is the worker once it ended. The dispatch (and a
+        // requeue) changes neither, so it is a heap-only update when the
+        // page has room: fillfactor 50 leaves it. The listing reads an
+        // unfinished state or a running job's worker among the open jobs
+        // (`list.rs`). The history's serial key had no reader: a job's
+        // history is read and deleted by (job_id, n).
+        "ALTER TABLE jobs SET (fillfactor = 50),
+        ADD COLUMN listed_state TEXT GENERATED ALWAYS AS
+            (CASE WHEN state IN ('queued', 'running', 'scheduled', 'waiting') THEN 'open' ELSE state END) STORED,
+        ADD COLUMN listed_worker TEXT GENERATED ALWAYS AS
+            (CASE WHEN state IN ('queued', 'running', 'scheduled', 'waiting') THEN NULL ELSE worker END) STORED;
+    DROP INDEX jobs_unfinished, jobs_state, jobs_worker, jobs_kind_state;
+    CREATE INDEX jobs_unfinished ON jobs (seq) WHERE listed_state = 'open';
+    CREATE INDEX jobs_state ON jobs (listed_state, row_id) WHERE parent IS NULL;
+    CREATE INDEX jobs_worker ON jobs (listed_worker, row_id) WHERE listed_worker IS NOT NULL AND parent IS NULL;
+    CREATE INDEX jobs_kind_state ON jobs (kind, listed_state, row_id) WHERE parent IS NULL;
+    ALTER TABLE transitions DROP CONSTRAINT transitions_pkey;",
+    ),
 ];
 
 /// The newest schema version this build knows: the last migration's.
