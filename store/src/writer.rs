@@ -52,6 +52,8 @@ pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc
     let mut group = Group::default();
     let mut backoff = Policy::DELIVERY.start();
     let mut failed_at: Option<Instant> = None;
+    // The epoch the last group written was refused for, until one commits.
+    let mut refused: Option<i64> = None;
     loop {
         if group.is_empty() {
             match rx.recv() {
@@ -70,8 +72,22 @@ pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc
                 }
             }
         }
+        if group.ops.is_empty() && group.prunes.is_empty() {
+            // Callbacks only (an event, a reply after earlier writes):
+            // every change ahead of them is stored, the writer being one
+            // chain, so they are answered without the backend, where an
+            // empty transaction still cost PostgreSQL a transaction id and
+            // a WAL flush. After a refusal they hear it, as they would
+            // have from the backend.
+            let answer = refused.map(|epoch| CommitFailed(Arc::new(StoreError::Fenced { epoch })));
+            for cb in group.callbacks.drain(..) {
+                cb(answer.clone().map_or(Ok(()), Err));
+            }
+            continue;
+        }
         match backend.apply(&group.ops, group.prunes.len()) {
             Ok(pruned) => {
+                refused = None;
                 if let Some(since) = failed_at.take() {
                     healthy.store(true, Ordering::Relaxed);
                     tracing::info!(
@@ -93,6 +109,7 @@ pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc
                 // Another master leads: what this one decided is not the
                 // store's any more. Refused whole, told to whoever waits;
                 // never retried.
+                refused = Some(epoch);
                 tracing::warn!(
                     epoch,
                     changes = group.ops.len(),
@@ -168,6 +185,55 @@ mod tests {
         run(Groups(sizes.clone()), rx, Arc::new(AtomicBool::new(true)));
         assert_eq!(done_rx.recv(), Ok(true));
         assert_eq!(*sizes.lock().expect("lock"), vec![MAX_GROUP + 5]);
+    }
+
+    /// Answers each group as told, in turn, and counts the groups it saw.
+    struct Scripted {
+        answers: std::collections::VecDeque<Result<(), StoreError>>,
+        seen: Arc<std::sync::Mutex<usize>>,
+    }
+
+    impl Apply for Scripted {
+        fn apply(&mut self, _: &[StoreOp], _: usize) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
+            *self.seen.lock().expect("lock") += 1;
+            self.answers.pop_front().unwrap_or(Ok(())).map(|()| Vec::new())
+        }
+    }
+
+    /// Callbacks with no change ahead of them in their group are answered
+    /// without the backend: Ok, or the refusal of the last group written
+    /// until a group commits again.
+    #[test]
+    fn a_group_of_callbacks_only_skips_the_backend_and_repeats_a_refusal() {
+        let seen = Arc::new(std::sync::Mutex::new(0));
+        let answers = [Ok(()), Err(StoreError::Fenced { epoch: 7 }), Ok(())].into();
+        let backend = Scripted { answers, seen: seen.clone() };
+        let (tx, rx) = mpsc::channel();
+        let writer = std::thread::spawn(move || run(backend, rx, Arc::new(AtomicBool::new(true))));
+        let (done_tx, done_rx) = mpsc::channel();
+        let step = |write: bool| {
+            let mut batch = crate::Batch::default();
+            if write {
+                batch.write(op());
+            }
+            let done_tx = done_tx.clone();
+            batch.after_commit(move |r| done_tx.send(r.err().map(|e| e.0.to_string())).expect("send"));
+            tx.send(Cmd::Many(std::mem::take(&mut batch.cmds))).expect("send");
+            let answer = done_rx.recv().expect("answered");
+            (answer, *seen.lock().expect("lock"))
+        };
+        assert_eq!(step(false), (None, 0), "nothing written: the backend is not asked");
+        assert_eq!(step(true), (None, 1));
+        assert_eq!(step(false), (None, 1));
+        let (refusal, groups) = step(true);
+        assert!(refusal.as_deref().is_some_and(|e| e.contains("epoch than this master's 7")), "{refusal:?}");
+        assert_eq!(groups, 2);
+        let (repeated, groups) = step(false);
+        assert_eq!((repeated, groups), (refusal, 2), "callbacks after a refusal hear it");
+        assert_eq!(step(true), (None, 3));
+        assert_eq!(step(false), (None, 3), "a commit ends the refusal");
+        drop(tx);
+        writer.join().expect("the writer ends");
     }
 
     /// A batch that never reaches the writer tells whoever waits on it.
