@@ -49,11 +49,12 @@ pub(crate) async fn open_store(
     config.connect_timeout(CONNECT_TIMEOUT);
     config.keepalives_idle(Duration::from_secs(10));
     // Notices ("already exists, skipping") are not news for the log.
-    // Custom plans only: the writer's statements are prepared once per
-    // connection, and a generic plan made while `jobs` was small (a seq
-    // scan) stayed cached as it grew, until autovacuum's next ANALYZE —
-    // 4 ms per finish on a store 40,000 jobs deep. Planning each group
-    // anew costs tens of microseconds and sees the table as it is.
+    // Custom plans for the readers: their statements are prepared once
+    // per connection, and a generic plan made while `jobs` was small (a
+    // seq scan) stayed cached as it grew, until autovacuum's next ANALYZE
+    // (it cost the writer 4 ms per finish on a store 40,000 jobs deep).
+    // Planning anew costs tens of microseconds and sees the table as it
+    // is. The writer plans its own way (`write::WRITER_PLANS`).
     // The URL's own `options` come last and win (`?options=-c%20statement_timeout%3D5000`).
     let theirs = config.get_options().map(|o| format!(" {o}")).unwrap_or_default();
     config.options(format!(

@@ -109,6 +109,18 @@ async fn fence(client: &Client, stmt: &Statement, epoch: i64) -> Result<(), Stor
     }
 }
 
+/// How the writer's statements are planned. They reach jobs by key only.
+/// Planned anew for each group (the readers' `force_custom_plan`), the
+/// update of 150 or more jobs was planned as a hash join over the whole
+/// table while the table was young: 7.5-13 ms a group, against 2-3 ms by
+/// the primary key; and planning the three statements of a small group
+/// cost its commit about 0.2 ms. So joins are nested loops over indexes
+/// and each statement is planned once per connection: with sequential
+/// scans off, that plan reads an index even when made while `jobs` was
+/// empty (a generic plan made then used to scan the table for good).
+pub(crate) const WRITER_PLANS: &str = "SET enable_hashjoin = off; SET enable_mergejoin = off; \
+    SET enable_seqscan = off; SET plan_cache_mode = auto";
+
 /// Jobs deleted per step of retention.
 const PRUNE_BATCH: i64 = 1_000;
 
@@ -282,12 +294,7 @@ async fn connect(config: &Config, tls: &MakeRustlsConnect) -> Result<Conn, Store
             tracing::warn!(error = %e, "the store's write connection closed");
         }
     });
-    // The writer reaches jobs by their key only. Planned anew for each
-    // group, the update of a group of 150 or more jobs (folded from
-    // UNNEST) was planned as a hash join over the whole table while the
-    // table was young: 7.5-13 ms a group, against 2-3 ms for one of 100
-    // by the primary key. Joins by key, always.
-    client.batch_execute("SET enable_hashjoin = off; SET enable_mergejoin = off").await?;
+    client.batch_execute(WRITER_PLANS).await?;
     Ok(Conn {
         insert: client.prepare(INSERT).await?,
         update: client.prepare(UPDATE).await?,

@@ -65,3 +65,20 @@ fn a_group_whose_commit_went_unanswered_is_neither_lost_nor_stored_twice() {
     w.apply(&[insert(third, 2, None)], 0).expect("commits");
     assert_eq!(count(third), "1");
 }
+
+/// The writer's plans, made once per connection, read `jobs` by its key
+/// even when made while the table is empty: a generic plan made then
+/// (a sequential scan) once stayed cached as the table grew.
+#[test]
+fn the_writers_update_reads_jobs_by_key_even_planned_on_an_empty_table() {
+    let pg = crate::harness::Postgres::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(Store::connect(&pg.url(), Retention::OFF)).expect("migrates");
+    let nulls = vec!["NULL"; 13].join(", ");
+    let plan = pg.sql(&format!(
+        "{}; PREPARE u AS {}; SET plan_cache_mode = force_generic_plan; EXPLAIN EXECUTE u({nulls})",
+        super::WRITER_PLANS,
+        super::UPDATE
+    ));
+    assert!(plan.contains("jobs_pkey") && !plan.contains("Seq Scan on jobs"), "{plan}");
+}
