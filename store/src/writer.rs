@@ -153,13 +153,23 @@ mod tests {
     use faena_proto::ids::JobId;
     use faena_proto::jobs::{JobState, Priority};
 
-    /// Counts the groups it is given and their sizes.
-    struct Groups(Arc<std::sync::Mutex<Vec<usize>>>);
+    /// Records the size of each group it is given, and answers each as
+    /// told, in turn (committed once told nothing).
+    struct Groups {
+        sizes: Arc<std::sync::Mutex<Vec<usize>>>,
+        answers: std::collections::VecDeque<Result<(), StoreError>>,
+    }
+
+    impl Groups {
+        fn new(sizes: &Arc<std::sync::Mutex<Vec<usize>>>) -> Self {
+            Self { sizes: sizes.clone(), answers: Default::default() }
+        }
+    }
 
     impl Apply for Groups {
         fn apply(&mut self, ops: &[StoreOp], prunes: usize) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
-            self.0.lock().expect("lock").push(ops.len());
-            Ok((0..prunes).map(|_| Ok(0)).collect())
+            self.sizes.lock().expect("lock").push(ops.len());
+            self.answers.pop_front().unwrap_or(Ok(())).map(|()| (0..prunes).map(|_| Ok(0)).collect())
         }
     }
 
@@ -182,22 +192,9 @@ mod tests {
         batch.after_commit(move |r| done_tx.send(r.is_ok()).expect("send"));
         tx.send(Cmd::Many(std::mem::take(&mut batch.cmds))).expect("send");
         drop(tx);
-        run(Groups(sizes.clone()), rx, Arc::new(AtomicBool::new(true)));
+        run(Groups::new(&sizes), rx, Arc::new(AtomicBool::new(true)));
         assert_eq!(done_rx.recv(), Ok(true));
         assert_eq!(*sizes.lock().expect("lock"), vec![MAX_GROUP + 5]);
-    }
-
-    /// Answers each group as told, in turn, and counts the groups it saw.
-    struct Scripted {
-        answers: std::collections::VecDeque<Result<(), StoreError>>,
-        seen: Arc<std::sync::Mutex<usize>>,
-    }
-
-    impl Apply for Scripted {
-        fn apply(&mut self, _: &[StoreOp], _: usize) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
-            *self.seen.lock().expect("lock") += 1;
-            self.answers.pop_front().unwrap_or(Ok(())).map(|()| Vec::new())
-        }
     }
 
     /// Callbacks with no change ahead of them in their group are answered
@@ -205,9 +202,9 @@ mod tests {
     /// until a group commits again.
     #[test]
     fn a_group_of_callbacks_only_skips_the_backend_and_repeats_a_refusal() {
-        let seen = Arc::new(std::sync::Mutex::new(0));
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let answers = [Ok(()), Err(StoreError::Fenced { epoch: 7 }), Ok(())].into();
-        let backend = Scripted { answers, seen: seen.clone() };
+        let backend = Groups { answers, ..Groups::new(&sizes) };
         let (tx, rx) = mpsc::channel();
         let writer = std::thread::spawn(move || run(backend, rx, Arc::new(AtomicBool::new(true))));
         let (done_tx, done_rx) = mpsc::channel();
@@ -220,7 +217,7 @@ mod tests {
             batch.after_commit(move |r| done_tx.send(r.err().map(|e| e.0.to_string())).expect("send"));
             tx.send(Cmd::Many(std::mem::take(&mut batch.cmds))).expect("send");
             let answer = done_rx.recv().expect("answered");
-            (answer, *seen.lock().expect("lock"))
+            (answer, sizes.lock().expect("lock").len())
         };
         assert_eq!(step(false), (None, 0), "nothing written: the backend is not asked");
         assert_eq!(step(true), (None, 1));

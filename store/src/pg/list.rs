@@ -65,12 +65,17 @@ pub(crate) async fn list(pool: &Pool, f: &JobFilter) -> Result<Page, StoreError>
         None => select(&common),
         Some(w) => {
             let w = arg(&mut args, Box::new(w.clone()));
-            let ended = select(&format!("{common} AND listed_worker = {w}"));
-            let held = select(&format!("{common} AND listed_state = 'open' AND worker = {w}"));
+            let ended = || select(&format!("{common} AND listed_worker = {w}"));
+            let held = |open: &str| select(&format!("{common}{open} AND worker = {w}"));
             match f.state.map(JobState::is_final) {
-                Some(true) => ended,
-                Some(false) => held,
-                None => format!("SELECT * FROM (({ended}) UNION ALL ({held})) AS j ORDER BY row_id DESC LIMIT {n}"),
+                Some(true) => ended(),
+                // `common` keeps to the open jobs already.
+                Some(false) => held(""),
+                None => format!(
+                    "SELECT * FROM (({}) UNION ALL ({})) AS j ORDER BY row_id DESC LIMIT {n}",
+                    ended(),
+                    held(" AND listed_state = 'open'")
+                ),
             }
         }
     };
