@@ -100,11 +100,6 @@ impl Engine {
         }
         let order = deps::in_order(&graph).map_err(SubmitError::Cycle)?;
 
-        let mut out: Vec<Option<Accepted>> = vec![None; jobs.len()];
-        for (i, holder) in &holders {
-            let state = self.state_of(holder).or_else(|| self.recent.get(holder).map(|f| f.state));
-            out[*i] = Some(Accepted { id: *holder, position: 0, state, duplicate: true });
-        }
         let mut jobs: Vec<Option<NewJob>> = jobs.into_iter().map(Some).collect();
         let mut made = Vec::with_capacity(order.len());
         for g in order {
@@ -125,11 +120,18 @@ impl Engine {
             }
         }
         self.settle(now);
-        for (i, id, _) in made {
-            let state = self.state_of(&id).or_else(|| self.recent.get(&id).map(|f| f.state));
-            out[i] = Some(Accepted { id, position: self.queue.position(&id).unwrap_or(0), state, duplicate: false });
-        }
+        // Dispatched before the answer is made: a job that a free slot took
+        // answers `running`, committed with its dispatch in one group.
         self.schedule(now);
+        let state_of = |id: &JobId| self.state_of(id).or_else(|| self.recent.get(id).map(|f| f.state));
+        let mut out: Vec<Option<Accepted>> = vec![None; jobs.len()];
+        for (i, holder) in &holders {
+            out[*i] = Some(Accepted { id: *holder, position: 0, state: state_of(holder), duplicate: true });
+        }
+        for (i, id, _) in made {
+            let position = self.queue.position(&id).unwrap_or(0);
+            out[i] = Some(Accepted { id, position, state: state_of(&id), duplicate: false });
+        }
         Ok(out.into_iter().flatten().collect())
     }
 

@@ -101,6 +101,17 @@ fn jobs_wait_for_free_slots_in_priority_order() {
 }
 
 #[test]
+fn a_submit_answers_the_state_its_dispatch_left() {
+    let mut h = Harness::new(100);
+    h.add_worker("w1", 1);
+    let jobs = (0..2).map(|_| NewJob::new(JobId::new(), JobSpec::Noop(Default::default()), Priority::Normal));
+    let out = h.engine.submit(h.now, jobs.collect()).expect("accepted");
+    let answered: Vec<_> = out.iter().map(|a| (a.state, a.position)).collect();
+    assert_eq!(answered, [(Some(JobState::Running), 0), (Some(JobState::Queued), 0)], "one slot: the first runs");
+    assert_eq!(h.dispatches().len(), 1, "its dispatch is in the same effects, committed before the answer");
+}
+
+#[test]
 fn queue_capacity_is_enforced_all_or_nothing() {
     let mut h = Harness::new(2);
     h.submit(Priority::Normal);
