@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use faena_store::{Firing, NamedKind};
+use faena_store_contract::{Firing, NamedKind};
 
 use super::schedules::{
     CatchUp, Compiled, MAX_CATCH_UP, MAX_SCHEDULES, ON_TIME, Overlap, Schedule, ScheduleSpec, ScheduleView,

@@ -142,8 +142,10 @@ impl Engine {
         }));
         self.effects.push(Effect::Notify { job: id, event: JobEvent::Requeued { reason, continues: false } });
         if let Some(at) = run_at_ms {
-            self.effects
-                .push(Effect::Notify { job: id, event: JobEvent::Scheduled { run_at: faena_store::rfc3339(at) } });
+            self.effects.push(Effect::Notify {
+                job: id,
+                event: JobEvent::Scheduled { run_at: faena_store_contract::rfc3339(at) },
+            });
         }
     }
 

@@ -162,7 +162,7 @@ impl Engine {
             at_ms: now.wall_ms,
         }));
         let event = match run_at_ms {
-            Some(t) => JobEvent::Scheduled { run_at: faena_store::rfc3339(t) },
+            Some(t) => JobEvent::Scheduled { run_at: faena_store_contract::rfc3339(t) },
             None => JobEvent::Queued { position: self.queue.position(&id).unwrap_or(0) },
         };
         self.effects.push(Effect::Notify { job: id, event });

@@ -7,7 +7,7 @@ use std::time::Duration;
 use faena_proto::ids::{JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobState, Priority};
 
-use faena_store::NamedKind;
+use faena_store_contract::NamedKind;
 
 use super::groups::{GroupView, GroupsFull, Limits};
 use super::{ActiveView, Effect, Engine, KindLoad, Load, Now, StoreOp, Unmovable};

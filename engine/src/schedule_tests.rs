@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use faena_proto::jobs::{JobKind, JobState};
-use faena_store::Firing;
+use faena_store_contract::Firing;
 use serde_json::{Value, json};
 
 use super::schedules::{CatchUp, Overlap, ScheduleSpec, ScheduledJob};
@@ -53,7 +53,7 @@ fn made(effects: &[Effect]) -> Vec<(JobId, u64)> {
 fn a_schedule_fires_on_time_once_and_skips_while_its_job_runs() {
     let mut h = harness();
     let view = h.engine.put_schedule(h.now, "tick", every_minute(Overlap::Skip, CatchUp::One)).expect("valid");
-    assert_eq!(view.next_run_at, Some(faena_store::rfc3339(h.now.wall_ms + MINUTE)));
+    assert_eq!(view.next_run_at, Some(faena_store_contract::rfc3339(h.now.wall_ms + MINUTE)));
     assert_eq!(h.engine.next_wake(), Some(h.now.mono + Duration::from_millis(MINUTE)));
     h.engine.take_effects();
     h.advance(Duration::from_millis(MINUTE));
@@ -109,7 +109,7 @@ fn missed_firings_follow_catch_up_after_a_restart() {
         h.engine.wake(h.now);
         let effects = h.engine.take_effects();
         assert_eq!(made(&effects).len(), want, "{catch_up:?}");
-        assert_eq!(h.engine.schedule_view("s").map(|v| v.last_fired_at), Some(faena_store::rfc3339(hour)));
+        assert_eq!(h.engine.schedule_view("s").map(|v| v.last_fired_at), Some(faena_store_contract::rfc3339(hour)));
         assert_eq!(h.engine.next_wake(), Some(h.now.mono + Duration::from_millis(50 * MINUTE)));
         if want == 0 {
             assert!(effects.iter().any(|e| matches!(e, Effect::Store(StoreOp::Fired { .. }))), "let go, and recorded");

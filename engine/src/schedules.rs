@@ -223,8 +223,8 @@ impl Schedules {
         Some(ScheduleView {
             name: name.to_owned(),
             spec: s.compiled.spec.clone(),
-            next_run_at: s.next_ms.map(faena_store::rfc3339),
-            last_fired_at: faena_store::rfc3339(s.last_ms),
+            next_run_at: s.next_ms.map(faena_store_contract::rfc3339),
+            last_fired_at: faena_store_contract::rfc3339(s.last_ms),
             last_job: s.last_job,
         })
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobSpec, JobState};
 use faena_proto::options::JobOptions;
-use faena_store::{HeldKey, Outcome};
+use faena_store_contract::{HeldKey, Outcome};
 
 use super::deps::{self, Ended};
 use super::{ActiveJob, Effect, Engine, Lease, NewJob, Now, QueueFull, RestoredJob, StoreOp};

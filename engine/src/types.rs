@@ -17,7 +17,7 @@ use super::mining::MinedUnit;
 use crate::scheduler::Capabilities;
 use faena_verify::VerifiedShares;
 
-pub use faena_store::{RestoredJob, StoreOp};
+pub use faena_store_contract::{RestoredJob, StoreOp};
 
 /// Who submitted a job: the master's answer cache keeps each submitter's
 /// answers apart.

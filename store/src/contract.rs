@@ -1,7 +1,8 @@
-//! What the job engine hands the store and gets back from it: the state
-//! changes to make durable ([`StoreOp`], in order) and the unfinished jobs
-//! read back at start-up ([`RestoredJob`]). Plain data, no I/O: every
-//! backend takes and gives exactly these.
+//! What the store offers beyond the engine's contract
+//! (`faena-store-contract`, re-exported at the crate root): what to keep,
+//! and what the REST side reads (filters, pages, histories); and what both
+//! backends share: a stored job's columns as they read them, and how a
+//! change becomes columns and history rows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,174 +12,8 @@ use faena_proto::ids::{FencingToken, JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
 use faena_proto::options::{ErrorCode, JobOptions};
 use serde::Serialize;
-use serde_json::Value;
 
-/// A job read back from the store at start-up.
-#[derive(Debug, Clone)]
-pub struct RestoredJob {
-    pub id: JobId,
-    pub spec: JobSpec,
-    pub priority: Priority,
-    pub seq: u64,
-    pub created_at_ms: u64,
-    pub attempts: u32,
-    /// Set when the job was running: worker, attempt, token.
-    pub lease: Option<(WorkerId, u32, FencingToken)>,
-    /// For a unit of a split (mining) job: that job.
-    pub parent: Option<JobId>,
-    /// For a unit that already succeeded: its worker and output.
-    pub done: Option<(String, Value)>,
-    /// The failed or cancelled job this one retries.
-    pub retry_of: Option<JobId>,
-    /// Queued, running, scheduled or waiting (a unit that succeeded: succeeded).
-    pub state: JobState,
-    /// What it was submitted with beyond kind and parameters.
-    pub opts: Option<Arc<JobOptions>>,
-    /// A scheduled job's time to queue (ms since the UNIX epoch).
-    pub run_at_ms: Option<u64>,
-    /// For a job submitted `after` others: those that had ended, and how.
-    pub ended_parents: Vec<(JobId, Outcome)>,
-}
-
-/// The states a job is not finished in, as a condition for SQLite (on
-/// PostgreSQL, `listed_state = 'open'`): an `IN` list of more than two
-/// values makes SQLite build a temporary table each time it checks it,
-/// and as a partial index's predicate that is on every update of a job
-/// (it halved batch dispatch); `OR`s are checked in place. The index and
-/// the queries that should use it say it the same way.
-pub(crate) const UNFINISHED_SQLITE: &str =
-    "(state = 'queued' OR state = 'running' OR state = 'scheduled' OR state = 'waiting')";
-
-/// A job as a dependent sees it: its state, and its result once it succeeded.
-pub type Outcome = (JobState, Option<Value>);
-
-/// A key `unique_key` holds: the job that holds it, and until when (ms
-/// since the UNIX epoch; none: until the job finishes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeldKey {
-    pub key: String,
-    pub job: JobId,
-    pub until_ms: Option<u64>,
-}
-
-/// What a named document is: a group's limits, a recurring schedule, an
-/// AI client's key (its hash, never the key) or a key's usage on one day.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NamedKind {
-    Group,
-    Schedule,
-    AiKey,
-    AiUsage,
-}
-
-impl NamedKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NamedKind::Group => "group",
-            NamedKind::Schedule => "schedule",
-            NamedKind::AiKey => "ai_key",
-            NamedKind::AiUsage => "ai_usage",
-        }
-    }
-}
-
-/// A recurring schedule's last firing: when it was for, and the job it
-/// made (none when it made none).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Firing {
-    pub at_ms: u64,
-    pub job: Option<JobId>,
-}
-
-/// A state change to make durable, in the order given.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreOp {
-    Insert {
-        id: JobId,
-        spec: Arc<JobSpec>,
-        priority: Priority,
-        seq: u64,
-        at_ms: u64,
-        /// Set for the units of a split (mining) job.
-        parent: Option<JobId>,
-        /// The failed or cancelled job this one retries.
-        retry_of: Option<JobId>,
-        /// Queued, or: scheduled (run_at later), waiting (for parents),
-        /// failed at once (a parent had failed) — then Finished follows.
-        state: JobState,
-        /// Stored with the job when it asks for anything (its unique key
-        /// is then held: `unique_keys`).
-        opts: Option<Arc<JobOptions>>,
-        run_at_ms: Option<u64>,
-    },
-    /// A scheduled or waiting job's time came (or its parents ended):
-    /// queued now, or scheduled until `run_at_ms`.
-    Released {
-        id: JobId,
-        state: JobState,
-        run_at_ms: Option<u64>,
-        attempts: u32,
-        detail: String,
-        at_ms: u64,
-    },
-    /// A waiting job (or a mining job's range not yet handed out) moved to
-    /// another priority.
-    Reprioritised {
-        id: JobId,
-        priority: Priority,
-        was: Priority,
-        state: JobState,
-        attempts: u32,
-        at_ms: u64,
-    },
-    /// A split job's first unit went out: the job is running.
-    Started {
-        id: JobId,
-        worker: String,
-        at_ms: u64,
-    },
-    Dispatched {
-        id: JobId,
-        attempt: u32,
-        worker: String,
-        token: FencingToken,
-        at_ms: u64,
-    },
-    Requeued {
-        id: JobId,
-        attempts: u32,
-        reason: String,
-        at_ms: u64,
-        /// Set when its retry policy waits before the next attempt: the
-        /// job is scheduled until then.
-        run_at_ms: Option<u64>,
-    },
-    Finished {
-        id: JobId,
-        state: JobState,
-        attempts: u32,
-        worker: Option<String>,
-        result: Option<Value>,
-        error: Option<String>,
-        at_ms: u64,
-        /// A `unique_key` held while the job was not finished: free now.
-        release_key: Option<String>,
-    },
-    /// A recurring schedule fired for `at_ms` without making a job (its
-    /// previous job still ran, it was created, or missed firings were
-    /// let go). A firing that makes a job is recorded by that job's
-    /// Insert (its `schedule` and `fired_for_ms`), in the same commit.
-    Fired {
-        schedule: String,
-        at_ms: u64,
-    },
-    /// A named document (JSON) stored, or with none removed.
-    Named {
-        kind: NamedKind,
-        name: String,
-        doc: Option<String>,
-    },
-}
+use crate::RestoredJob;
 
 /// What to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,6 +77,15 @@ pub struct Transition {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
+
+/// The states a job is not finished in, as a condition for SQLite (on
+/// PostgreSQL, `listed_state = 'open'`): an `IN` list of more than two
+/// values makes SQLite build a temporary table each time it checks it,
+/// and as a partial index's predicate that is on every update of a job
+/// (it halved batch dispatch); `OR`s are checked in place. The index and
+/// the queries that should use it say it the same way.
+pub(crate) const UNFINISHED_SQLITE: &str =
+    "(state = 'queued' OR state = 'running' OR state = 'scheduled' OR state = 'waiting')";
 
 /// A stored job's columns as both backends read them (ids already parsed
 /// where the backend's type is a UUID; text otherwise).

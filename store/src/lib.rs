@@ -1,6 +1,7 @@
-//! The durable job store, behind one contract (`contract.rs`): the
-//! engine's changes go in as [`StoreOp`]s, unfinished jobs come back as
-//! [`RestoredJob`]s, and the REST side reads jobs, pages and histories.
+//! The durable job store, behind one contract (`faena-store-contract`,
+//! re-exported here): the engine's changes go in as [`StoreOp`]s,
+//! unfinished jobs come back as [`RestoredJob`]s; the REST side reads jobs,
+//! pages and histories (`contract.rs`).
 //! Backends: SQLite (`sqlite/`, one file, the default) and PostgreSQL
 //! (`pg/`, the store for a cluster).
 //!
@@ -32,10 +33,8 @@ mod pg;
 pub mod settings;
 mod sqlite;
 mod writer;
-pub use contract::{
-    DEFAULT_PAGE, Firing, HeldKey, JobFilter, MAX_PAGE, NamedKind, Outcome, Page, RestoredJob, Retention, StoreOp,
-    Transition,
-};
+pub use contract::{DEFAULT_PAGE, JobFilter, MAX_PAGE, Page, Retention, Transition};
+pub use faena_store_contract::{Firing, HeldKey, NamedKind, Outcome, RestoredJob, StoreOp, rfc3339};
 pub use pg::lease::{Election, Leader};
 
 /// Most operations committed in one transaction.
@@ -405,11 +404,6 @@ impl Store {
         self.tx.send(Cmd::Prune(tx)).map_err(|_| StoreError::Unavailable)?;
         rx.await.map_err(|_| StoreError::Unavailable)?
     }
-}
-
-pub fn rfc3339(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 #[cfg(test)]

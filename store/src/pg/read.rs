@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use faena_proto::jobs::JobState;
 
 use super::{VIEW_COLUMNS, VIEW_WIDTH, view};
-use crate::contract::{Firing, HeldKey, NamedKind, Outcome};
+use crate::{Firing, HeldKey, NamedKind, Outcome};
 use crate::{RestoredJob, StoreError, Transition};
 
 async fn client(pool: &Pool) -> Result<deadpool_postgres::Client, StoreError> {
