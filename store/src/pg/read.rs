@@ -13,8 +13,7 @@ use std::collections::HashMap;
 use faena_proto::jobs::JobState;
 
 use super::{VIEW_COLUMNS, VIEW_WIDTH, view};
-use crate::{Firing, HeldKey, NamedKind, Outcome};
-use crate::{RestoredJob, StoreError, Transition};
+use crate::{Firing, HeldKey, NamedKind, Outcome, RestoredJob, StoreError, Transition};
 
 async fn client(pool: &Pool) -> Result<deadpool_postgres::Client, StoreError> {
     pool.get().await.map_err(|e| StoreError::Pool(e.to_string()))

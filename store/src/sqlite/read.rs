@@ -15,8 +15,7 @@ use faena_proto::jobs::JobState;
 use super::generations::listed;
 use super::{VIEW_COLUMNS, VIEW_WIDTH, view};
 use crate::contract::UNFINISHED_SQLITE;
-use crate::{Firing, HeldKey, NamedKind, Outcome};
-use crate::{RestoredJob, StoreError, Transition};
+use crate::{Firing, HeldKey, NamedKind, Outcome, RestoredJob, StoreError, Transition};
 
 const RESTORED_COLUMNS: &str = "id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of, opts, run_at";
 
