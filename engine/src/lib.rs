@@ -75,6 +75,8 @@ struct Lease {
     token: FencingToken,
     /// Read back from the store after a restart: its worker has not claimed it yet.
     restored: bool,
+    /// Its unit has gone out (see [`Engine::sent`]): its term runs only from then.
+    sent: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -234,13 +236,28 @@ impl Engine {
             let held: Vec<JobId> = self
                 .jobs
                 .iter()
-                .filter(|(_, j)| j.lease.as_ref().is_some_and(|l| !l.restored))
+                .filter(|(_, j)| j.lease.as_ref().is_some_and(|l| l.sent && !l.restored))
                 .map(|(id, _)| *id)
                 .collect();
             for id in held {
                 self.lease_deadlines.set(id, now.mono + self.cfg.lease_ttl());
             }
             self.schedule(now);
+        }
+    }
+
+    /// The units of these attempts went out to their workers (or never
+    /// will: their dispatch could not be stored). Their leases' terms start
+    /// now, not at dispatch: a unit waits for the commit of its dispatch
+    /// before it is published, and a slow commit must not run out a lease
+    /// that its worker cannot have renewed.
+    pub fn sent(&mut self, now: Now, attempts: &[(JobId, u32)]) {
+        for (id, attempt) in attempts {
+            let Some(lease) = self.jobs.get_mut(id).and_then(|j| j.lease.as_mut()) else { continue };
+            if lease.attempt == *attempt && !lease.sent {
+                lease.sent = true;
+                self.lease_deadlines.set(*id, now.mono + self.cfg.lease_ttl());
+            }
         }
     }
 
@@ -534,8 +551,10 @@ impl Engine {
     }
 
     fn renew(&mut self, now: Now, worker: &WorkerId, lease: &LeaseRef) -> bool {
-        match self.jobs.get(&lease.job_id).and_then(|j| j.lease.as_ref()) {
+        match self.jobs.get_mut(&lease.job_id).and_then(|j| j.lease.as_mut()) {
             Some(l) if l.worker == *worker && l.attempt == lease.attempt && l.token == lease.token => {
+                // Its worker has it, whether or not the notice came yet.
+                l.sent = true;
                 self.lease_deadlines.set(lease.job_id, now.mono + self.cfg.lease_ttl());
                 true
             }
@@ -543,14 +562,18 @@ impl Engine {
         }
     }
 
-    /// Gives `id` the lease `lease` until `expires` (a restored one waits for its worker).
+    /// Gives `id` the lease `lease`, until `expires` once its unit is out (a
+    /// restored one waits for its worker; a new one has no term until
+    /// [`Engine::sent`]).
     fn hold(&mut self, id: JobId, lease: Lease, expires: Instant) {
         if lease.restored {
             self.restored.entry(lease.worker.clone()).or_default().insert(id);
         }
         if let Some(job) = self.jobs.get_mut(&id) {
+            if lease.sent {
+                self.lease_deadlines.set(id, expires);
+            }
             job.lease = Some(lease);
-            self.lease_deadlines.set(id, expires);
         }
     }
 

@@ -221,7 +221,13 @@ impl Engine {
         let mut waiting = Vec::new();
         for mut j in jobs {
             self.next_seq = self.next_seq.max(j.seq + 1);
-            let lease = j.lease.take().map(|(worker, attempt, token)| Lease { worker, attempt, token, restored: true });
+            let lease = j.lease.take().map(|(worker, attempt, token)| Lease {
+                worker,
+                attempt,
+                token,
+                restored: true,
+                sent: true,
+            });
             if let Some(parent) = j.parent {
                 self.restore_unit(now, j, parent, lease);
                 continue;

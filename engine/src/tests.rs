@@ -61,9 +61,11 @@ impl Harness {
         id
     }
 
-    /// Dispatches in the order they were emitted: (worker, lease).
+    /// Dispatches in the order they were emitted: (worker, lease). Their
+    /// units count as sent now, as the coordinator does after the commit.
     pub(super) fn dispatches(&mut self) -> Vec<(WorkerId, LeaseRef)> {
-        self.engine
+        let out: Vec<_> = self
+            .engine
             .take_effects()
             .into_iter()
             .filter_map(|e| match e {
@@ -72,7 +74,10 @@ impl Harness {
                 }
                 _ => None,
             })
-            .collect()
+            .collect();
+        let sent: Vec<_> = out.iter().map(|(_, l)| (l.job_id, l.attempt)).collect();
+        self.engine.sent(self.now, &sent);
+        out
     }
 }
 
@@ -399,6 +404,42 @@ fn nothing_is_handed_out_and_no_lease_runs_out_while_the_store_cannot_commit() {
     h.advance(h.engine.config().lease_ttl() / 2);
     h.engine.tick(h.now);
     assert_eq!(h.engine.view(&first).map(|v| v.state), Some(JobState::Running));
+}
+
+#[test]
+fn a_leases_term_starts_when_its_unit_goes_out() {
+    let mut h = Harness::new(100);
+    let (w, instance) = h.add_worker("w1", 1);
+    let job = h.submit(Priority::Normal);
+    let attempt = match h.engine.take_effects().into_iter().find(|e| matches!(e, Effect::Dispatch { .. })) {
+        Some(Effect::Dispatch { unit, .. }) => unit.attempt,
+        _ => panic!("dispatched"),
+    };
+    // The commit of its dispatch is slow: the unit has not gone out, and
+    // its worker, which cannot have renewed it, is not held to its term.
+    h.advance(h.engine.config().lease_ttl() * 4);
+    h.engine.heartbeat(h.now, &w, instance, &[], 0.0).expect("w1 is live");
+    h.engine.tick(h.now);
+    assert_eq!(h.engine.view(&job).map(|v| (v.state, v.attempts)), Some((JobState::Running, 1)));
+    // A notice for another attempt starts nothing.
+    h.engine.sent(h.now, &[(job, attempt + 1)]);
+    h.advance(h.engine.config().lease_ttl() * 2);
+    h.engine.heartbeat(h.now, &w, instance, &[], 0.0).expect("w1 is live");
+    h.engine.tick(h.now);
+    assert_eq!(h.engine.view(&job).map(|v| v.state), Some(JobState::Running));
+
+    h.engine.sent(h.now, &[(job, attempt)]);
+    h.advance(h.engine.config().lease_ttl() / 2);
+    h.engine.heartbeat(h.now, &w, instance, &[], 0.0).expect("w1 is live");
+    h.engine.tick(h.now);
+    assert_eq!(h.engine.view(&job).map(|v| v.state), Some(JobState::Running), "within its term");
+    h.advance(h.engine.config().lease_ttl());
+    h.engine.heartbeat(h.now, &w, instance, &[], 0.0).expect("w1 is live");
+    h.engine.tick(h.now);
+    assert!(
+        h.engine.take_effects().iter().any(|e| matches!(e, Effect::Store(StoreOp::Requeued { .. }))),
+        "a term that ran out after the unit went out takes the job back"
+    );
 }
 
 #[test]

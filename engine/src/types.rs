@@ -111,6 +111,9 @@ impl NewJob {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     Store(StoreOp),
+    /// A unit to publish to `worker` once the changes before it are stored;
+    /// then (or once that failed) the caller tells [`Engine::sent`](crate::Engine::sent),
+    /// and its lease's term starts.
     Dispatch {
         worker: WorkerId,
         unit: WorkUnit,

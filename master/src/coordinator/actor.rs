@@ -57,10 +57,17 @@ pub(super) struct Actor {
     /// handed over whole at its end ([`Actor::flush`]): a job stored and
     /// dispatched in one turn is one commit group.
     batch: faena_store::Batch,
+    /// Where a commit says which units it let out.
+    sent: tokio::sync::mpsc::UnboundedSender<super::Sent>,
 }
 
 impl Actor {
-    pub(super) fn new(engine: Engine, deps: Deps, inbox: Coordinator) -> Self {
+    pub(super) fn new(
+        engine: Engine,
+        deps: Deps,
+        inbox: Coordinator,
+        sent: tokio::sync::mpsc::UnboundedSender<super::Sent>,
+    ) -> Self {
         Self {
             engine,
             deps,
@@ -72,7 +79,13 @@ impl Actor {
             sent_positions: HashMap::new(),
             continued: Default::default(),
             batch: Default::default(),
+            sent,
         }
+    }
+
+    /// These units went out (or never will): their leases' terms start.
+    pub(super) fn sent(&mut self, attempts: &[(JobId, u32)]) {
+        self.engine.sent(Now::system(), attempts);
     }
 
     /// Gives the store what this turn gathered.
@@ -386,12 +399,27 @@ impl Actor {
         }
         if !outgoing.is_empty() {
             let mqtt = self.deps.mqtt.clone();
-            self.batch.after_commit(move |committed| match committed {
-                Ok(()) => outgoing.iter().for_each(|o| o.send(&mqtt)),
-                Err(_) => tracing::warn!(
-                    messages = outgoing.len(),
-                    "not sent to workers: the changes behind them were not stored"
-                ),
+            let sent = self.sent.clone();
+            self.batch.after_commit(move |committed| {
+                match committed {
+                    Ok(()) => outgoing.iter().for_each(|o| o.send(&mqtt)),
+                    Err(_) => tracing::warn!(
+                        messages = outgoing.len(),
+                        "not sent to workers: the changes behind them were not stored"
+                    ),
+                }
+                // Sent or not, their leases' terms start now: one that was
+                // not sent runs out and its job is taken back.
+                let units: super::Sent = outgoing
+                    .iter()
+                    .filter_map(|o| match o {
+                        Outgoing::Unit(_, unit) => Some((unit.job_id, unit.attempt)),
+                        Outgoing::Control(..) => None,
+                    })
+                    .collect();
+                if !units.is_empty() {
+                    let _ = sent.send(units);
+                }
             });
         }
     }

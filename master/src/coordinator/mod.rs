@@ -373,21 +373,31 @@ pub struct Deps {
 
 pub fn channel() -> (Coordinator, Inbox) {
     let (tx, rx) = mpsc::channel(65_536);
-    (Coordinator { tx: tx.clone() }, Inbox { rx, tx })
+    let (sent_tx, sent_rx) = mpsc::unbounded_channel();
+    (Coordinator { tx: tx.clone() }, Inbox { rx, tx, sent_rx, sent_tx })
 }
+
+/// The attempts whose units one commit let out (see `Engine::sent`).
+type Sent = Vec<(JobId, u32)>;
 
 #[derive(Debug)]
 pub struct Inbox {
     rx: mpsc::Receiver<Command>,
     /// For work done off the loop to come back in.
     tx: mpsc::Sender<Command>,
+    /// Told by the store's writer, after a commit, which units went out.
+    /// Not bounded by a count, as it must not lose one or block the writer:
+    /// one message per commit group that dispatched, each bounded by the
+    /// work units that group handed out, and read before anything else.
+    sent_rx: mpsc::UnboundedReceiver<Sent>,
+    sent_tx: mpsc::UnboundedSender<Sent>,
 }
 
 /// Runs until `cancel`, then lets the store flush what it was given.
 pub async fn run(engine: Engine, inbox: Inbox, deps: Deps, cancel: CancellationToken) {
     let heartbeat = engine.config().heartbeat;
-    let Inbox { mut rx, tx } = inbox;
-    let mut actor = actor::Actor::new(engine, deps, Coordinator { tx });
+    let Inbox { mut rx, tx, mut sent_rx, sent_tx } = inbox;
+    let mut actor = actor::Actor::new(engine, deps, Coordinator { tx }, sent_tx);
     let mut tick = tokio::time::interval(heartbeat / 4);
     let mut positions = tokio::time::interval(Duration::from_millis(200));
     // Something due before the next tick (a scheduled job, a timeout)
@@ -403,8 +413,14 @@ pub async fn run(engine: Engine, inbox: Inbox, deps: Deps, cancel: CancellationT
             }
             armed = wake;
         }
+        // Leases whose units went out start their terms before anything
+        // else looks at them.
+        while let Ok(sent) = sent_rx.try_recv() {
+            actor.sent(&sent);
+        }
         tokio::select! {
             () = cancel.cancelled() => break,
+            Some(sent) = sent_rx.recv() => actor.sent(&sent),
             () = &mut due, if armed.is_some() => {
                 armed = None;
                 actor.wake();
