@@ -10,6 +10,7 @@ use rusqlite::Connection;
 
 use crate::{Retention, StoreError, SyncMode};
 
+mod checkpoint;
 pub(crate) mod generations;
 pub(crate) mod list;
 pub(crate) mod read;
@@ -29,7 +30,8 @@ pub(crate) fn open_store(
     sync: SyncMode,
     retention: Retention,
 ) -> Result<(Writer, Connection), StoreError> {
-    let conn = open(path, sync)?;
+    let mut conn = open(path, sync)?;
+    checkpoint::offload(&mut conn, path, sync, checkpoint::Limits::DEFAULT)?;
     let layout = generations::Layout::open(&conn, faena_proto::mqtt::now_ms() as i64)?;
     let writer = Writer::new(conn, layout, retention);
     Ok((writer, open(path, sync)?))
