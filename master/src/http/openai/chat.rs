@@ -232,8 +232,10 @@ async fn answer(
     let who = tenant(&state, &headers)?;
     check_accepting(&state)?;
     let req: ChatRequest = parse_body(body)?;
-    let offered = super::models::offered(&state).await?;
-    let (provider, model) = resolve(&req.model, &offered)?;
+    let (provider, model) = match resolve(&req.model, &*state.ai.offered.get(&state).await?) {
+        Ok(found) => found,
+        Err(_) => resolve(&req.model, &*state.ai.offered.refresh(&state).await?)?,
+    };
     if let Tenant::Key(k) = &who {
         if !k.allows(provider.map(Provider::as_str), model.as_deref()) {
             let m = format!("key {} may use only {}", k.name, k.models.join(", "));

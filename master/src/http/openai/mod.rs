@@ -36,11 +36,13 @@ pub struct Gateway {
     /// How long answers took lately (ms, a moving average): what a 429's
     /// `Retry-After` says.
     answer_ms: Arc<AtomicU64>,
+    /// The models offered lately (see [`models::Offered`]).
+    offered: models::Offered,
 }
 
 impl Gateway {
     pub fn new(keys: Keys, queue_wait: Duration) -> Self {
-        Self { keys, queue_wait, answer_ms: Arc::new(AtomicU64::new(1_000)) }
+        Self { keys, queue_wait, answer_ms: Arc::new(AtomicU64::new(1_000)), offered: Default::default() }
     }
 
     fn answered_in(&self, ms: u64) {
