@@ -3,7 +3,8 @@
 #   overhead  time to first token and requests/s for 1, 32 and 256 streaming
 #             clients: straight to a fake OpenAI-compatible backend
 #             (faena-fake-ai), through LiteLLM's proxy (PyPI litellm[proxy],
-#             pinned in bench/litellm) and through Faena, alternated;
+#             pinned in bench/litellm) and through Faena, alternated; Faena
+#             on its embedded broker, then on Mosquitto (Debian's);
 #   overload  two keys at 9:1 load on 10x more clients than AI slots;
 #   failover  100 streams cut mid-answer, continued by the fallback;
 #   local     the local model's tokens/s through /v1 and as a Faena job.
@@ -23,6 +24,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 if [ "$what" = overhead ] || [ "$what" = all ]; then
   # shellcheck source=scripts/lib/venv.sh
   . scripts/lib/venv.sh
+  need_packages mosquitto:mosquitto mosquitto_passwd:mosquitto
   venv=bench/litellm/.venv
   need_venv "$venv" bench/litellm/requirements.txt
   dir=$(mktemp -d)

@@ -3,7 +3,8 @@
 //!
 //!   faena-openai-bench overhead FAKE_URL LITELLM_URL   (FAKE_URL: a faena-fake-ai process;
 //!                                                       LITELLM_URL: LiteLLM's proxy in front of it)
-//!                                                       (FAENA_BENCH_CLIENTS=1,32: only those N)
+//!                                                       (FAENA_BENCH_CLIENTS=1,32: only those N;
+//!                                                        FAENA_BENCH_BROKERS=embedded: only that broker)
 //!   faena-openai-bench overload
 //!   faena-openai-bench failover
 //!   faena-openai-bench local
@@ -13,7 +14,9 @@
 //!   reference), through LiteLLM's proxy and through Faena (master and one
 //!   worker with 256 AI slots); time to the first token p50/p99, what each
 //!   gateway adds to the reference's, and requests/s. The three alternate
-//!   round by round.
+//!   round by round. Faena is measured twice, each time beside the other
+//!   two: on its embedded broker (what `dev.sh` runs) and on Mosquitto
+//!   (what the stack runs).
 //! - overload: 8 AI slots, 80 concurrent clients (10×), key A with 72 and
 //!   key B with 8, each asking in a loop for 20 s against a backend that
 //!   takes 50 ms: 429/503s seen, and each key's share of the completions.
@@ -28,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use faena_testkit::bench::percentile;
+use faena_testkit::mosquitto::Mosquitto;
 use faena_testkit::{Cluster, FakeAi, MasterOpts, local_model};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -118,8 +122,8 @@ fn ms(d: Duration) -> f64 {
 
 /// A master and one worker whose providers are the fake at `base` (OpenAI
 /// at `/v1`, Gemini at `/v1beta`).
-async fn ai_cluster(base: &str, slots: u32, extra: &[(&str, &str)]) -> Cluster {
-    let mut c = Cluster::start(MasterOpts { heartbeat_ms: 2000, ..MasterOpts::default() }).await;
+async fn ai_cluster(base: &str, slots: u32, opts: MasterOpts, extra: &[(&str, &str)]) -> Cluster {
+    let mut c = Cluster::start(MasterOpts { heartbeat_ms: 2000, ..opts }).await;
     let slots = slots.to_string();
     let gemini = format!("{base}/v1beta");
     let mut env = vec![
@@ -136,22 +140,43 @@ async fn ai_cluster(base: &str, slots: u32, extra: &[(&str, &str)]) -> Cluster {
 }
 
 async fn overhead(fake: &str, litellm: &str) {
+    // FAENA_BENCH_BROKERS=embedded measures only that one.
+    let brokers = std::env::var("FAENA_BENCH_BROKERS").unwrap_or_else(|_| "embedded,mosquitto".into());
+    for broker in brokers.split(',').map(str::trim) {
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let (opts, _mosquitto) = match broker {
+            "embedded" => (MasterOpts::default(), None),
+            "mosquitto" => {
+                let m = Mosquitto::start(tmp.path()).await;
+                (MasterOpts { broker: m.broker(), ..MasterOpts::default() }, Some(m))
+            }
+            other => panic!("FAENA_BENCH_BROKERS: {other} is neither embedded nor mosquitto"),
+        };
+        overhead_with(fake, litellm, broker, opts).await;
+    }
+}
+
+/// The overhead with Faena's master on `broker` (`opts`).
+async fn overhead_with(fake: &str, litellm: &str, broker: &str, opts: MasterOpts) {
     let fake = fake.trim_end_matches('/');
-    let c = ai_cluster(fake, 256, &[]).await;
+    let c = ai_cluster(fake, 256, opts, &[]).await;
     let faena = format!("http://{}/v1/chat/completions", c.addrs.http);
     let targets = [
         ("backend (reference)", format!("{fake}/v1/chat/completions"), "fake-gpt"),
         ("LiteLLM proxy", format!("{}/chat/completions", litellm.trim_end_matches('/')), "fake"),
         ("Faena", faena, "openai/fake-gpt"),
     ];
-    println!("overhead: streaming clients against the fake backend, straight, through LiteLLM, through Faena");
+    println!(
+        "overhead, Faena on the {broker} broker: streaming clients against the fake backend, straight, through LiteLLM, through Faena"
+    );
     // FAENA_BENCH_CLIENTS=1,32 measures only those.
     let ns: Vec<usize> = std::env::var("FAENA_BENCH_CLIENTS")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 32, 256]);
     for n in ns {
-        let each = (1024 / n).clamp(4, 200);
+        // One client's p99 is the 15th slowest of 1,500 requests each way.
+        let each = if n == 1 { 500 } else { (1024 / n).clamp(4, 200) };
         let mut all: Vec<(Vec<Duration>, f64, usize)> = vec![(Vec::new(), 0.0, 0); 3];
         // Three rounds, alternating which goes first.
         for round in 0..3 {
@@ -189,7 +214,7 @@ async fn overhead(fake: &str, litellm: &str) {
 
 async fn overload() {
     let fake = FakeAi::start().await;
-    let c = ai_cluster(&fake.openai_base(), 8, &[]).await;
+    let c = ai_cluster(&fake.openai_base(), 8, MasterOpts::default(), &[]).await;
     let key = |name: &'static str| {
         let c = &c;
         async move { c.api.post("/api/keys", &json!({"name": name})).await.1["key"].as_str().unwrap().to_owned() }
@@ -237,7 +262,7 @@ async fn overload() {
 
 async fn failover() {
     let fake = FakeAi::start().await;
-    let c = ai_cluster(&fake.openai_base(), 128, &[]).await;
+    let c = ai_cluster(&fake.openai_base(), 128, MasterOpts::default(), &[]).await;
     let url = format!("http://{}/v1/chat/completions", c.addrs.http);
     let words: Vec<String> = (0..60).map(|i| format!("w{i} ")).collect();
     let whole: String = words.concat();
