@@ -232,9 +232,9 @@ async fn answer(
     let who = tenant(&state, &headers)?;
     check_accepting(&state)?;
     let req: ChatRequest = parse_body(body)?;
-    let (provider, model) = match resolve(&req.model, &*state.ai.offered.get(&state).await?) {
+    let (provider, model) = match resolve(&req.model, &state.ai.offered.get(&state).await?) {
         Ok(found) => found,
-        Err(_) => resolve(&req.model, &*state.ai.offered.refresh(&state).await?)?,
+        Err(_) => resolve(&req.model, &state.ai.offered.refresh(&state).await?)?,
     };
     if let Tenant::Key(k) = &who {
         if !k.allows(provider.map(Provider::as_str), model.as_deref()) {

@@ -29,7 +29,10 @@ pub(super) async fn offered(state: &AppState) -> Result<Vec<String>, OaiError> {
 /// at once ([`Offered::refresh`]), so a worker that just came is not missed;
 /// one that just left is found out as a job that waits for no worker.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Offered(Arc<Mutex<Option<(Instant, Arc<Vec<String>>)>>>);
+pub(super) struct Offered(Arc<Mutex<Option<Held>>>);
+
+/// When the models were asked for, and what they were.
+type Held = (Instant, Arc<Vec<String>>);
 
 impl Offered {
     const FRESH: Duration = Duration::from_secs(1);
