@@ -443,6 +443,30 @@ fn a_leases_term_starts_when_its_unit_goes_out() {
 }
 
 #[test]
+fn a_unit_that_did_not_go_out_goes_back_without_using_an_attempt() {
+    let mut h = Harness::new(100);
+    h.add_worker("w1", 1);
+    let job = h.submit(Priority::Normal);
+    let first = match h.engine.take_effects().into_iter().find(|e| matches!(e, Effect::Dispatch { .. })) {
+        Some(Effect::Dispatch { unit, .. }) => unit.attempt,
+        _ => panic!("dispatched"),
+    };
+    // A notice for an attempt that is not the current one changes nothing.
+    h.engine.not_sent(h.now, &[(job, first + 1)]);
+    assert!(h.engine.take_effects().is_empty());
+    // This master did not hold the lead when the commit came back: the
+    // unit was not published.
+    h.engine.not_sent(h.now, &[(job, first)]);
+    let effects = h.engine.take_effects();
+    assert!(effects.iter().any(|e| matches!(e, Effect::Store(StoreOp::Requeued { attempts: 0, .. }))));
+    let again = effects.iter().find_map(|e| match e {
+        Effect::Dispatch { unit, .. } => Some(unit.attempt),
+        _ => None,
+    });
+    assert_eq!(again, Some(first), "placed again as the same attempt number");
+}
+
+#[test]
 fn a_new_priority_moves_a_waiting_job_and_is_refused_while_it_runs() {
     let mut h = Harness::new(100);
     let (w, _) = h.add_worker("w1", 1);

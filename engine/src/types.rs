@@ -112,8 +112,8 @@ impl NewJob {
 pub enum Effect {
     Store(StoreOp),
     /// A unit to publish to `worker` once the changes before it are stored;
-    /// then (or once that failed) the caller tells [`Engine::sent`](crate::Engine::sent),
-    /// and its lease's term starts.
+    /// then the caller tells [`Engine::sent`](crate::Engine::sent), and its
+    /// lease's term starts, or [`Engine::not_sent`](crate::Engine::not_sent).
     Dispatch {
         worker: WorkerId,
         unit: WorkUnit,

@@ -48,15 +48,24 @@ impl MqttOut {
         &self.client
     }
 
-    pub fn dispatch(&self, worker: &WorkerId, unit: &WorkUnit) {
+    /// Whether this master holds the lead now: what it sends to workers goes out.
+    pub fn leads(&self) -> bool {
+        self.lead.held.holds()
+    }
+
+    /// Publishes `unit` to `worker`; false when it did not go out (this
+    /// master does not hold the lead, or the client's queue refused it).
+    pub fn dispatch(&self, worker: &WorkerId, unit: &WorkUnit) -> bool {
         if !self.lead.held.holds() {
             tracing::debug!(job = %unit.job_id, "not sent: this master's lease has run out");
-            return;
+            return false;
         }
         if let Err(e) = self.client.try_publish(self.topics.worker_jobs(worker), QoS::AtLeastOnce, false, unit.encode())
         {
-            tracing::warn!(job = %unit.job_id, worker = %worker, error = %e, "could not queue a work unit; its lease will recover it");
+            tracing::warn!(job = %unit.job_id, worker = %worker, error = %e, "could not queue a work unit; it goes back to the queue");
+            return false;
         }
+        true
     }
 
     pub fn control(&self, worker: &WorkerId, control: &Control) {

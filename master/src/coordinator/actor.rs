@@ -27,10 +27,14 @@ enum Outgoing {
 }
 
 impl Outgoing {
-    fn send(&self, mqtt: &MqttOut) {
+    /// Sends it; whether it went out.
+    fn send(&self, mqtt: &MqttOut) -> bool {
         match self {
             Self::Unit(worker, unit) => mqtt.dispatch(worker, unit),
-            Self::Control(worker, control) => mqtt.control(worker, control),
+            Self::Control(worker, control) => {
+                mqtt.control(worker, control);
+                true
+            }
         }
     }
 }
@@ -83,9 +87,15 @@ impl Actor {
         }
     }
 
-    /// These units went out (or never will): their leases' terms start.
-    pub(super) fn sent(&mut self, attempts: &[(JobId, u32)]) {
-        self.engine.sent(Now::system(), attempts);
+    /// These units went out, and their leases' terms start; those that
+    /// did not go back to the queue.
+    pub(super) fn sent(&mut self, sent: &super::Sent) {
+        let now = Now::system();
+        self.engine.sent(now, &sent.out);
+        if !sent.kept.is_empty() {
+            self.engine.not_sent(now, &sent.kept);
+            self.apply();
+        }
     }
 
     /// Gives the store what this turn gathered.
@@ -101,7 +111,9 @@ impl Actor {
 
     pub(super) fn tick(&mut self) {
         let now = Now::system();
-        self.engine.pause_dispatch(now, !self.deps.store.is_healthy());
+        // Nothing is handed out that could not be stored or sent: units go
+        // to workers only while this master holds the lead.
+        self.engine.pause_dispatch(now, !self.deps.store.is_healthy() || !self.deps.mqtt.leads());
         self.engine.tick(now);
         self.apply();
     }
@@ -401,23 +413,24 @@ impl Actor {
             let mqtt = self.deps.mqtt.clone();
             let sent = self.sent.clone();
             self.batch.after_commit(move |committed| {
-                match committed {
-                    Ok(()) => outgoing.iter().for_each(|o| o.send(&mqtt)),
-                    Err(_) => tracing::warn!(
+                let stored = committed.is_ok();
+                if !stored {
+                    tracing::warn!(
                         messages = outgoing.len(),
                         "not sent to workers: the changes behind them were not stored"
-                    ),
+                    );
                 }
-                // Sent or not, their leases' terms start now: one that was
-                // not sent runs out and its job is taken back.
-                let units: super::Sent = outgoing
-                    .iter()
-                    .filter_map(|o| match o {
-                        Outgoing::Unit(_, unit) => Some((unit.job_id, unit.attempt)),
-                        Outgoing::Control(..) => None,
-                    })
-                    .collect();
-                if !units.is_empty() {
+                // The engine hears which units went out (their leases'
+                // terms start) and which did not (their jobs go back).
+                let mut units = super::Sent::default();
+                for o in &outgoing {
+                    let went = stored && o.send(&mqtt);
+                    if let Outgoing::Unit(_, unit) = o {
+                        let to = if went { &mut units.out } else { &mut units.kept };
+                        to.push((unit.job_id, unit.attempt));
+                    }
+                }
+                if !units.out.is_empty() || !units.kept.is_empty() {
                     let _ = sent.send(units);
                 }
             });

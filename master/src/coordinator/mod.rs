@@ -377,8 +377,13 @@ pub fn channel() -> (Coordinator, Inbox) {
     (Coordinator { tx: tx.clone() }, Inbox { rx, tx, sent_rx, sent_tx })
 }
 
-/// The attempts whose units one commit let out (see `Engine::sent`).
-type Sent = Vec<(JobId, u32)>;
+/// The attempts whose units one commit let out (see `Engine::sent`), and
+/// those it did not (`Engine::not_sent`).
+#[derive(Debug, Default)]
+struct Sent {
+    out: Vec<(JobId, u32)>,
+    kept: Vec<(JobId, u32)>,
+}
 
 #[derive(Debug)]
 pub struct Inbox {
