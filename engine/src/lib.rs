@@ -246,33 +246,6 @@ impl Engine {
         }
     }
 
-    /// The units of these attempts went out to their workers. Their
-    /// leases' terms start now, not at dispatch: a unit waits for the commit of its dispatch
-    /// before it is published, and a slow commit must not run out a lease
-    /// that its worker cannot have renewed.
-    pub fn sent(&mut self, now: Now, attempts: &[(JobId, u32)]) {
-        for (id, attempt) in attempts {
-            let Some(lease) = self.jobs.get_mut(id).and_then(|j| j.lease.as_mut()) else { continue };
-            if lease.attempt == *attempt && !lease.sent {
-                lease.sent = true;
-                self.lease_deadlines.set(*id, now.mono + self.cfg.lease_ttl());
-            }
-        }
-    }
-
-    /// The units of these attempts did not go out (this master did not
-    /// hold the lead, or their dispatch could not be stored): their jobs go
-    /// back to the queue, and the attempt does not count.
-    pub fn not_sent(&mut self, now: Now, attempts: &[(JobId, u32)]) {
-        for (id, attempt) in attempts {
-            let current = self.jobs.get(id).and_then(|j| j.lease.as_ref()).is_some_and(|l| l.attempt == *attempt);
-            if current {
-                self.requeue(now, *id, "its unit was not sent".into(), false);
-            }
-        }
-        self.schedule(now);
-    }
-
     pub fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
     }
