@@ -58,7 +58,7 @@ impl Engine {
         let waited = now.mono.saturating_duration_since(job.enqueued_at);
         let timeout = job.opts.as_ref().and_then(|o| o.timeout_ms);
         let lease = Lease { worker: worker.clone(), attempt, token: token.clone(), restored: false, sent: false };
-        self.hold(id, lease, now.mono + self.cfg.lease_ttl());
+        self.hold(id, lease, None);
         if let Some(ms) = timeout {
             self.timeouts.set(id, now.mono + std::time::Duration::from_millis(ms));
         }

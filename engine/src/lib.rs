@@ -547,16 +547,16 @@ impl Engine {
         }
     }
 
-    /// Gives `id` the lease `lease`, until `expires` once its unit is out (a
-    /// restored one waits for its worker; a new one has no term until
-    /// [`Engine::sent`]).
-    fn hold(&mut self, id: JobId, lease: Lease, expires: Instant) {
+    /// Gives `id` the lease `lease`: until `expires` when given (a restored
+    /// one, waiting for its worker); a new one has no term until its unit
+    /// is out ([`Engine::sent`]).
+    fn hold(&mut self, id: JobId, lease: Lease, expires: Option<Instant>) {
         if lease.restored {
             self.restored.entry(lease.worker.clone()).or_default().insert(id);
         }
         if let Some(job) = self.jobs.get_mut(&id) {
-            if lease.sent {
-                self.lease_deadlines.set(id, expires);
+            if let Some(at) = expires {
+                self.lease_deadlines.set(id, at);
             }
             job.lease = Some(lease);
         }

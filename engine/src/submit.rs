@@ -257,7 +257,7 @@ impl Engine {
             self.jobs.insert(j.id, job);
             match (lease, j.state) {
                 _ if split => {}
-                (Some(lease), _) => self.hold(j.id, lease, now.mono + self.cfg.recovery_grace()),
+                (Some(lease), _) => self.hold(j.id, lease, Some(now.mono + self.cfg.recovery_grace())),
                 (None, JobState::Waiting) => waiting.push((j.id, ended)),
                 (None, JobState::Scheduled) => self.delay(now, j.id, j.run_at_ms.unwrap_or(now.wall_ms)),
                 (None, _) => {

@@ -241,7 +241,7 @@ impl Engine {
                 job.created_at_ms = j.created_at_ms;
                 job.attempts = j.attempts;
                 self.jobs.insert(j.id, job);
-                self.hold(j.id, lease, now.mono + self.cfg.recovery_grace());
+                self.hold(j.id, lease, Some(now.mono + self.cfg.recovery_grace()));
             }
             (_, _, None, _) => self.effects.push(Effect::Store(StoreOp::Finished {
                 id: j.id,
