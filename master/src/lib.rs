@@ -289,7 +289,11 @@ pub async fn run(
     let metrics = Arc::new(metrics::Metrics::default());
     let dynsec = cfg.mqtt_dynsec;
     let at = faena_common::broker::Endpoint { url: &url, creds: creds.as_ref(), tls: &cfg.tls };
-    let conn = mqtt::connect(at, topics.clone(), instance, lead, metrics.clone(), dynsec, mqtt_cancel.clone())?;
+    let reach = match &embedded {
+        Some(b) => mqtt::Reach::Embedded(b.direct.clone()),
+        None => mqtt::Reach::External { dynsec },
+    };
+    let conn = mqtt::connect(at, topics.clone(), instance, lead, metrics.clone(), reach, mqtt_cancel.clone())?;
     let mqtt::Connection { out, mut connected, mut statuses, driver, dynsec } = conn;
     let logins = match (dynsec, &cfg.mqtt_url) {
         (Some(d), _) => broker::dynsec::WorkerLogins::Dynsec(d),

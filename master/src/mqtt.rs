@@ -36,6 +36,9 @@ pub struct MqttOut {
     /// Units and control messages go out only while this master leads;
     /// its status names the lead.
     lead: crate::leader::Lead,
+    /// With the embedded broker, units and control messages go through its
+    /// in-process link instead of the TCP connection.
+    direct: Option<Arc<crate::broker::link::Direct>>,
 }
 
 impl MqttOut {
@@ -60,12 +63,20 @@ impl MqttOut {
             tracing::debug!(job = %unit.job_id, "not sent: this master's lease has run out");
             return false;
         }
-        if let Err(e) = self.client.try_publish(self.topics.worker_jobs(worker), QoS::AtLeastOnce, false, unit.encode())
-        {
+        if let Err(e) = self.to_worker(self.topics.worker_jobs(worker), unit.encode()) {
             tracing::warn!(job = %unit.job_id, worker = %worker, error = %e, "could not queue a work unit; it goes back to the queue");
             return false;
         }
         true
+    }
+
+    /// Publishes what a worker is sent: through the embedded broker's link
+    /// when there is one, else at QoS 1 on the connection.
+    fn to_worker(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+        match &self.direct {
+            Some(d) => d.publish(topic, payload).map_err(|e| e.to_string()),
+            None => self.client.try_publish(topic, QoS::AtLeastOnce, false, payload).map_err(|e| e.to_string()),
+        }
     }
 
     pub fn control(&self, worker: &WorkerId, control: &Control) {
@@ -73,9 +84,7 @@ impl MqttOut {
             tracing::debug!(worker = %worker, "control message not sent: this master's lease has run out");
             return;
         }
-        if let Err(e) =
-            self.client.try_publish(self.topics.worker_control(worker), QoS::AtLeastOnce, false, control.encode())
-        {
+        if let Err(e) = self.to_worker(self.topics.worker_control(worker), control.encode()) {
             tracing::warn!(worker = %worker, error = %e, "could not queue a control message");
         }
     }
@@ -190,15 +199,30 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// The broker the master reaches, beyond its address.
+#[derive(Debug)]
+pub enum Reach {
+    /// Its own embedded broker: what workers are sent goes through the
+    /// router's in-process link.
+    Embedded(Arc<crate::broker::link::Direct>),
+    /// Another process (Mosquitto), with its dynamic security plugin when
+    /// `dynsec` (the master then manages workers' accounts there).
+    External { dynsec: bool },
+}
+
 pub fn connect(
     at: Endpoint<'_>,
     topics: Topics,
     instance: InstanceId,
     lead: crate::leader::Lead,
     metrics: Arc<Metrics>,
-    dynsec: bool,
+    reach: Reach,
     cancel: CancellationToken,
 ) -> Result<Connection, faena_common::tls::TlsError> {
+    let (dynsec, direct) = match reach {
+        Reach::Embedded(d) => (false, Some(d)),
+        Reach::External { dynsec } => (dynsec, None),
+    };
     let (leader, epoch) = lead.shared.clone().unzip();
     let will_status = MasterStatus { instance_id: instance, state: MasterState::Offline, ts_ms: 0, leader, epoch };
     let will = LastWill::new(topics.master_status(), will_status.encode(), QoS::AtLeastOnce, true);
@@ -206,7 +230,8 @@ pub fn connect(
     let (client, eventloop) = broker::client(options, 65_536);
     let (connected_tx, connected) = watch::channel(false);
     let (status_tx, statuses) = Statuses::channel();
-    let out = MqttOut { client: client.clone(), topics: topics.clone(), instance, config: Arc::default(), lead };
+    let out =
+        MqttOut { client: client.clone(), topics: topics.clone(), instance, config: Arc::default(), lead, direct };
     let announce = out.clone();
     let accounts = dynsec.then(|| Arc::new(Dynsec::new(client.clone(), topics.clone(), connected.clone())));
     let answers = accounts.clone();

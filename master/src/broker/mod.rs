@@ -11,6 +11,7 @@
 pub mod acl;
 pub mod dynsec;
 pub mod guard;
+pub mod link;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -31,6 +32,8 @@ pub enum EmbeddedBrokerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the embedded broker's thread: {0}")]
     Start(#[source] std::io::Error),
+    #[error("the embedded broker refused the master's own link: {0}")]
+    Link(String),
 }
 
 /// The running embedded broker.
@@ -41,6 +44,8 @@ pub struct Embedded {
     /// rumqttd itself, and the one account it takes: the master's own way in.
     pub internal: SocketAddr,
     pub login: Credentials,
+    /// The master's in-process way to publish to workers (see [`link`]).
+    pub direct: Arc<link::Direct>,
     /// The guard and its connections (rumqttd itself has no way to stop:
     /// it ends with the process).
     tasks: TaskTracker,
@@ -72,7 +77,7 @@ pub async fn start(
         username: format!("faena-internal-{}", uuid::Uuid::new_v4().simple()),
         password: Secret::new(uuid::Uuid::new_v4().simple().to_string()),
     };
-    let internal = start_rumqttd((Ipv4Addr::LOCALHOST, 0).into(), &login)?;
+    let (internal, link) = start_rumqttd((Ipv4Addr::LOCALHOST, 0).into(), &login)?;
     let guard = guard::Guard::new(
         internal,
         (login.username.clone(), login.password.clone()),
@@ -83,11 +88,16 @@ pub async fn start(
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
     tasks.spawn(guard::serve(public, Arc::new(guard), tls, tasks.clone(), cancel.clone()));
-    Ok(Embedded { public: public_addr, internal, login, tasks, cancel })
+    let direct = Arc::new(link::Direct::new(link));
+    Ok(Embedded { public: public_addr, internal, login, direct, tasks, cancel })
 }
 
-/// Starts rumqttd on `addr`, taking only `login`; returns where it listens.
-fn start_rumqttd(addr: SocketAddr, login: &Credentials) -> Result<SocketAddr, EmbeddedBrokerError> {
+/// Starts rumqttd on `addr`, taking only `login`; returns where it listens
+/// and the master's local link to its router.
+fn start_rumqttd(
+    addr: SocketAddr,
+    login: &Credentials,
+) -> Result<(SocketAddr, (rumqttd::local::LinkTx, rumqttd::local::LinkRx)), EmbeddedBrokerError> {
     // Binding first resolves port 0; rumqttd re-binds the same address
     // right after (it sets SO_REUSEADDR).
     let probe = std::net::TcpListener::bind(addr).map_err(|source| EmbeddedBrokerError::Bind { addr, source })?;
@@ -126,6 +136,10 @@ fn start_rumqttd(addr: SocketAddr, login: &Credentials) -> Result<SocketAddr, Em
         metrics: None,
     };
     let mut broker = Broker::new(config);
+    // The router runs from `new`: this waits for its answer only.
+    // A client id no worker can have (no worker id has a `:`): none can
+    // take the link's session over.
+    let link = broker.link("faena:master-link").map_err(|e| EmbeddedBrokerError::Link(e.to_string()))?;
     std::thread::Builder::new()
         .name("faena-broker".into())
         .spawn(move || {
@@ -134,5 +148,5 @@ fn start_rumqttd(addr: SocketAddr, login: &Credentials) -> Result<SocketAddr, Em
             }
         })
         .map_err(EmbeddedBrokerError::Start)?;
-    Ok(addr)
+    Ok((addr, link))
 }
