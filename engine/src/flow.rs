@@ -81,9 +81,9 @@ impl Engine {
     }
 
     /// The units of these attempts went out to their workers. Their
-    /// leases' terms start now, not at dispatch: a unit waits for the commit of its dispatch
-    /// before it is published, and a slow commit must not run out a lease
-    /// that its worker cannot have renewed.
+    /// leases' terms start now, not at dispatch: a unit waits for the
+    /// commit of its dispatch before it is published, and a slow commit
+    /// must not run out a lease that its worker cannot have renewed.
     pub fn sent(&mut self, now: Now, attempts: &[(JobId, u32)]) {
         for (id, attempt) in attempts {
             let Some(lease) = self.jobs.get_mut(id).and_then(|j| j.lease.as_mut()) else { continue };
