@@ -1,0 +1,29 @@
+# Included by CMake right after llama.cpp's project() (CMAKE_PROJECT_INCLUDE,
+# set in .cargo/config.toml).
+
+# llama-cpp-2 asks for llama-cpp-sys-2 with its default features, which build
+# llama.cpp's `common` library (52 C++ files and cpp-httplib); the worker calls
+# nothing of it, and Faena cannot turn a dependency's feature off, so the
+# library is not built.
+set(LLAMA_BUILD_COMMON OFF CACHE BOOL "" FORCE)
+
+# ggml, where an answer's time goes (its CPU kernels), is always CMake's
+# Release (-O3). llama's own code (loading the model, building each step's
+# graph, sampling) takes the opt-level the Cargo profile gives llama-cpp-sys-2
+# (its build script's OPT_LEVEL) where that is below 3: dev.sh's `dev-cluster`
+# profile builds it at -O1, in 200 CPU-seconds instead of 272 (BENCHMARKS.md,
+# "A newcomer's cold start"); the others, tests' included, at 3 (Cargo.toml).
+# The flag comes after Release's -O3 on the command line, so it wins.
+function(faena_llama_opt flag)
+  if(TARGET llama)
+    target_compile_options(llama PRIVATE "${flag}")
+  endif()
+endfunction()
+if("$ENV{OPT_LEVEL}" MATCHES "^[012]$")
+  get_property(faena_llama_opt_set GLOBAL PROPERTY FAENA_LLAMA_OPT)
+  if(NOT faena_llama_opt_set)
+    set_property(GLOBAL PROPERTY FAENA_LLAMA_OPT TRUE)
+    # At the end of the top directory, once src/ has made the target.
+    cmake_language(DEFER DIRECTORY "${CMAKE_SOURCE_DIR}" CALL faena_llama_opt "-O$ENV{OPT_LEVEL}")
+  endif()
+endif()
