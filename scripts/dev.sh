@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Runs a whole Faena cluster on this machine: the master with its embedded
 # MQTT broker and FAENA_WORKERS workers (default 2) as separate processes.
-# Builds first if needed (release profile). Ctrl-C stops everything.
+# Builds first if needed. Ctrl-C stops everything.
 #
+#   FAENA_DEV_PROFILE  dev-cluster (default: built in minutes, Rust
+#                    unoptimised, RandomX and the local model at full
+#                    speed) or release (as images and benchmarks: a longer
+#                    first build, about 4x the dispatch)
 #   FAENA_HTTP_ADDR  web page and REST API   (default 127.0.0.1:8888)
 #   FAENA_GRPC_ADDR  worker callbacks (gRPC)  (default 127.0.0.1:50051)
 #   FAENA_MQTT_ADDR  embedded broker          (default 127.0.0.1:1883)
@@ -27,9 +31,14 @@ cd "$(dirname "$0")/.."
 . scripts/lib/prereqs.sh
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
+profile=${FAENA_DEV_PROFILE:-dev-cluster}
+case $profile in
+  dev-cluster | release) ;;
+  *) echo "FAENA_DEV_PROFILE must be dev-cluster or release" >&2; exit 2 ;;
+esac
 
 need_build_tools
 need_web
@@ -44,8 +53,8 @@ elif [ -z "$FAENA_LOCAL_MODEL" ]; then
 fi
 # Only what runs here (not the benches and tools of the workspace): on a
 # fresh machine this build is most of the wait.
-cargo build --locked --profile dev-cluster --bin faena-master --bin faena-worker --bin faena
-bin=target/dev-cluster
+cargo build --locked --profile "$profile" --bin faena-master --bin faena-worker --bin faena
+bin=target/$profile
 
 export FAENA_HTTP_ADDR=${FAENA_HTTP_ADDR:-127.0.0.1:8888}
 export FAENA_GRPC_ADDR=${FAENA_GRPC_ADDR:-127.0.0.1:50051}
@@ -156,6 +165,7 @@ cat <<MSG
     Stratum (XMRig)        xmrig -o $FAENA_STRATUM_ADDR -u NAME -p x -a rx/0   (after adding a source:
                            curl -s -H 'content-type: application/json' http://$FAENA_HTTP_ADDR/api/mining/sources -d '{"kind":"daemon","url":"http://127.0.0.1:18081","wallet":"<address>"}')
 $( [ "$masters" -ge 2 ] || echo "    watch logs and status  mosquitto_sub -h ${FAENA_MQTT_ADDR%:*} -p ${FAENA_MQTT_ADDR##*:} -t 'faena/#' -v")
+    built as               $profile$( [ "$profile" = release ] || echo " (quick to build; to measure dispatch: FAENA_DEV_PROFILE=release)")
   Ctrl-C stops everything.
 
 MSG
