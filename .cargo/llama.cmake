@@ -1,5 +1,5 @@
-# Included by CMake right after llama.cpp's project() (CMAKE_PROJECT_INCLUDE,
-# set in .cargo/config.toml).
+# Included by CMake right after each project() of llama.cpp's build
+# (CMAKE_PROJECT_INCLUDE, set in .cargo/config.toml).
 
 # llama-cpp-2 asks for llama-cpp-sys-2 with its default features, which build
 # llama.cpp's `common` library (52 C++ files and cpp-httplib); the worker calls
@@ -19,11 +19,8 @@ function(faena_llama_opt flag)
     target_compile_options(llama PRIVATE "${flag}")
   endif()
 endfunction()
-if("$ENV{OPT_LEVEL}" MATCHES "^[012]$")
-  get_property(faena_llama_opt_set GLOBAL PROPERTY FAENA_LLAMA_OPT)
-  if(NOT faena_llama_opt_set)
-    set_property(GLOBAL PROPERTY FAENA_LLAMA_OPT TRUE)
-    # At the end of the top directory, once src/ has made the target.
-    cmake_language(DEFER DIRECTORY "${CMAKE_SOURCE_DIR}" CALL faena_llama_opt "-O$ENV{OPT_LEVEL}")
-  endif()
+# ggml's own project() includes this file too: only llama.cpp's defers the
+# call, to the end of its directory, once src/ has made the target.
+if(PROJECT_NAME STREQUAL "llama.cpp" AND "$ENV{OPT_LEVEL}" MATCHES "^[012]$")
+  cmake_language(DEFER CALL faena_llama_opt "-O$ENV{OPT_LEVEL}")
 endif()
