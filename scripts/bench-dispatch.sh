@@ -8,7 +8,10 @@
 # fsync'd (`appendfsync always`, what Faena promises). Rounds alternate;
 # the ratios are of the medians. Not part of CI.
 #
-#   scripts/bench-dispatch.sh [rounds=3] [jobs=20000]
+#   scripts/bench-dispatch.sh [rounds=3] [jobs=20000] [slots=128]
+#
+# `slots` is each worker's, Faena's and BullMQ's alike (FAENA_BENCH_SLOTS):
+# jobs in flight bound jobs/s at slots ÷ the time a job holds one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/prereqs.sh
@@ -18,6 +21,7 @@ need_build_tools
 need_packages node:nodejs npm:npm redis-server:redis-server
 rounds=${1:-3}
 jobs=${2:-20000}
+export FAENA_BENCH_SLOTS=${3:-128}
 cargo build --locked --release -p faena-master -p faena-worker -p faena-testkit --bins >/dev/null 2>&1
 (cd bench/bullmq && npm ci --no-audit --no-fund --loglevel=error)
 work=$(mktemp -d)
@@ -57,6 +61,6 @@ faena=$(median "$work/faena")
 memory=$(median "$work/bullmq-memory")
 fsync=$(median "$work/bullmq-fsync")
 echo
-echo "medians of $rounds rounds, $jobs jobs: Faena batch $faena jobs/s (durable: fsync per commit group)"
+echo "medians of $rounds rounds, $jobs jobs, 2 workers x $FAENA_BENCH_SLOTS slots: Faena batch $faena jobs/s (durable: fsync per commit group)"
 awk -v f="$faena" -v b="$memory" 'BEGIN {printf "  BullMQ, Redis without persistence   %6d jobs/s   Faena / BullMQ %.2fx\n", b, f / b}'
 awk -v f="$faena" -v b="$fsync" 'BEGIN {printf "  BullMQ, Redis appendfsync always    %6d jobs/s   Faena / BullMQ %.2fx\n", b, f / b}'

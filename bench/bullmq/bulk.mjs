@@ -1,10 +1,10 @@
 // BullMQ (open source, 6.x) on faena-bench's batch phase: `jobs` no-op jobs
 // added with `addBulk` in calls of 1,000, one after the other, while two
 // worker processes at concurrency 128 each (the bench's two Faena workers
-// × 128 slots) take them; jobs/s from the first add to the last
-// completion. Completed jobs are kept (`removeOnComplete: false`), as Faena
-// keeps each job's record. A warm-up of 2,000 jobs goes first, as in
-// faena-bench.
+// × 128 slots; FAENA_BENCH_SLOTS sets both) take them; jobs/s from the
+// first add to the last completion. Completed jobs are kept
+// (`removeOnComplete: false`), as Faena keeps each job's record. A
+// warm-up of 2,000 jobs goes first, as in faena-bench.
 //   node bench/bullmq/bulk.mjs <redis port> [jobs=20000] [rounds=1]
 //   node bench/bullmq/bulk.mjs <redis port> --worker        (what it forks)
 // The workers' processes inherit BULLMQ with the rest of the environment.
@@ -16,9 +16,11 @@ const { Queue, Worker } = await import(process.env.BULLMQ ?? "bullmq6");
 const port = Number(process.argv[2]);
 const connection = { host: "127.0.0.1", port };
 const NAME = "bulk";
+// Each worker's concurrency: the slots of each of faena-bench's workers.
+const concurrency = Number(process.env.FAENA_BENCH_SLOTS ?? 128);
 
 if (process.argv[3] === "--worker") {
-  const worker = new Worker(NAME, async (job) => job.data.i, { connection, concurrency: 128 });
+  const worker = new Worker(NAME, async (job) => job.data.i, { connection, concurrency });
   await worker.waitUntilReady();
   process.send("ready");
   process.on("message", async () => {
@@ -33,7 +35,7 @@ if (process.argv[3] === "--worker") {
   // BULLMQ_IN_PROCESS=1: the two workers in this process, beside the adds.
   const inProcess = process.env.BULLMQ_IN_PROCESS === "1";
   const workers = inProcess
-    ? [0, 1].map(() => new Worker(NAME, async (job) => job.data.i, { connection, concurrency: 128 }))
+    ? [0, 1].map(() => new Worker(NAME, async (job) => job.data.i, { connection, concurrency }))
     : [0, 1].map(() => fork(new URL(import.meta.url).pathname, [String(port), "--worker"]));
   await Promise.all(
     workers.map((w) => (inProcess ? w.waitUntilReady() : new Promise((r) => w.once("message", r)))),

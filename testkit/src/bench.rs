@@ -10,8 +10,24 @@ use serde_json::json;
 use crate::process::{cpu_seconds, thread_cpu};
 use crate::{Cluster, eventually};
 
-/// Slots of each of the bench's two workers.
-pub const WORKER_SLOTS: u32 = 128;
+/// Slots of each of the bench's two workers unless `FAENA_BENCH_SLOTS` says.
+const WORKER_SLOTS: u32 = 128;
+
+/// Slots of each of the bench's two workers: `FAENA_BENCH_SLOTS` (1 to
+/// 4096, a worker's own limit), else 128. The slots bound the jobs in
+/// flight, so they bound jobs/s at slots ÷ the time a job holds one (its
+/// dispatch's commit, the trip to the worker and its result's way back):
+/// a larger machine may need more of them to show what the master can do.
+pub fn worker_slots() -> u32 {
+    let Ok(v) = std::env::var("FAENA_BENCH_SLOTS") else { return WORKER_SLOTS };
+    match v.parse() {
+        Ok(n @ 1..=4096) => n,
+        _ => {
+            eprintln!("FAENA_BENCH_SLOTS must be a number from 1 to 4096, not {v:?}");
+            std::process::exit(2);
+        }
+    }
+}
 
 /// A master (`extra` settings besides the bench's) and the bench's two
 /// workers, registered.
@@ -21,10 +37,11 @@ pub async fn cluster(extra: Vec<(String, String)>) -> Cluster {
 
 /// The same, from `opts` (the bench's heartbeat set).
 pub async fn cluster_with(opts: crate::MasterOpts) -> Cluster {
+    let slots = worker_slots();
     let opts = crate::MasterOpts { heartbeat_ms: 2000, ..opts };
     let mut c = Cluster::start(opts).await;
-    c.add_worker("bench-1", WORKER_SLOTS).await;
-    c.add_worker("bench-2", WORKER_SLOTS).await;
+    c.add_worker("bench-1", slots).await;
+    c.add_worker("bench-2", slots).await;
     c.wait_workers(2).await;
     c
 }

@@ -28,13 +28,14 @@
 
 use std::time::Duration;
 
-use faena_testkit::bench::{WORKER_SLOTS, cluster, jobs_and_samples, phases};
+use faena_testkit::bench::{cluster, jobs_and_samples, phases, worker_slots};
 use faena_testkit::process::cpu_seconds;
 use faena_testkit::{Cluster, eventually};
 
 #[tokio::main]
 async fn main() {
     let (jobs, samples) = jobs_and_samples();
+    let slots = worker_slots();
     let sync = std::env::var("FAENA_STORE_SYNC").unwrap_or_else(|_| "full".into());
     let mut extra = vec![("FAENA_STORE_SYNC".to_owned(), sync.clone())];
     // `FAENA_BENCH_STORE=postgres`: the job store on a PostgreSQL of the
@@ -49,7 +50,8 @@ async fn main() {
     let mut c = cluster(extra).await;
     let pid = c.master().pid();
     println!(
-        "faena-bench: {jobs} noop jobs, 2 workers x {WORKER_SLOTS} slots, store sync={sync}, {} cores",
+        "faena-bench: {jobs} noop jobs, 2 workers x {} slots, store sync={sync}, {} cores",
+        slots,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
 
@@ -80,9 +82,9 @@ async fn main() {
             async move { api.workers().await.iter().all(|w| w["state"] != "online").then_some(()) }
         })
         .await;
-        c.add_python_worker("bench-py-1", WORKER_SLOTS, &[]).await;
-        c.add_python_worker("bench-py-2", WORKER_SLOTS, &[]).await;
-        println!("faena-bench: the same with 2 Python workers x {WORKER_SLOTS} slots, x.wordcount");
+        c.add_python_worker("bench-py-1", slots, &[]).await;
+        c.add_python_worker("bench-py-2", slots, &[]).await;
+        println!("faena-bench: the same with 2 Python workers x {} slots, x.wordcount", slots);
         let py = phases(&c, pid, "x.wordcount", jobs, samples).await;
         println!(
             "python/rust  batch jobs/s {:.2}x  one-by-one jobs/s {:.2}x  master CPU/job {:.2}x / {:.2}x  low-load p50 {:.2}x",

@@ -9,25 +9,27 @@
 //! Prints each run and the ratios to the first.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
-use faena_testkit::bench::{Figures, WORKER_SLOTS, jobs_and_samples, phases};
+use faena_testkit::bench::{Figures, jobs_and_samples, phases, worker_slots};
 use faena_testkit::mosquitto::Mosquitto;
 use faena_testkit::{Api, Cluster, MasterOpts};
 
 #[tokio::main]
 async fn main() {
     let (jobs, samples) = jobs_and_samples();
+    let slots = worker_slots();
     let pg = faena_store::harness::Postgres::start();
     let broker_dir = tempfile::tempdir().expect("dir");
     let mosquitto = Mosquitto::start(broker_dir.path()).await;
     let extra = vec![("FAENA_STORE_URL".to_owned(), pg.url())];
     let opts = MasterOpts { broker: mosquitto.broker(), extra, heartbeat_ms: 2000, ..MasterOpts::default() };
     let mut c = Cluster::start(opts).await;
-    c.add_worker("bench-1", WORKER_SLOTS).await;
-    c.add_worker("bench-2", WORKER_SLOTS).await;
+    c.add_worker("bench-1", slots).await;
+    c.add_worker("bench-2", slots).await;
     c.wait_workers(2).await;
     let pid = c.master().pid();
     println!(
-        "faena-ha-bench: {jobs} noop jobs, 2 workers x {WORKER_SLOTS} slots, PostgreSQL 127.0.0.1:{}, Mosquitto, {} cores",
+        "faena-ha-bench: {jobs} noop jobs, 2 workers x {} slots, PostgreSQL 127.0.0.1:{}, Mosquitto, {} cores",
+        slots,
         pg.port,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );

@@ -23,7 +23,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use faena_testkit::bench::{BATCH, WORKER_SLOTS, cluster_with, percentile};
+use faena_testkit::bench::{BATCH, cluster_with, percentile, worker_slots};
 use faena_testkit::process::rss_mib;
 use faena_testkit::{Cluster, MasterOpts, eventually, sample};
 use serde_json::{Value, json};
@@ -136,8 +136,9 @@ async fn started(c: &Cluster, ids: &[String]) -> Vec<u64> {
 /// the workers start. B's wait is counted from the first dispatch (when
 /// the workers began), so the workers' start-up weighs on neither.
 async fn fairness(a: usize, b: usize) {
+    let slots = worker_slots();
     println!(
-        "fairness: group A submits {a} noop jobs, then group B {b}, all queued before 2 workers x 128 slots start"
+        "fairness: group A submits {a} noop jobs, then group B {b}, all queued before 2 workers x {slots} slots start"
     );
     let mut p99s = Vec::new();
     for grouped in [false, true] {
@@ -146,8 +147,8 @@ async fn fairness(a: usize, b: usize) {
         let (ga, gb) = (group("a"), group("b"));
         let first = submit(&c, a, |i| json!({"kind": "noop", "params": {"payload": i}, "group": ga})).await;
         let ids = submit(&c, b, |i| json!({"kind": "noop", "params": {"payload": i}, "group": gb})).await;
-        c.add_worker("bench-1", WORKER_SLOTS).await;
-        c.add_worker("bench-2", WORKER_SLOTS).await;
+        c.add_worker("bench-1", slots).await;
+        c.add_worker("bench-2", slots).await;
         wait_succeeded(&c, (a + b) as u64).await;
         let began = started(&c, &first[..1]).await[0].min(started(&c, &ids[..1]).await[0]);
         let w: Vec<Duration> =
