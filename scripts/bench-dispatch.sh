@@ -17,11 +17,17 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/prereqs.sh
 . scripts/lib/prereqs.sh
 help_if_asked "$@"
+export FAENA_BENCH_SLOTS=${3:-128}
+# Checked before anything is installed or started (BullMQ's rounds come
+# before faena-bench, which checks it too).
+if ! [[ $FAENA_BENCH_SLOTS =~ ^[1-9][0-9]{0,3}$ ]] || [ "$FAENA_BENCH_SLOTS" -gt 4096 ]; then
+  echo "slots must be a number from 1 to 4096, not '$FAENA_BENCH_SLOTS'" >&2
+  exit 2
+fi
 need_build_tools
 need_packages node:nodejs npm:npm redis-server:redis-server
 rounds=${1:-3}
 jobs=${2:-20000}
-export FAENA_BENCH_SLOTS=${3:-128}
 cargo build --locked --release -p faena-master -p faena-worker -p faena-testkit --bins >/dev/null 2>&1
 (cd bench/bullmq && npm ci --no-audit --no-fund --loglevel=error)
 work=$(mktemp -d)

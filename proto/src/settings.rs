@@ -19,7 +19,8 @@ use crate::mqtt::Payload;
 pub const MAX_WORKER_SCOPES: usize = 4096;
 /// Most settings one update may carry.
 pub const MAX_SETTINGS_PER_UPDATE: usize = 64;
-const MAX_SLOTS: u32 = 4096;
+/// Most slots (or AI slots) a worker may be given.
+pub const MAX_SLOTS: u32 = 4096;
 const MAX_THREADS: u64 = 1024;
 const MAX_TEXT: usize = 256;
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];

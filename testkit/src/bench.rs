@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use faena_proto::settings::MAX_SLOTS;
 use futures::StreamExt;
 use serde_json::json;
 
@@ -13,17 +14,17 @@ use crate::{Cluster, eventually};
 /// Slots of each of the bench's two workers unless `FAENA_BENCH_SLOTS` says.
 const WORKER_SLOTS: u32 = 128;
 
-/// Slots of each of the bench's two workers: `FAENA_BENCH_SLOTS` (1 to
-/// 4096, a worker's own limit), else 128. The slots bound the jobs in
+/// Slots of each of the bench's two workers: `FAENA_BENCH_SLOTS` (1 to a
+/// worker's own limit, [`MAX_SLOTS`]), else 128. The slots bound the jobs in
 /// flight, so they bound jobs/s at slots ÷ the time a job holds one (its
 /// dispatch's commit, the trip to the worker and its result's way back):
 /// a larger machine may need more of them to show what the master can do.
 pub fn worker_slots() -> u32 {
     let Ok(v) = std::env::var("FAENA_BENCH_SLOTS") else { return WORKER_SLOTS };
     match v.parse() {
-        Ok(n @ 1..=4096) => n,
+        Ok(n @ 1..=MAX_SLOTS) => n,
         _ => {
-            eprintln!("FAENA_BENCH_SLOTS must be a number from 1 to 4096, not {v:?}");
+            eprintln!("FAENA_BENCH_SLOTS must be a number from 1 to {MAX_SLOTS}, not {v:?}");
             std::process::exit(2);
         }
     }

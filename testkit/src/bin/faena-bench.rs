@@ -50,8 +50,7 @@ async fn main() {
     let mut c = cluster(extra).await;
     let pid = c.master().pid();
     println!(
-        "faena-bench: {jobs} noop jobs, 2 workers x {} slots, store sync={sync}, {} cores",
-        slots,
+        "faena-bench: {jobs} noop jobs, 2 workers x {slots} slots, store sync={sync}, {} cores",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
 
@@ -84,7 +83,7 @@ async fn main() {
         .await;
         c.add_python_worker("bench-py-1", slots, &[]).await;
         c.add_python_worker("bench-py-2", slots, &[]).await;
-        println!("faena-bench: the same with 2 Python workers x {} slots, x.wordcount", slots);
+        println!("faena-bench: the same with 2 Python workers x {slots} slots, x.wordcount");
         let py = phases(&c, pid, "x.wordcount", jobs, samples).await;
         println!(
             "python/rust  batch jobs/s {:.2}x  one-by-one jobs/s {:.2}x  master CPU/job {:.2}x / {:.2}x  low-load p50 {:.2}x",

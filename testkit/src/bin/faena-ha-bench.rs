@@ -28,8 +28,7 @@ async fn main() {
     c.wait_workers(2).await;
     let pid = c.master().pid();
     println!(
-        "faena-ha-bench: {jobs} noop jobs, 2 workers x {} slots, PostgreSQL 127.0.0.1:{}, Mosquitto, {} cores",
-        slots,
+        "faena-ha-bench: {jobs} noop jobs, 2 workers x {slots} slots, PostgreSQL 127.0.0.1:{}, Mosquitto, {} cores",
         pg.port,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
