@@ -20,13 +20,18 @@ const WORKER_SLOTS: u32 = 128;
 /// dispatch's commit, the trip to the worker and its result's way back):
 /// a larger machine may need more of them to show what the master can do.
 pub fn worker_slots() -> u32 {
-    let Ok(v) = std::env::var("FAENA_BENCH_SLOTS") else { return WORKER_SLOTS };
+    slots(std::env::var("FAENA_BENCH_SLOTS").ok().as_deref()).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2);
+    })
+}
+
+/// `FAENA_BENCH_SLOTS`'s value, if set, as slots.
+fn slots(v: Option<&str>) -> Result<u32, String> {
+    let Some(v) = v else { return Ok(WORKER_SLOTS) };
     match v.parse() {
-        Ok(n @ 1..=MAX_SLOTS) => n,
-        _ => {
-            eprintln!("FAENA_BENCH_SLOTS must be a number from 1 to {MAX_SLOTS}, not {v:?}");
-            std::process::exit(2);
-        }
+        Ok(n @ 1..=MAX_SLOTS) => Ok(n),
+        _ => Err(format!("FAENA_BENCH_SLOTS must be a number from 1 to {MAX_SLOTS}, not {v:?}")),
     }
 }
 
@@ -202,4 +207,19 @@ pub async fn phases(c: &Cluster, pid: i32, kind: &str, jobs: usize, samples: usi
         latencies.last().copied().map(ms).unwrap_or_default()
     );
     Figures { batch, one_by_one, p50, p99, running_p50, running_p99 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_benchs_slots_stay_within_a_workers_limit() {
+        assert_eq!(slots(None), Ok(WORKER_SLOTS));
+        assert_eq!(slots(Some("1")), Ok(1));
+        assert_eq!(slots(Some(&MAX_SLOTS.to_string())), Ok(MAX_SLOTS));
+        for bad in ["0", "4097", "-1", "abc", ""] {
+            assert!(slots(Some(bad)).is_err_and(|e| e.contains("from 1 to 4096")), "{bad}");
+        }
+    }
 }
