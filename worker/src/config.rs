@@ -8,6 +8,7 @@ use clap::Parser;
 pub use faena_common::args::ConfigError;
 use faena_common::args::{BrokerAuth, ClusterToken};
 use faena_proto::ai::Provider;
+use faena_proto::settings::MAX_SLOTS;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "faena-worker", version, about = "Faena worker: runs work units from MQTT, reports over gRPC")]
@@ -131,11 +132,12 @@ impl Config {
         if self.randomx_threads.is_some_and(|t| t == 0 || t > 1024) {
             return Err(ConfigError("--randomx-threads must be 1..=1024".into()));
         }
-        if self.slots.is_some_and(|s| s == 0 || s > 4096) {
-            return Err(ConfigError("--slots must be 1..=4096".into()));
+        // The same limit as a live `worker.slots` setting's.
+        if self.slots.is_some_and(|s| s == 0 || s > MAX_SLOTS) {
+            return Err(ConfigError(format!("--slots must be 1..={MAX_SLOTS}")));
         }
-        if self.ai.ai_slots == 0 || self.ai.ai_slots > 4096 {
-            return Err(ConfigError("--ai-slots must be 1..=4096".into()));
+        if self.ai.ai_slots == 0 || self.ai.ai_slots > MAX_SLOTS {
+            return Err(ConfigError(format!("--ai-slots must be 1..={MAX_SLOTS}")));
         }
         if self.ai.ai_tries == 0 || self.ai.ai_tries > 20 {
             return Err(ConfigError("--ai-tries must be 1..=20".into()));
@@ -179,7 +181,7 @@ fn parse_provider(s: &str) -> Result<Provider, String> {
 mod tests {
     use clap::Parser;
 
-    use super::Config;
+    use super::{Config, MAX_SLOTS};
 
     #[test]
     fn a_worker_is_told_of_one_to_sixteen_masters() {
@@ -190,5 +192,19 @@ mod tests {
         assert!(parse("http://a:1,https://b:2").expect("parses").validate().is_ok());
         assert!(parse("http://a:1,b:2").expect("parses").validate().is_err());
         assert!(parse(",").expect("parses").validate().is_err());
+    }
+
+    /// `--slots` and `--ai-slots` take what a live setting takes.
+    #[test]
+    fn slots_stay_within_the_settings_limit() {
+        let check = |flag: &str, n: u32| {
+            Config::try_parse_from(["faena-worker", flag, &n.to_string()]).expect("parses").validate().is_ok()
+        };
+        for flag in ["--slots", "--ai-slots"] {
+            assert!(!check(flag, 0), "{flag} 0");
+            assert!(check(flag, 1), "{flag} 1");
+            assert!(check(flag, MAX_SLOTS), "{flag} at the limit");
+            assert!(!check(flag, MAX_SLOTS + 1), "{flag} past the limit");
+        }
     }
 }
