@@ -3,7 +3,8 @@
 # embedded broker, SQLite with fsync, two workers) with `perf record` on the
 # master for a few seconds of it, then the samples summed by thread and by
 # part (kernel, gRPC/HTTP, SQLite, engine, MQTT, allocator, ...). faena-bench
-# itself prints each master thread's µs/job and cores busy per phase.
+# itself prints each master thread's µs/job, cores busy and run-queue wait
+# (as a share of its CPU) per phase.
 # Not part of CI; needs perf (Debian's linux-perf).
 #
 #   scripts/profile-master.sh [jobs]   (default 90000; the queue holds 100,000)

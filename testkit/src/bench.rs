@@ -8,7 +8,7 @@ use faena_proto::settings::MAX_SLOTS;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::process::{cpu_seconds, thread_cpu};
+use crate::process::{ThreadTimes, cpu_seconds, thread_cpu};
 use crate::{Cluster, eventually};
 
 /// Slots of each of the bench's two workers unless `FAENA_BENCH_SLOTS` says.
@@ -94,24 +94,27 @@ fn report(name: &str, jobs: usize, elapsed: Duration, cpu: f64) -> (f64, f64) {
     (rate, cpu_per_job)
 }
 
-/// Where the master's CPU went over a phase, thread by thread: µs per job
-/// and cores busy (a single thread near 1.0 is what serialises the path).
-fn report_threads(pid: i32, before: &std::collections::BTreeMap<String, (f64, usize)>, jobs: usize, elapsed: Duration) {
-    let mut spent: Vec<(String, f64, usize)> = thread_cpu(pid)
+/// Where the master's CPU went over a phase, thread by thread: µs per job,
+/// cores busy (a single thread near 1.0 is what serialises the path) and
+/// how long it waited for a core, as a share of the time it ran (near 1 or
+/// more: the cores hold it back).
+fn report_threads(pid: i32, before: &std::collections::BTreeMap<String, ThreadTimes>, jobs: usize, elapsed: Duration) {
+    let mut spent: Vec<(String, ThreadTimes)> = thread_cpu(pid)
         .into_iter()
-        .map(|(name, (cpu, n))| {
-            let spent = cpu - before.get(&name).map_or(0.0, |b| b.0);
-            (name, spent, n)
+        .map(|(name, now)| {
+            let b = before.get(&name).copied().unwrap_or_default();
+            let spent = ThreadTimes { cpu: now.cpu - b.cpu, waited: now.waited - b.waited, threads: now.threads };
+            (name, spent)
         })
-        .filter(|(_, cpu, _)| *cpu > 0.0)
+        .filter(|(_, t)| t.cpu > 0.0)
         .collect();
-    spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+    spent.sort_by(|a, b| b.1.cpu.total_cmp(&a.1.cpu));
     let line: Vec<String> = spent
         .iter()
-        .map(|(name, cpu, n)| {
-            let threads = if *n > 1 { format!(" ×{n}") } else { String::new() };
-            let (per_job, cores) = (cpu * 1e6 / jobs as f64, cpu / elapsed.as_secs_f64());
-            format!("{name}{threads} {per_job:.1} µs/job {cores:.2} cores")
+        .map(|(name, t)| {
+            let threads = if t.threads > 1 { format!(" ×{}", t.threads) } else { String::new() };
+            let (per_job, cores) = (t.cpu * 1e6 / jobs as f64, t.cpu / elapsed.as_secs_f64());
+            format!("{name}{threads} {per_job:.1} µs/job {cores:.2} cores wait {:.2}", t.waited / t.cpu)
         })
         .collect();
     println!("             master threads: {}", line.join(" | "));

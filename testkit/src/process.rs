@@ -92,10 +92,22 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// CPU seconds (user + system) of each thread of process `pid` so far, by
-/// thread name (`/proc/<pid>/task/*/stat`), with how many threads share
-/// the name: tokio's workers are one entry.
-pub fn thread_cpu(pid: i32) -> std::collections::BTreeMap<String, (f64, usize)> {
+/// What the threads of one name have spent so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct ThreadTimes {
+    /// CPU seconds, user and system (`stat`).
+    pub cpu: f64,
+    /// Seconds runnable but waiting for a core (`schedstat`; 0 where the
+    /// kernel keeps none): a thread that waits about as long as it runs
+    /// is held back by the cores, not by its work.
+    pub waited: f64,
+    /// How many threads have the name.
+    pub threads: usize,
+}
+
+/// [`ThreadTimes`] of each thread of process `pid` so far, by thread name
+/// (`/proc/<pid>/task/*`): tokio's workers are one entry.
+pub fn thread_cpu(pid: i32) -> std::collections::BTreeMap<String, ThreadTimes> {
     let mut by_name = std::collections::BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
     for task in tasks.flatten() {
@@ -104,11 +116,18 @@ pub fn thread_cpu(pid: i32) -> std::collections::BTreeMap<String, (f64, usize)> 
         let name = head.get(open + 1..).unwrap_or_default().to_owned();
         let fields: Vec<&str> = after.split_whitespace().collect();
         let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        let e: &mut (f64, usize) = by_name.entry(name).or_default();
-        e.0 += (ticks(11) + ticks(12)) / 100.0;
-        e.1 += 1;
+        let e: &mut ThreadTimes = by_name.entry(name).or_default();
+        e.cpu += (ticks(11) + ticks(12)) / 100.0;
+        e.waited += run_queue_wait(&std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default());
+        e.threads += 1;
     }
     by_name
+}
+
+/// The seconds a thread waited on a run queue, from its `schedstat` (on
+/// the CPU, waiting, time slices; nanoseconds); 0 where it has none.
+fn run_queue_wait(schedstat: &str) -> f64 {
+    schedstat.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()).map_or(0.0, |ns| ns / 1e9)
 }
 
 /// Resident memory of process `pid` now, in MiB (from `/proc`).
@@ -116,4 +135,20 @@ pub fn rss_mib(pid: i32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next());
     kb.and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_threads_run_queue_wait_is_read_from_its_schedstat() {
+        assert_eq!(run_queue_wait("1500000000 250000000 42\n"), 0.25);
+        assert_eq!(run_queue_wait(""), 0.0);
+        assert_eq!(run_queue_wait("12"), 0.0);
+        // This thread's own: there, or 0 where the kernel keeps none.
+        let own = thread_cpu(std::process::id() as i32);
+        assert!(own.values().all(|t| t.threads > 0 && t.cpu >= 0.0 && t.waited >= 0.0));
+        assert!(own.values().map(|t| t.threads).sum::<usize>() >= 1);
+    }
 }
