@@ -68,12 +68,64 @@ impl Availability {
     }
 }
 
+/// The jobs a worker runs, by kind, with how many are AI queries: its free
+/// slots are asked for on every placement, for every worker, and are
+/// counted in O(1) however many it runs (counting the map each time cost
+/// a placement O(workers × slots)).
+#[derive(Debug, Clone, Default)]
+pub struct Running {
+    jobs: HashMap<JobId, JobKind>,
+    ai: u32,
+}
+
+impl Running {
+    /// Adds (or replaces) job `id`; the kind it had.
+    pub fn insert(&mut self, id: JobId, kind: JobKind) -> Option<JobKind> {
+        let was = self.jobs.insert(id, kind);
+        if kind == JobKind::AiQuery {
+            self.ai += 1;
+        }
+        if was == Some(JobKind::AiQuery) {
+            self.ai -= 1;
+        }
+        was
+    }
+
+    /// Takes job `id` out; the kind it had.
+    pub fn remove(&mut self, id: &JobId) -> Option<JobKind> {
+        let was = self.jobs.remove(id);
+        if was == Some(JobKind::AiQuery) {
+            self.ai -= 1;
+        }
+        was
+    }
+
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &JobId> {
+        self.jobs.keys()
+    }
+
+    /// How many run in the class of AI queries (`ai`) or of the rest.
+    fn busy(&self, ai: bool) -> u32 {
+        let ai_jobs = self.ai as usize;
+        let n = if ai { ai_jobs } else { self.jobs.len() - ai_jobs };
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Worker {
     pub id: WorkerId,
     pub instance: InstanceId,
     pub caps: Capabilities,
-    pub running: HashMap<JobId, JobKind>,
+    pub running: Running,
     pub last_seen: Instant,
     pub availability: Availability,
     pub hashrate: f64,
@@ -93,9 +145,7 @@ impl Worker {
 
     /// Free slots of the class `kind` runs in (AI queries or the rest).
     pub fn free_slots(&self, kind: JobKind) -> u32 {
-        let ai = kind == JobKind::AiQuery;
-        let busy = self.running.values().filter(|k| (**k == JobKind::AiQuery) == ai).count() as u32;
-        self.slots_for(kind).saturating_sub(busy)
+        self.slots_for(kind).saturating_sub(self.running.busy(kind == JobKind::AiQuery))
     }
 
     /// Whether it can run jobs of `lane` at all (whatever its state).
@@ -158,9 +208,12 @@ impl Scheduler {
     /// H/s per estimated unit, as measured on the workers that reported a
     /// hashrate (1 when none has): turns estimates into comparable speeds.
     fn scale(&self) -> f64 {
-        let measured: Vec<f64> =
-            self.workers.values().filter(|w| w.hashrate > 0.0).map(|w| w.hashrate / w.estimate()).collect();
-        if measured.is_empty() { DEFAULT_HS_PER_UNIT } else { measured.iter().sum::<f64>() / measured.len() as f64 }
+        let (sum, n) = self
+            .workers
+            .values()
+            .filter(|w| w.hashrate > 0.0)
+            .fold((0.0, 0u32), |(sum, n), w| (sum + w.hashrate / w.estimate(), n + 1));
+        if n == 0 { DEFAULT_HS_PER_UNIT } else { sum / f64::from(n) }
     }
 
     /// A worker's speed, comparable across workers: its measured hashrate,
@@ -245,7 +298,7 @@ pub(crate) mod tests {
                 ai_models: vec![],
                 version: "test".into(),
             },
-            running: HashMap::new(),
+            running: Running::default(),
             last_seen: now,
             availability: Availability::Online,
             hashrate: 0.0,
@@ -270,6 +323,37 @@ pub(crate) mod tests {
         placed.sort();
         assert_eq!(placed, ["a", "a", "b", "b"]);
         assert_eq!(s.pick(Lane::of(JobKind::Noop), |_| false), None);
+    }
+
+    /// AI queries and the rest have slots of their own, counted as jobs
+    /// come, change kind and go.
+    #[test]
+    fn free_slots_follow_the_jobs_of_each_class() {
+        let now = Instant::now();
+        let mut w = worker("w", 3, &[JobKind::Noop, JobKind::AiQuery], now);
+        w.caps.ai_slots = 2;
+        let (a, b, c) = (JobId::new(), JobId::new(), JobId::new());
+        let free = |w: &Worker| (w.free_slots(JobKind::Noop), w.free_slots(JobKind::AiQuery));
+        assert_eq!(free(&w), (3, 2));
+        w.running.insert(a, JobKind::Noop);
+        w.running.insert(b, JobKind::AiQuery);
+        assert_eq!(free(&w), (2, 1));
+        // The same job again, now of the other class: counted once.
+        assert_eq!(w.running.insert(b, JobKind::Noop), Some(JobKind::AiQuery));
+        assert_eq!(free(&w), (1, 2));
+        assert_eq!(w.running.insert(c, JobKind::AiQuery), None);
+        w.running.insert(c, JobKind::AiQuery);
+        assert_eq!(free(&w), (1, 1));
+        assert_eq!(w.running.remove(&c), Some(JobKind::AiQuery));
+        assert_eq!(w.running.remove(&c), None);
+        w.running.remove(&a);
+        w.running.remove(&b);
+        assert_eq!((free(&w), w.running.len(), w.running.is_empty()), ((3, 2), 0, true));
+        // Past its slots (a live setting lowered them) it has none free.
+        for _ in 0..5 {
+            w.running.insert(JobId::new(), JobKind::AiQuery);
+        }
+        assert_eq!(free(&w), (3, 0));
     }
 
     #[test]
