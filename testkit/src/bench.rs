@@ -35,6 +35,40 @@ fn slots(v: Option<&str>) -> Result<u32, String> {
     }
 }
 
+/// Most groups `FAENA_BENCH_GROUPS` takes: a master's default
+/// `FAENA_MAX_GROUPS`.
+const MAX_BENCH_GROUPS: u32 = 10_000;
+
+/// How many fair-share groups the bench's jobs are spread over, in turn:
+/// `FAENA_BENCH_GROUPS` (1 to 10,000), else none (no `group` field). The
+/// coordinator keeps a queue head per group, so this shows what many
+/// tenants cost dispatch.
+pub fn job_groups() -> Option<u32> {
+    groups(std::env::var("FAENA_BENCH_GROUPS").ok().as_deref()).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2);
+    })
+}
+
+/// `FAENA_BENCH_GROUPS`'s value, if set, as a number of groups.
+fn groups(v: Option<&str>) -> Result<Option<u32>, String> {
+    let Some(v) = v else { return Ok(None) };
+    match v.parse() {
+        Ok(n @ 1..=MAX_BENCH_GROUPS) => Ok(Some(n)),
+        _ => Err(format!("FAENA_BENCH_GROUPS must be a number from 1 to {MAX_BENCH_GROUPS}, not {v:?}")),
+    }
+}
+
+/// Job `i`'s body: `kind` with its params, in its group when the bench
+/// spreads them over `groups`.
+fn job(kind: &str, i: usize, groups: Option<u32>) -> serde_json::Value {
+    let mut body = json!({"kind": kind, "params": params(kind, i)});
+    if let Some(n) = groups {
+        body["group"] = json!(format!("bench-{}", i % n as usize));
+    }
+    body
+}
+
 /// A master (`extra` settings besides the bench's) and the bench's two
 /// workers, registered.
 pub async fn cluster(extra: Vec<(String, String)>) -> Cluster {
@@ -53,7 +87,10 @@ pub async fn cluster_with(opts: crate::MasterOpts) -> Cluster {
 }
 
 /// The phases' sizes from the command line: `[jobs=20000] [low-load samples=2000]`.
+/// The bench's settings from the environment are checked here too, so a bad
+/// one stops a bench before it starts a process.
 pub fn jobs_and_samples() -> (usize, usize) {
+    let _ = (worker_slots(), job_groups());
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     (args.first().copied().unwrap_or(20_000), args.get(1).copied().unwrap_or(2_000))
 }
@@ -137,8 +174,9 @@ pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
 /// jobs one at a time.
 pub async fn phases(c: &Cluster, pid: i32, kind: &str, jobs: usize, samples: usize) -> Figures {
     // Warm-up: connections, caches, page faults.
+    let groups = job_groups();
     let before = succeeded(c).await;
-    let warm: Vec<_> = (0..2_000).map(|_| json!({"kind": kind, "params": params(kind, 0)})).collect();
+    let warm: Vec<_> = (0..2_000).map(|i| job(kind, i, groups)).collect();
     for chunk in warm.chunks(BATCH) {
         c.api.post("/api/jobs/batch", &json!({"jobs": chunk})).await;
     }
@@ -148,9 +186,14 @@ pub async fn phases(c: &Cluster, pid: i32, kind: &str, jobs: usize, samples: usi
     let base = succeeded(c).await;
     let (cpu0, threads0) = (cpu_seconds(pid), thread_cpu(pid));
     let start = Instant::now();
-    let body: Vec<_> = (0..BATCH).map(|i| json!({"kind": kind, "params": params(kind, i)})).collect();
-    for _ in 0..jobs.div_ceil(BATCH) {
-        let (status, answer) = c.api.post("/api/jobs/batch", &json!({"jobs": body})).await;
+    let same: Vec<_> = (0..BATCH).map(|i| job(kind, i, None)).collect();
+    for b in 0..jobs.div_ceil(BATCH) {
+        // In groups, each batch takes the next groups in turn.
+        let body = match groups {
+            None => json!({"jobs": same}),
+            Some(_) => json!({"jobs": (b * BATCH..(b + 1) * BATCH).map(|i| job(kind, i, groups)).collect::<Vec<_>>()}),
+        };
+        let (status, answer) = c.api.post("/api/jobs/batch", &body).await;
         assert_eq!(status, 202, "{answer}");
     }
     let submitted = jobs.div_ceil(BATCH) * BATCH;
@@ -167,8 +210,8 @@ pub async fn phases(c: &Cluster, pid: i32, kind: &str, jobs: usize, samples: usi
         .for_each_concurrent(CLIENTS, |i| {
             let api = api.clone();
             async move {
-                let (status, _) = api.submit(kind, params(kind, i), None).await;
-                assert_eq!(status, 202);
+                let (status, answer) = api.post("/api/jobs", &job(kind, i, groups)).await;
+                assert_eq!(status, 202, "{answer}");
             }
         })
         .await;
@@ -224,5 +267,17 @@ mod tests {
         for bad in ["0", "4097", "-1", "abc", ""] {
             assert!(slots(Some(bad)).is_err_and(|e| e.contains("from 1 to 4096")), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_benchs_groups_stay_within_a_masters_default_bound() {
+        assert_eq!(groups(None), Ok(None));
+        assert_eq!(groups(Some("1")), Ok(Some(1)));
+        assert_eq!(groups(Some("10000")), Ok(Some(10_000)));
+        for bad in ["0", "10001", "-1", "abc", ""] {
+            assert!(groups(Some(bad)).is_err_and(|e| e.contains("from 1 to 10000")), "{bad}");
+        }
+        assert_eq!(job("noop", 7, Some(5))["group"], "bench-2");
+        assert!(job("noop", 7, None).get("group").is_none());
     }
 }
