@@ -11,29 +11,51 @@ use faena_proto::mqtt::{Control, WorkUnit};
 use faena_proto::options::ErrorCode;
 use serde_json::Value;
 
+use crate::queue::Lane;
+
 use super::{ActiveJob, Effect, Engine, Finished, Lease, Now, RECENT_FINISHED, StoreOp};
 
 impl Engine {
-    /// Places queued jobs on free slots until none fits. A mining job takes
-    /// one unit per worker at a time (each unit uses all the worker's threads).
+    /// Places queued jobs on free slots until none fits: each time, the
+    /// first head in dispatch order that a worker can take. A mining job
+    /// takes one unit per worker at a time (each unit uses all the worker's
+    /// threads).
+    ///
+    /// There is a head per lane and group, so a search starts only while
+    /// some worker has a free slot, reads the heads only as far as the
+    /// first that fits (not a copy of them all), and asks for a worker once
+    /// per lane: a lane no worker has room for has none for its other heads
+    /// either (a mining job's exclusions only take workers away).
     pub(super) fn schedule(&mut self, now: Now) {
         self.settle(now);
         if self.dispatch_paused {
             return;
         }
-        'placing: loop {
-            for (lane, id) in self.queue.heads() {
+        let mut full: Vec<Lane> = Vec::new();
+        while self.workers.has_room() {
+            full.clear();
+            let found = self.queue.heads().find_map(|(lane, id)| {
+                if full.contains(&lane) {
+                    return None;
+                }
                 let split = self.mining.contains(&id);
                 let holders = if split { self.mining.holders(&id) } else { Default::default() };
-                let Some(worker) = self.workers.pick(lane, |w| holders.contains(w)) else { continue };
-                if split {
-                    self.dispatch_unit(now, id, worker);
-                } else {
-                    self.dispatch(now, id, worker);
+                match self.workers.pick(lane, |w| holders.contains(w)) {
+                    Some(worker) => Some((id, worker, split)),
+                    None => {
+                        if !split {
+                            full.push(lane);
+                        }
+                        None
+                    }
                 }
-                continue 'placing;
+            });
+            let Some((id, worker, split)) = found else { break };
+            if split {
+                self.dispatch_unit(now, id, worker);
+            } else {
+                self.dispatch(now, id, worker);
             }
-            break;
         }
     }
 

@@ -106,3 +106,28 @@ fn groups_are_bounded() {
     assert!(h.engine.set_group(h.now, "one-more", Some(Limits::default())).is_err());
     assert!(h.engine.submit(h.now, vec![in_group("g7")]).is_ok(), "a known group still takes jobs");
 }
+
+/// Heads of a lane no worker has room for are passed over, however many
+/// groups they head, and wait their turn in order once one has room.
+#[test]
+fn a_lane_without_room_is_passed_over_group_by_group() {
+    let mut h = Harness::new(100);
+    h.add_worker_of("w1", 2, &[JobKind::Noop]);
+    let hash = |g: usize| {
+        let spec = JobSpec::parse_kind(JobKind::RandomxHash, json!({"key": "k", "input": format!("input {g}")}))
+            .expect("valid");
+        let opts = JobOptions { group: Some(format!("g{g}")), ..Default::default() };
+        NewJob { opts: Some(Arc::new(opts)), ..NewJob::new(JobId::new(), spec, Priority::Normal) }
+    };
+    let hashes: Vec<NewJob> = (0..5).map(hash).collect();
+    let hash_ids: Vec<JobId> = hashes.iter().map(|j| j.id).collect();
+    h.engine.submit(h.now, hashes).expect("accepted");
+    let noops: Vec<NewJob> = (0..3).map(|_| in_group("n")).collect();
+    let noop_ids: Vec<JobId> = noops.iter().map(|j| j.id).collect();
+    h.engine.submit(h.now, noops).expect("accepted");
+    let ran: Vec<JobId> = units(&mut h).into_iter().map(|l| l.job_id).collect();
+    assert_eq!(ran, noop_ids[..2], "the noop worker's two slots, past five hash jobs ahead");
+    h.add_worker_of("w2", 3, &[JobKind::RandomxHash]);
+    let ran: Vec<JobId> = units(&mut h).into_iter().map(|l| l.job_id).collect();
+    assert_eq!(ran, hash_ids[..3], "in their order, as far as the new worker's slots go");
+}

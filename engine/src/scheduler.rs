@@ -261,6 +261,17 @@ impl Scheduler {
 
     /// The worker that should take a job of `lane` now, if any not
     /// `excluded` has a free slot.
+    /// Whether any worker that takes new work has a free slot of either
+    /// class: when none has, nothing can be placed, however many jobs (and
+    /// groups) wait, and the placing loop need not look at them.
+    pub fn has_room(&self) -> bool {
+        self.workers.values().any(|w| {
+            w.availability == Availability::Online
+                && !self.retiring.contains(&w.id)
+                && (w.free_slots(JobKind::Noop) > 0 || w.free_slots(JobKind::AiQuery) > 0)
+        })
+    }
+
     pub fn pick(&self, lane: Lane, excluded: impl Fn(&WorkerId) -> bool) -> Option<WorkerId> {
         let scale = self.scale();
         let kind = lane.kind;
@@ -354,6 +365,32 @@ pub(crate) mod tests {
             w.running.insert(JobId::new(), JobKind::AiQuery);
         }
         assert_eq!(free(&w), (3, 0));
+    }
+
+    #[test]
+    fn room_is_a_free_slot_of_either_class_on_a_worker_that_takes_work() {
+        let now = Instant::now();
+        let mut s = Scheduler::default();
+        assert!(!s.has_room(), "no workers");
+        let mut w = worker("w", 1, &[JobKind::Noop, JobKind::AiQuery], now);
+        w.caps.ai_slots = 1;
+        w.running.insert(JobId::new(), JobKind::Noop);
+        s.insert(w);
+        assert!(s.has_room(), "its AI slot is free");
+        let id = WorkerId::parse("w").expect("id");
+        s.get_mut(&id).map(|w| w.running.insert(JobId::new(), JobKind::AiQuery));
+        assert!(!s.has_room(), "both classes full");
+        if let Some(w) = s.get_mut(&id) {
+            w.caps.slots = 2;
+        }
+        assert!(s.has_room());
+        s.set_retiring([id.clone()]);
+        assert!(!s.has_room(), "a retiring worker takes no new work");
+        s.set_retiring([]);
+        if let Some(w) = s.get_mut(&id) {
+            w.availability = Availability::Draining;
+        }
+        assert!(!s.has_room(), "nor a draining one");
     }
 
     #[test]
