@@ -228,9 +228,12 @@ impl Scheduler {
 
     /// Online workers that run jobs of `lane`.
     fn capable(&self, lane: Lane) -> impl Iterator<Item = &Worker> {
-        self.workers.values().filter(move |w| {
-            w.availability == Availability::Online && w.offers(&lane) && !self.retiring.contains(&w.id)
-        })
+        self.workers.values().filter(move |w| self.takes_work(w) && w.offers(&lane))
+    }
+
+    /// Whether `w` is given new work at all: online and not retiring.
+    fn takes_work(&self, w: &Worker) -> bool {
+        w.availability == Availability::Online && !self.retiring.contains(&w.id)
     }
 
     /// Takes new work away from `ids` (and gives it back to any retiring
@@ -259,19 +262,17 @@ impl Scheduler {
         self.capable(lane).map(|w| Self::speed_at(w, scale)).sum()
     }
 
-    /// The worker that should take a job of `lane` now, if any not
-    /// `excluded` has a free slot.
     /// Whether any worker that takes new work has a free slot of either
     /// class: when none has, nothing can be placed, however many jobs (and
     /// groups) wait, and the placing loop need not look at them.
     pub fn has_room(&self) -> bool {
-        self.workers.values().any(|w| {
-            w.availability == Availability::Online
-                && !self.retiring.contains(&w.id)
-                && (w.free_slots(JobKind::Noop) > 0 || w.free_slots(JobKind::AiQuery) > 0)
-        })
+        self.workers
+            .values()
+            .any(|w| self.takes_work(w) && (w.free_slots(JobKind::Noop) > 0 || w.free_slots(JobKind::AiQuery) > 0))
     }
 
+    /// The worker that should take a job of `lane` now, if any not
+    /// `excluded` has a free slot.
     pub fn pick(&self, lane: Lane, excluded: impl Fn(&WorkerId) -> bool) -> Option<WorkerId> {
         let scale = self.scale();
         let kind = lane.kind;
