@@ -20,19 +20,12 @@ const WORKER_SLOTS: u32 = 128;
 /// dispatch's commit, the trip to the worker and its result's way back):
 /// a larger machine may need more of them to show what the master can do.
 pub fn worker_slots() -> u32 {
-    slots(std::env::var("FAENA_BENCH_SLOTS").ok().as_deref()).unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2);
-    })
+    or_exit(slots(std::env::var("FAENA_BENCH_SLOTS").ok().as_deref()))
 }
 
 /// `FAENA_BENCH_SLOTS`'s value, if set, as slots.
 fn slots(v: Option<&str>) -> Result<u32, String> {
-    let Some(v) = v else { return Ok(WORKER_SLOTS) };
-    match v.parse() {
-        Ok(n @ 1..=MAX_SLOTS) => Ok(n),
-        _ => Err(format!("FAENA_BENCH_SLOTS must be a number from 1 to {MAX_SLOTS}, not {v:?}")),
-    }
+    Ok(bounded("FAENA_BENCH_SLOTS", v, MAX_SLOTS)?.unwrap_or(WORKER_SLOTS))
 }
 
 /// Most groups `FAENA_BENCH_GROUPS` takes: a master's default
@@ -44,19 +37,29 @@ const MAX_BENCH_GROUPS: u32 = 10_000;
 /// coordinator keeps a queue head per group, so this shows what many
 /// tenants cost dispatch.
 pub fn job_groups() -> Option<u32> {
-    groups(std::env::var("FAENA_BENCH_GROUPS").ok().as_deref()).unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2);
-    })
+    or_exit(groups(std::env::var("FAENA_BENCH_GROUPS").ok().as_deref()))
 }
 
 /// `FAENA_BENCH_GROUPS`'s value, if set, as a number of groups.
 fn groups(v: Option<&str>) -> Result<Option<u32>, String> {
+    bounded("FAENA_BENCH_GROUPS", v, MAX_BENCH_GROUPS)
+}
+
+/// Setting `name`'s value `v`, if set, as a number from 1 to `max`.
+fn bounded(name: &str, v: Option<&str>, max: u32) -> Result<Option<u32>, String> {
     let Some(v) = v else { return Ok(None) };
     match v.parse() {
-        Ok(n @ 1..=MAX_BENCH_GROUPS) => Ok(Some(n)),
-        _ => Err(format!("FAENA_BENCH_GROUPS must be a number from 1 to {MAX_BENCH_GROUPS}, not {v:?}")),
+        Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(format!("{name} must be a number from 1 to {max}, not {v:?}")),
     }
+}
+
+/// The bench's setting, or its error said and exit status 2.
+fn or_exit<T>(setting: Result<T, String>) -> T {
+    setting.unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2);
+    })
 }
 
 /// Job `i`'s body: `kind` with its params, in its group when the bench
