@@ -65,6 +65,10 @@ fn a_group_at_max_running_waits_while_others_run() {
     assert_eq!(out.len(), 3, "one of a's, both of b's: {out:?}");
     let held = h.engine.groups().into_iter().find(|g| g.name == "a").expect("a");
     assert!(held.held && held.running == 1 && held.queued == 2, "{held:?}");
+    let mut counts: Vec<_> =
+        h.engine.group_counts().map(|(g, queued, running)| (g.to_owned(), queued, running)).collect();
+    counts.sort();
+    assert_eq!(counts, [("a".to_owned(), 2, 1), ("b".to_owned(), 0, 2)], "the metrics' counts");
     // One of a's ends: the next goes.
     let w = faena_proto::ids::WorkerId::parse("w1").expect("id");
     let a_lease = out.iter().find(|l| h.engine.view(&l.job_id).is_some()).cloned().expect("a lease");

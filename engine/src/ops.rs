@@ -161,6 +161,12 @@ impl Engine {
         all
     }
 
+    /// Each group with jobs or limits: its name, queued and running jobs,
+    /// in no order (the metrics' copy, on every scrape: no sort, no copy).
+    pub fn group_counts(&self) -> impl Iterator<Item = (&str, usize, u32)> {
+        self.groups.all().map(|(g, name, _, running, _)| (name, self.queue.group_len(g), running))
+    }
+
     /// What waits (per kind, and how long the longest has) and what runs.
     pub fn load(&self, now: Now) -> Load {
         let mut kinds: Vec<KindLoad> = Vec::new();

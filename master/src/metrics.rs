@@ -8,6 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+mod groups;
+
 type Labels = Vec<(&'static str, &'static str)>;
 
 #[derive(Debug)]
@@ -58,7 +60,7 @@ pub struct Metrics {
     /// 1 for a mining source in error, 0 otherwise, by source id.
     source_error: Family<Vec<(&'static str, String)>, Gauge>,
     /// Each group's jobs, by state (queued, running).
-    group_jobs: Family<Vec<(&'static str, String)>, Gauge>,
+    group_jobs: std::sync::Arc<groups::GroupJobs>,
     /// The autoscaler's decisions carried out, by direction, and the replicas it last read.
     autoscale: Family<Labels, Counter>,
     pub autoscale_replicas: Gauge,
@@ -231,8 +233,8 @@ impl Default for Metrics {
             "1 while the master is connected to the broker",
             broker_connected.clone(),
         );
-        let group_jobs = Family::<Vec<(&'static str, String)>, Gauge>::default();
-        registry.register("group_jobs", "Each group's jobs queued and running, by group and state", group_jobs.clone());
+        let group_jobs = std::sync::Arc::new(groups::GroupJobs::default());
+        registry.register_collector(Box::new(group_jobs.clone()));
         let source_error = Family::<Vec<(&'static str, String)>, Gauge>::default();
         registry.register("mining_source_error", "1 for a mining source in error, by source", source_error.clone());
         let autoscale = Family::<Labels, Counter>::default();
@@ -322,16 +324,10 @@ impl Metrics {
         }
     }
 
-    /// Each group's queued and running jobs (groups that emptied go).
-    pub fn set_groups(&self, groups: &[crate::engine::groups::GroupView]) {
-        self.group_jobs.clear();
-        for g in groups {
-            self.group_jobs
-                .get_or_create(&vec![("group", g.name.clone()), ("state", "queued".into())])
-                .set(g.queued as i64);
-            let running = vec![("group", g.name.clone()), ("state", "running".into())];
-            self.group_jobs.get_or_create(&running).set(i64::from(g.running));
-        }
+    /// Each group's queued and running jobs: `(group, queued, running)`
+    /// (groups left out are gone from the next scrape).
+    pub fn set_groups<'a>(&self, counts: impl IntoIterator<Item = (&'a str, usize, u32)>) {
+        self.group_jobs.set(counts);
     }
 
     /// The autoscaler scaled `direction` (`up` or `down`) `n` more times.

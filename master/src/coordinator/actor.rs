@@ -275,7 +275,7 @@ impl Actor {
                     }
                 }
                 self.deps.metrics.set_load(&states, &self.engine.load(now));
-                self.deps.metrics.set_groups(&self.engine.groups());
+                self.deps.metrics.set_groups(self.engine.group_counts());
                 let _ = reply.send(());
             }
         }
