@@ -228,10 +228,12 @@ impl Queue {
         for ((lane, _), q) in &self.subs {
             let entry = lanes.entry(*lane).or_default();
             entry.0 += q.len();
-            for p in Priority::ALL {
-                if let Some((_, id)) = q.range((p, 0, 0)..=(p, u64::MAX, u64::MAX)).next() {
-                    entry.1.push(*id);
-                }
+            // Each priority's first, from one to the next present: one
+            // look-up a priority with jobs (and one past the last).
+            let mut next = q.first_key_value();
+            while let Some((&(p, _, _), id)) = next {
+                entry.1.push(*id);
+                next = Priority::ALL.get(p.index() + 1).and_then(|lower| q.range((*lower, 0, 0)..).next());
             }
         }
         lanes.into_iter().map(|(lane, (n, heads))| (lane, n, heads)).collect()
@@ -278,6 +280,36 @@ mod tests {
         assert_eq!(q.position(&ids[1]), Some(0));
         assert_eq!(q.position(&ids[0]), Some(3));
         assert_eq!(q.len(), 4);
+    }
+
+    #[test]
+    fn lane_heads_are_each_priority_s_first_in_each_group() {
+        let mut q = Queue::default();
+        let ids: Vec<JobId> = (0..7).map(|_| JobId::new()).collect();
+        let (a, b) = (1, 2);
+        for (i, (group, priority)) in [
+            (a, Priority::Normal),
+            (a, Priority::Low),
+            (a, Priority::Normal),
+            (a, Priority::High),
+            (b, Priority::Low),
+            (b, Priority::Low),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            push(&mut q, ids[i], JobKind::Noop, group, (priority, i as u64));
+        }
+        push(&mut q, ids[6], JobKind::RandomxHash, a, (Priority::Normal, 6));
+        let mut lanes = q.lane_heads();
+        lanes.sort_by_key(|(_, n, _)| *n);
+        let [(hash, 1, hash_heads), (noop, 6, noop_heads)] = &mut lanes[..] else { panic!("{lanes:?}") };
+        assert_eq!((*hash, hash_heads.as_slice()), (Lane::of(JobKind::RandomxHash), &ids[6..]));
+        assert_eq!(*noop, Lane::of(JobKind::Noop));
+        noop_heads.sort();
+        let mut want = vec![ids[3], ids[0], ids[1], ids[4]];
+        want.sort();
+        assert_eq!(*noop_heads, want, "a's high, normal and low firsts, b's low first");
     }
 
     #[test]
