@@ -236,7 +236,7 @@ impl Layout {
     /// generation it changed a row in.
     pub(crate) fn touch(
         &self,
-        conn: &Connection,
+        held: &mut super::write::Held<'_>,
         hints: &Hints,
         id: JobId,
         which: fn(&Gen) -> &str,
@@ -246,7 +246,7 @@ impl Layout {
         let order = hinted.into_iter().chain((0..self.gens.len()).rev().filter(|i| Some(*i) != hinted));
         for i in order {
             let g = &self.gens[i];
-            if conn.prepare_cached(which(g))?.execute(args)? > 0 {
+            if held.get(which(g))?.execute(args)? > 0 {
                 return Ok(Some(g));
             }
         }

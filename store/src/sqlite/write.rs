@@ -1,6 +1,6 @@
 //! The SQLite backend's side of the writer: a group in one transaction.
 
-use rusqlite::{Connection, params};
+use rusqlite::{CachedStatement, Connection, params};
 
 use super::generations::{Gen, Hints, Layout};
 use super::retention;
@@ -65,8 +65,11 @@ fn apply(
 ) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
     let mut newest = *created;
     let tx = conn.transaction()?;
-    for op in ops {
-        apply_one(&tx, layout, hints, retention, op, &mut newest)?;
+    {
+        let mut held = Held::new(&tx);
+        for op in ops {
+            apply_one(&mut held, layout, hints, retention, op, &mut newest)?;
+        }
     }
     // Retention rides in the same transaction, each step in a savepoint.
     let now = faena_proto::mqtt::now_ms() as i64;
@@ -91,15 +94,26 @@ fn apply(
 /// Stores one change: a new job in the newest generation, a change to a
 /// job where it is (with its history row beside it).
 fn apply_one(
-    tx: &Connection,
+    held: &mut Held<'_>,
     layout: &mut Layout,
     hints: &mut Hints,
     retention: &Retention,
     op: &StoreOp,
     newest: &mut i64,
 ) -> Result<(), StoreError> {
-    let record = |g: &Gen, id: &str, at: i64, state: &str, attempt: u32, worker: Option<&str>, detail: Option<&str>| {
-        tx.prepare_cached(&g.record)?.execute(params![id, at, state, attempt, worker, detail]).map(drop)
+    let tx = held.conn;
+    let record = |held: &mut Held<'_>,
+                  g: &Gen,
+                  id: &str,
+                  at: i64,
+                  state: &str,
+                  attempt: u32,
+                  worker: Option<&str>,
+                  detail: Option<&str>| {
+        held.get(&g.record)?
+            .execute(params![id, at, state, attempt, worker, detail])
+            .map(drop)
+            .map_err(StoreError::from)
     };
     match op {
         StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of, state, opts, run_at_ms } => {
@@ -109,7 +123,7 @@ fn apply_one(
             layout.next_row += 1;
             hints.stored(*id, g.id);
             let id = id.to_string();
-            tx.prepare_cached(&g.insert)?.execute(params![
+            held.get(&g.insert)?.execute(params![
                 row,
                 id,
                 spec.kind().as_str(),
@@ -133,34 +147,34 @@ fn apply_one(
                     .execute(params![key, id, until])?;
             }
             let detail = inserted_detail(*parent, *retry_of, *run_at_ms);
-            record(&g, &id, *newest, state.as_str(), 0, None, detail.as_deref())?;
+            record(held, &g, &id, *newest, state.as_str(), 0, None, detail.as_deref())?;
         }
         StoreOp::Released { id: job, state, run_at_ms, attempts, detail, at_ms } => {
             let id = job.to_string();
             let args = params![id, state.as_str(), run_at_ms.map(|r| r as i64)];
-            if let Some(g) = layout.touch(tx, hints, *job, |g| &g.released, args)? {
-                record(g, &id, *at_ms as i64, state.as_str(), *attempts, None, Some(detail))?;
+            if let Some(g) = layout.touch(held, hints, *job, |g| &g.released, args)? {
+                record(held, g, &id, *at_ms as i64, state.as_str(), *attempts, None, Some(detail))?;
             }
         }
         StoreOp::Reprioritised { id: job, priority, was, state, attempts, at_ms } => {
             let id = job.to_string();
-            if let Some(g) = layout.touch(tx, hints, *job, |g| &g.reprioritise, params![id, priority.as_str()])? {
+            if let Some(g) = layout.touch(held, hints, *job, |g| &g.reprioritise, params![id, priority.as_str()])? {
                 let detail = format!("priority {} (was {})", priority.as_str(), was.as_str());
-                record(g, &id, *at_ms as i64, state.as_str(), *attempts, None, Some(&detail))?;
+                record(held, g, &id, *at_ms as i64, state.as_str(), *attempts, None, Some(&detail))?;
             }
         }
         StoreOp::Started { id: job, worker, at_ms } => {
             let id = job.to_string();
-            if let Some(g) = layout.touch(tx, hints, *job, |g| &g.started, params![id, worker])? {
-                record(g, &id, *at_ms as i64, "running", 1, Some(worker), Some("split into units"))?;
+            if let Some(g) = layout.touch(held, hints, *job, |g| &g.started, params![id, worker])? {
+                record(held, g, &id, *at_ms as i64, "running", 1, Some(worker), Some("split into units"))?;
             }
         }
         StoreOp::Dispatched { id: job, attempt, worker, token, at_ms } => {
             let id = job.to_string();
             let none = None::<String>;
             let args = params![id, "running", attempt, worker, token.as_str(), none, none, None::<i64>, None::<i64>];
-            if let Some(g) = layout.touch(tx, hints, *job, |g| &g.update, args)? {
-                record(g, &id, *at_ms as i64, "running", *attempt, Some(worker), None)?;
+            if let Some(g) = layout.touch(held, hints, *job, |g| &g.update, args)? {
+                record(held, g, &id, *at_ms as i64, "running", *attempt, Some(worker), None)?;
             }
         }
         StoreOp::Requeued { id: job, attempts, reason, at_ms, run_at_ms } => {
@@ -168,8 +182,8 @@ fn apply_one(
             let none = None::<String>;
             let state = requeued_state(*run_at_ms);
             let args = params![id, state, attempts, none, none, none, none, None::<i64>, run_at_ms.map(|r| r as i64)];
-            if let Some(g) = layout.touch(tx, hints, *job, |g| &g.update, args)? {
-                record(g, &id, *at_ms as i64, state, *attempts, None, Some(reason))?;
+            if let Some(g) = layout.touch(held, hints, *job, |g| &g.update, args)? {
+                record(held, g, &id, *at_ms as i64, state, *attempts, None, Some(reason))?;
             }
         }
         StoreOp::Finished { id: job, state, attempts, worker, result, error, at_ms, release_key } => {
@@ -178,8 +192,8 @@ fn apply_one(
             let result = result.as_ref().map(|r| r.to_string());
             let at = *at_ms as i64;
             let args = params![id, state.as_str(), attempts, worker, None::<String>, result, error, at, None::<i64>];
-            if let Some(g) = layout.touch(tx, hints, *job, |g| &g.update, args)? {
-                record(g, &id, at, state.as_str(), *attempts, worker.as_deref(), error.as_deref())?;
+            if let Some(g) = layout.touch(held, hints, *job, |g| &g.update, args)? {
+                record(held, g, &id, at, state.as_str(), *attempts, worker.as_deref(), error.as_deref())?;
             }
             if let Some(key) = release_key {
                 tx.prepare_cached("DELETE FROM unique_keys WHERE key = ?1 AND job = ?2")?.execute(params![key, id])?;
@@ -198,4 +212,31 @@ fn apply_one(
         }
     }
     Ok(())
+}
+
+/// The statements of one commit group, each taken from rusqlite's cache
+/// once a group instead of once a statement run: a cache look-up hashes the
+/// statement's text and moves it out of the cache and back, six times a job.
+pub(crate) struct Held<'c> {
+    pub conn: &'c Connection,
+    stmts: Vec<(String, CachedStatement<'c>)>,
+}
+
+impl<'c> Held<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Self { conn, stmts: Vec::new() }
+    }
+
+    /// The statement of `sql`, prepared (or taken from the cache) on its
+    /// first use in the group.
+    pub(crate) fn get(&mut self, sql: &str) -> Result<&mut CachedStatement<'c>, StoreError> {
+        let i = match self.stmts.iter().position(|(s, _)| s == sql) {
+            Some(i) => i,
+            None => {
+                self.stmts.push((sql.to_owned(), self.conn.prepare_cached(sql)?));
+                self.stmts.len() - 1
+            }
+        };
+        Ok(&mut self.stmts[i].1)
+    }
 }
