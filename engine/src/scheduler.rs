@@ -42,6 +42,8 @@ pub struct Capabilities {
     /// The model each provider answers with by default.
     pub ai_models: Vec<(Provider, String)>,
     pub version: String,
+    /// It reads several units in one message on its jobs topic.
+    pub unit_batches: bool,
 }
 
 /// H/s per estimated unit before any worker has measured: a fast-mode core
@@ -309,6 +311,7 @@ pub(crate) mod tests {
                 ai_providers: vec![],
                 ai_models: vec![],
                 version: "test".into(),
+                unit_batches: false,
             },
             running: Running::default(),
             last_seen: now,

@@ -234,6 +234,7 @@ impl MasterService {
             randomx_modes: modes,
             ai_providers: providers,
             version: caps.version,
+            unit_batches: caps.unit_batches,
         })
     }
 }

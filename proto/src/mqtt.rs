@@ -57,6 +57,86 @@ pub struct WorkUnit {
 }
 impl Payload for WorkUnit {}
 
+/// Most units in one message on a jobs topic.
+pub const MAX_BATCH_UNITS: usize = 256;
+/// Most bytes of one message of several units; a unit larger than this
+/// goes alone, as a single unit.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Several units in one message on a worker's jobs topic,
+/// `{"v":1,"units":[...]}`, for a worker that registered `unit_batches`:
+/// one publish, one routing and one acknowledgement for all of them.
+/// Built a unit at a time, each unit's JSON written once.
+#[derive(Debug)]
+pub struct UnitBatch {
+    buf: Vec<u8>,
+    units: usize,
+}
+
+impl Default for UnitBatch {
+    fn default() -> Self {
+        Self { buf: format!(r#"{{"v":{PAYLOAD_VERSION},"units":["#).into_bytes(), units: 0 }
+    }
+}
+
+impl UnitBatch {
+    /// A unit's JSON as a batch holds it (no version of its own).
+    pub fn json(unit: &WorkUnit) -> Vec<u8> {
+        // Serialising this plain struct to a Vec cannot fail.
+        serde_json::to_vec(unit).unwrap_or_default()
+    }
+
+    /// Whether the unit whose JSON is `unit` fits in the message: at most
+    /// [`MAX_BATCH_UNITS`] units and [`MAX_BATCH_BYTES`] bytes with it.
+    pub fn fits(&self, unit: &[u8]) -> bool {
+        self.units < MAX_BATCH_UNITS && self.buf.len() + 1 + unit.len() + 2 <= MAX_BATCH_BYTES
+    }
+
+    /// Adds a unit's JSON ([`UnitBatch::json`]); see [`UnitBatch::fits`].
+    pub fn push(&mut self, unit: &[u8]) {
+        if self.units > 0 {
+            self.buf.push(b',');
+        }
+        self.buf.extend_from_slice(unit);
+        self.units += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.units
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.units == 0
+    }
+
+    /// The message, and a new empty batch in its place.
+    pub fn take(&mut self) -> Vec<u8> {
+        let mut done = std::mem::take(self);
+        done.buf.extend_from_slice(b"]}");
+        done.buf
+    }
+}
+
+/// A message on a jobs topic: one unit, or several ([`encode_units`]).
+pub fn decode_units(bytes: &[u8]) -> Result<Vec<WorkUnit>, WireError> {
+    #[derive(Deserialize)]
+    struct Peek {
+        v: Option<u32>,
+        units: Option<serde::de::IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    struct Batch {
+        units: Vec<WorkUnit>,
+    }
+    let peek: Peek = serde_json::from_slice(bytes)?;
+    match (peek.v, peek.units) {
+        (None, _) => Err(WireError::MissingVersion),
+        (Some(PAYLOAD_VERSION), Some(_)) => Ok(serde_json::from_slice::<Batch>(bytes)?.units),
+        (Some(PAYLOAD_VERSION), None) => Ok(vec![serde_json::from_slice(bytes)?]),
+        (Some(found), _) => Err(WireError::Version { found }),
+    }
+}
+
 /// Orders from the master to one worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
@@ -154,6 +234,60 @@ mod tests {
 
     fn worker() -> WorkerId {
         WorkerId::parse("w1").expect("valid")
+    }
+
+    fn unit(n: u64) -> WorkUnit {
+        WorkUnit {
+            job_id: JobId::new(),
+            attempt: 1,
+            token: FencingToken::new(),
+            kind: JobKind::Noop,
+            params: json!({"payload": n}),
+            secrets: vec![],
+            parents: None,
+        }
+    }
+
+    #[test]
+    fn a_jobs_topic_carries_one_unit_or_several() {
+        let (a, b) = (unit(1), unit(2));
+        assert_eq!(decode_units(&a.encode()).expect("one"), std::slice::from_ref(&a));
+        let mut units = UnitBatch::default();
+        for u in [&a, &b] {
+            let json = UnitBatch::json(u);
+            assert!(units.fits(&json));
+            units.push(&json);
+        }
+        assert_eq!(units.len(), 2);
+        let batch = units.take();
+        assert!(units.is_empty(), "a new batch in its place");
+        let v: Value = serde_json::from_slice(&batch).expect("json");
+        assert_eq!((v["v"].clone(), v["units"].as_array().map(Vec::len)), (json!(1), Some(2)));
+        assert_eq!(decode_units(&batch).expect("several"), [a, b]);
+        assert!(matches!(decode_units(br#"{"units":[]}"#), Err(WireError::MissingVersion)));
+        assert!(matches!(decode_units(br#"{"v":2,"units":[]}"#), Err(WireError::Version { found: 2 })));
+        assert!(decode_units(br#"{"v":1,"units":[{"job_id":"x"}]}"#).is_err(), "a bad unit spoils its batch");
+        assert!(decode_units(br#"{"v":1,"units":{}}"#).is_err());
+    }
+
+    #[test]
+    fn a_batch_is_bounded_in_units_and_bytes() {
+        let json = UnitBatch::json(&unit(1));
+        let mut units = UnitBatch::default();
+        while units.fits(&json) {
+            units.push(&json);
+        }
+        assert_eq!(units.len(), MAX_BATCH_UNITS);
+        assert_eq!(decode_units(&units.take()).expect("decodes").len(), MAX_BATCH_UNITS);
+        // A unit of half the bytes fits once; with a second the message
+        // would pass the bound, and a unit past it never fits.
+        let half = UnitBatch::json(&WorkUnit { params: json!("x".repeat(MAX_BATCH_BYTES / 2)), ..unit(2) });
+        assert!(units.fits(&half));
+        units.push(&half);
+        assert!(!units.fits(&half));
+        assert!(units.take().len() <= MAX_BATCH_BYTES);
+        let whole = UnitBatch::json(&WorkUnit { params: json!("x".repeat(MAX_BATCH_BYTES)), ..unit(3) });
+        assert!(!UnitBatch::default().fits(&whole));
     }
 
     #[test]

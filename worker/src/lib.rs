@@ -114,6 +114,7 @@ fn capabilities(
         ai_slots: slots.1,
         version: env!("CARGO_PKG_VERSION").into(),
         ai_models: models,
+        unit_batches: true,
     }
 }
 

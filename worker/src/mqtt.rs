@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use faena_common::broker::{self, BrokerError, Endpoint};
 use faena_proto::ids::InstanceId;
-use faena_proto::mqtt::{Control, MasterState, MasterStatus, Payload, WorkUnit, WorkerState, WorkerStatus, now_ms};
+use faena_proto::mqtt::{Control, MasterState, MasterStatus, Payload, WorkerState, WorkerStatus, decode_units, now_ms};
 use faena_proto::settings::SignedConfig;
 use faena_proto::topics::{Topic, Topics};
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
@@ -164,8 +164,9 @@ fn handle(
 ) -> Result<(), String> {
     match topics.parse(topic).map_err(|e| e.to_string())? {
         Topic::WorkerJobs(w) if w == runner.worker_id => {
-            let unit = WorkUnit::decode(payload).map_err(|e| e.to_string())?;
-            runner.start(unit);
+            for unit in decode_units(payload).map_err(|e| e.to_string())? {
+                runner.start(unit);
+            }
         }
         Topic::WorkerControl(w) if w == runner.worker_id => {
             match Control::decode(payload).map_err(|e| e.to_string())? {
