@@ -70,6 +70,20 @@ impl MqttOut {
         true
     }
 
+    /// Publishes a message of `count` units ([`faena_proto::mqtt::UnitBatch`])
+    /// to `worker`; false when it did not go out, as [`MqttOut::dispatch`].
+    pub fn dispatch_batch(&self, worker: &WorkerId, message: Vec<u8>, count: usize) -> bool {
+        if !self.lead.held.holds() {
+            tracing::debug!(units = count, "not sent: this master's lease has run out");
+            return false;
+        }
+        if let Err(e) = self.to_worker(self.topics.worker_jobs(worker), message) {
+            tracing::warn!(units = count, worker = %worker, error = %e, "could not queue work units; they go back to the queue");
+            return false;
+        }
+        true
+    }
+
     /// Publishes what a worker is sent: through the embedded broker's link
     /// when there is one, else at QoS 1 on the connection.
     fn to_worker(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use faena_proto::grpc::{self as pb, master_client::MasterClient};
 use faena_proto::ids::WorkerId;
-use faena_proto::mqtt::{Control, Payload, WorkUnit};
+use faena_proto::mqtt::{Control, Payload, WorkUnit, decode_units};
 use faena_proto::topics::Topics;
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -27,6 +27,8 @@ pub struct Scripted {
     held: Arc<Mutex<HashMap<String, WorkUnit>>>,
     controls: VecDeque<Control>,
     units: VecDeque<WorkUnit>,
+    /// Messages it read on its jobs topic (one unit each, or several).
+    pub unit_messages: usize,
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
@@ -34,6 +36,12 @@ impl Scripted {
     /// Registers worker `id` offering `kinds` with `slots` slots and listens
     /// on its topics; returns once it is registered and subscribed.
     pub async fn start(c: &Cluster, id: &str, kinds: &[&str], slots: u32) -> Self {
+        Self::start_with(c, id, kinds, slots, false).await
+    }
+
+    /// The same, registered as reading several units in one message when
+    /// `unit_batches`.
+    pub async fn start_with(c: &Cluster, id: &str, kinds: &[&str], slots: u32, unit_batches: bool) -> Self {
         let channel =
             Channel::from_shared(format!("http://{}", c.addrs.grpc)).expect("url").connect().await.expect("gRPC");
         let mut grpc = MasterClient::new(channel);
@@ -48,6 +56,7 @@ impl Scripted {
             slots,
             kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
             version: "scripted".into(),
+            unit_batches,
             ..Default::default()
         };
         let register = pb::RegisterRequest {
@@ -69,6 +78,7 @@ impl Scripted {
             held,
             controls: VecDeque::new(),
             units: VecDeque::new(),
+            unit_messages: 0,
             heartbeat,
         }
     }
@@ -84,9 +94,11 @@ impl Scripted {
         if topic.ends_with("/control") {
             self.controls.push_back(Control::decode(payload).expect("a control message"));
         } else {
-            let unit = WorkUnit::decode(payload).expect("a work unit");
-            self.held.lock().insert(unit.job_id.to_string(), unit.clone());
-            self.units.push_back(unit);
+            self.unit_messages += 1;
+            for unit in decode_units(payload).expect("work units") {
+                self.held.lock().insert(unit.job_id.to_string(), unit.clone());
+                self.units.push_back(unit);
+            }
         }
     }
 

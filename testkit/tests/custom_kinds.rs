@@ -168,3 +168,34 @@ async fn made_up_kinds_cannot_use_up_the_namespace() {
     w.complete(&unit, json!({"ok": true})).await.expect("result");
     assert_eq!(c.api.wait_final(&id).await["state"], "succeeded");
 }
+
+/// A worker that registers `unit_batches` gets the units of one submission
+/// in few messages; one that does not gets a message a unit, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reading_worker_gets_several_units_a_message() {
+    let c = Cluster::start(MasterOpts::default()).await;
+    let mut batched = Scripted::start_with(&c, "batched", &["x.many"], 64, true).await;
+    let mut single = Scripted::start(&c, "single", &["x.one"], 64).await;
+    let jobs: Vec<_> =
+        (0..40).map(|i| json!({"kind": if i % 2 == 0 { "x.many" } else { "x.one" }, "params": {"i": i}})).collect();
+    let (status, body) = c.api.post("/api/jobs/batch", &json!({"jobs": jobs})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    for w in [&mut batched, &mut single] {
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let unit = w.next_unit().await;
+            seen.push(unit.params["i"].as_u64().expect("i"));
+            w.complete(&unit, json!({})).await.expect("result accepted");
+        }
+        let parity = if w.id == "batched" { 0 } else { 1 };
+        assert!(seen.iter().all(|i| i % 2 == parity), "{}: only its kind: {seen:?}", w.id);
+        assert_eq!(w.pending_units(), 0, "{}: each unit once", w.id);
+    }
+    assert_eq!(single.unit_messages, 20, "a message a unit to a worker that did not ask for batches");
+    assert!(batched.unit_messages < 20, "20 units in {} messages", batched.unit_messages);
+    let ids: Vec<&str> = body["jobs"].as_array().expect("ids").iter().filter_map(|j| j["id"].as_str()).collect();
+    assert_eq!(ids.len(), 40);
+    for id in ids {
+        assert_eq!(c.api.wait_final(id).await["state"], "succeeded");
+    }
+}

@@ -9,35 +9,15 @@ use faena_proto::ai::API_KEY_SECRET;
 use faena_proto::api::{JobEvent, WorkerView};
 use faena_proto::ids::{JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState};
-use faena_proto::mqtt::{Control, WorkUnit};
 use faena_proto::secret::Secret;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
+use super::outgoing::{self, Outgoing};
 use super::{Cancelled, Command, CoordError, Coordinator, Deps, Reply};
 use crate::engine::{Effect, Engine, Now, StoreOp, SubmitError};
-use crate::mqtt::MqttOut;
 use crate::store::{CommitFailed, StoreError};
-
-/// A message for a worker, held until the changes before it are stored.
-enum Outgoing {
-    Unit(WorkerId, WorkUnit),
-    Control(WorkerId, Control),
-}
-
-impl Outgoing {
-    /// Sends it; whether it went out.
-    fn send(&self, mqtt: &MqttOut) -> bool {
-        match self {
-            Self::Unit(worker, unit) => mqtt.dispatch(worker, unit),
-            Self::Control(worker, control) => {
-                mqtt.control(worker, control);
-                true
-            }
-        }
-    }
-}
 
 /// How long stopping waits for the store to commit what it was given.
 const STORE_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
@@ -63,6 +43,8 @@ pub(super) struct Actor {
     batch: faena_store::Batch,
     /// Where a commit says which units it let out.
     sent: tokio::sync::mpsc::UnboundedSender<super::Sent>,
+    /// What this turn sends to workers once its changes are stored.
+    outgoing: Vec<Outgoing>,
 }
 
 impl Actor {
@@ -84,6 +66,7 @@ impl Actor {
             continued: Default::default(),
             batch: Default::default(),
             sent,
+            outgoing: Vec::new(),
         }
     }
 
@@ -98,8 +81,31 @@ impl Actor {
         }
     }
 
-    /// Gives the store what this turn gathered.
+    /// Gives the store what this turn gathered, with what goes to workers
+    /// once it is stored last: the units of one turn (a call's results
+    /// free slots one by one) go out together, several in one message to a
+    /// worker that reads them so.
     pub(super) fn flush(&mut self) {
+        if !self.outgoing.is_empty() {
+            let outgoing = std::mem::take(&mut self.outgoing);
+            let mqtt = self.deps.mqtt.clone();
+            let sent = self.sent.clone();
+            self.batch.after_commit(move |committed| {
+                let stored = committed.is_ok();
+                if !stored {
+                    tracing::warn!(
+                        messages = outgoing.len(),
+                        "not sent to workers: the changes behind them were not stored"
+                    );
+                }
+                // The engine hears which units went out (their leases'
+                // terms start) and which did not (their jobs go back).
+                let units = outgoing::send(&outgoing, &mqtt, stored);
+                if !units.out.is_empty() || !units.kept.is_empty() {
+                    let _ = sent.send(units);
+                }
+            });
+        }
         self.deps.store.send(&mut self.batch);
     }
 
@@ -370,7 +376,6 @@ impl Actor {
     /// every change before it: a master that dies first has published
     /// nothing its successor does not know of.
     pub(super) fn apply(&mut self) {
-        let mut outgoing = Vec::new();
         for effect in self.engine.take_effects() {
             match effect {
                 Effect::Store(op) => {
@@ -400,40 +405,15 @@ impl Actor {
                     }
                     self.continued.dispatching(&mut unit);
                     self.deps.metrics.waited(waited.as_secs_f64());
-                    outgoing.push(Outgoing::Unit(worker, unit));
+                    let batches = self.engine.workers().get(&worker).is_some_and(|w| w.caps.unit_batches);
+                    self.outgoing.push(Outgoing::Unit(worker, unit, batches));
                 }
-                Effect::Control { worker, control } => outgoing.push(Outgoing::Control(worker, control)),
+                Effect::Control { worker, control } => self.outgoing.push(Outgoing::Control(worker, control)),
                 Effect::Notify { job, event } => self.notify(job, event),
                 Effect::RangeReturned { .. } => {
                     self.deps.metrics.redeliveries.inc();
                 }
             }
-        }
-        if !outgoing.is_empty() {
-            let mqtt = self.deps.mqtt.clone();
-            let sent = self.sent.clone();
-            self.batch.after_commit(move |committed| {
-                let stored = committed.is_ok();
-                if !stored {
-                    tracing::warn!(
-                        messages = outgoing.len(),
-                        "not sent to workers: the changes behind them were not stored"
-                    );
-                }
-                // The engine hears which units went out (their leases'
-                // terms start) and which did not (their jobs go back).
-                let mut units = super::Sent::default();
-                for o in &outgoing {
-                    let went = stored && o.send(&mqtt);
-                    if let Outgoing::Unit(_, unit) = o {
-                        let to = if went { &mut units.out } else { &mut units.kept };
-                        to.push((unit.job_id, unit.attempt));
-                    }
-                }
-                if !units.out.is_empty() || !units.kept.is_empty() {
-                    let _ = sent.send(units);
-                }
-            });
         }
     }
 

@@ -15,6 +15,7 @@
 
 mod actor;
 mod continued;
+mod outgoing;
 mod pool_link;
 mod reports;
 
