@@ -69,13 +69,8 @@ impl Engine {
         let attempt = job.attempts;
         let kind = job.kind();
         let unit = WorkUnit {
-            job_id: id,
-            attempt,
-            token: token.clone(),
-            kind,
-            params: job.spec.params_json(),
-            secrets: Vec::new(),
             parents: job.parents.as_deref().cloned(),
+            ..WorkUnit::new(id, attempt, token.clone(), kind, job.spec.params_json())
         };
         let waited = now.mono.saturating_duration_since(job.enqueued_at);
         let timeout = job.opts.as_ref().and_then(|o| o.timeout_ms);

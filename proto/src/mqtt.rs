@@ -57,6 +57,14 @@ pub struct WorkUnit {
 }
 impl Payload for WorkUnit {}
 
+impl WorkUnit {
+    /// Attempt `attempt` of job `job_id`, fenced by `token`: no secrets to
+    /// fetch, no parents' results.
+    pub fn new(job_id: JobId, attempt: u32, token: FencingToken, kind: JobKind, params: Value) -> Self {
+        Self { job_id, attempt, token, kind, params, secrets: Vec::new(), parents: None }
+    }
+}
+
 /// Most units in one message on a jobs topic.
 pub const MAX_BATCH_UNITS: usize = 256;
 /// Most bytes of one message of several units; a unit larger than this
@@ -237,15 +245,7 @@ mod tests {
     }
 
     fn unit(n: u64) -> WorkUnit {
-        WorkUnit {
-            job_id: JobId::new(),
-            attempt: 1,
-            token: FencingToken::new(),
-            kind: JobKind::Noop,
-            params: json!({"payload": n}),
-            secrets: vec![],
-            parents: None,
-        }
+        WorkUnit::new(JobId::new(), 1, FencingToken::new(), JobKind::Noop, json!({"payload": n}))
     }
 
     #[test]

@@ -97,15 +97,8 @@ mod tests {
         let status = JobEvent::Progress { worker: "w".into(), attempt: 1, data: json!({"status": "retrying"}) };
         assert!(!c.lost(id, std::slice::from_ref(&status)), "nothing written: it starts again");
         assert!(c.lost(id, &[piece(0, "Once "), status, piece(1, "upon")]));
-        let mut unit = WorkUnit {
-            job_id: id,
-            attempt: 2,
-            token: faena_proto::ids::FencingToken::new(),
-            kind: faena_proto::jobs::JobKind::AiQuery,
-            params: json!({"prompt": "tell"}),
-            secrets: vec![],
-            parents: None,
-        };
+        let token = faena_proto::ids::FencingToken::new();
+        let mut unit = WorkUnit::new(id, 2, token, faena_proto::jobs::JobKind::AiQuery, json!({"prompt": "tell"}));
         c.dispatching(&mut unit);
         assert_eq!(unit.params["prefix"], "Once upon");
         assert_eq!(c.renumber(id, piece(0, " a time")), piece(2, " a time"));

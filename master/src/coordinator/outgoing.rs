@@ -147,15 +147,7 @@ mod tests {
     }
 
     fn unit(n: usize) -> WorkUnit {
-        WorkUnit {
-            job_id: JobId::new(),
-            attempt: 1,
-            token: FencingToken::new(),
-            kind: JobKind::Noop,
-            params: json!({"payload": n}),
-            secrets: vec![],
-            parents: None,
-        }
+        WorkUnit::new(JobId::new(), 1, FencingToken::new(), JobKind::Noop, json!({"payload": n}))
     }
 
     fn w(id: &str) -> WorkerId {
