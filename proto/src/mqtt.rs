@@ -29,11 +29,18 @@ pub trait Payload: Serialize + DeserializeOwned {
             v: Option<u32>,
         }
         let peek: Peek = serde_json::from_slice(bytes)?;
-        match peek.v {
-            None => Err(WireError::MissingVersion),
-            Some(PAYLOAD_VERSION) => Ok(serde_json::from_slice(bytes)?),
-            Some(found) => Err(WireError::Version { found }),
-        }
+        supported(peek.v)?;
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+/// A payload's `v`, checked before its shape: a newer peer gets
+/// "unsupported version", not a confusing field error.
+fn supported(v: Option<u32>) -> Result<(), WireError> {
+    match v {
+        None => Err(WireError::MissingVersion),
+        Some(PAYLOAD_VERSION) => Ok(()),
+        Some(found) => Err(WireError::Version { found }),
     }
 }
 
@@ -125,7 +132,7 @@ impl UnitBatch {
     }
 }
 
-/// A message on a jobs topic: one unit, or several ([`encode_units`]).
+/// A message on a jobs topic: one unit, or several ([`UnitBatch`]).
 pub fn decode_units(bytes: &[u8]) -> Result<Vec<WorkUnit>, WireError> {
     #[derive(Deserialize)]
     struct Peek {
@@ -137,11 +144,10 @@ pub fn decode_units(bytes: &[u8]) -> Result<Vec<WorkUnit>, WireError> {
         units: Vec<WorkUnit>,
     }
     let peek: Peek = serde_json::from_slice(bytes)?;
-    match (peek.v, peek.units) {
-        (None, _) => Err(WireError::MissingVersion),
-        (Some(PAYLOAD_VERSION), Some(_)) => Ok(serde_json::from_slice::<Batch>(bytes)?.units),
-        (Some(PAYLOAD_VERSION), None) => Ok(vec![serde_json::from_slice(bytes)?]),
-        (Some(found), _) => Err(WireError::Version { found }),
+    supported(peek.v)?;
+    match peek.units {
+        Some(_) => Ok(serde_json::from_slice::<Batch>(bytes)?.units),
+        None => Ok(vec![serde_json::from_slice(bytes)?]),
     }
 }
 
