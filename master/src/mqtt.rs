@@ -59,26 +59,25 @@ impl MqttOut {
     /// Publishes `unit` to `worker`; false when it did not go out (this
     /// master does not hold the lead, or the client's queue refused it).
     pub fn dispatch(&self, worker: &WorkerId, unit: &WorkUnit) -> bool {
-        if !self.lead.held.holds() {
-            tracing::debug!(job = %unit.job_id, "not sent: this master's lease has run out");
-            return false;
-        }
-        if let Err(e) = self.to_worker(self.topics.worker_jobs(worker), unit.encode()) {
-            tracing::warn!(job = %unit.job_id, worker = %worker, error = %e, "could not queue a work unit; it goes back to the queue");
-            return false;
-        }
-        true
+        self.to_jobs_topic(worker, unit.encode(), &format_args!("job {}", unit.job_id))
     }
 
     /// Publishes a message of `count` units ([`faena_proto::mqtt::UnitBatch`])
     /// to `worker`; false when it did not go out, as [`MqttOut::dispatch`].
     pub fn dispatch_batch(&self, worker: &WorkerId, message: Vec<u8>, count: usize) -> bool {
+        self.to_jobs_topic(worker, message, &format_args!("{count} units"))
+    }
+
+    /// Publishes a message of `units` on `worker`'s jobs topic while this
+    /// master holds the lead; whether it went out (if not, its units go
+    /// back to the queue).
+    fn to_jobs_topic(&self, worker: &WorkerId, payload: Vec<u8>, units: &dyn std::fmt::Display) -> bool {
         if !self.lead.held.holds() {
-            tracing::debug!(units = count, "not sent: this master's lease has run out");
+            tracing::debug!(units = %units, "not sent: this master's lease has run out");
             return false;
         }
-        if let Err(e) = self.to_worker(self.topics.worker_jobs(worker), message) {
-            tracing::warn!(units = count, worker = %worker, error = %e, "could not queue work units; they go back to the queue");
+        if let Err(e) = self.to_worker(self.topics.worker_jobs(worker), payload) {
+            tracing::warn!(units = %units, worker = %worker, error = %e, "could not queue work units; they go back to the queue");
             return false;
         }
         true
