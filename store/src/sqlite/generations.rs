@@ -130,7 +130,8 @@ pub(crate) struct Gen {
     pub started: String,
     pub update: String,
     pub released: String,
-    pub record: String,
+    /// History rows, [`super::history::CHUNKS`] at a time.
+    pub records: [String; super::history::CHUNKS.len()],
 }
 
 impl Gen {
@@ -146,7 +147,7 @@ impl Gen {
                 "UPDATE {jobs} SET state = ?2, attempts = ?3, worker = ?4, token = ?5, result = ?6, error = ?7, finished_at = ?8, run_at = ?9 WHERE id = ?1"
             ),
             released: format!("UPDATE {jobs} SET state = ?2, run_at = ?3 WHERE id = ?1"),
-            record: format!("INSERT INTO {history} ({HISTORY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+            records: super::history::statements(&history),
             id,
             jobs,
             history,
@@ -322,7 +323,7 @@ mod tests {
         let conn = Connection::open_in_memory().expect("in memory");
         let layout = Layout::open(&conn, 0).expect("layout");
         let g = layout.newest();
-        for sql in [&g.insert, &g.reprioritise, &g.started, &g.update, &g.released, &g.record] {
+        for sql in [&g.insert, &g.reprioritise, &g.started, &g.update, &g.released].into_iter().chain(&g.records) {
             let n = sql.matches('?').count();
             let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).expect("explains");
             let ops: Vec<String> = stmt

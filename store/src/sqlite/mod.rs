@@ -12,6 +12,7 @@ use crate::{Retention, StoreError, SyncMode};
 
 mod checkpoint;
 pub(crate) mod generations;
+mod history;
 pub(crate) mod list;
 pub(crate) mod read;
 mod retention;

@@ -1,8 +1,12 @@
 //! The SQLite backend's side of the writer: a group in one transaction.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use rusqlite::{CachedStatement, Connection, params};
 
 use super::generations::{Gen, Hints, Layout};
+use super::history::{History, Row};
 use super::retention;
 use crate::contract::{fired_by, held_key, inserted_detail, opts_column, requeued_state};
 
@@ -67,9 +71,11 @@ fn apply(
     let tx = conn.transaction()?;
     {
         let mut held = Held::new(&tx);
+        let mut history = History::default();
         for op in ops {
-            apply_one(&mut held, layout, hints, retention, op, &mut newest)?;
+            apply_one(&mut held, &mut history, layout, hints, retention, op, &mut newest)?;
         }
+        history.write(&mut held)?;
     }
     // Retention rides in the same transaction, each step in a savepoint.
     let now = faena_proto::mqtt::now_ms() as i64;
@@ -92,28 +98,19 @@ fn apply(
 }
 
 /// Stores one change: a new job in the newest generation, a change to a
-/// job where it is (with its history row beside it).
-fn apply_one(
+/// job where it is (with its history row, written with the group's others).
+fn apply_one<'a>(
     held: &mut Held<'_>,
+    history: &mut History<'a>,
     layout: &mut Layout,
     hints: &mut Hints,
     retention: &Retention,
-    op: &StoreOp,
+    op: &'a StoreOp,
     newest: &mut i64,
 ) -> Result<(), StoreError> {
     let tx = held.conn;
-    let record = |held: &mut Held<'_>,
-                  g: &Gen,
-                  id: &str,
-                  at: i64,
-                  state: &str,
-                  attempt: u32,
-                  worker: Option<&str>,
-                  detail: Option<&str>| {
-        held.get(&g.record)?
-            .execute(params![id, at, state, attempt, worker, detail])
-            .map(drop)
-            .map_err(StoreError::from)
+    let mut record = |g: &Arc<Gen>, id: String, at: i64, state: &'a str, attempt: u32, worker, detail| {
+        history.push(g, Row { id, at, state, attempt, worker, detail });
     };
     match op {
         StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of, state, opts, run_at_ms } => {
@@ -146,27 +143,27 @@ fn apply_one(
                 tx.prepare_cached("INSERT OR REPLACE INTO unique_keys (key, job, until_ms) VALUES (?1, ?2, ?3)")?
                     .execute(params![key, id, until])?;
             }
-            let detail = inserted_detail(*parent, *retry_of, *run_at_ms);
-            record(held, &g, &id, *newest, state.as_str(), 0, None, detail.as_deref())?;
+            let detail = inserted_detail(*parent, *retry_of, *run_at_ms).map(Cow::Owned);
+            record(&g, id, *newest, state.as_str(), 0, None, detail);
         }
         StoreOp::Released { id: job, state, run_at_ms, attempts, detail, at_ms } => {
             let id = job.to_string();
             let args = params![id, state.as_str(), run_at_ms.map(|r| r as i64)];
             if let Some(g) = layout.touch(held, hints, *job, |g| &g.released, args)? {
-                record(held, g, &id, *at_ms as i64, state.as_str(), *attempts, None, Some(detail))?;
+                record(g, id, *at_ms as i64, state.as_str(), *attempts, None, Some(Cow::Borrowed(detail)));
             }
         }
         StoreOp::Reprioritised { id: job, priority, was, state, attempts, at_ms } => {
             let id = job.to_string();
             if let Some(g) = layout.touch(held, hints, *job, |g| &g.reprioritise, params![id, priority.as_str()])? {
                 let detail = format!("priority {} (was {})", priority.as_str(), was.as_str());
-                record(held, g, &id, *at_ms as i64, state.as_str(), *attempts, None, Some(&detail))?;
+                record(g, id, *at_ms as i64, state.as_str(), *attempts, None, Some(Cow::Owned(detail)));
             }
         }
         StoreOp::Started { id: job, worker, at_ms } => {
             let id = job.to_string();
             if let Some(g) = layout.touch(held, hints, *job, |g| &g.started, params![id, worker])? {
-                record(held, g, &id, *at_ms as i64, "running", 1, Some(worker), Some("split into units"))?;
+                record(g, id, *at_ms as i64, "running", 1, Some(worker), Some(Cow::Borrowed("split into units")));
             }
         }
         StoreOp::Dispatched { id: job, attempt, worker, token, at_ms } => {
@@ -174,7 +171,7 @@ fn apply_one(
             let none = None::<String>;
             let args = params![id, "running", attempt, worker, token.as_str(), none, none, None::<i64>, None::<i64>];
             if let Some(g) = layout.touch(held, hints, *job, |g| &g.update, args)? {
-                record(held, g, &id, *at_ms as i64, "running", *attempt, Some(worker), None)?;
+                record(g, id, *at_ms as i64, "running", *attempt, Some(worker), None);
             }
         }
         StoreOp::Requeued { id: job, attempts, reason, at_ms, run_at_ms } => {
@@ -183,7 +180,7 @@ fn apply_one(
             let state = requeued_state(*run_at_ms);
             let args = params![id, state, attempts, none, none, none, none, None::<i64>, run_at_ms.map(|r| r as i64)];
             if let Some(g) = layout.touch(held, hints, *job, |g| &g.update, args)? {
-                record(held, g, &id, *at_ms as i64, state, *attempts, None, Some(reason))?;
+                record(g, id, *at_ms as i64, state, *attempts, None, Some(Cow::Borrowed(reason)));
             }
         }
         StoreOp::Finished { id: job, state, attempts, worker, result, error, at_ms, release_key } => {
@@ -191,12 +188,12 @@ fn apply_one(
             let id = job.to_string();
             let result = result.as_ref().map(|r| r.to_string());
             let at = *at_ms as i64;
-            let args = params![id, state.as_str(), attempts, worker, None::<String>, result, error, at, None::<i64>];
-            if let Some(g) = layout.touch(held, hints, *job, |g| &g.update, args)? {
-                record(held, g, &id, at, state.as_str(), *attempts, worker.as_deref(), error.as_deref())?;
-            }
             if let Some(key) = release_key {
                 tx.prepare_cached("DELETE FROM unique_keys WHERE key = ?1 AND job = ?2")?.execute(params![key, id])?;
+            }
+            let args = params![id, state.as_str(), attempts, worker, None::<String>, result, error, at, None::<i64>];
+            if let Some(g) = layout.touch(held, hints, *job, |g| &g.update, args)? {
+                record(g, id, at, state.as_str(), *attempts, worker.as_deref(), error.as_deref().map(Cow::Borrowed));
             }
         }
         StoreOp::Fired { schedule, at_ms } => {
@@ -223,7 +220,7 @@ pub(crate) struct Held<'c> {
 }
 
 impl<'c> Held<'c> {
-    fn new(conn: &'c Connection) -> Self {
+    pub(crate) fn new(conn: &'c Connection) -> Self {
         Self { conn, stmts: Vec::new() }
     }
 

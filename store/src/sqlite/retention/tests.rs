@@ -180,6 +180,65 @@ async fn at_least_the_newest_keep_stay_and_pages_run_across_generations() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A commit group's history rows are written together at its end, up to
+/// 64 to a statement: each lands in its job's generation (a new one opens
+/// every 16 jobs here), in order, with what it says.
+#[tokio::test]
+async fn a_groups_history_rows_land_in_their_generations_in_order() {
+    let dir = dir();
+    let keep = Retention { age: None, keep: Some(64) };
+    let store = Store::open(&dir.join("faena.db"), SyncMode::Normal, keep).expect("opens");
+    let now = faena_proto::mqtt::now_ms();
+    // Every job stored, then every one dispatched, then every one ended:
+    // a job's rows are far apart in their group, and the groups are large.
+    let ids: Vec<JobId> = (0..203).map(|_| JobId::new()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        insert(&store, *id, i as u64, now, None);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let token = FencingToken::parse("t").expect("token");
+        store.write(StoreOp::Dispatched { id: *id, attempt: 1, worker: format!("w{}", i % 3), token, at_ms: now + 1 });
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let error = (i % 2 == 1).then(|| format!("failed {i}"));
+        store.write(StoreOp::Finished {
+            id: *id,
+            state: if error.is_some() { JobState::Failed } else { JobState::Succeeded },
+            attempts: 1,
+            worker: Some(format!("w{}", i % 3)),
+            result: None,
+            error,
+            at_ms: now + 2,
+            release_key: None,
+        });
+    }
+    committed(&store).await;
+    for (i, id) in ids.iter().enumerate() {
+        let h = store.history(*id).await.expect("reads");
+        let said: Vec<_> =
+            h.iter().map(|t| (t.at_ms - now, t.state.as_str(), t.worker.clone(), t.detail.clone())).collect();
+        let (worker, error) = (Some(format!("w{}", i % 3)), (i % 2 == 1).then(|| format!("failed {i}")));
+        let end = if error.is_some() { "failed" } else { "succeeded" };
+        assert_eq!(said, [(0, "queued", None, None), (1, "running", worker.clone(), None), (2, end, worker, error)]);
+    }
+    // Each row is in its job's generation (a read looks in every one).
+    let conn = rusqlite::Connection::open(dir.join("faena.db")).expect("opens");
+    let gens: Vec<i64> = conn
+        .prepare("SELECT gen FROM generations")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("generations");
+    assert!(gens.len() > 10, "{gens:?}");
+    let (mut rows, mut astray) = (0, 0);
+    for g in gens {
+        let (j, t) = crate::sqlite::generations::tables(g);
+        let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect("counts");
+        rows += count(&format!("SELECT count(*) FROM {t}"));
+        astray += count(&format!("SELECT count(*) FROM {t} WHERE job_id NOT IN (SELECT id FROM {j})"));
+    }
+    assert_eq!((rows, astray), (3 * ids.len() as i64, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A store made before generations (one `jobs` table, without the columns
 /// added since) opens as generation 0, its jobs readable and listed.
 #[tokio::test]
