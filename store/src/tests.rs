@@ -191,6 +191,24 @@ async fn lists_by_state_and_worker_across_open_and_ended_jobs(backend: &Backend)
     wait_commit(&store).await;
     assert_eq!(listed(Some(JobState::Running), None).await, vec![run2]);
     assert_eq!(listed(Some(JobState::Succeeded), Some("w1")).await, vec![done1, run1]);
+    // Ended on another worker than the one its row names, or on none: the
+    // row says so, and the worker filter follows it.
+    store.write(end(run2, JobState::Failed, "w3"));
+    store.write(StoreOp::Finished {
+        id: queued,
+        state: JobState::Cancelled,
+        attempts: 0,
+        worker: None,
+        result: None,
+        error: None,
+        at_ms: 3000,
+        release_key: None,
+    });
+    wait_commit(&store).await;
+    assert_eq!(listed(None, Some("w3")).await, vec![run2]);
+    assert_eq!(listed(None, Some("w2")).await, vec![failed2]);
+    let cancelled = store.get(queued).await.expect("reads").expect("exists");
+    assert_eq!((cancelled.state, cancelled.worker), (JobState::Cancelled, None));
 }
 
 pub(crate) fn noop(store: &Store, id: JobId, seq: u64) {

@@ -129,6 +129,9 @@ pub(crate) struct Gen {
     pub reprioritise: String,
     pub started: String,
     pub update: String,
+    /// `update` for a job ended by the worker its row names: `worker` is
+    /// not set, so SQLite leaves its index entry alone.
+    pub finish: String,
     pub released: String,
     /// History rows, [`super::history::CHUNKS`] at a time.
     pub records: [String; super::history::CHUNKS.len()],
@@ -143,6 +146,9 @@ impl Gen {
             ),
             reprioritise: format!("UPDATE {jobs} SET priority = ?2 WHERE id = ?1"),
             started: format!("UPDATE {jobs} SET state = 'running', worker = ?2 WHERE id = ?1"),
+            finish: format!(
+                "UPDATE {jobs} SET state = ?2, attempts = ?3, token = ?5, result = ?6, error = ?7, finished_at = ?8, run_at = ?9 WHERE id = ?1 AND worker IS ?4"
+            ),
             update: format!(
                 "UPDATE {jobs} SET state = ?2, attempts = ?3, worker = ?4, token = ?5, result = ?6, error = ?7, finished_at = ?8, run_at = ?9 WHERE id = ?1"
             ),
@@ -323,7 +329,9 @@ mod tests {
         let conn = Connection::open_in_memory().expect("in memory");
         let layout = Layout::open(&conn, 0).expect("layout");
         let g = layout.newest();
-        for sql in [&g.insert, &g.reprioritise, &g.started, &g.update, &g.released].into_iter().chain(&g.records) {
+        for sql in
+            [&g.insert, &g.reprioritise, &g.started, &g.update, &g.finish, &g.released].into_iter().chain(&g.records)
+        {
             let n = sql.matches('?').count();
             let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).expect("explains");
             let ops: Vec<String> = stmt

@@ -184,7 +184,6 @@ fn apply_one<'a>(
             }
         }
         StoreOp::Finished { id: job, state, attempts, worker, result, error, at_ms, release_key } => {
-            hints.finished(*job);
             let id = job.to_string();
             let result = result.as_ref().map(|r| r.to_string());
             let at = *at_ms as i64;
@@ -192,7 +191,15 @@ fn apply_one<'a>(
                 tx.prepare_cached("DELETE FROM unique_keys WHERE key = ?1 AND job = ?2")?.execute(params![key, id])?;
             }
             let args = params![id, state.as_str(), attempts, worker, None::<String>, result, error, at, None::<i64>];
-            if let Some(g) = layout.touch(held, hints, *job, |g| &g.update, args)? {
+            // SQLite rewrites the entries of every index whose column an
+            // update sets, changed or not: a job nearly always ends on the
+            // worker it ran on, and then its `worker` entry stays as it is.
+            let g = match layout.touch(held, hints, *job, |g| &g.finish, args)? {
+                Some(g) => Some(g),
+                None => layout.touch(held, hints, *job, |g| &g.update, args)?,
+            };
+            hints.finished(*job);
+            if let Some(g) = g {
                 record(g, id, at, state.as_str(), *attempts, worker.as_deref(), error.as_deref().map(Cow::Borrowed));
             }
         }
