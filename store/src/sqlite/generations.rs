@@ -126,13 +126,13 @@ pub(crate) struct Gen {
     pub jobs: String,
     pub history: String,
     pub insert: String,
-    pub reprioritise: String,
-    pub started: String,
-    pub update: String,
+    pub reprioritise: OnJob,
+    pub started: OnJob,
+    pub update: OnJob,
     /// `update` for a job ended by the worker its row names: `worker` is
     /// not set, so SQLite leaves its index entry alone.
-    pub finish: String,
-    pub released: String,
+    pub finish: OnJob,
+    pub released: OnJob,
     /// History rows, [`super::history::CHUNKS`] at a time.
     pub records: [String; super::history::CHUNKS.len()],
 }
@@ -144,20 +144,43 @@ impl Gen {
             insert: format!(
                 "INSERT INTO {jobs} (rowid, id, kind, params, priority, seq, state, created_at, parent, retry_of, opts, run_at, schedule) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ),
-            reprioritise: format!("UPDATE {jobs} SET priority = ?2 WHERE id = ?1"),
-            started: format!("UPDATE {jobs} SET state = 'running', worker = ?2 WHERE id = ?1"),
-            finish: format!(
-                "UPDATE {jobs} SET state = ?2, attempts = ?3, token = ?5, result = ?6, error = ?7, finished_at = ?8, run_at = ?9 WHERE id = ?1 AND worker IS ?4"
+            reprioritise: OnJob::new(format!("UPDATE {jobs} SET priority = ?2 WHERE id = ?1"), 2),
+            started: OnJob::new(format!("UPDATE {jobs} SET state = 'running', worker = ?2 WHERE id = ?1"), 2),
+            finish: OnJob::new(
+                format!(
+                    "UPDATE {jobs} SET state = ?2, attempts = ?3, token = ?5, result = ?6, error = ?7, finished_at = ?8, run_at = ?9 WHERE id = ?1 AND worker IS ?4"
+                ),
+                9,
             ),
-            update: format!(
-                "UPDATE {jobs} SET state = ?2, attempts = ?3, worker = ?4, token = ?5, result = ?6, error = ?7, finished_at = ?8, run_at = ?9 WHERE id = ?1"
+            update: OnJob::new(
+                format!(
+                    "UPDATE {jobs} SET state = ?2, attempts = ?3, worker = ?4, token = ?5, result = ?6, error = ?7, finished_at = ?8, run_at = ?9 WHERE id = ?1"
+                ),
+                9,
             ),
-            released: format!("UPDATE {jobs} SET state = ?2, run_at = ?3 WHERE id = ?1"),
+            released: OnJob::new(format!("UPDATE {jobs} SET state = ?2, run_at = ?3 WHERE id = ?1"), 3),
             records: super::history::statements(&history),
             id,
             jobs,
             history,
         }
+    }
+}
+
+/// A statement on one job, two ways: by its id (a search of the id's
+/// index, comparing 36-character strings down the tree), and by the row id
+/// the writer gave it, known from a hint (the table's own key, and the id
+/// still checked, so a stale hint changes nothing).
+#[derive(Debug)]
+pub(crate) struct OnJob {
+    pub by_id: String,
+    pub by_row: String,
+}
+
+impl OnJob {
+    /// `sql` ends in its `WHERE id = ?1 ...` and takes `params` parameters.
+    fn new(sql: String, params: usize) -> Self {
+        Self { by_row: format!("{sql} AND rowid = ?{}", params + 1), by_id: sql }
     }
 }
 
@@ -239,21 +262,28 @@ impl Layout {
     }
 
     /// Runs the statement `which` picks with `args` on the generation that
-    /// holds job `id`: the one `hints` names, else each, newest first. The
-    /// generation it changed a row in.
+    /// holds job `id`: by its row where `hints` know it, else by its id in
+    /// each generation, newest first. The generation it changed a row in.
     pub(crate) fn touch(
         &self,
         held: &mut super::write::Held<'_>,
         hints: &Hints,
         id: JobId,
-        which: fn(&Gen) -> &str,
+        which: fn(&Gen) -> &OnJob,
         args: &[&dyn ToSql],
     ) -> Result<Option<&Arc<Gen>>, StoreError> {
-        let hinted = hints.0.get(&id).and_then(|g| self.gens.binary_search_by_key(g, |x| x.id).ok());
-        let order = hinted.into_iter().chain((0..self.gens.len()).rev().filter(|i| Some(*i) != hinted));
-        for i in order {
-            let g = &self.gens[i];
-            if held.get(which(g))?.execute(args)? > 0 {
+        if let Some((g, row)) = hints.0.get(&id)
+            && let Ok(i) = self.gens.binary_search_by_key(g, |x| x.id)
+        {
+            let mut by_row = Vec::with_capacity(args.len() + 1);
+            by_row.extend_from_slice(args);
+            by_row.push(row as &dyn ToSql);
+            if held.get(&which(&self.gens[i]).by_row)?.execute(&*by_row)? > 0 {
+                return Ok(Some(&self.gens[i]));
+            }
+        }
+        for g in self.gens.iter().rev() {
+            if held.get(&which(g).by_id)?.execute(args)? > 0 {
                 return Ok(Some(g));
             }
         }
@@ -268,13 +298,13 @@ impl Layout {
     }
 }
 
-/// Where unfinished jobs are: the generation each was stored in, so that
-/// a change to a job submitted a few generations ago (a deep queue) finds
-/// it at once instead of trying each newer generation first. Only hints:
-/// a job not found where its hint says (moved, or the hint lost with a
-/// failed commit group) is looked for in every generation.
+/// Where unfinished jobs are: the generation and row each was stored in,
+/// so that a change to a job finds its row at once, without a search of
+/// the id's index or of each newer generation first (a deep queue). Only
+/// hints: a job not found where its hint says (moved, or the hint lost
+/// with a failed commit group) is looked for by id in every generation.
 #[derive(Debug)]
-pub(crate) struct Hints(HashMap<JobId, i64>, usize);
+pub(crate) struct Hints(HashMap<JobId, (i64, i64)>, usize);
 
 impl Default for Hints {
     fn default() -> Self {
@@ -286,11 +316,11 @@ impl Default for Hints {
 const MAX_HINTS: usize = 2_000_000;
 
 impl Hints {
-    pub(crate) fn stored(&mut self, id: JobId, generation: i64) {
+    pub(crate) fn stored(&mut self, id: JobId, generation: i64, row: i64) {
         if self.0.len() >= self.1 {
             self.0.clear();
         }
-        self.0.insert(id, generation);
+        self.0.insert(id, (generation, row));
     }
 
     pub(crate) fn finished(&mut self, id: JobId) {
@@ -329,9 +359,8 @@ mod tests {
         let conn = Connection::open_in_memory().expect("in memory");
         let layout = Layout::open(&conn, 0).expect("layout");
         let g = layout.newest();
-        for sql in
-            [&g.insert, &g.reprioritise, &g.started, &g.update, &g.finish, &g.released].into_iter().chain(&g.records)
-        {
+        let on_job = [&g.reprioritise, &g.started, &g.update, &g.finish, &g.released];
+        for sql in on_job.iter().flat_map(|s| [&s.by_id, &s.by_row]).chain([&g.insert]).chain(&g.records) {
             let n = sql.matches('?').count();
             let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).expect("explains");
             let ops: Vec<String> = stmt
@@ -343,16 +372,61 @@ mod tests {
         }
     }
 
+    /// By a hint, a statement goes to the row by the table's own key, and
+    /// a hint that names another job's row changes neither.
+    #[test]
+    fn a_hinted_row_is_found_by_its_key_and_only_if_it_is_the_job() {
+        let conn = Connection::open_in_memory().expect("in memory");
+        let layout = Layout::open(&conn, 0).expect("layout");
+        let g = layout.newest();
+        for s in [&g.reprioritise, &g.started, &g.update, &g.finish, &g.released] {
+            let n = s.by_row.matches('?').count();
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {}", s.by_row))
+                .expect("explains")
+                .query_map(rusqlite::params_from_iter(vec![rusqlite::types::Value::Null; n]), |r| r.get(3))
+                .expect("rows")
+                .collect::<Result<_, _>>()
+                .expect("plan");
+            assert!(plan.iter().any(|p| p.contains("INTEGER PRIMARY KEY")), "{}: {plan:?}", s.by_row);
+        }
+        let (a, b) = (JobId::new(), JobId::new());
+        for (row, id) in [(1, a), (2, b)] {
+            conn.execute(
+                "INSERT INTO jobs (rowid, id, kind, params, priority, seq, state, created_at) VALUES (?1, ?2, 'noop', '{}', 'normal', ?1, 'queued', 0)",
+                rusqlite::params![row, id.to_string()],
+            )
+            .expect("inserts");
+        }
+        let state = |id: JobId| -> String {
+            conn.query_row("SELECT state FROM jobs WHERE id = ?1", [id.to_string()], |r| r.get(0)).expect("reads")
+        };
+        let release = |hints: &Hints, id: JobId, to: &str| {
+            let mut held = super::super::write::Held::new(&conn);
+            let args = rusqlite::params![id.to_string(), to, None::<i64>];
+            layout.touch(&mut held, hints, id, |g| &g.released, args).expect("runs").map(|g| g.id)
+        };
+        let mut hints = Hints::default();
+        hints.stored(a, 0, 1);
+        assert_eq!(release(&hints, a, "waiting"), Some(0));
+        assert_eq!((state(a), state(b)), ("waiting".into(), "queued".into()));
+        // A's hint names B's row (a group that failed handed it out again).
+        hints.stored(a, 0, 2);
+        assert_eq!(release(&hints, a, "scheduled"), Some(0));
+        assert_eq!((state(a), state(b)), ("scheduled".into(), "queued".into()));
+        assert_eq!(release(&Hints::default(), JobId::new(), "waiting"), None, "no such job");
+    }
+
     #[test]
     fn hints_are_bounded_and_only_hints() {
         let mut hints = Hints(HashMap::new(), 3);
         let ids: Vec<JobId> = (0..5).map(|_| JobId::new()).collect();
         for (g, id) in ids.iter().enumerate() {
-            hints.stored(*id, g as i64);
+            hints.stored(*id, g as i64, g as i64 + 10);
             assert!(hints.0.len() <= 3, "never more than the bound");
         }
         // Past the bound they were forgotten, not the newest.
-        assert_eq!(hints.0.get(&ids[4]), Some(&4));
+        assert_eq!(hints.0.get(&ids[4]), Some(&(4, 14)));
         hints.finished(ids[4]);
         assert_eq!(hints.0.keys().collect::<Vec<_>>(), [&ids[3]]);
         assert_eq!(Hints::default().1, MAX_HINTS);

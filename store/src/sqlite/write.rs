@@ -118,7 +118,7 @@ fn apply_one<'a>(
             layout.before_insert(tx, retention, *newest)?;
             let (g, row) = (layout.newest().clone(), layout.next_row);
             layout.next_row += 1;
-            hints.stored(*id, g.id);
+            hints.stored(*id, g.id, row);
             let id = id.to_string();
             held.get(&g.insert)?.execute(params![
                 row,
