@@ -1,0 +1,152 @@
+//! `faena-writer-bench`: the SQLite store's writer alone, the one thread
+//! every job passes, beside the least SQLite does to keep a job.
+//!
+//! `cargo run --release -p faena-testkit --bin faena-writer-bench -- [jobs] [group] [rounds]`
+//!
+//! `jobs` `noop` jobs (default 100,000) go through a store of their own
+//! (SQLite, fsync on every commit, as a master's default) in commit groups
+//! of `group` (256): a group's jobs stored, then dispatched, then ended,
+//! as a master at full load writes them. The floor is the same three
+//! writes a job (an insert, two updates by id) on a bare table with no
+//! index but its key and no history, in the same groups with the same
+//! fsync. `rounds` (default 3) alternate the two. Prints each round's
+//! CPU a job of the writer's thread and of the floor's, and the ratio of
+//! their medians: how many bare SQLite jobs one Faena job costs.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use faena_proto::ids::{FencingToken, JobId};
+use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
+use faena_store::{Retention, Store, StoreOp, SyncMode};
+use faena_testkit::process::thread_cpu;
+use serde_json::json;
+
+fn cpu_of(thread: &str) -> f64 {
+    thread_cpu(std::process::id() as i32).get(thread).map(|t| t.cpu).unwrap_or(0.0)
+}
+
+/// The store's writer: CPU seconds a job, jobs a second.
+fn writer(dir: &Path, jobs: u64, group: u64) -> (f64, f64) {
+    let store = Store::open(&dir.join("faena.db"), SyncMode::Full, Retention::OFF).expect("store");
+    let (before, started) = (cpu_of("faena-store"), Instant::now());
+    let now = faena_proto::mqtt::now_ms();
+    for g in 0..jobs / group {
+        let ids: Vec<JobId> = (0..group).map(|_| JobId::new()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let seq = g * group + i as u64;
+            let spec = JobSpec::parse_kind(JobKind::Noop, json!({"payload": seq})).expect("noop");
+            let (priority, state) = (Priority::Normal, JobState::Queued);
+            let (parent, retry_of, opts, run_at_ms) = (None, None, None, None);
+            let spec = Arc::new(spec);
+            store.write(StoreOp::Insert {
+                id: *id,
+                spec,
+                priority,
+                seq,
+                at_ms: now,
+                parent,
+                retry_of,
+                state,
+                opts,
+                run_at_ms,
+            });
+        }
+        let worker = format!("bench-{}", g % 2 + 1);
+        for id in &ids {
+            let (worker, token) = (worker.clone(), FencingToken::new());
+            store.write(StoreOp::Dispatched { id: *id, attempt: 1, worker, token, at_ms: now + 1 });
+        }
+        for id in &ids {
+            store.write(StoreOp::Finished {
+                id: *id,
+                state: JobState::Succeeded,
+                attempts: 1,
+                worker: Some(worker.clone()),
+                result: Some(json!({"ok": true})),
+                error: None,
+                at_ms: now + 2,
+                release_key: None,
+            });
+        }
+        // One group at a time, as a master's commit groups come.
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.after_commit(move |r| {
+            let _ = tx.send(r.is_ok());
+        });
+        assert_eq!(rx.recv(), Ok(true), "the group commits");
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_of("faena-store") - before;
+    (cpu / jobs as f64, jobs as f64 / wall)
+}
+
+/// The floor, on a thread of its own: CPU seconds a job, jobs a second.
+fn floor(dir: &Path, jobs: u64, group: u64) -> (f64, f64) {
+    let path = dir.join("floor.db");
+    std::thread::Builder::new()
+        .name("faena-floor".into())
+        .spawn(move || {
+            let mut conn = rusqlite::Connection::open(path).expect("opens");
+            conn.pragma_update(None, "journal_mode", "WAL").expect("wal");
+            conn.pragma_update(None, "synchronous", "FULL").expect("full");
+            conn.execute_batch("CREATE TABLE jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, body TEXT)")
+                .expect("table");
+            let (before, started) = (cpu_of("faena-floor"), Instant::now());
+            for g in 0..jobs / group {
+                let ids: Vec<String> = (0..group).map(|_| JobId::new().to_string()).collect();
+                let tx = conn.transaction().expect("begins");
+                for (i, id) in ids.iter().enumerate() {
+                    let body = json!({"payload": g * group + i as u64}).to_string();
+                    tx.prepare_cached("INSERT INTO jobs (id, state, body) VALUES (?1, 'queued', ?2)")
+                        .and_then(|mut s| s.execute(rusqlite::params![id, body]))
+                        .expect("inserts");
+                }
+                for id in &ids {
+                    tx.prepare_cached("UPDATE jobs SET state = 'running' WHERE id = ?1")
+                        .and_then(|mut s| s.execute([id]))
+                        .expect("updates");
+                }
+                for id in &ids {
+                    tx.prepare_cached("UPDATE jobs SET state = 'succeeded', body = ?2 WHERE id = ?1")
+                        .and_then(|mut s| s.execute(rusqlite::params![id, json!({"ok": true}).to_string()]))
+                        .expect("updates");
+                }
+                tx.commit().expect("commits");
+            }
+            let wall = started.elapsed().as_secs_f64();
+            ((cpu_of("faena-floor") - before) / jobs as f64, jobs as f64 / wall)
+        })
+        .expect("thread")
+        .join()
+        .expect("the floor ran")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let arg = |i: usize, default: u64| std::env::args().nth(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let (jobs, group, rounds) = (arg(1, 100_000).max(1), arg(2, 256).clamp(1, 10_000), arg(3, 3).clamp(1, 100));
+    let jobs = jobs.div_ceil(group) * group;
+    println!("faena-writer-bench: {jobs} jobs in commit groups of {group}, fsync on each commit, {rounds} rounds");
+    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let dir = tempfile::tempdir().expect("dir");
+        let (w, w_rate) = writer(dir.path(), jobs, group);
+        let (f, f_rate) = floor(dir.path(), jobs, group);
+        println!(
+            "round {round}: writer {:6.2} µs/job {w_rate:7.0} jobs/s | floor {:6.2} µs/job {f_rate:7.0} jobs/s",
+            w * 1e6,
+            f * 1e6
+        );
+        ours.push(w);
+        bare.push(f);
+    }
+    let (w, f) = (median(ours), median(bare));
+    println!("medians: writer {:.2} µs/job, floor {:.2} µs/job, writer / floor {:.2}x", w * 1e6, f * 1e6, w / f);
+}
