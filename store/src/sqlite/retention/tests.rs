@@ -45,6 +45,13 @@ fn finish(store: &Store, id: JobId, at_ms: u64) {
     });
 }
 
+/// The store in `dir` that keeps the newest 64 jobs: a generation opens
+/// every 16.
+fn keeping_64(dir: &std::path::Path) -> Store {
+    let keep = Retention { age: None, keep: Some(64) };
+    Store::open(&dir.join("faena.db"), SyncMode::Normal, keep).expect("opens")
+}
+
 async fn committed(store: &Store) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     store.after_commit(move |r| {
@@ -141,8 +148,7 @@ async fn a_generation_out_of_retention_goes_whole_and_what_must_stay_moves_on() 
 #[tokio::test]
 async fn at_least_the_newest_keep_stay_and_pages_run_across_generations() {
     let dir = dir();
-    let keep = Retention { age: None, keep: Some(64) };
-    let store = Store::open(&dir.join("faena.db"), SyncMode::Normal, keep).expect("opens");
+    let store = keeping_64(&dir);
     let now = faena_proto::mqtt::now_ms();
     // 200 finished jobs in generations of 16, the sixth left queued.
     let ids: Vec<JobId> = (0..200).map(|_| JobId::new()).collect();
@@ -169,7 +175,7 @@ async fn at_least_the_newest_keep_stay_and_pages_run_across_generations() {
     assert_eq!(listed(&store, 10).await, expected, "and so page by page");
     // Jobs stored after a restart list ahead of every one before.
     drop(store);
-    let store = Store::open(&dir.join("faena.db"), SyncMode::Normal, keep).expect("reopens");
+    let store = keeping_64(&dir);
     let later = JobId::new();
     insert(&store, later, 300, now, None);
     finish(&store, later, now);
@@ -186,8 +192,7 @@ async fn at_least_the_newest_keep_stay_and_pages_run_across_generations() {
 #[tokio::test]
 async fn a_groups_history_rows_land_in_their_generations_in_order() {
     let dir = dir();
-    let keep = Retention { age: None, keep: Some(64) };
-    let store = Store::open(&dir.join("faena.db"), SyncMode::Normal, keep).expect("opens");
+    let store = keeping_64(&dir);
     let now = faena_proto::mqtt::now_ms();
     // Every job stored, then every one dispatched, then every one ended:
     // a job's rows are far apart in their group, and the groups are large.
