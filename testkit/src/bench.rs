@@ -167,6 +167,17 @@ fn params(kind: &str, i: usize) -> serde_json::Value {
     }
 }
 
+/// The median of `v` (the mean of the middle two of an even count; 0 of
+/// none): what the benches that alternate rounds report.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) { (v[mid - 1] + v[mid]) / 2.0 } else { v[mid] }
+}
+
 /// The `q` quantile of sorted samples.
 pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
@@ -261,6 +272,13 @@ pub async fn phases(c: &Cluster, pid: i32, kind: &str, jobs: usize, samples: usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_median_of_odd_even_and_no_rounds() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
 
     #[test]
     fn the_benchs_slots_stay_within_a_workers_limit() {

@@ -15,6 +15,7 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use faena_proto::mine::MineOutput;
+use faena_testkit::bench::median;
 use faena_testkit::{Cluster, MasterOpts};
 use serde_json::{Value, json};
 
@@ -46,15 +47,6 @@ fn line(what: &str, out: &MineOutput) -> f64 {
         per_worker.join(", ")
     );
     out.hashrate
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mid = v.len() / 2;
-    if v.len().is_multiple_of(2) { (v[mid - 1] + v[mid]) / 2.0 } else { v[mid] }
 }
 
 #[tokio::main]

@@ -23,7 +23,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use faena_testkit::bench::{BATCH, cluster_with, percentile, worker_slots};
+use faena_testkit::bench::{BATCH, cluster_with, median, percentile, worker_slots};
 use faena_testkit::process::rss_mib;
 use faena_testkit::{Cluster, MasterOpts, eventually, sample};
 use serde_json::{Value, json};
@@ -83,11 +83,6 @@ async fn batch_rate(c: &Cluster, jobs: usize, make: impl Fn(usize) -> Value) -> 
     submit(c, jobs, make).await;
     wait_succeeded(c, base + jobs as u64).await;
     jobs as f64 / start.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 async fn cost(jobs: usize, rounds: usize) {

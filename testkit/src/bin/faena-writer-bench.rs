@@ -21,6 +21,7 @@ use std::time::Instant;
 use faena_proto::ids::{FencingToken, JobId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
 use faena_store::{Retention, Store, StoreOp, SyncMode};
+use faena_testkit::bench::median;
 use faena_testkit::process::thread_cpu;
 use serde_json::json;
 
@@ -122,11 +123,6 @@ fn floor(dir: &Path, jobs: u64, group: u64) -> (f64, f64) {
         .expect("thread")
         .join()
         .expect("the floor ran")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
