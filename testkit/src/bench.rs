@@ -167,6 +167,16 @@ fn params(kind: &str, i: usize) -> serde_json::Value {
     }
 }
 
+/// Waits until everything `store` was given so far is committed: for the
+/// benches that drive a store directly, one commit group at a time.
+pub fn committed(store: &faena_store::Store) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.after_commit(move |r| {
+        let _ = tx.send(r.is_ok());
+    });
+    assert_eq!(rx.recv(), Ok(true), "the store commits");
+}
+
 /// The median of `v` (the mean of the middle two of an even count; 0 of
 /// none): what the benches that alternate rounds report.
 pub fn median(mut v: Vec<f64>) -> f64 {

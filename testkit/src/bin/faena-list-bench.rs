@@ -27,6 +27,7 @@ use faena_proto::ids::JobId;
 use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
 use faena_store::StoreOp;
 use faena_store::{JobFilter, Retention, Store, SyncMode};
+use faena_testkit::bench::committed;
 use serde_json::json;
 
 const DAY_MS: u64 = 86_400_000;
@@ -124,18 +125,10 @@ fn fill(store: &Store, n: u64, rng: &mut Rng) {
             release_key: None,
         });
         if i % 50_000 == 0 {
-            sync(store);
+            committed(store);
         }
     }
-    sync(store);
-}
-
-fn sync(store: &Store) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    store.after_commit(move |r| {
-        let _ = tx.send(r.is_ok());
-    });
-    assert_eq!(rx.recv(), Ok(true), "the store commits");
+    committed(store);
 }
 
 fn write_rate(dir: &Path, with_indexes: bool, n: u64) -> f64 {

@@ -21,7 +21,7 @@ use std::time::Instant;
 use faena_proto::ids::{FencingToken, JobId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
 use faena_store::{Retention, Store, StoreOp, SyncMode};
-use faena_testkit::bench::median;
+use faena_testkit::bench::{committed, median};
 use faena_testkit::process::thread_cpu;
 use serde_json::json;
 
@@ -39,20 +39,17 @@ fn writer(dir: &Path, jobs: u64, group: u64) -> (f64, f64) {
         for (i, id) in ids.iter().enumerate() {
             let seq = g * group + i as u64;
             let spec = JobSpec::parse_kind(JobKind::Noop, json!({"payload": seq})).expect("noop");
-            let (priority, state) = (Priority::Normal, JobState::Queued);
-            let (parent, retry_of, opts, run_at_ms) = (None, None, None, None);
-            let spec = Arc::new(spec);
             store.write(StoreOp::Insert {
                 id: *id,
-                spec,
-                priority,
+                spec: Arc::new(spec),
+                priority: Priority::Normal,
                 seq,
                 at_ms: now,
-                parent,
-                retry_of,
-                state,
-                opts,
-                run_at_ms,
+                parent: None,
+                retry_of: None,
+                state: JobState::Queued,
+                opts: None,
+                run_at_ms: None,
             });
         }
         let worker = format!("bench-{}", g % 2 + 1);
@@ -73,11 +70,7 @@ fn writer(dir: &Path, jobs: u64, group: u64) -> (f64, f64) {
             });
         }
         // One group at a time, as a master's commit groups come.
-        let (tx, rx) = std::sync::mpsc::channel();
-        store.after_commit(move |r| {
-            let _ = tx.send(r.is_ok());
-        });
-        assert_eq!(rx.recv(), Ok(true), "the group commits");
+        committed(&store);
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_of("faena-store") - before;
