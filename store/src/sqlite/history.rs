@@ -50,10 +50,8 @@ impl<'a> History<'a> {
 
     /// Inserts the rows, in order, and forgets them.
     pub(crate) fn write(&mut self, held: &mut Held<'_>) -> Result<(), StoreError> {
-        let mut rest = &self.rows[..];
-        while let Some((g, _)) = rest.first() {
-            let same = rest.iter().take_while(|(h, _)| h.id == g.id).count();
-            let (mut run, after) = rest.split_at(same);
+        for mut run in self.rows.chunk_by(|(a, _), (b, _)| a.id == b.id) {
+            let g = &run[0].0;
             while !run.is_empty() {
                 let (i, n) =
                     CHUNKS.iter().copied().enumerate().find(|(_, n)| *n <= run.len()).unwrap_or((CHUNKS.len() - 1, 1));
@@ -65,7 +63,6 @@ impl<'a> History<'a> {
                 held.get(&g.records[i])?.execute(&*args)?;
                 run = more;
             }
-            rest = after;
         }
         self.rows.clear();
         Ok(())
