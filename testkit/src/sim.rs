@@ -38,6 +38,9 @@ pub struct Fleet {
     /// again, their budget given back meanwhile.
     pub failed: AtomicU64,
     pub registered: AtomicU64,
+    /// Registrations again after the master dropped a worker whose
+    /// heartbeats came late.
+    pub reregistered: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -162,8 +165,27 @@ async fn run_worker(
             _ = tick.tick() => {
                 let running = held.values().map(lease).collect();
                 let hb = pb::HeartbeatRequest { worker_id: id.clone(), instance_id: instance.clone(), running, hashrate: 0.0 };
-                if grpc.heartbeat(request_in(hb, &session)).await.is_ok() {
-                    fleet.heartbeats.fetch_add(1, Ordering::Relaxed);
+                match grpc.heartbeat(request_in(hb, &session)).await {
+                    Ok(r) => {
+                        fleet.heartbeats.fetch_add(1, Ordering::Relaxed);
+                        for l in r.into_inner().revoked {
+                            held.remove(&l.job_id);
+                        }
+                    }
+                    // The master dropped it (its heartbeats came late) and
+                    // says so: it registers again with what it holds, as the
+                    // real worker does, and keeps only what is adopted.
+                    Err(s) if s.code() == tonic::Code::Aborted => {
+                        let mut again = register_request(&id, &instance, "noop");
+                        again.running = held.values().map(lease).collect();
+                        if let Ok(r) = grpc.register(request(again)).await {
+                            let r = r.into_inner();
+                            session = r.session;
+                            held.retain(|job, _| r.adopted.iter().any(|l| &l.job_id == job));
+                            fleet.reregistered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => {}
                 }
             }
             () = kicked => {}

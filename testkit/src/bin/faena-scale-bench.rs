@@ -43,8 +43,23 @@ async fn metric(c: &Cluster, name: &str) -> f64 {
     sample(&c.api.text("/metrics").await, name).unwrap_or(0.0)
 }
 
+/// Waits until `name` reads `want`; on a timeout, says where the jobs are.
 async fn wait_metric(c: &Cluster, name: &str, want: f64) {
-    eventually(&format!("{name} = {want}"), || async { (metric(c, name).await == want).then_some(()) }).await;
+    let deadline = Instant::now() + faena_testkit::WAIT;
+    while metric(c, name).await != want {
+        if Instant::now() >= deadline {
+            let text = c.api.text("/metrics").await;
+            let seen: Vec<String> = text
+                .lines()
+                .filter(|l| {
+                    ["faena_jobs_active", "faena_workers", "faena_redeliveries"].iter().any(|m| l.starts_with(m))
+                })
+                .map(str::to_owned)
+                .collect();
+            panic!("timed out waiting for {name} = {want}; the master says: {}", seen.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Submits `n` noop jobs in batches; returns their ids in order.
@@ -127,14 +142,17 @@ async fn measure(c: &Cluster, pid: i32, fleet: &Fleet, deep: &[String], k: usize
 
 /// What went other than planned: leases the master took back from a live
 /// simulated worker (redeliveries), results it refused as no longer that
-/// worker's, calls that failed and were made again. All 0 on a master that
-/// keeps up.
+/// worker's, calls that failed and were made again, workers it dropped for
+/// late heartbeats that registered again. All 0 on a master that keeps up.
 fn surprises(c_redeliveries: f64, fleet: &Fleet) -> String {
     let (stale, failed) = (fleet.stale.load(Ordering::Relaxed), fleet.failed.load(Ordering::Relaxed));
-    if c_redeliveries == 0.0 && stale == 0 && failed == 0 {
+    let again = fleet.reregistered.load(Ordering::Relaxed);
+    if c_redeliveries == 0.0 && stale == 0 && failed == 0 && again == 0 {
         return String::new();
     }
-    format!("  (redeliveries {c_redeliveries}, stale results {stale}, failed result calls {failed})")
+    format!(
+        "  (redeliveries {c_redeliveries}, stale results {stale}, failed result calls {failed}, registered again {again})"
+    )
 }
 
 fn line(depth: usize, watchers: usize, rss: f64, c: Costs, surprises: String) {
