@@ -21,16 +21,16 @@
 #   scripts/bench-dataset.sh [rounds]      (default 3)
 #   env: THREADS=<cores>  XMRIG=/path/to/xmrig (built from XMRig's source)
 #        HASHES=0 (nonces to hash after init; e.g. 30000)
+#        CONTENDERS="compiled compiled-huge avx2 interpreted randomx xmrig"
+#        FAENA_BIN_DIR=<dir> (prebuilt release binaries; nothing is built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/prereqs.sh
 help_if_asked "$@"
-need_build_tools
 rounds=${1:-3}
 threads=${THREADS:-$(nproc)}
 hashes=${HASHES:-0}
-cargo build --locked --release -p faena-worker --bin faena-randomx-bench >/dev/null 2>&1
-bench=target/release/faena-randomx-bench
+bench=$(release_bins -p faena-worker --bin faena-randomx-bench)/faena-randomx-bench
 runs=$(mktemp)
 log=$(mktemp)
 trap 'rm -f "$runs" "$log"' EXIT
@@ -53,9 +53,9 @@ xmrig() {
     --log-file="$log" >/dev/null 2>&1 &
   local pid=$!
   # Speed reports to wait for: the first after the dataset says n/a, then
-  # one per 10 s of hashing, as long as Faena's nonces take at ~800 H/s a thread pair.
+  # one per 10 s of hashing, as long as Faena's nonces take at ~350 H/s a thread.
   local reports=0
-  [ "$hashes" -le 0 ] || reports=$((2 + hashes / 8000))
+  [ "$hashes" -le 0 ] || reports=$((2 + hashes / (3500 * threads)))
   local until='dataset ready'
   [ "$reports" -eq 0 ] || until='speed 10s'
   # XMRig says nothing else when its dataset is ready: follow its log.
@@ -68,6 +68,9 @@ xmrig() {
   fi
   kill "$pid"
   wait "$pid" 2>/dev/null || true
+  # What XMRig says of its pages and MSR tweaks, once: they move its hashrate.
+  [ -n "${told:-}" ] || grep -iE 'huge pages|msr|1gb' "$log" | sed 's/^/xmrig: /' >&2 || true
+  told=1
   python3 - "$log" <<'PY' | tee -a "$runs" >&2
 import datetime, re, sys
 stamp = lambda l: datetime.datetime.strptime(re.match(r"\[([^\]]+)\]", l).group(1), "%Y-%m-%d %H:%M:%S.%f")
@@ -95,7 +98,7 @@ run() {
 }
 
 echo "dataset init, $threads threads, $rounds rounds;$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)" >&2
-order="compiled compiled-huge avx2 interpreted randomx xmrig"
+order=${CONTENDERS:-compiled compiled-huge avx2 interpreted randomx xmrig}
 for _ in $(seq "$rounds"); do
   # Alternate the order, so no contender always runs first or last.
   for c in $order; do run "$c"; done

@@ -31,6 +31,20 @@ need_build_tools() {
   fi
 }
 
+# The folder of Faena's release binaries a bench runs: FAENA_BIN_DIR when set
+# (prebuilt ones, carried to another machine: nothing is built), else
+# target/release once `cargo build --release` has built what the arguments
+# name. Usage: bins=$(release_bins -p faena-worker --bin faena-randomx-bench)
+release_bins() {
+  if [ -n "${FAENA_BIN_DIR:-}" ]; then
+    echo "$FAENA_BIN_DIR"
+    return
+  fi
+  need_build_tools >&2
+  cargo build --locked --release "$@" >/dev/null 2>&1
+  echo target/release
+}
+
 # pip, to fetch the default local model (scripts/fetch-model.sh).
 need_pip() {
   python3 -m pip --version >/dev/null 2>&1 || install_packages python3-pip
