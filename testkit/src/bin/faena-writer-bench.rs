@@ -1,12 +1,17 @@
 //! `faena-writer-bench`: the SQLite store's writer alone, the one thread
 //! every job passes, beside the least SQLite does to keep a job.
 //!
-//! `cargo run --release -p faena-testkit --bin faena-writer-bench -- [jobs] [group] [rounds]`
+//! `cargo run --release -p faena-testkit --bin faena-writer-bench -- [jobs] [group] [rounds] [shape]`
 //!
 //! `jobs` `noop` jobs (default 100,000) go through a store of their own
 //! (SQLite, fsync on every commit, as a master's default) in commit groups
-//! of `group` (256): a group's jobs stored, then dispatched, then ended,
-//! as a master at full load writes them. The floor is the same three
+//! of `group` (256), each job stored, dispatched and ended. `shape` says
+//! how those fall into groups: `apart` (the default) stores a group's jobs
+//! and dispatches and ends them in the next, as a master at full load
+//! writes them (a job waits in the queue for a slot); `arrival` stores and
+//! dispatches them in one group and ends them in the next (free slots take
+//! each job as it comes: one by one); `together` does all three in one
+//! group. The floor is the same three
 //! writes a job (an insert, two updates by id) on a bare table with no
 //! index but its key and no history, in the same groups with the same
 //! fsync. `rounds` (default 3) alternate the two. Prints each round's
@@ -29,13 +34,61 @@ fn cpu_of(thread: &str) -> f64 {
     thread_cpu(std::process::id() as i32).get(thread).map(|t| t.cpu).unwrap_or(0.0)
 }
 
+/// How a job's three writes fall into commit groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Stored in one group, dispatched and ended in the next: a full
+    /// queue, where a job waits for a slot (batches at full load).
+    Apart,
+    /// Stored and dispatched in one group, ended in the next: workers with
+    /// free slots take each job as it arrives (one by one).
+    Arrival,
+    /// All three in one group.
+    Together,
+}
+
+impl Shape {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "apart" => Some(Self::Apart),
+            "arrival" => Some(Self::Arrival),
+            "together" => Some(Self::Together),
+            _ => None,
+        }
+    }
+}
+
 /// The store's writer: CPU seconds a job, jobs a second.
-fn writer(dir: &Path, jobs: u64, group: u64) -> (f64, f64) {
+fn writer(dir: &Path, jobs: u64, group: u64, shape: Shape) -> (f64, f64) {
     let store = Store::open(&dir.join("faena.db"), SyncMode::Full, Retention::OFF).expect("store");
     let (before, started) = (cpu_of("faena-store"), Instant::now());
     let now = faena_proto::mqtt::now_ms();
-    for g in 0..jobs / group {
-        let ids: Vec<JobId> = (0..group).map(|_| JobId::new()).collect();
+    let dispatch = |ids: &[JobId], g: u64| {
+        let worker = format!("bench-{}", g % 2 + 1);
+        for id in ids {
+            let (worker, token) = (worker.clone(), FencingToken::new());
+            store.write(StoreOp::Dispatched { id: *id, attempt: 1, worker, token, at_ms: now + 1 });
+        }
+    };
+    let finish = |ids: &[JobId], g: u64| {
+        for id in ids {
+            store.write(StoreOp::Finished {
+                id: *id,
+                state: JobState::Succeeded,
+                attempts: 1,
+                worker: Some(format!("bench-{}", g % 2 + 1)),
+                result: Some(json!({"ok": true})),
+                error: None,
+                at_ms: now + 2,
+                release_key: None,
+            });
+        }
+    };
+    let groups = jobs / group;
+    let mut last: Vec<JobId> = Vec::new();
+    // One group more than there are jobs' groups, to end the last of them.
+    for g in 0..=groups {
+        let ids: Vec<JobId> = if g < groups { (0..group).map(|_| JobId::new()).collect() } else { Vec::new() };
         for (i, id) in ids.iter().enumerate() {
             let seq = g * group + i as u64;
             let spec = JobSpec::parse_kind(JobKind::Noop, json!({"payload": seq})).expect("noop");
@@ -52,25 +105,24 @@ fn writer(dir: &Path, jobs: u64, group: u64) -> (f64, f64) {
                 run_at_ms: None,
             });
         }
-        let worker = format!("bench-{}", g % 2 + 1);
-        for id in &ids {
-            let (worker, token) = (worker.clone(), FencingToken::new());
-            store.write(StoreOp::Dispatched { id: *id, attempt: 1, worker, token, at_ms: now + 1 });
-        }
-        for id in &ids {
-            store.write(StoreOp::Finished {
-                id: *id,
-                state: JobState::Succeeded,
-                attempts: 1,
-                worker: Some(worker.clone()),
-                result: Some(json!({"ok": true})),
-                error: None,
-                at_ms: now + 2,
-                release_key: None,
-            });
+        let before = g.wrapping_sub(1);
+        match shape {
+            Shape::Apart => {
+                dispatch(&last, before);
+                finish(&last, before);
+            }
+            Shape::Arrival => {
+                dispatch(&ids, g);
+                finish(&last, before);
+            }
+            Shape::Together => {
+                dispatch(&ids, g);
+                finish(&ids, g);
+            }
         }
         // One group at a time, as a master's commit groups come.
         committed(&store);
+        last = ids;
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_of("faena-store") - before;
@@ -122,11 +174,18 @@ fn main() {
     let arg = |i: usize, default: u64| std::env::args().nth(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     let (jobs, group, rounds) = (arg(1, 100_000).max(1), arg(2, 256).clamp(1, 10_000), arg(3, 3).clamp(1, 100));
     let jobs = jobs.div_ceil(group) * group;
-    println!("faena-writer-bench: {jobs} jobs in commit groups of {group}, fsync on each commit, {rounds} rounds");
+    let named = std::env::args().nth(4).unwrap_or_else(|| "apart".into());
+    let Some(shape) = Shape::parse(&named) else {
+        eprintln!("the shape is apart, arrival or together, not '{named}'");
+        std::process::exit(2);
+    };
+    println!(
+        "faena-writer-bench: {jobs} jobs in commit groups of {group} ({named}), fsync on each commit, {rounds} rounds"
+    );
     let (mut ours, mut bare) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         let dir = tempfile::tempdir().expect("dir");
-        let (w, w_rate) = writer(dir.path(), jobs, group);
+        let (w, w_rate) = writer(dir.path(), jobs, group, shape);
         let (f, f_rate) = floor(dir.path(), jobs, group);
         println!(
             "round {round}: writer {:6.2} µs/job {w_rate:7.0} jobs/s | floor {:6.2} µs/job {f_rate:7.0} jobs/s",
