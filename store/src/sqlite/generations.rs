@@ -125,7 +125,11 @@ pub(crate) struct Gen {
     pub id: i64,
     pub jobs: String,
     pub history: String,
+    /// A new job's row.
     pub insert: String,
+    /// A new job's row, dispatched already (`attempts`, `worker`, `token`
+    /// set): a job dispatched in the group that stores it (`write::Arrivals`).
+    pub insert_dispatched: String,
     pub reprioritise: OnJob,
     pub started: OnJob,
     pub update: OnJob,
@@ -143,6 +147,9 @@ impl Gen {
         Self {
             insert: format!(
                 "INSERT INTO {jobs} (rowid, id, kind, params, priority, seq, state, created_at, parent, retry_of, opts, run_at, schedule) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            ),
+            insert_dispatched: format!(
+                "INSERT INTO {jobs} (rowid, id, kind, params, priority, seq, state, created_at, parent, retry_of, opts, run_at, schedule, attempts, worker, token) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
             ),
             reprioritise: OnJob::new(format!("UPDATE {jobs} SET priority = ?2 WHERE id = ?1"), 2),
             started: OnJob::new(format!("UPDATE {jobs} SET state = 'running', worker = ?2 WHERE id = ?1"), 2),
@@ -304,13 +311,19 @@ impl Layout {
 /// hints: a job not found where its hint says (moved, or the hint lost
 /// with a failed commit group) is looked for by id in every generation.
 #[derive(Debug)]
-pub(crate) struct Hints(HashMap<JobId, (i64, i64)>, usize);
+pub(crate) struct Hints(FastMap<JobId, (i64, i64)>, usize);
 
 impl Default for Hints {
     fn default() -> Self {
-        Self(HashMap::new(), MAX_HINTS)
+        Self(FastMap::default(), MAX_HINTS)
     }
 }
+
+/// The writer's maps keyed by the job ids the master made (or by places in
+/// a commit group), each lookup on every change to a job: foldhash, keyed
+/// per process, in place of SipHash, which cost several hundred
+/// instructions a job. They are bounded (`MAX_HINTS`, a group's changes).
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Most hints kept: past it they are forgotten (and jobs looked for).
 const MAX_HINTS: usize = 2_000_000;
@@ -360,7 +373,9 @@ mod tests {
         let layout = Layout::open(&conn, 0).expect("layout");
         let g = layout.newest();
         let on_job = [&g.reprioritise, &g.started, &g.update, &g.finish, &g.released];
-        for sql in on_job.iter().flat_map(|s| [&s.by_id, &s.by_row]).chain([&g.insert]).chain(&g.records) {
+        for sql in
+            on_job.iter().flat_map(|s| [&s.by_id, &s.by_row]).chain([&g.insert, &g.insert_dispatched]).chain(&g.records)
+        {
             let n = sql.matches('?').count();
             let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).expect("explains");
             let ops: Vec<String> = stmt
@@ -419,7 +434,7 @@ mod tests {
 
     #[test]
     fn hints_are_bounded_and_only_hints() {
-        let mut hints = Hints(HashMap::new(), 3);
+        let mut hints = Hints(FastMap::default(), 3);
         let ids: Vec<JobId> = (0..5).map(|_| JobId::new()).collect();
         for (g, id) in ids.iter().enumerate() {
             hints.stored(*id, g as i64, g as i64 + 10);

@@ -3,9 +3,11 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use faena_proto::ids::JobId;
+
 use rusqlite::{CachedStatement, Connection, params};
 
-use super::generations::{Gen, Hints, Layout};
+use super::generations::{FastMap, Gen, Hints, Layout};
 use super::history::{History, Row};
 use super::retention;
 use crate::contract::{fired_by, held_key, inserted_detail, opts_column, requeued_state};
@@ -71,11 +73,11 @@ fn apply(
     let tx = conn.transaction()?;
     {
         let mut held = Held::new(&tx);
-        let mut history = History::default();
-        for op in ops {
-            apply_one(&mut held, &mut history, layout, hints, retention, op, &mut newest)?;
+        let mut group = Group { history: History::default(), arrivals: Arrivals::of(ops) };
+        for op in ops.iter().enumerate() {
+            apply_one(&mut held, &mut group, layout, hints, retention, op, &mut newest)?;
         }
-        history.write(&mut held)?;
+        group.history.write(&mut held)?;
     }
     // Retention rides in the same transaction, each step in a savepoint.
     let now = faena_proto::mqtt::now_ms() as i64;
@@ -97,18 +99,72 @@ fn apply(
     Ok(pruned)
 }
 
-/// Stores one change: a new job in the newest generation, a change to a
-/// job where it is (with its history row, written with the group's others).
+/// What a commit group carries from one change to the next.
+struct Group<'a> {
+    history: History<'a>,
+    arrivals: Arrivals<'a>,
+}
+
+/// Jobs dispatched in the group that stores them, with nothing else done
+/// to them between: a job placed the moment it arrives, as every job is
+/// while workers have free slots. Such a job's row is inserted already
+/// dispatched, where an insert and then an update would rewrite its
+/// `state` and `worker` index entries; its two history rows stay as and
+/// where they were.
+#[derive(Default)]
+struct Arrivals<'a> {
+    /// An `Insert`'s place in the group → its job's `Dispatched` (place, op).
+    pairs: FastMap<usize, (usize, &'a StoreOp)>,
+    /// A `Dispatched` already written by its job's insert → the generation.
+    written: FastMap<usize, Arc<Gen>>,
+}
+
+impl<'a> Arrivals<'a> {
+    fn of(ops: &'a [StoreOp]) -> Self {
+        let inserts = ops.iter().filter(|op| matches!(op, StoreOp::Insert { .. })).count();
+        if inserts == 0 {
+            return Self::default();
+        }
+        let mut stored: FastMap<JobId, usize> = FastMap::with_capacity_and_hasher(inserts, Default::default());
+        let mut pairs = FastMap::default();
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                StoreOp::Insert { id, .. } => {
+                    stored.insert(*id, i);
+                }
+                StoreOp::Dispatched { id, .. } => {
+                    if let Some(at) = stored.remove(id) {
+                        pairs.insert(at, (i, op));
+                    }
+                }
+                StoreOp::Released { id, .. }
+                | StoreOp::Reprioritised { id, .. }
+                | StoreOp::Started { id, .. }
+                | StoreOp::Requeued { id, .. }
+                | StoreOp::Finished { id, .. } => {
+                    stored.remove(id);
+                }
+                StoreOp::Fired { .. } | StoreOp::Named { .. } => {}
+            }
+        }
+        Self { pairs, written: FastMap::default() }
+    }
+}
+
+/// Stores one change, the `i`th of its group: a new job in the newest
+/// generation, a change to a job where it is (with its history row,
+/// written with the group's others).
 fn apply_one<'a>(
     held: &mut Held<'_>,
-    history: &mut History<'a>,
+    group: &mut Group<'a>,
     layout: &mut Layout,
     hints: &mut Hints,
     retention: &Retention,
-    op: &'a StoreOp,
+    (i, op): (usize, &'a StoreOp),
     newest: &mut i64,
 ) -> Result<(), StoreError> {
     let tx = held.conn;
+    let Group { history, arrivals } = group;
     let mut record = |g: &Arc<Gen>, id: String, at: i64, state: &'a str, attempt: u32, worker, detail| {
         history.push(g, Row { id, at, state, attempt, worker, detail });
     };
@@ -120,21 +176,34 @@ fn apply_one<'a>(
             layout.next_row += 1;
             hints.stored(*id, g.id, row);
             let id = id.to_string();
-            held.get(&g.insert)?.execute(params![
+            // A job dispatched in this group is stored as the update of its
+            // `Dispatched` would leave it, with the three columns more.
+            let (row_state, run_at, attempts, worker, token, sql, n) = match arrivals.pairs.get(&i) {
+                Some(&(d, StoreOp::Dispatched { attempt, worker, token, .. })) => {
+                    arrivals.written.insert(d, g.clone());
+                    ("running", None, *attempt, Some(worker.as_str()), Some(token.as_str()), &g.insert_dispatched, 16)
+                }
+                _ => (state.as_str(), run_at_ms.map(|r| r as i64), 0, None, None, &g.insert, 13),
+            };
+            let args = params![
                 row,
                 id,
                 spec.kind().as_str(),
                 spec.params_json().to_string(),
                 priority.as_str(),
                 *seq as i64,
-                state.as_str(),
+                row_state,
                 *newest,
                 parent.map(|p| p.to_string()),
                 retry_of.map(|r| r.to_string()),
                 opts_column(opts),
-                run_at_ms.map(|r| r as i64),
+                run_at,
                 opts.as_ref().and_then(|o| o.schedule.clone()),
-            ])?;
+                attempts,
+                worker,
+                token,
+            ];
+            held.get(sql)?.execute(&args[..n])?;
             if let Some((schedule, at)) = fired_by(opts) {
                 tx.prepare_cached(FIRED)?.execute(params![schedule, at, id])?;
             }
@@ -168,10 +237,17 @@ fn apply_one<'a>(
         }
         StoreOp::Dispatched { id: job, attempt, worker, token, at_ms } => {
             let id = job.to_string();
-            let none = None::<String>;
-            let args = params![id, "running", attempt, worker, token.as_str(), none, none, None::<i64>, None::<i64>];
-            if let Some(g) = layout.touch(held, hints, *job, |g| &g.update, args)? {
-                record(g, id, *at_ms as i64, "running", *attempt, Some(worker), None);
+            let g = match arrivals.written.remove(&i) {
+                Some(g) => Some(g),
+                None => {
+                    let none = None::<String>;
+                    let args =
+                        params![id, "running", attempt, worker, token.as_str(), none, none, None::<i64>, None::<i64>];
+                    layout.touch(held, hints, *job, |g| &g.update, args)?.cloned()
+                }
+            };
+            if let Some(g) = g {
+                record(&g, id, *at_ms as i64, "running", *attempt, Some(worker), None);
             }
         }
         StoreOp::Requeued { id: job, attempts, reason, at_ms, run_at_ms } => {
@@ -242,5 +318,92 @@ impl<'c> Held<'c> {
             }
         };
         Ok(&mut self.stmts[i].1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use faena_proto::ids::FencingToken;
+    use faena_proto::jobs::{JobSpec, JobState, Priority};
+    use serde_json::json;
+
+    use super::*;
+    use crate::sqlite::generations::{HISTORY_COLUMNS, JOB_COLUMNS};
+
+    fn writer() -> Writer {
+        let conn = Connection::open_in_memory().expect("in memory");
+        let layout = Layout::open(&conn, 0).expect("layout");
+        Writer::new(conn, layout, Retention::OFF)
+    }
+
+    fn insert(id: JobId, seq: u64, run_at_ms: Option<u64>) -> StoreOp {
+        StoreOp::Insert {
+            id,
+            spec: Arc::new(JobSpec::parse("noop", json!({"payload": seq})).expect("valid")),
+            priority: Priority::Normal,
+            seq,
+            at_ms: 1_000 + seq,
+            parent: None,
+            retry_of: None,
+            state: JobState::Queued,
+            opts: None,
+            run_at_ms,
+        }
+    }
+
+    fn dispatched(id: JobId, worker: &str) -> StoreOp {
+        let token = FencingToken::parse(&format!("t-{worker}")).expect("token");
+        StoreOp::Dispatched { id, attempt: 1, worker: worker.into(), token, at_ms: 2_000 }
+    }
+
+    /// Every column of every job and history row, in row order.
+    fn rows(w: &Writer) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+        let read = |sql: String| -> Vec<Vec<String>> {
+            let mut stmt = w.conn.prepare(&sql).expect("reads");
+            let n = stmt.column_count();
+            stmt.query_map([], |r| {
+                (0..n).map(|i| r.get_ref(i).map(|v| format!("{v:?}"))).collect::<Result<Vec<_>, _>>()
+            })
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+        };
+        let jobs = read(format!("SELECT rowid, {JOB_COLUMNS} FROM jobs ORDER BY rowid"));
+        (jobs, read(format!("SELECT {HISTORY_COLUMNS} FROM transitions ORDER BY rowid")))
+    }
+
+    #[test]
+    fn a_job_dispatched_in_the_group_that_stores_it_is_stored_as_if_apart() {
+        let [a, b, c, d] = [JobId::new(), JobId::new(), JobId::new(), JobId::new()];
+        let reprioritised = StoreOp::Reprioritised {
+            id: c,
+            priority: Priority::High,
+            was: Priority::Normal,
+            state: JobState::Queued,
+            attempts: 0,
+            at_ms: 1_500,
+        };
+        // a: dispatched as it arrives, other jobs' changes between; b: not
+        // dispatched; c: changed before its dispatch; d: a delayed job
+        // whose time had come, dispatched in the same group.
+        let stored = [insert(a, 0, None), insert(b, 1, None), insert(c, 2, None), insert(d, 3, Some(900))];
+        let later = [reprioritised, dispatched(c, "w2"), dispatched(a, "w1"), dispatched(d, "w3")];
+        let together: Vec<StoreOp> = stored.iter().chain(&later).cloned().collect();
+        let pairs: Vec<_> = {
+            let arrivals = Arrivals::of(&together);
+            let mut p: Vec<_> = arrivals.pairs.iter().map(|(i, (d, _))| (*i, *d)).collect();
+            p.sort();
+            p
+        };
+        assert_eq!(pairs, vec![(0, 6), (3, 7)], "a and d are written with their inserts; c is not");
+
+        let mut one = writer();
+        one.apply(&together, 0).expect("one group");
+        let mut two = writer();
+        two.apply(&stored, 0).expect("first group");
+        two.apply(&later, 0).expect("second group");
+        let (jobs, history) = rows(&one);
+        assert_eq!((jobs.len(), history.len()), (4, 8));
+        assert_eq!(rows(&one), rows(&two), "the same rows, column for column, either way");
     }
 }
