@@ -13,7 +13,8 @@
 #      (master, workers and bench all confined there with taskset, so each N
 #      is a machine of N cores: one CPU of each physical core first, then
 #      their SMT siblings), rounds alternated, medians, each against 2 cores;
-#      the master's threads as faena-bench prints them;
+#      the master's threads as faena-bench prints them; with MASTERS="A B"
+#      (release masters in DIR), each of them, alternated;
 #   3. RandomX on every CPU: dataset init and hashrate, Faena (transparent
 #      huge pages, the worker's default; reserved 2 MiB pages) against XMRig
 #      (scripts/bench-dataset.sh);
@@ -75,37 +76,51 @@ first_cpus() {
 }
 
 dispatch() {
-  local all cores rounds=${ROUNDS:-2} jobs=${JOBS:-50000}
+  local all cores rounds=${ROUNDS:-2} jobs=${JOBS:-50000} masters=${MASTERS:-faena-master} m
   all=$(nproc)
   cores=${CORES:-2 8 $all}
   export FAENA_BENCH_SLOTS=${SLOTS:-512}
-  echo "== dispatch: faena-bench $jobs jobs, 2 workers x $FAENA_BENCH_SLOTS slots, on $cores cores, $rounds rounds"
+  echo "== dispatch: faena-bench $jobs jobs, 2 workers x $FAENA_BENCH_SLOTS slots, on $cores cores, $rounds rounds ($masters)"
+  # Each master beside its own copy of the bench and worker (the bench runs
+  # the faena-master in its own folder).
+  for m in $masters; do
+    mkdir -p "$out/run-$m"
+    cp "$bins/faena-bench" "$bins/faena-worker" "$out/run-$m/"
+    cp "$bins/$m" "$out/run-$m/faena-master"
+  done
   for round in $(seq "$rounds"); do
     for n in $cores; do
-      echo "-- round $round, $n cores: CPUs $(first_cpus "$n")" >>"$out/dispatch.log"
-      taskset -c "$(first_cpus "$n")" "$bins/faena-bench" "$jobs" 200 >"$out/round.log" 2>&1 || {
-        cat "$out/round.log" >&2
-        exit 1
-      }
-      cat "$out/round.log" >>"$out/dispatch.log"
-      grep -E '^(batch|one-by-one)' "$out/round.log" | awk -v n="$n" '{ print n, $1, $4, $10 }' | tee -a "$out/dispatch.txt"
+      for m in $masters; do
+        echo "-- round $round, $n cores: CPUs $(first_cpus "$n"), $m" >>"$out/dispatch.log"
+        taskset -c "$(first_cpus "$n")" "$out/run-$m/faena-bench" "$jobs" 200 >"$out/round.log" 2>&1 || {
+          cat "$out/round.log" >&2
+          exit 1
+        }
+        cat "$out/round.log" >>"$out/dispatch.log"
+        grep -E '^(batch|one-by-one)' "$out/round.log" |
+          awk -v n="$n" -v m="$m" '{ print n, $1, $4, $10, m }' | tee -a "$out/dispatch.txt"
+      done
+      masters=$(echo "$masters" | tr ' ' '\n' | tac | tr '\n' ' ')
     done
     cores=$(echo "$cores" | tr ' ' '\n' | tac | tr '\n' ' ')
   done
-  rm -f "$out/round.log"
+  rm -rf "$out/round.log" "$out"/run-*
   python3 - "$out/dispatch.txt" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 cores = sorted({int(r[0]) for r in rows})
-print(f"\n{'cores':>5} {'phase':<11}{'jobs/s':>9}{'min':>9}{'max':>9}{'/ 2 cores':>10}{'CPU µs/job':>11}")
-for phase in ("batch", "one-by-one"):
-    med = {}
-    for n in cores:
-        rates = [float(r[2]) for r in rows if int(r[0]) == n and r[1] == phase]
-        cpu = statistics.median(float(r[3]) for r in rows if int(r[0]) == n and r[1] == phase)
-        med[n] = statistics.median(rates)
-        vs = f"{med[n] / med[2]:>9.2f}x" if 2 in med else f"{'-':>10}"
-        print(f"{n:>5} {phase:<11}{med[n]:>9.0f}{min(rates):>9.0f}{max(rates):>9.0f}{vs}{cpu:>11.1f}")
+masters = list(dict.fromkeys(r[4] for r in rows))
+print(f"\n{'master':<20}{'cores':>5} {'phase':<11}{'jobs/s':>9}{'min':>9}{'max':>9}{'/ 2 cores':>10}{'CPU µs/job':>11}")
+for m in masters:
+    for phase in ("batch", "one-by-one"):
+        med = {}
+        for n in cores:
+            mine = [r for r in rows if int(r[0]) == n and r[1] == phase and r[4] == m]
+            rates = [float(r[2]) for r in mine]
+            cpu = statistics.median(float(r[3]) for r in mine)
+            med[n] = statistics.median(rates)
+            vs = f"{med[n] / med[2]:>9.2f}x" if 2 in med else f"{'-':>10}"
+            print(f"{m:<20}{n:>5} {phase:<11}{med[n]:>9.0f}{min(rates):>9.0f}{max(rates):>9.0f}{vs}{cpu:>11.1f}")
 PY
 }
 
