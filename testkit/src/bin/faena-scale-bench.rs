@@ -45,20 +45,16 @@ async fn metric(c: &Cluster, name: &str) -> f64 {
 
 /// Waits until `name` reads `want`; on a timeout, says where the jobs are.
 async fn wait_metric(c: &Cluster, name: &str, want: f64) {
-    let deadline = Instant::now() + faena_testkit::WAIT;
-    while metric(c, name).await != want {
-        if Instant::now() >= deadline {
-            let text = c.api.text("/metrics").await;
-            let seen: Vec<String> = text
-                .lines()
-                .filter(|l| {
-                    ["faena_jobs_active", "faena_workers", "faena_redeliveries"].iter().any(|m| l.starts_with(m))
-                })
-                .map(str::to_owned)
-                .collect();
-            panic!("timed out waiting for {name} = {want}; the master says: {}", seen.join(", "));
+    let reached = async {
+        while metric(c, name).await != want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if tokio::time::timeout(faena_testkit::WAIT, reached).await.is_err() {
+        let text = c.api.text("/metrics").await;
+        let at = ["faena_jobs_active", "faena_workers", "faena_redeliveries"];
+        let seen: Vec<&str> = text.lines().filter(|l| at.iter().any(|m| l.starts_with(m))).collect();
+        panic!("timed out waiting for {name} = {want}; the master says: {}", seen.join(", "));
     }
 }
 
