@@ -263,6 +263,47 @@ impl Cluster {
     }
 }
 
+/// A failing test shows what its processes logged last: the tail of every
+/// log in the cluster's directory and the directories of its other masters.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprint!("{}", log_tails(self.dir.path(), LOG_TAIL_LINES));
+        }
+    }
+}
+
+/// Lines of each log a failing test prints.
+const LOG_TAIL_LINES: usize = 60;
+
+/// The last `lines` lines of every `*.log` in `dir` and its subdirectories
+/// (one level down), each under its path.
+fn log_tails(dir: &Path, lines: usize) -> String {
+    let mut logs: Vec<PathBuf> = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for d in dirs {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        logs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")));
+    }
+    logs.sort();
+    let mut out = String::new();
+    for path in logs {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let shown = &all[all.len().saturating_sub(lines)..];
+        let name = path.strip_prefix(dir).unwrap_or(&path).display();
+        out.push_str(&format!("--- {name} (last {} of {} lines)\n", shown.len(), all.len()));
+        for line in shown {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 async fn start_master(dir: &Path, opts: &MasterOpts, same_as: Option<&MasterAddrs>) -> (Proc, MasterAddrs) {
     let port = |a: Option<&str>| a.map(str::to_owned).unwrap_or_else(|| "127.0.0.1:0".into());
     let mqtt_listen = same_as.and_then(|a| a.mqtt.strip_prefix("mqtt://").map(str::to_owned));
@@ -466,4 +507,21 @@ pub async fn run_node_at(url: &str, script: &str, extra: &[&str]) {
 {stdout}
 {stderr}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_failing_test_shows_the_last_lines_of_every_log_beside_and_one_level_down() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("master.log"), "one\ntwo\nthree\n").expect("write");
+        std::fs::create_dir(dir.path().join("second")).expect("dir");
+        std::fs::write(dir.path().join("second/master.log"), "only\n").expect("write");
+        std::fs::write(dir.path().join("notes.txt"), "not a log\n").expect("write");
+        let shown = super::log_tails(dir.path(), 2);
+        assert_eq!(
+            shown,
+            "--- master.log (last 2 of 3 lines)\ntwo\nthree\n--- second/master.log (last 1 of 1 lines)\nonly\n"
+        );
+    }
 }

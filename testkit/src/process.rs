@@ -66,7 +66,7 @@ impl Proc {
 
     /// SIGTERM, as Docker sends; waits for the exit.
     pub async fn terminate(&mut self) -> ExitStatus {
-        signal(self.pid(), "TERM");
+        let _ = signal(self.pid(), "TERM");
         tokio::time::timeout(WAIT, self.child.wait()).await.expect("exits after SIGTERM").expect("wait")
     }
 
@@ -75,10 +75,15 @@ impl Proc {
     }
 }
 
-pub fn signal(pid: i32, sig: &str) {
-    if pid > 0 {
-        let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
-    }
+/// Sends `sig` (`TERM`, `STOP`…) to process `pid`: whether it was sent
+/// (not when the process is gone or `kill` could not run).
+pub fn signal(pid: i32, sig: &str) -> bool {
+    pid > 0
+        && std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .is_ok_and(|s| s.success())
 }
 
 /// User + system CPU time of process `pid` so far, in seconds (from `/proc`).

@@ -188,7 +188,7 @@ async fn a_frozen_worker_loses_its_job_and_its_late_result_is_ignored() {
     assert_eq!(c.api.cancel(&filler).await.0, 200);
     // SIGSTOP keeps its connections open: only missed heartbeats reveal it.
     let pid = c.worker(victim).pid();
-    faena_testkit::process::signal(pid, "STOP");
+    assert!(faena_testkit::process::signal(pid, "STOP"), "the worker is stopped");
     let job = c.api.wait_final(&id).await;
     assert_eq!(
         (job["state"].as_str(), job["worker"].as_str(), job["attempts"].as_u64()),
@@ -200,7 +200,7 @@ async fn a_frozen_worker_loses_its_job_and_its_late_result_is_ignored() {
         "{history:?}"
     );
     // Thawed, the old worker finishes its unit; the master must ignore that result.
-    faena_testkit::process::signal(pid, "CONT");
+    assert!(faena_testkit::process::signal(pid, "CONT"), "the worker is woken");
     c.wait_workers(2).await;
     let zombie = c.worker_metrics_url(victim);
     let master = c.api.url("/metrics");

@@ -165,9 +165,9 @@ async fn main() {
             }
             _ => {
                 let pid = masters[leader.expect("chosen only when there")].proc.as_ref().expect("running").pid();
-                signal(pid, "STOP");
+                let _ = signal(pid, "STOP");
                 tokio::time::sleep(Duration::from_millis(LEASE_MS + 1_000)).await;
-                signal(pid, "CONT");
+                let _ = signal(pid, "CONT");
             }
         }
     }
