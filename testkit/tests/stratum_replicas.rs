@@ -37,7 +37,6 @@ async fn a_standby_verifies_its_own_miners_and_the_leader_seats_them_and_submits
     let mosquitto = Mosquitto::start(broker_dir.path()).await;
     let extra = [
         ("FAENA_STORE_URL", pg.url()),
-        ("FAENA_LEADER_LEASE_MS", "1000".to_owned()),
         ("FAENA_STRATUM_ADDR", "127.0.0.1:0".to_owned()),
         ("FAENA_STRATUM_DIFFICULTY", "1".to_owned()),
         ("FAENA_STRATUM_MIN_DIFFICULTY", "1".to_owned()),
