@@ -38,6 +38,9 @@ pub fn setup_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../mosquitto/setup.sh")
 }
 
+/// Starts tried on fresh ports before a test gives up.
+const START_TRIES: usize = 5;
+
 impl Mosquitto {
     /// Starts Mosquitto on a free port with the stack's accounts and ACL.
     pub async fn start(dir: &Path) -> Self {
@@ -55,9 +58,17 @@ impl Mosquitto {
         for a in [MASTER, OBSERVER] {
             std::fs::write(dir.join(a.username), format!("{}\n", a.password)).expect("password file");
         }
-        let mut m = Self { child: None, port: free_port(), observer_port: free_port(), dir, tls: certs };
-        m.restart().await;
-        m
+        let mut m = Self { child: None, port: 0, observer_port: 0, dir, tls: certs };
+        // A free port may be taken by another test between its choice and
+        // Mosquitto's bind: it then exits at once, and new ports are tried.
+        for _ in 0..START_TRIES {
+            (m.port, m.observer_port) = (free_port(), free_port());
+            m.spawn();
+            if m.listening().await {
+                return m;
+            }
+        }
+        panic!("mosquitto did not start in {START_TRIES} tries: {}", m.log());
     }
 
     /// The services' URL (`mqtts://` when started with TLS).
@@ -86,6 +97,15 @@ impl Mosquitto {
 
     /// (Re)starts the broker on the same port, with its persisted sessions.
     pub async fn restart(&mut self) {
+        self.spawn();
+        assert!(self.listening().await, "mosquitto did not start: {}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
         let log = self.dir.join("mosquitto.log");
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("mosquitto log");
         let err = out.try_clone().expect("mosquitto log");
@@ -112,21 +132,22 @@ impl Mosquitto {
             .spawn()
             .expect("mosquitto/setup.sh (apt-get install mosquitto)");
         self.child = Some(child);
-        for port in [self.port, self.observer_port] {
-            self.wait_port(port, &log).await;
-        }
     }
 
-    async fn wait_port(&self, port: u16, log: &Path) {
+    /// Waits until both listeners answer: false when Mosquitto exited
+    /// first (a port taken) or did not listen within [`WAIT`].
+    async fn listening(&mut self) -> bool {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "mosquitto did not start: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        for port in [self.port, self.observer_port] {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                let exited = self.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some());
+                if exited || tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
+        true
     }
 
     pub async fn kill9(&mut self) {
