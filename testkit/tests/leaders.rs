@@ -131,14 +131,8 @@ async fn a_paused_leader_is_replaced_and_steps_down_when_it_wakes() {
             if job.as_ref().is_some_and(|j| j["state"] == "succeeded") {
                 break;
             }
-            if tokio::time::Instant::now() > deadline {
-                let second = std::fs::read_to_string(c.dir.path().join("second/master.log")).unwrap_or_default();
-                panic!(
-                    "job {id} never succeeded: {job:?}\n--- first master:\n{}\n--- second master:\n{second}\n--- worker:\n{}",
-                    c.master_log(),
-                    c.worker_log("w1")
-                );
-            }
+            // The cluster shows both masters' and the worker's logs as it drops.
+            assert!(tokio::time::Instant::now() <= deadline, "job {id} never succeeded: {job:?}");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
