@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub struct Deadlines<K> {
@@ -50,6 +50,14 @@ impl<K: Ord + Hash + Clone> Deadlines<K> {
         self.order.first().map(|(when, _)| *when)
     }
 
+    /// Moves every deadline `by` later, keeping their order.
+    pub fn postpone(&mut self, by: Duration) {
+        for when in self.at.values_mut() {
+            *when += by;
+        }
+        self.order = self.order.iter().map(|(when, key)| (*when + by, key.clone())).collect();
+    }
+
     /// Removes and returns every key whose deadline is at or before `now`,
     /// earliest first.
     pub fn expired(&mut self, now: Instant) -> Vec<K> {
@@ -88,5 +96,20 @@ mod tests {
         assert_eq!(d.remove(&"a"), Some(s(10)));
         assert!(d.is_empty());
         assert!(d.expired(s(100)).is_empty());
+    }
+
+    #[test]
+    fn postponing_moves_every_deadline_and_keeps_their_order() {
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        let mut d = Deadlines::default();
+        d.set("a", s(1));
+        d.set("b", s(2));
+        d.postpone(Duration::from_secs(10));
+        assert_eq!((d.get(&"a"), d.get(&"b")), (Some(s(11)), Some(s(12))));
+        assert!(d.expired(s(10)).is_empty());
+        assert_eq!(d.expired(s(11)), vec!["a"]);
+        assert_eq!(d.remove(&"b"), Some(s(12)));
+        assert!(d.is_empty());
     }
 }

@@ -3,6 +3,7 @@
 //! and tells watchers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use faena_proto::api::JobEvent;
 use faena_proto::ids::{FencingToken, JobId, WorkerId};
@@ -16,6 +17,16 @@ use crate::queue::Lane;
 use super::{ActiveJob, Effect, Engine, Finished, Lease, Now, RECENT_FINISHED, StoreOp};
 
 impl Engine {
+    /// The master did not run for `missed` (stopped, starved of CPU or
+    /// suspended) while its workers did, and what they sent meanwhile is
+    /// still on its way in. Silences and leases count the master's running
+    /// time: their deadlines move on by `missed`. A worker that is really
+    /// gone is still lost, one term after the master woke.
+    pub fn resumed(&mut self, missed: Duration) {
+        self.silence.postpone(missed);
+        self.lease_deadlines.postpone(missed);
+    }
+
     /// Places queued jobs on free slots until none fits: each time, the
     /// first head in dispatch order that a worker can take. A mining job
     /// takes one unit per worker at a time (each unit uses all the worker's

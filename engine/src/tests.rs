@@ -545,3 +545,30 @@ fn a_retiring_worker_gets_no_new_work_until_a_new_instance_takes_its_id() {
     let d = h.dispatches();
     assert_eq!((d[0].0.as_str(), d[0].1.job_id), ("w2", next));
 }
+
+#[test]
+fn time_the_master_did_not_run_counts_against_no_worker_and_no_lease() {
+    let mut h = Harness::new(10);
+    let (w, instance) = h.add_worker("w1", 1);
+    let (gone, _) = h.add_worker("gone", 1);
+    let job = h.submit(Priority::Normal);
+    let (on, lease) = h.dispatches().remove(0);
+    let held = if on == w { vec![lease] } else { vec![] };
+    // Frozen for ten terms: both workers' deadlines passed while it slept.
+    h.advance(h.engine.config().lease_ttl() * 10);
+    h.engine.resumed(h.engine.config().lease_ttl() * 10);
+    h.engine.tick(h.now);
+    assert_eq!(h.engine.workers().len(), 2, "nobody is dropped for the master's sleep");
+    assert_eq!(h.engine.view(&job).map(|v| (v.state, v.attempts)), Some((JobState::Running, 1)));
+    // What w1 sent meanwhile comes in; the other worker stays silent and is
+    // lost one term after the master woke, with its lease if it held it.
+    for _ in 0..2 {
+        h.engine.heartbeat(h.now, &w, instance, &held, 0.0).expect("w1 is live");
+        h.advance(h.engine.config().lease_ttl() / 2);
+    }
+    h.engine.tick(h.now);
+    assert!(h.engine.workers().get(&gone).is_none(), "the silent worker is lost");
+    assert!(h.engine.workers().get(&w).is_some());
+    let requeued = h.engine.take_effects().iter().any(|e| matches!(e, Effect::Store(StoreOp::Requeued { .. })));
+    assert_eq!(requeued, on == gone, "only the lost worker's job goes back");
+}
