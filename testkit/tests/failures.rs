@@ -217,3 +217,36 @@ async fn a_frozen_worker_loses_its_job_and_its_late_result_is_ignored() {
     assert_eq!(count(&again, "succeeded"), 1, "{again:?}");
     assert_eq!(c.api.job(&id).await["worker"], json!(other));
 }
+
+#[tokio::test]
+async fn a_frozen_master_keeps_its_workers_and_their_jobs_when_it_wakes() {
+    // A long leader lease: on PostgreSQL too, the freeze costs no term.
+    let opts = MasterOpts { extra: vec![("FAENA_LEADER_LEASE_MS".into(), "30000".into())], ..MasterOpts::default() };
+    let mut c = Cluster::start(opts).await;
+    c.add_worker("w1", 1).await;
+    c.wait_workers(1).await;
+    // The unit runs for 2 s, twice the 1 s in which a silent worker or lease
+    // is lost (heartbeat 500 ms); the master sleeps through nearly all of it.
+    let id = c.api.submit_ok("noop", json!({"payload": "kept", "delay_ms": 2000}), None).await;
+    wait_running_on(&mut c, "w1").await;
+    let pid = c.master().pid();
+    assert!(faena_testkit::process::signal(pid, "STOP"), "the master is stopped");
+    // The worker goes on heartbeating into the frozen master, and its
+    // result waits for it.
+    let url = c.worker_metrics_url("w1");
+    eventually("the worker finishes its unit", || {
+        let url = url.clone();
+        async move { (sample(&scrape(&url).await, "faena_worker_running") == Some(0.0)).then_some(()) }
+    })
+    .await;
+    assert!(faena_testkit::process::signal(pid, "CONT"), "the master is woken");
+    // Awake, it hears what the worker sent meanwhile before it counts the
+    // silence: the worker and its lease are kept and the job ends once.
+    let job = c.api.wait_final(&id).await;
+    assert_eq!((job["state"].as_str(), job["attempts"].as_u64()), (Some("succeeded"), Some(1)), "{job}");
+    let history = c.api.history(&id).await;
+    assert_eq!(count(&history, "queued"), 1, "{history:?}");
+    let log = c.master_log();
+    assert!(!log.contains("missed its heartbeats"), "{log}");
+    assert_eq!(sample(&c.api.text("/metrics").await, "faena_redeliveries_total"), Some(0.0));
+}

@@ -404,7 +404,9 @@ pub async fn run(engine: Engine, inbox: Inbox, deps: Deps, cancel: CancellationT
     let heartbeat = engine.config().heartbeat;
     let Inbox { mut rx, tx, mut sent_rx, sent_tx } = inbox;
     let mut actor = actor::Actor::new(engine, deps, Coordinator { tx }, sent_tx);
-    let mut tick = tokio::time::interval(heartbeat / 4);
+    let period = heartbeat / 4;
+    let mut tick = tokio::time::interval(period);
+    let mut ticked = Instant::now();
     let mut positions = tokio::time::interval(Duration::from_millis(200));
     // Something due before the next tick (a scheduled job, a timeout)
     // wakes the engine on time: one timer, moved only when that changes.
@@ -436,6 +438,22 @@ pub async fn run(engine: Engine, inbox: Inbox, deps: Deps, cancel: CancellationT
                 None => break,
             },
             _ = tick.tick() => {
+                let at = Instant::now();
+                if let Some(missed) = missed(ticked, at, heartbeat) {
+                    tracing::warn!(
+                        missed_ms = missed.as_millis() as u64,
+                        "the master did not run for a while (stopped, starved or suspended): \
+                         workers' silences and leases get that time back"
+                    );
+                    actor.engine.resumed(missed);
+                }
+                ticked = at;
+                // What waited in the inbox (heartbeats among it) was sent
+                // before this sweep for silent workers: it is heard first.
+                for _ in 0..rx.len() {
+                    let Ok(cmd) = rx.try_recv() else { break };
+                    actor.handle(cmd);
+                }
                 let started = Instant::now();
                 actor.tick();
                 actor.deps.metrics.tick.observe(started.elapsed().as_secs_f64());
@@ -445,4 +463,26 @@ pub async fn run(engine: Engine, inbox: Inbox, deps: Deps, cancel: CancellationT
         actor.flush();
     }
     actor.stop().await;
+}
+
+/// How long the coordinator did not run, when its tick (every `heartbeat /
+/// 4`) came more than a whole heartbeat late: the time past one period,
+/// which its workers' silences and leases should not be charged.
+fn missed(last: Instant, now: Instant, heartbeat: Duration) -> Option<Duration> {
+    let gap = now.saturating_duration_since(last);
+    (gap > heartbeat).then(|| gap - heartbeat / 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tick_more_than_a_heartbeat_late_gives_back_what_was_missed() {
+        let (t0, beat) = (Instant::now(), Duration::from_millis(400));
+        assert_eq!(missed(t0, t0 + beat / 4, beat), None, "on time");
+        assert_eq!(missed(t0, t0 + beat, beat), None, "late, within a heartbeat");
+        assert_eq!(missed(t0, t0 + beat * 5, beat), Some(beat * 5 - beat / 4));
+        assert_eq!(missed(t0 + beat, t0, beat), None, "a clock that did not move on");
+    }
 }
