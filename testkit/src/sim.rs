@@ -41,6 +41,10 @@ pub struct Fleet {
     /// Registrations again after the master dropped a worker whose
     /// heartbeats came late.
     pub reregistered: AtomicU64,
+    /// Heartbeats the fleet itself sent more than an interval after they
+    /// were due (its loop was busy or waited for a core): enough, on their
+    /// own, for the master to find the worker silent.
+    pub late: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -162,7 +166,10 @@ async fn run_worker(
                     held.insert(u.job_id.to_string(), u);
                 }
             }
-            _ = tick.tick() => {
+            due = tick.tick() => {
+                if due.elapsed() > heartbeat {
+                    fleet.late.fetch_add(1, Ordering::Relaxed);
+                }
                 let running = held.values().map(lease).collect();
                 let hb = pb::HeartbeatRequest { worker_id: id.clone(), instance_id: instance.clone(), running, hashrate: 0.0 };
                 match grpc.heartbeat(request_in(hb, &session)).await {

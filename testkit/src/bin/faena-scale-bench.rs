@@ -22,7 +22,9 @@
 //! shallowest. A line ends with what went other than planned, if anything:
 //! leases the master took back from a live simulated worker, results it
 //! refused as no longer that worker's, result calls that failed (the fleet
-//! gives their budget back and sends them again, so none stalls the run).
+//! gives their budget back and sends them again, so none stalls the run),
+//! workers it dropped that registered again, and heartbeats the fleet
+//! itself sent more than an interval late (its own share of those drops).
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::sync::atomic::Ordering;
@@ -139,15 +141,17 @@ async fn measure(c: &Cluster, pid: i32, fleet: &Fleet, deep: &[String], k: usize
 /// What went other than planned: leases the master took back from a live
 /// simulated worker (redeliveries), results it refused as no longer that
 /// worker's, calls that failed and were made again, workers it dropped for
-/// late heartbeats that registered again. All 0 on a master that keeps up.
+/// late heartbeats that registered again, heartbeats the fleet sent more
+/// than an interval late. All 0 on a master and a fleet that keep up.
 fn surprises(c_redeliveries: f64, fleet: &Fleet) -> String {
     let (stale, failed) = (fleet.stale.load(Ordering::Relaxed), fleet.failed.load(Ordering::Relaxed));
-    let again = fleet.reregistered.load(Ordering::Relaxed);
-    if c_redeliveries == 0.0 && stale == 0 && failed == 0 && again == 0 {
+    let (again, late) = (fleet.reregistered.load(Ordering::Relaxed), fleet.late.load(Ordering::Relaxed));
+    if c_redeliveries == 0.0 && stale == 0 && failed == 0 && again == 0 && late == 0 {
         return String::new();
     }
     format!(
-        "  (redeliveries {c_redeliveries}, stale results {stale}, failed result calls {failed}, registered again {again})"
+        "  (redeliveries {c_redeliveries}, stale results {stale}, failed result calls {failed}, registered again {again}, \
+         heartbeats the fleet sent late {late})"
     )
 }
 
