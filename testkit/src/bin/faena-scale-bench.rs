@@ -54,7 +54,7 @@ async fn wait_metric(c: &Cluster, name: &str, want: f64) {
     };
     if tokio::time::timeout(faena_testkit::WAIT, reached).await.is_err() {
         let text = c.api.text("/metrics").await;
-        let at = ["faena_jobs_active", "faena_workers", "faena_redeliveries"];
+        let at = ["faena_jobs_active", "faena_jobs_total", "faena_workers", "faena_redeliveries"];
         let seen: Vec<&str> = text.lines().filter(|l| at.iter().any(|m| l.starts_with(m))).collect();
         panic!("timed out waiting for {name} = {want}; the master says: {}", seen.join(", "));
     }
