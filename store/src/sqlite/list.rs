@@ -10,7 +10,7 @@ use faena_proto::api::JobView;
 use rusqlite::Connection;
 use rusqlite::types::Value as Sql;
 
-use super::generations::listed;
+use super::generations::{created_at_or_after, listed};
 use super::{VIEW_COLUMNS, view};
 use crate::{JobFilter, MAX_PAGE, Page, StoreError};
 
@@ -46,17 +46,21 @@ pub(crate) fn list(conn: &Connection, f: &JobFilter) -> Result<Page, StoreError>
     if let Some(s) = &f.schedule {
         and("schedule = ?", Sql::Text(s.clone()));
     }
-    if let Some(since) = f.since_ms {
-        let since = Sql::Integer(i64::try_from(since).unwrap_or(i64::MAX));
-        and("created_at >= ?", since.clone());
-        // Jobs are stored in `created_at` order (the store keeps it so):
-        // nothing before the first job of the window can match, so the
-        // walk stops there instead of reading the rest of the history.
-        and("rowid >= (SELECT rowid FROM {jobs} WHERE created_at >= ? ORDER BY created_at, rowid LIMIT 1)", since);
+    // Jobs are stored in `created_at` order (the store keeps it so):
+    // nothing before the first job of the window can match, so the walk
+    // stops there instead of reading the rest of the history.
+    let since = f.since_ms.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+    if let Some(since) = since {
+        and("created_at >= ?", Sql::Integer(since));
     }
     if let Some(before) = f.before {
         and("rowid < ?", Sql::Integer(before));
     }
+    // The window's first row, each generation's own (set below).
+    if since.is_some() {
+        and("rowid >= ?", Sql::Integer(i64::MIN));
+    }
+    let first = since.map(|since| (since, args.len() - 1));
     let limit = f.limit.clamp(1, MAX_PAGE);
     sql.push_str(" ORDER BY rowid DESC LIMIT ?");
     args.push(Sql::Integer(limit as i64 + 1));
@@ -64,6 +68,13 @@ pub(crate) fn list(conn: &Connection, f: &JobFilter) -> Result<Page, StoreError>
     let tx = conn.unchecked_transaction()?;
     let mut jobs: Vec<(i64, JobView)> = Vec::with_capacity(limit + 1);
     for (table, _) in listed(&tx)? {
+        // A generation with no job in the window has nothing to show.
+        if let Some((since, at)) = first {
+            match created_at_or_after(&tx, &table, since)? {
+                Some(row) => args[at] = Sql::Integer(row),
+                None => continue,
+            }
+        }
         let mut stmt = tx.prepare_cached(&sql.replace("{jobs}", &table))?;
         let mut rows = stmt.query(rusqlite::params_from_iter(&args))?;
         while let Some(r) = rows.next()? {

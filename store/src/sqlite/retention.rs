@@ -11,7 +11,7 @@
 
 use rusqlite::Connection;
 
-use super::generations::{Gen, HISTORY_COLUMNS, JOB_COLUMNS, Layout, tables};
+use super::generations::{Gen, HISTORY_COLUMNS, JOB_COLUMNS, Layout, newest_created, tables};
 use crate::contract::UNFINISHED_SQLITE;
 use crate::{Retention, StoreError};
 
@@ -30,7 +30,7 @@ fn out_of_retention(conn: &Connection, g: &Gen, next_row: i64, r: Retention, now
         None => false,
     };
     let by_age = match r.age {
-        Some(age) => one("SELECT max(created_at)")?.is_none_or(|at| at < now_ms.saturating_sub(age.as_millis() as i64)),
+        Some(age) => newest_created(conn, &g.jobs)?.is_none_or(|at| at < now_ms.saturating_sub(age.as_millis() as i64)),
         None => false,
     };
     Ok(by_count || by_age)

@@ -7,7 +7,7 @@ use faena_proto::ids::JobId;
 
 use rusqlite::{CachedStatement, Connection, params};
 
-use super::generations::{FastMap, Gen, Hints, Layout};
+use super::generations::{FastMap, Gen, Hints, Layout, newest_created};
 use super::history::{History, Row};
 use super::retention;
 use crate::contract::{fired_by, held_key, inserted_detail, opts_column, requeued_state};
@@ -32,16 +32,8 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn new(conn: Connection, layout: Layout, retention: Retention) -> Self {
-        let created = layout
-            .gens
-            .iter()
-            .filter_map(|g| {
-                conn.query_row(&format!("SELECT max(created_at) FROM {}", g.jobs), [], |r| r.get::<_, Option<i64>>(0))
-                    .ok()
-                    .flatten()
-            })
-            .max()
-            .unwrap_or(0);
+        let created =
+            layout.gens.iter().filter_map(|g| newest_created(&conn, &g.jobs).ok().flatten()).max().unwrap_or(0);
         Self { conn, layout, hints: Hints::default(), retention, created }
     }
 }
