@@ -239,6 +239,19 @@ impl JobSpec {
         }
     }
 
+    /// [`Self::params_json`] as JSON text, written straight from the
+    /// parameters (the store keeps them so, once a job).
+    pub fn params_text(&self) -> String {
+        let s = match self {
+            JobSpec::Noop(p) => serde_json::to_string(p),
+            JobSpec::RandomxHash(p) => serde_json::to_string(p),
+            JobSpec::RandomxMine(p) => serde_json::to_string(p),
+            JobSpec::AiQuery(p) => serde_json::to_string(p),
+            JobSpec::Custom(_, params) => return params.to_string(),
+        };
+        s.unwrap_or_else(|_| "null".into())
+    }
+
     pub fn params_json(&self) -> Value {
         let v = match self {
             JobSpec::Noop(p) => serde_json::to_value(p),
@@ -308,6 +321,8 @@ mod tests {
             let spec = JobSpec::parse("x.wordcount", params.clone()).expect("valid");
             assert_eq!(spec.kind().as_str(), "x.wordcount");
             assert_eq!(spec.params_json(), params);
+            let text: Value = serde_json::from_str(&spec.params_text()).expect("the text is JSON");
+            assert_eq!(text, params, "the text is the same parameters");
             assert_eq!(JobSpec::parse_kind(spec.kind(), spec.params_json()).ok(), Some(spec));
         }
         assert!(JobSpec::parse("x.", json!({})).is_err());
@@ -338,7 +353,9 @@ mod tests {
     #[test]
     fn spec_round_trips_through_json() {
         let spec = JobSpec::parse("randomx.hash", json!({"key": "k", "inputs": ["a", "b"]})).expect("valid");
-        assert_eq!(JobSpec::parse_kind(spec.kind(), spec.params_json()).ok(), Some(spec));
+        assert_eq!(JobSpec::parse_kind(spec.kind(), spec.params_json()).ok(), Some(spec.clone()));
+        let text: Value = serde_json::from_str(&spec.params_text()).expect("the text is JSON");
+        assert_eq!(text, spec.params_json(), "the text the store keeps is the same parameters");
         let out = HashOutput::Many { hashes: vec!["00".into()] };
         let back: HashOutput = serde_json::from_value(serde_json::to_value(&out).expect("ser")).expect("de");
         assert_eq!(back, out);

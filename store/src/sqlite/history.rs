@@ -8,7 +8,9 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use faena_proto::ids::JobId;
 use rusqlite::ToSql;
+use rusqlite::types::{ToSqlOutput, ValueRef};
 
 use super::generations::{Gen, HISTORY_COLUMNS};
 use super::write::Held;
@@ -27,9 +29,29 @@ pub(crate) fn statements(history: &str) -> [String; CHUNKS.len()] {
     })
 }
 
+/// A job id as the text the store keeps (36 characters, hyphenated, lower
+/// case), made without a formatter or an allocation: the writer binds one
+/// to nearly every statement.
+#[derive(Clone, Copy)]
+pub(crate) struct IdText([u8; 36]);
+
+impl From<JobId> for IdText {
+    fn from(id: JobId) -> Self {
+        let mut text = [0; 36];
+        id.0.hyphenated().encode_lower(&mut text);
+        Self(text)
+    }
+}
+
+impl ToSql for IdText {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(ValueRef::Text(&self.0)))
+    }
+}
+
 /// One history row: a job's change, borrowed from the group's changes.
 pub(crate) struct Row<'a> {
-    pub id: String,
+    pub id: IdText,
     pub at: i64,
     pub state: &'a str,
     pub attempt: u32,
@@ -84,11 +106,12 @@ mod tests {
         let g = Layout::open(&conn, 0).expect("layout").newest().clone();
         let n = 64 + 64 + 16 + 4 + 1 + 2;
         let details: Vec<String> = (0..n).map(|i| format!("row {i}")).collect();
+        let jobs: Vec<JobId> = (0..7).map(|_| JobId::new()).collect();
         let mut history = History::default();
         for (i, detail) in details.iter().enumerate() {
             let worker = (i % 2 == 0).then_some("w1");
             let row = Row {
-                id: format!("job-{}", i % 7),
+                id: IdText::from(jobs[i % 7]),
                 at: i as i64,
                 state: "queued",
                 attempt: 1,
@@ -107,8 +130,8 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("rows");
         let expected: Vec<_> = (0..n)
-            .map(|i| (format!("job-{}", i % 7), i as i64, (i % 2 == 0).then(|| "w1".to_owned()), format!("row {i}")))
+            .map(|i| (jobs[i % 7].to_string(), i as i64, (i % 2 == 0).then(|| "w1".to_owned()), format!("row {i}")))
             .collect();
-        assert_eq!(rows, expected);
+        assert_eq!(rows, expected, "each row's job id is the text of its id");
     }
 }

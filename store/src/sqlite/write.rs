@@ -8,7 +8,7 @@ use faena_proto::ids::JobId;
 use rusqlite::{CachedStatement, Connection, params};
 
 use super::generations::{FastMap, Gen, Hints, Layout, newest_created};
-use super::history::{History, Row};
+use super::history::{History, IdText, Row};
 use super::retention;
 use crate::contract::{fired_by, held_key, inserted_detail, opts_column, requeued_state};
 
@@ -157,7 +157,7 @@ fn apply_one<'a>(
 ) -> Result<(), StoreError> {
     let tx = held.conn;
     let Group { history, arrivals } = group;
-    let mut record = |g: &Arc<Gen>, id: String, at: i64, state: &'a str, attempt: u32, worker, detail| {
+    let mut record = |g: &Arc<Gen>, id: IdText, at: i64, state: &'a str, attempt: u32, worker, detail| {
         history.push(g, Row { id, at, state, attempt, worker, detail });
     };
     match op {
@@ -167,7 +167,7 @@ fn apply_one<'a>(
             let (g, row) = (layout.newest().clone(), layout.next_row);
             layout.next_row += 1;
             hints.stored(*id, g.id, row);
-            let id = id.to_string();
+            let id = IdText::from(*id);
             // A job dispatched in this group is stored as the update of its
             // `Dispatched` would leave it, with the three columns more.
             let (row_state, run_at, attempts, worker, token, sql, n) = match arrivals.pairs.get(&i) {
@@ -181,13 +181,13 @@ fn apply_one<'a>(
                 row,
                 id,
                 spec.kind().as_str(),
-                spec.params_json().to_string(),
+                spec.params_text(),
                 priority.as_str(),
                 *seq as i64,
                 row_state,
                 *newest,
-                parent.map(|p| p.to_string()),
-                retry_of.map(|r| r.to_string()),
+                parent.map(IdText::from),
+                retry_of.map(IdText::from),
                 opts_column(opts),
                 run_at,
                 opts.as_ref().and_then(|o| o.schedule.clone()),
@@ -208,27 +208,27 @@ fn apply_one<'a>(
             record(&g, id, *newest, state.as_str(), 0, None, detail);
         }
         StoreOp::Released { id: job, state, run_at_ms, attempts, detail, at_ms } => {
-            let id = job.to_string();
+            let id = IdText::from(*job);
             let args = params![id, state.as_str(), run_at_ms.map(|r| r as i64)];
             if let Some(g) = layout.touch(held, hints, *job, |g| &g.released, args)? {
                 record(g, id, *at_ms as i64, state.as_str(), *attempts, None, Some(Cow::Borrowed(detail)));
             }
         }
         StoreOp::Reprioritised { id: job, priority, was, state, attempts, at_ms } => {
-            let id = job.to_string();
+            let id = IdText::from(*job);
             if let Some(g) = layout.touch(held, hints, *job, |g| &g.reprioritise, params![id, priority.as_str()])? {
                 let detail = format!("priority {} (was {})", priority.as_str(), was.as_str());
                 record(g, id, *at_ms as i64, state.as_str(), *attempts, None, Some(Cow::Owned(detail)));
             }
         }
         StoreOp::Started { id: job, worker, at_ms } => {
-            let id = job.to_string();
+            let id = IdText::from(*job);
             if let Some(g) = layout.touch(held, hints, *job, |g| &g.started, params![id, worker])? {
                 record(g, id, *at_ms as i64, "running", 1, Some(worker), Some(Cow::Borrowed("split into units")));
             }
         }
         StoreOp::Dispatched { id: job, attempt, worker, token, at_ms } => {
-            let id = job.to_string();
+            let id = IdText::from(*job);
             let g = match arrivals.written.remove(&i) {
                 Some(g) => Some(g),
                 None => {
@@ -243,7 +243,7 @@ fn apply_one<'a>(
             }
         }
         StoreOp::Requeued { id: job, attempts, reason, at_ms, run_at_ms } => {
-            let id = job.to_string();
+            let id = IdText::from(*job);
             let none = None::<String>;
             let state = requeued_state(*run_at_ms);
             let args = params![id, state, attempts, none, none, none, none, None::<i64>, run_at_ms.map(|r| r as i64)];
@@ -252,7 +252,7 @@ fn apply_one<'a>(
             }
         }
         StoreOp::Finished { id: job, state, attempts, worker, result, error, at_ms, release_key } => {
-            let id = job.to_string();
+            let id = IdText::from(*job);
             let result = result.as_ref().map(|r| r.to_string());
             let at = *at_ms as i64;
             if let Some(key) = release_key {

@@ -82,7 +82,7 @@ impl Group {
                         row: *next_row,
                         id: id.0,
                         kind: spec.kind().as_str().to_owned(),
-                        params: spec.params_json().to_string(),
+                        params: spec.params_text(),
                         priority: priority.as_str().to_owned(),
                         seq: *seq as i64,
                         created_at: *created,
