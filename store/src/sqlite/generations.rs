@@ -92,8 +92,8 @@ fn create(conn: &Connection, g: i64) -> Result<(), StoreError> {
     // value are in row-id order, so a page is read newest first off it.
     // Unfinished jobs are found through `state` (SQLite takes its ORs as one
     // search of that index per state), and jobs by `created_at` through
-    // their row ids, which grow with it (`created_at_or_after`): indexes of
-    // their own for those cost the writer about a ninth of its work, an
+    // their row ids, which grow with it (`created.rs`): indexes of their
+    // own for those cost the writer about an eighth of its work, an
     // entry placed, or moved, on every insert, dispatch and end.
     conn.execute_batch(&format!(
         "DROP INDEX IF EXISTS {j}_unfinished;
@@ -109,66 +109,6 @@ fn create(conn: &Connection, g: i64) -> Result<(), StoreError> {
         CREATE INDEX IF NOT EXISTS {t}_job ON {t}(job_id);"
     ))?;
     Ok(())
-}
-
-/// The `created_at` of the first job stored in `table` (none if it is
-/// empty): row ids grow with `created_at`, so it is the oldest.
-pub(crate) fn oldest_created(conn: &Connection, table: &str) -> Result<Option<i64>, StoreError> {
-    created_of(conn, &format!("SELECT created_at FROM {table} ORDER BY rowid LIMIT 1"), [])
-}
-
-/// The `created_at` of the last job stored in `table`: the newest.
-pub(crate) fn newest_created(conn: &Connection, table: &str) -> Result<Option<i64>, StoreError> {
-    created_of(conn, &format!("SELECT created_at FROM {table} ORDER BY rowid DESC LIMIT 1"), [])
-}
-
-fn created_of<P: rusqlite::Params>(conn: &Connection, sql: &str, args: P) -> Result<Option<i64>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(args)?;
-    Ok(match rows.next()? {
-        Some(r) => Some(r.get(0)?),
-        None => None,
-    })
-}
-
-/// The row id of the first job in `table` created at `since` or later, if
-/// any. Jobs are stored in `created_at` order (the writer keeps it so, and
-/// a moved job keeps its row id and its time), so this is a binary search
-/// over the row ids, one look-up of the table's own key a step: about
-/// 2·log₂ of the span of row ids, whatever the table holds.
-pub(crate) fn created_at_or_after(conn: &Connection, table: &str, since: i64) -> Result<Option<i64>, StoreError> {
-    let mut next = conn
-        .prepare_cached(&format!("SELECT rowid, created_at FROM {table} WHERE rowid >= ?1 ORDER BY rowid LIMIT 1"))?;
-    let mut at_or_after = |row: i64| -> Result<Option<(i64, i64)>, StoreError> {
-        let mut rows = next.query([row])?;
-        Ok(match rows.next()? {
-            Some(r) => Some((r.get(0)?, r.get(1)?)),
-            None => None,
-        })
-    };
-    let Some((first, created)) = at_or_after(i64::MIN)? else { return Ok(None) };
-    if created >= since {
-        return Ok(Some(first));
-    }
-    let mut last =
-        conn.prepare_cached(&format!("SELECT rowid, created_at FROM {table} ORDER BY rowid DESC LIMIT 1"))?;
-    let (end, created) = last.query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
-    if created < since {
-        return Ok(None);
-    }
-    // The answer is after `lo` and at or before `hi`, the first row known
-    // to be in the window.
-    let (mut lo, mut hi, mut found) = (first, end, end);
-    while hi.abs_diff(lo) > 1 {
-        let mid = lo.saturating_add((hi.abs_diff(lo) / 2) as i64);
-        match at_or_after(mid)? {
-            Some((row, created)) if row < hi && created >= since => (hi, found) = (row, row),
-            Some((row, _)) if row < hi => lo = row,
-            // No row from `mid` to before `hi`.
-            _ => hi = mid,
-        }
-    }
-    Ok(Some(found))
 }
 
 /// The generations' tables as a reader sees them (in its transaction),
@@ -301,7 +241,7 @@ impl Layout {
         let (j, _) = tables(*ids.last().unwrap_or(&0));
         let one = |sql: &str| conn.query_row(&format!("{sql} FROM {j}"), [], |r| r.get::<_, Option<i64>>(0));
         let rows = one("SELECT min(rowid)")?.map_or(0, |min| next_row - min);
-        let first_at = oldest_created(conn, &j)?;
+        let first_at = super::created::oldest_created(conn, &j)?;
         let gens: Vec<Arc<Gen>> = ids.into_iter().map(|g| Arc::new(Gen::new(g))).collect();
         let newest = gens.last().cloned().unwrap_or_else(|| Arc::new(Gen::new(0)));
         Ok(Self { gens, newest, next_row, rows: u64::try_from(rows).unwrap_or(0), first_at })
@@ -449,31 +389,6 @@ mod tests {
                 .expect("ops");
             assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "{sql} builds a temporary table");
         }
-    }
-
-    /// The window's first row over row ids with gaps (moved and pruned
-    /// jobs) and runs of one time, against a walk of every row.
-    #[test]
-    fn the_windows_first_row_is_found_over_gaps_in_the_row_ids() {
-        let conn = Connection::open_in_memory().expect("in memory");
-        conn.execute_batch("CREATE TABLE t (created_at INTEGER NOT NULL)").expect("table");
-        let mut rows = Vec::new();
-        let (mut row, mut at) = (3_i64, 100_i64);
-        for i in 0..300_i64 {
-            row += 1 + (i * 7919) % 13 + if i % 50 == 0 { 100_000 } else { 0 };
-            at += (i * 31) % 3;
-            conn.execute("INSERT INTO t (rowid, created_at) VALUES (?1, ?2)", [row, at]).expect("inserts");
-            rows.push((row, at));
-        }
-        for since in 0..=at + 2 {
-            let walked = rows.iter().find(|(_, at)| *at >= since).map(|(row, _)| *row);
-            assert_eq!(created_at_or_after(&conn, "t", since).expect("searches"), walked, "since {since}");
-        }
-        assert_eq!(oldest_created(&conn, "t").expect("reads"), Some(100));
-        assert_eq!(newest_created(&conn, "t").expect("reads"), Some(at));
-        conn.execute_batch("DELETE FROM t").expect("empties");
-        assert_eq!(created_at_or_after(&conn, "t", 0).expect("searches"), None);
-        assert_eq!(newest_created(&conn, "t").expect("reads"), None);
     }
 
     /// Unfinished jobs (a restart's load, retention's moves) are found

@@ -10,7 +10,8 @@ use faena_proto::api::JobView;
 use rusqlite::Connection;
 use rusqlite::types::Value as Sql;
 
-use super::generations::{created_at_or_after, listed};
+use super::created::created_at_or_after;
+use super::generations::listed;
 use super::{VIEW_COLUMNS, view};
 use crate::{JobFilter, MAX_PAGE, Page, StoreError};
 

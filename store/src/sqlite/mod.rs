@@ -11,6 +11,7 @@ use rusqlite::Connection;
 use crate::{Retention, StoreError, SyncMode};
 
 mod checkpoint;
+mod created;
 pub(crate) mod generations;
 mod history;
 pub(crate) mod list;

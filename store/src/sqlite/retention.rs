@@ -11,7 +11,8 @@
 
 use rusqlite::Connection;
 
-use super::generations::{Gen, HISTORY_COLUMNS, JOB_COLUMNS, Layout, newest_created, tables};
+use super::created::newest_created;
+use super::generations::{Gen, HISTORY_COLUMNS, JOB_COLUMNS, Layout, tables};
 use crate::contract::UNFINISHED_SQLITE;
 use crate::{Retention, StoreError};
 

@@ -7,7 +7,8 @@ use faena_proto::ids::JobId;
 
 use rusqlite::{CachedStatement, Connection, params};
 
-use super::generations::{FastMap, Gen, Hints, Layout, newest_created};
+use super::created::newest_created;
+use super::generations::{FastMap, Gen, Hints, Layout};
 use super::history::{History, IdText, Row};
 use super::retention;
 use crate::contract::{fired_by, held_key, inserted_detail, opts_column, requeued_state};
