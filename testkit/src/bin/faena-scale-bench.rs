@@ -53,11 +53,16 @@ async fn wait_metric(c: &Cluster, name: &str, want: f64) {
         }
     };
     if tokio::time::timeout(faena_testkit::WAIT, reached).await.is_err() {
-        let text = c.api.text("/metrics").await;
-        let at = ["faena_jobs_active", "faena_jobs_total", "faena_workers", "faena_redeliveries"];
-        let seen: Vec<&str> = text.lines().filter(|l| at.iter().any(|m| l.starts_with(m))).collect();
-        panic!("timed out waiting for {name} = {want}; the master says: {}", seen.join(", "));
+        stuck(c, name, want).await;
     }
+}
+
+/// Gives up waiting for `name` to read `want`, saying where the jobs are.
+async fn stuck(c: &Cluster, name: &str, want: f64) -> ! {
+    let text = c.api.text("/metrics").await;
+    let at = ["faena_jobs_active", "faena_jobs_total", "faena_workers", "faena_redeliveries"];
+    let seen: Vec<&str> = text.lines().filter(|l| at.iter().any(|m| l.starts_with(m))).collect();
+    panic!("timed out waiting for {name} = {want}; the master says: {}", seen.join(", "));
 }
 
 /// Submits `n` noop jobs in batches; returns their ids in order.
@@ -82,6 +87,8 @@ struct Costs {
     query_us: f64,
     query_cpu_us: f64,
     dispatch_us: f64,
+    /// Jobs submitted beyond the plan to refill the queue (see `refill`).
+    refilled: u64,
 }
 
 /// The quiet window: heartbeats and ticks only.
@@ -128,30 +135,67 @@ async fn dispatches(c: &Cluster, pid: i32, fleet: &Fleet, k: usize) -> f64 {
     (cpu_seconds(pid) - cpu0) * 1e6 / k as f64
 }
 
+/// Jobs the master has ended, in any final state.
+async fn ended(c: &Cluster) -> f64 {
+    let text = c.api.text("/metrics").await;
+    ["succeeded", "failed", "cancelled"]
+        .iter()
+        .filter_map(|s| sample(&text, &format!("faena_jobs_total{{state=\"{s}\"}}")))
+        .sum()
+}
+
+/// Tops the queue back up to `depth` after the `k` dispatches of a phase
+/// that began with `ended0` jobs ended, and waits for it there. A job can
+/// end other than by the fleet's budget (out of attempts after three lost
+/// leases); each such job leaves the queue one short, so as many more are
+/// submitted as jobs ended beyond `k`. How many those were.
+async fn refill(c: &Cluster, depth: usize, ended0: f64, k: usize) -> u64 {
+    submit(c, k).await;
+    let (mut submitted, mut extra) = (k as f64, 0);
+    let queued = "faena_jobs_active{state=\"queued\"}";
+    let settled = async {
+        while metric(c, queued).await != depth as f64 {
+            let beyond = ended(c).await - ended0 - submitted;
+            if beyond >= 1.0 {
+                submit(c, beyond as usize).await;
+                (submitted, extra) = (submitted + beyond, extra + beyond as u64);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(faena_testkit::WAIT, settled).await.is_err() {
+        stuck(c, queued, depth as f64).await;
+    }
+    extra
+}
+
 async fn measure(c: &Cluster, pid: i32, fleet: &Fleet, deep: &[String], k: usize, depth: usize) -> Costs {
+    // Jobs ended from here on, beyond the k the fleet completes, left the
+    // queue short, whenever they ended.
+    let ended0 = ended(c).await;
     let (hb_us, tick_us) = quiet(c, pid, fleet).await;
     let (query_us, query_cpu_us) = queries(c, pid, deep).await;
     let dispatch_us = dispatches(c, pid, fleet, k).await;
     // Top the queue back up to its depth for what comes next.
-    submit(c, k).await;
-    wait_metric(c, "faena_jobs_active{state=\"queued\"}", depth as f64).await;
-    Costs { hb_us, tick_us, query_us, query_cpu_us, dispatch_us }
+    let refilled = refill(c, depth, ended0, k).await;
+    Costs { hb_us, tick_us, query_us, query_cpu_us, dispatch_us, refilled }
 }
 
 /// What went other than planned: leases the master took back from a live
 /// simulated worker (redeliveries), results it refused as no longer that
 /// worker's, calls that failed and were made again, workers it dropped for
 /// late heartbeats that registered again, heartbeats the fleet sent more
-/// than an interval late. All 0 on a master and a fleet that keep up.
-fn surprises(c_redeliveries: f64, fleet: &Fleet) -> String {
+/// than an interval late, jobs that ended other than by the fleet's budget
+/// (the queue refilled for them). All 0 on a master and a fleet that keep up.
+fn surprises(c_redeliveries: f64, fleet: &Fleet, refilled: u64) -> String {
     let (stale, failed) = (fleet.stale.load(Ordering::Relaxed), fleet.failed.load(Ordering::Relaxed));
     let (again, late) = (fleet.reregistered.load(Ordering::Relaxed), fleet.late.load(Ordering::Relaxed));
-    if c_redeliveries == 0.0 && stale == 0 && failed == 0 && again == 0 && late == 0 {
+    if c_redeliveries == 0.0 && stale == 0 && failed == 0 && again == 0 && late == 0 && refilled == 0 {
         return String::new();
     }
     format!(
         "  (redeliveries {c_redeliveries}, stale results {stale}, failed result calls {failed}, registered again {again}, \
-         heartbeats the fleet sent late {late})"
+         heartbeats the fleet sent late {late}, jobs ended beyond the budget {refilled})"
     )
 }
 
@@ -198,7 +242,7 @@ async fn main() {
         let deep: Vec<String> = ids[ids.len() - (depth / 4).clamp(1, 1_000)..].to_vec();
         let plain = measure(&c, pid, &fleet, &deep, k, depth).await;
         let rss = rss_mib(pid);
-        line(depth, 0, rss, plain, surprises(metric(&c, "faena_redeliveries_total").await, &fleet));
+        line(depth, 0, rss, plain, surprises(metric(&c, "faena_redeliveries_total").await, &fleet, plain.refilled));
 
         // 1,000 SSE watchers of queued jobs, spread over the queue's back half.
         let mut watched = Vec::with_capacity(WATCHERS);
@@ -212,7 +256,8 @@ async fn main() {
         }
         let with = measure(&c, pid, &fleet, &deep, k, depth).await;
         let rss_w = rss_mib(pid);
-        line(depth, WATCHERS, rss_w, with, surprises(metric(&c, "faena_redeliveries_total").await, &fleet));
+        let refilled = plain.refilled + with.refilled;
+        line(depth, WATCHERS, rss_w, with, surprises(metric(&c, "faena_redeliveries_total").await, &fleet, refilled));
         rows.push((depth, rss.max(rss_w), plain, with));
         if let Some(pid) = mosquitto.as_ref().and_then(|m| m.child.as_ref()).and_then(tokio::process::Child::id) {
             println!("        (Mosquitto, a process of its own: RSS {:.1} MiB)", rss_mib(pid as i32));
