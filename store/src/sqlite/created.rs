@@ -6,28 +6,26 @@
 //! `since=` window is a binary search over row ids, with no index of
 //! `created_at` for the writer to keep up on every insert.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::StoreError;
 
 /// The `created_at` of the first job stored in `table` (none if it is
 /// empty): row ids grow with `created_at`, so it is the oldest.
 pub(crate) fn oldest_created(conn: &Connection, table: &str) -> Result<Option<i64>, StoreError> {
-    created_of(conn, &format!("SELECT created_at FROM {table} ORDER BY rowid LIMIT 1"))
+    Ok(edge(conn, table, "ASC")?.map(|(_, created)| created))
 }
 
 /// The `created_at` of the last job stored in `table`: the newest.
 pub(crate) fn newest_created(conn: &Connection, table: &str) -> Result<Option<i64>, StoreError> {
-    created_of(conn, &format!("SELECT created_at FROM {table} ORDER BY rowid DESC LIMIT 1"))
+    Ok(edge(conn, table, "DESC")?.map(|(_, created)| created))
 }
 
-fn created_of(conn: &Connection, sql: &str) -> Result<Option<i64>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query([])?;
-    Ok(match rows.next()? {
-        Some(r) => Some(r.get(0)?),
-        None => None,
-    })
+/// The row id and `created_at` of the first (`ASC`) or last (`DESC`) job
+/// stored in `table`.
+fn edge(conn: &Connection, table: &str, order: &str) -> Result<Option<(i64, i64)>, StoreError> {
+    let sql = format!("SELECT rowid, created_at FROM {table} ORDER BY rowid {order} LIMIT 1");
+    Ok(conn.prepare_cached(&sql)?.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
 }
 
 /// The row id of the first job in `table` created at `since` or later, if
@@ -36,31 +34,23 @@ fn created_of(conn: &Connection, sql: &str) -> Result<Option<i64>, StoreError> {
 /// over the row ids, one look-up of the table's own key a step: about
 /// 2·log₂ of the span of row ids, whatever the table holds.
 pub(crate) fn created_at_or_after(conn: &Connection, table: &str, since: i64) -> Result<Option<i64>, StoreError> {
-    let mut next = conn
-        .prepare_cached(&format!("SELECT rowid, created_at FROM {table} WHERE rowid >= ?1 ORDER BY rowid LIMIT 1"))?;
-    let mut at_or_after = |row: i64| -> Result<Option<(i64, i64)>, StoreError> {
-        let mut rows = next.query([row])?;
-        Ok(match rows.next()? {
-            Some(r) => Some((r.get(0)?, r.get(1)?)),
-            None => None,
-        })
+    let (Some((first, oldest)), Some((end, newest))) = (edge(conn, table, "ASC")?, edge(conn, table, "DESC")?) else {
+        return Ok(None);
     };
-    let Some((first, created)) = at_or_after(i64::MIN)? else { return Ok(None) };
-    if created >= since {
+    if oldest >= since {
         return Ok(Some(first));
     }
-    let mut last =
-        conn.prepare_cached(&format!("SELECT rowid, created_at FROM {table} ORDER BY rowid DESC LIMIT 1"))?;
-    let (end, created) = last.query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
-    if created < since {
+    if newest < since {
         return Ok(None);
     }
+    let mut next = conn
+        .prepare_cached(&format!("SELECT rowid, created_at FROM {table} WHERE rowid >= ?1 ORDER BY rowid LIMIT 1"))?;
     // The answer is after `lo` and at or before `hi`, the first row known
     // to be in the window.
     let (mut lo, mut hi, mut found) = (first, end, end);
     while hi.abs_diff(lo) > 1 {
         let mid = lo.saturating_add((hi.abs_diff(lo) / 2) as i64);
-        match at_or_after(mid)? {
+        match next.query_row([mid], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))).optional()? {
             Some((row, created)) if row < hi && created >= since => (hi, found) = (row, row),
             Some((row, _)) if row < hi => lo = row,
             // No row from `mid` to before `hi`.
