@@ -10,6 +10,11 @@ use faena_common::args::{BrokerAuth, ClusterToken};
 
 use crate::store::SyncMode;
 
+/// The master's async threads when `--threads` is unset: the cores, up to this.
+pub const DEFAULT_MAX_THREADS: usize = 4;
+/// Most async threads `--threads` may ask for.
+const MAX_THREADS: usize = 1024;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "faena-master",
@@ -167,6 +172,10 @@ pub struct Config {
     /// with the Socket.IO client), served at `/`.
     #[arg(long, env = "FAENA_WEB_DIR", default_value = "web")]
     pub web_dir: std::path::PathBuf,
+    /// Threads the master's own async work runs on: the web port, gRPC,
+    /// MQTT, the coordinator. Unset: the machine's cores, at most 4.
+    #[arg(long, env = "FAENA_MASTER_THREADS")]
+    pub threads: Option<usize>,
     /// Threads the master re-hashes submitted mining shares on.
     #[arg(long, env = "FAENA_VERIFY_THREADS", default_value_t = 2)]
     pub verify_threads: usize,
@@ -276,8 +285,23 @@ impl Config {
         }
     }
 
+    /// The async runtime's threads. By default the cores, up to
+    /// [`DEFAULT_MAX_THREADS`]: the coordinator and the store's writer are
+    /// serial, they bound dispatch, and threads beyond what the rest needs
+    /// beside them only wake to look for work: on 16 cores, 16 threads
+    /// cost a job submitted alone a fifth more of the master's CPU than 4
+    /// for the same jobs a second (BENCHMARKS.md).
+    pub fn runtime_threads(&self) -> Result<usize, ConfigError> {
+        match self.threads {
+            Some(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+            Some(_) => Err(ConfigError(format!("--threads must be between 1 and {MAX_THREADS}"))),
+            None => Ok(std::thread::available_parallelism().map_or(1, usize::from).min(DEFAULT_MAX_THREADS)),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: &str| Err(ConfigError(m.to_owned()));
+        self.runtime_threads()?;
         self.retention()?;
         self.mining_retention()?;
         self.allowed_origins()?;
@@ -426,6 +450,22 @@ mod tests {
         assert_eq!(light.verifier_mode(Some(u64::MAX)), Mode::Light);
         let fast = Config::try_parse_from(["faena-master", "--verify-mode", "fast"]).expect("fast");
         assert_eq!(fast.verifier_mode(Some(0)), Mode::Fast);
+    }
+
+    #[test]
+    fn async_threads_are_the_cores_up_to_four_unless_set() {
+        let cfg = Config::try_parse_from(["faena-master"]).expect("defaults");
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(cfg.runtime_threads().expect("valid"), cores.min(DEFAULT_MAX_THREADS));
+        let cfg = Config::try_parse_from(["faena-master", "--threads", "12"]).expect("parses");
+        assert_eq!(cfg.runtime_threads().expect("valid"), 12);
+        cfg.validate().expect("valid");
+        for bad in ["0", "1025"] {
+            let cfg = Config::try_parse_from(["faena-master", "--threads", bad]).expect("parses");
+            assert!(cfg.runtime_threads().is_err(), "{bad}");
+            let e = cfg.validate().expect_err(bad);
+            assert!(e.to_string().contains("--threads must be between 1 and 1024"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -12,11 +12,12 @@ use faena_master::Config;
 fn main() -> anyhow::Result<()> {
     // The allocator reads its settings before `main`: start again once with them.
     faena_common::lifecycle::reexec_with(faena_common::lifecycle::allocator_env().into_iter().collect());
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+    let cfg = Config::parse();
+    let threads = cfg.runtime_threads()?;
+    tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?.block_on(run(cfg))
 }
 
-async fn run() -> anyhow::Result<()> {
-    let cfg = Config::parse();
+async fn run(cfg: Config) -> anyhow::Result<()> {
     let logs = faena_common::logs::init("master", cfg.log_json);
     let shutdown = faena_common::lifecycle::on_signal();
     let result = faena_master::run(cfg, Some(logs), shutdown, faena_common::lifecycle::announce_ready).await;
