@@ -227,6 +227,16 @@ impl Default for Metrics {
         );
         let store_healthy = Gauge::default();
         registry.register("store_healthy", "1 while the job store commits", store_healthy.clone());
+        // Set once: the runtime the master runs in (none in a unit test).
+        let threads = Gauge::<i64>::default();
+        registry.register(
+            "master_threads",
+            "Threads the master's async work runs on (FAENA_MASTER_THREADS)",
+            threads.clone(),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            threads.set(runtime.metrics().num_workers() as i64);
+        }
         let broker_connected = Gauge::default();
         registry.register(
             "broker_connected",

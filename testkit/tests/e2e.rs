@@ -78,6 +78,16 @@ async fn end_to_end_with_the_embedded_broker() {
     assert!(body.contains("faena_worker_job_duration_seconds"), "{body}");
 }
 
+/// `FAENA_MASTER_THREADS` sets the master's async threads (the cores, at
+/// most 4, without it), and `/metrics` says how many it runs on.
+#[tokio::test]
+async fn the_master_runs_on_the_async_threads_it_is_given() {
+    let extra = vec![("FAENA_MASTER_THREADS".to_owned(), "3".to_owned())];
+    let c = Cluster::start(MasterOpts { extra, ..MasterOpts::default() }).await;
+    let metrics = c.api.text("/metrics").await;
+    assert_eq!(faena_testkit::sample(&metrics, "faena_master_threads"), Some(3.0), "{metrics}");
+}
+
 #[tokio::test]
 async fn end_to_end_with_mosquitto_shows_logs_and_status() {
     let tmp = tempfile::tempdir().expect("tmp");
