@@ -108,7 +108,7 @@ pub async fn copy(
         if max_batches.is_some_and(|m| batches >= m) {
             break;
         }
-        let (rows, extra): (Vec<JobRow>, Vec<JobExtra>) = {
+        let (rows, extra, trails): (Vec<JobRow>, Vec<JobExtra>, Vec<Option<String>>) = {
             let mut stmt = source.prepare_cached(&select)?;
             let mapped = stmt.query_map(rusqlite::params![after, batch as i64], |r| {
                 let row: JobRow = (
@@ -129,13 +129,19 @@ pub async fn copy(
                     r.get(14)?,
                     r.get(15)?,
                 );
-                Ok((row, (r.get(16)?, r.get(17)?, r.get(18)?)))
+                Ok((row, (r.get(16)?, r.get(17)?, r.get(18)?), r.get(19)?))
             })?;
-            let all: Vec<(JobRow, JobExtra)> = mapped.collect::<Result<_, _>>()?;
-            all.into_iter().unzip()
+            let all: Vec<(JobRow, JobExtra, Option<String>)> = mapped.collect::<Result<_, _>>()?;
+            let mut columns = (Vec::new(), Vec::new(), Vec::new());
+            for (row, extra, trail) in all {
+                columns.0.push(row);
+                columns.1.push(extra);
+                columns.2.push(trail);
+            }
+            columns
         };
         let Some(last) = rows.last().map(|r| r.0) else { break };
-        let history = history_of(&source, &gens, &rows)?;
+        let history = history_of(&source, &gens, &rows, &trails)?;
         let tx = client.transaction().await?;
         insert_jobs(&tx, &rows, &extra).await?;
         insert_history(&tx, &history).await?;
@@ -158,6 +164,10 @@ pub async fn copy(
     for (j, t) in &gens {
         report.source_jobs += count(format!("SELECT count(*) FROM {j}"))? as u64;
         report.source_history += count(format!("SELECT count(*) FROM {t}"))? as u64;
+        // A trail's changes are its lines.
+        report.source_history +=
+            count(format!("SELECT coalesce(sum(length(trail) - length(replace(trail, char(10), ''))), 0) FROM {j}"))?
+                as u64;
     }
     let target = |sql: &'static str| async { client.query_one(sql, &[]).await?.try_get::<_, i64>(0) };
     report.target_jobs = target("SELECT count(*) FROM jobs").await? as u64;
@@ -173,8 +183,14 @@ pub async fn copy(
 
 type HistoryRow = (String, i64, String, i32, Option<String>, Option<String>);
 
-/// The history of the jobs in `rows`, each job's in order.
-fn history_of(source: &Connection, gens: &[(String, String)], rows: &[JobRow]) -> Result<Vec<HistoryRow>, StoreError> {
+/// The history of the jobs in `rows`, each job's in order: the rows of
+/// its generation's history table, then its trail (`trails`, row by row).
+fn history_of(
+    source: &Connection,
+    gens: &[(String, String)],
+    rows: &[JobRow],
+    trails: &[Option<String>],
+) -> Result<Vec<HistoryRow>, StoreError> {
     let ids = serde_json::to_string(&rows.iter().map(|r| &r.1).collect::<Vec<_>>())?;
     let mut out = Vec::new();
     for (_, t) in gens {
@@ -186,6 +202,11 @@ fn history_of(source: &Connection, gens: &[(String, String)], rows: &[JobRow]) -
             stmt.query_map([&ids], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
         for row in mapped {
             out.push(row?);
+        }
+    }
+    for (row, trail) in rows.iter().zip(trails) {
+        for t in crate::sqlite::steps(trail.as_deref().unwrap_or_default())? {
+            out.push((row.1.clone(), t.at_ms as i64, t.state, t.attempt as i32, t.worker, t.detail));
         }
     }
     Ok(out)

@@ -25,7 +25,10 @@ use rusqlite::{Connection, ToSql};
 use super::{Retention, StoreError};
 
 /// The columns of a job row, in the order of the table.
-pub(crate) const JOB_COLUMNS: &str = "id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of, opts, run_at, schedule";
+pub(crate) const JOB_COLUMNS: &str = "id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of, opts, run_at, schedule, trail";
+/// What a change's statement sets to append to the job's trail (its
+/// history, `history.rs`), less the parameter's number.
+const TRAIL: &str = "trail = coalesce(trail, '') || ?";
 /// The columns of a history row.
 pub(crate) const HISTORY_COLUMNS: &str = "job_id, at, state, attempt, worker, detail";
 
@@ -77,8 +80,14 @@ fn create(conn: &Connection, g: i64) -> Result<(), StoreError> {
             detail TEXT
         );"
     ))?;
-    let added =
-        [("parent", "TEXT"), ("retry_of", "TEXT"), ("opts", "TEXT"), ("run_at", "INTEGER"), ("schedule", "TEXT")];
+    let added = [
+        ("parent", "TEXT"),
+        ("retry_of", "TEXT"),
+        ("opts", "TEXT"),
+        ("run_at", "INTEGER"),
+        ("schedule", "TEXT"),
+        ("trail", "TEXT"),
+    ];
     for (column, kind) in added {
         let has: bool =
             conn.query_row(&format!("SELECT COUNT(*) FROM pragma_table_info('{j}') WHERE name = ?1"), [column], |r| {
@@ -141,8 +150,6 @@ pub(crate) struct Gen {
     /// not set, so SQLite leaves its index entry alone.
     pub finish: OnJob,
     pub released: OnJob,
-    /// History rows, [`super::history::CHUNKS`] at a time.
-    pub records: [String; super::history::CHUNKS.len()],
 }
 
 impl Gen {
@@ -150,27 +157,26 @@ impl Gen {
         let (jobs, history) = tables(id);
         Self {
             insert: format!(
-                "INSERT INTO {jobs} (rowid, id, kind, params, priority, seq, state, created_at, parent, retry_of, opts, run_at, schedule) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                "INSERT INTO {jobs} (rowid, id, kind, params, priority, seq, state, created_at, parent, retry_of, opts, run_at, schedule, trail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
             ),
             insert_dispatched: format!(
-                "INSERT INTO {jobs} (rowid, id, kind, params, priority, seq, state, created_at, parent, retry_of, opts, run_at, schedule, attempts, worker, token) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                "INSERT INTO {jobs} (rowid, id, kind, params, priority, seq, state, created_at, parent, retry_of, opts, run_at, schedule, trail, attempts, worker, token) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
             ),
-            reprioritise: OnJob::new(format!("UPDATE {jobs} SET priority = ?2 WHERE id = ?1"), 2),
-            started: OnJob::new(format!("UPDATE {jobs} SET state = 'running', worker = ?2 WHERE id = ?1"), 2),
+            reprioritise: OnJob::new(format!("UPDATE {jobs} SET priority = ?2, {TRAIL}3 WHERE id = ?1"), 3),
+            started: OnJob::new(format!("UPDATE {jobs} SET state = 'running', worker = ?2, {TRAIL}3 WHERE id = ?1"), 3),
             finish: OnJob::new(
                 format!(
-                    "UPDATE {jobs} SET state = ?2, attempts = ?3, token = ?5, result = ?6, error = ?7, finished_at = ?8, run_at = ?9 WHERE id = ?1 AND worker IS ?4"
+                    "UPDATE {jobs} SET state = ?2, attempts = ?3, token = ?5, result = ?6, error = ?7, finished_at = ?8, run_at = ?9, {TRAIL}10 WHERE id = ?1 AND worker IS ?4"
                 ),
-                9,
+                10,
             ),
             update: OnJob::new(
                 format!(
-                    "UPDATE {jobs} SET state = ?2, attempts = ?3, worker = ?4, token = ?5, result = ?6, error = ?7, finished_at = ?8, run_at = ?9 WHERE id = ?1"
+                    "UPDATE {jobs} SET state = ?2, attempts = ?3, worker = ?4, token = ?5, result = ?6, error = ?7, finished_at = ?8, run_at = ?9, {TRAIL}10 WHERE id = ?1"
                 ),
-                9,
+                10,
             ),
-            released: OnJob::new(format!("UPDATE {jobs} SET state = ?2, run_at = ?3 WHERE id = ?1"), 3),
-            records: super::history::statements(&history),
+            released: OnJob::new(format!("UPDATE {jobs} SET state = ?2, run_at = ?3, {TRAIL}4 WHERE id = ?1"), 4),
             id,
             jobs,
             history,
@@ -377,9 +383,7 @@ mod tests {
         let layout = Layout::open(&conn, 0).expect("layout");
         let g = layout.newest();
         let on_job = [&g.reprioritise, &g.started, &g.update, &g.finish, &g.released];
-        for sql in
-            on_job.iter().flat_map(|s| [&s.by_id, &s.by_row]).chain([&g.insert, &g.insert_dispatched]).chain(&g.records)
-        {
+        for sql in on_job.iter().flat_map(|s| [&s.by_id, &s.by_row]).chain([&g.insert, &g.insert_dispatched]) {
             let n = sql.matches('?').count();
             let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).expect("explains");
             let ops: Vec<String> = stmt
@@ -459,7 +463,7 @@ mod tests {
         };
         let release = |hints: &Hints, id: JobId, to: &str| {
             let mut held = super::super::write::Held::new(&conn);
-            let args = rusqlite::params![id.to_string(), to, None::<i64>];
+            let args = rusqlite::params![id.to_string(), to, None::<i64>, ""];
             layout.touch(&mut held, hints, id, |g| &g.released, args).expect("runs").map(|g| g.id)
         };
         let mut hints = Hints::default();

@@ -99,8 +99,14 @@ pub(crate) fn spec(conn: &Connection, id: JobId) -> Result<Option<JobSpec>, Stor
 pub(crate) fn history(conn: &Connection, id: JobId) -> Result<Vec<Transition>, StoreError> {
     let tx = conn.unchecked_transaction()?;
     let key = id.to_string();
-    // A job's history is in the generation its row is in.
-    for (_, history) in listed(&tx)? {
+    // A job's history is in the generation its row is in: the rows of its
+    // history table (a job stored before trails), then its trail.
+    for (jobs, history) in listed(&tx)? {
+        let trail = tx
+            .prepare_cached(&format!("SELECT trail FROM {jobs} WHERE id = ?1"))?
+            .query_row([&key], |r| r.get::<_, Option<String>>(0))
+            .optional()?;
+        let Some(trail) = trail else { continue };
         let sql = format!("SELECT at, state, attempt, worker, detail FROM {history} WHERE job_id = ?1 ORDER BY rowid");
         let mut stmt = tx.prepare_cached(&sql)?;
         let rows = stmt.query_map([&key], |r| {
@@ -112,10 +118,9 @@ pub(crate) fn history(conn: &Connection, id: JobId) -> Result<Vec<Transition>, S
                 detail: r.get(4)?,
             })
         })?;
-        let found: Vec<Transition> = rows.collect::<Result<_, _>>()?;
-        if !found.is_empty() {
-            return Ok(found);
-        }
+        let mut found: Vec<Transition> = rows.collect::<Result<_, _>>()?;
+        found.extend(super::history::steps(trail.as_deref().unwrap_or_default())?);
+        return Ok(found);
     }
     Ok(Vec::new())
 }

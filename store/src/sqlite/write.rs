@@ -1,6 +1,5 @@
 //! The SQLite backend's side of the writer: a group in one transaction.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use faena_proto::ids::JobId;
@@ -9,7 +8,7 @@ use rusqlite::{CachedStatement, Connection, params};
 
 use super::created::newest_created;
 use super::generations::{FastMap, Gen, Hints, Layout};
-use super::history::{History, IdText, Row};
+use super::history::{IdText, Trail};
 use super::retention;
 use crate::contract::{fired_by, held_key, inserted_detail, opts_column, requeued_state};
 
@@ -66,11 +65,10 @@ fn apply(
     let tx = conn.transaction()?;
     {
         let mut held = Held::new(&tx);
-        let mut group = Group { history: History::default(), arrivals: Arrivals::of(ops) };
+        let mut arrivals = Arrivals::of(ops);
         for op in ops.iter().enumerate() {
-            apply_one(&mut held, &mut group, layout, hints, retention, op, &mut newest)?;
+            apply_one(&mut held, &mut arrivals, layout, hints, retention, op, &mut newest)?;
         }
-        group.history.write(&mut held)?;
     }
     // Retention rides in the same transaction, each step in a savepoint.
     let now = faena_proto::mqtt::now_ms() as i64;
@@ -92,18 +90,11 @@ fn apply(
     Ok(pruned)
 }
 
-/// What a commit group carries from one change to the next.
-struct Group<'a> {
-    history: History<'a>,
-    arrivals: Arrivals<'a>,
-}
-
 /// Jobs dispatched in the group that stores them, with nothing else done
 /// to them between: a job placed the moment it arrives, as every job is
 /// while workers have free slots. Such a job's row is inserted already
 /// dispatched, where an insert and then an update would rewrite its
-/// `state` and `worker` index entries; its two history rows stay as and
-/// where they were.
+/// `state` and `worker` index entries; its trail has both changes.
 #[derive(Default)]
 struct Arrivals<'a> {
     /// An `Insert`'s place in the group → its job's `Dispatched` (place, op).
@@ -145,11 +136,11 @@ impl<'a> Arrivals<'a> {
 }
 
 /// Stores one change, the `i`th of its group: a new job in the newest
-/// generation, a change to a job where it is (with its history row,
-/// written with the group's others).
+/// generation, a change to a job where it is (its trail, `history.rs`,
+/// taking the change in the same statement).
 fn apply_one<'a>(
     held: &mut Held<'_>,
-    group: &mut Group<'a>,
+    arrivals: &mut Arrivals<'a>,
     layout: &mut Layout,
     hints: &mut Hints,
     retention: &Retention,
@@ -157,10 +148,6 @@ fn apply_one<'a>(
     newest: &mut i64,
 ) -> Result<(), StoreError> {
     let tx = held.conn;
-    let Group { history, arrivals } = group;
-    let mut record = |g: &Arc<Gen>, id: IdText, at: i64, state: &'a str, attempt: u32, worker, detail| {
-        history.push(g, Row { id, at, state, attempt, worker, detail });
-    };
     match op {
         StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of, state, opts, run_at_ms } => {
             *newest = (*newest).max(*at_ms as i64);
@@ -169,14 +156,18 @@ fn apply_one<'a>(
             layout.next_row += 1;
             hints.stored(*id, g.id, row);
             let id = IdText::from(*id);
+            let detail = inserted_detail(*parent, *retry_of, *run_at_ms);
+            let trail = Trail::default().step(*newest, state.as_str(), 0, None, detail.as_deref());
             // A job dispatched in this group is stored as the update of its
             // `Dispatched` would leave it, with the three columns more.
-            let (row_state, run_at, attempts, worker, token, sql, n) = match arrivals.pairs.get(&i) {
-                Some(&(d, StoreOp::Dispatched { attempt, worker, token, .. })) => {
+            let (row_state, run_at, attempts, worker, token, sql, n, trail) = match arrivals.pairs.get(&i) {
+                Some(&(d, StoreOp::Dispatched { attempt, worker, token, at_ms, .. })) => {
                     arrivals.written.insert(d, g.clone());
-                    ("running", None, *attempt, Some(worker.as_str()), Some(token.as_str()), &g.insert_dispatched, 16)
+                    let trail = trail.step(*at_ms as i64, "running", *attempt, Some(worker), None);
+                    let (worker, token) = (Some(worker.as_str()), Some(token.as_str()));
+                    ("running", None, *attempt, worker, token, &g.insert_dispatched, 17, trail)
                 }
-                _ => (state.as_str(), run_at_ms.map(|r| r as i64), 0, None, None, &g.insert, 13),
+                _ => (state.as_str(), run_at_ms.map(|r| r as i64), 0, None, None, &g.insert, 14, trail),
             };
             let args = params![
                 row,
@@ -192,6 +183,7 @@ fn apply_one<'a>(
                 opts_column(opts),
                 run_at,
                 opts.as_ref().and_then(|o| o.schedule.clone()),
+                trail,
                 attempts,
                 worker,
                 token,
@@ -205,52 +197,49 @@ fn apply_one<'a>(
                 tx.prepare_cached("INSERT OR REPLACE INTO unique_keys (key, job, until_ms) VALUES (?1, ?2, ?3)")?
                     .execute(params![key, id, until])?;
             }
-            let detail = inserted_detail(*parent, *retry_of, *run_at_ms).map(Cow::Owned);
-            record(&g, id, *newest, state.as_str(), 0, None, detail);
         }
         StoreOp::Released { id: job, state, run_at_ms, attempts, detail, at_ms } => {
-            let id = IdText::from(*job);
-            let args = params![id, state.as_str(), run_at_ms.map(|r| r as i64)];
-            if let Some(g) = layout.touch(held, hints, *job, |g| &g.released, args)? {
-                record(g, id, *at_ms as i64, state.as_str(), *attempts, None, Some(Cow::Borrowed(detail)));
-            }
+            let trail = Trail::default().step(*at_ms as i64, state.as_str(), *attempts, None, Some(detail));
+            let args = params![IdText::from(*job), state.as_str(), run_at_ms.map(|r| r as i64), trail];
+            layout.touch(held, hints, *job, |g| &g.released, args)?;
         }
         StoreOp::Reprioritised { id: job, priority, was, state, attempts, at_ms } => {
-            let id = IdText::from(*job);
-            if let Some(g) = layout.touch(held, hints, *job, |g| &g.reprioritise, params![id, priority.as_str()])? {
-                let detail = format!("priority {} (was {})", priority.as_str(), was.as_str());
-                record(g, id, *at_ms as i64, state.as_str(), *attempts, None, Some(Cow::Owned(detail)));
-            }
+            let detail = format!("priority {} (was {})", priority.as_str(), was.as_str());
+            let trail = Trail::default().step(*at_ms as i64, state.as_str(), *attempts, None, Some(&detail));
+            let args = params![IdText::from(*job), priority.as_str(), trail];
+            layout.touch(held, hints, *job, |g| &g.reprioritise, args)?;
         }
         StoreOp::Started { id: job, worker, at_ms } => {
-            let id = IdText::from(*job);
-            if let Some(g) = layout.touch(held, hints, *job, |g| &g.started, params![id, worker])? {
-                record(g, id, *at_ms as i64, "running", 1, Some(worker), Some(Cow::Borrowed("split into units")));
-            }
+            let trail = Trail::default().step(*at_ms as i64, "running", 1, Some(worker), Some("split into units"));
+            layout.touch(held, hints, *job, |g| &g.started, params![IdText::from(*job), worker, trail])?;
         }
         StoreOp::Dispatched { id: job, attempt, worker, token, at_ms } => {
-            let id = IdText::from(*job);
-            let g = match arrivals.written.remove(&i) {
-                Some(g) => Some(g),
-                None => {
-                    let none = None::<String>;
-                    let args =
-                        params![id, "running", attempt, worker, token.as_str(), none, none, None::<i64>, None::<i64>];
-                    layout.touch(held, hints, *job, |g| &g.update, args)?.cloned()
-                }
-            };
-            if let Some(g) = g {
-                record(&g, id, *at_ms as i64, "running", *attempt, Some(worker), None);
+            // Stored with its insert, trail and all, where it arrived in this group.
+            if arrivals.written.remove(&i).is_none() {
+                let (id, none) = (IdText::from(*job), None::<String>);
+                let trail = Trail::default().step(*at_ms as i64, "running", *attempt, Some(worker), None);
+                let args = params![
+                    id,
+                    "running",
+                    attempt,
+                    worker,
+                    token.as_str(),
+                    none,
+                    none,
+                    None::<i64>,
+                    None::<i64>,
+                    trail
+                ];
+                layout.touch(held, hints, *job, |g| &g.update, args)?;
             }
         }
         StoreOp::Requeued { id: job, attempts, reason, at_ms, run_at_ms } => {
-            let id = IdText::from(*job);
-            let none = None::<String>;
+            let (id, none) = (IdText::from(*job), None::<String>);
             let state = requeued_state(*run_at_ms);
-            let args = params![id, state, attempts, none, none, none, none, None::<i64>, run_at_ms.map(|r| r as i64)];
-            if let Some(g) = layout.touch(held, hints, *job, |g| &g.update, args)? {
-                record(g, id, *at_ms as i64, state, *attempts, None, Some(Cow::Borrowed(reason)));
-            }
+            let trail = Trail::default().step(*at_ms as i64, state, *attempts, None, Some(reason));
+            let run_at = run_at_ms.map(|r| r as i64);
+            let args = params![id, state, attempts, none, none, none, none, None::<i64>, run_at, trail];
+            layout.touch(held, hints, *job, |g| &g.update, args)?;
         }
         StoreOp::Finished { id: job, state, attempts, worker, result, error, at_ms, release_key } => {
             let id = IdText::from(*job);
@@ -259,18 +248,16 @@ fn apply_one<'a>(
             if let Some(key) = release_key {
                 tx.prepare_cached("DELETE FROM unique_keys WHERE key = ?1 AND job = ?2")?.execute(params![key, id])?;
             }
-            let args = params![id, state.as_str(), attempts, worker, None::<String>, result, error, at, None::<i64>];
+            let trail = Trail::default().step(at, state.as_str(), *attempts, worker.as_deref(), error.as_deref());
+            let args =
+                params![id, state.as_str(), attempts, worker, None::<String>, result, error, at, None::<i64>, trail];
             // SQLite rewrites the entries of every index whose column an
             // update sets, changed or not: a job nearly always ends on the
             // worker it ran on, and then its `worker` entry stays as it is.
-            let g = match layout.touch(held, hints, *job, |g| &g.finish, args)? {
-                Some(g) => Some(g),
-                None => layout.touch(held, hints, *job, |g| &g.update, args)?,
-            };
-            hints.finished(*job);
-            if let Some(g) = g {
-                record(g, id, at, state.as_str(), *attempts, worker.as_deref(), error.as_deref().map(Cow::Borrowed));
+            if layout.touch(held, hints, *job, |g| &g.finish, args)?.is_none() {
+                layout.touch(held, hints, *job, |g| &g.update, args)?;
             }
+            hints.finished(*job);
         }
         StoreOp::Fired { schedule, at_ms } => {
             tx.prepare_cached(FIRED)?.execute(params![schedule, *at_ms as i64, None::<String>])?;
@@ -321,7 +308,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::sqlite::generations::{HISTORY_COLUMNS, JOB_COLUMNS};
+    use crate::sqlite::generations::JOB_COLUMNS;
 
     fn writer() -> Writer {
         let conn = Connection::open_in_memory().expect("in memory");
@@ -349,8 +336,9 @@ mod tests {
         StoreOp::Dispatched { id, attempt: 1, worker: worker.into(), token, at_ms: 2_000 }
     }
 
-    /// Every column of every job and history row, in row order.
-    fn rows(w: &Writer) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+    /// Every column of every job (its trail too), in row order, and the
+    /// changes in the trails.
+    fn rows(w: &Writer) -> (Vec<Vec<String>>, Vec<crate::Transition>) {
         let read = |sql: String| -> Vec<Vec<String>> {
             let mut stmt = w.conn.prepare(&sql).expect("reads");
             let n = stmt.column_count();
@@ -362,7 +350,15 @@ mod tests {
             .expect("rows")
         };
         let jobs = read(format!("SELECT rowid, {JOB_COLUMNS} FROM jobs ORDER BY rowid"));
-        (jobs, read(format!("SELECT {HISTORY_COLUMNS} FROM transitions ORDER BY rowid")))
+        let trails: Vec<String> = w
+            .conn
+            .prepare("SELECT trail FROM jobs ORDER BY rowid")
+            .expect("reads")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("trails");
+        (jobs, trails.iter().flat_map(|t| crate::sqlite::steps(t).expect("parses")).collect())
     }
 
     #[test]
@@ -398,5 +394,29 @@ mod tests {
         let (jobs, history) = rows(&one);
         assert_eq!((jobs.len(), history.len()), (4, 8));
         assert_eq!(rows(&one), rows(&two), "the same rows, column for column, either way");
+    }
+
+    /// A job stored before trails keeps the rows it has in the history
+    /// table; its later changes go to its trail, and its history reads
+    /// both, the rows first.
+    #[test]
+    fn a_job_stored_before_trails_reads_its_rows_then_its_trail() {
+        let mut w = writer();
+        let id = JobId::new();
+        w.apply(&[insert(id, 0, None)], 0).expect("stored");
+        // As a store written before trails left it.
+        w.conn
+            .execute_batch(&format!(
+                "UPDATE jobs SET trail = NULL;
+                 INSERT INTO transitions (job_id, at, state, attempt) VALUES ('{id}', 1000, 'queued', 0);"
+            ))
+            .expect("old rows");
+        w.apply(&[dispatched(id, "w1")], 0).expect("dispatched");
+        let said: Vec<_> = super::super::read::history(&w.conn, id)
+            .expect("reads")
+            .into_iter()
+            .map(|t| (t.at_ms, t.state, t.worker))
+            .collect();
+        assert_eq!(said, [(1000, "queued".into(), None), (2000, "running".into(), Some("w1".into()))]);
     }
 }
