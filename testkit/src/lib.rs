@@ -253,6 +253,17 @@ impl Cluster {
         format!("http://{}/metrics", self.worker(id).ready["metrics"].as_str().expect("metrics address"))
     }
 
+    /// Waits until worker `id`'s own `faena_worker_running` gauge reads
+    /// `units`: the worker holds them, not only the store.
+    pub async fn wait_worker_running(&mut self, id: &str, units: f64, what: &str) {
+        let url = self.worker_metrics_url(id);
+        eventually(what, || {
+            let url = url.clone();
+            async move { (sample(&scrape(&url).await, "faena_worker_running") == Some(units)).then_some(()) }
+        })
+        .await;
+    }
+
     pub fn master_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("master.log")).unwrap_or_default()
     }

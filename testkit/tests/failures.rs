@@ -8,17 +8,7 @@ use serde_json::{Value, json};
 
 /// Waits until the worker itself reports a running unit (not only the master).
 async fn wait_running_on(c: &mut Cluster, worker: &str) {
-    wait_worker_running(c, worker, 1.0, "the worker runs the unit").await;
-}
-
-/// Waits until the worker's own `faena_worker_running` gauge reads `units`.
-async fn wait_worker_running(c: &mut Cluster, worker: &str, units: f64, what: &str) {
-    let url = c.worker_metrics_url(worker);
-    eventually(what, || {
-        let url = url.clone();
-        async move { (sample(&scrape(&url).await, "faena_worker_running") == Some(units)).then_some(()) }
-    })
-    .await;
+    c.wait_worker_running(worker, 1.0, "the worker runs the unit").await;
 }
 
 fn count(history: &[Value], state: &str) -> usize {
@@ -238,7 +228,7 @@ async fn a_frozen_master_keeps_its_workers_and_their_jobs_when_it_wakes() {
     assert!(faena_testkit::process::signal(pid, "STOP"), "the master is stopped");
     // The worker goes on heartbeating into the frozen master, and its
     // result waits for it.
-    wait_worker_running(&mut c, "w1", 0.0, "the worker finishes its unit").await;
+    c.wait_worker_running("w1", 0.0, "the worker finishes its unit").await;
     assert!(faena_testkit::process::signal(pid, "CONT"), "the master is woken");
     // Awake, it hears what the worker sent meanwhile before it counts the
     // silence: the worker and its lease are kept and the job ends once.

@@ -259,6 +259,9 @@ async fn a_stopping_worker_hands_its_mining_unit_back_at_once() {
         Some(running["id"].as_str()?.to_owned())
     })
     .await;
+    // The store says running once the dispatch commits; the unit reaches
+    // m2 just after. Stopped before it arrives, m2 has nothing to hand back.
+    c.wait_worker_running("m2", 1.0, "m2 holds the unit").await;
     let status = c.worker("m2").terminate().await;
     assert!(status.success(), "m2 exit: {status:?}");
     assert!(c.worker_log("m2").contains("handing mining units back now"), "{}", c.worker_log("m2"));
