@@ -132,13 +132,8 @@ pub async fn copy(
                 Ok((row, (r.get(16)?, r.get(17)?, r.get(18)?), r.get(19)?))
             })?;
             let all: Vec<(JobRow, JobExtra, Option<String>)> = mapped.collect::<Result<_, _>>()?;
-            let mut columns = (Vec::new(), Vec::new(), Vec::new());
-            for (row, extra, trail) in all {
-                columns.0.push(row);
-                columns.1.push(extra);
-                columns.2.push(trail);
-            }
-            columns
+            let (rows, (extra, trails)) = all.into_iter().map(|(row, extra, trail)| (row, (extra, trail))).unzip();
+            (rows, extra, trails)
         };
         let Some(last) = rows.last().map(|r| r.0) else { break };
         let history = history_of(&source, &gens, &rows, &trails)?;
