@@ -463,14 +463,25 @@ async fn the_stratum_server_limits_what_one_connection_may_cost() {
     }
 
     // Past the verification budget a share is answered at once, not queued.
-    let mut busy = Miner::connect(&stratum).await;
-    busy.login("rig-busy", "x").await.expect("login");
-    let job = busy.job.clone().expect("a job");
-    let top = u32::from(decode_hex(&job.blob).expect("blob")[42]) << 24;
-    let mut answers = Vec::new();
-    for n in 0..3 {
-        answers.push(busy.submit(&job.job_id, top | n, &[0x11; 32]).await);
+    // The budget's bucket holds 2 s of it; more shares than that, sent at
+    // once from as many addresses (each its own quota and request rate),
+    // overdraw it however fast the verifier hashes the ones let through.
+    let (_, verifier) = c.api.get("/api/mining/verifier").await;
+    let budget = verifier["budget"].as_f64().expect("a budget");
+    let rigs = (2.0 * budget).ceil() as u8 + 2;
+    assert!(rigs < 100, "the budget is the floor, not {budget}");
+    let mut busy = Vec::new();
+    for n in 0..rigs {
+        let mut m = Miner::connect_from(&stratum, [127, 0, 0, 10 + n].into()).await;
+        m.login(&format!("rig-busy-{n}"), "x").await.expect("login");
+        busy.push(m);
     }
+    let answers = futures::future::join_all(busy.iter_mut().map(|m| async move {
+        let job = m.job.clone().expect("a job");
+        let top = u32::from(decode_hex(&job.blob).expect("blob")[42]) << 24;
+        m.submit(&job.job_id, top, &[0x11; 32]).await
+    }))
+    .await;
     assert!(answers.iter().any(|a| a.as_ref().is_err_and(|e| e.starts_with("Server busy"))), "{answers:?}");
 
     // Requests past the rate (1 a second, bursts of 4) are refused, and a
