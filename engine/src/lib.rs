@@ -84,6 +84,9 @@ struct ActiveJob {
     spec: Arc<JobSpec>,
     lane: Lane,
     priority: Priority,
+    /// How often its priority has changed under this master (at most
+    /// [`MAX_PRIORITY_CHANGES`]).
+    moves: u8,
     seq: u64,
     created_at_ms: u64,
     attempts: u32,
@@ -112,6 +115,7 @@ impl ActiveJob {
             lane: Lane { kind: spec.kind(), providers },
             spec,
             priority,
+            moves: 0,
             seq,
             created_at_ms: now.wall_ms,
             attempts: 0,

@@ -10,7 +10,7 @@ use faena_proto::jobs::{JobKind, JobState, Priority};
 use faena_store_contract::NamedKind;
 
 use super::groups::{GroupView, GroupsFull, Limits};
-use super::{ActiveView, Effect, Engine, KindLoad, Load, Now, StoreOp, Unmovable};
+use super::{ActiveView, Effect, Engine, KindLoad, Load, MAX_PRIORITY_CHANGES, Now, StoreOp, Unmovable};
 use crate::LeaseError;
 
 impl Engine {
@@ -84,6 +84,10 @@ impl Engine {
         if was == priority {
             return Ok(id);
         }
+        if job.moves >= MAX_PRIORITY_CHANGES {
+            return Err(Unmovable::TooManyChanges(id));
+        }
+        job.moves += 1;
         job.priority = priority;
         // Its place at the new priority: behind its group's jobs there.
         job.tag = None;

@@ -505,6 +505,16 @@ fn a_new_priority_moves_a_waiting_job_and_is_refused_while_it_runs() {
     let gone = JobId::new();
     assert_eq!(h.engine.reprioritise(h.now, gone, Priority::High), Err(Unmovable::NotActive(gone)));
 
+    // A job's priority changes a bounded number of times (each is history).
+    for n in 2..MAX_PRIORITY_CHANGES {
+        let to = if n % 2 == 0 { Priority::Low } else { Priority::Normal };
+        assert_eq!(h.engine.reprioritise(h.now, c, to), Ok(c), "change {}", n + 1);
+    }
+    h.engine.take_effects();
+    assert_eq!(h.engine.reprioritise(h.now, c, Priority::High), Err(Unmovable::TooManyChanges(c)));
+    assert!(h.engine.take_effects().is_empty(), "a refused change stores nothing");
+    assert_eq!(h.engine.reprioritise(h.now, c, Priority::Normal), Ok(c), "its own priority still answers");
+
     // Dispatch follows the new order.
     assert_eq!(h.engine.reprioritise(h.now, b, Priority::High), Ok(b));
     assert_eq!(h.engine.complete(h.now, &w, &first[0].1, Outcome::Success(json!({}))), Ok(false));

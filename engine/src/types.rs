@@ -189,7 +189,15 @@ pub enum Unmovable {
     NotActive(JobId),
     #[error("job {0} is running on a worker; only a mining job's range not yet handed out can change priority")]
     Running(JobId),
+    #[error(
+        "job {0} has changed priority {MAX_PRIORITY_CHANGES} times, the most a job may; cancel it and submit it again"
+    )]
+    TooManyChanges(JobId),
 }
+
+/// How often one job's priority may change. Each change is in the job's
+/// history, so a client repeating it would otherwise grow that without end.
+pub const MAX_PRIORITY_CHANGES: u8 = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("queue is full ({capacity} jobs waiting); retry later")]

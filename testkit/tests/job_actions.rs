@@ -1,5 +1,6 @@
 //! Acting on jobs: `PATCH /api/jobs/{id}` moves a waiting job as its new
-//! priority says and a running mining job's later units follow it;
+//! priority says (a bounded number of times) and a running mining job's
+//! later units follow it;
 //! `POST /api/jobs/{id}/retry` runs a failed or cancelled job again as a new
 //! job linked both ways, once.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
@@ -50,6 +51,22 @@ async fn a_new_priority_moves_queued_jobs_and_a_mining_jobs_later_units() {
         let (status, err) = c.api.patch(&format!("/api/jobs/{a}"), &body).await;
         assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some(code)), "{body}: {err}");
     }
+    // Each change is history: a job changes priority a bounded number of times.
+    for n in 0..100 {
+        let to = if n % 2 == 0 { "high" } else { "normal" };
+        assert_eq!(reprioritise(&c, &a, to).await.0, StatusCode::OK, "change {}", n + 1);
+    }
+    let (status, err) = reprioritise(&c, &a, "low").await;
+    assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("too_many_changes")), "{err}");
+    assert_eq!(c.api.job(&a).await["priority"], "normal");
+    let changes = c
+        .api
+        .history(&a)
+        .await
+        .iter()
+        .filter(|t| t["detail"].as_str().is_some_and(|d| d.starts_with("priority")))
+        .count();
+    assert_eq!(changes, 100);
     let unknown = uuid::Uuid::new_v4();
     assert_eq!(reprioritise(&c, &unknown.to_string(), "high").await.0, StatusCode::NOT_FOUND);
     assert_eq!(c.api.cancel(&b).await.0, StatusCode::OK);

@@ -142,6 +142,9 @@ impl From<CoordError> for AppError {
             CoordError::Unmovable(u @ Unmovable::NotActive(_)) => {
                 Self::new(StatusCode::CONFLICT, "already_finished", u.to_string())
             }
+            CoordError::Unmovable(u @ Unmovable::TooManyChanges(_)) => {
+                Self::new(StatusCode::CONFLICT, "too_many_changes", u.to_string())
+            }
         }
     }
 }
