@@ -397,7 +397,7 @@ pub async fn run(
         }
     });
     let accepting = Arc::new(AtomicBool::new(true));
-    let state = http::AppState {
+    let state: http::AppState = http::AppParts {
         coord: coord.clone(),
         store: store.clone(),
         hub,
@@ -416,7 +416,8 @@ pub async fn run(
             http::openai::keys::Keys::load(store.clone()).await?,
             std::time::Duration::from_millis(cfg.ai_queue_wait_ms),
         ),
-    };
+    }
+    .into();
     let miners = TaskTracker::new();
     if let Some(listener) = stratum_listener {
         tracker.spawn(pool::stratum::serve(listener, pool.clone(), miners.clone(), servers_cancel.clone()));

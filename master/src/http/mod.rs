@@ -49,8 +49,28 @@ pub(crate) use submit::submit_jobs;
 /// Most jobs in one batch submission.
 pub const MAX_BATCH: usize = 10_000;
 
+/// What every request reads, behind one reference count: axum clones the
+/// state for each middleware and handler a request passes, which cloned
+/// every part's own counts (about twenty) each time.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl From<AppParts> for AppState {
+    fn from(parts: AppParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+pub struct AppParts {
     pub coord: Coordinator,
     pub store: Store,
     pub hub: Hub,
