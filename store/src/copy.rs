@@ -159,10 +159,7 @@ pub async fn copy(
     for (j, t) in &gens {
         report.source_jobs += count(format!("SELECT count(*) FROM {j}"))? as u64;
         report.source_history += count(format!("SELECT count(*) FROM {t}"))? as u64;
-        // A trail's changes are its lines.
-        report.source_history +=
-            count(format!("SELECT coalesce(sum(length(trail) - length(replace(trail, char(10), ''))), 0) FROM {j}"))?
-                as u64;
+        report.source_history += count(crate::sqlite::count_steps(j))? as u64;
     }
     let target = |sql: &'static str| async { client.query_one(sql, &[]).await?.try_get::<_, i64>(0) };
     report.target_jobs = target("SELECT count(*) FROM jobs").await? as u64;

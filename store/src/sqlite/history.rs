@@ -66,6 +66,12 @@ impl ToSql for Trail {
     }
 }
 
+/// The SQL that counts the changes in the trails of `jobs` (a generation's
+/// jobs table): each is a line.
+pub(crate) fn count_steps(jobs: &str) -> String {
+    format!("SELECT coalesce(sum(length(trail) - length(replace(trail, char(10), ''))), 0) FROM {jobs}")
+}
+
 /// The changes in a trail, in order; a line that does not parse is an
 /// error (the store wrote every line).
 pub(crate) fn steps(trail: &str) -> Result<Vec<Transition>, serde_json::Error> {

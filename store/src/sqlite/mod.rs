@@ -19,7 +19,7 @@ pub(crate) mod read;
 mod retention;
 mod write;
 
-pub(crate) use history::steps;
+pub(crate) use history::{count_steps, steps};
 pub(crate) use write::Writer;
 
 /// How much of the store file is mapped into memory for reading (a store

@@ -237,8 +237,7 @@ async fn a_groups_changes_land_in_their_jobs_trails_in_order() {
     for g in gens {
         let (j, t) = crate::sqlite::generations::tables(g);
         let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect("counts");
-        steps +=
-            count(&format!("SELECT coalesce(sum(length(trail) - length(replace(trail, char(10), ''))), 0) FROM {j}"));
+        steps += count(&crate::sqlite::count_steps(&j));
         rows += count(&format!("SELECT count(*) FROM {t}"));
     }
     assert_eq!((steps, rows), (3 * ids.len() as i64, 0));
