@@ -468,8 +468,9 @@ async fn the_stratum_server_limits_what_one_connection_may_cost() {
     // overdraw it however fast the verifier hashes the ones let through.
     let (_, verifier) = c.api.get("/api/mining/verifier").await;
     let budget = verifier["budget"].as_f64().expect("a budget");
-    let rigs = (2.0 * budget).ceil() as u8 + 2;
-    assert!(rigs < 100, "the budget is the floor, not {budget}");
+    let rigs = (2.0 * budget).ceil() + 2.0;
+    assert!(rigs < 100.0, "the budget is the floor, not {budget}");
+    let rigs = rigs as u8;
     let mut busy = Vec::new();
     for n in 0..rigs {
         let mut m = Miner::connect_from(&stratum, [127, 0, 0, 10 + n].into()).await;
