@@ -21,7 +21,7 @@ const BASE: &str = "http://docker";
 
 impl Docker {
     pub fn new(socket: &Path) -> Result<Self, DockerError> {
-        let http = reqwest::Client::builder()
+        let http = faena_common::tls::http_client()
             .unix_socket(socket.to_path_buf())
             .timeout(std::time::Duration::from_secs(10))
             .build()

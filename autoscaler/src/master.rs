@@ -36,7 +36,7 @@ impl Master {
             return Err(MasterError(format!("FAENA_URL={url:?}: expected http:// or https://")));
         }
         let tls = tls.client_config().map_err(|e| MasterError(e.to_string()))?;
-        let http = reqwest::Client::builder()
+        let http = faena_common::tls::http_client()
             .use_preconfigured_tls((*tls).clone())
             .timeout(Duration::from_secs(10))
             .build()

@@ -131,7 +131,7 @@ impl Target {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(Failure::new(Exit::Usage, format!("the master's URL must be http(s)://…, not {url:?}")));
         }
-        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        let mut builder = faena_common::tls::http_client().connect_timeout(Duration::from_secs(10));
         if let Some(path) = self.ca_file.clone().or(file.ca_file) {
             let usage = |e: String| Failure::new(Exit::Usage, format!("the CA file {}: {e}", path.display()));
             let pem = std::fs::read(&path).map_err(|e| usage(e.to_string()))?;

@@ -73,7 +73,7 @@ pub struct Credentials {
 /// that asks (`BrokerLogin`). `username` is a worker's account
 /// (`WorkerId::broker_account`), or [`MASTER_CLIENT_ID`] for the master's own.
 pub fn embedded_credentials(cluster_token: &Secret, username: &str) -> Credentials {
-    use aws_lc_rs::hmac;
+    use ring::hmac;
     let key = hmac::Key::new(hmac::HMAC_SHA256, cluster_token.expose().as_bytes());
     let tag = hmac::sign(&key, format!("faena-mqtt:{username}").as_bytes());
     let password = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>();

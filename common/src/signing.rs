@@ -10,9 +10,9 @@
 //!   address of its choosing;
 //! - another master, on the masters' internal routes ([`peer_key`]).
 
-use aws_lc_rs::hmac;
 use faena_proto::secret::Secret;
 use faena_proto::settings::{ClusterConfig, SignedConfig};
+use ring::hmac;
 
 const LABEL: &[u8] = b"faena-config-v1";
 const CLIENT_LABEL: &[u8] = b"faena-forwarded-client-v1";
@@ -67,7 +67,7 @@ pub fn is_peer_key(cluster_token: &Secret, given: &str) -> bool {
 /// stored and looked up instead of the secret. A key has 256 random bits,
 /// so a fast hash is enough (as for GitHub's tokens); a password would not be.
 pub fn fingerprint(secret: &str) -> String {
-    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes()).as_ref())
+    hex(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
 }
 
 fn hex(bytes: &[u8]) -> String {

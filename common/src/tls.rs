@@ -52,8 +52,22 @@ impl std::fmt::Debug for IdentityPem {
     }
 }
 
+/// rustls' crypto: ring, which every binary builds anyway.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The one way Faena builds an HTTP client. reqwest is built without a
+/// crypto provider of its own and panics without one, so this installs
+/// ring as the process's provider first (once). `clippy.toml` forbids
+/// `reqwest::Client::new`, `::builder` and `reqwest::get`, so nothing
+/// reaches reqwest around it.
+#[allow(clippy::disallowed_methods)]
+pub fn http_client() -> reqwest::ClientBuilder {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    // An Err means a provider is installed already, which is all we need.
+    PROVIDER.call_once(|| drop(rustls::crypto::ring::default_provider().install_default()));
+    reqwest::Client::builder()
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -229,7 +229,7 @@ async fn healthz(masters: watch::Receiver<Masters>) -> Response {
 }
 
 fn health_client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(ASK_TIMEOUT).no_proxy().build().unwrap_or_default()
+    faena_common::tls::http_client().timeout(ASK_TIMEOUT).no_proxy().build().unwrap_or_default()
 }
 
 /// Asking the masters who leads.

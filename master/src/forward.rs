@@ -389,7 +389,7 @@ mod tests {
         let ask = |header: Option<String>| {
             let addr = addr.clone();
             async move {
-                let mut req = reqwest::Client::new().get(format!("http://{addr}/"));
+                let mut req = faena_common::tls::http_client().build().expect("client").get(format!("http://{addr}/"));
                 if let Some(h) = header {
                     req = req.header(CLIENT_HEADER, h);
                 }

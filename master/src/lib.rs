@@ -159,7 +159,7 @@ fn pool_config(cfg: &Config, token: &Secret) -> Result<pool::PoolConfig, MasterE
 /// How this master calls the leader while it stands by: over HTTPS with
 /// the cluster's CA when the masters serve their web port over TLS.
 fn peer_client(cfg: &Config) -> Result<reqwest::Client, MasterError> {
-    let mut b = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+    let mut b = faena_common::tls::http_client().connect_timeout(Duration::from_secs(5));
     if cfg.web_tls {
         b = b.use_preconfigured_tls((*cfg.tls.client_config()?).clone());
     }

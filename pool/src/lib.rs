@@ -228,7 +228,7 @@ impl Pool {
                 verifier,
                 db,
                 metrics,
-                http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
+                http: faena_common::tls::http_client().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
                 state: Mutex::default(),
                 budget: Mutex::new(Budget {
                     bucket: TokenBucket::empty(1.0, 2.0, Instant::now()),

@@ -27,7 +27,7 @@ impl Api {
     }
 
     fn with_headers(addr: &str, headers: reqwest::header::HeaderMap) -> Self {
-        let http = reqwest::Client::builder().no_proxy().default_headers(headers).build().expect("client");
+        let http = faena_common::tls::http_client().no_proxy().default_headers(headers).build().expect("client");
         Self { base: format!("http://{addr}"), http }
     }
 
@@ -60,7 +60,7 @@ impl Api {
     /// It uses a connection of its own, so one the server closes does not
     /// poison the pool the other calls share.
     pub async fn try_post_raw(&self, path: &str, body: Vec<u8>) -> Option<(StatusCode, Value)> {
-        let once = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().ok()?;
+        let once = faena_common::tls::http_client().no_proxy().pool_max_idle_per_host(0).build().ok()?;
         let resp = once.post(self.url(path)).header("content-type", "application/json").body(body).send().await.ok()?;
         let status = resp.status();
         Some((status, resp.json().await.unwrap_or(Value::Null)))

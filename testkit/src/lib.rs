@@ -374,13 +374,19 @@ where
 /// answers within 2 s (a master that steps down or is being replaced is
 /// away for a moment: none then, never a panic).
 pub async fn get_json(http: &str, path: &str) -> Option<Value> {
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build().ok()?;
+    let client = faena_common::tls::http_client().no_proxy().timeout(Duration::from_secs(2)).build().ok()?;
     client.get(format!("http://{http}{path}")).send().await.ok()?.json().await.ok()
+}
+
+/// An HTTP client for a test or a bench (`faena_common::tls::http_client`,
+/// the one way to build one, with reqwest's defaults).
+pub fn http() -> reqwest::Client {
+    faena_common::tls::http_client().build().expect("an HTTP client")
 }
 
 /// A Prometheus text page (empty when it cannot be fetched).
 pub async fn scrape(url: &str) -> String {
-    match reqwest::get(url).await {
+    match crate::http().get(url).send().await {
         Ok(resp) => resp.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     }

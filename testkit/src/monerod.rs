@@ -56,7 +56,7 @@ impl Monerod {
             .kill_on_drop(true)
             .spawn()
             .expect("monerod (Debian's monero package) must be installed");
-        let node = Self { child, url: format!("http://127.0.0.1:{rpc}"), http: reqwest::Client::new() };
+        let node = Self { child, url: format!("http://127.0.0.1:{rpc}"), http: crate::http() };
         eventually("monerod answers get_info", || async { node.try_call("get_info", json!({})).await }).await;
         node
     }
@@ -128,7 +128,7 @@ impl Wallet {
         let mut w = Self {
             _child: child,
             url: format!("http://127.0.0.1:{port}/json_rpc"),
-            http: reqwest::Client::new(),
+            http: crate::http(),
             address: String::new(),
         };
         let params = json!({"filename": "faena-test", "password": "", "language": "English"});

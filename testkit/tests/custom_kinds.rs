@@ -107,7 +107,7 @@ async fn custom_kinds_take_every_path() {
     w.fail(&unit, "no", false).await.expect("failure accepted");
     c.api.wait_final(&failing).await;
     let url = c.api.url(&format!("/api/jobs/{failing}/retry"));
-    let typed = reqwest::Client::new().post(&url).header("content-type", "text/plain").body("again").send().await;
+    let typed = faena_testkit::http().post(&url).header("content-type", "text/plain").body("again").send().await;
     assert_eq!(typed.expect("POST").status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "a body must say it is JSON");
     let out = std::process::Command::new("curl").args(["-sS", "-X", "POST", &url]).output().expect("curl runs");
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON answer");

@@ -17,7 +17,7 @@ async fn health(http: &str) -> Option<Value> {
 /// Submits a job through `http` until one attempt is acknowledged (a
 /// takeover may refuse or drop a few): its id.
 async fn submit(http: &str, n: usize) -> String {
-    let client = reqwest::Client::new();
+    let client = faena_testkit::http();
     eventually(&format!("job {n} acknowledged"), || {
         let client = client.clone();
         async move {

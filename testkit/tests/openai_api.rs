@@ -36,7 +36,7 @@ async fn cluster(fake: &FakeAi, master: &[(&str, &str)], worker: &[(&str, &str)]
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("client")
+    faena_common::tls::http_client().no_proxy().build().expect("client")
 }
 
 async fn chat(c: &Cluster, key: &str, body: Value) -> reqwest::Response {

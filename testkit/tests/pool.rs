@@ -131,7 +131,7 @@ async fn a_daemon_source_mined_by_two_workers_finds_blocks_the_node_accepts() {
     let (status, _) = c.api.get("/api/mining/sources").await;
     assert_eq!(status, 200);
     let del =
-        reqwest::Client::new().delete(c.api.url(&format!("/api/mining/sources/{id}"))).send().await.expect("delete");
+        faena_testkit::http().delete(c.api.url(&format!("/api/mining/sources/{id}"))).send().await.expect("delete");
     assert_eq!(del.status(), 204);
     assert_eq!(c.api.get(&format!("/api/mining/sources/{id}")).await.0, 404);
 }
@@ -308,7 +308,7 @@ async fn a_pool_source_sends_only_verified_shares_upstream_and_fails_over() {
     })
     .await;
     assert!(refused["reason"].as_str().is_some_and(|r| r.contains("TLS") && r.contains("certificate")), "{refused}");
-    let del = reqwest::Client::new().delete(c.api.url(&format!("/api/mining/sources/{bad}"))).send().await;
+    let del = faena_testkit::http().delete(c.api.url(&format!("/api/mining/sources/{bad}"))).send().await;
     assert_eq!(del.expect("delete").status(), 204);
     let dead = format!("stratum+tcp://127.0.0.1:{}", free_port());
     let urls = json!([dead, format!("stratum+ssl://{}", front.addr)]);

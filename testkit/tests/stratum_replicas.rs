@@ -135,7 +135,7 @@ async fn a_standby_verifies_its_own_miners_and_the_leader_seats_them_and_submits
 async fn only_the_clusters_masters_may_follow_and_no_more_than_64() {
     let c = Cluster::start(MasterOpts::default()).await;
     let key = faena_common::signing::peer_key(&faena_proto::secret::Secret::new(c.token.clone()));
-    let http = reqwest::Client::new();
+    let http = faena_testkit::http();
     let feed = |name: String, key: String| {
         let (http, url) = (http.clone(), c.api.url("/internal/pool/feed"));
         async move {

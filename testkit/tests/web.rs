@@ -52,7 +52,7 @@ async fn sessions_stream_answers_keep_history_and_never_mix() {
     // The page and the Socket.IO client are served (no CDN).
     let page = c.api.text("/").await;
     assert!(page.contains("<title>Faena</title>") && page.contains("/vendor/socket.io.min.js"), "{page}");
-    let client = reqwest::get(c.api.url("/vendor/socket.io.min.js")).await.expect("client");
+    let client = faena_testkit::http().get(c.api.url("/vendor/socket.io.min.js")).send().await.expect("client");
     assert_eq!(client.status(), StatusCode::OK);
     assert_eq!(c.api.get("/api/nothing").await.0, StatusCode::NOT_FOUND);
 
@@ -84,7 +84,7 @@ async fn an_api_token_guards_rest_and_the_page() {
     c.wait_workers(1).await;
 
     for path in ["/api/workers", "/api/jobs/01a1fdd1-bba8-701a-9f14-01f9748e8110", "/api/nothing"] {
-        let resp = reqwest::get(open.url(path)).await.expect("GET");
+        let resp = faena_testkit::http().get(open.url(path)).send().await.expect("GET");
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
         assert_eq!(resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
         let body: serde_json::Value = resp.json().await.expect("JSON error");
@@ -127,7 +127,7 @@ async fn the_page_works_in_a_real_browser() {
 async fn other_sites_pages_cannot_drive_a_local_master() {
     let extra = vec![("FAENA_ALLOWED_ORIGINS".into(), "https://ops.example.org".into())];
     let c = Cluster::start(MasterOpts { extra, ..MasterOpts::default() }).await;
-    let http = reqwest::Client::new();
+    let http = faena_testkit::http();
     let jobs = c.api.url("/api/jobs");
     let body = r#"{"kind": "noop", "params": {"payload": "from a page"}}"#;
     let post = |origin: Option<&str>, content_type: &str| {

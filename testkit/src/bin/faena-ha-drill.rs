@@ -96,7 +96,7 @@ async fn main() {
     );
 
     let https: Vec<String> = masters.iter().map(|m| m.addrs.http.clone()).collect();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let client = faena_common::tls::http_client().timeout(Duration::from_secs(5)).build().expect("client");
     let acknowledged = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
     let mut first = 0;
     while first < jobs {

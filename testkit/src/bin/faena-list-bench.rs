@@ -214,7 +214,7 @@ async fn main() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{} does not start ({e}): cargo build --release --bins", master.display()));
-    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+    let http = faena_common::tls::http_client().no_proxy().build().expect("client");
     let base = format!("http://127.0.0.1:{port}");
     let up = Instant::now();
     while http.get(format!("{base}/healthz")).send().await.map(|r| !r.status().is_success()).unwrap_or(true) {

@@ -37,7 +37,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().pool_max_idle_per_host(512).build().expect("client")
+    faena_common::tls::http_client().no_proxy().pool_max_idle_per_host(512).build().expect("client")
 }
 
 /// One streamed chat: (time to the first piece of content, the text, the last chunk before `[DONE]`).

@@ -126,7 +126,7 @@ postgresql:
     /// What its REST API says of it: 200 on `/primary` while it leads.
     async fn is(&self, what: &str) -> bool {
         let url = format!("http://127.0.0.1:{}/{what}", self.api_port);
-        reqwest::get(url).await.is_ok_and(|r| r.status() == 200)
+        faena_testkit::http().get(url).send().await.is_ok_and(|r| r.status() == 200)
     }
 
     /// The node dies: its Patroni and its PostgreSQL, with SIGKILL.
@@ -271,7 +271,7 @@ async fn main() {
     let load = {
         let (acknowledged, stop, http) = (acknowledged.clone(), stop.clone(), c.addrs.http.clone());
         tokio::spawn(async move {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+            let client = faena_common::tls::http_client().timeout(Duration::from_secs(30)).build().expect("client");
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let body = json!({"kind": "noop", "params": {"delay_ms": 5}});
                 let sent = client.post(format!("http://{http}/api/jobs")).json(&body).send().await;

@@ -294,7 +294,7 @@ async fn xmrig(bin: &str, args: &[&str], secs: u64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(secs + 120);
     while samples.len() < secs as usize / 10 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let Ok(resp) = reqwest::get(&url).await else { continue };
+        let Ok(resp) = faena_testkit::http().get(&url).send().await else { continue };
         let Ok(v) = resp.json::<serde_json::Value>().await else { continue };
         if let Some(h) = v["hashrate"]["total"][0].as_f64().filter(|h| *h > 0.0) {
             samples.push(h);

@@ -67,7 +67,7 @@ async fn main() {
         let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
         let https = [masters[0].addrs.http.clone(), b.http.clone()];
         tokio::spawn(async move {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
+            let client = faena_common::tls::http_client().timeout(Duration::from_secs(2)).build().expect("client");
             let mut n = 0usize;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;

@@ -85,7 +85,7 @@ impl Providers {
             model: a.openai_model.clone(),
             key: openai_key,
         });
-        let http = reqwest::Client::builder()
+        let http = faena_common::tls::http_client()
             .connect_timeout(Duration::from_millis(a.ai_connect_timeout_ms))
             .tcp_nodelay(true)
             .user_agent(concat!("faena-worker/", env!("CARGO_PKG_VERSION")))
