@@ -49,6 +49,12 @@ impl TokenBucket {
         }
     }
 
+    /// Puts back a token taken for something that then did not happen (up
+    /// to the burst).
+    pub fn give_back(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
+
     /// Spends one token whether or not there is one, and answers the balance
     /// left: below zero the request was over the rate, and how far below
     /// says how hard the client keeps pushing.
@@ -116,5 +122,16 @@ mod tests {
         assert_eq!((0..5).filter(|_| b.take(t)).count(), 2, "the new burst caps it");
         // A clock read out of order (two tasks) neither adds nor panics.
         assert!(!b.take(t0));
+    }
+
+    #[test]
+    fn a_token_given_back_is_taken_again_up_to_the_burst() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(1.0, 2.0, t0);
+        assert!(b.take(t0) && b.take(t0) && !b.take(t0));
+        b.give_back();
+        assert!(b.take(t0) && !b.take(t0));
+        (0..5).for_each(|_| b.give_back());
+        assert_eq!((0..5).filter(|_| b.take(t0)).count(), 2, "never past the burst");
     }
 }

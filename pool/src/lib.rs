@@ -25,6 +25,7 @@
 //!   [`follower`]: a standby's pool, mirroring the leader's sources.
 
 pub mod accounts;
+mod budget;
 mod config;
 mod daemon;
 pub mod db;
@@ -46,7 +47,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use faena_common::bucket::TokenBucket;
 use faena_proto::ids::JobId;
 use faena_proto::mining::{Participants, SourceSpec, SourceView, VerifierKey, VerifierView};
 use faena_proto::secret::Secret;
@@ -57,6 +57,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use accounts::Accounts;
+use budget::Budget;
 pub use config::PoolConfig;
 use db::Db;
 pub use engine::{JobEngine, NotStarted};
@@ -119,22 +120,6 @@ struct State {
     accounts: Accounts,
     by_job: HashMap<JobId, String>,
 }
-
-/// Shares per second Stratum miners may send: a token bucket refilled at the
-/// budget (a share of the verifier's measured capacity), in bursts of 2 s.
-#[derive(Debug)]
-struct Budget {
-    bucket: TokenBucket,
-    /// What connections that have not had a share accepted yet may use,
-    /// all together: junk from many addresses cannot crowd out miners who
-    /// have shown real work.
-    unproven: TokenBucket,
-    over: u64,
-}
-
-/// The part of the verification budget connections with no accepted share
-/// may use between them.
-const UNPROVEN_SHARE: f64 = 0.25;
 
 #[derive(Debug, Default)]
 struct Replicas {
@@ -230,11 +215,7 @@ impl Pool {
                 metrics,
                 http: faena_common::tls::http_client().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
                 state: Mutex::default(),
-                budget: Mutex::new(Budget {
-                    bucket: TokenBucket::empty(1.0, 2.0, Instant::now()),
-                    unproven: TokenBucket::full(1.0, 16.0, Instant::now()),
-                    over: 0,
-                }),
+                budget: Mutex::new(Budget::new(Instant::now())),
                 addresses: Mutex::new(Addresses::new(rules)),
                 miners: AtomicU64::new(0),
                 seq: AtomicU64::new(first_seq),
@@ -516,17 +497,19 @@ impl Pool {
     /// Takes one share of `ip`'s from its address's part of the budget, from
     /// the unproven connections' part unless `proven` (the connection has
     /// had a share accepted), and from the whole; false (and counted) when
-    /// any is spent.
+    /// any is spent. A share refused by the whole is not charged to the
+    /// address or to the unproven part: a flood that spends the whole
+    /// leaves the others' parts where they were.
     pub fn take_budget(&self, ip: IpAddr, proven: bool) -> bool {
         let rate = self.budget_rate();
         let now = Instant::now();
-        let taken = self.inner.addresses.lock().take_quota(ip, rate, now) && {
-            let mut b = self.inner.budget.lock();
-            b.bucket.set_rate(rate, rate * 2.0, now);
-            let unproven = (rate * UNPROVEN_SHARE).max(1.0);
-            b.unproven.set_rate(unproven, (unproven * 2.0).max(16.0), now);
-            (proven || b.unproven.take(now)) && b.bucket.take(now)
-        };
+        let mut taken = self.inner.addresses.lock().take_quota(ip, rate, now);
+        if taken {
+            taken = self.inner.budget.lock().take(rate, proven, now);
+            if !taken {
+                self.inner.addresses.lock().give_back_quota(ip);
+            }
+        }
         if !taken {
             self.inner.budget.lock().over += 1;
             self.inner.metrics.pool_shares("over_budget", 1);

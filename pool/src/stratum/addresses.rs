@@ -186,6 +186,15 @@ impl Addresses {
         quota.take(now)
     }
 
+    /// Puts back the token of a share [`Self::take_quota`] granted and the
+    /// whole budget then refused: an address is not charged for shares
+    /// nobody hashed.
+    pub fn give_back_quota(&mut self, ip: IpAddr) {
+        if let Some(q) = self.book.get_mut(&ip).and_then(|r| r.quota.as_mut()) {
+            q.give_back();
+        }
+    }
+
     /// A verified verdict on one of the address's shares; true when the
     /// address is banned by it.
     pub fn verdict(&mut self, ip: IpAddr, valid: bool, now: Instant) -> bool {

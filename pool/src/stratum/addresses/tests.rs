@@ -99,6 +99,22 @@ fn each_address_gets_its_part_of_the_verification_budget() {
 }
 
 #[test]
+fn a_quota_token_given_back_is_there_again_and_only_once() {
+    let t = Instant::now();
+    let mut a = Addresses::new(rules());
+    assert_eq!((0..100).filter(|_| a.take_quota(ip(1), 40.0, t)).count(), 40);
+    a.give_back_quota(ip(1));
+    assert!(a.take_quota(ip(1), 40.0, t), "the token given back");
+    assert!(!a.take_quota(ip(1), 40.0, t));
+    // Up to the burst, and an address never seen gets no record from it.
+    (0..100).for_each(|_| a.give_back_quota(ip(1)));
+    assert_eq!((0..100).filter(|_| a.take_quota(ip(1), 40.0, t)).count(), 40);
+    let known = a.remembered();
+    a.give_back_quota(ip(7));
+    assert_eq!(a.remembered(), known);
+}
+
+#[test]
 fn the_book_stays_bounded_under_many_addresses() {
     let t = Instant::now();
     let mut a = Addresses::new(AddressRules { max_connections: 10, ..rules() });
