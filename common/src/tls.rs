@@ -52,8 +52,9 @@ impl std::fmt::Debug for IdentityPem {
     }
 }
 
-/// rustls' crypto: ring, which every binary builds anyway.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// rustls' crypto, for every TLS Faena speaks: ring, which every binary
+/// builds anyway.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -66,7 +67,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn http_client() -> reqwest::ClientBuilder {
     static PROVIDER: std::sync::Once = std::sync::Once::new();
     // An Err means a provider is installed already, which is all we need.
-    PROVIDER.call_once(|| drop(rustls::crypto::ring::default_provider().install_default()));
+    PROVIDER.call_once(|| drop(Arc::unwrap_or_clone(provider()).install_default()));
     reqwest::Client::builder()
 }
 

@@ -31,8 +31,8 @@ impl Budget {
 
     /// Takes one share from the unproven part unless `proven`, and from
     /// the whole, at `rate` shares a second. A share the whole refuses
-    /// leaves the unproven part as it was, so a full bucket costs the
-    /// unproven nothing beyond the shares it refuses.
+    /// leaves the unproven part as it was: a spent whole costs the
+    /// unproven nothing.
     pub(crate) fn take(&mut self, rate: f64, proven: bool, now: Instant) -> bool {
         self.bucket.set_rate(rate, rate * 2.0, now);
         let unproven = (rate * UNPROVEN_SHARE).max(1.0);

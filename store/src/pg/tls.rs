@@ -19,7 +19,7 @@ use tokio_postgres::Config;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use tokio_rustls::rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, ring};
+use tokio_rustls::rustls::crypto::WebPkiSupportedAlgorithms;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{self, CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
 
@@ -138,19 +138,15 @@ fn bad(why: String) -> StoreError {
     StoreError::Tls(why)
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(ring::default_provider())
-}
-
 fn client_config(check: Check, root: Option<&Path>) -> Result<ClientConfig, StoreError> {
-    let builder = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(faena_common::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| bad(e.to_string()))?;
     let chain = match check {
         Check::Nothing => None,
         Check::Chain | Check::ChainAndName => {
             let roots = faena_common::tls::roots(root).map_err(|e| bad(e.to_string()))?;
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), faena_common::tls::provider())
                 .build()
                 .map_err(|e| bad(e.to_string()))?;
             Some(webpki)
@@ -159,7 +155,7 @@ fn client_config(check: Check, root: Option<&Path>) -> Result<ClientConfig, Stor
     let verifier = Verifier {
         chain,
         check_name: check == Check::ChainAndName,
-        algs: provider().signature_verification_algorithms,
+        algs: faena_common::tls::provider().signature_verification_algorithms,
     };
     Ok(builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth())
 }
