@@ -47,6 +47,8 @@ PAYLOAD_VERSION = 1
 READY_PREFIX = "FAENA_READY "
 SESSION_METADATA = "faena-session"
 CALL_TIMEOUT_S = 10.0
+# How long a call about a unit waits for the answer to a Register on its way.
+SESSION_WAIT_S = 10.0
 VERSION = "faena-python-worker/0.1.0"
 
 log = logging.getLogger("faena.worker")
@@ -178,6 +180,11 @@ class Worker:
         self.handlers = handlers
         self.instance = str(uuid.uuid4())
         self.session = ""
+        # Set once the answer to the last Register is read: a unit can come
+        # on the jobs topic before it (this worker subscribes first, and the
+        # master dispatches as soon as it registered the worker), and calls
+        # for it without the answer's session would be refused.
+        self.registered = threading.Event()
         self.master_instance = ""
         self.heartbeat_s = 1.0
         self.running: dict[str, Job] = {}
@@ -230,6 +237,12 @@ class Worker:
     def _call(self, method: Callable[..., Any], request: Any, with_session: bool = True) -> Any:
         return method(request, metadata=self._meta(with_session), timeout=CALL_TIMEOUT_S)
 
+    def _unit_call(self, method: Callable[..., Any], request: Any) -> Any:
+        """A call about a unit: once the registration on its way is answered
+        (or SESSION_WAIT_S passed: then it meets whatever the master says)."""
+        self.registered.wait(SESSION_WAIT_S)
+        return self._call(method, request)
+
     def _broker_login(self) -> tuple[str, str] | None:
         """The account the master hands this worker (None: connect without one)."""
         req = pb.BrokerLoginRequest(worker_id=self.s.worker_id, instance_id=self.instance)
@@ -268,8 +281,10 @@ class Worker:
         req = pb.RegisterRequest(
             worker_id=self.s.worker_id, instance_id=self.instance, capabilities=caps, running=leases
         )
+        self.registered.clear()
         resp = self._retrying("register", lambda: self._call(self.stub.Register, req))
         self.session = resp.session
+        self.registered.set()
         self.master_instance = resp.master_instance
         self.heartbeat_s = max(resp.heartbeat_interval_ms, 100) / 1000.0
         self._revoke(resp.revoked)
@@ -300,13 +315,13 @@ class Worker:
             return
         req = pb.ProgressRequest(worker_id=self.s.worker_id, lease=job.lease, progress_json=json.dumps(data))
         try:
-            self._call(self.stub.ReportProgress, req)
+            self._unit_call(self.stub.ReportProgress, req)
         except grpc.RpcError as e:
             log.debug("progress of %s not delivered: %s", job.job_id, e.code().name)
 
     def _fetch_secret(self, job: Job, name: str) -> str:
         req = pb.SecretRequest(worker_id=self.s.worker_id, lease=job.lease, name=name)
-        return self._call(self.stub.FetchSecret, req).value
+        return self._unit_call(self.stub.FetchSecret, req).value
 
     def _submit(self, job: Job, **outcome: Any) -> None:
         """Delivers an outcome, retrying while the master is away; gives up when
@@ -317,7 +332,7 @@ class Worker:
         while True:
             req = pb.ResultRequest(worker_id=self.s.worker_id, lease=job.lease, elapsed_us=elapsed_us, **outcome)
             try:
-                self._call(self.stub.SubmitResult, req)
+                self._unit_call(self.stub.SubmitResult, req)
                 return
             except grpc.RpcError as e:
                 code = e.code()

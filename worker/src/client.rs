@@ -9,6 +9,7 @@ use faena_proto::grpc::SESSION_METADATA;
 use faena_proto::grpc::master_client::MasterClient;
 use faena_proto::secret::Secret;
 use parking_lot::RwLock;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -37,7 +38,7 @@ impl std::fmt::Debug for Bearer {
 impl Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut().insert("authorization", self.token.clone());
-        if let Some(session) = self.session.0.read().clone() {
+        if let Some(session) = self.session.0.value.read().clone() {
             req.metadata_mut().insert(SESSION_METADATA, session);
         }
         Ok(req)
@@ -46,8 +47,28 @@ impl Interceptor for Bearer {
 
 /// The session the master gave this worker's current registration, shared
 /// with the client's interceptor.
+///
+/// A unit can arrive on the jobs topic before the worker has read the
+/// answer to the registration it was dispatched under (the worker
+/// subscribes first, and the master dispatches as soon as it registered
+/// the worker). Calls made for it then would carry no session, or the one
+/// before, and be refused: a piece of a streamed answer lost, a job's key
+/// not fetched. So calls for units wait for [`Session::current`] first.
 #[derive(Clone, Default)]
-pub struct Session(Arc<RwLock<Option<MetadataValue<Ascii>>>>);
+pub struct Session(Arc<SessionInner>);
+
+struct SessionInner {
+    value: RwLock<Option<MetadataValue<Ascii>>>,
+    /// Whether `value` is the answer of the last registration sent (false
+    /// while one is on its way, and before the first).
+    current: watch::Sender<bool>,
+}
+
+impl Default for SessionInner {
+    fn default() -> Self {
+        Self { value: RwLock::new(None), current: watch::Sender::new(false) }
+    }
+}
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,11 +76,37 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// How long a call for a unit waits for a registration's answer before it
+/// goes anyway (and meets whatever the master answers): a registration is
+/// answered in milliseconds when the master is there.
+pub const SESSION_WAIT: Duration = Duration::from_secs(10);
+
 impl Session {
+    /// A registration is on its way: calls for units wait for its answer.
+    /// The session held so far still goes with the registration itself (the
+    /// master lets the same instance take its worker id back with it).
+    pub fn registering(&self) {
+        self.0.current.send_replace(false);
+    }
+
     /// Takes the session a registration returned (one that cannot go in a
     /// header is dropped: calls then fail and the worker registers again).
     pub fn set(&self, session: &str) {
-        *self.0.write() = session.parse().ok();
+        *self.0.value.write() = session.parse().ok();
+        self.0.current.send_replace(true);
+    }
+
+    /// Waits, at most `within`, until the session is the last
+    /// registration's answer; whether it is.
+    pub async fn current(&self, within: Duration) -> bool {
+        let mut rx = self.0.current.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Calls waiting in [`Session::current`] now.
+    #[cfg(test)]
+    pub fn waiting(&self) -> usize {
+        self.0.current.receiver_count()
     }
 }
 
@@ -188,6 +235,24 @@ mod tests {
         assert_eq!(master_urls("http://a:50051"), ["http://a:50051"]);
         assert_eq!(master_urls(" http://a:1, http://b:2 ,,"), ["http://a:1", "http://b:2"]);
         assert!(master_urls(" , ").is_empty());
+    }
+
+    #[tokio::test]
+    async fn calls_wait_for_the_answer_of_the_registration_on_its_way() {
+        let session = Session::default();
+        assert!(!session.current(Duration::ZERO).await, "nothing before the first registration's answer");
+        let waiting = tokio::spawn({
+            let session = session.clone();
+            async move { session.current(SESSION_WAIT).await }
+        });
+        session.set("s1");
+        assert!(waiting.await.expect("task"), "the answer ends the wait");
+        assert!(session.current(Duration::ZERO).await);
+        session.registering();
+        assert!(!session.current(Duration::ZERO).await, "a new registration: the old session is not current");
+        assert_eq!(session.0.value.read().as_ref().map(|v| v.to_str().ok()), Some(Some("s1")), "still sent meanwhile");
+        session.set("s2");
+        assert!(session.current(Duration::ZERO).await);
     }
 
     #[tokio::test]

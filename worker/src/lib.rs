@@ -126,6 +126,7 @@ async fn register(
     caps: &pb::Capabilities,
     cancel: &CancellationToken,
 ) -> Result<Option<pb::RegisterResponse>, WorkerError> {
+    session.registering();
     let answer = client::until_answered(cancel, || {
         // The leases held now, each try, and the slots live configuration gave.
         let mut caps = caps.clone();
@@ -265,8 +266,9 @@ pub async fn run(
     let caps = capabilities(&rx, &registry.kinds(), slots, &offered, models);
     let (client, session) = client::connect(&cfg.master_url, &token, &cfg.tls)?;
     let metrics = Arc::new(metrics::Metrics::default());
+    let master = (client, session.clone());
     let runner =
-        Arc::new(runner::Runner::new(worker_id.clone(), InstanceId::new(), slots, registry, client, metrics.clone()));
+        Arc::new(runner::Runner::new(worker_id.clone(), InstanceId::new(), slots, registry, master, metrics.clone()));
     let base = live::Base::new(&cfg, slots, rx.threads(), &providers);
     let live = live::Live::new(token.clone(), base, runner.clone(), rx.clone(), providers.clone());
 

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Code;
 
-use crate::client::Client;
+use crate::client::{Client, SESSION_WAIT, Session};
 use crate::exec::{JobContext, JobFailure, Registry, Secrets};
 use crate::metrics::Metrics;
 use crate::results::Results;
@@ -45,6 +45,8 @@ pub struct Runner {
     /// Set when the master must hear from us again (it restarted or forgot us).
     pub need_register: Notify,
     client: Client,
+    /// The registration's session the client's calls carry.
+    session: Session,
     /// Outcomes go to the master through this, several to a call.
     results: Results,
     permits: Arc<Semaphore>,
@@ -66,7 +68,7 @@ impl Runner {
         instance: InstanceId,
         slots: (u32, u32),
         registry: Registry,
-        client: Client,
+        (client, session): (Client, Session),
         metrics: Arc<Metrics>,
     ) -> Self {
         let (slots, ai_slots) = slots;
@@ -81,6 +83,7 @@ impl Runner {
             need_register: Notify::new(),
             results: Results::start(client.clone()),
             client,
+            session,
             permits: Arc::new(Semaphore::new(slots as usize)),
             ai_permits: Arc::new(Semaphore::new(ai_slots as usize)),
             running: Mutex::new(HashMap::new()),
@@ -135,6 +138,14 @@ impl Runner {
     }
 
     pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The client, once the registration on its way (if any) is answered:
+    /// for calls about units, which the master refuses without the
+    /// current session.
+    async fn unit_client(&self) -> Client {
+        self.session.current(SESSION_WAIT).await;
         self.client.clone()
     }
 
@@ -248,6 +259,7 @@ impl Runner {
         self.metrics.running.inc();
         let secrets = (!unit.secrets.is_empty()).then(|| Secrets {
             client: self.client(),
+            session: self.session.clone(),
             worker: self.worker_id.to_string(),
             lease: self.lease(unit),
             names: unit.secrets.clone(),
@@ -281,7 +293,7 @@ impl Runner {
             lease: Some(self.lease(unit)),
             progress_json: data.to_string(),
         };
-        if let Err(s) = self.client().report_progress(req).await {
+        if let Err(s) = self.unit_client().await.report_progress(req).await {
             tracing::debug!(job = %unit.job_id, code = ?s.code(), "progress not delivered");
         }
     }
@@ -296,6 +308,7 @@ impl Runner {
         };
         let mut backoff = faena_common::retry::Policy::DELIVERY.start();
         loop {
+            self.session.current(SESSION_WAIT).await;
             match self.results.submit(&req).await {
                 Ok(_) => return,
                 Err(s) if s.code() == Code::Aborted => self.need_register.notify_one(),
@@ -375,10 +388,10 @@ mod tests {
     #[tokio::test]
     async fn slots_given_up_while_units_hold_them_stop_with_the_runner() {
         let tls = faena_common::tls::TlsArgs::default();
-        let (client, _) = crate::client::connect("http://127.0.0.1:9", &Secret::new("t"), &tls).expect("lazy client");
+        let master = crate::client::connect("http://127.0.0.1:9", &Secret::new("t"), &tls).expect("lazy client");
         let id = WorkerId::parse("w1").expect("id");
         let runner =
-            Runner::new(id, InstanceId::new(), (2, 0), Registry::default(), client, Arc::new(Metrics::default()));
+            Runner::new(id, InstanceId::new(), (2, 0), Registry::default(), master, Arc::new(Metrics::default()));
         // Two units run: shrinking to none leaves a chore waiting for their slots.
         let held = runner.permits.clone().acquire_many_owned(2).await.expect("slots");
         runner.resize((0, 0));
@@ -387,3 +400,7 @@ mod tests {
         assert_eq!(runner.permits.available_permits(), 2, "the stopped chore took nothing");
     }
 }
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod session_tests;

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::Client;
+use crate::client::{Client, SESSION_WAIT, Session};
 
 /// Why a unit did not produce an output, and whether another try may succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +53,9 @@ impl JobFailure {
 #[derive(Debug, Clone)]
 pub struct Secrets {
     pub client: Client,
+    /// Waited on before asking: a unit may start before the answer to the
+    /// registration it came under was read.
+    pub session: Session,
     pub worker: String,
     pub lease: pb::Lease,
     /// The names the unit refers to; others are never asked for.
@@ -96,6 +99,7 @@ impl JobContext {
         let Some(s) = self.secrets.as_ref().filter(|s| s.names.iter().any(|n| n == name)) else { return Ok(None) };
         let req =
             pb::SecretRequest { worker_id: s.worker.clone(), lease: Some(s.lease.clone()), name: name.to_owned() };
+        s.session.current(SESSION_WAIT).await;
         match s.client.clone().fetch_secret(req).await {
             Ok(resp) => Ok(Some(Secret::new(resp.into_inner().value))),
             Err(e) if e.code() == tonic::Code::NotFound => Err(JobFailure::permanent(format!(

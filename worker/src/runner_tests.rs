@@ -1,0 +1,142 @@
+//! A unit that arrives before the answer to the registration it came under.
+
+#![allow(clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use faena_proto::grpc::master_server::{Master, MasterServer};
+use faena_proto::grpc::{self as pb, SESSION_METADATA};
+use faena_proto::ids::{FencingToken, InstanceId, JobId, WorkerId};
+use faena_proto::jobs::{JobKind, JobSpec};
+use faena_proto::mqtt::WorkUnit;
+use faena_proto::secret::Secret;
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use super::Runner;
+use crate::exec::{Executor, JobContext, JobFailure, Registry};
+use crate::metrics::Metrics;
+
+/// A master that takes calls only with the session `s1`, as the real one
+/// does once the worker is registered; it records what it took and refused.
+#[derive(Default, Clone)]
+struct Strict {
+    calls: Arc<Mutex<Calls>>,
+}
+
+#[derive(Default, Debug)]
+struct Calls {
+    progress: Vec<Value>,
+    results: usize,
+    refused: usize,
+}
+
+impl Strict {
+    fn admit<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        match r.metadata().get(SESSION_METADATA).and_then(|v| v.to_str().ok()) {
+            Some("s1") => Ok(()),
+            _ => {
+                self.calls.lock().refused += 1;
+                Err(Status::aborted("the worker's registration has another session"))
+            }
+        }
+    }
+}
+
+fn nope<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("not in this test"))
+}
+
+#[tonic::async_trait]
+impl Master for Strict {
+    async fn register(&self, _: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        nope()
+    }
+    async fn heartbeat(&self, _: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        nope()
+    }
+    async fn report_progress(&self, r: Request<pb::ProgressRequest>) -> Result<Response<pb::ProgressResponse>, Status> {
+        self.admit(&r)?;
+        let p = serde_json::from_str(&r.get_ref().progress_json).expect("JSON");
+        self.calls.lock().progress.push(p);
+        Ok(Response::new(pb::ProgressResponse::default()))
+    }
+    async fn submit_result(&self, r: Request<pb::ResultRequest>) -> Result<Response<pb::ResultResponse>, Status> {
+        self.admit(&r)?;
+        self.calls.lock().results += 1;
+        Ok(Response::new(pb::ResultResponse { duplicate: false }))
+    }
+    async fn submit_results(&self, r: Request<pb::ResultsRequest>) -> Result<Response<pb::ResultsResponse>, Status> {
+        self.admit(&r)?;
+        let n = r.get_ref().results.len();
+        self.calls.lock().results += n;
+        let ok = pb::ResultStatus { code: 0, message: String::new(), duplicate: false };
+        Ok(Response::new(pb::ResultsResponse { statuses: vec![ok; n] }))
+    }
+    async fn fetch_secret(&self, _: Request<pb::SecretRequest>) -> Result<Response<pb::SecretResponse>, Status> {
+        nope()
+    }
+    async fn broker_login(
+        &self,
+        _: Request<pb::BrokerLoginRequest>,
+    ) -> Result<Response<pb::BrokerLoginResponse>, Status> {
+        nope()
+    }
+    async fn report_config(&self, _: Request<pb::ConfigReport>) -> Result<Response<pb::ConfigReportResponse>, Status> {
+        nope()
+    }
+}
+
+/// Writes two pieces at once, as a provider's first tokens come.
+#[derive(Debug)]
+struct Streams;
+
+impl Executor for Streams {
+    fn execute(&self, _: JobSpec, ctx: JobContext) -> BoxFuture<'static, Result<Value, JobFailure>> {
+        Box::pin(async move {
+            ctx.report(json!({"seq": 0, "text": "w0 "})).await;
+            ctx.report(json!({"seq": 1, "text": "w1 "})).await;
+            Ok(json!({"text": "w0 w1 "}))
+        })
+    }
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+#[tokio::test]
+async fn a_unit_that_comes_before_the_registrations_answer_loses_no_progress() {
+    let incoming = TcpIncoming::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = incoming.local_addr().expect("addr");
+    let master = Strict::default();
+    let svc = MasterServer::new(master.clone());
+    tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming));
+    let tls = faena_common::tls::TlsArgs::default();
+    let (client, session) = crate::client::connect(&format!("http://{addr}"), &Secret::new("t"), &tls).expect("client");
+    let registry = Registry::default().with(JobKind::Noop, Arc::new(Streams));
+    let id = WorkerId::parse("w1").expect("id");
+    let metrics = Arc::new(Metrics::default());
+    let runner = Arc::new(Runner::new(id, InstanceId::new(), (1, 0), registry, (client, session.clone()), metrics));
+    // The registration is on its way when the unit comes.
+    session.registering();
+    runner.start(WorkUnit::new(JobId::new(), 1, FencingToken::new(), JobKind::Noop, json!({})));
+    // The unit's first call either waits for the answer or reaches the master.
+    until("the unit's first call", || session.waiting() > 0 || master.calls.lock().refused > 0).await;
+    session.set("s1");
+    until("the unit's result", || master.calls.lock().results == 1).await;
+    let calls = master.calls.lock();
+    let texts: Vec<&str> = calls.progress.iter().filter_map(|p| p["text"].as_str()).collect();
+    assert_eq!(texts, ["w0 ", "w1 "], "every piece, in order: {calls:?}");
+    assert_eq!(calls.refused, 0, "nothing went without the session");
+}
