@@ -293,6 +293,7 @@ fn restored_jobs_keep_their_time_and_their_parents() {
         opts: Some(Arc::new(opts)),
         run_at_ms,
         ended_parents: ended,
+        priority_changes: 0,
     };
     h.engine.restore(
         h.now,
@@ -314,4 +315,32 @@ fn restored_jobs_keep_their_time_and_their_parents() {
     h.add_worker_of("w1", 1, &[JobKind::Noop]);
     let unit = dispatched(&h.engine.take_effects()).remove(0);
     assert_eq!(unit.parents.and_then(|p| p.get(&parent.to_string()).cloned()), Some(json!("p")));
+}
+
+#[test]
+fn a_restored_job_keeps_the_priority_changes_it_made() {
+    let mut h = Harness::new(10);
+    let (spent, left) = (JobId::new(), JobId::new());
+    let row = |id, priority_changes| RestoredJob {
+        id,
+        spec: JobSpec::Noop(Default::default()),
+        priority: Priority::Normal,
+        seq: 1,
+        created_at_ms: 1,
+        attempts: 0,
+        lease: None,
+        parent: None,
+        done: None,
+        retry_of: None,
+        state: JobState::Queued,
+        opts: None,
+        run_at_ms: None,
+        ended_parents: vec![],
+        priority_changes,
+    };
+    h.engine.restore(h.now, vec![row(spent, u32::from(MAX_PRIORITY_CHANGES)), row(left, 99)]);
+    // A restart (or another master taking over) does not start the count again.
+    assert_eq!(h.engine.reprioritise(h.now, spent, Priority::High), Err(Unmovable::TooManyChanges(spent)));
+    assert_eq!(h.engine.reprioritise(h.now, left, Priority::High), Ok(left), "its last change");
+    assert_eq!(h.engine.reprioritise(h.now, left, Priority::Low), Err(Unmovable::TooManyChanges(left)));
 }

@@ -283,6 +283,7 @@ fn a_restart_keeps_finished_and_running_units_and_hands_out_the_rest() {
         opts: None,
         run_at_ms: None,
         ended_parents: Vec::new(),
+        priority_changes: 0,
     };
     let unit_row = |u: &(WorkerId, LeaseRef, u32, u64), seq| RestoredJob {
         id: u.1.job_id,
@@ -301,6 +302,7 @@ fn a_restart_keeps_finished_and_running_units_and_hands_out_the_rest() {
         opts: None,
         run_at_ms: None,
         ended_parents: Vec::new(),
+        priority_changes: 0,
     };
     let finished = RestoredJob {
         done: Some((

@@ -236,6 +236,7 @@ impl Engine {
             let mut job = ActiveJob::new(spec.clone(), j.priority, j.seq, now);
             job.created_at_ms = j.created_at_ms;
             job.attempts = j.attempts;
+            job.moves = u8::try_from(j.priority_changes).unwrap_or(u8::MAX);
             job.retry_of = j.retry_of;
             job.opts = j.opts.clone();
             if let Some(group) = j.opts.as_ref().and_then(|o| o.group.as_deref()) {

@@ -263,6 +263,7 @@ fn restored_running_jobs_are_adopted_by_their_worker_or_requeued() {
         opts: None,
         run_at_ms: None,
         ended_parents: Vec::new(),
+        priority_changes: 0,
     };
     h.engine.restore(
         h.now,
@@ -323,6 +324,7 @@ fn a_restored_unit_its_worker_does_not_have_is_requeued_at_once() {
             opts: None,
             run_at_ms: None,
             ended_parents: Vec::new(),
+            priority_changes: 0,
         }],
     );
     let w = test_worker("w1", 1, &[JobKind::Noop], h.now.mono);

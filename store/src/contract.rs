@@ -87,6 +87,15 @@ pub struct Transition {
 pub(crate) const UNFINISHED_SQLITE: &str =
     "(state = 'queued' OR state = 'running' OR state = 'scheduled' OR state = 'waiting')";
 
+/// A priority change's line in a job's history.
+pub(crate) fn priority_detail(priority: Priority, was: Priority) -> String {
+    format!("priority {} (was {})", priority.as_str(), was.as_str())
+}
+
+/// [`priority_detail`]'s lines, as a `LIKE` pattern both backends count
+/// when they restore a job (`RestoredJob::priority_changes`).
+pub(crate) const PRIORITY_DETAIL_LIKE: &str = "priority % (was %)";
+
 /// A stored job's columns as both backends read them (ids already parsed
 /// where the backend's type is a UUID; text otherwise).
 #[derive(Debug)]
@@ -106,6 +115,8 @@ pub(crate) struct StoredJob {
     pub retry_of: Option<String>,
     pub opts: Option<String>,
     pub run_at: Option<i64>,
+    /// Its history's priority changes.
+    pub priority_changes: i64,
 }
 
 impl StoredJob {
@@ -127,6 +138,7 @@ impl StoredJob {
             retry_of,
             opts,
             run_at,
+            priority_changes,
         } = self;
         let done = match (state.as_str(), &worker, result) {
             ("succeeded", Some(w), Some(r)) => Some((w.clone(), serde_json::from_str(&r).ok()?)),
@@ -159,6 +171,7 @@ impl StoredJob {
             },
             run_at_ms: run_at.and_then(|r| u64::try_from(r).ok()),
             ended_parents: Vec::new(),
+            priority_changes: u32::try_from(priority_changes).unwrap_or(0),
         })
     }
 }

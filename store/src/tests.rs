@@ -101,6 +101,41 @@ async fn records_every_transition_and_restores_unfinished_jobs(backend: &Backend
     assert!(store.get(JobId::new()).await.expect("reads").is_none());
 }
 
+on_both!(a_restored_job_counts_the_priority_changes_in_its_history);
+async fn a_restored_job_counts_the_priority_changes_in_its_history(backend: &Backend) {
+    let id = JobId::new();
+    {
+        let store = backend.open().await;
+        store.write(StoreOp::Insert {
+            id,
+            spec: Arc::new(JobSpec::parse("noop", json!({})).expect("valid")),
+            priority: Priority::Normal,
+            seq: 1,
+            at_ms: 1000,
+            parent: None,
+            retry_of: None,
+            state: JobState::Queued,
+            opts: None,
+            run_at_ms: None,
+        });
+        for (n, (priority, was)) in
+            [(Priority::High, Priority::Normal), (Priority::Low, Priority::High), (Priority::Normal, Priority::Low)]
+                .into_iter()
+                .enumerate()
+        {
+            let at_ms = 1001 + n as u64;
+            store.write(StoreOp::Reprioritised { id, priority, was, state: JobState::Queued, attempts: 0, at_ms });
+        }
+        // A requeue whose reason speaks of priority is not a change of it.
+        let reason = "priority inversion on the worker".to_owned();
+        store.write(StoreOp::Requeued { id, attempts: 1, reason, at_ms: 1010, run_at_ms: None });
+        wait_commit(&store).await;
+    }
+    let store = backend.open().await;
+    let restored = store.load_unfinished().await.expect("loads");
+    assert_eq!(restored.iter().map(|j| (j.id, j.priority_changes)).collect::<Vec<_>>(), [(id, 3)]);
+}
+
 on_both!(since_holds_when_the_clock_steps_back);
 async fn since_holds_when_the_clock_steps_back(backend: &Backend) {
     let store = backend.open().await;
@@ -239,7 +274,7 @@ async fn postgres_migrates_once_under_a_lock_and_refuses_a_newer_schema() {
     let url = pg.url();
     let (a, b) = tokio::join!(Store::connect(&url, Retention::OFF), Store::connect(&url, Retention::OFF));
     let (a, _b) = (a.expect("first"), b.expect("second"));
-    assert_eq!(pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"), "1,2,3,4,5,6,7,8");
+    assert_eq!(pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"), "1,2,3,4,5,6,7,8,9");
     let id = JobId::new();
     noop(&a, id, 0);
     wait_commit(&a).await;

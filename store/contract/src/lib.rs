@@ -37,6 +37,9 @@ pub struct RestoredJob {
     pub run_at_ms: Option<u64>,
     /// For a job submitted `after` others: those that had ended, and how.
     pub ended_parents: Vec<(JobId, Outcome)>,
+    /// How many times its priority was changed, counted from its history:
+    /// the bound on changes holds across restarts and takeovers.
+    pub priority_changes: u32,
 }
 
 /// A job as a dependent sees it: its state, and its result once it succeeded.

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use faena_proto::jobs::JobState;
 
 use super::{VIEW_COLUMNS, VIEW_WIDTH, view};
+use crate::contract::PRIORITY_DETAIL_LIKE;
 use crate::{Firing, HeldKey, NamedKind, Outcome, RestoredJob, StoreError, Transition};
 
 async fn client(pool: &Pool) -> Result<deadpool_postgres::Client, StoreError> {
@@ -20,8 +21,15 @@ async fn client(pool: &Pool) -> Result<deadpool_postgres::Client, StoreError> {
 }
 
 pub(crate) async fn load_unfinished(pool: &Pool) -> Result<Vec<RestoredJob>, StoreError> {
-    let c = client(pool).await?;
-    let rows = c
+    let mut c = client(pool).await?;
+    // The jobs and their priority changes as of one moment.
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let rows = tx
         .query(
             "SELECT id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of, opts, run_at
                  FROM jobs WHERE listed_state = 'open'
@@ -31,12 +39,24 @@ pub(crate) async fn load_unfinished(pool: &Pool) -> Result<Vec<RestoredJob>, Sto
             &[],
         )
         .await?;
+    // Read from the partial index made for them (schema migration 9): the
+    // pattern is written out, not bound, so the planner can use it.
+    let sql = format!(
+        "SELECT job_id, count(*) FROM transitions WHERE detail LIKE '{PRIORITY_DETAIL_LIKE}'
+            AND job_id IN (SELECT id FROM jobs WHERE listed_state = 'open') GROUP BY job_id"
+    );
+    let mut changes = HashMap::new();
+    for r in tx.query(&sql, &[]).await? {
+        changes.insert(r.try_get::<_, Uuid>(0)?, r.try_get::<_, i64>(1)?);
+    }
+    tx.commit().await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        match restored(&r)? {
+        let id: Uuid = r.try_get(0)?;
+        match restored(&r, changes.get(&id).copied().unwrap_or(0))? {
             Some(job) => out.push(job),
             None => {
-                let (id, kind): (Uuid, String) = (r.try_get(0)?, r.try_get(1)?);
+                let kind: String = r.try_get(1)?;
                 tracing::error!(job = %id, kind = %kind, "cannot restore a stored job (unknown kind, invalid parameters or corrupt row); left as is");
             }
         }
@@ -44,7 +64,7 @@ pub(crate) async fn load_unfinished(pool: &Pool) -> Result<Vec<RestoredJob>, Sto
     Ok(out)
 }
 
-fn restored(r: &Row) -> Result<Option<RestoredJob>, StoreError> {
+fn restored(r: &Row, priority_changes: i64) -> Result<Option<RestoredJob>, StoreError> {
     let uuid = |i: usize| r.try_get::<_, Option<Uuid>>(i).map(|u| u.map(|u| u.to_string()));
     Ok(crate::contract::StoredJob {
         id: r.try_get::<_, Uuid>(0)?.to_string(),
@@ -62,6 +82,7 @@ fn restored(r: &Row) -> Result<Option<RestoredJob>, StoreError> {
         retry_of: uuid(12)?,
         opts: r.try_get(13)?,
         run_at: r.try_get(14)?,
+        priority_changes,
     }
     .restore())
 }

@@ -200,6 +200,14 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     CREATE INDEX jobs_kind_state ON jobs (kind, listed_state, row_id) WHERE parent IS NULL;
     ALTER TABLE transitions DROP CONSTRAINT transitions_pkey;",
     ),
+    (
+        9,
+        "priority changes found by job",
+        // A restart counts each unfinished job's priority changes
+        // (`read.rs`) from this small index, not from every job's history.
+        // The pattern is `contract::PRIORITY_DETAIL_LIKE`.
+        "CREATE INDEX transitions_priority ON transitions (job_id) WHERE detail LIKE 'priority % (was %)';",
+    ),
 ];
 
 /// The newest schema version this build knows: the last migration's.

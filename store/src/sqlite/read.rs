@@ -14,10 +14,31 @@ use faena_proto::jobs::JobState;
 
 use super::generations::listed;
 use super::{VIEW_COLUMNS, VIEW_WIDTH, view};
-use crate::contract::UNFINISHED_SQLITE;
+use crate::contract::{PRIORITY_DETAIL_LIKE, UNFINISHED_SQLITE};
 use crate::{Firing, HeldKey, NamedKind, Outcome, RestoredJob, StoreError, Transition};
 
 const RESTORED_COLUMNS: &str = "id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of, opts, run_at";
+
+/// The restored columns of generation `(jobs, history)`'s rows, and the
+/// priority changes in each job's history: the lines of its trail whose
+/// detail is one (looked for only in a trail that has the text), and,
+/// where the generation's history table has rows (jobs stored before
+/// trails), those rows whose detail is one.
+fn restored_select(tx: &Connection, jobs: &str, history: &str) -> Result<String, StoreError> {
+    let trail = format!(
+        "CASE WHEN instr(trail, '\"detail\":\"priority ') = 0 THEN 0 ELSE
+            (SELECT count(*) FROM json_each('[' || replace(rtrim(trail, char(10)), char(10), ',') || ']')
+                WHERE json_extract(value, '$.detail') LIKE '{PRIORITY_DETAIL_LIKE}') END"
+    );
+    let legacy: bool = tx.query_row(&format!("SELECT EXISTS (SELECT 1 FROM {history})"), [], |r| r.get(0))?;
+    let rows = match legacy {
+        true => format!(
+            " + (SELECT count(*) FROM {history} h WHERE h.job_id = {jobs}.id AND h.detail LIKE '{PRIORITY_DETAIL_LIKE}')"
+        ),
+        false => String::new(),
+    };
+    Ok(format!("SELECT {RESTORED_COLUMNS}, coalesce({trail}, 0){rows} FROM {jobs}"))
+}
 
 /// Every job that was queued or running, in submission order, and the
 /// units that succeeded of the mining jobs among them.
@@ -25,18 +46,18 @@ pub(crate) fn load_unfinished(conn: &Connection) -> Result<Vec<RestoredJob>, Sto
     let tx = conn.unchecked_transaction()?;
     let gens = listed(&tx)?;
     let mut out = Vec::new();
-    for (jobs, _) in &gens {
-        let sql = format!("SELECT {RESTORED_COLUMNS} FROM {jobs} WHERE {UNFINISHED_SQLITE}");
+    for (jobs, history) in &gens {
+        let sql = format!("{} WHERE {UNFINISHED_SQLITE}", restored_select(&tx, jobs, history)?);
         read_restored(&tx, &sql, [], &mut out)?;
     }
     // A running mining job's units may be in any generation.
     let running: Vec<String> = out.iter().filter(|j| j.parent.is_none()).map(|j| j.id.to_string()).collect();
     if !running.is_empty() {
         let running = serde_json::to_string(&running)?;
-        for (jobs, _) in &gens {
+        for (jobs, history) in &gens {
             let sql = format!(
-                "SELECT {RESTORED_COLUMNS} FROM {jobs}
-                 WHERE parent IN (SELECT value FROM json_each(?1)) AND state = 'succeeded'"
+                "{} WHERE parent IN (SELECT value FROM json_each(?1)) AND state = 'succeeded'",
+                restored_select(&tx, jobs, history)?
             );
             read_restored(&tx, &sql, [&running], &mut out)?;
         }
@@ -166,6 +187,7 @@ fn restored(r: &Row<'_>) -> rusqlite::Result<Option<RestoredJob>> {
         retry_of: r.get(12)?,
         opts: r.get(13)?,
         run_at: r.get(14)?,
+        priority_changes: r.get(15)?,
     }
     .restore())
 }

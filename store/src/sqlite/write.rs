@@ -10,7 +10,7 @@ use super::created::newest_created;
 use super::generations::{FastMap, Gen, Hints, Layout};
 use super::history::{IdText, Trail};
 use super::retention;
-use crate::contract::{fired_by, held_key, inserted_detail, opts_column, requeued_state};
+use crate::contract::{fired_by, held_key, inserted_detail, opts_column, priority_detail, requeued_state};
 
 /// A schedule's last firing (and the job it made).
 const FIRED: &str = "INSERT OR REPLACE INTO schedule_firings (name, at_ms, job) VALUES (?1, ?2, ?3)";
@@ -204,7 +204,7 @@ fn apply_one<'a>(
             layout.touch(held, hints, *job, |g| &g.released, args)?;
         }
         StoreOp::Reprioritised { id: job, priority, was, state, attempts, at_ms } => {
-            let detail = format!("priority {} (was {})", priority.as_str(), was.as_str());
+            let detail = priority_detail(*priority, *was);
             let trail = Trail::default().step(*at_ms as i64, state.as_str(), *attempts, None, Some(&detail));
             let args = params![IdText::from(*job), priority.as_str(), trail];
             layout.touch(held, hints, *job, |g| &g.reprioritise, args)?;
@@ -418,5 +418,18 @@ mod tests {
             .map(|t| (t.at_ms, t.state, t.worker))
             .collect();
         assert_eq!(said, [(1000, "queued".into(), None), (2000, "running".into(), Some("w1".into()))]);
+        // A restart counts its priority changes in both.
+        w.conn
+            .execute(&format!("INSERT INTO transitions (job_id, at, state, attempt, detail) VALUES ('{id}', 1500, 'queued', 0, ?1)"), [crate::contract::priority_detail(Priority::High, Priority::Normal)])
+            .expect("an old change");
+        let at_ms = 3000;
+        let state = JobState::Running;
+        w.apply(
+            &[StoreOp::Reprioritised { id, priority: Priority::Low, was: Priority::High, state, attempts: 1, at_ms }],
+            0,
+        )
+        .expect("a change in the trail");
+        let restored = super::super::read::load_unfinished(&w.conn).expect("loads");
+        assert_eq!(restored.iter().map(|j| (j.id, j.priority_changes)).collect::<Vec<_>>(), [(id, 2)]);
     }
 }

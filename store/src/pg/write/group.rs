@@ -114,7 +114,7 @@ impl Group {
                 }
                 StoreOp::Reprioritised { id, priority, was, state, attempts, at_ms } => {
                     g.patch(*id).priority = Some(priority.as_str().to_owned());
-                    let detail = format!("priority {} (was {})", priority.as_str(), was.as_str());
+                    let detail = crate::contract::priority_detail(*priority, *was);
                     g.history.push((id.0, *at_ms as i64, state.as_str().into(), *attempts as i32, None, Some(detail)));
                 }
                 StoreOp::Started { id, worker, at_ms } => {
