@@ -274,11 +274,9 @@ fn a_retry_policy_backs_off_and_a_refused_retry_still_fails_at_once() {
     let _ = unit.worker;
 }
 
-#[test]
-fn restored_jobs_keep_their_time_and_their_parents() {
-    let mut h = Harness::new(10);
-    let (parent, child, later) = (JobId::new(), JobId::new(), JobId::new());
-    let row = |id, state, opts: JobOptions, run_at_ms, ended| RestoredJob {
+/// A `noop` job as the store gives it back at start-up, in `state`.
+fn restored(id: JobId, state: JobState) -> RestoredJob {
+    RestoredJob {
         id,
         spec: JobSpec::Noop(Default::default()),
         priority: Priority::Normal,
@@ -290,10 +288,22 @@ fn restored_jobs_keep_their_time_and_their_parents() {
         done: None,
         retry_of: None,
         state,
+        opts: None,
+        run_at_ms: None,
+        ended_parents: vec![],
+        priority_changes: 0,
+    }
+}
+
+#[test]
+fn restored_jobs_keep_their_time_and_their_parents() {
+    let mut h = Harness::new(10);
+    let (parent, child, later) = (JobId::new(), JobId::new(), JobId::new());
+    let row = |id, state, opts, run_at_ms, ended_parents| RestoredJob {
         opts: Some(Arc::new(opts)),
         run_at_ms,
-        ended_parents: ended,
-        priority_changes: 0,
+        ended_parents,
+        ..restored(id, state)
     };
     h.engine.restore(
         h.now,
@@ -321,23 +331,7 @@ fn restored_jobs_keep_their_time_and_their_parents() {
 fn a_restored_job_keeps_the_priority_changes_it_made() {
     let mut h = Harness::new(10);
     let (spent, left) = (JobId::new(), JobId::new());
-    let row = |id, priority_changes| RestoredJob {
-        id,
-        spec: JobSpec::Noop(Default::default()),
-        priority: Priority::Normal,
-        seq: 1,
-        created_at_ms: 1,
-        attempts: 0,
-        lease: None,
-        parent: None,
-        done: None,
-        retry_of: None,
-        state: JobState::Queued,
-        opts: None,
-        run_at_ms: None,
-        ended_parents: vec![],
-        priority_changes,
-    };
+    let row = |id, priority_changes| RestoredJob { priority_changes, ..restored(id, JobState::Queued) };
     h.engine.restore(h.now, vec![row(spent, u32::from(MAX_PRIORITY_CHANGES)), row(left, 99)]);
     // A restart (or another master taking over) does not start the count again.
     assert_eq!(h.engine.reprioritise(h.now, spent, Priority::High), Err(Unmovable::TooManyChanges(spent)));

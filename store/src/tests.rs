@@ -106,18 +106,7 @@ async fn a_restored_job_counts_the_priority_changes_in_its_history(backend: &Bac
     let id = JobId::new();
     {
         let store = backend.open().await;
-        store.write(StoreOp::Insert {
-            id,
-            spec: Arc::new(JobSpec::parse("noop", json!({})).expect("valid")),
-            priority: Priority::Normal,
-            seq: 1,
-            at_ms: 1000,
-            parent: None,
-            retry_of: None,
-            state: JobState::Queued,
-            opts: None,
-            run_at_ms: None,
-        });
+        noop(&store, id, 1);
         for (n, (priority, was)) in
             [(Priority::High, Priority::Normal), (Priority::Low, Priority::High), (Priority::Normal, Priority::Low)]
                 .into_iter()

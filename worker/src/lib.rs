@@ -22,6 +22,8 @@ pub mod caps;
 pub mod client;
 pub mod config;
 pub mod exec;
+#[cfg(test)]
+mod fake_master;
 pub mod live;
 pub mod login;
 pub mod metrics;

@@ -132,15 +132,12 @@ impl Results {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::expect_used, clippy::unwrap_used)]
-    use std::time::Duration;
-
-    use faena_proto::grpc::master_server::{Master, MasterServer};
-    use faena_proto::secret::Secret;
+    use faena_proto::grpc::master_server::Master;
     use parking_lot::Mutex;
-    use tonic::transport::server::TcpIncoming;
     use tonic::{Request, Response};
 
     use super::*;
+    use crate::fake_master::{nope, serve, until};
 
     /// A master that records the results it is sent: in batches (the
     /// first call held until `release`) or, when `batches` is off, only one
@@ -149,10 +146,6 @@ mod tests {
         batches: bool,
         calls: Arc<Mutex<Vec<usize>>>,
         release: Arc<tokio::sync::Semaphore>,
-    }
-
-    fn nope<T>() -> Result<Response<T>, Status> {
-        Err(Status::unimplemented("not in this test"))
     }
 
     #[tonic::async_trait]
@@ -218,29 +211,14 @@ mod tests {
     }
 
     async fn master(batches: bool) -> (Results, Arc<Mutex<Vec<usize>>>, Arc<tokio::sync::Semaphore>) {
-        let incoming = TcpIncoming::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-        let addr = incoming.local_addr().expect("addr");
         let calls = Arc::new(Mutex::new(Vec::new()));
         let release = Arc::new(tokio::sync::Semaphore::new(0));
-        let svc = MasterServer::new(Recorder { batches, calls: calls.clone(), release: release.clone() });
-        tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming));
-        let tls = faena_common::tls::TlsArgs::default();
-        let (client, _) = crate::client::connect(&format!("http://{addr}"), &Secret::new("t"), &tls).expect("client");
+        let (client, _) = serve(Recorder { batches, calls: calls.clone(), release: release.clone() });
         (Results::start(client), calls, release)
     }
 
     fn result(worker: &str) -> pb::ResultRequest {
         pb::ResultRequest { worker_id: worker.into(), ..Default::default() }
-    }
-
-    async fn until(what: &str, mut done: impl FnMut() -> bool) {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !done() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
     }
 
     #[tokio::test]

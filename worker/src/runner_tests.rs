@@ -3,22 +3,20 @@
 #![allow(clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use faena_proto::grpc::master_server::{Master, MasterServer};
+use faena_proto::grpc::master_server::Master;
 use faena_proto::grpc::{self as pb, SESSION_METADATA};
 use faena_proto::ids::{FencingToken, InstanceId, JobId, WorkerId};
 use faena_proto::jobs::{JobKind, JobSpec};
 use faena_proto::mqtt::WorkUnit;
-use faena_proto::secret::Secret;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use super::Runner;
 use crate::exec::{Executor, JobContext, JobFailure, Registry};
+use crate::fake_master::{nope, serve, until};
 use crate::metrics::Metrics;
 
 /// A master that takes calls only with the session `s1`, as the real one
@@ -45,10 +43,6 @@ impl Strict {
             }
         }
     }
-}
-
-fn nope<T>() -> Result<Response<T>, Status> {
-    Err(Status::unimplemented("not in this test"))
 }
 
 #[tonic::async_trait]
@@ -105,25 +99,10 @@ impl Executor for Streams {
     }
 }
 
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-}
-
 #[tokio::test]
 async fn a_unit_that_comes_before_the_registrations_answer_loses_no_progress() {
-    let incoming = TcpIncoming::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    let addr = incoming.local_addr().expect("addr");
     let master = Strict::default();
-    let svc = MasterServer::new(master.clone());
-    tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming));
-    let tls = faena_common::tls::TlsArgs::default();
-    let (client, session) = crate::client::connect(&format!("http://{addr}"), &Secret::new("t"), &tls).expect("client");
+    let (client, session) = serve(master.clone());
     let registry = Registry::default().with(JobKind::Noop, Arc::new(Streams));
     let id = WorkerId::parse("w1").expect("id");
     let metrics = Arc::new(Metrics::default());
