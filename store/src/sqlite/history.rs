@@ -72,6 +72,18 @@ pub(crate) fn count_steps(jobs: &str) -> String {
     format!("SELECT coalesce(sum(length(trail) - length(replace(trail, char(10), ''))), 0) FROM {jobs}")
 }
 
+/// The SQL that counts the priority changes in a job row's trail: the
+/// lines whose detail is one, parsed only where the trail has the text
+/// ([`Step`] writes `"detail":"…"` with no space).
+pub(crate) fn count_priority_changes() -> String {
+    use crate::contract::PRIORITY_DETAIL_LIKE;
+    format!(
+        "CASE WHEN instr(trail, '\"detail\":\"priority ') = 0 THEN 0 ELSE
+            (SELECT count(*) FROM json_each('[' || replace(rtrim(trail, char(10)), char(10), ',') || ']')
+                WHERE json_extract(value, '$.detail') LIKE '{PRIORITY_DETAIL_LIKE}') END"
+    )
+}
+
 /// The changes in a trail, in order; a line that does not parse is an
 /// error (the store wrote every line).
 pub(crate) fn steps(trail: &str) -> Result<Vec<Transition>, serde_json::Error> {

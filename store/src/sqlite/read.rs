@@ -20,16 +20,11 @@ use crate::{Firing, HeldKey, NamedKind, Outcome, RestoredJob, StoreError, Transi
 const RESTORED_COLUMNS: &str = "id, kind, params, priority, seq, created_at, attempts, state, worker, token, parent, result, retry_of, opts, run_at";
 
 /// The restored columns of generation `(jobs, history)`'s rows, and the
-/// priority changes in each job's history: the lines of its trail whose
-/// detail is one (looked for only in a trail that has the text), and,
-/// where the generation's history table has rows (jobs stored before
-/// trails), those rows whose detail is one.
+/// priority changes in each job's history: those in its trail and, where
+/// the generation's history table has rows (jobs stored before trails),
+/// those rows whose detail is one.
 fn restored_select(tx: &Connection, jobs: &str, history: &str) -> Result<String, StoreError> {
-    let trail = format!(
-        "CASE WHEN instr(trail, '\"detail\":\"priority ') = 0 THEN 0 ELSE
-            (SELECT count(*) FROM json_each('[' || replace(rtrim(trail, char(10)), char(10), ',') || ']')
-                WHERE json_extract(value, '$.detail') LIKE '{PRIORITY_DETAIL_LIKE}') END"
-    );
+    let trail = super::history::count_priority_changes();
     let legacy: bool = tx.query_row(&format!("SELECT EXISTS (SELECT 1 FROM {history})"), [], |r| r.get(0))?;
     let rows = match legacy {
         true => format!(
@@ -45,20 +40,18 @@ fn restored_select(tx: &Connection, jobs: &str, history: &str) -> Result<String,
 pub(crate) fn load_unfinished(conn: &Connection) -> Result<Vec<RestoredJob>, StoreError> {
     let tx = conn.unchecked_transaction()?;
     let gens = listed(&tx)?;
+    let selects: Vec<String> =
+        gens.iter().map(|(jobs, history)| restored_select(&tx, jobs, history)).collect::<Result<_, _>>()?;
     let mut out = Vec::new();
-    for (jobs, history) in &gens {
-        let sql = format!("{} WHERE {UNFINISHED_SQLITE}", restored_select(&tx, jobs, history)?);
-        read_restored(&tx, &sql, [], &mut out)?;
+    for select in &selects {
+        read_restored(&tx, &format!("{select} WHERE {UNFINISHED_SQLITE}"), [], &mut out)?;
     }
     // A running mining job's units may be in any generation.
     let running: Vec<String> = out.iter().filter(|j| j.parent.is_none()).map(|j| j.id.to_string()).collect();
     if !running.is_empty() {
         let running = serde_json::to_string(&running)?;
-        for (jobs, history) in &gens {
-            let sql = format!(
-                "{} WHERE parent IN (SELECT value FROM json_each(?1)) AND state = 'succeeded'",
-                restored_select(&tx, jobs, history)?
-            );
+        for select in &selects {
+            let sql = format!("{select} WHERE parent IN (SELECT value FROM json_each(?1)) AND state = 'succeeded'");
             read_restored(&tx, &sql, [&running], &mut out)?;
         }
     }
