@@ -18,7 +18,9 @@ use faena_testkit::sim::{lease, register_request, request, request_in};
 use faena_testkit::stratum::hashes_at;
 use faena_testkit::stratum::{Miner, mine_async};
 use faena_testkit::tls::TlsFront;
-use faena_testkit::{Cluster, Listener, MasterOpts, WAIT, embedded_login, eventually, free_port, sample, scrape};
+use faena_testkit::{
+    Cluster, Listener, MasterOpts, WAIT, embedded_login, eventually, eventually_within, free_port, sample, scrape,
+};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
@@ -52,8 +54,12 @@ async fn a_daemon_source_mined_by_two_workers_finds_blocks_the_node_accepts() {
     // is not known again until they report it, and the size a share would
     // get meanwhile (the Stratum start difficulty) takes light-mode workers
     // minutes — a race with the test's wait, not what it checks.
-    let mut c = Cluster::start(opts(&[("FAENA_DAEMON_POLL_MS", "200"), ("FAENA_WORKER_SHARE_DIFFICULTY", "50")])).await;
-    let node = Monerod::start(c.dir.path(), 200).await;
+    let mut c = Cluster::start(opts(&[("FAENA_DAEMON_POLL_MS", "200"), ("FAENA_WORKER_SHARE_DIFFICULTY", "25")])).await;
+    // A block is 100 hashes on average; two light-mode threads beside the
+    // other suites make some 10 a second, and the time for three blocks
+    // has a long tail (once 55 s for two at 200), so their wait is longer
+    // than an event's.
+    let node = Monerod::start(c.dir.path(), 100).await;
     let wallet = Wallet::create(c.dir.path(), &node).await;
     for id in ["d1", "d2"] {
         c.add_worker_with(id, 1, &[("FAENA_RANDOMX_THREADS", "1")]).await;
@@ -72,7 +78,7 @@ async fn a_daemon_source_mined_by_two_workers_finds_blocks_the_node_accepts() {
     let start = node.height().await;
     let id = add_source(&c, json!({"kind": "daemon", "url": node.url, "wallet": wallet.address})).await;
 
-    let view = eventually("three blocks accepted", || async {
+    let view = eventually_within("three blocks accepted", 3 * WAIT, || async {
         let v = source(&c, &id).await;
         (accepted(&v).len() >= 3).then_some(v)
     })
