@@ -9,7 +9,10 @@
 #   interpreted    Faena's interpreter (CPUs with neither);
 #   randomx        RandomX's own randomx_init_dataset (what Faena ran before);
 #   xmrig          XMRig 6.x, when XMRIG is set: from its "init dataset"
-#                  line to "dataset ready", which covers the same steps.
+#                  line to "dataset ready", which covers the same steps;
+#   before         compiled, by another build of faena-randomx-bench
+#                  (BEFORE=/path, e.g. the last commit's), for a change's
+#                  effect measured beside XMRig in the same run.
 # Run as root, XMRig reserves 2 MiB pages itself and leaves them reserved,
 # so from its first run on it and compiled-huge use the same page size.
 # With HASHES=N, compiled, compiled-huge and XMRig also hash on every thread
@@ -22,6 +25,7 @@
 #   env: THREADS=<cores>  XMRIG=/path/to/xmrig (built from XMRig's source)
 #        HASHES=0 (nonces to hash after init; e.g. 30000)
 #        CONTENDERS="compiled compiled-huge avx2 interpreted randomx xmrig"
+#        BEFORE=/path/to/another/faena-randomx-bench (the before contender)
 #        FAENA_BIN_DIR=<dir> (prebuilt release binaries; nothing is built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +43,7 @@ ours() {
   local who=$1 how=$2 nonces=$3; shift 3
   local threads_hashing=$threads
   [ "$nonces" -gt 1 ] || threads_hashing=1
-  FAENA_RANDOMX_DATASET_INIT=$how "$bench" --mode fast --threads "$threads_hashing" --init "$threads" \
+  FAENA_RANDOMX_DATASET_INIT=$how "${bin:-$bench}" --mode fast --threads "$threads_hashing" --init "$threads" \
     --nonces "$nonces" "$@" | awk -v w="$who" -v n="$nonces" '
       /^Memory initialized in/ { init = $4 }
       /^Calculated result:/ { res = $3 }
@@ -94,6 +98,7 @@ run() {
     interpreted) ours interpreted interpreted 1 ;;
     randomx) ours randomx randomx 1 ;;
     xmrig) [ -z "${XMRIG:-}" ] || xmrig ;;
+    before) [ -z "${BEFORE:-}" ] || bin=$BEFORE ours before jit "$((hashes > 1 ? hashes : 1))" ;;
   esac
 }
 

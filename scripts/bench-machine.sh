@@ -4,7 +4,8 @@
 #
 #   scripts/bench-machine.sh pack DIR       here: builds the release binaries
 #       the benches run and strips them into DIR, with XMRig (XMRIG=/path,
-#       built from its public source) and the shared libraries it links
+#       built from its public source) and the shared libraries it links;
+#       with BEFORE=/path, another build of faena-randomx-bench beside it
 #   scripts/bench-machine.sh run DIR OUT    there: the figures, into OUT
 #
 # `run`, in this order:
@@ -19,7 +20,7 @@
 #      huge pages, the worker's default; reserved 2 MiB pages) against XMRig
 #      (scripts/bench-dataset.sh);
 #   4. the same on 2 threads, both confined to 2 CPUs of 2 physical cores
-#      (one round);
+#      (one round); in 3 and 4, a packed BEFORE build hashes beside them;
 #   5. (only when PHASES names it: scale) faena-scale-bench's 10,000-deep
 #      queue with 1,000 simulated workers and 1,000 watchers, ROUNDS times.
 # env: ROUNDS=2  JOBS=50000  SLOTS=512 (each worker's)  HASHES=100000 (nonces
@@ -41,6 +42,7 @@ pack() {
   for b in faena-master faena-worker faena-bench faena-randomx-bench faena-scale-bench; do
     strip -o "$dir/$b" "target/release/$b"
   done
+  [ -z "${BEFORE:-}" ] || strip -o "$dir/faena-randomx-bench-before" "$BEFORE"
   strip -o "$dir/lib/xmrig" "$XMRIG"
   # Its libraries that a bare machine may lack (glibc's own are left out).
   ldd "$XMRIG" | awk '/=> \// { print $3 }' | grep -vE '/lib(c|m|pthread|dl|rt)\.so' |
@@ -131,7 +133,9 @@ randomx() {
   # for Faena's reserved-page contender (XMRig reserves its own as root).
   echo 1600 >/proc/sys/vm/nr_hugepages 2>/dev/null || echo "could not reserve 2 MiB pages" >&2
   echo "== RandomX on $threads threads: $hashes nonces a run; HugePages_Free $(awk '/^HugePages_Free/ {print $2}' /proc/meminfo)"
-  "$@" env THREADS="$threads" HASHES="$hashes" FAENA_BIN_DIR="$bins" XMRIG="$bins/xmrig" \
+  local before=$bins/faena-randomx-bench-before
+  [ -x "$before" ] && contenders="$contenders before" || before=
+  "$@" env THREADS="$threads" HASHES="$hashes" FAENA_BIN_DIR="$bins" XMRIG="$bins/xmrig" BEFORE="$before" \
     CONTENDERS="$contenders" scripts/bench-dataset.sh "$rounds" 2>&1 |
     tee "$out/randomx-$threads.log" | grep -vE '^\[' || true
 }
