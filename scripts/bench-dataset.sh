@@ -25,7 +25,7 @@
 #   env: THREADS=<cores>  XMRIG=/path/to/xmrig (built from XMRig's source)
 #        HASHES=0 (nonces to hash after init; e.g. 30000)
 #        CONTENDERS="compiled compiled-huge avx2 interpreted randomx xmrig"
-#        BEFORE=/path/to/another/faena-randomx-bench (the before contender)
+#        BEFORE=/path/to/another/faena-randomx-bench (adds the before contender)
 #        FAENA_BIN_DIR=<dir> (prebuilt release binaries; nothing is built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -103,7 +103,7 @@ run() {
 }
 
 echo "dataset init, $threads threads, $rounds rounds;$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)" >&2
-order=${CONTENDERS:-compiled compiled-huge avx2 interpreted randomx xmrig}
+order=${CONTENDERS:-compiled compiled-huge avx2 interpreted randomx xmrig${BEFORE:+ before}}
 for _ in $(seq "$rounds"); do
   # Alternate the order, so no contender always runs first or last.
   for c in $order; do run "$c"; done
