@@ -80,8 +80,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("Calculated result: {}", faena_proto::jobs::encode_hex(&xor));
     println!("Performance: {:.1} hashes per second", nonces as f64 / elapsed);
-    // What backs the process's memory with transparent huge pages: the
-    // dataset's 2,080 MiB, and 2 MiB for each VM whose scratchpad moved.
+    // How much of the process's memory transparent huge pages back: at
+    // most the dataset's 2,080 MiB (RandomX's scratchpads are not 2 MiB
+    // aligned, so none of them gets one; BENCHMARKS.md).
     let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
     if let Some(kib) = rollup.lines().find_map(|l| l.strip_prefix("AnonHugePages:")) {
         let kib: u64 = kib.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
