@@ -1,7 +1,7 @@
 //! `faena-writer-bench`: the SQLite store's writer alone, the one thread
 //! every job passes, beside the least SQLite does to keep a job.
 //!
-//! `cargo run --release -p faena-testkit --bin faena-writer-bench -- [jobs] [group] [rounds] [shape]`
+//! `cargo run --release -p faena-testkit --bin faena-writer-bench -- [jobs] [group] [rounds] [shape] [shards]`
 //!
 //! `jobs` `noop` jobs (default 100,000) go through a store of their own
 //! (SQLite, fsync on every commit, as a master's default) in commit groups
@@ -17,6 +17,11 @@
 //! fsync. `rounds` (default 3) alternate the two. Prints each round's
 //! CPU a job of the writer's thread and of the floor's, and the ratio of
 //! their medians: how many bare SQLite jobs one Faena job costs.
+//!
+//! `shards` (default 1) splits the jobs over that many stores side by side,
+//! each its own file and writer thread, fed by a thread of its own (and the
+//! floor over as many files): what a store with a writer per shard could
+//! commit, and whether the commits' fsyncs of separate files overlap.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::path::Path;
@@ -58,10 +63,26 @@ impl Shape {
     }
 }
 
-/// The store's writer: CPU seconds a job, jobs a second.
-fn writer(dir: &Path, jobs: u64, group: u64, shape: Shape) -> (f64, f64) {
-    let store = Store::open(&dir.join("faena.db"), SyncMode::Full, Retention::OFF).expect("store");
+/// The store's writer over `shards` stores side by side: CPU seconds a
+/// job (every writer thread's), jobs a second (all of them).
+fn writer(dir: &Path, jobs: u64, group: u64, shape: Shape, shards: u64) -> (f64, f64) {
+    let stores: Vec<Store> = (0..shards)
+        .map(|k| Store::open(&dir.join(format!("faena-{k}.db")), SyncMode::Full, Retention::OFF).expect("store"))
+        .collect();
     let (before, started) = (cpu_of("faena-store"), Instant::now());
+    std::thread::scope(|s| {
+        for store in &stores {
+            s.spawn(move || feed(store, jobs / shards, group, shape));
+        }
+    });
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_of("faena-store") - before;
+    (cpu / jobs as f64, jobs as f64 / wall)
+}
+
+/// Stores, dispatches and ends `jobs` jobs through `store`, a commit group
+/// at a time.
+fn feed(store: &Store, jobs: u64, group: u64, shape: Shape) {
     let now = faena_proto::mqtt::now_ms();
     let dispatch = |ids: &[JobId], g: u64| {
         let worker = format!("bench-{}", g % 2 + 1);
@@ -121,72 +142,88 @@ fn writer(dir: &Path, jobs: u64, group: u64, shape: Shape) -> (f64, f64) {
             }
         }
         // One group at a time, as a master's commit groups come.
-        committed(&store);
+        committed(store);
         last = ids;
     }
-    let wall = started.elapsed().as_secs_f64();
-    let cpu = cpu_of("faena-store") - before;
-    (cpu / jobs as f64, jobs as f64 / wall)
 }
 
-/// The floor, on a thread of its own: CPU seconds a job, jobs a second.
-fn floor(dir: &Path, jobs: u64, group: u64) -> (f64, f64) {
-    let path = dir.join("floor.db");
-    std::thread::Builder::new()
-        .name("faena-floor".into())
-        .spawn(move || {
-            let mut conn = rusqlite::Connection::open(path).expect("opens");
-            conn.pragma_update(None, "journal_mode", "WAL").expect("wal");
-            conn.pragma_update(None, "synchronous", "FULL").expect("full");
-            conn.execute_batch("CREATE TABLE jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, body TEXT)")
-                .expect("table");
-            let (before, started) = (cpu_of("faena-floor"), Instant::now());
-            for g in 0..jobs / group {
-                let ids: Vec<String> = (0..group).map(|_| JobId::new().to_string()).collect();
-                let tx = conn.transaction().expect("begins");
-                for (i, id) in ids.iter().enumerate() {
-                    let body = json!({"payload": g * group + i as u64}).to_string();
-                    tx.prepare_cached("INSERT INTO jobs (id, state, body) VALUES (?1, 'queued', ?2)")
-                        .and_then(|mut s| s.execute(rusqlite::params![id, body]))
-                        .expect("inserts");
-                }
-                for id in &ids {
-                    tx.prepare_cached("UPDATE jobs SET state = 'running' WHERE id = ?1")
-                        .and_then(|mut s| s.execute([id]))
-                        .expect("updates");
-                }
-                for id in &ids {
-                    tx.prepare_cached("UPDATE jobs SET state = 'succeeded', body = ?2 WHERE id = ?1")
-                        .and_then(|mut s| s.execute(rusqlite::params![id, json!({"ok": true}).to_string()]))
-                        .expect("updates");
-                }
-                tx.commit().expect("commits");
-            }
-            let wall = started.elapsed().as_secs_f64();
-            ((cpu_of("faena-floor") - before) / jobs as f64, jobs as f64 / wall)
+/// The floor over `shards` files, a thread each: CPU seconds a job, jobs a
+/// second.
+fn floor(dir: &Path, jobs: u64, group: u64, shards: u64) -> (f64, f64) {
+    let started = Instant::now();
+    let floors: Vec<_> = (0..shards)
+        .map(|k| {
+            let path = dir.join(format!("floor-{k}.db"));
+            std::thread::Builder::new()
+                .name("faena-floor".into())
+                .spawn(move || bare(&path, jobs / shards, group))
+                .expect("thread")
         })
-        .expect("thread")
-        .join()
-        .expect("the floor ran")
+        .collect();
+    let cpu: f64 = floors.into_iter().map(|f| f.join().expect("the floor ran")).sum();
+    (cpu / jobs as f64, jobs as f64 / started.elapsed().as_secs_f64())
+}
+
+/// This thread's CPU seconds so far (`/proc/thread-self/stat`).
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, a)| a.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The same three writes a job on a bare table, on this thread: its CPU
+/// seconds.
+fn bare(path: &Path, jobs: u64, group: u64) -> f64 {
+    let mut conn = rusqlite::Connection::open(path).expect("opens");
+    conn.pragma_update(None, "journal_mode", "WAL").expect("wal");
+    conn.pragma_update(None, "synchronous", "FULL").expect("full");
+    conn.execute_batch("CREATE TABLE jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, body TEXT)").expect("table");
+    let before = own_cpu();
+    for g in 0..jobs / group {
+        let ids: Vec<String> = (0..group).map(|_| JobId::new().to_string()).collect();
+        let tx = conn.transaction().expect("begins");
+        for (i, id) in ids.iter().enumerate() {
+            let body = json!({"payload": g * group + i as u64}).to_string();
+            tx.prepare_cached("INSERT INTO jobs (id, state, body) VALUES (?1, 'queued', ?2)")
+                .and_then(|mut s| s.execute(rusqlite::params![id, body]))
+                .expect("inserts");
+        }
+        for id in &ids {
+            tx.prepare_cached("UPDATE jobs SET state = 'running' WHERE id = ?1")
+                .and_then(|mut s| s.execute([id]))
+                .expect("updates");
+        }
+        for id in &ids {
+            tx.prepare_cached("UPDATE jobs SET state = 'succeeded', body = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(rusqlite::params![id, json!({"ok": true}).to_string()]))
+                .expect("updates");
+        }
+        tx.commit().expect("commits");
+    }
+    own_cpu() - before
 }
 
 fn main() {
     let arg = |i: usize, default: u64| std::env::args().nth(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     let (jobs, group, rounds) = (arg(1, 100_000).max(1), arg(2, 256).clamp(1, 10_000), arg(3, 3).clamp(1, 100));
-    let jobs = jobs.div_ceil(group) * group;
+    let shards = arg(5, 1).clamp(1, 64);
+    // Every store gets whole groups, as many as the others.
+    let jobs = jobs.div_ceil(group * shards) * group * shards;
     let named = std::env::args().nth(4).unwrap_or_else(|| "apart".into());
     let Some(shape) = Shape::parse(&named) else {
         eprintln!("the shape is apart, arrival or together, not '{named}'");
         std::process::exit(2);
     };
     println!(
-        "faena-writer-bench: {jobs} jobs in commit groups of {group} ({named}), fsync on each commit, {rounds} rounds"
+        "faena-writer-bench: {jobs} jobs in commit groups of {group} ({named}), {shards} store(s) side by side, \
+         fsync on each commit, {rounds} rounds"
     );
-    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    let (mut ours, mut bare, mut ours_rate, mut bare_rate) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let dir = tempfile::tempdir().expect("dir");
-        let (w, w_rate) = writer(dir.path(), jobs, group, shape);
-        let (f, f_rate) = floor(dir.path(), jobs, group);
+        let (w, w_rate) = writer(dir.path(), jobs, group, shape, shards);
+        let (f, f_rate) = floor(dir.path(), jobs, group, shards);
         println!(
             "round {round}: writer {:6.2} µs/job {w_rate:7.0} jobs/s | floor {:6.2} µs/job {f_rate:7.0} jobs/s",
             w * 1e6,
@@ -194,7 +231,10 @@ fn main() {
         );
         ours.push(w);
         bare.push(f);
+        ours_rate.push(w_rate);
+        bare_rate.push(f_rate);
     }
     let (w, f) = (median(ours), median(bare));
     println!("medians: writer {:.2} µs/job, floor {:.2} µs/job, writer / floor {:.2}x", w * 1e6, f * 1e6, w / f);
+    println!("medians: writer {:.0} jobs/s, floor {:.0} jobs/s", median(ours_rate), median(bare_rate));
 }
