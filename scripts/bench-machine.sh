@@ -22,7 +22,11 @@
 #   4. the same on 2 threads, both confined to 2 CPUs of 2 physical cores
 #      (one round); in 3 and 4, a packed BEFORE build hashes beside them;
 #   5. (only when PHASES names it: scale) faena-scale-bench's 10,000-deep
-#      queue with 1,000 simulated workers and 1,000 watchers, ROUNDS times.
+#      queue with 1,000 simulated workers and 1,000 watchers, ROUNDS times;
+#   6. (only when PHASES names it: writer) the SQLite store's writer alone
+#      (faena-writer-bench, 409,600 jobs) over 1 store and over several
+#      side by side (SHARDS="1 2 4 8"), in batches and one by one, ROUNDS
+#      times alternated, medians against 1 store.
 # env: ROUNDS=2  JOBS=50000  SLOTS=512 (each worker's)  HASHES=100000 (nonces
 #      a RandomX run hashes on every CPU; a fifth on 2)  CORES="2 8 <all>"
 #      PHASES="dispatch randomx randomx2"
@@ -37,9 +41,10 @@ pack() {
   [ -n "${XMRIG:-}" ] || { echo "XMRIG=/path/to/xmrig is needed (built from XMRig's source)" >&2; exit 2; }
   need_build_tools
   cargo build --locked --release -p faena-master -p faena-worker -p faena-testkit \
-    --bin faena-master --bin faena-worker --bin faena-bench --bin faena-randomx-bench --bin faena-scale-bench >/dev/null
+    --bin faena-master --bin faena-worker --bin faena-bench --bin faena-randomx-bench --bin faena-scale-bench \
+    --bin faena-writer-bench >/dev/null
   mkdir -p "$dir/lib"
-  for b in faena-master faena-worker faena-bench faena-randomx-bench faena-scale-bench; do
+  for b in faena-master faena-worker faena-bench faena-randomx-bench faena-scale-bench faena-writer-bench; do
     strip -o "$dir/$b" "target/release/$b"
   done
   [ -z "${BEFORE:-}" ] || strip -o "$dir/faena-randomx-bench-before" "$BEFORE"
@@ -126,6 +131,45 @@ for m in masters:
 PY
 }
 
+# The store's writer over 1 store and over several side by side: what a
+# writer per shard commits on this machine's cores.
+writer() {
+  local rounds=${ROUNDS:-2} shards=${SHARDS:-1 2 4 8} n shape group
+  echo "== writer: faena-writer-bench 409600 jobs over $shards stores side by side, $rounds rounds"
+  for round in $(seq "$rounds"); do
+    for n in $shards; do
+      for shape in apart arrival; do
+        # One by one, a master's groups are smaller.
+        group=256
+        [ "$shape" = arrival ] && group=64
+        "$bins/faena-writer-bench" 409600 "$group" 3 "$shape" "$n" >"$out/round.log" 2>&1 || {
+          cat "$out/round.log" >&2
+          exit 1
+        }
+        cat "$out/round.log" >>"$out/writer.log"
+        awk -v n="$n" -v s="$shape" '/µs\/job, floor/ { cpu = $3 } /jobs\/s, floor/ { print n, s, $3, cpu }' \
+          "$out/round.log" | tee -a "$out/writer.txt"
+      done
+    done
+    shards=$(echo "$shards" | tr ' ' '\n' | tac | tr '\n' ' ')
+  done
+  rm -f "$out/round.log"
+  python3 - "$out/writer.txt" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+print(f"\n{'shape':<9}{'stores':>7}{'jobs/s':>9}{'min':>9}{'max':>9}{'/ 1 store':>10}{'CPU µs/job':>11}")
+for shape in ("apart", "arrival"):
+    med = {}
+    for n in sorted({int(r[0]) for r in rows}):
+        mine = [r for r in rows if int(r[0]) == n and r[1] == shape]
+        rates = [float(r[2]) for r in mine]
+        med[n] = statistics.median(rates)
+        vs = f"{med[n] / med[1]:>9.2f}x" if 1 in med else f"{'-':>10}"
+        cpu = statistics.median(float(r[3]) for r in mine)
+        print(f"{shape:<9}{n:>7}{med[n]:>9.0f}{min(rates):>9.0f}{max(rates):>9.0f}{vs}{cpu:>11.2f}")
+PY
+}
+
 randomx() {
   local threads=$1 hashes=$2 contenders=$3 rounds=$4
   shift 4
@@ -158,6 +202,7 @@ run() {
         done
         ;;
       randomx2) randomx 2 "$((hashes / 5))" "compiled compiled-huge xmrig" 1 taskset -c "$(first_cpus 2)" ;;
+      writer) writer ;;
       *) echo "unknown phase '$phase'" >&2; exit 2 ;;
     esac
   done
