@@ -88,7 +88,18 @@ pub fn signal(pid: i32, sig: &str) -> bool {
 
 /// User + system CPU time of process `pid` so far, in seconds (from `/proc`).
 pub fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// User + system CPU time of the calling thread so far, in seconds: read
+/// by the thread itself, where a thread that has ended leaves `/proc`.
+pub fn this_thread_cpu() -> f64 {
+    stat_cpu(&std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default())
+}
+
+/// User + system CPU seconds in a `/proc` `stat` line (0 where it does
+/// not parse).
+fn stat_cpu(stat: &str) -> f64 {
     // Fields after the command name (which may hold spaces) start after ')'.
     let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -117,12 +128,10 @@ pub fn thread_cpu(pid: i32) -> std::collections::BTreeMap<String, ThreadTimes> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
     for task in tasks.flatten() {
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        let (Some((head, after)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else { continue };
+        let (Some((head, _)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else { continue };
         let name = head.get(open + 1..).unwrap_or_default().to_owned();
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         let e: &mut ThreadTimes = by_name.entry(name).or_default();
-        e.cpu += (ticks(11) + ticks(12)) / 100.0;
+        e.cpu += stat_cpu(&stat);
         e.waited += run_queue_wait(&std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default());
         e.threads += 1;
     }
@@ -155,5 +164,13 @@ mod tests {
         let own = thread_cpu(std::process::id() as i32);
         assert!(own.values().all(|t| t.threads > 0 && t.cpu >= 0.0 && t.waited >= 0.0));
         assert!(own.values().map(|t| t.threads).sum::<usize>() >= 1);
+    }
+
+    #[test]
+    fn cpu_seconds_are_read_after_a_command_name_with_spaces_and_parentheses() {
+        let stat = "42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1";
+        assert_eq!(stat_cpu(stat), 3.0);
+        assert_eq!(stat_cpu(""), 0.0);
+        assert!(this_thread_cpu() >= 0.0);
     }
 }

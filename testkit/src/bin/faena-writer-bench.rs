@@ -15,8 +15,9 @@
 //! writes a job (an insert, two updates by id) on a bare table with no
 //! index but its key and no history, in the same groups with the same
 //! fsync. `rounds` (default 3) alternate the two. Prints each round's
-//! CPU a job of the writer's thread and of the floor's, and the ratio of
-//! their medians: how many bare SQLite jobs one Faena job costs.
+//! CPU a job of the writer's threads and of the floor's, and the ratio of
+//! their medians: how many bare SQLite jobs one Faena job costs; then the
+//! medians of their jobs/s.
 //!
 //! `shards` (default 1) splits the jobs over that many stores side by side,
 //! each its own file and writer thread, fed by a thread of its own (and the
@@ -32,7 +33,7 @@ use faena_proto::ids::{FencingToken, JobId};
 use faena_proto::jobs::{JobKind, JobSpec, JobState, Priority};
 use faena_store::{Retention, Store, StoreOp, SyncMode};
 use faena_testkit::bench::{committed, median};
-use faena_testkit::process::thread_cpu;
+use faena_testkit::process::{this_thread_cpu, thread_cpu};
 use serde_json::json;
 
 fn cpu_of(thread: &str) -> f64 {
@@ -164,14 +165,6 @@ fn floor(dir: &Path, jobs: u64, group: u64, shards: u64) -> (f64, f64) {
     (cpu / jobs as f64, jobs as f64 / started.elapsed().as_secs_f64())
 }
 
-/// This thread's CPU seconds so far (`/proc/thread-self/stat`).
-fn own_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, a)| a.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// The same three writes a job on a bare table, on this thread: its CPU
 /// seconds.
 fn bare(path: &Path, jobs: u64, group: u64) -> f64 {
@@ -179,7 +172,7 @@ fn bare(path: &Path, jobs: u64, group: u64) -> f64 {
     conn.pragma_update(None, "journal_mode", "WAL").expect("wal");
     conn.pragma_update(None, "synchronous", "FULL").expect("full");
     conn.execute_batch("CREATE TABLE jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, body TEXT)").expect("table");
-    let before = own_cpu();
+    let before = this_thread_cpu();
     for g in 0..jobs / group {
         let ids: Vec<String> = (0..group).map(|_| JobId::new().to_string()).collect();
         let tx = conn.transaction().expect("begins");
@@ -201,7 +194,7 @@ fn bare(path: &Path, jobs: u64, group: u64) -> f64 {
         }
         tx.commit().expect("commits");
     }
-    own_cpu() - before
+    this_thread_cpu() - before
 }
 
 fn main() {
