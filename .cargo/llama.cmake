@@ -31,10 +31,10 @@ endif()
 # One precompiled header of what they share (the architectures' declarations,
 # which pull in the model, graph and loader headers, and the standard
 # headers most of them include) is parsed once; the files then compile about
-# a fifth faster: 27 CPU-seconds fewer a build (BENCHMARKS.md, "llama.cpp's
-# headers parsed once"). The code compiled is the same: every one of these
-# headers is guarded, and none of the files defines a macro one of them
-# reads.
+# a fifth faster: about 25 CPU-seconds fewer a build, the header's own 2
+# counted (BENCHMARKS.md, "llama.cpp's headers parsed once"). The code
+# compiled is the same: every one of these headers is guarded, and no file
+# defines a macro before its first include.
 function(faena_llama_pch)
   if(TARGET llama)
     target_precompile_headers(llama PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}/src/models/models.h"
