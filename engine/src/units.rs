@@ -23,7 +23,7 @@ impl Engine {
     pub(super) fn dispatch_unit(&mut self, now: Now, id: JobId, worker: WorkerId) {
         let speed = self.workers.get(&worker).map(|w| self.workers.speed(w)).unwrap_or(1.0);
         let total = self.workers.total_speed(Lane::of(JobKind::RandomxMine));
-        let unit = JobId::new();
+        let unit = JobId::beside(id);
         let Some(carved) = self.mining.carve(id, unit, &worker, speed, total, now.mono) else {
             self.queue.remove(&id);
             return;

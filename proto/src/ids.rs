@@ -19,6 +19,23 @@ impl JobId {
     pub fn new() -> Self {
         Self(Uuid::now_v7())
     }
+
+    /// A new id stored in the same shard as `other` (a mining job's unit
+    /// beside its job, a retry beside the job it retries): its last byte,
+    /// random in a UUID v7, is `other`'s. [`JobId::shard`] reads that byte,
+    /// so the two share a shard whatever the store's number of shards.
+    pub fn beside(other: JobId) -> Self {
+        let mut bytes = *Uuid::now_v7().as_bytes();
+        bytes[15] = other.0.as_bytes()[15];
+        Self(Uuid::from_bytes(bytes))
+    }
+
+    /// Which of `shards` shards of a store holds this job: its last byte
+    /// (random) modulo their number. Stored jobs never move, so this must
+    /// not change.
+    pub fn shard(&self, shards: usize) -> usize {
+        usize::from(self.0.as_bytes()[15]) % shards.max(1)
+    }
 }
 
 impl Default for JobId {
@@ -181,6 +198,24 @@ impl<'de> Deserialize<'de> for FencingToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An id made beside another is in its shard for any number of shards,
+    /// and ids spread over the shards.
+    #[test]
+    fn an_id_beside_another_shares_its_shard_and_ids_spread() {
+        let mut seen = [0usize; 4];
+        for _ in 0..400 {
+            let job = JobId::new();
+            let unit = JobId::beside(job);
+            assert_ne!(job, unit);
+            for n in 1..=16 {
+                assert_eq!(unit.shard(n), job.shard(n), "{n} shards");
+            }
+            seen[job.shard(4)] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "spread over 4 shards: {seen:?}");
+        assert_eq!(JobId::new().shard(0), 0, "no shards reads as one");
+    }
 
     #[test]
     fn fencing_tokens_are_random_bounded_and_not_printed_whole() {

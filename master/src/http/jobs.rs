@@ -206,7 +206,7 @@ pub(super) async fn retry(
         api_key: req.api_key,
         options,
     };
-    let job = NewJob { retry_of: Some(id), ..new_job(resubmit, JobId::new(), &[])? };
+    let job = NewJob { retry_of: Some(id), ..new_job(resubmit, JobId::beside(id), &[])? };
     let accepted = state.coord.submit(vec![job]).await?;
     let a = accepted.first().copied().ok_or(CoordError::Stopped)?;
     let body =
