@@ -215,7 +215,13 @@ pub async fn run(
                 None => return Ok(()),
             }
         }
-        None => store::Store::open(&cfg.data_dir.join("faena.db"), cfg.store_sync, cfg.retention()?)?,
+        None => {
+            let shards = cfg.store_shards.map(usize::from);
+            let store =
+                store::Store::open_sharded(&cfg.data_dir.join("faena.db"), cfg.store_sync, cfg.retention()?, shards)?;
+            tracing::info!(shards = store.shards(), "job store: SQLite in the data directory");
+            store
+        }
     };
     let listeners = Listeners::bind(&cfg)?;
     let mut on_ready = Some(on_ready);

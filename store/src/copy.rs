@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::StoreError;
 use crate::pg::write::{INSERT, RECORD};
-use crate::sqlite::generations::{JOB_COLUMNS, Layout, listed};
+use crate::sqlite::generations::{JOB_COLUMNS, Layout, listed_in};
 
 /// How far a copy got.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -81,7 +81,11 @@ pub async fn copy(
     let (mut client, conn) = target.config.connect(target.tls).await?;
     let driver = tokio::spawn(conn);
     let mut report = CopyReport::default();
-    let gens = listed(&source)?;
+    // A store of several shards: each of its files attached, its jobs
+    // read as one (row ids are the store's, unique across them).
+    let schemas = crate::shards::attach(&source, from)?;
+    let gens: Vec<(String, String)> =
+        schemas.iter().map(|s| listed_in(&source, s)).collect::<Result<Vec<_>, _>>()?.concat();
     // Every generation's jobs, in row-id order (unique across them).
     let union = gens
         .iter()
@@ -148,9 +152,11 @@ pub async fn copy(
         progress(report.jobs);
     }
     report.config_versions = copy_config(&source, &client).await?;
-    copy_keys(&source, &client).await?;
+    for schema in &schemas {
+        copy_keys(&source, schema, &client).await?;
+        copy_firings(&source, schema, &client).await?;
+    }
     copy_named(&source, &client).await?;
-    copy_firings(&source, &client).await?;
     let mining = from.with_file_name("mining.db");
     if mining.is_file() {
         report.mining = copy_mining(&mining, &mut client).await?;
@@ -269,10 +275,11 @@ async fn insert_history(tx: &tokio_postgres::Transaction<'_>, rows: &[HistoryRow
 
 /// The live configuration's versions (those the target lacks); how many.
 /// The unique keys still held (a copy resumed copies them again: the same rows).
-async fn copy_keys(source: &Connection, client: &tokio_postgres::Client) -> Result<(), StoreError> {
+async fn copy_keys(source: &Connection, schema: &str, client: &tokio_postgres::Client) -> Result<(), StoreError> {
     let now = faena_proto::mqtt::now_ms() as i64;
-    let mut stmt =
-        source.prepare("SELECT key, job, until_ms FROM unique_keys WHERE until_ms IS NULL OR until_ms > ?1")?;
+    let mut stmt = source.prepare(&format!(
+        "SELECT key, job, until_ms FROM {schema}.unique_keys WHERE until_ms IS NULL OR until_ms > ?1"
+    ))?;
     let rows =
         stmt.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<i64>>(2)?)))?;
     for row in rows {
@@ -303,9 +310,10 @@ async fn copy_named(source: &Connection, client: &tokio_postgres::Client) -> Res
     Ok(())
 }
 
-/// Each schedule's last firing, so a copied store fires nothing twice.
-async fn copy_firings(source: &Connection, client: &tokio_postgres::Client) -> Result<(), StoreError> {
-    let mut stmt = source.prepare("SELECT name, at_ms, job FROM schedule_firings")?;
+/// Each schedule's last firing, so a copied store fires nothing twice (the
+/// latest of the shards').
+async fn copy_firings(source: &Connection, schema: &str, client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    let mut stmt = source.prepare(&format!("SELECT name, at_ms, job FROM {schema}.schedule_firings"))?;
     let rows =
         stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<String>>(2)?)))?;
     for row in rows {
@@ -313,7 +321,7 @@ async fn copy_firings(source: &Connection, client: &tokio_postgres::Client) -> R
         let job = job.as_deref().map(uuid).transpose()?;
         client
             .execute(
-                "INSERT INTO schedule_firings (name, at_ms, job) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET at_ms = excluded.at_ms, job = excluded.job",
+                "INSERT INTO schedule_firings (name, at_ms, job) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET at_ms = excluded.at_ms, job = excluded.job WHERE schedule_firings.at_ms <= excluded.at_ms",
                 &[&name, &at, &job],
             )
             .await?;

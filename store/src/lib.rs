@@ -2,10 +2,12 @@
 //! re-exported here): the engine's changes go in as [`StoreOp`]s,
 //! unfinished jobs come back as [`RestoredJob`]s; the REST side reads jobs,
 //! pages and histories (`contract.rs`).
-//! Backends: SQLite (`sqlite/`, one file, the default) and PostgreSQL
-//! (`pg/`, the store for a cluster).
+//! Backends: SQLite (`sqlite/`, one file, the default, or several with a
+//! writer each, `shards.rs`) and PostgreSQL (`pg/`, the store for a
+//! cluster).
 //!
-//! One writer thread owns the backend's write connection and commits in
+//! One writer thread owns the backend's write connection (a SQLite store
+//! of shards: one a file) and commits in
 //! groups (`writer.rs`): it takes every operation queued so far, applies
 //! them in one transaction, commits, and only then runs the callbacks
 //! waiting on them (the 202 of a submission, the final event of a job).
@@ -13,7 +15,7 @@
 //! paying one each. Reads use connections of their own.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -31,6 +33,7 @@ pub mod harness;
 pub mod mining;
 mod pg;
 pub mod settings;
+pub mod shards;
 mod sqlite;
 mod writer;
 pub use contract::{DEFAULT_PAGE, JobFilter, MAX_PAGE, Page, Retention, Transition};
@@ -66,6 +69,8 @@ pub enum StoreError {
     Pool(String),
     #[error("the store's schema is version {found}, newer than this build knows ({known}): run a newer master")]
     Schema { found: i32, known: i32 },
+    #[error("the store's shards: {0}")]
+    Shards(String),
 }
 
 impl StoreError {
@@ -126,6 +131,9 @@ enum Cmd {
     Many(Vec<Cmd>),
     /// One step of retention, with the group it arrived with.
     Prune(tokio::sync::oneshot::Sender<Result<usize, StoreError>>),
+    /// The row id and time of the next `Insert` (always in the same
+    /// message): a store of shards numbers jobs in the order they were queued.
+    Row(writer::Stamp),
 }
 
 /// Writes and callbacks gathered by one caller, to be queued together
@@ -154,7 +162,7 @@ impl Batch {
                     let _ = reply.send(Err(StoreError::Unavailable));
                 }
                 Cmd::Many(cmds) => Self::fail(cmds),
-                Cmd::Op(_) => {}
+                Cmd::Op(_) | Cmd::Row(_) => {}
             }
         }
     }
@@ -175,16 +183,25 @@ impl std::fmt::Debug for Batch {
 /// Where reads go.
 #[derive(Clone)]
 enum Reader {
-    /// The read connection, and the database file's path.
-    Sqlite(Arc<Mutex<Connection>>, Arc<Path>),
+    /// Each shard's read connection and file, shard 0 first (`shards.rs`).
+    Sqlite(Arc<[SqliteShard]>),
     Postgres(deadpool_postgres::Pool),
+}
+
+struct SqliteShard {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
 }
 
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::Sender<Cmd>,
+    /// Each writer's queue: one, or a SQLite store's shards' in order.
+    tx: Arc<[mpsc::Sender<Cmd>]>,
     reader: Reader,
-    healthy: Arc<AtomicBool>,
+    healthy: Arc<[Arc<AtomicBool>]>,
+    /// A store of shards: the row ids its jobs take, in the order queued,
+    /// and the callbacks waiting on every shard's writer.
+    sharded: Option<(Arc<shards::Numbering>, Arc<shards::Joiner>)>,
     retention: Retention,
     /// The leader's epoch the writer fences each group with (PostgreSQL).
     fence: Arc<std::sync::atomic::AtomicI64>,
@@ -200,10 +217,35 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (or makes) the store at `path`; `retention` sizes its
-    /// generations (what [`Store::prune`] drops).
+    /// generations (what [`Store::prune`] drops). A store made with
+    /// shards opens with them.
     pub fn open(path: &Path, sync: SyncMode, retention: Retention) -> Result<Self, StoreError> {
-        let (writer, reader) = sqlite::open_store(path, sync, retention)?;
-        Self::start(writer, Reader::Sqlite(Arc::new(Mutex::new(reader)), path.into()), retention, unfenced(), None)
+        Self::open_sharded(path, sync, retention, None)
+    }
+
+    /// The same, its jobs spread over `shards` files each with a writer of
+    /// its own (`shards.rs`): the number a new store is made with, and
+    /// that an existing one must have been made with (none: as it was).
+    pub fn open_sharded(
+        path: &Path,
+        sync: SyncMode,
+        retention: Retention,
+        shards: Option<usize>,
+    ) -> Result<Self, StoreError> {
+        let mut writers = Vec::new();
+        let mut readers = Vec::new();
+        let (opened, numbering) = shards::open(path, sync, retention, shards)?;
+        let sharded = (opened.len() > 1).then(|| (Arc::new(numbering), Arc::new(shards::Joiner::new(opened.len()))));
+        for o in opened {
+            writers.push(o.writer);
+            readers.push(SqliteShard { conn: Arc::new(Mutex::new(o.reader)), path: o.path });
+        }
+        Self::start(writers, Reader::Sqlite(readers.into()), retention, unfenced(), None, sharded)
+    }
+
+    /// How many shards the store's jobs are spread over (1 on PostgreSQL).
+    pub fn shards(&self) -> usize {
+        self.tx.len()
     }
 
     /// Connects to the PostgreSQL store at `url` (`postgres://…`),
@@ -211,7 +253,7 @@ impl Store {
     pub async fn connect(url: &str, retention: Retention) -> Result<Self, StoreError> {
         let fence = unfenced();
         let (writer, pool, election) = pg::open_store(url, retention, fence.clone()).await?;
-        Self::start(writer, Reader::Postgres(pool), retention, fence, Some(election))
+        Self::start(vec![writer], Reader::Postgres(pool), retention, fence, Some(election), None)
     }
 
     /// Fences every group committed from now on with the leader's `epoch`
@@ -230,31 +272,34 @@ impl Store {
         self.election.as_ref()
     }
 
-    /// Starts the writer thread on `backend`.
+    /// Starts a writer thread on each of `backends` (a store's shards).
     fn start(
-        backend: impl writer::Apply,
+        backends: Vec<impl writer::Apply>,
         reader: Reader,
         retention: Retention,
         fence: Arc<std::sync::atomic::AtomicI64>,
         election: Option<Election>,
+        sharded: Option<(Arc<shards::Numbering>, Arc<shards::Joiner>)>,
     ) -> Result<Self, StoreError> {
-        let (tx, rx) = mpsc::channel();
-        let healthy = Arc::new(AtomicBool::new(true));
-        let flag = healthy.clone();
-        std::thread::Builder::new()
-            .name("faena-store".into())
-            .spawn(move || writer::run(backend, rx, flag))
-            .map_err(StoreError::Spawn)?;
-        Ok(Self { tx, reader, healthy, retention, fence, election })
-    }
-
-    /// Runs a read on SQLite's read connection, off the async threads.
-    async fn sqlite<T: Send + 'static>(
-        conn: &Arc<Mutex<Connection>>,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let conn = conn.clone();
-        tokio::task::spawn_blocking(move || f(&conn.lock())).await.map_err(StoreError::Task)?
+        let (mut tx, mut healthy) = (Vec::new(), Vec::new());
+        for (k, backend) in backends.into_iter().enumerate() {
+            let (sender, rx) = mpsc::channel();
+            let flag = Arc::new(AtomicBool::new(true));
+            let mine = flag.clone();
+            let joiner = sharded.as_ref().map(|(_, j)| j.clone());
+            let done = move |messages| {
+                if let Some(j) = &joiner {
+                    j.committed(k, messages);
+                }
+            };
+            std::thread::Builder::new()
+                .name("faena-store".into())
+                .spawn(move || writer::run(backend, rx, mine, done))
+                .map_err(StoreError::Spawn)?;
+            tx.push(sender);
+            healthy.push(flag);
+        }
+        Ok(Self { tx: tx.into(), reader, healthy: healthy.into(), sharded, retention, fence, election })
     }
 
     /// Every job that was queued or running, in submission order, and the
@@ -262,7 +307,12 @@ impl Store {
     /// A job waiting for others gets those that had ended, and how.
     pub async fn load_unfinished(&self) -> Result<Vec<RestoredJob>, StoreError> {
         let mut jobs = match &self.reader {
-            Reader::Sqlite(c, _) => Self::sqlite(c, sqlite::read::load_unfinished).await?,
+            Reader::Sqlite(s) => {
+                let mut all: Vec<RestoredJob> =
+                    shards::read::each(s, sqlite::read::load_unfinished).await?.into_iter().flatten().collect();
+                all.sort_by_key(|j| j.seq);
+                all
+            }
             Reader::Postgres(p) => pg::read::load_unfinished(p).await?,
         };
         let parents: std::collections::HashSet<JobId> =
@@ -287,7 +337,7 @@ impl Store {
     /// it succeeded (what a job submitted `after` them needs to know).
     pub async fn outcomes(&self, ids: Vec<JobId>) -> Result<HashMap<JobId, Outcome>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(c, _) => Self::sqlite(c, move |c| sqlite::read::outcomes(c, &ids)).await,
+            Reader::Sqlite(s) => shards::read::outcomes(s, ids).await,
             Reader::Postgres(p) => pg::read::outcomes(p, &ids).await,
         }
     }
@@ -295,7 +345,7 @@ impl Store {
     /// The unique keys held at `now_ms` (read back with the unfinished jobs).
     pub async fn held_keys(&self, now_ms: u64) -> Result<Vec<HeldKey>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(c, _) => Self::sqlite(c, move |c| sqlite::read::held_keys(c, now_ms)).await,
+            Reader::Sqlite(s) => shards::read::held_keys(s, now_ms).await,
             Reader::Postgres(p) => pg::read::held_keys(p, now_ms).await,
         }
     }
@@ -303,7 +353,7 @@ impl Store {
     /// Every document of `kind` stored (name, JSON), by name.
     pub async fn named(&self, kind: NamedKind) -> Result<Vec<(String, String)>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(c, _) => Self::sqlite(c, move |c| sqlite::read::named(c, kind)).await,
+            Reader::Sqlite(s) => shards::read::on(s, 0, move |c| sqlite::read::named(c, kind)).await,
             Reader::Postgres(p) => pg::read::named(p, kind).await,
         }
     }
@@ -311,7 +361,7 @@ impl Store {
     /// Each recurring schedule's last firing, by name.
     pub async fn firings(&self) -> Result<HashMap<String, Firing>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(c, _) => Self::sqlite(c, sqlite::read::firings).await,
+            Reader::Sqlite(s) => shards::read::firings(s).await,
             Reader::Postgres(p) => pg::read::firings(p).await,
         }
     }
@@ -319,7 +369,7 @@ impl Store {
     /// A job as stored (finished jobs are only here).
     pub async fn get(&self, id: JobId) -> Result<Option<JobView>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(c, _) => Self::sqlite(c, move |c| sqlite::read::get(c, id)).await,
+            Reader::Sqlite(s) => shards::read::on(s, id.shard(s.len()), move |c| sqlite::read::get(c, id)).await,
             Reader::Postgres(p) => pg::read::get(p, id).await,
         }
     }
@@ -327,7 +377,7 @@ impl Store {
     /// What job `id` ran: its kind and parameters as submitted.
     pub async fn spec(&self, id: JobId) -> Result<Option<JobSpec>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(c, _) => Self::sqlite(c, move |c| sqlite::read::spec(c, id)).await,
+            Reader::Sqlite(s) => shards::read::on(s, id.shard(s.len()), move |c| sqlite::read::spec(c, id)).await,
             Reader::Postgres(p) => pg::read::spec(p, id).await,
         }
     }
@@ -335,7 +385,7 @@ impl Store {
     /// Job `id`'s recorded state changes, oldest first.
     pub async fn history(&self, id: JobId) -> Result<Vec<Transition>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(c, _) => Self::sqlite(c, move |c| sqlite::read::history(c, id)).await,
+            Reader::Sqlite(s) => shards::read::on(s, id.shard(s.len()), move |c| sqlite::read::history(c, id)).await,
             Reader::Postgres(p) => pg::read::history(p, id).await,
         }
     }
@@ -344,49 +394,73 @@ impl Store {
     /// result (`GET /api/jobs/{id}` has it) and no queue position.
     pub async fn list(&self, f: &JobFilter) -> Result<Page, StoreError> {
         match &self.reader {
-            Reader::Sqlite(c, _) => {
-                let f = f.clone();
-                Self::sqlite(c, move |c| sqlite::list::list(c, &f)).await
-            }
+            Reader::Sqlite(s) => shards::read::list(s, f).await,
             Reader::Postgres(p) => pg::list::list(p, f).await,
         }
     }
 
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.healthy.iter().all(|h| h.load(Ordering::Relaxed))
     }
 
     /// Queues a write; it commits with the next group.
     pub fn write(&self, op: StoreOp) {
-        let _ = self.tx.send(Cmd::Op(op));
+        let Some((ids, joiner)) = &self.sharded else {
+            let _ = self.tx[0].send(Cmd::Op(op));
+            return;
+        };
+        let k = shards::route(&op, self.tx.len());
+        let cmd = match op {
+            StoreOp::Insert { at_ms, .. } => Cmd::Many(vec![Cmd::Row(ids.stamp(at_ms)), Cmd::Op(op)]),
+            op => Cmd::Op(op),
+        };
+        joiner.send(k, &self.tx[k], cmd);
     }
 
-    /// Runs `f` once everything queued before it is committed (or failed).
+    /// Runs `f` once everything queued before it is committed (or failed),
+    /// in every shard.
     pub fn after_commit(&self, f: impl FnOnce(Result<(), CommitFailed>) + Send + 'static) {
-        if let Err(mpsc::SendError(cmd)) = self.tx.send(Cmd::AfterCommit(Box::new(f))) {
-            Batch::fail(vec![cmd]);
+        match &self.sharded {
+            Some((_, joiner)) => joiner.after(Box::new(f), &self.tx[0]),
+            None => {
+                if let Err(mpsc::SendError(cmd)) = self.tx[0].send(Cmd::AfterCommit(Box::new(f))) {
+                    Batch::fail(vec![cmd]);
+                }
+            }
         }
     }
 
     /// Queues what `batch` gathered, in its order, as one message: the
     /// writer takes it into one group whole, so changes made together
-    /// (a job stored and dispatched) cost one commit, not one each.
+    /// (a job stored and dispatched) cost one commit, not one each. Over
+    /// shards, each writer gets its part as one message.
     pub fn send(&self, batch: &mut Batch) {
         if batch.cmds.is_empty() {
             return;
         }
-        if let Err(mpsc::SendError(Cmd::Many(cmds))) = self.tx.send(Cmd::Many(std::mem::take(&mut batch.cmds))) {
-            Batch::fail(cmds);
+        let cmds = std::mem::take(&mut batch.cmds);
+        let Some((ids, joiner)) = &self.sharded else {
+            if let Err(mpsc::SendError(Cmd::Many(cmds))) = self.tx[0].send(Cmd::Many(cmds)) {
+                Batch::fail(cmds);
+            }
+            return;
+        };
+        let (parts, callbacks) = shards::split(cmds, self.tx.len(), ids);
+        for (k, part) in parts.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+            joiner.send(k, &self.tx[k], Cmd::Many(part));
+        }
+        if let Some(f) = callbacks {
+            joiner.after(f, &self.tx[0]);
         }
     }
 
-    /// The store's size on disk: SQLite's file and its write-ahead log, or
-    /// the PostgreSQL database's.
+    /// The store's size on disk: SQLite's files and their write-ahead
+    /// logs, or the PostgreSQL database's.
     pub async fn bytes(&self) -> Result<u64, StoreError> {
         match &self.reader {
-            Reader::Sqlite(_, path) => {
-                let files = [path.to_path_buf(), path.with_extension("db-wal")];
-                Ok(files.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum())
+            Reader::Sqlite(s) => {
+                let files = s.iter().flat_map(|s| [s.path.clone(), s.path.with_extension("db-wal")]);
+                Ok(files.filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum())
             }
             Reader::Postgres(p) => pg::read::bytes(p).await,
         }
@@ -397,12 +471,24 @@ impl Store {
         self.retention
     }
 
-    /// Drops the oldest generation if all of it is out of retention (on the
-    /// writer, with the current commit group); how many jobs went.
+    /// Drops the oldest generation (of each shard) if all of it is out of
+    /// retention (on the writer, with the current commit group); how many
+    /// jobs went.
     pub async fn prune(&self) -> Result<usize, StoreError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx.send(Cmd::Prune(tx)).map_err(|_| StoreError::Unavailable)?;
-        rx.await.map_err(|_| StoreError::Unavailable)?
+        let mut replies = Vec::with_capacity(self.tx.len());
+        for (k, tx) in self.tx.iter().enumerate() {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            match &self.sharded {
+                Some((_, joiner)) => joiner.send(k, tx, Cmd::Prune(reply)),
+                None => tx.send(Cmd::Prune(reply)).map_err(|_| StoreError::Unavailable)?,
+            }
+            replies.push(rx);
+        }
+        let mut pruned = 0;
+        for rx in replies {
+            pruned += rx.await.map_err(|_| StoreError::Unavailable)??;
+        }
+        Ok(pruned)
     }
 }
 

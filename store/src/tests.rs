@@ -11,37 +11,50 @@ pub(crate) async fn wait_commit(store: &Store) {
     assert_eq!(rx.await, Ok(true), "the group commits");
 }
 
-/// Fresh storage of one backend: a SQLite file in a temporary directory,
-/// or a PostgreSQL of its own (`harness`).
+/// Fresh storage of one backend: a SQLite file in a temporary directory
+/// (or several: a store of shards), or a PostgreSQL of its own (`harness`).
 struct Backend {
     dir: tempfile::TempDir,
     pg: Option<crate::harness::Postgres>,
+    shards: Option<usize>,
 }
 
 impl Backend {
     fn sqlite() -> Self {
-        Self { dir: tempfile::tempdir().expect("tmp dir"), pg: None }
+        Self { dir: tempfile::tempdir().expect("tmp dir"), pg: None, shards: None }
+    }
+
+    /// SQLite over four files, each with its writer (`shards.rs`).
+    fn sqlite_shards() -> Self {
+        Self { shards: Some(4), ..Self::sqlite() }
     }
 
     fn postgres() -> Self {
-        Self { dir: tempfile::tempdir().expect("tmp dir"), pg: Some(crate::harness::Postgres::start()) }
+        Self { pg: Some(crate::harness::Postgres::start()), ..Self::sqlite() }
     }
 
     async fn open(&self) -> Store {
+        let path = self.dir.path().join("jobs.db");
         match &self.pg {
             Some(pg) => Store::connect(&pg.url(), Retention::OFF).await.expect("connects"),
-            None => Store::open(&self.dir.path().join("jobs.db"), SyncMode::Full, Retention::OFF).expect("opens"),
+            None => Store::open_sharded(&path, SyncMode::Full, Retention::OFF, self.shards).expect("opens"),
         }
     }
 }
 
-/// Runs the check `$f(&Backend)` on each backend, as two tests.
-macro_rules! on_both {
+/// Runs the check `$f(&Backend)` on each backend (SQLite in one file and
+/// in shards, PostgreSQL), as three tests.
+macro_rules! on_every_backend {
     ($f:ident) => {
         mod $f {
             #[tokio::test]
             async fn on_sqlite() {
                 super::$f(&super::Backend::sqlite()).await;
+            }
+
+            #[tokio::test]
+            async fn on_sqlite_shards() {
+                super::$f(&super::Backend::sqlite_shards()).await;
             }
 
             #[tokio::test]
@@ -52,7 +65,7 @@ macro_rules! on_both {
     };
 }
 
-on_both!(records_every_transition_and_restores_unfinished_jobs);
+on_every_backend!(records_every_transition_and_restores_unfinished_jobs);
 async fn records_every_transition_and_restores_unfinished_jobs(backend: &Backend) {
     let (a, b, c) = (JobId::new(), JobId::new(), JobId::new());
     {
@@ -101,7 +114,7 @@ async fn records_every_transition_and_restores_unfinished_jobs(backend: &Backend
     assert!(store.get(JobId::new()).await.expect("reads").is_none());
 }
 
-on_both!(a_restored_job_counts_the_priority_changes_in_its_history);
+on_every_backend!(a_restored_job_counts_the_priority_changes_in_its_history);
 async fn a_restored_job_counts_the_priority_changes_in_its_history(backend: &Backend) {
     let id = JobId::new();
     {
@@ -125,7 +138,7 @@ async fn a_restored_job_counts_the_priority_changes_in_its_history(backend: &Bac
     assert_eq!(restored.iter().map(|j| (j.id, j.priority_changes)).collect::<Vec<_>>(), [(id, 3)]);
 }
 
-on_both!(since_holds_when_the_clock_steps_back);
+on_every_backend!(since_holds_when_the_clock_steps_back);
 async fn since_holds_when_the_clock_steps_back(backend: &Backend) {
     let store = backend.open().await;
     // Submitted at 1000, 3000, then 2000 (the master's clock stepped back).
@@ -160,7 +173,7 @@ async fn since_holds_when_the_clock_steps_back(backend: &Backend) {
     assert_eq!(listed(0).await, vec![ids[2], ids[1], ids[0]]);
 }
 
-on_both!(lists_by_state_and_worker_across_open_and_ended_jobs);
+on_every_backend!(lists_by_state_and_worker_across_open_and_ended_jobs);
 /// The listing's state and worker filters, alone and together, over jobs
 /// queued, running and ended (PostgreSQL reads unfinished states and a
 /// worker's running jobs among the open ones, migration 8), and a
@@ -358,11 +371,21 @@ async fn all_listed(store: &Store) -> Vec<JobId> {
 /// resumes, reads back the same; a store holding other jobs is refused.
 #[tokio::test]
 async fn a_sqlite_store_copies_into_postgres_resumably() {
+    copies_into_postgres_resumably(None).await;
+}
+
+/// The same from a store of four shards: their jobs read as one.
+#[tokio::test]
+async fn a_sqlite_store_of_shards_copies_into_postgres_resumably() {
+    copies_into_postgres_resumably(Some(4)).await;
+}
+
+async fn copies_into_postgres_resumably(shards: Option<usize>) {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("faena.db");
     // Generations of 16 (a quarter of 64), so the copy reads several.
     let keep = Retention { age: None, keep: Some(64) };
-    let source = Store::open(&path, SyncMode::Normal, keep).expect("opens");
+    let source = Store::open_sharded(&path, SyncMode::Normal, keep, shards).expect("opens");
     let ids: Vec<JobId> = (0..100).map(|_| JobId::new()).collect();
     for (i, id) in ids.iter().enumerate() {
         noop(&source, *id, i as u64);

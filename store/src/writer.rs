@@ -14,15 +14,36 @@ use super::{Callback, Cmd, CommitFailed, MAX_GROUP, StoreError, StoreOp};
 /// steps of retention in one transaction, and commits. On an error nothing
 /// of the group is stored (it is given again, with what arrived since).
 pub(crate) trait Apply: Send + 'static {
-    fn apply(&mut self, ops: &[StoreOp], prunes: usize) -> Result<Vec<Result<usize, StoreError>>, StoreError>;
+    /// `stamps`: the row ids and times of the group's new jobs, in order,
+    /// where the store stamped them (a store of shards); else the backend
+    /// numbers them.
+    fn apply(
+        &mut self,
+        ops: &[StoreOp],
+        stamps: &[Stamp],
+        prunes: usize,
+    ) -> Result<Vec<Result<usize, StoreError>>, StoreError>;
 }
 
 type PruneReply = tokio::sync::oneshot::Sender<Result<usize, StoreError>>;
+
+/// What a store of shards gives a new job as it is queued: its row id and
+/// its `created_at`, both in the order jobs were queued over every shard
+/// (`created_at` never below the job's before it, as on one file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub row: i64,
+    pub created: i64,
+}
 
 /// What arrived since the last commit.
 #[derive(Default)]
 struct Group {
     ops: Vec<StoreOp>,
+    /// The stamps of the new jobs of `ops`, in order.
+    rows: Vec<Stamp>,
+    /// Messages taken into the group (each a change, a batch, a callback).
+    messages: u64,
     callbacks: Vec<Callback>,
     prunes: Vec<PruneReply>,
 }
@@ -34,6 +55,7 @@ impl Group {
             Cmd::AfterCommit(cb) => self.callbacks.push(cb),
             Cmd::Prune(reply) => self.prunes.push(reply),
             Cmd::Many(cmds) => cmds.into_iter().for_each(|c| self.take(c)),
+            Cmd::Row(stamp) => self.rows.push(stamp),
         }
     }
 
@@ -48,7 +70,10 @@ impl Group {
 /// 2 s): nothing queued is dropped and no callback runs before the changes
 /// ahead of it are stored. The store reads as unhealthy meanwhile, so the
 /// master takes no new jobs and hands out no work.
-pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc<AtomicBool>) {
+///
+/// `done` hears how many messages each group that committed (or was
+/// answered) held: a store of shards counts them (`shards::Joiner`).
+pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc<AtomicBool>, done: impl Fn(u64)) {
     let mut group = Group::default();
     let mut backoff = Policy::DELIVERY.start();
     let mut failed_at: Option<Instant> = None;
@@ -57,14 +82,20 @@ pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc
     loop {
         if group.is_empty() {
             match rx.recv() {
-                Ok(cmd) => group.take(cmd),
+                Ok(cmd) => {
+                    group.take(cmd);
+                    group.messages += 1;
+                }
                 Err(_) => return,
             }
         }
         let mut closed = false;
         while group.ops.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(cmd) => group.take(cmd),
+                Ok(cmd) => {
+                    group.take(cmd);
+                    group.messages += 1;
+                }
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     closed = true;
@@ -83,9 +114,10 @@ pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc
             for cb in group.callbacks.drain(..) {
                 cb(answer.clone().map_or(Ok(()), Err));
             }
+            done(std::mem::take(&mut group.messages));
             continue;
         }
-        match backend.apply(&group.ops, group.prunes.len()) {
+        match backend.apply(&group.ops, &group.rows, group.prunes.len()) {
             Ok(pruned) => {
                 refused = None;
                 if let Some(since) = failed_at.take() {
@@ -98,12 +130,14 @@ pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc
                 }
                 backoff.reset();
                 group.ops.clear();
+                group.rows.clear();
                 for cb in group.callbacks.drain(..) {
                     cb(Ok(()));
                 }
                 for (reply, n) in group.prunes.drain(..).zip(pruned) {
                     let _ = reply.send(n);
                 }
+                done(std::mem::take(&mut group.messages));
             }
             Err(StoreError::Fenced { epoch }) => {
                 // Another master leads: what this one decided is not the
@@ -116,6 +150,7 @@ pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc
                     "the store refused this master's writes: another master leads (newer epoch)"
                 );
                 group.ops.clear();
+                group.rows.clear();
                 let failed = CommitFailed(Arc::new(StoreError::Fenced { epoch }));
                 for cb in group.callbacks.drain(..) {
                     cb(Err(failed.clone()));
@@ -123,6 +158,7 @@ pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc
                 for reply in group.prunes.drain(..) {
                     let _ = reply.send(Err(StoreError::Fenced { epoch }));
                 }
+                done(std::mem::take(&mut group.messages));
                 if closed {
                     return;
                 }
@@ -167,7 +203,12 @@ mod tests {
     }
 
     impl Apply for Groups {
-        fn apply(&mut self, ops: &[StoreOp], prunes: usize) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
+        fn apply(
+            &mut self,
+            ops: &[StoreOp],
+            _stamps: &[Stamp],
+            prunes: usize,
+        ) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
             self.sizes.lock().expect("lock").push(ops.len());
             self.answers.pop_front().unwrap_or(Ok(())).map(|()| (0..prunes).map(|_| Ok(0)).collect())
         }
@@ -192,7 +233,7 @@ mod tests {
         batch.after_commit(move |r| done_tx.send(r.is_ok()).expect("send"));
         tx.send(Cmd::Many(std::mem::take(&mut batch.cmds))).expect("send");
         drop(tx);
-        run(Groups::new(&sizes), rx, Arc::new(AtomicBool::new(true)));
+        run(Groups::new(&sizes), rx, Arc::new(AtomicBool::new(true)), |_| {});
         assert_eq!(done_rx.recv(), Ok(true));
         assert_eq!(*sizes.lock().expect("lock"), vec![MAX_GROUP + 5]);
     }
@@ -206,7 +247,7 @@ mod tests {
         let answers = [Ok(()), Err(StoreError::Fenced { epoch: 7 }), Ok(())].into();
         let backend = Groups { answers, ..Groups::new(&sizes) };
         let (tx, rx) = mpsc::channel();
-        let writer = std::thread::spawn(move || run(backend, rx, Arc::new(AtomicBool::new(true))));
+        let writer = std::thread::spawn(move || run(backend, rx, Arc::new(AtomicBool::new(true)), |_| {}));
         let (done_tx, done_rx) = mpsc::channel();
         let step = |write: bool| {
             let mut batch = crate::Batch::default();

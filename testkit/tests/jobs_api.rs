@@ -138,10 +138,13 @@ async fn finished_jobs_beyond_the_retention_are_deleted() {
         .await;
     }
     let (first, last) = (ids[0].clone(), ids[599].clone());
+    // All but the newest 100 and at most a generation more (in a store of
+    // shards, each shard's generations hold its share, and none ends
+    // exactly at the 500th job).
     faena_testkit::eventually("the oldest are deleted", || async {
         let metrics = faena_testkit::scrape(&c.api.url("/metrics")).await;
         let pruned = faena_testkit::sample(&metrics, "faena_store_pruned_jobs_total").unwrap_or(0.0);
-        (pruned >= 500.0).then_some(())
+        (pruned >= 475.0).then_some(())
     })
     .await;
     assert_eq!(c.api.get(&format!("/api/jobs/{first}")).await.0, StatusCode::NOT_FOUND, "the first job is gone");

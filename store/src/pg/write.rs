@@ -179,7 +179,13 @@ impl Writer {
 }
 
 impl Apply for Writer {
-    fn apply(&mut self, ops: &[StoreOp], prunes: usize) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
+    /// A PostgreSQL store has no shards: it numbers its jobs itself.
+    fn apply(
+        &mut self,
+        ops: &[StoreOp],
+        _stamps: &[crate::writer::Stamp],
+        prunes: usize,
+    ) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
         let rt = &self.rt;
         let result = rt.block_on(async {
             if self.conn.is_none() {

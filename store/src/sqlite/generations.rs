@@ -17,12 +17,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use faena_proto::ids::JobId;
 use rusqlite::{Connection, ToSql};
 
-use super::{Retention, StoreError};
+use crate::{Retention, StoreError};
 
 /// The columns of a job row, in the order of the table.
 pub(crate) const JOB_COLUMNS: &str = "id, kind, params, priority, seq, state, attempts, worker, token, result, error, created_at, finished_at, parent, retry_of, opts, run_at, schedule, trail";
@@ -132,6 +133,19 @@ pub(crate) fn listed(conn: &Connection) -> Result<Vec<(String, String)>, StoreEr
     Ok(out)
 }
 
+/// The same in the attached database `schema`, the names qualified with
+/// it (a store's other shards, attached for a copy).
+pub(crate) fn listed_in(conn: &Connection, schema: &str) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT gen FROM {schema}.generations ORDER BY gen DESC"))?;
+    let gens = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+    let mut out = Vec::new();
+    for g in gens {
+        let (j, t) = tables(g?);
+        out.push((format!("{schema}.{j}"), format!("{schema}.{t}")));
+    }
+    Ok(out)
+}
+
 /// One generation's tables and the writer's statements on them.
 #[derive(Debug)]
 pub(crate) struct Gen {
@@ -209,10 +223,15 @@ pub(crate) struct Layout {
     pub gens: Vec<Arc<Gen>>,
     /// The last of `gens`.
     newest: Arc<Gen>,
-    /// The row id the next job gets.
-    pub next_row: i64,
+    /// The row ids jobs get: shared by the shards of a store (`shards.rs`),
+    /// so a row id names one job in all of them and grows with the order
+    /// the jobs were stored in.
+    pub row_ids: RowIds,
     /// Jobs stored in the newest generation.
     rows: u64,
+    /// The shards the store's jobs are spread over: each generation of
+    /// one holds that share of what retention sizes it for.
+    shards: u64,
     /// When the newest generation's first job was submitted.
     first_at: Option<i64>,
 }
@@ -250,7 +269,14 @@ impl Layout {
         let first_at = super::created::oldest_created(conn, &j)?;
         let gens: Vec<Arc<Gen>> = ids.into_iter().map(|g| Arc::new(Gen::new(g))).collect();
         let newest = gens.last().cloned().unwrap_or_else(|| Arc::new(Gen::new(0)));
-        Ok(Self { gens, newest, next_row, rows: u64::try_from(rows).unwrap_or(0), first_at })
+        let (rows, row_ids) = (u64::try_from(rows).unwrap_or(0), RowIds::from(next_row));
+        Ok(Self { gens, newest, row_ids, rows, shards: 1, first_at })
+    }
+
+    /// Makes this one of `shards` shards handing out row ids from `ids`.
+    pub(crate) fn share(&mut self, ids: RowIds, shards: usize) {
+        self.row_ids = ids;
+        self.shards = shards.max(1) as u64;
     }
 
     /// The generation new jobs go to.
@@ -261,7 +287,9 @@ impl Layout {
     /// Makes room for one more job submitted at `at_ms`: opens a new
     /// generation when the newest is full for `r`.
     pub(crate) fn before_insert(&mut self, conn: &Connection, r: &Retention, at_ms: i64) -> Result<(), StoreError> {
-        let full = r.generation_rows().is_some_and(|n| self.rows >= n)
+        // A shard's generations hold its share, so the store as a whole
+        // keeps what one file would (a quarter more than retention asks).
+        let full = r.generation_rows().is_some_and(|n| self.rows >= (n / self.shards).max(1))
             || r.generation_span()
                 .zip(self.first_at)
                 .is_some_and(|(span, first)| at_ms.saturating_sub(first) >= span.as_millis() as i64);
@@ -312,6 +340,30 @@ impl Layout {
     pub(crate) fn dropped_oldest(&mut self, moved: u64) {
         self.gens.remove(0);
         self.rows += moved;
+    }
+}
+
+/// The row ids a store hands out: the next one, shared by its shards'
+/// writers. One not used (its group failed) is a gap, as a moved or pruned
+/// job leaves.
+#[derive(Debug, Clone)]
+pub(crate) struct RowIds(Arc<AtomicI64>);
+
+impl From<i64> for RowIds {
+    fn from(next: i64) -> Self {
+        Self(Arc::new(AtomicI64::new(next)))
+    }
+}
+
+impl RowIds {
+    /// The next job's row id, taken.
+    pub(crate) fn take(&self) -> i64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The row id the next job will get.
+    pub(crate) fn next(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 

@@ -15,9 +15,22 @@ use super::generations::listed;
 use super::{VIEW_COLUMNS, view};
 use crate::{JobFilter, MAX_PAGE, Page, StoreError};
 
-/// The jobs `f` selects, newest first, one page. The views carry no
-/// result (`GET /api/jobs/{id}` has it) and no queue position.
-pub(crate) fn list(conn: &Connection, f: &JobFilter) -> Result<Page, StoreError> {
+/// The page of `f` from `jobs` (by row id), newest first: those of every
+/// shard of a store, each from [`rows`]. The views carry no result
+/// (`GET /api/jobs/{id}` has it) and no queue position.
+pub(crate) fn page(mut jobs: Vec<(i64, JobView)>, f: &JobFilter) -> Page {
+    let limit = f.limit.clamp(1, MAX_PAGE);
+    jobs.sort_unstable_by_key(|(rowid, _)| std::cmp::Reverse(*rowid));
+    // One more than the page says there is more: the next page starts
+    // below the last shown.
+    let next = (jobs.len() > limit).then(|| jobs[limit - 1].0);
+    jobs.truncate(limit);
+    Page { jobs: jobs.into_iter().map(|(_, v)| v).collect(), next }
+}
+
+/// The jobs `f` selects in this file, newest first, with their row ids:
+/// one more than a page, for each generation.
+pub(crate) fn rows(conn: &Connection, f: &JobFilter) -> Result<Vec<(i64, JobView)>, StoreError> {
     let mut sql = format!("SELECT rowid, id, {VIEW_COLUMNS} FROM {{jobs}} WHERE ");
     let mut args: Vec<Sql> = Vec::new();
     match f.parent {
@@ -86,10 +99,5 @@ pub(crate) fn list(conn: &Connection, f: &JobFilter) -> Result<Page, StoreError>
             }
         }
     }
-    jobs.sort_unstable_by_key(|(rowid, _)| std::cmp::Reverse(*rowid));
-    // One more than the page says there is more: the next page starts
-    // below the last shown.
-    let next = (jobs.len() > limit).then(|| jobs[limit - 1].0);
-    jobs.truncate(limit);
-    Ok(Page { jobs: jobs.into_iter().map(|(_, v)| v).collect(), next })
+    Ok(jobs)
 }

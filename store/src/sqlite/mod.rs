@@ -8,7 +8,7 @@ use faena_proto::api::JobView;
 use faena_proto::ids::JobId;
 use rusqlite::Connection;
 
-use crate::{Retention, StoreError, SyncMode};
+use crate::{StoreError, SyncMode};
 
 mod checkpoint;
 mod created;
@@ -27,17 +27,13 @@ pub(crate) use write::Writer;
 /// RSS, as the kernel's page cache they are.
 const MMAP_BYTES: i64 = 256 << 20;
 
-/// Opens the store at `path`: its writer and a connection for reads.
-pub(crate) fn open_store(
-    path: &Path,
-    sync: SyncMode,
-    retention: Retention,
-) -> Result<(Writer, Connection), StoreError> {
+/// Opens the store file at `path` for writing: the writer's connection
+/// (its checkpoints on a thread of their own) and its generations.
+pub(crate) fn open_for_writes(path: &Path, sync: SyncMode) -> Result<(Connection, generations::Layout), StoreError> {
     let mut conn = open(path, sync)?;
     checkpoint::offload(&mut conn, path, sync, checkpoint::Limits::DEFAULT)?;
     let layout = generations::Layout::open(&conn, faena_proto::mqtt::now_ms() as i64)?;
-    let writer = Writer::new(conn, layout, retention);
-    Ok((writer, open(path, sync)?))
+    Ok((conn, layout))
 }
 
 pub(crate) fn open(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {

@@ -41,7 +41,7 @@ fn out_of_retention(conn: &Connection, g: &Gen, next_row: i64, r: Retention, now
 /// `now_ms`, after moving what must stay to the newest; how many jobs went.
 pub(super) fn prune(conn: &Connection, layout: &mut Layout, r: Retention, now_ms: i64) -> Result<usize, StoreError> {
     let [oldest, _, ..] = layout.gens.as_slice() else { return Ok(0) };
-    if !out_of_retention(conn, oldest, layout.next_row, r, now_ms)? {
+    if !out_of_retention(conn, oldest, layout.row_ids.next(), r, now_ms)? {
         return Ok(0);
     }
     let (j, t) = (oldest.jobs.clone(), oldest.history.clone());
@@ -71,7 +71,7 @@ pub(super) fn prune(conn: &Connection, layout: &mut Layout, r: Retention, now_ms
         let behind = layout.gens.iter().skip(1).take(PATIENCE - 1).collect::<Vec<_>>();
         let mut overdue = behind.len() == PATIENCE - 1 && layout.gens.len() > PATIENCE;
         for g in behind {
-            overdue = overdue && out_of_retention(conn, g, layout.next_row, r, now_ms)?;
+            overdue = overdue && out_of_retention(conn, g, layout.row_ids.next(), r, now_ms)?;
         }
         if !overdue {
             return Ok(0);

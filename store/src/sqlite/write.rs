@@ -14,7 +14,7 @@ use crate::contract::{fired_by, held_key, inserted_detail, opts_column, priority
 
 /// A schedule's last firing (and the job it made).
 const FIRED: &str = "INSERT OR REPLACE INTO schedule_firings (name, at_ms, job) VALUES (?1, ?2, ?3)";
-use crate::writer::Apply;
+use crate::writer::{Apply, Stamp};
 use crate::{Retention, StoreError, StoreOp};
 
 /// The write connection and what the writer knows of the store.
@@ -38,36 +38,55 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// The newest job's `created_at` in this file.
+    pub(crate) fn newest_created(&self) -> i64 {
+        self.created
+    }
+}
+
 impl Apply for Writer {
-    fn apply(&mut self, ops: &[StoreOp], prunes: usize) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
+    fn apply(
+        &mut self,
+        ops: &[StoreOp],
+        rows: &[Stamp],
+        prunes: usize,
+    ) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
         // The layout changes only if the group commits.
         let mut layout = self.layout.clone();
-        let pruned =
-            apply(&mut self.conn, &mut layout, &mut self.hints, &self.retention, ops, &mut self.created, prunes)?;
+        let group = Group { ops, rows, prunes };
+        let pruned = apply(&mut self.conn, &mut layout, &mut self.hints, &self.retention, group, &mut self.created)?;
         self.layout = layout;
         Ok(pruned)
     }
 }
 
-/// Commits `ops` in one transaction, then `prunes` steps of retention.
-/// `created` is the newest job's `created_at` so far: a job is never
-/// stored as created before it.
+/// A commit group: its changes, the row ids stamped on its new jobs (none:
+/// the layout numbers them), and how many steps of retention ride on it.
+struct Group<'a> {
+    ops: &'a [StoreOp],
+    rows: &'a [Stamp],
+    prunes: usize,
+}
+
+/// Commits a group's changes in one transaction, then its steps of
+/// retention. `created` is the newest job's `created_at` so far: a job is
+/// never stored as created before it.
 fn apply(
     conn: &mut Connection,
     layout: &mut Layout,
     hints: &mut Hints,
     retention: &Retention,
-    ops: &[StoreOp],
+    Group { ops, rows, prunes }: Group<'_>,
     created: &mut i64,
-    prunes: usize,
 ) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
-    let mut newest = *created;
+    let mut new = NewJobs { rows: rows.iter(), newest: *created };
     let tx = conn.transaction()?;
     {
         let mut held = Held::new(&tx);
         let mut arrivals = Arrivals::of(ops);
         for op in ops.iter().enumerate() {
-            apply_one(&mut held, &mut arrivals, layout, hints, retention, op, &mut newest)?;
+            apply_one(&mut held, &mut arrivals, layout, hints, retention, op, &mut new)?;
         }
     }
     // Retention rides in the same transaction, each step in a savepoint.
@@ -86,7 +105,7 @@ fn apply(
         }
     }
     tx.commit()?;
-    *created = newest;
+    *created = new.newest;
     Ok(pruned)
 }
 
@@ -135,6 +154,14 @@ impl<'a> Arrivals<'a> {
     }
 }
 
+/// What the group's new jobs are numbered and timed by: the stamps given
+/// them, in order (else the layout's row ids and their own times), and the
+/// newest `created_at` so far.
+struct NewJobs<'a> {
+    rows: std::slice::Iter<'a, Stamp>,
+    newest: i64,
+}
+
 /// Stores one change, the `i`th of its group: a new job in the newest
 /// generation, a change to a job where it is (its trail, `history.rs`,
 /// taking the change in the same statement).
@@ -145,15 +172,17 @@ fn apply_one<'a>(
     hints: &mut Hints,
     retention: &Retention,
     (i, op): (usize, &'a StoreOp),
-    newest: &mut i64,
+    new: &mut NewJobs<'_>,
 ) -> Result<(), StoreError> {
+    let newest = &mut new.newest;
     let tx = held.conn;
     match op {
         StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of, state, opts, run_at_ms } => {
-            *newest = (*newest).max(*at_ms as i64);
+            let stamp = new.rows.next().copied();
+            *newest = (*newest).max(stamp.map_or(*at_ms as i64, |s| s.created));
             layout.before_insert(tx, retention, *newest)?;
-            let (g, row) = (layout.newest().clone(), layout.next_row);
-            layout.next_row += 1;
+            let row = stamp.map_or_else(|| layout.row_ids.take(), |s| s.row);
+            let g = layout.newest().clone();
             hints.stored(*id, g.id, row);
             let id = IdText::from(*id);
             let detail = inserted_detail(*parent, *retry_of, *run_at_ms);
@@ -387,10 +416,10 @@ mod tests {
         assert_eq!(pairs, vec![(0, 6), (3, 7)], "a and d are written with their inserts; c is not");
 
         let mut one = writer();
-        one.apply(&together, 0).expect("one group");
+        one.apply(&together, &[], 0).expect("one group");
         let mut two = writer();
-        two.apply(&stored, 0).expect("first group");
-        two.apply(&later, 0).expect("second group");
+        two.apply(&stored, &[], 0).expect("first group");
+        two.apply(&later, &[], 0).expect("second group");
         let (jobs, history) = rows(&one);
         assert_eq!((jobs.len(), history.len()), (4, 8));
         assert_eq!(rows(&one), rows(&two), "the same rows, column for column, either way");
@@ -403,7 +432,7 @@ mod tests {
     fn a_job_stored_before_trails_reads_its_rows_then_its_trail() {
         let mut w = writer();
         let id = JobId::new();
-        w.apply(&[insert(id, 0, None)], 0).expect("stored");
+        w.apply(&[insert(id, 0, None)], &[], 0).expect("stored");
         // As a store written before trails left it.
         w.conn
             .execute_batch(&format!(
@@ -411,7 +440,7 @@ mod tests {
                  INSERT INTO transitions (job_id, at, state, attempt) VALUES ('{id}', 1000, 'queued', 0);"
             ))
             .expect("old rows");
-        w.apply(&[dispatched(id, "w1")], 0).expect("dispatched");
+        w.apply(&[dispatched(id, "w1")], &[], 0).expect("dispatched");
         let said: Vec<_> = super::super::read::history(&w.conn, id)
             .expect("reads")
             .into_iter()
@@ -426,6 +455,7 @@ mod tests {
         let state = JobState::Running;
         w.apply(
             &[StoreOp::Reprioritised { id, priority: Priority::Low, was: Priority::High, state, attempts: 1, at_ms }],
+            &[],
             0,
         )
         .expect("a change in the trail");

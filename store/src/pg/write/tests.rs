@@ -48,13 +48,13 @@ fn a_group_whose_commit_went_unanswered_is_neither_lost_nor_stored_twice() {
     let count = |id: JobId| pg.sql(&format!("SELECT count(*) FROM jobs WHERE id = '{id}'"));
 
     let first = JobId::new();
-    w.apply(&[insert(first, 0, None)], 0).expect("commits");
+    w.apply(&[insert(first, 0, None)], &[], 0).expect("commits");
     // As if that COMMIT's answer had been lost: the writer gives the group
     // again, with what arrived since, on a new connection.
     let xid: i64 = pg.sql(&format!("SELECT xmin::text FROM jobs WHERE id = '{first}'")).parse().expect("an xid");
     (w.unsure, w.conn) = (Some((xid, 1)), None);
     let second = JobId::new();
-    w.apply(&[insert(first, 0, None), insert(second, 1, None)], 0).expect("the rest commits");
+    w.apply(&[insert(first, 0, None), insert(second, 1, None)], &[], 0).expect("the rest commits");
     assert_eq!((count(first), count(second)), ("1".into(), "1".into()));
 
     // A transaction the server rolled back: the group goes whole.
@@ -62,7 +62,7 @@ fn a_group_whose_commit_went_unanswered_is_neither_lost_nor_stored_twice() {
     let aborted: i64 = aborted.lines().find_map(|l| l.trim().parse().ok()).expect("an xid");
     (w.unsure, w.conn) = (Some((aborted, 1)), None);
     let third = JobId::new();
-    w.apply(&[insert(third, 2, None)], 0).expect("commits");
+    w.apply(&[insert(third, 2, None)], &[], 0).expect("commits");
     assert_eq!(count(third), "1");
 }
 

@@ -46,10 +46,10 @@ fn finish(store: &Store, id: JobId, at_ms: u64) {
 }
 
 /// The store in `dir` that keeps the newest 64 jobs: a generation opens
-/// every 16.
-fn keeping_64(dir: &std::path::Path) -> Store {
+/// every 16 (every 4 of a shard's, over four).
+fn keeping_64(dir: &std::path::Path, shards: Option<usize>) -> Store {
     let keep = Retention { age: None, keep: Some(64) };
-    Store::open(&dir.join("faena.db"), SyncMode::Normal, keep).expect("opens")
+    Store::open_sharded(&dir.join("faena.db"), SyncMode::Normal, keep, shards).expect("opens")
 }
 
 async fn committed(store: &Store) {
@@ -147,11 +147,24 @@ async fn a_generation_out_of_retention_goes_whole_and_what_must_stay_moves_on() 
 
 #[tokio::test]
 async fn at_least_the_newest_keep_stay_and_pages_run_across_generations() {
+    newest_keep_stay(None).await;
+}
+
+/// The same over four shards: the newest 64 of the store (row ids are
+/// the store's), each shard's generations its own.
+#[tokio::test]
+async fn at_least_the_newest_keep_stay_over_shards() {
+    newest_keep_stay(Some(4)).await;
+}
+
+async fn newest_keep_stay(shards: Option<usize>) {
     let dir = dir();
-    let store = keeping_64(&dir);
+    let store = keeping_64(&dir, shards);
     let now = faena_proto::mqtt::now_ms();
-    // 200 finished jobs in generations of 16, the sixth left queued.
-    let ids: Vec<JobId> = (0..200).map(|_| JobId::new()).collect();
+    // 200 finished jobs in generations of 16 (200 a shard over shards, so
+    // each has generations enough behind its oldest to move the queued job
+    // on), the sixth left queued.
+    let ids: Vec<JobId> = (0..200 * shards.unwrap_or(1)).map(|_| JobId::new()).collect();
     for (i, id) in ids.iter().enumerate() {
         insert(&store, *id, i as u64, now, None);
         if i != 5 {
@@ -163,19 +176,28 @@ async fn at_least_the_newest_keep_stay_and_pages_run_across_generations() {
     assert_eq!(listed(&store, 7).await, all, "pages of 7 run across 13 generations in order");
     let pruned = prune_all(&store).await;
     let kept = listed(&store, 500).await;
-    assert_eq!(kept.len(), 200 - pruned);
+    assert_eq!(kept.len(), ids.len() - pruned);
     assert!(
         (65..=64 + 16 + 1).contains(&kept.len()),
-        "the newest 64, at most a generation more, and the queued one: {}",
+        "the newest 64, at most a generation more (over the shards), and the queued one: {}",
         kept.len()
     );
-    let mut expected: Vec<JobId> = all[..kept.len() - 1].to_vec();
-    expected.push(ids[5]);
+    let expected: Vec<JobId> = match shards {
+        // One file: the newest jobs, whole generations of them.
+        None => all[..kept.len() - 1].iter().copied().chain([ids[5]]).collect(),
+        // Shards drop their own generations: the newest 64, then what
+        // each shard still holds of the jobs before them, the queued job
+        // among them in its place.
+        Some(_) => {
+            assert!(all[..64].iter().all(|id| kept.contains(id)) && kept.contains(&ids[5]));
+            all.iter().copied().filter(|id| kept.contains(id)).collect()
+        }
+    };
     assert_eq!(kept, expected, "newest first; the queued job kept its place at the end");
     assert_eq!(listed(&store, 10).await, expected, "and so page by page");
     // Jobs stored after a restart list ahead of every one before.
     drop(store);
-    let store = keeping_64(&dir);
+    let store = keeping_64(&dir, shards);
     let later = JobId::new();
     insert(&store, later, 300, now, None);
     finish(&store, later, now);
@@ -192,7 +214,7 @@ async fn at_least_the_newest_keep_stay_and_pages_run_across_generations() {
 #[tokio::test]
 async fn a_groups_changes_land_in_their_jobs_trails_in_order() {
     let dir = dir();
-    let store = keeping_64(&dir);
+    let store = keeping_64(&dir, None);
     let now = faena_proto::mqtt::now_ms();
     // Every job stored, then every one dispatched, then every one ended:
     // a job's rows are far apart in their group, and the groups are large.
