@@ -15,7 +15,8 @@
 #      is a machine of N cores: one CPU of each physical core first, then
 #      their SMT siblings), rounds alternated, medians, each against 2 cores;
 #      the master's threads as faena-bench prints them; with MASTERS="A B"
-#      (release masters in DIR), each of them, alternated;
+#      (release masters in DIR), each of them, alternated; `A:4` runs A with
+#      its SQLite store over 4 files (FAENA_STORE_SHARDS);
 #   3. RandomX on every CPU: dataset init and hashrate, Faena (transparent
 #      huge pages, the worker's default; reserved 2 MiB pages) against XMRig
 #      (scripts/bench-dataset.sh);
@@ -93,13 +94,16 @@ dispatch() {
   for m in $masters; do
     mkdir -p "$out/run-$m"
     cp "$bins/faena-bench" "$bins/faena-worker" "$out/run-$m/"
-    cp "$bins/$m" "$out/run-$m/faena-master"
+    cp "$bins/${m%%:*}" "$out/run-$m/faena-master"
   done
   for round in $(seq "$rounds"); do
     for n in $cores; do
       for m in $masters; do
         echo "-- round $round, $n cores: CPUs $(first_cpus "$n"), $m" >>"$out/dispatch.log"
-        taskset -c "$(first_cpus "$n")" "$out/run-$m/faena-bench" "$jobs" 200 >"$out/round.log" 2>&1 || {
+        # `name:N`: the store over N files; the master inherits the bench's environment.
+        local shards=1
+        [[ $m == *:* ]] && shards=${m#*:}
+        FAENA_STORE_SHARDS=$shards taskset -c "$(first_cpus "$n")" "$out/run-$m/faena-bench" "$jobs" 200 >"$out/round.log" 2>&1 || {
           cat "$out/round.log" >&2
           exit 1
         }
