@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
 use faena_store_contract::StoreOp;
@@ -274,21 +274,30 @@ pub(crate) struct Joiner {
     committed: Vec<AtomicU64>,
     waiting: Mutex<VecDeque<(Vec<u64>, Callback)>>,
     turn: Mutex<()>,
+    /// A writer is gone while the store is not (its thread ended): what
+    /// waits, and what would, can never complete and hears so at once.
+    broken: AtomicBool,
 }
 
 impl Joiner {
     pub(crate) fn new(shards: usize) -> Self {
         let counts = || (0..shards).map(|_| AtomicU64::new(0)).collect();
         let waiting = Mutex::new(VecDeque::new());
-        Self { queued: counts(), committed: counts(), waiting, turn: Mutex::new(()) }
+        Self { queued: counts(), committed: counts(), waiting, turn: Mutex::new(()), broken: AtomicBool::new(false) }
     }
 
-    /// Queues `cmd` to shard `k`'s writer (`tx`), counted; what could not
-    /// be sent fails its callbacks.
+    /// Queues `cmd` to shard `k`'s writer (`tx`), counted. What cannot be
+    /// sent (the writer is gone) fails its callbacks and every callback
+    /// waiting, as one file's store fails a batch it cannot queue.
     pub(crate) fn send(&self, k: usize, tx: &mpsc::Sender<Cmd>, cmd: Cmd) {
         self.queued[k].fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::SendError(cmd)) = tx.send(cmd) {
             crate::Batch::fail(vec![cmd]);
+            self.broken.store(true, Ordering::Release);
+            let waiting: Vec<_> = self.waiting.lock().drain(..).collect();
+            for (_, f) in waiting {
+                f(Err(unavailable()));
+            }
         }
     }
 
@@ -296,6 +305,9 @@ impl Joiner {
     /// Where they all are already, shard 0's writer (`tx0`) is woken to run
     /// it (never the caller, which may hold what `f` takes).
     pub(crate) fn after(&self, f: Callback, tx0: &mpsc::Sender<Cmd>) {
+        if self.broken.load(Ordering::Acquire) {
+            return f(Err(unavailable()));
+        }
         let reached = {
             let mut waiting = self.waiting.lock();
             let needs: Vec<u64> = self.queued.iter().map(|q| q.load(Ordering::Acquire)).collect();
@@ -337,9 +349,13 @@ impl Drop for Joiner {
     /// The store and its writers are gone: whatever still waits hears so.
     fn drop(&mut self) {
         for (_, f) in self.waiting.get_mut().drain(..) {
-            f(Err(CommitFailed(Arc::new(StoreError::Unavailable))));
+            f(Err(unavailable()));
         }
     }
+}
+
+fn unavailable() -> CommitFailed {
+    CommitFailed(Arc::new(StoreError::Unavailable))
 }
 
 #[cfg(test)]

@@ -261,4 +261,17 @@ fn a_callback_waits_for_every_shard_and_they_run_in_order() {
     joiner.after(note("e"), &chans[0].0);
     drop(joiner);
     assert_eq!(heard.try_recv(), Ok(("e", false)));
+
+    // A writer gone while the store is not: what waits, and what would,
+    // hears it at once instead of waiting for ever.
+    let joiner = Joiner::new(2);
+    let (tx0, _rx0) = std_mpsc::channel();
+    let (tx1, rx1) = std_mpsc::channel();
+    joiner.send(0, &tx0, Cmd::Many(Vec::new()));
+    joiner.after(note("f"), &tx0);
+    drop(rx1);
+    joiner.send(1, &tx1, Cmd::Many(Vec::new()));
+    assert_eq!(heard.try_recv(), Ok(("f", false)));
+    joiner.after(note("g"), &tx0);
+    assert_eq!(heard.try_recv(), Ok(("g", false)));
 }
