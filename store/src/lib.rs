@@ -405,28 +405,26 @@ impl Store {
 
     /// Queues a write; it commits with the next group.
     pub fn write(&self, op: StoreOp) {
-        let Some((ids, joiner)) = &self.sharded else {
-            let _ = self.tx[0].send(Cmd::Op(op));
-            return;
-        };
-        let k = shards::route(&op, self.tx.len());
-        let cmd = match op {
-            StoreOp::Insert { at_ms, .. } => Cmd::Many(vec![Cmd::Row(ids.stamp(at_ms)), Cmd::Op(op)]),
-            op => Cmd::Op(op),
-        };
-        joiner.send(k, &self.tx[k], cmd);
+        match self.sharded {
+            None => {
+                let _ = self.tx[0].send(Cmd::Op(op));
+            }
+            // Routed and numbered as a batch of one.
+            Some(_) => self.send(&mut Batch { cmds: vec![Cmd::Op(op)] }),
+        }
     }
 
     /// Runs `f` once everything queued before it is committed (or failed),
     /// in every shard.
     pub fn after_commit(&self, f: impl FnOnce(Result<(), CommitFailed>) + Send + 'static) {
-        match &self.sharded {
-            Some((_, joiner)) => joiner.after(Box::new(f), &self.tx[0]),
+        let cmd = Cmd::AfterCommit(Box::new(f));
+        match self.sharded {
             None => {
-                if let Err(mpsc::SendError(cmd)) = self.tx[0].send(Cmd::AfterCommit(Box::new(f))) {
+                if let Err(mpsc::SendError(cmd)) = self.tx[0].send(cmd) {
                     Batch::fail(vec![cmd]);
                 }
             }
+            Some(_) => self.send(&mut Batch { cmds: vec![cmd] }),
         }
     }
 

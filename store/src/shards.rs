@@ -255,9 +255,10 @@ fn sort(cmds: Vec<Cmd>, shards: usize, ids: &Numbering, by: &mut [Vec<Cmd>], cal
             }
             Cmd::AfterCommit(cb) => callbacks.push(cb),
             Cmd::Many(cmds) => sort(cmds, shards, ids, by, callbacks),
-            // Retention is asked of each shard apart (`Store::prune`);
-            // row ids are stamped here, not given.
-            Cmd::Prune(_) | Cmd::Row(_) => by[0].push(cmd),
+            // Retention is asked of each shard apart (`Store::prune`).
+            Cmd::Prune(_) => by[0].push(cmd),
+            // Stamped here; no caller can give one.
+            Cmd::Row(_) => {}
         }
     }
 }

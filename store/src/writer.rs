@@ -41,7 +41,7 @@ pub(crate) struct Stamp {
 struct Group {
     ops: Vec<StoreOp>,
     /// The stamps of the new jobs of `ops`, in order.
-    rows: Vec<Stamp>,
+    stamps: Vec<Stamp>,
     /// Messages taken into the group (each a change, a batch, a callback).
     messages: u64,
     callbacks: Vec<Callback>,
@@ -55,7 +55,7 @@ impl Group {
             Cmd::AfterCommit(cb) => self.callbacks.push(cb),
             Cmd::Prune(reply) => self.prunes.push(reply),
             Cmd::Many(cmds) => cmds.into_iter().for_each(|c| self.take(c)),
-            Cmd::Row(stamp) => self.rows.push(stamp),
+            Cmd::Row(stamp) => self.stamps.push(stamp),
         }
     }
 
@@ -117,7 +117,7 @@ pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc
             done(std::mem::take(&mut group.messages));
             continue;
         }
-        match backend.apply(&group.ops, &group.rows, group.prunes.len()) {
+        match backend.apply(&group.ops, &group.stamps, group.prunes.len()) {
             Ok(pruned) => {
                 refused = None;
                 if let Some(since) = failed_at.take() {
@@ -130,7 +130,7 @@ pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc
                 }
                 backoff.reset();
                 group.ops.clear();
-                group.rows.clear();
+                group.stamps.clear();
                 for cb in group.callbacks.drain(..) {
                     cb(Ok(()));
                 }
@@ -150,7 +150,7 @@ pub(super) fn run(mut backend: impl Apply, rx: mpsc::Receiver<Cmd>, healthy: Arc
                     "the store refused this master's writes: another master leads (newer epoch)"
                 );
                 group.ops.clear();
-                group.rows.clear();
+                group.stamps.clear();
                 let failed = CommitFailed(Arc::new(StoreError::Fenced { epoch }));
                 for cb in group.callbacks.drain(..) {
                     cb(Err(failed.clone()));

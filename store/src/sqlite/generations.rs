@@ -124,24 +124,19 @@ fn create(conn: &Connection, g: i64) -> Result<(), StoreError> {
 /// The generations' tables as a reader sees them (in its transaction),
 /// newest first.
 pub(crate) fn listed(conn: &Connection) -> Result<Vec<(String, String)>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT gen FROM generations ORDER BY gen DESC")?;
-    let gens = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-    let mut out = Vec::new();
-    for g in gens {
-        out.push(tables(g?));
-    }
-    Ok(out)
+    listed_in(conn, "main")
 }
 
-/// The same in the attached database `schema`, the names qualified with
-/// it (a store's other shards, attached for a copy).
+/// The same in the database `schema`: `main`, or an attached one (a
+/// store's other shards, attached for a copy), its names qualified with it.
 pub(crate) fn listed_in(conn: &Connection, schema: &str) -> Result<Vec<(String, String)>, StoreError> {
-    let mut stmt = conn.prepare(&format!("SELECT gen FROM {schema}.generations ORDER BY gen DESC"))?;
+    let prefix = if schema == "main" { String::new() } else { format!("{schema}.") };
+    let mut stmt = conn.prepare_cached(&format!("SELECT gen FROM {prefix}generations ORDER BY gen DESC"))?;
     let gens = stmt.query_map([], |r| r.get::<_, i64>(0))?;
     let mut out = Vec::new();
     for g in gens {
         let (j, t) = tables(g?);
-        out.push((format!("{schema}.{j}"), format!("{schema}.{t}")));
+        out.push((format!("{prefix}{j}"), format!("{prefix}{t}")));
     }
     Ok(out)
 }

@@ -49,12 +49,12 @@ impl Apply for Writer {
     fn apply(
         &mut self,
         ops: &[StoreOp],
-        rows: &[Stamp],
+        stamps: &[Stamp],
         prunes: usize,
     ) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
         // The layout changes only if the group commits.
         let mut layout = self.layout.clone();
-        let group = Group { ops, rows, prunes };
+        let group = Group { ops, stamps, prunes };
         let pruned = apply(&mut self.conn, &mut layout, &mut self.hints, &self.retention, group, &mut self.created)?;
         self.layout = layout;
         Ok(pruned)
@@ -65,7 +65,7 @@ impl Apply for Writer {
 /// the layout numbers them), and how many steps of retention ride on it.
 struct Group<'a> {
     ops: &'a [StoreOp],
-    rows: &'a [Stamp],
+    stamps: &'a [Stamp],
     prunes: usize,
 }
 
@@ -77,10 +77,10 @@ fn apply(
     layout: &mut Layout,
     hints: &mut Hints,
     retention: &Retention,
-    Group { ops, rows, prunes }: Group<'_>,
+    Group { ops, stamps, prunes }: Group<'_>,
     created: &mut i64,
 ) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
-    let mut new = NewJobs { rows: rows.iter(), newest: *created };
+    let mut new = NewJobs { stamps: stamps.iter(), newest: *created };
     let tx = conn.transaction()?;
     {
         let mut held = Held::new(&tx);
@@ -158,7 +158,7 @@ impl<'a> Arrivals<'a> {
 /// them, in order (else the layout's row ids and their own times), and the
 /// newest `created_at` so far.
 struct NewJobs<'a> {
-    rows: std::slice::Iter<'a, Stamp>,
+    stamps: std::slice::Iter<'a, Stamp>,
     newest: i64,
 }
 
@@ -178,7 +178,7 @@ fn apply_one<'a>(
     let tx = held.conn;
     match op {
         StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of, state, opts, run_at_ms } => {
-            let stamp = new.rows.next().copied();
+            let stamp = new.stamps.next().copied();
             *newest = (*newest).max(stamp.map_or(*at_ms as i64, |s| s.created));
             layout.before_insert(tx, retention, *newest)?;
             let row = stamp.map_or_else(|| layout.row_ids.take(), |s| s.row);
