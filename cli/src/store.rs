@@ -1,6 +1,7 @@
 //! `faena store copy`: moves a SQLite store (one machine) into PostgreSQL
-//! (a cluster). It talks to the stores, not to a master: run it where the
-//! SQLite file is, with the master stopped.
+//! (a cluster), or into a new SQLite store of another number of shards. It
+//! talks to the stores, not to a master: run it where the SQLite file is,
+//! with the master stopped.
 
 use std::path::PathBuf;
 
@@ -11,45 +12,67 @@ use crate::client::{Exit, Failure, Result};
 #[derive(Debug, clap::Subcommand)]
 pub enum Action {
     /// Copy a SQLite store (jobs, their history, live configuration, and
-    /// the mining store beside it) into an empty PostgreSQL store; run
-    /// again to resume an interrupted copy.
+    /// the mining store beside it) into an empty PostgreSQL store (run
+    /// again to resume an interrupted copy), or into a new SQLite store of
+    /// `--shards` files.
     Copy {
         /// The source: `sqlite:PATH` (a master's `faena.db`).
         #[arg(long)]
         from: String,
         /// The target: `postgres://user:password@host:port/db` (a secret:
-        /// prefer --to-file or FAENA_STORE_URL_FILE).
+        /// prefer --to-file or FAENA_STORE_URL_FILE), or `sqlite:PATH` for
+        /// a new SQLite store (nothing of a store may be there yet).
         #[arg(long, env = "FAENA_STORE_URL", hide_env_values = true)]
         to: Option<String>,
         /// A file holding the target's URL.
         #[arg(long, env = "FAENA_STORE_URL_FILE")]
         to_file: Option<PathBuf>,
-        /// Jobs per transaction.
+        /// Jobs per transaction (into PostgreSQL).
         #[arg(long, default_value_t = 5_000)]
         batch: usize,
+        /// Files of a new SQLite store (1–8; FAENA_STORE_SHARDS for a
+        /// master); the source's number when not given.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=8))]
+        shards: Option<u8>,
     },
 }
 
 pub async fn run(action: Action, as_json: bool) -> Result<Exit> {
-    let Action::Copy { from, to, to_file, batch } = action;
+    let Action::Copy { from, to, to_file, batch, shards } = action;
     let Some(path) = from.strip_prefix("sqlite:") else {
         return Err(Failure::new(Exit::Usage, format!("--from {from:?}: give sqlite:PATH")));
     };
     let to = faena_common::secrets::resolve("FAENA_STORE_URL", to.as_deref(), to_file.as_deref())
         .map_err(|e| Failure::new(Exit::Usage, e.to_string()))?
         .ok_or_else(|| Failure::new(Exit::Usage, "give the target: --to, --to-file or FAENA_STORE_URL(_FILE)"))?;
-    if !to.expose().starts_with("postgres://") && !to.expose().starts_with("postgresql://") {
-        return Err(Failure::new(Exit::Usage, "the target is a postgres:// URL"));
-    }
-    let mut last = 0;
-    let report = faena_store::copy::copy(path.as_ref(), to.expose(), batch.max(1), None, |n| {
-        if !as_json && n >= last + 100_000 {
-            eprintln!("{n} jobs copied");
-            last = n;
+    let report = if let Some(new) = to.expose().strip_prefix("sqlite:") {
+        let (from, new) = (PathBuf::from(path), PathBuf::from(new));
+        let shards = match shards {
+            Some(n) => usize::from(n),
+            None => faena_store::shards::count(&from).map_err(|e| Failure::new(Exit::Refused, e.to_string()))?,
+        };
+        tokio::task::spawn_blocking(move || faena_store::copy::into_sqlite(&from, &new, shards))
+            .await
+            .map_err(|e| Failure::new(Exit::Refused, format!("store copy stopped: {e}")))?
+            .map_err(|e| {
+                Failure::new(Exit::Refused, format!("store copy stopped, nothing written at the target: {e}"))
+            })?
+    } else if to.expose().starts_with("postgres://") || to.expose().starts_with("postgresql://") {
+        if shards.is_some() {
+            return Err(Failure::new(Exit::Usage, "--shards is for a SQLite target (sqlite:PATH)"));
         }
-    })
-    .await
-    .map_err(|e| Failure::new(Exit::Refused, format!("store copy stopped (run it again to resume): {e}")))?;
+        let mut last = 0;
+        faena_store::copy::copy(path.as_ref(), to.expose(), batch.max(1), None, |n| {
+            if !as_json && n >= last + 100_000 {
+                eprintln!("{n} jobs copied");
+                last = n;
+            }
+        })
+        .await
+        .map_err(|e| Failure::new(Exit::Refused, format!("store copy stopped (run it again to resume): {e}")))?
+    } else {
+        return Err(Failure::new(Exit::Usage, "the target is a postgres:// URL or sqlite:PATH"));
+    };
     if as_json {
         println!(
             "{}",

@@ -4,6 +4,8 @@
 //! per transaction with their history, so a copy that stops (killed, the
 //! server gone) resumes where the last committed batch ended; at the end
 //! the counts on both sides are compared. Run it with the master stopped.
+//! A SQLite store can also be copied into a new SQLite store of another
+//! number of shards ([`into_sqlite`]).
 
 use std::path::Path;
 
@@ -13,6 +15,12 @@ use uuid::Uuid;
 use crate::StoreError;
 use crate::pg::write::{INSERT, RECORD};
 use crate::sqlite::generations::{JOB_COLUMNS, Layout, listed_in};
+
+mod into_sqlite;
+#[cfg(test)]
+mod tests;
+
+pub use into_sqlite::into_sqlite;
 
 /// How far a copy got.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -161,12 +169,7 @@ pub async fn copy(
     if mining.is_file() {
         report.mining = copy_mining(&mining, &mut client).await?;
     }
-    let count = |sql: String| source.query_row(&sql, [], |r| r.get::<_, i64>(0));
-    for (j, t) in &gens {
-        report.source_jobs += count(format!("SELECT count(*) FROM {j}"))? as u64;
-        report.source_history += count(format!("SELECT count(*) FROM {t}"))? as u64;
-        report.source_history += count(crate::sqlite::count_steps(j))? as u64;
-    }
+    (report.source_jobs, report.source_history) = counts(&source, &gens)?;
     let target = |sql: &'static str| async { client.query_one(sql, &[]).await?.try_get::<_, i64>(0) };
     report.target_jobs = target("SELECT count(*) FROM jobs").await? as u64;
     report.target_history = target("SELECT count(*) FROM transitions").await? as u64;
@@ -177,6 +180,19 @@ pub async fn copy(
     drop(client);
     let _ = driver.await;
     Ok(report)
+}
+
+/// The jobs and history rows (a job's trail counted by its steps, as a
+/// copy into PostgreSQL writes them) of a SQLite store's generations `gens`.
+fn counts(conn: &Connection, gens: &[(String, String)]) -> Result<(u64, u64), StoreError> {
+    let count = |sql: String| conn.query_row(&sql, [], |r| r.get::<_, i64>(0));
+    let (mut jobs, mut history) = (0, 0);
+    for (j, t) in gens {
+        jobs += count(format!("SELECT count(*) FROM {j}"))? as u64;
+        history += count(format!("SELECT count(*) FROM {t}"))? as u64;
+        history += count(crate::sqlite::count_steps(j))? as u64;
+    }
+    Ok((jobs, history))
 }
 
 type HistoryRow = (String, i64, String, i32, Option<String>, Option<String>);

@@ -20,6 +20,11 @@ CREATE TABLE IF NOT EXISTS config_versions (
 );
 ";
 
+/// [`SCHEMA`] in the attached database `schema` (a store being copied).
+pub(crate) fn schema_in(schema: &str) -> String {
+    SCHEMA.replace("EXISTS config_versions", &format!("EXISTS {schema}.config_versions"))
+}
+
 /// Where the versions are: SQLite's file, or the PostgreSQL store's
 /// `config_versions` table (so every master reads the same).
 #[derive(Debug, Clone)]

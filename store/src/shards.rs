@@ -96,7 +96,8 @@ pub(crate) fn open(
             let w = w.unwrap_or(1);
             if w > 1 && layout.row_ids.next() > 1 {
                 return refuse(format!(
-                    "the store at {} holds jobs in one file and cannot be split into {w} shards in place: leave FAENA_STORE_SHARDS unset (or start a new store)",
+                    "the store at {} holds jobs in one file and cannot be split into {w} shards in place: leave FAENA_STORE_SHARDS unset, or copy it into a new store (faena store copy --from sqlite:{} --to sqlite:NEW/faena.db --shards {w}) and start on that",
+                    path.display(),
                     path.display()
                 ));
             }
@@ -190,6 +191,22 @@ pub(crate) fn attach(conn: &Connection, path: &Path) -> Result<Vec<String>, Stor
     Ok(schemas)
 }
 
+/// How many shards the SQLite store named by `path` was made with (one for
+/// a store made before shards).
+pub fn count(path: &Path) -> Result<usize, StoreError> {
+    if !path.is_file() {
+        return Err(StoreError::Copy(format!("no SQLite store at {}", path.display())));
+    }
+    match marked(&sqlite::open(path, SyncMode::Normal)?)? {
+        None => Ok(1),
+        Some((0, n)) => Ok(n),
+        Some((k, n)) => Err(StoreError::Shards(format!(
+            "{} is shard {k} of {n} of a store: name the store's first file",
+            path.display()
+        ))),
+    }
+}
+
 /// The place a store file records: (its shard, of how many).
 fn marked(conn: &Connection) -> Result<Option<(usize, usize)>, StoreError> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS shards (shard INTEGER NOT NULL, of INTEGER NOT NULL)")?;
@@ -202,6 +219,14 @@ fn marked(conn: &Connection) -> Result<Option<(usize, usize)>, StoreError> {
         Some((k, n)) => {
             Err(StoreError::Shards(format!("a store file records shard {k} of {n}, which is not a place in a store")))
         }
+    }
+}
+
+/// Records a new file's place: shard `k` of `of` (a store being copied).
+pub(crate) fn mark_new(conn: &Connection, k: usize, of: usize) -> Result<(), StoreError> {
+    match marked(conn)? {
+        None => mark(conn, k, of),
+        Some((j, n)) => Err(StoreError::Shards(format!("a new file already records shard {j} of {n}"))),
     }
 }
 

@@ -354,7 +354,7 @@ async fn postgres_retention_deletes_the_oldest_finished_beyond_keep() {
 }
 
 /// Every job the listing shows, newest first.
-async fn all_listed(store: &Store) -> Vec<JobId> {
+pub(crate) async fn all_listed(store: &Store) -> Vec<JobId> {
     let (mut out, mut before) = (Vec::new(), None);
     loop {
         let page = store.list(&JobFilter { before, limit: 50, ..Default::default() }).await.expect("lists");

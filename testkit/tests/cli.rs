@@ -232,3 +232,54 @@ async fn keys_for_ai_clients() {
     let listed = faena(&c, &["keys", "list", "--json"]).await.json();
     assert!(listed["keys"][0]["revoked_at"].is_string(), "{listed}");
 }
+
+/// `faena store copy` onto more files: a stopped master's one-file store
+/// copied into a new store of four shards; the master started on it (its
+/// data directory swapped for the new one, as docs/store.md says) serves
+/// the same jobs and takes new ones.
+#[tokio::test]
+async fn store_copy_moves_a_stopped_masters_store_onto_four_files() {
+    let mut c = Cluster::start_with_api_token(MasterOpts::default(), API_TOKEN).await;
+    c.add_worker("w1", 2).await;
+    c.wait_workers(1).await;
+    let mut ids = vec![];
+    for i in 0..20 {
+        ids.push(c.api.submit_ok("noop", json!({"payload": i}), None).await);
+    }
+    for id in &ids {
+        assert_eq!(c.api.wait_final(id).await["state"], "succeeded");
+    }
+    c.master().terminate().await;
+
+    let data = c.dir.path().join("data");
+    let new = c.dir.path().join("data.new");
+    std::fs::create_dir_all(&new).expect("dir");
+    let (from, to) =
+        (format!("sqlite:{}", data.join("faena.db").display()), format!("sqlite:{}", new.join("faena.db").display()));
+    let out = faena_env(&c, &["--json", "store", "copy", "--from", &from, "--to", &to, "--shards", "4"], &[]).await;
+    ok(&out);
+    let report = out.json();
+    assert_eq!((report["whole"].as_bool(), report["target"]["jobs"].as_u64()), (Some(true), Some(20)), "{report}");
+    assert!(new.join("faena.3.db").is_file(), "four files");
+    let again = faena_env(&c, &["store", "copy", "--from", &from, "--to", &to], &[]).await;
+    assert!(again.code != 0 && again.stderr.contains("exists"), "not over a store: {}", again.stderr);
+    let nine = faena_env(&c, &["store", "copy", "--from", &from, "--to", &to, "--shards", "9"], &[]).await;
+    assert_eq!(nine.code, 2, "{}", nine.stderr);
+
+    let token = data.join("cluster-token");
+    if token.is_file() {
+        std::fs::copy(&token, new.join("cluster-token")).expect("copies the token");
+    }
+    std::fs::rename(&data, c.dir.path().join("data.old")).expect("moves");
+    std::fs::rename(&new, &data).expect("moves");
+    c.restart_master().await;
+    let job = c.api.job(&ids[7]).await;
+    assert_eq!((job["state"].as_str(), job["result"]["payload"].as_i64()), (Some("succeeded"), Some(7)), "{job}");
+    let next = c.api.submit_ok("noop", json!({}), None).await;
+    assert_eq!(c.api.wait_final(&next).await["state"], "succeeded");
+    let (_, page) = c.api.get("/api/jobs?limit=21").await;
+    let listed: Vec<&str> = page["jobs"].as_array().expect("jobs").iter().filter_map(|j| j["id"].as_str()).collect();
+    let mut want: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    want.insert(0, &next);
+    assert_eq!(listed, want, "the copied jobs in their order, the new one ahead");
+}
