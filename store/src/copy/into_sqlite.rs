@@ -41,6 +41,9 @@ pub fn into_sqlite(from: &Path, to: &Path, shards: usize) -> Result<CopyReport, 
     let Some(name) = to.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return refuse(format!("{}: name the new store's file (e.g. faena.db)", to.display()));
     };
+    if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(StoreError::File)?;
+    }
     let building = to.with_file_name(format!(".{name}.copy"));
     let building_mining = to.with_file_name(".mining.db.copy");
     // What a run that stopped part way left, ours by name.
