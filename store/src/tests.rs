@@ -366,6 +366,67 @@ pub(crate) async fn all_listed(store: &Store) -> Vec<JobId> {
     }
 }
 
+/// A store to copy at `path` (over `shards` files), in generations of 16
+/// (a quarter of 64) so a copy reads several: 100 `noop` jobs, all but the
+/// eighth succeeded with `{"n": i}`; their ids.
+pub(crate) fn to_copy(path: &std::path::Path, shards: Option<usize>) -> (Store, Vec<JobId>) {
+    let keep = Retention { age: None, keep: Some(64) };
+    let source = Store::open_sharded(path, SyncMode::Normal, keep, shards).expect("opens");
+    let ids: Vec<JobId> = (0..100).map(|_| JobId::new()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        noop(&source, *id, i as u64);
+        if i != 7 {
+            source.write(StoreOp::Finished {
+                id: *id,
+                state: JobState::Succeeded,
+                attempts: 1,
+                worker: Some("w1".into()),
+                result: Some(json!({"n": i})),
+                error: None,
+                at_ms: 5000,
+                release_key: None,
+            });
+        }
+    }
+    (source, ids)
+}
+
+/// A job holding the unique key `k1`, made by the schedule `nightly`'s
+/// firing; a firing of `hourly` that made no job, later; the group `g`'s
+/// limits. The keyed job's id.
+pub(crate) fn keyed_and_named(store: &Store) -> JobId {
+    let keyed = JobId::new();
+    let opts = faena_proto::options::JobOptions {
+        unique_key: Some("k1".into()),
+        schedule: Some("nightly".into()),
+        fired_for_ms: Some(5_000),
+        ..Default::default()
+    };
+    store.write(insert(keyed, 200, Some(opts)));
+    store.write(StoreOp::Fired { schedule: "hourly".into(), at_ms: 7_000 });
+    store.write(StoreOp::Named { kind: crate::NamedKind::Group, name: "g".into(), doc: Some("{}".into()) });
+    keyed
+}
+
+/// The live configuration's version 1, saved beside the store at `path`.
+pub(crate) async fn version_one(path: &std::path::Path) {
+    let settings = crate::settings::SettingsDb::open(path).expect("settings");
+    settings.save(&faena_proto::settings::ClusterConfig { version: 1, ..Default::default() }).await.expect("saves");
+}
+
+/// A worker's tally of shares and blocks.
+pub(crate) fn tally() -> crate::mining::Tally {
+    crate::mining::Tally {
+        name: "w1".into(),
+        kind: "worker".into(),
+        source: "s1".into(),
+        valid: 3,
+        invalid: 0,
+        stale: 1,
+        blocks: 1,
+    }
+}
+
 /// `faena store copy`: a SQLite store in several generations, copied into
 /// PostgreSQL by a run that stops after three batches and one that
 /// resumes, reads back the same; a store holding other jobs is refused.
@@ -383,30 +444,11 @@ async fn a_sqlite_store_of_shards_copies_into_postgres_resumably() {
 async fn copies_into_postgres_resumably(shards: Option<usize>) {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("faena.db");
-    // Generations of 16 (a quarter of 64), so the copy reads several.
-    let keep = Retention { age: None, keep: Some(64) };
-    let source = Store::open_sharded(&path, SyncMode::Normal, keep, shards).expect("opens");
-    let ids: Vec<JobId> = (0..100).map(|_| JobId::new()).collect();
-    for (i, id) in ids.iter().enumerate() {
-        noop(&source, *id, i as u64);
-        if i != 7 {
-            source.write(StoreOp::Finished {
-                id: *id,
-                state: JobState::Succeeded,
-                attempts: 1,
-                worker: Some("w1".into()),
-                result: Some(json!({"n": i})),
-                error: None,
-                at_ms: 5000,
-                release_key: None,
-            });
-        }
-    }
+    let (source, ids) = to_copy(&path, shards);
     wait_commit(&source).await;
-    let settings = crate::settings::SettingsDb::open(&path).expect("settings");
-    settings.save(&faena_proto::settings::ClusterConfig { version: 1, ..Default::default() }).await.expect("saves");
     let expected = all_listed(&source).await;
     drop(source);
+    version_one(&path).await;
     let mining = crate::mining::MiningDb::open(&dir.path().join("mining.db")).expect("mining store");
     let block = faena_proto::mining::BlockView {
         height: 9,
@@ -417,15 +459,7 @@ async fn copies_into_postgres_resumably(shards: Option<usize>) {
         at_ms: 7,
     };
     mining.add_block("s1".into(), block).await.expect("adds");
-    let tally = crate::mining::Tally {
-        name: "w1".into(),
-        kind: "worker".into(),
-        source: "s1".into(),
-        valid: 3,
-        invalid: 0,
-        stale: 1,
-        blocks: 1,
-    };
+    let tally = tally();
     mining.add_tallies(vec![tally.clone()]).await.expect("saves");
 
     let pg = crate::harness::Postgres::start();

@@ -103,6 +103,19 @@ impl Api {
         body["id"].as_str().expect("id").to_owned()
     }
 
+    /// Submits `n` `noop` jobs (`{"payload": i}`) and waits for each to
+    /// succeed; their ids, in the order submitted.
+    pub async fn run_noops(&self, n: usize) -> Vec<String> {
+        let mut ids = vec![];
+        for i in 0..n {
+            ids.push(self.submit_ok("noop", serde_json::json!({"payload": i}), None).await);
+        }
+        for id in &ids {
+            assert_eq!(self.wait_final(id).await["state"], "succeeded");
+        }
+        ids
+    }
+
     pub async fn job(&self, id: &str) -> Value {
         self.get(&format!("/api/jobs/{id}")).await.1
     }

@@ -63,13 +63,7 @@ async fn faena_store_copy_moves_a_sqlite_store_into_postgres() {
     let mut c = Cluster::start(MasterOpts::default()).await;
     c.add_worker("w1", 2).await;
     c.wait_workers(1).await;
-    let mut ids = vec![];
-    for i in 0..20 {
-        ids.push(c.api.submit_ok("noop", json!({"payload": i}), None).await);
-    }
-    for id in &ids {
-        assert_eq!(c.api.wait_final(id).await["state"], "succeeded");
-    }
+    let ids = c.api.run_noops(20).await;
     c.master().terminate().await;
 
     let pg = Postgres::start();

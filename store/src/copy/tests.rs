@@ -1,13 +1,11 @@
 use std::path::Path;
 
 use faena_proto::ids::JobId;
-use faena_proto::jobs::JobState;
-use faena_proto::options::JobOptions;
 use serde_json::json;
 
 use crate::shards::shard_path;
-use crate::tests::{all_listed, insert, noop, wait_commit};
-use crate::{NamedKind, Retention, Store, StoreOp, SyncMode};
+use crate::tests::{all_listed, keyed_and_named, noop, tally, to_copy, version_one, wait_commit};
+use crate::{NamedKind, Retention, Store, SyncMode};
 
 fn open(path: &Path, retention: Retention) -> Store {
     Store::open_sharded(path, SyncMode::Normal, retention, None).expect("opens")
@@ -30,49 +28,14 @@ async fn a_sqlite_store_copies_into_a_new_store_of_another_number_of_shards() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("old/faena.db");
     std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
-    // Generations of 16 (a quarter of 64), so the copy reads several.
-    let source = open(&path, Retention { age: None, keep: Some(64) });
-    let ids: Vec<JobId> = (0..100).map(|_| JobId::new()).collect();
-    for (i, id) in ids.iter().enumerate() {
-        noop(&source, *id, i as u64);
-        if i != 7 {
-            source.write(StoreOp::Finished {
-                id: *id,
-                state: JobState::Succeeded,
-                attempts: 1,
-                worker: Some("w1".into()),
-                result: Some(json!({"n": i})),
-                error: None,
-                at_ms: 5000,
-                release_key: None,
-            });
-        }
-    }
-    let keyed = JobId::new();
-    let opts = JobOptions {
-        unique_key: Some("k1".into()),
-        schedule: Some("nightly".into()),
-        fired_for_ms: Some(5_000),
-        ..Default::default()
-    };
-    source.write(insert(keyed, 200, Some(opts)));
-    source.write(StoreOp::Fired { schedule: "hourly".into(), at_ms: 7_000 });
-    source.write(StoreOp::Named { kind: NamedKind::Group, name: "g".into(), doc: Some("{}".into()) });
+    let (source, ids) = to_copy(&path, None);
+    let keyed = keyed_and_named(&source);
     wait_commit(&source).await;
-    let settings = crate::settings::SettingsDb::open(&path).expect("settings");
-    settings.save(&faena_proto::settings::ClusterConfig { version: 1, ..Default::default() }).await.expect("saves");
     let expected = all_listed(&source).await;
     drop(source);
+    version_one(&path).await;
     let mining = crate::mining::MiningDb::open(&path.with_file_name("mining.db")).expect("mining store");
-    let tally = crate::mining::Tally {
-        name: "w1".into(),
-        kind: "worker".into(),
-        source: "s1".into(),
-        valid: 3,
-        invalid: 0,
-        stale: 1,
-        blocks: 1,
-    };
+    let tally = tally();
     mining.add_tallies(vec![tally.clone()]).await.expect("saves");
     drop(mining);
 

@@ -2,7 +2,6 @@ use std::sync::mpsc as std_mpsc;
 
 use faena_proto::ids::JobId;
 use faena_proto::jobs::JobState;
-use faena_proto::options::JobOptions;
 use serde_json::json;
 
 use super::*;
@@ -61,16 +60,7 @@ async fn a_store_of_shards_spreads_its_jobs_and_reads_as_one() {
         store.write(StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of, state, opts, run_at_ms });
     }
     store.write(finished(units[0], None));
-    let keyed = JobId::new();
-    let opts = JobOptions {
-        unique_key: Some("k1".into()),
-        schedule: Some("nightly".into()),
-        fired_for_ms: Some(5_000),
-        ..Default::default()
-    };
-    store.write(insert(keyed, 200, Some(opts)));
-    store.write(StoreOp::Fired { schedule: "hourly".into(), at_ms: 7_000 });
-    store.write(StoreOp::Named { kind: NamedKind::Group, name: "g".into(), doc: Some("{}".into()) });
+    let keyed = crate::tests::keyed_and_named(&store);
     wait_commit(&store).await;
 
     let files: Vec<PathBuf> = (0..4).map(|k| shard_path(&dir.path().join("faena.db"), k)).collect();
