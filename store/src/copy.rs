@@ -80,6 +80,8 @@ pub async fn copy(
     if !from.is_file() {
         return Err(StoreError::Copy(format!("no SQLite store at {}", from.display())));
     }
+    // No master may write the store while it is copied.
+    let _held = crate::sqlite::lock::take(from, crate::sqlite::lock::WAIT)?;
     // Both stores brought up to date first, as a master starting on each
     // would (a store from an older build gets its columns and generations).
     let source = crate::sqlite::open(from, crate::SyncMode::Normal)?;

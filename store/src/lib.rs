@@ -71,6 +71,8 @@ pub enum StoreError {
     Schema { found: i32, known: i32 },
     #[error("the store's shards: {0}")]
     Shards(String),
+    #[error("{0}")]
+    InUse(String),
 }
 
 impl StoreError {

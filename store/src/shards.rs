@@ -79,6 +79,7 @@ pub(crate) fn open(
     {
         return refuse(format!("{w} shards: a store has 1 to {MAX_SHARDS}"));
     }
+    let lock = sqlite::lock::take(path, sqlite::lock::WAIT)?;
     let (conn, layout) = sqlite::open_for_writes(path, sync)?;
     let place = marked(&conn)?;
     let shards = match (place, wanted) {
@@ -132,7 +133,7 @@ pub(crate) fn open(
         mark(&opened[0].0, 0, shards)?;
     }
     let ids = RowIds::from(opened.iter().map(|(_, l, _)| l.row_ids.next()).max().unwrap_or(1));
-    let opened: Vec<Opened> = opened
+    let mut opened: Vec<Opened> = opened
         .into_iter()
         .map(|(conn, mut layout, path)| {
             layout.share(ids.clone(), shards);
@@ -140,6 +141,10 @@ pub(crate) fn open(
             Ok(Opened { writer: Writer::new(conn, layout, retention), reader, path })
         })
         .collect::<Result<_, StoreError>>()?;
+    let lock = Arc::new(lock);
+    for o in &mut opened {
+        o.writer.hold(lock.clone());
+    }
     let newest = opened.iter().map(|o| o.writer.newest_created()).max().unwrap_or(0);
     Ok((opened, Numbering { ids, newest: Mutex::new(newest) }))
 }

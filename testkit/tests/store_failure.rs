@@ -169,3 +169,38 @@ async fn a_full_disk_under_postgres_pauses_the_master_which_loses_nothing() {
     assert_eq!(pg.sql("SELECT count(*) FROM jobs WHERE state = 'succeeded'"), accepted.len().to_string());
     assert!(c.master_log().contains("the store commits again"), "the recovery is logged");
 }
+
+/// One master to a SQLite store: a second started on the same data
+/// directory (other ports) would dispatch the same queue, and is refused
+/// at start, saying why; `faena store copy` of the store is refused while
+/// the first runs. The first goes on serving.
+#[tokio::test]
+async fn a_second_master_on_the_same_sqlite_store_is_refused() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    let data = c.dir.path().join("data");
+    let log = c.dir.path().join("second-master.log");
+    let env = vec![
+        ("FAENA_DATA_DIR".to_owned(), data.display().to_string()),
+        ("FAENA_HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        ("FAENA_GRPC_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        ("FAENA_MQTT_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        ("FAENA_VERIFY_MODE".to_owned(), "light".to_owned()),
+    ];
+    let mut second = faena_testkit::Proc::spawn_raw(&faena_testkit::bin("faena-master"), &[], &env, &log);
+    let status = tokio::time::timeout(faena_testkit::WAIT, second.wait()).await.expect("exits").expect("status");
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("another process has the store") && text.contains("faena.db.lock"), "{text}");
+
+    let from = format!("sqlite:{}", data.join("faena.db").display());
+    let to = format!("sqlite:{}", c.dir.path().join("copy/faena.db").display());
+    let copy =
+        faena_testkit::cli::faena_env(&c, "unused-token", &["store", "copy", "--from", &from, "--to", &to], &[]).await;
+    assert!(copy.code != 0 && copy.stderr.contains("another process has the store"), "{}", copy.stderr);
+    assert!(!c.dir.path().join("copy/faena.db").exists(), "nothing copied");
+
+    c.add_worker("w1", 1).await;
+    c.wait_workers(1).await;
+    let id = c.api.submit_ok("noop", json!({}), None).await;
+    assert_eq!(c.api.wait_final(&id).await["state"], "succeeded");
+}

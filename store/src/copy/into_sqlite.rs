@@ -10,6 +10,7 @@
 //! no store at the target, and the next run starts again from nothing.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use faena_proto::ids::JobId;
 use rusqlite::Connection;
@@ -44,6 +45,10 @@ pub fn into_sqlite(from: &Path, to: &Path, shards: usize) -> Result<CopyReport, 
     if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(StoreError::File)?;
     }
+    // No master writes the source while it is copied, and no master or
+    // other copy opens the new store while it is built.
+    let _source = crate::sqlite::lock::take(from, crate::sqlite::lock::WAIT)?;
+    let _target = crate::sqlite::lock::take(to, Duration::ZERO)?;
     let building = to.with_file_name(format!(".{name}.copy"));
     let building_mining = to.with_file_name(".mining.db.copy");
     // What a run that stopped part way left, ours by name.

@@ -15,6 +15,7 @@ mod created;
 pub(crate) mod generations;
 mod history;
 pub(crate) mod list;
+pub(crate) mod lock;
 pub(crate) mod read;
 mod retention;
 mod write;

@@ -28,13 +28,21 @@ pub(crate) struct Writer {
     /// the order they are stored (a clock stepped back does not break it),
     /// which listing by `since` relies on.
     created: i64,
+    /// The store's lock (`lock.rs`), shared by its shards' writers: let go
+    /// when the last of them has committed its last group.
+    lock: Option<std::sync::Arc<super::lock::Held>>,
 }
 
 impl Writer {
     pub(crate) fn new(conn: Connection, layout: Layout, retention: Retention) -> Self {
         let created =
             layout.gens.iter().filter_map(|g| newest_created(&conn, &g.jobs).ok().flatten()).max().unwrap_or(0);
-        Self { conn, layout, hints: Hints::default(), retention, created }
+        Self { conn, layout, hints: Hints::default(), retention, created, lock: None }
+    }
+
+    /// Holds the store's lock for as long as this writer runs.
+    pub(crate) fn hold(&mut self, lock: std::sync::Arc<super::lock::Held>) {
+        self.lock = Some(lock);
     }
 }
 
