@@ -84,18 +84,12 @@ pub async fn copy(
     let _held = crate::sqlite::lock::take(from, crate::sqlite::lock::WAIT)?;
     // Both stores brought up to date first, as a master starting on each
     // would (a store from an older build gets its columns and generations).
-    let source = crate::sqlite::open(from, crate::SyncMode::Normal)?;
-    Layout::open(&source, faena_proto::mqtt::now_ms() as i64)?;
+    let (source, schemas, gens) = open_as_one(from)?;
     drop(crate::Store::connect(to, crate::Retention::OFF).await?);
     let target = crate::pg::tls::parse(to)?;
     let (mut client, conn) = target.config.connect(target.tls).await?;
     let driver = tokio::spawn(conn);
     let mut report = CopyReport::default();
-    // A store of several shards: each of its files attached, its jobs
-    // read as one (row ids are the store's, unique across them).
-    let schemas = crate::shards::attach(&source, from)?;
-    let gens: Vec<(String, String)> =
-        schemas.iter().map(|s| listed_in(&source, s)).collect::<Result<Vec<_>, _>>()?.concat();
     // Every generation's jobs, in row-id order (unique across them).
     let union = gens
         .iter()
@@ -182,6 +176,22 @@ pub async fn copy(
     drop(client);
     let _ = driver.await;
     Ok(report)
+}
+
+/// A SQLite store read as one: its connection, schemas, generations' tables.
+type OpenAsOne = (Connection, Vec<String>, Vec<(String, String)>);
+
+/// The SQLite store at `path` opened as a master would open it (a store
+/// from an older build gets its columns and generations) and read as one:
+/// a store of several shards with each of its files attached (row ids are
+/// the store's, unique across them). With it, the schemas it reads, `main`
+/// first, and every generation's tables.
+fn open_as_one(path: &Path) -> Result<OpenAsOne, StoreError> {
+    let conn = crate::sqlite::open(path, crate::SyncMode::Normal)?;
+    Layout::open(&conn, faena_proto::mqtt::now_ms() as i64)?;
+    let schemas = crate::shards::attach(&conn, path)?;
+    let gens = schemas.iter().map(|s| listed_in(&conn, s)).collect::<Result<Vec<_>, _>>()?.concat();
+    Ok((conn, schemas, gens))
 }
 
 /// The jobs and history rows (a job's trail counted by its steps, as a

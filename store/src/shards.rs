@@ -170,16 +170,7 @@ impl Numbering {
 /// file, at `path`) to it, each brought up to date as a master opening it
 /// would: the schemas to read jobs from, `main` first.
 pub(crate) fn attach(conn: &Connection, path: &Path) -> Result<Vec<String>, StoreError> {
-    let shards = match marked(conn)? {
-        None => 1,
-        Some((0, n)) => n,
-        Some((k, n)) => {
-            return Err(StoreError::Shards(format!(
-                "{} is shard {k} of {n} of a store: name the store's first file",
-                path.display()
-            )));
-        }
-    };
+    let shards = made_with(conn, path)?;
     let mut schemas = vec!["main".to_owned()];
     for k in 1..shards {
         let file = shard_path(path, k);
@@ -202,7 +193,13 @@ pub fn count(path: &Path) -> Result<usize, StoreError> {
     if !path.is_file() {
         return Err(StoreError::Copy(format!("no SQLite store at {}", path.display())));
     }
-    match marked(&sqlite::open(path, SyncMode::Normal)?)? {
+    made_with(&sqlite::open(path, SyncMode::Normal)?, path)
+}
+
+/// How many shards the store whose first file (`path`) `conn` is open on
+/// was made with; refused for another shard's file.
+fn made_with(conn: &Connection, path: &Path) -> Result<usize, StoreError> {
+    match marked(conn)? {
         None => Ok(1),
         Some((0, n)) => Ok(n),
         Some((k, n)) => Err(StoreError::Shards(format!(
@@ -229,10 +226,8 @@ fn marked(conn: &Connection) -> Result<Option<(usize, usize)>, StoreError> {
 
 /// Records a new file's place: shard `k` of `of` (a store being copied).
 pub(crate) fn mark_new(conn: &Connection, k: usize, of: usize) -> Result<(), StoreError> {
-    match marked(conn)? {
-        None => mark(conn, k, of),
-        Some((j, n)) => Err(StoreError::Shards(format!("a new file already records shard {j} of {n}"))),
-    }
+    marked(conn)?;
+    mark(conn, k, of)
 }
 
 fn mark(conn: &Connection, k: usize, of: usize) -> Result<(), StoreError> {

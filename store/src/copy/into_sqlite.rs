@@ -16,10 +16,10 @@ use faena_proto::ids::JobId;
 use rusqlite::Connection;
 use rusqlite::functions::FunctionFlags;
 
-use super::{CopyReport, counts};
+use super::{CopyReport, counts, open_as_one};
 use crate::StoreError;
 use crate::shards::{MAX_SHARDS, shard_path};
-use crate::sqlite::generations::{HISTORY_COLUMNS, JOB_COLUMNS, Layout, listed_in};
+use crate::sqlite::generations::{HISTORY_COLUMNS, JOB_COLUMNS, Layout};
 
 /// Copies the SQLite store at `from` (one file or several) into a new
 /// SQLite store of `shards` files at `to`, with the live configuration's
@@ -78,11 +78,7 @@ pub fn into_sqlite(from: &Path, to: &Path, shards: usize) -> Result<CopyReport, 
 /// when `mining` is there), counted as a master would read it.
 fn build(from: &Path, files: &[PathBuf], mining: &Path, mining_to: &Path) -> Result<CopyReport, StoreError> {
     let shards = files.len();
-    let source = crate::sqlite::open(from, crate::SyncMode::Normal)?;
-    Layout::open(&source, faena_proto::mqtt::now_ms() as i64)?;
-    let schemas = crate::shards::attach(&source, from)?;
-    let gens: Vec<(String, String)> =
-        schemas.iter().map(|s| listed_in(&source, s)).collect::<Result<Vec<_>, _>>()?.concat();
+    let (source, schemas, gens) = open_as_one(from)?;
     source.create_scalar_function("faena_shard", 2, FunctionFlags::SQLITE_DETERMINISTIC, |ctx| {
         let id: String = ctx.get(0)?;
         let n: i64 = ctx.get(1)?;
@@ -109,10 +105,7 @@ fn build(from: &Path, files: &[PathBuf], mining: &Path, mining_to: &Path) -> Res
     }
 
     // Counted as a master would read the new store: its shards as one.
-    let target = crate::sqlite::open(&files[0], crate::SyncMode::Normal)?;
-    let built = crate::shards::attach(&target, &files[0])?;
-    let built: Vec<(String, String)> =
-        built.iter().map(|s| listed_in(&target, s)).collect::<Result<Vec<_>, _>>()?.concat();
+    let (target, _, built) = open_as_one(&files[0])?;
     (report.target_jobs, report.target_history) = counts(&target, &built)?;
     // A new store: all of its history is this run's, rows and trails' steps.
     report.history = report.target_history;
