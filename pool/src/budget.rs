@@ -1,7 +1,8 @@
 //! Shares per second Stratum miners may have verified, all together: a
 //! token bucket refilled at the budget (a share of the verifier's measured
-//! capacity), in bursts of 2 s, with a part that connections with no
-//! accepted share may use between them. No I/O, the time passed in.
+//! capacity) from the pool's start, in bursts of 2 s, with a part that
+//! connections with no accepted share may use between them. No I/O, the
+//! time passed in.
 
 use std::time::Instant;
 
@@ -13,7 +14,11 @@ const UNPROVEN_SHARE: f64 = 0.25;
 
 #[derive(Debug)]
 pub(crate) struct Budget {
-    bucket: TokenBucket,
+    /// Made at the first share, when the budget's rate is first known,
+    /// and filled at that rate from `since`: a pool up for 2 s holds its
+    /// whole burst.
+    bucket: Option<TokenBucket>,
+    since: Instant,
     /// What connections that have not had a share accepted yet may use,
     /// all together: junk from many addresses cannot crowd out miners who
     /// have shown real work.
@@ -23,10 +28,11 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    /// Before the first share: nothing in the whole, a start-up flurry for
-    /// the unproven (both follow the budget from the first share on).
+    /// The whole starts empty at `now` and fills at the budget's rate from
+    /// then; the unproven part starts with a flurry of 16 (both follow the
+    /// budget from the first share on).
     pub(crate) fn new(now: Instant) -> Self {
-        Self { bucket: TokenBucket::empty(1.0, 2.0, now), unproven: TokenBucket::full(1.0, 16.0, now), over: 0 }
+        Self { bucket: None, since: now, unproven: TokenBucket::full(1.0, 16.0, now), over: 0 }
     }
 
     /// Takes one share from the unproven part unless `proven`, and from
@@ -34,13 +40,15 @@ impl Budget {
     /// leaves the unproven part as it was: a spent whole costs the
     /// unproven nothing.
     pub(crate) fn take(&mut self, rate: f64, proven: bool, now: Instant) -> bool {
-        self.bucket.set_rate(rate, rate * 2.0, now);
+        let since = self.since;
+        let whole = self.bucket.get_or_insert_with(|| TokenBucket::empty(rate, rate * 2.0, since));
+        whole.set_rate(rate, rate * 2.0, now);
         let unproven = (rate * UNPROVEN_SHARE).max(1.0);
         self.unproven.set_rate(unproven, (unproven * 2.0).max(16.0), now);
         if !proven && !self.unproven.take(now) {
             return false;
         }
-        if self.bucket.take(now) {
+        if whole.take(now) {
             return true;
         }
         if !proven {
@@ -67,6 +75,20 @@ mod tests {
         // them go to unproven shares, which have kept their 16.
         let later = t + Duration::from_secs(4);
         assert_eq!((0..100).filter(|_| b.take(4.0, false, later)).count(), 8);
+    }
+
+    #[test]
+    fn the_whole_fills_at_the_budgets_rate_from_the_start() {
+        let t = Instant::now();
+        let mut b = Budget::new(t);
+        // The first share comes 3 s after the start, the budget then known
+        // to be 10 shares/s: the whole holds its burst of 20 (2 s), not
+        // what a placeholder rate would have put there.
+        let first = t + Duration::from_secs(3);
+        assert_eq!((0..100).filter(|_| b.take(10.0, true, first)).count(), 20);
+        // Then the rate: 1 s more, 10 more.
+        let later = first + Duration::from_secs(1);
+        assert_eq!((0..100).filter(|_| b.take(10.0, true, later)).count(), 10);
     }
 
     #[test]
