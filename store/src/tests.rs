@@ -276,7 +276,10 @@ async fn postgres_migrates_once_under_a_lock_and_refuses_a_newer_schema() {
     let url = pg.url();
     let (a, b) = tokio::join!(Store::connect(&url, Retention::OFF), Store::connect(&url, Retention::OFF));
     let (a, _b) = (a.expect("first"), b.expect("second"));
-    assert_eq!(pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"), "1,2,3,4,5,6,7,8,9");
+    assert_eq!(
+        pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"),
+        "1,2,3,4,5,6,7,8,9,10"
+    );
     let id = JobId::new();
     noop(&a, id, 0);
     wait_commit(&a).await;

@@ -208,6 +208,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         // The pattern is `contract::PRIORITY_DETAIL_LIKE`.
         "CREATE INDEX transitions_priority ON transitions (job_id) WHERE detail LIKE 'priority % (was %)';",
     ),
+    (
+        10,
+        "each writer's last committed group, asked about when a COMMIT goes unanswered",
+        // A row a writer (a master's run) upserts in each group's
+        // transaction (`write.rs`): whether a group whose COMMIT's answer
+        // was lost is stored is read here, not from its transaction id,
+        // which a promoted standby may have given to another transaction.
+        "CREATE TABLE faena_writer_groups (writer UUID PRIMARY KEY, seq BIGINT NOT NULL, at_ms BIGINT NOT NULL);",
+    ),
 ];
 
 /// The newest schema version this build knows: the last migration's.

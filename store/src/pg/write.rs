@@ -89,13 +89,25 @@ const FENCE: &str = "SELECT faena_fence($1)";
 /// The SQLSTATE `faena_fence` raises for a deposed epoch.
 const FENCED: &str = "FA001";
 
-/// A group's transaction id: what the writer asks about when the
-/// connection was lost before the group's COMMIT was answered.
-const XID: &str = "SELECT pg_current_xact_id()::text::bigint";
+/// Marks the caller's transaction as this writer's group `$2` (migration
+/// 10): what the writer asks about when the connection was lost before the
+/// group's COMMIT was answered. Not the transaction's id: a standby
+/// promoted in the old primary's place may have given that id to another
+/// transaction, which a lost group was then taken for (the store's own
+/// failover drill lost a job's result so).
+const MARK: &str = "INSERT INTO faena_writer_groups (writer, seq, at_ms) VALUES ($1, $2, $3)
+    ON CONFLICT (writer) DO UPDATE SET seq = excluded.seq, at_ms = excluded.at_ms";
 
-/// What became of a transaction (`committed`, `aborted`, `in progress`;
-/// none when too old to know).
-const OUTCOME: &str = "SELECT pg_xact_status($1::int8::text::xid8)";
+/// The last group of this writer's that committed. The row lock waits for
+/// nothing: a transaction that still holds it (the lost connection's server
+/// process is still at it) answers "locked", and the writer asks again.
+const MARKED: &str = "SELECT seq FROM faena_writer_groups WHERE writer = $1 FOR UPDATE NOWAIT";
+
+/// The SQLSTATE of a row lock `NOWAIT` could not take.
+const LOCKED: &str = "55P03";
+
+/// Marks of writers gone for a day (one row a master's run).
+const FORGET_WRITERS: &str = "DELETE FROM faena_writer_groups WHERE at_ms < $1";
 
 /// Checks the fence inside the caller's transaction: [`StoreError::Fenced`]
 /// when `epoch` no longer leads the store; nothing when it is [`UNFENCED`].
@@ -133,7 +145,8 @@ struct Conn {
     record: Statement,
     prune: Statement,
     fence: Statement,
-    xid: Statement,
+    mark: Statement,
+    marked: Statement,
     take_keys: Statement,
     free_keys: Statement,
     expire_keys: Statement,
@@ -157,13 +170,24 @@ pub(crate) struct Writer {
     created: i64,
     /// The leader's epoch each group is fenced with ([`UNFENCED`]: none).
     fence: Arc<AtomicI64>,
-    /// A group whose statements ran but whose COMMIT went unanswered: its
-    /// transaction's id and how many of the operations given again it
-    /// holds (the writer gives a failed group again, with what arrived
-    /// since). Asked about once connected again.
-    unsure: Option<(i64, usize)>,
+    /// This writer's name in `faena_writer_groups`, and the mark its next
+    /// group gets.
+    writer: uuid::Uuid,
+    next_mark: i64,
+    /// A group whose statements ran but whose COMMIT went unanswered.
+    /// Asked about once connected again.
+    unsure: Option<Unsure>,
     /// How many of the operations given again are known to be stored.
     stored: usize,
+}
+
+/// A group whose COMMIT went unanswered: its mark, and how many of the
+/// operations given again it holds (the writer gives a failed group again,
+/// with what arrived since).
+#[derive(Debug, Clone, Copy)]
+struct Unsure {
+    mark: i64,
+    upto: usize,
 }
 
 impl Writer {
@@ -174,7 +198,20 @@ impl Writer {
         fence: Arc<AtomicI64>,
     ) -> Result<Self, StoreError> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StoreError::Spawn)?;
-        Ok(Self { rt, config, tls, conn: None, retention, next_row: 1, created: 0, fence, unsure: None, stored: 0 })
+        Ok(Self {
+            rt,
+            config,
+            tls,
+            conn: None,
+            retention,
+            next_row: 1,
+            created: 0,
+            fence,
+            writer: uuid::Uuid::new_v4(),
+            next_mark: 1,
+            unsure: None,
+            stored: 0,
+        })
     }
 }
 
@@ -196,18 +233,24 @@ impl Apply for Writer {
                     .await?;
                 self.next_row = self.next_row.max(row.try_get::<_, i64>(0)? + 1);
                 self.created = self.created.max(row.try_get(1)?);
+                let day_ago = faena_proto::mqtt::now_ms().saturating_sub(86_400_000) as i64;
+                conn.client.execute(FORGET_WRITERS, &[&day_ago]).await?;
                 self.conn = Some(conn);
             }
             let Some(conn) = self.conn.as_mut() else { return Err(StoreError::Unavailable) };
-            if let Some((xid, upto)) = self.unsure {
-                let outcome: Option<String> = conn.client.query_one(OUTCOME, &[&xid]).await?.try_get(0)?;
-                match outcome.as_deref() {
-                    // Stored, its answer lost with the connection: not again.
-                    Some("committed") => self.stored = upto,
+            if let Some(Unsure { mark, upto }) = self.unsure {
+                let marked = match conn.client.query_opt(&conn.marked, &[&self.writer]).await {
+                    Ok(row) => row.map(|r| r.try_get::<_, i64>(0)).transpose()?,
                     // The lost connection's server process is still at it.
-                    Some("in progress") => return Err(StoreError::Unavailable),
-                    _ => {}
+                    Err(e) if e.code().is_some_and(|c| c.code() == LOCKED) => return Err(StoreError::Unavailable),
+                    Err(e) => return Err(e.into()),
+                };
+                let committed = marked.is_some_and(|m| m >= mark);
+                // Stored, its answer lost with the connection: not again.
+                if committed {
+                    self.stored = upto;
                 }
+                tracing::info!(committed, "the group whose COMMIT went unanswered, asked about");
                 self.unsure = None;
             }
             let ops = &ops[self.stored.min(ops.len())..];
@@ -215,16 +258,20 @@ impl Apply for Writer {
             let mut created = self.created;
             let group = Group::fold(ops, &mut next_row, &mut created);
             let epoch = self.fence.load(Ordering::Relaxed);
+            let mark = self.next_mark;
+            self.next_mark += 1;
+            let now = faena_proto::mqtt::now_ms() as i64;
+            let marking = [&self.writer as &(dyn tokio_postgres::types::ToSql + Sync), &mark, &now];
             let (client, insert, update, record) = (&conn.client, &conn.insert, &conn.update, &conn.record);
             if prunes == 0 {
                 // One round trip: BEGIN, the fence, the group's statements
                 // and COMMIT are sent together and answered together. Any
                 // failure aborts the transaction, and the server takes the
                 // COMMIT that follows as a ROLLBACK: nothing applied.
-                let (begin, fenced, xid, inserted, updated, recorded, keys, named, commit) = tokio::join!(
+                let (begin, fenced, marked, inserted, updated, recorded, keys, named, commit) = tokio::join!(
                     async { client.batch_execute("BEGIN").await.map_err(StoreError::from) },
                     fence(client, &conn.fence, epoch),
-                    transaction_id(client, &conn.xid),
+                    client.execute(&conn.mark, &marking),
                     group.insert(client, insert),
                     group.update(client, update),
                     group.record(client, record, epoch),
@@ -236,18 +283,20 @@ impl Apply for Writer {
                 // a join polls first varies), so the fence's refusal is
                 // told as such, not as the aborted statements behind it.
                 fenced?;
-                let xid = begin.and(xid)?;
+                begin?;
+                marked?;
                 inserted.and(updated).and(recorded).and(keys).and(named)?;
                 // Every statement ran: only the COMMIT's answer is missing.
-                commit.inspect_err(|_| self.unsure = Some((xid, self.stored + ops.len())))?;
+                let upto = self.stored + ops.len();
+                commit.inspect_err(|_| self.unsure = Some(Unsure { mark, upto }))?;
                 self.next_row = next_row;
                 self.created = created;
                 return Ok(Vec::new());
             }
             let mut tx = conn.client.transaction().await?;
-            let (fenced, xid, inserted, updated, recorded, keys, named) = tokio::join!(
+            let (fenced, marked, inserted, updated, recorded, keys, named) = tokio::join!(
                 fence(tx.client(), &conn.fence, epoch),
-                transaction_id(tx.client(), &conn.xid),
+                tx.client().execute(&conn.mark, &marking),
                 group.insert(tx.client(), insert),
                 group.update(tx.client(), update),
                 group.record(tx.client(), record, epoch),
@@ -255,7 +304,7 @@ impl Apply for Writer {
                 group.named(tx.client(), [&conn.put_named, &conn.delete_named, &conn.fired])
             );
             fenced?;
-            let xid = xid?;
+            marked?;
             inserted.and(updated).and(recorded).and(keys).and(named)?;
             let mut pruned = Vec::with_capacity(prunes);
             for _ in 0..prunes {
@@ -272,7 +321,8 @@ impl Apply for Writer {
                     }
                 }
             }
-            tx.commit().await.inspect_err(|_| self.unsure = Some((xid, self.stored + ops.len())))?;
+            let upto = self.stored + ops.len();
+            tx.commit().await.inspect_err(|_| self.unsure = Some(Unsure { mark, upto }))?;
             self.next_row = next_row;
             self.created = created;
             Ok(pruned)
@@ -286,11 +336,6 @@ impl Apply for Writer {
         }
         result
     }
-}
-
-/// The caller's transaction's id.
-async fn transaction_id(client: &Client, stmt: &Statement) -> Result<i64, StoreError> {
-    Ok(client.query_one(stmt, &[]).await?.try_get(0)?)
 }
 
 async fn connect(config: &Config, tls: &MakeRustlsConnect) -> Result<Conn, StoreError> {
@@ -307,7 +352,8 @@ async fn connect(config: &Config, tls: &MakeRustlsConnect) -> Result<Conn, Store
         record: client.prepare(RECORD).await?,
         prune: client.prepare(PRUNE).await?,
         fence: client.prepare(FENCE).await?,
-        xid: client.prepare(XID).await?,
+        mark: client.prepare(MARK).await?,
+        marked: client.prepare(MARKED).await?,
         take_keys: client.prepare(TAKE_KEYS).await?,
         free_keys: client.prepare(FREE_KEYS).await?,
         expire_keys: client.prepare(EXPIRE_KEYS).await?,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use faena_proto::ids::JobId;
 use faena_proto::options::JobOptions;
 
+use super::Unsure;
 use crate::tests::{insert, wait_commit};
 use crate::writer::Apply;
 use crate::{NamedKind, Retention, Store, StoreOp};
@@ -37,7 +38,11 @@ async fn every_statement_of_a_group_is_in_its_transaction() {
 /// A group whose COMMIT's answer was lost with the connection is asked
 /// about once connected again: stored, it is not sent again (its jobs'
 /// rows would clash, and the writer fail until restarted), only what came
-/// after it; not stored (aborted), it is sent whole.
+/// after it; not stored, it is sent whole — also when other transactions
+/// committed meanwhile (a standby promoted in the old server's place goes
+/// on with its own: asked by transaction id, the lost group was once taken
+/// for one of them and its changes dropped); and while the lost
+/// connection's transaction still holds its mark, the writer waits.
 #[test]
 fn a_group_whose_commit_went_unanswered_is_neither_lost_nor_stored_twice() {
     let pg = crate::harness::Postgres::start();
@@ -51,19 +56,41 @@ fn a_group_whose_commit_went_unanswered_is_neither_lost_nor_stored_twice() {
     w.apply(&[insert(first, 0, None)], &[], 0).expect("commits");
     // As if that COMMIT's answer had been lost: the writer gives the group
     // again, with what arrived since, on a new connection.
-    let xid: i64 = pg.sql(&format!("SELECT xmin::text FROM jobs WHERE id = '{first}'")).parse().expect("an xid");
-    (w.unsure, w.conn) = (Some((xid, 1)), None);
+    (w.unsure, w.conn) = (Some(Unsure { mark: w.next_mark - 1, upto: 1 }), None);
     let second = JobId::new();
     w.apply(&[insert(first, 0, None), insert(second, 1, None)], &[], 0).expect("the rest commits");
     assert_eq!((count(first), count(second)), ("1".into(), "1".into()));
 
-    // A transaction the server rolled back: the group goes whole.
-    let aborted = pg.sql("BEGIN; SELECT pg_current_xact_id(); ROLLBACK;");
-    let aborted: i64 = aborted.lines().find_map(|l| l.trim().parse().ok()).expect("an xid");
-    (w.unsure, w.conn) = (Some((aborted, 1)), None);
+    // A group whose COMMIT the server never took, and other transactions
+    // after it: the group goes whole.
+    (w.unsure, w.conn) = (Some(Unsure { mark: w.next_mark, upto: 1 }), None);
+    w.next_mark += 1;
+    pg.sql("CREATE TABLE unrelated (n INTEGER); INSERT INTO unrelated VALUES (1)");
     let third = JobId::new();
     w.apply(&[insert(third, 2, None)], &[], 0).expect("commits");
     assert_eq!(count(third), "1");
+
+    // The lost connection's transaction still holds the mark: asked again
+    // later; once it has rolled back, the group goes whole.
+    let writer = w.writer;
+    let held = rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.expect("connects");
+        tokio::spawn(connection);
+        client.batch_execute("BEGIN").await.expect("begins");
+        client
+            .execute("UPDATE faena_writer_groups SET seq = seq + 1 WHERE writer = $1", &[&writer])
+            .await
+            .expect("takes the row");
+        client
+    });
+    (w.unsure, w.conn) = (Some(Unsure { mark: w.next_mark, upto: 1 }), None);
+    w.next_mark += 1;
+    let fourth = JobId::new();
+    let ops = [insert(fourth, 3, None)];
+    assert!(matches!(w.apply(&ops, &[], 0), Err(crate::StoreError::Unavailable)), "waits for the lost transaction");
+    rt.block_on(held.batch_execute("ROLLBACK")).expect("rolls back");
+    w.apply(&ops, &[], 0).expect("commits");
+    assert_eq!(count(fourth), "1");
 }
 
 /// The writer's plans, made once per connection, read `jobs` by its key
