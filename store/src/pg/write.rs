@@ -106,8 +106,11 @@ const MARKED: &str = "SELECT seq FROM faena_writer_groups WHERE writer = $1 FOR 
 /// The SQLSTATE of a row lock `NOWAIT` could not take.
 const LOCKED: &str = "55P03";
 
-/// Marks of writers gone for a day (one row a master's run).
+/// Marks of writers gone for [`FORGET_AFTER_MS`] (one row a master's run).
 const FORGET_WRITERS: &str = "DELETE FROM faena_writer_groups WHERE at_ms < $1";
+
+/// A day: no writer's unanswered group waits that long to be asked about.
+const FORGET_AFTER_MS: u64 = 86_400_000;
 
 /// Checks the fence inside the caller's transaction: [`StoreError::Fenced`]
 /// when `epoch` no longer leads the store; nothing when it is [`UNFENCED`].
@@ -233,8 +236,8 @@ impl Apply for Writer {
                     .await?;
                 self.next_row = self.next_row.max(row.try_get::<_, i64>(0)? + 1);
                 self.created = self.created.max(row.try_get(1)?);
-                let day_ago = faena_proto::mqtt::now_ms().saturating_sub(86_400_000) as i64;
-                conn.client.execute(FORGET_WRITERS, &[&day_ago]).await?;
+                let gone = faena_proto::mqtt::now_ms().saturating_sub(FORGET_AFTER_MS) as i64;
+                conn.client.execute(FORGET_WRITERS, &[&gone]).await?;
                 self.conn = Some(conn);
             }
             let Some(conn) = self.conn.as_mut() else { return Err(StoreError::Unavailable) };
@@ -254,6 +257,8 @@ impl Apply for Writer {
                 self.unsure = None;
             }
             let ops = &ops[self.stored.min(ops.len())..];
+            // What a group whose COMMIT goes unanswered holds of those given.
+            let upto = self.stored + ops.len();
             let mut next_row = self.next_row;
             let mut created = self.created;
             let group = Group::fold(ops, &mut next_row, &mut created);
@@ -287,7 +292,6 @@ impl Apply for Writer {
                 marked?;
                 inserted.and(updated).and(recorded).and(keys).and(named)?;
                 // Every statement ran: only the COMMIT's answer is missing.
-                let upto = self.stored + ops.len();
                 commit.inspect_err(|_| self.unsure = Some(Unsure { mark, upto }))?;
                 self.next_row = next_row;
                 self.created = created;
@@ -321,7 +325,6 @@ impl Apply for Writer {
                     }
                 }
             }
-            let upto = self.stored + ops.len();
             tx.commit().await.inspect_err(|_| self.unsure = Some(Unsure { mark, upto }))?;
             self.next_row = next_row;
             self.created = created;
