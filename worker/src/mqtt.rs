@@ -170,7 +170,9 @@ fn handle(
         }
         Topic::WorkerControl(w) if w == runner.worker_id => {
             match Control::decode(payload).map_err(|e| e.to_string())? {
-                Control::Cancel { job_id, attempt } => runner.cancel(job_id, attempt),
+                Control::Cancel { job_id, attempt } => {
+                    runner.cancel(job_id, attempt);
+                }
                 Control::Drain => {
                     let _ = inbound.send(Inbound::Drain);
                 }

@@ -28,6 +28,10 @@ struct Running {
     attempt: u32,
     token: FencingToken,
     cancel: CancellationToken,
+    /// Its outcome is settled and on its way to the master: nothing is left
+    /// to stop (a heartbeat's answer may still list it as revoked, the
+    /// master having taken that very outcome).
+    reporting: bool,
 }
 
 #[derive(Debug)]
@@ -181,24 +185,47 @@ impl Runner {
             }
             running.insert(
                 unit.job_id,
-                Running { kind: unit.kind, attempt: unit.attempt, token: unit.token.clone(), cancel: cancel.clone() },
+                Running {
+                    kind: unit.kind,
+                    attempt: unit.attempt,
+                    token: unit.token.clone(),
+                    cancel: cancel.clone(),
+                    reporting: false,
+                },
             );
         }
         let this = self.clone();
         self.tracker.spawn(async move { this.run_unit(unit, cancel).await });
     }
 
-    /// Stops an attempt the master no longer wants; its outcome is not reported.
-    pub fn cancel(&self, job: JobId, attempt: u32) {
-        if let Some(r) = self.running.lock().get(&job).filter(|r| r.attempt == attempt) {
-            tracing::info!(job = %job, attempt, "cancelling a running unit");
-            r.cancel.cancel();
+    /// Stops an attempt the master no longer wants; its outcome is not
+    /// reported. False when there was nothing to stop: no such attempt, or
+    /// one whose outcome is already on its way.
+    pub fn cancel(&self, job: JobId, attempt: u32) -> bool {
+        match self.running.lock().get(&job).filter(|r| r.attempt == attempt) {
+            Some(r) if r.reporting => {
+                tracing::debug!(job = %job, attempt, "let go of a unit whose outcome is on its way");
+                false
+            }
+            Some(r) => {
+                tracing::info!(job = %job, attempt, "cancelling a running unit");
+                r.cancel.cancel();
+                true
+            }
+            None => false,
         }
     }
 
     pub fn revoke(&self, lease: &pb::Lease) {
         if let Ok(job) = lease.job_id.parse() {
             self.cancel(job, lease.attempt);
+        }
+    }
+
+    /// Marks `unit`'s outcome as on its way: a cancel no longer applies.
+    fn reporting(&self, unit: &WorkUnit) {
+        if let Some(r) = self.running.lock().get_mut(&unit.job_id).filter(|r| r.attempt == unit.attempt) {
+            r.reporting = true;
         }
     }
 
@@ -242,6 +269,7 @@ impl Runner {
                 result_request::Outcome::HandedBack(format!("worker {} is shutting down", self.worker_id))
             }
         };
+        self.reporting(&unit);
         self.submit(&unit, outcome, started.elapsed()).await;
         self.forget(&unit);
     }

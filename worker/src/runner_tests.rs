@@ -1,4 +1,5 @@
-//! A unit that arrives before the answer to the registration it came under.
+//! A unit that arrives before the answer to the registration it came under,
+//! and one revoked while its outcome is on its way.
 
 #![allow(clippy::expect_used)]
 
@@ -118,4 +119,36 @@ async fn a_unit_that_comes_before_the_registrations_answer_loses_no_progress() {
     let texts: Vec<&str> = calls.progress.iter().filter_map(|p| p["text"].as_str()).collect();
     assert_eq!(texts, ["w0 ", "w1 "], "every piece, in order: {calls:?}");
     assert_eq!(calls.refused, 0, "nothing went without the session");
+}
+
+/// Answers at once, reporting nothing on the way.
+#[derive(Debug)]
+struct Quiet;
+
+impl Executor for Quiet {
+    fn execute(&self, _: JobSpec, _: JobContext) -> BoxFuture<'static, Result<Value, JobFailure>> {
+        Box::pin(async { Ok(json!({})) })
+    }
+}
+
+#[tokio::test]
+async fn a_unit_whose_outcome_is_on_its_way_is_not_cancelled_and_its_outcome_is_delivered() {
+    let master = Strict::default();
+    let (client, session) = serve(master.clone());
+    let registry = Registry::default().with(JobKind::Noop, Arc::new(Quiet));
+    let id = WorkerId::parse("w1").expect("id");
+    let metrics = Arc::new(Metrics::default());
+    let runner = Arc::new(Runner::new(id, InstanceId::new(), (1, 0), registry, (client, session.clone()), metrics));
+    // The master is away (no session yet): the unit's calls wait for it.
+    session.registering();
+    let job = JobId::new();
+    runner.start(WorkUnit::new(job, 1, FencingToken::new(), JobKind::Noop, json!({})));
+    until("the unit's outcome waits to be delivered", || runner.running.lock().get(&job).is_some_and(|r| r.reporting))
+        .await;
+    // A heartbeat's answer lists it as revoked (the master took its outcome).
+    assert!(!runner.cancel(job, 1), "nothing was left to stop");
+    session.set("s1");
+    until("the unit's result", || master.calls.lock().results == 1).await;
+    until("the unit is forgotten", || runner.running_count() == 0).await;
+    assert!(!runner.cancel(job, 1), "no such unit any more");
 }
