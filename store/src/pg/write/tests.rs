@@ -1,6 +1,7 @@
 //! The PostgreSQL writer against a real server: a group is one
 //! transaction whatever it holds, and a group whose COMMIT went
-//! unanswered is neither lost nor stored twice.
+//! unanswered is neither lost nor stored twice; the marks of writers long
+//! gone are deleted.
 
 use std::sync::Arc;
 
@@ -108,4 +109,29 @@ fn the_writers_update_reads_jobs_by_key_even_planned_on_an_empty_table() {
         super::UPDATE
     ));
     assert!(plan.contains("jobs_pkey") && !plan.contains("Seq Scan on jobs"), "{plan}");
+}
+
+/// Each master's run leaves one mark; a writer connecting deletes those
+/// idle for a day (no unanswered group waits that long to be asked about),
+/// and keeps the rest.
+#[test]
+fn marks_of_writers_idle_for_a_day_are_deleted_on_connecting() {
+    let pg = crate::harness::Postgres::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(Store::connect(&pg.url(), Retention::OFF)).expect("migrates");
+    let now = faena_proto::mqtt::now_ms() as i64;
+    let (day, gone, recent) = (super::FORGET_AFTER_MS as i64, uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    pg.sql(&format!(
+        "INSERT INTO faena_writer_groups VALUES ('{gone}', 7, {}), ('{recent}', 9, {})",
+        now - day - 60_000,
+        now - day + 600_000
+    ));
+    let fence = Arc::new(std::sync::atomic::AtomicI64::new(crate::UNFENCED));
+    let (mut w, _pool, _election) =
+        rt.block_on(crate::pg::open_store(&pg.url(), Retention::OFF, fence)).expect("opens");
+    w.apply(&[insert(JobId::new(), 0, None)], &[], 0).expect("commits");
+    let marks = |id: uuid::Uuid| pg.sql(&format!("SELECT count(*) FROM faena_writer_groups WHERE writer = '{id}'"));
+    assert_eq!(marks(gone), "0", "a day idle: deleted");
+    assert_eq!(marks(recent), "1", "idle for less: kept");
+    assert_eq!(marks(w.writer), "1", "the writer's own mark");
 }
