@@ -41,10 +41,9 @@ pub(crate) async fn list(pool: &Pool, f: &JobFilter) -> Result<Page, StoreError>
     if let Some(since) = f.since_ms {
         let n = arg(&mut args, Box::new(i64::try_from(since).unwrap_or(i64::MAX)));
         // Jobs are stored in `created_at` order: nothing before the first
-        // job of the window can match, so the walk stops there.
-        common.push_str(&format!(
-            " AND created_at >= {n} AND row_id >= (SELECT row_id FROM jobs WHERE created_at >= {n} ORDER BY created_at, row_id LIMIT 1)"
-        ));
+        // job of the window can match, so the walk stops there (found by a
+        // search over row ids, migration 11; none: nothing matches).
+        common.push_str(&format!(" AND created_at >= {n} AND row_id >= faena_first_row_since({n})"));
     }
     if let Some(before) = f.before {
         common.push_str(&format!(" AND row_id < {}", arg(&mut args, Box::new(before))));
@@ -93,4 +92,36 @@ pub(crate) async fn list(pool: &Pool, f: &JobFilter) -> Result<Page, StoreError>
     // below the last shown.
     let next = if rows.len() > limit { jobs.last().map(|(row, _)| *row) } else { None };
     Ok(Page { jobs: jobs.into_iter().map(|(_, v)| v).collect(), next })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The window's first row (`faena_first_row_since`, migration 11) over
+    /// row ids with gaps (pruned and copied jobs) and runs of one time,
+    /// against a walk of every row, for every bound from before the oldest
+    /// to past the newest; and none in an empty table.
+    #[tokio::test]
+    async fn the_windows_first_row_is_found_over_gaps_in_the_row_ids() {
+        let pg = crate::harness::Postgres::start();
+        crate::Store::connect(&pg.url(), crate::Retention::OFF).await.expect("migrates");
+        assert_eq!(pg.sql("SELECT faena_first_row_since(0) IS NULL"), "t", "no job, no row");
+        // Row ids 3, 4, 7, 8, 9, 15, 16, …: times in runs, never going down.
+        let rows = [3, 4, 7, 8, 9, 15, 16, 17, 30, 31, 32, 33, 60, 61, 100];
+        let times = [10, 10, 12, 12, 12, 13, 20, 20, 20, 21, 25, 25, 25, 40, 41];
+        let values: Vec<String> = rows
+            .iter()
+            .zip(times)
+            .map(|(r, t)| format!("({r}, gen_random_uuid(), 'noop', '{{}}', 'normal', {r}, 'succeeded', {t})"))
+            .collect();
+        pg.sql(&format!(
+            "INSERT INTO jobs (row_id, id, kind, params, priority, seq, state, created_at) VALUES {}",
+            values.join(", ")
+        ));
+        for since in 0..=45 {
+            let walked =
+                pg.sql(&format!("SELECT coalesce(min(row_id)::text, 'none') FROM jobs WHERE created_at >= {since}"));
+            let found = pg.sql(&format!("SELECT coalesce(faena_first_row_since({since})::text, 'none')"));
+            assert_eq!(found, walked, "since {since}");
+        }
+    }
 }

@@ -232,10 +232,13 @@ impl Apply for Writer {
                 let conn = connect(&self.config, &self.tls).await?;
                 let row = conn
                     .client
-                    .query_one("SELECT coalesce(max(row_id), 0), coalesce(max(created_at), 0) FROM jobs", &[])
+                    // The last job stored is the newest (`created` above).
+                    .query_opt("SELECT row_id, created_at FROM jobs ORDER BY row_id DESC LIMIT 1", &[])
                     .await?;
-                self.next_row = self.next_row.max(row.try_get::<_, i64>(0)? + 1);
-                self.created = self.created.max(row.try_get(1)?);
+                if let Some(row) = row {
+                    self.next_row = self.next_row.max(row.try_get::<_, i64>(0)? + 1);
+                    self.created = self.created.max(row.try_get(1)?);
+                }
                 let gone = faena_proto::mqtt::now_ms().saturating_sub(FORGET_AFTER_MS) as i64;
                 conn.client.execute(FORGET_WRITERS, &[&gone]).await?;
                 self.conn = Some(conn);
@@ -373,11 +376,13 @@ async fn prune(tx: &tokio_postgres::Transaction<'_>, stmt: &Statement, r: Retent
     let by_age = match r.age {
         Some(age) => tx
             .query_opt(
-                "SELECT row_id FROM jobs WHERE created_at < $1 ORDER BY created_at DESC, row_id DESC LIMIT 1",
+                // The last job created before the cutoff: the one before
+                // the first at or after it, or the newest if none is.
+                "SELECT coalesce(faena_first_row_since($1) - 1, (SELECT max(row_id) FROM jobs))",
                 &[&now.saturating_sub(age.as_millis() as i64)],
             )
             .await?
-            .map(|row| row.try_get::<_, i64>(0))
+            .and_then(|row| row.try_get::<_, Option<i64>>(0).transpose())
             .transpose()?,
         None => None,
     };

@@ -135,3 +135,61 @@ fn marks_of_writers_idle_for_a_day_are_deleted_on_connecting() {
     assert_eq!(marks(recent), "1", "idle for less: kept");
     assert_eq!(marks(w.writer), "1", "the writer's own mark");
 }
+
+/// Retention by age on PostgreSQL: the finished jobs created before the
+/// cutoff go (found by a search over row ids, migration 11), those after
+/// it stay; once every job is past it, all the finished ones go.
+#[tokio::test]
+async fn retention_by_age_deletes_the_finished_jobs_created_before_the_cutoff() {
+    let pg = crate::harness::Postgres::start();
+    let day = std::time::Duration::from_secs(86_400);
+    let store = Store::connect(&pg.url(), Retention { age: Some(day), keep: None }).await.expect("connects");
+    let now = faena_proto::mqtt::now_ms();
+    let ids: Vec<JobId> = (0..12).map(|_| JobId::new()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        // Eight jobs two days old, then four of a second ago.
+        let mut op = insert(*id, i as u64, None);
+        if let StoreOp::Insert { at_ms, .. } = &mut op {
+            *at_ms = if i < 8 { now - 2 * 86_400_000 + i as u64 } else { now - 1_000 + i as u64 };
+        }
+        store.write(op);
+        store.write(finished(*id));
+    }
+    wait_commit(&store).await;
+    let pruned = prune_all(&store).await;
+    assert_eq!(pruned, 8, "the eight old jobs");
+    assert!(store.get(ids[7]).await.expect("reads").is_none());
+    assert!(store.get(ids[8]).await.expect("reads").is_some(), "created after the cutoff");
+
+    // A day later (as a retention of no time at all sees it): every job
+    // is older than the cutoff, the newest too.
+    drop(store);
+    let store = Store::connect(&pg.url(), Retention { age: Some(std::time::Duration::ZERO), keep: None })
+        .await
+        .expect("connects");
+    assert_eq!(prune_all(&store).await, 4);
+    assert_eq!(pg.sql("SELECT count(*) FROM jobs"), "0");
+}
+
+fn finished(id: JobId) -> StoreOp {
+    StoreOp::Finished {
+        id,
+        state: faena_proto::jobs::JobState::Succeeded,
+        attempts: 1,
+        worker: Some("w1".into()),
+        result: None,
+        error: None,
+        at_ms: faena_proto::mqtt::now_ms(),
+        release_key: None,
+    }
+}
+
+async fn prune_all(store: &Store) -> usize {
+    let mut pruned = 0;
+    loop {
+        match store.prune().await.expect("prunes") {
+            0 => return pruned,
+            n => pruned += n,
+        }
+    }
+}
