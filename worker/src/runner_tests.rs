@@ -100,14 +100,21 @@ impl Executor for Streams {
     }
 }
 
-#[tokio::test]
-async fn a_unit_that_comes_before_the_registrations_answer_loses_no_progress() {
+/// A strict master, its session, and a runner of one slot running `noop`
+/// units with `executor`.
+fn one_slot(executor: Arc<dyn Executor>) -> (Strict, crate::client::Session, Arc<Runner>) {
     let master = Strict::default();
     let (client, session) = serve(master.clone());
-    let registry = Registry::default().with(JobKind::Noop, Arc::new(Streams));
+    let registry = Registry::default().with(JobKind::Noop, executor);
     let id = WorkerId::parse("w1").expect("id");
     let metrics = Arc::new(Metrics::default());
     let runner = Arc::new(Runner::new(id, InstanceId::new(), (1, 0), registry, (client, session.clone()), metrics));
+    (master, session, runner)
+}
+
+#[tokio::test]
+async fn a_unit_that_comes_before_the_registrations_answer_loses_no_progress() {
+    let (master, session, runner) = one_slot(Arc::new(Streams));
     // The registration is on its way when the unit comes.
     session.registering();
     runner.start(WorkUnit::new(JobId::new(), 1, FencingToken::new(), JobKind::Noop, json!({})));
@@ -133,12 +140,7 @@ impl Executor for Quiet {
 
 #[tokio::test]
 async fn a_unit_whose_outcome_is_on_its_way_is_not_cancelled_and_its_outcome_is_delivered() {
-    let master = Strict::default();
-    let (client, session) = serve(master.clone());
-    let registry = Registry::default().with(JobKind::Noop, Arc::new(Quiet));
-    let id = WorkerId::parse("w1").expect("id");
-    let metrics = Arc::new(Metrics::default());
-    let runner = Arc::new(Runner::new(id, InstanceId::new(), (1, 0), registry, (client, session.clone()), metrics));
+    let (master, session, runner) = one_slot(Arc::new(Quiet));
     // The master is away (no session yet): the unit's calls wait for it.
     session.registering();
     let job = JobId::new();
