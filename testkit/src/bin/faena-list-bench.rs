@@ -231,6 +231,8 @@ async fn main() {
             "kind=ai.query&state=succeeded".into(),
             JobFilter { kind: Some(JobKind::AiQuery), state: Some(JobState::Succeeded), ..Default::default() },
         ),
+        ("kind=ai.query".into(), JobFilter { kind: Some(JobKind::AiQuery), ..Default::default() }),
+        ("kind=randomx.mine".into(), JobFilter { kind: Some(JobKind::RandomxMine), ..Default::default() }),
         ("worker=worker-7".into(), JobFilter { worker: Some("worker-7".into()), ..Default::default() }),
         (
             "priority=high&kind=randomx.hash".into(),
