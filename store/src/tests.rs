@@ -252,6 +252,31 @@ pub(crate) fn noop(store: &Store, id: JobId, seq: u64) {
     store.write(insert(id, seq, None));
 }
 
+/// Job `id` succeeded on `w1`, its result naming it, freeing `release_key`.
+pub(crate) fn finished(id: JobId, release_key: Option<String>) -> StoreOp {
+    StoreOp::Finished {
+        id,
+        state: JobState::Succeeded,
+        attempts: 1,
+        worker: Some("w1".into()),
+        result: Some(json!({"id": id.to_string()})),
+        error: None,
+        at_ms: 9_000,
+        release_key,
+    }
+}
+
+/// Retention's steps until one deletes nothing; the jobs deleted.
+pub(crate) async fn prune_all(store: &Store) -> usize {
+    let mut total = 0;
+    loop {
+        match store.prune().await.expect("prunes") {
+            0 => return total,
+            n => total += n,
+        }
+    }
+}
+
 /// A queued `noop` job stored, asking `opts`.
 pub(crate) fn insert(id: JobId, seq: u64, opts: Option<faena_proto::options::JobOptions>) -> StoreOp {
     StoreOp::Insert {
@@ -329,27 +354,11 @@ async fn postgres_retention_deletes_the_oldest_finished_beyond_keep() {
     for (i, id) in ids.iter().enumerate() {
         noop(&store, *id, i as u64);
         if i != 3 {
-            store.write(StoreOp::Finished {
-                id: *id,
-                state: JobState::Succeeded,
-                attempts: 1,
-                worker: Some("w1".into()),
-                result: Some(json!({})),
-                error: None,
-                at_ms: 2000,
-                release_key: None,
-            });
+            store.write(finished(*id, None));
         }
     }
     wait_commit(&store).await;
-    let mut pruned = 0;
-    loop {
-        match store.prune().await.expect("prunes") {
-            0 => break,
-            n => pruned += n,
-        }
-    }
-    assert_eq!(pruned, 19, "rows 1 to 20 less the queued one");
+    assert_eq!(prune_all(&store).await, 19, "rows 1 to 20 less the queued one");
     assert!(store.get(ids[0]).await.expect("reads").is_none());
     assert!(store.history(ids[0]).await.expect("reads").is_empty());
     assert!(store.get(ids[3]).await.expect("reads").is_some(), "the unfinished job stays");

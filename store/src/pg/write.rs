@@ -375,15 +375,14 @@ async fn prune(tx: &tokio_postgres::Transaction<'_>, stmt: &Statement, r: Retent
     let now = faena_proto::mqtt::now_ms() as i64;
     let by_age = match r.age {
         Some(age) => tx
-            .query_opt(
+            .query_one(
                 // The last job created before the cutoff: the one before
                 // the first at or after it, or the newest if none is.
                 "SELECT coalesce(faena_first_row_since($1) - 1, (SELECT max(row_id) FROM jobs))",
                 &[&now.saturating_sub(age.as_millis() as i64)],
             )
             .await?
-            .and_then(|row| row.try_get::<_, Option<i64>>(0).transpose())
-            .transpose()?,
+            .try_get::<_, Option<i64>>(0)?,
         None => None,
     };
     let by_count = match r.keep {

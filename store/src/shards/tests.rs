@@ -2,10 +2,9 @@ use std::sync::mpsc as std_mpsc;
 
 use faena_proto::ids::JobId;
 use faena_proto::jobs::JobState;
-use serde_json::json;
 
 use super::*;
-use crate::tests::{insert, noop, wait_commit};
+use crate::tests::{finished, insert, noop, wait_commit};
 use crate::{JobFilter, NamedKind, Store};
 
 fn open(dir: &Path, shards: Option<usize>) -> Result<Store, StoreError> {
@@ -16,19 +15,6 @@ fn open(dir: &Path, shards: Option<usize>) -> Result<Store, StoreError> {
 fn jobs_in(path: &Path) -> i64 {
     let conn = Connection::open(path).expect("opens");
     conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0)).expect("counts")
-}
-
-fn finished(id: JobId, release_key: Option<String>) -> StoreOp {
-    StoreOp::Finished {
-        id,
-        state: JobState::Succeeded,
-        attempts: 1,
-        worker: Some("w1".into()),
-        result: Some(json!({"id": id.to_string()})),
-        error: None,
-        at_ms: 9_000,
-        release_key,
-    }
 }
 
 /// A store of four shards spreads its jobs over four files and reads as

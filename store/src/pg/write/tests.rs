@@ -9,7 +9,7 @@ use faena_proto::ids::JobId;
 use faena_proto::options::JobOptions;
 
 use super::Unsure;
-use crate::tests::{insert, wait_commit};
+use crate::tests::{finished, insert, prune_all, wait_commit};
 use crate::writer::Apply;
 use crate::{NamedKind, Retention, Store, StoreOp};
 
@@ -153,7 +153,7 @@ async fn retention_by_age_deletes_the_finished_jobs_created_before_the_cutoff() 
             *at_ms = if i < 8 { now - 2 * 86_400_000 + i as u64 } else { now - 1_000 + i as u64 };
         }
         store.write(op);
-        store.write(finished(*id));
+        store.write(finished(*id, None));
     }
     wait_commit(&store).await;
     let pruned = prune_all(&store).await;
@@ -169,27 +169,4 @@ async fn retention_by_age_deletes_the_finished_jobs_created_before_the_cutoff() 
         .expect("connects");
     assert_eq!(prune_all(&store).await, 4);
     assert_eq!(pg.sql("SELECT count(*) FROM jobs"), "0");
-}
-
-fn finished(id: JobId) -> StoreOp {
-    StoreOp::Finished {
-        id,
-        state: faena_proto::jobs::JobState::Succeeded,
-        attempts: 1,
-        worker: Some("w1".into()),
-        result: None,
-        error: None,
-        at_ms: faena_proto::mqtt::now_ms(),
-        release_key: None,
-    }
-}
-
-async fn prune_all(store: &Store) -> usize {
-    let mut pruned = 0;
-    loop {
-        match store.prune().await.expect("prunes") {
-            0 => return pruned,
-            n => pruned += n,
-        }
-    }
 }

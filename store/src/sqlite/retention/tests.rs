@@ -7,6 +7,7 @@ use faena_proto::jobs::{JobSpec, JobState, Priority};
 use serde_json::json;
 
 use super::Retention;
+use crate::tests::prune_all;
 use crate::{JobFilter, Store, StoreOp, SyncMode};
 
 fn dir() -> PathBuf {
@@ -58,16 +59,6 @@ async fn committed(store: &Store) {
         let _ = tx.send(r.is_ok());
     });
     assert_eq!(rx.await, Ok(true));
-}
-
-async fn prune_all(store: &Store) -> usize {
-    let mut total = 0;
-    loop {
-        match store.prune().await.expect("prunes") {
-            0 => return total,
-            n => total += n,
-        }
-    }
 }
 
 /// Every job the listing shows, newest first, a page of `limit` at a time.
