@@ -303,7 +303,7 @@ async fn postgres_migrates_once_under_a_lock_and_refuses_a_newer_schema() {
     let (a, _b) = (a.expect("first"), b.expect("second"));
     assert_eq!(
         pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM faena_schema"),
-        "1,2,3,4,5,6,7,8,9,10,11"
+        "1,2,3,4,5,6,7,8,9,10,11,12"
     );
     let id = JobId::new();
     noop(&a, id, 0);

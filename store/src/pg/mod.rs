@@ -55,11 +55,18 @@ pub(crate) async fn open_store(
     // (it cost the writer 4 ms per finish on a store 40,000 jobs deep).
     // Planning anew costs tens of microseconds and sees the table as it
     // is. The writer plans its own way (`write::WRITER_PLANS`).
+    // A page read off an index of its filter fetches rows scattered over
+    // the table; the server's default prices each such fetch as a read
+    // from disk, 4× one in order (`random_page_cost`). A store's listed
+    // pages are in memory, so the planner read `kind=randomx.mine` (one
+    // row in 200 at the top level) by walking every row newest first
+    // instead: 10,000 rows for a page of 50, 2-4 ms against 0.1-0.4
+    // (BENCHMARKS.md). 1.1 is the server's own advice for data in cache.
     // The URL's own `options` come last and win (`?options=-c%20statement_timeout%3D5000`).
     let theirs = config.get_options().map(|o| format!(" {o}")).unwrap_or_default();
     config.options(format!(
         "-c statement_timeout={} -c idle_in_transaction_session_timeout={} -c client_min_messages=warning \
-         -c plan_cache_mode=force_custom_plan{theirs}",
+         -c plan_cache_mode=force_custom_plan -c random_page_cost=1.1{theirs}",
         STATEMENT_TIMEOUT.as_millis(),
         IDLE_IN_TRANSACTION.as_millis()
     ));
