@@ -101,3 +101,63 @@ pub(crate) fn rows(conn: &Connection, f: &JobFilter) -> Result<Vec<(i64, JobView
     }
     Ok(jobs)
 }
+
+#[cfg(test)]
+mod tests {
+    use faena_proto::ids::{FencingToken, JobId};
+    use faena_proto::jobs::{JobKind, Priority};
+
+    use crate::tests::{insert, wait_commit};
+    use crate::{JobFilter, Retention, Store, StoreOp, SyncMode};
+
+    /// The kind, worker and priority indexes hold top-level jobs only (a
+    /// mining job's units write no entry in them); a store made when they
+    /// were whole has them made again when it opens; and the pages they
+    /// serve list the top-level job and leave its unit out.
+    #[tokio::test]
+    async fn the_listings_own_indexes_hold_top_level_jobs_even_in_a_store_made_before() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("faena.db");
+        let (parent, unit) = (JobId::new(), JobId::new());
+        {
+            let store = Store::open(&path, SyncMode::Normal, Retention::OFF).expect("opens");
+            let mut of_parent = insert(unit, 2, None);
+            if let StoreOp::Insert { parent: p, .. } = &mut of_parent {
+                *p = Some(parent);
+            }
+            store.write(insert(parent, 1, None));
+            store.write(of_parent);
+            for id in [parent, unit] {
+                let token = FencingToken::new();
+                store.write(StoreOp::Dispatched { id, attempt: 1, worker: "w1".into(), token, at_ms: 5 });
+            }
+            wait_commit(&store).await;
+        }
+        // As a store of before had them: whole.
+        let conn = rusqlite::Connection::open(&path).expect("file");
+        conn.execute_batch(
+            "DROP INDEX jobs_kind; DROP INDEX jobs_worker; DROP INDEX jobs_priority;
+             CREATE INDEX jobs_kind ON jobs(kind);
+             CREATE INDEX jobs_worker ON jobs(worker) WHERE worker IS NOT NULL;
+             CREATE INDEX jobs_priority ON jobs(priority);",
+        )
+        .expect("indexes of before");
+        let store = Store::open(&path, SyncMode::Normal, Retention::OFF).expect("opens again");
+        for index in ["jobs_kind", "jobs_worker", "jobs_priority"] {
+            let sql: String = conn
+                .query_row("SELECT sql FROM sqlite_master WHERE name = ?1", [index], |r| r.get(0))
+                .expect("the index is there");
+            assert!(sql.contains("parent IS NULL"), "{sql}");
+        }
+        let filters = [
+            JobFilter { kind: Some(JobKind::Noop), ..Default::default() },
+            JobFilter { worker: Some("w1".into()), ..Default::default() },
+            JobFilter { priority: Some(Priority::Normal), ..Default::default() },
+        ];
+        for f in filters {
+            let page = store.list(&JobFilter { limit: 10, ..f.clone() }).await.expect("lists");
+            let ids: Vec<JobId> = page.jobs.iter().map(|j| j.id).collect();
+            assert_eq!(ids, [parent], "{f:?}");
+        }
+    }
+}
