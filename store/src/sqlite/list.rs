@@ -112,8 +112,9 @@ mod tests {
 
     /// The kind, worker and priority indexes hold top-level jobs only (a
     /// mining job's units write no entry in them); a store made when they
-    /// were whole has them made again when it opens; and the pages they
-    /// serve list the top-level job and leave its unit out.
+    /// were whole has them made again when it opens; a page filtered by
+    /// one is read off it; and the pages list the top-level job and leave
+    /// its unit out.
     #[tokio::test]
     async fn the_listings_own_indexes_hold_top_level_jobs_even_in_a_store_made_before() {
         let dir = tempfile::tempdir().expect("dir");
@@ -148,6 +149,18 @@ mod tests {
                 .query_row("SELECT sql FROM sqlite_master WHERE name = ?1", [index], |r| r.get(0))
                 .expect("the index is there");
             assert!(sql.contains("parent IS NULL"), "{sql}");
+        }
+        // A page's terms (the listing's: `parent IS NULL AND <column> = ?`)
+        // imply each index's own, so SQLite reads the page off it.
+        for (column, index) in [("kind", "jobs_kind"), ("worker", "jobs_worker"), ("priority", "jobs_priority")] {
+            let plan: String = conn
+                .query_row(
+                    &format!("EXPLAIN QUERY PLAN SELECT rowid FROM jobs WHERE parent IS NULL AND {column} = ?1 ORDER BY rowid DESC LIMIT 51"),
+                    ["x"],
+                    |r| r.get(3),
+                )
+                .expect("plans");
+            assert!(plan.contains(&format!("USING INDEX {index} ({column}=?)")), "{column}: {plan}");
         }
         let filters = [
             JobFilter { kind: Some(JobKind::Noop), ..Default::default() },
