@@ -17,6 +17,8 @@ pub(crate) mod lease;
 pub(crate) mod list;
 pub(crate) mod read;
 mod schema;
+#[cfg(test)]
+mod tests;
 pub(crate) mod tls;
 pub(crate) mod write;
 
