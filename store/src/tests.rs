@@ -3,12 +3,19 @@ use faena_proto::ids::FencingToken;
 use faena_proto::jobs::{JobSpec, JobState, Priority};
 use serde_json::json;
 
-pub(crate) async fn wait_commit(store: &Store) {
+/// What the writer answers for everything sent to `store` so far: `Ok`
+/// once it is committed, the failure where the group was refused.
+pub(crate) fn outcome(store: &Store) -> tokio::sync::oneshot::Receiver<Result<(), CommitFailed>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     store.after_commit(move |r| {
-        let _ = tx.send(r.is_ok());
+        let _ = tx.send(r);
     });
-    assert_eq!(rx.await, Ok(true), "the group commits");
+    rx
+}
+
+pub(crate) async fn wait_commit(store: &Store) {
+    let r = outcome(store).await.expect("the writer answers");
+    assert!(r.is_ok(), "the group commits: {r:?}");
 }
 
 /// Fresh storage of one backend: a SQLite file in a temporary directory

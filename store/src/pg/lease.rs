@@ -103,7 +103,7 @@ mod tests {
 
     use faena_proto::ids::JobId;
 
-    use crate::tests::{noop, wait_commit};
+    use crate::tests::{noop, outcome, wait_commit};
     use crate::{Retention, Store, StoreError};
 
     /// Asks `store` to lead until it does (the other's lease running
@@ -161,11 +161,7 @@ mod tests {
         wait_commit(&b).await;
         let late = JobId::new();
         noop(&a, late, 2);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        a.after_commit(move |r| {
-            let _ = tx.send(r);
-        });
-        let refused = rx.await.expect("told").expect_err("a's write is fenced");
+        let refused = outcome(&a).await.expect("told").expect_err("a's write is fenced");
         assert!(matches!(*refused.0, StoreError::Fenced { .. }), "{:?}", refused.0);
         assert_eq!(pg.sql(&format!("SELECT epoch FROM transitions WHERE job_id = '{by_a}'")), first.to_string());
         assert_eq!(pg.sql(&format!("SELECT epoch FROM transitions WHERE job_id = '{by_b}'")), second.to_string());

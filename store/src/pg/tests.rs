@@ -3,7 +3,7 @@
 
 use faena_proto::ids::JobId;
 
-use crate::tests::{finished, noop, prune_all, wait_commit};
+use crate::tests::{finished, noop, outcome, prune_all, wait_commit};
 use crate::{Retention, Store, StoreError};
 
 /// Two masters starting together on an empty PostgreSQL migrate it once
@@ -40,17 +40,14 @@ async fn postgres_down_then_back_commits_what_waited() {
     pg.stop();
     let waiting = JobId::new();
     noop(&store, waiting, 1);
-    let (tx, mut rx) = tokio::sync::oneshot::channel();
-    store.after_commit(move |r| {
-        let _ = tx.send(r.is_ok());
-    });
+    let mut rx = outcome(&store);
     // The writer fails, reads as unhealthy and keeps the group.
     while store.is_healthy() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert!(rx.try_recv().is_err(), "nothing acknowledged while the store is down");
     pg.resume();
-    assert_eq!(rx.await, Ok(true), "the group commits once it is back");
+    assert!(rx.await.expect("answered").is_ok(), "the group commits once it is back");
     assert!(store.is_healthy());
     assert!(store.get(waiting).await.expect("reads").is_some());
     assert_eq!(pg.sql("SELECT count(*) FROM jobs"), "2");
@@ -94,11 +91,7 @@ async fn a_group_fenced_with_an_old_epoch_is_refused_whole() {
     pg.sql("UPDATE faena_leader SET epoch = 8, holder = 'another'");
     let late = JobId::new();
     noop(&store, late, 1);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    store.after_commit(move |r| {
-        let _ = tx.send(r);
-    });
-    let failed = rx.await.expect("told").expect_err("refused");
+    let failed = outcome(&store).await.expect("told").expect_err("refused");
     assert!(matches!(*failed.0, StoreError::Fenced { epoch: 7 }), "{:?}", failed.0);
     assert!(store.get(first).await.expect("reads").is_some());
     assert_eq!(store.get(late).await.expect("reads"), None);
@@ -134,10 +127,7 @@ async fn a_statement_timeout_is_retried_until_the_group_commits() {
     }
     let late = JobId::new();
     noop(&store, late, 1);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    store.after_commit(move |r| {
-        let _ = tx.send(r.is_ok());
-    });
+    let rx = outcome(&store);
     let mut saw_unhealthy = false;
     tokio::pin!(rx);
     let committed = loop {
@@ -146,7 +136,7 @@ async fn a_statement_timeout_is_retried_until_the_group_commits() {
             () = tokio::time::sleep(std::time::Duration::from_millis(20)) => saw_unhealthy |= !store.is_healthy(),
         }
     };
-    assert_eq!(committed, Ok(true), "the group commits once the lock is gone");
+    assert!(committed.expect("answered").is_ok(), "the group commits once the lock is gone");
     assert!(saw_unhealthy, "the timed-out statement made the store unhealthy meanwhile");
     assert!(locker.wait().expect("psql").success());
     assert!(store.get(late).await.expect("reads").is_some());

@@ -7,7 +7,7 @@ use faena_proto::jobs::{JobSpec, JobState, Priority};
 use serde_json::json;
 
 use super::Retention;
-use crate::tests::prune_all;
+use crate::tests::{prune_all, wait_commit};
 use crate::{JobFilter, Store, StoreOp, SyncMode};
 
 fn dir() -> PathBuf {
@@ -51,14 +51,6 @@ fn finish(store: &Store, id: JobId, at_ms: u64) {
 fn keeping_64(dir: &std::path::Path, shards: Option<usize>) -> Store {
     let keep = Retention { age: None, keep: Some(64) };
     Store::open_sharded(&dir.join("faena.db"), SyncMode::Normal, keep, shards).expect("opens")
-}
-
-async fn committed(store: &Store) {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    store.after_commit(move |r| {
-        let _ = tx.send(r.is_ok());
-    });
-    assert_eq!(rx.await, Ok(true));
 }
 
 /// Every job the listing shows, newest first, a page of `limit` at a time.
@@ -126,7 +118,7 @@ async fn a_generation_out_of_retention_goes_whole_and_what_must_stay_moves_on() 
     assert_eq!(states, ["queued", "running", "succeeded"], "a moved job's history moved with it, in order");
     // The moved ones still change where they now are, and come back after a restart.
     finish(&store, waiting, now);
-    committed(&store).await;
+    wait_commit(&store).await;
     drop(store);
     let store = Store::open(&dir.join("faena.db"), SyncMode::Normal, week).expect("reopens");
     assert_eq!(store.get(waiting).await.expect("reads").map(|j| j.state), Some(JobState::Succeeded));
@@ -162,7 +154,7 @@ async fn newest_keep_stay(shards: Option<usize>) {
             finish(&store, *id, now);
         }
     }
-    committed(&store).await;
+    wait_commit(&store).await;
     let all: Vec<JobId> = ids.iter().rev().copied().collect();
     assert_eq!(listed(&store, 7).await, all, "pages of 7 run across 13 generations in order");
     let pruned = prune_all(&store).await;
@@ -192,7 +184,7 @@ async fn newest_keep_stay(shards: Option<usize>) {
     let later = JobId::new();
     insert(&store, later, 300, now, None);
     finish(&store, later, now);
-    committed(&store).await;
+    wait_commit(&store).await;
     assert_eq!(listed(&store, 500).await.first(), Some(&later));
     let off = Retention::OFF;
     assert!(off.is_off() && off.generation_rows().is_none() && off.generation_span().is_none());
@@ -230,7 +222,7 @@ async fn a_groups_changes_land_in_their_jobs_trails_in_order() {
             release_key: None,
         });
     }
-    committed(&store).await;
+    wait_commit(&store).await;
     for (i, id) in ids.iter().enumerate() {
         let h = store.history(*id).await.expect("reads");
         let said: Vec<_> =
@@ -286,11 +278,7 @@ async fn a_store_from_before_generations_is_its_first() {
     assert_eq!(store.load_unfinished().await.expect("loads").len(), 1);
     let new = JobId::new();
     insert(&store, new, 1, 10, None);
-    let (tx, rx) = std::sync::mpsc::channel();
-    store.after_commit(move |r| {
-        let _ = tx.send(r.is_ok());
-    });
-    assert_eq!(rx.recv(), Ok(true));
+    wait_commit(&store).await;
     assert_eq!(listed(&store, 50).await, [new, old]);
     let _ = std::fs::remove_dir_all(&dir);
 }
