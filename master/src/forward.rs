@@ -7,7 +7,7 @@
 //! ([`FORWARDED_PREFACE`]); the master that serves the client believes it
 //! only with the cluster's signature.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,16 +25,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use faena_common::signing::{vouch, vouched};
+use faena_proto::api::CLIENT_HEADER;
 use faena_proto::secret::Secret;
 use faena_proto::stratum::FORWARDED_PREFACE;
 
 use crate::http::AppError;
 use crate::http::listen::PeerAddr;
-
-/// The header in which a forwarder tells the master whose request it
-/// passes on (`faena_common::signing::vouch`); the master believes it only
-/// with the cluster's signature, and drops it from every request.
-pub const CLIENT_HEADER: &str = "x-faena-client";
 
 /// Connections a forwarder passes on at once on each port; beyond, new
 /// ones are closed as they come (the serving master's own limits still
@@ -227,29 +223,11 @@ pub(crate) async fn forward(
     }
 }
 
-/// On the master that serves a request: one a forwarder passed on carries
-/// its client's address, signed ([`CLIENT_HEADER`]); the per-address
-/// limits (the page's Socket.IO) then count that client. The header is
-/// dropped from every request, signed or not: a client cannot claim an
-/// address.
-pub async fn vouched_client(
-    State(token): State<Arc<Secret>>,
-    mut req: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if let Some(header) = req.headers_mut().remove(CLIENT_HEADER) {
-        let client = header.to_str().ok().and_then(|h| vouched(&token, h));
-        if let Some(ip) = client {
-            req.extensions_mut().insert(ConnectInfo(PeerAddr(SocketAddr::new(ip, 0))));
-        }
-    }
-    next.run(req).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::net::SocketAddr;
     use tokio::io::AsyncReadExt;
 
     fn ip(s: &str) -> IpAddr {
@@ -381,7 +359,10 @@ mod tests {
         };
         let app = axum::Router::new()
             .route("/", axum::routing::get(seen))
-            .layer(axum::middleware::from_fn_with_state(token.clone(), vouched_client))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(crate::http::origin::FrontDoor::new(token.clone(), Default::default(), Default::default())),
+                crate::http::origin::front_door,
+            ))
             .into_make_service_with_connect_info::<PeerAddr>();
         let (listener, addr) = bound().await;
         let listener = crate::http::listen::WebListener::Plain(listener);

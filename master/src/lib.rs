@@ -442,13 +442,12 @@ pub async fn run(
     tracker.spawn(web::ops::broadcast(io.clone(), feed, servers_cancel.clone()));
     tracker.spawn(web::broadcast_workers(io, coord.clone(), servers_cancel.clone()));
     // socketioxide wraps the finished router once (a per-route layer breaks long-polling).
-    // Host names first (DNS rebinding), then the requesting page's origin.
-    let origins = Arc::new(cfg.allowed_origins()?);
+    // In front of it all: a forwarder's client, host names (DNS rebinding), the page's origin.
+    let origins = cfg.allowed_origins()?;
+    let door = http::origin::FrontDoor::new(vouching.clone(), cfg.allowed_hosts()?, origins);
     let public = axum::Router::new()
         .fallback_service(sio_layer.layer(http::app(state, &cfg.web_dir)))
-        .layer(axum::middleware::from_fn_with_state(origins, http::origin::check_origin))
-        .layer(axum::middleware::from_fn_with_state(Arc::new(cfg.allowed_hosts()?), http::origin::check_host))
-        .layer(axum::middleware::from_fn_with_state(vouching.clone(), forward::vouched_client));
+        .layer(axum::middleware::from_fn_with_state(Arc::new(door), http::origin::front_door));
     // The other masters' routes: by address (no host names), with the peer key.
     let app = http::replicas::routes(pool.clone(), vouching, servers_cancel.clone()).fallback_service(public);
     let stop_http = servers_cancel.clone();

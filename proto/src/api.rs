@@ -7,6 +7,12 @@ use crate::ids::JobId;
 use crate::jobs::{JobState, Priority};
 use crate::options::{AfterPolicy, AfterRef, RetryPolicy};
 
+/// The header in which a forwarder (a standby master, the edge) tells the
+/// master whose request it passes on, signed with the cluster token
+/// (`faena_common::signing::vouch`); the master believes it only with that
+/// signature, and takes it off every request.
+pub const CLIENT_HEADER: &str = "x-faena-client";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubmitRequest {
     pub kind: String,
