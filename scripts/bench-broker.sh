@@ -28,8 +28,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# shellcheck source=scripts/lib/bench.sh
+. "$here/scripts/lib/bench.sh"
 
 wait_port() {
   for _ in $(seq 200); do

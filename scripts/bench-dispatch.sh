@@ -16,6 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/prereqs.sh
 . scripts/lib/prereqs.sh
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 help_if_asked "$@"
 export FAENA_BENCH_SLOTS=${3:-128}
 # Checked before anything is installed or started (BullMQ's rounds come
@@ -62,7 +64,6 @@ for round in $(seq "$rounds"); do
   bullmq bullmq-fsync --appendonly yes --appendfsync always
 done
 
-median() { sort -n "$1" | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 faena=$(median "$work/faena")
 memory=$(median "$work/bullmq-memory")
 fsync=$(median "$work/bullmq-fsync")

@@ -19,6 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/prereqs.sh
 . scripts/lib/prereqs.sh
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 help_if_asked "$@"
 rounds=${1:-6}
 requests=${2:-200000}
@@ -45,8 +47,6 @@ cleanup() {
 }
 trap cleanup EXIT
 printf '{"kind": "noop", "params": {"payload": "bench-http"}}' >"$work/job.json"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # One master, both loads: appends "<GET req/s> <GET µs> <POST req/s> <POST µs>"
 # to the file $2 (run here, not in a subshell, so the trap knows the master).
@@ -102,14 +102,15 @@ for r in $(seq "$rounds"); do
     printf '%-5s round %d  GET %9.0f req/s %6.1f µs/req   POST %9.0f req/s %6.1f µs/req\n' "$who" "$r" "$gr" "$gu" "$pr" "$pu"
   done
 done
-median() { sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+# The median of column $1 of file $2.
+column_median() { median <(cut -d' ' -f"$1" "$2"); }
 for who in this base; do
   [ -s "$work/$who" ] || continue
   printf '%-5s medians  GET %9.0f req/s %6.1f µs/req   POST %9.0f req/s %6.1f µs/req\n' "$who" \
-    "$(cut -d' ' -f1 "$work/$who" | median)" "$(cut -d' ' -f2 "$work/$who" | median)" \
-    "$(cut -d' ' -f3 "$work/$who" | median)" "$(cut -d' ' -f4 "$work/$who" | median)"
+    "$(column_median 1 "$work/$who")" "$(column_median 2 "$work/$who")" \
+    "$(column_median 3 "$work/$who")" "$(column_median 4 "$work/$who")"
 done
 if [ -s "$work/base" ]; then
-  ratio() { awk -v a="$(cut -d' ' -f"$1" "$work/this" | median)" -v b="$(cut -d' ' -f"$1" "$work/base" | median)" 'BEGIN {printf "%.3f", a / b}'; }
+  ratio() { awk -v a="$(column_median "$1" "$work/this")" -v b="$(column_median "$1" "$work/base")" 'BEGIN {printf "%.3f", a / b}'; }
   echo "this/base GET req/s $(ratio 1)  µs/req $(ratio 2)   POST req/s $(ratio 3)  µs/req $(ratio 4)"
 fi

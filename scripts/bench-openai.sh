@@ -14,12 +14,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/prereqs.sh
 . scripts/lib/prereqs.sh
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 help_if_asked "$@"
 need_build_tools
 what=${1:-all}
 cargo build --locked --release -p faena-master -p faena-worker -p faena-testkit --bins
 bench=target/release/faena-openai-bench
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 if [ "$what" = overhead ] || [ "$what" = all ]; then
   # shellcheck source=scripts/lib/venv.sh
