@@ -8,7 +8,7 @@ use faena_proto::settings::MAX_SLOTS;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::process::{ThreadTimes, cpu_seconds, thread_cpu};
+use crate::process::{ThreadTimes, cpu_seconds, machine_idle, thread_cpu};
 use crate::{Cluster, eventually};
 
 /// Slots of each of the bench's two workers unless `FAENA_BENCH_SLOTS` says.
@@ -160,6 +160,41 @@ fn report_threads(pid: i32, before: &std::collections::BTreeMap<String, ThreadTi
     println!("             master threads: {}", line.join(" | "));
 }
 
+/// What the rest of the machine spent so far: the cluster's workers' CPU,
+/// the bench's own (its clients), and the cores' idle time, in seconds.
+/// On a small machine these share the cores with the master.
+#[derive(Debug, Clone, Copy)]
+struct Rest {
+    workers: f64,
+    bench: f64,
+    idle: f64,
+}
+
+impl Rest {
+    fn now(c: &Cluster) -> Self {
+        Self {
+            workers: c.workers.iter().map(|w| cpu_seconds(w.pid())).sum(),
+            bench: cpu_seconds(std::process::id() as i32),
+            idle: machine_idle(),
+        }
+    }
+
+    /// Prints what went where since `self`, a job and in cores.
+    fn report(self, c: &Cluster, jobs: usize, elapsed: Duration) {
+        let now = Self::now(c);
+        let (per_job, cores) = (|s: f64| s * 1e6 / jobs as f64, |s: f64| s / elapsed.as_secs_f64());
+        let (workers, bench) = (now.workers - self.workers, now.bench - self.bench);
+        println!(
+            "             the rest: workers {:.1} µs/job {:.2} cores | bench {:.1} µs/job {:.2} cores | idle {:.2} cores",
+            per_job(workers),
+            cores(workers),
+            per_job(bench),
+            cores(bench),
+            cores(now.idle - self.idle)
+        );
+    }
+}
+
 fn params(kind: &str, i: usize) -> serde_json::Value {
     match kind {
         "noop" => json!({"payload": i}),
@@ -208,7 +243,7 @@ pub async fn phases(c: &Cluster, pid: i32, kind: &str, jobs: usize, samples: usi
 
     // 1. Batch submission.
     let base = succeeded(c).await;
-    let (cpu0, threads0) = (cpu_seconds(pid), thread_cpu(pid));
+    let (cpu0, threads0, rest0) = (cpu_seconds(pid), thread_cpu(pid), Rest::now(c));
     let start = Instant::now();
     let same: Vec<_> = (0..BATCH).map(|i| job(kind, i, None)).collect();
     for b in 0..jobs.div_ceil(BATCH) {
@@ -224,10 +259,11 @@ pub async fn phases(c: &Cluster, pid: i32, kind: &str, jobs: usize, samples: usi
     wait_succeeded(c, base + submitted as u64).await;
     let batch = report("batch", submitted, start.elapsed(), cpu_seconds(pid) - cpu0);
     report_threads(pid, &threads0, submitted, start.elapsed());
+    rest0.report(c, submitted, start.elapsed());
 
     // 2. One by one, from concurrent clients.
     let base = succeeded(c).await;
-    let (cpu0, threads0) = (cpu_seconds(pid), thread_cpu(pid));
+    let (cpu0, threads0, rest0) = (cpu_seconds(pid), thread_cpu(pid), Rest::now(c));
     let start = Instant::now();
     let api = c.api.clone();
     futures::stream::iter(0..jobs)
@@ -242,6 +278,7 @@ pub async fn phases(c: &Cluster, pid: i32, kind: &str, jobs: usize, samples: usi
     wait_succeeded(c, base + jobs as u64).await;
     let one_by_one = report("one-by-one", jobs, start.elapsed(), cpu_seconds(pid) - cpu0);
     report_threads(pid, &threads0, jobs, start.elapsed());
+    rest0.report(c, jobs, start.elapsed());
 
     // 3. Low load: one job at a time.
     let mut latencies = Vec::with_capacity(samples);

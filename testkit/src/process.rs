@@ -144,6 +144,19 @@ fn run_queue_wait(schedstat: &str) -> f64 {
     schedstat.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()).map_or(0.0, |ns| ns / 1e9)
 }
 
+/// Seconds all cores of the machine have been idle so far (`/proc/stat`:
+/// idle and iowait, at 100 ticks a second; 0 where it does not parse).
+pub fn machine_idle() -> f64 {
+    idle_seconds(&std::fs::read_to_string("/proc/stat").unwrap_or_default())
+}
+
+fn idle_seconds(stat: &str) -> f64 {
+    let cpu = stat.lines().find(|l| l.starts_with("cpu ")).unwrap_or_default();
+    let ticks: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait ...
+    (ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0)) / 100.0
+}
+
 /// Resident memory of process `pid` now, in MiB (from `/proc`).
 pub fn rss_mib(pid: i32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -154,6 +167,13 @@ pub fn rss_mib(pid: i32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_machines_idle_time_is_idle_and_iowait() {
+        let stat = "cpu  100 5 50 1200 30 0 7 0 0 0\ncpu0 50 2 25 600 15 0 3 0 0 0\n";
+        assert_eq!(idle_seconds(stat), 12.3);
+        assert_eq!(idle_seconds("garbage"), 0.0);
+    }
 
     #[test]
     fn a_threads_run_queue_wait_is_read_from_its_schedstat() {

@@ -8,7 +8,9 @@
 //! 3. Low load: one job at a time; submit → final event, as a client sees it.
 //!
 //! Prints jobs/s (submit of the first job to the last result), latency
-//! percentiles, and the master's CPU time per job (from /proc).
+//! percentiles, and the master's CPU time per job (from /proc), thread by
+//! thread; then the rest of the machine's: the workers', the bench's own
+//! and the cores' idle time (on a small machine they share the cores).
 //!
 //! `FAENA_BENCH_DASHBOARDS=N` keeps N dashboards connected to the master's
 //! `/ops` feed throughout (`web/tests/ops-clients.mjs`: the page's own
