@@ -13,6 +13,8 @@
 #
 #   scripts/bench-http.sh [rounds=6] [requests=200000]
 #   env: BASE=path/to/faena-master   FAENA_BIN_DIR=<prebuilt binaries>
+#        FAENA_API_TOKEN=<token>: the masters ask for it on the REST API
+#        (as the stack's do) and POST sends it
 #
 # POST sends a fifth of the requests (at most 90,000: the queue holds 100,000).
 set -euo pipefail
@@ -47,6 +49,8 @@ cleanup() {
 }
 trap cleanup EXIT
 printf '{"kind": "noop", "params": {"payload": "bench-http"}}' >"$work/job.json"
+auth=()
+[ -z "${FAENA_API_TOKEN:-}" ] || auth=(-H "Authorization: Bearer $FAENA_API_TOKEN")
 
 # One master, both loads: appends "<GET req/s> <GET µs> <POST req/s> <POST µs>"
 # to the file $2 (run here, not in a subshell, so the trap knows the master).
@@ -73,7 +77,7 @@ measure() {
   get_us=$(awk -v t="$((t1 - t0))" -v n="$requests" 'BEGIN {printf "%.1f", t * 1e4 / n}')
   t0=$(cpu_ticks "$master")
   # ab counts answers of another length than the first as failed: each 202 names its own job.
-  out=$(ab -q -k -c 64 -n "$posts" -p "$work/job.json" -T application/json "http://$http/api/jobs")
+  out=$(ab -q -k -c 64 -n "$posts" "${auth[@]}" -p "$work/job.json" -T application/json "http://$http/api/jobs")
   t1=$(cpu_ticks "$master")
   grep -q "^Non-2xx" <<<"$out" && { echo "bench-http: POST /api/jobs answered other than 202" >&2; exit 1; }
   post_rate=$(awk '/^Requests per second/ {print $4}' <<<"$out")

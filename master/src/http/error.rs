@@ -1,17 +1,15 @@
 //! What a REST client is told when a request fails: `{"error": {"code",
 //! "message"}}` with a fitting status. An [`AppError`] keeps the typed cause
 //! of a server-side failure for the operator; turning it into a response has
-//! no side effects, and [`log_failures`] (a layer) logs the cause of every
+//! no side effects, and [`log_failure`] (in the front door) logs the cause of every
 //! 5xx once, never shown to the client.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::Request;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
-use axum::middleware::Next;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use faena_proto::api::{ErrorBody, ErrorDetail};
 use serde::de::DeserializeOwned;
@@ -101,14 +99,12 @@ impl IntoResponse for AppError {
     }
 }
 
-/// Logs the cause of every server-side failure, once, where it is known.
-pub async fn log_failures(req: Request, next: Next) -> Response {
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let resp = next.run(req).await;
+/// Logs the cause of a server-side failure, once, where it is known: the
+/// web port's front door calls it on every response (`origin.rs`).
+pub(crate) fn log_failure(method: &Method, path: &str, resp: &Response) {
     if let Some(FailureCause(cause)) = resp.extensions().get::<FailureCause>() {
         tracing::error!(%method, %path, status = resp.status().as_u16(), error = %cause, "request failed");
     }
-    resp
 }
 
 impl From<CoordError> for AppError {

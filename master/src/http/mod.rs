@@ -133,42 +133,14 @@ pub fn app(state: AppState, web_dir: &std::path::Path) -> Router {
             "/api/{*rest}",
             axum::routing::any(|| async { AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") }),
         );
-    let api = api.route_layer(axum::middleware::from_fn(origin::require_json));
-    let api = match state.api_token.clone() {
-        Some(token) => api.route_layer(axum::middleware::from_fn_with_state(token, require_token)),
-        None => api,
-    };
-    let openai = openai::routes().route_layer(axum::middleware::from_fn(origin::require_json));
+    let api = api.route_layer(axum::middleware::from_fn_with_state(state.api_token.clone(), origin::api_gate));
+    let openai = openai::routes().route_layer(axum::middleware::from_fn_with_state(None, origin::api_gate));
     api.merge(openai)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn(error::log_failures))
         .with_state(state)
         .fallback_service(pages)
-}
-
-/// Lets a request through only with `Authorization: Bearer <the token>`.
-async fn require_token(
-    State(token): State<Arc<Secret>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let given =
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if token.constant_time_eq(t) => next.run(req).await,
-        _ => {
-            let message = if given.is_some() {
-                "wrong API token"
-            } else {
-                "this API needs its token: Authorization: Bearer <FAENA_API_TOKEN>"
-            };
-            let mut resp = AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-            resp
-        }
-    }
 }
 
 fn parse_id(id: &str) -> Result<JobId, AppError> {

@@ -19,7 +19,9 @@
 //! Before both, a request a forwarder passed on (a standby master, the
 //! edge) is known by the client address the forwarder signed, so the
 //! per-address limits count that client. The three are one layer, the
-//! web port's [`front_door`].
+//! web port's [`front_door`], which also logs the cause of any response
+//! that failed on the server's side. Behind it, the REST API's routes
+//! pass one more ([`api_gate`]): the API token, then a JSON body.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,8 +79,9 @@ impl Origins {
 
 /// The public web port's checks, as one layer, in this order: the client
 /// a forwarder vouched for, then the `Host` (DNS rebinding), then the
-/// requesting page's `Origin`. One layer rather than three: each layer
-/// costs every request a boxed service and future.
+/// requesting page's `Origin`; and, on the way out, the log of a failure's
+/// cause. One layer rather than four: each layer costs every request a
+/// boxed service and future.
 #[derive(Debug)]
 pub struct FrontDoor {
     vouching: Arc<Secret>,
@@ -100,7 +103,10 @@ pub async fn front_door(State(door): State<Arc<FrontDoor>>, mut req: Request, ne
     if let Some(refused) = refuse_host(&door.hosts, &req, host).or_else(|| refuse_origin(&door.origins, &req, host)) {
         return refused;
     }
-    next.run(req).await
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let resp = next.run(req).await;
+    super::error::log_failure(&method, &path, &resp);
+    resp
 }
 
 /// A request a forwarder passed on carries its client's address, signed
@@ -195,15 +201,50 @@ fn refuse_host(hosts: &Hosts, req: &Request, host: Option<&str>) -> Option<Respo
     }
 }
 
-/// Refuses a REST request with a body that does not say it is JSON. A
-/// request with no body at all (`curl -X POST …/retry`) needs no type.
-pub async fn require_json(req: Request, next: Next) -> Response {
-    let writes = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
-    if writes && !has_no_body(&req) && !is_json(req.headers()) {
-        let message = "the request body must be JSON, sent with Content-Type: application/json";
-        return AppError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message).into_response();
+/// The REST API's routes' checks, as one route layer: with an API token
+/// set (`FAENA_API_TOKEN`, none for the OpenAI routes, which have keys of
+/// their own), `Authorization: Bearer <the token>`; then a body that says
+/// it is JSON.
+pub async fn api_gate(State(token): State<Option<Arc<Secret>>>, req: Request, next: Next) -> Response {
+    if let Some(token) = token
+        && let Some(refused) = refuse_token(&token, req.headers())
+    {
+        return refused;
+    }
+    if let Some(refused) = refuse_body_type(&req) {
+        return refused;
     }
     next.run(req).await
+}
+
+/// Refuses a request without `Authorization: Bearer <the token>`.
+fn refuse_token(token: &Secret, headers: &HeaderMap) -> Option<Response> {
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|t| token.constant_time_eq(t)) {
+        return None;
+    }
+    let message = if given.is_some() {
+        "wrong API token"
+    } else {
+        "this API needs its token: Authorization: Bearer <FAENA_API_TOKEN>"
+    };
+    let mut resp = AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    Some(resp)
+}
+
+/// Refuses a REST request with a body that does not say it is JSON. A
+/// request with no body at all (`curl -X POST …/retry`) needs no type.
+fn refuse_body_type(req: &Request) -> Option<Response> {
+    let writes = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+    if writes && !has_no_body(req) && !is_json(req.headers()) {
+        let message = "the request body must be JSON, sent with Content-Type: application/json";
+        return Some(
+            AppError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message).into_response(),
+        );
+    }
+    None
 }
 
 /// A request that has no body. In HTTP/1 that is one with neither
@@ -290,5 +331,89 @@ mod tests {
         assert!(!is_json(&with("text/plain")));
         assert!(!is_json(&with("application/x-www-form-urlencoded")));
         assert!(!is_json(&HeaderMap::new()));
+    }
+
+    /// `app` served on a free loopback port; its address.
+    async fn served(app: axum::Router) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let at = l.local_addr().unwrap_or_else(|e| panic!("addr: {e}")).to_string();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        at
+    }
+
+    #[tokio::test]
+    async fn the_api_gate_asks_for_the_token_before_the_body_type() {
+        let token = Arc::new(Secret::new("api-token"));
+        let route = || axum::Router::new().route("/api/x", axum::routing::post(|| async { "taken" }));
+        let with_token =
+            served(route().route_layer(axum::middleware::from_fn_with_state(Some(token.clone()), api_gate))).await;
+        let without = served(route().route_layer(axum::middleware::from_fn_with_state(None, api_gate))).await;
+        let client = faena_common::tls::http_client().build().expect("client");
+        let post = |at: &str, auth: Option<&str>, kind: &str| {
+            let mut req = client.post(format!("http://{at}/api/x")).header(header::CONTENT_TYPE, kind).body("{}");
+            if let Some(auth) = auth {
+                req = req.header(header::AUTHORIZATION, auth);
+            }
+            async move { req.send().await.unwrap_or_else(|e| panic!("POST: {e}")).status().as_u16() }
+        };
+        let json = "application/json";
+        assert_eq!(post(&with_token, None, "text/plain").await, 401, "no token: refused before its body's type");
+        assert_eq!(post(&with_token, Some("Bearer wrong"), json).await, 401);
+        assert_eq!(post(&with_token, Some("Bearer api-token"), "text/plain").await, 415);
+        assert_eq!(post(&with_token, Some("Bearer api-token"), json).await, 200);
+        assert_eq!(post(&without, None, "text/plain").await, 415);
+        assert_eq!(post(&without, None, json).await, 200, "no token set: JSON is enough");
+    }
+
+    /// Every event of the master's own, its fields as text.
+    #[derive(Clone, Default)]
+    struct Logged(Arc<parking_lot::Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logged {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            struct Fields(String);
+            impl tracing::field::Visit for Fields {
+                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    self.0.push_str(&format!("{}={value:?} ", field.name()));
+                }
+            }
+            if !event.metadata().target().starts_with("faena_master") {
+                return;
+            }
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            self.0.lock().push(fields.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_front_door_logs_the_cause_of_a_failure_and_nothing_of_a_refusal() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let logged = Logged::default();
+        let _log = tracing::subscriber::set_default(tracing_subscriber::registry().with(logged.clone()));
+        let failing = || async {
+            AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "something failed")
+                .caused_by(std::io::Error::other("the disk is on fire"))
+        };
+        let refused = || async { AppError::bad_request("bad", "no") };
+        let app = axum::Router::new()
+            .route("/fails", axum::routing::get(failing))
+            .route("/refused", axum::routing::get(refused))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(FrontDoor::new(Arc::new(Secret::new("cluster")), Hosts::default(), Origins::default())),
+                front_door,
+            ));
+        let at = served(app).await;
+        let client = faena_common::tls::http_client().build().expect("client");
+        for (path, status) in [("/refused", 400), ("/fails", 500)] {
+            let resp = client.get(format!("http://{at}{path}")).send().await.unwrap_or_else(|e| panic!("GET: {e}"));
+            assert_eq!(resp.status().as_u16(), status);
+            let body = resp.text().await.unwrap_or_default();
+            assert!(!body.contains("fire"), "the cause is not shown to the client: {body}");
+        }
+        let logged = logged.0.lock().clone();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(logged[0].contains("request failed") && logged[0].contains("the disk is on fire"), "{logged:?}");
+        assert!(logged[0].contains("path=/fails") && logged[0].contains("status=500"), "{logged:?}");
     }
 }
