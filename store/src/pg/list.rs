@@ -24,8 +24,7 @@ fn arg(args: &mut Args, v: Box<dyn ToSql + Sync + Send>) -> String {
 }
 
 pub(crate) async fn list(pool: &Pool, f: &JobFilter) -> Result<Page, StoreError> {
-    let (sql, args) = statement(f);
-    let limit = f.limit.clamp(1, MAX_PAGE);
+    let (sql, args, limit) = statement(f);
     let c = pool.get().await.map_err(|e| StoreError::Pool(e.to_string()))?;
     let stmt = c.prepare_cached(&sql).await?;
     let rows = c.query(&stmt, &params(&args)).await?;
@@ -45,8 +44,8 @@ fn params(args: &Args) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 /// The page's statement (one more row than the page, to know whether there
-/// is another) and its parameters.
-fn statement(f: &JobFilter) -> (String, Args) {
+/// is another), its parameters and the page's size.
+fn statement(f: &JobFilter) -> (String, Args, usize) {
     let mut args = Args::new();
     let mut common = match f.parent {
         Some(p) => format!("parent = {}", arg(&mut args, Box::new(p.0))),
@@ -101,7 +100,7 @@ fn statement(f: &JobFilter) -> (String, Args) {
             }
         }
     };
-    (sql, args)
+    (sql, args, limit)
 }
 
 #[cfg(test)]
@@ -160,7 +159,7 @@ mod tests {
         );
         let c = pool.get().await.expect("a reader");
         let explain = async |f: &crate::JobFilter| -> Vec<String> {
-            let (sql, args) = super::statement(f);
+            let (sql, args, _) = super::statement(f);
             let plan = c.query(&format!("EXPLAIN {sql}"), &super::params(&args)).await.expect("explains");
             plan.iter().map(|r| r.get(0)).collect()
         };
