@@ -105,7 +105,6 @@ const VPMULUDQ: Opcode = Opcode(1, 1, 0xf4);
 /// `vpsrlq`/`vpsllq` (`/2`, `/6`) and `vpsraq`/`vprorq` (`/4`, `/0`).
 const SHIFT_73: Opcode = Opcode(1, 1, 0x73);
 const SHIFT_72: Opcode = Opcode(1, 1, 0x72);
-const VMOVDQA64: Opcode = Opcode(1, 1, 0x6f);
 const VMOVDQU64_LOAD: Opcode = Opcode(2, 1, 0x6f);
 const VMOVDQU64_STORE: Opcode = Opcode(2, 1, 0x7f);
 
@@ -204,30 +203,46 @@ impl Asm {
         self.op3(VPANDQ, dst, a, b);
     }
     /// `dst = a * b`, the low 64 bits.
-    fn mullo(&mut self, dst: u8, a: u8, b: Rm) {
+    fn mullo(&mut self, dst: u8, a: u8, b: u8) {
         if self.isa == Isa::Avx512 {
-            return self.op3(VPMULLQ, dst, a, b);
+            return self.op3(VPMULLQ, dst, a, Rm::Reg(b));
         }
         // (ah * bl + al * bh) << 32 + al * bl, from 32-bit products.
-        let (hi, lo, c) = (self.t, self.t + 1, self.t + 6);
-        let b = match b {
-            Rm::Reg(r) => r,
-            mem @ Rm::Mem { .. } => {
-                self.load_rm(c, mem);
-                c
-            }
-        };
+        let (hi, lo) = (self.t, self.t + 1);
         self.srl(hi, a, 32);
-        self.mul32(hi, hi, b);
+        self.mul32(hi, hi, Rm::Reg(b));
         self.srl(lo, b, 32);
-        self.mul32(lo, a, lo);
+        self.mul32(lo, a, Rm::Reg(lo));
+        self.mullo_tail(dst, a, Rm::Reg(b));
+    }
+    /// `dst = a * value`, the low 64 bits: on AVX2 the constant's high
+    /// half is a constant of its own, and each product reads its operand
+    /// from memory.
+    fn mul_const(&mut self, dst: u8, a: u8, value: u64) {
+        let c = self.constant(value);
+        if self.isa == Isa::Avx512 {
+            return self.op3(VPMULLQ, dst, a, c);
+        }
+        let (hi, lo) = (self.t, self.t + 1);
+        self.srl(hi, a, 32);
+        self.mul32(hi, hi, c);
+        let c_high = self.constant(value >> 32);
+        self.mul32(lo, a, c_high);
+        let c = self.constant(value);
+        self.mullo_tail(dst, a, c);
+    }
+    /// The end of an AVX2 low multiply: `hi` and `lo` (the first two
+    /// scratch registers) hold the two cross products.
+    fn mullo_tail(&mut self, dst: u8, a: u8, b: Rm) {
+        let (hi, lo) = (self.t, self.t + 1);
         self.add(hi, hi, Rm::Reg(lo));
         self.sll(hi, hi, 32);
         self.mul32(lo, a, b);
         self.add(dst, lo, Rm::Reg(hi));
     }
-    fn mul32(&mut self, dst: u8, a: u8, b: u8) {
-        self.op3(VPMULUDQ, dst, a, Rm::Reg(b));
+    /// `dst = a * b` of each element's low 32 bits, unsigned.
+    fn mul32(&mut self, dst: u8, a: u8, b: Rm) {
+        self.op3(VPMULUDQ, dst, a, b);
     }
     fn srl(&mut self, dst: u8, src: u8, n: u8) {
         self.shift(SHIFT_73, 2, dst, src, n);
@@ -251,9 +266,6 @@ impl Asm {
         self.sll(dst, src, 64 - n);
         self.op3(VPOR, dst, dst, Rm::Reg(self.t));
     }
-    fn copy(&mut self, dst: u8, src: u8) {
-        self.enc(VMOVDQA64, dst, 0, Rm::Reg(src), None);
-    }
     fn load_rm(&mut self, dst: u8, rm: Rm) {
         self.enc(VMOVDQU64_LOAD, dst, 0, rm, None);
     }
@@ -266,38 +278,38 @@ impl Asm {
 
     /// `dst = high 64 bits of a * b`, unsigned or signed, from four 32-bit
     /// products; `a` and `b` are read before `dst` is written.
+    ///
+    /// With `a = ah·2³² + al` and `b` alike, `a·b = hh·2⁶⁴ + (lh + hl)·2³²
+    /// + ll`. The carries are folded in two sums that cannot overflow:
+    /// `t = hl + (ll >> 32)` and `u = lh + (t mod 2³²)`, each below 2⁶⁴;
+    /// the high half is `hh + (t >> 32) + (u >> 32)`.
     fn mul_high(&mut self, dst: u8, a: u8, b: u8, signed: bool) {
         let t = self.t;
-        let (ah, bh, ll, lh, hl, x) = (t, t + 1, t + 2, t + 3, t + 4, t + 5);
-        let low32 = self.constant(0xffff_ffff);
-        self.srl(ah, a, 32);
+        let (hh, bh, ll, lh, hl, x) = (t, t + 1, t + 2, t + 3, t + 4, t + 5);
+        self.srl(hh, a, 32);
         self.srl(bh, b, 32);
-        self.mul32(ll, a, b);
-        self.mul32(lh, a, bh);
-        self.mul32(hl, ah, b);
-        self.mul32(ah, ah, bh); // ah * bh
+        self.mul32(ll, a, Rm::Reg(b));
+        self.mul32(lh, a, Rm::Reg(bh));
+        self.mul32(hl, hh, Rm::Reg(b));
+        self.mul32(hh, hh, Rm::Reg(bh));
         self.srl(ll, ll, 32);
-        self.and(x, lh, low32);
-        self.add(ll, ll, Rm::Reg(x));
+        self.add(hl, hl, Rm::Reg(ll)); // t
         let low32 = self.constant(0xffff_ffff);
-        self.and(x, hl, low32);
-        self.add(ll, ll, Rm::Reg(x)); // the middle column, < 3 * 2^32
-        self.srl(lh, lh, 32);
-        self.add(ah, ah, Rm::Reg(lh));
+        self.and(ll, hl, low32);
+        self.add(lh, lh, Rm::Reg(ll)); // u
         self.srl(hl, hl, 32);
-        self.add(ah, ah, Rm::Reg(hl));
-        self.srl(ll, ll, 32);
-        self.add(ah, ah, Rm::Reg(ll));
+        self.add(hh, hh, Rm::Reg(hl));
+        self.srl(lh, lh, 32);
         if signed {
             // As signed: minus b where a < 0 and minus a where b < 0.
             self.sign(x, a);
             self.and(x, x, Rm::Reg(b));
-            self.sub(ah, ah, Rm::Reg(x));
+            self.sub(hh, hh, Rm::Reg(x));
             self.sign(x, b);
             self.and(x, x, Rm::Reg(a));
-            self.sub(ah, ah, Rm::Reg(x));
+            self.sub(hh, hh, Rm::Reg(x));
         }
-        self.copy(dst, ah);
+        self.add(dst, hh, Rm::Reg(lh));
     }
 
     fn op(&mut self, op: Op, half: u8) {
@@ -315,7 +327,7 @@ impl Asm {
                     self.add(z(dst), z(dst), Rm::Reg(t));
                 }
             }
-            Op::Mul { dst, src } => self.mullo(z(dst), z(dst), Rm::Reg(z(src))),
+            Op::Mul { dst, src } => self.mullo(z(dst), z(dst), z(src)),
             Op::Ror { dst, count } => self.ror(z(dst), z(dst), (count & 63) as u8),
             Op::AddConst { dst, value } => {
                 let c = self.constant(value);
@@ -325,10 +337,7 @@ impl Asm {
                 let c = self.constant(value);
                 self.xor(z(dst), z(dst), c);
             }
-            Op::MulConst { dst, value } => {
-                let c = self.constant(value);
-                self.mullo(z(dst), z(dst), c);
-            }
+            Op::MulConst { dst, value } => self.mul_const(z(dst), z(dst), value),
             Op::MulHigh { dst, src } => self.mul_high(z(dst), z(dst), z(src), false),
             Op::MulHighSigned { dst, src } => self.mul_high(z(dst), z(dst), z(src), true),
         }

@@ -88,3 +88,55 @@ fn programs_follow_the_rules_of_table_6_1_1() {
         }
     }
 }
+
+/// The vector code's 64-bit multiplies (built from 32-bit products on
+/// AVX2) against 128-bit arithmetic, on the values where carries and signs
+/// go wrong: zero, one, all ones, the sign bit, 2³² ± 1 and mixed halves.
+#[test]
+fn compiled_multiplies_match_128_bit_arithmetic_at_the_edges() {
+    use super::exec::LANES;
+    use super::jit::{self, ITEMS, Isa};
+    let edges = [
+        0u64,
+        1,
+        u64::MAX,
+        1 << 63,
+        (1 << 63) - 1,
+        0xffff_ffff,
+        1 << 32,
+        (1 << 32) + 1,
+        0xffff_ffff_0000_0001,
+        0x8000_0000_ffff_ffff,
+        0x1234_5678_9abc_def0,
+        0xfedc_ba98_7654_3210,
+    ];
+    let constants = [u64::MAX, 1 << 63, 0xffff_ffff, 0xcccc_cccc_cccc_cccd, 3];
+    let mut ops =
+        vec![Op::MulHigh { dst: 0, src: 1 }, Op::MulHighSigned { dst: 2, src: 3 }, Op::Mul { dst: 5, src: 6 }];
+    ops.extend(constants.iter().enumerate().map(|(i, &value)| Op::MulConst { dst: [4, 7, 4, 7, 4][i], value }));
+    let programs: [program::Program; 8] =
+        std::array::from_fn(|_| program::Program { ops: ops.clone(), address_register: 0 });
+    let pairs: Vec<(u64, u64)> = edges.iter().flat_map(|&a| edges.iter().map(move |&b| (a, b))).collect();
+    for isa in [Isa::Avx512, Isa::Avx2] {
+        let Some(code) = jit::compile(&programs, isa) else { continue };
+        for chunk in pairs.chunks(ITEMS) {
+            let mut regs = [[0u64; LANES]; 8];
+            for (i, &(a, b)) in chunk.iter().enumerate() {
+                for (q, v) in [a, b, a, b, a, a, b, b].into_iter().enumerate() {
+                    regs[q][i] = v;
+                }
+            }
+            code.run(0, &mut regs, 0);
+            for (i, &(a, b)) in chunk.iter().enumerate() {
+                let high = ((u128::from(a) * u128::from(b)) >> 64) as u64;
+                let signed = ((i128::from(a as i64) * i128::from(b as i64)) >> 64) as u64;
+                let (mut r4, mut r7) = (a, b);
+                for (k, &c) in constants.iter().enumerate() {
+                    if k % 2 == 0 { r4 = r4.wrapping_mul(c) } else { r7 = r7.wrapping_mul(c) }
+                }
+                let got = (regs[0][i], regs[2][i], regs[5][i], regs[4][i], regs[7][i]);
+                assert_eq!(got, (high, signed, a.wrapping_mul(b), r4, r7), "{isa:?}: {a:#x} * {b:#x}");
+            }
+        }
+    }
+}
