@@ -81,6 +81,7 @@ impl Isa {
 const RDI: u8 = 7;
 const RSI: u8 = 6;
 
+#[derive(Clone, Copy)]
 enum Rm {
     Reg(u8),
     /// `[base + disp32]`, optionally one 64-bit element broadcast.
@@ -228,7 +229,6 @@ impl Asm {
         self.mul32(hi, hi, c);
         let c_high = self.constant(value >> 32);
         self.mul32(lo, a, c_high);
-        let c = self.constant(value);
         self.mullo_tail(dst, a, c);
     }
     /// The end of an AVX2 low multiply: `hi` and `lo` (the first two
