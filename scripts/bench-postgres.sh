@@ -6,8 +6,9 @@
 #   ./scripts/bench-postgres.sh [jobs=20000] [low-load samples=2000]   (~3 min; not part of CI)
 #
 #   FAENA_BENCH_GRAPHILE_CONCURRENCY=24,10   Graphile Worker's concurrency per run
+#   FAENA_STORE_WRITERS=4                    the PostgreSQL master's writers (default 1)
 set -euo pipefail
-if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/prereqs.sh
 . scripts/lib/prereqs.sh

@@ -66,6 +66,10 @@ cargo test --locked --workspace "$@"
 # cluster's master gets a server of its own (FAENA_TEST_STORE, testkit).
 FAENA_TEST_STORE=postgres cargo test --locked -p faena-testkit --test jobs_api --test job_actions \
   --test failures --test queueing --test e2e --test live_config --test job_semantics "$@"
+# Those that store jobs with dependencies, unique keys and failures, on
+# PostgreSQL with four writers (FAENA_STORE_WRITERS).
+FAENA_TEST_STORE=postgres-writers cargo test --locked -p faena-testkit --test jobs_api --test failures \
+  --test job_semantics "$@"
 # And those that read, restore and list jobs, on SQLite over four files.
 FAENA_TEST_STORE=sqlite-shards cargo test --locked -p faena-testkit --test jobs_api --test job_actions \
   --test failures --test job_semantics "$@"

@@ -125,6 +125,11 @@ pub struct Config {
     /// store was made (1 for a new one).
     #[arg(long, env = "FAENA_STORE_SHARDS", value_parser = clap::value_parser!(u8).range(1..=8))]
     pub store_shards: Option<u8>,
+    /// The PostgreSQL store's writers (1 to 8), each committing on a
+    /// connection of its own, a job's changes always on the same one: more
+    /// jobs a second where one connection's server process is the limit.
+    #[arg(long, env = "FAENA_STORE_WRITERS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub store_writers: u8,
     /// Finished jobs (and their history) older than this are deleted:
     /// `7d`, `12h`, `30m`, `90s`, or `off`.
     #[arg(long, env = "FAENA_RETENTION", default_value = "7d")]
@@ -320,6 +325,11 @@ impl Config {
                 "FAENA_STORE_SHARDS spreads the SQLite store over files; a PostgreSQL store (FAENA_STORE_URL) has none: unset one of them",
             );
         }
+        if self.store_writers > 1 && self.store_url.is_none() && self.store_url_file.is_none() {
+            return err(
+                "FAENA_STORE_WRITERS sets the PostgreSQL store's writers (FAENA_STORE_URL); a SQLite store has one a file (FAENA_STORE_SHARDS)",
+            );
+        }
         if !(300..=600_000).contains(&self.leader_lease_ms) {
             return err("FAENA_LEADER_LEASE_MS must be between 300 and 600000");
         }
@@ -490,6 +500,21 @@ mod tests {
         let both = ["faena-master", "--store-shards", "2", "--store-url", "postgres://u:p@127.0.0.1/db"];
         let e = Config::try_parse_from(both).expect("parses").validate().expect_err("both");
         assert!(e.to_string().contains("FAENA_STORE_SHARDS") && !e.to_string().contains("u:p"), "{e}");
+    }
+
+    #[test]
+    fn store_writers_are_one_to_eight_and_only_for_postgresql() {
+        let pg = ["faena-master", "--store-writers", "4", "--store-url", "postgres://u:p@127.0.0.1/db"];
+        let cfg = Config::try_parse_from(pg).expect("parses");
+        assert_eq!(cfg.store_writers, 4);
+        cfg.validate().expect("valid");
+        assert_eq!(Config::try_parse_from(["faena-master"]).expect("defaults").store_writers, 1);
+        for bad in ["0", "9", "x"] {
+            assert!(Config::try_parse_from(["faena-master", "--store-writers", bad]).is_err(), "{bad}");
+        }
+        let sqlite = Config::try_parse_from(["faena-master", "--store-writers", "2"]).expect("parses");
+        let e = sqlite.validate().expect_err("no PostgreSQL store");
+        assert!(e.to_string().contains("FAENA_STORE_WRITERS"), "{e}");
     }
 
     #[test]

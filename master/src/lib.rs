@@ -209,8 +209,8 @@ pub async fn run(
     )?;
     let store = match &store_url {
         Some(url) => {
-            tracing::info!("job store: PostgreSQL (FAENA_STORE_URL)");
-            match connect_store(url.expose(), cfg.retention()?, &shutdown).await? {
+            tracing::info!(writers = cfg.store_writers, "job store: PostgreSQL (FAENA_STORE_URL)");
+            match connect_store(url.expose(), cfg.retention()?, cfg.store_writers.into(), &shutdown).await? {
                 Some(store) => store,
                 None => return Ok(()),
             }

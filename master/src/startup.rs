@@ -146,11 +146,12 @@ pub(crate) async fn take_lead(
 pub(crate) async fn connect_store(
     url: &str,
     retention: store::Retention,
+    writers: usize,
     shutdown: &CancellationToken,
 ) -> Result<Option<store::Store>, MasterError> {
     let mut backoff = faena_common::retry::Policy::RECONNECT.start();
     loop {
-        match store::Store::connect(url, retention).await {
+        match store::Store::connect_writers(url, retention, writers).await {
             Ok(store) => return Ok(Some(store)),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "the store cannot be reached yet; trying again");

@@ -38,6 +38,7 @@ mod sqlite;
 mod writer;
 pub use contract::{DEFAULT_PAGE, JobFilter, MAX_PAGE, Page, Retention, Transition};
 pub use faena_store_contract::{Firing, HeldKey, NamedKind, Outcome, RestoredJob, StoreOp, rfc3339};
+pub use pg::MAX_WRITERS;
 pub use pg::lease::{Election, Leader};
 
 /// Most operations committed in one transaction.
@@ -201,8 +202,8 @@ pub struct Store {
     tx: Arc<[mpsc::Sender<Cmd>]>,
     reader: Reader,
     healthy: Arc<[Arc<AtomicBool>]>,
-    /// A store of shards: the row ids its jobs take, in the order queued,
-    /// and the callbacks waiting on every shard's writer.
+    /// A store of shards (or of PostgreSQL writers): the row ids its jobs
+    /// take, in the order queued, and the callbacks waiting on every writer.
     sharded: Option<(Arc<shards::Numbering>, Arc<shards::Joiner>)>,
     retention: Retention,
     /// The leader's epoch the writer fences each group with (PostgreSQL).
@@ -245,7 +246,8 @@ impl Store {
         Self::start(writers, Reader::Sqlite(readers.into()), retention, unfenced(), None, sharded)
     }
 
-    /// How many shards the store's jobs are spread over (1 on PostgreSQL).
+    /// How many shards the store's jobs are spread over: SQLite's files,
+    /// or PostgreSQL's writers.
     pub fn shards(&self) -> usize {
         self.tx.len()
     }
@@ -253,9 +255,28 @@ impl Store {
     /// Connects to the PostgreSQL store at `url` (`postgres://…`),
     /// migrating its schema first.
     pub async fn connect(url: &str, retention: Retention) -> Result<Self, StoreError> {
+        Self::connect_writers(url, retention, 1).await
+    }
+
+    /// The same, with `writers` writer threads (1 to [`MAX_WRITERS`]),
+    /// each on a connection of its own: a job's changes all go to one of
+    /// them (by its id, as to a SQLite store's shard), so the server runs
+    /// that many commit groups side by side where one connection's server
+    /// process was the limit. New jobs are numbered as they are queued, as
+    /// over shards; [`Store::load_unfinished`], which a master reads when
+    /// it starts to lead, numbers on after the jobs other masters stored
+    /// meanwhile. Retention runs on the first writer.
+    pub async fn connect_writers(url: &str, retention: Retention, writers: usize) -> Result<Self, StoreError> {
         let fence = unfenced();
-        let (writer, pool, election) = pg::open_store(url, retention, fence.clone()).await?;
-        Self::start(vec![writer], Reader::Postgres(pool), retention, fence, Some(election), None)
+        let (writers, pool, election) = pg::open_store(url, retention, fence.clone(), writers).await?;
+        let sharded = match writers.len() {
+            1 => None,
+            n => {
+                let numbering = shards::Numbering::after(pg::read::newest(&pool).await?);
+                Some((Arc::new(numbering), Arc::new(shards::Joiner::new(n))))
+            }
+        };
+        Self::start(writers, Reader::Postgres(pool), retention, fence, Some(election), sharded)
     }
 
     /// Fences every group committed from now on with the leader's `epoch`
@@ -315,7 +336,13 @@ impl Store {
                 all.sort_by_key(|j| j.seq);
                 all
             }
-            Reader::Postgres(p) => pg::read::load_unfinished(p).await?,
+            Reader::Postgres(p) => {
+                // Before this master stores anything: after what others stored.
+                if let Some((numbering, _)) = &self.sharded {
+                    numbering.raise(pg::read::newest(p).await?);
+                }
+                pg::read::load_unfinished(p).await?
+            }
         };
         let parents: std::collections::HashSet<JobId> =
             jobs.iter().filter_map(|j| j.opts.as_ref()).flat_map(|o| o.after.iter().copied()).collect();
@@ -475,8 +502,10 @@ impl Store {
     /// retention (on the writer, with the current commit group); how many
     /// jobs went.
     pub async fn prune(&self) -> Result<usize, StoreError> {
-        let mut replies = Vec::with_capacity(self.tx.len());
-        for (k, tx) in self.tx.iter().enumerate() {
+        // PostgreSQL's writers share one set of tables: the first prunes it.
+        let writers = if matches!(self.reader, Reader::Postgres(_)) { 1 } else { self.tx.len() };
+        let mut replies = Vec::with_capacity(writers);
+        for (k, tx) in self.tx.iter().enumerate().take(writers) {
             let (reply, rx) = tokio::sync::oneshot::channel();
             match &self.sharded {
                 Some((_, joiner)) => joiner.send(k, tx, Cmd::Prune(reply)),

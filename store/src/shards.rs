@@ -159,6 +159,22 @@ pub(crate) struct Numbering {
 }
 
 impl Numbering {
+    /// Numbering that goes on after the job `newest` names (row id, time)
+    /// of a store's own (none: an empty store).
+    pub(crate) fn after(newest: Option<(i64, i64)>) -> Self {
+        let (row, created) = newest.unwrap_or((0, 0));
+        Self { ids: RowIds::from(row + 1), newest: Mutex::new(created) }
+    }
+
+    /// Goes on after `newest` too, where other masters stored jobs since.
+    pub(crate) fn raise(&self, newest: Option<(i64, i64)>) {
+        if let Some((row, created)) = newest {
+            let mut at = self.newest.lock();
+            *at = (*at).max(created);
+            self.ids.raise(row + 1);
+        }
+    }
+
     pub(crate) fn stamp(&self, at_ms: u64) -> Stamp {
         let mut newest = self.newest.lock();
         *newest = (*newest).max(at_ms as i64);

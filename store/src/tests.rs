@@ -40,17 +40,25 @@ impl Backend {
         Self { pg: Some(crate::harness::Postgres::start()), ..Self::sqlite() }
     }
 
+    /// PostgreSQL with four writers, each on its own connection.
+    fn postgres_writers() -> Self {
+        Self { shards: Some(4), ..Self::postgres() }
+    }
+
     async fn open(&self) -> Store {
         let path = self.dir.path().join("jobs.db");
         match &self.pg {
-            Some(pg) => Store::connect(&pg.url(), Retention::OFF).await.expect("connects"),
+            Some(pg) => {
+                let writers = self.shards.unwrap_or(1);
+                Store::connect_writers(&pg.url(), Retention::OFF, writers).await.expect("connects")
+            }
             None => Store::open_sharded(&path, SyncMode::Full, Retention::OFF, self.shards).expect("opens"),
         }
     }
 }
 
 /// Runs the check `$f(&Backend)` on each backend (SQLite in one file and
-/// in shards, PostgreSQL), as three tests.
+/// in shards, PostgreSQL with one writer and with four), as four tests.
 macro_rules! on_every_backend {
     ($f:ident) => {
         mod $f {
@@ -67,6 +75,11 @@ macro_rules! on_every_backend {
             #[tokio::test]
             async fn on_postgres() {
                 super::$f(&super::Backend::postgres()).await;
+            }
+
+            #[tokio::test]
+            async fn on_postgres_writers() {
+                super::$f(&super::Backend::postgres_writers()).await;
             }
         }
     };

@@ -89,6 +89,13 @@ pub async fn cluster_with(opts: crate::MasterOpts) -> Cluster {
     c
 }
 
+/// The master's environment for a PostgreSQL store at `url`: the store
+/// and, where the bench was given `FAENA_STORE_WRITERS`, its writers.
+pub fn pg_store_env(url: String) -> Vec<(String, String)> {
+    let writers = std::env::var("FAENA_STORE_WRITERS").ok().map(|w| ("FAENA_STORE_WRITERS".to_owned(), w));
+    [("FAENA_STORE_URL".to_owned(), url)].into_iter().chain(writers).collect()
+}
+
 /// The phases' sizes from the command line: `[jobs=20000] [low-load samples=2000]`.
 /// The bench's settings from the environment are checked here too, so a bad
 /// one stops a bench before it starts a process.

@@ -119,14 +119,20 @@ impl Cluster {
     /// With `FAENA_TEST_STORE=postgres` (and no store given in `opts`), the
     /// master's store is a PostgreSQL of the cluster's own (the store's
     /// harness), so the same suites run on both backends; with
-    /// `FAENA_TEST_STORE=sqlite-shards`, SQLite over four files.
+    /// `FAENA_TEST_STORE=postgres-writers`, that with four writers
+    /// (`FAENA_STORE_WRITERS`); with `FAENA_TEST_STORE=sqlite-shards`,
+    /// SQLite over four files.
     pub async fn start(mut opts: MasterOpts) -> Self {
         let dir = tempfile::Builder::new().prefix("faena-test-").tempdir().expect("temp dir");
         let given = opts.extra.iter().any(|(k, _)| k.starts_with("FAENA_STORE_URL"));
         let wanted = std::env::var("FAENA_TEST_STORE").ok().filter(|_| !given);
-        let store = (wanted.as_deref() == Some("postgres")).then(faena_store::harness::Postgres::start);
+        let on_pg = matches!(wanted.as_deref(), Some("postgres" | "postgres-writers"));
+        let store = on_pg.then(faena_store::harness::Postgres::start);
         if let Some(pg) = &store {
             opts.extra.push(("FAENA_STORE_URL".to_owned(), pg.url()));
+        }
+        if wanted.as_deref() == Some("postgres-writers") {
+            opts.extra.push(("FAENA_STORE_WRITERS".to_owned(), "4".to_owned()));
         }
         if wanted.as_deref() == Some("sqlite-shards") {
             opts.extra.push(("FAENA_STORE_SHARDS".to_owned(), "4".to_owned()));

@@ -44,8 +44,11 @@ impl Proc {
     pub fn spawn_raw(bin: &Path, args: &[&str], env: &[(String, String)], log: &Path) -> Child {
         let stderr = std::fs::File::create(log).expect("log file");
         let mut cmd = Command::new(bin);
+        // A bench's FAENA_STORE_WRITERS is for its PostgreSQL master only
+        // (`bench::pg_writers`): a SQLite master refuses it.
         cmd.args(args)
             .env_remove("FAENA_LOG")
+            .env_remove("FAENA_STORE_WRITERS")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

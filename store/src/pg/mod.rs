@@ -38,13 +38,22 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// to learn that it was rolled back before it sends the group again.
 const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
 
+/// Most writers a PostgreSQL store has: as many as a SQLite store has
+/// shards (`shards::MAX_SHARDS`).
+pub const MAX_WRITERS: usize = crate::shards::MAX_SHARDS;
+
 /// Connects to the store at `url`, brings its schema up to date, and
-/// returns its writer and the readers' pool.
+/// returns its `writers` writers (each its own connection) and the
+/// readers' pool.
 pub(crate) async fn open_store(
     url: &str,
     retention: Retention,
     fence: std::sync::Arc<std::sync::atomic::AtomicI64>,
-) -> Result<(Writer, Pool, lease::Election), StoreError> {
+    writers: usize,
+) -> Result<(Vec<Writer>, Pool, lease::Election), StoreError> {
+    if !(1..=MAX_WRITERS).contains(&writers) {
+        return Err(StoreError::Shards(format!("{writers} writers: a PostgreSQL store has 1 to {MAX_WRITERS}")));
+    }
     let tls::Target { mut config, tls } = tls::parse(url)?;
     config.application_name("faena-master");
     // A server that does not answer is a failure to retry, not a hang.
@@ -84,7 +93,13 @@ pub(crate) async fn open_store(
     let manager =
         Manager::from_config(config.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
     let lease = Pool::builder(manager).max_size(1).build().map_err(|e| StoreError::Pool(e.to_string()))?;
-    Ok((Writer::new(config, tls, retention, fence)?, pool, lease::Election::new(lease)))
+    let mut writers: Vec<Writer> = (0..writers)
+        .map(|_| Writer::new(config.clone(), tls.clone(), retention, fence.clone()))
+        .collect::<Result<_, _>>()?;
+    for w in &mut writers {
+        w.open()?;
+    }
+    Ok((writers, pool, lease::Election::new(lease)))
 }
 
 /// The columns [`view`] reads, in its order.

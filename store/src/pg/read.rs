@@ -175,6 +175,14 @@ pub(crate) async fn history(pool: &Pool, id: JobId) -> Result<Vec<Transition>, S
         .collect()
 }
 
+/// The newest job's row id and `created_at` (the last job stored is the
+/// newest), if any: where the numbering of new jobs goes on from.
+pub(crate) async fn newest(pool: &Pool) -> Result<Option<(i64, i64)>, StoreError> {
+    let c = client(pool).await?;
+    let row = c.query_opt("SELECT row_id, created_at FROM jobs ORDER BY row_id DESC LIMIT 1", &[]).await?;
+    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+}
+
 /// The database's size on disk.
 pub(crate) async fn bytes(pool: &Pool) -> Result<u64, StoreError> {
     let c = client(pool).await?;

@@ -157,3 +157,70 @@ async fn an_unreachable_server_is_worth_asking_again_and_a_refused_login_is_not(
     let gone = Store::connect(&url, Retention::OFF).await.expect_err("nobody listens");
     assert!(gone.is_transient(), "{gone}");
 }
+
+/// Four writers on one store, each job's changes on one of them: every job
+/// stored once, row ids in the order of the jobs' times whatever order the
+/// writers' groups committed in, a callback run only once every writer has
+/// committed what was queued before it; retention run once (not by each
+/// writer), and another master's store with another number of writers
+/// restoring every unfinished job and numbering new ones after the rest.
+#[tokio::test]
+async fn postgres_writers_side_by_side_store_each_job_once_in_order() {
+    let pg = crate::harness::Postgres::start();
+    let keep = Retention { age: None, keep: Some(100) };
+    let store = Store::connect_writers(&pg.url(), keep, 4).await.expect("connects");
+    assert_eq!(store.shards(), 4);
+    let ids: Vec<JobId> = (0..400).map(|_| JobId::new()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        noop(&store, *id, i as u64);
+        if i % 2 == 0 {
+            store.write(finished(*id, None));
+        }
+    }
+    let keyed = crate::tests::keyed_and_named(&store);
+    wait_commit(&store).await;
+    // Read straight after the callback: every writer's part is in.
+    assert_eq!(pg.sql("SELECT count(*) FROM jobs"), "401");
+    assert_eq!(pg.sql("SELECT count(DISTINCT row_id) FROM jobs"), "401");
+    assert_eq!(pg.sql("SELECT count(*) FROM faena_writer_groups"), "4", "each writer committed groups");
+    let out_of_order = "SELECT count(*) FROM (SELECT created_at < lag(created_at) OVER (ORDER BY row_id) AS back
+        FROM jobs) t WHERE back";
+    assert_eq!(pg.sql(out_of_order), "0");
+    assert_eq!(store.history(ids[0]).await.expect("reads").len(), 2);
+    assert_eq!(store.held_keys(0).await.expect("reads").len(), 1);
+
+    // The 200 finished jobs less the newest 100 rows' finished ones: each
+    // deleted once, by one writer.
+    let finished_in_newest: usize = pg
+        .sql(
+            "SELECT count(*) FROM (SELECT state FROM jobs ORDER BY row_id DESC
+        LIMIT 100) t WHERE state = 'succeeded'",
+        )
+        .parse()
+        .expect("a count");
+    assert_eq!(prune_all(&store).await, 200 - finished_in_newest);
+
+    // Another master's store, opened while this one still stores jobs: it
+    // numbers on after them once it reads the unfinished jobs, as a
+    // master does when it starts to lead.
+    let other = Store::connect_writers(&pg.url(), keep, 2).await.expect("connects again");
+    let more: Vec<JobId> = (0..20).map(|_| JobId::new()).collect();
+    for (i, id) in more.iter().enumerate() {
+        noop(&store, *id, 500 + i as u64);
+    }
+    wait_commit(&store).await;
+    drop(store);
+    let (store, last) = (other, pg.sql("SELECT max(row_id) FROM jobs").parse::<i64>().expect("a row id"));
+    let restored = store.load_unfinished().await.expect("loads");
+    let odd = ids.iter().skip(1).step_by(2);
+    let mut want: Vec<JobId> = odd.chain(&more).copied().chain([keyed]).collect();
+    let mut got: Vec<JobId> = restored.iter().map(|j| j.id).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    let later = JobId::new();
+    noop(&store, later, 1_000);
+    wait_commit(&store).await;
+    let row: i64 = pg.sql(&format!("SELECT row_id FROM jobs WHERE id = '{later}'")).parse().expect("a row id");
+    assert!(row > last, "{row} after {last}");
+}

@@ -165,6 +165,9 @@ pub(crate) struct Writer {
     config: Config,
     tls: MakeRustlsConnect,
     conn: Option<Conn>,
+    /// The connection made as the store opened ([`Writer::open`]), taken
+    /// by the first group.
+    opened: Option<Conn>,
     retention: Retention,
     /// The row id the next job gets (read from the store on connecting).
     next_row: i64,
@@ -206,6 +209,7 @@ impl Writer {
             config,
             tls,
             conn: None,
+            opened: None,
             retention,
             next_row: 1,
             created: 0,
@@ -218,18 +222,39 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Connects this writer now, on its own runtime (from a thread of its
+    /// own: the caller may be on another runtime), which drives the
+    /// connection while it commits, as one it makes later. Writers that
+    /// connected at their first group instead did so under load: in the
+    /// end-to-end tests a worker's heartbeats went unanswered for a second
+    /// while a master's fourth writer connected for its first job.
+    pub(crate) fn open(&mut self) -> Result<(), StoreError> {
+        let (rt, config, tls) = (&self.rt, &self.config, &self.tls);
+        let conn = std::thread::scope(|s| s.spawn(|| rt.block_on(connect(config, tls))).join())
+            .map_err(|_| StoreError::Unavailable)??;
+        self.opened = Some(conn);
+        Ok(())
+    }
+}
+
 impl Apply for Writer {
-    /// A PostgreSQL store has no shards: it numbers its jobs itself.
+    /// One writer numbers its jobs itself; several are given each job's
+    /// row id and time (`stamps`) as jobs are queued, as shards are.
     fn apply(
         &mut self,
         ops: &[StoreOp],
-        _stamps: &[crate::writer::Stamp],
+        stamps: &[crate::writer::Stamp],
         prunes: usize,
     ) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
         let rt = &self.rt;
+        let ops_all = ops;
         let result = rt.block_on(async {
             if self.conn.is_none() {
-                let conn = connect(&self.config, &self.tls).await?;
+                let conn = match self.opened.take() {
+                    Some(conn) => conn,
+                    None => connect(&self.config, &self.tls).await?,
+                };
                 let row = conn
                     .client
                     // The last job stored is the newest (`created` above).
@@ -259,12 +284,16 @@ impl Apply for Writer {
                 tracing::info!(committed, "the group whose COMMIT went unanswered, asked about");
                 self.unsure = None;
             }
-            let ops = &ops[self.stored.min(ops.len())..];
+            let skipped = self.stored.min(ops.len());
+            let ops = &ops[skipped..];
+            // The stamps of the new jobs among the operations skipped.
+            let taken = ops_before(ops_all, skipped);
+            let stamps = stamps.get(taken..).unwrap_or_default();
             // What a group whose COMMIT goes unanswered holds of those given.
             let upto = self.stored + ops.len();
             let mut next_row = self.next_row;
             let mut created = self.created;
-            let group = Group::fold(ops, &mut next_row, &mut created);
+            let group = Group::fold(ops, stamps, &mut next_row, &mut created);
             let epoch = self.fence.load(Ordering::Relaxed);
             let mark = self.next_mark;
             self.next_mark += 1;
@@ -342,6 +371,11 @@ impl Apply for Writer {
         }
         result
     }
+}
+
+/// How many of the first `n` operations store a new job (take a stamp).
+fn ops_before(ops: &[StoreOp], n: usize) -> usize {
+    ops.iter().take(n).filter(|op| matches!(op, StoreOp::Insert { .. })).count()
 }
 
 async fn connect(config: &Config, tls: &MakeRustlsConnect) -> Result<Conn, StoreError> {

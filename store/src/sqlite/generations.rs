@@ -374,6 +374,11 @@ impl RowIds {
     pub(crate) fn next(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Hands out no row id below `next` from now on.
+    pub(crate) fn raise(&self, next: i64) {
+        self.0.fetch_max(next, Ordering::Relaxed);
+    }
 }
 
 /// Where unfinished jobs are: the generation and row each was stored in,

@@ -19,7 +19,8 @@
 //! seconds (the feed's own cost, apart from any job).
 //!
 //! `FAENA_BENCH_STORE=postgres` puts the job store on a PostgreSQL the
-//! bench starts (Debian's server, initdb'd on a free loopback port).
+//! bench starts (Debian's server, initdb'd on a free loopback port), with
+//! `FAENA_STORE_WRITERS` writers where that is set.
 //!
 //! `FAENA_BENCH_WORKERS=python` runs the same three phases with two Python
 //! workers (`examples/python-worker`, `x.wordcount` on a three-word text) in
@@ -46,7 +47,7 @@ async fn main() {
     let pg =
         (std::env::var("FAENA_BENCH_STORE").as_deref() == Ok("postgres")).then(faena_store::harness::Postgres::start);
     if let Some(pg) = &pg {
-        extra.push(("FAENA_STORE_URL".to_owned(), pg.url()));
+        extra.extend(faena_testkit::bench::pg_store_env(pg.url()));
         println!("store: PostgreSQL on 127.0.0.1:{}", pg.port);
     }
     let mut c = cluster(extra).await;

@@ -12,7 +12,8 @@
 //! one at a time (add→start); and `faena`, the store of a real master with
 //! two workers running `faena-bench`'s phases (batch, one by one, low load
 //! submit→result). Then the same master on SQLite. Prints each, and the
-//! ratios the store is judged by. Every job is durable in each: committed
+//! ratios the store is judged by. `FAENA_STORE_WRITERS=N` gives the master
+//! on PostgreSQL N writers. Every job is durable in each: committed
 //! before its add/submit returns.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
@@ -56,7 +57,7 @@ fn graphile(url: &str, jobs: usize, samples: usize, concurrency: u32) -> Graphil
 }
 
 async fn faena(store_url: Option<String>, jobs: usize, samples: usize) -> Figures {
-    let extra = store_url.map(|u| vec![("FAENA_STORE_URL".to_owned(), u)]).unwrap_or_default();
+    let extra = store_url.map(faena_testkit::bench::pg_store_env).unwrap_or_default();
     let mut c = cluster(extra).await;
     let pid = c.master().pid();
     phases(&c, pid, "noop", jobs, samples).await

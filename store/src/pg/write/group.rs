@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::side::KeyChange;
 use crate::contract::{fired_by, held_key, inserted_detail, opts_column, requeued_state};
+use crate::writer::Stamp;
 use crate::{StoreError, StoreOp, UNFENCED};
 
 /// attempts, token, result, error, finished_at: what a dispatch, requeue
@@ -65,27 +66,37 @@ pub(super) struct Group {
 }
 
 impl Group {
-    pub(super) fn fold(ops: &[StoreOp], next_row: &mut i64, created: &mut i64) -> Self {
+    /// Folds `ops`, numbering new jobs by their `stamps` where given, else
+    /// from `next_row` and `created`.
+    pub(super) fn fold(ops: &[StoreOp], stamps: &[Stamp], next_row: &mut i64, created: &mut i64) -> Self {
         let mut g = Self::default();
+        let mut stamps = stamps.iter();
         for op in ops {
             match op {
                 StoreOp::Insert { id, spec, priority, seq, at_ms, parent, retry_of, state, opts, run_at_ms } => {
-                    *created = (*created).max(*at_ms as i64);
-                    if let Some((key, until)) = held_key(opts, *created) {
+                    let (row, at) = match stamps.next() {
+                        Some(s) => (s.row, s.created),
+                        None => {
+                            *next_row += 1;
+                            (*next_row - 1, (*created).max(*at_ms as i64))
+                        }
+                    };
+                    *created = (*created).max(at);
+                    if let Some((key, until)) = held_key(opts, at) {
                         g.keys.insert(key, KeyChange::Take(id.0, until));
                     }
-                    if let Some((schedule, at)) = fired_by(opts) {
-                        g.fired.insert(schedule, (at, Some(id.0)));
+                    if let Some((schedule, fired_at)) = fired_by(opts) {
+                        g.fired.insert(schedule, (fired_at, Some(id.0)));
                     }
                     g.new_at.insert(*id, g.new.len());
                     g.new.push(New {
-                        row: *next_row,
+                        row,
                         id: id.0,
                         kind: spec.kind().as_str().to_owned(),
                         params: spec.params_text(),
                         priority: priority.as_str().to_owned(),
                         seq: *seq as i64,
-                        created_at: *created,
+                        created_at: at,
                         parent: parent.map(|p| p.0),
                         retry_of: retry_of.map(|r| r.0),
                         state: state.as_str(),
@@ -94,9 +105,8 @@ impl Group {
                         schedule: opts.as_ref().and_then(|o| o.schedule.clone()),
                         patch: Patch::default(),
                     });
-                    *next_row += 1;
                     let detail = inserted_detail(*parent, *retry_of, *run_at_ms);
-                    g.history.push((id.0, *created, state.as_str().into(), 0, None, detail));
+                    g.history.push((id.0, at, state.as_str().into(), 0, None, detail));
                 }
                 StoreOp::Fired { schedule, at_ms } => {
                     g.fired.insert(schedule.clone(), (*at_ms as i64, None));

@@ -49,8 +49,9 @@ fn a_group_whose_commit_went_unanswered_is_neither_lost_nor_stored_twice() {
     let pg = crate::harness::Postgres::start();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let fence = Arc::new(std::sync::atomic::AtomicI64::new(crate::UNFENCED));
-    let (mut w, _pool, _election) =
-        rt.block_on(crate::pg::open_store(&pg.url(), Retention::OFF, fence)).expect("opens");
+    let (writers, _pool, _election) =
+        rt.block_on(crate::pg::open_store(&pg.url(), Retention::OFF, fence, 1)).expect("opens");
+    let mut w = writers.into_iter().next().expect("one writer");
     let count = |id: JobId| pg.sql(&format!("SELECT count(*) FROM jobs WHERE id = '{id}'"));
 
     let first = JobId::new();
@@ -127,8 +128,9 @@ fn marks_of_writers_idle_for_a_day_are_deleted_on_connecting() {
         now - day + 600_000
     ));
     let fence = Arc::new(std::sync::atomic::AtomicI64::new(crate::UNFENCED));
-    let (mut w, _pool, _election) =
-        rt.block_on(crate::pg::open_store(&pg.url(), Retention::OFF, fence)).expect("opens");
+    let (writers, _pool, _election) =
+        rt.block_on(crate::pg::open_store(&pg.url(), Retention::OFF, fence, 1)).expect("opens");
+    let mut w = writers.into_iter().next().expect("one writer");
     w.apply(&[insert(JobId::new(), 0, None)], &[], 0).expect("commits");
     let marks = |id: uuid::Uuid| pg.sql(&format!("SELECT count(*) FROM faena_writer_groups WHERE writer = '{id}'"));
     assert_eq!(marks(gone), "0", "a day idle: deleted");
