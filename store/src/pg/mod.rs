@@ -96,8 +96,13 @@ pub(crate) async fn open_store(
     let mut writers: Vec<Writer> = (0..writers)
         .map(|_| Writer::new(config.clone(), tls.clone(), retention, fence.clone()))
         .collect::<Result<_, _>>()?;
-    for w in &mut writers {
-        w.open()?;
+    // Several writers connect now (`Writer::open`); one connects at its
+    // first group, as it always has: a standby then holds no connection
+    // that a failover of the store's own would leave dead for its first group.
+    if writers.len() > 1 {
+        for w in &mut writers {
+            w.open()?;
+        }
     }
     Ok((writers, pool, lease::Election::new(lease)))
 }
