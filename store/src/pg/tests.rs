@@ -168,6 +168,10 @@ async fn an_unreachable_server_is_worth_asking_again_and_a_refused_login_is_not(
 async fn postgres_writers_side_by_side_store_each_job_once_in_order() {
     let pg = crate::harness::Postgres::start();
     let keep = Retention { age: None, keep: Some(100) };
+    for bad in [0, crate::MAX_WRITERS + 1] {
+        let refused = Store::connect_writers(&pg.url(), keep, bad).await.expect_err("out of bounds");
+        assert!(refused.to_string().contains("a PostgreSQL store has 1 to 8"), "{refused}");
+    }
     let store = Store::connect_writers(&pg.url(), keep, 4).await.expect("connects");
     assert_eq!(store.shards(), 4);
     let ids: Vec<JobId> = (0..400).map(|_| JobId::new()).collect();

@@ -248,7 +248,6 @@ impl Apply for Writer {
         prunes: usize,
     ) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
         let rt = &self.rt;
-        let ops_all = ops;
         let result = rt.block_on(async {
             if self.conn.is_none() {
                 let conn = match self.opened.take() {
@@ -284,11 +283,9 @@ impl Apply for Writer {
                 tracing::info!(committed, "the group whose COMMIT went unanswered, asked about");
                 self.unsure = None;
             }
-            let skipped = self.stored.min(ops.len());
-            let ops = &ops[skipped..];
-            // The stamps of the new jobs among the operations skipped.
-            let taken = ops_before(ops_all, skipped);
-            let stamps = stamps.get(taken..).unwrap_or_default();
+            let (stored, ops) = ops.split_at(self.stored.min(ops.len()));
+            // Past the stamps of the new jobs among those stored.
+            let stamps = stamps.get(inserts(stored)..).unwrap_or_default();
             // What a group whose COMMIT goes unanswered holds of those given.
             let upto = self.stored + ops.len();
             let mut next_row = self.next_row;
@@ -373,9 +370,9 @@ impl Apply for Writer {
     }
 }
 
-/// How many of the first `n` operations store a new job (take a stamp).
-fn ops_before(ops: &[StoreOp], n: usize) -> usize {
-    ops.iter().take(n).filter(|op| matches!(op, StoreOp::Insert { .. })).count()
+/// How many of `ops` store a new job (each takes a stamp).
+fn inserts(ops: &[StoreOp]) -> usize {
+    ops.iter().filter(|op| matches!(op, StoreOp::Insert { .. })).count()
 }
 
 async fn connect(config: &Config, tls: &MakeRustlsConnect) -> Result<Conn, StoreError> {
