@@ -111,7 +111,12 @@ pub(crate) async fn held_keys(pool: &Pool, now_ms: u64) -> Result<Vec<HeldKey>, 
     let c = client(pool).await?;
     let rows = c
         .query(
-            "SELECT key, job, until_ms FROM unique_keys WHERE until_ms IS NULL OR until_ms > $1",
+            // A key held until its job ends is freed with the job's end;
+            // the free skips a row another writer's group held then (see
+            // `FREE_KEYS`), and stays behind if that group never commits.
+            "SELECT key, job, until_ms FROM unique_keys AS k WHERE until_ms > $1
+                OR (until_ms IS NULL AND EXISTS (SELECT 1 FROM jobs AS j
+                    WHERE j.id = k.job AND j.state NOT IN ('succeeded', 'failed', 'cancelled')))",
             &[&(now_ms as i64)],
         )
         .await?;

@@ -42,7 +42,11 @@ const UPDATE: &str = "UPDATE jobs AS j SET
     WHERE j.id = u.id";
 
 /// Unique keys taken by the group's new jobs (an expired holder's row is
-/// taken over: the engine lets a key go only once it is free).
+/// taken over: the engine lets a key go only once it is free). The one
+/// statement of a group's keys that waits for another writer's (the
+/// others skip what is locked), its rows in key order: writers side by
+/// side wait for one another in one order, never in a circle (a deadlock
+/// PostgreSQL breaks only after a second, by failing a group).
 const TAKE_KEYS: &str = "INSERT INTO unique_keys (key, job, until_ms)
     SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::int8[])
     ON CONFLICT (key) DO UPDATE SET job = excluded.job, until_ms = excluded.until_ms";
@@ -58,12 +62,18 @@ const FIRED: &str =
     "INSERT INTO schedule_firings (name, at_ms, job) SELECT * FROM UNNEST($1::text[], $2::int8[], $3::uuid[])
     ON CONFLICT (name) DO UPDATE SET at_ms = excluded.at_ms, job = excluded.job";
 
-/// Keys whose time ran out, before new ones are taken.
-const EXPIRE_KEYS: &str = "DELETE FROM unique_keys WHERE until_ms < $1";
+/// Keys whose time ran out, after the group's own are taken. Rows another
+/// writer's group holds are left to it: it takes them over or deletes them.
+const EXPIRE_KEYS: &str = "DELETE FROM unique_keys WHERE key IN
+    (SELECT key FROM unique_keys WHERE until_ms < $1 FOR UPDATE SKIP LOCKED)";
 
-/// Keys held while their job was not finished, freed as it finished.
-const FREE_KEYS: &str = "DELETE FROM unique_keys AS k USING UNNEST($1::text[], $2::uuid[]) AS f(key, job)
-    WHERE k.key = f.key AND k.job = f.job";
+/// Keys held while their job was not finished, freed as it finished. A row
+/// another writer's group holds is being taken over by a job the engine let
+/// have the key after this one: that group replaces the holder.
+const FREE_KEYS: &str = "DELETE FROM unique_keys WHERE key IN
+    (SELECT k.key FROM unique_keys AS k JOIN UNNEST($1::text[], $2::uuid[]) AS f(key, job)
+        ON k.key = f.key AND k.job = f.job
+     FOR UPDATE OF k SKIP LOCKED)";
 
 pub(crate) const RECORD: &str = "INSERT INTO transitions (job_id, at, state, attempt, worker, detail, epoch)
     SELECT *, $7::int8 FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::text[], $6::text[])";
@@ -309,7 +319,7 @@ impl Apply for Writer {
                     group.insert(client, insert),
                     group.update(client, update),
                     group.record(client, record, epoch),
-                    group.keys(client, [&conn.expire_keys, &conn.take_keys, &conn.free_keys], created),
+                    group.keys(client, [&conn.take_keys, &conn.expire_keys, &conn.free_keys], created),
                     group.named(client, [&conn.put_named, &conn.delete_named, &conn.fired]),
                     async { client.batch_execute("COMMIT").await.map_err(StoreError::from) },
                 );
@@ -333,7 +343,7 @@ impl Apply for Writer {
                 group.insert(tx.client(), insert),
                 group.update(tx.client(), update),
                 group.record(tx.client(), record, epoch),
-                group.keys(tx.client(), [&conn.expire_keys, &conn.take_keys, &conn.free_keys], created),
+                group.keys(tx.client(), [&conn.take_keys, &conn.expire_keys, &conn.free_keys], created),
                 group.named(tx.client(), [&conn.put_named, &conn.delete_named, &conn.fired])
             );
             fenced?;

@@ -2,7 +2,7 @@
 //! finished in the same group is stored finished), then written as one
 //! multi-row statement each for new jobs, changed jobs and history rows.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use faena_proto::ids::JobId;
 use tokio_postgres::{Client, Statement};
@@ -58,7 +58,8 @@ pub(super) struct Group {
     changed: Vec<(Uuid, Patch)>,
     changed_at: HashMap<JobId, usize>,
     history: Vec<HistoryRow>,
-    pub(super) keys: HashMap<String, KeyChange>,
+    /// By key: each writer locks the keys it takes in the same order.
+    pub(super) keys: BTreeMap<String, KeyChange>,
     /// Each named document's last write in the group (none: removed).
     pub(super) named: HashMap<(&'static str, String), Option<String>>,
     /// Each schedule's last firing in the group.

@@ -69,12 +69,13 @@ impl Group {
         a.and(b).and(c)
     }
 
-    /// The group's unique keys: those expired by `now` dropped, then the
-    /// group's taken and freed.
+    /// The group's unique keys: taken (in key order), then those expired
+    /// by `now` dropped and the group's freed (never waiting: see
+    /// `TAKE_KEYS`).
     pub(super) async fn keys(
         &self,
         tx: &Client,
-        [expire, take, free]: [&Statement; 3],
+        [take, expire, free]: [&Statement; 3],
         now: i64,
     ) -> Result<(), StoreError> {
         let (mut taken, mut freed) = ((Vec::new(), Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
@@ -91,11 +92,11 @@ impl Group {
                 }
             }
         }
-        let (e, t, f): (Params<1>, Params<3>, Params<2>) =
-            ([&now], [&taken.0, &taken.1, &taken.2], [&freed.0, &freed.1]);
+        let (t, e, f): (Params<3>, Params<1>, Params<2>) =
+            ([&taken.0, &taken.1, &taken.2], [&now], [&freed.0, &freed.1]);
         let (a, b, c) = tokio::join!(
-            execute_if(!taken.0.is_empty(), tx, expire, &e),
             execute_if(!taken.0.is_empty(), tx, take, &t),
+            execute_if(!taken.0.is_empty(), tx, expire, &e),
             execute_if(!freed.0.is_empty(), tx, free, &f),
         );
         a.and(b).and(c)

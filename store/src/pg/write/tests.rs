@@ -172,3 +172,67 @@ async fn retention_by_age_deletes_the_finished_jobs_created_before_the_cutoff() 
     assert_eq!(prune_all(&store).await, 4);
     assert_eq!(pg.sql("SELECT count(*) FROM jobs"), "0");
 }
+
+/// Writers side by side lock unique keys in one order: taking a key is the
+/// only key statement that waits for another writer's group, and freeing
+/// a key or dropping the expired ones skips rows another group holds
+/// (which it takes over). Dropping the expired keys first, the writer once
+/// waited for such a group while that group could wait for it, a deadlock
+/// PostgreSQL broke after a second by failing one of them. A key whose
+/// free was so skipped, and whose taker never committed, is not read back
+/// as held once its job has ended.
+#[test]
+fn a_groups_keys_wait_for_no_other_writer_but_to_take_one() {
+    let pg = crate::harness::Postgres::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fence = Arc::new(std::sync::atomic::AtomicI64::new(crate::UNFENCED));
+    let (writers, pool, _election) =
+        rt.block_on(crate::pg::open_store(&pg.url(), Retention::OFF, fence, 1)).expect("opens");
+    let mut w = writers.into_iter().next().expect("one writer");
+    let holder = JobId::new();
+    let keyed = |key: &str| Some(JobOptions { unique_key: Some(key.into()), ..JobOptions::default() });
+    w.apply(&[insert(holder, 0, keyed("k"))], &[], 0).expect("commits");
+    // A key whose time ran out long ago.
+    pg.sql(&format!("INSERT INTO unique_keys VALUES ('e', '{}', 1)", JobId::new()));
+
+    // Another writer's group, open: it takes both over (the engine let
+    // `k` go as its holder finished).
+    let (other, takers) = (
+        rt.block_on(async {
+            let (client, connection) =
+                tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.expect("connects");
+            tokio::spawn(connection);
+            client
+        }),
+        [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()],
+    );
+    rt.block_on(async {
+        other.batch_execute("BEGIN").await.expect("begins");
+        let hour_on = faena_proto::mqtt::now_ms() as i64 + 3_600_000;
+        let (keys, until) = (vec!["e", "k"], vec![Some(hour_on), None]);
+        other.execute(super::TAKE_KEYS, &[&keys, &takers.to_vec(), &until]).await.expect("takes");
+    });
+
+    // This writer's group frees `k` and takes a key of its own (so it drops
+    // the expired ones too): it commits while the other group is open.
+    let fresh = JobId::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let applying = std::thread::spawn(move || {
+        let _ = tx.send(w.apply(&[finished(holder, Some("k".into())), insert(fresh, 1, keyed("z"))], &[], 0).map(drop));
+    });
+    let applied = rx.recv_timeout(std::time::Duration::from_secs(60));
+    assert!(matches!(applied, Ok(Ok(()))), "commits without waiting for the other group: {applied:?}");
+    applying.join().expect("the writer's thread");
+    rt.block_on(other.batch_execute("COMMIT")).expect("the other group commits");
+    let holders = pg.sql("SELECT string_agg(key || '=' || job, ',' ORDER BY key) FROM unique_keys");
+    assert_eq!(holders, format!("e={},k={},z={fresh}", takers[0], takers[1]));
+
+    // Had the other group never committed, `k` would be left to the job
+    // that finished: not held.
+    pg.sql(&format!("UPDATE unique_keys SET job = '{holder}' WHERE key = 'k'"));
+    let now = faena_proto::mqtt::now_ms();
+    let mut held: Vec<String> =
+        rt.block_on(crate::pg::read::held_keys(&pool, now)).expect("reads").into_iter().map(|k| k.key).collect();
+    held.sort();
+    assert_eq!(held, ["e", "z"], "the key held for an hour and the queued job's; not the finished job's");
+}
