@@ -95,12 +95,15 @@ async fn workers_reconnect_after_the_broker_restarts() {
     assert!(c.master_log().matches("broker login handed out").count() >= 2, "{}", c.master_log());
 }
 
+/// The unit outlasts two heartbeats (500 ms each here), the silence after
+/// which a master drops a worker and refuses its results: the worker's
+/// heartbeats go on while it drains.
 #[tokio::test]
 async fn sigterm_lets_a_worker_finish_its_unit_then_exit() {
     let mut c = Cluster::start(MasterOpts::default()).await;
     c.add_worker("w1", 1).await;
     c.wait_workers(1).await;
-    let id = c.api.submit_ok("noop", json!({"payload": "drained", "delay_ms": 800}), None).await;
+    let id = c.api.submit_ok("noop", json!({"payload": "drained", "delay_ms": 2500}), None).await;
     wait_running_on(&mut c, "w1").await;
     let status = c.worker("w1").terminate().await;
     assert!(status.success(), "worker exit: {status:?}");
@@ -239,4 +242,35 @@ async fn a_frozen_master_keeps_its_workers_and_their_jobs_when_it_wakes() {
     let log = c.master_log();
     assert!(!log.contains("missed its heartbeats"), "{log}");
     assert_eq!(sample(&c.api.text("/metrics").await, "faena_redeliveries_total"), Some(0.0));
+}
+
+/// A master that restarts while a worker drains is told of the unit still
+/// running there: the worker registers again with its lease, and its
+/// result is taken, the job's one attempt.
+#[tokio::test]
+async fn a_draining_worker_registers_again_with_a_restarted_master() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    c.add_worker("w1", 1).await;
+    c.wait_workers(1).await;
+    let id = c.api.submit_ok("noop", json!({"payload": "drained", "delay_ms": 3000}), None).await;
+    wait_running_on(&mut c, "w1").await;
+    assert!(faena_testkit::process::signal(c.worker("w1").pid(), "TERM"), "SIGTERM sent");
+    eventually("the worker drains", || {
+        let said = c.worker_log("w1");
+        async move { said.contains("draining: no new work").then_some(()) }
+    })
+    .await;
+    c.master().kill9().await;
+    c.restart_master().await;
+    let job = c.api.wait_final(&id).await;
+    assert_eq!(
+        (job["state"].as_str(), job["worker"].as_str(), job["attempts"].as_u64()),
+        (Some("succeeded"), Some("w1"), Some(1)),
+        "{job} {:?}",
+        c.api.history(&id).await
+    );
+    // A second SIGTERM changes nothing: it waits for the exit.
+    let status = c.worker("w1").terminate().await;
+    assert!(status.success(), "worker exit: {status:?}");
+    assert!(c.worker_log("w1").matches("registered with the master").count() >= 2, "{}", c.worker_log("w1"));
 }

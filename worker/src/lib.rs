@@ -153,6 +153,68 @@ async fn register(
     Ok(Some(resp))
 }
 
+/// One heartbeat: the status published again, the leases held told to the
+/// master, those it revoked stopped. True when the master does not know
+/// this registration (it restarted, or dropped this worker): register again.
+async fn beat(runner: &runner::Runner, status: &mqtt::StatusPublisher, rx: &randomx::RandomX) -> bool {
+    status.publish(status.current_state());
+    let req = pb::HeartbeatRequest {
+        worker_id: runner.worker_id.to_string(),
+        instance_id: runner.instance.to_string(),
+        running: runner.leases(),
+        hashrate: rx.hashrate(),
+    };
+    match runner.client().heartbeat(req).await {
+        Ok(resp) => {
+            for lease in &resp.into_inner().revoked {
+                runner.revoke(lease);
+            }
+            false
+        }
+        Err(s) if s.code() == Code::Aborted => true,
+        Err(s) => {
+            tracing::debug!(code = ?s.code(), error = %s.message(), "heartbeat failed");
+            false
+        }
+    }
+}
+
+/// Lets the running units finish ([`runner::Runner::drain`]) while the
+/// heartbeats go on: a master that hears none for two heartbeats drops the
+/// worker, refuses the results it waits to deliver and runs their jobs
+/// again. A master that no longer knows this worker (it restarted) is
+/// registered with again, with the leases held, so it takes their results.
+async fn drain(
+    runner: &runner::Runner,
+    (session, caps): (&client::Session, &pb::Capabilities),
+    status: &mqtt::StatusPublisher,
+    rx: &randomx::RandomX,
+    heartbeat: &mut tokio::time::Interval,
+    timeout: Duration,
+) {
+    let drained = runner.drain(timeout);
+    tokio::pin!(drained);
+    let never = CancellationToken::new();
+    loop {
+        let again = tokio::select! {
+            () = &mut drained => return,
+            _ = heartbeat.tick() => beat(runner, status, rx).await,
+            () = runner.need_register.notified() => true,
+        };
+        if again {
+            // Until answered, or until the drain ends without it.
+            let answered = tokio::select! {
+                () = &mut drained => return,
+                r = register(runner, session, caps, &never) => r,
+            };
+            if let Err(e) = answered {
+                tracing::warn!(error = %e, "registering again while draining failed");
+            }
+            status.publish(WorkerState::Draining);
+        }
+    }
+}
+
 /// The live configuration in the master's answer to Register (none from an older master).
 fn from_master(
     live: &live::Live,
@@ -350,15 +412,7 @@ pub async fn run(
                 status.publish(status.current_state());
                 false
             }
-            _ = heartbeat.tick() => {
-                status.publish(status.current_state());
-                let req = pb::HeartbeatRequest { worker_id: worker_id.to_string(), instance_id: runner.instance.to_string(), running: runner.leases(), hashrate: rx.hashrate() };
-                match runner.client().heartbeat(req).await {
-                    Ok(resp) => { for lease in &resp.into_inner().revoked { runner.revoke(lease); } false }
-                    Err(s) if s.code() == Code::Aborted => true,
-                    Err(s) => { tracing::debug!(code = ?s.code(), error = %s.message(), "heartbeat failed"); false }
-                }
-            }
+            _ = heartbeat.tick() => beat(&runner, &status, &rx).await,
         };
         if reregister {
             let _ = healthy_tx.send(false);
@@ -373,7 +427,7 @@ pub async fn run(
 
     tracing::info!(running = runner.running_count(), "draining: no new work; finishing running units");
     status.publish(WorkerState::Draining);
-    runner.drain(cfg.drain_timeout()).await;
+    drain(&runner, (&session, &caps), &status, &rx, &mut heartbeat, cfg.drain_timeout()).await;
     runner.stop_chores().await;
     // Datasets go now, not with the process: a shared one nobody else maps
     // is removed from its directory (unmapping 2 GiB is quick).
