@@ -93,17 +93,11 @@ pub(crate) async fn open_store(
     let manager =
         Manager::from_config(config.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
     let lease = Pool::builder(manager).max_size(1).build().map_err(|e| StoreError::Pool(e.to_string()))?;
-    let mut writers: Vec<Writer> = (0..writers)
+    // Each writer connects at its first group: a standby holds no
+    // connection that a failover of the store's own would leave dead.
+    let writers: Vec<Writer> = (0..writers)
         .map(|_| Writer::new(config.clone(), tls.clone(), retention, fence.clone()))
         .collect::<Result<_, _>>()?;
-    // Several writers connect now (`Writer::open`); one connects at its
-    // first group, as it always has: a standby then holds no connection
-    // that a failover of the store's own would leave dead for its first group.
-    if writers.len() > 1 {
-        for w in &mut writers {
-            w.open()?;
-        }
-    }
     Ok((writers, pool, lease::Election::new(lease)))
 }
 

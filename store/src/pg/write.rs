@@ -175,9 +175,6 @@ pub(crate) struct Writer {
     config: Config,
     tls: MakeRustlsConnect,
     conn: Option<Conn>,
-    /// The connection made as the store opened ([`Writer::open`]), taken
-    /// by the first group.
-    opened: Option<Conn>,
     retention: Retention,
     /// The row id the next job gets (read from the store on connecting).
     next_row: i64,
@@ -219,7 +216,6 @@ impl Writer {
             config,
             tls,
             conn: None,
-            opened: None,
             retention,
             next_row: 1,
             created: 0,
@@ -229,22 +225,6 @@ impl Writer {
             unsure: None,
             stored: 0,
         })
-    }
-}
-
-impl Writer {
-    /// Connects this writer now, on its own runtime (from a thread of its
-    /// own: the caller may be on another runtime), which drives the
-    /// connection while it commits, as one it makes later. Writers that
-    /// connected at their first group instead did so under load: in the
-    /// end-to-end tests a worker's heartbeats went unanswered for a second
-    /// while a master's fourth writer connected for its first job.
-    pub(crate) fn open(&mut self) -> Result<(), StoreError> {
-        let (rt, config, tls) = (&self.rt, &self.config, &self.tls);
-        let conn = std::thread::scope(|s| s.spawn(|| rt.block_on(connect(config, tls))).join())
-            .map_err(|_| StoreError::Unavailable)??;
-        self.opened = Some(conn);
-        Ok(())
     }
 }
 
@@ -260,10 +240,7 @@ impl Apply for Writer {
         let rt = &self.rt;
         let result = rt.block_on(async {
             if self.conn.is_none() {
-                let conn = match self.opened.take() {
-                    Some(conn) => conn,
-                    None => connect(&self.config, &self.tls).await?,
-                };
+                let conn = connect(&self.config, &self.tls).await?;
                 let row = conn
                     .client
                     // The last job stored is the newest (`created` above).
