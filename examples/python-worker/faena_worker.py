@@ -268,7 +268,10 @@ class Worker:
                 raise SystemExit(0)
             delay = min(delay * 2, 5.0) * (0.8 + 0.4 * random.random())
 
-    def _register(self) -> None:
+    def _register(self, once: bool = False) -> None:
+        """Registers with the leases held: until answered, or (``once``, while
+        draining, where the retry loop would end with the stop) one try,
+        whose failure raises."""
         caps = pb.Capabilities(
             cores=os.cpu_count() or 1,
             memory_bytes=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
@@ -281,8 +284,16 @@ class Worker:
         req = pb.RegisterRequest(
             worker_id=self.s.worker_id, instance_id=self.instance, capabilities=caps, running=leases
         )
+
+        def call() -> Any:
+            return self._call(self.stub.Register, req)
+
         self.registered.clear()
-        resp = self._retrying("register", lambda: self._call(self.stub.Register, req))
+        try:
+            resp = call() if once else self._retrying("register", call)
+        except grpc.RpcError:
+            self.registered.set()
+            raise
         self.session = resp.session
         self.registered.set()
         self.master_instance = resp.master_instance
@@ -539,6 +550,17 @@ class Worker:
                 if not self.running:
                     break
             if self.session:
+                if self.need_register:
+                    # A master that restarted meanwhile takes the results
+                    # once it knows the leases.
+                    self.need_register = False
+                    try:
+                        self._register(once=True)
+                        if self.mqtt:
+                            self.mqtt.publish(self.t_status, self._status("draining"), qos=1, retain=True)
+                    except grpc.RpcError as e:
+                        self.need_register = True
+                        log.debug("registering again while draining failed: %s", e.code().name)
                 self._heartbeat()  # keeps the leases of what it finishes alive
             self.wake.wait(min(self.heartbeat_s, max(0.0, deadline - time.monotonic())))
             self.wake.clear()

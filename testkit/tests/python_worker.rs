@@ -120,3 +120,33 @@ async fn python_worker_with_mosquitto_and_its_own_account() {
     let log = c.worker_log("py-m");
     assert!(!log.contains(&c.token), "the worker logged the cluster token");
 }
+
+/// A master that restarts while the Python worker drains: the worker's
+/// heartbeats meet a master that does not know it, it registers again
+/// with its lease, and its result is taken, the job's one attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_worker_drains_through_a_master_restart() {
+    let mut c = Cluster::start(MasterOpts::default()).await;
+    c.add_python_worker("py-d", 1, &[]).await;
+    c.wait_workers(1).await;
+    let id = c.api.submit_ok("x.wordcount", json!({"text": text(20), "pace_ms": 150}), None).await;
+    progress_seen(&c, &id).await;
+    assert!(faena_testkit::process::signal(c.worker("py-d").pid(), "TERM"), "SIGTERM sent");
+    eventually("the worker drains", || {
+        let said = c.worker_log("py-d");
+        async move { said.contains("draining: no new work").then_some(()) }
+    })
+    .await;
+    c.master().kill9().await;
+    c.restart_master().await;
+    let job = c.api.wait_final(&id).await;
+    assert_eq!(
+        (job["state"].as_str(), job["worker"].as_str(), job["attempts"].as_u64(), &job["result"]),
+        (Some("succeeded"), Some("py-d"), Some(1), &json!({"words": 60, "lines": 20})),
+        "{job} {:?}",
+        c.api.history(&id).await
+    );
+    let status = c.worker("py-d").terminate().await;
+    assert!(status.success(), "py-d exited with {status}");
+    assert!(c.worker_log("py-d").matches("registered with master").count() >= 2, "{}", c.worker_log("py-d"));
+}
