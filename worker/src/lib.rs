@@ -196,9 +196,14 @@ async fn drain(
     tokio::pin!(drained);
     let never = CancellationToken::new();
     loop {
+        // A heartbeat to a master that does not answer (up to the call's
+        // 30 s) does not hold the end of the drain.
         let again = tokio::select! {
             () = &mut drained => return,
-            _ = heartbeat.tick() => beat(runner, status, rx).await,
+            again = async {
+                heartbeat.tick().await;
+                beat(runner, status, rx).await
+            } => again,
             () = runner.need_register.notified() => true,
         };
         if again {
