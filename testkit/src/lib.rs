@@ -274,6 +274,20 @@ impl Cluster {
         .await;
     }
 
+    /// Sends worker `id` SIGTERM and, once it says it drains (the Rust and
+    /// Python workers log the same words), kills the master and starts it
+    /// again: what a worker drains meets a master that does not know it.
+    pub async fn restart_master_while_draining(&mut self, id: &str) {
+        assert!(process::signal(self.worker(id).pid(), "TERM"), "SIGTERM sent to {id}");
+        eventually(&format!("{id} drains"), || {
+            let said = self.worker_log(id);
+            async move { said.contains("draining: no new work").then_some(()) }
+        })
+        .await;
+        self.master().kill9().await;
+        self.restart_master().await;
+    }
+
     pub fn master_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("master.log")).unwrap_or_default()
     }

@@ -254,14 +254,7 @@ async fn a_draining_worker_registers_again_with_a_restarted_master() {
     c.wait_workers(1).await;
     let id = c.api.submit_ok("noop", json!({"payload": "drained", "delay_ms": 3000}), None).await;
     wait_running_on(&mut c, "w1").await;
-    assert!(faena_testkit::process::signal(c.worker("w1").pid(), "TERM"), "SIGTERM sent");
-    eventually("the worker drains", || {
-        let said = c.worker_log("w1");
-        async move { said.contains("draining: no new work").then_some(()) }
-    })
-    .await;
-    c.master().kill9().await;
-    c.restart_master().await;
+    c.restart_master_while_draining("w1").await;
     let job = c.api.wait_final(&id).await;
     assert_eq!(
         (job["state"].as_str(), job["worker"].as_str(), job["attempts"].as_u64()),

@@ -131,14 +131,7 @@ async fn python_worker_drains_through_a_master_restart() {
     c.wait_workers(1).await;
     let id = c.api.submit_ok("x.wordcount", json!({"text": text(20), "pace_ms": 150}), None).await;
     progress_seen(&c, &id).await;
-    assert!(faena_testkit::process::signal(c.worker("py-d").pid(), "TERM"), "SIGTERM sent");
-    eventually("the worker drains", || {
-        let said = c.worker_log("py-d");
-        async move { said.contains("draining: no new work").then_some(()) }
-    })
-    .await;
-    c.master().kill9().await;
-    c.restart_master().await;
+    c.restart_master_while_draining("py-d").await;
     let job = c.api.wait_final(&id).await;
     assert_eq!(
         (job["state"].as_str(), job["worker"].as_str(), job["attempts"].as_u64(), &job["result"]),
