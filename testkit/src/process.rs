@@ -70,6 +70,12 @@ impl Proc {
     /// SIGTERM, as Docker sends; waits for the exit.
     pub async fn terminate(&mut self) -> ExitStatus {
         let _ = signal(self.pid(), "TERM");
+        self.wait_exit().await
+    }
+
+    /// Waits for the exit of a process told to stop (bounded by `WAIT`),
+    /// sending nothing: a second SIGTERM may end one that is exiting.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
         tokio::time::timeout(WAIT, self.child.wait()).await.expect("exits after SIGTERM").expect("wait")
     }
 

@@ -262,8 +262,7 @@ async fn a_draining_worker_registers_again_with_a_restarted_master() {
         "{job} {:?}",
         c.api.history(&id).await
     );
-    // A second SIGTERM changes nothing: it waits for the exit.
-    let status = c.worker("w1").terminate().await;
+    let status = c.worker("w1").wait_exit().await;
     assert!(status.success(), "worker exit: {status:?}");
     assert!(c.worker_log("w1").matches("registered with the master").count() >= 2, "{}", c.worker_log("w1"));
 }

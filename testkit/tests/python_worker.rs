@@ -139,7 +139,7 @@ async fn python_worker_drains_through_a_master_restart() {
         "{job} {:?}",
         c.api.history(&id).await
     );
-    let status = c.worker("py-d").terminate().await;
+    let status = c.worker("py-d").wait_exit().await;
     assert!(status.success(), "py-d exited with {status}");
     assert!(c.worker_log("py-d").matches("registered with master").count() >= 2, "{}", c.worker_log("py-d"));
 }
