@@ -114,7 +114,15 @@ pub async fn elect(
                         announced = true;
                         tracing::info!(leader = %holder.as_ref().map_or("unknown", |h| h.name()), epoch = now.epoch, "another master leads; standing by");
                     }
-                    leader.send_replace(holder);
+                    // Only a new leader is news: the follower pool opens
+                    // its feed again on every change it is told of.
+                    leader.send_if_modified(|seen| {
+                        let news = *seen != holder;
+                        if news {
+                            *seen = holder;
+                        }
+                        news
+                    });
                     until_free(&now, lease)
                 }
                 Err(e) => failed(&e, lease),

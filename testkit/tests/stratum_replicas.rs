@@ -30,6 +30,18 @@ async fn verified(api: &Api) -> f64 {
     sample(&scrape(&api.url("/metrics")).await, "faena_shares_total{verdict=\"valid\"}").unwrap_or(0.0)
 }
 
+/// Waits until the leader has renewed its lease `n` times.
+async fn renewals(pg: &faena_store::harness::Postgres, n: usize) {
+    let mut seen = std::collections::HashSet::new();
+    let renewed = tokio::time::timeout(WAIT, async {
+        while seen.len() <= n {
+            seen.insert(pg.sql("SELECT expires_at FROM faena_leader"));
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    assert!(renewed.await.is_ok(), "the leader renews its lease");
+}
+
 #[tokio::test]
 async fn a_standby_verifies_its_own_miners_and_the_leader_seats_them_and_submits_their_blocks() {
     let pg = faena_store::harness::Postgres::start();
@@ -37,6 +49,7 @@ async fn a_standby_verifies_its_own_miners_and_the_leader_seats_them_and_submits
     let mosquitto = Mosquitto::start(broker_dir.path()).await;
     let extra = [
         ("FAENA_STORE_URL", pg.url()),
+        ("FAENA_LEADER_LEASE_MS", "1000".to_owned()),
         ("FAENA_STRATUM_ADDR", "127.0.0.1:0".to_owned()),
         ("FAENA_STRATUM_DIFFICULTY", "1".to_owned()),
         ("FAENA_STRATUM_MIN_DIFFICULTY", "1".to_owned()),
@@ -70,6 +83,11 @@ async fn a_standby_verifies_its_own_miners_and_the_leader_seats_them_and_submits
     let (slot_a, slot_b) = (decode_hex(&ja.blob).unwrap()[42], decode_hex(&jb.blob).unwrap()[42]);
     assert!(slot_a != 0 && slot_b != 0 && slot_a != slot_b, "the leader gave distinct slots: {slot_a} {slot_b}");
     assert_eq!(view().await["miners"], 2, "the leader counts the standby's miner");
+
+    // The standby looks at the lease four times a lease: seeing the same
+    // leader again is no reason to open its feed again.
+    renewals(&pg, 4).await;
+    assert_eq!(c.master_log().matches("a master follows the pool").count(), 1, "the feed stays open");
 
     // Its shares are verified on the standby, not the leader, and counted.
     let before = verified(&c.api).await;
