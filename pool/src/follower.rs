@@ -36,6 +36,10 @@ pub struct Link {
     key: String,
     /// This master's name (its advertised web address).
     replica: String,
+    /// Held to write while a feed opens, to read while a miner is seated:
+    /// the leader frees the seats a new feed does not claim, so a seat
+    /// it gave must be in this master's claim before the feed opens.
+    opening: tokio::sync::RwLock<()>,
 }
 
 /// The header a follower's requests carry the peer key in.
@@ -53,7 +57,7 @@ pub enum LinkError {
 
 impl Link {
     pub fn new(http: reqwest::Client, leader: watch::Receiver<Option<Holder>>, key: String, replica: String) -> Self {
-        Self { http, leader, key, replica }
+        Self { http, leader, key, replica, opening: tokio::sync::RwLock::new(()) }
     }
 
     fn url(&self, path: &str) -> Result<String, LinkError> {
@@ -131,8 +135,10 @@ impl Pool {
     /// Opens the feed, claiming the seats this master's miners hold, and
     /// mirrors what it says until it ends or falls silent.
     async fn read_feed(&self, link: &Link) -> Result<(), LinkError> {
+        let opening = link.opening.write().await;
         let hello = Hello { replica: link.replica.clone(), seats: self.local_seats() };
         let resp = link.post("/internal/pool/feed", &hello, None).await?;
+        drop(opening);
         let mut body = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
         loop {
@@ -227,6 +233,7 @@ impl Pool {
         &self,
         link: &Link,
     ) -> Result<(SeatAt, watch::Receiver<Option<Arc<Work>>>, CancellationToken), String> {
+        let _opening = link.opening.read().await;
         let at = link.seat().await.map_err(|e| match e {
             LinkError::Refused { message, .. } => message,
             e => format!("no seat right now ({e}); try again shortly"),
