@@ -27,6 +27,10 @@ use faena_proto::lease::Holder;
 /// a feed silent for longer is taken as lost and opened again.
 pub const FEED_SILENCE: Duration = Duration::from_secs(15);
 
+/// The longest a follower waits for the leader to open the feed; its
+/// miners' logins wait meanwhile ([`Link`]'s `opening`).
+const FEED_OPEN_WAIT: Duration = Duration::from_secs(5);
+
 /// How a follower reaches the leader: its web port, with the cluster's
 /// peer key ([`faena_common::signing::peer_key`]).
 #[derive(Debug)]
@@ -137,9 +141,13 @@ impl Pool {
     async fn read_feed(&self, link: &Link) -> Result<(), LinkError> {
         let opening = link.opening.write().await;
         let hello = Hello { replica: link.replica.clone(), seats: self.local_seats() };
-        let resp = link.post("/internal/pool/feed", &hello, None).await?;
+        let open = tokio::time::timeout(FEED_OPEN_WAIT, link.post("/internal/pool/feed", &hello, None)).await;
         drop(opening);
-        let mut body = resp.bytes_stream();
+        let Ok(resp) = open else {
+            tracing::warn!("the leader did not open its pool feed in time");
+            return Ok(());
+        };
+        let mut body = resp?.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
         loop {
             let chunk = match tokio::time::timeout(FEED_SILENCE, body.next()).await {
