@@ -40,6 +40,9 @@ pub struct Metrics {
     stratum_connections: Gauge,
     /// Stratum connections refused, and addresses banned, by reason.
     stratum_refused: Family<Labels, Counter>,
+    /// Standby masters' feeds of this leader's pool: opened, and open now.
+    pool_feeds: Counter,
+    pool_followers: Gauge,
     /// Live source keys in the verifier, by what their shares are hashed with.
     verifier_keys: Family<Labels, Gauge>,
     /// Web sessions the master keeps (chat, key, jobs).
@@ -195,6 +198,10 @@ impl Default for Metrics {
             "Stratum connections refused and addresses banned, by reason",
             stratum_refused.clone(),
         );
+        let pool_feeds = Counter::default();
+        registry.register("pool_feeds", "Feeds of this leader's pool opened by standby masters", pool_feeds.clone());
+        let pool_followers = Gauge::default();
+        registry.register("pool_followers", "Standby masters following this leader's pool", pool_followers.clone());
         let verifier_keys = Family::<Labels, Gauge>::default();
         registry.register(
             "verifier_keys",
@@ -288,6 +295,8 @@ impl Default for Metrics {
             pruned,
             stratum_connections,
             stratum_refused,
+            pool_feeds,
+            pool_followers,
             verifier_keys,
             web_sessions,
             transitions,
@@ -453,6 +462,13 @@ impl crate::pool::Meter for Metrics {
 
     fn upstream(&self, accepted: bool) {
         self.upstream.get_or_create(&vec![("verdict", if accepted { "accepted" } else { "rejected" })]).inc();
+    }
+
+    fn follower_feed(&self, opened: bool, following: usize) {
+        if opened {
+            self.pool_feeds.inc();
+        }
+        self.pool_followers.set(i64::try_from(following).unwrap_or(i64::MAX));
     }
 }
 

@@ -29,4 +29,8 @@ pub trait Meter: Send + Sync + std::fmt::Debug {
 
     /// A share sent to an upstream pool: accepted or not.
     fn upstream(&self, accepted: bool);
+
+    /// A standby master's feed of this leader's pool opened (`true`) or
+    /// closed; `following` standbys follow now.
+    fn follower_feed(&self, opened: bool, following: usize);
 }

@@ -146,6 +146,7 @@ impl Pool {
             reps.generation += 1;
             let g = reps.generation;
             reps.live.insert(hello.replica.clone(), g);
+            self.inner.metrics.follower_feed(true, reps.live.len());
             g
         };
         let mut st = self.inner.state.lock();
@@ -180,6 +181,7 @@ impl Pool {
                 return;
             }
             reps.live.remove(replica);
+            self.inner.metrics.follower_feed(false, reps.live.len());
         }
         for s in self.inner.state.lock().sources.values_mut() {
             s.free_remote(replica);

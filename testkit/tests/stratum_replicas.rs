@@ -87,7 +87,9 @@ async fn a_standby_verifies_its_own_miners_and_the_leader_seats_them_and_submits
     // The standby looks at the lease four times a lease: seeing the same
     // leader again is no reason to open its feed again.
     renewals(&pg, 4).await;
-    assert_eq!(c.master_log().matches("a master follows the pool").count(), 1, "the feed stays open");
+    let metrics = scrape(&c.api.url("/metrics")).await;
+    let feeds = ["faena_pool_feeds_total", "faena_pool_followers"].map(|m| sample(&metrics, m));
+    assert_eq!(feeds, [Some(1.0), Some(1.0)], "one feed, opened once and open");
 
     // Its shares are verified on the standby, not the leader, and counted.
     let before = verified(&c.api).await;
@@ -138,6 +140,8 @@ async fn a_standby_verifies_its_own_miners_and_the_leader_seats_them_and_submits
     b_proc.kill9().await;
     drop(on_standby);
     eventually("the leader frees the standby's seats", || async { (view().await["miners"] == 1).then_some(()) }).await;
+    let followers = sample(&scrape(&c.api.url("/metrics")).await, "faena_pool_followers");
+    assert_eq!(followers, Some(0.0), "nobody follows");
     assert_eq!(stored(), accepted, "every share the standby accepted is in the store");
     let mut again = login(&leader_stratum, "rig-b").await.expect("rig-b on the leader");
     let job = again.job.clone().expect("a job");
@@ -184,6 +188,9 @@ async fn only_the_clusters_masters_may_follow_and_no_more_than_64() {
     // A feed opened again by the same master replaces its last one.
     let again = feed("master-3".into(), key.clone()).await;
     assert_eq!(again.status(), 200);
+    let metrics = scrape(&c.api.url("/metrics")).await;
+    let feeds = ["faena_pool_followers", "faena_pool_feeds_total"].map(|m| sample(&metrics, m));
+    assert_eq!(feeds, [Some(64.0), Some(65.0)], "64 follow; one of them opened its feed twice");
     // A follower that went away makes room.
     drop(open.pop());
     eventually("a closed feed makes room", || async {
