@@ -122,7 +122,11 @@ async fn the_edge_passes_clients_on_to_the_leader_with_their_own_addresses_and_f
 
 /// The CLI knows only the edge: a `submit --wait` under way when the
 /// leader is killed follows the job on the new leader to its end, and a
-/// submit made while nobody leads yet is asked again until one does.
+/// submit made while nobody leads yet is asked again until one does. (It
+/// is made once the edge has seen the leader gone: one the edge sent down
+/// a kept connection the dead leader's close had not yet reached would be
+/// `leader_lost` — "it may have been done" — which the CLI rightly leaves
+/// to the user.)
 #[tokio::test]
 async fn the_cli_through_the_edge_rides_out_a_takeover() {
     let pg = faena_store::harness::Postgres::start();
@@ -152,6 +156,11 @@ async fn the_cli_through_the_edge_rides_out_a_takeover() {
         })
         .await;
         leader.kill9().await;
+        eventually("the edge sees the leader gone", || async {
+            let v = edge_view(&edge.http).await?;
+            (v["leader"] != json!(a.http)).then_some(())
+        })
+        .await;
         // Asked while the lease has not run out yet: nobody leads.
         faena_env(&c, "no-api-token-here", &["submit", "noop", "-p", r#"{"payload": "during"}"#, "--wait"], &env).await
     };
