@@ -19,13 +19,7 @@ cd "$(dirname "$0")/.."
 help_if_asked "$@"
 rounds=${1:-5}
 requests=${2:-50000}
-case "$rounds$requests" in
-  '' | *[!0-9]*) echo "bench-edge: rounds and requests are numbers (see --help)" >&2; exit 2 ;;
-esac
-if [ "$rounds" -lt 1 ] || [ "$requests" -lt 1000 ]; then
-  echo "bench-edge: at least 1 round and 1,000 requests" >&2
-  exit 2
-fi
+check_rounds_requests bench-edge "$rounds" "$requests"
 need_packages ab:apache2-utils python3:python3 curl:curl
 bins=$(release_bins -p faena-master)
 if [ -n "${BASE:-}" ] && [ ! -x "$BASE" ]; then
@@ -48,13 +42,7 @@ start() {
   "$bin" >"$log" 2>&1 &
   started=$!
   pids+=("$started")
-  for _ in $(seq 600); do
-    grep -q FAENA_READY "$log" && return 0
-    kill -0 "$started" 2>/dev/null || { cat "$log" >&2; exit 1; }
-    sleep 0.1
-  done
-  echo "bench-edge: $bin did not start" >&2
-  exit 1
+  wait_ready "$started" "$log" "bench-edge: $bin"
 }
 
 http=127.0.0.1:$(free_port)

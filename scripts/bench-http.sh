@@ -26,13 +26,7 @@ cd "$(dirname "$0")/.."
 help_if_asked "$@"
 rounds=${1:-6}
 requests=${2:-200000}
-case "$rounds$requests" in
-  '' | *[!0-9]*) echo "bench-http: rounds and requests are numbers (see --help)" >&2; exit 2 ;;
-esac
-if [ "$rounds" -lt 1 ] || [ "$requests" -lt 1000 ]; then
-  echo "bench-http: at least 1 round and 1,000 requests" >&2
-  exit 2
-fi
+check_rounds_requests bench-http "$rounds" "$requests"
 posts=$((requests / 5 > 90000 ? 90000 : requests / 5))
 need_packages ab:apache2-utils python3:python3
 bins=$(release_bins -p faena-master)
@@ -62,12 +56,7 @@ measure() {
   FAENA_DATA_DIR=$data FAENA_HTTP_ADDR=$http FAENA_GRPC_ADDR=127.0.0.1:$(free_port) \
     FAENA_MQTT_ADDR=127.0.0.1:$(free_port) "$bin" >"$data/master.log" 2>&1 &
   master=$!
-  for _ in $(seq 600); do
-    grep -q FAENA_READY "$data/master.log" && break
-    kill -0 "$master" 2>/dev/null || { cat "$data/master.log" >&2; exit 1; }
-    sleep 0.1
-  done
-  grep -q FAENA_READY "$data/master.log" || { echo "bench-http: the master did not start" >&2; exit 1; }
+  wait_ready "$master" "$data/master.log" "bench-http: the master"
   ab -q -k -c 64 -n 5000 "http://$http/healthz" >/dev/null
   t0=$(cpu_ticks "$master")
   out=$(ab -q -k -c 64 -n "$requests" "http://$http/healthz")
